@@ -1,0 +1,103 @@
+//! Counters: per hook, and per drop reason.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::maps::STATS_SLOTS;
+
+/// Packets and bytes; the value type of the per-CPU stats map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Traffic {
+    pub packets: u64,
+    /// Bytes of the frame as the hook saw it (`skb->len`, Ethernet header included).
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Traffic>() == 16);
+crate::aya_pod!(Traffic);
+
+impl Traffic {
+    pub fn add(&mut self, other: &Traffic) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+/// The attach points of the dataplane: a TC hook on a bridge or an uplink, one direction.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Bridge ingress: frames the bridge hands up to the host stack (from containers).
+    BridgeIngress = 0,
+    /// Bridge egress: frames the host stack sends down into the bridge (to containers).
+    BridgeEgress = 1,
+    /// Uplink ingress: frames arriving from the outside.
+    UplinkIngress = 2,
+    /// Uplink egress: frames leaving for the outside.
+    UplinkEgress = 3,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::BridgeIngress,
+        Hook::BridgeEgress,
+        Hook::UplinkIngress,
+        Hook::UplinkEgress,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::BridgeIngress => "bridge_ingress",
+            Hook::BridgeEgress => "bridge_egress",
+            Hook::UplinkIngress => "uplink_ingress",
+            Hook::UplinkEgress => "uplink_egress",
+        }
+    }
+}
+
+/// Why a program dropped a packet. The values are stable (they index the stats map and are
+/// shown to users) and never overlap TC return codes, because they are never returned: a
+/// program counts the reason and returns `TC_ACT_SHOT`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A header claimed more bytes than the packet has.
+    Malformed = 1,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 1] = [DropReason::Malformed];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+        }
+    }
+
+    pub const fn describe(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "a header claimed more bytes than the packet has",
+        }
+    }
+}
+
+/// First stats slot used for drop reasons; slots below it are hooks.
+pub const DROP_SLOT_BASE: u32 = 16;
+
+/// The stats-map index of a hook's counter.
+pub const fn hook_slot(hook: Hook) -> u32 {
+    hook as u32
+}
+
+/// The stats-map index of a drop reason's counter.
+pub const fn drop_slot(reason: DropReason) -> u32 {
+    DROP_SLOT_BASE + reason as u32
+}
+
+const _: () = assert!((Hook::UplinkEgress as u32) < DROP_SLOT_BASE);
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!(drop_slot(DropReason::ALL[i]) < STATS_SLOTS);
+        i += 1;
+    }
+};

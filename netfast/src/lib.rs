@@ -1,0 +1,17 @@
+//! netfast: an eBPF NAT and forwarding dataplane for Linux bridge networks.
+//!
+//! The library is `load → typed handles`: [`dataplane::Dataplane`] loads the embedded eBPF
+//! object and attaches its programs; [`prog_test`] runs the same programs on test packets.
+
+pub mod dataplane;
+pub mod error;
+pub mod netns;
+pub mod prog_test;
+pub mod stats;
+
+pub use dataplane::{Dataplane, InterfaceRole};
+pub use error::{Error, Result};
+pub use netfast_common as common;
+
+/// The compiled eBPF object (every program and map of the dataplane), built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfast"));

@@ -1,0 +1,416 @@
+//! Building test frames with etherparse, and reading frames back with every checksum verified
+//! by an RFC 1071 implementation that shares no code with the programs under test.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+/// MAC of a container's `eth0` in test frames.
+pub const CONTAINER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+/// MAC of the bridge (the containers' gateway) in test frames.
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+/// MAC of the uplink in test frames.
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x01, 0x01];
+/// MAC of the outside router in test frames.
+pub const OUTSIDE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x01, 0x02];
+
+const ETH_HLEN: usize = 14;
+const DEFAULT_TTL: u8 = 64;
+
+/// An IPv4 address and a port (or ICMP identifier).
+pub type Endpoint = (Ipv4Addr, u16);
+
+/// TCP flags of a test segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+impl TcpFlags {
+    pub const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const SYN_ACK: TcpFlags = TcpFlags {
+        syn: true,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const PSH_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: true,
+    };
+    pub const FIN_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+        psh: false,
+    };
+    pub const RST: TcpFlags = TcpFlags {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+        psh: false,
+    };
+}
+
+/// Source and destination MACs of a frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Macs {
+    pub src: [u8; 6],
+    pub dst: [u8; 6],
+}
+
+/// A container sending to its gateway.
+pub const FROM_CONTAINER: Macs = Macs {
+    src: CONTAINER_MAC,
+    dst: BRIDGE_MAC,
+};
+/// The host sending out of its uplink.
+pub const TO_OUTSIDE: Macs = Macs {
+    src: UPLINK_MAC,
+    dst: OUTSIDE_MAC,
+};
+/// The outside sending to the host's uplink.
+pub const FROM_OUTSIDE: Macs = Macs {
+    src: OUTSIDE_MAC,
+    dst: UPLINK_MAC,
+};
+/// The host sending into the bridge, towards a container.
+pub const TO_CONTAINER: Macs = Macs {
+    src: BRIDGE_MAC,
+    dst: CONTAINER_MAC,
+};
+
+/// A TCP segment in an Ethernet frame, with correct checksums.
+pub fn tcp(
+    macs: Macs,
+    src: Endpoint,
+    dst: Endpoint,
+    flags: TcpFlags,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(macs.src, macs.dst)
+        .ipv4(src.0.octets(), dst.0.octets(), DEFAULT_TTL)
+        .tcp(src.1, dst.1, seq, 64240);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(ack);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    if flags.psh {
+        b = b.psh();
+    }
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// A UDP datagram in an Ethernet frame, with correct checksums.
+pub fn udp(macs: Macs, src: Endpoint, dst: Endpoint, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.src, macs.dst)
+        .ipv4(src.0.octets(), dst.0.octets(), DEFAULT_TTL)
+        .udp(src.1, dst.1);
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// An ICMP echo request (`reply == false`) or reply; the endpoints' ports are the identifier.
+pub fn icmp_echo(
+    macs: Macs,
+    src: Endpoint,
+    dst: Endpoint,
+    reply: bool,
+    seq: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.src, macs.dst).ipv4(
+        src.0.octets(),
+        dst.0.octets(),
+        DEFAULT_TTL,
+    );
+    let b = if reply {
+        b.icmpv4_echo_reply(src.1, seq)
+    } else {
+        b.icmpv4_echo_request(src.1, seq)
+    };
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// RFC 1071 sum of 16-bit big-endian words, not yet complemented.
+fn ones_complement_sum(mut acc: u32, bytes: &[u8]) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// True when `bytes` (checksum field included) sums to 0xffff: the checksum is right.
+fn checksum_ok(acc: u32) -> bool {
+    fold(acc) == 0xffff
+}
+
+/// What a test needs to know of a frame, read back after verifying its checksums.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub protocol: u8,
+    /// True for any fragment (more-fragments set or a non-zero offset): no L4 header checked.
+    pub fragment: bool,
+    pub l4: L4,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        syn: bool,
+        ack: bool,
+        fin: bool,
+        rst: bool,
+        payload_len: usize,
+    },
+    /// `checksum` is the field as sent: zero means "none".
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        checksum: u16,
+        payload_len: usize,
+    },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        ident: Option<u16>,
+        bytes: Vec<u8>,
+    },
+    Other,
+}
+
+/// Parses an Ethernet/IPv4 frame and verifies the IPv4 header checksum and, for an
+/// unfragmented packet, the TCP, UDP (unless zero) or ICMP checksum.
+pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
+    let sliced = SlicedPacket::from_ethernet(frame)
+        .map_err(|e| format!("not a valid Ethernet frame: {e}"))?;
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else {
+        return Err("not an IPv4 packet".into());
+    };
+    let hdr = ip.header();
+    let ihl = usize::from(hdr.ihl()) * 4;
+    let ip_bytes = &frame[ETH_HLEN..ETH_HLEN + ihl];
+    if !checksum_ok(ones_complement_sum(0, ip_bytes)) {
+        return Err(format!(
+            "bad IPv4 header checksum {:#06x}",
+            hdr.header_checksum()
+        ));
+    }
+    let total_len = usize::from(hdr.total_len());
+    if frame.len() < ETH_HLEN + total_len {
+        return Err(format!(
+            "IPv4 total length {total_len} runs past the frame ({} bytes)",
+            frame.len()
+        ));
+    }
+    let l4_bytes = &frame[ETH_HLEN + ihl..ETH_HLEN + total_len];
+    let fragment = hdr.more_fragments() || hdr.fragments_offset().value() != 0;
+    let protocol = hdr.protocol().0;
+    let pseudo = {
+        let mut acc = ones_complement_sum(0, &hdr.source());
+        acc = ones_complement_sum(acc, &hdr.destination());
+        acc += u32::from(protocol);
+        acc + l4_bytes.len() as u32
+    };
+    let eth = sliced
+        .link
+        .as_ref()
+        .and_then(|l| l.to_header())
+        .ok_or("no Ethernet header")?;
+    let (src_mac, dst_mac) = match eth {
+        etherparse::LinkHeader::Ethernet2(e) => (e.source, e.destination),
+        _ => return Err("not an Ethernet II frame".into()),
+    };
+    let l4 = if fragment {
+        L4::Other
+    } else {
+        match &sliced.transport {
+            Some(TransportSlice::Tcp(t)) => {
+                if !checksum_ok(ones_complement_sum(pseudo, l4_bytes)) {
+                    return Err(format!("bad TCP checksum {:#06x}", t.checksum()));
+                }
+                L4::Tcp {
+                    src_port: t.source_port(),
+                    dst_port: t.destination_port(),
+                    syn: t.syn(),
+                    ack: t.ack(),
+                    fin: t.fin(),
+                    rst: t.rst(),
+                    payload_len: t.payload().len(),
+                }
+            }
+            Some(TransportSlice::Udp(u)) => {
+                if u.checksum() != 0 && !checksum_ok(ones_complement_sum(pseudo, l4_bytes)) {
+                    return Err(format!("bad UDP checksum {:#06x}", u.checksum()));
+                }
+                L4::Udp {
+                    src_port: u.source_port(),
+                    dst_port: u.destination_port(),
+                    checksum: u.checksum(),
+                    payload_len: u.payload().len(),
+                }
+            }
+            Some(TransportSlice::Icmpv4(i)) => {
+                if !checksum_ok(ones_complement_sum(0, l4_bytes)) {
+                    return Err(format!("bad ICMP checksum {:#06x}", i.checksum()));
+                }
+                let ident = match i.icmp_type() {
+                    etherparse::Icmpv4Type::EchoRequest(e)
+                    | etherparse::Icmpv4Type::EchoReply(e) => Some(e.id),
+                    _ => None,
+                };
+                L4::Icmp {
+                    icmp_type: i.type_u8(),
+                    code: i.code_u8(),
+                    ident,
+                    bytes: l4_bytes.to_vec(),
+                }
+            }
+            _ => L4::Other,
+        }
+    };
+    Ok(Decoded {
+        src_mac,
+        dst_mac,
+        src: hdr.source_addr(),
+        dst: hdr.destination_addr(),
+        ttl: hdr.ttl(),
+        protocol,
+        fragment,
+        l4,
+    })
+}
+
+/// A frame for a human: what it decodes to (or why it does not), then a hex dump.
+pub fn describe(frame: &[u8]) -> String {
+    let mut out = match decode(frame) {
+        Ok(d) => format!("{d:?}\n"),
+        Err(e) => format!("(does not decode: {e})\n"),
+    };
+    for (i, line) in frame.chunks(16).enumerate() {
+        let _ = write!(out, "  {:04x}:", i * 16);
+        for b in line {
+            let _ = write!(out, " {b:02x}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
+    const B: Endpoint = (Ipv4Addr::new(198, 51, 100, 2), 80);
+
+    #[test]
+    fn built_frames_decode_with_valid_checksums() {
+        let d = decode(&tcp(FROM_CONTAINER, A, B, TcpFlags::SYN, 1, 0, b"")).unwrap();
+        assert_eq!((d.src, d.dst), (A.0, B.0));
+        assert!(matches!(
+            d.l4,
+            L4::Tcp {
+                src_port: 40000,
+                dst_port: 80,
+                syn: true,
+                ..
+            }
+        ));
+        let d = decode(&udp(FROM_CONTAINER, A, B, b"hello")).unwrap();
+        assert!(matches!(d.l4, L4::Udp { payload_len: 5, .. }));
+        let d = decode(&icmp_echo(FROM_CONTAINER, A, B, false, 1, b"ping")).unwrap();
+        assert!(matches!(
+            d.l4,
+            L4::Icmp {
+                icmp_type: 8,
+                ident: Some(40000),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_corrupted_checksum_is_caught() {
+        let mut f = udp(FROM_CONTAINER, A, B, b"hello");
+        f[ETH_HLEN + 12] ^= 1; // source address
+        assert!(decode(&f).unwrap_err().contains("IPv4 header checksum"));
+        let mut f = tcp(FROM_CONTAINER, A, B, TcpFlags::ACK, 1, 1, b"data");
+        let last = f.len() - 1;
+        f[last] ^= 0x40; // payload byte
+        assert!(decode(&f).unwrap_err().contains("TCP checksum"));
+        let mut f = udp(FROM_CONTAINER, A, B, b"hello");
+        f[ETH_HLEN + 20] ^= 1; // source port
+        assert!(decode(&f).unwrap_err().contains("UDP checksum"));
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_means_none() {
+        let mut f = udp(FROM_CONTAINER, A, B, b"hello");
+        f[ETH_HLEN + 26] = 0;
+        f[ETH_HLEN + 27] = 0;
+        assert!(matches!(
+            decode(&f).unwrap().l4,
+            L4::Udp { checksum: 0, .. }
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! Network namespaces owned by a test, removed when dropped.
+
+use std::{
+    fs,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::cmd::{run, run_ok};
+
+/// Every namespace the toolkit creates starts with this, then the creating process's pid.
+pub const PREFIX: &str = "nft";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace (visible to `ip netns`), deleted with everything in it — its
+/// interfaces, its processes — when dropped.
+pub struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    /// Creates `nft<pid>x<n><role>`; `role` (a few letters) tells a human which one it is.
+    pub fn new(role: &str) -> Self {
+        sweep_stale();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}x{n}{role}", std::process::id());
+        run_ok(&["ip", "netns", "add", &name]);
+        let ns = TestNetns { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `argv` run inside the namespace, its output whatever its status.
+    pub fn exec(&self, argv: &[&str]) -> std::process::Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        run(&full)
+    }
+
+    /// `argv` run inside the namespace; its stdout, or a panic with everything it printed.
+    pub fn exec_ok(&self, argv: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        run_ok(&full)
+    }
+
+    /// The argv prefix that runs a command inside this namespace.
+    pub fn prefix(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
+fn delete(name: &str) {
+    // Kill what still runs inside (servers a test started), then remove the namespace; its
+    // interfaces go with it, and the veth peers in other namespaces with them.
+    let pids = run(&["ip", "netns", "pids", name]);
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = run(&["kill", "-9", pid]);
+    }
+    let out = run(&["ip", "netns", "del", name]);
+    if !out.status.success() && std::path::Path::new("/run/netns").join(name).exists() {
+        eprintln!(
+            "warning: could not delete network namespace {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Deletes namespaces of this toolkit whose creating process no longer exists.
+fn sweep_stale() {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('x') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            delete(&name);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The test topology, built inside namespaces only:
+//!
+//! ```text
+//!  container ns "c<i>"          host ns "h"                        outside ns "o"
+//!  eth0 172.18.0.<i+2>/24 ── vc<i> ─┐
+//!                                   br0 172.18.0.1/24
+//!                                   up0 198.51.100.1/24 ──────────── eth0 198.51.100.2/24
+//! ```
+//!
+//! The host forwards (ip_forward=1 in its namespace). The outside knows nothing of the
+//! container subnet unless built with [`TopologyBuilder::route_back`].
+
+use std::net::Ipv4Addr;
+
+use crate::netns::TestNetns;
+
+pub const UPLINK: &str = "up0";
+pub const BRIDGE: &str = "br0";
+pub const UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const UPLINK_PREFIX: u8 = 24;
+pub const SUBNET: &str = "172.18.0.0/24";
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+
+/// The address the toolkit gives container `i` (0-based).
+pub fn container_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        172,
+        18,
+        0,
+        2 + u8::try_from(i).expect("fewer than 250 containers"),
+    )
+}
+
+pub struct TopologyBuilder {
+    containers: usize,
+    bridge: bool,
+    route_back: bool,
+}
+
+impl Default for TopologyBuilder {
+    fn default() -> Self {
+        TopologyBuilder {
+            containers: 0,
+            bridge: true,
+            route_back: false,
+        }
+    }
+}
+
+impl TopologyBuilder {
+    /// Containers made by hand (veth, address, default route), as the articles do.
+    pub fn containers(mut self, n: usize) -> Self {
+        self.containers = n;
+        self
+    }
+
+    /// No bridge in the host: for tests where netfast creates the network itself.
+    pub fn without_bridge(mut self) -> Self {
+        self.bridge = false;
+        self.containers = 0;
+        self
+    }
+
+    /// Give the outside a route to the container subnet via the host: plain routing, no NAT.
+    pub fn route_back(mut self) -> Self {
+        self.route_back = true;
+        self
+    }
+
+    pub fn build(self) -> Topology {
+        // Drop order matters little (deleting a namespace removes its side of every veth),
+        // but containers go first so that nothing is left pointing into a deleted host.
+        let outside = TestNetns::new("o");
+        let host = TestNetns::new("h");
+        let mut containers = Vec::new();
+        for i in 0..self.containers {
+            containers.push(TestNetns::new(&format!("c{i}")));
+        }
+        let topo = Topology {
+            containers,
+            host,
+            outside,
+        };
+        topo.wire(&self);
+        topo
+    }
+}
+
+/// Namespaces of one test; everything is removed when this is dropped.
+pub struct Topology {
+    pub containers: Vec<TestNetns>,
+    pub host: TestNetns,
+    pub outside: TestNetns,
+}
+
+impl Topology {
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    fn wire(&self, b: &TopologyBuilder) {
+        let (h, o) = (&self.host, &self.outside);
+        let uplink_cidr = format!("{UPLINK_ADDR}/{UPLINK_PREFIX}");
+        let outside_cidr = format!("{OUTSIDE_ADDR}/{UPLINK_PREFIX}");
+        crate::run_ok(&[
+            "ip",
+            "-n",
+            h.name(),
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            o.name(),
+        ]);
+        h.exec_ok(&["ip", "addr", "add", &uplink_cidr, "dev", UPLINK]);
+        h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
+        h.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        o.exec_ok(&["ip", "addr", "add", &outside_cidr, "dev", "eth0"]);
+        o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        if b.route_back {
+            o.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                SUBNET,
+                "via",
+                &UPLINK_ADDR.to_string(),
+            ]);
+        }
+        if !b.bridge {
+            return;
+        }
+        h.exec_ok(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
+        h.exec_ok(&["ip", "addr", "add", &format!("{GATEWAY}/24"), "dev", BRIDGE]);
+        h.exec_ok(&["ip", "link", "set", BRIDGE, "up"]);
+        for (i, c) in self.containers.iter().enumerate() {
+            let host_side = format!("vc{i}");
+            crate::run_ok(&[
+                "ip",
+                "-n",
+                h.name(),
+                "link",
+                "add",
+                &host_side,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                c.name(),
+            ]);
+            h.exec_ok(&["ip", "link", "set", &host_side, "master", BRIDGE]);
+            h.exec_ok(&["ip", "link", "set", &host_side, "up"]);
+            c.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", container_addr(i)),
+                "dev",
+                "eth0",
+            ]);
+            c.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            c.exec_ok(&["ip", "route", "add", "default", "via", &GATEWAY.to_string()]);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `cargo xtask`: setup, test, demo. Every command but `setup` runs `setup` first, so a
+//! fresh machine needs nothing else. Std only, so that it builds before anything is installed.
+
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use util::{Cmd, Fail, cargo, leftover_namespaces};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup   install what is missing: Debian packages (LLVM 22, test clients), the nightly
+          rust-src component, bpf-linker 0.13 built against LLVM 22 (idempotent)
+  test    setup, then rustfmt check, clippy -D warnings (host and BPF target), unit, packet
+          (BPF_PROG_TEST_RUN) and namespace tests, then check that nothing was left behind
+  demo    setup, then build and run the demo on the default topology, in namespaces it
+          creates and removes
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("test") => setup::run().and_then(|()| test()),
+        Some("demo") => setup::run().and_then(|()| demo()),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(Fail(format!("unknown command `{other}`\n\n{USAGE}"))),
+        None => Err(Fail(format!("no command given\n\n{USAGE}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg)) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test() -> Result<(), Fail> {
+    util::require_root("the tests create network namespaces and load BPF programs")?;
+    println!("== rustfmt");
+    cargo(&["fmt", "--all", "--check"]).run()?;
+    println!("== clippy (host)");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "netfast-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    println!("== clippy (BPF target)");
+    Cmd::new("rustup")
+        .args(&[
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "netfast-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()?;
+    println!("== tests (one thread: the kernel tests share kernel state)");
+    let before = leftover_namespaces();
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "netfast-ebpf",
+        "--",
+        "--test-threads=1",
+    ])
+    .run()?;
+    let left: Vec<_> = leftover_namespaces()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    if !left.is_empty() {
+        return Err(Fail(format!(
+            "the tests left network namespaces behind: {}",
+            left.join(" ")
+        )));
+    }
+    println!("== all tests passed");
+    Ok(())
+}
+
+fn demo() -> Result<(), Fail> {
+    util::require_root("the demo creates network namespaces and loads BPF programs")?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "netfast-tests",
+        "--bin",
+        "netfast-demo",
+    ])
+    .run()?;
+    let left = leftover_namespaces();
+    if !left.is_empty() {
+        return Err(Fail(format!(
+            "the demo left network namespaces behind: {}",
+            left.join(" ")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `cargo xtask setup`: installs what is missing, a line per step, and changes nothing that
+//! is already there.
+
+use crate::util::{Cmd, Fail, cargo, is_root};
+
+/// The LLVM that bpf-linker is built against (Debian's, from bookworm-security).
+const LLVM_MAJOR: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13";
+
+/// Debian packages: what bpf-linker builds against, and the tools the tests and demo run.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "bpftool",
+];
+
+pub fn run() -> Result<(), Fail> {
+    println!("== setup");
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Cmd::new("dpkg-query")
+        .args(&["-W", "-f=${Status}", package])
+        .output()
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn debian_packages() -> Result<(), Fail> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages: all {} present", PACKAGES.len());
+        return Ok(());
+    }
+    println!("setup: Debian packages: installing {}", missing.join(" "));
+    if !is_root() {
+        return Err(Fail(format!(
+            "installing Debian packages needs root; run as root, or install them yourself: apt-get install -y {}",
+            missing.join(" ")
+        )));
+    }
+    Cmd::new("apt-get").args(&["update", "-q"]).run()?;
+    Cmd::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(&["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .run()
+        .map_err(|Fail(e)| {
+            Fail(format!(
+                "{e}; the packages needed are: {}",
+                missing.join(" ")
+            ))
+        })
+}
+
+fn rust_src() -> Result<(), Fail> {
+    let components = Cmd::new("rustup")
+        .args(&["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .ok_or_else(|| {
+            Fail("the `nightly` toolchain is not installed (`rustup toolchain list`); the eBPF programs need it".into())
+        })?;
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: rust-src for nightly: present");
+        return Ok(());
+    }
+    println!("setup: rust-src for nightly: installing");
+    Cmd::new("rustup")
+        .args(&["component", "add", "rust-src", "--toolchain", "nightly"])
+        .run()
+}
+
+fn bpf_linker() -> Result<(), Fail> {
+    let version = Cmd::new("bpf-linker")
+        .args(&["--version"])
+        .output()
+        .unwrap_or_default();
+    if version
+        .split_whitespace()
+        .any(|w| w.starts_with(BPF_LINKER_VERSION))
+    {
+        println!("setup: bpf-linker: {}", version.trim());
+        return Ok(());
+    }
+    println!(
+        "setup: bpf-linker {BPF_LINKER_VERSION}: building against LLVM {LLVM_MAJOR} (a few minutes)"
+    );
+    let features = format!("llvm-{LLVM_MAJOR}");
+    let version_req = format!("^{BPF_LINKER_VERSION}");
+    cargo(&[
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        &version_req,
+        "--no-default-features",
+        "--features",
+        &features,
+    ])
+    .env("LLVM_PREFIX", &format!("/usr/lib/llvm-{LLVM_MAJOR}"))
+    .run()
+    .map_err(|Fail(e)| {
+        Fail(format!(
+            "{e}; bpf-linker needs llvm-{LLVM_MAJOR}-dev and libpolly-{LLVM_MAJOR}-dev"
+        ))
+    })
+}

@@ -1,0 +1,103 @@
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+/// A failure, already worded for the user.
+#[derive(Debug)]
+pub struct Fail(pub String);
+
+pub struct Cmd {
+    cmd: Command,
+    shown: String,
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Self {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(workspace_root());
+        Cmd {
+            cmd,
+            shown: program.to_owned(),
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.cmd.args(args);
+        for a in args {
+            self.shown.push(' ');
+            self.shown.push_str(a);
+        }
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Runs with inherited stdio; fails naming the command.
+    pub fn run(mut self) -> Result<(), Fail> {
+        let status = self
+            .cmd
+            .status()
+            .map_err(|e| Fail(format!("cannot run `{}`: {e}", self.shown)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Fail(format!("`{}` failed ({status})", self.shown)))
+        }
+    }
+
+    /// Runs quietly and returns stdout if it succeeded.
+    pub fn output(mut self) -> Option<String> {
+        let out = self
+            .cmd
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+pub fn cargo(args: &[&str]) -> Cmd {
+    Cmd::new(&env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args)
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn is_root() -> bool {
+    Cmd::new("id")
+        .args(&["-u"])
+        .output()
+        .is_some_and(|s| s.trim() == "0")
+}
+
+pub fn require_root(why: &str) -> Result<(), Fail> {
+    if is_root() {
+        Ok(())
+    } else {
+        Err(Fail(format!("this must run as root: {why}")))
+    }
+}
+
+/// Network namespaces made by the test toolkit (prefix `nft`) that exist now.
+pub fn leftover_namespaces() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("nft"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
