@@ -1,4 +1,5 @@
-//! The library's errors. The binary adds context with anyhow at its edge.
+//! The library's errors. Messages do not repeat their source: print the chain (`{:#}` with
+//! anyhow) to see it all.
 
 use std::{io, path::PathBuf};
 
@@ -6,7 +7,7 @@ use aya::{maps::MapError, programs::ProgramError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("loading the eBPF object into the kernel failed: {0}")]
+    #[error("loading the eBPF object into the kernel failed")]
     LoadObject(#[source] Box<aya::EbpfError>),
 
     #[error("the eBPF object has no program `{0}` (is the embedded object stale?)")]
@@ -15,21 +16,21 @@ pub enum Error {
     #[error("the eBPF object has no map `{0}` (is the embedded object stale?)")]
     MissingMap(&'static str),
 
-    #[error("program `{program}`: {source}")]
+    #[error("program `{program}`")]
     Program {
         program: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
 
-    #[error("map `{map}`: {source}")]
+    #[error("map `{map}`")]
     Map {
         map: &'static str,
         #[source]
         source: Box<MapError>,
     },
 
-    #[error("attaching `{program}` to interface {interface}: {source}")]
+    #[error("attaching `{program}` to interface {interface}")]
     Attach {
         program: &'static str,
         interface: String,
@@ -38,7 +39,7 @@ pub enum Error {
     },
 
     #[error(
-        "network namespace `{name}` ({path}): {source}; it must exist under /run/netns (see `ip netns list`)"
+        "network namespace `{name}` ({path}); it must exist under /run/netns (see `ip netns list`)"
     )]
     Netns {
         name: String,
@@ -47,7 +48,7 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -78,3 +79,15 @@ impl From<aya::EbpfError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error and all its sources on one line, `a: b: c`, for places without anyhow.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -5,6 +5,7 @@
 
 pub mod dataplane;
 pub mod error;
+pub mod host;
 pub mod netns;
 pub mod prog_test;
 pub mod stats;

@@ -7,10 +7,12 @@
 //! destructor ran) are swept by the next run.
 
 pub mod cmd;
+pub mod netfast_cli;
 pub mod netns;
 pub mod topology;
 
 pub use cmd::{Background, run, run_ok};
+pub use netfast_cli::Netfast;
 pub use netns::TestNetns;
 pub use topology::{Topology, TopologyBuilder};
 

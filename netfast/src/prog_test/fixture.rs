@@ -6,6 +6,8 @@
 
 use netfast_common::{Hook, verdict};
 
+use crate::error::report;
+
 use super::{
     ProgTest, Run,
     packet::{decode, describe},
@@ -91,9 +93,13 @@ impl Case {
         for setup in &self.setup {
             setup(test).map_err(|e| format!("setup failed: {e}"))?;
         }
-        let run = test
-            .run(self.hook, &self.input)
-            .map_err(|e| format!("BPF_PROG_TEST_RUN of {} failed: {e}", self.hook.name()))?;
+        let run = test.run(self.hook, &self.input).map_err(|e| {
+            format!(
+                "BPF_PROG_TEST_RUN of {} failed: {}",
+                self.hook.name(),
+                report(&e)
+            )
+        })?;
         let mut problems = Vec::new();
         if run.verdict != self.verdict {
             problems.push(format!(
@@ -198,7 +204,8 @@ pub fn run_flows(flows: Vec<Flow>) {
         let mut test = match ProgTest::load() {
             Ok(t) => t,
             Err(e) => panic!(
-                "loading the eBPF programs failed (this test needs root and a kernel with BPF_PROG_TEST_RUN): {e}"
+                "loading the eBPF programs failed (this test needs root and a kernel with BPF_PROG_TEST_RUN): {}",
+                report(&e)
             ),
         };
         for (i, case) in flow.cases.iter().enumerate() {

@@ -1,0 +1,90 @@
+//! "The host": the network namespace netfast serves, and where it keeps what belongs to it.
+//!
+//! Each host namespace has a key — its `ip netns` name, `root` for the machine's own, or
+//! `ino-<inode>` for an unnamed one — found the same way whether netfast entered it with
+//! `--netns NAME` or was started under `ip netns exec NAME`. Under that key live:
+//! - its state, in `/run/netfast/<key>/` (tmpfs: it describes kernel objects, which do not
+//!   survive a reboot either);
+//! - its pinned BPF objects, in `/sys/fs/bpf/netfast/<key>/`.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use netfast_common::maps::PIN_ROOT;
+
+use crate::{
+    error::{Error, Result},
+    netns::NETNS_RUN_DIR,
+};
+
+/// Where per-host state directories live.
+pub const STATE_ROOT: &str = "/run/netfast";
+
+/// The host namespace this process works in (the calling thread's network namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Directory-safe identity: the `ip netns` name, `root`, or `ino-<inode>`.
+    pub key: String,
+    /// The `ip netns` name, when it has one.
+    pub name: Option<String>,
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+impl Host {
+    /// Identifies the calling thread's network namespace.
+    pub fn current() -> Result<Host> {
+        let own = inode(Path::new("/proc/thread-self/ns/net")).ok_or_else(|| Error::Io {
+            context: "reading /proc/thread-self/ns/net".into(),
+            source: std::io::Error::last_os_error(),
+        })?;
+        if let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) {
+            let mut names: Vec<String> = entries
+                .flatten()
+                .filter(|e| inode(&e.path()) == Some(own))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            if let Some(name) = names.into_iter().next() {
+                return Ok(Host {
+                    key: name.clone(),
+                    name: Some(name),
+                });
+            }
+        }
+        if inode(Path::new("/proc/1/ns/net")) == Some(own) {
+            return Ok(Host {
+                key: "root".into(),
+                name: None,
+            });
+        }
+        Ok(Host {
+            key: format!("ino-{own}"),
+            name: None,
+        })
+    }
+
+    /// `/run/netfast/<key>`.
+    pub fn state_dir(&self) -> PathBuf {
+        Path::new(STATE_ROOT).join(&self.key)
+    }
+
+    /// `/sys/fs/bpf/netfast/<key>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(PIN_ROOT).join(&self.key)
+    }
+
+    /// How to name this host to a human.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("network namespace {name}"),
+            None if self.key == "root" => "the root network namespace".into(),
+            None => format!("network namespace {}", self.key),
+        }
+    }
+}

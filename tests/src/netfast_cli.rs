@@ -1,0 +1,87 @@
+//! Driving the real `netfast` binary in a test's host namespace, the way a user does.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+};
+
+use crate::netns::TestNetns;
+
+/// The `netfast` binary cargo built next to this test (target/<profile>/netfast).
+pub fn netfast_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("netfast");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "the netfast binary was not found next to {} — build it first \
+         (`cargo build -p netfast`; `cargo xtask test` does)",
+        exe.display()
+    );
+}
+
+/// `netfast --netns <host> …` for one test host; runs `netfast down` there when dropped so
+/// that nothing netfast created (pins, state) outlives the test.
+pub struct Netfast {
+    host: String,
+}
+
+impl Netfast {
+    pub fn new(host: &TestNetns) -> Self {
+        Netfast {
+            host: host.name().to_owned(),
+        }
+    }
+
+    /// Runs `netfast --netns <host> args…`, whatever its exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(netfast_bin())
+            .arg("--netns")
+            .arg(&self.host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netfast")
+    }
+
+    /// Runs netfast and returns stdout; panics with everything it printed if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if !out.status.success() {
+            panic!(
+                "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+                self.host,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs netfast expecting failure; returns stderr; panics if it succeeded.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if out.status.success() {
+            panic!(
+                "`netfast --netns {} {}` succeeded but should have failed:\n{}",
+                self.host,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Netfast {
+    fn drop(&mut self) {
+        // `down` exists once the loader does; until then there is nothing to remove.
+        let _ = self.run(&["down"]);
+    }
+}
