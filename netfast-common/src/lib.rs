@@ -5,7 +5,10 @@
 //! so that both sides agree on the layout the kernel sees.
 #![no_std]
 
+pub mod config;
+pub mod conntrack;
 pub mod maps;
+pub mod nat;
 pub mod stats;
 
 pub use stats::{DropReason, Hook, Traffic};
@@ -42,5 +45,114 @@ pub mod verdict {
             REDIRECT => "REDIRECT (TC_ACT_REDIRECT)",
             _ => "unknown verdict",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        config::DpConfig,
+        conntrack::{
+            CT_F_FIN_ORIG, CT_F_FIN_REPLY, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next,
+            timeout,
+        },
+        nat::port_candidate,
+    };
+
+    const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+    };
+    const SYN_ACK: TcpFlags = TcpFlags {
+        syn: true,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+    const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+    const FIN: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+    };
+    const RST: TcpFlags = TcpFlags {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+    };
+
+    #[test]
+    fn tcp_lifetime_walks_the_states() {
+        let (s, f) = tcp_next(TcpState::None, SYN, false, 0);
+        assert_eq!(s, TcpState::SynSent);
+        let (s, f) = tcp_next(s, SYN_ACK, true, f);
+        assert_eq!(s, TcpState::SynRecv);
+        let (s, f) = tcp_next(s, ACK, false, f);
+        assert_eq!(s, TcpState::Established);
+        let (s, f) = tcp_next(s, ACK, true, f);
+        assert_eq!(s, TcpState::Established);
+        let (s, f) = tcp_next(s, FIN, false, f);
+        assert_eq!((s, f & CT_F_FIN_ORIG != 0), (TcpState::FinWait, true));
+        let (s, f) = tcp_next(s, ACK, true, f);
+        assert_eq!(s, TcpState::CloseWait);
+        let (s, f) = tcp_next(s, FIN, true, f);
+        assert_eq!((s, f & CT_F_FIN_REPLY != 0), (TcpState::TimeWait, true));
+        let (s, _) = tcp_next(s, ACK, false, f);
+        assert_eq!(s, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn rst_closes_and_a_new_syn_reopens() {
+        let (s, f) = tcp_next(TcpState::Established, RST, true, 0);
+        assert_eq!(s, TcpState::Close);
+        let (s, _) = tcp_next(s, SYN, false, f);
+        assert_eq!(s, TcpState::SynSent);
+        // A SYN from the reply side does not reopen a flow it does not own.
+        let (s, _) = tcp_next(TcpState::Close, SYN, true, 0);
+        assert_eq!(s, TcpState::Close);
+    }
+
+    #[test]
+    fn simultaneous_close_goes_to_time_wait() {
+        let (s, f) = tcp_next(TcpState::Established, FIN, true, 0);
+        assert_eq!(s, TcpState::FinWait);
+        let (s, _) = tcp_next(s, FIN, false, f);
+        assert_eq!(s, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn timeouts_follow_the_state() {
+        let cfg = DpConfig::default();
+        assert_eq!(timeout(&cfg, PROTO_TCP, TcpState::Established), 7440);
+        assert_eq!(timeout(&cfg, PROTO_TCP, TcpState::SynSent), 240);
+        assert_eq!(timeout(&cfg, PROTO_TCP, TcpState::TimeWait), 240);
+        assert_eq!(timeout(&cfg, PROTO_TCP, TcpState::Close), 10);
+        assert_eq!(timeout(&cfg, PROTO_UDP, TcpState::None), 300);
+        assert_eq!(timeout(&cfg, 1, TcpState::None), 60);
+    }
+
+    #[test]
+    fn port_candidates_keep_the_original_then_cover_a_small_range() {
+        assert_eq!(port_candidate(0, 5000, 7, 61000, 61003), 5000);
+        let mut seen: [bool; 4] = [false; 4];
+        for attempt in 1..=4 {
+            let p = port_candidate(attempt, 5000, 0xffff_fffe, 61000, 61003);
+            assert!((61000..=61003).contains(&p));
+            seen[usize::from(p - 61000)] = true;
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "four attempts must cover a four-port range"
+        );
+        assert_eq!(port_candidate(1, 1, 0, 65535, 65535), 65535);
     }
 }

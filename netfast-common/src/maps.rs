@@ -1,11 +1,46 @@
 //! Map names and sizes, in one place. The `#[map]` statics in `netfast-ebpf` are named after
 //! these constants (the symbol is the map name) and the loader looks maps up by them.
 
-/// Per-CPU array of [`crate::Traffic`] indexed by [`crate::stats::slot`]: what each hook saw
-/// and what each [`crate::DropReason`] dropped.
+/// Per-CPU array of [`crate::Traffic`] indexed by [`crate::stats::hook_slot`] and
+/// [`crate::stats::drop_slot`]: what each hook saw and what each drop reason dropped.
 pub const STATS: &str = "NETFAST_STATS";
-/// Entries in [`STATS`].
 pub const STATS_SLOTS: u32 = 64;
+
+/// Per-CPU array of [`crate::Traffic`]: per network, `2 * id` leaving the containers and
+/// `2 * id + 1` coming to them.
+pub const NET_STATS: &str = "NETFAST_NET_STATS";
+/// Networks one host can have (the per-network stats slots).
+pub const MAX_NETWORKS: u32 = 256;
+
+/// Array with one [`crate::config::DpConfig`].
+pub const CONFIG: &str = "NETFAST_CONFIG";
+
+/// LPM trie: container subnet → [`crate::config::NetInfo`].
+pub const NETWORKS: &str = "NETFAST_NETWORKS";
+
+/// LRU hash: [`crate::conntrack::CtKey`] → [`crate::conntrack::CtEntry`], two per flow.
+pub const CONNTRACK: &str = "NETFAST_CT";
+/// Default number of flows tracked (`--ct-max`); the map holds twice as many entries.
+pub const DEFAULT_CT_MAX_FLOWS: u32 = 262_144;
+
+/// LRU hash: [`crate::nat::NatBindKey`] → [`crate::nat::NatBinding`].
+pub const NAT_BINDINGS: &str = "NETFAST_NAT_BIND";
+/// LRU hash: [`crate::nat::NatClaimKey`] → [`crate::nat::NatClaim`].
+pub const NAT_CLAIMS: &str = "NETFAST_NAT_CLAIM";
+
+/// LRU hash: [`crate::nat::FragKey`] → [`crate::nat::FragEntry`].
+pub const FRAGMENTS: &str = "NETFAST_FRAGS";
+pub const FRAGMENTS_MAX: u32 = 8192;
+/// Seconds a datagram's fragments are remembered (the kernel's ipfrag_time is 30).
+pub const FRAGMENT_TIMEOUT: u32 = 30;
+
+/// Ring buffer of [`crate::conntrack::CtEvent`].
+pub const CT_EVENTS: &str = "NETFAST_CT_EVENTS";
+pub const CT_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// How many ports masquerade tries (the original one, then a sequence from a random
+/// start in the configured range) before it gives up and counts a drop.
+pub const NAT_PORT_TRIES: u32 = 32;
 
 /// Every pinned object lives below this directory of the bpf filesystem, one subdirectory
 /// per host network namespace.

@@ -62,20 +62,67 @@ impl Hook {
 pub enum DropReason {
     /// A header claimed more bytes than the packet has.
     Malformed = 1,
+    /// Masquerade found no free external port.
+    NatPortExhausted = 2,
+    /// The NAT mapping (claim and binding) could not be stored.
+    NatMappingFailed = 3,
+    /// The conntrack pair could not be stored.
+    CtInsertFailed = 4,
+    /// A TCP RST for no tracked flow, from a masqueraded address: it would leak that address.
+    TcpRstWithoutFlow = 5,
+    /// A later fragment whose first fragment was not seen: it cannot be translated.
+    FragmentWithoutFirst = 6,
+    /// An ICMP error from a masqueraded address about no tracked flow.
+    IcmpErrorWithoutFlow = 7,
+    /// A protocol masquerade does not translate (not TCP, UDP or ICMP).
+    UnsupportedProtocol = 8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 1] = [DropReason::Malformed];
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::NatPortExhausted,
+        DropReason::NatMappingFailed,
+        DropReason::CtInsertFailed,
+        DropReason::TcpRstWithoutFlow,
+        DropReason::FragmentWithoutFirst,
+        DropReason::IcmpErrorWithoutFlow,
+        DropReason::UnsupportedProtocol,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
+            DropReason::NatPortExhausted => "nat_port_exhausted",
+            DropReason::NatMappingFailed => "nat_mapping_failed",
+            DropReason::CtInsertFailed => "ct_insert_failed",
+            DropReason::TcpRstWithoutFlow => "tcp_rst_without_flow",
+            DropReason::FragmentWithoutFirst => "fragment_without_first",
+            DropReason::IcmpErrorWithoutFlow => "icmp_error_without_flow",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
         }
     }
 
     pub const fn describe(self) -> &'static str {
         match self {
             DropReason::Malformed => "a header claimed more bytes than the packet has",
+            DropReason::NatPortExhausted => {
+                "no free external port in the masquerade port range (widen it, or raise the tries)"
+            }
+            DropReason::NatMappingFailed => "the NAT mapping could not be stored",
+            DropReason::CtInsertFailed => "the conntrack entries could not be stored",
+            DropReason::TcpRstWithoutFlow => {
+                "a TCP RST from a container for no tracked flow (it would leak the container address)"
+            }
+            DropReason::FragmentWithoutFirst => {
+                "a later IPv4 fragment arrived before its first fragment"
+            }
+            DropReason::IcmpErrorWithoutFlow => {
+                "an ICMP error from a container about no tracked flow"
+            }
+            DropReason::UnsupportedProtocol => {
+                "a protocol masquerade does not translate (only TCP, UDP, ICMP)"
+            }
         }
     }
 }

@@ -1,8 +1,57 @@
-//! Every map of the dataplane. Names and sizes come from `netfast_common::maps`.
+//! Every map of the dataplane. Names and sizes come from `netfast_common::maps`; the loader
+//! resizes the conntrack and NAT maps to `--ct-max` before loading.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use netfast_common::{Traffic, maps::STATS_SLOTS};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use netfast_common::{
+    Traffic,
+    config::{DpConfig, NetInfo},
+    conntrack::{CtEntry, CtKey},
+    maps::{CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, FRAGMENTS_MAX, MAX_NETWORKS, STATS_SLOTS},
+    nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
+};
 
-/// `netfast_common::maps::STATS`: packets and bytes per hook and per drop reason, per CPU.
+/// `maps::STATS`: packets and bytes per hook and per drop reason, per CPU.
 #[map]
 pub static NETFAST_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// `maps::NET_STATS`: packets and bytes per network and direction, per CPU.
+#[map]
+pub static NETFAST_NET_STATS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(MAX_NETWORKS * 2, 0);
+
+/// `maps::CONFIG`: timeouts, port range, filtering.
+#[map]
+pub static NETFAST_CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+
+/// `maps::NETWORKS`: container subnets (LPM on the address) → network.
+#[map]
+pub static NETFAST_NETWORKS: LpmTrie<u32, NetInfo> =
+    LpmTrie::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+
+/// `maps::CONNTRACK`: both directions of every tracked flow.
+#[map]
+pub static NETFAST_CT: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CT_MAX_FLOWS * 2, 0);
+
+/// `maps::NAT_BINDINGS`: internal endpoint → its external port.
+#[map]
+pub static NETFAST_NAT_BIND: LruHashMap<NatBindKey, NatBinding> =
+    LruHashMap::with_max_entries(DEFAULT_CT_MAX_FLOWS, 0);
+
+/// `maps::NAT_CLAIMS`: external port → the internal endpoint that owns it.
+#[map]
+pub static NETFAST_NAT_CLAIM: LruHashMap<NatClaimKey, NatClaim> =
+    LruHashMap::with_max_entries(DEFAULT_CT_MAX_FLOWS, 0);
+
+/// `maps::FRAGMENTS`: how the first fragment of a datagram was translated.
+#[map]
+pub static NETFAST_FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);
+
+/// `maps::CT_EVENTS`: NEW and UPDATE events for `netfast conntrack watch`.
+#[map]
+pub static NETFAST_CT_EVENTS: RingBuf = RingBuf::with_byte_size(CT_EVENTS_BYTES, 0);

@@ -1,16 +1,16 @@
 //! Per-CPU counters: no atomics needed, the loader sums the CPUs.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{maps::PerCpuArray, programs::TcContext};
 use netfast_common::{
-    DropReason, Hook,
+    DropReason, Hook, Traffic,
     stats::{drop_slot, hook_slot},
 };
 
-use crate::maps::NETFAST_STATS;
+use crate::maps::{NETFAST_NET_STATS, NETFAST_STATS};
 
 #[inline(always)]
-fn count(slot: u32, bytes: u32) {
-    if let Some(entry) = NETFAST_STATS.get_ptr_mut(slot) {
+fn count(map: &PerCpuArray<Traffic>, slot: u32, bytes: u32) {
+    if let Some(entry) = map.get_ptr_mut(slot) {
         // SAFETY: a per-CPU array value is only ever touched by this CPU while the program runs.
         let entry = unsafe { &mut *entry };
         entry.packets += 1;
@@ -21,11 +21,21 @@ fn count(slot: u32, bytes: u32) {
 /// Counts a packet seen by a hook.
 #[inline(always)]
 pub fn count_hook(ctx: &TcContext, hook: Hook) {
-    count(hook_slot(hook), ctx.len());
+    count(&NETFAST_STATS, hook_slot(hook), ctx.len());
 }
 
 /// Counts a packet dropped for `reason`.
 #[inline(always)]
 pub fn count_drop(ctx: &TcContext, reason: DropReason) {
-    count(drop_slot(reason), ctx.len());
+    count(&NETFAST_STATS, drop_slot(reason), ctx.len());
+}
+
+/// Counts a translated packet of network `net_id`, towards its containers or away from them.
+#[inline(always)]
+pub fn count_network(ctx: &TcContext, net_id: u16, to_containers: bool) {
+    count(
+        &NETFAST_NET_STATS,
+        u32::from(net_id) * 2 + u32::from(to_containers),
+        ctx.len(),
+    );
 }

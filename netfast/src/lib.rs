@@ -6,6 +6,7 @@
 pub mod dataplane;
 pub mod error;
 pub mod host;
+pub mod maps;
 pub mod netns;
 pub mod prog_test;
 pub mod stats;

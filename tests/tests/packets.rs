@@ -40,7 +40,7 @@ fn frames(macs: packet::Macs, from: Endpoint, to: Endpoint) -> Vec<(&'static str
         ("udp", packet::udp(macs, from, to, b"hello over udp")),
         (
             "icmp echo",
-            packet::icmp_echo(macs, from, to, false, 1, &[0x5a; 56]),
+            packet::icmp_echo(macs, from.0, to.0, false, from.1, 1, &[0x5a; 56]),
         ),
         ("arp", arp),
     ]

@@ -229,3 +229,21 @@ pub fn run_flows(flows: Vec<Flow>) {
         );
     }
 }
+
+/// Asserts a run's verdict and exact output frame, printing both frames decoded on failure:
+/// for tests that compute their packets as they go (a port chosen at random, say).
+pub fn assert_run(what: &str, run: &Run, expected_verdict: i32, expected: &[u8]) {
+    if run.verdict != expected_verdict {
+        panic!(
+            "{what}: verdict {} ({}), expected {} ({})\n  frame out:\n{}",
+            run.verdict,
+            verdict::name(run.verdict),
+            expected_verdict,
+            verdict::name(expected_verdict),
+            describe(&run.frame)
+        );
+    }
+    if run.frame != expected {
+        panic!("{what}: wrong frame out:\n{}", diff(expected, &run.frame));
+    }
+}

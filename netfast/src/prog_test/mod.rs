@@ -13,11 +13,12 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
-use netfast_common::Hook;
+use netfast_common::{Hook, config::DpConfig};
 
 use crate::{
     dataplane::{classifier, load_object},
     error::{Error, Result},
+    maps,
     stats::{self, Stats},
 };
 
@@ -37,11 +38,17 @@ pub struct ProgTest {
 }
 
 impl ProgTest {
-    /// Loads every program; needs root (or CAP_BPF + CAP_NET_ADMIN).
+    /// Loads every program with the default configuration; needs root (or CAP_BPF and
+    /// CAP_NET_ADMIN).
     pub fn load() -> Result<Self> {
-        Ok(ProgTest {
-            ebpf: load_object()?,
-        })
+        Self::load_with(&DpConfig::default())
+    }
+
+    /// Loads every program with `config` written to the config map.
+    pub fn load_with(config: &DpConfig) -> Result<Self> {
+        let mut ebpf = load_object()?;
+        maps::write_config(&mut ebpf, config)?;
+        Ok(ProgTest { ebpf })
     }
 
     /// The loaded object, to seed or read maps.

@@ -148,29 +148,102 @@ pub fn udp(macs: Macs, src: Endpoint, dst: Endpoint, payload: &[u8]) -> Vec<u8> 
     frame
 }
 
-/// An ICMP echo request (`reply == false`) or reply; the endpoints' ports are the identifier.
+/// An ICMP echo request (`reply == false`) or reply with identifier `id`.
 pub fn icmp_echo(
     macs: Macs,
-    src: Endpoint,
-    dst: Endpoint,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
     reply: bool,
+    id: u16,
     seq: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(macs.src, macs.dst).ipv4(
-        src.0.octets(),
-        dst.0.octets(),
-        DEFAULT_TTL,
-    );
+    let b =
+        PacketBuilder::ethernet2(macs.src, macs.dst).ipv4(src.octets(), dst.octets(), DEFAULT_TTL);
     let b = if reply {
-        b.icmpv4_echo_reply(src.1, seq)
+        b.icmpv4_echo_reply(id, seq)
     } else {
-        b.icmpv4_echo_request(src.1, seq)
+        b.icmpv4_echo_request(id, seq)
     };
     let mut frame = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut frame, payload)
         .expect("writing to a Vec cannot fail");
     frame
+}
+
+/// The IP packet inside an Ethernet frame (what an ICMP error quotes).
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[ETH_HLEN..]
+}
+
+/// An ICMP error (`icmp_type`/`code`, the 4 bytes after the checksum in `rest`: the next-hop
+/// MTU for fragmentation-needed, the pointer for parameter problem) quoting `quoted`, the
+/// start of the IP packet that caused it.
+pub fn icmp_error(
+    macs: Macs,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.src, macs.dst)
+        .ipv4(src.octets(), dst.octets(), DEFAULT_TTL)
+        .icmpv4_raw(icmp_type, code, rest);
+    let mut frame = Vec::with_capacity(b.size(quoted.len()));
+    b.write(&mut frame, quoted)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// An IPv4 packet of protocol `proto` (GRE, SCTP, …) carrying `payload`.
+pub fn ip_proto(macs: Macs, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(
+        payload.len() as u16,
+        DEFAULT_TTL,
+        etherparse::IpNumber(proto),
+        src.octets(),
+        dst.octets(),
+    )
+    .expect("a small payload fits");
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&macs.dst);
+    frame.extend_from_slice(&macs.src);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    ip.write(&mut frame).expect("writing to a Vec cannot fail");
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Splits an unfragmented IPv4 frame into fragments carrying at most `chunk` bytes (a
+/// multiple of 8) of its payload each, as a host does for a datagram larger than its MTU.
+pub fn fragment(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert!(
+        chunk.is_multiple_of(8) && chunk > 0,
+        "fragment payloads are multiples of 8 bytes"
+    );
+    let (mut ip, rest) =
+        etherparse::Ipv4Header::from_slice(ip_packet(frame)).expect("an IPv4 frame");
+    let payload = &rest[..usize::from(ip.total_len) - ip.header_len()];
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < payload.len() {
+        let end = (offset + chunk).min(payload.len());
+        ip.identification = id;
+        ip.more_fragments = end < payload.len();
+        ip.fragment_offset =
+            etherparse::IpFragOffset::try_new((offset / 8) as u16).expect("offset fits");
+        ip.set_payload_len(end - offset).expect("payload fits");
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut f = frame[..ETH_HLEN].to_vec();
+        ip.write(&mut f).expect("writing to a Vec cannot fail");
+        f.extend_from_slice(&payload[offset..end]);
+        out.push(f);
+        offset = end;
+    }
+    out
 }
 
 /// RFC 1071 sum of 16-bit big-endian words, not yet complemented.
@@ -340,6 +413,83 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
     })
 }
 
+/// The packet an ICMP error quotes, read back with its own checksums verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    /// TCP/UDP ports; for an ICMP echo, the identifier in both.
+    pub sport: u16,
+    pub dport: u16,
+    /// Whether the quoted L4 checksum verifies; `None` when the quote is too short to tell
+    /// (or a UDP checksum of zero, meaning none).
+    pub l4_checksum_ok: Option<bool>,
+}
+
+/// The packet quoted by the ICMP error `frame`, after verifying the outer checksums (as
+/// [`decode`] does) and the quoted IPv4 header checksum.
+pub fn decode_quoted(frame: &[u8]) -> Result<Quoted, String> {
+    let outer = decode(frame)?;
+    let L4::Icmp { bytes, .. } = &outer.l4 else {
+        return Err("not an ICMP message".into());
+    };
+    let inner = bytes
+        .get(8..)
+        .ok_or("ICMP message too short to quote a packet")?;
+    let ihl = usize::from(inner.first().ok_or("empty quote")? & 0x0f) * 4;
+    let ip = inner.get(..ihl).ok_or("quoted IPv4 header cut short")?;
+    if !checksum_ok(ones_complement_sum(0, ip)) {
+        return Err("bad quoted IPv4 header checksum".into());
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let protocol = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &inner[ihl..];
+    let whole = inner.len() >= total;
+    let l4_full = if whole { &inner[ihl..total] } else { l4 };
+    let pseudo = {
+        let mut acc = ones_complement_sum(0, &ip[12..20]);
+        acc += u32::from(protocol);
+        acc + l4_full.len() as u32
+    };
+    let word = |at: usize| -> Result<u16, String> {
+        l4.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "quoted L4 header cut short".to_string())
+    };
+    let (sport, dport, l4_checksum_ok) = match protocol {
+        6 | 17 => {
+            let csum = if protocol == 17 {
+                word(6).ok()
+            } else {
+                word(16).ok()
+            };
+            let ok = match csum {
+                Some(0) if protocol == 17 => None,
+                Some(_) if whole => Some(checksum_ok(ones_complement_sum(pseudo, l4_full))),
+                _ => None,
+            };
+            (word(0)?, word(2)?, ok)
+        }
+        1 => {
+            let id = word(4)?;
+            let ok = whole.then(|| checksum_ok(ones_complement_sum(0, l4_full)));
+            (id, id, ok)
+        }
+        _ => (0, 0, None),
+    };
+    Ok(Quoted {
+        src,
+        dst,
+        protocol,
+        sport,
+        dport,
+        l4_checksum_ok,
+    })
+}
+
 /// A frame for a human: what it decodes to (or why it does not), then a hex dump.
 pub fn describe(frame: &[u8]) -> String {
     let mut out = match decode(frame) {
@@ -378,7 +528,7 @@ mod tests {
         ));
         let d = decode(&udp(FROM_CONTAINER, A, B, b"hello")).unwrap();
         assert!(matches!(d.l4, L4::Udp { payload_len: 5, .. }));
-        let d = decode(&icmp_echo(FROM_CONTAINER, A, B, false, 1, b"ping")).unwrap();
+        let d = decode(&icmp_echo(FROM_CONTAINER, A.0, B.0, false, A.1, 1, b"ping")).unwrap();
         assert!(matches!(
             d.l4,
             L4::Icmp {

@@ -1,0 +1,80 @@
+//! Configuration the loader writes and the programs read.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Filtering of inbound packets to a mapping (RFC 4787 section 5).
+pub const FILTERING_ADDRESS_AND_PORT_DEPENDENT: u8 = 0;
+pub const FILTERING_ENDPOINT_INDEPENDENT: u8 = 1;
+
+/// Host-wide dataplane settings: the single entry of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DpConfig {
+    /// Idle timeouts, seconds.
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    /// Ports (and ICMP identifiers) masquerade may pick when the original one is taken,
+    /// inclusive, host byte order.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// `FILTERING_*`.
+    pub filtering: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<DpConfig>() == 28);
+
+impl DpConfig {
+    /// RFC 5382 REQ-5: an established idle timeout of at least 2 h 4 min.
+    pub const DEFAULT_TCP_ESTABLISHED: u32 = 7440;
+    /// RFC 5382: transitory connections at least 4 min.
+    pub const DEFAULT_TCP_TRANSITORY: u32 = 240;
+    /// After a RST, as Linux conntrack does.
+    pub const DEFAULT_TCP_CLOSE: u32 = 10;
+    /// RFC 4787 REQ-5 asks for at least 2 min; 5 min is its recommendation.
+    pub const DEFAULT_UDP: u32 = 300;
+    pub const DEFAULT_ICMP: u32 = 60;
+    /// As iptables MASQUERADE without --to-ports, but above the well-known ports.
+    pub const DEFAULT_PORT_MIN: u16 = 1024;
+    pub const DEFAULT_PORT_MAX: u16 = 65535;
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        DpConfig {
+            tcp_established: Self::DEFAULT_TCP_ESTABLISHED,
+            tcp_transitory: Self::DEFAULT_TCP_TRANSITORY,
+            tcp_close: Self::DEFAULT_TCP_CLOSE,
+            udp: Self::DEFAULT_UDP,
+            icmp: Self::DEFAULT_ICMP,
+            port_min: Self::DEFAULT_PORT_MIN,
+            port_max: Self::DEFAULT_PORT_MAX,
+            filtering: FILTERING_ADDRESS_AND_PORT_DEPENDENT,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Masquerade the network's traffic leaving through its uplink.
+pub const NET_F_MASQUERADE: u16 = 1 << 0;
+
+/// A network, found by longest-prefix match on a container address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NetInfo {
+    /// Index of the network's counters in the per-network stats map.
+    pub id: u16,
+    /// `NET_F_*`.
+    pub flags: u16,
+    /// The uplink's ifindex in the host namespace.
+    pub uplink_ifindex: u32,
+    /// The bridge's ifindex in the host namespace.
+    pub bridge_ifindex: u32,
+    /// The address masquerade translates to (the uplink's), network byte order.
+    pub ext_addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<NetInfo>() == 16);
+
+crate::aya_pod!(DpConfig, NetInfo);

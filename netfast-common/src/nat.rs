@@ -1,0 +1,158 @@
+//! Endpoint-independent NAT mappings (RFC 4787 REQ-1, RFC 5382 REQ-1).
+//!
+//! A mapping is a pair: a *claim* on an external (address, port, protocol), inserted first
+//! with `BPF_NOEXIST` so that two CPUs can never take the same port, and a *binding* from the
+//! internal (address, port, protocol) to that port, which every flow of the internal endpoint
+//! reuses whatever its destination, for as long as the mapping lives.
+
+use bytemuck::{Pod, Zeroable};
+
+/// An internal endpoint leaving through one external address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NatBindKey {
+    /// Internal (container) address, network byte order.
+    pub int_addr: u32,
+    /// External address the endpoint is translated to, network byte order.
+    pub ext_addr: u32,
+    /// Internal port or ICMP identifier, network byte order.
+    pub int_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<NatBindKey>() == 12);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatBinding {
+    /// External port, network byte order.
+    pub ext_port: u16,
+    /// TCP flows using the mapping that have not closed yet; when the last one closes the
+    /// mapping's lifetime shrinks to that flow's. (UDP and ICMP flows only ever expire.)
+    pub flows: u16,
+    /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
+    pub expires: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatBinding>() == 8);
+
+/// An external (address, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NatClaimKey {
+    /// External address, network byte order.
+    pub ext_addr: u32,
+    /// External port or ICMP identifier, network byte order.
+    pub ext_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<NatClaimKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatClaim {
+    /// The internal endpoint that owns the port: address and port, network byte order.
+    pub int_addr: u32,
+    pub int_port: u16,
+    /// The network of the internal endpoint.
+    pub net_id: u16,
+    /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
+    pub expires: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatClaim>() == 12);
+
+/// A fragmented datagram, as its fragments carry it before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    /// Addresses, network byte order.
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// IPv4 identification, network byte order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// What the first fragment's translation did to the addresses; later fragments repeat it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragEntry {
+    /// New source and destination, network byte order.
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// CLOCK_MONOTONIC seconds.
+    pub expires: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 12);
+
+crate::aya_pod!(
+    NatBindKey,
+    NatBinding,
+    NatClaimKey,
+    NatClaim,
+    FragKey,
+    FragEntry
+);
+
+/// The `attempt`-th external port to try (host byte order): the original port first, then a
+/// walk through `[min, max]` from `random`, so that a small range is searched completely.
+pub const fn port_candidate(attempt: u32, original: u16, random: u32, min: u16, max: u16) -> u16 {
+    if attempt == 0 {
+        return original;
+    }
+    let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
+    let span = (hi - lo) as u32 + 1;
+    lo + ((random.wrapping_add(attempt - 1)) % span) as u16
+}
+
+/// Refresh a mapping once its flows have extended their lifetime by this fraction of the
+/// timeout, and keep it alive that much beyond them, so that a mapping never expires before
+/// one of its flows (RFC 4787 REQ-1: the mapping lives while its flows do).
+pub const MAPPING_SLACK_DIVISOR: u32 = 8;
+
+pub const fn mapping_slack(timeout: u32) -> u32 {
+    let s = timeout / MAPPING_SLACK_DIVISOR;
+    if s == 0 { 1 } else { s }
+}
+
+/// The mapping a masquerade conntrack entry belongs to: its binding and claim keys.
+pub const fn mapping_keys(
+    key: &crate::conntrack::CtKey,
+    entry: &crate::conntrack::CtEntry,
+) -> (NatBindKey, NatClaimKey) {
+    // A source-rewriting entry is keyed by the internal side; a destination-rewriting one by
+    // the external side.
+    let (int_addr, int_port, ext_addr, ext_port) =
+        if entry.flags & crate::conntrack::CT_F_REWRITE_SRC != 0 {
+            (
+                key.src_addr,
+                key.src_port,
+                entry.rewrite_addr,
+                entry.rewrite_port,
+            )
+        } else {
+            (
+                entry.rewrite_addr,
+                entry.rewrite_port,
+                key.dst_addr,
+                key.dst_port,
+            )
+        };
+    (
+        NatBindKey {
+            int_addr,
+            ext_addr,
+            int_port,
+            proto: key.proto,
+            _pad: 0,
+        },
+        NatClaimKey {
+            ext_addr,
+            ext_port,
+            proto: key.proto,
+            _pad: 0,
+        },
+    )
+}

@@ -1,0 +1,127 @@
+//! ICMP errors about translated flows (RFC 5508): destination unreachable (including
+//! fragmentation needed), time exceeded and parameter problem carry the start of the packet
+//! that caused them. That packet went out translated; the error must come back with the
+//! translation undone — in its outer header, in the embedded header, and in every checksum —
+//! so that traceroute and path-MTU discovery work from a container.
+
+use aya_ebpf::programs::TcContext;
+use netfast_common::{
+    DropReason,
+    conntrack::{CT_F_REWRITE_DST, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+};
+
+use crate::{
+    conntrack, csum,
+    nat::rewrite_l3,
+    parse::{IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, be16, be32, header, icmp, load, store},
+    stats,
+};
+
+/// Length of the ICMP error header before the embedded packet.
+const ICMP_HLEN: usize = 8;
+
+/// Translates an ICMP error about a tracked flow. False when it is about none (it may be for
+/// the host itself; the caller decides).
+#[inline(always)]
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, DropReason> {
+    let inner = ip.l4 + ICMP_HLEN;
+    let h = header::<20>(ctx, inner)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Ok(false);
+    }
+    let proto = h[9];
+    let src = be32(&h, IP_SRC);
+    let dst = be32(&h, IP_DST);
+    let l4 = inner + ihl;
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => {
+            let ports = header::<4>(ctx, l4)?;
+            (be16(&ports, 0), be16(&ports, 2))
+        }
+        PROTO_ICMP => match icmp(ctx, l4)? {
+            L4::Flow { sport, dport, .. } => (sport, dport),
+            _ => return Ok(false),
+        },
+        _ => return Ok(false),
+    };
+    // The embedded packet went out translated; a reply to it would match this entry, and
+    // the error is undone the way that reply would be.
+    let key = CtKey::new(dst, src, dport, sport, proto);
+    let Some(entry) = conntrack::lookup(&key, now) else {
+        return Ok(false);
+    };
+    // SAFETY: a live map value pointer from `lookup`.
+    let (flags, addr, port, net_id) = unsafe {
+        let e = &*entry;
+        (e.flags, e.rewrite_addr, e.rewrite_port, e.net_id)
+    };
+    let to_containers = flags & CT_F_REWRITE_DST != 0;
+    // Replies get their destination rewritten: so do the error's outer destination and the
+    // embedded packet's source (and the other way round).
+    rewrite_embedded(ctx, ip.l4, inner, l4, proto, to_containers, addr, port)?;
+    rewrite_l3(ctx, !to_containers, addr)?;
+    stats::count_network(ctx, net_id, to_containers);
+    Ok(true)
+}
+
+/// Rewrites the embedded packet's source (or destination) address and port, its IPv4 and
+/// L4 checksums where present, and the ICMP checksum for every word that changed. Every
+/// change stays inside the ICMP message and is balanced by its checksum, so a
+/// CHECKSUM_COMPLETE skb stays consistent without a helper.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rewrite_embedded(
+    ctx: &TcContext,
+    icmp_off: usize,
+    inner: usize,
+    l4: usize,
+    proto: u8,
+    src_side: bool,
+    addr: u32,
+    port: u16,
+) -> Result<(), DropReason> {
+    let icmp_csum_off = icmp_off + 2;
+    let mut icmp_csum: u16 = load(ctx, icmp_csum_off)?;
+
+    let addr_off = inner + if src_side { IP_SRC } else { IP_DST };
+    let old_addr: u32 = load(ctx, addr_off)?;
+    store(ctx, addr_off, addr)?;
+    icmp_csum = csum::replace32(icmp_csum, old_addr, addr);
+    let old_ip_csum: u16 = load(ctx, inner + IP_CSUM)?;
+    let new_ip_csum = csum::replace32(old_ip_csum, old_addr, addr);
+    store(ctx, inner + IP_CSUM, new_ip_csum)?;
+    icmp_csum = csum::replace16(icmp_csum, old_ip_csum, new_ip_csum);
+
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            let port_off = if src_side { l4 } else { l4 + 2 };
+            let old_port: u16 = load(ctx, port_off)?;
+            store(ctx, port_off, port)?;
+            icmp_csum = csum::replace16(icmp_csum, old_port, port);
+            // The embedded L4 checksum, when the error quoted enough of the packet to hold it.
+            let l4_csum_off = if proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
+            if let Ok(old) = load::<u16>(ctx, l4_csum_off) {
+                let new = if proto == PROTO_UDP {
+                    csum::udp_replace16(csum::udp_replace32(old, old_addr, addr), old_port, port)
+                } else {
+                    csum::replace16(csum::replace32(old, old_addr, addr), old_port, port)
+                };
+                store(ctx, l4_csum_off, new)?;
+                icmp_csum = csum::replace16(icmp_csum, old, new);
+            }
+        }
+        _ => {
+            // An embedded ICMP echo: its identifier and its own checksum.
+            let old_id: u16 = load(ctx, l4 + 4)?;
+            store(ctx, l4 + 4, port)?;
+            icmp_csum = csum::replace16(icmp_csum, old_id, port);
+            if let Ok(old) = load::<u16>(ctx, l4 + 2) {
+                let new = csum::replace16(old, old_id, port);
+                store(ctx, l4 + 2, new)?;
+                icmp_csum = csum::replace16(icmp_csum, old, new);
+            }
+        }
+    }
+    store(ctx, icmp_csum_off, icmp_csum)
+}

@@ -1,0 +1,456 @@
+//! Masquerade: deciding which packets are translated, claiming external ports, rewriting
+//! headers, and carrying a datagram's translation over to its later fragments.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use netfast_common::{
+    DropReason,
+    config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+    conntrack::{
+        CT_F_MASQ, CT_F_REPLY, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP,
+        PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next, timeout,
+    },
+    maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
+    nat::{
+        FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey, mapping_keys,
+        mapping_slack, port_candidate,
+    },
+};
+
+use crate::{
+    conntrack, csum,
+    maps::{NETFAST_FRAGS, NETFAST_NAT_BIND, NETFAST_NAT_CLAIM, NETFAST_NETWORKS},
+    parse::{ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, load, port_offsets, store},
+    stats,
+};
+
+/// The ifindex of the device the hook runs on.
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer the kernel passed in; ifindex is a readable field.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The masqueraded network `src` belongs to, when the packet is leaving through that
+/// network's uplink: only then is it translated.
+#[inline(always)]
+pub fn masq_network(src: u32, ifindex: u32) -> Option<NetInfo> {
+    let net = NETFAST_NETWORKS.get(Key::new(32, src))?;
+    if net.flags & NET_F_MASQUERADE != 0 && net.uplink_ifindex == ifindex {
+        Some(*net)
+    } else {
+        None
+    }
+}
+
+/// Rewrites the source (`src_side`) or destination address in the IPv4 header and its
+/// checksum only; returns the old address.
+#[inline(always)]
+pub fn rewrite_l3(ctx: &TcContext, src_side: bool, addr: u32) -> Result<u32, DropReason> {
+    let addr_off = ETH_HLEN + if src_side { IP_SRC } else { IP_DST };
+    let old: u32 = load(ctx, addr_off)?;
+    if old != addr {
+        store(ctx, addr_off, addr)?;
+        let check: u16 = load(ctx, ETH_HLEN + IP_CSUM)?;
+        store(ctx, ETH_HLEN + IP_CSUM, csum::replace32(check, old, addr))?;
+    }
+    Ok(old)
+}
+
+/// Rewrites the source (`src_side`) or destination address and port of the packet, with
+/// every checksum; a later fragment gets its address only. Records a first fragment's
+/// translation for the fragments that follow.
+#[inline(always)]
+pub fn translate(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    src_side: bool,
+    addr: u32,
+    port: u16,
+    now: u32,
+) -> Result<(), DropReason> {
+    let old_addr = rewrite_l3(ctx, src_side, addr)?;
+    if ip.frag == Frag::Later {
+        return Ok(());
+    }
+    let (port_off, csum_off) = port_offsets(ip.proto, ip.l4, src_side);
+    let old_port: u16 = load(ctx, port_off)?;
+    if old_port != port {
+        store(ctx, port_off, port)?;
+    }
+    // The checksum helpers come last: they invalidate every packet pointer.
+    if old_addr != addr && ip.proto != PROTO_ICMP {
+        csum::l4_addr(ctx, ip.proto, csum_off, old_addr, addr)?;
+    }
+    if old_port != port {
+        csum::l4_word(ctx, ip.proto, csum_off, old_port, port)?;
+    }
+    if ip.frag == Frag::First {
+        let (src, dst) = if src_side {
+            (addr, ip.dst)
+        } else {
+            (ip.src, addr)
+        };
+        let key = FragKey {
+            src_addr: ip.src,
+            dst_addr: ip.dst,
+            id: ip.id,
+            proto: ip.proto,
+            _pad: 0,
+        };
+        let entry = FragEntry {
+            src_addr: src,
+            dst_addr: dst,
+            expires: now + FRAGMENT_TIMEOUT,
+        };
+        // A lost record only costs the later fragments, which are then counted as drops.
+        let _ = NETFAST_FRAGS.insert(key, entry, BPF_ANY as u64);
+    }
+    Ok(())
+}
+
+/// Gives a later fragment the addresses its first fragment got. False when no first
+/// fragment of that datagram was translated.
+#[inline(always)]
+pub fn later_fragment(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, DropReason> {
+    let key = FragKey {
+        src_addr: ip.src,
+        dst_addr: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    let Some(entry) = NETFAST_FRAGS.get_ptr(key) else {
+        return Ok(false);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let entry = unsafe { *entry };
+    if entry.expires < now {
+        return Ok(false);
+    }
+    rewrite_l3(ctx, true, entry.src_addr)?;
+    rewrite_l3(ctx, false, entry.dst_addr)?;
+    Ok(true)
+}
+
+/// The external port of a live mapping for this internal endpoint, counted as used by one
+/// more flow and kept alive until at least `until`.
+#[inline(always)]
+fn reuse_mapping(bk: &NatBindKey, now: u32, until: u32) -> Option<u16> {
+    let binding = NETFAST_NAT_BIND.get_ptr_mut(bk)?;
+    // SAFETY: map value pointers, valid for this program run.
+    let b = unsafe { &mut *binding };
+    if b.expires < now {
+        return None;
+    }
+    let ck = NatClaimKey {
+        ext_addr: bk.ext_addr,
+        ext_port: b.ext_port,
+        proto: bk.proto,
+        _pad: 0,
+    };
+    let claim = NETFAST_NAT_CLAIM.get_ptr_mut(ck)?;
+    // SAFETY: as above.
+    let c = unsafe { &mut *claim };
+    if c.int_addr != bk.int_addr || c.int_port != bk.int_port || c.expires < now {
+        return None;
+    }
+    b.flows = b.flows.saturating_add(1);
+    if b.expires < until {
+        b.expires = until;
+    }
+    if c.expires < until {
+        c.expires = until;
+    }
+    Some(b.ext_port)
+}
+
+/// Claims `ck` for `claim`'s endpoint: atomically when free; also when its holder has
+/// expired, or is this very endpoint (its binding evicted by the LRU).
+#[inline(always)]
+fn claim_port(ck: &NatClaimKey, claim: &NatClaim, now: u32) -> bool {
+    if NETFAST_NAT_CLAIM
+        .insert(ck, claim, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return true;
+    }
+    let Some(held) = NETFAST_NAT_CLAIM.get_ptr(ck) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let held = unsafe { *held };
+    if held.expires >= now && (held.int_addr != claim.int_addr || held.int_port != claim.int_port) {
+        return false;
+    }
+    let _ = NETFAST_NAT_CLAIM.remove(ck);
+    NETFAST_NAT_CLAIM
+        .insert(ck, claim, BPF_NOEXIST as u64)
+        .is_ok()
+}
+
+/// A new mapping: the original port when free, else a walk through the configured range.
+#[inline(always)]
+fn new_mapping(
+    bk: &NatBindKey,
+    net_id: u16,
+    cfg: &DpConfig,
+    now: u32,
+    until: u32,
+) -> Result<u16, DropReason> {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let original = u16::from_be(bk.int_port);
+    let claim = NatClaim {
+        int_addr: bk.int_addr,
+        int_port: bk.int_port,
+        net_id,
+        expires: until,
+    };
+    for attempt in 0..NAT_PORT_TRIES {
+        let port = port_candidate(attempt, original, random, cfg.port_min, cfg.port_max);
+        if port == 0 && bk.proto != PROTO_ICMP {
+            continue;
+        }
+        let port = port.to_be();
+        let ck = NatClaimKey {
+            ext_addr: bk.ext_addr,
+            ext_port: port,
+            proto: bk.proto,
+            _pad: 0,
+        };
+        if !claim_port(&ck, &claim, now) {
+            continue;
+        }
+        let binding = NatBinding {
+            ext_port: port,
+            flows: 1,
+            expires: until,
+        };
+        if NETFAST_NAT_BIND
+            .insert(bk, binding, BPF_ANY as u64)
+            .is_err()
+        {
+            let _ = NETFAST_NAT_CLAIM.remove(ck);
+            return Err(DropReason::NatMappingFailed);
+        }
+        return Ok(port);
+    }
+    Err(DropReason::NatPortExhausted)
+}
+
+/// Undoes `reuse_mapping`/`new_mapping` for a flow that could not be inserted.
+#[inline(always)]
+fn unuse_mapping(bk: &NatBindKey, ext_port: u16) {
+    if let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let b = unsafe { &mut *binding };
+        b.flows = b.flows.saturating_sub(1);
+        if b.flows == 0 {
+            let _ = NETFAST_NAT_BIND.remove(bk);
+            let ck = NatClaimKey {
+                ext_addr: bk.ext_addr,
+                ext_port,
+                proto: bk.proto,
+                _pad: 0,
+            };
+            let _ = NETFAST_NAT_CLAIM.remove(ck);
+        }
+    }
+}
+
+/// Keeps the mapping of a flow alive until `until`; returns the new high-water mark.
+#[inline(always)]
+pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
+    let (bk, ck) = mapping_keys(key, entry);
+    if let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let b = unsafe { &mut *binding };
+        if b.expires < until && b.ext_port == ck.ext_port {
+            b.expires = until;
+        }
+    }
+    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
+        // SAFETY: as above.
+        let c = unsafe { &mut *claim };
+        if c.expires < until {
+            c.expires = until;
+        }
+    }
+    until
+}
+
+/// A TCP flow of the mapping has closed: one flow fewer; when it was the last, the mapping
+/// lives only as long as this flow's entries (`until`).
+#[inline(always)]
+pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
+    let (bk, ck) = mapping_keys(key, entry);
+    let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this program run. The count is not atomic: a
+    // race leaves it too high, which only keeps the mapping until its own expiry.
+    let b = unsafe { &mut *binding };
+    b.flows = b.flows.saturating_sub(1);
+    if b.flows != 0 || b.ext_port != ck.ext_port {
+        return;
+    }
+    let until = until + mapping_slack(until.saturating_sub(conntrack::now()));
+    b.expires = until;
+    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
+        // SAFETY: as above.
+        unsafe { (*claim).expires = until };
+    }
+    entry.map_expires = until;
+}
+
+/// The first packet of a flow from a masqueraded network leaving through its uplink: map
+/// its source endpoint (endpoint-independent), track the flow, translate the packet.
+#[inline(always)]
+pub fn snat_new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    key: &CtKey,
+    tcp_flags: u8,
+    net: &NetInfo,
+    cfg: &DpConfig,
+    now: u32,
+) -> Result<(), DropReason> {
+    let tcp = TcpFlags::from_byte(tcp_flags);
+    let state = if key.proto == PROTO_TCP {
+        if tcp.rst {
+            return Err(DropReason::TcpRstWithoutFlow);
+        }
+        tcp_next(TcpState::None, tcp, false, 0).0
+    } else {
+        TcpState::None
+    };
+    let t = timeout(cfg, key.proto, state);
+    let expires = now + t;
+    let until = expires + mapping_slack(t);
+    let bk = NatBindKey {
+        int_addr: key.src_addr,
+        ext_addr: net.ext_addr,
+        int_port: key.src_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let ext_port = match reuse_mapping(&bk, now, until) {
+        Some(port) => port,
+        None => new_mapping(&bk, net.id, cfg, now, until)?,
+    };
+    let orig = CtEntry {
+        expires,
+        created: now,
+        rewrite_addr: net.ext_addr,
+        rewrite_port: ext_port,
+        flags: CT_F_REWRITE_SRC | CT_F_MASQ,
+        tcp_state: state as u8,
+        net_id: net.id,
+        _pad: [0; 2],
+        map_expires: until,
+        packets: 1,
+        bytes: u64::from(ctx.len()),
+    };
+    let reply_key = orig.peer_key(key);
+    let reply = CtEntry {
+        rewrite_addr: key.src_addr,
+        rewrite_port: key.src_port,
+        flags: CT_F_REWRITE_DST | CT_F_REPLY | CT_F_MASQ,
+        packets: 0,
+        bytes: 0,
+        ..orig
+    };
+    if let Err(reason) = conntrack::insert_pair(key, &orig, &reply_key, &reply, now) {
+        unuse_mapping(&bk, ext_port);
+        return Err(reason);
+    }
+    translate(ctx, ip, true, net.ext_addr, ext_port, now)?;
+    stats::count_network(ctx, net.id, false);
+    Ok(())
+}
+
+/// Endpoint-independent filtering: the first packet from outside to a mapped external port,
+/// from an endpoint the internal one never contacted, opens a flow to it. TCP only on SYN.
+/// False when the packet is not for a live mapping.
+#[inline(always)]
+pub fn eif_new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    key: &CtKey,
+    tcp_flags: u8,
+    cfg: &DpConfig,
+    now: u32,
+) -> Result<bool, DropReason> {
+    let tcp = TcpFlags::from_byte(tcp_flags);
+    match key.proto {
+        PROTO_UDP => {}
+        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => {}
+        _ => return Ok(false),
+    }
+    let ck = NatClaimKey {
+        ext_addr: key.dst_addr,
+        ext_port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(ck) else {
+        return Ok(false);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let claim = unsafe { *claim };
+    if claim.expires < now {
+        return Ok(false);
+    }
+    let state = if key.proto == PROTO_TCP {
+        tcp_next(TcpState::None, tcp, false, 0).0
+    } else {
+        TcpState::None
+    };
+    let t = timeout(cfg, key.proto, state);
+    let expires = now + t;
+    let until = expires + mapping_slack(t);
+    let bk = NatBindKey {
+        int_addr: claim.int_addr,
+        ext_addr: key.dst_addr,
+        int_port: claim.int_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    if reuse_mapping(&bk, now, until) != Some(key.dst_port) {
+        return Ok(false);
+    }
+    let orig = CtEntry {
+        expires,
+        created: now,
+        rewrite_addr: claim.int_addr,
+        rewrite_port: claim.int_port,
+        flags: CT_F_REWRITE_DST | CT_F_MASQ,
+        tcp_state: state as u8,
+        net_id: claim.net_id,
+        _pad: [0; 2],
+        map_expires: until,
+        packets: 1,
+        bytes: u64::from(ctx.len()),
+    };
+    let reply_key = orig.peer_key(key);
+    let reply = CtEntry {
+        rewrite_addr: key.dst_addr,
+        rewrite_port: key.dst_port,
+        flags: CT_F_REWRITE_SRC | CT_F_REPLY | CT_F_MASQ,
+        packets: 0,
+        bytes: 0,
+        ..orig
+    };
+    if let Err(reason) = conntrack::insert_pair(key, &orig, &reply_key, &reply, now) {
+        unuse_mapping(&bk, key.dst_port);
+        return Err(reason);
+    }
+    translate(ctx, ip, false, claim.int_addr, claim.int_port, now)?;
+    stats::count_network(ctx, claim.net_id, true);
+    Ok(true)
+}

@@ -1,0 +1,213 @@
+//! Bounds-checked access to packet bytes, and parsing of the headers NAT needs.
+//!
+//! Every read and write goes through [`ptr_at`], whose check against `data_end` is what the
+//! verifier needs before it allows the access. Multi-byte fields are read and written
+//! unaligned (the IPv4 header sits at offset 14) and kept in network byte order.
+
+use core::{mem::size_of, ptr};
+
+use aya_ebpf::programs::TcContext;
+use netfast_common::{
+    DropReason,
+    conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// Offsets within the IPv4 header.
+pub const IP_CSUM: usize = 10;
+pub const IP_SRC: usize = 12;
+pub const IP_DST: usize = 16;
+/// Linear bytes wanted before parsing: Ethernet, an IPv4 header with options, an ICMP
+/// header, and an embedded IPv4 header with options and 20 bytes of its L4 header.
+const WANT_LINEAR: u32 = (ETH_HLEN + 60 + 8 + 60 + 20) as u32;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, DropReason> {
+    let start = ctx.data();
+    // The verifier needs this check before any access, even where the offset is known good.
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return Err(DropReason::Malformed);
+    }
+    Ok((start + off) as *mut T)
+}
+
+/// A header of `N` bytes at `off`, checked once; fields are then read at constant offsets
+/// inside it. (A one-byte read checked on its own can fail verification: LLVM turns
+/// `p + 1 > end` into `p >= end`, from which the verifier learns no range.)
+#[inline(always)]
+pub fn header<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], DropReason> {
+    load::<[u8; N]>(ctx, off)
+}
+
+#[inline(always)]
+pub fn be16(h: &[u8], at: usize) -> u16 {
+    // Raw (network order) value, as the packet holds it.
+    u16::from_ne_bytes([h[at], h[at + 1]])
+}
+
+#[inline(always)]
+pub fn be32(h: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+}
+
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: in bounds (checked by ptr_at); packet bytes have no alignment.
+    Ok(unsafe { ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+pub fn store<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), DropReason> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: as in `load`; TC programs may write packet data directly.
+    unsafe { ptr::write_unaligned(p, v) };
+    Ok(())
+}
+
+/// Makes the headers directly accessible when the skb keeps some of them outside its linear
+/// area (GRO, some drivers). A no-op for the usual packet.
+#[inline(always)]
+pub fn linearize_headers(ctx: &TcContext) {
+    let want = if ctx.len() < WANT_LINEAR {
+        ctx.len()
+    } else {
+        WANT_LINEAR
+    };
+    if ctx.data() + (want as usize) > ctx.data_end() {
+        // Failure leaves the packet as it was; parsing then reports what it cannot reach.
+        let _ = ctx.pull_data(want);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// A whole datagram.
+    None,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: addresses only.
+    Later,
+}
+
+/// An IPv4 header, fields in network byte order.
+#[derive(Clone, Copy)]
+pub struct Ipv4 {
+    /// Offset of the L4 header in the frame.
+    pub l4: usize,
+    pub proto: u8,
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub frag: Frag,
+}
+
+/// The IPv4 header of an Ethernet frame, or `None` for anything else (ARP, IPv6, …).
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
+    if load::<u16>(ctx, 12)? != ETH_P_IP_BE {
+        return Ok(None);
+    }
+    let h = header::<20>(ctx, ETH_HLEN)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(DropReason::Malformed);
+    }
+    let frag_off = u16::from_be(be16(&h, 6));
+    let frag = if frag_off & 0x1fff != 0 {
+        Frag::Later
+    } else if frag_off & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    Ok(Some(Ipv4 {
+        l4: ETH_HLEN + ihl,
+        proto: h[9],
+        src: be32(&h, IP_SRC),
+        dst: be32(&h, IP_DST),
+        id: be16(&h, 4),
+        frag,
+    }))
+}
+
+/// What the L4 header makes of a packet.
+#[derive(Clone, Copy)]
+pub enum L4 {
+    /// TCP, UDP or ICMP echo: ports (ICMP: the identifier, see `CtKey`), network byte order.
+    Flow {
+        sport: u16,
+        dport: u16,
+        tcp_flags: u8,
+    },
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem).
+    IcmpError,
+    /// Anything else: another protocol or ICMP type, or a later fragment.
+    Other,
+}
+
+#[inline(always)]
+pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
+    if ip.frag == Frag::Later {
+        return Ok(L4::Other);
+    }
+    match ip.proto {
+        PROTO_TCP => {
+            let h = header::<20>(ctx, ip.l4)?;
+            Ok(L4::Flow {
+                sport: be16(&h, 0),
+                dport: be16(&h, 2),
+                tcp_flags: h[13],
+            })
+        }
+        PROTO_UDP => {
+            let h = header::<8>(ctx, ip.l4)?;
+            Ok(L4::Flow {
+                sport: be16(&h, 0),
+                dport: be16(&h, 2),
+                tcp_flags: 0,
+            })
+        }
+        PROTO_ICMP => icmp(ctx, ip.l4),
+        _ => Ok(L4::Other),
+    }
+}
+
+/// Classifies the ICMP message at `off`.
+#[inline(always)]
+pub fn icmp(ctx: &TcContext, off: usize) -> Result<L4, DropReason> {
+    let h = header::<8>(ctx, off)?;
+    match h[0] {
+        ICMP_ECHO_REQUEST => Ok(L4::Flow {
+            sport: be16(&h, 4),
+            dport: 0,
+            tcp_flags: 0,
+        }),
+        ICMP_ECHO_REPLY => Ok(L4::Flow {
+            sport: 0,
+            dport: be16(&h, 4),
+            tcp_flags: 0,
+        }),
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => Ok(L4::IcmpError),
+        _ => Ok(L4::Other),
+    }
+}
+
+/// Offset of the port (TCP/UDP) or identifier (ICMP echo) a rewrite changes, and of the
+/// checksum that covers it.
+#[inline(always)]
+pub fn port_offsets(proto: u8, l4: usize, source: bool) -> (usize, usize) {
+    match proto {
+        PROTO_TCP => (if source { l4 } else { l4 + 2 }, l4 + 16),
+        PROTO_UDP => (if source { l4 } else { l4 + 2 }, l4 + 6),
+        // ICMP echo: one identifier field, whichever side is rewritten.
+        _ => (l4 + 4, l4 + 2),
+    }
+}

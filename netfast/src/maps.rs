@@ -1,0 +1,278 @@
+//! Typed access to the dataplane's maps, shared by the loader and the packet-test harness so
+//! that tests provision the programs exactly the way production does.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
+};
+use netfast_common::{
+    config::{DpConfig, NetInfo},
+    conntrack::{
+        CT_F_REPLY, CT_F_SEEN_REPLY, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
+    },
+    maps,
+    nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// CLOCK_MONOTONIC seconds: the clock of every `expires` field (bpf_ktime_get_ns).
+pub fn monotonic_now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// An address as the maps hold it (network byte order in a u32).
+pub fn raw_addr(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+pub fn addr_of(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name).ok_or(Error::MissingMap(name))
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or(Error::MissingMap(name))
+}
+
+pub fn write_config(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<()> {
+    let mut array: Array<&mut MapData, DpConfig> =
+        Array::try_from(map_mut(ebpf, maps::CONFIG)?).map_err(|e| Error::map(maps::CONFIG, e))?;
+    array
+        .set(0, cfg, 0)
+        .map_err(|e| Error::map(maps::CONFIG, e))
+}
+
+pub fn read_config(ebpf: &Ebpf) -> Result<DpConfig> {
+    let array: Array<&MapData, DpConfig> =
+        Array::try_from(map(ebpf, maps::CONFIG)?).map_err(|e| Error::map(maps::CONFIG, e))?;
+    array.get(&0, 0).map_err(|e| Error::map(maps::CONFIG, e))
+}
+
+/// Makes `subnet/prefix` a network of the dataplane.
+pub fn set_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8, info: &NetInfo) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, u32, NetInfo> =
+        LpmTrie::try_from(map_mut(ebpf, maps::NETWORKS)?)
+            .map_err(|e| Error::map(maps::NETWORKS, e))?;
+    trie.insert(&Key::new(u32::from(prefix), raw_addr(subnet)), info, 0)
+        .map_err(|e| Error::map(maps::NETWORKS, e))
+}
+
+pub fn remove_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, u32, NetInfo> =
+        LpmTrie::try_from(map_mut(ebpf, maps::NETWORKS)?)
+            .map_err(|e| Error::map(maps::NETWORKS, e))?;
+    match trie.remove(&Key::new(u32::from(prefix), raw_addr(subnet))) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(Error::map(maps::NETWORKS, e)),
+    }
+}
+
+fn entries<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    let hm: BpfHashMap<&MapData, K, V> =
+        BpfHashMap::try_from(map(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    let mut out = Vec::new();
+    for item in hm.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            // An entry evicted or deleted while we walk: skip it.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(Error::map(name, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Every conntrack entry, live or expired.
+pub fn conntrack_entries(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
+    entries(ebpf, maps::CONNTRACK)
+}
+
+pub fn nat_bindings(ebpf: &Ebpf) -> Result<Vec<(NatBindKey, NatBinding)>> {
+    entries(ebpf, maps::NAT_BINDINGS)
+}
+
+pub fn nat_claims(ebpf: &Ebpf) -> Result<Vec<(NatClaimKey, NatClaim)>> {
+    entries(ebpf, maps::NAT_CLAIMS)
+}
+
+pub fn insert_conntrack(ebpf: &mut Ebpf, key: &CtKey, entry: &CtEntry) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, CtKey, CtEntry> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::CONNTRACK)?)
+            .map_err(|e| Error::map(maps::CONNTRACK, e))?;
+    hm.insert(key, entry, 0)
+        .map_err(|e| Error::map(maps::CONNTRACK, e))
+}
+
+fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<usize> {
+    let keys: Vec<K> = entries::<K, V>(ebpf, name)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut hm: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    let mut removed = 0;
+    for k in &keys {
+        match hm.remove(k) {
+            Ok(()) => removed += 1,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::map(name, e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Forgets every flow, mapping and fragment record. Returns the number of flows removed.
+pub fn flush_conntrack(ebpf: &mut Ebpf) -> Result<usize> {
+    let entries = clear::<CtKey, CtEntry>(ebpf, maps::CONNTRACK)?;
+    clear::<NatBindKey, NatBinding>(ebpf, maps::NAT_BINDINGS)?;
+    clear::<NatClaimKey, NatClaim>(ebpf, maps::NAT_CLAIMS)?;
+    clear::<FragKey, FragEntry>(ebpf, maps::FRAGMENTS)?;
+    Ok(entries.div_ceil(2))
+}
+
+/// One side of a flow, as `conntrack -L` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// TCP/UDP ports; for ICMP echo the identifier is in `id`.
+    pub sport: u16,
+    pub dport: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Tuple {
+    fn new(key: &CtKey, entry: Option<&CtEntry>) -> Self {
+        let icmp = key.proto == PROTO_ICMP;
+        let sport = u16::from_be(key.src_port);
+        let dport = u16::from_be(key.dst_port);
+        Tuple {
+            src: addr_of(key.src_addr),
+            dst: addr_of(key.dst_addr),
+            sport: if icmp { 0 } else { sport },
+            dport: if icmp { 0 } else { dport },
+            id: icmp.then_some(sport | dport),
+            packets: entry.map_or(0, |e| e.packets),
+            bytes: entry.map_or(0, |e| e.bytes),
+        }
+    }
+
+    fn describe(&self, request: bool) -> String {
+        let mut s = format!("src={} dst={} ", self.src, self.dst);
+        match self.id {
+            Some(id) => s.push_str(&format!(
+                "type={} code=0 id={id} ",
+                if request { 8 } else { 0 }
+            )),
+            None => s.push_str(&format!("sport={} dport={} ", self.sport, self.dport)),
+        }
+        s.push_str(&format!("packets={} bytes={}", self.packets, self.bytes));
+        s
+    }
+}
+
+/// A tracked flow: both directions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// Seconds until the flow expires if idle.
+    pub expires_in: u32,
+    /// No packet seen in the reply direction yet.
+    pub unreplied: bool,
+    pub network_id: u16,
+    pub original: Tuple,
+    pub reply: Tuple,
+    #[serde(skip)]
+    proto: u8,
+}
+
+impl Flow {
+    /// One line in the style of `conntrack -L`.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:<5} {:<3} {:>6} ",
+            self.protocol, self.proto, self.expires_in
+        );
+        if let Some(state) = self.state {
+            s.push_str(state);
+            s.push(' ');
+        }
+        s.push_str(&self.original.describe(true));
+        s.push(' ');
+        if self.unreplied {
+            s.push_str("[UNREPLIED] ");
+        }
+        s.push_str(&self.reply.describe(false));
+        s
+    }
+}
+
+fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+/// Live flows, pairing each original entry with its reply entry; sorted by original tuple.
+pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
+    let all: HashMap<CtKey, CtEntry> = conntrack_entries(ebpf)?.into_iter().collect();
+    let mut out = Vec::new();
+    for (key, entry) in &all {
+        if entry.flags & CT_F_REPLY != 0 {
+            continue;
+        }
+        let reply_key = entry.peer_key(key);
+        let reply = all.get(&reply_key);
+        let expires = entry.expires.max(reply.map_or(0, |r| r.expires));
+        if expires < now {
+            continue;
+        }
+        out.push(Flow {
+            protocol: protocol_name(key.proto),
+            state: (key.proto == PROTO_TCP).then(|| TcpState::from_u8(entry.tcp_state).name()),
+            expires_in: expires - now,
+            unreplied: entry.flags & CT_F_SEEN_REPLY == 0,
+            network_id: entry.net_id,
+            original: Tuple::new(key, Some(entry)),
+            reply: Tuple::new(&reply_key, reply),
+            proto: key.proto,
+        });
+    }
+    out.sort_by_key(|f| {
+        (
+            f.original.src,
+            f.original.sport,
+            f.original.dst,
+            f.original.dport,
+            f.proto,
+        )
+    });
+    Ok(out)
+}

@@ -1,0 +1,881 @@
+//! Masquerade and connection tracking, packet by packet: the real programs through
+//! BPF_PROG_TEST_RUN, provisioned through the same map API the loader uses. Expected frames
+//! are built from scratch with etherparse, so every incrementally updated checksum must equal
+//! a full recomputation, byte for byte.
+
+use std::{net::Ipv4Addr, thread, time::Duration};
+
+use netfast::{
+    common::{
+        DropReason, Hook,
+        config::{DpConfig, FILTERING_ENDPOINT_INDEPENDENT, NET_F_MASQUERADE, NetInfo},
+        conntrack::{CtEntry, CtKey, PROTO_TCP},
+        verdict,
+    },
+    maps,
+    prog_test::{
+        ProgTest, Run,
+        fixture::{Case, Flow, assert_run, run_cases, run_flows},
+        packet::{
+            self, Endpoint, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode, decode_quoted, ip_packet,
+        },
+    },
+};
+use netfast_tests::require_root;
+
+/// BPF_PROG_TEST_RUN runs the skb on the loopback device of the caller's namespace.
+const TEST_IFINDEX: u32 = 1;
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
+const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
+const C3: Endpoint = (Ipv4Addr::new(172, 18, 0, 4), 40000);
+const C4: Endpoint = (Ipv4Addr::new(172, 18, 0, 5), 40000);
+const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 80);
+const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 443);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+const HOST: Endpoint = (EXT, 50000);
+
+const fn ext(port: u16) -> Endpoint {
+    (EXT, port)
+}
+
+/// 172.18.0.0/24 masqueraded behind EXT, its uplink the test device.
+fn masquerade(t: &mut ProgTest) -> Result<(), String> {
+    network(t, TEST_IFINDEX)
+}
+
+fn network(t: &mut ProgTest, uplink_ifindex: u32) -> Result<(), String> {
+    let info = NetInfo {
+        id: 1,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex,
+        bridge_ifindex: 0,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info)
+        .map_err(|e| e.to_string())
+}
+
+fn configure(t: &mut ProgTest, cfg: DpConfig) -> Result<(), String> {
+    maps::write_config(t.ebpf_mut(), &cfg).map_err(|e| e.to_string())
+}
+
+fn out(name: &str, frame: Vec<u8>) -> Case {
+    Case::new(name, Hook::UplinkEgress, frame)
+}
+
+fn inbound(name: &str, frame: Vec<u8>) -> Case {
+    Case::new(name, Hook::UplinkIngress, frame)
+}
+
+fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
+    packet::tcp(TO_OUTSIDE, from, to, flags, 1000, 2000, b"")
+}
+
+fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
+    packet::tcp(FROM_OUTSIDE, from, to, flags, 2000, 1001, b"")
+}
+
+/// Checks the TCP state of the flow whose original source is `src`.
+fn state_is(src: Endpoint, state: &'static str) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
+    move |t, _| {
+        let flows = maps::flows(t.ebpf(), maps::monotonic_now()).map_err(|e| e.to_string())?;
+        let flow = flows
+            .iter()
+            .find(|f| (f.original.src, f.original.sport) == src)
+            .ok_or_else(|| format!("no flow from {src:?}: {flows:#?}"))?;
+        if flow.state == Some(state) {
+            Ok(())
+        } else {
+            Err(format!(
+                "flow from {src:?} is {:?}, expected {state}",
+                flow.state
+            ))
+        }
+    }
+}
+
+fn live_flows(n: usize) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
+    move |t, _| {
+        let flows = maps::flows(t.ebpf(), maps::monotonic_now()).map_err(|e| e.to_string())?;
+        if flows.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} live flows, expected {n}: {flows:#?}",
+                flows.len()
+            ))
+        }
+    }
+}
+
+fn dropped_once(reason: DropReason) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
+    move |t, _| {
+        let got = t
+            .stats()
+            .map_err(|e| e.to_string())?
+            .dropped(reason)
+            .packets;
+        if got == 1 {
+            Ok(())
+        } else {
+            Err(format!("{} counted {got} drops, expected 1", reason.name()))
+        }
+    }
+}
+
+/// The external source port the egress program gave a packet.
+fn source_port_of(run: &Run) -> u16 {
+    match decode(&run.frame).expect("valid frame").l4 {
+        packet::L4::Tcp { src_port, .. } | packet::L4::Udp { src_port, .. } => src_port,
+        other => panic!("not TCP/UDP: {other:?}"),
+    }
+}
+
+#[test]
+fn tcp_lifetime_through_the_nat() {
+    require_root();
+    let flow = vec![
+        out(
+            "SYN out: source becomes the uplink address, port kept",
+            tcp_out(C1, SERVER, TcpFlags::SYN),
+        )
+        .setup(masquerade)
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
+        .check(live_flows(1))
+        .check(state_is(C1, "SYN_SENT")),
+        inbound(
+            "SYN-ACK back to the container",
+            tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK),
+        )
+        .output(tcp_in(SERVER, C1, TcpFlags::SYN_ACK))
+        .check(state_is(C1, "SYN_RECV")),
+        out("ACK out", tcp_out(C1, SERVER, TcpFlags::ACK))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
+            .check(state_is(C1, "ESTABLISHED")),
+        out(
+            "data out",
+            packet::tcp(
+                TO_OUTSIDE,
+                C1,
+                SERVER,
+                TcpFlags::PSH_ACK,
+                1001,
+                2001,
+                &[0x42; 1200],
+            ),
+        )
+        .output(packet::tcp(
+            TO_OUTSIDE,
+            ext(40000),
+            SERVER,
+            TcpFlags::PSH_ACK,
+            1001,
+            2001,
+            &[0x42; 1200],
+        )),
+        inbound(
+            "data back",
+            packet::tcp(
+                FROM_OUTSIDE,
+                SERVER,
+                ext(40000),
+                TcpFlags::PSH_ACK,
+                2001,
+                2201,
+                &[0x17; 333],
+            ),
+        )
+        .output(packet::tcp(
+            FROM_OUTSIDE,
+            SERVER,
+            C1,
+            TcpFlags::PSH_ACK,
+            2001,
+            2201,
+            &[0x17; 333],
+        )),
+        out("FIN out", tcp_out(C1, SERVER, TcpFlags::FIN_ACK))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::FIN_ACK))
+            .check(state_is(C1, "FIN_WAIT")),
+        inbound("ACK of the FIN", tcp_in(SERVER, ext(40000), TcpFlags::ACK))
+            .output(tcp_in(SERVER, C1, TcpFlags::ACK))
+            .check(state_is(C1, "CLOSE_WAIT")),
+        inbound("FIN back", tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK))
+            .output(tcp_in(SERVER, C1, TcpFlags::FIN_ACK))
+            .check(state_is(C1, "TIME_WAIT")),
+        out("last ACK", tcp_out(C1, SERVER, TcpFlags::ACK))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
+            .check(state_is(C1, "TIME_WAIT"))
+            .check(|t, _| {
+                let flow =
+                    &maps::flows(t.ebpf(), maps::monotonic_now()).map_err(|e| e.to_string())?[0];
+                let want = (flow.original.packets, flow.reply.packets);
+                if want == (5, 4) {
+                    Ok(())
+                } else {
+                    Err(format!("packets each way {want:?}, expected (5, 4)"))
+                }
+            }),
+    ];
+    run_flows(vec![Flow::new("tcp lifetime", flow)]);
+}
+
+#[test]
+fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
+    require_root();
+    let short = DpConfig {
+        tcp_close: 1,
+        ..DpConfig::default()
+    };
+    let flow = vec![
+        out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
+            .setup(masquerade)
+            .setup(move |t| configure(t, short))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
+            SERVER,
+            C1,
+            TcpFlags::SYN_ACK,
+        )),
+        inbound(
+            "RST from the server",
+            tcp_in(SERVER, ext(40000), TcpFlags::RST),
+        )
+        .output(tcp_in(SERVER, C1, TcpFlags::RST))
+        .check(state_is(C1, "CLOSE")),
+        // After the CLOSE timeout (1 s) the flow is gone: a late packet is not translated.
+        inbound(
+            "a late ACK after expiry is left alone",
+            tcp_in(SERVER, ext(40000), TcpFlags::ACK),
+        )
+        .setup(|_| {
+            thread::sleep(Duration::from_millis(2100));
+            Ok(())
+        })
+        .check(live_flows(0)),
+    ];
+    run_flows(vec![Flow::new("rst", flow)]);
+}
+
+#[test]
+fn udp_and_icmp_echo_round_trips() {
+    require_root();
+    let udp = vec![
+        out("UDP out", packet::udp(TO_OUTSIDE, C1, SERVER, b"query"))
+            .setup(masquerade)
+            .output(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"query")),
+        inbound(
+            "UDP back",
+            packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"answer"),
+        )
+        .output(packet::udp(FROM_OUTSIDE, SERVER, C1, b"answer")),
+    ];
+    let zero = |f: Vec<u8>| {
+        let mut f = f;
+        f[14 + 20 + 6] = 0;
+        f[14 + 20 + 7] = 0;
+        f
+    };
+    let udp_zero = vec![
+        out(
+            "UDP without checksum out",
+            zero(packet::udp(TO_OUTSIDE, C1, SERVER, b"q")),
+        )
+        .setup(masquerade)
+        .output(zero(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"q"))),
+        inbound(
+            "UDP without checksum back",
+            zero(packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"a")),
+        )
+        .output(zero(packet::udp(FROM_OUTSIDE, SERVER, C1, b"a"))),
+    ];
+    let ping = vec![
+        out(
+            "echo request out",
+            packet::icmp_echo(TO_OUTSIDE, C1.0, SERVER.0, false, 7, 1, &[1; 56]),
+        )
+        .setup(masquerade)
+        .output(packet::icmp_echo(
+            TO_OUTSIDE, EXT, SERVER.0, false, 7, 1, &[1; 56],
+        )),
+        inbound(
+            "echo reply back",
+            packet::icmp_echo(FROM_OUTSIDE, SERVER.0, EXT, true, 7, 1, &[1; 56]),
+        )
+        .output(packet::icmp_echo(
+            FROM_OUTSIDE,
+            SERVER.0,
+            C1.0,
+            true,
+            7,
+            1,
+            &[1; 56],
+        )),
+        // Same identifier from another container: the identifier is translated.
+        out(
+            "second container, same identifier",
+            packet::icmp_echo(TO_OUTSIDE, C2.0, SERVER.0, false, 7, 1, &[2; 56]),
+        )
+        .valid_output()
+        .check(|_, run| match decode(&run.frame)?.l4 {
+            packet::L4::Icmp {
+                ident: Some(id), ..
+            } if id != 7 => Ok(()),
+            other => Err(format!("identifier not translated: {other:?}")),
+        }),
+    ];
+    run_flows(vec![
+        Flow::new("udp", udp),
+        Flow::new("udp zero checksum", udp_zero),
+        Flow::new("ping", ping),
+    ]);
+}
+
+fn loaded(cfg: DpConfig) -> ProgTest {
+    let mut t = ProgTest::load_with(&cfg)
+        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    masquerade(&mut t).expect("network");
+    t
+}
+
+fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
+    t.run(hook, frame)
+        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+#[test]
+fn same_source_port_from_two_containers_gets_two_external_ports() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let r1 = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN),
+    );
+    assert_run(
+        "C1 keeps its port",
+        &r1,
+        verdict::NEXT,
+        &tcp_out(ext(40000), SERVER, TcpFlags::SYN),
+    );
+    let r2 = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C2, SERVER, TcpFlags::SYN),
+    );
+    let p2 = source_port_of(&r2);
+    assert_ne!(p2, 40000, "C2 must not share C1's external port");
+    assert_run(
+        "C2 gets another port",
+        &r2,
+        verdict::NEXT,
+        &tcp_out(ext(p2), SERVER, TcpFlags::SYN),
+    );
+    // Each reply reaches its own container.
+    let back2 = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(SERVER, ext(p2), TcpFlags::SYN_ACK),
+    );
+    assert_run(
+        "reply to C2's port",
+        &back2,
+        verdict::NEXT,
+        &tcp_in(SERVER, C2, TcpFlags::SYN_ACK),
+    );
+    let back1 = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK),
+    );
+    assert_run(
+        "reply to C1's port",
+        &back1,
+        verdict::NEXT,
+        &tcp_in(SERVER, C1, TcpFlags::SYN_ACK),
+    );
+}
+
+#[test]
+fn one_container_keeps_one_external_port_for_every_destination() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    // Force a translated port: C2 takes 40000 first, so C1 cannot keep it.
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
+    );
+    let r1 = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"a"),
+    );
+    let p = source_port_of(&r1);
+    assert_ne!(p, 40000);
+    let r2 = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER2, b"b"),
+    );
+    assert_run(
+        "the second destination sees the same external port (endpoint-independent mapping)",
+        &r2,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(p), SERVER2, b"b"),
+    );
+    let back = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, SERVER2, ext(p), b"c"),
+    );
+    assert_run(
+        "the reply returns",
+        &back,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"c"),
+    );
+}
+
+#[test]
+fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
+    require_root();
+    let cfg = DpConfig {
+        port_min: 61000,
+        port_max: 61001,
+        ..DpConfig::default()
+    };
+    let mut t = loaded(cfg);
+    let mut ports = Vec::new();
+    for c in [C1, C2, C3] {
+        let r = run(
+            &mut t,
+            Hook::UplinkEgress,
+            &packet::udp(TO_OUTSIDE, c, SERVER, b"x"),
+        );
+        assert_eq!(r.verdict, verdict::NEXT);
+        ports.push(source_port_of(&r));
+    }
+    ports.sort();
+    assert_eq!(
+        ports,
+        vec![40000, 61000, 61001],
+        "the original port, then the whole range"
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C4, SERVER, b"x"),
+    );
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "a fourth endpoint has no port left:\n{}",
+        packet::describe(&r.frame)
+    );
+    let stats = t.stats().expect("stats");
+    assert_eq!(stats.dropped(DropReason::NatPortExhausted).packets, 1);
+    // No port is used twice, and every mapping still answers.
+    let claims = maps::nat_claims(t.ebpf()).expect("claims");
+    assert_eq!(claims.len(), 3);
+    for c in [C1, C2, C3] {
+        let claim = claims
+            .iter()
+            .find(|(_, v)| maps::addr_of(v.int_addr) == c.0)
+            .expect("claim");
+        let port = u16::from_be(claim.0.ext_port);
+        let back = run(
+            &mut t,
+            Hook::UplinkIngress,
+            &packet::udp(FROM_OUTSIDE, SERVER, ext(port), b"y"),
+        );
+        assert_run(
+            "reply",
+            &back,
+            verdict::NEXT,
+            &packet::udp(FROM_OUTSIDE, SERVER, c, b"y"),
+        );
+    }
+}
+
+#[test]
+fn filtering_is_address_and_port_dependent_unless_configured_otherwise() {
+    require_root();
+    for (filtering, translated) in [(0, false), (FILTERING_ENDPOINT_INDEPENDENT, true)] {
+        let mut t = loaded(DpConfig {
+            filtering,
+            ..DpConfig::default()
+        });
+        run(
+            &mut t,
+            Hook::UplinkEgress,
+            &packet::udp(TO_OUTSIDE, C1, SERVER, b"hello"),
+        );
+        let stranger = packet::udp(FROM_OUTSIDE, SERVER2, ext(40000), b"unsolicited");
+        let r = run(&mut t, Hook::UplinkIngress, &stranger);
+        if translated {
+            assert_run(
+                "endpoint-independent filtering lets a new remote in",
+                &r,
+                verdict::NEXT,
+                &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"unsolicited"),
+            );
+            // …and the container's answer goes out through the same mapping.
+            let answer = run(
+                &mut t,
+                Hook::UplinkEgress,
+                &packet::udp(TO_OUTSIDE, C1, SERVER2, b"hi"),
+            );
+            assert_run(
+                "answer",
+                &answer,
+                verdict::NEXT,
+                &packet::udp(TO_OUTSIDE, ext(40000), SERVER2, b"hi"),
+            );
+        } else {
+            assert_run(
+                "address-and-port-dependent filtering leaves it to the host",
+                &r,
+                verdict::NEXT,
+                &stranger,
+            );
+        }
+    }
+}
+
+#[test]
+fn traffic_that_is_not_masqueraded_is_left_alone() {
+    require_root();
+    let cases = vec![
+        out(
+            "the host's own traffic",
+            tcp_out(HOST, SERVER, TcpFlags::SYN),
+        )
+        .setup(masquerade)
+        .check(live_flows(0)),
+        out(
+            "a container leaving through another interface",
+            tcp_out(C1, SERVER, TcpFlags::SYN),
+        )
+        .setup(|t| network(t, 4242))
+        .check(live_flows(0)),
+        inbound(
+            "an inbound packet for no flow",
+            tcp_in(SERVER, ext(40000), TcpFlags::SYN),
+        )
+        .setup(masquerade),
+        inbound(
+            "GRE from outside",
+            packet::ip_proto(FROM_OUTSIDE, SERVER.0, EXT, 47, &[0; 8]),
+        )
+        .setup(masquerade),
+        out(
+            "GRE from the host",
+            packet::ip_proto(TO_OUTSIDE, EXT, SERVER.0, 47, &[0; 8]),
+        )
+        .setup(masquerade),
+    ];
+    run_cases(cases);
+}
+
+#[test]
+fn packets_that_would_leak_a_container_address_are_dropped_and_counted() {
+    require_root();
+    let udp = packet::udp(TO_OUTSIDE, C1, SERVER, &[7; 3000]);
+    let later_fragment = packet::fragment(&udp, 1480, 99).remove(1);
+    let unreachable = packet::icmp_error(
+        TO_OUTSIDE,
+        C1.0,
+        SERVER.0,
+        3,
+        3,
+        [0; 4],
+        ip_packet(&packet::udp(FROM_OUTSIDE, SERVER, C1, b"x")),
+    );
+    let cases = vec![
+        out("a RST for no flow", tcp_out(C1, SERVER, TcpFlags::RST))
+            .setup(masquerade)
+            .dropped()
+            .check(dropped_once(DropReason::TcpRstWithoutFlow)),
+        out("a later fragment without its first", later_fragment)
+            .setup(masquerade)
+            .dropped()
+            .check(dropped_once(DropReason::FragmentWithoutFirst)),
+        out("an ICMP error about no flow", unreachable)
+            .setup(masquerade)
+            .dropped()
+            .check(dropped_once(DropReason::IcmpErrorWithoutFlow)),
+        out(
+            "GRE from a container",
+            packet::ip_proto(TO_OUTSIDE, C1.0, SERVER.0, 47, &[0; 8]),
+        )
+        .setup(masquerade)
+        .dropped()
+        .check(dropped_once(DropReason::UnsupportedProtocol)),
+    ];
+    run_cases(cases);
+}
+
+#[test]
+fn an_expired_entry_counts_as_absent() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"x"),
+    );
+    // Age both entries past their expiry.
+    let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
+    assert_eq!(entries.len(), 2);
+    for (k, e) in entries {
+        let old = CtEntry {
+            expires: maps::monotonic_now() - 5,
+            ..e
+        };
+        maps::insert_conntrack(t.ebpf_mut(), &k, &old).expect("age entry");
+    }
+    let late = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late");
+    let r = run(&mut t, Hook::UplinkIngress, &late);
+    assert_run(
+        "a reply to an expired flow is not translated",
+        &r,
+        verdict::NEXT,
+        &late,
+    );
+    assert!(
+        maps::flows(t.ebpf(), maps::monotonic_now())
+            .expect("flows")
+            .is_empty()
+    );
+}
+
+/// The translated packet a container's flow left with, as an ICMP error would quote it.
+fn icmp_error_case(
+    name: &str,
+    outbound: Vec<u8>,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    from: Ipv4Addr,
+    inner_src_after: Endpoint,
+) {
+    let mut t = loaded(DpConfig::default());
+    let left = run(&mut t, Hook::UplinkEgress, &outbound);
+    assert_eq!(left.verdict, verdict::NEXT);
+    let error = packet::icmp_error(
+        FROM_OUTSIDE,
+        from,
+        EXT,
+        icmp_type,
+        code,
+        rest,
+        ip_packet(&left.frame),
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &error);
+    assert_eq!(r.verdict, verdict::NEXT, "{name}");
+    let outer =
+        decode(&r.frame).unwrap_or_else(|e| panic!("{name}: {e}\n{}", packet::describe(&r.frame)));
+    assert_eq!(
+        (outer.src, outer.dst),
+        (from, inner_src_after.0),
+        "{name}: outer addresses"
+    );
+    let packet::L4::Icmp {
+        icmp_type: ty,
+        code: co,
+        bytes,
+        ..
+    } = &outer.l4
+    else {
+        panic!("{name}: not ICMP")
+    };
+    assert_eq!(
+        (*ty, *co, &bytes[4..8]),
+        (icmp_type, code, &rest[..]),
+        "{name}: ICMP header kept"
+    );
+    let quoted = decode_quoted(&r.frame).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        (quoted.src, quoted.sport),
+        inner_src_after,
+        "{name}: quoted source restored"
+    );
+    assert_eq!(
+        quoted.l4_checksum_ok,
+        Some(true),
+        "{name}: quoted L4 checksum"
+    );
+    // And it is what the container sent, byte for byte: the quote is its packet again.
+    assert_eq!(
+        &bytes[8..],
+        ip_packet(&outbound),
+        "{name}: the quote is the container's own packet"
+    );
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    require_root();
+    icmp_error_case(
+        "port unreachable for UDP",
+        packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
+        3,
+        3,
+        [0; 4],
+        SERVER.0,
+        C1,
+    );
+    icmp_error_case(
+        "fragmentation needed for TCP",
+        packet::tcp(TO_OUTSIDE, C1, SERVER, TcpFlags::PSH_ACK, 1, 1, &[0; 200]),
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        ROUTER,
+        C1,
+    );
+    icmp_error_case(
+        "time exceeded for an echo request",
+        packet::icmp_echo(TO_OUTSIDE, C1.0, SERVER.0, false, 9, 3, &[5; 32]),
+        11,
+        0,
+        [0; 4],
+        ROUTER,
+        (C1.0, 9),
+    );
+    icmp_error_case(
+        "parameter problem for TCP",
+        tcp_out(C1, SERVER, TcpFlags::SYN),
+        12,
+        0,
+        [20, 0, 0, 0],
+        ROUTER,
+        C1,
+    );
+}
+
+#[test]
+fn icmp_errors_about_translated_ports_restore_them() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
+    );
+    let left = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
+    );
+    let p = source_port_of(&left);
+    assert_ne!(p, 40000);
+    let error = packet::icmp_error(
+        FROM_OUTSIDE,
+        ROUTER,
+        EXT,
+        11,
+        0,
+        [0; 4],
+        ip_packet(&left.frame),
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &error);
+    let quoted = decode_quoted(&r.frame).expect("valid");
+    assert_eq!(
+        (quoted.src, quoted.sport, quoted.l4_checksum_ok),
+        (C1.0, 40000, Some(true))
+    );
+    assert_eq!(decode(&r.frame).expect("valid").dst, C1.0);
+}
+
+#[test]
+fn icmp_errors_about_no_flow_go_to_the_host() {
+    require_root();
+    let quoted = ip_packet(&packet::udp(TO_OUTSIDE, HOST, SERVER, b"q")).to_vec();
+    run_cases(vec![
+        inbound(
+            "an error about the host's own packet",
+            packet::icmp_error(FROM_OUTSIDE, ROUTER, EXT, 3, 3, [0; 4], &quoted),
+        )
+        .setup(masquerade),
+    ]);
+}
+
+#[test]
+fn a_fragmented_datagram_crosses_in_both_directions() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let datagram = packet::udp(TO_OUTSIDE, C1, SERVER, &payload);
+    let expected = packet::fragment(
+        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, &payload),
+        1480,
+        7,
+    );
+    for (i, (frag, want)) in packet::fragment(&datagram, 1480, 7)
+        .iter()
+        .zip(&expected)
+        .enumerate()
+    {
+        let r = run(&mut t, Hook::UplinkEgress, frag);
+        assert_run(&format!("outbound fragment {i}"), &r, verdict::NEXT, want);
+    }
+    let reply = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &payload);
+    let expected = packet::fragment(&packet::udp(FROM_OUTSIDE, SERVER, C1, &payload), 1480, 8);
+    for (i, (frag, want)) in packet::fragment(&reply, 1480, 8)
+        .iter()
+        .zip(&expected)
+        .enumerate()
+    {
+        let r = run(&mut t, Hook::UplinkIngress, frag);
+        assert_run(&format!("inbound fragment {i}"), &r, verdict::NEXT, want);
+    }
+}
+
+#[test]
+fn conntrack_entries_hold_both_directions_with_counters() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN),
+    );
+    let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
+    let orig = CtKey::new(
+        maps::raw_addr(C1.0),
+        maps::raw_addr(SERVER.0),
+        40000u16.to_be(),
+        80u16.to_be(),
+        PROTO_TCP,
+    );
+    let reply = CtKey::new(
+        maps::raw_addr(SERVER.0),
+        maps::raw_addr(EXT),
+        80u16.to_be(),
+        40000u16.to_be(),
+        PROTO_TCP,
+    );
+    let find = |k: &CtKey| entries.iter().find(|(key, _)| key == k).map(|(_, e)| *e);
+    let o = find(&orig).expect("original direction entry");
+    let r = find(&reply).expect("reply direction entry");
+    assert_eq!(
+        (maps::addr_of(o.rewrite_addr), u16::from_be(o.rewrite_port)),
+        (EXT, 40000)
+    );
+    assert_eq!(
+        (maps::addr_of(r.rewrite_addr), u16::from_be(r.rewrite_port)),
+        C1
+    );
+    assert_eq!((o.packets, r.packets), (1, 0));
+    let flows = maps::flows(t.ebpf(), maps::monotonic_now()).expect("flows");
+    assert_eq!(flows.len(), 1);
+    assert!(flows[0].unreplied);
+    assert!(
+        flows[0].expires_in > 200 && flows[0].expires_in <= 240,
+        "SYN_SENT lives 240 s"
+    );
+    assert!(flows[0].line().starts_with("tcp"), "{}", flows[0].line());
+}
