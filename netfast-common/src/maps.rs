@@ -42,6 +42,15 @@ pub const CT_EVENTS_BYTES: u32 = 256 * 1024;
 /// start in the configured range) before it gives up and counts a drop.
 pub const NAT_PORT_TRIES: u32 = 32;
 
-/// Every pinned object lives below this directory of the bpf filesystem, one subdirectory
-/// per host network namespace.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/netfast";
+/// Every map, in the order the loader pins and checks them.
+pub const ALL: [&str; 9] = [
+    STATS,
+    NET_STATS,
+    CONFIG,
+    NETWORKS,
+    CONNTRACK,
+    NAT_BINDINGS,
+    NAT_CLAIMS,
+    FRAGMENTS,
+    CT_EVENTS,
+];

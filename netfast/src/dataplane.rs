@@ -1,14 +1,41 @@
 //! Loading the eBPF object and attaching its programs to interfaces.
+//!
+//! Two lifetimes:
+//! - [`Dataplane::load`]: everything lives as long as the value (tests, the demo's first
+//!   steps); dropping it detaches.
+//! - [`Dataplane::open`]: maps and TCX links are pinned under the host's pin directory
+//!   (`/sys/fs/bpf/netfast/<host>/`) and outlive the command; the next command reopens them,
+//!   after checking that every pinned map still has the layout this binary expects.
+//!
+//! Programs are loaded (verified) only when something is attached, so read-only commands
+//! (conntrack, stats) cost a few map opens.
+
+use std::{
+    collections::HashSet,
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType},
+    maps::MapInfo,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
 };
-use netfast_common::Hook;
+use netfast_common::{
+    Hook,
+    config::{DpConfig, NetInfo},
+    maps::{self as names, DEFAULT_CT_MAX_FLOWS},
+};
 
 use crate::{
     EBPF_OBJECT,
     error::{Error, Result},
+    host::Host,
+    maps,
     stats::{self, Stats},
 };
 
@@ -38,9 +65,37 @@ pub(crate) const fn attach_type(hook: Hook) -> TcAttachType {
     }
 }
 
-/// Loads the embedded object and every TC program in it, with fresh (unpinned) maps.
+/// Host-wide settings fixed when the dataplane is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Flows the conntrack table holds (it has two entries per flow).
+    pub ct_max_flows: u32,
+    /// Timeouts, port range, filtering (these can change later with [`Dataplane::configure`]).
+    pub config: DpConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ct_max_flows: DEFAULT_CT_MAX_FLOWS,
+            config: DpConfig::default(),
+        }
+    }
+}
+
+/// The map sizes `ct_max_flows` gives.
+fn sized(loader: &mut EbpfLoader<'_>, ct_max_flows: u32) {
+    loader
+        .map_max_entries(names::CONNTRACK, ct_max_flows.saturating_mul(2))
+        .map_max_entries(names::NAT_BINDINGS, ct_max_flows)
+        .map_max_entries(names::NAT_CLAIMS, ct_max_flows);
+}
+
+/// Loads the embedded object with fresh (unpinned) maps, and every program in it.
 pub(crate) fn load_object() -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    sized(&mut loader, DEFAULT_CT_MAX_FLOWS);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     for hook in Hook::ALL {
         classifier(&mut ebpf, hook)?
             .load()
@@ -55,36 +110,308 @@ pub(crate) fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassi
     program.try_into().map_err(|e| Error::program(name, e))
 }
 
-/// The loaded dataplane: programs, maps and the attachments it owns. Dropping it detaches
-/// every program it attached.
+/// What a pinned map must look like to be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapLayout {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} bytes, value {} bytes, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The layout of every map this binary's object declares, sized for `ct_max_flows`.
+fn expected_layout(ct_max_flows: u32) -> Result<Vec<(&'static str, MapLayout)>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Io {
+        context: format!("parsing the embedded eBPF object: {e}"),
+        source: std::io::Error::other("invalid object"),
+    })?;
+    let mut out = Vec::new();
+    for name in names::ALL {
+        let map = obj.maps.get(name).ok_or(Error::MissingMap(name))?;
+        let max_entries = match name {
+            names::CONNTRACK => ct_max_flows.saturating_mul(2),
+            names::NAT_BINDINGS | names::NAT_CLAIMS => ct_max_flows,
+            _ => map.max_entries(),
+        };
+        out.push((
+            name,
+            MapLayout {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The index of `interface` in the calling thread's network namespace.
+pub fn ifindex(interface: &str) -> Result<u32> {
+    let c = CString::new(interface).map_err(|_| Error::NoInterface(interface.to_owned()))?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(Error::NoInterface(interface.to_owned())),
+        i => Ok(i),
+    }
+}
+
+/// The loaded dataplane: maps, the programs loaded so far, and the attachments it owns.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Where maps and links are pinned; `None` for a dataplane that lives with this value.
+    pins: Option<PathBuf>,
+    loaded: HashSet<&'static str>,
 }
 
 impl Dataplane {
-    /// Loads every program and map into the kernel (of the calling thread's network namespace).
+    /// Loads every program and map into the kernel; everything goes away with the value.
     pub fn load() -> Result<Self> {
+        let mut ebpf = load_object()?;
+        maps::write_config(&mut ebpf, &DpConfig::default())?;
         Ok(Dataplane {
-            ebpf: load_object()?,
+            ebpf,
+            pins: None,
+            loaded: Hook::ALL.iter().map(|h| h.name()).collect(),
         })
     }
 
-    /// Attaches the programs of `role` to both directions of `interface` (TCX).
+    /// Whether `host` has a pinned dataplane.
+    pub fn exists(host: &Host) -> Result<bool> {
+        Ok(host.pin_dir()?.join(names::CONNTRACK).exists())
+    }
+
+    /// The pinned dataplane of `host`, created with `settings` if there is none. An existing
+    /// one is reused only if its maps have exactly the layout and sizes `settings` asks for.
+    pub fn open(host: &Host, settings: &Settings) -> Result<Self> {
+        let dir = host.pin_dir()?;
+        if dir.join(names::CONNTRACK).exists() {
+            let found = MapInfo::from_pin(dir.join(names::CONNTRACK))
+                .map_err(|e| Error::map(names::CONNTRACK, e))?
+                .max_entries()
+                / 2;
+            if found != settings.ct_max_flows {
+                return Err(Error::Settings(format!(
+                    "the dataplane of {} already tracks up to {found} flows; it cannot be resized \
+                     in place (run `netfast down` first, which drops every flow)",
+                    host.describe()
+                )));
+            }
+            return Self::reopen(&dir, settings.ct_max_flows);
+        }
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let mut dp = Self::pinned(&dir, settings.ct_max_flows)?;
+        maps::write_config(&mut dp.ebpf, &settings.config)?;
+        Ok(dp)
+    }
+
+    /// The pinned dataplane of `host`, or `None` when it has none.
+    pub fn open_existing(host: &Host) -> Result<Option<Self>> {
+        let dir = host.pin_dir()?;
+        let ct = dir.join(names::CONNTRACK);
+        if !ct.exists() {
+            return Ok(None);
+        }
+        let flows = MapInfo::from_pin(&ct)
+            .map_err(|e| Error::map(names::CONNTRACK, e))?
+            .max_entries()
+            / 2;
+        Self::reopen(&dir, flows).map(Some)
+    }
+
+    fn reopen(dir: &Path, ct_max_flows: u32) -> Result<Self> {
+        for (name, want) in expected_layout(ct_max_flows)? {
+            let path = dir.join(name);
+            let info = MapInfo::from_pin(&path).map_err(|e| Error::map(name, e))?;
+            let found = MapLayout {
+                map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+            };
+            if found != want {
+                return Err(Error::PinnedMapMismatch {
+                    map: name,
+                    path,
+                    found: found.to_string(),
+                    expected: want.to_string(),
+                });
+            }
+        }
+        Self::pinned(dir, ct_max_flows)
+    }
+
+    fn pinned(dir: &Path, ct_max_flows: u32) -> Result<Self> {
+        let paths: Vec<(&'static str, PathBuf)> =
+            names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        sized(&mut loader, ct_max_flows);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(EBPF_OBJECT)?;
+        Ok(Dataplane {
+            ebpf,
+            pins: Some(dir.to_path_buf()),
+            loaded: HashSet::new(),
+        })
+    }
+
+    /// Unpins everything of `host`'s dataplane: its links detach, its maps go with the last
+    /// user. Returns whether there was anything.
+    pub fn remove(host: &Host) -> Result<bool> {
+        let dir = host.pin_dir()?;
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(false);
+        };
+        let io = |context: String| move |source| Error::Io { context, source };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io(format!("unpinning {}", path.display())))?;
+        }
+        fs::remove_dir(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        if let Some(parent) = dir.parent() {
+            // Shared by every host; gone when the last one is.
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(true)
+    }
+
+    fn program(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
+        let first = self.loaded.insert(hook.name());
+        let program = classifier(&mut self.ebpf, hook)?;
+        if first {
+            program.load().map_err(|e| Error::program(hook.name(), e))?;
+        }
+        Ok(program)
+    }
+
+    fn link_pin(&self, ifindex: u32, hook: Hook) -> Option<PathBuf> {
+        self.pins
+            .as_ref()
+            .map(|d| d.join(format!("link-{ifindex}-{}", hook.name())))
+    }
+
+    /// The names of the TCX programs attached to `interface` in the direction of `hook`, in
+    /// order (asks the kernel).
+    pub fn tcx_programs(interface: &str, hook: Hook) -> Result<Vec<String>> {
+        let (_, progs) = SchedClassifier::query_tcx(interface, attach_type(hook))
+            .map_err(|e| Error::program(hook.name(), e))?;
+        Ok(progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect())
+    }
+
+    /// Whether our program for `hook` is attached to `interface`.
+    fn attached(interface: &str, hook: Hook) -> bool {
+        Self::tcx_programs(interface, hook)
+            .map(|progs| progs.iter().any(|p| p == hook.name()))
+            .unwrap_or(false)
+    }
+
+    /// Attaches the programs of `role` to both directions of `interface` (TCX). Idempotent
+    /// for a pinned dataplane: an attachment that is already there is kept.
     pub fn attach(&mut self, interface: &str, role: InterfaceRole) -> Result<()> {
+        let index = ifindex(interface)?;
         for hook in role.hooks() {
-            classifier(&mut self.ebpf, hook)?
+            let pin = self.link_pin(index, hook);
+            if let Some(pin) = &pin {
+                if pin.exists() && Self::attached(interface, hook) {
+                    continue;
+                }
+                // A stale pin (its interface was deleted and recreated) holds a dead link.
+                let _ = fs::remove_file(pin);
+            }
+            let attach_error = |e| Error::Attach {
+                program: hook.name(),
+                interface: interface.to_owned(),
+                source: Box::new(e),
+            };
+            let program = self.program(hook)?;
+            let id = program
                 .attach(interface, attach_type(hook))
-                .map_err(|e| Error::Attach {
-                    program: hook.name(),
-                    interface: interface.to_owned(),
-                    source: Box::new(e),
+                .map_err(attach_error)?;
+            if let Some(pin) = pin {
+                let link = program.take_link(id).map_err(attach_error)?;
+                let link = FdLink::try_from(link).map_err(|e| Error::Io {
+                    context: format!("{} on {interface} is not a TCX link: {e}", hook.name()),
+                    source: std::io::Error::other("not an fd link"),
                 })?;
+                link.pin(&pin).map_err(|e| Error::Io {
+                    context: format!("pinning the {} link at {}: {e}", hook.name(), pin.display()),
+                    source: std::io::Error::other("pin failed"),
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Detaches the programs of `role` from the interface with index `ifindex` (pinned
+    /// dataplane; an ephemeral one detaches on drop).
+    pub fn detach(&mut self, ifindex: u32, role: InterfaceRole) -> Result<()> {
+        for hook in role.hooks() {
+            let Some(pin) = self.link_pin(ifindex, hook) else {
+                continue;
+            };
+            if !pin.exists() {
+                continue;
+            }
+            match PinnedLink::from_pin(&pin) {
+                // Dropping the unpinned link closes its last reference: the kernel detaches it.
+                Ok(link) => drop(link.unpin()),
+                Err(_) => drop(fs::remove_file(&pin)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `subnet/prefix` a network of the dataplane.
+    pub fn set_network(
+        &mut self,
+        subnet: std::net::Ipv4Addr,
+        prefix: u8,
+        info: &NetInfo,
+    ) -> Result<()> {
+        maps::set_network(&mut self.ebpf, subnet, prefix, info)
+    }
+
+    pub fn remove_network(&mut self, subnet: std::net::Ipv4Addr, prefix: u8) -> Result<()> {
+        maps::remove_network(&mut self.ebpf, subnet, prefix)
+    }
+
+    /// Timeouts, port range and filtering, effective for the next packet.
+    pub fn configure(&mut self, config: &DpConfig) -> Result<()> {
+        maps::write_config(&mut self.ebpf, config)
+    }
+
+    pub fn config(&self) -> Result<DpConfig> {
+        maps::read_config(&self.ebpf)
     }
 
     /// The counters, summed over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
         stats::of(&self.ebpf)
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }

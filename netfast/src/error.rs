@@ -48,6 +48,24 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("no interface named {0} in this network namespace")]
+    NoInterface(String),
+
+    #[error("{0}")]
+    Settings(String),
+
+    #[error(
+        "the pinned map {map} at {} has another layout ({found}) than this netfast expects \
+         ({expected}): it was made by another version; run `netfast down` to remove the old \
+         dataplane (its flows are lost)", path.display()
+    )]
+    PinnedMapMismatch {
+        map: &'static str,
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+
     #[error("{context}")]
     Io {
         context: String,

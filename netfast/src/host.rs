@@ -5,7 +5,7 @@
 //! `--netns NAME` or was started under `ip netns exec NAME`. Under that key live:
 //! - its state, in `/run/netfast/<key>/` (tmpfs: it describes kernel objects, which do not
 //!   survive a reboot either);
-//! - its pinned BPF objects, in `/sys/fs/bpf/netfast/<key>/`.
+//! - its pinned BPF objects (maps, TCX links), in `/sys/fs/bpf/netfast/<key>/`.
 
 use std::{
     fs,
@@ -13,7 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netfast_common::maps::PIN_ROOT;
+/// The directory of the bpf filesystem that holds netfast's pins, one subdirectory per host.
+pub const PIN_DIR: &str = "netfast";
 
 use crate::{
     error::{Error, Result},
@@ -74,9 +75,10 @@ impl Host {
         Path::new(STATE_ROOT).join(&self.key)
     }
 
-    /// `/sys/fs/bpf/netfast/<key>`.
-    pub fn pin_dir(&self) -> PathBuf {
-        Path::new(PIN_ROOT).join(&self.key)
+    /// `<bpffs>/netfast/<key>`: `/sys/fs/bpf/netfast/<key>` as the root mount namespace
+    /// sees it (see [`crate::bpffs::root`]).
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        Ok(crate::bpffs::root()?.join(PIN_DIR).join(&self.key))
     }
 
     /// How to name this host to a human.

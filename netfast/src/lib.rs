@@ -3,6 +3,7 @@
 //! The library is `load → typed handles`: [`dataplane::Dataplane`] loads the embedded eBPF
 //! object and attaches its programs; [`prog_test`] runs the same programs on test packets.
 
+pub mod bpffs;
 pub mod dataplane;
 pub mod error;
 pub mod host;

@@ -240,6 +240,24 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+impl Flow {
+    /// The flow an original-direction entry describes, with its reply entry when known.
+    pub fn new(key: &CtKey, entry: &CtEntry, reply: Option<&CtEntry>, now: u32) -> Flow {
+        let reply_key = entry.peer_key(key);
+        let expires = entry.expires.max(reply.map_or(0, |r| r.expires));
+        Flow {
+            protocol: protocol_name(key.proto),
+            state: (key.proto == PROTO_TCP).then(|| TcpState::from_u8(entry.tcp_state).name()),
+            expires_in: expires.saturating_sub(now),
+            unreplied: entry.flags & CT_F_SEEN_REPLY == 0,
+            network_id: entry.net_id,
+            original: Tuple::new(key, Some(entry)),
+            reply: Tuple::new(&reply_key, reply),
+            proto: key.proto,
+        }
+    }
+}
+
 /// Live flows, pairing each original entry with its reply entry; sorted by original tuple.
 pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
     let all: HashMap<CtKey, CtEntry> = conntrack_entries(ebpf)?.into_iter().collect();
@@ -248,22 +266,11 @@ pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
         if entry.flags & CT_F_REPLY != 0 {
             continue;
         }
-        let reply_key = entry.peer_key(key);
-        let reply = all.get(&reply_key);
-        let expires = entry.expires.max(reply.map_or(0, |r| r.expires));
-        if expires < now {
+        let reply = all.get(&entry.peer_key(key));
+        if entry.expires.max(reply.map_or(0, |r| r.expires)) < now {
             continue;
         }
-        out.push(Flow {
-            protocol: protocol_name(key.proto),
-            state: (key.proto == PROTO_TCP).then(|| TcpState::from_u8(entry.tcp_state).name()),
-            expires_in: expires - now,
-            unreplied: entry.flags & CT_F_SEEN_REPLY == 0,
-            network_id: entry.net_id,
-            original: Tuple::new(key, Some(entry)),
-            reply: Tuple::new(&reply_key, reply),
-            proto: key.proto,
-        });
+        out.push(Flow::new(key, entry, reply, now));
     }
     out.sort_by_key(|f| {
         (

@@ -2,10 +2,12 @@
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{LpmTrie, MapData, PerCpuArray},
 };
 use netfast_common::{
-    DropReason, Hook, Traffic, maps,
+    DropReason, Hook, Traffic,
+    config::NetInfo,
+    maps,
     stats::{drop_slot, hook_slot},
 };
 use serde::Serialize;
@@ -17,6 +19,21 @@ use crate::error::{Error, Result};
 pub struct Stats {
     pub hooks: Vec<HookStats>,
     pub drops: Vec<DropStats>,
+    pub networks: Vec<NetworkStats>,
+}
+
+/// Translated traffic of one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetworkStats {
+    pub id: u16,
+    /// `a.b.c.d/n`.
+    pub subnet: String,
+    /// Leaving the containers (masqueraded towards the outside).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Coming to the containers.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -90,11 +107,35 @@ pub fn read(map: &PerCpuArray<&MapData, Traffic>) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Sums the stats map of a loaded object.
+/// Sums the stats maps of a loaded object, with a line per network it knows.
 pub fn of(ebpf: &Ebpf) -> Result<Stats> {
     let map = ebpf
         .map(maps::STATS)
         .ok_or(Error::MissingMap(maps::STATS))?;
     let map = PerCpuArray::try_from(map).map_err(|e| Error::map(maps::STATS, e))?;
-    read(&map)
+    let mut stats = read(&map)?;
+    let nets = ebpf
+        .map(maps::NETWORKS)
+        .ok_or(Error::MissingMap(maps::NETWORKS))?;
+    let nets: LpmTrie<&MapData, u32, NetInfo> =
+        LpmTrie::try_from(nets).map_err(|e| Error::map(maps::NETWORKS, e))?;
+    let per_net = ebpf
+        .map(maps::NET_STATS)
+        .ok_or(Error::MissingMap(maps::NET_STATS))?;
+    let per_net = PerCpuArray::try_from(per_net).map_err(|e| Error::map(maps::NET_STATS, e))?;
+    for item in nets.iter() {
+        let (key, info) = item.map_err(|e| Error::map(maps::NETWORKS, e))?;
+        let tx = sum_slot(&per_net, u32::from(info.id) * 2)?;
+        let rx = sum_slot(&per_net, u32::from(info.id) * 2 + 1)?;
+        stats.networks.push(NetworkStats {
+            id: info.id,
+            subnet: format!("{}/{}", crate::maps::addr_of(key.data()), key.prefix_len()),
+            tx_packets: tx.packets,
+            tx_bytes: tx.bytes,
+            rx_packets: rx.packets,
+            rx_bytes: rx.bytes,
+        });
+    }
+    stats.networks.sort_by_key(|n| n.id);
+    Ok(stats)
 }

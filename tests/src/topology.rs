@@ -9,6 +9,15 @@
 //!
 //! The host forwards (ip_forward=1 in its namespace). The outside knows nothing of the
 //! container subnet unless built with [`TopologyBuilder::route_back`].
+//!
+//! With [`TopologyBuilder::far_server`] the outside is also a router to a far server, for
+//! traceroute and path-MTU discovery: the router's side of that link has a smaller MTU than
+//! the server's, so the server advertises a full-size MSS and packets towards it must shrink
+//! on the way (a bottleneck in the middle of the path, not at an end):
+//!
+//! ```text
+//!  outside ns "o" eth1 203.0.113.1/24 (mtu 1400) ──── far ns "f" eth0 203.0.113.10/24 (mtu 1500)
+//! ```
 
 use std::net::Ipv4Addr;
 
@@ -21,6 +30,10 @@ pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const UPLINK_PREFIX: u8 = 24;
 pub const SUBNET: &str = "172.18.0.0/24";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+pub const FAR_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const FAR_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The MTU of the router's side of the link to the far server, below every other MTU.
+pub const FAR_MTU: u32 = 1400;
 
 /// The address the toolkit gives container `i` (0-based).
 pub fn container_addr(i: usize) -> Ipv4Addr {
@@ -36,6 +49,7 @@ pub struct TopologyBuilder {
     containers: usize,
     bridge: bool,
     route_back: bool,
+    far: bool,
 }
 
 impl Default for TopologyBuilder {
@@ -44,6 +58,7 @@ impl Default for TopologyBuilder {
             containers: 0,
             bridge: true,
             route_back: false,
+            far: false,
         }
     }
 }
@@ -68,9 +83,16 @@ impl TopologyBuilder {
         self
     }
 
+    /// A far server behind the outside, over a link with MTU [`FAR_MTU`].
+    pub fn far_server(mut self) -> Self {
+        self.far = true;
+        self
+    }
+
     pub fn build(self) -> Topology {
         // Drop order matters little (deleting a namespace removes its side of every veth),
         // but containers go first so that nothing is left pointing into a deleted host.
+        let far = self.far.then(|| TestNetns::new("f"));
         let outside = TestNetns::new("o");
         let host = TestNetns::new("h");
         let mut containers = Vec::new();
@@ -81,6 +103,7 @@ impl TopologyBuilder {
             containers,
             host,
             outside,
+            far,
         };
         topo.wire(&self);
         topo
@@ -92,6 +115,7 @@ pub struct Topology {
     pub containers: Vec<TestNetns>,
     pub host: TestNetns,
     pub outside: TestNetns,
+    pub far: Option<TestNetns>,
 }
 
 impl Topology {
@@ -131,6 +155,61 @@ impl Topology {
                 SUBNET,
                 "via",
                 &UPLINK_ADDR.to_string(),
+            ]);
+        }
+        if let Some(f) = &self.far {
+            let mtu = FAR_MTU.to_string();
+            crate::run_ok(&[
+                "ip",
+                "-n",
+                o.name(),
+                "link",
+                "add",
+                "eth1",
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                f.name(),
+            ]);
+            o.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{FAR_GATEWAY}/24"),
+                "dev",
+                "eth1",
+            ]);
+            o.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+            o.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            f.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{FAR_ADDR}/24"),
+                "dev",
+                "eth0",
+            ]);
+            f.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            f.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &FAR_GATEWAY.to_string(),
+            ]);
+            h.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &OUTSIDE_ADDR.to_string(),
             ]);
         }
         if !b.bridge {

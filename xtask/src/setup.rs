@@ -17,6 +17,12 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "bpftool",
+    "curl",
+    "iperf3",
+    "socat",
+    "traceroute",
+    "nftables",
+    "python3",
 ];
 
 pub fn run() -> Result<(), Fail> {
@@ -24,6 +30,7 @@ pub fn run() -> Result<(), Fail> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    bpffs()?;
     println!("setup: done");
     Ok(())
 }
@@ -113,4 +120,26 @@ fn bpf_linker() -> Result<(), Fail> {
             "{e}; bpf-linker needs llvm-{LLVM_MAJOR}-dev and libpolly-{LLVM_MAJOR}-dev"
         ))
     })
+}
+
+/// netfast pins its dataplane in the bpf filesystem; it mounts it itself when it can, but
+/// tests and `ip netns exec` runs want it mounted where everything sees it.
+fn bpffs() -> Result<(), Fail> {
+    let fstype = Cmd::new("stat")
+        .args(&["-f", "-c", "%T", "/sys/fs/bpf"])
+        .output()
+        .unwrap_or_default();
+    if fstype.trim() == "bpf_fs" {
+        println!("setup: bpf filesystem: mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    println!("setup: bpf filesystem: mounting at /sys/fs/bpf");
+    if !is_root() {
+        return Err(Fail(
+            "mounting the bpf filesystem needs root: mount -t bpf bpf /sys/fs/bpf".into(),
+        ));
+    }
+    Cmd::new("mount")
+        .args(&["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .run()
 }

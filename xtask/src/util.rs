@@ -101,3 +101,20 @@ pub fn leftover_namespaces() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Pins and state directories that netfast left for test hosts (namespaces named `nft…`).
+pub fn leftover_netfast_state() -> Vec<String> {
+    ["/sys/fs/bpf/netfast", "/run/netfast"]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("nft")))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}

@@ -1,6 +1,8 @@
 //! Argument parsing and dispatch. anyhow lives here, at the binary's edge.
 
+mod conntrack;
 mod object;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The flows the dataplane tracks (like `conntrack -L/-E/-F`).
+    #[command(subcommand)]
+    Conntrack(conntrack::Command),
+    /// Packets and bytes per hook and per network, and a counter per drop reason.
+    Stats {
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the programs and maps of the embedded eBPF object.
     Object,
 }
@@ -45,6 +56,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
     }
     match cli.command {
+        Command::Conntrack(c) => conntrack::run(c),
+        Command::Stats { json } => stats::run(json),
         Command::Object => object::run(),
     }
 }

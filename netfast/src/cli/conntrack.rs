@@ -1,0 +1,165 @@
+//! `netfast conntrack list|watch|flush`: the flows the dataplane tracks, like `conntrack -L`,
+//! `conntrack -E` and `conntrack -F`.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::RingBuf;
+use clap::Subcommand;
+use netfast::{
+    Dataplane,
+    common::{
+        conntrack::{CT_EVENT_NEW, CtEvent, CtKey},
+        maps::CT_EVENTS,
+    },
+    host::Host,
+    maps::{self, Flow},
+};
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// One line per tracked flow: protocol, state, seconds left, both tuples, packets and bytes.
+    List {
+        /// JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print NEW / UPDATE / DESTROY events as they happen, until interrupted.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget every tracked flow and NAT mapping.
+    Flush,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    let host = Host::current()?;
+    let Some(dp) = Dataplane::open_existing(&host)? else {
+        eprintln!(
+            "netfast: no dataplane in {} (create a network first)",
+            host.describe()
+        );
+        if let Command::List { json: true } = command {
+            println!("[]");
+        }
+        return Ok(());
+    };
+    match command {
+        Command::List { json } => list(&dp, json),
+        Command::Watch { json } => watch(dp, json),
+        Command::Flush => {
+            let mut dp = dp;
+            let n = maps::flush_conntrack(dp.ebpf_mut())?;
+            println!("flushed {n} flows");
+            Ok(())
+        }
+    }
+}
+
+fn list(dp: &Dataplane, json: bool) -> anyhow::Result<()> {
+    let flows = maps::flows(dp.ebpf(), maps::monotonic_now())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&flows)?);
+    } else {
+        for f in &flows {
+            println!("{}", f.line());
+        }
+        eprintln!(
+            "netfast conntrack: {} flow entries have been shown.",
+            flows.len()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    flow: &'a Flow,
+}
+
+fn print_event(kind: &'static str, flow: &Flow, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&Event { event: kind, flow })?
+        )?;
+    } else {
+        writeln!(out, "{:>9} {}", format!("[{kind}]"), flow.line())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn watch(mut dp: Dataplane, json: bool) -> anyhow::Result<()> {
+    let map = dp
+        .ebpf_mut()
+        .take_map(CT_EVENTS)
+        .context("the dataplane has no event ring")?;
+    let mut ring = RingBuf::try_from(map)?;
+    // Events left in the ring by an earlier watcher are history, not news.
+    while ring.next().is_some() {}
+    // DESTROY has no event: flows expire lazily in the datapath. Rescan each second and
+    // report the flows that are gone since.
+    let mut live: HashMap<CtKey, Flow> = current(&dp)?;
+    let mut next_scan = Instant::now() + Duration::from_secs(1);
+    loop {
+        while let Some(item) = ring.next() {
+            let Some(event) = bytemuck::try_from_bytes::<CtEvent>(&item[..]).ok().copied() else {
+                continue;
+            };
+            let now = maps::monotonic_now();
+            let flow = Flow::new(&event.key, &event.entry, None, now);
+            let kind = if event.kind == CT_EVENT_NEW {
+                "NEW"
+            } else {
+                "UPDATE"
+            };
+            print_event(kind, &flow, json)?;
+            live.insert(event.key, flow);
+        }
+        if Instant::now() >= next_scan {
+            let now_live = current(&dp)?;
+            for (key, flow) in &live {
+                if !now_live.contains_key(key) {
+                    print_event("DESTROY", flow, json)?;
+                }
+            }
+            live = now_live;
+            next_scan = Instant::now() + Duration::from_secs(1);
+        }
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 200) };
+    }
+}
+
+fn current(dp: &Dataplane) -> anyhow::Result<HashMap<CtKey, Flow>> {
+    let now = maps::monotonic_now();
+    let entries = maps::conntrack_entries(dp.ebpf())?;
+    let all: HashMap<CtKey, _> = entries.into_iter().collect();
+    Ok(all
+        .iter()
+        .filter(|(_, e)| e.flags & netfast::common::conntrack::CT_F_REPLY == 0)
+        .filter_map(|(k, e)| {
+            let reply = all.get(&e.peer_key(k));
+            let alive = e.expires.max(reply.map_or(0, |r| r.expires)) >= now;
+            alive.then(|| (*k, Flow::new(k, e, reply, now)))
+        })
+        .collect())
+}

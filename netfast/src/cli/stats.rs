@@ -1,0 +1,39 @@
+//! `netfast stats`: packets and bytes per hook and per network, and a counter per drop reason.
+
+use netfast::{Dataplane, host::Host};
+
+pub fn run(json: bool) -> anyhow::Result<()> {
+    let host = Host::current()?;
+    let Some(dp) = Dataplane::open_existing(&host)? else {
+        anyhow::bail!(
+            "no dataplane in {} (create a network first)",
+            host.describe()
+        );
+    };
+    let stats = dp.stats()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!("{:<18} {:>12} {:>14}", "HOOK", "PACKETS", "BYTES");
+    for h in &stats.hooks {
+        println!("{:<18} {:>12} {:>14}", h.hook, h.packets, h.bytes);
+    }
+    println!();
+    println!(
+        "{:<4} {:<18} {:>10} {:>12} {:>10} {:>12}",
+        "NET", "SUBNET", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
+    );
+    for n in &stats.networks {
+        println!(
+            "{:<4} {:<18} {:>10} {:>12} {:>10} {:>12}",
+            n.id, n.subnet, n.tx_packets, n.tx_bytes, n.rx_packets, n.rx_bytes
+        );
+    }
+    println!();
+    println!("{:<24} {:>10}  WHY", "DROP", "PACKETS");
+    for d in &stats.drops {
+        println!("{:<24} {:>10}  {}", d.reason, d.packets, d.description);
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! Masquerade end to end, with real clients in namespaces: the containers reach the outside
+//! with the uplink's address, and nothing in the host's netfilter nat table does it.
+//!
+//! The dataplane is provisioned here through the library (pinned, the same calls the loader
+//! makes) and the handle is dropped before any traffic flows: only the pins keep it running,
+//! as after a `netfast` command has exited.
+
+use std::{thread, time::Duration};
+
+use netfast::{
+    Dataplane, InterfaceRole,
+    common::{
+        Hook,
+        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+    },
+    dataplane::{Settings, ifindex},
+    host::Host,
+    maps::raw_addr,
+    netns::NetnsGuard,
+};
+use netfast_tests::{
+    Background, Topology,
+    cmd::wait_until,
+    netfast_cli::netfast_bin,
+    require_root, run_ok,
+    topology::{BRIDGE, FAR_ADDR, OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
+};
+
+/// The pinned dataplane of a test host, removed (unpinned) when dropped.
+struct Masquerade {
+    host: String,
+}
+
+fn masquerade(topo: &Topology, settings: Settings) -> Masquerade {
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter the host namespace");
+    let host = Host::current().expect("identify the host");
+    let guard = Masquerade {
+        host: topo.host.name().to_owned(),
+    };
+    let mut dp = Dataplane::open(&host, &settings).expect("open the pinned dataplane");
+    dp.attach(BRIDGE, InterfaceRole::Bridge)
+        .expect("attach to the bridge");
+    dp.attach(UPLINK, InterfaceRole::Uplink)
+        .expect("attach to the uplink");
+    let info = NetInfo {
+        id: 1,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex: ifindex(UPLINK).expect("uplink"),
+        bridge_ifindex: ifindex(BRIDGE).expect("bridge"),
+        ext_addr: raw_addr(UPLINK_ADDR),
+    };
+    dp.set_network("172.18.0.0".parse().expect("addr"), 24, &info)
+        .expect("network");
+    guard
+}
+
+impl Drop for Masquerade {
+    fn drop(&mut self) {
+        let removed = NetnsGuard::enter(&self.host).and_then(|_in_host| {
+            let host = Host::current()?;
+            Dataplane::remove(&host)
+        });
+        if let Err(e) = removed {
+            // Never panic while a failed test unwinds: that would abort and leak namespaces.
+            let msg = format!(
+                "removing the pinned dataplane of {}: {}",
+                self.host,
+                netfast::error::report(&e)
+            );
+            if std::thread::panicking() {
+                eprintln!("{msg}")
+            } else {
+                panic!("{msg}")
+            }
+        }
+    }
+}
+
+fn small() -> Settings {
+    Settings {
+        ct_max_flows: 4096,
+        config: DpConfig::default(),
+    }
+}
+
+/// `netfast --netns HOST args…`, stdout.
+fn netfast(topo: &Topology, args: &[&str]) -> String {
+    let bin = netfast_bin();
+    let mut argv = vec![
+        bin.to_str().expect("utf-8 path"),
+        "--netns",
+        topo.host.name(),
+    ];
+    argv.extend_from_slice(args);
+    run_ok(&argv)
+}
+
+/// The host namespace's netfilter nat table must not exist: netfast translates without it.
+fn assert_no_kernel_nat(topo: &Topology) {
+    let tables = topo.host.exec_ok(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("nat"),
+        "an nftables nat table exists in the host: {tables}"
+    );
+    let legacy = topo.host.exec(&["cat", "/proc/net/ip_tables_names"]);
+    let legacy = String::from_utf8_lossy(&legacy.stdout);
+    assert!(
+        !legacy.contains("nat"),
+        "an iptables nat table exists in the host: {legacy}"
+    );
+}
+
+fn listening(ns: &netfast_tests::TestNetns, proto: &str, port: u16) -> bool {
+    let flag = if proto == "udp" { "-lun" } else { "-ltn" };
+    ns.exec_ok(&["ss", flag]).contains(&format!(":{port} "))
+}
+
+#[test]
+fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
+    require_root();
+    let topo = Topology::builder().containers(2).build();
+    let _dp = masquerade(&topo, small());
+    let server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.outside.name(),
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(
+            &topo.outside,
+            "tcp",
+            8000
+        )),
+        "http.server did not start"
+    );
+    let watch = Background::spawn(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        topo.host.name(),
+        "conntrack",
+        "watch",
+        "--json",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+
+    let url = format!("http://{OUTSIDE_ADDR}:8000/");
+    let code = topo.containers[0].exec_ok(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        &url,
+    ]);
+    assert_eq!(code, "200");
+    let ping = topo.containers[1].exec_ok(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    assert!(ping.contains("3 received"), "{ping}");
+
+    let flows = netfast(&topo, &["conntrack", "list", "--json"]);
+    let flows: serde_json::Value = serde_json::from_str(&flows).expect("json");
+    let flows = flows.as_array().expect("array");
+    let tcp = flows
+        .iter()
+        .find(|f| f["protocol"] == "tcp")
+        .expect("a tcp flow");
+    assert_eq!(tcp["original"]["src"], "172.18.0.2");
+    assert_eq!(tcp["reply"]["dst"], UPLINK_ADDR.to_string());
+    assert_eq!(tcp["reply"]["src"], OUTSIDE_ADDR.to_string());
+    assert!(tcp["reply"]["packets"].as_u64().expect("n") > 0);
+    let icmp = flows
+        .iter()
+        .find(|f| f["protocol"] == "icmp")
+        .expect("an icmp flow");
+    assert_eq!(icmp["original"]["src"], "172.18.0.3");
+    assert_eq!(icmp["original"]["packets"], 3);
+    assert_eq!(icmp["reply"]["packets"], 3);
+    let text = netfast(&topo, &["conntrack", "list"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tcp") && l.contains("src=172.18.0.2")),
+        "{text}"
+    );
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&netfast(&topo, &["stats", "--json"])).expect("json");
+    let net = &stats["networks"][0];
+    assert_eq!(net["subnet"], "172.18.0.0/24");
+    assert!(
+        net["tx_packets"].as_u64().expect("n") >= 5 && net["rx_packets"].as_u64().expect("n") >= 5,
+        "{net}"
+    );
+
+    let log = server.stop();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains(&format!("{UPLINK_ADDR} - -")),
+        "the server must see the uplink address:\n{log}"
+    );
+    assert!(
+        !log.contains("172.18.0."),
+        "a container address reached the outside:\n{log}"
+    );
+
+    let events = watch.stop();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"NEW\"") && l.contains("\"tcp\"")),
+        "watch saw no NEW tcp flow:\n{events}"
+    );
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"UPDATE\"") && l.contains("ESTABLISHED")),
+        "watch saw no update:\n{events}"
+    );
+    assert_no_kernel_nat(&topo);
+}
+
+#[test]
+fn flows_expire_and_watch_reports_their_destruction() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let settings = Settings {
+        ct_max_flows: 4096,
+        config: DpConfig {
+            icmp: 1,
+            ..DpConfig::default()
+        },
+    };
+    let _dp = masquerade(&topo, settings);
+    let watch = Background::spawn(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        topo.host.name(),
+        "conntrack",
+        "watch",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(6), || netfast(
+            &topo,
+            &["conntrack", "list"]
+        )
+        .trim()
+        .is_empty()),
+        "the ICMP flow did not expire after its 1 s timeout"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let events = watch.stop();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(events.contains("[NEW] icmp"), "{events}");
+    assert!(events.contains("[DESTROY] icmp"), "{events}");
+    netfast(&topo, &["conntrack", "flush"]);
+}
+
+#[test]
+fn iperf3_tcp_and_udp_through_masquerade() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, small());
+    let outside = OUTSIDE_ADDR.to_string();
+    for (what, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "200M"])] {
+        let _server = Background::spawn(&[
+            "ip",
+            "netns",
+            "exec",
+            topo.outside.name(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &outside,
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(10), || listening(
+                &topo.outside,
+                "tcp",
+                5201
+            )),
+            "iperf3 -s did not start"
+        );
+        let mut argv = vec!["iperf3", "-c", outside.as_str(), "-t", "2", "--json"];
+        argv.extend(extra.iter().copied());
+        let out = topo.containers[0].exec_ok(&argv);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
+        let bytes = if what == "tcp" {
+            v["end"]["sum_received"]["bytes"].as_u64()
+        } else {
+            v["end"]["sum"]["bytes"].as_u64()
+        };
+        assert!(
+            bytes.unwrap_or(0) > 1_000_000,
+            "{what}: too little data went through: {out}"
+        );
+        if what == "udp" {
+            let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(100.0);
+            assert!(lost < 50.0, "udp lost {lost}%");
+        }
+    }
+    assert_no_kernel_nat(&topo);
+}
+
+#[test]
+fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, small());
+    let echo = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.outside.name(),
+        "python3",
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7007))\n\
+         d,a=s.recvfrom(65535)\nprint(len(d),a[0],flush=True)\ns.sendto(d,a)",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(
+            &topo.outside,
+            "udp",
+            7007
+        )),
+        "echo server did not start"
+    );
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
+         s.sendto(bytes(range(256))*16,('{OUTSIDE_ADDR}',7007))\nd,a=s.recvfrom(65535)\n\
+         assert d==bytes(range(256))*16, 'payload changed'\nprint(len(d))"
+    );
+    let got = topo.containers[0].exec_ok(&["python3", "-c", &script]);
+    assert_eq!(got.trim(), "4096");
+    let seen = echo.stop();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert_eq!(
+        seen.trim(),
+        format!("4096 {UPLINK_ADDR}"),
+        "the server saw the datagram from {seen}"
+    );
+}
+
+#[test]
+fn traceroute_and_path_mtu_discovery_work_from_a_container() {
+    require_root();
+    let topo = Topology::builder().containers(1).far_server().build();
+    let _dp = masquerade(&topo, small());
+    let far = FAR_ADDR.to_string();
+    let trace =
+        topo.containers[0].exec_ok(&["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5", &far]);
+    let hops: Vec<&str> = trace
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        hops,
+        vec!["172.18.0.1", &OUTSIDE_ADDR.to_string(), &far],
+        "traceroute:\n{trace}"
+    );
+
+    // The far link's MTU is 1400: a bulk upload only completes if "fragmentation needed"
+    // comes back through the NAT to the container.
+    let f = topo.far.as_ref().expect("far server");
+    let _sink = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        f.name(),
+        "socat",
+        "-u",
+        "TCP-LISTEN:9000,reuseaddr",
+        "OPEN:/dev/null",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(f, "tcp", 9000)),
+        "sink did not start"
+    );
+    let upload = format!("head -c 3000000 /dev/zero | timeout 15 socat -u - TCP:{far}:9000");
+    topo.containers[0].exec_ok(&["sh", "-c", &upload]);
+    let route = topo.containers[0].exec_ok(&["ip", "route", "get", &far]);
+    assert!(
+        route.contains("mtu 1400"),
+        "the container did not learn the path MTU:\n{route}"
+    );
+}
+
+#[test]
+fn traffic_that_needs_no_nat_is_untouched_and_untracked() {
+    require_root();
+    let topo = Topology::builder().containers(2).build();
+    let _dp = masquerade(&topo, small());
+    let c0 = &topo.containers[0];
+    c0.exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
+    c0.exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.3"]);
+    topo.host
+        .exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
+    topo.host
+        .exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.2"]);
+    let flows = netfast(&topo, &["conntrack", "list"]);
+    assert!(
+        flows.trim().is_empty(),
+        "nothing here needed NAT, yet:\n{flows}"
+    );
+}
+
+#[test]
+fn the_pinned_dataplane_is_reused_and_checked() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, small());
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    let host = Host::current().expect("host");
+    // Reopening with the same settings and attaching again changes nothing.
+    let mut dp = Dataplane::open(&host, &small()).expect("reopen");
+    dp.attach(UPLINK, InterfaceRole::Uplink)
+        .expect("attach again");
+    dp.attach(BRIDGE, InterfaceRole::Bridge)
+        .expect("attach again");
+    drop(dp);
+    for hook in Hook::ALL {
+        let dev = match hook {
+            Hook::UplinkIngress | Hook::UplinkEgress => UPLINK,
+            _ => BRIDGE,
+        };
+        let progs = Dataplane::tcx_programs(dev, hook).expect("query");
+        assert_eq!(
+            progs,
+            vec![hook.name().to_owned()],
+            "{dev} {}: attached once",
+            hook.name()
+        );
+    }
+    let err = match Dataplane::open(
+        &host,
+        &Settings {
+            ct_max_flows: 1024,
+            ..small()
+        },
+    ) {
+        Ok(_) => panic!("a different --ct-max must not reuse the pinned maps"),
+        Err(e) => netfast::error::report(&e),
+    };
+    assert!(err.contains("cannot be resized"), "{err}");
+    drop(_in_host);
+    let ping =
+        topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
+    assert!(ping.contains("1 received"));
+}
