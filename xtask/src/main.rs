@@ -6,7 +6,7 @@ mod util;
 
 use std::process::ExitCode;
 
-use util::{Cmd, Fail, cargo, leftover_namespaces};
+use util::{Cmd, Fail, cargo, leftover_namespaces, leftover_netfast_state};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -87,22 +87,14 @@ fn test() -> Result<(), Fail> {
         "--test-threads=1",
     ])
     .run()?;
-    let left: Vec<_> = leftover_namespaces()
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
-    if !left.is_empty() {
-        return Err(Fail(format!(
-            "the tests left network namespaces behind: {}",
-            left.join(" ")
-        )));
-    }
+    nothing_left_behind("the tests", &before)?;
     println!("== all tests passed");
     Ok(())
 }
 
 fn demo() -> Result<(), Fail> {
     util::require_root("the demo creates network namespaces and loads BPF programs")?;
+    let before = leftover_namespaces();
     cargo(&[
         "run",
         "--quiet",
@@ -112,10 +104,27 @@ fn demo() -> Result<(), Fail> {
         "netfast-demo",
     ])
     .run()?;
-    let left = leftover_namespaces();
+    nothing_left_behind("the demo", &before)?;
+    Ok(())
+}
+
+/// Fails when `who` left test namespaces (other than those already there), or netfast pins
+/// or state for them.
+fn nothing_left_behind(who: &str, before: &[String]) -> Result<(), Fail> {
+    let left: Vec<_> = leftover_namespaces()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
     if !left.is_empty() {
         return Err(Fail(format!(
-            "the demo left network namespaces behind: {}",
+            "{who} left network namespaces behind: {}",
+            left.join(" ")
+        )));
+    }
+    let left = leftover_netfast_state();
+    if !left.is_empty() {
+        return Err(Fail(format!(
+            "{who} left netfast pins or state behind: {}",
             left.join(" ")
         )));
     }
