@@ -1,9 +1,14 @@
 //! Masquerade: deciding which packets are translated, claiming external ports, rewriting
 //! headers, and carrying a datagram's translation over to its later fragments.
 
+use core::mem::size_of;
+
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
+    bindings::{
+        BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -27,6 +32,9 @@ use crate::{
     parse::{ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, load, port_offsets, store},
     stats,
 };
+
+/// `TCP_LISTEN` in the kernel's TCP states.
+const TCP_LISTEN: u32 = 10;
 
 /// The ifindex of the device the hook runs on.
 #[inline(always)]
@@ -193,10 +201,49 @@ fn claim_port(ck: &NatClaimKey, claim: &NatClaim, now: u32) -> bool {
         .is_ok()
 }
 
+/// Whether the host itself uses `(ext_addr, port)` towards `remote`: a TCP connection with
+/// exactly that tuple, or a UDP socket bound to the port. Masquerade must not take such a
+/// port, or the remote would see two conversations as one (iptables avoids it because host
+/// flows share its conntrack table; here the kernel's socket tables are asked instead).
+#[inline(always)]
+fn host_uses(ctx: &TcContext, proto: u8, remote: (u32, u16), ext_addr: u32, port: u16) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: remote.0,
+                daddr: ext_addr,
+                sport: remote.1,
+                dport: port,
+            },
+        },
+    };
+    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as i64 as u64;
+    // SAFETY: the helpers take the context, a tuple on our stack, its size, and flags.
+    let sk = unsafe {
+        match proto {
+            PROTO_TCP => bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, size, netns, 0),
+            PROTO_UDP => bpf_sk_lookup_udp(ctx.skb.skb.cast(), &mut tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // A listening socket only matched for lack of a connection: the tuple itself is free.
+    // SAFETY: a non-null socket from the lookup, released below on every path.
+    let used = proto == PROTO_UDP || unsafe { (*sk).state } != TCP_LISTEN;
+    // SAFETY: the socket the lookup returned.
+    unsafe { bpf_sk_release(sk.cast()) };
+    used
+}
+
 /// A new mapping: the original port when free, else a walk through the configured range.
 #[inline(always)]
 fn new_mapping(
+    ctx: &TcContext,
     bk: &NatBindKey,
+    remote: (u32, u16),
     net_id: u16,
     cfg: &DpConfig,
     now: u32,
@@ -217,6 +264,9 @@ fn new_mapping(
             continue;
         }
         let port = port.to_be();
+        if host_uses(ctx, bk.proto, remote, bk.ext_addr, port) {
+            continue;
+        }
         let ck = NatClaimKey {
             ext_addr: bk.ext_addr,
             ext_port: port,
@@ -341,7 +391,15 @@ pub fn snat_new_flow(
     };
     let ext_port = match reuse_mapping(&bk, now, until) {
         Some(port) => port,
-        None => new_mapping(&bk, net.id, cfg, now, until)?,
+        None => new_mapping(
+            ctx,
+            &bk,
+            (key.dst_addr, key.dst_port),
+            net.id,
+            cfg,
+            now,
+            until,
+        )?,
     };
     let orig = CtEntry {
         expires,

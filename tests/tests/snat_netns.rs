@@ -468,3 +468,111 @@ fn the_pinned_dataplane_is_reused_and_checked() {
         topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     assert!(ping.contains("1 received"));
 }
+
+#[test]
+fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, small());
+    let _server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.outside.name(),
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || listening(
+            &topo.outside,
+            "tcp",
+            8000
+        )),
+        "http.server did not start"
+    );
+    // The host's own connection from uplink:40000 to the server, held open.
+    let connect = format!("sleep 30 | socat - TCP:{OUTSIDE_ADDR}:8000,sourceport=40000");
+    let _host_conn = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.host.name(),
+        "sh",
+        "-c",
+        &connect,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || topo
+            .host
+            .exec_ok(&["ss", "-tn", "state", "established"])
+            .contains(":40000")),
+        "the host's connection did not come up"
+    );
+    // A container connecting from its own port 40000 must get another external port:
+    // reusing 40000 would collide with the host's connection at the server.
+    let url = format!("http://{OUTSIDE_ADDR}:8000/");
+    let code = topo.containers[0].exec_ok(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--local-port",
+        "40000",
+        &url,
+    ]);
+    assert_eq!(code, "200");
+    let flows: serde_json::Value =
+        serde_json::from_str(&netfast(&topo, &["conntrack", "list", "--json"])).expect("json");
+    let flow = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["protocol"] == "tcp")
+        .expect("the container's flow");
+    assert_eq!(flow["original"]["sport"], 40000);
+    assert_ne!(
+        flow["reply"]["dport"], 40000,
+        "masquerade took the port the host uses: {flow}"
+    );
+
+    // UDP: a host socket bound to the port keeps it from masquerade as well.
+    let _host_udp = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.host.name(),
+        "socat",
+        "-u",
+        "UDP4-RECV:40001",
+        "OPEN:/dev/null",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || listening(
+            &topo.host, "udp", 40001
+        )),
+        "host UDP socket"
+    );
+    let send = format!("echo x | socat -u - UDP4-SENDTO:{OUTSIDE_ADDR}:9999,sourceport=40001");
+    topo.containers[0].exec_ok(&["sh", "-c", &send]);
+    let flows: serde_json::Value =
+        serde_json::from_str(&netfast(&topo, &["conntrack", "list", "--json"])).expect("json");
+    let udp = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["protocol"] == "udp")
+        .expect("the UDP flow");
+    assert_eq!(udp["original"]["sport"], 40001);
+    assert_ne!(
+        udp["reply"]["dport"], 40001,
+        "masquerade took the UDP port the host has bound: {udp}"
+    );
+}
