@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod dataplane;
 pub mod error;
 pub mod host;
+pub mod loader;
 pub mod maps;
 pub mod netns;
 pub mod prog_test;

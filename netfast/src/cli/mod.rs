@@ -1,6 +1,10 @@
 //! Argument parsing and dispatch. anyhow lives here, at the binary's edge.
 
+mod apply;
+mod config;
 mod conntrack;
+mod container;
+mod network;
 mod object;
 mod stats;
 
@@ -26,6 +30,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bridge networks: create, remove, list.
+    #[command(subcommand)]
+    Network(network::Command),
+    /// Containers (named network namespaces on a network): create, remove, list.
+    #[command(subcommand)]
+    Container(container::Command),
+    /// Converge the host to a TOML file of [dataplane], [[network]] and [[container]] tables.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Remove everything netfast created in this host namespace, and nothing else.
+    Down,
+    /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
+    Config(config::ConfigArgs),
     /// The flows the dataplane tracks (like `conntrack -L/-E/-F`).
     #[command(subcommand)]
     Conntrack(conntrack::Command),
@@ -56,8 +75,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
     }
     match cli.command {
+        Command::Network(c) => network::run(c),
+        Command::Container(c) => container::run(c),
+        Command::Apply { file } => apply::apply(file),
+        Command::Down => apply::down(),
+        Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
         Command::Object => object::run(),
+    }
+}
+
+/// Prints what a command did, a line per change.
+fn print_lines(lines: Vec<String>) {
+    for l in lines {
+        println!("{l}");
     }
 }

@@ -1,0 +1,73 @@
+//! `netfast config`: host-wide dataplane settings.
+
+use clap::Args;
+use netfast::loader::{Loader, model::Filtering};
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Flows the conntrack table holds [default: 262144]; only while no network exists.
+    #[arg(long)]
+    ct_max: Option<u32>,
+    /// Who may reach a masqueraded port: only the endpoint the container contacted
+    /// (address-and-port-dependent, like iptables), or anyone while the mapping lives.
+    #[arg(long, value_enum)]
+    filtering: Option<Filtering>,
+    /// Ports masquerade picks from when a container's own port is taken: MIN-MAX
+    /// [default: 1024-65535].
+    #[arg(long, value_name = "MIN-MAX")]
+    port_range: Option<String>,
+    /// Idle timeout of established TCP flows, seconds [default: 7440, RFC 5382's floor].
+    #[arg(long, value_name = "SECONDS")]
+    timeout_tcp_established: Option<u32>,
+    /// Idle timeout of opening and closing TCP flows, seconds [default: 240].
+    #[arg(long, value_name = "SECONDS")]
+    timeout_tcp_transitory: Option<u32>,
+    /// Lifetime of a TCP flow after a RST, seconds [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    timeout_tcp_close: Option<u32>,
+    /// Idle timeout of UDP flows, seconds [default: 300; RFC 4787 asks for at least 120].
+    #[arg(long, value_name = "SECONDS")]
+    timeout_udp: Option<u32>,
+    /// Idle timeout of ICMP echo flows, seconds [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    timeout_icmp: Option<u32>,
+    /// Print the settings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    let loader = Loader::new()?;
+    let mut cfg = loader.state()?.dataplane;
+    let before = cfg.clone();
+    if let Some(v) = args.ct_max {
+        cfg.ct_max = v;
+    }
+    if let Some(v) = args.filtering {
+        cfg.filtering = v;
+    }
+    if let Some(v) = args.port_range {
+        cfg.port_range = v;
+    }
+    let t = &mut cfg.timeouts;
+    for (field, value) in [
+        (&mut t.tcp_established, args.timeout_tcp_established),
+        (&mut t.tcp_transitory, args.timeout_tcp_transitory),
+        (&mut t.tcp_close, args.timeout_tcp_close),
+        (&mut t.udp, args.timeout_udp),
+        (&mut t.icmp, args.timeout_icmp),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
+    }
+    if cfg != before {
+        loader.configure(&cfg)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+    } else {
+        print!("{}", toml::to_string(&cfg)?);
+    }
+    Ok(())
+}

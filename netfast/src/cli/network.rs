@@ -1,0 +1,109 @@
+//! `netfast network create|rm|ls`.
+
+use std::net::Ipv4Addr;
+
+use clap::Subcommand;
+use ipnet::Ipv4Net;
+use netfast::loader::{Loader, model::NetworkSpec, validate};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a network: a bridge with the gateway address, netfast's programs on the bridge
+    /// and the uplink, and masquerade of the subnet behind the uplink's address.
+    Create {
+        name: String,
+        /// The containers' subnet, e.g. 172.18.0.0/24.
+        #[arg(long, value_parser = parse_subnet)]
+        subnet: Ipv4Net,
+        /// The bridge's address and the containers' default route [default: the first
+        /// address of the subnet; with --adopt, the bridge's address in the subnet].
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// The bridge's name [default: nf-NAME].
+        #[arg(long, value_name = "IFNAME")]
+        bridge: Option<String>,
+        /// The interface towards the outside; masquerade uses its address.
+        #[arg(long, value_name = "IFNAME")]
+        uplink: String,
+        /// Take over an existing bridge (and the veths already on it) without creating or
+        /// deleting it.
+        #[arg(long)]
+        adopt: bool,
+        /// Route the subnet without translating it.
+        #[arg(long)]
+        no_masquerade: bool,
+    },
+    /// Remove a network (it must have no containers); an adopted bridge is left in place.
+    Rm { name: String },
+    /// List networks, with what the kernel lacks of them ("drift").
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_subnet(s: &str) -> Result<Ipv4Net, String> {
+    validate::subnet(s).map_err(|e| e.0)
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    let loader = Loader::new()?;
+    match command {
+        Command::Create {
+            name,
+            subnet,
+            gateway,
+            bridge,
+            uplink,
+            adopt,
+            no_masquerade,
+        } => {
+            let spec = NetworkSpec {
+                name,
+                subnet,
+                gateway,
+                bridge,
+                uplink,
+                adopt,
+                masquerade: !no_masquerade,
+            };
+            super::print_lines(loader.network_create(&spec)?);
+        }
+        Command::Rm { name } => super::print_lines(loader.network_rm(&name)?),
+        Command::Ls { json } => {
+            let nets = loader.network_status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nets)?);
+                return Ok(());
+            }
+            println!(
+                "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<5} DRIFT",
+                "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "UPLINK", "MASQ", "CTRS"
+            );
+            for n in nets {
+                let bridge = if n.adopted {
+                    format!("{} (adopted)", n.bridge)
+                } else {
+                    n.bridge
+                };
+                println!(
+                    "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<5} {}",
+                    n.name,
+                    n.id,
+                    n.subnet.to_string(),
+                    n.gateway.to_string(),
+                    bridge,
+                    n.uplink,
+                    if n.masquerade { "yes" } else { "no" },
+                    n.containers,
+                    if n.drift.is_empty() {
+                        "-".into()
+                    } else {
+                        n.drift.join("; ")
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! What netfast manages in a host namespace: networks and containers, as the state file
+//! stores them and as `apply` files declare them.
+//!
+//! New fields get `#[serde(default)]` so that older state and apply files keep loading.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A network as the user asks for it (`network create`, an `[[network]]` table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    /// The bridge's address and the containers' default route; the first host address when
+    /// not given (or the bridge's address in the subnet, for an adopted bridge).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// The bridge's name; `nf-<name>` (cut to 15 bytes) when not given.
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// The interface towards the outside.
+    pub uplink: String,
+    /// Take over an existing bridge (and the veths on it) instead of creating one.
+    #[serde(default)]
+    pub adopt: bool,
+    /// Masquerade traffic leaving through the uplink (on unless turned off).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A container as the user asks for it (`container create`, a `[[container]]` table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub network: String,
+    /// The next free address of the subnet when not given.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A network netfast manages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    /// Index of its counters in the dataplane (1..MAX_NETWORKS).
+    pub id: u16,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub uplink: String,
+    /// The bridge existed before netfast: it is never created or deleted by netfast.
+    #[serde(default)]
+    pub adopted: bool,
+    /// Veths that were on an adopted bridge when netfast took it over (left alone).
+    #[serde(default)]
+    pub adopted_ports: Vec<String>,
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+}
+
+impl Network {
+    /// The spec this network satisfies, for comparing with a declared one.
+    pub fn satisfies(&self, spec: &NetworkSpec) -> bool {
+        self.name == spec.name
+            && self.subnet == spec.subnet
+            && spec.gateway.is_none_or(|g| g == self.gateway)
+            && spec.bridge.as_ref().is_none_or(|b| *b == self.bridge)
+            && self.uplink == spec.uplink
+            && self.adopted == spec.adopt
+            && self.masquerade == spec.masquerade
+    }
+}
+
+/// A container netfast created: a named network namespace and a veth pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Also the name of its network namespace (`ip netns`).
+    pub name: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// The host side of its veth pair (on the bridge); `eth0` inside.
+    pub veth: String,
+}
+
+impl Container {
+    pub fn satisfies(&self, spec: &ContainerSpec) -> bool {
+        self.name == spec.name
+            && self.network == spec.network
+            && spec.ip.is_none_or(|ip| ip == self.ip)
+    }
+}
+
+/// Everything netfast manages in one host namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+impl State {
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    pub fn container(&self, name: &str) -> Option<&Container> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    pub fn containers_of<'a>(
+        &'a self,
+        network: &'a str,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers.iter().filter(move |c| c.network == network)
+    }
+}
+
+/// The default bridge name of a network: `nf-<name>`, cut to the 15 bytes Linux allows.
+pub fn default_bridge(network: &str) -> String {
+    let mut name = format!("nf-{network}");
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}
+
+/// The host-side veth name of a container: `nfv` and a hash of its name (stable, 11 bytes).
+pub fn veth_name(container: &str) -> String {
+    // FNV-1a: small, stable across versions and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in container.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("nfv{h:08x}")
+}
+
+/// How inbound packets to a masquerade mapping are filtered (RFC 4787 section 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Only the endpoint the container contacted may answer (like iptables MASQUERADE).
+    #[default]
+    AddressAndPortDependent,
+    /// Anyone may reach a mapped port while the mapping lives ("full cone").
+    EndpointIndependent,
+}
+
+/// Idle timeouts in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let d = netfast_common::config::DpConfig::default();
+        Timeouts {
+            tcp_established: d.tcp_established,
+            tcp_transitory: d.tcp_transitory,
+            tcp_close: d.tcp_close,
+            udp: d.udp,
+            icmp: d.icmp,
+        }
+    }
+}
+
+/// Host-wide dataplane settings (`netfast config`, an apply file's `[dataplane]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Flows the conntrack table holds; fixed while the dataplane exists.
+    pub ct_max: u32,
+    pub filtering: Filtering,
+    /// Ports masquerade picks from when a container's own port is taken: `MIN-MAX`.
+    pub port_range: String,
+    pub timeouts: Timeouts,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        let d = netfast_common::config::DpConfig::default();
+        DataplaneConfig {
+            ct_max: netfast_common::maps::DEFAULT_CT_MAX_FLOWS,
+            filtering: Filtering::default(),
+            port_range: format!("{}-{}", d.port_min, d.port_max),
+            timeouts: Timeouts::default(),
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Links, addresses, routes and neighbours over rtnetlink, in the host namespace or in a
+//! container's. A netlink socket belongs to the namespace it was opened in, so a handle for
+//! another namespace is opened from a thread that has entered it.
+
+use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::AddressAttribute,
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute},
+    },
+};
+use tokio::runtime::Runtime;
+
+use crate::error::{Error, Result};
+
+/// A link as netfast needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The bridge it is enslaved to.
+    pub controller: Option<u32>,
+    pub up: bool,
+    /// `bridge`, `veth`, … when the kernel says.
+    pub kind: Option<String>,
+}
+
+fn link_of(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        controller: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn to_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn failed(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let context = context.into();
+    move |e| Error::Io {
+        context,
+        source: to_io(e),
+    }
+}
+
+/// The runtime the netlink connections live on (one thread; netfast commands are sequential).
+pub struct Netlink {
+    rt: Runtime,
+}
+
+/// A netlink handle bound to one namespace.
+pub struct Nl<'a> {
+    rt: &'a Runtime,
+    handle: Handle,
+    /// Which namespace, for messages.
+    pub place: String,
+}
+
+impl Netlink {
+    pub fn new() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|source| Error::Io {
+                context: "starting the netlink runtime".into(),
+                source,
+            })?;
+        Ok(Netlink { rt })
+    }
+
+    fn connect(&self) -> io::Result<Handle> {
+        let _in_rt = self.rt.enter();
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        self.rt.spawn(connection);
+        Ok(handle)
+    }
+
+    /// A handle in the calling thread's namespace (the host).
+    pub fn host(&self) -> Result<Nl<'_>> {
+        let handle = self.connect().map_err(|source| Error::Io {
+            context: "opening a netlink socket".into(),
+            source,
+        })?;
+        Ok(Nl {
+            rt: &self.rt,
+            handle,
+            place: "the host".into(),
+        })
+    }
+
+    /// A handle in the named namespace `name`.
+    pub fn namespace(&self, name: &str) -> Result<Nl<'_>> {
+        let handle = std::thread::scope(|s| {
+            s.spawn(|| -> Result<Handle> {
+                crate::netns::enter(name)?;
+                self.connect().map_err(|source| Error::Io {
+                    context: format!("opening a netlink socket in namespace {name}"),
+                    source,
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Settings("the namespace thread panicked".into())))
+        })?;
+        Ok(Nl {
+            rt: &self.rt,
+            handle,
+            place: format!("namespace {name}"),
+        })
+    }
+}
+
+impl Nl<'_> {
+    /// The link named `name`, if there is one.
+    pub fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut request = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match self.rt.block_on(request.try_next()) {
+            Ok(msg) => Ok(msg.as_ref().map(link_of)),
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.to_io().raw_os_error() == Some(libc::ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(failed(format!("looking up link {name} in {}", self.place))(
+                e,
+            )),
+        }
+    }
+
+    /// Every link.
+    pub fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .rt
+            .block_on(self.handle.link().get().execute().try_collect())
+            .map_err(failed(format!("listing links in {}", self.place)))?;
+        Ok(msgs.iter().map(link_of).collect())
+    }
+
+    pub fn add_bridge(&self, name: &str) -> Result<Link> {
+        self.rt
+            .block_on(
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute(),
+            )
+            .map_err(failed(format!("creating bridge {name}")))?;
+        self.link(name)?
+            .ok_or_else(|| Error::NoInterface(name.to_owned()))
+    }
+
+    /// A veth pair: `host_name` here, `peer_name` created directly in the namespace `ns`.
+    pub fn add_veth_into(&self, host_name: &str, peer_name: &str, ns: &File) -> Result<Link> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name.to_owned())
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_owned())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(failed(format!(
+                "creating veth pair {host_name}/{peer_name}"
+            )))?;
+        self.link(host_name)?
+            .ok_or_else(|| Error::NoInterface(host_name.to_owned()))
+    }
+
+    fn set(&self, msg: LinkMessage, what: String) -> Result<()> {
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(failed(what))
+    }
+
+    pub fn set_up(&self, link: &Link) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).up().build(),
+            format!("setting {} up", link.name),
+        )
+    }
+
+    pub fn set_mtu(&self, link: &Link, mtu: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
+            format!("setting the MTU of {}", link.name),
+        )
+    }
+
+    pub fn set_controller(&self, link: &Link, bridge: &Link) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index)
+                .controller(bridge.index)
+                .build(),
+            format!("putting {} on bridge {}", link.name, bridge.name),
+        )
+    }
+
+    pub fn delete_link(&self, link: &Link) -> Result<()> {
+        match self
+            .rt
+            .block_on(self.handle.link().del(link.index).execute())
+        {
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.to_io().raw_os_error() == Some(libc::ENODEV) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(failed(format!("deleting link {}", link.name))),
+        }
+    }
+
+    pub fn add_address(&self, link: &Link, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.rt
+            .block_on(
+                self.handle
+                    .address()
+                    .add(link.index, ip.into(), prefix)
+                    .execute(),
+            )
+            .map_err(failed(format!(
+                "adding {ip}/{prefix} to {} in {}",
+                link.name, self.place
+            )))
+    }
+
+    /// The IPv4 addresses of a link, with their prefix lengths.
+    pub fn addresses(&self, link: &Link) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(request.try_collect())
+            .map_err(failed(format!("listing the addresses of {}", link.name)))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == link.index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                        Some((*ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(route).execute())
+            .map_err(failed(format!(
+                "adding a default route via {gateway} in {}",
+                self.place
+            )))
+    }
+
+    /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there.
+    pub fn neighbours(&self, link: &Link) -> Result<Vec<Ipv4Addr>> {
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(self.handle.neighbours().get().execute().try_collect())
+            .map_err(failed(format!("listing the neighbours of {}", link.name)))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == link.index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,108 @@
+//! Named network namespaces, made the way `ip netns add` makes them: a file under /run/netns
+//! with the namespace bind-mounted on it, so that it lives without a process and every tool
+//! that knows `ip netns` sees it.
+
+use std::{
+    ffi::CString,
+    fs::{self, OpenOptions},
+    io,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::netns::NETNS_RUN_DIR;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn mount(src: &Path, target: &Path, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let (src, target, fstype) = (
+        cstr(src)?,
+        cstr(target)?,
+        CString::new(fstype).expect("no NUL"),
+    );
+    // SAFETY: valid C strings; no data argument.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// /run/netns as a shared mount point, so that namespace mounts made here propagate to
+/// every mount namespace that shares it (what iproute2 does).
+fn prepare_run_dir() -> io::Result<()> {
+    let dir = Path::new(NETNS_RUN_DIR);
+    fs::create_dir_all(dir)?;
+    let none = Path::new("none");
+    if mount(none, dir, "none", libc::MS_SHARED | libc::MS_REC).is_ok() {
+        return Ok(());
+    }
+    // Not a mount point yet: bind it onto itself first.
+    mount(dir, dir, "none", libc::MS_BIND | libc::MS_REC)?;
+    mount(none, dir, "none", libc::MS_SHARED | libc::MS_REC)
+}
+
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+/// Creates the named namespace `name`; fails if one of that name exists.
+pub fn create(name: &str) -> io::Result<()> {
+    prepare_run_dir()?;
+    let target = path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&target)?;
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<()> {
+            // Only this thread moves to the new namespace; it ends right after.
+            // SAFETY: unshare affects the calling thread only for CLONE_NEWNET.
+            check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+            mount(
+                Path::new("/proc/thread-self/ns/net"),
+                &target,
+                "none",
+                libc::MS_BIND,
+            )
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    });
+    if made.is_err() {
+        let _ = fs::remove_file(&target);
+    }
+    made
+}
+
+/// Deletes the named namespace `name` (its interfaces go when nothing holds it any more).
+pub fn delete(name: &str) -> io::Result<()> {
+    let target = path(name);
+    let c = cstr(&target)?;
+    // SAFETY: a valid C string. A lazy unmount, as `ip netns del` does.
+    let _ = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    match fs::remove_file(&target) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

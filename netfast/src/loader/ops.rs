@@ -1,0 +1,626 @@
+//! The loader's commands: each takes the host's lock, checks everything it can before it
+//! changes anything, and undoes what it created if a later step fails.
+
+use std::{fs::File, net::Ipv4Addr};
+
+use netfast_common::{
+    config::{NET_F_MASQUERADE, NetInfo},
+    maps::MAX_NETWORKS,
+};
+
+use super::{
+    caps, ipam,
+    model::{
+        Container, ContainerSpec, DataplaneConfig, Network, NetworkSpec, State, default_bridge,
+        veth_name,
+    },
+    netlink::{Link, Netlink, Nl},
+    nsfs,
+    plan::{Action, ApplyFile, plan},
+    state::Locked,
+    validate::{self, Invalid},
+};
+use crate::{
+    dataplane::{Dataplane, InterfaceRole},
+    error::{Error, Result},
+    host::Host,
+    maps::raw_addr,
+};
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Settings(e.0)
+    }
+}
+
+/// Something a command created, to remove again if it fails later.
+enum Created {
+    Link(Link),
+    Namespace(String),
+    Network {
+        network: Network,
+        fresh_dataplane: bool,
+    },
+}
+
+/// What a command created so far; [`Undo::rollback`] removes it, newest first.
+#[derive(Default)]
+struct Undo(Vec<Created>);
+
+impl Undo {
+    fn push(&mut self, c: Created) {
+        self.0.push(c);
+    }
+
+    fn rollback(self, host: &Host, nl: &Nl<'_>, state: &State) {
+        for c in self.0.into_iter().rev() {
+            let done = match c {
+                Created::Link(link) => nl.delete_link(&link),
+                Created::Namespace(name) => nsfs::delete(&name).map_err(|source| Error::Io {
+                    context: format!("deleting namespace {name}"),
+                    source,
+                }),
+                Created::Network {
+                    network,
+                    fresh_dataplane,
+                } => uninstall(host, nl, state, &network).and_then(|()| {
+                    if fresh_dataplane {
+                        Dataplane::remove(host).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            };
+            if let Err(e) = done {
+                eprintln!("netfast: rolling back: {}", crate::error::report(&e));
+            }
+        }
+    }
+}
+
+/// Runs `f` and rolls back what it recorded in `undo` if it fails.
+fn transaction<T>(
+    host: &Host,
+    nl: &Nl<'_>,
+    state: &State,
+    f: impl FnOnce(&mut Undo) -> Result<T>,
+) -> Result<T> {
+    let mut undo = Undo::default();
+    match f(&mut undo) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            undo.rollback(host, nl, state);
+            Err(e)
+        }
+    }
+}
+
+/// The loader of one host namespace (the calling thread's).
+pub struct Loader {
+    pub host: Host,
+    netlink: Netlink,
+}
+
+impl Loader {
+    pub fn new() -> Result<Self> {
+        Ok(Loader {
+            host: Host::current()?,
+            netlink: Netlink::new()?,
+        })
+    }
+
+    fn nl(&self) -> Result<Nl<'_>> {
+        self.netlink.host()
+    }
+
+    /// The state, read under a shared lock.
+    pub fn state(&self) -> Result<State> {
+        Ok(Locked::acquire(&self.host, false)?.state)
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<String>> {
+        caps::require("network create", true)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let mut out = Vec::new();
+        let network = self.create_network(&nl, &mut locked.state, spec, &mut out)?;
+        locked.state.networks.push(network);
+        locked.save()?;
+        Ok(out)
+    }
+
+    fn create_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        spec: &NetworkSpec,
+        out: &mut Vec<String>,
+    ) -> Result<Network> {
+        let mut gateway = validate::network(spec, state)?;
+        let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
+        let settings = validate::dataplane(&state.dataplane)?;
+        let bridge_name = spec
+            .bridge
+            .clone()
+            .unwrap_or_else(|| default_bridge(&spec.name));
+        let uplink = nl.link(&spec.uplink)?.ok_or_else(|| {
+            Error::Settings(format!(
+                "uplink {} does not exist in {}; pick an existing interface (see `ip link`)",
+                spec.uplink,
+                self.host.describe()
+            ))
+        })?;
+        let ext_addr = nl.addresses(&uplink)?.first().map(|(ip, _)| *ip);
+        if spec.masquerade && ext_addr.is_none() {
+            return Err(Error::Settings(format!(
+                "uplink {} has no IPv4 address for masquerade to use; give it one, or create the network with --no-masquerade",
+                spec.uplink
+            )));
+        }
+        let existing = nl.link(&bridge_name)?;
+        let mut adopted_ports = Vec::new();
+        if spec.adopt {
+            let bridge = existing.as_ref().filter(|l| l.kind.as_deref() == Some("bridge")).ok_or_else(|| {
+                Error::Settings(format!("--adopt needs an existing bridge named {bridge_name}; there is none (see `ip link show type bridge`)"))
+            })?;
+            let addrs = nl.addresses(bridge)?;
+            match spec.gateway {
+                Some(g) if !addrs.iter().any(|(a, _)| *a == g) => {
+                    return Err(Error::Settings(format!(
+                        "gateway {g} is not an address of bridge {bridge_name}; --adopt does not change the bridge: \
+                         add it (`ip addr add {g}/{} dev {bridge_name}`) or omit --gateway",
+                        spec.subnet.prefix_len()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    gateway = addrs.iter().map(|(a, _)| *a).find(|a| spec.subnet.contains(a)).ok_or_else(|| {
+                        Error::Settings(format!(
+                            "bridge {bridge_name} has no address in {}; give it one or pass --gateway",
+                            spec.subnet
+                        ))
+                    })?;
+                }
+            }
+            adopted_ports = nl
+                .links()?
+                .into_iter()
+                .filter(|l| l.controller == Some(bridge.index))
+                .map(|l| l.name)
+                .collect();
+        } else if existing.is_some() {
+            return Err(Error::Settings(format!(
+                "a link named {bridge_name} already exists; pass --adopt to take it over, or --bridge to pick another name"
+            )));
+        }
+        let network = Network {
+            name: spec.name.clone(),
+            id,
+            subnet: spec.subnet,
+            gateway,
+            bridge: bridge_name.clone(),
+            uplink: spec.uplink.clone(),
+            adopted: spec.adopt,
+            adopted_ports,
+            masquerade: spec.masquerade,
+        };
+        transaction(&self.host, nl, state, |undo| {
+            if spec.adopt {
+                out.push(format!("adopted bridge {bridge_name} (gateway {gateway})"));
+            } else {
+                let bridge = nl.add_bridge(&bridge_name)?;
+                undo.push(Created::Link(bridge.clone()));
+                nl.add_address(&bridge, gateway, spec.subnet.prefix_len())?;
+                nl.set_up(&bridge)?;
+                out.push(format!(
+                    "created bridge {bridge_name} with {gateway}/{}",
+                    spec.subnet.prefix_len()
+                ));
+            }
+            if set_ip_forward()? {
+                out.push("enabled net.ipv4.ip_forward in this namespace (it was off)".into());
+            }
+            let fresh = !Dataplane::exists(&self.host)?;
+            undo.push(Created::Network {
+                network: network.clone(),
+                fresh_dataplane: fresh,
+            });
+            install(
+                nl,
+                &self.host,
+                &settings,
+                &network,
+                ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            )?;
+            out.push(format!(
+                "attached the dataplane to {bridge_name} and {}{}",
+                spec.uplink,
+                if spec.masquerade {
+                    format!(
+                        ", masquerading {} as {}",
+                        spec.subnet,
+                        ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            Ok(())
+        })?;
+        Ok(network)
+    }
+
+    pub fn network_rm(&self, name: &str) -> Result<Vec<String>> {
+        caps::require("network rm", false)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let network = locked.state.network(name).cloned().ok_or_else(|| {
+            Error::Settings(format!(
+                "no network named `{name}` (see `netfast network ls`)"
+            ))
+        })?;
+        let on_it: Vec<_> = locked
+            .state
+            .containers_of(name)
+            .map(|c| c.name.clone())
+            .collect();
+        if !on_it.is_empty() {
+            return Err(Error::Settings(format!(
+                "network `{name}` still has containers: {}; remove them first (`netfast container rm …`)",
+                on_it.join(", ")
+            )));
+        }
+        let mut out = Vec::new();
+        self.remove_network(&nl, &mut locked.state, &network, &mut out)?;
+        locked.save()?;
+        Ok(out)
+    }
+
+    fn remove_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        network: &Network,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        uninstall(&self.host, nl, state, network)?;
+        state.networks.retain(|n| n.name != network.name);
+        if state.networks.is_empty() && Dataplane::remove(&self.host)? {
+            out.push("removed the dataplane (no network left)".into());
+        }
+        if network.adopted {
+            out.push(format!("left adopted bridge {} in place", network.bridge));
+        } else if let Some(bridge) = nl.link(&network.bridge)? {
+            nl.delete_link(&bridge)?;
+            out.push(format!("deleted bridge {}", network.bridge));
+        }
+        out.push(format!("removed network {}", network.name));
+        Ok(())
+    }
+
+    pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<String>> {
+        caps::require("container create", true)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let mut out = Vec::new();
+        let c = self.create_container(&nl, &locked.state, spec, &mut out)?;
+        locked.state.containers.push(c);
+        locked.save()?;
+        Ok(out)
+    }
+
+    fn create_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        spec: &ContainerSpec,
+        out: &mut Vec<String>,
+    ) -> Result<Container> {
+        validate::container(spec, state)?;
+        let network = state.network(&spec.network).expect("validated").clone();
+        let bridge = nl.link(&network.bridge)?.ok_or_else(|| {
+            Error::Settings(format!(
+                "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
+                network.bridge, network.name
+            ))
+        })?;
+        let ip = match spec.ip {
+            Some(ip) => ip,
+            None => {
+                // On an adopted bridge, hand-made containers netfast does not know may hold
+                // addresses: the bridge's neighbour table shows those that talked.
+                let seen = if network.adopted {
+                    nl.neighbours(&bridge)?
+                } else {
+                    Vec::new()
+                };
+                ipam::next_free(&network, state, &seen)?
+            }
+        };
+        if nsfs::exists(&spec.name) {
+            return Err(Error::Settings(format!(
+                "a network namespace named {} already exists (see `ip netns list`); pick another container name",
+                spec.name
+            )));
+        }
+        let veth = veth_name(&spec.name);
+        if nl.link(&veth)?.is_some() {
+            return Err(Error::Settings(format!(
+                "a link named {veth} already exists; remove it or rename the container"
+            )));
+        }
+        transaction(&self.host, nl, state, |undo| {
+            nsfs::create(&spec.name).map_err(|source| Error::Io {
+                context: format!("creating network namespace {}", spec.name),
+                source,
+            })?;
+            undo.push(Created::Namespace(spec.name.clone()));
+            let ns = File::open(nsfs::path(&spec.name)).map_err(|source| Error::Io {
+                context: format!("opening namespace {}", spec.name),
+                source,
+            })?;
+            let host_side = nl.add_veth_into(&veth, "eth0", &ns)?;
+            undo.push(Created::Link(host_side.clone()));
+            nl.set_mtu(&host_side, bridge.mtu)?;
+            nl.set_controller(&host_side, &bridge)?;
+            nl.set_up(&host_side)?;
+            let inside = self.netlink.namespace(&spec.name)?;
+            let lo = inside
+                .link("lo")?
+                .ok_or_else(|| Error::NoInterface("lo".into()))?;
+            inside.set_up(&lo)?;
+            let eth0 = inside
+                .link("eth0")?
+                .ok_or_else(|| Error::NoInterface("eth0".into()))?;
+            inside.set_mtu(&eth0, bridge.mtu)?;
+            inside.add_address(&eth0, ip, network.subnet.prefix_len())?;
+            inside.set_up(&eth0)?;
+            inside.add_default_route(network.gateway)?;
+            Ok(())
+        })?;
+        out.push(format!(
+            "created container {} on {} at {ip}/{} (veth {veth}, gateway {}, mtu {})",
+            spec.name,
+            network.name,
+            network.subnet.prefix_len(),
+            network.gateway,
+            bridge.mtu
+        ));
+        Ok(Container {
+            name: spec.name.clone(),
+            network: network.name,
+            ip,
+            veth,
+        })
+    }
+
+    pub fn container_rm(&self, name: &str) -> Result<Vec<String>> {
+        caps::require("container rm", true)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let c = locked.state.container(name).cloned().ok_or_else(|| {
+            Error::Settings(format!(
+                "no container named `{name}` (see `netfast container ls`)"
+            ))
+        })?;
+        let mut out = Vec::new();
+        remove_container(&nl, &c, &mut out)?;
+        locked.state.containers.retain(|x| x.name != name);
+        locked.save()?;
+        Ok(out)
+    }
+
+    /// Converges the host to `file`, printing each change; nothing when it already matches.
+    pub fn apply(&self, file: &ApplyFile) -> Result<Vec<String>> {
+        caps::require("apply", true)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let actions = plan(file, &locked.state)?;
+        let mut out = Vec::new();
+        let mut created: Vec<Action> = Vec::new();
+        for action in &actions {
+            out.push(action.to_string());
+            let step = match action {
+                Action::RemoveContainer(name) => {
+                    let c = locked
+                        .state
+                        .container(name)
+                        .cloned()
+                        .expect("planned from the state");
+                    remove_container(&nl, &c, &mut Vec::new())
+                        .map(|()| locked.state.containers.retain(|x| &x.name != name))
+                }
+                Action::RemoveNetwork(name) => {
+                    let n = locked
+                        .state
+                        .network(name)
+                        .cloned()
+                        .expect("planned from the state");
+                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
+                }
+                Action::Configure(cfg) => self.configure_locked(&mut locked.state, cfg),
+                Action::CreateNetwork(spec) => self
+                    .create_network(&nl, &mut locked.state, spec, &mut Vec::new())
+                    .map(|n| locked.state.networks.push(n)),
+                Action::CreateContainer(spec) => self
+                    .create_container(&nl, &locked.state, spec, &mut Vec::new())
+                    .map(|c| locked.state.containers.push(c)),
+            };
+            if let Err(e) = step {
+                // Undo what this apply created (newest first); removals stay done.
+                for done in created.iter().rev() {
+                    let undone = match done {
+                        Action::CreateContainer(spec) => {
+                            match locked.state.container(&spec.name).cloned() {
+                                Some(c) => remove_container(&nl, &c, &mut Vec::new())
+                                    .map(|()| locked.state.containers.retain(|x| x.name != c.name)),
+                                None => Ok(()),
+                            }
+                        }
+                        Action::CreateNetwork(spec) => {
+                            match locked.state.network(&spec.name).cloned() {
+                                Some(n) => {
+                                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
+                                }
+                                None => Ok(()),
+                            }
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(u) = undone {
+                        eprintln!("netfast: rolling back apply: {}", crate::error::report(&u));
+                    }
+                }
+                locked.save()?;
+                return Err(Error::Settings(format!(
+                    "apply failed at `{action}`: {}; what it had created is removed again",
+                    crate::error::report(&e)
+                )));
+            }
+            created.push(action.clone());
+            // A crash from here on leaves a state that matches the kernel.
+            locked.save()?;
+        }
+        if actions.is_empty() {
+            out.push("no changes".into());
+        }
+        Ok(out)
+    }
+
+    /// Host-wide dataplane settings; effective immediately where the dataplane runs.
+    pub fn configure(&self, cfg: &DataplaneConfig) -> Result<Vec<String>> {
+        caps::require("config", false)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        self.configure_locked(&mut locked.state, cfg)?;
+        locked.save()?;
+        Ok(vec![format!(
+            "dataplane settings: {}",
+            serde_json::to_string(cfg).unwrap_or_default()
+        )])
+    }
+
+    fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
+        let settings = validate::dataplane(cfg)?;
+        if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+            if cfg.ct_max != state.dataplane.ct_max {
+                return Err(Error::Settings(format!(
+                    "the dataplane runs with ct-max {}; it can only change while no network exists \
+                     (`netfast down` removes everything, and every tracked flow with it)",
+                    state.dataplane.ct_max
+                )));
+            }
+            dp.configure(&settings.config)?;
+        }
+        state.dataplane = cfg.clone();
+        Ok(())
+    }
+
+    /// Removes everything netfast created in this host namespace, and nothing else.
+    pub fn down(&self) -> Result<Vec<String>> {
+        caps::require("down", true)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let mut out = Vec::new();
+        for c in locked.state.containers.clone() {
+            remove_container(&nl, &c, &mut out)?;
+            locked.state.containers.retain(|x| x.name != c.name);
+            locked.save()?;
+        }
+        for n in locked.state.networks.clone() {
+            self.remove_network(&nl, &mut locked.state, &n, &mut out)?;
+            locked.save()?;
+        }
+        if Dataplane::remove(&self.host)? {
+            out.push("removed the dataplane".into());
+        }
+        locked.remove()?;
+        if out.is_empty() {
+            out.push("nothing to remove".into());
+        }
+        Ok(out)
+    }
+}
+
+fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result<()> {
+    if let Some(veth) = nl.link(&c.veth)? {
+        nl.delete_link(&veth)?;
+    }
+    nsfs::delete(&c.name).map_err(|source| Error::Io {
+        context: format!("deleting namespace {}", c.name),
+        source,
+    })?;
+    out.push(format!("removed container {} ({})", c.name, c.ip));
+    Ok(())
+}
+
+/// Turns forwarding on in this namespace; true if it was off.
+fn set_ip_forward() -> Result<bool> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    let was = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("reading {path}"),
+        source,
+    })?;
+    if was.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(path, "1").map_err(|source| Error::Io {
+        context: format!("writing {path}"),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Attaches the dataplane to a network's bridge and uplink and makes its subnet known.
+fn install(
+    nl: &Nl<'_>,
+    host: &Host,
+    settings: &crate::dataplane::Settings,
+    network: &Network,
+    ext_addr: Ipv4Addr,
+) -> Result<()> {
+    let bridge = nl
+        .link(&network.bridge)?
+        .ok_or_else(|| Error::NoInterface(network.bridge.clone()))?;
+    let uplink = nl
+        .link(&network.uplink)?
+        .ok_or_else(|| Error::NoInterface(network.uplink.clone()))?;
+    let mut dp = Dataplane::open(host, settings)?;
+    dp.attach(&network.bridge, InterfaceRole::Bridge)?;
+    dp.attach(&network.uplink, InterfaceRole::Uplink)?;
+    let info = NetInfo {
+        id: network.id,
+        flags: if network.masquerade {
+            NET_F_MASQUERADE
+        } else {
+            0
+        },
+        uplink_ifindex: uplink.index,
+        bridge_ifindex: bridge.index,
+        ext_addr: raw_addr(ext_addr),
+    };
+    dp.set_network(network.subnet.network(), network.subnet.prefix_len(), &info)
+}
+
+/// Undoes [`install`]: forgets the subnet and detaches from the bridge, and from the uplink
+/// unless another network still uses it.
+fn uninstall(host: &Host, nl: &Nl<'_>, state: &State, network: &Network) -> Result<()> {
+    let Some(mut dp) = Dataplane::open_existing(host)? else {
+        return Ok(());
+    };
+    dp.remove_network(network.subnet.network(), network.subnet.prefix_len())?;
+    if let Some(bridge) = nl.link(&network.bridge)? {
+        dp.detach(bridge.index, InterfaceRole::Bridge)?;
+    }
+    let shared = state
+        .networks
+        .iter()
+        .any(|n| n.name != network.name && n.uplink == network.uplink);
+    if !shared && let Some(uplink) = nl.link(&network.uplink)? {
+        dp.detach(uplink.index, InterfaceRole::Uplink)?;
+    }
+    Ok(())
+}

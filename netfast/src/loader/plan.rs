@@ -1,0 +1,311 @@
+//! `netfast apply`: the changes that take the host from its state to a declared one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ipam,
+    model::{ContainerSpec, DataplaneConfig, NetworkSpec, State},
+    validate::{self, Invalid},
+};
+
+/// An apply file: `[dataplane]`, `[[network]]` and `[[container]]` tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyFile {
+    /// Settings for the host's dataplane; the defaults when absent.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkSpec>,
+    #[serde(default, rename = "container")]
+    pub containers: Vec<ContainerSpec>,
+}
+
+impl ApplyFile {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        toml::from_str(text).map_err(|e| Invalid(format!("the apply file is not valid: {e}")))
+    }
+}
+
+/// One change, in the order [`plan`] gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    RemoveContainer(String),
+    RemoveNetwork(String),
+    Configure(DataplaneConfig),
+    CreateNetwork(NetworkSpec),
+    CreateContainer(ContainerSpec),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::RemoveContainer(n) => write!(f, "- container {n}"),
+            Action::RemoveNetwork(n) => write!(f, "- network {n}"),
+            Action::Configure(c) => write!(
+                f,
+                "~ dataplane: ct-max {}, filtering {:?}, ports {}, timeouts {:?}",
+                c.ct_max, c.filtering, c.port_range, c.timeouts
+            ),
+            Action::CreateNetwork(s) => {
+                write!(f, "+ network {} {} uplink {}", s.name, s.subnet, s.uplink)
+            }
+            Action::CreateContainer(s) => match s.ip {
+                Some(ip) => write!(f, "+ container {} on {} at {ip}", s.name, s.network),
+                None => write!(f, "+ container {} on {}", s.name, s.network),
+            },
+        }
+    }
+}
+
+/// The changes from `state` to `desired`: containers and networks that go or change are
+/// removed first (a network's containers with it), then settings, then networks and
+/// containers are created in file order. The whole end state is validated first, so that a
+/// file that cannot be reached changes nothing.
+pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> {
+    for (i, n) in desired.networks.iter().enumerate() {
+        if desired.networks[..i].iter().any(|m| m.name == n.name) {
+            return Err(Invalid(format!(
+                "the apply file declares network `{}` twice",
+                n.name
+            )));
+        }
+    }
+    for (i, c) in desired.containers.iter().enumerate() {
+        if desired.containers[..i].iter().any(|d| d.name == c.name) {
+            return Err(Invalid(format!(
+                "the apply file declares container `{}` twice",
+                c.name
+            )));
+        }
+        if !desired.networks.iter().any(|n| n.name == c.network) {
+            return Err(Invalid(format!(
+                "container `{}` is on network `{}`, which the apply file does not declare",
+                c.name, c.network
+            )));
+        }
+    }
+    validate::dataplane(&desired.dataplane)?;
+
+    let kept_network = |name: &str| {
+        let current = state.network(name);
+        desired
+            .networks
+            .iter()
+            .any(|d| d.name == name && current.is_some_and(|c| c.satisfies(d)))
+    };
+    let mut actions = Vec::new();
+    let mut removed_containers = Vec::new();
+    for c in &state.containers {
+        let keep = kept_network(&c.network)
+            && desired
+                .containers
+                .iter()
+                .any(|d| d.name == c.name && c.satisfies(d));
+        if !keep {
+            actions.push(Action::RemoveContainer(c.name.clone()));
+            removed_containers.push(c.name.clone());
+        }
+    }
+    for n in &state.networks {
+        if !kept_network(&n.name) {
+            actions.push(Action::RemoveNetwork(n.name.clone()));
+        }
+    }
+    if desired.dataplane != state.dataplane {
+        actions.push(Action::Configure(desired.dataplane.clone()));
+    }
+    for d in &desired.networks {
+        if !kept_network(&d.name) {
+            actions.push(Action::CreateNetwork(d.clone()));
+        }
+    }
+    for d in &desired.containers {
+        if state.container(&d.name).is_none() || removed_containers.contains(&d.name) {
+            actions.push(Action::CreateContainer(d.clone()));
+        }
+    }
+    simulate(&actions, state)?;
+    Ok(actions)
+}
+
+/// The state a plan leads to, each step validated as the real one will be.
+pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
+    use super::model::{Container, Network, default_bridge, veth_name};
+    let mut s = state.clone();
+    for a in actions {
+        match a {
+            Action::RemoveContainer(n) => s.containers.retain(|c| &c.name != n),
+            Action::RemoveNetwork(n) => s.networks.retain(|m| &m.name != n),
+            Action::Configure(c) => s.dataplane = c.clone(),
+            Action::CreateNetwork(spec) => {
+                let gateway = validate::network(spec, &s)?;
+                let id = ipam::next_network_id(&s, netfast_common::maps::MAX_NETWORKS as u16)?;
+                s.networks.push(Network {
+                    name: spec.name.clone(),
+                    id,
+                    subnet: spec.subnet,
+                    gateway,
+                    bridge: spec
+                        .bridge
+                        .clone()
+                        .unwrap_or_else(|| default_bridge(&spec.name)),
+                    uplink: spec.uplink.clone(),
+                    adopted: spec.adopt,
+                    adopted_ports: vec![],
+                    masquerade: spec.masquerade,
+                });
+            }
+            Action::CreateContainer(spec) => {
+                validate::container(spec, &s)?;
+                let net = s.network(&spec.network).expect("validated").clone();
+                let ip = match spec.ip {
+                    Some(ip) => ip,
+                    None => ipam::next_free(&net, &s, &[])?,
+                };
+                s.containers.push(Container {
+                    name: spec.name.clone(),
+                    network: spec.network.clone(),
+                    ip,
+                    veth: veth_name(&spec.name),
+                });
+            }
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[dataplane]
+ct_max = 1024
+
+[[network]]
+name = "web"
+subnet = "172.18.0.0/24"
+uplink = "eth0"
+
+[[network]]
+name = "db"
+subnet = "172.19.0.0/24"
+gateway = "172.19.0.254"
+uplink = "eth0"
+masquerade = false
+
+[[container]]
+name = "web1"
+network = "web"
+
+[[container]]
+name = "db1"
+network = "db"
+ip = "172.19.0.10"
+"#;
+
+    fn applied(file: &ApplyFile, state: &State) -> State {
+        simulate(&plan(file, state).unwrap(), state).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_host_gets_everything_in_order() {
+        let file = ApplyFile::parse(FILE).unwrap();
+        let actions = plan(&file, &State::default()).unwrap();
+        let kinds: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        assert!(
+            kinds[0].starts_with("~ dataplane: ct-max 1024"),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            &kinds[1..],
+            [
+                "+ network web 172.18.0.0/24 uplink eth0",
+                "+ network db 172.19.0.0/24 uplink eth0",
+                "+ container web1 on web",
+                "+ container db1 on db at 172.19.0.10",
+            ]
+        );
+    }
+
+    #[test]
+    fn applying_the_same_file_twice_plans_nothing() {
+        let file = ApplyFile::parse(FILE).unwrap();
+        let s = applied(&file, &State::default());
+        assert_eq!(
+            s.container("web1").unwrap().ip,
+            "172.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(plan(&file, &s).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn removals_come_first_and_take_their_containers() {
+        let file = ApplyFile::parse(FILE).unwrap();
+        let s = applied(&file, &State::default());
+        // Change web's subnet: web1 goes with it and comes back on the new one.
+        let changed = ApplyFile::parse(&FILE.replace("172.18.0.0/24", "10.9.0.0/24")).unwrap();
+        let kinds: Vec<String> = plan(&changed, &s)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "- container web1",
+                "- network web",
+                "+ network web 10.9.0.0/24 uplink eth0",
+                "+ container web1 on web",
+            ]
+        );
+        // Drop db from the file: its container first, then the network.
+        let web_only = format!(
+            "{}[[container]]\nname = \"web1\"\nnetwork = \"web\"\n",
+            &FILE[..FILE.find("[[network]]\nname = \"db\"").unwrap()]
+        );
+        let fewer = ApplyFile::parse(&web_only).unwrap();
+        let kinds: Vec<String> = plan(&fewer, &s)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(kinds, ["- container db1", "- network db"]);
+    }
+
+    #[test]
+    fn an_unreachable_file_is_refused_before_any_change() {
+        let bad = FILE.replace("172.19.0.0/24", "172.18.0.0/16");
+        let e = plan(&ApplyFile::parse(&bad).unwrap(), &State::default()).unwrap_err();
+        assert!(e.0.contains("overlaps"), "{e}");
+        let bad = FILE.replace("network = \"db\"", "network = \"nope\"");
+        assert!(
+            plan(&ApplyFile::parse(&bad).unwrap(), &State::default())
+                .unwrap_err()
+                .0
+                .contains("does not declare")
+        );
+        let bad = FILE.replace("ip = \"172.19.0.10\"", "ip = \"172.19.0.254\"");
+        assert!(
+            plan(&ApplyFile::parse(&bad).unwrap(), &State::default())
+                .unwrap_err()
+                .0
+                .contains("gateway")
+        );
+        assert!(
+            ApplyFile::parse("[[network]]\nname = 1")
+                .unwrap_err()
+                .0
+                .contains("not valid")
+        );
+        assert!(
+            ApplyFile::parse("[[netwrok]]\nname = \"x\"")
+                .unwrap_err()
+                .0
+                .contains("not valid")
+        );
+    }
+}

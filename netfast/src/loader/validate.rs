@@ -1,0 +1,400 @@
+//! Checks on what users ask for, before anything changes. Each error names the problem and
+//! how to fix it.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::model::{ContainerSpec, NetworkSpec, State};
+
+/// A request that cannot be carried out as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(msg.into()))
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':', whitespace; not "." or "..".
+pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name.len() > 15 {
+        return invalid(format!(
+            "{what} `{name}` is {} bytes; Linux interface names have 1 to 15",
+            name.len()
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return invalid(format!(
+            "{what} `{name}` is not a valid interface name (no '/', ':' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Network and container names: letters, digits, '-', '_', '.'; 1 to 64 bytes. A container's
+/// name is also its network namespace's file name under /run/netns.
+pub fn object_name(what: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        invalid(format!(
+            "{what} name `{name}` is not valid: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Parses `a.b.c.d/n`, which must name a network (host bits zero) with room for hosts.
+pub fn subnet(text: &str) -> Result<Ipv4Net, Invalid> {
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| Invalid(format!("`{text}` is not an IPv4 CIDR like 172.18.0.0/24")))?;
+    check_subnet(&net)?;
+    Ok(net)
+}
+
+pub fn check_subnet(net: &Ipv4Net) -> Result<(), Invalid> {
+    if net.addr() != net.network() {
+        return invalid(format!(
+            "{net} has host bits set; the network is {}/{}",
+            net.network(),
+            net.prefix_len()
+        ));
+    }
+    if net.prefix_len() > 30 {
+        return invalid(format!(
+            "{net} leaves no room for a gateway and containers; use a prefix of /30 or shorter"
+        ));
+    }
+    Ok(())
+}
+
+/// An address usable by a host of `net` (not its network or broadcast address).
+pub fn host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Net) -> Result<(), Invalid> {
+    if !net.contains(&ip) {
+        return invalid(format!(
+            "{what} {ip} is outside subnet {net}; pick an address inside it"
+        ));
+    }
+    if ip == net.network() {
+        return invalid(format!(
+            "{what} {ip} is the network address of {net}; pick a host address"
+        ));
+    }
+    if ip == net.broadcast() {
+        return invalid(format!(
+            "{what} {ip} is the broadcast address of {net}; pick a host address"
+        ));
+    }
+    Ok(())
+}
+
+/// A new network against what the host already has; returns its gateway.
+pub fn network(spec: &NetworkSpec, state: &State) -> Result<Ipv4Addr, Invalid> {
+    object_name("network", &spec.name)?;
+    if state.network(&spec.name).is_some() {
+        return invalid(format!(
+            "a network named `{}` already exists; pick another name or remove it first (`netfast network rm {}`)",
+            spec.name, spec.name
+        ));
+    }
+    check_subnet(&spec.subnet)?;
+    for other in &state.networks {
+        if other.subnet.contains(&spec.subnet.network())
+            || spec.subnet.contains(&other.subnet.network())
+        {
+            return invalid(format!(
+                "subnet {} overlaps {} of network `{}`; pick a subnet that does not",
+                spec.subnet, other.subnet, other.name
+            ));
+        }
+    }
+    let bridge = spec
+        .bridge
+        .clone()
+        .unwrap_or_else(|| super::model::default_bridge(&spec.name));
+    interface_name("bridge", &bridge)?;
+    interface_name("uplink", &spec.uplink)?;
+    if bridge == spec.uplink {
+        return invalid(format!(
+            "the bridge and the uplink are both `{bridge}`; they must differ"
+        ));
+    }
+    if let Some(other) = state.networks.iter().find(|n| n.bridge == bridge) {
+        return invalid(format!(
+            "bridge `{bridge}` already belongs to network `{}`",
+            other.name
+        ));
+    }
+    let gateway = spec.gateway.unwrap_or_else(|| first_host(&spec.subnet));
+    host_address("gateway", gateway, &spec.subnet)?;
+    Ok(gateway)
+}
+
+/// The first host address of a subnet (its conventional gateway).
+pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + 1)
+}
+
+/// A new container against what the host already has.
+pub fn container(spec: &ContainerSpec, state: &State) -> Result<(), Invalid> {
+    object_name("container", &spec.name)?;
+    if state.container(&spec.name).is_some() {
+        return invalid(format!(
+            "a container named `{}` already exists; pick another name or remove it first (`netfast container rm {}`)",
+            spec.name, spec.name
+        ));
+    }
+    let Some(net) = state.network(&spec.network) else {
+        return invalid(format!(
+            "no network named `{}`; create it first (`netfast network create {} --subnet … --uplink …`)",
+            spec.network, spec.network
+        ));
+    };
+    if let Some(ip) = spec.ip {
+        host_address("address", ip, &net.subnet)?;
+        if ip == net.gateway {
+            return invalid(format!(
+                "address {ip} is the gateway of network `{}`; pick another",
+                net.name
+            ));
+        }
+        if let Some(other) = state
+            .containers
+            .iter()
+            .find(|c| c.ip == ip && c.network == net.name)
+        {
+            return invalid(format!(
+                "address {ip} is in use by container `{}`; pick another or omit --ip",
+                other.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `MIN-MAX` (inclusive, 1 to 65535).
+pub fn port_range(text: &str) -> Result<(u16, u16), Invalid> {
+    let bad = || {
+        Invalid(format!(
+            "port range `{text}` is not MIN-MAX with 1 <= MIN <= MAX <= 65535"
+        ))
+    };
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Dataplane settings that make sense, and their kernel-side form.
+pub fn dataplane(
+    cfg: &super::model::DataplaneConfig,
+) -> Result<crate::dataplane::Settings, Invalid> {
+    use netfast_common::config::{
+        DpConfig, FILTERING_ADDRESS_AND_PORT_DEPENDENT, FILTERING_ENDPOINT_INDEPENDENT,
+    };
+    if !(16..=(1 << 24)).contains(&cfg.ct_max) {
+        return invalid(format!(
+            "ct-max {} is out of range; pick 16 to 16777216 flows",
+            cfg.ct_max
+        ));
+    }
+    let t = &cfg.timeouts;
+    for (name, v) in [
+        ("tcp-established", t.tcp_established),
+        ("tcp-transitory", t.tcp_transitory),
+        ("tcp-close", t.tcp_close),
+        ("udp", t.udp),
+        ("icmp", t.icmp),
+    ] {
+        if v == 0 || v > 7 * 24 * 3600 {
+            return invalid(format!(
+                "timeout {name} = {v} s is out of range; pick 1 s to 7 days"
+            ));
+        }
+    }
+    let (port_min, port_max) = port_range(&cfg.port_range)?;
+    Ok(crate::dataplane::Settings {
+        ct_max_flows: cfg.ct_max,
+        config: DpConfig {
+            tcp_established: t.tcp_established,
+            tcp_transitory: t.tcp_transitory,
+            tcp_close: t.tcp_close,
+            udp: t.udp,
+            icmp: t.icmp,
+            port_min,
+            port_max,
+            filtering: match cfg.filtering {
+                super::model::Filtering::AddressAndPortDependent => {
+                    FILTERING_ADDRESS_AND_PORT_DEPENDENT
+                }
+                super::model::Filtering::EndpointIndependent => FILTERING_ENDPOINT_INDEPENDENT,
+            },
+            _pad: [0; 3],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::model::{Container, Network};
+
+    fn spec(name: &str, subnet: &str) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            gateway: None,
+            bridge: None,
+            uplink: "eth0".into(),
+            adopt: false,
+            masquerade: true,
+        }
+    }
+
+    #[test]
+    fn port_ranges_and_dataplane_settings_are_checked() {
+        assert_eq!(port_range("1024-65535").unwrap(), (1024, 65535));
+        assert_eq!(port_range("61000-61000").unwrap(), (61000, 61000));
+        for bad in ["", "1024", "0-10", "10-5", "1-70000", "a-b"] {
+            assert!(port_range(bad).is_err(), "{bad}");
+        }
+        let mut cfg = crate::loader::model::DataplaneConfig::default();
+        let s = dataplane(&cfg).unwrap();
+        assert_eq!(s.config, netfast_common::config::DpConfig::default());
+        cfg.timeouts.udp = 0;
+        assert!(err(dataplane(&cfg)).contains("timeout udp"));
+        cfg.timeouts.udp = 30;
+        cfg.ct_max = 1;
+        assert!(err(dataplane(&cfg)).contains("ct-max"));
+    }
+
+    fn state() -> State {
+        State {
+            dataplane: Default::default(),
+            networks: vec![Network {
+                name: "web".into(),
+                id: 1,
+                subnet: "172.18.0.0/24".parse().unwrap(),
+                gateway: "172.18.0.1".parse().unwrap(),
+                bridge: "nf-web".into(),
+                uplink: "eth0".into(),
+                adopted: false,
+                adopted_ports: vec![],
+                masquerade: true,
+            }],
+            containers: vec![Container {
+                name: "ct1".into(),
+                network: "web".into(),
+                ip: "172.18.0.2".parse().unwrap(),
+                veth: "nfv0".into(),
+            }],
+        }
+    }
+
+    fn err<T: std::fmt::Debug>(r: Result<T, Invalid>) -> String {
+        r.unwrap_err().0
+    }
+
+    #[test]
+    fn bad_cidrs_are_named() {
+        assert!(err(subnet("172.18.0.0")).contains("not an IPv4 CIDR"));
+        assert!(err(subnet("300.1.1.0/24")).contains("not an IPv4 CIDR"));
+        assert!(err(subnet("172.18.0.5/24")).contains("the network is 172.18.0.0/24"));
+        assert!(err(subnet("10.0.0.0/31")).contains("no room"));
+        assert_eq!(subnet("10.88.0.0/16").unwrap().prefix_len(), 16);
+    }
+
+    #[test]
+    fn gateways_must_be_host_addresses_of_the_subnet() {
+        let mut s = spec("db", "10.1.0.0/24");
+        assert_eq!(
+            network(&s, &state()).unwrap(),
+            "10.1.0.1".parse::<Ipv4Addr>().unwrap()
+        );
+        s.gateway = Some("10.2.0.1".parse().unwrap());
+        assert!(err(network(&s, &state())).contains("outside subnet 10.1.0.0/24"));
+        s.gateway = Some("10.1.0.0".parse().unwrap());
+        assert!(err(network(&s, &state())).contains("network address"));
+        s.gateway = Some("10.1.0.255".parse().unwrap());
+        assert!(err(network(&s, &state())).contains("broadcast address"));
+    }
+
+    #[test]
+    fn networks_must_not_overlap_or_repeat() {
+        assert!(err(network(&spec("web", "10.1.0.0/24"), &state())).contains("already exists"));
+        assert!(
+            err(network(&spec("db", "172.18.0.0/16"), &state()))
+                .contains("overlaps 172.18.0.0/24 of network `web`")
+        );
+        assert!(err(network(&spec("db", "172.18.0.128/25"), &state())).contains("overlaps"));
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        let mut s = spec("db", "10.1.0.0/24");
+        s.bridge = Some("a-very-long-bridge".into());
+        assert!(err(network(&s, &state())).contains("18 bytes"));
+        s.bridge = Some("nf-web".into());
+        assert!(err(network(&s, &state())).contains("already belongs to network `web`"));
+        s.bridge = Some("eth0".into());
+        assert!(err(network(&s, &state())).contains("must differ"));
+        s.bridge = None;
+        s.uplink = "bad/name".into();
+        assert!(err(network(&s, &state())).contains("not a valid interface name"));
+        assert_eq!(
+            crate::loader::model::default_bridge("averyveryverylongname"),
+            "nf-averyveryver"
+        );
+    }
+
+    #[test]
+    fn container_addresses_are_checked() {
+        let c = |ip: &str| ContainerSpec {
+            name: "ct2".into(),
+            network: "web".into(),
+            ip: Some(ip.parse().unwrap()),
+        };
+        assert!(err(container(&c("172.18.0.2"), &state())).contains("in use by container `ct1`"));
+        assert!(err(container(&c("172.18.0.1"), &state())).contains("is the gateway"));
+        assert!(err(container(&c("172.18.0.0"), &state())).contains("network address"));
+        assert!(err(container(&c("172.18.0.255"), &state())).contains("broadcast address"));
+        assert!(err(container(&c("10.0.0.2"), &state())).contains("outside subnet"));
+        assert!(container(&c("172.18.0.3"), &state()).is_ok());
+        let dup = ContainerSpec {
+            name: "ct1".into(),
+            network: "web".into(),
+            ip: None,
+        };
+        assert!(err(container(&dup, &state())).contains("already exists"));
+        let nonet = ContainerSpec {
+            name: "x".into(),
+            network: "nope".into(),
+            ip: None,
+        };
+        assert!(err(container(&nonet, &state())).contains("no network named `nope`"));
+        let badname = ContainerSpec {
+            name: "../etc".into(),
+            network: "web".into(),
+            ip: None,
+        };
+        assert!(err(container(&badname, &state())).contains("not valid"));
+    }
+}
