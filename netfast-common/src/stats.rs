@@ -107,7 +107,7 @@ impl DropReason {
         match self {
             DropReason::Malformed => "a header claimed more bytes than the packet has",
             DropReason::NatPortExhausted => {
-                "no free external port in the masquerade port range (widen it, or raise the tries)"
+                "no free external port in the masquerade port range (widen it: netfast config --port-range)"
             }
             DropReason::NatMappingFailed => "the NAT mapping could not be stored",
             DropReason::CtInsertFailed => "the conntrack entries could not be stored",

@@ -38,9 +38,7 @@ pub enum Error {
         source: Box<ProgramError>,
     },
 
-    #[error(
-        "network namespace `{name}` ({path}); it must exist under /run/netns (see `ip netns list`)"
-    )]
+    #[error("network namespace `{name}` ({}): {}", path.display(), netns_hint(source))]
     Netns {
         name: String,
         path: PathBuf,
@@ -97,6 +95,14 @@ impl From<aya::EbpfError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn netns_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::NotFound => "it must exist under /run/netns (see `ip netns list`)",
+        io::ErrorKind::PermissionDenied => "entering it needs CAP_SYS_ADMIN; run netfast as root",
+        _ => "cannot enter it",
+    }
+}
 
 /// The error and all its sources on one line, `a: b: c`, for places without anyhow.
 pub fn report(e: &dyn std::error::Error) -> String {

@@ -159,8 +159,11 @@ pub struct Tuple {
     pub dport: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u16>,
-    pub packets: u64,
-    pub bytes: u64,
+    /// Absent when not known (an event reports one direction's entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl Tuple {
@@ -174,21 +177,23 @@ impl Tuple {
             sport: if icmp { 0 } else { sport },
             dport: if icmp { 0 } else { dport },
             id: icmp.then_some(sport | dport),
-            packets: entry.map_or(0, |e| e.packets),
-            bytes: entry.map_or(0, |e| e.bytes),
+            packets: entry.map(|e| e.packets),
+            bytes: entry.map(|e| e.bytes),
         }
     }
 
     fn describe(&self, request: bool) -> String {
-        let mut s = format!("src={} dst={} ", self.src, self.dst);
+        let mut s = format!("src={} dst={}", self.src, self.dst);
         match self.id {
             Some(id) => s.push_str(&format!(
-                "type={} code=0 id={id} ",
+                " type={} code=0 id={id}",
                 if request { 8 } else { 0 }
             )),
-            None => s.push_str(&format!("sport={} dport={} ", self.sport, self.dport)),
+            None => s.push_str(&format!(" sport={} dport={}", self.sport, self.dport)),
         }
-        s.push_str(&format!("packets={} bytes={}", self.packets, self.bytes));
+        if let (Some(p), Some(b)) = (self.packets, self.bytes) {
+            s.push_str(&format!(" packets={p} bytes={b}"));
+        }
         s
     }
 }

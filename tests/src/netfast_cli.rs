@@ -81,7 +81,19 @@ impl Netfast {
 
 impl Drop for Netfast {
     fn drop(&mut self) {
-        // `down` exists once the loader does; until then there is nothing to remove.
-        let _ = self.run(&["down"]);
+        let out = self.run(&["down"]);
+        if !out.status.success() {
+            let msg = format!(
+                "`netfast --netns {} down` failed, leaving netfast objects behind:\n{}",
+                self.host,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Never panic while a failing test unwinds: that aborts and leaks namespaces.
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
     }
 }

@@ -1,99 +1,38 @@
 //! Masquerade end to end, with real clients in namespaces: the containers reach the outside
 //! with the uplink's address, and nothing in the host's netfilter nat table does it.
 //!
-//! The dataplane is provisioned here through the library (pinned, the same calls the loader
-//! makes) and the handle is dropped before any traffic flows: only the pins keep it running,
-//! as after a `netfast` command has exited.
+//! The host runs the articles' hand-made bridge (br0 and containers built with `ip`); netfast
+//! adopts it with `network create --adopt`, as a user would, and every check goes through
+//! the `netfast` binary and real clients. Between commands only the pins keep the dataplane
+//! running.
 
 use std::{thread, time::Duration};
 
-use netfast::{
-    Dataplane, InterfaceRole,
-    common::{
-        Hook,
-        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
-    },
-    dataplane::{Settings, ifindex},
-    host::Host,
-    maps::raw_addr,
-    netns::NetnsGuard,
-};
+use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Background, Topology,
+    Background, Netfast, Topology,
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run_ok,
-    topology::{BRIDGE, FAR_ADDR, OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
+    topology::{BRIDGE, FAR_ADDR, OUTSIDE_ADDR, SUBNET, UPLINK, UPLINK_ADDR},
 };
 
-/// The pinned dataplane of a test host, removed (unpinned) when dropped.
-struct Masquerade {
-    host: String,
+/// netfast on the test host: `config` with `settings`, then a masqueraded network that
+/// adopts the hand-made bridge br0. Dropping it runs `netfast down`.
+fn masquerade(topo: &Topology, settings: &[&str]) -> Netfast {
+    let nf = Netfast::new(&topo.host);
+    let mut config = vec!["config"];
+    config.extend_from_slice(settings);
+    nf.ok(&config);
+    nf.ok(&[
+        "network", "create", "test", "--subnet", SUBNET, "--bridge", BRIDGE, "--uplink", UPLINK,
+        "--adopt",
+    ]);
+    nf
 }
 
-fn masquerade(topo: &Topology, settings: Settings) -> Masquerade {
-    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter the host namespace");
-    let host = Host::current().expect("identify the host");
-    let guard = Masquerade {
-        host: topo.host.name().to_owned(),
-    };
-    let mut dp = Dataplane::open(&host, &settings).expect("open the pinned dataplane");
-    dp.attach(BRIDGE, InterfaceRole::Bridge)
-        .expect("attach to the bridge");
-    dp.attach(UPLINK, InterfaceRole::Uplink)
-        .expect("attach to the uplink");
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: ifindex(UPLINK).expect("uplink"),
-        bridge_ifindex: ifindex(BRIDGE).expect("bridge"),
-        ext_addr: raw_addr(UPLINK_ADDR),
-    };
-    dp.set_network("172.18.0.0".parse().expect("addr"), 24, &info)
-        .expect("network");
-    guard
-}
-
-impl Drop for Masquerade {
-    fn drop(&mut self) {
-        let removed = NetnsGuard::enter(&self.host).and_then(|_in_host| {
-            let host = Host::current()?;
-            Dataplane::remove(&host)
-        });
-        if let Err(e) = removed {
-            // Never panic while a failed test unwinds: that would abort and leak namespaces.
-            let msg = format!(
-                "removing the pinned dataplane of {}: {}",
-                self.host,
-                netfast::error::report(&e)
-            );
-            if std::thread::panicking() {
-                eprintln!("{msg}")
-            } else {
-                panic!("{msg}")
-            }
-        }
-    }
-}
-
-fn small() -> Settings {
-    Settings {
-        ct_max_flows: 4096,
-        config: DpConfig::default(),
-    }
-}
-
-/// `netfast --netns HOST args…`, stdout.
-fn netfast(topo: &Topology, args: &[&str]) -> String {
-    let bin = netfast_bin();
-    let mut argv = vec![
-        bin.to_str().expect("utf-8 path"),
-        "--netns",
-        topo.host.name(),
-    ];
-    argv.extend_from_slice(args);
-    run_ok(&argv)
-}
+/// A conntrack table small enough to create quickly.
+const SMALL: &[&str] = &["--ct-max", "4096"];
 
 /// The host namespace's netfilter nat table must not exist: netfast translates without it.
 fn assert_no_kernel_nat(topo: &Topology) {
@@ -119,7 +58,7 @@ fn listening(ns: &netfast_tests::TestNetns, proto: &str, port: u16) -> bool {
 fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     require_root();
     let topo = Topology::builder().containers(2).build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let server = Background::spawn(&[
         "ip",
         "netns",
@@ -175,7 +114,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     ]);
     assert!(ping.contains("3 received"), "{ping}");
 
-    let flows = netfast(&topo, &["conntrack", "list", "--json"]);
+    let flows = _dp.ok(&["conntrack", "list", "--json"]);
     let flows: serde_json::Value = serde_json::from_str(&flows).expect("json");
     let flows = flows.as_array().expect("array");
     let tcp = flows
@@ -193,7 +132,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     assert_eq!(icmp["original"]["src"], "172.18.0.3");
     assert_eq!(icmp["original"]["packets"], 3);
     assert_eq!(icmp["reply"]["packets"], 3);
-    let text = netfast(&topo, &["conntrack", "list"]);
+    let text = _dp.ok(&["conntrack", "list"]);
     assert!(
         text.lines()
             .any(|l| l.starts_with("tcp") && l.contains("src=172.18.0.2")),
@@ -201,7 +140,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     );
 
     let stats: serde_json::Value =
-        serde_json::from_str(&netfast(&topo, &["stats", "--json"])).expect("json");
+        serde_json::from_str(&_dp.ok(&["stats", "--json"])).expect("json");
     let net = &stats["networks"][0];
     assert_eq!(net["subnet"], "172.18.0.0/24");
     assert!(
@@ -241,14 +180,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
 fn flows_expire_and_watch_reports_their_destruction() {
     require_root();
     let topo = Topology::builder().containers(1).build();
-    let settings = Settings {
-        ct_max_flows: 4096,
-        config: DpConfig {
-            icmp: 1,
-            ..DpConfig::default()
-        },
-    };
-    let _dp = masquerade(&topo, settings);
+    let _dp = masquerade(&topo, &["--ct-max", "4096", "--timeout-icmp", "1"]);
     let watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
@@ -259,12 +191,10 @@ fn flows_expire_and_watch_reports_their_destruction() {
     thread::sleep(Duration::from_millis(300));
     topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     assert!(
-        wait_until(Duration::from_secs(6), || netfast(
-            &topo,
-            &["conntrack", "list"]
-        )
-        .trim()
-        .is_empty()),
+        wait_until(Duration::from_secs(6), || _dp
+            .ok(&["conntrack", "list"])
+            .trim()
+            .is_empty()),
         "the ICMP flow did not expire after its 1 s timeout"
     );
     thread::sleep(Duration::from_millis(1500));
@@ -272,14 +202,14 @@ fn flows_expire_and_watch_reports_their_destruction() {
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(events.contains("[NEW] icmp"), "{events}");
     assert!(events.contains("[DESTROY] icmp"), "{events}");
-    netfast(&topo, &["conntrack", "flush"]);
+    _dp.ok(&["conntrack", "flush"]);
 }
 
 #[test]
 fn iperf3_tcp_and_udp_through_masquerade() {
     require_root();
     let topo = Topology::builder().containers(1).build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let outside = OUTSIDE_ADDR.to_string();
     for (what, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "200M"])] {
         let _server = Background::spawn(&[
@@ -326,7 +256,7 @@ fn iperf3_tcp_and_udp_through_masquerade() {
 fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
     require_root();
     let topo = Topology::builder().containers(1).build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let echo = Background::spawn(&[
         "ip",
         "netns",
@@ -365,7 +295,7 @@ fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
 fn traceroute_and_path_mtu_discovery_work_from_a_container() {
     require_root();
     let topo = Topology::builder().containers(1).far_server().build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let far = FAR_ADDR.to_string();
     let trace =
         topo.containers[0].exec_ok(&["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5", &far]);
@@ -410,7 +340,7 @@ fn traceroute_and_path_mtu_discovery_work_from_a_container() {
 fn traffic_that_needs_no_nat_is_untouched_and_untracked() {
     require_root();
     let topo = Topology::builder().containers(2).build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let c0 = &topo.containers[0];
     c0.exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
     c0.exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.3"]);
@@ -418,7 +348,7 @@ fn traffic_that_needs_no_nat_is_untouched_and_untracked() {
         .exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     topo.host
         .exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.2"]);
-    let flows = netfast(&topo, &["conntrack", "list"]);
+    let flows = _dp.ok(&["conntrack", "list"]);
     assert!(
         flows.trim().is_empty(),
         "nothing here needed NAT, yet:\n{flows}"
@@ -429,51 +359,71 @@ fn traffic_that_needs_no_nat_is_untouched_and_untracked() {
 fn the_pinned_dataplane_is_reused_and_checked() {
     require_root();
     let topo = Topology::builder().containers(1).build();
-    let _dp = masquerade(&topo, small());
-    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-    let host = Host::current().expect("host");
-    // Reopening with the same settings and attaching again changes nothing.
-    let mut dp = Dataplane::open(&host, &small()).expect("reopen");
-    dp.attach(UPLINK, InterfaceRole::Uplink)
-        .expect("attach again");
-    dp.attach(BRIDGE, InterfaceRole::Bridge)
-        .expect("attach again");
-    drop(dp);
-    for hook in Hook::ALL {
-        let dev = match hook {
-            Hook::UplinkIngress | Hook::UplinkEgress => UPLINK,
-            _ => BRIDGE,
+    let nf = masquerade(&topo, SMALL);
+    // A second network on the same uplink reuses the pinned dataplane: every program is
+    // attached once, wherever it is needed.
+    nf.ok(&[
+        "network",
+        "create",
+        "other",
+        "--subnet",
+        "10.99.0.0/24",
+        "--uplink",
+        UPLINK,
+    ]);
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        for (dev, hook) in [
+            (UPLINK, Hook::UplinkIngress),
+            (UPLINK, Hook::UplinkEgress),
+            (BRIDGE, Hook::BridgeIngress),
+            (BRIDGE, Hook::BridgeEgress),
+            ("nf-other", Hook::BridgeIngress),
+        ] {
+            let progs = Dataplane::tcx_programs(dev, hook).expect("query");
+            assert_eq!(
+                progs,
+                vec![hook.name().to_owned()],
+                "{dev} {}: attached once",
+                hook.name()
+            );
+        }
+        // Reopening with another table size is refused rather than silently reused.
+        let host = Host::current().expect("host");
+        let err = match Dataplane::open(
+            &host,
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        ) {
+            Ok(_) => panic!("a different ct-max must not reuse the pinned maps"),
+            Err(e) => netfast::error::report(&e),
         };
-        let progs = Dataplane::tcx_programs(dev, hook).expect("query");
-        assert_eq!(
-            progs,
-            vec![hook.name().to_owned()],
-            "{dev} {}: attached once",
-            hook.name()
-        );
+        assert!(err.contains("cannot be resized"), "{err}");
     }
-    let err = match Dataplane::open(
-        &host,
-        &Settings {
-            ct_max_flows: 1024,
-            ..small()
-        },
-    ) {
-        Ok(_) => panic!("a different --ct-max must not reuse the pinned maps"),
-        Err(e) => netfast::error::report(&e),
-    };
-    assert!(err.contains("cannot be resized"), "{err}");
-    drop(_in_host);
     let ping =
         topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     assert!(ping.contains("1 received"));
+    // A pinned map with another layout (another netfast version's, say) is refused by name.
+    let pin = format!("/sys/fs/bpf/netfast/{}/NETFAST_FRAGS", topo.host.name());
+    std::fs::remove_file(&pin).expect("unpin");
+    run_ok(&[
+        "bpftool", "map", "create", &pin, "type", "hash", "key", "4", "value", "4", "entries",
+        "16", "name", "impostor",
+    ]);
+    let err = nf.fails(&["conntrack", "list"]);
+    assert!(
+        err.contains("NETFAST_FRAGS") && err.contains("another layout"),
+        "{err}"
+    );
 }
 
 #[test]
 fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     require_root();
     let topo = Topology::builder().containers(1).build();
-    let _dp = masquerade(&topo, small());
+    let _dp = masquerade(&topo, SMALL);
     let _server = Background::spawn(&[
         "ip",
         "netns",
@@ -530,7 +480,7 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     ]);
     assert_eq!(code, "200");
     let flows: serde_json::Value =
-        serde_json::from_str(&netfast(&topo, &["conntrack", "list", "--json"])).expect("json");
+        serde_json::from_str(&_dp.ok(&["conntrack", "list", "--json"])).expect("json");
     let flow = flows
         .as_array()
         .expect("array")
@@ -563,7 +513,7 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     let send = format!("echo x | socat -u - UDP4-SENDTO:{OUTSIDE_ADDR}:9999,sourceport=40001");
     topo.containers[0].exec_ok(&["sh", "-c", &send]);
     let flows: serde_json::Value =
-        serde_json::from_str(&netfast(&topo, &["conntrack", "list", "--json"])).expect("json");
+        serde_json::from_str(&_dp.ok(&["conntrack", "list", "--json"])).expect("json");
     let udp = flows
         .as_array()
         .expect("array")

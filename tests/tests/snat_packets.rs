@@ -211,7 +211,7 @@ fn tcp_lifetime_through_the_nat() {
                 let flow =
                     &maps::flows(t.ebpf(), maps::monotonic_now()).map_err(|e| e.to_string())?[0];
                 let want = (flow.original.packets, flow.reply.packets);
-                if want == (5, 4) {
+                if want == (Some(5), Some(4)) {
                     Ok(())
                 } else {
                     Err(format!("packets each way {want:?}, expected (5, 4)"))

@@ -292,14 +292,7 @@ impl Loader {
         if state.networks.is_empty() && Dataplane::remove(&self.host)? {
             out.push("removed the dataplane (no network left)".into());
         }
-        if network.adopted {
-            out.push(format!("left adopted bridge {} in place", network.bridge));
-        } else if let Some(bridge) = nl.link(&network.bridge)? {
-            nl.delete_link(&bridge)?;
-            out.push(format!("deleted bridge {}", network.bridge));
-        }
-        out.push(format!("removed network {}", network.name));
-        Ok(())
+        remove_bridge(nl, network, out)
     }
 
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<String>> {
@@ -525,17 +518,21 @@ impl Loader {
         let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
         let mut out = Vec::new();
+        // Unpinning first detaches every program, without opening the maps: `down` is the way
+        // out of a dataplane this binary cannot reuse (another version's), so it must not
+        // need to read it.
+        if Dataplane::remove(&self.host)? {
+            out.push("removed the dataplane".into());
+        }
         for c in locked.state.containers.clone() {
             remove_container(&nl, &c, &mut out)?;
             locked.state.containers.retain(|x| x.name != c.name);
             locked.save()?;
         }
         for n in locked.state.networks.clone() {
-            self.remove_network(&nl, &mut locked.state, &n, &mut out)?;
+            remove_bridge(&nl, &n, &mut out)?;
+            locked.state.networks.retain(|x| x.name != n.name);
             locked.save()?;
-        }
-        if Dataplane::remove(&self.host)? {
-            out.push("removed the dataplane".into());
         }
         locked.remove()?;
         if out.is_empty() {
@@ -543,6 +540,18 @@ impl Loader {
         }
         Ok(out)
     }
+}
+
+/// Deletes a network's bridge unless it was adopted.
+fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
+    if network.adopted {
+        out.push(format!("left adopted bridge {} in place", network.bridge));
+    } else if let Some(bridge) = nl.link(&network.bridge)? {
+        nl.delete_link(&bridge)?;
+        out.push(format!("deleted bridge {}", network.bridge));
+    }
+    out.push(format!("removed network {}", network.name));
+    Ok(())
 }
 
 fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result<()> {

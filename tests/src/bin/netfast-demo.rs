@@ -1,79 +1,158 @@
-//! The demo behind `cargo xtask demo`: the default topology, built in namespaces, with
-//! netfast's programs attached and real traffic through them. Everything is removed at the end.
+//! The demo behind `cargo xtask demo`: the default topology, built in network namespaces,
+//! driven through the `netfast` binary the way a user drives it. Everything is removed at the
+//! end, even if a step fails.
 
-use netfast::{Dataplane, InterfaceRole, common::Hook, netns::NetnsGuard};
+use std::{thread, time::Duration};
+
 use netfast_tests::{
-    Topology, require_root,
-    topology::{BRIDGE, OUTSIDE_ADDR, UPLINK, container_addr},
+    Background, Netfast, Topology,
+    cmd::wait_until,
+    netfast_cli::netfast_bin,
+    require_root,
+    topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
 };
 
 fn step(title: &str) {
     println!("\n== {title}");
 }
 
+/// Prints a command as a user would type it, then what it printed.
+fn show(host: &str, nf: &Netfast, args: &[&str]) {
+    println!("$ netfast --netns {host} {}", args.join(" "));
+    print!("{}", nf.ok(args));
+}
+
 fn main() {
     require_root();
-    step("topology (namespaces only): container -- bridge br0 -- host -- uplink up0 -- outside");
-    let topo = Topology::builder().containers(2).route_back().build();
-    println!("host namespace:    {}", topo.host.name());
-    println!("outside namespace: {}", topo.outside.name());
-    for (i, c) in topo.containers.iter().enumerate() {
-        println!("container {i}:       {} ({})", c.name(), container_addr(i));
+    step("topology: an \"outside\" namespace and a \"host\" namespace joined by the uplink up0");
+    let topo = Topology::builder().without_bridge().build();
+    let host = topo.host.name().to_owned();
+    println!("host namespace:    {host} (up0 {UPLINK_ADDR}/24)");
+    println!(
+        "outside namespace: {} (eth0 {OUTSIDE_ADDR}/24, no route to any container)",
+        topo.outside.name()
+    );
+    let nf = Netfast::new(&topo.host);
+
+    step("a network and two containers, made by netfast over netlink");
+    show(
+        &host,
+        &nf,
+        &[
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            UPLINK,
+        ],
+    );
+    let (c1, c2) = (format!("{host}c1"), format!("{host}c2"));
+    show(
+        &host,
+        &nf,
+        &["container", "create", &c1, "--network", "web"],
+    );
+    show(
+        &host,
+        &nf,
+        &["container", "create", &c2, "--network", "web"],
+    );
+    show(&host, &nf, &["network", "ls"]);
+    show(&host, &nf, &["container", "ls"]);
+
+    step("SNAT: the containers reach the outside with the uplink's address");
+    let server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.outside.name(),
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    let up = wait_until(Duration::from_secs(10), || {
+        topo.outside.exec_ok(&["ss", "-ltn"]).contains(":8000 ")
+    });
+    assert!(up, "the demo's web server did not start");
+    let watch = Background::spawn(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        &host,
+        "conntrack",
+        "watch",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    let url = format!("http://{OUTSIDE_ADDR}:8000/");
+    for c in [&c1, &c2] {
+        println!("$ ip netns exec {c} curl -s -o /dev/null -w '%{{http_code}}' {url}");
+        let mut argv = vec!["ip", "netns", "exec", c.as_str()];
+        argv.extend([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "--max-time",
+            "5",
+            &url,
+        ]);
+        print!("{}", netfast_tests::run_ok(&argv));
     }
-
-    step("attach netfast's TC programs to br0 and up0 (TCX)");
-    let dataplane = {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter the host namespace");
-        let mut dp = Dataplane::load().expect("load the dataplane");
-        dp.attach(BRIDGE, InterfaceRole::Bridge)
-            .expect("attach to the bridge");
-        dp.attach(UPLINK, InterfaceRole::Uplink)
-            .expect("attach to the uplink");
-        dp
-    };
-    println!("bridge_ingress/bridge_egress on {BRIDGE}, uplink_ingress/uplink_egress on {UPLINK}");
-
-    step(&format!("ping {OUTSIDE_ADDR} from container 0"));
+    println!("$ ip netns exec {c1} ping -c 2 {OUTSIDE_ADDR}");
+    let ping = netfast_tests::run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &c1,
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
     print!(
         "{}",
-        topo.containers[0].exec_ok(&["ping", "-c", "3", "-i", "0.2", &OUTSIDE_ADDR.to_string()])
+        ping.lines()
+            .filter(|l| l.contains("bytes from") || l.contains("packet loss"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
     );
-    step(&format!(
-        "ping container 1 ({}) from container 0 (bridged, not routed)",
-        container_addr(1)
-    ));
-    print!(
+    let log = server.stop();
+    println!("what the outside server logged (it only ever saw {UPLINK_ADDR}):");
+    print!("{}", String::from_utf8_lossy(&log.stderr));
+
+    step("the conntrack table: both directions of every flow");
+    show(&host, &nf, &["conntrack", "list"]);
+    println!("events seen by `netfast conntrack watch` meanwhile:");
+    print!("{}", String::from_utf8_lossy(&watch.stop().stdout));
+
+    step("the host's netfilter nat table stayed empty: netfast translated in eBPF");
+    println!("$ ip netns exec {host} nft list tables");
+    let tables = topo.host.exec_ok(&["nft", "list", "tables"]);
+    println!(
         "{}",
-        topo.containers[0].exec_ok(&[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            &container_addr(1).to_string()
-        ])
+        if tables.trim().is_empty() {
+            "(none)"
+        } else {
+            tables.trim()
+        }
     );
 
-    step("per-CPU counters, summed");
-    let stats = dataplane.stats().expect("stats");
-    for hook in Hook::ALL {
-        let t = stats.hook(hook);
-        println!(
-            "{:<16} {:>6} packets {:>8} bytes",
-            hook.name(),
-            t.packets,
-            t.bytes
-        );
-    }
-    for d in &stats.drops {
-        println!(
-            "drop {:<11} {:>6} packets ({})",
-            d.reason, d.packets, d.description
-        );
-    }
+    step("counters per hook, per network and per drop reason");
+    show(&host, &nf, &["stats"]);
+
+    step("published ports (DNAT), hairpin and the fast path: not built yet (issues 5 and 6)");
 
     step("clean up");
-    drop(dataplane);
+    show(&host, &nf, &["down"]);
+    drop(nf);
     drop(topo);
-    println!("namespaces and programs removed");
+    println!("namespaces, links, pins and state removed");
 }

@@ -1,0 +1,734 @@
+//! The loader in namespaces: networks and containers made by `netfast`, checked with `ip`
+//! and `ping`. Every host is a test namespace; every container name starts with its host's
+//! name, so parallel runs never collide and leaks are caught.
+
+use std::{fs, process::Command, thread};
+
+use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
+use netfast_tests::{
+    Netfast, Topology,
+    netfast_cli::netfast_bin,
+    require_root,
+    topology::{BRIDGE, OUTSIDE_ADDR},
+};
+
+/// A host namespace with an uplink (no bridge: netfast makes it).
+fn host() -> (Topology, Netfast) {
+    let topo = Topology::builder().without_bridge().build();
+    let nf = Netfast::new(&topo.host);
+    (topo, nf)
+}
+
+fn ct(topo: &Topology, i: usize) -> String {
+    format!("{}c{i}", topo.host.name())
+}
+
+/// Everything of the kernel a command could change, to compare before and after.
+fn snapshot(topo: &Topology) -> String {
+    let h = &topo.host;
+    let mut names: Vec<String> = fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with(h.name()));
+    names.sort();
+    let links: String = h
+        .exec_ok(&["ip", "-o", "link"])
+        .lines()
+        // Counters, timers and operstate change by themselves (a new bridge goes from
+        // UNKNOWN to UP); names, flags, MTUs and masters do not.
+        .map(|l| {
+            let l = l.split(" link/").next().unwrap_or(l);
+            let mut words = l.split_whitespace();
+            let mut kept = Vec::new();
+            while let Some(w) = words.next() {
+                if w == "state" {
+                    words.next();
+                } else {
+                    kept.push(w);
+                }
+            }
+            kept.join(" ") + "\n"
+        })
+        .collect();
+    // A state file that holds nothing is no state at all.
+    let state =
+        fs::read_to_string(format!("/run/netfast/{}/state.json", h.name())).unwrap_or_default();
+    let empty = serde_json::from_str::<serde_json::Value>(&state).is_ok_and(|v| {
+        v["networks"].as_array().is_some_and(Vec::is_empty)
+            && v["containers"].as_array().is_some_and(Vec::is_empty)
+    });
+    format!(
+        "{links}{}{}{}namespaces {names:?}\nstate {}\n",
+        h.exec_ok(&["ip", "-o", "-4", "addr"]),
+        h.exec_ok(&["ip", "route"]),
+        h.exec_ok(&["ip", "rule"]),
+        if empty { "" } else { state.as_str() }
+    )
+}
+
+fn in_ct(name: &str, argv: &[&str]) -> String {
+    let mut full = vec!["ip", "netns", "exec", name];
+    full.extend_from_slice(argv);
+    netfast_tests::run_ok(&full)
+}
+
+#[test]
+fn containers_reach_each_other_the_host_and_the_outside() {
+    require_root();
+    let (topo, nf) = host();
+    let out = nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    assert!(
+        out.contains("created bridge nf-web with 172.18.0.1/24"),
+        "{out}"
+    );
+    let (a, b) = (ct(&topo, 0), ct(&topo, 1));
+    nf.ok(&["container", "create", &a, "--network", "web"]);
+    nf.ok(&[
+        "container",
+        "create",
+        &b,
+        "--network",
+        "web",
+        "--ip",
+        "172.18.0.42",
+    ]);
+    assert!(in_ct(&a, &["ip", "-4", "-o", "addr", "show", "eth0"]).contains("172.18.0.2/24"));
+    assert!(in_ct(&a, &["ip", "route"]).contains("default via 172.18.0.1"));
+    assert!(in_ct(&a, &["ip", "-o", "link", "show", "lo"]).contains("UP"));
+    in_ct(
+        &a,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "172.18.0.42"],
+    );
+    in_ct(
+        &b,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "172.18.0.2"],
+    );
+    topo.host
+        .exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.2"]);
+    topo.host
+        .exec_ok(&["ping", "-c", "1", "-W", "2", "172.18.0.42"]);
+    in_ct(
+        &a,
+        &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
+    );
+    // `ip netns` sees the containers, and so does netfast under `ip netns exec`.
+    assert!(netfast_tests::run_ok(&["ip", "netns", "list"]).contains(&a));
+    let bin = netfast_bin();
+    let ls = topo
+        .host
+        .exec_ok(&[bin.to_str().expect("path"), "container", "ls", "--json"]);
+    let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
+    assert_eq!(ls.as_array().expect("array").len(), 2);
+    assert!(
+        ls.as_array()
+            .expect("array")
+            .iter()
+            .all(|c| c["drift"].as_array().expect("drift").is_empty()),
+        "{ls}"
+    );
+}
+
+#[test]
+fn the_veth_gets_the_bridge_mtu() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "jumbo",
+        "--subnet",
+        "10.77.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let a = ct(&topo, 0);
+    nf.ok(&["container", "create", &a, "--network", "jumbo"]);
+    nf.ok(&["container", "rm", &a]);
+    topo.host
+        .exec_ok(&["ip", "link", "set", "nf-jumbo", "mtu", "1400"]);
+    nf.ok(&["container", "create", &a, "--network", "jumbo"]);
+    assert!(in_ct(&a, &["ip", "-o", "link", "show", "eth0"]).contains("mtu 1400"));
+}
+
+/// An apply file with networks web (masqueraded) and db (routed), a container on each.
+fn apply_text(topo: &Topology, with_db: bool) -> String {
+    let mut text = format!(
+        "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\n\
+         [[container]]\nname = \"{}\"\nnetwork = \"web\"\n\n",
+        ct(topo, 0)
+    );
+    if with_db {
+        text += &format!(
+            "[[network]]\nname = \"db\"\nsubnet = \"172.19.0.0/24\"\nuplink = \"up0\"\nmasquerade = false\n\n\
+             [[container]]\nname = \"{}\"\nnetwork = \"db\"\nip = \"172.19.0.10\"\n",
+            ct(topo, 1)
+        );
+    }
+    text
+}
+
+#[test]
+fn apply_converges_and_applying_twice_changes_nothing() {
+    require_root();
+    let (topo, nf) = host();
+    let file = format!("/tmp/{}-apply.toml", topo.host.name());
+    fs::write(&file, apply_text(&topo, true)).expect("write apply file");
+    let first = nf.ok(&["apply", "-f", &file]);
+    assert!(
+        first.contains("+ network web") && first.contains("+ network db"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(
+            "+ container {} on db at 172.19.0.10",
+            ct(&topo, 1)
+        )),
+        "{first}"
+    );
+    in_ct(&ct(&topo, 0), &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
+    let before = snapshot(&topo);
+    let second = nf.ok(&["apply", "-f", &file]);
+    assert_eq!(second.trim(), "no changes");
+    assert_eq!(snapshot(&topo), before, "a second apply changed the host");
+    // Dropping db from the file removes its container, then db.
+    fs::write(&file, apply_text(&topo, false)).expect("write apply file");
+    let third = nf.ok(&["apply", "-f", &file]);
+    assert_eq!(
+        third.trim(),
+        format!("- container {}\n- network db", ct(&topo, 1))
+    );
+    assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-db"));
+    fs::remove_file(&file).expect("remove apply file");
+}
+
+#[test]
+fn down_removes_everything_netfast_made_and_nothing_else() {
+    require_root();
+    let (topo, nf) = host();
+    let before = snapshot(&topo);
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    for i in 0..2 {
+        nf.ok(&["container", "create", &ct(&topo, i), "--network", "web"]);
+    }
+    let out = nf.ok(&["down"]);
+    assert!(
+        out.contains("removed the dataplane") || out.contains("removed network web"),
+        "{out}"
+    );
+    // ip_forward stays on (as Docker leaves it); everything else is as it was.
+    assert_eq!(snapshot(&topo), before);
+    assert!(!std::path::Path::new(&format!("/run/netfast/{}", topo.host.name())).exists());
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/netfast/{}", topo.host.name())).exists());
+    assert_eq!(nf.ok(&["down"]).trim(), "nothing to remove");
+}
+
+#[test]
+fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
+    require_root();
+    // br0 with 172.18.0.1/24 and a container on it, built with `ip` as in the articles.
+    let topo = Topology::builder().containers(1).build();
+    let nf = Netfast::new(&topo.host);
+    let hand = topo.containers[0].name().to_owned();
+    in_ct(&hand, &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
+    let out = nf.ok(&[
+        "network",
+        "create",
+        "legacy",
+        "--subnet",
+        "172.18.0.0/24",
+        "--bridge",
+        BRIDGE,
+        "--uplink",
+        "up0",
+        "--adopt",
+    ]);
+    assert!(
+        out.contains("adopted bridge br0 (gateway 172.18.0.1)"),
+        "{out}"
+    );
+    // The hand-made container now reaches the outside through netfast's masquerade.
+    in_ct(
+        &hand,
+        &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
+    );
+    let flows = nf.ok(&["conntrack", "list"]);
+    assert!(flows.contains("src=172.18.0.2"), "{flows}");
+    // A netfast container on it does not take the hand-made one's address.
+    let mine = ct(&topo, 9);
+    let out = nf.ok(&["container", "create", &mine, "--network", "legacy"]);
+    assert!(out.contains("at 172.18.0.3/24"), "{out}");
+    in_ct(&mine, &["ping", "-c", "1", "-W", "2", "172.18.0.2"]);
+    nf.ok(&["down"]);
+    // The bridge, its address and the hand-made container stay; netfast's container goes.
+    assert!(
+        topo.host
+            .exec_ok(&["ip", "-4", "-o", "addr", "show", BRIDGE])
+            .contains("172.18.0.1/24")
+    );
+    in_ct(&hand, &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
+    assert!(!netfast_tests::run_ok(&["ip", "netns", "list"]).contains(&mine));
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+        let left = Dataplane::tcx_programs(BRIDGE, hook).expect("query");
+        assert!(left.is_empty(), "programs left on br0: {left:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let used = ct(&topo, 0);
+    nf.ok(&["container", "create", &used, "--network", "web"]);
+    let before = snapshot(&topo);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0",
+                "--uplink",
+                "up0",
+            ],
+            "not an IPv4 CIDR",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.1/24",
+                "--uplink",
+                "up0",
+            ],
+            "has host bits set",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--gateway",
+                "10.0.0.1",
+                "--uplink",
+                "up0",
+            ],
+            "outside subnet",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--gateway",
+                "172.20.0.0",
+                "--uplink",
+                "up0",
+            ],
+            "network address",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--gateway",
+                "172.20.0.255",
+                "--uplink",
+                "up0",
+            ],
+            "broadcast address",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.16.0.0/12",
+                "--uplink",
+                "up0",
+            ],
+            "overlaps",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--uplink",
+                "up0",
+                "--bridge",
+                "sixteen-bytes-xx",
+            ],
+            "1 to 15",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "web",
+                "--subnet",
+                "172.20.0.0/24",
+                "--uplink",
+                "up0",
+            ],
+            "already exists",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--uplink",
+                "nosuch0",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--uplink",
+                "up0",
+                "--bridge",
+                "up0",
+            ],
+            "must differ",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "172.20.0.0/24",
+                "--uplink",
+                "up0",
+                "--bridge",
+                "lo",
+            ],
+            "already exists; pass --adopt",
+        ),
+        (vec!["network", "rm", "web"], "still has containers"),
+        (vec!["network", "rm", "nope"], "no network named"),
+        (
+            vec!["container", "create", &used, "--network", "web"],
+            "already exists",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                "fresh",
+                "--network",
+                "web",
+                "--ip",
+                "172.18.0.2",
+            ],
+            "in use by container",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                "fresh",
+                "--network",
+                "web",
+                "--ip",
+                "172.18.0.1",
+            ],
+            "is the gateway",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                "fresh",
+                "--network",
+                "web",
+                "--ip",
+                "172.18.0.255",
+            ],
+            "broadcast address",
+        ),
+        (
+            vec!["container", "create", "fresh", "--network", "nope"],
+            "no network named",
+        ),
+        (
+            vec!["container", "create", "bad/name", "--network", "web"],
+            "not valid",
+        ),
+        (vec!["container", "rm", "nope"], "no container named"),
+        (vec!["config", "--port-range", "10-5"], "port range"),
+        (
+            vec!["config", "--ct-max", "1024"],
+            "can only change while no network exists",
+        ),
+    ]
+    .into_iter()
+    .map(|(a, m)| (a.into_iter().map(String::from).collect(), m))
+    .collect();
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = nf.fails(&args);
+        assert!(
+            err.contains(message),
+            "`netfast {}` said:\n{err}\nexpected it to mention: {message}",
+            args.join(" ")
+        );
+        assert_eq!(
+            snapshot(&topo),
+            before,
+            "`netfast {}` changed the host",
+            args.join(" ")
+        );
+    }
+    // Without capabilities (root, but with them dropped): refused, and nothing changes.
+    // With --netns, entering the host namespace is what fails first; under `ip netns exec`
+    // netfast's own check names what is missing.
+    let bin = netfast_bin();
+    let bin = bin.to_str().expect("path");
+    let drop = [
+        "setpriv",
+        "--bounding-set",
+        "-net_admin,-bpf,-sys_admin",
+        "--inh-caps",
+        "-all",
+    ];
+    let create = [
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "172.20.0.0/24",
+        "--uplink",
+        "up0",
+    ];
+    let via_flag = Command::new(drop[0])
+        .args(&drop[1..])
+        .args([bin, "--netns", topo.host.name()])
+        .args(create)
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&via_flag.stderr);
+    assert!(
+        !via_flag.status.success() && err.contains("CAP_SYS_ADMIN"),
+        "without capabilities, --netns: {err}"
+    );
+    let inside = Command::new("ip")
+        .args(["netns", "exec", topo.host.name()])
+        .args(drop)
+        .arg(bin)
+        .args(create)
+        .output()
+        .expect("ip netns exec");
+    let err = String::from_utf8_lossy(&inside.stderr);
+    assert!(
+        !inside.status.success() && err.contains("needs CAP_NET_ADMIN"),
+        "without capabilities, in the namespace: {err}"
+    );
+    assert_eq!(snapshot(&topo), before);
+}
+
+#[test]
+fn a_failure_half_way_rolls_back_what_the_command_created() {
+    require_root();
+    let (topo, nf) = host();
+    // A dataplane pinned with another ct-max than the host's settings: `network create`
+    // makes its bridge, then fails to open the dataplane, and must delete the bridge again.
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        let host = Host::current().expect("host");
+        Dataplane::open(
+            &host,
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        )
+        .expect("pin a dataplane");
+    }
+    let before = snapshot(&topo);
+    let err = nf.fails(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    assert!(err.contains("cannot be resized"), "{err}");
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the failed create left something behind"
+    );
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
+    }
+    // apply: the second network's bridge name is taken by a dummy link; the first network,
+    // made by the same apply, is removed again.
+    topo.host.exec_ok(&[
+        "ip", "link", "add", "busy0", "type", "veth", "peer", "name", "busy1",
+    ]);
+    let before = snapshot(&topo);
+    let file = format!("/tmp/{}-rollback.toml", topo.host.name());
+    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbridge = \"busy0\"\n").expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains("busy0 already exists") && err.contains("removed again"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the failed apply left something behind"
+    );
+    assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-a"));
+    fs::remove_file(&file).expect("remove");
+}
+
+#[test]
+fn concurrent_commands_do_not_corrupt_the_state() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let bin = netfast_bin();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let (bin, host, name) = (bin.clone(), topo.host.name().to_owned(), ct(&topo, i));
+            thread::spawn(move || {
+                Command::new(bin)
+                    .args([
+                        "--netns",
+                        &host,
+                        "container",
+                        "create",
+                        &name,
+                        "--network",
+                        "web",
+                    ])
+                    .output()
+                    .expect("run netfast")
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().expect("thread");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    let mut ips: Vec<String> = ls
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["ip"].as_str().expect("ip").to_owned())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(
+        ips.len(),
+        8,
+        "eight containers, eight distinct addresses: {ls}"
+    );
+    assert!(
+        ls.as_array()
+            .expect("array")
+            .iter()
+            .all(|c| c["drift"].as_array().expect("drift").is_empty())
+    );
+}
+
+#[test]
+fn ls_reports_drift_when_something_is_deleted_by_hand() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let a = ct(&topo, 0);
+    nf.ok(&["container", "create", &a, "--network", "web"]);
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    let veth = ls[0]["veth"].as_str().expect("veth").to_owned();
+    topo.host.exec_ok(&["ip", "link", "del", &veth]);
+    let text = nf.ok(&["container", "ls"]);
+    assert!(text.contains(&format!("veth {veth} is missing")), "{text}");
+    topo.host.exec_ok(&["ip", "addr", "flush", "dev", "nf-web"]);
+    let text = nf.ok(&["network", "ls"]);
+    assert!(
+        text.contains("gateway 172.18.0.1 is not on nf-web"),
+        "{text}"
+    );
+    // And `down` still cleans up what is left.
+    nf.ok(&["down"]);
+    assert!(!std::path::Path::new("/run/netns").join(&a).exists());
+}
