@@ -732,3 +732,83 @@ fn ls_reports_drift_when_something_is_deleted_by_hand() {
     nf.ok(&["down"]);
     assert!(!std::path::Path::new("/run/netns").join(&a).exists());
 }
+
+#[test]
+fn a_network_without_masquerade_is_routed_untranslated() {
+    require_root();
+    let topo = Topology::builder().without_bridge().route_back().build();
+    let nf = Netfast::new(&topo.host);
+    nf.ok(&[
+        "network",
+        "create",
+        "plain",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+        "--no-masquerade",
+    ]);
+    let a = ct(&topo, 0);
+    nf.ok(&["container", "create", &a, "--network", "plain"]);
+    // The outside routes 172.18.0.0/24 back via the host: it sees the container itself.
+    let capture = netfast_tests::Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        topo.outside.name(),
+        "tcpdump",
+        "-l",
+        "-n",
+        "-c",
+        "1",
+        "-i",
+        "eth0",
+        "icmp[icmptype] == icmp-echo",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    in_ct(
+        &a,
+        &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let seen = String::from_utf8_lossy(&capture.stop().stdout).into_owned();
+    assert!(
+        seen.contains("172.18.0.2 > 198.51.100.2"),
+        "the outside saw: {seen}"
+    );
+    assert!(
+        nf.ok(&["conntrack", "list"]).trim().is_empty(),
+        "a routed network tracks no NAT flows"
+    );
+}
+
+#[test]
+fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
+    require_root();
+    let (topo, nf) = host();
+    let bin = netfast_bin();
+    let bin = bin.to_str().expect("path");
+    let a = ct(&topo, 0);
+    topo.host.exec_ok(&[
+        bin,
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    topo.host
+        .exec_ok(&[bin, "container", "create", &a, "--network", "web"]);
+    in_ct(
+        &a,
+        &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
+    );
+    let flows = nf.ok(&["conntrack", "list"]);
+    assert!(
+        flows.contains("src=172.18.0.2"),
+        "--netns sees the dataplane made under ip netns exec:\n{flows}"
+    );
+    assert!(nf.ok(&["container", "ls"]).contains(&a));
+}

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "traceroute",
     "nftables",
     "python3",
+    "tcpdump",
 ];
 
 pub fn run() -> Result<(), Fail> {

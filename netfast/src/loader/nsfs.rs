@@ -1,12 +1,19 @@
 //! Named network namespaces, made the way `ip netns add` makes them: a file under /run/netns
 //! with the namespace bind-mounted on it, so that it lives without a process and every tool
 //! that knows `ip netns` sees it.
+//!
+//! Under `ip netns exec`, netfast runs in a private mount namespace whose mounts do not
+//! propagate back; a namespace mounted there would vanish with the command. So the mounts are
+//! made from a thread that has joined the parent process's mount namespace.
 
 use std::{
     ffi::CString,
-    fs::{self, OpenOptions},
+    fs::{self, File, OpenOptions},
     io,
-    os::unix::fs::OpenOptionsExt,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -65,44 +72,66 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
+/// Runs `f` on a thread in the mount namespace the mounts must live in: the parent
+/// process's when this process has one of its own (the `ip netns exec` case), else ours.
+fn in_lasting_mount_ns<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: getppid has no preconditions.
+            let parent = format!("/proc/{}/ns/mnt", unsafe { libc::getppid() });
+            let ino = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
+            if ino("/proc/self/ns/mnt") != ino(&parent) {
+                let ns = File::open(&parent)?;
+                // A thread shares its filesystem context with the others until it unshares
+                // it; only then may it enter another mount namespace.
+                // SAFETY: both calls affect this thread only.
+                check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+                check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) })?;
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("mount thread panicked")))
+    })
+}
+
 /// Creates the named namespace `name`; fails if one of that name exists.
 pub fn create(name: &str) -> io::Result<()> {
-    prepare_run_dir()?;
     let target = path(name);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&target)?;
-    let made = std::thread::scope(|s| {
-        s.spawn(|| -> io::Result<()> {
-            // Only this thread moves to the new namespace; it ends right after.
-            // SAFETY: unshare affects the calling thread only for CLONE_NEWNET.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+    in_lasting_mount_ns(|| {
+        prepare_run_dir()?;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&target)?;
+        // This thread moves to the new network namespace; it ends right after.
+        // SAFETY: unshare(CLONE_NEWNET) affects the calling thread only.
+        let made = check(unsafe { libc::unshare(libc::CLONE_NEWNET) }).and_then(|()| {
             mount(
                 Path::new("/proc/thread-self/ns/net"),
                 &target,
                 "none",
                 libc::MS_BIND,
             )
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
-    });
-    if made.is_err() {
-        let _ = fs::remove_file(&target);
-    }
-    made
+        });
+        if made.is_err() {
+            let _ = fs::remove_file(&target);
+        }
+        made
+    })
 }
 
 /// Deletes the named namespace `name` (its interfaces go when nothing holds it any more).
 pub fn delete(name: &str) -> io::Result<()> {
     let target = path(name);
-    let c = cstr(&target)?;
-    // SAFETY: a valid C string. A lazy unmount, as `ip netns del` does.
-    let _ = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    match fs::remove_file(&target) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    in_lasting_mount_ns(|| {
+        let c = cstr(&target)?;
+        // SAFETY: a valid C string. A lazy unmount, as `ip netns del` does.
+        let _ = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        match fs::remove_file(&target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    })
 }
