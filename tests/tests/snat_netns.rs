@@ -526,3 +526,24 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
         "masquerade took the UDP port the host has bound: {udp}"
     );
 }
+
+#[test]
+fn flush_forgets_every_flow_and_traffic_carries_on() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let nf = masquerade(&topo, SMALL);
+    let outside = OUTSIDE_ADDR.to_string();
+    topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &outside]);
+    assert!(nf.ok(&["conntrack", "list"]).contains("icmp"));
+    assert_eq!(nf.ok(&["conntrack", "flush"]).trim(), "flushed 1 flows");
+    assert!(
+        nf.ok(&["conntrack", "list"]).trim().is_empty(),
+        "flows left after flush"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["conntrack", "list", "--json"])).expect("json");
+    assert_eq!(json, serde_json::json!([]));
+    // New flows get new mappings.
+    topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &outside]);
+    assert!(nf.ok(&["conntrack", "list"]).contains("icmp"));
+}
