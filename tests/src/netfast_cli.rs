@@ -7,16 +7,22 @@ use std::{
 
 use crate::netns::TestNetns;
 
+fn find_netfast_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("netfast"))
+        .find(|candidate| candidate.is_file())
+}
+
 /// The `netfast` binary cargo built next to this test (target/<profile>/netfast).
 pub fn netfast_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("netfast");
-        if candidate.is_file() {
-            return candidate;
-        }
+    if let Some(bin) = find_netfast_bin() {
+        return bin;
     }
+    let exe = std::env::current_exe().expect("current_exe");
     panic!(
         "the netfast binary was not found next to {} — build it first \
          (`cargo build -p netfast`; `cargo xtask test` does)",
@@ -81,6 +87,10 @@ impl Netfast {
 
 impl Drop for Netfast {
     fn drop(&mut self) {
+        if std::thread::panicking() && find_netfast_bin().is_none() {
+            // The test already failed for want of the binary; say nothing more.
+            return;
+        }
         let out = self.run(&["down"]);
         if !out.status.success() {
             let msg = format!(

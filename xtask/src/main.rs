@@ -76,6 +76,17 @@ fn test() -> Result<(), Fail> {
             "warnings",
         ])
         .run()?;
+    // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
+    // only for that package's own tests, so build them all first (never test a stale one).
+    println!("== build the binaries the tests run");
+    cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "netfast-ebpf",
+        "--bins",
+    ])
+    .run()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftover_namespaces();
     cargo(&[
