@@ -1,11 +1,11 @@
 //! Connection tracking: one LRU hash map holds both directions of every flow.
 //!
 //! A flow is a pair of entries. Each is keyed by the tuple a packet carries *before*
-//! translation at the hook that sees it, and says what to rewrite:
-//! - an entry with [`CT_F_REWRITE_SRC`] rewrites the source to `(rewrite_addr, rewrite_port)`
-//!   (masquerade, outbound); its peer is keyed `(dst, rewrite_addr, dport, rewrite_port)`;
-//! - an entry with [`CT_F_REWRITE_DST`] rewrites the destination (the replies of a
-//!   masqueraded flow, inbound); its peer is keyed `(rewrite_addr, src, rewrite_port, sport)`.
+//! translation at the hook that sees it, and says what to write into it: a new source
+//! ([`CT_F_REWRITE_SRC`]: masquerade outbound, or the replies of a published port), a new
+//! destination ([`CT_F_REWRITE_DST`]: a published port, or the replies of masquerade), or both
+//! (hairpin). The other entry of the flow is keyed by the translated tuple, reversed
+//! ([`CtEntry::peer_key`]).
 //!
 //! ICMP echo uses the identifier as a port: a request is keyed `(src, dst, id, 0)`, a reply
 //! `(src, dst, 0, id)`, so that the two directions are each other's mirror.
@@ -52,25 +52,37 @@ impl CtKey {
     }
 }
 
-/// This entry rewrites the source (address and port) of the packets it matches.
-pub const CT_F_REWRITE_SRC: u8 = 1 << 0;
-/// This entry rewrites the destination.
-pub const CT_F_REWRITE_DST: u8 = 1 << 1;
+/// This entry writes `src_addr`/`src_port` into the packets it matches.
+pub const CT_F_REWRITE_SRC: u16 = 1 << 0;
+/// This entry writes `dst_addr`/`dst_port` into the packets it matches.
+pub const CT_F_REWRITE_DST: u16 = 1 << 1;
 /// This entry is the reply direction of its flow (the flow's initiator is the peer).
-pub const CT_F_REPLY: u8 = 1 << 2;
+pub const CT_F_REPLY: u16 = 1 << 2;
 /// A packet has been seen in the reply direction.
-pub const CT_F_SEEN_REPLY: u8 = 1 << 3;
+pub const CT_F_SEEN_REPLY: u16 = 1 << 3;
 /// A FIN has been seen from the original direction.
-pub const CT_F_FIN_ORIG: u8 = 1 << 4;
+pub const CT_F_FIN_ORIG: u16 = 1 << 4;
 /// A FIN has been seen from the reply direction.
-pub const CT_F_FIN_REPLY: u8 = 1 << 5;
-/// The flow holds a masquerade mapping (see `nat`).
-pub const CT_F_MASQ: u8 = 1 << 6;
+pub const CT_F_FIN_REPLY: u16 = 1 << 5;
+/// This entry's source is a masqueraded internal endpoint; its mapping is
+/// `(key.src_addr, key.src_port)` → `(src_addr, src_port)`.
+pub const CT_F_MASQ_SRC: u16 = 1 << 6;
+/// This entry's destination is a masquerade mapping; its internal endpoint is
+/// `(dst_addr, dst_port)`, its external one `(key.dst_addr, key.dst_port)`.
+pub const CT_F_MASQ_DST: u16 = 1 << 7;
 /// The flow's TCP close has been subtracted from its mapping's flow count.
-pub const CT_F_RELEASED: u8 = 1 << 7;
+pub const CT_F_RELEASED: u16 = 1 << 8;
+/// Packets matching this entry go to a container (for the per-network counters).
+pub const CT_F_INWARD: u16 = 1 << 9;
+/// After translation the packet is forwarded by redirect (to the neighbour the FIB names)
+/// rather than handed to the host's routing: a hairpin's source is a local address, which
+/// the host's input path would drop as a martian.
+pub const CT_F_REDIRECT: u16 = 1 << 10;
+/// The flow was opened through a published port.
+pub const CT_F_PUBLISHED: u16 = 1 << 11;
 /// Flags that describe the flow rather than one direction: both entries carry them.
-pub const CT_F_SHARED: u8 =
-    CT_F_SEEN_REPLY | CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_MASQ | CT_F_RELEASED;
+pub const CT_F_SHARED: u16 =
+    CT_F_SEEN_REPLY | CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RELEASED | CT_F_PUBLISHED;
 
 /// One direction of a tracked flow.
 #[repr(C)]
@@ -80,45 +92,50 @@ pub struct CtEntry {
     pub expires: u32,
     /// CLOCK_MONOTONIC seconds when the flow was created.
     pub created: u32,
-    /// The address written into the packet, network byte order.
-    pub rewrite_addr: u32,
-    /// The port (or ICMP identifier) written into the packet, network byte order.
-    pub rewrite_port: u16,
+    /// The source written with [`CT_F_REWRITE_SRC`], network byte order.
+    pub src_addr: u32,
+    /// The destination written with [`CT_F_REWRITE_DST`], network byte order.
+    pub dst_addr: u32,
+    /// The source port (or ICMP identifier) written with the source, network byte order.
+    pub src_port: u16,
+    /// The destination port (or ICMP identifier) written with the destination.
+    pub dst_port: u16,
     /// `CT_F_*`.
-    pub flags: u8,
+    pub flags: u16,
     /// [`TcpState`] as u8 (0 for other protocols).
     pub tcp_state: u8,
+    pub _pad: u8,
     /// The netfast network the flow belongs to (an index into the per-network stats).
     pub net_id: u16,
-    pub _pad: [u8; 2],
+    pub _pad2: [u8; 2],
     /// CLOCK_MONOTONIC seconds up to which this flow last extended its mapping.
     pub map_expires: u32,
     /// Packets and bytes that matched this entry (this direction only).
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
 
 impl CtEntry {
-    /// The key of the other direction of this entry's flow, given the key of this one.
-    pub const fn peer_key(&self, key: &CtKey) -> CtKey {
-        if self.flags & CT_F_REWRITE_DST != 0 {
-            CtKey::new(
-                self.rewrite_addr,
-                key.src_addr,
-                self.rewrite_port,
-                key.src_port,
-                key.proto,
-            )
+    /// The tuple a packet keyed `key` carries once this entry has translated it.
+    pub const fn translated(&self, key: &CtKey) -> CtKey {
+        let (src_addr, src_port) = if self.flags & CT_F_REWRITE_SRC != 0 {
+            (self.src_addr, self.src_port)
         } else {
-            CtKey::new(
-                key.dst_addr,
-                self.rewrite_addr,
-                key.dst_port,
-                self.rewrite_port,
-                key.proto,
-            )
-        }
+            (key.src_addr, key.src_port)
+        };
+        let (dst_addr, dst_port) = if self.flags & CT_F_REWRITE_DST != 0 {
+            (self.dst_addr, self.dst_port)
+        } else {
+            (key.dst_addr, key.dst_port)
+        };
+        CtKey::new(src_addr, dst_addr, src_port, dst_port, key.proto)
+    }
+
+    /// The key of the other direction of this entry's flow: the translated tuple, reversed.
+    pub const fn peer_key(&self, key: &CtKey) -> CtKey {
+        let t = self.translated(key);
+        CtKey::new(t.dst_addr, t.src_addr, t.dst_port, t.src_port, key.proto)
     }
 }
 
@@ -181,7 +198,7 @@ pub struct CtEvent {
     pub kind: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<CtEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<CtEvent>() == 72);
 
 crate::aya_pod!(CtKey, CtEntry, CtEvent);
 
@@ -215,8 +232,8 @@ pub const fn tcp_next(
     state: TcpState,
     flags: TcpFlags,
     reply: bool,
-    ct_flags: u8,
-) -> (TcpState, u8) {
+    ct_flags: u16,
+) -> (TcpState, u16) {
     let own_fin = if reply { CT_F_FIN_REPLY } else { CT_F_FIN_ORIG };
     let other_fin = if reply { CT_F_FIN_ORIG } else { CT_F_FIN_REPLY };
     if flags.rst {

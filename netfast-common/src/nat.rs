@@ -122,23 +122,11 @@ pub const fn mapping_keys(
     key: &crate::conntrack::CtKey,
     entry: &crate::conntrack::CtEntry,
 ) -> (NatBindKey, NatClaimKey) {
-    // A source-rewriting entry is keyed by the internal side; a destination-rewriting one by
-    // the external side.
     let (int_addr, int_port, ext_addr, ext_port) =
-        if entry.flags & crate::conntrack::CT_F_REWRITE_SRC != 0 {
-            (
-                key.src_addr,
-                key.src_port,
-                entry.rewrite_addr,
-                entry.rewrite_port,
-            )
+        if entry.flags & crate::conntrack::CT_F_MASQ_SRC != 0 {
+            (key.src_addr, key.src_port, entry.src_addr, entry.src_port)
         } else {
-            (
-                entry.rewrite_addr,
-                entry.rewrite_port,
-                key.dst_addr,
-                key.dst_port,
-            )
+            (entry.dst_addr, entry.dst_port, key.dst_addr, key.dst_port)
         };
     (
         NatBindKey {

@@ -12,8 +12,9 @@ use netfast_common::{
     DropReason,
     config::DpConfig,
     conntrack::{
-        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_MASQ, CT_F_RELEASED, CT_F_REPLY, CT_F_SEEN_REPLY,
-        CT_F_SHARED, CtEntry, CtEvent, CtKey, PROTO_TCP, TcpFlags, TcpState, tcp_next, timeout,
+        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY,
+        CT_F_SEEN_REPLY, CT_F_SHARED, CtEntry, CtEvent, CtKey, PROTO_TCP, TcpFlags, TcpState,
+        tcp_next, timeout,
     },
 };
 
@@ -95,7 +96,7 @@ pub fn track(
     let t = timeout(cfg, key.proto, state);
     let expires = now + t;
     // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
-    let release = flags & CT_F_MASQ != 0
+    let release = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0
         && flags & CT_F_RELEASED == 0
         && matches!(state, TcpState::TimeWait | TcpState::Close);
     if release {
@@ -127,7 +128,7 @@ pub fn track(
     } else if expires > e.expires {
         e.expires = expires;
     }
-    if e.flags & CT_F_MASQ != 0 && expires > e.map_expires {
+    if e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0 && expires > e.map_expires {
         e.map_expires =
             nat::extend_mapping(key, e, expires + netfast_common::nat::mapping_slack(t));
     }

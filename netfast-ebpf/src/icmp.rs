@@ -7,7 +7,9 @@
 use aya_ebpf::programs::TcContext;
 use netfast_common::{
     DropReason,
-    conntrack::{CT_F_REWRITE_DST, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    conntrack::{
+        CT_F_INWARD, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    },
 };
 
 use crate::{
@@ -51,17 +53,25 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, Dro
     let Some(entry) = conntrack::lookup(&key, now) else {
         return Ok(false);
     };
-    // SAFETY: a live map value pointer from `lookup`.
-    let (flags, addr, port, net_id) = unsafe {
-        let e = &*entry;
-        (e.flags, e.rewrite_addr, e.rewrite_port, e.net_id)
-    };
-    let to_containers = flags & CT_F_REWRITE_DST != 0;
-    // Replies get their destination rewritten: so do the error's outer destination and the
-    // embedded packet's source (and the other way round).
-    rewrite_embedded(ctx, ip.l4, inner, l4, proto, to_containers, addr, port)?;
-    rewrite_l3(ctx, !to_containers, addr)?;
-    stats::count_network(ctx, net_id, to_containers);
+    // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
+    let e = unsafe { *entry };
+    // The entry says how replies to the embedded packet are translated; the error is
+    // translated the same way: its embedded packet (which went the other way) gets the
+    // rewrites on the opposite sides, and its outer header where it names the same endpoint
+    // (an error from a router keeps the router's address).
+    if e.flags & CT_F_REWRITE_DST != 0 {
+        rewrite_embedded(ctx, ip.l4, inner, l4, proto, true, e.dst_addr, e.dst_port)?;
+        if ip.dst == key.dst_addr {
+            rewrite_l3(ctx, false, e.dst_addr)?;
+        }
+    }
+    if e.flags & CT_F_REWRITE_SRC != 0 {
+        rewrite_embedded(ctx, ip.l4, inner, l4, proto, false, e.src_addr, e.src_port)?;
+        if ip.src == key.src_addr {
+            rewrite_l3(ctx, true, e.src_addr)?;
+        }
+    }
+    stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
     Ok(true)
 }
 

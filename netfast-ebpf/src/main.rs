@@ -18,7 +18,7 @@ use aya_ebpf::{bindings, macros::classifier, programs::TcContext};
 use netfast_common::{
     DropReason, Hook,
     config::FILTERING_ENDPOINT_INDEPENDENT,
-    conntrack::{CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey},
+    conntrack::{CT_F_INWARD, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey},
     verdict::{NEXT, SHOT},
 };
 
@@ -121,14 +121,11 @@ fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
     let cfg = conntrack::config();
     if let Some(entry) = conntrack::lookup(&key, now) {
         conntrack::track(&key, entry, ctx.len(), tcp_flags, now, &cfg);
-        // SAFETY: a live map value pointer from `lookup`.
-        let (flags, addr, port, net_id) = unsafe {
-            let e = &*entry;
-            (e.flags, e.rewrite_addr, e.rewrite_port, e.net_id)
-        };
-        if flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
-            nat::translate(ctx, &ip, flags & CT_F_REWRITE_SRC != 0, addr, port, now)?;
-            stats::count_network(ctx, net_id, flags & CT_F_REWRITE_DST != 0);
+        // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
+        let e = unsafe { *entry };
+        if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
+            nat::apply(ctx, &ip, &key, &e, now)?;
+            stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
         }
         return Ok(NEXT);
     }

@@ -16,8 +16,8 @@ use netfast_common::{
     DropReason,
     config::{DpConfig, NET_F_MASQUERADE, NetInfo},
     conntrack::{
-        CT_F_MASQ, CT_F_REPLY, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP,
-        PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next, timeout,
+        CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REPLY, CT_F_REWRITE_DST, CT_F_REWRITE_SRC,
+        CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next, timeout,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -70,16 +70,14 @@ pub fn rewrite_l3(ctx: &TcContext, src_side: bool, addr: u32) -> Result<u32, Dro
 }
 
 /// Rewrites the source (`src_side`) or destination address and port of the packet, with
-/// every checksum; a later fragment gets its address only. Records a first fragment's
-/// translation for the fragments that follow.
+/// every checksum; a later fragment gets its address only.
 #[inline(always)]
-pub fn translate(
+fn rewrite_side(
     ctx: &TcContext,
     ip: &Ipv4,
     src_side: bool,
     addr: u32,
     port: u16,
-    now: u32,
 ) -> Result<(), DropReason> {
     let old_addr = rewrite_l3(ctx, src_side, addr)?;
     if ip.frag == Frag::Later {
@@ -97,13 +95,28 @@ pub fn translate(
     if old_port != port {
         csum::l4_word(ctx, ip.proto, csum_off, old_port, port)?;
     }
+    Ok(())
+}
+
+/// Applies an entry's rewrites to the packet keyed `key`, and records a first fragment's
+/// translation for the fragments that follow.
+#[inline(always)]
+pub fn apply(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    key: &CtKey,
+    e: &CtEntry,
+    now: u32,
+) -> Result<(), DropReason> {
+    if e.flags & CT_F_REWRITE_SRC != 0 {
+        rewrite_side(ctx, ip, true, e.src_addr, e.src_port)?;
+    }
+    if e.flags & CT_F_REWRITE_DST != 0 {
+        rewrite_side(ctx, ip, false, e.dst_addr, e.dst_port)?;
+    }
     if ip.frag == Frag::First {
-        let (src, dst) = if src_side {
-            (addr, ip.dst)
-        } else {
-            (ip.src, addr)
-        };
-        let key = FragKey {
+        let t = e.translated(key);
+        let fk = FragKey {
             src_addr: ip.src,
             dst_addr: ip.dst,
             id: ip.id,
@@ -111,12 +124,12 @@ pub fn translate(
             _pad: 0,
         };
         let entry = FragEntry {
-            src_addr: src,
-            dst_addr: dst,
+            src_addr: t.src_addr,
+            dst_addr: t.dst_addr,
             expires: now + FRAGMENT_TIMEOUT,
         };
         // A lost record only costs the later fragments, which are then counted as drops.
-        let _ = NETFAST_FRAGS.insert(key, entry, BPF_ANY as u64);
+        let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
     }
     Ok(())
 }
@@ -404,21 +417,26 @@ pub fn snat_new_flow(
     let orig = CtEntry {
         expires,
         created: now,
-        rewrite_addr: net.ext_addr,
-        rewrite_port: ext_port,
-        flags: CT_F_REWRITE_SRC | CT_F_MASQ,
+        src_addr: net.ext_addr,
+        src_port: ext_port,
+        dst_addr: 0,
+        dst_port: 0,
+        flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC,
         tcp_state: state as u8,
+        _pad: 0,
         net_id: net.id,
-        _pad: [0; 2],
+        _pad2: [0; 2],
         map_expires: until,
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
     let reply_key = orig.peer_key(key);
     let reply = CtEntry {
-        rewrite_addr: key.src_addr,
-        rewrite_port: key.src_port,
-        flags: CT_F_REWRITE_DST | CT_F_REPLY | CT_F_MASQ,
+        src_addr: 0,
+        src_port: 0,
+        dst_addr: key.src_addr,
+        dst_port: key.src_port,
+        flags: CT_F_REWRITE_DST | CT_F_REPLY | CT_F_MASQ_DST | CT_F_INWARD,
         packets: 0,
         bytes: 0,
         ..orig
@@ -427,7 +445,7 @@ pub fn snat_new_flow(
         unuse_mapping(&bk, ext_port);
         return Err(reason);
     }
-    translate(ctx, ip, true, net.ext_addr, ext_port, now)?;
+    apply(ctx, ip, key, &orig, now)?;
     stats::count_network(ctx, net.id, false);
     Ok(())
 }
@@ -485,21 +503,26 @@ pub fn eif_new_flow(
     let orig = CtEntry {
         expires,
         created: now,
-        rewrite_addr: claim.int_addr,
-        rewrite_port: claim.int_port,
-        flags: CT_F_REWRITE_DST | CT_F_MASQ,
+        src_addr: 0,
+        src_port: 0,
+        dst_addr: claim.int_addr,
+        dst_port: claim.int_port,
+        flags: CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
         tcp_state: state as u8,
+        _pad: 0,
         net_id: claim.net_id,
-        _pad: [0; 2],
+        _pad2: [0; 2],
         map_expires: until,
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
     let reply_key = orig.peer_key(key);
     let reply = CtEntry {
-        rewrite_addr: key.dst_addr,
-        rewrite_port: key.dst_port,
-        flags: CT_F_REWRITE_SRC | CT_F_REPLY | CT_F_MASQ,
+        src_addr: key.dst_addr,
+        src_port: key.dst_port,
+        dst_addr: 0,
+        dst_port: 0,
+        flags: CT_F_REWRITE_SRC | CT_F_REPLY | CT_F_MASQ_SRC,
         packets: 0,
         bytes: 0,
         ..orig
@@ -508,7 +531,7 @@ pub fn eif_new_flow(
         unuse_mapping(&bk, key.dst_port);
         return Err(reason);
     }
-    translate(ctx, ip, false, claim.int_addr, claim.int_port, now)?;
+    apply(ctx, ip, key, &orig, now)?;
     stats::count_network(ctx, claim.net_id, true);
     Ok(true)
 }

@@ -862,11 +862,11 @@ fn conntrack_entries_hold_both_directions_with_counters() {
     let o = find(&orig).expect("original direction entry");
     let r = find(&reply).expect("reply direction entry");
     assert_eq!(
-        (maps::addr_of(o.rewrite_addr), u16::from_be(o.rewrite_port)),
+        (maps::addr_of(o.src_addr), u16::from_be(o.src_port)),
         (EXT, 40000)
     );
     assert_eq!(
-        (maps::addr_of(r.rewrite_addr), u16::from_be(r.rewrite_port)),
+        (maps::addr_of(r.dst_addr), u16::from_be(r.dst_port)),
         C1
     );
     assert_eq!((o.packets, r.packets), (1, 0));
