@@ -81,24 +81,40 @@ fn delete(name: &str) {
     }
 }
 
-/// Deletes namespaces of this toolkit whose creating process no longer exists.
-fn sweep_stale() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
+/// Whether `name` was made by this toolkit in a process that no longer exists.
+fn stale(name: &str) -> bool {
+    let Some((pid, _)) = name
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('x'))
+    else {
+        return false;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some((pid, _)) = rest.split_once('x') else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
-            continue;
-        };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            delete(&name);
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn names_in(dir: &str) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes what this toolkit's tests left behind when their process died (killed, or an
+/// abort, so no destructor ran): namespaces, and netfast's pins and state for them.
+fn sweep_stale() {
+    for name in names_in("/run/netns").into_iter().filter(|n| stale(n)) {
+        delete(&name);
+    }
+    for root in ["/sys/fs/bpf/netfast", "/run/netfast"] {
+        for name in names_in(root).into_iter().filter(|n| stale(n)) {
+            // Unpinning the links detaches them; the maps go with their last user.
+            let _ = fs::remove_dir_all(format!("{root}/{name}"));
         }
     }
 }
