@@ -9,6 +9,7 @@ pub mod config;
 pub mod conntrack;
 pub mod maps;
 pub mod nat;
+pub mod publish;
 pub mod stats;
 
 pub use stats::{DropReason, Hook, Traffic};

@@ -42,8 +42,21 @@ pub const CT_EVENTS_BYTES: u32 = 256 * 1024;
 /// start in the configured range) before it gives up and counts a drop.
 pub const NAT_PORT_TRIES: u32 = 32;
 
+/// Hash: [`crate::publish::PubKey`] → [`crate::publish::PubTarget`], one per published port.
+pub const PUBLISHED: &str = "NETFAST_PUBLISHED";
+pub const PUBLISHED_MAX: u32 = 65536;
+
+/// LPM trie: [`crate::publish::AllowKey`] → u8, the `--allow` prefixes of each publication.
+pub const ALLOW: &str = "NETFAST_ALLOW";
+pub const ALLOW_MAX: u32 = 4096;
+
+/// Hash: host address (network byte order) → u8: the host's own IPv4 addresses, where a
+/// port published on every address (`PubKey::addr == 0`) is reachable.
+pub const HOST_ADDRS: &str = "NETFAST_HOST_ADDRS";
+pub const HOST_ADDRS_MAX: u32 = 256;
+
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 12] = [
     STATS,
     NET_STATS,
     CONFIG,
@@ -53,4 +66,7 @@ pub const ALL: [&str; 9] = [
     NAT_CLAIMS,
     FRAGMENTS,
     CT_EVENTS,
+    PUBLISHED,
+    ALLOW,
+    HOST_ADDRS,
 ];

@@ -84,8 +84,12 @@ pub struct FragEntry {
     pub dst_addr: u32,
     /// CLOCK_MONOTONIC seconds.
     pub expires: u32,
+    /// The datagram's flow is forwarded by redirect (hairpin, at the bridge); otherwise it is
+    /// translated at the uplink. A record is replayed only where it was made.
+    pub redirect: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 12);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 
 crate::aya_pod!(
     NatBindKey,

@@ -76,10 +76,18 @@ pub enum DropReason {
     IcmpErrorWithoutFlow = 7,
     /// A protocol masquerade does not translate (not TCP, UDP or ICMP).
     UnsupportedProtocol = 8,
+    /// A client outside the `--allow` list of a published port.
+    NotAllowed = 9,
+    /// A packet from outside straight to a masqueraded container's address.
+    DirectAccess = 10,
+    /// A container reaching a container of another network.
+    InterNetwork = 11,
+    /// A hairpinned packet for which the FIB has no route.
+    NoRoute = 12,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NatPortExhausted,
         DropReason::NatMappingFailed,
@@ -88,6 +96,10 @@ impl DropReason {
         DropReason::FragmentWithoutFirst,
         DropReason::IcmpErrorWithoutFlow,
         DropReason::UnsupportedProtocol,
+        DropReason::NotAllowed,
+        DropReason::DirectAccess,
+        DropReason::InterNetwork,
+        DropReason::NoRoute,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -100,6 +112,10 @@ impl DropReason {
             DropReason::FragmentWithoutFirst => "fragment_without_first",
             DropReason::IcmpErrorWithoutFlow => "icmp_error_without_flow",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::NotAllowed => "not_allowed",
+            DropReason::DirectAccess => "direct_access",
+            DropReason::InterNetwork => "inter_network",
+            DropReason::NoRoute => "no_route",
         }
     }
 
@@ -123,6 +139,12 @@ impl DropReason {
             DropReason::UnsupportedProtocol => {
                 "a protocol masquerade does not translate (only TCP, UDP, ICMP)"
             }
+            DropReason::NotAllowed => "a client outside the --allow list of a published port",
+            DropReason::DirectAccess => {
+                "a packet from outside straight to a masqueraded container (publish a port instead)"
+            }
+            DropReason::InterNetwork => "a container reaching a container of another network",
+            DropReason::NoRoute => "a hairpinned packet the routing table has no route for",
         }
     }
 }

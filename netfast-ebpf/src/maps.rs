@@ -4,14 +4,18 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netfast_common::{
     Traffic,
     config::{DpConfig, NetInfo},
     conntrack::{CtEntry, CtKey},
-    maps::{CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, FRAGMENTS_MAX, MAX_NETWORKS, STATS_SLOTS},
+    maps::{
+        ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, FRAGMENTS_MAX, HOST_ADDRS_MAX,
+        MAX_NETWORKS, PUBLISHED_MAX, STATS_SLOTS,
+    },
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
+    publish::{AllowKey, PubKey, PubTarget},
 };
 
 /// `maps::STATS`: packets and bytes per hook and per drop reason, per CPU.
@@ -55,3 +59,17 @@ pub static NETFAST_FRAGS: LruHashMap<FragKey, FragEntry> =
 /// `maps::CT_EVENTS`: NEW and UPDATE events for `netfast conntrack watch`.
 #[map]
 pub static NETFAST_CT_EVENTS: RingBuf = RingBuf::with_byte_size(CT_EVENTS_BYTES, 0);
+
+/// `maps::PUBLISHED`: published host ports and where they lead.
+#[map]
+pub static NETFAST_PUBLISHED: HashMap<PubKey, PubTarget> =
+    HashMap::with_max_entries(PUBLISHED_MAX, 0);
+
+/// `maps::ALLOW`: the clients each restricted publication accepts.
+#[map]
+pub static NETFAST_ALLOW: LpmTrie<AllowKey, u8> =
+    LpmTrie::with_max_entries(ALLOW_MAX, BPF_F_NO_PREALLOC);
+
+/// `maps::HOST_ADDRS`: the host's own addresses.
+#[map]
+pub static NETFAST_HOST_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(HOST_ADDRS_MAX, 0);

@@ -16,8 +16,9 @@ use netfast_common::{
     DropReason,
     config::{DpConfig, NET_F_MASQUERADE, NetInfo},
     conntrack::{
-        CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REPLY, CT_F_REWRITE_DST, CT_F_REWRITE_SRC,
-        CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next, timeout,
+        CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT, CT_F_REPLY, CT_F_REWRITE_DST,
+        CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState,
+        tcp_next, timeout,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -127,6 +128,8 @@ pub fn apply(
             src_addr: t.src_addr,
             dst_addr: t.dst_addr,
             expires: now + FRAGMENT_TIMEOUT,
+            redirect: u8::from(e.flags & CT_F_REDIRECT != 0),
+            _pad: [0; 3],
         };
         // A lost record only costs the later fragments, which are then counted as drops.
         let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
@@ -134,10 +137,16 @@ pub fn apply(
     Ok(())
 }
 
-/// Gives a later fragment the addresses its first fragment got. False when no first
-/// fragment of that datagram was translated.
+/// Gives a later fragment the addresses its first fragment got, at the hook that translated
+/// the first one (`at_bridge`: a redirected flow's). False when no first fragment of that
+/// datagram was translated there.
 #[inline(always)]
-pub fn later_fragment(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, DropReason> {
+pub fn later_fragment(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    at_bridge: bool,
+    now: u32,
+) -> Result<bool, DropReason> {
     let key = FragKey {
         src_addr: ip.src,
         dst_addr: ip.dst,
@@ -150,7 +159,7 @@ pub fn later_fragment(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, Drop
     };
     // SAFETY: a map value pointer, valid for this program run.
     let entry = unsafe { *entry };
-    if entry.expires < now {
+    if entry.expires < now || (entry.redirect != 0) != at_bridge {
         return Ok(false);
     }
     rewrite_l3(ctx, true, entry.src_addr)?;
@@ -277,7 +286,10 @@ fn new_mapping(
             continue;
         }
         let port = port.to_be();
-        if host_uses(ctx, bk.proto, remote, bk.ext_addr, port) {
+        // Not a port the host uses itself, nor one it publishes.
+        if host_uses(ctx, bk.proto, remote, bk.ext_addr, port)
+            || crate::publish::published(bk.ext_addr, port, bk.proto).is_some()
+        {
             continue;
         }
         let ck = NatClaimKey {
@@ -308,7 +320,7 @@ fn new_mapping(
 
 /// Undoes `reuse_mapping`/`new_mapping` for a flow that could not be inserted.
 #[inline(always)]
-fn unuse_mapping(bk: &NatBindKey, ext_port: u16) {
+pub fn unuse_mapping(bk: &NatBindKey, ext_port: u16) {
     if let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) {
         // SAFETY: a map value pointer, valid for this program run.
         let b = unsafe { &mut *binding };
@@ -371,6 +383,39 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
     entry.map_expires = until;
 }
 
+/// The masquerade mapping of the source of `key` on the network's external address, counted
+/// as used by one more flow: the live one, or a new one.
+#[inline(always)]
+pub fn mapping(
+    ctx: &TcContext,
+    key: &CtKey,
+    net: &NetInfo,
+    cfg: &DpConfig,
+    now: u32,
+    until: u32,
+) -> Result<(NatBindKey, u16), DropReason> {
+    let bk = NatBindKey {
+        int_addr: key.src_addr,
+        ext_addr: net.ext_addr,
+        int_port: key.src_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let port = match reuse_mapping(&bk, now, until) {
+        Some(port) => port,
+        None => new_mapping(
+            ctx,
+            &bk,
+            (key.dst_addr, key.dst_port),
+            net.id,
+            cfg,
+            now,
+            until,
+        )?,
+    };
+    Ok((bk, port))
+}
+
 /// The first packet of a flow from a masqueraded network leaving through its uplink: map
 /// its source endpoint (endpoint-independent), track the flow, translate the packet.
 #[inline(always)]
@@ -395,25 +440,7 @@ pub fn snat_new_flow(
     let t = timeout(cfg, key.proto, state);
     let expires = now + t;
     let until = expires + mapping_slack(t);
-    let bk = NatBindKey {
-        int_addr: key.src_addr,
-        ext_addr: net.ext_addr,
-        int_port: key.src_port,
-        proto: key.proto,
-        _pad: 0,
-    };
-    let ext_port = match reuse_mapping(&bk, now, until) {
-        Some(port) => port,
-        None => new_mapping(
-            ctx,
-            &bk,
-            (key.dst_addr, key.dst_port),
-            net.id,
-            cfg,
-            now,
-            until,
-        )?,
-    };
+    let (bk, ext_port) = mapping(ctx, key, net, cfg, now, until)?;
     let orig = CtEntry {
         expires,
         created: now,

@@ -865,10 +865,7 @@ fn conntrack_entries_hold_both_directions_with_counters() {
         (maps::addr_of(o.src_addr), u16::from_be(o.src_port)),
         (EXT, 40000)
     );
-    assert_eq!(
-        (maps::addr_of(r.dst_addr), u16::from_be(r.dst_port)),
-        C1
-    );
+    assert_eq!((maps::addr_of(r.dst_addr), u16::from_be(r.dst_port)), C1);
     assert_eq!((o.packets, r.packets), (1, 0));
     let flows = maps::flows(t.ebpf(), maps::monotonic_now()).expect("flows");
     assert_eq!(flows.len(), 1);
