@@ -14,6 +14,7 @@ use netfast_common::{
     },
     maps,
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
+    publish::{AllowKey, PubKey, PubTarget},
 };
 use serde::Serialize;
 
@@ -287,4 +288,74 @@ pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
         )
     });
     Ok(out)
+}
+
+/// Publishes `key` (one host port) to `target`.
+pub fn publish(ebpf: &mut Ebpf, key: &PubKey, target: &PubTarget) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, PubKey, PubTarget> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::PUBLISHED)?)
+            .map_err(|e| Error::map(maps::PUBLISHED, e))?;
+    hm.insert(key, target, 0)
+        .map_err(|e| Error::map(maps::PUBLISHED, e))
+}
+
+pub fn unpublish(ebpf: &mut Ebpf, key: &PubKey) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, PubKey, PubTarget> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::PUBLISHED)?)
+            .map_err(|e| Error::map(maps::PUBLISHED, e))?;
+    match hm.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(Error::map(maps::PUBLISHED, e)),
+    }
+}
+
+pub fn published(ebpf: &Ebpf) -> Result<Vec<(PubKey, PubTarget)>> {
+    entries(ebpf, maps::PUBLISHED)
+}
+
+fn allow_key(rule: u32, net: ipnet::Ipv4Net) -> Key<AllowKey> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        AllowKey {
+            rule: rule.to_be(),
+            addr: raw_addr(net.network()),
+        },
+    )
+}
+
+/// Lets clients in `net` use the publications of allow-list `rule`.
+pub fn allow(ebpf: &mut Ebpf, rule: u32, net: ipnet::Ipv4Net) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, AllowKey, u8> =
+        LpmTrie::try_from(map_mut(ebpf, maps::ALLOW)?).map_err(|e| Error::map(maps::ALLOW, e))?;
+    trie.insert(&allow_key(rule, net), 1, 0)
+        .map_err(|e| Error::map(maps::ALLOW, e))
+}
+
+pub fn disallow(ebpf: &mut Ebpf, rule: u32, net: ipnet::Ipv4Net) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, AllowKey, u8> =
+        LpmTrie::try_from(map_mut(ebpf, maps::ALLOW)?).map_err(|e| Error::map(maps::ALLOW, e))?;
+    match trie.remove(&allow_key(rule, net)) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(Error::map(maps::ALLOW, e)),
+    }
+}
+
+/// Makes the host-address map hold exactly `addrs`.
+pub fn set_host_addrs(ebpf: &mut Ebpf, addrs: &[Ipv4Addr]) -> Result<()> {
+    let current: Vec<u32> = entries::<u32, u8>(ebpf, maps::HOST_ADDRS)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut hm: BpfHashMap<&mut MapData, u32, u8> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::HOST_ADDRS)?)
+            .map_err(|e| Error::map(maps::HOST_ADDRS, e))?;
+    let wanted: Vec<u32> = addrs.iter().map(|a| raw_addr(*a)).collect();
+    for k in current.iter().filter(|k| !wanted.contains(k)) {
+        let _ = hm.remove(k);
+    }
+    for k in &wanted {
+        hm.insert(k, 1, 0)
+            .map_err(|e| Error::map(maps::HOST_ADDRS, e))?;
+    }
+    Ok(())
 }

@@ -65,13 +65,27 @@ impl ProgTest {
         stats::of(&self.ebpf)
     }
 
-    /// Runs the program of `hook` once on `frame` (Ethernet header included).
+    /// Runs the program of `hook` once on `frame` (Ethernet header included), on the
+    /// loopback device of the calling thread's network namespace.
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> Result<Run> {
+        self.run_on(hook, frame, 0)
+    }
+
+    /// As [`ProgTest::run`], with the skb on the device `ifindex` of the calling thread's
+    /// namespace (for programs that look up routes from where the packet arrived).
+    pub fn run_on(&mut self, hook: Hook, frame: &[u8], ifindex: u32) -> Result<Run> {
         let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
+        // `struct __sk_buff` up to its `ifindex` field (offset 40), which the kernel lets a
+        // test run set; everything else zero.
+        let mut skb = [0u8; 44];
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let program = classifier(&mut self.ebpf, hook)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        if ifindex != 0 {
+            opts.ctx_in = Some(&skb);
+        }
         let result = program
             .test_run(opts)
             .map_err(|e| Error::program(hook.name(), e))?;

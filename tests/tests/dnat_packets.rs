@@ -1,0 +1,493 @@
+//! Published ports, packet by packet: DNAT from outside and its reverse, allow-lists, ICMP
+//! errors about published flows, direct access and inter-network drops, and hairpin.
+
+use std::net::Ipv4Addr;
+
+use netfast::{
+    common::{
+        DropReason, Hook,
+        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+        conntrack::{PROTO_TCP, PROTO_UDP},
+        publish::{PubKey, PubTarget},
+        verdict,
+    },
+    maps,
+    netns::NetnsGuard,
+    prog_test::{
+        ProgTest, Run,
+        fixture::assert_run,
+        packet::{
+            self, Endpoint, FROM_CONTAINER, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode,
+            decode_quoted, ip_packet,
+        },
+    },
+};
+use netfast_tests::{TestNetns, require_root};
+
+const TEST_IFINDEX: u32 = 1;
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 80);
+const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 44444);
+const OTHER_NET: Endpoint = (Ipv4Addr::new(172, 19, 0, 2), 80);
+const CLIENT: Endpoint = (Ipv4Addr::new(203, 0, 113, 50), 55555);
+const ALLOWED: Endpoint = (Ipv4Addr::new(192, 0, 2, 9), 40001);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+const fn ext(port: u16) -> Endpoint {
+    (EXT, port)
+}
+
+fn network(t: &mut ProgTest, subnet: &str, id: u16, flags: u16, bridge: u32) {
+    let net: ipnet::Ipv4Net = subnet.parse().expect("subnet");
+    let info = NetInfo {
+        id,
+        flags,
+        uplink_ifindex: TEST_IFINDEX,
+        bridge_ifindex: bridge,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), net.network(), net.prefix_len(), &info).expect("network");
+}
+
+fn publish(
+    t: &mut ProgTest,
+    addr: Option<Ipv4Addr>,
+    port: u16,
+    proto: u8,
+    to: Endpoint,
+    rule: u32,
+) {
+    let key = PubKey {
+        addr: addr.map_or(0, maps::raw_addr),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
+    };
+    let target = PubTarget {
+        addr: maps::raw_addr(to.0),
+        port: to.1.to_be(),
+        net_id: 1,
+        rule,
+    };
+    maps::publish(t.ebpf_mut(), &key, &target).expect("publish");
+}
+
+/// Network 172.18.0.0/24 masqueraded behind EXT; 8080/tcp on every host address → C1:80;
+/// 5000-5001/udp on EXT → C2's 5000-5001.
+fn loaded() -> ProgTest {
+    let mut t = ProgTest::load_with(&DpConfig::default())
+        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, 0);
+    maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addrs");
+    publish(&mut t, None, 8080, PROTO_TCP, C1, 0);
+    publish(&mut t, Some(EXT), 5000, PROTO_UDP, (C2.0, 5000), 0);
+    publish(&mut t, Some(EXT), 5001, PROTO_UDP, (C2.0, 5001), 0);
+    t
+}
+
+fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
+    t.run(hook, frame)
+        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
+    packet::tcp(FROM_OUTSIDE, from, to, flags, 7, 8, b"")
+}
+
+fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
+    packet::tcp(TO_OUTSIDE, from, to, flags, 8, 8, b"")
+}
+
+#[test]
+fn an_outside_client_reaches_the_published_container_and_gets_replies_from_the_published_port() {
+    require_root();
+    let mut t = loaded();
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN),
+    );
+    assert_run(
+        "SYN to 8080 goes to C1:80",
+        &r,
+        verdict::NEXT,
+        &tcp_in(CLIENT, C1, TcpFlags::SYN),
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, CLIENT, TcpFlags::SYN_ACK),
+    );
+    assert_run(
+        "the SYN-ACK leaves from EXT:8080",
+        &r,
+        verdict::NEXT,
+        &tcp_out(ext(8080), CLIENT, TcpFlags::SYN_ACK),
+    );
+    let data = packet::tcp(
+        FROM_OUTSIDE,
+        CLIENT,
+        ext(8080),
+        TcpFlags::PSH_ACK,
+        8,
+        9,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &data);
+    let want = packet::tcp(
+        FROM_OUTSIDE,
+        CLIENT,
+        C1,
+        TcpFlags::PSH_ACK,
+        8,
+        9,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    assert_run("data follows", &r, verdict::NEXT, &want);
+    let flows = maps::flows(t.ebpf(), maps::monotonic_now()).expect("flows");
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].state, Some("ESTABLISHED"));
+    assert_eq!(
+        (flows[0].original.src, flows[0].original.dport),
+        (CLIENT.0, 8080)
+    );
+    assert_eq!((flows[0].reply.src, flows[0].reply.sport), C1);
+    let net = t.stats().expect("stats").networks;
+    assert_eq!((net[0].rx_packets, net[0].tx_packets), (2, 1));
+}
+
+#[test]
+fn published_addresses_ports_and_ranges_are_matched_exactly() {
+    require_root();
+    let mut t = loaded();
+    // UDP range: one to one.
+    for port in [5000, 5001] {
+        let r = run(
+            &mut t,
+            Hook::UplinkIngress,
+            &packet::udp(FROM_OUTSIDE, CLIENT, ext(port), b"q"),
+        );
+        assert_run(
+            "udp range",
+            &r,
+            verdict::NEXT,
+            &packet::udp(FROM_OUTSIDE, CLIENT, (C2.0, port), b"q"),
+        );
+    }
+    // Not published: the host gets these as they are.
+    for (what, frame) in [
+        ("unpublished port", tcp_in(CLIENT, ext(8081), TcpFlags::SYN)),
+        (
+            "wrong protocol",
+            packet::udp(FROM_OUTSIDE, CLIENT, ext(8080), b"q"),
+        ),
+        (
+            "an address that is not the host's",
+            tcp_in(
+                CLIENT,
+                (Ipv4Addr::new(198, 51, 100, 77), 8080),
+                TcpFlags::SYN,
+            ),
+        ),
+        (
+            "a stray ACK opens nothing",
+            tcp_in(CLIENT, ext(8080), TcpFlags::ACK),
+        ),
+    ] {
+        let r = run(&mut t, Hook::UplinkIngress, &frame);
+        assert_run(what, &r, verdict::NEXT, &frame);
+    }
+}
+
+#[test]
+fn an_allow_list_lets_its_clients_in_and_drops_the_others() {
+    require_root();
+    let mut t = loaded();
+    publish(&mut t, None, 9090, PROTO_TCP, C1, 7);
+    maps::allow(t.ebpf_mut(), 7, "192.0.2.0/24".parse().expect("cidr")).expect("allow");
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(ALLOWED, ext(9090), TcpFlags::SYN),
+    );
+    assert_run(
+        "an allowed client",
+        &r,
+        verdict::NEXT,
+        &tcp_in(ALLOWED, C1, TcpFlags::SYN),
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(9090), TcpFlags::SYN),
+    );
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "a client outside the list must be dropped"
+    );
+    assert_eq!(
+        t.stats()
+            .expect("stats")
+            .dropped(DropReason::NotAllowed)
+            .packets,
+        1
+    );
+    // Other publications are not affected by this list.
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN),
+    );
+    assert_eq!(r.verdict, verdict::NEXT);
+}
+
+#[test]
+fn icmp_errors_about_published_flows_are_translated_both_ways() {
+    require_root();
+    let mut t = loaded();
+    // A published UDP flow: client → EXT:5000 → C2:5000, C2 answers.
+    run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, CLIENT, ext(5000), b"q"),
+    );
+    let answer = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, (C2.0, 5000), CLIENT, b"a"),
+    );
+    assert_run(
+        "answer",
+        &answer,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(5000), CLIENT, b"a"),
+    );
+    // A router cannot deliver the answer: its error reaches C2 about C2's own packet.
+    let error = packet::icmp_error(
+        FROM_OUTSIDE,
+        ROUTER,
+        EXT,
+        3,
+        1,
+        [0; 4],
+        ip_packet(&answer.frame),
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &error);
+    assert_eq!(r.verdict, verdict::NEXT);
+    let outer = decode(&r.frame).expect("valid");
+    assert_eq!((outer.src, outer.dst), (ROUTER, C2.0));
+    let q = decode_quoted(&r.frame).expect("valid quote");
+    assert_eq!(
+        (q.src, q.sport, q.dst, q.dport, q.l4_checksum_ok),
+        (C2.0, 5000, CLIENT.0, CLIENT.1, Some(true))
+    );
+    // C2 has no socket on 5000 after all: its port unreachable leaves as EXT's, about EXT:5000.
+    let sent = packet::udp(FROM_OUTSIDE, CLIENT, (C2.0, 5000), b"q");
+    let unreachable =
+        packet::icmp_error(TO_OUTSIDE, C2.0, CLIENT.0, 3, 3, [0; 4], ip_packet(&sent));
+    let r = run(&mut t, Hook::UplinkEgress, &unreachable);
+    assert_eq!(r.verdict, verdict::NEXT);
+    let outer = decode(&r.frame).expect("valid");
+    assert_eq!(
+        (outer.src, outer.dst),
+        (EXT, CLIENT.0),
+        "the container's address must not leak"
+    );
+    let q = decode_quoted(&r.frame).expect("valid quote");
+    assert_eq!(
+        (q.src, q.dst, q.dport, q.l4_checksum_ok),
+        (CLIENT.0, EXT, 5000, Some(true))
+    );
+}
+
+#[test]
+fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_reachable() {
+    require_root();
+    let mut t = loaded();
+    network(&mut t, "10.9.0.0/24", 2, 0, 0);
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, C1, TcpFlags::SYN),
+    );
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "straight to 172.18.0.2 from outside"
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::icmp_echo(FROM_OUTSIDE, CLIENT.0, C1.0, false, 3, 1, b"x"),
+    );
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "a ping to the container's address"
+    );
+    assert_eq!(
+        t.stats()
+            .expect("stats")
+            .dropped(DropReason::DirectAccess)
+            .packets,
+        2
+    );
+    let routed = tcp_in(CLIENT, (Ipv4Addr::new(10, 9, 0, 2), 80), TcpFlags::SYN);
+    let r = run(&mut t, Hook::UplinkIngress, &routed);
+    assert_run(
+        "a network without masquerade is routed",
+        &r,
+        verdict::NEXT,
+        &routed,
+    );
+}
+
+#[test]
+fn containers_of_two_networks_cannot_reach_each_other() {
+    require_root();
+    let mut t = loaded();
+    network(&mut t, "172.19.0.0/24", 2, NET_F_MASQUERADE, 0);
+    let across = packet::tcp(FROM_CONTAINER, C2, OTHER_NET, TcpFlags::SYN, 1, 0, b"");
+    let r = run(&mut t, Hook::BridgeIngress, &across);
+    assert_eq!(r.verdict, verdict::SHOT);
+    assert_eq!(
+        t.stats()
+            .expect("stats")
+            .dropped(DropReason::InterNetwork)
+            .packets,
+        1
+    );
+    for (what, frame) in [
+        (
+            "to the gateway",
+            packet::icmp_echo(
+                FROM_CONTAINER,
+                C2.0,
+                Ipv4Addr::new(172, 18, 0, 1),
+                false,
+                1,
+                1,
+                b"x",
+            ),
+        ),
+        (
+            "to the outside",
+            packet::tcp(FROM_CONTAINER, C2, CLIENT, TcpFlags::SYN, 1, 0, b""),
+        ),
+    ] {
+        let r = run(&mut t, Hook::BridgeIngress, &frame);
+        assert_run(what, &r, verdict::NEXT, &frame);
+    }
+}
+
+#[test]
+fn masquerade_never_hands_out_a_published_port() {
+    require_root();
+    let mut t = loaded();
+    publish(&mut t, Some(EXT), 40000, PROTO_UDP, C1, 0);
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, (C2.0, 40000), CLIENT, b"x"),
+    );
+    let out = decode(&r.frame).expect("valid");
+    let packet::L4::Udp { src_port, .. } = out.l4 else {
+        panic!("udp")
+    };
+    assert_ne!(
+        src_port, 40000,
+        "40000/udp is published: masquerade must pick another port"
+    );
+}
+
+/// Hairpin runs the FIB: in a namespace with the bridge, as the skb arrives on it.
+struct Bridge {
+    ns: TestNetns,
+    ifindex: u32,
+}
+
+fn bridge() -> Bridge {
+    let ns = TestNetns::new("p");
+    ns.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    ns.exec_ok(&["ip", "addr", "add", "172.18.0.1/24", "dev", "br0"]);
+    ns.exec_ok(&["ip", "link", "set", "br0", "up"]);
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let ifindex = ns
+        .exec_ok(&["cat", "/sys/class/net/br0/ifindex"])
+        .trim()
+        .parse()
+        .expect("ifindex");
+    Bridge { ns, ifindex }
+}
+
+#[test]
+fn hairpin_reaches_the_published_container_with_the_source_translated() {
+    require_root();
+    let br = bridge();
+    let mut t = loaded();
+    let _in = NetnsGuard::enter(br.ns.name()).expect("enter");
+    let on_bridge = |t: &mut ProgTest, frame: &[u8]| {
+        t.run_on(Hook::BridgeIngress, frame, br.ifindex)
+            .unwrap_or_else(|e| panic!("{}", netfast::error::report(&e)))
+    };
+    let syn = packet::tcp(FROM_CONTAINER, C2, ext(8080), TcpFlags::SYN, 1, 0, b"");
+    let r = on_bridge(&mut t, &syn);
+    // The source becomes C2's masquerade mapping (its own port, free), the destination C1:80.
+    let want = packet::tcp(FROM_CONTAINER, ext(C2.1), C1, TcpFlags::SYN, 1, 0, b"");
+    assert_run(
+        "C2 → EXT:8080 is redirected to C1:80 from EXT",
+        &r,
+        verdict::REDIRECT,
+        &want,
+    );
+    let synack = packet::tcp(FROM_CONTAINER, C1, ext(C2.1), TcpFlags::SYN_ACK, 5, 2, b"");
+    let r = on_bridge(&mut t, &synack);
+    let want = packet::tcp(FROM_CONTAINER, ext(8080), C2, TcpFlags::SYN_ACK, 5, 2, b"");
+    assert_run(
+        "C1's reply reaches C2 from EXT:8080",
+        &r,
+        verdict::REDIRECT,
+        &want,
+    );
+    // The serving container itself.
+    let own = packet::tcp(
+        FROM_CONTAINER,
+        (C1.0, 33333),
+        ext(8080),
+        TcpFlags::SYN,
+        1,
+        0,
+        b"",
+    );
+    let r = on_bridge(&mut t, &own);
+    let want = packet::tcp(FROM_CONTAINER, ext(33333), C1, TcpFlags::SYN, 1, 0, b"");
+    assert_run(
+        "C1 → EXT:8080 comes back to C1",
+        &r,
+        verdict::REDIRECT,
+        &want,
+    );
+    // A masqueraded flow is left to the uplink: the bridge does not translate it.
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out((C2.0, 50000), CLIENT, TcpFlags::SYN),
+    );
+    let out = packet::tcp(
+        FROM_CONTAINER,
+        (C2.0, 50000),
+        CLIENT,
+        TcpFlags::ACK,
+        9,
+        9,
+        b"",
+    );
+    let r = on_bridge(&mut t, &out);
+    assert_run(
+        "masqueraded traffic passes the bridge untouched",
+        &r,
+        verdict::NEXT,
+        &out,
+    );
+}
