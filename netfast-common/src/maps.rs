@@ -55,8 +55,15 @@ pub const ALLOW_MAX: u32 = 4096;
 pub const HOST_ADDRS: &str = "NETFAST_HOST_ADDRS";
 pub const HOST_ADDRS_MAX: u32 = 256;
 
+/// Array with one [`crate::publish::HostInfo`].
+pub const HOST: &str = "NETFAST_HOST";
+
+/// LRU hash: socket cookie → [`crate::publish::SockRevNat`].
+pub const SOCK_REVNAT: &str = "NETFAST_SOCK_REVNAT";
+pub const SOCK_REVNAT_MAX: u32 = 65536;
+
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     STATS,
     NET_STATS,
     CONFIG,
@@ -69,4 +76,6 @@ pub const ALL: [&str; 12] = [
     PUBLISHED,
     ALLOW,
     HOST_ADDRS,
+    HOST,
+    SOCK_REVNAT,
 ];

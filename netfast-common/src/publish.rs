@@ -42,3 +42,31 @@ pub struct AllowKey {
 const _: () = assert!(core::mem::size_of::<AllowKey>() == 8);
 
 crate::aya_pod!(PubKey, PubTarget, AllowKey);
+
+/// The host namespace a dataplane serves: its socket-level programs see every process of
+/// the machine and act only on those in this namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostInfo {
+    /// The host namespace's netns cookie (SO_NETNS_COOKIE); 0 until the loader writes it.
+    pub netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<HostInfo>() == 8);
+
+/// What a host-local connect to a published port was translated from and to, per socket
+/// (keyed by socket cookie), so that getpeername/recvmsg can show the published address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevNat {
+    /// The published address and port the process asked for, network byte order.
+    pub orig_addr: u32,
+    pub orig_port: u16,
+    pub _pad: u16,
+    /// The container address and port it was connected to instead.
+    pub target_addr: u32,
+    pub target_port: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNat>() == 16);
+
+crate::aya_pod!(HostInfo, SockRevNat);

@@ -15,10 +15,15 @@ mod maps;
 mod nat;
 mod parse;
 mod publish;
+mod sock;
 mod stats;
 mod uplink;
 
-use aya_ebpf::{bindings, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use netfast_common::{
     DropReason, Hook,
     verdict::{NEXT, SHOT},
@@ -70,6 +75,38 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::UplinkEgress);
     let result = uplink::try_uplink(&ctx, true);
     verdict(&ctx, result)
+}
+
+/// Socket-level programs return 1: they translate, they never refuse.
+const SOCK_CONTINUE: i32 = 1;
+
+/// Root cgroup, connect(2) over IPv4: the host's own clients of published ports.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx);
+    SOCK_CONTINUE
+}
+
+/// Root cgroup, sendmsg(2) over unconnected IPv4 UDP: as connect4, per datagram.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx);
+    SOCK_CONTINUE
+}
+
+/// Root cgroup, recvmsg(2) over IPv4 UDP: datagrams from the container show the published
+/// address as their source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    SOCK_CONTINUE
+}
+
+/// Root cgroup, getpeername(2) over IPv4: the peer shows as the published address.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    SOCK_CONTINUE
 }
 
 #[cfg(not(test))]

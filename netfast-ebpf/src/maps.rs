@@ -12,10 +12,10 @@ use netfast_common::{
     conntrack::{CtEntry, CtKey},
     maps::{
         ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, FRAGMENTS_MAX, HOST_ADDRS_MAX,
-        MAX_NETWORKS, PUBLISHED_MAX, STATS_SLOTS,
+        MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS,
     },
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
-    publish::{AllowKey, PubKey, PubTarget},
+    publish::{AllowKey, HostInfo, PubKey, PubTarget, SockRevNat},
 };
 
 /// `maps::STATS`: packets and bytes per hook and per drop reason, per CPU.
@@ -73,3 +73,12 @@ pub static NETFAST_ALLOW: LpmTrie<AllowKey, u8> =
 /// `maps::HOST_ADDRS`: the host's own addresses.
 #[map]
 pub static NETFAST_HOST_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(HOST_ADDRS_MAX, 0);
+
+/// `maps::HOST`: the host namespace this dataplane serves.
+#[map]
+pub static NETFAST_HOST: Array<HostInfo> = Array::with_max_entries(1, 0);
+
+/// `maps::SOCK_REVNAT`: host-local sockets connected to a published port, by socket cookie.
+#[map]
+pub static NETFAST_SOCK_REVNAT: LruHashMap<u64, SockRevNat> =
+    LruHashMap::with_max_entries(SOCK_REVNAT_MAX, 0);

@@ -415,3 +415,184 @@ impl Dataplane {
         &mut self.ebpf
     }
 }
+
+impl Dataplane {
+    /// Puts a publication in the dataplane: one entry per host port, and its allow-list.
+    pub fn publish(&mut self, p: &crate::loader::publish::Publication, net_id: u16) -> Result<()> {
+        use netfast_common::publish::{PubKey, PubTarget};
+        for net in &p.allow {
+            maps::allow(&mut self.ebpf, p.rule, *net)?;
+        }
+        for (host_port, container_port) in p.host_ports.iter().zip(p.container_ports.iter()) {
+            let key = PubKey {
+                addr: p.host_ip.map_or(0, maps::raw_addr),
+                port: host_port.to_be(),
+                proto: p.proto.number(),
+                _pad: 0,
+            };
+            let target = PubTarget {
+                addr: maps::raw_addr(p.container_ip),
+                port: container_port.to_be(),
+                net_id,
+                rule: p.rule,
+            };
+            maps::publish(&mut self.ebpf, &key, &target)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a publication out of the dataplane, with the flows opened through it.
+    pub fn unpublish(&mut self, p: &crate::loader::publish::Publication) -> Result<usize> {
+        use netfast_common::{
+            conntrack::{CT_F_PUBLISHED, CT_F_REPLY},
+            publish::PubKey,
+        };
+        for host_port in p.host_ports.iter() {
+            let key = PubKey {
+                addr: p.host_ip.map_or(0, maps::raw_addr),
+                port: host_port.to_be(),
+                proto: p.proto.number(),
+                _pad: 0,
+            };
+            maps::unpublish(&mut self.ebpf, &key)?;
+        }
+        for net in &p.allow {
+            maps::disallow(&mut self.ebpf, p.rule, *net)?;
+        }
+        // Flows through the port end with it: the published port is the destination of the
+        // client's direction and the rewritten source of the server's.
+        let proto = p.proto.number();
+        let doomed: Vec<_> = maps::conntrack_entries(&self.ebpf)?
+            .into_iter()
+            .filter(|(k, e)| {
+                let port = if e.flags & CT_F_REPLY == 0 {
+                    k.dst_port
+                } else {
+                    e.src_port
+                };
+                e.flags & CT_F_PUBLISHED != 0
+                    && k.proto == proto
+                    && p.host_ports.iter().any(|hp| hp.to_be() == port)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        maps::remove_conntrack(&mut self.ebpf, &doomed)?;
+        Ok(doomed.len().div_ceil(2))
+    }
+
+    /// The host's own IPv4 addresses, where ports published on every address are reachable.
+    pub fn set_host_addrs(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
+        maps::set_host_addrs(&mut self.ebpf, addrs)
+    }
+}
+
+/// The socket-level programs and the cgroup hook each one takes.
+const SOCK_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
+
+/// The root of the cgroup v2 hierarchy (where every process of the machine is below).
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // `… mount-point … - fstype source options`
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The netns cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
+fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let io = |source| Error::Io {
+        context: "reading the network namespace cookie".into(),
+        source,
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(io(err));
+        }
+        Ok(cookie)
+    }
+}
+
+impl Dataplane {
+    /// Attaches the socket-level programs (the host's own clients of published ports) to
+    /// the root cgroup, scoped to this host namespace. Idempotent. `Ok(false)` when the
+    /// machine has no cgroup v2 hierarchy to attach to.
+    pub fn attach_sockets(&mut self) -> Result<bool> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        let Some(root) = cgroup2_root() else {
+            return Ok(false);
+        };
+        maps::write_host(
+            &mut self.ebpf,
+            &netfast_common::publish::HostInfo {
+                netns_cookie: netns_cookie()?,
+            },
+        )?;
+        let cgroup = fs::File::open(&root).map_err(|source| Error::Io {
+            context: format!("opening the cgroup v2 root {}", root.display()),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let pin = self.pins.as_ref().map(|d| d.join(format!("cgroup-{name}")));
+            if pin.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| Error::program(name, e))?;
+            if self.loaded.insert(name) {
+                program.load().map_err(|e| Error::program(name, e))?;
+            }
+            let attach_error = |e| Error::Attach {
+                program: name,
+                interface: root.display().to_string(),
+                source: Box::new(e),
+            };
+            // As a bpf link the attachment is always one of many (a link takes no ALLOW_MULTI
+            // flag: that is the default mode's 0).
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(attach_error)?;
+            if let Some(pin) = pin {
+                let link = FdLink::try_from(program.take_link(id).map_err(attach_error)?).map_err(
+                    |e| Error::Io {
+                        context: format!("{name} is not a bpf link: {e}"),
+                        source: std::io::Error::other("not an fd link"),
+                    },
+                )?;
+                link.pin(&pin).map_err(|e| Error::Io {
+                    context: format!("pinning the {name} link at {}: {e}", pin.display()),
+                    source: std::io::Error::other("pin failed"),
+                })?;
+            }
+        }
+        Ok(true)
+    }
+}

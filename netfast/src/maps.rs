@@ -76,7 +76,8 @@ pub fn remove_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8) -> Result<(
         LpmTrie::try_from(map_mut(ebpf, maps::NETWORKS)?)
             .map_err(|e| Error::map(maps::NETWORKS, e))?;
     match trie.remove(&Key::new(u32::from(prefix), raw_addr(subnet))) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
         Err(e) => Err(Error::map(maps::NETWORKS, e)),
     }
 }
@@ -92,7 +93,7 @@ fn entries<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
         match item {
             Ok(kv) => out.push(kv),
             // An entry evicted or deleted while we walk: skip it.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(ref e) if absent(e) => continue,
             Err(e) => return Err(Error::map(name, e)),
         }
     }
@@ -134,7 +135,7 @@ fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     for k in &keys {
         match hm.remove(k) {
             Ok(()) => removed += 1,
-            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(ref e) if absent(e) => {}
             Err(e) => return Err(Error::map(name, e)),
         }
     }
@@ -304,7 +305,8 @@ pub fn unpublish(ebpf: &mut Ebpf, key: &PubKey) -> Result<()> {
         BpfHashMap::try_from(map_mut(ebpf, maps::PUBLISHED)?)
             .map_err(|e| Error::map(maps::PUBLISHED, e))?;
     match hm.remove(key) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
         Err(e) => Err(Error::map(maps::PUBLISHED, e)),
     }
 }
@@ -335,7 +337,8 @@ pub fn disallow(ebpf: &mut Ebpf, rule: u32, net: ipnet::Ipv4Net) -> Result<()> {
     let mut trie: LpmTrie<&mut MapData, AllowKey, u8> =
         LpmTrie::try_from(map_mut(ebpf, maps::ALLOW)?).map_err(|e| Error::map(maps::ALLOW, e))?;
     match trie.remove(&allow_key(rule, net)) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
         Err(e) => Err(Error::map(maps::ALLOW, e)),
     }
 }
@@ -358,4 +361,35 @@ pub fn set_host_addrs(ebpf: &mut Ebpf, addrs: &[Ipv4Addr]) -> Result<()> {
             .map_err(|e| Error::map(maps::HOST_ADDRS, e))?;
     }
     Ok(())
+}
+
+/// Removes these conntrack entries (those already gone are skipped).
+pub fn remove_conntrack(ebpf: &mut Ebpf, keys: &[CtKey]) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, CtKey, CtEntry> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::CONNTRACK)?)
+            .map_err(|e| Error::map(maps::CONNTRACK, e))?;
+    for k in keys {
+        match hm.remove(k) {
+            Ok(()) => {}
+            Err(ref e) if absent(e) => {}
+            Err(e) => return Err(Error::map(maps::CONNTRACK, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The host namespace the dataplane serves.
+pub fn write_host(ebpf: &mut Ebpf, info: &netfast_common::publish::HostInfo) -> Result<()> {
+    let mut array: Array<&mut MapData, netfast_common::publish::HostInfo> =
+        Array::try_from(map_mut(ebpf, maps::HOST)?).map_err(|e| Error::map(maps::HOST, e))?;
+    array.set(0, info, 0).map_err(|e| Error::map(maps::HOST, e))
+}
+
+/// A key that is not there (aya reports it as `KeyNotFound` or as the syscall's ENOENT).
+fn absent(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }

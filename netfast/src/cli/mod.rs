@@ -6,6 +6,7 @@ mod conntrack;
 mod container;
 mod network;
 mod object;
+mod publish;
 mod stats;
 
 use std::process::ExitCode;
@@ -41,6 +42,10 @@ enum Command {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: std::path::PathBuf,
     },
+    /// Publish a container's port on the host (`docker run -p` syntax); `publish ls` lists.
+    Publish(publish::PublishArgs),
+    /// Stop publishing: NET and the SPEC it was published with.
+    Unpublish { network: String, spec: String },
     /// Remove everything netfast created in this host namespace, and nothing else.
     Down,
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
@@ -78,6 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(c) => network::run(c),
         Command::Container(c) => container::run(c),
         Command::Apply { file } => apply::apply(file),
+        Command::Publish(args) => publish::run(args),
+        Command::Unpublish { network, spec } => publish::unpublish(network, spec),
         Command::Down => apply::down(),
         Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),

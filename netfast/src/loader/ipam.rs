@@ -80,6 +80,7 @@ mod tests {
                     veth: String::new(),
                 })
                 .collect(),
+            publications: vec![],
         }
     }
 

@@ -107,6 +107,8 @@ pub struct State {
     pub networks: Vec<Network>,
     #[serde(default)]
     pub containers: Vec<Container>,
+    #[serde(default)]
+    pub publications: Vec<super::publish::Publication>,
 }
 
 impl State {

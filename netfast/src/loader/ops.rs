@@ -236,6 +236,7 @@ impl Loader {
                 &network,
                 ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
             )?;
+            super::publish_ops::refresh_host_addrs(&self.host, nl)?;
             out.push(format!(
                 "attached the dataplane to {bridge_name} and {}{}",
                 spec.uplink,
@@ -401,6 +402,9 @@ impl Loader {
             ))
         })?;
         let mut out = Vec::new();
+        for p in publications_of(&locked.state, &c) {
+            self.remove_publication(&mut locked.state, &p, &mut out)?;
+        }
         remove_container(&nl, &c, &mut out)?;
         locked.state.containers.retain(|x| x.name != name);
         locked.save()?;
@@ -418,6 +422,26 @@ impl Loader {
         for action in &actions {
             out.push(action.to_string());
             let step = match action {
+                Action::Unpublish { network, spec } => {
+                    let p = locked
+                        .state
+                        .publications
+                        .iter()
+                        .find(|p| &p.network == network && &p.spec == spec)
+                        .cloned()
+                        .expect("planned from the state");
+                    self.remove_publication(&mut locked.state, &p, &mut Vec::new())
+                }
+                Action::Publish(d) => self
+                    .add_publication(
+                        &nl,
+                        &locked.state,
+                        &d.network,
+                        &d.spec,
+                        &d.allow,
+                        &mut Vec::new(),
+                    )
+                    .map(|p| locked.state.publications.push(p)),
                 Action::RemoveContainer(name) => {
                     let c = locked
                         .state
@@ -447,6 +471,26 @@ impl Loader {
                 // Undo what this apply created (newest first); removals stay done.
                 for done in created.iter().rev() {
                     let undone = match done {
+                        Action::Publish(d) => {
+                            let canonical = d
+                                .spec
+                                .parse::<super::publish::PublishSpec>()
+                                .map(|s| s.to_string());
+                            match locked
+                                .state
+                                .publications
+                                .iter()
+                                .find(|p| {
+                                    p.network == d.network && Ok(&p.spec) == canonical.as_ref()
+                                })
+                                .cloned()
+                            {
+                                Some(p) => {
+                                    self.remove_publication(&mut locked.state, &p, &mut Vec::new())
+                                }
+                                None => Ok(()),
+                            }
+                        }
                         Action::CreateContainer(spec) => {
                             match locked.state.container(&spec.name).cloned() {
                                 Some(c) => remove_container(&nl, &c, &mut Vec::new())
@@ -542,6 +586,16 @@ impl Loader {
     }
 }
 
+/// The publications that lead to container `c`.
+fn publications_of(state: &State, c: &Container) -> Vec<super::publish::Publication> {
+    state
+        .publications
+        .iter()
+        .filter(|p| p.network == c.network && (p.container == c.name || p.container_ip == c.ip))
+        .cloned()
+        .collect()
+}
+
 /// Deletes a network's bridge unless it was adopted.
 fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
     if network.adopted {
@@ -600,6 +654,12 @@ fn install(
     let mut dp = Dataplane::open(host, settings)?;
     dp.attach(&network.bridge, InterfaceRole::Bridge)?;
     dp.attach(&network.uplink, InterfaceRole::Uplink)?;
+    if !dp.attach_sockets()? {
+        eprintln!(
+            "netfast: warning: no cgroup v2 hierarchy is mounted; the host's own clients cannot \
+             reach published ports through its addresses"
+        );
+    }
     let info = NetInfo {
         id: network.id,
         flags: if network.masquerade {

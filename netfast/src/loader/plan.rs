@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ipam,
     model::{ContainerSpec, DataplaneConfig, NetworkSpec, State},
+    publish::{self, PublishDecl, PublishSpec},
     validate::{self, Invalid},
 };
 
@@ -21,6 +22,8 @@ pub struct ApplyFile {
     pub networks: Vec<NetworkSpec>,
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerSpec>,
+    #[serde(default, rename = "publish")]
+    pub publications: Vec<PublishDecl>,
 }
 
 impl ApplyFile {
@@ -32,16 +35,20 @@ impl ApplyFile {
 /// One change, in the order [`plan`] gives them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    Unpublish { network: String, spec: String },
     RemoveContainer(String),
     RemoveNetwork(String),
     Configure(DataplaneConfig),
     CreateNetwork(NetworkSpec),
     CreateContainer(ContainerSpec),
+    Publish(PublishDecl),
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Action::Unpublish { network, spec } => write!(f, "- publish {network} {spec}"),
+            Action::Publish(d) => write!(f, "+ publish {} {}", d.network, d.spec),
             Action::RemoveContainer(n) => write!(f, "- container {n}"),
             Action::RemoveNetwork(n) => write!(f, "- network {n}"),
             Action::Configure(c) => write!(
@@ -98,6 +105,30 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
     };
     let mut actions = Vec::new();
     let mut removed_containers = Vec::new();
+    // A container that stays keeps its publications; one that goes or changes loses them.
+    let kept_container = |name: &str| {
+        state.container(name).is_some_and(|c| {
+            kept_network(&c.network)
+                && desired
+                    .containers
+                    .iter()
+                    .any(|d| d.name == c.name && c.satisfies(d))
+        })
+    };
+    let mut kept_publications = Vec::new();
+    for p in &state.publications {
+        let keep = kept_network(&p.network)
+            && (kept_container(&p.container) || state.container(&p.container).is_none())
+            && desired.publications.iter().any(|d| p.declared_as(d));
+        if keep {
+            kept_publications.push(p.spec.clone());
+        } else {
+            actions.push(Action::Unpublish {
+                network: p.network.clone(),
+                spec: p.spec.clone(),
+            });
+        }
+    }
     for c in &state.containers {
         let keep = kept_network(&c.network)
             && desired
@@ -127,6 +158,15 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
             actions.push(Action::CreateContainer(d.clone()));
         }
     }
+    for d in &desired.publications {
+        let canonical = d.spec.parse::<PublishSpec>()?.to_string();
+        let kept = state.publications.iter().any(|p| {
+            p.network == d.network && p.spec == canonical && kept_publications.contains(&p.spec)
+        });
+        if !kept {
+            actions.push(Action::Publish(d.clone()));
+        }
+    }
     simulate(&actions, state)?;
     Ok(actions)
 }
@@ -137,6 +177,15 @@ pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
     let mut s = state.clone();
     for a in actions {
         match a {
+            Action::Unpublish { network, spec } => {
+                s.publications
+                    .retain(|p| !(&p.network == network && &p.spec == spec));
+            }
+            Action::Publish(d) => {
+                let parsed: PublishSpec = d.spec.parse()?;
+                let p = publish::validate(&d.network, &parsed, &d.allow, &s)?;
+                s.publications.push(p);
+            }
             Action::RemoveContainer(n) => s.containers.retain(|c| &c.name != n),
             Action::RemoveNetwork(n) => s.networks.retain(|m| &m.name != n),
             Action::Configure(c) => s.dataplane = c.clone(),
@@ -205,6 +254,11 @@ network = "web"
 name = "db1"
 network = "db"
 ip = "172.19.0.10"
+
+[[publish]]
+network = "web"
+spec = "8080:web1:80"
+allow = ["192.0.2.0/24"]
 "#;
 
     fn applied(file: &ApplyFile, state: &State) -> State {
@@ -227,6 +281,7 @@ ip = "172.19.0.10"
                 "+ network db 172.19.0.0/24 uplink eth0",
                 "+ container web1 on web",
                 "+ container db1 on db at 172.19.0.10",
+                "+ publish web 8080:web1:80",
             ]
         );
     }
@@ -256,16 +311,19 @@ ip = "172.19.0.10"
         assert_eq!(
             kinds,
             [
+                "- publish web 8080:web1:80/tcp",
                 "- container web1",
                 "- network web",
                 "+ network web 10.9.0.0/24 uplink eth0",
                 "+ container web1 on web",
+                "+ publish web 8080:web1:80",
             ]
         );
         // Drop db from the file: its container first, then the network.
         let web_only = format!(
-            "{}[[container]]\nname = \"web1\"\nnetwork = \"web\"\n",
-            &FILE[..FILE.find("[[network]]\nname = \"db\"").unwrap()]
+            "{}[[container]]\nname = \"web1\"\nnetwork = \"web\"\n\n{}",
+            &FILE[..FILE.find("[[network]]\nname = \"db\"").unwrap()],
+            &FILE[FILE.find("[[publish]]").unwrap()..]
         );
         let fewer = ApplyFile::parse(&web_only).unwrap();
         let kinds: Vec<String> = plan(&fewer, &s)

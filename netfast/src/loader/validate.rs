@@ -306,6 +306,7 @@ mod tests {
                 ip: "172.18.0.2".parse().unwrap(),
                 veth: "nfv0".into(),
             }],
+            publications: vec![],
         }
     }
 

@@ -1,0 +1,146 @@
+//! `netfast publish`, `unpublish` and `publish ls`.
+
+use ipnet::Ipv4Net;
+
+use super::{
+    Loader, caps,
+    model::State,
+    netlink::Nl,
+    publish::{self, Publication, PublishSpec},
+    sockets,
+    state::Locked,
+    validate::Invalid,
+};
+use crate::{
+    dataplane::Dataplane,
+    error::{Error, Result},
+    host::Host,
+};
+
+/// Tells the dataplane the host's current addresses (ports published on every address are
+/// reachable on each of them).
+pub(super) fn refresh_host_addrs(host: &Host, nl: &Nl<'_>) -> Result<()> {
+    if let Some(mut dp) = Dataplane::open_existing(host)? {
+        dp.set_host_addrs(&nl.all_addresses()?)?;
+    }
+    Ok(())
+}
+
+impl Loader {
+    pub fn publish(&self, network: &str, spec: &str, allow: &[Ipv4Net]) -> Result<Vec<String>> {
+        caps::require("publish", false)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.netlink().host()?;
+        let mut out = Vec::new();
+        let p = self.add_publication(&nl, &locked.state, network, spec, allow, &mut out)?;
+        locked.state.publications.push(p);
+        locked.save()?;
+        Ok(out)
+    }
+
+    pub(super) fn add_publication(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &str,
+        spec: &str,
+        allow: &[Ipv4Net],
+        out: &mut Vec<String>,
+    ) -> Result<Publication> {
+        let parsed: PublishSpec = spec.parse()?;
+        let p = publish::validate(network, &parsed, allow, state)?;
+        if let Some(ip) = p.host_ip
+            && !nl.all_addresses()?.contains(&ip)
+        {
+            return Err(Invalid(format!(
+                "{ip} is not an address of {}; publish on one of its addresses, or on all (omit the address)",
+                self.host.describe()
+            ))
+            .into());
+        }
+        let net_id = state.network(network).map(|n| n.id).expect("validated");
+        for l in sockets::listeners(p.proto, p.host_ports) {
+            let who = if l.owners.is_empty() {
+                "a socket".to_owned()
+            } else {
+                l.owners.join(", ")
+            };
+            out.push(format!(
+                "warning: {who} listens on host port {}/{}; connections arriving from outside will go \
+                 to the container instead",
+                l.port, p.proto
+            ));
+        }
+        let mut dp = Dataplane::open_existing(&self.host)?.ok_or_else(|| {
+            Error::Settings(format!("network `{network}` has no dataplane; recreate it"))
+        })?;
+        dp.set_host_addrs(&nl.all_addresses()?)?;
+        dp.publish(&p, net_id)?;
+        out.push(format!(
+            "published {}{}/{} to {} ({}:{}){}",
+            p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
+            p.host_ports,
+            p.proto,
+            p.container,
+            p.container_ip,
+            p.container_ports,
+            if p.allow.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", only for {}",
+                    p.allow
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
+        Ok(p)
+    }
+
+    pub fn unpublish(&self, network: &str, spec: &str) -> Result<Vec<String>> {
+        caps::require("unpublish", false)?;
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let canonical = spec.parse::<PublishSpec>()?.to_string();
+        let Some(p) = locked
+            .state
+            .publications
+            .iter()
+            .find(|p| p.network == network && p.spec == canonical)
+            .cloned()
+        else {
+            return Err(Error::Settings(format!(
+                "network `{network}` does not publish `{canonical}` (see `netfast publish ls`)"
+            )));
+        };
+        let mut out = Vec::new();
+        self.remove_publication(&mut locked.state, &p, &mut out)?;
+        locked.save()?;
+        Ok(out)
+    }
+
+    pub(super) fn remove_publication(
+        &self,
+        state: &mut State,
+        p: &Publication,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+            let flows = dp.unpublish(p)?;
+            if flows > 0 {
+                out.push(format!("ended {flows} flows through it"));
+            }
+        }
+        state
+            .publications
+            .retain(|q| !(q.network == p.network && q.spec == p.spec));
+        out.push(format!("unpublished {} on {}", p.spec, p.network));
+        Ok(())
+    }
+
+    pub fn publications(&self) -> Result<Vec<Publication>> {
+        Ok(self.state()?.publications)
+    }
+}
