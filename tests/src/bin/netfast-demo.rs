@@ -128,6 +128,57 @@ fn main() {
     println!("what the outside server logged (it only ever saw {UPLINK_ADDR}):");
     print!("{}", String::from_utf8_lossy(&log.stderr));
 
+    step("DNAT: publish container 2's port 80 on the host's port 8080 (docker run -p 8080:80)");
+    let web = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &c2,
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    ]);
+    let up = wait_until(Duration::from_secs(10), || {
+        String::from_utf8_lossy(
+            &netfast_tests::run(&["ip", "netns", "exec", &c2, "ss", "-ltn"]).stdout,
+        )
+        .contains(":80 ")
+    });
+    assert!(up, "the container's web server did not start");
+    show(&host, &nf, &["publish", "web", &format!("8080:{c2}:80")]);
+    let published = format!("http://{UPLINK_ADDR}:8080/");
+    for (who, ns, url) in [
+        ("an outside client", topo.outside.name(), published.as_str()),
+        (
+            "container 1 (hairpin: back in through the host)",
+            c1.as_str(),
+            published.as_str(),
+        ),
+        (
+            "the host itself, to 127.0.0.1 (socket-level translation)",
+            host.as_str(),
+            "http://127.0.0.1:8080/",
+        ),
+    ] {
+        println!("{who}: $ ip netns exec {ns} curl {url}");
+        let mut argv = vec!["ip", "netns", "exec", ns];
+        argv.extend([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "--max-time",
+            "5",
+            url,
+        ]);
+        print!("{}", netfast_tests::run_ok(&argv));
+    }
+    println!("what container 2's server logged (the outside client keeps its address):");
+    print!("{}", String::from_utf8_lossy(&web.stop().stderr));
+
     step("the conntrack table: both directions of every flow");
     show(&host, &nf, &["conntrack", "list"]);
     println!("events seen by `netfast conntrack watch` meanwhile:");
@@ -148,7 +199,7 @@ fn main() {
     step("counters per hook, per network and per drop reason");
     show(&host, &nf, &["stats"]);
 
-    step("published ports (DNAT), hairpin and the fast path: not built yet (issues 5 and 6)");
+    step("the fast path past netfilter and the benchmark: not built yet (issue 6)");
 
     step("clean up");
     show(&host, &nf, &["down"]);
