@@ -166,8 +166,9 @@ fn the_veth_gets_the_bridge_mtu() {
 fn apply_text(topo: &Topology, with_db: bool) -> String {
     let mut text = format!(
         "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\n\
-         [[container]]\nname = \"{}\"\nnetwork = \"web\"\n\n",
-        ct(topo, 0)
+         [[container]]\nname = \"{c}\"\nnetwork = \"web\"\n\n\
+         [[publish]]\nnetwork = \"web\"\nspec = \"8080:{c}:80\"\nallow = [\"192.0.2.0/24\"]\n\n",
+        c = ct(topo, 0)
     );
     if with_db {
         text += &format!(
@@ -186,6 +187,13 @@ fn apply_converges_and_applying_twice_changes_nothing() {
     let file = format!("/tmp/{}-apply.toml", topo.host.name());
     fs::write(&file, apply_text(&topo, true)).expect("write apply file");
     let first = nf.ok(&["apply", "-f", &file]);
+    assert!(
+        first.contains(&format!("+ publish web 8080:{}:80", ct(&topo, 0))),
+        "{first}"
+    );
+    let pubs: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["publish", "ls", "--json"])).expect("json");
+    assert_eq!(pubs[0]["allow"][0], "192.0.2.0/24");
     assert!(
         first.contains("+ network web") && first.contains("+ network db"),
         "{first}"
