@@ -22,7 +22,10 @@ pub struct DpConfig {
     pub port_max: u16,
     /// `FILTERING_*`.
     pub filtering: u8,
-    pub _pad: [u8; 3],
+    /// 1: forward translated flows ourselves (FIB lookup and redirect), past the host's
+    /// routing and netfilter; 0: hand them to the host's stack.
+    pub fast_path: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<DpConfig>() == 28);
 
@@ -52,7 +55,8 @@ impl Default for DpConfig {
             port_min: Self::DEFAULT_PORT_MIN,
             port_max: Self::DEFAULT_PORT_MAX,
             filtering: FILTERING_ADDRESS_AND_PORT_DEPENDENT,
-            _pad: [0; 3],
+            fast_path: 1,
+            _pad: [0; 2],
         }
     }
 }
@@ -78,3 +82,18 @@ pub struct NetInfo {
 const _: () = assert!(core::mem::size_of::<NetInfo>() == 16);
 
 crate::aya_pod!(DpConfig, NetInfo);
+
+/// A container netfast made, for the fast path to hand packets straight to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Endpoint {
+    /// The host side of the container's veth pair.
+    pub ifindex: u32,
+    /// The container's `eth0` MAC (the frame's destination).
+    pub mac: [u8; 6],
+    /// Its gateway's (the bridge's) MAC (the frame's source).
+    pub gw_mac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
+
+crate::aya_pod!(Endpoint);

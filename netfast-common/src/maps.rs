@@ -62,8 +62,12 @@ pub const HOST: &str = "NETFAST_HOST";
 pub const SOCK_REVNAT: &str = "NETFAST_SOCK_REVNAT";
 pub const SOCK_REVNAT_MAX: u32 = 65536;
 
+/// Hash: container address (network byte order) → [`crate::config::Endpoint`].
+pub const ENDPOINTS: &str = "NETFAST_ENDPOINTS";
+pub const ENDPOINTS_MAX: u32 = 65536;
+
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     STATS,
     NET_STATS,
     CONFIG,
@@ -78,4 +82,5 @@ pub const ALL: [&str; 14] = [
     HOST_ADDRS,
     HOST,
     SOCK_REVNAT,
+    ENDPOINTS,
 ];

@@ -87,6 +87,18 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason with this value, if any.
+    pub const fn from_u32(v: u32) -> Option<DropReason> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
     pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NatPortExhausted,
@@ -149,12 +161,39 @@ impl DropReason {
     }
 }
 
-/// First stats slot used for drop reasons; slots below it are hooks.
+/// Events counted that are not drops.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A packet forwarded by the fast path (redirect after a FIB or endpoint lookup).
+    FastPath = 8,
+    /// A packet the fast path left to the host's stack: no route or neighbour the FIB could
+    /// give, a TTL about to expire, a fragment, or a packet over the MTU.
+    FastPathFallback = 9,
+}
+
+impl Event {
+    pub const ALL: [Event; 2] = [Event::FastPath, Event::FastPathFallback];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::FastPath => "fast_path",
+            Event::FastPathFallback => "fast_path_fallback",
+        }
+    }
+}
+
+/// First stats slot used for drop reasons; slots below it are hooks and events.
 pub const DROP_SLOT_BASE: u32 = 16;
 
 /// The stats-map index of a hook's counter.
 pub const fn hook_slot(hook: Hook) -> u32 {
     hook as u32
+}
+
+/// The stats-map index of an event's counter.
+pub const fn event_slot(event: Event) -> u32 {
+    event as u32
 }
 
 /// The stats-map index of a drop reason's counter.

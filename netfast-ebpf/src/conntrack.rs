@@ -18,6 +18,7 @@ use netfast_common::{
     },
 };
 
+use crate::outcome::Outcome;
 use crate::{
     maps::{NETFAST_CONFIG, NETFAST_CT, NETFAST_CT_EVENTS},
     nat,
@@ -37,6 +38,24 @@ pub fn config() -> DpConfig {
         Some(cfg) if cfg.tcp_established != 0 => *cfg,
         _ => DpConfig::default(),
     }
+}
+
+/// Whether the fast path is on (the default until the loader writes the settings). Read in
+/// place: a copy of the settings would cost the caller's stack frame 28 bytes.
+#[inline(always)]
+pub fn fast_path() -> bool {
+    match NETFAST_CONFIG.get(0) {
+        Some(cfg) if cfg.tcp_established != 0 => cfg.fast_path != 0,
+        _ => DpConfig::default().fast_path != 0,
+    }
+}
+
+/// Whether inbound filtering is endpoint-independent.
+#[inline(always)]
+pub fn endpoint_independent() -> bool {
+    NETFAST_CONFIG
+        .get(0)
+        .is_some_and(|cfg| cfg.filtering == netfast_common::config::FILTERING_ENDPOINT_INDEPENDENT)
 }
 
 /// The live entry for `key`. An entry past its expiry counts as absent — unless the other
@@ -62,15 +81,10 @@ pub fn lookup(key: &CtKey, now: u32) -> Option<*mut CtEntry> {
 
 /// Bookkeeping for a packet that matched `entry`: counters, TCP state (both entries),
 /// the idle timeout, and the lifetime of the flow's masquerade mapping.
-#[inline(always)]
-pub fn track(
-    key: &CtKey,
-    entry: *mut CtEntry,
-    bytes: u32,
-    tcp_flags: u8,
-    now: u32,
-    cfg: &DpConfig,
-) {
+// Its own BPF function, to keep the callers' stack frames small.
+#[inline(never)]
+pub fn track(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u8, now: u32) {
+    let cfg = &config();
     // SAFETY: a live map value pointer from `lookup`.
     let e = unsafe { &mut *entry };
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
@@ -134,16 +148,43 @@ pub fn track(
     }
 }
 
+/// The two entries of a flow being created (see `maps::NETFAST_SCRATCH`).
+pub struct Pair {
+    pub orig: CtEntry,
+    pub reply: CtEntry,
+}
+
+/// This CPU's scratch pair.
+#[inline(always)]
+pub fn scratch() -> Result<&'static mut Pair, DropReason> {
+    let p = crate::maps::NETFAST_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(DropReason::CtInsertFailed)?;
+    // SAFETY: a per-CPU map value, used by this program run only.
+    Ok(unsafe { &mut *p })
+}
+
 /// Inserts a new flow: the reply entry first with `BPF_NOEXIST` (two flows can never share
 /// an external tuple), then the original one; the first is removed if the second fails.
-#[inline(always)]
+#[inline(never)]
 pub fn insert_pair(
     orig_key: &CtKey,
     orig: &CtEntry,
     reply_key: &CtKey,
     reply: &CtEntry,
     now: u32,
-) -> Result<(), DropReason> {
+) -> Outcome {
+    Outcome::from(try_insert_pair(orig_key, orig, reply_key, reply, now))
+}
+
+#[inline(always)]
+fn try_insert_pair(
+    orig_key: &CtKey,
+    orig: &CtEntry,
+    reply_key: &CtKey,
+    reply: &CtEntry,
+    now: u32,
+) -> Result<u32, DropReason> {
     if NETFAST_CT
         .insert(reply_key, reply, BPF_NOEXIST as u64)
         .is_err()
@@ -161,19 +202,23 @@ pub fn insert_pair(
         return Err(DropReason::CtInsertFailed);
     }
     emit(CT_EVENT_NEW, orig_key, orig);
-    Ok(())
+    Ok(1)
 }
 
 /// Tells `netfast conntrack watch`; silently nothing when the ring is full or unread.
-#[inline(always)]
+// Its own BPF function: the event is large, and rare.
+#[inline(never)]
 fn emit(kind: u8, key: &CtKey, entry: &CtEntry) {
     if let Some(mut slot) = NETFAST_CT_EVENTS.reserve::<CtEvent>(0) {
-        slot.write(CtEvent {
-            key: *key,
-            entry: *entry,
-            kind,
-            _pad: [0; 7],
-        });
+        // Field by field into the ring: a whole event built first would take stack.
+        let ev = slot.as_mut_ptr();
+        // SAFETY: a reserved ring-buffer slot the size of a CtEvent, ours until submitted.
+        unsafe {
+            (*ev).key = *key;
+            (*ev).entry = *entry;
+            (*ev).kind = kind;
+            (*ev)._pad = [0; 7];
+        }
         slot.submit(0);
     }
 }

@@ -1,5 +1,9 @@
-//! Forwarding a translated packet ourselves: a FIB lookup for its (new) destination, then a
-//! redirect to that neighbour, past the host's input and routing path.
+//! Forwarding packets ourselves, past the host's routing and netfilter: the fast path, and
+//! hairpin (whose translated source the host's input path would drop as a martian).
+//!
+//! The route is found *before* the packet is translated ([`route`]), so that a packet that
+//! cannot be forwarded here is handed to the host's stack untouched; [`forward`] then does
+//! what a router does (TTL, MACs) and redirects.
 
 use core::mem::{size_of, zeroed};
 
@@ -7,29 +11,104 @@ use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, bpf_fib_lookup,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netfast_common::DropReason;
+use netfast_common::{DropReason, stats::Event};
 
 use crate::{
+    csum,
+    maps::NETFAST_ENDPOINTS,
     nat::ifindex,
-    parse::{ETH_HLEN, IP_DST, IP_SRC, load},
+    parse::{ETH_HLEN, Ipv4, load, store},
+    stats,
 };
 
 const AF_INET: u8 = 2;
+/// Offsets in the IPv4 header.
+const IP_TTL: usize = 8;
+const IP_CSUM: usize = 10;
 
-/// Redirects the packet (already translated) to the neighbour its destination routes to.
-#[inline(always)]
-pub fn redirect(ctx: &TcContext, proto: u8) -> Result<i32, DropReason> {
+/// A packet's addresses after translation, and whether it must be forwarded here whatever
+/// happens (a hairpinned packet: the host's stack would drop it).
+#[derive(Clone, Copy)]
+pub struct Hop {
+    pub src: u32,
+    pub dst: u32,
+    pub must: bool,
+}
+
+/// Where a packet goes next. A plain struct, filled in by [`route`] through a pointer: an
+/// enum returned from a BPF function is copied whole, undefined payload bytes included,
+/// which the verifier refuses.
+#[derive(Clone, Copy)]
+pub struct Route {
+    pub kind: u32,
+    /// The device to redirect to.
+    pub ifindex: u32,
+    /// The frame's new destination and source MACs ([`PEER`] and [`NEIGH`]).
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+/// No route here: the host's stack handles the packet.
+pub const NONE: u32 = 0;
+/// A container of ours: straight into its namespace (`bpf_redirect_peer`).
+pub const PEER: u32 = 1;
+/// Out of `ifindex` to a resolved neighbour (`bpf_redirect`).
+pub const NEIGH: u32 = 2;
+/// Out of `ifindex`, the neighbour to be resolved by the kernel (`bpf_redirect_neigh`).
+pub const RESOLVE: u32 = 3;
+
+impl Route {
+    pub const NONE: Route = Route {
+        kind: NONE,
+        ifindex: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+    };
+}
+
+/// Finds the route of a packet from `hop.src` to `hop.dst` (its addresses after
+/// translation) into `out`. False when the host's stack must handle the packet: a TTL about
+/// to expire (the stack sends the ICMP error), a fragment, no route, a packet over the MTU.
+/// A hairpinned packet (`hop.must`) cannot go to the stack: it is routed whatever its TTL,
+/// fragments and size.
+// Its own BPF function: the FIB request alone takes 64 bytes of stack.
+#[inline(never)]
+pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
+    let Hop { src, dst, must } = *hop;
+    let Ok(ttl) = load::<u8>(ctx, ETH_HLEN + IP_TTL) else {
+        return false;
+    };
+    if !must && (ttl <= 1 || ip.frag != crate::parse::Frag::None) {
+        return false;
+    }
+    // SAFETY: map values are plain data, copied at once.
+    if let Some(ep) = unsafe { NETFAST_ENDPOINTS.get(dst) } {
+        *out = Route {
+            kind: PEER,
+            ifindex: ep.ifindex,
+            dmac: ep.mac,
+            smac: ep.gw_mac,
+        };
+        return true;
+    }
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = (ctx.len() as u16).saturating_sub(ETH_HLEN as u16);
+    params.l4_protocol = ip.proto;
+    // A GSO packet is segmented later to the route's MTU: check the MTU only for others.
+    // SAFETY: reading a field of the context the kernel passed in.
+    let gso = must || unsafe { (*ctx.skb.skb).gso_segs } > 1;
+    params.__bindgen_anon_1.tot_len = if gso {
+        0
+    } else {
+        (ctx.len() as u16).saturating_sub(ETH_HLEN as u16)
+    };
     params.ifindex = ifindex(ctx);
-    params.__bindgen_anon_3.ipv4_src = load(ctx, ETH_HLEN + IP_SRC)?;
-    params.__bindgen_anon_4.ipv4_dst = load(ctx, ETH_HLEN + IP_DST)?;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the context and a parameter block on our stack, with its size.
     let ret = unsafe {
         fib_lookup(
@@ -39,15 +118,63 @@ pub fn redirect(ctx: &TcContext, proto: u8) -> Result<i32, DropReason> {
             0,
         )
     };
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        return Err(DropReason::NoRoute);
+    let kind = if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        NEIGH
+    } else if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        RESOLVE
+    } else {
+        return false;
+    };
+    *out = Route {
+        kind,
+        ifindex: params.ifindex,
+        dmac: params.dmac,
+        smac: params.smac,
+    };
+    true
+}
+
+/// Decrements the TTL (and the header checksum with it), as the router we stand in for.
+#[inline(always)]
+fn hop(ctx: &TcContext) -> Result<(), DropReason> {
+    let word: u16 = load(ctx, ETH_HLEN + IP_TTL)?;
+    let ttl = word.to_ne_bytes();
+    if ttl[0] <= 1 {
+        // Only a hairpinned packet gets here so: it is delivered, not expired.
+        return Ok(());
     }
-    // The neighbour subsystem fills in both MACs (and resolves the neighbour if it must).
-    // SAFETY: a helper taking an ifindex and no parameters.
-    let ret = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+    let new = u16::from_ne_bytes([ttl[0].wrapping_sub(1), ttl[1]]);
+    store(ctx, ETH_HLEN + IP_TTL, new)?;
+    let check: u16 = load(ctx, ETH_HLEN + IP_CSUM)?;
+    store(ctx, ETH_HLEN + IP_CSUM, csum::replace16(check, word, new))
+}
+
+/// Sends the (translated) packet along `route`.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
+    hop(ctx)?;
+    if route.kind == PEER || route.kind == NEIGH {
+        store(ctx, 0, route.dmac)?;
+        store(ctx, 6, route.smac)?;
+    }
+    // SAFETY: helpers taking an ifindex and flags (and no parameter block).
+    let ret = unsafe {
+        match route.kind {
+            PEER => bpf_redirect_peer(route.ifindex, 0),
+            NEIGH => bpf_redirect(route.ifindex, 0),
+            _ => bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0),
+        }
+    };
     if ret as i32 == TC_ACT_REDIRECT {
+        stats::count_event(ctx, Event::FastPath);
         Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::NoRoute)
     }
+}
+
+/// Counts a packet the fast path had to leave to the stack.
+#[inline(always)]
+pub fn fallback(ctx: &TcContext) {
+    stats::count_event(ctx, Event::FastPathFallback);
 }

@@ -12,6 +12,7 @@ use netfast_common::{
     },
 };
 
+use crate::outcome::Outcome;
 use crate::{
     conntrack, csum,
     nat::rewrite_l3,
@@ -24,13 +25,19 @@ const ICMP_HLEN: usize = 8;
 
 /// Translates an ICMP error about a tracked flow. False when it is about none (it may be for
 /// the host itself; the caller decides).
+// Its own BPF function: rare, and heavy on the stack.
+#[inline(never)]
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Outcome {
+    Outcome::from(try_translate_error(ctx, ip, now))
+}
+
 #[inline(always)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, DropReason> {
-    let inner = ip.l4 + ICMP_HLEN;
+fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, DropReason> {
+    let inner = ip.l4() + ICMP_HLEN;
     let h = header::<20>(ctx, inner)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
-        return Ok(false);
+        return Ok(0);
     }
     let proto = h[9];
     let src = be32(&h, IP_SRC);
@@ -43,15 +50,15 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, Dro
         }
         PROTO_ICMP => match icmp(ctx, l4)? {
             L4::Flow { sport, dport, .. } => (sport, dport),
-            _ => return Ok(false),
+            _ => return Ok(0),
         },
-        _ => return Ok(false),
+        _ => return Ok(0),
     };
     // The embedded packet went out translated; a reply to it would match this entry, and
     // the error is undone the way that reply would be.
     let key = CtKey::new(dst, src, dport, sport, proto);
     let Some(entry) = conntrack::lookup(&key, now) else {
-        return Ok(false);
+        return Ok(0);
     };
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
     let e = unsafe { *entry };
@@ -60,19 +67,28 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<bool, Dro
     // rewrites on the opposite sides, and its outer header where it names the same endpoint
     // (an error from a router keeps the router's address).
     if e.flags & CT_F_REWRITE_DST != 0 {
-        rewrite_embedded(ctx, ip.l4, inner, l4, proto, true, e.dst_addr, e.dst_port)?;
+        rewrite_embedded(ctx, ip.l4(), inner, l4, proto, true, e.dst_addr, e.dst_port)?;
         if ip.dst == key.dst_addr {
             rewrite_l3(ctx, false, e.dst_addr)?;
         }
     }
     if e.flags & CT_F_REWRITE_SRC != 0 {
-        rewrite_embedded(ctx, ip.l4, inner, l4, proto, false, e.src_addr, e.src_port)?;
+        rewrite_embedded(
+            ctx,
+            ip.l4(),
+            inner,
+            l4,
+            proto,
+            false,
+            e.src_addr,
+            e.src_port,
+        )?;
         if ip.src == key.src_addr {
             rewrite_l3(ctx, true, e.src_addr)?;
         }
     }
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
-    Ok(true)
+    Ok(1)
 }
 
 /// Rewrites the embedded packet's source (or destination) address and port, its IPv4 and

@@ -13,6 +13,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod nat;
+mod outcome;
 mod parse;
 mod publish;
 mod sock;

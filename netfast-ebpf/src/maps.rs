@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use netfast_common::{
     Traffic,
-    config::{DpConfig, NetInfo},
+    config::{DpConfig, Endpoint, NetInfo},
     conntrack::{CtEntry, CtKey},
     maps::{
-        ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, FRAGMENTS_MAX, HOST_ADDRS_MAX,
-        MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS,
+        ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, ENDPOINTS_MAX, FRAGMENTS_MAX,
+        HOST_ADDRS_MAX, MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS,
     },
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     publish::{AllowKey, HostInfo, PubKey, PubTarget, SockRevNat},
@@ -82,3 +82,13 @@ pub static NETFAST_HOST: Array<HostInfo> = Array::with_max_entries(1, 0);
 #[map]
 pub static NETFAST_SOCK_REVNAT: LruHashMap<u64, SockRevNat> =
     LruHashMap::with_max_entries(SOCK_REVNAT_MAX, 0);
+
+/// `maps::ENDPOINTS`: netfast's containers, for the fast path's redirect to their veth peer.
+#[map]
+pub static NETFAST_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(ENDPOINTS_MAX, 0);
+
+/// Per-CPU scratch space for the two entries of a flow being created: they would not fit a
+/// BPF stack frame beside everything else on the way.
+#[map]
+pub static NETFAST_SCRATCH: PerCpuArray<crate::conntrack::Pair> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -27,10 +27,13 @@ use netfast_common::{
     },
 };
 
+use crate::outcome::Outcome;
 use crate::{
     conntrack, csum,
     maps::{NETFAST_FRAGS, NETFAST_NAT_BIND, NETFAST_NAT_CLAIM, NETFAST_NETWORKS},
-    parse::{ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, load, port_offsets, store},
+    parse::{
+        ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, Pkt, load, port_offsets, ptr_at, store,
+    },
     stats,
 };
 
@@ -84,11 +87,22 @@ fn rewrite_side(
     if ip.frag == Frag::Later {
         return Ok(());
     }
-    let (port_off, csum_off) = port_offsets(ip.proto, ip.l4, src_side);
-    let old_port: u16 = load(ctx, port_off)?;
+    let (port_at, csum_off) = port_offsets(ip.proto, src_side);
+    // The ports and the ICMP identifier are all in the first 8 bytes of the L4 header:
+    // check those once, then reach the field inside them (a 2-byte field checked on its own
+    // at a variable offset gets split into byte loads the verifier cannot bound).
+    let h = ptr_at::<[u8; 8]>(ctx, ip.l4())?;
+    // SAFETY: `h` is in bounds (checked by ptr_at) and port_at + 1 < 8.
+    let old_port = unsafe { u16::from_ne_bytes([(*h)[port_at], (*h)[port_at + 1]]) };
     if old_port != port {
-        store(ctx, port_off, port)?;
+        let bytes = port.to_ne_bytes();
+        // SAFETY: as above.
+        unsafe {
+            (*h)[port_at] = bytes[0];
+            (*h)[port_at + 1] = bytes[1];
+        }
     }
+    let csum_off = ip.l4() + csum_off;
     // The checksum helpers come last: they invalidate every packet pointer.
     if old_addr != addr && ip.proto != PROTO_ICMP {
         csum::l4_addr(ctx, ip.proto, csum_off, old_addr, addr)?;
@@ -101,14 +115,21 @@ fn rewrite_side(
 
 /// Applies an entry's rewrites to the packet keyed `key`, and records a first fragment's
 /// translation for the fragments that follow.
+// Its own BPF function: both the per-packet path and the flow openers call it, and inlined
+// it would make both stack frames too large for the two to nest.
+#[inline(never)]
+pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &CtKey, e: &CtEntry, now: u32) -> Outcome {
+    Outcome::from(try_apply(ctx, ip, key, e, now))
+}
+
 #[inline(always)]
-pub fn apply(
+fn try_apply(
     ctx: &TcContext,
     ip: &Ipv4,
     key: &CtKey,
     e: &CtEntry,
     now: u32,
-) -> Result<(), DropReason> {
+) -> Result<u32, DropReason> {
     if e.flags & CT_F_REWRITE_SRC != 0 {
         rewrite_side(ctx, ip, true, e.src_addr, e.src_port)?;
     }
@@ -134,7 +155,7 @@ pub fn apply(
         // A lost record only costs the later fragments, which are then counted as drops.
         let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
     }
-    Ok(())
+    Ok(1)
 }
 
 /// Gives a later fragment the addresses its first fragment got, at the hook that translated
@@ -227,8 +248,9 @@ fn claim_port(ck: &NatClaimKey, claim: &NatClaim, now: u32) -> bool {
 /// exactly that tuple, or a UDP socket bound to the port. Masquerade must not take such a
 /// port, or the remote would see two conversations as one (iptables avoids it because host
 /// flows share its conntrack table; here the kernel's socket tables are asked instead).
-#[inline(always)]
-fn host_uses(ctx: &TcContext, proto: u8, remote: (u32, u16), ext_addr: u32, port: u16) -> bool {
+// Its own BPF function: the socket tuple takes stack, and this runs for new mappings only.
+#[inline(never)]
+fn host_uses(ctx: &TcContext, proto: u8, remote: &(u32, u16), ext_addr: u32, port: u16) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
@@ -287,7 +309,7 @@ fn new_mapping(
         }
         let port = port.to_be();
         // Not a port the host uses itself, nor one it publishes.
-        if host_uses(ctx, bk.proto, remote, bk.ext_addr, port)
+        if host_uses(ctx, bk.proto, &remote, bk.ext_addr, port)
             || crate::publish::published(bk.ext_addr, port, bk.proto).is_some()
         {
             continue;
@@ -383,6 +405,17 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
     entry.map_expires = until;
 }
 
+/// Translates the packet that opened a flow: the flow's original entry is still in this
+/// CPU's scratch pair. (The openers leave it to their caller, so that `apply` and the
+/// openers' stack frames never nest.)
+#[inline(always)]
+pub fn apply_opened(ctx: &TcContext, p: &Pkt) -> Result<(), DropReason> {
+    let pair = conntrack::scratch()?;
+    apply(ctx, &p.ip, &p.key, &pair.orig, p.now).get()?;
+    stats::count_network(ctx, pair.orig.net_id, pair.orig.flags & CT_F_INWARD != 0);
+    Ok(())
+}
+
 /// The masquerade mapping of the source of `key` on the network's external address, counted
 /// as used by one more flow: the live one, or a new one.
 #[inline(always)]
@@ -418,16 +451,17 @@ pub fn mapping(
 
 /// The first packet of a flow from a masqueraded network leaving through its uplink: map
 /// its source endpoint (endpoint-independent), track the flow, translate the packet.
+// Its own BPF function: a new flow's entries would not fit the caller's stack frame.
+#[inline(never)]
+pub fn snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Outcome {
+    Outcome::from(try_snat_new_flow(ctx, p, net))
+}
+
 #[inline(always)]
-pub fn snat_new_flow(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    key: &CtKey,
-    tcp_flags: u8,
-    net: &NetInfo,
-    cfg: &DpConfig,
-    now: u32,
-) -> Result<(), DropReason> {
+fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, DropReason> {
+    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let cfg = &crate::conntrack::config();
+
     let tcp = TcpFlags::from_byte(tcp_flags);
     let state = if key.proto == PROTO_TCP {
         if tcp.rst {
@@ -441,7 +475,8 @@ pub fn snat_new_flow(
     let expires = now + t;
     let until = expires + mapping_slack(t);
     let (bk, ext_port) = mapping(ctx, key, net, cfg, now, until)?;
-    let orig = CtEntry {
+    let pair = conntrack::scratch()?;
+    pair.orig = CtEntry {
         expires,
         created: now,
         src_addr: net.ext_addr,
@@ -457,8 +492,8 @@ pub fn snat_new_flow(
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
-    let reply_key = orig.peer_key(key);
-    let reply = CtEntry {
+    let reply_key = pair.orig.peer_key(key);
+    pair.reply = CtEntry {
         src_addr: 0,
         src_port: 0,
         dst_addr: key.src_addr,
@@ -466,34 +501,34 @@ pub fn snat_new_flow(
         flags: CT_F_REWRITE_DST | CT_F_REPLY | CT_F_MASQ_DST | CT_F_INWARD,
         packets: 0,
         bytes: 0,
-        ..orig
+        ..pair.orig
     };
-    if let Err(reason) = conntrack::insert_pair(key, &orig, &reply_key, &reply, now) {
+    if let Err(reason) = conntrack::insert_pair(key, &pair.orig, &reply_key, &pair.reply, now).get()
+    {
         unuse_mapping(&bk, ext_port);
         return Err(reason);
     }
-    apply(ctx, ip, key, &orig, now)?;
-    stats::count_network(ctx, net.id, false);
-    Ok(())
+    Ok(1)
 }
 
 /// Endpoint-independent filtering: the first packet from outside to a mapped external port,
 /// from an endpoint the internal one never contacted, opens a flow to it. TCP only on SYN.
 /// False when the packet is not for a live mapping.
+#[inline(never)]
+pub fn eif_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
+    Outcome::from(try_eif_new_flow(ctx, p))
+}
+
 #[inline(always)]
-pub fn eif_new_flow(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    key: &CtKey,
-    tcp_flags: u8,
-    cfg: &DpConfig,
-    now: u32,
-) -> Result<bool, DropReason> {
+fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
+    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let cfg = &crate::conntrack::config();
+
     let tcp = TcpFlags::from_byte(tcp_flags);
     match key.proto {
         PROTO_UDP => {}
         PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => {}
-        _ => return Ok(false),
+        _ => return Ok(0),
     }
     let ck = NatClaimKey {
         ext_addr: key.dst_addr,
@@ -502,12 +537,12 @@ pub fn eif_new_flow(
         _pad: 0,
     };
     let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(ck) else {
-        return Ok(false);
+        return Ok(0);
     };
     // SAFETY: a map value pointer, valid for this program run.
     let claim = unsafe { *claim };
     if claim.expires < now {
-        return Ok(false);
+        return Ok(0);
     }
     let state = if key.proto == PROTO_TCP {
         tcp_next(TcpState::None, tcp, false, 0).0
@@ -525,9 +560,10 @@ pub fn eif_new_flow(
         _pad: 0,
     };
     if reuse_mapping(&bk, now, until) != Some(key.dst_port) {
-        return Ok(false);
+        return Ok(0);
     }
-    let orig = CtEntry {
+    let pair = conntrack::scratch()?;
+    pair.orig = CtEntry {
         expires,
         created: now,
         src_addr: 0,
@@ -543,8 +579,8 @@ pub fn eif_new_flow(
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
-    let reply_key = orig.peer_key(key);
-    let reply = CtEntry {
+    let reply_key = pair.orig.peer_key(key);
+    pair.reply = CtEntry {
         src_addr: key.dst_addr,
         src_port: key.dst_port,
         dst_addr: 0,
@@ -552,13 +588,12 @@ pub fn eif_new_flow(
         flags: CT_F_REWRITE_SRC | CT_F_REPLY | CT_F_MASQ_SRC,
         packets: 0,
         bytes: 0,
-        ..orig
+        ..pair.orig
     };
-    if let Err(reason) = conntrack::insert_pair(key, &orig, &reply_key, &reply, now) {
+    if let Err(reason) = conntrack::insert_pair(key, &pair.orig, &reply_key, &pair.reply, now).get()
+    {
         unuse_mapping(&bk, key.dst_port);
         return Err(reason);
     }
-    apply(ctx, ip, key, &orig, now)?;
-    stats::count_network(ctx, claim.net_id, true);
-    Ok(true)
+    Ok(1)
 }

@@ -100,13 +100,25 @@ pub enum Frag {
 /// An IPv4 header, fields in network byte order.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
-    /// Offset of the L4 header in the frame.
-    pub l4: usize,
+    /// Offset of the L4 header in the frame. A u32, not a usize: LLVM stores a usize it knows
+    /// to be small as two 32-bit halves and reloads it whole, which loses the verifier the
+    /// bounds it needs before the offset meets a packet pointer.
+    l4_off: u32,
     pub proto: u8,
     pub src: u32,
     pub dst: u32,
     pub id: u16,
     pub frag: Frag,
+}
+
+impl Ipv4 {
+    /// Offset of the L4 header in the frame. Always below 128 (14 + at most 60); the mask
+    /// says so to the verifier, which sees no bounds on a value read back from memory (a
+    /// BPF function gets `Ipv4` by reference) and then refuses to add it to a packet pointer.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4_off & 0x7f) as usize
+    }
 }
 
 /// The IPv4 header of an Ethernet frame, or `None` for anything else (ARP, IPv6, …).
@@ -129,7 +141,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
         Frag::None
     };
     Ok(Some(Ipv4 {
-        l4: ETH_HLEN + ihl,
+        l4_off: (ETH_HLEN + ihl) as u32,
         proto: h[9],
         src: be32(&h, IP_SRC),
         dst: be32(&h, IP_DST),
@@ -160,7 +172,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
     }
     match ip.proto {
         PROTO_TCP => {
-            let h = header::<20>(ctx, ip.l4)?;
+            let h = header::<20>(ctx, ip.l4())?;
             Ok(L4::Flow {
                 sport: be16(&h, 0),
                 dport: be16(&h, 2),
@@ -168,14 +180,14 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
             })
         }
         PROTO_UDP => {
-            let h = header::<8>(ctx, ip.l4)?;
+            let h = header::<8>(ctx, ip.l4())?;
             Ok(L4::Flow {
                 sport: be16(&h, 0),
                 dport: be16(&h, 2),
                 tcp_flags: 0,
             })
         }
-        PROTO_ICMP => icmp(ctx, ip.l4),
+        PROTO_ICMP => icmp(ctx, ip.l4()),
         _ => Ok(L4::Other),
     }
 }
@@ -200,14 +212,24 @@ pub fn icmp(ctx: &TcContext, off: usize) -> Result<L4, DropReason> {
     }
 }
 
-/// Offset of the port (TCP/UDP) or identifier (ICMP echo) a rewrite changes, and of the
-/// checksum that covers it.
+/// Where, from the start of the L4 header, the port (TCP/UDP) or identifier (ICMP echo) a
+/// rewrite changes is, and the checksum that covers it.
 #[inline(always)]
-pub fn port_offsets(proto: u8, l4: usize, source: bool) -> (usize, usize) {
+pub fn port_offsets(proto: u8, source: bool) -> (usize, usize) {
     match proto {
-        PROTO_TCP => (if source { l4 } else { l4 + 2 }, l4 + 16),
-        PROTO_UDP => (if source { l4 } else { l4 + 2 }, l4 + 6),
+        PROTO_TCP => (if source { 0 } else { 2 }, 16),
+        PROTO_UDP => (if source { 0 } else { 2 }, 6),
         // ICMP echo: one identifier field, whichever side is rewritten.
-        _ => (l4 + 4, l4 + 2),
+        _ => (4, 2),
     }
+}
+
+/// What every step needs to know of a packet with ports, gathered once. Passed by reference
+/// to the BPF functions that open flows (a BPF call takes at most five arguments).
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    pub ip: Ipv4,
+    pub key: netfast_common::conntrack::CtKey,
+    pub tcp_flags: u8,
+    pub now: u32,
 }

@@ -14,12 +14,12 @@ use netfast_common::{
     publish::{AllowKey, PubKey, PubTarget},
 };
 
+use crate::outcome::Outcome;
 use crate::{
     conntrack,
     maps::{NETFAST_ALLOW, NETFAST_HOST_ADDRS, NETFAST_PUBLISHED},
     nat,
-    parse::Ipv4,
-    stats,
+    parse::Pkt,
 };
 
 /// The publication of `(addr, port)` for `proto`: one for that address, or one for every
@@ -84,20 +84,21 @@ fn opening(key: &CtKey, tcp_flags: u8, cfg: &DpConfig) -> Option<(TcpState, u32)
 /// A client from outside opens a flow to a published port: its destination becomes the
 /// container, and the container's replies get the published address and port back.
 /// False when the packet cannot open a flow (it goes to the host, which answers as usual).
+#[inline(never)]
+pub fn dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Outcome {
+    Outcome::from(try_dnat_new_flow(ctx, p, target))
+}
+
 #[inline(always)]
-pub fn dnat_new_flow(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    key: &CtKey,
-    tcp_flags: u8,
-    target: &PubTarget,
-    cfg: &DpConfig,
-    now: u32,
-) -> Result<bool, DropReason> {
+fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32, DropReason> {
+    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let cfg = &crate::conntrack::config();
+
     let Some((state, t)) = opening(key, tcp_flags, cfg) else {
-        return Ok(false);
+        return Ok(0);
     };
-    let orig = CtEntry {
+    let pair = conntrack::scratch()?;
+    pair.orig = CtEntry {
         expires: now + t,
         created: now,
         src_addr: 0,
@@ -113,7 +114,7 @@ pub fn dnat_new_flow(
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
-    let reply = CtEntry {
+    pair.reply = CtEntry {
         src_addr: key.dst_addr,
         src_port: key.dst_port,
         dst_addr: 0,
@@ -121,37 +122,39 @@ pub fn dnat_new_flow(
         flags: CT_F_REWRITE_SRC | CT_F_PUBLISHED | CT_F_REPLY,
         packets: 0,
         bytes: 0,
-        ..orig
+        ..pair.orig
     };
-    conntrack::insert_pair(key, &orig, &orig.peer_key(key), &reply, now)?;
-    nat::apply(ctx, ip, key, &orig, now)?;
-    stats::count_network(ctx, target.net_id, true);
-    Ok(true)
+    conntrack::insert_pair(key, &pair.orig, &pair.orig.peer_key(key), &pair.reply, now).get()?;
+    Ok(1)
 }
 
 /// A container opens a flow to a published port of its own host (RFC 4787 REQ-9): the
 /// destination becomes the serving container, and the source the container's masquerade
 /// mapping, so that the server's replies come back through the host to be translated.
 /// Both directions are forwarded by redirect (see `CT_F_REDIRECT`).
+#[inline(never)]
+pub fn hairpin_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget, net: &NetInfo) -> Outcome {
+    Outcome::from(try_hairpin_new_flow(ctx, p, target, net))
+}
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn hairpin_new_flow(
+fn try_hairpin_new_flow(
     ctx: &TcContext,
-    ip: &Ipv4,
-    key: &CtKey,
-    tcp_flags: u8,
+    p: &Pkt,
     target: &PubTarget,
     net: &NetInfo,
-    cfg: &DpConfig,
-    now: u32,
-) -> Result<bool, DropReason> {
+) -> Result<u32, DropReason> {
+    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let cfg = &crate::conntrack::config();
+
     let Some((state, t)) = opening(key, tcp_flags, cfg) else {
-        return Ok(false);
+        return Ok(0);
     };
     let expires = now + t;
     let until = expires + mapping_slack(t);
     let (bk, ext_port) = nat::mapping(ctx, key, net, cfg, now, until)?;
-    let orig = CtEntry {
+    let pair = conntrack::scratch()?;
+    pair.orig = CtEntry {
         expires,
         created: now,
         src_addr: net.ext_addr,
@@ -172,7 +175,7 @@ pub fn hairpin_new_flow(
         packets: 1,
         bytes: u64::from(ctx.len()),
     };
-    let reply = CtEntry {
+    pair.reply = CtEntry {
         src_addr: key.dst_addr,
         src_port: key.dst_port,
         dst_addr: key.src_addr,
@@ -186,13 +189,13 @@ pub fn hairpin_new_flow(
             | CT_F_REPLY,
         packets: 0,
         bytes: 0,
-        ..orig
+        ..pair.orig
     };
-    if let Err(reason) = conntrack::insert_pair(key, &orig, &orig.peer_key(key), &reply, now) {
+    if let Err(reason) =
+        conntrack::insert_pair(key, &pair.orig, &pair.orig.peer_key(key), &pair.reply, now).get()
+    {
         nat::unuse_mapping(&bk, ext_port);
         return Err(reason);
     }
-    nat::apply(ctx, ip, key, &orig, now)?;
-    stats::count_network(ctx, target.net_id, true);
-    Ok(true)
+    Ok(1)
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::{maps::PerCpuArray, programs::TcContext};
 use netfast_common::{
     DropReason, Hook, Traffic,
-    stats::{drop_slot, hook_slot},
+    stats::{Event, drop_slot, event_slot, hook_slot},
 };
 
 use crate::maps::{NETFAST_NET_STATS, NETFAST_STATS};
@@ -38,4 +38,10 @@ pub fn count_network(ctx: &TcContext, net_id: u16, to_containers: bool) {
         u32::from(net_id) * 2 + u32::from(to_containers),
         ctx.len(),
     );
+}
+
+/// Counts an event (see `Event`).
+#[inline(always)]
+pub fn count_event(ctx: &TcContext, event: Event) {
+    count(&NETFAST_STATS, event_slot(event), ctx.len());
 }

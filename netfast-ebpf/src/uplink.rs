@@ -4,16 +4,18 @@
 use aya_ebpf::programs::TcContext;
 use netfast_common::{
     DropReason,
-    config::{FILTERING_ENDPOINT_INDEPENDENT, NET_F_MASQUERADE},
+    config::NET_F_MASQUERADE,
     conntrack::{CT_F_INWARD, CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey},
     verdict::NEXT,
 };
 
 use crate::{
-    conntrack, icmp,
+    conntrack,
+    forward::{self, Hop, Route},
+    icmp,
     maps::NETFAST_NETWORKS,
     nat,
-    parse::{self, Frag, Ipv4, L4},
+    parse::{self, Frag, Ipv4, L4, Pkt},
     publish, stats,
 };
 
@@ -59,7 +61,7 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
             tcp_flags,
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
-            if icmp::translate_error(ctx, &ip, now)? {
+            if icmp::translate_error(ctx, &ip, now).get()? {
                 return Ok(NEXT);
             }
             return forbidden(ctx, egress, &ip, DropReason::IcmpErrorWithoutFlow);
@@ -67,23 +69,50 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
         L4::Other => return forbidden(ctx, egress, &ip, DropReason::UnsupportedProtocol),
     };
     let key = CtKey::new(ip.src, ip.dst, sport, dport, ip.proto);
-    let cfg = conntrack::config();
+    let fast_path = conntrack::fast_path();
     if let Some(entry) = conntrack::lookup(&key, now) {
-        // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
-        let e = unsafe { *entry };
+        // SAFETY (each access): a live map value pointer from `lookup`, read in place.
+        let flags = unsafe { (*entry).flags };
         // Hairpin flows are the bridge's; a tuple of theirs seen here is another packet.
-        if e.flags & CT_F_REDIRECT == 0 {
-            conntrack::track(&key, entry, ctx.len(), tcp_flags, now, &cfg);
+        if flags & CT_F_REDIRECT == 0 {
+            // Towards a container, the fast path takes it from here.
+            let mut r = Route::NONE;
+            let mut fast = false;
+            if !egress && fast_path && flags & CT_F_INWARD != 0 {
+                let t = unsafe { (*entry).translated(&key) };
+                let hop = Hop {
+                    src: t.src_addr,
+                    dst: t.dst_addr,
+                    must: false,
+                };
+                fast = forward::route(ctx, &ip, &hop, &mut r);
+                if !fast {
+                    forward::fallback(ctx);
+                }
+            }
+            conntrack::track(&key, entry, ctx.len(), tcp_flags, now);
+            let e = unsafe { &*entry };
             if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
-                nat::apply(ctx, &ip, &key, &e, now)?;
+                nat::apply(ctx, &ip, &key, e, now).get()?;
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
             }
-            return Ok(NEXT);
+            return if fast {
+                forward::forward(ctx, &r)
+            } else {
+                Ok(NEXT)
+            };
         }
     }
+    let p = Pkt {
+        ip,
+        key,
+        tcp_flags,
+        now,
+    };
     if egress {
         if let Some(net) = nat::masq_network(ip.src, nat::ifindex(ctx)) {
-            nat::snat_new_flow(ctx, &ip, &key, tcp_flags, &net, &cfg, now)?;
+            nat::snat_new_flow(ctx, &p, &net).get()?;
+            nat::apply_opened(ctx, &p)?;
         }
         return Ok(NEXT);
     }
@@ -91,13 +120,24 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
         if !publish::allowed(&target, ip.src) {
             return Err(DropReason::NotAllowed);
         }
+        let mut r = Route::NONE;
+        let hop = Hop {
+            src: ip.src,
+            dst: target.addr,
+            must: false,
+        };
+        let fast = fast_path && forward::route(ctx, &ip, &hop, &mut r);
         // A packet that cannot open a flow (a stray ACK) is the host's to answer.
-        publish::dnat_new_flow(ctx, &ip, &key, tcp_flags, &target, &cfg, now)?;
+        if publish::dnat_new_flow(ctx, &p, &target).get()? {
+            nat::apply_opened(ctx, &p)?;
+            if fast {
+                return forward::forward(ctx, &r);
+            }
+        }
         return Ok(NEXT);
     }
-    if cfg.filtering == FILTERING_ENDPOINT_INDEPENDENT
-        && nat::eif_new_flow(ctx, &ip, &key, tcp_flags, &cfg, now)?
-    {
+    if conntrack::endpoint_independent() && nat::eif_new_flow(ctx, &p).get()? {
+        nat::apply_opened(ctx, &p)?;
         return Ok(NEXT);
     }
     forbidden(ctx, egress, &ip, DropReason::DirectAccess)

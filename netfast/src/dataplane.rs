@@ -596,3 +596,18 @@ impl Dataplane {
         Ok(true)
     }
 }
+
+impl Dataplane {
+    /// Lets the fast path hand packets for `addr` straight to the container behind it.
+    pub fn set_endpoint(
+        &mut self,
+        addr: std::net::Ipv4Addr,
+        ep: &netfast_common::config::Endpoint,
+    ) -> Result<()> {
+        maps::set_endpoint(&mut self.ebpf, addr, ep)
+    }
+
+    pub fn remove_endpoint(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {
+        maps::remove_endpoint(&mut self.ebpf, addr)
+    }
+}

@@ -393,3 +393,26 @@ fn absent(e: &aya::maps::MapError) -> bool {
         _ => false,
     }
 }
+
+pub fn set_endpoint(
+    ebpf: &mut Ebpf,
+    addr: Ipv4Addr,
+    ep: &netfast_common::config::Endpoint,
+) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, u32, netfast_common::config::Endpoint> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::ENDPOINTS)?)
+            .map_err(|e| Error::map(maps::ENDPOINTS, e))?;
+    hm.insert(raw_addr(addr), ep, 0)
+        .map_err(|e| Error::map(maps::ENDPOINTS, e))
+}
+
+pub fn remove_endpoint(ebpf: &mut Ebpf, addr: Ipv4Addr) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, u32, netfast_common::config::Endpoint> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::ENDPOINTS)?)
+            .map_err(|e| Error::map(maps::ENDPOINTS, e))?;
+    match hm.remove(&raw_addr(addr)) {
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
+        Err(e) => Err(Error::map(maps::ENDPOINTS, e)),
+    }
+}

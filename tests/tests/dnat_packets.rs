@@ -439,7 +439,7 @@ fn hairpin_reaches_the_published_container_with_the_source_translated() {
         "C2 → EXT:8080 is redirected to C1:80 from EXT",
         &r,
         verdict::REDIRECT,
-        &want,
+        &packet::routed(&want),
     );
     let synack = packet::tcp(FROM_CONTAINER, C1, ext(C2.1), TcpFlags::SYN_ACK, 5, 2, b"");
     let r = on_bridge(&mut t, &synack);
@@ -448,7 +448,7 @@ fn hairpin_reaches_the_published_container_with_the_source_translated() {
         "C1's reply reaches C2 from EXT:8080",
         &r,
         verdict::REDIRECT,
-        &want,
+        &packet::routed(&want),
     );
     // The serving container itself.
     let own = packet::tcp(
@@ -466,7 +466,7 @@ fn hairpin_reaches_the_published_container_with_the_source_translated() {
         "C1 → EXT:8080 comes back to C1",
         &r,
         verdict::REDIRECT,
-        &want,
+        &packet::routed(&want),
     );
     // A masqueraded flow is left to the uplink: the bridge does not translate it.
     run(

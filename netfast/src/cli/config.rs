@@ -31,6 +31,10 @@ pub struct ConfigArgs {
     /// Idle timeout of ICMP echo flows, seconds [default: 60].
     #[arg(long, value_name = "SECONDS")]
     timeout_icmp: Option<u32>,
+    /// Forward translated flows in eBPF past the host's routing and netfilter (on), or hand
+    /// them to the host's stack (off, for comparison) [default: on].
+    #[arg(long, value_enum)]
+    fast_path: Option<netfast::loader::model::Switch>,
     /// Print the settings as JSON.
     #[arg(long)]
     json: bool,
@@ -48,6 +52,9 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.port_range {
         cfg.port_range = v;
+    }
+    if let Some(v) = args.fast_path {
+        cfg.fast_path = v;
     }
     let t = &mut cfg.timeouts;
     for (field, value) in [

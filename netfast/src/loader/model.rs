@@ -193,6 +193,17 @@ pub struct DataplaneConfig {
     /// Ports masquerade picks from when a container's own port is taken: `MIN-MAX`.
     pub port_range: String,
     pub timeouts: Timeouts,
+    /// Forward translated flows past the host's routing and netfilter.
+    pub fast_path: Switch,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
 }
 
 impl Default for DataplaneConfig {
@@ -203,6 +214,7 @@ impl Default for DataplaneConfig {
             filtering: Filtering::default(),
             port_range: format!("{}-{}", d.port_min, d.port_max),
             timeouts: Timeouts::default(),
+            fast_path: Switch::On,
         }
     }
 }

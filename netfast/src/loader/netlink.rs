@@ -29,6 +29,8 @@ pub struct Link {
     pub up: bool,
     /// `bridge`, `veth`, … when the kernel says.
     pub kind: Option<String>,
+    /// Its MAC address, for an Ethernet link.
+    pub mac: Option<[u8; 6]>,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
@@ -39,12 +41,14 @@ fn link_of(msg: &LinkMessage) -> Link {
         controller: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         kind: None,
+        mac: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {

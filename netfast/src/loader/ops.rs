@@ -374,6 +374,23 @@ impl Loader {
             inside.add_address(&eth0, ip, network.subnet.prefix_len())?;
             inside.set_up(&eth0)?;
             inside.add_default_route(network.gateway)?;
+            // The fast path delivers straight into the container: its veth, its MAC, and
+            // the gateway's MAC as the frame's source.
+            let eth0 = inside
+                .link("eth0")?
+                .ok_or_else(|| Error::NoInterface("eth0".into()))?;
+            if let (Some(mac), Some(gw_mac), Some(mut dp)) =
+                (eth0.mac, bridge.mac, Dataplane::open_existing(&self.host)?)
+            {
+                dp.set_endpoint(
+                    ip,
+                    &netfast_common::config::Endpoint {
+                        ifindex: host_side.index,
+                        mac,
+                        gw_mac,
+                    },
+                )?;
+            }
             Ok(())
         })?;
         out.push(format!(
@@ -609,6 +626,9 @@ fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Resul
 }
 
 fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result<()> {
+    if let Some(mut dp) = Dataplane::open_existing(&Host::current()?)? {
+        dp.remove_endpoint(c.ip)?;
+    }
     if let Some(veth) = nl.link(&c.veth)? {
         nl.delete_link(&veth)?;
     }

@@ -247,7 +247,8 @@ pub fn dataplane(
                 }
                 super::model::Filtering::EndpointIndependent => FILTERING_ENDPOINT_INDEPENDENT,
             },
-            _pad: [0; 3],
+            fast_path: u8::from(cfg.fast_path == super::model::Switch::On),
+            _pad: [0; 2],
         },
     })
 }

@@ -171,6 +171,26 @@ pub fn icmp_echo(
     frame
 }
 
+/// The frame as a router forwards it: TTL one less, the header checksum recomputed.
+pub fn routed(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN + 8] -= 1;
+    f[ETH_HLEN + 10] = 0;
+    f[ETH_HLEN + 11] = 0;
+    let ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
+    let sum = !fold(ones_complement_sum(0, &f[ETH_HLEN..ETH_HLEN + ihl]));
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// The frame with its Ethernet addresses replaced (what a redirect to a neighbour writes).
+pub fn with_macs(frame: &[u8], macs: Macs) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&macs.dst);
+    f[6..12].copy_from_slice(&macs.src);
+    f
+}
+
 /// The IP packet inside an Ethernet frame (what an ICMP error quotes).
 pub fn ip_packet(frame: &[u8]) -> &[u8] {
     &frame[ETH_HLEN..]
