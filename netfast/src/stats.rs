@@ -18,8 +18,17 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     pub hooks: Vec<HookStats>,
+    /// Packets the fast path forwarded, and those it left to the host's stack.
+    pub events: Vec<EventStats>,
     pub drops: Vec<DropStats>,
     pub networks: Vec<NetworkStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventStats {
+    pub event: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Translated traffic of one network.
@@ -63,6 +72,17 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    pub fn event(&self, event: netfast_common::stats::Event) -> Traffic {
+        self.events
+            .iter()
+            .find(|e| e.event == event.name())
+            .map(|e| Traffic {
+                packets: e.packets,
+                bytes: e.bytes,
+            })
+            .unwrap_or_default()
+    }
+
     pub fn dropped(&self, reason: DropReason) -> Traffic {
         self.drops
             .iter()
@@ -91,6 +111,14 @@ pub fn read(map: &PerCpuArray<&MapData, Traffic>) -> Result<Stats> {
         let t = sum_slot(map, hook_slot(hook))?;
         stats.hooks.push(HookStats {
             hook: hook.name(),
+            packets: t.packets,
+            bytes: t.bytes,
+        });
+    }
+    for event in netfast_common::stats::Event::ALL {
+        let t = sum_slot(map, netfast_common::stats::event_slot(event))?;
+        stats.events.push(EventStats {
+            event: event.name(),
             packets: t.packets,
             bytes: t.bytes,
         });

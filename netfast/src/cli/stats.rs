@@ -19,6 +19,9 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     for h in &stats.hooks {
         println!("{:<18} {:>12} {:>14}", h.hook, h.packets, h.bytes);
     }
+    for e in &stats.events {
+        println!("{:<18} {:>12} {:>14}", e.event, e.packets, e.bytes);
+    }
     println!();
     println!(
         "{:<4} {:<18} {:>10} {:>12} {:>10} {:>12}",
