@@ -6,10 +6,12 @@
 //! guards even when a test panics. Namespaces left by a process that died (killed, so no
 //! destructor ran) are swept by the next run.
 
+pub mod clients;
 pub mod cmd;
 pub mod netfast_cli;
 pub mod netns;
 pub mod topology;
+pub mod web;
 
 pub use cmd::{Background, run, run_ok};
 pub use netfast_cli::Netfast;

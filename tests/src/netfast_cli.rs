@@ -83,6 +83,31 @@ impl Netfast {
         }
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
+
+    /// `netfast stats --json`.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["stats", "--json"])).expect("stats --json")
+    }
+
+    /// Packets dropped for `reason` (its name in `netfast stats`).
+    pub fn drops(&self, reason: &str) -> u64 {
+        counter(&self.stats(), "drops", "reason", reason)
+    }
+
+    /// Packets counted for event `event` (its name in `netfast stats`, e.g. `fast_path`).
+    pub fn event(&self, event: &str) -> u64 {
+        counter(&self.stats(), "events", "event", event)
+    }
+}
+
+fn counter(stats: &serde_json::Value, list: &str, key: &str, name: &str) -> u64 {
+    stats[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in stats: {stats}"))
+        .iter()
+        .find(|d| d[key] == name)
+        .and_then(|d| d["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no {list} counter {name} in stats: {stats}"))
 }
 
 impl Drop for Netfast {

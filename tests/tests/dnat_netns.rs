@@ -4,110 +4,18 @@
 use std::{thread, time::Duration};
 
 use netfast_tests::{
-    Background, Netfast, TestNetns, Topology,
+    Background, TestNetns,
+    clients::{curl, listening},
     cmd::wait_until,
     require_root, run,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
+    web::{UPLINK_URL, web},
 };
-
-const UPLINK_URL: &str = "http://198.51.100.1:8080/";
-
-/// A host with network `web`, containers `<host>c0` and `<host>c1`, and a web server on
-/// port 80 of c0.
-/// Fields drop in order: the server, then `netfast down`, then the namespaces.
-struct Web {
-    _server: Background,
-    nf: Netfast,
-    topo: Topology,
-    c0: String,
-    c1: String,
-}
-
-fn listening(ns: &str, proto: &str, port: u16) -> bool {
-    let flag = if proto == "udp" { "-lun" } else { "-ltn" };
-    let out = run(&["ip", "netns", "exec", ns, "ss", flag]);
-    String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
-}
-
-fn web() -> Web {
-    let topo = Topology::builder().without_bridge().build();
-    let nf = Netfast::new(&topo.host);
-    nf.ok(&["config", "--ct-max", "4096"]);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        UPLINK,
-    ]);
-    let (c0, c1) = (
-        format!("{}c0", topo.host.name()),
-        format!("{}c1", topo.host.name()),
-    );
-    nf.ok(&["container", "create", &c0, "--network", "web"]);
-    nf.ok(&["container", "create", &c1, "--network", "web"]);
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &c0,
-        "python3",
-        "-m",
-        "http.server",
-        "80",
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || listening(&c0, "tcp", 80)),
-        "http.server did not start"
-    );
-    Web {
-        topo,
-        nf,
-        c0,
-        c1,
-        _server: server,
-    }
-}
-
-/// `curl` from namespace `ns`; the HTTP code, or "000" when it could not connect.
-fn curl(ns: &str, url: &str, extra: &[&str]) -> String {
-    let mut argv = vec![
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "3",
-    ];
-    argv.extend_from_slice(extra);
-    argv.push(url);
-    String::from_utf8_lossy(&run(&argv).stdout).into_owned()
-}
-
-fn drops(nf: &Netfast, reason: &str) -> u64 {
-    let stats: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["stats", "--json"])).expect("json");
-    stats["drops"]
-        .as_array()
-        .expect("drops")
-        .iter()
-        .find(|d| d["reason"] == reason)
-        .and_then(|d| d["packets"].as_u64())
-        .expect("reason")
-}
 
 #[test]
 fn an_outside_client_reaches_a_published_container() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     let out = w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     assert!(out.contains("published 8080/tcp to"), "{out}");
     assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
@@ -133,7 +41,7 @@ fn an_outside_client_reaches_a_published_container() {
 #[test]
 fn udp_echo_through_a_published_range() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     let _echo: Vec<Background> = [5000, 5001]
         .iter()
         .map(|p| {
@@ -171,7 +79,7 @@ fn udp_echo_through_a_published_range() {
 #[test]
 fn hairpin_works_from_another_container_and_from_the_server_itself() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     assert_eq!(
         curl(&w.c1, UPLINK_URL, &[]),
@@ -188,7 +96,7 @@ fn hairpin_works_from_another_container_and_from_the_server_itself() {
 #[test]
 fn the_host_reaches_its_published_ports_and_other_namespaces_are_untouched() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     let host = w.topo.host.name();
     assert_eq!(
@@ -245,7 +153,7 @@ fn the_host_reaches_its_published_ports_and_other_namespaces_are_untouched() {
 #[test]
 fn an_allow_list_refuses_other_clients_and_counts_them() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     // A second client address outside, in 192.0.2.0/24, routed by the host.
     w.topo
         .outside
@@ -279,13 +187,13 @@ fn an_allow_list_refuses_other_clients_and_counts_them() {
         "000",
         "198.51.100.2 is not allowed"
     );
-    assert!(drops(&w.nf, "not_allowed") > 0);
+    assert!(w.nf.drops("not_allowed") > 0);
 }
 
 #[test]
 fn direct_access_to_a_container_is_dropped() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     // An outside host that routes the container subnet through the host.
     w.topo.outside.exec_ok(&[
         "ip",
@@ -299,13 +207,13 @@ fn direct_access_to_a_container_is_dropped() {
         curl(w.topo.outside.name(), "http://172.18.0.2:80/", &[]),
         "000"
     );
-    assert!(drops(&w.nf, "direct_access") > 0);
+    assert!(w.nf.drops("direct_access") > 0);
 }
 
 #[test]
 fn two_networks_cannot_reach_each_others_containers() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     w.nf.ok(&[
         "network",
         "create",
@@ -343,7 +251,7 @@ fn two_networks_cannot_reach_each_others_containers() {
         "172.19.0.2",
     ]);
     assert!(!out.status.success(), "web reached db");
-    assert!(drops(&w.nf, "inter_network") >= 2);
+    assert!(w.nf.drops("inter_network") >= 2);
     // Each still reaches the outside and its own gateway.
     netfast_tests::run_ok(&[
         "ip",
@@ -375,7 +283,7 @@ fn two_networks_cannot_reach_each_others_containers() {
 #[test]
 fn publishing_twice_is_refused_and_a_host_listener_is_named() {
     require_root();
-    let w = web();
+    let w = web(&[]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     let err =
         w.nf.fails(&["publish", "web", &format!("8000-8100:{}", w.c1)]);

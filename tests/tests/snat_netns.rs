@@ -11,6 +11,7 @@ use std::{thread, time::Duration};
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Background, Netfast, Topology,
+    clients::listening,
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run_ok,
@@ -49,11 +50,6 @@ fn assert_no_kernel_nat(topo: &Topology) {
     );
 }
 
-fn listening(ns: &netfast_tests::TestNetns, proto: &str, port: u16) -> bool {
-    let flag = if proto == "udp" { "-lun" } else { "-ltn" };
-    ns.exec_ok(&["ss", flag]).contains(&format!(":{port} "))
-}
-
 #[test]
 fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     require_root();
@@ -73,7 +69,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     ]);
     assert!(
         wait_until(Duration::from_secs(10), || listening(
-            &topo.outside,
+            topo.outside.name(),
             "tcp",
             8000
         )),
@@ -225,7 +221,7 @@ fn iperf3_tcp_and_udp_through_masquerade() {
         ]);
         assert!(
             wait_until(Duration::from_secs(10), || listening(
-                &topo.outside,
+                topo.outside.name(),
                 "tcp",
                 5201
             )),
@@ -269,7 +265,7 @@ fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
     ]);
     assert!(
         wait_until(Duration::from_secs(10), || listening(
-            &topo.outside,
+            topo.outside.name(),
             "udp",
             7007
         )),
@@ -324,7 +320,7 @@ fn traceroute_and_path_mtu_discovery_work_from_a_container() {
         "OPEN:/dev/null",
     ]);
     assert!(
-        wait_until(Duration::from_secs(10), || listening(f, "tcp", 9000)),
+        wait_until(Duration::from_secs(10), || listening(f.name(), "tcp", 9000)),
         "sink did not start"
     );
     let upload = format!("head -c 3000000 /dev/zero | timeout 15 socat -u - TCP:{far}:9000");
@@ -438,7 +434,7 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     ]);
     assert!(
         wait_until(Duration::from_secs(10), || listening(
-            &topo.outside,
+            topo.outside.name(),
             "tcp",
             8000
         )),
@@ -506,7 +502,9 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     ]);
     assert!(
         wait_until(Duration::from_secs(5), || listening(
-            &topo.host, "udp", 40001
+            topo.host.name(),
+            "udp",
+            40001
         )),
         "host UDP socket"
     );

@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "socat",
     "traceroute",
     "nftables",
+    "iptables",
     "python3",
     "tcpdump",
 ];

@@ -1,0 +1,61 @@
+//! The published-port fixture: a host with network `web` (172.18.0.0/24, masqueraded out of
+//! the uplink), two containers made by `netfast container create`, and a web server on port
+//! 80 of the first.
+
+use crate::{Background, Netfast, Topology, clients::wait_listening, topology::UPLINK};
+
+/// The uplink address and port the tests publish the web server on.
+pub const UPLINK_URL: &str = "http://198.51.100.1:8080/";
+
+/// Fields drop in order: the server, then `netfast down`, then the namespaces.
+pub struct Web {
+    pub server: Background,
+    pub nf: Netfast,
+    pub topo: Topology,
+    /// Namespace of container 0 (`<host>c0`), which runs the web server.
+    pub c0: String,
+    /// Namespace of container 1 (`<host>c1`).
+    pub c1: String,
+}
+
+/// Builds the fixture; `settings` go to `netfast config` before the network is created.
+pub fn web(settings: &[&str]) -> Web {
+    let topo = Topology::builder().without_bridge().build();
+    let nf = Netfast::new(&topo.host);
+    let mut config = vec!["config", "--ct-max", "4096"];
+    config.extend_from_slice(settings);
+    nf.ok(&config);
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        UPLINK,
+    ]);
+    let (c0, c1) = (
+        format!("{}c0", topo.host.name()),
+        format!("{}c1", topo.host.name()),
+    );
+    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    nf.ok(&["container", "create", &c1, "--network", "web"]);
+    let server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &c0,
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    ]);
+    wait_listening(&c0, "tcp", 80, "http.server");
+    Web {
+        server,
+        nf,
+        topo,
+        c0,
+        c1,
+    }
+}

@@ -1,0 +1,152 @@
+//! The fast path end to end: with the host's FORWARD policy at DROP — the trap the articles
+//! describe, where Docker has to add its own FORWARD rules — netfast's translated flows still
+//! pass, because the fast path forwards them from their first packet without the kernel's
+//! forwarding path. With `--fast-path off` the same traffic meets the policy and dies.
+
+use netfast_tests::{
+    Background, TestNetns,
+    clients::{curl, wait_listening},
+    require_root,
+    topology::OUTSIDE_ADDR,
+    web::{UPLINK_URL, Web, web},
+};
+
+/// Packets the host's iptables FORWARD policy has dropped.
+fn forward_policy_drops(host: &TestNetns) -> u64 {
+    let out = host.exec_ok(&["iptables", "-L", "FORWARD", "-v", "-n", "-x"]);
+    let first = out.lines().next().unwrap_or_default();
+    // Chain FORWARD (policy DROP 12 packets, 720 bytes)
+    first
+        .split_once("policy DROP ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DROP policy counter in `iptables -L FORWARD`:\n{out}"))
+}
+
+/// An outside web server on OUTSIDE_ADDR:8000.
+fn outside_server(w: &Web) -> Background {
+    let server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        w.topo.outside.name(),
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    wait_listening(
+        w.topo.outside.name(),
+        "tcp",
+        8000,
+        "the outside http.server",
+    );
+    server
+}
+
+fn ping(ns: &str) -> String {
+    let out = netfast_tests::run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn translated_flows_pass_a_forward_drop_policy_only_on_the_fast_path() {
+    require_root();
+    let w = web(&[]);
+    let _outside = outside_server(&w);
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    w.topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
+
+    // Fast path on (the default): masquerade out, published port in, ICMP echo.
+    assert_eq!(
+        curl(&w.c1, &outside_url, &[]),
+        "200",
+        "masquerade, fast path on"
+    );
+    assert_eq!(
+        curl(w.topo.outside.name(), UPLINK_URL, &[]),
+        "200",
+        "published port, fast path on"
+    );
+    let echo = ping(&w.c1);
+    assert!(echo.contains("3 received"), "ping, fast path on:\n{echo}");
+    assert!(
+        w.nf.event("fast_path") >= 20,
+        "the fast path forwarded too few packets: {}",
+        w.nf.stats()["events"]
+    );
+    assert_eq!(
+        forward_policy_drops(&w.topo.host),
+        0,
+        "the kernel's FORWARD chain saw netfast's flows"
+    );
+
+    // Fast path off: the same traffic goes through the kernel's forwarding path and the
+    // policy drops it, as it would drop Docker's without Docker's FORWARD rules.
+    w.nf.ok(&["config", "--fast-path", "off"]);
+    let before = w.nf.event("fast_path");
+    assert_eq!(
+        curl(&w.c1, &outside_url, &[]),
+        "000",
+        "masquerade, fast path off"
+    );
+    assert_eq!(
+        curl(w.topo.outside.name(), UPLINK_URL, &[]),
+        "000",
+        "published port, fast path off"
+    );
+    assert!(
+        forward_policy_drops(&w.topo.host) > 0,
+        "the FORWARD policy should have dropped the kernel-forwarded packets"
+    );
+    assert_eq!(
+        w.nf.event("fast_path"),
+        before,
+        "fast path off still forwarded"
+    );
+
+    // And on again.
+    w.nf.ok(&["config", "--fast-path", "on"]);
+    assert_eq!(
+        curl(&w.c1, &outside_url, &[]),
+        "200",
+        "masquerade, on again"
+    );
+    assert_eq!(
+        curl(w.topo.outside.name(), UPLINK_URL, &[]),
+        "200",
+        "published port, on again"
+    );
+}
+
+#[test]
+fn fast_path_off_forwards_through_the_kernel_when_it_accepts() {
+    require_root();
+    let w = web(&["--fast-path", "off"]);
+    let _outside = outside_server(&w);
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
+    assert_eq!(curl(&w.c1, &outside_url, &[]), "200");
+    assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
+    let echo = ping(&w.c1);
+    assert!(echo.contains("3 received"), "{echo}");
+    assert_eq!(w.nf.event("fast_path"), 0, "fast path off still forwarded");
+    let config = w.nf.ok(&["config"]);
+    assert!(config.contains("fast_path = \"off\""), "{config}");
+}
