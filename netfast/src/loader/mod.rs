@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod nsfs;
 pub mod ops;
 pub mod plan;
+pub mod plumb;
 pub mod publish;
 mod publish_ops;
 pub mod sockets;

@@ -291,13 +291,19 @@ impl Nl<'_> {
     }
 
     pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.add_route(Ipv4Addr::UNSPECIFIED, 0, gateway)
+    }
+
+    /// A route to `dst/prefix` via `gateway`.
+    pub fn add_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
             .gateway(gateway)
             .build();
         self.rt
             .block_on(self.handle.route().add(route).execute())
             .map_err(failed(format!(
-                "adding a default route via {gateway} in {}",
+                "adding a route to {dst}/{prefix} via {gateway} in {}",
                 self.place
             )))
     }

@@ -1,7 +1,7 @@
 //! The loader's commands: each takes the host's lock, checks everything it can before it
 //! changes anything, and undoes what it created if a later step fails.
 
-use std::{fs::File, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use netfast_common::{
     config::{NET_F_MASQUERADE, NetInfo},
@@ -17,6 +17,7 @@ use super::{
     netlink::{Link, Netlink, Nl},
     nsfs,
     plan::{Action, ApplyFile, plan},
+    plumb::{self, ContainerPlumbing, Made},
     state::Locked,
     validate::{self, Invalid},
 };
@@ -41,6 +42,15 @@ enum Created {
         network: Network,
         fresh_dataplane: bool,
     },
+}
+
+impl From<Made> for Created {
+    fn from(m: Made) -> Self {
+        match m {
+            Made::Link(l) => Created::Link(l),
+            Made::Namespace(n) => Created::Namespace(n),
+        }
+    }
 }
 
 /// What a command created so far; [`Undo::rollback`] removes it, newest first.
@@ -212,10 +222,13 @@ impl Loader {
             if spec.adopt {
                 out.push(format!("adopted bridge {bridge_name} (gateway {gateway})"));
             } else {
-                let bridge = nl.add_bridge(&bridge_name)?;
-                undo.push(Created::Link(bridge.clone()));
-                nl.add_address(&bridge, gateway, spec.subnet.prefix_len())?;
-                nl.set_up(&bridge)?;
+                plumb::bridge(
+                    nl,
+                    &bridge_name,
+                    gateway,
+                    spec.subnet.prefix_len(),
+                    &mut |m| undo.push(m.into()),
+                )?;
                 out.push(format!(
                     "created bridge {bridge_name} with {gateway}/{}",
                     spec.subnet.prefix_len()
@@ -348,37 +361,22 @@ impl Loader {
             )));
         }
         transaction(&self.host, nl, state, |undo| {
-            nsfs::create(&spec.name).map_err(|source| Error::Io {
-                context: format!("creating network namespace {}", spec.name),
-                source,
-            })?;
-            undo.push(Created::Namespace(spec.name.clone()));
-            let ns = File::open(nsfs::path(&spec.name)).map_err(|source| Error::Io {
-                context: format!("opening namespace {}", spec.name),
-                source,
-            })?;
-            let host_side = nl.add_veth_into(&veth, "eth0", &ns)?;
-            undo.push(Created::Link(host_side.clone()));
-            nl.set_mtu(&host_side, bridge.mtu)?;
-            nl.set_controller(&host_side, &bridge)?;
-            nl.set_up(&host_side)?;
-            let inside = self.netlink.namespace(&spec.name)?;
-            let lo = inside
-                .link("lo")?
-                .ok_or_else(|| Error::NoInterface("lo".into()))?;
-            inside.set_up(&lo)?;
-            let eth0 = inside
-                .link("eth0")?
-                .ok_or_else(|| Error::NoInterface("eth0".into()))?;
-            inside.set_mtu(&eth0, bridge.mtu)?;
-            inside.add_address(&eth0, ip, network.subnet.prefix_len())?;
-            inside.set_up(&eth0)?;
-            inside.add_default_route(network.gateway)?;
+            let plumbed = plumb::container(
+                &self.netlink,
+                nl,
+                &ContainerPlumbing {
+                    name: &spec.name,
+                    veth: &veth,
+                    bridge: &bridge,
+                    ip,
+                    prefix: network.subnet.prefix_len(),
+                    gateway: network.gateway,
+                },
+                &mut |m| undo.push(m.into()),
+            )?;
+            let (host_side, eth0) = (plumbed.host_side, plumbed.eth0);
             // The fast path delivers straight into the container: its veth, its MAC, and
             // the gateway's MAC as the frame's source.
-            let eth0 = inside
-                .link("eth0")?
-                .ok_or_else(|| Error::NoInterface("eth0".into()))?;
             if let (Some(mac), Some(gw_mac), Some(mut dp)) =
                 (eth0.mac, bridge.mac, Dataplane::open_existing(&self.host)?)
             {

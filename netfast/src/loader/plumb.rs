@@ -1,0 +1,96 @@
+//! The pieces of a bridge network, over netlink, as the seed articles build them by hand:
+//! a bridge with the gateway address, and containers — a namespace, a veth pair with one
+//! end on the bridge, an address and a default route. `network create` and `container
+//! create` use them, and so does the benchmark, so that the baselines it compares netfast
+//! with run on exactly the topology netfast builds.
+
+use std::{fs::File, net::Ipv4Addr};
+
+use super::{
+    netlink::{Link, Netlink, Nl},
+    nsfs,
+};
+use crate::error::{Error, Result};
+
+/// Something created, reported as soon as it exists so that a failure later can undo it.
+#[derive(Clone, Debug)]
+pub enum Made {
+    Link(Link),
+    Namespace(String),
+}
+
+/// A bridge named `name`, up, with `gateway/prefix`.
+pub fn bridge(
+    nl: &Nl<'_>,
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    made: &mut dyn FnMut(Made),
+) -> Result<Link> {
+    let bridge = nl.add_bridge(name)?;
+    made(Made::Link(bridge.clone()));
+    nl.add_address(&bridge, gateway, prefix)?;
+    nl.set_up(&bridge)?;
+    Ok(bridge)
+}
+
+/// A container to plumb onto a bridge.
+pub struct ContainerPlumbing<'a> {
+    /// Its network namespace (created, named as `ip netns` names them).
+    pub name: &'a str,
+    /// The host end of its veth pair, put on `bridge`.
+    pub veth: &'a str,
+    pub bridge: &'a Link,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// The links of a plumbed container.
+pub struct Plumbed {
+    /// The host end of the veth pair, on the bridge.
+    pub host_side: Link,
+    /// `eth0` inside the container.
+    pub eth0: Link,
+}
+
+/// Creates the container's namespace, its veth pair at the bridge's MTU with `eth0` inside,
+/// the address, `lo` up and the default route via the gateway.
+pub fn container(
+    netlink: &Netlink,
+    nl: &Nl<'_>,
+    c: &ContainerPlumbing<'_>,
+    made: &mut dyn FnMut(Made),
+) -> Result<Plumbed> {
+    nsfs::create(c.name).map_err(|source| Error::Io {
+        context: format!("creating network namespace {}", c.name),
+        source,
+    })?;
+    made(Made::Namespace(c.name.to_owned()));
+    let ns = File::open(nsfs::path(c.name)).map_err(|source| Error::Io {
+        context: format!("opening namespace {}", c.name),
+        source,
+    })?;
+    let host_side = nl.add_veth_into(c.veth, "eth0", &ns)?;
+    made(Made::Link(host_side.clone()));
+    nl.set_mtu(&host_side, c.bridge.mtu)?;
+    nl.set_controller(&host_side, c.bridge)?;
+    nl.set_up(&host_side)?;
+    let inside = netlink.namespace(c.name)?;
+    let lo = inside
+        .link("lo")?
+        .ok_or_else(|| Error::NoInterface("lo".into()))?;
+    inside.set_up(&lo)?;
+    let eth0 = inside
+        .link("eth0")?
+        .ok_or_else(|| Error::NoInterface("eth0".into()))?;
+    inside.set_mtu(&eth0, c.bridge.mtu)?;
+    inside.add_address(&eth0, c.ip, c.prefix)?;
+    inside.set_up(&eth0)?;
+    inside.add_default_route(c.gateway)?;
+    // Read again: the MAC (and state) as they are now.
+    let eth0 = inside
+        .link("eth0")?
+        .ok_or_else(|| Error::NoInterface("eth0".into()))?;
+    Ok(Plumbed { host_side, eth0 })
+}
