@@ -91,10 +91,11 @@ fn sized(loader: &mut EbpfLoader<'_>, ct_max_flows: u32) {
         .map_max_entries(names::NAT_CLAIMS, ct_max_flows);
 }
 
-/// Loads the embedded object with fresh (unpinned) maps, and every program in it.
-pub(crate) fn load_object() -> Result<Ebpf> {
+/// Loads the embedded object with fresh (unpinned) maps sized for `ct_max_flows`, and every
+/// program in it.
+pub(crate) fn load_object(ct_max_flows: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    sized(&mut loader, DEFAULT_CT_MAX_FLOWS);
+    sized(&mut loader, ct_max_flows);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     for hook in Hook::ALL {
         classifier(&mut ebpf, hook)?
@@ -177,7 +178,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads every program and map into the kernel; everything goes away with the value.
     pub fn load() -> Result<Self> {
-        let mut ebpf = load_object()?;
+        let mut ebpf = load_object(DEFAULT_CT_MAX_FLOWS)?;
         maps::write_config(&mut ebpf, &DpConfig::default())?;
         Ok(Dataplane {
             ebpf,

@@ -15,9 +15,14 @@ commands:
   setup   install what is missing: Debian packages (LLVM 22, test clients), the nightly
           rust-src component, bpf-linker 0.13 built against LLVM 22 (idempotent)
   test    setup, then rustfmt check, clippy -D warnings (host and BPF target), unit, packet
-          (BPF_PROG_TEST_RUN) and namespace tests, then check that nothing was left behind
+          (BPF_PROG_TEST_RUN) and namespace tests, a quick benchmark run as a smoke test, then
+          check that nothing was left behind
   demo    setup, then build and run the demo on the default topology, in namespaces it
           creates and removes
+  bench [ARGS]
+          setup, then build netfast in release mode and run `netfast bench --out target/bench
+          ARGS`: netfast against a veth pair, routing, iptables and nftables (about 15 minutes;
+          `--quick` for a smoke run, `--help` for the options)
 ";
 
 fn main() -> ExitCode {
@@ -26,6 +31,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => setup::run().and_then(|()| test()),
         Some("demo") => setup::run().and_then(|()| demo()),
+        Some("bench") => setup::run().and_then(|()| bench(&args[1..])),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -99,8 +105,36 @@ fn test() -> Result<(), Fail> {
     ])
     .run()?;
     nothing_left_behind("the tests", &before)?;
+    // The benchmark's every measurement and the program costs, once, briefly: it must run
+    // to the end on every commit; its figures are not looked at.
+    println!("== benchmark smoke test (netfast bench --quick)");
+    let netfast = util::workspace_root().join("target/debug/netfast");
+    Cmd::new(&netfast.display().to_string())
+        .args(&["bench", "--quick", "--out", "target/bench-quick"])
+        .run()?;
+    nothing_left_behind("the benchmark", &before)?;
     println!("== all tests passed");
     Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), Fail> {
+    util::require_root("the benchmark creates network namespaces and loads BPF programs")?;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "netfast",
+        "--bin",
+        "netfast",
+    ])
+    .run()?;
+    let before = leftovers();
+    let mut argv = vec!["bench", "--out", "target/bench"];
+    argv.extend(args.iter().map(String::as_str));
+    let netfast = util::workspace_root().join("target/release/netfast");
+    let result = Cmd::new(&netfast.display().to_string()).args(&argv).run();
+    nothing_left_behind("the benchmark", &before)?;
+    result
 }
 
 fn demo() -> Result<(), Fail> {

@@ -23,6 +23,9 @@ const PACKAGES: &[&str] = &[
     "traceroute",
     "nftables",
     "iptables",
+    "nginx-light",
+    "wrk",
+    "fonts-dejavu-core",
     "python3",
     "tcpdump",
 ];

@@ -96,13 +96,14 @@ pub fn leftover_namespaces() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("nft"))
+                .filter(|n| n.starts_with("nft") || n.starts_with("nfb"))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Pins and state directories that netfast left for test hosts (namespaces named `nft…`).
+/// Pins and state directories that netfast left for test and benchmark hosts (namespaces
+/// named `nft…` and `nfb…`).
 pub fn leftover_netfast_state() -> Vec<String> {
     ["/sys/fs/bpf/netfast", "/run/netfast"]
         .iter()
@@ -111,7 +112,11 @@ pub fn leftover_netfast_state() -> Vec<String> {
                 .map(|d| {
                     d.flatten()
                         .map(|e| e.path().display().to_string())
-                        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("nft")))
+                        .filter(|p| {
+                            p.rsplit('/')
+                                .next()
+                                .is_some_and(|n| n.starts_with("nft") || n.starts_with("nfb"))
+                        })
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default()

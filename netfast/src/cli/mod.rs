@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. anyhow lives here, at the binary's edge.
 
 mod apply;
+mod bench;
 mod config;
 mod conntrack;
 mod container;
@@ -61,6 +62,10 @@ enum Command {
     },
     /// List the programs and maps of the embedded eBPF object.
     Object,
+    /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
+    /// namespaces it builds and removes: throughput, latency, connections/s, packets/s,
+    /// CPU per unit of work, ns/packet per program. Writes a markdown, JSON and SVG report.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -75,6 +80,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench(args) = cli.command {
+        return bench::run(args, cli.netns.as_deref());
+    }
     if let Some(name) = &cli.netns {
         // Before any other thread starts: threads inherit the namespace of their creator.
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
@@ -90,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
         Command::Object => object::run(),
+        Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }
 }
 

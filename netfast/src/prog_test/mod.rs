@@ -30,6 +30,8 @@ const OUTPUT_HEADROOM: usize = 512;
 pub struct Run {
     pub verdict: i32,
     pub frame: Vec<u8>,
+    /// How long the program ran, as the kernel measured it.
+    pub duration: Duration,
 }
 
 /// The dataplane's programs loaded for test runs, with their own maps.
@@ -46,7 +48,12 @@ impl ProgTest {
 
     /// Loads every program with `config` written to the config map.
     pub fn load_with(config: &DpConfig) -> Result<Self> {
-        let mut ebpf = load_object()?;
+        Self::load_sized(netfast_common::maps::DEFAULT_CT_MAX_FLOWS, config)
+    }
+
+    /// As [`ProgTest::load_with`], with a conntrack table for `ct_max_flows` flows.
+    pub fn load_sized(ct_max_flows: u32, config: &DpConfig) -> Result<Self> {
+        let mut ebpf = load_object(ct_max_flows)?;
         maps::write_config(&mut ebpf, config)?;
         Ok(ProgTest { ebpf })
     }
@@ -75,10 +82,7 @@ impl ProgTest {
     /// namespace (for programs that look up routes from where the packet arrived).
     pub fn run_on(&mut self, hook: Hook, frame: &[u8], ifindex: u32) -> Result<Run> {
         let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
-        // `struct __sk_buff` up to its `ifindex` field (offset 40), which the kernel lets a
-        // test run set; everything else zero.
-        let mut skb = [0u8; 44];
-        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let skb = skb_on(ifindex);
         let program = classifier(&mut self.ebpf, hook)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -93,19 +97,44 @@ impl ProgTest {
         Ok(Run {
             verdict: result.return_value as i32,
             frame: out,
+            duration: result.duration,
         })
     }
 
     /// Runs the program of `hook` on `frame` `repeat` times in the kernel and returns the
     /// mean time per run, as the kernel measured it.
     pub fn time(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> Result<Duration> {
+        self.time_on(hook, frame, 0, repeat)
+    }
+
+    /// As [`ProgTest::time`], with the skb on the device `ifindex` (see
+    /// [`ProgTest::run_on`]).
+    pub fn time_on(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<Duration> {
+        let skb = skb_on(ifindex);
         let program = classifier(&mut self.ebpf, hook)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
+        if ifindex != 0 {
+            opts.ctx_in = Some(&skb);
+        }
         let result = program
             .test_run(opts)
             .map_err(|e| Error::program(hook.name(), e))?;
         Ok(result.duration)
     }
+}
+
+/// `struct __sk_buff` up to its `ifindex` field (offset 40), which the kernel lets a test
+/// run set; everything else zero.
+fn skb_on(ifindex: u32) -> [u8; 44] {
+    let mut skb = [0u8; 44];
+    skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    skb
 }
