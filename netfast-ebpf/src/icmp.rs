@@ -33,6 +33,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Outcome {
 
 #[inline(always)]
 fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, DropReason> {
+    crate::parse::linearize(ctx, crate::parse::ICMP_ERROR_LINEAR);
     let inner = ip.l4() + ICMP_HLEN;
     let h = header::<20>(ctx, inner)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;

@@ -18,9 +18,12 @@ const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 pub const IP_CSUM: usize = 10;
 pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
-/// Linear bytes wanted before parsing: Ethernet, an IPv4 header with options, an ICMP
-/// header, and an embedded IPv4 header with options and 20 bytes of its L4 header.
-const WANT_LINEAR: u32 = (ETH_HLEN + 60 + 8 + 60 + 20) as u32;
+/// Linear bytes every packet needs: Ethernet, an IPv4 header without options, a TCP header
+/// without options (UDP and ICMP need less).
+const COMMON_LINEAR: usize = ETH_HLEN + 20 + 20;
+/// Linear bytes an ICMP error needs: Ethernet, an IPv4 header with options, an ICMP header,
+/// and an embedded IPv4 header with options and 20 bytes of its L4 header.
+pub const ICMP_ERROR_LINEAR: usize = ETH_HLEN + 60 + 8 + 60 + 20;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -73,17 +76,21 @@ pub fn store<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), DropReaso
 }
 
 /// Makes the headers directly accessible when the skb keeps some of them outside its linear
-/// area (GRO, some drivers). A no-op for the usual packet.
+/// area (GRO, some drivers). A no-op for the usual packet: pulling more than the headers
+/// would copy payload out of a GSO packet's pages on every packet.
 #[inline(always)]
 pub fn linearize_headers(ctx: &TcContext) {
-    let want = if ctx.len() < WANT_LINEAR {
-        ctx.len()
-    } else {
-        WANT_LINEAR
-    };
-    if ctx.data() + (want as usize) > ctx.data_end() {
+    linearize(ctx, COMMON_LINEAR);
+}
+
+/// Makes the first `want` bytes (or the whole packet, if shorter) directly accessible.
+#[inline(always)]
+pub fn linearize(ctx: &TcContext, want: usize) {
+    let len = ctx.len() as usize;
+    let want = if len < want { len } else { want };
+    if ctx.data() + want > ctx.data_end() {
         // Failure leaves the packet as it was; parsing then reports what it cannot reach.
-        let _ = ctx.pull_data(want);
+        let _ = ctx.pull_data(want as u32);
     }
 }
 
@@ -131,6 +138,10 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
     let ihl = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(DropReason::Malformed);
+    }
+    if ihl > 20 {
+        // Options: the L4 header lies further in.
+        linearize(ctx, ETH_HLEN + ihl + 20);
     }
     let frag_off = u16::from_be(be16(&h, 6));
     let frag = if frag_off & 0x1fff != 0 {
