@@ -113,8 +113,41 @@ pub struct CtEntry {
     /// Packets and bytes that matched this entry (this direction only).
     pub packets: u64,
     pub bytes: u64,
+    /// Where the fast path sent this direction's packets last (a FIB lookup costs more than
+    /// everything else a packet needs).
+    pub fwd: FwdCache,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+
+/// A cached route: good until `expires` for packets of at most `max_len` bytes of IPv4
+/// (or GSO packets, which the kernel segments to the route's MTU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FwdCache {
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The route's kind (the datapath's `forward::PEER`, `NEIGH`); 0: nothing cached.
+    pub kind: u8,
+    pub _pad: u8,
+    /// The largest IPv4 packet the route is known to carry without fragmentation.
+    pub max_len: u16,
+    /// CLOCK_MONOTONIC seconds up to which the route may be used without a new lookup.
+    pub expires: u32,
+}
+const _: () = assert!(core::mem::size_of::<FwdCache>() == 24);
+
+impl FwdCache {
+    pub const EMPTY: FwdCache = FwdCache {
+        ifindex: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+        kind: 0,
+        _pad: 0,
+        max_len: 0,
+        expires: 0,
+    };
+}
 
 impl CtEntry {
     /// The tuple a packet keyed `key` carries once this entry has translated it.
@@ -198,7 +231,7 @@ pub struct CtEvent {
     pub kind: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<CtEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<CtEvent>() == 96);
 
 crate::aya_pod!(CtKey, CtEntry, CtEvent);
 

@@ -53,6 +53,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
                     src,
                     dst,
                     must: true,
+                    now,
                 },
                 &mut r,
             ) {
@@ -87,8 +88,9 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             src: t.src_addr,
             dst: t.dst_addr,
             must: hairpin,
+            now,
         };
-        if !route(ctx, &ip, &hop, &mut r) {
+        if !forward::route_cached(ctx, &ip, &hop, entry, &mut r) {
             if hairpin {
                 return Err(DropReason::NoRoute);
             }
@@ -118,6 +120,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             src: net.ext_addr,
             dst: target.addr,
             must: true,
+            now,
         };
         if !route(ctx, &ip, &hop, &mut r) {
             return Err(DropReason::NoRoute);
@@ -165,6 +168,7 @@ fn new_masquerade_flow(ctx: &TcContext, p: &Pkt) -> Result<i32, DropReason> {
         src: net.ext_addr,
         dst: ip.dst,
         must: false,
+        now: p.now,
     };
     if !route(ctx, ip, &hop, &mut r) {
         forward::fallback(ctx);

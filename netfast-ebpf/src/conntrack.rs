@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
 };
 use netfast_common::{
     DropReason,
@@ -28,7 +28,7 @@ use crate::{
 #[inline(always)]
 pub fn now() -> u32 {
     // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// The dataplane settings; the defaults until the loader has written them.

@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netfast_common::{DropReason, stats::Event};
+use netfast_common::{DropReason, conntrack::CtEntry, stats::Event};
 
 use crate::{
     csum,
@@ -29,13 +29,14 @@ const AF_INET: u8 = 2;
 const IP_TTL: usize = 8;
 const IP_CSUM: usize = 10;
 
-/// A packet's addresses after translation, and whether it must be forwarded here whatever
-/// happens (a hairpinned packet: the host's stack would drop it).
+/// A packet's addresses after translation, whether it must be forwarded here whatever
+/// happens (a hairpinned packet: the host's stack would drop it), and the time.
 #[derive(Clone, Copy)]
 pub struct Hop {
     pub src: u32,
     pub dst: u32,
     pub must: bool,
+    pub now: u32,
 }
 
 /// Where a packet goes next. A plain struct, filled in by [`route`] through a pointer: an
@@ -77,11 +78,8 @@ impl Route {
 // Its own BPF function: the FIB request alone takes 64 bytes of stack.
 #[inline(never)]
 pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
-    let Hop { src, dst, must } = *hop;
-    let Ok(ttl) = load::<u8>(ctx, ETH_HLEN + IP_TTL) else {
-        return false;
-    };
-    if !must && (ttl <= 1 || ip.frag != crate::parse::Frag::None) {
+    let Hop { src, dst, must, .. } = *hop;
+    if !forwardable(ctx, ip, must) {
         return false;
     }
     // SAFETY: map values are plain data, copied at once.
@@ -99,13 +97,7 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
     params.family = AF_INET;
     params.l4_protocol = ip.proto;
     // A GSO packet is segmented later to the route's MTU: check the MTU only for others.
-    // SAFETY: reading a field of the context the kernel passed in.
-    let gso = must || unsafe { (*ctx.skb.skb).gso_segs } > 1;
-    params.__bindgen_anon_1.tot_len = if gso {
-        0
-    } else {
-        (ctx.len() as u16).saturating_sub(ETH_HLEN as u16)
-    };
+    params.__bindgen_anon_1.tot_len = if must || gso(ctx) { 0 } else { ip_len(ctx) };
     params.ifindex = ifindex(ctx);
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
@@ -131,6 +123,83 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
         dmac: params.dmac,
         smac: params.smac,
     };
+    true
+}
+
+/// Whether the stack must see the packet rather than we forward it: a TTL about to expire
+/// (the stack sends the ICMP error), a fragment — unless it `must` be forwarded here.
+#[inline(always)]
+fn forwardable(ctx: &TcContext, ip: &Ipv4, must: bool) -> bool {
+    let Ok(ttl) = load::<u8>(ctx, ETH_HLEN + IP_TTL) else {
+        return false;
+    };
+    must || (ttl > 1 && ip.frag == crate::parse::Frag::None)
+}
+
+/// A GSO packet: the kernel segments it to the route's MTU later.
+#[inline(always)]
+fn gso(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the context the kernel passed in.
+    (unsafe { (*ctx.skb.skb).gso_segs }) > 1
+}
+
+/// The packet's IPv4 length (saturated: a GSO packet may be longer than 64 KiB).
+#[inline(always)]
+fn ip_len(ctx: &TcContext) -> u16 {
+    let len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    if len > 0xffff { 0xffff } else { len as u16 }
+}
+
+/// The route of a tracked flow's packet: from the entry's cache while it is fresh and the
+/// packet no larger than the cached route is known to carry, else looked up ([`route`])
+/// and cached for the rest of this second and the next. A route the kernel has yet to
+/// resolve a neighbour for is not cached. Route and neighbour changes thus reach a flow
+/// within two seconds, as they reach a socket's cached route at its next check.
+///
+/// Two CPUs refreshing the cache of one entry at once may interleave their writes; both
+/// write what the FIB said that second.
+#[inline(always)]
+pub fn route_cached(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    hop: &Hop,
+    entry: *mut CtEntry,
+    out: &mut Route,
+) -> bool {
+    // SAFETY: a live conntrack value pointer, valid for this program run.
+    let c = unsafe { &mut (*entry).fwd };
+    let big = !hop.must && !gso(ctx);
+    let len = ip_len(ctx);
+    if c.kind != 0 && c.expires >= hop.now && (!big || len <= c.max_len) {
+        if !forwardable(ctx, ip, hop.must) {
+            return false;
+        }
+        *out = Route {
+            kind: u32::from(c.kind),
+            ifindex: c.ifindex,
+            dmac: c.dmac,
+            smac: c.smac,
+        };
+        return true;
+    }
+    if !route(ctx, ip, hop, out) {
+        return false;
+    }
+    if out.kind == PEER || out.kind == NEIGH {
+        let same = c.kind as u32 == out.kind
+            && c.ifindex == out.ifindex
+            && c.dmac == out.dmac
+            && c.smac == out.smac;
+        let known = if same { c.max_len } else { 0 };
+        c.expires = 0;
+        c.kind = out.kind as u8;
+        c.ifindex = out.ifindex;
+        c.dmac = out.dmac;
+        c.smac = out.smac;
+        // A GSO packet proved nothing about the MTU; a whole one of `len` bytes fits.
+        c.max_len = if big && len > known { len } else { known };
+        c.expires = hop.now + 1;
+    }
     true
 }
 

@@ -17,8 +17,8 @@ use netfast_common::{
     config::{DpConfig, NET_F_MASQUERADE, NetInfo},
     conntrack::{
         CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT, CT_F_REPLY, CT_F_REWRITE_DST,
-        CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState,
-        tcp_next, timeout,
+        CT_F_REWRITE_SRC, CtEntry, CtKey, FwdCache, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags,
+        TcpState, tcp_next, timeout,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -491,6 +491,7 @@ fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, Dro
         map_expires: until,
         packets: 1,
         bytes: u64::from(ctx.len()),
+        fwd: FwdCache::EMPTY,
     };
     let reply_key = pair.orig.peer_key(key);
     pair.reply = CtEntry {
@@ -578,6 +579,7 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         map_expires: until,
         packets: 1,
         bytes: u64::from(ctx.len()),
+        fwd: FwdCache::EMPTY,
     };
     let reply_key = pair.orig.peer_key(key);
     pair.reply = CtEntry {

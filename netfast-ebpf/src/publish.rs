@@ -7,8 +7,8 @@ use netfast_common::{
     config::{DpConfig, NetInfo},
     conntrack::{
         CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT, CT_F_REPLY,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_TCP, PROTO_UDP, TcpFlags,
-        TcpState, tcp_next, timeout,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, FwdCache, PROTO_TCP, PROTO_UDP,
+        TcpFlags, TcpState, tcp_next, timeout,
     },
     nat::mapping_slack,
     publish::{AllowKey, PubKey, PubTarget},
@@ -113,6 +113,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
         map_expires: 0,
         packets: 1,
         bytes: u64::from(ctx.len()),
+        fwd: FwdCache::EMPTY,
     };
     pair.reply = CtEntry {
         src_addr: key.dst_addr,
@@ -174,6 +175,7 @@ fn try_hairpin_new_flow(
         map_expires: until,
         packets: 1,
         bytes: u64::from(ctx.len()),
+        fwd: FwdCache::EMPTY,
     };
     pair.reply = CtEntry {
         src_addr: key.dst_addr,

@@ -84,8 +84,9 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
                     src: t.src_addr,
                     dst: t.dst_addr,
                     must: false,
+                    now,
                 };
-                fast = forward::route(ctx, &ip, &hop, &mut r);
+                fast = forward::route_cached(ctx, &ip, &hop, entry, &mut r);
                 if !fast {
                     forward::fallback(ctx);
                 }
@@ -125,6 +126,7 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
             src: ip.src,
             dst: target.addr,
             must: false,
+            now,
         };
         let fast = fast_path && forward::route(ctx, &ip, &hop, &mut r);
         // A packet that cannot open a flow (a stray ACK) is the host's to answer.

@@ -212,3 +212,109 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_untouched() {
     let r = t.run_on(Hook::BridgeIngress, &syn, h.bridge).expect("run");
     assert_run("--fast-path off", &r, verdict::NEXT, &syn);
 }
+
+/// The entry of the flow whose original source is `src`.
+fn entry_from(
+    t: &ProgTest,
+    src: (Ipv4Addr, u16),
+) -> (
+    netfast::common::conntrack::CtKey,
+    netfast::common::conntrack::CtEntry,
+) {
+    maps::conntrack_entries(t.ebpf())
+        .expect("entries")
+        .into_iter()
+        .find(|(k, _)| k.src_addr == maps::raw_addr(src.0) && k.src_port == src.1.to_be())
+        .expect("the flow's entry")
+}
+
+#[test]
+fn a_flow_caches_its_route_and_a_bigger_packet_is_checked_against_the_mtu() {
+    require_root();
+    let h = host();
+    let mut t = loaded(&h, 1);
+    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
+    let r = t
+        .run_on(Hook::BridgeIngress, &syn_from_container(), h.bridge)
+        .expect("run");
+    assert_eq!(r.verdict, verdict::REDIRECT);
+    let ack = packet::tcp(FROM_CONTAINER, CT, SERVER, TcpFlags::ACK, 2, 2, b"");
+    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    assert_eq!(r.verdict, verdict::REDIRECT);
+    let (key, e) = entry_from(&t, CT);
+    assert_eq!(e.fwd.kind, 2, "a resolved neighbour is cached");
+    assert_eq!(e.fwd.ifindex, h.uplink);
+    assert_eq!(e.fwd.dmac, GW_MAC);
+    assert_eq!(e.fwd.max_len, 40, "the ACK's IPv4 length");
+
+    // The neighbour changes: the cache still answers for now...
+    h.ns.exec_ok(&[
+        "ip",
+        "neigh",
+        "replace",
+        "198.51.100.2",
+        "lladdr",
+        "02:00:00:00:01:99",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    assert_eq!(packet::decode(&r.frame).expect("valid").dst_mac, GW_MAC);
+    // ...until it expires, and the next packet looks the route up again.
+    let stale = netfast::common::conntrack::CtEntry {
+        fwd: netfast::common::conntrack::FwdCache {
+            expires: maps::monotonic_now() - 5,
+            ..e.fwd
+        },
+        ..entry_from(&t, CT).1
+    };
+    maps::insert_conntrack(t.ebpf_mut(), &key, &stale).expect("age the cache");
+    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    assert_eq!(r.verdict, verdict::REDIRECT);
+    assert_eq!(
+        packet::decode(&r.frame).expect("valid").dst_mac,
+        [0x02, 0, 0, 0, 0x01, 0x99]
+    );
+
+    // A packet bigger than any the cached route carried is checked against the MTU: over it,
+    // the stack takes the packet (and sends "fragmentation needed"), untranslated.
+    h.ns.exec_ok(&["ip", "link", "set", "up0", "mtu", "1400"]);
+    let big = packet::tcp(
+        FROM_CONTAINER,
+        CT,
+        SERVER,
+        TcpFlags::ACK,
+        2,
+        2,
+        &[0u8; 1400],
+    );
+    let before = t
+        .stats()
+        .expect("stats")
+        .event(Event::FastPathFallback)
+        .packets;
+    let r = t.run_on(Hook::BridgeIngress, &big, h.bridge).expect("run");
+    assert_run("over the route's MTU", &r, verdict::NEXT, &big);
+    assert_eq!(
+        t.stats()
+            .expect("stats")
+            .event(Event::FastPathFallback)
+            .packets,
+        before + 1
+    );
+    // One that fits is forwarded, and the cache learns it.
+    let fits = packet::tcp(
+        FROM_CONTAINER,
+        CT,
+        SERVER,
+        TcpFlags::ACK,
+        2,
+        2,
+        &[0u8; 1300],
+    );
+    let r = t.run_on(Hook::BridgeIngress, &fits, h.bridge).expect("run");
+    assert_eq!(r.verdict, verdict::REDIRECT);
+    assert_eq!(entry_from(&t, CT).1.fwd.max_len, 1340);
+}

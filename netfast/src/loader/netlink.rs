@@ -11,7 +11,7 @@ use rtnetlink::{
         AddressFamily,
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     },
 };
 use tokio::runtime::Runtime;
@@ -308,7 +308,8 @@ impl Nl<'_> {
             )))
     }
 
-    /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there.
+    /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there (entries still
+    /// being resolved, or that failed to, are not).
     pub fn neighbours(&self, link: &Link) -> Result<Vec<Ipv4Addr>> {
         let msgs: Vec<_> = self
             .rt
@@ -317,6 +318,12 @@ impl Nl<'_> {
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == link.index)
+            .filter(|m| {
+                !matches!(
+                    m.header.state,
+                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                )
+            })
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),

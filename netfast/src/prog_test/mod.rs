@@ -102,28 +102,14 @@ impl ProgTest {
     }
 
     /// Runs the program of `hook` on `frame` `repeat` times in the kernel and returns the
-    /// mean time per run, as the kernel measured it.
+    /// mean time per run, as the kernel measured it. The kernel runs the same skb every
+    /// time: a program that rewrites the packet sees its own output from the second run on
+    /// (time single runs, [`Run::duration`], for those).
     pub fn time(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> Result<Duration> {
-        self.time_on(hook, frame, 0, repeat)
-    }
-
-    /// As [`ProgTest::time`], with the skb on the device `ifindex` (see
-    /// [`ProgTest::run_on`]).
-    pub fn time_on(
-        &mut self,
-        hook: Hook,
-        frame: &[u8],
-        ifindex: u32,
-        repeat: u32,
-    ) -> Result<Duration> {
-        let skb = skb_on(ifindex);
         let program = classifier(&mut self.ebpf, hook)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
-        if ifindex != 0 {
-            opts.ctx_in = Some(&skb);
-        }
         let result = program
             .test_run(opts)
             .map_err(|e| Error::program(hook.name(), e))?;

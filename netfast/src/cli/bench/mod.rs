@@ -1,6 +1,7 @@
 //! `netfast bench`: netfast against the kernel paths it replaces, on the same machine, in
 //! the same run. See docs/PERFORMANCE.md for what it measures and how to read it.
 
+mod calibrate;
 mod charts;
 mod cpu;
 mod lab;
@@ -121,15 +122,13 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
     };
     let effort = if args.quick {
         progcost::Effort {
-            repeat: 20_000,
-            timings: 3,
+            runs: 500,
             new_flows: 100,
         }
     } else {
         progcost::Effort {
-            repeat: 1_000_000,
-            timings: 7,
-            new_flows: 2_000,
+            runs: 20_000,
+            new_flows: 5_000,
         }
     };
     let programs = !args.no_programs && kinds.contains(&Kind::NetfastOn);
@@ -199,12 +198,15 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
     }
     let interrupted = STOP.load(Ordering::Relaxed);
 
-    let (mut program_costs, mut programs_error) = (Vec::new(), None);
+    let (mut program_costs, mut programs_floor_ns, mut programs_error) = (Vec::new(), None, None);
     if programs && !interrupted {
         let env = lab.env(Kind::NetfastOn).expect("built");
         let step = |what: &str| bar.set_message(format!("programs: {what}"));
         match progcost::measure(env, effort, &step) {
-            Ok(c) => program_costs = c,
+            Ok(c) => {
+                program_costs = c.rows;
+                programs_floor_ns = Some(c.floor_ns);
+            }
             Err(e) => programs_error = Some(format!("{e:#}")),
         }
         bar.inc(1);
@@ -229,6 +231,7 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
         workloads,
         summary,
         programs: program_costs,
+        programs_floor_ns,
         programs_error,
         targets,
         measurements,
