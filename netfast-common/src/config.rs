@@ -26,8 +26,16 @@ pub struct DpConfig {
     /// routing and netfilter; 0: hand them to the host's stack.
     pub fast_path: u8,
     pub _pad: [u8; 2],
+    /// The kernel's tick rate, for the programs' clock: CLOCK_MONOTONIC seconds are
+    /// `clock_m0 + (jiffies - clock_j0) / clock_hz`, a memory read where a clock helper
+    /// costs tens of nanoseconds. 0: not calibrated, the programs read the clock helper.
+    pub clock_hz: u32,
+    /// CLOCK_MONOTONIC seconds at `clock_j0` jiffies (a second boundary).
+    pub clock_m0: u32,
+    pub _pad2: u32,
+    pub clock_j0: u64,
 }
-const _: () = assert!(core::mem::size_of::<DpConfig>() == 28);
+const _: () = assert!(core::mem::size_of::<DpConfig>() == 48);
 
 impl DpConfig {
     /// RFC 5382 REQ-5: an established idle timeout of at least 2 h 4 min.
@@ -57,9 +65,23 @@ impl Default for DpConfig {
             filtering: FILTERING_ADDRESS_AND_PORT_DEPENDENT,
             fast_path: 1,
             _pad: [0; 2],
+            clock_hz: 0,
+            clock_m0: 0,
+            _pad2: 0,
+            clock_j0: 0,
         }
     }
 }
+
+/// A reading of the kernel's two clocks at once, by the `netfast_clock` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ClockSample {
+    pub jiffies: u64,
+    /// CLOCK_MONOTONIC, nanoseconds.
+    pub mono_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
 
 /// Masquerade the network's traffic leaving through its uplink.
 pub const NET_F_MASQUERADE: u16 = 1 << 0;
@@ -81,7 +103,7 @@ pub struct NetInfo {
 }
 const _: () = assert!(core::mem::size_of::<NetInfo>() == 16);
 
-crate::aya_pod!(DpConfig, NetInfo);
+crate::aya_pod!(DpConfig, NetInfo, ClockSample);
 
 /// A container netfast made, for the fast path to hand packets straight to it.
 #[repr(C)]

@@ -66,6 +66,13 @@ pub const SOCK_REVNAT_MAX: u32 = 65536;
 pub const ENDPOINTS: &str = "NETFAST_ENDPOINTS";
 pub const ENDPOINTS_MAX: u32 = 65536;
 
+/// Array with one [`crate::config::ClockSample`], written by the `netfast_clock` program
+/// when the loader runs it to calibrate the programs' clock. Not pinned: scratch.
+pub const CLOCK: &str = "NETFAST_CLOCK";
+
+/// The program the loader runs to read the kernel's clocks (never attached).
+pub const CLOCK_PROGRAM: &str = "netfast_clock";
+
 /// Every map, in the order the loader pins and checks them.
 pub const ALL: [&str; 15] = [
     STATS,

@@ -78,6 +78,14 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     verdict(&ctx, result)
 }
 
+/// Never attached: the loader runs it (BPF_PROG_TEST_RUN) to read jiffies and
+/// CLOCK_MONOTONIC at one instant, and calibrates the other programs' clock from that.
+#[classifier]
+pub fn netfast_clock(_ctx: TcContext) -> i32 {
+    conntrack::sample_clock();
+    NEXT
+}
+
 /// Socket-level programs return 1: they translate, they never refuse.
 const SOCK_CONTINUE: i32 = 1;
 

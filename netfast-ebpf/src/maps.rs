@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use netfast_common::{
     Traffic,
-    config::{DpConfig, Endpoint, NetInfo},
+    config::{ClockSample, DpConfig, Endpoint, NetInfo},
     conntrack::{CtEntry, CtKey},
     maps::{
         ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, ENDPOINTS_MAX, FRAGMENTS_MAX,
@@ -30,6 +30,10 @@ pub static NETFAST_NET_STATS: PerCpuArray<Traffic> =
 /// `maps::CONFIG`: timeouts, port range, filtering.
 #[map]
 pub static NETFAST_CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+
+/// `maps::CLOCK`: what `netfast_clock` read.
+#[map]
+pub static NETFAST_CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
 
 /// `maps::NETWORKS`: container subnets (LPM on the address) → network.
 #[map]

@@ -4,6 +4,7 @@
 //! object and attaches its programs; [`prog_test`] runs the same programs on test packets.
 
 pub mod bpffs;
+pub mod clock;
 pub mod dataplane;
 pub mod error;
 pub mod host;

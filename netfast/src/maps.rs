@@ -48,7 +48,9 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::ma
     ebpf.map_mut(name).ok_or(Error::MissingMap(name))
 }
 
+/// Writes the settings, with the programs' clock calibrated (see [`crate::clock`]).
 pub fn write_config(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<()> {
+    let cfg = &crate::clock::calibrated(ebpf, cfg)?;
     let mut array: Array<&mut MapData, DpConfig> =
         Array::try_from(map_mut(ebpf, maps::CONFIG)?).map_err(|e| Error::map(maps::CONFIG, e))?;
     array

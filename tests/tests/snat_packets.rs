@@ -876,3 +876,30 @@ fn conntrack_entries_hold_both_directions_with_counters() {
     );
     assert!(flows[0].line().starts_with("tcp"), "{}", flows[0].line());
 }
+
+#[test]
+fn the_programs_read_clock_monotonic_seconds_from_calibrated_jiffies() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let cfg = maps::read_config(t.ebpf()).expect("config");
+    assert!(
+        [100, 250, 300, 1000].contains(&cfg.clock_hz),
+        "the tick rate was not calibrated: {cfg:?}"
+    );
+    let before = maps::monotonic_now();
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"now"),
+    );
+    let after = maps::monotonic_now();
+    let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
+    let (_, e) = entries.first().expect("a flow");
+    // Jiffies follow CLOCK_MONOTONIC to within a tick, which may straddle a second.
+    assert!(
+        (before.saturating_sub(1)..=after + 1).contains(&e.created),
+        "created {} is not between {before} and {after}",
+        e.created
+    );
+    assert_eq!(e.expires, e.created + DpConfig::DEFAULT_UDP);
+}

@@ -248,7 +248,8 @@ pub fn dataplane(
                 super::model::Filtering::EndpointIndependent => FILTERING_ENDPOINT_INDEPENDENT,
             },
             fast_path: u8::from(cfg.fast_path == super::model::Switch::On),
-            _pad: [0; 2],
+            // The clock is calibrated when the settings are written.
+            ..DpConfig::default()
         },
     })
 }
