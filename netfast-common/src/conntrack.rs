@@ -119,6 +119,9 @@ pub struct CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 
+/// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
+pub const FWD_F_UPLINK: u8 = 1;
+
 /// A cached route: good until `expires` for packets of at most `max_len` bytes of IPv4
 /// (or GSO packets, which the kernel segments to the route's MTU).
 #[repr(C)]
@@ -129,7 +132,8 @@ pub struct FwdCache {
     pub smac: [u8; 6],
     /// The route's kind (the datapath's `forward::PEER`, `NEIGH`); 0: nothing cached.
     pub kind: u8,
-    pub _pad: u8,
+    /// `FWD_F_*`.
+    pub flags: u8,
     /// The largest IPv4 packet the route is known to carry without fragmentation.
     pub max_len: u16,
     /// CLOCK_MONOTONIC seconds up to which the route may be used without a new lookup.
@@ -143,7 +147,7 @@ impl FwdCache {
         dmac: [0; 6],
         smac: [0; 6],
         kind: 0,
-        _pad: 0,
+        flags: 0,
         max_len: 0,
         expires: 0,
     };

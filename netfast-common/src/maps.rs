@@ -66,6 +66,15 @@ pub const SOCK_REVNAT_MAX: u32 = 65536;
 pub const ENDPOINTS: &str = "NETFAST_ENDPOINTS";
 pub const ENDPOINTS_MAX: u32 = 65536;
 
+/// Hash: ifindex → u8: the uplinks of the host's networks. A packet the fast path sends out
+/// of one is marked (`FORWARDED_TC_INDEX`) so that the uplink's egress program lets it pass
+/// without looking it up again.
+pub const UPLINKS: &str = "NETFAST_UPLINKS";
+pub const UPLINKS_MAX: u32 = 256;
+/// The bit of `skb->tc_index` (a field no kernel user reads since the dsmark qdisc and the
+/// tcindex classifier were removed) that says "translated and forwarded by netfast".
+pub const FORWARDED_TC_INDEX: u32 = 0x4000;
+
 /// Array with one [`crate::config::ClockSample`], written by the `netfast_clock` program
 /// when the loader runs it to calibrate the programs' clock. Not pinned: scratch.
 pub const CLOCK: &str = "NETFAST_CLOCK";
@@ -74,7 +83,7 @@ pub const CLOCK: &str = "NETFAST_CLOCK";
 pub const CLOCK_PROGRAM: &str = "netfast_clock";
 
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     STATS,
     NET_STATS,
     CONFIG,
@@ -90,4 +99,5 @@ pub const ALL: [&str; 15] = [
     HOST,
     SOCK_REVNAT,
     ENDPOINTS,
+    UPLINKS,
 ];

@@ -170,15 +170,23 @@ pub enum Event {
     /// A packet the fast path left to the host's stack: no route or neighbour the FIB could
     /// give, a TTL about to expire, a fragment, or a packet over the MTU.
     FastPathFallback = 9,
+    /// A packet the fast path had sent out of an uplink, let pass by the uplink's egress
+    /// program without a second look.
+    FastPathEgress = 10,
 }
 
 impl Event {
-    pub const ALL: [Event; 2] = [Event::FastPath, Event::FastPathFallback];
+    pub const ALL: [Event; 3] = [
+        Event::FastPath,
+        Event::FastPathFallback,
+        Event::FastPathEgress,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Event::FastPath => "fast_path",
             Event::FastPathFallback => "fast_path_fallback",
+            Event::FastPathEgress => "fast_path_egress",
         }
     }
 }

@@ -14,11 +14,16 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netfast_common::{DropReason, conntrack::CtEntry, stats::Event};
+use netfast_common::{
+    DropReason,
+    conntrack::{CtEntry, FWD_F_UPLINK},
+    maps::FORWARDED_TC_INDEX,
+    stats::Event,
+};
 
 use crate::{
     csum,
-    maps::NETFAST_ENDPOINTS,
+    maps::{NETFAST_ENDPOINTS, NETFAST_UPLINKS},
     nat::ifindex,
     parse::{ETH_HLEN, Ipv4, load, store},
     stats,
@@ -50,6 +55,8 @@ pub struct Route {
     /// The frame's new destination and source MACs ([`PEER`] and [`NEIGH`]).
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
+    /// 1: `ifindex` is an uplink of ours, whose egress program need not look at the packet.
+    pub to_uplink: u32,
 }
 
 /// No route here: the host's stack handles the packet.
@@ -67,6 +74,7 @@ impl Route {
         ifindex: 0,
         dmac: [0; 6],
         smac: [0; 6],
+        to_uplink: 0,
     };
 }
 
@@ -89,6 +97,7 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
             ifindex: ep.ifindex,
             dmac: ep.mac,
             smac: ep.gw_mac,
+            to_uplink: 0,
         };
         return true;
     }
@@ -122,6 +131,7 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
         ifindex: params.ifindex,
         dmac: params.dmac,
         smac: params.smac,
+        to_uplink: 0,
     };
     true
 }
@@ -179,6 +189,7 @@ pub fn route_cached(
             ifindex: c.ifindex,
             dmac: c.dmac,
             smac: c.smac,
+            to_uplink: u32::from(c.flags & FWD_F_UPLINK),
         };
         return true;
     }
@@ -191,7 +202,12 @@ pub fn route_cached(
             && c.dmac == out.dmac
             && c.smac == out.smac;
         let known = if same { c.max_len } else { 0 };
+        // Looked up once a second, not per packet.
+        // SAFETY: map values are plain data.
+        let uplink = out.kind == NEIGH && unsafe { NETFAST_UPLINKS.get(out.ifindex) }.is_some();
+        out.to_uplink = u32::from(uplink);
         c.expires = 0;
+        c.flags = if uplink { FWD_F_UPLINK } else { 0 };
         c.kind = out.kind as u8;
         c.ifindex = out.ifindex;
         c.dmac = out.dmac;
@@ -225,6 +241,10 @@ pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
     if route.kind == PEER || route.kind == NEIGH {
         store(ctx, 0, route.dmac)?;
         store(ctx, 6, route.smac)?;
+    }
+    if route.to_uplink != 0 {
+        // SAFETY: a field of the context TC programs may write.
+        unsafe { (*ctx.skb.skb).tc_index |= FORWARDED_TC_INDEX };
     }
     // SAFETY: helpers taking an ifindex and flags (and no parameter block).
     let ret = unsafe {

@@ -12,7 +12,7 @@ use netfast_common::{
     conntrack::{CtEntry, CtKey},
     maps::{
         ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, ENDPOINTS_MAX, FRAGMENTS_MAX,
-        HOST_ADDRS_MAX, MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS,
+        HOST_ADDRS_MAX, MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS, UPLINKS_MAX,
     },
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     publish::{AllowKey, HostInfo, PubKey, PubTarget, SockRevNat},
@@ -96,3 +96,7 @@ pub static NETFAST_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries
 #[map]
 pub static NETFAST_SCRATCH: PerCpuArray<crate::conntrack::Pair> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// `maps::UPLINKS`: the uplinks' ifindexes.
+#[map]
+pub static NETFAST_UPLINKS: HashMap<u32, u8> = HashMap::with_max_entries(UPLINKS_MAX, 0);

@@ -6,6 +6,7 @@ use netfast_common::{
     DropReason,
     config::NET_F_MASQUERADE,
     conntrack::{CT_F_INWARD, CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey},
+    maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
 };
 
@@ -43,6 +44,16 @@ fn forbidden(
 
 #[inline(always)]
 pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
+    if egress {
+        // SAFETY: a field of the context TC programs may read and write.
+        let tc_index = unsafe { (*ctx.skb.skb).tc_index };
+        if tc_index & FORWARDED_TC_INDEX != 0 {
+            // Translated and routed by the fast path a moment ago: nothing left to do.
+            unsafe { (*ctx.skb.skb).tc_index = tc_index & !FORWARDED_TC_INDEX };
+            stats::count_event(ctx, netfast_common::stats::Event::FastPathEgress);
+            return Ok(NEXT);
+        }
+    }
     parse::linearize_headers(ctx);
     let Some(ip) = parse::ipv4(ctx)? else {
         return Ok(NEXT);

@@ -328,6 +328,9 @@ impl Dataplane {
     /// for a pinned dataplane: an attachment that is already there is kept.
     pub fn attach(&mut self, interface: &str, role: InterfaceRole) -> Result<()> {
         let index = ifindex(interface)?;
+        if role == InterfaceRole::Uplink {
+            maps::set_uplink(&mut self.ebpf, index)?;
+        }
         for hook in role.hooks() {
             let pin = self.link_pin(index, hook);
             if let Some(pin) = &pin {
@@ -364,6 +367,9 @@ impl Dataplane {
     /// Detaches the programs of `role` from the interface with index `ifindex` (pinned
     /// dataplane; an ephemeral one detaches on drop).
     pub fn detach(&mut self, ifindex: u32, role: InterfaceRole) -> Result<()> {
+        if role == InterfaceRole::Uplink {
+            maps::remove_uplink(&mut self.ebpf, ifindex)?;
+        }
         for hook in role.hooks() {
             let Some(pin) = self.link_pin(ifindex, hook) else {
                 continue;

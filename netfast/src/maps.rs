@@ -418,3 +418,23 @@ pub fn remove_endpoint(ebpf: &mut Ebpf, addr: Ipv4Addr) -> Result<()> {
         Err(e) => Err(Error::map(maps::ENDPOINTS, e)),
     }
 }
+
+/// Marks `ifindex` as an uplink of the dataplane (see `maps::UPLINKS`).
+pub fn set_uplink(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, u32, u8> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::UPLINKS)?)
+            .map_err(|e| Error::map(maps::UPLINKS, e))?;
+    hm.insert(ifindex, 1, 0)
+        .map_err(|e| Error::map(maps::UPLINKS, e))
+}
+
+pub fn remove_uplink(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, u32, u8> =
+        BpfHashMap::try_from(map_mut(ebpf, maps::UPLINKS)?)
+            .map_err(|e| Error::map(maps::UPLINKS, e))?;
+    match hm.remove(&ifindex) {
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
+        Err(e) => Err(Error::map(maps::UPLINKS, e)),
+    }
+}

@@ -91,6 +91,12 @@ fn translated_flows_pass_a_forward_drop_policy_only_on_the_fast_path() {
         "the fast path forwarded too few packets: {}",
         w.nf.stats()["events"]
     );
+    // Out of the uplink, the egress program recognised what the fast path had forwarded.
+    assert!(
+        w.nf.event("fast_path_egress") >= 5,
+        "the uplink's egress looked at forwarded packets again: {}",
+        w.nf.stats()["events"]
+    );
     assert_eq!(
         forward_policy_drops(&w.topo.host),
         0,

@@ -91,6 +91,7 @@ fn loaded(h: &Host, fast_path: u8) -> ProgTest {
         ext_addr: maps::raw_addr(EXT),
     };
     maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    maps::set_uplink(t.ebpf_mut(), h.uplink).expect("uplink");
     t
 }
 
@@ -246,6 +247,11 @@ fn a_flow_caches_its_route_and_a_bigger_packet_is_checked_against_the_mtu() {
     assert_eq!(e.fwd.ifindex, h.uplink);
     assert_eq!(e.fwd.dmac, GW_MAC);
     assert_eq!(e.fwd.max_len, 40, "the ACK's IPv4 length");
+    assert_eq!(
+        e.fwd.flags,
+        netfast::common::conntrack::FWD_F_UPLINK,
+        "out of an uplink of ours"
+    );
 
     // The neighbour changes: the cache still answers for now...
     h.ns.exec_ok(&[

@@ -227,6 +227,7 @@ fn measure_here(env: &Env, effort: Effort, step: &(dyn Fn(&str) + Sync)) -> Resu
         },
     )?;
     maps::set_host_addrs(e, &[UPLINK_ADDR, GATEWAY])?;
+    maps::set_uplink(e, uplink.index)?;
     fill(&mut t, 0, SMALL_TABLE)?;
 
     let server: Ep = (SERVER_ADDR, 5201);
