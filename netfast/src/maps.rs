@@ -240,6 +240,30 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// A flow from its parts (the kernel's conntrack table, for fallback backends).
+    pub fn from_parts(
+        proto: u8,
+        state: Option<&'static str>,
+        expires_in: u32,
+        unreplied: bool,
+        network_id: u16,
+        original: Tuple,
+        reply: Tuple,
+    ) -> Flow {
+        Flow {
+            protocol: protocol_name(proto),
+            state,
+            expires_in,
+            unreplied,
+            network_id,
+            original,
+            reply,
+            proto,
+        }
+    }
+}
+
 fn protocol_name(proto: u8) -> &'static str {
     match proto {
         PROTO_TCP => "tcp",

@@ -45,10 +45,16 @@ impl Netfast {
 
     /// Runs `netfast --netns <host> args…`, whatever its exit status.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// [`Netfast::run`] with these environment variables set.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(netfast_bin())
             .arg("--netns")
             .arg(&self.host)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run netfast")

@@ -18,8 +18,14 @@ pub struct Web {
     pub c1: String,
 }
 
-/// Builds the fixture; `settings` go to `netfast config` before the network is created.
+/// Builds the fixture on the eBPF dataplane; `settings` go to `netfast config` before the
+/// network is created.
 pub fn web(settings: &[&str]) -> Web {
+    web_on("ebpf", settings)
+}
+
+/// Builds the fixture with network `web` on `backend` (ebpf, nftables or iptables).
+pub fn web_on(backend: &str, settings: &[&str]) -> Web {
     let topo = Topology::builder().without_bridge().build();
     let nf = Netfast::new(&topo.host);
     let mut config = vec!["config", "--ct-max", "4096"];
@@ -33,6 +39,8 @@ pub fn web(settings: &[&str]) -> Web {
         "172.18.0.0/24",
         "--uplink",
         UPLINK,
+        "--backend",
+        backend,
     ]);
     let (c0, c1) = (
         format!("{}c0", topo.host.name()),

@@ -820,3 +820,88 @@ fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
     );
     assert!(nf.ok(&["container", "ls"]).contains(&a));
 }
+
+#[test]
+fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
+    require_root();
+    let (topo, nf) = host();
+    let file = format!("/tmp/{}-backend.toml", topo.host.name());
+    let text = |backend: &str| {
+        format!(
+            "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\nbackend = \"{backend}\"\n\n\
+             [[container]]\nname = \"{c}\"\nnetwork = \"web\"\n\n\
+             [[publish]]\nnetwork = \"web\"\nspec = \"8080:{c}:80\"\n",
+            c = ct(&topo, 0)
+        )
+    };
+    fs::write(&file, text("nftables")).expect("write apply file");
+    let first = nf.ok(&["apply", "-f", &file]);
+    assert!(
+        first.contains("+ network web 172.18.0.0/24 uplink up0 backend nftables"),
+        "{first}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["backend"], "nftables");
+    let table = || {
+        topo.host
+            .exec_ok(&["nft", "list", "table", "ip", "netfast"])
+    };
+    let rules = table();
+    assert!(
+        rules.contains("tcp dport 8080 dnat to 172.18.0.2:80"),
+        "{rules}"
+    );
+    assert_eq!(nf.ok(&["apply", "-f", &file]).trim(), "no changes");
+    assert_eq!(table(), rules, "a second apply changed the rules");
+    // Another backend in the file: the network moves, its rules with it.
+    fs::write(&file, text("iptables")).expect("write apply file");
+    nf.ok(&["apply", "-f", &file]);
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["backend"], "iptables");
+    assert!(
+        !topo
+            .host
+            .exec_ok(&["nft", "list", "tables"])
+            .contains("netfast")
+    );
+    let saved = topo.host.exec_ok(&["iptables-save", "-t", "nat"]);
+    assert!(
+        saved.contains(
+            "-A NETFAST-PUBLISHED -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:80"
+        ),
+        "{saved}"
+    );
+    fs::remove_file(&file).expect("remove apply file");
+}
+
+#[test]
+fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
+    require_root();
+    let (topo, nf) = host();
+    let before = snapshot(&topo);
+    // The host namespace without nft on its PATH: the nftables backend cannot work there.
+    let out = nf.run_env(
+        &[
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            "up0",
+            "--backend",
+            "nftables",
+        ],
+        &[("PATH", "/nonexistent")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--backend nftables: nftables is not usable")
+            && err.contains("netfast doctor"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&topo), before, "a refused create changed the host");
+}

@@ -12,12 +12,16 @@ use anyhow::Context as _;
 use aya::maps::RingBuf;
 use clap::Subcommand;
 use netfast::{
-    Dataplane,
+    Dataplane, backend,
     common::{
         conntrack::{CT_EVENT_NEW, CtEvent, CtKey},
         maps::CT_EVENTS,
     },
     host::Host,
+    loader::{
+        Loader,
+        model::{Backend, State},
+    },
     maps::{self, Flow},
 };
 use serde::Serialize;
@@ -42,7 +46,10 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     let host = Host::current()?;
-    let Some(dp) = Dataplane::open_existing(&host)? else {
+    let state = Loader::new()?.state()?;
+    let fallback = state.networks.iter().any(|n| n.backend != Backend::Ebpf);
+    let dp = Dataplane::open_existing(&host)?;
+    if dp.is_none() && !fallback {
         eprintln!(
             "netfast: no dataplane in {} (create a network first)",
             host.describe()
@@ -51,21 +58,47 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             println!("[]");
         }
         return Ok(());
-    };
+    }
     match command {
-        Command::List { json } => list(&dp, json),
-        Command::Watch { json } => watch(dp, json),
+        Command::List { json } => list(dp.as_ref(), &state, json),
+        Command::Watch { json } => {
+            if fallback {
+                eprintln!(
+                    "netfast: watch follows the eBPF dataplane's flows; those of networks on the \
+                     nftables/iptables backends are in the kernel's table: `conntrack -E`"
+                );
+            }
+            match dp {
+                Some(dp) => watch(dp, json),
+                None => anyhow::bail!("no network here is on the eBPF dataplane"),
+            }
+        }
         Command::Flush => {
-            let mut dp = dp;
-            let n = maps::flush_conntrack(dp.ebpf_mut())?;
+            let mut n = match dp {
+                Some(mut dp) => maps::flush_conntrack(dp.ebpf_mut())?,
+                None => 0,
+            };
+            for (_, e) in backend::kernel_flows(&state)? {
+                if backend::ctnetlink::delete(&e.original)? {
+                    n += 1;
+                }
+            }
             println!("flushed {n} flows");
             Ok(())
         }
     }
 }
 
-fn list(dp: &Dataplane, json: bool) -> anyhow::Result<()> {
-    let flows = maps::flows(dp.ebpf(), maps::monotonic_now())?;
+fn list(dp: Option<&Dataplane>, state: &State, json: bool) -> anyhow::Result<()> {
+    let mut flows = match dp {
+        Some(dp) => maps::flows(dp.ebpf(), maps::monotonic_now())?,
+        None => Vec::new(),
+    };
+    flows.extend(
+        backend::kernel_flows(state)?
+            .iter()
+            .map(|(id, e)| e.flow(*id)),
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
     } else {

@@ -4,7 +4,11 @@ use std::net::Ipv4Addr;
 
 use clap::Subcommand;
 use ipnet::Ipv4Net;
-use netfast::loader::{Loader, model::NetworkSpec, validate};
+use netfast::loader::{
+    Loader,
+    model::{BackendChoice, NetworkSpec},
+    validate,
+};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -32,6 +36,11 @@ pub enum Command {
         /// Route the subnet without translating it.
         #[arg(long)]
         no_masquerade: bool,
+        /// What serves the network: the eBPF dataplane, or netfast's own nftables table or
+        /// iptables chains for hosts where eBPF cannot be used. `auto` takes the first of
+        /// ebpf, nftables, iptables that works here (`netfast doctor` says why one does not).
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
     },
     /// Remove a network (it must have no containers); an adopted bridge is left in place.
     Rm { name: String },
@@ -57,6 +66,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             uplink,
             adopt,
             no_masquerade,
+            backend,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -66,6 +76,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 uplink,
                 adopt,
                 masquerade: !no_masquerade,
+                backend,
             };
             super::print_lines(loader.network_create(&spec)?);
         }
@@ -77,8 +88,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<5} DRIFT",
-                "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "UPLINK", "MASQ", "CTRS"
+                "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<9} {:<5} DRIFT",
+                "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "UPLINK", "MASQ", "BACKEND", "CTRS"
             );
             for n in nets {
                 let bridge = if n.adopted {
@@ -87,7 +98,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                     n.bridge
                 };
                 println!(
-                    "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<5} {}",
+                    "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<9} {:<5} {}",
                     n.name,
                     n.id,
                     n.subnet.to_string(),
@@ -95,6 +106,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                     bridge,
                     n.uplink,
                     if n.masquerade { "yes" } else { "no" },
+                    n.backend.name(),
                     n.containers,
                     if n.drift.is_empty() {
                         "-".into()

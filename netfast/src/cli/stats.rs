@@ -1,16 +1,25 @@
 //! `netfast stats`: packets and bytes per hook and per network, and a counter per drop reason.
 
-use netfast::{Dataplane, host::Host};
+use netfast::{
+    Dataplane,
+    host::Host,
+    loader::{Loader, model::Backend},
+    stats::Stats,
+};
 
 pub fn run(json: bool) -> anyhow::Result<()> {
     let host = Host::current()?;
-    let Some(dp) = Dataplane::open_existing(&host)? else {
-        anyhow::bail!(
+    let state = Loader::new()?.state()?;
+    let mut stats = match Dataplane::open_existing(&host)? {
+        Some(dp) => dp.stats()?,
+        None if state.networks.iter().any(|n| n.backend != Backend::Ebpf) => Stats::default(),
+        None => anyhow::bail!(
             "no dataplane in {} (create a network first)",
             host.describe()
-        );
+        ),
     };
-    let stats = dp.stats()?;
+    // Networks on the nftables/iptables backends count their drops in netfast's rules.
+    netfast::backend::add_drop_counters(&state, &mut stats)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());

@@ -63,6 +63,7 @@ mod tests {
             adopted: false,
             adopted_ports: vec![],
             masquerade: true,
+            backend: Default::default(),
         }
     }
 

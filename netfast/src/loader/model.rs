@@ -29,10 +29,73 @@ pub struct NetworkSpec {
     /// Masquerade traffic leaving through the uplink (on unless turned off).
     #[serde(default = "yes")]
     pub masquerade: bool,
+    /// What translates and filters the network's traffic.
+    #[serde(default)]
+    pub backend: BackendChoice,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// The dataplane that serves a network.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// netfast's TC programs: translation, conntrack and the fast path in eBPF.
+    #[default]
+    Ebpf,
+    /// An nftables table `netfast` (for hosts where eBPF cannot be used).
+    Nftables,
+    /// iptables chains named NETFAST-… (for hosts without nftables).
+    Iptables,
+}
+
+impl Backend {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Ebpf => "ebpf",
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backend a user asks for: one of them, or `auto` (eBPF where it works, else nftables,
+/// else iptables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Ebpf,
+    Nftables,
+    Iptables,
+}
+
+impl BackendChoice {
+    /// The backend asked for by name; `None` for auto.
+    pub const fn named(self) -> Option<Backend> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Ebpf => Some(Backend::Ebpf),
+            BackendChoice::Nftables => Some(Backend::Nftables),
+            BackendChoice::Iptables => Some(Backend::Iptables),
+        }
+    }
+
+    /// Whether a network served by `b` satisfies this choice.
+    pub fn accepts(self, b: Backend) -> bool {
+        self.named().is_none_or(|n| n == b)
+    }
 }
 
 /// A container as the user asks for it (`container create`, a `[[container]]` table).
@@ -64,6 +127,9 @@ pub struct Network {
     pub adopted_ports: Vec<String>,
     #[serde(default = "yes")]
     pub masquerade: bool,
+    /// What serves it: the eBPF dataplane, or netfast's own nftables table or iptables chains.
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 impl Network {
@@ -76,6 +142,7 @@ impl Network {
             && self.uplink == spec.uplink
             && self.adopted == spec.adopt
             && self.masquerade == spec.masquerade
+            && spec.backend.accepts(self.backend)
     }
 }
 

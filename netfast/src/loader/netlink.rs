@@ -6,7 +6,8 @@ use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd};
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
@@ -234,6 +235,20 @@ impl Nl<'_> {
                 .build(),
             format!("putting {} on bridge {}", link.name, bridge.name),
         )
+    }
+
+    /// Lets the bridge send a frame back out of the port it came in on: with br_netfilter,
+    /// a packet DNATed back to the container that sent it is bridged, not routed (Docker
+    /// sets the same for its containers when it does hairpin NAT in netfilter).
+    pub fn set_hairpin(&self, port: &Link) -> Result<()> {
+        self.rt
+            .block_on(
+                self.handle
+                    .link()
+                    .set_port(LinkBridgePort::new(port.index).hairpin(true).build())
+                    .execute(),
+            )
+            .map_err(failed(format!("turning hairpin mode on for {}", port.name)))
     }
 
     pub fn delete_link(&self, link: &Link) -> Result<()> {

@@ -11,8 +11,8 @@ use netfast_common::{
 use super::{
     caps, ipam,
     model::{
-        Container, ContainerSpec, DataplaneConfig, Network, NetworkSpec, State, default_bridge,
-        veth_name,
+        Backend, Container, ContainerSpec, DataplaneConfig, Network, NetworkSpec, State,
+        default_bridge, veth_name,
     },
     netlink::{Link, Netlink, Nl},
     nsfs,
@@ -70,10 +70,18 @@ impl Undo {
                     context: format!("deleting namespace {name}"),
                     source,
                 }),
+                Created::Network { network, .. } if network.backend != Backend::Ebpf => {
+                    let mut with = state.clone();
+                    with.networks.push(network);
+                    crate::backend::sync(&with, state)
+                }
                 Created::Network {
                     network,
                     fresh_dataplane,
                 } => uninstall(host, nl, state, &network).and_then(|()| {
+                    let mut with = state.clone();
+                    with.networks.push(network);
+                    crate::backend::sync(&with, state)?;
                     if fresh_dataplane {
                         Dataplane::remove(host).map(|_| ())
                     } else {
@@ -153,6 +161,7 @@ impl Loader {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
         let settings = validate::dataplane(&state.dataplane)?;
+        let backend = crate::backend::resolve(spec.backend)?;
         let bridge_name = spec
             .bridge
             .clone()
@@ -217,6 +226,7 @@ impl Loader {
             adopted: spec.adopt,
             adopted_ports,
             masquerade: spec.masquerade,
+            backend,
         };
         transaction(&self.host, nl, state, |undo| {
             if spec.adopt {
@@ -237,6 +247,33 @@ impl Loader {
             if set_ip_forward()? {
                 out.push("enabled net.ipv4.ip_forward in this namespace (it was off)".into());
             }
+            if backend != Backend::Ebpf {
+                undo.push(Created::Network {
+                    network: network.clone(),
+                    fresh_dataplane: false,
+                });
+                let mut after = state.clone();
+                after.networks.push(network.clone());
+                crate::backend::sync(state, &after)?;
+                out.push(format!(
+                    "{} {} serves it{}",
+                    match backend {
+                        Backend::Nftables => "nftables table `ip netfast`:",
+                        _ => "iptables chains NETFAST-…:",
+                    },
+                    backend,
+                    if spec.masquerade {
+                        format!(
+                            ", masquerading {} as {}",
+                            spec.subnet,
+                            ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+                return Ok(());
+            }
             let fresh = !Dataplane::exists(&self.host)?;
             undo.push(Created::Network {
                 network: network.clone(),
@@ -250,6 +287,10 @@ impl Loader {
                 ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
             )?;
             super::publish_ops::refresh_host_addrs(&self.host, nl)?;
+            // The fallbacks' isolation rules name every netfast bridge, this one too.
+            let mut after = state.clone();
+            after.networks.push(network.clone());
+            crate::backend::sync(state, &after)?;
             out.push(format!(
                 "attached the dataplane to {bridge_name} and {}{}",
                 spec.uplink,
@@ -301,10 +342,16 @@ impl Loader {
         network: &Network,
         out: &mut Vec<String>,
     ) -> Result<()> {
-        uninstall(&self.host, nl, state, network)?;
+        let before = state.clone();
+        if network.backend == Backend::Ebpf {
+            uninstall(&self.host, nl, state, network)?;
+        }
         state.networks.retain(|n| n.name != network.name);
-        if state.networks.is_empty() && Dataplane::remove(&self.host)? {
-            out.push("removed the dataplane (no network left)".into());
+        crate::backend::sync(&before, state)?;
+        if !state.networks.iter().any(|n| n.backend == Backend::Ebpf)
+            && Dataplane::remove(&self.host)?
+        {
+            out.push("removed the dataplane (no network on it left)".into());
         }
         remove_bridge(nl, network, out)
     }
@@ -375,10 +422,14 @@ impl Loader {
                 &mut |m| undo.push(m.into()),
             )?;
             let (host_side, eth0) = (plumbed.host_side, plumbed.eth0);
+            if network.backend != Backend::Ebpf {
+                nl.set_hairpin(&host_side)?;
+            }
             // The fast path delivers straight into the container: its veth, its MAC, and
             // the gateway's MAC as the frame's source.
-            if let (Some(mac), Some(gw_mac), Some(mut dp)) =
-                (eth0.mac, bridge.mac, Dataplane::open_existing(&self.host)?)
+            if network.backend == Backend::Ebpf
+                && let (Some(mac), Some(gw_mac), Some(mut dp)) =
+                    (eth0.mac, bridge.mac, Dataplane::open_existing(&self.host)?)
             {
                 dp.set_endpoint(
                     ip,
@@ -583,6 +634,17 @@ impl Loader {
         if Dataplane::remove(&self.host)? {
             out.push("removed the dataplane".into());
         }
+        let fallback = State::default();
+        crate::backend::sync(&locked.state, &fallback)?;
+        if locked
+            .state
+            .networks
+            .iter()
+            .any(|n| n.backend != Backend::Ebpf)
+        {
+            out.push("removed netfast's nftables table / iptables chains".into());
+        }
+        locked.state.publications.clear();
         for c in locked.state.containers.clone() {
             remove_container(&nl, &c, &mut out)?;
             locked.state.containers.retain(|x| x.name != c.name);

@@ -57,7 +57,11 @@ impl fmt::Display for Action {
                 c.ct_max, c.filtering, c.port_range, c.timeouts
             ),
             Action::CreateNetwork(s) => {
-                write!(f, "+ network {} {} uplink {}", s.name, s.subnet, s.uplink)
+                write!(f, "+ network {} {} uplink {}", s.name, s.subnet, s.uplink)?;
+                match s.backend.named() {
+                    Some(b) => write!(f, " backend {b}"),
+                    None => Ok(()),
+                }
             }
             Action::CreateContainer(s) => match s.ip {
                 Some(ip) => write!(f, "+ container {} on {} at {ip}", s.name, s.network),
@@ -205,6 +209,8 @@ pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
                     adopted: spec.adopt,
                     adopted_ports: vec![],
                     masquerade: spec.masquerade,
+                    // Resolved when created; the plan only validates.
+                    backend: spec.backend.named().unwrap_or_default(),
                 });
             }
             Action::CreateContainer(spec) => {

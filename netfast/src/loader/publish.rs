@@ -379,6 +379,7 @@ mod tests {
                 adopted: false,
                 adopted_ports: vec![],
                 masquerade: true,
+                backend: Default::default(),
             }],
             containers: vec![Container {
                 name: "ct1".into(),

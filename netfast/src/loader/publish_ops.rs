@@ -4,7 +4,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     Loader, caps,
-    model::State,
+    model::{Backend, State},
     netlink::Nl,
     publish::{self, Publication, PublishSpec},
     sockets,
@@ -58,7 +58,8 @@ impl Loader {
             ))
             .into());
         }
-        let net_id = state.network(network).map(|n| n.id).expect("validated");
+        let net = state.network(network).expect("validated");
+        let (net_id, backend) = (net.id, net.backend);
         for l in sockets::listeners(p.proto, p.host_ports) {
             let who = if l.owners.is_empty() {
                 "a socket".to_owned()
@@ -71,11 +72,17 @@ impl Loader {
                 l.port, p.proto
             ));
         }
-        let mut dp = Dataplane::open_existing(&self.host)?.ok_or_else(|| {
-            Error::Settings(format!("network `{network}` has no dataplane; recreate it"))
-        })?;
-        dp.set_host_addrs(&nl.all_addresses()?)?;
-        dp.publish(&p, net_id)?;
+        if backend == Backend::Ebpf {
+            let mut dp = Dataplane::open_existing(&self.host)?.ok_or_else(|| {
+                Error::Settings(format!("network `{network}` has no dataplane; recreate it"))
+            })?;
+            dp.set_host_addrs(&nl.all_addresses()?)?;
+            dp.publish(&p, net_id)?;
+        } else {
+            let mut after = state.clone();
+            after.publications.push(p.clone());
+            crate::backend::sync(state, &after)?;
+        }
         out.push(format!(
             "published {}{}/{} to {} ({}:{}){}",
             p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
@@ -127,15 +134,22 @@ impl Loader {
         p: &Publication,
         out: &mut Vec<String>,
     ) -> Result<()> {
-        if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
-            let flows = dp.unpublish(p)?;
-            if flows > 0 {
-                out.push(format!("ended {flows} flows through it"));
-            }
-        }
+        let before = state.clone();
         state
             .publications
             .retain(|q| !(q.network == p.network && q.spec == p.spec));
+        let flows = if before.network(&p.network).map(|n| n.backend) == Some(Backend::Ebpf) {
+            match Dataplane::open_existing(&self.host)? {
+                Some(mut dp) => dp.unpublish(p)?,
+                None => 0,
+            }
+        } else {
+            crate::backend::sync(&before, state)?;
+            crate::backend::end_flows(p)?
+        };
+        if flows > 0 {
+            out.push(format!("ended {flows} flows through it"));
+        }
         out.push(format!("unpublished {} on {}", p.spec, p.network));
         Ok(())
     }

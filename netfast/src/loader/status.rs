@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use netfast_common::Hook;
 use serde::Serialize;
 
-use super::{Loader, nsfs};
+use super::{Loader, model::Backend, nsfs};
 use crate::{dataplane::Dataplane, error::Result};
 
 #[derive(Clone, Debug, Serialize)]
@@ -19,6 +19,8 @@ pub struct NetworkStatus {
     pub uplink: String,
     pub adopted: bool,
     pub masquerade: bool,
+    /// What serves it: ebpf, nftables or iptables.
+    pub backend: Backend,
     pub containers: usize,
     /// What the kernel lacks of what the state says; empty when they agree.
     pub drift: Vec<String>,
@@ -50,7 +52,7 @@ impl Loader {
                         drift.push(format!("bridge {} is down", n.bridge));
                     }
                     for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
-                        if !attached(&n.bridge, hook) {
+                        if n.backend == Backend::Ebpf && !attached(&n.bridge, hook) {
                             drift.push(format!("{} is not attached to {}", hook.name(), n.bridge));
                         }
                     }
@@ -60,10 +62,16 @@ impl Loader {
                 drift.push(format!("uplink {} is missing", n.uplink));
             } else {
                 for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
-                    if !attached(&n.uplink, hook) {
+                    if n.backend == Backend::Ebpf && !attached(&n.uplink, hook) {
                         drift.push(format!("{} is not attached to {}", hook.name(), n.uplink));
                     }
                 }
+            }
+            if n.backend != Backend::Ebpf && !crate::backend::installed(n.backend) {
+                drift.push(format!(
+                    "netfast's {} rules are missing (removed by hand?); recreate the network",
+                    n.backend
+                ));
             }
             out.push(NetworkStatus {
                 name: n.name.clone(),
@@ -74,6 +82,7 @@ impl Loader {
                 uplink: n.uplink.clone(),
                 adopted: n.adopted,
                 masquerade: n.masquerade,
+                backend: n.backend,
                 containers: state.containers_of(&n.name).count(),
                 drift,
             });

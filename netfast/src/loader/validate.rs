@@ -268,6 +268,7 @@ mod tests {
             uplink: "eth0".into(),
             adopt: false,
             masquerade: true,
+            backend: Default::default(),
         }
     }
 
@@ -301,6 +302,7 @@ mod tests {
                 adopted: false,
                 adopted_ports: vec![],
                 masquerade: true,
+                backend: Default::default(),
             }],
             containers: vec![Container {
                 name: "ct1".into(),

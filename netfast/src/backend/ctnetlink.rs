@@ -1,0 +1,468 @@
+//! The kernel's connection tracking table over netlink (ctnetlink), for networks a fallback
+//! backend serves: their flows live there, not in the eBPF dataplane's map.
+//!
+//! Only what `netfast conntrack list/flush` needs: a dump of the IPv4 table and the deletion
+//! of an entry by its original tuple.
+
+use std::{io, mem::size_of, net::Ipv4Addr};
+
+use crate::{
+    error::{Error, Result},
+    maps::{Flow, Tuple},
+};
+
+const NETLINK_NETFILTER: libc::c_int = 12;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_TIMEOUT: u16 = 7;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTO_ICMP_ID: u16 = 4;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMP_CODE: u16 = 6;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_COUNTERS_PACKETS: u16 = 1;
+const CTA_COUNTERS_BYTES: u16 = 2;
+/// `IPS_SEEN_REPLY` in CTA_STATUS.
+const IPS_SEEN_REPLY: u32 = 1 << 1;
+
+/// One direction of a kernel conntrack entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KTuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMP echo identifier, type and code.
+    pub icmp: Option<(u16, u8, u8)>,
+}
+
+impl Default for KTuple {
+    fn default() -> Self {
+        KTuple {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            proto: 0,
+            sport: 0,
+            dport: 0,
+            icmp: None,
+        }
+    }
+}
+
+/// A kernel conntrack entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KEntry {
+    pub original: KTuple,
+    pub reply: KTuple,
+    pub timeout: u32,
+    pub status: u32,
+    pub tcp_state: Option<u8>,
+    /// Packets and bytes per direction, when `nf_conntrack_acct` is on.
+    pub counters: Option<[(u64, u64); 2]>,
+}
+
+fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        0 => "NONE",
+        1 => "SYN_SENT",
+        2 => "SYN_RECV",
+        3 => "ESTABLISHED",
+        4 => "FIN_WAIT",
+        5 => "CLOSE_WAIT",
+        6 => "LAST_ACK",
+        7 => "TIME_WAIT",
+        8 => "CLOSE",
+        9 => "SYN_SENT2",
+        _ => "UNKNOWN",
+    }
+}
+
+impl KEntry {
+    /// The entry in the form `netfast conntrack list` prints the dataplane's flows.
+    pub fn flow(&self, network_id: u16) -> Flow {
+        let tuple = |t: &KTuple, c: Option<(u64, u64)>| Tuple {
+            src: t.src,
+            dst: t.dst,
+            sport: if t.icmp.is_some() { 0 } else { t.sport },
+            dport: if t.icmp.is_some() { 0 } else { t.dport },
+            id: t.icmp.map(|(id, _, _)| id),
+            packets: c.map(|c| c.0),
+            bytes: c.map(|c| c.1),
+        };
+        Flow::from_parts(
+            self.original.proto,
+            self.tcp_state.map(tcp_state_name),
+            self.timeout,
+            self.status & IPS_SEEN_REPLY == 0,
+            network_id,
+            tuple(&self.original, self.counters.map(|c| c[0])),
+            tuple(&self.reply, self.counters.map(|c| c[1])),
+        )
+    }
+}
+
+/// A netlink attribute: its type (flags stripped) and payload.
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & !NLA_F_NESTED & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((ty, payload))
+    })
+}
+
+fn be16(b: &[u8]) -> u16 {
+    b.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn be32(b: &[u8]) -> u32 {
+    b.get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn be64(b: &[u8]) -> u64 {
+    b.get(..8).map_or(0, |b| {
+        u64::from_be_bytes(b.try_into().expect("eight bytes"))
+    })
+}
+
+fn parse_tuple(buf: &[u8]) -> KTuple {
+    let mut t = KTuple::default();
+    let mut icmp = (None, 0u8, 0u8);
+    for (ty, p) in attrs(buf) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (ty, p) in attrs(p) {
+                    match ty {
+                        CTA_IP_V4_SRC => t.src = Ipv4Addr::from(be32(p)),
+                        CTA_IP_V4_DST => t.dst = Ipv4Addr::from(be32(p)),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (ty, p) in attrs(p) {
+                    match ty {
+                        CTA_PROTO_NUM => t.proto = p.first().copied().unwrap_or(0),
+                        CTA_PROTO_SRC_PORT => t.sport = be16(p),
+                        CTA_PROTO_DST_PORT => t.dport = be16(p),
+                        CTA_PROTO_ICMP_ID => icmp.0 = Some(be16(p)),
+                        CTA_PROTO_ICMP_TYPE => icmp.1 = p.first().copied().unwrap_or(0),
+                        CTA_PROTO_ICMP_CODE => icmp.2 = p.first().copied().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    t.icmp = icmp.0.map(|id| (id, icmp.1, icmp.2));
+    t
+}
+
+fn parse_counters(buf: &[u8]) -> (u64, u64) {
+    let mut c = (0, 0);
+    for (ty, p) in attrs(buf) {
+        match ty {
+            CTA_COUNTERS_PACKETS => c.0 = be64(p),
+            CTA_COUNTERS_BYTES => c.1 = be64(p),
+            _ => {}
+        }
+    }
+    c
+}
+
+/// An entry from the attributes of a ctnetlink message (after its nfgenmsg).
+fn parse_entry(buf: &[u8]) -> KEntry {
+    let mut e = KEntry::default();
+    let mut counters = [None, None];
+    for (ty, p) in attrs(buf) {
+        match ty {
+            CTA_TUPLE_ORIG => e.original = parse_tuple(p),
+            CTA_TUPLE_REPLY => e.reply = parse_tuple(p),
+            CTA_STATUS => e.status = be32(p),
+            CTA_TIMEOUT => e.timeout = be32(p),
+            CTA_PROTOINFO => {
+                for (ty, p) in attrs(p) {
+                    if ty == CTA_PROTOINFO_TCP {
+                        for (ty, p) in attrs(p) {
+                            if ty == CTA_PROTOINFO_TCP_STATE {
+                                e.tcp_state = p.first().copied();
+                            }
+                        }
+                    }
+                }
+            }
+            CTA_COUNTERS_ORIG => counters[0] = Some(parse_counters(p)),
+            CTA_COUNTERS_REPLY => counters[1] = Some(parse_counters(p)),
+            _ => {}
+        }
+    }
+    if let [Some(a), Some(b)] = counters {
+        e.counters = Some([a, b]);
+    }
+    e
+}
+
+/// A netlink socket of the netfilter family, closed when dropped.
+struct Socket(libc::c_int);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: a descriptor this struct owns.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn io_err(context: &str) -> Error {
+    Error::Io {
+        context: context.to_owned(),
+        source: io::Error::last_os_error(),
+    }
+}
+
+impl Socket {
+    fn open() -> Result<Socket> {
+        // SAFETY: plain syscall; the descriptor is owned by the returned value.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err("opening a ctnetlink socket"));
+        }
+        Ok(Socket(fd))
+    }
+
+    /// Sends one request (`attrs` after the nfgenmsg) and returns every message of the answer
+    /// up to NLMSG_DONE or the acknowledgement.
+    fn request(&self, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let len = 16 + 4 + attrs.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        req.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg
+        req.extend_from_slice(attrs);
+        // SAFETY: sending a buffer we own to the kernel (the default destination of an
+        // unbound netlink socket is the kernel).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let sent = unsafe {
+            libc::sendto(
+                self.0,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io_err("sending a ctnetlink request"));
+        }
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: receiving into a buffer we own.
+            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io_err("reading the conntrack table"));
+            }
+            let mut rest = &buf[..n as usize];
+            while rest.len() >= 16 {
+                let mlen = u32::from_ne_bytes(rest[0..4].try_into().expect("4")) as usize;
+                let mtype = u16::from_ne_bytes([rest[4], rest[5]]);
+                if mlen < 16 || mlen > rest.len() {
+                    return Ok(out);
+                }
+                let body = &rest[16..mlen];
+                match mtype {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let errno = i32::from_ne_bytes(body[..4].try_into().expect("4"));
+                        if errno == 0 {
+                            return Ok(out); // the acknowledgement
+                        }
+                        return Err(Error::Io {
+                            context: "the kernel refused a ctnetlink request".into(),
+                            source: io::Error::from_raw_os_error(-errno),
+                        });
+                    }
+                    _ => out.push(body.get(4..).unwrap_or_default().to_vec()),
+                }
+                rest = &rest[((mlen + 3) & !3).min(rest.len())..];
+            }
+        }
+    }
+}
+
+/// Every IPv4 entry of the kernel's conntrack table in this network namespace.
+pub fn dump() -> Result<Vec<KEntry>> {
+    let sock = Socket::open()?;
+    Ok(sock
+        .request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, &[])?
+        .iter()
+        .map(|m| parse_entry(m))
+        .collect())
+}
+
+fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + payload.len() + 3);
+    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(payload);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+fn encode_tuple(t: &KTuple) -> Vec<u8> {
+    let ip = [
+        nla(CTA_IP_V4_SRC, &t.src.octets()),
+        nla(CTA_IP_V4_DST, &t.dst.octets()),
+    ]
+    .concat();
+    let mut proto = nla(CTA_PROTO_NUM, &[t.proto]);
+    match t.icmp {
+        Some((id, ty, code)) => {
+            proto.extend(nla(CTA_PROTO_ICMP_ID, &id.to_be_bytes()));
+            proto.extend(nla(CTA_PROTO_ICMP_TYPE, &[ty]));
+            proto.extend(nla(CTA_PROTO_ICMP_CODE, &[code]));
+        }
+        None => {
+            proto.extend(nla(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()));
+            proto.extend(nla(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()));
+        }
+    }
+    [
+        nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+        nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto),
+    ]
+    .concat()
+}
+
+/// Deletes the entry whose original direction is `t`; false if it was already gone.
+pub fn delete(t: &KTuple) -> Result<bool> {
+    let sock = Socket::open()?;
+    let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
+    match sock.request(IPCTNL_MSG_CT_DELETE, NLM_F_ACK, &attrs) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_tuple_parses_back() {
+        let t = KTuple {
+            src: "172.18.0.2".parse().unwrap(),
+            dst: "198.51.100.2".parse().unwrap(),
+            proto: 6,
+            sport: 40000,
+            dport: 80,
+            icmp: None,
+        };
+        assert_eq!(parse_tuple(&encode_tuple(&t)), t);
+        let echo = KTuple {
+            proto: 1,
+            sport: 0,
+            dport: 0,
+            icmp: Some((77, 8, 0)),
+            ..t
+        };
+        assert_eq!(parse_tuple(&encode_tuple(&echo)), echo);
+    }
+
+    #[test]
+    fn an_entry_parses_with_state_timeout_and_counters() {
+        let t = KTuple {
+            src: "172.18.0.2".parse().unwrap(),
+            dst: "198.51.100.2".parse().unwrap(),
+            proto: 6,
+            sport: 40000,
+            dport: 80,
+            icmp: None,
+        };
+        let r = KTuple {
+            src: t.dst,
+            dst: "198.51.100.1".parse().unwrap(),
+            sport: 80,
+            dport: 40000,
+            ..t
+        };
+        let counters = |p: u64, b: u64| {
+            [
+                nla(CTA_COUNTERS_PACKETS, &p.to_be_bytes()),
+                nla(CTA_COUNTERS_BYTES, &b.to_be_bytes()),
+            ]
+            .concat()
+        };
+        let msg = [
+            nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(&t)),
+            nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &encode_tuple(&r)),
+            nla(CTA_STATUS, &(IPS_SEEN_REPLY | 4).to_be_bytes()),
+            nla(CTA_TIMEOUT, &431999u32.to_be_bytes()),
+            nla(
+                CTA_PROTOINFO | NLA_F_NESTED,
+                &nla(
+                    CTA_PROTOINFO_TCP | NLA_F_NESTED,
+                    &nla(CTA_PROTOINFO_TCP_STATE, &[3]),
+                ),
+            ),
+            nla(CTA_COUNTERS_ORIG | NLA_F_NESTED, &counters(5, 300)),
+            nla(CTA_COUNTERS_REPLY | NLA_F_NESTED, &counters(4, 2000)),
+        ]
+        .concat();
+        let e = parse_entry(&msg);
+        assert_eq!((e.original, e.reply), (t, r));
+        assert_eq!(e.timeout, 431999);
+        assert_eq!(e.tcp_state, Some(3));
+        assert_eq!(e.counters, Some([(5, 300), (4, 2000)]));
+        let line = e.flow(1).line();
+        assert!(
+            line.contains("ESTABLISHED src=172.18.0.2 dst=198.51.100.2 sport=40000 dport=80 packets=5 bytes=300 src=198.51.100.2 dst=198.51.100.1 sport=80 dport=40000"),
+            "{line}"
+        );
+        assert!(!line.contains("UNREPLIED"), "{line}");
+    }
+}

@@ -1,0 +1,440 @@
+//! Backends: what translates and filters a network's traffic. The eBPF dataplane
+//! ([`crate::dataplane`]) is the default; on hosts where eBPF cannot be used, netfast writes
+//! the same behaviour as its own nftables table (`ip netfast`) or its own iptables chains
+//! (`NETFAST-…`), never touching anyone else's rules.
+//!
+//! A fallback's rules are a function of the state: every change to networks or publications
+//! re-renders them from the state and replaces them atomically ([`sync`]), so applying twice
+//! changes nothing and removing the last network removes every rule.
+
+pub mod ctnetlink;
+pub mod rules;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use crate::{
+    error::{Error, Result},
+    loader::model::{Backend, BackendChoice, State},
+};
+use rules::{Counts, DROP_REASONS, IPT_CHAINS, Rules, ipt_drop_chain};
+
+/// Runs a netfilter tool (`nft`, `iptables`, `iptables-restore`, …) with `input` on stdin;
+/// its stdout, or an error with what it printed.
+fn tool(argv: &[&str], input: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
+        context: format!(
+            "running {} (is it installed? Debian: apt-get install {})",
+            argv[0],
+            if argv[0].starts_with("nft") {
+                "nftables"
+            } else {
+                "iptables"
+            }
+        ),
+        source,
+    })?;
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| Error::Io {
+                context: format!("writing to {}", argv[0]),
+                source,
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|source| Error::Io {
+        context: format!("waiting for {}", argv[0]),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Settings(format!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Why `backend` cannot serve a network on this host, if it cannot.
+pub fn unusable(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::Ebpf => ebpf_usable().err(),
+        Backend::Nftables => tool(&["nft", "list", "tables"], None)
+            .err()
+            .map(|e| format!("nftables is not usable: {}", crate::error::report(&e))),
+        Backend::Iptables => tool(&["iptables", "-t", "nat", "-S", "POSTROUTING"], None)
+            .err()
+            .map(|e| format!("iptables is not usable: {}", crate::error::report(&e))),
+    }
+}
+
+// Replaced by the doctor's eBPF checks when they land.
+fn ebpf_usable() -> std::result::Result<(), String> {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    Ok(())
+}
+
+/// The backend for `choice`: the named one if it works here, or for `auto` the first of
+/// eBPF, nftables, iptables that does.
+pub fn resolve(choice: BackendChoice) -> Result<Backend> {
+    resolve_with(choice, unusable)
+}
+
+fn resolve_with(
+    choice: BackendChoice,
+    unusable: impl Fn(Backend) -> Option<String>,
+) -> Result<Backend> {
+    if let Some(b) = choice.named() {
+        return match unusable(b) {
+            None => Ok(b),
+            Some(why) => Err(Error::Settings(format!(
+                "--backend {b}: {why}; run `netfast doctor` for the fixes, or pick another \
+                 backend (--backend auto picks one that works)"
+            ))),
+        };
+    }
+    let mut reasons = Vec::new();
+    for b in [Backend::Ebpf, Backend::Nftables, Backend::Iptables] {
+        match unusable(b) {
+            None => return Ok(b),
+            Some(why) => reasons.push(format!("{b}: {why}")),
+        }
+    }
+    Err(Error::Settings(format!(
+        "no backend works on this host ({}); run `netfast doctor`",
+        reasons.join("; ")
+    )))
+}
+
+/// Makes the fallback backends' rules match `after`: netfast's nftables table and iptables
+/// chains hold exactly what the networks they serve need (and vanish when they serve none),
+/// and the bridges they serve let the host's 127.0.0.1 clients through. A backend that serves
+/// no network in `before` nor in `after` is not touched at all: listing iptables rules can
+/// load netfilter modules and hook them into the namespace, which an eBPF-only host must not
+/// pay for.
+pub fn sync(before: &State, after: &State) -> Result<()> {
+    for backend in [Backend::Nftables, Backend::Iptables] {
+        let serves = |s: &State| s.networks.iter().any(|n| n.backend == backend);
+        if !serves(before) && !serves(after) {
+            continue;
+        }
+        let rules = Rules::of(after, backend);
+        for bridge in rules.bridges() {
+            route_localnet(bridge)?;
+        }
+        match backend {
+            Backend::Nftables => sync_nft(&rules)?,
+            Backend::Iptables => sync_iptables(&rules)?,
+            Backend::Ebpf => unreachable!(),
+        }
+        if !rules.is_empty() {
+            // Packet and byte counts in `netfast conntrack list`, as the eBPF dataplane
+            // gives them. Best effort: without it the flows are listed without counts.
+            let _ = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1");
+        }
+    }
+    Ok(())
+}
+
+/// Lets packets from 127.0.0.0/8 leave through `bridge` (they are masqueraded on the way):
+/// what Docker sets for the host's clients of 127.0.0.1 without its userland proxy.
+fn route_localnet(bridge: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    std::fs::write(&path, "1").map_err(|source| Error::Io {
+        context: format!("writing {path}"),
+        source,
+    })
+}
+
+/// Whether netfast's rules of a fallback `backend` are in place (always true for eBPF, whose
+/// attachments `network ls` checks itself).
+pub fn installed(backend: Backend) -> bool {
+    match backend {
+        Backend::Ebpf => true,
+        Backend::Nftables => nft_exists(),
+        Backend::Iptables => ipt_jump("filter", "FORWARD", "NETFAST-FORWARD", "-C").is_ok(),
+    }
+}
+
+fn nft_exists() -> bool {
+    tool(&["nft", "list", "table", "ip", "netfast"], None).is_ok()
+}
+
+fn sync_nft(rules: &Rules) -> Result<()> {
+    if rules.is_empty() && !nft_exists() {
+        return Ok(());
+    }
+    let counts = if rules.is_empty() {
+        Counts::new()
+    } else {
+        nft_counters()?
+    };
+    tool(
+        &["nft", "-f", "-"],
+        Some(&rules::nft_script(rules, &counts)),
+    )?;
+    Ok(())
+}
+
+/// The drop counters of table `ip netfast` (none when it does not exist).
+fn nft_counters() -> Result<Counts> {
+    let mut counts = Counts::new();
+    if !nft_exists() {
+        return Ok(counts);
+    }
+    let json = tool(
+        &["nft", "-j", "list", "counters", "table", "ip", "netfast"],
+        None,
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| Error::Settings(format!("reading `nft -j list counters`: {e}")))?;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let c = &item["counter"];
+        if let (Some(name), Some(p), Some(b)) = (
+            c["name"].as_str(),
+            c["packets"].as_u64(),
+            c["bytes"].as_u64(),
+        ) {
+            counts.insert(name.to_owned(), (p, b));
+        }
+    }
+    Ok(counts)
+}
+
+/// netfast's chains that exist in `table`.
+fn ipt_own_chains(table: &str) -> Result<Vec<String>> {
+    let rules = tool(&["iptables", "-t", table, "-S"], None)?;
+    Ok(rules
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N NETFAST-"))
+        .map(|c| format!("NETFAST-{c}"))
+        .collect())
+}
+
+fn ipt_jump(table: &str, builtin: &str, chain: &str, op: &str) -> Result<String> {
+    tool(
+        &["iptables", "-w", "-t", table, op, builtin, "-j", chain],
+        None,
+    )
+}
+
+fn sync_iptables(rules: &Rules) -> Result<()> {
+    let existing: Vec<(String, String)> = ["nat", "filter"]
+        .into_iter()
+        .map(|t| {
+            Ok(ipt_own_chains(t)?
+                .into_iter()
+                .map(move |c| (t.to_owned(), c)))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if rules.is_empty() {
+        if existing.is_empty() {
+            return Ok(());
+        }
+        // Jumps first, then the chains (flushed before deleted: they reference each other).
+        for (table, chain, builtin) in IPT_CHAINS {
+            if let Some(builtin) = builtin {
+                while ipt_jump(table, builtin, chain, "-C").is_ok() {
+                    ipt_jump(table, builtin, chain, "-D")?;
+                }
+            }
+        }
+        for (table, chain) in &existing {
+            tool(&["iptables", "-w", "-t", table, "-F", chain], None)?;
+        }
+        for (table, chain) in &existing {
+            tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
+        }
+        return Ok(());
+    }
+    let counts = ipt_counters()?;
+    let (input, allow_chains) = rules::ipt_restore(rules, &counts);
+    tool(&["iptables-restore", "-w", "--noflush", "-c"], Some(&input))?;
+    // First in the built-in chains, as Docker puts its own: netfast's accepts must come
+    // before a policy of DROP, and its drops before anyone's accepts.
+    for (table, chain, builtin) in IPT_CHAINS {
+        if let Some(builtin) = builtin
+            && ipt_jump(table, builtin, chain, "-C").is_err()
+        {
+            tool(
+                &[
+                    "iptables", "-w", "-t", table, "-I", builtin, "1", "-j", chain,
+                ],
+                None,
+            )?;
+        }
+    }
+    // Allow-list chains of publications that are gone.
+    for (table, chain) in existing.iter().filter(|(t, c)| {
+        t == "filter" && c.starts_with("NETFAST-ALLOW-") && !allow_chains.contains(c)
+    }) {
+        tool(&["iptables", "-w", "-t", table, "-F", chain], None)?;
+        tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
+    }
+    Ok(())
+}
+
+/// The drop counters of netfast's iptables chains (none when they do not exist).
+fn ipt_counters() -> Result<Counts> {
+    let mut counts = Counts::new();
+    let save = tool(&["iptables-save", "-c", "-t", "filter"], None)?;
+    for reason in DROP_REASONS {
+        let rule = format!(" -A {} -j DROP", ipt_drop_chain(reason));
+        for line in save.lines().filter(|l| l.ends_with(&rule)) {
+            if let Some((p, b)) = line
+                .strip_prefix('[')
+                .and_then(|l| l.split_once(']'))
+                .and_then(|(c, _)| c.split_once(':'))
+                .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)))
+            {
+                counts.insert(reason.to_owned(), (p, b));
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Packets and bytes the fallback backends dropped, per drop reason (summed over both).
+pub fn drop_counters(state: &State) -> Result<Counts> {
+    let mut total = Counts::new();
+    let mut add = |c: Counts| {
+        for (k, (p, b)) in c {
+            let e = total.entry(k).or_default();
+            e.0 += p;
+            e.1 += b;
+        }
+    };
+    if state
+        .networks
+        .iter()
+        .any(|n| n.backend == Backend::Nftables)
+    {
+        add(nft_counters()?);
+    }
+    if state
+        .networks
+        .iter()
+        .any(|n| n.backend == Backend::Iptables)
+    {
+        add(ipt_counters()?);
+    }
+    Ok(total)
+}
+
+/// Ends the kernel's flows through a publication of a fallback network (as the eBPF dataplane
+/// ends its own): the entries DNATed from its host ports to its container. Returns how many.
+pub fn end_flows(p: &crate::loader::publish::Publication) -> Result<usize> {
+    let mut ended = 0;
+    for e in ctnetlink::dump()? {
+        if e.original.proto == p.proto.number()
+            && e.reply.src == p.container_ip
+            && p.host_ports.iter().any(|hp| hp == e.original.dport)
+            && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
+            && ctnetlink::delete(&e.original)?
+        {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// The kernel conntrack entries of the networks the fallback backends serve: flows from
+/// their subnets, and flows to their containers (published ports). With the network's id.
+pub fn kernel_flows(state: &State) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
+    let nets: Vec<_> = state
+        .networks
+        .iter()
+        .filter(|n| n.backend != Backend::Ebpf)
+        .collect();
+    if nets.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(ctnetlink::dump()?
+        .into_iter()
+        .filter_map(|e| {
+            let net = nets
+                .iter()
+                .find(|n| n.subnet.contains(&e.original.src) || n.subnet.contains(&e.reply.src))?;
+            Some((net.id, e))
+        })
+        .collect())
+}
+
+/// The fallback backends' drop counters added to `stats` (the eBPF dataplane's, or empty).
+pub fn add_drop_counters(state: &State, stats: &mut crate::stats::Stats) -> Result<()> {
+    for (reason, (packets, bytes)) in drop_counters(state)? {
+        let Some(r) = netfast_common::DropReason::ALL
+            .into_iter()
+            .find(|r| r.name() == reason)
+        else {
+            continue;
+        };
+        match stats.drops.iter_mut().find(|d| d.reason == r.name()) {
+            Some(d) => {
+                d.packets += packets;
+                d.bytes += bytes;
+            }
+            None => stats.drops.push(crate::stats::DropStats {
+                reason: r.name(),
+                description: r.describe(),
+                packets,
+                bytes,
+            }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_the_first_backend_that_works_and_a_named_one_must_work() {
+        let none_but = |ok: Backend| move |b: Backend| (b != ok).then(|| format!("no {b}"));
+        assert_eq!(
+            resolve_with(BackendChoice::Auto, none_but(Backend::Ebpf)).unwrap(),
+            Backend::Ebpf
+        );
+        assert_eq!(
+            resolve_with(BackendChoice::Auto, none_but(Backend::Nftables)).unwrap(),
+            Backend::Nftables
+        );
+        assert_eq!(
+            resolve_with(BackendChoice::Auto, none_but(Backend::Iptables)).unwrap(),
+            Backend::Iptables
+        );
+        let err = resolve_with(BackendChoice::Nftables, none_but(Backend::Ebpf))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--backend nftables: no nftables") && err.contains("netfast doctor"),
+            "{err}"
+        );
+        let err = resolve_with(BackendChoice::Auto, |b| Some(format!("no {b}")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ebpf: no ebpf; nftables: no nftables; iptables: no iptables"),
+            "{err}"
+        );
+    }
+}

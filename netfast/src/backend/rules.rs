@@ -1,0 +1,565 @@
+//! What a fallback backend must do for the networks it serves, computed from the state, and
+//! rendered as one nftables table or as iptables chains. Pure: no kernel needed.
+//!
+//! The rules give the eBPF dataplane's behaviour (and Docker's): masquerade of a subnet out of
+//! its uplink; published ports for every local address (outside clients, the host's own
+//! clients including 127.0.0.1, containers through hairpin); allow-lists; no direct access
+//! to masqueraded containers from outside; no traffic between netfast networks.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use crate::loader::{
+    model::{Backend, State},
+    publish::{Ports, Proto},
+};
+
+/// The drop counters a fallback backend keeps, under the names `netfast stats` gives the eBPF
+/// dataplane's drop reasons.
+pub const DROP_REASONS: [&str; 3] = ["inter_network", "direct_access", "not_allowed"];
+
+/// A bridge network the backend serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub uplink: String,
+    pub masquerade: bool,
+}
+
+/// One destination NAT rule: traffic for a local address (`host_ip`, or any) and `host_ports`
+/// goes to `ip`, at `ports` (`None`: the same port it came to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dnat {
+    pub host_ip: Option<Ipv4Addr>,
+    pub proto: Proto,
+    pub host_ports: Ports,
+    pub ip: Ipv4Addr,
+    pub ports: Option<Ports>,
+}
+
+/// Clients outside `allow` may not open flows through `host_ports` to `ip`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    pub proto: Proto,
+    pub host_ports: Ports,
+    pub ip: Ipv4Addr,
+    pub allow: Vec<Ipv4Net>,
+}
+
+/// Everything one fallback backend must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub nets: Vec<Net>,
+    /// Bridge pairs (from, to) whose traffic is dropped: every pair of netfast networks where
+    /// at least one side is served by this backend.
+    pub isolate: Vec<(String, String)>,
+    pub dnat: Vec<Dnat>,
+    pub allow: Vec<Allow>,
+}
+
+impl Rules {
+    /// What `backend` must hold for `state`; empty when it serves no network.
+    pub fn of(state: &State, backend: Backend) -> Rules {
+        let mine = |name: &str| state.network(name).is_some_and(|n| n.backend == backend);
+        let nets: Vec<Net> = state
+            .networks
+            .iter()
+            .filter(|n| n.backend == backend)
+            .map(|n| Net {
+                bridge: n.bridge.clone(),
+                subnet: n.subnet,
+                uplink: n.uplink.clone(),
+                masquerade: n.masquerade,
+            })
+            .collect();
+        let mut isolate = Vec::new();
+        for a in &state.networks {
+            for b in &state.networks {
+                if a.name != b.name && (mine(&a.name) || mine(&b.name)) {
+                    isolate.push((a.bridge.clone(), b.bridge.clone()));
+                }
+            }
+        }
+        let mut dnat = Vec::new();
+        let mut allow = Vec::new();
+        for p in state.publications.iter().filter(|p| mine(&p.network)) {
+            if p.host_ports == p.container_ports {
+                dnat.push(Dnat {
+                    host_ip: p.host_ip,
+                    proto: p.proto,
+                    host_ports: p.host_ports,
+                    ip: p.container_ip,
+                    ports: None,
+                });
+            } else {
+                // A shifted range: a rule per port (a range holds at most 4096).
+                for (h, c) in p.host_ports.iter().zip(p.container_ports.iter()) {
+                    dnat.push(Dnat {
+                        host_ip: p.host_ip,
+                        proto: p.proto,
+                        host_ports: Ports { first: h, last: h },
+                        ip: p.container_ip,
+                        ports: Some(Ports { first: c, last: c }),
+                    });
+                }
+            }
+            if !p.allow.is_empty() {
+                allow.push(Allow {
+                    proto: p.proto,
+                    host_ports: p.host_ports,
+                    ip: p.container_ip,
+                    allow: p.allow.clone(),
+                });
+            }
+        }
+        Rules {
+            nets,
+            isolate,
+            dnat,
+            allow,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The bridges whose `route_localnet` must be on: the host's clients of 127.0.0.1 reach
+    /// published ports through them (then masqueraded to the gateway's address).
+    pub fn bridges(&self) -> impl Iterator<Item = &str> {
+        self.nets.iter().map(|n| n.bridge.as_str())
+    }
+}
+
+/// Packets and bytes of a counter.
+pub type Counts = BTreeMap<String, (u64, u64)>;
+
+fn nft_ports(p: Ports) -> String {
+    if p.first == p.last {
+        p.first.to_string()
+    } else {
+        format!("{}-{}", p.first, p.last)
+    }
+}
+
+fn ipt_ports(p: Ports) -> String {
+    if p.first == p.last {
+        p.first.to_string()
+    } else {
+        format!("{}:{}", p.first, p.last)
+    }
+}
+
+/// nftables quotes interface names.
+fn q(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+/// The nftables script that replaces table `ip netfast` with `rules` in one transaction;
+/// `counts` carries the drop counters over.
+pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
+    let mut s = String::new();
+    // Declaring the table first makes the delete succeed whether or not it exists.
+    s.push_str("table ip netfast {}\ndelete table ip netfast\n");
+    if rules.is_empty() {
+        return s;
+    }
+    s.push_str("table ip netfast {\n");
+    for reason in DROP_REASONS {
+        let (p, b) = counts.get(reason).copied().unwrap_or_default();
+        let _ = writeln!(s, "\tcounter {reason} {{ packets {p} bytes {b} }}");
+    }
+    s.push_str(
+        "\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\tfib daddr type local jump published\n\t}\n",
+    );
+    s.push_str(
+        "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tfib daddr type local jump published\n\t}\n",
+    );
+    s.push_str("\tchain published {\n");
+    for d in &rules.dnat {
+        s.push_str("\t\t");
+        if let Some(ip) = d.host_ip {
+            let _ = write!(s, "ip daddr {ip} ");
+        }
+        let _ = write!(
+            s,
+            "{} dport {} dnat to {}",
+            d.proto,
+            nft_ports(d.host_ports),
+            d.ip
+        );
+        if let Some(p) = d.ports {
+            let _ = write!(s, ":{}", nft_ports(p));
+        }
+        s.push('\n');
+    }
+    s.push_str("\t}\n");
+    s.push_str(
+        "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n",
+    );
+    for n in &rules.nets {
+        if n.masquerade {
+            let _ = writeln!(
+                s,
+                "\t\toifname {} ip saddr {} masquerade",
+                q(&n.uplink),
+                n.subnet
+            );
+        }
+        // Hairpin: a container reaching a published port of its own network gets the
+        // answer through the host, not straight from the server next to it.
+        let _ = writeln!(
+            s,
+            "\t\toifname {} ip saddr {} ct status dnat masquerade",
+            q(&n.bridge),
+            n.subnet
+        );
+        let _ = writeln!(
+            s,
+            "\t\toifname {} ip saddr 127.0.0.0/8 masquerade",
+            q(&n.bridge)
+        );
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n");
+    for (a, b) in &rules.isolate {
+        let _ = writeln!(
+            s,
+            "\t\tiifname {} oifname {} counter name inter_network drop",
+            q(a),
+            q(b)
+        );
+    }
+    for a in &rules.allow {
+        let list: Vec<String> = a.allow.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {} meta l4proto {} ct status dnat ct original proto-dst {} ip saddr != {{ {} }} counter name not_allowed drop",
+            a.ip,
+            a.proto,
+            nft_ports(a.host_ports),
+            list.join(", ")
+        );
+    }
+    for n in &rules.nets {
+        let br = q(&n.bridge);
+        let _ = writeln!(s, "\t\toifname {br} ct state established,related accept");
+        let _ = writeln!(s, "\t\toifname {br} ct status dnat accept");
+        if n.masquerade {
+            let _ = writeln!(
+                s,
+                "\t\toifname {br} iifname != {br} counter name direct_access drop"
+            );
+        }
+        let _ = writeln!(s, "\t\tiifname {br} accept");
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+/// The iptables chains netfast owns, with the built-in chain that jumps to each (none for
+/// the chains only other NETFAST chains jump to).
+pub const IPT_CHAINS: [(&str, &str, Option<&str>); 8] = [
+    ("nat", "NETFAST-PREROUTING", Some("PREROUTING")),
+    ("nat", "NETFAST-OUTPUT", Some("OUTPUT")),
+    ("nat", "NETFAST-POSTROUTING", Some("POSTROUTING")),
+    ("nat", "NETFAST-PUBLISHED", None),
+    ("filter", "NETFAST-FORWARD", Some("FORWARD")),
+    ("filter", "NETFAST-INTER-NETWORK", None),
+    ("filter", "NETFAST-DIRECT-ACCESS", None),
+    ("filter", "NETFAST-NOT-ALLOWED", None),
+];
+
+/// The filter chain that counts and drops packets for a drop reason.
+pub fn ipt_drop_chain(reason: &str) -> String {
+    format!("NETFAST-{}", reason.replace('_', "-").to_uppercase())
+}
+
+/// The `iptables-restore --noflush` input for `rules` (both tables). Declaring a chain
+/// flushes it; chains of allow-lists no longer needed are left for the caller to delete.
+/// Returns the input and the names of the allow-list chains it uses.
+pub fn ipt_restore(rules: &Rules, counts: &Counts) -> (String, Vec<String>) {
+    let mut s = String::new();
+    s.push_str("*nat\n");
+    for (table, chain, _) in IPT_CHAINS {
+        if table == "nat" {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+    }
+    s.push_str("-A NETFAST-PREROUTING -m addrtype --dst-type LOCAL -j NETFAST-PUBLISHED\n");
+    s.push_str("-A NETFAST-OUTPUT -m addrtype --dst-type LOCAL -j NETFAST-PUBLISHED\n");
+    for d in &rules.dnat {
+        s.push_str("-A NETFAST-PUBLISHED ");
+        if let Some(ip) = d.host_ip {
+            let _ = write!(s, "-d {ip}/32 ");
+        }
+        let _ = write!(
+            s,
+            "-p {p} -m {p} --dport {} -j DNAT --to-destination {}",
+            ipt_ports(d.host_ports),
+            d.ip,
+            p = d.proto
+        );
+        if let Some(p) = d.ports {
+            let _ = write!(s, ":{}", ipt_ports(p));
+        }
+        s.push('\n');
+    }
+    for n in &rules.nets {
+        if n.masquerade {
+            let _ = writeln!(
+                s,
+                "-A NETFAST-POSTROUTING -s {} -o {} -j MASQUERADE",
+                n.subnet, n.uplink
+            );
+        }
+        let _ = writeln!(
+            s,
+            "-A NETFAST-POSTROUTING -s {} -o {} -m conntrack --ctstate DNAT -j MASQUERADE",
+            n.subnet, n.bridge
+        );
+        let _ = writeln!(
+            s,
+            "-A NETFAST-POSTROUTING -s 127.0.0.0/8 -o {} -j MASQUERADE",
+            n.bridge
+        );
+    }
+    s.push_str("COMMIT\n*filter\n");
+    let mut allow_chains = Vec::new();
+    for (table, chain, _) in IPT_CHAINS {
+        if table == "filter" {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+    }
+    for i in 0..rules.allow.len() {
+        let name = format!("NETFAST-ALLOW-{i}");
+        let _ = writeln!(s, ":{name} - [0:0]");
+        allow_chains.push(name);
+    }
+    // Each drop chain holds one rule whose counter is the drop reason's (carried over).
+    for reason in DROP_REASONS {
+        let (p, b) = counts.get(reason).copied().unwrap_or_default();
+        let _ = writeln!(s, "[{p}:{b}] -A {} -j DROP", ipt_drop_chain(reason));
+    }
+    for (a, b) in &rules.isolate {
+        let _ = writeln!(
+            s,
+            "-A NETFAST-FORWARD -i {a} -o {b} -j {}",
+            ipt_drop_chain("inter_network")
+        );
+    }
+    for (a, chain) in rules.allow.iter().zip(&allow_chains) {
+        let _ = writeln!(
+            s,
+            "-A NETFAST-FORWARD -d {}/32 -p {} -m conntrack --ctstate DNAT --ctorigdstport {} -j {chain}",
+            a.ip,
+            a.proto,
+            ipt_ports(a.host_ports)
+        );
+        for net in &a.allow {
+            let _ = writeln!(s, "-A {chain} -s {net} -j RETURN");
+        }
+        let _ = writeln!(s, "-A {chain} -j {}", ipt_drop_chain("not_allowed"));
+    }
+    for n in &rules.nets {
+        let br = &n.bridge;
+        let _ = writeln!(
+            s,
+            "-A NETFAST-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
+        let _ = writeln!(
+            s,
+            "-A NETFAST-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
+        );
+        if n.masquerade {
+            let _ = writeln!(
+                s,
+                "-A NETFAST-FORWARD ! -i {br} -o {br} -j {}",
+                ipt_drop_chain("direct_access")
+            );
+        }
+        let _ = writeln!(s, "-A NETFAST-FORWARD -i {br} -j ACCEPT");
+    }
+    s.push_str("COMMIT\n");
+    (s, allow_chains)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{
+        model::{Backend, Network},
+        publish::Publication,
+    };
+
+    fn state() -> State {
+        let net = |name: &str, id: u16, subnet: &str, backend| Network {
+            name: name.into(),
+            id,
+            subnet: subnet.parse().unwrap(),
+            gateway: subnet.parse::<Ipv4Net>().unwrap().hosts().next().unwrap(),
+            bridge: format!("nf-{name}"),
+            uplink: "eth0".into(),
+            adopted: false,
+            adopted_ports: vec![],
+            masquerade: true,
+            backend,
+        };
+        State {
+            networks: vec![
+                net("web", 1, "172.18.0.0/24", Backend::Nftables),
+                net("db", 2, "172.19.0.0/24", Backend::Ebpf),
+            ],
+            publications: vec![
+                Publication {
+                    network: "web".into(),
+                    spec: "8080:c0:80/tcp".into(),
+                    host_ip: None,
+                    host_ports: Ports {
+                        first: 8080,
+                        last: 8080,
+                    },
+                    container: "c0".into(),
+                    container_ip: "172.18.0.2".parse().unwrap(),
+                    container_ports: Ports {
+                        first: 80,
+                        last: 80,
+                    },
+                    proto: Proto::Tcp,
+                    allow: vec!["192.0.2.0/24".parse().unwrap()],
+                    rule: 0,
+                },
+                Publication {
+                    network: "web".into(),
+                    spec: "198.51.100.1:5000-5001:c1:5000-5001/udp".into(),
+                    host_ip: Some("198.51.100.1".parse().unwrap()),
+                    host_ports: Ports {
+                        first: 5000,
+                        last: 5001,
+                    },
+                    container: "c1".into(),
+                    container_ip: "172.18.0.3".parse().unwrap(),
+                    container_ports: Ports {
+                        first: 5000,
+                        last: 5001,
+                    },
+                    proto: Proto::Udp,
+                    allow: vec![],
+                    rule: 0,
+                },
+            ],
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn rules_cover_only_the_backends_networks_and_isolate_both_ways() {
+        let r = Rules::of(&state(), Backend::Nftables);
+        assert_eq!(r.nets.len(), 1);
+        assert_eq!(
+            r.isolate,
+            vec![
+                ("nf-web".into(), "nf-db".into()),
+                ("nf-db".into(), "nf-web".into())
+            ]
+        );
+        assert_eq!(r.dnat.len(), 2);
+        assert_eq!(r.allow.len(), 1);
+        assert!(Rules::of(&state(), Backend::Iptables).is_empty());
+        // The eBPF dataplane's own networks are none of a fallback's business, except for
+        // isolation from them.
+        let e = Rules::of(&state(), Backend::Ebpf);
+        assert_eq!(e.nets[0].bridge, "nf-db");
+    }
+
+    #[test]
+    fn a_shifted_range_becomes_a_rule_per_port() {
+        let mut st = state();
+        st.publications[1].container_ports = Ports {
+            first: 6000,
+            last: 6001,
+        };
+        let r = Rules::of(&st, Backend::Nftables);
+        assert_eq!(r.dnat.len(), 3);
+        assert_eq!(
+            r.dnat[2].ports,
+            Some(Ports {
+                first: 6001,
+                last: 6001
+            })
+        );
+        assert!(
+            nft_script(&r, &Counts::new())
+                .contains("ip daddr 198.51.100.1 udp dport 5001 dnat to 172.18.0.3:6001")
+        );
+    }
+
+    #[test]
+    fn the_nft_script_replaces_the_table_and_carries_counters() {
+        let r = Rules::of(&state(), Backend::Nftables);
+        let mut counts = Counts::new();
+        counts.insert("not_allowed".into(), (7, 420));
+        let s = nft_script(&r, &counts);
+        assert!(
+            s.starts_with("table ip netfast {}\ndelete table ip netfast\ntable ip netfast {\n")
+        );
+        for line in [
+            "counter not_allowed { packets 7 bytes 420 }",
+            "fib daddr type local jump published",
+            "tcp dport 8080 dnat to 172.18.0.2:80",
+            "ip daddr 198.51.100.1 udp dport 5000-5001 dnat to 172.18.0.3\n",
+            "oifname \"eth0\" ip saddr 172.18.0.0/24 masquerade",
+            "oifname \"nf-web\" ip saddr 172.18.0.0/24 ct status dnat masquerade",
+            "iifname \"nf-web\" oifname \"nf-db\" counter name inter_network drop",
+            "ip daddr 172.18.0.2 meta l4proto tcp ct status dnat ct original proto-dst 8080 ip saddr != { 192.0.2.0/24 } counter name not_allowed drop",
+            "oifname \"nf-web\" iifname != \"nf-web\" counter name direct_access drop",
+        ] {
+            assert!(s.contains(line), "{line} missing from\n{s}");
+        }
+        // Nothing to serve: the script only removes the table.
+        assert_eq!(
+            nft_script(&Rules::default(), &counts),
+            "table ip netfast {}\ndelete table ip netfast\n"
+        );
+    }
+
+    #[test]
+    fn the_iptables_input_declares_every_chain_and_drops_through_counting_chains() {
+        let st = State {
+            networks: state()
+                .networks
+                .into_iter()
+                .map(|mut n| {
+                    n.backend = Backend::Iptables;
+                    n
+                })
+                .collect(),
+            ..state()
+        };
+        let r = Rules::of(&st, Backend::Iptables);
+        let mut counts = Counts::new();
+        counts.insert("direct_access".into(), (3, 180));
+        let (s, allow) = ipt_restore(&r, &counts);
+        assert_eq!(allow, vec!["NETFAST-ALLOW-0".to_owned()]);
+        for line in [
+            ":NETFAST-PUBLISHED - [0:0]",
+            ":NETFAST-ALLOW-0 - [0:0]",
+            "-A NETFAST-PUBLISHED -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:80",
+            "-A NETFAST-PUBLISHED -d 198.51.100.1/32 -p udp -m udp --dport 5000:5001 -j DNAT --to-destination 172.18.0.3\n",
+            "-A NETFAST-POSTROUTING -s 172.18.0.0/24 -o eth0 -j MASQUERADE",
+            "[3:180] -A NETFAST-DIRECT-ACCESS -j DROP",
+            "-A NETFAST-FORWARD -i nf-web -o nf-db -j NETFAST-INTER-NETWORK",
+            "-A NETFAST-FORWARD -d 172.18.0.2/32 -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 -j NETFAST-ALLOW-0",
+            "-A NETFAST-ALLOW-0 -s 192.0.2.0/24 -j RETURN",
+            "-A NETFAST-ALLOW-0 -j NETFAST-NOT-ALLOWED",
+            "-A NETFAST-FORWARD ! -i nf-db -o nf-db -j NETFAST-DIRECT-ACCESS",
+        ] {
+            assert!(s.contains(line), "{line} missing from\n{s}");
+        }
+        assert_eq!(s.matches("COMMIT\n").count(), 2);
+    }
+}
