@@ -141,7 +141,9 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     );
-    let total = u64::from(rounds) * (kinds.len() * workloads.len()) as u64 + u64::from(programs);
+    // The programs are timed once per round too, after the workloads: their figures get a
+    // median and a spread like every other.
+    let total = u64::from(rounds) * (kinds.len() * workloads.len() + usize::from(programs)) as u64;
     let bar = progress(total);
     bar.set_message("building the lab");
     let lab = Lab::build(&kinds, netfast_bin)?;
@@ -196,21 +198,33 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
             }
         }
     }
-    let interrupted = STOP.load(Ordering::Relaxed);
 
     let (mut program_costs, mut programs_floor_ns, mut programs_error) = (Vec::new(), None, None);
-    if programs && !interrupted {
+    if programs && !STOP.load(Ordering::Relaxed) {
         let env = lab.env(Kind::NetfastOn).expect("built");
-        let step = |what: &str| bar.set_message(format!("programs: {what}"));
-        match progcost::measure(env, effort, &step) {
-            Ok(c) => {
-                program_costs = c.rows;
-                programs_floor_ns = Some(c.floor_ns);
+        let mut per_round = Vec::new();
+        for round in 1..=rounds {
+            if STOP.load(Ordering::Relaxed) {
+                break;
             }
-            Err(e) => programs_error = Some(format!("{e:#}")),
+            let step =
+                |what: &str| bar.set_message(format!("programs, round {round}/{rounds}: {what}"));
+            match progcost::measure(env, effort, &step) {
+                Ok(c) => per_round.push(c),
+                Err(e) => {
+                    programs_error = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+            bar.inc(1);
         }
-        bar.inc(1);
+        if programs_error.is_none() && !per_round.is_empty() {
+            let c = progcost::combine(per_round);
+            program_costs = c.rows;
+            programs_floor_ns = Some(c.floor_ns);
+        }
     }
+    let interrupted = STOP.load(Ordering::Relaxed);
     bar.set_message("cleaning up");
     drop(lab);
     bar.finish_and_clear();

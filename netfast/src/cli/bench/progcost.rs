@@ -65,6 +65,12 @@ pub struct ProgCost {
     pub established_large_ns: Option<f64>,
     /// The first packet of a new flow (median of single runs).
     pub new_ns: Option<f64>,
+    /// Over the rounds: (max − min) / median of the established figure, and the smallest and
+    /// largest growth from 1,000 to 1,000,000 flows a round measured.
+    #[serde(default)]
+    pub spread: Option<f64>,
+    #[serde(default)]
+    pub growth_range: Option<(f64, f64)>,
 }
 
 /// How many runs to time.
@@ -660,7 +666,55 @@ fn row(
         established_ns: established(t, effort, probe)?,
         established_large_ns: None,
         new_ns,
+        spread: None,
+        growth_range: None,
     })
+}
+
+/// The rounds' costs as one: medians, with the established figure's spread and the range of
+/// the growth over the rounds. Every round measures the same cases in the same order.
+pub fn combine(rounds: Vec<ProgCosts>) -> ProgCosts {
+    let mut floors: Vec<f64> = rounds.iter().map(|r| r.floor_ns).collect();
+    let floor_ns = median(&mut floors);
+    let Some(first) = rounds.first() else {
+        return ProgCosts {
+            floor_ns,
+            rows: Vec::new(),
+        };
+    };
+    let rows = (0..first.rows.len())
+        .map(|i| {
+            let of = |f: &dyn Fn(&ProgCost) -> Option<f64>| -> Vec<f64> {
+                rounds.iter().filter_map(|r| f(&r.rows[i])).collect()
+            };
+            let mut est = of(&|p| Some(p.established_ns));
+            let mut large = of(&|p| p.established_large_ns);
+            let mut new = of(&|p| p.new_ns);
+            let growth = of(&|p| p.established_large_ns.map(|l| l / p.established_ns));
+            let (lo, hi) = est
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let established_ns = median(&mut est);
+            ProgCost {
+                established_ns,
+                established_large_ns: (!large.is_empty()).then(|| median(&mut large)),
+                new_ns: (!new.is_empty()).then(|| median(&mut new)),
+                spread: (rounds.len() > 1 && established_ns > 0.0)
+                    .then(|| (hi - lo) / established_ns),
+                growth_range: (!growth.is_empty()).then(|| {
+                    growth
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                            (a.min(x), b.max(x))
+                        })
+                }),
+                ..first.rows[i].clone()
+            }
+        })
+        .collect();
+    ProgCosts { floor_ns, rows }
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
@@ -719,4 +773,42 @@ fn fill(t: &mut ProgTest, from: u32, to: u32) -> Result<()> {
             .with_context(|| format!("tracking flow {i}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs(floor: f64, est: f64, large: f64) -> ProgCosts {
+        ProgCosts {
+            floor_ns: floor,
+            rows: vec![ProgCost {
+                program: "p",
+                case: "c",
+                established_ns: est,
+                established_large_ns: Some(large),
+                new_ns: None,
+                spread: None,
+                growth_range: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn rounds_combine_into_medians_with_spread_and_growth_range() {
+        let c = combine(vec![
+            costs(100.0, 300.0, 300.0),
+            costs(110.0, 400.0, 600.0),
+            costs(90.0, 200.0, 300.0),
+        ]);
+        assert_eq!(c.floor_ns, 100.0);
+        let r = &c.rows[0];
+        assert_eq!(r.established_ns, 300.0);
+        assert_eq!(r.established_large_ns, Some(300.0));
+        assert_eq!(r.spread, Some(200.0 / 300.0));
+        assert_eq!(r.growth_range, Some((1.0, 1.5)));
+        assert_eq!(r.new_ns, None);
+        // One round: no spread to speak of.
+        assert_eq!(combine(vec![costs(1.0, 2.0, 2.0)]).rows[0].spread, None);
+    }
 }

@@ -468,26 +468,30 @@ pub fn markdown(r: &Report) -> String {
     if !r.programs.is_empty() {
         let _ = writeln!(
             s,
-            "| case | program | packet | established ({SMALL_TABLE} flows) | established ({LARGE_TABLE} flows) | growth | new flow |\n|---:|---|---|---:|---:|---:|---:|"
+            "| case | program | packet | established ({SMALL_TABLE} flows) | spread | established ({LARGE_TABLE} flows) | growth | growth over the rounds | new flow |\n|---:|---|---|---:|---:|---:|---:|---:|---:|"
         );
         for (i, p) in r.programs.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 i + 1,
                 p.program,
                 p.case,
                 p.established_ns,
+                p.spread
+                    .map_or("–".into(), |x| format!("{:.0}%", x * 100.0)),
                 p.established_large_ns
                     .map_or("–".into(), |x| format!("{x:.0}")),
                 p.established_large_ns
                     .map_or("–".into(), |x| format!("{:.2}×", x / p.established_ns)),
+                p.growth_range
+                    .map_or("–".into(), |(a, b)| format!("{a:.2}–{b:.2}×")),
                 p.new_ns.map_or("–".into(), |x| format!("{x:.0}"))
             );
         }
         let _ = writeln!(
             s,
-            "\nMedians of single runs, each on a fresh copy of the packet, net of an empty program's per-run time ({:.0} ns: the kernel's timer read and the call). The socket programs (connect4, sendmsg4, recvmsg4, getpeername4 on the root cgroup) cannot be run by BPF_PROG_TEST_RUN and are not measured.\n\n![programs](programs.svg)",
+            "\nMedians over the rounds of each round's median of single runs, each on a fresh copy of the packet, net of an empty program's per-run time ({:.0} ns: the kernel's timer read and the call). The socket programs (connect4, sendmsg4, recvmsg4, getpeername4 on the root cgroup) cannot be run by BPF_PROG_TEST_RUN and are not measured.\n\n![programs](programs.svg)",
             r.programs_floor_ns.unwrap_or(f64::NAN)
         );
     }
@@ -580,6 +584,8 @@ mod tests {
             established_ns: 150.0,
             established_large_ns: Some(165.0),
             new_ns: None,
+            spread: None,
+            growth_range: None,
         };
         let t = targets(&[], &[p]);
         let cost = t.iter().find(|t| t.goal.contains("100 ns")).unwrap();
