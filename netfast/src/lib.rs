@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod clock;
 pub mod dataplane;
+pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod loader;
