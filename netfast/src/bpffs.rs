@@ -62,20 +62,10 @@ fn mount_bpffs() -> io::Result<()> {
 /// 4. otherwise a new mount at /sys/fs/bpf — only in a mount namespace this process shares
 ///    with its parent, since a mount in a private one would vanish with the process.
 pub fn root() -> Result<PathBuf> {
-    if is_bpffs(DEFAULT) {
-        return Ok(PathBuf::from(DEFAULT));
+    if let Some(found) = find() {
+        return Ok(found);
     }
-    if is_bpffs(VIA_PID1) {
-        return Ok(PathBuf::from(VIA_PID1));
-    }
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() }.to_string();
-    let private = mount_ns("self") != mount_ns(&parent);
-    let via_parent = format!("/proc/{parent}/root{DEFAULT}");
-    if private && is_bpffs(&via_parent) {
-        return Ok(PathBuf::from(via_parent));
-    }
-    if !private {
+    if !private_mount_ns() {
         mount_bpffs().map_err(|source| Error::Io {
             context: format!(
                 "the bpf filesystem is not mounted and mounting it at {DEFAULT} failed \
@@ -94,6 +84,33 @@ pub fn root() -> Result<PathBuf> {
         ),
         source: io::Error::from(io::ErrorKind::NotFound),
     })
+}
+
+/// The bpffs mount to pin into, when there is one (steps 1 to 3 of [`root`]); mounts
+/// nothing.
+pub fn find() -> Option<PathBuf> {
+    if is_bpffs(DEFAULT) {
+        return Some(PathBuf::from(DEFAULT));
+    }
+    if is_bpffs(VIA_PID1) {
+        return Some(PathBuf::from(VIA_PID1));
+    }
+    let via_parent = format!("/proc/{}/root{DEFAULT}", parent());
+    if private_mount_ns() && is_bpffs(&via_parent) {
+        return Some(PathBuf::from(via_parent));
+    }
+    None
+}
+
+fn parent() -> String {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() }.to_string()
+}
+
+/// Whether this process has a mount namespace of its own (not its parent's), where a mount
+/// would vanish with it.
+pub fn private_mount_ns() -> bool {
+    mount_ns("self") != mount_ns(&parent())
 }
 
 /// True when `path` exists (a pin, or a directory of pins).

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bpffs;
 pub mod clock;
 pub mod dataplane;
+pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod loader;

@@ -28,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "python3",
     "tcpdump",
+    "kmod",
 ];
 
 pub fn run() -> Result<(), Fail> {

@@ -71,7 +71,7 @@ fn tool(argv: &[&str], input: Option<&str>) -> Result<String> {
 /// Why `backend` cannot serve a network on this host, if it cannot.
 pub fn unusable(backend: Backend) -> Option<String> {
     match backend {
-        Backend::Ebpf => ebpf_usable().err(),
+        Backend::Ebpf => crate::doctor::ebpf_usable().err(),
         Backend::Nftables => tool(&["nft", "list", "tables"], None)
             .err()
             .map(|e| format!("nftables is not usable: {}", crate::error::report(&e))),
@@ -79,14 +79,6 @@ pub fn unusable(backend: Backend) -> Option<String> {
             .err()
             .map(|e| format!("iptables is not usable: {}", crate::error::report(&e))),
     }
-}
-
-// Replaced by the doctor's eBPF checks when they land.
-fn ebpf_usable() -> std::result::Result<(), String> {
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
-    }
-    Ok(())
 }
 
 /// The backend for `choice`: the named one if it works here, or for `auto` the first of

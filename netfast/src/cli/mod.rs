@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod conntrack;
 mod container;
+mod doctor;
 mod network;
 mod object;
 mod publish;
@@ -60,6 +61,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose this host: eBPF support, forwarding, netfilter modules, and rules that meet
+    /// netfast's traffic (FORWARD DROP, Docker, double NAT), a line per check.
+    ///
+    /// Each check is PASS, WARN or FAIL, with what was found and the exact fix. Nothing
+    /// changes unless --fix is given. Root is needed to read everything; what could not be
+    /// read says so.
+    #[command(after_help = "Exit status: 0 unless a check FAILs, then 1.")]
+    Doctor {
+        /// Print the checks as a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Apply the safe fixes (mount bpffs, load modules, set sysctls; in the machine's
+        /// root network namespace also /etc/modules-load.d/netfast.conf and
+        /// /etc/sysctl.d/90-netfast.conf so that they last), then check again. Rules,
+        /// policies and other programs' tables are left for you to change.
+        #[arg(long)]
+        fix: bool,
+    },
     /// List the programs and maps of the embedded eBPF object.
     Object,
     /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
@@ -97,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
+        Command::Doctor { json, fix } => doctor::run(json, fix),
         Command::Object => object::run(),
         Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }

@@ -6,7 +6,9 @@ pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_BPF: u32 = 39;
 
-fn effective() -> u64 {
+/// The effective capability set of this process (`CapEff` in /proc/self/status); 0 when it
+/// cannot be read.
+pub fn effective() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -17,8 +19,9 @@ fn effective() -> u64 {
         .unwrap_or(0)
 }
 
-/// Fails naming every missing capability. `mounts`: the command mounts (namespaces, bpffs).
-pub fn require(what: &str, mounts: bool) -> Result<()> {
+/// The capabilities netfast needs that this process lacks. `mounts`: the command mounts
+/// (namespaces, bpffs).
+pub fn missing(mounts: bool) -> Vec<&'static str> {
     let caps = effective();
     let has = |c: u32| caps & (1 << c) != 0;
     let mut missing = Vec::new();
@@ -31,6 +34,12 @@ pub fn require(what: &str, mounts: bool) -> Result<()> {
     if mounts && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_SYS_ADMIN");
     }
+    missing
+}
+
+/// Fails naming every missing capability. `mounts`: the command mounts (namespaces, bpffs).
+pub fn require(what: &str, mounts: bool) -> Result<()> {
+    let missing = missing(mounts);
     if missing.is_empty() {
         Ok(())
     } else {

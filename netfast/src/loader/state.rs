@@ -14,7 +14,8 @@ use crate::{
     host::Host,
 };
 
-const STATE_FILE: &str = "state.json";
+/// The state file in a host's state directory.
+pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 
 /// The state of a host, held under its lock; dropping it releases the lock.

@@ -1,0 +1,370 @@
+//! NAT rules from iptables or nftables, in one shape, and whether one translates what netfast
+//! already translates: a masquerade/SNAT of a netfast subnet leaving through its uplink, or a
+//! DNAT/REDIRECT of a port netfast publishes.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::loader::{
+    model::{Network, State},
+    publish::{Ports, Proto, Publication},
+};
+
+/// A match, possibly negated (`! -s 10.0.0.0/8`, `oifname != "docker0"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match<T> {
+    pub negated: bool,
+    pub value: T,
+}
+
+impl<T> Match<T> {
+    pub fn new(negated: bool, value: T) -> Self {
+        Match { negated, value }
+    }
+}
+
+/// A match read from `value`; one that cannot be read (a named set, say) matches nothing, so
+/// that the doctor never blames a rule it does not understand.
+pub fn read_or_nothing<T: Default>(value: Option<T>, negated: bool) -> Match<T> {
+    match value {
+        Some(v) => Match::new(negated, v),
+        None => Match::new(false, T::default()),
+    }
+}
+
+/// A set of IPv4 addresses: inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddrSet(pub Vec<(u32, u32)>);
+
+fn span(net: Ipv4Net) -> (u32, u32) {
+    (u32::from(net.network()), u32::from(net.broadcast()))
+}
+
+impl AddrSet {
+    pub fn net(net: Ipv4Net) -> Self {
+        AddrSet(vec![span(net)])
+    }
+
+    pub fn range(first: Ipv4Addr, last: Ipv4Addr) -> Self {
+        AddrSet(vec![(u32::from(first), u32::from(last))])
+    }
+
+    pub fn overlaps(&self, net: Ipv4Net) -> bool {
+        let (a, b) = span(net);
+        self.0.iter().any(|&(x, y)| x <= b && a <= y)
+    }
+
+    pub fn covers(&self, net: Ipv4Net) -> bool {
+        let (a, b) = span(net);
+        self.0.iter().any(|&(x, y)| x <= a && b <= y)
+    }
+}
+
+/// What a rule does to addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    Masquerade,
+    Snat,
+    Dnat,
+    Redirect,
+}
+
+/// A NAT rule from any source, with what it matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatRule {
+    pub kind: Nat,
+    /// The rule for a human, with where it lives.
+    pub describe: String,
+    /// The exact command that deletes it.
+    pub delete: String,
+    pub source: Option<Match<AddrSet>>,
+    pub destination: Option<Match<AddrSet>>,
+    pub in_iface: Option<Match<Vec<String>>>,
+    pub out_iface: Option<Match<Vec<String>>>,
+    /// `tcp`, `udp`, `all`, a number.
+    pub proto: Option<Match<String>>,
+    pub dports: Option<Match<Vec<Ports>>>,
+}
+
+/// An interface pattern (`eth+` in iptables, `eth*` in nftables) matching a name.
+fn iface_matches(pattern: &str, name: &str) -> bool {
+    match pattern
+        .strip_suffix('+')
+        .or_else(|| pattern.strip_suffix('*'))
+    {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Whether an interface match lets packets through `name`; no match lets everything through.
+fn iface_applies(m: &Option<Match<Vec<String>>>, name: &str) -> bool {
+    m.as_ref()
+        .is_none_or(|m| m.value.iter().any(|p| iface_matches(p, name)) != m.negated)
+}
+
+/// Whether an address match takes some address of `net`.
+fn addr_applies(m: &Option<Match<AddrSet>>, net: Ipv4Net) -> bool {
+    match m {
+        None => true,
+        Some(Match {
+            negated: false,
+            value,
+        }) => value.overlaps(net),
+        Some(Match {
+            negated: true,
+            value,
+        }) => !value.covers(net),
+    }
+}
+
+fn proto_applies(m: &Option<Match<String>>, proto: Proto) -> bool {
+    m.as_ref().is_none_or(|m| {
+        let same = match m.value.as_str() {
+            "all" | "0" => true,
+            "tcp" | "6" => proto == Proto::Tcp,
+            "udp" | "17" => proto == Proto::Udp,
+            _ => false,
+        };
+        same != m.negated
+    })
+}
+
+fn ports_apply(m: &Option<Match<Vec<Ports>>>, ports: &Ports) -> bool {
+    match m {
+        None => true,
+        Some(Match {
+            negated: false,
+            value,
+        }) => value.iter().any(|p| p.overlaps(ports)),
+        Some(Match {
+            negated: true,
+            value,
+        }) => !value
+            .iter()
+            .any(|p| p.first <= ports.first && ports.last <= p.last),
+    }
+}
+
+/// Why `rule` translates traffic of `state` a second time, if it does.
+pub fn double_translation(rule: &NatRule, state: &State) -> Option<String> {
+    match rule.kind {
+        Nat::Masquerade | Nat::Snat => {
+            state
+                .networks
+                .iter()
+                .find(|n| masquerades(rule, n))
+                .map(|n| {
+                    format!(
+                        "it source-translates network {} ({}) leaving through {}, which netfast \
+                     masquerades already",
+                        n.name, n.subnet, n.uplink
+                    )
+                })
+        }
+        Nat::Dnat | Nat::Redirect => state
+            .publications
+            .iter()
+            .find(|p| redirects(rule, p, state))
+            .map(|p| {
+                format!(
+                    "it redirects {} port {}, which netfast publishes ({} {})",
+                    p.proto, p.host_ports, p.network, p.spec
+                )
+            }),
+    }
+}
+
+fn masquerades(rule: &NatRule, network: &Network) -> bool {
+    network.masquerade
+        && addr_applies(&rule.source, network.subnet)
+        && iface_applies(&rule.out_iface, &network.uplink)
+}
+
+fn redirects(rule: &NatRule, p: &Publication, state: &State) -> bool {
+    if !proto_applies(&rule.proto, p.proto) {
+        return false;
+    }
+    let uplink = state.network(&p.network).map(|n| n.uplink.as_str());
+    if uplink.is_some_and(|u| !iface_applies(&rule.in_iface, u)) {
+        return false;
+    }
+    match (&rule.destination, p.host_ip) {
+        (Some(_), Some(ip)) if !addr_applies(&rule.destination, Ipv4Net::from(ip)) => {
+            return false;
+        }
+        // A whole-address rule (1:1 NAT of some address) without ports: only a publication
+        // on that very address would meet it.
+        (Some(_), None) if rule.dports.is_none() => return false,
+        _ => {}
+    }
+    ports_apply(&rule.dports, &p.host_ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{
+        model::State,
+        publish::{Ports, Proto},
+    };
+
+    fn state() -> State {
+        let json = serde_json::json!({
+            "networks": [{
+                "name": "web", "id": 1, "subnet": "172.18.0.0/24", "gateway": "172.18.0.1",
+                "bridge": "nf-web", "uplink": "up0"
+            }, {
+                "name": "routed", "id": 2, "subnet": "10.9.0.0/24", "gateway": "10.9.0.1",
+                "bridge": "nf-routed", "uplink": "up0", "masquerade": false
+            }],
+            "publications": [{
+                "network": "web", "spec": "8080:ct1:80/tcp", "host_ip": null,
+                "host_ports": {"first": 8080, "last": 8080}, "container": "ct1",
+                "container_ip": "172.18.0.2", "container_ports": {"first": 80, "last": 80},
+                "proto": "tcp"
+            }]
+        });
+        serde_json::from_value(json).expect("a state")
+    }
+
+    fn rule(kind: Nat) -> NatRule {
+        NatRule {
+            kind,
+            describe: "r".into(),
+            delete: "d".into(),
+            source: None,
+            destination: None,
+            in_iface: None,
+            out_iface: None,
+            proto: None,
+            dports: None,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn docker_masquerade_overlaps() {
+        let s = state();
+        let mut r = rule(Nat::Masquerade);
+        r.source = Some(Match::new(false, AddrSet::net(net("172.18.0.0/24"))));
+        r.out_iface = Some(Match::new(true, vec!["docker0".into()]));
+        let why = double_translation(&r, &s).expect("overlaps");
+        assert!(why.contains("network web (172.18.0.0/24)"), "{why}");
+
+        // Another subnet, or a rule for another interface: no.
+        r.source = Some(Match::new(false, AddrSet::net(net("172.17.0.0/16"))));
+        assert_eq!(double_translation(&r, &s), None);
+        r.source = Some(Match::new(false, AddrSet::net(net("172.16.0.0/12"))));
+        assert!(double_translation(&r, &s).is_some(), "a covering prefix");
+        r.out_iface = Some(Match::new(false, vec!["eth+".into()]));
+        assert_eq!(double_translation(&r, &s), None);
+        r.out_iface = Some(Match::new(false, vec!["up+".into()]));
+        assert!(
+            double_translation(&r, &s).is_some(),
+            "wildcard matching the uplink"
+        );
+
+        // No source: every source, ours included.
+        let r = rule(Nat::Snat);
+        assert!(double_translation(&r, &s).is_some());
+        // A source excluded by negation.
+        let mut r = rule(Nat::Masquerade);
+        r.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/16"))));
+        assert_eq!(double_translation(&r, &s), None);
+        r.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/25"))));
+        assert!(
+            double_translation(&r, &s).is_some(),
+            "half the subnet is left"
+        );
+        // The routed network is not masqueraded by netfast: its rule is the only one.
+        r.source = Some(Match::new(false, AddrSet::net(net("10.9.0.0/24"))));
+        assert_eq!(double_translation(&r, &s), None);
+        // Ranges, as nft writes them.
+        r.source = Some(Match::new(
+            false,
+            AddrSet::range(
+                "172.18.0.200".parse().unwrap(),
+                "172.18.1.5".parse().unwrap(),
+            ),
+        ));
+        assert!(double_translation(&r, &s).is_some());
+    }
+
+    #[test]
+    fn dnat_overlaps_published_ports() {
+        let s = state();
+        let mut r = rule(Nat::Dnat);
+        r.proto = Some(Match::new(false, "tcp".into()));
+        r.in_iface = Some(Match::new(true, vec!["docker0".into()]));
+        r.dports = Some(Match::new(
+            false,
+            vec![Ports {
+                first: 8080,
+                last: 8080,
+            }],
+        ));
+        let why = double_translation(&r, &s).expect("overlaps");
+        assert!(
+            why.contains("tcp port 8080") && why.contains("8080:ct1:80/tcp"),
+            "{why}"
+        );
+
+        r.proto = Some(Match::new(false, "udp".into()));
+        assert_eq!(double_translation(&r, &s), None, "another protocol");
+        r.proto = None;
+        r.dports = Some(Match::new(
+            false,
+            vec![Ports {
+                first: 8000,
+                last: 8079,
+            }],
+        ));
+        assert_eq!(double_translation(&r, &s), None, "other ports");
+        r.dports = Some(Match::new(
+            false,
+            vec![Ports {
+                first: 8000,
+                last: 9000,
+            }],
+        ));
+        assert!(double_translation(&r, &s).is_some(), "a covering range");
+        r.dports = Some(Match::new(
+            true,
+            vec![Ports {
+                first: 8080,
+                last: 8080,
+            }],
+        ));
+        assert_eq!(double_translation(&r, &s), None, "all but ours");
+        r.dports = None;
+        assert!(double_translation(&r, &s).is_some(), "every port");
+        r.destination = Some(Match::new(false, AddrSet::net(net("192.0.2.9/32"))));
+        assert_eq!(
+            double_translation(&r, &s),
+            None,
+            "1:1 NAT of another address"
+        );
+        r.dports = Some(Match::new(
+            false,
+            vec![Ports {
+                first: 8080,
+                last: 8080,
+            }],
+        ));
+        assert!(
+            double_translation(&r, &s).is_some(),
+            "port 8080 of any host address"
+        );
+        r.in_iface = Some(Match::new(false, vec!["eth0".into()]));
+        assert_eq!(double_translation(&r, &s), None, "another interface");
+        assert!(proto_applies(
+            &Some(Match::new(true, "udp".into())),
+            Proto::Tcp
+        ));
+    }
+}

@@ -1,0 +1,538 @@
+//! `netfast doctor` against host namespaces broken on purpose, the way the articles' hosts
+//! are: forwarding off, a FORWARD policy of DROP, a Docker-like MASQUERADE of netfast's
+//! subnet and a DNAT of its published port, a Docker-like nftables table. Each test checks
+//! the exact WARN/FAIL lines, that the doctor alone changes nothing, that `--fix` repairs
+//! only what is safe (and persists nothing from inside a namespace), and that the fixes it
+//! names for rules work when a human runs them.
+//!
+//! Everything is broken inside test namespaces; the root namespace is only read.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use netfast_tests::{
+    Netfast, TestNetns, Topology, netfast_cli::netfast_bin, require_root, topology::UPLINK,
+};
+use serde_json::Value;
+
+/// A host namespace with network `web` (172.18.0.0/24, masqueraded out of the uplink), a
+/// container, and its port 80 published on 8080. Drops `netfast down` first, then the
+/// namespaces.
+struct Host {
+    /// Held for its `netfast down` on drop.
+    _nf: Netfast,
+    topo: Topology,
+}
+
+fn host_with_web() -> Host {
+    let topo = Topology::builder().without_bridge().build();
+    let nf = Netfast::new(&topo.host);
+    nf.ok(&["config", "--ct-max", "4096"]);
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        UPLINK,
+    ]);
+    let ct = format!("{}c0", topo.host.name());
+    nf.ok(&["container", "create", &ct, "--network", "web"]);
+    nf.ok(&["publish", "web", &format!("8080:{ct}:80")]);
+    Host { _nf: nf, topo }
+}
+
+/// A directory standing in for /etc, removed when dropped.
+struct TempEtc(PathBuf);
+
+impl TempEtc {
+    fn new(ns: &TestNetns) -> TempEtc {
+        let dir = std::env::temp_dir().join(format!("netfast-doctor-etc-{}", ns.name()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the temporary /etc");
+        TempEtc(dir)
+    }
+
+    /// Every file under it.
+    fn files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out
+    }
+}
+
+impl Drop for TempEtc {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `netfast --netns NS doctor ARGS`, with the persistence files under `etc`.
+fn doctor_raw(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> Output {
+    Command::new(netfast_bin())
+        .args(["--netns", ns.name(), "doctor"])
+        .args(args)
+        .env("NETFAST_DOCTOR_ETC", &etc.0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run netfast doctor")
+}
+
+/// The checks of `doctor --json ARGS`, and its exit code.
+fn doctor(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> (Vec<Value>, Option<i32>) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = doctor_raw(ns, &all, etc);
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON array ({e}):\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (checks, out.status.code())
+}
+
+/// The checks named `name` in `area`.
+fn named<'a>(checks: &'a [Value], area: &str, name: &str) -> Vec<&'a Value> {
+    checks
+        .iter()
+        .filter(|c| c["area"] == area && c["name"] == name)
+        .collect()
+}
+
+/// The one check named `name` in `area`.
+fn one<'a>(checks: &'a [Value], area: &str, name: &str) -> &'a Value {
+    match named(checks, area, name).as_slice() {
+        [c] => c,
+        other => panic!(
+            "expected one {area}/{name} check, found {}: {}",
+            other.len(),
+            serde_json::to_string_pretty(checks).unwrap_or_default()
+        ),
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn no_fail_but(checks: &[Value], allowed: &[(&str, &str)]) {
+    for c in checks.iter().filter(|c| c["status"] == "fail") {
+        assert!(
+            allowed.contains(&(text(&c["area"]), text(&c["name"]))),
+            "unexpected FAIL: {c}"
+        );
+    }
+}
+
+/// What the doctor must not change: the sysctls it checks and every rule.
+fn snapshot(ns: &TestNetns) -> String {
+    let mut out = ns.exec_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]);
+    for save in ["iptables-legacy-save", "iptables-nft-save"] {
+        // Comments carry the time of the dump.
+        let rules = ns.exec_ok(&[save]);
+        out.extend(
+            rules
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    out + &ns.exec_ok(&["nft", "list", "ruleset"])
+}
+
+fn sh(ns: &TestNetns, command: &str) {
+    ns.exec_ok(&["sh", "-c", command]);
+}
+
+#[test]
+fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwarding() {
+    require_root();
+    let h = host_with_web();
+    let ns = &h.topo.host;
+    let etc = TempEtc::new(ns);
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    ns.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    let masquerade = "-s 172.18.0.0/24 ! -o docker0 -j MASQUERADE";
+    sh(ns, &format!("iptables -t nat -A POSTROUTING {masquerade}"));
+    ns.exec_ok(&["iptables", "-t", "nat", "-N", "DOCKER"]);
+    let dnat = "! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80";
+    sh(ns, &format!("iptables -t nat -A DOCKER {dnat}"));
+
+    let before = snapshot(ns);
+    let (checks, code) = doctor(ns, &[], &etc);
+    assert_eq!(code, Some(1), "a FAIL exits with 1");
+
+    let fwd = one(&checks, "forwarding", "net.ipv4.ip_forward");
+    assert_eq!(fwd["status"], "fail", "{fwd}");
+    assert!(text(&fwd["found"]).starts_with("0: "), "{fwd}");
+    assert!(
+        text(&fwd["fix"]).starts_with("sysctl -w net.ipv4.ip_forward=1"),
+        "{fwd}"
+    );
+
+    let policy = one(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy["status"], "warn", "{policy}");
+    assert!(
+        text(&policy["found"]).starts_with("DROP (iptables-"),
+        "{policy}"
+    );
+    assert!(
+        text(&policy["found"]).contains(", table filter): "),
+        "{policy}"
+    );
+    assert!(
+        text(&policy["fix"]).starts_with(
+            "iptables -P FORWARD ACCEPT, or keep DROP and accept netfast's subnets: \
+             iptables -I FORWARD -s 172.18.0.0/24 -j ACCEPT; \
+             iptables -I FORWARD -d 172.18.0.0/24 -j ACCEPT"
+        ),
+        "{policy}"
+    );
+
+    let docker = one(&checks, "netfilter", "Docker");
+    assert_eq!(docker["status"], "warn", "{docker}");
+    assert!(
+        text(&docker["found"]).contains("chains DOCKER (iptables-"),
+        "{docker}"
+    );
+
+    let double = named(&checks, "netfilter", "double translation");
+    assert_eq!(double.len(), 2, "{double:?}");
+    assert!(double.iter().all(|c| c["status"] == "fail"));
+    let masq = double
+        .iter()
+        .find(|c| text(&c["found"]).contains("MASQUERADE"))
+        .expect("the MASQUERADE rule");
+    assert!(
+        text(&masq["found"]).starts_with(&format!("`-A POSTROUTING {masquerade}` (iptables-")),
+        "{masq}"
+    );
+    assert!(
+        text(&masq["found"]).contains("network web (172.18.0.0/24) leaving through up0"),
+        "{masq}"
+    );
+    assert_eq!(
+        masq["fix"],
+        format!("iptables -t nat -D POSTROUTING {masquerade}")
+    );
+    let redirect = double
+        .iter()
+        .find(|c| text(&c["found"]).contains("DNAT"))
+        .expect("the DNAT rule");
+    assert!(
+        text(&redirect["found"]).contains("it redirects tcp port 8080, which netfast publishes"),
+        "{redirect}"
+    );
+    assert_eq!(redirect["fix"], format!("iptables -t nat -D DOCKER {dnat}"));
+    no_fail_but(
+        &checks,
+        &[
+            ("forwarding", "net.ipv4.ip_forward"),
+            ("netfilter", "double translation"),
+        ],
+    );
+
+    // The text report: a line per check, the fix under it.
+    let out = doctor_raw(ns, &[], &etc);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL  forwarding  net.ipv4.ip_forward: 0: "),
+        "{report}"
+    );
+    assert!(
+        report.contains("\n                  fix: sysctl -w net.ipv4.ip_forward=1"),
+        "{report}"
+    );
+    assert!(
+        report.contains("PASS  ebpf        bpf syscall: usable"),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // Without --fix, nothing changed.
+    assert_eq!(
+        snapshot(ns),
+        before,
+        "doctor without --fix changed something"
+    );
+    assert!(etc.files().is_empty(), "{:?}", etc.files());
+
+    // --fix: forwarding back on, not persisted from a namespace; the rules stay.
+    let (checks, code) = doctor(ns, &["--fix"], &etc);
+    let fwd = one(&checks, "forwarding", "net.ipv4.ip_forward");
+    assert_eq!(fwd["status"], "pass", "{fwd}");
+    assert_eq!(
+        fwd["fixed"],
+        "set net.ipv4.ip_forward=1; not persisted: this host is a network namespace, not the \
+         machine's root one, which /etc configures at boot"
+    );
+    assert_eq!(
+        ns.exec_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
+        "1"
+    );
+    assert!(
+        etc.files().is_empty(),
+        "persisted from a namespace: {:?}",
+        etc.files()
+    );
+    assert_eq!(
+        one(&checks, "netfilter", "FORWARD policy")["status"],
+        "warn"
+    );
+    assert_eq!(named(&checks, "netfilter", "double translation").len(), 2);
+    assert_eq!(
+        code,
+        Some(1),
+        "the rules still FAIL: --fix never removes rules"
+    );
+
+    // The fixes the doctor names for the rules work as written.
+    for c in &double {
+        sh(ns, text(&c["fix"]));
+    }
+    let (checks, code) = doctor(ns, &[], &etc);
+    let double = one(&checks, "netfilter", "double translation");
+    assert_eq!(double["status"], "pass", "{double}");
+    no_fail_but(&checks, &[]);
+    assert_eq!(code, Some(0), "no FAIL left");
+}
+
+#[test]
+fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
+    require_root();
+    let h = host_with_web();
+    let ns = &h.topo.host;
+    let etc = TempEtc::new(ns);
+    let table = "ip docker-bridges";
+    sh(ns, &format!("nft add table {table}"));
+    sh(
+        ns,
+        &format!(
+            "nft add chain {table} nat-postrouting '{{ type nat hook postrouting priority srcnat; }}'"
+        ),
+    );
+    sh(
+        ns,
+        &format!(
+            "nft add rule {table} nat-postrouting ip saddr 172.18.0.0/24 oifname != docker0 masquerade"
+        ),
+    );
+    sh(
+        ns,
+        &format!(
+            "nft add chain {table} filter-forward '{{ type filter hook forward priority filter; policy drop; }}'"
+        ),
+    );
+    // netfast's own table is not a conflict, whatever it holds.
+    sh(ns, "nft add table ip netfast");
+    sh(
+        ns,
+        "nft add chain ip netfast post '{ type nat hook postrouting priority srcnat; }'",
+    );
+    sh(
+        ns,
+        "nft add rule ip netfast post ip saddr 172.18.0.0/24 masquerade",
+    );
+
+    let (checks, code) = doctor(ns, &[], &etc);
+    assert_eq!(code, Some(1));
+    let docker = one(&checks, "netfilter", "Docker");
+    assert_eq!(docker["status"], "warn");
+    assert!(
+        text(&docker["found"]).contains("nftables table ip docker-bridges"),
+        "{docker}"
+    );
+    assert!(!text(&docker["found"]).contains("ip netfast"), "{docker}");
+
+    let policy = one(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy["status"], "warn");
+    assert!(
+        text(&policy["found"])
+            .starts_with("drop (nftables chain ip docker-bridges filter-forward, hook forward): "),
+        "{policy}"
+    );
+
+    let double = one(&checks, "netfilter", "double translation");
+    assert_eq!(double["status"], "fail");
+    assert!(
+        text(&double["found"]).starts_with(
+            "`ip saddr 172.18.0.0/24 oifname != \"docker0\" masquerade` (nft, chain ip \
+             docker-bridges nat-postrouting, handle "
+        ),
+        "{double}"
+    );
+    assert!(
+        text(&double["fix"])
+            .starts_with("nft delete rule ip docker-bridges nat-postrouting handle "),
+        "{double}"
+    );
+
+    // Both fixes, as written: the rule's delete, and the policy's first choice.
+    sh(ns, text(&double["fix"]));
+    let accept = text(&policy["fix"])
+        .split(", or ")
+        .next()
+        .expect("a command first");
+    assert_eq!(
+        accept,
+        "nft chain ip docker-bridges filter-forward '{ policy accept; }'"
+    );
+    sh(ns, accept);
+    let (checks, code) = doctor(ns, &[], &etc);
+    assert_eq!(
+        one(&checks, "netfilter", "double translation")["status"],
+        "pass"
+    );
+    assert_eq!(
+        one(&checks, "netfilter", "FORWARD policy")["status"],
+        "pass"
+    );
+    assert_eq!(
+        one(&checks, "netfilter", "Docker")["status"],
+        "warn",
+        "the table stays"
+    );
+    no_fail_but(&checks, &[]);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_namespace_without_netfast_is_diagnosed_without_creating_state() {
+    require_root();
+    let ns = TestNetns::new("drn");
+    let etc = TempEtc::new(&ns);
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    let before = snapshot(&ns);
+    let (checks, code) = doctor(&ns, &[], &etc);
+    assert_eq!(code, Some(1), "forwarding is off in a new namespace");
+    for c in named(&checks, "ebpf", "bpf syscall")
+        .into_iter()
+        .chain(named(&checks, "ebpf", "capabilities"))
+        .chain(named(&checks, "ebpf", "TC attach"))
+    {
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+    assert_eq!(
+        one(&checks, "netfilter", "double translation")["found"],
+        "no netfast network here to compare NAT rules with"
+    );
+    assert_eq!(
+        one(&checks, "modules", "nf_conntrack_ipv4")["status"],
+        "pass"
+    );
+    assert_eq!(one(&checks, "netfilter", "rules read")["status"], "pass");
+    let v6 = one(&checks, "forwarding", "net.ipv6.conf.all.forwarding");
+    assert_eq!(v6["status"], "warn");
+    assert!(
+        text(&v6["found"]).contains("netfast is IPv4-only today"),
+        "{v6}"
+    );
+    no_fail_but(&checks, &[("forwarding", "net.ipv4.ip_forward")]);
+    assert!(
+        !Path::new("/run/netfast").join(ns.name()).exists(),
+        "doctor created netfast's state directory"
+    );
+    assert_eq!(snapshot(&ns), before);
+
+    // And the library's answer for `--backend auto`, in this (root) test process.
+    assert_eq!(netfast::doctor::ebpf_usable(), Ok(()));
+}
+
+#[test]
+fn without_privileges_the_doctor_says_what_it_could_not_read() {
+    require_root();
+    // As nobody, in the root namespace (reading only): no capabilities, no rules readable.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(netfast_bin())
+        .args(["doctor", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv");
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "missing capabilities FAIL");
+    let caps = one(&checks, "ebpf", "capabilities");
+    assert_eq!(caps["status"], "fail");
+    assert!(text(&caps["found"]).contains("CAP_NET_ADMIN"), "{caps}");
+    let read = one(&checks, "netfilter", "rules read");
+    assert_eq!(read["status"], "warn", "{read}");
+    assert!(text(&read["found"]).contains("needs root"), "{read}");
+    assert_eq!(read["fix"], "run netfast doctor as root");
+    let bpf = one(&checks, "ebpf", "bpf syscall");
+    assert_ne!(bpf["status"], "pass", "{bpf}");
+}
+
+#[test]
+fn rules_in_both_iptables_backends_warn() {
+    require_root();
+    let ns = TestNetns::new("drb");
+    let etc = TempEtc::new(&ns);
+    ns.exec_ok(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22",
+        "-j",
+        "ACCEPT",
+    ]);
+    ns.exec_ok(&[
+        "iptables-nft",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "ACCEPT",
+    ]);
+    // netfast's own rules do not count.
+    ns.exec_ok(&["iptables-legacy", "-t", "nat", "-N", "NETFAST-POST"]);
+    ns.exec_ok(&[
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "NETFAST-POST",
+        "-j",
+        "RETURN",
+    ]);
+    let (checks, _) = doctor(&ns, &[], &etc);
+    let both = one(&checks, "netfilter", "iptables backends");
+    assert_eq!(both["status"], "warn", "{both}");
+    assert!(
+        text(&both["found"])
+            .starts_with("rules in both: 1 in iptables-legacy, 1 in iptables-nft; "),
+        "{both}"
+    );
+    ns.exec_ok(&["iptables-legacy", "-F", "INPUT"]);
+    let (checks, _) = doctor(&ns, &[], &etc);
+    assert_eq!(
+        one(&checks, "netfilter", "iptables backends")["status"],
+        "pass"
+    );
+}
