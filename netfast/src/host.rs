@@ -58,7 +58,7 @@ impl Host {
                 });
             }
         }
-        if inode(Path::new("/proc/1/ns/net")) == Some(own) {
+        if root_netns_inode() == own {
             return Ok(Host {
                 key: "root".into(),
                 name: None,
@@ -89,4 +89,14 @@ impl Host {
             None => format!("network namespace {}", self.key),
         }
     }
+}
+
+/// The inode of the machine's first network namespace (`PROC_NET_INIT_INO`): a fixed number
+/// on kernels since 3.8, below the range others are numbered from, so never another one's.
+pub const NET_NS_INIT_INO: u64 = 0xEFFF_FFF9;
+
+/// The inode of the machine's root network namespace: PID 1's, or, where PID 1's namespace
+/// cannot be read (some sandboxes hide it even from root), the fixed inode of the first one.
+pub fn root_netns_inode() -> u64 {
+    inode(Path::new("/proc/1/ns/net")).unwrap_or(NET_NS_INIT_INO)
 }

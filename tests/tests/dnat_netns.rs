@@ -392,7 +392,7 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     assert_eq!(ls[0]["drift"], serde_json::json!([]));
 }
 
-fn down_leaves_no_rule_behind(backend: &str) {
+fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
@@ -413,10 +413,59 @@ fn down_leaves_no_rule_behind(backend: &str) {
         // The eBPF dataplane needs no netfilter table at all.
         _ => assert!(!nft_tables().contains("nat"), "{}", nft_tables()),
     }
+    // Someone else's rules, in both tools, must live through netfast's changes and its down.
+    host.exec_ok(&["nft", "add", "table", "ip", "theirs"]);
+    host.exec_ok(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "theirs",
+        "post",
+        "{ type nat hook postrouting priority 100; }",
+    ]);
+    host.exec_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "theirs",
+        "post",
+        "ip",
+        "saddr",
+        "10.9.0.0/24",
+        "masquerade",
+    ]);
+    let theirs = || host.exec_ok(&["nft", "list", "table", "ip", "theirs"]);
+    let their_table = theirs();
+    if backend == "iptables" {
+        host.exec_ok(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "10.8.0.0/24",
+            "-j",
+            "MASQUERADE",
+        ]);
+    }
+    w.nf.ok(&["unpublish", "web", &format!("8080:{}:80", w.c0)]);
     w.nf.ok(&["down"]);
     assert!(!nft_tables().contains("netfast"), "{}", nft_tables());
+    assert_eq!(
+        theirs(),
+        their_table,
+        "netfast changed someone else's table"
+    );
     if backend == "iptables" {
-        assert!(!ipt_rules().contains("NETFAST"), "{}", ipt_rules());
+        let rules = ipt_rules();
+        assert!(!rules.contains("NETFAST"), "{rules}");
+        assert!(
+            rules.contains("-A POSTROUTING -s 10.8.0.0/24 -j MASQUERADE"),
+            "netfast removed someone else's rule:\n{rules}"
+        );
     }
 }
 
@@ -504,8 +553,8 @@ macro_rules! on_backend {
                 );
             }
             #[test]
-            fn down_leaves_no_rule_behind() {
-                super::down_leaves_no_rule_behind(stringify!($backend));
+            fn down_leaves_no_rule_behind_and_nobody_elses_is_touched() {
+                super::down_leaves_no_rule_behind_and_nobody_elses_is_touched(stringify!($backend));
             }
             #[test]
             fn publishing_twice_is_refused_and_a_host_listener_is_named() {

@@ -14,7 +14,6 @@ use std::{
 use serde::Serialize;
 
 use super::{Check, Remedy, Status, sysctl};
-use crate::host::Host;
 
 /// Replaces `/etc` for the persistence files (tests point it at a temporary directory).
 pub const ETC_ENV: &str = "NETFAST_DOCTOR_ETC";
@@ -38,30 +37,13 @@ enum Persistence {
     Skipped(String),
 }
 
-/// The inode of the machine's first network namespace: a fixed number on recent kernels, and
-/// below the range older kernels number namespaces from, so never another one's.
-const NET_NS_INIT_INO: u64 = 0xEFFF_FFF9;
-
-fn netns_id(path: &str) -> io::Result<(u64, u64)> {
-    fs::metadata(path).map(|m| (m.dev(), m.ino()))
-}
-
-/// Whether the calling thread's network namespace is the machine's root one: by PID 1's
-/// when readable (some sandboxes hide it even from root), else by the fixed inode, else by
-/// a name under /run/netns (`Ok(false)` with it).
+/// Whether the calling thread's network namespace is the machine's root one (see
+/// [`crate::host::root_netns_inode`]).
 fn in_root_netns() -> Result<bool, String> {
-    let own = netns_id("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
-    match netns_id("/proc/1/ns/net") {
-        Ok(root) => return Ok(own == root),
-        Err(e) if own.1 != NET_NS_INIT_INO => {
-            if let Ok(Host { name: Some(_), .. }) = Host::current() {
-                return Ok(false);
-            }
-            return Err(format!("/proc/1/ns/net: {e}"));
-        }
-        Err(_) => {}
-    }
-    Ok(true)
+    let own = fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?
+        .ino();
+    Ok(own == crate::host::root_netns_inode())
 }
 
 impl Persistence {

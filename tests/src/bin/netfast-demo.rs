@@ -196,10 +196,43 @@ fn main() {
         }
     );
 
-    step("counters per hook, per network and per drop reason");
+    step(
+        "counters per hook, per network and per drop reason; fast_path counts the packets the programs forwarded past the host's routing and netfilter",
+    );
     show(&host, &nf, &["stats"]);
 
-    step("the fast path past netfilter and the benchmark: not built yet (issue 6)");
+    step("the same network on the nftables fallback, for hosts where eBPF cannot be used");
+    println!("(`netfast network create … --backend nftables` puts a network there from the start;");
+    println!(" here an apply file moves `web` and its containers, and the rules follow the state)");
+    let file = format!("/tmp/{host}-demo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"{UPLINK}\"\nbackend = \"nftables\"\n\n\
+             [[container]]\nname = \"{c1}\"\nnetwork = \"web\"\n\n\
+             [[container]]\nname = \"{c2}\"\nnetwork = \"web\"\n\n\
+             [[publish]]\nnetwork = \"web\"\nspec = \"8080:{c2}:80\"\n"
+        ),
+    )
+    .expect("write the demo's apply file");
+    show(&host, &nf, &["apply", "-f", &file]);
+    let _ = std::fs::remove_file(&file);
+    show(&host, &nf, &["network", "ls"]);
+    println!("$ ip netns exec {host} nft list table ip netfast");
+    print!(
+        "{}",
+        topo.host
+            .exec_ok(&["nft", "list", "table", "ip", "netfast"])
+    );
+
+    step("netfast doctor: what this host has, lacks, and what conflicts with netfast");
+    println!("$ netfast --netns {host} doctor");
+    let out = nf.run(&["doctor"]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "(the benchmark against iptables and nftables: cargo xtask bench, see docs/PERFORMANCE.md)"
+    );
 
     step("clean up");
     show(&host, &nf, &["down"]);
