@@ -392,16 +392,21 @@ pub fn delete(t: &KTuple) -> Result<bool> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_encoded_tuple_parses_back() {
-        let t = KTuple {
+    /// A container's TCP connection to an outside server.
+    fn tcp() -> KTuple {
+        KTuple {
             src: "172.18.0.2".parse().unwrap(),
             dst: "198.51.100.2".parse().unwrap(),
             proto: 6,
             sport: 40000,
             dport: 80,
             icmp: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_encoded_tuple_parses_back() {
+        let t = tcp();
         assert_eq!(parse_tuple(&encode_tuple(&t)), t);
         let echo = KTuple {
             proto: 1,
@@ -415,14 +420,7 @@ mod tests {
 
     #[test]
     fn an_entry_parses_with_state_timeout_and_counters() {
-        let t = KTuple {
-            src: "172.18.0.2".parse().unwrap(),
-            dst: "198.51.100.2".parse().unwrap(),
-            proto: 6,
-            sport: 40000,
-            dport: 80,
-            icmp: None,
-        };
+        let t = tcp();
         let r = KTuple {
             src: t.dst,
             dst: "198.51.100.1".parse().unwrap(),

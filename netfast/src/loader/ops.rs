@@ -247,63 +247,47 @@ impl Loader {
             if set_ip_forward()? {
                 out.push("enabled net.ipv4.ip_forward in this namespace (it was off)".into());
             }
-            if backend != Backend::Ebpf {
+            let masquerading = if spec.masquerade {
+                format!(
+                    ", masquerading {} as {}",
+                    spec.subnet,
+                    ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                )
+            } else {
+                String::new()
+            };
+            if backend == Backend::Ebpf {
+                let fresh = !Dataplane::exists(&self.host)?;
+                undo.push(Created::Network {
+                    network: network.clone(),
+                    fresh_dataplane: fresh,
+                });
+                install(
+                    nl,
+                    &self.host,
+                    &settings,
+                    &network,
+                    ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                )?;
+                super::publish_ops::refresh_host_addrs(&self.host, nl)?;
+            } else {
                 undo.push(Created::Network {
                     network: network.clone(),
                     fresh_dataplane: false,
                 });
-                let mut after = state.clone();
-                after.networks.push(network.clone());
-                crate::backend::sync(state, &after)?;
-                out.push(format!(
-                    "{} {} serves it{}",
-                    match backend {
-                        Backend::Nftables => "nftables table `ip netfast`:",
-                        _ => "iptables chains NETFAST-…:",
-                    },
-                    backend,
-                    if spec.masquerade {
-                        format!(
-                            ", masquerading {} as {}",
-                            spec.subnet,
-                            ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
-                        )
-                    } else {
-                        String::new()
-                    }
-                ));
-                return Ok(());
             }
-            let fresh = !Dataplane::exists(&self.host)?;
-            undo.push(Created::Network {
-                network: network.clone(),
-                fresh_dataplane: fresh,
-            });
-            install(
-                nl,
-                &self.host,
-                &settings,
-                &network,
-                ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            )?;
-            super::publish_ops::refresh_host_addrs(&self.host, nl)?;
-            // The fallbacks' isolation rules name every netfast bridge, this one too.
+            // A fallback's rules; and their isolation rules name every netfast bridge.
             let mut after = state.clone();
             after.networks.push(network.clone());
             crate::backend::sync(state, &after)?;
-            out.push(format!(
-                "attached the dataplane to {bridge_name} and {}{}",
-                spec.uplink,
-                if spec.masquerade {
-                    format!(
-                        ", masquerading {} as {}",
-                        spec.subnet,
-                        ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
-                    )
-                } else {
-                    String::new()
-                }
-            ));
+            out.push(match backend {
+                Backend::Ebpf => format!(
+                    "attached the dataplane to {bridge_name} and {}{masquerading}",
+                    spec.uplink
+                ),
+                Backend::Nftables => format!("nftables table `ip netfast` serves it{masquerading}"),
+                Backend::Iptables => format!("iptables chains NETFAST-… serve it{masquerading}"),
+            });
             Ok(())
         })?;
         Ok(network)
