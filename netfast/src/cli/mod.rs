@@ -39,7 +39,8 @@ enum Command {
     /// Containers (named network namespaces on a network): create, remove, list.
     #[command(subcommand)]
     Container(container::Command),
-    /// Converge the host to a TOML file of [dataplane], [[network]] and [[container]] tables.
+    /// Converge the host to a TOML file of [dataplane], [[network]], [[container]] and
+    /// [[publish]] tables.
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: std::path::PathBuf,
@@ -52,10 +53,12 @@ enum Command {
     Down,
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     Config(config::ConfigArgs),
-    /// The flows the dataplane tracks (like `conntrack -L/-E/-F`).
+    /// The flows the dataplane tracks (like `conntrack -L/-E/-F`); for networks on the
+    /// nftables/iptables backends, the kernel's conntrack entries of their subnets.
     #[command(subcommand)]
     Conntrack(conntrack::Command),
-    /// Packets and bytes per hook and per network, and a counter per drop reason.
+    /// Packets and bytes per hook and per network, and a counter per drop reason (the
+    /// nftables/iptables backends count their drops under the same reasons).
     Stats {
         /// JSON instead of tables.
         #[arg(long)]

@@ -13,7 +13,8 @@ use netfast::loader::{
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a network: a bridge with the gateway address, netfast's programs on the bridge
-    /// and the uplink, and masquerade of the subnet behind the uplink's address.
+    /// and the uplink (or, with the nftables/iptables backend, netfast's own rules), and
+    /// masquerade of the subnet behind the uplink's address.
     Create {
         name: String,
         /// The containers' subnet, e.g. 172.18.0.0/24.
