@@ -8,6 +8,7 @@ use netfast_tests::{
     Background, TestNetns,
     clients::{curl, listening, wait_listening},
     cmd::wait_until,
+    netfast_cli::netfast_bin,
     require_root, run, run_ok,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, web_on},
@@ -341,6 +342,15 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         &OUTSIDE_ADDR.to_string(),
     ]);
     wait_listening(outside, "tcp", 8000, "http.server");
+    let watch = Background::spawn(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        w.topo.host.name(),
+        "conntrack",
+        "watch",
+        "--json",
+    ]);
+    thread::sleep(Duration::from_millis(300));
     assert_eq!(
         curl(&w.c1, &format!("http://{OUTSIDE_ADDR}:8000/"), &[]),
         "200"
@@ -385,6 +395,17 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     assert!(
         !log.contains("172.18.0."),
         "a container address reached the outside:\n{log}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let events = watch.stop();
+    let events = String::from_utf8_lossy(&events.stdout);
+    let new_tcp = events.lines().find(|l| {
+        l.contains("\"NEW\"") && l.contains("\"tcp\"") && l.contains("\"src\":\"172.18.0.3\"")
+    });
+    assert!(new_tcp.is_some(), "watch saw no NEW tcp flow:\n{events}");
+    assert!(
+        events.lines().any(|l| l.contains("\"UPDATE\"")),
+        "watch saw no update:\n{events}"
     );
     let ls: serde_json::Value =
         serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");

@@ -13,6 +13,7 @@ use crate::{
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
@@ -341,6 +342,115 @@ pub fn dump() -> Result<Vec<KEntry>> {
         .collect())
 }
 
+/// The conntrack event groups: new, updated and destroyed entries.
+const NF_NETLINK_CONNTRACK_ALL: u32 = 1 | 2 | 4;
+const NLM_F_CREATE: u16 = 0x400;
+
+/// What happened to an entry, as `conntrack -E` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    New,
+    Update,
+    Destroy,
+}
+
+impl EventKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::New => "NEW",
+            EventKind::Update => "UPDATE",
+            EventKind::Destroy => "DESTROY",
+        }
+    }
+}
+
+/// What an event message of `mtype` with `flags` reports: ctnetlink sends IPCTNL_MSG_CT_NEW
+/// with NLM_F_CREATE for a new entry and without it for a change.
+fn event_kind(mtype: u16, flags: u16) -> Option<EventKind> {
+    if mtype >> 8 != NFNL_SUBSYS_CTNETLINK {
+        return None;
+    }
+    match mtype & 0xff {
+        IPCTNL_MSG_CT_DELETE => Some(EventKind::Destroy),
+        IPCTNL_MSG_CT_NEW if flags & NLM_F_CREATE != 0 => Some(EventKind::New),
+        IPCTNL_MSG_CT_NEW => Some(EventKind::Update),
+        _ => None,
+    }
+}
+
+/// A subscription to the kernel's conntrack events in this network namespace.
+pub struct Events(Socket);
+
+impl Events {
+    pub fn subscribe() -> Result<Events> {
+        let sock = Socket::open()?;
+        // SAFETY: binding a socket we own to an address we built.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = NF_NETLINK_CONNTRACK_ALL;
+        let rc = unsafe {
+            libc::bind(
+                sock.0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io_err("subscribing to conntrack events"));
+        }
+        Ok(Events(sock))
+    }
+
+    pub fn fd(&self) -> libc::c_int {
+        self.0.0
+    }
+
+    /// The events waiting on the socket (none if nothing is waiting).
+    pub fn read(&self) -> Result<Vec<(EventKind, KEntry)>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: receiving into a buffer we own.
+            let n = unsafe {
+                libc::recv(
+                    self.0.0,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) => Ok(out),
+                    // The kernel dropped events for want of room: say so and go on.
+                    Some(libc::ENOBUFS) => {
+                        eprintln!("netfast: some kernel conntrack events were lost (ENOBUFS)");
+                        Ok(out)
+                    }
+                    _ => Err(Error::Io {
+                        context: "reading conntrack events".into(),
+                        source: e,
+                    }),
+                };
+            }
+            let mut rest = &buf[..n as usize];
+            while rest.len() >= 16 {
+                let mlen = u32::from_ne_bytes(rest[0..4].try_into().expect("4")) as usize;
+                let mtype = u16::from_ne_bytes([rest[4], rest[5]]);
+                let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+                if mlen < 20 || mlen > rest.len() {
+                    break;
+                }
+                if let Some(kind) = event_kind(mtype, flags) {
+                    out.push((kind, parse_entry(&rest[20..mlen])));
+                }
+                rest = &rest[((mlen + 3) & !3).min(rest.len())..];
+            }
+        }
+    }
+}
+
 fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + payload.len() + 3);
     v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
@@ -402,6 +512,26 @@ mod tests {
             dport: 80,
             icmp: None,
         }
+    }
+
+    #[test]
+    fn events_are_told_apart_by_type_and_create_flag() {
+        let ct = |m: u16| (NFNL_SUBSYS_CTNETLINK << 8) | m;
+        assert_eq!(
+            event_kind(ct(IPCTNL_MSG_CT_NEW), NLM_F_CREATE | 0x200),
+            Some(EventKind::New)
+        );
+        assert_eq!(
+            event_kind(ct(IPCTNL_MSG_CT_NEW), 0),
+            Some(EventKind::Update)
+        );
+        assert_eq!(
+            event_kind(ct(IPCTNL_MSG_CT_DELETE), 0),
+            Some(EventKind::Destroy)
+        );
+        assert_eq!(event_kind(ct(IPCTNL_MSG_CT_GET), 0), None);
+        // Another netfilter subsystem (expectations) is not a flow.
+        assert_eq!(event_kind((2 << 8) | IPCTNL_MSG_CT_NEW, NLM_F_CREATE), None);
     }
 
     #[test]

@@ -351,23 +351,24 @@ pub fn end_flows(p: &crate::loader::publish::Publication) -> Result<usize> {
 /// The kernel conntrack entries of the networks the fallback backends serve: flows from
 /// their subnets, and flows to their containers (published ports). With the network's id.
 pub fn kernel_flows(state: &State) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
-    let nets: Vec<_> = state
-        .networks
-        .iter()
-        .filter(|n| n.backend != Backend::Ebpf)
-        .collect();
-    if nets.is_empty() {
+    if state.networks.iter().all(|n| n.backend == Backend::Ebpf) {
         return Ok(Vec::new());
     }
     Ok(ctnetlink::dump()?
         .into_iter()
-        .filter_map(|e| {
-            let net = nets
-                .iter()
-                .find(|n| n.subnet.contains(&e.original.src) || n.subnet.contains(&e.reply.src))?;
-            Some((net.id, e))
-        })
+        .filter_map(|e| Some((fallback_network(state, &e)?, e)))
         .collect())
+}
+
+/// The id of the fallback network a kernel conntrack entry belongs to: the flow comes from
+/// its subnet, or goes to one of its containers.
+pub fn fallback_network(state: &State, e: &ctnetlink::KEntry) -> Option<u16> {
+    state
+        .networks
+        .iter()
+        .filter(|n| n.backend != Backend::Ebpf)
+        .find(|n| n.subnet.contains(&e.original.src) || n.subnet.contains(&e.reply.src))
+        .map(|n| n.id)
 }
 
 /// The fallback backends' drop counters added to `stats` (the eBPF dataplane's, or empty).

@@ -61,18 +61,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
     match command {
         Command::List { json } => list(dp.as_ref(), &state, json),
-        Command::Watch { json } => {
-            if fallback {
-                eprintln!(
-                    "netfast: watch follows the eBPF dataplane's flows; those of networks on the \
-                     nftables/iptables backends are in the kernel's table: `conntrack -E`"
-                );
-            }
-            match dp {
-                Some(dp) => watch(dp, json),
-                None => anyhow::bail!("no network here is on the eBPF dataplane"),
-            }
-        }
+        Command::Watch { json } => watch(dp, &state, json),
         Command::Flush => {
             let mut n = match dp {
                 Some(mut dp) => maps::flush_conntrack(dp.ebpf_mut())?,
@@ -135,35 +124,64 @@ fn print_event(kind: &'static str, flow: &Flow, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-fn watch(mut dp: Dataplane, json: bool) -> anyhow::Result<()> {
-    let map = dp
-        .ebpf_mut()
-        .take_map(CT_EVENTS)
-        .context("the dataplane has no event ring")?;
-    let mut ring = RingBuf::try_from(map)?;
-    // Events left in the ring by an earlier watcher are history, not news.
-    while ring.next().is_some() {}
-    // DESTROY has no event: flows expire lazily in the datapath. Rescan each second and
-    // report the flows that are gone since.
-    let mut live: HashMap<CtKey, Flow> = current(&dp)?;
+/// Events of the eBPF dataplane (its ring, and a rescan for flows that expired) and, for
+/// networks on the nftables/iptables backends, the kernel's conntrack events.
+fn watch(dp: Option<Dataplane>, state: &State, json: bool) -> anyhow::Result<()> {
+    let mut dp = dp;
+    let mut ring = match dp.as_mut() {
+        Some(dp) => {
+            let map = dp
+                .ebpf_mut()
+                .take_map(CT_EVENTS)
+                .context("the dataplane has no event ring")?;
+            let mut ring = RingBuf::try_from(map)?;
+            // Events left in the ring by an earlier watcher are history, not news.
+            while ring.next().is_some() {}
+            Some(ring)
+        }
+        None => None,
+    };
+    let kernel = if state.networks.iter().any(|n| n.backend != Backend::Ebpf) {
+        Some(backend::ctnetlink::Events::subscribe()?)
+    } else {
+        None
+    };
+    // DESTROY has no event in the eBPF dataplane: flows expire lazily in the datapath.
+    // Rescan each second and report the flows that are gone since.
+    let mut live: HashMap<CtKey, Flow> = match &dp {
+        Some(dp) => current(dp)?,
+        None => HashMap::new(),
+    };
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     loop {
-        while let Some(item) = ring.next() {
-            let Some(event) = bytemuck::try_from_bytes::<CtEvent>(&item[..]).ok().copied() else {
-                continue;
-            };
-            let now = maps::monotonic_now();
-            let flow = Flow::new(&event.key, &event.entry, None, now);
-            let kind = if event.kind == CT_EVENT_NEW {
-                "NEW"
-            } else {
-                "UPDATE"
-            };
-            print_event(kind, &flow, json)?;
-            live.insert(event.key, flow);
+        if let Some(ring) = ring.as_mut() {
+            while let Some(item) = ring.next() {
+                let Some(event) = bytemuck::try_from_bytes::<CtEvent>(&item[..]).ok().copied()
+                else {
+                    continue;
+                };
+                let now = maps::monotonic_now();
+                let flow = Flow::new(&event.key, &event.entry, None, now);
+                let kind = if event.kind == CT_EVENT_NEW {
+                    "NEW"
+                } else {
+                    "UPDATE"
+                };
+                print_event(kind, &flow, json)?;
+                live.insert(event.key, flow);
+            }
         }
-        if Instant::now() >= next_scan {
-            let now_live = current(&dp)?;
+        if let Some(events) = &kernel {
+            for (kind, e) in events.read()? {
+                if let Some(id) = backend::fallback_network(state, &e) {
+                    print_event(kind.name(), &e.flow(id), json)?;
+                }
+            }
+        }
+        if let Some(dp) = &dp
+            && Instant::now() >= next_scan
+        {
+            let now_live = current(dp)?;
             for (key, flow) in &live {
                 if !now_live.contains_key(key) {
                     print_event("DESTROY", flow, json)?;
@@ -172,13 +190,18 @@ fn watch(mut dp: Dataplane, json: bool) -> anyhow::Result<()> {
             live = now_live;
             next_scan = Instant::now() + Duration::from_secs(1);
         }
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 200) };
+        let mut fds: Vec<libc::pollfd> = ring
+            .iter()
+            .map(|r| r.as_raw_fd())
+            .chain(kernel.iter().map(|k| k.fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a valid array of pollfds and its length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
     }
 }
 
