@@ -69,7 +69,12 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
         }
     }
     if cfg != before {
-        loader.configure(&cfg)?;
+        // The settings themselves are printed below; notes go beside them, not into them.
+        for line in loader.configure(&cfg)? {
+            if line.starts_with("note:") {
+                eprintln!("netfast: {line}");
+            }
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cfg)?);

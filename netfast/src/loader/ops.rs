@@ -584,10 +584,27 @@ impl Loader {
         let mut locked = Locked::acquire(&self.host, true)?;
         self.configure_locked(&mut locked.state, cfg)?;
         locked.save()?;
-        Ok(vec![format!(
+        let mut out = vec![format!(
             "dataplane settings: {}",
             serde_json::to_string(cfg).unwrap_or_default()
-        )])
+        )];
+        let fallback: Vec<&str> = locked
+            .state
+            .networks
+            .iter()
+            .filter(|n| n.backend != Backend::Ebpf)
+            .map(|n| n.name.as_str())
+            .collect();
+        if !fallback.is_empty() {
+            out.push(format!(
+                "note: these settings are the eBPF dataplane's; network(s) {} on the \
+                 nftables/iptables backends use the kernel's conntrack (its timeouts and table \
+                 size are the net.netfilter.nf_conntrack_* sysctls, its port range and \
+                 filtering those of MASQUERADE)",
+                fallback.join(", ")
+            ));
+        }
+        Ok(out)
     }
 
     fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
