@@ -531,6 +531,88 @@ fn networks_on_different_backends_are_isolated_from_each_other() {
     w.nf.ok(&["container", "rm", &d0]);
 }
 
+/// The `FORWARD policy` line of `netfast doctor --json` in the fixture's host.
+fn doctor_forward_policy(w: &netfast_tests::web::Web) -> serde_json::Value {
+    let out = w.nf.run(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let lines: Vec<&serde_json::Value> = checks
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|c| c["area"] == "netfilter" && c["name"] == "FORWARD policy")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].clone()
+}
+
+/// Docker leaves the host's iptables FORWARD policy at DROP. The eBPF fast path and the
+/// iptables backend's NETFAST-FORWARD chain get the network's traffic past it, and the doctor
+/// says so; on the nftables backend (as with Docker's) it is dropped, the doctor names the
+/// network, and the accept rules it gives, run as written, let the traffic through.
+fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let outside = w.topo.outside.name();
+    let _server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    wait_listening(outside, "tcp", 8000, "http.server");
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    w.topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
+
+    let line = doctor_forward_policy(&w);
+    let found = line["found"].as_str().expect("found");
+    if backend == "nftables" {
+        assert_eq!(line["status"], "warn", "{line}");
+        assert!(
+            found.contains(": it drops the forwarded traffic of network web (nftables backend"),
+            "{line}"
+        );
+        assert_eq!(curl(outside, UPLINK_URL, &[]), "000", "published, dropped");
+        assert_eq!(curl(&w.c1, &outside_url, &[]), "000", "masquerade, dropped");
+        let fix = line["fix"].as_str().expect("fix");
+        let (_, accepts) = fix
+            .split_once("accept netfast's subnets: ")
+            .unwrap_or_else(|| panic!("no accept rules in {fix}"));
+        for rule in accepts.split("; ") {
+            w.topo.host.exec_ok(&["sh", "-c", rule]);
+        }
+        let line = doctor_forward_policy(&w);
+        assert_eq!(line["status"], "pass", "{line}");
+        assert!(
+            line["found"]
+                .as_str()
+                .expect("found")
+                .contains("web (accept rules for its subnet in that chain)"),
+            "{line}"
+        );
+    } else {
+        assert_eq!(line["status"], "pass", "{line}");
+        assert!(
+            found.contains("every netfast network gets past it: web ("),
+            "{line}"
+        );
+    }
+    assert_eq!(curl(outside, UPLINK_URL, &[]), "200", "published port");
+    assert_eq!(curl(&w.c1, &outside_url, &[]), "200", "masquerade");
+    assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
+}
+
 /// The suite on one backend: a module of tests named after the backend.
 macro_rules! on_backend {
     ($backend:ident) => {
@@ -576,6 +658,12 @@ macro_rules! on_backend {
             #[test]
             fn down_leaves_no_rule_behind_and_nobody_elses_is_touched() {
                 super::down_leaves_no_rule_behind_and_nobody_elses_is_touched(stringify!($backend));
+            }
+            #[test]
+            fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works() {
+                super::a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(stringify!(
+                    $backend
+                ));
             }
             #[test]
             fn publishing_twice_is_refused_and_a_host_listener_is_named() {

@@ -22,8 +22,8 @@ use serde_json::Value;
 /// container, and its port 80 published on 8080. Drops `netfast down` first, then the
 /// namespaces.
 struct Host {
-    /// Held for its `netfast down` on drop.
-    _nf: Netfast,
+    /// Also held for its `netfast down` on drop.
+    nf: Netfast,
     topo: Topology,
 }
 
@@ -43,7 +43,7 @@ fn host_with_web() -> Host {
     let ct = format!("{}c0", topo.host.name());
     nf.ok(&["container", "create", &ct, "--network", "web"]);
     nf.ok(&["publish", "web", &format!("8080:{ct}:80")]);
-    Host { _nf: nf, topo }
+    Host { nf, topo }
 }
 
 /// A directory standing in for /etc, removed when dropped.
@@ -167,6 +167,8 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
     let etc = TempEtc::new(ns);
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     ns.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    // With the fast path off, web's traffic takes the kernel's forwarding path.
+    h.nf.ok(&["config", "--fast-path", "off"]);
     let masquerade = "-s 172.18.0.0/24 ! -o docker0 -j MASQUERADE";
     sh(ns, &format!("iptables -t nat -A POSTROUTING {masquerade}"));
     ns.exec_ok(&["iptables", "-t", "nat", "-N", "DOCKER"]);
@@ -192,15 +194,17 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
         "{policy}"
     );
     assert!(
-        text(&policy["found"]).contains(", table filter): "),
+        text(&policy["found"]).contains(
+            ", table filter): it drops the forwarded traffic of network web (eBPF with \
+             --fast-path off)"
+        ),
         "{policy}"
     );
-    assert!(
-        text(&policy["fix"]).starts_with(
-            "iptables -P FORWARD ACCEPT, or keep DROP and accept netfast's subnets: \
-             iptables -I FORWARD -s 172.18.0.0/24 -j ACCEPT; \
-             iptables -I FORWARD -d 172.18.0.0/24 -j ACCEPT"
-        ),
+    assert_eq!(
+        text(&policy["fix"]),
+        "iptables -P FORWARD ACCEPT, or keep it and accept netfast's subnets: \
+         iptables -I FORWARD -s 172.18.0.0/24 -j ACCEPT; \
+         iptables -I FORWARD -d 172.18.0.0/24 -j ACCEPT",
         "{policy}"
     );
 
@@ -301,13 +305,28 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
         "the rules still FAIL: --fix never removes rules"
     );
 
-    // The fixes the doctor names for the rules work as written.
+    // The fixes the doctor names for the rules work as written: the double translations'
+    // deletes, and the accept rules that keep the DROP policy.
     for c in &double {
         sh(ns, text(&c["fix"]));
+    }
+    let policy_fix = text(&policy["fix"]);
+    let (_, accepts) = policy_fix
+        .split_once("accept netfast's subnets: ")
+        .expect("accept rules");
+    for rule in accepts.split("; ") {
+        sh(ns, rule);
     }
     let (checks, code) = doctor(ns, &[], &etc);
     let double = one(&checks, "netfilter", "double translation");
     assert_eq!(double["status"], "pass", "{double}");
+    let policy = one(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy["status"], "pass", "{policy}");
+    assert!(
+        text(&policy["found"])
+            .contains("every netfast network gets past it: web (accept rules for its subnet"),
+        "{policy}"
+    );
     no_fail_but(&checks, &[]);
     assert_eq!(code, Some(0), "no FAIL left");
 }
@@ -349,6 +368,16 @@ fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
         "nft add rule ip netfast post ip saddr 172.18.0.0/24 masquerade",
     );
 
+    // The eBPF fast path gets web past the drop; then, with it off, web's traffic meets it.
+    let (checks, _) = doctor(ns, &[], &etc);
+    let policy = one(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy["status"], "pass", "{policy}");
+    assert!(
+        text(&policy["found"]).contains("web (eBPF fast path, past netfilter)"),
+        "{policy}"
+    );
+    h.nf.ok(&["config", "--fast-path", "off"]);
+
     let (checks, code) = doctor(ns, &[], &etc);
     assert_eq!(code, Some(1));
     let docker = one(&checks, "netfilter", "Docker");
@@ -382,25 +411,40 @@ fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
         "{double}"
     );
 
-    // Both fixes, as written: the rule's delete, and the policy's first choice.
+    // Both fixes, as written: the rule's delete, and the policy's accept rules; then its
+    // first choice.
     sh(ns, text(&double["fix"]));
-    let accept = text(&policy["fix"])
-        .split(", or ")
-        .next()
-        .expect("a command first");
+    let (open, accepts) = text(&policy["fix"])
+        .split_once(", or keep it and accept netfast's subnets: ")
+        .expect("two choices");
     assert_eq!(
-        accept,
+        open,
         "nft chain ip docker-bridges filter-forward '{ policy accept; }'"
     );
-    sh(ns, accept);
-    let (checks, code) = doctor(ns, &[], &etc);
+    assert_eq!(
+        accepts,
+        "nft insert rule ip docker-bridges filter-forward ip saddr 172.18.0.0/24 accept; \
+         nft insert rule ip docker-bridges filter-forward ip daddr 172.18.0.0/24 accept"
+    );
+    for rule in accepts.split("; ") {
+        sh(ns, rule);
+    }
+    let (checks, _) = doctor(ns, &[], &etc);
     assert_eq!(
         one(&checks, "netfilter", "double translation")["status"],
         "pass"
     );
+    let policy = one(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy["status"], "pass", "{policy}");
+    assert!(
+        text(&policy["found"]).contains("web (accept rules for its subnet in that chain)"),
+        "{policy}"
+    );
+    sh(ns, open);
+    let (checks, code) = doctor(ns, &[], &etc);
     assert_eq!(
-        one(&checks, "netfilter", "FORWARD policy")["status"],
-        "pass"
+        one(&checks, "netfilter", "FORWARD policy")["found"],
+        "no FORWARD chain drops by default"
     );
     assert_eq!(
         one(&checks, "netfilter", "Docker")["status"],

@@ -18,7 +18,7 @@ use super::{
     nft::{self, Ruleset, TableId},
     rules::{NatRule, double_translation},
 };
-use crate::loader::model::State;
+use crate::loader::model::{Backend, DataplaneConfig, Network, State, Switch};
 
 /// Why a source of rules was not read.
 enum Unread {
@@ -220,24 +220,135 @@ fn sources(rules: &Rules) -> Check {
     )
 }
 
-fn subnets(state: Option<&State>) -> Vec<String> {
-    let nets: Vec<String> = state
-        .map(|s| s.networks.iter().map(|n| n.subnet.to_string()).collect())
-        .unwrap_or_default();
-    if nets.is_empty() {
-        vec!["SUBNET".into()]
-    } else {
-        nets
+/// A chain of the kernel's forwarding path that drops by default.
+enum DropAt<'a> {
+    /// The FORWARD policy of an iptables variant; `default`: the one `iptables` edits, where
+    /// the iptables backend's NETFAST-FORWARD chain lives.
+    Iptables { default: bool, save: &'a Save },
+    /// A base chain (hook forward) of someone else's nftables table.
+    Nft {
+        rules: &'a Ruleset,
+        chain: &'a nft::NftChain,
+    },
+}
+
+impl DropAt<'_> {
+    /// Whether the chain holds both accept rules the doctor's fix gives for `subnet`.
+    fn accepts(&self, subnet: &str) -> bool {
+        match self {
+            DropAt::Iptables { save, .. } => {
+                let Some(filter) = save.table("filter") else {
+                    return false;
+                };
+                ["-s", "-d"].iter().all(|dir| {
+                    let want = format!("-A FORWARD {dir} {subnet} -j ACCEPT");
+                    filter.rules.iter().any(|r| r.text == want)
+                })
+            }
+            DropAt::Nft { rules, chain } => ["saddr", "daddr"].iter().all(|dir| {
+                let want = format!("ip {dir} {subnet} accept");
+                rules.rules.iter().any(|r| {
+                    r.table == chain.table
+                        && r.chain == chain.name
+                        && r.text.as_deref() == Some(want.as_str())
+                })
+            }),
+        }
     }
 }
 
-const FORWARD_DROP_WHY: &str = "the kernel's forwarding path drops what netfast's fast path does \
-     not forward itself (--fast-path off, fallbacks to the kernel, the iptables/nftables \
-     backends)";
+/// How a network's forwarded traffic gets past a default drop at `at`; `Err` says why it
+/// does not.
+fn passes(net: &Network, dp: &DataplaneConfig, at: &DropAt) -> Result<&'static str, &'static str> {
+    if at.accepts(&net.subnet.to_string()) {
+        return Ok("accept rules for its subnet in that chain");
+    }
+    match net.backend {
+        Backend::Ebpf if dp.fast_path == Switch::Off => Err("eBPF with --fast-path off"),
+        Backend::Ebpf if !net.masquerade => {
+            Err("eBPF, routed (--no-masquerade): untranslated traffic takes the kernel's path")
+        }
+        Backend::Ebpf => Ok("eBPF fast path, past netfilter"),
+        Backend::Iptables => match at {
+            DropAt::Iptables { default: true, .. } => {
+                Ok("iptables backend: NETFAST-FORWARD accepts it first")
+            }
+            DropAt::Iptables { default: false, .. } => {
+                Err("iptables backend: its accept is in the other iptables variant")
+            }
+            DropAt::Nft { .. } => {
+                Err("iptables backend: an accept there does not end another table's drop")
+            }
+        },
+        Backend::Nftables => {
+            Err("nftables backend: an accept in table netfast does not end another table's drop")
+        }
+    }
+}
+
+/// The line for one default drop in the forwarding path: WARN naming the networks whose
+/// traffic it drops (all of them, as `SUBNET`, when there is no network yet), or PASS when
+/// every network gets past it. `accept(subnet)` gives the rules that would let one through.
+fn forward_drop(
+    state: Option<&State>,
+    at: &DropAt,
+    found: String,
+    open: String,
+    accept: impl Fn(&str) -> [String; 2],
+) -> Check {
+    let name = "FORWARD policy";
+    let nets = state.map(|s| s.networks.as_slice()).unwrap_or_default();
+    let default_dp = DataplaneConfig::default();
+    let dp = state.map_or(&default_dp, |s| &s.dataplane);
+    let (pass, risk): (Vec<_>, Vec<_>) = nets
+        .iter()
+        .map(|n| (n, passes(n, dp, at)))
+        .partition(|(_, p)| p.is_ok());
+    if !nets.is_empty() && risk.is_empty() {
+        let how: Vec<String> = pass
+            .iter()
+            .map(|(n, p)| format!("{} ({})", n.name, p.unwrap_or_default()))
+            .collect();
+        return Check::pass(
+            NETFILTER,
+            name,
+            format!(
+                "{found}; every netfast network gets past it: {}; a new network on the \
+                 nftables backend, with --fast-path off or --no-masquerade would not",
+                how.join(", ")
+            ),
+        );
+    }
+    let (who, subnets) = if risk.is_empty() {
+        (
+            "the networks netfast's kernel path forwards (--fast-path off, --no-masquerade, \
+             the nftables/iptables backends)"
+                .to_owned(),
+            vec!["SUBNET".to_owned()],
+        )
+    } else {
+        let who: Vec<String> = risk
+            .iter()
+            .map(|(n, why)| format!("{} ({})", n.name, why.err().unwrap_or_default()))
+            .collect();
+        (
+            format!("network {}", who.join(", network ")),
+            risk.iter().map(|(n, _)| n.subnet.to_string()).collect(),
+        )
+    };
+    let accepts: Vec<String> = subnets.iter().flat_map(|s| accept(s)).collect();
+    Check::warn(
+        NETFILTER,
+        name,
+        format!("{found}: it drops the forwarded traffic of {who}"),
+        format!(
+            "{open}, or keep it and accept netfast's subnets: {}",
+            accepts.join("; ")
+        ),
+    )
+}
 
 fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
-    let name = "FORWARD policy";
-    let subnets = subnets(state);
     let mut out = Vec::new();
     for i in &rules.iptables {
         let Some(policy) = i.save.policy("filter", "FORWARD") else {
@@ -246,24 +357,21 @@ fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
         if policy != "DROP" && policy != "REJECT" {
             continue;
         }
-        let accept: Vec<String> = subnets
-            .iter()
-            .flat_map(|s| {
+        let cmd = i.command;
+        out.push(forward_drop(
+            state,
+            &DropAt::Iptables {
+                default: cmd == "iptables",
+                save: &i.save,
+            },
+            format!("{policy} ({}, table filter)", i.label),
+            format!("{cmd} -P FORWARD ACCEPT"),
+            |s| {
                 [
-                    format!("{} -I FORWARD -s {s} -j ACCEPT", i.command),
-                    format!("{} -I FORWARD -d {s} -j ACCEPT", i.command),
+                    format!("{cmd} -I FORWARD -s {s} -j ACCEPT"),
+                    format!("{cmd} -I FORWARD -d {s} -j ACCEPT"),
                 ]
-            })
-            .collect();
-        out.push(Check::warn(
-            NETFILTER,
-            name,
-            format!("{policy} ({}, table filter): {FORWARD_DROP_WHY}", i.label),
-            format!(
-                "{} -P FORWARD ACCEPT, or keep {policy} and accept netfast's subnets: {}",
-                i.command,
-                accept.join("; ")
-            ),
+            },
         ));
     }
     if let Some(rs) = &rules.nft {
@@ -273,35 +381,27 @@ fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
                 && c.hook.as_deref() == Some("forward")
                 && c.policy.as_deref() == Some("drop")
         }) {
-            let accept: Vec<String> = subnets
-                .iter()
-                .flat_map(|s| {
+            out.push(forward_drop(
+                state,
+                &DropAt::Nft {
+                    rules: rs,
+                    chain: c,
+                },
+                format!("drop (nftables chain {} {}, hook forward)", c.table, c.name),
+                format!("nft chain {} {} '{{ policy accept; }}'", c.table, c.name),
+                |s| {
                     [
                         format!("nft insert rule {} {} ip saddr {s} accept", c.table, c.name),
                         format!("nft insert rule {} {} ip daddr {s} accept", c.table, c.name),
                     ]
-                })
-                .collect();
-            out.push(Check::warn(
-                NETFILTER,
-                name,
-                format!(
-                    "drop (nftables chain {} {}, hook forward): {FORWARD_DROP_WHY}",
-                    c.table, c.name
-                ),
-                format!(
-                    "nft chain {} {} '{{ policy accept; }}', or accept netfast's subnets: {}",
-                    c.table,
-                    c.name,
-                    accept.join("; ")
-                ),
+                },
             ));
         }
     }
     if out.is_empty() {
         out.push(Check::pass(
             NETFILTER,
-            name,
+            "FORWARD policy",
             "no FORWARD chain drops by default",
         ));
     }
@@ -566,5 +666,126 @@ mod tests {
             double_translations(&r, None)[0].status,
             super::super::Status::Pass
         );
+    }
+
+    fn net(name: &str, subnet: &str, backend: Backend, masquerade: bool) -> Network {
+        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+        Network {
+            name: name.into(),
+            id: 1,
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            bridge: format!("nf-{name}"),
+            uplink: "eth0".into(),
+            adopted: false,
+            adopted_ports: vec![],
+            masquerade,
+            backend,
+        }
+    }
+
+    #[test]
+    fn a_forward_drop_names_the_networks_it_drops_and_passes_when_none() {
+        use super::super::Status;
+        let nft_drop = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        let legacy_drop = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        let mut state = State {
+            networks: vec![
+                net("web", "172.18.0.0/24", Backend::Ebpf, true),
+                net("db", "172.19.0.0/24", Backend::Iptables, true),
+            ],
+            ..State::default()
+        };
+
+        // `iptables` is iptables-nft: the eBPF fast path and NETFAST-FORWARD get past it.
+        let r = rules_from("", nft_drop);
+        let fwd = forward_policy(&r, Some(&state));
+        assert_eq!(fwd.len(), 1);
+        assert_eq!(fwd[0].status, Status::Pass, "{:?}", fwd[0]);
+        assert!(
+            fwd[0].found.starts_with(
+                "DROP (iptables-nft, table filter); every netfast network gets past it: \
+                 web (eBPF fast path, past netfilter), db (iptables backend: NETFAST-FORWARD \
+                 accepts it first)"
+            ),
+            "{}",
+            fwd[0].found
+        );
+
+        // A drop in the other variant drops the iptables backend's network, not the eBPF one.
+        let r = rules_from(legacy_drop, "");
+        let fwd = forward_policy(&r, Some(&state));
+        assert_eq!(fwd[0].status, Status::Warn);
+        assert_eq!(
+            fwd[0].found,
+            "DROP (iptables-legacy, table filter): it drops the forwarded traffic of network db \
+             (iptables backend: its accept is in the other iptables variant)"
+        );
+        assert_eq!(
+            fwd[0].fix.as_deref(),
+            Some(
+                "iptables-legacy -P FORWARD ACCEPT, or keep it and accept netfast's subnets: \
+                 iptables-legacy -I FORWARD -s 172.19.0.0/24 -j ACCEPT; \
+                 iptables-legacy -I FORWARD -d 172.19.0.0/24 -j ACCEPT"
+            )
+        );
+
+        // The accept rules the fix gives, added as written, get db past it.
+        let accepted = "*filter\n:FORWARD DROP [0:0]\n\
+                        -A FORWARD -d 172.19.0.0/24 -j ACCEPT\n\
+                        -A FORWARD -s 172.19.0.0/24 -j ACCEPT\nCOMMIT\n";
+        let fwd = forward_policy(&rules_from(accepted, ""), Some(&state));
+        assert_eq!(fwd[0].status, Status::Pass, "{:?}", fwd[0]);
+        assert!(
+            fwd[0]
+                .found
+                .contains("db (accept rules for its subnet in that chain)"),
+            "{}",
+            fwd[0].found
+        );
+        // One direction alone is not enough.
+        let half = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 172.19.0.0/24 -j ACCEPT\nCOMMIT\n";
+        let fwd = forward_policy(&rules_from(half, ""), Some(&state));
+        assert_eq!(fwd[0].status, Status::Warn, "{:?}", fwd[0]);
+
+        // nftables backend, routed eBPF network, fast path off: all at risk.
+        state
+            .networks
+            .push(net("app", "172.20.0.0/24", Backend::Nftables, true));
+        state
+            .networks
+            .push(net("lab", "172.21.0.0/24", Backend::Ebpf, false));
+        let r = rules_from("", nft_drop);
+        let fwd = forward_policy(&r, Some(&state));
+        assert_eq!(fwd[0].status, Status::Warn);
+        assert!(
+            fwd[0].found.contains("network app (nftables backend"),
+            "{}",
+            fwd[0].found
+        );
+        assert!(
+            fwd[0].found.contains("network lab (eBPF, routed"),
+            "{}",
+            fwd[0].found
+        );
+        assert!(!fwd[0].found.contains("network web"), "{}", fwd[0].found);
+        assert!(!fwd[0].found.contains("network db"), "{}", fwd[0].found);
+        state.dataplane.fast_path = Switch::Off;
+        let fwd = forward_policy(&r, Some(&state));
+        assert!(
+            fwd[0]
+                .found
+                .contains("network web (eBPF with --fast-path off)"),
+            "{}",
+            fwd[0].found
+        );
+        let fix = fwd[0].fix.as_deref().unwrap();
+        for s in ["172.18.0.0/24", "172.20.0.0/24", "172.21.0.0/24"] {
+            assert!(
+                fix.contains(&format!("iptables -I FORWARD -d {s} -j ACCEPT")),
+                "{fix}"
+            );
+        }
+        assert!(!fix.contains("172.19.0.0/24"), "{fix}");
     }
 }

@@ -45,6 +45,8 @@ pub struct NftRule {
     pub handle: u64,
     pub comment: Option<String>,
     pub nat: Option<NatRule>,
+    /// The rule as `nft -a list ruleset` prints it, without its handle.
+    pub text: Option<String>,
 }
 
 impl TableId {
@@ -112,6 +114,7 @@ pub fn parse_json(json: &str, texts: &HashMap<(TableId, String, u64), String>) -
                 handle,
                 comment: r["comment"].as_str().map(str::to_owned),
                 nat,
+                text: text.cloned(),
             });
         }
     }
