@@ -35,6 +35,8 @@ pub struct EventStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NetworkStats {
     pub id: u16,
+    /// The network's name (from the state; empty when not known).
+    pub name: String,
     /// `a.b.c.d/n`.
     pub subnet: String,
     /// Leaving the containers (masqueraded towards the outside).
@@ -157,6 +159,7 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
         let rx = sum_slot(&per_net, u32::from(info.id) * 2 + 1)?;
         stats.networks.push(NetworkStats {
             id: info.id,
+            name: String::new(),
             subnet: format!("{}/{}", crate::maps::addr_of(key.data()), key.prefix_len()),
             tx_packets: tx.packets,
             tx_bytes: tx.bytes,

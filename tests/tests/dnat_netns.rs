@@ -411,6 +411,36 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
     assert_eq!(ls[0]["backend"], backend);
     assert_eq!(ls[0]["drift"], serde_json::json!([]));
+
+    // The network's packets each way, in `stats`; a change of the rules keeps the counts.
+    let web_stats = || {
+        let stats = w.nf.stats();
+        let nets = stats["networks"].as_array().expect("networks").clone();
+        let web = nets
+            .into_iter()
+            .find(|n| n["name"] == "web")
+            .unwrap_or_else(|| panic!("no network web in {stats}"));
+        assert_eq!(web["subnet"], "172.18.0.0/24");
+        let n = |k: &str| web[k].as_u64().expect("a count");
+        (n("tx_packets"), n("rx_packets"), n("tx_bytes"))
+    };
+    let (tx, rx, tx_bytes) = web_stats();
+    assert!(
+        tx >= 5 && rx >= 5 && tx_bytes >= 300,
+        "{tx} {rx} {tx_bytes}"
+    );
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    let (tx2, rx2, _) = web_stats();
+    assert!(
+        tx2 >= tx && rx2 >= rx,
+        "counts fell: {tx}->{tx2}, {rx}->{rx2}"
+    );
+    let text = w.nf.ok(&["stats"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web ") && l.contains("172.18.0.0/24")),
+        "{text}"
+    );
 }
 
 fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {

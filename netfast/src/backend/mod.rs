@@ -19,7 +19,9 @@ use crate::{
     error::{Error, Result},
     loader::model::{Backend, BackendChoice, State},
 };
-use rules::{Counts, DROP_REASONS, IPT_CHAINS, Rules, ipt_drop_chain};
+use rules::{
+    Counts, DROP_REASONS, IPT_CHAINS, Net, Rules, Way, ipt_drop_chain, ipt_net_rules, net_counter,
+};
 
 /// Runs a netfilter tool (`nft`, `iptables`, `iptables-restore`, …) with `input` on stdin;
 /// its stdout, or an error with what it printed.
@@ -257,7 +259,7 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
         }
         return Ok(());
     }
-    let counts = ipt_counters()?;
+    let counts = ipt_counters(&rules.nets)?;
     let (input, allow_chains) = rules::ipt_restore(rules, &counts);
     tool(&["iptables-restore", "-w", "--noflush", "-c"], Some(&input))?;
     // First in the built-in chains, as Docker puts its own: netfast's accepts must come
@@ -284,28 +286,50 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
     Ok(())
 }
 
-/// The drop counters of netfast's iptables chains (none when they do not exist).
-fn ipt_counters() -> Result<Counts> {
-    let mut counts = Counts::new();
+/// The counters of netfast's iptables chains (none when they do not exist): the drop
+/// reasons', and those of `nets` (their accept rules').
+fn ipt_counters(nets: &[Net]) -> Result<Counts> {
     let save = tool(&["iptables-save", "-c", "-t", "filter"], None)?;
-    for reason in DROP_REASONS {
-        let rule = format!(" -A {} -j DROP", ipt_drop_chain(reason));
-        for line in save.lines().filter(|l| l.ends_with(&rule)) {
-            if let Some((p, b)) = line
-                .strip_prefix('[')
-                .and_then(|l| l.split_once(']'))
-                .and_then(|(c, _)| c.split_once(':'))
-                .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)))
-            {
-                counts.insert(reason.to_owned(), (p, b));
+    Ok(ipt_counts(&save, nets))
+}
+
+/// The counters in `iptables-save -c` output.
+fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
+    let mut counts = Counts::new();
+    let mut wanted: Vec<(String, String)> = DROP_REASONS
+        .iter()
+        .map(|r| (r.to_string(), format!("-A {} -j DROP", ipt_drop_chain(r))))
+        .collect();
+    for n in nets {
+        for way in [Way::Tx, Way::Rx] {
+            for rule in ipt_net_rules(n, way) {
+                wanted.push((net_counter(way, n.id), rule));
             }
         }
     }
-    Ok(counts)
+    for line in save.lines() {
+        let Some((p, b, rule)) = line
+            .strip_prefix('[')
+            .and_then(|l| l.split_once("] "))
+            .and_then(|(c, rule)| {
+                let (p, b) = c.split_once(':')?;
+                Some((p.parse::<u64>().ok()?, b.parse::<u64>().ok()?, rule))
+            })
+        else {
+            continue;
+        };
+        for (name, _) in wanted.iter().filter(|(_, r)| r == rule) {
+            let e = counts.entry(name.clone()).or_default();
+            e.0 += p;
+            e.1 += b;
+        }
+    }
+    counts
 }
 
-/// Packets and bytes the fallback backends dropped, per drop reason (summed over both).
-pub fn drop_counters(state: &State) -> Result<Counts> {
+/// The fallback backends' counters: packets and bytes per drop reason (summed over both) and
+/// per network they serve ([`net_counter`]).
+pub fn counters(state: &State) -> Result<Counts> {
     let mut total = Counts::new();
     let mut add = |c: Counts| {
         for (k, (p, b)) in c {
@@ -321,12 +345,9 @@ pub fn drop_counters(state: &State) -> Result<Counts> {
     {
         add(nft_counters()?);
     }
-    if state
-        .networks
-        .iter()
-        .any(|n| n.backend == Backend::Iptables)
-    {
-        add(ipt_counters()?);
+    let ipt = Rules::of(state, Backend::Iptables);
+    if !ipt.is_empty() {
+        add(ipt_counters(&ipt.nets)?);
     }
     Ok(total)
 }
@@ -371,9 +392,12 @@ pub fn fallback_network(state: &State, e: &ctnetlink::KEntry) -> Option<u16> {
         .map(|n| n.id)
 }
 
-/// The fallback backends' drop counters added to `stats` (the eBPF dataplane's, or empty).
-pub fn add_drop_counters(state: &State, stats: &mut crate::stats::Stats) -> Result<()> {
-    for (reason, (packets, bytes)) in drop_counters(state)? {
+/// The fallback backends' counters added to `stats` (the eBPF dataplane's, or empty): their
+/// drops under the eBPF dataplane's reasons, and a line per network they serve, with the
+/// packets the kernel forwarded out of (tx) and into (rx) its bridge.
+pub fn add_fallback_counters(state: &State, stats: &mut crate::stats::Stats) -> Result<()> {
+    let counts = counters(state)?;
+    for (reason, (packets, bytes)) in &counts {
         let Some(r) = netfast_common::DropReason::ALL
             .into_iter()
             .find(|r| r.name() == reason)
@@ -388,11 +412,30 @@ pub fn add_drop_counters(state: &State, stats: &mut crate::stats::Stats) -> Resu
             None => stats.drops.push(crate::stats::DropStats {
                 reason: r.name(),
                 description: r.describe(),
-                packets,
-                bytes,
+                packets: *packets,
+                bytes: *bytes,
             }),
         }
     }
+    for n in state.networks.iter().filter(|n| n.backend != Backend::Ebpf) {
+        let get = |way| {
+            counts
+                .get(&net_counter(way, n.id))
+                .copied()
+                .unwrap_or_default()
+        };
+        let ((tx_packets, tx_bytes), (rx_packets, rx_bytes)) = (get(Way::Tx), get(Way::Rx));
+        stats.networks.push(crate::stats::NetworkStats {
+            id: n.id,
+            name: n.name.clone(),
+            subnet: n.subnet.to_string(),
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+        });
+    }
+    stats.networks.sort_by_key(|n| n.id);
     Ok(())
 }
 
@@ -429,5 +472,30 @@ mod tests {
             err.contains("ebpf: no ebpf; nftables: no nftables; iptables: no iptables"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn iptables_counters_are_read_per_drop_reason_and_per_network_way() {
+        let net = Net {
+            id: 3,
+            bridge: "nf-web".into(),
+            subnet: "172.18.0.0/24".parse().unwrap(),
+            uplink: "eth0".into(),
+            masquerade: true,
+        };
+        let save = "*filter\n\
+            :NETFAST-FORWARD - [0:0]\n\
+            [2:120] -A NETFAST-DIRECT-ACCESS -j DROP\n\
+            [10:1000] -A NETFAST-FORWARD -o nf-web -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            [1:60] -A NETFAST-FORWARD -o nf-web -m conntrack --ctstate DNAT -j ACCEPT\n\
+            [7:700] -A NETFAST-FORWARD -i nf-web -j ACCEPT\n\
+            [5:500] -A NETFAST-FORWARD -i nf-other -j ACCEPT\n\
+            [4:400] -A FORWARD -i nf-web -j ACCEPT\n\
+            COMMIT\n";
+        let c = ipt_counts(save, &[net]);
+        assert_eq!(c.get("direct_access"), Some(&(2, 120)));
+        assert_eq!(c.get("rx_3"), Some(&(11, 1060)));
+        assert_eq!(c.get("tx_3"), Some(&(7, 700)));
+        assert_eq!(c.len(), 3, "{c:?}");
     }
 }

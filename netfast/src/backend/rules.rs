@@ -22,6 +22,8 @@ pub const DROP_REASONS: [&str; 3] = ["inter_network", "direct_access", "not_allo
 /// A bridge network the backend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Net {
+    /// The network's id, which names its counters ([`net_counter`]).
+    pub id: u16,
     pub bridge: String,
     pub subnet: Ipv4Net,
     pub uplink: String,
@@ -68,6 +70,7 @@ impl Rules {
             .iter()
             .filter(|n| n.backend == backend)
             .map(|n| Net {
+                id: n.id,
                 bridge: n.bridge.clone(),
                 subnet: n.subnet,
                 uplink: n.uplink.clone(),
@@ -133,8 +136,40 @@ impl Rules {
     }
 }
 
-/// Packets and bytes of a counter.
+/// Packets and bytes of a counter: a drop reason's, or a network's ([`net_counter`]).
 pub type Counts = BTreeMap<String, (u64, u64)>;
+
+/// Which way a network's forwarded packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// Out of the bridge: leaving the containers.
+    Tx,
+    /// Into the bridge: to the containers (replies, published ports, hairpin).
+    Rx,
+}
+
+/// The name of the counter of network `id`'s packets going `way`: `tx_1`, `rx_1`.
+pub fn net_counter(way: Way, id: u16) -> String {
+    match way {
+        Way::Tx => format!("tx_{id}"),
+        Way::Rx => format!("rx_{id}"),
+    }
+}
+
+/// The iptables rules whose counters are network `net`'s packets going `way`, as
+/// `iptables-save` prints them (the first carries the total over a restore).
+pub fn ipt_net_rules(net: &Net, way: Way) -> Vec<String> {
+    let br = &net.bridge;
+    match way {
+        Way::Rx => vec![
+            format!(
+                "-A NETFAST-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ),
+            format!("-A NETFAST-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"),
+        ],
+        Way::Tx => vec![format!("-A NETFAST-FORWARD -i {br} -j ACCEPT")],
+    }
+}
 
 fn nft_ports(p: Ports) -> String {
     if p.first == p.last {
@@ -167,9 +202,15 @@ pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
         return s;
     }
     s.push_str("table ip netfast {\n");
-    for reason in DROP_REASONS {
-        let (p, b) = counts.get(reason).copied().unwrap_or_default();
-        let _ = writeln!(s, "\tcounter {reason} {{ packets {p} bytes {b} }}");
+    let names = DROP_REASONS.map(str::to_owned).into_iter().chain(
+        rules
+            .nets
+            .iter()
+            .flat_map(|n| [net_counter(Way::Tx, n.id), net_counter(Way::Rx, n.id)]),
+    );
+    for name in names {
+        let (p, b) = counts.get(&name).copied().unwrap_or_default();
+        let _ = writeln!(s, "\tcounter {name} {{ packets {p} bytes {b} }}");
     }
     s.push_str(
         "\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\
@@ -247,15 +288,22 @@ pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
     }
     for n in &rules.nets {
         let br = q(&n.bridge);
-        let _ = writeln!(s, "\t\toifname {br} ct state established,related accept");
-        let _ = writeln!(s, "\t\toifname {br} ct status dnat accept");
+        let (tx, rx) = (net_counter(Way::Tx, n.id), net_counter(Way::Rx, n.id));
+        let _ = writeln!(
+            s,
+            "\t\toifname {br} ct state established,related counter name {rx} accept"
+        );
+        let _ = writeln!(
+            s,
+            "\t\toifname {br} ct status dnat counter name {rx} accept"
+        );
         if n.masquerade {
             let _ = writeln!(
                 s,
                 "\t\toifname {br} iifname != {br} counter name direct_access drop"
             );
         }
-        let _ = writeln!(s, "\t\tiifname {br} accept");
+        let _ = writeln!(s, "\t\tiifname {br} counter name {tx} accept");
     }
     s.push_str("\t}\n}\n");
     s
@@ -367,14 +415,21 @@ pub fn ipt_restore(rules: &Rules, counts: &Counts) -> (String, Vec<String>) {
     }
     for n in &rules.nets {
         let br = &n.bridge;
-        let _ = writeln!(
-            s,
-            "-A NETFAST-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-        );
-        let _ = writeln!(
-            s,
-            "-A NETFAST-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
-        );
+        // The network's counters ride on its accept rules; a restore puts each total on the
+        // first rule of its way.
+        let counted = |way: Way, i: usize| {
+            let (p, b) = match i {
+                0 => counts
+                    .get(&net_counter(way, n.id))
+                    .copied()
+                    .unwrap_or_default(),
+                _ => (0, 0),
+            };
+            format!("[{p}:{b}] ")
+        };
+        for (i, rule) in ipt_net_rules(n, Way::Rx).iter().enumerate() {
+            let _ = writeln!(s, "{}{rule}", counted(Way::Rx, i));
+        }
         if n.masquerade {
             let _ = writeln!(
                 s,
@@ -382,7 +437,9 @@ pub fn ipt_restore(rules: &Rules, counts: &Counts) -> (String, Vec<String>) {
                 ipt_drop_chain("direct_access")
             );
         }
-        let _ = writeln!(s, "-A NETFAST-FORWARD -i {br} -j ACCEPT");
+        for (i, rule) in ipt_net_rules(n, Way::Tx).iter().enumerate() {
+            let _ = writeln!(s, "{}{rule}", counted(Way::Tx, i));
+        }
     }
     s.push_str("COMMIT\n");
     (s, allow_chains)
@@ -503,6 +560,7 @@ mod tests {
         let r = Rules::of(&state(), Backend::Nftables);
         let mut counts = Counts::new();
         counts.insert("not_allowed".into(), (7, 420));
+        counts.insert("tx_1".into(), (5, 300));
         let s = nft_script(&r, &counts);
         assert!(
             s.starts_with("table ip netfast {}\ndelete table ip netfast\ntable ip netfast {\n")
@@ -517,6 +575,11 @@ mod tests {
             "iifname \"nf-web\" oifname \"nf-db\" counter name inter_network drop",
             "ip daddr 172.18.0.2 meta l4proto tcp ct status dnat ct original proto-dst 8080 ip saddr != { 192.0.2.0/24 } counter name not_allowed drop",
             "oifname \"nf-web\" iifname != \"nf-web\" counter name direct_access drop",
+            "counter tx_1 { packets 5 bytes 300 }",
+            "counter rx_1 { packets 0 bytes 0 }",
+            "oifname \"nf-web\" ct state established,related counter name rx_1 accept",
+            "oifname \"nf-web\" ct status dnat counter name rx_1 accept",
+            "iifname \"nf-web\" counter name tx_1 accept",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
@@ -543,6 +606,7 @@ mod tests {
         let r = Rules::of(&st, Backend::Iptables);
         let mut counts = Counts::new();
         counts.insert("direct_access".into(), (3, 180));
+        counts.insert("rx_2".into(), (9, 900));
         let (s, allow) = ipt_restore(&r, &counts);
         assert_eq!(allow, vec!["NETFAST-ALLOW-0".to_owned()]);
         for line in [
@@ -557,6 +621,9 @@ mod tests {
             "-A NETFAST-ALLOW-0 -s 192.0.2.0/24 -j RETURN",
             "-A NETFAST-ALLOW-0 -j NETFAST-NOT-ALLOWED",
             "-A NETFAST-FORWARD ! -i nf-db -o nf-db -j NETFAST-DIRECT-ACCESS",
+            "[9:900] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "[0:0] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate DNAT -j ACCEPT",
+            "[0:0] -A NETFAST-FORWARD -i nf-db -j ACCEPT",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }

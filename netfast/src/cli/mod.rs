@@ -57,8 +57,12 @@ enum Command {
     /// nftables/iptables backends, the kernel's conntrack entries of their subnets.
     #[command(subcommand)]
     Conntrack(conntrack::Command),
-    /// Packets and bytes per hook and per network, and a counter per drop reason (the
-    /// nftables/iptables backends count their drops under the same reasons).
+    /// Packets and bytes per hook and per network, and a counter per drop reason.
+    ///
+    /// A network on the eBPF dataplane counts the packets it translated each way (tx: from
+    /// its containers, rx: to them); one on the nftables/iptables backends, the packets the
+    /// kernel forwarded out of and into its bridge. Those backends count their drops under
+    /// the eBPF dataplane's reasons; per-hook and fast-path counters are the dataplane's.
     Stats {
         /// JSON instead of tables.
         #[arg(long)]

@@ -18,8 +18,14 @@ pub fn run(json: bool) -> anyhow::Result<()> {
             host.describe()
         ),
     };
-    // Networks on the nftables/iptables backends count their drops in netfast's rules.
-    netfast::backend::add_drop_counters(&state, &mut stats)?;
+    // Networks on the nftables/iptables backends count their traffic and drops in netfast's
+    // rules.
+    netfast::backend::add_fallback_counters(&state, &mut stats)?;
+    for n in &mut stats.networks {
+        if let Some(net) = state.networks.iter().find(|s| s.id == n.id) {
+            n.name.clone_from(&net.name);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
@@ -33,13 +39,18 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<4} {:<18} {:>10} {:>12} {:>10} {:>12}",
-        "NET", "SUBNET", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
+        "{:<16} {:<18} {:>10} {:>12} {:>10} {:>12}",
+        "NETWORK", "SUBNET", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
     );
     for n in &stats.networks {
+        let name = if n.name.is_empty() {
+            format!("#{}", n.id)
+        } else {
+            n.name.clone()
+        };
         println!(
-            "{:<4} {:<18} {:>10} {:>12} {:>10} {:>12}",
-            n.id, n.subnet, n.tx_packets, n.tx_bytes, n.rx_packets, n.rx_bytes
+            "{:<16} {:<18} {:>10} {:>12} {:>10} {:>12}",
+            name, n.subnet, n.tx_packets, n.tx_bytes, n.rx_packets, n.rx_bytes
         );
     }
     println!();
