@@ -517,6 +517,30 @@ fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {
             rules.contains("-A POSTROUTING -s 10.8.0.0/24 -j MASQUERADE"),
             "netfast removed someone else's rule:\n{rules}"
         );
+        // Its conntrack timeout policies are gone too: a rule naming one is refused.
+        for (proto, policy) in [("tcp", "netfast-tcp"), ("udp", "netfast-udp")] {
+            let out = run(&[
+                "ip",
+                "netns",
+                "exec",
+                host.name(),
+                "iptables",
+                "-t",
+                "raw",
+                "-A",
+                "OUTPUT",
+                "-p",
+                proto,
+                "-j",
+                "CT",
+                "--timeout",
+                policy,
+            ]);
+            assert!(
+                !out.status.success(),
+                "timeout policy {policy} outlived down"
+            );
+        }
     }
 }
 
@@ -559,6 +583,98 @@ fn networks_on_different_backends_are_isolated_from_each_other() {
         ]);
     }
     w.nf.ok(&["container", "rm", &d0]);
+}
+
+/// Seconds left of the first flow `netfast conntrack list --json` shows for `proto` to
+/// `dport` (any port for ICMP).
+fn expires_in(w: &netfast_tests::web::Web, proto: &str, dport: Option<u16>) -> u64 {
+    let flows: serde_json::Value =
+        serde_json::from_str(&w.nf.ok(&["conntrack", "list", "--json"])).expect("json");
+    let flows = flows.as_array().expect("array");
+    flows
+        .iter()
+        .find(|f| f["protocol"] == proto && dport.is_none_or(|p| f["original"]["dport"] == p))
+        .and_then(|f| f["expires_in"].as_u64())
+        .unwrap_or_else(|| panic!("no {proto} flow to {dport:?} in {flows:?}"))
+}
+
+/// The networks' flows live as long as netfast's timeouts say (RFC 4787's 2 min floor for
+/// UDP, where the kernel's default is 30 s), on every backend, and `netfast config` changes
+/// them.
+fn flows_get_netfasts_timeouts_and_config_changes_them(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let outside = w.topo.outside.name();
+    let _server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    wait_listening(outside, "tcp", 8000, "http.server");
+    let udp = |port: u16| {
+        run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &w.c1,
+            "sh",
+            "-c",
+            &format!("echo hello | socat -u - UDP4:{OUTSIDE_ADDR}:{port}"),
+        ]);
+    };
+    udp(9001);
+    let left = expires_in(&w, "udp", Some(9001));
+    assert!((290..=300).contains(&left), "udp, 300 s: {left}");
+    // A closed TCP connection waits out the transitory timeout (240 s; the kernel's 120).
+    assert_eq!(
+        curl(&w.c1, &format!("http://{OUTSIDE_ADDR}:8000/"), &[]),
+        "200"
+    );
+    let left = expires_in(&w, "tcp", Some(8000));
+    assert!(
+        (200..=240).contains(&left),
+        "tcp after close, 240 s: {left}"
+    );
+    if backend != "nftables" {
+        // nft has no ICMP timeout policy: there the kernel's 30 s stays.
+        run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &w.c1,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &OUTSIDE_ADDR.to_string(),
+        ]);
+        let left = expires_in(&w, "icmp", None);
+        assert!((50..=60).contains(&left), "icmp, 60 s: {left}");
+    }
+    // A flow through a published port, too.
+    w.nf.ok(&["publish", "web", &format!("5000:{}:5000/udp", w.c1)]);
+    w.topo.outside.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("echo hello | socat -u - UDP4:{UPLINK_ADDR}:5000"),
+    ]);
+    let left = expires_in(&w, "udp", Some(5000));
+    assert!((290..=300).contains(&left), "published udp, 300 s: {left}");
+    w.nf.ok(&["config", "--timeout-udp", "200"]);
+    udp(9002);
+    let left = expires_in(&w, "udp", Some(9002));
+    assert!(
+        (190..=200).contains(&left),
+        "udp after config, 200 s: {left}"
+    );
 }
 
 /// The `FORWARD policy` line of `netfast doctor --json` in the fixture's host.
@@ -694,6 +810,10 @@ macro_rules! on_backend {
                 super::a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(stringify!(
                     $backend
                 ));
+            }
+            #[test]
+            fn flows_get_netfasts_timeouts_and_config_changes_them() {
+                super::flows_get_netfasts_timeouts_and_config_changes_them(stringify!($backend));
             }
             #[test]
             fn publishing_twice_is_refused_and_a_host_listener_is_named() {

@@ -873,12 +873,12 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
         ),
         "{saved}"
     );
-    // The eBPF dataplane's settings say they are not the fallback's.
+    // The settings say which of them the fallback takes.
     let out = nf.run(&["config", "--timeout-udp", "120"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("note: these settings are the eBPF dataplane's; network(s) web"),
+        err.contains("note: network(s) web on the nftables/iptables backends take the timeouts"),
         "{err}"
     );
     fs::remove_file(&file).expect("remove apply file");

@@ -19,9 +19,9 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
-const NLA_F_NESTED: u16 = 0x8000;
+pub(super) const NLA_F_NESTED: u16 = 0x8000;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -235,7 +235,7 @@ fn parse_entry(buf: &[u8]) -> KEntry {
 }
 
 /// A netlink socket of the netfilter family, closed when dropped.
-struct Socket(libc::c_int);
+pub(super) struct Socket(libc::c_int);
 
 impl Drop for Socket {
     fn drop(&mut self) {
@@ -252,7 +252,7 @@ fn io_err(context: &str) -> Error {
 }
 
 impl Socket {
-    fn open() -> Result<Socket> {
+    pub(super) fn open() -> Result<Socket> {
         // SAFETY: plain syscall; the descriptor is owned by the returned value.
         let fd = unsafe {
             libc::socket(
@@ -267,13 +267,24 @@ impl Socket {
         Ok(Socket(fd))
     }
 
-    /// Sends one request (`attrs` after the nfgenmsg) and returns every message of the answer
-    /// up to NLMSG_DONE or the acknowledgement.
+    /// Sends one ctnetlink request (`attrs` after the nfgenmsg) and returns every message of
+    /// the answer up to NLMSG_DONE or the acknowledgement.
     fn request(&self, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.request_to(NFNL_SUBSYS_CTNETLINK, msg_type, flags, attrs)
+    }
+
+    /// [`Socket::request`] to another nfnetlink subsystem.
+    pub(super) fn request_to(
+        &self,
+        subsys: u16,
+        msg_type: u16,
+        flags: u16,
+        attrs: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
         let len = 16 + 4 + attrs.len();
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
+        req.extend_from_slice(&((subsys << 8) | msg_type).to_ne_bytes());
         req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
         req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
@@ -320,7 +331,7 @@ impl Socket {
                             return Ok(out); // the acknowledgement
                         }
                         return Err(Error::Io {
-                            context: "the kernel refused a ctnetlink request".into(),
+                            context: "the kernel refused a netfilter netlink request".into(),
                             source: io::Error::from_raw_os_error(-errno),
                         });
                     }
@@ -451,7 +462,7 @@ impl Events {
     }
 }
 
-fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+pub(super) fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + payload.len() + 3);
     v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     v.extend_from_slice(&ty.to_ne_bytes());

@@ -8,6 +8,7 @@
 //! changes nothing and removing the last network removes every rule.
 
 pub mod ctnetlink;
+pub mod cttimeout;
 pub mod rules;
 
 use std::{
@@ -178,10 +179,21 @@ fn sync_nft(rules: &Rules) -> Result<()> {
     } else {
         nft_counters()?
     };
-    tool(
-        &["nft", "-f", "-"],
-        Some(&rules::nft_script(rules, &counts)),
-    )?;
+    let script = rules::nft_script(rules, &counts, true);
+    if let Err(e) = tool(&["nft", "-f", "-"], Some(&script)) {
+        // A kernel without conntrack timeout policies refuses the `ct timeout` objects:
+        // the rest works without them, and the flows keep the kernel's timeouts.
+        let plain = rules::nft_script(rules, &counts, false);
+        if rules.is_empty() || tool(&["nft", "-f", "-"], Some(&plain)).is_err() {
+            return Err(e);
+        }
+        eprintln!(
+            "netfast: nftables refused conntrack timeout policies ({}): flows of the \
+             nftables backend's networks keep the kernel's timeouts \
+             (net.netfilter.nf_conntrack_*_timeout)",
+            crate::error::report(&e)
+        );
+    }
     Ok(())
 }
 
@@ -228,7 +240,7 @@ fn ipt_jump(table: &str, builtin: &str, chain: &str, op: &str) -> Result<String>
 }
 
 fn sync_iptables(rules: &Rules) -> Result<()> {
-    let existing: Vec<(String, String)> = ["nat", "filter"]
+    let existing: Vec<(String, String)> = ["nat", "filter", "raw"]
         .into_iter()
         .map(|t| {
             Ok(ipt_own_chains(t)?
@@ -240,12 +252,11 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
         .flatten()
         .collect();
     if rules.is_empty() {
-        if existing.is_empty() {
-            return Ok(());
-        }
         // Jumps first, then the chains (flushed before deleted: they reference each other).
         for (table, chain, builtin) in IPT_CHAINS {
-            if let Some(builtin) = builtin {
+            if let Some(builtin) = builtin
+                && !existing.is_empty()
+            {
                 while ipt_jump(table, builtin, chain, "-C").is_ok() {
                     ipt_jump(table, builtin, chain, "-D")?;
                 }
@@ -257,15 +268,24 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
         for (table, chain) in &existing {
             tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
         }
+        // No rule refers to the timeout policies any more.
+        for p in cttimeout::policies(&rules.timeouts) {
+            match cttimeout::delete(p.name) {
+                Err(e) if !cttimeout::unsupported(&e) => return Err(e),
+                _ => {}
+            }
+        }
         return Ok(());
     }
     let counts = ipt_counters(&rules.nets)?;
-    let (input, allow_chains) = rules::ipt_restore(rules, &counts);
+    let policies = ipt_timeouts(&rules.timeouts)?;
+    let (input, allow_chains) = rules::ipt_restore(rules, &counts, &policies);
     tool(&["iptables-restore", "-w", "--noflush", "-c"], Some(&input))?;
     // First in the built-in chains, as Docker puts its own: netfast's accepts must come
     // before a policy of DROP, and its drops before anyone's accepts.
     for (table, chain, builtin) in IPT_CHAINS {
         if let Some(builtin) = builtin
+            && (table != "raw" || !policies.is_empty())
             && ipt_jump(table, builtin, chain, "-C").is_err()
         {
             tool(
@@ -284,6 +304,27 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
         tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
     }
     Ok(())
+}
+
+/// Creates or updates the conntrack timeout policies the iptables rules refer to; none where
+/// the kernel has no timeout policies (said once on stderr: the flows keep the kernel's).
+fn ipt_timeouts(t: &crate::loader::model::Timeouts) -> Result<Vec<cttimeout::Policy>> {
+    let policies = cttimeout::policies(t);
+    for p in &policies {
+        if let Err(e) = cttimeout::set(p) {
+            if cttimeout::unsupported(&e) {
+                eprintln!(
+                    "netfast: this kernel has no conntrack timeout policies \
+                     (CONFIG_NF_CONNTRACK_TIMEOUT, CONFIG_NF_CT_NETLINK_TIMEOUT): flows of the \
+                     iptables backend's networks keep the kernel's timeouts \
+                     (net.netfilter.nf_conntrack_*_timeout)"
+                );
+                return Ok(Vec::new());
+            }
+            return Err(e);
+        }
+    }
+    Ok(policies.to_vec())
 }
 
 /// The counters of netfast's iptables chains (none when they do not exist): the drop

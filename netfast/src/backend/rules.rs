@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 
 use crate::loader::{
-    model::{Backend, State},
+    model::{Backend, State, Timeouts},
     publish::{Ports, Proto},
 };
 
@@ -59,6 +59,9 @@ pub struct Rules {
     pub isolate: Vec<(String, String)>,
     pub dnat: Vec<Dnat>,
     pub allow: Vec<Allow>,
+    /// The idle timeouts of the networks' flows (`netfast config`), in place of the kernel's
+    /// defaults (a UDP flow's 30 s is below RFC 4787's 2 min floor).
+    pub timeouts: Timeouts,
 }
 
 impl Rules {
@@ -122,6 +125,7 @@ impl Rules {
             isolate,
             dnat,
             allow,
+            timeouts: state.dataplane.timeouts,
         }
     }
 
@@ -192,9 +196,31 @@ fn q(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+/// The `ct timeout` objects for `t` and the chain that sets them on a new flow.
+fn nft_timeouts(s: &mut String, t: &Timeouts) {
+    let tr = t.tcp_transitory;
+    let _ = writeln!(
+        s,
+        "\tct timeout tcp_timeouts {{ protocol tcp; l3proto ip; policy = {{ established: {}, \
+         syn_sent: {tr}, syn_recv: {tr}, fin_wait: {tr}, close_wait: {tr}, last_ack: {tr}, \
+         time_wait: {tr}, close: {} }}; }}",
+        t.tcp_established, t.tcp_close
+    );
+    let _ = writeln!(
+        s,
+        "\tct timeout udp_timeouts {{ protocol udp; l3proto ip; policy = {{ unreplied: {u}, \
+         replied: {u} }}; }}",
+        u = t.udp
+    );
+    s.push_str(
+        "\tchain timeouts {\n\t\tct timeout set \"tcp_timeouts\"\n\
+         \t\tct timeout set \"udp_timeouts\"\n\t}\n",
+    );
+}
+
 /// The nftables script that replaces table `ip netfast` with `rules` in one transaction;
-/// `counts` carries the drop counters over.
-pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
+/// `counts` carries the counters over; `timeouts`: with the conntrack timeout policies.
+pub fn nft_script(rules: &Rules, counts: &Counts, timeouts: bool) -> String {
     let mut s = String::new();
     // Declaring the table first makes the delete succeed whether or not it exists.
     s.push_str("table ip netfast {}\ndelete table ip netfast\n");
@@ -211,6 +237,11 @@ pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
     for name in names {
         let (p, b) = counts.get(&name).copied().unwrap_or_default();
         let _ = writeln!(s, "\tcounter {name} {{ packets {p} bytes {b} }}");
+    }
+    // Timeout policies for the flows of the networks, set on a flow's first packet (in the
+    // postrouting nat chain, before the kernel confirms it). nft has them for TCP and UDP.
+    if timeouts {
+        nft_timeouts(&mut s, &rules.timeouts);
     }
     s.push_str(
         "\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\
@@ -242,6 +273,15 @@ pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
     s.push_str(
         "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n",
     );
+    // The networks' new flows: from their containers, and to them through published ports.
+    for n in rules.nets.iter().filter(|_| timeouts) {
+        let _ = writeln!(s, "\t\tip saddr {} jump timeouts", n.subnet);
+        let _ = writeln!(
+            s,
+            "\t\toifname {} ct status dnat jump timeouts",
+            q(&n.bridge)
+        );
+    }
     for n in &rules.nets {
         if n.masquerade {
             let _ = writeln!(
@@ -311,7 +351,7 @@ pub fn nft_script(rules: &Rules, counts: &Counts) -> String {
 
 /// The iptables chains netfast owns, with the built-in chain that jumps to each (none for
 /// the chains only other NETFAST chains jump to).
-pub const IPT_CHAINS: [(&str, &str, Option<&str>); 8] = [
+pub const IPT_CHAINS: [(&str, &str, Option<&str>); 11] = [
     ("nat", "NETFAST-PREROUTING", Some("PREROUTING")),
     ("nat", "NETFAST-OUTPUT", Some("OUTPUT")),
     ("nat", "NETFAST-POSTROUTING", Some("POSTROUTING")),
@@ -320,6 +360,9 @@ pub const IPT_CHAINS: [(&str, &str, Option<&str>); 8] = [
     ("filter", "NETFAST-INTER-NETWORK", None),
     ("filter", "NETFAST-DIRECT-ACCESS", None),
     ("filter", "NETFAST-NOT-ALLOWED", None),
+    ("raw", "NETFAST-RAW-PREROUTING", Some("PREROUTING")),
+    ("raw", "NETFAST-RAW-OUTPUT", Some("OUTPUT")),
+    ("raw", "NETFAST-TIMEOUTS", None),
 ];
 
 /// The filter chain that counts and drops packets for a drop reason.
@@ -327,10 +370,16 @@ pub fn ipt_drop_chain(reason: &str) -> String {
     format!("NETFAST-{}", reason.replace('_', "-").to_uppercase())
 }
 
-/// The `iptables-restore --noflush` input for `rules` (both tables). Declaring a chain
-/// flushes it; chains of allow-lists no longer needed are left for the caller to delete.
+/// The `iptables-restore --noflush` input for `rules` (tables nat, filter and raw). Declaring
+/// a chain flushes it; chains of allow-lists no longer needed are left for the caller to
+/// delete. `timeouts`: the conntrack timeout policies ([`super::cttimeout`]) the networks'
+/// new flows get, from the raw table (none where the kernel has no such policies).
 /// Returns the input and the names of the allow-list chains it uses.
-pub fn ipt_restore(rules: &Rules, counts: &Counts) -> (String, Vec<String>) {
+pub fn ipt_restore(
+    rules: &Rules,
+    counts: &Counts,
+    timeouts: &[super::cttimeout::Policy],
+) -> (String, Vec<String>) {
     let mut s = String::new();
     s.push_str("*nat\n");
     for (table, chain, _) in IPT_CHAINS {
@@ -442,6 +491,47 @@ pub fn ipt_restore(rules: &Rules, counts: &Counts) -> (String, Vec<String>) {
         }
     }
     s.push_str("COMMIT\n");
+    // CT --timeout gives a flow its policy when the flow is created, before any NAT: the
+    // networks' flows are those from their bridges and those to the published ports. (No
+    // raw table at all without the policies.)
+    if !timeouts.is_empty() {
+        s.push_str("*raw\n");
+        for (table, chain, _) in IPT_CHAINS {
+            if table == "raw" {
+                let _ = writeln!(s, ":{chain} - [0:0]");
+            }
+        }
+        for p in timeouts {
+            let _ = writeln!(
+                s,
+                "-A NETFAST-TIMEOUTS -p {} -j CT --timeout {}",
+                p.proto, p.name
+            );
+        }
+        for n in &rules.nets {
+            let _ = writeln!(
+                s,
+                "-A NETFAST-RAW-PREROUTING -i {} -j NETFAST-TIMEOUTS",
+                n.bridge
+            );
+        }
+        for d in &rules.dnat {
+            let mut m = String::from("-m addrtype --dst-type LOCAL ");
+            if let Some(ip) = d.host_ip {
+                let _ = write!(m, "-d {ip}/32 ");
+            }
+            let _ = write!(
+                m,
+                "-p {p} -m {p} --dport {}",
+                ipt_ports(d.host_ports),
+                p = d.proto
+            );
+            for chain in ["NETFAST-RAW-PREROUTING", "NETFAST-RAW-OUTPUT"] {
+                let _ = writeln!(s, "-A {chain} {m} -j NETFAST-TIMEOUTS");
+            }
+        }
+        s.push_str("COMMIT\n");
+    }
     (s, allow_chains)
 }
 
@@ -550,7 +640,7 @@ mod tests {
             })
         );
         assert!(
-            nft_script(&r, &Counts::new())
+            nft_script(&r, &Counts::new(), true)
                 .contains("ip daddr 198.51.100.1 udp dport 5001 dnat to 172.18.0.3:6001")
         );
     }
@@ -561,7 +651,7 @@ mod tests {
         let mut counts = Counts::new();
         counts.insert("not_allowed".into(), (7, 420));
         counts.insert("tx_1".into(), (5, 300));
-        let s = nft_script(&r, &counts);
+        let s = nft_script(&r, &counts, true);
         assert!(
             s.starts_with("table ip netfast {}\ndelete table ip netfast\ntable ip netfast {\n")
         );
@@ -580,12 +670,26 @@ mod tests {
             "oifname \"nf-web\" ct state established,related counter name rx_1 accept",
             "oifname \"nf-web\" ct status dnat counter name rx_1 accept",
             "iifname \"nf-web\" counter name tx_1 accept",
+            "ct timeout tcp_timeouts { protocol tcp; l3proto ip; policy = { established: 7440, \
+             syn_sent: 240, syn_recv: 240, fin_wait: 240, close_wait: 240, last_ack: 240, \
+             time_wait: 240, close: 10 }; }",
+            "ct timeout udp_timeouts { protocol udp; l3proto ip; policy = { unreplied: 300, \
+             replied: 300 }; }",
+            "ip saddr 172.18.0.0/24 jump timeouts",
+            "oifname \"nf-web\" ct status dnat jump timeouts",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
+        // Where the kernel has no timeout policies: the same without them.
+        let plain = nft_script(&r, &counts, false);
+        assert!(
+            !plain.contains("ct timeout") && !plain.contains("jump timeouts"),
+            "{plain}"
+        );
+        assert!(plain.contains("iifname \"nf-web\" counter name tx_1 accept"));
         // Nothing to serve: the script only removes the table.
         assert_eq!(
-            nft_script(&Rules::default(), &counts),
+            nft_script(&Rules::default(), &counts, true),
             "table ip netfast {}\ndelete table ip netfast\n"
         );
     }
@@ -607,7 +711,8 @@ mod tests {
         let mut counts = Counts::new();
         counts.insert("direct_access".into(), (3, 180));
         counts.insert("rx_2".into(), (9, 900));
-        let (s, allow) = ipt_restore(&r, &counts);
+        let policies = super::super::cttimeout::policies(&r.timeouts);
+        let (s, allow) = ipt_restore(&r, &counts, &policies);
         assert_eq!(allow, vec!["NETFAST-ALLOW-0".to_owned()]);
         for line in [
             ":NETFAST-PUBLISHED - [0:0]",
@@ -624,9 +729,20 @@ mod tests {
             "[9:900] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             "[0:0] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate DNAT -j ACCEPT",
             "[0:0] -A NETFAST-FORWARD -i nf-db -j ACCEPT",
+            "*raw\n:NETFAST-RAW-PREROUTING - [0:0]\n:NETFAST-RAW-OUTPUT - [0:0]\n:NETFAST-TIMEOUTS - [0:0]\n",
+            "-A NETFAST-TIMEOUTS -p tcp -j CT --timeout netfast-tcp\n",
+            "-A NETFAST-TIMEOUTS -p udp -j CT --timeout netfast-udp\n",
+            "-A NETFAST-TIMEOUTS -p icmp -j CT --timeout netfast-icmp\n",
+            "-A NETFAST-RAW-PREROUTING -i nf-web -j NETFAST-TIMEOUTS\n",
+            "-A NETFAST-RAW-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -j NETFAST-TIMEOUTS\n",
+            "-A NETFAST-RAW-OUTPUT -m addrtype --dst-type LOCAL -d 198.51.100.1/32 -p udp -m udp --dport 5000:5001 -j NETFAST-TIMEOUTS\n",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
+        assert_eq!(s.matches("COMMIT\n").count(), 3);
+        // Without timeout policies in the kernel: no raw table.
+        let (s, _) = ipt_restore(&r, &counts, &[]);
+        assert!(!s.contains("*raw") && !s.contains("TIMEOUTS"), "{s}");
         assert_eq!(s.matches("COMMIT\n").count(), 2);
     }
 }

@@ -52,6 +52,9 @@ enum Command {
     /// Remove everything netfast created in this host namespace, and nothing else.
     Down,
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
+    ///
+    /// The timeouts also reach networks on the nftables/iptables backends, as conntrack
+    /// timeout policies (nftables: TCP and UDP); the other settings are the eBPF dataplane's.
     Config(config::ConfigArgs),
     /// The flows the dataplane tracks (like `conntrack -L/-E/-F`); for networks on the
     /// nftables/iptables backends, the kernel's conntrack entries of their subnets.

@@ -597,10 +597,10 @@ impl Loader {
             .collect();
         if !fallback.is_empty() {
             out.push(format!(
-                "note: these settings are the eBPF dataplane's; network(s) {} on the \
-                 nftables/iptables backends use the kernel's conntrack (its timeouts and table \
-                 size are the net.netfilter.nf_conntrack_* sysctls, its port range and \
-                 filtering those of MASQUERADE)",
+                "note: network(s) {} on the nftables/iptables backends take the timeouts \
+                 (nftables: TCP and UDP; the kernel's ICMP timeout stays); the other settings \
+                 are the eBPF dataplane's: their flows are the kernel conntrack's (its size is \
+                 net.netfilter.nf_conntrack_max, its port range and filtering MASQUERADE's)",
                 fallback.join(", ")
             ));
         }
@@ -619,7 +619,17 @@ impl Loader {
             }
             dp.configure(&settings.config)?;
         }
+        // The fallbacks' rules carry the timeouts: re-render them; on failure, the eBPF
+        // dataplane goes back to the settings it had, so nothing is half applied.
+        let before = state.clone();
         state.dataplane = cfg.clone();
+        if let Err(e) = crate::backend::sync(&before, state) {
+            state.dataplane = before.dataplane;
+            if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+                dp.configure(&validate::dataplane(&state.dataplane)?.config)?;
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
