@@ -580,3 +580,89 @@ fn rules_in_both_iptables_backends_warn() {
         "pass"
     );
 }
+
+/// bpffs missing: in a mount namespace of the test's own, with a PID namespace (and its
+/// /proc) so that PID 1 sees that mount namespace too, /sys/fs/bpf is unmounted. The doctor
+/// WARNs with the mount command and changes nothing; `--fix` mounts it, there only.
+#[test]
+fn fix_mounts_bpffs_where_it_is_missing() {
+    require_root();
+    let ns = TestNetns::new("dbf");
+    let etc = TempEtc::new(&ns);
+    let bin = netfast_bin();
+    let doctor = |fix: &str| {
+        // A FAIL (forwarding is off in a new namespace) exits with 1: not the point here.
+        format!(
+            "NETFAST_DOCTOR_ETC={etc} {bin} --netns {ns} doctor --json {fix} || true",
+            etc = etc.0.display(),
+            bin = bin.display(),
+            ns = ns.name(),
+        )
+    };
+    let script = format!(
+        "set -e; umount /sys/fs/bpf; \
+         echo \"before: $(stat -f -c %T /sys/fs/bpf)\"; \
+         echo @@plain; {plain}; echo; echo \"between: $(stat -f -c %T /sys/fs/bpf)\"; \
+         echo @@fix; {fix}; echo; echo \"after: $(stat -f -c %T /sys/fs/bpf)\"",
+        plain = doctor(""),
+        fix = doctor("--fix"),
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let state = |label: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} line:\n{stdout}\n{stderr}"))
+            .trim()
+            .to_owned()
+    };
+    assert_ne!(state("before:"), "bpf_fs", "the unmount did not take");
+    assert_ne!(
+        state("between:"),
+        "bpf_fs",
+        "doctor without --fix mounted bpffs"
+    );
+    assert_eq!(state("after:"), "bpf_fs", "--fix did not mount bpffs");
+    let report = |from: &str, to: &str| -> Vec<Value> {
+        let (_, rest) = stdout.split_once(from).expect("marker");
+        let (json, _) = rest.split_once(to).expect("marker");
+        serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}\n{stdout}\n{stderr}"))
+    };
+    let reports = [report("@@plain", "between:"), report("@@fix", "after:")];
+    let plain = one(&reports[0], "ebpf", "bpffs");
+    assert_eq!(plain["status"], "warn", "{plain}");
+    assert_eq!(plain["fix"], "mount -t bpf bpf /sys/fs/bpf");
+    let fixed = one(&reports[1], "ebpf", "bpffs");
+    assert_eq!(fixed["status"], "pass", "{fixed}");
+    assert!(
+        text(&fixed["fixed"]).starts_with("mounted the bpf filesystem (/sys/fs/bpf)"),
+        "{fixed}"
+    );
+    // The machine's own bpffs was never touched.
+    assert_eq!(
+        Command::new("stat")
+            .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .expect("stat"),
+        "bpf_fs"
+    );
+}
