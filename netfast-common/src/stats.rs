@@ -84,6 +84,9 @@ pub enum DropReason {
     InterNetwork = 11,
     /// A hairpinned packet for which the FIB has no route.
     NoRoute = 12,
+    /// A container's packet to the host's loopback addresses, which the nftables/iptables
+    /// backends' `route_localnet` would otherwise let in (CVE-2020-8558).
+    ToHostLoopback = 13,
 }
 
 impl DropReason {
@@ -99,7 +102,7 @@ impl DropReason {
         None
     }
 
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::NatPortExhausted,
         DropReason::NatMappingFailed,
@@ -112,6 +115,7 @@ impl DropReason {
         DropReason::DirectAccess,
         DropReason::InterNetwork,
         DropReason::NoRoute,
+        DropReason::ToHostLoopback,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -128,6 +132,7 @@ impl DropReason {
             DropReason::DirectAccess => "direct_access",
             DropReason::InterNetwork => "inter_network",
             DropReason::NoRoute => "no_route",
+            DropReason::ToHostLoopback => "to_host_loopback",
         }
     }
 
@@ -157,6 +162,10 @@ impl DropReason {
             }
             DropReason::InterNetwork => "a container reaching a container of another network",
             DropReason::NoRoute => "a hairpinned packet the routing table has no route for",
+            DropReason::ToHostLoopback => {
+                "a container's packet to the host's 127.0.0.0/8, which a service bound to \
+                 127.0.0.1 must never see from a container (CVE-2020-8558)"
+            }
         }
     }
 }

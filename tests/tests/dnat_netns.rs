@@ -585,6 +585,52 @@ fn networks_on_different_backends_are_isolated_from_each_other() {
     w.nf.ok(&["container", "rm", &d0]);
 }
 
+/// A container that routes 127.0.0.1 through its gateway must not reach a service the host
+/// binds to 127.0.0.1 (CVE-2020-8558: the fallbacks turn route_localnet on for the host's
+/// clients of 127.0.0.1), while those clients still reach the published port.
+fn a_container_cannot_reach_the_hosts_loopback_services(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let host = w.topo.host.name();
+    let _secret = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        host,
+        "socat",
+        "TCP4-LISTEN:9999,bind=127.0.0.1,fork,reuseaddr",
+        "SYSTEM:echo secret",
+    ]);
+    wait_listening(host, "tcp", 9999, "socat");
+    let fetch = "timeout 3 socat -T 2 - TCP4:127.0.0.1:9999 </dev/null || true";
+    assert_eq!(
+        w.topo.host.exec_ok(&["sh", "-c", fetch]).trim(),
+        "secret",
+        "the host's own client"
+    );
+    // In the container: 127.0.0.1 leaves through eth0 towards the gateway.
+    let setup = "sysctl -qw net.ipv4.conf.eth0.route_localnet=1 \
+        && ip rule add pref 0 to 127.0.0.1 lookup 100 \
+        && ip rule del pref 0 lookup local && ip rule add pref 1 lookup local \
+        && ip route add 127.0.0.1/32 via 172.18.0.1 dev eth0 src 172.18.0.3 table 100";
+    run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", setup]);
+    let got = run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", fetch]);
+    assert!(
+        !got.contains("secret"),
+        "a container reached the host's 127.0.0.1:9999"
+    );
+    if backend != "ebpf" {
+        // (Without route_localnet, the eBPF dataplane's bridge drops them as martians.)
+        assert!(w.nf.drops("to_host_loopback") > 0);
+    }
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    assert_eq!(
+        curl(host, "http://127.0.0.1:8080/", &[]),
+        "200",
+        "the host's client of a published port on 127.0.0.1"
+    );
+}
+
 /// Seconds left of the first flow `netfast conntrack list --json` shows for `proto` to
 /// `dport` (any port for ICMP).
 fn expires_in(w: &netfast_tests::web::Web, proto: &str, dport: Option<u16>) -> u64 {
@@ -814,6 +860,10 @@ macro_rules! on_backend {
             #[test]
             fn flows_get_netfasts_timeouts_and_config_changes_them() {
                 super::flows_get_netfasts_timeouts_and_config_changes_them(stringify!($backend));
+            }
+            #[test]
+            fn a_container_cannot_reach_the_hosts_loopback_services() {
+                super::a_container_cannot_reach_the_hosts_loopback_services(stringify!($backend));
             }
             #[test]
             fn publishing_twice_is_refused_and_a_host_listener_is_named() {

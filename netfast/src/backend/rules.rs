@@ -4,7 +4,8 @@
 //! The rules give the eBPF dataplane's behaviour (and Docker's): masquerade of a subnet out of
 //! its uplink; published ports for every local address (outside clients, the host's own
 //! clients including 127.0.0.1, containers through hairpin); allow-lists; no direct access
-//! to masqueraded containers from outside; no traffic between netfast networks.
+//! to masqueraded containers from outside; no traffic between netfast networks; no container
+//! traffic to the host's 127.0.0.0/8 (which `route_localnet` would let in); netfast's timeouts.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
@@ -17,7 +18,12 @@ use crate::loader::{
 
 /// The drop counters a fallback backend keeps, under the names `netfast stats` gives the eBPF
 /// dataplane's drop reasons.
-pub const DROP_REASONS: [&str; 3] = ["inter_network", "direct_access", "not_allowed"];
+pub const DROP_REASONS: [&str; 4] = [
+    "inter_network",
+    "direct_access",
+    "not_allowed",
+    "to_host_loopback",
+];
 
 /// A bridge network the backend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -345,13 +351,24 @@ pub fn nft_script(rules: &Rules, counts: &Counts, timeouts: bool) -> String {
         }
         let _ = writeln!(s, "\t\tiifname {br} counter name {tx} accept");
     }
+    s.push_str("\t}\n");
+    // route_localnet (on for the bridges, for the host's clients of 127.0.0.1) would also let
+    // a container's packets to 127.0.0.0/8 in: only the replies of the host's own flows may.
+    s.push_str("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n");
+    for n in &rules.nets {
+        let _ = writeln!(
+            s,
+            "\t\tiifname {} ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter name to_host_loopback drop",
+            q(&n.bridge)
+        );
+    }
     s.push_str("\t}\n}\n");
     s
 }
 
 /// The iptables chains netfast owns, with the built-in chain that jumps to each (none for
 /// the chains only other NETFAST chains jump to).
-pub const IPT_CHAINS: [(&str, &str, Option<&str>); 11] = [
+pub const IPT_CHAINS: [(&str, &str, Option<&str>); 13] = [
     ("nat", "NETFAST-PREROUTING", Some("PREROUTING")),
     ("nat", "NETFAST-OUTPUT", Some("OUTPUT")),
     ("nat", "NETFAST-POSTROUTING", Some("POSTROUTING")),
@@ -360,6 +377,8 @@ pub const IPT_CHAINS: [(&str, &str, Option<&str>); 11] = [
     ("filter", "NETFAST-INTER-NETWORK", None),
     ("filter", "NETFAST-DIRECT-ACCESS", None),
     ("filter", "NETFAST-NOT-ALLOWED", None),
+    ("filter", "NETFAST-INPUT", Some("INPUT")),
+    ("filter", "NETFAST-TO-HOST-LOOPBACK", None),
     ("raw", "NETFAST-RAW-PREROUTING", Some("PREROUTING")),
     ("raw", "NETFAST-RAW-OUTPUT", Some("OUTPUT")),
     ("raw", "NETFAST-TIMEOUTS", None),
@@ -447,6 +466,14 @@ pub fn ipt_restore(
             s,
             "-A NETFAST-FORWARD -i {a} -o {b} -j {}",
             ipt_drop_chain("inter_network")
+        );
+    }
+    for n in &rules.nets {
+        let _ = writeln!(
+            s,
+            "-A NETFAST-INPUT -i {} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j {}",
+            n.bridge,
+            ipt_drop_chain("to_host_loopback")
         );
     }
     for (a, chain) in rules.allow.iter().zip(&allow_chains) {
@@ -677,6 +704,8 @@ mod tests {
              replied: 300 }; }",
             "ip saddr 172.18.0.0/24 jump timeouts",
             "oifname \"nf-web\" ct status dnat jump timeouts",
+            "chain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"nf-web\" ip daddr 127.0.0.0/8 ct state != { established, related } counter name to_host_loopback drop\n",
+            "counter to_host_loopback { packets 0 bytes 0 }",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
@@ -729,6 +758,8 @@ mod tests {
             "[9:900] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             "[0:0] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate DNAT -j ACCEPT",
             "[0:0] -A NETFAST-FORWARD -i nf-db -j ACCEPT",
+            "-A NETFAST-INPUT -i nf-web -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j NETFAST-TO-HOST-LOOPBACK\n",
+            "[0:0] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n",
             "*raw\n:NETFAST-RAW-PREROUTING - [0:0]\n:NETFAST-RAW-OUTPUT - [0:0]\n:NETFAST-TIMEOUTS - [0:0]\n",
             "-A NETFAST-TIMEOUTS -p tcp -j CT --timeout netfast-tcp\n",
             "-A NETFAST-TIMEOUTS -p udp -j CT --timeout netfast-udp\n",
