@@ -302,6 +302,63 @@ fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
     }
 }
 
+/// The fallbacks turn route_localnet on for the bridges they serve (for the host's clients of
+/// 127.0.0.1); an adopted bridge gets its own setting back when netfast lets go of it.
+#[test]
+fn an_adopted_bridge_gets_its_route_localnet_back() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let nf = Netfast::new(&topo.host);
+    let setting = || {
+        topo.host
+            .exec_ok(&[
+                "sysctl",
+                "-n",
+                &format!("net.ipv4.conf.{BRIDGE}.route_localnet"),
+            ])
+            .trim()
+            .to_owned()
+    };
+    let adopt = || {
+        nf.ok(&[
+            "network",
+            "create",
+            "legacy",
+            "--subnet",
+            "172.18.0.0/24",
+            "--bridge",
+            BRIDGE,
+            "--uplink",
+            "up0",
+            "--adopt",
+            "--backend",
+            "nftables",
+        ])
+    };
+    for own in ["0", "1"] {
+        topo.host.exec_ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{BRIDGE}.route_localnet={own}"),
+        ]);
+        adopt();
+        assert_eq!(setting(), "1", "served by the nftables backend");
+        nf.ok(&["network", "rm", "legacy"]);
+        assert_eq!(
+            setting(),
+            own,
+            "after network rm, with {own} before adoption"
+        );
+    }
+    adopt();
+    nf.ok(&["down"]);
+    assert_eq!(
+        setting(),
+        "1",
+        "after down: the last setting before adoption"
+    );
+}
+
 #[test]
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     require_root();
@@ -881,6 +938,22 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
         err.contains("note: network(s) web on the nftables/iptables backends take the timeouts"),
         "{err}"
     );
+    // On to the eBPF dataplane: no netfilter rule left, and the bridge's route_localnet (which
+    // the fallbacks turn on) is off again.
+    let route_localnet = || {
+        topo.host
+            .exec_ok(&["sysctl", "-n", "net.ipv4.conf.nf-web.route_localnet"])
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(route_localnet(), "1");
+    fs::write(&file, text("ebpf")).expect("write apply file");
+    nf.ok(&["apply", "-f", &file]);
+    assert!(
+        !topo.host.exec_ok(&["iptables-save"]).contains("NETFAST"),
+        "iptables rules left"
+    );
+    assert_eq!(route_localnet(), "0");
     fs::remove_file(&file).expect("remove apply file");
 }
 

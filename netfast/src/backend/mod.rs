@@ -130,7 +130,18 @@ pub fn sync(before: &State, after: &State) -> Result<()> {
         }
         let rules = Rules::of(after, backend);
         for bridge in rules.bridges() {
-            route_localnet(bridge)?;
+            set_route_localnet(bridge, true)?;
+        }
+        // Bridges this backend no longer serves (their network removed, or moved to another
+        // backend) get their own setting back, if they are still there.
+        for n in before.networks.iter().filter(|n| n.backend == backend) {
+            let still = after
+                .networks
+                .iter()
+                .any(|a| a.bridge == n.bridge && a.backend != Backend::Ebpf);
+            if !still && route_localnet_of(&n.bridge) && !n.route_localnet {
+                set_route_localnet(&n.bridge, false)?;
+            }
         }
         match backend {
             Backend::Nftables => sync_nft(&rules)?,
@@ -146,14 +157,20 @@ pub fn sync(before: &State, after: &State) -> Result<()> {
     Ok(())
 }
 
-/// Lets packets from 127.0.0.0/8 leave through `bridge` (they are masqueraded on the way):
-/// what Docker sets for the host's clients of 127.0.0.1 without its userland proxy.
-fn route_localnet(bridge: &str) -> Result<()> {
+/// On: lets packets from 127.0.0.0/8 leave through `bridge` (they are masqueraded on the
+/// way): what Docker sets for the host's clients of 127.0.0.1 without its userland proxy.
+fn set_route_localnet(bridge: &str, on: bool) -> Result<()> {
     let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
-    std::fs::write(&path, "1").map_err(|source| Error::Io {
+    std::fs::write(&path, if on { "1" } else { "0" }).map_err(|source| Error::Io {
         context: format!("writing {path}"),
         source,
     })
+}
+
+/// Whether `bridge` exists and has `route_localnet` on.
+pub fn route_localnet_of(bridge: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"))
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// Whether netfast's rules of a fallback `backend` are in place (always true for eBPF, whose

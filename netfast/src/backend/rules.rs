@@ -582,6 +582,7 @@ mod tests {
             adopted_ports: vec![],
             masquerade: true,
             backend,
+            route_localnet: false,
         };
         State {
             networks: vec![

@@ -681,6 +681,7 @@ mod tests {
             adopted_ports: vec![],
             masquerade,
             backend,
+            route_localnet: false,
         }
     }
 

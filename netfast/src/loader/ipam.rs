@@ -64,6 +64,7 @@ mod tests {
             adopted_ports: vec![],
             masquerade: true,
             backend: Default::default(),
+            route_localnet: false,
         }
     }
 

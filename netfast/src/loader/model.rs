@@ -130,6 +130,10 @@ pub struct Network {
     /// What serves it: the eBPF dataplane, or netfast's own nftables table or iptables chains.
     #[serde(default)]
     pub backend: Backend,
+    /// The bridge's own `route_localnet` (false for a bridge netfast creates): the fallback
+    /// backends turn it on, and put it back when they no longer serve the bridge.
+    #[serde(default)]
+    pub route_localnet: bool,
 }
 
 impl Network {

@@ -227,6 +227,8 @@ impl Loader {
             adopted_ports,
             masquerade: spec.masquerade,
             backend,
+            // An adopted bridge's own setting, put back when no fallback serves it.
+            route_localnet: spec.adopt && crate::backend::route_localnet_of(&bridge_name),
         };
         transaction(&self.host, nl, state, |undo| {
             if spec.adopt {

@@ -211,6 +211,7 @@ pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
                     masquerade: spec.masquerade,
                     // Resolved when created; the plan only validates.
                     backend: spec.backend.named().unwrap_or_default(),
+                    route_localnet: false,
                 });
             }
             Action::CreateContainer(spec) => {

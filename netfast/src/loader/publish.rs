@@ -380,6 +380,7 @@ mod tests {
                 adopted_ports: vec![],
                 masquerade: true,
                 backend: Default::default(),
+                route_localnet: false,
             }],
             containers: vec![Container {
                 name: "ct1".into(),
