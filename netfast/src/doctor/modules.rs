@@ -34,6 +34,8 @@ struct Piece {
     /// The configuration symbol that builds it.
     symbol: &'static str,
     fallback: Fallback,
+    /// Without it the fallback works, less well (what it loses): never a FAIL.
+    optional: Option<&'static str>,
 }
 
 const PIECES: &[Piece] = &[
@@ -41,36 +43,69 @@ const PIECES: &[Piece] = &[
         module: "ip_tables",
         symbol: "CONFIG_IP_NF_IPTABLES",
         fallback: Fallback::Iptables,
+        optional: None,
     },
     Piece {
         module: "iptable_nat",
         symbol: "CONFIG_IP_NF_NAT",
         fallback: Fallback::Iptables,
+        optional: None,
     },
     Piece {
         module: "nf_conntrack",
         symbol: "CONFIG_NF_CONNTRACK",
         fallback: Fallback::Both,
+        optional: None,
     },
     Piece {
         module: "nf_defrag_ipv4",
         symbol: "CONFIG_NF_DEFRAG_IPV4",
         fallback: Fallback::Both,
+        optional: None,
     },
     Piece {
         module: "nf_nat",
         symbol: "CONFIG_NF_NAT",
         fallback: Fallback::Both,
+        optional: None,
     },
     Piece {
         module: "nf_tables",
         symbol: "CONFIG_NF_TABLES",
         fallback: Fallback::Nftables,
+        optional: None,
     },
     Piece {
         module: "nft_chain_nat",
         symbol: "CONFIG_NFT_NAT",
         fallback: Fallback::Nftables,
+        optional: None,
+    },
+    Piece {
+        module: "nft_ct",
+        symbol: "CONFIG_NFT_CT",
+        fallback: Fallback::Nftables,
+        optional: None,
+    },
+    Piece {
+        module: "iptable_raw",
+        symbol: "CONFIG_IP_NF_RAW",
+        fallback: Fallback::Iptables,
+        optional: None,
+    },
+    Piece {
+        module: "xt_CT",
+        symbol: "CONFIG_NETFILTER_XT_TARGET_CT",
+        fallback: Fallback::Iptables,
+        optional: None,
+    },
+    Piece {
+        module: "nfnetlink_cttimeout",
+        symbol: "CONFIG_NF_CT_NETLINK_TIMEOUT",
+        fallback: Fallback::Iptables,
+        optional: Some(
+            "without it the iptables fallback's flows keep the kernel's timeouts, not netfast's",
+        ),
     },
 ];
 
@@ -87,7 +122,7 @@ pub fn checks(kernel: &Kernel, ebpf_ok: bool) -> Vec<Check> {
         PIECES
             .iter()
             .zip(&states)
-            .filter(|(p, _)| p.fallback.serves(f))
+            .filter(|(p, _)| p.fallback.serves(f) && p.optional.is_none())
             // Unknown is not missing: escalate only on what is known.
             .all(|(_, s)| !matches!(s, Module::Missing(_)))
     };
@@ -128,6 +163,9 @@ fn piece(p: &Piece, state: Module, tolerable: bool) -> Check {
                 "a kernel with {} (=y or =m, and its modules installed under /lib/modules)",
                 p.symbol
             );
+            if let Some(loses) = p.optional {
+                return Check::warn(MODULES, name, format!("{why}: {loses}"), fix);
+            }
             if tolerable {
                 Check::warn(
                     MODULES,
@@ -163,6 +201,7 @@ fn conntrack_ipv4(kernel: &Kernel, tolerable: bool) -> Check {
                 module: name,
                 symbol: "CONFIG_NF_CONNTRACK_IPV4",
                 fallback: Fallback::Both,
+                optional: None,
             },
             kernel.module(name, "CONFIG_NF_CONNTRACK_IPV4"),
             tolerable,
@@ -177,5 +216,53 @@ fn conntrack_ipv4(kernel: &Kernel, tolerable: bool) -> Check {
             ),
             "check `uname -r`",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::doctor::{Status, kernel::parse_config};
+
+    #[test]
+    fn an_optional_piece_missing_is_a_warn_that_leaves_the_fallback_complete() {
+        let mut config = String::from("CONFIG_MODULES=y\n");
+        for p in PIECES.iter().filter(|p| p.optional.is_none()) {
+            config.push_str(&format!("{}=y\n", p.symbol));
+        }
+        let kernel = Kernel {
+            release: "6.18.0-test".into(),
+            version: Some((6, 18, 0)),
+            config: Some(parse_config(&config)),
+            config_source: None,
+            modules_dir: None,
+            builtin: HashSet::new(),
+            on_disk: HashSet::new(),
+            loaded: Some(HashSet::new()),
+        };
+        // Even where eBPF cannot run: the fallbacks are complete without the optional piece.
+        let checks = checks(&kernel, false);
+        assert!(
+            checks.iter().all(|c| c.status != Status::Fail),
+            "{checks:?}"
+        );
+        let c = checks
+            .iter()
+            .find(|c| c.name == "nfnetlink_cttimeout")
+            .expect("listed");
+        // (Unless this machine has it loaded: /sys/module is read too.)
+        if c.status == Status::Warn {
+            assert!(
+                c.found.contains("keep the kernel's timeouts"),
+                "{}",
+                c.found
+            );
+        }
+        for name in ["iptable_raw", "xt_CT", "nft_ct"] {
+            let c = checks.iter().find(|c| c.name == name).expect("listed");
+            assert_eq!(c.status, Status::Pass, "{c:?}");
+        }
     }
 }
