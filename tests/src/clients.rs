@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::cmd::{run, wait_until};
+use crate::{
+    cmd::{Background, run, wait_until},
+    topology::OUTSIDE_ADDR,
+};
 
 /// Whether something in namespace `ns` listens on `proto` ("tcp" or "udp") port `port`.
 pub fn listening(ns: &str, proto: &str, port: u16) -> bool {
@@ -17,6 +20,25 @@ pub fn wait_listening(ns: &str, proto: &str, port: u16, what: &str) {
         wait_until(Duration::from_secs(10), || listening(ns, proto, port)),
         "{what} did not start listening on {proto} port {port} in {ns}"
     );
+}
+
+/// A web server (python's http.server) on OUTSIDE_ADDR:8000 in namespace `outside`, listening
+/// when this returns; stopped when the value is dropped.
+pub fn outside_web_server(outside: &str) -> Background {
+    let server = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    wait_listening(outside, "tcp", 8000, "the outside http.server");
+    server
 }
 
 /// `curl` from namespace `ns` with a three-second limit: the HTTP code, or "000" when it

@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use netfast_tests::{
     Background, TestNetns,
-    clients::{curl, listening, wait_listening},
+    clients::{curl, listening, outside_web_server, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run, run_ok,
@@ -329,19 +329,7 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     require_root();
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name();
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        outside,
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    wait_listening(outside, "tcp", 8000, "http.server");
+    let server = outside_web_server(outside);
     let watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
@@ -651,19 +639,7 @@ fn flows_get_netfasts_timeouts_and_config_changes_them(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name();
-    let _server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        outside,
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    wait_listening(outside, "tcp", 8000, "http.server");
+    let _server = outside_web_server(outside);
     let udp = |port: u16| {
         run_ok(&[
             "ip",
@@ -750,19 +726,7 @@ fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(backend: &str)
     require_root();
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name();
-    let _server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        outside,
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    wait_listening(outside, "tcp", 8000, "http.server");
+    let _server = outside_web_server(outside);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     w.topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
     let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
@@ -805,76 +769,40 @@ fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(backend: &str)
     assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
 }
 
-/// The suite on one backend: a module of tests named after the backend.
+/// The suite on one backend: a module named after the backend, with a test per function,
+/// each called with the backend's name.
 macro_rules! on_backend {
-    ($backend:ident) => {
+    ($backend:ident [$($test:ident),* $(,)?]) => {
         mod $backend {
-            #[test]
-            fn an_outside_client_reaches_a_published_container() {
-                super::an_outside_client_reaches_a_published_container(stringify!($backend));
-            }
-            #[test]
-            fn udp_echo_through_a_published_range() {
-                super::udp_echo_through_a_published_range(stringify!($backend));
-            }
-            #[test]
-            fn hairpin_works_from_another_container_and_from_the_server_itself() {
-                super::hairpin_works_from_another_container_and_from_the_server_itself(stringify!(
-                    $backend
-                ));
-            }
-            #[test]
-            fn the_host_reaches_its_published_ports_and_other_namespaces_are_untouched() {
-                super::the_host_reaches_its_published_ports_and_other_namespaces_are_untouched(
-                    stringify!($backend),
-                );
-            }
-            #[test]
-            fn an_allow_list_refuses_other_clients_and_counts_them() {
-                super::an_allow_list_refuses_other_clients_and_counts_them(stringify!($backend));
-            }
-            #[test]
-            fn direct_access_to_a_container_is_dropped() {
-                super::direct_access_to_a_container_is_dropped(stringify!($backend));
-            }
-            #[test]
-            fn two_networks_cannot_reach_each_others_containers() {
-                super::two_networks_cannot_reach_each_others_containers(stringify!($backend));
-            }
-            #[test]
-            fn containers_leave_with_the_uplink_address_and_their_flows_are_listed() {
-                super::containers_leave_with_the_uplink_address_and_their_flows_are_listed(
-                    stringify!($backend),
-                );
-            }
-            #[test]
-            fn down_leaves_no_rule_behind_and_nobody_elses_is_touched() {
-                super::down_leaves_no_rule_behind_and_nobody_elses_is_touched(stringify!($backend));
-            }
-            #[test]
-            fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works() {
-                super::a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(stringify!(
-                    $backend
-                ));
-            }
-            #[test]
-            fn flows_get_netfasts_timeouts_and_config_changes_them() {
-                super::flows_get_netfasts_timeouts_and_config_changes_them(stringify!($backend));
-            }
-            #[test]
-            fn a_container_cannot_reach_the_hosts_loopback_services() {
-                super::a_container_cannot_reach_the_hosts_loopback_services(stringify!($backend));
-            }
-            #[test]
-            fn publishing_twice_is_refused_and_a_host_listener_is_named() {
-                super::publishing_twice_is_refused_and_a_host_listener_is_named(stringify!(
-                    $backend
-                ));
-            }
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(stringify!($backend));
+                }
+            )*
         }
     };
 }
 
-on_backend!(ebpf);
-on_backend!(nftables);
-on_backend!(iptables);
+/// The suite on each backend.
+macro_rules! on_backends {
+    ([$($backend:ident),*] $tests:tt) => {
+        $(on_backend!($backend $tests);)*
+    };
+}
+
+on_backends!([ebpf, nftables, iptables] [
+    an_outside_client_reaches_a_published_container,
+    udp_echo_through_a_published_range,
+    hairpin_works_from_another_container_and_from_the_server_itself,
+    the_host_reaches_its_published_ports_and_other_namespaces_are_untouched,
+    an_allow_list_refuses_other_clients_and_counts_them,
+    direct_access_to_a_container_is_dropped,
+    two_networks_cannot_reach_each_others_containers,
+    containers_leave_with_the_uplink_address_and_their_flows_are_listed,
+    down_leaves_no_rule_behind_and_nobody_elses_is_touched,
+    a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works,
+    flows_get_netfasts_timeouts_and_config_changes_them,
+    a_container_cannot_reach_the_hosts_loopback_services,
+    publishing_twice_is_refused_and_a_host_listener_is_named,
+]);

@@ -5,7 +5,7 @@
 
 use netfast_tests::{
     Background, TestNetns,
-    clients::{curl, wait_listening},
+    clients::{curl, outside_web_server},
     require_root,
     topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web},
@@ -25,25 +25,7 @@ fn forward_policy_drops(host: &TestNetns) -> u64 {
 
 /// An outside web server on OUTSIDE_ADDR:8000.
 fn outside_server(w: &Web) -> Background {
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        w.topo.outside.name(),
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    wait_listening(
-        w.topo.outside.name(),
-        "tcp",
-        8000,
-        "the outside http.server",
-    );
-    server
+    outside_web_server(w.topo.outside.name())
 }
 
 fn ping(ns: &str) -> String {

@@ -11,7 +11,7 @@ use std::{thread, time::Duration};
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Background, Netfast, Topology,
-    clients::listening,
+    clients::{listening, outside_web_server},
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run_ok,
@@ -55,26 +55,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     require_root();
     let topo = Topology::builder().containers(2).build();
     let _dp = masquerade(&topo, SMALL);
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        topo.outside.name(),
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || listening(
-            topo.outside.name(),
-            "tcp",
-            8000
-        )),
-        "http.server did not start"
-    );
+    let server = outside_web_server(topo.outside.name());
     let watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
@@ -420,26 +401,7 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     require_root();
     let topo = Topology::builder().containers(1).build();
     let _dp = masquerade(&topo, SMALL);
-    let _server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        topo.outside.name(),
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || listening(
-            topo.outside.name(),
-            "tcp",
-            8000
-        )),
-        "http.server did not start"
-    );
+    let _server = outside_web_server(topo.outside.name());
     // The host's own connection from uplink:40000 to the server, held open.
     let connect = format!("sleep 30 | socat - TCP:{OUTSIDE_ADDR}:8000,sourceport=40000");
     let _host_conn = Background::spawn(&[

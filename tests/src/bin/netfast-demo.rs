@@ -63,22 +63,7 @@ fn main() {
     show(&host, &nf, &["container", "ls"]);
 
     step("SNAT: the containers reach the outside with the uplink's address");
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        topo.outside.name(),
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    let up = wait_until(Duration::from_secs(10), || {
-        topo.outside.exec_ok(&["ss", "-ltn"]).contains(":8000 ")
-    });
-    assert!(up, "the demo's web server did not start");
+    let server = netfast_tests::clients::outside_web_server(topo.outside.name());
     let watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
