@@ -666,3 +666,70 @@ fn fix_mounts_bpffs_where_it_is_missing() {
         "bpf_fs"
     );
 }
+
+/// route_localnet on a link nothing guards is named, with fixes that work; the bridges of
+/// netfast's fallback networks (whose rules drop what comes in for 127.0.0.0/8) are not.
+#[test]
+fn route_localnet_is_named_where_nothing_guards_it() {
+    require_root();
+    let h = host_with_web();
+    let ns = &h.topo.host;
+    let etc = TempEtc::new(ns);
+    h.nf.ok(&[
+        "network",
+        "create",
+        "db",
+        "--subnet",
+        "172.19.0.0/24",
+        "--uplink",
+        UPLINK,
+        "--backend",
+        "nftables",
+    ]);
+    let (checks, _) = doctor(ns, &[], &etc);
+    let c = one(&checks, "forwarding", "route_localnet");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(text(&c["found"]).starts_with("on for nf-db only"), "{c}");
+
+    sh(
+        ns,
+        &format!("sysctl -qw net.ipv4.conf.{UPLINK}.route_localnet=1"),
+    );
+    let before = snapshot(ns);
+    let (checks, _) = doctor(ns, &["--fix"], &etc);
+    let c = one(&checks, "forwarding", "route_localnet");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        text(&c["found"]).starts_with(&format!("on for {UPLINK}: ")),
+        "{c}"
+    );
+    assert_eq!(snapshot(ns), before, "--fix changed a rule");
+    assert_eq!(
+        ns.exec_ok(&[
+            "sysctl",
+            "-n",
+            &format!("net.ipv4.conf.{UPLINK}.route_localnet")
+        ])
+        .trim(),
+        "1",
+        "--fix must not change route_localnet"
+    );
+    // The second fix, as written, keeps it on and guards it; the first turns it off.
+    let (off, drop) = text(&c["fix"])
+        .split_once(", or keep it and drop what comes in for 127.0.0.0/8: ")
+        .expect("two fixes");
+    assert_eq!(
+        off,
+        format!("sysctl -w net.ipv4.conf.{UPLINK}.route_localnet=0")
+    );
+    sh(ns, drop);
+    assert!(
+        ns.exec_ok(&["iptables", "-S", "INPUT"])
+            .contains(&format!("-A INPUT -d 127.0.0.0/8 -i {UPLINK} ")),
+        "the drop rule"
+    );
+    sh(ns, off);
+    let (checks, _) = doctor(ns, &[], &etc);
+    let c = one(&checks, "forwarding", "route_localnet");
+    assert_eq!(c["status"], "pass", "{c}");
+}

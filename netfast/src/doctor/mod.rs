@@ -136,6 +136,16 @@ pub fn diagnose(state: Option<&State>) -> Vec<Check> {
     let mut checks = ebpf::checks(&kernel);
     let ebpf_ok = checks.iter().all(|c| c.status != Status::Fail);
     checks.extend(sysctl::forwarding());
+    let guarded: Vec<String> = state
+        .map(|s| {
+            s.networks
+                .iter()
+                .filter(|n| n.backend != crate::loader::model::Backend::Ebpf)
+                .map(|n| n.bridge.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    checks.push(sysctl::route_localnet(&guarded));
     checks.extend(modules::checks(&kernel, ebpf_ok));
     checks.push(sysctl::conntrack_headroom());
     checks.extend(conflicts::checks(state));

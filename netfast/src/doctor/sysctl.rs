@@ -30,6 +30,103 @@ pub fn forwarding() -> Vec<Check> {
     vec![ip_forward(), ipv6_forwarding()]
 }
 
+/// `route_localnet` of every interface here (`all` included, `default` not): (name, on).
+fn route_localnet_settings() -> io::Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc/sys/net/ipv4/conf")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name == "default" || name == "lo" {
+            continue;
+        }
+        let on = fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/route_localnet"))
+            .is_ok_and(|v| v.trim() == "1");
+        out.push((name, on));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Interfaces whose `route_localnet` lets their neighbours reach services bound to 127.0.0.1
+/// here (CVE-2020-8558). `guarded`: the bridges netfast's fallback rules guard.
+pub fn route_localnet(guarded: &[String]) -> Check {
+    let name = "route_localnet";
+    let settings = match route_localnet_settings() {
+        Ok(s) => s,
+        Err(e) => return unreadable(FORWARDING, "net.ipv4.conf.*.route_localnet", &e),
+    };
+    route_localnet_check(&settings, guarded)
+        .unwrap_or_else(|| Check::pass(FORWARDING, name, "off on every interface"))
+}
+
+fn route_localnet_check(settings: &[(String, bool)], guarded: &[String]) -> Option<Check> {
+    let name = "route_localnet";
+    let on: Vec<&str> = settings
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if on.is_empty() {
+        return None;
+    }
+    let exposed: Vec<&str> = on
+        .iter()
+        .copied()
+        .filter(|n| !guarded.iter().any(|g| g == n))
+        .collect();
+    if exposed.is_empty() {
+        return Some(Check::pass(
+            FORWARDING,
+            name,
+            format!(
+                "on for {} only, where netfast's rules drop what comes in for 127.0.0.0/8 \
+                 (to_host_loopback)",
+                on.join(", ")
+            ),
+        ));
+    }
+    let shown: Vec<String> = exposed
+        .iter()
+        .map(|n| {
+            if *n == "all" {
+                "all (so every interface)".to_owned()
+            } else {
+                (*n).to_owned()
+            }
+        })
+        .collect();
+    let off: Vec<String> = exposed
+        .iter()
+        .map(|n| format!("sysctl -w net.ipv4.conf.{n}.route_localnet=0"))
+        .collect();
+    let drop: Vec<String> = exposed
+        .iter()
+        .filter(|n| **n != "all")
+        .map(|n| {
+            format!(
+                "iptables -I INPUT -i {n} -d 127.0.0.0/8 -m conntrack ! --ctstate \
+                 RELATED,ESTABLISHED -j DROP"
+            )
+        })
+        .collect();
+    let mut fix = off.join("; ");
+    if !drop.is_empty() {
+        fix.push_str(&format!(
+            ", or keep it and drop what comes in for 127.0.0.0/8: {}",
+            drop.join("; ")
+        ));
+    }
+    Some(Check::warn(
+        FORWARDING,
+        name,
+        format!(
+            "on for {}: whatever is on those links can reach the services this host binds to \
+             127.0.0.1 (CVE-2020-8558), unless a rule drops its packets to 127.0.0.0/8",
+            shown.join(", ")
+        ),
+        fix,
+    ))
+}
+
 fn unreadable(area: &'static str, key: &str, e: &io::Error) -> Check {
     Check::warn(
         area,
@@ -158,6 +255,47 @@ mod tests {
         assert_eq!(
             path("net.ipv6.conf.all.forwarding"),
             "/proc/sys/net/ipv6/conf/all/forwarding"
+        );
+    }
+
+    #[test]
+    fn route_localnet_is_named_where_nothing_guards_it() {
+        let s = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(n, on)| ((*n).to_owned(), *on)).collect()
+        };
+        assert!(route_localnet_check(&s(&[("all", false), ("eth0", false)]), &[]).is_none());
+        let guarded = vec!["nf-web".to_owned()];
+        let pass = route_localnet_check(&s(&[("all", false), ("nf-web", true)]), &guarded).unwrap();
+        assert_eq!(pass.status, super::super::Status::Pass);
+        assert!(
+            pass.found.starts_with("on for nf-web only"),
+            "{}",
+            pass.found
+        );
+        let warn = route_localnet_check(
+            &s(&[("all", false), ("docker0", true), ("nf-web", true)]),
+            &guarded,
+        )
+        .unwrap();
+        assert_eq!(warn.status, super::super::Status::Warn);
+        assert!(warn.found.starts_with("on for docker0: "), "{}", warn.found);
+        assert_eq!(
+            warn.fix.as_deref(),
+            Some(
+                "sysctl -w net.ipv4.conf.docker0.route_localnet=0, or keep it and drop what \
+                 comes in for 127.0.0.0/8: iptables -I INPUT -i docker0 -d 127.0.0.0/8 -m \
+                 conntrack ! --ctstate RELATED,ESTABLISHED -j DROP"
+            )
+        );
+        let all = route_localnet_check(&s(&[("all", true)]), &guarded).unwrap();
+        assert!(
+            all.found.starts_with("on for all (so every interface)"),
+            "{}",
+            all.found
+        );
+        assert_eq!(
+            all.fix.as_deref(),
+            Some("sysctl -w net.ipv4.conf.all.route_localnet=0")
         );
     }
 
