@@ -302,6 +302,64 @@ fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
     }
 }
 
+/// A hand-made container on a bridge adopted by a fallback backend reaches its own published
+/// port (hairpin NAT needs hairpin mode on its port, which netfast turns on), and the port
+/// gets its own mode back when netfast lets go of the bridge.
+#[test]
+fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let nf = Netfast::new(&topo.host);
+    let hand = topo.containers[0].name().to_owned();
+    let hairpin = || {
+        let ports = topo
+            .host
+            .exec_ok(&["ip", "-d", "-o", "link", "show", "master", BRIDGE]);
+        assert!(ports.contains("hairpin"), "{ports}");
+        ports.contains("hairpin on")
+    };
+    assert!(!hairpin(), "hand-made ports start without hairpin mode");
+    let out = nf.ok(&[
+        "network",
+        "create",
+        "legacy",
+        "--subnet",
+        "172.18.0.0/24",
+        "--bridge",
+        BRIDGE,
+        "--uplink",
+        "up0",
+        "--adopt",
+        "--backend",
+        "iptables",
+    ]);
+    assert!(
+        out.contains("turned hairpin mode on for adopted port(s)"),
+        "{out}"
+    );
+    assert!(hairpin());
+    let _server = netfast_tests::Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &hand,
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    ]);
+    netfast_tests::clients::wait_listening(&hand, "tcp", 80, "http.server");
+    nf.ok(&["publish", "legacy", "8080:172.18.0.2:80"]);
+    assert_eq!(
+        netfast_tests::clients::curl(&hand, "http://198.51.100.1:8080/", &[]),
+        "200",
+        "hairpin from the serving hand-made container"
+    );
+    let out = nf.ok(&["network", "rm", "legacy"]);
+    assert!(out.contains("turned hairpin mode off again for"), "{out}");
+    assert!(!hairpin(), "the port keeps netfast's hairpin mode");
+}
+
 /// The fallbacks turn route_localnet on for the bridges they serve (for the host's clients of
 /// 127.0.0.1); an adopted bridge gets its own setting back when netfast lets go of it.
 #[test]

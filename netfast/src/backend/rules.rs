@@ -583,6 +583,7 @@ mod tests {
             masquerade: true,
             backend,
             route_localnet: false,
+            hairpin_set: Vec::new(),
         };
         State {
             networks: vec![

@@ -682,6 +682,7 @@ mod tests {
             masquerade,
             backend,
             route_localnet: false,
+            hairpin_set: Vec::new(),
         }
     }
 

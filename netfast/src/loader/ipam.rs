@@ -65,6 +65,7 @@ mod tests {
             masquerade: true,
             backend: Default::default(),
             route_localnet: false,
+            hairpin_set: Vec::new(),
         }
     }
 

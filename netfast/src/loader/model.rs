@@ -134,6 +134,10 @@ pub struct Network {
     /// backends turn it on, and put it back when they no longer serve the bridge.
     #[serde(default)]
     pub route_localnet: bool,
+    /// Adopted ports whose hairpin mode netfast turned on (for a fallback backend's hairpin
+    /// NAT), to turn off again when it lets go of the bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hairpin_set: Vec<String>,
 }
 
 impl Network {

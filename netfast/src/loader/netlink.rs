@@ -11,7 +11,10 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{
+            InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
+            LinkInfo, LinkMessage,
+        },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     },
 };
@@ -32,6 +35,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// Its MAC address, for an Ethernet link.
     pub mac: Option<[u8; 6]>,
+    /// Hairpin mode, for a bridge port.
+    pub hairpin: Option<bool>,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
@@ -43,6 +48,7 @@ fn link_of(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         kind: None,
         mac: None,
+        hairpin: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -52,8 +58,15 @@ fn link_of(msg: &LinkMessage) -> Link {
             LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            link.hairpin = port.iter().find_map(|a| match a {
+                                InfoBridgePort::HairpinMode(on) => Some(*on),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -240,15 +253,19 @@ impl Nl<'_> {
     /// Lets the bridge send a frame back out of the port it came in on: with br_netfilter,
     /// a packet DNATed back to the container that sent it is bridged, not routed (Docker
     /// sets the same for its containers when it does hairpin NAT in netfilter).
-    pub fn set_hairpin(&self, port: &Link) -> Result<()> {
+    pub fn set_hairpin(&self, port: &Link, on: bool) -> Result<()> {
         self.rt
             .block_on(
                 self.handle
                     .link()
-                    .set_port(LinkBridgePort::new(port.index).hairpin(true).build())
+                    .set_port(LinkBridgePort::new(port.index).hairpin(on).build())
                     .execute(),
             )
-            .map_err(failed(format!("turning hairpin mode on for {}", port.name)))
+            .map_err(failed(format!(
+                "turning hairpin mode {} for {}",
+                if on { "on" } else { "off" },
+                port.name
+            )))
     }
 
     pub fn delete_link(&self, link: &Link) -> Result<()> {

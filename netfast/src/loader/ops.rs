@@ -37,6 +37,8 @@ impl From<Invalid> for Error {
 /// Something a command created, to remove again if it fails later.
 enum Created {
     Link(Link),
+    /// A port of an adopted bridge whose hairpin mode was turned on.
+    Hairpin(Link),
     Namespace(String),
     Network {
         network: Network,
@@ -66,6 +68,7 @@ impl Undo {
         for c in self.0.into_iter().rev() {
             let done = match c {
                 Created::Link(link) => nl.delete_link(&link),
+                Created::Hairpin(port) => nl.set_hairpin(&port, false),
                 Created::Namespace(name) => nsfs::delete(&name).map_err(|source| Error::Io {
                     context: format!("deleting namespace {name}"),
                     source,
@@ -216,7 +219,7 @@ impl Loader {
                 "a link named {bridge_name} already exists; pass --adopt to take it over, or --bridge to pick another name"
             )));
         }
-        let network = Network {
+        let mut network = Network {
             name: spec.name.clone(),
             id,
             subnet: spec.subnet,
@@ -229,6 +232,7 @@ impl Loader {
             backend,
             // An adopted bridge's own setting, put back when no fallback serves it.
             route_localnet: spec.adopt && crate::backend::route_localnet_of(&bridge_name),
+            hairpin_set: Vec::new(),
         };
         transaction(&self.host, nl, state, |undo| {
             if spec.adopt {
@@ -290,6 +294,25 @@ impl Loader {
                 Backend::Nftables => format!("nftables table `ip netfast` serves it{masquerading}"),
                 Backend::Iptables => format!("iptables chains NETFAST-… serve it{masquerading}"),
             });
+            // A fallback's hairpin NAT sends a frame back out of the port it came in on, as
+            // for the ports of netfast's own containers: the adopted ones need it too.
+            if backend != Backend::Ebpf {
+                for port in &network.adopted_ports {
+                    if let Some(link) = nl.link(port)?
+                        && link.hairpin == Some(false)
+                    {
+                        nl.set_hairpin(&link, true)?;
+                        undo.push(Created::Hairpin(link));
+                        network.hairpin_set.push(port.clone());
+                    }
+                }
+                if !network.hairpin_set.is_empty() {
+                    out.push(format!(
+                        "turned hairpin mode on for adopted port(s) {}",
+                        network.hairpin_set.join(", ")
+                    ));
+                }
+            }
             Ok(())
         })?;
         Ok(network)
@@ -409,7 +432,7 @@ impl Loader {
             )?;
             let (host_side, eth0) = (plumbed.host_side, plumbed.eth0);
             if network.backend != Backend::Ebpf {
-                nl.set_hairpin(&host_side)?;
+                nl.set_hairpin(&host_side, true)?;
             }
             // The fast path delivers straight into the container: its veth, its MAC, and
             // the gateway's MAC as the frame's source.
@@ -689,6 +712,14 @@ fn publications_of(state: &State, c: &Container) -> Vec<super::publish::Publicat
 /// Deletes a network's bridge unless it was adopted.
 fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
     if network.adopted {
+        for port in &network.hairpin_set {
+            if let Some(link) = nl.link(port)?
+                && link.controller.is_some()
+            {
+                nl.set_hairpin(&link, false)?;
+                out.push(format!("turned hairpin mode off again for {port}"));
+            }
+        }
         out.push(format!("left adopted bridge {} in place", network.bridge));
     } else if let Some(bridge) = nl.link(&network.bridge)? {
         nl.delete_link(&bridge)?;

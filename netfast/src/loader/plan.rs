@@ -212,6 +212,7 @@ pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
                     // Resolved when created; the plan only validates.
                     backend: spec.backend.named().unwrap_or_default(),
                     route_localnet: false,
+                    hairpin_set: Vec::new(),
                 });
             }
             Action::CreateContainer(spec) => {

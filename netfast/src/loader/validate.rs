@@ -304,6 +304,7 @@ mod tests {
                 masquerade: true,
                 backend: Default::default(),
                 route_localnet: false,
+                hairpin_set: Vec::new(),
             }],
             containers: vec![Container {
                 name: "ct1".into(),
