@@ -31,7 +31,8 @@ pub enum Command {
         #[arg(long, value_name = "IFNAME")]
         uplink: String,
         /// Take over an existing bridge (and the veths already on it) without creating or
-        /// deleting it.
+        /// deleting it. On the nftables/iptables backends its ports' hairpin mode and its
+        /// route_localnet are turned on, and back when netfast lets go of it.
         #[arg(long)]
         adopt: bool,
         /// Route the subnet without translating it.
