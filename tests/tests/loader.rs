@@ -70,6 +70,25 @@ fn snapshot(topo: &Topology) -> String {
     )
 }
 
+/// `network create legacy --adopt` of the topology's hand-made br0 (172.18.0.0/24) on
+/// `backend`.
+fn adopt_br0(nf: &Netfast, backend: &str) -> String {
+    nf.ok(&[
+        "network",
+        "create",
+        "legacy",
+        "--subnet",
+        "172.18.0.0/24",
+        "--bridge",
+        BRIDGE,
+        "--uplink",
+        "up0",
+        "--adopt",
+        "--backend",
+        backend,
+    ])
+}
+
 fn in_ct(name: &str, argv: &[&str]) -> String {
     let mut full = vec!["ip", "netns", "exec", name];
     full.extend_from_slice(argv);
@@ -258,18 +277,7 @@ fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
     let nf = Netfast::new(&topo.host);
     let hand = topo.containers[0].name().to_owned();
     in_ct(&hand, &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
-    let out = nf.ok(&[
-        "network",
-        "create",
-        "legacy",
-        "--subnet",
-        "172.18.0.0/24",
-        "--bridge",
-        BRIDGE,
-        "--uplink",
-        "up0",
-        "--adopt",
-    ]);
+    let out = adopt_br0(&nf, "auto");
     assert!(
         out.contains("adopted bridge br0 (gateway 172.18.0.1)"),
         "{out}"
@@ -319,20 +327,7 @@ fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
         ports.contains("hairpin on")
     };
     assert!(!hairpin(), "hand-made ports start without hairpin mode");
-    let out = nf.ok(&[
-        "network",
-        "create",
-        "legacy",
-        "--subnet",
-        "172.18.0.0/24",
-        "--bridge",
-        BRIDGE,
-        "--uplink",
-        "up0",
-        "--adopt",
-        "--backend",
-        "iptables",
-    ]);
+    let out = adopt_br0(&nf, "iptables");
     assert!(
         out.contains("turned hairpin mode on for adopted port(s)"),
         "{out}"
@@ -377,22 +372,7 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
             .trim()
             .to_owned()
     };
-    let adopt = || {
-        nf.ok(&[
-            "network",
-            "create",
-            "legacy",
-            "--subnet",
-            "172.18.0.0/24",
-            "--bridge",
-            BRIDGE,
-            "--uplink",
-            "up0",
-            "--adopt",
-            "--backend",
-            "nftables",
-        ])
-    };
+    let adopt = || adopt_br0(&nf, "nftables");
     for own in ["0", "1"] {
         topo.host.exec_ok(&[
             "sysctl",
