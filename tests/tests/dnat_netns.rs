@@ -429,6 +429,11 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
             .any(|l| l.starts_with("web ") && l.contains("172.18.0.0/24")),
         "{text}"
     );
+    assert_eq!(
+        text.contains("HOOK"),
+        backend == "ebpf",
+        "hook counters are the eBPF dataplane's:\n{text}"
+    );
 }
 
 fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {

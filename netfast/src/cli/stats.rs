@@ -30,12 +30,16 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
     }
-    println!("{:<18} {:>12} {:>14}", "HOOK", "PACKETS", "BYTES");
-    for h in &stats.hooks {
-        println!("{:<18} {:>12} {:>14}", h.hook, h.packets, h.bytes);
-    }
-    for e in &stats.events {
-        println!("{:<18} {:>12} {:>14}", e.event, e.packets, e.bytes);
+    if stats.hooks.is_empty() {
+        println!("(no eBPF dataplane here: the per-hook and fast-path counters are its own)");
+    } else {
+        println!("{:<18} {:>12} {:>14}", "HOOK", "PACKETS", "BYTES");
+        for h in &stats.hooks {
+            println!("{:<18} {:>12} {:>14}", h.hook, h.packets, h.bytes);
+        }
+        for e in &stats.events {
+            println!("{:<18} {:>12} {:>14}", e.event, e.packets, e.bytes);
+        }
     }
     println!();
     println!(
