@@ -1024,3 +1024,101 @@ fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
     );
     assert_eq!(snapshot(&topo), before, "a refused create changed the host");
 }
+
+/// A directory of links to the host's iptables tools and nothing else: a PATH without nft.
+struct IptablesOnlyPath(std::path::PathBuf);
+
+impl IptablesOnlyPath {
+    fn new(name: &str) -> IptablesOnlyPath {
+        let dir = std::env::temp_dir().join(format!("netfast-path-{name}"));
+        fs::create_dir_all(&dir).expect("create PATH directory");
+        for from in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+            for e in fs::read_dir(from).into_iter().flatten().flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if file.starts_with("iptables") || file.starts_with("xtables") {
+                    let _ = std::os::unix::fs::symlink(e.path(), dir.join(&file));
+                }
+            }
+        }
+        assert!(dir.join("iptables").exists(), "no iptables to link");
+        IptablesOnlyPath(dir)
+    }
+}
+
+impl Drop for IptablesOnlyPath {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where eBPF cannot run (the bpf system call fails, as on a kernel without
+/// CONFIG_BPF_SYSCALL), `--backend auto` takes nftables, or iptables where nft is missing
+/// too, and the network does its job: the doctor says why, containers reach the outside
+/// masqueraded, their flows are listed, `down` removes it all.
+#[test]
+fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
+    require_root();
+    let no_bpf = env!("CARGO_BIN_EXE_netfast-no-bpf");
+    for backend in ["nftables", "iptables"] {
+        let (topo, nf) = host();
+        let path = IptablesOnlyPath::new(topo.host.name());
+        let run_code = |args: &[&str]| {
+            let mut cmd = Command::new(no_bpf);
+            cmd.arg(netfast_bin())
+                .args(["--netns", topo.host.name()])
+                .args(args);
+            if backend == "iptables" {
+                cmd.env("PATH", &path.0);
+            }
+            let out = cmd.output().expect("run netfast-no-bpf");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.code(), text, err)
+        };
+        let run = |args: &[&str]| {
+            let (code, text, err) = run_code(args);
+            assert_eq!(
+                code,
+                Some(0),
+                "netfast {args:?} without bpf(2), {backend}:\n{text}\n{err}"
+            );
+            text
+        };
+        let out = run(&[
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            "up0",
+        ]);
+        let serves = match backend {
+            "nftables" => "nftables table `ip netfast` serves it",
+            _ => "iptables chains NETFAST-… serve it",
+        };
+        assert!(out.contains(serves), "{backend}: {out}");
+        let ls: serde_json::Value =
+            serde_json::from_str(&run(&["network", "ls", "--json"])).expect("json");
+        assert_eq!(ls[0]["backend"], backend);
+        let c0 = ct(&topo, 0);
+        run(&["container", "create", &c0, "--network", "web"]);
+        in_ct(
+            &c0,
+            &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
+        );
+        let flows = run(&["conntrack", "list"]);
+        assert!(
+            flows.contains("icmp") && flows.contains("src=172.18.0.2"),
+            "{backend}: {flows}"
+        );
+        let (code, doctor, _) = run_code(&["doctor"]);
+        assert_eq!(code, Some(1), "a FAIL exits with 1:\n{doctor}");
+        assert!(
+            doctor.contains("FAIL  ebpf        bpf syscall: the kernel has no bpf syscall"),
+            "{doctor}"
+        );
+        run(&["down"]);
+        drop(nf);
+    }
+}
