@@ -528,10 +528,17 @@ pub fn ipt_restore(
                 let _ = writeln!(s, ":{chain} - [0:0]");
             }
         }
+        // Only the packets that can open a flow: the raw table sees every packet, before
+        // conntrack, and a flow takes its policy when it is created.
         for p in timeouts {
+            let opens = match p.proto {
+                "tcp" => " -m tcp --tcp-flags FIN,SYN,RST,ACK SYN",
+                "icmp" => " -m icmp --icmp-type 8",
+                _ => "",
+            };
             let _ = writeln!(
                 s,
-                "-A NETFAST-TIMEOUTS -p {} -j CT --timeout {}",
+                "-A NETFAST-TIMEOUTS -p {}{opens} -j CT --timeout {}",
                 p.proto, p.name
             );
         }
@@ -763,9 +770,9 @@ mod tests {
             "-A NETFAST-INPUT -i nf-web -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j NETFAST-TO-HOST-LOOPBACK\n",
             "[0:0] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n",
             "*raw\n:NETFAST-RAW-PREROUTING - [0:0]\n:NETFAST-RAW-OUTPUT - [0:0]\n:NETFAST-TIMEOUTS - [0:0]\n",
-            "-A NETFAST-TIMEOUTS -p tcp -j CT --timeout netfast-tcp\n",
+            "-A NETFAST-TIMEOUTS -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j CT --timeout netfast-tcp\n",
             "-A NETFAST-TIMEOUTS -p udp -j CT --timeout netfast-udp\n",
-            "-A NETFAST-TIMEOUTS -p icmp -j CT --timeout netfast-icmp\n",
+            "-A NETFAST-TIMEOUTS -p icmp -m icmp --icmp-type 8 -j CT --timeout netfast-icmp\n",
             "-A NETFAST-RAW-PREROUTING -i nf-web -j NETFAST-TIMEOUTS\n",
             "-A NETFAST-RAW-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -j NETFAST-TIMEOUTS\n",
             "-A NETFAST-RAW-OUTPUT -m addrtype --dst-type LOCAL -d 198.51.100.1/32 -p udp -m udp --dport 5000:5001 -j NETFAST-TIMEOUTS\n",
