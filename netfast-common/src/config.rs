@@ -32,7 +32,9 @@ pub struct DpConfig {
     pub clock_hz: u32,
     /// CLOCK_MONOTONIC seconds at `clock_j0` jiffies (a second boundary).
     pub clock_m0: u32,
-    pub _pad2: u32,
+    /// Seconds the programs' clock runs ahead of CLOCK_MONOTONIC: always 0 on a host; tests
+    /// move time forward with it (timeouts, expiry takeovers) instead of sleeping.
+    pub clock_advance: u32,
     pub clock_j0: u64,
 }
 const _: () = assert!(core::mem::size_of::<DpConfig>() == 48);
@@ -67,7 +69,7 @@ impl Default for DpConfig {
             _pad: [0; 2],
             clock_hz: 0,
             clock_m0: 0,
-            _pad2: 0,
+            clock_advance: 0,
             clock_j0: 0,
         }
     }

@@ -29,16 +29,20 @@ use crate::{
 /// tens of nanoseconds a packet), else from the coarse clock.
 #[inline(always)]
 pub fn now() -> u32 {
-    if let Some(cfg) = NETFAST_CONFIG.get(0)
-        && cfg.clock_hz != 0
-    {
-        // SAFETY: helpers without arguments.
+    let Some(cfg) = NETFAST_CONFIG.get(0) else {
+        // SAFETY: a helper without arguments.
+        return (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    };
+    let secs = if cfg.clock_hz != 0 {
+        // SAFETY: a helper without arguments.
         let j = unsafe { bpf_jiffies64() };
-        let secs = j.wrapping_sub(cfg.clock_j0) / u64::from(cfg.clock_hz);
-        return cfg.clock_m0.wrapping_add(secs as u32);
-    }
-    // SAFETY: as above.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+        cfg.clock_m0
+            .wrapping_add((j.wrapping_sub(cfg.clock_j0) / u64::from(cfg.clock_hz)) as u32)
+    } else {
+        // SAFETY: as above.
+        (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+    };
+    secs.wrapping_add(cfg.clock_advance)
 }
 
 /// Records jiffies and CLOCK_MONOTONIC, read together, for the loader (`netfast_clock`).

@@ -3,9 +3,18 @@
 //! load the verifier inlines, where a clock helper costs tens of nanoseconds a packet. The
 //! conversion needs the kernel's tick rate and a reference point, which this module measures
 //! by running the `netfast_clock` program, which reads jiffies and CLOCK_MONOTONIC at one
-//! instant, across two ticks.
+//! instant, over and over.
+//!
+//! A measurement uses only tick edges it saw closely: two samples, one before the tick and
+//! one after, taken at most [`BRACKET`] apart. A sampler that was preempted across an edge
+//! (a busy machine) brackets it loosely, and that edge is skipped, not used: the machine's
+//! load makes calibration slower, never wrong. Two clean edges at least [`SPAN`] apart give
+//! the rate to well under 1%, enough to tell every rate Linux can be built with apart.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf,
@@ -16,11 +25,68 @@ use netfast_common::{
     config::{ClockSample, DpConfig},
     maps::{CLOCK, CLOCK_PROGRAM},
 };
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
 /// Tick rates Linux is built with.
 const RATES: [u32; 10] = [24, 32, 48, 64, 100, 128, 250, 256, 300, 1000];
+/// The most two samples around a tick edge may be apart for the edge to be used.
+const BRACKET: Duration = Duration::from_micros(100);
+/// The least two edges used together are apart: the rate is then known to within
+/// 2 × BRACKET / SPAN = 0.4%, where the closest rates Linux has (250 and 256) are 2.4% apart.
+const SPAN: Duration = Duration::from_millis(50);
+/// How long calibration may take before it gives up: on a loaded machine clean edges are
+/// rarer, not absent, so this is generous.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The clock's conversion: CLOCK_MONOTONIC seconds at jiffies `j` are
+/// `m0 + (j - j0) / hz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Calibration {
+    pub hz: u32,
+    pub j0: u64,
+    pub m0: u32,
+}
+
+/// Jiffies and CLOCK_MONOTONIC keep their relation for the life of the kernel: one
+/// calibration serves every dataplane this process loads.
+static CALIBRATION: Mutex<Option<Calibration>> = Mutex::new(None);
+
+/// Which clock the programs read, as `netfast config` and `netfast stats` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClockSource {
+    /// `jiffies` (calibrated) or `ktime_coarse` (the clock helper, on every packet).
+    pub source: &'static str,
+    /// The tick rate jiffies were calibrated to; 0 for the clock helper.
+    pub hz: u32,
+}
+
+impl ClockSource {
+    pub fn of(cfg: &DpConfig) -> Self {
+        if cfg.clock_hz == 0 {
+            ClockSource {
+                source: "ktime_coarse",
+                hz: 0,
+            }
+        } else {
+            ClockSource {
+                source: "jiffies",
+                hz: cfg.clock_hz,
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        if self.hz == 0 {
+            "the clock helper (bpf_ktime_get_coarse_ns) on every packet: the tick rate could not \
+             be calibrated"
+                .to_owned()
+        } else {
+            format!("jiffies, calibrated at {} Hz", self.hz)
+        }
+    }
+}
 
 /// `cfg` with the clock fields filled in, unless already there; unchanged (the programs
 /// then use the clock helper) if the tick rate cannot be measured.
@@ -29,10 +95,16 @@ pub fn calibrated(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<DpConfig> {
         return Ok(*cfg);
     }
     let mut out = *cfg;
-    if let Some((hz, j0, m0)) = calibrate(ebpf)? {
-        out.clock_hz = hz;
-        out.clock_j0 = j0;
-        out.clock_m0 = m0;
+    let known = *CALIBRATION.lock().unwrap_or_else(|e| e.into_inner());
+    let found = match known {
+        Some(c) => Some(c),
+        None => calibrate(&mut || sample(ebpf), DEADLINE)?,
+    };
+    if let Some(c) = found {
+        *CALIBRATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        out.clock_hz = c.hz;
+        out.clock_j0 = c.j0;
+        out.clock_m0 = c.m0;
     }
     Ok(out)
 }
@@ -60,47 +132,57 @@ fn sample(ebpf: &mut Ebpf) -> Result<ClockSample> {
     array.get(&0, 0).map_err(|e| Error::map(CLOCK, e))
 }
 
-/// Samples until jiffies move on from `last`: the first sample of the new tick.
-fn next_tick(ebpf: &mut Ebpf, last: u64, deadline: Instant) -> Result<Option<ClockSample>> {
-    loop {
-        let s = sample(ebpf)?;
-        if s.jiffies != last {
-            return Ok(Some(s));
+/// Samples until two cleanly seen tick edges at least [`SPAN`] apart give a rate Linux can
+/// have, or `deadline` passes (`None`).
+fn calibrate(
+    sample: &mut dyn FnMut() -> Result<ClockSample>,
+    deadline: Duration,
+) -> Result<Option<Calibration>> {
+    let give_up = Instant::now() + deadline;
+    let mut prev = sample()?;
+    let mut first: Option<ClockSample> = None;
+    while Instant::now() < give_up {
+        let s = sample()?;
+        if let Some(edge) = clean_edge(&prev, &s) {
+            match first {
+                None => first = Some(edge),
+                Some(e1) if edge.mono_ns.saturating_sub(e1.mono_ns) >= SPAN.as_nanos() as u64 => {
+                    if let Some(c) = from_edges(&e1, &edge) {
+                        return Ok(Some(c));
+                    }
+                    // Not a rate Linux has: start again from this edge.
+                    first = Some(edge);
+                }
+                Some(_) => {}
+            }
         }
-        if Instant::now() > deadline {
-            return Ok(None);
-        }
+        prev = s;
     }
+    Ok(None)
 }
 
-/// `(hz, j0, m0)`: the tick rate, and the jiffies at which CLOCK_MONOTONIC passed the whole
-/// second `m0`.
-fn calibrate(ebpf: &mut Ebpf) -> Result<Option<(u32, u64, u32)>> {
-    let deadline = Instant::now() + Duration::from_millis(200);
-    let s0 = sample(ebpf)?;
-    let Some(s1) = next_tick(ebpf, s0.jiffies, deadline)? else {
-        return Ok(None);
-    };
-    let Some(s2) = next_tick(ebpf, s1.jiffies, deadline)? else {
-        return Ok(None);
-    };
-    Ok(from_ticks(&s1, &s2))
+/// `s`, when it is the first sample of a tick and `prev`, the last of the one before, was
+/// taken at most [`BRACKET`] earlier: then `s` dates the tick's start to within BRACKET.
+fn clean_edge(prev: &ClockSample, s: &ClockSample) -> Option<ClockSample> {
+    let one_tick = s.jiffies.checked_sub(prev.jiffies)? == 1;
+    let close = s.mono_ns.checked_sub(prev.mono_ns)? <= BRACKET.as_nanos() as u64;
+    (one_tick && close).then_some(*s)
 }
 
 /// The calibration two samples taken at the start of two ticks give.
-fn from_ticks(s1: &ClockSample, s2: &ClockSample) -> Option<(u32, u64, u32)> {
+fn from_edges(s1: &ClockSample, s2: &ClockSample) -> Option<Calibration> {
     let ticks = s2.jiffies.checked_sub(s1.jiffies).filter(|&t| t > 0)?;
     let ns = s2.mono_ns.checked_sub(s1.mono_ns).filter(|&n| n > 0)?;
     let measured = ticks as f64 * 1e9 / ns as f64;
-    // Within 5% of a rate Linux can have; anything else is not a clean measurement.
+    // Within 1% of a rate Linux can have; anything else is not a clean measurement.
     let hz = RATES
         .into_iter()
-        .find(|&r| (measured - f64::from(r)).abs() <= f64::from(r) * 0.05)?;
+        .find(|&r| (measured - f64::from(r)).abs() <= f64::from(r) * 0.01)?;
     let into_second = s2.mono_ns % 1_000_000_000;
     let back = (into_second as u128 * u128::from(hz)).div_ceil(1_000_000_000) as u64;
     let j0 = s2.jiffies.checked_sub(back)?;
     let m0 = u32::try_from(s2.mono_ns / 1_000_000_000).ok()?;
-    Some((hz, j0, m0))
+    Some(Calibration { hz, j0, m0 })
 }
 
 #[cfg(test)]
@@ -113,27 +195,69 @@ mod tests {
 
     #[test]
     fn the_rate_snaps_to_one_linux_has_and_j0_falls_on_a_second() {
-        // HZ=250: a tick every 4 ms; the second sample 0.75 s into second 1000.
-        let (hz, j0, m0) =
-            from_ticks(&s(5_000, 1_000_746_000_000), &s(5_001, 1_000_750_020_000)).unwrap();
-        assert_eq!((hz, m0), (250, 1000));
+        // HZ=250: a tick every 4 ms; 13 ticks measured, the second edge 0.75 s into
+        // second 1000.
+        let c = from_edges(&s(4_988, 1_000_698_000_000), &s(5_001, 1_000_750_020_000)).unwrap();
+        assert_eq!((c.hz, c.m0), (250, 1000));
         // 0.75 s = 187.5 ticks back, rounded up: the boundary is not after j0.
-        assert_eq!(j0, 5_001 - 188);
+        assert_eq!(c.j0, 5_001 - 188);
         // The programs' formula gives second 1000 at j0 and 1001 a second of ticks later.
-        let now = |j: u64| m0 + ((j - j0) / u64::from(hz)) as u32;
+        let now = |j: u64| c.m0 + ((j - c.j0) / u64::from(c.hz)) as u32;
         assert_eq!(now(5_001), 1000);
         assert_eq!(now(5_001 - 188 + 250), 1001);
     }
 
     #[test]
-    fn an_unclean_measurement_is_refused() {
+    fn unclean_measurements_are_refused_and_close_rates_told_apart() {
         // 7 ms per tick: no such rate.
         assert_eq!(
-            from_ticks(&s(10, 1_000_000_000), &s(11, 1_007_000_000)),
+            from_edges(&s(10, 1_000_000_000), &s(11, 1_007_000_000)),
             None
         );
         assert_eq!(
-            from_ticks(&s(10, 1_000_000_000), &s(10, 1_004_000_000)),
+            from_edges(&s(10, 1_000_000_000), &s(10, 1_004_000_000)),
+            None
+        );
+        // 256 Hz measured is not 250 Hz.
+        assert_eq!(
+            from_edges(&s(0, 1_000_000_000), &s(256, 2_000_000_000)).map(|c| c.hz),
+            Some(256)
+        );
+    }
+
+    /// A simulated kernel at `hz`: jiffies tick every 1/hz s of a clock the sampler reads,
+    /// and `step` says how far the clock moves before each sample (the sampler's pace,
+    /// and its preemptions).
+    fn simulated(hz: u32, mut step: impl FnMut(u64) -> u64) -> impl FnMut() -> Result<ClockSample> {
+        let tick = 1_000_000_000 / u64::from(hz);
+        let mut mono = 5_000_000_000u64 + 123_456;
+        let mut n = 0;
+        move || {
+            mono += step(n);
+            n += 1;
+            Ok(s(mono / tick, mono))
+        }
+    }
+
+    #[test]
+    fn a_sampler_preempted_across_most_edges_still_calibrates_exactly() {
+        for hz in RATES {
+            // Runs of 3 µs samples for 1 ms, then preempted for 7 ms: most edges fall in a
+            // preemption, where a naive two-tick measurement would be off by up to 7 ms.
+            let mut sampler = simulated(hz, |n| if n % 333 == 332 { 7_000_000 } else { 3_000 });
+            let c = calibrate(&mut sampler, Duration::from_secs(5))
+                .unwrap()
+                .unwrap_or_else(|| panic!("no calibration at {hz} Hz"));
+            assert_eq!(c.hz, hz);
+        }
+    }
+
+    #[test]
+    fn a_sampler_that_never_sees_an_edge_closely_gives_up() {
+        // Every sample 1 ms after the last: no edge is ever bracketed within 100 µs.
+        let mut sampler = simulated(250, |_| 1_000_000);
+        assert_eq!(
+            calibrate(&mut sampler, Duration::from_millis(50)).unwrap(),
             None
         );
     }

@@ -51,6 +51,12 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::ma
 /// Writes the settings, with the programs' clock calibrated (see [`crate::clock`]).
 pub fn write_config(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<()> {
     let cfg = &crate::clock::calibrated(ebpf, cfg)?;
+    write_config_uncalibrated(ebpf, cfg)
+}
+
+/// Writes the settings as they are: with `clock_hz` 0 the programs read the clock helper.
+/// For tests of that path; everything else calls [`write_config`].
+pub fn write_config_uncalibrated(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<()> {
     let mut array: Array<&mut MapData, DpConfig> =
         Array::try_from(map_mut(ebpf, maps::CONFIG)?).map_err(|e| Error::map(maps::CONFIG, e))?;
     array

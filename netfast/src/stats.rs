@@ -22,6 +22,8 @@ pub struct Stats {
     pub events: Vec<EventStats>,
     pub drops: Vec<DropStats>,
     pub networks: Vec<NetworkStats>,
+    /// The clock the programs read (absent without an eBPF dataplane).
+    pub clock: Option<crate::clock::ClockSource>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -168,5 +170,8 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
         });
     }
     stats.networks.sort_by_key(|n| n.id);
+    stats.clock = Some(crate::clock::ClockSource::of(&crate::maps::read_config(
+        ebpf,
+    )?));
     Ok(stats)
 }

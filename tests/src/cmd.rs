@@ -1,7 +1,9 @@
 //! Running real clients and tools (ip, ping, curl, …) with errors that say what failed.
 
 use std::{
+    io::Read,
     process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -30,24 +32,54 @@ pub fn run_ok(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A background process (a server, a watcher) killed when dropped.
+/// A background process (a server, a watcher) killed when dropped. What it prints is
+/// collected as it comes, so a test can wait for a line instead of sleeping.
 pub struct Background {
     child: Child,
     what: String,
+    stdout: Collected,
+    stderr: Collected,
+}
+
+type Collected = (Arc<Mutex<Vec<u8>>>, Option<thread::JoinHandle<()>>);
+
+fn collect(mut from: impl Read + Send + 'static) -> Collected {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let into = Arc::clone(&buf);
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, Some(reader))
+}
+
+fn text(c: &Collected) -> String {
+    String::from_utf8_lossy(&c.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 impl Background {
     pub fn spawn(argv: &[&str]) -> Self {
-        let child = Command::new(argv[0])
+        let mut child = Command::new(argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", argv.join(" ")));
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
         Background {
             child,
             what: argv.join(" "),
+            stdout,
+            stderr,
         }
     }
 
@@ -58,18 +90,82 @@ impl Background {
         }
     }
 
+    /// What it printed on stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        text(&self.stdout)
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        text(&self.stderr)
+    }
+
+    /// Waits until its stdout or stderr satisfies `ready`; panics with what it printed
+    /// (and whether it exited) after `timeout`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&str, &str) -> bool,
+    ) {
+        let ok = wait_until(timeout, || {
+            ready(&self.stdout_so_far(), &self.stderr_so_far())
+        });
+        if !ok {
+            let exited = self.child.try_wait().ok().flatten();
+            panic!(
+                "`{}` did not {what} within {timeout:?}{}:\nstdout:\n{}\nstderr:\n{}",
+                self.what,
+                exited.map_or(String::new(), |s| format!(" (it exited: {s})")),
+                self.stdout_so_far(),
+                self.stderr_so_far()
+            );
+        }
+    }
+
+    /// Waits until `needle` appears on its stdout or stderr.
+    pub fn wait_for_text(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for(&format!("print {needle:?}"), timeout, |out, err| {
+            out.contains(needle) || err.contains(needle)
+        });
+    }
+
+    /// Waits for it to exit by itself; panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Output {
+        let exited = wait_until(timeout, || matches!(self.child.try_wait(), Ok(Some(_))));
+        if !exited {
+            panic!(
+                "`{}` did not exit within {timeout:?}:\nstdout:\n{}\nstderr:\n{}",
+                self.what,
+                self.stdout_so_far(),
+                self.stderr_so_far()
+            );
+        }
+        self.finish()
+    }
+
     /// Stops the process and returns what it printed.
     pub fn stop(mut self) -> Output {
         let _ = self.child.kill();
-        let child = std::mem::replace(&mut self.child, dummy_child());
-        child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("waiting for `{}`: {e}", self.what))
+        self.finish()
     }
-}
 
-fn dummy_child() -> Child {
-    Command::new("true").spawn().expect("`true` runs")
+    fn finish(&mut self) -> Output {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for `{}`: {e}", self.what));
+        for c in [&mut self.stdout, &mut self.stderr] {
+            if let Some(reader) = c.1.take() {
+                let _ = reader.join();
+            }
+        }
+        Output {
+            status,
+            stdout: std::mem::take(&mut *self.stdout.0.lock().unwrap_or_else(|e| e.into_inner())),
+            stderr: std::mem::take(&mut *self.stderr.0.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
 }
 
 impl Drop for Background {

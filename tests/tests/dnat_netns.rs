@@ -2,7 +2,7 @@
 //! outside clients, hairpin, the host's own clients, allow-lists, and the isolation Docker
 //! gives — on each backend: every test runs as `ebpf::…`, `nftables::…` and `iptables::…`.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use netfast_tests::{
     Background, TestNetns,
@@ -322,7 +322,6 @@ fn publishing_twice_is_refused_and_a_host_listener_is_named(backend: &str) {
         "{out}"
     );
     assert_eq!(w.nf.ok(&["publish", "ls", "--json"]).trim(), "[]");
-    thread::sleep(Duration::from_millis(10));
 }
 
 fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: &str) {
@@ -330,7 +329,7 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name();
     let server = outside_web_server(outside);
-    let watch = Background::spawn(&[
+    let mut watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
         w.topo.host.name(),
@@ -338,7 +337,7 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         "watch",
         "--json",
     ]);
-    thread::sleep(Duration::from_millis(300));
+    watch.wait_for_text("watching for events", Duration::from_secs(10));
     assert_eq!(
         curl(&w.c1, &format!("http://{OUTSIDE_ADDR}:8000/"), &[]),
         "200"
@@ -384,17 +383,19 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         !log.contains("172.18.0."),
         "a container address reached the outside:\n{log}"
     );
-    thread::sleep(Duration::from_millis(300));
-    let events = watch.stop();
-    let events = String::from_utf8_lossy(&events.stdout);
-    let new_tcp = events.lines().find(|l| {
-        l.contains("\"NEW\"") && l.contains("\"tcp\"") && l.contains("\"src\":\"172.18.0.3\"")
-    });
-    assert!(new_tcp.is_some(), "watch saw no NEW tcp flow:\n{events}");
-    assert!(
-        events.lines().any(|l| l.contains("\"UPDATE\"")),
-        "watch saw no update:\n{events}"
+    // The events were printed as the flows went; wait for them rather than for a while.
+    watch.wait_for(
+        "show the container's NEW tcp flow and an update",
+        Duration::from_secs(10),
+        |out, _| {
+            out.lines().any(|l| {
+                l.contains("\"NEW\"")
+                    && l.contains("\"tcp\"")
+                    && l.contains("\"src\":\"172.18.0.3\"")
+            }) && out.lines().any(|l| l.contains("\"UPDATE\""))
+        },
     );
+    watch.stop();
     let ls: serde_json::Value =
         serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
     assert_eq!(ls[0]["backend"], backend);

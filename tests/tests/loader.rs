@@ -854,7 +854,7 @@ fn a_network_without_masquerade_is_routed_untranslated() {
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "plain"]);
     // The outside routes 172.18.0.0/24 back via the host: it sees the container itself.
-    let capture = netfast_tests::Background::spawn(&[
+    let mut capture = netfast_tests::Background::spawn(&[
         "ip",
         "netns",
         "exec",
@@ -868,13 +868,14 @@ fn a_network_without_masquerade_is_routed_untranslated() {
         "eth0",
         "icmp[icmptype] == icmp-echo",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    capture.wait_for_text("listening on", std::time::Duration::from_secs(10));
     in_ct(
         &a,
         &["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()],
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let seen = String::from_utf8_lossy(&capture.stop().stdout).into_owned();
+    // tcpdump -c 1 exits once it has printed the echo request.
+    let seen = capture.wait_exit(std::time::Duration::from_secs(10));
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
     assert!(
         seen.contains("172.18.0.2 > 198.51.100.2"),
         "the outside saw: {seen}"

@@ -6,7 +6,7 @@
 //! the `netfast` binary and real clients. Between commands only the pins keep the dataplane
 //! running.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
@@ -56,7 +56,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
     let topo = Topology::builder().containers(2).build();
     let _dp = masquerade(&topo, SMALL);
     let server = outside_web_server(topo.outside.name());
-    let watch = Background::spawn(&[
+    let mut watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
         topo.host.name(),
@@ -64,7 +64,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
         "watch",
         "--json",
     ]);
-    thread::sleep(Duration::from_millis(300));
+    watch.wait_for_text("watching for events", Duration::from_secs(10));
 
     let url = format!("http://{OUTSIDE_ADDR}:8000/");
     let code = topo.containers[0].exec_ok(&[
@@ -136,20 +136,19 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
         "a container address reached the outside:\n{log}"
     );
 
-    let events = watch.stop();
-    let events = String::from_utf8_lossy(&events.stdout);
-    assert!(
-        events
-            .lines()
-            .any(|l| l.contains("\"NEW\"") && l.contains("\"tcp\"")),
-        "watch saw no NEW tcp flow:\n{events}"
+    // The events were printed as the flow went; wait for them rather than for a while.
+    watch.wait_for(
+        "show a NEW tcp flow and its update",
+        Duration::from_secs(10),
+        |out, _| {
+            out.lines()
+                .any(|l| l.contains("\"NEW\"") && l.contains("\"tcp\""))
+                && out
+                    .lines()
+                    .any(|l| l.contains("\"UPDATE\"") && l.contains("ESTABLISHED"))
+        },
     );
-    assert!(
-        events
-            .lines()
-            .any(|l| l.contains("\"UPDATE\"") && l.contains("ESTABLISHED")),
-        "watch saw no update:\n{events}"
-    );
+    watch.stop();
     assert_no_kernel_nat(&topo);
 }
 
@@ -158,14 +157,14 @@ fn flows_expire_and_watch_reports_their_destruction() {
     require_root();
     let topo = Topology::builder().containers(1).build();
     let _dp = masquerade(&topo, &["--ct-max", "4096", "--timeout-icmp", "1"]);
-    let watch = Background::spawn(&[
+    let mut watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
         topo.host.name(),
         "conntrack",
         "watch",
     ]);
-    thread::sleep(Duration::from_millis(300));
+    watch.wait_for_text("watching for events", Duration::from_secs(10));
     topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     assert!(
         wait_until(Duration::from_secs(6), || _dp
@@ -174,11 +173,13 @@ fn flows_expire_and_watch_reports_their_destruction() {
             .is_empty()),
         "the ICMP flow did not expire after its 1 s timeout"
     );
-    thread::sleep(Duration::from_millis(1500));
-    let events = watch.stop();
-    let events = String::from_utf8_lossy(&events.stdout);
-    assert!(events.contains("[NEW] icmp"), "{events}");
-    assert!(events.contains("[DESTROY] icmp"), "{events}");
+    // watch rescans each second for flows that expired.
+    watch.wait_for(
+        "report the ICMP flow's birth and death",
+        Duration::from_secs(10),
+        |out, _| out.contains("[NEW] icmp") && out.contains("[DESTROY] icmp"),
+    );
+    watch.stop();
     _dp.ok(&["conntrack", "flush"]);
 }
 

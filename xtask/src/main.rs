@@ -85,14 +85,7 @@ fn test() -> Result<(), Fail> {
     // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
     // only for that package's own tests, so build them all first (never test a stale one).
     println!("== build the binaries the tests run");
-    cargo(&[
-        "build",
-        "--workspace",
-        "--exclude",
-        "netfast-ebpf",
-        "--bins",
-    ])
-    .run()?;
+    build_binaries()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftovers();
     cargo(&[
@@ -139,6 +132,11 @@ fn bench(args: &[String]) -> Result<(), Fail> {
 
 fn demo() -> Result<(), Fail> {
     util::require_root("the demo creates network namespaces and loads BPF programs")?;
+    // The demo runs the `netfast` binary, which `cargo run` of the demo does not build: build
+    // every binary first, so that a fresh clone's first command works (and never runs a
+    // stale netfast).
+    println!("== build netfast and the demo");
+    build_binaries()?;
     let before = leftovers();
     cargo(&[
         "run",
@@ -151,6 +149,19 @@ fn demo() -> Result<(), Fail> {
     .run()?;
     nothing_left_behind("the demo", &before)?;
     Ok(())
+}
+
+/// Every binary of the workspace (netfast, the demo, the test helpers), in the debug profile
+/// the tests and the demo run.
+fn build_binaries() -> Result<(), Fail> {
+    cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "netfast-ebpf",
+        "--bins",
+    ])
+    .run()
 }
 
 /// Fails when `who` left test namespaces (other than those already there), or netfast pins

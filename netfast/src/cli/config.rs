@@ -76,10 +76,30 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Which clock the running programs read: a setting netfast measures, not one it takes.
+    let clock = match netfast::Dataplane::open_existing(&netfast::host::Host::current()?)? {
+        Some(dp) => Some(netfast::clock::ClockSource::of(
+            &netfast::maps::read_config(dp.ebpf())?,
+        )),
+        None => None,
+    };
+    let shown = Shown {
+        settings: &cfg,
+        clock,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
-        print!("{}", toml::to_string(&cfg)?);
+        print!("{}", toml::to_string(&shown)?);
     }
     Ok(())
+}
+
+/// The settings, and the clock the programs read when an eBPF dataplane runs.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    settings: &'a netfast::loader::model::DataplaneConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<netfast::clock::ClockSource>,
 }

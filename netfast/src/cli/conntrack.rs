@@ -153,6 +153,8 @@ fn watch(dp: Option<Dataplane>, state: &State, json: bool) -> anyhow::Result<()>
         None => HashMap::new(),
     };
     let mut next_scan = Instant::now() + Duration::from_secs(1);
+    // Subscribed: from here on no event is missed. Scripts (and the tests) wait for this.
+    eprintln!("netfast conntrack: watching for events (interrupt to stop)");
     loop {
         if let Some(ring) = ring.as_mut() {
             while let Some(item) = ring.next() {

@@ -40,6 +40,9 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         for e in &stats.events {
             println!("{:<18} {:>12} {:>14}", e.event, e.packets, e.bytes);
         }
+        if let Some(clock) = &stats.clock {
+            println!("clock: {}", clock.describe());
+        }
     }
     println!();
     println!(

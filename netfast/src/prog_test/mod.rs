@@ -67,6 +67,20 @@ impl ProgTest {
         &self.ebpf
     }
 
+    /// Moves the programs' clock `secs` seconds forward, as if that much time had passed:
+    /// timeouts are tested without sleeping, and without depending on the machine's pace.
+    pub fn advance_clock(&mut self, secs: u32) -> Result<()> {
+        let mut cfg = maps::read_config(&self.ebpf)?;
+        cfg.clock_advance = cfg.clock_advance.wrapping_add(secs);
+        maps::write_config(&mut self.ebpf, &cfg)
+    }
+
+    /// The programs' idea of now: CLOCK_MONOTONIC seconds, plus what the test advanced.
+    pub fn now(&self) -> Result<u32> {
+        let cfg = maps::read_config(&self.ebpf)?;
+        Ok(maps::monotonic_now().wrapping_add(cfg.clock_advance))
+    }
+
     /// The counters, summed over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
         stats::of(&self.ebpf)

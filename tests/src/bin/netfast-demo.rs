@@ -2,7 +2,7 @@
 //! driven through the `netfast` binary the way a user drives it. Everything is removed at the
 //! end, even if a step fails.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use netfast_tests::{
     Background, Netfast, Topology,
@@ -64,14 +64,14 @@ fn main() {
 
     step("SNAT: the containers reach the outside with the uplink's address");
     let server = netfast_tests::clients::outside_web_server(topo.outside.name());
-    let watch = Background::spawn(&[
+    let mut watch = Background::spawn(&[
         netfast_bin().to_str().expect("path"),
         "--netns",
         &host,
         "conntrack",
         "watch",
     ]);
-    thread::sleep(Duration::from_millis(300));
+    watch.wait_for_text("watching for events", Duration::from_secs(10));
     let url = format!("http://{OUTSIDE_ADDR}:8000/");
     for c in [&c1, &c2] {
         println!("$ ip netns exec {c} curl -s -o /dev/null -w '%{{http_code}}' {url}");
@@ -167,6 +167,17 @@ fn main() {
     step("the conntrack table: both directions of every flow");
     show(&host, &nf, &["conntrack", "list"]);
     println!("events seen by `netfast conntrack watch` meanwhile:");
+    // The outside client's and the hairpin flow to port 8080 were the last to start.
+    watch.wait_for(
+        "show both flows to port 8080",
+        Duration::from_secs(10),
+        |out, _| {
+            out.lines()
+                .filter(|l| l.contains("[NEW]") && l.contains("dport=8080"))
+                .count()
+                >= 2
+        },
+    );
     print!("{}", String::from_utf8_lossy(&watch.stop().stdout));
 
     step("the host's netfilter nat table stayed empty: netfast translated in eBPF");
