@@ -410,17 +410,72 @@ pub fn counters(state: &State) -> Result<Counts> {
     Ok(total)
 }
 
+/// The container port host port `host_port` of publication `p` leads to.
+fn container_port(p: &crate::loader::publish::Publication, host_port: u16) -> Option<u16> {
+    p.host_ports
+        .iter()
+        .zip(p.container_ports.iter())
+        .find_map(|(h, c)| (h == host_port).then_some(c))
+}
+
 /// Ends the kernel's flows through a publication of a fallback network (as the eBPF dataplane
 /// ends its own): the entries DNATed from its host ports to its container. Returns how many.
 pub fn end_flows(p: &crate::loader::publish::Publication) -> Result<usize> {
-    let mut ended = 0;
-    for e in ctnetlink::dump()? {
-        if e.original.proto == p.proto.number()
-            && e.reply.src == p.container_ip
-            && p.host_ports.iter().any(|hp| hp == e.original.dport)
+    delete_entries(|e| {
+        e.original.proto == p.proto.number()
+            && e.original.icmp.is_none()
             && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
-            && ctnetlink::delete(&e.original)?
-        {
+            && e.reply.src == p.container_ip
+            && container_port(p, e.original.dport) == Some(e.reply.sport)
+    })
+}
+
+/// Called once a publication of a fallback network is in the rules: ends the kernel's
+/// entries for its host ports (on its address, or on any of the host's `local` addresses and
+/// 127.0.0.0/8) that do not lead to its container. Netfilter's NAT rules meet only the first
+/// packet of a flow: an entry made while the port led elsewhere (to a removed container, or
+/// untranslated to the host itself while nothing was published) would go on matching, and a
+/// UDP client that keeps sending refreshes it for ever (issue #19; Kubernetes clears a UDP
+/// service's entries the same way when its endpoints change). Returns how many.
+pub fn end_stale_flows(
+    p: &crate::loader::publish::Publication,
+    local: &[std::net::Ipv4Addr],
+) -> Result<usize> {
+    delete_entries(|e| {
+        let to_host = match p.host_ip {
+            Some(ip) => e.original.dst == ip,
+            None => e.original.dst.is_loopback() || local.contains(&e.original.dst),
+        };
+        e.original.proto == p.proto.number()
+            && e.original.icmp.is_none()
+            && to_host
+            && container_port(p, e.original.dport)
+                .is_some_and(|cp| !(e.reply.src == p.container_ip && e.reply.sport == cp))
+    })
+}
+
+/// Deletes the kernel's conntrack entries that `doomed` selects; returns how many went.
+fn delete_entries(doomed: impl Fn(&ctnetlink::KEntry) -> bool) -> Result<usize> {
+    let mut ended = 0;
+    for e in ctnetlink::dump()?.iter().filter(|e| doomed(e)) {
+        if ctnetlink::delete(&e.original)? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Deletes the kernel conntrack entries of the fallback networks of `state` that `filter`
+/// matches (`netfast conntrack delete`, and the flows `container rm`, `network rm` and
+/// `down` end); returns how many went. Nothing is asked of the kernel when no network of
+/// `state` is on a fallback backend.
+pub fn delete_kernel_flows(
+    state: &State,
+    filter: &crate::conntrack_filter::Filter,
+) -> Result<usize> {
+    let mut ended = 0;
+    for (id, e) in kernel_flows(state)? {
+        if filter.matches(&e.flow(id)) && ctnetlink::delete(&e.original)? {
             ended += 1;
         }
     }
