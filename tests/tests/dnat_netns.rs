@@ -961,29 +961,7 @@ fn a_new_connection_from_the_same_client_port_reaches_the_replaced_container(bac
     }
 }
 
-/// The suite on one backend: a module named after the backend, with a test per function,
-/// each called with the backend's name.
-macro_rules! on_backend {
-    ($backend:ident [$($test:ident),* $(,)?]) => {
-        mod $backend {
-            $(
-                #[test]
-                fn $test() {
-                    super::$test(stringify!($backend));
-                }
-            )*
-        }
-    };
-}
-
-/// The suite on each backend.
-macro_rules! on_backends {
-    ([$($backend:ident),*] $tests:tt) => {
-        $(on_backend!($backend $tests);)*
-    };
-}
-
-on_backends!([ebpf, nftables, iptables] [
+netfast_tests::on_backends!([ebpf, nftables, iptables] [
     an_outside_client_reaches_a_published_container,
     udp_echo_through_a_published_range,
     hairpin_works_from_another_container_and_from_the_server_itself,
