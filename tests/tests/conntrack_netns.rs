@@ -352,6 +352,117 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     drop(live);
 }
 
+/// The kernel's conntrack table of namespace `ns`, every entry (netfast's or not).
+fn kernel_table(ns: &str) -> String {
+    run_ok(&["ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"])
+}
+
+/// Issue #19: `container rm`, `network rm` and `down` end the flows they own, and only those:
+/// a container's (from it and to it), not its neighbours' nor another network's, and never
+/// the host's own flows, which the kernel tracks beside the fallbacks' networks.
+fn flows_end_with_what_owns_them_and_only_those(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let outside = w.topo.outside.name().to_owned();
+    let host = w.topo.host.name().to_owned();
+    let mut echo = Background::spawn(&["ip", "netns", "exec", &outside, "python3", "-c", UDP_ECHO]);
+    echo.wait_for_text("ready", Duration::from_secs(10));
+    w.nf.ok(&[
+        "network",
+        "create",
+        "db",
+        "--subnet",
+        "172.19.0.0/24",
+        "--uplink",
+        UPLINK,
+        "--backend",
+        backend,
+    ]);
+    let d0 = format!("{host}d0");
+    w.nf.ok(&["container", "create", &d0, "--network", "db"]);
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    let udp = |ns: &str, port: u16| {
+        let got = run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo hi | socat -T 2 - UDP4:{OUTSIDE_ADDR}:{port}"),
+        ]);
+        assert_eq!(got.trim(), "hi", "udp echo from {ns} to port {port}");
+    };
+    udp(&w.c1, 9000);
+    udp(&d0, 9001);
+    assert_eq!(curl(&outside, UPLINK_URL, &[]), "200");
+    // The host's own connection, idle: were its entry deleted, nothing would bring it back.
+    let _tcp_echo = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &outside,
+        "socat",
+        "TCP4-LISTEN:9100,reuseaddr",
+        "EXEC:cat",
+    ]);
+    wait_listening(&outside, "tcp", 9100, "socat");
+    let mut own = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &host,
+        "python3",
+        "-c",
+        "import socket, time\n\
+         s = socket.create_connection(('198.51.100.2', 9100))\n\
+         print('connected', flush=True)\n\
+         time.sleep(600)",
+    ]);
+    own.wait_for_text("connected", Duration::from_secs(10));
+    let (c1_udp, d0_udp) = (
+        "udp 172.18.0.3>198.51.100.2:9000",
+        "udp 172.19.0.2>198.51.100.2:9001",
+    );
+    let published = "tcp 198.51.100.2>198.51.100.1:8080";
+    let all = set(&[c1_udp, d0_udp, published]);
+    check(&w, &all, &[], &[c1_udp, d0_udp, published]);
+    let host_flow = "dport=9100";
+    if backend != "ebpf" {
+        assert!(
+            kernel_table(&host).contains(host_flow),
+            "{}",
+            kernel_table(&host)
+        );
+    }
+
+    // c1's flow goes with it; c0's and db's stay.
+    let out = w.nf.ok(&["container", "rm", &w.c1]);
+    assert!(out.contains("flows of container"), "{out}");
+    check(&w, &all, &[], &[d0_udp, published]);
+    // c0's published flow goes with its publication.
+    let out = w.nf.ok(&["container", "rm", &w.c0]);
+    assert!(out.contains("ended 1 flows through it"), "{out}");
+    check(&w, &all, &[], &[d0_udp]);
+    w.nf.ok(&["container", "rm", &d0]);
+    check(&w, &all, &[], &[]);
+    w.nf.ok(&["network", "rm", "db"]);
+    w.nf.ok(&["down"]);
+    if backend != "ebpf" {
+        // None of the networks' entries is left, and the host's own flow is untouched.
+        let table = kernel_table(&host);
+        assert!(
+            !table.contains("src=172.18.0.") && !table.contains("src=172.19.0."),
+            "{table}"
+        );
+        assert!(
+            table.contains(host_flow),
+            "down ended the host's own flow:\n{table}"
+        );
+    }
+}
+
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
     filters_list_count_delete_and_watch_exactly_the_matching_flows,
+    flows_end_with_what_owns_them_and_only_those,
 ]);
