@@ -474,23 +474,46 @@ pub fn delete_kernel_flows(
     filter: &crate::conntrack_filter::Filter,
 ) -> Result<usize> {
     let mut ended = 0;
-    for (id, e) in kernel_flows(state)? {
-        if filter.matches(&e.flow(id)) && ctnetlink::delete(&e.original)? {
+    for (_, e) in kernel_flows(state, filter)? {
+        if ctnetlink::delete(&e.original)? {
             ended += 1;
         }
     }
     Ok(ended)
 }
 
-/// The kernel conntrack entries of the networks the fallback backends serve: flows from
-/// their subnets, and flows to their containers (published ports). With the network's id.
-pub fn kernel_flows(state: &State) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
+/// The kernel conntrack entries of the networks the fallback backends serve (flows from
+/// their subnets, and flows to their containers: [`fallback_network`]) that `filter`
+/// matches, with the network's id.
+/// The kernel selects what it can itself ([`ctnetlink::DumpFilter`]: exact values of the
+/// original tuple); the rest of the filter (CIDRs, the reply tuple, a container on either
+/// tuple, a network, a TCP state) it cannot express, and is applied here.
+pub fn kernel_flows(
+    state: &State,
+    filter: &crate::conntrack_filter::Filter,
+) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
     if state.networks.iter().all(|n| n.backend == Backend::Ebpf) {
         return Ok(Vec::new());
     }
-    Ok(ctnetlink::dump()?
+    let exact =
+        |net: Option<ipnet::Ipv4Net>| net.filter(|n| n.prefix_len() == 32).map(|n| n.addr());
+    let published = filter.published;
+    let hint = ctnetlink::DumpFilter {
+        proto: filter
+            .proto
+            .or(published.and_then(|p| p.proto))
+            .or(filter.state.map(|_| 6)),
+        src: exact(filter.orig_src),
+        dst: exact(filter.orig_dst).or(published.and_then(|p| p.host_ip)),
+        sport: filter.orig_sport,
+        dport: filter.orig_dport.or(published.map(|p| p.port)),
+    };
+    Ok(ctnetlink::dump_matching(&hint)?
         .into_iter()
-        .filter_map(|e| Some((fallback_network(state, &e)?, e)))
+        .filter_map(|e| {
+            let id = fallback_network(state, &e)?;
+            filter.matches(&e.flow(id)).then_some((id, e))
+        })
         .collect())
 }
 

@@ -212,15 +212,14 @@ fn flows(dp: Option<&Dataplane>, state: &State, filter: &Filter) -> anyhow::Resu
         Some(dp) => maps::flows(dp.ebpf(), maps::monotonic_now())?,
         None => Vec::new(),
     };
-    // The kernel's table is dumped whole and filtered here: ctnetlink's own dump filter
-    // (CTA_FILTER) matches exact tuple values only, not a CIDR, a container on either
-    // tuple or a network's flows, and this is the one implementation every command shares.
+    // The kernel selects what it can (exact values of the original tuple); the rest of the
+    // filter is applied to what it returns, by the same implementation as for the eBPF flows.
+    flows.retain(|f| filter.matches(f));
     flows.extend(
-        backend::kernel_flows(state)?
+        backend::kernel_flows(state, filter)?
             .iter()
             .map(|(id, e)| e.flow(*id)),
     );
-    flows.retain(|f| filter.matches(f));
     Ok(flows)
 }
 
