@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod bpffs;
 pub mod clock;
+pub mod conntrack_filter;
 pub mod dataplane;
 pub mod doctor;
 pub mod error;

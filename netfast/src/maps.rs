@@ -10,10 +10,11 @@ use aya::{
 use netfast_common::{
     config::{DpConfig, NetInfo},
     conntrack::{
-        CT_F_REPLY, CT_F_SEEN_REPLY, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
+        CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY, CT_F_SEEN_REPLY, CtEntry, CtKey,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
     },
     maps,
-    nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
+    nat::{self, FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     publish::{AllowKey, PubKey, PubTarget},
 };
 use serde::Serialize;
@@ -226,6 +227,11 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The IP protocol number (6 tcp, 17 udp, 1 icmp).
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
     /// One line in the style of `conntrack -L`.
     pub fn line(&self) -> String {
         let mut s = format!(
@@ -300,17 +306,7 @@ impl Flow {
 /// Live flows, pairing each original entry with its reply entry; sorted by original tuple.
 pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
     let all: HashMap<CtKey, CtEntry> = conntrack_entries(ebpf)?.into_iter().collect();
-    let mut out = Vec::new();
-    for (key, entry) in &all {
-        if entry.flags & CT_F_REPLY != 0 {
-            continue;
-        }
-        let reply = all.get(&entry.peer_key(key));
-        if entry.expires.max(reply.map_or(0, |r| r.expires)) < now {
-            continue;
-        }
-        out.push(Flow::new(key, entry, reply, now));
-    }
+    let mut out: Vec<Flow> = live_flows(&all, now).map(|(_, f)| f).collect();
     out.sort_by_key(|f| {
         (
             f.original.src,
@@ -321,6 +317,129 @@ pub fn flows(ebpf: &Ebpf, now: u32) -> Result<Vec<Flow>> {
         )
     });
     Ok(out)
+}
+
+/// The live flows of a snapshot of the conntrack map: each original entry's key with its
+/// flow (paired with its reply entry).
+fn live_flows(all: &HashMap<CtKey, CtEntry>, now: u32) -> impl Iterator<Item = (CtKey, Flow)> + '_ {
+    all.iter().filter_map(move |(key, entry)| {
+        if entry.flags & CT_F_REPLY != 0 {
+            return None;
+        }
+        let reply = all.get(&entry.peer_key(key));
+        (entry.expires.max(reply.map_or(0, |r| r.expires)) >= now)
+            .then(|| (*key, Flow::new(key, entry, reply, now)))
+    })
+}
+
+/// What [`delete_flows`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Flows (both of their entries).
+    pub flows: usize,
+    /// NAT mappings (binding and claim) that no remaining flow used.
+    pub mappings: usize,
+}
+
+/// Removes the live flows `matches` selects: both conntrack entries of each, and the NAT
+/// mapping (binding and claim) of each masqueraded one that no remaining flow uses any more,
+/// so that its external port is free again. A flow the datapath opens on the mapping while
+/// this runs re-creates it on its next packet.
+pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) -> Result<Deleted> {
+    let mut all: HashMap<CtKey, CtEntry> = conntrack_entries(ebpf)?.into_iter().collect();
+    let doomed: Vec<CtKey> = live_flows(&all, now)
+        .filter(|(_, f)| matches(f))
+        .map(|(k, _)| k)
+        .collect();
+    let mut keys = Vec::new();
+    // Per mapping of a deleted flow: how many of its open TCP flows went (the datapath counts
+    // them in the binding, and shrinks the mapping's life when the last one closes).
+    let mut mappings: HashMap<(NatBindKey, NatClaimKey), u16> = HashMap::new();
+    for key in &doomed {
+        let Some(entry) = all.remove(key) else {
+            continue;
+        };
+        let peer = entry.peer_key(key);
+        let reply = all.remove(&peer);
+        keys.push(*key);
+        if reply.is_some() {
+            keys.push(peer);
+        }
+        let masq = std::iter::once((key, &entry))
+            .chain(reply.as_ref().map(|r| (&peer, r)))
+            .find(|(_, e)| e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0);
+        if let Some((k, e)) = masq {
+            let open = key.proto == PROTO_TCP && e.flags & CT_F_RELEASED == 0;
+            *mappings.entry(nat::mapping_keys(k, e)).or_default() += u16::from(open);
+        }
+    }
+    remove_conntrack(ebpf, &keys)?;
+    // The mappings the remaining entries still use.
+    let in_use: std::collections::HashSet<(NatBindKey, NatClaimKey)> = all
+        .iter()
+        .filter(|(_, e)| e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0)
+        .map(|(k, e)| nat::mapping_keys(k, e))
+        .collect();
+    let bindings: HashMap<NatBindKey, NatBinding> = nat_bindings(ebpf)?.into_iter().collect();
+    let claims: HashMap<NatClaimKey, NatClaim> = nat_claims(ebpf)?.into_iter().collect();
+    let mut freed = 0;
+    for ((bind, claim), open) in &mappings {
+        // Only the mapping these flows used: the binding still leads to this claim, and the
+        // claim still belongs to this internal endpoint.
+        let Some(b) = bindings.get(bind).filter(|b| b.ext_port == claim.ext_port) else {
+            continue;
+        };
+        if !claims
+            .get(claim)
+            .is_some_and(|c| c.int_addr == bind.int_addr && c.int_port == bind.int_port)
+        {
+            continue;
+        }
+        if in_use.contains(&(*bind, *claim)) {
+            if *open > 0 {
+                // Not atomic with the datapath: a race leaves the count too high, which only
+                // keeps the mapping until its own expiry (as in the datapath).
+                let b = NatBinding {
+                    flows: b.flows.saturating_sub(*open),
+                    ..*b
+                };
+                insert_key(ebpf, maps::NAT_BINDINGS, bind, &b)?;
+            }
+            continue;
+        }
+        remove_key::<NatBindKey, NatBinding>(ebpf, maps::NAT_BINDINGS, bind)?;
+        remove_key::<NatClaimKey, NatClaim>(ebpf, maps::NAT_CLAIMS, claim)?;
+        freed += 1;
+    }
+    Ok(Deleted {
+        flows: doomed.len(),
+        mappings: freed,
+    })
+}
+
+fn insert_key<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: &K,
+    value: &V,
+) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    hm.insert(key, value, 0).map_err(|e| Error::map(name, e))
+}
+
+fn remove_key<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: &K,
+) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    match hm.remove(key) {
+        Ok(()) => Ok(()),
+        Err(ref e) if absent(e) => Ok(()),
+        Err(e) => Err(Error::map(name, e)),
+    }
 }
 
 /// Publishes `key` (one host port) to `target`.

@@ -29,3 +29,28 @@ pub fn require_root() {
         );
     }
 }
+
+/// One test module per backend: `on_backends!([ebpf, nftables, iptables] [test_a, test_b])`
+/// makes `ebpf::test_a`, `nftables::test_a`, … each calling `test_a("ebpf")` and so on: the
+/// end-to-end suites run every test on every backend.
+#[macro_export]
+macro_rules! on_backends {
+    ([$($backend:ident),*] $tests:tt) => {
+        $($crate::on_backend!($backend $tests);)*
+    };
+}
+
+/// The tests of [`on_backends!`] on one backend.
+#[macro_export]
+macro_rules! on_backend {
+    ($backend:ident [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(stringify!($backend));
+                }
+            )*
+        }
+    };
+}

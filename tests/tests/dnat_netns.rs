@@ -775,29 +775,193 @@ fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(backend: &str)
     assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
 }
 
-/// The suite on one backend: a module named after the backend, with a test per function,
-/// each called with the backend's name.
-macro_rules! on_backend {
-    ($backend:ident [$($test:ident),* $(,)?]) => {
-        mod $backend {
-            $(
-                #[test]
-                fn $test() {
-                    super::$test(stringify!($backend));
-                }
-            )*
-        }
-    };
+/// A UDP client in the outside namespace that sends a numbered datagram from
+/// 198.51.100.2:40001 to the uplink's port 5353 every 100 ms, printing `sent N` for each
+/// (from an unconnected socket: ICMP errors while nobody serves the port do not stop it).
+const UDP_CLIENT: &str = "import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('198.51.100.2', 40001))
+n = 0
+while True:
+    try:
+        s.sendto(str(n).encode(), ('198.51.100.1', 5353))
+    except OSError:
+        pass
+    print('sent', n, flush=True)
+    n += 1
+    time.sleep(0.1)
+";
+
+/// A UDP server on port 5353 that prints `FROM_ADDR FROM_PORT PAYLOAD` per datagram.
+const UDP_SERVER: &str = "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 5353))
+while True:
+    d, a = s.recvfrom(100)
+    print(a[0], a[1], d.decode(), flush=True)
+";
+
+/// Lines starting with `sent` that `client` printed so far.
+fn sent(client: &Background) -> usize {
+    client
+        .stdout_so_far()
+        .lines()
+        .filter(|l| l.starts_with("sent"))
+        .count()
 }
 
-/// The suite on each backend.
-macro_rules! on_backends {
-    ([$($backend:ident),*] $tests:tt) => {
-        $(on_backend!($backend $tests);)*
-    };
+/// Waits until `client` has sent `more` datagrams after this call.
+fn wait_sent(client: &mut Background, more: usize) {
+    let from = sent(client);
+    client.wait_for(
+        &format!("send {more} more datagrams"),
+        Duration::from_secs(10),
+        |out, _| out.lines().filter(|l| l.starts_with("sent")).count() >= from + more,
+    );
 }
 
-on_backends!([ebpf, nftables, iptables] [
+/// Issue #19: a client keeps sending to a published UDP port while the container behind it
+/// is replaced by one at another address. Between the two publications its datagrams reach
+/// the host's own port: on a fallback backend they make a kernel conntrack entry without
+/// translation, which each datagram refreshes and which would go on matching after the new
+/// publication. Every new container must get the datagrams, every time: the test makes sure
+/// datagrams fall into each gap (rather than hoping they do) and replaces the container five
+/// times; the client sends into the unpublished port before the first publication too.
+fn a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let host = w.topo.host.name().to_owned();
+    let mut client = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        w.topo.outside.name(),
+        "python3",
+        "-c",
+        UDP_CLIENT,
+    ]);
+    wait_sent(&mut client, 3);
+    for round in 0..5u8 {
+        let name = format!("{host}u{round}");
+        let ip = format!("172.18.0.{}", 20 + round);
+        w.nf.ok(&[
+            "container",
+            "create",
+            &name,
+            "--network",
+            "web",
+            "--ip",
+            &ip,
+        ]);
+        let mut server =
+            Background::spawn(&["ip", "netns", "exec", &name, "python3", "-c", UDP_SERVER]);
+        wait_listening(&name, "udp", 5353, "the udp server");
+        w.nf.ok(&["publish", "web", &format!("5353:{name}:5353/udp")]);
+        server.wait_for(
+            &format!("receive the client's datagrams (round {round}, container at {ip})"),
+            Duration::from_secs(10),
+            |out, _| {
+                out.lines()
+                    .filter(|l| l.starts_with("198.51.100.2 40001 "))
+                    .count()
+                    >= 3
+            },
+        );
+        client.assert_running();
+        drop(server);
+        let out = w.nf.ok(&["container", "rm", &name]);
+        assert!(out.contains("unpublished 5353:"), "{out}");
+        // Datagrams into the gap, to nobody.
+        wait_sent(&mut client, 3);
+    }
+}
+
+/// A TCP client in the outside namespace: from 198.51.100.2:40002 (SO_REUSEADDR, and a
+/// zero linger so that it leaves no TIME_WAIT behind) to the uplink's port 7000, prints
+/// `got LINE` with the server's first line, then sends a byte every 100 ms until the
+/// connection fails.
+const TCP_CLIENT: &str = "import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+s.bind(('198.51.100.2', 40002))
+s.settimeout(5)
+s.connect(('198.51.100.1', 7000))
+print('got', s.makefile().readline().strip(), flush=True)
+while True:
+    try:
+        s.send(b'x')
+    except OSError as e:
+        print('ended', e, flush=True)
+        break
+    print('sent', flush=True)
+    time.sleep(0.1)
+";
+
+/// Issue #19, TCP: after the container behind a published port is replaced (by one at
+/// another address) while a client's connection through it is open, a new connection from
+/// the same client address and port reaches the new container.
+fn a_new_connection_from_the_same_client_port_reaches_the_replaced_container(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let host = w.topo.host.name().to_owned();
+    for round in 0..3u8 {
+        let name = format!("{host}t{round}");
+        let ip = format!("172.18.0.{}", 30 + round);
+        w.nf.ok(&[
+            "container",
+            "create",
+            &name,
+            "--network",
+            "web",
+            "--ip",
+            &ip,
+        ]);
+        let _server = Background::spawn(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "socat",
+            "TCP4-LISTEN:7000,fork,reuseaddr",
+            &format!("SYSTEM:echo {name}; cat"),
+        ]);
+        wait_listening(&name, "tcp", 7000, "socat");
+        w.nf.ok(&["publish", "web", &format!("7000:{name}:7000")]);
+        let mut client = Background::spawn(&[
+            "ip",
+            "netns",
+            "exec",
+            w.topo.outside.name(),
+            "python3",
+            "-c",
+            TCP_CLIENT,
+        ]);
+        client.wait_for(
+            &format!("reach {name} at {ip} (round {round})"),
+            Duration::from_secs(10),
+            |out, err| out.contains("got ") || err.contains("Error"),
+        );
+        let out = client.stdout_so_far();
+        assert!(
+            out.contains(&format!("got {name}")),
+            "round {round}: the connection from 198.51.100.2:40002 did not reach {name}:\n{out}\n{}",
+            client.stderr_so_far()
+        );
+        // The connection stays open while its container goes, and goes on sending.
+        drop(_server);
+        w.nf.ok(&["container", "rm", &name]);
+        let from = client.stdout_so_far().lines().count();
+        client.wait_for(
+            "go on sending after the container is removed",
+            Duration::from_secs(10),
+            |out, _| out.contains("ended") || out.lines().count() >= from + 3,
+        );
+        drop(client);
+    }
+}
+
+netfast_tests::on_backends!([ebpf, nftables, iptables] [
     an_outside_client_reaches_a_published_container,
     udp_echo_through_a_published_range,
     hairpin_works_from_another_container_and_from_the_server_itself,
@@ -811,4 +975,6 @@ on_backends!([ebpf, nftables, iptables] [
     flows_get_netfasts_timeouts_and_config_changes_them,
     a_container_cannot_reach_the_hosts_loopback_services,
     publishing_twice_is_refused_and_a_host_listener_is_named,
+    a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending,
+    a_new_connection_from_the_same_client_port_reaches_the_replaced_container,
 ]);

@@ -1,8 +1,9 @@
 //! The kernel's connection tracking table over netlink (ctnetlink), for networks a fallback
 //! backend serves: their flows live there, not in the eBPF dataplane's map.
 //!
-//! Only what `netfast conntrack list/flush` needs: a dump of the IPv4 table and the deletion
-//! of an entry by its original tuple.
+//! Only what `netfast conntrack` and the loader need: a dump of the IPv4 table (narrowed by
+//! the kernel where it can, [`DumpFilter`]), its events, and the deletion of an entry by its
+//! original tuple.
 
 use std::{io, mem::size_of, net::Ipv4Addr};
 
@@ -353,6 +354,90 @@ pub fn dump() -> Result<Vec<KEntry>> {
         .collect())
 }
 
+/// `CTA_FILTER` (Linux 5.8): the attributes of the original tuple a dump must match.
+const CTA_FILTER: u16 = 25;
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+const CTA_FILTER_F_IP_SRC: u32 = 1 << 0;
+const CTA_FILTER_F_IP_DST: u32 = 1 << 1;
+const CTA_FILTER_F_PROTO_NUM: u32 = 1 << 3;
+const CTA_FILTER_F_PROTO_SRC_PORT: u32 = 1 << 4;
+const CTA_FILTER_F_PROTO_DST_PORT: u32 = 1 << 5;
+
+/// What the kernel can select in a dump itself: exact values of the original tuple (ports
+/// only with TCP or UDP). A CIDR, the reply tuple, "either tuple" or a TCP state it cannot
+/// select: callers filter the dump as well, so this only makes it smaller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpFilter {
+    pub proto: Option<u8>,
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+/// The CTA_TUPLE_ORIG and CTA_FILTER attributes of a dump request for `f` (none when it
+/// selects nothing).
+fn filter_attrs(f: &DumpFilter) -> Vec<u8> {
+    let mut flags = 0;
+    let mut ip = Vec::new();
+    if let Some(a) = f.src {
+        ip.extend(nla(CTA_IP_V4_SRC, &a.octets()));
+        flags |= CTA_FILTER_F_IP_SRC;
+    }
+    if let Some(a) = f.dst {
+        ip.extend(nla(CTA_IP_V4_DST, &a.octets()));
+        flags |= CTA_FILTER_F_IP_DST;
+    }
+    let mut proto = Vec::new();
+    if let Some(p) = f.proto {
+        proto.extend(nla(CTA_PROTO_NUM, &[p]));
+        flags |= CTA_FILTER_F_PROTO_NUM;
+        // The kernel reads ports only for a protocol that has them.
+        if p == 6 || p == 17 {
+            if let Some(port) = f.sport {
+                proto.extend(nla(CTA_PROTO_SRC_PORT, &port.to_be_bytes()));
+                flags |= CTA_FILTER_F_PROTO_SRC_PORT;
+            }
+            if let Some(port) = f.dport {
+                proto.extend(nla(CTA_PROTO_DST_PORT, &port.to_be_bytes()));
+                flags |= CTA_FILTER_F_PROTO_DST_PORT;
+            }
+        }
+    }
+    if flags == 0 {
+        return Vec::new();
+    }
+    let mut tuple = Vec::new();
+    if !ip.is_empty() {
+        tuple.extend(nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip));
+    }
+    if !proto.is_empty() {
+        tuple.extend(nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto));
+    }
+    [
+        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple),
+        nla(
+            CTA_FILTER | NLA_F_NESTED,
+            &nla(CTA_FILTER_ORIG_FLAGS, &flags.to_ne_bytes()),
+        ),
+    ]
+    .concat()
+}
+
+/// The IPv4 entries of the kernel's table, selected by the kernel as far as `f` goes
+/// (CTA_FILTER); a kernel without it (before 5.8) refuses or ignores the filter, and then
+/// the whole table comes back: callers filter what they get in any case.
+pub fn dump_matching(f: &DumpFilter) -> Result<Vec<KEntry>> {
+    let attrs = filter_attrs(f);
+    if attrs.is_empty() {
+        return dump();
+    }
+    match Socket::open()?.request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, &attrs) {
+        Ok(msgs) => Ok(msgs.iter().map(|m| parse_entry(m)).collect()),
+        Err(_) => dump(),
+    }
+}
+
 /// The conntrack event groups: new, updated and destroyed entries.
 const NF_NETLINK_CONNTRACK_ALL: u32 = 1 | 2 | 4;
 const NLM_F_CREATE: u16 = 0x400;
@@ -543,6 +628,50 @@ mod tests {
         assert_eq!(event_kind(ct(IPCTNL_MSG_CT_GET), 0), None);
         // Another netfilter subsystem (expectations) is not a flow.
         assert_eq!(event_kind((2 << 8) | IPCTNL_MSG_CT_NEW, NLM_F_CREATE), None);
+    }
+
+    #[test]
+    fn a_dump_filter_names_exactly_the_attributes_it_sets() {
+        assert!(filter_attrs(&DumpFilter::default()).is_empty());
+        let f = DumpFilter {
+            proto: Some(17),
+            dst: Some("198.51.100.1".parse().unwrap()),
+            dport: Some(5353),
+            ..DumpFilter::default()
+        };
+        let request = filter_attrs(&f);
+        let (mut tuple, mut flags) = (None, None);
+        for (ty, p) in attrs(&request) {
+            match ty {
+                CTA_TUPLE_ORIG => tuple = Some(parse_tuple(p)),
+                CTA_FILTER => {
+                    for (ty, p) in attrs(p) {
+                        assert_eq!(ty, CTA_FILTER_ORIG_FLAGS);
+                        flags = Some(u32::from_ne_bytes(p.try_into().unwrap()));
+                    }
+                }
+                other => panic!("attribute {other}"),
+            }
+        }
+        let t = tuple.expect("a tuple");
+        assert_eq!((t.proto, t.dst, t.dport), (17, f.dst.unwrap(), 5353));
+        assert_eq!(
+            flags,
+            Some(CTA_FILTER_F_IP_DST | CTA_FILTER_F_PROTO_NUM | CTA_FILTER_F_PROTO_DST_PORT)
+        );
+        // ICMP has no ports for the kernel to compare: they are left to the caller.
+        let icmp = filter_attrs(&DumpFilter {
+            proto: Some(1),
+            dport: Some(53),
+            ..DumpFilter::default()
+        });
+        assert_eq!(
+            icmp,
+            filter_attrs(&DumpFilter {
+                proto: Some(1),
+                ..DumpFilter::default()
+            })
+        );
     }
 
     #[test]

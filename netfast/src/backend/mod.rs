@@ -410,32 +410,110 @@ pub fn counters(state: &State) -> Result<Counts> {
     Ok(total)
 }
 
+/// The container port host port `host_port` of publication `p` leads to.
+fn container_port(p: &crate::loader::publish::Publication, host_port: u16) -> Option<u16> {
+    p.host_ports
+        .iter()
+        .zip(p.container_ports.iter())
+        .find_map(|(h, c)| (h == host_port).then_some(c))
+}
+
 /// Ends the kernel's flows through a publication of a fallback network (as the eBPF dataplane
 /// ends its own): the entries DNATed from its host ports to its container. Returns how many.
 pub fn end_flows(p: &crate::loader::publish::Publication) -> Result<usize> {
-    let mut ended = 0;
-    for e in ctnetlink::dump()? {
-        if e.original.proto == p.proto.number()
-            && e.reply.src == p.container_ip
-            && p.host_ports.iter().any(|hp| hp == e.original.dport)
+    delete_entries(|e| {
+        e.original.proto == p.proto.number()
+            && e.original.icmp.is_none()
             && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
-            && ctnetlink::delete(&e.original)?
-        {
+            && e.reply.src == p.container_ip
+            && container_port(p, e.original.dport) == Some(e.reply.sport)
+    })
+}
+
+/// Called once a publication of a fallback network is in the rules: ends the kernel's
+/// entries for its host ports (on its address, or on any of the host's `local` addresses and
+/// 127.0.0.0/8) that do not lead to its container. Netfilter's NAT rules meet only the first
+/// packet of a flow: an entry made while the port led elsewhere (to a removed container, or
+/// untranslated to the host itself while nothing was published) would go on matching, and a
+/// UDP client that keeps sending refreshes it for ever (issue #19; Kubernetes clears a UDP
+/// service's entries the same way when its endpoints change). Returns how many.
+pub fn end_stale_flows(
+    p: &crate::loader::publish::Publication,
+    local: &[std::net::Ipv4Addr],
+) -> Result<usize> {
+    delete_entries(|e| {
+        let to_host = match p.host_ip {
+            Some(ip) => e.original.dst == ip,
+            None => e.original.dst.is_loopback() || local.contains(&e.original.dst),
+        };
+        e.original.proto == p.proto.number()
+            && e.original.icmp.is_none()
+            && to_host
+            && container_port(p, e.original.dport)
+                .is_some_and(|cp| !(e.reply.src == p.container_ip && e.reply.sport == cp))
+    })
+}
+
+/// Deletes the kernel's conntrack entries that `doomed` selects; returns how many went.
+fn delete_entries(doomed: impl Fn(&ctnetlink::KEntry) -> bool) -> Result<usize> {
+    let mut ended = 0;
+    for e in ctnetlink::dump()?.iter().filter(|e| doomed(e)) {
+        if ctnetlink::delete(&e.original)? {
             ended += 1;
         }
     }
     Ok(ended)
 }
 
-/// The kernel conntrack entries of the networks the fallback backends serve: flows from
-/// their subnets, and flows to their containers (published ports). With the network's id.
-pub fn kernel_flows(state: &State) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
+/// Deletes the kernel conntrack entries of the fallback networks of `state` that `filter`
+/// matches (`netfast conntrack delete`, and the flows `container rm`, `network rm` and
+/// `down` end); returns how many went. Nothing is asked of the kernel when no network of
+/// `state` is on a fallback backend.
+pub fn delete_kernel_flows(
+    state: &State,
+    filter: &crate::conntrack_filter::Filter,
+) -> Result<usize> {
+    let mut ended = 0;
+    for (_, e) in kernel_flows(state, filter)? {
+        if ctnetlink::delete(&e.original)? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// The kernel conntrack entries of the networks the fallback backends serve (flows from
+/// their subnets, and flows to their containers: [`fallback_network`]) that `filter`
+/// matches, with the network's id.
+/// The kernel selects what it can itself ([`ctnetlink::DumpFilter`]: exact values of the
+/// original tuple); the rest of the filter (CIDRs, the reply tuple, a container on either
+/// tuple, a network, a TCP state) it cannot express, and is applied here.
+pub fn kernel_flows(
+    state: &State,
+    filter: &crate::conntrack_filter::Filter,
+) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
     if state.networks.iter().all(|n| n.backend == Backend::Ebpf) {
         return Ok(Vec::new());
     }
-    Ok(ctnetlink::dump()?
+    let exact =
+        |net: Option<ipnet::Ipv4Net>| net.filter(|n| n.prefix_len() == 32).map(|n| n.addr());
+    let published = filter.published;
+    let hint = ctnetlink::DumpFilter {
+        proto: filter
+            .proto
+            .or(published.and_then(|p| p.proto))
+            .or(filter.state.map(|_| 6)),
+        src: exact(filter.orig_src),
+        dst: exact(filter.orig_dst).or(published.and_then(|p| p.host_ip)),
+        sport: filter.orig_sport,
+        dport: filter.orig_dport.or(published.map(|p| p.port)),
+    };
+    Ok(ctnetlink::dump_matching(&hint)?
         .into_iter()
-        .filter_map(|e| Some((fallback_network(state, &e)?, e)))
+        .filter_map(|e| {
+            let id = fallback_network(state, &e)?;
+            filter.matches(&e.flow(id)).then_some((id, e))
+        })
         .collect())
 }
 

@@ -56,8 +56,9 @@ enum Command {
     /// The timeouts also reach networks on the nftables/iptables backends, as conntrack
     /// timeout policies (nftables: TCP and UDP); the other settings are the eBPF dataplane's.
     Config(config::ConfigArgs),
-    /// The flows the dataplane tracks (like `conntrack -L/-E/-F`); for networks on the
-    /// nftables/iptables backends, the kernel's conntrack entries of their subnets.
+    /// The flows the dataplane tracks (like `conntrack -L/-E/-C/-D/-F`, with its filters);
+    /// for networks on the nftables/iptables backends, the kernel's conntrack entries of their
+    /// subnets.
     #[command(subcommand)]
     Conntrack(conntrack::Command),
     /// Packets and bytes per hook and per network, and a counter per drop reason.

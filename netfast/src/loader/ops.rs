@@ -22,10 +22,11 @@ use super::{
     validate::{self, Invalid},
 };
 use crate::{
+    conntrack_filter::Filter,
     dataplane::{Dataplane, InterfaceRole},
     error::{Error, Result},
     host::Host,
-    maps::raw_addr,
+    maps::{self, raw_addr},
 };
 
 impl From<Invalid> for Error {
@@ -357,6 +358,22 @@ impl Loader {
         }
         state.networks.retain(|n| n.name != network.name);
         crate::backend::sync(&before, state)?;
+        // The network's flows end with it (its subnet's, to and from it).
+        let filter = Filter::network(network.id);
+        let ended = if network.backend != Backend::Ebpf {
+            crate::backend::delete_kernel_flows(&before, &filter)?
+        } else {
+            match Dataplane::open_existing(&self.host)? {
+                Some(mut dp) => {
+                    maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
+                        .flows
+                }
+                None => 0,
+            }
+        };
+        if ended > 0 {
+            out.push(format!("ended {ended} flows of network {}", network.name));
+        }
         if !state.networks.iter().any(|n| n.backend == Backend::Ebpf)
             && Dataplane::remove(&self.host)?
         {
@@ -480,7 +497,7 @@ impl Loader {
         for p in publications_of(&locked.state, &c) {
             self.remove_publication(&mut locked.state, &p, &mut out)?;
         }
-        remove_container(&nl, &c, &mut out)?;
+        remove_container(&nl, &locked.state, &c, &mut out)?;
         locked.state.containers.retain(|x| x.name != name);
         locked.save()?;
         Ok(out)
@@ -523,7 +540,7 @@ impl Loader {
                         .container(name)
                         .cloned()
                         .expect("planned from the state");
-                    remove_container(&nl, &c, &mut Vec::new())
+                    remove_container(&nl, &locked.state, &c, &mut Vec::new())
                         .map(|()| locked.state.containers.retain(|x| &x.name != name))
                 }
                 Action::RemoveNetwork(name) => {
@@ -568,8 +585,11 @@ impl Loader {
                         }
                         Action::CreateContainer(spec) => {
                             match locked.state.container(&spec.name).cloned() {
-                                Some(c) => remove_container(&nl, &c, &mut Vec::new())
-                                    .map(|()| locked.state.containers.retain(|x| x.name != c.name)),
+                                Some(c) => {
+                                    remove_container(&nl, &locked.state, &c, &mut Vec::new()).map(
+                                        |()| locked.state.containers.retain(|x| x.name != c.name),
+                                    )
+                                }
                                 None => Ok(()),
                             }
                         }
@@ -679,10 +699,16 @@ impl Loader {
             .any(|n| n.backend != Backend::Ebpf)
         {
             out.push("removed netfast's nftables table / iptables chains".into());
+            let ended = crate::backend::delete_kernel_flows(&locked.state, &Filter::default())?;
+            if ended > 0 {
+                out.push(format!(
+                    "ended {ended} flows of its networks in the kernel's conntrack table"
+                ));
+            }
         }
         locked.state.publications.clear();
         for c in locked.state.containers.clone() {
-            remove_container(&nl, &c, &mut out)?;
+            remove_container(&nl, &locked.state, &c, &mut out)?;
             locked.state.containers.retain(|x| x.name != c.name);
             locked.save()?;
         }
@@ -729,8 +755,17 @@ fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Resul
     Ok(())
 }
 
-fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result<()> {
-    if let Some(mut dp) = Dataplane::open_existing(&Host::current()?)? {
+/// Removes a container (its veth and namespace) and ends its flows: from it (masqueraded or
+/// not) and to it, in the eBPF dataplane or, for a network on a fallback backend, in the
+/// kernel's conntrack table. `state` still has the container's network.
+fn remove_container(
+    nl: &Nl<'_>,
+    state: &State,
+    c: &Container,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let host = Host::current()?;
+    if let Some(mut dp) = Dataplane::open_existing(&host)? {
         dp.remove_endpoint(c.ip)?;
     }
     if let Some(veth) = nl.link(&c.veth)? {
@@ -741,6 +776,25 @@ fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result
         source,
     })?;
     out.push(format!("removed container {} ({})", c.name, c.ip));
+    // Its veth is gone: no new flow of it can start.
+    let filter = Filter::container(c.ip);
+    let fallback = state
+        .network(&c.network)
+        .is_some_and(|n| n.backend != Backend::Ebpf);
+    let ended = if fallback {
+        crate::backend::delete_kernel_flows(state, &filter)?
+    } else {
+        match Dataplane::open_existing(&host)? {
+            Some(mut dp) => {
+                maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
+                    .flows
+            }
+            None => 0,
+        }
+    };
+    if ended > 0 {
+        out.push(format!("ended {ended} flows of container {}", c.name));
+    }
     Ok(())
 }
 

@@ -72,6 +72,7 @@ impl Loader {
                 l.port, p.proto
             ));
         }
+        let mut stale = 0;
         if backend == Backend::Ebpf {
             let mut dp = Dataplane::open_existing(&self.host)?.ok_or_else(|| {
                 Error::Settings(format!("network `{network}` has no dataplane; recreate it"))
@@ -82,6 +83,9 @@ impl Loader {
             let mut after = state.clone();
             after.publications.push(p.clone());
             crate::backend::sync(state, &after)?;
+            // Flows the kernel tracked to these ports before (to a container that is gone,
+            // or to the host itself) would go on matching: only new ones meet the new rule.
+            stale = crate::backend::end_stale_flows(&p, &nl.all_addresses()?)?;
         }
         out.push(format!(
             "published {}{}/{} to {} ({}:{}){}",
@@ -104,6 +108,12 @@ impl Loader {
                 )
             }
         ));
+        if stale > 0 {
+            out.push(format!(
+                "ended {stale} earlier flows to host port {}/{} that did not lead to {}",
+                p.host_ports, p.proto, p.container
+            ));
+        }
         Ok(p)
     }
 
