@@ -80,9 +80,23 @@ pub const CT_F_INWARD: u16 = 1 << 9;
 pub const CT_F_REDIRECT: u16 = 1 << 10;
 /// The flow was opened through a published port.
 pub const CT_F_PUBLISHED: u16 = 1 << 11;
+/// This entry matches packets from inside: a container's (at the bridge's ingress, or the
+/// uplink's egress after the host routed it) or the host's own (the uplink's egress). An
+/// entry without it matches packets arriving at the uplink. A hook only uses entries of its
+/// own side: a container that forges a remote's address cannot step into another's flow.
+pub const CT_F_FROM_INSIDE: u16 = 1 << 12;
+/// `td_end`, `td_maxwin` and `wscale` hold what this entry's direction has sent (a TCP
+/// segment of it was seen since the flow was tracked).
+pub const CT_F_TD_SEEN: u16 = 1 << 13;
 /// Flags that describe the flow rather than one direction: both entries carry them.
 pub const CT_F_SHARED: u16 =
     CT_F_SEEN_REPLY | CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RELEASED | CT_F_PUBLISHED;
+
+/// `wscale` when the direction's SYN was not seen (a flow picked up mid-stream): windows are
+/// then judged as if scaled by the largest factor TCP allows.
+pub const WSCALE_UNKNOWN: u8 = 0xf;
+/// The largest window scale TCP allows (RFC 7323).
+pub const WSCALE_MAX: u8 = 14;
 
 /// One direction of a tracked flow.
 #[repr(C)]
@@ -104,7 +118,10 @@ pub struct CtEntry {
     pub flags: u16,
     /// [`TcpState`] as u8 (0 for other protocols).
     pub tcp_state: u8,
-    pub _pad: u8,
+    /// TCP: the window scale this direction's sender announced in its SYN (0 when it did
+    /// not, or the other side did not: then windows are not scaled), [`WSCALE_UNKNOWN`]
+    /// when its SYN was not seen.
+    pub wscale: u8,
     /// The netfast network the flow belongs to (an index into the per-network stats).
     pub net_id: u16,
     pub _pad2: [u8; 2],
@@ -116,8 +133,14 @@ pub struct CtEntry {
     /// Where the fast path sent this direction's packets last (a FIB lookup costs more than
     /// everything else a packet needs).
     pub fwd: FwdCache,
+    /// TCP: the end of the highest sequence this direction has sent (seq + length, SYN and
+    /// FIN counted), host byte order: where a genuine RST from it must fall (RFC 5961).
+    pub td_end: u32,
+    /// TCP: the largest window this direction has offered to the other, scaled: how far from
+    /// `td_end` of the other direction its segments may lie.
+    pub td_maxwin: u32,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 
 /// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
 pub const FWD_F_UPLINK: u8 = 1;
@@ -154,6 +177,84 @@ impl FwdCache {
 }
 
 impl CtEntry {
+    /// The original entry of a new flow, opened by a packet of `bytes` bytes: it writes
+    /// `src` and/or `dst` (address and port, network byte order) as `flags` say
+    /// (`CT_F_REWRITE_SRC`, `CT_F_REWRITE_DST`), and lives until `expires`.
+    #[allow(clippy::too_many_arguments)]
+    pub const fn opening(
+        flags: u16,
+        src: (u32, u16),
+        dst: (u32, u16),
+        state: TcpState,
+        net_id: u16,
+        now: u32,
+        expires: u32,
+        map_expires: u32,
+        bytes: u32,
+    ) -> CtEntry {
+        CtEntry {
+            expires,
+            created: now,
+            src_addr: src.0,
+            dst_addr: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+            flags,
+            tcp_state: state as u8,
+            wscale: WSCALE_UNKNOWN,
+            net_id,
+            _pad2: [0; 2],
+            map_expires,
+            packets: 1,
+            bytes: bytes as u64,
+            fwd: FwdCache::EMPTY,
+            td_end: 0,
+            td_maxwin: 0,
+        }
+    }
+
+    /// The reply entry of the flow whose original entry is `self`, for packets keyed `key`:
+    /// it undoes the original's rewrites (a rewritten source comes back as the destination,
+    /// a rewritten destination as the source, a masquerade mapping's side likewise) and
+    /// shares its lifetime. `own` are the flags of the reply direction itself
+    /// (`CT_F_INWARD`, `CT_F_FROM_INSIDE`, `CT_F_REDIRECT`, `CT_F_PUBLISHED`).
+    pub const fn reply(&self, key: &CtKey, own: u16) -> CtEntry {
+        let mut flags = own | CT_F_REPLY;
+        let (mut src_addr, mut src_port, mut dst_addr, mut dst_port) = (0, 0, 0, 0);
+        if self.flags & CT_F_REWRITE_SRC != 0 {
+            flags |= CT_F_REWRITE_DST;
+            dst_addr = key.src_addr;
+            dst_port = key.src_port;
+        }
+        if self.flags & CT_F_REWRITE_DST != 0 {
+            flags |= CT_F_REWRITE_SRC;
+            src_addr = key.dst_addr;
+            src_port = key.dst_port;
+        }
+        if self.flags & CT_F_MASQ_SRC != 0 {
+            flags |= CT_F_MASQ_DST;
+        }
+        if self.flags & CT_F_MASQ_DST != 0 {
+            flags |= CT_F_MASQ_SRC;
+        }
+        CtEntry {
+            src_addr,
+            src_port,
+            dst_addr,
+            dst_port,
+            flags,
+            packets: 0,
+            bytes: 0,
+            ..*self
+        }
+    }
+
+    /// Whether a packet seen on the inside (`from_inside`) or arriving at the uplink may use
+    /// this entry (see [`CT_F_FROM_INSIDE`]).
+    pub const fn serves(&self, from_inside: bool) -> bool {
+        (self.flags & CT_F_FROM_INSIDE != 0) == from_inside
+    }
+
     /// The tuple a packet keyed `key` carries once this entry has translated it.
     pub const fn translated(&self, key: &CtKey) -> CtKey {
         let (src_addr, src_port) = if self.flags & CT_F_REWRITE_SRC != 0 {
@@ -235,7 +336,7 @@ pub struct CtEvent {
     pub kind: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<CtEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<CtEvent>() == 104);
 
 crate::aya_pod!(CtKey, CtEntry, CtEvent);
 
@@ -258,6 +359,102 @@ impl TcpFlags {
             ack: b & 0x10 != 0,
         }
     }
+}
+
+/// `wscale` of a direction whose SYN carried no window scale option: the flow's windows are
+/// then not scaled (RFC 7323 scales only when both SYNs carry the option).
+pub const WSCALE_NONE: u8 = 0x10;
+
+/// What conntrack reads of a TCP segment, host byte order (all zero for other protocols).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: u32,
+    /// The window field as sent (unscaled).
+    pub win: u16,
+    /// Payload bytes.
+    pub len: u16,
+    /// The window scale option of a SYN: 0..=14, or [`WSCALE_NONE`].
+    pub wscale: u8,
+}
+
+/// The shift a direction's window fields take, from what its entry's `wscale` holds (before
+/// its SYN-ACK has been seen a SYN's own option, afterwards the agreed shift, see
+/// [`agreed_wscale`]).
+pub const fn window_shift(wscale: u8) -> u8 {
+    if wscale == WSCALE_UNKNOWN {
+        WSCALE_MAX
+    } else if wscale > WSCALE_MAX {
+        0
+    } else {
+        wscale
+    }
+}
+
+/// The shift of a direction's windows once both SYNs are seen: its own option when both
+/// sides sent one (clamped to 14), else none.
+pub const fn agreed_wscale(own: u8, other: u8) -> u8 {
+    if own == WSCALE_UNKNOWN || other == WSCALE_UNKNOWN {
+        WSCALE_UNKNOWN
+    } else if own > WSCALE_MAX || other > WSCALE_MAX {
+        0
+    } else {
+        own
+    }
+}
+
+/// The entry's direction after sending `seg` with `flags`: the end of its highest sequence
+/// and the largest window it offered (a SYN's window is never scaled).
+pub const fn sent(e: &CtEntry, flags: TcpFlags, seg: &Segment) -> (u32, u32) {
+    let end = seg
+        .seq
+        .wrapping_add(seg.len as u32)
+        .wrapping_add(flags.syn as u32)
+        .wrapping_add(flags.fin as u32);
+    let win = if flags.syn {
+        seg.win as u32
+    } else {
+        (seg.win as u32) << window_shift(e.wscale)
+    };
+    if e.flags & CT_F_TD_SEEN == 0 {
+        return (end, win);
+    }
+    let td_end = if (end.wrapping_sub(e.td_end) as i32) > 0 {
+        end
+    } else {
+        e.td_end
+    };
+    let td_maxwin = if win > e.td_maxwin { win } else { e.td_maxwin };
+    (td_end, td_maxwin)
+}
+
+/// Whether a RST sent by the direction of `sender` may end the flow (RFC 5961 section 3, as
+/// nf_conntrack's window tracking judges it): its sequence number must lie within the window
+/// `receiver` has offered, around where the sender's sequence stands. A side that has sent
+/// nothing yet may only refuse what it was sent: its RST must acknowledge the other side's
+/// data (the answer to a refused SYN). What is not known is not held against the RST.
+pub const fn rst_in_window(
+    sender: &CtEntry,
+    receiver: &CtEntry,
+    flags: TcpFlags,
+    seg: &Segment,
+) -> bool {
+    let receiver_seen = receiver.flags & CT_F_TD_SEEN != 0;
+    if sender.flags & CT_F_TD_SEEN == 0 {
+        return !receiver_seen || (flags.ack && seg.ack == receiver.td_end);
+    }
+    if !receiver_seen {
+        return true;
+    }
+    // At least one full unscaled window: a receiver that advertised a tiny window (or none
+    // yet) still accepts a RST at the sequence it expects.
+    let win = if receiver.td_maxwin < 65535 {
+        65535
+    } else {
+        receiver.td_maxwin
+    };
+    let off = seg.seq.wrapping_sub(sender.td_end) as i32 as i64;
+    off >= -(win as i64) && off <= win as i64
 }
 
 /// The TCP state after a segment with `flags`, sent in the reply direction if `reply`, and

@@ -142,6 +142,137 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_entry_undoes_its_original_and_each_points_to_the_other() {
+        use crate::conntrack::{
+            CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REPLY,
+            CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey,
+        };
+        let key = CtKey::new(0x0200_12ac, 0x0a00_71cb, 40000u16.to_be(), 80u16.to_be(), 6);
+        let orig = CtEntry::opening(
+            CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
+            (0x0100_33c6, 61000u16.to_be()),
+            (0, 0),
+            TcpState::SynSent,
+            1,
+            100,
+            340,
+            370,
+            60,
+        );
+        let reply = orig.reply(&key, CT_F_INWARD);
+        let reply_key = orig.peer_key(&key);
+        assert_eq!(
+            reply.flags,
+            CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD | CT_F_REPLY
+        );
+        assert_eq!(
+            (reply.dst_addr, reply.dst_port),
+            (key.src_addr, key.src_port)
+        );
+        assert_eq!(reply.peer_key(&reply_key), key);
+        assert_eq!((reply.expires, reply.packets), (340, 0));
+        assert!(orig.serves(true) && !orig.serves(false));
+        assert!(reply.serves(false) && !reply.serves(true));
+    }
+
+    #[test]
+    fn a_rst_is_believed_only_inside_the_window() {
+        use crate::conntrack::{CT_F_TD_SEEN, CtEntry, Segment, WSCALE_NONE, rst_in_window, sent};
+        let rst = TcpFlags {
+            rst: true,
+            ..TcpFlags::default()
+        };
+        let seen = |td_end, td_maxwin| CtEntry {
+            flags: CT_F_TD_SEEN,
+            td_end,
+            td_maxwin,
+            ..CtEntry::default()
+        };
+        let seg = |seq| Segment {
+            seq,
+            ..Segment::default()
+        };
+        let (server, client) = (seen(5101, 64240), seen(1001, 64240));
+        assert!(rst_in_window(&server, &client, rst, &seg(5101)));
+        assert!(rst_in_window(&server, &client, rst, &seg(5101 + 60_000)));
+        assert!(!rst_in_window(&server, &client, rst, &seg(123_456_789)));
+        assert!(!rst_in_window(
+            &server,
+            &client,
+            rst,
+            &seg(5101u32.wrapping_sub(200_000))
+        ));
+        // Around the wrap of the sequence space.
+        let late = seen(10, 64240);
+        assert!(rst_in_window(&late, &client, rst, &seg(u32::MAX - 5)));
+        // A side that sent nothing may only refuse the other's SYN.
+        let silent = CtEntry::default();
+        let syn_sent = seen(1001, 64240);
+        let rst_ack = TcpFlags { ack: true, ..rst };
+        let refusal = |ack| Segment {
+            ack,
+            ..Segment::default()
+        };
+        assert!(rst_in_window(&silent, &syn_sent, rst_ack, &refusal(1001)));
+        assert!(!rst_in_window(&silent, &syn_sent, rst_ack, &refusal(777)));
+        assert!(!rst_in_window(&silent, &syn_sent, rst, &refusal(1001)));
+        // Scaled windows: what a SYN-ACK agreed to widens the window that is judged.
+        let mut e = CtEntry {
+            wscale: 7,
+            ..CtEntry::default()
+        };
+        let ack = TcpFlags {
+            ack: true,
+            ..TcpFlags::default()
+        };
+        let (end, win) = sent(
+            &e,
+            ack,
+            &Segment {
+                seq: 1,
+                win: 1000,
+                len: 10,
+                ..Segment::default()
+            },
+        );
+        assert_eq!((end, win), (11, 128_000));
+        e.wscale = WSCALE_NONE;
+        let (_, win) = sent(
+            &e,
+            ack,
+            &Segment {
+                seq: 1,
+                win: 1000,
+                ..Segment::default()
+            },
+        );
+        assert_eq!(win, 1000, "without both options, windows are not scaled");
+    }
+
+    #[test]
+    fn a_claims_owner_packs_into_one_word_and_back() {
+        use crate::nat::{NatBinding, NatClaim};
+        let owner = NatClaim::owner_of(0x0200_12ac, 40000u16.to_be(), 7);
+        let c = NatClaim {
+            owner,
+            expires: 9,
+            _pad: 0,
+        };
+        assert_eq!(
+            (c.int_addr(), c.int_port(), c.net_id()),
+            (0x0200_12ac, 40000u16.to_be(), 7)
+        );
+        assert!(c.owned_by(0x0200_12ac, 40000u16.to_be()));
+        assert!(!c.owned_by(0x0300_12ac, 40000u16.to_be()));
+        let b = NatBinding {
+            ext_port: 61000u16.to_be(),
+            flows: 3,
+            expires: 12345,
+        };
+        assert_eq!(NatBinding::from_word(b.word()), b);
+    }
+
+    #[test]
     fn port_candidates_keep_the_original_then_cover_a_small_range() {
         assert_eq!(port_candidate(0, 5000, 7, 61000, 61003), 5000);
         let mut seen: [bool; 4] = [false; 4];

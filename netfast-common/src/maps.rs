@@ -18,6 +18,11 @@ pub const CONFIG: &str = "NETFAST_CONFIG";
 /// LPM trie: container subnet → [`crate::config::NetInfo`].
 pub const NETWORKS: &str = "NETFAST_NETWORKS";
 
+/// Array of u32, indexed by network id: the ifindex of each network's bridge (0: none). A
+/// packet from a container uses only flows of the network of the bridge it came in on: one
+/// array read per packet, where the subnet's trie would cost a helper call.
+pub const NET_BRIDGES: &str = "NETFAST_NET_BRIDGES";
+
 /// LRU hash: [`crate::conntrack::CtKey`] → [`crate::conntrack::CtEntry`], two per flow.
 pub const CONNTRACK: &str = "NETFAST_CT";
 /// Default number of flows tracked (`--ct-max`); the map holds twice as many entries.
@@ -83,11 +88,12 @@ pub const CLOCK: &str = "NETFAST_CLOCK";
 pub const CLOCK_PROGRAM: &str = "netfast_clock";
 
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     STATS,
     NET_STATS,
     CONFIG,
     NETWORKS,
+    NET_BRIDGES,
     CONNTRACK,
     NAT_BINDINGS,
     NAT_CLAIMS,

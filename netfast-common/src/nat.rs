@@ -1,9 +1,12 @@
 //! Endpoint-independent NAT mappings (RFC 4787 REQ-1, RFC 5382 REQ-1).
 //!
 //! A mapping is a pair: a *claim* on an external (address, port, protocol), inserted first
-//! with `BPF_NOEXIST` so that two CPUs can never take the same port, and a *binding* from the
-//! internal (address, port, protocol) to that port, which every flow of the internal endpoint
-//! reuses whatever its destination, for as long as the mapping lives.
+//! with `BPF_NOEXIST` so that two CPUs can never take the same port (and taken over from an
+//! expired holder by one compare-and-exchange of its owner word, for the same reason), and a
+//! *binding* from the internal (address, port, protocol) to that port, which every flow of
+//! the internal endpoint reuses whatever its destination, for as long as the mapping lives.
+//! The datapath never deletes either: a claim or binding it could not use expires, so that
+//! no CPU can remove what another has just made.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,18 +25,35 @@ pub struct NatBindKey {
 }
 const _: () = assert!(core::mem::size_of::<NatBindKey>() == 12);
 
-#[repr(C)]
+/// An internal endpoint's external port. Eight bytes, read and written as one word
+/// ([`NatBinding::word`]): every change of a binding is a compare-and-exchange, so that two
+/// CPUs counting flows or reviving it at once never lose one another's change.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NatBinding {
     /// External port, network byte order.
     pub ext_port: u16,
-    /// TCP flows using the mapping that have not closed yet; when the last one closes the
-    /// mapping's lifetime shrinks to that flow's. (UDP and ICMP flows only ever expire.)
+    /// Flows using the mapping that have not closed yet (TCP flows are subtracted when they
+    /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
+    /// TCP flow closes, the mapping's lifetime shrinks to that flow's. Never below the truth:
+    /// a flow that failed to open is not subtracted.
     pub flows: u16,
     /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
     pub expires: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatBinding>() == 8);
+
+impl NatBinding {
+    /// The binding as the word the datapath exchanges (memory order, so that it is the
+    /// value's bytes whatever the host's endianness).
+    pub fn word(&self) -> u64 {
+        u64::from_ne_bytes(bytemuck::cast(*self))
+    }
+
+    pub fn from_word(w: u64) -> NatBinding {
+        bytemuck::cast(w.to_ne_bytes())
+    }
+}
 
 /// An external (address, port, protocol).
 #[repr(C)]
@@ -48,18 +68,53 @@ pub struct NatClaimKey {
 }
 const _: () = assert!(core::mem::size_of::<NatClaimKey>() == 8);
 
+/// Who holds an external port. The owner is one word, so that taking over a port whose
+/// holder has expired is one compare-and-exchange: of two CPUs that try at once, one wins.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NatClaim {
-    /// The internal endpoint that owns the port: address and port, network byte order.
-    pub int_addr: u32,
-    pub int_port: u16,
-    /// The network of the internal endpoint.
-    pub net_id: u16,
+    /// The internal endpoint that owns the port: address, port and network, packed by
+    /// [`NatClaim::owner_of`].
+    pub owner: u64,
     /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
     pub expires: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatClaim>() == 12);
+const _: () = assert!(core::mem::size_of::<NatClaim>() == 16);
+
+impl NatClaim {
+    /// The owner word of an internal endpoint: its address and port (network byte order) and
+    /// its network, in memory order.
+    pub const fn owner_of(int_addr: u32, int_port: u16, net_id: u16) -> u64 {
+        let a = int_addr.to_ne_bytes();
+        let p = int_port.to_ne_bytes();
+        let n = net_id.to_ne_bytes();
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], n[0], n[1]])
+    }
+
+    /// The owner's address, network byte order.
+    pub const fn int_addr(&self) -> u32 {
+        let b = self.owner.to_ne_bytes();
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The owner's port, network byte order.
+    pub const fn int_port(&self) -> u16 {
+        let b = self.owner.to_ne_bytes();
+        u16::from_ne_bytes([b[4], b[5]])
+    }
+
+    /// The owner's network.
+    pub const fn net_id(&self) -> u16 {
+        let b = self.owner.to_ne_bytes();
+        u16::from_ne_bytes([b[6], b[7]])
+    }
+
+    /// Whether `(int_addr, int_port)` owns the port (whatever its network).
+    pub const fn owned_by(&self, int_addr: u32, int_port: u16) -> bool {
+        self.int_addr() == int_addr && self.int_port() == int_port
+    }
+}
 
 /// A fragmented datagram, as its fragments carry it before translation.
 #[repr(C)]

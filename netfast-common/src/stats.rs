@@ -87,6 +87,15 @@ pub enum DropReason {
     /// A container's packet to the host's loopback addresses, which the nftables/iptables
     /// backends' `route_localnet` would otherwise let in (CVE-2020-8558).
     ToHostLoopback = 13,
+    /// A packet from the network to 127.0.0.0/8: a port published on 127.0.0.1 is for the
+    /// host's own clients only (moby#45610).
+    LoopbackFromNetwork = 14,
+    /// A TCP RST whose sequence number lies outside the window of its flow: a blind reset
+    /// (RFC 5961), which must not end the flow.
+    TcpRstOutOfWindow = 15,
+    /// A packet from a container whose source address is not of the network of the bridge
+    /// it came in on: a forged source.
+    SpoofedSource = 16,
 }
 
 impl DropReason {
@@ -102,7 +111,7 @@ impl DropReason {
         None
     }
 
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::NatPortExhausted,
         DropReason::NatMappingFailed,
@@ -116,6 +125,9 @@ impl DropReason {
         DropReason::InterNetwork,
         DropReason::NoRoute,
         DropReason::ToHostLoopback,
+        DropReason::LoopbackFromNetwork,
+        DropReason::TcpRstOutOfWindow,
+        DropReason::SpoofedSource,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -133,6 +145,9 @@ impl DropReason {
             DropReason::InterNetwork => "inter_network",
             DropReason::NoRoute => "no_route",
             DropReason::ToHostLoopback => "to_host_loopback",
+            DropReason::LoopbackFromNetwork => "loopback_from_network",
+            DropReason::TcpRstOutOfWindow => "tcp_rst_out_of_window",
+            DropReason::SpoofedSource => "spoofed_source",
         }
     }
 
@@ -166,6 +181,17 @@ impl DropReason {
                 "a container's packet to the host's 127.0.0.0/8, which a service bound to \
                  127.0.0.1 must never see from a container (CVE-2020-8558)"
             }
+            DropReason::LoopbackFromNetwork => {
+                "a packet from the network to 127.0.0.0/8 (ports published on 127.0.0.1 are \
+                 for the host's own clients only)"
+            }
+            DropReason::TcpRstOutOfWindow => {
+                "a TCP RST outside its flow's window: a blind reset, which does not end the \
+                 flow (RFC 5961)"
+            }
+            DropReason::SpoofedSource => {
+                "a container's packet whose source address is not of its bridge's network"
+            }
         }
     }
 }
@@ -182,13 +208,29 @@ pub enum Event {
     /// A packet the fast path had sent out of an uplink, let pass by the uplink's egress
     /// program without a second look.
     FastPathEgress = 10,
+    /// A flow that had lost one of its two entries (evicted under pressure) was repaired
+    /// from the other.
+    CtRepaired = 11,
+    /// A flow opened from outside (a published port, an endpoint-independent mapping): kept
+    /// apart, in the table of unanswered flows, until it is answered.
+    InboundOpened = 12,
+    /// An inbound flow that was answered (TCP: the handshake completed; UDP, ICMP: a reply)
+    /// and moved to the main table, where unanswered packets cannot push it out.
+    InboundAnswered = 13,
+    /// One of the host's own flows given another source port, because a container's
+    /// masquerade mapping holds the one it used.
+    HostFlowRemapped = 14,
 }
 
 impl Event {
-    pub const ALL: [Event; 3] = [
+    pub const ALL: [Event; 7] = [
         Event::FastPath,
         Event::FastPathFallback,
         Event::FastPathEgress,
+        Event::CtRepaired,
+        Event::InboundOpened,
+        Event::InboundAnswered,
+        Event::HostFlowRemapped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -196,6 +238,10 @@ impl Event {
             Event::FastPath => "fast_path",
             Event::FastPathFallback => "fast_path_fallback",
             Event::FastPathEgress => "fast_path_egress",
+            Event::CtRepaired => "ct_repaired",
+            Event::InboundOpened => "inbound_opened",
+            Event::InboundAnswered => "inbound_answered",
+            Event::HostFlowRemapped => "host_flow_remapped",
         }
     }
 }
@@ -219,6 +265,14 @@ pub const fn drop_slot(reason: DropReason) -> u32 {
 }
 
 const _: () = assert!((Hook::UplinkEgress as u32) < DROP_SLOT_BASE);
+const _: () = {
+    let mut i = 0;
+    while i < Event::ALL.len() {
+        assert!(event_slot(Event::ALL[i]) < DROP_SLOT_BASE);
+        assert!(event_slot(Event::ALL[i]) > Hook::UplinkEgress as u32);
+        i += 1;
+    }
+};
 const _: () = {
     let mut i = 0;
     while i < DropReason::ALL.len() {

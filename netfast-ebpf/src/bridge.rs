@@ -1,45 +1,80 @@
 //! The bridge's ingress: packets from containers to the host. Hairpin flows (a container to
 //! a port its own host publishes) are translated and forwarded here; with the fast path, so
-//! are masqueraded and published flows, from their first packet; containers of two networks
-//! may not reach each other. Everything else goes on to the host's routing.
+//! are masqueraded and published flows, from their first packet. A container may only speak
+//! with its own network's addresses, use its own network's flows, and reach no other
+//! network's containers. Everything else goes on to the host's routing.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
-    config::NET_F_MASQUERADE,
-    conntrack::{CT_F_REDIRECT, CtKey},
+    config::{NET_F_MASQUERADE, NetInfo},
+    conntrack::{CT_F_INWARD, CT_F_REDIRECT, CtKey},
+    maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
 };
 
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
-    maps::NETFAST_NETWORKS,
-    nat,
+    maps::{NETFAST_NET_BRIDGES, NETFAST_NETWORKS},
+    nat::{self, ifindex},
     parse::{self, Frag, Ipv4, L4, Pkt},
     publish, stats,
 };
 
-/// Containers of one network may not reach those of another (Docker's isolation).
+/// The network of the packet's source, which must be the network of the bridge it came in
+/// on: a container that forges another address is dropped (the fast path would otherwise
+/// carry its packets past the host's reverse-path filter). `None` for the unspecified
+/// source a DHCP client uses, which only the host may answer.
 #[inline(always)]
-fn isolated(ip: &Ipv4) -> Result<i32, DropReason> {
-    let Some(to) = NETFAST_NETWORKS.get(Key::new(32, ip.dst)) else {
-        return Ok(NEXT);
-    };
+fn source_network(ctx: &TcContext, ip: &Ipv4) -> Result<Option<NetInfo>, DropReason> {
+    if ip.src == 0 {
+        return Ok(None);
+    }
     match NETFAST_NETWORKS.get(Key::new(32, ip.src)) {
-        Some(from) if from.id != to.id => Err(DropReason::InterNetwork),
+        Some(net) if net.bridge_ifindex == ifindex(ctx) => Ok(Some(*net)),
+        _ => Err(DropReason::SpoofedSource),
+    }
+}
+
+/// Containers of one network may not reach those of another (Docker's isolation): decided
+/// by the bridge the packet came in on (its source is that bridge's network, see
+/// `source_network`).
+#[inline(always)]
+fn isolated(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    match NETFAST_NETWORKS.get(Key::new(32, ip.dst)) {
+        Some(to) if to.bridge_ifindex != ifindex(ctx) => Err(DropReason::InterNetwork),
         _ => Ok(NEXT),
     }
 }
 
+/// Whether a flow entry belongs to the network of the bridge the packet came in on.
+#[inline(always)]
+fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
+    NETFAST_NET_BRIDGES
+        .get(u32::from(net_id))
+        .is_some_and(|&b| b == ifindex(ctx))
+}
+
 #[inline(always)]
 pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    // The fast path's mark says "translated by netfast" to the uplink's egress: a container
+    // must not be able to send it there (a program of its own could set it).
+    // SAFETY: a field of the context TC programs may read and write.
+    let tc_index = unsafe { (*ctx.skb.skb).tc_index };
+    if tc_index & FORWARDED_TC_INDEX != 0 {
+        unsafe { (*ctx.skb.skb).tc_index = tc_index & !FORWARDED_TC_INDEX };
+    }
     parse::linearize_headers(ctx);
     let Some(ip) = parse::ipv4(ctx)? else {
         return Ok(NEXT);
     };
+    if publish::loopback(ip.dst) {
+        return Err(DropReason::ToHostLoopback);
+    }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
+        source_network(ctx, &ip)?;
         if nat::later_fragment(ctx, &ip, true, now)? {
             let (src, dst) = (
                 parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
@@ -61,7 +96,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             return forward::forward(ctx, &r);
         }
-        return isolated(&ip);
+        return isolated(ctx, &ip);
     }
     let L4::Flow {
         sport,
@@ -69,11 +104,20 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         tcp_flags,
     } = parse::l4(ctx, &ip)?
     else {
-        return isolated(&ip);
+        source_network(ctx, &ip)?;
+        return isolated(ctx, &ip);
     };
-    let key = CtKey::new(ip.src, ip.dst, sport, dport, ip.proto);
+    let p = Pkt {
+        ip,
+        key: CtKey::new(ip.src, ip.dst, sport, dport, ip.proto),
+        tcp_flags,
+        now,
+    };
     let fast_path = conntrack::fast_path();
-    if let Some(entry) = conntrack::lookup(&key, now) {
+    if let Some(entry) = conntrack::lookup(&p.key, now, true)
+        // SAFETY: a live map value pointer from `lookup`.
+        && of_this_bridge(ctx, unsafe { (*entry).net_id })
+    {
         // SAFETY (each access): a live map value pointer from `lookup`, read in place: a
         // copy would cost 48 bytes of a stack frame that has few to spare.
         let flags = unsafe { (*entry).flags };
@@ -82,7 +126,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             // Translated at the uplink, after the host has routed it.
             return Ok(NEXT);
         }
-        let t = unsafe { (*entry).translated(&key) };
+        let t = unsafe { (*entry).translated(&p.key) };
         let mut r = Route::NONE;
         let hop = Hop {
             src: t.src_addr,
@@ -97,24 +141,21 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             forward::fallback(ctx);
             return Ok(NEXT);
         }
-        conntrack::track(&key, entry, ctx.len(), tcp_flags, now);
+        conntrack::track(ctx, &p, entry).get()?;
         let e = unsafe { &*entry };
-        nat::apply(ctx, &ip, &key, e, now).get()?;
-        stats::count_network(
-            ctx,
-            e.net_id,
-            e.flags & netfast_common::conntrack::CT_F_INWARD != 0,
-        );
+        nat::apply(ctx, &ip, &p.key, e, now).get()?;
+        stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
         return forward::forward(ctx, &r);
     }
+    let Some(net) = source_network(ctx, &ip)? else {
+        return Ok(NEXT);
+    };
     if let Some(target) = publish::published(ip.dst, dport, ip.proto)
-        && let Some(net) = NETFAST_NETWORKS.get(Key::new(32, ip.src))
         && net.ext_addr != 0
     {
         if !publish::allowed(&target, ip.src) {
             return Err(DropReason::NotAllowed);
         }
-        let net = *net;
         let mut r = Route::NONE;
         let hop = Hop {
             src: net.ext_addr,
@@ -125,12 +166,6 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         if !route(ctx, &ip, &hop, &mut r) {
             return Err(DropReason::NoRoute);
         }
-        let p = Pkt {
-            ip,
-            key,
-            tcp_flags,
-            now,
-        };
         if publish::hairpin_new_flow(ctx, &p, &target, &net).get()? {
             nat::apply_opened(ctx, &p)?;
             return forward::forward(ctx, &r);
@@ -138,30 +173,19 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(NEXT);
     }
     if fast_path {
-        return new_masquerade_flow(
-            ctx,
-            &Pkt {
-                ip,
-                key,
-                tcp_flags,
-                now,
-            },
-        );
+        return new_masquerade_flow(ctx, &p, &net);
     }
-    isolated(&ip)
+    isolated(ctx, &ip)
 }
 
 /// The fast path opens a masqueraded flow at its first packet, so that none of its packets
 /// meets the host's FORWARD chain (whose policy Docker leaves at DROP): when the packet's
 /// source is a masqueraded network and its route leaves through that network's uplink.
 #[inline(always)]
-fn new_masquerade_flow(ctx: &TcContext, p: &Pkt) -> Result<i32, DropReason> {
+fn new_masquerade_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReason> {
     let ip = &p.ip;
-    let Some(net) = NETFAST_NETWORKS.get(Key::new(32, ip.src)).copied() else {
-        return isolated(ip);
-    };
     if net.flags & NET_F_MASQUERADE == 0 {
-        return isolated(ip);
+        return isolated(ctx, ip);
     }
     let mut r = Route::NONE;
     let hop = Hop {
@@ -172,13 +196,13 @@ fn new_masquerade_flow(ctx: &TcContext, p: &Pkt) -> Result<i32, DropReason> {
     };
     if !route(ctx, ip, &hop, &mut r) {
         forward::fallback(ctx);
-        return isolated(ip);
+        return isolated(ctx, ip);
     }
     // Not towards the uplink (the host, another bridge): not masquerade's.
     if r.kind == forward::PEER || r.ifindex != net.uplink_ifindex {
-        return isolated(ip);
+        return isolated(ctx, ip);
     }
-    nat::snat_new_flow(ctx, p, &net).get()?;
+    nat::snat_new_flow(ctx, p, net).get()?;
     nat::apply_opened(ctx, p)?;
     forward::forward(ctx, &r)
 }

@@ -7,14 +7,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::TcContext,
 };
 use netfast_common::{
     DropReason,
     config::DpConfig,
     conntrack::{
         CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY,
-        CT_F_SEEN_REPLY, CT_F_SHARED, CtEntry, CtEvent, CtKey, PROTO_TCP, TcpFlags, TcpState,
-        tcp_next, timeout,
+        CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CtEntry, CtEvent, CtKey, PROTO_TCP, Segment,
+        TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale, rst_in_window, sent, tcp_next, timeout,
     },
 };
 
@@ -22,6 +23,7 @@ use crate::outcome::Outcome;
 use crate::{
     maps::{NETFAST_CONFIG, NETFAST_CT, NETFAST_CT_EVENTS},
     nat,
+    parse::{self, Pkt},
 };
 
 /// CLOCK_MONOTONIC seconds, the clock every `expires` field uses: from jiffies once the
@@ -84,20 +86,35 @@ pub fn endpoint_independent() -> bool {
         .is_some_and(|cfg| cfg.filtering == netfast_common::config::FILTERING_ENDPOINT_INDEPENDENT)
 }
 
-/// The live entry for `key`. An entry past its expiry counts as absent — unless the other
-/// direction of its flow is alive (a stream that only flows one way refreshes one side).
+/// The live entry for `key`, if it serves packets from this side (`from_inside`: see
+/// `CT_F_FROM_INSIDE`). An entry past its expiry counts as absent — unless the other
+/// direction of its flow is alive and is still its own other half (a stream that only flows
+/// one way refreshes one side; an entry whose peer key now holds another flow is dead).
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u32) -> Option<*mut CtEntry> {
+pub fn lookup(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
     let entry = NETFAST_CT.get_ptr_mut(key)?;
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
+    if !e.serves(from_inside) {
+        return None;
+    }
     if e.expires >= now {
         return Some(entry);
     }
-    let peer = NETFAST_CT.get_ptr_mut(e.peer_key(key))?;
+    revive(key, entry, now)
+}
+
+/// An expired entry whose peer lives and points back: the flow lives on.
+// Its own BPF function: rare, and it keeps the hot lookup small.
+#[inline(never)]
+fn revive(key: &CtKey, entry: *mut CtEntry, now: u32) -> Option<*mut CtEntry> {
+    // SAFETY: a map value pointer, valid for this program run.
+    let e = unsafe { &mut *entry };
+    let peer_key = e.peer_key(key);
+    let peer = NETFAST_CT.get_ptr_mut(&peer_key)?;
     // SAFETY: as above.
     let p = unsafe { &*peer };
-    if p.expires >= now {
+    if p.expires >= now && p.peer_key(&peer_key) == *key {
         e.expires = p.expires;
         Some(entry)
     } else {
@@ -105,17 +122,36 @@ pub fn lookup(key: &CtKey, now: u32) -> Option<*mut CtEntry> {
     }
 }
 
-/// Bookkeeping for a packet that matched `entry`: counters, TCP state (both entries),
-/// the idle timeout, and the lifetime of the flow's masquerade mapping.
+/// What `track` decided about a packet of a tracked flow.
+pub const TRACKED: u32 = 0;
+
+/// Bookkeeping for a packet that matched `entry`: counters, TCP state and window (both
+/// entries), the idle timeout, and the lifetime of the flow's masquerade mapping. Refuses a
+/// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing.
 // Its own BPF function, to keep the callers' stack frames small.
 #[inline(never)]
-pub fn track(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u8, now: u32) {
+pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Outcome {
+    Outcome::from(try_track(ctx, p, entry))
+}
+
+#[inline(always)]
+fn try_track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Result<u32, DropReason> {
+    let (key, now, bytes) = (&p.key, p.now, ctx.len());
     let cfg = &config();
     // SAFETY: a live map value pointer from `lookup`.
     let e = unsafe { &mut *entry };
+    let tcp = key.proto == PROTO_TCP;
+    let flags_in = TcpFlags::from_byte(p.tcp_flags);
+    let seg = if tcp {
+        parse::segment(ctx, p)?
+    } else {
+        Segment::default()
+    };
+    if tcp && flags_in.rst && !rst_believed(key, e, flags_in, &seg) {
+        return Err(DropReason::TcpRstOutOfWindow);
+    }
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
-    // to them concurrently, hence atomic adds (BPF_ATOMIC_ADD; the BPF target has no
-    // compare-and-swap, so core's atomic types offer no fetch_add there).
+    // to them concurrently, hence atomic adds.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut e.packets, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut e.bytes, u64::from(bytes));
@@ -126,8 +162,19 @@ pub fn track(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u8, now: u
     if reply {
         flags |= CT_F_SEEN_REPLY;
     }
-    let state = if key.proto == PROTO_TCP {
-        let (s, f) = tcp_next(old_state, TcpFlags::from_byte(tcp_flags), reply, flags);
+    let state = if tcp {
+        // The sender's sequence and window, for the next RST to be judged by. Two CPUs may
+        // race here; each writes what one of two segments of the flow said.
+        let (td_end, td_maxwin) = sent(e, flags_in, &seg);
+        if flags & CT_F_TD_SEEN == 0 || td_end != e.td_end || td_maxwin != e.td_maxwin {
+            e.td_end = td_end;
+            e.td_maxwin = td_maxwin;
+        }
+        if flags_in.syn {
+            e.wscale = seg.wscale;
+        }
+        flags |= CT_F_TD_SEEN;
+        let (s, f) = tcp_next(old_state, flags_in, reply, flags);
         flags = f;
         s
     } else {
@@ -148,15 +195,21 @@ pub fn track(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u8, now: u
         // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
         e.expires = expires;
         let peer_key = e.peer_key(key);
-        if let Some(peer) = NETFAST_CT.get_ptr_mut(peer_key) {
+        if let Some(peer) = NETFAST_CT.get_ptr_mut(&peer_key) {
             // SAFETY: a map value pointer, valid for this program run.
-            let p = unsafe { &mut *peer };
-            p.tcp_state = state as u8;
-            p.flags = (p.flags & !CT_F_SHARED) | (flags & CT_F_SHARED);
-            p.expires = expires;
+            let q = unsafe { &mut *peer };
+            q.tcp_state = state as u8;
+            q.flags = (q.flags & !CT_F_SHARED) | (flags & CT_F_SHARED);
+            q.expires = expires;
+            // Both SYNs seen: the window shift each side's segments take from now on.
+            if tcp && flags_in.syn && reply {
+                let own = e.wscale;
+                e.wscale = agreed_wscale(own, q.wscale);
+                q.wscale = agreed_wscale(q.wscale, own);
+            }
             if state != old_state {
                 if reply {
-                    emit(CT_EVENT_UPDATE, &peer_key, p);
+                    emit(CT_EVENT_UPDATE, &peer_key, q);
                 } else {
                     emit(CT_EVENT_UPDATE, key, e);
                 }
@@ -172,6 +225,18 @@ pub fn track(key: &CtKey, entry: *mut CtEntry, bytes: u32, tcp_flags: u8, now: u
         e.map_expires =
             nat::extend_mapping(key, e, expires + netfast_common::nat::mapping_slack(t));
     }
+    Ok(TRACKED)
+}
+
+/// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.
+#[inline(always)]
+fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment) -> bool {
+    let Some(peer) = NETFAST_CT.get_ptr(&e.peer_key(key)) else {
+        // The other half is gone: nothing to judge by, and nothing left to protect.
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    rst_in_window(e, unsafe { &*peer }, flags, seg)
 }
 
 /// The two entries of a flow being created (see `maps::NETFAST_SCRATCH`).
@@ -190,46 +255,112 @@ pub fn scratch() -> Result<&'static mut Pair, DropReason> {
     Ok(unsafe { &mut *p })
 }
 
-/// Inserts a new flow: the reply entry first with `BPF_NOEXIST` (two flows can never share
-/// an external tuple), then the original one; the first is removed if the second fails.
+/// Fills this CPU's scratch pair with a new flow opened by `p`: the original entry `orig`
+/// (built by `CtEntry::opening`), its reply with the reply direction's own flags, and the
+/// window of the opening segment. One constructor for every way a flow opens.
+#[inline(always)]
+pub fn fill_pair(
+    ctx: &TcContext,
+    p: &Pkt,
+    orig: CtEntry,
+    reply_flags: u16,
+) -> Result<&'static mut Pair, DropReason> {
+    let pair = scratch()?;
+    pair.orig = orig;
+    if p.key.proto == PROTO_TCP {
+        let seg = parse::segment(ctx, p)?;
+        let flags = TcpFlags::from_byte(p.tcp_flags);
+        let (td_end, td_maxwin) = sent(&pair.orig, flags, &seg);
+        pair.orig.td_end = td_end;
+        pair.orig.td_maxwin = td_maxwin;
+        pair.orig.wscale = if flags.syn {
+            seg.wscale
+        } else {
+            WSCALE_UNKNOWN
+        };
+        pair.orig.flags |= CT_F_TD_SEEN;
+    }
+    pair.reply = pair.orig.reply(&p.key, reply_flags);
+    pair.reply.flags &= !CT_F_TD_SEEN;
+    pair.reply.wscale = WSCALE_UNKNOWN;
+    pair.reply.td_end = 0;
+    pair.reply.td_maxwin = 0;
+    Ok(pair)
+}
+
+/// Inserts the flow in this CPU's scratch pair, opened by the packet keyed `orig_key`: the
+/// reply entry first with `BPF_NOEXIST` (two flows can never share an external tuple), then
+/// the original one; the first is removed if the second fails. Where the reply's tuple is
+/// held by a live flow that is this very flow — another CPU opened it a moment ago, or its
+/// original entry was evicted and this packet brings it back — the flow is kept (and its
+/// original entry restored from the surviving one): the packet goes on as that flow's.
+/// `repair_only`: the packet may not open a flow (a TCP segment without SYN), only restore
+/// one (`ABSENT` when there is none).
 #[inline(never)]
-pub fn insert_pair(
-    orig_key: &CtKey,
-    orig: &CtEntry,
-    reply_key: &CtKey,
-    reply: &CtEntry,
-    now: u32,
-) -> Outcome {
-    Outcome::from(try_insert_pair(orig_key, orig, reply_key, reply, now))
+pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool) -> Outcome {
+    Outcome::from(try_insert_pair(orig_key, now, repair_only))
 }
 
 #[inline(always)]
-fn try_insert_pair(
-    orig_key: &CtKey,
-    orig: &CtEntry,
-    reply_key: &CtKey,
-    reply: &CtEntry,
-    now: u32,
-) -> Result<u32, DropReason> {
+fn try_insert_pair(orig_key: &CtKey, now: u32, repair_only: bool) -> Result<u32, DropReason> {
+    let pair = scratch()?;
+    let reply_key = pair.orig.peer_key(orig_key);
+    let held = NETFAST_CT.get_ptr(&reply_key);
+    if let Some(held) = held
+        // SAFETY: a map value pointer, valid for this program run.
+        && unsafe { (*held).expires } >= now
+    {
+        // SAFETY: as above.
+        let held = unsafe { &*held };
+        if held.peer_key(&reply_key) != *orig_key {
+            // Another live flow answers on this tuple.
+            return Ok(if repair_only { ABSENT } else { CLASH });
+        }
+        // This flow, alive: opened by another CPU, or missing its original entry.
+        if NETFAST_CT.get_ptr(orig_key).is_some() {
+            return Ok(JOINED);
+        }
+        pair.orig.tcp_state = held.tcp_state;
+        pair.orig.flags |= held.flags & CT_F_SHARED;
+        pair.orig.expires = held.expires;
+        NETFAST_CT
+            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
+            .map_err(|_| DropReason::CtInsertFailed)?;
+        return Ok(REPAIRED);
+    }
+    if repair_only {
+        return Ok(ABSENT);
+    }
+    // Free, or held by a dead flow: take it.
+    let flags = if held.is_some() { BPF_ANY } else { BPF_NOEXIST };
     if NETFAST_CT
-        .insert(reply_key, reply, BPF_NOEXIST as u64)
+        .insert(&reply_key, &pair.reply, flags as u64)
         .is_err()
     {
-        // Taken: acceptable only when what holds it is a dead flow.
-        if lookup(reply_key, now).is_some() {
-            return Err(DropReason::CtInsertFailed);
-        }
-        NETFAST_CT
-            .insert(reply_key, reply, BPF_ANY as u64)
-            .map_err(|_| DropReason::CtInsertFailed)?;
-    }
-    if NETFAST_CT.insert(orig_key, orig, BPF_ANY as u64).is_err() {
-        let _ = NETFAST_CT.remove(reply_key);
+        // Another CPU inserted it in between: its flow or another; judged as above next time.
         return Err(DropReason::CtInsertFailed);
     }
-    emit(CT_EVENT_NEW, orig_key, orig);
-    Ok(1)
+    if NETFAST_CT
+        .insert(orig_key, &pair.orig, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = NETFAST_CT.remove(&reply_key);
+        return Err(DropReason::CtInsertFailed);
+    }
+    emit(CT_EVENT_NEW, orig_key, &pair.orig);
+    Ok(INSERTED)
 }
+
+/// `insert_pair`: a new flow.
+pub const INSERTED: u32 = 1;
+/// `insert_pair`: the flow existed (another CPU opened it at the same time).
+pub const JOINED: u32 = 0;
+/// `insert_pair`: the flow existed without its original entry, which is restored.
+pub const REPAIRED: u32 = 2;
+/// `insert_pair`: another live flow holds the reply's tuple; nothing was inserted.
+pub const CLASH: u32 = 3;
+/// `insert_pair`, repairing only: no such flow.
+pub const ABSENT: u32 = 4;
 
 /// Tells `netfast conntrack watch`; silently nothing when the ring is full or unread.
 // Its own BPF function: the event is large, and rare.

@@ -16,7 +16,7 @@ use crate::outcome::Outcome;
 use crate::{
     conntrack, csum,
     nat::rewrite_l3,
-    parse::{IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, be16, be32, header, icmp, load, store},
+    parse::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, be16, be32, header, icmp, load, store},
     stats,
 };
 
@@ -27,13 +27,21 @@ const ICMP_HLEN: usize = 8;
 /// the host itself; the caller decides).
 // Its own BPF function: rare, and heavy on the stack.
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Outcome {
-    Outcome::from(try_translate_error(ctx, ip, now))
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32, from_inside: bool) -> Outcome {
+    Outcome::from(try_translate_error(ctx, ip, now, from_inside))
 }
 
 #[inline(always)]
-fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, DropReason> {
+fn try_translate_error(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    now: u32,
+    from_inside: bool,
+) -> Result<u32, DropReason> {
     crate::parse::linearize(ctx, crate::parse::ICMP_ERROR_LINEAR);
+    // Where the IPv4 packet ends: bytes past it (a frame's padding) are not the message's,
+    // and its checksum does not cover them.
+    let ip_end = ETH_HLEN + usize::from(ip.tot_len);
     let inner = ip.l4() + ICMP_HLEN;
     let h = header::<20>(ctx, inner)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;
@@ -44,6 +52,10 @@ fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, Drop
     let src = be32(&h, IP_SRC);
     let dst = be32(&h, IP_DST);
     let l4 = inner + ihl;
+    // The quoted ports (or echo identifier) must lie inside the message.
+    if l4 + 8 > ip_end {
+        return Ok(0);
+    }
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => {
             let ports = header::<4>(ctx, l4)?;
@@ -58,7 +70,7 @@ fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, Drop
     // The embedded packet went out translated; a reply to it would match this entry, and
     // the error is undone the way that reply would be.
     let key = CtKey::new(dst, src, dport, sport, proto);
-    let Some(entry) = conntrack::lookup(&key, now) else {
+    let Some(entry) = conntrack::lookup(&key, now, from_inside) else {
         return Ok(0);
     };
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
@@ -68,7 +80,17 @@ fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, Drop
     // rewrites on the opposite sides, and its outer header where it names the same endpoint
     // (an error from a router keeps the router's address).
     if e.flags & CT_F_REWRITE_DST != 0 {
-        rewrite_embedded(ctx, ip.l4(), inner, l4, proto, true, e.dst_addr, e.dst_port)?;
+        rewrite_embedded(
+            ctx,
+            ip.l4(),
+            inner,
+            l4,
+            ip_end,
+            proto,
+            true,
+            e.dst_addr,
+            e.dst_port,
+        )?;
         if ip.dst == key.dst_addr {
             rewrite_l3(ctx, false, e.dst_addr)?;
         }
@@ -79,6 +101,7 @@ fn try_translate_error(ctx: &TcContext, ip: &Ipv4, now: u32) -> Result<u32, Drop
             ip.l4(),
             inner,
             l4,
+            ip_end,
             proto,
             false,
             e.src_addr,
@@ -103,6 +126,7 @@ fn rewrite_embedded(
     icmp_off: usize,
     inner: usize,
     l4: usize,
+    ip_end: usize,
     proto: u8,
     src_side: bool,
     addr: u32,
@@ -128,7 +152,9 @@ fn rewrite_embedded(
             icmp_csum = csum::replace16(icmp_csum, old_port, port);
             // The embedded L4 checksum, when the error quoted enough of the packet to hold it.
             let l4_csum_off = if proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
-            if let Ok(old) = load::<u16>(ctx, l4_csum_off) {
+            if l4_csum_off + 2 <= ip_end
+                && let Ok(old) = load::<u16>(ctx, l4_csum_off)
+            {
                 let new = if proto == PROTO_UDP {
                     csum::udp_replace16(csum::udp_replace32(old, old_addr, addr), old_port, port)
                 } else {
@@ -144,6 +170,7 @@ fn rewrite_embedded(
             store(ctx, l4 + 4, port)?;
             icmp_csum = csum::replace16(icmp_csum, old_id, port);
             if let Ok(old) = load::<u16>(ctx, l4 + 2) {
+                // Inside the message: `l4 + 8 <= ip_end` was checked.
                 let new = csum::replace16(old, old_id, port);
                 store(ctx, l4 + 2, new)?;
                 icmp_csum = csum::replace16(icmp_csum, old, new);

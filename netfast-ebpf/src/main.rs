@@ -5,6 +5,10 @@
 // Atomic adds on map values (conntrack counters); the eBPF crate builds with nightly.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// aya-ebpf's map calls take `impl Borrow<K>`: a key or value passed by reference is read in
+// place; passed by value, as this lint would have it, a 80-byte flow entry is copied onto a
+// BPF stack frame that has no room to spare.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod bridge;
 mod conntrack;
@@ -65,7 +69,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::UplinkIngress);
-    let result = uplink::try_uplink(&ctx, false);
+    let result = uplink::try_uplink(&ctx, uplink::Direction::In);
     verdict(&ctx, result)
 }
 
@@ -74,7 +78,7 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::UplinkEgress);
-    let result = uplink::try_uplink(&ctx, true);
+    let result = uplink::try_uplink(&ctx, uplink::Direction::Out);
     verdict(&ctx, result)
 }
 

@@ -40,6 +40,10 @@ pub static NETFAST_CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
 pub static NETFAST_NETWORKS: LpmTrie<u32, NetInfo> =
     LpmTrie::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
 
+/// `maps::NET_BRIDGES`: each network's bridge.
+#[map]
+pub static NETFAST_NET_BRIDGES: Array<u32> = Array::with_max_entries(MAX_NETWORKS, 0);
+
 /// `maps::CONNTRACK`: both directions of every tracked flow.
 #[map]
 pub static NETFAST_CT: LruHashMap<CtKey, CtEntry> =

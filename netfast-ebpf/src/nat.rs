@@ -3,12 +3,18 @@
 
 use core::mem::size_of;
 
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
+    bindings::__sk_buff,
     bindings::{
         BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
-    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    cty::{c_long, c_void},
+    helpers::{
+        bpf_get_prandom_u32, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
+    },
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -16,9 +22,9 @@ use netfast_common::{
     DropReason,
     config::{DpConfig, NET_F_MASQUERADE, NetInfo},
     conntrack::{
-        CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT, CT_F_REPLY, CT_F_REWRITE_DST,
-        CT_F_REWRITE_SRC, CtEntry, CtKey, FwdCache, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags,
-        TcpState, tcp_next, timeout,
+        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        TcpFlags, TcpState, tcp_next, timeout,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -188,60 +194,210 @@ pub fn later_fragment(
     Ok(true)
 }
 
-/// The external port of a live mapping for this internal endpoint, counted as used by one
-/// more flow and kept alive until at least `until`.
+/// How many times a compare-and-exchange is retried before the packet gives up (another
+/// CPU changed the word each time: a burst of new flows of one endpoint).
+const CAS_TRIES: u32 = 4;
+
+/// One compare-and-exchange of an 8-byte aligned word of a map value.
 #[inline(always)]
-fn reuse_mapping(bk: &NatBindKey, now: u32, until: u32) -> Option<u16> {
-    let binding = NETFAST_NAT_BIND.get_ptr_mut(bk)?;
-    // SAFETY: map value pointers, valid for this program run.
-    let b = unsafe { &mut *binding };
-    if b.expires < now {
-        return None;
+fn cas(word: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: callers pass a map value pointer to an 8-byte aligned u64 (a binding, or a
+    // claim's owner), valid for this program run.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, old, new)
+            .1
     }
-    let ck = NatClaimKey {
-        ext_addr: bk.ext_addr,
-        ext_port: b.ext_port,
-        proto: bk.proto,
-        _pad: 0,
+}
+
+/// The current word at `word`, read whole: one aligned 8-byte load, which BPF makes at once
+/// (an atomic load instruction needs cpu v4).
+#[inline(always)]
+fn load_word(word: *const u64) -> u64 {
+    // SAFETY: as for `cas`.
+    unsafe { core::ptr::read_volatile(word) }
+}
+
+/// The external port of a live mapping for this internal endpoint, counted as used by one
+/// more flow and kept alive until at least `until`; `Outcome::NONE` when it has none
+/// (`NatMappingFailed` when other CPUs changed it every time).
+// Its own BPF function (as every step of the mapping machinery): the callers' verification
+// then meets one answer, not every path through it.
+#[inline(never)]
+fn reuse_mapping(bk: &NatBindKey, net_id: u16, now: u32, until: u32) -> Outcome {
+    Outcome::from(try_reuse_mapping(bk, net_id, now, until))
+}
+
+#[inline(always)]
+fn try_reuse_mapping(
+    bk: &NatBindKey,
+    net_id: u16,
+    now: u32,
+    until: u32,
+) -> Result<u32, DropReason> {
+    let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) else {
+        return Ok(Outcome::NONE);
     };
-    let claim = NETFAST_NAT_CLAIM.get_ptr_mut(ck)?;
-    // SAFETY: as above.
+    let word = binding.cast::<u64>();
+    for _ in 0..CAS_TRIES {
+        let old = load_word(word);
+        let b = NatBinding::from_word(old);
+        if b.expires < now {
+            return Ok(Outcome::NONE);
+        }
+        let ck = NatClaimKey {
+            ext_addr: bk.ext_addr,
+            ext_port: b.ext_port,
+            proto: bk.proto,
+            _pad: 0,
+        };
+        // The port must still be this endpoint's (its claim may have been evicted: then it
+        // is claimed again, unless another endpoint took it meanwhile).
+        if !hold_claim(&ck, bk, net_id, until) {
+            return Ok(Outcome::NONE);
+        }
+        let new = NatBinding {
+            ext_port: b.ext_port,
+            flows: b.flows.saturating_add(1),
+            expires: if b.expires < until { until } else { b.expires },
+        };
+        if cas(word, old, new.word()) {
+            return Ok(u32::from(b.ext_port));
+        }
+    }
+    Err(DropReason::NatMappingFailed)
+}
+
+/// Makes sure `ck` is claimed by the endpoint of `bk` (claiming it again if the LRU evicted
+/// the claim), with an expiry of at least `until`; false if another endpoint holds it.
+#[inline(always)]
+fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> bool {
+    let owner = NatClaim::owner_of(bk.int_addr, bk.int_port, net_id);
+    let claim = match NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
+        Some(c) => c,
+        None => {
+            let fresh = NatClaim {
+                owner,
+                expires: until,
+                _pad: 0,
+            };
+            return NETFAST_NAT_CLAIM
+                .insert(ck, &fresh, BPF_NOEXIST as u64)
+                .is_ok();
+        }
+    };
+    // SAFETY: a map value pointer, valid for this program run.
     let c = unsafe { &mut *claim };
-    if c.int_addr != bk.int_addr || c.int_port != bk.int_port || c.expires < now {
-        return None;
+    if !c.owned_by(bk.int_addr, bk.int_port) {
+        return false;
     }
-    b.flows = b.flows.saturating_add(1);
-    if b.expires < until {
-        b.expires = until;
-    }
+    // The claim's expiry is a hint (the binding decides whether the mapping lives): a race
+    // between two raises costs nothing.
     if c.expires < until {
         c.expires = until;
     }
-    Some(b.ext_port)
+    true
 }
 
-/// Claims `ck` for `claim`'s endpoint: atomically when free; also when its holder has
-/// expired, or is this very endpoint (its binding evicted by the LRU).
-#[inline(always)]
-fn claim_port(ck: &NatClaimKey, claim: &NatClaim, now: u32) -> bool {
+/// Claims `ck` for the endpoint `owner`: atomically when free; by one compare-and-exchange
+/// of the owner word when its holder is this very endpoint (its binding evicted), or has
+/// expired and holds no live binding to it.
+#[inline(never)]
+fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32) -> bool {
+    let claim = NatClaim {
+        owner,
+        expires: until,
+        _pad: 0,
+    };
     if NETFAST_NAT_CLAIM
-        .insert(ck, claim, BPF_NOEXIST as u64)
+        .insert(ck, &claim, BPF_NOEXIST as u64)
         .is_ok()
     {
         return true;
     }
-    let Some(held) = NETFAST_NAT_CLAIM.get_ptr(ck) else {
+    let Some(held) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) else {
         return false;
     };
-    // SAFETY: a map value pointer, valid for this program run.
-    let held = unsafe { *held };
-    if held.expires >= now && (held.int_addr != claim.int_addr || held.int_port != claim.int_port) {
-        return false;
+    // SAFETY: a map value pointer, valid for this program run; `owner` is its first word,
+    // 8-byte aligned.
+    let h = unsafe { &mut *held };
+    let word = (&raw mut h.owner).cast::<u64>();
+    let was = load_word(word);
+    if was != owner {
+        if h.expires >= now {
+            return false;
+        }
+        // Expired by its hint; the holder's binding has the last word.
+        let old = NatClaim {
+            owner: was,
+            expires: 0,
+            _pad: 0,
+        };
+        let bk = NatBindKey {
+            int_addr: old.int_addr(),
+            ext_addr,
+            int_port: old.int_port(),
+            proto: ck.proto,
+            _pad: 0,
+        };
+        if let Some(b) = NETFAST_NAT_BIND.get_ptr(&bk) {
+            let b = NatBinding::from_word(load_word(b.cast::<u64>()));
+            if b.expires >= now && b.ext_port == ck.ext_port {
+                return false;
+            }
+        }
+        // Of two CPUs taking it over at once, one wins.
+        if !cas(word, was, owner) {
+            return false;
+        }
     }
-    let _ = NETFAST_NAT_CLAIM.remove(ck);
-    NETFAST_NAT_CLAIM
-        .insert(ck, claim, BPF_NOEXIST as u64)
+    if h.expires < until {
+        h.expires = until;
+    }
+    true
+}
+
+/// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until
+/// `until`. Where another CPU bound the endpoint meanwhile, its live binding wins and is
+/// reused (the claim made here then expires unused); an expired one is replaced.
+#[inline(never)]
+fn bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Outcome {
+    Outcome::from(try_bind(bk, port, now, until))
+}
+
+#[inline(always)]
+fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, DropReason> {
+    let fresh = NatBinding {
+        ext_port: port,
+        flows: 1,
+        expires: until,
+    };
+    if NETFAST_NAT_BIND
+        .insert(bk, &fresh, BPF_NOEXIST as u64)
         .is_ok()
+    {
+        return Ok(u32::from(port));
+    }
+    let binding = NETFAST_NAT_BIND
+        .get_ptr_mut(bk)
+        .ok_or(DropReason::NatMappingFailed)?;
+    let word = binding.cast::<u64>();
+    for _ in 0..CAS_TRIES {
+        let old = load_word(word);
+        let b = NatBinding::from_word(old);
+        let new = if b.expires >= now {
+            NatBinding {
+                ext_port: b.ext_port,
+                flows: b.flows.saturating_add(1),
+                expires: if b.expires < until { until } else { b.expires },
+            }
+        } else {
+            fresh
+        };
+        if cas(word, old, new.word()) {
+            return Ok(u32::from(new.ext_port));
+        }
+    }
+    Err(DropReason::NatMappingFailed)
 }
 
 /// Whether the host itself uses `(ext_addr, port)` towards `remote`: a TCP connection with
@@ -293,88 +449,134 @@ fn new_mapping(
     now: u32,
     until: u32,
 ) -> Result<u16, DropReason> {
-    // SAFETY: a helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let original = u16::from_be(bk.int_port);
-    let claim = NatClaim {
-        int_addr: bk.int_addr,
-        int_port: bk.int_port,
-        net_id,
-        expires: until,
+    let mut search = PortSearch {
+        skb: ctx.skb.skb,
+        bk: *bk,
+        remote_addr: remote.0,
+        remote_port: remote.1,
+        original: u16::from_be(bk.int_port),
+        port_min: cfg.port_min,
+        port_max: cfg.port_max,
+        // SAFETY: a helper without arguments.
+        random: unsafe { bpf_get_prandom_u32() },
+        owner: NatClaim::owner_of(bk.int_addr, bk.int_port, net_id),
+        now,
+        until,
+        found: Outcome::NONE,
     };
-    for attempt in 0..NAT_PORT_TRIES {
-        let port = port_candidate(attempt, original, random, cfg.port_min, cfg.port_max);
-        if port == 0 && bk.proto != PROTO_ICMP {
-            continue;
-        }
-        let port = port.to_be();
-        // Not a port the host uses itself, nor one it publishes.
-        if host_uses(ctx, bk.proto, &remote, bk.ext_addr, port)
-            || crate::publish::published(bk.ext_addr, port, bk.proto).is_some()
-        {
-            continue;
-        }
-        let ck = NatClaimKey {
-            ext_addr: bk.ext_addr,
-            ext_port: port,
-            proto: bk.proto,
-            _pad: 0,
-        };
-        if !claim_port(&ck, &claim, now) {
-            continue;
-        }
-        let binding = NatBinding {
-            ext_port: port,
-            flows: 1,
-            expires: until,
-        };
-        if NETFAST_NAT_BIND
-            .insert(bk, binding, BPF_ANY as u64)
-            .is_err()
-        {
-            let _ = NETFAST_NAT_CLAIM.remove(ck);
-            return Err(DropReason::NatMappingFailed);
-        }
-        return Ok(port);
+    // One `bpf_loop` step per candidate port: the verifier checks a step once, where a loop
+    // of NAT_PORT_TRIES steps written out would be checked step by step, for every way the
+    // program reaches it.
+    // SAFETY: the helper calls `port_step` with our search record, at most NAT_PORT_TRIES
+    // times, on this CPU, before it returns.
+    unsafe {
+        bpf_loop(
+            NAT_PORT_TRIES,
+            port_step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        )
+    };
+    if search.found == Outcome::NONE {
+        return Err(DropReason::NatPortExhausted);
     }
-    Err(DropReason::NatPortExhausted)
+    bind(bk, search.found as u16, now, until)
+        .value()
+        .map(|p| p as u16)
 }
 
-/// Undoes `reuse_mapping`/`new_mapping` for a flow that could not be inserted.
-#[inline(always)]
-pub fn unuse_mapping(bk: &NatBindKey, ext_port: u16) {
-    if let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) {
-        // SAFETY: a map value pointer, valid for this program run.
-        let b = unsafe { &mut *binding };
-        b.flows = b.flows.saturating_sub(1);
-        if b.flows == 0 {
-            let _ = NETFAST_NAT_BIND.remove(bk);
-            let ck = NatClaimKey {
-                ext_addr: bk.ext_addr,
-                ext_port,
-                proto: bk.proto,
-                _pad: 0,
-            };
-            let _ = NETFAST_NAT_CLAIM.remove(ck);
-        }
-    }
+/// The search for a free external port, as `port_step` reads and writes it.
+#[repr(C)]
+struct PortSearch {
+    /// The packet's context (the socket lookups need it).
+    skb: *mut __sk_buff,
+    bk: NatBindKey,
+    remote_addr: u32,
+    remote_port: u16,
+    /// The internal port, host byte order: the first candidate.
+    original: u16,
+    port_min: u16,
+    port_max: u16,
+    random: u32,
+    owner: u64,
+    now: u32,
+    until: u32,
+    /// The port claimed (network byte order), or `Outcome::NONE`.
+    found: u32,
 }
 
-/// Keeps the mapping of a flow alive until `until`; returns the new high-water mark.
-#[inline(always)]
+/// One candidate of the port search: claimed if neither the host nor a publication uses
+/// it and nobody holds it; returns 1 (stop) once a port is claimed.
+#[inline(never)]
+extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
+    // SAFETY: `bpf_loop` passes back the search record `new_mapping` gave it.
+    let s = unsafe { &mut *data.cast::<PortSearch>() };
+    let port = port_candidate(attempt, s.original, s.random, s.port_min, s.port_max);
+    if port == 0 && s.bk.proto != PROTO_ICMP {
+        return 0;
+    }
+    let port = port.to_be();
+    let ctx = TcContext::new(s.skb);
+    // Not a port the host uses itself, nor one it publishes.
+    if host_uses(
+        &ctx,
+        s.bk.proto,
+        &(s.remote_addr, s.remote_port),
+        s.bk.ext_addr,
+        port,
+    ) || crate::publish::published(s.bk.ext_addr, port, s.bk.proto).is_some()
+    {
+        return 0;
+    }
+    let ck = NatClaimKey {
+        ext_addr: s.bk.ext_addr,
+        ext_port: port,
+        proto: s.bk.proto,
+        _pad: 0,
+    };
+    if !claim_port(&ck, s.owner, s.bk.ext_addr, s.until, s.now) {
+        return 0;
+    }
+    s.found = u32::from(port);
+    1
+}
+
+/// Keeps the mapping of a flow alive until `until`; returns the new high-water mark. A
+/// binding the LRU evicted while the flow lived is made again.
+#[inline(never)]
 pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
-    if let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) {
-        // SAFETY: a map value pointer, valid for this program run.
-        let b = unsafe { &mut *binding };
-        if b.expires < until && b.ext_port == ck.ext_port {
-            b.expires = until;
+    match NETFAST_NAT_BIND.get_ptr_mut(&bk) {
+        Some(binding) => {
+            let word = binding.cast::<u64>();
+            for _ in 0..CAS_TRIES {
+                let old = load_word(word);
+                let b = NatBinding::from_word(old);
+                if b.ext_port != ck.ext_port || b.expires >= until {
+                    break;
+                }
+                let new = NatBinding {
+                    expires: until,
+                    ..b
+                };
+                if cas(word, old, new.word()) {
+                    break;
+                }
+            }
+        }
+        None => {
+            let again = NatBinding {
+                ext_port: ck.ext_port,
+                flows: 1,
+                expires: until,
+            };
+            let _ = NETFAST_NAT_BIND.insert(&bk, &again, BPF_NOEXIST as u64);
         }
     }
-    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
-        // SAFETY: as above.
+    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck) {
+        // SAFETY: a map value pointer, valid for this program run.
         let c = unsafe { &mut *claim };
-        if c.expires < until {
+        if c.owned_by(bk.int_addr, bk.int_port) && c.expires < until {
             c.expires = until;
         }
     }
@@ -383,26 +585,40 @@ pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
 
 /// A TCP flow of the mapping has closed: one flow fewer; when it was the last, the mapping
 /// lives only as long as this flow's entries (`until`).
-#[inline(always)]
+#[inline(never)]
 pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
     let (bk, ck) = mapping_keys(key, entry);
-    let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(bk) else {
+    let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(&bk) else {
         return;
     };
-    // SAFETY: a map value pointer, valid for this program run. The count is not atomic: a
-    // race leaves it too high, which only keeps the mapping until its own expiry.
-    let b = unsafe { &mut *binding };
-    b.flows = b.flows.saturating_sub(1);
-    if b.flows != 0 || b.ext_port != ck.ext_port {
-        return;
-    }
     let until = until + mapping_slack(until.saturating_sub(conntrack::now()));
-    b.expires = until;
-    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
-        // SAFETY: as above.
-        unsafe { (*claim).expires = until };
+    let word = binding.cast::<u64>();
+    for _ in 0..CAS_TRIES {
+        let old = load_word(word);
+        let b = NatBinding::from_word(old);
+        if b.ext_port != ck.ext_port {
+            return;
+        }
+        let flows = b.flows.saturating_sub(1);
+        let new = NatBinding {
+            ext_port: b.ext_port,
+            flows,
+            expires: if flows == 0 { until } else { b.expires },
+        };
+        if cas(word, old, new.word()) {
+            if flows == 0 {
+                if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck) {
+                    // SAFETY: a map value pointer, valid for this program run. A hint only.
+                    let c = unsafe { &mut *claim };
+                    if c.owned_by(bk.int_addr, bk.int_port) {
+                        c.expires = until;
+                    }
+                }
+                entry.map_expires = until;
+            }
+            return;
+        }
     }
-    entry.map_expires = until;
 }
 
 /// Translates the packet that opened a flow: the flow's original entry is still in this
@@ -434,9 +650,8 @@ pub fn mapping(
         proto: key.proto,
         _pad: 0,
     };
-    let port = match reuse_mapping(&bk, now, until) {
-        Some(port) => port,
-        None => new_mapping(
+    let port = match reuse_mapping(&bk, net.id, now, until).value()? {
+        Outcome::NONE => new_mapping(
             ctx,
             &bk,
             (key.dst_addr, key.dst_port),
@@ -445,6 +660,7 @@ pub fn mapping(
             now,
             until,
         )?,
+        port => port as u16,
     };
     Ok((bk, port))
 }
@@ -474,42 +690,36 @@ fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, Dro
     let t = timeout(cfg, key.proto, state);
     let expires = now + t;
     let until = expires + mapping_slack(t);
-    let (bk, ext_port) = mapping(ctx, key, net, cfg, now, until)?;
-    let pair = conntrack::scratch()?;
-    pair.orig = CtEntry {
+    let (_, ext_port) = mapping(ctx, key, net, cfg, now, until)?;
+    let orig = CtEntry::opening(
+        CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
+        (net.ext_addr, ext_port),
+        (0, 0),
+        state,
+        net.id,
+        now,
         expires,
-        created: now,
-        src_addr: net.ext_addr,
-        src_port: ext_port,
-        dst_addr: 0,
-        dst_port: 0,
-        flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC,
-        tcp_state: state as u8,
-        _pad: 0,
-        net_id: net.id,
-        _pad2: [0; 2],
-        map_expires: until,
-        packets: 1,
-        bytes: u64::from(ctx.len()),
-        fwd: FwdCache::EMPTY,
-    };
-    let reply_key = pair.orig.peer_key(key);
-    pair.reply = CtEntry {
-        src_addr: 0,
-        src_port: 0,
-        dst_addr: key.src_addr,
-        dst_port: key.src_port,
-        flags: CT_F_REWRITE_DST | CT_F_REPLY | CT_F_MASQ_DST | CT_F_INWARD,
-        packets: 0,
-        bytes: 0,
-        ..pair.orig
-    };
-    if let Err(reason) = conntrack::insert_pair(key, &pair.orig, &reply_key, &pair.reply, now).get()
-    {
-        unuse_mapping(&bk, ext_port);
-        return Err(reason);
+        until,
+        ctx.len(),
+    );
+    conntrack::fill_pair(ctx, p, orig, CT_F_INWARD)?;
+    // A flow that fails to open leaves its mapping counted one flow too many: it then lives
+    // to its expiry, never shorter than a flow that uses it.
+    opened(ctx, conntrack::insert_pair(key, now, false))
+}
+
+/// What an opener returns once `insert_pair` has answered: 1 when the scratch pair's
+/// original entry is the flow's (new, joined or repaired), for the caller to translate with.
+#[inline(always)]
+pub fn opened(ctx: &TcContext, o: Outcome) -> Result<u32, DropReason> {
+    match o.value()? {
+        conntrack::CLASH => Err(DropReason::CtInsertFailed),
+        conntrack::REPAIRED => {
+            stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
+            Ok(1)
+        }
+        _ => Ok(1),
     }
-    Ok(1)
 }
 
 /// Endpoint-independent filtering: the first packet from outside to a mapped external port,
@@ -537,12 +747,24 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         proto: key.proto,
         _pad: 0,
     };
-    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(ck) else {
+    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
         return Ok(0);
     };
     // SAFETY: a map value pointer, valid for this program run.
     let claim = unsafe { *claim };
-    if claim.expires < now {
+    let bk = NatBindKey {
+        int_addr: claim.int_addr(),
+        ext_addr: key.dst_addr,
+        int_port: claim.int_port(),
+        proto: key.proto,
+        _pad: 0,
+    };
+    // Checked before anything changes: the mapping must be alive, and this very port's.
+    let Some(binding) = NETFAST_NAT_BIND.get_ptr(&bk) else {
+        return Ok(0);
+    };
+    let b = NatBinding::from_word(load_word(binding.cast::<u64>()));
+    if b.expires < now || b.ext_port != key.dst_port {
         return Ok(0);
     }
     let state = if key.proto == PROTO_TCP {
@@ -553,49 +775,20 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     let t = timeout(cfg, key.proto, state);
     let expires = now + t;
     let until = expires + mapping_slack(t);
-    let bk = NatBindKey {
-        int_addr: claim.int_addr,
-        ext_addr: key.dst_addr,
-        int_port: claim.int_port,
-        proto: key.proto,
-        _pad: 0,
-    };
-    if reuse_mapping(&bk, now, until) != Some(key.dst_port) {
+    if reuse_mapping(&bk, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
         return Ok(0);
     }
-    let pair = conntrack::scratch()?;
-    pair.orig = CtEntry {
+    let orig = CtEntry::opening(
+        CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
+        (0, 0),
+        (claim.int_addr(), claim.int_port()),
+        state,
+        claim.net_id(),
+        now,
         expires,
-        created: now,
-        src_addr: 0,
-        src_port: 0,
-        dst_addr: claim.int_addr,
-        dst_port: claim.int_port,
-        flags: CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
-        tcp_state: state as u8,
-        _pad: 0,
-        net_id: claim.net_id,
-        _pad2: [0; 2],
-        map_expires: until,
-        packets: 1,
-        bytes: u64::from(ctx.len()),
-        fwd: FwdCache::EMPTY,
-    };
-    let reply_key = pair.orig.peer_key(key);
-    pair.reply = CtEntry {
-        src_addr: key.dst_addr,
-        src_port: key.dst_port,
-        dst_addr: 0,
-        dst_port: 0,
-        flags: CT_F_REWRITE_SRC | CT_F_REPLY | CT_F_MASQ_SRC,
-        packets: 0,
-        bytes: 0,
-        ..pair.orig
-    };
-    if let Err(reason) = conntrack::insert_pair(key, &pair.orig, &reply_key, &pair.reply, now).get()
-    {
-        unuse_mapping(&bk, key.dst_port);
-        return Err(reason);
-    }
-    Ok(1)
+        until,
+        ctx.len(),
+    );
+    conntrack::fill_pair(ctx, p, orig, CT_F_FROM_INSIDE)?;
+    opened(ctx, conntrack::insert_pair(key, now, false))
 }

@@ -1,33 +1,45 @@
-//! What a BPF function (one not inlined) returns: a `Result<bool, DropReason>` in one fully
+//! What a BPF function (one not inlined) returns: a `Result<u16, DropReason>` in one fully
 //! defined register. Returned as an enum, its unused bits are undefined and LLVM may fill them
 //! from any register — one that held a pointer, say — and the verifier refuses arithmetic on
 //! pointers, even when the result is never used.
 
 use netfast_common::DropReason;
 
-const ERR: u32 = 0x100;
+/// Set for a drop reason; a value has only its low 17 bits (a port, or `NONE`).
+const ERR: u32 = 1 << 20;
+const VALUE: u32 = 0x1_ffff;
 
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 pub struct Outcome(u32);
 
 impl Outcome {
-    /// From a body that returns `Ok(0)` for false and `Ok(1)` for true: a `u32` payload,
-    /// defined in every variant (a `bool` or `()` payload would leave bytes undefined, the
-    /// very thing this type avoids).
+    /// A value that is none of the 65536 ports: "nothing" for bodies that return one.
+    pub const NONE: u32 = 0x1_0000;
+
+    /// From a body that returns `Ok(0)` for false and `Ok(1)` for true, or a port (or
+    /// [`Outcome::NONE`]): a `u32` payload, defined in every variant (a `bool` or `()` payload
+    /// would leave bytes undefined, the very thing this type avoids).
     #[inline(always)]
     pub fn from(r: Result<u32, DropReason>) -> Outcome {
         match r {
-            Ok(v) => Outcome(v & 1),
+            Ok(v) => Outcome(v & VALUE),
             Err(reason) => Outcome(ERR | reason as u32),
         }
     }
 
+    /// Whether the body returned a value other than 0, or its drop reason.
     #[inline(always)]
     pub fn get(self) -> Result<bool, DropReason> {
+        self.value().map(|v| v != 0)
+    }
+
+    /// The value the body returned, or its drop reason.
+    #[inline(always)]
+    pub fn value(self) -> Result<u32, DropReason> {
         if self.0 & ERR == 0 {
-            return Ok(self.0 != 0);
+            return Ok(self.0);
         }
-        Err(DropReason::from_u32(self.0 & !ERR).unwrap_or(DropReason::Malformed))
+        Err(DropReason::from_u32(self.0 & VALUE).unwrap_or(DropReason::Malformed))
     }
 }

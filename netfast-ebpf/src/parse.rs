@@ -9,7 +9,7 @@ use core::{mem::size_of, ptr};
 use aya_ebpf::programs::TcContext;
 use netfast_common::{
     DropReason,
-    conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Segment, WSCALE_MAX, WSCALE_NONE},
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -30,6 +30,7 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
+const TCP_SYN: u8 = 0x02;
 
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, DropReason> {
@@ -116,6 +117,9 @@ pub struct Ipv4 {
     pub dst: u32,
     pub id: u16,
     pub frag: Frag,
+    /// The IPv4 total length, host byte order: where the packet ends, whatever padding the
+    /// frame carries after it.
+    pub tot_len: u16,
 }
 
 impl Ipv4 {
@@ -125,6 +129,12 @@ impl Ipv4 {
     #[inline(always)]
     pub fn l4(&self) -> usize {
         (self.l4_off & 0x7f) as usize
+    }
+
+    /// Bytes of L4 header and payload the IPv4 header says the packet carries.
+    #[inline(always)]
+    pub fn l4_len(&self) -> u16 {
+        self.tot_len.saturating_sub((self.l4() - ETH_HLEN) as u16)
     }
 }
 
@@ -158,13 +168,15 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
         dst: be32(&h, IP_DST),
         id: be16(&h, 4),
         frag,
+        tot_len: u16::from_be(be16(&h, 2)),
     }))
 }
 
 /// What the L4 header makes of a packet.
 #[derive(Clone, Copy)]
 pub enum L4 {
-    /// TCP, UDP or ICMP echo: ports (ICMP: the identifier, see `CtKey`), network byte order.
+    /// TCP, UDP or ICMP echo: ports (ICMP: the identifier, see `CtKey`), network byte order;
+    /// for TCP its flags.
     Flow {
         sport: u16,
         dport: u16,
@@ -234,6 +246,73 @@ pub fn port_offsets(proto: u8, source: bool) -> (usize, usize) {
         _ => (4, 2),
     }
 }
+
+/// What window tracking reads of the TCP segment of `p`: read when a flow's packet is
+/// tracked, rather than carried in every `Pkt` (it would cost the hooks' stack frames).
+#[inline(always)]
+pub fn segment(ctx: &TcContext, p: &Pkt) -> Result<Segment, DropReason> {
+    let h = header::<20>(ctx, p.ip.l4())?;
+    let doff = u16::from(h[12] >> 4) * 4;
+    if doff < 20 {
+        return Err(DropReason::Malformed);
+    }
+    Ok(Segment {
+        seq: u32::from_be(be32(&h, 4)),
+        ack: u32::from_be(be32(&h, 8)),
+        win: u16::from_be(be16(&h, 14)),
+        len: p.ip.l4_len().saturating_sub(doff),
+        wscale: if p.tcp_flags & TCP_SYN != 0 {
+            syn_wscale(ctx, p.ip.l4(), usize::from(doff))
+        } else {
+            WSCALE_NONE
+        },
+    })
+}
+
+/// The TCP options a SYN may carry (doff 15: 40 bytes after the fixed header).
+const TCP_OPTIONS_MAX: usize = 40;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WINDOW: u8 = 3;
+
+/// The window scale option of a SYN whose header (options included) is `doff` bytes at
+/// `off`: 0..=14, or `WSCALE_NONE` without one (or with options the packet does not hold).
+// Its own BPF function: SYNs are few, and the walk over the options stays out of the
+// callers' stack frames and their verification.
+#[inline(never)]
+fn syn_wscale(ctx: &TcContext, off: usize, doff: usize) -> u8 {
+    // Below 128 (14 + at most 60), said again for the verifier: a BPF function's arguments
+    // come without their caller's bounds.
+    let base = (off & 0x7f) + 20;
+    let n = doff.saturating_sub(20);
+    linearize(ctx, base + TCP_OPTIONS_MAX);
+    // Option by option: a SYN carries a handful (Linux: MSS, SACK, timestamps, NOP, window
+    // scale), so a dozen steps find the option where any stack puts it.
+    let mut i = 0usize;
+    for _ in 0..TCP_OPTION_STEPS {
+        if i >= n || i >= TCP_OPTIONS_MAX {
+            break;
+        }
+        // Kind, length and the first value byte, checked together.
+        let Ok(h) = header::<3>(ctx, base + i) else {
+            break;
+        };
+        match h[0] {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => i += 1,
+            TCPOPT_WINDOW if h[1] == 3 && i + 3 <= n => {
+                return if h[2] > WSCALE_MAX { WSCALE_MAX } else { h[2] };
+            }
+            _ if h[1] < 2 => break,
+            _ => i += usize::from(h[1]),
+        }
+    }
+    WSCALE_NONE
+}
+
+/// Options `syn_wscale` steps over at most before it gives up (and the flow's windows are
+/// judged unscaled).
+const TCP_OPTION_STEPS: usize = 12;
 
 /// What every step needs to know of a packet with ports, gathered once. Passed by reference
 /// to the BPF functions that open flows (a BPF call takes at most five arguments).

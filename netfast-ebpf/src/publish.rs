@@ -1,16 +1,16 @@
 //! Published ports: finding the publication a packet is for, checking its allow-list, and
 //! opening the flow (DNAT from outside; DNAT and masquerade together for hairpin).
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
     config::{DpConfig, NetInfo},
     conntrack::{
-        CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT, CT_F_REPLY,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, FwdCache, PROTO_TCP, PROTO_UDP,
-        TcpFlags, TcpState, tcp_next, timeout,
+        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_TCP, PROTO_UDP, TcpFlags,
+        TcpState, tcp_next, timeout,
     },
-    nat::mapping_slack,
+    nat::{mapping_slack, port_candidate},
     publish::{AllowKey, PubKey, PubTarget},
 };
 
@@ -26,7 +26,9 @@ use crate::{
 /// address of the host when `addr` is one of them.
 #[inline(always)]
 pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    // 127.0.0.0/8 is the host's own: a port published there is reached only through the
+    // socket programs, never by a packet (moby#45610).
+    if (proto != PROTO_TCP && proto != PROTO_UDP) || loopback(addr) {
         return None;
     }
     let exact = PubKey {
@@ -49,6 +51,12 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
     };
     // SAFETY: as above.
     unsafe { NETFAST_PUBLISHED.get(any) }.copied()
+}
+
+/// Whether `addr` (network byte order) is in 127.0.0.0/8.
+#[inline(always)]
+pub fn loopback(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
 }
 
 /// Whether `client` may use the publication `target`.
@@ -94,39 +102,60 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
     let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
     let cfg = &crate::conntrack::config();
 
-    let Some((state, t)) = opening(key, tcp_flags, cfg) else {
-        return Ok(0);
+    // A segment that cannot open a flow may still belong to one that lost its original
+    // entry: it restores it, or goes to the host.
+    let (state, t, repair_only) = match opening(key, tcp_flags, cfg) {
+        Some((state, t)) => (state, t, false),
+        None => (
+            TcpState::Established,
+            timeout(cfg, key.proto, TcpState::Established),
+            true,
+        ),
     };
-    let pair = conntrack::scratch()?;
-    pair.orig = CtEntry {
-        expires: now + t,
-        created: now,
-        src_addr: 0,
-        src_port: 0,
-        dst_addr: target.addr,
-        dst_port: target.port,
-        flags: CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
-        tcp_state: state as u8,
-        _pad: 0,
-        net_id: target.net_id,
-        _pad2: [0; 2],
-        map_expires: 0,
-        packets: 1,
-        bytes: u64::from(ctx.len()),
-        fwd: FwdCache::EMPTY,
-    };
-    pair.reply = CtEntry {
-        src_addr: key.dst_addr,
-        src_port: key.dst_port,
-        dst_addr: 0,
-        dst_port: 0,
-        flags: CT_F_REWRITE_SRC | CT_F_PUBLISHED | CT_F_REPLY,
-        packets: 0,
-        bytes: 0,
-        ..pair.orig
-    };
-    conntrack::insert_pair(key, &pair.orig, &pair.orig.peer_key(key), &pair.reply, now).get()?;
-    Ok(1)
+    let orig = CtEntry::opening(
+        CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
+        (0, 0),
+        (target.addr, target.port),
+        state,
+        target.net_id,
+        now,
+        expires_at(now, t),
+        0,
+        ctx.len(),
+    );
+    let pair = conntrack::fill_pair(ctx, p, orig, CT_F_PUBLISHED | CT_F_FROM_INSIDE)?;
+    let inserted = conntrack::insert_pair(key, now, repair_only);
+    match inserted.value()? {
+        conntrack::ABSENT => return Ok(0),
+        conntrack::CLASH => {}
+        _ => return nat::opened(ctx, inserted),
+    }
+    // The container already talks to this client's address and port through another
+    // publication (8080→ct:80 and 8081→ct:80 from one source port): its replies could not
+    // tell the two apart. As Linux does, the client's source port is translated too.
+    pair.orig.flags |= CT_F_REWRITE_SRC;
+    pair.orig.src_addr = key.src_addr;
+    pair.reply = pair.orig.reply(key, CT_F_PUBLISHED | CT_F_FROM_INSIDE);
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    for attempt in 1..=CLASH_TRIES {
+        let port = port_candidate(attempt, 0, random, cfg.port_min, cfg.port_max);
+        pair.orig.src_port = port.to_be();
+        let inserted = conntrack::insert_pair(key, now, false);
+        if inserted.value()? != conntrack::CLASH {
+            return nat::opened(ctx, inserted);
+        }
+    }
+    Err(DropReason::CtInsertFailed)
+}
+
+/// Source ports tried for a client whose flow clashes with another (see `dnat_new_flow`).
+const CLASH_TRIES: u32 = 8;
+
+/// `now + t`, the expiry of a flow that opens now.
+#[inline(always)]
+fn expires_at(now: u32, t: u32) -> u32 {
+    now + t
 }
 
 /// A container opens a flow to a published port of its own host (RFC 4787 REQ-9): the
@@ -153,51 +182,29 @@ fn try_hairpin_new_flow(
     };
     let expires = now + t;
     let until = expires + mapping_slack(t);
-    let (bk, ext_port) = nat::mapping(ctx, key, net, cfg, now, until)?;
-    let pair = conntrack::scratch()?;
-    pair.orig = CtEntry {
-        expires,
-        created: now,
-        src_addr: net.ext_addr,
-        src_port: ext_port,
-        dst_addr: target.addr,
-        dst_port: target.port,
-        flags: CT_F_REWRITE_SRC
+    let (_, ext_port) = nat::mapping(ctx, key, net, cfg, now, until)?;
+    let orig = CtEntry::opening(
+        CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
             | CT_F_PUBLISHED
             | CT_F_INWARD
-            | CT_F_REDIRECT,
-        tcp_state: state as u8,
-        _pad: 0,
-        net_id: target.net_id,
-        _pad2: [0; 2],
-        map_expires: until,
-        packets: 1,
-        bytes: u64::from(ctx.len()),
-        fwd: FwdCache::EMPTY,
-    };
-    pair.reply = CtEntry {
-        src_addr: key.dst_addr,
-        src_port: key.dst_port,
-        dst_addr: key.src_addr,
-        dst_port: key.src_port,
-        flags: CT_F_REWRITE_SRC
-            | CT_F_REWRITE_DST
-            | CT_F_MASQ_DST
-            | CT_F_PUBLISHED
-            | CT_F_INWARD
             | CT_F_REDIRECT
-            | CT_F_REPLY,
-        packets: 0,
-        bytes: 0,
-        ..pair.orig
-    };
-    if let Err(reason) =
-        conntrack::insert_pair(key, &pair.orig, &pair.orig.peer_key(key), &pair.reply, now).get()
-    {
-        nat::unuse_mapping(&bk, ext_port);
-        return Err(reason);
-    }
-    Ok(1)
+            | CT_F_FROM_INSIDE,
+        (net.ext_addr, ext_port),
+        (target.addr, target.port),
+        state,
+        target.net_id,
+        now,
+        expires,
+        until,
+        ctx.len(),
+    );
+    conntrack::fill_pair(
+        ctx,
+        p,
+        orig,
+        CT_F_PUBLISHED | CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE,
+    )?;
+    nat::opened(ctx, conntrack::insert_pair(key, now, false))
 }

@@ -1,5 +1,6 @@
 //! The uplink's programs: masquerade on the way out, its replies and published ports on the
-//! way in, and what must not cross (container addresses leaking out, direct access in).
+//! way in, and what must not cross (container addresses leaking out, direct access in,
+//! anything for the host's loopback addresses).
 
 use aya_ebpf::programs::TcContext;
 use netfast_common::{
@@ -20,17 +21,27 @@ use crate::{
     publish, stats,
 };
 
+/// Which way a packet crosses the uplink.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Arriving from the outside (the uplink's ingress).
+    In,
+    /// Leaving for the outside (the uplink's egress): a container's, routed by the host, or
+    /// the host's own.
+    Out,
+}
+
 /// What to drop rather than pass untranslated: on the way out, anything from a masqueraded
 /// network (it would leak a container address, `reason`); on the way in, anything straight
 /// to a masqueraded container (direct access, as Docker refuses it).
 #[inline(always)]
 fn forbidden(
     ctx: &TcContext,
-    egress: bool,
+    dir: Direction,
     ip: &Ipv4,
     reason: DropReason,
 ) -> Result<i32, DropReason> {
-    if egress {
+    if dir == Direction::Out {
         if nat::masq_network(ip.src, nat::ifindex(ctx)).is_some() {
             return Err(reason);
         }
@@ -43,12 +54,14 @@ fn forbidden(
 }
 
 #[inline(always)]
-pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
-    if egress {
+pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
+    let out = dir == Direction::Out;
+    if out {
         // SAFETY: a field of the context TC programs may read and write.
         let tc_index = unsafe { (*ctx.skb.skb).tc_index };
         if tc_index & FORWARDED_TC_INDEX != 0 {
-            // Translated and routed by the fast path a moment ago: nothing left to do.
+            // Translated and routed by the fast path a moment ago: nothing left to do. (The
+            // bridge's ingress clears the mark on everything a container sends.)
             unsafe { (*ctx.skb.skb).tc_index = tc_index & !FORWARDED_TC_INDEX };
             stats::count_event(ctx, netfast_common::stats::Event::FastPathEgress);
             return Ok(NEXT);
@@ -58,12 +71,17 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
     let Some(ip) = parse::ipv4(ctx)? else {
         return Ok(NEXT);
     };
+    if !out && publish::loopback(ip.dst) {
+        // The host's loopback addresses are its own: nothing from the network reaches them,
+        // least of all a port published on 127.0.0.1.
+        return Err(DropReason::LoopbackFromNetwork);
+    }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
         if nat::later_fragment(ctx, &ip, false, now)? {
             return Ok(NEXT);
         }
-        return forbidden(ctx, egress, &ip, DropReason::FragmentWithoutFirst);
+        return forbidden(ctx, dir, &ip, DropReason::FragmentWithoutFirst);
     }
     let (sport, dport, tcp_flags) = match parse::l4(ctx, &ip)? {
         L4::Flow {
@@ -72,16 +90,21 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
             tcp_flags,
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
-            if icmp::translate_error(ctx, &ip, now).get()? {
+            if icmp::translate_error(ctx, &ip, now, out).get()? {
                 return Ok(NEXT);
             }
-            return forbidden(ctx, egress, &ip, DropReason::IcmpErrorWithoutFlow);
+            return forbidden(ctx, dir, &ip, DropReason::IcmpErrorWithoutFlow);
         }
-        L4::Other => return forbidden(ctx, egress, &ip, DropReason::UnsupportedProtocol),
+        L4::Other => return forbidden(ctx, dir, &ip, DropReason::UnsupportedProtocol),
     };
-    let key = CtKey::new(ip.src, ip.dst, sport, dport, ip.proto);
+    let p = Pkt {
+        ip,
+        key: CtKey::new(ip.src, ip.dst, sport, dport, ip.proto),
+        tcp_flags,
+        now,
+    };
     let fast_path = conntrack::fast_path();
-    if let Some(entry) = conntrack::lookup(&key, now) {
+    if let Some(entry) = conntrack::lookup(&p.key, now, out) {
         // SAFETY (each access): a live map value pointer from `lookup`, read in place.
         let flags = unsafe { (*entry).flags };
         // Hairpin flows are the bridge's; a tuple of theirs seen here is another packet.
@@ -89,8 +112,8 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
             // Towards a container, the fast path takes it from here.
             let mut r = Route::NONE;
             let mut fast = false;
-            if !egress && fast_path && flags & CT_F_INWARD != 0 {
-                let t = unsafe { (*entry).translated(&key) };
+            if !out && fast_path && flags & CT_F_INWARD != 0 {
+                let t = unsafe { (*entry).translated(&p.key) };
                 let hop = Hop {
                     src: t.src_addr,
                     dst: t.dst_addr,
@@ -102,10 +125,10 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
                     forward::fallback(ctx);
                 }
             }
-            conntrack::track(&key, entry, ctx.len(), tcp_flags, now);
+            conntrack::track(ctx, &p, entry).get()?;
             let e = unsafe { &*entry };
             if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
-                nat::apply(ctx, &ip, &key, e, now).get()?;
+                nat::apply(ctx, &ip, &p.key, e, now).get()?;
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
             }
             return if fast {
@@ -115,13 +138,7 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
             };
         }
     }
-    let p = Pkt {
-        ip,
-        key,
-        tcp_flags,
-        now,
-    };
-    if egress {
+    if out {
         if let Some(net) = nat::masq_network(ip.src, nat::ifindex(ctx)) {
             nat::snat_new_flow(ctx, &p, &net).get()?;
             nat::apply_opened(ctx, &p)?;
@@ -153,5 +170,5 @@ pub fn try_uplink(ctx: &TcContext, egress: bool) -> Result<i32, DropReason> {
         nat::apply_opened(ctx, &p)?;
         return Ok(NEXT);
     }
-    forbidden(ctx, egress, &ip, DropReason::DirectAccess)
+    forbidden(ctx, dir, &ip, DropReason::DirectAccess)
 }

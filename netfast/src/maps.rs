@@ -10,8 +10,8 @@ use aya::{
 use netfast_common::{
     config::{DpConfig, NetInfo},
     conntrack::{
-        CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY, CT_F_SEEN_REPLY, CtEntry, CtKey,
-        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState,
+        CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REPLY, CT_F_SEEN_REPLY, CtEntry, CtKey, PROTO_ICMP,
+        PROTO_TCP, PROTO_UDP, TcpState,
     },
     maps,
     nat::{self, FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
@@ -73,6 +73,7 @@ pub fn read_config(ebpf: &Ebpf) -> Result<DpConfig> {
 
 /// Makes `subnet/prefix` a network of the dataplane.
 pub fn set_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8, info: &NetInfo) -> Result<()> {
+    set_net_bridge(ebpf, info.id, info.bridge_ifindex)?;
     let mut trie: LpmTrie<&mut MapData, u32, NetInfo> =
         LpmTrie::try_from(map_mut(ebpf, maps::NETWORKS)?)
             .map_err(|e| Error::map(maps::NETWORKS, e))?;
@@ -80,14 +81,28 @@ pub fn set_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8, info: &NetInfo
         .map_err(|e| Error::map(maps::NETWORKS, e))
 }
 
+fn set_net_bridge(ebpf: &mut Ebpf, id: u16, ifindex: u32) -> Result<()> {
+    let mut array: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps::NET_BRIDGES)?)
+        .map_err(|e| Error::map(maps::NET_BRIDGES, e))?;
+    array
+        .set(u32::from(id), ifindex, 0)
+        .map_err(|e| Error::map(maps::NET_BRIDGES, e))
+}
+
 pub fn remove_network(ebpf: &mut Ebpf, subnet: Ipv4Addr, prefix: u8) -> Result<()> {
+    let key = Key::new(u32::from(prefix), raw_addr(subnet));
     let mut trie: LpmTrie<&mut MapData, u32, NetInfo> =
         LpmTrie::try_from(map_mut(ebpf, maps::NETWORKS)?)
             .map_err(|e| Error::map(maps::NETWORKS, e))?;
-    match trie.remove(&Key::new(u32::from(prefix), raw_addr(subnet))) {
-        Ok(()) => Ok(()),
-        Err(ref e) if absent(e) => Ok(()),
-        Err(e) => Err(Error::map(maps::NETWORKS, e)),
+    let id = trie.get(&key, 0).ok().map(|info| info.id);
+    match trie.remove(&key) {
+        Ok(()) => {}
+        Err(ref e) if absent(e) => {}
+        Err(e) => return Err(Error::map(maps::NETWORKS, e)),
+    }
+    match id {
+        Some(id) => set_net_bridge(ebpf, id, 0),
+        None => Ok(()),
     }
 }
 
@@ -352,9 +367,9 @@ pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) 
         .map(|(k, _)| k)
         .collect();
     let mut keys = Vec::new();
-    // Per mapping of a deleted flow: how many of its open TCP flows went (the datapath counts
-    // them in the binding, and shrinks the mapping's life when the last one closes).
-    let mut mappings: HashMap<(NatBindKey, NatClaimKey), u16> = HashMap::new();
+    // The mappings of the deleted flows.
+    let mut mappings: std::collections::HashSet<(NatBindKey, NatClaimKey)> =
+        std::collections::HashSet::new();
     for key in &doomed {
         let Some(entry) = all.remove(key) else {
             continue;
@@ -369,8 +384,7 @@ pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) 
             .chain(reply.as_ref().map(|r| (&peer, r)))
             .find(|(_, e)| e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0);
         if let Some((k, e)) = masq {
-            let open = key.proto == PROTO_TCP && e.flags & CT_F_RELEASED == 0;
-            *mappings.entry(nat::mapping_keys(k, e)).or_default() += u16::from(open);
+            mappings.insert(nat::mapping_keys(k, e));
         }
     }
     remove_conntrack(ebpf, &keys)?;
@@ -383,28 +397,26 @@ pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) 
     let bindings: HashMap<NatBindKey, NatBinding> = nat_bindings(ebpf)?.into_iter().collect();
     let claims: HashMap<NatClaimKey, NatClaim> = nat_claims(ebpf)?.into_iter().collect();
     let mut freed = 0;
-    for ((bind, claim), open) in &mappings {
+    for (bind, claim) in &mappings {
         // Only the mapping these flows used: the binding still leads to this claim, and the
         // claim still belongs to this internal endpoint.
-        let Some(b) = bindings.get(bind).filter(|b| b.ext_port == claim.ext_port) else {
+        if bindings
+            .get(bind)
+            .is_none_or(|b| b.ext_port != claim.ext_port)
+        {
             continue;
-        };
-        if !claims
+        }
+        if claims
             .get(claim)
-            .is_some_and(|c| c.int_addr == bind.int_addr && c.int_port == bind.int_port)
+            .is_none_or(|c| !c.owned_by(bind.int_addr, bind.int_port))
         {
             continue;
         }
         if in_use.contains(&(*bind, *claim)) {
-            if *open > 0 {
-                // Not atomic with the datapath: a race leaves the count too high, which only
-                // keeps the mapping until its own expiry (as in the datapath).
-                let b = NatBinding {
-                    flows: b.flows.saturating_sub(*open),
-                    ..*b
-                };
-                insert_key(ebpf, maps::NAT_BINDINGS, bind, &b)?;
-            }
+            // Its count of open TCP flows stays as it is: lowered from here, it could lose an
+            // increment the datapath makes at the same moment, and a count below the truth
+            // would let the mapping expire under a live flow. Too high, it only keeps the
+            // mapping to its own expiry.
             continue;
         }
         remove_key::<NatBindKey, NatBinding>(ebpf, maps::NAT_BINDINGS, bind)?;
@@ -415,17 +427,6 @@ pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) 
         flows: doomed.len(),
         mappings: freed,
     })
-}
-
-fn insert_key<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    key: &K,
-    value: &V,
-) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, K, V> =
-        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
-    hm.insert(key, value, 0).map_err(|e| Error::map(name, e))
 }
 
 fn remove_key<K: aya::Pod, V: aya::Pod>(

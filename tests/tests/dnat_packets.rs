@@ -77,7 +77,8 @@ fn publish(
 fn loaded() -> ProgTest {
     let mut t = ProgTest::load_with(&DpConfig::default())
         .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, 0);
+    // Its bridge is the test device: the bridge's program runs there in these tests.
+    network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, TEST_IFINDEX);
     maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addrs");
     publish(&mut t, None, 8080, PROTO_TCP, C1, 0);
     publish(&mut t, Some(EXT), 5000, PROTO_UDP, (C2.0, 5000), 0);
@@ -426,6 +427,7 @@ fn hairpin_reaches_the_published_container_with_the_source_translated() {
     require_root();
     let br = bridge();
     let mut t = loaded();
+    network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, br.ifindex);
     let _in = NetnsGuard::enter(br.ns.name()).expect("enter");
     let on_bridge = |t: &mut ProgTest, frame: &[u8]| {
         t.run_on(Hook::BridgeIngress, frame, br.ifindex)

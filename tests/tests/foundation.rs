@@ -1,7 +1,11 @@
 //! The programs attached in a namespace topology see real traffic: `ping` from a container to
 //! the outside passes through all four hooks, and the per-CPU counters show it.
 
-use netfast::{Dataplane, InterfaceRole, common::Hook, netns::NetnsGuard};
+use netfast::{
+    Dataplane, InterfaceRole,
+    common::{Hook, config::NetInfo},
+    netns::NetnsGuard,
+};
 use netfast_tests::{
     Topology, require_root,
     topology::{BRIDGE, OUTSIDE_ADDR, UPLINK},
@@ -18,6 +22,24 @@ fn ping_through_attached_programs_is_counted_on_every_hook() {
             .expect("attach to the bridge");
         dp.attach(UPLINK, InterfaceRole::Uplink)
             .expect("attach to the uplink");
+        // The containers' subnet, routed (no translation): the bridge's program drops a
+        // container's packet whose source is no network of that bridge.
+        let ifindex = |dev: &str| -> u32 {
+            topo.host
+                .exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+                .trim()
+                .parse()
+                .expect("an ifindex")
+        };
+        let routed = NetInfo {
+            id: 1,
+            flags: 0,
+            uplink_ifindex: ifindex(UPLINK),
+            bridge_ifindex: ifindex(BRIDGE),
+            ext_addr: 0,
+        };
+        dp.set_network(std::net::Ipv4Addr::new(172, 18, 0, 0), 24, &routed)
+            .expect("network");
         dp
     };
     let before = dataplane.stats().expect("stats");

@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 
 use netfast::{
-    common::{Hook, verdict},
+    common::{Hook, config::NetInfo, verdict},
+    maps,
     prog_test::{
         ProgTest,
         fixture::{Case, run_cases},
@@ -17,6 +18,21 @@ use netfast_tests::require_root;
 
 const CONTAINER: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
 const SERVER: Endpoint = (Ipv4Addr::new(198, 51, 100, 2), 80);
+
+/// 172.18.0.0/24 as a routed network (no masquerade) whose bridge is the test device: the
+/// host every program then passes through. (A container's packets must come from a network
+/// of the bridge they arrive on: with none, the bridge's program drops them as forged.)
+fn routed_network(t: &mut ProgTest) -> Result<(), String> {
+    let info = NetInfo {
+        id: 1,
+        flags: 0,
+        uplink_ifindex: 1,
+        bridge_ifindex: 1,
+        ext_addr: 0,
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info)
+        .map_err(|e| e.to_string())
+}
 
 /// Frames of every kind the pass-through must leave alone.
 fn frames(macs: packet::Macs, from: Endpoint, to: Endpoint) -> Vec<(&'static str, Vec<u8>)> {
@@ -59,8 +75,9 @@ fn pass_through_programs_leave_every_frame_alone_and_count_it() {
         for (kind, frame) in frames(macs, from, to) {
             let len = frame.len() as u64;
             cases.push(
-                Case::new(format!("{kind} through {}", hook.name()), hook, frame).check(
-                    move |t: &ProgTest, _| {
+                Case::new(format!("{kind} through {}", hook.name()), hook, frame)
+                    .setup(routed_network)
+                    .check(move |t: &ProgTest, _| {
                         let stats = t.stats().map_err(|e| e.to_string())?;
                         let seen = stats.hook(hook);
                         if seen.packets != 1 || seen.bytes != len {
@@ -78,8 +95,7 @@ fn pass_through_programs_leave_every_frame_alone_and_count_it() {
                             return Err(format!("other hooks counted {others} packets"));
                         }
                         Ok(())
-                    },
-                ),
+                    }),
             );
         }
     }
@@ -92,10 +108,14 @@ fn the_harness_catches_a_wrong_verdict_and_a_changed_frame() {
     // The harness itself must fail when a program misbehaves: expect what the pass-through
     // does not do and check that the run is reported as failed.
     let frame = packet::udp(FROM_CONTAINER, CONTAINER, SERVER, b"x");
-    let wrong_verdict = Case::new("expects a drop", Hook::BridgeIngress, frame.clone()).dropped();
+    let wrong_verdict = Case::new("expects a drop", Hook::BridgeIngress, frame.clone())
+        .setup(routed_network)
+        .dropped();
     let mut other = frame.clone();
     other[30] ^= 1;
-    let wrong_frame = Case::new("expects another frame", Hook::BridgeIngress, frame).output(other);
+    let wrong_frame = Case::new("expects another frame", Hook::BridgeIngress, frame)
+        .setup(routed_network)
+        .output(other);
     for case in [wrong_verdict, wrong_frame] {
         let failed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cases(vec![case])));

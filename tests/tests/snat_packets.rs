@@ -481,7 +481,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
     for c in [C1, C2, C3] {
         let claim = claims
             .iter()
-            .find(|(_, v)| maps::addr_of(v.int_addr) == c.0)
+            .find(|(_, v)| maps::addr_of(v.int_addr()) == c.0)
             .expect("claim");
         let port = u16::from_be(claim.0.ext_port);
         let back = run(

@@ -1,0 +1,532 @@
+//! What adversarial and unlucky packets must never do (issue #13), packet by packet: the real
+//! programs through BPF_PROG_TEST_RUN. Each test shows a hole the datapath had: a port
+//! published on 127.0.0.1 reached from the network, an expired flow revived onto another
+//! container's mapping, a blind RST ending a connection, a container forging a remote's
+//! address into another container's flow, two publications of one container port clashing,
+//! a flow that lost an entry dropped for the rest of its life, an ICMP error's checksum
+//! corrupted by a frame's padding.
+
+use std::net::Ipv4Addr;
+
+use netfast::{
+    common::{
+        DropReason, Hook,
+        config::{DpConfig, Endpoint as EndpointInfo, NET_F_MASQUERADE, NetInfo},
+        conntrack::{CtKey, PROTO_TCP, PROTO_UDP},
+        publish::{PubKey, PubTarget},
+        stats::Event,
+        verdict,
+    },
+    maps,
+    prog_test::{
+        ProgTest, Run,
+        fixture::assert_run,
+        packet::{self, Endpoint, FROM_CONTAINER, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode},
+    },
+};
+use netfast_tests::require_root;
+
+/// The programs run on the loopback device of the test's namespace (ifindex 1), which
+/// stands for both the bridge and the uplink here.
+const DEV: u32 = 1;
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
+const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
+const WEB: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 80);
+const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 80);
+const CLIENT: Endpoint = (Ipv4Addr::new(192, 0, 2, 50), 55555);
+
+const fn ext(port: u16) -> Endpoint {
+    (EXT, port)
+}
+
+/// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device.
+fn loaded(cfg: DpConfig) -> ProgTest {
+    let mut t = ProgTest::load_with(&cfg)
+        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    let info = NetInfo {
+        id: 1,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex: DEV,
+        bridge_ifindex: DEV,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
+    t
+}
+
+fn publish(t: &mut ProgTest, addr: Option<Ipv4Addr>, port: u16, proto: u8, to: Endpoint) {
+    let key = PubKey {
+        addr: addr.map_or(0, maps::raw_addr),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
+    };
+    let target = PubTarget {
+        addr: maps::raw_addr(to.0),
+        port: to.1.to_be(),
+        net_id: 1,
+        rule: 0,
+    };
+    maps::publish(t.ebpf_mut(), &key, &target).expect("publish");
+}
+
+fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
+    t.run_on(hook, frame, DEV)
+        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+fn dropped(t: &ProgTest, reason: DropReason) -> u64 {
+    t.stats().expect("stats").dropped(reason).packets
+}
+
+fn event(t: &ProgTest, e: Event) -> u64 {
+    t.stats().expect("stats").event(e).packets
+}
+
+fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) -> Vec<u8> {
+    packet::tcp(TO_OUTSIDE, from, to, flags, seq, ack, b"")
+}
+
+fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) -> Vec<u8> {
+    packet::tcp(FROM_OUTSIDE, from, to, flags, seq, ack, b"")
+}
+
+fn rst_ack() -> TcpFlags {
+    TcpFlags {
+        ack: true,
+        ..TcpFlags::RST
+    }
+}
+
+/// The state of the live flow whose original source is `src`.
+fn state_of(t: &ProgTest, src: Endpoint) -> Option<&'static str> {
+    maps::flows(t.ebpf(), t.now().expect("now"))
+        .expect("flows")
+        .into_iter()
+        .find(|f| (f.original.src, f.original.sport) == src)
+        .and_then(|f| f.state)
+}
+
+#[test]
+fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    publish(
+        &mut t,
+        Some(Ipv4Addr::LOCALHOST),
+        5432,
+        PROTO_TCP,
+        (WEB.0, 5432),
+    );
+    // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
+    let syn = tcp_in(CLIENT, (Ipv4Addr::LOCALHOST, 5432), TcpFlags::SYN, 1, 0);
+    let r = run(&mut t, Hook::UplinkIngress, &syn);
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "a packet for 127.0.0.1 from outside"
+    );
+    assert_eq!(dropped(&t, DropReason::LoopbackFromNetwork), 1);
+    // Nor from a container, through the bridge (only the host's sockets reach it).
+    let from_ct = packet::tcp(
+        FROM_CONTAINER,
+        C2,
+        (Ipv4Addr::LOCALHOST, 5432),
+        TcpFlags::SYN,
+        1,
+        0,
+        b"",
+    );
+    let r = run(&mut t, Hook::BridgeIngress, &from_ct);
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "a container's packet for 127.0.0.1"
+    );
+    assert_eq!(dropped(&t, DropReason::ToHostLoopback), 1);
+    assert!(
+        maps::conntrack_entries(t.ebpf())
+            .expect("entries")
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_expired_flow_is_not_revived_onto_the_mapping_another_container_took_over() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let hello = |from| packet::udp(TO_OUTSIDE, from, SERVER, b"hello");
+    let r = run(&mut t, Hook::UplinkEgress, &hello(C1));
+    assert_run(
+        "C1 leaves as EXT:40000",
+        &r,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"hello"),
+    );
+    // C1's flow and mapping expire; C2, from the same port to the same server, takes the
+    // external port over.
+    t.advance_clock(DpConfig::DEFAULT_UDP * 2).expect("advance");
+    let r = run(&mut t, Hook::UplinkEgress, &hello(C2));
+    assert_run(
+        "C2 takes EXT:40000",
+        &r,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"hello"),
+    );
+    // C1 speaks again: its dead entry points at a reply entry that is C2's now. It must not
+    // come back to life on C2's external endpoint: it gets a mapping of its own.
+    let r = run(&mut t, Hook::UplinkEgress, &hello(C1));
+    assert_eq!(r.verdict, verdict::NEXT);
+    let out = decode(&r.frame).expect("a valid frame");
+    let packet::L4::Udp { src_port, .. } = out.l4 else {
+        panic!("not UDP: {out:?}");
+    };
+    assert_eq!(out.src, EXT);
+    assert_ne!(src_port, 40000, "C1 shares C2's external endpoint");
+    // And the server's answer to EXT:40000 is C2's.
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"hi"),
+    );
+    assert_run(
+        "EXT:40000 is C2's",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, SERVER, C2, b"hi"),
+    );
+}
+
+/// An established masqueraded connection C1 → SERVER: the client's sequence starts at
+/// 1000, the server's at 5000, and the server has sent 100 bytes.
+fn established(t: &mut ProgTest) {
+    run(
+        t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+    );
+    run(
+        t,
+        Hook::UplinkIngress,
+        &tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, 5000, 1001),
+    );
+    run(
+        t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::ACK, 1001, 5001),
+    );
+    let data = packet::tcp(
+        FROM_OUTSIDE,
+        SERVER,
+        ext(40000),
+        TcpFlags::PSH_ACK,
+        5001,
+        1001,
+        &[7; 100],
+    );
+    run(t, Hook::UplinkIngress, &data);
+    assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
+}
+
+#[test]
+fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    established(&mut t);
+    for seq in [
+        123_456_789u32,
+        5101 + 10_000_000,
+        5101u32.wrapping_sub(200_000),
+    ] {
+        let r = run(
+            &mut t,
+            Hook::UplinkIngress,
+            &tcp_in(SERVER, ext(40000), TcpFlags::RST, seq, 0),
+        );
+        assert_eq!(r.verdict, verdict::SHOT, "a RST with sequence {seq}");
+    }
+    assert_eq!(dropped(&t, DropReason::TcpRstOutOfWindow), 3);
+    assert_eq!(
+        state_of(&t, C1),
+        Some("ESTABLISHED"),
+        "a blind RST ended the flow"
+    );
+    // The server's own RST carries the sequence it has reached.
+    let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, 5101, 0);
+    let r = run(&mut t, Hook::UplinkIngress, &rst);
+    assert_run(
+        "the server's RST",
+        &r,
+        verdict::NEXT,
+        &tcp_in(SERVER, C1, TcpFlags::RST, 5101, 0),
+    );
+    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+}
+
+#[test]
+fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+    );
+    // A forged refusal that does not acknowledge the SYN is not believed.
+    let forged = tcp_in(SERVER, ext(40000), rst_ack(), 0, 777);
+    assert_eq!(
+        run(&mut t, Hook::UplinkIngress, &forged).verdict,
+        verdict::SHOT
+    );
+    assert_eq!(state_of(&t, C1), Some("SYN_SENT"));
+    let refused = tcp_in(SERVER, ext(40000), rst_ack(), 0, 1001);
+    let r = run(&mut t, Hook::UplinkIngress, &refused);
+    assert_run(
+        "connection refused",
+        &r,
+        verdict::NEXT,
+        &tcp_in(SERVER, C1, rst_ack(), 0, 1001),
+    );
+    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+}
+
+#[test]
+fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    // C1 talks to SERVER through EXT:40000, and the fast path knows C1's veth.
+    let ep = EndpointInfo {
+        ifindex: DEV,
+        mac: packet::CONTAINER_MAC,
+        gw_mac: packet::BRIDGE_MAC,
+    };
+    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
+    );
+    // C2 forges SERVER's answer to C1's mapping from inside: once, it was fast-pathed
+    // straight into C1 (redirect_peer), past the host's reverse-path filter.
+    let forged = packet::udp(FROM_CONTAINER, SERVER, ext(40000), b"forged");
+    let r = run(&mut t, Hook::BridgeIngress, &forged);
+    assert_eq!(r.verdict, verdict::SHOT, "a forged source from a container");
+    assert_eq!(dropped(&t, DropReason::SpoofedSource), 1);
+    // A container of another network, forging C1's own address, is dropped as well.
+    let other = NetInfo {
+        id: 2,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex: DEV,
+        bridge_ifindex: 77,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 19, 0, 0), 24, &other).expect("network");
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(
+            FROM_CONTAINER,
+            (Ipv4Addr::new(172, 19, 0, 2), 1),
+            SERVER,
+            b"x",
+        ),
+    );
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "an address of another bridge's network"
+    );
+    assert_eq!(dropped(&t, DropReason::SpoofedSource), 2);
+    // From outside, a packet carrying C1's own tuple is not C1's flow either: the uplink's
+    // ingress uses only entries for packets that arrive there.
+    let inside_out = packet::udp(FROM_OUTSIDE, C1, SERVER, b"reflect");
+    let r = run(&mut t, Hook::UplinkIngress, &inside_out);
+    assert_run("C1's tuple from outside", &r, verdict::NEXT, &inside_out);
+    // The genuine answer, from outside, still reaches C1.
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"a"),
+    );
+    assert_eq!(decode(&r.frame).expect("frame").dst, C1.0);
+}
+
+#[test]
+fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    publish(&mut t, None, 8080, PROTO_TCP, WEB);
+    publish(&mut t, None, 8081, PROTO_TCP, WEB);
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 1, 0),
+    );
+    assert_run(
+        "8080",
+        &r,
+        verdict::NEXT,
+        &tcp_in(CLIENT, WEB, TcpFlags::SYN, 1, 0),
+    );
+    // The same client port to 8081: WEB's replies to CLIENT:55555 would be ambiguous, so
+    // the client's source port is translated as well (as Linux does).
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8081), TcpFlags::SYN, 1, 0),
+    );
+    assert_eq!(r.verdict, verdict::NEXT, "the second flow was dropped");
+    let seen = decode(&r.frame).expect("frame");
+    let packet::L4::Tcp {
+        src_port, dst_port, ..
+    } = seen.l4
+    else {
+        panic!("not TCP: {seen:?}");
+    };
+    assert_eq!((seen.src, seen.dst, dst_port), (CLIENT.0, WEB.0, 80));
+    assert_ne!(src_port, CLIENT.1);
+    // Each flow's replies go back through its own published port.
+    for (port, client_port) in [(8080, CLIENT.1), (8081, src_port)] {
+        let reply = packet::tcp(
+            TO_OUTSIDE,
+            WEB,
+            (CLIENT.0, client_port),
+            TcpFlags::SYN_ACK,
+            9,
+            2,
+            b"",
+        );
+        let r = run(&mut t, Hook::UplinkEgress, &reply);
+        assert_run(
+            &format!("the reply through {port}"),
+            &r,
+            verdict::NEXT,
+            &tcp_out(ext(port), CLIENT, TcpFlags::SYN_ACK, 9, 2),
+        );
+    }
+}
+
+#[test]
+fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    established(&mut t);
+    // The LRU evicts the original entry of C1's flow (a flood, say).
+    let orig = CtKey::new(
+        maps::raw_addr(C1.0),
+        maps::raw_addr(SERVER.0),
+        C1.1.to_be(),
+        SERVER.1.to_be(),
+        PROTO_TCP,
+    );
+    maps::remove_conntrack(t.ebpf_mut(), &[orig]).expect("evict");
+    let data = packet::tcp(
+        TO_OUTSIDE,
+        C1,
+        SERVER,
+        TcpFlags::PSH_ACK,
+        1001,
+        5101,
+        b"more",
+    );
+    let r = run(&mut t, Hook::UplinkEgress, &data);
+    assert_run(
+        "C1's next segment",
+        &r,
+        verdict::NEXT,
+        &packet::tcp(
+            TO_OUTSIDE,
+            ext(40000),
+            SERVER,
+            TcpFlags::PSH_ACK,
+            1001,
+            5101,
+            b"more",
+        ),
+    );
+    assert_eq!(event(&t, Event::CtRepaired), 1);
+    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+    assert_eq!(dropped(&t, DropReason::CtInsertFailed), 0);
+    // A published flow's client side, restored by a segment that is not a SYN.
+    publish(&mut t, None, 8080, PROTO_TCP, WEB);
+    run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 1, 0),
+    );
+    let client = CtKey::new(
+        maps::raw_addr(CLIENT.0),
+        maps::raw_addr(EXT),
+        CLIENT.1.to_be(),
+        8080u16.to_be(),
+        PROTO_TCP,
+    );
+    maps::remove_conntrack(t.ebpf_mut(), &[client]).expect("evict");
+    let ack = tcp_in(CLIENT, ext(8080), TcpFlags::ACK, 2, 10);
+    let r = run(&mut t, Hook::UplinkIngress, &ack);
+    assert_run(
+        "the client's ACK",
+        &r,
+        verdict::NEXT,
+        &tcp_in(CLIENT, WEB, TcpFlags::ACK, 2, 10),
+    );
+    assert_eq!(event(&t, Event::CtRepaired), 2);
+}
+
+#[test]
+fn an_icmp_error_in_a_padded_frame_keeps_a_valid_checksum() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+    );
+    // A router's time-exceeded about the SYN as it left, quoting its IP header and only the
+    // first 8 bytes of TCP (RFC 792), in a frame with 16 bytes of padding after the packet.
+    let sent = tcp_out(ext(40000), SERVER, TcpFlags::SYN, 1000, 0);
+    let quoted = &packet::ip_packet(&sent)[..28];
+    let router = Ipv4Addr::new(198, 51, 100, 254);
+    let mut frame = packet::icmp_error(FROM_OUTSIDE, router, EXT, 11, 0, [0; 4], quoted);
+    let ip_len = frame.len();
+    frame.extend_from_slice(&[0xee; 16]);
+    let r = run(&mut t, Hook::UplinkIngress, &frame);
+    assert_eq!(r.verdict, verdict::NEXT);
+    assert_eq!(&r.frame[ip_len..], &[0xee; 16], "the padding was rewritten");
+    let out = decode(&r.frame[..ip_len]).expect("a valid ICMP checksum");
+    assert_eq!(out.dst, C1.0);
+    let quoted = packet::decode_quoted(&r.frame[..ip_len]).expect("the quoted packet");
+    assert_eq!((quoted.src, quoted.sport), C1);
+}
+
+#[test]
+fn a_udp_flow_is_tracked_both_ways_after_all_this() {
+    // Sanity: nothing above broke the plain case.
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"ping"),
+    );
+    assert_run(
+        "out",
+        &r,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"ping"),
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"pong"),
+    );
+    assert_run(
+        "back",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, SERVER, C1, b"pong"),
+    );
+    let _ = PROTO_UDP;
+}
