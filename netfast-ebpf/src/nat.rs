@@ -401,19 +401,27 @@ fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, Dro
 }
 
 /// Whether the host itself uses `(ext_addr, port)` towards `remote`: a TCP connection with
-/// exactly that tuple, or a UDP socket bound to the port. Masquerade must not take such a
-/// port, or the remote would see two conversations as one (iptables avoids it because host
-/// flows share its conntrack table; here the kernel's socket tables are asked instead).
-// Its own BPF function: the socket tuple takes stack, and this runs for new mappings only.
+/// exactly that tuple (with `listeners`, a listening socket on the port too), or a UDP
+/// socket bound to the port. Masquerade must not take such a port, or the remote would see
+/// two conversations as one (iptables avoids it because host flows share its conntrack
+/// table; here the kernel's socket tables are asked instead); nor may an inbound packet
+/// for such a socket be taken for a container's mapping.
+// Its own BPF function: the socket tuple takes stack, and this runs for new flows only.
 #[inline(never)]
-fn host_uses(ctx: &TcContext, proto: u8, remote: &(u32, u16), ext_addr: u32, port: u16) -> bool {
+fn host_uses(
+    ctx: &TcContext,
+    proto: u8,
+    remote: &(u32, u16),
+    local: &(u32, u16),
+    listeners: bool,
+) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
                 saddr: remote.0,
-                daddr: ext_addr,
+                daddr: local.0,
                 sport: remote.1,
-                dport: port,
+                dport: local.1,
             },
         },
     };
@@ -432,7 +440,7 @@ fn host_uses(ctx: &TcContext, proto: u8, remote: &(u32, u16), ext_addr: u32, por
     }
     // A listening socket only matched for lack of a connection: the tuple itself is free.
     // SAFETY: a non-null socket from the lookup, released below on every path.
-    let used = proto == PROTO_UDP || unsafe { (*sk).state } != TCP_LISTEN;
+    let used = proto == PROTO_UDP || listeners || unsafe { (*sk).state } != TCP_LISTEN;
     // SAFETY: the socket the lookup returned.
     unsafe { bpf_sk_release(sk.cast()) };
     used
@@ -522,8 +530,8 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
         &ctx,
         s.bk.proto,
         &(s.remote_addr, s.remote_port),
-        s.bk.ext_addr,
-        port,
+        &(s.bk.ext_addr, port),
+        false,
     ) || crate::publish::published(s.bk.ext_addr, port, s.bk.proto).is_some()
     {
         return 0;
@@ -702,10 +710,63 @@ fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, Dro
         until,
         ctx.len(),
     );
-    conntrack::fill_pair(ctx, p, orig, CT_F_INWARD)?;
+    // The replies of a container's flow go to the container; those of a host flow (see
+    // `host_new_flow`) to the host.
+    let reply_flags = if net.id == HOST_FLOWS { 0 } else { CT_F_INWARD };
+    conntrack::fill_pair(ctx, p, orig, reply_flags)?;
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
     opened(ctx, conntrack::insert_pair(key, now, false))
+}
+
+/// The network id of the host's own flows (no network has it: ids start at 1).
+const HOST_FLOWS: u16 = 0;
+
+/// Whether a container's live mapping holds the source (address, port) of the host's own
+/// packet `key`: then the host's flow must leave from another port, or the remote would see
+/// two conversations as one and its answers would reach the container (Linux conntrack
+/// remaps the host's clashing flows for the same reason).
+#[inline(always)]
+pub fn held_by_a_container(key: &CtKey, now: u32) -> bool {
+    let ck = NatClaimKey {
+        ext_addr: key.src_addr,
+        ext_port: key.src_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let claim = unsafe { *claim };
+    if claim.net_id() == HOST_FLOWS {
+        return false;
+    }
+    let bk = NatBindKey {
+        int_addr: claim.int_addr(),
+        ext_addr: key.src_addr,
+        int_port: claim.int_port(),
+        proto: key.proto,
+        _pad: 0,
+    };
+    NETFAST_NAT_BIND.get_ptr(&bk).is_some_and(|b| {
+        let b = NatBinding::from_word(load_word(b.cast::<u64>()));
+        b.expires >= now && b.ext_port == key.src_port
+    })
+}
+
+/// The host's own flow whose source port a container's mapping holds: it is masqueraded
+/// behind its own address, from a port of the configured range that nobody holds.
+#[inline(never)]
+pub fn host_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
+    let host = NetInfo {
+        id: HOST_FLOWS,
+        flags: 0,
+        uplink_ifindex: ifindex(ctx),
+        bridge_ifindex: 0,
+        ext_addr: p.key.src_addr,
+    };
+    Outcome::from(try_snat_new_flow(ctx, p, &host))
 }
 
 /// What an opener returns once `insert_pair` has answered: 1 when the scratch pair's
@@ -765,6 +826,17 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     };
     let b = NatBinding::from_word(load_word(binding.cast::<u64>()));
     if b.expires < now || b.ext_port != key.dst_port {
+        return Ok(0);
+    }
+    // A packet for one of the host's own sockets (a service listening on the port, say) is
+    // the host's, whatever mapping shares the port.
+    if host_uses(
+        ctx,
+        key.proto,
+        &(key.src_addr, key.src_port),
+        &(key.dst_addr, key.dst_port),
+        true,
+    ) {
         return Ok(0);
     }
     let state = if key.proto == PROTO_TCP {

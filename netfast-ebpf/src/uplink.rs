@@ -142,6 +142,11 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         if let Some(net) = nat::masq_network(ip.src, nat::ifindex(ctx)) {
             nat::snat_new_flow(ctx, &p, &net).get()?;
             nat::apply_opened(ctx, &p)?;
+        } else if nat::held_by_a_container(&p.key, now) {
+            // The host's own packet, from a port a container's mapping holds.
+            nat::host_new_flow(ctx, &p).get()?;
+            nat::apply_opened(ctx, &p)?;
+            stats::count_event(ctx, netfast_common::stats::Event::HostFlowRemapped);
         }
         return Ok(NEXT);
     }

@@ -530,3 +530,79 @@ fn a_udp_flow_is_tracked_both_ways_after_all_this() {
     );
     let _ = PROTO_UDP;
 }
+
+#[test]
+fn the_hosts_own_flow_never_shares_a_containers_external_endpoint() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    // C1 holds EXT:40000 towards a DNS server.
+    let dns: Endpoint = (Ipv4Addr::new(203, 0, 113, 53), 53);
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, dns, b"q1"),
+    );
+    assert_run(
+        "C1's query",
+        &r,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q1"),
+    );
+    // Then the host binds EXT:40000 itself and asks the same server: its query must not
+    // leave as EXT:40000, or the answer would go to C1.
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q2"),
+    );
+    assert_eq!(r.verdict, verdict::NEXT);
+    let out = decode(&r.frame).expect("frame");
+    let packet::L4::Udp { src_port, .. } = out.l4 else {
+        panic!("not UDP: {out:?}");
+    };
+    assert_eq!(out.src, EXT);
+    assert_ne!(
+        src_port, 40000,
+        "the host's flow shares C1's external endpoint"
+    );
+    assert_eq!(event(&t, Event::HostFlowRemapped), 1);
+    // Each answer reaches its asker.
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, dns, ext(src_port), b"a2"),
+    );
+    assert_run(
+        "the host's answer",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, dns, ext(40000), b"a2"),
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkIngress,
+        &packet::udp(FROM_OUTSIDE, dns, ext(40000), b"a1"),
+    );
+    assert_run(
+        "C1's answer",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, dns, C1, b"a1"),
+    );
+    // The host's next query leaves from the same port as its first.
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q3"),
+    );
+    assert_run(
+        "again",
+        &r,
+        verdict::NEXT,
+        &packet::udp(TO_OUTSIDE, ext(src_port), dns, b"q3"),
+    );
+    // A host port no container holds is left alone.
+    let own = packet::udp(TO_OUTSIDE, ext(5353), dns, b"q4");
+    let r = run(&mut t, Hook::UplinkEgress, &own);
+    assert_run("a free host port", &r, verdict::NEXT, &own);
+}
