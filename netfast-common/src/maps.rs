@@ -28,6 +28,20 @@ pub const CONNTRACK: &str = "NETFAST_CT";
 /// Default number of flows tracked (`--ct-max`); the map holds twice as many entries.
 pub const DEFAULT_CT_MAX_FLOWS: u32 = 262_144;
 
+/// LRU hash: [`crate::conntrack::CtKey`] → [`crate::conntrack::CtEntry`], two per flow: the
+/// flows opened from outside (a published port, an endpoint-independent mapping) that have
+/// not been answered yet (TCP: the handshake has not completed; UDP, ICMP: no reply). Kept
+/// apart from `CONNTRACK` so that a flood of unanswered packets can only push out its own
+/// kind, never an established flow; an answered flow moves to `CONNTRACK`.
+pub const CT_INBOUND: &str = "NETFAST_CT_INBOUND";
+
+/// Flows the table of unanswered inbound flows holds for a conntrack table of
+/// `ct_max_flows`: a quarter, and at least 256.
+pub const fn inbound_flows(ct_max_flows: u32) -> u32 {
+    let q = ct_max_flows / 4;
+    if q < 256 { 256 } else { q }
+}
+
 /// LRU hash: [`crate::nat::NatBindKey`] → [`crate::nat::NatBinding`].
 pub const NAT_BINDINGS: &str = "NETFAST_NAT_BIND";
 /// LRU hash: [`crate::nat::NatClaimKey`] → [`crate::nat::NatClaim`].
@@ -88,13 +102,14 @@ pub const CLOCK: &str = "NETFAST_CLOCK";
 pub const CLOCK_PROGRAM: &str = "netfast_clock";
 
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     STATS,
     NET_STATS,
     CONFIG,
     NETWORKS,
     NET_BRIDGES,
     CONNTRACK,
+    CT_INBOUND,
     NAT_BINDINGS,
     NAT_CLAIMS,
     FRAGMENTS,

@@ -114,7 +114,13 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         now,
     };
     let fast_path = conntrack::fast_path();
-    if let Some(entry) = conntrack::lookup(&p.key, now, true)
+    // The main table, else the inbound flows not answered yet (this may be a container's
+    // answer to one): a miss here is a new flow, rare next to the packets of known ones.
+    let found = match conntrack::lookup(&p.key, now, true) {
+        Some(e) => Some((e, false)),
+        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, true)),
+    };
+    if let Some((entry, inbound)) = found
         // SAFETY: a live map value pointer from `lookup`.
         && of_this_bridge(ctx, unsafe { (*entry).net_id })
     {
@@ -141,10 +147,13 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             forward::fallback(ctx);
             return Ok(NEXT);
         }
-        conntrack::track(ctx, &p, entry).get()?;
+        let answered = conntrack::track(ctx, &p, entry, inbound).value()? == conntrack::ANSWERED;
         let e = unsafe { &*entry };
         nat::apply(ctx, &ip, &p.key, e, now).get()?;
         stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
+        if answered {
+            conntrack::promote(ctx, &p.key, entry);
+        }
         return forward::forward(ctx, &r);
     }
     let Some(net) = source_network(ctx, &ip)? else {

@@ -13,15 +13,17 @@ use netfast_common::{
     DropReason,
     config::DpConfig,
     conntrack::{
-        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY,
-        CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CtEntry, CtEvent, CtKey, PROTO_TCP, Segment,
-        TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale, rst_in_window, sent, tcp_next, timeout,
+        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED,
+        CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CtEntry, CtEvent, CtKey, PROTO_TCP,
+        Segment, TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale, rst_in_window, sent, tcp_next,
+        timeout,
     },
+    nat::NatClaimKey,
 };
 
 use crate::outcome::Outcome;
 use crate::{
-    maps::{NETFAST_CONFIG, NETFAST_CT, NETFAST_CT_EVENTS},
+    maps::{NETFAST_CONFIG, NETFAST_CT, NETFAST_CT_EVENTS, NETFAST_CT_INBOUND, NETFAST_NAT_CLAIM},
     nat,
     parse::{self, Pkt},
 };
@@ -86,13 +88,35 @@ pub fn endpoint_independent() -> bool {
         .is_some_and(|cfg| cfg.filtering == netfast_common::config::FILTERING_ENDPOINT_INDEPENDENT)
 }
 
+/// The entry for `key` in the main table, or (`inbound`) in the table of inbound flows not
+/// answered yet (`maps::CT_INBOUND`). A flow's two entries are always in one table.
+#[inline(always)]
+fn entry_in(inbound: bool, key: &CtKey) -> Option<*mut CtEntry> {
+    if inbound {
+        NETFAST_CT_INBOUND.get_ptr_mut(key)
+    } else {
+        NETFAST_CT.get_ptr_mut(key)
+    }
+}
+
 /// The live entry for `key`, if it serves packets from this side (`from_inside`: see
 /// `CT_F_FROM_INSIDE`). An entry past its expiry counts as absent — unless the other
 /// direction of its flow is alive and is still its own other half (a stream that only flows
 /// one way refreshes one side; an entry whose peer key now holds another flow is dead).
 #[inline(always)]
 pub fn lookup(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    let entry = NETFAST_CT.get_ptr_mut(key)?;
+    lookup_in(false, key, now, from_inside)
+}
+
+/// As `lookup`, among the inbound flows not answered yet.
+#[inline(always)]
+pub fn lookup_inbound(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
+    lookup_in(true, key, now, from_inside)
+}
+
+#[inline(always)]
+fn lookup_in(inbound: bool, key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
+    let entry = entry_in(inbound, key)?;
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
     if !e.serves(from_inside) {
@@ -101,17 +125,17 @@ pub fn lookup(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> 
     if e.expires >= now {
         return Some(entry);
     }
-    revive(key, entry, now)
+    revive(key, entry, now, inbound)
 }
 
 /// An expired entry whose peer lives and points back: the flow lives on.
 // Its own BPF function: rare, and it keeps the hot lookup small.
 #[inline(never)]
-fn revive(key: &CtKey, entry: *mut CtEntry, now: u32) -> Option<*mut CtEntry> {
+fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, inbound: bool) -> Option<*mut CtEntry> {
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
     let peer_key = e.peer_key(key);
-    let peer = NETFAST_CT.get_ptr_mut(&peer_key)?;
+    let peer = entry_in(inbound, &peer_key)?;
     // SAFETY: as above.
     let p = unsafe { &*peer };
     if p.expires >= now && p.peer_key(&peer_key) == *key {
@@ -122,20 +146,98 @@ fn revive(key: &CtKey, entry: *mut CtEntry, now: u32) -> Option<*mut CtEntry> {
     }
 }
 
-/// What `track` decided about a packet of a tracked flow.
+/// An inbound flow that has been answered — TCP: its handshake completed; UDP, ICMP: the
+/// container replied — moves to the main table, where unanswered packets cannot push it
+/// out.
+// Its own BPF function: once per inbound flow.
+#[inline(never)]
+pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
+    // SAFETY: a live map value pointer of the inbound table.
+    let e = unsafe { &*entry };
+    let peer_key = e.peer_key(key);
+    let Some(peer) = NETFAST_CT_INBOUND.get_ptr(&peer_key) else {
+        return;
+    };
+    if NETFAST_CT.insert(key, e, BPF_ANY as u64).is_err() {
+        return;
+    }
+    // SAFETY: as above.
+    if NETFAST_CT
+        .insert(&peer_key, unsafe { &*peer }, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = NETFAST_CT.remove(key);
+        return;
+    }
+    let _ = NETFAST_CT_INBOUND.remove(key);
+    let _ = NETFAST_CT_INBOUND.remove(&peer_key);
+    crate::stats::count_event(ctx, netfast_common::stats::Event::InboundAnswered);
+}
+
+/// A masqueraded flow whose reply entry was evicted while its original one lives: the
+/// reply entry is made again from it (the inbound packet `key` is for the external port of
+/// a live mapping, whose owner's flow to the packet's source points back at `key`). False
+/// when there is no such flow.
+// Its own BPF function: only for inbound packets that match nothing else.
+#[inline(never)]
+pub fn restore_reply(key: &CtKey, now: u32) -> bool {
+    let ck = NatClaimKey {
+        ext_addr: key.dst_addr,
+        ext_port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let claim = unsafe { *claim };
+    let orig_key = CtKey::new(
+        claim.int_addr(),
+        key.src_addr,
+        claim.int_port(),
+        key.src_port,
+        key.proto,
+    );
+    let Some(orig) = NETFAST_CT.get_ptr(&orig_key) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let orig = unsafe { &*orig };
+    if orig.expires < now || !orig.serves(true) || orig.peer_key(&orig_key) != *key {
+        return false;
+    }
+    let mut reply = orig.reply(&orig_key, CT_F_INWARD);
+    reply.flags |= orig.flags & CT_F_SHARED;
+    reply.flags &= !CT_F_TD_SEEN;
+    reply.wscale = WSCALE_UNKNOWN;
+    reply.td_end = 0;
+    reply.td_maxwin = 0;
+    reply.fwd = netfast_common::conntrack::FwdCache::EMPTY;
+    NETFAST_CT.insert(key, &reply, BPF_NOEXIST as u64).is_ok()
+}
+
+/// `track`: the packet goes on.
 pub const TRACKED: u32 = 0;
+/// `track`: the packet goes on, and its inbound flow is answered now (see `promote`).
+pub const ANSWERED: u32 = 1;
 
 /// Bookkeeping for a packet that matched `entry`: counters, TCP state and window (both
 /// entries), the idle timeout, and the lifetime of the flow's masquerade mapping. Refuses a
 /// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing.
 // Its own BPF function, to keep the callers' stack frames small.
 #[inline(never)]
-pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Outcome {
-    Outcome::from(try_track(ctx, p, entry))
+pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
+    Outcome::from(try_track(ctx, p, entry, inbound))
 }
 
 #[inline(always)]
-fn try_track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Result<u32, DropReason> {
+fn try_track(
+    ctx: &TcContext,
+    p: &Pkt,
+    entry: *mut CtEntry,
+    inbound: bool,
+) -> Result<u32, DropReason> {
     let (key, now, bytes) = (&p.key, p.now, ctx.len());
     let cfg = &config();
     // SAFETY: a live map value pointer from `lookup`.
@@ -147,7 +249,7 @@ fn try_track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Result<u32, DropR
     } else {
         Segment::default()
     };
-    if tcp && flags_in.rst && !rst_believed(key, e, flags_in, &seg) {
+    if tcp && flags_in.rst && !rst_believed(key, e, flags_in, &seg, inbound) {
         return Err(DropReason::TcpRstOutOfWindow);
     }
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
@@ -195,7 +297,7 @@ fn try_track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Result<u32, DropR
         // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
         e.expires = expires;
         let peer_key = e.peer_key(key);
-        if let Some(peer) = NETFAST_CT.get_ptr_mut(&peer_key) {
+        if let Some(peer) = entry_in(inbound, &peer_key) {
             // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
             q.tcp_state = state as u8;
@@ -219,19 +321,32 @@ fn try_track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry) -> Result<u32, DropR
             nat::release_mapping(key, e, expires);
         }
     } else if expires > e.expires {
+        // At most once a second per flow: the other half is looked up too, which tells the
+        // LRU that it is in use. A flow that only flows one way would otherwise leave it
+        // cold, to be evicted first under pressure.
         e.expires = expires;
+        let _ = entry_in(inbound, &e.peer_key(key));
     }
     if e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0 && expires > e.map_expires {
         e.map_expires =
             nat::extend_mapping(key, e, expires + netfast_common::nat::mapping_slack(t));
     }
-    Ok(TRACKED)
+    let answered = if tcp {
+        state == TcpState::Established
+    } else {
+        e.flags & CT_F_SEEN_REPLY != 0
+    };
+    Ok(if inbound && answered {
+        ANSWERED
+    } else {
+        TRACKED
+    })
 }
 
 /// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.
 #[inline(always)]
-fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment) -> bool {
-    let Some(peer) = NETFAST_CT.get_ptr(&e.peer_key(key)) else {
+fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment, inbound: bool) -> bool {
+    let Some(peer) = entry_in(inbound, &e.peer_key(key)) else {
         // The other half is gone: nothing to judge by, and nothing left to protect.
         return true;
     };
@@ -295,28 +410,39 @@ pub fn fill_pair(
 /// original entry was evicted and this packet brings it back — the flow is kept (and its
 /// original entry restored from the surviving one): the packet goes on as that flow's.
 /// `repair_only`: the packet may not open a flow (a TCP segment without SYN), only restore
-/// one (`ABSENT` when there is none).
+/// one (`ABSENT` when there is none). `inbound`: in the table of inbound flows not answered
+/// yet, for a flow opened from outside.
 #[inline(never)]
-pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool) -> Outcome {
-    Outcome::from(try_insert_pair(orig_key, now, repair_only))
+pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool, inbound: bool) -> Outcome {
+    Outcome::from(try_insert_pair(orig_key, now, repair_only, inbound))
 }
 
 #[inline(always)]
-fn try_insert_pair(orig_key: &CtKey, now: u32, repair_only: bool) -> Result<u32, DropReason> {
+fn try_insert_pair(
+    orig_key: &CtKey,
+    now: u32,
+    repair_only: bool,
+    inbound: bool,
+) -> Result<u32, DropReason> {
+    let table = if inbound {
+        &NETFAST_CT_INBOUND
+    } else {
+        &NETFAST_CT
+    };
     let pair = scratch()?;
     let reply_key = pair.orig.peer_key(orig_key);
-    let held = NETFAST_CT.get_ptr(&reply_key);
-    if let Some(held) = held
+    // A flow from outside may have been answered already (it is in the main table, perhaps
+    // without its original entry); and no two flows, in either table, share a reply tuple.
+    if inbound
+        && let Some(held) = NETFAST_CT.get_ptr(&reply_key)
         // SAFETY: a map value pointer, valid for this program run.
         && unsafe { (*held).expires } >= now
     {
         // SAFETY: as above.
         let held = unsafe { &*held };
         if held.peer_key(&reply_key) != *orig_key {
-            // Another live flow answers on this tuple.
             return Ok(if repair_only { ABSENT } else { CLASH });
         }
-        // This flow, alive: opened by another CPU, or missing its original entry.
         if NETFAST_CT.get_ptr(orig_key).is_some() {
             return Ok(JOINED);
         }
@@ -328,27 +454,44 @@ fn try_insert_pair(orig_key: &CtKey, now: u32, repair_only: bool) -> Result<u32,
             .map_err(|_| DropReason::CtInsertFailed)?;
         return Ok(REPAIRED);
     }
+    let held = table.get_ptr(&reply_key);
+    if let Some(held) = held
+        // SAFETY: a map value pointer, valid for this program run.
+        && unsafe { (*held).expires } >= now
+    {
+        // SAFETY: as above.
+        let held = unsafe { &*held };
+        if held.peer_key(&reply_key) != *orig_key {
+            // Another live flow answers on this tuple.
+            return Ok(if repair_only { ABSENT } else { CLASH });
+        }
+        // This flow, alive: opened by another CPU, or missing its original entry.
+        if table.get_ptr(orig_key).is_some() {
+            return Ok(JOINED);
+        }
+        pair.orig.tcp_state = held.tcp_state;
+        pair.orig.flags |= held.flags & CT_F_SHARED;
+        pair.orig.expires = held.expires;
+        table
+            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
+            .map_err(|_| DropReason::CtInsertFailed)?;
+        return Ok(REPAIRED);
+    }
     if repair_only {
         return Ok(ABSENT);
     }
     // Free, or held by a dead flow: take it.
     let flags = if held.is_some() { BPF_ANY } else { BPF_NOEXIST };
-    if NETFAST_CT
-        .insert(&reply_key, &pair.reply, flags as u64)
-        .is_err()
-    {
+    if table.insert(&reply_key, &pair.reply, flags as u64).is_err() {
         // Another CPU inserted it in between: its flow or another; judged as above next time.
         return Err(DropReason::CtInsertFailed);
     }
-    if NETFAST_CT
-        .insert(orig_key, &pair.orig, BPF_ANY as u64)
-        .is_err()
-    {
-        let _ = NETFAST_CT.remove(&reply_key);
+    if table.insert(orig_key, &pair.orig, BPF_ANY as u64).is_err() {
+        let _ = table.remove(&reply_key);
         return Err(DropReason::CtInsertFailed);
     }
     emit(CT_EVENT_NEW, orig_key, &pair.orig);
-    Ok(INSERTED)
+    Ok(if inbound { INSERTED_INBOUND } else { INSERTED })
 }
 
 /// `insert_pair`: a new flow.
@@ -361,6 +504,8 @@ pub const REPAIRED: u32 = 2;
 pub const CLASH: u32 = 3;
 /// `insert_pair`, repairing only: no such flow.
 pub const ABSENT: u32 = 4;
+/// `insert_pair`: a new flow from outside, in the table of unanswered flows.
+pub const INSERTED_INBOUND: u32 = 5;
 
 /// Tells `netfast conntrack watch`; silently nothing when the ring is full or unread.
 // Its own BPF function: the event is large, and rare.

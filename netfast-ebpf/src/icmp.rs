@@ -70,7 +70,9 @@ fn try_translate_error(
     // The embedded packet went out translated; a reply to it would match this entry, and
     // the error is undone the way that reply would be.
     let key = CtKey::new(dst, src, dport, sport, proto);
-    let Some(entry) = conntrack::lookup(&key, now, from_inside) else {
+    let Some(entry) = conntrack::lookup(&key, now, from_inside)
+        .or_else(|| conntrack::lookup_inbound(&key, now, from_inside))
+    else {
         return Ok(0);
     };
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.

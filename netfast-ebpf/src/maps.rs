@@ -49,6 +49,11 @@ pub static NETFAST_NET_BRIDGES: Array<u32> = Array::with_max_entries(MAX_NETWORK
 pub static NETFAST_CT: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(DEFAULT_CT_MAX_FLOWS * 2, 0);
 
+/// `maps::CT_INBOUND`: flows opened from outside, not answered yet.
+#[map]
+pub static NETFAST_CT_INBOUND: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CT_MAX_FLOWS / 2, 0);
+
 /// `maps::NAT_BINDINGS`: internal endpoint → its external port.
 #[map]
 pub static NETFAST_NAT_BIND: LruHashMap<NatBindKey, NatBinding> =

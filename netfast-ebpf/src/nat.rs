@@ -716,7 +716,7 @@ fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, Dro
     conntrack::fill_pair(ctx, p, orig, reply_flags)?;
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
-    opened(ctx, conntrack::insert_pair(key, now, false))
+    opened(ctx, conntrack::insert_pair(key, now, false, false))
 }
 
 /// The network id of the host's own flows (no network has it: ids start at 1).
@@ -777,6 +777,10 @@ pub fn opened(ctx: &TcContext, o: Outcome) -> Result<u32, DropReason> {
         conntrack::CLASH => Err(DropReason::CtInsertFailed),
         conntrack::REPAIRED => {
             stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
+            Ok(1)
+        }
+        conntrack::INSERTED_INBOUND => {
+            stats::count_event(ctx, netfast_common::stats::Event::InboundOpened);
             Ok(1)
         }
         _ => Ok(1),
@@ -862,5 +866,5 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         ctx.len(),
     );
     conntrack::fill_pair(ctx, p, orig, CT_F_FROM_INSIDE)?;
-    opened(ctx, conntrack::insert_pair(key, now, false))
+    opened(ctx, conntrack::insert_pair(key, now, false, true))
 }

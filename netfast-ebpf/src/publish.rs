@@ -124,7 +124,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
         ctx.len(),
     );
     let pair = conntrack::fill_pair(ctx, p, orig, CT_F_PUBLISHED | CT_F_FROM_INSIDE)?;
-    let inserted = conntrack::insert_pair(key, now, repair_only);
+    let inserted = conntrack::insert_pair(key, now, repair_only, true);
     match inserted.value()? {
         conntrack::ABSENT => return Ok(0),
         conntrack::CLASH => {}
@@ -141,7 +141,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
     for attempt in 1..=CLASH_TRIES {
         let port = port_candidate(attempt, 0, random, cfg.port_min, cfg.port_max);
         pair.orig.src_port = port.to_be();
-        let inserted = conntrack::insert_pair(key, now, false);
+        let inserted = conntrack::insert_pair(key, now, false, true);
         if inserted.value()? != conntrack::CLASH {
             return nat::opened(ctx, inserted);
         }
@@ -206,5 +206,5 @@ fn try_hairpin_new_flow(
         orig,
         CT_F_PUBLISHED | CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE,
     )?;
-    nat::opened(ctx, conntrack::insert_pair(key, now, false))
+    nat::opened(ctx, conntrack::insert_pair(key, now, false, false))
 }

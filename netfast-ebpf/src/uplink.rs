@@ -104,7 +104,33 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         now,
     };
     let fast_path = conntrack::fast_path();
-    if let Some(entry) = conntrack::lookup(&p.key, now, out) {
+    // The main table first; then, only for packets that could belong to a flow opened from
+    // outside and not answered yet, that table: on the way out a container's answer, on
+    // the way in a client's packet to a published port (or to a mapping, with
+    // endpoint-independent filtering). The host's own traffic pays for neither.
+    let mut masq = None;
+    let mut target = None;
+    let mut found = conntrack::lookup(&p.key, now, out).map(|e| (e, false));
+    if found.is_none() {
+        if out {
+            masq = nat::masq_network(ip.src, nat::ifindex(ctx));
+            if masq.is_some() {
+                found = conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, true));
+            }
+        } else {
+            target = publish::published(ip.dst, dport, ip.proto);
+            if target.is_some() || conntrack::endpoint_independent() {
+                found = conntrack::lookup_inbound(&p.key, now, false).map(|e| (e, true));
+            }
+            // A masqueraded flow that lost its reply entry (the LRU, under pressure) while
+            // its original one lives: restored rather than left to the host.
+            if found.is_none() && target.is_none() && conntrack::restore_reply(&p.key, now) {
+                stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
+                found = conntrack::lookup(&p.key, now, false).map(|e| (e, false));
+            }
+        }
+    }
+    if let Some((entry, inbound)) = found {
         // SAFETY (each access): a live map value pointer from `lookup`, read in place.
         let flags = unsafe { (*entry).flags };
         // Hairpin flows are the bridge's; a tuple of theirs seen here is another packet.
@@ -125,11 +151,15 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
                     forward::fallback(ctx);
                 }
             }
-            conntrack::track(ctx, &p, entry).get()?;
+            let answered =
+                conntrack::track(ctx, &p, entry, inbound).value()? == conntrack::ANSWERED;
             let e = unsafe { &*entry };
             if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
                 nat::apply(ctx, &ip, &p.key, e, now).get()?;
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
+            }
+            if answered {
+                conntrack::promote(ctx, &p.key, entry);
             }
             return if fast {
                 forward::forward(ctx, &r)
@@ -139,7 +169,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         }
     }
     if out {
-        if let Some(net) = nat::masq_network(ip.src, nat::ifindex(ctx)) {
+        if let Some(net) = masq.or_else(|| nat::masq_network(ip.src, nat::ifindex(ctx))) {
             nat::snat_new_flow(ctx, &p, &net).get()?;
             nat::apply_opened(ctx, &p)?;
         } else if nat::held_by_a_container(&p.key, now) {
@@ -150,7 +180,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         }
         return Ok(NEXT);
     }
-    if let Some(target) = publish::published(ip.dst, dport, ip.proto) {
+    if let Some(target) = target.or_else(|| publish::published(ip.dst, dport, ip.proto)) {
         if !publish::allowed(&target, ip.src) {
             return Err(DropReason::NotAllowed);
         }

@@ -87,6 +87,10 @@ impl Default for Settings {
 fn sized(loader: &mut EbpfLoader<'_>, ct_max_flows: u32) {
     loader
         .map_max_entries(names::CONNTRACK, ct_max_flows.saturating_mul(2))
+        .map_max_entries(
+            names::CT_INBOUND,
+            names::inbound_flows(ct_max_flows).saturating_mul(2),
+        )
         .map_max_entries(names::NAT_BINDINGS, ct_max_flows)
         .map_max_entries(names::NAT_CLAIMS, ct_max_flows);
 }
@@ -141,6 +145,7 @@ fn expected_layout(ct_max_flows: u32) -> Result<Vec<(&'static str, MapLayout)>> 
         let map = obj.maps.get(name).ok_or(Error::MissingMap(name))?;
         let max_entries = match name {
             names::CONNTRACK => ct_max_flows.saturating_mul(2),
+            names::CT_INBOUND => names::inbound_flows(ct_max_flows).saturating_mul(2),
             names::NAT_BINDINGS | names::NAT_CLAIMS => ct_max_flows,
             _ => map.max_entries(),
         };

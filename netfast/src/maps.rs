@@ -124,9 +124,17 @@ fn entries<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     Ok(out)
 }
 
-/// Every conntrack entry, live or expired.
+/// Every conntrack entry, live or expired: the main table's, then those of inbound flows not
+/// answered yet (`maps::CT_INBOUND`; a flow's two entries are always in one table).
 pub fn conntrack_entries(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
-    entries(ebpf, maps::CONNTRACK)
+    let mut all = entries(ebpf, maps::CONNTRACK)?;
+    all.extend(entries::<CtKey, CtEntry>(ebpf, maps::CT_INBOUND)?);
+    Ok(all)
+}
+
+/// The entries of inbound flows not answered yet only.
+pub fn inbound_entries(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
+    entries(ebpf, maps::CT_INBOUND)
 }
 
 pub fn nat_bindings(ebpf: &Ebpf) -> Result<Vec<(NatBindKey, NatBinding)>> {
@@ -168,7 +176,8 @@ fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
 
 /// Forgets every flow, mapping and fragment record. Returns the number of flows removed.
 pub fn flush_conntrack(ebpf: &mut Ebpf) -> Result<usize> {
-    let entries = clear::<CtKey, CtEntry>(ebpf, maps::CONNTRACK)?;
+    let entries = clear::<CtKey, CtEntry>(ebpf, maps::CONNTRACK)?
+        + clear::<CtKey, CtEntry>(ebpf, maps::CT_INBOUND)?;
     clear::<NatBindKey, NatBinding>(ebpf, maps::NAT_BINDINGS)?;
     clear::<NatClaimKey, NatClaim>(ebpf, maps::NAT_CLAIMS)?;
     clear::<FragKey, FragEntry>(ebpf, maps::FRAGMENTS)?;
@@ -515,16 +524,18 @@ pub fn set_host_addrs(ebpf: &mut Ebpf, addrs: &[Ipv4Addr]) -> Result<()> {
     Ok(())
 }
 
-/// Removes these conntrack entries (those already gone are skipped).
+/// Removes these conntrack entries from whichever table holds them (those already gone are
+/// skipped).
 pub fn remove_conntrack(ebpf: &mut Ebpf, keys: &[CtKey]) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, CtKey, CtEntry> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::CONNTRACK)?)
-            .map_err(|e| Error::map(maps::CONNTRACK, e))?;
-    for k in keys {
-        match hm.remove(k) {
-            Ok(()) => {}
-            Err(ref e) if absent(e) => {}
-            Err(e) => return Err(Error::map(maps::CONNTRACK, e)),
+    for table in [maps::CONNTRACK, maps::CT_INBOUND] {
+        let mut hm: BpfHashMap<&mut MapData, CtKey, CtEntry> =
+            BpfHashMap::try_from(map_mut(ebpf, table)?).map_err(|e| Error::map(table, e))?;
+        for k in keys {
+            match hm.remove(k) {
+                Ok(()) => {}
+                Err(ref e) if absent(e) => {}
+                Err(e) => return Err(Error::map(table, e)),
+            }
         }
     }
     Ok(())

@@ -606,3 +606,130 @@ fn the_hosts_own_flow_never_shares_a_containers_external_endpoint() {
     let r = run(&mut t, Hook::UplinkEgress, &own);
     assert_run("a free host port", &r, verdict::NEXT, &own);
 }
+
+#[test]
+fn a_flood_of_unanswered_syns_cannot_push_out_an_established_flow() {
+    require_root();
+    // A small table: 64 flows (128 entries); the unanswered inbound flows have their own.
+    let mut t = ProgTest::load_sized(64, &DpConfig::default())
+        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    let info = NetInfo {
+        id: 1,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex: DEV,
+        bridge_ifindex: DEV,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
+    publish(&mut t, None, 8080, PROTO_TCP, WEB);
+    // A client's connection to the published port completes its handshake.
+    run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 100, 0),
+    );
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(WEB, CLIENT, TcpFlags::SYN_ACK, 900, 101),
+    );
+    run(
+        &mut t,
+        Hook::UplinkIngress,
+        &tcp_in(CLIENT, ext(8080), TcpFlags::ACK, 101, 901),
+    );
+    assert_eq!(event(&t, Event::InboundAnswered), 1);
+    // 2000 SYNs from forged sources: each opens a flow the container would answer, but
+    // none completes.
+    for i in 0..2000u32 {
+        let forged = (
+            Ipv4Addr::from(0xc000_0000u32 | (i << 4)),
+            1024 + (i % 60_000) as u16,
+        );
+        run(
+            &mut t,
+            Hook::UplinkIngress,
+            &tcp_in(forged, ext(8080), TcpFlags::SYN, i, 0),
+        );
+    }
+    assert_eq!(event(&t, Event::InboundOpened), 2001);
+    // The established connection still carries data both ways.
+    let data = packet::tcp(
+        FROM_OUTSIDE,
+        CLIENT,
+        ext(8080),
+        TcpFlags::PSH_ACK,
+        101,
+        901,
+        b"GET",
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &data);
+    assert_run(
+        "the client's data after the flood",
+        &r,
+        verdict::NEXT,
+        &packet::tcp(
+            FROM_OUTSIDE,
+            CLIENT,
+            WEB,
+            TcpFlags::PSH_ACK,
+            101,
+            901,
+            b"GET",
+        ),
+    );
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(WEB, CLIENT, TcpFlags::ACK, 901, 104),
+    );
+    assert_run(
+        "the answer",
+        &r,
+        verdict::NEXT,
+        &tcp_out(ext(8080), CLIENT, TcpFlags::ACK, 901, 104),
+    );
+    assert_eq!(state_of(&t, CLIENT), Some("ESTABLISHED"));
+}
+
+#[test]
+fn a_masqueraded_flow_that_lost_its_reply_entry_is_repaired_by_the_next_answer() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    established(&mut t);
+    let reply = CtKey::new(
+        maps::raw_addr(SERVER.0),
+        maps::raw_addr(EXT),
+        SERVER.1.to_be(),
+        40000u16.to_be(),
+        PROTO_TCP,
+    );
+    maps::remove_conntrack(t.ebpf_mut(), &[reply]).expect("evict");
+    let data = packet::tcp(
+        FROM_OUTSIDE,
+        SERVER,
+        ext(40000),
+        TcpFlags::PSH_ACK,
+        5101,
+        1001,
+        b"x",
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &data);
+    assert_run(
+        "the server's next segment",
+        &r,
+        verdict::NEXT,
+        &packet::tcp(
+            FROM_OUTSIDE,
+            SERVER,
+            C1,
+            TcpFlags::PSH_ACK,
+            5101,
+            1001,
+            b"x",
+        ),
+    );
+    assert_eq!(event(&t, Event::CtRepaired), 1);
+    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+}
