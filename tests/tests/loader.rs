@@ -55,8 +55,7 @@ fn snapshot(topo: &Topology) -> String {
         })
         .collect();
     // A state file that holds nothing is no state at all.
-    let state =
-        fs::read_to_string(format!("/run/netfast/{}/state.json", h.name())).unwrap_or_default();
+    let state = fs::read_to_string(state_file(topo)).unwrap_or_default();
     let empty = serde_json::from_str::<serde_json::Value>(&state).is_ok_and(|v| {
         v["networks"].as_array().is_some_and(Vec::is_empty)
             && v["containers"].as_array().is_some_and(Vec::is_empty)
@@ -68,6 +67,13 @@ fn snapshot(topo: &Topology) -> String {
         h.exec_ok(&["ip", "rule"]),
         if empty { "" } else { state.as_str() }
     )
+}
+
+/// The state file of the topology's host.
+fn state_file(topo: &Topology) -> std::path::PathBuf {
+    std::path::Path::new("/run/netfast")
+        .join(topo.host.name())
+        .join("state.json")
 }
 
 /// `network create legacy --adopt` of the topology's hand-made br0 (172.18.0.0/24) on
@@ -1122,4 +1128,169 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
         run(&["down"]);
         drop(nf);
     }
+}
+
+/// Interface names that nftables or iptables would read as syntax or wildcards, or that the
+/// kernel refuses.
+const HOSTILE_NAMES: [&str; 8] = [
+    "x\"accept;#",
+    "eth+",
+    "e*",
+    "a b",
+    "a\nb",
+    "-j",
+    "sixteen-bytes-xx",
+    "up0}",
+];
+
+/// `nft ARGS` in `ns` with `input` on stdin: its status and what it printed.
+fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to nft");
+    let out = child.wait_with_output().expect("nft");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Hostile interface names are refused wherever a name enters (the command line, an apply
+/// file, a state file edited by hand), with a clear error and nothing changed; the nftables
+/// input is JSON in which a name is only ever a string, which `nft -c` accepts as it is.
+#[test]
+fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+        "--backend",
+        "nftables",
+    ]);
+    let before = snapshot(&topo);
+    let rules = || {
+        topo.host
+            .exec_ok(&["nft", "list", "table", "ip", "netfast"])
+    };
+    let table = rules();
+    let file = format!("/tmp/{}-names.toml", topo.host.name());
+    for bad in HOSTILE_NAMES {
+        for backend in ["nftables", "iptables"] {
+            for (bridge, uplink) in [(bad, "up0"), ("nf-x", bad)] {
+                // `--flag=value`: clap takes a value that starts with '-' only so.
+                let (bridge_arg, uplink_arg) =
+                    (format!("--bridge={bridge}"), format!("--uplink={uplink}"));
+                let err = nf.fails(&[
+                    "network",
+                    "create",
+                    "x",
+                    "--subnet",
+                    "172.20.0.0/24",
+                    &bridge_arg,
+                    &uplink_arg,
+                    "--backend",
+                    backend,
+                ]);
+                assert!(
+                    err.contains("interface name") || err.contains("1 to 15"),
+                    "--bridge {bridge:?} --uplink {uplink:?}: {err}"
+                );
+                assert_eq!(snapshot(&topo), before, "{bad:?} changed the host");
+            }
+        }
+        // TOML basic strings take Rust's escapes for '"' and control characters.
+        fs::write(
+            &file,
+            format!(
+                "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\
+                 backend = \"nftables\"\n\n[[network]]\nname = \"x\"\nsubnet = \"172.20.0.0/24\"\n\
+                 uplink = \"up0\"\nbridge = {bad:?}\n"
+            ),
+        )
+        .expect("write apply file");
+        let err = nf.fails(&["apply", "-f", &file]);
+        assert!(
+            err.contains("interface name") || err.contains("1 to 15"),
+            "apply with bridge {bad:?}: {err}"
+        );
+        assert_eq!(
+            snapshot(&topo),
+            before,
+            "apply with {bad:?} changed the host"
+        );
+    }
+    fs::remove_file(&file).expect("remove apply file");
+    assert_eq!(rules(), table, "a refused command changed the rules");
+
+    // A state file edited by hand: refused before any name is used.
+    let state_path = state_file(&topo);
+    let good = fs::read_to_string(&state_path).expect("state");
+    fs::write(&state_path, good.replace("\"nf-web\"", "\"eth+\"")).expect("edit state");
+    let err = nf.fails(&["network", "rm", "web"]);
+    assert!(
+        err.contains("holds a name netfast refuses") && err.contains("eth+"),
+        "{err}"
+    );
+    fs::write(&state_path, &good).expect("restore state");
+    assert_eq!(rules(), table);
+
+    // The renderer: what the state gives passes `nft -c`; and even a name that validation
+    // would refuse stays a string (an interface literally called that), not syntax.
+    let state: netfast::loader::model::State = serde_json::from_str(&good).expect("a state file");
+    let batch = |s: &netfast::loader::model::State| {
+        let r = netfast::backend::rules::Rules::of(s, netfast::loader::model::Backend::Nftables);
+        netfast::backend::rules::nft_batch(&r, &Default::default(), true).to_json()
+    };
+    let (ok, said) = nft_in(topo.host.name(), &["-c", "-j", "-f", "-"], &batch(&state));
+    assert!(ok, "nft -c refused netfast's own rules: {said}");
+    let scratch = netfast_tests::TestNetns::new("n");
+    let mut hostile = state.clone();
+    hostile.networks[0].bridge = "x\"accept;#".into();
+    let (ok, said) = nft_in(scratch.name(), &["-j", "-f", "-"], &batch(&hostile));
+    assert!(ok, "{said}");
+    let listed = scratch.exec_ok(&["nft", "-j", "list", "chain", "ip", "netfast", "forward"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let verdicts: Vec<_> = listed["nftables"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .map(|e| {
+            assert!(
+                e.iter().any(|s| s.to_string().contains("x\\\"accept;#")),
+                "every forward rule names the bridge whole: {e:?}"
+            );
+            e.last().expect("a verdict").clone()
+        })
+        .collect();
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| v.get("accept").is_some())
+            .count(),
+        3,
+        "only the network's own three accepts: {verdicts:?}"
+    );
 }

@@ -9,6 +9,7 @@
 
 pub mod ctnetlink;
 pub mod cttimeout;
+pub mod nft;
 pub mod rules;
 
 use std::{
@@ -129,6 +130,9 @@ pub fn sync(before: &State, after: &State) -> Result<()> {
             continue;
         }
         let rules = Rules::of(after, backend);
+        // Every name was validated where it entered; a rule is never written with one that
+        // was not, whatever path led here.
+        rules.check().map_err(Error::from)?;
         for bridge in rules.bridges() {
             set_route_localnet(bridge, true)?;
         }
@@ -196,12 +200,12 @@ fn sync_nft(rules: &Rules) -> Result<()> {
     } else {
         nft_counters()?
     };
-    let script = rules::nft_script(rules, &counts, true);
-    if let Err(e) = tool(&["nft", "-f", "-"], Some(&script)) {
+    let batch = rules::nft_batch(rules, &counts, true).to_json();
+    if let Err(e) = tool(&["nft", "-j", "-f", "-"], Some(&batch)) {
         // A kernel without conntrack timeout policies refuses the `ct timeout` objects:
         // the rest works without them, and the flows keep the kernel's timeouts.
-        let plain = rules::nft_script(rules, &counts, false);
-        if rules.is_empty() || tool(&["nft", "-f", "-"], Some(&plain)).is_err() {
+        let plain = rules::nft_batch(rules, &counts, false).to_json();
+        if rules.is_empty() || tool(&["nft", "-j", "-f", "-"], Some(&plain)).is_err() {
             return Err(e);
         }
         eprintln!(

@@ -65,6 +65,13 @@ impl Locked {
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
         };
+        // Names go into rules and paths: a state edited by hand is checked as input is.
+        super::validate::state(&state).map_err(|e| {
+            Error::Settings(format!(
+                "{} holds a name netfast refuses: {e}; correct the file by hand",
+                path.display()
+            ))
+        })?;
         Ok(Locked {
             dir,
             _lock: lock,

@@ -16,11 +16,12 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(msg.into()))
 }
 
-/// Linux interface names: 1 to 15 bytes, no '/', ':', whitespace; not "." or "..".
-pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
+/// What the kernel takes as an interface name: 1 to 15 bytes, no '/', ':' or whitespace; not
+/// "." or "..". Enough for names netfast only looks up (the ports of an adopted bridge).
+pub fn kernel_interface_name(what: &str, name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > 15 {
         return invalid(format!(
-            "{what} `{name}` is {} bytes; Linux interface names have 1 to 15",
+            "{what} {name:?} is {} bytes; Linux interface names have 1 to 15",
             name.len()
         ));
     }
@@ -28,11 +29,54 @@ pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return invalid(format!(
-            "{what} `{name}` is not a valid interface name (no '/', ':' or spaces)"
+            "{what} {name:?} is not a valid interface name (no '/', ':', spaces or control characters)"
         ));
+    }
+    Ok(())
+}
+
+/// An interface name netfast may put in a rule: valid for the kernel, and inert in both rule
+/// languages — letters, digits, '_', '.' and '-', not starting with '-' (an option to
+/// iptables). Anything else is refused, never quoted: `"` or `;` would be nftables syntax,
+/// and '+' and '*' are wildcards to iptables and nftables (`eth+` matches every `eth…`).
+pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
+    kernel_interface_name(what, name)?;
+    let inert = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !inert || name.starts_with('-') {
+        return invalid(format!(
+            "{what} {name:?} is not a valid interface name for netfast: use letters, digits, \
+             '_', '.' and '-' (not first); other characters are syntax or wildcards ('+', '*') \
+             to nftables and iptables. Rename the interface (`ip link set OLD name NEW`) or pick \
+             another"
+        ));
+    }
+    Ok(())
+}
+
+/// Every name in a state read back from disk, checked again before it is used in a rule or a
+/// path: a state file edited by hand (or by an older netfast that let more through) must not
+/// smuggle syntax into nft or iptables, nor `../` into /run/netns.
+pub fn state(state: &State) -> Result<(), Invalid> {
+    for n in &state.networks {
+        object_name("network", &n.name)?;
+        interface_name("bridge", &n.bridge)?;
+        interface_name("uplink", &n.uplink)?;
+        for port in n.adopted_ports.iter().chain(&n.hairpin_set) {
+            kernel_interface_name("adopted port", port)?;
+        }
+    }
+    for c in &state.containers {
+        object_name("container", &c.name)?;
+        object_name("network", &c.network)?;
+        interface_name("veth", &c.veth)?;
+    }
+    for p in &state.publications {
+        object_name("network", &p.network)?;
     }
     Ok(())
 }
@@ -370,6 +414,53 @@ mod tests {
             crate::loader::model::default_bridge("averyveryverylongname"),
             "nf-averyveryver"
         );
+    }
+
+    /// Names that nftables or iptables would read as syntax or wildcards, and names the kernel
+    /// refuses: refused everywhere a name enters, with what to do instead.
+    pub(crate) const HOSTILE_NAMES: [&str; 10] = [
+        "x\"accept;#",
+        "eth+",
+        "e*",
+        "a b",
+        "a\nb",
+        "tab\tx",
+        "-i",
+        "sixteen-bytes-xx",
+        "br{0}",
+        "a/b",
+    ];
+
+    #[test]
+    fn hostile_interface_names_are_refused_everywhere_names_enter() {
+        for bad in HOSTILE_NAMES {
+            let e = err(interface_name("bridge", bad));
+            assert!(
+                e.contains("interface name") || e.contains("1 to 15"),
+                "{bad:?}: {e}"
+            );
+            let mut s = spec("db", "10.1.0.0/24");
+            s.bridge = Some(bad.into());
+            assert!(network(&s, &state()).is_err(), "--bridge {bad:?}");
+            let mut s = spec("db", "10.1.0.0/24");
+            s.uplink = bad.into();
+            assert!(network(&s, &state()).is_err(), "--uplink {bad:?}");
+            let mut st = state();
+            st.networks[0].uplink = bad.into();
+            assert!(super::state(&st).is_err(), "uplink {bad:?} in a state file");
+            let mut st = state();
+            st.containers[0].veth = bad.into();
+            assert!(super::state(&st).is_err(), "veth {bad:?} in a state file");
+        }
+        let e = err(interface_name("bridge", "eth+"));
+        assert!(e.contains("wildcards") && e.contains("ip link set"), "{e}");
+        for good in ["eth0", "nf-web", "br_0.10", "wlp2s0", "nfv1234abcd", "a"] {
+            assert_eq!(interface_name("bridge", good), Ok(()), "{good}");
+        }
+        assert_eq!(super::state(&state()), Ok(()));
+        let mut st = state();
+        st.containers[0].name = "../etc".into();
+        assert!(err(super::state(&st)).contains("not valid"));
     }
 
     #[test]
