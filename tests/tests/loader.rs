@@ -1294,3 +1294,90 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
         "only the network's own three accepts: {verdicts:?}"
     );
 }
+
+/// Input that would take the host's own traffic is refused with the reason and a fix, and
+/// changes nothing: a subnet over an address or a route of the host, or in a range that is
+/// loopback, multicast, reserved, link-local or "this network"; an uplink that is `lo` or one
+/// of netfast's own links; a publication to a subnet's network or broadcast address.
+#[test]
+fn input_that_takes_the_hosts_traffic_is_refused() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let c0 = ct(&topo, 0);
+    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    let veth: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    let veth = veth[0]["veth"].as_str().expect("veth").to_owned();
+    topo.host.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    let before = snapshot(&topo);
+    let create = |subnet: &str, uplink: &str| {
+        nf.fails(&[
+            "network", "create", "x", "--subnet", subnet, "--uplink", uplink,
+        ])
+    };
+    for (subnet, uplink, said) in [
+        (
+            "198.51.100.0/25",
+            "up0",
+            "overlaps 198.51.100.1/24, an address of up0",
+        ),
+        (
+            "198.0.0.0/8",
+            "up0",
+            "overlaps 198.51.100.1/24, an address of up0",
+        ),
+        (
+            "203.0.113.0/25",
+            "up0",
+            "overlaps the host's route to 203.0.113.0/24 (dev up0)",
+        ),
+        ("127.0.0.0/8", "up0", "loopback (127.0.0.0/8)"),
+        ("224.1.0.0/16", "up0", "multicast (224.0.0.0/4)"),
+        ("240.0.0.0/24", "up0", "reserved (240.0.0.0/4"),
+        ("169.254.0.0/16", "up0", "link-local (169.254.0.0/16)"),
+        ("0.0.0.0/8", "up0", "\"this network\" (0.0.0.0/8)"),
+        ("172.20.0.0/24", "lo", "uplink lo is the loopback interface"),
+        (
+            "172.20.0.0/24",
+            "nf-web",
+            "uplink nf-web is the bridge of netfast network `web`",
+        ),
+        ("172.20.0.0/24", &veth, "is the veth of netfast container"),
+    ] {
+        let err = create(subnet, uplink);
+        assert!(
+            err.contains(said) && err.contains("pick"),
+            "--subnet {subnet} --uplink {uplink}: {err}"
+        );
+        assert_eq!(
+            snapshot(&topo),
+            before,
+            "--subnet {subnet} changed the host"
+        );
+    }
+    for (target, what) in [("172.18.0.0", "network"), ("172.18.0.255", "broadcast")] {
+        let err = nf.fails(&["publish", "web", &format!("8090:{target}:80")]);
+        assert!(
+            err.contains(&format!("the {what} address of network `web`")),
+            "{err}"
+        );
+    }
+    assert!(nf.ok(&["publish", "ls"]).lines().count() <= 1);
+    assert_eq!(snapshot(&topo), before);
+}

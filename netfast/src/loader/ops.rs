@@ -176,6 +176,9 @@ impl Loader {
                 self.host.describe()
             ))
         })?;
+        let existing = nl.link(&bridge_name)?;
+        let adopted_bridge = existing.as_ref().filter(|_| spec.adopt).map(|b| b.index);
+        host_conflicts(nl, spec, state, &bridge_name, &uplink, adopted_bridge)?;
         let ext_addr = nl.addresses(&uplink)?.first().map(|(ip, _)| *ip);
         if spec.masquerade && ext_addr.is_none() {
             return Err(Error::Settings(format!(
@@ -183,7 +186,6 @@ impl Loader {
                 spec.uplink
             )));
         }
-        let existing = nl.link(&bridge_name)?;
         let mut adopted_ports = Vec::new();
         if spec.adopt {
             let bridge = existing.as_ref().filter(|l| l.kind.as_deref() == Some("bridge")).ok_or_else(|| {
@@ -741,6 +743,98 @@ fn remove_container(nl: &Nl<'_>, c: &Container, out: &mut Vec<String>) -> Result
         source,
     })?;
     out.push(format!("removed container {} ({})", c.name, c.ip));
+    Ok(())
+}
+
+/// Refuses a network that would take the host's own traffic: an uplink that is loopback or
+/// one of netfast's own links, a subnet that overlaps an address or a route the host has (as
+/// Docker refuses them). `adopted`: the adopted bridge, whose addresses and routes in the
+/// subnet are the network's own.
+fn host_conflicts(
+    nl: &Nl<'_>,
+    spec: &NetworkSpec,
+    state: &State,
+    bridge: &str,
+    uplink: &Link,
+    adopted: Option<u32>,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::Settings(why));
+    if uplink.is_loopback() || uplink.name == "lo" {
+        return refuse(format!(
+            "uplink {} is the loopback interface: nothing leaves the host through it; pick the \
+             interface towards the outside (the one `ip route show default` names)",
+            uplink.name
+        ));
+    }
+    if uplink.name == bridge {
+        return refuse(format!(
+            "the bridge and the uplink are both `{bridge}`; they must differ"
+        ));
+    }
+    let links = nl.links()?;
+    let name_of = |index: u32| {
+        links
+            .iter()
+            .find(|l| l.index == index)
+            .map_or_else(|| format!("interface #{index}"), |l| l.name.clone())
+    };
+    if let Some(n) = state.networks.iter().find(|n| n.bridge == uplink.name) {
+        return refuse(format!(
+            "uplink {} is the bridge of netfast network `{}`; pick the interface towards the outside",
+            uplink.name, n.name
+        ));
+    }
+    if let Some(c) = state.containers.iter().find(|c| c.veth == uplink.name) {
+        return refuse(format!(
+            "uplink {} is the veth of netfast container `{}`; pick the interface towards the outside",
+            uplink.name, c.name
+        ));
+    }
+    if let Some(controller) = uplink.controller
+        && let Some(n) = state
+            .networks
+            .iter()
+            .find(|n| n.bridge == name_of(controller))
+    {
+        return refuse(format!(
+            "uplink {} is a port of bridge {} of netfast network `{}`; pick the interface towards the outside",
+            uplink.name, n.bridge, n.name
+        ));
+    }
+    let overlaps = |net: &ipnet::Ipv4Net| {
+        net.contains(&spec.subnet.network()) || spec.subnet.contains(&net.network())
+    };
+    let fix = "containers there would take the host's own traffic; pick a subnet the host does \
+               not use (see `ip -4 addr` and `ip route`)";
+    for (index, ip, prefix) in nl.address_nets()? {
+        let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
+            continue;
+        };
+        if Some(index) != adopted && overlaps(&net.trunc()) {
+            return refuse(format!(
+                "subnet {} overlaps {ip}/{prefix}, an address of {}: {fix}",
+                spec.subnet,
+                name_of(index)
+            ));
+        }
+    }
+    for route in nl.routes()? {
+        // The default route leads everywhere; it is where the network's traffic goes.
+        if route.dst.prefix_len() == 0 || (adopted.is_some() && route.oif == adopted) {
+            continue;
+        }
+        if overlaps(&route.dst) {
+            return refuse(format!(
+                "subnet {} overlaps the host's route to {}{}: {fix}",
+                spec.subnet,
+                route.dst,
+                route
+                    .oif
+                    .map(|i| format!(" (dev {})", name_of(i)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     Ok(())
 }
 

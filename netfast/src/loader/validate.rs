@@ -125,6 +125,33 @@ pub fn check_subnet(net: &Ipv4Net) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Ranges a container subnet must not touch: their packets are never a network's to route.
+const SPECIAL: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    (
+        "240.0.0.0/4",
+        "reserved (240.0.0.0/4, with the broadcast address)",
+    ),
+];
+
+/// A subnet outside the ranges that are the host's own or nobody's.
+pub fn not_special(net: &Ipv4Net) -> Result<(), Invalid> {
+    for (range, what) in SPECIAL {
+        let range: Ipv4Net = range.parse().expect("a valid CIDR");
+        if range.contains(&net.network()) || net.contains(&range.network()) {
+            return invalid(format!(
+                "subnet {net} overlaps {what}: the host would give its containers traffic that is \
+                 not theirs; pick a private range such as 172.18.0.0/16, 10.88.0.0/16 or \
+                 192.168.100.0/24"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An address usable by a host of `net` (not its network or broadcast address).
 pub fn host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Net) -> Result<(), Invalid> {
     if !net.contains(&ip) {
@@ -155,6 +182,7 @@ pub fn network(spec: &NetworkSpec, state: &State) -> Result<Ipv4Addr, Invalid> {
         ));
     }
     check_subnet(&spec.subnet)?;
+    not_special(&spec.subnet)?;
     for other in &state.networks {
         if other.subnet.contains(&spec.subnet.network())
             || spec.subnet.contains(&other.subnet.network())
@@ -396,6 +424,26 @@ mod tests {
                 .contains("overlaps 172.18.0.0/24 of network `web`")
         );
         assert!(err(network(&spec("db", "172.18.0.128/25"), &state())).contains("overlaps"));
+    }
+
+    #[test]
+    fn subnets_of_the_hosts_own_or_nobodys_ranges_are_refused() {
+        for (bad, what) in [
+            ("127.0.0.0/8", "loopback"),
+            ("127.5.0.0/16", "loopback"),
+            ("224.1.0.0/16", "multicast"),
+            ("240.0.0.0/24", "reserved"),
+            ("169.254.0.0/24", "link-local"),
+            ("0.0.0.0/8", "this network"),
+            ("64.0.0.0/2", "loopback"),
+        ] {
+            let e = err(network(&spec("x", bad), &state()));
+            assert!(
+                e.contains(what) && e.contains("pick a private range"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(network(&spec("x", "10.88.0.0/16"), &state()).is_ok());
     }
 
     #[test]
