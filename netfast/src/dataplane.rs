@@ -219,12 +219,23 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// The pinned dataplane of `host`, or `None` when it has none.
+    /// The pinned dataplane of `host`, or `None` when it has none. Never creates a pin: aya
+    /// pins a new map in place of a missing one, so every map must be there first (and a
+    /// read-only command holds the host's lock, [`crate::loader::Loader::read`], so that no
+    /// `down` removes them while they are opened).
     pub fn open_existing(host: &Host) -> Result<Option<Self>> {
         let dir = host.pin_dir()?;
         let ct = dir.join(names::CONNTRACK);
         if !ct.exists() {
             return Ok(None);
+        }
+        if let Some(missing) = names::ALL.iter().find(|n| !dir.join(n).exists()) {
+            return Err(Error::Settings(format!(
+                "the dataplane of {} lacks its map {missing} ({}): removed by hand, or by a \
+                 `netfast down` that did not finish; run `netfast down` to remove the rest",
+                host.describe(),
+                dir.join(missing).display()
+            )));
         }
         let flows = MapInfo::from_pin(&ct)
             .map_err(|e| Error::map(names::CONNTRACK, e))?

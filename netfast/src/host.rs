@@ -24,6 +24,9 @@ use crate::{
 /// Where per-host state directories live.
 pub const STATE_ROOT: &str = "/run/netfast";
 
+/// The file beside a host's state that names it for humans (its `ip netns` names).
+pub const LABEL_FILE: &str = "host";
+
 /// The host namespace this process works in (the calling thread's network namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {

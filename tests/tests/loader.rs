@@ -1381,3 +1381,213 @@ fn input_that_takes_the_hosts_traffic_is_refused() {
     assert!(nf.ok(&["publish", "ls"]).lines().count() <= 1);
     assert_eq!(snapshot(&topo), before);
 }
+
+/// The host netfast keys `ns` by: where its state and pins live.
+fn host_of(ns: &str) -> Host {
+    let _in = NetnsGuard::enter(ns).expect("enter");
+    Host::current().expect("host")
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o777
+}
+
+/// netfast's state is private (directories 0700, files 0600) and never written or read
+/// through a symbolic link planted in it; read-only commands create no state and no pins.
+#[test]
+fn state_files_are_private_never_followed_and_read_only_commands_create_nothing() {
+    require_root();
+    let (topo, nf) = host();
+    // Read-only commands on a host netfast never served: nothing appears.
+    let fresh = netfast_tests::TestNetns::new("r");
+    let reader = Netfast::new(&fresh);
+    let h = host_of(fresh.name());
+    for args in [
+        &["stats"][..],
+        &["conntrack", "list"],
+        &["network", "ls"],
+        &["container", "ls"],
+        &["publish", "ls"],
+        &["config"],
+    ] {
+        reader.run(args);
+        assert!(
+            !h.state_dir().exists(),
+            "`netfast {}` created {}",
+            args.join(" "),
+            h.state_dir().display()
+        );
+        assert!(
+            !h.pin_dir().expect("bpffs").exists(),
+            "`netfast {}` created pins",
+            args.join(" ")
+        );
+    }
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let dir = host_of(topo.host.name()).state_dir();
+    assert_eq!(mode(std::path::Path::new("/run/netfast")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("state.json")), 0o600);
+    assert_eq!(mode(&dir.join("lock")), 0o600);
+    // A link at the temporary name: the next save replaces it, the target is untouched.
+    let victim = std::env::temp_dir().join(format!("{}-victim", topo.host.name()));
+    fs::write(&victim, "precious").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("state.json.tmp")).expect("plant a link");
+    nf.ok(&["container", "create", &ct(&topo, 0), "--network", "web"]);
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "precious");
+    assert_eq!(mode(&dir.join("state.json")), 0o600);
+    // The state file itself a link: refused, by name, and nothing is read through it.
+    let state = dir.join("state.json");
+    let copy = std::env::temp_dir().join(format!("{}-state", topo.host.name()));
+    fs::copy(&state, &copy).expect("copy");
+    fs::remove_file(&state).expect("remove");
+    std::os::unix::fs::symlink(&copy, &state).expect("plant a link");
+    let err = nf.fails(&["container", "ls"]);
+    assert!(err.contains("symbolic link"), "{err}");
+    fs::remove_file(&state).expect("remove the link");
+    fs::copy(&copy, &state).expect("restore");
+    // A directory made looser by hand is made private again by the next change.
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    nf.ok(&["container", "rm", &ct(&topo, 0)]);
+    assert_eq!(mode(&dir), 0o700);
+    for f in [victim, copy] {
+        fs::remove_file(f).expect("remove");
+    }
+}
+
+/// How many flock requests wait on `path` (its inode, from /proc/locks).
+fn flock_waiters(path: &std::path::Path) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(ino) = fs::metadata(path).map(|m| m.ino()) else {
+        return 0;
+    };
+    fs::read_to_string("/proc/locks")
+        .expect("/proc/locks")
+        .lines()
+        .filter(|l| l.contains("->") && l.contains("FLOCK"))
+        .filter(|l| {
+            l.split_whitespace().any(|w| {
+                w.rsplit(':').next() == Some(&ino.to_string()) && w.matches(':').count() == 2
+            })
+        })
+        .count()
+}
+
+/// `down` removes the lock file while it holds it: a command that waited on it must not
+/// go on holding a lock that nobody else can see (the next command would run beside it).
+#[test]
+fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
+    let waiter = {
+        let h = h.clone();
+        thread::spawn(move || netfast::loader::state::Locked::acquire(&h, true).expect("lock"))
+    };
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(&lock) == 1
+        }),
+        "the second command never waited for the lock"
+    );
+    // What `down` does last, with the lock held.
+    first.remove().expect("remove");
+    let second = waiter.join().expect("thread");
+    // Whoever comes next (making the directory and the lock file if they are missing, as a
+    // command does) must wait for `second`: the lock it holds is the one at the path.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "mkdir -p \"$(dirname \"$1\")\" && flock -n -x \"$1\" true",
+            "sh",
+        ])
+        .arg(&lock)
+        .output()
+        .expect("flock");
+    assert!(
+        !out.status.success(),
+        "the lock file at {} is not the one the waiting command holds",
+        lock.display()
+    );
+    drop(second);
+}
+
+/// Two `config` commands at once, each changing one setting: both changes stay.
+#[test]
+fn concurrent_config_changes_both_count() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    // Hold the lock shared: a command that reads under a shared lock gets past it and waits
+    // only to write, so both have read the old settings when it is let go; one that reads
+    // and writes under one exclusive lock waits before reading.
+    let holder = netfast::loader::state::Locked::acquire(&h, false).expect("lock");
+    let bin = netfast_bin();
+    let config = |flag: &str, value: &str| {
+        netfast_tests::Background::spawn(&[
+            bin.to_str().expect("path"),
+            "--netns",
+            topo.host.name(),
+            "config",
+            flag,
+            value,
+        ])
+    };
+    let a = config("--timeout-udp", "111");
+    let b = config("--timeout-icmp", "22");
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(&lock) == 2
+        }),
+        "both commands should be waiting for the lock"
+    );
+    drop(holder);
+    for c in [a, b] {
+        let out = c.wait_exit(std::time::Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cfg = nf.ok(&["config", "--json"]);
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+    assert_eq!(
+        (&cfg["timeouts"]["udp"], &cfg["timeouts"]["icmp"]),
+        (&serde_json::json!(111), &serde_json::json!(22)),
+        "one change was lost: {cfg}"
+    );
+}

@@ -134,9 +134,15 @@ impl Loader {
         self.netlink.host()
     }
 
-    /// The state, read under a shared lock.
+    /// The state, read under a shared lock (which creates nothing).
     pub fn state(&self) -> Result<State> {
-        Ok(Locked::acquire(&self.host, false)?.state)
+        Ok(self.read()?.state)
+    }
+
+    /// The state under a shared lock, held until the value is dropped: nothing changes (no
+    /// `down` removes the dataplane) while a read-only command looks at it.
+    pub fn read(&self) -> Result<Locked> {
+        Locked::acquire(&self.host, false)
     }
 
     pub fn netlink(&self) -> &Netlink {
@@ -607,8 +613,25 @@ impl Loader {
 
     /// Host-wide dataplane settings; effective immediately where the dataplane runs.
     pub fn configure(&self, cfg: &DataplaneConfig) -> Result<Vec<String>> {
+        self.configure_with(|c| *c = cfg.clone())
+            .map(|(_, lines)| lines)
+    }
+
+    /// Changes the settings with `change`, reading and writing them under one exclusive lock
+    /// (two commands changing different settings at once both count). Returns the settings
+    /// now in force; nothing is written when `change` changes nothing.
+    pub fn configure_with(
+        &self,
+        change: impl FnOnce(&mut DataplaneConfig),
+    ) -> Result<(DataplaneConfig, Vec<String>)> {
         caps::require("config", false)?;
         let mut locked = Locked::acquire(&self.host, true)?;
+        let mut cfg = locked.state.dataplane.clone();
+        change(&mut cfg);
+        if cfg == locked.state.dataplane {
+            return Ok((cfg, Vec::new()));
+        }
+        let cfg = &cfg;
         self.configure_locked(&mut locked.state, cfg)?;
         locked.save()?;
         let mut out = vec![format!(
@@ -631,7 +654,7 @@ impl Loader {
                 fallback.join(", ")
             ));
         }
-        Ok(out)
+        Ok((cfg.clone(), out))
     }
 
     fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
