@@ -524,37 +524,6 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// The netns cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
-fn netns_cookie() -> Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let io = |source| Error::Io {
-        context: "reading the network namespace cookie".into(),
-        source,
-    };
-    // SAFETY: plain socket syscalls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io(std::io::Error::last_os_error()));
-        }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 0 {
-            return Err(io(err));
-        }
-        Ok(cookie)
-    }
-}
-
 impl Dataplane {
     /// Attaches the socket-level programs (the host's own clients of published ports) to
     /// the root cgroup, scoped to this host namespace. Idempotent. `Ok(false)` when the
@@ -567,7 +536,7 @@ impl Dataplane {
         maps::write_host(
             &mut self.ebpf,
             &netfast_common::publish::HostInfo {
-                netns_cookie: netns_cookie()?,
+                netns_cookie: crate::host::netns_cookie()?,
             },
         )?;
         let cgroup = fs::File::open(&root).map_err(|source| Error::Io {

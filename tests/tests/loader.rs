@@ -71,9 +71,7 @@ fn snapshot(topo: &Topology) -> String {
 
 /// The state file of the topology's host.
 fn state_file(topo: &Topology) -> std::path::PathBuf {
-    std::path::Path::new("/run/netfast")
-        .join(topo.host.name())
-        .join("state.json")
+    host_of(topo.host.name()).state_dir().join("state.json")
 }
 
 /// `network create legacy --adopt` of the topology's hand-made br0 (172.18.0.0/24) on
@@ -270,8 +268,9 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     );
     // ip_forward stays on (as Docker leaves it); everything else is as it was.
     assert_eq!(snapshot(&topo), before);
-    assert!(!std::path::Path::new(&format!("/run/netfast/{}", topo.host.name())).exists());
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/netfast/{}", topo.host.name())).exists());
+    let h = host_of(topo.host.name());
+    assert!(!h.state_dir().exists());
+    assert!(!h.pin_dir().expect("bpffs").exists());
     assert_eq!(nf.ok(&["down"]).trim(), "nothing to remove");
 }
 
@@ -1590,4 +1589,73 @@ fn concurrent_config_changes_both_count() {
         (&serde_json::json!(111), &serde_json::json!(22)),
         "one change was lost: {cfg}"
     );
+}
+
+/// A host is known by its namespace, not by a name: a second name for it (`ip netns attach`)
+/// finds its networks, and a name that now points at another namespace finds none of them.
+/// (The machine's root namespace plays no part: two test namespaces with confusing names do.)
+#[test]
+fn a_host_is_known_by_its_namespace_not_by_its_name() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let names = |ns: &str| -> Vec<String> {
+        let ls = netfast_tests::run_ok(&[
+            netfast_bin().to_str().expect("path"),
+            "--netns",
+            ns,
+            "network",
+            "ls",
+            "--json",
+        ]);
+        let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
+        ls.as_array()
+            .expect("array")
+            .iter()
+            .map(|n| n["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let a = topo.host.name().to_owned();
+    // A second name that sorts before the first (a name-keyed netfast switched keys).
+    let alias = netfast_tests::netns::NetnsAlias::new(&a[..a.len() - 1], &a);
+    assert_eq!(names(alias.name()), ["web"], "under its second name");
+    assert_eq!(names(&a), ["web"], "under its first name");
+    let text = netfast_tests::run_ok(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        alias.name(),
+        "network",
+        "ls",
+    ]);
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("host: network namespace")
+                && l.contains(alias.name())
+                && l.contains(&a)
+                && l.contains("(key netns-")),
+        "{text}"
+    );
+    // The alias now names another namespace: it has no network, whatever its name was.
+    let other = netfast_tests::TestNetns::new("b");
+    alias.repoint(other.name());
+    assert_eq!(
+        names(alias.name()),
+        Vec::<String>::new(),
+        "another namespace"
+    );
+    assert_eq!(names(other.name()), Vec::<String>::new());
+    assert_eq!(names(&a), ["web"]);
+    // And netfast's own `host` file names the namespace for humans.
+    let h = host_of(&a);
+    let label = fs::read_to_string(h.state_dir().join("host")).expect("host file");
+    assert!(label.contains(&a), "{label}");
 }

@@ -239,12 +239,17 @@ impl Locked {
                 tighten(&lock, 0o600).map_err(|e| explain(&lock_path, e))?;
             }
             let state = read_state(&dir, &dir_path.join(STATE_FILE))?;
-            return Ok(Locked {
+            let locked = Locked {
                 dir_path,
                 dir: Some(dir),
                 _lock: Some(lock),
                 state,
-            });
+            };
+            if exclusive {
+                // For humans (and `network ls`): which namespace this key is, by name.
+                locked.write_aside(crate::host::LABEL_FILE, &host.label())?;
+            }
+            return Ok(locked);
         }
     }
 
