@@ -1659,3 +1659,37 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
     let label = fs::read_to_string(h.state_dir().join("host")).expect("host file");
     assert!(label.contains(&a), "{label}");
 }
+
+/// A publication to an address (no container of netfast's behind it) goes with its network:
+/// from the state and from the dataplane, so that a later network with the same id does not
+/// revive it.
+#[test]
+fn network_rm_removes_its_publications_by_address() {
+    require_root();
+    let (topo, nf) = host();
+    let create = |name: &str| {
+        nf.ok(&[
+            "network",
+            "create",
+            name,
+            "--subnet",
+            "172.30.2.0/24",
+            "--uplink",
+            "up0",
+        ])
+    };
+    create("web");
+    nf.ok(&["publish", "web", "8090:172.30.2.50:80"]);
+    let out = nf.ok(&["network", "rm", "web"]);
+    assert!(out.contains("unpublished 8090:172.30.2.50:80/tcp on web"), "{out}");
+    let listed = nf.ok(&["publish", "ls", "--json"]);
+    assert_eq!(listed.trim(), "[]", "publish ls after network rm: {listed}");
+    // A new network takes the same id: nothing of the old publication is in its dataplane.
+    create("web2");
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    let dp = Dataplane::open_existing(&Host::current().expect("host"))
+        .expect("open")
+        .expect("a dataplane");
+    let published = netfast::maps::published(dp.ebpf()).expect("read");
+    assert!(published.is_empty(), "stale DNAT entries: {}", published.len());
+}

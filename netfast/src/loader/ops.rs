@@ -359,6 +359,17 @@ impl Loader {
         network: &Network,
         out: &mut Vec<String>,
     ) -> Result<()> {
+        // Publications by address lead to no container, so no `container rm` took them: they
+        // go with their network (network ids are reused, and a stale entry would revive).
+        let publications: Vec<_> = state
+            .publications
+            .iter()
+            .filter(|p| p.network == network.name)
+            .cloned()
+            .collect();
+        for p in &publications {
+            self.remove_publication(state, p, out)?;
+        }
         let before = state.clone();
         if network.backend == Backend::Ebpf {
             uninstall(&self.host, nl, state, network)?;
