@@ -435,8 +435,53 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// Puts a publication in the dataplane: one entry per host port, and its allow-list.
+    /// Removes the DNAT and allow-list entries that none of `owned` (the state's eBPF
+    /// publications) accounts for: what a `publish` killed before it saved its state left.
+    /// An allow-list rule id is then never handed out while entries with it exist.
+    pub fn prune_publications(
+        &mut self,
+        owned: &[&crate::loader::publish::Publication],
+    ) -> Result<usize> {
+        let keys: Vec<_> = owned.iter().flat_map(|p| pub_keys(p)).collect();
+        let mut pruned = 0;
+        for (key, _) in maps::published(&self.ebpf)? {
+            if !keys.contains(&key) {
+                maps::unpublish(&mut self.ebpf, &key)?;
+                pruned += 1;
+            }
+        }
+        for (rule, net) in maps::allow_entries(&self.ebpf)? {
+            if !owned
+                .iter()
+                .any(|p| p.rule == rule && p.allow.contains(&net))
+            {
+                maps::disallow(&mut self.ebpf, rule, net)?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Puts a publication in the dataplane: one entry per host port, and its allow-list. All
+    /// or nothing: what it added is taken out again if a step fails.
     pub fn publish(&mut self, p: &crate::loader::publish::Publication, net_id: u16) -> Result<()> {
+        let done = self.publish_steps(p, net_id);
+        if done.is_err() {
+            for key in pub_keys(p) {
+                let _ = maps::unpublish(&mut self.ebpf, &key);
+            }
+            for net in &p.allow {
+                let _ = maps::disallow(&mut self.ebpf, p.rule, *net);
+            }
+        }
+        done
+    }
+
+    fn publish_steps(
+        &mut self,
+        p: &crate::loader::publish::Publication,
+        net_id: u16,
+    ) -> Result<()> {
         use netfast_common::publish::{PubKey, PubTarget};
         for net in &p.allow {
             maps::allow(&mut self.ebpf, p.rule, *net)?;
@@ -502,6 +547,19 @@ impl Dataplane {
     pub fn set_host_addrs(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
         maps::set_host_addrs(&mut self.ebpf, addrs)
     }
+}
+
+/// The DNAT map keys of a publication: one per host port.
+fn pub_keys(p: &crate::loader::publish::Publication) -> Vec<netfast_common::publish::PubKey> {
+    p.host_ports
+        .iter()
+        .map(|port| netfast_common::publish::PubKey {
+            addr: p.host_ip.map_or(0, maps::raw_addr),
+            port: port.to_be(),
+            proto: p.proto.number(),
+            _pad: 0,
+        })
+        .collect()
 }
 
 /// The socket-level programs and the cgroup hook each one takes.

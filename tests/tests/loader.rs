@@ -1681,7 +1681,10 @@ fn network_rm_removes_its_publications_by_address() {
     create("web");
     nf.ok(&["publish", "web", "8090:172.30.2.50:80"]);
     let out = nf.ok(&["network", "rm", "web"]);
-    assert!(out.contains("unpublished 8090:172.30.2.50:80/tcp on web"), "{out}");
+    assert!(
+        out.contains("unpublished 8090:172.30.2.50:80/tcp on web"),
+        "{out}"
+    );
     let listed = nf.ok(&["publish", "ls", "--json"]);
     assert_eq!(listed.trim(), "[]", "publish ls after network rm: {listed}");
     // A new network takes the same id: nothing of the old publication is in its dataplane.
@@ -1691,5 +1694,106 @@ fn network_rm_removes_its_publications_by_address() {
         .expect("open")
         .expect("a dataplane");
     let published = netfast::maps::published(dp.ebpf()).expect("read");
-    assert!(published.is_empty(), "stale DNAT entries: {}", published.len());
+    assert!(
+        published.is_empty(),
+        "stale DNAT entries: {}",
+        published.len()
+    );
+}
+
+/// A `publish` killed half-way (after its allow-list entry, before its DNAT entry) leaves
+/// entries that no publication owns; the next `publish` removes them before it takes the
+/// same allow-list id, so the stale list never admits the new publication's clients.
+#[test]
+fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let bin = netfast_bin();
+    let bin = bin.to_str().expect("path");
+    let publish = [
+        "publish",
+        "web",
+        "9090:172.18.0.60:80",
+        "--allow",
+        "192.0.2.0/24",
+    ];
+    // A run to count its bpf calls: the last map update is the DNAT entry's.
+    let trace = std::env::temp_dir().join(format!("{}-publish.trace", topo.host.name()));
+    let mut argv = vec!["strace", "-f", "-qq", "-e", "trace=bpf", "-o"];
+    let trace_s = trace.to_str().expect("path").to_owned();
+    argv.push(&trace_s);
+    argv.extend([bin, "--netns", topo.host.name()]);
+    argv.extend(publish);
+    netfast_tests::run_ok(&argv);
+    nf.ok(&["unpublish", "web", "9090:172.18.0.60:80"]);
+    let text = fs::read_to_string(&trace).expect("trace");
+    fs::remove_file(&trace).expect("remove trace");
+    let last = text
+        .lines()
+        .filter(|l| l.contains("bpf(BPF_MAP_UPDATE_ELEM"))
+        .last()
+        .expect("the publish updated a map")
+        .to_owned();
+    let pid = last.split_whitespace().next().expect("pid").to_owned();
+    let n = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{pid} ")) && l.contains(" bpf("))
+        .position(|l| l == last)
+        .expect("in the trace")
+        + 1;
+    let inject = format!("inject=bpf:signal=KILL:when={n}");
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=bpf",
+        "-e",
+    ];
+    argv.push(&inject);
+    argv.extend([bin, "--netns", topo.host.name()]);
+    argv.extend(publish);
+    let killed = netfast_tests::run(&argv);
+    assert!(!killed.status.success(), "the publish was not killed");
+    assert_eq!(nf.ok(&["publish", "ls", "--json"]).trim(), "[]");
+    let allow_entries = || {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        let dp = Dataplane::open_existing(&Host::current().expect("host"))
+            .expect("open")
+            .expect("a dataplane");
+        (
+            netfast::maps::allow_entries(dp.ebpf()).expect("allow"),
+            netfast::maps::published(dp.ebpf())
+                .expect("published")
+                .len(),
+        )
+    };
+    let (stale, _) = allow_entries();
+    assert_eq!(
+        stale,
+        vec![(1, "192.0.2.0/24".parse().expect("net"))],
+        "the kill should have come between the allow-list and the DNAT entry"
+    );
+    let out = nf.ok(&[
+        "publish",
+        "web",
+        "9091:172.18.0.61:80",
+        "--allow",
+        "203.0.113.0/24",
+    ]);
+    assert!(out.contains("did not finish"), "{out}");
+    let (entries, published) = allow_entries();
+    assert_eq!(entries, vec![(1, "203.0.113.0/24".parse().expect("net"))]);
+    assert_eq!(published, 1, "only the new publication's DNAT entry");
 }
