@@ -1797,3 +1797,52 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     assert_eq!(entries, vec![(1, "203.0.113.0/24".parse().expect("net"))]);
     assert_eq!(published, 1, "only the new publication's DNAT entry");
 }
+
+/// A layer-3 uplink (a tun device: no Ethernet header) is refused for the eBPF dataplane,
+/// whose programs parse Ethernet frames, with the backend to use instead; `--backend auto`
+/// takes nftables for it and says why.
+#[test]
+fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
+    require_root();
+    let (topo, nf) = host();
+    let h = &topo.host;
+    h.exec_ok(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    h.exec_ok(&["ip", "addr", "add", "192.0.2.1/24", "dev", "tun0"]);
+    h.exec_ok(&["ip", "link", "set", "tun0", "up"]);
+    let before = snapshot(&topo);
+    let create = |backend: &str| {
+        vec![
+            "network",
+            "create",
+            "vpn",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            "tun0",
+            "--backend",
+        ]
+        .into_iter()
+        .chain([backend])
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let args = create("ebpf");
+    let err = nf.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("uplink tun0 has no Ethernet header")
+            && err.contains("layer 3")
+            && err.contains("--backend nftables"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&topo), before, "a refused create changed the host");
+    let args = create("auto");
+    let out = nf.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("--backend auto: uplink tun0 has no Ethernet header")
+            && out.contains("it takes nftables"),
+        "{out}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["backend"], "nftables");
+}

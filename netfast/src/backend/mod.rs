@@ -91,6 +91,21 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend> {
     resolve_with(choice, unusable)
 }
 
+/// [`resolve`] for a network whose uplink the eBPF dataplane cannot serve when `no_ebpf`
+/// says why (a layer-3 uplink): `auto` passes over eBPF, and asking for it is refused.
+pub fn resolve_for_uplink(choice: BackendChoice, no_ebpf: Option<String>) -> Result<Backend> {
+    match no_ebpf {
+        None => resolve(choice),
+        Some(why) if choice == BackendChoice::Ebpf => {
+            Err(Error::Settings(format!("--backend ebpf: {why}")))
+        }
+        Some(why) => resolve_with(choice, |b| match b {
+            Backend::Ebpf => Some(why.clone()),
+            _ => unusable(b),
+        }),
+    }
+}
+
 fn resolve_with(
     choice: BackendChoice,
     unusable: impl Fn(Backend) -> Option<String>,

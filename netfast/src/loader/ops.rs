@@ -170,7 +170,6 @@ impl Loader {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
         let settings = validate::dataplane(&state.dataplane)?;
-        let backend = crate::backend::resolve(spec.backend)?;
         let bridge_name = spec
             .bridge
             .clone()
@@ -185,6 +184,20 @@ impl Loader {
         let existing = nl.link(&bridge_name)?;
         let adopted_bridge = existing.as_ref().filter(|_| spec.adopt).map(|b| b.index);
         host_conflicts(nl, spec, state, &bridge_name, &uplink, adopted_bridge)?;
+        // The eBPF programs read an Ethernet header first; a layer-3 uplink (tun, wireguard,
+        // ipip) has none, and they would translate the wrong bytes.
+        let no_ethernet = (!uplink.is_ethernet()).then(|| {
+            format!(
+                "uplink {} has no Ethernet header ({}), which the eBPF dataplane's programs \
+                 need; create the network with --backend nftables (or iptables)",
+                uplink.name,
+                uplink.describe_type()
+            )
+        });
+        let backend = crate::backend::resolve_for_uplink(spec.backend, no_ethernet.clone())?;
+        if let (Some(why), None) = (&no_ethernet, spec.backend.named()) {
+            out.push(format!("--backend auto: {why}; it takes {backend}"));
+        }
         let ext_addr = nl.addresses(&uplink)?.first().map(|(ip, _)| *ip);
         if spec.masquerade && ext_addr.is_none() {
             return Err(Error::Settings(format!(
