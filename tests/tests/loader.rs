@@ -1739,8 +1739,7 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     fs::remove_file(&trace).expect("remove trace");
     let last = text
         .lines()
-        .filter(|l| l.contains("bpf(BPF_MAP_UPDATE_ELEM"))
-        .last()
+        .rfind(|l| l.contains("bpf(BPF_MAP_UPDATE_ELEM"))
         .expect("the publish updated a map")
         .to_owned();
     let pid = last.split_whitespace().next().expect("pid").to_owned();
