@@ -216,13 +216,17 @@ fn sync_nft(rules: &Rules) -> Result<()> {
         nft_counters()?
     };
     let batch = rules::nft_batch(rules, &counts, true).to_json();
-    if let Err(e) = tool(&["nft", "-j", "-f", "-"], Some(&batch)) {
-        // A kernel without conntrack timeout policies refuses the `ct timeout` objects:
-        // the rest works without them, and the flows keep the kernel's timeouts.
-        let plain = rules::nft_batch(rules, &counts, false).to_json();
-        if rules.is_empty() || tool(&["nft", "-j", "-f", "-"], Some(&plain)).is_err() {
-            return Err(e);
-        }
+    tool(&["nft", "-j", "-f", "-"], Some(&batch))?;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    // The timeout policies, in a second transaction (nft's JSON drops their policy): new
+    // flows of the few milliseconds between the two get the kernel's timeouts. A kernel
+    // without conntrack timeout policies refuses them: the rest works without.
+    if let Err(e) = tool(
+        &["nft", "-f", "-"],
+        Some(&rules::nft_timeouts_text(&rules.timeouts)),
+    ) {
         eprintln!(
             "netfast: nftables refused conntrack timeout policies ({}): flows of the \
              nftables backend's networks keep the kernel's timeouts \

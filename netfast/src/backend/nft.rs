@@ -126,11 +126,6 @@ impl Stmt {
             }
         }
     }
-
-    /// `ct timeout set "NAME"`.
-    pub fn ct_timeout(name: &str) -> Stmt {
-        Stmt(json!({ "ct timeout": name }))
-    }
 }
 
 /// A base chain's hook: `type TYPE hook HOOK priority PRIO; policy accept`.
@@ -170,18 +165,6 @@ impl Batch {
     pub fn counter(&mut self, name: &str, packets: u64, bytes: u64) {
         self.add(json!({ "counter": {
             "family": FAMILY, "table": TABLE, "name": name, "packets": packets, "bytes": bytes,
-        } }));
-    }
-
-    /// A conntrack timeout policy (`ct timeout NAME { protocol …; l3proto ip; policy = … }`).
-    pub fn ct_timeout(&mut self, name: &str, protocol: &str, policy: &[(&str, u32)]) {
-        let policy: serde_json::Map<String, Value> = policy
-            .iter()
-            .map(|(state, secs)| ((*state).to_owned(), json!(secs)))
-            .collect();
-        self.add(json!({ "ct timeout": {
-            "family": FAMILY, "table": TABLE, "name": name,
-            "protocol": protocol, "l3proto": "ip", "policy": policy,
         } }));
     }
 

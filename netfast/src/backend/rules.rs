@@ -214,31 +214,24 @@ fn ipt_ports(p: Ports) -> String {
     }
 }
 
-/// The `ct timeout` objects for `t` and the chain that sets them on a new flow.
-fn nft_timeouts(b: &mut Batch, t: &Timeouts) {
+/// The `ct timeout` objects for `t` and the rules of chain `timeouts` that set them on a new
+/// flow, as nft text: a second transaction after the JSON batch, since nft's JSON parser
+/// (1.0.6 at least) drops a `ct timeout` object's policy. The text holds netfast's own
+/// fixed names and numbers only, never a name a user gave.
+pub fn nft_timeouts_text(t: &Timeouts) -> String {
     let tr = t.tcp_transitory;
-    b.ct_timeout(
-        "tcp_timeouts",
-        "tcp",
-        &[
-            ("established", t.tcp_established),
-            ("syn_sent", tr),
-            ("syn_recv", tr),
-            ("fin_wait", tr),
-            ("close_wait", tr),
-            ("last_ack", tr),
-            ("time_wait", tr),
-            ("close", t.tcp_close),
-        ],
-    );
-    b.ct_timeout(
-        "udp_timeouts",
-        "udp",
-        &[("unreplied", t.udp), ("replied", t.udp)],
-    );
-    b.chain("timeouts", None);
-    b.rule("timeouts", vec![Stmt::ct_timeout("tcp_timeouts")]);
-    b.rule("timeouts", vec![Stmt::ct_timeout("udp_timeouts")]);
+    format!(
+        "add ct timeout ip netfast tcp_timeouts {{ protocol tcp; l3proto ip; policy = {{ \
+         established: {}, syn_sent: {tr}, syn_recv: {tr}, fin_wait: {tr}, close_wait: {tr}, \
+         last_ack: {tr}, time_wait: {tr}, close: {} }}; }}\n\
+         add ct timeout ip netfast udp_timeouts {{ protocol udp; l3proto ip; policy = {{ \
+         unreplied: {u}, replied: {u} }}; }}\n\
+         add rule ip netfast timeouts ct timeout set \"tcp_timeouts\"\n\
+         add rule ip netfast timeouts ct timeout set \"udp_timeouts\"\n",
+        t.tcp_established,
+        t.tcp_close,
+        u = t.udp
+    )
 }
 
 fn iif(name: &str) -> Stmt {
@@ -283,8 +276,9 @@ pub fn nft_batch(rules: &Rules, counts: &Counts, timeouts: bool) -> Batch {
     }
     // Timeout policies for the flows of the networks, set on a flow's first packet (in the
     // postrouting nat chain, before the kernel confirms it). nft has them for TCP and UDP.
+    // (The policies themselves and the rules that set them: [`nft_timeouts_text`].)
     if timeouts {
-        nft_timeouts(&mut b, &rules.timeouts);
+        b.chain("timeouts", None);
     }
     let local = || Stmt::eq(Expr::fib_daddr_type(), Expr::str("local"));
     for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
@@ -859,14 +853,24 @@ mod tests {
                 {"counter": "to_host_loopback"}, {"drop": null},
             ])]
         );
-        let timeouts = added(&doc, "ct timeout");
-        assert_eq!(timeouts.len(), 2);
-        assert_eq!(timeouts[0]["policy"]["established"], 7440);
-        assert_eq!(timeouts[0]["policy"]["close"], 10);
         assert_eq!(
-            timeouts[1]["policy"],
-            json!({"unreplied": 300, "replied": 300})
+            added(&doc, "chain")
+                .iter()
+                .filter(|c| c["name"] == "timeouts")
+                .count(),
+            1
         );
+        let text = nft_timeouts_text(&r.timeouts);
+        for line in [
+            "add ct timeout ip netfast tcp_timeouts { protocol tcp; l3proto ip; policy = { \
+             established: 7440, syn_sent: 240, syn_recv: 240, fin_wait: 240, close_wait: 240, \
+             last_ack: 240, time_wait: 240, close: 10 }; }\n",
+            "add ct timeout ip netfast udp_timeouts { protocol udp; l3proto ip; policy = { \
+             unreplied: 300, replied: 300 }; }\n",
+            "add rule ip netfast timeouts ct timeout set \"udp_timeouts\"\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
         // Where the kernel has no timeout policies: the same without them.
         let plain = nft_doc(&nft_batch(&r, &counts, false));
         assert!(added(&plain, "ct timeout").is_empty());
