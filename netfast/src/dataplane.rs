@@ -224,12 +224,23 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// The pinned dataplane of `host`, or `None` when it has none.
+    /// The pinned dataplane of `host`, or `None` when it has none. Never creates a pin: aya
+    /// pins a new map in place of a missing one, so every map must be there first (and a
+    /// read-only command holds the host's lock, [`crate::loader::Loader::read`], so that no
+    /// `down` removes them while they are opened).
     pub fn open_existing(host: &Host) -> Result<Option<Self>> {
         let dir = host.pin_dir()?;
         let ct = dir.join(names::CONNTRACK);
         if !ct.exists() {
             return Ok(None);
+        }
+        if let Some(missing) = names::ALL.iter().find(|n| !dir.join(n).exists()) {
+            return Err(Error::Settings(format!(
+                "the dataplane of {} lacks its map {missing} ({}): removed by hand, or by a \
+                 `netfast down` that did not finish; run `netfast down` to remove the rest",
+                host.describe(),
+                dir.join(missing).display()
+            )));
         }
         let flows = MapInfo::from_pin(&ct)
             .map_err(|e| Error::map(names::CONNTRACK, e))?
@@ -429,8 +440,53 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// Puts a publication in the dataplane: one entry per host port, and its allow-list.
+    /// Removes the DNAT and allow-list entries that none of `owned` (the state's eBPF
+    /// publications) accounts for: what a `publish` killed before it saved its state left.
+    /// An allow-list rule id is then never handed out while entries with it exist.
+    pub fn prune_publications(
+        &mut self,
+        owned: &[&crate::loader::publish::Publication],
+    ) -> Result<usize> {
+        let keys: Vec<_> = owned.iter().flat_map(|p| pub_keys(p)).collect();
+        let mut pruned = 0;
+        for (key, _) in maps::published(&self.ebpf)? {
+            if !keys.contains(&key) {
+                maps::unpublish(&mut self.ebpf, &key)?;
+                pruned += 1;
+            }
+        }
+        for (rule, net) in maps::allow_entries(&self.ebpf)? {
+            if !owned
+                .iter()
+                .any(|p| p.rule == rule && p.allow.contains(&net))
+            {
+                maps::disallow(&mut self.ebpf, rule, net)?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Puts a publication in the dataplane: one entry per host port, and its allow-list. All
+    /// or nothing: what it added is taken out again if a step fails.
     pub fn publish(&mut self, p: &crate::loader::publish::Publication, net_id: u16) -> Result<()> {
+        let done = self.publish_steps(p, net_id);
+        if done.is_err() {
+            for key in pub_keys(p) {
+                let _ = maps::unpublish(&mut self.ebpf, &key);
+            }
+            for net in &p.allow {
+                let _ = maps::disallow(&mut self.ebpf, p.rule, *net);
+            }
+        }
+        done
+    }
+
+    fn publish_steps(
+        &mut self,
+        p: &crate::loader::publish::Publication,
+        net_id: u16,
+    ) -> Result<()> {
         use netfast_common::publish::{PubKey, PubTarget};
         for net in &p.allow {
             maps::allow(&mut self.ebpf, p.rule, *net)?;
@@ -498,6 +554,19 @@ impl Dataplane {
     }
 }
 
+/// The DNAT map keys of a publication: one per host port.
+fn pub_keys(p: &crate::loader::publish::Publication) -> Vec<netfast_common::publish::PubKey> {
+    p.host_ports
+        .iter()
+        .map(|port| netfast_common::publish::PubKey {
+            addr: p.host_ip.map_or(0, maps::raw_addr),
+            port: port.to_be(),
+            proto: p.proto.number(),
+            _pad: 0,
+        })
+        .collect()
+}
+
 /// The socket-level programs and the cgroup hook each one takes.
 const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
@@ -518,37 +587,6 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// The netns cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
-fn netns_cookie() -> Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let io = |source| Error::Io {
-        context: "reading the network namespace cookie".into(),
-        source,
-    };
-    // SAFETY: plain socket syscalls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io(std::io::Error::last_os_error()));
-        }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 0 {
-            return Err(io(err));
-        }
-        Ok(cookie)
-    }
-}
-
 impl Dataplane {
     /// Attaches the socket-level programs (the host's own clients of published ports) to
     /// the root cgroup, scoped to this host namespace. Idempotent. `Ok(false)` when the
@@ -561,7 +599,7 @@ impl Dataplane {
         maps::write_host(
             &mut self.ebpf,
             &netfast_common::publish::HostInfo {
-                netns_cookie: netns_cookie()?,
+                netns_cookie: crate::host::netns_cookie()?,
             },
         )?;
         let cgroup = fs::File::open(&root).map_err(|source| Error::Io {

@@ -1,10 +1,13 @@
 //! "The host": the network namespace netfast serves, and where it keeps what belongs to it.
 //!
-//! Each host namespace has a key — its `ip netns` name, `root` for the machine's own, or
-//! `ino-<inode>` for an unnamed one — found the same way whether netfast entered it with
-//! `--netns NAME` or was started under `ip netns exec NAME`. Under that key live:
+//! Each host namespace has a key made of its identity, never of a name: `netns-<cookie>`,
+//! its netns cookie (SO_NETNS_COOKIE), which the kernel never gives to another namespace
+//! while the machine runs. A name in /run/netns can point at another namespace tomorrow (`ip
+//! netns add root` made netfast's root namespace and a namespace named `root` share state),
+//! and naming a namespace later (`ip netns attach`) must not orphan what it has. Under that key
+//! live:
 //! - its state, in `/run/netfast/<key>/` (tmpfs: it describes kernel objects, which do not
-//!   survive a reboot either);
+//!   survive a reboot either), with a `host` file that names it for humans;
 //! - its pinned BPF objects (maps, TCX links), in `/sys/fs/bpf/netfast/<key>/`.
 
 use std::{
@@ -24,13 +27,20 @@ use crate::{
 /// Where per-host state directories live.
 pub const STATE_ROOT: &str = "/run/netfast";
 
+/// The file beside a host's state that names it for humans (its `ip netns` names).
+pub const LABEL_FILE: &str = "host";
+
 /// The host namespace this process works in (the calling thread's network namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
-    /// Directory-safe identity: the `ip netns` name, `root`, or `ino-<inode>`.
+    /// Directory-safe identity: `netns-<cookie>`.
     pub key: String,
-    /// The `ip netns` name, when it has one.
-    pub name: Option<String>,
+    /// Its `ip netns` names, sorted (a namespace can have several, or none).
+    pub names: Vec<String>,
+    /// Whether it is the machine's root network namespace.
+    pub root: bool,
+    /// Its nsfs inode, for humans and for finding state an older netfast left.
+    pub inode: u64,
 }
 
 fn inode(path: &Path) -> Option<u64> {
@@ -44,30 +54,22 @@ impl Host {
             context: "reading /proc/thread-self/ns/net".into(),
             source: std::io::Error::last_os_error(),
         })?;
-        if let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) {
-            let mut names: Vec<String> = entries
-                .flatten()
-                .filter(|e| inode(&e.path()) == Some(own))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            if let Some(name) = names.into_iter().next() {
-                return Ok(Host {
-                    key: name.clone(),
-                    name: Some(name),
-                });
-            }
-        }
-        if root_netns_inode() == own {
-            return Ok(Host {
-                key: "root".into(),
-                name: None,
-            });
-        }
-        Ok(Host {
-            key: format!("ino-{own}"),
-            name: None,
-        })
+        let mut names: Vec<String> = fs::read_dir(NETNS_RUN_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| inode(&e.path()) == Some(own))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let host = Host {
+            key: format!("netns-{}", netns_cookie()?),
+            names,
+            root: root_netns_inode() == own,
+            inode: own,
+        };
+        host.check_legacy()?;
+        Ok(host)
     }
 
     /// `/run/netfast/<key>`.
@@ -83,11 +85,124 @@ impl Host {
 
     /// How to name this host to a human.
     pub fn describe(&self) -> String {
-        match &self.name {
-            Some(name) => format!("network namespace {name}"),
-            None if self.key == "root" => "the root network namespace".into(),
-            None => format!("network namespace {}", self.key),
+        match (self.names.as_slice(), self.root) {
+            ([], true) => "the root network namespace".into(),
+            ([], false) => format!("network namespace {} (no name)", self.key),
+            (names, root) => {
+                format!(
+                    "network namespace {}{}",
+                    names.join(" (also "),
+                    ")".repeat(names.len() - 1)
+                ) + if root { ", the root one" } else { "" }
+            }
         }
+    }
+
+    /// What the `host` file beside the state says: the names, then the key.
+    pub fn label(&self) -> String {
+        let mut label = match (self.names.as_slice(), self.root) {
+            ([], true) => "root".to_owned(),
+            ([], false) => format!("unnamed (inode {})", self.inode),
+            (names, _) => names.join(" "),
+        };
+        label.push('\n');
+        label
+    }
+
+    /// The key an older netfast gave this namespace: its first name, `root`, `ino-<inode>`.
+    fn legacy_key(&self) -> String {
+        match (self.names.first(), self.root) {
+            (Some(name), _) => name.clone(),
+            (None, true) => "root".into(),
+            (None, false) => format!("ino-{}", self.inode),
+        }
+    }
+
+    /// State an older netfast (which keyed hosts by name) left for this namespace: a state
+    /// directory alone is moved under the new key; with pins, which bpffs cannot move, the
+    /// command is refused with what to do. A key that another namespace may have written (a
+    /// namespace named `root` beside the real root) is never taken over.
+    fn check_legacy(&self) -> Result<()> {
+        let old = self.legacy_key();
+        if old.contains('/') || old == "." || old == ".." {
+            return Ok(());
+        }
+        let old_state = Path::new(STATE_ROOT).join(&old);
+        let old_pins = crate::bpffs::find().map(|b| b.join(PIN_DIR).join(&old));
+        let pins = old_pins.as_ref().filter(|p| p.exists());
+        if !old_state.join("state.json").exists() && pins.is_none() {
+            return Ok(());
+        }
+        let named_root = Path::new(NETNS_RUN_DIR).join("root");
+        let ambiguous = old == "root" && (!self.root || inode(&named_root).is_some());
+        let new_state = self.state_dir();
+        if ambiguous || pins.is_some() || new_state.exists() {
+            return Err(Error::Settings(format!(
+                "{} holds netfast state from a version that keyed namespaces by name{}; this \
+                 netfast keys {} by its identity ({}){}. Run `netfast down` with the netfast \
+                 that made it, or remove {}{} by hand (which detaches its programs)",
+                old_state.display(),
+                pins.map(|p| format!(" (and pins in {})", p.display()))
+                    .unwrap_or_default(),
+                self.describe(),
+                self.key,
+                if ambiguous {
+                    "; `root` may be the root namespace's or that of a namespace named `root`, \
+                     so it is not taken over"
+                } else {
+                    ""
+                },
+                old_state.display(),
+                pins.map(|p| format!(" and {}", p.display()))
+                    .unwrap_or_default()
+            )));
+        }
+        fs::rename(&old_state, &new_state).map_err(|source| Error::Io {
+            context: format!(
+                "moving {} to {} (netfast now keys namespaces by identity)",
+                old_state.display(),
+                new_state.display()
+            ),
+            source,
+        })?;
+        eprintln!(
+            "netfast: moved {} to {}: state is now keyed by the namespace's identity",
+            old_state.display(),
+            new_state.display()
+        );
+        Ok(())
+    }
+}
+
+/// The netns cookie of the calling thread's network namespace (SO_NETNS_COOKIE): unique
+/// among all namespaces since boot, never reused.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let io = |source| Error::Io {
+        context: "reading the network namespace cookie".into(),
+        source,
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(io(err));
+        }
+        Ok(cookie)
     }
 }
 

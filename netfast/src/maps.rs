@@ -504,6 +504,23 @@ pub fn disallow(ebpf: &mut Ebpf, rule: u32, net: ipnet::Ipv4Net) -> Result<()> {
     }
 }
 
+/// Every allow-list entry: its rule and client network.
+pub fn allow_entries(ebpf: &Ebpf) -> Result<Vec<(u32, ipnet::Ipv4Net)>> {
+    let trie: LpmTrie<&MapData, AllowKey, u8> =
+        LpmTrie::try_from(map(ebpf, maps::ALLOW)?).map_err(|e| Error::map(maps::ALLOW, e))?;
+    let mut out = Vec::new();
+    for key in trie.keys() {
+        let key = key.map_err(|e| Error::map(maps::ALLOW, e))?;
+        let data = key.data();
+        let addr = Ipv4Addr::from(u32::from_be(data.addr));
+        let len = key.prefix_len().saturating_sub(32).min(32) as u8;
+        if let Ok(net) = ipnet::Ipv4Net::new(addr, len) {
+            out.push((u32::from_be(data.rule), net));
+        }
+    }
+    Ok(out)
+}
+
 /// Makes the host-address map hold exactly `addrs`.
 pub fn set_host_addrs(ebpf: &mut Ebpf, addrs: &[Ipv4Addr]) -> Result<()> {
     let current: Vec<u32> = entries::<u32, u8>(ebpf, maps::HOST_ADDRS)?

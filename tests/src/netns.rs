@@ -111,10 +111,53 @@ fn sweep_stale() {
     for name in names_in("/run/netns").into_iter().filter(|n| stale(n)) {
         delete(&name);
     }
-    for root in ["/sys/fs/bpf/netfast", "/run/netfast"] {
-        for name in names_in(root).into_iter().filter(|n| stale(n)) {
+    // netfast keys a host by its namespace's identity and names it in a `host` file beside
+    // its state: the stale ones are those whose names are a dead test process's.
+    for key in names_in("/run/netfast") {
+        let label = fs::read_to_string(format!("/run/netfast/{key}/host")).unwrap_or_default();
+        let names: Vec<&str> = label.split_whitespace().collect();
+        if stale(&key) || (!names.is_empty() && names.iter().all(|n| stale(n))) {
             // Unpinning the links detaches them; the maps go with their last user.
-            let _ = fs::remove_dir_all(format!("{root}/{name}"));
+            let _ = fs::remove_dir_all(format!("/sys/fs/bpf/netfast/{key}"));
+            let _ = fs::remove_dir_all(format!("/run/netfast/{key}"));
         }
+    }
+}
+
+/// A second name for a test's namespace, as `ip netns attach` gives one: a file under
+/// /run/netns with the same namespace bind-mounted on it. Removed when dropped.
+pub struct NetnsAlias {
+    name: String,
+}
+
+impl NetnsAlias {
+    /// Names the namespace `target` (a name under /run/netns) also `name`.
+    pub fn new(name: &str, target: &str) -> NetnsAlias {
+        let path = format!("/run/netns/{name}");
+        fs::write(&path, "").unwrap_or_else(|e| panic!("creating {path}: {e}"));
+        let alias = NetnsAlias {
+            name: name.to_owned(),
+        };
+        run_ok(&["mount", "--bind", &format!("/run/netns/{target}"), &path]);
+        alias
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Points this name at another namespace, `target`.
+    pub fn repoint(&self, target: &str) {
+        let path = format!("/run/netns/{}", self.name);
+        run_ok(&["umount", &path]);
+        run_ok(&["mount", "--bind", &format!("/run/netns/{target}"), &path]);
+    }
+}
+
+impl Drop for NetnsAlias {
+    fn drop(&mut self) {
+        let path = format!("/run/netns/{}", self.name);
+        let _ = run(&["umount", &path]);
+        let _ = fs::remove_file(&path);
     }
 }

@@ -488,7 +488,11 @@ fn a_namespace_without_netfast_is_diagnosed_without_creating_state() {
     );
     no_fail_but(&checks, &[("forwarding", "net.ipv4.ip_forward")]);
     assert!(
-        !Path::new("/run/netfast").join(ns.name()).exists(),
+        !{
+            let _in = netfast::netns::NetnsGuard::enter(ns.name()).expect("enter");
+            netfast::host::Host::current().expect("host").state_dir()
+        }
+        .exists(),
         "doctor created netfast's state directory"
     );
     assert_eq!(snapshot(&ns), before);

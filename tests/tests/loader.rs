@@ -55,8 +55,7 @@ fn snapshot(topo: &Topology) -> String {
         })
         .collect();
     // A state file that holds nothing is no state at all.
-    let state =
-        fs::read_to_string(format!("/run/netfast/{}/state.json", h.name())).unwrap_or_default();
+    let state = fs::read_to_string(state_file(topo)).unwrap_or_default();
     let empty = serde_json::from_str::<serde_json::Value>(&state).is_ok_and(|v| {
         v["networks"].as_array().is_some_and(Vec::is_empty)
             && v["containers"].as_array().is_some_and(Vec::is_empty)
@@ -68,6 +67,11 @@ fn snapshot(topo: &Topology) -> String {
         h.exec_ok(&["ip", "rule"]),
         if empty { "" } else { state.as_str() }
     )
+}
+
+/// The state file of the topology's host.
+fn state_file(topo: &Topology) -> std::path::PathBuf {
+    host_of(topo.host.name()).state_dir().join("state.json")
 }
 
 /// `network create legacy --adopt` of the topology's hand-made br0 (172.18.0.0/24) on
@@ -264,8 +268,9 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     );
     // ip_forward stays on (as Docker leaves it); everything else is as it was.
     assert_eq!(snapshot(&topo), before);
-    assert!(!std::path::Path::new(&format!("/run/netfast/{}", topo.host.name())).exists());
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/netfast/{}", topo.host.name())).exists());
+    let h = host_of(topo.host.name());
+    assert!(!h.state_dir().exists());
+    assert!(!h.pin_dir().expect("bpffs").exists());
     assert_eq!(nf.ok(&["down"]).trim(), "nothing to remove");
 }
 
@@ -1122,4 +1127,721 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
         run(&["down"]);
         drop(nf);
     }
+}
+
+/// Interface names that nftables or iptables would read as syntax or wildcards, or that the
+/// kernel refuses.
+const HOSTILE_NAMES: [&str; 8] = [
+    "x\"accept;#",
+    "eth+",
+    "e*",
+    "a b",
+    "a\nb",
+    "-j",
+    "sixteen-bytes-xx",
+    "up0}",
+];
+
+/// `nft ARGS` in `ns` with `input` on stdin: its status and what it printed.
+fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to nft");
+    let out = child.wait_with_output().expect("nft");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Hostile interface names are refused wherever a name enters (the command line, an apply
+/// file, a state file edited by hand), with a clear error and nothing changed; the nftables
+/// input is JSON in which a name is only ever a string, which `nft -c` accepts as it is.
+#[test]
+fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+        "--backend",
+        "nftables",
+    ]);
+    let before = snapshot(&topo);
+    let rules = || {
+        topo.host
+            .exec_ok(&["nft", "list", "table", "ip", "netfast"])
+    };
+    let table = rules();
+    let file = format!("/tmp/{}-names.toml", topo.host.name());
+    for bad in HOSTILE_NAMES {
+        for backend in ["nftables", "iptables"] {
+            for (bridge, uplink) in [(bad, "up0"), ("nf-x", bad)] {
+                // `--flag=value`: clap takes a value that starts with '-' only so.
+                let (bridge_arg, uplink_arg) =
+                    (format!("--bridge={bridge}"), format!("--uplink={uplink}"));
+                let err = nf.fails(&[
+                    "network",
+                    "create",
+                    "x",
+                    "--subnet",
+                    "172.20.0.0/24",
+                    &bridge_arg,
+                    &uplink_arg,
+                    "--backend",
+                    backend,
+                ]);
+                assert!(
+                    err.contains("interface name") || err.contains("1 to 15"),
+                    "--bridge {bridge:?} --uplink {uplink:?}: {err}"
+                );
+                assert_eq!(snapshot(&topo), before, "{bad:?} changed the host");
+            }
+        }
+        // TOML basic strings take Rust's escapes for '"' and control characters.
+        fs::write(
+            &file,
+            format!(
+                "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\
+                 backend = \"nftables\"\n\n[[network]]\nname = \"x\"\nsubnet = \"172.20.0.0/24\"\n\
+                 uplink = \"up0\"\nbridge = {bad:?}\n"
+            ),
+        )
+        .expect("write apply file");
+        let err = nf.fails(&["apply", "-f", &file]);
+        assert!(
+            err.contains("interface name") || err.contains("1 to 15"),
+            "apply with bridge {bad:?}: {err}"
+        );
+        assert_eq!(
+            snapshot(&topo),
+            before,
+            "apply with {bad:?} changed the host"
+        );
+    }
+    fs::remove_file(&file).expect("remove apply file");
+    assert_eq!(rules(), table, "a refused command changed the rules");
+
+    // A state file edited by hand: refused before any name is used.
+    let state_path = state_file(&topo);
+    let good = fs::read_to_string(&state_path).expect("state");
+    fs::write(&state_path, good.replace("\"nf-web\"", "\"eth+\"")).expect("edit state");
+    let err = nf.fails(&["network", "rm", "web"]);
+    assert!(
+        err.contains("holds a name netfast refuses") && err.contains("eth+"),
+        "{err}"
+    );
+    fs::write(&state_path, &good).expect("restore state");
+    assert_eq!(rules(), table);
+
+    // The renderer: what the state gives passes `nft -c`; and even a name that validation
+    // would refuse stays a string (an interface literally called that), not syntax.
+    let state: netfast::loader::model::State = serde_json::from_str(&good).expect("a state file");
+    let batch = |s: &netfast::loader::model::State| {
+        let r = netfast::backend::rules::Rules::of(s, netfast::loader::model::Backend::Nftables);
+        netfast::backend::rules::nft_batch(&r, &Default::default(), true).to_json()
+    };
+    let (ok, said) = nft_in(topo.host.name(), &["-c", "-j", "-f", "-"], &batch(&state));
+    assert!(ok, "nft -c refused netfast's own rules: {said}");
+    let scratch = netfast_tests::TestNetns::new("n");
+    let mut hostile = state.clone();
+    hostile.networks[0].bridge = "x\"accept;#".into();
+    let (ok, said) = nft_in(scratch.name(), &["-j", "-f", "-"], &batch(&hostile));
+    assert!(ok, "{said}");
+    let listed = scratch.exec_ok(&["nft", "-j", "list", "chain", "ip", "netfast", "forward"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let verdicts: Vec<_> = listed["nftables"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .map(|e| {
+            assert!(
+                e.iter().any(|s| s.to_string().contains("x\\\"accept;#")),
+                "every forward rule names the bridge whole: {e:?}"
+            );
+            e.last().expect("a verdict").clone()
+        })
+        .collect();
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| v.get("accept").is_some())
+            .count(),
+        3,
+        "only the network's own three accepts: {verdicts:?}"
+    );
+}
+
+/// Input that would take the host's own traffic is refused with the reason and a fix, and
+/// changes nothing: a subnet over an address or a route of the host, or in a range that is
+/// loopback, multicast, reserved, link-local or "this network"; an uplink that is `lo` or one
+/// of netfast's own links; a publication to a subnet's network or broadcast address.
+#[test]
+fn input_that_takes_the_hosts_traffic_is_refused() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let c0 = ct(&topo, 0);
+    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    let veth: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    let veth = veth[0]["veth"].as_str().expect("veth").to_owned();
+    topo.host.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    let before = snapshot(&topo);
+    let create = |subnet: &str, uplink: &str| {
+        nf.fails(&[
+            "network", "create", "x", "--subnet", subnet, "--uplink", uplink,
+        ])
+    };
+    for (subnet, uplink, said) in [
+        (
+            "198.51.100.0/25",
+            "up0",
+            "overlaps 198.51.100.1/24, an address of up0",
+        ),
+        (
+            "198.0.0.0/8",
+            "up0",
+            "overlaps 198.51.100.1/24, an address of up0",
+        ),
+        (
+            "203.0.113.0/25",
+            "up0",
+            "overlaps the host's route to 203.0.113.0/24 (dev up0)",
+        ),
+        ("127.0.0.0/8", "up0", "loopback (127.0.0.0/8)"),
+        ("224.1.0.0/16", "up0", "multicast (224.0.0.0/4)"),
+        ("240.0.0.0/24", "up0", "reserved (240.0.0.0/4"),
+        ("169.254.0.0/16", "up0", "link-local (169.254.0.0/16)"),
+        ("0.0.0.0/8", "up0", "\"this network\" (0.0.0.0/8)"),
+        ("172.20.0.0/24", "lo", "uplink lo is the loopback interface"),
+        (
+            "172.20.0.0/24",
+            "nf-web",
+            "uplink nf-web is the bridge of netfast network `web`",
+        ),
+        ("172.20.0.0/24", &veth, "is the veth of netfast container"),
+    ] {
+        let err = create(subnet, uplink);
+        assert!(
+            err.contains(said) && err.contains("pick"),
+            "--subnet {subnet} --uplink {uplink}: {err}"
+        );
+        assert_eq!(
+            snapshot(&topo),
+            before,
+            "--subnet {subnet} changed the host"
+        );
+    }
+    for (target, what) in [("172.18.0.0", "network"), ("172.18.0.255", "broadcast")] {
+        let err = nf.fails(&["publish", "web", &format!("8090:{target}:80")]);
+        assert!(
+            err.contains(&format!("the {what} address of network `web`")),
+            "{err}"
+        );
+    }
+    assert!(nf.ok(&["publish", "ls"]).lines().count() <= 1);
+    assert_eq!(snapshot(&topo), before);
+}
+
+/// The host netfast keys `ns` by: where its state and pins live.
+fn host_of(ns: &str) -> Host {
+    let _in = NetnsGuard::enter(ns).expect("enter");
+    Host::current().expect("host")
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o777
+}
+
+/// netfast's state is private (directories 0700, files 0600) and never written or read
+/// through a symbolic link planted in it; read-only commands create no state and no pins.
+#[test]
+fn state_files_are_private_never_followed_and_read_only_commands_create_nothing() {
+    require_root();
+    let (topo, nf) = host();
+    // Read-only commands on a host netfast never served: nothing appears.
+    let fresh = netfast_tests::TestNetns::new("r");
+    let reader = Netfast::new(&fresh);
+    let h = host_of(fresh.name());
+    for args in [
+        &["stats"][..],
+        &["conntrack", "list"],
+        &["network", "ls"],
+        &["container", "ls"],
+        &["publish", "ls"],
+        &["config"],
+    ] {
+        reader.run(args);
+        assert!(
+            !h.state_dir().exists(),
+            "`netfast {}` created {}",
+            args.join(" "),
+            h.state_dir().display()
+        );
+        assert!(
+            !h.pin_dir().expect("bpffs").exists(),
+            "`netfast {}` created pins",
+            args.join(" ")
+        );
+    }
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let dir = host_of(topo.host.name()).state_dir();
+    assert_eq!(mode(std::path::Path::new("/run/netfast")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("state.json")), 0o600);
+    assert_eq!(mode(&dir.join("lock")), 0o600);
+    // A link at the temporary name: the next save replaces it, the target is untouched.
+    let victim = std::env::temp_dir().join(format!("{}-victim", topo.host.name()));
+    fs::write(&victim, "precious").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("state.json.tmp")).expect("plant a link");
+    nf.ok(&["container", "create", &ct(&topo, 0), "--network", "web"]);
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "precious");
+    assert_eq!(mode(&dir.join("state.json")), 0o600);
+    // The state file itself a link: refused, by name, and nothing is read through it.
+    let state = dir.join("state.json");
+    let copy = std::env::temp_dir().join(format!("{}-state", topo.host.name()));
+    fs::copy(&state, &copy).expect("copy");
+    fs::remove_file(&state).expect("remove");
+    std::os::unix::fs::symlink(&copy, &state).expect("plant a link");
+    let err = nf.fails(&["container", "ls"]);
+    assert!(err.contains("symbolic link"), "{err}");
+    fs::remove_file(&state).expect("remove the link");
+    fs::copy(&copy, &state).expect("restore");
+    // A directory made looser by hand is made private again by the next change.
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    nf.ok(&["container", "rm", &ct(&topo, 0)]);
+    assert_eq!(mode(&dir), 0o700);
+    for f in [victim, copy] {
+        fs::remove_file(f).expect("remove");
+    }
+}
+
+/// How many flock requests wait on `path` (its inode, from /proc/locks).
+fn flock_waiters(path: &std::path::Path) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(ino) = fs::metadata(path).map(|m| m.ino()) else {
+        return 0;
+    };
+    fs::read_to_string("/proc/locks")
+        .expect("/proc/locks")
+        .lines()
+        .filter(|l| l.contains("->") && l.contains("FLOCK"))
+        .filter(|l| {
+            l.split_whitespace().any(|w| {
+                w.rsplit(':').next() == Some(&ino.to_string()) && w.matches(':').count() == 2
+            })
+        })
+        .count()
+}
+
+/// `down` removes the lock file while it holds it: a command that waited on it must not
+/// go on holding a lock that nobody else can see (the next command would run beside it).
+#[test]
+fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
+    let waiter = {
+        let h = h.clone();
+        thread::spawn(move || netfast::loader::state::Locked::acquire(&h, true).expect("lock"))
+    };
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(&lock) == 1
+        }),
+        "the second command never waited for the lock"
+    );
+    // What `down` does last, with the lock held.
+    first.remove().expect("remove");
+    let second = waiter.join().expect("thread");
+    // Whoever comes next (making the directory and the lock file if they are missing, as a
+    // command does) must wait for `second`: the lock it holds is the one at the path.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "mkdir -p \"$(dirname \"$1\")\" && flock -n -x \"$1\" true",
+            "sh",
+        ])
+        .arg(&lock)
+        .output()
+        .expect("flock");
+    assert!(
+        !out.status.success(),
+        "the lock file at {} is not the one the waiting command holds",
+        lock.display()
+    );
+    drop(second);
+}
+
+/// Two `config` commands at once, each changing one setting: both changes stay.
+#[test]
+fn concurrent_config_changes_both_count() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    // Hold the lock shared: a command that reads under a shared lock gets past it and waits
+    // only to write, so both have read the old settings when it is let go; one that reads
+    // and writes under one exclusive lock waits before reading.
+    let holder = netfast::loader::state::Locked::acquire(&h, false).expect("lock");
+    let bin = netfast_bin();
+    let config = |flag: &str, value: &str| {
+        netfast_tests::Background::spawn(&[
+            bin.to_str().expect("path"),
+            "--netns",
+            topo.host.name(),
+            "config",
+            flag,
+            value,
+        ])
+    };
+    let a = config("--timeout-udp", "111");
+    let b = config("--timeout-icmp", "22");
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(&lock) == 2
+        }),
+        "both commands should be waiting for the lock"
+    );
+    drop(holder);
+    for c in [a, b] {
+        let out = c.wait_exit(std::time::Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cfg = nf.ok(&["config", "--json"]);
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+    assert_eq!(
+        (&cfg["timeouts"]["udp"], &cfg["timeouts"]["icmp"]),
+        (&serde_json::json!(111), &serde_json::json!(22)),
+        "one change was lost: {cfg}"
+    );
+}
+
+/// A host is known by its namespace, not by a name: a second name for it (`ip netns attach`)
+/// finds its networks, and a name that now points at another namespace finds none of them.
+/// (The machine's root namespace plays no part: two test namespaces with confusing names do.)
+#[test]
+fn a_host_is_known_by_its_namespace_not_by_its_name() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let names = |ns: &str| -> Vec<String> {
+        let ls = netfast_tests::run_ok(&[
+            netfast_bin().to_str().expect("path"),
+            "--netns",
+            ns,
+            "network",
+            "ls",
+            "--json",
+        ]);
+        let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
+        ls.as_array()
+            .expect("array")
+            .iter()
+            .map(|n| n["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let a = topo.host.name().to_owned();
+    // A second name that sorts before the first (a name-keyed netfast switched keys).
+    let alias = netfast_tests::netns::NetnsAlias::new(&a[..a.len() - 1], &a);
+    assert_eq!(names(alias.name()), ["web"], "under its second name");
+    assert_eq!(names(&a), ["web"], "under its first name");
+    let text = netfast_tests::run_ok(&[
+        netfast_bin().to_str().expect("path"),
+        "--netns",
+        alias.name(),
+        "network",
+        "ls",
+    ]);
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("host: network namespace")
+                && l.contains(alias.name())
+                && l.contains(&a)
+                && l.contains("(key netns-")),
+        "{text}"
+    );
+    // The alias now names another namespace: it has no network, whatever its name was.
+    let other = netfast_tests::TestNetns::new("b");
+    alias.repoint(other.name());
+    assert_eq!(
+        names(alias.name()),
+        Vec::<String>::new(),
+        "another namespace"
+    );
+    assert_eq!(names(other.name()), Vec::<String>::new());
+    assert_eq!(names(&a), ["web"]);
+    // And netfast's own `host` file names the namespace for humans.
+    let h = host_of(&a);
+    let label = fs::read_to_string(h.state_dir().join("host")).expect("host file");
+    assert!(label.contains(&a), "{label}");
+}
+
+/// A publication to an address (no container of netfast's behind it) goes with its network:
+/// from the state and from the dataplane, so that a later network with the same id does not
+/// revive it.
+#[test]
+fn network_rm_removes_its_publications_by_address() {
+    require_root();
+    let (topo, nf) = host();
+    let create = |name: &str| {
+        nf.ok(&[
+            "network",
+            "create",
+            name,
+            "--subnet",
+            "172.30.2.0/24",
+            "--uplink",
+            "up0",
+        ])
+    };
+    create("web");
+    nf.ok(&["publish", "web", "8090:172.30.2.50:80"]);
+    let out = nf.ok(&["network", "rm", "web"]);
+    assert!(
+        out.contains("unpublished 8090:172.30.2.50:80/tcp on web"),
+        "{out}"
+    );
+    let listed = nf.ok(&["publish", "ls", "--json"]);
+    assert_eq!(listed.trim(), "[]", "publish ls after network rm: {listed}");
+    // A new network takes the same id: nothing of the old publication is in its dataplane.
+    create("web2");
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    let dp = Dataplane::open_existing(&Host::current().expect("host"))
+        .expect("open")
+        .expect("a dataplane");
+    let published = netfast::maps::published(dp.ebpf()).expect("read");
+    assert!(
+        published.is_empty(),
+        "stale DNAT entries: {}",
+        published.len()
+    );
+}
+
+/// A `publish` killed half-way (after its allow-list entry, before its DNAT entry) leaves
+/// entries that no publication owns; the next `publish` removes them before it takes the
+/// same allow-list id, so the stale list never admits the new publication's clients.
+#[test]
+fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
+    require_root();
+    let (topo, nf) = host();
+    nf.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    let bin = netfast_bin();
+    let bin = bin.to_str().expect("path");
+    let publish = [
+        "publish",
+        "web",
+        "9090:172.18.0.60:80",
+        "--allow",
+        "192.0.2.0/24",
+    ];
+    // A run to count its bpf calls: the last map update is the DNAT entry's.
+    let trace = std::env::temp_dir().join(format!("{}-publish.trace", topo.host.name()));
+    let mut argv = vec!["strace", "-f", "-qq", "-e", "trace=bpf", "-o"];
+    let trace_s = trace.to_str().expect("path").to_owned();
+    argv.push(&trace_s);
+    argv.extend([bin, "--netns", topo.host.name()]);
+    argv.extend(publish);
+    netfast_tests::run_ok(&argv);
+    nf.ok(&["unpublish", "web", "9090:172.18.0.60:80"]);
+    let text = fs::read_to_string(&trace).expect("trace");
+    fs::remove_file(&trace).expect("remove trace");
+    let last = text
+        .lines()
+        .rfind(|l| l.contains("bpf(BPF_MAP_UPDATE_ELEM"))
+        .expect("the publish updated a map")
+        .to_owned();
+    let pid = last.split_whitespace().next().expect("pid").to_owned();
+    let n = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{pid} ")) && l.contains(" bpf("))
+        .position(|l| l == last)
+        .expect("in the trace")
+        + 1;
+    let inject = format!("inject=bpf:signal=KILL:when={n}");
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=bpf",
+        "-e",
+    ];
+    argv.push(&inject);
+    argv.extend([bin, "--netns", topo.host.name()]);
+    argv.extend(publish);
+    let killed = netfast_tests::run(&argv);
+    assert!(!killed.status.success(), "the publish was not killed");
+    assert_eq!(nf.ok(&["publish", "ls", "--json"]).trim(), "[]");
+    let allow_entries = || {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        let dp = Dataplane::open_existing(&Host::current().expect("host"))
+            .expect("open")
+            .expect("a dataplane");
+        (
+            netfast::maps::allow_entries(dp.ebpf()).expect("allow"),
+            netfast::maps::published(dp.ebpf())
+                .expect("published")
+                .len(),
+        )
+    };
+    let (stale, _) = allow_entries();
+    assert_eq!(
+        stale,
+        vec![(1, "192.0.2.0/24".parse().expect("net"))],
+        "the kill should have come between the allow-list and the DNAT entry"
+    );
+    let out = nf.ok(&[
+        "publish",
+        "web",
+        "9091:172.18.0.61:80",
+        "--allow",
+        "203.0.113.0/24",
+    ]);
+    assert!(out.contains("did not finish"), "{out}");
+    let (entries, published) = allow_entries();
+    assert_eq!(entries, vec![(1, "203.0.113.0/24".parse().expect("net"))]);
+    assert_eq!(published, 1, "only the new publication's DNAT entry");
+}
+
+/// A layer-3 uplink (a tun device: no Ethernet header) is refused for the eBPF dataplane,
+/// whose programs parse Ethernet frames, with the backend to use instead; `--backend auto`
+/// takes nftables for it and says why.
+#[test]
+fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
+    require_root();
+    let (topo, nf) = host();
+    let h = &topo.host;
+    h.exec_ok(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    h.exec_ok(&["ip", "addr", "add", "192.0.2.1/24", "dev", "tun0"]);
+    h.exec_ok(&["ip", "link", "set", "tun0", "up"]);
+    let before = snapshot(&topo);
+    let create = |backend: &str| {
+        vec![
+            "network",
+            "create",
+            "vpn",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            "tun0",
+            "--backend",
+        ]
+        .into_iter()
+        .chain([backend])
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let args = create("ebpf");
+    let err = nf.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("uplink tun0 has no Ethernet header")
+            && err.contains("layer 3")
+            && err.contains("--backend nftables"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&topo), before, "a refused create changed the host");
+    let args = create("auto");
+    let out = nf.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("--backend auto: uplink tun0 has no Ethernet header")
+            && out.contains("it takes nftables"),
+        "{out}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["backend"], "nftables");
 }

@@ -384,7 +384,11 @@ fn the_pinned_dataplane_is_reused_and_checked() {
         topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &OUTSIDE_ADDR.to_string()]);
     assert!(ping.contains("1 received"));
     // A pinned map with another layout (another netfast version's, say) is refused by name.
-    let pin = format!("/sys/fs/bpf/netfast/{}/NETFAST_FRAGS", topo.host.name());
+    let pin = {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        let dir = Host::current().expect("host").pin_dir().expect("bpffs");
+        dir.join("NETFAST_FRAGS").display().to_string()
+    };
     std::fs::remove_file(&pin).expect("unpin");
     run_ok(&[
         "bpftool", "map", "create", &pin, "type", "hash", "key", "4", "value", "4", "entries",

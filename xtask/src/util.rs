@@ -103,23 +103,37 @@ pub fn leftover_namespaces() -> Vec<String> {
 }
 
 /// Pins and state directories that netfast left for test and benchmark hosts (namespaces
-/// named `nft…` and `nfb…`).
+/// named `nft…` and `nfb…`, as the `host` file beside each state names them), and pins whose
+/// state is gone.
 pub fn leftover_netfast_state() -> Vec<String> {
-    ["/sys/fs/bpf/netfast", "/run/netfast"]
+    let list = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ours = |key: &str| {
+        let label = std::fs::read_to_string(format!("/run/netfast/{key}/host")).unwrap_or_default();
+        key.starts_with("nft")
+            || key.starts_with("nfb")
+            || label
+                .split_whitespace()
+                .any(|n| n.starts_with("nft") || n.starts_with("nfb"))
+    };
+    let states = list("/run/netfast");
+    let mut out: Vec<String> = states
         .iter()
-        .flat_map(|dir| {
-            std::fs::read_dir(dir)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path().display().to_string())
-                        .filter(|p| {
-                            p.rsplit('/')
-                                .next()
-                                .is_some_and(|n| n.starts_with("nft") || n.starts_with("nfb"))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect()
+        .filter(|k| ours(k))
+        .map(|k| format!("/run/netfast/{k}"))
+        .collect();
+    out.extend(
+        list("/sys/fs/bpf/netfast")
+            .into_iter()
+            .filter(|k| ours(k) || !states.contains(k))
+            .map(|k| format!("/sys/fs/bpf/netfast/{k}")),
+    );
+    out
 }

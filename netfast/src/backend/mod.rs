@@ -9,6 +9,7 @@
 
 pub mod ctnetlink;
 pub mod cttimeout;
+pub mod nft;
 pub mod rules;
 
 use std::{
@@ -90,6 +91,21 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend> {
     resolve_with(choice, unusable)
 }
 
+/// [`resolve`] for a network whose uplink the eBPF dataplane cannot serve when `no_ebpf`
+/// says why (a layer-3 uplink): `auto` passes over eBPF, and asking for it is refused.
+pub fn resolve_for_uplink(choice: BackendChoice, no_ebpf: Option<String>) -> Result<Backend> {
+    match no_ebpf {
+        None => resolve(choice),
+        Some(why) if choice == BackendChoice::Ebpf => {
+            Err(Error::Settings(format!("--backend ebpf: {why}")))
+        }
+        Some(why) => resolve_with(choice, |b| match b {
+            Backend::Ebpf => Some(why.clone()),
+            _ => unusable(b),
+        }),
+    }
+}
+
 fn resolve_with(
     choice: BackendChoice,
     unusable: impl Fn(Backend) -> Option<String>,
@@ -129,6 +145,9 @@ pub fn sync(before: &State, after: &State) -> Result<()> {
             continue;
         }
         let rules = Rules::of(after, backend);
+        // Every name was validated where it entered; a rule is never written with one that
+        // was not, whatever path led here.
+        rules.check().map_err(Error::from)?;
         for bridge in rules.bridges() {
             set_route_localnet(bridge, true)?;
         }
@@ -196,14 +215,18 @@ fn sync_nft(rules: &Rules) -> Result<()> {
     } else {
         nft_counters()?
     };
-    let script = rules::nft_script(rules, &counts, true);
-    if let Err(e) = tool(&["nft", "-f", "-"], Some(&script)) {
-        // A kernel without conntrack timeout policies refuses the `ct timeout` objects:
-        // the rest works without them, and the flows keep the kernel's timeouts.
-        let plain = rules::nft_script(rules, &counts, false);
-        if rules.is_empty() || tool(&["nft", "-f", "-"], Some(&plain)).is_err() {
-            return Err(e);
-        }
+    let batch = rules::nft_batch(rules, &counts, true).to_json();
+    tool(&["nft", "-j", "-f", "-"], Some(&batch))?;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    // The timeout policies, in a second transaction (nft's JSON drops their policy): new
+    // flows of the few milliseconds between the two get the kernel's timeouts. A kernel
+    // without conntrack timeout policies refuses them: the rest works without.
+    if let Err(e) = tool(
+        &["nft", "-f", "-"],
+        Some(&rules::nft_timeouts_text(&rules.timeouts)),
+    ) {
         eprintln!(
             "netfast: nftables refused conntrack timeout policies ({}): flows of the \
              nftables backend's networks keep the kernel's timeouts \

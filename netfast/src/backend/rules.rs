@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
+use super::nft::{Batch, Expr, Hook, Stmt};
 use crate::loader::{
     model::{Backend, State, Timeouts},
     publish::{Ports, Proto},
@@ -139,6 +140,20 @@ impl Rules {
         self.nets.is_empty()
     }
 
+    /// Every interface name the rules hold is one netfast may write into a rule.
+    pub fn check(&self) -> Result<(), crate::loader::validate::Invalid> {
+        use crate::loader::validate::interface_name;
+        for n in &self.nets {
+            interface_name("bridge", &n.bridge)?;
+            interface_name("uplink", &n.uplink)?;
+        }
+        for (a, b) in &self.isolate {
+            interface_name("bridge", a)?;
+            interface_name("bridge", b)?;
+        }
+        Ok(())
+    }
+
     /// The bridges whose `route_localnet` must be on: the host's clients of 127.0.0.1 reach
     /// published ports through them (then masqueraded to the gateway's address).
     pub fn bridges(&self) -> impl Iterator<Item = &str> {
@@ -169,7 +184,11 @@ pub fn net_counter(way: Way, id: u16) -> String {
 /// The iptables rules whose counters are network `net`'s packets going `way`, as
 /// `iptables-save` prints them (the first carries the total over a restore).
 pub fn ipt_net_rules(net: &Net, way: Way) -> Vec<String> {
-    let br = &net.bridge;
+    ipt_net_rules_as(net, way, |name| name.to_owned())
+}
+
+fn ipt_net_rules_as(net: &Net, way: Way, iface: impl Fn(&str) -> String) -> Vec<String> {
+    let br = iface(&net.bridge);
     match way {
         Way::Rx => vec![
             format!(
@@ -181,12 +200,10 @@ pub fn ipt_net_rules(net: &Net, way: Way) -> Vec<String> {
     }
 }
 
-fn nft_ports(p: Ports) -> String {
-    if p.first == p.last {
-        p.first.to_string()
-    } else {
-        format!("{}-{}", p.first, p.last)
-    }
+/// An interface name in iptables-restore input: quoted, which its parser allows, though a
+/// validated name has nothing to quote (and a wildcard `+` would stay one inside quotes).
+fn ipt_if(name: &str) -> String {
+    format!("\"{name}\"")
 }
 
 fn ipt_ports(p: Ports) -> String {
@@ -197,43 +214,56 @@ fn ipt_ports(p: Ports) -> String {
     }
 }
 
-/// nftables quotes interface names.
-fn q(name: &str) -> String {
-    format!("\"{name}\"")
-}
-
-/// The `ct timeout` objects for `t` and the chain that sets them on a new flow.
-fn nft_timeouts(s: &mut String, t: &Timeouts) {
+/// The `ct timeout` objects for `t` and the rules of chain `timeouts` that set them on a new
+/// flow, as nft text: a second transaction after the JSON batch, since nft's JSON parser
+/// (1.0.6 at least) drops a `ct timeout` object's policy. The text holds netfast's own
+/// fixed names and numbers only, never a name a user gave.
+pub fn nft_timeouts_text(t: &Timeouts) -> String {
     let tr = t.tcp_transitory;
-    let _ = writeln!(
-        s,
-        "\tct timeout tcp_timeouts {{ protocol tcp; l3proto ip; policy = {{ established: {}, \
-         syn_sent: {tr}, syn_recv: {tr}, fin_wait: {tr}, close_wait: {tr}, last_ack: {tr}, \
-         time_wait: {tr}, close: {} }}; }}",
-        t.tcp_established, t.tcp_close
-    );
-    let _ = writeln!(
-        s,
-        "\tct timeout udp_timeouts {{ protocol udp; l3proto ip; policy = {{ unreplied: {u}, \
-         replied: {u} }}; }}",
+    format!(
+        "add ct timeout ip netfast tcp_timeouts {{ protocol tcp; l3proto ip; policy = {{ \
+         established: {}, syn_sent: {tr}, syn_recv: {tr}, fin_wait: {tr}, close_wait: {tr}, \
+         last_ack: {tr}, time_wait: {tr}, close: {} }}; }}\n\
+         add ct timeout ip netfast udp_timeouts {{ protocol udp; l3proto ip; policy = {{ \
+         unreplied: {u}, replied: {u} }}; }}\n\
+         add rule ip netfast timeouts ct timeout set \"tcp_timeouts\"\n\
+         add rule ip netfast timeouts ct timeout set \"udp_timeouts\"\n",
+        t.tcp_established,
+        t.tcp_close,
         u = t.udp
-    );
-    s.push_str(
-        "\tchain timeouts {\n\t\tct timeout set \"tcp_timeouts\"\n\
-         \t\tct timeout set \"udp_timeouts\"\n\t}\n",
-    );
+    )
 }
 
-/// The nftables script that replaces table `ip netfast` with `rules` in one transaction;
-/// `counts` carries the counters over; `timeouts`: with the conntrack timeout policies.
-pub fn nft_script(rules: &Rules, counts: &Counts, timeouts: bool) -> String {
-    let mut s = String::new();
-    // Declaring the table first makes the delete succeed whether or not it exists.
-    s.push_str("table ip netfast {}\ndelete table ip netfast\n");
+fn iif(name: &str) -> Stmt {
+    Stmt::eq(Expr::meta("iifname"), Expr::str(name))
+}
+
+fn oif(name: &str) -> Stmt {
+    Stmt::eq(Expr::meta("oifname"), Expr::str(name))
+}
+
+fn saddr(net: Ipv4Net) -> Stmt {
+    Stmt::eq(Expr::payload("ip", "saddr"), Expr::prefix(net))
+}
+
+fn ct_dnat() -> Stmt {
+    Stmt::has(Expr::ct("status"), Expr::str("dnat"))
+}
+
+fn loopback() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("a valid prefix")
+}
+
+/// The nftables commands (JSON, for `nft -j -f -`) that replace table `ip netfast` with
+/// `rules` in one transaction; `counts` carries the counters over; `timeouts`: with the
+/// conntrack timeout policies.
+pub fn nft_batch(rules: &Rules, counts: &Counts, timeouts: bool) -> Batch {
+    let mut b = Batch::default();
+    b.reset_table();
     if rules.is_empty() {
-        return s;
+        return b;
     }
-    s.push_str("table ip netfast {\n");
+    b.table();
     let names = DROP_REASONS.map(str::to_owned).into_iter().chain(
         rules
             .nets
@@ -241,129 +271,170 @@ pub fn nft_script(rules: &Rules, counts: &Counts, timeouts: bool) -> String {
             .flat_map(|n| [net_counter(Way::Tx, n.id), net_counter(Way::Rx, n.id)]),
     );
     for name in names {
-        let (p, b) = counts.get(&name).copied().unwrap_or_default();
-        let _ = writeln!(s, "\tcounter {name} {{ packets {p} bytes {b} }}");
+        let (p, bytes) = counts.get(&name).copied().unwrap_or_default();
+        b.counter(&name, p, bytes);
     }
     // Timeout policies for the flows of the networks, set on a flow's first packet (in the
     // postrouting nat chain, before the kernel confirms it). nft has them for TCP and UDP.
+    // (The policies themselves and the rules that set them: [`nft_timeouts_text`].)
     if timeouts {
-        nft_timeouts(&mut s, &rules.timeouts);
+        b.chain("timeouts", None);
     }
-    s.push_str(
-        "\tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\
-         \t\tfib daddr type local jump published\n\t}\n",
-    );
-    s.push_str(
-        "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\
-         \t\tfib daddr type local jump published\n\t}\n",
-    );
-    s.push_str("\tchain published {\n");
-    for d in &rules.dnat {
-        s.push_str("\t\t");
-        if let Some(ip) = d.host_ip {
-            let _ = write!(s, "ip daddr {ip} ");
-        }
-        let _ = write!(
-            s,
-            "{} dport {} dnat to {}",
-            d.proto,
-            nft_ports(d.host_ports),
-            d.ip
+    let local = || Stmt::eq(Expr::fib_daddr_type(), Expr::str("local"));
+    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        b.chain(
+            chain,
+            Some(Hook {
+                kind: "nat",
+                hook,
+                prio: -100,
+            }),
         );
-        if let Some(p) = d.ports {
-            let _ = write!(s, ":{}", nft_ports(p));
-        }
-        s.push('\n');
+        b.rule(chain, vec![local(), Stmt::jump("published")]);
     }
-    s.push_str("\t}\n");
-    s.push_str(
-        "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n",
+    b.chain("published", None);
+    for d in &rules.dnat {
+        let mut r = Vec::new();
+        if let Some(ip) = d.host_ip {
+            r.push(Stmt::eq(Expr::payload("ip", "daddr"), Expr::addr(ip)));
+        }
+        r.push(Stmt::eq(
+            Expr::payload(&d.proto.to_string(), "dport"),
+            Expr::ports(d.host_ports),
+        ));
+        r.push(Stmt::dnat(d.ip, d.ports));
+        b.rule("published", r);
+    }
+    b.chain(
+        "postrouting",
+        Some(Hook {
+            kind: "nat",
+            hook: "postrouting",
+            prio: 100,
+        }),
     );
     // The networks' new flows: from their containers, and to them through published ports.
     for n in rules.nets.iter().filter(|_| timeouts) {
-        let _ = writeln!(s, "\t\tip saddr {} jump timeouts", n.subnet);
-        let _ = writeln!(
-            s,
-            "\t\toifname {} ct status dnat jump timeouts",
-            q(&n.bridge)
+        b.rule("postrouting", vec![saddr(n.subnet), Stmt::jump("timeouts")]);
+        b.rule(
+            "postrouting",
+            vec![oif(&n.bridge), ct_dnat(), Stmt::jump("timeouts")],
         );
     }
     for n in &rules.nets {
         if n.masquerade {
-            let _ = writeln!(
-                s,
-                "\t\toifname {} ip saddr {} masquerade",
-                q(&n.uplink),
-                n.subnet
+            b.rule(
+                "postrouting",
+                vec![oif(&n.uplink), saddr(n.subnet), Stmt::masquerade()],
             );
         }
         // Hairpin: a container reaching a published port of its own network gets the
         // answer through the host, not straight from the server next to it.
-        let _ = writeln!(
-            s,
-            "\t\toifname {} ip saddr {} ct status dnat masquerade",
-            q(&n.bridge),
-            n.subnet
+        b.rule(
+            "postrouting",
+            vec![
+                oif(&n.bridge),
+                saddr(n.subnet),
+                ct_dnat(),
+                Stmt::masquerade(),
+            ],
         );
-        let _ = writeln!(
-            s,
-            "\t\toifname {} ip saddr 127.0.0.0/8 masquerade",
-            q(&n.bridge)
+        b.rule(
+            "postrouting",
+            vec![oif(&n.bridge), saddr(loopback()), Stmt::masquerade()],
         );
     }
-    s.push_str("\t}\n");
-    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n");
-    for (a, b) in &rules.isolate {
-        let _ = writeln!(
-            s,
-            "\t\tiifname {} oifname {} counter name inter_network drop",
-            q(a),
-            q(b)
+    b.chain(
+        "forward",
+        Some(Hook {
+            kind: "filter",
+            hook: "forward",
+            prio: 0,
+        }),
+    );
+    for (from, to) in &rules.isolate {
+        b.rule(
+            "forward",
+            vec![
+                iif(from),
+                oif(to),
+                Stmt::counter("inter_network"),
+                Stmt::drop(),
+            ],
         );
     }
     for a in &rules.allow {
-        let list: Vec<String> = a.allow.iter().map(|n| n.to_string()).collect();
-        let _ = writeln!(
-            s,
-            "\t\tip daddr {} meta l4proto {} ct status dnat ct original proto-dst {} ip saddr != {{ {} }} counter name not_allowed drop",
-            a.ip,
-            a.proto,
-            nft_ports(a.host_ports),
-            list.join(", ")
+        b.rule(
+            "forward",
+            vec![
+                Stmt::eq(Expr::payload("ip", "daddr"), Expr::addr(a.ip)),
+                Stmt::eq(Expr::meta("l4proto"), Expr::str(&a.proto.to_string())),
+                ct_dnat(),
+                Stmt::eq(Expr::ct_original("proto-dst"), Expr::ports(a.host_ports)),
+                Stmt::ne(
+                    Expr::payload("ip", "saddr"),
+                    Expr::set(a.allow.iter().map(|n| Expr::prefix(*n))),
+                ),
+                Stmt::counter("not_allowed"),
+                Stmt::drop(),
+            ],
         );
     }
     for n in &rules.nets {
-        let br = q(&n.bridge);
+        let br = n.bridge.as_str();
         let (tx, rx) = (net_counter(Way::Tx, n.id), net_counter(Way::Rx, n.id));
-        let _ = writeln!(
-            s,
-            "\t\toifname {br} ct state established,related counter name {rx} accept"
+        b.rule(
+            "forward",
+            vec![
+                oif(br),
+                Stmt::has(Expr::ct("state"), Expr::flags(&["established", "related"])),
+                Stmt::counter(&rx),
+                Stmt::accept(),
+            ],
         );
-        let _ = writeln!(
-            s,
-            "\t\toifname {br} ct status dnat counter name {rx} accept"
+        b.rule(
+            "forward",
+            vec![oif(br), ct_dnat(), Stmt::counter(&rx), Stmt::accept()],
         );
         if n.masquerade {
-            let _ = writeln!(
-                s,
-                "\t\toifname {br} iifname != {br} counter name direct_access drop"
+            b.rule(
+                "forward",
+                vec![
+                    oif(br),
+                    Stmt::ne(Expr::meta("iifname"), Expr::str(br)),
+                    Stmt::counter("direct_access"),
+                    Stmt::drop(),
+                ],
             );
         }
-        let _ = writeln!(s, "\t\tiifname {br} counter name {tx} accept");
+        b.rule("forward", vec![iif(br), Stmt::counter(&tx), Stmt::accept()]);
     }
-    s.push_str("\t}\n");
     // route_localnet (on for the bridges, for the host's clients of 127.0.0.1) would also let
     // a container's packets to 127.0.0.0/8 in: only the replies of the host's own flows may.
-    s.push_str("\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n");
+    b.chain(
+        "input",
+        Some(Hook {
+            kind: "filter",
+            hook: "input",
+            prio: 0,
+        }),
+    );
     for n in &rules.nets {
-        let _ = writeln!(
-            s,
-            "\t\tiifname {} ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter name to_host_loopback drop",
-            q(&n.bridge)
+        b.rule(
+            "input",
+            vec![
+                iif(&n.bridge),
+                Stmt::eq(Expr::payload("ip", "daddr"), Expr::prefix(loopback())),
+                Stmt::ne(
+                    Expr::ct("state"),
+                    Expr::set([Expr::str("established"), Expr::str("related")]),
+                ),
+                Stmt::counter("to_host_loopback"),
+                Stmt::drop(),
+            ],
         );
     }
-    s.push_str("\t}\n}\n");
-    s
+    b
 }
 
 /// The iptables chains netfast owns, with the built-in chain that jumps to each (none for
@@ -430,18 +501,20 @@ pub fn ipt_restore(
             let _ = writeln!(
                 s,
                 "-A NETFAST-POSTROUTING -s {} -o {} -j MASQUERADE",
-                n.subnet, n.uplink
+                n.subnet,
+                ipt_if(&n.uplink)
             );
         }
         let _ = writeln!(
             s,
             "-A NETFAST-POSTROUTING -s {} -o {} -m conntrack --ctstate DNAT -j MASQUERADE",
-            n.subnet, n.bridge
+            n.subnet,
+            ipt_if(&n.bridge)
         );
         let _ = writeln!(
             s,
             "-A NETFAST-POSTROUTING -s 127.0.0.0/8 -o {} -j MASQUERADE",
-            n.bridge
+            ipt_if(&n.bridge)
         );
     }
     s.push_str("COMMIT\n*filter\n");
@@ -464,7 +537,9 @@ pub fn ipt_restore(
     for (a, b) in &rules.isolate {
         let _ = writeln!(
             s,
-            "-A NETFAST-FORWARD -i {a} -o {b} -j {}",
+            "-A NETFAST-FORWARD -i {} -o {} -j {}",
+            ipt_if(a),
+            ipt_if(b),
             ipt_drop_chain("inter_network")
         );
     }
@@ -472,7 +547,7 @@ pub fn ipt_restore(
         let _ = writeln!(
             s,
             "-A NETFAST-INPUT -i {} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j {}",
-            n.bridge,
+            ipt_if(&n.bridge),
             ipt_drop_chain("to_host_loopback")
         );
     }
@@ -490,7 +565,7 @@ pub fn ipt_restore(
         let _ = writeln!(s, "-A {chain} -j {}", ipt_drop_chain("not_allowed"));
     }
     for n in &rules.nets {
-        let br = &n.bridge;
+        let br = ipt_if(&n.bridge);
         // The network's counters ride on its accept rules; a restore puts each total on the
         // first rule of its way.
         let counted = |way: Way, i: usize| {
@@ -503,7 +578,7 @@ pub fn ipt_restore(
             };
             format!("[{p}:{b}] ")
         };
-        for (i, rule) in ipt_net_rules(n, Way::Rx).iter().enumerate() {
+        for (i, rule) in ipt_net_rules_as(n, Way::Rx, ipt_if).iter().enumerate() {
             let _ = writeln!(s, "{}{rule}", counted(Way::Rx, i));
         }
         if n.masquerade {
@@ -513,7 +588,7 @@ pub fn ipt_restore(
                 ipt_drop_chain("direct_access")
             );
         }
-        for (i, rule) in ipt_net_rules(n, Way::Tx).iter().enumerate() {
+        for (i, rule) in ipt_net_rules_as(n, Way::Tx, ipt_if).iter().enumerate() {
             let _ = writeln!(s, "{}{rule}", counted(Way::Tx, i));
         }
     }
@@ -546,7 +621,7 @@ pub fn ipt_restore(
             let _ = writeln!(
                 s,
                 "-A NETFAST-RAW-PREROUTING -i {} -j NETFAST-TIMEOUTS",
-                n.bridge
+                ipt_if(&n.bridge)
             );
         }
         for d in &rules.dnat {
@@ -675,60 +750,157 @@ mod tests {
                 last: 6001
             })
         );
+        let doc = nft_doc(&nft_batch(&r, &Counts::new(), true));
         assert!(
-            nft_script(&r, &Counts::new(), true)
-                .contains("ip daddr 198.51.100.1 udp dport 5001 dnat to 172.18.0.3:6001")
+            rules_in(&doc, "published").contains(&serde_json::json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "198.51.100.1"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 5001}},
+                {"dnat": {"addr": "172.18.0.3", "port": 6001}},
+            ])),
+            "{doc}"
         );
     }
 
+    fn nft_doc(b: &Batch) -> serde_json::Value {
+        serde_json::from_str(&b.to_json()).expect("valid JSON")
+    }
+
+    /// The statements of each rule `doc` adds to `chain`.
+    fn rules_in(doc: &serde_json::Value, chain: &str) -> Vec<serde_json::Value> {
+        doc["nftables"]
+            .as_array()
+            .expect("commands")
+            .iter()
+            .filter(|c| c["add"]["rule"]["chain"] == chain)
+            .map(|c| c["add"]["rule"]["expr"].clone())
+            .collect()
+    }
+
+    /// The objects of kind `kind` (`counter`, `chain`, `ct timeout`) that `doc` adds.
+    fn added(doc: &serde_json::Value, kind: &str) -> Vec<serde_json::Value> {
+        doc["nftables"]
+            .as_array()
+            .expect("commands")
+            .iter()
+            .filter_map(|c| c["add"].get(kind).cloned())
+            .collect()
+    }
+
     #[test]
-    fn the_nft_script_replaces_the_table_and_carries_counters() {
+    fn the_nft_batch_replaces_the_table_and_carries_counters() {
+        use serde_json::json;
         let r = Rules::of(&state(), Backend::Nftables);
         let mut counts = Counts::new();
         counts.insert("not_allowed".into(), (7, 420));
         counts.insert("tx_1".into(), (5, 300));
-        let s = nft_script(&r, &counts, true);
-        assert!(
-            s.starts_with("table ip netfast {}\ndelete table ip netfast\ntable ip netfast {\n")
-        );
-        for line in [
-            "counter not_allowed { packets 7 bytes 420 }",
-            "fib daddr type local jump published",
-            "tcp dport 8080 dnat to 172.18.0.2:80",
-            "ip daddr 198.51.100.1 udp dport 5000-5001 dnat to 172.18.0.3\n",
-            "oifname \"eth0\" ip saddr 172.18.0.0/24 masquerade",
-            "oifname \"nf-web\" ip saddr 172.18.0.0/24 ct status dnat masquerade",
-            "iifname \"nf-web\" oifname \"nf-db\" counter name inter_network drop",
-            "ip daddr 172.18.0.2 meta l4proto tcp ct status dnat ct original proto-dst 8080 ip saddr != { 192.0.2.0/24 } counter name not_allowed drop",
-            "oifname \"nf-web\" iifname != \"nf-web\" counter name direct_access drop",
-            "counter tx_1 { packets 5 bytes 300 }",
-            "counter rx_1 { packets 0 bytes 0 }",
-            "oifname \"nf-web\" ct state established,related counter name rx_1 accept",
-            "oifname \"nf-web\" ct status dnat counter name rx_1 accept",
-            "iifname \"nf-web\" counter name tx_1 accept",
-            "ct timeout tcp_timeouts { protocol tcp; l3proto ip; policy = { established: 7440, \
-             syn_sent: 240, syn_recv: 240, fin_wait: 240, close_wait: 240, last_ack: 240, \
-             time_wait: 240, close: 10 }; }",
-            "ct timeout udp_timeouts { protocol udp; l3proto ip; policy = { unreplied: 300, \
-             replied: 300 }; }",
-            "ip saddr 172.18.0.0/24 jump timeouts",
-            "oifname \"nf-web\" ct status dnat jump timeouts",
-            "chain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"nf-web\" ip daddr 127.0.0.0/8 ct state != { established, related } counter name to_host_loopback drop\n",
-            "counter to_host_loopback { packets 0 bytes 0 }",
+        let doc = nft_doc(&nft_batch(&r, &counts, true));
+        let cmds = doc["nftables"].as_array().expect("commands");
+        let table = json!({"table": {"family": "ip", "name": "netfast"}});
+        assert_eq!(cmds[0], json!({"add": table}));
+        assert_eq!(cmds[1], json!({"delete": table}));
+        assert_eq!(cmds[2], json!({"add": table}));
+        let counters = added(&doc, "counter");
+        for (name, p, b) in [
+            ("not_allowed", 7, 420),
+            ("tx_1", 5, 300),
+            ("rx_1", 0, 0),
+            ("to_host_loopback", 0, 0),
         ] {
-            assert!(s.contains(line), "{line} missing from\n{s}");
+            assert!(
+                counters.contains(&json!({"family": "ip", "table": "netfast", "name": name, "packets": p, "bytes": b})),
+                "{name}: {counters:?}"
+            );
+        }
+        let oif = |n: &str| json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": n}});
+        let iif = |n: &str| json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": n}});
+        let saddr = |a: &str, l: u8| json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": a, "len": l}}}});
+        let dnat =
+            json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}});
+        let post = rules_in(&doc, "postrouting");
+        for rule in [
+            json!([saddr("172.18.0.0", 24), {"jump": {"target": "timeouts"}}]),
+            json!([oif("nf-web"), dnat, {"jump": {"target": "timeouts"}}]),
+            json!([oif("eth0"), saddr("172.18.0.0", 24), {"masquerade": null}]),
+            json!([oif("nf-web"), saddr("172.18.0.0", 24), dnat, {"masquerade": null}]),
+            json!([oif("nf-web"), saddr("127.0.0.0", 8), {"masquerade": null}]),
+        ] {
+            assert!(post.contains(&rule), "{rule} missing from {post:?}");
+        }
+        let fwd = rules_in(&doc, "forward");
+        for rule in [
+            json!([iif("nf-web"), oif("nf-db"), {"counter": "inter_network"}, {"drop": null}]),
+            json!([oif("nf-web"), {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "nf-web"}}, {"counter": "direct_access"}, {"drop": null}]),
+            json!([oif("nf-web"), {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"counter": "rx_1"}, {"accept": null}]),
+            json!([oif("nf-web"), dnat, {"counter": "rx_1"}, {"accept": null}]),
+            json!([iif("nf-web"), {"counter": "tx_1"}, {"accept": null}]),
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "172.18.0.2"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                dnat,
+                {"match": {"op": "==", "left": {"ct": {"key": "proto-dst", "dir": "original"}}, "right": 8080}},
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": [{"prefix": {"addr": "192.0.2.0", "len": 24}}]}}},
+                {"counter": "not_allowed"}, {"drop": null},
+            ]),
+        ] {
+            assert!(fwd.contains(&rule), "{rule} missing from {fwd:?}");
+        }
+        assert_eq!(
+            rules_in(&doc, "input"),
+            vec![json!([
+                iif("nf-web"),
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+                {"match": {"op": "!=", "left": {"ct": {"key": "state"}}, "right": {"set": ["established", "related"]}}},
+                {"counter": "to_host_loopback"}, {"drop": null},
+            ])]
+        );
+        assert_eq!(
+            added(&doc, "chain")
+                .iter()
+                .filter(|c| c["name"] == "timeouts")
+                .count(),
+            1
+        );
+        let text = nft_timeouts_text(&r.timeouts);
+        for line in [
+            "add ct timeout ip netfast tcp_timeouts { protocol tcp; l3proto ip; policy = { \
+             established: 7440, syn_sent: 240, syn_recv: 240, fin_wait: 240, close_wait: 240, \
+             last_ack: 240, time_wait: 240, close: 10 }; }\n",
+            "add ct timeout ip netfast udp_timeouts { protocol udp; l3proto ip; policy = { \
+             unreplied: 300, replied: 300 }; }\n",
+            "add rule ip netfast timeouts ct timeout set \"udp_timeouts\"\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
         }
         // Where the kernel has no timeout policies: the same without them.
-        let plain = nft_script(&r, &counts, false);
+        let plain = nft_doc(&nft_batch(&r, &counts, false));
+        assert!(added(&plain, "ct timeout").is_empty());
+        assert!(!plain.to_string().contains("timeouts"), "{plain}");
         assert!(
-            !plain.contains("ct timeout") && !plain.contains("jump timeouts"),
-            "{plain}"
+            rules_in(&plain, "forward")
+                .contains(&json!([iif("nf-web"), {"counter": "tx_1"}, {"accept": null}]))
         );
-        assert!(plain.contains("iifname \"nf-web\" counter name tx_1 accept"));
-        // Nothing to serve: the script only removes the table.
+        // Nothing to serve: the batch only removes the table.
         assert_eq!(
-            nft_script(&Rules::default(), &counts, true),
-            "table ip netfast {}\ndelete table ip netfast\n"
+            nft_doc(&nft_batch(&Rules::default(), &counts, true)),
+            json!({"nftables": [{"add": table}, {"delete": table}]})
+        );
+    }
+
+    /// A hostile name that got past validation (it cannot: see `validate::interface_name`)
+    /// would still be a string in the JSON, not syntax.
+    #[test]
+    fn interface_names_are_json_strings_never_nft_syntax() {
+        let mut st = state();
+        st.networks[0].bridge = "x\"accept;#".into();
+        let doc = nft_doc(&nft_batch(
+            &Rules::of(&st, Backend::Nftables),
+            &Counts::new(),
+            true,
+        ));
+        assert!(
+            rules_in(&doc, "forward")
+                .iter()
+                .any(|r| r[0]["match"]["right"] == "x\"accept;#")
         );
     }
 
@@ -757,23 +929,23 @@ mod tests {
             ":NETFAST-ALLOW-0 - [0:0]",
             "-A NETFAST-PUBLISHED -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:80",
             "-A NETFAST-PUBLISHED -d 198.51.100.1/32 -p udp -m udp --dport 5000:5001 -j DNAT --to-destination 172.18.0.3\n",
-            "-A NETFAST-POSTROUTING -s 172.18.0.0/24 -o eth0 -j MASQUERADE",
+            "-A NETFAST-POSTROUTING -s 172.18.0.0/24 -o \"eth0\" -j MASQUERADE",
             "[3:180] -A NETFAST-DIRECT-ACCESS -j DROP",
-            "-A NETFAST-FORWARD -i nf-web -o nf-db -j NETFAST-INTER-NETWORK",
+            "-A NETFAST-FORWARD -i \"nf-web\" -o \"nf-db\" -j NETFAST-INTER-NETWORK",
             "-A NETFAST-FORWARD -d 172.18.0.2/32 -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 -j NETFAST-ALLOW-0",
             "-A NETFAST-ALLOW-0 -s 192.0.2.0/24 -j RETURN",
             "-A NETFAST-ALLOW-0 -j NETFAST-NOT-ALLOWED",
-            "-A NETFAST-FORWARD ! -i nf-db -o nf-db -j NETFAST-DIRECT-ACCESS",
-            "[9:900] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "[0:0] -A NETFAST-FORWARD -o nf-db -m conntrack --ctstate DNAT -j ACCEPT",
-            "[0:0] -A NETFAST-FORWARD -i nf-db -j ACCEPT",
-            "-A NETFAST-INPUT -i nf-web -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j NETFAST-TO-HOST-LOOPBACK\n",
+            "-A NETFAST-FORWARD ! -i \"nf-db\" -o \"nf-db\" -j NETFAST-DIRECT-ACCESS",
+            "[9:900] -A NETFAST-FORWARD -o \"nf-db\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "[0:0] -A NETFAST-FORWARD -o \"nf-db\" -m conntrack --ctstate DNAT -j ACCEPT",
+            "[0:0] -A NETFAST-FORWARD -i \"nf-db\" -j ACCEPT",
+            "-A NETFAST-INPUT -i \"nf-web\" -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED -j NETFAST-TO-HOST-LOOPBACK\n",
             "[0:0] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n",
             "*raw\n:NETFAST-RAW-PREROUTING - [0:0]\n:NETFAST-RAW-OUTPUT - [0:0]\n:NETFAST-TIMEOUTS - [0:0]\n",
             "-A NETFAST-TIMEOUTS -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j CT --timeout netfast-tcp\n",
             "-A NETFAST-TIMEOUTS -p udp -j CT --timeout netfast-udp\n",
             "-A NETFAST-TIMEOUTS -p icmp -m icmp --icmp-type 8 -j CT --timeout netfast-icmp\n",
-            "-A NETFAST-RAW-PREROUTING -i nf-web -j NETFAST-TIMEOUTS\n",
+            "-A NETFAST-RAW-PREROUTING -i \"nf-web\" -j NETFAST-TIMEOUTS\n",
             "-A NETFAST-RAW-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -j NETFAST-TIMEOUTS\n",
             "-A NETFAST-RAW-OUTPUT -m addrtype --dst-type LOCAL -d 198.51.100.1/32 -p udp -m udp --dport 5000:5001 -j NETFAST-TIMEOUTS\n",
         ] {

@@ -42,52 +42,70 @@ pub struct ConfigArgs {
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let loader = Loader::new()?;
-    let mut cfg = loader.state()?.dataplane;
-    let before = cfg.clone();
-    if let Some(v) = args.ct_max {
-        cfg.ct_max = v;
-    }
-    if let Some(v) = args.filtering {
-        cfg.filtering = v;
-    }
-    if let Some(v) = args.port_range {
-        cfg.port_range = v;
-    }
-    if let Some(v) = args.fast_path {
-        cfg.fast_path = v;
-    }
-    let t = &mut cfg.timeouts;
-    for (field, value) in [
-        (&mut t.tcp_established, args.timeout_tcp_established),
-        (&mut t.tcp_transitory, args.timeout_tcp_transitory),
-        (&mut t.tcp_close, args.timeout_tcp_close),
-        (&mut t.udp, args.timeout_udp),
-        (&mut t.icmp, args.timeout_icmp),
-    ] {
-        if let Some(v) = value {
-            *field = v;
+    let json = args.json;
+    let changes = args.ct_max.is_some()
+        || args.filtering.is_some()
+        || args.port_range.is_some()
+        || args.fast_path.is_some()
+        || args.timeout_tcp_established.is_some()
+        || args.timeout_tcp_transitory.is_some()
+        || args.timeout_tcp_close.is_some()
+        || args.timeout_udp.is_some()
+        || args.timeout_icmp.is_some();
+    let change = move |cfg: &mut netfast::loader::model::DataplaneConfig| {
+        if let Some(v) = args.ct_max {
+            cfg.ct_max = v;
         }
-    }
-    if cfg != before {
+        if let Some(v) = args.filtering {
+            cfg.filtering = v;
+        }
+        if let Some(v) = args.port_range {
+            cfg.port_range = v;
+        }
+        if let Some(v) = args.fast_path {
+            cfg.fast_path = v;
+        }
+        let t = &mut cfg.timeouts;
+        for (field, value) in [
+            (&mut t.tcp_established, args.timeout_tcp_established),
+            (&mut t.tcp_transitory, args.timeout_tcp_transitory),
+            (&mut t.tcp_close, args.timeout_tcp_close),
+            (&mut t.udp, args.timeout_udp),
+            (&mut t.icmp, args.timeout_icmp),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+    };
+    // Read-only without flags (a shared lock, nothing created); with flags, read, changed and
+    // written under one exclusive lock, so that two commands at once both count.
+    let cfg = if changes {
+        let (cfg, lines) = loader.configure_with(change)?;
         // The settings themselves are printed below; notes go beside them, not into them.
-        for line in loader.configure(&cfg)? {
+        for line in lines {
             if line.starts_with("note:") {
                 eprintln!("netfast: {line}");
             }
         }
-    }
+        cfg
+    } else {
+        loader.state()?.dataplane
+    };
     // Which clock the running programs read: a setting netfast measures, not one it takes.
-    let clock = match netfast::Dataplane::open_existing(&netfast::host::Host::current()?)? {
+    let reading = loader.read()?;
+    let clock = match netfast::Dataplane::open_existing(&loader.host)? {
         Some(dp) => Some(netfast::clock::ClockSource::of(
             &netfast::maps::read_config(dp.ebpf())?,
         )),
         None => None,
     };
+    drop(reading);
     let shown = Shown {
         settings: &cfg,
         clock,
     };
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         print!("{}", toml::to_string(&shown)?);

@@ -89,6 +89,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nets)?);
                 return Ok(());
             }
+            println!("host: {} (key {})", loader.host.describe(), loader.host.key);
             println!(
                 "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<9} {:<5} DRIFT",
                 "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "UPLINK", "MASQ", "BACKEND", "CTRS"

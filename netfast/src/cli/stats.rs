@@ -8,9 +8,12 @@ use netfast::{
 };
 
 pub fn run(json: bool) -> anyhow::Result<()> {
-    let host = Host::current()?;
-    let state = Loader::new()?.state()?;
-    let mut stats = match Dataplane::open_existing(&host)? {
+    let loader = Loader::new()?;
+    let host: &Host = &loader.host;
+    // Held while the dataplane is read: no `down` removes it meanwhile.
+    let reading = loader.read()?;
+    let state = reading.state.clone();
+    let mut stats = match Dataplane::open_existing(host)? {
         Some(dp) => dp.stats()?,
         None if state.networks.iter().any(|n| n.backend != Backend::Ebpf) => Stats::default(),
         None => anyhow::bail!(

@@ -37,6 +37,47 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// Hairpin mode, for a bridge port.
     pub hairpin: Option<bool>,
+    /// Its hardware type (`ARPHRD_*`): 1 for Ethernet, 772 for loopback, 65534 for a
+    /// layer-3 device without a link-layer header (tun, wireguard), 768 for ipip.
+    pub link_type: u16,
+}
+
+impl Link {
+    /// Whether frames on it start with an Ethernet header.
+    pub fn is_ethernet(&self) -> bool {
+        self.link_type == libc::ARPHRD_ETHER
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.link_type == libc::ARPHRD_LOOPBACK
+    }
+
+    /// What kind of link it is, in words, for messages.
+    pub fn describe_type(&self) -> String {
+        let known = match self.link_type {
+            libc::ARPHRD_ETHER => "Ethernet",
+            libc::ARPHRD_LOOPBACK => "loopback",
+            libc::ARPHRD_NONE => "layer 3, no link-layer header (tun, wireguard)",
+            libc::ARPHRD_TUNNEL => "an IPIP tunnel",
+            libc::ARPHRD_SIT => "a SIT tunnel",
+            libc::ARPHRD_IPGRE => "a GRE tunnel",
+            libc::ARPHRD_PPP => "PPP",
+            _ => "",
+        };
+        if known.is_empty() {
+            format!("link type {}", self.link_type)
+        } else {
+            format!("{known} (link type {})", self.link_type)
+        }
+    }
+}
+
+/// An IPv4 route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: ipnet::Ipv4Net,
+    /// The interface it leaves through, when it names one.
+    pub oif: Option<u32>,
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
@@ -49,6 +90,7 @@ fn link_of(msg: &LinkMessage) -> Link {
         kind: None,
         mac: None,
         hairpin: None,
+        link_type: u16::from(msg.header.link_layer_type),
     };
     for attr in &msg.attributes {
         match attr {
@@ -367,6 +409,69 @@ impl Nl<'_> {
 }
 
 impl Nl<'_> {
+    /// Every IPv4 address of this namespace with its prefix length and its link's index.
+    pub fn address_nets(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(self.handle.address().get().execute().try_collect())
+            .map_err(failed(format!("listing the addresses of {}", self.place)))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                        Some((m.header.index, *ip, m.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The IPv4 unicast routes of the main table (what `ip route` lists).
+    pub fn routes(&self) -> Result<Vec<Route>> {
+        use rtnetlink::packet_route::route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteType,
+        };
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(self.handle.route().get(request).execute().try_collect())
+            .map_err(failed(format!("listing the routes of {}", self.place)))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.address_family == AddressFamily::Inet
+                    && m.header.kind == RouteType::Unicast
+                    && m.attributes
+                        .iter()
+                        .find_map(|a| match a {
+                            RouteAttribute::Table(t) => Some(*t),
+                            _ => None,
+                        })
+                        .unwrap_or(u32::from(m.header.table))
+                        == u32::from(RouteHeader::RT_TABLE_MAIN)
+            })
+            .filter_map(|m| {
+                let dst = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let dst = ipnet::Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
+                Some(Route { dst, oif })
+            })
+            .collect())
+    }
+
     /// Every IPv4 address of this namespace.
     pub fn all_addresses(&self) -> Result<Vec<Ipv4Addr>> {
         let msgs: Vec<_> = self

@@ -135,9 +135,15 @@ impl Loader {
         self.netlink.host()
     }
 
-    /// The state, read under a shared lock.
+    /// The state, read under a shared lock (which creates nothing).
     pub fn state(&self) -> Result<State> {
-        Ok(Locked::acquire(&self.host, false)?.state)
+        Ok(self.read()?.state)
+    }
+
+    /// The state under a shared lock, held until the value is dropped: nothing changes (no
+    /// `down` removes the dataplane) while a read-only command looks at it.
+    pub fn read(&self) -> Result<Locked> {
+        Locked::acquire(&self.host, false)
     }
 
     pub fn netlink(&self) -> &Netlink {
@@ -165,7 +171,6 @@ impl Loader {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
         let settings = validate::dataplane(&state.dataplane)?;
-        let backend = crate::backend::resolve(spec.backend)?;
         let bridge_name = spec
             .bridge
             .clone()
@@ -177,6 +182,23 @@ impl Loader {
                 self.host.describe()
             ))
         })?;
+        let existing = nl.link(&bridge_name)?;
+        let adopted_bridge = existing.as_ref().filter(|_| spec.adopt).map(|b| b.index);
+        host_conflicts(nl, spec, state, &bridge_name, &uplink, adopted_bridge)?;
+        // The eBPF programs read an Ethernet header first; a layer-3 uplink (tun, wireguard,
+        // ipip) has none, and they would translate the wrong bytes.
+        let no_ethernet = (!uplink.is_ethernet()).then(|| {
+            format!(
+                "uplink {} has no Ethernet header ({}), which the eBPF dataplane's programs \
+                 need; create the network with --backend nftables (or iptables)",
+                uplink.name,
+                uplink.describe_type()
+            )
+        });
+        let backend = crate::backend::resolve_for_uplink(spec.backend, no_ethernet.clone())?;
+        if let (Some(why), None) = (&no_ethernet, spec.backend.named()) {
+            out.push(format!("--backend auto: {why}; it takes {backend}"));
+        }
         let ext_addr = nl.addresses(&uplink)?.first().map(|(ip, _)| *ip);
         if spec.masquerade && ext_addr.is_none() {
             return Err(Error::Settings(format!(
@@ -184,7 +206,6 @@ impl Loader {
                 spec.uplink
             )));
         }
-        let existing = nl.link(&bridge_name)?;
         let mut adopted_ports = Vec::new();
         if spec.adopt {
             let bridge = existing.as_ref().filter(|l| l.kind.as_deref() == Some("bridge")).ok_or_else(|| {
@@ -352,6 +373,17 @@ impl Loader {
         network: &Network,
         out: &mut Vec<String>,
     ) -> Result<()> {
+        // Publications by address lead to no container, so no `container rm` took them: they
+        // go with their network (network ids are reused, and a stale entry would revive).
+        let publications: Vec<_> = state
+            .publications
+            .iter()
+            .filter(|p| p.network == network.name)
+            .cloned()
+            .collect();
+        for p in &publications {
+            self.remove_publication(state, p, out)?;
+        }
         let before = state.clone();
         if network.backend == Backend::Ebpf {
             uninstall(&self.host, nl, state, network)?;
@@ -625,8 +657,25 @@ impl Loader {
 
     /// Host-wide dataplane settings; effective immediately where the dataplane runs.
     pub fn configure(&self, cfg: &DataplaneConfig) -> Result<Vec<String>> {
+        self.configure_with(|c| *c = cfg.clone())
+            .map(|(_, lines)| lines)
+    }
+
+    /// Changes the settings with `change`, reading and writing them under one exclusive lock
+    /// (two commands changing different settings at once both count). Returns the settings
+    /// now in force; nothing is written when `change` changes nothing.
+    pub fn configure_with(
+        &self,
+        change: impl FnOnce(&mut DataplaneConfig),
+    ) -> Result<(DataplaneConfig, Vec<String>)> {
         caps::require("config", false)?;
         let mut locked = Locked::acquire(&self.host, true)?;
+        let mut cfg = locked.state.dataplane.clone();
+        change(&mut cfg);
+        if cfg == locked.state.dataplane {
+            return Ok((cfg, Vec::new()));
+        }
+        let cfg = &cfg;
         self.configure_locked(&mut locked.state, cfg)?;
         locked.save()?;
         let mut out = vec![format!(
@@ -649,7 +698,7 @@ impl Loader {
                 fallback.join(", ")
             ));
         }
-        Ok(out)
+        Ok((cfg.clone(), out))
     }
 
     fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
@@ -794,6 +843,98 @@ fn remove_container(
     };
     if ended > 0 {
         out.push(format!("ended {ended} flows of container {}", c.name));
+    }
+    Ok(())
+}
+
+/// Refuses a network that would take the host's own traffic: an uplink that is loopback or
+/// one of netfast's own links, a subnet that overlaps an address or a route the host has (as
+/// Docker refuses them). `adopted`: the adopted bridge, whose addresses and routes in the
+/// subnet are the network's own.
+fn host_conflicts(
+    nl: &Nl<'_>,
+    spec: &NetworkSpec,
+    state: &State,
+    bridge: &str,
+    uplink: &Link,
+    adopted: Option<u32>,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::Settings(why));
+    if uplink.is_loopback() || uplink.name == "lo" {
+        return refuse(format!(
+            "uplink {} is the loopback interface: nothing leaves the host through it; pick the \
+             interface towards the outside (the one `ip route show default` names)",
+            uplink.name
+        ));
+    }
+    if uplink.name == bridge {
+        return refuse(format!(
+            "the bridge and the uplink are both `{bridge}`; they must differ"
+        ));
+    }
+    let links = nl.links()?;
+    let name_of = |index: u32| {
+        links
+            .iter()
+            .find(|l| l.index == index)
+            .map_or_else(|| format!("interface #{index}"), |l| l.name.clone())
+    };
+    if let Some(n) = state.networks.iter().find(|n| n.bridge == uplink.name) {
+        return refuse(format!(
+            "uplink {} is the bridge of netfast network `{}`; pick the interface towards the outside",
+            uplink.name, n.name
+        ));
+    }
+    if let Some(c) = state.containers.iter().find(|c| c.veth == uplink.name) {
+        return refuse(format!(
+            "uplink {} is the veth of netfast container `{}`; pick the interface towards the outside",
+            uplink.name, c.name
+        ));
+    }
+    if let Some(controller) = uplink.controller
+        && let Some(n) = state
+            .networks
+            .iter()
+            .find(|n| n.bridge == name_of(controller))
+    {
+        return refuse(format!(
+            "uplink {} is a port of bridge {} of netfast network `{}`; pick the interface towards the outside",
+            uplink.name, n.bridge, n.name
+        ));
+    }
+    let overlaps = |net: &ipnet::Ipv4Net| {
+        net.contains(&spec.subnet.network()) || spec.subnet.contains(&net.network())
+    };
+    let fix = "containers there would take the host's own traffic; pick a subnet the host does \
+               not use (see `ip -4 addr` and `ip route`)";
+    for (index, ip, prefix) in nl.address_nets()? {
+        let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
+            continue;
+        };
+        if Some(index) != adopted && overlaps(&net.trunc()) {
+            return refuse(format!(
+                "subnet {} overlaps {ip}/{prefix}, an address of {}: {fix}",
+                spec.subnet,
+                name_of(index)
+            ));
+        }
+    }
+    for route in nl.routes()? {
+        // The default route leads everywhere; it is where the network's traffic goes.
+        if route.dst.prefix_len() == 0 || (adopted.is_some() && route.oif == adopted) {
+            continue;
+        }
+        if overlaps(&route.dst) {
+            return refuse(format!(
+                "subnet {} overlaps the host's route to {}{}: {fix}",
+                spec.subnet,
+                route.dst,
+                route
+                    .oif
+                    .map(|i| format!(" (dev {})", name_of(i)))
+                    .unwrap_or_default()
+            ));
+        }
     }
     Ok(())
 }

@@ -231,6 +231,18 @@ pub fn validate(
             )));
         }
         None => match spec.container.parse::<Ipv4Addr>() {
+            Ok(ip) if ip == net.subnet.network() || ip == net.subnet.broadcast() => {
+                return Err(Invalid(format!(
+                    "{ip} is the {} address of network `{network}` ({}), not a container's; \
+                     publish to a container's address or name (see `netfast container ls`)",
+                    if ip == net.subnet.network() {
+                        "network"
+                    } else {
+                        "broadcast"
+                    },
+                    net.subnet
+                )));
+            }
             Ok(ip) if net.subnet.contains(&ip) && ip != net.gateway => ip,
             Ok(ip) => {
                 return Err(Invalid(format!(
@@ -433,6 +445,15 @@ mod tests {
             validate("web", &spec("9000:172.18.0.9:80"), &[], &s).is_ok(),
             "by address"
         );
+        for (target, what) in [("172.18.0.0", "network"), ("172.18.0.255", "broadcast")] {
+            let e = validate("web", &spec(&format!("9000:{target}:80")), &[], &s)
+                .unwrap_err()
+                .0;
+            assert!(
+                e.contains(&format!("the {what} address of network `web`")),
+                "{e}"
+            );
+        }
         assert!(
             validate("web", &spec("9000:10.0.0.9:80"), &[], &s)
                 .unwrap_err()

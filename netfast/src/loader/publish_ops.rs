@@ -78,6 +78,17 @@ impl Loader {
                 Error::Settings(format!("network `{network}` has no dataplane; recreate it"))
             })?;
             dp.set_host_addrs(&nl.all_addresses()?)?;
+            let owned: Vec<&Publication> = state
+                .publications
+                .iter()
+                .filter(|q| state.network(&q.network).map(|n| n.backend) == Some(Backend::Ebpf))
+                .collect();
+            let pruned = dp.prune_publications(&owned)?;
+            if pruned > 0 {
+                out.push(format!(
+                    "removed {pruned} dataplane entries of a publish that did not finish"
+                ));
+            }
             dp.publish(&p, net_id)?;
         } else {
             let mut after = state.clone();

@@ -16,11 +16,12 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(msg.into()))
 }
 
-/// Linux interface names: 1 to 15 bytes, no '/', ':', whitespace; not "." or "..".
-pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
+/// What the kernel takes as an interface name: 1 to 15 bytes, no '/', ':' or whitespace; not
+/// "." or "..". Enough for names netfast only looks up (the ports of an adopted bridge).
+pub fn kernel_interface_name(what: &str, name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > 15 {
         return invalid(format!(
-            "{what} `{name}` is {} bytes; Linux interface names have 1 to 15",
+            "{what} {name:?} is {} bytes; Linux interface names have 1 to 15",
             name.len()
         ));
     }
@@ -28,11 +29,54 @@ pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return invalid(format!(
-            "{what} `{name}` is not a valid interface name (no '/', ':' or spaces)"
+            "{what} {name:?} is not a valid interface name (no '/', ':', spaces or control characters)"
         ));
+    }
+    Ok(())
+}
+
+/// An interface name netfast may put in a rule: valid for the kernel, and inert in both rule
+/// languages — letters, digits, '_', '.' and '-', not starting with '-' (an option to
+/// iptables). Anything else is refused, never quoted: `"` or `;` would be nftables syntax,
+/// and '+' and '*' are wildcards to iptables and nftables (`eth+` matches every `eth…`).
+pub fn interface_name(what: &str, name: &str) -> Result<(), Invalid> {
+    kernel_interface_name(what, name)?;
+    let inert = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !inert || name.starts_with('-') {
+        return invalid(format!(
+            "{what} {name:?} is not a valid interface name for netfast: use letters, digits, \
+             '_', '.' and '-' (not first); other characters are syntax or wildcards ('+', '*') \
+             to nftables and iptables. Rename the interface (`ip link set OLD name NEW`) or pick \
+             another"
+        ));
+    }
+    Ok(())
+}
+
+/// Every name in a state read back from disk, checked again before it is used in a rule or a
+/// path: a state file edited by hand (or by an older netfast that let more through) must not
+/// smuggle syntax into nft or iptables, nor `../` into /run/netns.
+pub fn state(state: &State) -> Result<(), Invalid> {
+    for n in &state.networks {
+        object_name("network", &n.name)?;
+        interface_name("bridge", &n.bridge)?;
+        interface_name("uplink", &n.uplink)?;
+        for port in n.adopted_ports.iter().chain(&n.hairpin_set) {
+            kernel_interface_name("adopted port", port)?;
+        }
+    }
+    for c in &state.containers {
+        object_name("container", &c.name)?;
+        object_name("network", &c.network)?;
+        interface_name("veth", &c.veth)?;
+    }
+    for p in &state.publications {
+        object_name("network", &p.network)?;
     }
     Ok(())
 }
@@ -81,6 +125,33 @@ pub fn check_subnet(net: &Ipv4Net) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Ranges a container subnet must not touch: their packets are never a network's to route.
+const SPECIAL: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    (
+        "240.0.0.0/4",
+        "reserved (240.0.0.0/4, with the broadcast address)",
+    ),
+];
+
+/// A subnet outside the ranges that are the host's own or nobody's.
+pub fn not_special(net: &Ipv4Net) -> Result<(), Invalid> {
+    for (range, what) in SPECIAL {
+        let range: Ipv4Net = range.parse().expect("a valid CIDR");
+        if range.contains(&net.network()) || net.contains(&range.network()) {
+            return invalid(format!(
+                "subnet {net} overlaps {what}: the host would give its containers traffic that is \
+                 not theirs; pick a private range such as 172.18.0.0/16, 10.88.0.0/16 or \
+                 192.168.100.0/24"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An address usable by a host of `net` (not its network or broadcast address).
 pub fn host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Net) -> Result<(), Invalid> {
     if !net.contains(&ip) {
@@ -111,6 +182,7 @@ pub fn network(spec: &NetworkSpec, state: &State) -> Result<Ipv4Addr, Invalid> {
         ));
     }
     check_subnet(&spec.subnet)?;
+    not_special(&spec.subnet)?;
     for other in &state.networks {
         if other.subnet.contains(&spec.subnet.network())
             || spec.subnet.contains(&other.subnet.network())
@@ -355,6 +427,26 @@ mod tests {
     }
 
     #[test]
+    fn subnets_of_the_hosts_own_or_nobodys_ranges_are_refused() {
+        for (bad, what) in [
+            ("127.0.0.0/8", "loopback"),
+            ("127.5.0.0/16", "loopback"),
+            ("224.1.0.0/16", "multicast"),
+            ("240.0.0.0/24", "reserved"),
+            ("169.254.0.0/24", "link-local"),
+            ("0.0.0.0/8", "this network"),
+            ("64.0.0.0/2", "loopback"),
+        ] {
+            let e = err(network(&spec("x", bad), &state()));
+            assert!(
+                e.contains(what) && e.contains("pick a private range"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(network(&spec("x", "10.88.0.0/16"), &state()).is_ok());
+    }
+
+    #[test]
     fn interface_names_are_checked() {
         let mut s = spec("db", "10.1.0.0/24");
         s.bridge = Some("a-very-long-bridge".into());
@@ -370,6 +462,53 @@ mod tests {
             crate::loader::model::default_bridge("averyveryverylongname"),
             "nf-averyveryver"
         );
+    }
+
+    /// Names that nftables or iptables would read as syntax or wildcards, and names the kernel
+    /// refuses: refused everywhere a name enters, with what to do instead.
+    pub(crate) const HOSTILE_NAMES: [&str; 10] = [
+        "x\"accept;#",
+        "eth+",
+        "e*",
+        "a b",
+        "a\nb",
+        "tab\tx",
+        "-i",
+        "sixteen-bytes-xx",
+        "br{0}",
+        "a/b",
+    ];
+
+    #[test]
+    fn hostile_interface_names_are_refused_everywhere_names_enter() {
+        for bad in HOSTILE_NAMES {
+            let e = err(interface_name("bridge", bad));
+            assert!(
+                e.contains("interface name") || e.contains("1 to 15"),
+                "{bad:?}: {e}"
+            );
+            let mut s = spec("db", "10.1.0.0/24");
+            s.bridge = Some(bad.into());
+            assert!(network(&s, &state()).is_err(), "--bridge {bad:?}");
+            let mut s = spec("db", "10.1.0.0/24");
+            s.uplink = bad.into();
+            assert!(network(&s, &state()).is_err(), "--uplink {bad:?}");
+            let mut st = state();
+            st.networks[0].uplink = bad.into();
+            assert!(super::state(&st).is_err(), "uplink {bad:?} in a state file");
+            let mut st = state();
+            st.containers[0].veth = bad.into();
+            assert!(super::state(&st).is_err(), "veth {bad:?} in a state file");
+        }
+        let e = err(interface_name("bridge", "eth+"));
+        assert!(e.contains("wildcards") && e.contains("ip link set"), "{e}");
+        for good in ["eth0", "nf-web", "br_0.10", "wlp2s0", "nfv1234abcd", "a"] {
+            assert_eq!(interface_name("bridge", good), Ok(()), "{good}");
+        }
+        assert_eq!(super::state(&state()), Ok(()));
+        let mut st = state();
+        st.containers[0].name = "../etc".into();
+        assert!(err(super::state(&st)).contains("not valid"));
     }
 
     #[test]
