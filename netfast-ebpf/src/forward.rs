@@ -126,12 +126,17 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
     } else {
         return false;
     };
+    // Out of one of our uplinks: the packet is marked, so that the uplink's egress program
+    // lets it pass (it is translated already; taken for the host's own, it would be
+    // translated twice).
+    // SAFETY: map values are plain data.
+    let uplink = unsafe { NETFAST_UPLINKS.get(params.ifindex) }.is_some();
     *out = Route {
         kind,
         ifindex: params.ifindex,
         dmac: params.dmac,
         smac: params.smac,
-        to_uplink: 0,
+        to_uplink: u32::from(uplink),
     };
     true
 }
@@ -202,12 +207,8 @@ pub fn route_cached(
             && c.dmac == out.dmac
             && c.smac == out.smac;
         let known = if same { c.max_len } else { 0 };
-        // Looked up once a second, not per packet.
-        // SAFETY: map values are plain data.
-        let uplink = out.kind == NEIGH && unsafe { NETFAST_UPLINKS.get(out.ifindex) }.is_some();
-        out.to_uplink = u32::from(uplink);
         c.expires = 0;
-        c.flags = if uplink { FWD_F_UPLINK } else { 0 };
+        c.flags = if out.to_uplink != 0 { FWD_F_UPLINK } else { 0 };
         c.kind = out.kind as u8;
         c.ifindex = out.ifindex;
         c.dmac = out.dmac;
