@@ -16,8 +16,10 @@ use netfast_common::{
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
+    icmp,
     maps::{NETFAST_NET_BRIDGES, NETFAST_NETWORKS},
     nat::{self, ifindex},
+    outcome::Outcome,
     parse::{self, Frag, Ipv4, L4, Pkt},
     publish, stats,
 };
@@ -48,6 +50,63 @@ fn isolated(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     }
 }
 
+/// A later fragment or an ICMP error (`translated` already, when it is about a flow): no
+/// flow of its own, but translated and forwarded like the flow it belongs to, if any.
+// Its own BPF function: rare packets, kept out of the hot path's stack frame.
+#[inline(never)]
+fn not_a_flow(ctx: &TcContext, ip: &Ipv4, now: u32, translated: bool) -> Outcome {
+    Outcome::from_verdict(try_not_a_flow(ctx, ip, now, translated))
+}
+
+#[inline(always)]
+fn try_not_a_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    now: u32,
+    translated: bool,
+) -> Result<i32, DropReason> {
+    if ip.frag == Frag::Later {
+        source_network(ctx, ip)?;
+        // Translated, its source may be the host's own address, which the host's input path
+        // would drop as a martian: it is forwarded here, as its first fragment was.
+        if let Some((src, dst)) = nat::later_fragment(ctx, ip, now)? {
+            return forward_here(ctx, ip, src, dst, now);
+        }
+        return isolated(ctx, ip);
+    }
+    if translated && conntrack::fast_path() {
+        let (src, dst) = (
+            parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
+            parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
+        );
+        return forward_here(ctx, ip, src, dst, now);
+    }
+    isolated(ctx, ip)
+}
+
+/// Forwards a packet already translated to `src` → `dst`: it cannot go to the host's stack,
+/// whose input path would drop a source of its own as a martian.
+#[inline(always)]
+fn forward_here(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    src: u32,
+    dst: u32,
+    now: u32,
+) -> Result<i32, DropReason> {
+    let mut r = Route::NONE;
+    let hop = Hop {
+        src,
+        dst,
+        must: true,
+        now,
+    };
+    if !route(ctx, ip, &hop, &mut r) {
+        return Err(DropReason::NoRoute);
+    }
+    forward::forward(ctx, &r)
+}
+
 /// Whether a flow entry belongs to the network of the bridge the packet came in on.
 #[inline(always)]
 fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
@@ -74,35 +133,21 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
+        return not_a_flow(ctx, &ip, now, false).verdict();
+    }
+    let l4 = parse::l4(ctx, &ip)?;
+    if let L4::IcmpError = l4 {
+        // A container's error about a flow of ours (a port unreachable to a client of a
+        // published port): translated, then forwarded like the flow's packets.
         source_network(ctx, &ip)?;
-        if nat::later_fragment(ctx, &ip, true, now)? {
-            let (src, dst) = (
-                parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
-                parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
-            );
-            let mut r = Route::NONE;
-            if !route(
-                ctx,
-                &ip,
-                &Hop {
-                    src,
-                    dst,
-                    must: true,
-                    now,
-                },
-                &mut r,
-            ) {
-                return Err(DropReason::NoRoute);
-            }
-            return forward::forward(ctx, &r);
-        }
-        return isolated(ctx, &ip);
+        let translated = icmp::translate_error(ctx, &ip, now, true).get()?;
+        return not_a_flow(ctx, &ip, now, translated).verdict();
     }
     let L4::Flow {
         sport,
         dport,
         tcp_flags,
-    } = parse::l4(ctx, &ip)?
+    } = l4
     else {
         source_network(ctx, &ip)?;
         return isolated(ctx, &ip);

@@ -22,9 +22,9 @@ use netfast_common::{
     DropReason,
     config::{DpConfig, NET_F_MASQUERADE, NetInfo},
     conntrack::{
-        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        TcpFlags, TcpState, tcp_next, timeout,
+        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REWRITE_DST,
+        CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState,
+        tcp_next, timeout,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -155,8 +155,7 @@ fn try_apply(
             src_addr: t.src_addr,
             dst_addr: t.dst_addr,
             expires: now + FRAGMENT_TIMEOUT,
-            redirect: u8::from(e.flags & CT_F_REDIRECT != 0),
-            _pad: [0; 3],
+            _pad: 0,
         };
         // A lost record only costs the later fragments, which are then counted as drops.
         let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
@@ -164,16 +163,16 @@ fn try_apply(
     Ok(1)
 }
 
-/// Gives a later fragment the addresses its first fragment got, at the hook that translated
-/// the first one (`at_bridge`: a redirected flow's). False when no first fragment of that
-/// datagram was translated there.
+/// Gives a later fragment the addresses its first fragment got, wherever the first one was
+/// translated; returns the fragment's new (source, destination), or `None` when no first
+/// fragment of its datagram was translated. A translated fragment is keyed differently, so
+/// no hook translates it twice.
 #[inline(always)]
 pub fn later_fragment(
     ctx: &TcContext,
     ip: &Ipv4,
-    at_bridge: bool,
     now: u32,
-) -> Result<bool, DropReason> {
+) -> Result<Option<(u32, u32)>, DropReason> {
     let key = FragKey {
         src_addr: ip.src,
         dst_addr: ip.dst,
@@ -181,17 +180,17 @@ pub fn later_fragment(
         proto: ip.proto,
         _pad: 0,
     };
-    let Some(entry) = NETFAST_FRAGS.get_ptr(key) else {
-        return Ok(false);
+    let Some(entry) = NETFAST_FRAGS.get_ptr(&key) else {
+        return Ok(None);
     };
     // SAFETY: a map value pointer, valid for this program run.
     let entry = unsafe { *entry };
-    if entry.expires < now || (entry.redirect != 0) != at_bridge {
-        return Ok(false);
+    if entry.expires < now {
+        return Ok(None);
     }
     rewrite_l3(ctx, true, entry.src_addr)?;
     rewrite_l3(ctx, false, entry.dst_addr)?;
-    Ok(true)
+    Ok(Some((entry.src_addr, entry.dst_addr)))
 }
 
 /// How many times a compare-and-exchange is retried before the packet gives up (another

@@ -53,6 +53,35 @@ fn forbidden(
     Ok(NEXT)
 }
 
+/// A packet translated here without a flow entry of its own (an ICMP error about a flow, a
+/// later fragment): on the way in, the fast path forwards it into its container like the
+/// flow's packets — handed to the host's stack, it would meet the FORWARD chain that Docker
+/// leaves at DROP (and path MTU discovery with it). Otherwise the stack routes it.
+#[inline(always)]
+fn forward_in(
+    ctx: &TcContext,
+    dir: Direction,
+    ip: &Ipv4,
+    src: u32,
+    dst: u32,
+    now: u32,
+) -> Result<i32, DropReason> {
+    if dir == Direction::In && conntrack::fast_path() {
+        let mut r = Route::NONE;
+        let hop = Hop {
+            src,
+            dst,
+            must: false,
+            now,
+        };
+        if forward::route(ctx, ip, &hop, &mut r) {
+            return forward::forward(ctx, &r);
+        }
+        forward::fallback(ctx);
+    }
+    Ok(NEXT)
+}
+
 #[inline(always)]
 pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     let out = dir == Direction::Out;
@@ -78,8 +107,8 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
-        if nat::later_fragment(ctx, &ip, false, now)? {
-            return Ok(NEXT);
+        if let Some((src, dst)) = nat::later_fragment(ctx, &ip, now)? {
+            return forward_in(ctx, dir, &ip, src, dst, now);
         }
         return forbidden(ctx, dir, &ip, DropReason::FragmentWithoutFirst);
     }
@@ -91,7 +120,11 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
             if icmp::translate_error(ctx, &ip, now, out).get()? {
-                return Ok(NEXT);
+                let (src, dst) = (
+                    parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
+                    parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
+                );
+                return forward_in(ctx, dir, &ip, src, dst, now);
             }
             return forbidden(ctx, dir, &ip, DropReason::IcmpErrorWithoutFlow);
         }

@@ -235,6 +235,23 @@ fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
     require_root();
     let topo = Topology::builder().containers(1).build();
     let _dp = masquerade(&topo, SMALL);
+    fragmented_echo(&topo);
+}
+
+/// Fragments take the fast path like whole packets: under the FORWARD DROP Docker leaves
+/// behind, a datagram in fragments still crosses both ways.
+#[test]
+fn a_fragmented_datagram_crosses_under_a_forward_drop_policy() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, SMALL);
+    topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    fragmented_echo(&topo);
+}
+
+/// Container 0 sends a 4096-byte datagram (three fragments) to an echo server outside and
+/// gets it back whole; the server saw the uplink's address.
+fn fragmented_echo(topo: &Topology) {
     let echo = Background::spawn(&[
         "ip",
         "netns",
@@ -274,6 +291,24 @@ fn traceroute_and_path_mtu_discovery_work_from_a_container() {
     require_root();
     let topo = Topology::builder().containers(1).far_server().build();
     let _dp = masquerade(&topo, SMALL);
+    traceroute_and_path_mtu(&topo);
+}
+
+/// Under the FORWARD DROP that Docker leaves behind, the ICMP errors that traceroute and path
+/// MTU discovery live on still reach the container: the fast path forwards them, translated,
+/// as it forwards their flows (the kernel's FORWARD chain would drop them).
+#[test]
+fn traceroute_and_path_mtu_discovery_work_under_a_forward_drop_policy() {
+    require_root();
+    let topo = Topology::builder().containers(1).far_server().build();
+    let _dp = masquerade(&topo, SMALL);
+    topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    traceroute_and_path_mtu(&topo);
+}
+
+/// traceroute from container 0 to the far server names every hop, and a bulk upload to it
+/// completes with the path MTU learnt.
+fn traceroute_and_path_mtu(topo: &Topology) {
     let far = FAR_ADDR.to_string();
     let trace =
         topo.containers[0].exec_ok(&["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5", &far]);
