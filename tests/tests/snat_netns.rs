@@ -547,3 +547,71 @@ fn flush_forgets_every_flow_and_traffic_carries_on() {
     topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &outside]);
     assert!(nf.ok(&["conntrack", "list"]).contains("icmp"));
 }
+
+/// RFC 4787's behaviour as a STUN client nobody here wrote sees it: coturn's
+/// turnutils_natdiscovery (RFC 5780 tests) in a container, against coturn's turnserver on two
+/// outside addresses. Endpoint-independent mapping; address-and-port-dependent filtering by
+/// default, endpoint-independent when configured; and hairpinning (REQ-9): a second socket's
+/// request to the first one's external endpoint comes back to it.
+#[test]
+fn turnutils_natdiscovery_sees_an_rfc_4787_nat_that_hairpins() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let nf = masquerade(&topo, SMALL);
+    let outside = topo.outside.name();
+    topo.outside
+        .exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "eth0"]);
+    let _stun = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "turnserver",
+        "--stun-only",
+        "-L",
+        "198.51.100.2",
+        "-L",
+        "198.51.100.3",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file",
+        "stdout",
+        "-n",
+    ]);
+    netfast_tests::clients::wait_listening(outside, "udp", 3478, "turnserver");
+    let discover = |test: &str| {
+        run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            topo.containers[0].name(),
+            "timeout",
+            "60",
+            "turnutils_natdiscovery",
+            test,
+            "198.51.100.2",
+        ])
+    };
+    let hairpin = discover("-H");
+    assert!(
+        hairpin.contains("Received a request (maybe a successful hairpinning)"),
+        "no hairpinning:\n{hairpin}"
+    );
+    let mapping = discover("-m");
+    assert!(
+        mapping.contains("NAT with Endpoint Independent Mapping!"),
+        "{mapping}"
+    );
+    let filtering = discover("-f");
+    assert!(
+        filtering.contains("NAT with Address and Port Dependent Filtering!"),
+        "{filtering}"
+    );
+    nf.ok(&["config", "--filtering", "endpoint-independent"]);
+    let filtering = discover("-f");
+    assert!(
+        filtering.contains("NAT with Endpoint Independent Filtering!"),
+        "{filtering}"
+    );
+}

@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     "python3",
     "tcpdump",
     "kmod",
+    "coturn",
+    "hping3",
+    "python3-scapy",
 ];
 
 pub fn run() -> Result<(), Fail> {
