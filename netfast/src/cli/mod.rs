@@ -97,7 +97,7 @@ enum Command {
     /// Runs until SIGTERM or SIGINT; what it made outlives it (the dataplane keeps running
     /// and a plugin started later takes over). Docker's networks, endpoints and ports are
     /// netfast's own records: `network ls`, `container ls` (an endpoint is container
-    /// `docker-<endpoint ID>`, whose namespace is Docker's), `publish ls`, `conntrack` and
+    /// `docker-<first 12 characters of its ID>`, whose namespace is Docker's), `publish ls`, `conntrack` and
     /// `stats` show them. Network options: `docker network create -d netfast -o
     /// uplink=IFNAME [-o backend=auto|ebpf|nftables|iptables] [-o masquerade=false] [-o
     /// name=NAME] [-o bridge=IFNAME] --subnet CIDR NAME`. dockerd needs "iptables": false.

@@ -139,6 +139,19 @@ pub struct Answer {
     pub done: Vec<String>,
 }
 
+impl Answer {
+    /// Docker's `{"Err": …}`, logged.
+    pub fn error(err: &str) -> Answer {
+        Answer {
+            body: serde_json::to_value(api::ErrorResponse {
+                err: err.to_owned(),
+            })
+            .expect("answers serialize"),
+            done: vec![format!("error: {err}")],
+        }
+    }
+}
+
 fn answer(body: impl Serialize, done: Vec<String>) -> Result<Answer> {
     Ok(Answer {
         body: serde_json::to_value(body).expect("answers serialize"),
@@ -198,14 +211,7 @@ impl Driver {
             Call::RevokeExternalConnectivity(r) => self.unpublish(&r),
             Call::DiscoverNew | Call::DiscoverDelete => answer(json!({}), vec![]),
         };
-        result.unwrap_or_else(|e| {
-            let err = crate::error::report(&e);
-            Answer {
-                body: serde_json::to_value(api::ErrorResponse { err: err.clone() })
-                    .expect("answers serialize"),
-                done: vec![format!("error: {err}")],
-            }
-        })
+        result.unwrap_or_else(|e| Answer::error(&crate::error::report(&e)))
     }
 
     fn create_network(&self, r: &CreateNetworkRequest) -> Result<Answer> {

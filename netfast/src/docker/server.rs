@@ -54,7 +54,12 @@ pub fn serve(socket: &Path) -> Result<()> {
             };
             for (call, reply) in queue {
                 let what = call.describe();
-                let answer = driver.handle(call);
+                // A bug in one call must not take the driver down with every later call.
+                let answer =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.handle(call)))
+                        .unwrap_or_else(|_| {
+                            Answer::error("netfast failed (a bug in netfast: see its log)")
+                        });
                 for line in &answer.done {
                     println!("{what}: {line}");
                 }
@@ -203,4 +208,121 @@ async fn stop_signal() {
 /// The default socket, as a path.
 pub fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        os::unix::net::UnixStream,
+    };
+
+    use super::*;
+
+    /// A plain HTTP/1.1 POST over the socket, as Docker's plugin client sends it: the status
+    /// line and the body.
+    fn post(socket: &Path, path: &str, body: &str) -> (String, String) {
+        let mut s = UnixStream::connect(socket).expect("connect");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: plugin\r\nAccept: {CONTENT_TYPE}\r\n\
+             Content-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        let status = answer.lines().next().unwrap_or_default().to_owned();
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn the_socket_answers_docker_and_refuses_a_second_plugin() {
+        let dir = std::env::temp_dir().join(format!("netfast-plugin-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let socket = dir.join("plugins/netfast.sock");
+        let (jobs, queue) = mpsc::channel::<Job>();
+        // Answers the calls that need no host: what Docker asks first.
+        let worker = std::thread::spawn(move || {
+            let driver = Driver::new().expect("a driver");
+            for (call, reply) in queue {
+                let _ = reply.send(driver.handle(call));
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = rt.block_on(async { bind(&socket) }).expect("bind");
+        let server = std::thread::spawn(move || {
+            rt.block_on(async {
+                axum::serve(listener, router(jobs))
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            })
+        });
+        let mode = std::fs::metadata(&socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (status, body) = post(&socket, "/Plugin.Activate", "");
+        assert!(status.contains("200"), "{status}");
+        let json = |b: &str| serde_json::from_str::<serde_json::Value>(b).expect("JSON");
+        assert_eq!(
+            json(&body),
+            serde_json::json!({"Implements": ["NetworkDriver"]})
+        );
+        let (_, body) = post(&socket, "/NetworkDriver.GetCapabilities", "null");
+        assert_eq!(
+            json(&body),
+            serde_json::json!({"Scope": "local", "ConnectivityScope": "local"})
+        );
+        let (status, body) = post(&socket, "/NetworkDriver.Join", "{nope");
+        assert!(
+            status.contains("400") && body.contains("not valid JSON"),
+            "{status} {body}"
+        );
+        // libnetwork reads this exact body as "not implemented".
+        let (status, body) = post(&socket, "/NetworkDriver.AllocateNetwork", "{}");
+        assert!(
+            status.contains("404") && body.contains("404 page not found"),
+            "{status}"
+        );
+        // A second plugin on the same socket is refused while the first answers.
+        let e = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async { bind(&socket) })
+            .map(|_| ())
+            .unwrap_err();
+        assert!(crate::error::report(&e).contains("already answers"), "{e}");
+        let _ = stop.send(());
+        server.join().expect("server").expect("served");
+        worker.join().expect("worker");
+        // What a dead plugin left is replaced; anything else at the path is refused.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        assert!(socket.exists(), "a plugin that died leaves its socket");
+        rt.block_on(async { bind(&socket) })
+            .expect("a stale socket is replaced");
+        std::fs::remove_file(&socket).expect("rm");
+        std::fs::write(&socket, "").expect("a regular file");
+        let e = rt
+            .block_on(async { bind(&socket) })
+            .map(|_| ())
+            .unwrap_err();
+        assert!(crate::error::report(&e).contains("is not a socket"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
