@@ -239,6 +239,30 @@ fn docker_runs_published_containers_on_netfast_networks() {
     );
     assert_eq!(lab.outside_get(&url), "");
 
+    // An endpoint whose veth vanished (deleted by hand here; a namespace gone without Docker
+    // saying so, on a real host) goes when Docker makes the next one, and Docker's own
+    // removal of it later is no error.
+    let gone = lab.web_server("web2", &[]);
+    let veth = lab.json(&["container", "ls", "--json"])[0]["veth"]
+        .as_str()
+        .expect("veth")
+        .to_owned();
+    lab.topo.host.exec_ok(&["ip", "link", "del", &veth]);
+    let kept = lab.web_server("web3", &[]);
+    let cts = lab.json(&["container", "ls", "--json"]);
+    assert_eq!(
+        cts.as_array().map(Vec::len),
+        Some(1),
+        "the dead endpoint {gone} stayed: {cts}"
+    );
+    assert_eq!(cts[0]["docker_endpoint"], kept.as_str(), "{cts}");
+    assert!(lab.docker.plugin_output().contains("lost its veth"));
+    lab.docker.ok(&["rm", "-f", "web2", "web3"]);
+    assert_eq!(
+        lab.json(&["container", "ls", "--json"]),
+        serde_json::json!([])
+    );
+
     // `docker network rm` removes the bridge and the network.
     lab.docker.ok(&["network", "rm", "web"]);
     assert_eq!(
@@ -279,6 +303,34 @@ fn docker_runs_published_containers_on_netfast_networks() {
         "{nets}"
     );
     lab.docker.ok(&["network", "rm", "auto"]);
+
+    // Where eBPF cannot be used: the same, on netfast's nftables rules.
+    lab.docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netfast",
+        "-o",
+        "backend=nftables",
+        "--subnet",
+        SUBNET,
+        "web",
+    ]);
+    assert_eq!(
+        lab.json(&["network", "ls", "--json"])[0]["backend"],
+        "nftables"
+    );
+    lab.web_server("web2", &["8080:80"]);
+    lab.served(&url, "on the nftables backend");
+    assert!(
+        lab.container_get(&url).contains(INDEX),
+        "hairpin on nftables"
+    );
+    lab.docker.ok(&["rm", "-f", "web2"]);
+    assert_eq!(lab.outside_get(&url), "");
+    lab.docker.ok(&["network", "rm", "web"]);
+    let ruleset = lab.topo.host.exec_ok(&["nft", "list", "ruleset"]);
+    assert!(!ruleset.contains("netfast"), "{ruleset}");
 }
 
 #[test]
