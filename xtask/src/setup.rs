@@ -102,6 +102,15 @@ fn debian_packages() -> Result<(), Fail> {
         });
     if hold {
         let _ = std::fs::remove_file(POLICY_RC_D);
+        // Held back now, but enabled for the next boot: where systemd runs, it would start
+        // dockerd (with its iptables rules and docker0) then. Enabling Docker on the host is
+        // the operator's choice (README, "Use with Docker", configures it first).
+        if installed.is_ok() && std::path::Path::new("/run/systemd/system").is_dir() {
+            println!("setup: disabling docker.service and docker.socket (the tests run their own)");
+            let _ = Cmd::new("systemctl")
+                .args(&["disable", "--quiet", "docker.service", "docker.socket"])
+                .run();
+        }
     }
     installed
 }
