@@ -339,8 +339,14 @@ impl Loader {
         let mac = mac.unwrap_or_else(|| mac_for(ip));
         let veth = veth_name(&name);
         let peer = peer_name(&veth);
-        // The names come from the endpoint's ID: links of these names are what an attempt at
-        // this same endpoint left when it was cut short.
+        if let Some(other) = locked.state.containers.iter().find(|c| c.veth == veth) {
+            return Err(Error::Settings(format!(
+                "veth name {veth} of endpoint {name} is taken by container `{}`; remove it                  (`netfast container rm {}`)",
+                other.name, other.name
+            )));
+        }
+        // The names come from the endpoint's ID: links of these names, which no container
+        // record owns, are what an attempt at this same endpoint left when it was cut short.
         for leftover in [&veth, &peer] {
             if let Some(link) = nl.link(leftover)? {
                 nl.delete_link(&link)?;
@@ -471,7 +477,8 @@ impl Loader {
             Err(_) => {
                 // A create cut short before it saved leaves links of the endpoint's names.
                 let veth = veth_name(&endpoint_container_name(endpoint_id));
-                if let Some(link) = nl.link(&veth)? {
+                let owned = locked.state.containers.iter().any(|c| c.veth == veth);
+                if !owned && let Some(link) = nl.link(&veth)? {
                     nl.delete_link(&link)?;
                     out.push(format!("deleted {veth}, left by an earlier attempt"));
                 }
