@@ -8,6 +8,7 @@
 
 pub mod clients;
 pub mod cmd;
+pub mod docker;
 pub mod netfast_cli;
 pub mod netns;
 pub mod topology;
