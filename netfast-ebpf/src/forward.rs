@@ -92,6 +92,11 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
     }
     // SAFETY: map values are plain data, copied at once.
     if let Some(ep) = unsafe { NETFAST_ENDPOINTS.get(dst) } {
+        // A whole packet larger than the container's MTU: the host's stack fragments it or
+        // says "fragmentation needed"; the veth would drop it without a word.
+        if !must && !gso(ctx) && ep.mtu != 0 && ip_len(ctx) > ep.mtu {
+            return false;
+        }
         *out = Route {
             kind: PEER,
             ifindex: ep.ifindex,

@@ -301,6 +301,8 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
         ifindex: DEV,
         mac: packet::CONTAINER_MAC,
         gw_mac: packet::BRIDGE_MAC,
+        mtu: 1500,
+        _pad: 0,
     };
     maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
     run(
@@ -743,6 +745,8 @@ fn two_mappings(cfg: DpConfig) -> ProgTest {
             ifindex: DEV,
             mac: packet::CONTAINER_MAC,
             gw_mac: packet::BRIDGE_MAC,
+            mtu: 1500,
+            _pad: 0,
         };
         maps::set_endpoint(t.ebpf_mut(), c.0, &ep).expect("endpoint");
     }
@@ -822,6 +826,8 @@ fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
         ifindex: DEV,
         mac: packet::CONTAINER_MAC,
         gw_mac: packet::BRIDGE_MAC,
+        mtu: 1500,
+        _pad: 0,
     };
     maps::set_endpoint(t.ebpf_mut(), d1.0, &ep).expect("endpoint");
     run(
@@ -850,4 +856,40 @@ fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
         &packet::udp(FROM_CONTAINER, d1, ext(40000), b"hi"),
     );
     assert_eq!(delivered(&r), (ext(41000), C1));
+}
+
+#[test]
+fn a_packet_too_big_for_the_containers_mtu_is_left_to_the_host() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let ep = EndpointInfo {
+        ifindex: DEV,
+        mac: packet::CONTAINER_MAC,
+        gw_mac: packet::BRIDGE_MAC,
+        mtu: 1400,
+        _pad: 0,
+    };
+    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
+    );
+    // A 1400-byte answer fits and goes straight in.
+    let fits = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[1; 1372]);
+    assert_eq!(
+        run(&mut t, Hook::UplinkIngress, &fits).verdict,
+        verdict::REDIRECT
+    );
+    // A 1500-byte one would be dropped by the container's veth without a word: the host's
+    // stack gets it (translated), to fragment it or say "fragmentation needed".
+    let big = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[2; 1472]);
+    let r = run(&mut t, Hook::UplinkIngress, &big);
+    assert_run(
+        "too big for the veth",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, SERVER, C1, &[2; 1472]),
+    );
+    assert_eq!(event(&t, Event::FastPathFallback), 1);
 }

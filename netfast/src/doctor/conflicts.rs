@@ -282,12 +282,16 @@ fn passes(
         Backend::Ebpf if !net.masquerade => Err(
             "eBPF, routed (--no-masquerade): untranslated traffic takes the kernel's path".into(),
         ),
-        // What the fast path cannot do is fragment: a packet without DF larger than the
-        // uplink's MTU goes to the kernel's forwarding, and meets the drop.
+        // What the fast path cannot do is fragment: a packet without DF larger than the MTU
+        // of the side it leaves by goes to the kernel's forwarding, and meets the drop.
         Backend::Ebpf => match (mtu(&net.uplink), mtu(&net.bridge)) {
-            (Some(up), Some(br)) if up < br => Err(format!(
-                "eBPF fast path, but uplink {}'s MTU {up} is below bridge {}'s {br}: packets                  without DF larger than {up} bytes need the kernel's forwarding to fragment them",
-                net.uplink, net.bridge
+            (Some(up), Some(br)) if up != br => Err(format!(
+                "eBPF fast path, but uplink {}'s MTU {up} differs from bridge {}'s {br}: \
+                 packets without DF larger than {} bytes need the kernel's forwarding to \
+                 fragment them",
+                net.uplink,
+                net.bridge,
+                up.min(br)
             )),
             _ => Ok("eBPF fast path, past netfilter".into()),
         },
@@ -733,7 +737,7 @@ mod tests {
         assert_eq!(fwd[0].status, Status::Warn, "{:?}", fwd[0]);
         assert!(
             fwd[0].found.contains(
-                "web (eBPF fast path, but uplink eth0's MTU 1400 is below bridge nf-web's 1500"
+                "web (eBPF fast path, but uplink eth0's MTU 1400 differs from bridge nf-web's 1500"
             ),
             "{}",
             fwd[0].found

@@ -495,6 +495,8 @@ impl Loader {
                         ifindex: host_side.index,
                         mac,
                         gw_mac,
+                        mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
+                        _pad: 0,
                     },
                 )?;
             }
