@@ -987,7 +987,7 @@ fn echoes(talker: &Background) -> u32 {
         .stdout_so_far()
         .lines()
         .filter_map(|l| l.strip_prefix("echo ")?.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 
