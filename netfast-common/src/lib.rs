@@ -8,6 +8,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod maps;
+pub mod monitor;
 pub mod nat;
 pub mod publish;
 pub mod stats;

@@ -57,6 +57,21 @@ pub const FRAGMENT_TIMEOUT: u32 = 30;
 pub const CT_EVENTS: &str = "NETFAST_CT_EVENTS";
 pub const CT_EVENTS_BYTES: u32 = 256 * 1024;
 
+/// Ring buffer of [`crate::monitor::DropEvent`]: each dropped packet, for `netfast monitor
+/// --drops`, within the per-CPU budget of `MONITOR_BUDGET`.
+pub const DROP_EVENTS: &str = "NETFAST_DROP_EVENTS";
+pub const DROP_EVENTS_BYTES: u32 = 64 * 1024;
+
+/// Per-CPU array with one [`crate::monitor::MonitorBudget`]: the drop events each CPU may
+/// still write this second (pinned, so that every program of the host shares one budget).
+pub const MONITOR_BUDGET: &str = "NETFAST_MONITOR_BUDGET";
+
+/// Per-CPU array of [`crate::Traffic`] indexed by [`crate::stats::hook_drop_slot`]: packets
+/// dropped per hook and reason (the metrics' `netfast_drops_total{hook, reason}`).
+pub const HOOK_DROPS: &str = "NETFAST_HOOK_DROPS";
+/// Slots per hook in `HOOK_DROPS` (above every drop reason's value).
+pub const HOOK_DROP_SLOTS: u32 = 32;
+
 /// How many ports masquerade tries (the original one, then a sequence from a random
 /// start in the configured range) before it gives up and counts a drop.
 pub const NAT_PORT_TRIES: u32 = 32;
@@ -102,7 +117,7 @@ pub const CLOCK: &str = "NETFAST_CLOCK";
 pub const CLOCK_PROGRAM: &str = "netfast_clock";
 
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 21] = [
     STATS,
     NET_STATS,
     CONFIG,
@@ -121,4 +136,7 @@ pub const ALL: [&str; 18] = [
     SOCK_REVNAT,
     ENDPOINTS,
     UPLINKS,
+    DROP_EVENTS,
+    MONITOR_BUDGET,
+    HOOK_DROPS,
 ];

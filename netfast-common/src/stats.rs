@@ -37,6 +37,17 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// The hook with this value, if any.
+    pub const fn from_u32(v: u32) -> Option<Hook> {
+        match v {
+            0 => Some(Hook::BridgeIngress),
+            1 => Some(Hook::BridgeEgress),
+            2 => Some(Hook::UplinkIngress),
+            3 => Some(Hook::UplinkEgress),
+            _ => None,
+        }
+    }
+
     pub const ALL: [Hook; 4] = [
         Hook::BridgeIngress,
         Hook::BridgeEgress,
@@ -231,10 +242,13 @@ pub enum Event {
     /// One of the host's own flows given another source port, because a container's
     /// masquerade mapping holds the one it used.
     HostFlowRemapped = 14,
+    /// A dropped packet not written to the monitor's ring: its CPU had spent its budget of
+    /// events for the second (a flood), or the ring was full (nobody reads it).
+    MonitorSuppressed = 15,
 }
 
 impl Event {
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 8] = [
         Event::FastPath,
         Event::FastPathFallback,
         Event::FastPathEgress,
@@ -242,6 +256,7 @@ impl Event {
         Event::InboundOpened,
         Event::InboundAnswered,
         Event::HostFlowRemapped,
+        Event::MonitorSuppressed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -253,6 +268,7 @@ impl Event {
             Event::InboundOpened => "inbound_opened",
             Event::InboundAnswered => "inbound_answered",
             Event::HostFlowRemapped => "host_flow_remapped",
+            Event::MonitorSuppressed => "monitor_suppressed",
         }
     }
 }
@@ -275,7 +291,19 @@ pub const fn drop_slot(reason: DropReason) -> u32 {
     DROP_SLOT_BASE + reason as u32
 }
 
+/// The index of a drop's counter in the per-hook drop counters (`maps::HOOK_DROPS`).
+pub const fn hook_drop_slot(hook: Hook, reason: DropReason) -> u32 {
+    hook as u32 * crate::maps::HOOK_DROP_SLOTS + reason as u32
+}
+
 const _: () = assert!((Hook::UplinkEgress as u32) < DROP_SLOT_BASE);
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!((DropReason::ALL[i] as u32) < crate::maps::HOOK_DROP_SLOTS);
+        i += 1;
+    }
+};
 const _: () = {
     let mut i = 0;
     while i < Event::ALL.len() {

@@ -16,6 +16,7 @@ mod csum;
 mod forward;
 mod icmp;
 mod maps;
+mod monitor;
 mod nat;
 mod outcome;
 mod parse;
@@ -37,11 +38,12 @@ use netfast_common::{
 const _: () = assert!(NEXT == bindings::TC_ACT_UNSPEC && SHOT == bindings::TC_ACT_SHOT);
 
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<i32, DropReason>) -> i32 {
+fn verdict(ctx: &TcContext, hook: Hook, result: Result<i32, DropReason>) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
-            stats::count_drop(ctx, reason);
+            stats::count_drop(ctx, hook, reason);
+            monitor::dropped(ctx, hook, reason);
             SHOT
         }
     }
@@ -53,7 +55,7 @@ fn verdict(ctx: &TcContext, result: Result<i32, DropReason>) -> i32 {
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::BridgeIngress);
     let result = bridge::try_bridge_ingress(&ctx);
-    verdict(&ctx, result)
+    verdict(&ctx, Hook::BridgeIngress, result)
 }
 
 /// Bridge, egress: frames the host stack sends into the bridge, towards containers.
@@ -70,7 +72,7 @@ pub fn bridge_egress(ctx: TcContext) -> i32 {
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::UplinkIngress);
     let result = uplink::try_uplink(&ctx, uplink::Direction::In);
-    verdict(&ctx, result)
+    verdict(&ctx, Hook::UplinkIngress, result)
 }
 
 /// Uplink, egress: to the outside. Packets from masqueraded networks get the uplink's
@@ -79,7 +81,7 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
 pub fn uplink_egress(ctx: TcContext) -> i32 {
     stats::count_hook(&ctx, Hook::UplinkEgress);
     let result = uplink::try_uplink(&ctx, uplink::Direction::Out);
-    verdict(&ctx, result)
+    verdict(&ctx, Hook::UplinkEgress, result)
 }
 
 /// Never attached: the loader runs it (BPF_PROG_TEST_RUN) to read jiffies and

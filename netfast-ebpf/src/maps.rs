@@ -11,9 +11,11 @@ use netfast_common::{
     config::{ClockSample, DpConfig, Endpoint, NetInfo},
     conntrack::{CtEntry, CtKey},
     maps::{
-        ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, ENDPOINTS_MAX, FRAGMENTS_MAX,
-        HOST_ADDRS_MAX, MAX_NETWORKS, PUBLISHED_MAX, SOCK_REVNAT_MAX, STATS_SLOTS, UPLINKS_MAX,
+        ALLOW_MAX, CT_EVENTS_BYTES, DEFAULT_CT_MAX_FLOWS, DROP_EVENTS_BYTES, ENDPOINTS_MAX,
+        FRAGMENTS_MAX, HOOK_DROP_SLOTS, HOST_ADDRS_MAX, MAX_NETWORKS, PUBLISHED_MAX,
+        SOCK_REVNAT_MAX, STATS_SLOTS, UPLINKS_MAX,
     },
+    monitor::MonitorBudget,
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     publish::{AllowKey, HostInfo, PubKey, PubTarget, SockRevNat},
 };
@@ -113,3 +115,16 @@ pub static NETFAST_PKT: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_e
 /// `maps::UPLINKS`: the uplinks' ifindexes.
 #[map]
 pub static NETFAST_UPLINKS: HashMap<u32, u8> = HashMap::with_max_entries(UPLINKS_MAX, 0);
+
+/// `maps::DROP_EVENTS`: dropped packets, for `netfast monitor --drops`.
+#[map]
+pub static NETFAST_DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+
+/// `maps::MONITOR_BUDGET`: the drop events each CPU may still write this second.
+#[map]
+pub static NETFAST_MONITOR_BUDGET: PerCpuArray<MonitorBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// `maps::HOOK_DROPS`: packets dropped per hook and reason, per CPU.
+#[map]
+pub static NETFAST_HOOK_DROPS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(HOOK_DROP_SLOTS * 4, 0);

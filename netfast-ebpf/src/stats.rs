@@ -3,10 +3,10 @@
 use aya_ebpf::{maps::PerCpuArray, programs::TcContext};
 use netfast_common::{
     DropReason, Hook, Traffic,
-    stats::{Event, drop_slot, event_slot, hook_slot},
+    stats::{Event, drop_slot, event_slot, hook_drop_slot, hook_slot},
 };
 
-use crate::maps::{NETFAST_NET_STATS, NETFAST_STATS};
+use crate::maps::{NETFAST_HOOK_DROPS, NETFAST_NET_STATS, NETFAST_STATS};
 
 #[inline(always)]
 fn count(map: &PerCpuArray<Traffic>, slot: u32, bytes: u32) {
@@ -24,10 +24,11 @@ pub fn count_hook(ctx: &TcContext, hook: Hook) {
     count(&NETFAST_STATS, hook_slot(hook), ctx.len());
 }
 
-/// Counts a packet dropped for `reason`.
+/// Counts a packet `hook` dropped for `reason`: per reason, and per hook and reason.
 #[inline(always)]
-pub fn count_drop(ctx: &TcContext, reason: DropReason) {
+pub fn count_drop(ctx: &TcContext, hook: Hook, reason: DropReason) {
     count(&NETFAST_STATS, drop_slot(reason), ctx.len());
+    count(&NETFAST_HOOK_DROPS, hook_drop_slot(hook, reason), ctx.len());
 }
 
 /// Counts a translated packet of network `net_id`, towards its containers or away from them.

@@ -21,6 +21,9 @@ pub struct Stats {
     /// Packets the fast path forwarded, and those it left to the host's stack.
     pub events: Vec<EventStats>,
     pub drops: Vec<DropStats>,
+    /// The drops of each hook, by reason (those it dropped any packet for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hook_drops: Vec<HookDropStats>,
     pub networks: Vec<NetworkStats>,
     /// The clock the programs read (absent without an eBPF dataplane).
     pub clock: Option<crate::clock::ClockSource>,
@@ -52,6 +55,15 @@ pub struct NetworkStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HookStats {
     pub hook: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What one hook dropped for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookDropStats {
+    pub hook: &'static str,
+    pub reason: &'static str,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -146,6 +158,27 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
         .ok_or(Error::MissingMap(maps::STATS))?;
     let map = PerCpuArray::try_from(map).map_err(|e| Error::map(maps::STATS, e))?;
     let mut stats = read(&map)?;
+    let hook_drops = ebpf
+        .map(maps::HOOK_DROPS)
+        .ok_or(Error::MissingMap(maps::HOOK_DROPS))?;
+    let hook_drops =
+        PerCpuArray::try_from(hook_drops).map_err(|e| Error::map(maps::HOOK_DROPS, e))?;
+    for hook in Hook::ALL {
+        for reason in DropReason::ALL {
+            let t = sum_slot(
+                &hook_drops,
+                netfast_common::stats::hook_drop_slot(hook, reason),
+            )?;
+            if t.packets > 0 {
+                stats.hook_drops.push(HookDropStats {
+                    hook: hook.name(),
+                    reason: reason.name(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                });
+            }
+        }
+    }
     let nets = ebpf
         .map(maps::NETWORKS)
         .ok_or(Error::MissingMap(maps::NETWORKS))?;
