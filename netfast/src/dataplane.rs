@@ -341,8 +341,10 @@ impl Dataplane {
     }
 
     /// Attaches the programs of `role` to both directions of `interface` (TCX). Idempotent
-    /// for a pinned dataplane: an attachment that is already there is kept.
-    pub fn attach(&mut self, interface: &str, role: InterfaceRole) -> Result<()> {
+    /// for a pinned dataplane: an attachment that is already there is kept. Returns whether
+    /// it attached anything.
+    pub fn attach(&mut self, interface: &str, role: InterfaceRole) -> Result<bool> {
+        let mut attached = false;
         let index = ifindex(interface)?;
         if role == InterfaceRole::Uplink {
             maps::set_uplink(&mut self.ebpf, index)?;
@@ -365,6 +367,7 @@ impl Dataplane {
             let id = program
                 .attach(interface, attach_type(hook))
                 .map_err(attach_error)?;
+            attached = true;
             if let Some(pin) = pin {
                 let link = program.take_link(id).map_err(attach_error)?;
                 let link = FdLink::try_from(link).map_err(|e| Error::Io {
@@ -377,7 +380,7 @@ impl Dataplane {
                 })?;
             }
         }
-        Ok(())
+        Ok(attached)
     }
 
     /// Detaches the programs of `role` from the interface with index `ifindex` (pinned
@@ -658,5 +661,55 @@ impl Dataplane {
 
     pub fn remove_endpoint(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {
         maps::remove_endpoint(&mut self.ebpf, addr)
+    }
+}
+
+/// A pinned TCX link of the dataplane: `link-<ifindex>-<hook>` in the pin directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPin {
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub path: PathBuf,
+}
+
+impl Dataplane {
+    /// The TCX links pinned for this dataplane (none for an ephemeral one).
+    pub fn link_pins(&self) -> Vec<LinkPin> {
+        let Some(dir) = &self.pins else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (index, hook) = name.strip_prefix("link-")?.split_once('-')?;
+                Some(LinkPin {
+                    ifindex: index.parse().ok()?,
+                    hook: Hook::ALL.into_iter().find(|h| h.name() == hook)?,
+                    path: e.path(),
+                })
+            })
+            .collect()
+    }
+
+    /// Unpins a link: the kernel detaches it when the last reference goes (it already has,
+    /// when its interface was deleted).
+    pub fn unpin_link(&mut self, pin: &LinkPin) -> Result<()> {
+        match PinnedLink::from_pin(&pin.path) {
+            Ok(link) => drop(link.unpin()),
+            Err(_) => fs::remove_file(&pin.path).map_err(|source| Error::Io {
+                context: format!("unpinning {}", pin.path.display()),
+                source,
+            })?,
+        }
+        Ok(())
+    }
+
+    /// Forgets an uplink's ifindex (see `maps::UPLINKS`): its interface is gone.
+    pub fn forget_uplink(&mut self, ifindex: u32) -> Result<()> {
+        maps::remove_uplink(&mut self.ebpf, ifindex)
     }
 }

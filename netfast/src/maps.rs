@@ -132,6 +132,11 @@ pub fn conntrack_entries(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
     Ok(all)
 }
 
+/// The entries of the main table only.
+pub fn conntrack_main(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
+    entries(ebpf, maps::CONNTRACK)
+}
+
 /// The entries of inbound flows not answered yet only.
 pub fn inbound_entries(ebpf: &Ebpf) -> Result<Vec<(CtKey, CtEntry)>> {
     entries(ebpf, maps::CT_INBOUND)
@@ -614,5 +619,131 @@ pub fn remove_uplink(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
         Ok(()) => Ok(()),
         Err(ref e) if absent(e) => Ok(()),
         Err(e) => Err(Error::map(maps::UPLINKS, e)),
+    }
+}
+
+/// The network info of `subnet/prefix`, if it is a network of the dataplane.
+pub fn network_info(ebpf: &Ebpf, subnet: Ipv4Addr, prefix: u8) -> Result<Option<NetInfo>> {
+    let trie: LpmTrie<&MapData, u32, NetInfo> =
+        LpmTrie::try_from(map(ebpf, maps::NETWORKS)?).map_err(|e| Error::map(maps::NETWORKS, e))?;
+    match trie.get(&Key::new(u32::from(prefix), raw_addr(subnet)), 0) {
+        Ok(info) => Ok(Some(info)),
+        Err(ref e) if absent(e) => Ok(None),
+        Err(e) => Err(Error::map(maps::NETWORKS, e)),
+    }
+}
+
+/// The host addresses the dataplane knows (see `maps::HOST_ADDRS`).
+pub fn host_addrs(ebpf: &Ebpf) -> Result<Vec<Ipv4Addr>> {
+    Ok(entries::<u32, u8>(ebpf, maps::HOST_ADDRS)?
+        .into_iter()
+        .map(|(k, _)| addr_of(k))
+        .collect())
+}
+
+/// Every fast-path endpoint: container address and where it is.
+pub fn endpoints(ebpf: &Ebpf) -> Result<Vec<(Ipv4Addr, netfast_common::config::Endpoint)>> {
+    Ok(
+        entries::<u32, netfast_common::config::Endpoint>(ebpf, maps::ENDPOINTS)?
+            .into_iter()
+            .map(|(k, v)| (addr_of(k), v))
+            .collect(),
+    )
+}
+
+/// The ifindexes marked as uplinks (see `maps::UPLINKS`).
+pub fn uplinks(ebpf: &Ebpf) -> Result<Vec<u32>> {
+    Ok(entries::<u32, u8>(ebpf, maps::UPLINKS)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// What [`take_if`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// The entry was `expected`, and is gone.
+    Removed,
+    /// The entry had changed (the datapath used it meanwhile): it was put back as it is.
+    Kept,
+    /// There was no entry.
+    Absent,
+}
+
+/// Removes `key` from the hash map `name` if its value is still `expected`, atomically:
+/// the kernel hands over the value it removed (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`), and a
+/// value that changed since it was judged is put back at once (`BPF_NOEXIST`: unless the
+/// datapath has already made the entry again, which then stands).
+pub fn take_if<K: aya::Pod, V: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: &K,
+    expected: &V,
+) -> Result<Taken> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = match map(ebpf, name)? {
+        aya::maps::Map::HashMap(m) | aya::maps::Map::LruHashMap(m) => m.fd().as_fd().as_raw_fd(),
+        _ => {
+            return Err(Error::Settings(format!(
+                "map {name} is not a hash map (a bug in netfast)"
+            )));
+        }
+    };
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    // `union bpf_attr` for the map element commands: map_fd, (pad), key, value, flags.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = ElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    // SAFETY: bpf(2) with an attribute block that outlives the call; the kernel writes a
+    // value of the map's value size (checked against `V` when the map was opened) into
+    // `value`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::NotFound {
+            return Ok(Taken::Absent);
+        }
+        return Err(Error::Io {
+            context: format!("taking an entry out of map {name}"),
+            source: err,
+        });
+    }
+    // SAFETY: the kernel wrote the whole value; `V` is plain old data.
+    let value = unsafe { value.assume_init() };
+    if value == *expected {
+        return Ok(Taken::Removed);
+    }
+    let mut hm: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    const BPF_NOEXIST: u64 = 1;
+    match hm.insert(key, value, BPF_NOEXIST) {
+        Ok(()) => Ok(Taken::Kept),
+        // The datapath made it again meanwhile: its entry stands.
+        Err(aya::maps::MapError::SyscallError(ref s))
+            if s.io_error.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Ok(Taken::Kept)
+        }
+        Err(e) => Err(Error::map(name, e)),
     }
 }
