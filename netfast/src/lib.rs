@@ -3,6 +3,7 @@
 //! The library is `load → typed handles`: [`dataplane::Dataplane`] loads the embedded eBPF
 //! object and attaches its programs; [`prog_test`] runs the same programs on test packets.
 
+pub mod agent;
 pub mod backend;
 pub mod bpffs;
 pub mod clock;

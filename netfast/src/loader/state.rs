@@ -293,6 +293,16 @@ impl Locked {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
+        // The agent's lock file goes too, unless an agent holds it (it runs on, and will
+        // serve whatever is made here next).
+        if let Ok(fd) = open_at(Some(dir), crate::agent::lock::AGENT_FILE, libc::O_RDWR, 0)
+            && crate::agent::lock::holder(&File::from(fd)).is_none()
+        {
+            unlink_at(dir, crate::agent::lock::AGENT_FILE, 0).map_err(io_err(format!(
+                "removing {}",
+                self.dir_path.join(crate::agent::lock::AGENT_FILE).display()
+            )))?;
+        }
         for name in [STATE_FILE, TMP_FILE, crate::host::LABEL_FILE, LOCK_FILE] {
             unlink_at(dir, name, 0).map_err(io_err(format!(
                 "removing {}",
@@ -321,6 +331,36 @@ impl Locked {
             f.write_all(text.as_bytes())
         };
         write().map_err(io_err(format!("writing {}", path.display())))
+    }
+}
+
+/// Opens `name` in the host's state directory read-write, never through a symbolic link:
+/// created 0600 (with the directories, 0700) when `create`; `None` when it does not exist
+/// and `create` is false.
+pub fn open_aside(host: &Host, name: &str, create: bool) -> Result<Option<File>> {
+    let dir_path = host.state_dir();
+    let root_path = Path::new(crate::host::STATE_ROOT);
+    let Some(root) =
+        open_dir(None, crate::host::STATE_ROOT, create).map_err(|e| explain(root_path, e))?
+    else {
+        return Ok(None);
+    };
+    let Some(dir) = open_dir(Some(&root), &host.key, create).map_err(|e| explain(&dir_path, e))?
+    else {
+        return Ok(None);
+    };
+    let path = dir_path.join(name);
+    let flags = libc::O_RDWR | if create { libc::O_CREAT } else { 0 };
+    match open_at(Some(&dir), name, flags, 0o600) {
+        Ok(fd) => {
+            let f = File::from(fd);
+            if create {
+                tighten(&f, 0o600).map_err(|e| explain(&path, e))?;
+            }
+            Ok(Some(f))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
+        Err(e) => Err(explain(&path, e)),
     }
 }
 
