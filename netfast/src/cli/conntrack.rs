@@ -264,7 +264,7 @@ struct Event<'a> {
     flow: &'a Flow,
 }
 
-fn print_event(kind: &'static str, flow: &Flow, json: bool) -> anyhow::Result<()> {
+pub(super) fn print_event(kind: &'static str, flow: &Flow, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(
@@ -366,7 +366,7 @@ fn watch(dp: Option<Dataplane>, state: &State, filter: &Filter, json: bool) -> a
     }
 }
 
-fn current(dp: &Dataplane) -> anyhow::Result<HashMap<CtKey, Flow>> {
+pub(super) fn current(dp: &Dataplane) -> anyhow::Result<HashMap<CtKey, Flow>> {
     let now = maps::monotonic_now();
     let entries = maps::conntrack_entries(dp.ebpf())?;
     let all: HashMap<CtKey, _> = entries.into_iter().collect();

@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch. anyhow lives here, at the binary's edge.
 
+mod agent;
 mod apply;
 mod bench;
 mod config;
@@ -7,6 +8,7 @@ mod conntrack;
 mod container;
 mod docker_plugin;
 mod doctor;
+mod monitor;
 mod network;
 mod object;
 mod publish;
@@ -91,6 +93,25 @@ enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// Run on, keeping the dataplane and the fallback rules true to the host as it changes,
+    /// and serve Prometheus metrics.
+    ///
+    /// One agent per host namespace (a second is refused). It follows rtnetlink: ports
+    /// published on every address follow the host's addresses; masquerade follows the
+    /// uplink's address (flows of an address that is gone end, as with MASQUERADE); a bridge
+    /// or uplink deleted and made again gets the programs back and the maps re-keyed; the
+    /// nftables/iptables rules are written again when they go missing. What it cannot
+    /// repair it logs as drift. It removes expired conntrack entries and NAT mappings
+    /// (reclaiming what the LRU would only push out under pressure). Restarting it loses no
+    /// flow: everything it keeps is the kernel's and the state's. `netfast doctor` says when
+    /// none runs.
+    #[command(
+        after_help = "Metrics (--metrics): per-hook packets and bytes, per-network tx/rx,         drops by reason and hook, conntrack entries against capacity, external ports in use         per uplink address, fast-path forwards and fallbacks, what the agent repaired and         reclaimed: `netfast_…_total` counters and gauges, in the Prometheus text format."
+    )]
+    Agent(agent::AgentArgs),
+    /// Live events of the eBPF dataplane: dropped packets (reason, hook, addresses) and
+    /// flows opening and ending (both, unless one is asked for).
+    Monitor(monitor::MonitorArgs),
     /// Serve Docker's network driver protocol, so that `docker network create -d netfast`
     /// makes netfast networks and `docker run -p` netfast publications.
     ///
@@ -142,6 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor { json, fix } => doctor::run(json, fix),
         Command::Object => object::run(),
         Command::DockerPlugin(args) => docker_plugin::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Monitor(args) => monitor::run(args),
         Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }
 }
