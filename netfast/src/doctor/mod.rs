@@ -7,6 +7,7 @@
 //! first); nothing changes unless [`fix`] is called. Without root, what cannot be read is
 //! reported as such, never as passing.
 
+mod agent;
 mod conflicts;
 mod ebpf;
 mod fix;
@@ -26,6 +27,7 @@ pub use fix::{Applied, ETC_ENV, fix, record};
 use crate::loader::model::State;
 
 /// The areas checks belong to.
+pub const AGENT: &str = "agent";
 pub const EBPF: &str = "ebpf";
 pub const FORWARDING: &str = "forwarding";
 pub const MODULES: &str = "modules";
@@ -63,7 +65,7 @@ pub enum Remedy {
 /// One line of the doctor's report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
-    /// [`EBPF`], [`FORWARDING`], [`MODULES`] or [`NETFILTER`].
+    /// [`EBPF`], [`FORWARDING`], [`MODULES`], [`NETFILTER`] or [`AGENT`].
     pub area: &'static str,
     pub name: String,
     pub status: Status,
@@ -149,6 +151,7 @@ pub fn diagnose(state: Option<&State>) -> Vec<Check> {
     checks.extend(modules::checks(&kernel, ebpf_ok));
     checks.push(sysctl::conntrack_headroom());
     checks.extend(conflicts::checks(state));
+    checks.push(agent::check(state));
     checks
 }
 
