@@ -6,6 +6,7 @@
 //! guards even when a test panics. Namespaces left by a process that died (killed, so no
 //! destructor ran) are swept by the next run.
 
+pub mod agent;
 pub mod clients;
 pub mod cmd;
 pub mod docker;

@@ -1,0 +1,543 @@
+//! `netfast agent` end to end, with real parts in namespaces: Prometheus (promtool, and a
+//! real server scraping the agent), addresses and uplinks changed under live networks, the
+//! drop monitor, and an agent killed and started again under a live TCP flow — on each
+//! backend where it applies (every test runs as `ebpf::…`, `nftables::…`, `iptables::…`;
+//! the fallbacks follow addresses and interfaces by themselves, and have no drop ring).
+
+use std::time::Duration;
+
+use netfast_tests::{
+    Background, TestNetns,
+    agent::{Agent, METRICS_ADDR, sample},
+    clients::{curl, outside_web_server, wait_listening},
+    cmd::wait_until,
+    netfast_cli::netfast_bin,
+    require_root, run, run_ok,
+    topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
+    web::{UPLINK_URL, web_on},
+};
+
+/// How long a change may take to show: the agent reacts to netlink events within a fraction
+/// of a second, and makes a full pass every second in these tests anyway.
+const SOON: Duration = Duration::from_secs(15);
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("nft{}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `bin`, or a loud failure naming the Debian package that has it.
+fn require_tool(bin: &str, package: &str) {
+    assert!(
+        run(&["sh", "-c", &format!("command -v {bin}")])
+            .status
+            .success(),
+        "{bin} is not installed: apt-get install {package} (`cargo xtask setup` does)"
+    );
+}
+
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them(backend: &str) {
+    require_root();
+    require_tool("promtool", "prometheus");
+    require_tool("prometheus", "prometheus");
+    let w = web_on(backend, &[]);
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
+    let agent = Agent::start(&w.topo.host);
+
+    // One agent per host: a second is refused, naming the first.
+    let second = w.nf.run(&["agent"]);
+    assert!(!second.status.success(), "a second agent started");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("an agent already serves") && err.contains(&agent.process.pid().to_string()),
+        "{err}"
+    );
+
+    let text = agent.metrics();
+    let dir = TempDir::new("prom");
+    let file = dir.0.join("metrics.txt");
+    std::fs::write(&file, &text).expect("write metrics");
+    let lint = run(&[
+        "sh",
+        "-c",
+        &format!("promtool check metrics < {}", file.display()),
+    ]);
+    assert!(
+        lint.status.success(),
+        "promtool check metrics refused the agent's output:\n{}{}\n{text}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    // The network's traffic on every backend; the per-hook counters where there are hooks.
+    let rx = sample(
+        &text,
+        "netfast_network_packets_total",
+        &[("network", "web"), ("direction", "rx")],
+    );
+    assert!(rx.is_some_and(|v| v > 0.0), "{text}");
+    if backend == "ebpf" {
+        for name in [
+            "netfast_hook_packets_total",
+            "netfast_conntrack_entries",
+            "netfast_conntrack_capacity_entries",
+            "netfast_fast_path_forwarded_packets_total",
+        ] {
+            assert!(text.contains(name), "no {name} in:\n{text}");
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "netfast_conntrack_capacity_entries",
+                &[("table", "main")]
+            ),
+            Some(8192.0),
+            "{text}"
+        );
+    }
+
+    // A real Prometheus server, in the test's host namespace, scraping the agent.
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+             - job_name: netfast\n    static_configs:\n      - targets: ['{METRICS_ADDR}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let data = dir.0.join("data");
+    let config_arg = format!("--config.file={}", config.display());
+    let data_arg = format!("--storage.tsdb.path={}", data.display());
+    let mut argv = w.topo.host.prefix();
+    argv.extend(
+        [
+            "prometheus",
+            config_arg.as_str(),
+            data_arg.as_str(),
+            "--web.listen-address=127.0.0.1:9090",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut prometheus = Background::spawn(&argv);
+    wait_listening(w.topo.host.name(), "tcp", 9090, "prometheus");
+    let query = "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22netfast%22%7D";
+    let mut last = String::new();
+    let up = wait_until(Duration::from_secs(30), || {
+        let out = w.topo.host.exec(&["curl", "-s", "--max-time", "3", query]);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| {
+            v["data"]["result"]
+                .as_array()
+                .and_then(|r| r.first())
+                .is_some_and(|r| r["value"][1] == "1")
+        })
+    });
+    prometheus.assert_running();
+    assert!(
+        up,
+        "Prometheus never saw up{{job=\"netfast\"}} == 1; last answer: {last}"
+    );
+    drop(prometheus);
+    drop(agent);
+}
+
+fn an_address_added_to_the_host_serves_an_existing_publication(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _agent = Agent::start(&w.topo.host);
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
+    w.topo
+        .host
+        .exec_ok(&["ip", "addr", "add", "198.51.100.50/24", "dev", UPLINK]);
+    let url = "http://198.51.100.50:8080/";
+    assert!(
+        wait_until(SOON, || curl(w.topo.outside.name(), url, &[]) == "200"),
+        "{url} (an address added after the publication) never served it"
+    );
+}
+
+/// The outside web server's log: the client address of each request.
+fn clients_seen(server: &Background) -> String {
+    server.stderr_so_far()
+}
+
+fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _agent = Agent::start(&w.topo.host);
+    let server = outside_web_server(w.topo.outside.name());
+    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    // http.server logs a request once it has answered it.
+    assert!(
+        wait_until(SOON, || clients_seen(&server)
+            .contains(&format!("{UPLINK_ADDR} - -"))),
+        "{}",
+        clients_seen(&server)
+    );
+    // A flow that left as the old address, alive when the address goes.
+    run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &w.c1,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    let old_flow = format!("dst={UPLINK_ADDR} type=0");
+    assert!(w.nf.ok(&["conntrack", "list"]).contains(&old_flow));
+
+    let h = &w.topo.host;
+    h.exec_ok(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{UPLINK_ADDR}/24"),
+        "dev",
+        UPLINK,
+    ]);
+    h.exec_ok(&["ip", "addr", "add", "198.51.100.60/24", "dev", UPLINK]);
+    assert!(
+        wait_until(SOON, || {
+            curl(&w.c1, &to_outside, &[]) == "200"
+                && clients_seen(&server).contains("198.51.100.60 - -")
+        }),
+        "no connection from the new address 198.51.100.60; the server saw:\n{}",
+        clients_seen(&server)
+    );
+    // The old address's flows ended with it, as MASQUERADE ends them.
+    assert!(
+        wait_until(SOON, || !w
+            .nf
+            .ok(&["conntrack", "list"])
+            .contains(&old_flow)),
+        "a flow of the old address lives on:\n{}",
+        w.nf.ok(&["conntrack", "list"])
+    );
+}
+
+/// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
+/// a driver reload or a VPN reconnect would.
+fn recreate_uplink(w: &netfast_tests::web::Web) {
+    let (h, o) = (&w.topo.host, &w.topo.outside);
+    h.exec_ok(&["ip", "link", "del", UPLINK]);
+    run_ok(&[
+        "ip",
+        "-n",
+        h.name(),
+        "link",
+        "add",
+        UPLINK,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        o.name(),
+    ]);
+    h.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{UPLINK_ADDR}/24"),
+        "dev",
+        UPLINK,
+    ]);
+    h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
+    o.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{OUTSIDE_ADDR}/24"),
+        "dev",
+        "eth0",
+    ]);
+    o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+}
+
+fn a_recreated_uplink_masquerades_again(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _agent = Agent::start(&w.topo.host);
+    let _server = outside_web_server(w.topo.outside.name());
+    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    recreate_uplink(&w);
+    // The outside's server listened on the old eth0's address: it is the same address.
+    assert!(
+        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        "masquerade does not work again after the uplink came back"
+    );
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
+    if backend == "ebpf" {
+        // Re-attached, re-keyed, the dead interface's links unpinned: no drift left.
+        let ls: serde_json::Value =
+            serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
+        assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+    }
+}
+
+fn direct_access_shows_in_monitor_drops(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let container = netfast_tests::topology::container_addr(0).to_string();
+    w.topo.outside.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "172.18.0.0/24",
+        "via",
+        &UPLINK_ADDR.to_string(),
+    ]);
+    if backend != "ebpf" {
+        // The fallbacks have no drop ring: monitor says so, and what to use instead.
+        let err = w.nf.fails(&["monitor", "--drops"]);
+        assert!(
+            err.contains("nftables/iptables backends") && err.contains("netfast stats"),
+            "{err}"
+        );
+        return;
+    }
+    let bin = netfast_bin();
+    let mut monitor = Background::spawn(&[
+        bin.to_str().expect("utf-8"),
+        "--netns",
+        w.topo.host.name(),
+        "monitor",
+        "--drops",
+        "--json",
+    ]);
+    monitor.wait_for_text("netfast monitor: watching", Duration::from_secs(10));
+    // Straight to the masqueraded container's address, from outside.
+    assert_eq!(
+        curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
+        "000"
+    );
+    monitor.wait_for(
+        "show the direct access",
+        Duration::from_secs(10),
+        |out, _| {
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|d| {
+                    d["reason"] == "direct_access"
+                        && d["hook"] == "uplink_ingress"
+                        && d["interface"] == UPLINK
+                        && d["protocol"] == "tcp"
+                        && d["src"] == OUTSIDE_ADDR.to_string()
+                        && d["dst"] == container
+                        && d["dport"] == 80
+                })
+        },
+    );
+}
+
+fn a_restarted_agent_loses_no_flow(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let outside = w.topo.outside.name();
+    let _echo = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "socat",
+        "TCP4-LISTEN:7000,reuseaddr,fork",
+        "EXEC:cat",
+    ]);
+    wait_listening(outside, "tcp", 7000, "socat echo");
+    // A live TCP flow from a container: a line echoed every 50 ms, counted; any error ends it.
+    let talker = format!(
+        "import socket, sys, time\n\
+         s = socket.create_connection(('{OUTSIDE_ADDR}', 7000), timeout=5)\n\
+         f = s.makefile('rw')\n\
+         for n in range(100000):\n\
+         \x20   f.write(f'{{n}}\\n'); f.flush()\n\
+         \x20   got = f.readline().strip()\n\
+         \x20   if got != str(n): sys.exit(f'echo {{got!r}} for {{n}}')\n\
+         \x20   print(n, flush=True)\n\
+         \x20   time.sleep(0.05)\n"
+    );
+    let mut client = Background::spawn(&["ip", "netns", "exec", &w.c1, "python3", "-c", &talker]);
+    let echoed = |c: &Background| {
+        c.stdout_so_far()
+            .lines()
+            .next_back()
+            .and_then(|l| l.trim().parse::<u64>().ok())
+    };
+    client.wait_for("echo a few lines", SOON, |out, _| out.lines().count() > 5);
+    // Reclaiming every second: it must never take what the flow uses.
+    let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
+    let flows_before =
+        w.nf.ok(&["conntrack", "list", "-p", "tcp", "--dport", "7000"]);
+    assert_eq!(flows_before.lines().count(), 1, "{flows_before}");
+    agent.process.signal(libc::SIGKILL);
+    let _ = agent.process.stop();
+    let at_kill = echoed(&client).expect("a count");
+    let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
+    // Three reclaiming passes of the new agent, and the flow still echoes.
+    let passes = |a: &Agent| a.value("netfast_agent_passes_total", &[]).unwrap_or(0.0);
+    assert!(wait_until(SOON, || passes(&agent) >= 3.0));
+    let since = echoed(&client).expect("a count");
+    client.wait_for("keep echoing", SOON, |out, _| {
+        out.lines()
+            .next_back()
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > since + 40)
+    });
+    client.assert_running();
+    assert!(
+        client.stderr_so_far().is_empty(),
+        "the flow broke: {}",
+        client.stderr_so_far()
+    );
+    assert!(echoed(&client).expect("a count") > at_kill);
+    // The very same flow: same ports, same translation.
+    let flows_after =
+        w.nf.ok(&["conntrack", "list", "-p", "tcp", "--dport", "7000"]);
+    let tuple = |l: &str| -> Vec<String> {
+        l.split_whitespace()
+            .filter(|f| f.starts_with("src=") || f.starts_with("dst=") || f.contains("port="))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        tuple(flows_after.trim()),
+        tuple(flows_before.trim()),
+        "before:\n{flows_before}\nafter:\n{flows_after}"
+    );
+    // Reclaiming took nothing of it (nothing else had expired), and nothing needed repair.
+    let text = agent.metrics();
+    assert_eq!(
+        sample(
+            &text,
+            "netfast_agent_reclaimed_entries_total",
+            &[("map", "conntrack")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    if backend == "ebpf" {
+        assert_eq!(w.nf.event("ct_repaired"), 0);
+    }
+    drop(agent);
+}
+
+netfast_tests::on_backends!([ebpf, nftables, iptables] [
+    metrics_pass_promtool_and_a_real_prometheus_scrapes_them,
+    an_address_added_to_the_host_serves_an_existing_publication,
+    a_replaced_uplink_address_masquerades_new_connections_as_it,
+    a_recreated_uplink_masquerades_again,
+    direct_access_shows_in_monitor_drops,
+    a_restarted_agent_loses_no_flow,
+]);
+
+/// eBPF only: the fallbacks' flows are the kernel's, which reclaims them itself.
+#[test]
+fn the_agent_reclaims_expired_flows_and_their_mappings() {
+    require_root();
+    let w = web_on("ebpf", &["--timeout-udp", "1"]);
+    let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
+    let send = format!("echo hi | socat -u - UDP4:{OUTSIDE_ADDR}:9999,sourceport=4444");
+    run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", &send]);
+    let reclaimed = |map: &str| {
+        agent
+            .value("netfast_agent_reclaimed_entries_total", &[("map", map)])
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            reclaimed("conntrack") >= 2.0
+                && reclaimed("nat_binding") >= 1.0
+                && reclaimed("nat_claim") >= 1.0
+        }),
+        "the expired flow and its mapping were not reclaimed:\n{}",
+        agent.metrics()
+    );
+    let text = agent.metrics();
+    assert_eq!(
+        sample(&text, "netfast_conntrack_entries", &[("table", "main")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "netfast_nat_mappings", &[("kind", "claim")]),
+        Some(0.0),
+        "{text}"
+    );
+    drop(agent);
+}
+
+/// `netfast doctor` warns while eBPF networks have no agent, and passes once one runs.
+#[test]
+fn doctor_warns_when_no_agent_serves_an_ebpf_network() {
+    require_root();
+    let w = web_on("ebpf", &[]);
+    let check = || -> serde_json::Value {
+        let out = w.nf.run(&["doctor", "--json"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+        all.as_array()
+            .expect("an array")
+            .iter()
+            .find(|c| c["area"] == "agent")
+            .cloned()
+            .unwrap_or_else(|| panic!("no agent check in {all}"))
+    };
+    let before = check();
+    assert_eq!(before["status"], "warn", "{before}");
+    assert!(
+        before["found"].as_str().is_some_and(|f| f.contains("web"))
+            && before["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("netfast agent")),
+        "{before}"
+    );
+    let agent = Agent::start(&w.topo.host);
+    let after = check();
+    assert_eq!(after["status"], "pass", "{after}");
+    assert!(
+        after["found"]
+            .as_str()
+            .is_some_and(|f| f.contains(&agent.process.pid().to_string())),
+        "{after}"
+    );
+    drop(agent);
+}
+
+/// An unused namespace has nothing for an agent to do, and it still serves.
+#[test]
+fn an_agent_runs_on_a_host_without_networks() {
+    require_root();
+    let host = TestNetns::new("h");
+    let nf = netfast_tests::Netfast::new(&host);
+    let agent = Agent::start(&host);
+    let text = agent.metrics();
+    assert!(
+        sample(&text, "netfast_agent_passes_total", &[]).is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    drop(agent);
+    drop(nf);
+}

@@ -1,0 +1,140 @@
+//! The agent's reclaiming against the real datapath (BPF_PROG_TEST_RUN): what it removes is
+//! what the programs themselves treat as gone, never what a live flow uses, and a port the
+//! datapath takes over while a pass runs is never lost (two endpoints would then share it).
+
+use std::net::Ipv4Addr;
+
+use netfast::{
+    agent::reclaim::{self, GRACE, Reclaimed, Snapshot},
+    common::{
+        Hook,
+        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+        nat::mapping_slack,
+    },
+    maps,
+    prog_test::{
+        ProgTest,
+        packet::{self, Endpoint, FROM_OUTSIDE, L4, TO_OUTSIDE, decode},
+    },
+};
+use netfast_tests::require_root;
+
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
+const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
+const C3: Endpoint = (Ipv4Addr::new(172, 18, 0, 4), 40000);
+const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 53);
+const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 53);
+
+/// Seconds after which a UDP flow opened now, and its mapping, are dead to the agent.
+const UNTIL_DEAD: u32 = DpConfig::DEFAULT_UDP + mapping_slack(DpConfig::DEFAULT_UDP) + GRACE + 5;
+
+fn loaded() -> ProgTest {
+    let mut t = ProgTest::load().unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    let info = NetInfo {
+        id: 1,
+        flags: NET_F_MASQUERADE,
+        // BPF_PROG_TEST_RUN runs the skb on the loopback device.
+        uplink_ifindex: 1,
+        bridge_ifindex: 0,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    t
+}
+
+/// Sends a datagram from `from` to `to` out of the uplink; the external port it left from.
+fn send(t: &mut ProgTest, from: Endpoint, to: Endpoint) -> u16 {
+    let run = t
+        .run(Hook::UplinkEgress, &packet::udp(TO_OUTSIDE, from, to, b"q"))
+        .expect("run");
+    let d = decode(&run.frame).expect("decode");
+    assert_eq!(d.src, EXT, "masqueraded");
+    match d.l4 {
+        L4::Udp { src_port, .. } => src_port,
+        other => panic!("not UDP: {other:?}"),
+    }
+}
+
+/// Where a reply from `from` to the external port `port` goes, if the datapath translates it.
+fn reply_to(t: &mut ProgTest, from: Endpoint, port: u16) -> Option<Ipv4Addr> {
+    let frame = packet::udp(FROM_OUTSIDE, from, (EXT, port), b"a");
+    let run = t.run(Hook::UplinkIngress, &frame).expect("run");
+    let d = decode(&run.frame).expect("decode");
+    (d.dst != EXT).then_some(d.dst)
+}
+
+fn pass(t: &mut ProgTest) -> Reclaimed {
+    let now = t.now().expect("now");
+    let ct_max = netfast::common::maps::DEFAULT_CT_MAX_FLOWS;
+    reclaim::reclaim(t.ebpf_mut(), now, ct_max)
+        .expect("reclaim")
+        .0
+}
+
+#[test]
+fn reclaiming_removes_the_dead_and_keeps_a_port_taken_over() {
+    require_root();
+    let mut t = loaded();
+    let port = send(&mut t, C1, SERVER);
+    assert_eq!(port, C1.1, "the original port, while free");
+    // Nothing is dead yet: a pass removes nothing.
+    assert_eq!(pass(&mut t), Reclaimed::default());
+    assert_eq!(reply_to(&mut t, SERVER, port), Some(C1.0));
+
+    t.advance_clock(UNTIL_DEAD).expect("advance");
+    // C1's mapping has expired: C2 takes its port over, by the datapath's own rule.
+    assert_eq!(send(&mut t, C2, SERVER), port, "taken over");
+    let done = pass(&mut t);
+    assert_eq!(
+        (done.entries, done.bindings, done.claims),
+        (1, 1, 0),
+        "C1's original entry (its reply tuple is C2's flow's now) and binding go; the claim \
+         is C2's"
+    );
+    let s = Snapshot::read(t.ebpf()).expect("snapshot");
+    assert_eq!(s.main.len(), 2, "C2's flow stays whole");
+    assert_eq!(s.claims.len(), 1);
+    let claim = s.claims.values().next().expect("a claim");
+    assert_eq!(maps::addr_of(claim.int_addr()), C2.0, "the port stays C2's");
+    assert_eq!(reply_to(&mut t, SERVER, port), Some(C2.0));
+    // A third endpoint with the same source port cannot share it.
+    let other = send(&mut t, C3, SERVER2);
+    assert_ne!(other, port, "two endpoints on one external port");
+    assert_eq!(reply_to(&mut t, SERVER2, other), Some(C3.0));
+    assert_eq!(reply_to(&mut t, SERVER, port), Some(C2.0));
+
+    // Everything dead: everything goes, and the port is free for anyone.
+    t.advance_clock(UNTIL_DEAD).expect("advance");
+    let done = pass(&mut t);
+    assert_eq!((done.entries, done.bindings, done.claims), (4, 2, 2));
+    let s = Snapshot::read(t.ebpf()).expect("snapshot");
+    assert!(s.main.is_empty() && s.bindings.is_empty() && s.claims.is_empty());
+    assert_eq!(send(&mut t, C3, SERVER), port);
+}
+
+#[test]
+fn a_claim_taken_over_during_a_pass_is_put_back() {
+    require_root();
+    let mut t = loaded();
+    let port = send(&mut t, C1, SERVER);
+    t.advance_clock(UNTIL_DEAD).expect("advance");
+    // The pass judges from what it read: C1's mapping, claim and all, is dead.
+    let now = t.now().expect("now");
+    let snapshot = Snapshot::read(t.ebpf()).expect("snapshot");
+    let plan = reclaim::plan(&snapshot, now);
+    assert_eq!(
+        (plan.main.len(), plan.bindings.len(), plan.claims.len()),
+        (2, 1, 1)
+    );
+    // Meanwhile the datapath hands the port to C2, and C2's flow lives on it.
+    assert_eq!(send(&mut t, C2, SERVER), port);
+    let done = reclaim::apply(t.ebpf_mut(), &plan).expect("apply");
+    assert_eq!(done.claims, 0, "the claim changed hands: it must not go");
+    assert!(done.kept >= 1, "{done:?}");
+    let s = Snapshot::read(t.ebpf()).expect("snapshot");
+    let claim = s.claims.values().next().expect("the port is still claimed");
+    assert_eq!(maps::addr_of(claim.int_addr()), C2.0);
+    assert_eq!(reply_to(&mut t, SERVER, port), Some(C2.0));
+    assert_ne!(send(&mut t, C3, SERVER2), port, "two endpoints on one port");
+}
