@@ -36,11 +36,15 @@ const PACKAGES: &[&str] = &[
     // busybox-static (no registry is reachable).
     "docker.io",
     "busybox-static",
+    // promtool checks the agent's metrics, and the agent's tests run a Prometheus server of
+    // their own in a test namespace.
+    "prometheus",
 ];
 
 /// Packages whose install starts a service that changes the machine's root network namespace
-/// (dockerd writes iptables rules and creates docker0): installed with services held back.
-const NO_START: &[&str] = &["docker.io"];
+/// (dockerd writes iptables rules and creates docker0) or listens in it (prometheus, on
+/// :9090): installed with services held back.
+const NO_START: &[&str] = &["docker.io", "prometheus"];
 
 /// Debian's hook that tells maintainer scripts whether they may start services (101: no).
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -109,9 +113,18 @@ fn debian_packages() -> Result<(), Fail> {
         // dockerd (with its iptables rules and docker0) then. Enabling Docker on the host is
         // the operator's choice (README, "Use with Docker", configures it first).
         if installed.is_ok() && std::path::Path::new("/run/systemd/system").is_dir() {
-            println!("setup: disabling docker.service and docker.socket (the tests run their own)");
+            println!(
+                "setup: disabling docker.service, docker.socket and prometheus.service (the \
+                 tests run their own)"
+            );
             let _ = Cmd::new("systemctl")
-                .args(&["disable", "--quiet", "docker.service", "docker.socket"])
+                .args(&[
+                    "disable",
+                    "--quiet",
+                    "docker.service",
+                    "docker.socket",
+                    "prometheus.service",
+                ])
                 .run();
         }
     }
