@@ -445,7 +445,122 @@ fn a_restarted_agent_loses_no_flow(backend: &str) {
     drop(agent);
 }
 
+fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _agent = Agent::start(&w.topo.host);
+    let _server = outside_web_server(w.topo.outside.name());
+    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    // Deleted by hand, then made again bare: no address, down, no ports.
+    let h = &w.topo.host;
+    h.exec_ok(&["ip", "link", "del", "nf-web"]);
+    h.exec_ok(&["ip", "link", "add", "nf-web", "type", "bridge"]);
+    assert!(
+        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        "the container does not reach the outside again"
+    );
+    assert!(
+        wait_until(SOON, || curl(w.topo.outside.name(), UPLINK_URL, &[])
+            == "200"),
+        "the publication does not serve again"
+    );
+    assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
+    let ls: serde_json::Value =
+        serde_json::from_str(&w.nf.ok(&["container", "ls", "--json"])).expect("json");
+    assert!(
+        ls.as_array()
+            .expect("array")
+            .iter()
+            .all(|c| c["drift"] == serde_json::json!([])),
+        "{ls}"
+    );
+}
+
+fn what_was_removed_by_hand_comes_back(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _agent = Agent::start(&w.topo.host);
+    let _server = outside_web_server(w.topo.outside.name());
+    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
+    let h = &w.topo.host;
+    match backend {
+        // The uplink's programs detached (their pinned links removed).
+        "ebpf" => {
+            let key = netfast_key(&w.nf);
+            for hook in ["uplink_ingress", "uplink_egress"] {
+                let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(&key);
+                for e in std::fs::read_dir(&dir).expect("pins").flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("link-") && name.ends_with(hook) {
+                        std::fs::remove_file(e.path()).expect("unpin");
+                    }
+                }
+            }
+        }
+        "nftables" => {
+            h.exec_ok(&["nft", "delete", "table", "ip", "netfast"]);
+        }
+        _ => {
+            h.exec_ok(&[
+                "iptables",
+                "-w",
+                "-t",
+                "filter",
+                "-D",
+                "FORWARD",
+                "-j",
+                "NETFAST-FORWARD",
+            ]);
+            h.exec_ok(&[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-D",
+                "POSTROUTING",
+                "-j",
+                "NETFAST-POSTROUTING",
+            ]);
+            h.exec_ok(&[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-D",
+                "PREROUTING",
+                "-j",
+                "NETFAST-PREROUTING",
+            ]);
+        }
+    }
+    assert!(
+        wait_until(SOON, || {
+            curl(&w.c1, &to_outside, &[]) == "200"
+                && curl(w.topo.outside.name(), UPLINK_URL, &[]) == "200"
+        }),
+        "masquerade and the publication do not work again"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+}
+
+/// The host's key (`netns-<cookie>`), as `network ls` names it.
+fn netfast_key(nf: &netfast_tests::Netfast) -> String {
+    let ls = nf.ok(&["network", "ls"]);
+    ls.split("(key ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no key in `network ls`:\n{ls}"))
+        .to_owned()
+}
+
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
+    a_recreated_bridge_gets_its_containers_back,
+    what_was_removed_by_hand_comes_back,
     metrics_pass_promtool_and_a_real_prometheus_scrapes_them,
     an_address_added_to_the_host_serves_an_existing_publication,
     a_replaced_uplink_address_masquerades_new_connections_as_it,
@@ -540,4 +655,48 @@ fn an_agent_runs_on_a_host_without_networks() {
     );
     drop(agent);
     drop(nf);
+}
+
+/// `monitor --flows`: a flow as it opens, and as it ends (expired, and reclaimed).
+#[test]
+fn monitor_flows_shows_a_flow_open_and_end() {
+    require_root();
+    let w = web_on("ebpf", &["--timeout-icmp", "1"]);
+    let bin = netfast_bin();
+    let mut monitor = Background::spawn(&[
+        bin.to_str().expect("utf-8"),
+        "--netns",
+        w.topo.host.name(),
+        "monitor",
+        "--flows",
+        "--json",
+    ]);
+    monitor.wait_for_text("netfast monitor: watching flows", Duration::from_secs(10));
+    run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &w.c1,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &OUTSIDE_ADDR.to_string(),
+    ]);
+    let seen = |out: &str, kind: &str| {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| {
+                e["event"] == kind
+                    && e["protocol"] == "icmp"
+                    && e["original"]["dst"] == OUTSIDE_ADDR.to_string()
+            })
+    };
+    monitor.wait_for("show the flow open", Duration::from_secs(10), |out, _| {
+        seen(out, "NEW")
+    });
+    monitor.wait_for("show the flow end", Duration::from_secs(15), |out, _| {
+        seen(out, "DESTROY")
+    });
 }

@@ -16,6 +16,10 @@
 //! - the fallback backends' rules, when they are missing (removed by hand, a firewall
 //!   reload), and their bridges' `route_localnet`.
 //!
+//! The eBPF dataplane is repaired before the bridges and their ports: a container's packet
+//! that crosses a bridge made again before its programs are attached and keyed to it would
+//! miss hairpin, or be dropped as a forged source.
+//!
 //! What it cannot repair (a missing bridge or uplink, a veth gone, an uplink without any
 //! address) is reported as drift. The fallbacks need nothing else: their rules match
 //! interfaces by name and local addresses by type, and the kernel's MASQUERADE ends the
@@ -94,6 +98,21 @@ pub fn reconcile(loader: &Loader) -> Result<Pass> {
         return Ok(pass);
     }
     let links = nl.links()?;
+    let mut dp = None;
+    if state.networks.iter().any(|n| n.backend == Backend::Ebpf) {
+        dp = Dataplane::open_existing(&loader.host)?;
+        match dp.as_mut() {
+            // Programs and ifindex keys first: a container's packet crossing a bridge made
+            // again before the programs know it would be dropped as a forged source.
+            Some(dp) => dataplane(dp, &nl, state, &links, &mut pass)?,
+            None => pass.drift(
+                "",
+                "networks on the eBPF dataplane, but no dataplane is pinned (removed by \
+                 hand?): `netfast down` and create the networks again"
+                    .into(),
+            ),
+        }
+    }
     for n in &state.networks {
         bridge_and_ports(&nl, state, n, &links, &mut pass)?;
         if by_name(&links, &n.uplink).is_none() {
@@ -108,10 +127,9 @@ pub fn reconcile(loader: &Loader) -> Result<Pass> {
         }
     }
     fallback_rules(state, &mut pass)?;
-    if state.networks.iter().any(|n| n.backend == Backend::Ebpf) {
-        // Read again: the bridges' repairs above may have changed them.
-        let links = nl.links()?;
-        dataplane(loader, &nl, state, &links, &mut pass)?;
+    if let Some(dp) = dp.as_mut() {
+        // After the ports: a bridge takes the MAC of its lowest port.
+        endpoints(dp, state, &nl.links()?, &mut pass)?;
     }
     let addrs = nl.all_addresses()?;
     for p in &state.publications {
@@ -256,21 +274,12 @@ fn fallback_rules(state: &crate::loader::model::State, pass: &mut Pass) -> Resul
 
 /// The eBPF dataplane: host addresses, attachments, ifindex-keyed maps, masquerade's address.
 fn dataplane(
-    loader: &Loader,
+    dp: &mut Dataplane,
     nl: &Nl<'_>,
     state: &crate::loader::model::State,
     links: &[Link],
     pass: &mut Pass,
 ) -> Result<()> {
-    let Some(mut dp) = Dataplane::open_existing(&loader.host)? else {
-        pass.drift(
-            "",
-            "networks on the eBPF dataplane, but no dataplane is pinned (removed by hand?): \
-             `netfast down` and create the networks again"
-                .into(),
-        );
-        return Ok(());
-    };
     let mut addrs = nl.all_addresses()?;
     addrs.sort();
     addrs.dedup();
@@ -307,8 +316,6 @@ fn dataplane(
             .to_owned(),
         );
     }
-    let endpoints: HashMap<Ipv4Addr, netfast_common::config::Endpoint> =
-        maps::endpoints(dp.ebpf())?.into_iter().collect();
     let mut pins: HashSet<(u32, &'static str)> = HashSet::new();
     let mut uplinks: HashSet<u32> = HashSet::new();
     // (network, old address, new address)
@@ -411,37 +418,6 @@ fn dataplane(
                 pass.repair("rekey", format!("network {}: {}", n.name, moves.join(", ")));
             }
         }
-        // The fast path's way into each container: its veth's ifindex, the bridge's MAC.
-        if let Some(b) = bridge {
-            for c in state.containers_of(&n.name) {
-                let (Some(v), Some(ep)) = (by_name(links, &c.veth), endpoints.get(&c.ip)) else {
-                    continue;
-                };
-                let fresh = netfast_common::config::Endpoint {
-                    ifindex: v.index,
-                    gw_mac: b.mac.unwrap_or(ep.gw_mac),
-                    mtu: u16::try_from(b.mtu).unwrap_or(u16::MAX),
-                    ..*ep
-                };
-                if fresh != *ep {
-                    dp.set_endpoint(c.ip, &fresh)?;
-                    let mut what = Vec::new();
-                    if fresh.ifindex != ep.ifindex {
-                        what.push(format!("veth #{} → #{}", ep.ifindex, fresh.ifindex));
-                    }
-                    if fresh.gw_mac != ep.gw_mac {
-                        what.push(format!("bridge {} MAC {}", n.bridge, mac(&fresh.gw_mac)));
-                    }
-                    if fresh.mtu != ep.mtu {
-                        what.push(format!("MTU {} → {}", ep.mtu, fresh.mtu));
-                    }
-                    pass.repair(
-                        "rekey",
-                        format!("fast path into container {}: {}", c.name, what.join(", ")),
-                    );
-                }
-            }
-        }
     }
     // Links of interfaces that are gone (or that no network uses any more).
     for pin in dp.link_pins() {
@@ -465,7 +441,7 @@ fn dataplane(
     }
     // The flows that left as an address the uplink no longer has end with their mappings:
     // their peers could never answer them again.
-    let now = programs_now(&dp)?;
+    let now = programs_now(dp)?;
     for (network, old, new) in moved {
         let ended = maps::delete_flows(dp.ebpf_mut(), now, |f| {
             f.reply.dst == old && f.original.src != old
@@ -479,6 +455,51 @@ fn dataplane(
                 ended.flows, ended.mappings
             ),
         );
+    }
+    Ok(())
+}
+
+/// The fast path's way into each container: its veth's ifindex, the bridge's MAC and MTU.
+fn endpoints(
+    dp: &mut Dataplane,
+    state: &crate::loader::model::State,
+    links: &[Link],
+    pass: &mut Pass,
+) -> Result<()> {
+    let endpoints: HashMap<Ipv4Addr, netfast_common::config::Endpoint> =
+        maps::endpoints(dp.ebpf())?.into_iter().collect();
+    for n in state.networks.iter().filter(|n| n.backend == Backend::Ebpf) {
+        let Some(b) = by_name(links, &n.bridge) else {
+            continue;
+        };
+        for c in state.containers_of(&n.name) {
+            let (Some(v), Some(ep)) = (by_name(links, &c.veth), endpoints.get(&c.ip)) else {
+                continue;
+            };
+            let fresh = netfast_common::config::Endpoint {
+                ifindex: v.index,
+                gw_mac: b.mac.unwrap_or(ep.gw_mac),
+                mtu: u16::try_from(b.mtu).unwrap_or(u16::MAX),
+                ..*ep
+            };
+            if fresh != *ep {
+                dp.set_endpoint(c.ip, &fresh)?;
+                let mut what = Vec::new();
+                if fresh.ifindex != ep.ifindex {
+                    what.push(format!("veth #{} → #{}", ep.ifindex, fresh.ifindex));
+                }
+                if fresh.gw_mac != ep.gw_mac {
+                    what.push(format!("bridge {} MAC {}", n.bridge, mac(&fresh.gw_mac)));
+                }
+                if fresh.mtu != ep.mtu {
+                    what.push(format!("MTU {} → {}", ep.mtu, fresh.mtu));
+                }
+                pass.repair(
+                    "rekey",
+                    format!("fast path into container {}: {}", c.name, what.join(", ")),
+                );
+            }
+        }
     }
     Ok(())
 }
