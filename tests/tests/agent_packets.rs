@@ -138,3 +138,68 @@ fn a_claim_taken_over_during_a_pass_is_put_back() {
     assert_eq!(reply_to(&mut t, SERVER, port), Some(C2.0));
     assert_ne!(send(&mut t, C3, SERVER2), port, "two endpoints on one port");
 }
+
+/// A flood of drops costs the monitor's ring at most its per-CPU budget a second; the rest
+/// is counted, and every drop still is.
+#[test]
+fn a_flood_of_drops_fills_the_monitor_ring_only_to_its_budget() {
+    use netfast::common::{
+        DropReason,
+        maps::DROP_EVENTS,
+        monitor::{DROP_EVENTS_PER_CPU_PER_SECOND, DropEvent},
+        stats::Event,
+    };
+    require_root();
+    let mut t = loaded();
+    // From outside, straight to a masqueraded container: direct access, dropped.
+    let frame = packet::udp(FROM_OUTSIDE, SERVER, C1, b"x");
+    let one = t.run(Hook::UplinkIngress, &frame).expect("run");
+    assert_eq!(one.verdict, netfast::common::verdict::SHOT);
+    const FLOOD: u32 = 5000;
+    t.time(Hook::UplinkIngress, &frame, FLOOD).expect("flood");
+    let map = t.ebpf_mut().take_map(DROP_EVENTS).expect("the drop ring");
+    let mut ring = aya::maps::RingBuf::try_from(map).expect("a ring");
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(*as_event(&item));
+    }
+    fn as_event(b: &[u8]) -> &DropEvent {
+        assert_eq!(b.len(), std::mem::size_of::<DropEvent>());
+        // SAFETY: a ring record the size of a DropEvent, which is plain old data; read in
+        // place (ring records are 8-byte aligned).
+        unsafe { &*b.as_ptr().cast::<DropEvent>() }
+    }
+    let first = events.first().expect("the first drop is shown");
+    assert_eq!(
+        (first.reason, first.hook, first.proto),
+        (
+            DropReason::DirectAccess as u8,
+            Hook::UplinkIngress as u8,
+            17
+        )
+    );
+    assert_eq!(maps::addr_of(first.src_addr), SERVER.0);
+    assert_eq!(maps::addr_of(first.dst_addr), C1.0);
+    assert_eq!(u16::from_be(first.dst_port), C1.1);
+    // The kernel's runs may straddle a second (or three, on a slow machine): a budget each.
+    let seconds: std::collections::BTreeSet<u64> =
+        events.iter().map(|e| e.ktime_ns / 1_000_000_000).collect();
+    let budget = DROP_EVENTS_PER_CPU_PER_SECOND as usize * seconds.len();
+    assert!(
+        events.len() <= budget,
+        "{} events in {} second(s)",
+        events.len(),
+        seconds.len()
+    );
+    let stats = t.stats().expect("stats");
+    let dropped = stats.dropped(DropReason::DirectAccess).packets;
+    assert_eq!(dropped, u64::from(FLOOD) + 1, "every drop is counted");
+    let suppressed = stats.event(Event::MonitorSuppressed).packets;
+    assert_eq!(suppressed + events.len() as u64, dropped);
+    let per_hook = stats
+        .hook_drops
+        .iter()
+        .find(|d| d.hook == "uplink_ingress" && d.reason == "direct_access")
+        .expect("per-hook drops");
+    assert_eq!(per_hook.packets, dropped);
+}
