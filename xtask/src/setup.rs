@@ -27,7 +27,9 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "fonts-dejavu-core",
     "python3",
+    "python3-scapy",
     "tcpdump",
+    "strace",
     "kmod",
 ];
 

@@ -22,7 +22,8 @@ use crate::{
     loader::model::{Backend, BackendChoice, State},
 };
 use rules::{
-    Counts, DROP_REASONS, IPT_CHAINS, Net, Rules, Way, ipt_drop_chain, ipt_net_rules, net_counter,
+    Counts, IPT_CHAINS, IPT_FILTER_DROPS, IPT_RAW_DROPS, Net, Rules, Way, ipt_drop_chain,
+    ipt_net_rules, ipt_raw_counter, net_counter,
 };
 
 /// Runs a netfilter tool (`nft`, `iptables`, `iptables-restore`, …) with `input` on stdin;
@@ -325,7 +326,6 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
     // before a policy of DROP, and its drops before anyone's accepts.
     for (table, chain, builtin) in IPT_CHAINS {
         if let Some(builtin) = builtin
-            && (table != "raw" || !policies.is_empty())
             && ipt_jump(table, builtin, chain, "-C").is_err()
         {
             tool(
@@ -368,16 +368,33 @@ fn ipt_timeouts(t: &crate::loader::model::Timeouts) -> Result<Vec<cttimeout::Pol
 }
 
 /// The counters of netfast's iptables chains (none when they do not exist): the drop
-/// reasons', and those of `nets` (their accept rules').
+/// reasons' (the raw table's under [`ipt_raw_counter`]), and those of `nets` (their accept
+/// rules').
 fn ipt_counters(nets: &[Net]) -> Result<Counts> {
     let save = tool(&["iptables-save", "-c", "-t", "filter"], None)?;
-    Ok(ipt_counts(&save, nets))
+    let mut counts = ipt_counts(&save, nets);
+    let raw = tool(&["iptables-save", "-c", "-t", "raw"], None)?;
+    counts.extend(ipt_raw_counts(&raw));
+    Ok(counts)
 }
 
-/// The counters in `iptables-save -c` output.
+/// The raw table's drop counters in `iptables-save -c -t raw` output.
+fn ipt_raw_counts(save: &str) -> Counts {
+    let wanted: Vec<(String, String)> = IPT_RAW_DROPS
+        .iter()
+        .map(|r| {
+            (
+                ipt_raw_counter(r),
+                format!("-A {} -j DROP", ipt_drop_chain(r)),
+            )
+        })
+        .collect();
+    counts_of(save, &wanted)
+}
+
+/// The counters in `iptables-save -c` output (of the filter table).
 fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
-    let mut counts = Counts::new();
-    let mut wanted: Vec<(String, String)> = DROP_REASONS
+    let mut wanted: Vec<(String, String)> = IPT_FILTER_DROPS
         .iter()
         .map(|r| (r.to_string(), format!("-A {} -j DROP", ipt_drop_chain(r))))
         .collect();
@@ -388,6 +405,13 @@ fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
             }
         }
     }
+    counts_of(save, &wanted)
+}
+
+/// The sums of the counters of the rules in `wanted` (a name, a rule as `iptables-save`
+/// prints it), read from `iptables-save -c` output.
+fn counts_of(save: &str, wanted: &[(String, String)]) -> Counts {
+    let mut counts = Counts::new();
     for line in save.lines() {
         let Some((p, b, rule)) = line
             .strip_prefix('[')
@@ -412,7 +436,7 @@ fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
 /// per network they serve ([`net_counter`]).
 pub fn counters(state: &State) -> Result<Counts> {
     let mut total = Counts::new();
-    let mut add = |c: Counts| {
+    let mut add = |c: Vec<(String, (u64, u64))>| {
         for (k, (p, b)) in c {
             let e = total.entry(k).or_default();
             e.0 += p;
@@ -424,11 +448,18 @@ pub fn counters(state: &State) -> Result<Counts> {
         .iter()
         .any(|n| n.backend == Backend::Nftables)
     {
-        add(nft_counters()?);
+        add(nft_counters()?.into_iter().collect());
     }
     let ipt = Rules::of(state, Backend::Iptables);
     if !ipt.is_empty() {
-        add(ipt_counters(&ipt.nets)?);
+        // A reason dropped in both of iptables' tables is one reason to `stats`.
+        add(ipt_counters(&ipt.nets)?
+            .into_iter()
+            .map(|(k, v)| match k.strip_prefix(&ipt_raw_counter("")) {
+                Some(reason) => (reason.to_owned(), v),
+                None => (k, v),
+            })
+            .collect());
     }
     Ok(total)
 }
@@ -656,5 +687,12 @@ mod tests {
         assert_eq!(c.get("rx_3"), Some(&(11, 1060)));
         assert_eq!(c.get("tx_3"), Some(&(7, 700)));
         assert_eq!(c.len(), 3, "{c:?}");
+        let raw = "*raw\n\
+            [6:360] -A NETFAST-LOOPBACK-FROM-NET -j DROP\n\
+            [1:60] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n\
+            COMMIT\n";
+        let c = ipt_raw_counts(raw);
+        assert_eq!(c.get("raw:loopback_from_network"), Some(&(6, 360)));
+        assert_eq!(c.get("raw:to_host_loopback"), Some(&(1, 60)));
     }
 }
