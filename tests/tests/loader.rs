@@ -723,8 +723,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
         Dataplane::remove(&Host::current().expect("host")).expect("unpin");
     }
-    // apply: the second network's bridge name is taken by a dummy link; the first network,
-    // made by the same apply, is removed again.
+    // apply: the second network's bridge name is taken by a dummy link: refused before the
+    // first network is made.
     topo.host.exec_ok(&[
         "ip", "link", "add", "busy0", "type", "veth", "peer", "name", "busy1",
     ]);
@@ -733,7 +733,36 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbridge = \"busy0\"\n").expect("write");
     let err = nf.fails(&["apply", "-f", &file]);
     assert!(
-        err.contains("busy0 already exists") && err.contains("removed again"),
+        err.contains("apply refused at `+ network b")
+            && err.contains("busy0 already exists")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the failed apply left something behind"
+    );
+    // A failure no check can foresee (the dataplane pinned with another ct-max, which only
+    // opening it tells): what the apply created goes again, and the message says so.
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::open(
+            &Host::current().expect("host"),
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        )
+        .expect("pin a dataplane");
+    }
+    let before = snapshot(&topo);
+    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains("apply failed at `+ network b")
+            && err.contains("cannot be resized")
+            && err.contains("the host is as it was before (undone: `+ network a"),
         "{err}"
     );
     assert_eq!(
@@ -742,6 +771,83 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         "the failed apply left something behind"
     );
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-a"));
+    // With a removal before the failure: the removal is kept, and said to be.
+    let c = ct(&topo, 0);
+    fs::write(&file, format!("[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[container]]\nname = \"{c}\"\nnetwork = \"a\"\n")).expect("write");
+    nf.ok(&["apply", "-f", &file]);
+    // (Removing network a took the pinned dataplane with it: no eBPF network was left.)
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::open(
+            &Host::current().expect("host"),
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        )
+        .expect("pin a dataplane");
+    }
+    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains(&format!(
+            "done and kept (removals and settings are not undone): `- container {c}`"
+        )) && !err.contains("as it was before"),
+        "{err}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
+    }
+    fs::remove_file(&file).expect("remove");
+}
+
+/// Issue #14, 4(d): an apply whose ct-max change the running dataplane refuses (a network
+/// stays) would have failed after its removals; now it is refused before any change, and
+/// says why.
+#[test]
+fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
+    require_root();
+    let (topo, nf) = host();
+    let (c0, c1) = (ct(&topo, 0), ct(&topo, 1));
+    let file = format!("/tmp/{}-late.toml", topo.host.name());
+    let text = |ct_max: &str, with_c1: bool| {
+        let mut t = format!(
+            "{ct_max}[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\n\
+             [[container]]\nname = \"{c0}\"\nnetwork = \"web\"\n\n"
+        );
+        if with_c1 {
+            t += &format!("[[container]]\nname = \"{c1}\"\nnetwork = \"web\"\n");
+        }
+        t
+    };
+    fs::write(&file, text("", true)).expect("write");
+    nf.ok(&["apply", "-f", &file]);
+    let before = snapshot(&topo);
+    fs::write(&file, text("[dataplane]\nct_max = 1024\n\n", false)).expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains("apply refused at `~ dataplane: ct-max 1024")
+            && err.contains("the dataplane runs with ct-max 262144")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the refused apply changed the host"
+    );
+    // Without the network (and so without the dataplane), the same change goes through.
+    fs::write(&file, "[dataplane]\nct_max = 1024\n").expect("write");
+    let out = nf.ok(&["apply", "-f", &file]);
+    assert!(
+        out.contains("- network web") && out.contains("~ dataplane: ct-max 1024"),
+        "{out}"
+    );
     fs::remove_file(&file).expect("remove");
 }
 

@@ -117,6 +117,33 @@ fn transaction<T>(
     }
 }
 
+/// What an apply's earlier steps will have done to the kernel when a later step runs, as far
+/// as the later step's checks need to know; empty for a command on its own.
+#[derive(Default)]
+struct Ahead {
+    /// Links deleted, and their indexes (whose addresses and routes go with them).
+    gone_links: Vec<String>,
+    gone_ifindexes: Vec<u32>,
+    /// Namespaces deleted.
+    gone_namespaces: Vec<String>,
+    /// Links created (bridges).
+    made_links: Vec<String>,
+    /// Whether the eBPF dataplane exists.
+    dataplane: bool,
+}
+
+/// Refuses a change of ct-max while the dataplane exists (its conntrack map has its size).
+fn ct_max_fixed(running: &DataplaneConfig, wanted: &DataplaneConfig) -> Result<()> {
+    if wanted.ct_max != running.ct_max {
+        return Err(Error::Settings(format!(
+            "the dataplane runs with ct-max {}; it can only change while no network exists \
+             (`netfast down` removes everything, and every tracked flow with it)",
+            running.ct_max
+        )));
+    }
+    Ok(())
+}
+
 /// The loader of one host namespace (the calling thread's).
 pub struct Loader {
     pub host: Host,
@@ -161,16 +188,20 @@ impl Loader {
         Ok(out)
     }
 
-    fn create_network(
+    /// Everything `network create` checks before it changes anything, against the kernel as
+    /// `ahead` says it will be (an apply's earlier steps): the network to make, the uplink's
+    /// address, and what to tell the user about the backend.
+    fn prepare_network(
         &self,
         nl: &Nl<'_>,
-        state: &mut State,
+        state: &State,
         spec: &NetworkSpec,
+        ahead: &Ahead,
         out: &mut Vec<String>,
-    ) -> Result<Network> {
+    ) -> Result<(Network, Option<Ipv4Addr>)> {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
-        let settings = validate::dataplane(&state.dataplane)?;
+        validate::dataplane(&state.dataplane)?;
         let bridge_name = spec
             .bridge
             .clone()
@@ -182,9 +213,25 @@ impl Loader {
                 self.host.describe()
             ))
         })?;
-        let existing = nl.link(&bridge_name)?;
+        let existing = if ahead.made_links.contains(&bridge_name) {
+            return Err(Error::Settings(format!(
+                "a link named {bridge_name} is created by an earlier step; pick another bridge name"
+            )));
+        } else if ahead.gone_links.contains(&bridge_name) {
+            None
+        } else {
+            nl.link(&bridge_name)?
+        };
         let adopted_bridge = existing.as_ref().filter(|_| spec.adopt).map(|b| b.index);
-        host_conflicts(nl, spec, state, &bridge_name, &uplink, adopted_bridge)?;
+        host_conflicts(
+            nl,
+            spec,
+            state,
+            &bridge_name,
+            &uplink,
+            adopted_bridge,
+            &ahead.gone_ifindexes,
+        )?;
         // The eBPF programs read an Ethernet header first; a layer-3 uplink (tun, wireguard,
         // ipip) has none, and they would translate the wrong bytes.
         let no_ethernet = (!uplink.is_ethernet()).then(|| {
@@ -241,7 +288,7 @@ impl Loader {
                 "a link named {bridge_name} already exists; pass --adopt to take it over, or --bridge to pick another name"
             )));
         }
-        let mut network = Network {
+        let network = Network {
             name: spec.name.clone(),
             id,
             subnet: spec.subnet,
@@ -256,6 +303,21 @@ impl Loader {
             route_localnet: spec.adopt && crate::backend::route_localnet_of(&bridge_name),
             hairpin_set: Vec::new(),
         };
+        Ok((network, ext_addr))
+    }
+
+    fn create_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        spec: &NetworkSpec,
+        out: &mut Vec<String>,
+    ) -> Result<Network> {
+        let (mut network, ext_addr) =
+            self.prepare_network(nl, state, spec, &Ahead::default(), out)?;
+        let (bridge_name, gateway, backend) =
+            (network.bridge.clone(), network.gateway, network.backend);
+        let settings = validate::dataplane(&state.dataplane)?;
         transaction(&self.host, nl, state, |undo| {
             if spec.adopt {
                 out.push(format!("adopted bridge {bridge_name} (gateway {gateway})"));
@@ -425,6 +487,55 @@ impl Loader {
         Ok(out)
     }
 
+    /// Everything `container create` checks before it changes anything, against the kernel
+    /// as `ahead` says it will be: the network, its bridge (`None` while an earlier step of an
+    /// apply is still to create it), the address and the veth's name.
+    fn prepare_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        spec: &ContainerSpec,
+        ahead: &Ahead,
+    ) -> Result<(Network, Option<Link>, Ipv4Addr, String)> {
+        validate::container(spec, state)?;
+        let network = state.network(&spec.network).expect("validated").clone();
+        let bridge = if ahead.made_links.contains(&network.bridge) {
+            None
+        } else {
+            Some(nl.link(&network.bridge)?.ok_or_else(|| {
+                Error::Settings(format!(
+                    "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
+                    network.bridge, network.name
+                ))
+            })?)
+        };
+        let ip = match spec.ip {
+            Some(ip) => ip,
+            None => {
+                // On an adopted bridge, hand-made containers netfast does not know may hold
+                // addresses: the bridge's neighbour table shows those that talked.
+                let seen = match &bridge {
+                    Some(bridge) if network.adopted => nl.neighbours(bridge)?,
+                    _ => Vec::new(),
+                };
+                ipam::next_free(&network, state, &seen)?
+            }
+        };
+        if nsfs::exists(&spec.name) && !ahead.gone_namespaces.contains(&spec.name) {
+            return Err(Error::Settings(format!(
+                "a network namespace named {} already exists (see `ip netns list`); pick another container name",
+                spec.name
+            )));
+        }
+        let veth = veth_name(&spec.name);
+        if nl.link(&veth)?.is_some() && !ahead.gone_links.contains(&veth) {
+            return Err(Error::Settings(format!(
+                "a link named {veth} already exists; remove it or rename the container"
+            )));
+        }
+        Ok((network, bridge, ip, veth))
+    }
+
     fn create_container(
         &self,
         nl: &Nl<'_>,
@@ -432,39 +543,9 @@ impl Loader {
         spec: &ContainerSpec,
         out: &mut Vec<String>,
     ) -> Result<Container> {
-        validate::container(spec, state)?;
-        let network = state.network(&spec.network).expect("validated").clone();
-        let bridge = nl.link(&network.bridge)?.ok_or_else(|| {
-            Error::Settings(format!(
-                "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
-                network.bridge, network.name
-            ))
-        })?;
-        let ip = match spec.ip {
-            Some(ip) => ip,
-            None => {
-                // On an adopted bridge, hand-made containers netfast does not know may hold
-                // addresses: the bridge's neighbour table shows those that talked.
-                let seen = if network.adopted {
-                    nl.neighbours(&bridge)?
-                } else {
-                    Vec::new()
-                };
-                ipam::next_free(&network, state, &seen)?
-            }
-        };
-        if nsfs::exists(&spec.name) {
-            return Err(Error::Settings(format!(
-                "a network namespace named {} already exists (see `ip netns list`); pick another container name",
-                spec.name
-            )));
-        }
-        let veth = veth_name(&spec.name);
-        if nl.link(&veth)?.is_some() {
-            return Err(Error::Settings(format!(
-                "a link named {veth} already exists; remove it or rename the container"
-            )));
-        }
+        let (network, bridge, ip, veth) =
+            self.prepare_container(nl, state, spec, &Ahead::default())?;
+        let bridge = bridge.expect("no earlier step");
         transaction(&self.host, nl, state, |undo| {
             let plumbed = plumb::container(
                 &self.netlink,
@@ -536,14 +617,19 @@ impl Loader {
     }
 
     /// Converges the host to `file`, printing each change; nothing when it already matches.
+    /// Every step is checked before the first one changes anything, each against the state
+    /// and the kernel as the earlier steps leave them ([`Loader::preflight`]); a step that
+    /// still fails (the kernel refusing something) undoes what this apply created, and the
+    /// error says what was changed, undone and left as it was.
     pub fn apply(&self, file: &ApplyFile) -> Result<Vec<String>> {
         caps::require("apply", true)?;
         let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
         let actions = plan(file, &locked.state)?;
+        self.preflight(&nl, &locked.state, &actions)?;
         let mut out = Vec::new();
-        let mut created: Vec<Action> = Vec::new();
-        for action in &actions {
+        let mut done: Vec<Action> = Vec::new();
+        for (i, action) in actions.iter().enumerate() {
             out.push(action.to_string());
             let step = match action {
                 Action::Unpublish { network, spec } => {
@@ -592,60 +678,18 @@ impl Loader {
                     .map(|c| locked.state.containers.push(c)),
             };
             if let Err(e) = step {
-                // Undo what this apply created (newest first); removals stay done.
-                for done in created.iter().rev() {
-                    let undone = match done {
-                        Action::Publish(d) => {
-                            let canonical = d
-                                .spec
-                                .parse::<super::publish::PublishSpec>()
-                                .map(|s| s.to_string());
-                            match locked
-                                .state
-                                .publications
-                                .iter()
-                                .find(|p| {
-                                    p.network == d.network && Ok(&p.spec) == canonical.as_ref()
-                                })
-                                .cloned()
-                            {
-                                Some(p) => {
-                                    self.remove_publication(&mut locked.state, &p, &mut Vec::new())
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        Action::CreateContainer(spec) => {
-                            match locked.state.container(&spec.name).cloned() {
-                                Some(c) => {
-                                    remove_container(&nl, &locked.state, &c, &mut Vec::new()).map(
-                                        |()| locked.state.containers.retain(|x| x.name != c.name),
-                                    )
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        Action::CreateNetwork(spec) => {
-                            match locked.state.network(&spec.name).cloned() {
-                                Some(n) => {
-                                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        _ => Ok(()),
-                    };
-                    if let Err(u) = undone {
-                        eprintln!("netfast: rolling back apply: {}", crate::error::report(&u));
-                    }
-                }
+                let (undone, not_undone) = self.undo_creations(&nl, &mut locked.state, &done);
                 locked.save()?;
-                return Err(Error::Settings(format!(
-                    "apply failed at `{action}`: {}; what it had created is removed again",
-                    crate::error::report(&e)
+                return Err(Error::Settings(apply_failure(
+                    action,
+                    &e,
+                    &done,
+                    &undone,
+                    &not_undone,
+                    &actions[i + 1..],
                 )));
             }
-            created.push(action.clone());
+            done.push(action.clone());
             // A crash from here on leaves a state that matches the kernel.
             locked.save()?;
         }
@@ -653,6 +697,122 @@ impl Loader {
             out.push("no changes".into());
         }
         Ok(out)
+    }
+
+    /// Checks every step of an apply before the first one runs, each against the state and
+    /// the kernel as the earlier steps will leave them: what `network create`, `container
+    /// create`, `publish` and `config` check before they change anything. A file that would
+    /// fail at a later step changes nothing.
+    fn preflight(&self, nl: &Nl<'_>, state: &State, actions: &[Action]) -> Result<()> {
+        let mut s = state.clone();
+        let mut ahead = Ahead {
+            dataplane: Dataplane::exists(&self.host)?,
+            ..Ahead::default()
+        };
+        for action in actions {
+            let checked = (|| -> Result<()> {
+                match action {
+                    Action::Unpublish { .. } => {}
+                    Action::RemoveContainer(name) => {
+                        if let Some(c) = s.container(name) {
+                            ahead.gone_links.push(c.veth.clone());
+                            ahead.gone_namespaces.push(c.name.clone());
+                        }
+                    }
+                    Action::RemoveNetwork(name) => {
+                        if let Some(n) = s.network(name).filter(|n| !n.adopted) {
+                            ahead.gone_links.push(n.bridge.clone());
+                            ahead.made_links.retain(|l| *l != n.bridge);
+                            if let Some(link) = nl.link(&n.bridge)? {
+                                ahead.gone_ifindexes.push(link.index);
+                            }
+                        }
+                        // The dataplane goes with the last network it serves.
+                        if !s
+                            .networks
+                            .iter()
+                            .any(|n| &n.name != name && n.backend == Backend::Ebpf)
+                        {
+                            ahead.dataplane = false;
+                        }
+                    }
+                    Action::Configure(cfg) => {
+                        validate::dataplane(cfg)?;
+                        if ahead.dataplane {
+                            ct_max_fixed(&s.dataplane, cfg)?;
+                        }
+                    }
+                    Action::CreateNetwork(spec) => {
+                        let (network, _) =
+                            self.prepare_network(nl, &s, spec, &ahead, &mut Vec::new())?;
+                        ahead.made_links.push(network.bridge.clone());
+                        ahead.gone_links.retain(|l| *l != network.bridge);
+                        ahead.dataplane |= network.backend == Backend::Ebpf;
+                    }
+                    Action::CreateContainer(spec) => {
+                        self.prepare_container(nl, &s, spec, &ahead)?;
+                    }
+                    Action::Publish(d) => {
+                        self.check_publication(nl, &s, &d.network, &d.spec, &d.allow)?;
+                    }
+                }
+                Ok(())
+            })();
+            checked.map_err(|e| {
+                Error::Settings(format!(
+                    "apply refused at `{action}`: {}; nothing was changed",
+                    crate::error::report(&e)
+                ))
+            })?;
+            s = super::plan::simulate(std::slice::from_ref(action), &s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the steps `done` of a failed apply created (newest first): its
+    /// publications, containers and networks. Removals and settings stay as they are. Returns
+    /// the steps undone, and those that could not be, with why.
+    fn undo_creations(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        done: &[Action],
+    ) -> (Vec<Action>, Vec<(Action, String)>) {
+        let (mut undone, mut failed) = (Vec::new(), Vec::new());
+        for action in done.iter().rev() {
+            let result = match action {
+                Action::Publish(d) => {
+                    let canonical = d
+                        .spec
+                        .parse::<super::publish::PublishSpec>()
+                        .map(|s| s.to_string());
+                    match state
+                        .publications
+                        .iter()
+                        .find(|p| p.network == d.network && Ok(&p.spec) == canonical.as_ref())
+                        .cloned()
+                    {
+                        Some(p) => self.remove_publication(state, &p, &mut Vec::new()),
+                        None => Ok(()),
+                    }
+                }
+                Action::CreateContainer(spec) => match state.container(&spec.name).cloned() {
+                    Some(c) => remove_container(nl, state, &c, &mut Vec::new())
+                        .map(|()| state.containers.retain(|x| x.name != c.name)),
+                    None => Ok(()),
+                },
+                Action::CreateNetwork(spec) => match state.network(&spec.name).cloned() {
+                    Some(n) => self.remove_network(nl, state, &n, &mut Vec::new()),
+                    None => Ok(()),
+                },
+                _ => continue,
+            };
+            match result {
+                Ok(()) => undone.push(action.clone()),
+                Err(e) => failed.push((action.clone(), crate::error::report(&e))),
+            }
+        }
+        (undone, failed)
     }
 
     /// Host-wide dataplane settings; effective immediately where the dataplane runs.
@@ -704,13 +864,7 @@ impl Loader {
     fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
         let settings = validate::dataplane(cfg)?;
         if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
-            if cfg.ct_max != state.dataplane.ct_max {
-                return Err(Error::Settings(format!(
-                    "the dataplane runs with ct-max {}; it can only change while no network exists \
-                     (`netfast down` removes everything, and every tracked flow with it)",
-                    state.dataplane.ct_max
-                )));
-            }
+            ct_max_fixed(&state.dataplane, cfg)?;
             dp.configure(&settings.config)?;
         }
         // The fallbacks' rules carry the timeouts: re-render them; on failure, the eBPF
@@ -850,7 +1004,7 @@ fn remove_container(
 /// Refuses a network that would take the host's own traffic: an uplink that is loopback or
 /// one of netfast's own links, a subnet that overlaps an address or a route the host has (as
 /// Docker refuses them). `adopted`: the adopted bridge, whose addresses and routes in the
-/// subnet are the network's own.
+/// subnet are the network's own; `gone`: links an earlier step of an apply deletes.
 fn host_conflicts(
     nl: &Nl<'_>,
     spec: &NetworkSpec,
@@ -858,6 +1012,7 @@ fn host_conflicts(
     bridge: &str,
     uplink: &Link,
     adopted: Option<u32>,
+    gone: &[u32],
 ) -> Result<()> {
     let refuse = |why: String| Err(Error::Settings(why));
     if uplink.is_loopback() || uplink.name == "lo" {
@@ -911,7 +1066,7 @@ fn host_conflicts(
         let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
             continue;
         };
-        if Some(index) != adopted && overlaps(&net.trunc()) {
+        if Some(index) != adopted && !gone.contains(&index) && overlaps(&net.trunc()) {
             return refuse(format!(
                 "subnet {} overlaps {ip}/{prefix}, an address of {}: {fix}",
                 spec.subnet,
@@ -921,7 +1076,10 @@ fn host_conflicts(
     }
     for route in nl.routes()? {
         // The default route leads everywhere; it is where the network's traffic goes.
-        if route.dst.prefix_len() == 0 || (adopted.is_some() && route.oif == adopted) {
+        if route.dst.prefix_len() == 0
+            || (adopted.is_some() && route.oif == adopted)
+            || route.oif.is_some_and(|oif| gone.contains(&oif))
+        {
             continue;
         }
         if overlaps(&route.dst) {
@@ -1011,4 +1169,52 @@ fn uninstall(host: &Host, nl: &Nl<'_>, state: &State, network: &Network) -> Resu
         dp.detach(uplink.index, InterfaceRole::Uplink)?;
     }
     Ok(())
+}
+
+/// What a failed apply says: the step and why, then exactly what it changed and kept, what it
+/// undid, what it could not undo, and what it never did.
+fn apply_failure(
+    at: &Action,
+    e: &Error,
+    done: &[Action],
+    undone: &[Action],
+    not_undone: &[(Action, String)],
+    not_done: &[Action],
+) -> String {
+    let list = |a: &[Action]| {
+        a.iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut msg = format!("apply failed at `{at}`: {}", crate::error::report(e));
+    let kept: Vec<Action> = done
+        .iter()
+        .filter(|a| !undone.contains(a) && !not_undone.iter().any(|(b, _)| b == *a))
+        .cloned()
+        .collect();
+    if kept.is_empty() && not_undone.is_empty() {
+        msg.push_str("; the host is as it was before");
+        if !undone.is_empty() {
+            msg.push_str(&format!(" (undone: {})", list(undone)));
+        }
+    } else {
+        if !kept.is_empty() {
+            msg.push_str(&format!(
+                "; done and kept (removals and settings are not undone): {}",
+                list(&kept)
+            ));
+        }
+        if !undone.is_empty() {
+            msg.push_str(&format!("; created and removed again: {}", list(undone)));
+        }
+        for (a, why) in not_undone {
+            msg.push_str(&format!("; `{a}` could not be undone ({why}): it stays"));
+        }
+    }
+    if !not_done.is_empty() {
+        msg.push_str(&format!("; not done: {}", list(not_done)));
+    }
+    msg.push_str("; fix the cause and apply again");
+    msg
 }

@@ -38,14 +38,14 @@ impl Loader {
         Ok(out)
     }
 
-    pub(super) fn add_publication(
+    /// Everything `publish` checks before it changes anything: the publication it makes.
+    pub(super) fn check_publication(
         &self,
         nl: &Nl<'_>,
         state: &State,
         network: &str,
         spec: &str,
         allow: &[Ipv4Net],
-        out: &mut Vec<String>,
     ) -> Result<Publication> {
         let parsed: PublishSpec = spec.parse()?;
         let p = publish::validate(network, &parsed, allow, state)?;
@@ -58,6 +58,19 @@ impl Loader {
             ))
             .into());
         }
+        Ok(p)
+    }
+
+    pub(super) fn add_publication(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &str,
+        spec: &str,
+        allow: &[Ipv4Net],
+        out: &mut Vec<String>,
+    ) -> Result<Publication> {
+        let p = self.check_publication(nl, state, network, spec, allow)?;
         let net = state.network(network).expect("validated");
         let (net_id, backend) = (net.id, net.backend);
         for l in sockets::listeners(p.proto, p.host_ports) {
