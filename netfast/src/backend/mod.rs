@@ -65,8 +65,9 @@ fn tool(argv: &[&str], input: Option<&str>) -> Result<String> {
     })?;
     if !out.status.success() {
         return Err(Error::Settings(format!(
-            "`{}` failed: {}",
+            "`{}` failed ({}): {}",
             argv.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -203,12 +204,64 @@ pub fn installed(backend: Backend) -> bool {
     }
 }
 
+/// Removes netfast's nftables table and iptables chains whatever the state says: `down`'s
+/// last sweep, for what a command that died before it saved its state left. iptables is
+/// asked only about the tables that exist already (listing one can load its module and hook
+/// it into the namespace). Returns whether there was anything.
+pub fn remove_all() -> Result<bool> {
+    let mut any = false;
+    if nft_table_exists()? {
+        sync_nft(&Rules::default())?;
+        any = true;
+    }
+    let mut chains = Vec::new();
+    for table in ipt_tables_present()? {
+        chains.extend(ipt_own_chains(table)?);
+    }
+    if !chains.is_empty() {
+        sync_iptables(&Rules::default())?;
+        any = true;
+    }
+    Ok(any)
+}
+
+/// The iptables tables (of nat, filter, raw) that exist in this namespace: in the legacy
+/// backend's list, or as the nftables tables iptables-nft keeps them in.
+fn ipt_tables_present() -> Result<Vec<&'static str>> {
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    let nft = match tool(&["nft", "list", "tables", "ip"], None) {
+        Ok(out) => out,
+        // No nft here: iptables-nft cannot be in use either.
+        Err(Error::Io { .. }) => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(["nat", "filter", "raw"]
+        .into_iter()
+        .filter(|t| {
+            legacy.lines().any(|l| l.trim() == *t)
+                || nft.lines().any(|l| l.trim() == format!("table ip {t}"))
+        })
+        .collect())
+}
+
 fn nft_exists() -> bool {
-    tool(&["nft", "list", "table", "ip", "netfast"], None).is_ok()
+    nft_table_exists().unwrap_or(false)
+}
+
+/// Whether table `ip netfast` exists: false where nft says there is no such table (or nft is
+/// not installed), an error when nft fails otherwise (killed, say): a failed look is never
+/// taken for an absent table, which would leave the table behind.
+fn nft_table_exists() -> Result<bool> {
+    match tool(&["nft", "list", "table", "ip", "netfast"], None) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { .. }) => Ok(false),
+        Err(e) if e.to_string().contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn sync_nft(rules: &Rules) -> Result<()> {
-    if rules.is_empty() && !nft_exists() {
+    if rules.is_empty() && !nft_table_exists()? {
         return Ok(());
     }
     let counts = if rules.is_empty() {
@@ -241,7 +294,7 @@ fn sync_nft(rules: &Rules) -> Result<()> {
 /// The drop counters of table `ip netfast` (none when it does not exist).
 fn nft_counters() -> Result<Counts> {
     let mut counts = Counts::new();
-    if !nft_exists() {
+    if !nft_table_exists()? {
         return Ok(counts);
     }
     let json = tool(

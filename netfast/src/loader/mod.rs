@@ -2,6 +2,7 @@
 //! network by hand, over netlink, with their state kept per host namespace.
 
 pub mod caps;
+pub mod intent;
 pub mod ipam;
 pub mod model;
 pub mod netlink;
@@ -11,6 +12,7 @@ pub mod plan;
 pub mod plumb;
 pub mod publish;
 mod publish_ops;
+mod recover;
 pub mod sockets;
 pub mod state;
 pub mod status;
