@@ -19,7 +19,8 @@ pub enum Command {
     },
     /// Remove a container: its namespace and its veth pair.
     Rm { name: String },
-    /// List containers, with what the kernel lacks of them ("drift").
+    /// List containers, with what the kernel lacks of them ("drift"), and what an interrupted
+    /// command left that the state does not know.
     Ls {
         #[arg(long)]
         json: bool,
