@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod nat;
 pub mod publish;
 pub mod stats;
+pub mod upgrade;
 
 pub use stats::{DropReason, Hook, Traffic};
 

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod bpf_sys;
 pub mod bpffs;
 pub mod clock;
 pub mod conntrack_filter;
@@ -18,6 +19,7 @@ pub mod maps;
 pub mod netns;
 pub mod prog_test;
 pub mod stats;
+pub mod upgrade;
 
 pub use dataplane::{Dataplane, InterfaceRole};
 pub use error::{Error, Result};
