@@ -700,3 +700,78 @@ fn monitor_flows_shows_a_flow_open_and_end() {
         seen(out, "DESTROY")
     });
 }
+
+/// A command killed half-way (here `container create`, at its state save) is completed by
+/// the agent, as the next command would: the agent sees it first.
+#[test]
+fn the_agent_completes_an_interrupted_command() {
+    require_root();
+    require_tool("strace", "strace");
+    let w = web_on("ebpf", &[]);
+    let mut agent = Agent::start(&w.topo.host);
+    let name = format!("{}c9", w.topo.host.name());
+    let bin = netfast_bin();
+    let killed = run(&[
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        // Rename #1 makes the intent record, #2 the state.
+        "inject=renameat:signal=KILL:when=2",
+        bin.to_str().expect("utf-8"),
+        "--netns",
+        w.topo.host.name(),
+        "container",
+        "create",
+        &name,
+        "--network",
+        "web",
+    ]);
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        killed.status.signal() == Some(9) || killed.status.code() == Some(137),
+        "the command was not killed: {killed:?}"
+    );
+    agent
+        .process
+        .wait_for_text("completed what an interrupted netfast command left", SOON);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&name).exists(),
+        "the interrupted container's namespace is left"
+    );
+    let ls = w.nf.ok(&["container", "ls"]);
+    assert!(
+        !ls.contains(&name) && !ls.contains("not in the state"),
+        "{ls}"
+    );
+}
+
+/// After `netfast upgrade` by another build, the agent's binary is not the one to serve the
+/// dataplane: it stops, saying why, so that its service manager starts the new one.
+#[test]
+fn the_agent_stops_when_another_build_runs_the_dataplane() {
+    require_root();
+    let w = web_on("ebpf", &[]);
+    let agent = Agent::start(&w.topo.host);
+    let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(netfast_key(&w.nf));
+    let mut meta = netfast::upgrade::read_meta(&dir)
+        .expect("read META")
+        .expect("a META pin");
+    meta.object ^= 1;
+    meta.version = netfast::common::upgrade::version_field("netfast 9.9.9-newer");
+    netfast::upgrade::write_meta(&dir, &meta).expect("write META");
+    let out = agent.process.wait_exit(SOON);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent went on: {err}");
+    assert!(
+        err.contains("netfast 9.9.9-newer")
+            && err.contains("restart the agent with the new binary"),
+        "{err}"
+    );
+    // Started again with the old binary, it refuses at once.
+    let again = w.nf.run(&["agent"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("netfast 9.9.9-newer"));
+}

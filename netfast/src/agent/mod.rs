@@ -143,7 +143,9 @@ pub fn run(opts: &Options) -> Result<()> {
         loader,
         shared,
         drift: Default::default(),
+        last_error: None,
     };
+    agent.still_ours()?;
     agent.pass();
     agent.reclaim();
     println!(
@@ -175,10 +177,12 @@ pub fn run(opts: &Options) -> Result<()> {
                 if !settled {
                     break;
                 }
+                agent.still_ours()?;
                 agent.pass();
                 next_pass = Instant::now() + opts.resync;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                agent.still_ours()?;
                 let now = Instant::now();
                 if now >= next_reclaim {
                     agent.reclaim();
@@ -201,9 +205,49 @@ struct Agent {
     shared: metrics::Shared,
     /// The drift the last pass reported, to log only what changes.
     drift: std::collections::BTreeMap<String, Vec<String>>,
+    /// The last failure logged, to log a failure that repeats once.
+    last_error: Option<String>,
 }
 
 impl Agent {
+    /// Fails when the dataplane runs another build's programs (after `netfast upgrade` with
+    /// a new binary): this agent's binary is not the one to serve it, and its service
+    /// manager starts the new one when it exits. An upgrade under way is left to finish
+    /// (the passes say what they cannot do meanwhile).
+    fn still_ours(&self) -> Result<()> {
+        let Some(root) = crate::bpffs::find() else {
+            return Ok(());
+        };
+        let dir = root.join(crate::host::PIN_DIR).join(&self.loader.host.key);
+        if !dir.join(netfast_common::maps::CONNTRACK).exists() {
+            return Ok(());
+        }
+        let Some(meta) = crate::upgrade::read_meta(&dir)? else {
+            return Ok(());
+        };
+        let this = crate::upgrade::this_build();
+        if meta.next_layout != 0 || (meta.layout, meta.object) == (this.layout, this.object) {
+            return Ok(());
+        }
+        Err(Error::Settings(format!(
+            "the dataplane of {} runs the programs of {}, not this agent's ({}): the agent \
+             stops, so that its service manager starts the netfast that runs them (after \
+             `netfast upgrade`, restart the agent with the new binary)",
+            self.loader.host.describe(),
+            crate::upgrade::describe(meta.layout, meta.object, &meta.version),
+            crate::upgrade::describe(this.layout, this.object, &this.version)
+        )))
+    }
+
+    /// Logs a failure, once while it repeats.
+    fn failed(&mut self, what: &str, e: &Error) {
+        let text = format!("{what} failed: {}", report(e));
+        if self.last_error.as_deref() != Some(text.as_str()) {
+            eprintln!("netfast agent: {text} (trying again)");
+            self.last_error = Some(text);
+        }
+    }
+
     fn counters(&self) -> std::sync::MutexGuard<'_, metrics::AgentCounters> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -245,9 +289,10 @@ impl Agent {
                     .collect();
                 drop(c);
                 self.drift = pass.drift;
+                self.last_error = None;
             }
             Err(e) => {
-                eprintln!("netfast agent: pass failed (next one soon): {}", report(&e));
+                self.failed("a pass", &e);
                 let mut c = self.counters();
                 c.passes += 1;
                 c.errors += 1;
@@ -267,10 +312,7 @@ impl Agent {
             }
             Ok(None) => self.counters().occupancy = None,
             Err(e) => {
-                eprintln!(
-                    "netfast agent: reclaiming failed (next time soon): {}",
-                    report(&e)
-                );
+                self.failed("reclaiming", &e);
                 self.counters().errors += 1;
             }
         }

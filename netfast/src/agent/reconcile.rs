@@ -44,7 +44,7 @@ use crate::{
 };
 
 /// A kind of repair, as the metrics count them.
-pub const REPAIR_KINDS: [&str; 8] = [
+pub const REPAIR_KINDS: [&str; 9] = [
     "host_addresses",
     "masquerade_address",
     "attach",
@@ -53,6 +53,7 @@ pub const REPAIR_KINDS: [&str; 8] = [
     "bridge",
     "bridge_port",
     "fallback_rules",
+    "interrupted_command",
 ];
 
 /// Something a pass changed.
@@ -90,10 +91,29 @@ fn by_name<'a>(links: &'a [Link], name: &str) -> Option<&'a Link> {
 
 /// One pass over `loader`'s host.
 pub fn reconcile(loader: &Loader) -> Result<Pass> {
+    let mut pass = Pass::default();
+    // A command that died left changes the state does not describe yet: completed first,
+    // as the next command would, so that the pass compares the kernel with a true state.
+    if loader.recover()? {
+        pass.repair(
+            "interrupted_command",
+            "completed what an interrupted netfast command left".into(),
+        );
+    }
     let locked = Locked::acquire(&loader.host, true)?;
+    if let Some(intent) = &locked.intent {
+        // Another command started and died since: the next pass completes it.
+        pass.drift(
+            "",
+            format!(
+                "an interrupted `netfast {}` left changes; the next pass completes them",
+                intent.command
+            ),
+        );
+        return Ok(pass);
+    }
     let state = &locked.state;
     let nl = loader.netlink().host()?;
-    let mut pass = Pass::default();
     if state.networks.is_empty() {
         return Ok(pass);
     }

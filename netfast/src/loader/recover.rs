@@ -51,6 +51,17 @@ impl Loader {
         Ok((locked, Vec::new()))
     }
 
+    /// Completes what an interrupted command left, as the next command would: for `netfast
+    /// agent`, which sees it first. Returns whether there was anything.
+    pub fn recover(&self) -> Result<bool> {
+        let pending = Locked::acquire(&self.host, false)?.intent.is_some();
+        if pending {
+            let nl = self.netlink().host()?;
+            self.lock(&nl)?;
+        }
+        Ok(pending)
+    }
+
     fn converge(
         &self,
         nl: &Nl<'_>,
