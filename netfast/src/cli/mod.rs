@@ -103,12 +103,17 @@ enum Command {
     /// uplink's address (flows of an address that is gone end, as with MASQUERADE); a bridge
     /// or uplink deleted and made again gets the programs back and the maps re-keyed; the
     /// nftables/iptables rules are written again when they go missing. What it cannot
-    /// repair it logs as drift. It removes expired conntrack entries and NAT mappings
-    /// (reclaiming what the LRU would only push out under pressure). Restarting it loses no
-    /// flow: everything it keeps is the kernel's and the state's. `netfast doctor` says when
-    /// none runs.
+    /// repair it logs as drift; what a netfast command killed half-way left, it completes.
+    /// It removes expired conntrack entries and NAT mappings (reclaiming what the LRU would
+    /// only push out under pressure). Restarting it loses no flow: everything it keeps is the
+    /// kernel's and the state's. It stops by itself when `netfast upgrade` installed another
+    /// build's programs. `netfast doctor` says when none runs.
     #[command(
-        after_help = "Metrics (--metrics): per-hook packets and bytes, per-network tx/rx,         drops by reason and hook, conntrack entries against capacity, external ports in use         per uplink address, fast-path forwards and fallbacks, what the agent repaired and         reclaimed: `netfast_…_total` counters and gauges, in the Prometheus text format."
+        after_help = "Metrics (--metrics): per-hook packets and bytes, per-network tx/rx, \
+                      drops by reason and hook, conntrack entries against capacity, external \
+                      ports in use per uplink address, fast-path forwards and fallbacks, what \
+                      the agent repaired and reclaimed: `netfast_..._total` counters and \
+                      gauges, in the Prometheus text format."
     )]
     Agent(agent::AgentArgs),
     /// Live events of the eBPF dataplane: dropped packets (reason, hook, addresses) and
