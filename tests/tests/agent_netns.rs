@@ -9,7 +9,7 @@ use std::time::Duration;
 use netfast_tests::{
     Background, TestNetns,
     agent::{Agent, METRICS_ADDR, sample},
-    clients::{curl, outside_web_server, wait_listening},
+    clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run, run_ok,
@@ -357,37 +357,9 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
 fn a_restarted_agent_loses_no_flow(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
-    let outside = w.topo.outside.name();
-    let _echo = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        outside,
-        "socat",
-        "TCP4-LISTEN:7000,reuseaddr,fork",
-        "EXEC:cat",
-    ]);
-    wait_listening(outside, "tcp", 7000, "socat echo");
-    // A live TCP flow from a container: a line echoed every 50 ms, counted; any error ends it.
-    let talker = format!(
-        "import socket, sys, time\n\
-         s = socket.create_connection(('{OUTSIDE_ADDR}', 7000), timeout=5)\n\
-         f = s.makefile('rw')\n\
-         for n in range(100000):\n\
-         \x20   f.write(f'{{n}}\\n'); f.flush()\n\
-         \x20   got = f.readline().strip()\n\
-         \x20   if got != str(n): sys.exit(f'echo {{got!r}} for {{n}}')\n\
-         \x20   print(n, flush=True)\n\
-         \x20   time.sleep(0.05)\n"
-    );
-    let mut client = Background::spawn(&["ip", "netns", "exec", &w.c1, "python3", "-c", &talker]);
-    let echoed = |c: &Background| {
-        c.stdout_so_far()
-            .lines()
-            .next_back()
-            .and_then(|l| l.trim().parse::<u64>().ok())
-    };
-    client.wait_for("echo a few lines", SOON, |out, _| out.lines().count() > 5);
+    let _echo = echo_server(w.topo.outside.name(), 7000);
+    // A live TCP flow from a container, a number echoed every 100 ms.
+    let mut client = talker(&w.c1, &OUTSIDE_ADDR.to_string(), 7000);
     // Reclaiming every second: it must never take what the flow uses.
     let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
     let flows_before =
@@ -395,25 +367,11 @@ fn a_restarted_agent_loses_no_flow(backend: &str) {
     assert_eq!(flows_before.lines().count(), 1, "{flows_before}");
     agent.process.signal(libc::SIGKILL);
     let _ = agent.process.stop();
-    let at_kill = echoed(&client).expect("a count");
     let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
-    // Three reclaiming passes of the new agent, and the flow still echoes.
+    // Three passes of the new agent (reclaiming among them), and the flow still echoes.
     let passes = |a: &Agent| a.value("netfast_agent_passes_total", &[]).unwrap_or(0.0);
     assert!(wait_until(SOON, || passes(&agent) >= 3.0));
-    let since = echoed(&client).expect("a count");
-    client.wait_for("keep echoing", SOON, |out, _| {
-        out.lines()
-            .next_back()
-            .and_then(|l| l.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > since + 40)
-    });
-    client.assert_running();
-    assert!(
-        client.stderr_so_far().is_empty(),
-        "the flow broke: {}",
-        client.stderr_so_far()
-    );
-    assert!(echoed(&client).expect("a count") > at_kill);
+    talks_on(&mut client, 20, "the flow, across the agent's restart");
     // The very same flow: same ports, same translation.
     let flows_after =
         w.nf.ok(&["conntrack", "list", "-p", "tcp", "--dport", "7000"]);

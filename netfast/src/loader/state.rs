@@ -267,7 +267,9 @@ impl Locked {
     /// Writes the state: to a temporary file, synced, then renamed over the old one, so that
     /// a crash leaves either the old state or the new, never half of one.
     pub fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.state).expect("the state serializes");
+        let mut value = serde_json::to_value(&self.state).expect("the state serializes");
+        value["format"] = super::model::STATE_FORMAT.into();
+        let bytes = serde_json::to_vec_pretty(&value).expect("the state serializes");
         self.replace(STATE_FILE, TMP_FILE, &bytes)
     }
 
@@ -424,6 +426,18 @@ fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
         Err(e) => return Err(explain(path, e)),
     };
+    let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64))
+        .unwrap_or(1);
+    if format > super::model::STATE_FORMAT {
+        return Err(Error::Settings(format!(
+            "{} was written by a newer netfast (state format {format}; this netfast reads up \
+             to {}): a downgrade is refused; use the newer netfast",
+            path.display(),
+            super::model::STATE_FORMAT
+        )));
+    }
     let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
         context: format!(
             "{} is not a netfast state file ({e}); remove it with `netfast down` or by hand",
