@@ -35,6 +35,12 @@ pub enum Event {
     Unpublish { key: PubKey, end_flows: bool },
     /// One of the host's own sockets opens or closes.
     Socket { sock: HostSocket, open: bool },
+    /// The LRU evicts one entry of a flow (the table is full of others): the flow must be
+    /// repaired from its other half, or its next packet must open it again.
+    Evict {
+        table: crate::model::conntrack::Table,
+        key: TupleRef,
+    },
     /// A packet enters.
     Send { from: From, pkt: Pkt },
 }
@@ -273,6 +279,9 @@ pub fn describe(e: &Event, m: &Model) -> String {
             sock.proto,
             if *open { "opens" } else { "closes" }
         ),
+        Event::Evict { table, key } => {
+            format!("the LRU evicts {} from the {table:?} table", key.resolve(m))
+        }
         Event::Send { from, pkt } => {
             let t = pkt.tuple.resolve(m);
             let body = match &pkt.body {

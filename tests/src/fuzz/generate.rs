@@ -15,7 +15,8 @@ use super::{
     topology::{CONTAINERS, EXT, EXT2, GW1, GW2, REMOTES, ROUTERS},
 };
 use crate::model::{
-    Config, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PubKey, Tuple, tcp,
+    Config, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PubKey, Tuple,
+    conntrack::Table, tcp,
 };
 
 const CONTAINER_PORTS: [u16; 8] = [40000, 40001, 40002, 80, 53, 1024, 5000, 12345];
@@ -143,8 +144,9 @@ impl Gen {
                 }
             }
             875..=884 => Event::Config(self.config(m.config)),
-            885..=899 => self.socket(m),
-            900..=919 => self.odd(m),
+            885..=894 => self.socket(m),
+            895..=904 => self.evict(m),
+            905..=919 => self.odd(m),
             _ => {
                 let mut e = self.some_packet(m);
                 self.mangle(&mut e);
@@ -161,6 +163,12 @@ impl Gen {
             }
         }
         e
+    }
+
+    /// A packet of the host's own: it crosses the uplink's egress only.
+    pub fn host_packet(&mut self, m: &Model) -> Event {
+        self.pending.clear();
+        self.host_sends(m)
     }
 
     fn some_packet(&mut self, m: &Model) -> Event {
@@ -288,6 +296,10 @@ impl Gen {
     }
 
     fn pick_entry(&mut self, m: &Model) -> Option<(Tuple, Entry)> {
+        self.pick_entry_in(m).map(|(k, e, _)| (k, e))
+    }
+
+    fn pick_entry_in(&mut self, m: &Model) -> Option<(Tuple, Entry, Table)> {
         let n = m.ct.main.len() + m.ct.inbound.len();
         if n == 0 {
             return None;
@@ -295,9 +307,20 @@ impl Gen {
         let i = self.rng.below(n as u64) as usize;
         m.ct.main
             .iter()
-            .chain(m.ct.inbound.iter())
+            .map(|(k, e)| (*k, *e, Table::Main))
+            .chain(m.ct.inbound.iter().map(|(k, e)| (*k, *e, Table::Inbound)))
             .nth(i)
-            .map(|(k, e)| (*k, *e))
+    }
+
+    /// One entry of a tracked flow is evicted.
+    fn evict(&mut self, m: &Model) -> Event {
+        match self.pick_entry_in(m) {
+            Some((key, e, table)) => Event::Evict {
+                table,
+                key: Self::ref_of(m, &key, &e),
+            },
+            None => self.container_opens(m),
+        }
     }
 
     /// The next packet of a tracked flow, in either direction, from where it would come.
@@ -313,7 +336,12 @@ impl Gen {
         let body = match key.proto {
             PROTO_TCP => self.tcp_next(&e, peer.as_ref()),
             PROTO_UDP => Body::Udp {
-                payload: self.rng.range(0, 300) as u16,
+                // Now and then over the MTU (the fast path leaves it to the host).
+                payload: if self.rng.chance(30) {
+                    self.rng.range(1400, 1700) as u16
+                } else {
+                    self.rng.range(0, 300) as u16
+                },
             },
             _ => Body::Echo {
                 reply: key.sport == 0 && key.dport != 0,
@@ -358,7 +386,8 @@ impl Gen {
                 (SYN, r.u32(), 0, 0)
             }
             _ => match r.below(20) {
-                0..=12 => (ACK | PSH, own_seq, their, r.range(0, 400) as u16),
+                0..=11 => (ACK | PSH, own_seq, their, r.range(0, 400) as u16),
+                12 => (ACK | PSH, own_seq, their, r.range(1400, 1700) as u16),
                 13 | 14 => (FIN | ACK, own_seq, their, 0),
                 15 => (RST, own_seq.wrapping_add(r.range(0, 1000) as u32), 0, 0),
                 16 => (RST | ACK, r.u32(), their, 0),

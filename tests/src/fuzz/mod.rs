@@ -238,7 +238,13 @@ pub fn run(opts: &Options) -> Outcome {
                 }
             }
             while failure.is_none() && events.len() < length && r.packets - before < opts.packets {
-                let e = g.next(&r.model);
+                // The last packet of the count: one that crosses one program only (the
+                // host's own), so that a run is exactly as long as asked.
+                let e = if opts.packets - (r.packets - before) == 1 {
+                    g.host_packet(&r.model)
+                } else {
+                    g.next(&r.model)
+                };
                 events.push(e);
                 let i = events.len() - 1;
                 let res = r.apply(i, &events[i]).and_then(|()| {

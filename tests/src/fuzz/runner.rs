@@ -65,6 +65,8 @@ pub struct Runner {
     pub capture: Option<Vec<Captured>>,
     /// Every comparison's progress line, for a reader of a report (replays of fixtures).
     pub log: Option<Vec<String>>,
+    /// An entry was evicted in this episode (flows may have lost a half).
+    pub evicted: bool,
 }
 
 fn hex(f: &[u8]) -> String {
@@ -86,6 +88,7 @@ impl Runner {
             check_every: 64,
             capture: None,
             log: None,
+            evicted: false,
         }
     }
 
@@ -114,6 +117,7 @@ impl Runner {
             .collect();
         let topo = host.topology(&networks, &eps);
         self.model = Model::new(EPOCH, Config::default(), topo);
+        self.evicted = false;
         self.dp.reset(&self.model);
     }
 
@@ -175,6 +179,12 @@ impl Runner {
                     self.dp.close_socket(sock);
                     self.model.host_sockets.remove(sock);
                 }
+            }
+            Event::Evict { table, key } => {
+                let k = key.resolve(&self.model);
+                self.evicted = true;
+                self.model.ct.of_mut(*table).remove(&k);
+                self.dp.remove_ct(*table, &convert::ct_key(&k));
             }
             Event::Send { from, pkt } => self.send(step, *from, pkt)?,
         }
@@ -523,6 +533,7 @@ impl Runner {
             inbound: &self.model.ct.inbound,
             bindings: &self.model.bindings,
             claims: &self.model.claims,
+            evicted: self.evicted,
         });
         if !broken.is_empty() {
             let lines: Vec<String> = broken.iter().map(|b| b.to_string()).collect();

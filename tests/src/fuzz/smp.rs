@@ -489,6 +489,7 @@ fn check(dp: &Datapath, now: u32) -> Vec<invariants::Broken> {
         inbound: &inbound,
         bindings: &bindings,
         claims: &claims,
+        evicted: false,
     })
 }
 

@@ -12,7 +12,9 @@ use netfast::common::{DropReason, stats::Event};
 use super::{Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, tcp};
 
 /// Which table an entry is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Table {
     /// Every flow that was opened from inside, or answered.
     Main,

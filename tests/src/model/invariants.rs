@@ -12,6 +12,10 @@ pub struct Snapshot<'a> {
     pub inbound: &'a BTreeMap<Tuple, Entry>,
     pub bindings: &'a BTreeMap<BindKey, Binding>,
     pub claims: &'a BTreeMap<ClaimKey, Claim>,
+    /// Entries were evicted: a live entry may have lost its other half (the datapath
+    /// repairs it from the survivor); one whose other half is another flow's is still
+    /// broken.
+    pub evicted: bool,
 }
 
 /// A broken promise.
@@ -140,7 +144,11 @@ fn flows_are_pairs(
             continue;
         }
         let pk = e.peer_key(k);
-        if entries.get(&pk).is_none_or(|p| p.peer_key(&pk) != *k) {
+        let broken_pair = match entries.get(&pk) {
+            None => !s.evicted,
+            Some(p) => p.peer_key(&pk) != *k,
+        };
+        if broken_pair {
             broken.push(Broken::HalfFlow { table, key: *k });
         }
     }
