@@ -168,13 +168,13 @@ impl Outcome {
                 format!("{name} {v}")
             })
             .collect();
+        let rules: Vec<String> = c.rules.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
-            "coverage: runs {}
-  drops {}
-  events {}",
+            "coverage: runs {}\n  drops {}\n  events {}\n  rules {}",
             hooks.join(", "),
             drops.join(", "),
-            events.join(", ")
+            events.join(", "),
+            rules.join(", ")
         )
     }
 
@@ -272,6 +272,9 @@ pub fn run(opts: &Options) -> Outcome {
             }
             for (k, v) in &r.model.counters.hooks {
                 *outcome.coverage.hooks.entry(*k).or_default() += v;
+            }
+            for (k, v) in &r.model.counters.rules {
+                *outcome.coverage.rules.entry(k).or_default() += v;
             }
             if let Some(m) = failure {
                 if let Some(k) = known::explain(&m, &r.model).filter(|_| !opts.strict) {

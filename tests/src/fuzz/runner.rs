@@ -30,7 +30,7 @@ pub struct Mismatch {
     /// The event at which it showed.
     pub step: usize,
     /// What differs: `verdict`, `drop`, `frame`, `checksum`, `state`, `choice`, `counters`,
-    /// `invariant`.
+    /// `invariant`; or what must never happen did (`leak`).
     pub kind: &'static str,
     pub detail: String,
     /// For `invariant`: the promises broken.
@@ -384,6 +384,9 @@ impl Runner {
         if let Err(e) = self.compare_touched(&pred.touched) {
             return Err(mismatch("state", e));
         }
+        if let Some(e) = self.what_must_not_pass(hook, ifindex, verdict, &out) {
+            return Err(mismatch("leak", e));
+        }
         if let Some(log) = &mut self.log {
             log.push(format!(
                 "  {} {} ok",
@@ -392,6 +395,44 @@ impl Runner {
             ));
         }
         Ok((verdict, out))
+    }
+
+    /// What no program may let through, whatever the model says: a masqueraded container's
+    /// address leaving the uplink (the bridge's own address, the host's, may: a port
+    /// published on it answers from it, as with Docker), anything for 127.0.0.0/8 arriving
+    /// from the network.
+    fn what_must_not_pass(
+        &self,
+        hook: Hook,
+        ifindex: u32,
+        verdict: i32,
+        out: &[u8],
+    ) -> Option<String> {
+        if verdict == SHOT {
+            return None;
+        }
+        let frame::Parsed::Ipv4(ip) = frame::ipv4(out) else {
+            return None;
+        };
+        match hook {
+            Hook::UplinkEgress
+                if !self.model.topo.host_addrs.contains(&ip.src)
+                    && self
+                        .model
+                        .topo
+                        .network_of(ip.src)
+                        .is_some_and(|n| n.masquerade && n.uplink == ifindex) =>
+            {
+                Some(format!(
+                    "a masqueraded container's address, {}, left the uplink",
+                    ip.src
+                ))
+            }
+            Hook::UplinkIngress if ip.dst.is_loopback() => {
+                Some(format!("a packet from the network to {} went on", ip.dst))
+            }
+            _ => None,
+        }
     }
 
     /// The entries a step touched, in the model and in the maps.

@@ -123,6 +123,7 @@ impl Model {
         let peer_key = e.peer_key(key);
         let p = self.ct_get(touched, t, &peer_key)?;
         if p.expires >= self.now && p.peer_key(&peer_key) == *key {
+            self.counters.rule("revived");
             let revived = Entry {
                 expires: p.expires,
                 ..e
@@ -202,6 +203,7 @@ impl Model {
                 continue;
             }
             if held.peer_key(&reply_key) != *orig_key {
+                self.counters.rule("reply tuple held");
                 return if repair_only {
                     Inserted::Absent
                 } else {
@@ -209,6 +211,7 @@ impl Model {
                 };
             }
             if self.ct_get(touched, t, orig_key).is_some() {
+                self.counters.rule("joined");
                 return Inserted::Joined;
             }
             pair.orig.state = held.state;
@@ -265,6 +268,7 @@ impl Model {
             if !believed {
                 return Err(DropReason::TcpRstOutOfWindow);
             }
+            self.counters.rule("rst believed");
         }
         e.packets += 1;
         e.bytes += f.len() as u64;
@@ -302,6 +306,7 @@ impl Model {
             && matches!(state, tcp::State::TimeWait | tcp::State::Close);
         if release {
             flags.released = true;
+            self.counters.rule("mapping released");
         }
         if state != old_state || flags != old_flags {
             e.state = state;
@@ -399,6 +404,7 @@ impl Model {
             ..tcp::Window::default()
         };
         self.ct_put(touched, Table::Main, *key, reply);
+        self.counters.rule("reply restored");
         true
     }
 }

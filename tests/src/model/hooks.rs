@@ -179,6 +179,7 @@ impl Model {
         }
         run.out.set_ip_addr(true, r.src);
         run.out.set_ip_addr(false, r.dst);
+        self.counters.rule("later fragment translated");
         true
     }
 
@@ -475,6 +476,7 @@ impl Model {
             ..EntryFlags::default()
         };
         let mut pair = self.fill_pair(run.f, ip, key, tcp_flags, orig, reply_own)?;
+        self.counters.rule("endpoint-independent flow");
         match self.insert_pair(&mut run.touched, key, &mut pair, false, true) {
             Inserted::Clash => Err(DropReason::CtInsertFailed),
             other => {
@@ -601,8 +603,8 @@ impl Model {
             if e.new_src.is_some() || e.new_dst.is_some() {
                 self.apply(run, &ip, &key, &e);
             }
-            if tracked == Tracked::Answered {
-                self.promote(&mut run.touched, &key);
+            if tracked == Tracked::Answered && self.promote(&mut run.touched, &key) {
+                self.counters.rule("inbound flow answered at the uplink");
             }
             return match fast {
                 Some(r) => self.forward(run, &r),
@@ -614,6 +616,7 @@ impl Model {
                 let pair = self.snat_new_flow(run, &ip, &key, tcp_flags, &net)?;
                 self.apply(run, &ip, &key, &pair.orig);
             } else if self.held_by_a_container(&mut run.touched, &key) {
+                self.counters.rule("host flow remapped");
                 // The host's own packet, from a port a container's mapping holds: it leaves
                 // from another port of the range, behind its own address.
                 let host = Network {
@@ -654,6 +657,7 @@ impl Model {
             run.violations.extend(violations);
             // A packet that cannot open a flow (a stray ACK) is the host's to answer.
             if let Some(pair) = opened? {
+                self.counters.rule("published port");
                 self.apply(run, &ip, &key, &pair.orig);
                 if let Some(r) = fast {
                     return self.forward(run, &r);

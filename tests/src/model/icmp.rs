@@ -66,6 +66,7 @@ impl Model {
         else {
             return Ok(false);
         };
+        self.counters.rule("icmp error translated");
         let q = Quote {
             icmp: ip.l4,
             inner,

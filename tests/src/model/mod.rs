@@ -427,9 +427,16 @@ pub struct Counters {
     pub drops: BTreeMap<u32, u64>,
     pub events: BTreeMap<u32, u64>,
     pub hooks: BTreeMap<u32, u64>,
+    /// How often each rule of interest applied (the fuzzer's coverage report; the datapath
+    /// has no such counters).
+    pub rules: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
+    pub fn rule(&mut self, name: &'static str) {
+        *self.rules.entry(name).or_default() += 1;
+    }
+
     pub fn drop(&mut self, r: DropReason) {
         *self.drops.entry(r as u32).or_default() += 1;
     }

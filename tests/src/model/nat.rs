@@ -282,7 +282,8 @@ impl Model {
         let owner = ((bk.int_addr, bk.int_port), net_id);
         let (min, max) = (self.config.port_min, self.config.port_max);
         let free = |p: u16| self.port_free(bk.proto, bk.ext_addr, p, owner);
-        let port = if free(bk.int_port) {
+        let preserved = free(bk.int_port);
+        let port = if preserved {
             if choice != Choice::Port(bk.int_port) && choice != Choice::Unknown {
                 violations.push(format!(
                     "mapping of {}:{}: its own port {} is free, the datapath chose {choice:?}",
@@ -302,6 +303,7 @@ impl Model {
                             NAT_PORT_TRIES - 1
                         ));
                     }
+                    self.counters.rule("no free port");
                     return Err(DropReason::NatPortExhausted);
                 }
                 Choice::Port(p) => {
@@ -330,6 +332,20 @@ impl Model {
                 }
             }
         };
+        if !preserved {
+            self.counters.rule("port from the range");
+        }
+        if self
+            .claims
+            .get(&ClaimKey {
+                ext_addr: bk.ext_addr,
+                ext_port: port,
+                proto: bk.proto,
+            })
+            .is_some_and(|c| c.owner != (bk.int_addr, bk.int_port))
+        {
+            self.counters.rule("expired claim taken over");
+        }
         self.claim_port(touched, bk, net_id, port, until);
         Ok(self.bind(touched, bk, port, until))
     }

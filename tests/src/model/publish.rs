@@ -131,6 +131,7 @@ impl Model {
             }
         }
         // The clash: the client's source port is translated as well.
+        self.counters.rule("client port remapped");
         pair.orig.new_src = Some((key.src, 0));
         pair.reply = pair.orig.reply(key, reply_own);
         let (min, max) = (self.config.port_min, self.config.port_max);
@@ -233,6 +234,7 @@ impl Model {
             choice,
             violations,
         )?;
+        self.counters.rule("hairpin");
         let orig = Entry::opening(
             EntryFlags {
                 masq_src: true,
