@@ -117,7 +117,12 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// Its gateway's (the bridge's) MAC (the frame's source).
     pub gw_mac: [u8; 6],
+    /// The container's `eth0` MTU: a whole packet larger than it is left to the host's
+    /// stack (which fragments it, or answers "fragmentation needed") rather than sent in,
+    /// where the veth would drop it silently. 0: not known.
+    pub mtu: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 
 crate::aya_pod!(Endpoint);

@@ -88,6 +88,14 @@ pub const CT_F_FROM_INSIDE: u16 = 1 << 12;
 /// `td_end`, `td_maxwin` and `wscale` hold what this entry's direction has sent (a TCP
 /// segment of it was seen since the flow was tracked).
 pub const CT_F_TD_SEEN: u16 = 1 << 13;
+/// A hairpin between two masquerade mappings (a container to another's, or its own,
+/// external endpoint): each entry's packets leave through its own sender's mapping, so both
+/// mappings are kept alive, and released, with the flow.
+pub const CT_F_TWO_MAPPINGS: u16 = 1 << 14;
+/// This direction may not pass until the other has been seen: the receiver's mapping filters
+/// by address and port (RFC 4787), and it has not contacted this sender's external endpoint
+/// yet. Its answer, in the other direction, opens the flow both ways.
+pub const CT_F_AWAIT_REPLY: u16 = 1 << 15;
 /// Flags that describe the flow rather than one direction: both entries carry them.
 pub const CT_F_SHARED: u16 =
     CT_F_SEEN_REPLY | CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RELEASED | CT_F_PUBLISHED;
@@ -211,6 +219,41 @@ impl CtEntry {
             td_end: 0,
             td_maxwin: 0,
         }
+    }
+
+    /// [`CtEntry::opening`], written into `self` field by field: the datapath builds a new
+    /// flow's entry in place, where a whole entry built first would take 80 bytes of a BPF
+    /// stack frame.
+    #[allow(clippy::too_many_arguments)]
+    pub const fn open(
+        &mut self,
+        flags: u16,
+        src: (u32, u16),
+        dst: (u32, u16),
+        state: TcpState,
+        net_id: u16,
+        now: u32,
+        expires: u32,
+        map_expires: u32,
+        bytes: u32,
+    ) {
+        self.expires = expires;
+        self.created = now;
+        self.src_addr = src.0;
+        self.dst_addr = dst.0;
+        self.src_port = src.1;
+        self.dst_port = dst.1;
+        self.flags = flags;
+        self.tcp_state = state as u8;
+        self.wscale = WSCALE_UNKNOWN;
+        self.net_id = net_id;
+        self._pad2 = [0; 2];
+        self.map_expires = map_expires;
+        self.packets = 1;
+        self.bytes = bytes as u64;
+        self.fwd = FwdCache::EMPTY;
+        self.td_end = 0;
+        self.td_maxwin = 0;
     }
 
     /// The reply entry of the flow whose original entry is `self`, for packets keyed `key`:

@@ -130,7 +130,8 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 
-/// What the first fragment's translation did to the addresses; later fragments repeat it.
+/// What the first fragment's translation did to the addresses; later fragments repeat it,
+/// at whichever hook sees them first (once translated, a fragment no longer matches).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FragEntry {
@@ -139,10 +140,7 @@ pub struct FragEntry {
     pub dst_addr: u32,
     /// CLOCK_MONOTONIC seconds.
     pub expires: u32,
-    /// The datagram's flow is forwarded by redirect (hairpin, at the bridge); otherwise it is
-    /// translated at the uplink. A record is replayed only where it was made.
-    pub redirect: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 

@@ -96,6 +96,11 @@ pub enum DropReason {
     /// A packet from a container whose source address is not of the network of the bridge
     /// it came in on: a forged source.
     SpoofedSource = 16,
+    /// A container's packet to another container's external endpoint (hairpin) that the
+    /// receiver's mapping filters out: it has not contacted the sender's external endpoint
+    /// (address-and-port-dependent filtering, RFC 4787). Its own packet to the sender opens
+    /// the way.
+    NatFiltered = 17,
 }
 
 impl DropReason {
@@ -111,7 +116,7 @@ impl DropReason {
         None
     }
 
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::NatPortExhausted,
         DropReason::NatMappingFailed,
@@ -128,6 +133,7 @@ impl DropReason {
         DropReason::LoopbackFromNetwork,
         DropReason::TcpRstOutOfWindow,
         DropReason::SpoofedSource,
+        DropReason::NatFiltered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -148,6 +154,7 @@ impl DropReason {
             DropReason::LoopbackFromNetwork => "loopback_from_network",
             DropReason::TcpRstOutOfWindow => "tcp_rst_out_of_window",
             DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NatFiltered => "nat_filtered",
         }
     }
 
@@ -191,6 +198,10 @@ impl DropReason {
             }
             DropReason::SpoofedSource => {
                 "a container's packet whose source address is not of its bridge's network"
+            }
+            DropReason::NatFiltered => {
+                "a container's packet to another's external endpoint, which has not contacted \
+                 the sender's (address-and-port-dependent filtering)"
             }
         }
     }

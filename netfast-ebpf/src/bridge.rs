@@ -8,7 +8,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
     config::{NET_F_MASQUERADE, NetInfo},
-    conntrack::{CT_F_INWARD, CT_F_REDIRECT, CtKey},
+    conntrack::{CT_F_AWAIT_REPLY, CT_F_INWARD, CT_F_REDIRECT, CT_F_SEEN_REPLY, CtEntry},
     maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
 };
@@ -16,8 +16,10 @@ use netfast_common::{
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
+    icmp,
     maps::{NETFAST_NET_BRIDGES, NETFAST_NETWORKS},
     nat::{self, ifindex},
+    outcome::Outcome,
     parse::{self, Frag, Ipv4, L4, Pkt},
     publish, stats,
 };
@@ -48,6 +50,72 @@ fn isolated(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     }
 }
 
+/// A later fragment or an ICMP error (`translated` already, when it is about a flow): no
+/// flow of its own, but translated and forwarded like the flow it belongs to, if any.
+// Its own BPF function: rare packets, kept out of the hot path's stack frame.
+#[inline(never)]
+fn not_a_flow(ctx: &TcContext, ip: &Ipv4, now: u32, translated: bool) -> Outcome {
+    Outcome::from_verdict(try_not_a_flow(ctx, ip, now, translated))
+}
+
+#[inline(always)]
+fn try_not_a_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    now: u32,
+    translated: bool,
+) -> Result<i32, DropReason> {
+    if ip.frag == Frag::Later {
+        source_network(ctx, ip)?;
+        // Translated, its source may be the host's own address, which the host's input path
+        // would drop as a martian: it is forwarded here, as its first fragment was.
+        if let Some((src, dst)) = nat::later_fragment(ctx, ip, now)? {
+            return forward_here(ctx, ip, src, dst, now);
+        }
+        return isolated(ctx, ip);
+    }
+    if translated && conntrack::fast_path() {
+        let (src, dst) = (
+            parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
+            parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
+        );
+        return forward_here(ctx, ip, src, dst, now);
+    }
+    isolated(ctx, ip)
+}
+
+/// Forwards a packet already translated to `src` → `dst`: it cannot go to the host's stack,
+/// whose input path would drop a source of its own as a martian.
+#[inline(always)]
+fn forward_here(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    src: u32,
+    dst: u32,
+    now: u32,
+) -> Result<i32, DropReason> {
+    let mut r = Route::NONE;
+    let hop = Hop {
+        src,
+        dst,
+        must: true,
+        now,
+    };
+    if !route(ctx, ip, &hop, &mut r) {
+        return Err(DropReason::NoRoute);
+    }
+    forward::forward(ctx, &r)
+}
+
+/// The external port of the sender's masquerade mapping, for a flow `p` opens (claimed here,
+/// before the opener runs, so that the two never nest: the verifier allows 512 bytes of
+/// stack down a chain of calls).
+#[inline(always)]
+fn masquerade_port(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u16, DropReason> {
+    let (_, _, until) = nat::new_flow_times(p)?;
+    Ok(nat::mapping(ctx, &p.key, net, p.now, until).value()? as u16)
+}
+
 /// Whether a flow entry belongs to the network of the bridge the packet came in on.
 #[inline(always)]
 fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
@@ -74,46 +142,26 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
+        return not_a_flow(ctx, &ip, now, false).verdict();
+    }
+    let l4 = parse::l4(ctx, &ip)?;
+    if let L4::IcmpError = l4 {
+        // A container's error about a flow of ours (a port unreachable to a client of a
+        // published port): translated, then forwarded like the flow's packets.
         source_network(ctx, &ip)?;
-        if nat::later_fragment(ctx, &ip, true, now)? {
-            let (src, dst) = (
-                parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
-                parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
-            );
-            let mut r = Route::NONE;
-            if !route(
-                ctx,
-                &ip,
-                &Hop {
-                    src,
-                    dst,
-                    must: true,
-                    now,
-                },
-                &mut r,
-            ) {
-                return Err(DropReason::NoRoute);
-            }
-            return forward::forward(ctx, &r);
-        }
-        return isolated(ctx, &ip);
+        let translated = icmp::translate_error(ctx, &ip, now, true).get()?;
+        return not_a_flow(ctx, &ip, now, translated).verdict();
     }
     let L4::Flow {
         sport,
         dport,
         tcp_flags,
-    } = parse::l4(ctx, &ip)?
+    } = l4
     else {
         source_network(ctx, &ip)?;
         return isolated(ctx, &ip);
     };
-    let p = Pkt {
-        ip,
-        key: CtKey::new(ip.src, ip.dst, sport, dport, ip.proto),
-        tcp_flags,
-        now,
-    };
-    let fast_path = conntrack::fast_path();
+    let p = parse::pkt(&ip, sport, dport, tcp_flags, now)?;
     // The main table, else the inbound flows not answered yet (this may be a container's
     // answer to one): a miss here is a new flow, rare next to the packets of known ones.
     let found = match conntrack::lookup(&p.key, now, true) {
@@ -124,41 +172,81 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // SAFETY: a live map value pointer from `lookup`.
         && of_this_bridge(ctx, unsafe { (*entry).net_id })
     {
-        // SAFETY (each access): a live map value pointer from `lookup`, read in place: a
-        // copy would cost 48 bytes of a stack frame that has few to spare.
-        let flags = unsafe { (*entry).flags };
-        let hairpin = flags & CT_F_REDIRECT != 0;
-        if !hairpin && !fast_path {
-            // Translated at the uplink, after the host has routed it.
-            return Ok(NEXT);
-        }
-        let t = unsafe { (*entry).translated(&p.key) };
-        let mut r = Route::NONE;
-        let hop = Hop {
-            src: t.src_addr,
-            dst: t.dst_addr,
-            must: hairpin,
-            now,
-        };
-        if !forward::route_cached(ctx, &ip, &hop, entry, &mut r) {
-            if hairpin {
-                return Err(DropReason::NoRoute);
-            }
-            forward::fallback(ctx);
-            return Ok(NEXT);
-        }
-        let answered = conntrack::track(ctx, &p, entry, inbound).value()? == conntrack::ANSWERED;
-        let e = unsafe { &*entry };
-        nat::apply(ctx, &ip, &p.key, e, now).get()?;
-        stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
-        if answered {
-            conntrack::promote(ctx, &p.key, entry);
-        }
-        return forward::forward(ctx, &r);
+        return established(ctx, p, entry, inbound).verdict();
     }
-    let Some(net) = source_network(ctx, &ip)? else {
+    let Some(net) = source_network(ctx, &p.ip)? else {
         return Ok(NEXT);
     };
+    new_flow(ctx, p, &net).verdict()
+}
+
+/// A packet of a tracked flow (`entry`, in the table of unanswered inbound flows when
+/// `inbound`): tracked, translated and forwarded — or, with the fast path off, left to the
+/// uplink's egress after the host has routed it.
+// Its own BPF function: the hot path, with a stack frame of its own beside the new-flow
+// paths' (the verifier allows 512 bytes down a chain of calls).
+#[inline(never)]
+fn established(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
+    Outcome::from_verdict(try_established(ctx, p, entry, inbound))
+}
+
+#[inline(always)]
+fn try_established(
+    ctx: &TcContext,
+    p: &Pkt,
+    entry: *mut CtEntry,
+    inbound: bool,
+) -> Result<i32, DropReason> {
+    let now = p.now;
+    // SAFETY (each access): a live map value pointer from `lookup`, read in place: a copy
+    // would cost 80 bytes of a stack frame that has few to spare.
+    let flags = unsafe { (*entry).flags };
+    if flags & (CT_F_AWAIT_REPLY | CT_F_SEEN_REPLY) == CT_F_AWAIT_REPLY {
+        // A hairpin to a mapping whose owner has not answered yet (see nat::FILTERED).
+        return Err(DropReason::NatFiltered);
+    }
+    let hairpin = flags & CT_F_REDIRECT != 0;
+    if !hairpin && !conntrack::fast_path() {
+        // Translated at the uplink, after the host has routed it.
+        return Ok(NEXT);
+    }
+    let t = unsafe { (*entry).translated(&p.key) };
+    let mut r = Route::NONE;
+    let hop = Hop {
+        src: t.src_addr,
+        dst: t.dst_addr,
+        must: hairpin,
+        now,
+    };
+    if !forward::route_cached(ctx, &p.ip, &hop, entry, &mut r) {
+        if hairpin {
+            return Err(DropReason::NoRoute);
+        }
+        forward::fallback(ctx);
+        return Ok(NEXT);
+    }
+    let answered = conntrack::track(ctx, p, entry, inbound).value()? == conntrack::ANSWERED;
+    let e = unsafe { &*entry };
+    nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
+    stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
+    if answered {
+        conntrack::promote(ctx, &p.key, entry);
+    }
+    forward::forward(ctx, &r)
+}
+
+/// A container's packet that matched no flow: a hairpin to a published port or to a
+/// mapping, a new masqueraded flow, or the host's stack.
+// Its own BPF function: the stack frame of the new-flow paths stays out of the hot path's.
+#[inline(never)]
+fn new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Outcome {
+    Outcome::from_verdict(try_new_flow(ctx, p, net))
+}
+
+#[inline(always)]
+fn try_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReason> {
+    let (ip, now) = (p.ip, p.now);
+    let dport = p.key.dst_port;
     if let Some(target) = publish::published(ip.dst, dport, ip.proto)
         && net.ext_addr != 0
     {
@@ -175,14 +263,46 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         if !route(ctx, &ip, &hop, &mut r) {
             return Err(DropReason::NoRoute);
         }
-        if publish::hairpin_new_flow(ctx, &p, &target, &net).get()? {
-            nat::apply_opened(ctx, &p)?;
+        // A packet that cannot open a flow (a stray ACK) is the host's to answer.
+        if !publish::can_open(p) {
+            return Ok(NEXT);
+        }
+        let ext_port = masquerade_port(ctx, p, net)?;
+        if publish::hairpin_new_flow(ctx, p, &target, net, ext_port).get()? {
+            nat::apply_opened(ctx, p)?;
             return forward::forward(ctx, &r);
         }
         return Ok(NEXT);
     }
-    if fast_path {
-        return new_masquerade_flow(ctx, &p, &net);
+    if net.ext_addr != 0
+        && let Some(claim) = nat::live_claim(ip.dst, dport, ip.proto, now)
+    {
+        // Another container's external endpoint, or its own: hairpinned.
+        let mut r = Route::NONE;
+        let hop = Hop {
+            src: net.ext_addr,
+            dst: claim.int_addr(),
+            must: true,
+            now,
+        };
+        if !route(ctx, &ip, &hop, &mut r) {
+            return Err(DropReason::NoRoute);
+        }
+        if !publish::can_open(p) {
+            return Ok(NEXT);
+        }
+        let ext_port = masquerade_port(ctx, p, net)?;
+        match nat::mapping_hairpin_new_flow(ctx, p, net, ext_port).value()? {
+            0 => {}
+            nat::FILTERED => return Err(DropReason::NatFiltered),
+            _ => {
+                nat::apply_opened(ctx, p)?;
+                return forward::forward(ctx, &r);
+            }
+        }
+    }
+    if conntrack::fast_path() {
+        return new_masquerade_flow(ctx, p, net);
     }
     isolated(ctx, &ip)
 }
@@ -211,7 +331,8 @@ fn new_masquerade_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, D
     if r.kind == forward::PEER || r.ifindex != net.uplink_ifindex {
         return isolated(ctx, ip);
     }
-    nat::snat_new_flow(ctx, p, net).get()?;
+    let ext_port = masquerade_port(ctx, p, net)?;
+    nat::snat_new_flow(ctx, p, net, ext_port).get()?;
     nat::apply_opened(ctx, p)?;
     forward::forward(ctx, &r)
 }

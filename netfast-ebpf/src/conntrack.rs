@@ -14,9 +14,9 @@ use netfast_common::{
     config::DpConfig,
     conntrack::{
         CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED,
-        CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CtEntry, CtEvent, CtKey, PROTO_TCP,
-        Segment, TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale, rst_in_window, sent, tcp_next,
-        timeout,
+        CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CT_F_TWO_MAPPINGS, CtEntry,
+        CtEvent, CtKey, PROTO_TCP, Segment, TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale,
+        rst_in_window, sent, tcp_next, timeout,
     },
     nat::NatClaimKey,
 };
@@ -61,12 +61,22 @@ pub fn sample_clock() {
     }
 }
 
-/// The dataplane settings; the defaults until the loader has written them.
+/// The port range masquerade picks from (host byte order), read in place.
 #[inline(always)]
-pub fn config() -> DpConfig {
+pub fn port_range() -> (u16, u16) {
     match NETFAST_CONFIG.get(0) {
-        Some(cfg) if cfg.tcp_established != 0 => *cfg,
-        _ => DpConfig::default(),
+        Some(cfg) if cfg.tcp_established != 0 => (cfg.port_min, cfg.port_max),
+        _ => (DpConfig::DEFAULT_PORT_MIN, DpConfig::DEFAULT_PORT_MAX),
+    }
+}
+
+/// The idle timeout of a flow of `proto` in `state`, read from the settings in place (a copy
+/// of them would cost the caller's stack frame 48 bytes).
+#[inline(always)]
+pub fn timeout_of(proto: u8, state: TcpState) -> u32 {
+    match NETFAST_CONFIG.get(0) {
+        Some(cfg) if cfg.tcp_established != 0 => timeout(cfg, proto, state),
+        _ => timeout(&DpConfig::default(), proto, state),
     }
 }
 
@@ -239,18 +249,12 @@ fn try_track(
     inbound: bool,
 ) -> Result<u32, DropReason> {
     let (key, now, bytes) = (&p.key, p.now, ctx.len());
-    let cfg = &config();
     // SAFETY: a live map value pointer from `lookup`.
     let e = unsafe { &mut *entry };
     let tcp = key.proto == PROTO_TCP;
     let flags_in = TcpFlags::from_byte(p.tcp_flags);
-    let seg = if tcp {
-        parse::segment(ctx, p)?
-    } else {
-        Segment::default()
-    };
-    if tcp && flags_in.rst && !rst_believed(key, e, flags_in, &seg, inbound) {
-        return Err(DropReason::TcpRstOutOfWindow);
+    if tcp {
+        window(ctx, p, entry, inbound).get()?;
     }
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
     // to them concurrently, hence atomic adds.
@@ -265,16 +269,6 @@ fn try_track(
         flags |= CT_F_SEEN_REPLY;
     }
     let state = if tcp {
-        // The sender's sequence and window, for the next RST to be judged by. Two CPUs may
-        // race here; each writes what one of two segments of the flow said.
-        let (td_end, td_maxwin) = sent(e, flags_in, &seg);
-        if flags & CT_F_TD_SEEN == 0 || td_end != e.td_end || td_maxwin != e.td_maxwin {
-            e.td_end = td_end;
-            e.td_maxwin = td_maxwin;
-        }
-        if flags_in.syn {
-            e.wscale = seg.wscale;
-        }
         flags |= CT_F_TD_SEEN;
         let (s, f) = tcp_next(old_state, flags_in, reply, flags);
         flags = f;
@@ -282,7 +276,7 @@ fn try_track(
     } else {
         old_state
     };
-    let t = timeout(cfg, key.proto, state);
+    let t = timeout_of(key.proto, state);
     let expires = now + t;
     // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
     let release = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0
@@ -319,6 +313,9 @@ fn try_track(
         }
         if release {
             nat::release_mapping(key, e, expires);
+            if e.flags & CT_F_TWO_MAPPINGS != 0 {
+                other_mapping(key, e, inbound, expires, true);
+            }
         }
     } else if expires > e.expires {
         // At most once a second per flow: the other half is looked up too, which tells the
@@ -328,8 +325,11 @@ fn try_track(
         let _ = entry_in(inbound, &e.peer_key(key));
     }
     if e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0 && expires > e.map_expires {
-        e.map_expires =
-            nat::extend_mapping(key, e, expires + netfast_common::nat::mapping_slack(t));
+        let until = expires + netfast_common::nat::mapping_slack(t);
+        e.map_expires = nat::extend_mapping(key, e, until);
+        if e.flags & CT_F_TWO_MAPPINGS != 0 {
+            other_mapping(key, e, inbound, until, false);
+        }
     }
     let answered = if tcp {
         state == TcpState::Established
@@ -341,6 +341,59 @@ fn try_track(
     } else {
         TRACKED
     })
+}
+
+/// A hairpin between two mappings: the other entry's mapping is kept alive (`release`:
+/// released) with this one's.
+// Its own BPF function: once per mapping refresh of a rare kind of flow.
+#[inline(never)]
+fn other_mapping(key: &CtKey, e: &CtEntry, inbound: bool, until: u32, release: bool) {
+    let peer_key = e.peer_key(key);
+    if let Some(peer) = entry_in(inbound, &peer_key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let p = unsafe { &mut *peer };
+        if release {
+            nat::release_mapping(&peer_key, p, until);
+        } else {
+            p.map_expires = nat::extend_mapping(&peer_key, p, until);
+        }
+    }
+}
+
+/// TCP window tracking for a segment that matched `entry`: a RST outside the flow's window
+/// is refused (`TcpRstOutOfWindow`, and it changes nothing); otherwise the sender's
+/// sequence, window and (on a SYN) window scale are recorded, for the next RST to be judged
+/// by. Two CPUs may race here; each writes what one of two segments of the flow said.
+// Its own BPF function: its stack frame stays out of `track`'s, under the calls that keep
+// a mapping alive.
+#[inline(never)]
+fn window(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
+    Outcome::from(try_window(ctx, p, entry, inbound))
+}
+
+#[inline(always)]
+fn try_window(
+    ctx: &TcContext,
+    p: &Pkt,
+    entry: *mut CtEntry,
+    inbound: bool,
+) -> Result<u32, DropReason> {
+    // SAFETY: a live map value pointer from `lookup`.
+    let e = unsafe { &mut *entry };
+    let flags = TcpFlags::from_byte(p.tcp_flags);
+    let seg = parse::segment(ctx, p)?;
+    if flags.rst && !rst_believed(&p.key, e, flags, &seg, inbound) {
+        return Err(DropReason::TcpRstOutOfWindow);
+    }
+    let (td_end, td_maxwin) = sent(e, flags, &seg);
+    if e.flags & CT_F_TD_SEEN == 0 || td_end != e.td_end || td_maxwin != e.td_maxwin {
+        e.td_end = td_end;
+        e.td_maxwin = td_maxwin;
+    }
+    if flags.syn {
+        e.wscale = seg.wscale;
+    }
+    Ok(1)
 }
 
 /// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.
@@ -370,18 +423,18 @@ pub fn scratch() -> Result<&'static mut Pair, DropReason> {
     Ok(unsafe { &mut *p })
 }
 
-/// Fills this CPU's scratch pair with a new flow opened by `p`: the original entry `orig`
-/// (built by `CtEntry::opening`), its reply with the reply direction's own flags, and the
-/// window of the opening segment. One constructor for every way a flow opens.
+/// Completes a new flow opened by `p` in this CPU's scratch pair, whose original entry the
+/// opener has written (`CtEntry::open`): the window of the opening segment in it, and the
+/// reply entry with the reply direction's own flags. One constructor for every opener.
+// Its own BPF function: every opener calls it, and its frame does not add to theirs.
+#[inline(never)]
+pub fn complete_pair(ctx: &TcContext, p: &Pkt, reply_flags: u16) -> Outcome {
+    Outcome::from(try_complete_pair(ctx, p, reply_flags))
+}
+
 #[inline(always)]
-pub fn fill_pair(
-    ctx: &TcContext,
-    p: &Pkt,
-    orig: CtEntry,
-    reply_flags: u16,
-) -> Result<&'static mut Pair, DropReason> {
+fn try_complete_pair(ctx: &TcContext, p: &Pkt, reply_flags: u16) -> Result<u32, DropReason> {
     let pair = scratch()?;
-    pair.orig = orig;
     if p.key.proto == PROTO_TCP {
         let seg = parse::segment(ctx, p)?;
         let flags = TcpFlags::from_byte(p.tcp_flags);
@@ -400,7 +453,7 @@ pub fn fill_pair(
     pair.reply.wscale = WSCALE_UNKNOWN;
     pair.reply.td_end = 0;
     pair.reply.td_maxwin = 0;
-    Ok(pair)
+    Ok(1)
 }
 
 /// Inserts the flow in this CPU's scratch pair, opened by the packet keyed `orig_key`: the

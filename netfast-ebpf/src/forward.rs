@@ -80,9 +80,9 @@ impl Route {
 
 /// Finds the route of a packet from `hop.src` to `hop.dst` (its addresses after
 /// translation) into `out`. False when the host's stack must handle the packet: a TTL about
-/// to expire (the stack sends the ICMP error), a fragment, no route, a packet over the MTU.
-/// A hairpinned packet (`hop.must`) cannot go to the stack: it is routed whatever its TTL,
-/// fragments and size.
+/// to expire (the stack sends the ICMP error), no route, a packet over the MTU.
+/// A hairpinned packet (`hop.must`) cannot go to the stack: it is routed whatever its TTL
+/// and size.
 // Its own BPF function: the FIB request alone takes 64 bytes of stack.
 #[inline(never)]
 pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
@@ -92,6 +92,11 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
     }
     // SAFETY: map values are plain data, copied at once.
     if let Some(ep) = unsafe { NETFAST_ENDPOINTS.get(dst) } {
+        // A whole packet larger than the container's MTU: the host's stack fragments it or
+        // says "fragmentation needed"; the veth would drop it without a word.
+        if !must && !gso(ctx) && ep.mtu != 0 && ip_len(ctx) > ep.mtu {
+            return false;
+        }
         *out = Route {
             kind: PEER,
             ifindex: ep.ifindex,
@@ -141,14 +146,15 @@ pub fn route(ctx: &TcContext, ip: &Ipv4, hop: &Hop, out: &mut Route) -> bool {
     true
 }
 
-/// Whether the stack must see the packet rather than we forward it: a TTL about to expire
-/// (the stack sends the ICMP error), a fragment — unless it `must` be forwarded here.
+/// Whether we may forward the packet rather than the stack: not when its TTL is about to
+/// expire (the stack sends the ICMP error) — unless it `must` be forwarded here. Fragments
+/// are forwarded like whole packets: handed to the stack, they would meet its FORWARD chain.
 #[inline(always)]
-fn forwardable(ctx: &TcContext, ip: &Ipv4, must: bool) -> bool {
+fn forwardable(ctx: &TcContext, _ip: &Ipv4, must: bool) -> bool {
     let Ok(ttl) = load::<u8>(ctx, ETH_HLEN + IP_TTL) else {
         return false;
     };
-    must || (ttl > 1 && ip.frag == crate::parse::Frag::None)
+    must || ttl > 1
 }
 
 /// A GSO packet: the kernel segments it to the route's MTU later.

@@ -106,6 +106,10 @@ pub static NETFAST_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries
 pub static NETFAST_SCRATCH: PerCpuArray<crate::conntrack::Pair> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch space for the packet at hand (`parse::pkt`): off the stack.
+#[map]
+pub static NETFAST_PKT: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_entries(1, 0);
+
 /// `maps::UPLINKS`: the uplinks' ifindexes.
 #[map]
 pub static NETFAST_UPLINKS: HashMap<u32, u8> = HashMap::with_max_entries(UPLINKS_MAX, 0);

@@ -20,11 +20,11 @@ use aya_ebpf::{
 };
 use netfast_common::{
     DropReason,
-    config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+    config::{NET_F_MASQUERADE, NetInfo},
     conntrack::{
-        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-        TcpFlags, TcpState, tcp_next, timeout,
+        CT_F_AWAIT_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC,
+        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, CtEntry, CtKey,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next,
     },
     maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
     nat::{
@@ -155,8 +155,7 @@ fn try_apply(
             src_addr: t.src_addr,
             dst_addr: t.dst_addr,
             expires: now + FRAGMENT_TIMEOUT,
-            redirect: u8::from(e.flags & CT_F_REDIRECT != 0),
-            _pad: [0; 3],
+            _pad: 0,
         };
         // A lost record only costs the later fragments, which are then counted as drops.
         let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
@@ -164,16 +163,16 @@ fn try_apply(
     Ok(1)
 }
 
-/// Gives a later fragment the addresses its first fragment got, at the hook that translated
-/// the first one (`at_bridge`: a redirected flow's). False when no first fragment of that
-/// datagram was translated there.
+/// Gives a later fragment the addresses its first fragment got, wherever the first one was
+/// translated; returns the fragment's new (source, destination), or `None` when no first
+/// fragment of its datagram was translated. A translated fragment is keyed differently, so
+/// no hook translates it twice.
 #[inline(always)]
 pub fn later_fragment(
     ctx: &TcContext,
     ip: &Ipv4,
-    at_bridge: bool,
     now: u32,
-) -> Result<bool, DropReason> {
+) -> Result<Option<(u32, u32)>, DropReason> {
     let key = FragKey {
         src_addr: ip.src,
         dst_addr: ip.dst,
@@ -181,17 +180,17 @@ pub fn later_fragment(
         proto: ip.proto,
         _pad: 0,
     };
-    let Some(entry) = NETFAST_FRAGS.get_ptr(key) else {
-        return Ok(false);
+    let Some(entry) = NETFAST_FRAGS.get_ptr(&key) else {
+        return Ok(None);
     };
     // SAFETY: a map value pointer, valid for this program run.
     let entry = unsafe { *entry };
-    if entry.expires < now || (entry.redirect != 0) != at_bridge {
-        return Ok(false);
+    if entry.expires < now {
+        return Ok(None);
     }
     rewrite_l3(ctx, true, entry.src_addr)?;
     rewrite_l3(ctx, false, entry.dst_addr)?;
-    Ok(true)
+    Ok(Some((entry.src_addr, entry.dst_addr)))
 }
 
 /// How many times a compare-and-exchange is retried before the packet gives up (another
@@ -453,18 +452,18 @@ fn new_mapping(
     bk: &NatBindKey,
     remote: (u32, u16),
     net_id: u16,
-    cfg: &DpConfig,
     now: u32,
     until: u32,
 ) -> Result<u16, DropReason> {
+    let (port_min, port_max) = conntrack::port_range();
     let mut search = PortSearch {
         skb: ctx.skb.skb,
         bk: *bk,
         remote_addr: remote.0,
         remote_port: remote.1,
         original: u16::from_be(bk.int_port),
-        port_min: cfg.port_min,
-        port_max: cfg.port_max,
+        port_min,
+        port_max,
         // SAFETY: a helper without arguments.
         random: unsafe { bpf_get_prandom_u32() },
         owner: NatClaim::owner_of(bk.int_addr, bk.int_port, net_id),
@@ -641,16 +640,21 @@ pub fn apply_opened(ctx: &TcContext, p: &Pkt) -> Result<(), DropReason> {
 }
 
 /// The masquerade mapping of the source of `key` on the network's external address, counted
-/// as used by one more flow: the live one, or a new one.
+/// as used by one more flow: the live one, or a new one. Its external port.
+// Its own BPF function: the port search's record stays out of the openers' frames.
+#[inline(never)]
+pub fn mapping(ctx: &TcContext, key: &CtKey, net: &NetInfo, now: u32, until: u32) -> Outcome {
+    Outcome::from(try_mapping(ctx, key, net, now, until))
+}
+
 #[inline(always)]
-pub fn mapping(
+fn try_mapping(
     ctx: &TcContext,
     key: &CtKey,
     net: &NetInfo,
-    cfg: &DpConfig,
     now: u32,
     until: u32,
-) -> Result<(NatBindKey, u16), DropReason> {
+) -> Result<u32, DropReason> {
     let bk = NatBindKey {
         int_addr: key.src_addr,
         ext_addr: net.ext_addr,
@@ -658,48 +662,33 @@ pub fn mapping(
         proto: key.proto,
         _pad: 0,
     };
-    let port = match reuse_mapping(&bk, net.id, now, until).value()? {
-        Outcome::NONE => new_mapping(
-            ctx,
-            &bk,
-            (key.dst_addr, key.dst_port),
-            net.id,
-            cfg,
-            now,
-            until,
-        )?,
-        port => port as u16,
-    };
-    Ok((bk, port))
+    match reuse_mapping(&bk, net.id, now, until).value()? {
+        Outcome::NONE => {
+            new_mapping(ctx, &bk, (key.dst_addr, key.dst_port), net.id, now, until).map(u32::from)
+        }
+        port => Ok(port),
+    }
 }
 
 /// The first packet of a flow from a masqueraded network leaving through its uplink: map
 /// its source endpoint (endpoint-independent), track the flow, translate the packet.
 // Its own BPF function: a new flow's entries would not fit the caller's stack frame.
 #[inline(never)]
-pub fn snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Outcome {
-    Outcome::from(try_snat_new_flow(ctx, p, net))
+pub fn snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo, ext_port: u16) -> Outcome {
+    Outcome::from(try_snat_new_flow(ctx, p, net, ext_port))
 }
 
 #[inline(always)]
-fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-    let cfg = &crate::conntrack::config();
-
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    let state = if key.proto == PROTO_TCP {
-        if tcp.rst {
-            return Err(DropReason::TcpRstWithoutFlow);
-        }
-        tcp_next(TcpState::None, tcp, false, 0).0
-    } else {
-        TcpState::None
-    };
-    let t = timeout(cfg, key.proto, state);
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
-    let (_, ext_port) = mapping(ctx, key, net, cfg, now, until)?;
-    let orig = CtEntry::opening(
+fn try_snat_new_flow(
+    ctx: &TcContext,
+    p: &Pkt,
+    net: &NetInfo,
+    ext_port: u16,
+) -> Result<u32, DropReason> {
+    let (key, now) = (&p.key, p.now);
+    let (state, expires, until) = new_flow_times(p)?;
+    let pair = conntrack::scratch()?;
+    pair.orig.open(
         CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
         (net.ext_addr, ext_port),
         (0, 0),
@@ -713,14 +702,57 @@ fn try_snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u32, Dro
     // The replies of a container's flow go to the container; those of a host flow (see
     // `host_new_flow`) to the host.
     let reply_flags = if net.id == HOST_FLOWS { 0 } else { CT_F_INWARD };
-    conntrack::fill_pair(ctx, p, orig, reply_flags)?;
+    conntrack::complete_pair(ctx, p, reply_flags).get()?;
+
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
     opened(ctx, conntrack::insert_pair(key, now, false, false))
 }
 
+/// The state a masqueraded flow opened by `p` starts in, when its entries expire, and until
+/// when its mapping lives: what the mapping is claimed with (see `mapping`) before the flow
+/// opens (a TCP RST opens none: it would leak a container's address).
+#[inline(always)]
+pub fn new_flow_times(p: &Pkt) -> Result<(TcpState, u32, u32), DropReason> {
+    let tcp = TcpFlags::from_byte(p.tcp_flags);
+    let state = if p.key.proto == PROTO_TCP {
+        if tcp.rst {
+            return Err(DropReason::TcpRstWithoutFlow);
+        }
+        tcp_next(TcpState::None, tcp, false, 0).0
+    } else {
+        TcpState::None
+    };
+    let t = conntrack::timeout_of(p.key.proto, state);
+    let expires = p.now + t;
+    Ok((state, expires, expires + mapping_slack(t)))
+}
+
 /// The network id of the host's own flows (no network has it: ids start at 1).
-const HOST_FLOWS: u16 = 0;
+pub const HOST_FLOWS: u16 = 0;
+
+/// The live mapping that holds the external `(addr, port)` for `proto`: its claim (whose
+/// owner's binding is alive and leads to this very port), or `None`.
+#[inline(always)]
+pub fn live_claim(addr: u32, port: u16, proto: u8, now: u32) -> Option<NatClaim> {
+    let ck = NatClaimKey {
+        ext_addr: addr,
+        ext_port: port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let claim = unsafe { *NETFAST_NAT_CLAIM.get_ptr(&ck)? };
+    let bk = NatBindKey {
+        int_addr: claim.int_addr(),
+        ext_addr: addr,
+        int_port: claim.int_port(),
+        proto,
+        _pad: 0,
+    };
+    let b = NatBinding::from_word(load_word(NETFAST_NAT_BIND.get_ptr(&bk)?.cast::<u64>()));
+    (b.expires >= now && b.ext_port == port).then_some(claim)
+}
 
 /// Whether a container's live mapping holds the source (address, port) of the host's own
 /// packet `key`: then the host's flow must leave from another port, or the remote would see
@@ -728,45 +760,94 @@ const HOST_FLOWS: u16 = 0;
 /// remaps the host's clashing flows for the same reason).
 #[inline(always)]
 pub fn held_by_a_container(key: &CtKey, now: u32) -> bool {
-    let ck = NatClaimKey {
-        ext_addr: key.src_addr,
-        ext_port: key.src_port,
-        proto: key.proto,
-        _pad: 0,
+    live_claim(key.src_addr, key.src_port, key.proto, now).is_some_and(|c| c.net_id() != HOST_FLOWS)
+}
+
+/// A container sends to an external endpoint of its own host that a live masquerade
+/// mapping holds — another container's, or its own (RFC 4787 REQ-9, hairpinning): the
+/// packet goes to that mapping's owner, from the sender's own external endpoint, so that the
+/// receiver sees what an outside peer would (ICE between containers of one host depends on
+/// it). Between networks the receiver's filtering applies: with address-and-port-dependent
+/// filtering, the way opens only once the receiver has sent to the sender's external
+/// endpoint. Returns 0 when no live mapping holds the destination (or the packet cannot
+/// open a flow), 1 when the packet goes on, `FILTERED` when it waits.
+#[inline(never)]
+pub fn mapping_hairpin_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo, ext_port: u16) -> Outcome {
+    Outcome::from(try_mapping_hairpin_new_flow(ctx, p, net, ext_port))
+}
+
+/// `mapping_hairpin_new_flow`: the flow is open, the packet waits for the receiver's.
+pub const FILTERED: u32 = 2;
+
+#[inline(always)]
+fn try_mapping_hairpin_new_flow(
+    ctx: &TcContext,
+    p: &Pkt,
+    net: &NetInfo,
+    ext_port: u16,
+) -> Result<u32, DropReason> {
+    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let Some(claim) = live_claim(key.dst_addr, key.dst_port, key.proto, now) else {
+        return Ok(0);
     };
-    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
-        return false;
+    let tcp = TcpFlags::from_byte(tcp_flags);
+    let state = match key.proto {
+        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => tcp_next(TcpState::None, tcp, false, 0).0,
+        PROTO_TCP => return Ok(0),
+        _ => TcpState::None,
     };
-    // SAFETY: a map value pointer, valid for this program run.
-    let claim = unsafe { *claim };
-    if claim.net_id() == HOST_FLOWS {
-        return false;
-    }
-    let bk = NatBindKey {
+    let t = conntrack::timeout_of(key.proto, state);
+    let expires = now + t;
+    let until = expires + mapping_slack(t);
+    // The receiver's mapping, one flow more; then the sender's own.
+    let receiver = NatBindKey {
         int_addr: claim.int_addr(),
-        ext_addr: key.src_addr,
+        ext_addr: key.dst_addr,
         int_port: claim.int_port(),
         proto: key.proto,
         _pad: 0,
     };
-    NETFAST_NAT_BIND.get_ptr(&bk).is_some_and(|b| {
-        let b = NatBinding::from_word(load_word(b.cast::<u64>()));
-        b.expires >= now && b.ext_port == key.src_port
-    })
-}
+    if reuse_mapping(&receiver, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
+        return Ok(0);
+    }
+    // Within a network, containers reach each other on their bridge anyway: a hairpin
+    // between them is not filtered (RFC 5780's hairpinning test sends from a second port of
+    // the same host). Across networks, the receiver's filtering applies as it would to an
+    // outside peer, so that hairpinning opens no way around the networks' isolation.
+    let same_network = claim.net_id() == net.id;
+    let wait = !same_network && !conntrack::endpoint_independent();
+    let pair = conntrack::scratch()?;
+    pair.orig.open(
+        CT_F_REWRITE_SRC
+            | CT_F_REWRITE_DST
+            | CT_F_MASQ_SRC
+            | CT_F_INWARD
+            | CT_F_REDIRECT
+            | CT_F_FROM_INSIDE
+            | CT_F_TWO_MAPPINGS
+            | if wait { CT_F_AWAIT_REPLY } else { 0 },
+        (net.ext_addr, ext_port),
+        (claim.int_addr(), claim.int_port()),
+        state,
+        net.id,
+        now,
+        expires,
+        until,
+        ctx.len(),
+    );
+    conntrack::complete_pair(
+        ctx,
+        p,
+        CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE | CT_F_TWO_MAPPINGS,
+    )
+    .get()?;
 
-/// The host's own flow whose source port a container's mapping holds: it is masqueraded
-/// behind its own address, from a port of the configured range that nobody holds.
-#[inline(never)]
-pub fn host_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
-    let host = NetInfo {
-        id: HOST_FLOWS,
-        flags: 0,
-        uplink_ifindex: ifindex(ctx),
-        bridge_ifindex: 0,
-        ext_addr: p.key.src_addr,
-    };
-    Outcome::from(try_snat_new_flow(ctx, p, &host))
+    // The receiver's packets leave through the receiver's own mapping (the mirror of the
+    // original's would name the sender's), and cross the receiver's bridge.
+    pair.reply.flags = (pair.reply.flags & !CT_F_MASQ_DST) | CT_F_MASQ_SRC;
+    pair.reply.net_id = claim.net_id();
+    opened(ctx, conntrack::insert_pair(key, now, false, false))?;
+    Ok(if wait { FILTERED } else { 1 })
 }
 
 /// What an opener returns once `insert_pair` has answered: 1 when the scratch pair's
@@ -798,7 +879,6 @@ pub fn eif_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
 #[inline(always)]
 fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-    let cfg = &crate::conntrack::config();
 
     let tcp = TcpFlags::from_byte(tcp_flags);
     match key.proto {
@@ -848,13 +928,14 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     } else {
         TcpState::None
     };
-    let t = timeout(cfg, key.proto, state);
+    let t = conntrack::timeout_of(key.proto, state);
     let expires = now + t;
     let until = expires + mapping_slack(t);
     if reuse_mapping(&bk, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
         return Ok(0);
     }
-    let orig = CtEntry::opening(
+    let pair = conntrack::scratch()?;
+    pair.orig.open(
         CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
         (0, 0),
         (claim.int_addr(), claim.int_port()),
@@ -865,6 +946,7 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         until,
         ctx.len(),
     );
-    conntrack::fill_pair(ctx, p, orig, CT_F_FROM_INSIDE)?;
+    conntrack::complete_pair(ctx, p, CT_F_FROM_INSIDE).get()?;
+
     opened(ctx, conntrack::insert_pair(key, now, false, true))
 }

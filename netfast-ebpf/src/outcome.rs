@@ -34,6 +34,18 @@ impl Outcome {
         self.value().map(|v| v != 0)
     }
 
+    /// From a body that returns a TC verdict (`TC_ACT_*`, -1 to 7).
+    #[inline(always)]
+    pub fn from_verdict(r: Result<i32, DropReason>) -> Outcome {
+        Outcome::from(r.map(|v| (v + 1) as u32 & 0xff))
+    }
+
+    /// The verdict a body given to [`Outcome::from_verdict`] returned, or its drop reason.
+    #[inline(always)]
+    pub fn verdict(self) -> Result<i32, DropReason> {
+        self.value().map(|v| v as i32 - 1)
+    }
+
     /// The value the body returned, or its drop reason.
     #[inline(always)]
     pub fn value(self) -> Result<u32, DropReason> {

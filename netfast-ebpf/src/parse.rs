@@ -314,8 +314,31 @@ fn syn_wscale(ctx: &TcContext, off: usize, doff: usize) -> u8 {
 /// judged unscaled).
 const TCP_OPTION_STEPS: usize = 12;
 
+/// This CPU's `Pkt`, filled in for the packet at hand (see `maps::NETFAST_PKT`).
+#[inline(always)]
+pub fn pkt(
+    ip: &Ipv4,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    now: u32,
+) -> Result<&'static Pkt, DropReason> {
+    let p = crate::maps::NETFAST_PKT
+        .get_ptr_mut(0)
+        .ok_or(DropReason::Malformed)?;
+    // SAFETY: a per-CPU map value, used by this program run only.
+    let p = unsafe { &mut *p };
+    p.ip = *ip;
+    p.key = netfast_common::conntrack::CtKey::new(ip.src, ip.dst, sport, dport, ip.proto);
+    p.tcp_flags = tcp_flags;
+    p.now = now;
+    Ok(p)
+}
+
 /// What every step needs to know of a packet with ports, gathered once. Passed by reference
-/// to the BPF functions that open flows (a BPF call takes at most five arguments).
+/// to the BPF functions that open flows (a BPF call takes at most five arguments); kept in a
+/// per-CPU map rather than on the stack (see `pkt`): the verifier allows 512 bytes of stack
+/// down a chain of calls, and the paths that open a flow are deep.
 #[derive(Clone, Copy)]
 pub struct Pkt {
     pub ip: Ipv4,

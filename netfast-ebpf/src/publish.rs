@@ -4,11 +4,11 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
-    config::{DpConfig, NetInfo},
+    config::NetInfo,
     conntrack::{
         CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, PROTO_TCP, PROTO_UDP, TcpFlags,
-        TcpState, tcp_next, timeout,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState,
+        tcp_next,
     },
     nat::{mapping_slack, port_candidate},
     publish::{AllowKey, PubKey, PubTarget},
@@ -77,16 +77,26 @@ pub fn allowed(target: &PubTarget, client: u32) -> bool {
 /// The state a new flow starts in, and its timeouts; `None` when this packet may not open
 /// a flow (a TCP segment that is not a SYN).
 #[inline(always)]
-fn opening(key: &CtKey, tcp_flags: u8, cfg: &DpConfig) -> Option<(TcpState, u32)> {
+fn opening(key: &CtKey, tcp_flags: u8) -> Option<(TcpState, u32)> {
     if key.proto != PROTO_TCP {
-        return Some((TcpState::None, timeout(cfg, key.proto, TcpState::None)));
+        return Some((
+            TcpState::None,
+            conntrack::timeout_of(key.proto, TcpState::None),
+        ));
     }
     let tcp = TcpFlags::from_byte(tcp_flags);
     if !tcp.syn || tcp.ack || tcp.rst {
         return None;
     }
     let state = tcp_next(TcpState::None, tcp, false, 0).0;
-    Some((state, timeout(cfg, key.proto, state)))
+    Some((state, conntrack::timeout_of(key.proto, state)))
+}
+
+/// Whether the packet `p` may open a flow: a TCP SYN, or any UDP or ICMP echo.
+#[inline(always)]
+pub fn can_open(p: &Pkt) -> bool {
+    let tcp = TcpFlags::from_byte(p.tcp_flags);
+    p.key.proto != PROTO_TCP || (tcp.syn && !tcp.ack && !tcp.rst)
 }
 
 /// A client from outside opens a flow to a published port: its destination becomes the
@@ -100,19 +110,19 @@ pub fn dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Outcome {
 #[inline(always)]
 fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32, DropReason> {
     let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-    let cfg = &crate::conntrack::config();
 
     // A segment that cannot open a flow may still belong to one that lost its original
     // entry: it restores it, or goes to the host.
-    let (state, t, repair_only) = match opening(key, tcp_flags, cfg) {
+    let (state, t, repair_only) = match opening(key, tcp_flags) {
         Some((state, t)) => (state, t, false),
         None => (
             TcpState::Established,
-            timeout(cfg, key.proto, TcpState::Established),
+            conntrack::timeout_of(key.proto, TcpState::Established),
             true,
         ),
     };
-    let orig = CtEntry::opening(
+    let pair = conntrack::scratch()?;
+    pair.orig.open(
         CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
         (0, 0),
         (target.addr, target.port),
@@ -123,7 +133,8 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
         0,
         ctx.len(),
     );
-    let pair = conntrack::fill_pair(ctx, p, orig, CT_F_PUBLISHED | CT_F_FROM_INSIDE)?;
+    conntrack::complete_pair(ctx, p, CT_F_PUBLISHED | CT_F_FROM_INSIDE).get()?;
+
     let inserted = conntrack::insert_pair(key, now, repair_only, true);
     match inserted.value()? {
         conntrack::ABSENT => return Ok(0),
@@ -139,7 +150,8 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
     // SAFETY: a helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     for attempt in 1..=CLASH_TRIES {
-        let port = port_candidate(attempt, 0, random, cfg.port_min, cfg.port_max);
+        let (port_min, port_max) = conntrack::port_range();
+        let port = port_candidate(attempt, 0, random, port_min, port_max);
         pair.orig.src_port = port.to_be();
         let inserted = conntrack::insert_pair(key, now, false, true);
         if inserted.value()? != conntrack::CLASH {
@@ -163,8 +175,14 @@ fn expires_at(now: u32, t: u32) -> u32 {
 /// mapping, so that the server's replies come back through the host to be translated.
 /// Both directions are forwarded by redirect (see `CT_F_REDIRECT`).
 #[inline(never)]
-pub fn hairpin_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget, net: &NetInfo) -> Outcome {
-    Outcome::from(try_hairpin_new_flow(ctx, p, target, net))
+pub fn hairpin_new_flow(
+    ctx: &TcContext,
+    p: &Pkt,
+    target: &PubTarget,
+    net: &NetInfo,
+    ext_port: u16,
+) -> Outcome {
+    Outcome::from(try_hairpin_new_flow(ctx, p, target, net, ext_port))
 }
 
 #[inline(always)]
@@ -173,17 +191,17 @@ fn try_hairpin_new_flow(
     p: &Pkt,
     target: &PubTarget,
     net: &NetInfo,
+    ext_port: u16,
 ) -> Result<u32, DropReason> {
     let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-    let cfg = &crate::conntrack::config();
 
-    let Some((state, t)) = opening(key, tcp_flags, cfg) else {
+    let Some((state, t)) = opening(key, tcp_flags) else {
         return Ok(0);
     };
     let expires = now + t;
     let until = expires + mapping_slack(t);
-    let (_, ext_port) = nat::mapping(ctx, key, net, cfg, now, until)?;
-    let orig = CtEntry::opening(
+    let pair = conntrack::scratch()?;
+    pair.orig.open(
         CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
@@ -194,17 +212,20 @@ fn try_hairpin_new_flow(
         (net.ext_addr, ext_port),
         (target.addr, target.port),
         state,
-        target.net_id,
+        net.id,
         now,
         expires,
         until,
         ctx.len(),
     );
-    conntrack::fill_pair(
+    conntrack::complete_pair(
         ctx,
         p,
-        orig,
         CT_F_PUBLISHED | CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE,
-    )?;
+    )
+    .get()?;
+    // Each direction crosses its own sender's bridge.
+    pair.reply.net_id = target.net_id;
+
     nat::opened(ctx, conntrack::insert_pair(key, now, false, false))
 }

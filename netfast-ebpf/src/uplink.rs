@@ -5,7 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use netfast_common::{
     DropReason,
-    config::NET_F_MASQUERADE,
+    config::{NET_F_MASQUERADE, NetInfo},
     conntrack::{CT_F_INWARD, CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey},
     maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
@@ -53,6 +53,35 @@ fn forbidden(
     Ok(NEXT)
 }
 
+/// A packet translated here without a flow entry of its own (an ICMP error about a flow, a
+/// later fragment): on the way in, the fast path forwards it into its container like the
+/// flow's packets — handed to the host's stack, it would meet the FORWARD chain that Docker
+/// leaves at DROP (and path MTU discovery with it). Otherwise the stack routes it.
+#[inline(always)]
+fn forward_in(
+    ctx: &TcContext,
+    dir: Direction,
+    ip: &Ipv4,
+    src: u32,
+    dst: u32,
+    now: u32,
+) -> Result<i32, DropReason> {
+    if dir == Direction::In && conntrack::fast_path() {
+        let mut r = Route::NONE;
+        let hop = Hop {
+            src,
+            dst,
+            must: false,
+            now,
+        };
+        if forward::route(ctx, ip, &hop, &mut r) {
+            return forward::forward(ctx, &r);
+        }
+        forward::fallback(ctx);
+    }
+    Ok(NEXT)
+}
+
 #[inline(always)]
 pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     let out = dir == Direction::Out;
@@ -78,8 +107,8 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     }
     let now = conntrack::now();
     if ip.frag == Frag::Later {
-        if nat::later_fragment(ctx, &ip, false, now)? {
-            return Ok(NEXT);
+        if let Some((src, dst)) = nat::later_fragment(ctx, &ip, now)? {
+            return forward_in(ctx, dir, &ip, src, dst, now);
         }
         return forbidden(ctx, dir, &ip, DropReason::FragmentWithoutFirst);
     }
@@ -91,13 +120,17 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
             if icmp::translate_error(ctx, &ip, now, out).get()? {
-                return Ok(NEXT);
+                let (src, dst) = (
+                    parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
+                    parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
+                );
+                return forward_in(ctx, dir, &ip, src, dst, now);
             }
             return forbidden(ctx, dir, &ip, DropReason::IcmpErrorWithoutFlow);
         }
         L4::Other => return forbidden(ctx, dir, &ip, DropReason::UnsupportedProtocol),
     };
-    let p = Pkt {
+    let p = &Pkt {
         ip,
         key: CtKey::new(ip.src, ip.dst, sport, dport, ip.proto),
         tcp_flags,
@@ -146,16 +179,15 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
                     must: false,
                     now,
                 };
-                fast = forward::route_cached(ctx, &ip, &hop, entry, &mut r);
+                fast = forward::route_cached(ctx, &p.ip, &hop, entry, &mut r);
                 if !fast {
                     forward::fallback(ctx);
                 }
             }
-            let answered =
-                conntrack::track(ctx, &p, entry, inbound).value()? == conntrack::ANSWERED;
+            let answered = conntrack::track(ctx, p, entry, inbound).value()? == conntrack::ANSWERED;
             let e = unsafe { &*entry };
             if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
-                nat::apply(ctx, &ip, &p.key, e, now).get()?;
+                nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
             }
             if answered {
@@ -169,15 +201,26 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         }
     }
     if out {
-        if let Some(net) = masq.or_else(|| nat::masq_network(ip.src, nat::ifindex(ctx))) {
-            nat::snat_new_flow(ctx, &p, &net).get()?;
-            nat::apply_opened(ctx, &p)?;
-        } else if nat::held_by_a_container(&p.key, now) {
-            // The host's own packet, from a port a container's mapping holds.
-            nat::host_new_flow(ctx, &p).get()?;
-            nat::apply_opened(ctx, &p)?;
-            stats::count_event(ctx, netfast_common::stats::Event::HostFlowRemapped);
-        }
+        let net = match masq.or_else(|| nat::masq_network(ip.src, nat::ifindex(ctx))) {
+            Some(net) => net,
+            // The host's own packet, from a port a container's mapping holds: it leaves
+            // masqueraded behind its own address, from a port nobody holds.
+            None if nat::held_by_a_container(&p.key, now) => {
+                stats::count_event(ctx, netfast_common::stats::Event::HostFlowRemapped);
+                NetInfo {
+                    id: nat::HOST_FLOWS,
+                    flags: 0,
+                    uplink_ifindex: nat::ifindex(ctx),
+                    bridge_ifindex: 0,
+                    ext_addr: ip.src,
+                }
+            }
+            None => return Ok(NEXT),
+        };
+        let (_, _, until) = nat::new_flow_times(p)?;
+        let ext_port = nat::mapping(ctx, &p.key, &net, now, until).value()? as u16;
+        nat::snat_new_flow(ctx, p, &net, ext_port).get()?;
+        nat::apply_opened(ctx, p)?;
         return Ok(NEXT);
     }
     if let Some(target) = target.or_else(|| publish::published(ip.dst, dport, ip.proto)) {
@@ -191,19 +234,19 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             must: false,
             now,
         };
-        let fast = fast_path && forward::route(ctx, &ip, &hop, &mut r);
+        let fast = fast_path && forward::route(ctx, &p.ip, &hop, &mut r);
         // A packet that cannot open a flow (a stray ACK) is the host's to answer.
-        if publish::dnat_new_flow(ctx, &p, &target).get()? {
-            nat::apply_opened(ctx, &p)?;
+        if publish::dnat_new_flow(ctx, p, &target).get()? {
+            nat::apply_opened(ctx, p)?;
             if fast {
                 return forward::forward(ctx, &r);
             }
         }
         return Ok(NEXT);
     }
-    if conntrack::endpoint_independent() && nat::eif_new_flow(ctx, &p).get()? {
-        nat::apply_opened(ctx, &p)?;
+    if conntrack::endpoint_independent() && nat::eif_new_flow(ctx, p).get()? {
+        nat::apply_opened(ctx, p)?;
         return Ok(NEXT);
     }
-    forbidden(ctx, dir, &ip, DropReason::DirectAccess)
+    forbidden(ctx, dir, &p.ip, DropReason::DirectAccess)
 }

@@ -511,10 +511,7 @@ impl Dataplane {
 
     /// Takes a publication out of the dataplane, with the flows opened through it.
     pub fn unpublish(&mut self, p: &crate::loader::publish::Publication) -> Result<usize> {
-        use netfast_common::{
-            conntrack::{CT_F_PUBLISHED, CT_F_REPLY},
-            publish::PubKey,
-        };
+        use netfast_common::publish::PubKey;
         for host_port in p.host_ports.iter() {
             let key = PubKey {
                 addr: p.host_ip.map_or(0, maps::raw_addr),
@@ -527,25 +524,27 @@ impl Dataplane {
         for net in &p.allow {
             maps::disallow(&mut self.ebpf, p.rule, *net)?;
         }
-        // Flows through the port end with it: the published port is the destination of the
-        // client's direction and the rewritten source of the server's.
+        // Flows through the port end with it, and only those: the client's direction is to
+        // the published port (on its address, or — for a publication on every address — on
+        // one that no publication of its own claims), the server's comes from the container.
         let proto = p.proto.number();
-        let doomed: Vec<_> = maps::conntrack_entries(&self.ebpf)?
+        let exact: std::collections::HashSet<(u32, u16)> = maps::published(&self.ebpf)?
             .into_iter()
-            .filter(|(k, e)| {
-                let port = if e.flags & CT_F_REPLY == 0 {
-                    k.dst_port
-                } else {
-                    e.src_port
-                };
-                e.flags & CT_F_PUBLISHED != 0
-                    && k.proto == proto
-                    && p.host_ports.iter().any(|hp| hp.to_be() == port)
-            })
-            .map(|(k, _)| k)
+            .filter(|(k, _)| k.addr != 0 && k.proto == proto)
+            .map(|(k, _)| (k.addr, k.port))
             .collect();
-        maps::remove_conntrack(&mut self.ebpf, &doomed)?;
-        Ok(doomed.len().div_ceil(2))
+        let name = p.proto.to_string();
+        let deleted = maps::delete_flows(&mut self.ebpf, maps::monotonic_now(), |f| {
+            let to = f.original.dst;
+            f.protocol == name
+                && p.host_ports.iter().any(|hp| hp == f.original.dport)
+                && f.reply.src == p.container_ip
+                && match p.host_ip {
+                    Some(ip) => to == ip,
+                    None => !exact.contains(&(maps::raw_addr(to), f.original.dport.to_be())),
+                }
+        })?;
+        Ok(deleted.flows)
     }
 
     /// The host's own IPv4 addresses, where ports published on every address are reachable.

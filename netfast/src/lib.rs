@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod clock;
 pub mod conntrack_filter;
 pub mod dataplane;
+pub mod docker;
 pub mod doctor;
 pub mod error;
 pub mod host;

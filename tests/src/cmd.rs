@@ -83,6 +83,19 @@ impl Background {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, say) to it, to see it stop the way a service
+    /// manager stops it; [`Background::wait_exit`] then collects it.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which we have not yet waited for.
+        unsafe { libc::kill(pid, signal) };
+    }
+
     /// Panics if the process has already exited (it failed to start, say).
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -128,6 +141,11 @@ impl Background {
         self.wait_for(&format!("print {needle:?}"), timeout, |out, err| {
             out.contains(needle) || err.contains(needle)
         });
+    }
+
+    /// Whether it exits by itself within `timeout` (for cleanup code, which must not panic).
+    pub fn exits_within(&mut self, timeout: Duration) -> bool {
+        wait_until(timeout, || matches!(self.child.try_wait(), Ok(Some(_))))
     }
 
     /// Waits for it to exit by itself; panics after `timeout`.

@@ -8,6 +8,7 @@
 
 pub mod clients;
 pub mod cmd;
+pub mod docker;
 pub mod fuzz;
 pub mod model;
 pub mod netfast_cli;

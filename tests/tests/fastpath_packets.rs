@@ -153,6 +153,8 @@ fn replies_go_straight_into_the_container() {
         ifindex: h.bridge,
         mac: CT_MAC,
         gw_mac: h.bridge_mac,
+        mtu: 1500,
+        _pad: 0,
     };
     maps::set_endpoint(t.ebpf_mut(), CT.0, &ep).expect("endpoint");
     let outside = Macs {

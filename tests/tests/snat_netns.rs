@@ -235,6 +235,23 @@ fn a_4000_byte_udp_datagram_crosses_the_nat_both_ways() {
     require_root();
     let topo = Topology::builder().containers(1).build();
     let _dp = masquerade(&topo, SMALL);
+    fragmented_echo(&topo);
+}
+
+/// Fragments take the fast path like whole packets: under the FORWARD DROP Docker leaves
+/// behind, a datagram in fragments still crosses both ways.
+#[test]
+fn a_fragmented_datagram_crosses_under_a_forward_drop_policy() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let _dp = masquerade(&topo, SMALL);
+    topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    fragmented_echo(&topo);
+}
+
+/// Container 0 sends a 4096-byte datagram (three fragments) to an echo server outside and
+/// gets it back whole; the server saw the uplink's address.
+fn fragmented_echo(topo: &Topology) {
     let echo = Background::spawn(&[
         "ip",
         "netns",
@@ -274,6 +291,24 @@ fn traceroute_and_path_mtu_discovery_work_from_a_container() {
     require_root();
     let topo = Topology::builder().containers(1).far_server().build();
     let _dp = masquerade(&topo, SMALL);
+    traceroute_and_path_mtu(&topo);
+}
+
+/// Under the FORWARD DROP that Docker leaves behind, the ICMP errors that traceroute and path
+/// MTU discovery live on still reach the container: the fast path forwards them, translated,
+/// as it forwards their flows (the kernel's FORWARD chain would drop them).
+#[test]
+fn traceroute_and_path_mtu_discovery_work_under_a_forward_drop_policy() {
+    require_root();
+    let topo = Topology::builder().containers(1).far_server().build();
+    let _dp = masquerade(&topo, SMALL);
+    topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    traceroute_and_path_mtu(&topo);
+}
+
+/// traceroute from container 0 to the far server names every hop, and a bulk upload to it
+/// completes with the path MTU learnt.
+fn traceroute_and_path_mtu(topo: &Topology) {
     let far = FAR_ADDR.to_string();
     let trace =
         topo.containers[0].exec_ok(&["traceroute", "-n", "-q", "1", "-w", "2", "-m", "5", &far]);
@@ -511,4 +546,72 @@ fn flush_forgets_every_flow_and_traffic_carries_on() {
     // New flows get new mappings.
     topo.containers[0].exec_ok(&["ping", "-c", "1", "-W", "2", &outside]);
     assert!(nf.ok(&["conntrack", "list"]).contains("icmp"));
+}
+
+/// RFC 4787's behaviour as a STUN client nobody here wrote sees it: coturn's
+/// turnutils_natdiscovery (RFC 5780 tests) in a container, against coturn's turnserver on two
+/// outside addresses. Endpoint-independent mapping; address-and-port-dependent filtering by
+/// default, endpoint-independent when configured; and hairpinning (REQ-9): a second socket's
+/// request to the first one's external endpoint comes back to it.
+#[test]
+fn turnutils_natdiscovery_sees_an_rfc_4787_nat_that_hairpins() {
+    require_root();
+    let topo = Topology::builder().containers(1).build();
+    let nf = masquerade(&topo, SMALL);
+    let outside = topo.outside.name();
+    topo.outside
+        .exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "eth0"]);
+    let _stun = Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        outside,
+        "turnserver",
+        "--stun-only",
+        "-L",
+        "198.51.100.2",
+        "-L",
+        "198.51.100.3",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file",
+        "stdout",
+        "-n",
+    ]);
+    netfast_tests::clients::wait_listening(outside, "udp", 3478, "turnserver");
+    let discover = |test: &str| {
+        run_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            topo.containers[0].name(),
+            "timeout",
+            "60",
+            "turnutils_natdiscovery",
+            test,
+            "198.51.100.2",
+        ])
+    };
+    let hairpin = discover("-H");
+    assert!(
+        hairpin.contains("Received a request (maybe a successful hairpinning)"),
+        "no hairpinning:\n{hairpin}"
+    );
+    let mapping = discover("-m");
+    assert!(
+        mapping.contains("NAT with Endpoint Independent Mapping!"),
+        "{mapping}"
+    );
+    let filtering = discover("-f");
+    assert!(
+        filtering.contains("NAT with Address and Port Dependent Filtering!"),
+        "{filtering}"
+    );
+    nf.ok(&["config", "--filtering", "endpoint-independent"]);
+    let filtering = discover("-f");
+    assert!(
+        filtering.contains("NAT with Endpoint Independent Filtering!"),
+        "{filtering}"
+    );
 }

@@ -301,6 +301,8 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
         ifindex: DEV,
         mac: packet::CONTAINER_MAC,
         gw_mac: packet::BRIDGE_MAC,
+        mtu: 1500,
+        _pad: 0,
     };
     maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
     run(
@@ -732,4 +734,162 @@ fn a_masqueraded_flow_that_lost_its_reply_entry_is_repaired_by_the_next_answer()
     );
     assert_eq!(event(&t, Event::CtRepaired), 1);
     assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+}
+
+/// C1 and C2 each hold a UDP mapping (EXT:40000 and EXT:40001) towards SERVER, and the fast
+/// path knows both (their veths are the test device here).
+fn two_mappings(cfg: DpConfig) -> ProgTest {
+    let mut t = loaded(cfg);
+    for c in [C1, C2] {
+        let ep = EndpointInfo {
+            ifindex: DEV,
+            mac: packet::CONTAINER_MAC,
+            gw_mac: packet::BRIDGE_MAC,
+            mtu: 1500,
+            _pad: 0,
+        };
+        maps::set_endpoint(t.ebpf_mut(), c.0, &ep).expect("endpoint");
+    }
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"a"),
+    );
+    let c2 = (C2.0, 40001);
+    let r = run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, c2, SERVER, b"b"),
+    );
+    assert_eq!(
+        decode(&r.frame).expect("frame").l4,
+        packet::decode(&packet::udp(TO_OUTSIDE, ext(40001), SERVER, b"b"))
+            .expect("frame")
+            .l4
+    );
+    t
+}
+
+/// The frame `run` put out, as delivered by redirect: its addresses and ports.
+fn delivered(r: &Run) -> (Endpoint, Endpoint) {
+    assert_eq!(r.verdict, verdict::REDIRECT, "not forwarded by redirect");
+    let d = decode(&r.frame).expect("frame");
+    let packet::L4::Udp {
+        src_port, dst_port, ..
+    } = d.l4
+    else {
+        panic!("not UDP: {d:?}");
+    };
+    ((d.src, src_port), (d.dst, dst_port))
+}
+
+#[test]
+fn a_container_reaches_its_own_external_mapping_hairpinned() {
+    require_root();
+    let mut t = two_mappings(DpConfig::default());
+    // RFC 4787 REQ-9 (what turnutils_natdiscovery -H checks): C1 sends to its own external
+    // endpoint and gets it back, from that endpoint.
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, C1, ext(40000), b"me"),
+    );
+    assert_eq!(delivered(&r), (ext(40000), C1));
+}
+
+#[test]
+fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
+    require_root();
+    let mut t = two_mappings(DpConfig::default());
+    let c2 = (C2.0, 40001);
+    // Within a network: straight through (RFC 5780's hairpinning test sends from a second
+    // port of one host).
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, c2, ext(40000), b"hi"),
+    );
+    assert_eq!(delivered(&r), (ext(40001), C1));
+    // A container of another network (D1, with a mapping of its own) to C1's external
+    // endpoint: C1 has not contacted D1's (address-and-port-dependent filtering), so it
+    // waits, as an outside peer's packet would.
+    let other = NetInfo {
+        id: 2,
+        flags: NET_F_MASQUERADE,
+        uplink_ifindex: DEV,
+        bridge_ifindex: DEV,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 19, 0, 0), 24, &other).expect("network");
+    let d1: Endpoint = (Ipv4Addr::new(172, 19, 0, 2), 41000);
+    let ep = EndpointInfo {
+        ifindex: DEV,
+        mac: packet::CONTAINER_MAC,
+        gw_mac: packet::BRIDGE_MAC,
+        mtu: 1500,
+        _pad: 0,
+    };
+    maps::set_endpoint(t.ebpf_mut(), d1.0, &ep).expect("endpoint");
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, d1, SERVER, b"d"),
+    );
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, d1, ext(40000), b"hi"),
+    );
+    assert_eq!(r.verdict, verdict::SHOT);
+    assert_eq!(dropped(&t, DropReason::NatFiltered), 1);
+    // C1 to D1's external endpoint: D1 had sent to C1's, so it is let in, from EXT:40000.
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, C1, ext(41000), b"yo"),
+    );
+    assert_eq!(delivered(&r), (ext(40000), d1));
+    // Now both ways.
+    let r = run(
+        &mut t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, d1, ext(40000), b"hi"),
+    );
+    assert_eq!(delivered(&r), (ext(41000), C1));
+}
+
+#[test]
+fn a_packet_too_big_for_the_containers_mtu_is_left_to_the_host() {
+    require_root();
+    let mut t = loaded(DpConfig::default());
+    let ep = EndpointInfo {
+        ifindex: DEV,
+        mac: packet::CONTAINER_MAC,
+        gw_mac: packet::BRIDGE_MAC,
+        mtu: 1400,
+        _pad: 0,
+    };
+    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
+    );
+    // A 1400-byte answer fits and goes straight in.
+    let fits = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[1; 1372]);
+    assert_eq!(
+        run(&mut t, Hook::UplinkIngress, &fits).verdict,
+        verdict::REDIRECT
+    );
+    // A 1500-byte one would be dropped by the container's veth without a word: the host's
+    // stack gets it (translated), to fragment it or say "fragmentation needed".
+    let big = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[2; 1472]);
+    let r = run(&mut t, Hook::UplinkIngress, &big);
+    assert_run(
+        "too big for the veth",
+        &r,
+        verdict::NEXT,
+        &packet::udp(FROM_OUTSIDE, SERVER, C1, &[2; 1472]),
+    );
+    assert_eq!(event(&t, Event::FastPathFallback), 1);
 }

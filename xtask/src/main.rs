@@ -12,8 +12,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  setup   install what is missing: Debian packages (LLVM 22, test clients), the nightly
-          rust-src component, bpf-linker 0.13 built against LLVM 22 (idempotent)
+  setup   install what is missing: Debian packages (LLVM 22, test clients, docker.io and
+          busybox-static with their services held back), the nightly rust-src component,
+          bpf-linker 0.13 built against LLVM 22 (idempotent)
   test    setup, then rustfmt check, clippy -D warnings (host and BPF target), unit, packet
           (BPF_PROG_TEST_RUN) and namespace tests, a short differential fuzz (fixed seeds and
           one random seed it prints) with its multi-CPU phase, a quick benchmark run as a

@@ -29,7 +29,21 @@ const PACKAGES: &[&str] = &[
     "python3",
     "tcpdump",
     "kmod",
+    "coturn",
+    "hping3",
+    "python3-scapy",
+    // The Docker tests run their own dockerd in a test namespace, with an image made from
+    // busybox-static (no registry is reachable).
+    "docker.io",
+    "busybox-static",
 ];
+
+/// Packages whose install starts a service that changes the machine's root network namespace
+/// (dockerd writes iptables rules and creates docker0): installed with services held back.
+const NO_START: &[&str] = &["docker.io"];
+
+/// Debian's hook that tells maintainer scripts whether they may start services (101: no).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn run() -> Result<(), Fail> {
     println!("== setup");
@@ -62,7 +76,23 @@ fn debian_packages() -> Result<(), Fail> {
         )));
     }
     Cmd::new("apt-get").args(&["update", "-q"]).run()?;
-    Cmd::new("apt-get")
+    // The tests never want the machine's own dockerd: it would rewrite the root namespace's
+    // iptables. Where no policy says otherwise, services stay down during this install.
+    let hold =
+        missing.iter().any(|p| NO_START.contains(p)) && !std::path::Path::new(POLICY_RC_D).exists();
+    if hold {
+        println!("setup: holding back services while installing (temporary {POLICY_RC_D})");
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# netfast's xtask setup: start no service\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        })
+        .map_err(|e| Fail(format!("writing {POLICY_RC_D}: {e}")))?;
+    }
+    let installed = Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(&["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
@@ -72,7 +102,20 @@ fn debian_packages() -> Result<(), Fail> {
                 "{e}; the packages needed are: {}",
                 missing.join(" ")
             ))
-        })
+        });
+    if hold {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+        // Held back now, but enabled for the next boot: where systemd runs, it would start
+        // dockerd (with its iptables rules and docker0) then. Enabling Docker on the host is
+        // the operator's choice (README, "Use with Docker", configures it first).
+        if installed.is_ok() && std::path::Path::new("/run/systemd/system").is_dir() {
+            println!("setup: disabling docker.service and docker.socket (the tests run their own)");
+            let _ = Cmd::new("systemctl")
+                .args(&["disable", "--quiet", "docker.service", "docker.socket"])
+                .run();
+        }
+    }
+    installed
 }
 
 fn rust_src() -> Result<(), Fail> {

@@ -19,7 +19,10 @@ pub enum Command {
     },
     /// Remove a container: its namespace and its veth pair.
     Rm { name: String },
-    /// List containers, with what the kernel lacks of them ("drift").
+    /// List containers, with their namespaces and what the kernel lacks of them ("drift").
+    ///
+    /// A container Docker made through `netfast docker-plugin` is `docker-<endpoint ID>`,
+    /// whose namespace is Docker's sandbox (`docker inspect -f '{{.NetworkSettings.SandboxKey}}'`).
     Ls {
         #[arg(long)]
         json: bool,
@@ -40,16 +43,23 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<20} {:<14} {:<15} {:<12} DRIFT",
-                "NAME", "NETWORK", "IP", "VETH"
+                "{:<20} {:<14} {:<15} {:<12} {:<24} DRIFT",
+                "NAME", "NETWORK", "IP", "VETH", "NETNS"
             );
             for c in cts {
+                // A Docker endpoint's namespace is Docker's sandbox, while it runs.
+                let netns = match (&c.netns, &c.docker_endpoint) {
+                    (Some(ns), _) => ns.clone(),
+                    (None, Some(_)) => "(docker, not running)".into(),
+                    (None, None) => "-".into(),
+                };
                 println!(
-                    "{:<20} {:<14} {:<15} {:<12} {}",
+                    "{:<20} {:<14} {:<15} {:<12} {:<24} {}",
                     c.name,
                     c.network,
                     c.ip.to_string(),
                     c.veth,
+                    netns,
                     if c.drift.is_empty() {
                         "-".into()
                     } else {

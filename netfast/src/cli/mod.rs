@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod conntrack;
 mod container;
+mod docker_plugin;
 mod doctor;
 mod network;
 mod object;
@@ -90,6 +91,17 @@ enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// Serve Docker's network driver protocol, so that `docker network create -d netfast`
+    /// makes netfast networks and `docker run -p` netfast publications.
+    ///
+    /// Runs until SIGTERM or SIGINT; what it made outlives it (the dataplane keeps running
+    /// and a plugin started later takes over). Docker's networks, endpoints and ports are
+    /// netfast's own records: `network ls`, `container ls` (an endpoint is container
+    /// `docker-<first 12 characters of its ID>`, whose namespace is Docker's), `publish ls`, `conntrack` and
+    /// `stats` show them. Network options: `docker network create -d netfast -o
+    /// uplink=IFNAME [-o backend=auto|ebpf|nftables|iptables] [-o masquerade=false] [-o
+    /// name=NAME] [-o bridge=IFNAME] --subnet CIDR NAME`. dockerd needs "iptables": false.
+    DockerPlugin(docker_plugin::PluginArgs),
     /// List the programs and maps of the embedded eBPF object.
     Object,
     /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
@@ -129,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { json } => stats::run(json),
         Command::Doctor { json, fix } => doctor::run(json, fix),
         Command::Object => object::run(),
+        Command::DockerPlugin(args) => docker_plugin::run(args),
         Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }
 }

@@ -187,7 +187,7 @@ impl Rules {
 pub fn checks(state: Option<&State>) -> Vec<Check> {
     let rules = Rules::read();
     let mut out = vec![sources(&rules)];
-    out.extend(forward_policy(&rules, state));
+    out.extend(forward_policy(&rules, state, &link_mtu));
     out.push(docker(&rules));
     out.extend(double_translations(&rules, state));
     out.push(both_backends(&rules));
@@ -257,32 +257,58 @@ impl DropAt<'_> {
     }
 }
 
+/// The MTU of a link of this namespace, from sysfs.
+fn link_mtu(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How a network's forwarded traffic gets past a default drop at `at`; `Err` says why it
-/// does not.
-fn passes(net: &Network, dp: &DataplaneConfig, at: &DropAt) -> Result<&'static str, &'static str> {
+/// does not. `mtu` reads a link's MTU.
+fn passes(
+    net: &Network,
+    dp: &DataplaneConfig,
+    at: &DropAt,
+    mtu: &dyn Fn(&str) -> Option<u32>,
+) -> Result<String, String> {
     if at.accepts(&net.subnet.to_string()) {
-        return Ok("accept rules for its subnet in that chain");
+        return Ok("accept rules for its subnet in that chain".into());
     }
     match net.backend {
-        Backend::Ebpf if dp.fast_path == Switch::Off => Err("eBPF with --fast-path off"),
-        Backend::Ebpf if !net.masquerade => {
-            Err("eBPF, routed (--no-masquerade): untranslated traffic takes the kernel's path")
-        }
-        Backend::Ebpf => Ok("eBPF fast path, past netfilter"),
+        Backend::Ebpf if dp.fast_path == Switch::Off => Err("eBPF with --fast-path off".into()),
+        Backend::Ebpf if !net.masquerade => Err(
+            "eBPF, routed (--no-masquerade): untranslated traffic takes the kernel's path".into(),
+        ),
+        // What the fast path cannot do is fragment: a packet without DF larger than the MTU
+        // of the side it leaves by goes to the kernel's forwarding, and meets the drop.
+        Backend::Ebpf => match (mtu(&net.uplink), mtu(&net.bridge)) {
+            (Some(up), Some(br)) if up != br => Err(format!(
+                "eBPF fast path, but uplink {}'s MTU {up} differs from bridge {}'s {br}: \
+                 packets without DF larger than {} bytes need the kernel's forwarding to \
+                 fragment them",
+                net.uplink,
+                net.bridge,
+                up.min(br)
+            )),
+            _ => Ok("eBPF fast path, past netfilter".into()),
+        },
         Backend::Iptables => match at {
             DropAt::Iptables { default: true, .. } => {
-                Ok("iptables backend: NETFAST-FORWARD accepts it first")
+                Ok("iptables backend: NETFAST-FORWARD accepts it first".into())
             }
             DropAt::Iptables { default: false, .. } => {
-                Err("iptables backend: its accept is in the other iptables variant")
+                Err("iptables backend: its accept is in the other iptables variant".into())
             }
             DropAt::Nft { .. } => {
-                Err("iptables backend: an accept there does not end another table's drop")
+                Err("iptables backend: an accept there does not end another table's drop".into())
             }
         },
-        Backend::Nftables => {
-            Err("nftables backend: an accept in table netfast does not end another table's drop")
-        }
+        Backend::Nftables => Err(
+            "nftables backend: an accept in table netfast does not end another table's drop".into(),
+        ),
     }
 }
 
@@ -295,6 +321,7 @@ fn forward_drop(
     found: String,
     open: String,
     accept: impl Fn(&str) -> [String; 2],
+    mtu: &dyn Fn(&str) -> Option<u32>,
 ) -> Check {
     let name = "FORWARD policy";
     let nets = state.map(|s| s.networks.as_slice()).unwrap_or_default();
@@ -302,12 +329,12 @@ fn forward_drop(
     let dp = state.map_or(&default_dp, |s| &s.dataplane);
     let (pass, risk): (Vec<_>, Vec<_>) = nets
         .iter()
-        .map(|n| (n, passes(n, dp, at)))
+        .map(|n| (n, passes(n, dp, at, mtu)))
         .partition(|(_, p)| p.is_ok());
     if !nets.is_empty() && risk.is_empty() {
         let how: Vec<String> = pass
             .iter()
-            .map(|(n, p)| format!("{} ({})", n.name, p.unwrap_or_default()))
+            .map(|(n, p)| format!("{} ({})", n.name, p.clone().unwrap_or_default()))
             .collect();
         return Check::pass(
             NETFILTER,
@@ -329,7 +356,7 @@ fn forward_drop(
     } else {
         let who: Vec<String> = risk
             .iter()
-            .map(|(n, why)| format!("{} ({})", n.name, why.err().unwrap_or_default()))
+            .map(|(n, why)| format!("{} ({})", n.name, why.clone().err().unwrap_or_default()))
             .collect();
         (
             format!("network {}", who.join(", network ")),
@@ -348,7 +375,11 @@ fn forward_drop(
     )
 }
 
-fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
+fn forward_policy(
+    rules: &Rules,
+    state: Option<&State>,
+    mtu: &dyn Fn(&str) -> Option<u32>,
+) -> Vec<Check> {
     let mut out = Vec::new();
     for i in &rules.iptables {
         let Some(policy) = i.save.policy("filter", "FORWARD") else {
@@ -372,6 +403,7 @@ fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
                     format!("{cmd} -I FORWARD -d {s} -j ACCEPT"),
                 ]
             },
+            mtu,
         ));
     }
     if let Some(rs) = &rules.nft {
@@ -395,6 +427,7 @@ fn forward_policy(rules: &Rules, state: Option<&State>) -> Vec<Check> {
                         format!("nft insert rule {} {} ip daddr {s} accept", c.table, c.name),
                     ]
                 },
+                mtu,
             ));
         }
     }
@@ -625,7 +658,7 @@ mod tests {
         assert_eq!(r.iptables[0].command, "iptables-legacy");
         assert_eq!(r.iptables[1].command, "iptables");
 
-        let fwd = forward_policy(&r, None);
+        let fwd = forward_policy(&r, None, &|_| None);
         assert_eq!(fwd.len(), 1);
         assert_eq!(fwd[0].status, super::super::Status::Warn);
         assert!(
@@ -687,6 +720,31 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_drop_meets_the_fast_path_where_it_cannot_fragment() {
+        use super::super::Status;
+        let nft_drop = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        let state = State {
+            networks: vec![net("web", "172.18.0.0/24", Backend::Ebpf, true)],
+            ..State::default()
+        };
+        let r = rules_from("", nft_drop);
+        // The uplink carries what the bridge does: nothing needs the kernel.
+        let same = forward_policy(&r, Some(&state), &|_| Some(1500));
+        assert_eq!(same[0].status, Status::Pass, "{:?}", same[0]);
+        // A smaller uplink MTU: what the kernel would fragment, the drop drops.
+        let small = |dev: &str| Some(if dev == "eth0" { 1400 } else { 1500 });
+        let fwd = forward_policy(&r, Some(&state), &small);
+        assert_eq!(fwd[0].status, Status::Warn, "{:?}", fwd[0]);
+        assert!(
+            fwd[0].found.contains(
+                "web (eBPF fast path, but uplink eth0's MTU 1400 differs from bridge nf-web's 1500"
+            ),
+            "{}",
+            fwd[0].found
+        );
+    }
+
+    #[test]
     fn a_forward_drop_names_the_networks_it_drops_and_passes_when_none() {
         use super::super::Status;
         let nft_drop = "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
@@ -701,7 +759,7 @@ mod tests {
 
         // `iptables` is iptables-nft: the eBPF fast path and NETFAST-FORWARD get past it.
         let r = rules_from("", nft_drop);
-        let fwd = forward_policy(&r, Some(&state));
+        let fwd = forward_policy(&r, Some(&state), &|_| None);
         assert_eq!(fwd.len(), 1);
         assert_eq!(fwd[0].status, Status::Pass, "{:?}", fwd[0]);
         assert!(
@@ -716,7 +774,7 @@ mod tests {
 
         // A drop in the other variant drops the iptables backend's network, not the eBPF one.
         let r = rules_from(legacy_drop, "");
-        let fwd = forward_policy(&r, Some(&state));
+        let fwd = forward_policy(&r, Some(&state), &|_| None);
         assert_eq!(fwd[0].status, Status::Warn);
         assert_eq!(
             fwd[0].found,
@@ -736,7 +794,7 @@ mod tests {
         let accepted = "*filter\n:FORWARD DROP [0:0]\n\
                         -A FORWARD -d 172.19.0.0/24 -j ACCEPT\n\
                         -A FORWARD -s 172.19.0.0/24 -j ACCEPT\nCOMMIT\n";
-        let fwd = forward_policy(&rules_from(accepted, ""), Some(&state));
+        let fwd = forward_policy(&rules_from(accepted, ""), Some(&state), &|_| None);
         assert_eq!(fwd[0].status, Status::Pass, "{:?}", fwd[0]);
         assert!(
             fwd[0]
@@ -747,7 +805,7 @@ mod tests {
         );
         // One direction alone is not enough.
         let half = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 172.19.0.0/24 -j ACCEPT\nCOMMIT\n";
-        let fwd = forward_policy(&rules_from(half, ""), Some(&state));
+        let fwd = forward_policy(&rules_from(half, ""), Some(&state), &|_| None);
         assert_eq!(fwd[0].status, Status::Warn, "{:?}", fwd[0]);
 
         // nftables backend, routed eBPF network, fast path off: all at risk.
@@ -758,7 +816,7 @@ mod tests {
             .networks
             .push(net("lab", "172.21.0.0/24", Backend::Ebpf, false));
         let r = rules_from("", nft_drop);
-        let fwd = forward_policy(&r, Some(&state));
+        let fwd = forward_policy(&r, Some(&state), &|_| None);
         assert_eq!(fwd[0].status, Status::Warn);
         assert!(
             fwd[0].found.contains("network app (nftables backend"),
@@ -773,7 +831,7 @@ mod tests {
         assert!(!fwd[0].found.contains("network web"), "{}", fwd[0].found);
         assert!(!fwd[0].found.contains("network db"), "{}", fwd[0].found);
         state.dataplane.fast_path = Switch::Off;
-        let fwd = forward_policy(&r, Some(&state));
+        let fwd = forward_policy(&r, Some(&state), &|_| None);
         assert!(
             fwd[0]
                 .found

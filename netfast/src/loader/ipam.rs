@@ -84,6 +84,7 @@ mod tests {
                 })
                 .collect(),
             publications: vec![],
+            docker: Default::default(),
         }
     }
 

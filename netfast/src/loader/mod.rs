@@ -2,6 +2,7 @@
 //! network by hand, over netlink, with their state kept per host namespace.
 
 pub mod caps;
+pub mod docker;
 pub mod ipam;
 pub mod model;
 pub mod netlink;

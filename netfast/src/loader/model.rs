@@ -184,6 +184,12 @@ pub struct State {
     pub containers: Vec<Container>,
     #[serde(default)]
     pub publications: Vec<super::publish::Publication>,
+    /// Docker's IDs for the networks and containers it made through `netfast docker-plugin`.
+    #[serde(
+        default,
+        skip_serializing_if = "super::docker::DockerObjects::is_empty"
+    )]
+    pub docker: super::docker::DockerObjects,
 }
 
 impl State {

@@ -263,6 +263,32 @@ impl Nl<'_> {
             .ok_or_else(|| Error::NoInterface(host_name.to_owned()))
     }
 
+    /// A veth pair with both ends here, `peer_name` with MAC `peer_mac` (the kernel's choice
+    /// when `None`), for another program to move into a namespace (Docker, for its
+    /// containers). Returns the `host_name` end.
+    pub fn add_veth_pair(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<Link> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_owned());
+        if let Some(mac) = peer_mac {
+            peer = peer.address(mac.to_vec());
+        }
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_owned())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(failed(format!(
+                "creating veth pair {host_name}/{peer_name}"
+            )))?;
+        self.link(host_name)?
+            .ok_or_else(|| Error::NoInterface(host_name.to_owned()))
+    }
+
     fn set(&self, msg: LinkMessage, what: String) -> Result<()> {
         self.rt
             .block_on(self.handle.link().set(msg).execute())

@@ -161,7 +161,7 @@ impl Loader {
         Ok(out)
     }
 
-    fn create_network(
+    pub(super) fn create_network(
         &self,
         nl: &Nl<'_>,
         state: &mut State,
@@ -366,7 +366,7 @@ impl Loader {
         Ok(out)
     }
 
-    fn remove_network(
+    pub(super) fn remove_network(
         &self,
         nl: &Nl<'_>,
         state: &mut State,
@@ -495,6 +495,8 @@ impl Loader {
                         ifindex: host_side.index,
                         mac,
                         gw_mac,
+                        mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
+                        _pad: 0,
                     },
                 )?;
             }
@@ -775,7 +777,7 @@ impl Loader {
 }
 
 /// The publications that lead to container `c`.
-fn publications_of(state: &State, c: &Container) -> Vec<super::publish::Publication> {
+pub(super) fn publications_of(state: &State, c: &Container) -> Vec<super::publish::Publication> {
     state
         .publications
         .iter()
@@ -807,7 +809,7 @@ fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Resul
 /// Removes a container (its veth and namespace) and ends its flows: from it (masqueraded or
 /// not) and to it, in the eBPF dataplane or, for a network on a fallback backend, in the
 /// kernel's conntrack table. `state` still has the container's network.
-fn remove_container(
+pub(super) fn remove_container(
     nl: &Nl<'_>,
     state: &State,
     c: &Container,
@@ -820,10 +822,13 @@ fn remove_container(
     if let Some(veth) = nl.link(&c.veth)? {
         nl.delete_link(&veth)?;
     }
-    nsfs::delete(&c.name).map_err(|source| Error::Io {
-        context: format!("deleting namespace {}", c.name),
-        source,
-    })?;
+    // A Docker endpoint's namespace is Docker's: its veth is all netfast made.
+    if !state.docker.owns_container(&c.name) {
+        nsfs::delete(&c.name).map_err(|source| Error::Io {
+            context: format!("deleting namespace {}", c.name),
+            source,
+        })?;
+    }
     out.push(format!("removed container {} ({})", c.name, c.ip));
     // Its veth is gone: no new flow of it can start.
     let filter = Filter::container(c.ip);

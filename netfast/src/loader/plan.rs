@@ -99,13 +99,38 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
         }
     }
     validate::dataplane(&desired.dataplane)?;
+    if let Some(n) = desired
+        .networks
+        .iter()
+        .find(|n| state.docker.owns_network(&n.name))
+    {
+        return Err(Invalid(format!(
+            "network `{}` serves a Docker network (made through `netfast docker-plugin`): Docker \
+             changes it, not an apply file; give the file's network another name",
+            n.name
+        )));
+    }
+    if let Some(c) = desired
+        .containers
+        .iter()
+        .find(|c| state.docker.owns_container(&c.name))
+    {
+        return Err(Invalid(format!(
+            "container `{}` is a Docker endpoint (made through `netfast docker-plugin`): Docker \
+             changes it, not an apply file; give the file's container another name",
+            c.name
+        )));
+    }
 
+    // Docker's networks, and everything on them, are Docker's to change: a file leaves them.
+    let docker_network = |name: &str| state.docker.owns_network(name);
     let kept_network = |name: &str| {
         let current = state.network(name);
-        desired
-            .networks
-            .iter()
-            .any(|d| d.name == name && current.is_some_and(|c| c.satisfies(d)))
+        docker_network(name)
+            || desired
+                .networks
+                .iter()
+                .any(|d| d.name == name && current.is_some_and(|c| c.satisfies(d)))
     };
     let mut actions = Vec::new();
     let mut removed_containers = Vec::new();
@@ -121,9 +146,10 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
     };
     let mut kept_publications = Vec::new();
     for p in &state.publications {
-        let keep = kept_network(&p.network)
-            && (kept_container(&p.container) || state.container(&p.container).is_none())
-            && desired.publications.iter().any(|d| p.declared_as(d));
+        let keep = docker_network(&p.network)
+            || (kept_network(&p.network)
+                && (kept_container(&p.container) || state.container(&p.container).is_none())
+                && desired.publications.iter().any(|d| p.declared_as(d)));
         if keep {
             kept_publications.push(p.spec.clone());
         } else {
@@ -134,11 +160,12 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
         }
     }
     for c in &state.containers {
-        let keep = kept_network(&c.network)
-            && desired
-                .containers
-                .iter()
-                .any(|d| d.name == c.name && c.satisfies(d));
+        let keep = docker_network(&c.network)
+            || (kept_network(&c.network)
+                && desired
+                    .containers
+                    .iter()
+                    .any(|d| d.name == c.name && c.satisfies(d)));
         if !keep {
             actions.push(Action::RemoveContainer(c.name.clone()));
             removed_containers.push(c.name.clone());
@@ -340,6 +367,42 @@ allow = ["192.0.2.0/24"]
             .map(|a| a.to_string())
             .collect();
         assert_eq!(kinds, ["- container db1", "- network db"]);
+    }
+
+    #[test]
+    fn docker_networks_and_what_is_on_them_are_left_alone() {
+        use crate::loader::docker::{DockerEndpoint, DockerNetwork};
+        let file = ApplyFile::parse(FILE).unwrap();
+        let mut s = applied(&file, &State::default());
+        // Docker's network "db" (in the state, not in the file), with an endpoint and a port.
+        let web_only = format!(
+            "{}[[container]]\nname = \"web1\"\nnetwork = \"web\"\n\n{}",
+            &FILE[..FILE.find("[[network]]\nname = \"db\"").unwrap()],
+            &FILE[FILE.find("[[publish]]").unwrap()..]
+        );
+        let fewer = ApplyFile::parse(&web_only).unwrap();
+        let (net_id, ep_id) = ("a".repeat(64), "b".repeat(64));
+        s.docker.networks.push(DockerNetwork {
+            id: net_id.clone(),
+            network: "db".into(),
+        });
+        s.docker.endpoints.push(DockerEndpoint {
+            id: ep_id,
+            network_id: net_id,
+            container: "db1".into(),
+            peer: "nfd00000000".into(),
+            mac: "02:42:ac:13:00:0a".into(),
+            sandbox: None,
+        });
+        let p = publish::validate("db", &"5432:db1".parse().unwrap(), &[], &s).unwrap();
+        s.publications.push(p);
+        assert_eq!(plan(&fewer, &s).unwrap(), vec![]);
+        // A file cannot declare Docker's network or endpoint.
+        let e = plan(&file, &s).unwrap_err();
+        assert!(e.0.contains("network `db` serves a Docker network"), "{e}");
+        let renamed = web_only.replace("name = \"web1\"", "name = \"db1\"");
+        let e = plan(&ApplyFile::parse(&renamed).unwrap(), &s).unwrap_err();
+        assert!(e.0.contains("container `db1` is a Docker endpoint"), "{e}");
     }
 
     #[test]

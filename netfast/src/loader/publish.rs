@@ -402,6 +402,7 @@ mod tests {
                 veth: "v".into(),
             }],
             publications: vec![],
+            docker: Default::default(),
         }
     }
 

@@ -32,6 +32,12 @@ pub struct ContainerStatus {
     pub network: String,
     pub ip: Ipv4Addr,
     pub veth: String,
+    /// Its network namespace: `/run/netns/<name>` for the command line's containers; for a
+    /// Docker endpoint, Docker's sandbox while the container runs (else none).
+    pub netns: Option<String>,
+    /// Docker's endpoint ID, for a container Docker made through `netfast docker-plugin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_endpoint: Option<String>,
     pub drift: Vec<String>,
 }
 
@@ -110,7 +116,10 @@ impl Loader {
                 }
                 Some(_) => {}
             }
-            if !nsfs::exists(&c.name) {
+            // A Docker endpoint's namespace is Docker's (and may live in dockerd's own mount
+            // namespace): its veth, gone with the namespace, is what netfast can check.
+            let docker = state.docker.endpoint_of(&c.name);
+            if docker.is_none() && !nsfs::exists(&c.name) {
                 drift.push(format!("namespace {} is missing", c.name));
             }
             out.push(ContainerStatus {
@@ -118,6 +127,11 @@ impl Loader {
                 network: c.network.clone(),
                 ip: c.ip,
                 veth: c.veth.clone(),
+                netns: match docker {
+                    Some(ep) => ep.sandbox.clone(),
+                    None => Some(nsfs::path(&c.name).display().to_string()),
+                },
+                docker_endpoint: docker.map(|ep| ep.id.clone()),
                 drift,
             });
         }

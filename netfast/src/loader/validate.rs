@@ -78,6 +78,16 @@ pub fn state(state: &State) -> Result<(), Invalid> {
     for p in &state.publications {
         object_name("network", &p.network)?;
     }
+    for n in &state.docker.networks {
+        super::docker::check_id("network", &n.id)?;
+        object_name("network", &n.network)?;
+    }
+    for e in &state.docker.endpoints {
+        super::docker::check_id("endpoint", &e.id)?;
+        super::docker::check_id("network", &e.network_id)?;
+        object_name("container", &e.container)?;
+        interface_name("veth", &e.peer)?;
+    }
     Ok(())
 }
 
@@ -385,6 +395,7 @@ mod tests {
                 veth: "nfv0".into(),
             }],
             publications: vec![],
+            docker: Default::default(),
         }
     }
 

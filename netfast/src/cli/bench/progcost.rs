@@ -215,6 +215,8 @@ fn measure_here(env: &Env, effort: Effort, step: &(dyn Fn(&str) + Sync)) -> Resu
             ifindex: veth.index,
             mac: ct_mac,
             gw_mac: br_mac,
+            mtu: 1500,
+            _pad: 0,
         },
     )?;
     maps::publish(
