@@ -7,10 +7,10 @@ use netfast::{
     common::{
         config::{DpConfig, FILTERING_ADDRESS_AND_PORT_DEPENDENT, FILTERING_ENDPOINT_INDEPENDENT},
         conntrack::{
-            CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST,
-            CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT, CT_F_RELEASED, CT_F_REPLY,
-            CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_SEEN_REPLY, CT_F_TD_SEEN, CtEntry, CtKey,
-            FwdCache,
+            CT_F_AWAIT_REPLY, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD,
+            CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT, CT_F_RELEASED, CT_F_REPLY,
+            CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_SEEN_REPLY, CT_F_TD_SEEN, CT_F_TWO_MAPPINGS,
+            CtEntry, CtKey, FwdCache,
         },
         nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     },
@@ -59,6 +59,8 @@ pub fn ct_entry(e: &Entry) -> CtEntry {
         (f.published, CT_F_PUBLISHED),
         (f.from_inside, CT_F_FROM_INSIDE),
         (f.td_seen, CT_F_TD_SEEN),
+        (f.two_mappings, CT_F_TWO_MAPPINGS),
+        (f.await_reply, CT_F_AWAIT_REPLY),
     ] {
         if on {
             flags |= bit;
@@ -145,8 +147,7 @@ pub fn frag(r: &FragRecord) -> FragEntry {
         src_addr: raw_addr(r.src),
         dst_addr: raw_addr(r.dst),
         expires: r.expires,
-        redirect: u8::from(r.at_bridge),
-        _pad: [0; 3],
+        _pad: 0,
     }
 }
 
@@ -196,6 +197,8 @@ pub fn model_entry(e: &CtEntry) -> Entry {
             published: has(CT_F_PUBLISHED),
             from_inside: has(CT_F_FROM_INSIDE),
             td_seen: has(CT_F_TD_SEEN),
+            two_mappings: has(CT_F_TWO_MAPPINGS),
+            await_reply: has(CT_F_AWAIT_REPLY),
         },
         state: tcp::State::from_code(e.tcp_state),
         window: tcp::Window {

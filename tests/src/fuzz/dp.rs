@@ -204,6 +204,8 @@ impl Datapath {
                 ifindex: ep.ifindex,
                 mac: ep.mac,
                 gw_mac: ep.gw_mac,
+                mtu: ep.mtu,
+                _pad: 0,
             };
             maps::set_endpoint(self.t.ebpf_mut(), *addr, &ep)
                 .unwrap_or_else(|e| fail("endpoints", e));

@@ -219,8 +219,32 @@ impl Gen {
         }
     }
 
-    fn container_opens(&mut self, _m: &Model) -> Event {
+    fn container_opens(&mut self, m: &Model) -> Event {
         let (net, src) = *self.rng.pick(&all_containers());
+        // Now and then to a live mapping's external endpoint (another container's, or its
+        // own): a hairpin to a mapping.
+        if !m.bindings.is_empty() && self.rng.chance(120) {
+            let bks: Vec<_> = m.bindings.iter().map(|(k, b)| (*k, *b)).collect();
+            let (bk, b) = *self.rng.pick(&bks);
+            let sport = *self.rng.pick(&CONTAINER_PORTS);
+            let t = if bk.proto == PROTO_ICMP {
+                Tuple::new(src, bk.ext_addr, sport, 0, bk.proto)
+            } else {
+                Tuple::new(src, bk.ext_addr, sport, b.ext_port, bk.proto)
+            };
+            return Event::Send {
+                from: From::Container { net },
+                pkt: Pkt::new(
+                    TupleRef::Mapped {
+                        tuple: t,
+                        src: false,
+                        int: (bk.int_addr, bk.int_port),
+                        hint: b.ext_port,
+                    },
+                    self.opening_body(bk.proto),
+                ),
+            };
+        }
         let proto = self.proto();
         let sport = if proto == PROTO_ICMP {
             *self.rng.pick(&ICMP_IDS)
@@ -273,8 +297,10 @@ impl Gen {
                 _ => TupleRef::Lit(*key),
             };
         }
+        // To a mapping's external port (the endpoint-independent case, a hairpin to a
+        // mapping): named by the mapping's owner.
         match e.new_dst {
-            Some(int) if e.flags.masq_dst => TupleRef::Mapped {
+            Some(int) if e.flags.masq_dst || e.flags.two_mappings => TupleRef::Mapped {
                 tuple: *key,
                 src: false,
                 int,

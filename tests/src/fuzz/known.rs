@@ -17,19 +17,18 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[
     Known {
+        fixture: "echo-to-the-host-taken-by-an-identifier-0-mapping",
+        summary: "a container's ICMP echo request to the host's address is hairpinned to \
+                  whichever container holds the ICMP identifier-0 mapping (an echo request's \
+                  key has destination port 0): pings of the host are captured, their \
+                  identifier rewritten",
+        explains: echo_to_the_host_taken_by_an_identifier_0_mapping,
+    },
+    Known {
         fixture: "reopened-flow-outlives-its-mapping",
         summary: "a TCP flow reopened after its close (a RST, TIME_WAIT) keeps its mapping \
                   only as long as the close: the port can be taken over while the flow lives",
         explains: reopened_flow_outlives_its_mapping,
-    },
-    Known {
-        fixture: "hairpin-client-of-another-network",
-        summary: "a container reaching a published port of a container of another network \
-                  (hairpin): its packets after the first never match their flow at its \
-                  bridge (the flow is the server's network's), so they are not tracked, a \
-                  TCP handshake's ACK goes to the host untranslated, and a UDP flow is \
-                  opened again on every packet",
-        explains: hairpin_client_of_another_network,
     },
     Known {
         fixture: "one-way-flow-loses-its-reply-tuple",
@@ -93,39 +92,6 @@ fn reopened_flow_outlives_its_mapping(m: &Mismatch, model: &Model) -> bool {
     })
 }
 
-/// A packet at a bridge whose flow is a hairpin flow of another network's container: the
-/// model uses the flow (the client's packets are its own), the datapath does not.
-fn hairpin_client_of_another_network(m: &Mismatch, model: &Model) -> bool {
-    let Some((hook, ifindex, frame)) = &m.at else {
-        return false;
-    };
-    if *hook != netfast::common::Hook::BridgeIngress {
-        return false;
-    }
-    let crate::model::frame::Parsed::Ipv4(ip) = crate::model::frame::ipv4(frame) else {
-        return false;
-    };
-    let Some(crate::model::frame::L4::Flow { sport, dport, .. }) =
-        crate::model::frame::l4(frame, &ip)
-    else {
-        return false;
-    };
-    let key = crate::model::Tuple::new(ip.src, ip.dst, sport, dport, ip.proto);
-    // The datapath's test (the bridge of the entry's network) refuses what the model's
-    // (the network of the packet's source) takes: a hairpin flow's client entry.
-    [Table::Main, Table::Inbound].into_iter().any(|t| {
-        model.ct.of(t).get(&key).is_some_and(|e| {
-            e.flags.redirect
-                && !e.flags.reply
-                && model.topo.bridge_of(e.net_id) != *ifindex
-                && model
-                    .topo
-                    .network_of(key.src)
-                    .is_some_and(|n| n.bridge == *ifindex)
-        })
-    })
-}
-
 /// Every half flow is a live entry whose other half now belongs to a newer flow, which took
 /// the reply tuple while the entry lived.
 fn one_way_flow_loses_its_reply_tuple(m: &Mismatch, model: &Model) -> bool {
@@ -166,4 +132,37 @@ fn inbound_flow_shares_a_masquerade_tuple(m: &Mismatch, model: &Model) -> bool {
             p.peer_key(&pk) != *key && p.flags.published && !e.flags.published && e.flags.masq()
         })
     })
+}
+
+/// A container's echo request at its bridge, to an address on which a live mapping holds
+/// ICMP identifier 0.
+fn echo_to_the_host_taken_by_an_identifier_0_mapping(m: &Mismatch, model: &Model) -> bool {
+    let Some((hook, _, frame)) = &m.at else {
+        return false;
+    };
+    if *hook != netfast::common::Hook::BridgeIngress {
+        return false;
+    }
+    let crate::model::frame::Parsed::Ipv4(ip) = crate::model::frame::ipv4(frame) else {
+        return false;
+    };
+    let Some(crate::model::frame::L4::Flow { dport: 0, .. }) = crate::model::frame::l4(frame, &ip)
+    else {
+        return false;
+    };
+    ip.proto == crate::model::PROTO_ICMP
+        && model.claims.iter().any(|(ck, c)| {
+            ck.ext_addr == ip.dst
+                && ck.ext_port == 0
+                && ck.proto == crate::model::PROTO_ICMP
+                && model
+                    .bindings
+                    .get(&crate::model::BindKey {
+                        int_addr: c.owner.0,
+                        ext_addr: ip.dst,
+                        int_port: c.owner.1,
+                        proto: ck.proto,
+                    })
+                    .is_some_and(|b| b.ext_port == 0)
+        })
 }

@@ -82,7 +82,7 @@ impl Outcome {
             .map(|(fixture, (n, first))| {
                 let k = known::KNOWN.iter().find(|k| k.fixture == *fixture);
                 format!(
-                    "known datapath defect met in {n} episodes (first at {first}), not counted as a mismatch: {} (fixture {fixture})",
+                    "known datapath defect met {n} times (first at {first}), not counted as a mismatch: {} (fixture {fixture})",
                     k.map_or("", |k| k.summary)
                 )
             })
@@ -255,7 +255,16 @@ pub fn run(opts: &Options) -> Outcome {
                     }
                 });
                 if let Err(m) = res {
-                    failure = Some(m);
+                    // A known defect that made the datapath and the model part on a packet:
+                    // counted, and the episode goes on from the datapath's state. (A broken
+                    // invariant would only break again: that episode ends.)
+                    match known::explain(&m, &r.model).filter(|_| !opts.strict) {
+                        Some(k) if m.kind != "invariant" => {
+                            note_known(&mut outcome, k, seed, episode, &m);
+                            r.resync();
+                        }
+                        _ => failure = Some(m),
+                    }
                 }
             }
             if failure.is_none()
@@ -278,17 +287,7 @@ pub fn run(opts: &Options) -> Outcome {
             }
             if let Some(m) = failure {
                 if let Some(k) = known::explain(&m, &r.model).filter(|_| !opts.strict) {
-                    let seen = outcome
-                        .known
-                        .entry(k.fixture)
-                        .or_insert((0, format!("seed {seed} episode {episode}")));
-                    seen.0 += 1;
-                    if seen.0 == 1 {
-                        println!(
-                            "  known datapath defect ({}, fixture {}) at seed {seed} episode {episode}: {m}",
-                            k.summary, k.fixture
-                        );
-                    }
+                    note_known(&mut outcome, k, seed, episode, &m);
                 } else {
                     outcome.mismatches += 1;
                     report(r, opts, seed, episode, &events, &m);
@@ -323,6 +322,27 @@ pub fn run(opts: &Options) -> Outcome {
         }
     }
     outcome
+}
+
+/// Counts a known defect met (printing the first meeting).
+fn note_known(
+    outcome: &mut Outcome,
+    k: &known::Known,
+    seed: u64,
+    episode: u64,
+    m: &runner::Mismatch,
+) {
+    let seen = outcome
+        .known
+        .entry(k.fixture)
+        .or_insert((0, format!("seed {seed} episode {episode}")));
+    seen.0 += 1;
+    if seen.0 == 1 {
+        println!(
+            "  known datapath defect ({}, fixture {}) at seed {seed} episode {episode}: {m}",
+            k.summary, k.fixture
+        );
+    }
 }
 
 /// Prints a mismatch, shrinks its sequence, prints that, and writes the fixture.

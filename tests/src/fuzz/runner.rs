@@ -488,6 +488,56 @@ impl Runner {
         Ok(())
     }
 
+    /// Takes the datapath's state as the model's (every map entry, every counter): after a
+    /// known defect made them part, so that the episode can go on from what the datapath
+    /// did.
+    pub fn resync(&mut self) {
+        let d = self.dp.dump();
+        let conv = |m: &HashMap<
+            netfast::common::conntrack::CtKey,
+            netfast::common::conntrack::CtEntry,
+        >| {
+            m.iter()
+                .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
+                .collect()
+        };
+        self.model.ct.main = conv(&d.main);
+        self.model.ct.inbound = conv(&d.inbound);
+        self.model.bindings = d
+            .bindings
+            .iter()
+            .map(|(k, b)| (convert::model_bind_key(k), convert::model_binding(b)))
+            .collect();
+        self.model.claims = d
+            .claims
+            .iter()
+            .map(|(k, c)| (convert::model_claim_key(k), convert::model_claim(c)))
+            .collect();
+        self.model.frags = d
+            .frags
+            .iter()
+            .map(|(k, r)| {
+                (
+                    model::FragKey {
+                        src: netfast::maps::addr_of(k.src_addr),
+                        dst: netfast::maps::addr_of(k.dst_addr),
+                        id: u16::from_be(k.id),
+                        proto: k.proto,
+                    },
+                    model::FragRecord {
+                        src: netfast::maps::addr_of(r.src_addr),
+                        dst: netfast::maps::addr_of(r.dst_addr),
+                        expires: r.expires,
+                    },
+                )
+            })
+            .collect();
+        let c = self.dp.counts();
+        self.model.counters.hooks = c.hooks;
+        self.model.counters.events = c.events;
+        self.model.counters.drops = c.drops;
+    }
+
     /// Everything: every map entry, every counter, and the invariants.
     pub fn checkpoint(&mut self, step: usize) -> Result<(), Mismatch> {
         let fail = |kind, detail| {

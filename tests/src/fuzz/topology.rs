@@ -127,12 +127,15 @@ impl Host {
         }
     }
 
-    /// The endpoint entry of container `addr` of network `i`.
+    /// The endpoint entry of container `addr` of network `i`: MTU 1500, but for the last
+    /// container of each network, whose veth has a smaller one (a tunnel's, say).
     pub fn endpoint(&self, i: usize, addr: Ipv4Addr) -> EndpointInfo {
+        let small = CONTAINERS[i].last() == Some(&addr);
         EndpointInfo {
             ifindex: self.ports[i],
             mac: [0x02, 0, 0, 0, addr.octets()[2], addr.octets()[3]],
             gw_mac: BRIDGE_MAC,
+            mtu: if small { 1280 } else { 1500 },
         }
     }
 

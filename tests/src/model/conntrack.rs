@@ -327,13 +327,32 @@ impl Model {
             }
             if release {
                 self.release_mapping(touched, key, &mut e, expires);
+                // A hairpin between two mappings releases the other entry's too (a
+                // container's hairpin to its own mapping is one entry, released twice).
+                if e.flags.two_mappings {
+                    if peer_key == *key {
+                        self.release_mapping(touched, key, &mut e, expires);
+                    } else if let Some(mut p) = self.ct_get(touched, table, &peer_key) {
+                        self.release_mapping(touched, &peer_key, &mut p, expires);
+                        self.ct_put(touched, table, peer_key, p);
+                    }
+                }
             }
         } else if expires > e.expires {
             e.expires = expires;
         }
         if e.flags.masq() && expires > e.map_expires {
-            e.map_expires =
-                self.extend_mapping(touched, key, &e, expires + super::mapping_slack(t));
+            let until = expires + super::mapping_slack(t);
+            e.map_expires = self.extend_mapping(touched, key, &e, until);
+            // A hairpin between two mappings keeps the other entry's alive with this one's.
+            if e.flags.two_mappings {
+                if peer_key == *key {
+                    e.map_expires = self.extend_mapping(touched, key, &e, until);
+                } else if let Some(mut p) = self.ct_get(touched, table, &peer_key) {
+                    p.map_expires = self.extend_mapping(touched, &peer_key, &p, until);
+                    self.ct_put(touched, table, peer_key, p);
+                }
+            }
         }
         let answered = if tcp {
             state == tcp::State::Established

@@ -131,7 +131,7 @@ impl Model {
     }
 
     /// Applies an entry's rewrites to the packet keyed `key`, and records a first
-    /// fragment's translation for the fragments that follow (at the hook that made it).
+    /// fragment's translation for the fragments that follow.
     fn apply(&mut self, run: &mut Run<'_>, ip: &Ip, key: &Tuple, e: &Entry) {
         if let Some((addr, port)) = e.new_src {
             run.out.rewrite_side(ip, true, addr, port);
@@ -154,16 +154,15 @@ impl Model {
                     src: t.src,
                     dst: t.dst,
                     expires: self.now + super::FRAGMENT_TIMEOUT,
-                    at_bridge: e.flags.redirect,
                 },
             );
         }
     }
 
-    /// A later fragment gets the addresses its first fragment got, at the hook that
-    /// translated that one; false when no first fragment of its datagram was translated
-    /// there (in time).
-    fn later_fragment(&mut self, run: &mut Run<'_>, ip: &Ip, at_bridge: bool) -> bool {
+    /// A later fragment gets the addresses its first fragment got, at whichever hook sees
+    /// it first (translated, it no longer matches); its new (source, destination), or
+    /// `None` when no first fragment of its datagram was translated (in time).
+    fn later_fragment(&mut self, run: &mut Run<'_>, ip: &Ip) -> Option<(Ipv4Addr, Ipv4Addr)> {
         let fk = super::FragKey {
             src: ip.src,
             dst: ip.dst,
@@ -171,16 +170,22 @@ impl Model {
             proto: ip.proto,
         };
         run.touched.frags.insert(fk);
-        let Some(r) = self.frags.get(&fk).copied() else {
-            return false;
-        };
-        if r.expires < self.now || r.at_bridge != at_bridge {
-            return false;
+        let r = self.frags.get(&fk).copied()?;
+        if r.expires < self.now {
+            return None;
         }
         run.out.set_ip_addr(true, r.src);
         run.out.set_ip_addr(false, r.dst);
         self.counters.rule("later fragment translated");
-        true
+        Some((r.src, r.dst))
+    }
+
+    /// The addresses the packet carries now (after what the rules wrote).
+    fn current_addrs(run: &Run<'_>) -> (Ipv4Addr, Ipv4Addr) {
+        (
+            Ipv4Addr::from(run.out.get32(frame::ETH_HLEN + 12)),
+            Ipv4Addr::from(run.out.get32(frame::ETH_HLEN + 16)),
+        )
     }
 
     /// Sends the packet along a route the fast path found.
@@ -188,6 +193,43 @@ impl Model {
         route::forward(&mut run.out, r);
         self.counters.event(Event::FastPath);
         Ok(REDIRECT)
+    }
+
+    /// Forwards a packet translated to `dst` at the bridge: it cannot go to the host's
+    /// stack, whose input path would drop a source of the host's own as a martian.
+    fn forward_here(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        dst: Ipv4Addr,
+    ) -> Result<i32, DropReason> {
+        let Some(r) = self.route(run.f, ip, dst, true) else {
+            return Err(DropReason::NoRoute);
+        };
+        self.forward(run, &r)
+    }
+
+    /// A later fragment or an ICMP error from a container (`translated` already, when it is
+    /// about a flow): no flow of its own, but translated and forwarded like the flow it
+    /// belongs to, if any; else isolation decides.
+    fn not_a_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        translated: bool,
+    ) -> Result<i32, DropReason> {
+        if ip.frag == Frag::Later {
+            self.source_network(run, ip)?;
+            if let Some((_, dst)) = self.later_fragment(run, ip) {
+                return self.forward_here(run, ip, dst);
+            }
+            return self.isolated(run, ip);
+        }
+        if translated && self.config.fast_path {
+            let (_, dst) = Self::current_addrs(run);
+            return self.forward_here(run, ip, dst);
+        }
+        self.isolated(run, ip)
     }
 
     /// The bridge's ingress: packets from containers.
@@ -203,36 +245,37 @@ impl Model {
             return Err(DropReason::ToHostLoopback);
         }
         if ip.frag == Frag::Later {
-            self.source_network(run, &ip)?;
-            if self.later_fragment(run, &ip, true) {
-                // A hairpinned datagram's fragment: routed here, like its first.
-                let dst = Ipv4Addr::from(run.out.get32(frame::ETH_HLEN + 16));
-                let Some(r) = self.route(f, &ip, dst, true) else {
-                    return Err(DropReason::NoRoute);
-                };
-                return self.forward(run, &r);
-            }
-            return self.isolated(run, &ip);
+            return self.not_a_flow(run, &ip, false);
         }
         let Some(l4) = frame::l4(f, &ip) else {
             return Err(DropReason::Malformed);
         };
-        let L4::Flow {
-            sport,
-            dport,
-            tcp_flags,
-        } = l4
-        else {
-            self.source_network(run, &ip)?;
-            return self.isolated(run, &ip);
+        let (sport, dport, tcp_flags) = match l4 {
+            L4::Flow {
+                sport,
+                dport,
+                tcp_flags,
+            } => (sport, dport, tcp_flags),
+            L4::IcmpError => {
+                // A container's error about a flow of ours (a port unreachable to a client
+                // of a published port): translated, then forwarded like the flow's packets.
+                self.source_network(run, &ip)?;
+                let mut out = std::mem::replace(&mut run.out, Expected::of(&[]));
+                let translated = self.translate_error(&mut run.touched, f, &ip, true, &mut out);
+                run.out = out;
+                let translated = translated?;
+                return self.not_a_flow(run, &ip, translated);
+            }
+            L4::Other => {
+                self.source_network(run, &ip)?;
+                return self.isolated(run, &ip);
+            }
         };
         let key = Tuple::new(ip.src, ip.dst, sport, dport, ip.proto);
-        let fast_path = self.config.fast_path;
         // A flow that leaves from a container (or a container's answer to an inbound flow
         // not answered yet), used only for packets whose source is of this bridge's
-        // network: a container cannot step into another network's flows. (A hairpin flow
-        // belongs to the serving container's network, `net_id`, but its client's packets
-        // come from the client's: they are its flow's all the same.)
+        // network: a container cannot step into another network's flows. (Each entry of a
+        // hairpin flow carries the network of its own sender.)
         let found = match self.lookup(&mut run.touched, Table::Main, &key, true) {
             Some(e) => Some((e, Table::Main)),
             None => self
@@ -242,65 +285,128 @@ impl Model {
         if let Some((e, table)) = found
             && self.usable_at_bridge(run, &key)
         {
-            let hairpin = e.flags.redirect;
-            if !hairpin && !fast_path {
-                // Translated at the uplink, after the host has routed it.
-                return Ok(NEXT);
-            }
-            let t = e.translated(&key);
-            let Some(r) = self.route(f, &ip, t.dst, hairpin) else {
-                if hairpin {
-                    return Err(DropReason::NoRoute);
-                }
-                self.counters.event(Event::FastPathFallback);
-                return Ok(NEXT);
-            };
-            let tracked = self.track(&mut run.touched, f, &ip, &key, tcp_flags, table)?;
-            let e = self.ct.of(table)[&key];
-            self.apply(run, &ip, &key, &e);
-            if tracked == Tracked::Answered {
-                self.promote(&mut run.touched, &key);
-            }
-            return self.forward(run, &r);
+            return self.established(run, &ip, &key, tcp_flags, &e, table);
         }
         let Some(net) = self.source_network(run, &ip)? else {
             return Ok(NEXT);
         };
-        if let Some(target) = self.published(ip.dst, dport, ip.proto)
+        self.new_flow(run, &ip, &key, tcp_flags, &net)
+    }
+
+    /// A packet of a tracked flow at the bridge: tracked, translated and forwarded — or,
+    /// with the fast path off, left to the uplink's egress after the host has routed it.
+    fn established(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        e: &Entry,
+        table: Table,
+    ) -> Result<i32, DropReason> {
+        if e.flags.await_reply && !e.flags.seen_reply {
+            // A hairpin to a mapping whose owner has not answered yet.
+            return Err(DropReason::NatFiltered);
+        }
+        let hairpin = e.flags.redirect;
+        if !hairpin && !self.config.fast_path {
+            return Ok(NEXT);
+        }
+        let t = e.translated(key);
+        let Some(r) = self.route(run.f, ip, t.dst, hairpin) else {
+            if hairpin {
+                return Err(DropReason::NoRoute);
+            }
+            self.counters.event(Event::FastPathFallback);
+            return Ok(NEXT);
+        };
+        let tracked = self.track(&mut run.touched, run.f, ip, key, tcp_flags, table)?;
+        let e = self.ct.of(table)[key];
+        self.apply(run, ip, key, &e);
+        if tracked == Tracked::Answered {
+            self.promote(&mut run.touched, key);
+        }
+        self.forward(run, &r)
+    }
+
+    /// A container's packet that matched no flow: a hairpin to a published port or to a
+    /// mapping, a new masqueraded flow, or the host's stack.
+    fn new_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+    ) -> Result<i32, DropReason> {
+        let f = run.f;
+        let can_open = key.proto != PROTO_TCP || tcp::Flags::from_byte(tcp_flags).opens();
+        if let Some(target) = self.published(ip.dst, key.dport, ip.proto)
             && !net.ext_addr.is_unspecified()
         {
             if !self.allowed(&target, ip.src) {
                 return Err(DropReason::NotAllowed);
             }
-            let Some(r) = self.route(f, &ip, target.addr, true) else {
+            let Some(r) = self.route(f, ip, target.addr, true) else {
                 return Err(DropReason::NoRoute);
             };
-            let choice = run
-                .obs
-                .choice(src_port_at(&ip), DropReason::NatPortExhausted);
-            let mut violations = Vec::new();
-            let opened = self.hairpin_new_flow(
+            // A packet that cannot open a flow (a stray ACK) is the host's to answer.
+            if !can_open {
+                return Ok(NEXT);
+            }
+            let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
+            let pair = self.hairpin_new_flow(
                 &mut run.touched,
                 f,
-                &ip,
-                &key,
+                ip,
+                key,
                 tcp_flags,
                 &target,
-                &net,
-                (choice, run.obs.bound),
-                &mut violations,
-            );
-            run.violations.extend(violations);
-            if let Some(pair) = opened? {
-                self.apply(run, &ip, &key, &pair.orig);
-                return self.forward(run, &r);
+                net,
+                ext_port,
+            )?;
+            self.apply(run, ip, key, &pair.orig);
+            return self.forward(run, &r);
+        }
+        // Another container's external endpoint, or its own: hairpinned. Not an ICMP echo
+        // request: it names no external endpoint (its key's destination port is always 0),
+        // and to the host's address it is the host's.
+        let echo_request = ip.proto == PROTO_ICMP && key.dport == 0;
+        if !net.ext_addr.is_unspecified()
+            && !echo_request
+            && let Some(claim) = self.live_claim(&mut run.touched, ip.dst, key.dport, ip.proto)
+        {
+            let Some(r) = self.route(f, ip, claim.owner.0, true) else {
+                return Err(DropReason::NoRoute);
+            };
+            if !can_open {
+                return Ok(NEXT);
             }
-            return Ok(NEXT);
+            // An ICMP message has one identifier for both sides: the frame out shows the
+            // receiver's, so the sender's mapping is read from the maps.
+            let ext_port =
+                self.masquerade_port(run, ip, key, tcp_flags, net, ip.proto != PROTO_ICMP)?;
+            match self.mapping_hairpin_new_flow(
+                &mut run.touched,
+                f,
+                ip,
+                key,
+                tcp_flags,
+                net,
+                ext_port,
+            )? {
+                None => {}
+                Some((_, true)) => return Err(DropReason::NatFiltered),
+                Some((pair, false)) => {
+                    self.apply(run, ip, key, &pair.orig);
+                    return self.forward(run, &r);
+                }
+            }
         }
-        if fast_path {
-            return self.new_masquerade_flow(run, &ip, &key, tcp_flags, &net);
+        if self.config.fast_path {
+            return self.new_masquerade_flow(run, ip, key, tcp_flags, net);
         }
-        self.isolated(run, &ip)
+        self.isolated(run, ip)
     }
 
     /// Whether an entry found at a bridge may serve the packet keyed `key`: its source is of
@@ -331,23 +437,20 @@ impl Model {
         if matches!(r, Route::Peer(_)) || r.dev() != net.uplink {
             return self.isolated(run, ip);
         }
-        let pair = self.snat_new_flow(run, ip, key, tcp_flags, net)?;
+        let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
+        let pair = self.snat_new_flow(run, ip, key, tcp_flags, net, ext_port)?;
         self.apply(run, ip, key, &pair.orig);
         self.forward(run, &r)
     }
 
-    /// The first packet of a masqueraded flow: its source endpoint's mapping (reused or
-    /// new), the flow's pair, the packet translated by its original entry. A RST opens
-    /// nothing: it would leak the container's address.
-    fn snat_new_flow(
-        &mut self,
-        run: &mut Run<'_>,
-        ip: &Ip,
+    /// The state a masqueraded flow opened by this packet starts in, when its entries
+    /// expire, and until when its mapping lives. A TCP RST opens no flow: it would leak the
+    /// container's address.
+    fn new_flow_times(
+        &self,
         key: &Tuple,
         tcp_flags: u8,
-        net: &Network,
-    ) -> Result<Pair, DropReason> {
-        let now = self.now;
+    ) -> Result<(tcp::State, u32, u32), DropReason> {
         let flags = tcp::Flags::from_byte(tcp_flags);
         let state = if key.proto == PROTO_TCP {
             if flags.rst {
@@ -358,11 +461,35 @@ impl Model {
             tcp::State::None
         };
         let t = self.config.timeout(key.proto, state);
-        let expires = now + t;
-        let until = expires + mapping_slack(t);
-        let choice = run
-            .obs
-            .choice(src_port_at(ip), DropReason::NatPortExhausted);
+        let expires = self.now + t;
+        Ok((state, expires, expires + mapping_slack(t)))
+    }
+
+    /// The external port of the sender's masquerade mapping, for a flow this packet opens:
+    /// the live one, or a new one (the datapath's random choice is read from its output,
+    /// or, where the output does not show it (`visible`), from its maps).
+    fn masquerade_port(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+        visible: bool,
+    ) -> Result<u16, DropReason> {
+        let (_, _, until) = self.new_flow_times(key, tcp_flags)?;
+        let choice = if visible {
+            run.obs
+                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+        } else {
+            match run
+                .obs
+                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+            {
+                Choice::Exhausted => Choice::Exhausted,
+                _ => Choice::Unknown,
+            }
+        };
         let mut violations = Vec::new();
         let ext_port = self.mapping(
             &mut run.touched,
@@ -374,7 +501,22 @@ impl Model {
             &mut violations,
         );
         run.violations.extend(violations);
-        let ext_port = ext_port?;
+        ext_port
+    }
+
+    /// The first packet of a masqueraded flow, its mapping made: the flow's pair, the
+    /// packet translated by its original entry.
+    fn snat_new_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+        ext_port: u16,
+    ) -> Result<Pair, DropReason> {
+        let now = self.now;
+        let (state, expires, until) = self.new_flow_times(key, tcp_flags)?;
         let orig = Entry::opening(
             EntryFlags {
                 masq_src: true,
@@ -506,6 +648,27 @@ impl Model {
         Ok(NEXT)
     }
 
+    /// A packet translated at the uplink without a flow entry of its own (an ICMP error
+    /// about a flow, a later fragment): on the way in, the fast path forwards it into its
+    /// container like the flow's packets (handed to the host's stack, it would meet the
+    /// FORWARD chain Docker leaves at DROP, and path MTU discovery with it); otherwise the
+    /// stack routes it.
+    fn forward_in(
+        &mut self,
+        run: &mut Run<'_>,
+        out: bool,
+        ip: &Ip,
+        dst: Ipv4Addr,
+    ) -> Result<i32, DropReason> {
+        if !out && self.config.fast_path {
+            if let Some(r) = self.route(run.f, ip, dst, false) {
+                return self.forward(run, &r);
+            }
+            self.counters.event(Event::FastPathFallback);
+        }
+        Ok(NEXT)
+    }
+
     /// The masqueraded network `src` belongs to, when the packet leaves through its uplink.
     fn masq_network(&self, src: Ipv4Addr, ifindex: u32) -> Option<Network> {
         self.topo
@@ -528,8 +691,8 @@ impl Model {
             return Err(DropReason::LoopbackFromNetwork);
         }
         if ip.frag == Frag::Later {
-            if self.later_fragment(run, &ip, false) {
-                return Ok(NEXT);
+            if let Some((_, dst)) = self.later_fragment(run, &ip) {
+                return self.forward_in(run, out, &ip, dst);
             }
             return self.forbidden(run, out, &ip, DropReason::FragmentWithoutFirst);
         }
@@ -546,7 +709,8 @@ impl Model {
                     self.translate_error(&mut run.touched, f, &ip, out, &mut out_frame);
                 run.out = out_frame;
                 if translated? {
-                    return Ok(NEXT);
+                    let (_, dst) = Self::current_addrs(run);
+                    return self.forward_in(run, out, &ip, dst);
                 }
                 return self.forbidden(run, out, &ip, DropReason::IcmpErrorWithoutFlow);
             }
@@ -612,25 +776,27 @@ impl Model {
             };
         }
         if out {
-            if let Some(net) = masq.or_else(|| self.masq_network(ip.src, run.ifindex)) {
-                let pair = self.snat_new_flow(run, &ip, &key, tcp_flags, &net)?;
-                self.apply(run, &ip, &key, &pair.orig);
-            } else if self.held_by_a_container(&mut run.touched, &key) {
-                self.counters.rule("host flow remapped");
+            let net = match masq.or_else(|| self.masq_network(ip.src, run.ifindex)) {
+                Some(net) => net,
                 // The host's own packet, from a port a container's mapping holds: it leaves
-                // from another port of the range, behind its own address.
-                let host = Network {
-                    id: HOST_FLOWS,
-                    subnet: "0.0.0.0/32".parse().expect("a network"),
-                    bridge: 0,
-                    uplink: run.ifindex,
-                    masquerade: false,
-                    ext_addr: key.src,
-                };
-                let pair = self.snat_new_flow(run, &ip, &key, tcp_flags, &host)?;
-                self.apply(run, &ip, &key, &pair.orig);
-                self.counters.event(Event::HostFlowRemapped);
-            }
+                // masqueraded behind its own address, from a port nobody holds.
+                None if self.held_by_a_container(&mut run.touched, &key) => {
+                    self.counters.rule("host flow remapped");
+                    self.counters.event(Event::HostFlowRemapped);
+                    Network {
+                        id: HOST_FLOWS,
+                        subnet: "0.0.0.0/32".parse().expect("a network"),
+                        bridge: 0,
+                        uplink: run.ifindex,
+                        masquerade: false,
+                        ext_addr: key.src,
+                    }
+                }
+                None => return Ok(NEXT),
+            };
+            let ext_port = self.masquerade_port(run, &ip, &key, tcp_flags, &net, true)?;
+            let pair = self.snat_new_flow(run, &ip, &key, tcp_flags, &net, ext_port)?;
+            self.apply(run, &ip, &key, &pair.orig);
             return Ok(NEXT);
         }
         if let Some(target) = target.or_else(|| self.published(ip.dst, dport, ip.proto)) {

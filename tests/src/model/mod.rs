@@ -10,8 +10,10 @@
 //! - [`nat`]: endpoint-independent mappings (RFC 4787 REQ-1): an internal endpoint's
 //!   binding to an external port, and the claim on that port; port preservation, the port
 //!   range, collisions, expiry and takeover.
-//! - [`publish`]: published ports and their allow-lists: DNAT from outside, hairpin from
-//!   inside, and the source-port remap when two publications would clash.
+//! - [`publish`]: published ports and their allow-lists: DNAT from outside, and the
+//!   source-port remap when two publications would clash.
+//! - [`hairpin`]: containers reaching their own host's external address: a published port,
+//!   or a masquerade mapping (RFC 4787 REQ-9), and the filtering between networks.
 //! - [`icmp`]: ICMP errors about translated flows, translated back (RFC 5508).
 //! - [`route`]: the fast path's view of the host's routes and neighbours.
 //! - [`tcp`]: TCP states, windows, and when a RST is believed.
@@ -33,6 +35,7 @@
 
 pub mod conntrack;
 pub mod frame;
+pub mod hairpin;
 pub mod hooks;
 pub mod icmp;
 pub mod invariants;
@@ -127,6 +130,12 @@ pub struct EntryFlags {
     pub from_inside: bool,
     /// TCP: this direction's sequence and window are known.
     pub td_seen: bool,
+    /// A hairpin between two masquerade mappings: each direction leaves through its own
+    /// sender's mapping, and both mappings live (and are released) with the flow.
+    pub two_mappings: bool,
+    /// This direction may not pass until the other has been seen (the receiver's mapping
+    /// filters by address and port, and has not contacted this sender yet).
+    pub await_reply: bool,
 }
 
 impl EntryFlags {
@@ -300,7 +309,8 @@ impl Claim {
     }
 }
 
-/// A fragmented datagram, as its fragments carry it before translation.
+/// A fragmented datagram, as its fragments carry it before translation (once translated, a
+/// fragment no longer matches: no hook translates it twice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FragKey {
     pub src: Ipv4Addr,
@@ -309,14 +319,13 @@ pub struct FragKey {
     pub proto: u8,
 }
 
-/// The addresses the first fragment got, for the later ones.
+/// The addresses the first fragment got, for the later ones, at whichever hook sees them
+/// first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragRecord {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub expires: u32,
-    /// Made at the bridge (a hairpinned datagram); otherwise at the uplink.
-    pub at_bridge: bool,
 }
 
 /// Seconds a datagram's first fragment is remembered.
@@ -391,6 +400,9 @@ pub struct EndpointInfo {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub gw_mac: [u8; 6],
+    /// The container's MTU (0: not known): a whole packet larger than it is left to the
+    /// host's stack, which fragments it or says "fragmentation needed".
+    pub mtu: u16,
 }
 
 /// A published host port.

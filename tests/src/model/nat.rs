@@ -495,25 +495,8 @@ impl Model {
     /// own packet `key`: the host's flow must then leave from another port, or the remote
     /// would see two conversations as one (and answer the container).
     pub fn held_by_a_container(&self, touched: &mut Touched, key: &Tuple) -> bool {
-        let ck = ClaimKey {
-            ext_addr: key.src,
-            ext_port: key.sport,
-            proto: key.proto,
-        };
-        let Some(c) = self.claim(touched, &ck) else {
-            return false;
-        };
-        if c.owner_net == HOST_FLOWS {
-            return false;
-        }
-        let bk = BindKey {
-            int_addr: c.owner.0,
-            ext_addr: key.src,
-            int_port: c.owner.1,
-            proto: key.proto,
-        };
-        self.binding(touched, &bk)
-            .is_some_and(|b| b.expires >= self.now && b.ext_port == key.sport)
+        self.live_claim(touched, key.src, key.sport, key.proto)
+            .is_some_and(|c| c.owner_net != HOST_FLOWS)
     }
 }
 

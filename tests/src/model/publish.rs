@@ -10,7 +10,7 @@ use netfast::common::{DropReason, stats::Event};
 use super::{
     Entry, EntryFlags, Model, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple,
     conntrack::{Inserted, Pair, Touched},
-    frame, mapping_slack,
+    frame,
     nat::Choice,
     tcp,
 };
@@ -198,75 +198,6 @@ impl Model {
             Inserted::Repaired => self.counters.event(Event::CtRepaired),
             Inserted::NewInbound => self.counters.event(Event::InboundOpened),
             _ => {}
-        }
-    }
-
-    /// A container opens a flow to a published port of its own host: the destination
-    /// becomes the serving container, the source the client's masquerade mapping, so that
-    /// the server's replies come back through the host to be translated (RFC 4787 REQ-9).
-    /// Both directions are forwarded at the bridge. `Ok(None)`: not a packet that opens a
-    /// flow (it goes on to the host).
-    #[allow(clippy::too_many_arguments)]
-    pub fn hairpin_new_flow(
-        &mut self,
-        touched: &mut Touched,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
-        target: &PubTarget,
-        net: &super::Network,
-        choice: (Choice, super::nat::Bound<'_>),
-        violations: &mut Vec<String>,
-    ) -> Result<Option<Pair>, DropReason> {
-        let Some((state, t)) = self.opening_state(key, tcp_flags) else {
-            return Ok(None);
-        };
-        let now = self.now;
-        let expires = now + t;
-        let until = expires + mapping_slack(t);
-        let ext_port = self.mapping(
-            touched,
-            key,
-            net.ext_addr,
-            net.id,
-            until,
-            choice,
-            violations,
-        )?;
-        self.counters.rule("hairpin");
-        let orig = Entry::opening(
-            EntryFlags {
-                masq_src: true,
-                published: true,
-                inward: true,
-                redirect: true,
-                from_inside: true,
-                ..EntryFlags::default()
-            },
-            Some((net.ext_addr, ext_port)),
-            Some((target.addr, target.port)),
-            state,
-            target.net_id,
-            now,
-            expires,
-            until,
-            f.len(),
-        );
-        let reply_own = EntryFlags {
-            published: true,
-            inward: true,
-            redirect: true,
-            from_inside: true,
-            ..EntryFlags::default()
-        };
-        let mut pair = self.fill_pair(f, ip, key, tcp_flags, orig, reply_own)?;
-        match self.insert_pair(touched, key, &mut pair, false, false) {
-            Inserted::Clash => Err(DropReason::CtInsertFailed),
-            other => {
-                self.count_opened(other);
-                Ok(Some(pair))
-            }
         }
     }
 }

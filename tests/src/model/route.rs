@@ -110,17 +110,22 @@ impl Route {
 
 impl Model {
     /// The route of a packet once translated to `dst`, or `None` when the host's stack
-    /// must handle it: a TTL about to expire (the stack sends the error), a fragment, no
-    /// route, over the MTU. A hairpinned packet (`must`) is routed whatever its TTL,
-    /// fragments and size. The MTU is judged on the frame's length less Ethernet.
+    /// must handle it: a TTL about to expire (the stack sends the error), no route, over
+    /// the MTU (of the container's veth, or of the route). A hairpinned packet (`must`) is
+    /// routed whatever its TTL and size. Fragments are routed like whole packets (handed
+    /// to the host, they would meet its FORWARD chain). The MTU is judged on the frame's
+    /// length less Ethernet.
     pub fn route(&self, f: &[u8], ip: &frame::Ip, dst: Ipv4Addr, must: bool) -> Option<Route> {
-        if !(must || (ip.ttl > 1 && ip.frag == frame::Frag::None)) {
+        if !(must || ip.ttl > 1) {
             return None;
         }
+        let len = f.len().saturating_sub(frame::ETH_HLEN).min(0xffff) as u16;
         if let Some(ep) = self.topo.endpoints.get(&dst) {
+            if !must && ep.mtu != 0 && len > ep.mtu {
+                return None;
+            }
             return Some(Route::Peer(*ep));
         }
-        let len = f.len().saturating_sub(frame::ETH_HLEN).min(0xffff) as u16;
         match self.topo.fib.lookup(dst, if must { 0 } else { len }) {
             Lookup::Neigh { dev, dmac, smac } => Some(Route::Neigh { dev, dmac, smac }),
             Lookup::Resolve { dev } => Some(Route::Resolve { dev }),
