@@ -1,9 +1,10 @@
 //! Datapath defects the fuzzer has found and written up, not fixed yet. Each has a fixture
 //! (its test is `#[ignore]`d with the reason) and a narrow test of whether a mismatch is an
 //! instance of it, judged on the model's state at the mismatch. A run that meets one counts
-//! it apart, names it, and goes on with its next episode; a mismatch that none explains
-//! stops the run. When a defect is fixed, its entry goes and its fixture's `#[ignore]`
-//! with it.
+//! it apart and names it; where the two parted on a packet, the model takes the datapath's
+//! state and the episode goes on, where an invariant broke the episode ends. A mismatch that
+//! none explains stops the run. When a defect is fixed, its entry goes and its fixture's
+//! `#[ignore]` with it.
 
 use super::runner::Mismatch;
 use crate::model::{Model, conntrack::Table, invariants::Broken, nat::mapping_keys};
