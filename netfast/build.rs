@@ -48,6 +48,15 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
+/// The `layout-next` test build builds the programs with the changed layout too.
+fn layout_next_feature() -> Vec<&'static str> {
+    if env::var_os("CARGO_FEATURE_LAYOUT_NEXT").is_some() {
+        vec!["--features", "netfast-common/layout-next"]
+    } else {
+        Vec::new()
+    }
+}
+
 fn build(package: &str) -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR is not set")?);
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH is not set")?;
@@ -84,6 +93,7 @@ fn build(package: &str) -> anyhow::Result<()> {
             target,
         ])
         .args(["-Z", "build-std=core"])
+        .args(layout_next_feature())
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)

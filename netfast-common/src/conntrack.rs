@@ -147,8 +147,19 @@ pub struct CtEntry {
     /// TCP: the largest window this direction has offered to the other, scaled: how far from
     /// `td_end` of the other direction its segments may lie.
     pub td_maxwin: u32,
+    /// Test builds only (`layout-next`): a field the layout after this one adds, so that the
+    /// upgrade test migrates a live conntrack table into a changed layout.
+    #[cfg(feature = "layout-next")]
+    pub layout_next: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+const _: () = assert!(
+    core::mem::size_of::<CtEntry>()
+        == if cfg!(feature = "layout-next") {
+            88
+        } else {
+            80
+        }
+);
 
 /// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
 pub const FWD_F_UPLINK: u8 = 1;
@@ -218,6 +229,8 @@ impl CtEntry {
             fwd: FwdCache::EMPTY,
             td_end: 0,
             td_maxwin: 0,
+            #[cfg(feature = "layout-next")]
+            layout_next: 0,
         }
     }
 
@@ -254,6 +267,10 @@ impl CtEntry {
         self.fwd = FwdCache::EMPTY;
         self.td_end = 0;
         self.td_maxwin = 0;
+        #[cfg(feature = "layout-next")]
+        {
+            self.layout_next = 0;
+        }
     }
 
     /// The reply entry of the flow whose original entry is `self`, for packets keyed `key`:
@@ -379,7 +396,14 @@ pub struct CtEvent {
     pub kind: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<CtEvent>() == 104);
+const _: () = assert!(
+    core::mem::size_of::<CtEvent>()
+        == if cfg!(feature = "layout-next") {
+            112
+        } else {
+            104
+        }
+);
 
 crate::aya_pod!(CtKey, CtEntry, CtEvent);
 

@@ -11,6 +11,7 @@ pub mod maps;
 pub mod nat;
 pub mod publish;
 pub mod stats;
+pub mod upgrade;
 
 pub use stats::{DropReason, Hook, Traffic};
 

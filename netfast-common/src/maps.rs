@@ -94,6 +94,10 @@ pub const UPLINKS_MAX: u32 = 256;
 /// tcindex classifier were removed) that says "translated and forwarded by netfast".
 pub const FORWARDED_TC_INDEX: u32 = 0x4000;
 
+/// Array with one [`crate::upgrade::Meta`]: the layout version and build of the running
+/// programs. Read by the loader only; its layout never changes.
+pub const META: &str = "NETFAST_META";
+
 /// Array with one [`crate::config::ClockSample`], written by the `netfast_clock` program
 /// when the loader runs it to calibrate the programs' clock. Not pinned: scratch.
 pub const CLOCK: &str = "NETFAST_CLOCK";
@@ -102,7 +106,8 @@ pub const CLOCK: &str = "NETFAST_CLOCK";
 pub const CLOCK_PROGRAM: &str = "netfast_clock";
 
 /// Every map, in the order the loader pins and checks them.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
+    META,
     STATS,
     NET_STATS,
     CONFIG,

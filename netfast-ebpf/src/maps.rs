@@ -16,7 +16,13 @@ use netfast_common::{
     },
     nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     publish::{AllowKey, HostInfo, PubKey, PubTarget, SockRevNat},
+    upgrade::Meta,
 };
+
+/// `maps::META`: the layout version and build of the running programs, for the loader (the
+/// programs never read it).
+#[map]
+pub static NETFAST_META: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// `maps::STATS`: packets and bytes per hook and per drop reason, per CPU.
 #[map]

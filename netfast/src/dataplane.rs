@@ -37,6 +37,7 @@ use crate::{
     host::Host,
     maps,
     stats::{self, Stats},
+    upgrade,
 };
 
 /// What an interface is to a netfast network; it decides which programs it gets.
@@ -84,7 +85,7 @@ impl Default for Settings {
 }
 
 /// The map sizes `ct_max_flows` gives.
-fn sized(loader: &mut EbpfLoader<'_>, ct_max_flows: u32) {
+pub(crate) fn sized(loader: &mut EbpfLoader<'_>, ct_max_flows: u32) {
     loader
         .map_max_entries(names::CONNTRACK, ct_max_flows.saturating_mul(2))
         .map_max_entries(
@@ -117,11 +118,11 @@ pub(crate) fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassi
 
 /// What a pinned map must look like to be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MapLayout {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
+pub(crate) struct MapLayout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
 }
 
 impl std::fmt::Display for MapLayout {
@@ -135,7 +136,7 @@ impl std::fmt::Display for MapLayout {
 }
 
 /// The layout of every map this binary's object declares, sized for `ct_max_flows`.
-fn expected_layout(ct_max_flows: u32) -> Result<Vec<(&'static str, MapLayout)>> {
+pub(crate) fn expected_layout(ct_max_flows: u32) -> Result<Vec<(&'static str, MapLayout)>> {
     let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Io {
         context: format!("parsing the embedded eBPF object: {e}"),
         source: std::io::Error::other("invalid object"),
@@ -162,6 +163,12 @@ fn expected_layout(ct_max_flows: u32) -> Result<Vec<(&'static str, MapLayout)>> 
     Ok(out)
 }
 
+/// The layout of every map of the embedded object, at the default sizes.
+#[cfg(test)]
+pub(crate) fn object_layout() -> Result<Vec<(&'static str, MapLayout)>> {
+    expected_layout(DEFAULT_CT_MAX_FLOWS)
+}
+
 /// The index of `interface` in the calling thread's network namespace.
 pub fn ifindex(interface: &str) -> Result<u32> {
     let c = CString::new(interface).map_err(|_| Error::NoInterface(interface.to_owned()))?;
@@ -178,6 +185,9 @@ pub struct Dataplane {
     /// Where maps and links are pinned; `None` for a dataplane that lives with this value.
     pins: Option<PathBuf>,
     loaded: HashSet<&'static str>,
+    /// The running programs are another build's (described): this one attaches none of its
+    /// own beside them.
+    other_build: Option<String>,
 }
 
 impl Dataplane {
@@ -189,6 +199,7 @@ impl Dataplane {
             ebpf,
             pins: None,
             loaded: Hook::ALL.iter().map(|h| h.name()).collect(),
+            other_build: None,
         })
     }
 
@@ -202,6 +213,7 @@ impl Dataplane {
     pub fn open(host: &Host, settings: &Settings) -> Result<Self> {
         let dir = host.pin_dir()?;
         if dir.join(names::CONNTRACK).exists() {
+            let compat = upgrade::check(&dir, host)?;
             let found = MapInfo::from_pin(dir.join(names::CONNTRACK))
                 .map_err(|e| Error::map(names::CONNTRACK, e))?
                 .max_entries()
@@ -213,13 +225,14 @@ impl Dataplane {
                     host.describe()
                 )));
             }
-            return Self::reopen(&dir, settings.ct_max_flows);
+            return Self::reopen(&dir, settings.ct_max_flows, host, compat);
         }
         fs::create_dir_all(&dir).map_err(|source| Error::Io {
             context: format!("creating {}", dir.display()),
             source,
         })?;
         let mut dp = Self::pinned(&dir, settings.ct_max_flows)?;
+        upgrade::write_meta(&dir, &upgrade::this_build())?;
         maps::write_config(&mut dp.ebpf, &settings.config)?;
         Ok(dp)
     }
@@ -234,6 +247,7 @@ impl Dataplane {
         if !ct.exists() {
             return Ok(None);
         }
+        let compat = upgrade::check(&dir, host)?;
         if let Some(missing) = names::ALL.iter().find(|n| !dir.join(n).exists()) {
             return Err(Error::Settings(format!(
                 "the dataplane of {} lacks its map {missing} ({}): removed by hand, or by a \
@@ -246,10 +260,10 @@ impl Dataplane {
             .map_err(|e| Error::map(names::CONNTRACK, e))?
             .max_entries()
             / 2;
-        Self::reopen(&dir, flows).map(Some)
+        Self::reopen(&dir, flows, host, compat).map(Some)
     }
 
-    fn reopen(dir: &Path, ct_max_flows: u32) -> Result<Self> {
+    fn reopen(dir: &Path, ct_max_flows: u32, host: &Host, compat: upgrade::Compat) -> Result<Self> {
         for (name, want) in expected_layout(ct_max_flows)? {
             let path = dir.join(name);
             let info = MapInfo::from_pin(&path).map_err(|e| Error::map(name, e))?;
@@ -268,7 +282,50 @@ impl Dataplane {
                 });
             }
         }
-        Self::pinned(dir, ct_max_flows)
+        let mut dp = Self::pinned(dir, ct_max_flows)?;
+        if let upgrade::Compat::OtherBuild(running) = compat {
+            eprintln!("{}", upgrade::other_build_warning(host, &running));
+            dp.other_build = Some(running);
+        }
+        Ok(dp)
+    }
+
+    /// For a command that runs on (`conntrack watch`): `Err` when the dataplane it opened
+    /// has since been removed, or upgraded to another layout, so that the maps it holds are
+    /// no longer the ones the programs use.
+    pub fn check_still_current(&self) -> Result<()> {
+        let Some(dir) = &self.pins else {
+            return Ok(());
+        };
+        match upgrade::read_meta(dir)? {
+            Some(m) if m.layout == netfast_common::upgrade::LAYOUT_VERSION => Ok(()),
+            Some(m) => Err(Error::Settings(format!(
+                "the dataplane was upgraded to {} since this command started, and its maps \
+                 moved to that layout: run the command again with that netfast",
+                upgrade::describe(m.layout, m.object, &m.version)
+            ))),
+            None => Err(Error::Settings(
+                "the dataplane was removed since this command started".into(),
+            )),
+        }
+    }
+
+    /// Refuses to attach this build's programs beside another build's.
+    fn may_attach(&self) -> Result<()> {
+        match &self.other_build {
+            None => Ok(()),
+            Some(running) => Err(Error::Settings(format!(
+                "the dataplane runs the programs of {running}, not this netfast's ({}): this \
+                 netfast attaches none of its own beside them; run `netfast upgrade` first \
+                 (it replaces them in place and keeps every flow), or use the netfast that \
+                 made them",
+                upgrade::describe(
+                    netfast_common::upgrade::LAYOUT_VERSION,
+                    upgrade::object_id(),
+                    &netfast_common::upgrade::version_field(upgrade::VERSION)
+                )
+            ))),
+        }
     }
 
     fn pinned(dir: &Path, ct_max_flows: u32) -> Result<Self> {
@@ -284,6 +341,7 @@ impl Dataplane {
             ebpf,
             pins: Some(dir.to_path_buf()),
             loaded: HashSet::new(),
+            other_build: None,
         })
     }
 
@@ -356,6 +414,7 @@ impl Dataplane {
                 // A stale pin (its interface was deleted and recreated) holds a dead link.
                 let _ = fs::remove_file(pin);
             }
+            self.may_attach()?;
             let attach_error = |e| Error::Attach {
                 program: hook.name(),
                 interface: interface.to_owned(),
@@ -567,7 +626,7 @@ fn pub_keys(p: &crate::loader::publish::Publication) -> Vec<netfast_common::publ
 }
 
 /// The socket-level programs and the cgroup hook each one takes.
-const SOCK_PROGRAMS: [&str; 4] = [
+pub(crate) const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
@@ -610,6 +669,7 @@ impl Dataplane {
             if pin.as_ref().is_some_and(|p| p.exists()) {
                 continue;
             }
+            self.may_attach()?;
             let program: &mut CgroupSockAddr = self
                 .ebpf
                 .program_mut(name)

@@ -4,6 +4,7 @@
 //! object and attaches its programs; [`prog_test`] runs the same programs on test packets.
 
 pub mod backend;
+pub mod bpf_sys;
 pub mod bpffs;
 pub mod clock;
 pub mod conntrack_filter;
@@ -17,6 +18,7 @@ pub mod maps;
 pub mod netns;
 pub mod prog_test;
 pub mod stats;
+pub mod upgrade;
 
 pub use dataplane::{Dataplane, InterfaceRole};
 pub use error::{Error, Result};

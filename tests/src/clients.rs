@@ -62,3 +62,65 @@ pub fn curl(ns: &str, url: &str, extra: &[&str]) -> String {
     argv.push(url);
     String::from_utf8_lossy(&run(&argv).stdout).into_owned()
 }
+
+/// A TCP echo server (socat) on `port` in namespace `ns`, listening when this returns.
+pub fn echo_server(ns: &str, port: u16) -> Background {
+    let listen = format!("TCP4-LISTEN:{port},fork,reuseaddr");
+    let server = Background::spawn(&["ip", "netns", "exec", ns, "socat", &listen, "EXEC:cat"]);
+    wait_listening(ns, "tcp", port, "the socat echo server");
+    server
+}
+
+/// A client on one TCP connection: sends a number to `ADDR PORT` (its arguments) every
+/// 100 ms and prints each echo as `echo N`; `gone: …` when the connection dies.
+const TALKER: &str = "import socket, sys, time
+n = 0
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    f = s.makefile()
+    while True:
+        s.sendall(b'%d\\n' % n)
+        line = f.readline()
+        if not line:
+            print('gone: closed', flush=True)
+            break
+        print('echo', line.strip(), flush=True)
+        n += 1
+        time.sleep(0.1)
+except Exception as e:
+    print('gone:', e, flush=True)
+";
+
+/// A [`TALKER`] in namespace `ns` to `addr:port`, with its first echoes back when this
+/// returns.
+pub fn talker(ns: &str, addr: &str, port: u16) -> Background {
+    let port = port.to_string();
+    let mut t = Background::spawn(&[
+        "ip", "netns", "exec", ns, "python3", "-c", TALKER, addr, &port,
+    ]);
+    t.wait_for_text("echo 2", Duration::from_secs(10));
+    t
+}
+
+/// The last echo a talker printed (0 before the first).
+pub fn last_echo(out: &str) -> u32 {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("echo ")?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// Waits for `more` further echoes from `talker`; panics naming `what` if its connection
+/// died or it stopped talking.
+pub fn talks_on(talker: &mut Background, more: u32, what: &str) {
+    let from = last_echo(&talker.stdout_so_far());
+    talker.wait_for(what, Duration::from_secs(15), |out, _| {
+        out.contains("gone") || last_echo(out) >= from + more
+    });
+    let out = talker.stdout_so_far();
+    assert!(
+        !out.contains("gone"),
+        "{what}: the connection died:\n{}",
+        out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+}

@@ -30,17 +30,50 @@ pub fn netfast_bin() -> PathBuf {
     );
 }
 
+/// The test build of `netfast` with the next map layout (feature `layout-next`), which
+/// `cargo xtask test` builds into target/layout-next: the upgrade tests move a live
+/// dataplane to it.
+pub fn next_layout_netfast_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test binary lives under target/<profile>/deps");
+    let bin = target.join("layout-next/debug/netfast");
+    assert!(
+        bin.is_file(),
+        "the layout-next test build of netfast is missing at {}: build it with `cargo build \
+         -p netfast --bin netfast --features layout-next --target-dir target/layout-next` \
+         (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
 /// `netfast --netns <host> …` for one test host; runs `netfast down` there when dropped so
 /// that nothing netfast created (pins, state) outlives the test.
 pub struct Netfast {
     host: String,
+    bin: PathBuf,
 }
 
 impl Netfast {
     pub fn new(host: &TestNetns) -> Self {
+        Self::with_bin(host, netfast_bin())
+    }
+
+    /// Another build of netfast (see [`next_layout_netfast_bin`]) for the same host.
+    pub fn with_bin(host: &TestNetns, bin: PathBuf) -> Self {
         Netfast {
             host: host.name().to_owned(),
+            bin,
         }
+    }
+
+    /// The binary this runs.
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
     }
 
     /// Runs `netfast --netns <host> args…`, whatever its exit status.
@@ -50,7 +83,7 @@ impl Netfast {
 
     /// [`Netfast::run`] with these environment variables set.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new(netfast_bin())
+        Command::new(&self.bin)
             .arg("--netns")
             .arg(&self.host)
             .args(args)

@@ -95,6 +95,20 @@ fn test() -> Result<(), Fail> {
     // only for that package's own tests, so build them all first (never test a stale one).
     println!("== build the binaries the tests run");
     build_binaries()?;
+    // The upgrade tests move a live dataplane to a build with another map layout.
+    println!("== the layout-next test build of netfast, and its migration's unit tests");
+    let next_dir = util::workspace_root().join("target/layout-next");
+    let next_dir = next_dir.display().to_string();
+    let next = [
+        "--package",
+        "netfast",
+        "--features",
+        "layout-next",
+        "--target-dir",
+        &next_dir,
+    ];
+    cargo(&[&["build", "--bin", "netfast"][..], &next].concat()).run()?;
+    cargo(&[&["test", "--lib"][..], &next, &["upgrade::"]].concat()).run()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftovers();
     cargo(&[

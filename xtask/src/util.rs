@@ -96,10 +96,24 @@ pub fn leftover_namespaces() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("nft") || n.starts_with("nfb"))
+                .filter(|n| test_name_left(n))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether `name` is a test or benchmark namespace (`nft<pid>x…`, `nfb<pid>…`) whose
+/// creating process is gone: one that a live process made belongs to a run still going on
+/// (another engineer's, on a shared machine), not to a run that left it behind.
+fn test_name_left(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("nft")
+        .or_else(|| name.strip_prefix("nfb"))
+    else {
+        return false;
+    };
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    pid.is_empty() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Pins and state directories that netfast left for test and benchmark hosts (namespaces
@@ -117,11 +131,7 @@ pub fn leftover_netfast_state() -> Vec<String> {
     };
     let ours = |key: &str| {
         let label = std::fs::read_to_string(format!("/run/netfast/{key}/host")).unwrap_or_default();
-        key.starts_with("nft")
-            || key.starts_with("nfb")
-            || label
-                .split_whitespace()
-                .any(|n| n.starts_with("nft") || n.starts_with("nfb"))
+        test_name_left(key) || label.split_whitespace().any(test_name_left)
     };
     let states = list("/run/netfast");
     let mut out: Vec<String> = states

@@ -342,6 +342,7 @@ fn watch(dp: Option<Dataplane>, state: &State, filter: &Filter, json: bool) -> a
         if let Some(dp) = &dp
             && Instant::now() >= next_scan
         {
+            dp.check_still_current()?;
             let now_live = current(dp)?;
             for (key, flow) in &live {
                 if !now_live.contains_key(key) && filter.matches(flow) {

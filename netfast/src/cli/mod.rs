@@ -11,6 +11,7 @@ mod network;
 mod object;
 mod publish;
 mod stats;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -50,7 +51,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Stop publishing: NET and the SPEC it was published with.
     Unpublish { network: String, spec: String },
-    /// Remove everything netfast created in this host namespace, and nothing else.
+    /// Remove everything netfast created in this host namespace, and nothing else: what the
+    /// state knows, what an interrupted command left, and every link marked as netfast's.
     Down,
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     ///
@@ -102,6 +104,21 @@ enum Command {
     /// uplink=IFNAME [-o backend=auto|ebpf|nftables|iptables] [-o masquerade=false] [-o
     /// name=NAME] [-o bridge=IFNAME] --subnet CIDR NAME`. dockerd needs "iptables": false.
     DockerPlugin(docker_plugin::PluginArgs),
+    /// Replace the running eBPF programs with this netfast's, in place, keeping every map,
+    /// flow and published port.
+    ///
+    /// Every link (TCX on the bridges and uplinks, the cgroup socket hooks) switches to the
+    /// new programs atomically; maps whose layout changed are copied into the new layout. A
+    /// killed upgrade is finished by the next one; a downgrade across a layout change is
+    /// refused. Other commands refuse to attach programs while another build's run.
+    Upgrade {
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the programs and maps of the embedded eBPF object.
     Object,
     /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
@@ -140,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
         Command::Doctor { json, fix } => doctor::run(json, fix),
+        Command::Upgrade { check, json } => upgrade::run(check, json),
         Command::Object => object::run(),
         Command::DockerPlugin(args) => docker_plugin::run(args),
         Command::Bench(_) => unreachable!("dispatched before entering --netns"),

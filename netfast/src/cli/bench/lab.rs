@@ -275,7 +275,7 @@ impl Lab {
         }
 
         sysctl_in(&host, "net/ipv4/ip_forward", "1")?;
-        let bridge = plumb::bridge(&h, BRIDGE, GATEWAY, PREFIX, &mut |_| {})?;
+        let bridge = plumb::bridge(&h, BRIDGE, GATEWAY, PREFIX, None, &mut |_| {})?;
         // The container's namespace goes on the list first: if plumbing fails half-way,
         // dropping the lab removes it.
         self.netns.push(client.clone());
@@ -289,6 +289,7 @@ impl Lab {
                 ip: CONTAINER_ADDR,
                 prefix: PREFIX,
                 gateway: GATEWAY,
+                mark: None,
             },
             &mut |_| {},
         )?;
