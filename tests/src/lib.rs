@@ -10,6 +10,8 @@ pub mod agent;
 pub mod clients;
 pub mod cmd;
 pub mod docker;
+pub mod fuzz;
+pub mod model;
 pub mod netfast_cli;
 pub mod netns;
 pub mod topology;

@@ -16,10 +16,17 @@ commands:
           busybox-static with their services held back), the nightly rust-src component,
           bpf-linker 0.13 built against LLVM 22 (idempotent)
   test    setup, then rustfmt check, clippy -D warnings (host and BPF target), unit, packet
-          (BPF_PROG_TEST_RUN) and namespace tests, a quick benchmark run as a smoke test, then
-          check that nothing was left behind
+          (BPF_PROG_TEST_RUN) and namespace tests, a short differential fuzz (fixed seeds and
+          one random seed it prints) with its multi-CPU phase, a quick benchmark run as a
+          smoke test, then check that nothing was left behind
   demo    setup, then build and run the demo on the default topology, in namespaces it
           creates and removes
+  fuzz [--packets N] [--seed S|random]... [--strict] [--smp-rounds R] [--no-fixtures]
+          setup, then run the differential fuzzer: random event sequences through the real
+          programs (BPF_PROG_TEST_RUN) and the reference model side by side, N packets a seed
+          (default 1000000, seed 1), then the multi-CPU phase; a mismatch stops it, shrunk and
+          written to tests/fuzz-fixtures/ with a test in tests/tests/fuzz_fixtures.rs.
+          `--strict` stops at known datapath defects too (netfast_tests::fuzz::known)
   bench [ARGS]
           setup, then build netfast in release mode and run `netfast bench --out target/bench
           ARGS`: netfast against a veth pair, routing, iptables and nftables (about 15 minutes;
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => setup::run().and_then(|()| test()),
         Some("demo") => setup::run().and_then(|()| demo()),
+        Some("fuzz") => setup::run().and_then(|()| fuzz(&args[1..])),
         Some("bench") => setup::run().and_then(|()| bench(&args[1..])),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
@@ -113,6 +121,22 @@ fn test() -> Result<(), Fail> {
     ])
     .run()?;
     nothing_left_behind("the tests", &before)?;
+    // The model against the programs, briefly: three fixed seeds (a failure there is a
+    // regression anyone can replay) and one the clock picks (printed), then the multi-CPU
+    // phase. The long run is `cargo xtask fuzz`.
+    println!("== differential fuzz (short) and the multi-CPU phase");
+    run_fuzz(&[
+        "--packets",
+        "40000",
+        "--seed",
+        "1",
+        "--seed",
+        "2",
+        "--seed",
+        "3",
+        "--seed",
+        "random",
+    ])?;
     // The benchmark's every measurement and the program costs, once, briefly: it must run
     // to the end on every commit; its figures are not looked at.
     println!("== benchmark smoke test (netfast bench --quick)");
@@ -143,6 +167,55 @@ fn bench(args: &[String]) -> Result<(), Fail> {
     let result = Cmd::new(&netfast.display().to_string()).args(&argv).run();
     nothing_left_behind("the benchmark", &before)?;
     result
+}
+
+/// `cargo xtask fuzz`: the long differential run (a million packets unless told otherwise).
+fn fuzz(args: &[String]) -> Result<(), Fail> {
+    util::require_root("the fuzzer creates a network namespace and loads BPF programs")?;
+    println!("== build the fuzzer");
+    cargo(&[
+        "build",
+        "--package",
+        "netfast-tests",
+        "--bin",
+        "netfast-fuzz",
+    ])
+    .run()?;
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    if !argv.contains(&"--packets") {
+        argv.extend(["--packets", "1000000"]);
+    }
+    run_fuzz(&argv)
+}
+
+/// Runs the fuzzer; fails if it fails, or if it left its namespace behind (named after its
+/// pid: namespaces of other processes running meanwhile are theirs).
+fn run_fuzz(args: &[&str]) -> Result<(), Fail> {
+    let fuzzer = util::workspace_root().join("target/debug/netfast-fuzz");
+    let mut child = std::process::Command::new(&fuzzer)
+        .args(args)
+        .current_dir(util::workspace_root())
+        .spawn()
+        .map_err(|e| Fail(format!("cannot run {}: {e}", fuzzer.display())))?;
+    let status = child
+        .wait()
+        .map_err(|e| Fail(format!("waiting for the fuzzer: {e}")))?;
+    let own = format!("nft{}x", child.id());
+    let left: Vec<String> = leftover_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&own))
+        .collect();
+    if !left.is_empty() {
+        return Err(Fail(format!(
+            "the fuzzer left network namespaces behind: {}",
+            left.join(" ")
+        )));
+    }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Fail(format!("the fuzzer failed ({status})")))
+    }
 }
 
 fn demo() -> Result<(), Fail> {

@@ -1,0 +1,655 @@
+//! The multi-CPU phase: two threads, pinned to two CPUs, run the programs on the same maps
+//! at the same moment (BPF_PROG_TEST_RUN runs a program on the calling CPU) — the first
+//! packets of one flow, two endpoints wanting one external port, a port taken over from
+//! an expired holder while the holder speaks again, a close racing a reuse — and the maps
+//! are then held to the invariants: each external endpoint belongs to one internal
+//! endpoint, both entries of every flow point at each other, no live flow uses a mapping
+//! whose claim is another's. Where both packets of a round went through, they must agree
+//! (one flow, one translation) or differ (two endpoints, two ports); where one was dropped,
+//! only as a counted lost race.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::{Arc, Barrier, Mutex},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::SchedClassifier,
+};
+use netfast::common::{
+    DropReason, Hook, Traffic, maps as names,
+    stats::{drop_slot, hook_slot},
+    verdict::{NEXT, REDIRECT, SHOT},
+};
+
+use super::{
+    build, convert,
+    dp::Datapath,
+    event::{Body, Pkt, TupleRef},
+    topology::{BRIDGE_MAC, CONTAINERS, EXT, GATEWAY_MAC, REMOTES},
+};
+use crate::model::{
+    self, Config, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple, frame,
+    invariants::{self, Snapshot},
+};
+
+/// What the phase did.
+#[derive(Clone, Debug, Default)]
+pub struct SmpReport {
+    pub cpus: [usize; 2],
+    pub rounds: u32,
+    /// Program runs on each CPU, as the per-CPU counters saw them.
+    pub runs: [u64; 2],
+    /// Packets dropped as the loser of a race (counted: `ct_insert_failed`,
+    /// `nat_mapping_failed`), or by design (`nat_filtered`: a hairpin across networks).
+    pub lost_races: BTreeMap<&'static str, u64>,
+    /// Rounds in which both packets went through.
+    pub both_through: u64,
+    /// Broken promises, worded for a human (empty: none).
+    pub broken: Vec<String>,
+    /// Broken promises that are instances of the known race of an expired claim retaken
+    /// by its own endpoint while another takes it over (see [`RECLAIM_RACE`]).
+    pub known: u64,
+}
+
+/// The known multi-CPU defect (`nat.rs` `claim_port`): an endpoint whose own claim has
+/// expired takes it back by raising its expiry, without an atomic step, while another
+/// endpoint takes the expired claim over with a compare-and-exchange of the owner word —
+/// which still names the first endpoint, so it succeeds. Both bind the port: one external
+/// endpoint, two internal ones. Its test: `tests/tests/fuzz_fixtures.rs`
+/// `an_expired_claim_is_retaken_by_one_endpoint_only`.
+pub const RECLAIM_RACE: &str = "an expired NAT claim retaken by its own endpoint on one CPU \
+                                while another endpoint takes it over on another: both bind the \
+                                port (claim_port's own-claim path is not atomic)";
+
+/// Which rounds to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounds {
+    /// Every kind of round in turn.
+    All,
+    /// Only expiry takeovers (for the known race's test).
+    Takeovers,
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t filled in by sched_getaffinity for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`; the CPU it then runs on.
+fn pin(cpu: usize) -> Result<usize, String> {
+    // SAFETY: a cpu_set_t with one CPU, for this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!(
+                "sched_setaffinity to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let on = libc::sched_getcpu();
+        if on < 0 || on as usize != cpu {
+            return Err(format!("pinned to CPU {cpu}, running on {on}"));
+        }
+        Ok(cpu)
+    }
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// Runs the program `fd` once on `frame`, on device `ifindex`, on the calling CPU.
+fn test_run(fd: &OwnedFd, frame: &[u8], ifindex: u32) -> Result<(i32, Vec<u8>), String> {
+    let mut out = vec![0u8; frame.len() + 512];
+    let mut skb = [0u8; 44];
+    skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut attr = TestRunAttr {
+        prog_fd: fd.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: skb.len() as u32,
+        ctx_in: skb.as_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: bpf(2) with an attribute block that points at buffers living past the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "BPF_PROG_TEST_RUN: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval as i32, out))
+}
+
+/// What each worker's run gave: the verdict and frame out.
+type Outcomes = [Option<Result<(i32, Vec<u8>), String>>; 2];
+
+/// One packet of a round: which program, on which device.
+#[derive(Clone)]
+struct Shot {
+    hook: Hook,
+    ifindex: u32,
+    frame: Vec<u8>,
+}
+
+/// What a round expects of its two packets when both go through.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Expect {
+    /// One flow: the same translation.
+    Same,
+    /// Two internal endpoints: two external ports.
+    Distinct,
+    /// Two different things: nothing to compare.
+    Any,
+}
+
+fn program_fd(dp: &Datapath, hook: Hook) -> OwnedFd {
+    let p: &SchedClassifier =
+        dp.t.ebpf()
+            .program(hook.name())
+            .expect("the program")
+            .try_into()
+            .expect("a classifier");
+    p.fd()
+        .expect("a loaded program")
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup")
+}
+
+fn per_cpu(dp: &Datapath, slot: u32, cpus: [usize; 2]) -> [u64; 2] {
+    let m = dp.t.ebpf().map(names::STATS).expect("stats");
+    let a: PerCpuArray<&MapData, Traffic> = PerCpuArray::try_from(m).expect("per-CPU array");
+    let v = a.get(&slot, 0).expect("stats");
+    [v[cpus[0]].packets, v[cpus[1]].packets]
+}
+
+/// Runs `rounds` rounds on the datapath's programs (the caller's thread is in the
+/// fuzzer's namespace; the workers start there too). `Err` when it cannot run at all.
+pub fn run(dp: &mut Datapath, rounds: u32) -> Result<SmpReport, String> {
+    run_rounds(dp, rounds, Rounds::All, false)
+}
+
+/// As [`run`], with a choice of rounds; `strict`: the known race counts as broken too.
+pub fn run_rounds(
+    dp: &mut Datapath,
+    rounds: u32,
+    which: Rounds,
+    strict: bool,
+) -> Result<SmpReport, String> {
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        return Err(format!(
+            "this process may run on {} CPU(s); the phase needs two",
+            cpus.len()
+        ));
+    }
+    let cpus = [cpus[0], cpus[1]];
+    let host = &dp.host;
+    let (uplink, bridges) = (host.uplink, host.bridges);
+    let networks = vec![host.network(0, true), host.network(1, true)];
+    let topo = host.topology(&networks, &Default::default());
+    // A narrow port range makes endpoints meet on ports; short timeouts make takeovers.
+    let config = Config {
+        port_min: 20000,
+        port_max: 20063,
+        udp: 30,
+        tcp_transitory: 30,
+        fast_path: false,
+        ..Config::default()
+    };
+    let mut m = model::Model::new(super::dp::EPOCH, config, topo);
+    let web = (CONTAINERS[1][0], 80u16);
+    let pub_key = PubKey {
+        addr: None,
+        port: 8080,
+        proto: PROTO_TCP,
+    };
+    m.publications.insert(
+        pub_key,
+        PubTarget {
+            addr: web.0,
+            port: web.1,
+            net_id: 2,
+            rule: 0,
+        },
+    );
+    dp.reset(&m);
+    dp.publish(
+        &pub_key,
+        &PubTarget {
+            addr: web.0,
+            port: web.1,
+            net_id: 2,
+            rule: 0,
+        },
+    );
+    let fds: Arc<Vec<(Hook, OwnedFd)>> = Arc::new(
+        [Hook::BridgeIngress, Hook::UplinkIngress, Hook::UplinkEgress]
+            .into_iter()
+            .map(|h| (h, program_fd(dp, h)))
+            .collect(),
+    );
+    let runs_before: [u64; 2] = Hook::ALL.iter().fold([0, 0], |acc, h| {
+        let v = per_cpu(dp, hook_slot(*h), cpus);
+        [acc[0] + v[0], acc[1] + v[1]]
+    });
+
+    let start = Arc::new(Barrier::new(3));
+    let done = Arc::new(Barrier::new(3));
+    let work: Arc<Mutex<[Option<Shot>; 2]>> = Arc::new(Mutex::new([None, None]));
+    let results: Arc<Mutex<Outcomes>> = Arc::new(Mutex::new([None, None]));
+    let mut report = SmpReport {
+        cpus,
+        ..SmpReport::default()
+    };
+
+    std::thread::scope(|s| -> Result<(), String> {
+        let mut workers = Vec::new();
+        for (i, cpu) in cpus.into_iter().enumerate() {
+            let (start, done, work, results, fds) = (
+                Arc::clone(&start),
+                Arc::clone(&done),
+                Arc::clone(&work),
+                Arc::clone(&results),
+                Arc::clone(&fds),
+            );
+            workers.push(s.spawn(move || -> Result<(), String> {
+                pin(cpu)?;
+                loop {
+                    start.wait();
+                    let shot = work.lock().expect("work")[i].clone();
+                    let Some(shot) = shot else {
+                        return Ok(());
+                    };
+                    let fd = &fds
+                        .iter()
+                        .find(|(h, _)| *h == shot.hook)
+                        .expect("a program for every hook used")
+                        .1;
+                    let r = test_run(fd, &shot.frame, shot.ifindex);
+                    results.lock().expect("results")[i] = Some(r);
+                    done.wait();
+                }
+            }));
+        }
+        // Ports on which a round showed the known race.
+        let mut racy: std::collections::BTreeSet<u16> = Default::default();
+        for round in 0..rounds {
+            let kind = match which {
+                Rounds::All => round % 9,
+                Rounds::Takeovers => 5,
+            };
+            let (shots, expect, port) = prepare(dp, &mut m, round, kind, uplink, bridges);
+            // An expired claim on the round's port, held by one of its two endpoints: the
+            // stage of the known race.
+            let stage = [PROTO_UDP, PROTO_TCP].into_iter().any(|proto| {
+                dp.claim(&convert::claim_key(&model::ClaimKey {
+                    ext_addr: EXT,
+                    ext_port: port,
+                    proto,
+                }))
+                .is_some_and(|c| c.expires < m.now)
+            });
+            *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
+            let drops_before = drops_per_cpu(dp, cpus);
+            start.wait();
+            done.wait();
+            let outcomes = std::mem::take(&mut *results.lock().expect("results"));
+            let drops_after = drops_per_cpu(dp, cpus);
+            let mut through = Vec::new();
+            for (i, o) in outcomes.into_iter().enumerate() {
+                let (verdict, out) = o.ok_or("a worker did not answer")??;
+                match verdict {
+                    NEXT | REDIRECT => through.push(out),
+                    SHOT => {
+                        let reason = DropReason::ALL.into_iter().find(|r| {
+                            drops_after[i].get(&drop_slot(*r))
+                                != drops_before[i].get(&drop_slot(*r))
+                        });
+                        match reason {
+                            Some(r @ (DropReason::CtInsertFailed | DropReason::NatMappingFailed)) => {
+                                *report.lost_races.entry(r.name()).or_default() += 1;
+                                // Two endpoints clashing on a reply tuple: they got one
+                                // external port — the known race, where it was staged.
+                                if expect == Expect::Distinct && stage && !strict {
+                                    racy.insert(port);
+                                }
+                            }
+                            // A hairpin across networks waits for the receiver's answer.
+                            Some(DropReason::NatFiltered) => {
+                                *report.lost_races.entry("nat_filtered (by design)").or_default() += 1;
+                            }
+                            other => report.broken.push(format!(
+                                "round {round}: CPU {} dropped its packet for {:?}, not a lost race",
+                                cpus[i],
+                                other.map(|r| r.name())
+                            )),
+                        }
+                    }
+                    v => report.broken.push(format!("round {round}: verdict {v}")),
+                }
+            }
+            if through.len() == 2 {
+                report.both_through += 1;
+                let (a, b) = (source_of(&through[0]), source_of(&through[1]));
+                match expect {
+                    Expect::Same if through[0] != through[1] => report.broken.push(format!(
+                        "round {round}: one flow's first packets were translated differently: {a:?} and {b:?}"
+                    )),
+                    Expect::Distinct if a == b => {
+                        if stage && !strict {
+                            racy.insert(port);
+                            report.known += 1;
+                        } else {
+                            report.broken.push(format!(
+                                "round {round}: two internal endpoints both left as {a:?}"
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if round % 16 == 15 || round + 1 == rounds {
+                for b in check(dp, m.now) {
+                    if racy.contains(&port_of(&b)) {
+                        report.known += 1;
+                    } else {
+                        report.broken.push(format!("after round {round}: {b}"));
+                    }
+                }
+            }
+            report.rounds += 1;
+            if report.broken.len() > 20 {
+                break;
+            }
+        }
+        *work.lock().expect("work") = [None, None];
+        start.wait();
+        for w in workers {
+            w.join().map_err(|_| "a worker panicked".to_string())??;
+        }
+        Ok(())
+    })?;
+    let runs_after: [u64; 2] = Hook::ALL.iter().fold([0, 0], |acc, h| {
+        let v = per_cpu(dp, hook_slot(*h), cpus);
+        [acc[0] + v[0], acc[1] + v[1]]
+    });
+    report.runs = [
+        runs_after[0] - runs_before[0],
+        runs_after[1] - runs_before[1],
+    ];
+    Ok(report)
+}
+
+fn drops_per_cpu(dp: &Datapath, cpus: [usize; 2]) -> [BTreeMap<u32, u64>; 2] {
+    let mut out = [BTreeMap::new(), BTreeMap::new()];
+    for r in DropReason::ALL {
+        let v = per_cpu(dp, drop_slot(r), cpus);
+        out[0].insert(drop_slot(r), v[0]);
+        out[1].insert(drop_slot(r), v[1]);
+    }
+    out
+}
+
+/// The source address and port (or ICMP identifier) of a frame a program put out.
+fn source_of(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
+    let frame::Parsed::Ipv4(ip) = frame::ipv4(f) else {
+        return None;
+    };
+    let at = ip.l4 + if ip.proto == model::PROTO_ICMP { 4 } else { 0 };
+    Some((ip.src, frame::u16_at(f, at)?))
+}
+
+/// The external (or internal) port a broken promise is about.
+fn port_of(b: &invariants::Broken) -> u16 {
+    use invariants::Broken;
+    match b {
+        Broken::MappingOnForeignClaim { ck, .. }
+        | Broken::SharedExternal { ck, .. }
+        | Broken::FlowOnForeignClaim { ck, .. } => ck.ext_port,
+        Broken::HalfFlow { key, .. } => {
+            if key.dst == EXT {
+                key.dport
+            } else {
+                key.sport
+            }
+        }
+    }
+}
+
+/// The state of the maps, held to the invariants.
+fn check(dp: &Datapath, now: u32) -> Vec<invariants::Broken> {
+    let d = dp.dump();
+    let main = d
+        .main
+        .iter()
+        .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
+        .collect();
+    let inbound = d
+        .inbound
+        .iter()
+        .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
+        .collect();
+    let bindings = d
+        .bindings
+        .iter()
+        .map(|(k, b)| (convert::model_bind_key(k), convert::model_binding(b)))
+        .collect();
+    let claims = d
+        .claims
+        .iter()
+        .map(|(k, c)| (convert::model_claim_key(k), convert::model_claim(c)))
+        .collect();
+    invariants::check(&Snapshot {
+        now,
+        main: &main,
+        inbound: &inbound,
+        bindings: &bindings,
+        claims: &claims,
+        evicted: false,
+    })
+}
+
+fn udp(t: Tuple) -> Pkt {
+    Pkt::new(TupleRef::Lit(t), Body::Udp { payload: 16 })
+}
+
+fn syn(t: Tuple, seq: u32) -> Pkt {
+    Pkt::new(
+        TupleRef::Lit(t),
+        Body::Tcp {
+            flags: 0x02,
+            seq,
+            ack: 0,
+            win: 64240,
+            wscale: Some(7),
+            payload: 0,
+        },
+    )
+}
+
+/// The two packets of round `round`, of kind `kind`, after whatever single-threaded prelude
+/// it needs; and the original port its endpoints use (a round's own: no two rounds within
+/// 2000 of each other share one).
+fn prepare(
+    dp: &mut Datapath,
+    m: &mut model::Model,
+    round: u32,
+    kind: u32,
+    uplink: u32,
+    bridges: [u32; 2],
+) -> ([Shot; 2], Expect, u16) {
+    let (bridge1, bridge2) = (bridges[0], bridges[1]);
+    let c1 = CONTAINERS[0][0];
+    let c2 = CONTAINERS[0][1];
+    let c3 = CONTAINERS[1][1];
+    let s1 = REMOTES[0];
+    let s2 = REMOTES[1];
+    let client = REMOTES[4];
+    let port = 30000 + (round % 2000) as u16;
+    let mac = dp.host.uplink_mac;
+    let tuple = |pkt: &Pkt| match pkt.tuple {
+        TupleRef::Lit(t) => t,
+        _ => unreachable!("the phase names its tuples as they are"),
+    };
+    let out = |pkt: &Pkt| Shot {
+        hook: Hook::UplinkEgress,
+        ifindex: uplink,
+        frame: build::frame(pkt, &tuple(pkt), None, GATEWAY_MAC, mac),
+    };
+    let inward = |pkt: &Pkt| Shot {
+        hook: Hook::UplinkIngress,
+        ifindex: uplink,
+        frame: build::frame(pkt, &tuple(pkt), None, mac, GATEWAY_MAC),
+    };
+    let from_container = |pkt: &Pkt| Shot {
+        hook: Hook::BridgeIngress,
+        ifindex: bridge1,
+        frame: build::frame(pkt, &tuple(pkt), None, BRIDGE_MAC, [2, 0, 0, 0, 0, 2]),
+    };
+    let (shots, expect) = match kind {
+        // The first packets of one flow, from both CPUs.
+        0 => {
+            let p = udp(Tuple::new(c1, s1, port, 53, PROTO_UDP));
+            ([out(&p), out(&p)], Expect::Same)
+        }
+        // Two containers, one original port, one remote: one external port each.
+        1 => (
+            [
+                out(&udp(Tuple::new(c1, s1, port, 53, PROTO_UDP))),
+                out(&udp(Tuple::new(c3, s1, port, 53, PROTO_UDP))),
+            ],
+            Expect::Distinct,
+        ),
+        // The same, to two remotes, over TCP.
+        2 => (
+            [
+                out(&syn(Tuple::new(c1, s1, port, 80, PROTO_TCP), 1)),
+                out(&syn(Tuple::new(c2, s2, port, 80, PROTO_TCP), 1)),
+            ],
+            Expect::Distinct,
+        ),
+        // A client's first SYN to a published port, twice at once.
+        3 => {
+            let p = syn(Tuple::new(client, EXT, port, 8080, PROTO_TCP), 7);
+            ([inward(&p), inward(&p)], Expect::Same)
+        }
+        // A container's first SYN to its host's published port (hairpin), twice at once.
+        4 => {
+            let p = syn(Tuple::new(c1, EXT, port, 8080, PROTO_TCP), 9);
+            ([from_container(&p), from_container(&p)], Expect::Same)
+        }
+        // Expiry takeover: c1's mapping of the port expires; c1 speaks again while c2 wants
+        // the same port.
+        5 => {
+            let first = out(&udp(Tuple::new(c1, s1, port, 53, PROTO_UDP)));
+            let _ = dp.run(first.hook, first.ifindex, &first.frame);
+            m.now += m.config.udp + m.config.udp / 8 + 2;
+            dp.write_config(&m.config, m.now);
+            (
+                [
+                    out(&udp(Tuple::new(c1, s2, port, 53, PROTO_UDP))),
+                    out(&udp(Tuple::new(c2, s1, port, 53, PROTO_UDP))),
+                ],
+                Expect::Distinct,
+            )
+        }
+        // Hairpin to a mapping: c1 holds EXT:port; c2's first packet to it, from both
+        // CPUs (one flow); then c2 and c3 (of the other network, endpoint-independent or
+        // not) to it at once (two flows, two external ports).
+        7 | 8 => {
+            let first = out(&udp(Tuple::new(c1, s1, port, 53, PROTO_UDP)));
+            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+            let ext = source_of(&o).map_or(port, |(_, p)| p);
+            let to_c1 = |from: Ipv4Addr, bridge: u32| Shot {
+                hook: Hook::BridgeIngress,
+                ifindex: bridge,
+                frame: build::frame(
+                    &udp(Tuple::new(from, EXT, port + 1, ext, PROTO_UDP)),
+                    &Tuple::new(from, EXT, port + 1, ext, PROTO_UDP),
+                    None,
+                    BRIDGE_MAC,
+                    [2, 0, 0, 0, 0, 3],
+                ),
+            };
+            if kind == 7 {
+                ([to_c1(c2, bridge1), to_c1(c2, bridge1)], Expect::Same)
+            } else {
+                ([to_c1(c2, bridge1), to_c1(c3, bridge2)], Expect::Distinct)
+            }
+        }
+        // A close racing a reuse: c1's TCP flow is reset by the server while c1 opens a
+        // second flow on the same mapping.
+        _ => {
+            let first = out(&syn(Tuple::new(c1, s1, port, 80, PROTO_TCP), 100));
+            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+            let ext = source_of(&o).map_or(port, |(_, p)| p);
+            let rst = Pkt::new(
+                TupleRef::Lit(Tuple::new(s1, EXT, 80, ext, PROTO_TCP)),
+                Body::Tcp {
+                    flags: 0x14,
+                    seq: 0,
+                    ack: 101,
+                    win: 0,
+                    wscale: None,
+                    payload: 0,
+                },
+            );
+            (
+                [
+                    inward(&rst),
+                    out(&syn(Tuple::new(c1, s2, port, 80, PROTO_TCP), 500)),
+                ],
+                Expect::Any,
+            )
+        }
+    };
+    (shots, expect, port)
+}

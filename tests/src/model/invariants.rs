@@ -1,0 +1,181 @@
+//! The promises that hold whatever the mechanism (issue #13), checked on a snapshot of the
+//! state — the model's after every step, the datapath's maps after the multi-CPU phase.
+
+use std::collections::BTreeMap;
+
+use super::{BindKey, Binding, Claim, ClaimKey, Entry, Tuple, conntrack::Table, nat::mapping_keys};
+
+/// A snapshot of the dataplane's state.
+pub struct Snapshot<'a> {
+    pub now: u32,
+    pub main: &'a BTreeMap<Tuple, Entry>,
+    pub inbound: &'a BTreeMap<Tuple, Entry>,
+    pub bindings: &'a BTreeMap<BindKey, Binding>,
+    pub claims: &'a BTreeMap<ClaimKey, Claim>,
+    /// Entries were evicted: a live entry may have lost its other half (the datapath
+    /// repairs it from the survivor); one whose other half is another flow's is still
+    /// broken.
+    pub evicted: bool,
+}
+
+/// A broken promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// A live mapping leads to an external port whose claim is another endpoint's (or
+    /// nobody's).
+    MappingOnForeignClaim {
+        bk: BindKey,
+        ck: ClaimKey,
+        holder: Option<Claim>,
+    },
+    /// Two live mappings lead to one external port.
+    SharedExternal { ck: ClaimKey, holders: Vec<BindKey> },
+    /// A live entry whose other half is missing or points elsewhere.
+    HalfFlow { table: Table, key: Tuple },
+    /// A live flow uses an external port whose claim is another endpoint's.
+    FlowOnForeignClaim {
+        table: Table,
+        key: Tuple,
+        bk: BindKey,
+        ck: ClaimKey,
+        holder: Claim,
+    },
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::MappingOnForeignClaim { bk, ck, holder } => write!(
+                f,
+                "the live mapping of {}:{} (proto {}) leads to {}:{}, {}",
+                bk.int_addr,
+                bk.int_port,
+                bk.proto,
+                ck.ext_addr,
+                ck.ext_port,
+                match holder {
+                    Some(c) => format!("whose claim is {}:{}'s", c.owner.0, c.owner.1),
+                    None => "which nobody claims".into(),
+                }
+            ),
+            Broken::SharedExternal { ck, holders } => {
+                let who: Vec<String> = holders
+                    .iter()
+                    .map(|b| format!("{}:{}", b.int_addr, b.int_port))
+                    .collect();
+                write!(
+                    f,
+                    "{}:{} (proto {}) is the external endpoint of {}",
+                    ck.ext_addr,
+                    ck.ext_port,
+                    ck.proto,
+                    who.join(" and ")
+                )
+            }
+            Broken::HalfFlow { table, key } => write!(
+                f,
+                "{table:?} table: the live entry {key} has no other half pointing back at it"
+            ),
+            Broken::FlowOnForeignClaim {
+                key,
+                bk,
+                ck,
+                holder,
+                ..
+            } => write!(
+                f,
+                "the live flow {key} uses {}:{} for {}:{}, but {}:{} holds that port",
+                ck.ext_addr, ck.ext_port, bk.int_addr, bk.int_port, holder.owner.0, holder.owner.1
+            ),
+        }
+    }
+}
+
+/// Every broken promise.
+pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
+    let mut broken = Vec::new();
+    one_internal_endpoint_per_external_one(s, &mut broken);
+    for (table, entries) in [(Table::Main, s.main), (Table::Inbound, s.inbound)] {
+        flows_are_pairs(s, table, entries, &mut broken);
+        flows_use_their_own_mappings(s, table, entries, &mut broken);
+    }
+    broken
+}
+
+/// At every instant an external (address, port, protocol) belongs to one internal
+/// endpoint: no two live mappings lead to it, and the one that does holds its claim.
+fn one_internal_endpoint_per_external_one(s: &Snapshot<'_>, broken: &mut Vec<Broken>) {
+    let mut holders: BTreeMap<ClaimKey, Vec<BindKey>> = BTreeMap::new();
+    for (bk, b) in s.bindings {
+        if b.expires < s.now {
+            continue;
+        }
+        let ck = ClaimKey {
+            ext_addr: bk.ext_addr,
+            ext_port: b.ext_port,
+            proto: bk.proto,
+        };
+        holders.entry(ck).or_default().push(*bk);
+        let holder = s.claims.get(&ck).copied();
+        if !holder.is_some_and(|c| c.owned_by((bk.int_addr, bk.int_port))) {
+            broken.push(Broken::MappingOnForeignClaim {
+                bk: *bk,
+                ck,
+                holder,
+            });
+        }
+    }
+    for (ck, holders) in holders {
+        if holders.len() > 1 {
+            broken.push(Broken::SharedExternal { ck, holders });
+        }
+    }
+}
+
+/// Both entries of every live flow point at each other.
+fn flows_are_pairs(
+    s: &Snapshot<'_>,
+    table: Table,
+    entries: &BTreeMap<Tuple, Entry>,
+    broken: &mut Vec<Broken>,
+) {
+    for (k, e) in entries {
+        if e.expires < s.now {
+            continue;
+        }
+        let pk = e.peer_key(k);
+        let broken_pair = match entries.get(&pk) {
+            None => !s.evicted,
+            Some(p) => p.peer_key(&pk) != *k,
+        };
+        if broken_pair {
+            broken.push(Broken::HalfFlow { table, key: *k });
+        }
+    }
+}
+
+/// No live flow uses a mapping whose claim belongs to another endpoint.
+fn flows_use_their_own_mappings(
+    s: &Snapshot<'_>,
+    table: Table,
+    entries: &BTreeMap<Tuple, Entry>,
+    broken: &mut Vec<Broken>,
+) {
+    for (k, e) in entries {
+        if e.expires < s.now || !e.flags.masq() {
+            continue;
+        }
+        let (bk, ck) = mapping_keys(k, e);
+        if let Some(c) = s.claims.get(&ck)
+            && !c.owned_by((bk.int_addr, bk.int_port))
+        {
+            broken.push(Broken::FlowOnForeignClaim {
+                table,
+                key: *k,
+                bk,
+                ck,
+                holder: *c,
+            });
+        }
+    }
+}
