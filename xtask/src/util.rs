@@ -90,21 +90,22 @@ pub fn require_root(why: &str) -> Result<(), Fail> {
     }
 }
 
-/// Network namespaces made by the test toolkit (prefix `nft`) that exist now.
+/// Network namespaces made by the lab (prefix `nft`: the tests', the demo's and the
+/// benchmark's) that exist now.
 pub fn leftover_namespaces() -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("nft") || n.starts_with("nfb"))
+                .filter(|n| n.starts_with("nft"))
                 .collect()
         })
         .unwrap_or_default()
 }
 
 /// Pins and state directories that netfast left for test and benchmark hosts (namespaces
-/// named `nft…` and `nfb…`, as the `host` file beside each state names them), and pins whose
-/// state is gone.
+/// named `nft…`, as the `host` file beside each state names them), and pins whose state is
+/// gone.
 pub fn leftover_netfast_state() -> Vec<String> {
     let list = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)
@@ -117,11 +118,7 @@ pub fn leftover_netfast_state() -> Vec<String> {
     };
     let ours = |key: &str| {
         let label = std::fs::read_to_string(format!("/run/netfast/{key}/host")).unwrap_or_default();
-        key.starts_with("nft")
-            || key.starts_with("nfb")
-            || label
-                .split_whitespace()
-                .any(|n| n.starts_with("nft") || n.starts_with("nfb"))
+        key.starts_with("nft") || label.split_whitespace().any(|n| n.starts_with("nft"))
     };
     let states = list("/run/netfast");
     let mut out: Vec<String> = states

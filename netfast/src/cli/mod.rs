@@ -1,7 +1,6 @@
 //! Argument parsing and dispatch. anyhow lives here, at the binary's edge.
 
 mod apply;
-mod bench;
 mod config;
 mod conntrack;
 mod container;
@@ -120,10 +119,6 @@ enum Command {
     },
     /// List the programs and maps of the embedded eBPF object.
     Object,
-    /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
-    /// namespaces it builds and removes: throughput, latency, connections/s, packets/s,
-    /// CPU per unit of work, ns/packet per program. Writes a markdown, JSON and SVG report.
-    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -138,9 +133,6 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Bench(args) = cli.command {
-        return bench::run(args, cli.netns.as_deref());
-    }
     if let Some(name) = &cli.netns {
         // Before any other thread starts: threads inherit the namespace of their creator.
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
@@ -159,7 +151,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade { check, json } => upgrade::run(check, json),
         Command::Object => object::run(),
         Command::DockerPlugin(args) => docker_plugin::run(args),
-        Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }
 }
 

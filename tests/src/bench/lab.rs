@@ -1,50 +1,47 @@
-//! The benchmark's lab: one set of network namespaces per dataplane, all built before the
-//! first measurement and alive until the last, so that rounds can interleave them.
+//! The benchmark's lab: a topology of the test lab ([`crate::topology`]) per dataplane, all
+//! built before the first measurement and alive until the last, so that rounds can
+//! interleave them.
 //!
-//! Every dataplane but `veth` gets the same three namespaces: a container (`…-c`, the
-//! client of outbound work and the web server behind the published port) on a bridge in a
-//! host (`…-h`), whose uplink is a veth to the outside (`…-s`, the servers of outbound work
-//! and the client of inbound work). The baselines' bridge and container are made by the
-//! same loader code as netfast's (`loader::plumb`), so that only the dataplane differs.
-//! `veth` is the physical limit of one hop: the container's namespace wired straight to the
+//! Every dataplane but `veth` gets the same three namespaces: a container (the client of
+//! outbound work and the web server behind the published port) on a bridge in a host, whose
+//! uplink is a veth to the outside (the servers of outbound work and the client of inbound
+//! work). netfast's dataplanes are made through the binary exactly as a user would (`network
+//! create`, `container create`, `publish`); the baselines get the lab's bridge and container,
+//! plumbed the way netfast plumbs its own (a veth pair on the bridge, the address, a default
+//! route via the gateway), so that only the dataplane differs. `veth` is the physical limit
+//! of one hop: the topology's host, without a bridge, is the client, wired straight to the
 //! outside.
 //!
 //! Nothing is added to the namespace the benchmark runs in, except netfast's socket
 //! programs on the root cgroup, which netfast scopes to its host namespaces (and removes
-//! with `netfast down`).
+//! with `netfast down`). What a killed benchmark leaves, the next run of the lab sweeps.
 
 use std::{
-    fs::File,
-    io::{self, BufRead as _},
+    io,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use netfast::loader::{
-    model::veth_name,
-    netlink::Netlink,
-    nsfs,
-    plumb::{self, ContainerPlumbing},
-};
 use serde::Serialize;
 
-pub const UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-pub const SUBNET: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 0);
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
-pub const CONTAINER_ADDR: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
-pub const PREFIX: u8 = 24;
-pub const BRIDGE: &str = "nf-bench";
-pub const UPLINK: &str = "up0";
+pub use crate::topology::{
+    BRIDGE, GATEWAY, OUTSIDE_ADDR as SERVER_ADDR, SUBNET_ADDR as SUBNET, SUBNET_PREFIX as PREFIX,
+    UPLINK, UPLINK_ADDR,
+};
+use crate::{
+    Background, Netfast, Topology, clients::listening, cmd::wait_until, netns::within,
+    topology::container_addr,
+};
+
+/// The container's address: the lab's first container.
+pub const CONTAINER_ADDR: Ipv4Addr = container_addr(0);
 pub const IPERF_PORT: u16 = 5201;
 pub const RR_PORT: u16 = 7000;
 pub const WEB_PORT: u16 = 80;
@@ -93,18 +90,6 @@ impl Kind {
         }
     }
 
-    /// Short, for namespace names.
-    const fn tag(self) -> &'static str {
-        match self {
-            Kind::Veth => "veth",
-            Kind::Routing => "rt",
-            Kind::Iptables => "ipt",
-            Kind::Nftables => "nft",
-            Kind::NetfastOff => "off",
-            Kind::NetfastOn => "on",
-        }
-    }
-
     pub const fn describe(self) -> &'static str {
         match self {
             Kind::Veth => "veth pair, client to server: the physical limit of one hop",
@@ -129,7 +114,8 @@ impl Kind {
     }
 }
 
-/// One dataplane's namespaces.
+/// One dataplane's namespaces and servers; dropping it stops the servers, runs `netfast
+/// down` (netfast's dataplanes) and removes the namespaces.
 pub struct Env {
     pub kind: Kind,
     /// The container: runs outbound clients and the web server.
@@ -138,46 +124,39 @@ pub struct Env {
     pub server: String,
     /// The host in between (none for `veth`).
     pub host: Option<String>,
+    /// The host's end of the container's veth pair (none for `veth`).
+    pub veth: Option<String>,
     /// What the inbound client asks for: the published port, or where the web server is.
     pub web_url: String,
+    // Fields drop in order: the servers, then `netfast down`, then the namespaces.
+    servers: Vec<Background>,
+    rr: Option<RrServer>,
+    netfast: Option<Netfast>,
+    topo: Topology,
 }
 
-/// The namespaces, servers and files of one benchmark run; dropping it removes them all.
+/// The dataplanes of one benchmark run, and the directory of their servers' files; dropping
+/// it removes them all.
 pub struct Lab {
     pub envs: Vec<Env>,
-    prefix: String,
-    netfast_bin: PathBuf,
     dir: PathBuf,
-    netns: Vec<String>,
-    netfast_hosts: Vec<String>,
-    children: Vec<Child>,
-    rr_servers: Vec<RrServer>,
 }
 
 impl Lab {
-    /// Builds the namespaces of `kinds` and starts their servers.
-    pub fn build(kinds: &[Kind], netfast_bin: PathBuf) -> Result<Lab> {
-        sweep(&netfast_bin);
-        let pid = std::process::id();
-        let prefix = format!("nfb{pid}");
-        let dir = std::env::temp_dir().join(&prefix);
+    /// Builds the namespaces of `kinds` and starts their servers; netfast's dataplanes are
+    /// made by `netfast_bin`.
+    pub fn build(kinds: &[Kind], netfast_bin: &Path) -> Result<Lab> {
+        let dir = std::env::temp_dir().join(format!("netfast-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut lab = Lab {
             envs: Vec::new(),
-            prefix,
-            netfast_bin,
             dir,
-            netns: Vec::new(),
-            netfast_hosts: Vec::new(),
-            children: Vec::new(),
-            rr_servers: Vec::new(),
         };
-        let netlink = Netlink::new()?;
         for &kind in kinds {
-            let env = lab
-                .build_env(&netlink, kind)
+            let mut env = build_env(kind, netfast_bin)
                 .with_context(|| format!("building the {} lab", kind.name()))?;
-            lab.start_servers(&env)
+            let dir = lab.dir.join(kind.name());
+            start_servers(&mut env, &dir)
                 .with_context(|| format!("starting the servers of the {} lab", kind.name()))?;
             lab.envs.push(env);
         }
@@ -187,61 +166,70 @@ impl Lab {
     pub fn env(&self, kind: Kind) -> Option<&Env> {
         self.envs.iter().find(|e| e.kind == kind)
     }
+}
 
-    fn name(&self, kind: Kind, role: &str) -> String {
-        format!("{}-{}-{role}", self.prefix, kind.tag())
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.envs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
 
-    fn new_netns(&mut self, name: &str) -> Result<()> {
-        nsfs::create(name).with_context(|| format!("creating network namespace {name}"))?;
-        self.netns.push(name.to_owned());
-        Ok(())
+fn build_env(kind: Kind, netfast_bin: &Path) -> Result<Env> {
+    let topo = match kind {
+        Kind::Veth => Topology::builder().without_bridge().build(),
+        Kind::Routing => Topology::builder().containers(1).route_back().build(),
+        Kind::Iptables | Kind::Nftables => Topology::builder().containers(1).build(),
+        Kind::NetfastOff | Kind::NetfastOn => Topology::builder().without_bridge().build(),
+    };
+    let server = topo.outside.name().to_owned();
+    // The inbound client opens tens of thousands of connections a second.
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        topo.outside.exec_ok(&["sysctl", "-qw", setting]);
     }
-
-    fn build_env(&mut self, netlink: &Netlink, kind: Kind) -> Result<Env> {
-        let (client, server) = (self.name(kind, "c"), self.name(kind, "s"));
-        self.new_netns(&server)?;
-        let outside = File::open(nsfs::path(&server))?;
-        let s = netlink.namespace(&server)?;
-        let lo = s.link("lo")?.context("no lo")?;
-        s.set_up(&lo)?;
-        // The inbound client opens tens of thousands of connections a second.
-        sysctl_in(&server, "net/ipv4/ip_local_port_range", "1024 65535")?;
-        sysctl_in(&server, "net/ipv4/tcp_tw_reuse", "1")?;
-
-        if kind == Kind::Veth {
-            self.new_netns(&client)?;
-            let c = netlink.namespace(&client)?;
-            let link = c.add_veth_into(UPLINK, "eth0", &outside)?;
-            c.add_address(&link, UPLINK_ADDR, PREFIX)?;
-            c.set_up(&link)?;
-            let lo = c.link("lo")?.context("no lo")?;
-            c.set_up(&lo)?;
-            wire_outside(&s)?;
-            return Ok(Env {
-                kind,
-                web_url: format!("http://{UPLINK_ADDR}:{PUBLISHED_PORT}/"),
-                client,
-                server,
-                host: None,
-            });
+    let host = topo.host.name().to_owned();
+    let published = format!("http://{UPLINK_ADDR}:{PUBLISHED_PORT}/");
+    let mut env = Env {
+        kind,
+        client: String::new(),
+        server,
+        host: Some(host.clone()),
+        veth: Some("vc0".to_owned()),
+        web_url: published,
+        servers: Vec::new(),
+        rr: None,
+        netfast: None,
+        topo,
+    };
+    match kind {
+        Kind::Veth => {
+            env.client = host;
+            env.host = None;
+            env.veth = None;
         }
-
-        let host = self.name(kind, "h");
-        self.new_netns(&host)?;
-        let h = netlink.namespace(&host)?;
-        let lo = h.link("lo")?.context("no lo")?;
-        h.set_up(&lo)?;
-        let up = h.add_veth_into(UPLINK, "eth0", &outside)?;
-        h.add_address(&up, UPLINK_ADDR, PREFIX)?;
-        h.set_up(&up)?;
-        wire_outside(&s)?;
-        let published = format!("http://{UPLINK_ADDR}:{PUBLISHED_PORT}/");
-
-        if let Some(fast_path) = kind.netfast() {
-            self.netfast_hosts.push(host.clone());
-            // `netfast down` removes the container; should it fail, the lab still does.
-            self.netns.push(client.clone());
+        Kind::Routing => {
+            env.client = env.topo.containers[0].name().to_owned();
+            env.web_url = format!("http://{CONTAINER_ADDR}:{WEB_PORT}/");
+        }
+        Kind::Iptables => {
+            env.client = env.topo.containers[0].name().to_owned();
+            within(&host, iptables_rules)?;
+        }
+        Kind::Nftables => {
+            env.client = env.topo.containers[0].name().to_owned();
+            within(&host, nftables_rules)?;
+        }
+        Kind::NetfastOff | Kind::NetfastOn => {
+            let fast_path = kind.netfast().expect("a netfast kind");
+            // A name of the lab's, so that a killed run's container is swept with the rest.
+            env.client = format!("{host}c");
+            env.veth = Some(netfast::loader::model::veth_name(&env.client));
+            let nf = env
+                .netfast
+                .insert(Netfast::with_bin(&env.topo.host, netfast_bin.to_owned()));
             // Everything a user would type, through the binary itself.
             let subnet = format!("{SUBNET}/{PREFIX}");
             let ip = CONTAINER_ADDR.to_string();
@@ -255,7 +243,7 @@ impl Lab {
                 &[
                     "container",
                     "create",
-                    &client,
+                    &env.client,
                     "--network",
                     "bench",
                     "--ip",
@@ -263,204 +251,18 @@ impl Lab {
                 ],
                 &["publish", "bench", &publish],
             ] {
-                self.netfast(&host, args)?;
+                nf.ok(args);
             }
-            return Ok(Env {
-                kind,
-                client,
-                server,
-                host: Some(host),
-                web_url: published,
-            });
-        }
-
-        sysctl_in(&host, "net/ipv4/ip_forward", "1")?;
-        let bridge = plumb::bridge(&h, BRIDGE, GATEWAY, PREFIX, &mut |_| {})?;
-        // The container's namespace goes on the list first: if plumbing fails half-way,
-        // dropping the lab removes it.
-        self.netns.push(client.clone());
-        plumb::container(
-            netlink,
-            &h,
-            &ContainerPlumbing {
-                name: &client,
-                veth: &veth_name(&client),
-                bridge: &bridge,
-                ip: CONTAINER_ADDR,
-                prefix: PREFIX,
-                gateway: GATEWAY,
-            },
-            &mut |_| {},
-        )?;
-        let web_url = match kind {
-            Kind::Routing => {
-                s.add_route(SUBNET, PREFIX, UPLINK_ADDR)?;
-                format!("http://{CONTAINER_ADDR}:{WEB_PORT}/")
-            }
-            Kind::Iptables => {
-                iptables_rules(&host)?;
-                published
-            }
-            Kind::Nftables => {
-                nftables_rules(&host, &self.dir)?;
-                published
-            }
-            _ => unreachable!("netfast and veth are built above"),
-        };
-        Ok(Env {
-            kind,
-            client,
-            server,
-            host: Some(host),
-            web_url,
-        })
-    }
-
-    /// Runs `netfast --netns host args…`.
-    fn netfast(&self, host: &str, args: &[&str]) -> Result<()> {
-        let out = Command::new(&self.netfast_bin)
-            .arg("--netns")
-            .arg(host)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", self.netfast_bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "`netfast --netns {host} {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    fn start_servers(&mut self, env: &Env) -> Result<()> {
-        let dir = self.dir.join(env.kind.tag());
-        std::fs::create_dir_all(&dir)?;
-        let iperf = spawn_in(
-            &env.server,
-            &[
-                "iperf3",
-                "-s",
-                "-B",
-                &SERVER_ADDR.to_string(),
-                "-p",
-                &IPERF_PORT.to_string(),
-            ],
-            &dir.join("iperf3.log"),
-        )?;
-        self.children.push(iperf);
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(&dir)).context("writing nginx.conf")?;
-        let nginx = spawn_in(
-            &env.client,
-            &[
-                "nginx",
-                "-c",
-                path_str(&conf)?,
-                "-p",
-                path_str(&dir)?,
-                "-e",
-                "stderr",
-            ],
-            &dir.join("nginx.log"),
-        )?;
-        self.children.push(nginx);
-        self.rr_servers.push(RrServer::start(
-            &env.server,
-            SocketAddrV4::new(SERVER_ADDR, RR_PORT),
-        )?);
-        for (ns, port, what, log) in [
-            (&env.server, IPERF_PORT, "iperf3", "iperf3.log"),
-            (&env.client, WEB_PORT, "nginx", "nginx.log"),
-            (&env.client, PUBLISHED_PORT, "nginx", "nginx.log"),
-        ] {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !listening_in(ns, port)? {
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-                    bail!("{what} did not listen on port {port} in {ns} within 10 s:\n{log}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for rr in self.rr_servers.drain(..) {
-            rr.stop();
-        }
-        for host in std::mem::take(&mut self.netfast_hosts) {
-            if let Err(e) = self.netfast(&host, &["down"]) {
-                eprintln!("netfast bench: cleaning up: {e:#}");
-            }
-        }
-        for ns in self.netns.iter().rev() {
-            if nsfs::exists(ns)
-                && let Err(e) = nsfs::delete(ns)
-            {
-                eprintln!("netfast bench: deleting namespace {ns}: {e}");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Labs left by a benchmark that was killed: `netfast down` in their hosts (their programs
-/// are pinned and their socket programs attached), then their namespaces.
-fn sweep(netfast_bin: &Path) {
-    let Ok(dir) = std::fs::read_dir(netfast::netns::NETNS_RUN_DIR) else {
-        return;
-    };
-    let stale: Vec<String> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| {
-            let Some(rest) = name.strip_prefix("nfb") else {
-                return false;
-            };
-            let Some((pid, _)) = rest.split_once('-') else {
-                return false;
-            };
-            pid.parse::<u32>()
-                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        })
-        .collect();
-    for host in stale.iter().filter(|n| n.ends_with("-h")) {
-        let _ = Command::new(netfast_bin)
-            .args(["--netns", host, "down"])
-            .stdin(Stdio::null())
-            .output();
-    }
-    for ns in &stale {
-        if nsfs::exists(ns) {
-            let _ = nsfs::delete(ns);
         }
     }
-}
-
-/// The outside's address.
-fn wire_outside(s: &netfast::loader::netlink::Nl<'_>) -> Result<()> {
-    let eth0 = s
-        .link("eth0")?
-        .context("no eth0 in the outside namespace")?;
-    s.add_address(&eth0, SERVER_ADDR, PREFIX)?;
-    s.set_up(&eth0)?;
-    Ok(())
+    Ok(env)
 }
 
 /// Docker's rules for one container with port 80 published as 8080, in x_tables
-/// (iptables-legacy), as `docker run -p 8080:80` leaves them.
-fn iptables_rules(host: &str) -> Result<()> {
-    let tool = if which("iptables-legacy") {
+/// (iptables-legacy), as `docker run -p 8080:80` leaves them; in the calling thread's
+/// namespace.
+fn iptables_rules() -> Result<()> {
+    let tool = if on_path("iptables-legacy") {
         "iptables-legacy"
     } else {
         "iptables"
@@ -524,13 +326,14 @@ fn iptables_rules(host: &str) -> Result<()> {
     for rule in rules {
         let mut argv = vec![tool, "-w"];
         argv.extend_from_slice(rule);
-        run_in(host, &argv, Duration::from_secs(10))?;
+        netfilter_tool(&argv, None)?;
     }
     Ok(())
 }
 
-/// The same rules as one nftables table, the way Docker's nftables backend writes them.
-fn nftables_rules(host: &str, dir: &Path) -> Result<()> {
+/// The same rules as one nftables table, the way Docker's nftables backend writes them; in
+/// the calling thread's namespace.
+fn nftables_rules() -> Result<()> {
     let ruleset = format!(
         r#"table ip netfast-bench {{
     chain prerouting {{
@@ -550,14 +353,33 @@ fn nftables_rules(host: &str, dir: &Path) -> Result<()> {
 }}
 "#
     );
-    let file = dir.join("ruleset.nft");
-    std::fs::write(&file, ruleset).context("writing the nftables ruleset")?;
-    run_in(
-        host,
-        &["nft", "-f", path_str(&file)?],
-        Duration::from_secs(10),
-    )?;
+    netfilter_tool(&["nft", "-f", "-"], Some(&ruleset))?;
     Ok(())
+}
+
+/// Runs a netfilter tool in the calling thread's namespace, `input` on its stdin.
+fn netfilter_tool(argv: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} (`cargo xtask setup` installs it)", argv[0]))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(input.unwrap_or_default().as_bytes())?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nginx_conf(dir: &Path) -> String {
@@ -585,156 +407,80 @@ http {{
     )
 }
 
+/// Whether `program` is on the PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// iperf3 in the outside, nginx in the container, the request/response echo server in the
+/// outside; each listening when this returns. `dir`: nginx's files.
+fn start_servers(env: &mut Env, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (server, port) = (SERVER_ADDR.to_string(), IPERF_PORT.to_string());
+    env.servers.push(Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &env.server,
+        "iperf3",
+        "-s",
+        "-B",
+        &server,
+        "-p",
+        &port,
+    ]));
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir)).context("writing nginx.conf")?;
+    env.servers.push(Background::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &env.client,
+        "nginx",
+        "-c",
+        path_str(&conf)?,
+        "-p",
+        path_str(dir)?,
+        "-e",
+        "stderr",
+    ]));
+    env.rr = Some(RrServer::start(
+        &env.server,
+        SocketAddrV4::new(SERVER_ADDR, RR_PORT),
+    )?);
+    for (ns, port, what, i) in [
+        (&env.server, IPERF_PORT, "iperf3", 0),
+        (&env.client, WEB_PORT, "nginx", 1),
+        (&env.client, PUBLISHED_PORT, "nginx", 1),
+    ] {
+        if !wait_until(Duration::from_secs(10), || listening(ns, "tcp", port)) {
+            let s = &env.servers[i];
+            bail!(
+                "{what} did not listen on port {port} in {ns} within 10 s:\n{}{}",
+                s.stdout_so_far(),
+                s.stderr_so_far()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-/// A command whose process starts in the network namespace `ns`.
-pub fn command_in(ns: &str, argv: &[&str]) -> Result<Command> {
-    let file = File::open(nsfs::path(ns)).with_context(|| format!("opening namespace {ns}"))?;
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null());
-    // SAFETY: between fork and exec only setns runs, which is async-signal-safe; the file
-    // moves into the closure and stays open until then.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
-    }
-    Ok(cmd)
-}
-
-/// Runs `argv` in `ns`, killed after `timeout`; fails unless it exits successfully.
-pub fn run_in(ns: &str, argv: &[&str], timeout: Duration) -> Result<Output> {
-    let child = command_in(ns, argv)?
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (is it installed? `cargo xtask setup`)",
-                argv[0]
-            )
-        })?;
-    let out = wait_timeout(child, timeout).with_context(|| argv.join(" "))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` in {ns} failed ({}): {}{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(out)
-}
-
-/// Waits for a child with piped output, killing it after `timeout`.
-fn wait_timeout(mut child: Child, timeout: Duration) -> Result<Output> {
-    let deadline = Instant::now() + timeout;
-    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_t = std::thread::spawn(move || read_all(stdout.as_mut()));
-    let err_t = std::thread::spawn(move || read_all(stderr.as_mut()));
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
-}
-
-fn read_all(r: Option<&mut impl io::Read>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(r) = r {
-        let _ = r.read_to_end(&mut buf);
-    }
-    buf
-}
-
-/// Starts a long-running `argv` in `ns`, its output going to `log`.
-fn spawn_in(ns: &str, argv: &[&str], log: &Path) -> Result<Child> {
-    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    command_in(ns, argv)?
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (is it installed? `cargo xtask setup`)",
-                argv[0]
-            )
-        })
-}
-
-/// Writes `/proc/sys/<key>` in `ns` (from a thread in that namespace: /proc/sys/net is the
-/// opening thread's).
-pub fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
-    in_netns(ns, || {
-        let path = format!("/proc/sys/{key}");
-        std::fs::write(&path, value).with_context(|| format!("writing {path}"))
-    })
-}
-
-/// Whether a TCP socket listens on `port` in `ns`.
-fn listening_in(ns: &str, port: u16) -> Result<bool> {
-    in_netns(ns, || {
-        let file = File::open("/proc/thread-self/net/tcp").context("reading /proc/net/tcp")?;
-        let want = format!(":{port:04X}");
-        for line in io::BufReader::new(file).lines().skip(1) {
-            let line = line?;
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address rem_address st: st 0A is LISTEN.
-            if f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A" {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
-}
-
-/// Runs `f` on a thread that has entered `ns`.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            netfast::netns::enter(ns)?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| bail!("a thread in namespace {ns} panicked"))
-    })
-}
-
-/// The request/response server: echoes whatever arrives, one thread per connection.
+/// The request/response server: echoes whatever arrives, one thread per connection; stops
+/// when dropped.
 struct RrServer {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl RrServer {
     fn start(ns: &str, addr: SocketAddrV4) -> Result<RrServer> {
-        let listener = in_netns(ns, || {
+        let listener = within(ns, || -> Result<TcpListener> {
             let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -754,12 +500,19 @@ impl RrServer {
                 }
             }
         });
-        Ok(RrServer { stop, thread })
+        Ok(RrServer {
+            stop,
+            thread: Some(thread),
+        })
     }
+}
 
-    fn stop(self) {
+impl Drop for RrServer {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
