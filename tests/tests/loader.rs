@@ -723,8 +723,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
         Dataplane::remove(&Host::current().expect("host")).expect("unpin");
     }
-    // apply: the second network's bridge name is taken by a dummy link; the first network,
-    // made by the same apply, is removed again.
+    // apply: the second network's bridge name is taken by a dummy link: refused before the
+    // first network is made.
     topo.host.exec_ok(&[
         "ip", "link", "add", "busy0", "type", "veth", "peer", "name", "busy1",
     ]);
@@ -733,7 +733,36 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbridge = \"busy0\"\n").expect("write");
     let err = nf.fails(&["apply", "-f", &file]);
     assert!(
-        err.contains("busy0 already exists") && err.contains("removed again"),
+        err.contains("apply refused at `+ network b")
+            && err.contains("busy0 already exists")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the failed apply left something behind"
+    );
+    // A failure no check can foresee (the dataplane pinned with another ct-max, which only
+    // opening it tells): what the apply created goes again, and the message says so.
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::open(
+            &Host::current().expect("host"),
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        )
+        .expect("pin a dataplane");
+    }
+    let before = snapshot(&topo);
+    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains("apply failed at `+ network b")
+            && err.contains("cannot be resized")
+            && err.contains("the host is as it was before (undone: `+ network a"),
         "{err}"
     );
     assert_eq!(
@@ -742,6 +771,83 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         "the failed apply left something behind"
     );
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-a"));
+    // With a removal before the failure: the removal is kept, and said to be.
+    let c = ct(&topo, 0);
+    fs::write(&file, format!("[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[container]]\nname = \"{c}\"\nnetwork = \"a\"\n")).expect("write");
+    nf.ok(&["apply", "-f", &file]);
+    // (Removing network a took the pinned dataplane with it: no eBPF network was left.)
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::open(
+            &Host::current().expect("host"),
+            &Settings {
+                ct_max_flows: 1024,
+                ..Settings::default()
+            },
+        )
+        .expect("pin a dataplane");
+    }
+    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains(&format!(
+            "done and kept (removals and settings are not undone): `- container {c}`"
+        )) && !err.contains("as it was before"),
+        "{err}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
+    {
+        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
+    }
+    fs::remove_file(&file).expect("remove");
+}
+
+/// Issue #14, 4(d): an apply whose ct-max change the running dataplane refuses (a network
+/// stays) would have failed after its removals; now it is refused before any change, and
+/// says why.
+#[test]
+fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
+    require_root();
+    let (topo, nf) = host();
+    let (c0, c1) = (ct(&topo, 0), ct(&topo, 1));
+    let file = format!("/tmp/{}-late.toml", topo.host.name());
+    let text = |ct_max: &str, with_c1: bool| {
+        let mut t = format!(
+            "{ct_max}[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"up0\"\n\n\
+             [[container]]\nname = \"{c0}\"\nnetwork = \"web\"\n\n"
+        );
+        if with_c1 {
+            t += &format!("[[container]]\nname = \"{c1}\"\nnetwork = \"web\"\n");
+        }
+        t
+    };
+    fs::write(&file, text("", true)).expect("write");
+    nf.ok(&["apply", "-f", &file]);
+    let before = snapshot(&topo);
+    fs::write(&file, text("[dataplane]\nct_max = 1024\n\n", false)).expect("write");
+    let err = nf.fails(&["apply", "-f", &file]);
+    assert!(
+        err.contains("apply refused at `~ dataplane: ct-max 1024")
+            && err.contains("the dataplane runs with ct-max 262144")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&topo),
+        before,
+        "the refused apply changed the host"
+    );
+    // Without the network (and so without the dataplane), the same change goes through.
+    fs::write(&file, "[dataplane]\nct_max = 1024\n").expect("write");
+    let out = nf.ok(&["apply", "-f", &file]);
+    assert!(
+        out.contains("- network web") && out.contains("~ dataplane: ct-max 1024"),
+        "{out}"
+    );
     fs::remove_file(&file).expect("remove");
 }
 
@@ -1702,8 +1808,9 @@ fn network_rm_removes_its_publications_by_address() {
 }
 
 /// A `publish` killed half-way (after its allow-list entry, before its DNAT entry) leaves
-/// entries that no publication owns; the next `publish` removes them before it takes the
-/// same allow-list id, so the stale list never admits the new publication's clients.
+/// entries that no publication owns; the next `publish` removes them (from the killed one's
+/// intent record) before it takes the same allow-list id, so the stale list never admits the
+/// new publication's clients.
 #[test]
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     require_root();
@@ -1784,14 +1891,20 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
         vec![(1, "192.0.2.0/24".parse().expect("net"))],
         "the kill should have come between the allow-list and the DNAT entry"
     );
-    let out = nf.ok(&[
+    // The next command finishes what the killed one left (its intent record) and says so.
+    let next = nf.run(&[
         "publish",
         "web",
         "9091:172.18.0.61:80",
         "--allow",
         "203.0.113.0/24",
     ]);
-    assert!(out.contains("did not finish"), "{out}");
+    let err = String::from_utf8_lossy(&next.stderr);
+    assert!(
+        next.status.success()
+            && err.contains("an interrupted `netfast publish web 9090:172.18.0.60:80/tcp`"),
+        "{err}"
+    );
     let (entries, published) = allow_entries();
     assert_eq!(entries, vec![(1, "203.0.113.0/24".parse().expect("net"))]);
     assert_eq!(published, 1, "only the new publication's DNAT entry");
@@ -1844,4 +1957,103 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
     let ls: serde_json::Value =
         serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
     assert_eq!(ls[0]["backend"], "nftables");
+}
+
+/// `netfast --netns HOST ARGS…` under strace, killed at the `n`th `syscall`: whether it was.
+fn killed_at(topo: &Topology, syscall: &str, n: usize, args: &[&str]) -> bool {
+    let bin = netfast_bin();
+    let inject = format!("inject={syscall}:signal=KILL:when={n}");
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        &inject,
+        bin.to_str().expect("path"),
+        "--netns",
+        topo.host.name(),
+    ];
+    argv.extend_from_slice(args);
+    let out = netfast_tests::run(&argv);
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9) || out.status.code() == Some(137)
+}
+
+/// Issue #14, item 3, as reproduced there: `network create` killed when it saves its state
+/// (after the bridge, its address and the programs exist) left nf-web, which the next
+/// `network create` refused ("pass --adopt") and `down` left behind. Now `network ls`
+/// reports it, the next command removes it first (and says so), and `down` after another
+/// such kill leaves nothing; a killed `container create` leaves no namespace or veth behind
+/// once the next command ran.
+#[test]
+fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
+    require_root();
+    let (topo, nf) = host();
+    let create = [
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.18.0.0/24",
+        "--uplink",
+        "up0",
+    ];
+    // Rename #1 makes the intent record, #2 the state.
+    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    assert!(topo.host.exec_ok(&["ip", "link"]).contains("nf-web"));
+    let ls = nf.ok(&["network", "ls"]);
+    assert!(
+        ls.contains("not in the state: an interrupted `netfast network create web`"),
+        "{ls}"
+    );
+    let out = nf.run(&create);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && err.contains("an interrupted `netfast network create web` left changes")
+            && err.contains("deleted bridge nf-web"),
+        "{err}"
+    );
+    let alias = topo.host.exec_ok(&["ip", "-d", "link", "show", "nf-web"]);
+    assert!(alias.contains("alias netfast netns-"), "{alias}");
+    // container create killed at its state save: the next command removes its namespace
+    // and veth, and IPAM hands the address to the next container.
+    let (a, b) = (ct(&topo, 0), ct(&topo, 1));
+    assert!(
+        killed_at(
+            &topo,
+            "renameat",
+            2,
+            &["container", "create", &a, "--network", "web"]
+        ),
+        "not killed"
+    );
+    assert!(fs::metadata(format!("/run/netns/{a}")).is_ok());
+    let ls: serde_json::Value =
+        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
+    assert_eq!(ls[0]["name"], a.as_str(), "{ls}");
+    assert!(
+        ls[0]["drift"][0]
+            .as_str()
+            .is_some_and(|d| d.contains("not in the state")),
+        "{ls}"
+    );
+    let out = nf.ok(&["container", "create", &b, "--network", "web"]);
+    assert!(out.contains("at 172.18.0.2/24"), "{out}");
+    assert!(
+        fs::metadata(format!("/run/netns/{a}")).is_err(),
+        "{a} is left"
+    );
+    nf.ok(&["container", "rm", &b]);
+    // Killed again, then `down`: nothing of netfast's is left.
+    nf.ok(&["network", "rm", "web"]);
+    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    let out = nf.ok(&["down"]);
+    assert!(out.contains("deleted bridge nf-web"), "{out}");
+    assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-"));
+    let h = host_of(topo.host.name());
+    assert!(fs::metadata(h.pin_dir().expect("pin dir")).is_err());
+    assert!(fs::metadata(h.state_dir()).is_err());
 }

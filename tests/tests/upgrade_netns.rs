@@ -488,3 +488,54 @@ fn a_failed_upgrade_puts_everything_back() {
     l.talk_on("after the upgrade, tried again");
     let _ = Duration::ZERO;
 }
+
+/// The state file carries its format: one written by a newer netfast (a format this one
+/// does not know) is refused by every command, with the reason, and left as it is.
+#[test]
+fn a_state_from_a_newer_netfast_is_refused_and_left_alone() {
+    require_root();
+    let w = web(&[]);
+    let path = {
+        let _in = NetnsGuard::enter(w.topo.host.name()).expect("enter the host");
+        Host::current()
+            .expect("host")
+            .state_dir()
+            .join(netfast::loader::state::STATE_FILE)
+    };
+    let text = std::fs::read_to_string(&path).expect("the state file");
+    let mut state: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(state["format"], 1, "the state names its format:\n{text}");
+    state["format"] = 99.into();
+    let newer = serde_json::to_string_pretty(&state).expect("json");
+    std::fs::write(&path, &newer).expect("write the state");
+    // Back to this netfast's format however the test ends, so that the fixture's `down`
+    // can clean up.
+    struct Restore<'a>(&'a Path, &'a str);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, self.1);
+        }
+    }
+    let _restore = Restore(&path, &text);
+    for args in [
+        &["network", "ls"][..],
+        &["container", "create", "late", "--network", "web"][..],
+        &["down"][..],
+    ] {
+        let err = w.nf.fails(args);
+        assert!(
+            err.contains("newer netfast") && err.contains("format 99"),
+            "`netfast {}` must refuse a newer state:\n{err}",
+            args.join(" ")
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("the state file"),
+        newer,
+        "the newer state was changed"
+    );
+    assert!(
+        !std::path::Path::new("/run/netns/late").exists(),
+        "the refused container was made"
+    );
+}

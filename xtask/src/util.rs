@@ -90,17 +90,28 @@ pub fn require_root(why: &str) -> Result<(), Fail> {
     }
 }
 
-/// Network namespaces made by the lab (prefix `nft`: the tests', the demo's and the
-/// benchmark's) that exist now.
+/// Network namespaces made by the test toolkit (prefix `nft`) that exist now.
 pub fn leftover_namespaces() -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("nft"))
+                .filter(|n| test_name_left(n))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether `name` is a namespace of the lab (`nft<pid>x…`: a test's, the demo's or the
+/// benchmark's) whose creating process is gone: one that a live process made belongs to a
+/// run still going on (another engineer's, on a shared machine), not to a run that left it
+/// behind.
+fn test_name_left(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("nft") else {
+        return false;
+    };
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    pid.is_empty() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Pins and state directories that netfast left for test and benchmark hosts (namespaces
@@ -118,7 +129,7 @@ pub fn leftover_netfast_state() -> Vec<String> {
     };
     let ours = |key: &str| {
         let label = std::fs::read_to_string(format!("/run/netfast/{key}/host")).unwrap_or_default();
-        key.starts_with("nft") || label.split_whitespace().any(|n| n.starts_with("nft"))
+        test_name_left(key) || label.split_whitespace().any(test_name_left)
     };
     let states = list("/run/netfast");
     let mut out: Vec<String> = states

@@ -22,7 +22,8 @@ use crate::{
     loader::model::{Backend, BackendChoice, State},
 };
 use rules::{
-    Counts, DROP_REASONS, IPT_CHAINS, Net, Rules, Way, ipt_drop_chain, ipt_net_rules, net_counter,
+    Counts, IPT_CHAINS, IPT_FILTER_DROPS, IPT_RAW_DROPS, Net, Rules, Way, ipt_drop_chain,
+    ipt_net_rules, ipt_raw_counter, net_counter,
 };
 
 /// Runs a netfilter tool (`nft`, `iptables`, `iptables-restore`, …) with `input` on stdin;
@@ -64,8 +65,9 @@ fn tool(argv: &[&str], input: Option<&str>) -> Result<String> {
     })?;
     if !out.status.success() {
         return Err(Error::Settings(format!(
-            "`{}` failed: {}",
+            "`{}` failed ({}): {}",
             argv.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -202,12 +204,64 @@ pub fn installed(backend: Backend) -> bool {
     }
 }
 
+/// Removes netfast's nftables table and iptables chains whatever the state says: `down`'s
+/// last sweep, for what a command that died before it saved its state left. iptables is
+/// asked only about the tables that exist already (listing one can load its module and hook
+/// it into the namespace). Returns whether there was anything.
+pub fn remove_all() -> Result<bool> {
+    let mut any = false;
+    if nft_table_exists()? {
+        sync_nft(&Rules::default())?;
+        any = true;
+    }
+    let mut chains = Vec::new();
+    for table in ipt_tables_present()? {
+        chains.extend(ipt_own_chains(table)?);
+    }
+    if !chains.is_empty() {
+        sync_iptables(&Rules::default())?;
+        any = true;
+    }
+    Ok(any)
+}
+
+/// The iptables tables (of nat, filter, raw) that exist in this namespace: in the legacy
+/// backend's list, or as the nftables tables iptables-nft keeps them in.
+fn ipt_tables_present() -> Result<Vec<&'static str>> {
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    let nft = match tool(&["nft", "list", "tables", "ip"], None) {
+        Ok(out) => out,
+        // No nft here: iptables-nft cannot be in use either.
+        Err(Error::Io { .. }) => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(["nat", "filter", "raw"]
+        .into_iter()
+        .filter(|t| {
+            legacy.lines().any(|l| l.trim() == *t)
+                || nft.lines().any(|l| l.trim() == format!("table ip {t}"))
+        })
+        .collect())
+}
+
 fn nft_exists() -> bool {
-    tool(&["nft", "list", "table", "ip", "netfast"], None).is_ok()
+    nft_table_exists().unwrap_or(false)
+}
+
+/// Whether table `ip netfast` exists: false where nft says there is no such table (or nft is
+/// not installed), an error when nft fails otherwise (killed, say): a failed look is never
+/// taken for an absent table, which would leave the table behind.
+fn nft_table_exists() -> Result<bool> {
+    match tool(&["nft", "list", "table", "ip", "netfast"], None) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { .. }) => Ok(false),
+        Err(e) if e.to_string().contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn sync_nft(rules: &Rules) -> Result<()> {
-    if rules.is_empty() && !nft_exists() {
+    if rules.is_empty() && !nft_table_exists()? {
         return Ok(());
     }
     let counts = if rules.is_empty() {
@@ -240,7 +294,7 @@ fn sync_nft(rules: &Rules) -> Result<()> {
 /// The drop counters of table `ip netfast` (none when it does not exist).
 fn nft_counters() -> Result<Counts> {
     let mut counts = Counts::new();
-    if !nft_exists() {
+    if !nft_table_exists()? {
         return Ok(counts);
     }
     let json = tool(
@@ -325,7 +379,6 @@ fn sync_iptables(rules: &Rules) -> Result<()> {
     // before a policy of DROP, and its drops before anyone's accepts.
     for (table, chain, builtin) in IPT_CHAINS {
         if let Some(builtin) = builtin
-            && (table != "raw" || !policies.is_empty())
             && ipt_jump(table, builtin, chain, "-C").is_err()
         {
             tool(
@@ -368,16 +421,33 @@ fn ipt_timeouts(t: &crate::loader::model::Timeouts) -> Result<Vec<cttimeout::Pol
 }
 
 /// The counters of netfast's iptables chains (none when they do not exist): the drop
-/// reasons', and those of `nets` (their accept rules').
+/// reasons' (the raw table's under [`ipt_raw_counter`]), and those of `nets` (their accept
+/// rules').
 fn ipt_counters(nets: &[Net]) -> Result<Counts> {
     let save = tool(&["iptables-save", "-c", "-t", "filter"], None)?;
-    Ok(ipt_counts(&save, nets))
+    let mut counts = ipt_counts(&save, nets);
+    let raw = tool(&["iptables-save", "-c", "-t", "raw"], None)?;
+    counts.extend(ipt_raw_counts(&raw));
+    Ok(counts)
 }
 
-/// The counters in `iptables-save -c` output.
+/// The raw table's drop counters in `iptables-save -c -t raw` output.
+fn ipt_raw_counts(save: &str) -> Counts {
+    let wanted: Vec<(String, String)> = IPT_RAW_DROPS
+        .iter()
+        .map(|r| {
+            (
+                ipt_raw_counter(r),
+                format!("-A {} -j DROP", ipt_drop_chain(r)),
+            )
+        })
+        .collect();
+    counts_of(save, &wanted)
+}
+
+/// The counters in `iptables-save -c` output (of the filter table).
 fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
-    let mut counts = Counts::new();
-    let mut wanted: Vec<(String, String)> = DROP_REASONS
+    let mut wanted: Vec<(String, String)> = IPT_FILTER_DROPS
         .iter()
         .map(|r| (r.to_string(), format!("-A {} -j DROP", ipt_drop_chain(r))))
         .collect();
@@ -388,6 +458,13 @@ fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
             }
         }
     }
+    counts_of(save, &wanted)
+}
+
+/// The sums of the counters of the rules in `wanted` (a name, a rule as `iptables-save`
+/// prints it), read from `iptables-save -c` output.
+fn counts_of(save: &str, wanted: &[(String, String)]) -> Counts {
+    let mut counts = Counts::new();
     for line in save.lines() {
         let Some((p, b, rule)) = line
             .strip_prefix('[')
@@ -412,7 +489,7 @@ fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
 /// per network they serve ([`net_counter`]).
 pub fn counters(state: &State) -> Result<Counts> {
     let mut total = Counts::new();
-    let mut add = |c: Counts| {
+    let mut add = |c: Vec<(String, (u64, u64))>| {
         for (k, (p, b)) in c {
             let e = total.entry(k).or_default();
             e.0 += p;
@@ -424,11 +501,18 @@ pub fn counters(state: &State) -> Result<Counts> {
         .iter()
         .any(|n| n.backend == Backend::Nftables)
     {
-        add(nft_counters()?);
+        add(nft_counters()?.into_iter().collect());
     }
     let ipt = Rules::of(state, Backend::Iptables);
     if !ipt.is_empty() {
-        add(ipt_counters(&ipt.nets)?);
+        // A reason dropped in both of iptables' tables is one reason to `stats`.
+        add(ipt_counters(&ipt.nets)?
+            .into_iter()
+            .map(|(k, v)| match k.strip_prefix(&ipt_raw_counter("")) {
+                Some(reason) => (reason.to_owned(), v),
+                None => (k, v),
+            })
+            .collect());
     }
     Ok(total)
 }
@@ -656,5 +740,12 @@ mod tests {
         assert_eq!(c.get("rx_3"), Some(&(11, 1060)));
         assert_eq!(c.get("tx_3"), Some(&(7, 700)));
         assert_eq!(c.len(), 3, "{c:?}");
+        let raw = "*raw\n\
+            [6:360] -A NETFAST-LOOPBACK-FROM-NET -j DROP\n\
+            [1:60] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n\
+            COMMIT\n";
+        let c = ipt_raw_counts(raw);
+        assert_eq!(c.get("raw:loopback_from_network"), Some(&(6, 360)));
+        assert_eq!(c.get("raw:to_host_loopback"), Some(&(1, 60)));
     }
 }

@@ -19,12 +19,31 @@ use crate::loader::{
 
 /// The drop counters a fallback backend keeps, under the names `netfast stats` gives the eBPF
 /// dataplane's drop reasons.
-pub const DROP_REASONS: [&str; 4] = [
+pub const DROP_REASONS: [&str; 5] = [
+    "inter_network",
+    "direct_access",
+    "not_allowed",
+    "to_host_loopback",
+    "loopback_from_network",
+];
+
+/// The drop reasons of the iptables backend's filter table, and of its raw table (where the
+/// packets for 127.0.0.0/8 go, before any DNAT: the nat table cannot drop). A reason can be
+/// counted in both: a container's packet to 127.0.0.0/8 is dropped in raw before a
+/// publication on 127.0.0.1 could take it, and again in INPUT after any DNAT.
+pub const IPT_FILTER_DROPS: [&str; 4] = [
     "inter_network",
     "direct_access",
     "not_allowed",
     "to_host_loopback",
 ];
+pub const IPT_RAW_DROPS: [&str; 2] = ["to_host_loopback", "loopback_from_network"];
+
+/// The key under which [`Counts`] holds the raw table's counter of an iptables drop reason
+/// (the filter table's is the reason itself).
+pub fn ipt_raw_counter(reason: &str) -> String {
+    format!("raw:{reason}")
+}
 
 /// A bridge network the backend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +83,10 @@ pub struct Rules {
     /// Bridge pairs (from, to) whose traffic is dropped: every pair of netfast networks where
     /// at least one side is served by this backend.
     pub isolate: Vec<(String, String)>,
+    /// Every netfast bridge (whichever backend serves it): a packet from one to 127.0.0.0/8
+    /// is a container's (`to_host_loopback`), from anywhere else but `lo` the network's
+    /// (`loopback_from_network`).
+    pub all_bridges: Vec<String>,
     pub dnat: Vec<Dnat>,
     pub allow: Vec<Allow>,
     /// The idle timeouts of the networks' flows (`netfast config`), in place of the kernel's
@@ -127,9 +150,15 @@ impl Rules {
                 });
             }
         }
+        let all_bridges = if nets.is_empty() {
+            Vec::new()
+        } else {
+            state.networks.iter().map(|n| n.bridge.clone()).collect()
+        };
         Rules {
             nets,
             isolate,
+            all_bridges,
             dnat,
             allow,
             timeouts: state.dataplane.timeouts,
@@ -149,6 +178,9 @@ impl Rules {
         }
         for (a, b) in &self.isolate {
             interface_name("bridge", a)?;
+            interface_name("bridge", b)?;
+        }
+        for b in &self.all_bridges {
             interface_name("bridge", b)?;
         }
         Ok(())
@@ -280,6 +312,39 @@ pub fn nft_batch(rules: &Rules, counts: &Counts, timeouts: bool) -> Batch {
     if timeouts {
         b.chain("timeouts", None);
     }
+    // 127.0.0.0/8 is the host's own: nothing from the network reaches it, least of all a
+    // port published on 127.0.0.1, which the DNAT below would otherwise take in before the
+    // routing decision that drops a martian. At raw priority: before conntrack and any NAT,
+    // while the destination is still the one the packet came with.
+    b.chain(
+        "loopback",
+        Some(Hook {
+            kind: "filter",
+            hook: "prerouting",
+            prio: -300,
+        }),
+    );
+    let to_loopback = || Stmt::eq(Expr::payload("ip", "daddr"), Expr::prefix(loopback()));
+    for br in &rules.all_bridges {
+        b.rule(
+            "loopback",
+            vec![
+                iif(br),
+                to_loopback(),
+                Stmt::counter("to_host_loopback"),
+                Stmt::drop(),
+            ],
+        );
+    }
+    b.rule(
+        "loopback",
+        vec![
+            Stmt::ne(Expr::meta("iifname"), Expr::str("lo")),
+            to_loopback(),
+            Stmt::counter("loopback_from_network"),
+            Stmt::drop(),
+        ],
+    );
     let local = || Stmt::eq(Expr::fib_daddr_type(), Expr::str("local"));
     for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
         b.chain(
@@ -439,7 +504,7 @@ pub fn nft_batch(rules: &Rules, counts: &Counts, timeouts: bool) -> Batch {
 
 /// The iptables chains netfast owns, with the built-in chain that jumps to each (none for
 /// the chains only other NETFAST chains jump to).
-pub const IPT_CHAINS: [(&str, &str, Option<&str>); 13] = [
+pub const IPT_CHAINS: [(&str, &str, Option<&str>); 15] = [
     ("nat", "NETFAST-PREROUTING", Some("PREROUTING")),
     ("nat", "NETFAST-OUTPUT", Some("OUTPUT")),
     ("nat", "NETFAST-POSTROUTING", Some("POSTROUTING")),
@@ -453,11 +518,17 @@ pub const IPT_CHAINS: [(&str, &str, Option<&str>); 13] = [
     ("raw", "NETFAST-RAW-PREROUTING", Some("PREROUTING")),
     ("raw", "NETFAST-RAW-OUTPUT", Some("OUTPUT")),
     ("raw", "NETFAST-TIMEOUTS", None),
+    ("raw", "NETFAST-TO-HOST-LOOPBACK", None),
+    ("raw", "NETFAST-LOOPBACK-FROM-NET", None),
 ];
 
-/// The filter chain that counts and drops packets for a drop reason.
+/// The chain that counts and drops packets for a drop reason (in the filter table, or the
+/// raw table for [`IPT_RAW_DROPS`]). iptables allows 28 characters.
 pub fn ipt_drop_chain(reason: &str) -> String {
-    format!("NETFAST-{}", reason.replace('_', "-").to_uppercase())
+    match reason {
+        "loopback_from_network" => "NETFAST-LOOPBACK-FROM-NET".to_owned(),
+        _ => format!("NETFAST-{}", reason.replace('_', "-").to_uppercase()),
+    }
 }
 
 /// The `iptables-restore --noflush` input for `rules` (tables nat, filter and raw). Declaring
@@ -530,7 +601,7 @@ pub fn ipt_restore(
         allow_chains.push(name);
     }
     // Each drop chain holds one rule whose counter is the drop reason's (carried over).
-    for reason in DROP_REASONS {
+    for reason in IPT_FILTER_DROPS {
         let (p, b) = counts.get(reason).copied().unwrap_or_default();
         let _ = writeln!(s, "[{p}:{b}] -A {} -j DROP", ipt_drop_chain(reason));
     }
@@ -592,17 +663,39 @@ pub fn ipt_restore(
             let _ = writeln!(s, "{}{rule}", counted(Way::Tx, i));
         }
     }
-    s.push_str("COMMIT\n");
-    // CT --timeout gives a flow its policy when the flow is created, before any NAT: the
-    // networks' flows are those from their bridges and those to the published ports. (No
-    // raw table at all without the policies.)
-    if !timeouts.is_empty() {
-        s.push_str("*raw\n");
-        for (table, chain, _) in IPT_CHAINS {
-            if table == "raw" {
-                let _ = writeln!(s, ":{chain} - [0:0]");
-            }
+    s.push_str("COMMIT\n*raw\n");
+    for (table, chain, _) in IPT_CHAINS {
+        if table == "raw" {
+            let _ = writeln!(s, ":{chain} - [0:0]");
         }
+    }
+    for reason in IPT_RAW_DROPS {
+        let (p, b) = counts
+            .get(&ipt_raw_counter(reason))
+            .copied()
+            .unwrap_or_default();
+        let _ = writeln!(s, "[{p}:{b}] -A {} -j DROP", ipt_drop_chain(reason));
+    }
+    // 127.0.0.0/8 is the host's own: nothing from the network reaches it, least of all a
+    // port published on 127.0.0.1, which NETFAST-PUBLISHED would otherwise take in before
+    // the routing decision that drops a martian. In raw: before conntrack and any NAT.
+    for br in &rules.all_bridges {
+        let _ = writeln!(
+            s,
+            "-A NETFAST-RAW-PREROUTING -i {} -d 127.0.0.0/8 -j {}",
+            ipt_if(br),
+            ipt_drop_chain("to_host_loopback")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "-A NETFAST-RAW-PREROUTING ! -i lo -d 127.0.0.0/8 -j {}",
+        ipt_drop_chain("loopback_from_network")
+    );
+    // CT --timeout gives a flow its policy when the flow is created, before any NAT: the
+    // networks' flows are those from their bridges and those to the published ports. (None
+    // without the policies.)
+    if !timeouts.is_empty() {
         // Only the packets that can open a flow: the raw table sees every packet, before
         // conntrack, and a flow takes its policy when it is created.
         for p in timeouts {
@@ -639,8 +732,8 @@ pub fn ipt_restore(
                 let _ = writeln!(s, "-A {chain} {m} -j NETFAST-TIMEOUTS");
             }
         }
-        s.push_str("COMMIT\n");
     }
+    s.push_str("COMMIT\n");
     (s, allow_chains)
 }
 
@@ -805,6 +898,7 @@ mod tests {
             ("tx_1", 5, 300),
             ("rx_1", 0, 0),
             ("to_host_loopback", 0, 0),
+            ("loopback_from_network", 0, 0),
         ] {
             assert!(
                 counters.contains(&json!({"family": "ip", "table": "netfast", "name": name, "packets": p, "bytes": b})),
@@ -852,6 +946,26 @@ mod tests {
                 {"match": {"op": "!=", "left": {"ct": {"key": "state"}}, "right": {"set": ["established", "related"]}}},
                 {"counter": "to_host_loopback"}, {"drop": null},
             ])]
+        );
+        // Packets for 127.0.0.0/8 from anywhere but lo, dropped at raw priority (before
+        // conntrack and any DNAT): a container's (from any netfast bridge) and the network's.
+        assert!(
+            added(&doc, "chain").contains(&json!({"family": "ip", "table": "netfast",
+                "name": "loopback", "type": "filter", "hook": "prerouting", "prio": -300,
+                "policy": "accept"})),
+            "{doc}"
+        );
+        let to_lo = json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}});
+        assert_eq!(
+            rules_in(&doc, "loopback"),
+            vec![
+                json!([iif("nf-web"), to_lo, {"counter": "to_host_loopback"}, {"drop": null}]),
+                json!([iif("nf-db"), to_lo, {"counter": "to_host_loopback"}, {"drop": null}]),
+                json!([
+                    {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+                    to_lo, {"counter": "loopback_from_network"}, {"drop": null},
+                ]),
+            ]
         );
         assert_eq!(
             added(&doc, "chain")
@@ -952,9 +1066,28 @@ mod tests {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
         assert_eq!(s.matches("COMMIT\n").count(), 3);
-        // Without timeout policies in the kernel: no raw table.
+        // Without timeout policies in the kernel: the raw table only guards 127.0.0.0/8.
+        counts.insert(ipt_raw_counter("loopback_from_network"), (4, 240));
         let (s, _) = ipt_restore(&r, &counts, &[]);
-        assert!(!s.contains("*raw") && !s.contains("TIMEOUTS"), "{s}");
-        assert_eq!(s.matches("COMMIT\n").count(), 2);
+        assert!(
+            !s.contains("-j NETFAST-TIMEOUTS") && !s.contains("CT --timeout"),
+            "{s}"
+        );
+        for line in [
+            "*raw\n",
+            ":NETFAST-LOOPBACK-FROM-NET - [0:0]\n",
+            "[0:0] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n",
+            "[4:240] -A NETFAST-LOOPBACK-FROM-NET -j DROP\n",
+            "-A NETFAST-RAW-PREROUTING -i \"nf-web\" -d 127.0.0.0/8 -j NETFAST-TO-HOST-LOOPBACK\n\
+             -A NETFAST-RAW-PREROUTING -i \"nf-db\" -d 127.0.0.0/8 -j NETFAST-TO-HOST-LOOPBACK\n\
+             -A NETFAST-RAW-PREROUTING ! -i lo -d 127.0.0.0/8 -j NETFAST-LOOPBACK-FROM-NET\n",
+        ] {
+            assert!(s.contains(line), "{line} missing from\n{s}");
+        }
+        assert_eq!(s.matches("COMMIT\n").count(), 3);
+        // Every chain name fits iptables' 28 characters.
+        for (_, chain, _) in IPT_CHAINS {
+            assert!(chain.len() <= 28, "{chain}");
+        }
     }
 }

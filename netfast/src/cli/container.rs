@@ -19,7 +19,8 @@ pub enum Command {
     },
     /// Remove a container: its namespace and its veth pair.
     Rm { name: String },
-    /// List containers, with their namespaces and what the kernel lacks of them ("drift").
+    /// List containers, with their namespaces, what the kernel lacks of them ("drift"), and
+    /// what an interrupted command left that the state does not know.
     ///
     /// A container Docker made through `netfast docker-plugin` is `docker-<endpoint ID>`,
     /// whose namespace is Docker's sandbox (`docker inspect -f '{{.NetworkSettings.SandboxKey}}'`).

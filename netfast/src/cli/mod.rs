@@ -50,7 +50,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Stop publishing: NET and the SPEC it was published with.
     Unpublish { network: String, spec: String },
-    /// Remove everything netfast created in this host namespace, and nothing else.
+    /// Remove everything netfast created in this host namespace, and nothing else: what the
+    /// state knows, what an interrupted command left, and every link marked as netfast's.
     Down,
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     ///

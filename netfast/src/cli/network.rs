@@ -46,7 +46,9 @@ pub enum Command {
     },
     /// Remove a network (it must have no containers); an adopted bridge is left in place.
     Rm { name: String },
-    /// List networks, with what the kernel lacks of them ("drift").
+    /// List networks, with what the kernel lacks of them ("drift"), and what an interrupted
+    /// command left that the state does not know (networks it was creating, links marked as
+    /// netfast's).
     Ls {
         #[arg(long)]
         json: bool,

@@ -206,7 +206,9 @@ impl Loader {
     ) -> Result<Vec<String>> {
         caps::require("docker network create", true)?;
         check_id("network", docker_id)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.netlink().host()?;
+        // As `network create`: what an interrupted command left is converged first.
+        let (mut locked, mut out) = self.lock(&nl)?;
         if let Ok(n) = network_of(&locked.state, docker_id) {
             return Ok(vec![format!(
                 "network {} already serves Docker network {docker_id}",
@@ -214,9 +216,7 @@ impl Loader {
             )]);
         }
         prune(&mut locked.state);
-        let nl = self.netlink().host()?;
-        let mut out = Vec::new();
-        let network = self.create_network(&nl, &mut locked.state, spec, &mut out)?;
+        let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
         out.push(format!(
             "network {} serves Docker network {docker_id}",
             network.name
@@ -228,6 +228,7 @@ impl Loader {
             network: spec.name.clone(),
         });
         locked.save()?;
+        locked.finish()?;
         Ok(out)
     }
 

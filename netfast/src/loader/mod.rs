@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod docker;
+pub mod intent;
 pub mod ipam;
 pub mod model;
 pub mod netlink;
@@ -12,6 +13,7 @@ pub mod plan;
 pub mod plumb;
 pub mod publish;
 mod publish_ops;
+mod recover;
 pub mod sockets;
 pub mod state;
 pub mod status;

@@ -173,6 +173,10 @@ impl Container {
     }
 }
 
+/// The version of the state file's format (its `format` key; none: 1): bumped when an older
+/// netfast would misread it. A file of a newer format than this netfast's is refused.
+pub const STATE_FORMAT: u64 = 1;
+
 /// Everything netfast manages in one host namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {

@@ -40,6 +40,9 @@ pub struct Link {
     /// Its hardware type (`ARPHRD_*`): 1 for Ethernet, 772 for loopback, 65534 for a
     /// layer-3 device without a link-layer header (tun, wireguard), 768 for ipip.
     pub link_type: u16,
+    /// Its alias (`ip link set … alias`): netfast's mark on the links it creates
+    /// ([`super::intent::Mark`]).
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -91,6 +94,7 @@ fn link_of(msg: &LinkMessage) -> Link {
         mac: None,
         hairpin: None,
         link_type: u16::from(msg.header.link_layer_type),
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -98,6 +102,7 @@ fn link_of(msg: &LinkMessage) -> Link {
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -299,6 +304,14 @@ impl Nl<'_> {
         self.set(
             LinkUnspec::new_with_index(link.index).up().build(),
             format!("setting {} up", link.name),
+        )
+    }
+
+    /// Sets the link's alias (IFLA_IFALIAS).
+    pub fn set_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).alias(alias).build(),
+            format!("setting the alias of {} in {}", link.name, self.place),
         )
     }
 

@@ -9,7 +9,9 @@ use netfast_common::{
 };
 
 use super::{
-    caps, ipam,
+    caps,
+    intent::{Intent, Mark, Object, Owner},
+    ipam,
     model::{
         Backend, Container, ContainerSpec, DataplaneConfig, Network, NetworkSpec, State,
         default_bridge, veth_name,
@@ -117,6 +119,33 @@ fn transaction<T>(
     }
 }
 
+/// What an apply's earlier steps will have done to the kernel when a later step runs, as far
+/// as the later step's checks need to know; empty for a command on its own.
+#[derive(Default)]
+struct Ahead {
+    /// Links deleted, and their indexes (whose addresses and routes go with them).
+    gone_links: Vec<String>,
+    gone_ifindexes: Vec<u32>,
+    /// Namespaces deleted.
+    gone_namespaces: Vec<String>,
+    /// Links created (bridges).
+    made_links: Vec<String>,
+    /// Whether the eBPF dataplane exists.
+    dataplane: bool,
+}
+
+/// Refuses a change of ct-max while the dataplane exists (its conntrack map has its size).
+fn ct_max_fixed(running: &DataplaneConfig, wanted: &DataplaneConfig) -> Result<()> {
+    if wanted.ct_max != running.ct_max {
+        return Err(Error::Settings(format!(
+            "the dataplane runs with ct-max {}; it can only change while no network exists \
+             (`netfast down` removes everything, and every tracked flow with it)",
+            running.ct_max
+        )));
+    }
+    Ok(())
+}
+
 /// The loader of one host namespace (the calling thread's).
 pub struct Loader {
     pub host: Host,
@@ -152,25 +181,52 @@ impl Loader {
 
     pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<String>> {
         caps::require("network create", true)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
-        let mut out = Vec::new();
-        let network = self.create_network(&nl, &mut locked.state, spec, &mut out)?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
         locked.state.networks.push(network);
         locked.save()?;
+        locked.finish()?;
         Ok(out)
     }
 
+    /// Checks, records the intent, and makes the network; the caller adds it to the state,
+    /// saves it and finishes the intent.
     pub(super) fn create_network(
         &self,
         nl: &Nl<'_>,
-        state: &mut State,
+        locked: &mut Locked,
         spec: &NetworkSpec,
         out: &mut Vec<String>,
     ) -> Result<Network> {
+        let (network, ext_addr) =
+            self.prepare_network(nl, &locked.state, spec, &Ahead::default(), out)?;
+        locked.begin(Intent::creating(
+            format!("network create {}", spec.name),
+            Object::Network(network.clone()),
+        ))?;
+        let made = self.build_network(nl, &locked.state, network, ext_addr, out);
+        if made.is_err() {
+            // It removed what it made.
+            locked.finish()?;
+        }
+        made
+    }
+
+    /// Everything `network create` checks before it changes anything, against the kernel as
+    /// `ahead` says it will be (an apply's earlier steps): the network to make, the uplink's
+    /// address, and what to tell the user about the backend.
+    fn prepare_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        spec: &NetworkSpec,
+        ahead: &Ahead,
+        out: &mut Vec<String>,
+    ) -> Result<(Network, Option<Ipv4Addr>)> {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
-        let settings = validate::dataplane(&state.dataplane)?;
+        validate::dataplane(&state.dataplane)?;
         let bridge_name = spec
             .bridge
             .clone()
@@ -182,9 +238,25 @@ impl Loader {
                 self.host.describe()
             ))
         })?;
-        let existing = nl.link(&bridge_name)?;
+        let existing = if ahead.made_links.contains(&bridge_name) {
+            return Err(Error::Settings(format!(
+                "a link named {bridge_name} is created by an earlier step; pick another bridge name"
+            )));
+        } else if ahead.gone_links.contains(&bridge_name) {
+            None
+        } else {
+            nl.link(&bridge_name)?
+        };
         let adopted_bridge = existing.as_ref().filter(|_| spec.adopt).map(|b| b.index);
-        host_conflicts(nl, spec, state, &bridge_name, &uplink, adopted_bridge)?;
+        host_conflicts(
+            nl,
+            spec,
+            state,
+            &bridge_name,
+            &uplink,
+            adopted_bridge,
+            &ahead.gone_ifindexes,
+        )?;
         // The eBPF programs read an Ethernet header first; a layer-3 uplink (tun, wireguard,
         // ipip) has none, and they would translate the wrong bytes.
         let no_ethernet = (!uplink.is_ethernet()).then(|| {
@@ -241,7 +313,7 @@ impl Loader {
                 "a link named {bridge_name} already exists; pass --adopt to take it over, or --bridge to pick another name"
             )));
         }
-        let mut network = Network {
+        let network = Network {
             name: spec.name.clone(),
             id,
             subnet: spec.subnet,
@@ -256,29 +328,47 @@ impl Loader {
             route_localnet: spec.adopt && crate::backend::route_localnet_of(&bridge_name),
             hairpin_set: Vec::new(),
         };
+        Ok((network, ext_addr))
+    }
+
+    /// Makes the network [`Loader::prepare_network`] prepared; removes what it made again if
+    /// a step fails. Returns it as the state keeps it.
+    fn build_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        mut network: Network,
+        ext_addr: Option<Ipv4Addr>,
+        out: &mut Vec<String>,
+    ) -> Result<Network> {
+        let (bridge_name, gateway, backend) =
+            (network.bridge.clone(), network.gateway, network.backend);
+        let mark = Mark::network(&self.host.key, &network.name);
+        let settings = validate::dataplane(&state.dataplane)?;
         transaction(&self.host, nl, state, |undo| {
-            if spec.adopt {
+            if network.adopted {
                 out.push(format!("adopted bridge {bridge_name} (gateway {gateway})"));
             } else {
                 plumb::bridge(
                     nl,
                     &bridge_name,
                     gateway,
-                    spec.subnet.prefix_len(),
+                    network.subnet.prefix_len(),
+                    Some(&mark),
                     &mut |m| undo.push(m.into()),
                 )?;
                 out.push(format!(
                     "created bridge {bridge_name} with {gateway}/{}",
-                    spec.subnet.prefix_len()
+                    network.subnet.prefix_len()
                 ));
             }
             if set_ip_forward()? {
                 out.push("enabled net.ipv4.ip_forward in this namespace (it was off)".into());
             }
-            let masquerading = if spec.masquerade {
+            let masquerading = if network.masquerade {
                 format!(
                     ", masquerading {} as {}",
-                    spec.subnet,
+                    network.subnet,
                     ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
                 )
             } else {
@@ -311,7 +401,7 @@ impl Loader {
             out.push(match backend {
                 Backend::Ebpf => format!(
                     "attached the dataplane to {bridge_name} and {}{masquerading}",
-                    spec.uplink
+                    network.uplink
                 ),
                 Backend::Nftables => format!("nftables table `ip netfast` serves it{masquerading}"),
                 Backend::Iptables => format!("iptables chains NETFAST-… serve it{masquerading}"),
@@ -342,8 +432,8 @@ impl Loader {
 
     pub fn network_rm(&self, name: &str) -> Result<Vec<String>> {
         caps::require("network rm", false)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
         let network = locked.state.network(name).cloned().ok_or_else(|| {
             Error::Settings(format!(
                 "no network named `{name}` (see `netfast network ls`)"
@@ -360,9 +450,12 @@ impl Loader {
                 on_it.join(", ")
             )));
         }
-        let mut out = Vec::new();
-        self.remove_network(&nl, &mut locked.state, &network, &mut out)?;
-        locked.save()?;
+        locked.begin(Intent::removing(
+            format!("network rm {name}"),
+            Object::Network(network.clone()),
+        ))?;
+        let removed = self.remove_network(&nl, &mut locked.state, &network, &mut out);
+        conclude(&mut locked, removed)?;
         Ok(out)
     }
 
@@ -416,66 +509,159 @@ impl Loader {
 
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<String>> {
         caps::require("container create", true)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
-        let mut out = Vec::new();
-        let c = self.create_container(&nl, &locked.state, spec, &mut out)?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let c = self.create_container(&nl, &mut locked, spec, &mut out)?;
         locked.state.containers.push(c);
         locked.save()?;
+        locked.finish()?;
         Ok(out)
     }
 
-    fn create_container(
+    /// The addresses of `network`'s subnet in use on `bridge` that the state does not know
+    /// of: what the neighbour table has seen on an adopted bridge (hand-made containers), and
+    /// the addresses in the namespaces behind the bridge's ports that carry netfast's mark
+    /// for a container the state does not have (left by a command that died, if anything
+    /// escaped its intent record). IPAM never hands these out.
+    fn addresses_in_use(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &Network,
+        bridge: &Link,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let mut used = if network.adopted {
+            nl.neighbours(bridge)?
+        } else {
+            Vec::new()
+        };
+        for port in nl.links()? {
+            let Some(Mark {
+                owner: Owner::Container(name),
+                host,
+            }) = port.alias.as_deref().and_then(Mark::parse)
+            else {
+                continue;
+            };
+            if port.controller != Some(bridge.index)
+                || host != self.host.key
+                || state.container(&name).is_some()
+                || !nsfs::exists(&name)
+            {
+                continue;
+            }
+            if let Ok(inside) = self.netlink.namespace(&name) {
+                used.extend(
+                    inside
+                        .all_addresses()?
+                        .into_iter()
+                        .filter(|a| network.subnet.contains(a)),
+                );
+            }
+        }
+        Ok(used)
+    }
+
+    /// Everything `container create` checks before it changes anything, against the kernel
+    /// as `ahead` says it will be: the network, its bridge (`None` while an earlier step of an
+    /// apply is still to create it), the address and the veth's name.
+    fn prepare_container(
         &self,
         nl: &Nl<'_>,
         state: &State,
         spec: &ContainerSpec,
-        out: &mut Vec<String>,
-    ) -> Result<Container> {
+        ahead: &Ahead,
+    ) -> Result<(Network, Option<Link>, Ipv4Addr, String)> {
         validate::container(spec, state)?;
         let network = state.network(&spec.network).expect("validated").clone();
-        let bridge = nl.link(&network.bridge)?.ok_or_else(|| {
-            Error::Settings(format!(
-                "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
-                network.bridge, network.name
-            ))
-        })?;
+        let bridge = if ahead.made_links.contains(&network.bridge) {
+            None
+        } else {
+            Some(nl.link(&network.bridge)?.ok_or_else(|| {
+                Error::Settings(format!(
+                    "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
+                    network.bridge, network.name
+                ))
+            })?)
+        };
         let ip = match spec.ip {
             Some(ip) => ip,
             None => {
-                // On an adopted bridge, hand-made containers netfast does not know may hold
-                // addresses: the bridge's neighbour table shows those that talked.
-                let seen = if network.adopted {
-                    nl.neighbours(&bridge)?
-                } else {
-                    Vec::new()
+                let seen = match &bridge {
+                    Some(bridge) => self.addresses_in_use(nl, state, &network, bridge)?,
+                    None => Vec::new(),
                 };
                 ipam::next_free(&network, state, &seen)?
             }
         };
-        if nsfs::exists(&spec.name) {
+        if nsfs::exists(&spec.name) && !ahead.gone_namespaces.contains(&spec.name) {
             return Err(Error::Settings(format!(
                 "a network namespace named {} already exists (see `ip netns list`); pick another container name",
                 spec.name
             )));
         }
         let veth = veth_name(&spec.name);
-        if nl.link(&veth)?.is_some() {
+        if nl.link(&veth)?.is_some() && !ahead.gone_links.contains(&veth) {
             return Err(Error::Settings(format!(
                 "a link named {veth} already exists; remove it or rename the container"
             )));
         }
+        Ok((network, bridge, ip, veth))
+    }
+
+    /// Checks, records the intent, and makes the container; the caller adds it to the
+    /// state, saves it and finishes the intent.
+    fn create_container(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        spec: &ContainerSpec,
+        out: &mut Vec<String>,
+    ) -> Result<Container> {
+        let (network, bridge, ip, veth) =
+            self.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
+        let bridge = bridge.expect("no earlier step");
+        let container = Container {
+            name: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            veth: veth.clone(),
+        };
+        locked.begin(Intent::creating(
+            format!("container create {}", spec.name),
+            Object::Container(container.clone()),
+        ))?;
+        let made = self.build_container(nl, &locked.state, &network, &bridge, &container, out);
+        if made.is_err() {
+            // It removed what it made.
+            locked.finish()?;
+        }
+        made.map(|()| container)
+    }
+
+    fn build_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &Network,
+        bridge: &Link,
+        container: &Container,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        let (spec, ip, veth) = (container, container.ip, &container.veth);
+        let mark = Mark::container(&self.host.key, &container.name);
         transaction(&self.host, nl, state, |undo| {
             let plumbed = plumb::container(
                 &self.netlink,
                 nl,
                 &ContainerPlumbing {
                     name: &spec.name,
-                    veth: &veth,
-                    bridge: &bridge,
+                    veth,
+                    bridge,
                     ip,
                     prefix: network.subnet.prefix_len(),
                     gateway: network.gateway,
+                    mark: Some(&mark),
                 },
                 &mut |m| undo.push(m.into()),
             )?;
@@ -510,43 +696,62 @@ impl Loader {
             network.gateway,
             bridge.mtu
         ));
-        Ok(Container {
-            name: spec.name.clone(),
-            network: network.name,
-            ip,
-            veth,
-        })
+        Ok(())
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Vec<String>> {
         caps::require("container rm", true)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
         let c = locked.state.container(name).cloned().ok_or_else(|| {
             Error::Settings(format!(
                 "no container named `{name}` (see `netfast container ls`)"
             ))
         })?;
-        let mut out = Vec::new();
-        for p in publications_of(&locked.state, &c) {
-            self.remove_publication(&mut locked.state, &p, &mut out)?;
-        }
-        remove_container(&nl, &locked.state, &c, &mut out)?;
-        locked.state.containers.retain(|x| x.name != name);
-        locked.save()?;
+        locked.begin(Intent::removing(
+            format!("container rm {name}"),
+            Object::Container(c.clone()),
+        ))?;
+        let removed = self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out);
+        conclude(&mut locked, removed)?;
         Ok(out)
     }
 
+    /// Removes a container with the publications that lead to it, from the kernel and the
+    /// state.
+    pub(super) fn remove_container_and_publications(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        c: &Container,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        for p in publications_of(state, c) {
+            self.remove_publication(state, &p, out)?;
+        }
+        remove_container(nl, state, c, out)?;
+        state.containers.retain(|x| x.name != c.name);
+        Ok(())
+    }
+
     /// Converges the host to `file`, printing each change; nothing when it already matches.
+    /// Every step is checked before the first one changes anything, each against the state
+    /// and the kernel as the earlier steps leave them ([`Loader::preflight`]); a step that
+    /// still fails (the kernel refusing something) undoes what this apply created, and the
+    /// error says what was changed, undone and left as it was.
     pub fn apply(&self, file: &ApplyFile) -> Result<Vec<String>> {
         caps::require("apply", true)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
         let actions = plan(file, &locked.state)?;
-        let mut out = Vec::new();
-        let mut created: Vec<Action> = Vec::new();
-        for action in &actions {
+        self.preflight(&nl, &locked.state, &actions)?;
+        let mut done: Vec<Action> = Vec::new();
+        for (i, action) in actions.iter().enumerate() {
             out.push(action.to_string());
+            // Each step records its own intent, and the state is saved after it: a crash
+            // leaves the steps before it done, the one it was in completed or undone by the
+            // next command, and the rest not begun.
+            let command = format!("apply (step `{action}`)");
             let step = match action {
                 Action::Unpublish { network, spec } => {
                     let p = locked
@@ -556,24 +761,19 @@ impl Loader {
                         .find(|p| &p.network == network && &p.spec == spec)
                         .cloned()
                         .expect("planned from the state");
+                    locked.begin(Intent::removing(command, Object::Publication(p.clone())))?;
                     self.remove_publication(&mut locked.state, &p, &mut Vec::new())
                 }
                 Action::Publish(d) => self
-                    .add_publication(
-                        &nl,
-                        &locked.state,
-                        &d.network,
-                        &d.spec,
-                        &d.allow,
-                        &mut Vec::new(),
-                    )
-                    .map(|p| locked.state.publications.push(p)),
+                    .check_publication(&nl, &locked.state, &d.network, &d.spec, &d.allow)
+                    .and_then(|p| self.publish_checked(&nl, &mut locked, p, &mut Vec::new())),
                 Action::RemoveContainer(name) => {
                     let c = locked
                         .state
                         .container(name)
                         .cloned()
                         .expect("planned from the state");
+                    locked.begin(Intent::removing(command, Object::Container(c.clone())))?;
                     remove_container(&nl, &locked.state, &c, &mut Vec::new())
                         .map(|()| locked.state.containers.retain(|x| &x.name != name))
                 }
@@ -583,78 +783,198 @@ impl Loader {
                         .network(name)
                         .cloned()
                         .expect("planned from the state");
+                    locked.begin(Intent::removing(command, Object::Network(n.clone())))?;
                     self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
                 }
-                Action::Configure(cfg) => self.configure_locked(&mut locked.state, cfg),
+                Action::Configure(cfg) => {
+                    locked.begin(Intent::creating(command, Object::Settings))?;
+                    self.configure_locked(&mut locked.state, cfg)
+                }
                 Action::CreateNetwork(spec) => self
-                    .create_network(&nl, &mut locked.state, spec, &mut Vec::new())
+                    .create_network(&nl, &mut locked, spec, &mut Vec::new())
                     .map(|n| locked.state.networks.push(n)),
                 Action::CreateContainer(spec) => self
-                    .create_container(&nl, &locked.state, spec, &mut Vec::new())
+                    .create_container(&nl, &mut locked, spec, &mut Vec::new())
                     .map(|c| locked.state.containers.push(c)),
             };
             if let Err(e) = step {
-                // Undo what this apply created (newest first); removals stay done.
-                for done in created.iter().rev() {
-                    let undone = match done {
-                        Action::Publish(d) => {
-                            let canonical = d
-                                .spec
-                                .parse::<super::publish::PublishSpec>()
-                                .map(|s| s.to_string());
-                            match locked
-                                .state
-                                .publications
-                                .iter()
-                                .find(|p| {
-                                    p.network == d.network && Ok(&p.spec) == canonical.as_ref()
-                                })
-                                .cloned()
-                            {
-                                Some(p) => {
-                                    self.remove_publication(&mut locked.state, &p, &mut Vec::new())
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        Action::CreateContainer(spec) => {
-                            match locked.state.container(&spec.name).cloned() {
-                                Some(c) => {
-                                    remove_container(&nl, &locked.state, &c, &mut Vec::new()).map(
-                                        |()| locked.state.containers.retain(|x| x.name != c.name),
-                                    )
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        Action::CreateNetwork(spec) => {
-                            match locked.state.network(&spec.name).cloned() {
-                                Some(n) => {
-                                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        _ => Ok(()),
-                    };
-                    if let Err(u) = undone {
-                        eprintln!("netfast: rolling back apply: {}", crate::error::report(&u));
-                    }
-                }
+                locked.finish()?;
+                let (undone, not_undone) = self.undo_creations(&nl, &mut locked, &done);
                 locked.save()?;
-                return Err(Error::Settings(format!(
-                    "apply failed at `{action}`: {}; what it had created is removed again",
-                    crate::error::report(&e)
+                return Err(Error::Settings(apply_failure(
+                    action,
+                    &e,
+                    &done,
+                    &undone,
+                    &not_undone,
+                    &actions[i + 1..],
                 )));
             }
-            created.push(action.clone());
-            // A crash from here on leaves a state that matches the kernel.
+            done.push(action.clone());
             locked.save()?;
+            locked.finish()?;
         }
         if actions.is_empty() {
             out.push("no changes".into());
         }
         Ok(out)
+    }
+
+    /// Checks every step of an apply before the first one runs, each against the state and
+    /// the kernel as the earlier steps will leave them: what `network create`, `container
+    /// create`, `publish` and `config` check before they change anything. A file that would
+    /// fail at a later step changes nothing.
+    fn preflight(&self, nl: &Nl<'_>, state: &State, actions: &[Action]) -> Result<()> {
+        let mut s = state.clone();
+        let mut ahead = Ahead {
+            dataplane: Dataplane::exists(&self.host)?,
+            ..Ahead::default()
+        };
+        for action in actions {
+            let checked = (|| -> Result<()> {
+                match action {
+                    Action::Unpublish { .. } => {}
+                    Action::RemoveContainer(name) => {
+                        if let Some(c) = s.container(name) {
+                            ahead.gone_links.push(c.veth.clone());
+                            ahead.gone_namespaces.push(c.name.clone());
+                        }
+                    }
+                    Action::RemoveNetwork(name) => {
+                        if let Some(n) = s.network(name).filter(|n| !n.adopted) {
+                            ahead.gone_links.push(n.bridge.clone());
+                            ahead.made_links.retain(|l| *l != n.bridge);
+                            if let Some(link) = nl.link(&n.bridge)? {
+                                ahead.gone_ifindexes.push(link.index);
+                            }
+                        }
+                        // The dataplane goes with the last network it serves.
+                        if !s
+                            .networks
+                            .iter()
+                            .any(|n| &n.name != name && n.backend == Backend::Ebpf)
+                        {
+                            ahead.dataplane = false;
+                        }
+                    }
+                    Action::Configure(cfg) => {
+                        validate::dataplane(cfg)?;
+                        if ahead.dataplane {
+                            ct_max_fixed(&s.dataplane, cfg)?;
+                        }
+                    }
+                    Action::CreateNetwork(spec) => {
+                        let (network, _) =
+                            self.prepare_network(nl, &s, spec, &ahead, &mut Vec::new())?;
+                        ahead.made_links.push(network.bridge.clone());
+                        ahead.gone_links.retain(|l| *l != network.bridge);
+                        ahead.dataplane |= network.backend == Backend::Ebpf;
+                    }
+                    Action::CreateContainer(spec) => {
+                        self.prepare_container(nl, &s, spec, &ahead)?;
+                    }
+                    Action::Publish(d) => {
+                        self.check_publication(nl, &s, &d.network, &d.spec, &d.allow)?;
+                    }
+                }
+                Ok(())
+            })();
+            checked.map_err(|e| {
+                Error::Settings(format!(
+                    "apply refused at `{action}`: {}; nothing was changed",
+                    crate::error::report(&e)
+                ))
+            })?;
+            s = super::plan::simulate(std::slice::from_ref(action), &s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the steps `done` of a failed apply created (newest first): its
+    /// publications, containers and networks. Removals and settings stay as they are. Returns
+    /// the steps undone, and those that could not be, with why.
+    fn undo_creations(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        done: &[Action],
+    ) -> (Vec<Action>, Vec<(Action, String)>) {
+        let (mut undone, mut failed) = (Vec::new(), Vec::new());
+        for action in done.iter().rev() {
+            // Each undo is a removal that a crash leaves for the next command to finish.
+            let what = match action {
+                Action::Publish(d) => {
+                    let canonical = d
+                        .spec
+                        .parse::<super::publish::PublishSpec>()
+                        .map(|s| s.to_string());
+                    locked
+                        .state
+                        .publications
+                        .iter()
+                        .find(|p| p.network == d.network && Ok(&p.spec) == canonical.as_ref())
+                        .cloned()
+                        .map(Object::Publication)
+                }
+                Action::CreateContainer(spec) => locked
+                    .state
+                    .container(&spec.name)
+                    .cloned()
+                    .map(Object::Container),
+                Action::CreateNetwork(spec) => locked
+                    .state
+                    .network(&spec.name)
+                    .cloned()
+                    .map(Object::Network),
+                _ => None,
+            };
+            if let Some(o) = what
+                && let Err(e) =
+                    locked.begin(Intent::removing(format!("apply (undoing `{action}`)"), o))
+            {
+                failed.push((action.clone(), crate::error::report(&e)));
+                continue;
+            }
+            let state = &mut locked.state;
+            let result = match action {
+                Action::Publish(d) => {
+                    let canonical = d
+                        .spec
+                        .parse::<super::publish::PublishSpec>()
+                        .map(|s| s.to_string());
+                    match state
+                        .publications
+                        .iter()
+                        .find(|p| p.network == d.network && Ok(&p.spec) == canonical.as_ref())
+                        .cloned()
+                    {
+                        Some(p) => self.remove_publication(state, &p, &mut Vec::new()),
+                        None => Ok(()),
+                    }
+                }
+                Action::CreateContainer(spec) => match state.container(&spec.name).cloned() {
+                    Some(c) => remove_container(nl, state, &c, &mut Vec::new())
+                        .map(|()| state.containers.retain(|x| x.name != c.name)),
+                    None => Ok(()),
+                },
+                Action::CreateNetwork(spec) => match state.network(&spec.name).cloned() {
+                    Some(n) => self.remove_network(nl, state, &n, &mut Vec::new()),
+                    None => Ok(()),
+                },
+                _ => continue,
+            };
+            let result = result
+                .and_then(|()| locked.save())
+                .and_then(|()| locked.finish());
+            match result {
+                Ok(()) => undone.push(action.clone()),
+                Err(e) => {
+                    let _ = locked.finish();
+                    failed.push((action.clone(), crate::error::report(&e)));
+                }
+            }
+        }
+        (undone, failed)
     }
 
     /// Host-wide dataplane settings; effective immediately where the dataplane runs.
@@ -671,19 +991,21 @@ impl Loader {
         change: impl FnOnce(&mut DataplaneConfig),
     ) -> Result<(DataplaneConfig, Vec<String>)> {
         caps::require("config", false)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
         let mut cfg = locked.state.dataplane.clone();
         change(&mut cfg);
         if cfg == locked.state.dataplane {
-            return Ok((cfg, Vec::new()));
+            return Ok((cfg, out));
         }
         let cfg = &cfg;
-        self.configure_locked(&mut locked.state, cfg)?;
-        locked.save()?;
-        let mut out = vec![format!(
+        locked.begin(Intent::creating("config", Object::Settings))?;
+        let changed = self.configure_locked(&mut locked.state, cfg);
+        conclude(&mut locked, changed)?;
+        out.push(format!(
             "dataplane settings: {}",
             serde_json::to_string(cfg).unwrap_or_default()
-        )];
+        ));
         let fallback: Vec<&str> = locked
             .state
             .networks
@@ -703,16 +1025,10 @@ impl Loader {
         Ok((cfg.clone(), out))
     }
 
-    fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
+    pub(super) fn configure_locked(&self, state: &mut State, cfg: &DataplaneConfig) -> Result<()> {
         let settings = validate::dataplane(cfg)?;
         if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
-            if cfg.ct_max != state.dataplane.ct_max {
-                return Err(Error::Settings(format!(
-                    "the dataplane runs with ct-max {}; it can only change while no network exists \
-                     (`netfast down` removes everything, and every tracked flow with it)",
-                    state.dataplane.ct_max
-                )));
-            }
+            ct_max_fixed(&state.dataplane, cfg)?;
             dp.configure(&settings.config)?;
         }
         // The fallbacks' rules carry the timeouts: re-render them; on failure, the eBPF
@@ -729,51 +1045,117 @@ impl Loader {
         Ok(())
     }
 
-    /// Removes everything netfast created in this host namespace, and nothing else.
+    /// Removes everything netfast created in this host namespace, and nothing else: what the
+    /// state knows, what an interrupted command was creating or removing (its intent), and
+    /// every link that carries netfast's mark for this host, with the namespace behind it.
     pub fn down(&self) -> Result<Vec<String>> {
         caps::require("down", true)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.nl()?;
+        let mut locked = Locked::acquire(&self.host, true)?;
         let mut out = Vec::new();
-        // Unpinning first detaches every program, without opening the maps: `down` is the way
-        // out of a dataplane this binary cannot reuse (another version's), so it must not
-        // need to read it.
-        if Dataplane::remove(&self.host)? {
-            out.push("removed the dataplane".into());
+        // An earlier `down` or another command that died: what it was about is netfast's too.
+        let mut pending: Vec<Object> = Vec::new();
+        if let Some(i) = locked.intent.take() {
+            out.push(format!(
+                "an interrupted `netfast {}` left changes: removing them too",
+                i.command
+            ));
+            pending.extend(
+                i.create
+                    .into_iter()
+                    .chain(i.remove)
+                    .filter(|o| *o != Object::Everything),
+            );
         }
-        let fallback = State::default();
-        crate::backend::sync(&locked.state, &fallback)?;
-        if locked
-            .state
-            .networks
-            .iter()
-            .any(|n| n.backend != Backend::Ebpf)
-        {
-            out.push("removed netfast's nftables table / iptables chains".into());
-            let ended = crate::backend::delete_kernel_flows(&locked.state, &Filter::default())?;
-            if ended > 0 {
-                out.push(format!(
-                    "ended {ended} flows of its networks in the kernel's conntrack table"
-                ));
-            }
-        }
-        locked.state.publications.clear();
-        for c in locked.state.containers.clone() {
-            remove_container(&nl, &locked.state, &c, &mut out)?;
-            locked.state.containers.retain(|x| x.name != c.name);
-            locked.save()?;
-        }
-        for n in locked.state.networks.clone() {
-            remove_bridge(&nl, &n, &mut out)?;
-            locked.state.networks.retain(|x| x.name != n.name);
-            locked.save()?;
-        }
+        let mut intent = Intent::removing("down", Object::Everything);
+        intent.remove.extend(pending.iter().cloned());
+        locked.begin(intent)?;
+        self.remove_everything(&nl, &mut locked, &pending, &mut out)?;
         locked.remove()?;
         if out.is_empty() {
             out.push("nothing to remove".into());
         }
         Ok(out)
     }
+
+    /// What `down` does before it removes the state: every network, container and
+    /// publication of the state and of `pending` (an interrupted command's), the dataplane,
+    /// the fallbacks' rules, and the links netfast marked as this host's (with their
+    /// namespaces). The state is saved empty.
+    pub(super) fn remove_everything(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        pending: &[Object],
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut all = locked.state.clone();
+        for o in pending {
+            match o {
+                Object::Network(n) if all.network(&n.name).is_none() => {
+                    all.networks.push(n.clone())
+                }
+                Object::Container(c) if all.container(&c.name).is_none() => {
+                    all.containers.push(c.clone())
+                }
+                Object::Publication(p)
+                    if !all
+                        .publications
+                        .iter()
+                        .any(|q| q.network == p.network && q.spec == p.spec) =>
+                {
+                    all.publications.push(p.clone())
+                }
+                _ => {}
+            }
+        }
+        // Unpinning first detaches every program, without opening the maps: `down` is the way
+        // out of a dataplane this binary cannot reuse (another version's), so it must not
+        // need to read it.
+        if Dataplane::remove(&self.host)? {
+            out.push("removed the dataplane".into());
+        }
+        crate::backend::sync(&all, &State::default())?;
+        if all.networks.iter().any(|n| n.backend != Backend::Ebpf) {
+            out.push("removed netfast's nftables table / iptables chains".into());
+            let ended = crate::backend::delete_kernel_flows(&all, &Filter::default())?;
+            if ended > 0 {
+                out.push(format!(
+                    "ended {ended} flows of its networks in the kernel's conntrack table"
+                ));
+            }
+        }
+        // Rules no state or intent knows of (a command that died before it saved).
+        if crate::backend::remove_all()? {
+            out.push("removed netfast's nftables table / iptables chains left by a crash".into());
+        }
+        locked.state.publications.clear();
+        all.publications.clear();
+        for c in all.containers.clone() {
+            remove_container(nl, &all, &c, out)?;
+            locked.state.containers.retain(|x| x.name != c.name);
+            locked.save()?;
+        }
+        for n in all.networks.clone() {
+            remove_bridge(nl, &n, out)?;
+            locked.state.networks.retain(|x| x.name != n.name);
+            locked.save()?;
+        }
+        self.sweep_marked(nl, &locked.state, out)?;
+        locked.state = State::default();
+        locked.save()
+    }
+}
+
+/// Ends a step begun with [`Locked::begin`]: saves the state when it succeeded, and forgets
+/// the intent either way (a step that fails undoes itself or leaves what it could not do to
+/// `network ls`'s drift).
+pub(super) fn conclude(locked: &mut Locked, result: Result<()>) -> Result<()> {
+    if result.is_ok() {
+        locked.save()?;
+    }
+    locked.finish()?;
+    result
 }
 
 /// The publications that lead to container `c`.
@@ -787,7 +1169,7 @@ pub(super) fn publications_of(state: &State, c: &Container) -> Vec<super::publis
 }
 
 /// Deletes a network's bridge unless it was adopted.
-fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
+pub(super) fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
     if network.adopted {
         for port in &network.hairpin_set {
             if let Some(link) = nl.link(port)?
@@ -855,7 +1237,7 @@ pub(super) fn remove_container(
 /// Refuses a network that would take the host's own traffic: an uplink that is loopback or
 /// one of netfast's own links, a subnet that overlaps an address or a route the host has (as
 /// Docker refuses them). `adopted`: the adopted bridge, whose addresses and routes in the
-/// subnet are the network's own.
+/// subnet are the network's own; `gone`: links an earlier step of an apply deletes.
 fn host_conflicts(
     nl: &Nl<'_>,
     spec: &NetworkSpec,
@@ -863,6 +1245,7 @@ fn host_conflicts(
     bridge: &str,
     uplink: &Link,
     adopted: Option<u32>,
+    gone: &[u32],
 ) -> Result<()> {
     let refuse = |why: String| Err(Error::Settings(why));
     if uplink.is_loopback() || uplink.name == "lo" {
@@ -916,7 +1299,7 @@ fn host_conflicts(
         let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
             continue;
         };
-        if Some(index) != adopted && overlaps(&net.trunc()) {
+        if Some(index) != adopted && !gone.contains(&index) && overlaps(&net.trunc()) {
             return refuse(format!(
                 "subnet {} overlaps {ip}/{prefix}, an address of {}: {fix}",
                 spec.subnet,
@@ -926,7 +1309,10 @@ fn host_conflicts(
     }
     for route in nl.routes()? {
         // The default route leads everywhere; it is where the network's traffic goes.
-        if route.dst.prefix_len() == 0 || (adopted.is_some() && route.oif == adopted) {
+        if route.dst.prefix_len() == 0
+            || (adopted.is_some() && route.oif == adopted)
+            || route.oif.is_some_and(|oif| gone.contains(&oif))
+        {
             continue;
         }
         if overlaps(&route.dst) {
@@ -1016,4 +1402,52 @@ fn uninstall(host: &Host, nl: &Nl<'_>, state: &State, network: &Network) -> Resu
         dp.detach(uplink.index, InterfaceRole::Uplink)?;
     }
     Ok(())
+}
+
+/// What a failed apply says: the step and why, then exactly what it changed and kept, what it
+/// undid, what it could not undo, and what it never did.
+fn apply_failure(
+    at: &Action,
+    e: &Error,
+    done: &[Action],
+    undone: &[Action],
+    not_undone: &[(Action, String)],
+    not_done: &[Action],
+) -> String {
+    let list = |a: &[Action]| {
+        a.iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut msg = format!("apply failed at `{at}`: {}", crate::error::report(e));
+    let kept: Vec<Action> = done
+        .iter()
+        .filter(|a| !undone.contains(a) && !not_undone.iter().any(|(b, _)| b == *a))
+        .cloned()
+        .collect();
+    if kept.is_empty() && not_undone.is_empty() {
+        msg.push_str("; the host is as it was before");
+        if !undone.is_empty() {
+            msg.push_str(&format!(" (undone: {})", list(undone)));
+        }
+    } else {
+        if !kept.is_empty() {
+            msg.push_str(&format!(
+                "; done and kept (removals and settings are not undone): {}",
+                list(&kept)
+            ));
+        }
+        if !undone.is_empty() {
+            msg.push_str(&format!("; created and removed again: {}", list(undone)));
+        }
+        for (a, why) in not_undone {
+            msg.push_str(&format!("; `{a}` could not be undone ({why}): it stays"));
+        }
+    }
+    if !not_done.is_empty() {
+        msg.push_str(&format!("; not done: {}", list(not_done)));
+    }
+    msg.push_str("; fix the cause and apply again");
+    msg
 }

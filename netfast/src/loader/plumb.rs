@@ -18,16 +18,21 @@ pub enum Made {
     Namespace(String),
 }
 
-/// A bridge named `name`, up, with `gateway/prefix`.
+/// A bridge named `name`, up, with `gateway/prefix`; with `mark` as its alias (netfast's
+/// mark of what it made, set before anything else).
 pub fn bridge(
     nl: &Nl<'_>,
     name: &str,
     gateway: Ipv4Addr,
     prefix: u8,
+    mark: Option<&str>,
     made: &mut dyn FnMut(Made),
 ) -> Result<Link> {
     let bridge = nl.add_bridge(name)?;
     made(Made::Link(bridge.clone()));
+    if let Some(mark) = mark {
+        nl.set_alias(&bridge, mark)?;
+    }
     nl.add_address(&bridge, gateway, prefix)?;
     nl.set_up(&bridge)?;
     Ok(bridge)
@@ -43,6 +48,8 @@ pub struct ContainerPlumbing<'a> {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// The alias both ends of the veth get (netfast's mark), before the address.
+    pub mark: Option<&'a str>,
 }
 
 /// The links of a plumbed container.
@@ -72,17 +79,21 @@ pub fn container(
     })?;
     let host_side = nl.add_veth_into(c.veth, "eth0", &ns)?;
     made(Made::Link(host_side.clone()));
+    let inside = netlink.namespace(c.name)?;
+    let eth0 = inside
+        .link("eth0")?
+        .ok_or_else(|| Error::NoInterface("eth0".into()))?;
+    if let Some(mark) = c.mark {
+        nl.set_alias(&host_side, mark)?;
+        inside.set_alias(&eth0, mark)?;
+    }
     nl.set_mtu(&host_side, c.bridge.mtu)?;
     nl.set_controller(&host_side, c.bridge)?;
     nl.set_up(&host_side)?;
-    let inside = netlink.namespace(c.name)?;
     let lo = inside
         .link("lo")?
         .ok_or_else(|| Error::NoInterface("lo".into()))?;
     inside.set_up(&lo)?;
-    let eth0 = inside
-        .link("eth0")?
-        .ok_or_else(|| Error::NoInterface("eth0".into()))?;
     inside.set_mtu(&eth0, c.bridge.mtu)?;
     inside.add_address(&eth0, c.ip, c.prefix)?;
     inside.set_up(&eth0)?;

@@ -4,6 +4,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     Loader, caps,
+    intent::{Intent, Object},
     model::{Backend, State},
     netlink::Nl,
     publish::{self, Publication, PublishSpec},
@@ -29,23 +30,49 @@ pub(super) fn refresh_host_addrs(host: &Host, nl: &Nl<'_>) -> Result<()> {
 impl Loader {
     pub fn publish(&self, network: &str, spec: &str, allow: &[Ipv4Net]) -> Result<Vec<String>> {
         caps::require("publish", false)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.netlink().host()?;
-        let mut out = Vec::new();
-        let p = self.add_publication(&nl, &locked.state, network, spec, allow, &mut out)?;
-        locked.state.publications.push(p);
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let p = self.check_publication(&nl, &locked.state, network, spec, allow)?;
+        self.publish_checked(&nl, &mut locked, p, &mut out)?;
         locked.save()?;
+        locked.finish()?;
         Ok(out)
     }
 
-    pub(super) fn add_publication(
+    /// Records the intent and puts a checked publication in place and in the state; the
+    /// caller saves the state and finishes the intent.
+    pub(super) fn publish_checked(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        p: Publication,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        locked.begin(Intent::creating(
+            format!("publish {} {}", p.network, p.spec),
+            Object::Publication(p.clone()),
+        ))?;
+        match self.add_publication(nl, &locked.state, p, out) {
+            Ok(p) => {
+                locked.state.publications.push(p);
+                Ok(())
+            }
+            Err(e) => {
+                // All or nothing: it took out what it put in.
+                locked.finish()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything `publish` checks before it changes anything: the publication it makes.
+    pub(super) fn check_publication(
         &self,
         nl: &Nl<'_>,
         state: &State,
         network: &str,
         spec: &str,
         allow: &[Ipv4Net],
-        out: &mut Vec<String>,
     ) -> Result<Publication> {
         let parsed: PublishSpec = spec.parse()?;
         let p = publish::validate(network, &parsed, allow, state)?;
@@ -58,6 +85,19 @@ impl Loader {
             ))
             .into());
         }
+        Ok(p)
+    }
+
+    /// Puts a publication [`Loader::check_publication`] made in place (the dataplane's
+    /// entries, or the fallback's rules).
+    fn add_publication(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        p: Publication,
+        out: &mut Vec<String>,
+    ) -> Result<Publication> {
+        let network = p.network.as_str();
         let net = state.network(network).expect("validated");
         let (net_id, backend) = (net.id, net.backend);
         for l in sockets::listeners(p.proto, p.host_ports) {
@@ -130,7 +170,8 @@ impl Loader {
 
     pub fn unpublish(&self, network: &str, spec: &str) -> Result<Vec<String>> {
         caps::require("unpublish", false)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.netlink().host()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
         let canonical = spec.parse::<PublishSpec>()?.to_string();
         let Some(p) = locked
             .state
@@ -143,9 +184,12 @@ impl Loader {
                 "network `{network}` does not publish `{canonical}` (see `netfast publish ls`)"
             )));
         };
-        let mut out = Vec::new();
-        self.remove_publication(&mut locked.state, &p, &mut out)?;
-        locked.save()?;
+        locked.begin(Intent::removing(
+            format!("unpublish {network} {canonical}"),
+            Object::Publication(p.clone()),
+        ))?;
+        let removed = self.remove_publication(&mut locked.state, &p, &mut out);
+        super::ops::conclude(&mut locked, removed)?;
         Ok(out)
     }
 

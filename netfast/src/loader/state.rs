@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::model::State;
+use super::{intent::Intent, model::State};
 use crate::{
     error::{Error, Result},
     host::Host,
@@ -24,6 +24,10 @@ use crate::{
 pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const TMP_FILE: &str = "state.json.tmp";
+/// What the running command is about to change ([`Intent`]), written before its first change
+/// and removed after its state is saved: left behind only by a command that died.
+pub const INTENT_FILE: &str = "intent.json";
+const INTENT_TMP_FILE: &str = "intent.json.tmp";
 
 /// The state of a host, held under its lock; dropping it releases the lock.
 pub struct Locked {
@@ -32,6 +36,9 @@ pub struct Locked {
     dir: Option<OwnedFd>,
     _lock: Option<File>,
     pub state: State,
+    /// What an interrupted command left to complete or undo ([`Intent`]), as read with the
+    /// lock; `None` when the last command finished.
+    pub intent: Option<Intent>,
 }
 
 fn io_err(context: String) -> impl FnOnce(io::Error) -> Error {
@@ -188,6 +195,7 @@ impl Locked {
                     dir: None,
                     _lock: None,
                     state: State::default(),
+                    intent: None,
                 });
             };
             let lock_path = dir_path.join(LOCK_FILE);
@@ -205,6 +213,7 @@ impl Locked {
                         dir: None,
                         _lock: None,
                         state: State::default(),
+                        intent: None,
                     });
                 }
                 Err(e) => return Err(explain(&lock_path, e)),
@@ -239,11 +248,13 @@ impl Locked {
                 tighten(&lock, 0o600).map_err(|e| explain(&lock_path, e))?;
             }
             let state = read_state(&dir, &dir_path.join(STATE_FILE))?;
+            let intent = read_intent(&dir, &dir_path.join(INTENT_FILE))?;
             let locked = Locked {
                 dir_path,
                 dir: Some(dir),
                 _lock: Some(lock),
                 state,
+                intent,
             };
             if exclusive {
                 // For humans (and `network ls`): which namespace this key is, by name.
@@ -256,27 +267,58 @@ impl Locked {
     /// Writes the state: to a temporary file, synced, then renamed over the old one, so that
     /// a crash leaves either the old state or the new, never half of one.
     pub fn save(&self) -> Result<()> {
-        let path = self.dir_path.join(STATE_FILE);
+        let mut value = serde_json::to_value(&self.state).expect("the state serializes");
+        value["format"] = super::model::STATE_FORMAT.into();
+        let bytes = serde_json::to_vec_pretty(&value).expect("the state serializes");
+        self.replace(STATE_FILE, TMP_FILE, &bytes)
+    }
+
+    /// Records what the command is about to change, before its first change: if it dies
+    /// before [`Locked::finish`], the next command completes or undoes it
+    /// ([`crate::loader::Loader::lock`]).
+    pub fn begin(&mut self, intent: Intent) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&intent).expect("an intent serializes");
+        self.replace(INTENT_FILE, INTENT_TMP_FILE, &bytes)?;
+        self.intent = Some(intent);
+        Ok(())
+    }
+
+    /// Forgets the intent (after the state that follows from it is saved, or after the
+    /// command undid its changes itself).
+    pub fn finish(&mut self) -> Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        unlink_at(dir, INTENT_FILE, 0).map_err(io_err(format!(
+            "removing {}",
+            self.dir_path.join(INTENT_FILE).display()
+        )))?;
+        self.intent = None;
+        Ok(())
+    }
+
+    /// Replaces `name` with `bytes`, written at `tmp`, synced and renamed over it.
+    fn replace(&self, name: &str, tmp: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir_path.join(name);
         let Some(dir) = &self.dir else {
             return Err(Error::Settings(format!(
                 "writing {} under a shared lock (a bug in netfast)",
                 path.display()
             )));
         };
-        let bytes = serde_json::to_vec_pretty(&self.state).expect("the state serializes");
         let write = || -> io::Result<()> {
             // Whatever a crash (or someone) left at the temporary name goes first; the new
             // file is created, never opened through a link.
-            unlink_at(dir, TMP_FILE, 0)?;
+            unlink_at(dir, tmp, 0)?;
             let mut f = File::from(open_at(
                 Some(dir),
-                TMP_FILE,
+                tmp,
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                 0o600,
             )?);
-            f.write_all(&bytes)?;
+            f.write_all(bytes)?;
             f.sync_all()?;
-            let (from, to) = (cstr(TMP_FILE)?, cstr(STATE_FILE)?);
+            let (from, to) = (cstr(tmp)?, cstr(name)?);
             // SAFETY: renameat within a directory we hold, with valid C strings.
             check(unsafe {
                 libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
@@ -293,7 +335,14 @@ impl Locked {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        for name in [STATE_FILE, TMP_FILE, crate::host::LABEL_FILE, LOCK_FILE] {
+        for name in [
+            STATE_FILE,
+            TMP_FILE,
+            INTENT_FILE,
+            INTENT_TMP_FILE,
+            crate::host::LABEL_FILE,
+            LOCK_FILE,
+        ] {
             unlink_at(dir, name, 0).map_err(io_err(format!(
                 "removing {}",
                 self.dir_path.join(name).display()
@@ -337,6 +386,18 @@ fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
         Err(e) => return Err(explain(path, e)),
     };
+    let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64))
+        .unwrap_or(1);
+    if format > super::model::STATE_FORMAT {
+        return Err(Error::Settings(format!(
+            "{} was written by a newer netfast (state format {format}; this netfast reads up \
+             to {}): a downgrade is refused; use the newer netfast",
+            path.display(),
+            super::model::STATE_FORMAT
+        )));
+    }
     let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
         context: format!(
             "{} is not a netfast state file ({e}); remove it with `netfast down` or by hand",
@@ -352,4 +413,35 @@ fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
         ))
     })?;
     Ok(state)
+}
+
+/// Reads the intent an interrupted command left in `dir`, if any.
+fn read_intent(dir: &OwnedFd, path: &Path) -> Result<Option<Intent>> {
+    let bytes = match open_at(Some(dir), INTENT_FILE, libc::O_RDONLY, 0) {
+        Ok(fd) => {
+            let mut bytes = Vec::new();
+            File::from(fd)
+                .read_to_end(&mut bytes)
+                .map_err(io_err(format!("reading {}", path.display())))?;
+            bytes
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(explain(path, e)),
+    };
+    let intent: Intent = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+        context: format!(
+            "{} is not a netfast intent record ({e}); remove it by hand, then run `netfast \
+             down` to remove what netfast made",
+            path.display()
+        ),
+        source: io::Error::from(io::ErrorKind::InvalidData),
+    })?;
+    // Its names go into rules, paths and link deletions as the state's do.
+    super::validate::state(&intent.as_state()).map_err(|e| {
+        Error::Settings(format!(
+            "{} holds a name netfast refuses: {e}; remove it by hand",
+            path.display()
+        ))
+    })?;
+    Ok(Some(intent))
 }

@@ -6,7 +6,12 @@ use ipnet::Ipv4Net;
 use netfast_common::Hook;
 use serde::Serialize;
 
-use super::{Loader, model::Backend, nsfs};
+use super::{
+    Loader,
+    intent::{Intent, Object, Owner},
+    model::{Backend, Container, Network, State},
+    nsfs,
+};
 use crate::{dataplane::Dataplane, error::Result};
 
 #[derive(Clone, Debug, Serialize)]
@@ -41,9 +46,202 @@ pub struct ContainerStatus {
     pub drift: Vec<String>,
 }
 
+/// A network row for something the state does not have.
+fn unknown_row(name: &str, bridge: &str) -> NetworkStatus {
+    NetworkStatus {
+        name: name.to_owned(),
+        id: 0,
+        subnet: Ipv4Net::default(),
+        gateway: Ipv4Addr::UNSPECIFIED,
+        bridge: bridge.to_owned(),
+        uplink: "-".into(),
+        adopted: false,
+        masquerade: false,
+        backend: Backend::Ebpf,
+        containers: 0,
+        drift: Vec::new(),
+    }
+}
+
+/// The row of network `name`, made from `known` (or as unknown, with `bridge`) when there is
+/// none yet.
+fn row<'a>(
+    rows: &'a mut Vec<NetworkStatus>,
+    name: &str,
+    known: Option<&Network>,
+    bridge: &str,
+) -> &'a mut NetworkStatus {
+    if let Some(i) = rows.iter().position(|r| r.name == name) {
+        return &mut rows[i];
+    }
+    let mut r = unknown_row(name, bridge);
+    if let Some(n) = known {
+        r = NetworkStatus {
+            id: n.id,
+            subnet: n.subnet,
+            gateway: n.gateway,
+            uplink: n.uplink.clone(),
+            adopted: n.adopted,
+            masquerade: n.masquerade,
+            backend: n.backend,
+            ..r
+        };
+    }
+    rows.push(r);
+    rows.last_mut().expect("just pushed")
+}
+
+/// What the next command that changes something does with what a dead command left.
+const NEXT: &str = "the next netfast command that changes something (or `netfast down`)";
+
 impl Loader {
+    /// What an interrupted command (its intent) and links marked as netfast's that nothing
+    /// knows add to `network ls`: rows for networks the state lacks, drift on the others.
+    fn crash_drift(
+        &self,
+        nl: &super::netlink::Nl<'_>,
+        state: &State,
+        intent: Option<&Intent>,
+        rows: &mut Vec<NetworkStatus>,
+    ) -> Result<()> {
+        if let Some(i) = intent {
+            let who = format!("an interrupted `netfast {}`", i.command);
+            // Host-wide changes with no network to name them on get a row of their own.
+            let host_wide = i
+                .create
+                .iter()
+                .chain(&i.remove)
+                .any(|o| matches!(o, Object::Settings | Object::Everything));
+            if host_wide && rows.is_empty() {
+                rows.push(unknown_row("-", "-"));
+            }
+            for o in &i.create {
+                match o {
+                    Object::Network(n) if state.network(&n.name).is_none() => {
+                        let present = nl.link(&n.bridge)?.is_some();
+                        row(rows, &n.name, Some(n), &n.bridge).drift.push(format!(
+                            "not in the state: {who} was creating it{}; {NEXT} removes it",
+                            if present {
+                                format!(" (bridge {} exists)", n.bridge)
+                            } else {
+                                String::new()
+                            }
+                        ));
+                    }
+                    Object::Container(c) if state.container(&c.name).is_none() => {
+                        let r = row(rows, &c.network, state.network(&c.network), "-");
+                        r.drift.push(format!(
+                            "container {} ({}) is not in the state: {who} was creating it; \
+                             {NEXT} removes its namespace and veth {}",
+                            c.name, c.ip, c.veth
+                        ));
+                    }
+                    Object::Publication(p)
+                        if !state
+                            .publications
+                            .iter()
+                            .any(|q| q.network == p.network && q.spec == p.spec) =>
+                    {
+                        let r = row(rows, &p.network, state.network(&p.network), "-");
+                        r.drift.push(format!(
+                            "publication {} is not in the state: {who} was making it; {NEXT} \
+                             removes what it put in place",
+                            p.spec
+                        ));
+                    }
+                    Object::Settings => {
+                        for r in rows.iter_mut() {
+                            r.drift.push(format!(
+                                "{who} was changing the dataplane settings: {NEXT} puts the \
+                                 saved ones back"
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for o in &i.remove {
+                let (network, what) = match o {
+                    Object::Network(n) => (n.name.clone(), format!("network {}", n.name)),
+                    Object::Container(c) => (c.network.clone(), format!("container {}", c.name)),
+                    Object::Publication(p) => {
+                        (p.network.clone(), format!("publication {}", p.spec))
+                    }
+                    Object::Everything => {
+                        for r in rows.iter_mut() {
+                            r.drift
+                                .push(format!("{who} was removing everything: {NEXT} finishes"));
+                        }
+                        continue;
+                    }
+                    Object::Settings => continue,
+                };
+                let known = state.network(&network).cloned();
+                row(rows, &network, known.as_ref(), "-").drift.push(format!(
+                    "{what}: {who} was removing it; {NEXT} finishes the removal"
+                ));
+            }
+        }
+        let covered = |link: &str| {
+            intent.is_some_and(|i| {
+                i.create.iter().chain(&i.remove).any(|o| match o {
+                    Object::Network(n) => n.bridge == link,
+                    Object::Container(c) => c.veth == link,
+                    _ => false,
+                })
+            })
+        };
+        let links = nl.links()?;
+        for (link, owner) in self.unknown_marked(nl, state)? {
+            if covered(&link.name) {
+                continue;
+            }
+            match owner {
+                Owner::Network(name) => {
+                    let r = row(rows, &name, None, &link.name);
+                    if let Some((ip, prefix)) = nl.addresses(&link)?.first() {
+                        r.gateway = *ip;
+                        r.subnet = Ipv4Net::new(*ip, *prefix)
+                            .map(|n| n.trunc())
+                            .unwrap_or_default();
+                    }
+                    r.drift.push(format!(
+                        "not in the state: bridge {} carries netfast's mark; {NEXT} removes it",
+                        link.name
+                    ));
+                }
+                Owner::Container(name) => {
+                    let bridge = link
+                        .controller
+                        .and_then(|i| links.iter().find(|l| l.index == i))
+                        .map(|l| l.name.clone());
+                    let network = bridge
+                        .as_ref()
+                        .and_then(|b| state.networks.iter().find(|n| &n.bridge == b))
+                        .map(|n| n.name.clone())
+                        .unwrap_or_else(|| "-".into());
+                    let known = state.network(&network).cloned();
+                    row(
+                        rows,
+                        &network,
+                        known.as_ref(),
+                        bridge.as_deref().unwrap_or("-"),
+                    )
+                    .drift
+                    .push(format!(
+                        "container {name} is not in the state: veth {} carries netfast's \
+                             mark; {NEXT} removes it and its namespace",
+                        link.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn network_status(&self) -> Result<Vec<NetworkStatus>> {
-        let state = self.state()?;
+        let locked = self.read()?;
+        let (state, intent) = (&locked.state, locked.intent.as_ref());
         let nl = self.netlink().host()?;
         let mut out = Vec::new();
         for n in &state.networks {
@@ -93,11 +291,13 @@ impl Loader {
                 drift,
             });
         }
+        self.crash_drift(&nl, state, intent, &mut out)?;
         Ok(out)
     }
 
     pub fn container_status(&self) -> Result<Vec<ContainerStatus>> {
-        let state = self.state()?;
+        let locked = self.read()?;
+        let (state, intent) = (&locked.state, locked.intent.as_ref());
         let nl = self.netlink().host()?;
         let mut out = Vec::new();
         for c in &state.containers {
@@ -132,6 +332,67 @@ impl Loader {
                     None => Some(nsfs::path(&c.name).display().to_string()),
                 },
                 docker_endpoint: docker.map(|ep| ep.id.clone()),
+                drift,
+            });
+        }
+        // What an interrupted command was creating, and veths marked as netfast's that
+        // nothing knows.
+        let mut unknown: Vec<(Container, String)> = Vec::new();
+        if let Some(i) = intent {
+            for o in &i.create {
+                if let Object::Container(c) = o
+                    && state.container(&c.name).is_none()
+                {
+                    unknown.push((
+                        c.clone(),
+                        format!(
+                            "not in the state: an interrupted `netfast {}` was creating it; {NEXT} \
+                             removes it",
+                            i.command
+                        ),
+                    ));
+                }
+            }
+        }
+        for (link, owner) in self.unknown_marked(&nl, state)? {
+            if let Owner::Container(name) = owner
+                && !unknown.iter().any(|(c, _)| c.veth == link.name)
+            {
+                let ip = self
+                    .netlink()
+                    .namespace(&name)
+                    .and_then(|inside| inside.all_addresses())
+                    .ok()
+                    .and_then(|a| a.into_iter().find(|a| !a.is_loopback()))
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                unknown.push((
+                    Container {
+                        name: name.clone(),
+                        network: "-".into(),
+                        ip,
+                        veth: link.name.clone(),
+                    },
+                    format!(
+                        "not in the state: veth {} carries netfast's mark; {NEXT} removes it and \
+                         its namespace",
+                        link.name
+                    ),
+                ));
+            }
+        }
+        for (c, why) in unknown {
+            let mut drift = vec![why];
+            let netns = nsfs::exists(&c.name).then(|| nsfs::path(&c.name).display().to_string());
+            if netns.is_some() {
+                drift.push(format!("namespace {} exists", c.name));
+            }
+            out.push(ContainerStatus {
+                name: c.name,
+                network: c.network,
+                ip: c.ip,
+                veth: c.veth,
+                netns,
+                docker_endpoint: None,
                 drift,
             });
         }

@@ -1,0 +1,166 @@
+//! Crash safety. A command that changes the host writes what it is about to change (an
+//! [`Intent`], `intent.json` beside the state) before its first change, and removes it once
+//! the state that follows is saved. A command killed in between leaves it behind; the next
+//! command that changes anything (or `down`) reads it first and converges: what the dead
+//! command was creating is removed again unless the state has it, what it was removing is
+//! removed for good ([`crate::loader::Loader::lock`]).
+//!
+//! Every link netfast creates also carries a [`Mark`] in its alias (IFLA_IFALIAS): netfast,
+//! the host's key, and what it belongs to. From the marks alone, `down` and the next command
+//! recognise netfast's links (and the namespaces behind its veths) even when neither the
+//! state nor an intent knows them, and `network ls` reports them as drift.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    model::{Container, Network, State},
+    publish::Publication,
+};
+
+/// What a command is about to change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The command, as a user types it (after `netfast`), for messages.
+    pub command: String,
+    /// What it creates: removed again after a crash unless the state has it.
+    #[serde(default)]
+    pub create: Vec<Object>,
+    /// What it removes: removed for good after a crash.
+    #[serde(default)]
+    pub remove: Vec<Object>,
+}
+
+/// One thing an [`Intent`] creates or removes, with everything needed to remove it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Object {
+    Network(Network),
+    Container(Container),
+    Publication(Publication),
+    /// The host-wide settings (`config`): after a crash, the state's are put back.
+    Settings,
+    /// Everything netfast made in the host (`down`).
+    Everything,
+}
+
+impl Intent {
+    pub fn creating(command: impl Into<String>, o: Object) -> Intent {
+        Intent {
+            command: command.into(),
+            create: vec![o],
+            remove: Vec::new(),
+        }
+    }
+
+    pub fn removing(command: impl Into<String>, o: Object) -> Intent {
+        Intent {
+            command: command.into(),
+            create: Vec::new(),
+            remove: vec![o],
+        }
+    }
+
+    /// Its networks, containers and publications as a state, to check their names as a
+    /// state's are checked.
+    pub fn as_state(&self) -> State {
+        let mut s = State::default();
+        for o in self.create.iter().chain(&self.remove) {
+            match o {
+                Object::Network(n) => s.networks.push(n.clone()),
+                Object::Container(c) => s.containers.push(c.clone()),
+                Object::Publication(p) => s.publications.push(p.clone()),
+                Object::Settings | Object::Everything => {}
+            }
+        }
+        s
+    }
+}
+
+/// What a link netfast created belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The bridge of a network.
+    Network(String),
+    /// The veth of a container (both ends: `eth0` in the container's namespace too).
+    Container(String),
+}
+
+/// netfast's mark on a link it created: `netfast <host key> network|container <name>` in its
+/// alias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub host: String,
+    pub owner: Owner,
+}
+
+impl Mark {
+    pub fn network(host: &str, name: &str) -> String {
+        format!("netfast {host} network {name}")
+    }
+
+    pub fn container(host: &str, name: &str) -> String {
+        format!("netfast {host} container {name}")
+    }
+
+    /// The mark in a link's alias, if it is one.
+    pub fn parse(alias: &str) -> Option<Mark> {
+        let mut words = alias.split(' ');
+        if words.next()? != "netfast" {
+            return None;
+        }
+        let host = words.next()?.to_owned();
+        let kind = words.next()?;
+        let name = words.next()?.to_owned();
+        if words.next().is_some() || super::validate::object_name("name", &name).is_err() {
+            return None;
+        }
+        let owner = match kind {
+            "network" => Owner::Network(name),
+            "container" => Owner::Container(name),
+            _ => return None,
+        };
+        Some(Mark { host, owner })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_read_back_and_nothing_else_is_one() {
+        let m = Mark::parse(&Mark::container("netns-42", "web1")).expect("a mark");
+        assert_eq!(m.host, "netns-42");
+        assert_eq!(m.owner, Owner::Container("web1".into()));
+        assert_eq!(
+            Mark::parse(&Mark::network("netns-42", "web")).map(|m| m.owner),
+            Some(Owner::Network("web".into()))
+        );
+        for alias in [
+            "",
+            "uplink to the lab",
+            "netfast netns-42 network",
+            "netfast netns-42 volume x",
+            "netfast netns-42 container ../etc",
+            "netfast netns-42 network web extra",
+        ] {
+            assert_eq!(Mark::parse(alias), None, "{alias:?}");
+        }
+    }
+
+    #[test]
+    fn an_intent_round_trips_through_json() {
+        let i = Intent::creating(
+            "container create c1 --network web",
+            Object::Container(Container {
+                name: "c1".into(),
+                network: "web".into(),
+                ip: "172.18.0.2".parse().unwrap(),
+                veth: "nfv00000001".into(),
+            }),
+        );
+        let back: Intent = serde_json::from_str(&serde_json::to_string(&i).unwrap()).unwrap();
+        assert_eq!(back, i);
+        assert_eq!(back.as_state().containers.len(), 1);
+    }
+}

@@ -1,0 +1,259 @@
+//! After a crash: every command that changes the host first converges what an interrupted
+//! command left ([`super::intent`]), then removes links marked as netfast's for this host
+//! that nothing knows of.
+
+use super::{
+    Loader,
+    intent::{Intent, Mark, Object, Owner},
+    model::{Backend, State},
+    netlink::{Link, Nl},
+    nsfs,
+    ops::remove_container,
+    state::Locked,
+};
+use crate::{
+    dataplane::Dataplane,
+    error::{Error, Result},
+};
+
+impl Loader {
+    /// Takes the host's exclusive lock for a command that changes something, after
+    /// converging what an interrupted command left: what it was creating is removed again
+    /// unless the state has it, what it was removing is removed for good (an interrupted
+    /// `down` is finished), and links marked as this host's that neither the state nor that
+    /// command knows go with the namespaces behind them. What it does is said on stderr (the
+    /// command may fail after it); returns the lock and an empty output for the command.
+    pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<String>)> {
+        let mut locked = Locked::acquire(&self.host, true)?;
+        let mut out = Vec::new();
+        if let Some(intent) = locked.intent.clone() {
+            out.push(format!(
+                "an interrupted `netfast {}` left changes; completing them:",
+                intent.command
+            ));
+            self.converge(nl, &mut locked, &intent, &mut out)
+                .map_err(|e| {
+                    Error::Settings(format!(
+                        "could not complete what an interrupted `netfast {}` left: {}; fix the \
+                         cause and run the command again, or `netfast down` to remove \
+                         everything netfast made",
+                        intent.command,
+                        crate::error::report(&e)
+                    ))
+                })?;
+            locked.save()?;
+            locked.finish()?;
+        }
+        self.sweep_marked(nl, &locked.state, &mut out)?;
+        for line in &out {
+            eprintln!("netfast: {line}");
+        }
+        Ok((locked, Vec::new()))
+    }
+
+    fn converge(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        intent: &Intent,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        if intent.remove.contains(&Object::Everything) {
+            let pending: Vec<Object> = intent
+                .create
+                .iter()
+                .chain(&intent.remove)
+                .filter(|o| **o != Object::Everything)
+                .cloned()
+                .collect();
+            return self.remove_everything(nl, locked, &pending, out);
+        }
+        for o in &intent.remove {
+            self.finish_removal(nl, &mut locked.state, o, out)?;
+        }
+        for o in intent.create.iter().rev() {
+            self.undo_creation(nl, &mut locked.state, o, out)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `o` for good: from the kernel and the state if the state still has it, else
+    /// whatever of it the kernel still has.
+    fn finish_removal(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        o: &Object,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        match o {
+            Object::Network(n) => {
+                let known = state.network(&n.name).cloned();
+                // Its containers first, as `network rm` requires.
+                let on_it: Vec<_> = state.containers_of(&n.name).cloned().collect();
+                for c in &on_it {
+                    self.remove_container_and_publications(nl, state, c, out)?;
+                }
+                match known {
+                    Some(cur) => self.remove_network(nl, state, &cur, out),
+                    None => self.remove_unknown_network(nl, state, n, out),
+                }
+            }
+            Object::Container(c) => match state.container(&c.name).cloned() {
+                Some(cur) => self.remove_container_and_publications(nl, state, &cur, out),
+                None => remove_container(nl, state, c, out),
+            },
+            Object::Publication(p) => {
+                let known = state
+                    .publications
+                    .iter()
+                    .any(|q| q.network == p.network && q.spec == p.spec);
+                if known {
+                    self.remove_publication(state, p, out)
+                } else {
+                    let mut with = state.clone();
+                    with.publications.push(p.clone());
+                    self.remove_publication(&mut with, p, out)
+                }
+            }
+            Object::Settings | Object::Everything => Ok(()),
+        }
+    }
+
+    /// Removes again what an interrupted command created of `o`, unless the state has it
+    /// (the command saved it before it died).
+    fn undo_creation(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        o: &Object,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        match o {
+            Object::Network(n) => {
+                if state
+                    .network(&n.name)
+                    .is_some_and(|cur| cur.bridge == n.bridge)
+                {
+                    return Ok(());
+                }
+                self.remove_unknown_network(nl, state, n, out)
+            }
+            Object::Container(c) => {
+                if state.container(&c.name).is_some() {
+                    return Ok(());
+                }
+                remove_container(nl, state, c, out)
+            }
+            Object::Publication(p) => {
+                if state
+                    .publications
+                    .iter()
+                    .any(|q| q.network == p.network && q.spec == p.spec)
+                {
+                    return Ok(());
+                }
+                let mut with = state.clone();
+                with.publications.push(p.clone());
+                self.remove_publication(&mut with, p, out)
+            }
+            Object::Settings => {
+                // The state's settings, back in the dataplane and the fallbacks' rules.
+                let settings = super::validate::dataplane(&state.dataplane)?;
+                if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+                    dp.configure(&settings.config)?;
+                }
+                crate::backend::sync(state, state)?;
+                out.push("put the saved dataplane settings back".into());
+                Ok(())
+            }
+            Object::Everything => Ok(()),
+        }
+    }
+
+    /// Removes what the kernel has of network `n`, which the state does not have.
+    fn remove_unknown_network(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        n: &super::model::Network,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        // The dataplane it may have created half-way (some maps pinned) cannot be opened:
+        // with no other network on it, it goes whole.
+        if n.backend == Backend::Ebpf
+            && !state.networks.iter().any(|m| m.backend == Backend::Ebpf)
+            && Dataplane::remove(&self.host)?
+        {
+            out.push("removed the dataplane (no network on it)".into());
+        }
+        let mut with = state.clone();
+        with.networks.push(n.clone());
+        self.remove_network(nl, &mut with, n, out)?;
+        // (Nothing of the state changed: `with` held it and the network.)
+        Ok(())
+    }
+
+    /// Removes the links that carry netfast's mark for this host but belong to nothing of
+    /// `state` (a bridge of no network, a veth of no container), with the namespace behind a
+    /// veth when its `eth0` carries the same mark.
+    pub(super) fn sweep_marked(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        for (link, owner) in self.unknown_marked(nl, state)? {
+            match &owner {
+                Owner::Container(name) => {
+                    if self.namespace_is_marked(name, link.alias.as_deref().unwrap_or("")) {
+                        nsfs::delete(name).map_err(|source| Error::Io {
+                            context: format!("deleting namespace {name}"),
+                            source,
+                        })?;
+                        out.push(format!(
+                            "removed namespace {name}, netfast's but unknown to the state"
+                        ));
+                    }
+                    nl.delete_link(&link)?;
+                }
+                Owner::Network(_) => nl.delete_link(&link)?,
+            }
+            out.push(format!(
+                "removed link {}, netfast's ({}) but unknown to the state",
+                link.name,
+                link.alias.as_deref().unwrap_or("")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The links marked as this host's that `state` does not account for.
+    pub(super) fn unknown_marked(&self, nl: &Nl<'_>, state: &State) -> Result<Vec<(Link, Owner)>> {
+        Ok(nl
+            .links()?
+            .into_iter()
+            .filter_map(|l| {
+                let mark = Mark::parse(l.alias.as_deref()?)?;
+                if mark.host != self.host.key {
+                    return None;
+                }
+                let known = match &mark.owner {
+                    Owner::Network(_) => state.networks.iter().any(|n| n.bridge == l.name),
+                    Owner::Container(_) => state.containers.iter().any(|c| c.veth == l.name),
+                };
+                (!known).then_some((l, mark.owner))
+            })
+            .collect())
+    }
+
+    /// Whether namespace `name` exists and its `eth0` carries `mark`.
+    pub(super) fn namespace_is_marked(&self, name: &str, mark: &str) -> bool {
+        nsfs::exists(name)
+            && self
+                .netlink()
+                .namespace(name)
+                .and_then(|inside| inside.link("eth0"))
+                .is_ok_and(|eth0| eth0.and_then(|l| l.alias).as_deref() == Some(mark))
+    }
+}

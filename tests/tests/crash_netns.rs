@@ -1,0 +1,455 @@
+//! Crash safety (issue #14, item 3), as a fault injector: every command that changes the host
+//! is killed (SIGKILL, from `strace -e inject=SYSCALL:signal=KILL:when=N`) at each kind of
+//! step — a rename (the intent and state files), a netlink send (links, addresses, routes,
+//! ctnetlink), a bpf call (maps, programs, attachments), a send of the nft/iptables tools it
+//! runs — at several N picked from a clean traced run. After each kill, `network ls` and
+//! `container ls` report what the state does not account for, the same command run again
+//! converges, and `down` leaves a clean host: no link, namespace, pin, nft table or iptables
+//! chain of netfast's.
+
+use std::{collections::BTreeMap, fs, os::unix::process::ExitStatusExt, process::Command};
+
+use netfast::{host::Host, netns::NetnsGuard};
+use netfast_tests::{
+    Netfast, Topology, netfast_cli::netfast_bin, require_root, run, topology::UPLINK,
+};
+
+/// A host and what the sweep needs to know of it.
+struct Lab {
+    nf: Netfast,
+    topo: Topology,
+    key: String,
+    backend: &'static str,
+    /// The container the commands make (a namespace name: the host's, then `c`).
+    ct: String,
+    /// An apply file: network web, container `ct`, a publication.
+    apply_file: String,
+}
+
+impl Lab {
+    fn new(backend: &'static str) -> Lab {
+        let topo = Topology::builder().without_bridge().build();
+        let nf = Netfast::new(&topo.host);
+        let key = {
+            let _in = NetnsGuard::enter(topo.host.name()).expect("enter the host");
+            Host::current().expect("host").key
+        };
+        let ct = format!("{}c", topo.host.name());
+        let apply_file = format!("/tmp/{}-crash.toml", topo.host.name());
+        fs::write(
+            &apply_file,
+            format!(
+                "[[network]]\nname = \"web\"\nsubnet = \"172.18.0.0/24\"\nuplink = \"{UPLINK}\"\n\
+                 backend = \"{backend}\"\n\n[[container]]\nname = \"{ct}\"\nnetwork = \"web\"\n\n\
+                 [[publish]]\nnetwork = \"web\"\nspec = \"8080:{ct}:80\"\n"
+            ),
+        )
+        .expect("write the apply file");
+        Lab {
+            nf,
+            topo,
+            key,
+            backend,
+            ct,
+            apply_file,
+        }
+    }
+
+    fn host(&self) -> &str {
+        self.topo.host.name()
+    }
+
+    /// The argv of a command (after `netfast --netns HOST`).
+    fn args(&self, cmd: Cmd) -> Vec<String> {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let publication = format!("8080:{}:80", self.ct);
+        match cmd {
+            Cmd::NetworkCreate => s(&[
+                "network",
+                "create",
+                "web",
+                "--subnet",
+                "172.18.0.0/24",
+                "--uplink",
+                UPLINK,
+                "--backend",
+                self.backend,
+            ]),
+            Cmd::NetworkRm => s(&["network", "rm", "web"]),
+            Cmd::ContainerCreate => s(&["container", "create", &self.ct, "--network", "web"]),
+            Cmd::ContainerRm => s(&["container", "rm", &self.ct]),
+            Cmd::Publish => s(&["publish", "web", &publication]),
+            Cmd::Unpublish => s(&["unpublish", "web", &publication]),
+            Cmd::Apply => s(&["apply", "-f", &self.apply_file]),
+            Cmd::Down => s(&["down"]),
+        }
+    }
+
+    fn ok(&self, cmd: Cmd) {
+        let args = self.args(cmd);
+        self.nf
+            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// What must exist before `cmd` runs.
+    fn precondition(&self, cmd: Cmd) {
+        use Cmd::*;
+        let steps: &[Cmd] = match cmd {
+            NetworkCreate => &[],
+            NetworkRm | ContainerCreate => &[NetworkCreate],
+            Publish => &[NetworkCreate, ContainerCreate],
+            ContainerRm | Unpublish | Down => &[NetworkCreate, ContainerCreate, Publish],
+            // A network the file does not declare goes first; then everything is created.
+            // (On nftables, which is quick to make: the sweep's time goes to the file's.)
+            Apply => {
+                self.nf.ok(&[
+                    "network",
+                    "create",
+                    "old",
+                    "--subnet",
+                    "172.19.0.0/24",
+                    "--uplink",
+                    UPLINK,
+                    "--backend",
+                    "nftables",
+                ]);
+                &[]
+            }
+        };
+        for s in steps {
+            self.ok(*s);
+        }
+    }
+
+    /// From the host as a finished `cmd` left it, back to `cmd`'s precondition: by the
+    /// inverse command where there is one, else by `down` (checked clean) and the
+    /// precondition again.
+    fn back_to_precondition(&self, cmd: Cmd) {
+        use Cmd::*;
+        let inverse: &[Cmd] = match cmd {
+            ContainerCreate => &[ContainerRm],
+            ContainerRm => &[ContainerCreate, Publish],
+            Publish => &[Unpublish],
+            Unpublish => &[Publish],
+            NetworkCreate | NetworkRm | Apply | Down => {
+                self.nf.ok(&["down"]);
+                self.assert_clean(&format!("a finished `{cmd:?}`, then down"));
+                self.precondition(cmd);
+                return;
+            }
+        };
+        for c in inverse {
+            self.ok(*c);
+        }
+    }
+
+    /// What the kernel has of netfast's beyond what the state accounts for.
+    fn unknown(&self) -> Vec<String> {
+        let known = self.in_state();
+        self.kernel()
+            .into_iter()
+            .filter(|k| !known.contains(k))
+            .collect()
+    }
+
+    /// `strace -f` of netfast running `cmd`, tracing `syscall`, with `extra` options: the
+    /// exit status and the trace.
+    fn traced(
+        &self,
+        cmd: Cmd,
+        syscall: &str,
+        extra: &[&str],
+    ) -> (std::process::ExitStatus, String) {
+        let trace = format!("/tmp/{}-crash.trace", self.host());
+        let bin = netfast_bin();
+        let mut c = Command::new("strace");
+        // (Not --seccomp-bpf: strace 6.1 does not inject through it.)
+        c.args(["-f", "-qq", "-o", &trace, "-e", &format!("trace={syscall}")])
+            .args(extra)
+            .arg(&bin)
+            .args(["--netns", self.host()])
+            .args(self.args(cmd));
+        let out = c.output().expect("run strace (apt-get install strace)");
+        let text = fs::read_to_string(&trace).unwrap_or_default();
+        let _ = fs::remove_file(&trace);
+        (out.status, text)
+    }
+
+    /// The calls of `syscall` per process or thread in a trace of `cmd` run cleanly (from
+    /// its precondition, and back to it after), the most first.
+    fn counts(&self, cmd: Cmd, syscall: &str) -> Vec<usize> {
+        let (status, text) = self.traced(cmd, syscall, &[]);
+        assert!(status.success(), "a clean traced `{cmd:?}` failed:\n{text}");
+        self.back_to_precondition(cmd);
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        for l in text.lines() {
+            let mut w = l.split_whitespace();
+            if let (Some(pid), Some(call)) = (w.next(), w.next())
+                && call.starts_with(&format!("{syscall}("))
+            {
+                *per.entry(pid).or_default() += 1;
+            }
+        }
+        let mut counts: Vec<usize> = per.into_values().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts
+    }
+
+    /// What of netfast's the kernel has in the host: links, namespaces, pins, rules.
+    fn kernel(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let links = self.topo.host.exec_ok(&["ip", "-o", "link"]);
+        for l in links.lines() {
+            let name = l
+                .split(": ")
+                .nth(1)
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap_or("");
+            if name.starts_with("nf-") || name.starts_with("nfv") {
+                found.push(format!("link {name}"));
+            }
+        }
+        for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == self.ct {
+                found.push(format!("namespace {n}"));
+            }
+        }
+        if fs::metadata(format!("/sys/fs/bpf/netfast/{}", self.key)).is_ok() {
+            found.push("pins".into());
+        }
+        if self
+            .topo
+            .host
+            .exec(&["nft", "list", "table", "ip", "netfast"])
+            .status
+            .success()
+        {
+            found.push("nft table ip netfast".into());
+        }
+        if self.backend == "iptables" {
+            let save = self.topo.host.exec_ok(&["iptables-save"]);
+            if save.contains("NETFAST") {
+                found.push("iptables chains NETFAST-…".into());
+            }
+        }
+        found
+    }
+
+    /// What the state accounts for, in the terms of [`Lab::kernel`].
+    fn in_state(&self) -> Vec<String> {
+        let path = format!("/run/netfast/{}/state.json", self.key);
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).expect("a state file");
+        let mut known = Vec::new();
+        for n in v["networks"].as_array().into_iter().flatten() {
+            known.push(format!("link {}", n["bridge"].as_str().unwrap_or("")));
+            match n["backend"].as_str() {
+                Some("ebpf") => known.push("pins".into()),
+                Some("nftables") => known.push("nft table ip netfast".into()),
+                Some("iptables") => known.push("iptables chains NETFAST-…".into()),
+                _ => {}
+            }
+        }
+        for c in v["containers"].as_array().into_iter().flatten() {
+            known.push(format!("link {}", c["veth"].as_str().unwrap_or("")));
+            known.push(format!("namespace {}", c["name"].as_str().unwrap_or("")));
+        }
+        known
+    }
+
+    /// The drift `network ls` and `container ls` report (and that both work).
+    fn drift(&self) -> Vec<String> {
+        let mut drift = Vec::new();
+        for what in ["network", "container"] {
+            let out = self.nf.ok(&[what, "ls", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("ls --json");
+            for row in v.as_array().into_iter().flatten() {
+                for d in row["drift"].as_array().into_iter().flatten() {
+                    drift.push(d.as_str().unwrap_or("").to_owned());
+                }
+            }
+        }
+        drift
+    }
+
+    /// Nothing of netfast's is left in the host, nor its state.
+    fn assert_clean(&self, after: &str) {
+        let left = self.kernel();
+        assert!(left.is_empty(), "after {after}, netfast left: {left:?}");
+        assert!(
+            fs::metadata(format!("/run/netfast/{}", self.key)).is_err(),
+            "after {after}, the state directory is left"
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    NetworkCreate,
+    NetworkRm,
+    ContainerCreate,
+    ContainerRm,
+    Publish,
+    Unpublish,
+    Apply,
+    Down,
+}
+
+/// The N values to kill at, for a syscall made `count` times: all of them up to `most`, else
+/// `most` spread evenly from the first to the last (the attachments and map updates come
+/// last).
+fn picks(count: usize, most: usize) -> Vec<usize> {
+    if count <= most {
+        return (1..=count).collect();
+    }
+    if most <= 1 {
+        return vec![count];
+    }
+    let mut n: Vec<usize> = (0..most)
+        .map(|i| 1 + (count - 1) * i / (most - 1))
+        .collect();
+    n.dedup();
+    n
+}
+
+/// Kills `cmd` at each pick of each syscall kind, and checks what follows: after every other
+/// kill, `down` straight away must leave a clean host; after the others, the same command run
+/// again must converge (the host as the state says, no drift), and the lab goes back to the
+/// command's precondition (by the inverse command where there is a cheap one).
+fn sweep(lab: &Lab, cmd: Cmd, kinds: &[(&str, usize)]) -> usize {
+    let mut kills = 0;
+    lab.precondition(cmd);
+    for &(syscall, most) in kinds {
+        // netfast's own calls are in its main thread; the tools' (nft, iptables-restore)
+        // in their own processes: the busiest one counts.
+        let counts = lab.counts(cmd, syscall);
+        let Some(&count) = counts.first() else {
+            continue;
+        };
+        for (i, n) in picks(count, most).into_iter().enumerate() {
+            let what = format!("`{cmd:?}` killed at {syscall} #{n} of {count}");
+            let inject = format!("inject={syscall}:signal=KILL:when={n}");
+            let (status, trace) = lab.traced(cmd, syscall, &["-e", &inject]);
+            if status.signal() == Some(9) || status.code() == Some(137) {
+                kills += 1;
+            } else if !status.success() {
+                // A tool killed under netfast: it failed, and undid its work, by itself.
+                assert!(
+                    trace.contains("+++ killed by SIGKILL +++"),
+                    "{what}: failed without a kill ({status}):\n{trace}"
+                );
+            }
+            // What the kernel has beyond the state is reported as drift.
+            let unknown = lab.unknown();
+            let drift = lab.drift();
+            assert!(
+                unknown.is_empty() || !drift.is_empty(),
+                "{what}: the kernel has {unknown:?} beyond the state, and `network ls` / \
+                 `container ls` report no drift"
+            );
+            if cmd == Cmd::Down || i % 2 == 0 {
+                lab.nf.ok(&["down"]);
+                lab.assert_clean(&format!("{what}, then down"));
+                lab.precondition(cmd);
+                continue;
+            }
+            // The same command again converges.
+            let args = lab.args(cmd);
+            let again = lab
+                .nf
+                .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let err = String::from_utf8_lossy(&again.stderr);
+            // Killed after it saved its state: it was done, and says so.
+            let done_already = [
+                "no network named `web`",
+                "no container named",
+                "does not publish",
+                "a network named `web` already exists",
+                "a container named",
+                "already published by",
+            ]
+            .iter()
+            .any(|m| err.contains(m));
+            assert!(
+                again.status.success() || done_already,
+                "{what}: running it again failed:\n{err}"
+            );
+            let (unknown, drift) = (lab.unknown(), lab.drift());
+            assert!(
+                unknown.is_empty() && drift.is_empty(),
+                "{what}: after running it again, the kernel has {unknown:?} beyond the state, \
+                 and drift {drift:?}"
+            );
+            lab.back_to_precondition(cmd);
+        }
+    }
+    lab.nf.ok(&["down"]);
+    lab.assert_clean(&format!("the sweep of `{cmd:?}`, then down"));
+    kills
+}
+
+fn crash_sweep(backend: &'static str, cmds: &[Cmd], kinds: &[(&str, usize)]) {
+    require_root();
+    assert!(
+        run(&["strace", "-V"]).status.success(),
+        "this test kills netfast with strace: apt-get install strace (cargo xtask setup does)"
+    );
+    let lab = Lab::new(backend);
+    let mut kills = 0;
+    for &cmd in cmds {
+        // Each kill of these starts from a new network (in eBPF, programs to load): fewer.
+        let heavy = matches!(
+            cmd,
+            Cmd::NetworkCreate | Cmd::NetworkRm | Cmd::Apply | Cmd::Down
+        );
+        let kinds: Vec<(&str, usize)> = kinds
+            .iter()
+            .map(|&(k, most)| (k, if heavy { most.min(3) } else { most }))
+            .collect();
+        let t = std::time::Instant::now();
+        let n = sweep(&lab, cmd, &kinds);
+        println!("{backend} {cmd:?}: {n} kills in {:?}", t.elapsed());
+        kills += n;
+    }
+    assert!(kills > 0, "no command was killed: the sweep tested nothing");
+    let _ = fs::remove_file(&lab.apply_file);
+}
+
+const ALL: [Cmd; 8] = [
+    Cmd::NetworkCreate,
+    Cmd::NetworkRm,
+    Cmd::ContainerCreate,
+    Cmd::ContainerRm,
+    Cmd::Publish,
+    Cmd::Unpublish,
+    Cmd::Apply,
+    Cmd::Down,
+];
+
+#[test]
+fn ebpf_commands_killed_at_any_step_converge() {
+    crash_sweep("ebpf", &ALL, &[("renameat", 4), ("sendto", 4), ("bpf", 4)]);
+}
+
+#[test]
+fn nftables_commands_killed_at_any_step_converge() {
+    crash_sweep(
+        "nftables",
+        &[Cmd::NetworkCreate, Cmd::Publish, Cmd::Apply, Cmd::Down],
+        &[("renameat", 3), ("sendto", 3), ("sendmsg", 2)],
+    );
+}
+
+#[test]
+fn iptables_commands_killed_at_any_step_converge() {
+    crash_sweep(
+        "iptables",
+        &[Cmd::NetworkCreate, Cmd::Publish, Cmd::Apply, Cmd::Down],
+        &[("renameat", 3), ("sendto", 3), ("sendmsg", 2)],
+    );
+}
