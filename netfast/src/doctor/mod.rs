@@ -10,10 +10,9 @@
 mod conflicts;
 mod ebpf;
 mod fix;
-mod iptables;
+mod forward;
 mod kernel;
 mod modules;
-mod nft;
 mod rules;
 mod sysctl;
 
