@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use netfast::netfilter;
 use serde::Serialize;
 
 pub use crate::topology::{
@@ -326,7 +327,7 @@ fn iptables_rules() -> Result<()> {
     for rule in rules {
         let mut argv = vec![tool, "-w"];
         argv.extend_from_slice(rule);
-        netfilter_tool(&argv, None)?;
+        netfilter::run(&argv)?;
     }
     Ok(())
 }
@@ -353,33 +354,8 @@ fn nftables_rules() -> Result<()> {
 }}
 "#
     );
-    netfilter_tool(&["nft", "-f", "-"], Some(&ruleset))?;
+    netfilter::run_with_input(&["nft", "-f", "-"], &ruleset)?;
     Ok(())
-}
-
-/// Runs a netfilter tool in the calling thread's namespace, `input` on its stdin.
-fn netfilter_tool(argv: &[&str], input: Option<&str>) -> Result<String> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {} (`cargo xtask setup` installs it)", argv[0]))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin.write_all(input.unwrap_or_default().as_bytes())?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nginx_conf(dir: &Path) -> String {
