@@ -3,7 +3,7 @@
 //! they print ([`iptables_save`], [`nft_ruleset`]), the renderers of netfast's own rules
 //! ([`rules`] computed from the state, rendered by [`render_nft`] through the typed
 //! [`nft_batch`] and by [`render_ipt`]), and the kernel's conntrack over netlink
-//! ([`ctnetlink`], [`cttimeout`]).
+//! ([`ctnetlink`], [`cttimeout`], on nfnetlink sockets).
 //!
 //! The fallback backends ([`crate::backend`]) write and count with it, the doctor reads
 //! everyone's rules with it, and the benchmark's lab writes Docker's rules with it.
@@ -12,6 +12,7 @@ pub mod ctnetlink;
 pub mod cttimeout;
 pub mod iptables_save;
 pub mod matches;
+mod nfnetlink;
 pub mod nft_batch;
 pub mod nft_ruleset;
 pub mod render_ipt;
