@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use netfast_tests::{
     Background, TestNetns,
-    clients::{curl, listening, outside_web_server, wait_listening},
+    clients::{curl, listening, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
     require_root, run, run_ok,
@@ -961,36 +961,6 @@ fn a_new_connection_from_the_same_client_port_reaches_the_replaced_container(bac
     }
 }
 
-/// A client that talks to `ADDR:9000` (its argument) every 100 ms and prints each echo;
-/// `gone` when the connection dies.
-const TALKER: &str = "import socket, sys, time
-n = 0
-try:
-    s = socket.create_connection((sys.argv[1], 9000), timeout=5)
-    f = s.makefile()
-    while True:
-        s.sendall(b'%d\\n' % n)
-        line = f.readline()
-        if not line:
-            print('gone: closed', flush=True)
-            break
-        print('echo', line.strip(), flush=True)
-        n += 1
-        time.sleep(0.1)
-except Exception as e:
-    print('gone:', e, flush=True)
-";
-
-/// The last echo a TALKER printed.
-fn echoes(talker: &Background) -> u32 {
-    talker
-        .stdout_so_far()
-        .lines()
-        .filter_map(|l| l.strip_prefix("echo ")?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
 /// Unpublishing ends the flows through that publication, and only those: another
 /// publication of the same port on another host address keeps its live connection (#13).
 fn unpublishing_ends_only_that_publications_flows(backend: &str) {
@@ -1020,28 +990,14 @@ fn unpublishing_ends_only_that_publications_flows(backend: &str) {
         &format!("198.51.100.10:9000:{}:9000", w.c1),
     ]);
     let outside = w.topo.outside.name();
-    let talk = |addr: &str| {
-        let mut t = Background::spawn(&[
-            "ip", "netns", "exec", outside, "python3", "-c", TALKER, addr,
-        ]);
-        t.wait_for_text("echo 2", Duration::from_secs(10));
-        t
-    };
-    let mut to_first = talk(&UPLINK_ADDR.to_string());
-    let mut to_second = talk("198.51.100.10");
+    let mut to_first = talker(outside, &UPLINK_ADDR.to_string(), 9000);
+    let mut to_second = talker(outside, "198.51.100.10", 9000);
     w.nf.ok(&["unpublish", "web", &first]);
     to_first.wait_for_text("gone", Duration::from_secs(20));
-    let then = echoes(&to_second);
-    to_second.wait_for(
+    talks_on(
+        &mut to_second,
+        5,
         "keep talking after the other publication went",
-        Duration::from_secs(10),
-        |out, _| {
-            !out.contains("gone")
-                && out
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("echo ")?.parse::<u32>().ok())
-                    .any(|n| n >= then + 5)
-        },
     );
 }
 

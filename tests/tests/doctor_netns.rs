@@ -737,3 +737,38 @@ fn route_localnet_is_named_where_nothing_guards_it() {
     let c = one(&checks, "forwarding", "route_localnet");
     assert_eq!(c["status"], "pass", "{c}");
 }
+
+/// Where the bpf syscall fails (netfast-no-bpf: ENOSYS, as on a kernel without
+/// CONFIG_BPF_SYSCALL), the doctor does not vouch for TCX or the fast path's helpers from the
+/// kernel's version: it probes them, and says it could not.
+#[test]
+fn tcx_and_helpers_are_probed_not_guessed_from_the_version() {
+    require_root();
+    let ns = TestNetns::new("drp");
+    let etc = TempEtc::new(&ns);
+    let (checks, _) = doctor(&ns, &[], &etc);
+    for name in ["TC attach", "bpf_redirect_peer", "bpf_redirect_neigh"] {
+        let c = one(&checks, "ebpf", name);
+        assert_eq!(c["status"], "pass", "{c}");
+        assert!(text(&c["found"]).contains("probed"), "{c}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_netfast-no-bpf"))
+        .arg(netfast_bin())
+        .args(["--netns", ns.name(), "doctor", "--json"])
+        .env("NETFAST_DOCTOR_ETC", &etc.0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run netfast doctor under netfast-no-bpf");
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON array ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(one(&checks, "ebpf", "bpf syscall")["status"], "fail");
+    for name in ["TC attach", "bpf_redirect_peer", "bpf_redirect_neigh"] {
+        let c = one(&checks, "ebpf", name);
+        assert_eq!(c["status"], "warn", "{c}");
+        assert!(text(&c["found"]).starts_with("not probed"), "{c}");
+    }
+}

@@ -11,7 +11,9 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use netfast::netns::NetnsGuard;
 use netfast_tests::{
-    Background, require_root,
+    Background,
+    clients::{echo_server, talker, talks_on},
+    require_root,
     topology::{OUTSIDE_ADDR, UPLINK_ADDR},
     web::web_on,
 };
@@ -131,33 +133,6 @@ fn a_container_cannot_carry_the_fast_paths_mark_to_the_uplink() {
     );
 }
 
-/// A client from outside that talks to `ADDR:PORT` (its arguments) every 100 ms and prints
-/// each echo; `gone` when the connection dies.
-const TALKER: &str = "import socket, sys, time
-n = 0
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    f = s.makefile()
-    while True:
-        s.sendall(b'%d\\n' % n)
-        line = f.readline()
-        if not line:
-            print('gone: closed', flush=True)
-            break
-        print('echo', line.strip(), flush=True)
-        n += 1
-        time.sleep(0.1)
-except Exception as e:
-    print('gone:', e, flush=True)
-";
-
-fn last_echo(out: &str) -> u32 {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("echo ")?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
 /// With a conntrack table of 1024 flows, 20,000 SYNs from forged sources at a published
 /// port (hping3 --rand-source) used to evict an established connection to that port. Flows
 /// from outside that nobody answered live apart now: the connection talks on.
@@ -165,23 +140,11 @@ fn last_echo(out: &str) -> u32 {
 fn a_syn_flood_from_forged_sources_leaves_an_established_connection_alone() {
     require_root();
     let w = web_on("ebpf", &["--ct-max", "1024"]);
-    let _echo = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &w.c0,
-        "socat",
-        "TCP4-LISTEN:9000,fork,reuseaddr",
-        "EXEC:cat",
-    ]);
-    netfast_tests::clients::wait_listening(&w.c0, "tcp", 9000, "socat");
+    let _echo = echo_server(&w.c0, 9000);
     w.nf.ok(&["publish", "web", &format!("9000:{}:9000", w.c0)]);
     let outside = w.topo.outside.name();
     let up = UPLINK_ADDR.to_string();
-    let mut talker = Background::spawn(&[
-        "ip", "netns", "exec", outside, "python3", "-c", TALKER, &up, "9000",
-    ]);
-    talker.wait_for_text("echo 2", Duration::from_secs(10));
+    let mut talker = talker(outside, &up, 9000);
     let flood = netfast_tests::run(&[
         "ip",
         "netns",
@@ -217,10 +180,5 @@ fn a_syn_flood_from_forged_sources_leaves_an_established_connection_alone() {
         opened >= 19_000,
         "the flood opened {opened} unanswered flows: {stats}"
     );
-    let then = last_echo(&talker.stdout_so_far());
-    talker.wait_for(
-        "talk on after the flood",
-        Duration::from_secs(10),
-        |out, _| !out.contains("gone") && last_echo(out) >= then + 5,
-    );
+    talks_on(&mut talker, 5, "talk on after the flood");
 }

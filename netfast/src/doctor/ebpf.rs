@@ -1,40 +1,79 @@
 //! What the eBPF dataplane needs from the kernel and from this process: the bpf syscall,
 //! TCX, the redirect helpers of the fast path, bpffs, the capabilities. A FAIL here means the
 //! eBPF dataplane cannot run (see [`super::ebpf_usable`]).
+//!
+//! TCX and the helpers are probed (a TCX query on `lo`, aya's helper probe: a two-instruction
+//! program the verifier accepts or refuses), never guessed from the kernel's version:
+//! distribution kernels backport features, and configurations leave them out.
 
 use std::io;
 
+use aya::{
+    programs::{ProgramError, ProgramType, SchedClassifier, TcAttachType},
+    sys::{BpfHelper, is_helper_supported},
+};
+
 use super::{
     Check, EBPF, Remedy,
-    kernel::{Kernel, Module, Version},
+    kernel::{Kernel, Module},
 };
 use crate::loader::caps;
 
-/// TCX links (`bpf_link` on tc ingress/egress).
-const TCX: Version = (6, 6, 0);
-/// `bpf_redirect_peer` and `bpf_redirect_neigh`.
-const REDIRECT_HELPERS: Version = (5, 10, 0);
 /// Kernel BTF, for the record.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 pub fn checks(kernel: &Kernel) -> Vec<Check> {
+    let usable = try_map_create().is_ok();
     vec![
         bpf_syscall(),
         btf(kernel),
-        tc_attach(kernel),
-        helper(kernel, "bpf_redirect_peer", "into a container's namespace"),
-        helper(kernel, "bpf_redirect_neigh", "out of the uplink"),
+        tc_attach(kernel, usable),
+        helper(
+            kernel,
+            usable,
+            BpfHelper::BPF_FUNC_redirect_peer,
+            "bpf_redirect_peer",
+            "into a container's namespace",
+        ),
+        helper(
+            kernel,
+            usable,
+            BpfHelper::BPF_FUNC_redirect_neigh,
+            "bpf_redirect_neigh",
+            "out of the uplink",
+        ),
         bpffs(),
         capabilities(),
     ]
 }
 
-fn version_text(kernel: &Kernel) -> String {
-    format!("this kernel: {}", kernel.release)
+/// The errno of the bpf(2) call under a program error, if that is what failed.
+fn errno(e: &ProgramError) -> Option<i32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        source = s.source();
+    }
+    None
 }
 
-fn fmt_version((a, b, _): Version) -> String {
-    format!("{a}.{b}")
+/// The check when the bpf syscall itself cannot be used: nothing could be probed.
+fn not_probed(name: &str, kernel: &Kernel) -> Check {
+    Check::warn(
+        EBPF,
+        name,
+        format!(
+            "not probed: the bpf syscall is not usable by this process (see `bpf syscall`; {})",
+            version_text(kernel)
+        ),
+        "run netfast doctor as root, where the bpf syscall works",
+    )
+}
+
+fn version_text(kernel: &Kernel) -> String {
+    format!("this kernel: {}", kernel.release)
 }
 
 /// Creates (and closes) a one-entry BPF array map: the cheapest thing that proves the
@@ -139,94 +178,74 @@ fn clsact(kernel: &Kernel) -> String {
     }
 }
 
-fn tc_attach(kernel: &Kernel) -> Check {
+fn tc_attach(kernel: &Kernel, usable: bool) -> Check {
     let name = "TC attach";
-    match kernel.at_least(TCX) {
-        Some(true)
-            if kernel.config.is_some() && kernel.config("CONFIG_NET_XGRESS") != Some("y") =>
-        {
-            Check::fail(
-                EBPF,
-                name,
-                format!(
-                    "no TCX: CONFIG_NET_XGRESS is not set ({})",
-                    version_text(kernel)
-                ),
-                "run a kernel built with CONFIG_NET_XGRESS=y (CONFIG_NET_SCH_INGRESS selects it)",
-            )
-        }
-        Some(true) => Check::pass(
+    if !usable {
+        return not_probed(name, kernel);
+    }
+    // A query of the programs on lo's TCX ingress: answered where the kernel has TCX,
+    // refused where it does not. It changes nothing.
+    match SchedClassifier::query_tcx("lo", TcAttachType::Ingress) {
+        Ok(_) => Check::pass(
             EBPF,
             name,
             format!(
-                "TCX (Linux {}+; {})",
-                fmt_version(TCX),
+                "TCX (probed: the kernel answers a TCX query on lo; {})",
                 version_text(kernel)
             ),
         ),
-        Some(false) => Check::fail(
+        Err(e) if errno(&e) == Some(libc::EPERM) => Check::warn(
+            EBPF,
+            name,
+            "not probed: the TCX query was refused to this process (EPERM)",
+            "run netfast doctor as root to probe it",
+        ),
+        Err(e) => Check::fail(
             EBPF,
             name,
             format!(
-                "no TCX before Linux {} ({}); {}, but netfast pins its attachments as TCX \
-                 links and does not attach through clsact",
-                fmt_version(TCX),
+                "no TCX: the kernel refuses a TCX query ({}; {}); {}, but netfast pins its \
+                 attachments as TCX links and does not attach through clsact",
+                crate::error::report(&e),
                 version_text(kernel),
                 clsact(kernel)
             ),
-            format!(
-                "run Linux {} or later, or use the iptables/nftables fallback",
-                fmt_version(TCX)
-            ),
-        ),
-        None => Check::warn(
-            EBPF,
-            name,
-            format!(
-                "unknown: the kernel release `{}` has no version; TCX needs Linux {}",
-                kernel.release,
-                fmt_version(TCX)
-            ),
-            "check `uname -r`",
+            "run a kernel with TCX (Linux 6.6 or later, CONFIG_NET_XGRESS=y), or use the \
+             iptables/nftables fallback",
         ),
     }
 }
 
-fn helper(kernel: &Kernel, helper: &str, purpose: &str) -> Check {
-    match kernel.at_least(REDIRECT_HELPERS) {
-        Some(true) => Check::pass(
+fn helper(kernel: &Kernel, usable: bool, id: BpfHelper, helper: &str, purpose: &str) -> Check {
+    if !usable {
+        return not_probed(helper, kernel);
+    }
+    match is_helper_supported(ProgramType::SchedClassifier, id) {
+        Ok(true) => Check::pass(
             EBPF,
             helper,
             format!(
-                "available (Linux {}+; {})",
-                fmt_version(REDIRECT_HELPERS),
+                "available to TC programs (probed; {})",
                 version_text(kernel)
             ),
         ),
-        Some(false) => Check::fail(
+        Ok(false) => Check::fail(
             EBPF,
             helper,
             format!(
-                "missing before Linux {} ({}): the fast path forwards with it {purpose}, and \
-                 the kernel rejects programs that call it",
-                fmt_version(REDIRECT_HELPERS),
+                "missing (probed: the verifier refuses a TC program that calls it; {}): the \
+                 fast path forwards with it {purpose}, and the kernel rejects programs that \
+                 call it",
                 version_text(kernel)
             ),
-            format!(
-                "run Linux {} or later (TCX needs {})",
-                fmt_version(REDIRECT_HELPERS),
-                fmt_version(TCX)
-            ),
+            "run a kernel that has it (Linux 5.10 or later), or use the iptables/nftables \
+             fallback",
         ),
-        None => Check::warn(
+        Err(e) => Check::warn(
             EBPF,
             helper,
-            format!(
-                "unknown: the kernel release `{}` has no version; it needs Linux {}",
-                kernel.release,
-                fmt_version(REDIRECT_HELPERS)
-            ),
-            "check `uname -r`",
+            format!("not probed: {}", crate::error::report(&e)),
+            "run netfast doctor as root to probe it",
         ),
     }
 }

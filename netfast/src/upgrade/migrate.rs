@@ -50,27 +50,33 @@ const LRU_HASH: u32 = 9;
 const LPM_TRIE: u32 = 11;
 const RINGBUF: u32 = 27;
 
-const V2: Layout = &[
-    (names::META, ARRAY, 4, 88),
-    (names::STATS, PERCPU_ARRAY, 4, 16),
-    (names::NET_STATS, PERCPU_ARRAY, 4, 16),
-    (names::CONFIG, ARRAY, 4, 48),
-    (names::NETWORKS, LPM_TRIE, 8, 16),
-    (names::NET_BRIDGES, ARRAY, 4, 4),
-    (names::CONNTRACK, LRU_HASH, 16, 80),
-    (names::CT_INBOUND, LRU_HASH, 16, 80),
-    (names::NAT_BINDINGS, LRU_HASH, 12, 8),
-    (names::NAT_CLAIMS, LRU_HASH, 8, 16),
-    (names::FRAGMENTS, LRU_HASH, 12, 16),
-    (names::CT_EVENTS, RINGBUF, 0, 0),
-    (names::PUBLISHED, HASH, 8, 12),
-    (names::ALLOW, LPM_TRIE, 12, 1),
-    (names::HOST_ADDRS, HASH, 4, 1),
-    (names::HOST, ARRAY, 4, 8),
-    (names::SOCK_REVNAT, LRU_HASH, 8, 16),
-    (names::ENDPOINTS, HASH, 4, 20),
-    (names::UPLINKS, HASH, 4, 1),
-];
+const V2: Layout = &layout_with_conntrack_value(80);
+
+/// Layout 2's maps, with `ct_value` bytes per conntrack entry (the test build's layout 3
+/// differs in that alone).
+const fn layout_with_conntrack_value(ct_value: u32) -> [(&'static str, u32, u32, u32); 19] {
+    [
+        (names::META, ARRAY, 4, 88),
+        (names::STATS, PERCPU_ARRAY, 4, 16),
+        (names::NET_STATS, PERCPU_ARRAY, 4, 16),
+        (names::CONFIG, ARRAY, 4, 48),
+        (names::NETWORKS, LPM_TRIE, 8, 16),
+        (names::NET_BRIDGES, ARRAY, 4, 4),
+        (names::CONNTRACK, LRU_HASH, 16, ct_value),
+        (names::CT_INBOUND, LRU_HASH, 16, ct_value),
+        (names::NAT_BINDINGS, LRU_HASH, 12, 8),
+        (names::NAT_CLAIMS, LRU_HASH, 8, 16),
+        (names::FRAGMENTS, LRU_HASH, 12, 16),
+        (names::CT_EVENTS, RINGBUF, 0, 0),
+        (names::PUBLISHED, HASH, 8, 12),
+        (names::ALLOW, LPM_TRIE, 12, 1),
+        (names::HOST_ADDRS, HASH, 4, 1),
+        (names::HOST, ARRAY, 4, 8),
+        (names::SOCK_REVNAT, LRU_HASH, 8, 16),
+        (names::ENDPOINTS, HASH, 4, 20),
+        (names::UPLINKS, HASH, 4, 1),
+    ]
+}
 
 /// The converters that carry `map` from layout `from` to layout `to`, oldest first (empty:
 /// the map did not change).
@@ -128,27 +134,7 @@ mod next {
         Some((key.to_vec(), v))
     }
 
-    pub(super) const V3: Layout = &[
-        (names::META, ARRAY, 4, 88),
-        (names::STATS, PERCPU_ARRAY, 4, 16),
-        (names::NET_STATS, PERCPU_ARRAY, 4, 16),
-        (names::CONFIG, ARRAY, 4, 48),
-        (names::NETWORKS, LPM_TRIE, 8, 16),
-        (names::NET_BRIDGES, ARRAY, 4, 4),
-        (names::CONNTRACK, LRU_HASH, 16, 88),
-        (names::CT_INBOUND, LRU_HASH, 16, 88),
-        (names::NAT_BINDINGS, LRU_HASH, 12, 8),
-        (names::NAT_CLAIMS, LRU_HASH, 8, 16),
-        (names::FRAGMENTS, LRU_HASH, 12, 16),
-        (names::CT_EVENTS, RINGBUF, 0, 0),
-        (names::PUBLISHED, HASH, 8, 12),
-        (names::ALLOW, LPM_TRIE, 12, 1),
-        (names::HOST_ADDRS, HASH, 4, 1),
-        (names::HOST, ARRAY, 4, 8),
-        (names::SOCK_REVNAT, LRU_HASH, 8, 16),
-        (names::ENDPOINTS, HASH, 4, 20),
-        (names::UPLINKS, HASH, 4, 1),
-    ];
+    pub(super) const V3: Layout = &layout_with_conntrack_value(88);
 }
 
 #[cfg(test)]

@@ -22,15 +22,15 @@
 //! again from the old maps (reusing the new ones it made), after it only the pins are left
 //! to move. Until then every other command refuses and says so.
 
+mod copy;
+mod meta;
 pub mod migrate;
 
 use std::{
     collections::HashMap,
     fs,
-    hash::{Hash as _, Hasher as _},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
-    sync::OnceLock,
 };
 
 use aya::{
@@ -38,11 +38,13 @@ use aya::{
     maps::{MapData, MapInfo},
     programs::CgroupSockAddr,
 };
-use netfast_common::{
-    Hook,
-    maps::{self as names},
-    upgrade::{LAYOUT_VERSION, Meta, version_field, version_text},
+use copy::Copy;
+pub use meta::{
+    Compat, NEXT_SUFFIX, VERSION, check, describe, object_id, other_build_warning, read_meta,
+    this_build, write_meta,
 };
+use meta::{describe_running, describe_this, pending_pins};
+use netfast_common::{Hook, maps as names, upgrade::Meta};
 use serde::Serialize;
 
 use crate::{
@@ -52,186 +54,8 @@ use crate::{
     host::Host,
 };
 
-/// The suffix of a map made by an upgrade, until it takes the old map's place (bpffs
-/// refuses names with a dot).
-pub const NEXT_SUFFIX: &str = "-next";
-
-/// The netfast version this binary reports in `META`.
-pub const VERSION: &str = concat!("netfast ", env!("CARGO_PKG_VERSION"));
-
-/// Which build of the programs this binary carries: FNV-1a of the embedded object.
-pub fn object_id() -> u64 {
-    static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| {
-        EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        })
-    })
-}
-
-/// This binary's [`Meta`].
-pub fn this_build() -> Meta {
-    Meta {
-        layout: LAYOUT_VERSION,
-        next_layout: 0,
-        object: object_id(),
-        next_object: 0,
-        version: version_field(VERSION),
-        next_version: [0; 32],
-    }
-}
-
-/// "netfast 0.1.0 (layout 2, programs 1a2b3c4d)".
-pub fn describe(layout: u32, object: u64, version: &[u8; 32]) -> String {
-    format!(
-        "{} (layout {layout}, programs {:08x})",
-        version_text(version),
-        object >> 32
-    )
-}
-
-fn describe_running(m: &Meta) -> String {
-    describe(m.layout, m.object, &m.version)
-}
-
-fn describe_next(m: &Meta) -> String {
-    describe(m.next_layout, m.next_object, &m.next_version)
-}
-
-fn describe_this() -> String {
-    describe_running(&this_build())
-}
-
 fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
-}
-
-/// The dataplane's `META`, `None` when it has none (made before versions existed).
-pub fn read_meta(dir: &Path) -> Result<Option<Meta>> {
-    let path = dir.join(names::META);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let fd = bpf_sys::obj_get(&path).map_err(io(format!("opening {}", path.display())))?;
-    let mut value = [0u8; std::mem::size_of::<Meta>()];
-    bpf_sys::map_lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut value)
-        .map_err(io(format!("reading {}", path.display())))?;
-    Ok(Some(bytemuck::pod_read_unaligned(&value)))
-}
-
-/// Writes the dataplane's `META`.
-pub fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
-    let path = dir.join(names::META);
-    let fd = bpf_sys::obj_get(&path).map_err(io(format!("opening {}", path.display())))?;
-    bpf_sys::map_update(
-        fd.as_fd(),
-        &0u32.to_ne_bytes(),
-        bytemuck::bytes_of(meta),
-        bpf_sys::ANY,
-    )
-    .map_err(io(format!("writing {}", path.display())))?;
-    Ok(())
-}
-
-/// What this binary may do with a host's pinned dataplane.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Compat {
-    /// It runs this build's programs.
-    Same,
-    /// It runs another build's programs on maps of this build's layout: this binary may read
-    /// and write the maps, but must not attach its own programs beside them. The text
-    /// describes the running build.
-    OtherBuild(String),
-}
-
-/// Whether this binary may use the dataplane pinned in `dir` (of `host`), and why not.
-pub fn check(dir: &Path, host: &Host) -> Result<Compat> {
-    let Some(meta) = read_meta(dir)? else {
-        return Err(Error::Settings(format!(
-            "the dataplane of {} was made by a netfast older than in-place upgrades (it has no \
-             {} pin, {}): it cannot be upgraded; `netfast down` removes it (its flows are \
-             lost), then create the networks again",
-            host.describe(),
-            names::META,
-            dir.join(names::META).display()
-        )));
-    };
-    let this = this_build();
-    if meta.next_layout != 0 {
-        let by = describe_next(&meta);
-        let with = if meta.next_layout == this.layout && meta.next_object == this.object {
-            "this netfast".to_owned()
-        } else {
-            format!("{by}, the netfast that started it")
-        };
-        return Err(Error::Settings(format!(
-            "an upgrade of the dataplane of {} from {} to {by} did not finish: run `netfast \
-             upgrade` with {with} to finish it (it keeps every flow)",
-            host.describe(),
-            describe_running(&meta),
-        )));
-    }
-    if meta.layout > this.layout {
-        return Err(Error::Settings(format!(
-            "the dataplane of {} runs {}, whose maps have a newer layout than this netfast's \
-             ({}): a downgrade across a layout change is refused; use the newer netfast, or \
-             `netfast down` (which drops every flow) before going back",
-            host.describe(),
-            describe_running(&meta),
-            describe_this(),
-        )));
-    }
-    if meta.layout < this.layout {
-        return Err(Error::Settings(format!(
-            "the dataplane of {} runs {}, whose maps have an older layout than this netfast's \
-             ({}): run `netfast upgrade` to move it, with its flows, to this version",
-            host.describe(),
-            describe_running(&meta),
-            describe_this(),
-        )));
-    }
-    if let Some(name) = pending_pins(dir)?.first() {
-        return Err(Error::Settings(format!(
-            "an upgrade of the dataplane of {} to {} did not finish moving its maps ({} is \
-             still there): run `netfast upgrade` to finish it",
-            host.describe(),
-            describe_running(&meta),
-            dir.join(format!("{name}{NEXT_SUFFIX}")).display()
-        )));
-    }
-    if meta.object != this.object {
-        return Ok(Compat::OtherBuild(describe_running(&meta)));
-    }
-    Ok(Compat::Same)
-}
-
-/// The warning every command prints when the programs that run are another build's.
-pub fn other_build_warning(host: &Host, running: &str) -> String {
-    format!(
-        "netfast: warning: the dataplane of {} runs the programs of {running}, not this \
-         netfast's ({}); run `netfast upgrade` to replace them in place (flows are kept)",
-        host.describe(),
-        describe_this()
-    )
-}
-
-/// The maps an unfinished upgrade made (`NAME-next`), by name.
-fn pending_pins(dir: &Path) -> Result<Vec<String>> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        if let Some(name) = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_suffix(NEXT_SUFFIX))
-        {
-            out.push(name.to_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// A link netfast pinned, and the program it must run.
@@ -320,7 +144,7 @@ fn running_maps(links: &[PinnedLink]) -> Result<HashMap<&'static str, Vec<u32>>>
     Ok(out)
 }
 
-fn layout_of(info: &MapInfo) -> MapLayout {
+pub(crate) fn layout_of(info: &MapInfo) -> MapLayout {
     MapLayout {
         map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
         key_size: info.key_size(),
@@ -731,108 +555,4 @@ fn finish_pins(
         }
     }
     Ok(())
-}
-
-/// Copying one map's entries into its new layout, twice: before the programs change, and
-/// after (what the old programs wrote meanwhile).
-struct Copy {
-    name: &'static str,
-    chain: Vec<migrate::Convert>,
-    key_size: usize,
-    value_size: usize,
-    /// What the first pass wrote for each key (a hash of the converted value).
-    first: HashMap<Vec<u8>, u64>,
-    freshness: Option<fn(&[u8]) -> u64>,
-    new_value_size: usize,
-    copied: u64,
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-impl Copy {
-    fn new(
-        name: &'static str,
-        old: &MapData,
-        new: &MapData,
-        chain: Vec<migrate::Convert>,
-    ) -> Result<Self> {
-        let o = old.info().map_err(|e| Error::map(name, e))?;
-        let n = new.info().map_err(|e| Error::map(name, e))?;
-        let per_cpu = |t: u32| matches!(t, 5 | 6 | 10); // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU
-        if per_cpu(layout_of(&o).map_type) || per_cpu(layout_of(&n).map_type) {
-            return Err(Error::Settings(format!(
-                "map {name}: migrating a per-CPU map is not supported (a defect of this build)"
-            )));
-        }
-        Ok(Copy {
-            name,
-            chain,
-            key_size: o.key_size() as usize,
-            value_size: o.value_size() as usize,
-            first: HashMap::new(),
-            freshness: migrate::freshness(name),
-            new_value_size: n.value_size() as usize,
-            copied: 0,
-        })
-    }
-
-    fn err(&self, what: &str) -> impl FnOnce(std::io::Error) -> Error {
-        io(format!("{what} map {} during the upgrade", self.name))
-    }
-
-    /// Copies every entry of `old` into `new`. The first pass (`second == false`) keeps an
-    /// entry the new map has unless the old one is fresher; the second copies only what
-    /// changed in `old` since the first.
-    fn pass(&mut self, old: &MapData, new: &MapData, second: bool) -> Result<()> {
-        let (old_fd, new_fd) = (old.fd().as_fd(), new.fd().as_fd());
-        let mut key = vec![0u8; self.key_size];
-        let mut next = vec![0u8; self.key_size];
-        let mut value = vec![0u8; self.value_size];
-        let mut current = vec![0u8; self.new_value_size];
-        let mut first_key = true;
-        loop {
-            let more = bpf_sys::map_next_key(old_fd, (!first_key).then_some(&key[..]), &mut next)
-                .map_err(self.err("walking the old"))?;
-            if !more {
-                break;
-            }
-            first_key = false;
-            std::mem::swap(&mut key, &mut next);
-            if !bpf_sys::map_lookup(old_fd, &key, &mut value)
-                .map_err(self.err("reading the old"))?
-            {
-                continue; // gone meanwhile
-            }
-            let Some((k, v)) = migrate::convert(&self.chain, &key, &value) else {
-                continue;
-            };
-            let h = hash(&v);
-            if second && self.first.get(&k) == Some(&h) {
-                continue; // unchanged since the first pass
-            }
-            let present = bpf_sys::map_lookup(new_fd, &k, &mut current)
-                .map_err(self.err("reading the new"))?;
-            let write = !present || self.freshness.is_some_and(|f| f(&v) > f(&current));
-            let flags = if present {
-                bpf_sys::EXIST
-            } else {
-                bpf_sys::NOEXIST
-            };
-            let written = write
-                && bpf_sys::map_update(new_fd, &k, &v, flags)
-                    .map_err(self.err("writing the new"))?;
-            if !second {
-                // Carried over, by this copy or by a killed attempt's.
-                self.copied += u64::from(present || written);
-                self.first.insert(k, h);
-            } else {
-                self.copied += u64::from(!present && written);
-            }
-        }
-        Ok(())
-    }
 }
