@@ -4,7 +4,7 @@
 //!
 //! One implementation for every subcommand (`list`, `watch`, `count`, `delete`, `flush`) and
 //! for both kinds of flow: the eBPF dataplane's ([`crate::maps::flows`]) and the kernel's
-//! conntrack entries of the fallback backends ([`crate::backend::ctnetlink::KEntry::flow`]),
+//! conntrack entries of the fallback backends ([`crate::netfilter::ctnetlink::KEntry::flow`]),
 //! which are both matched as a [`Flow`]. Pure: parsing and matching need no kernel.
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};

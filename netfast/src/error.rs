@@ -64,6 +64,10 @@ pub enum Error {
         expected: String,
     },
 
+    /// A netfilter tool failed (it names the command).
+    #[error(transparent)]
+    Netfilter(#[from] crate::netfilter::ToolError),
+
     #[error("{context}")]
     Io {
         context: String,

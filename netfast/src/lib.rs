@@ -16,6 +16,7 @@ pub mod error;
 pub mod host;
 pub mod loader;
 pub mod maps;
+pub mod netfilter;
 pub mod netns;
 pub mod prog_test;
 pub mod stats;

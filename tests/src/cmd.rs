@@ -32,6 +32,47 @@ pub fn run_ok(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `argv` for at most `timeout`: its output whatever its exit status, or, when it had
+/// to be killed, an error that names it with what it printed. For a caller that goes on
+/// after a failure (a benchmark's measurement), where the helpers above panic; like
+/// [`Background::spawn`] it panics only if `argv[0]` cannot be started at all.
+pub fn run_for(argv: &[&str], timeout: Duration) -> Result<Output, TimedOut> {
+    let mut child = Background::spawn(argv);
+    if child.exits_within(timeout) {
+        return Ok(child.finish());
+    }
+    let output = child.stop();
+    Err(TimedOut {
+        command: argv.join(" "),
+        timeout,
+        output,
+    })
+}
+
+/// A command [`run_for`] killed.
+#[derive(Debug)]
+pub struct TimedOut {
+    pub command: String,
+    pub timeout: Duration,
+    /// What it printed before.
+    pub output: Output,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` did not finish within {:?} and was killed; it printed: {}{}",
+            self.command,
+            self.timeout,
+            String::from_utf8_lossy(&self.output.stderr).trim(),
+            String::from_utf8_lossy(&self.output.stdout).trim()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
 /// A background process (a server, a watcher) killed when dropped. What it prints is
 /// collected as it comes, so a test can wait for a line instead of sleeping.
 pub struct Background {

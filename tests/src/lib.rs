@@ -1,5 +1,6 @@
-//! The toolkit behind netfast's kernel tests and demo: commands, network namespaces that
-//! clean up after themselves, and topologies built inside them.
+//! The lab behind netfast's kernel tests, demo and benchmark: commands, network namespaces
+//! that clean up after themselves, topologies built inside them, and the benchmark harness
+//! ([`bench`], the `netfast-bench` binary) that runs on them.
 //!
 //! Nothing here touches the machine's root network namespace: every address, route, bridge
 //! and program lives in namespaces created here, named `nft<pid>x<n>…`, and removed by RAII
@@ -7,6 +8,7 @@
 //! destructor ran) are swept by the next run.
 
 pub mod agent;
+pub mod bench;
 pub mod clients;
 pub mod cmd;
 pub mod docker;

@@ -7,7 +7,9 @@ use std::{
 
 use crate::netns::TestNetns;
 
-fn find_netfast_bin() -> Option<PathBuf> {
+/// The `netfast` binary cargo built next to this program (a test or a binary of this
+/// package), if there is one.
+pub fn find_netfast_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
     exe.ancestors()

@@ -48,6 +48,11 @@ impl TestNetns {
         run_ok(&full)
     }
 
+    /// Runs `f` on a thread inside this namespace (see [`within`]).
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        within(&self.name, f)
+    }
+
     /// The argv prefix that runs a command inside this namespace.
     pub fn prefix(&self) -> Vec<String> {
         vec![
@@ -57,6 +62,21 @@ impl TestNetns {
             self.name.clone(),
         ]
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `name`, for what belongs to
+/// the namespace of the thread that does it: sockets, /proc/thread-self/net, the netfilter
+/// tools it starts. The calling thread stays where it is; a panic in `f` comes back here.
+pub fn within<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            netfast::netns::enter(name)
+                .unwrap_or_else(|e| panic!("entering network namespace {name}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Drop for TestNetns {

@@ -29,6 +29,9 @@ pub const UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const UPLINK_PREFIX: u8 = 24;
 pub const SUBNET: &str = "172.18.0.0/24";
+/// [`SUBNET`]'s address and prefix length.
+pub const SUBNET_ADDR: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 0);
+pub const SUBNET_PREFIX: u8 = 24;
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 pub const FAR_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const FAR_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -36,13 +39,9 @@ pub const FAR_GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const FAR_MTU: u32 = 1400;
 
 /// The address the toolkit gives container `i` (0-based).
-pub fn container_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        172,
-        18,
-        0,
-        2 + u8::try_from(i).expect("fewer than 250 containers"),
-    )
+pub const fn container_addr(i: usize) -> Ipv4Addr {
+    assert!(i < 250, "fewer than 250 containers");
+    Ipv4Addr::new(172, 18, 0, 2 + i as u8)
 }
 
 pub struct TopologyBuilder {

@@ -1365,8 +1365,8 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
     // would refuse stays a string (an interface literally called that), not syntax.
     let state: netfast::loader::model::State = serde_json::from_str(&good).expect("a state file");
     let batch = |s: &netfast::loader::model::State| {
-        let r = netfast::backend::rules::Rules::of(s, netfast::loader::model::Backend::Nftables);
-        netfast::backend::rules::nft_batch(&r, &Default::default(), true).to_json()
+        let r = netfast::netfilter::rules::Rules::of(s, netfast::loader::model::Backend::Nftables);
+        netfast::netfilter::render_nft::nft_batch(&r, &Default::default(), true).to_json()
     };
     let (ok, said) = nft_in(topo.host.name(), &["-c", "-j", "-f", "-"], &batch(&state));
     assert!(ok, "nft -c refused netfast's own rules: {said}");

@@ -28,9 +28,9 @@ commands:
           written to tests/fuzz-fixtures/ with a test in tests/tests/fuzz_fixtures.rs.
           `--strict` stops at known datapath defects too (netfast_tests::fuzz::known)
   bench [ARGS]
-          setup, then build netfast in release mode and run `netfast bench --out target/bench
-          ARGS`: netfast against a veth pair, routing, iptables and nftables (about 15 minutes;
-          `--quick` for a smoke run, `--help` for the options)
+          setup, then build netfast and the benchmark in release mode and run `netfast-bench
+          --out target/bench ARGS`: netfast against a veth pair, routing, iptables and nftables
+          (about 15 minutes; `--quick` for a smoke run, `--help` for the options)
 ";
 
 fn main() -> ExitCode {
@@ -139,10 +139,10 @@ fn test() -> Result<(), Fail> {
     ])?;
     // The benchmark's every measurement and the program costs, once, briefly: it must run
     // to the end on every commit; its figures are not looked at.
-    println!("== benchmark smoke test (netfast bench --quick)");
-    let netfast = util::workspace_root().join("target/debug/netfast");
-    Cmd::new(&netfast.display().to_string())
-        .args(&["bench", "--quick", "--out", "target/bench-quick"])
+    println!("== benchmark smoke test (netfast-bench --quick)");
+    let bench = util::workspace_root().join("target/debug/netfast-bench");
+    Cmd::new(&bench.display().to_string())
+        .args(&["--quick", "--out", "target/bench-quick"])
         .run()?;
     nothing_left_behind("the benchmark", &before)?;
     println!("== all tests passed");
@@ -151,6 +151,7 @@ fn test() -> Result<(), Fail> {
 
 fn bench(args: &[String]) -> Result<(), Fail> {
     util::require_root("the benchmark creates network namespaces and loads BPF programs")?;
+    // The benchmark runs the netfast binary built next to it.
     cargo(&[
         "build",
         "--release",
@@ -158,13 +159,17 @@ fn bench(args: &[String]) -> Result<(), Fail> {
         "netfast",
         "--bin",
         "netfast",
+        "--package",
+        "netfast-tests",
+        "--bin",
+        "netfast-bench",
     ])
     .run()?;
     let before = leftovers();
-    let mut argv = vec!["bench", "--out", "target/bench"];
+    let mut argv = vec!["--out", "target/bench"];
     argv.extend(args.iter().map(String::as_str));
-    let netfast = util::workspace_root().join("target/release/netfast");
-    let result = Cmd::new(&netfast.display().to_string()).args(&argv).run();
+    let bench = util::workspace_root().join("target/release/netfast-bench");
+    let result = Cmd::new(&bench.display().to_string()).args(&argv).run();
     nothing_left_behind("the benchmark", &before)?;
     result
 }

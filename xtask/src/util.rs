@@ -102,14 +102,12 @@ pub fn leftover_namespaces() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether `name` is a test or benchmark namespace (`nft<pid>x…`, `nfb<pid>…`) whose
-/// creating process is gone: one that a live process made belongs to a run still going on
-/// (another engineer's, on a shared machine), not to a run that left it behind.
+/// Whether `name` is a namespace of the lab (`nft<pid>x…`: a test's, the demo's or the
+/// benchmark's) whose creating process is gone: one that a live process made belongs to a
+/// run still going on (another engineer's, on a shared machine), not to a run that left it
+/// behind.
 fn test_name_left(name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix("nft")
-        .or_else(|| name.strip_prefix("nfb"))
-    else {
+    let Some(rest) = name.strip_prefix("nft") else {
         return false;
     };
     let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -117,8 +115,8 @@ fn test_name_left(name: &str) -> bool {
 }
 
 /// Pins and state directories that netfast left for test and benchmark hosts (namespaces
-/// named `nft…` and `nfb…`, as the `host` file beside each state names them), and pins whose
-/// state is gone.
+/// named `nft…`, as the `host` file beside each state names them), and pins whose state is
+/// gone.
 pub fn leftover_netfast_state() -> Vec<String> {
     let list = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)

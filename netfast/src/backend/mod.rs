@@ -7,82 +7,26 @@
 //! re-renders them from the state and replaces them atomically ([`sync`]), so applying twice
 //! changes nothing and removing the last network removes every rule.
 
-pub mod ctnetlink;
-pub mod cttimeout;
-pub mod nft;
-pub mod rules;
-
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-};
+mod iptables;
+mod nftables;
 
 use crate::{
     error::{Error, Result},
     loader::model::{Backend, BackendChoice, State},
+    netfilter::{
+        Counts, ctnetlink,
+        render_ipt::ipt_raw_counter,
+        rules::{Rules, Way, net_counter},
+    },
 };
-use rules::{
-    Counts, IPT_CHAINS, IPT_FILTER_DROPS, IPT_RAW_DROPS, Net, Rules, Way, ipt_drop_chain,
-    ipt_net_rules, ipt_raw_counter, net_counter,
-};
-
-/// Runs a netfilter tool (`nft`, `iptables`, `iptables-restore`, …) with `input` on stdin;
-/// its stdout, or an error with what it printed.
-fn tool(argv: &[&str], input: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
-        context: format!(
-            "running {} (is it installed? Debian: apt-get install {})",
-            argv[0],
-            if argv[0].starts_with("nft") {
-                "nftables"
-            } else {
-                "iptables"
-            }
-        ),
-        source,
-    })?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| Error::Io {
-                context: format!("writing to {}", argv[0]),
-                source,
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|source| Error::Io {
-        context: format!("waiting for {}", argv[0]),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(Error::Settings(format!(
-            "`{}` failed ({}): {}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Why `backend` cannot serve a network on this host, if it cannot.
 pub fn unusable(backend: Backend) -> Option<String> {
     match backend {
         Backend::Ebpf => crate::doctor::ebpf_usable().err(),
-        Backend::Nftables => tool(&["nft", "list", "tables"], None)
-            .err()
+        Backend::Nftables => nftables::unusable()
             .map(|e| format!("nftables is not usable: {}", crate::error::report(&e))),
-        Backend::Iptables => tool(&["iptables", "-t", "nat", "-S", "POSTROUTING"], None)
-            .err()
+        Backend::Iptables => iptables::unusable()
             .map(|e| format!("iptables is not usable: {}", crate::error::report(&e))),
     }
 }
@@ -165,8 +109,8 @@ pub fn sync(before: &State, after: &State) -> Result<()> {
             }
         }
         match backend {
-            Backend::Nftables => sync_nft(&rules)?,
-            Backend::Iptables => sync_iptables(&rules)?,
+            Backend::Nftables => nftables::sync(&rules)?,
+            Backend::Iptables => iptables::sync(&rules)?,
             Backend::Ebpf => unreachable!(),
         }
         if !rules.is_empty() {
@@ -199,8 +143,8 @@ pub fn route_localnet_of(bridge: &str) -> bool {
 pub fn installed(backend: Backend) -> bool {
     match backend {
         Backend::Ebpf => true,
-        Backend::Nftables => nft_exists(),
-        Backend::Iptables => ipt_jump("filter", "FORWARD", "NETFAST-FORWARD", "-C").is_ok(),
+        Backend::Nftables => nftables::exists(),
+        Backend::Iptables => iptables::installed(),
     }
 }
 
@@ -210,279 +154,19 @@ pub fn installed(backend: Backend) -> bool {
 /// it into the namespace). Returns whether there was anything.
 pub fn remove_all() -> Result<bool> {
     let mut any = false;
-    if nft_table_exists()? {
-        sync_nft(&Rules::default())?;
+    if nftables::table_exists()? {
+        nftables::sync(&Rules::default())?;
         any = true;
     }
     let mut chains = Vec::new();
-    for table in ipt_tables_present()? {
-        chains.extend(ipt_own_chains(table)?);
+    for table in iptables::tables_present()? {
+        chains.extend(iptables::own_chains(table)?);
     }
     if !chains.is_empty() {
-        sync_iptables(&Rules::default())?;
+        iptables::sync(&Rules::default())?;
         any = true;
     }
     Ok(any)
-}
-
-/// The iptables tables (of nat, filter, raw) that exist in this namespace: in the legacy
-/// backend's list, or as the nftables tables iptables-nft keeps them in.
-fn ipt_tables_present() -> Result<Vec<&'static str>> {
-    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
-    let nft = match tool(&["nft", "list", "tables", "ip"], None) {
-        Ok(out) => out,
-        // No nft here: iptables-nft cannot be in use either.
-        Err(Error::Io { .. }) => String::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(["nat", "filter", "raw"]
-        .into_iter()
-        .filter(|t| {
-            legacy.lines().any(|l| l.trim() == *t)
-                || nft.lines().any(|l| l.trim() == format!("table ip {t}"))
-        })
-        .collect())
-}
-
-fn nft_exists() -> bool {
-    nft_table_exists().unwrap_or(false)
-}
-
-/// Whether table `ip netfast` exists: false where nft says there is no such table (or nft is
-/// not installed), an error when nft fails otherwise (killed, say): a failed look is never
-/// taken for an absent table, which would leave the table behind.
-fn nft_table_exists() -> Result<bool> {
-    match tool(&["nft", "list", "table", "ip", "netfast"], None) {
-        Ok(_) => Ok(true),
-        Err(Error::Io { .. }) => Ok(false),
-        Err(e) if e.to_string().contains("No such file or directory") => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn sync_nft(rules: &Rules) -> Result<()> {
-    if rules.is_empty() && !nft_table_exists()? {
-        return Ok(());
-    }
-    let counts = if rules.is_empty() {
-        Counts::new()
-    } else {
-        nft_counters()?
-    };
-    let batch = rules::nft_batch(rules, &counts, true).to_json();
-    tool(&["nft", "-j", "-f", "-"], Some(&batch))?;
-    if rules.is_empty() {
-        return Ok(());
-    }
-    // The timeout policies, in a second transaction (nft's JSON drops their policy): new
-    // flows of the few milliseconds between the two get the kernel's timeouts. A kernel
-    // without conntrack timeout policies refuses them: the rest works without.
-    if let Err(e) = tool(
-        &["nft", "-f", "-"],
-        Some(&rules::nft_timeouts_text(&rules.timeouts)),
-    ) {
-        eprintln!(
-            "netfast: nftables refused conntrack timeout policies ({}): flows of the \
-             nftables backend's networks keep the kernel's timeouts \
-             (net.netfilter.nf_conntrack_*_timeout)",
-            crate::error::report(&e)
-        );
-    }
-    Ok(())
-}
-
-/// The drop counters of table `ip netfast` (none when it does not exist).
-fn nft_counters() -> Result<Counts> {
-    let mut counts = Counts::new();
-    if !nft_table_exists()? {
-        return Ok(counts);
-    }
-    let json = tool(
-        &["nft", "-j", "list", "counters", "table", "ip", "netfast"],
-        None,
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&json)
-        .map_err(|e| Error::Settings(format!("reading `nft -j list counters`: {e}")))?;
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        let c = &item["counter"];
-        if let (Some(name), Some(p), Some(b)) = (
-            c["name"].as_str(),
-            c["packets"].as_u64(),
-            c["bytes"].as_u64(),
-        ) {
-            counts.insert(name.to_owned(), (p, b));
-        }
-    }
-    Ok(counts)
-}
-
-/// netfast's chains that exist in `table`.
-fn ipt_own_chains(table: &str) -> Result<Vec<String>> {
-    let rules = tool(&["iptables", "-t", table, "-S"], None)?;
-    Ok(rules
-        .lines()
-        .filter_map(|l| l.strip_prefix("-N NETFAST-"))
-        .map(|c| format!("NETFAST-{c}"))
-        .collect())
-}
-
-fn ipt_jump(table: &str, builtin: &str, chain: &str, op: &str) -> Result<String> {
-    tool(
-        &["iptables", "-w", "-t", table, op, builtin, "-j", chain],
-        None,
-    )
-}
-
-fn sync_iptables(rules: &Rules) -> Result<()> {
-    let existing: Vec<(String, String)> = ["nat", "filter", "raw"]
-        .into_iter()
-        .map(|t| {
-            Ok(ipt_own_chains(t)?
-                .into_iter()
-                .map(move |c| (t.to_owned(), c)))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    if rules.is_empty() {
-        // Jumps first, then the chains (flushed before deleted: they reference each other).
-        for (table, chain, builtin) in IPT_CHAINS {
-            if let Some(builtin) = builtin
-                && !existing.is_empty()
-            {
-                while ipt_jump(table, builtin, chain, "-C").is_ok() {
-                    ipt_jump(table, builtin, chain, "-D")?;
-                }
-            }
-        }
-        for (table, chain) in &existing {
-            tool(&["iptables", "-w", "-t", table, "-F", chain], None)?;
-        }
-        for (table, chain) in &existing {
-            tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
-        }
-        // No rule refers to the timeout policies any more.
-        for p in cttimeout::policies(&rules.timeouts) {
-            match cttimeout::delete(p.name) {
-                Err(e) if !cttimeout::unsupported(&e) => return Err(e),
-                _ => {}
-            }
-        }
-        return Ok(());
-    }
-    let counts = ipt_counters(&rules.nets)?;
-    let policies = ipt_timeouts(&rules.timeouts)?;
-    let (input, allow_chains) = rules::ipt_restore(rules, &counts, &policies);
-    tool(&["iptables-restore", "-w", "--noflush", "-c"], Some(&input))?;
-    // First in the built-in chains, as Docker puts its own: netfast's accepts must come
-    // before a policy of DROP, and its drops before anyone's accepts.
-    for (table, chain, builtin) in IPT_CHAINS {
-        if let Some(builtin) = builtin
-            && ipt_jump(table, builtin, chain, "-C").is_err()
-        {
-            tool(
-                &[
-                    "iptables", "-w", "-t", table, "-I", builtin, "1", "-j", chain,
-                ],
-                None,
-            )?;
-        }
-    }
-    // Allow-list chains of publications that are gone.
-    for (table, chain) in existing.iter().filter(|(t, c)| {
-        t == "filter" && c.starts_with("NETFAST-ALLOW-") && !allow_chains.contains(c)
-    }) {
-        tool(&["iptables", "-w", "-t", table, "-F", chain], None)?;
-        tool(&["iptables", "-w", "-t", table, "-X", chain], None)?;
-    }
-    Ok(())
-}
-
-/// Creates or updates the conntrack timeout policies the iptables rules refer to; none where
-/// the kernel has no timeout policies (said once on stderr: the flows keep the kernel's).
-fn ipt_timeouts(t: &crate::loader::model::Timeouts) -> Result<Vec<cttimeout::Policy>> {
-    let policies = cttimeout::policies(t);
-    for p in &policies {
-        if let Err(e) = cttimeout::set(p) {
-            if cttimeout::unsupported(&e) {
-                eprintln!(
-                    "netfast: this kernel has no conntrack timeout policies \
-                     (CONFIG_NF_CONNTRACK_TIMEOUT, CONFIG_NF_CT_NETLINK_TIMEOUT): flows of the \
-                     iptables backend's networks keep the kernel's timeouts \
-                     (net.netfilter.nf_conntrack_*_timeout)"
-                );
-                return Ok(Vec::new());
-            }
-            return Err(e);
-        }
-    }
-    Ok(policies.to_vec())
-}
-
-/// The counters of netfast's iptables chains (none when they do not exist): the drop
-/// reasons' (the raw table's under [`ipt_raw_counter`]), and those of `nets` (their accept
-/// rules').
-fn ipt_counters(nets: &[Net]) -> Result<Counts> {
-    let save = tool(&["iptables-save", "-c", "-t", "filter"], None)?;
-    let mut counts = ipt_counts(&save, nets);
-    let raw = tool(&["iptables-save", "-c", "-t", "raw"], None)?;
-    counts.extend(ipt_raw_counts(&raw));
-    Ok(counts)
-}
-
-/// The raw table's drop counters in `iptables-save -c -t raw` output.
-fn ipt_raw_counts(save: &str) -> Counts {
-    let wanted: Vec<(String, String)> = IPT_RAW_DROPS
-        .iter()
-        .map(|r| {
-            (
-                ipt_raw_counter(r),
-                format!("-A {} -j DROP", ipt_drop_chain(r)),
-            )
-        })
-        .collect();
-    counts_of(save, &wanted)
-}
-
-/// The counters in `iptables-save -c` output (of the filter table).
-fn ipt_counts(save: &str, nets: &[Net]) -> Counts {
-    let mut wanted: Vec<(String, String)> = IPT_FILTER_DROPS
-        .iter()
-        .map(|r| (r.to_string(), format!("-A {} -j DROP", ipt_drop_chain(r))))
-        .collect();
-    for n in nets {
-        for way in [Way::Tx, Way::Rx] {
-            for rule in ipt_net_rules(n, way) {
-                wanted.push((net_counter(way, n.id), rule));
-            }
-        }
-    }
-    counts_of(save, &wanted)
-}
-
-/// The sums of the counters of the rules in `wanted` (a name, a rule as `iptables-save`
-/// prints it), read from `iptables-save -c` output.
-fn counts_of(save: &str, wanted: &[(String, String)]) -> Counts {
-    let mut counts = Counts::new();
-    for line in save.lines() {
-        let Some((p, b, rule)) = line
-            .strip_prefix('[')
-            .and_then(|l| l.split_once("] "))
-            .and_then(|(c, rule)| {
-                let (p, b) = c.split_once(':')?;
-                Some((p.parse::<u64>().ok()?, b.parse::<u64>().ok()?, rule))
-            })
-        else {
-            continue;
-        };
-        for (name, _) in wanted.iter().filter(|(_, r)| r == rule) {
-            let e = counts.entry(name.clone()).or_default();
-            e.0 += p;
-            e.1 += b;
-        }
-    }
-    counts
 }
 
 /// The fallback backends' counters: packets and bytes per drop reason (summed over both) and
@@ -501,12 +185,12 @@ pub fn counters(state: &State) -> Result<Counts> {
         .iter()
         .any(|n| n.backend == Backend::Nftables)
     {
-        add(nft_counters()?.into_iter().collect());
+        add(nftables::counters()?.into_iter().collect());
     }
     let ipt = Rules::of(state, Backend::Iptables);
     if !ipt.is_empty() {
         // A reason dropped in both of iptables' tables is one reason to `stats`.
-        add(ipt_counters(&ipt.nets)?
+        add(iptables::counters(&ipt.nets)?
             .into_iter()
             .map(|(k, v)| match k.strip_prefix(&ipt_raw_counter("")) {
                 Some(reason) => (reason.to_owned(), v),
@@ -715,37 +399,5 @@ mod tests {
             err.contains("ebpf: no ebpf; nftables: no nftables; iptables: no iptables"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn iptables_counters_are_read_per_drop_reason_and_per_network_way() {
-        let net = Net {
-            id: 3,
-            bridge: "nf-web".into(),
-            subnet: "172.18.0.0/24".parse().unwrap(),
-            uplink: "eth0".into(),
-            masquerade: true,
-        };
-        let save = "*filter\n\
-            :NETFAST-FORWARD - [0:0]\n\
-            [2:120] -A NETFAST-DIRECT-ACCESS -j DROP\n\
-            [10:1000] -A NETFAST-FORWARD -o nf-web -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
-            [1:60] -A NETFAST-FORWARD -o nf-web -m conntrack --ctstate DNAT -j ACCEPT\n\
-            [7:700] -A NETFAST-FORWARD -i nf-web -j ACCEPT\n\
-            [5:500] -A NETFAST-FORWARD -i nf-other -j ACCEPT\n\
-            [4:400] -A FORWARD -i nf-web -j ACCEPT\n\
-            COMMIT\n";
-        let c = ipt_counts(save, &[net]);
-        assert_eq!(c.get("direct_access"), Some(&(2, 120)));
-        assert_eq!(c.get("rx_3"), Some(&(11, 1060)));
-        assert_eq!(c.get("tx_3"), Some(&(7, 700)));
-        assert_eq!(c.len(), 3, "{c:?}");
-        let raw = "*raw\n\
-            [6:360] -A NETFAST-LOOPBACK-FROM-NET -j DROP\n\
-            [1:60] -A NETFAST-TO-HOST-LOOPBACK -j DROP\n\
-            COMMIT\n";
-        let c = ipt_raw_counts(raw);
-        assert_eq!(c.get("raw:loopback_from_network"), Some(&(6, 360)));
-        assert_eq!(c.get("raw:to_host_loopback"), Some(&(1, 60)));
     }
 }

@@ -297,7 +297,7 @@ fn watch(dp: Option<Dataplane>, state: &State, filter: &Filter, json: bool) -> a
         None => None,
     };
     let kernel = if state.networks.iter().any(|n| n.backend != Backend::Ebpf) {
-        Some(backend::ctnetlink::Events::subscribe()?)
+        Some(netfast::netfilter::ctnetlink::Events::subscribe()?)
     } else {
         None
     };

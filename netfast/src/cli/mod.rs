@@ -2,7 +2,6 @@
 
 mod agent;
 mod apply;
-mod bench;
 mod config;
 mod conntrack;
 mod container;
@@ -147,10 +146,6 @@ enum Command {
     },
     /// List the programs and maps of the embedded eBPF object.
     Object,
-    /// Measure netfast against a veth pair, plain routing, iptables and nftables, in
-    /// namespaces it builds and removes: throughput, latency, connections/s, packets/s,
-    /// CPU per unit of work, ns/packet per program. Writes a markdown, JSON and SVG report.
-    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -165,9 +160,6 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Bench(args) = cli.command {
-        return bench::run(args, cli.netns.as_deref());
-    }
     if let Some(name) = &cli.netns {
         // Before any other thread starts: threads inherit the namespace of their creator.
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
@@ -188,7 +180,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DockerPlugin(args) => docker_plugin::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Monitor(args) => monitor::run(args),
-        Command::Bench(_) => unreachable!("dispatched before entering --netns"),
     }
 }
 

@@ -11,10 +11,9 @@ mod agent;
 mod conflicts;
 mod ebpf;
 mod fix;
-mod iptables;
+mod forward;
 mod kernel;
 mod modules;
-mod nft;
 mod rules;
 mod sysctl;
 

@@ -1,8 +1,7 @@
 //! The pieces of a bridge network, over netlink, as the seed articles build them by hand:
 //! a bridge with the gateway address, and containers — a namespace, a veth pair with one
 //! end on the bridge, an address and a default route. `network create` and `container
-//! create` use them, and so does the benchmark, so that the baselines it compares netfast
-//! with run on exactly the topology netfast builds.
+//! create` use them.
 
 use std::{fs::File, net::Ipv4Addr};
 

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use super::ctnetlink::{NLA_F_NESTED, NLM_F_ACK, Socket, nla};
+use super::nfnetlink::{NLA_F_NESTED, NLM_F_ACK, Socket, nla};
 use crate::{
     error::{Error, Result},
     loader::model::Timeouts,

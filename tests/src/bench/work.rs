@@ -6,6 +6,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpStream},
+    process::Output,
     time::{Duration, Instant},
 };
 
@@ -14,8 +15,9 @@ use serde::Serialize;
 
 use super::{
     cpu::CpuTimes,
-    lab::{Env, RR_PORT, SERVER_ADDR, in_netns, run_in},
+    lab::{Env, RR_PORT, SERVER_ADDR},
 };
+use crate::{cmd::run_for, netns::within};
 
 /// What the benchmark measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
@@ -154,6 +156,23 @@ fn limit(seconds: u32) -> Duration {
     Duration::from_secs(u64::from(seconds) + 20)
 }
 
+/// Runs `argv` in namespace `ns`, killed after `timeout`; fails unless it exits successfully.
+fn run_in(ns: &str, argv: &[&str], timeout: Duration) -> Result<Output> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(argv);
+    let out = run_for(&full, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` in {ns} failed ({}): {}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(out)
+}
+
 fn iperf3(env: &Env, extra: &[&str], seconds: u32) -> Result<serde_json::Value> {
     let (server, time) = (SERVER_ADDR.to_string(), seconds.to_string());
     let mut argv = vec![
@@ -286,7 +305,7 @@ fn parse_wrk(text: &str) -> Result<Wrk> {
 /// One connection, a 64-byte request and a 64-byte answer at a time, for `seconds`.
 fn rr(env: &Env, seconds: u32) -> Result<Done> {
     let addr = SocketAddr::V4(SocketAddrV4::new(SERVER_ADDR, RR_PORT));
-    let mut rtts: Vec<u32> = in_netns(&env.client, || {
+    let mut rtts: Vec<u32> = within(&env.client, || -> Result<Vec<u32>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
             .with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;

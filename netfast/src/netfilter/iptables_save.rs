@@ -1,11 +1,12 @@
-//! Reading `iptables-save` output: tables, chains with their policies, and the parts of each
-//! rule the doctor compares with netfast's networks and ports.
+//! Reading `iptables-save` output (any backend, with `-c` or without): tables, chains with
+//! their policies, and each rule with its counters and the parts the doctor compares with
+//! netfast's networks and ports.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::rules::{AddrSet, Match, Nat, NatRule, read_or_nothing};
+use super::matches::{AddrSet, Match, Nat, NatRule, read_or_nothing};
 use crate::loader::publish::Ports;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,8 +32,11 @@ pub struct Chain {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     pub chain: String,
-    /// The line as saved (`-A POSTROUTING -s 172.18.0.0/24 ! -o docker0 -j MASQUERADE`).
+    /// The line as saved, without its counters (`-A POSTROUTING -s 172.18.0.0/24 ! -o
+    /// docker0 -j MASQUERADE`).
     pub text: String,
+    /// Packets and bytes, as `iptables-save -c` prints them (`[12:720] -A …`).
+    pub counters: Option<(u64, u64)>,
     pub source: Option<Match<AddrSet>>,
     pub destination: Option<Match<AddrSet>>,
     pub in_iface: Option<Match<Vec<String>>>,
@@ -139,9 +143,23 @@ pub fn parse_save(text: &str) -> Save {
             }
         } else if line.starts_with("-A ") {
             table.rules.push(parse_rule(line));
+        } else if let Some((counters, rule)) = counted(line) {
+            table.rules.push(Rule {
+                counters: Some(counters),
+                ..parse_rule(rule)
+            });
         }
     }
     save
+}
+
+/// `[packets:bytes] -A …`: the counters and the rule.
+fn counted(line: &str) -> Option<((u64, u64), &str)> {
+    let (counters, rule) = line.strip_prefix('[')?.split_once("] ")?;
+    let (p, b) = counters.split_once(':')?;
+    let rule = rule.trim_start();
+    rule.starts_with("-A ")
+        .then_some(((p.parse().ok()?, b.parse().ok()?), rule))
 }
 
 /// Splits a saved rule into words as a shell would: `"…"` quotes, `\` escapes inside them.
@@ -389,6 +407,26 @@ COMMIT
         );
         assert_eq!(multi.nat(), None);
         assert_eq!(s.foreign_rules().count(), 4);
+    }
+
+    #[test]
+    fn counters_of_iptables_save_c() {
+        let s = parse_save(
+            "*filter\n:NETFAST-FORWARD - [0:0]\n[2:120] -A NETFAST-DIRECT-ACCESS -j DROP\n\
+             [10:1000] -A NETFAST-FORWARD -o nf-web -m conntrack --ctstate RELATED,ESTABLISHED \
+             -j ACCEPT\n-A FORWARD -j ACCEPT\n[x:1] -A FORWARD -j DROP\nCOMMIT\n",
+        );
+        let rules = &s.table("filter").unwrap().rules;
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert_eq!(rules[0].counters, Some((2, 120)));
+        assert_eq!(rules[0].text, "-A NETFAST-DIRECT-ACCESS -j DROP");
+        assert_eq!(rules[0].chain, "NETFAST-DIRECT-ACCESS");
+        assert_eq!(rules[1].counters, Some((10, 1000)));
+        assert_eq!(
+            rules[1].out_iface,
+            Some(Match::new(false, vec!["nf-web".into()]))
+        );
+        assert_eq!(rules[2].counters, None);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Reading `nft -j list ruleset`: tables, base chains with their hooks and policies, and NAT
-//! rules with what they match; `nft -a list ruleset` gives each rule's text by handle.
+//! rules with what they match; `nft -a list ruleset` gives each rule's text by handle; `nft
+//! -j list counters` the named counters.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::rules::{AddrSet, Match, Nat, NatRule, read_or_nothing};
+use super::matches::{AddrSet, Match, Nat, NatRule, read_or_nothing};
 use crate::loader::publish::Ports;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -256,6 +257,33 @@ fn names(v: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
+/// A named counter of a table (`counter name NAME` in its rules).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The named counters in `nft -j list counters …` (or `list ruleset`) output; an error only
+/// when it is not JSON at all.
+pub fn parse_counters(json: &str) -> Result<Vec<Counter>, serde_json::Error> {
+    let doc: Value = serde_json::from_str(json)?;
+    Ok(doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = &item["counter"];
+            Some(Counter {
+                name: c["name"].as_str()?.to_owned(),
+                packets: c["packets"].as_u64()?,
+                bytes: c["bytes"].as_u64()?,
+            })
+        })
+        .collect())
+}
+
 /// Rule texts by (table, chain, handle) from `nft -a list ruleset`.
 pub fn parse_text(text: &str) -> HashMap<(TableId, String, u64), String> {
     let mut out = HashMap::new();
@@ -406,6 +434,30 @@ mod tests {
         assert!(source.covers("172.18.0.8/29".parse().unwrap()));
         assert!(!source.covers("172.18.0.16/29".parse().unwrap()));
         assert_eq!(rs.rules[5].nat, None);
+    }
+
+    #[test]
+    fn named_counters() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+ {"counter": {"family": "ip", "name": "not_allowed", "table": "netfast", "handle": 3, "packets": 7, "bytes": 420}},
+ {"counter": {"family": "ip", "name": "rx_1", "table": "netfast", "handle": 4, "packets": 0, "bytes": 0}}]}"#;
+        assert_eq!(
+            parse_counters(json).unwrap(),
+            [
+                Counter {
+                    name: "not_allowed".into(),
+                    packets: 7,
+                    bytes: 420
+                },
+                Counter {
+                    name: "rx_1".into(),
+                    packets: 0,
+                    bytes: 0
+                }
+            ]
+        );
+        assert_eq!(parse_counters("{}").unwrap(), []);
+        assert!(parse_counters("not json").is_err());
     }
 
     #[test]

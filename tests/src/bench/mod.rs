@@ -1,7 +1,9 @@
-//! `netfast bench`: netfast against the kernel paths it replaces, on the same machine, in
-//! the same run. See docs/PERFORMANCE.md for what it measures and how to read it.
+//! The benchmark (`netfast-bench`, run by `cargo xtask bench`): netfast against the kernel
+//! paths it replaces, on the same machine, in the same run, in the test lab's namespaces.
+//! See docs/PERFORMANCE.md for what it measures and how to read it.
 
 mod calibrate;
+mod cases;
 mod charts;
 mod cpu;
 mod lab;
@@ -23,7 +25,14 @@ use lab::{Kind, Lab};
 use report::{Measurement, Report};
 use work::Workload;
 
-#[derive(clap::Args)]
+/// Measure netfast against a veth pair, plain routing, iptables and nftables, in namespaces
+/// it builds and removes: throughput, latency, connections/s, packets/s, CPU per unit of
+/// work, ns/packet per program. Writes a markdown, JSON and SVG report.
+///
+/// Runs the `netfast` binary built next to it (`cargo xtask bench` builds both, in release
+/// mode); needs root.
+#[derive(clap::Parser)]
+#[command(name = "netfast-bench")]
 pub struct BenchArgs {
     /// Rounds; each measures every dataplane on every workload once, interleaved.
     #[arg(long, default_value_t = 5)]
@@ -76,21 +85,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("iptables-legacy", "iptables"),
 ];
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
-    if let Some(ns) = netns {
-        bail!(
-            "netfast bench builds its own namespaces and leaves {ns} alone; run it without --netns"
-        );
-    }
-    netfast::loader::caps::require("bench", true)?;
+/// Runs the benchmark `args` asks for, and writes its report.
+pub fn run(args: BenchArgs) -> Result<()> {
+    netfast::loader::caps::require("netfast-bench", true)?;
     let missing: Vec<String> = TOOLS
         .iter()
-        .filter(|(p, _)| !on_path(p))
+        .filter(|(p, _)| !lab::on_path(p))
         .map(|(p, pkg)| format!("{p} (Debian package {pkg})"))
         .collect();
     if !missing.is_empty() {
@@ -132,7 +132,9 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
         }
     };
     let programs = !args.no_programs && kinds.contains(&Kind::NetfastOn);
-    let netfast_bin = std::env::current_exe().context("finding the netfast binary")?;
+    let netfast_bin = crate::netfast_cli::find_netfast_bin().context(
+        "no netfast binary next to netfast-bench: build both (`cargo xtask bench` does)",
+    )?;
     stop_on_signals();
 
     let started = Instant::now();
@@ -146,7 +148,7 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
     let total = u64::from(rounds) * (kinds.len() * workloads.len() + usize::from(programs)) as u64;
     let bar = progress(total);
     bar.set_message("building the lab");
-    let lab = Lab::build(&kinds, netfast_bin)?;
+    let lab = Lab::build(&kinds, &netfast_bin)?;
 
     let mut measurements = Vec::new();
     'rounds: for round in 1..=rounds {
@@ -257,7 +259,7 @@ pub fn run(args: BenchArgs, netns: Option<&str>) -> Result<()> {
         args.out.display()
     );
     for n in notes {
-        eprintln!("netfast bench: {n}");
+        eprintln!("netfast-bench: {n}");
     }
     let failures = r.failures();
     if !failures.is_empty() {
