@@ -48,12 +48,20 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
-/// The `layout-next` test build builds the programs with the changed layout too.
-fn layout_next_feature() -> Vec<&'static str> {
+/// The `layout-next` test build builds the programs with the changed layout too, and the
+/// `ebpf-log` build with their debug logging (aya-log).
+fn ebpf_features() -> Vec<String> {
+    let mut features = Vec::new();
     if env::var_os("CARGO_FEATURE_LAYOUT_NEXT").is_some() {
-        vec!["--features", "netfast-common/layout-next"]
-    } else {
+        features.push("netfast-common/layout-next");
+    }
+    if env::var_os("CARGO_FEATURE_EBPF_LOG").is_some() {
+        features.push("log");
+    }
+    if features.is_empty() {
         Vec::new()
+    } else {
+        vec!["--features".to_owned(), features.join(",")]
     }
 }
 
@@ -93,7 +101,7 @@ fn build(package: &str) -> anyhow::Result<()> {
             target,
         ])
         .args(["-Z", "build-std=core"])
-        .args(layout_next_feature())
+        .args(ebpf_features())
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)

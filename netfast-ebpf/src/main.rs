@@ -13,6 +13,7 @@
 mod bridge;
 mod conntrack;
 mod csum;
+mod dbglog;
 mod forward;
 mod icmp;
 mod maps;
@@ -42,6 +43,7 @@ fn verdict(ctx: &TcContext, hook: Hook, result: Result<i32, DropReason>) -> i32 
     match result {
         Ok(action) => action,
         Err(reason) => {
+            dbglog::dropped(ctx, hook, reason);
             stats::count_drop(ctx, hook, reason);
             monitor::dropped(ctx, hook, reason);
             SHOT

@@ -36,17 +36,28 @@ pub fn netfast_bin() -> PathBuf {
 /// `cargo xtask test` builds into target/layout-next: the upgrade tests move a live
 /// dataplane to it.
 pub fn next_layout_netfast_bin() -> PathBuf {
+    feature_build_bin("layout-next")
+}
+
+/// The `netfast` binary built with the `ebpf-log` feature (its programs write debug records
+/// that `netfast monitor --log` reads), in `target/ebpf-log`; `cargo xtask test` builds it.
+pub fn ebpf_log_netfast_bin() -> PathBuf {
+    feature_build_bin("ebpf-log")
+}
+
+/// The `netfast` binary of a test build with `feature`, built in `target/<feature>`.
+fn feature_build_bin(feature: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>
     let target = exe
         .ancestors()
         .nth(3)
         .expect("the test binary lives under target/<profile>/deps");
-    let bin = target.join("layout-next/debug/netfast");
+    let bin = target.join(feature).join("debug/netfast");
     assert!(
         bin.is_file(),
-        "the layout-next test build of netfast is missing at {}: build it with `cargo build \
-         -p netfast --bin netfast --features layout-next --target-dir target/layout-next` \
+        "the {feature} test build of netfast is missing at {}: build it with `cargo build \
+         -p netfast --bin netfast --features {feature} --target-dir target/{feature}` \
          (`cargo xtask test` does)",
         bin.display()
     );

@@ -109,6 +109,22 @@ fn test() -> Result<(), Fail> {
     ];
     cargo(&[&["build", "--bin", "netfast"][..], &next].concat()).run()?;
     cargo(&[&["test", "--lib"][..], &next, &["upgrade::"]].concat()).run()?;
+    // `netfast monitor --log` reads the debug records of programs built with `ebpf-log`.
+    println!("== the ebpf-log test build of netfast (programs with debug records)");
+    let log_dir = util::workspace_root().join("target/ebpf-log");
+    let log_dir = log_dir.display().to_string();
+    cargo(&[
+        "build",
+        "--bin",
+        "netfast",
+        "--package",
+        "netfast",
+        "--features",
+        "ebpf-log",
+        "--target-dir",
+        &log_dir,
+    ])
+    .run()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftovers();
     cargo(&[

@@ -44,6 +44,11 @@ pub struct MonitorArgs {
     /// Flows as they open (NEW) and end (DESTROY: expired, or deleted).
     #[arg(long)]
     flows: bool,
+    /// The programs' debug records (aya-log). Only programs built with netfast's `ebpf-log`
+    /// feature write them: `cargo build --release -p netfast --features ebpf-log`, then
+    /// `netfast upgrade` (or a new network) to run that build's programs.
+    #[arg(long)]
+    log: bool,
     /// A JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -146,10 +151,81 @@ fn ring(dp: &mut Dataplane, name: &'static str) -> anyhow::Result<RingBuf<aya::m
     Ok(ring)
 }
 
+/// Prints the programs' debug records as they are read.
+struct LogPrinter {
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct LogLine<'a> {
+    event: &'static str,
+    level: &'a str,
+    message: String,
+}
+
+impl log::Log for LogPrinter {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args().to_string();
+        let mut out = std::io::stdout().lock();
+        // A reader gone away (a closed pipe) ends nothing here: the loop's next print says so.
+        let _ = if self.json {
+            let line = LogLine {
+                event: "LOG",
+                level: record.level().as_str(),
+                message,
+            };
+            serde_json::to_string(&line).map_or(Ok(()), |l| writeln!(out, "{l}"))
+        } else {
+            writeln!(out, "{:>9} {:<5} {message}", "[LOG]", record.level())
+        };
+        let _ = out.flush();
+    }
+
+    fn flush(&self) {}
+}
+
+/// A reader of each debug-record ring the running programs write (programs loaded by one
+/// netfast command share one). None when they were built without logging.
+fn log_readers(host: &Host, json: bool) -> anyhow::Result<Vec<aya_log::EbpfLogger<LogPrinter>>> {
+    let mut seen_maps = Vec::new();
+    let mut readers = Vec::new();
+    for program in netfast::upgrade::running_programs(host)? {
+        let fd = netfast::bpf_sys::prog_get_fd_by_id(program)
+            .with_context(|| format!("opening running program {program}"))?;
+        let ring = netfast::bpf_sys::prog_map_ids(std::os::fd::AsFd::as_fd(&fd))
+            .with_context(|| format!("reading running program {program}"))?
+            .into_iter()
+            .find(|id| {
+                aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("AYA_LOGS"))
+            });
+        let Some(ring) = ring else { continue };
+        if seen_maps.contains(&ring) {
+            continue;
+        }
+        seen_maps.push(ring);
+        readers.push(
+            aya_log::EbpfLogger::init_from_id_with_logger(program, LogPrinter { json })
+                .with_context(|| format!("reading the debug records of program {program}"))?,
+        );
+    }
+    if readers.is_empty() {
+        anyhow::bail!(
+            "the running programs write no debug records: they were built without netfast's \
+             `ebpf-log` feature. Build netfast with it (`cargo build --release -p netfast \
+             --features ebpf-log`) and run `netfast upgrade` with that binary to run its programs"
+        );
+    }
+    Ok(readers)
+}
+
 pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
-    let (drops, flows) = match (args.drops, args.flows) {
-        (false, false) => (true, true),
-        other => other,
+    let (drops, flows) = match (args.drops, args.flows, args.log) {
+        (false, false, false) => (true, true),
+        (d, f, _) => (d, f),
     };
     let host = Host::current()?;
     let state = Loader::new()?.state()?;
@@ -182,6 +258,11 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
             fallback.join(", ")
         );
     }
+    let mut log_rings = if args.log {
+        log_readers(&host, args.json)?
+    } else {
+        Vec::new()
+    };
     let mut drop_ring = drops.then(|| ring(&mut dp, DROP_EVENTS)).transpose()?;
     let mut flow_ring = flows.then(|| ring(&mut dp, CT_EVENTS)).transpose()?;
     // DESTROY has no event in the eBPF dataplane: flows expire lazily in the datapath (or
@@ -194,14 +275,22 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     eprintln!(
         "netfast monitor: watching {} in {} (interrupt to stop)",
-        match (drops, flows) {
-            (true, true) => "drops and flows",
-            (true, false) => "drops",
-            _ => "flows",
-        },
+        [
+            (drops, "drops"),
+            (flows, "flows"),
+            (args.log, "debug records")
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, what)| *what)
+        .collect::<Vec<_>>()
+        .join(" and "),
         host.describe()
     );
     loop {
+        for reader in &mut log_rings {
+            reader.flush();
+        }
         if let Some(ring) = drop_ring.as_mut() {
             while let Some(item) = ring.next() {
                 if let Ok(e) = bytemuck::try_from_bytes::<DropEvent>(&item[..]) {
@@ -236,6 +325,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
             .iter()
             .map(|r| r.as_raw_fd())
             .chain(flow_ring.iter().map(|r| r.as_raw_fd()))
+            .chain(log_rings.iter().map(|r| r.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,

@@ -102,6 +102,22 @@ fn pinned_links(dir: &Path) -> Result<Vec<PinnedLink>> {
     Ok(out)
 }
 
+/// The ids of the programs that `host`'s pinned links run, each once: for what reads what
+/// the running programs write (`netfast monitor --log`).
+pub fn running_programs(host: &Host) -> Result<Vec<u32>> {
+    let dir = host.pin_dir()?;
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<u32> = pinned_links(&dir)?
+        .into_iter()
+        .map(|l| l.program_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// The kernel's map names are cut at 15 bytes.
 fn kernel_name(name: &str) -> &str {
     &name[..name.len().min(15)]

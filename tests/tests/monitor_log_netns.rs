@@ -1,0 +1,71 @@
+//! `netfast monitor --log`: the programs' debug records (aya-log). Only programs built with
+//! netfast's `ebpf-log` feature write them; a default build has no logging code on the
+//! packet path, and `monitor --log` says how to get it.
+
+use std::time::Duration;
+
+use netfast_tests::{
+    Background, Netfast,
+    clients::curl,
+    netfast_cli::{ebpf_log_netfast_bin, netfast_bin},
+    require_root,
+    topology::{UPLINK_ADDR, container_addr},
+    web::web_on,
+};
+
+#[test]
+fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
+    require_root();
+    let w = web_on("ebpf", &[]);
+    let container = container_addr(0).to_string();
+    w.topo.outside.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "172.18.0.0/24",
+        "via",
+        &UPLINK_ADDR.to_string(),
+    ]);
+    // The default build's programs write nothing: refused, naming the feature and the way.
+    let err = w.nf.fails(&["monitor", "--log"]);
+    assert!(
+        err.contains("ebpf-log") && err.contains("netfast upgrade"),
+        "{err}"
+    );
+    // The same dataplane, its programs replaced by the logging build's.
+    let logging = Netfast::with_bin(&w.topo.host, ebpf_log_netfast_bin());
+    logging.ok(&["upgrade"]);
+    let mut monitor = Background::spawn(&[
+        netfast_bin().to_str().expect("utf-8"),
+        "--netns",
+        w.topo.host.name(),
+        "monitor",
+        "--log",
+        "--json",
+    ]);
+    monitor.wait_for_text(
+        "netfast monitor: watching debug records",
+        Duration::from_secs(10),
+    );
+    // Straight to the masqueraded container's address, from outside: a drop, logged.
+    assert_eq!(
+        curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
+        "000"
+    );
+    monitor.wait_for(
+        "log the direct access",
+        Duration::from_secs(10),
+        |out, _| {
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|d| {
+                    d["event"] == "LOG"
+                        && d["level"] == "DEBUG"
+                        && d["message"] == "uplink_ingress: drop (direct_access)"
+                })
+        },
+    );
+    drop(monitor);
+    // Back to the default build, so that its `down` (when the guard drops) is at home.
+    w.nf.ok(&["upgrade"]);
+}
