@@ -506,10 +506,10 @@ impl Loader {
         c: &Container,
         out: &mut Vec<String>,
     ) -> Result<()> {
-        for p in super::ops::publications_of(state, c) {
+        for p in super::containers::publications_of(state, c) {
             self.remove_publication(state, &p, out)?;
         }
-        super::ops::remove_container(nl, state, c, out)?;
+        super::containers::remove_container(nl, state, c, out)?;
         state.containers.retain(|x| x.name != c.name);
         Ok(())
     }

@@ -4,11 +4,11 @@
 
 use super::{
     Loader,
+    containers::remove_container,
     intent::{Intent, Mark, Object, Owner},
     model::{Backend, State},
     netlink::{Link, Nl},
     nsfs,
-    ops::remove_container,
     state::Locked,
 };
 use crate::{

@@ -189,7 +189,7 @@ impl Loader {
             Object::Publication(p.clone()),
         ))?;
         let removed = self.remove_publication(&mut locked.state, &p, &mut out);
-        super::ops::conclude(&mut locked, removed)?;
+        super::transaction::conclude(&mut locked, removed)?;
         Ok(out)
     }
 
