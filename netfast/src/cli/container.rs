@@ -16,9 +16,17 @@ pub enum Command {
         /// Its address [default: the next free one of the subnet].
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Print what changed as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a container: its namespace and its veth pair.
-    Rm { name: String },
+    Rm {
+        name: String,
+        /// Print what changed as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// List containers, with their namespaces, what the kernel lacks of them ("drift"), and
     /// what an interrupted command left that the state does not know.
     ///
@@ -33,10 +41,16 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     let loader = Loader::new()?;
     match command {
-        Command::Create { name, network, ip } => {
-            super::print_lines(loader.container_create(&ContainerSpec { name, network, ip })?);
-        }
-        Command::Rm { name } => super::print_lines(loader.container_rm(&name)?),
+        Command::Create {
+            name,
+            network,
+            ip,
+            json,
+        } => super::print_changes(
+            &loader.container_create(&ContainerSpec { name, network, ip })?,
+            json,
+        )?,
+        Command::Rm { name, json } => super::print_changes(&loader.container_rm(&name)?, json)?,
         Command::Ls { json } => {
             let cts = loader.container_status()?;
             if json {

@@ -47,14 +47,27 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: std::path::PathBuf,
+        /// Print the steps run as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Publish a container's port on the host (`docker run -p` syntax); `publish ls` lists.
     Publish(publish::PublishArgs),
     /// Stop publishing: NET and the SPEC it was published with.
-    Unpublish { network: String, spec: String },
+    Unpublish {
+        network: String,
+        spec: String,
+        /// Print what changed as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything netfast created in this host namespace, and nothing else: what the
     /// state knows, what an interrupted command left, and every link marked as netfast's.
-    Down,
+    Down {
+        /// Print what was removed as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     ///
     /// The timeouts also reach networks on the nftables/iptables backends, as conntrack
@@ -167,10 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Network(c) => network::run(c),
         Command::Container(c) => container::run(c),
-        Command::Apply { file } => apply::apply(file),
+        Command::Apply { file, json } => apply::apply(file, json),
         Command::Publish(args) => publish::run(args),
-        Command::Unpublish { network, spec } => publish::unpublish(network, spec),
-        Command::Down => apply::down(),
+        Command::Unpublish {
+            network,
+            spec,
+            json,
+        } => publish::unpublish(network, spec, json),
+        Command::Down { json } => apply::down(json),
         Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
@@ -183,9 +200,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Prints what a command did, a line per change.
-fn print_lines(lines: Vec<String>) {
-    for l in lines {
-        println!("{l}");
+/// Prints what a command did: a line per change, or (`--json`) a JSON array of the changes,
+/// each an object whose `change` names its kind.
+fn print_changes(changes: &[netfast::loader::Change], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(changes)?);
+    } else {
+        for c in changes {
+            println!("{c}");
+        }
     }
+    Ok(())
 }

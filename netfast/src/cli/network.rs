@@ -43,9 +43,17 @@ pub enum Command {
         /// ebpf, nftables, iptables that works here (`netfast doctor` says why one does not).
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
+        /// Print what changed as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a network (it must have no containers); an adopted bridge is left in place.
-    Rm { name: String },
+    Rm {
+        name: String,
+        /// Print what changed as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// List networks, with what the kernel lacks of them ("drift"), and what an interrupted
     /// command left that the state does not know (networks it was creating, links marked as
     /// netfast's).
@@ -71,6 +79,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             adopt,
             no_masquerade,
             backend,
+            json,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -82,9 +91,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 masquerade: !no_masquerade,
                 backend,
             };
-            super::print_lines(loader.network_create(&spec)?);
+            super::print_changes(&loader.network_create(&spec)?, json)?;
         }
-        Command::Rm { name } => super::print_lines(loader.network_rm(&name)?),
+        Command::Rm { name, json } => super::print_changes(&loader.network_rm(&name)?, json)?,
         Command::Ls { json } => {
             let nets = loader.network_status()?;
             if json {

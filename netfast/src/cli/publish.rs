@@ -21,6 +21,9 @@ pub struct PublishArgs {
     /// Only clients in CIDR may connect (repeatable); others are dropped and counted.
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<Ipv4Net>,
+    /// Print what changed as a JSON array.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -59,11 +62,9 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let (Some(network), Some(spec)) = (args.network, args.spec) else {
         anyhow::bail!("publish needs a network and a spec, e.g. `netfast publish web 8080:ct1:80`");
     };
-    super::print_lines(loader.publish(&network, &spec, &args.allow)?);
-    Ok(())
+    super::print_changes(&loader.publish(&network, &spec, &args.allow)?, args.json)
 }
 
-pub fn unpublish(network: String, spec: String) -> anyhow::Result<()> {
-    super::print_lines(Loader::new()?.unpublish(&network, &spec)?);
-    Ok(())
+pub fn unpublish(network: String, spec: String, json: bool) -> anyhow::Result<()> {
+    super::print_changes(&Loader::new()?.unpublish(&network, &spec)?, json)
 }

@@ -3,6 +3,7 @@
 
 use super::{
     Loader, caps,
+    change::Change,
     containers::remove_container,
     intent::{Intent, Object},
     model::{Backend, State},
@@ -38,7 +39,7 @@ impl Loader {
     /// and the kernel as the earlier steps leave them ([`Loader::preflight`]); a step that
     /// still fails (the kernel refusing something) undoes what this apply created, and the
     /// error says what was changed, undone and left as it was.
-    pub fn apply(&self, file: &ApplyFile) -> Result<Vec<String>> {
+    pub fn apply(&self, file: &ApplyFile) -> Result<Vec<Change>> {
         caps::require("apply", true)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -46,7 +47,9 @@ impl Loader {
         self.preflight(&nl, &locked.state, &actions)?;
         let mut done: Vec<Action> = Vec::new();
         for (i, action) in actions.iter().enumerate() {
-            out.push(action.to_string());
+            out.push(Change::Step {
+                action: action.clone(),
+            });
             // Each step records its own intent, and the state is saved after it: a crash
             // leaves the steps before it done, the one it was in completed or undone by the
             // next command, and the rest not begun.
@@ -114,7 +117,7 @@ impl Loader {
             locked.finish()?;
         }
         if actions.is_empty() {
-            out.push("no changes".into());
+            out.push(Change::NoChanges);
         }
         Ok(out)
     }

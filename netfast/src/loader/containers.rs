@@ -7,6 +7,7 @@ use super::{
     Loader,
     apply::Ahead,
     caps,
+    change::Change,
     intent::{Intent, Mark, Object, Owner},
     ipam,
     model::{Backend, Container, ContainerSpec, Network, State, veth_name},
@@ -26,7 +27,7 @@ use crate::{
 };
 
 impl Loader {
-    pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<String>> {
+    pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<Change>> {
         caps::require("container create", true)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -135,7 +136,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         spec: &ContainerSpec,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<Container> {
         let (network, bridge, ip, veth) =
             self.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
@@ -165,7 +166,7 @@ impl Loader {
         network: &Network,
         bridge: &Link,
         container: &Container,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         let (spec, ip, veth) = (container, container.ip, &container.veth);
         let mark = Mark::container(&self.host.key, &container.name);
@@ -207,18 +208,19 @@ impl Loader {
             }
             Ok(())
         })?;
-        out.push(format!(
-            "created container {} on {} at {ip}/{} (veth {veth}, gateway {}, mtu {})",
-            spec.name,
-            network.name,
-            network.subnet.prefix_len(),
-            network.gateway,
-            bridge.mtu
-        ));
+        out.push(Change::ContainerCreated {
+            container: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            prefix: network.subnet.prefix_len(),
+            veth: veth.clone(),
+            gateway: network.gateway,
+            mtu: bridge.mtu,
+        });
         Ok(())
     }
 
-    pub fn container_rm(&self, name: &str) -> Result<Vec<String>> {
+    pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
         caps::require("container rm", true)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -243,7 +245,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         c: &Container,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         for p in publications_of(state, c) {
             self.remove_publication(state, &p, out)?;
@@ -271,7 +273,7 @@ pub(super) fn remove_container(
     nl: &Nl<'_>,
     state: &State,
     c: &Container,
-    out: &mut Vec<String>,
+    out: &mut Vec<Change>,
 ) -> Result<()> {
     let host = Host::current()?;
     if let Some(mut dp) = Dataplane::open_existing(&host)? {
@@ -287,7 +289,10 @@ pub(super) fn remove_container(
             source,
         })?;
     }
-    out.push(format!("removed container {} ({})", c.name, c.ip));
+    out.push(Change::ContainerRemoved {
+        container: c.name.clone(),
+        ip: c.ip,
+    });
     // Its veth is gone: no new flow of it can start.
     let filter = Filter::container(c.ip);
     let fallback = state
@@ -305,7 +310,10 @@ pub(super) fn remove_container(
         }
     };
     if ended > 0 {
-        out.push(format!("ended {ended} flows of container {}", c.name));
+        out.push(Change::ContainerFlowsEnded {
+            container: c.name.clone(),
+            flows: ended,
+        });
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Loader, caps,
+    change::Change,
     model::{Backend, Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
     netlink::Nl,
     state::Locked,
@@ -203,24 +204,24 @@ impl Loader {
         &self,
         spec: &NetworkSpec,
         docker_id: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Change>> {
         caps::require("docker network create", true)?;
         check_id("network", docker_id)?;
         let nl = self.netlink().host()?;
         // As `network create`: what an interrupted command left is converged first.
         let (mut locked, mut out) = self.lock(&nl)?;
         if let Ok(n) = network_of(&locked.state, docker_id) {
-            return Ok(vec![format!(
-                "network {} already serves Docker network {docker_id}",
-                n.name
-            )]);
+            return Ok(vec![Change::DockerNetworkExists {
+                network: n.name.clone(),
+                docker_network: docker_id.to_owned(),
+            }]);
         }
         prune(&mut locked.state);
         let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
-        out.push(format!(
-            "network {} serves Docker network {docker_id}",
-            network.name
-        ));
+        out.push(Change::DockerNetworkServed {
+            network: network.name.clone(),
+            docker_network: docker_id.to_owned(),
+        });
         locked.state.networks.push(network);
         locked.state.docker.networks.retain(|d| d.id != docker_id);
         locked.state.docker.networks.push(DockerNetwork {
@@ -234,7 +235,7 @@ impl Loader {
 
     /// Removes the netfast network of Docker network `docker_id`, with the endpoints Docker
     /// left on it; nothing when there is none. Containers the command line put on it stop it.
-    pub fn docker_network_rm(&self, docker_id: &str) -> Result<Vec<String>> {
+    pub fn docker_network_rm(&self, docker_id: &str) -> Result<Vec<Change>> {
         caps::require("docker network rm", false)?;
         let mut locked = Locked::acquire(&self.host, true)?;
         let mut out = Vec::new();
@@ -242,9 +243,9 @@ impl Loader {
             locked.state.docker.networks.retain(|d| d.id != docker_id);
             prune(&mut locked.state);
             locked.save()?;
-            return Ok(vec![format!(
-                "Docker network {docker_id} has no netfast network: nothing to remove"
-            )]);
+            return Ok(vec![Change::DockerNetworkUnknown {
+                docker_network: docker_id.to_owned(),
+            }]);
         };
         let nl = self.netlink().host()?;
         let (docker, others): (Vec<Container>, Vec<Container>) = locked
@@ -285,7 +286,7 @@ impl Loader {
         endpoint_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Result<(DockerEndpoint, Vec<String>)> {
+    ) -> Result<(DockerEndpoint, Vec<Change>)> {
         caps::require("docker endpoint create", false)?;
         check_id("endpoint", endpoint_id)?;
         let mut locked = Locked::acquire(&self.host, true)?;
@@ -294,7 +295,9 @@ impl Loader {
         {
             return Ok((
                 ep.clone(),
-                vec![format!("endpoint {} exists", ep.container)],
+                vec![Change::DockerEndpointExists {
+                    container: ep.container.clone(),
+                }],
             ));
         }
         prune(&mut locked.state);
@@ -312,11 +315,10 @@ impl Loader {
             .cloned()
             .collect();
         for c in &dead {
-            done.push(format!(
-                "container {} lost its veth {} (its namespace ended without Docker deleting the \
-                 endpoint): removing it",
-                c.name, c.veth
-            ));
+            done.push(Change::DockerEndpointLost {
+                container: c.name.clone(),
+                veth: c.veth.clone(),
+            });
             self.remove_docker_container(&nl, &mut locked.state, c, &mut done)?;
             prune(&mut locked.state);
             locked.save()?;
@@ -405,12 +407,15 @@ impl Loader {
             let _ = nl.delete_link(&host_side);
             return Err(e);
         }
-        done.push(format!(
-            "created container {name} on {} at {ip}/{} (veth {veth}, {peer} for Docker, mac {})",
-            network.name,
-            network.subnet.prefix_len(),
-            format_mac(mac)
-        ));
+        done.push(Change::DockerEndpointCreated {
+            container: name.clone(),
+            network: network.name.clone(),
+            ip,
+            prefix: network.subnet.prefix_len(),
+            veth: veth.clone(),
+            peer: peer.clone(),
+            mac: format_mac(mac),
+        });
         Ok((ep, done))
     }
 
@@ -462,7 +467,7 @@ impl Loader {
 
     /// Removes endpoint `endpoint_id`: its publications, veth pair and flows, as `container
     /// rm` does; nothing when it is gone already.
-    pub fn docker_endpoint_rm(&self, endpoint_id: &str) -> Result<Vec<String>> {
+    pub fn docker_endpoint_rm(&self, endpoint_id: &str) -> Result<Vec<Change>> {
         caps::require("docker endpoint rm", false)?;
         check_id("endpoint", endpoint_id)?;
         let mut locked = Locked::acquire(&self.host, true)?;
@@ -483,7 +488,7 @@ impl Loader {
                 let owned = locked.state.containers.iter().any(|c| c.veth == veth);
                 if !owned && let Some(link) = nl.link(&veth)? {
                     nl.delete_link(&link)?;
-                    out.push(format!("deleted {veth}, left by an earlier attempt"));
+                    out.push(Change::StaleVethDeleted { veth });
                 }
             }
         }
@@ -504,7 +509,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         c: &Container,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         for p in super::containers::publications_of(state, c) {
             self.remove_publication(state, &p, out)?;

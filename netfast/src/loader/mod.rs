@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod caps;
+pub mod change;
 mod containers;
 pub mod docker;
 pub mod intent;
@@ -23,4 +24,5 @@ pub mod status;
 mod transaction;
 pub mod validate;
 
+pub use change::Change;
 pub use ops::Loader;

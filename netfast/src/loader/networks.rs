@@ -12,6 +12,7 @@ use super::{
     Loader,
     apply::Ahead,
     caps,
+    change::{Change, DataplaneGone, Masquerade},
     intent::{Intent, Mark, Object},
     ipam,
     model::{Backend, Network, NetworkSpec, State, default_bridge},
@@ -30,7 +31,7 @@ use crate::{
 };
 
 impl Loader {
-    pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<String>> {
+    pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<Change>> {
         caps::require("network create", true)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -48,7 +49,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         spec: &NetworkSpec,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<Network> {
         let (network, ext_addr) =
             self.prepare_network(nl, &locked.state, spec, &Ahead::default(), out)?;
@@ -73,7 +74,7 @@ impl Loader {
         state: &State,
         spec: &NetworkSpec,
         ahead: &Ahead,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<(Network, Option<Ipv4Addr>)> {
         let mut gateway = validate::network(spec, state)?;
         let id = ipam::next_network_id(state, MAX_NETWORKS as u16)?;
@@ -120,7 +121,10 @@ impl Loader {
         });
         let backend = crate::backend::resolve_for_uplink(spec.backend, no_ethernet.clone())?;
         if let (Some(why), None) = (&no_ethernet, spec.backend.named()) {
-            out.push(format!("--backend auto: {why}; it takes {backend}"));
+            out.push(Change::BackendChosen {
+                backend,
+                why: why.clone(),
+            });
         }
         let ext_addr = nl.addresses(&uplink)?.first().map(|(ip, _)| *ip);
         if spec.masquerade && ext_addr.is_none() {
@@ -190,7 +194,7 @@ impl Loader {
         state: &State,
         mut network: Network,
         ext_addr: Option<Ipv4Addr>,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<Network> {
         let (bridge_name, gateway, backend) =
             (network.bridge.clone(), network.gateway, network.backend);
@@ -198,7 +202,10 @@ impl Loader {
         let settings = validate::dataplane(&state.dataplane)?;
         transaction(&self.host, nl, state, |undo| {
             if network.adopted {
-                out.push(format!("adopted bridge {bridge_name} (gateway {gateway})"));
+                out.push(Change::BridgeAdopted {
+                    bridge: bridge_name.clone(),
+                    gateway,
+                });
             } else {
                 plumb::bridge(
                     nl,
@@ -208,23 +215,15 @@ impl Loader {
                     Some(&mark),
                     &mut |m| undo.push(m.into()),
                 )?;
-                out.push(format!(
-                    "created bridge {bridge_name} with {gateway}/{}",
-                    network.subnet.prefix_len()
-                ));
+                out.push(Change::BridgeCreated {
+                    bridge: bridge_name.clone(),
+                    gateway,
+                    prefix: network.subnet.prefix_len(),
+                });
             }
             if set_ip_forward()? {
-                out.push("enabled net.ipv4.ip_forward in this namespace (it was off)".into());
+                out.push(Change::IpForwardEnabled);
             }
-            let masquerading = if network.masquerade {
-                format!(
-                    ", masquerading {} as {}",
-                    network.subnet,
-                    ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED)
-                )
-            } else {
-                String::new()
-            };
             if backend == Backend::Ebpf {
                 let fresh = !Dataplane::exists(&self.host)?;
                 undo.push(Created::Network {
@@ -249,13 +248,15 @@ impl Loader {
             let mut after = state.clone();
             after.networks.push(network.clone());
             crate::backend::sync(state, &after)?;
-            out.push(match backend {
-                Backend::Ebpf => format!(
-                    "attached the dataplane to {bridge_name} and {}{masquerading}",
-                    network.uplink
-                ),
-                Backend::Nftables => format!("nftables table `ip netfast` serves it{masquerading}"),
-                Backend::Iptables => format!("iptables chains NETFAST-… serve it{masquerading}"),
+            out.push(Change::NetworkServed {
+                network: network.name.clone(),
+                backend,
+                bridge: bridge_name.clone(),
+                uplink: network.uplink.clone(),
+                masquerade: network.masquerade.then(|| Masquerade {
+                    subnet: network.subnet,
+                    address: ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                }),
             });
             // A fallback's hairpin NAT sends a frame back out of the port it came in on, as
             // for the ports of netfast's own containers: the adopted ones need it too.
@@ -270,10 +271,9 @@ impl Loader {
                     }
                 }
                 if !network.hairpin_set.is_empty() {
-                    out.push(format!(
-                        "turned hairpin mode on for adopted port(s) {}",
-                        network.hairpin_set.join(", ")
-                    ));
+                    out.push(Change::HairpinOn {
+                        ports: network.hairpin_set.clone(),
+                    });
                 }
             }
             Ok(())
@@ -281,7 +281,7 @@ impl Loader {
         Ok(network)
     }
 
-    pub fn network_rm(&self, name: &str) -> Result<Vec<String>> {
+    pub fn network_rm(&self, name: &str) -> Result<Vec<Change>> {
         caps::require("network rm", false)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -315,7 +315,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         network: &Network,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         // Publications by address lead to no container, so no `container rm` took them: they
         // go with their network (network ids are reused, and a stale entry would revive).
@@ -348,34 +348,45 @@ impl Loader {
             }
         };
         if ended > 0 {
-            out.push(format!("ended {ended} flows of network {}", network.name));
+            out.push(Change::NetworkFlowsEnded {
+                network: network.name.clone(),
+                flows: ended,
+            });
         }
         if !state.networks.iter().any(|n| n.backend == Backend::Ebpf)
             && Dataplane::remove(&self.host)?
         {
-            out.push("removed the dataplane (no network on it left)".into());
+            out.push(Change::DataplaneRemoved {
+                why: DataplaneGone::LastNetwork,
+            });
         }
         remove_bridge(nl, network, out)
     }
 }
 
 /// Deletes a network's bridge unless it was adopted.
-pub(super) fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<String>) -> Result<()> {
+pub(super) fn remove_bridge(nl: &Nl<'_>, network: &Network, out: &mut Vec<Change>) -> Result<()> {
     if network.adopted {
         for port in &network.hairpin_set {
             if let Some(link) = nl.link(port)?
                 && link.controller.is_some()
             {
                 nl.set_hairpin(&link, false)?;
-                out.push(format!("turned hairpin mode off again for {port}"));
+                out.push(Change::HairpinOff { port: port.clone() });
             }
         }
-        out.push(format!("left adopted bridge {} in place", network.bridge));
+        out.push(Change::BridgeLeft {
+            bridge: network.bridge.clone(),
+        });
     } else if let Some(bridge) = nl.link(&network.bridge)? {
         nl.delete_link(&bridge)?;
-        out.push(format!("deleted bridge {}", network.bridge));
+        out.push(Change::BridgeDeleted {
+            bridge: network.bridge.clone(),
+        });
     }
-    out.push(format!("removed network {}", network.name));
+    out.push(Change::NetworkRemoved {
+        network: network.name.clone(),
+    });
     Ok(())
 }
 

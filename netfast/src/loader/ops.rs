@@ -5,6 +5,7 @@
 
 use super::{
     caps,
+    change::{Change, DataplaneGone},
     containers::remove_container,
     intent::{Intent, Object},
     model::{Backend, DataplaneConfig, State},
@@ -73,7 +74,7 @@ impl Loader {
     }
 
     /// Host-wide dataplane settings; effective immediately where the dataplane runs.
-    pub fn configure(&self, cfg: &DataplaneConfig) -> Result<Vec<String>> {
+    pub fn configure(&self, cfg: &DataplaneConfig) -> Result<Vec<Change>> {
         self.configure_with(|c| *c = cfg.clone())
             .map(|(_, lines)| lines)
     }
@@ -84,7 +85,7 @@ impl Loader {
     pub fn configure_with(
         &self,
         change: impl FnOnce(&mut DataplaneConfig),
-    ) -> Result<(DataplaneConfig, Vec<String>)> {
+    ) -> Result<(DataplaneConfig, Vec<Change>)> {
         caps::require("config", false)?;
         let nl = self.nl()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -97,25 +98,18 @@ impl Loader {
         locked.begin(Intent::creating("config", Object::Settings))?;
         let changed = self.configure_locked(&mut locked.state, cfg);
         conclude(&mut locked, changed)?;
-        out.push(format!(
-            "dataplane settings: {}",
-            serde_json::to_string(cfg).unwrap_or_default()
-        ));
-        let fallback: Vec<&str> = locked
+        out.push(Change::Settings {
+            settings: cfg.clone(),
+        });
+        let fallback: Vec<String> = locked
             .state
             .networks
             .iter()
             .filter(|n| n.backend != Backend::Ebpf)
-            .map(|n| n.name.as_str())
+            .map(|n| n.name.clone())
             .collect();
         if !fallback.is_empty() {
-            out.push(format!(
-                "note: network(s) {} on the nftables/iptables backends take the timeouts \
-                 (nftables: TCP and UDP; the kernel's ICMP timeout stays); the other settings \
-                 are the eBPF dataplane's: their flows are the kernel conntrack's (its size is \
-                 net.netfilter.nf_conntrack_max, its port range and filtering MASQUERADE's)",
-                fallback.join(", ")
-            ));
+            out.push(Change::FallbackSettings { networks: fallback });
         }
         Ok((cfg.clone(), out))
     }
@@ -143,7 +137,7 @@ impl Loader {
     /// Removes everything netfast created in this host namespace, and nothing else: what the
     /// state knows, what an interrupted command was creating or removing (its intent), and
     /// every link that carries netfast's mark for this host, with the namespace behind it.
-    pub fn down(&self) -> Result<Vec<String>> {
+    pub fn down(&self) -> Result<Vec<Change>> {
         caps::require("down", true)?;
         let nl = self.nl()?;
         let mut locked = Locked::acquire(&self.host, true)?;
@@ -151,10 +145,9 @@ impl Loader {
         // An earlier `down` or another command that died: what it was about is netfast's too.
         let mut pending: Vec<Object> = Vec::new();
         if let Some(i) = locked.intent.take() {
-            out.push(format!(
-                "an interrupted `netfast {}` left changes: removing them too",
-                i.command
-            ));
+            out.push(Change::InterruptedRemoved {
+                command: i.command.clone(),
+            });
             pending.extend(
                 i.create
                     .into_iter()
@@ -168,7 +161,7 @@ impl Loader {
         self.remove_everything(&nl, &mut locked, &pending, &mut out)?;
         locked.remove()?;
         if out.is_empty() {
-            out.push("nothing to remove".into());
+            out.push(Change::NothingToRemove);
         }
         Ok(out)
     }
@@ -182,7 +175,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         pending: &[Object],
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         let mut all = locked.state.clone();
         for o in pending {
@@ -208,21 +201,21 @@ impl Loader {
         // out of a dataplane this binary cannot reuse (another version's), so it must not
         // need to read it.
         if Dataplane::remove(&self.host)? {
-            out.push("removed the dataplane".into());
+            out.push(Change::DataplaneRemoved {
+                why: DataplaneGone::Down,
+            });
         }
         crate::backend::sync(&all, &State::default())?;
         if all.networks.iter().any(|n| n.backend != Backend::Ebpf) {
-            out.push("removed netfast's nftables table / iptables chains".into());
+            out.push(Change::FallbackRulesRemoved);
             let ended = crate::backend::delete_kernel_flows(&all, &Filter::default())?;
             if ended > 0 {
-                out.push(format!(
-                    "ended {ended} flows of its networks in the kernel's conntrack table"
-                ));
+                out.push(Change::FallbackFlowsEnded { flows: ended });
             }
         }
         // Rules no state or intent knows of (a command that died before it saved).
         if crate::backend::remove_all()? {
-            out.push("removed netfast's nftables table / iptables chains left by a crash".into());
+            out.push(Change::CrashRulesRemoved);
         }
         locked.state.publications.clear();
         all.publications.clear();

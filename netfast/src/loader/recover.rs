@@ -4,6 +4,7 @@
 
 use super::{
     Loader,
+    change::{Change, DataplaneGone},
     containers::remove_container,
     intent::{Intent, Mark, Object, Owner},
     model::{Backend, State},
@@ -23,14 +24,13 @@ impl Loader {
     /// `down` is finished), and links marked as this host's that neither the state nor that
     /// command knows go with the namespaces behind them. What it does is said on stderr (the
     /// command may fail after it); returns the lock and an empty output for the command.
-    pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<String>)> {
+    pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<Change>)> {
         let mut locked = Locked::acquire(&self.host, true)?;
         let mut out = Vec::new();
         if let Some(intent) = locked.intent.clone() {
-            out.push(format!(
-                "an interrupted `netfast {}` left changes; completing them:",
-                intent.command
-            ));
+            out.push(Change::InterruptedCompleted {
+                command: intent.command.clone(),
+            });
             self.converge(nl, &mut locked, &intent, &mut out)
                 .map_err(|e| {
                     Error::Settings(format!(
@@ -67,7 +67,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         intent: &Intent,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         if intent.remove.contains(&Object::Everything) {
             let pending: Vec<Object> = intent
@@ -95,7 +95,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         o: &Object,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         match o {
             Object::Network(n) => {
@@ -138,7 +138,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         o: &Object,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         match o {
             Object::Network(n) => {
@@ -175,7 +175,7 @@ impl Loader {
                     dp.configure(&settings.config)?;
                 }
                 crate::backend::sync(state, state)?;
-                out.push("put the saved dataplane settings back".into());
+                out.push(Change::SettingsRestored);
                 Ok(())
             }
             Object::Everything => Ok(()),
@@ -188,7 +188,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         n: &super::model::Network,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         // The dataplane it may have created half-way (some maps pinned) cannot be opened:
         // with no other network on it, it goes whole.
@@ -196,7 +196,9 @@ impl Loader {
             && !state.networks.iter().any(|m| m.backend == Backend::Ebpf)
             && Dataplane::remove(&self.host)?
         {
-            out.push("removed the dataplane (no network on it)".into());
+            out.push(Change::DataplaneRemoved {
+                why: DataplaneGone::NoNetwork,
+            });
         }
         let mut with = state.clone();
         with.networks.push(n.clone());
@@ -212,7 +214,7 @@ impl Loader {
         &self,
         nl: &Nl<'_>,
         state: &State,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         for (link, owner) in self.unknown_marked(nl, state)? {
             match &owner {
@@ -222,19 +224,18 @@ impl Loader {
                             context: format!("deleting namespace {name}"),
                             source,
                         })?;
-                        out.push(format!(
-                            "removed namespace {name}, netfast's but unknown to the state"
-                        ));
+                        out.push(Change::UnknownNamespaceRemoved {
+                            namespace: name.clone(),
+                        });
                     }
                     nl.delete_link(&link)?;
                 }
                 Owner::Network(_) => nl.delete_link(&link)?,
             }
-            out.push(format!(
-                "removed link {}, netfast's ({}) but unknown to the state",
-                link.name,
-                link.alias.as_deref().unwrap_or("")
-            ));
+            out.push(Change::UnknownLinkRemoved {
+                link: link.name.clone(),
+                mark: link.alias.clone().unwrap_or_default(),
+            });
         }
         Ok(())
     }
