@@ -7,6 +7,7 @@ mod conntrack;
 mod container;
 mod docker_plugin;
 mod doctor;
+mod logger;
 mod monitor;
 mod network;
 mod object;
@@ -29,6 +30,12 @@ struct Cli {
     /// Treat this network namespace (from `ip netns list`) as the host.
     #[arg(long, global = true, value_name = "NAME")]
     netns: Option<String>,
+
+    /// Say more on stderr: -v adds debug messages, -vv trace. Without it, NETFAST_LOG
+    /// (off, error, warn, info, debug, trace) sets the level [default: info: warnings, and
+    /// notes of what a command did besides its output].
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 
     #[command(subcommand)]
     command: Command,
@@ -173,6 +180,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    logger::init(cli.verbose)?;
     if let Some(name) = &cli.netns {
         // Before any other thread starts: threads inherit the namespace of their creator.
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;

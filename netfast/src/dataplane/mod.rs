@@ -289,7 +289,7 @@ impl Dataplane {
         }
         let mut dp = Self::pinned(dir, ct_max_flows)?;
         if let upgrade::Compat::OtherBuild(running) = compat {
-            eprintln!("{}", upgrade::other_build_warning(host, &running));
+            log::warn!("{}", upgrade::other_build_warning(host, &running));
             dp.other_build = Some(running);
         }
         Ok(dp)
@@ -443,6 +443,7 @@ impl Dataplane {
                     source: std::io::Error::other("pin failed"),
                 })?;
             }
+            log::debug!("attached {} to {interface}", hook.name());
         }
         Ok(attached)
     }

@@ -366,10 +366,7 @@ impl Driver {
                 Err(e) => {
                     for spec in made.iter().rev() {
                         if let Err(u) = self.loader.unpublish(&network, spec) {
-                            eprintln!(
-                                "netfast docker-plugin: undoing {spec}: {}",
-                                crate::error::report(&u)
-                            );
+                            log::error!("undoing {spec}: {}", crate::error::report(&u));
                         }
                     }
                     return Err(e);

@@ -521,8 +521,8 @@ pub(super) fn install(
     dp.attach(&network.bridge, InterfaceRole::Bridge)?;
     dp.attach(&network.uplink, InterfaceRole::Uplink)?;
     if !dp.attach_sockets()? {
-        eprintln!(
-            "netfast: warning: no cgroup v2 hierarchy is mounted; the host's own clients cannot \
+        log::warn!(
+            "warning: no cgroup v2 hierarchy is mounted; the host's own clients cannot \
              reach published ports through its addresses"
         );
     }

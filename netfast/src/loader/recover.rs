@@ -26,6 +26,7 @@ impl Loader {
     /// command may fail after it); returns the lock and an empty output for the command.
     pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<Change>)> {
         let mut locked = Locked::acquire(&self.host, true)?;
+        log::debug!("holding the exclusive lock of {}", self.host.describe());
         let mut out = Vec::new();
         if let Some(intent) = locked.intent.clone() {
             out.push(Change::InterruptedCompleted {
@@ -45,8 +46,8 @@ impl Loader {
             locked.finish()?;
         }
         self.sweep_marked(nl, &locked.state, &mut out)?;
-        for line in &out {
-            eprintln!("netfast: {line}");
+        for change in &out {
+            log::info!("{change}");
         }
         Ok((locked, Vec::new()))
     }

@@ -74,7 +74,7 @@ impl Undo {
                 }),
             };
             if let Err(e) = done {
-                eprintln!("netfast: rolling back: {}", crate::error::report(&e));
+                log::error!("rolling back: {}", crate::error::report(&e));
             }
         }
     }
