@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use netfast::loader::{Loader, plan::ApplyFile};
 
-pub fn apply(file: PathBuf, json: bool) -> anyhow::Result<()> {
+pub fn apply(file: PathBuf, out: super::Changes) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let desired = ApplyFile::parse(&text).with_context(|| file.display().to_string())?;
-    super::print_changes(&Loader::new()?.apply(&desired)?, json)
+    out.print(&Loader::new()?.apply(&desired)?)
 }
 
-pub fn down(json: bool) -> anyhow::Result<()> {
-    super::print_changes(&Loader::new()?.down()?, json)
+pub fn down(out: super::Changes) -> anyhow::Result<()> {
+    out.print(&Loader::new()?.down()?)
 }

@@ -5,6 +5,8 @@ use std::net::Ipv4Addr;
 use clap::Subcommand;
 use netfast::loader::{Loader, model::ContainerSpec};
 
+use super::Changes;
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a container: a named network namespace (see `ip netns`) with `eth0` on the
@@ -16,16 +18,14 @@ pub enum Command {
         /// Its address [default: the next free one of the subnet].
         #[arg(long)]
         ip: Option<Ipv4Addr>,
-        /// Print what changed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Remove a container: its namespace and its veth pair.
     Rm {
         name: String,
-        /// Print what changed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// List containers, with their namespaces, what the kernel lacks of them ("drift"), and
     /// what an interrupted command left that the state does not know.
@@ -45,12 +45,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             name,
             network,
             ip,
-            json,
-        } => super::print_changes(
-            &loader.container_create(&ContainerSpec { name, network, ip })?,
-            json,
-        )?,
-        Command::Rm { name, json } => super::print_changes(&loader.container_rm(&name)?, json)?,
+            out,
+        } => out.print(&loader.container_create(&ContainerSpec { name, network, ip })?)?,
+        Command::Rm { name, out } => out.print(&loader.container_rm(&name)?)?,
         Command::Ls { json } => {
             let cts = loader.container_status()?;
             if json {

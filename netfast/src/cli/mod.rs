@@ -54,9 +54,8 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: std::path::PathBuf,
-        /// Print the steps run as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Publish a container's port on the host (`docker run -p` syntax); `publish ls` lists.
     Publish(publish::PublishArgs),
@@ -64,16 +63,14 @@ enum Command {
     Unpublish {
         network: String,
         spec: String,
-        /// Print what changed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Remove everything netfast created in this host namespace, and nothing else: what the
     /// state knows, what an interrupted command left, and every link marked as netfast's.
     Down {
-        /// Print what was removed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     ///
@@ -188,14 +185,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Network(c) => network::run(c),
         Command::Container(c) => container::run(c),
-        Command::Apply { file, json } => apply::apply(file, json),
+        Command::Apply { file, out } => apply::apply(file, out),
         Command::Publish(args) => publish::run(args),
-        Command::Unpublish {
-            network,
-            spec,
-            json,
-        } => publish::unpublish(network, spec, json),
-        Command::Down { json } => apply::down(json),
+        Command::Unpublish { network, spec, out } => publish::unpublish(network, spec, out),
+        Command::Down { out } => apply::down(out),
         Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
@@ -208,15 +201,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Prints what a command did: a line per change, or (`--json`) a JSON array of the changes,
-/// each an object whose `change` names its kind.
-fn print_changes(changes: &[netfast::loader::Change], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(changes)?);
-    } else {
-        for c in changes {
-            println!("{c}");
+/// How a command that changes something prints what it changed.
+#[derive(clap::Args, Clone, Copy)]
+struct Changes {
+    /// Print what changed as a JSON array of objects, each with its kind under `change`,
+    /// instead of a line per change.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Changes {
+    fn print(self, changes: &[netfast::loader::Change]) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(changes)?);
+        } else {
+            for c in changes {
+                println!("{c}");
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -10,6 +10,8 @@ use netfast::loader::{
     validate,
 };
 
+use super::Changes;
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a network: a bridge with the gateway address, netfast's programs on the bridge
@@ -43,16 +45,14 @@ pub enum Command {
         /// ebpf, nftables, iptables that works here (`netfast doctor` says why one does not).
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
-        /// Print what changed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Remove a network (it must have no containers); an adopted bridge is left in place.
     Rm {
         name: String,
-        /// Print what changed as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Changes,
     },
     /// List networks, with what the kernel lacks of them ("drift"), and what an interrupted
     /// command left that the state does not know (networks it was creating, links marked as
@@ -79,7 +79,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             adopt,
             no_masquerade,
             backend,
-            json,
+            out,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -91,9 +91,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 masquerade: !no_masquerade,
                 backend,
             };
-            super::print_changes(&loader.network_create(&spec)?, json)?;
+            out.print(&loader.network_create(&spec)?)?;
         }
-        Command::Rm { name, json } => super::print_changes(&loader.network_rm(&name)?, json)?,
+        Command::Rm { name, out } => out.print(&loader.network_rm(&name)?)?,
         Command::Ls { json } => {
             let nets = loader.network_status()?;
             if json {

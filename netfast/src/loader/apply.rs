@@ -58,9 +58,7 @@ impl Loader {
                 Action::Unpublish { network, spec } => {
                     let p = locked
                         .state
-                        .publications
-                        .iter()
-                        .find(|p| &p.network == network && &p.spec == spec)
+                        .publication(network, spec)
                         .cloned()
                         .expect("planned from the state");
                     locked.begin(Intent::removing(command, Object::Publication(p.clone())))?;
@@ -205,19 +203,17 @@ impl Loader {
         for action in done.iter().rev() {
             // Each undo is a removal that a crash leaves for the next command to finish.
             let what = match action {
-                Action::Publish(d) => {
-                    let canonical = d
-                        .spec
-                        .parse::<super::publish::PublishSpec>()
-                        .map(|s| s.to_string());
-                    locked
-                        .state
-                        .publications
-                        .iter()
-                        .find(|p| p.network == d.network && Ok(&p.spec) == canonical.as_ref())
-                        .cloned()
-                        .map(Object::Publication)
-                }
+                Action::Publish(d) => d
+                    .spec
+                    .parse::<super::publish::PublishSpec>()
+                    .ok()
+                    .and_then(|s| {
+                        locked
+                            .state
+                            .publication(&d.network, &s.to_string())
+                            .cloned()
+                    })
+                    .map(Object::Publication),
                 Action::CreateContainer(spec) => locked
                     .state
                     .container(&spec.name)
@@ -228,42 +224,26 @@ impl Loader {
                     .network(&spec.name)
                     .cloned()
                     .map(Object::Network),
-                _ => None,
+                // Removals and settings stay.
+                _ => continue,
             };
-            if let Some(o) = what
-                && let Err(e) =
-                    locked.begin(Intent::removing(format!("apply (undoing `{action}`)"), o))
+            if let Some(o) = &what
+                && let Err(e) = locked.begin(Intent::removing(
+                    format!("apply (undoing `{action}`)"),
+                    o.clone(),
+                ))
             {
                 failed.push((action.clone(), crate::error::report(&e)));
                 continue;
             }
             let state = &mut locked.state;
-            let result = match action {
-                Action::Publish(d) => {
-                    let canonical = d
-                        .spec
-                        .parse::<super::publish::PublishSpec>()
-                        .map(|s| s.to_string());
-                    match state
-                        .publications
-                        .iter()
-                        .find(|p| p.network == d.network && Ok(&p.spec) == canonical.as_ref())
-                        .cloned()
-                    {
-                        Some(p) => self.remove_publication(state, &p, &mut Vec::new()),
-                        None => Ok(()),
-                    }
-                }
-                Action::CreateContainer(spec) => match state.container(&spec.name).cloned() {
-                    Some(c) => remove_container(nl, state, &c, &mut Vec::new())
-                        .map(|()| state.containers.retain(|x| x.name != c.name)),
-                    None => Ok(()),
-                },
-                Action::CreateNetwork(spec) => match state.network(&spec.name).cloned() {
-                    Some(n) => self.remove_network(nl, state, &n, &mut Vec::new()),
-                    None => Ok(()),
-                },
-                _ => continue,
+            // Nothing of the step in the state: nothing to undo.
+            let result = match what {
+                Some(Object::Publication(p)) => self.remove_publication(state, &p, &mut Vec::new()),
+                Some(Object::Container(c)) => remove_container(nl, state, &c, &mut Vec::new())
+                    .map(|()| state.containers.retain(|x| x.name != c.name)),
+                Some(Object::Network(n)) => self.remove_network(nl, state, &n, &mut Vec::new()),
+                _ => Ok(()),
             };
             let result = result
                 .and_then(|()| locked.save())

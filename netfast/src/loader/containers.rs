@@ -185,28 +185,15 @@ impl Loader {
                 },
                 &mut |m| undo.push(m.into()),
             )?;
-            let (host_side, eth0) = (plumbed.host_side, plumbed.eth0);
-            if network.backend != Backend::Ebpf {
-                nl.set_hairpin(&host_side, true)?;
-            }
-            // The fast path delivers straight into the container: its veth, its MAC, and
-            // the gateway's MAC as the frame's source.
-            if network.backend == Backend::Ebpf
-                && let (Some(mac), Some(gw_mac), Some(mut dp)) =
-                    (eth0.mac, bridge.mac, Dataplane::open_existing(&self.host)?)
-            {
-                dp.set_endpoint(
-                    ip,
-                    &netfast_common::config::Endpoint {
-                        ifindex: host_side.index,
-                        mac,
-                        gw_mac,
-                        mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
-                        _pad: 0,
-                    },
-                )?;
-            }
-            Ok(())
+            connect_endpoint(
+                &self.host,
+                nl,
+                network,
+                bridge,
+                &plumbed.host_side,
+                ip,
+                plumbed.eth0.mac,
+            )
         })?;
         out.push(Change::ContainerCreated {
             container: spec.name.clone(),
@@ -254,6 +241,39 @@ impl Loader {
         state.containers.retain(|x| x.name != c.name);
         Ok(())
     }
+}
+
+/// Readies a container's veth (`host_side`, on `bridge`) for its network's backend: hairpin
+/// mode for a fallback's hairpin NAT; for the eBPF dataplane, the fast path's entry, which
+/// delivers straight into the container (its veth, `mac`, and the gateway's MAC as the
+/// frame's source).
+pub(super) fn connect_endpoint(
+    host: &Host,
+    nl: &Nl<'_>,
+    network: &Network,
+    bridge: &Link,
+    host_side: &Link,
+    ip: Ipv4Addr,
+    mac: Option<[u8; 6]>,
+) -> Result<()> {
+    if network.backend != Backend::Ebpf {
+        return nl.set_hairpin(host_side, true);
+    }
+    if let (Some(mac), Some(gw_mac), Some(mut dp)) =
+        (mac, bridge.mac, Dataplane::open_existing(host)?)
+    {
+        dp.set_endpoint(
+            ip,
+            &netfast_common::config::Endpoint {
+                ifindex: host_side.index,
+                mac,
+                gw_mac,
+                mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
+                _pad: 0,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// The publications that lead to container `c`.

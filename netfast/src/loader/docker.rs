@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Loader, caps,
     change::Change,
-    model::{Backend, Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
-    netlink::Nl,
+    model::{Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
     state::Locked,
     validate::{self, Invalid},
 };
@@ -266,7 +265,7 @@ impl Loader {
             )));
         }
         for c in &docker {
-            self.remove_docker_container(&nl, &mut locked.state, c, &mut out)?;
+            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut out)?;
             locked.save()?;
         }
         self.remove_network(&nl, &mut locked.state, &network, &mut out)?;
@@ -319,7 +318,7 @@ impl Loader {
                 container: c.name.clone(),
                 veth: c.veth.clone(),
             });
-            self.remove_docker_container(&nl, &mut locked.state, c, &mut done)?;
+            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut done)?;
             prune(&mut locked.state);
             locked.save()?;
         }
@@ -364,26 +363,16 @@ impl Loader {
             nl.set_mtu(&peer_link, bridge.mtu)?;
             nl.set_controller(&host_side, &bridge)?;
             nl.set_up(&host_side)?;
-            if network.backend != Backend::Ebpf {
-                nl.set_hairpin(&host_side, true)?;
-            }
-            // The fast path delivers straight into the container, as for the CLI's.
-            if network.backend == Backend::Ebpf
-                && let (Some(gw_mac), Some(mut dp)) =
-                    (bridge.mac, Dataplane::open_existing(&self.host)?)
-            {
-                dp.set_endpoint(
-                    ip,
-                    &netfast_common::config::Endpoint {
-                        ifindex: host_side.index,
-                        mac,
-                        gw_mac,
-                        mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
-                        _pad: 0,
-                    },
-                )?;
-            }
-            Ok(())
+            // As for the CLI's containers: hairpin, or the fast path's entry.
+            super::containers::connect_endpoint(
+                &self.host,
+                &nl,
+                &network,
+                &bridge,
+                &host_side,
+                ip,
+                Some(mac),
+            )
         })();
         let ep = DockerEndpoint {
             id: endpoint_id.to_owned(),
@@ -480,7 +469,7 @@ impl Loader {
                     .container(&ep.container)
                     .cloned()
                     .expect("a live endpoint has its container");
-                self.remove_docker_container(&nl, &mut locked.state, &c, &mut out)?;
+                self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out)?;
             }
             Err(_) => {
                 // A create cut short before it saved leaves links of the endpoint's names.
@@ -500,23 +489,6 @@ impl Loader {
         prune(&mut locked.state);
         locked.save()?;
         Ok(out)
-    }
-
-    /// A Docker endpoint's container goes as `container rm` removes one: its publications,
-    /// then its veth, dataplane entry and flows.
-    fn remove_docker_container(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        c: &Container,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        for p in super::containers::publications_of(state, c) {
-            self.remove_publication(state, &p, out)?;
-        }
-        super::containers::remove_container(nl, state, c, out)?;
-        state.containers.retain(|x| x.name != c.name);
-        Ok(())
     }
 }
 

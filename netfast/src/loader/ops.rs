@@ -186,12 +186,7 @@ impl Loader {
                 Object::Container(c) if all.container(&c.name).is_none() => {
                     all.containers.push(c.clone())
                 }
-                Object::Publication(p)
-                    if !all
-                        .publications
-                        .iter()
-                        .any(|q| q.network == p.network && q.spec == p.spec) =>
-                {
+                Object::Publication(p) if all.publication(&p.network, &p.spec).is_none() => {
                     all.publications.push(p.clone())
                 }
                 _ => {}

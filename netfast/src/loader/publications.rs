@@ -151,13 +151,7 @@ impl Loader {
         let nl = self.netlink().host()?;
         let (mut locked, mut out) = self.lock(&nl)?;
         let canonical = spec.parse::<PublishSpec>()?.to_string();
-        let Some(p) = locked
-            .state
-            .publications
-            .iter()
-            .find(|p| p.network == network && p.spec == canonical)
-            .cloned()
-        else {
+        let Some(p) = locked.state.publication(network, &canonical).cloned() else {
             return Err(Error::Settings(format!(
                 "network `{network}` does not publish `{canonical}` (see `netfast publish ls`)"
             )));

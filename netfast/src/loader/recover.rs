@@ -116,16 +116,10 @@ impl Loader {
                 None => remove_container(nl, state, c, out),
             },
             Object::Publication(p) => {
-                let known = state
-                    .publications
-                    .iter()
-                    .any(|q| q.network == p.network && q.spec == p.spec);
-                if known {
+                if state.publication(&p.network, &p.spec).is_some() {
                     self.remove_publication(state, p, out)
                 } else {
-                    let mut with = state.clone();
-                    with.publications.push(p.clone());
-                    self.remove_publication(&mut with, p, out)
+                    self.remove_unknown_publication(state, p, out)
                 }
             }
             Object::Settings | Object::Everything => Ok(()),
@@ -158,16 +152,10 @@ impl Loader {
                 remove_container(nl, state, c, out)
             }
             Object::Publication(p) => {
-                if state
-                    .publications
-                    .iter()
-                    .any(|q| q.network == p.network && q.spec == p.spec)
-                {
+                if state.publication(&p.network, &p.spec).is_some() {
                     return Ok(());
                 }
-                let mut with = state.clone();
-                with.publications.push(p.clone());
-                self.remove_publication(&mut with, p, out)
+                self.remove_unknown_publication(state, p, out)
             }
             Object::Settings => {
                 // The state's settings, back in the dataplane and the fallbacks' rules.
@@ -181,6 +169,18 @@ impl Loader {
             }
             Object::Everything => Ok(()),
         }
+    }
+
+    /// Removes what the kernel has of publication `p`, which the state does not have.
+    fn remove_unknown_publication(
+        &self,
+        state: &State,
+        p: &super::publish::Publication,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let mut with = state.clone();
+        with.publications.push(p.clone());
+        self.remove_publication(&mut with, p, out)
     }
 
     /// Removes what the kernel has of network `n`, which the state does not have.
