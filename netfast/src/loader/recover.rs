@@ -22,8 +22,9 @@ impl Loader {
     /// converging what an interrupted command left: what it was creating is removed again
     /// unless the state has it, what it was removing is removed for good (an interrupted
     /// `down` is finished), and links marked as this host's that neither the state nor that
-    /// command knows go with the namespaces behind them. What it does is said on stderr (the
-    /// command may fail after it); returns the lock and an empty output for the command.
+    /// command knows go with the namespaces behind them. What it does is logged (`info`: the
+    /// command may fail after it, and its own output is its own changes); returns the lock
+    /// and an empty list for the command's changes.
     pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<Change>)> {
         let mut locked = Locked::acquire(&self.host, true)?;
         log::debug!("holding the exclusive lock of {}", self.host.describe());
