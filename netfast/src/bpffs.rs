@@ -73,7 +73,7 @@ pub fn root() -> Result<PathBuf> {
             ),
             source,
         })?;
-        eprintln!("netfast: mounted the bpf filesystem at {DEFAULT}");
+        log::info!("mounted the bpf filesystem at {DEFAULT}");
         return Ok(PathBuf::from(DEFAULT));
     }
     Err(Error::Io {

@@ -165,8 +165,8 @@ impl Host {
             ),
             source,
         })?;
-        eprintln!(
-            "netfast: moved {} to {}: state is now keyed by the namespace's identity",
+        log::info!(
+            "moved {} to {}: state is now keyed by the namespace's identity",
             old_state.display(),
             new_state.display()
         );

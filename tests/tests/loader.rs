@@ -2057,3 +2057,208 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     assert!(fs::metadata(h.pin_dir().expect("pin dir")).is_err());
     assert!(fs::metadata(h.state_dir()).is_err());
 }
+
+/// A change as `--json` prints it: the test's own reading of the format, so that a change to
+/// the format fails here rather than in a user's script.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+enum Change {
+    BridgeCreated {
+        bridge: String,
+        gateway: std::net::Ipv4Addr,
+        prefix: u8,
+    },
+    NetworkServed {
+        network: String,
+        backend: String,
+        bridge: String,
+        uplink: String,
+        masquerade: Option<Masquerade>,
+    },
+    ContainerCreated {
+        container: String,
+        network: String,
+        ip: std::net::Ipv4Addr,
+        veth: String,
+    },
+    Published {
+        publication: Publication,
+    },
+    Unpublished {
+        network: String,
+        spec: String,
+    },
+    ContainerRemoved {
+        container: String,
+        ip: std::net::Ipv4Addr,
+    },
+    BridgeDeleted {
+        bridge: String,
+    },
+    NetworkRemoved {
+        network: String,
+    },
+    DataplaneRemoved {
+        why: String,
+    },
+    Step {
+        action: Step,
+    },
+    NoChanges,
+    NothingToRemove,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Masquerade {
+    subnet: String,
+    address: std::net::Ipv4Addr,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Publication {
+    network: String,
+    spec: String,
+    container: String,
+    container_ip: std::net::Ipv4Addr,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Step {
+    action: String,
+    of: serde_json::Value,
+}
+
+/// Runs a command with `--json`; stdout must be nothing but the array of changes.
+fn changes(nf: &Netfast, args: &[&str]) -> Vec<Change> {
+    let mut argv = args.to_vec();
+    argv.push("--json");
+    let out = nf.ok(&argv);
+    serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!(
+            "`netfast {}` printed no JSON array of changes ({e}): {out}",
+            argv.join(" ")
+        )
+    })
+}
+
+#[test]
+fn mutating_commands_print_their_changes_as_json() {
+    require_root();
+    let (topo, nf) = host();
+    let c0 = ct(&topo, 0);
+    let made = changes(
+        &nf,
+        &[
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "172.18.0.0/24",
+            "--uplink",
+            "up0",
+        ],
+    );
+    assert!(
+        made.contains(&Change::BridgeCreated {
+            bridge: "nf-web".into(),
+            gateway: "172.18.0.1".parse().unwrap(),
+            prefix: 24,
+        }),
+        "{made:?}"
+    );
+    assert!(
+        made.contains(&Change::NetworkServed {
+            network: "web".into(),
+            backend: "ebpf".into(),
+            bridge: "nf-web".into(),
+            uplink: "up0".into(),
+            masquerade: Some(Masquerade {
+                subnet: "172.18.0.0/24".into(),
+                address: netfast_tests::topology::UPLINK_ADDR,
+            }),
+        }),
+        "{made:?}"
+    );
+    let made = changes(&nf, &["container", "create", &c0, "--network", "web"]);
+    assert!(
+        matches!(&made[..], [Change::ContainerCreated { container, network, ip, veth }]
+            if *container == c0 && network == "web" && ip.to_string() == "172.18.0.2"
+                && !veth.is_empty()),
+        "{made:?}"
+    );
+    let spec = format!("8080:{c0}:80");
+    let made = changes(&nf, &["publish", "web", &spec]);
+    assert_eq!(
+        made,
+        [Change::Published {
+            publication: Publication {
+                network: "web".into(),
+                spec: format!("{spec}/tcp"),
+                container: c0.clone(),
+                container_ip: "172.18.0.2".parse().unwrap(),
+            }
+        }]
+    );
+    let gone = changes(&nf, &["unpublish", "web", &spec]);
+    assert_eq!(
+        gone,
+        [Change::Unpublished {
+            network: "web".into(),
+            spec: format!("{spec}/tcp"),
+        }]
+    );
+    let gone = changes(&nf, &["container", "rm", &c0]);
+    assert_eq!(
+        gone,
+        [Change::ContainerRemoved {
+            container: c0.clone(),
+            ip: "172.18.0.2".parse().unwrap(),
+        }]
+    );
+    let gone = changes(&nf, &["network", "rm", "web"]);
+    assert_eq!(
+        gone,
+        [
+            Change::DataplaneRemoved {
+                why: "last_network".into()
+            },
+            Change::BridgeDeleted {
+                bridge: "nf-web".into()
+            },
+            Change::NetworkRemoved {
+                network: "web".into()
+            },
+        ]
+    );
+    // apply: a step per change, then "no changes"; down: what it removed.
+    let file = format!("/tmp/{}-apply-json.toml", topo.host.name());
+    fs::write(
+        &file,
+        format!(
+            "[[network]]\nname = \"db\"\nsubnet = \"172.19.0.0/24\"\nuplink = \"up0\"\n\n\
+             [[container]]\nname = \"{c0}\"\nnetwork = \"db\"\n"
+        ),
+    )
+    .expect("write apply file");
+    let steps: Vec<String> = changes(&nf, &["apply", "-f", &file])
+        .into_iter()
+        .map(|c| match c {
+            Change::Step { action } => action.action,
+            other => panic!("apply printed {other:?}, not a step"),
+        })
+        .collect();
+    assert_eq!(steps, ["create_network", "create_container"]);
+    assert_eq!(changes(&nf, &["apply", "-f", &file]), [Change::NoChanges]);
+    fs::remove_file(&file).expect("remove apply file");
+    let down = changes(&nf, &["down"]);
+    assert!(
+        down.contains(&Change::DataplaneRemoved { why: "down".into() })
+            && down.contains(&Change::NetworkRemoved {
+                network: "db".into()
+            }),
+        "{down:?}"
+    );
+    assert_eq!(changes(&nf, &["down"]), [Change::NothingToRemove]);
+}

@@ -131,7 +131,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 .with_state((host.clone(), shared.clone()));
             rt.spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
-                    eprintln!("netfast agent: serving /metrics stopped: {e}");
+                    log::error!("serving /metrics stopped: {e}");
                 }
             });
             Some(local)
@@ -243,7 +243,7 @@ impl Agent {
     fn failed(&mut self, what: &str, e: &Error) {
         let text = format!("{what} failed: {}", report(e));
         if self.last_error.as_deref() != Some(text.as_str()) {
-            eprintln!("netfast agent: {text} (trying again)");
+            log::warn!("{text} (trying again)");
             self.last_error = Some(text);
         }
     }

@@ -128,8 +128,8 @@ fn timeouts(t: &crate::loader::model::Timeouts) -> Result<Vec<cttimeout::Policy>
     for p in &policies {
         if let Err(e) = cttimeout::set(p) {
             if cttimeout::unsupported(&e) {
-                eprintln!(
-                    "netfast: this kernel has no conntrack timeout policies \
+                log::warn!(
+                    "this kernel has no conntrack timeout policies \
                      (CONFIG_NF_CONNTRACK_TIMEOUT, CONFIG_NF_CT_NETLINK_TIMEOUT): flows of the \
                      iptables backend's networks keep the kernel's timeouts \
                      (net.netfilter.nf_conntrack_*_timeout)"

@@ -48,8 +48,8 @@ pub(super) fn sync(rules: &Rules) -> Result<()> {
         &["nft", "-f", "-"],
         &render_nft::nft_timeouts_text(&rules.timeouts),
     ) {
-        eprintln!(
-            "netfast: nftables refused conntrack timeout policies ({}): flows of the \
+        log::warn!(
+            "nftables refused conntrack timeout policies ({}): flows of the \
              nftables backend's networks keep the kernel's timeouts \
              (net.netfilter.nf_conntrack_*_timeout)",
             crate::error::report(&e)

@@ -81,11 +81,11 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     // Read-only without flags (a shared lock, nothing created); with flags, read, changed and
     // written under one exclusive lock, so that two commands at once both count.
     let cfg = if changes {
-        let (cfg, lines) = loader.configure_with(change)?;
+        let (cfg, changes) = loader.configure_with(change)?;
         // The settings themselves are printed below; notes go beside them, not into them.
-        for line in lines {
-            if line.starts_with("note:") {
-                eprintln!("netfast: {line}");
+        for c in changes {
+            if let netfast::loader::Change::FallbackSettings { .. } = c {
+                eprintln!("netfast: {c}");
             }
         }
         cfg

@@ -343,28 +343,45 @@ fn watch(dp: Option<Dataplane>, state: &State, filter: &Filter, json: bool) -> a
             && Instant::now() >= next_scan
         {
             dp.check_still_current()?;
-            let now_live = current(dp)?;
-            for (key, flow) in &live {
-                if !now_live.contains_key(key) && filter.matches(flow) {
-                    print_event("DESTROY", flow, json)?;
-                }
-            }
-            live = now_live;
+            live = print_ended(live, current(dp)?, |f| filter.matches(f), json)?;
             next_scan = Instant::now() + Duration::from_secs(1);
         }
-        let mut fds: Vec<libc::pollfd> = ring
-            .iter()
-            .map(|r| r.as_raw_fd())
-            .chain(kernel.iter().map(|k| k.fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: a valid array of pollfds and its length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        wait_readable(
+            ring.iter()
+                .map(|r| r.as_raw_fd())
+                .chain(kernel.iter().map(|k| k.fd())),
+        );
     }
+}
+
+/// Prints a DESTROY event for each flow of `live` that `now_live` no longer has and `shown`
+/// selects; returns `now_live`, the flows to compare with next time.
+pub(super) fn print_ended(
+    live: HashMap<CtKey, Flow>,
+    now_live: HashMap<CtKey, Flow>,
+    shown: impl Fn(&Flow) -> bool,
+    json: bool,
+) -> anyhow::Result<HashMap<CtKey, Flow>> {
+    for (key, flow) in &live {
+        if !now_live.contains_key(key) && shown(flow) {
+            print_event("DESTROY", flow, json)?;
+        }
+    }
+    Ok(now_live)
+}
+
+/// Waits until one of `fds` has something to read, for at most 200 ms (the scans for ended
+/// flows run between the waits).
+pub(super) fn wait_readable(fds: impl Iterator<Item = std::os::fd::RawFd>) {
+    let mut fds: Vec<libc::pollfd> = fds
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfds and its length.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
 }
 
 pub(super) fn current(dp: &Dataplane) -> anyhow::Result<HashMap<CtKey, Flow>> {

@@ -5,6 +5,8 @@ use std::net::Ipv4Addr;
 use clap::Subcommand;
 use netfast::loader::{Loader, model::ContainerSpec};
 
+use super::Changes;
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a container: a named network namespace (see `ip netns`) with `eth0` on the
@@ -16,9 +18,15 @@ pub enum Command {
         /// Its address [default: the next free one of the subnet].
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Remove a container: its namespace and its veth pair.
-    Rm { name: String },
+    Rm {
+        name: String,
+        #[command(flatten)]
+        out: Changes,
+    },
     /// List containers, with their namespaces, what the kernel lacks of them ("drift"), and
     /// what an interrupted command left that the state does not know.
     ///
@@ -33,10 +41,13 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     let loader = Loader::new()?;
     match command {
-        Command::Create { name, network, ip } => {
-            super::print_lines(loader.container_create(&ContainerSpec { name, network, ip })?);
-        }
-        Command::Rm { name } => super::print_lines(loader.container_rm(&name)?),
+        Command::Create {
+            name,
+            network,
+            ip,
+            out,
+        } => out.print(&loader.container_create(&ContainerSpec { name, network, ip })?)?,
+        Command::Rm { name, out } => out.print(&loader.container_rm(&name)?)?,
         Command::Ls { json } => {
             let cts = loader.container_status()?;
             if json {

@@ -7,6 +7,7 @@ mod conntrack;
 mod container;
 mod docker_plugin;
 mod doctor;
+mod logger;
 mod monitor;
 mod network;
 mod object;
@@ -30,6 +31,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     netns: Option<String>,
 
+    /// Say more on stderr: -v adds debug messages, -vv trace. Without it, NETFAST_LOG
+    /// (off, error, warn, info, debug, trace) sets the level [default: info: warnings, and
+    /// notes of what a command did besides its output].
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -47,14 +54,24 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: std::path::PathBuf,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Publish a container's port on the host (`docker run -p` syntax); `publish ls` lists.
     Publish(publish::PublishArgs),
     /// Stop publishing: NET and the SPEC it was published with.
-    Unpublish { network: String, spec: String },
+    Unpublish {
+        network: String,
+        spec: String,
+        #[command(flatten)]
+        out: Changes,
+    },
     /// Remove everything netfast created in this host namespace, and nothing else: what the
     /// state knows, what an interrupted command left, and every link marked as netfast's.
-    Down,
+    Down {
+        #[command(flatten)]
+        out: Changes,
+    },
     /// Show or change the host-wide dataplane settings (timeouts, port range, filtering).
     ///
     /// The timeouts also reach networks on the nftables/iptables backends, as conntrack
@@ -160,6 +177,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    logger::init(cli.verbose)?;
     if let Some(name) = &cli.netns {
         // Before any other thread starts: threads inherit the namespace of their creator.
         netfast::netns::enter(name).with_context(|| format!("--netns {name}"))?;
@@ -167,10 +185,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Network(c) => network::run(c),
         Command::Container(c) => container::run(c),
-        Command::Apply { file } => apply::apply(file),
+        Command::Apply { file, out } => apply::apply(file, out),
         Command::Publish(args) => publish::run(args),
-        Command::Unpublish { network, spec } => publish::unpublish(network, spec),
-        Command::Down => apply::down(),
+        Command::Unpublish { network, spec, out } => publish::unpublish(network, spec, out),
+        Command::Down { out } => apply::down(out),
         Command::Config(args) => config::run(args),
         Command::Conntrack(c) => conntrack::run(c),
         Command::Stats { json } => stats::run(json),
@@ -183,9 +201,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Prints what a command did, a line per change.
-fn print_lines(lines: Vec<String>) {
-    for l in lines {
-        println!("{l}");
+/// How a command that changes something prints what it changed.
+#[derive(clap::Args, Clone, Copy)]
+struct Changes {
+    /// Print what changed as a JSON array of objects, each with its kind under `change`,
+    /// instead of a line per change.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Changes {
+    fn print(self, changes: &[netfast::loader::Change]) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(changes)?);
+        } else {
+            for c in changes {
+                println!("{c}");
+            }
+        }
+        Ok(())
     }
 }

@@ -313,26 +313,15 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         }
         if flows && Instant::now() >= next_scan {
             let now_live = super::conntrack::current(&dp)?;
-            for (key, flow) in &live {
-                if !now_live.contains_key(key) {
-                    super::conntrack::print_event("DESTROY", flow, args.json)?;
-                }
-            }
-            live = now_live;
+            live = super::conntrack::print_ended(live, now_live, |_| true, args.json)?;
             next_scan = Instant::now() + Duration::from_secs(1);
         }
-        let mut fds: Vec<libc::pollfd> = drop_ring
-            .iter()
-            .map(|r| r.as_raw_fd())
-            .chain(flow_ring.iter().map(|r| r.as_raw_fd()))
-            .chain(log_rings.iter().map(|r| r.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: a valid array of pollfds and its length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        super::conntrack::wait_readable(
+            drop_ring
+                .iter()
+                .map(|r| r.as_raw_fd())
+                .chain(flow_ring.iter().map(|r| r.as_raw_fd()))
+                .chain(log_rings.iter().map(|r| r.as_raw_fd())),
+        );
     }
 }

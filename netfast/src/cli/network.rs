@@ -10,6 +10,8 @@ use netfast::loader::{
     validate,
 };
 
+use super::Changes;
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a network: a bridge with the gateway address, netfast's programs on the bridge
@@ -43,9 +45,15 @@ pub enum Command {
         /// ebpf, nftables, iptables that works here (`netfast doctor` says why one does not).
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
+        #[command(flatten)]
+        out: Changes,
     },
     /// Remove a network (it must have no containers); an adopted bridge is left in place.
-    Rm { name: String },
+    Rm {
+        name: String,
+        #[command(flatten)]
+        out: Changes,
+    },
     /// List networks, with what the kernel lacks of them ("drift"), and what an interrupted
     /// command left that the state does not know (networks it was creating, links marked as
     /// netfast's).
@@ -71,6 +79,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             adopt,
             no_masquerade,
             backend,
+            out,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -82,9 +91,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 masquerade: !no_masquerade,
                 backend,
             };
-            super::print_lines(loader.network_create(&spec)?);
+            out.print(&loader.network_create(&spec)?)?;
         }
-        Command::Rm { name } => super::print_lines(loader.network_rm(&name)?),
+        Command::Rm { name, out } => out.print(&loader.network_rm(&name)?)?,
         Command::Ls { json } => {
             let nets = loader.network_status()?;
             if json {

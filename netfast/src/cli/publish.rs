@@ -21,6 +21,8 @@ pub struct PublishArgs {
     /// Only clients in CIDR may connect (repeatable); others are dropped and counted.
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<Ipv4Net>,
+    #[command(flatten)]
+    out: super::Changes,
 }
 
 #[derive(Subcommand)]
@@ -59,11 +61,10 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let (Some(network), Some(spec)) = (args.network, args.spec) else {
         anyhow::bail!("publish needs a network and a spec, e.g. `netfast publish web 8080:ct1:80`");
     };
-    super::print_lines(loader.publish(&network, &spec, &args.allow)?);
-    Ok(())
+    args.out
+        .print(&loader.publish(&network, &spec, &args.allow)?)
 }
 
-pub fn unpublish(network: String, spec: String) -> anyhow::Result<()> {
-    super::print_lines(Loader::new()?.unpublish(&network, &spec)?);
-    Ok(())
+pub fn unpublish(network: String, spec: String, out: super::Changes) -> anyhow::Result<()> {
+    out.print(&Loader::new()?.unpublish(&network, &spec)?)
 }

@@ -152,10 +152,10 @@ impl Answer {
     }
 }
 
-fn answer(body: impl Serialize, done: Vec<String>) -> Result<Answer> {
+fn answer(body: impl Serialize, done: Vec<crate::loader::Change>) -> Result<Answer> {
     Ok(Answer {
         body: serde_json::to_value(body).expect("answers serialize"),
-        done,
+        done: crate::loader::change::lines(&done),
     })
 }
 
@@ -287,10 +287,12 @@ impl Driver {
                 gateway: network.gateway.to_string(),
                 disable_gateway_service: false,
             },
-            vec![format!(
-                "{} joined {}: {} goes in as eth…, gateway {}",
-                ep.container, r.sandbox_key, ep.peer, network.gateway
-            )],
+            vec![crate::loader::Change::DockerEndpointJoined {
+                container: ep.container.clone(),
+                sandbox: r.sandbox_key.clone(),
+                peer: ep.peer.clone(),
+                gateway: network.gateway,
+            }],
         )
     }
 
@@ -364,10 +366,7 @@ impl Driver {
                 Err(e) => {
                     for spec in made.iter().rev() {
                         if let Err(u) = self.loader.unpublish(&network, spec) {
-                            eprintln!(
-                                "netfast docker-plugin: undoing {spec}: {}",
-                                crate::error::report(&u)
-                            );
+                            log::error!("undoing {spec}: {}", crate::error::report(&u));
                         }
                     }
                     return Err(e);

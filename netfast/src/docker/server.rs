@@ -123,7 +123,7 @@ async fn dispatch(jobs: mpsc::Sender<Job>, path: &'static str, body: Bytes) -> R
     let call = match Call::decode(path, &body) {
         Ok(c) => c,
         Err(err) => {
-            eprintln!("netfast docker-plugin: {path}: {err}");
+            log::warn!("{path}: {err}");
             return json(StatusCode::BAD_REQUEST, &ErrorResponse { err });
         }
     };

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Loader, caps,
-    model::{Backend, Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
-    netlink::Nl,
+    change::Change,
+    model::{Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
     state::Locked,
     validate::{self, Invalid},
 };
@@ -203,24 +203,24 @@ impl Loader {
         &self,
         spec: &NetworkSpec,
         docker_id: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Change>> {
         caps::require("docker network create", true)?;
         check_id("network", docker_id)?;
         let nl = self.netlink().host()?;
         // As `network create`: what an interrupted command left is converged first.
         let (mut locked, mut out) = self.lock(&nl)?;
         if let Ok(n) = network_of(&locked.state, docker_id) {
-            return Ok(vec![format!(
-                "network {} already serves Docker network {docker_id}",
-                n.name
-            )]);
+            return Ok(vec![Change::DockerNetworkExists {
+                network: n.name.clone(),
+                docker_network: docker_id.to_owned(),
+            }]);
         }
         prune(&mut locked.state);
         let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
-        out.push(format!(
-            "network {} serves Docker network {docker_id}",
-            network.name
-        ));
+        out.push(Change::DockerNetworkServed {
+            network: network.name.clone(),
+            docker_network: docker_id.to_owned(),
+        });
         locked.state.networks.push(network);
         locked.state.docker.networks.retain(|d| d.id != docker_id);
         locked.state.docker.networks.push(DockerNetwork {
@@ -234,7 +234,7 @@ impl Loader {
 
     /// Removes the netfast network of Docker network `docker_id`, with the endpoints Docker
     /// left on it; nothing when there is none. Containers the command line put on it stop it.
-    pub fn docker_network_rm(&self, docker_id: &str) -> Result<Vec<String>> {
+    pub fn docker_network_rm(&self, docker_id: &str) -> Result<Vec<Change>> {
         caps::require("docker network rm", false)?;
         let mut locked = Locked::acquire(&self.host, true)?;
         let mut out = Vec::new();
@@ -242,9 +242,9 @@ impl Loader {
             locked.state.docker.networks.retain(|d| d.id != docker_id);
             prune(&mut locked.state);
             locked.save()?;
-            return Ok(vec![format!(
-                "Docker network {docker_id} has no netfast network: nothing to remove"
-            )]);
+            return Ok(vec![Change::DockerNetworkUnknown {
+                docker_network: docker_id.to_owned(),
+            }]);
         };
         let nl = self.netlink().host()?;
         let (docker, others): (Vec<Container>, Vec<Container>) = locked
@@ -265,7 +265,7 @@ impl Loader {
             )));
         }
         for c in &docker {
-            self.remove_docker_container(&nl, &mut locked.state, c, &mut out)?;
+            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut out)?;
             locked.save()?;
         }
         self.remove_network(&nl, &mut locked.state, &network, &mut out)?;
@@ -285,7 +285,7 @@ impl Loader {
         endpoint_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Result<(DockerEndpoint, Vec<String>)> {
+    ) -> Result<(DockerEndpoint, Vec<Change>)> {
         caps::require("docker endpoint create", false)?;
         check_id("endpoint", endpoint_id)?;
         let mut locked = Locked::acquire(&self.host, true)?;
@@ -294,7 +294,9 @@ impl Loader {
         {
             return Ok((
                 ep.clone(),
-                vec![format!("endpoint {} exists", ep.container)],
+                vec![Change::DockerEndpointExists {
+                    container: ep.container.clone(),
+                }],
             ));
         }
         prune(&mut locked.state);
@@ -312,12 +314,11 @@ impl Loader {
             .cloned()
             .collect();
         for c in &dead {
-            done.push(format!(
-                "container {} lost its veth {} (its namespace ended without Docker deleting the \
-                 endpoint): removing it",
-                c.name, c.veth
-            ));
-            self.remove_docker_container(&nl, &mut locked.state, c, &mut done)?;
+            done.push(Change::DockerEndpointLost {
+                container: c.name.clone(),
+                veth: c.veth.clone(),
+            });
+            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut done)?;
             prune(&mut locked.state);
             locked.save()?;
         }
@@ -362,26 +363,16 @@ impl Loader {
             nl.set_mtu(&peer_link, bridge.mtu)?;
             nl.set_controller(&host_side, &bridge)?;
             nl.set_up(&host_side)?;
-            if network.backend != Backend::Ebpf {
-                nl.set_hairpin(&host_side, true)?;
-            }
-            // The fast path delivers straight into the container, as for the CLI's.
-            if network.backend == Backend::Ebpf
-                && let (Some(gw_mac), Some(mut dp)) =
-                    (bridge.mac, Dataplane::open_existing(&self.host)?)
-            {
-                dp.set_endpoint(
-                    ip,
-                    &netfast_common::config::Endpoint {
-                        ifindex: host_side.index,
-                        mac,
-                        gw_mac,
-                        mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
-                        _pad: 0,
-                    },
-                )?;
-            }
-            Ok(())
+            // As for the CLI's containers: hairpin, or the fast path's entry.
+            super::containers::connect_endpoint(
+                &self.host,
+                &nl,
+                &network,
+                &bridge,
+                &host_side,
+                ip,
+                Some(mac),
+            )
         })();
         let ep = DockerEndpoint {
             id: endpoint_id.to_owned(),
@@ -405,12 +396,15 @@ impl Loader {
             let _ = nl.delete_link(&host_side);
             return Err(e);
         }
-        done.push(format!(
-            "created container {name} on {} at {ip}/{} (veth {veth}, {peer} for Docker, mac {})",
-            network.name,
-            network.subnet.prefix_len(),
-            format_mac(mac)
-        ));
+        done.push(Change::DockerEndpointCreated {
+            container: name.clone(),
+            network: network.name.clone(),
+            ip,
+            prefix: network.subnet.prefix_len(),
+            veth: veth.clone(),
+            peer: peer.clone(),
+            mac: format_mac(mac),
+        });
         Ok((ep, done))
     }
 
@@ -462,7 +456,7 @@ impl Loader {
 
     /// Removes endpoint `endpoint_id`: its publications, veth pair and flows, as `container
     /// rm` does; nothing when it is gone already.
-    pub fn docker_endpoint_rm(&self, endpoint_id: &str) -> Result<Vec<String>> {
+    pub fn docker_endpoint_rm(&self, endpoint_id: &str) -> Result<Vec<Change>> {
         caps::require("docker endpoint rm", false)?;
         check_id("endpoint", endpoint_id)?;
         let mut locked = Locked::acquire(&self.host, true)?;
@@ -475,7 +469,7 @@ impl Loader {
                     .container(&ep.container)
                     .cloned()
                     .expect("a live endpoint has its container");
-                self.remove_docker_container(&nl, &mut locked.state, &c, &mut out)?;
+                self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out)?;
             }
             Err(_) => {
                 // A create cut short before it saved leaves links of the endpoint's names.
@@ -483,7 +477,7 @@ impl Loader {
                 let owned = locked.state.containers.iter().any(|c| c.veth == veth);
                 if !owned && let Some(link) = nl.link(&veth)? {
                     nl.delete_link(&link)?;
-                    out.push(format!("deleted {veth}, left by an earlier attempt"));
+                    out.push(Change::StaleVethDeleted { veth });
                 }
             }
         }
@@ -495,23 +489,6 @@ impl Loader {
         prune(&mut locked.state);
         locked.save()?;
         Ok(out)
-    }
-
-    /// A Docker endpoint's container goes as `container rm` removes one: its publications,
-    /// then its veth, dataplane entry and flows.
-    fn remove_docker_container(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        c: &Container,
-        out: &mut Vec<String>,
-    ) -> Result<()> {
-        for p in super::ops::publications_of(state, c) {
-            self.remove_publication(state, &p, out)?;
-        }
-        super::ops::remove_container(nl, state, c, out)?;
-        state.containers.retain(|x| x.name != c.name);
-        Ok(())
     }
 }
 

@@ -53,20 +53,7 @@ mod tests {
     use crate::loader::model::Container;
 
     fn net(subnet: &str, gw: &str) -> Network {
-        Network {
-            name: "n".into(),
-            id: 1,
-            subnet: subnet.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
-            bridge: "b".into(),
-            uplink: "u".into(),
-            adopted: false,
-            adopted_ports: vec![],
-            masquerade: true,
-            backend: Default::default(),
-            route_localnet: false,
-            hairpin_set: Vec::new(),
-        }
+        crate::loader::model::fixtures::network("n", subnet, gw)
     }
 
     fn with(ips: &[&str]) -> State {

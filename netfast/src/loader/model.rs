@@ -205,6 +205,13 @@ impl State {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// Network `network`'s publication of `spec` (canonical, as the state keeps it).
+    pub fn publication(&self, network: &str, spec: &str) -> Option<&super::publish::Publication> {
+        self.publications
+            .iter()
+            .find(|p| p.network == network && p.spec == spec)
+    }
+
     pub fn containers_of<'a>(
         &'a self,
         network: &'a str,
@@ -300,6 +307,45 @@ impl Default for DataplaneConfig {
             port_range: format!("{}-{}", d.port_min, d.port_max),
             timeouts: Timeouts::default(),
             fast_path: Switch::On,
+        }
+    }
+}
+
+/// Networks and states for the loader's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Container, Network, State};
+
+    /// Network `name` on `subnet` with gateway `gateway`: bridge nf-NAME, uplink eth0,
+    /// masqueraded, id 1, on the default backend.
+    pub fn network(name: &str, subnet: &str, gateway: &str) -> Network {
+        Network {
+            name: name.into(),
+            id: 1,
+            subnet: subnet.parse().unwrap(),
+            gateway: gateway.parse().unwrap(),
+            bridge: format!("nf-{name}"),
+            uplink: "eth0".into(),
+            adopted: false,
+            adopted_ports: vec![],
+            masquerade: true,
+            backend: Default::default(),
+            route_localnet: false,
+            hairpin_set: Vec::new(),
+        }
+    }
+
+    /// Network web (172.18.0.0/24) with container ct1 at 172.18.0.2.
+    pub fn web_with_ct1() -> State {
+        State {
+            networks: vec![network("web", "172.18.0.0/24", "172.18.0.1")],
+            containers: vec![Container {
+                name: "ct1".into(),
+                network: "web".into(),
+                ip: "172.18.0.2".parse().unwrap(),
+                veth: "nfv0".into(),
+            }],
+            ..State::default()
         }
     }
 }

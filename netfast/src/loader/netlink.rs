@@ -513,19 +513,10 @@ impl Nl<'_> {
 
     /// Every IPv4 address of this namespace.
     pub fn all_addresses(&self) -> Result<Vec<Ipv4Addr>> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.address().get().execute().try_collect())
-            .map_err(failed(format!("listing the addresses of {}", self.place)))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })
-            })
+        Ok(self
+            .address_nets()?
+            .into_iter()
+            .map(|(_, ip, _)| ip)
             .collect())
     }
 }

@@ -33,7 +33,8 @@ impl ApplyFile {
 }
 
 /// One change, in the order [`plan`] gives them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", content = "of", rename_all = "snake_case")]
 pub enum Action {
     Unpublish { network: String, spec: String },
     RemoveContainer(String),

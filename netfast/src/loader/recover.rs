@@ -4,11 +4,12 @@
 
 use super::{
     Loader,
+    change::{Change, DataplaneGone},
+    containers::remove_container,
     intent::{Intent, Mark, Object, Owner},
     model::{Backend, State},
     netlink::{Link, Nl},
     nsfs,
-    ops::remove_container,
     state::Locked,
 };
 use crate::{
@@ -21,16 +22,17 @@ impl Loader {
     /// converging what an interrupted command left: what it was creating is removed again
     /// unless the state has it, what it was removing is removed for good (an interrupted
     /// `down` is finished), and links marked as this host's that neither the state nor that
-    /// command knows go with the namespaces behind them. What it does is said on stderr (the
-    /// command may fail after it); returns the lock and an empty output for the command.
-    pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<String>)> {
+    /// command knows go with the namespaces behind them. What it does is logged (`info`: the
+    /// command may fail after it, and its own output is its own changes); returns the lock
+    /// and an empty list for the command's changes.
+    pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<Change>)> {
         let mut locked = Locked::acquire(&self.host, true)?;
+        log::debug!("holding the exclusive lock of {}", self.host.describe());
         let mut out = Vec::new();
         if let Some(intent) = locked.intent.clone() {
-            out.push(format!(
-                "an interrupted `netfast {}` left changes; completing them:",
-                intent.command
-            ));
+            out.push(Change::InterruptedCompleted {
+                command: intent.command.clone(),
+            });
             self.converge(nl, &mut locked, &intent, &mut out)
                 .map_err(|e| {
                     Error::Settings(format!(
@@ -45,8 +47,8 @@ impl Loader {
             locked.finish()?;
         }
         self.sweep_marked(nl, &locked.state, &mut out)?;
-        for line in &out {
-            eprintln!("netfast: {line}");
+        for change in &out {
+            log::info!("{change}");
         }
         Ok((locked, Vec::new()))
     }
@@ -67,7 +69,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         intent: &Intent,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         if intent.remove.contains(&Object::Everything) {
             let pending: Vec<Object> = intent
@@ -95,7 +97,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         o: &Object,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         match o {
             Object::Network(n) => {
@@ -115,16 +117,10 @@ impl Loader {
                 None => remove_container(nl, state, c, out),
             },
             Object::Publication(p) => {
-                let known = state
-                    .publications
-                    .iter()
-                    .any(|q| q.network == p.network && q.spec == p.spec);
-                if known {
+                if state.publication(&p.network, &p.spec).is_some() {
                     self.remove_publication(state, p, out)
                 } else {
-                    let mut with = state.clone();
-                    with.publications.push(p.clone());
-                    self.remove_publication(&mut with, p, out)
+                    self.remove_unknown_publication(state, p, out)
                 }
             }
             Object::Settings | Object::Everything => Ok(()),
@@ -138,7 +134,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         o: &Object,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         match o {
             Object::Network(n) => {
@@ -157,16 +153,10 @@ impl Loader {
                 remove_container(nl, state, c, out)
             }
             Object::Publication(p) => {
-                if state
-                    .publications
-                    .iter()
-                    .any(|q| q.network == p.network && q.spec == p.spec)
-                {
+                if state.publication(&p.network, &p.spec).is_some() {
                     return Ok(());
                 }
-                let mut with = state.clone();
-                with.publications.push(p.clone());
-                self.remove_publication(&mut with, p, out)
+                self.remove_unknown_publication(state, p, out)
             }
             Object::Settings => {
                 // The state's settings, back in the dataplane and the fallbacks' rules.
@@ -175,11 +165,23 @@ impl Loader {
                     dp.configure(&settings.config)?;
                 }
                 crate::backend::sync(state, state)?;
-                out.push("put the saved dataplane settings back".into());
+                out.push(Change::SettingsRestored);
                 Ok(())
             }
             Object::Everything => Ok(()),
         }
+    }
+
+    /// Removes what the kernel has of publication `p`, which the state does not have.
+    fn remove_unknown_publication(
+        &self,
+        state: &State,
+        p: &super::publish::Publication,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let mut with = state.clone();
+        with.publications.push(p.clone());
+        self.remove_publication(&mut with, p, out)
     }
 
     /// Removes what the kernel has of network `n`, which the state does not have.
@@ -188,7 +190,7 @@ impl Loader {
         nl: &Nl<'_>,
         state: &mut State,
         n: &super::model::Network,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         // The dataplane it may have created half-way (some maps pinned) cannot be opened:
         // with no other network on it, it goes whole.
@@ -196,7 +198,9 @@ impl Loader {
             && !state.networks.iter().any(|m| m.backend == Backend::Ebpf)
             && Dataplane::remove(&self.host)?
         {
-            out.push("removed the dataplane (no network on it)".into());
+            out.push(Change::DataplaneRemoved {
+                why: DataplaneGone::NoNetwork,
+            });
         }
         let mut with = state.clone();
         with.networks.push(n.clone());
@@ -212,7 +216,7 @@ impl Loader {
         &self,
         nl: &Nl<'_>,
         state: &State,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         for (link, owner) in self.unknown_marked(nl, state)? {
             match &owner {
@@ -222,19 +226,18 @@ impl Loader {
                             context: format!("deleting namespace {name}"),
                             source,
                         })?;
-                        out.push(format!(
-                            "removed namespace {name}, netfast's but unknown to the state"
-                        ));
+                        out.push(Change::UnknownNamespaceRemoved {
+                            namespace: name.clone(),
+                        });
                     }
                     nl.delete_link(&link)?;
                 }
                 Owner::Network(_) => nl.delete_link(&link)?,
             }
-            out.push(format!(
-                "removed link {}, netfast's ({}) but unknown to the state",
-                link.name,
-                link.alias.as_deref().unwrap_or("")
-            ));
+            out.push(Change::UnknownLinkRemoved {
+                link: link.name.clone(),
+                mark: link.alias.clone().unwrap_or_default(),
+            });
         }
         Ok(())
     }

@@ -145,6 +145,14 @@ fn open_dir(parent: Option<&OwnedFd>, name: &str, create: bool) -> io::Result<Op
     }
 }
 
+/// A new file `name` in `dir`, 0600, in place of whatever was there (a link is removed, never
+/// followed).
+fn create_fresh(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    unlink_at(dir, name, 0)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    Ok(File::from(open_at(Some(dir), name, flags, 0o600)?))
+}
+
 fn unlink_at(dir: &OwnedFd, name: &str, flags: libc::c_int) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: unlinkat on a directory we hold with a valid C string.
@@ -309,13 +317,7 @@ impl Locked {
         let write = || -> io::Result<()> {
             // Whatever a crash (or someone) left at the temporary name goes first; the new
             // file is created, never opened through a link.
-            unlink_at(dir, tmp, 0)?;
-            let mut f = File::from(open_at(
-                Some(dir),
-                tmp,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            )?);
+            let mut f = create_fresh(dir, tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             let (from, to) = (cstr(tmp)?, cstr(name)?);
@@ -369,16 +371,7 @@ impl Locked {
             return Ok(());
         };
         let path = self.dir_path.join(name);
-        let write = || -> io::Result<()> {
-            unlink_at(dir, name, 0)?;
-            let mut f = File::from(open_at(
-                Some(dir),
-                name,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            )?);
-            f.write_all(text.as_bytes())
-        };
+        let write = || -> io::Result<()> { create_fresh(dir, name)?.write_all(text.as_bytes()) };
         write().map_err(io_err(format!("writing {}", path.display())))
     }
 }

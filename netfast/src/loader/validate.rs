@@ -339,7 +339,6 @@ pub fn dataplane(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::model::{Container, Network};
 
     fn spec(name: &str, subnet: &str) -> NetworkSpec {
         NetworkSpec {
@@ -372,31 +371,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State {
-            dataplane: Default::default(),
-            networks: vec![Network {
-                name: "web".into(),
-                id: 1,
-                subnet: "172.18.0.0/24".parse().unwrap(),
-                gateway: "172.18.0.1".parse().unwrap(),
-                bridge: "nf-web".into(),
-                uplink: "eth0".into(),
-                adopted: false,
-                adopted_ports: vec![],
-                masquerade: true,
-                backend: Default::default(),
-                route_localnet: false,
-                hairpin_set: Vec::new(),
-            }],
-            containers: vec![Container {
-                name: "ct1".into(),
-                network: "web".into(),
-                ip: "172.18.0.2".parse().unwrap(),
-                veth: "nfv0".into(),
-            }],
-            publications: vec![],
-            docker: Default::default(),
-        }
+        crate::loader::model::fixtures::web_with_ct1()
     }
 
     fn err<T: std::fmt::Debug>(r: Result<T, Invalid>) -> String {

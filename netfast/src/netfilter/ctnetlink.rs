@@ -381,7 +381,7 @@ impl Events {
                     Some(libc::EAGAIN) => Ok(out),
                     // The kernel dropped events for want of room: say so and go on.
                     Some(libc::ENOBUFS) => {
-                        eprintln!("netfast: some kernel conntrack events were lost (ENOBUFS)");
+                        log::warn!("some kernel conntrack events were lost (ENOBUFS)");
                         Ok(out)
                     }
                     _ => Err(Error::Io {

@@ -167,7 +167,7 @@ pub fn check(dir: &Path, host: &Host) -> Result<Compat> {
 /// The warning every command prints when the programs that run are another build's.
 pub fn other_build_warning(host: &Host, running: &str) -> String {
     format!(
-        "netfast: warning: the dataplane of {} runs the programs of {running}, not this \
+        "warning: the dataplane of {} runs the programs of {running}, not this \
          netfast's ({}); run `netfast upgrade` to replace them in place (flows are kept)",
         host.describe(),
         describe_this()

@@ -4,6 +4,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     Loader, caps,
+    change::Change,
     intent::{Intent, Object},
     model::{Backend, State},
     netlink::Nl,
@@ -28,7 +29,7 @@ pub(super) fn refresh_host_addrs(host: &Host, nl: &Nl<'_>) -> Result<()> {
 }
 
 impl Loader {
-    pub fn publish(&self, network: &str, spec: &str, allow: &[Ipv4Net]) -> Result<Vec<String>> {
+    pub fn publish(&self, network: &str, spec: &str, allow: &[Ipv4Net]) -> Result<Vec<Change>> {
         caps::require("publish", false)?;
         let nl = self.netlink().host()?;
         let (mut locked, mut out) = self.lock(&nl)?;
@@ -46,7 +47,7 @@ impl Loader {
         nl: &Nl<'_>,
         locked: &mut Locked,
         p: Publication,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         locked.begin(Intent::creating(
             format!("publish {} {}", p.network, p.spec),
@@ -95,22 +96,17 @@ impl Loader {
         nl: &Nl<'_>,
         state: &State,
         p: Publication,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<Publication> {
         let network = p.network.as_str();
         let net = state.network(network).expect("validated");
         let (net_id, backend) = (net.id, net.backend);
         for l in sockets::listeners(p.proto, p.host_ports) {
-            let who = if l.owners.is_empty() {
-                "a socket".to_owned()
-            } else {
-                l.owners.join(", ")
-            };
-            out.push(format!(
-                "warning: {who} listens on host port {}/{}; connections arriving from outside will go \
-                 to the container instead",
-                l.port, p.proto
-            ));
+            out.push(Change::HostPortShadowed {
+                port: l.port,
+                proto: p.proto,
+                owners: l.owners,
+            });
         }
         let mut stale = 0;
         if backend == Backend::Ebpf {
@@ -125,9 +121,7 @@ impl Loader {
                 .collect();
             let pruned = dp.prune_publications(&owned)?;
             if pruned > 0 {
-                out.push(format!(
-                    "removed {pruned} dataplane entries of a publish that did not finish"
-                ));
+                out.push(Change::StalePublishPruned { entries: pruned });
             }
             dp.publish(&p, net_id)?;
         } else {
@@ -138,48 +132,26 @@ impl Loader {
             // or to the host itself) would go on matching: only new ones meet the new rule.
             stale = crate::backend::end_stale_flows(&p, &nl.all_addresses()?)?;
         }
-        out.push(format!(
-            "published {}{}/{} to {} ({}:{}){}",
-            p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
-            p.host_ports,
-            p.proto,
-            p.container,
-            p.container_ip,
-            p.container_ports,
-            if p.allow.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", only for {}",
-                    p.allow
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        ));
+        out.push(Change::Published {
+            publication: p.clone(),
+        });
         if stale > 0 {
-            out.push(format!(
-                "ended {stale} earlier flows to host port {}/{} that did not lead to {}",
-                p.host_ports, p.proto, p.container
-            ));
+            out.push(Change::StaleFlowsEnded {
+                flows: stale,
+                host_ports: p.host_ports.to_string(),
+                proto: p.proto,
+                container: p.container.clone(),
+            });
         }
         Ok(p)
     }
 
-    pub fn unpublish(&self, network: &str, spec: &str) -> Result<Vec<String>> {
+    pub fn unpublish(&self, network: &str, spec: &str) -> Result<Vec<Change>> {
         caps::require("unpublish", false)?;
         let nl = self.netlink().host()?;
         let (mut locked, mut out) = self.lock(&nl)?;
         let canonical = spec.parse::<PublishSpec>()?.to_string();
-        let Some(p) = locked
-            .state
-            .publications
-            .iter()
-            .find(|p| p.network == network && p.spec == canonical)
-            .cloned()
-        else {
+        let Some(p) = locked.state.publication(network, &canonical).cloned() else {
             return Err(Error::Settings(format!(
                 "network `{network}` does not publish `{canonical}` (see `netfast publish ls`)"
             )));
@@ -189,7 +161,7 @@ impl Loader {
             Object::Publication(p.clone()),
         ))?;
         let removed = self.remove_publication(&mut locked.state, &p, &mut out);
-        super::ops::conclude(&mut locked, removed)?;
+        super::transaction::conclude(&mut locked, removed)?;
         Ok(out)
     }
 
@@ -197,7 +169,7 @@ impl Loader {
         &self,
         state: &mut State,
         p: &Publication,
-        out: &mut Vec<String>,
+        out: &mut Vec<Change>,
     ) -> Result<()> {
         let before = state.clone();
         state
@@ -213,9 +185,12 @@ impl Loader {
             crate::backend::end_flows(p)?
         };
         if flows > 0 {
-            out.push(format!("ended {flows} flows through it"));
+            out.push(Change::PublicationFlowsEnded { flows });
         }
-        out.push(format!("unpublished {} on {}", p.spec, p.network));
+        out.push(Change::Unpublished {
+            network: p.network.clone(),
+            spec: p.spec.clone(),
+        });
         Ok(())
     }
 

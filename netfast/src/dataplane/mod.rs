@@ -40,6 +40,11 @@ use crate::{
     upgrade,
 };
 
+mod publications;
+mod sockets;
+
+pub(crate) use sockets::SOCK_PROGRAMS;
+
 /// What an interface is to a netfast network; it decides which programs it gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterfaceRole {
@@ -284,7 +289,7 @@ impl Dataplane {
         }
         let mut dp = Self::pinned(dir, ct_max_flows)?;
         if let upgrade::Compat::OtherBuild(running) = compat {
-            eprintln!("{}", upgrade::other_build_warning(host, &running));
+            log::warn!("{}", upgrade::other_build_warning(host, &running));
             dp.other_build = Some(running);
         }
         Ok(dp)
@@ -438,6 +443,7 @@ impl Dataplane {
                     source: std::io::Error::other("pin failed"),
                 })?;
             }
+            log::debug!("attached {} to {interface}", hook.name());
         }
         Ok(attached)
     }
@@ -498,214 +504,6 @@ impl Dataplane {
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
-    }
-}
-
-impl Dataplane {
-    /// Removes the DNAT and allow-list entries that none of `owned` (the state's eBPF
-    /// publications) accounts for: what a `publish` killed before it saved its state left.
-    /// An allow-list rule id is then never handed out while entries with it exist.
-    pub fn prune_publications(
-        &mut self,
-        owned: &[&crate::loader::publish::Publication],
-    ) -> Result<usize> {
-        let keys: Vec<_> = owned.iter().flat_map(|p| pub_keys(p)).collect();
-        let mut pruned = 0;
-        for (key, _) in maps::published(&self.ebpf)? {
-            if !keys.contains(&key) {
-                maps::unpublish(&mut self.ebpf, &key)?;
-                pruned += 1;
-            }
-        }
-        for (rule, net) in maps::allow_entries(&self.ebpf)? {
-            if !owned
-                .iter()
-                .any(|p| p.rule == rule && p.allow.contains(&net))
-            {
-                maps::disallow(&mut self.ebpf, rule, net)?;
-                pruned += 1;
-            }
-        }
-        Ok(pruned)
-    }
-
-    /// Puts a publication in the dataplane: one entry per host port, and its allow-list. All
-    /// or nothing: what it added is taken out again if a step fails.
-    pub fn publish(&mut self, p: &crate::loader::publish::Publication, net_id: u16) -> Result<()> {
-        let done = self.publish_steps(p, net_id);
-        if done.is_err() {
-            for key in pub_keys(p) {
-                let _ = maps::unpublish(&mut self.ebpf, &key);
-            }
-            for net in &p.allow {
-                let _ = maps::disallow(&mut self.ebpf, p.rule, *net);
-            }
-        }
-        done
-    }
-
-    fn publish_steps(
-        &mut self,
-        p: &crate::loader::publish::Publication,
-        net_id: u16,
-    ) -> Result<()> {
-        use netfast_common::publish::{PubKey, PubTarget};
-        for net in &p.allow {
-            maps::allow(&mut self.ebpf, p.rule, *net)?;
-        }
-        for (host_port, container_port) in p.host_ports.iter().zip(p.container_ports.iter()) {
-            let key = PubKey {
-                addr: p.host_ip.map_or(0, maps::raw_addr),
-                port: host_port.to_be(),
-                proto: p.proto.number(),
-                _pad: 0,
-            };
-            let target = PubTarget {
-                addr: maps::raw_addr(p.container_ip),
-                port: container_port.to_be(),
-                net_id,
-                rule: p.rule,
-            };
-            maps::publish(&mut self.ebpf, &key, &target)?;
-        }
-        Ok(())
-    }
-
-    /// Takes a publication out of the dataplane, with the flows opened through it.
-    pub fn unpublish(&mut self, p: &crate::loader::publish::Publication) -> Result<usize> {
-        use netfast_common::publish::PubKey;
-        for host_port in p.host_ports.iter() {
-            let key = PubKey {
-                addr: p.host_ip.map_or(0, maps::raw_addr),
-                port: host_port.to_be(),
-                proto: p.proto.number(),
-                _pad: 0,
-            };
-            maps::unpublish(&mut self.ebpf, &key)?;
-        }
-        for net in &p.allow {
-            maps::disallow(&mut self.ebpf, p.rule, *net)?;
-        }
-        // Flows through the port end with it, and only those: the client's direction is to
-        // the published port (on its address, or — for a publication on every address — on
-        // one that no publication of its own claims), the server's comes from the container.
-        let proto = p.proto.number();
-        let exact: std::collections::HashSet<(u32, u16)> = maps::published(&self.ebpf)?
-            .into_iter()
-            .filter(|(k, _)| k.addr != 0 && k.proto == proto)
-            .map(|(k, _)| (k.addr, k.port))
-            .collect();
-        let name = p.proto.to_string();
-        let deleted = maps::delete_flows(&mut self.ebpf, maps::monotonic_now(), |f| {
-            let to = f.original.dst;
-            f.protocol == name
-                && p.host_ports.iter().any(|hp| hp == f.original.dport)
-                && f.reply.src == p.container_ip
-                && match p.host_ip {
-                    Some(ip) => to == ip,
-                    None => !exact.contains(&(maps::raw_addr(to), f.original.dport.to_be())),
-                }
-        })?;
-        Ok(deleted.flows)
-    }
-
-    /// The host's own IPv4 addresses, where ports published on every address are reachable.
-    pub fn set_host_addrs(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
-        maps::set_host_addrs(&mut self.ebpf, addrs)
-    }
-}
-
-/// The DNAT map keys of a publication: one per host port.
-fn pub_keys(p: &crate::loader::publish::Publication) -> Vec<netfast_common::publish::PubKey> {
-    p.host_ports
-        .iter()
-        .map(|port| netfast_common::publish::PubKey {
-            addr: p.host_ip.map_or(0, maps::raw_addr),
-            port: port.to_be(),
-            proto: p.proto.number(),
-            _pad: 0,
-        })
-        .collect()
-}
-
-/// The socket-level programs and the cgroup hook each one takes.
-pub(crate) const SOCK_PROGRAMS: [&str; 4] = [
-    "sock_connect4",
-    "sock_sendmsg4",
-    "sock_recvmsg4",
-    "sock_getpeername4",
-];
-
-/// The root of the cgroup v2 hierarchy (where every process of the machine is below).
-fn cgroup2_root() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        // `… mount-point … - fstype source options`
-        let (before, after) = line.split_once(" - ")?;
-        (after.split_whitespace().next()? == "cgroup2")
-            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
-}
-
-impl Dataplane {
-    /// Attaches the socket-level programs (the host's own clients of published ports) to
-    /// the root cgroup, scoped to this host namespace. Idempotent. `Ok(false)` when the
-    /// machine has no cgroup v2 hierarchy to attach to.
-    pub fn attach_sockets(&mut self) -> Result<bool> {
-        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-        let Some(root) = cgroup2_root() else {
-            return Ok(false);
-        };
-        maps::write_host(
-            &mut self.ebpf,
-            &netfast_common::publish::HostInfo {
-                netns_cookie: crate::host::netns_cookie()?,
-            },
-        )?;
-        let cgroup = fs::File::open(&root).map_err(|source| Error::Io {
-            context: format!("opening the cgroup v2 root {}", root.display()),
-            source,
-        })?;
-        for name in SOCK_PROGRAMS {
-            let pin = self.pins.as_ref().map(|d| d.join(format!("cgroup-{name}")));
-            if pin.as_ref().is_some_and(|p| p.exists()) {
-                continue;
-            }
-            self.may_attach()?;
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram(name))?
-                .try_into()
-                .map_err(|e| Error::program(name, e))?;
-            if self.loaded.insert(name) {
-                program.load().map_err(|e| Error::program(name, e))?;
-            }
-            let attach_error = |e| Error::Attach {
-                program: name,
-                interface: root.display().to_string(),
-                source: Box::new(e),
-            };
-            // As a bpf link the attachment is always one of many (a link takes no ALLOW_MULTI
-            // flag: that is the default mode's 0).
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(attach_error)?;
-            if let Some(pin) = pin {
-                let link = FdLink::try_from(program.take_link(id).map_err(attach_error)?).map_err(
-                    |e| Error::Io {
-                        context: format!("{name} is not a bpf link: {e}"),
-                        source: std::io::Error::other("not an fd link"),
-                    },
-                )?;
-                link.pin(&pin).map_err(|e| Error::Io {
-                    context: format!("pinning the {name} link at {}: {e}", pin.display()),
-                    source: std::io::Error::other("pin failed"),
-                })?;
-            }
-        }
-        Ok(true)
     }
 }
 

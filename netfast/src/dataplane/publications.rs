@@ -1,0 +1,132 @@
+//! Published ports in the dataplane: their DNAT entries and allow lists, put in all or
+//! nothing, taken out with their flows, and pruned of what a killed `publish` left.
+
+use super::Dataplane;
+use crate::{error::Result, maps};
+
+impl Dataplane {
+    /// Removes the DNAT and allow-list entries that none of `owned` (the state's eBPF
+    /// publications) accounts for: what a `publish` killed before it saved its state left.
+    /// An allow-list rule id is then never handed out while entries with it exist.
+    pub fn prune_publications(
+        &mut self,
+        owned: &[&crate::loader::publish::Publication],
+    ) -> Result<usize> {
+        let keys: Vec<_> = owned.iter().flat_map(|p| pub_keys(p)).collect();
+        let mut pruned = 0;
+        for (key, _) in maps::published(&self.ebpf)? {
+            if !keys.contains(&key) {
+                maps::unpublish(&mut self.ebpf, &key)?;
+                pruned += 1;
+            }
+        }
+        for (rule, net) in maps::allow_entries(&self.ebpf)? {
+            if !owned
+                .iter()
+                .any(|p| p.rule == rule && p.allow.contains(&net))
+            {
+                maps::disallow(&mut self.ebpf, rule, net)?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Puts a publication in the dataplane: one entry per host port, and its allow-list. All
+    /// or nothing: what it added is taken out again if a step fails.
+    pub fn publish(&mut self, p: &crate::loader::publish::Publication, net_id: u16) -> Result<()> {
+        let done = self.publish_steps(p, net_id);
+        if done.is_err() {
+            for key in pub_keys(p) {
+                let _ = maps::unpublish(&mut self.ebpf, &key);
+            }
+            for net in &p.allow {
+                let _ = maps::disallow(&mut self.ebpf, p.rule, *net);
+            }
+        }
+        done
+    }
+
+    fn publish_steps(
+        &mut self,
+        p: &crate::loader::publish::Publication,
+        net_id: u16,
+    ) -> Result<()> {
+        use netfast_common::publish::{PubKey, PubTarget};
+        for net in &p.allow {
+            maps::allow(&mut self.ebpf, p.rule, *net)?;
+        }
+        for (host_port, container_port) in p.host_ports.iter().zip(p.container_ports.iter()) {
+            let key = PubKey {
+                addr: p.host_ip.map_or(0, maps::raw_addr),
+                port: host_port.to_be(),
+                proto: p.proto.number(),
+                _pad: 0,
+            };
+            let target = PubTarget {
+                addr: maps::raw_addr(p.container_ip),
+                port: container_port.to_be(),
+                net_id,
+                rule: p.rule,
+            };
+            maps::publish(&mut self.ebpf, &key, &target)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a publication out of the dataplane, with the flows opened through it.
+    pub fn unpublish(&mut self, p: &crate::loader::publish::Publication) -> Result<usize> {
+        use netfast_common::publish::PubKey;
+        for host_port in p.host_ports.iter() {
+            let key = PubKey {
+                addr: p.host_ip.map_or(0, maps::raw_addr),
+                port: host_port.to_be(),
+                proto: p.proto.number(),
+                _pad: 0,
+            };
+            maps::unpublish(&mut self.ebpf, &key)?;
+        }
+        for net in &p.allow {
+            maps::disallow(&mut self.ebpf, p.rule, *net)?;
+        }
+        // Flows through the port end with it, and only those: the client's direction is to
+        // the published port (on its address, or — for a publication on every address — on
+        // one that no publication of its own claims), the server's comes from the container.
+        let proto = p.proto.number();
+        let exact: std::collections::HashSet<(u32, u16)> = maps::published(&self.ebpf)?
+            .into_iter()
+            .filter(|(k, _)| k.addr != 0 && k.proto == proto)
+            .map(|(k, _)| (k.addr, k.port))
+            .collect();
+        let name = p.proto.to_string();
+        let deleted = maps::delete_flows(&mut self.ebpf, maps::monotonic_now(), |f| {
+            let to = f.original.dst;
+            f.protocol == name
+                && p.host_ports.iter().any(|hp| hp == f.original.dport)
+                && f.reply.src == p.container_ip
+                && match p.host_ip {
+                    Some(ip) => to == ip,
+                    None => !exact.contains(&(maps::raw_addr(to), f.original.dport.to_be())),
+                }
+        })?;
+        Ok(deleted.flows)
+    }
+
+    /// The host's own IPv4 addresses, where ports published on every address are reachable.
+    pub fn set_host_addrs(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
+        maps::set_host_addrs(&mut self.ebpf, addrs)
+    }
+}
+
+/// The DNAT map keys of a publication: one per host port.
+fn pub_keys(p: &crate::loader::publish::Publication) -> Vec<netfast_common::publish::PubKey> {
+    p.host_ports
+        .iter()
+        .map(|port| netfast_common::publish::PubKey {
+            addr: p.host_ip.map_or(0, maps::raw_addr),
+            port: port.to_be(),
+            proto: p.proto.number(),
+            _pad: 0,
+        })
+        .collect()
+}

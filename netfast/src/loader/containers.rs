@@ -1,0 +1,339 @@
+//! `container create` and `container rm`: a named namespace on a network's bridge, and its
+//! removal with its publications and flows.
+
+use std::net::Ipv4Addr;
+
+use super::{
+    Loader,
+    apply::Ahead,
+    caps,
+    change::Change,
+    intent::{Intent, Mark, Object, Owner},
+    ipam,
+    model::{Backend, Container, ContainerSpec, Network, State, veth_name},
+    netlink::{Link, Nl},
+    nsfs,
+    plumb::{self, ContainerPlumbing},
+    state::Locked,
+    transaction::{conclude, transaction},
+    validate::{self},
+};
+use crate::{
+    conntrack_filter::Filter,
+    dataplane::Dataplane,
+    error::{Error, Result},
+    host::Host,
+    maps::{self},
+};
+
+impl Loader {
+    pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<Change>> {
+        caps::require("container create", true)?;
+        let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let c = self.create_container(&nl, &mut locked, spec, &mut out)?;
+        locked.state.containers.push(c);
+        locked.save()?;
+        locked.finish()?;
+        Ok(out)
+    }
+
+    /// The addresses of `network`'s subnet in use on `bridge` that the state does not know
+    /// of: what the neighbour table has seen on an adopted bridge (hand-made containers), and
+    /// the addresses in the namespaces behind the bridge's ports that carry netfast's mark
+    /// for a container the state does not have (left by a command that died, if anything
+    /// escaped its intent record). IPAM never hands these out.
+    fn addresses_in_use(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &Network,
+        bridge: &Link,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let mut used = if network.adopted {
+            nl.neighbours(bridge)?
+        } else {
+            Vec::new()
+        };
+        for port in nl.links()? {
+            let Some(Mark {
+                owner: Owner::Container(name),
+                host,
+            }) = port.alias.as_deref().and_then(Mark::parse)
+            else {
+                continue;
+            };
+            if port.controller != Some(bridge.index)
+                || host != self.host.key
+                || state.container(&name).is_some()
+                || !nsfs::exists(&name)
+            {
+                continue;
+            }
+            if let Ok(inside) = self.netlink().namespace(&name) {
+                used.extend(
+                    inside
+                        .all_addresses()?
+                        .into_iter()
+                        .filter(|a| network.subnet.contains(a)),
+                );
+            }
+        }
+        Ok(used)
+    }
+
+    /// Everything `container create` checks before it changes anything, against the kernel
+    /// as `ahead` says it will be: the network, its bridge (`None` while an earlier step of an
+    /// apply is still to create it), the address and the veth's name.
+    pub(super) fn prepare_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        spec: &ContainerSpec,
+        ahead: &Ahead,
+    ) -> Result<(Network, Option<Link>, Ipv4Addr, String)> {
+        validate::container(spec, state)?;
+        let network = state.network(&spec.network).expect("validated").clone();
+        let bridge = if ahead.made_links.contains(&network.bridge) {
+            None
+        } else {
+            Some(nl.link(&network.bridge)?.ok_or_else(|| {
+                Error::Settings(format!(
+                    "bridge {} of network `{}` is missing (deleted by hand?); recreate the network",
+                    network.bridge, network.name
+                ))
+            })?)
+        };
+        let ip = match spec.ip {
+            Some(ip) => ip,
+            None => {
+                let seen = match &bridge {
+                    Some(bridge) => self.addresses_in_use(nl, state, &network, bridge)?,
+                    None => Vec::new(),
+                };
+                ipam::next_free(&network, state, &seen)?
+            }
+        };
+        if nsfs::exists(&spec.name) && !ahead.gone_namespaces.contains(&spec.name) {
+            return Err(Error::Settings(format!(
+                "a network namespace named {} already exists (see `ip netns list`); pick another container name",
+                spec.name
+            )));
+        }
+        let veth = veth_name(&spec.name);
+        if nl.link(&veth)?.is_some() && !ahead.gone_links.contains(&veth) {
+            return Err(Error::Settings(format!(
+                "a link named {veth} already exists; remove it or rename the container"
+            )));
+        }
+        Ok((network, bridge, ip, veth))
+    }
+
+    /// Checks, records the intent, and makes the container; the caller adds it to the
+    /// state, saves it and finishes the intent.
+    pub(super) fn create_container(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        spec: &ContainerSpec,
+        out: &mut Vec<Change>,
+    ) -> Result<Container> {
+        let (network, bridge, ip, veth) =
+            self.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
+        let bridge = bridge.expect("no earlier step");
+        let container = Container {
+            name: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            veth: veth.clone(),
+        };
+        locked.begin(Intent::creating(
+            format!("container create {}", spec.name),
+            Object::Container(container.clone()),
+        ))?;
+        let made = self.build_container(nl, &locked.state, &network, &bridge, &container, out);
+        if made.is_err() {
+            // It removed what it made.
+            locked.finish()?;
+        }
+        made.map(|()| container)
+    }
+
+    fn build_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        network: &Network,
+        bridge: &Link,
+        container: &Container,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let (spec, ip, veth) = (container, container.ip, &container.veth);
+        let mark = Mark::container(&self.host.key, &container.name);
+        transaction(&self.host, nl, state, |undo| {
+            let plumbed = plumb::container(
+                self.netlink(),
+                nl,
+                &ContainerPlumbing {
+                    name: &spec.name,
+                    veth,
+                    bridge,
+                    ip,
+                    prefix: network.subnet.prefix_len(),
+                    gateway: network.gateway,
+                    mark: Some(&mark),
+                },
+                &mut |m| undo.push(m.into()),
+            )?;
+            connect_endpoint(
+                &self.host,
+                nl,
+                network,
+                bridge,
+                &plumbed.host_side,
+                ip,
+                plumbed.eth0.mac,
+            )
+        })?;
+        out.push(Change::ContainerCreated {
+            container: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            prefix: network.subnet.prefix_len(),
+            veth: veth.clone(),
+            gateway: network.gateway,
+            mtu: bridge.mtu,
+        });
+        Ok(())
+    }
+
+    pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
+        caps::require("container rm", true)?;
+        let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let c = locked.state.container(name).cloned().ok_or_else(|| {
+            Error::Settings(format!(
+                "no container named `{name}` (see `netfast container ls`)"
+            ))
+        })?;
+        locked.begin(Intent::removing(
+            format!("container rm {name}"),
+            Object::Container(c.clone()),
+        ))?;
+        let removed = self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out);
+        conclude(&mut locked, removed)?;
+        Ok(out)
+    }
+
+    /// Removes a container with the publications that lead to it, from the kernel and the
+    /// state.
+    pub(super) fn remove_container_and_publications(
+        &self,
+        nl: &Nl<'_>,
+        state: &mut State,
+        c: &Container,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        for p in publications_of(state, c) {
+            self.remove_publication(state, &p, out)?;
+        }
+        remove_container(nl, state, c, out)?;
+        state.containers.retain(|x| x.name != c.name);
+        Ok(())
+    }
+}
+
+/// Readies a container's veth (`host_side`, on `bridge`) for its network's backend: hairpin
+/// mode for a fallback's hairpin NAT; for the eBPF dataplane, the fast path's entry, which
+/// delivers straight into the container (its veth, `mac`, and the gateway's MAC as the
+/// frame's source).
+pub(super) fn connect_endpoint(
+    host: &Host,
+    nl: &Nl<'_>,
+    network: &Network,
+    bridge: &Link,
+    host_side: &Link,
+    ip: Ipv4Addr,
+    mac: Option<[u8; 6]>,
+) -> Result<()> {
+    if network.backend != Backend::Ebpf {
+        return nl.set_hairpin(host_side, true);
+    }
+    if let (Some(mac), Some(gw_mac), Some(mut dp)) =
+        (mac, bridge.mac, Dataplane::open_existing(host)?)
+    {
+        dp.set_endpoint(
+            ip,
+            &netfast_common::config::Endpoint {
+                ifindex: host_side.index,
+                mac,
+                gw_mac,
+                mtu: u16::try_from(bridge.mtu).unwrap_or(u16::MAX),
+                _pad: 0,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The publications that lead to container `c`.
+pub(super) fn publications_of(state: &State, c: &Container) -> Vec<super::publish::Publication> {
+    state
+        .publications
+        .iter()
+        .filter(|p| p.network == c.network && (p.container == c.name || p.container_ip == c.ip))
+        .cloned()
+        .collect()
+}
+
+/// Removes a container (its veth and namespace) and ends its flows: from it (masqueraded or
+/// not) and to it, in the eBPF dataplane or, for a network on a fallback backend, in the
+/// kernel's conntrack table. `state` still has the container's network.
+pub(super) fn remove_container(
+    nl: &Nl<'_>,
+    state: &State,
+    c: &Container,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    let host = Host::current()?;
+    if let Some(mut dp) = Dataplane::open_existing(&host)? {
+        dp.remove_endpoint(c.ip)?;
+    }
+    if let Some(veth) = nl.link(&c.veth)? {
+        nl.delete_link(&veth)?;
+    }
+    // A Docker endpoint's namespace is Docker's: its veth is all netfast made.
+    if !state.docker.owns_container(&c.name) {
+        nsfs::delete(&c.name).map_err(|source| Error::Io {
+            context: format!("deleting namespace {}", c.name),
+            source,
+        })?;
+    }
+    out.push(Change::ContainerRemoved {
+        container: c.name.clone(),
+        ip: c.ip,
+    });
+    // Its veth is gone: no new flow of it can start.
+    let filter = Filter::container(c.ip);
+    let fallback = state
+        .network(&c.network)
+        .is_some_and(|n| n.backend != Backend::Ebpf);
+    let ended = if fallback {
+        crate::backend::delete_kernel_flows(state, &filter)?
+    } else {
+        match Dataplane::open_existing(&host)? {
+            Some(mut dp) => {
+                maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
+                    .flows
+            }
+            None => 0,
+        }
+    };
+    if ended > 0 {
+        out.push(Change::ContainerFlowsEnded {
+            container: c.name.clone(),
+            flows: ended,
+        });
+    }
+    Ok(())
+}

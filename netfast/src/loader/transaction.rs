@@ -1,0 +1,109 @@
+//! The undo machinery of a command: what it created so far, removed again (newest first)
+//! when a later step fails; and how a step recorded as an intent ends.
+
+use super::{
+    model::{Backend, Network, State},
+    netlink::{Link, Nl},
+    networks::uninstall,
+    nsfs,
+    plumb::Made,
+    state::Locked,
+};
+use crate::{
+    dataplane::Dataplane,
+    error::{Error, Result},
+    host::Host,
+};
+
+/// Something a command created, to remove again if it fails later.
+pub(super) enum Created {
+    Link(Link),
+    /// A port of an adopted bridge whose hairpin mode was turned on.
+    Hairpin(Link),
+    Namespace(String),
+    Network {
+        network: Network,
+        fresh_dataplane: bool,
+    },
+}
+
+impl From<Made> for Created {
+    fn from(m: Made) -> Self {
+        match m {
+            Made::Link(l) => Created::Link(l),
+            Made::Namespace(n) => Created::Namespace(n),
+        }
+    }
+}
+
+/// What a command created so far; [`Undo::rollback`] removes it, newest first.
+#[derive(Default)]
+pub(super) struct Undo(Vec<Created>);
+
+impl Undo {
+    pub(super) fn push(&mut self, c: Created) {
+        self.0.push(c);
+    }
+
+    fn rollback(self, host: &Host, nl: &Nl<'_>, state: &State) {
+        for c in self.0.into_iter().rev() {
+            let done = match c {
+                Created::Link(link) => nl.delete_link(&link),
+                Created::Hairpin(port) => nl.set_hairpin(&port, false),
+                Created::Namespace(name) => nsfs::delete(&name).map_err(|source| Error::Io {
+                    context: format!("deleting namespace {name}"),
+                    source,
+                }),
+                Created::Network { network, .. } if network.backend != Backend::Ebpf => {
+                    let mut with = state.clone();
+                    with.networks.push(network);
+                    crate::backend::sync(&with, state)
+                }
+                Created::Network {
+                    network,
+                    fresh_dataplane,
+                } => uninstall(host, nl, state, &network).and_then(|()| {
+                    let mut with = state.clone();
+                    with.networks.push(network);
+                    crate::backend::sync(&with, state)?;
+                    if fresh_dataplane {
+                        Dataplane::remove(host).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            };
+            if let Err(e) = done {
+                log::error!("rolling back: {}", crate::error::report(&e));
+            }
+        }
+    }
+}
+
+/// Runs `f` and rolls back what it recorded in `undo` if it fails.
+pub(super) fn transaction<T>(
+    host: &Host,
+    nl: &Nl<'_>,
+    state: &State,
+    f: impl FnOnce(&mut Undo) -> Result<T>,
+) -> Result<T> {
+    let mut undo = Undo::default();
+    match f(&mut undo) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            undo.rollback(host, nl, state);
+            Err(e)
+        }
+    }
+}
+
+/// Ends a step begun with [`Locked::begin`]: saves the state when it succeeded, and forgets
+/// the intent either way (a step that fails undoes itself or leaves what it could not do to
+/// `network ls`'s drift).
+pub(super) fn conclude(locked: &mut Locked, result: Result<()>) -> Result<()> {
+    if result.is_ok() {
+        locked.save()?;
+    }
+    locked.finish()?;
+    result
+}
