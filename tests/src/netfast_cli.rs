@@ -84,6 +84,17 @@ impl Netfast {
         }
     }
 
+    /// The host's key (`netns-<cookie>`) as `network ls` names it: its state is in
+    /// `/run/netfast/<key>`, its pins in `/sys/fs/bpf/netfast/<key>`.
+    pub fn key(&self) -> String {
+        let ls = self.ok(&["network", "ls"]);
+        ls.split("(key ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("no key in `network ls`:\n{ls}"))
+            .to_owned()
+    }
+
     /// The binary this runs.
     pub fn bin(&self) -> &std::path::Path {
         &self.bin

@@ -447,7 +447,7 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
     match backend {
         // The uplink's programs detached (their pinned links removed).
         "ebpf" => {
-            let key = netfast_key(&w.nf);
+            let key = w.nf.key();
             for hook in ["uplink_ingress", "uplink_egress"] {
                 let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(&key);
                 for e in std::fs::read_dir(&dir).expect("pins").flatten() {
@@ -504,16 +504,6 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
     let ls: serde_json::Value =
         serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
     assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
-}
-
-/// The host's key (`netns-<cookie>`), as `network ls` names it.
-fn netfast_key(nf: &netfast_tests::Netfast) -> String {
-    let ls = nf.ok(&["network", "ls"]);
-    ls.split("(key ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .unwrap_or_else(|| panic!("no key in `network ls`:\n{ls}"))
-        .to_owned()
 }
 
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
@@ -713,7 +703,7 @@ fn the_agent_stops_when_another_build_runs_the_dataplane() {
     require_root();
     let w = web_on("ebpf", &[]);
     let agent = Agent::start(&w.topo.host);
-    let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(netfast_key(&w.nf));
+    let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(w.nf.key());
     let mut meta = netfast::upgrade::read_meta(&dir)
         .expect("read META")
         .expect("a META pin");

@@ -138,3 +138,53 @@ fn fast_path_off_forwards_through_the_kernel_when_it_accepts() {
     let config = w.nf.ok(&["config"]);
     assert!(config.contains("fast_path = \"off\""), "{config}");
 }
+
+/// The fast path delivers into a container with the gateway's MAC as the frame's source. A
+/// bridge without a MAC of its own takes its first port's when that port joins: the
+/// endpoint of the first container must carry the bridge's MAC as it is after the join.
+#[test]
+fn an_endpoint_carries_the_bridge_mac_after_its_port_joined() {
+    require_root();
+    let w = web(&[]);
+    let ls: serde_json::Value =
+        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
+    let bridge = ls[0]["bridge"].as_str().expect("a bridge name");
+    let link: serde_json::Value =
+        serde_json::from_str(&w.topo.host.exec_ok(&["ip", "-j", "link", "show", bridge]))
+            .expect("json");
+    let bridge_mac: Vec<u8> = link[0]["address"]
+        .as_str()
+        .expect("an address")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    let pin = format!(
+        "/sys/fs/bpf/netfast/{}/{}",
+        w.nf.key(),
+        netfast::common::maps::ENDPOINTS
+    );
+    let dump: serde_json::Value = serde_json::from_str(&netfast_tests::run_ok(&[
+        "bpftool", "-j", "map", "dump", "pinned", &pin,
+    ]))
+    .expect("json");
+    let entries = dump.as_array().expect("an array");
+    assert_eq!(entries.len(), 2, "two containers, two endpoints: {dump}");
+    for e in entries {
+        // Endpoint { ifindex: u32, mac: [u8; 6], gw_mac: [u8; 6], mtu, _pad }
+        let value: Vec<u8> = e["value"]
+            .as_array()
+            .expect("raw bytes")
+            .iter()
+            .map(|b| {
+                u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16)
+                    .expect("hex")
+            })
+            .collect();
+        assert_eq!(
+            value[10..16],
+            bridge_mac[..],
+            "endpoint {e}: its gateway MAC is not the bridge's ({})",
+            link[0]["address"]
+        );
+    }
+}

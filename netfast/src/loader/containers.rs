@@ -259,6 +259,9 @@ pub(super) fn connect_endpoint(
     if network.backend != Backend::Ebpf {
         return nl.set_hairpin(host_side, true);
     }
+    // The bridge as it is now that the port has joined: a bridge without a MAC of its own
+    // takes its first port's at the join, and `bridge` was read before it.
+    let bridge = nl.link(&bridge.name)?.unwrap_or_else(|| bridge.clone());
     if let (Some(mac), Some(gw_mac), Some(mut dp)) =
         (mac, bridge.mac, Dataplane::open_existing(host)?)
     {

@@ -236,12 +236,25 @@ impl Nl<'_> {
         Ok(msgs.iter().map(link_of).collect())
     }
 
+    /// A bridge with a MAC of its own (random, locally administered), as Docker makes them:
+    /// a bridge without one takes the lowest MAC of its ports and changes it as ports come
+    /// and go, and the fast path's endpoints carry the gateway's MAC.
     pub fn add_bridge(&self, name: &str) -> Result<Link> {
+        let mut mac = [0u8; 6];
+        // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+        let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+        if n != mac.len() as isize {
+            return Err(Error::Io {
+                context: "reading random bytes for a bridge's MAC".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        mac[0] = (mac[0] & 0xfe) | 0x02;
         self.rt
             .block_on(
                 self.handle
                     .link()
-                    .add(LinkBridge::new(name).build())
+                    .add(LinkBridge::new(name).address(mac.to_vec()).build())
                     .execute(),
             )
             .map_err(failed(format!("creating bridge {name}")))?;
