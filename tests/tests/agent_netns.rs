@@ -723,3 +723,48 @@ fn the_agent_stops_when_another_build_runs_the_dataplane() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("netfast 9.9.9-newer"));
 }
+
+/// iptables: each of netfast's jumps from the built-in chains is its rules being in place. One
+/// removed by hand (masquerade's, here) is drift in `network ls`, which the agent repairs.
+#[test]
+fn a_missing_iptables_jump_is_drift_and_the_agent_puts_it_back() {
+    require_root();
+    let w = web_on("iptables", &[]);
+    let drift = |w: &netfast_tests::web::Web| -> serde_json::Value {
+        let ls: serde_json::Value =
+            serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
+        ls[0]["drift"].clone()
+    };
+    assert_eq!(drift(&w), serde_json::json!([]));
+    w.topo.host.exec_ok(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-D",
+        "POSTROUTING",
+        "-j",
+        "NETFAST-POSTROUTING",
+    ]);
+    let d = drift(&w);
+    assert!(
+        d.to_string().contains("iptables rules are missing"),
+        "masquerade's jump removed, but no drift: {d}"
+    );
+    let _agent = Agent::start(&w.topo.host);
+    assert!(
+        wait_until(SOON, || drift(&w) == serde_json::json!([])),
+        "the agent did not put the jump back: {}",
+        drift(&w)
+    );
+    w.topo.host.exec_ok(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-C",
+        "POSTROUTING",
+        "-j",
+        "NETFAST-POSTROUTING",
+    ]);
+}

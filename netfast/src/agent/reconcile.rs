@@ -208,6 +208,11 @@ fn bridge_and_ports(
                 ),
             );
         }
+        let mac = crate::loader::plumb::bridge_mac(n.gateway);
+        if bridge.mac != Some(mac) {
+            nl.set_mac(bridge, mac)?;
+            pass.repair("bridge", format!("gave bridge {} its MAC again", n.bridge));
+        }
         if !bridge.up {
             nl.set_up(bridge)?;
             pass.repair("bridge", format!("set bridge {} up again", n.bridge));

@@ -22,7 +22,11 @@ pub(super) fn unusable() -> Option<ToolError> {
 
 /// Whether netfast's chains are in place (FORWARD jumps to NETFAST-FORWARD).
 pub(super) fn installed() -> bool {
-    jump("filter", "FORWARD", "NETFAST-FORWARD", "-C").is_ok()
+    // Every jump from a built-in chain: without one, its chain's rules do nothing (without
+    // POSTROUTING's, no masquerade).
+    IPT_CHAINS.iter().all(|(table, chain, builtin)| {
+        builtin.is_none_or(|builtin| jump(table, builtin, chain, "-C").is_ok())
+    })
 }
 
 /// The iptables tables (of nat, filter, raw) that exist in this namespace: in the legacy

@@ -236,20 +236,10 @@ impl Nl<'_> {
         Ok(msgs.iter().map(link_of).collect())
     }
 
-    /// A bridge with a MAC of its own (random, locally administered), as Docker makes them:
-    /// a bridge without one takes the lowest MAC of its ports and changes it as ports come
-    /// and go, and the fast path's endpoints carry the gateway's MAC.
-    pub fn add_bridge(&self, name: &str) -> Result<Link> {
-        let mut mac = [0u8; 6];
-        // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
-        let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-        if n != mac.len() as isize {
-            return Err(Error::Io {
-                context: "reading random bytes for a bridge's MAC".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        mac[0] = (mac[0] & 0xfe) | 0x02;
+    /// A bridge with the MAC `mac` (see `plumb::bridge_mac`): a bridge without a MAC of its
+    /// own takes the lowest MAC of its ports and changes it as ports come and go, and the
+    /// fast path's endpoints carry the gateway's MAC.
+    pub fn add_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Link> {
         self.rt
             .block_on(
                 self.handle
@@ -325,6 +315,15 @@ impl Nl<'_> {
         self.set(
             LinkUnspec::new_with_index(link.index).alias(alias).build(),
             format!("setting the alias of {} in {}", link.name, self.place),
+        )
+    }
+
+    pub fn set_mac(&self, link: &Link, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index)
+                .address(mac.to_vec())
+                .build(),
+            format!("setting the MAC of {}", link.name),
         )
     }
 

@@ -18,7 +18,15 @@ pub enum Made {
     Namespace(String),
 }
 
-/// A bridge named `name`, up, with `gateway/prefix`; with `mark` as its alias (netfast's
+/// The MAC of the bridge of a network whose gateway is `gateway`, as Docker makes it:
+/// `02:42` (locally administered) and the gateway's address. Made from the network, it is
+/// the same when the bridge is made again, so the containers' ARP caches stay true.
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// A bridge named `name`, up, with `gateway/prefix` and its MAC (`bridge_mac`); with `mark` as its alias (netfast's
 /// mark of what it made, set before anything else).
 pub fn bridge(
     nl: &Nl<'_>,
@@ -28,7 +36,7 @@ pub fn bridge(
     mark: Option<&str>,
     made: &mut dyn FnMut(Made),
 ) -> Result<Link> {
-    let bridge = nl.add_bridge(name)?;
+    let bridge = nl.add_bridge(name, bridge_mac(gateway))?;
     made(Made::Link(bridge.clone()));
     if let Some(mark) = mark {
         nl.set_alias(&bridge, mark)?;
