@@ -278,13 +278,7 @@ fn try_track(
     };
     let t = timeout_of(key.proto, state);
     let expires = now + t;
-    // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
-    let release = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0
-        && flags & CT_F_RELEASED == 0
-        && matches!(state, TcpState::TimeWait | TcpState::Close);
-    if release {
-        flags |= CT_F_RELEASED;
-    }
+    let masq = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0;
     if state != old_state || flags != e.flags {
         e.tcp_state = state as u8;
         e.flags = flags;
@@ -311,11 +305,8 @@ fn try_track(
                 }
             }
         }
-        if release {
-            nat::release_mapping(key, e, expires);
-            if e.flags & CT_F_TWO_MAPPINGS != 0 {
-                other_mapping(key, e, inbound, expires, true);
-            }
+        if masq && state != old_state {
+            mapping_flows(key, e, inbound, expires, t);
         }
     } else if expires > e.expires {
         // At most once a second per flow: the other half is looked up too, which tells the
@@ -324,11 +315,11 @@ fn try_track(
         e.expires = expires;
         let _ = entry_in(inbound, &e.peer_key(key));
     }
-    if e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0 && expires > e.map_expires {
+    if masq && expires > e.map_expires {
         let until = expires + netfast_common::nat::mapping_slack(t);
         e.map_expires = nat::extend_mapping(key, e, until);
         if e.flags & CT_F_TWO_MAPPINGS != 0 {
-            other_mapping(key, e, inbound, until, false);
+            other_mapping(key, e, inbound, until);
         }
     }
     let answered = if tcp {
@@ -343,20 +334,62 @@ fn try_track(
     })
 }
 
-/// A hairpin between two mappings: the other entry's mapping is kept alive (`release`:
-/// released) with this one's.
+/// A masqueraded TCP flow's state changed (to `e`'s, written to both entries; they expire at
+/// `expires`, after `t` seconds). The first time the flow closes, its mapping has one flow
+/// fewer (`CT_F_RELEASED`); a SYN that reopens it makes it one of its mapping's flows again,
+/// as a new flow would be, and both entries know the mapping lives as long as the flow. A
+/// hairpin between two mappings releases and retakes both.
+// Its own BPF function: one call in `track` where a branch for each case would multiply the
+// paths the verifier walks through it.
+#[inline(never)]
+fn mapping_flows(key: &CtKey, e: &mut CtEntry, inbound: bool, expires: u32, t: u32) {
+    let closed = matches!(
+        TcpState::from_u8(e.tcp_state),
+        TcpState::TimeWait | TcpState::Close
+    );
+    if closed == (e.flags & CT_F_RELEASED != 0) {
+        return;
+    }
+    let two = e.flags & CT_F_TWO_MAPPINGS != 0;
+    let peer_key = e.peer_key(key);
+    let peer = entry_in(inbound, &peer_key);
+    if closed {
+        e.flags |= CT_F_RELEASED;
+        if let Some(peer) = peer {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*peer).flags |= CT_F_RELEASED };
+        }
+        nat::release_mapping(key, e, expires);
+        if two && let Some(peer) = peer {
+            // SAFETY: as above.
+            nat::release_mapping(&peer_key, unsafe { &mut *peer }, expires);
+        }
+        return;
+    }
+    let until = expires + netfast_common::nat::mapping_slack(t);
+    e.flags &= !CT_F_RELEASED;
+    e.map_expires = nat::retake_mapping(key, e, until);
+    if let Some(peer) = peer {
+        // SAFETY: a map value pointer, valid for this program run.
+        let q = unsafe { &mut *peer };
+        q.flags &= !CT_F_RELEASED;
+        q.map_expires = if two {
+            nat::retake_mapping(&peer_key, q, until)
+        } else {
+            until
+        };
+    }
+}
+
+/// A hairpin between two mappings: the other entry's mapping is kept alive with this one's.
 // Its own BPF function: once per mapping refresh of a rare kind of flow.
 #[inline(never)]
-fn other_mapping(key: &CtKey, e: &CtEntry, inbound: bool, until: u32, release: bool) {
+fn other_mapping(key: &CtKey, e: &CtEntry, inbound: bool, until: u32) {
     let peer_key = e.peer_key(key);
     if let Some(peer) = entry_in(inbound, &peer_key) {
         // SAFETY: a map value pointer, valid for this program run.
         let p = unsafe { &mut *peer };
-        if release {
-            nat::release_mapping(&peer_key, p, until);
-        } else {
-            p.map_expires = nat::extend_mapping(&peer_key, p, until);
-        }
+        p.map_expires = nat::extend_mapping(&peer_key, p, until);
     }
 }
 

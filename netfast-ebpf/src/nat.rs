@@ -552,6 +552,18 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
 /// binding the LRU evicted while the flow lived is made again.
 #[inline(never)]
 pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
+    keep_mapping(key, entry, until, 0)
+}
+
+/// A TCP flow of the mapping that closed (and released it) has reopened: as
+/// `extend_mapping`, and the mapping has one flow more again, as for a new flow.
+#[inline(never)]
+pub fn retake_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
+    keep_mapping(key, entry, until, 1)
+}
+
+#[inline(always)]
+fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
     match NETFAST_NAT_BIND.get_ptr_mut(&bk) {
         Some(binding) => {
@@ -559,12 +571,13 @@ pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
             for _ in 0..CAS_TRIES {
                 let old = load_word(word);
                 let b = NatBinding::from_word(old);
-                if b.ext_port != ck.ext_port || b.expires >= until {
+                if b.ext_port != ck.ext_port || (b.expires >= until && more == 0) {
                     break;
                 }
                 let new = NatBinding {
-                    expires: until,
-                    ..b
+                    ext_port: b.ext_port,
+                    flows: b.flows.saturating_add(more),
+                    expires: if b.expires < until { until } else { b.expires },
                 };
                 if cas(word, old, new.word()) {
                     break;

@@ -22,7 +22,6 @@ fn replay(name: &str) {
 /// `CT_F_RELEASED` stays set), so 30 s later another container takes the external port
 /// over while the reopened flow lives on it: one external endpoint, two internal ones.
 #[test]
-#[ignore = "datapath bug: a TCP flow reopened after its close (a RST, TIME_WAIT) keeps its mapping only as long as the close: the port can be taken over while the flow lives"]
 fn reopened_flow_outlives_its_mapping() {
     replay("reopened-flow-outlives-its-mapping");
 }

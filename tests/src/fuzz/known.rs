@@ -7,7 +7,7 @@
 //! `#[ignore]` with it.
 
 use super::runner::Mismatch;
-use crate::model::{Model, conntrack::Table, invariants::Broken, nat::mapping_keys};
+use crate::model::{Model, invariants::Broken};
 
 pub struct Known {
     /// The fixture that shows it (`tests/fuzz-fixtures/NAME.events`).
@@ -24,12 +24,6 @@ pub const KNOWN: &[Known] = &[
                   key has destination port 0): pings of the host are captured, their \
                   identifier rewritten",
         explains: echo_to_the_host_taken_by_an_identifier_0_mapping,
-    },
-    Known {
-        fixture: "reopened-flow-outlives-its-mapping",
-        summary: "a TCP flow reopened after its close (a RST, TIME_WAIT) keeps its mapping \
-                  only as long as the close: the port can be taken over while the flow lives",
-        explains: reopened_flow_outlives_its_mapping,
     },
     Known {
         fixture: "one-way-flow-loses-its-reply-tuple",
@@ -54,43 +48,6 @@ pub const KNOWN: &[Known] = &[
 /// The known defect that explains `m`, if one does.
 pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
-}
-
-/// A live masqueraded TCP flow whose close released its mapping (`released` set): it lives
-/// on past that only if a new SYN reopened it (perhaps to close again since).
-fn reopened(model: &Model, table: Table, key: &crate::model::Tuple) -> bool {
-    model
-        .ct
-        .of(table)
-        .get(key)
-        .is_some_and(|e| e.flags.released && e.flags.masq() && e.expires >= model.now)
-}
-
-/// Every promise broken is about the mapping of a flow that released it and lived on.
-fn reopened_flow_outlives_its_mapping(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
-        return false;
-    }
-    // A mapping such a flow extended again after releasing it (the flow may be gone since;
-    // its entries stay in the table as evidence).
-    let reopened_on = |bk: &crate::model::BindKey, port: u16| {
-        [Table::Main, Table::Inbound].into_iter().any(|t| {
-            model.ct.of(t).iter().any(|(k, e)| {
-                e.flags.masq() && e.flags.released && {
-                    let (fbk, fck) = mapping_keys(k, e);
-                    fbk == *bk && fck.ext_port == port
-                }
-            })
-        })
-    };
-    m.broken.iter().all(|b| match b {
-        Broken::FlowOnForeignClaim { table, key, .. } => reopened(model, *table, key),
-        Broken::MappingOnForeignClaim { bk, ck, .. } => reopened_on(bk, ck.ext_port),
-        Broken::SharedExternal { ck, holders } => {
-            holders.iter().any(|bk| reopened_on(bk, ck.ext_port))
-        }
-        Broken::HalfFlow { .. } => false,
-    })
 }
 
 /// Every half flow is a live entry whose other half now belongs to a newer flow, which took

@@ -300,10 +300,10 @@ impl Model {
         };
         let t = self.config.timeout(key.proto, state);
         let expires = now + t;
-        // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
-        let release = flags.masq()
-            && !flags.released
-            && matches!(state, tcp::State::TimeWait | tcp::State::Close);
+        // The first time a masqueraded TCP flow closes, its mapping has one flow fewer; a
+        // SYN that reopens it makes it one of the mapping's flows again, as a new flow.
+        let closed = matches!(state, tcp::State::TimeWait | tcp::State::Close);
+        let release = flags.masq() && !flags.released && closed;
         if release {
             flags.released = true;
             self.counters.rule("mapping released");
@@ -337,6 +337,9 @@ impl Model {
                         self.ct_put(touched, table, peer_key, p);
                     }
                 }
+            } else if flags.released && !closed {
+                let until = expires + super::mapping_slack(t);
+                self.reopen(touched, table, key, &mut e, until);
             }
         } else if expires > e.expires {
             e.expires = expires;
@@ -365,6 +368,37 @@ impl Model {
         } else {
             Tracked::Tracked
         })
+    }
+
+    /// A masqueraded TCP flow that closed (releasing its mapping) reopened with a SYN: it is
+    /// one of its mapping's flows again, as a new flow would be, and both entries know the
+    /// mapping lives until `until` (a hairpin between two mappings retakes both).
+    fn reopen(
+        &mut self,
+        touched: &mut Touched,
+        table: Table,
+        key: &Tuple,
+        e: &mut Entry,
+        until: u32,
+    ) {
+        self.counters.rule("mapping retaken");
+        e.flags.released = false;
+        e.map_expires = self.retake_mapping(touched, key, e, until);
+        let peer_key = e.peer_key(key);
+        if peer_key == *key {
+            // A container's hairpin to its own mapping: one entry, retaken twice.
+            if e.flags.two_mappings {
+                e.map_expires = self.retake_mapping(touched, key, e, until);
+            }
+        } else if let Some(mut q) = self.ct_get(touched, table, &peer_key) {
+            q.flags.released = false;
+            q.map_expires = if e.flags.two_mappings {
+                self.retake_mapping(touched, &peer_key, &q, until)
+            } else {
+                until
+            };
+            self.ct_put(touched, table, peer_key, q);
+        }
     }
 
     /// An inbound flow that was answered (TCP: its handshake completed; UDP, ICMP: the
