@@ -8,7 +8,9 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
     config::{NET_F_MASQUERADE, NetInfo},
-    conntrack::{CT_F_AWAIT_REPLY, CT_F_INWARD, CT_F_REDIRECT, CT_F_SEEN_REPLY, CtEntry},
+    conntrack::{
+        CT_F_AWAIT_REPLY, CT_F_INWARD, CT_F_REDIRECT, CT_F_SEEN_REPLY, CtEntry, PROTO_ICMP,
+    },
     maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
 };
@@ -274,10 +276,14 @@ fn try_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReas
         }
         return Ok(NEXT);
     }
+    // Another container's external endpoint, or its own: hairpinned. Not an ICMP echo
+    // request: it names no external endpoint (its key's destination port is always 0), and
+    // to the host's address it is the host's.
+    let echo_request = ip.proto == PROTO_ICMP && dport == 0;
     if net.ext_addr != 0
+        && !echo_request
         && let Some(claim) = nat::live_claim(ip.dst, dport, ip.proto, now)
     {
-        // Another container's external endpoint, or its own: hairpinned.
         let mut r = Route::NONE;
         let hop = Hop {
             src: net.ext_addr,

@@ -100,7 +100,6 @@ fn an_expired_claim_is_retaken_by_one_endpoint_only() {
 /// reaching the host. An echo request names no external endpoint: the mapping hairpin is
 /// for TCP and UDP (and, if anything, echo replies).
 #[test]
-#[ignore = "datapath bug: a container's ICMP echo request to the host's address is hairpinned to whichever container holds the ICMP identifier-0 mapping (an echo request's key has destination port 0): pings of the host are captured, their identifier rewritten"]
 fn echo_to_the_host_taken_by_an_identifier_0_mapping() {
     replay("echo-to-the-host-taken-by-an-identifier-0-mapping");
 }

@@ -18,14 +18,6 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[
     Known {
-        fixture: "echo-to-the-host-taken-by-an-identifier-0-mapping",
-        summary: "a container's ICMP echo request to the host's address is hairpinned to \
-                  whichever container holds the ICMP identifier-0 mapping (an echo request's \
-                  key has destination port 0): pings of the host are captured, their \
-                  identifier rewritten",
-        explains: echo_to_the_host_taken_by_an_identifier_0_mapping,
-    },
-    Known {
         fixture: "one-way-flow-loses-its-reply-tuple",
         summary: "a flow whose packets go one way only keeps its original entry alive but \
                   lets its reply entry expire; a new flow with the same reply tuple (one \
@@ -90,37 +82,4 @@ fn inbound_flow_shares_a_masquerade_tuple(m: &Mismatch, model: &Model) -> bool {
             p.peer_key(&pk) != *key && p.flags.published && !e.flags.published && e.flags.masq()
         })
     })
-}
-
-/// A container's echo request at its bridge, to an address on which a live mapping holds
-/// ICMP identifier 0.
-fn echo_to_the_host_taken_by_an_identifier_0_mapping(m: &Mismatch, model: &Model) -> bool {
-    let Some((hook, _, frame)) = &m.at else {
-        return false;
-    };
-    if *hook != netfast::common::Hook::BridgeIngress {
-        return false;
-    }
-    let crate::model::frame::Parsed::Ipv4(ip) = crate::model::frame::ipv4(frame) else {
-        return false;
-    };
-    let Some(crate::model::frame::L4::Flow { dport: 0, .. }) = crate::model::frame::l4(frame, &ip)
-    else {
-        return false;
-    };
-    ip.proto == crate::model::PROTO_ICMP
-        && model.claims.iter().any(|(ck, c)| {
-            ck.ext_addr == ip.dst
-                && ck.ext_port == 0
-                && ck.proto == crate::model::PROTO_ICMP
-                && model
-                    .bindings
-                    .get(&crate::model::BindKey {
-                        int_addr: c.owner.0,
-                        ext_addr: ip.dst,
-                        int_port: c.owner.1,
-                        proto: ck.proto,
-                    })
-                    .is_some_and(|b| b.ext_port == 0)
-        })
 }
