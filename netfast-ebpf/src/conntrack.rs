@@ -144,16 +144,26 @@ fn lookup_in(inbound: bool, key: &CtKey, now: u32, from_inside: bool) -> Option<
 fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, inbound: bool) -> Option<*mut CtEntry> {
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
+    let expires = peer_alive(inbound, key, e, now)?;
+    e.expires = expires;
+    Some(entry)
+}
+
+/// The expiry of the other entry of `e`'s flow (`e` keyed `key`), if that entry lives and
+/// still points back at `key`: then the flow lives, whatever `e`'s own expiry says.
+#[inline(always)]
+fn peer_alive(inbound: bool, key: &CtKey, e: &CtEntry, now: u32) -> Option<u32> {
     let peer_key = e.peer_key(key);
-    let peer = entry_in(inbound, &peer_key)?;
-    // SAFETY: as above.
-    let p = unsafe { &*peer };
-    if p.expires >= now && p.peer_key(&peer_key) == *key {
-        e.expires = p.expires;
-        Some(entry)
-    } else {
-        None
-    }
+    // SAFETY: a map value pointer, valid for this program run.
+    let p = unsafe { &*entry_in(inbound, &peer_key)? };
+    (p.expires >= now && p.peer_key(&peer_key) == *key).then_some(p.expires)
+}
+
+/// Whether the entry `e` (keyed `key`, in the main or the inbound table) belongs to a live
+/// flow: it lives, or the rule `lookup` revives it by says its flow does.
+#[inline(always)]
+fn flow_alive(inbound: bool, key: &CtKey, e: &CtEntry, now: u32) -> bool {
+    e.expires >= now || peer_alive(inbound, key, e, now).is_some()
 }
 
 /// An inbound flow that has been answered — TCP: its handshake completed; UDP, ICMP: the
@@ -522,7 +532,7 @@ fn try_insert_pair(
     if inbound
         && let Some(held) = NETFAST_CT.get_ptr(&reply_key)
         // SAFETY: a map value pointer, valid for this program run.
-        && unsafe { (*held).expires } >= now
+        && flow_alive(false, &reply_key, unsafe { &*held }, now)
     {
         // SAFETY: as above.
         let held = unsafe { &*held };
@@ -541,9 +551,11 @@ fn try_insert_pair(
         return Ok(REPAIRED);
     }
     let held = table.get_ptr(&reply_key);
+    // A held entry is dead only if its flow is: a stream that flows one way keeps its
+    // original entry alive and lets its reply entry expire, and lives on.
     if let Some(held) = held
         // SAFETY: a map value pointer, valid for this program run.
-        && unsafe { (*held).expires } >= now
+        && flow_alive(inbound, &reply_key, unsafe { &*held }, now)
     {
         // SAFETY: as above.
         let held = unsafe { &*held };

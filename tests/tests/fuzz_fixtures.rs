@@ -50,7 +50,6 @@ fn hairpin_client_of_another_network() {
 /// it over: the 8080 flow is left a half, and the container's answers to it would leave
 /// from 8081. A held reply entry is dead only if its flow is (the revival rule).
 #[test]
-#[ignore = "datapath bug: a flow whose packets go one way only keeps its original entry alive but lets its reply entry expire; a new flow with the same reply tuple (one client port to two publications of one container port) takes that entry over, and the live first flow is left a half: its replies go out through the other publication's port"]
 fn one_way_flow_loses_its_reply_tuple() {
     replay("one-way-flow-loses-its-reply-tuple");
 }

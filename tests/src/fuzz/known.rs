@@ -16,51 +16,19 @@ pub struct Known {
     pub explains: fn(&Mismatch, &Model) -> bool,
 }
 
-pub const KNOWN: &[Known] = &[
-    Known {
-        fixture: "one-way-flow-loses-its-reply-tuple",
-        summary: "a flow whose packets go one way only keeps its original entry alive but \
-                  lets its reply entry expire; a new flow with the same reply tuple (one \
-                  client port to two publications of one container port) takes that entry \
-                  over, and the live first flow is left a half: its replies go out through \
-                  the other publication's port",
-        explains: one_way_flow_loses_its_reply_tuple,
-    },
-    Known {
-        fixture: "inbound-flow-shares-a-masquerade-tuple",
-        summary: "a flow opened from inside is inserted without asking the table of \
+pub const KNOWN: &[Known] = &[Known {
+    fixture: "inbound-flow-shares-a-masquerade-tuple",
+    summary: "a flow opened from inside is inserted without asking the table of \
                   unanswered inbound flows whether its reply tuple is taken: a published \
                   port that a mapping also holds gets a DNAT flow and a masqueraded flow on \
                   one external tuple, and when the DNAT flow is answered its promotion \
                   overwrites the masqueraded flow's entry",
-        explains: inbound_flow_shares_a_masquerade_tuple,
-    },
-];
+    explains: inbound_flow_shares_a_masquerade_tuple,
+}];
 
 /// The known defect that explains `m`, if one does.
 pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
-}
-
-/// Every half flow is a live entry whose other half now belongs to a newer flow, which took
-/// the reply tuple while the entry lived.
-fn one_way_flow_loses_its_reply_tuple(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
-        return false;
-    }
-    m.broken.iter().all(|b| {
-        let Broken::HalfFlow { table, key } = b else {
-            return false;
-        };
-        let entries = model.ct.of(*table);
-        let Some(e) = entries.get(key) else {
-            return false;
-        };
-        let pk = e.peer_key(key);
-        entries
-            .get(&pk)
-            .is_some_and(|p| p.peer_key(&pk) != *key && p.created > e.created)
-    })
 }
 
 /// Every half flow is a masqueraded flow's live entry whose other half now belongs to a flow

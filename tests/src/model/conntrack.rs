@@ -135,6 +135,19 @@ impl Model {
         }
     }
 
+    /// Whether the entry `e` at `key` in table `t` belongs to a live flow: it lives, or the
+    /// other entry of its flow lives and still points back at it (the rule `lookup` revives
+    /// by).
+    pub fn flow_alive(&mut self, touched: &mut Touched, t: Table, key: &Tuple, e: &Entry) -> bool {
+        if e.expires >= self.now {
+            return true;
+        }
+        let peer_key = e.peer_key(key);
+        let now = self.now;
+        self.ct_get(touched, t, &peer_key)
+            .is_some_and(|p| p.expires >= now && p.peer_key(&peer_key) == *key)
+    }
+
     /// The pair a new flow opened by the packet keyed `key` gets: `orig` as built by its
     /// opener, with the opening segment's sequence and window (TCP), and its reply entry
     /// with the reply direction's own flags (`reply_own`), which knows nothing of its
@@ -199,7 +212,9 @@ impl Model {
             let Some(held) = self.ct_get(touched, t, &reply_key) else {
                 continue;
             };
-            if held.expires < self.now {
+            // Dead only if its flow is: a stream that flows one way keeps its original entry
+            // alive and lets its reply entry expire, and lives on.
+            if !self.flow_alive(touched, t, &reply_key, &held) {
                 continue;
             }
             if held.peer_key(&reply_key) != *orig_key {
