@@ -232,7 +232,7 @@ fn try_established(
     nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
     if answered {
-        conntrack::promote(ctx, &p.key, entry);
+        conntrack::promote(ctx, &p.key, entry, p.now);
     }
     forward::forward(ctx, &r)
 }

@@ -171,13 +171,18 @@ fn flow_alive(inbound: bool, key: &CtKey, e: &CtEntry, now: u32) -> bool {
 /// out.
 // Its own BPF function: once per inbound flow.
 #[inline(never)]
-pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
+pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry, now: u32) {
     // SAFETY: a live map value pointer of the inbound table.
     let e = unsafe { &*entry };
     let peer_key = e.peer_key(key);
     let Some(peer) = NETFAST_CT_INBOUND.get_ptr(&peer_key) else {
         return;
     };
+    // Never over a live entry of another flow (its two tuples are this flow's to take only
+    // where nothing else lives on them).
+    if held_by_another(key, &peer_key, now) || held_by_another(&peer_key, key, now) {
+        return;
+    }
     if NETFAST_CT.insert(key, e, BPF_ANY as u64).is_err() {
         return;
     }
@@ -192,6 +197,18 @@ pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
     let _ = NETFAST_CT_INBOUND.remove(key);
     let _ = NETFAST_CT_INBOUND.remove(&peer_key);
     crate::stats::count_event(ctx, netfast_common::stats::Event::InboundAnswered);
+}
+
+/// Whether the main table's entry at `key` belongs to a live flow other than the one whose
+/// other entry is keyed `peer_key`.
+#[inline(always)]
+fn held_by_another(key: &CtKey, peer_key: &CtKey, now: u32) -> bool {
+    let Some(held) = NETFAST_CT.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let held = unsafe { &*held };
+    held.peer_key(key) != *peer_key && flow_alive(false, key, held, now)
 }
 
 /// A masqueraded flow whose reply entry was evicted while its original one lives: the
@@ -520,66 +537,33 @@ fn try_insert_pair(
     repair_only: bool,
     inbound: bool,
 ) -> Result<u32, DropReason> {
+    let pair = scratch()?;
+    let reply_key = pair.orig.peer_key(orig_key);
+    // No two flows, in either table, share a reply tuple: a flow from outside may have been
+    // answered already (it is in the main table, perhaps without its original entry), and an
+    // unanswered flow from outside may hold the reply tuple of a flow from inside.
+    match held_by(false, orig_key, &reply_key, now, repair_only)? {
+        Outcome::NONE => {}
+        found => return Ok(found),
+    }
+    match held_by(true, orig_key, &reply_key, now, repair_only)? {
+        Outcome::NONE => {}
+        found => return Ok(found),
+    }
+    if repair_only {
+        return Ok(ABSENT);
+    }
     let table = if inbound {
         &NETFAST_CT_INBOUND
     } else {
         &NETFAST_CT
     };
-    let pair = scratch()?;
-    let reply_key = pair.orig.peer_key(orig_key);
-    // A flow from outside may have been answered already (it is in the main table, perhaps
-    // without its original entry); and no two flows, in either table, share a reply tuple.
-    if inbound
-        && let Some(held) = NETFAST_CT.get_ptr(&reply_key)
-        // SAFETY: a map value pointer, valid for this program run.
-        && flow_alive(false, &reply_key, unsafe { &*held }, now)
-    {
-        // SAFETY: as above.
-        let held = unsafe { &*held };
-        if held.peer_key(&reply_key) != *orig_key {
-            return Ok(if repair_only { ABSENT } else { CLASH });
-        }
-        if NETFAST_CT.get_ptr(orig_key).is_some() {
-            return Ok(JOINED);
-        }
-        pair.orig.tcp_state = held.tcp_state;
-        pair.orig.flags |= held.flags & CT_F_SHARED;
-        pair.orig.expires = held.expires;
-        NETFAST_CT
-            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
-            .map_err(|_| DropReason::CtInsertFailed)?;
-        return Ok(REPAIRED);
-    }
-    let held = table.get_ptr(&reply_key);
-    // A held entry is dead only if its flow is: a stream that flows one way keeps its
-    // original entry alive and lets its reply entry expire, and lives on.
-    if let Some(held) = held
-        // SAFETY: a map value pointer, valid for this program run.
-        && flow_alive(inbound, &reply_key, unsafe { &*held }, now)
-    {
-        // SAFETY: as above.
-        let held = unsafe { &*held };
-        if held.peer_key(&reply_key) != *orig_key {
-            // Another live flow answers on this tuple.
-            return Ok(if repair_only { ABSENT } else { CLASH });
-        }
-        // This flow, alive: opened by another CPU, or missing its original entry.
-        if table.get_ptr(orig_key).is_some() {
-            return Ok(JOINED);
-        }
-        pair.orig.tcp_state = held.tcp_state;
-        pair.orig.flags |= held.flags & CT_F_SHARED;
-        pair.orig.expires = held.expires;
-        table
-            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
-            .map_err(|_| DropReason::CtInsertFailed)?;
-        return Ok(REPAIRED);
-    }
-    if repair_only {
-        return Ok(ABSENT);
-    }
     // Free, or held by a dead flow: take it.
-    let flags = if held.is_some() { BPF_ANY } else { BPF_NOEXIST };
+    let flags = if table.get_ptr(&reply_key).is_some() {
+        BPF_ANY
+    } else {
+        BPF_NOEXIST
+    };
     if table.insert(&reply_key, &pair.reply, flags as u64).is_err() {
         // Another CPU inserted it in between: its flow or another; judged as above next time.
         return Err(DropReason::CtInsertFailed);
@@ -590,6 +574,51 @@ fn try_insert_pair(
     }
     emit(CT_EVENT_NEW, orig_key, &pair.orig);
     Ok(if inbound { INSERTED_INBOUND } else { INSERTED })
+}
+
+/// What holds `reply_key`, the reply tuple of the flow in this CPU's scratch pair (opened by
+/// the packet keyed `orig_key`), in the main table or (`in_inbound`) the inbound one:
+/// `CLASH` (`ABSENT` when `repair_only`) for another live flow; `JOINED` for this very flow,
+/// or `REPAIRED` once its original entry is restored from the surviving one; `Outcome::NONE`
+/// when no live flow holds it there. A held entry is dead only if its flow is: a stream that
+/// flows one way keeps its original entry alive and lets its reply entry expire.
+#[inline(always)]
+fn held_by(
+    in_inbound: bool,
+    orig_key: &CtKey,
+    reply_key: &CtKey,
+    now: u32,
+    repair_only: bool,
+) -> Result<u32, DropReason> {
+    let Some(held) = entry_in(in_inbound, reply_key) else {
+        return Ok(Outcome::NONE);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let held = unsafe { &*held };
+    if !flow_alive(in_inbound, reply_key, held, now) {
+        return Ok(Outcome::NONE);
+    }
+    if held.peer_key(reply_key) != *orig_key {
+        // Another live flow answers on this tuple.
+        return Ok(if repair_only { ABSENT } else { CLASH });
+    }
+    // This flow, alive: opened by another CPU, or missing its original entry.
+    if entry_in(in_inbound, orig_key).is_some() {
+        return Ok(JOINED);
+    }
+    let pair = scratch()?;
+    pair.orig.tcp_state = held.tcp_state;
+    pair.orig.flags |= held.flags & CT_F_SHARED;
+    pair.orig.expires = held.expires;
+    let table = if in_inbound {
+        &NETFAST_CT_INBOUND
+    } else {
+        &NETFAST_CT
+    };
+    table
+        .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
+        .map_err(|_| DropReason::CtInsertFailed)?;
+    Ok(REPAIRED)
 }
 
 /// `insert_pair`: a new flow.

@@ -191,7 +191,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
             }
             if answered {
-                conntrack::promote(ctx, &p.key, entry);
+                conntrack::promote(ctx, &p.key, entry, p.now);
             }
             return if fast {
                 forward::forward(ctx, &r)

@@ -64,7 +64,6 @@ fn one_way_flow_loses_its_reply_tuple() {
 /// masqueraded flow's reply entry, which is left a half flow (its answers now go to the
 /// published container).
 #[test]
-#[ignore = "datapath bug: a flow opened from inside is inserted without asking the table of unanswered inbound flows whether its reply tuple is taken: a published port that a mapping also holds gets a DNAT flow and a masqueraded flow on one external tuple, and when the DNAT flow is answered its promotion overwrites the masqueraded flow's entry"]
 fn inbound_flow_shares_a_masquerade_tuple() {
     replay("inbound-flow-shares-a-masquerade-tuple");
 }

@@ -7,7 +7,7 @@
 //! `#[ignore]` with it.
 
 use super::runner::Mismatch;
-use crate::model::{Model, invariants::Broken};
+use crate::model::Model;
 
 pub struct Known {
     /// The fixture that shows it (`tests/fuzz-fixtures/NAME.events`).
@@ -16,38 +16,9 @@ pub struct Known {
     pub explains: fn(&Mismatch, &Model) -> bool,
 }
 
-pub const KNOWN: &[Known] = &[Known {
-    fixture: "inbound-flow-shares-a-masquerade-tuple",
-    summary: "a flow opened from inside is inserted without asking the table of \
-                  unanswered inbound flows whether its reply tuple is taken: a published \
-                  port that a mapping also holds gets a DNAT flow and a masqueraded flow on \
-                  one external tuple, and when the DNAT flow is answered its promotion \
-                  overwrites the masqueraded flow's entry",
-    explains: inbound_flow_shares_a_masquerade_tuple,
-}];
+pub const KNOWN: &[Known] = &[];
 
 /// The known defect that explains `m`, if one does.
 pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
-}
-
-/// Every half flow is a masqueraded flow's live entry whose other half now belongs to a flow
-/// opened through a published port (promoted over it).
-fn inbound_flow_shares_a_masquerade_tuple(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
-        return false;
-    }
-    m.broken.iter().all(|b| {
-        let Broken::HalfFlow { table, key } = b else {
-            return false;
-        };
-        let entries = model.ct.of(*table);
-        let Some(e) = entries.get(key) else {
-            return false;
-        };
-        let pk = e.peer_key(key);
-        entries.get(&pk).is_some_and(|p| {
-            p.peer_key(&pk) != *key && p.flags.published && !e.flags.published && e.flags.masq()
-        })
-    })
 }

@@ -204,11 +204,10 @@ impl Model {
     ) -> Inserted {
         let table = if inbound { Table::Inbound } else { Table::Main };
         let reply_key = pair.orig.peer_key(orig_key);
-        let mut places = vec![table];
-        if inbound {
-            places.insert(0, Table::Main);
-        }
-        for t in places {
+        // No two flows, in either table, share a reply tuple: a flow from outside may have
+        // been answered already (in the main table), and an unanswered flow from outside
+        // may hold the reply tuple of a flow from inside.
+        for t in [Table::Main, Table::Inbound] {
             let Some(held) = self.ct_get(touched, t, &reply_key) else {
                 continue;
             };
@@ -427,6 +426,16 @@ impl Model {
         let Some(peer) = self.ct_get(touched, Table::Inbound, &peer_key) else {
             return false;
         };
+        // Never over a live entry of another flow.
+        for (k, other) in [(*key, peer_key), (peer_key, *key)] {
+            if let Some(held) = self.ct_get(touched, Table::Main, &k)
+                && held.peer_key(&k) != other
+                && self.flow_alive(touched, Table::Main, &k, &held)
+            {
+                self.counters.rule("promotion refused");
+                return false;
+            }
+        }
         self.ct_put(touched, Table::Main, *key, e);
         self.ct_put(touched, Table::Main, peer_key, peer);
         self.ct_remove(touched, Table::Inbound, key);
