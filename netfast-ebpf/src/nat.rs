@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -297,9 +297,15 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     true
 }
 
-/// Claims `ck` for the endpoint `owner`: atomically when free; by one compare-and-exchange
-/// of the owner word when its holder is this very endpoint (its binding evicted), or has
-/// expired and holds no live binding to it.
+/// Claims `ck` for the endpoint `owner`: atomically when free; when its holder has expired
+/// and holds no live binding to it, by one compare-and-exchange of the owner word; when its
+/// holder is this very endpoint (its binding expired or evicted), by raising its expiry.
+///
+/// The last two can meet on two CPUs: the holder retaking its own expired claim while
+/// another endpoint takes it over. Each writes its own word with an atomic instruction (a
+/// full barrier), then reads the other's: the holder, after raising the expiry, gives up if
+/// the owner word no longer names it; the taker, after its exchange, gives the claim back
+/// if the expiry has been raised meanwhile. Of the two, at most one goes on with the port.
 #[inline(never)]
 fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32) -> bool {
     let claim = NatClaim {
@@ -321,33 +327,50 @@ fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32)
     let h = unsafe { &mut *held };
     let word = (&raw mut h.owner).cast::<u64>();
     let was = load_word(word);
-    if was != owner {
-        if h.expires >= now {
+    if was == owner {
+        // SAFETY: `expires` is an aligned u32 of the same map value.
+        unsafe {
+            let expires = &raw mut h.expires;
+            let e = core::ptr::read_volatile(expires);
+            atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
+                expires,
+                if e < until { until } else { e },
+            );
+        }
+        // Taken over by another endpoint before the expiry was raised: theirs.
+        return load_word(word) == owner;
+    }
+    if h.expires >= now {
+        return false;
+    }
+    // Expired by its hint; the holder's binding has the last word.
+    let old = NatClaim {
+        owner: was,
+        expires: 0,
+        _pad: 0,
+    };
+    let bk = NatBindKey {
+        int_addr: old.int_addr(),
+        ext_addr,
+        int_port: old.int_port(),
+        proto: ck.proto,
+        _pad: 0,
+    };
+    if let Some(b) = NETFAST_NAT_BIND.get_ptr(&bk) {
+        let b = NatBinding::from_word(load_word(b.cast::<u64>()));
+        if b.expires >= now && b.ext_port == ck.ext_port {
             return false;
         }
-        // Expired by its hint; the holder's binding has the last word.
-        let old = NatClaim {
-            owner: was,
-            expires: 0,
-            _pad: 0,
-        };
-        let bk = NatBindKey {
-            int_addr: old.int_addr(),
-            ext_addr,
-            int_port: old.int_port(),
-            proto: ck.proto,
-            _pad: 0,
-        };
-        if let Some(b) = NETFAST_NAT_BIND.get_ptr(&bk) {
-            let b = NatBinding::from_word(load_word(b.cast::<u64>()));
-            if b.expires >= now && b.ext_port == ck.ext_port {
-                return false;
-            }
-        }
-        // Of two CPUs taking it over at once, one wins.
-        if !cas(word, was, owner) {
-            return false;
-        }
+    }
+    // Of two CPUs taking it over at once, one wins.
+    if !cas(word, was, owner) {
+        return false;
+    }
+    // Its holder retook it meanwhile (raised the expiry): given back.
+    // SAFETY: `expires` is an aligned u32 of the same map value.
+    if unsafe { core::ptr::read_volatile(&raw const h.expires) } >= now {
+        let _ = cas(word, owner, was);
+        return false;
     }
     if h.expires < until {
         h.expires = until;

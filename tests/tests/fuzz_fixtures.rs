@@ -76,7 +76,6 @@ fn inbound_flow_shares_a_masquerade_tuple() {
 /// P, and both leave as EXT:P (or the second flow to one server is dropped as
 /// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds.
 #[test]
-#[ignore = "datapath bug: an expired NAT claim retaken by its own endpoint on one CPU while another endpoint takes it over on another: both bind the port (claim_port's own-claim path is not atomic)"]
 fn an_expired_claim_is_retaken_by_one_endpoint_only() {
     require_root();
     let report = fuzz::takeover_races(20_000)
