@@ -7,7 +7,7 @@
 //! `#[ignore]` with it.
 
 use super::runner::Mismatch;
-use crate::model::Model;
+use crate::model::{Model, invariants::Broken};
 
 pub struct Known {
     /// The fixture that shows it (`tests/fuzz-fixtures/NAME.events`).
@@ -16,9 +16,45 @@ pub struct Known {
     pub explains: fn(&Mismatch, &Model) -> bool,
 }
 
-pub const KNOWN: &[Known] = &[];
+pub const KNOWN: &[Known] = &[Known {
+    fixture: "evicted-reply-tuple-taken-through-another-address",
+    summary: "a flow through a publication on every address whose reply entry was \
+              evicted: the same client port to another of the host's addresses takes its \
+              reply tuple, and the surviving original entry is left a half pointing at \
+              another flow",
+    explains: evicted_reply_tuple_taken_through_another_address,
+}];
 
 /// The known defect that explains `m`, if one does.
 pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
+}
+
+/// Every half flow is a live entry of a flow opened through a publication whose other half
+/// now belongs to a newer flow through a publication, from the same client endpoint to
+/// another address of the host.
+fn evicted_reply_tuple_taken_through_another_address(m: &Mismatch, model: &Model) -> bool {
+    if m.kind != "invariant" || m.broken.is_empty() {
+        return false;
+    }
+    m.broken.iter().all(|b| {
+        let Broken::HalfFlow { table, key } = b else {
+            return false;
+        };
+        let entries = model.ct.of(*table);
+        let Some(e) = entries.get(key) else {
+            return false;
+        };
+        let pk = e.peer_key(key);
+        entries.get(&pk).is_some_and(|p| {
+            let other = p.peer_key(&pk);
+            other != *key
+                && p.created >= e.created
+                && e.flags.published
+                && p.flags.published
+                && other.src == key.src
+                && other.sport == key.sport
+                && other.dst != key.dst
+        })
+    })
 }
