@@ -18,11 +18,11 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[Known {
     fixture: "evicted-reply-tuple-taken-through-another-address",
-    summary: "a flow through a publication on every address whose reply entry was \
-              evicted: the same client port to another of the host's addresses takes its \
-              reply tuple, and the surviving original entry is left a half pointing at \
-              another flow",
-    explains: evicted_reply_tuple_taken_through_another_address,
+    summary: "a flow whose entry the LRU evicted: a new flow takes the evicted entry's tuple \
+              (the same client port to another of the host's addresses, or the same tuple \
+              after a republish; also fixture evicted-original-tuple-taken-after-a-republish), \
+              and the surviving entry is left a half pointing at another flow",
+    explains: evicted_half_taken,
 }];
 
 /// The known defect that explains `m`, if one does.
@@ -30,11 +30,10 @@ pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
 }
 
-/// Every half flow is a live entry of a flow opened through a publication whose other half
-/// now belongs to a newer flow through a publication, from the same client endpoint to
-/// another address of the host.
-fn evicted_reply_tuple_taken_through_another_address(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
+/// Entries were evicted in the episode, and every half flow is a live entry whose other
+/// half now belongs to a flow opened at the same time or later.
+fn evicted_half_taken(m: &Mismatch, model: &Model) -> bool {
+    if m.kind != "invariant" || m.broken.is_empty() || !m.evicted {
         return false;
     }
     m.broken.iter().all(|b| {
@@ -46,15 +45,8 @@ fn evicted_reply_tuple_taken_through_another_address(m: &Mismatch, model: &Model
             return false;
         };
         let pk = e.peer_key(key);
-        entries.get(&pk).is_some_and(|p| {
-            let other = p.peer_key(&pk);
-            other != *key
-                && p.created >= e.created
-                && e.flags.published
-                && p.flags.published
-                && other.src == key.src
-                && other.sport == key.sport
-                && other.dst != key.dst
-        })
+        entries
+            .get(&pk)
+            .is_some_and(|p| p.peer_key(&pk) != *key && p.created >= e.created)
     })
 }
