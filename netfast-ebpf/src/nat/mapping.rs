@@ -1,5 +1,6 @@
-//! Masquerade: deciding which packets are translated, claiming external ports, rewriting
-//! headers, and carrying a datagram's translation over to its later fragments.
+//! Masquerade mappings: claiming an external port for an internal endpoint (atomically,
+//! across CPUs), binding the endpoint to it, searching the port range, and keeping a
+//! mapping alive, released and retaken with its flows.
 
 use core::mem::size_of;
 
@@ -8,190 +9,33 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 use aya_ebpf::{
     bindings::__sk_buff,
     bindings::{
-        BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
     },
     cty::{c_long, c_void},
     helpers::{
         bpf_get_prandom_u32, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
     },
-    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netfast_common::{
     DropReason,
-    config::{NET_F_MASQUERADE, NetInfo},
-    conntrack::{
-        CT_F_AWAIT_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC,
-        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, CtEntry, CtKey,
-        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next,
-    },
-    maps::{FRAGMENT_TIMEOUT, NAT_PORT_TRIES},
+    config::NetInfo,
+    conntrack::{CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    maps::NAT_PORT_TRIES,
     nat::{
-        FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey, mapping_keys,
-        mapping_slack, port_candidate,
+        NatBindKey, NatBinding, NatClaim, NatClaimKey, mapping_keys, mapping_slack, port_candidate,
     },
 };
 
 use crate::outcome::Outcome;
 use crate::{
-    conntrack, csum,
-    maps::{NETFAST_FRAGS, NETFAST_NAT_BIND, NETFAST_NAT_CLAIM, NETFAST_NETWORKS},
-    parse::{
-        ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, Pkt, load, port_offsets, ptr_at, store,
-    },
-    stats,
+    conntrack,
+    maps::{NETFAST_NAT_BIND, NETFAST_NAT_CLAIM},
 };
 
 /// `TCP_LISTEN` in the kernel's TCP states.
 const TCP_LISTEN: u32 = 10;
-
-/// The ifindex of the device the hook runs on.
-#[inline(always)]
-pub fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: the context pointer the kernel passed in; ifindex is a readable field.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-/// The masqueraded network `src` belongs to, when the packet is leaving through that
-/// network's uplink: only then is it translated.
-#[inline(always)]
-pub fn masq_network(src: u32, ifindex: u32) -> Option<NetInfo> {
-    let net = NETFAST_NETWORKS.get(Key::new(32, src))?;
-    if net.flags & NET_F_MASQUERADE != 0 && net.uplink_ifindex == ifindex {
-        Some(*net)
-    } else {
-        None
-    }
-}
-
-/// Rewrites the source (`src_side`) or destination address in the IPv4 header and its
-/// checksum only; returns the old address.
-#[inline(always)]
-pub fn rewrite_l3(ctx: &TcContext, src_side: bool, addr: u32) -> Result<u32, DropReason> {
-    let addr_off = ETH_HLEN + if src_side { IP_SRC } else { IP_DST };
-    let old: u32 = load(ctx, addr_off)?;
-    if old != addr {
-        store(ctx, addr_off, addr)?;
-        let check: u16 = load(ctx, ETH_HLEN + IP_CSUM)?;
-        store(ctx, ETH_HLEN + IP_CSUM, csum::replace32(check, old, addr))?;
-    }
-    Ok(old)
-}
-
-/// Rewrites the source (`src_side`) or destination address and port of the packet, with
-/// every checksum; a later fragment gets its address only.
-#[inline(always)]
-fn rewrite_side(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    src_side: bool,
-    addr: u32,
-    port: u16,
-) -> Result<(), DropReason> {
-    let old_addr = rewrite_l3(ctx, src_side, addr)?;
-    if ip.frag == Frag::Later {
-        return Ok(());
-    }
-    let (port_at, csum_off) = port_offsets(ip.proto, src_side);
-    // The ports and the ICMP identifier are all in the first 8 bytes of the L4 header:
-    // check those once, then reach the field inside them (a 2-byte field checked on its own
-    // at a variable offset gets split into byte loads the verifier cannot bound).
-    let h = ptr_at::<[u8; 8]>(ctx, ip.l4())?;
-    // SAFETY: `h` is in bounds (checked by ptr_at) and port_at + 1 < 8.
-    let old_port = unsafe { u16::from_ne_bytes([(*h)[port_at], (*h)[port_at + 1]]) };
-    if old_port != port {
-        let bytes = port.to_ne_bytes();
-        // SAFETY: as above.
-        unsafe {
-            (*h)[port_at] = bytes[0];
-            (*h)[port_at + 1] = bytes[1];
-        }
-    }
-    let csum_off = ip.l4() + csum_off;
-    // The checksum helpers come last: they invalidate every packet pointer.
-    if old_addr != addr && ip.proto != PROTO_ICMP {
-        csum::l4_addr(ctx, ip.proto, csum_off, old_addr, addr)?;
-    }
-    if old_port != port {
-        csum::l4_word(ctx, ip.proto, csum_off, old_port, port)?;
-    }
-    Ok(())
-}
-
-/// Applies an entry's rewrites to the packet keyed `key`, and records a first fragment's
-/// translation for the fragments that follow.
-// Its own BPF function: both the per-packet path and the flow openers call it, and inlined
-// it would make both stack frames too large for the two to nest.
-#[inline(never)]
-pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &CtKey, e: &CtEntry, now: u32) -> Outcome {
-    Outcome::from(try_apply(ctx, ip, key, e, now))
-}
-
-#[inline(always)]
-fn try_apply(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    key: &CtKey,
-    e: &CtEntry,
-    now: u32,
-) -> Result<u32, DropReason> {
-    if e.flags & CT_F_REWRITE_SRC != 0 {
-        rewrite_side(ctx, ip, true, e.src_addr, e.src_port)?;
-    }
-    if e.flags & CT_F_REWRITE_DST != 0 {
-        rewrite_side(ctx, ip, false, e.dst_addr, e.dst_port)?;
-    }
-    if ip.frag == Frag::First {
-        let t = e.translated(key);
-        let fk = FragKey {
-            src_addr: ip.src,
-            dst_addr: ip.dst,
-            id: ip.id,
-            proto: ip.proto,
-            _pad: 0,
-        };
-        let entry = FragEntry {
-            src_addr: t.src_addr,
-            dst_addr: t.dst_addr,
-            expires: now + FRAGMENT_TIMEOUT,
-            _pad: 0,
-        };
-        // A lost record only costs the later fragments, which are then counted as drops.
-        let _ = NETFAST_FRAGS.insert(fk, entry, BPF_ANY as u64);
-    }
-    Ok(1)
-}
-
-/// Gives a later fragment the addresses its first fragment got, wherever the first one was
-/// translated; returns the fragment's new (source, destination), or `None` when no first
-/// fragment of its datagram was translated. A translated fragment is keyed differently, so
-/// no hook translates it twice.
-#[inline(always)]
-pub fn later_fragment(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    now: u32,
-) -> Result<Option<(u32, u32)>, DropReason> {
-    let key = FragKey {
-        src_addr: ip.src,
-        dst_addr: ip.dst,
-        id: ip.id,
-        proto: ip.proto,
-        _pad: 0,
-    };
-    let Some(entry) = NETFAST_FRAGS.get_ptr(&key) else {
-        return Ok(None);
-    };
-    // SAFETY: a map value pointer, valid for this program run.
-    let entry = unsafe { *entry };
-    if entry.expires < now {
-        return Ok(None);
-    }
-    rewrite_l3(ctx, true, entry.src_addr)?;
-    rewrite_l3(ctx, false, entry.dst_addr)?;
-    Ok(Some((entry.src_addr, entry.dst_addr)))
-}
 
 /// How many times a compare-and-exchange is retried before the packet gives up (another
 /// CPU changed the word each time: a burst of new flows of one endpoint).
@@ -211,7 +55,7 @@ fn cas(word: *mut u64, old: u64, new: u64) -> bool {
 /// The current word at `word`, read whole: one aligned 8-byte load, which BPF makes at once
 /// (an atomic load instruction needs cpu v4).
 #[inline(always)]
-fn load_word(word: *const u64) -> u64 {
+pub(super) fn load_word(word: *const u64) -> u64 {
     // SAFETY: as for `cas`.
     unsafe { core::ptr::read_volatile(word) }
 }
@@ -222,7 +66,7 @@ fn load_word(word: *const u64) -> u64 {
 // Its own BPF function (as every step of the mapping machinery): the callers' verification
 // then meets one answer, not every path through it.
 #[inline(never)]
-fn reuse_mapping(bk: &NatBindKey, net_id: u16, now: u32, until: u32) -> Outcome {
+pub(super) fn reuse_mapping(bk: &NatBindKey, net_id: u16, now: u32, until: u32) -> Outcome {
     Outcome::from(try_reuse_mapping(bk, net_id, now, until))
 }
 
@@ -430,7 +274,7 @@ fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, Dro
 /// for such a socket be taken for a container's mapping.
 // Its own BPF function: the socket tuple takes stack, and this runs for new flows only.
 #[inline(never)]
-fn host_uses(
+pub(super) fn host_uses(
     ctx: &TcContext,
     proto: u8,
     remote: &(u32, u16),
@@ -664,17 +508,6 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
     }
 }
 
-/// Translates the packet that opened a flow: the flow's original entry is still in this
-/// CPU's scratch pair. (The openers leave it to their caller, so that `apply` and the
-/// openers' stack frames never nest.)
-#[inline(always)]
-pub fn apply_opened(ctx: &TcContext, p: &Pkt) -> Result<(), DropReason> {
-    let pair = conntrack::scratch()?;
-    apply(ctx, &p.ip, &p.key, &pair.orig, p.now).get()?;
-    stats::count_network(ctx, pair.orig.net_id, pair.orig.flags & CT_F_INWARD != 0);
-    Ok(())
-}
-
 /// The masquerade mapping of the source of `key` on the network's external address, counted
 /// as used by one more flow: the live one, or a new one. Its external port.
 // Its own BPF function: the port search's record stays out of the openers' frames.
@@ -704,64 +537,6 @@ fn try_mapping(
         }
         port => Ok(port),
     }
-}
-
-/// The first packet of a flow from a masqueraded network leaving through its uplink: map
-/// its source endpoint (endpoint-independent), track the flow, translate the packet.
-// Its own BPF function: a new flow's entries would not fit the caller's stack frame.
-#[inline(never)]
-pub fn snat_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo, ext_port: u16) -> Outcome {
-    Outcome::from(try_snat_new_flow(ctx, p, net, ext_port))
-}
-
-#[inline(always)]
-fn try_snat_new_flow(
-    ctx: &TcContext,
-    p: &Pkt,
-    net: &NetInfo,
-    ext_port: u16,
-) -> Result<u32, DropReason> {
-    let (key, now) = (&p.key, p.now);
-    let (state, expires, until) = new_flow_times(p)?;
-    let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
-        (net.ext_addr, ext_port),
-        (0, 0),
-        state,
-        net.id,
-        now,
-        expires,
-        until,
-        ctx.len(),
-    );
-    // The replies of a container's flow go to the container; those of a host flow (see
-    // `host_new_flow`) to the host.
-    let reply_flags = if net.id == HOST_FLOWS { 0 } else { CT_F_INWARD };
-    conntrack::complete_pair(ctx, p, reply_flags).get()?;
-
-    // A flow that fails to open leaves its mapping counted one flow too many: it then lives
-    // to its expiry, never shorter than a flow that uses it.
-    opened(ctx, conntrack::insert_pair(key, now, false, false))
-}
-
-/// The state a masqueraded flow opened by `p` starts in, when its entries expire, and until
-/// when its mapping lives: what the mapping is claimed with (see `mapping`) before the flow
-/// opens (a TCP RST opens none: it would leak a container's address).
-#[inline(always)]
-pub fn new_flow_times(p: &Pkt) -> Result<(TcpState, u32, u32), DropReason> {
-    let tcp = TcpFlags::from_byte(p.tcp_flags);
-    let state = if p.key.proto == PROTO_TCP {
-        if tcp.rst {
-            return Err(DropReason::TcpRstWithoutFlow);
-        }
-        tcp_next(TcpState::None, tcp, false, 0).0
-    } else {
-        TcpState::None
-    };
-    let t = conntrack::timeout_of(p.key.proto, state);
-    let expires = p.now + t;
-    Ok((state, expires, expires + mapping_slack(t)))
 }
 
 /// The network id of the host's own flows (no network has it: ids start at 1).
@@ -797,192 +572,4 @@ pub fn live_claim(addr: u32, port: u16, proto: u8, now: u32) -> Option<NatClaim>
 #[inline(always)]
 pub fn held_by_a_container(key: &CtKey, now: u32) -> bool {
     live_claim(key.src_addr, key.src_port, key.proto, now).is_some_and(|c| c.net_id() != HOST_FLOWS)
-}
-
-/// A container sends to an external endpoint of its own host that a live masquerade
-/// mapping holds — another container's, or its own (RFC 4787 REQ-9, hairpinning): the
-/// packet goes to that mapping's owner, from the sender's own external endpoint, so that the
-/// receiver sees what an outside peer would (ICE between containers of one host depends on
-/// it). Between networks the receiver's filtering applies: with address-and-port-dependent
-/// filtering, the way opens only once the receiver has sent to the sender's external
-/// endpoint. Returns 0 when no live mapping holds the destination (or the packet cannot
-/// open a flow), 1 when the packet goes on, `FILTERED` when it waits.
-#[inline(never)]
-pub fn mapping_hairpin_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo, ext_port: u16) -> Outcome {
-    Outcome::from(try_mapping_hairpin_new_flow(ctx, p, net, ext_port))
-}
-
-/// `mapping_hairpin_new_flow`: the flow is open, the packet waits for the receiver's.
-pub const FILTERED: u32 = 2;
-
-#[inline(always)]
-fn try_mapping_hairpin_new_flow(
-    ctx: &TcContext,
-    p: &Pkt,
-    net: &NetInfo,
-    ext_port: u16,
-) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-    let Some(claim) = live_claim(key.dst_addr, key.dst_port, key.proto, now) else {
-        return Ok(0);
-    };
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    let state = match key.proto {
-        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => tcp_next(TcpState::None, tcp, false, 0).0,
-        PROTO_TCP => return Ok(0),
-        _ => TcpState::None,
-    };
-    let t = conntrack::timeout_of(key.proto, state);
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
-    // The receiver's mapping, one flow more; then the sender's own.
-    let receiver = NatBindKey {
-        int_addr: claim.int_addr(),
-        ext_addr: key.dst_addr,
-        int_port: claim.int_port(),
-        proto: key.proto,
-        _pad: 0,
-    };
-    if reuse_mapping(&receiver, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
-        return Ok(0);
-    }
-    // Within a network, containers reach each other on their bridge anyway: a hairpin
-    // between them is not filtered (RFC 5780's hairpinning test sends from a second port of
-    // the same host). Across networks, the receiver's filtering applies as it would to an
-    // outside peer, so that hairpinning opens no way around the networks' isolation.
-    let same_network = claim.net_id() == net.id;
-    let wait = !same_network && !conntrack::endpoint_independent();
-    let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_SRC
-            | CT_F_REWRITE_DST
-            | CT_F_MASQ_SRC
-            | CT_F_INWARD
-            | CT_F_REDIRECT
-            | CT_F_FROM_INSIDE
-            | CT_F_TWO_MAPPINGS
-            | if wait { CT_F_AWAIT_REPLY } else { 0 },
-        (net.ext_addr, ext_port),
-        (claim.int_addr(), claim.int_port()),
-        state,
-        net.id,
-        now,
-        expires,
-        until,
-        ctx.len(),
-    );
-    conntrack::complete_pair(
-        ctx,
-        p,
-        CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE | CT_F_TWO_MAPPINGS,
-    )
-    .get()?;
-
-    // The receiver's packets leave through the receiver's own mapping (the mirror of the
-    // original's would name the sender's), and cross the receiver's bridge.
-    pair.reply.flags = (pair.reply.flags & !CT_F_MASQ_DST) | CT_F_MASQ_SRC;
-    pair.reply.net_id = claim.net_id();
-    opened(ctx, conntrack::insert_pair(key, now, false, false))?;
-    Ok(if wait { FILTERED } else { 1 })
-}
-
-/// What an opener returns once `insert_pair` has answered: 1 when the scratch pair's
-/// original entry is the flow's (new, joined or repaired), for the caller to translate with.
-#[inline(always)]
-pub fn opened(ctx: &TcContext, o: Outcome) -> Result<u32, DropReason> {
-    match o.value()? {
-        conntrack::CLASH => Err(DropReason::CtInsertFailed),
-        conntrack::REPAIRED => {
-            stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
-            Ok(1)
-        }
-        conntrack::INSERTED_INBOUND => {
-            stats::count_event(ctx, netfast_common::stats::Event::InboundOpened);
-            Ok(1)
-        }
-        _ => Ok(1),
-    }
-}
-
-/// Endpoint-independent filtering: the first packet from outside to a mapped external port,
-/// from an endpoint the internal one never contacted, opens a flow to it. TCP only on SYN.
-/// False when the packet is not for a live mapping.
-#[inline(never)]
-pub fn eif_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
-    Outcome::from(try_eif_new_flow(ctx, p))
-}
-
-#[inline(always)]
-fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    match key.proto {
-        PROTO_UDP => {}
-        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => {}
-        _ => return Ok(0),
-    }
-    let ck = NatClaimKey {
-        ext_addr: key.dst_addr,
-        ext_port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
-    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
-        return Ok(0);
-    };
-    // SAFETY: a map value pointer, valid for this program run.
-    let claim = unsafe { *claim };
-    let bk = NatBindKey {
-        int_addr: claim.int_addr(),
-        ext_addr: key.dst_addr,
-        int_port: claim.int_port(),
-        proto: key.proto,
-        _pad: 0,
-    };
-    // Checked before anything changes: the mapping must be alive, and this very port's.
-    let Some(binding) = NETFAST_NAT_BIND.get_ptr(&bk) else {
-        return Ok(0);
-    };
-    let b = NatBinding::from_word(load_word(binding.cast::<u64>()));
-    if b.expires < now || b.ext_port != key.dst_port {
-        return Ok(0);
-    }
-    // A packet for one of the host's own sockets (a service listening on the port, say) is
-    // the host's, whatever mapping shares the port.
-    if host_uses(
-        ctx,
-        key.proto,
-        &(key.src_addr, key.src_port),
-        &(key.dst_addr, key.dst_port),
-        true,
-    ) {
-        return Ok(0);
-    }
-    let state = if key.proto == PROTO_TCP {
-        tcp_next(TcpState::None, tcp, false, 0).0
-    } else {
-        TcpState::None
-    };
-    let t = conntrack::timeout_of(key.proto, state);
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
-    if reuse_mapping(&bk, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
-        return Ok(0);
-    }
-    let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
-        (0, 0),
-        (claim.int_addr(), claim.int_port()),
-        state,
-        claim.net_id(),
-        now,
-        expires,
-        until,
-        ctx.len(),
-    );
-    conntrack::complete_pair(ctx, p, CT_F_FROM_INSIDE).get()?;
-
-    opened(ctx, conntrack::insert_pair(key, now, false, true))
 }
