@@ -15,6 +15,7 @@ use netfast_common::{
     verdict::NEXT,
 };
 
+use crate::conntrack::Table;
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
@@ -167,14 +168,14 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // The main table, else the inbound flows not answered yet (this may be a container's
     // answer to one): a miss here is a new flow, rare next to the packets of known ones.
     let found = match conntrack::lookup(&p.key, now, true) {
-        Some(e) => Some((e, false)),
-        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, true)),
+        Some(e) => Some((e, Table::Main)),
+        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, Table::Inbound)),
     };
-    if let Some((entry, inbound)) = found
+    if let Some((entry, table)) = found
         // SAFETY: a live map value pointer from `lookup`.
         && of_this_bridge(ctx, unsafe { (*entry).net_id })
     {
-        return established(ctx, p, entry, inbound).verdict();
+        return established(ctx, p, entry, table).verdict();
     }
     let Some(net) = source_network(ctx, &p.ip)? else {
         return Ok(NEXT);
@@ -188,8 +189,8 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 // Its own BPF function: the hot path, with a stack frame of its own beside the new-flow
 // paths' (the verifier allows 512 bytes down a chain of calls).
 #[inline(never)]
-fn established(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
-    Outcome::from_verdict(try_established(ctx, p, entry, inbound))
+fn established(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
+    Outcome::from_verdict(try_established(ctx, p, entry, table))
 }
 
 #[inline(always)]
@@ -197,7 +198,7 @@ fn try_established(
     ctx: &TcContext,
     p: &Pkt,
     entry: *mut CtEntry,
-    inbound: bool,
+    table: Table,
 ) -> Result<i32, DropReason> {
     let now = p.now;
     // SAFETY (each access): a live map value pointer from `lookup`, read in place: a copy
@@ -227,7 +228,7 @@ fn try_established(
         forward::fallback(ctx);
         return Ok(NEXT);
     }
-    let answered = conntrack::track(ctx, p, entry, inbound).value()? == conntrack::ANSWERED;
+    let answered = conntrack::track(ctx, p, entry, table).value()? == conntrack::ANSWERED;
     let e = unsafe { &*entry };
     nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);

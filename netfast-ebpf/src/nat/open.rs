@@ -19,6 +19,7 @@ use super::{
     apply,
     mapping::{HOST_FLOWS, host_uses, live_claim, load_word, reuse_mapping},
 };
+use crate::conntrack::Table;
 use crate::outcome::Outcome;
 use crate::{
     conntrack,
@@ -74,7 +75,7 @@ fn try_snat_new_flow(
 
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
-    opened(ctx, conntrack::insert_pair(key, now, false, false))
+    opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))
 }
 
 /// The state a masqueraded flow opened by `p` starts in, when its entries expire, and until
@@ -179,7 +180,7 @@ fn try_mapping_hairpin_new_flow(
     // original's would name the sender's), and cross the receiver's bridge.
     pair.reply.flags = (pair.reply.flags & !CT_F_MASQ_DST) | CT_F_MASQ_SRC;
     pair.reply.net_id = claim.net_id();
-    opened(ctx, conntrack::insert_pair(key, now, false, false))?;
+    opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))?;
     Ok(if wait { FILTERED } else { 1 })
 }
 
@@ -281,5 +282,5 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     );
     conntrack::complete_pair(ctx, p, CT_F_FROM_INSIDE).get()?;
 
-    opened(ctx, conntrack::insert_pair(key, now, false, true))
+    opened(ctx, conntrack::insert_pair(key, now, false, Table::Inbound))
 }
