@@ -226,12 +226,7 @@ fn held_by_another(key: &CtKey, peer_key: &CtKey, now: u32) -> bool {
 // Its own BPF function: only for inbound packets that match nothing else.
 #[inline(never)]
 pub fn restore_reply(key: &CtKey, now: u32) -> bool {
-    let ck = NatClaimKey {
-        ext_addr: key.dst_addr,
-        ext_port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
+    let ck = NatClaimKey::new(key.dst_addr, key.dst_port, key.proto);
     let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
         return false;
     };

@@ -87,12 +87,7 @@ fn try_reuse_mapping(
         if b.expires < now {
             return Ok(Outcome::NONE);
         }
-        let ck = NatClaimKey {
-            ext_addr: bk.ext_addr,
-            ext_port: b.ext_port,
-            proto: bk.proto,
-            _pad: 0,
-        };
+        let ck = NatClaimKey::new(bk.ext_addr, b.ext_port, bk.proto);
         // The port must still be this endpoint's (its claim may have been evicted: then it
         // is claimed again, unless another endpoint took it meanwhile).
         if !hold_claim(&ck, bk, net_id, until) {
@@ -118,11 +113,7 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     let claim = match NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
         Some(c) => c,
         None => {
-            let fresh = NatClaim {
-                owner,
-                expires: until,
-                _pad: 0,
-            };
+            let fresh = NatClaim::new(owner, until);
             return NETFAST_NAT_CLAIM
                 .insert(ck, &fresh, BPF_NOEXIST as u64)
                 .is_ok();
@@ -152,11 +143,7 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
 /// if the expiry has been raised meanwhile. Of the two, at most one goes on with the port.
 #[inline(never)]
 fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32) -> bool {
-    let claim = NatClaim {
-        owner,
-        expires: until,
-        _pad: 0,
-    };
+    let claim = NatClaim::new(owner, until);
     if NETFAST_NAT_CLAIM
         .insert(ck, &claim, BPF_NOEXIST as u64)
         .is_ok()
@@ -188,11 +175,7 @@ fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32)
         return false;
     }
     // Expired by its hint; the holder's binding has the last word.
-    let old = NatClaim {
-        owner: was,
-        expires: 0,
-        _pad: 0,
-    };
+    let old = NatClaim::new(was, 0);
     let bk = NatBindKey {
         int_addr: old.int_addr(),
         ext_addr,
@@ -402,12 +385,7 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
     {
         return 0;
     }
-    let ck = NatClaimKey {
-        ext_addr: s.bk.ext_addr,
-        ext_port: port,
-        proto: s.bk.proto,
-        _pad: 0,
-    };
+    let ck = NatClaimKey::new(s.bk.ext_addr, port, s.bk.proto);
     if !claim_port(&ck, s.owner, s.bk.ext_addr, s.until, s.now) {
         return 0;
     }
@@ -546,12 +524,7 @@ pub const HOST_FLOWS: u16 = 0;
 /// owner's binding is alive and leads to this very port), or `None`.
 #[inline(always)]
 pub fn live_claim(addr: u32, port: u16, proto: u8, now: u32) -> Option<NatClaim> {
-    let ck = NatClaimKey {
-        ext_addr: addr,
-        ext_port: port,
-        proto,
-        _pad: 0,
-    };
+    let ck = NatClaimKey::new(addr, port, proto);
     // SAFETY: a map value pointer, valid for this program run.
     let claim = unsafe { *NETFAST_NAT_CLAIM.get_ptr(&ck)? };
     let bk = NatBindKey {

@@ -220,12 +220,7 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => {}
         _ => return Ok(0),
     }
-    let ck = NatClaimKey {
-        ext_addr: key.dst_addr,
-        ext_port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
+    let ck = NatClaimKey::new(key.dst_addr, key.dst_port, key.proto);
     let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
         return Ok(0);
     };
