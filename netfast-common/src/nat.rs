@@ -68,6 +68,18 @@ pub struct NatClaimKey {
 }
 const _: () = assert!(core::mem::size_of::<NatClaimKey>() == 8);
 
+impl NatClaimKey {
+    /// The key of the external `(ext_addr, ext_port)` (network byte order) for `proto`.
+    pub const fn new(ext_addr: u32, ext_port: u16, proto: u8) -> NatClaimKey {
+        NatClaimKey {
+            ext_addr,
+            ext_port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Who holds an external port. The owner is one word, so that taking over a port whose
 /// holder has expired is one compare-and-exchange: of two CPUs that try at once, one wins.
 #[repr(C)]
@@ -83,6 +95,15 @@ pub struct NatClaim {
 const _: () = assert!(core::mem::size_of::<NatClaim>() == 16);
 
 impl NatClaim {
+    /// A claim of the endpoint `owner` (see [`NatClaim::owner_of`]) until `expires`.
+    pub const fn new(owner: u64, expires: u32) -> NatClaim {
+        NatClaim {
+            owner,
+            expires,
+            _pad: 0,
+        }
+    }
+
     /// The owner word of an internal endpoint: its address and port (network byte order) and
     /// its network, in memory order.
     pub const fn owner_of(int_addr: u32, int_port: u16, net_id: u16) -> u64 {

@@ -8,11 +8,14 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use netfast_common::{
     DropReason,
     config::{NET_F_MASQUERADE, NetInfo},
-    conntrack::{CT_F_AWAIT_REPLY, CT_F_INWARD, CT_F_REDIRECT, CT_F_SEEN_REPLY, CtEntry},
+    conntrack::{
+        CT_F_AWAIT_REPLY, CT_F_INWARD, CT_F_REDIRECT, CT_F_SEEN_REPLY, CtEntry, PROTO_ICMP,
+    },
     maps::FORWARDED_TC_INDEX,
     verdict::NEXT,
 };
 
+use crate::conntrack::Table;
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
@@ -165,14 +168,14 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // The main table, else the inbound flows not answered yet (this may be a container's
     // answer to one): a miss here is a new flow, rare next to the packets of known ones.
     let found = match conntrack::lookup(&p.key, now, true) {
-        Some(e) => Some((e, false)),
-        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, true)),
+        Some(e) => Some((e, Table::Main)),
+        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, Table::Inbound)),
     };
-    if let Some((entry, inbound)) = found
+    if let Some((entry, table)) = found
         // SAFETY: a live map value pointer from `lookup`.
         && of_this_bridge(ctx, unsafe { (*entry).net_id })
     {
-        return established(ctx, p, entry, inbound).verdict();
+        return established(ctx, p, entry, table).verdict();
     }
     let Some(net) = source_network(ctx, &p.ip)? else {
         return Ok(NEXT);
@@ -186,8 +189,8 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 // Its own BPF function: the hot path, with a stack frame of its own beside the new-flow
 // paths' (the verifier allows 512 bytes down a chain of calls).
 #[inline(never)]
-fn established(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
-    Outcome::from_verdict(try_established(ctx, p, entry, inbound))
+fn established(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
+    Outcome::from_verdict(try_established(ctx, p, entry, table))
 }
 
 #[inline(always)]
@@ -195,7 +198,7 @@ fn try_established(
     ctx: &TcContext,
     p: &Pkt,
     entry: *mut CtEntry,
-    inbound: bool,
+    table: Table,
 ) -> Result<i32, DropReason> {
     let now = p.now;
     // SAFETY (each access): a live map value pointer from `lookup`, read in place: a copy
@@ -225,12 +228,12 @@ fn try_established(
         forward::fallback(ctx);
         return Ok(NEXT);
     }
-    let answered = conntrack::track(ctx, p, entry, inbound).value()? == conntrack::ANSWERED;
+    let answered = conntrack::track(ctx, p, entry, table).value()? == conntrack::ANSWERED;
     let e = unsafe { &*entry };
     nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
     if answered {
-        conntrack::promote(ctx, &p.key, entry);
+        conntrack::promote(ctx, &p.key, entry, p.now);
     }
     forward::forward(ctx, &r)
 }
@@ -274,10 +277,14 @@ fn try_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReas
         }
         return Ok(NEXT);
     }
+    // Another container's external endpoint, or its own: hairpinned. Not an ICMP echo
+    // request: it names no external endpoint (its key's destination port is always 0), and
+    // to the host's address it is the host's.
+    let echo_request = ip.proto == PROTO_ICMP && dport == 0;
     if net.ext_addr != 0
+        && !echo_request
         && let Some(claim) = nat::live_claim(ip.dst, dport, ip.proto, now)
     {
-        // Another container's external endpoint, or its own: hairpinned.
         let mut r = Route::NONE;
         let hop = Hop {
             src: net.ext_addr,

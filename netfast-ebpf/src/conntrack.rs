@@ -98,14 +98,22 @@ pub fn endpoint_independent() -> bool {
         .is_some_and(|cfg| cfg.filtering == netfast_common::config::FILTERING_ENDPOINT_INDEPENDENT)
 }
 
-/// The entry for `key` in the main table, or (`inbound`) in the table of inbound flows not
-/// answered yet (`maps::CT_INBOUND`). A flow's two entries are always in one table.
+/// Which table a flow's entries are in (both are always in one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Table {
+    /// Every flow opened from inside, or answered (`maps::NETFAST_CT`).
+    Main,
+    /// Flows opened from outside, not answered yet (`maps::NETFAST_CT_INBOUND`).
+    Inbound,
+}
+
+/// The entry for `key` in `table`.
 #[inline(always)]
-fn entry_in(inbound: bool, key: &CtKey) -> Option<*mut CtEntry> {
-    if inbound {
-        NETFAST_CT_INBOUND.get_ptr_mut(key)
-    } else {
-        NETFAST_CT.get_ptr_mut(key)
+fn entry_in(table: Table, key: &CtKey) -> Option<*mut CtEntry> {
+    match table {
+        Table::Main => NETFAST_CT.get_ptr_mut(key),
+        Table::Inbound => NETFAST_CT_INBOUND.get_ptr_mut(key),
     }
 }
 
@@ -115,18 +123,18 @@ fn entry_in(inbound: bool, key: &CtKey) -> Option<*mut CtEntry> {
 /// one way refreshes one side; an entry whose peer key now holds another flow is dead).
 #[inline(always)]
 pub fn lookup(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    lookup_in(false, key, now, from_inside)
+    lookup_in(Table::Main, key, now, from_inside)
 }
 
 /// As `lookup`, among the inbound flows not answered yet.
 #[inline(always)]
 pub fn lookup_inbound(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    lookup_in(true, key, now, from_inside)
+    lookup_in(Table::Inbound, key, now, from_inside)
 }
 
 #[inline(always)]
-fn lookup_in(inbound: bool, key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    let entry = entry_in(inbound, key)?;
+fn lookup_in(table: Table, key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
+    let entry = entry_in(table, key)?;
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
     if !e.serves(from_inside) {
@@ -135,25 +143,35 @@ fn lookup_in(inbound: bool, key: &CtKey, now: u32, from_inside: bool) -> Option<
     if e.expires >= now {
         return Some(entry);
     }
-    revive(key, entry, now, inbound)
+    revive(key, entry, now, table)
 }
 
 /// An expired entry whose peer lives and points back: the flow lives on.
 // Its own BPF function: rare, and it keeps the hot lookup small.
 #[inline(never)]
-fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, inbound: bool) -> Option<*mut CtEntry> {
+fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, table: Table) -> Option<*mut CtEntry> {
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
+    let expires = peer_alive(table, key, e, now)?;
+    e.expires = expires;
+    Some(entry)
+}
+
+/// The expiry of the other entry of `e`'s flow (`e` keyed `key`), if that entry lives and
+/// still points back at `key`: then the flow lives, whatever `e`'s own expiry says.
+#[inline(always)]
+fn peer_alive(table: Table, key: &CtKey, e: &CtEntry, now: u32) -> Option<u32> {
     let peer_key = e.peer_key(key);
-    let peer = entry_in(inbound, &peer_key)?;
-    // SAFETY: as above.
-    let p = unsafe { &*peer };
-    if p.expires >= now && p.peer_key(&peer_key) == *key {
-        e.expires = p.expires;
-        Some(entry)
-    } else {
-        None
-    }
+    // SAFETY: a map value pointer, valid for this program run.
+    let p = unsafe { &*entry_in(table, &peer_key)? };
+    (p.expires >= now && p.peer_key(&peer_key) == *key).then_some(p.expires)
+}
+
+/// Whether the entry `e` (keyed `key`, in the main or the inbound table) belongs to a live
+/// flow: it lives, or the rule `lookup` revives it by says its flow does.
+#[inline(always)]
+fn flow_alive(table: Table, key: &CtKey, e: &CtEntry, now: u32) -> bool {
+    e.expires >= now || peer_alive(table, key, e, now).is_some()
 }
 
 /// An inbound flow that has been answered — TCP: its handshake completed; UDP, ICMP: the
@@ -161,13 +179,18 @@ fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, inbound: bool) -> Option<*
 /// out.
 // Its own BPF function: once per inbound flow.
 #[inline(never)]
-pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
+pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry, now: u32) {
     // SAFETY: a live map value pointer of the inbound table.
     let e = unsafe { &*entry };
     let peer_key = e.peer_key(key);
     let Some(peer) = NETFAST_CT_INBOUND.get_ptr(&peer_key) else {
         return;
     };
+    // Never over a live entry of another flow (its two tuples are this flow's to take only
+    // where nothing else lives on them).
+    if held_by_another(key, &peer_key, now) || held_by_another(&peer_key, key, now) {
+        return;
+    }
     if NETFAST_CT.insert(key, e, BPF_ANY as u64).is_err() {
         return;
     }
@@ -184,6 +207,18 @@ pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
     crate::stats::count_event(ctx, netfast_common::stats::Event::InboundAnswered);
 }
 
+/// Whether the main table's entry at `key` belongs to a live flow other than the one whose
+/// other entry is keyed `peer_key`.
+#[inline(always)]
+fn held_by_another(key: &CtKey, peer_key: &CtKey, now: u32) -> bool {
+    let Some(held) = NETFAST_CT.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let held = unsafe { &*held };
+    held.peer_key(key) != *peer_key && flow_alive(Table::Main, key, held, now)
+}
+
 /// A masqueraded flow whose reply entry was evicted while its original one lives: the
 /// reply entry is made again from it (the inbound packet `key` is for the external port of
 /// a live mapping, whose owner's flow to the packet's source points back at `key`). False
@@ -191,12 +226,7 @@ pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry) {
 // Its own BPF function: only for inbound packets that match nothing else.
 #[inline(never)]
 pub fn restore_reply(key: &CtKey, now: u32) -> bool {
-    let ck = NatClaimKey {
-        ext_addr: key.dst_addr,
-        ext_port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
+    let ck = NatClaimKey::new(key.dst_addr, key.dst_port, key.proto);
     let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
         return false;
     };
@@ -237,8 +267,8 @@ pub const ANSWERED: u32 = 1;
 /// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing.
 // Its own BPF function, to keep the callers' stack frames small.
 #[inline(never)]
-pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
-    Outcome::from(try_track(ctx, p, entry, inbound))
+pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
+    Outcome::from(try_track(ctx, p, entry, table))
 }
 
 #[inline(always)]
@@ -246,7 +276,7 @@ fn try_track(
     ctx: &TcContext,
     p: &Pkt,
     entry: *mut CtEntry,
-    inbound: bool,
+    table: Table,
 ) -> Result<u32, DropReason> {
     let (key, now, bytes) = (&p.key, p.now, ctx.len());
     // SAFETY: a live map value pointer from `lookup`.
@@ -254,7 +284,7 @@ fn try_track(
     let tcp = key.proto == PROTO_TCP;
     let flags_in = TcpFlags::from_byte(p.tcp_flags);
     if tcp {
-        window(ctx, p, entry, inbound).get()?;
+        window(ctx, p, entry, table).get()?;
     }
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
     // to them concurrently, hence atomic adds.
@@ -278,20 +308,14 @@ fn try_track(
     };
     let t = timeout_of(key.proto, state);
     let expires = now + t;
-    // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
-    let release = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0
-        && flags & CT_F_RELEASED == 0
-        && matches!(state, TcpState::TimeWait | TcpState::Close);
-    if release {
-        flags |= CT_F_RELEASED;
-    }
+    let masq = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0;
     if state != old_state || flags != e.flags {
         e.tcp_state = state as u8;
         e.flags = flags;
         // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
         e.expires = expires;
         let peer_key = e.peer_key(key);
-        if let Some(peer) = entry_in(inbound, &peer_key) {
+        if let Some(peer) = entry_in(table, &peer_key) {
             // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
             q.tcp_state = state as u8;
@@ -311,24 +335,21 @@ fn try_track(
                 }
             }
         }
-        if release {
-            nat::release_mapping(key, e, expires);
-            if e.flags & CT_F_TWO_MAPPINGS != 0 {
-                other_mapping(key, e, inbound, expires, true);
-            }
+        if masq && state != old_state {
+            mapping_flows(key, e, table, expires, t);
         }
     } else if expires > e.expires {
         // At most once a second per flow: the other half is looked up too, which tells the
         // LRU that it is in use. A flow that only flows one way would otherwise leave it
         // cold, to be evicted first under pressure.
         e.expires = expires;
-        let _ = entry_in(inbound, &e.peer_key(key));
+        let _ = entry_in(table, &e.peer_key(key));
     }
-    if e.flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0 && expires > e.map_expires {
+    if masq && expires > e.map_expires {
         let until = expires + netfast_common::nat::mapping_slack(t);
         e.map_expires = nat::extend_mapping(key, e, until);
         if e.flags & CT_F_TWO_MAPPINGS != 0 {
-            other_mapping(key, e, inbound, until, false);
+            other_mapping(key, e, table, until);
         }
     }
     let answered = if tcp {
@@ -336,27 +357,69 @@ fn try_track(
     } else {
         e.flags & CT_F_SEEN_REPLY != 0
     };
-    Ok(if inbound && answered {
+    Ok(if table == Table::Inbound && answered {
         ANSWERED
     } else {
         TRACKED
     })
 }
 
-/// A hairpin between two mappings: the other entry's mapping is kept alive (`release`:
-/// released) with this one's.
+/// A masqueraded TCP flow's state changed (to `e`'s, written to both entries; they expire at
+/// `expires`, after `t` seconds). The first time the flow closes, its mapping has one flow
+/// fewer (`CT_F_RELEASED`); a SYN that reopens it makes it one of its mapping's flows again,
+/// as a new flow would be, and both entries know the mapping lives as long as the flow. A
+/// hairpin between two mappings releases and retakes both.
+// Its own BPF function: one call in `track` where a branch for each case would multiply the
+// paths the verifier walks through it.
+#[inline(never)]
+fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u32) {
+    let closed = matches!(
+        TcpState::from_u8(e.tcp_state),
+        TcpState::TimeWait | TcpState::Close
+    );
+    if closed == (e.flags & CT_F_RELEASED != 0) {
+        return;
+    }
+    let two = e.flags & CT_F_TWO_MAPPINGS != 0;
+    let peer_key = e.peer_key(key);
+    let peer = entry_in(table, &peer_key);
+    if closed {
+        e.flags |= CT_F_RELEASED;
+        if let Some(peer) = peer {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*peer).flags |= CT_F_RELEASED };
+        }
+        nat::release_mapping(key, e, expires);
+        if two && let Some(peer) = peer {
+            // SAFETY: as above.
+            nat::release_mapping(&peer_key, unsafe { &mut *peer }, expires);
+        }
+        return;
+    }
+    let until = expires + netfast_common::nat::mapping_slack(t);
+    e.flags &= !CT_F_RELEASED;
+    e.map_expires = nat::retake_mapping(key, e, until);
+    if let Some(peer) = peer {
+        // SAFETY: a map value pointer, valid for this program run.
+        let q = unsafe { &mut *peer };
+        q.flags &= !CT_F_RELEASED;
+        q.map_expires = if two {
+            nat::retake_mapping(&peer_key, q, until)
+        } else {
+            until
+        };
+    }
+}
+
+/// A hairpin between two mappings: the other entry's mapping is kept alive with this one's.
 // Its own BPF function: once per mapping refresh of a rare kind of flow.
 #[inline(never)]
-fn other_mapping(key: &CtKey, e: &CtEntry, inbound: bool, until: u32, release: bool) {
+fn other_mapping(key: &CtKey, e: &CtEntry, table: Table, until: u32) {
     let peer_key = e.peer_key(key);
-    if let Some(peer) = entry_in(inbound, &peer_key) {
+    if let Some(peer) = entry_in(table, &peer_key) {
         // SAFETY: a map value pointer, valid for this program run.
         let p = unsafe { &mut *peer };
-        if release {
-            nat::release_mapping(&peer_key, p, until);
-        } else {
-            p.map_expires = nat::extend_mapping(&peer_key, p, until);
-        }
+        p.map_expires = nat::extend_mapping(&peer_key, p, until);
     }
 }
 
@@ -367,8 +430,8 @@ fn other_mapping(key: &CtKey, e: &CtEntry, inbound: bool, until: u32, release: b
 // Its own BPF function: its stack frame stays out of `track`'s, under the calls that keep
 // a mapping alive.
 #[inline(never)]
-fn window(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, inbound: bool) -> Outcome {
-    Outcome::from(try_window(ctx, p, entry, inbound))
+fn window(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
+    Outcome::from(try_window(ctx, p, entry, table))
 }
 
 #[inline(always)]
@@ -376,13 +439,13 @@ fn try_window(
     ctx: &TcContext,
     p: &Pkt,
     entry: *mut CtEntry,
-    inbound: bool,
+    table: Table,
 ) -> Result<u32, DropReason> {
     // SAFETY: a live map value pointer from `lookup`.
     let e = unsafe { &mut *entry };
     let flags = TcpFlags::from_byte(p.tcp_flags);
     let seg = parse::segment(ctx, p)?;
-    if flags.rst && !rst_believed(&p.key, e, flags, &seg, inbound) {
+    if flags.rst && !rst_believed(&p.key, e, flags, &seg, table) {
         return Err(DropReason::TcpRstOutOfWindow);
     }
     let (td_end, td_maxwin) = sent(e, flags, &seg);
@@ -398,8 +461,8 @@ fn try_window(
 
 /// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.
 #[inline(always)]
-fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment, inbound: bool) -> bool {
-    let Some(peer) = entry_in(inbound, &e.peer_key(key)) else {
+fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment, table: Table) -> bool {
+    let Some(peer) = entry_in(table, &e.peer_key(key)) else {
         // The other half is gone: nothing to judge by, and nothing left to protect.
         return true;
     };
@@ -463,11 +526,11 @@ fn try_complete_pair(ctx: &TcContext, p: &Pkt, reply_flags: u16) -> Result<u32, 
 /// original entry was evicted and this packet brings it back — the flow is kept (and its
 /// original entry restored from the surviving one): the packet goes on as that flow's.
 /// `repair_only`: the packet may not open a flow (a TCP segment without SYN), only restore
-/// one (`ABSENT` when there is none). `inbound`: in the table of inbound flows not answered
-/// yet, for a flow opened from outside.
+/// one (`ABSENT` when there is none). `table`: where a new flow goes (`Table::Inbound` for a
+/// flow opened from outside).
 #[inline(never)]
-pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool, inbound: bool) -> Outcome {
-    Outcome::from(try_insert_pair(orig_key, now, repair_only, inbound))
+pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool, table: Table) -> Outcome {
+    Outcome::from(try_insert_pair(orig_key, now, repair_only, table))
 }
 
 #[inline(always)]
@@ -475,76 +538,89 @@ fn try_insert_pair(
     orig_key: &CtKey,
     now: u32,
     repair_only: bool,
-    inbound: bool,
+    table: Table,
 ) -> Result<u32, DropReason> {
-    let table = if inbound {
-        &NETFAST_CT_INBOUND
-    } else {
-        &NETFAST_CT
-    };
     let pair = scratch()?;
     let reply_key = pair.orig.peer_key(orig_key);
-    // A flow from outside may have been answered already (it is in the main table, perhaps
-    // without its original entry); and no two flows, in either table, share a reply tuple.
-    if inbound
-        && let Some(held) = NETFAST_CT.get_ptr(&reply_key)
-        // SAFETY: a map value pointer, valid for this program run.
-        && unsafe { (*held).expires } >= now
-    {
-        // SAFETY: as above.
-        let held = unsafe { &*held };
-        if held.peer_key(&reply_key) != *orig_key {
-            return Ok(if repair_only { ABSENT } else { CLASH });
-        }
-        if NETFAST_CT.get_ptr(orig_key).is_some() {
-            return Ok(JOINED);
-        }
-        pair.orig.tcp_state = held.tcp_state;
-        pair.orig.flags |= held.flags & CT_F_SHARED;
-        pair.orig.expires = held.expires;
-        NETFAST_CT
-            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
-            .map_err(|_| DropReason::CtInsertFailed)?;
-        return Ok(REPAIRED);
+    // No two flows, in either table, share a reply tuple: a flow from outside may have been
+    // answered already (it is in the main table, perhaps without its original entry), and an
+    // unanswered flow from outside may hold the reply tuple of a flow from inside.
+    match held_by(Table::Main, orig_key, &reply_key, now, repair_only)? {
+        Outcome::NONE => {}
+        found => return Ok(found),
     }
-    let held = table.get_ptr(&reply_key);
-    if let Some(held) = held
-        // SAFETY: a map value pointer, valid for this program run.
-        && unsafe { (*held).expires } >= now
-    {
-        // SAFETY: as above.
-        let held = unsafe { &*held };
-        if held.peer_key(&reply_key) != *orig_key {
-            // Another live flow answers on this tuple.
-            return Ok(if repair_only { ABSENT } else { CLASH });
-        }
-        // This flow, alive: opened by another CPU, or missing its original entry.
-        if table.get_ptr(orig_key).is_some() {
-            return Ok(JOINED);
-        }
-        pair.orig.tcp_state = held.tcp_state;
-        pair.orig.flags |= held.flags & CT_F_SHARED;
-        pair.orig.expires = held.expires;
-        table
-            .insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
-            .map_err(|_| DropReason::CtInsertFailed)?;
-        return Ok(REPAIRED);
+    match held_by(Table::Inbound, orig_key, &reply_key, now, repair_only)? {
+        Outcome::NONE => {}
+        found => return Ok(found),
     }
     if repair_only {
         return Ok(ABSENT);
     }
+    let map = match table {
+        Table::Main => &NETFAST_CT,
+        Table::Inbound => &NETFAST_CT_INBOUND,
+    };
     // Free, or held by a dead flow: take it.
-    let flags = if held.is_some() { BPF_ANY } else { BPF_NOEXIST };
-    if table.insert(&reply_key, &pair.reply, flags as u64).is_err() {
+    let flags = if map.get_ptr(&reply_key).is_some() {
+        BPF_ANY
+    } else {
+        BPF_NOEXIST
+    };
+    if map.insert(&reply_key, &pair.reply, flags as u64).is_err() {
         // Another CPU inserted it in between: its flow or another; judged as above next time.
         return Err(DropReason::CtInsertFailed);
     }
-    if table.insert(orig_key, &pair.orig, BPF_ANY as u64).is_err() {
-        let _ = table.remove(&reply_key);
+    if map.insert(orig_key, &pair.orig, BPF_ANY as u64).is_err() {
+        let _ = map.remove(&reply_key);
         return Err(DropReason::CtInsertFailed);
     }
     emit(CT_EVENT_NEW, orig_key, &pair.orig);
-    Ok(if inbound { INSERTED_INBOUND } else { INSERTED })
+    Ok(match table {
+        Table::Main => INSERTED,
+        Table::Inbound => INSERTED_INBOUND,
+    })
+}
+
+/// What holds `reply_key`, the reply tuple of the flow in this CPU's scratch pair (opened by
+/// the packet keyed `orig_key`), in `table`: `CLASH` (`ABSENT` when `repair_only`) for
+/// another live flow; `JOINED` for this very flow, or `REPAIRED` once its original entry is
+/// restored from the surviving one; `Outcome::NONE` when no live flow holds it there. A held entry is dead only if its flow is: a stream that
+/// flows one way keeps its original entry alive and lets its reply entry expire.
+#[inline(always)]
+fn held_by(
+    table: Table,
+    orig_key: &CtKey,
+    reply_key: &CtKey,
+    now: u32,
+    repair_only: bool,
+) -> Result<u32, DropReason> {
+    let Some(held) = entry_in(table, reply_key) else {
+        return Ok(Outcome::NONE);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let held = unsafe { &*held };
+    if !flow_alive(table, reply_key, held, now) {
+        return Ok(Outcome::NONE);
+    }
+    if held.peer_key(reply_key) != *orig_key {
+        // Another live flow answers on this tuple.
+        return Ok(if repair_only { ABSENT } else { CLASH });
+    }
+    // This flow, alive: opened by another CPU, or missing its original entry.
+    if entry_in(table, orig_key).is_some() {
+        return Ok(JOINED);
+    }
+    let pair = scratch()?;
+    pair.orig.tcp_state = held.tcp_state;
+    pair.orig.flags |= held.flags & CT_F_SHARED;
+    pair.orig.expires = held.expires;
+    let map = match table {
+        Table::Main => &NETFAST_CT,
+        Table::Inbound => &NETFAST_CT_INBOUND,
+    };
+    map.insert(orig_key, &pair.orig, BPF_NOEXIST as u64)
+        .map_err(|_| DropReason::CtInsertFailed)?;
+    Ok(REPAIRED)
 }
 
 /// `insert_pair`: a new flow.

@@ -14,6 +14,7 @@ use netfast_common::{
     publish::{AllowKey, PubKey, PubTarget},
 };
 
+use crate::conntrack::Table;
 use crate::outcome::Outcome;
 use crate::{
     conntrack,
@@ -135,7 +136,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
     );
     conntrack::complete_pair(ctx, p, CT_F_PUBLISHED | CT_F_FROM_INSIDE).get()?;
 
-    let inserted = conntrack::insert_pair(key, now, repair_only, true);
+    let inserted = conntrack::insert_pair(key, now, repair_only, Table::Inbound);
     match inserted.value()? {
         conntrack::ABSENT => return Ok(0),
         conntrack::CLASH => {}
@@ -153,7 +154,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
         let (port_min, port_max) = conntrack::port_range();
         let port = port_candidate(attempt, 0, random, port_min, port_max);
         pair.orig.src_port = port.to_be();
-        let inserted = conntrack::insert_pair(key, now, false, true);
+        let inserted = conntrack::insert_pair(key, now, false, Table::Inbound);
         if inserted.value()? != conntrack::CLASH {
             return nat::opened(ctx, inserted);
         }
@@ -227,5 +228,5 @@ fn try_hairpin_new_flow(
     // Each direction crosses its own sender's bridge.
     pair.reply.net_id = target.net_id;
 
-    nat::opened(ctx, conntrack::insert_pair(key, now, false, false))
+    nat::opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))
 }

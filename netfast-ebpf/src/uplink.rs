@@ -11,6 +11,7 @@ use netfast_common::{
     verdict::NEXT,
 };
 
+use crate::conntrack::Table;
 use crate::{
     conntrack,
     forward::{self, Hop, Route},
@@ -143,27 +144,27 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     // endpoint-independent filtering). The host's own traffic pays for neither.
     let mut masq = None;
     let mut target = None;
-    let mut found = conntrack::lookup(&p.key, now, out).map(|e| (e, false));
+    let mut found = conntrack::lookup(&p.key, now, out).map(|e| (e, Table::Main));
     if found.is_none() {
         if out {
             masq = nat::masq_network(ip.src, nat::ifindex(ctx));
             if masq.is_some() {
-                found = conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, true));
+                found = conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, Table::Inbound));
             }
         } else {
             target = publish::published(ip.dst, dport, ip.proto);
             if target.is_some() || conntrack::endpoint_independent() {
-                found = conntrack::lookup_inbound(&p.key, now, false).map(|e| (e, true));
+                found = conntrack::lookup_inbound(&p.key, now, false).map(|e| (e, Table::Inbound));
             }
             // A masqueraded flow that lost its reply entry (the LRU, under pressure) while
             // its original one lives: restored rather than left to the host.
             if found.is_none() && target.is_none() && conntrack::restore_reply(&p.key, now) {
                 stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
-                found = conntrack::lookup(&p.key, now, false).map(|e| (e, false));
+                found = conntrack::lookup(&p.key, now, false).map(|e| (e, Table::Main));
             }
         }
     }
-    if let Some((entry, inbound)) = found {
+    if let Some((entry, table)) = found {
         // SAFETY (each access): a live map value pointer from `lookup`, read in place.
         let flags = unsafe { (*entry).flags };
         // Hairpin flows are the bridge's; a tuple of theirs seen here is another packet.
@@ -184,14 +185,14 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
                     forward::fallback(ctx);
                 }
             }
-            let answered = conntrack::track(ctx, p, entry, inbound).value()? == conntrack::ANSWERED;
+            let answered = conntrack::track(ctx, p, entry, table).value()? == conntrack::ANSWERED;
             let e = unsafe { &*entry };
             if e.flags & (CT_F_REWRITE_SRC | CT_F_REWRITE_DST) != 0 {
                 nat::apply(ctx, &p.ip, &p.key, e, now).get()?;
                 stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
             }
             if answered {
-                conntrack::promote(ctx, &p.key, entry);
+                conntrack::promote(ctx, &p.key, entry, p.now);
             }
             return if fast {
                 forward::forward(ctx, &r)

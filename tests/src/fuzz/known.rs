@@ -7,7 +7,7 @@
 //! `#[ignore]` with it.
 
 use super::runner::Mismatch;
-use crate::model::{Model, conntrack::Table, invariants::Broken, nat::mapping_keys};
+use crate::model::{Model, invariants::Broken};
 
 pub struct Known {
     /// The fixture that shows it (`tests/fuzz-fixtures/NAME.events`).
@@ -16,87 +16,24 @@ pub struct Known {
     pub explains: fn(&Mismatch, &Model) -> bool,
 }
 
-pub const KNOWN: &[Known] = &[
-    Known {
-        fixture: "echo-to-the-host-taken-by-an-identifier-0-mapping",
-        summary: "a container's ICMP echo request to the host's address is hairpinned to \
-                  whichever container holds the ICMP identifier-0 mapping (an echo request's \
-                  key has destination port 0): pings of the host are captured, their \
-                  identifier rewritten",
-        explains: echo_to_the_host_taken_by_an_identifier_0_mapping,
-    },
-    Known {
-        fixture: "reopened-flow-outlives-its-mapping",
-        summary: "a TCP flow reopened after its close (a RST, TIME_WAIT) keeps its mapping \
-                  only as long as the close: the port can be taken over while the flow lives",
-        explains: reopened_flow_outlives_its_mapping,
-    },
-    Known {
-        fixture: "one-way-flow-loses-its-reply-tuple",
-        summary: "a flow whose packets go one way only keeps its original entry alive but \
-                  lets its reply entry expire; a new flow with the same reply tuple (one \
-                  client port to two publications of one container port) takes that entry \
-                  over, and the live first flow is left a half: its replies go out through \
-                  the other publication's port",
-        explains: one_way_flow_loses_its_reply_tuple,
-    },
-    Known {
-        fixture: "inbound-flow-shares-a-masquerade-tuple",
-        summary: "a flow opened from inside is inserted without asking the table of \
-                  unanswered inbound flows whether its reply tuple is taken: a published \
-                  port that a mapping also holds gets a DNAT flow and a masqueraded flow on \
-                  one external tuple, and when the DNAT flow is answered its promotion \
-                  overwrites the masqueraded flow's entry",
-        explains: inbound_flow_shares_a_masquerade_tuple,
-    },
-];
+pub const KNOWN: &[Known] = &[Known {
+    fixture: "evicted-reply-tuple-taken-through-another-address",
+    summary: "a flow whose entry the LRU evicted: a new flow takes the evicted entry's tuple \
+              (the same client port to another of the host's addresses, or the same tuple \
+              after a republish; also fixture evicted-original-tuple-taken-after-a-republish), \
+              and the surviving entry is left a half pointing at another flow",
+    explains: evicted_half_taken,
+}];
 
 /// The known defect that explains `m`, if one does.
 pub fn explain(m: &Mismatch, model: &Model) -> Option<&'static Known> {
     KNOWN.iter().find(|k| (k.explains)(m, model))
 }
 
-/// A live masqueraded TCP flow whose close released its mapping (`released` set): it lives
-/// on past that only if a new SYN reopened it (perhaps to close again since).
-fn reopened(model: &Model, table: Table, key: &crate::model::Tuple) -> bool {
-    model
-        .ct
-        .of(table)
-        .get(key)
-        .is_some_and(|e| e.flags.released && e.flags.masq() && e.expires >= model.now)
-}
-
-/// Every promise broken is about the mapping of a flow that released it and lived on.
-fn reopened_flow_outlives_its_mapping(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
-        return false;
-    }
-    // A mapping such a flow extended again after releasing it (the flow may be gone since;
-    // its entries stay in the table as evidence).
-    let reopened_on = |bk: &crate::model::BindKey, port: u16| {
-        [Table::Main, Table::Inbound].into_iter().any(|t| {
-            model.ct.of(t).iter().any(|(k, e)| {
-                e.flags.masq() && e.flags.released && {
-                    let (fbk, fck) = mapping_keys(k, e);
-                    fbk == *bk && fck.ext_port == port
-                }
-            })
-        })
-    };
-    m.broken.iter().all(|b| match b {
-        Broken::FlowOnForeignClaim { table, key, .. } => reopened(model, *table, key),
-        Broken::MappingOnForeignClaim { bk, ck, .. } => reopened_on(bk, ck.ext_port),
-        Broken::SharedExternal { ck, holders } => {
-            holders.iter().any(|bk| reopened_on(bk, ck.ext_port))
-        }
-        Broken::HalfFlow { .. } => false,
-    })
-}
-
-/// Every half flow is a live entry whose other half now belongs to a newer flow, which took
-/// the reply tuple while the entry lived.
-fn one_way_flow_loses_its_reply_tuple(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
+/// Entries were evicted in the episode, and every half flow is a live entry whose other
+/// half now belongs to a flow opened at the same time or later.
+fn evicted_half_taken(m: &Mismatch, model: &Model) -> bool {
+    if m.kind != "invariant" || m.broken.is_empty() || !m.evicted {
         return false;
     }
     m.broken.iter().all(|b| {
@@ -110,60 +47,6 @@ fn one_way_flow_loses_its_reply_tuple(m: &Mismatch, model: &Model) -> bool {
         let pk = e.peer_key(key);
         entries
             .get(&pk)
-            .is_some_and(|p| p.peer_key(&pk) != *key && p.created > e.created)
+            .is_some_and(|p| p.peer_key(&pk) != *key && p.created >= e.created)
     })
-}
-
-/// Every half flow is a masqueraded flow's live entry whose other half now belongs to a flow
-/// opened through a published port (promoted over it).
-fn inbound_flow_shares_a_masquerade_tuple(m: &Mismatch, model: &Model) -> bool {
-    if m.kind != "invariant" || m.broken.is_empty() {
-        return false;
-    }
-    m.broken.iter().all(|b| {
-        let Broken::HalfFlow { table, key } = b else {
-            return false;
-        };
-        let entries = model.ct.of(*table);
-        let Some(e) = entries.get(key) else {
-            return false;
-        };
-        let pk = e.peer_key(key);
-        entries.get(&pk).is_some_and(|p| {
-            p.peer_key(&pk) != *key && p.flags.published && !e.flags.published && e.flags.masq()
-        })
-    })
-}
-
-/// A container's echo request at its bridge, to an address on which a live mapping holds
-/// ICMP identifier 0.
-fn echo_to_the_host_taken_by_an_identifier_0_mapping(m: &Mismatch, model: &Model) -> bool {
-    let Some((hook, _, frame)) = &m.at else {
-        return false;
-    };
-    if *hook != netfast::common::Hook::BridgeIngress {
-        return false;
-    }
-    let crate::model::frame::Parsed::Ipv4(ip) = crate::model::frame::ipv4(frame) else {
-        return false;
-    };
-    let Some(crate::model::frame::L4::Flow { dport: 0, .. }) = crate::model::frame::l4(frame, &ip)
-    else {
-        return false;
-    };
-    ip.proto == crate::model::PROTO_ICMP
-        && model.claims.iter().any(|(ck, c)| {
-            ck.ext_addr == ip.dst
-                && ck.ext_port == 0
-                && ck.proto == crate::model::PROTO_ICMP
-                && model
-                    .bindings
-                    .get(&crate::model::BindKey {
-                        int_addr: c.owner.0,
-                        ext_addr: ip.dst,
-                        int_port: c.owner.1,
-                        proto: ck.proto,
-                    })
-                    .is_some_and(|b| b.ext_port == 0)
-        })
 }

@@ -37,6 +37,8 @@ pub struct Mismatch {
     pub broken: Vec<invariants::Broken>,
     /// For a packet's mismatch: the program, the device, the frame in.
     pub at: Option<(Hook, u32, Vec<u8>)>,
+    /// An entry was evicted in the episode before it showed.
+    pub evicted: bool,
 }
 
 impl std::fmt::Display for Mismatch {
@@ -328,11 +330,13 @@ impl Runner {
             bound: &bound,
         };
         let pred = self.model.packet(hook, ifindex, f, obs);
+        let evicted = self.evicted;
         let mismatch = |kind, detail: String| Mismatch {
             step,
             kind,
             broken: Vec::new(),
             at: Some((hook, ifindex, f.to_vec())),
+            evicted,
             detail: format!(
                 "{} on ifindex {ifindex}: {detail}\n  frame in:  {}\n  frame out: {}\n  model out: {}",
                 hook.name(),
@@ -540,6 +544,7 @@ impl Runner {
 
     /// Everything: every map entry, every counter, and the invariants.
     pub fn checkpoint(&mut self, step: usize) -> Result<(), Mismatch> {
+        let evicted = self.evicted;
         let fail = |kind, detail| {
             Err(Mismatch {
                 step,
@@ -547,6 +552,7 @@ impl Runner {
                 detail,
                 broken: Vec::new(),
                 at: None,
+                evicted,
             })
         };
         let d = self.dp.dump();
@@ -634,6 +640,7 @@ impl Runner {
                 detail: lines.join("\n  "),
                 broken,
                 at: None,
+                evicted: self.evicted,
             });
         }
         Ok(())

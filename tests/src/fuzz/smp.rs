@@ -50,27 +50,15 @@ pub struct SmpReport {
     pub both_through: u64,
     /// Broken promises, worded for a human (empty: none).
     pub broken: Vec<String>,
-    /// Broken promises that are instances of the known race of an expired claim retaken
-    /// by its own endpoint while another takes it over (see [`RECLAIM_RACE`]).
-    pub known: u64,
 }
-
-/// The known multi-CPU defect (`nat.rs` `claim_port`): an endpoint whose own claim has
-/// expired takes it back by raising its expiry, without an atomic step, while another
-/// endpoint takes the expired claim over with a compare-and-exchange of the owner word —
-/// which still names the first endpoint, so it succeeds. Both bind the port: one external
-/// endpoint, two internal ones. Its test: `tests/tests/fuzz_fixtures.rs`
-/// `an_expired_claim_is_retaken_by_one_endpoint_only`.
-pub const RECLAIM_RACE: &str = "an expired NAT claim retaken by its own endpoint on one CPU \
-                                while another endpoint takes it over on another: both bind the \
-                                port (claim_port's own-claim path is not atomic)";
 
 /// Which rounds to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rounds {
     /// Every kind of round in turn.
     All,
-    /// Only expiry takeovers (for the known race's test).
+    /// Only expiry takeovers (for the test of the race of an expired claim retaken by its
+    /// own endpoint while another takes it over).
     Takeovers,
 }
 
@@ -213,16 +201,11 @@ fn per_cpu(dp: &Datapath, slot: u32, cpus: [usize; 2]) -> [u64; 2] {
 /// Runs `rounds` rounds on the datapath's programs (the caller's thread is in the
 /// fuzzer's namespace; the workers start there too). `Err` when it cannot run at all.
 pub fn run(dp: &mut Datapath, rounds: u32) -> Result<SmpReport, String> {
-    run_rounds(dp, rounds, Rounds::All, false)
+    run_rounds(dp, rounds, Rounds::All)
 }
 
-/// As [`run`], with a choice of rounds; `strict`: the known race counts as broken too.
-pub fn run_rounds(
-    dp: &mut Datapath,
-    rounds: u32,
-    which: Rounds,
-    strict: bool,
-) -> Result<SmpReport, String> {
+/// As [`run`], with a choice of rounds.
+pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpReport, String> {
     let cpus = allowed_cpus();
     if cpus.len() < 2 {
         return Err(format!(
@@ -319,24 +302,12 @@ pub fn run_rounds(
                 }
             }));
         }
-        // Ports on which a round showed the known race.
-        let mut racy: std::collections::BTreeSet<u16> = Default::default();
         for round in 0..rounds {
             let kind = match which {
                 Rounds::All => round % 9,
                 Rounds::Takeovers => 5,
             };
-            let (shots, expect, port) = prepare(dp, &mut m, round, kind, uplink, bridges);
-            // An expired claim on the round's port, held by one of its two endpoints: the
-            // stage of the known race.
-            let stage = [PROTO_UDP, PROTO_TCP].into_iter().any(|proto| {
-                dp.claim(&convert::claim_key(&model::ClaimKey {
-                    ext_addr: EXT,
-                    ext_port: port,
-                    proto,
-                }))
-                .is_some_and(|c| c.expires < m.now)
-            });
+            let (shots, expect, _port) = prepare(dp, &mut m, round, kind, uplink, bridges);
             *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
             let drops_before = drops_per_cpu(dp, cpus);
             start.wait();
@@ -356,11 +327,6 @@ pub fn run_rounds(
                         match reason {
                             Some(r @ (DropReason::CtInsertFailed | DropReason::NatMappingFailed)) => {
                                 *report.lost_races.entry(r.name()).or_default() += 1;
-                                // Two endpoints clashing on a reply tuple: they got one
-                                // external port — the known race, where it was staged.
-                                if expect == Expect::Distinct && stage && !strict {
-                                    racy.insert(port);
-                                }
                             }
                             // A hairpin across networks waits for the receiver's answer.
                             Some(DropReason::NatFiltered) => {
@@ -383,26 +349,15 @@ pub fn run_rounds(
                     Expect::Same if through[0] != through[1] => report.broken.push(format!(
                         "round {round}: one flow's first packets were translated differently: {a:?} and {b:?}"
                     )),
-                    Expect::Distinct if a == b => {
-                        if stage && !strict {
-                            racy.insert(port);
-                            report.known += 1;
-                        } else {
-                            report.broken.push(format!(
-                                "round {round}: two internal endpoints both left as {a:?}"
-                            ));
-                        }
-                    }
+                    Expect::Distinct if a == b => report.broken.push(format!(
+                        "round {round}: two internal endpoints both left as {a:?}"
+                    )),
                     _ => {}
                 }
             }
             if round % 16 == 15 || round + 1 == rounds {
                 for b in check(dp, m.now) {
-                    if racy.contains(&port_of(&b)) {
-                        report.known += 1;
-                    } else {
-                        report.broken.push(format!("after round {round}: {b}"));
-                    }
+                    report.broken.push(format!("after round {round}: {b}"));
                 }
             }
             report.rounds += 1;
@@ -445,23 +400,6 @@ fn source_of(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
     };
     let at = ip.l4 + if ip.proto == model::PROTO_ICMP { 4 } else { 0 };
     Some((ip.src, frame::u16_at(f, at)?))
-}
-
-/// The external (or internal) port a broken promise is about.
-fn port_of(b: &invariants::Broken) -> u16 {
-    use invariants::Broken;
-    match b {
-        Broken::MappingOnForeignClaim { ck, .. }
-        | Broken::SharedExternal { ck, .. }
-        | Broken::FlowOnForeignClaim { ck, .. } => ck.ext_port,
-        Broken::HalfFlow { key, .. } => {
-            if key.dst == EXT {
-                key.dport
-            } else {
-                key.sport
-            }
-        }
-    }
 }
 
 /// The state of the maps, held to the invariants.

@@ -135,6 +135,19 @@ impl Model {
         }
     }
 
+    /// Whether the entry `e` at `key` in table `t` belongs to a live flow: it lives, or the
+    /// other entry of its flow lives and still points back at it (the rule `lookup` revives
+    /// by).
+    pub fn flow_alive(&mut self, touched: &mut Touched, t: Table, key: &Tuple, e: &Entry) -> bool {
+        if e.expires >= self.now {
+            return true;
+        }
+        let peer_key = e.peer_key(key);
+        let now = self.now;
+        self.ct_get(touched, t, &peer_key)
+            .is_some_and(|p| p.expires >= now && p.peer_key(&peer_key) == *key)
+    }
+
     /// The pair a new flow opened by the packet keyed `key` gets: `orig` as built by its
     /// opener, with the opening segment's sequence and window (TCP), and its reply entry
     /// with the reply direction's own flags (`reply_own`), which knows nothing of its
@@ -191,15 +204,16 @@ impl Model {
     ) -> Inserted {
         let table = if inbound { Table::Inbound } else { Table::Main };
         let reply_key = pair.orig.peer_key(orig_key);
-        let mut places = vec![table];
-        if inbound {
-            places.insert(0, Table::Main);
-        }
-        for t in places {
+        // No two flows, in either table, share a reply tuple: a flow from outside may have
+        // been answered already (in the main table), and an unanswered flow from outside
+        // may hold the reply tuple of a flow from inside.
+        for t in [Table::Main, Table::Inbound] {
             let Some(held) = self.ct_get(touched, t, &reply_key) else {
                 continue;
             };
-            if held.expires < self.now {
+            // Dead only if its flow is: a stream that flows one way keeps its original entry
+            // alive and lets its reply entry expire, and lives on.
+            if !self.flow_alive(touched, t, &reply_key, &held) {
                 continue;
             }
             if held.peer_key(&reply_key) != *orig_key {
@@ -300,10 +314,10 @@ impl Model {
         };
         let t = self.config.timeout(key.proto, state);
         let expires = now + t;
-        // The first time a masqueraded TCP flow closes, its mapping has one flow fewer.
-        let release = flags.masq()
-            && !flags.released
-            && matches!(state, tcp::State::TimeWait | tcp::State::Close);
+        // The first time a masqueraded TCP flow closes, its mapping has one flow fewer; a
+        // SYN that reopens it makes it one of the mapping's flows again, as a new flow.
+        let closed = matches!(state, tcp::State::TimeWait | tcp::State::Close);
+        let release = flags.masq() && !flags.released && closed;
         if release {
             flags.released = true;
             self.counters.rule("mapping released");
@@ -337,6 +351,9 @@ impl Model {
                         self.ct_put(touched, table, peer_key, p);
                     }
                 }
+            } else if flags.released && !closed {
+                let until = expires + super::mapping_slack(t);
+                self.reopen(touched, table, key, &mut e, until);
             }
         } else if expires > e.expires {
             e.expires = expires;
@@ -367,6 +384,37 @@ impl Model {
         })
     }
 
+    /// A masqueraded TCP flow that closed (releasing its mapping) reopened with a SYN: it is
+    /// one of its mapping's flows again, as a new flow would be, and both entries know the
+    /// mapping lives until `until` (a hairpin between two mappings retakes both).
+    fn reopen(
+        &mut self,
+        touched: &mut Touched,
+        table: Table,
+        key: &Tuple,
+        e: &mut Entry,
+        until: u32,
+    ) {
+        self.counters.rule("mapping retaken");
+        e.flags.released = false;
+        e.map_expires = self.retake_mapping(touched, key, e, until);
+        let peer_key = e.peer_key(key);
+        if peer_key == *key {
+            // A container's hairpin to its own mapping: one entry, retaken twice.
+            if e.flags.two_mappings {
+                e.map_expires = self.retake_mapping(touched, key, e, until);
+            }
+        } else if let Some(mut q) = self.ct_get(touched, table, &peer_key) {
+            q.flags.released = false;
+            q.map_expires = if e.flags.two_mappings {
+                self.retake_mapping(touched, &peer_key, &q, until)
+            } else {
+                until
+            };
+            self.ct_put(touched, table, peer_key, q);
+        }
+    }
+
     /// An inbound flow that was answered (TCP: its handshake completed; UDP, ICMP: the
     /// container replied) moves to the main table, where unanswered packets cannot push it
     /// out. Both entries, or neither.
@@ -378,6 +426,16 @@ impl Model {
         let Some(peer) = self.ct_get(touched, Table::Inbound, &peer_key) else {
             return false;
         };
+        // Never over a live entry of another flow.
+        for (k, other) in [(*key, peer_key), (peer_key, *key)] {
+            if let Some(held) = self.ct_get(touched, Table::Main, &k)
+                && held.peer_key(&k) != other
+                && self.flow_alive(touched, Table::Main, &k, &held)
+            {
+                self.counters.rule("promotion refused");
+                return false;
+            }
+        }
         self.ct_put(touched, Table::Main, *key, e);
         self.ct_put(touched, Table::Main, peer_key, peer);
         self.ct_remove(touched, Table::Inbound, key);

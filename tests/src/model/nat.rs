@@ -449,6 +449,29 @@ impl Model {
         until
     }
 
+    /// A TCP flow of the mapping that closed (and released it) has reopened: one flow more
+    /// again, alive until at least `until`, as for a new flow.
+    pub fn retake_mapping(
+        &mut self,
+        touched: &mut Touched,
+        key: &Tuple,
+        e: &Entry,
+        until: u32,
+    ) -> u32 {
+        let (bk, ck) = mapping_keys(key, e);
+        if let Some(b) = self.binding(touched, &bk)
+            && b.ext_port == ck.ext_port
+        {
+            let b = Binding {
+                ext_port: b.ext_port,
+                flows: b.flows.saturating_add(1),
+                expires: b.expires.max(until),
+            };
+            self.set_binding(touched, bk, b);
+        }
+        self.extend_mapping(touched, key, e, until)
+    }
+
     /// A TCP flow of the mapping has closed: one flow fewer; when it was the last, the
     /// mapping (and its claim, if still the endpoint's) lives only as long as this flow,
     /// plus the slack.
