@@ -5,7 +5,17 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use crate::netns::TestNetns;
+use crate::{netns::TestNetns, topology::UPLINK};
+
+/// `network create NAME --subnet SUBNET --uplink up0 EXTRA…`: the argv that makes a network
+/// on the lab's uplink.
+pub fn network_create<'a>(name: &'a str, subnet: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec![
+        "network", "create", name, "--subnet", subnet, "--uplink", UPLINK,
+    ];
+    argv.extend_from_slice(extra);
+    argv
+}
 
 /// The `netfast` binary cargo built next to this program (a test or a binary of this
 /// package), if there is one.
@@ -145,6 +155,11 @@ impl Netfast {
             );
         }
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// [`network_create`] run with [`Netfast::ok`]: its stdout.
+    pub fn create_network(&self, name: &str, subnet: &str, extra: &[&str]) -> String {
+        self.ok(&network_create(name, subnet, extra))
     }
 
     /// `netfast stats --json`.

@@ -2,7 +2,7 @@
 //! the uplink), two containers made by `netfast container create`, and a web server on port
 //! 80 of the first.
 
-use crate::{Background, Netfast, Topology, clients::wait_listening, topology::UPLINK};
+use crate::{Background, Netfast, Topology, clients::wait_listening};
 
 /// The uplink address and port the tests publish the web server on.
 pub const UPLINK_URL: &str = "http://198.51.100.1:8080/";
@@ -35,17 +35,7 @@ pub fn web_on(backend: &str, settings: &[&str]) -> Web {
     }
     config.extend_from_slice(settings);
     nf.ok(&config);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &["--backend", backend]);
     let (c0, c1) = (
         format!("{}c0", topo.host.name()),
         format!("{}c1", topo.host.name()),

@@ -11,7 +11,7 @@ use netfast_tests::{
     clients::{curl, outside_web_server, wait_listening},
     netfast_cli::netfast_bin,
     require_root, run_ok,
-    topology::{OUTSIDE_ADDR, UPLINK},
+    topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web_on},
 };
 
@@ -121,17 +121,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
         "EXEC:cat",
     ]);
     wait_listening(&outside, "tcp", 9100, "socat");
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
@@ -367,17 +357,7 @@ fn flows_end_with_what_owns_them_and_only_those(backend: &str) {
     let host = w.topo.host.name().to_owned();
     let mut echo = Background::spawn(&["ip", "netns", "exec", &outside, "python3", "-c", UDP_ECHO]);
     echo.wait_for_text("ready", Duration::from_secs(10));
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{host}d0");
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);

@@ -218,17 +218,7 @@ fn direct_access_to_a_container_is_dropped(backend: &str) {
 fn two_networks_cannot_reach_each_others_containers(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     let out = run(&[
@@ -542,17 +532,7 @@ fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {
 fn networks_on_different_backends_are_isolated_from_each_other() {
     require_root();
     let w = web_on("nftables", &[]);
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        "ebpf",
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", "ebpf"]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     for (from, to) in [(d0.as_str(), "172.18.0.2"), (w.c1.as_str(), "172.19.0.2")] {

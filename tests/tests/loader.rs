@@ -7,7 +7,7 @@ use std::{fs, process::Command, thread};
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Netfast, Topology,
-    netfast_cli::netfast_bin,
+    netfast_cli::{netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
@@ -103,15 +103,7 @@ fn in_ct(name: &str, argv: &[&str]) -> String {
 fn containers_reach_each_other_the_host_and_the_outside() {
     require_root();
     let (topo, nf) = host();
-    let out = nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let out = nf.create_network("web", "172.18.0.0/24", &[]);
     assert!(
         out.contains("created bridge nf-web with 172.18.0.1/24"),
         "{out}"
@@ -167,15 +159,7 @@ fn containers_reach_each_other_the_host_and_the_outside() {
 fn the_veth_gets_the_bridge_mtu() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "jumbo",
-        "--subnet",
-        "10.77.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("jumbo", "10.77.0.0/24", &[]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "jumbo"]);
     nf.ok(&["container", "rm", &a]);
@@ -249,15 +233,7 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     for i in 0..2 {
         nf.ok(&["container", "create", &ct(&topo, i), "--network", "web"]);
     }
@@ -406,121 +382,35 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let used = ct(&topo, 0);
     nf.ok(&["container", "create", &used, "--network", "web"]);
     let before = snapshot(&topo);
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (network_create("x", "172.20.0.0", &[]), "not an IPv4 CIDR"),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0",
-                "--uplink",
-                "up0",
-            ],
-            "not an IPv4 CIDR",
-        ),
-        (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.1/24",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.1/24", &[]),
             "has host bits set",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "10.0.0.1",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "10.0.0.1"]),
             "outside subnet",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "172.20.0.0",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "172.20.0.0"]),
             "network address",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "172.20.0.255",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "172.20.0.255"]),
             "broadcast address",
         ),
+        (network_create("x", "172.16.0.0/12", &[]), "overlaps"),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.16.0.0/12",
-                "--uplink",
-                "up0",
-            ],
-            "overlaps",
-        ),
-        (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "sixteen-bytes-xx",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "sixteen-bytes-xx"]),
             "1 to 15",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "web",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-            ],
+            network_create("web", "172.20.0.0/24", &[]),
             "already exists",
         ),
         (
@@ -536,31 +426,11 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
             "does not exist",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "up0"]),
             "must differ",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "lo",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "lo"]),
             "already exists; pass --adopt",
         ),
         (vec!["network", "rm", "web"], "still has containers"),
@@ -704,15 +574,7 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         .expect("pin a dataplane");
     }
     let before = snapshot(&topo);
-    let err = nf.fails(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let err = nf.fails(&network_create("web", "172.18.0.0/24", &[]));
     assert!(err.contains("cannot be resized"), "{err}");
     assert_eq!(
         snapshot(&topo),
@@ -855,15 +717,7 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
 fn concurrent_commands_do_not_corrupt_the_state() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let bin = netfast_bin();
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -919,15 +773,7 @@ fn concurrent_commands_do_not_corrupt_the_state() {
 fn ls_reports_drift_when_something_is_deleted_by_hand() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "web"]);
     let ls: serde_json::Value =
@@ -952,16 +798,7 @@ fn a_network_without_masquerade_is_routed_untranslated() {
     require_root();
     let topo = Topology::builder().without_bridge().route_back().build();
     let nf = Netfast::new(&topo.host);
-    nf.ok(&[
-        "network",
-        "create",
-        "plain",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-        "--no-masquerade",
-    ]);
+    nf.create_network("plain", "172.18.0.0/24", &["--no-masquerade"]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "plain"]);
     // The outside routes 172.18.0.0/24 back via the host: it sees the container itself.
@@ -1114,17 +951,7 @@ fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
     let before = snapshot(&topo);
     // The host namespace without nft on its PATH: the nftables backend cannot work there.
     let out = nf.run_env(
-        &[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            "up0",
-            "--backend",
-            "nftables",
-        ],
+        &network_create("web", "172.18.0.0/24", &["--backend", "nftables"]),
         &[("PATH", "/nonexistent")],
     );
     assert!(!out.status.success());
@@ -1196,15 +1023,7 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
             );
             text
         };
-        let out = run(&[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            "up0",
-        ]);
+        let out = run(&network_create("web", "172.18.0.0/24", &[]));
         let serves = match backend {
             "nftables" => "nftables table `ip netfast` serves it",
             _ => "iptables chains NETFAST-… serve it",
@@ -1283,17 +1102,7 @@ fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
 fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-        "--backend",
-        "nftables",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &["--backend", "nftables"]);
     let before = snapshot(&topo);
     let rules = || {
         topo.host
@@ -1408,15 +1217,7 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
 fn input_that_takes_the_hosts_traffic_is_refused() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let c0 = ct(&topo, 0);
     nf.ok(&["container", "create", &c0, "--network", "web"]);
     let veth: serde_json::Value =
@@ -1532,15 +1333,7 @@ fn state_files_are_private_never_followed_and_read_only_commands_create_nothing(
             args.join(" ")
         );
     }
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let dir = host_of(topo.host.name()).state_dir();
     assert_eq!(mode(std::path::Path::new("/run/netfast")), 0o700);
     assert_eq!(mode(&dir), 0o700);
@@ -1596,15 +1389,7 @@ fn flock_waiters(path: &std::path::Path) -> usize {
 fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
@@ -1645,15 +1430,7 @@ fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
 fn concurrent_config_changes_both_count() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     // Hold the lock shared: a command that reads under a shared lock gets past it and waits
@@ -1704,15 +1481,7 @@ fn concurrent_config_changes_both_count() {
 fn a_host_is_known_by_its_namespace_not_by_its_name() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let names = |ns: &str| -> Vec<String> {
         let ls = netfast_tests::run_ok(&[
             netfast_bin().to_str().expect("path"),
@@ -1773,17 +1542,7 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
 fn network_rm_removes_its_publications_by_address() {
     require_root();
     let (topo, nf) = host();
-    let create = |name: &str| {
-        nf.ok(&[
-            "network",
-            "create",
-            name,
-            "--subnet",
-            "172.30.2.0/24",
-            "--uplink",
-            "up0",
-        ])
-    };
+    let create = |name: &str| nf.create_network(name, "172.30.2.0/24", &[]);
     create("web");
     nf.ok(&["publish", "web", "8090:172.30.2.50:80"]);
     let out = nf.ok(&["network", "rm", "web"]);
@@ -1815,15 +1574,7 @@ fn network_rm_removes_its_publications_by_address() {
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
     let publish = [

@@ -375,15 +375,7 @@ fn the_pinned_dataplane_is_reused_and_checked() {
     let nf = masquerade(&topo, SMALL);
     // A second network on the same uplink reuses the pinned dataplane: every program is
     // attached once, wherever it is needed.
-    nf.ok(&[
-        "network",
-        "create",
-        "other",
-        "--subnet",
-        "10.99.0.0/24",
-        "--uplink",
-        UPLINK,
-    ]);
+    nf.create_network("other", "10.99.0.0/24", &[]);
     {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
         for (dev, hook) in [

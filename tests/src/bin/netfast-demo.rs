@@ -7,7 +7,7 @@ use std::time::Duration;
 use netfast_tests::{
     Background, Netfast, Topology,
     cmd::wait_until,
-    netfast_cli::netfast_bin,
+    netfast_cli::{netfast_bin, network_create},
     require_root,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
 };
@@ -35,19 +35,7 @@ fn main() {
     let nf = Netfast::new(&topo.host);
 
     step("a network and two containers, made by netfast over netlink");
-    show(
-        &host,
-        &nf,
-        &[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            UPLINK,
-        ],
-    );
+    show(&host, &nf, &network_create("web", "172.18.0.0/24", &[]));
     let (c1, c2) = (format!("{host}c1"), format!("{host}c2"));
     show(
         &host,
