@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod model;
 pub mod netfast_cli;
 pub mod netns;
+pub mod packets;
 pub mod topology;
 pub mod web;
 
