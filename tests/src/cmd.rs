@@ -32,6 +32,23 @@ pub fn run_ok(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `ip netns exec NS ARGV…`: `argv` run in network namespace `ns`.
+pub fn in_netns<'a>(ns: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(argv);
+    full
+}
+
+/// [`run_ok`] of `argv` in network namespace `ns`.
+pub fn run_in(ns: &str, argv: &[&str]) -> String {
+    run_ok(&in_netns(ns, argv))
+}
+
+/// One ping from namespace `ns` to `addr`, answered within two seconds; panics if it is not.
+pub fn ping(ns: &str, addr: &str) -> String {
+    run_in(ns, &["ping", "-c", "1", "-W", "2", addr])
+}
+
 /// Runs `argv` for at most `timeout`: its output whatever its exit status, or, when it had
 /// to be killed, an error that names it with what it printed. For a caller that goes on
 /// after a failure (a benchmark's measurement), where the helpers above panic; like

@@ -12,7 +12,7 @@ use netfast_tests::{
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
-    require_root, run, run_ok,
+    ping, require_root, run, run_in, run_ok,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, web_on},
 };
@@ -192,18 +192,7 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
         clients_seen(&server)
     );
     // A flow that left as the old address, alive when the address goes.
-    run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &w.c1,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let old_flow = format!("dst={UPLINK_ADDR} type=0");
     assert!(w.nf.ok(&["conntrack", "list"]).contains(&old_flow));
 
@@ -524,7 +513,7 @@ fn the_agent_reclaims_expired_flows_and_their_mappings() {
     let w = web_on("ebpf", &["--timeout-udp", "1"]);
     let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
     let send = format!("echo hi | socat -u - UDP4:{OUTSIDE_ADDR}:9999,sourceport=4444");
-    run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", &send]);
+    run_in(&w.c1, &["sh", "-c", &send]);
     let reclaimed = |map: &str| {
         agent
             .value("netfast_agent_reclaimed_entries_total", &[("map", map)])
@@ -620,18 +609,7 @@ fn monitor_flows_shows_a_flow_open_and_end() {
         "--json",
     ]);
     monitor.wait_for_text("netfast monitor: watching flows", Duration::from_secs(10));
-    run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &w.c1,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let seen = |out: &str, kind: &str| {
         out.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -6,7 +6,7 @@ use std::{fs, process::Command, thread};
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Netfast, Topology,
+    Netfast, Topology, in_netns,
     netfast_cli::{netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
@@ -314,16 +314,8 @@ fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
         "{out}"
     );
     assert!(hairpin());
-    let _server = netfast_tests::Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &hand,
-        "python3",
-        "-m",
-        "http.server",
-        "80",
-    ]);
+    let _server =
+        netfast_tests::Background::spawn(&in_netns(&hand, &["python3", "-m", "http.server", "80"]));
     netfast_tests::clients::wait_listening(&hand, "tcp", 80, "http.server");
     nf.ok(&["publish", "legacy", "8080:172.18.0.2:80"]);
     assert_eq!(
