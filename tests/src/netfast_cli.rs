@@ -1,11 +1,37 @@
 //! Driving the real `netfast` binary in a test's host namespace, the way a user does.
 
 use std::{
+    net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Output, Stdio},
 };
 
+use serde::{Deserialize, de::DeserializeOwned};
+
 use crate::{netns::TestNetns, topology::UPLINK};
+
+/// A row of `netfast network ls --json`: the fields the tests read (the rest is ignored).
+#[derive(Debug, Deserialize)]
+pub struct NetworkRow {
+    pub name: String,
+    /// ebpf, nftables or iptables.
+    pub backend: String,
+    /// What the kernel lacks of what the state says; empty when they agree.
+    pub drift: Vec<String>,
+}
+
+/// A row of `netfast container ls --json`: the fields the tests read.
+#[derive(Debug, Deserialize)]
+pub struct ContainerRow {
+    pub name: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub veth: String,
+    /// Docker's endpoint ID, for a container made through the Docker plugin.
+    #[serde(default)]
+    pub docker_endpoint: Option<String>,
+    pub drift: Vec<String>,
+}
 
 /// `network create NAME --subnet SUBNET --uplink up0 EXTRA…`: the argv that makes a network
 /// on the lab's uplink.
@@ -160,6 +186,27 @@ impl Netfast {
     /// [`network_create`] run with [`Netfast::ok`]: its stdout.
     pub fn create_network(&self, name: &str, subnet: &str, extra: &[&str]) -> String {
         self.ok(&network_create(name, subnet, extra))
+    }
+
+    /// Runs netfast (which must succeed) and parses its stdout as JSON into `T`.
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "`netfast {}` printed what is not the JSON expected ({e}):\n{out}",
+                args.join(" ")
+            )
+        })
+    }
+
+    /// `netfast network ls --json`.
+    pub fn networks(&self) -> Vec<NetworkRow> {
+        self.json(&["network", "ls", "--json"])
+    }
+
+    /// `netfast container ls --json`.
+    pub fn containers(&self) -> Vec<ContainerRow> {
+        self.json(&["container", "ls", "--json"])
     }
 
     /// `netfast stats --json`.

@@ -282,9 +282,8 @@ fn a_recreated_uplink_masquerades_again(backend: &str) {
     assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
     if backend == "ebpf" {
         // Re-attached, re-keyed, the dead interface's links unpinned: no drift left.
-        let ls: serde_json::Value =
-            serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-        assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+        let ls = w.nf.networks();
+        assert!(ls[0].drift.is_empty(), "{ls:?}");
     }
 }
 
@@ -414,15 +413,8 @@ fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
         "the publication does not serve again"
     );
     assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"] == serde_json::json!([])),
-        "{ls}"
-    );
+    let ls = w.nf.containers();
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 fn what_was_removed_by_hand_comes_back(backend: &str) {
@@ -490,9 +482,8 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
         }),
         "masquerade and the publication do not work again"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+    let ls = w.nf.networks();
+    assert!(ls[0].drift.is_empty(), "{ls:?}");
 }
 
 netfast_tests::on_backends!([ebpf, nftables, iptables] [

@@ -7,7 +7,7 @@ use std::{fs, process::Command, thread};
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Netfast, Topology, in_netns,
-    netfast_cli::{netfast_bin, network_create},
+    netfast_cli::{ContainerRow, netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
@@ -144,15 +144,9 @@ fn containers_reach_each_other_the_host_and_the_outside() {
     let ls = topo
         .host
         .exec_ok(&[bin.to_str().expect("path"), "container", "ls", "--json"]);
-    let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
-    assert_eq!(ls.as_array().expect("array").len(), 2);
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"].as_array().expect("drift").is_empty()),
-        "{ls}"
-    );
+    let ls: Vec<ContainerRow> = serde_json::from_str(&ls).expect("json");
+    assert_eq!(ls.len(), 2);
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 #[test]
@@ -649,9 +643,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         )) && !err.contains("as it was before"),
         "{err}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    let ls = nf.containers();
+    assert!(ls.is_empty(), "{ls:?}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
     {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
@@ -738,27 +731,16 @@ fn concurrent_commands_do_not_corrupt_the_state() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let mut ips: Vec<String> = ls
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|c| c["ip"].as_str().expect("ip").to_owned())
-        .collect();
+    let ls = nf.containers();
+    let mut ips: Vec<_> = ls.iter().map(|c| c.ip).collect();
     ips.sort();
     ips.dedup();
     assert_eq!(
         ips.len(),
         8,
-        "eight containers, eight distinct addresses: {ls}"
+        "eight containers, eight distinct addresses: {ls:?}"
     );
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"].as_array().expect("drift").is_empty())
-    );
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 #[test]
@@ -768,9 +750,7 @@ fn ls_reports_drift_when_something_is_deleted_by_hand() {
     nf.create_network("web", "172.18.0.0/24", &[]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "web"]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let veth = ls[0]["veth"].as_str().expect("veth").to_owned();
+    let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&["ip", "link", "del", &veth]);
     let text = nf.ok(&["container", "ls"]);
     assert!(text.contains(&format!("veth {veth} is missing")), "{text}");
@@ -876,9 +856,7 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
         first.contains("+ network web 172.18.0.0/24 uplink up0 backend nftables"),
         "{first}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "nftables");
+    assert_eq!(nf.networks()[0].backend, "nftables");
     let table = || {
         topo.host
             .exec_ok(&["nft", "list", "table", "ip", "netfast"])
@@ -893,9 +871,7 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
     // Another backend in the file: the network moves, its rules with it.
     fs::write(&file, text("iptables")).expect("write apply file");
     nf.ok(&["apply", "-f", &file]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "iptables");
+    assert_eq!(nf.networks()[0].backend, "iptables");
     assert!(
         !topo
             .host
@@ -1212,9 +1188,7 @@ fn input_that_takes_the_hosts_traffic_is_refused() {
     nf.create_network("web", "172.18.0.0/24", &[]);
     let c0 = ct(&topo, 0);
     nf.ok(&["container", "create", &c0, "--network", "web"]);
-    let veth: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let veth = veth[0]["veth"].as_str().expect("veth").to_owned();
+    let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&[
         "ip",
         "route",
@@ -1697,9 +1671,7 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
             && out.contains("it takes nftables"),
         "{out}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "nftables");
+    assert_eq!(nf.networks()[0].backend, "nftables");
 }
 
 /// `netfast --netns HOST ARGS…` under strace, killed at the `n`th `syscall`: whether it was.
@@ -1774,14 +1746,14 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
         "not killed"
     );
     assert!(fs::metadata(format!("/run/netns/{a}")).is_ok());
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["name"], a.as_str(), "{ls}");
+    let ls = nf.containers();
+    assert_eq!(ls[0].name, a, "{ls:?}");
     assert!(
-        ls[0]["drift"][0]
-            .as_str()
+        ls[0]
+            .drift
+            .first()
             .is_some_and(|d| d.contains("not in the state")),
-        "{ls}"
+        "{ls:?}"
     );
     let out = nf.ok(&["container", "create", &b, "--network", "web"]);
     assert!(out.contains("at 172.18.0.2/24"), "{out}");
