@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{
     cmd::{Background, in_netns, run, wait_until},
-    topology::OUTSIDE_ADDR,
+    topology::{OUTSIDE_ADDR, UPLINK_ADDR},
 };
 
 /// Whether something in namespace `ns` listens on `proto` ("tcp" or "udp") port `port`.
@@ -38,6 +38,21 @@ pub fn outside_web_server(outside: &str) -> Background {
     ));
     wait_listening(outside, "tcp", 8000, "the outside http.server");
     server
+}
+
+/// Stops an [`outside_web_server`] and checks its log: it saw the uplink's address (the
+/// containers masqueraded), and never a container's.
+pub fn assert_saw_only_the_uplink(server: Background) {
+    let log = server.stop();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains(&format!("{UPLINK_ADDR} - -")),
+        "the server must see the uplink address:\n{log}"
+    );
+    assert!(
+        !log.contains("172.18.0."),
+        "a container address reached the outside:\n{log}"
+    );
 }
 
 /// `curl` from namespace `ns` with a three-second limit: the HTTP code, or "000" when it

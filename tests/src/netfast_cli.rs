@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::{netns::TestNetns, topology::UPLINK};
+use crate::{Background, netns::TestNetns, topology::UPLINK};
 
 /// A row of `netfast network ls --json`: the fields the tests read (the rest is ignored).
 #[derive(Debug, Deserialize)]
@@ -151,6 +151,18 @@ impl Netfast {
             .stdin(Stdio::null())
             .output()
             .expect("run netfast")
+    }
+
+    /// Starts `netfast --netns <host> args…` in the background (`conntrack watch`,
+    /// `monitor`, the agent): its output is collected as it comes.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        let bin = self
+            .bin
+            .to_str()
+            .expect("the netfast binary's path is UTF-8");
+        let mut argv = vec![bin, "--netns", &self.host];
+        argv.extend_from_slice(args);
+        Background::spawn(&argv)
     }
 
     /// Runs netfast and returns stdout; panics with everything it printed if it fails.

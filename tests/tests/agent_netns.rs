@@ -12,7 +12,7 @@ use netfast_tests::{
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
-    ping, require_root, run, run_in, run_ok,
+    ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, web_on},
 };
@@ -228,41 +228,8 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
 /// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
 /// a driver reload or a VPN reconnect would.
 fn recreate_uplink(w: &netfast_tests::web::Web) {
-    let (h, o) = (&w.topo.host, &w.topo.outside);
-    h.exec_ok(&["ip", "link", "del", UPLINK]);
-    run_ok(&[
-        "ip",
-        "-n",
-        h.name(),
-        "link",
-        "add",
-        UPLINK,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        o.name(),
-    ]);
-    h.exec_ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{UPLINK_ADDR}/24"),
-        "dev",
-        UPLINK,
-    ]);
-    h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
-    o.exec_ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{OUTSIDE_ADDR}/24"),
-        "dev",
-        "eth0",
-    ]);
-    o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    w.topo.host.exec_ok(&["ip", "link", "del", UPLINK]);
+    w.topo.wire_uplink();
 }
 
 fn a_recreated_uplink_masquerades_again(backend: &str) {
@@ -308,15 +275,7 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
         );
         return;
     }
-    let bin = netfast_bin();
-    let mut monitor = Background::spawn(&[
-        bin.to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "monitor",
-        "--drops",
-        "--json",
-    ]);
+    let mut monitor = w.nf.spawn(&["monitor", "--drops", "--json"]);
     monitor.wait_for_text("netfast monitor: watching", Duration::from_secs(10));
     // Straight to the masqueraded container's address, from outside.
     assert_eq!(
@@ -590,15 +549,7 @@ fn an_agent_runs_on_a_host_without_networks() {
 fn monitor_flows_shows_a_flow_open_and_end() {
     require_root();
     let w = web_on("ebpf", &["--timeout-icmp", "1"]);
-    let bin = netfast_bin();
-    let mut monitor = Background::spawn(&[
-        bin.to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "monitor",
-        "--flows",
-        "--json",
-    ]);
+    let mut monitor = w.nf.spawn(&["monitor", "--flows", "--json"]);
     monitor.wait_for_text("netfast monitor: watching flows", Duration::from_secs(10));
     ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let seen = |out: &str, kind: &str| {

@@ -9,9 +9,7 @@ use std::{collections::BTreeSet, time::Duration};
 use netfast_tests::{
     Background,
     clients::{curl, outside_web_server, wait_listening},
-    in_netns,
-    netfast_cli::netfast_bin,
-    require_root, run_in,
+    in_netns, require_root, run_in,
     topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web_on},
 };
@@ -296,10 +294,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
 
     // watch with a filter: only UDP flows of network web. The events that must not show are
     // made first; once the matching one is shown, they would have been too.
-    let mut watch = Background::spawn(&[
-        netfast_bin().to_str().expect("path"),
-        "--netns",
-        w.topo.host.name(),
+    let mut watch = w.nf.spawn(&[
         "conntrack",
         "watch",
         "--json",
