@@ -354,8 +354,9 @@ async fn serve_metrics(State((host, shared)): State<(Host, metrics::Shared)>) ->
     }
 }
 
-/// Resolves on SIGTERM (systemd's stop) or SIGINT (^C).
-async fn stop_signal() {
+/// Resolves on SIGTERM (systemd's stop) or SIGINT (^C); never, if the handlers cannot be
+/// installed (the default actions then stop the process, which is also a way out).
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
