@@ -150,6 +150,19 @@ impl Topology {
         o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
     }
 
+    /// The host's default route through the outside (a far server's way out, or an uplink
+    /// that netfast finds by the default route).
+    pub fn route_default_via_outside(&self) {
+        self.host.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_ADDR.to_string(),
+        ]);
+    }
+
     fn wire(&self, b: &TopologyBuilder) {
         let (h, o) = (&self.host, &self.outside);
         self.wire_uplink();
@@ -210,14 +223,7 @@ impl Topology {
                 "via",
                 &FAR_GATEWAY.to_string(),
             ]);
-            h.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &OUTSIDE_ADDR.to_string(),
-            ]);
+            self.route_default_via_outside();
         }
         if !b.bridge {
             return;

@@ -313,12 +313,7 @@ fn traceroute_and_path_mtu(topo: &Topology) {
     let f = topo.far.as_ref().expect("far server");
     let _sink = Background::spawn(&in_netns(
         f.name(),
-        &[
-            "socat",
-            "-u",
-            "TCP-LISTEN:9000,reuseaddr",
-            "OPEN:/dev/null",
-        ],
+        &["socat", "-u", "TCP-LISTEN:9000,reuseaddr", "OPEN:/dev/null"],
     ));
     assert!(
         wait_until(Duration::from_secs(10), || listening(f.name(), "tcp", 9000)),
