@@ -49,6 +49,16 @@ pub fn ping(ns: &str, addr: &str) -> String {
     run_in(ns, &["ping", "-c", "1", "-W", "2", addr])
 }
 
+/// Three pings 0.2 s apart from namespace `ns` to `addr`: ping's output, whether or not
+/// they were answered (the caller says how many must be).
+pub fn pings(ns: &str, addr: &str) -> String {
+    let out = run(&in_netns(
+        ns,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", addr],
+    ));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `argv` for at most `timeout`: its output whatever its exit status, or, when it had
 /// to be killed, an error that names it with what it printed. For a caller that goes on
 /// after a failure (a benchmark's measurement), where the helpers above panic; like

@@ -20,7 +20,7 @@ pub mod packets;
 pub mod topology;
 pub mod web;
 
-pub use cmd::{Background, in_netns, ping, run, run_in, run_ok};
+pub use cmd::{Background, in_netns, ping, pings, run, run_in, run_ok};
 pub use netfast_cli::Netfast;
 pub use netns::TestNetns;
 pub use topology::{Topology, TopologyBuilder};

@@ -6,7 +6,7 @@
 use netfast_tests::{
     Background, TestNetns,
     clients::{curl, outside_web_server},
-    in_netns, require_root,
+    require_root,
     topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web},
 };
@@ -29,20 +29,7 @@ fn outside_server(w: &Web) -> Background {
 }
 
 fn ping(ns: &str) -> String {
-    let out = netfast_tests::run(&in_netns(
-        ns,
-        &[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &OUTSIDE_ADDR.to_string(),
-        ],
-    ));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netfast_tests::pings(ns, &OUTSIDE_ADDR.to_string())
 }
 
 #[test]

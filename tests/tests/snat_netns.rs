@@ -80,16 +80,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
         &url,
     ]);
     assert_eq!(code, "200");
-    let ping = topo.containers[1].exec_ok(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    let ping = netfast_tests::pings(topo.containers[1].name(), &OUTSIDE_ADDR.to_string());
     assert!(ping.contains("3 received"), "{ping}");
 
     let flows = _dp.ok(&["conntrack", "list", "--json"]);
