@@ -29,12 +29,11 @@ pub use topology::{Topology, TopologyBuilder};
 /// Kernel tests call this first so that they fail loudly rather than pass without running.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test needs root (it creates network namespaces and loads BPF programs); \
-             run it through `cargo xtask test`, as root"
-        );
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (it creates network namespaces and loads BPF programs); \
+         run it through `cargo xtask test`, as root"
+    );
 }
 
 /// One test module per backend: `on_backends!([ebpf, nftables, iptables] [test_a, test_b])`

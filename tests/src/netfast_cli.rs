@@ -168,30 +168,28 @@ impl Netfast {
     /// Runs netfast and returns stdout; panics with everything it printed if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        if !out.status.success() {
-            panic!(
-                "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-                self.host,
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        assert!(
+            out.status.success(),
+            "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.host,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs netfast expecting failure; returns stderr; panics if it succeeded.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        if out.status.success() {
-            panic!(
-                "`netfast --netns {} {}` succeeded but should have failed:\n{}",
-                self.host,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
+        assert!(
+            !out.status.success(),
+            "`netfast --netns {} {}` succeeded but should have failed:\n{}",
+            self.host,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 

@@ -154,7 +154,10 @@ fn a_flood_of_drops_fills_the_monitor_ring_only_to_its_budget() {
         assert_eq!(b.len(), std::mem::size_of::<DropEvent>());
         // SAFETY: a ring record the size of a DropEvent, which is plain old data; read in
         // place (ring records are 8-byte aligned).
-        unsafe { &*b.as_ptr().cast::<DropEvent>() }
+        #[allow(clippy::cast_ptr_alignment, reason = "ring records are 8-byte aligned")]
+        unsafe {
+            &*b.as_ptr().cast::<DropEvent>()
+        }
     }
     let first = events.first().expect("the first drop is shown");
     assert_eq!(

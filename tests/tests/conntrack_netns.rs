@@ -84,7 +84,7 @@ fn count(w: &Web, filters: &[&str]) -> usize {
 }
 
 fn set(flows: &[&str]) -> BTreeSet<String> {
-    flows.iter().map(|s| s.to_string()).collect()
+    flows.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// Asserts that `filters` list exactly `want` (from `all`, the flows of the scenario), and

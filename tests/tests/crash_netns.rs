@@ -64,7 +64,11 @@ impl Lab {
 
     /// The argv of a command (after `netfast --netns HOST`).
     fn args(&self, cmd: Cmd) -> Vec<String> {
-        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let s = |v: &[&str]| {
+            v.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         let publication = format!("8080:{}:80", self.ct);
         match cmd {
             Cmd::NetworkCreate => s(&network_create(

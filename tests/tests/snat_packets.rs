@@ -432,7 +432,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
         assert_eq!(r.verdict, verdict::NEXT);
         ports.push(source_port_of(&r));
     }
-    ports.sort();
+    ports.sort_unstable();
     assert_eq!(
         ports,
         vec![40000, 61000, 61001],

@@ -167,7 +167,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 // The rest of the burst (a link comes with its addresses) first.
                 let settled = loop {
                     match rx.recv_timeout(SETTLE) {
-                        Ok(Wake::Changed) => continue,
+                        Ok(Wake::Changed) => {}
                         Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                             break false;
                         }
@@ -249,7 +249,9 @@ impl Agent {
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, metrics::AgentCounters> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn pass(&mut self) {

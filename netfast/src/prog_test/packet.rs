@@ -368,11 +368,11 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
     let eth = sliced
         .link
         .as_ref()
-        .and_then(|l| l.to_header())
+        .and_then(etherparse::LinkSlice::to_header)
         .ok_or("no Ethernet header")?;
     let (src_mac, dst_mac) = match eth {
         etherparse::LinkHeader::Ethernet2(e) => (e.source, e.destination),
-        _ => return Err("not an Ethernet II frame".into()),
+        etherparse::LinkHeader::LinuxSll(_) => return Err("not an Ethernet II frame".into()),
     };
     let l4 = if fragment {
         L4::Other
