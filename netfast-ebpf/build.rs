@@ -6,7 +6,7 @@ fn main() {
     match which("bpf-linker") {
         Ok(linker) => println!("cargo:rerun-if-changed={}", linker.display()),
         Err(err) => {
-            println!("cargo:warning=bpf-linker not found on PATH ({err}); run `cargo xtask setup`")
+            println!("cargo:warning=bpf-linker not found on PATH ({err}); run `cargo xtask setup`");
         }
     }
 }

@@ -95,13 +95,17 @@ pub fn calibrated(ebpf: &mut Ebpf, cfg: &DpConfig) -> Result<DpConfig> {
         return Ok(*cfg);
     }
     let mut out = *cfg;
-    let known = *CALIBRATION.lock().unwrap_or_else(|e| e.into_inner());
+    let known = *CALIBRATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let found = match known {
         Some(c) => Some(c),
         None => calibrate(&mut || sample(ebpf), DEADLINE)?,
     };
     if let Some(c) = found {
-        *CALIBRATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        *CALIBRATION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
         out.clock_hz = c.hz;
         out.clock_j0 = c.j0;
         out.clock_m0 = c.m0;
@@ -179,7 +183,7 @@ fn from_edges(s1: &ClockSample, s2: &ClockSample) -> Option<Calibration> {
         .into_iter()
         .find(|&r| (measured - f64::from(r)).abs() <= f64::from(r) * 0.01)?;
     let into_second = s2.mono_ns % 1_000_000_000;
-    let back = (into_second as u128 * u128::from(hz)).div_ceil(1_000_000_000) as u64;
+    let back = (u128::from(into_second) * u128::from(hz)).div_ceil(1_000_000_000) as u64;
     let j0 = s2.jiffies.checked_sub(back)?;
     let m0 = u32::try_from(s2.mono_ns / 1_000_000_000).ok()?;
     Some(Calibration { hz, j0, m0 })

@@ -64,7 +64,7 @@ pub fn parse_net(text: &str) -> Result<Ipv4Net, BadFilter> {
 /// A port, 0 to 65535.
 pub fn parse_port(text: &str) -> Result<u16, BadFilter> {
     match text.parse::<u64>() {
-        Ok(p) if p <= u64::from(u16::MAX) => Ok(p as u16),
+        Ok(p) if u16::try_from(p).is_ok() => Ok(p as u16),
         Ok(p) => Err(BadFilter(format!(
             "port {p} is out of range; ports are 0 to 65535"
         ))),

@@ -195,7 +195,7 @@ pub fn netns_cookie() -> Result<u64> {
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&raw mut cookie).cast(),
-            &mut len,
+            &raw mut len,
         );
         let err = std::io::Error::last_os_error();
         libc::close(fd);

@@ -188,7 +188,7 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
         .map(maps::NET_STATS)
         .ok_or(Error::MissingMap(maps::NET_STATS))?;
     let per_net = PerCpuArray::try_from(per_net).map_err(|e| Error::map(maps::NET_STATS, e))?;
-    for item in nets.iter() {
+    for item in &nets {
         let (key, info) = item.map_err(|e| Error::map(maps::NETWORKS, e))?;
         let tx = sum_slot(&per_net, u32::from(info.id) * 2)?;
         let rx = sum_slot(&per_net, u32::from(info.id) * 2 + 1)?;

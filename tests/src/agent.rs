@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Background, TestNetns, netfast_cli::netfast_bin};
+use crate::{Background, TestNetns, in_netns, netfast_cli::netfast_bin};
 
 /// Where the agents of the tests serve their metrics, inside the test's host namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9431";
@@ -47,17 +47,10 @@ impl Agent {
     /// What `/metrics` says now.
     pub fn metrics(&self) -> String {
         let url = format!("http://{METRICS_ADDR}/metrics");
-        let out = crate::run(&[
-            "ip",
-            "netns",
-            "exec",
+        let out = crate::run(&in_netns(
             &self.host,
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            &url,
-        ]);
+            &["curl", "-sf", "--max-time", "5", &url],
+        ));
         assert!(
             out.status.success(),
             "curl {url} failed ({}): {}",

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use crate::{
-    cmd::{Background, run, wait_until},
-    topology::OUTSIDE_ADDR,
+    cmd::{Background, in_netns, run, wait_until},
+    topology::{OUTSIDE_ADDR, UPLINK_ADDR},
 };
 
 /// Whether something in namespace `ns` listens on `proto` ("tcp" or "udp") port `port`.
 pub fn listening(ns: &str, proto: &str, port: u16) -> bool {
     let flag = if proto == "udp" { "-lun" } else { "-ltn" };
-    let out = run(&["ip", "netns", "exec", ns, "ss", flag]);
+    let out = run(&in_netns(ns, &["ss", flag]));
     String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
 }
 
@@ -25,20 +25,34 @@ pub fn wait_listening(ns: &str, proto: &str, port: u16, what: &str) {
 /// A web server (python's http.server) on OUTSIDE_ADDR:8000 in namespace `outside`, listening
 /// when this returns; stopped when the value is dropped.
 pub fn outside_web_server(outside: &str) -> Background {
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let server = Background::spawn(&in_netns(
         outside,
-        "python3",
-        "-m",
-        "http.server",
-        "8000",
-        "--bind",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &OUTSIDE_ADDR.to_string(),
+        ],
+    ));
     wait_listening(outside, "tcp", 8000, "the outside http.server");
     server
+}
+
+/// Stops an [`outside_web_server`] and checks its log: it saw the uplink's address (the
+/// containers masqueraded), and never a container's.
+pub fn assert_saw_only_the_uplink(server: Background) {
+    let log = server.stop();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains(&format!("{UPLINK_ADDR} - -")),
+        "the server must see the uplink address:\n{log}"
+    );
+    assert!(
+        !log.contains("172.18.0."),
+        "a container address reached the outside:\n{log}"
+    );
 }
 
 /// `curl` from namespace `ns` with a three-second limit: the HTTP code, or "000" when it
@@ -66,7 +80,7 @@ pub fn curl(ns: &str, url: &str, extra: &[&str]) -> String {
 /// A TCP echo server (socat) on `port` in namespace `ns`, listening when this returns.
 pub fn echo_server(ns: &str, port: u16) -> Background {
     let listen = format!("TCP4-LISTEN:{port},fork,reuseaddr");
-    let server = Background::spawn(&["ip", "netns", "exec", ns, "socat", &listen, "EXEC:cat"]);
+    let server = Background::spawn(&in_netns(ns, &["socat", &listen, "EXEC:cat"]));
     wait_listening(ns, "tcp", port, "the socat echo server");
     server
 }
@@ -95,9 +109,7 @@ except Exception as e:
 /// returns.
 pub fn talker(ns: &str, addr: &str, port: u16) -> Background {
     let port = port.to_string();
-    let mut t = Background::spawn(&[
-        "ip", "netns", "exec", ns, "python3", "-c", TALKER, addr, &port,
-    ]);
+    let mut t = Background::spawn(&in_netns(ns, &["python3", "-c", TALKER, addr, &port]));
     t.wait_for_text("echo 2", Duration::from_secs(10));
     t
 }

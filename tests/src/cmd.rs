@@ -20,15 +20,41 @@ pub fn run(argv: &[&str]) -> Output {
 /// Runs `argv` and returns its stdout; panics with stdout and stderr if it fails.
 pub fn run_ok(argv: &[&str]) -> String {
     let out = run(argv);
-    if !out.status.success() {
-        panic!(
-            "`{}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert!(
+        out.status.success(),
+        "`{}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        argv.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip netns exec NS ARGV…`: `argv` run in network namespace `ns`.
+pub fn in_netns<'a>(ns: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(argv);
+    full
+}
+
+/// [`run_ok`] of `argv` in network namespace `ns`.
+pub fn run_in(ns: &str, argv: &[&str]) -> String {
+    run_ok(&in_netns(ns, argv))
+}
+
+/// One ping from namespace `ns` to `addr`, answered within two seconds; panics if it is not.
+pub fn ping(ns: &str, addr: &str) -> String {
+    run_in(ns, &["ping", "-c", "1", "-W", "2", addr])
+}
+
+/// Three pings 0.2 s apart from namespace `ns` to `addr`: ping's output, whether or not
+/// they were answered (the caller says how many must be).
+pub fn pings(ns: &str, addr: &str) -> String {
+    let out = run(&in_netns(
+        ns,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", addr],
+    ));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -94,7 +120,7 @@ fn collect(mut from: impl Read + Send + 'static) -> Collected {
                 break;
             }
             into.lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .extend_from_slice(&chunk[..n]);
         }
     });
@@ -102,7 +128,11 @@ fn collect(mut from: impl Read + Send + 'static) -> Collected {
 }
 
 fn text(c: &Collected) -> String {
-    String::from_utf8_lossy(&c.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    String::from_utf8_lossy(
+        &c.0.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
 }
 
 impl Background {
@@ -192,14 +222,13 @@ impl Background {
     /// Waits for it to exit by itself; panics after `timeout`.
     pub fn wait_exit(mut self, timeout: Duration) -> Output {
         let exited = wait_until(timeout, || matches!(self.child.try_wait(), Ok(Some(_))));
-        if !exited {
-            panic!(
-                "`{}` did not exit within {timeout:?}:\nstdout:\n{}\nstderr:\n{}",
-                self.what,
-                self.stdout_so_far(),
-                self.stderr_so_far()
-            );
-        }
+        assert!(
+            exited,
+            "`{}` did not exit within {timeout:?}:\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.stdout_so_far(),
+            self.stderr_so_far()
+        );
         self.finish()
     }
 
@@ -221,8 +250,20 @@ impl Background {
         }
         Output {
             status,
-            stdout: std::mem::take(&mut *self.stdout.0.lock().unwrap_or_else(|e| e.into_inner())),
-            stderr: std::mem::take(&mut *self.stderr.0.lock().unwrap_or_else(|e| e.into_inner())),
+            stdout: std::mem::take(
+                &mut *self
+                    .stdout
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            stderr: std::mem::take(
+                &mut *self
+                    .stderr
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
         }
     }
 }

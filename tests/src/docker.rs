@@ -38,7 +38,7 @@ pub const INDEX: &str = "hello from a container Docker runs on netfast";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// How long dockerd may take to start or stop.
-const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
+const DAEMON_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// The docker CLI of the daemon's package (Debian's docker.io puts both in /usr), else the
 /// one on PATH.
@@ -279,16 +279,15 @@ impl Docker {
     /// printed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
-        if !out.status.success() {
-            panic!(
-                "`docker {}` failed ({}):\n{}{}\n--- plugin:\n{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                self.plugin_output()
-            );
-        }
+        assert!(
+            out.status.success(),
+            "`docker {}` failed ({}):\n{}{}\n--- plugin:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.plugin_output()
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 

@@ -16,10 +16,11 @@ pub mod fuzz;
 pub mod model;
 pub mod netfast_cli;
 pub mod netns;
+pub mod packets;
 pub mod topology;
 pub mod web;
 
-pub use cmd::{Background, run, run_ok};
+pub use cmd::{Background, in_netns, ping, pings, run, run_in, run_ok};
 pub use netfast_cli::Netfast;
 pub use netns::TestNetns;
 pub use topology::{Topology, TopologyBuilder};
@@ -28,12 +29,11 @@ pub use topology::{Topology, TopologyBuilder};
 /// Kernel tests call this first so that they fail loudly rather than pass without running.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test needs root (it creates network namespaces and loads BPF programs); \
-             run it through `cargo xtask test`, as root"
-        );
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (it creates network namespaces and loads BPF programs); \
+         run it through `cargo xtask test`, as root"
+    );
 }
 
 /// One test module per backend: `on_backends!([ebpf, nftables, iptables] [test_a, test_b])`

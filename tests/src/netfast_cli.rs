@@ -1,11 +1,47 @@
 //! Driving the real `netfast` binary in a test's host namespace, the way a user does.
 
 use std::{
+    net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Output, Stdio},
 };
 
-use crate::netns::TestNetns;
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::{Background, netns::TestNetns, topology::UPLINK};
+
+/// A row of `netfast network ls --json`: the fields the tests read (the rest is ignored).
+#[derive(Debug, Deserialize)]
+pub struct NetworkRow {
+    pub name: String,
+    /// ebpf, nftables or iptables.
+    pub backend: String,
+    /// What the kernel lacks of what the state says; empty when they agree.
+    pub drift: Vec<String>,
+}
+
+/// A row of `netfast container ls --json`: the fields the tests read.
+#[derive(Debug, Deserialize)]
+pub struct ContainerRow {
+    pub name: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub veth: String,
+    /// Docker's endpoint ID, for a container made through the Docker plugin.
+    #[serde(default)]
+    pub docker_endpoint: Option<String>,
+    pub drift: Vec<String>,
+}
+
+/// `network create NAME --subnet SUBNET --uplink up0 EXTRA…`: the argv that makes a network
+/// on the lab's uplink.
+pub fn network_create<'a>(name: &'a str, subnet: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec![
+        "network", "create", name, "--subnet", subnet, "--uplink", UPLINK,
+    ];
+    argv.extend_from_slice(extra);
+    argv
+}
 
 /// The `netfast` binary cargo built next to this program (a test or a binary of this
 /// package), if there is one.
@@ -117,34 +153,70 @@ impl Netfast {
             .expect("run netfast")
     }
 
+    /// Starts `netfast --netns <host> args…` in the background (`conntrack watch`,
+    /// `monitor`, the agent): its output is collected as it comes.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        let bin = self
+            .bin
+            .to_str()
+            .expect("the netfast binary's path is UTF-8");
+        let mut argv = vec![bin, "--netns", &self.host];
+        argv.extend_from_slice(args);
+        Background::spawn(&argv)
+    }
+
     /// Runs netfast and returns stdout; panics with everything it printed if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        if !out.status.success() {
-            panic!(
-                "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-                self.host,
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        assert!(
+            out.status.success(),
+            "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.host,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs netfast expecting failure; returns stderr; panics if it succeeded.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        if out.status.success() {
-            panic!(
-                "`netfast --netns {} {}` succeeded but should have failed:\n{}",
-                self.host,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
+        assert!(
+            !out.status.success(),
+            "`netfast --netns {} {}` succeeded but should have failed:\n{}",
+            self.host,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// [`network_create`] run with [`Netfast::ok`]: its stdout.
+    pub fn create_network(&self, name: &str, subnet: &str, extra: &[&str]) -> String {
+        self.ok(&network_create(name, subnet, extra))
+    }
+
+    /// Runs netfast (which must succeed) and parses its stdout as JSON into `T`.
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "`netfast {}` printed what is not the JSON expected ({e}):\n{out}",
+                args.join(" ")
+            )
+        })
+    }
+
+    /// `netfast network ls --json`.
+    pub fn networks(&self) -> Vec<NetworkRow> {
+        self.json(&["network", "ls", "--json"])
+    }
+
+    /// `netfast container ls --json`.
+    pub fn containers(&self) -> Vec<ContainerRow> {
+        self.json(&["container", "ls", "--json"])
     }
 
     /// `netfast stats --json`.

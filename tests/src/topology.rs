@@ -122,7 +122,10 @@ impl Topology {
         TopologyBuilder::default()
     }
 
-    fn wire(&self, b: &TopologyBuilder) {
+    /// The uplink veth between the host (`up0`, [`UPLINK_ADDR`]) and the outside (`eth0`,
+    /// [`OUTSIDE_ADDR`]), addresses and all: made when the topology is built, and again by
+    /// a test that deleted it (as a driver reload or a VPN reconnect would).
+    pub fn wire_uplink(&self) {
         let (h, o) = (&self.host, &self.outside);
         let uplink_cidr = format!("{UPLINK_ADDR}/{UPLINK_PREFIX}");
         let outside_cidr = format!("{OUTSIDE_ADDR}/{UPLINK_PREFIX}");
@@ -143,9 +146,27 @@ impl Topology {
         ]);
         h.exec_ok(&["ip", "addr", "add", &uplink_cidr, "dev", UPLINK]);
         h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
-        h.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         o.exec_ok(&["ip", "addr", "add", &outside_cidr, "dev", "eth0"]);
         o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    }
+
+    /// The host's default route through the outside (a far server's way out, or an uplink
+    /// that netfast finds by the default route).
+    pub fn route_default_via_outside(&self) {
+        self.host.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_ADDR.to_string(),
+        ]);
+    }
+
+    fn wire(&self, b: &TopologyBuilder) {
+        let (h, o) = (&self.host, &self.outside);
+        self.wire_uplink();
+        h.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         if b.route_back {
             o.exec_ok(&[
                 "ip",
@@ -202,14 +223,7 @@ impl Topology {
                 "via",
                 &FAR_GATEWAY.to_string(),
             ]);
-            h.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &OUTSIDE_ADDR.to_string(),
-            ]);
+            self.route_default_via_outside();
         }
         if !b.bridge {
             return;

@@ -2,7 +2,7 @@
 //! the uplink), two containers made by `netfast container create`, and a web server on port
 //! 80 of the first.
 
-use crate::{Background, Netfast, Topology, clients::wait_listening, topology::UPLINK};
+use crate::{Background, Netfast, Topology, clients::wait_listening, in_netns};
 
 /// The uplink address and port the tests publish the web server on.
 pub const UPLINK_URL: &str = "http://198.51.100.1:8080/";
@@ -35,33 +35,14 @@ pub fn web_on(backend: &str, settings: &[&str]) -> Web {
     }
     config.extend_from_slice(settings);
     nf.ok(&config);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &["--backend", backend]);
     let (c0, c1) = (
         format!("{}c0", topo.host.name()),
         format!("{}c1", topo.host.name()),
     );
     nf.ok(&["container", "create", &c0, "--network", "web"]);
     nf.ok(&["container", "create", &c1, "--network", "web"]);
-    let server = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &c0,
-        "python3",
-        "-m",
-        "http.server",
-        "80",
-    ]);
+    let server = Background::spawn(&in_netns(&c0, &["python3", "-m", "http.server", "80"]));
     wait_listening(&c0, "tcp", 80, "http.server");
     Web {
         server,

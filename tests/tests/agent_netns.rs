@@ -12,7 +12,7 @@ use netfast_tests::{
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
     netfast_cli::netfast_bin,
-    require_root, run, run_ok,
+    ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, web_on},
 };
@@ -192,18 +192,7 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
         clients_seen(&server)
     );
     // A flow that left as the old address, alive when the address goes.
-    run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &w.c1,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let old_flow = format!("dst={UPLINK_ADDR} type=0");
     assert!(w.nf.ok(&["conntrack", "list"]).contains(&old_flow));
 
@@ -239,41 +228,8 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
 /// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
 /// a driver reload or a VPN reconnect would.
 fn recreate_uplink(w: &netfast_tests::web::Web) {
-    let (h, o) = (&w.topo.host, &w.topo.outside);
-    h.exec_ok(&["ip", "link", "del", UPLINK]);
-    run_ok(&[
-        "ip",
-        "-n",
-        h.name(),
-        "link",
-        "add",
-        UPLINK,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        o.name(),
-    ]);
-    h.exec_ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{UPLINK_ADDR}/24"),
-        "dev",
-        UPLINK,
-    ]);
-    h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
-    o.exec_ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{OUTSIDE_ADDR}/24"),
-        "dev",
-        "eth0",
-    ]);
-    o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    w.topo.host.exec_ok(&["ip", "link", "del", UPLINK]);
+    w.topo.wire_uplink();
 }
 
 fn a_recreated_uplink_masquerades_again(backend: &str) {
@@ -293,9 +249,8 @@ fn a_recreated_uplink_masquerades_again(backend: &str) {
     assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
     if backend == "ebpf" {
         // Re-attached, re-keyed, the dead interface's links unpinned: no drift left.
-        let ls: serde_json::Value =
-            serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-        assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+        let ls = w.nf.networks();
+        assert!(ls[0].drift.is_empty(), "{ls:?}");
     }
 }
 
@@ -320,15 +275,7 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
         );
         return;
     }
-    let bin = netfast_bin();
-    let mut monitor = Background::spawn(&[
-        bin.to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "monitor",
-        "--drops",
-        "--json",
-    ]);
+    let mut monitor = w.nf.spawn(&["monitor", "--drops", "--json"]);
     monitor.wait_for_text("netfast monitor: watching", Duration::from_secs(10));
     // Straight to the masqueraded container's address, from outside.
     assert_eq!(
@@ -425,15 +372,8 @@ fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
         "the publication does not serve again"
     );
     assert_eq!(curl(&w.c1, UPLINK_URL, &[]), "200", "hairpin");
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"] == serde_json::json!([])),
-        "{ls}"
-    );
+    let ls = w.nf.containers();
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 fn what_was_removed_by_hand_comes_back(backend: &str) {
@@ -501,9 +441,8 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
         }),
         "masquerade and the publication do not work again"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["drift"], serde_json::json!([]), "{ls}");
+    let ls = w.nf.networks();
+    assert!(ls[0].drift.is_empty(), "{ls:?}");
 }
 
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
@@ -524,7 +463,7 @@ fn the_agent_reclaims_expired_flows_and_their_mappings() {
     let w = web_on("ebpf", &["--timeout-udp", "1"]);
     let agent = Agent::start_with(&w.topo.host, &["--reclaim", "1"]);
     let send = format!("echo hi | socat -u - UDP4:{OUTSIDE_ADDR}:9999,sourceport=4444");
-    run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", &send]);
+    run_in(&w.c1, &["sh", "-c", &send]);
     let reclaimed = |map: &str| {
         agent
             .value("netfast_agent_reclaimed_entries_total", &[("map", map)])
@@ -610,28 +549,9 @@ fn an_agent_runs_on_a_host_without_networks() {
 fn monitor_flows_shows_a_flow_open_and_end() {
     require_root();
     let w = web_on("ebpf", &["--timeout-icmp", "1"]);
-    let bin = netfast_bin();
-    let mut monitor = Background::spawn(&[
-        bin.to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "monitor",
-        "--flows",
-        "--json",
-    ]);
+    let mut monitor = w.nf.spawn(&["monitor", "--flows", "--json"]);
     monitor.wait_for_text("netfast monitor: watching flows", Duration::from_secs(10));
-    run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &w.c1,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let seen = |out: &str, kind: &str| {
         out.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

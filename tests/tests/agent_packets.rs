@@ -6,23 +6,18 @@ use std::net::Ipv4Addr;
 
 use netfast::{
     agent::reclaim::{self, GRACE, Reclaimed, Snapshot},
-    common::{
-        Hook,
-        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
-        nat::mapping_slack,
-    },
+    common::{Hook, config::DpConfig, nat::mapping_slack},
     maps,
     prog_test::{
         ProgTest,
         packet::{self, Endpoint, FROM_OUTSIDE, L4, TO_OUTSIDE, decode},
     },
 };
-use netfast_tests::require_root;
+use netfast_tests::{
+    packets::{C1, C2, C3, DEV, EXT, load, masquerade},
+    require_root,
+};
 
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
-const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
-const C3: Endpoint = (Ipv4Addr::new(172, 18, 0, 4), 40000);
 const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 53);
 const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 53);
 
@@ -30,16 +25,8 @@ const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 53);
 const UNTIL_DEAD: u32 = DpConfig::DEFAULT_UDP + mapping_slack(DpConfig::DEFAULT_UDP) + GRACE + 5;
 
 fn loaded() -> ProgTest {
-    let mut t = ProgTest::load().unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        // BPF_PROG_TEST_RUN runs the skb on the loopback device.
-        uplink_ifindex: 1,
-        bridge_ifindex: 0,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    let mut t = load(&DpConfig::default());
+    masquerade(&mut t, DEV, 0);
     t
 }
 
@@ -167,7 +154,10 @@ fn a_flood_of_drops_fills_the_monitor_ring_only_to_its_budget() {
         assert_eq!(b.len(), std::mem::size_of::<DropEvent>());
         // SAFETY: a ring record the size of a DropEvent, which is plain old data; read in
         // place (ring records are 8-byte aligned).
-        unsafe { &*b.as_ptr().cast::<DropEvent>() }
+        #[allow(clippy::cast_ptr_alignment, reason = "ring records are 8-byte aligned")]
+        unsafe {
+            &*b.as_ptr().cast::<DropEvent>()
+        }
     }
     let first = events.first().expect("the first drop is shown");
     assert_eq!(

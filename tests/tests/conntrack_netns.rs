@@ -9,9 +9,8 @@ use std::{collections::BTreeSet, time::Duration};
 use netfast_tests::{
     Background,
     clients::{curl, outside_web_server, wait_listening},
-    netfast_cli::netfast_bin,
-    require_root, run_ok,
-    topology::{OUTSIDE_ADDR, UPLINK},
+    in_netns, require_root, run_in,
+    topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web_on},
 };
 
@@ -85,7 +84,7 @@ fn count(w: &Web, filters: &[&str]) -> usize {
 }
 
 fn set(flows: &[&str]) -> BTreeSet<String> {
-    flows.iter().map(|s| s.to_string()).collect()
+    flows.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// Asserts that `filters` list exactly `want` (from `all`, the flows of the scenario), and
@@ -109,29 +108,14 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name().to_owned();
     let _web = outside_web_server(&outside);
-    let mut echo = Background::spawn(&["ip", "netns", "exec", &outside, "python3", "-c", UDP_ECHO]);
+    let mut echo = Background::spawn(&in_netns(&outside, &["python3", "-c", UDP_ECHO]));
     echo.wait_for_text("ready", Duration::from_secs(10));
-    let _tcp_echo = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _tcp_echo = Background::spawn(&in_netns(
         &outside,
-        "socat",
-        "TCP4-LISTEN:9100,fork,reuseaddr",
-        "EXEC:cat",
-    ]);
+        &["socat", "TCP4-LISTEN:9100,fork,reuseaddr", "EXEC:cat"],
+    ));
     wait_listening(&outside, "tcp", 9100, "socat");
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
@@ -140,7 +124,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     // a live connection; an outside client fetches c0's (172.18.0.2) published page; network
     // db's d0 (172.19.0.2) pings (on and on, so that the flow outlives the kernel's 30 s
     // ICMP timeout on nftables) and sends a datagram.
-    let in_ns = |ns: &str, cmd: &str| run_ok(&["ip", "netns", "exec", ns, "sh", "-c", cmd]);
+    let in_ns = |ns: &str, cmd: &str| run_in(ns, &["sh", "-c", cmd]);
     let udp = |ns: &str, port: u16| {
         let got = in_ns(
             ns,
@@ -151,20 +135,14 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     let page = format!("http://{OUTSIDE_ADDR}:8000/");
     assert_eq!(curl(&w.c1, &page, &[]), "200");
     udp(&w.c1, 9000);
-    let mut live = Background::spawn(&["ip", "netns", "exec", &w.c1, "python3", "-c", LIVE_CLIENT]);
+    let mut live = Background::spawn(&in_netns(&w.c1, &["python3", "-c", LIVE_CLIENT]));
     live.wait_for_text("echo 2", Duration::from_secs(10));
     assert_eq!(curl(&outside, UPLINK_URL, &[]), "200");
     udp(&d0, 9001);
-    let mut ping = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let mut ping = Background::spawn(&in_netns(
         &d0,
-        "ping",
-        "-i",
-        "0.5",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+        &["ping", "-i", "0.5", &OUTSIDE_ADDR.to_string()],
+    ));
     ping.wait_for_text("icmp_seq=1 ", Duration::from_secs(10));
 
     let web_page = "tcp 172.18.0.3>198.51.100.2:8000";
@@ -316,10 +294,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
 
     // watch with a filter: only UDP flows of network web. The events that must not show are
     // made first; once the matching one is shown, they would have been too.
-    let mut watch = Background::spawn(&[
-        netfast_bin().to_str().expect("path"),
-        "--netns",
-        w.topo.host.name(),
+    let mut watch = w.nf.spawn(&[
         "conntrack",
         "watch",
         "--json",
@@ -354,7 +329,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
 
 /// The kernel's conntrack table of namespace `ns`, every entry (netfast's or not).
 fn kernel_table(ns: &str) -> String {
-    run_ok(&["ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"])
+    run_in(ns, &["cat", "/proc/net/nf_conntrack"])
 }
 
 /// Issue #19: `container rm`, `network rm` and `down` end the flows they own, and only those:
@@ -365,47 +340,31 @@ fn flows_end_with_what_owns_them_and_only_those(backend: &str) {
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name().to_owned();
     let host = w.topo.host.name().to_owned();
-    let mut echo = Background::spawn(&["ip", "netns", "exec", &outside, "python3", "-c", UDP_ECHO]);
+    let mut echo = Background::spawn(&in_netns(&outside, &["python3", "-c", UDP_ECHO]));
     echo.wait_for_text("ready", Duration::from_secs(10));
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{host}d0");
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     let udp = |ns: &str, port: u16| {
-        let got = run_ok(&[
-            "ip",
-            "netns",
-            "exec",
+        let got = run_in(
             ns,
-            "sh",
-            "-c",
-            &format!("echo hi | socat -T 2 - UDP4:{OUTSIDE_ADDR}:{port}"),
-        ]);
+            &[
+                "sh",
+                "-c",
+                &format!("echo hi | socat -T 2 - UDP4:{OUTSIDE_ADDR}:{port}"),
+            ],
+        );
         assert_eq!(got.trim(), "hi", "udp echo from {ns} to port {port}");
     };
     udp(&w.c1, 9000);
     udp(&d0, 9001);
     assert_eq!(curl(&outside, UPLINK_URL, &[]), "200");
     // The host's own connection, idle: were its entry deleted, nothing would bring it back.
-    let _tcp_echo = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _tcp_echo = Background::spawn(&in_netns(
         &outside,
-        "socat",
-        "TCP4-LISTEN:9100,reuseaddr",
-        "EXEC:cat",
-    ]);
+        &["socat", "TCP4-LISTEN:9100,reuseaddr", "EXEC:cat"],
+    ));
     wait_listening(&outside, "tcp", 9100, "socat");
     let mut own = Background::spawn(&[
         "ip",

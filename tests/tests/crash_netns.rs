@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, fs, os::unix::process::ExitStatusExt, process::
 
 use netfast::{host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Netfast, Topology, netfast_cli::netfast_bin, require_root, run, topology::UPLINK,
+    Netfast, Topology,
+    netfast_cli::{netfast_bin, network_create},
+    require_root, run,
+    topology::UPLINK,
 };
 
 /// A host and what the sweep needs to know of it.
@@ -61,20 +64,18 @@ impl Lab {
 
     /// The argv of a command (after `netfast --netns HOST`).
     fn args(&self, cmd: Cmd) -> Vec<String> {
-        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let s = |v: &[&str]| {
+            v.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         let publication = format!("8080:{}:80", self.ct);
         match cmd {
-            Cmd::NetworkCreate => s(&[
-                "network",
-                "create",
+            Cmd::NetworkCreate => s(&network_create(
                 "web",
-                "--subnet",
                 "172.18.0.0/24",
-                "--uplink",
-                UPLINK,
-                "--backend",
-                self.backend,
-            ]),
+                &["--backend", self.backend],
+            )),
             Cmd::NetworkRm => s(&["network", "rm", "web"]),
             Cmd::ContainerCreate => s(&["container", "create", &self.ct, "--network", "web"]),
             Cmd::ContainerRm => s(&["container", "rm", &self.ct]),
@@ -102,17 +103,8 @@ impl Lab {
             // A network the file does not declare goes first; then everything is created.
             // (On nftables, which is quick to make: the sweep's time goes to the file's.)
             Apply => {
-                self.nf.ok(&[
-                    "network",
-                    "create",
-                    "old",
-                    "--subnet",
-                    "172.19.0.0/24",
-                    "--uplink",
-                    UPLINK,
-                    "--backend",
-                    "nftables",
-                ]);
+                self.nf
+                    .create_network("old", "172.19.0.0/24", &["--backend", "nftables"]);
                 &[]
             }
         };

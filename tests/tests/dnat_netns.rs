@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use netfast_tests::{
     Background, TestNetns,
-    clients::{curl, listening, outside_web_server, talker, talks_on, wait_listening},
+    clients::{
+        assert_saw_only_the_uplink, curl, listening, outside_web_server, talker, talks_on,
+        wait_listening,
+    },
     cmd::wait_until,
-    netfast_cli::netfast_bin,
-    require_root, run, run_ok,
+    in_netns, ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, web_on},
 };
@@ -45,15 +47,10 @@ fn udp_echo_through_a_published_range(backend: &str) {
     let _echo: Vec<Background> = [5000, 5001]
         .iter()
         .map(|p| {
-            Background::spawn(&[
-                "ip",
-                "netns",
-                "exec",
+            Background::spawn(&in_netns(
                 &w.c1,
-                "socat",
-                &format!("UDP4-RECVFROM:{p},fork"),
-                "EXEC:cat",
-            ])
+                &["socat", &format!("UDP4-RECVFROM:{p},fork"), "EXEC:cat"],
+            ))
         })
         .collect();
     assert!(
@@ -119,18 +116,17 @@ fn the_host_reaches_its_published_ports_and_other_namespaces_are_untouched(backe
     // Another namespace's 127.0.0.1:8080 is its own: the socket programs see every process of
     // the machine but act only in the host namespace they serve.
     let elsewhere = TestNetns::new("x");
-    let _own = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _own = Background::spawn(&in_netns(
         elsewhere.name(),
-        "python3",
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        "127.0.0.1",
-    ]);
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "127.0.0.1",
+        ],
+    ));
     assert!(
         wait_until(Duration::from_secs(10), || listening(
             elsewhere.name(),
@@ -218,71 +214,23 @@ fn direct_access_to_a_container_is_dropped(backend: &str) {
 fn two_networks_cannot_reach_each_others_containers(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        backend,
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", backend]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
-    let out = run(&[
-        "ip",
-        "netns",
-        "exec",
+    let out = run(&in_netns(
         &d0,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "172.18.0.2",
-    ]);
+        &["ping", "-c", "1", "-W", "1", "172.18.0.2"],
+    ));
     assert!(!out.status.success(), "db reached web");
-    let out = run(&[
-        "ip",
-        "netns",
-        "exec",
+    let out = run(&in_netns(
         &w.c1,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "172.19.0.2",
-    ]);
+        &["ping", "-c", "1", "-W", "1", "172.19.0.2"],
+    ));
     assert!(!out.status.success(), "web reached db");
     assert!(w.nf.drops("inter_network") >= 2);
     // Each still reaches the outside and its own gateway.
-    netfast_tests::run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &d0,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    netfast_tests::run_ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &d0,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "172.19.0.1",
-    ]);
+    ping(&d0, &OUTSIDE_ADDR.to_string());
+    ping(&d0, "172.19.0.1");
     w.nf.ok(&["container", "rm", &d0]);
 }
 
@@ -293,15 +241,10 @@ fn publishing_twice_is_refused_and_a_host_listener_is_named(backend: &str) {
     let err =
         w.nf.fails(&["publish", "web", &format!("8000-8100:{}", w.c1)]);
     assert!(err.contains("overlaps what is already published"), "{err}");
-    let _listener = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _listener = Background::spawn(&in_netns(
         w.topo.host.name(),
-        "socat",
-        "TCP-LISTEN:9000,reuseaddr",
-        "-",
-    ]);
+        &["socat", "TCP-LISTEN:9000,reuseaddr", "-"],
+    ));
     assert!(
         wait_until(Duration::from_secs(10), || listening(
             w.topo.host.name(),
@@ -329,33 +272,25 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     let w = web_on(backend, &[]);
     let outside = w.topo.outside.name();
     let server = outside_web_server(outside);
-    let mut watch = Background::spawn(&[
-        netfast_bin().to_str().expect("path"),
-        "--netns",
-        w.topo.host.name(),
-        "conntrack",
-        "watch",
-        "--json",
-    ]);
+    let mut watch = w.nf.spawn(&["conntrack", "watch", "--json"]);
     watch.wait_for_text("watching for events", Duration::from_secs(10));
     assert_eq!(
         curl(&w.c1, &format!("http://{OUTSIDE_ADDR}:8000/"), &[]),
         "200"
     );
-    let ping = run_ok(&[
-        "ip",
-        "netns",
-        "exec",
+    let ping = run_in(
         &w.c1,
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &OUTSIDE_ADDR.to_string(),
+        ],
+    );
     assert!(ping.contains("2 received"), "{ping}");
     let flows: serde_json::Value =
         serde_json::from_str(&w.nf.ok(&["conntrack", "list", "--json"])).expect("json");
@@ -373,16 +308,7 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         .unwrap_or_else(|| panic!("no icmp flow in {flows:?}"));
     assert_eq!(icmp["original"]["src"], "172.18.0.3");
     assert_eq!(icmp["reply"]["dst"], UPLINK_ADDR.to_string());
-    let log = server.stop();
-    let log = String::from_utf8_lossy(&log.stderr);
-    assert!(
-        log.contains(&format!("{UPLINK_ADDR} - -")),
-        "the server must see the uplink address:\n{log}"
-    );
-    assert!(
-        !log.contains("172.18.0."),
-        "a container address reached the outside:\n{log}"
-    );
+    assert_saw_only_the_uplink(server);
     // The events were printed as the flows went; wait for them rather than for a while.
     watch.wait_for(
         "show the container's NEW tcp flow and an update",
@@ -396,10 +322,9 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         },
     );
     watch.stop();
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], backend);
-    assert_eq!(ls[0]["drift"], serde_json::json!([]));
+    let ls = w.nf.networks();
+    assert_eq!(ls[0].backend, backend);
+    assert!(ls[0].drift.is_empty(), "{ls:?}");
 
     // The network's packets each way, in `stats`; a change of the rules keeps the counts.
     let web_stats = || {
@@ -513,23 +438,22 @@ fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {
         );
         // Its conntrack timeout policies are gone too: a rule naming one is refused.
         for (proto, policy) in [("tcp", "netfast-tcp"), ("udp", "netfast-udp")] {
-            let out = run(&[
-                "ip",
-                "netns",
-                "exec",
+            let out = run(&in_netns(
                 host.name(),
-                "iptables",
-                "-t",
-                "raw",
-                "-A",
-                "OUTPUT",
-                "-p",
-                proto,
-                "-j",
-                "CT",
-                "--timeout",
-                policy,
-            ]);
+                &[
+                    "iptables",
+                    "-t",
+                    "raw",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    proto,
+                    "-j",
+                    "CT",
+                    "--timeout",
+                    policy,
+                ],
+            ));
             assert!(
                 !out.status.success(),
                 "timeout policy {policy} outlived down"
@@ -542,39 +466,16 @@ fn down_leaves_no_rule_behind_and_nobody_elses_is_touched(backend: &str) {
 fn networks_on_different_backends_are_isolated_from_each_other() {
     require_root();
     let w = web_on("nftables", &[]);
-    w.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        "ebpf",
-    ]);
+    w.nf.create_network("db", "172.19.0.0/24", &["--backend", "ebpf"]);
     let d0 = format!("{}d0", w.topo.host.name());
     w.nf.ok(&["container", "create", &d0, "--network", "db"]);
     for (from, to) in [(d0.as_str(), "172.18.0.2"), (w.c1.as_str(), "172.19.0.2")] {
-        let out = run(&[
-            "ip", "netns", "exec", from, "ping", "-c", "1", "-W", "1", to,
-        ]);
+        let out = run(&in_netns(from, &["ping", "-c", "1", "-W", "1", to]));
         assert!(!out.status.success(), "{from} reached {to}");
     }
     assert!(w.nf.drops("inter_network") >= 2);
     for from in [d0.as_str(), w.c1.as_str()] {
-        netfast_tests::run_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            from,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &OUTSIDE_ADDR.to_string(),
-        ]);
+        ping(from, &OUTSIDE_ADDR.to_string());
     }
     w.nf.ok(&["container", "rm", &d0]);
 }
@@ -586,15 +487,14 @@ fn a_container_cannot_reach_the_hosts_loopback_services(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
     let host = w.topo.host.name();
-    let _secret = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _secret = Background::spawn(&in_netns(
         host,
-        "socat",
-        "TCP4-LISTEN:9999,bind=127.0.0.1,fork,reuseaddr",
-        "SYSTEM:echo secret",
-    ]);
+        &[
+            "socat",
+            "TCP4-LISTEN:9999,bind=127.0.0.1,fork,reuseaddr",
+            "SYSTEM:echo secret",
+        ],
+    ));
     wait_listening(host, "tcp", 9999, "socat");
     let fetch = "timeout 3 socat -T 2 - TCP4:127.0.0.1:9999 </dev/null || true";
     assert_eq!(
@@ -607,8 +507,8 @@ fn a_container_cannot_reach_the_hosts_loopback_services(backend: &str) {
         && ip rule add pref 0 to 127.0.0.1 lookup 100 \
         && ip rule del pref 0 lookup local && ip rule add pref 1 lookup local \
         && ip route add 127.0.0.1/32 via 172.18.0.1 dev eth0 src 172.18.0.3 table 100";
-    run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", setup]);
-    let got = run_ok(&["ip", "netns", "exec", &w.c1, "sh", "-c", fetch]);
+    run_in(&w.c1, &["sh", "-c", setup]);
+    let got = run_in(&w.c1, &["sh", "-c", fetch]);
     assert!(
         !got.contains("secret"),
         "a container reached the host's 127.0.0.1:9999"
@@ -647,15 +547,14 @@ fn flows_get_netfasts_timeouts_and_config_changes_them(backend: &str) {
     let outside = w.topo.outside.name();
     let _server = outside_web_server(outside);
     let udp = |port: u16| {
-        run_ok(&[
-            "ip",
-            "netns",
-            "exec",
+        run_in(
             &w.c1,
-            "sh",
-            "-c",
-            &format!("echo hello | socat -u - UDP4:{OUTSIDE_ADDR}:{port}"),
-        ]);
+            &[
+                "sh",
+                "-c",
+                &format!("echo hello | socat -u - UDP4:{OUTSIDE_ADDR}:{port}"),
+            ],
+        );
     };
     udp(9001);
     let left = expires_in(&w, "udp", Some(9001));
@@ -672,18 +571,7 @@ fn flows_get_netfasts_timeouts_and_config_changes_them(backend: &str) {
     );
     if backend != "nftables" {
         // nft has no ICMP timeout policy: there the kernel's 30 s stays.
-        run_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &w.c1,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &OUTSIDE_ADDR.to_string(),
-        ]);
+        ping(&w.c1, &OUTSIDE_ADDR.to_string());
         let left = expires_in(&w, "icmp", None);
         assert!((50..=60).contains(&left), "icmp, 60 s: {left}");
     }
@@ -831,15 +719,10 @@ fn a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending(backend
     require_root();
     let w = web_on(backend, &[]);
     let host = w.topo.host.name().to_owned();
-    let mut client = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let mut client = Background::spawn(&in_netns(
         w.topo.outside.name(),
-        "python3",
-        "-c",
-        UDP_CLIENT,
-    ]);
+        &["python3", "-c", UDP_CLIENT],
+    ));
     wait_sent(&mut client, 3);
     for round in 0..5u8 {
         let name = format!("{host}u{round}");
@@ -853,8 +736,7 @@ fn a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending(backend
             "--ip",
             &ip,
         ]);
-        let mut server =
-            Background::spawn(&["ip", "netns", "exec", &name, "python3", "-c", UDP_SERVER]);
+        let mut server = Background::spawn(&in_netns(&name, &["python3", "-c", UDP_SERVER]));
         wait_listening(&name, "udp", 5353, "the udp server");
         w.nf.ok(&["publish", "web", &format!("5353:{name}:5353/udp")]);
         server.wait_for(
@@ -917,26 +799,20 @@ fn a_new_connection_from_the_same_client_port_reaches_the_replaced_container(bac
             "--ip",
             &ip,
         ]);
-        let _server = Background::spawn(&[
-            "ip",
-            "netns",
-            "exec",
+        let _server = Background::spawn(&in_netns(
             &name,
-            "socat",
-            "TCP4-LISTEN:7000,fork,reuseaddr",
-            &format!("SYSTEM:echo {name}; cat"),
-        ]);
+            &[
+                "socat",
+                "TCP4-LISTEN:7000,fork,reuseaddr",
+                &format!("SYSTEM:echo {name}; cat"),
+            ],
+        ));
         wait_listening(&name, "tcp", 7000, "socat");
         w.nf.ok(&["publish", "web", &format!("7000:{name}:7000")]);
-        let mut client = Background::spawn(&[
-            "ip",
-            "netns",
-            "exec",
+        let mut client = Background::spawn(&in_netns(
             w.topo.outside.name(),
-            "python3",
-            "-c",
-            TCP_CLIENT,
-        ]);
+            &["python3", "-c", TCP_CLIENT],
+        ));
         client.wait_for(
             &format!("reach {name} at {ip} (round {round})"),
             Duration::from_secs(10),
@@ -971,15 +847,10 @@ fn unpublishing_ends_only_that_publications_flows(backend: &str) {
         .exec_ok(&["ip", "addr", "add", "198.51.100.10/24", "dev", UPLINK]);
     let mut echo = Vec::new();
     for c in [&w.c0, &w.c1] {
-        echo.push(Background::spawn(&[
-            "ip",
-            "netns",
-            "exec",
+        echo.push(Background::spawn(&in_netns(
             c,
-            "socat",
-            "TCP4-LISTEN:9000,fork,reuseaddr",
-            "EXEC:cat",
-        ]));
+            &["socat", "TCP4-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
+        )));
         wait_listening(c, "tcp", 9000, "socat");
     }
     let first = format!("{UPLINK_ADDR}:9000:{}:9000", w.c0);

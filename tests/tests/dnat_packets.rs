@@ -6,15 +6,14 @@ use std::net::Ipv4Addr;
 use netfast::{
     common::{
         DropReason, Hook,
-        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+        config::{DpConfig, NET_F_MASQUERADE},
         conntrack::{PROTO_TCP, PROTO_UDP},
-        publish::{PubKey, PubTarget},
         verdict,
     },
     maps,
     netns::NetnsGuard,
     prog_test::{
-        ProgTest, Run,
+        ProgTest,
         fixture::assert_run,
         packet::{
             self, Endpoint, FROM_CONTAINER, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode,
@@ -22,73 +21,35 @@ use netfast::{
         },
     },
 };
-use netfast_tests::{TestNetns, require_root};
+use netfast_tests::{
+    TestNetns,
+    packets::{DEV, EXT, ROUTER, ext, load, masquerade, publish, run, set_network},
+    require_root,
+};
 
-const TEST_IFINDEX: u32 = 1;
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 80);
 const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 44444);
 const OTHER_NET: Endpoint = (Ipv4Addr::new(172, 19, 0, 2), 80);
 const CLIENT: Endpoint = (Ipv4Addr::new(203, 0, 113, 50), 55555);
 const ALLOWED: Endpoint = (Ipv4Addr::new(192, 0, 2, 9), 40001);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 
-const fn ext(port: u16) -> Endpoint {
-    (EXT, port)
-}
-
+/// Network `id` on `subnet` behind EXT, its uplink the test device.
 fn network(t: &mut ProgTest, subnet: &str, id: u16, flags: u16, bridge: u32) {
     let net: ipnet::Ipv4Net = subnet.parse().expect("subnet");
-    let info = NetInfo {
-        id,
-        flags,
-        uplink_ifindex: TEST_IFINDEX,
-        bridge_ifindex: bridge,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), net.network(), net.prefix_len(), &info).expect("network");
-}
-
-fn publish(
-    t: &mut ProgTest,
-    addr: Option<Ipv4Addr>,
-    port: u16,
-    proto: u8,
-    to: Endpoint,
-    rule: u32,
-) {
-    let key = PubKey {
-        addr: addr.map_or(0, maps::raw_addr),
-        port: port.to_be(),
-        proto,
-        _pad: 0,
-    };
-    let target = PubTarget {
-        addr: maps::raw_addr(to.0),
-        port: to.1.to_be(),
-        net_id: 1,
-        rule,
-    };
-    maps::publish(t.ebpf_mut(), &key, &target).expect("publish");
+    set_network(t, (net.network(), net.prefix_len()), id, flags, DEV, bridge);
 }
 
 /// Network 172.18.0.0/24 masqueraded behind EXT; 8080/tcp on every host address → C1:80;
 /// 5000-5001/udp on EXT → C2's 5000-5001.
 fn loaded() -> ProgTest {
-    let mut t = ProgTest::load_with(&DpConfig::default())
-        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
+    let mut t = load(&DpConfig::default());
     // Its bridge is the test device: the bridge's program runs there in these tests.
-    network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, TEST_IFINDEX);
+    masquerade(&mut t, DEV, DEV);
     maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addrs");
     publish(&mut t, None, 8080, PROTO_TCP, C1, 0);
     publish(&mut t, Some(EXT), 5000, PROTO_UDP, (C2.0, 5000), 0);
     publish(&mut t, Some(EXT), 5001, PROTO_UDP, (C2.0, 5001), 0);
     t
-}
-
-fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
-    t.run(hook, frame)
-        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
 }
 
 fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {

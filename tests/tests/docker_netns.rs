@@ -273,14 +273,7 @@ fn docker_runs_published_containers_on_netfast_networks() {
     assert!(!links.contains(&bridge), "{links}");
 
     // Without -o uplink, the interface of the default route.
-    lab.topo.host.exec_ok(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    lab.topo.route_default_via_outside();
     lab.docker.ok(&[
         "network",
         "create",

@@ -31,15 +31,7 @@ fn host_with_web() -> Host {
     let topo = Topology::builder().without_bridge().build();
     let nf = Netfast::new(&topo.host);
     nf.ok(&["config", "--ct-max", "4096"]);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        UPLINK,
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let ct = format!("{}c0", topo.host.name());
     nf.ok(&["container", "create", &ct, "--network", "web"]);
     nf.ok(&["publish", "web", &format!("8080:{ct}:80")]);
@@ -679,17 +671,7 @@ fn route_localnet_is_named_where_nothing_guards_it() {
     let h = host_with_web();
     let ns = &h.topo.host;
     let etc = TempEtc::new(ns);
-    h.nf.ok(&[
-        "network",
-        "create",
-        "db",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        UPLINK,
-        "--backend",
-        "nftables",
-    ]);
+    h.nf.create_network("db", "172.19.0.0/24", &["--backend", "nftables"]);
     let (checks, _) = doctor(ns, &[], &etc);
     let c = one(&checks, "forwarding", "route_localnet");
     assert_eq!(c["status"], "pass", "{c}");

@@ -29,21 +29,7 @@ fn outside_server(w: &Web) -> Background {
 }
 
 fn ping(ns: &str) -> String {
-    let out = netfast_tests::run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netfast_tests::pings(ns, &OUTSIDE_ADDR.to_string())
 }
 
 #[test]

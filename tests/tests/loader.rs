@@ -6,8 +6,8 @@ use std::{fs, process::Command, thread};
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Netfast, Topology,
-    netfast_cli::netfast_bin,
+    Netfast, Topology, in_netns,
+    netfast_cli::{ContainerRow, netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
@@ -103,15 +103,7 @@ fn in_ct(name: &str, argv: &[&str]) -> String {
 fn containers_reach_each_other_the_host_and_the_outside() {
     require_root();
     let (topo, nf) = host();
-    let out = nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let out = nf.create_network("web", "172.18.0.0/24", &[]);
     assert!(
         out.contains("created bridge nf-web with 172.18.0.1/24"),
         "{out}"
@@ -152,30 +144,16 @@ fn containers_reach_each_other_the_host_and_the_outside() {
     let ls = topo
         .host
         .exec_ok(&[bin.to_str().expect("path"), "container", "ls", "--json"]);
-    let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
-    assert_eq!(ls.as_array().expect("array").len(), 2);
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"].as_array().expect("drift").is_empty()),
-        "{ls}"
-    );
+    let ls: Vec<ContainerRow> = serde_json::from_str(&ls).expect("json");
+    assert_eq!(ls.len(), 2);
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 #[test]
 fn the_veth_gets_the_bridge_mtu() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "jumbo",
-        "--subnet",
-        "10.77.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("jumbo", "10.77.0.0/24", &[]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "jumbo"]);
     nf.ok(&["container", "rm", &a]);
@@ -249,15 +227,7 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     for i in 0..2 {
         nf.ok(&["container", "create", &ct(&topo, i), "--network", "web"]);
     }
@@ -338,16 +308,8 @@ fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
         "{out}"
     );
     assert!(hairpin());
-    let _server = netfast_tests::Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &hand,
-        "python3",
-        "-m",
-        "http.server",
-        "80",
-    ]);
+    let _server =
+        netfast_tests::Background::spawn(&in_netns(&hand, &["python3", "-m", "http.server", "80"]));
     netfast_tests::clients::wait_listening(&hand, "tcp", 80, "http.server");
     nf.ok(&["publish", "legacy", "8080:172.18.0.2:80"]);
     assert_eq!(
@@ -406,121 +368,35 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let used = ct(&topo, 0);
     nf.ok(&["container", "create", &used, "--network", "web"]);
     let before = snapshot(&topo);
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (network_create("x", "172.20.0.0", &[]), "not an IPv4 CIDR"),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0",
-                "--uplink",
-                "up0",
-            ],
-            "not an IPv4 CIDR",
-        ),
-        (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.1/24",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.1/24", &[]),
             "has host bits set",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "10.0.0.1",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "10.0.0.1"]),
             "outside subnet",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "172.20.0.0",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "172.20.0.0"]),
             "network address",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--gateway",
-                "172.20.0.255",
-                "--uplink",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--gateway", "172.20.0.255"]),
             "broadcast address",
         ),
+        (network_create("x", "172.16.0.0/12", &[]), "overlaps"),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.16.0.0/12",
-                "--uplink",
-                "up0",
-            ],
-            "overlaps",
-        ),
-        (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "sixteen-bytes-xx",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "sixteen-bytes-xx"]),
             "1 to 15",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "web",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-            ],
+            network_create("web", "172.20.0.0/24", &[]),
             "already exists",
         ),
         (
@@ -536,31 +412,11 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
             "does not exist",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "up0",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "up0"]),
             "must differ",
         ),
         (
-            vec![
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "172.20.0.0/24",
-                "--uplink",
-                "up0",
-                "--bridge",
-                "lo",
-            ],
+            network_create("x", "172.20.0.0/24", &["--bridge", "lo"]),
             "already exists; pass --adopt",
         ),
         (vec!["network", "rm", "web"], "still has containers"),
@@ -704,15 +560,7 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         .expect("pin a dataplane");
     }
     let before = snapshot(&topo);
-    let err = nf.fails(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let err = nf.fails(&network_create("web", "172.18.0.0/24", &[]));
     assert!(err.contains("cannot be resized"), "{err}");
     assert_eq!(
         snapshot(&topo),
@@ -795,9 +643,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         )) && !err.contains("as it was before"),
         "{err}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    let ls = nf.containers();
+    assert!(ls.is_empty(), "{ls:?}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
     {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
@@ -855,15 +702,7 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
 fn concurrent_commands_do_not_corrupt_the_state() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let bin = netfast_bin();
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -892,47 +731,26 @@ fn concurrent_commands_do_not_corrupt_the_state() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let mut ips: Vec<String> = ls
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|c| c["ip"].as_str().expect("ip").to_owned())
-        .collect();
+    let ls = nf.containers();
+    let mut ips: Vec<_> = ls.iter().map(|c| c.ip).collect();
     ips.sort();
     ips.dedup();
     assert_eq!(
         ips.len(),
         8,
-        "eight containers, eight distinct addresses: {ls}"
+        "eight containers, eight distinct addresses: {ls:?}"
     );
-    assert!(
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .all(|c| c["drift"].as_array().expect("drift").is_empty())
-    );
+    assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
 #[test]
 fn ls_reports_drift_when_something_is_deleted_by_hand() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "web"]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let veth = ls[0]["veth"].as_str().expect("veth").to_owned();
+    let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&["ip", "link", "del", &veth]);
     let text = nf.ok(&["container", "ls"]);
     assert!(text.contains(&format!("veth {veth} is missing")), "{text}");
@@ -952,16 +770,7 @@ fn a_network_without_masquerade_is_routed_untranslated() {
     require_root();
     let topo = Topology::builder().without_bridge().route_back().build();
     let nf = Netfast::new(&topo.host);
-    nf.ok(&[
-        "network",
-        "create",
-        "plain",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-        "--no-masquerade",
-    ]);
+    nf.create_network("plain", "172.18.0.0/24", &["--no-masquerade"]);
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "plain"]);
     // The outside routes 172.18.0.0/24 back via the host: it sees the container itself.
@@ -1047,9 +856,7 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
         first.contains("+ network web 172.18.0.0/24 uplink up0 backend nftables"),
         "{first}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "nftables");
+    assert_eq!(nf.networks()[0].backend, "nftables");
     let table = || {
         topo.host
             .exec_ok(&["nft", "list", "table", "ip", "netfast"])
@@ -1064,9 +871,7 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
     // Another backend in the file: the network moves, its rules with it.
     fs::write(&file, text("iptables")).expect("write apply file");
     nf.ok(&["apply", "-f", &file]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "iptables");
+    assert_eq!(nf.networks()[0].backend, "iptables");
     assert!(
         !topo
             .host
@@ -1114,17 +919,7 @@ fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
     let before = snapshot(&topo);
     // The host namespace without nft on its PATH: the nftables backend cannot work there.
     let out = nf.run_env(
-        &[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            "up0",
-            "--backend",
-            "nftables",
-        ],
+        &network_create("web", "172.18.0.0/24", &["--backend", "nftables"]),
         &[("PATH", "/nonexistent")],
     );
     assert!(!out.status.success());
@@ -1196,15 +991,7 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
             );
             text
         };
-        let out = run(&[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            "up0",
-        ]);
+        let out = run(&network_create("web", "172.18.0.0/24", &[]));
         let serves = match backend {
             "nftables" => "nftables table `ip netfast` serves it",
             _ => "iptables chains NETFAST-… serve it",
@@ -1283,17 +1070,7 @@ fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
 fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-        "--backend",
-        "nftables",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &["--backend", "nftables"]);
     let before = snapshot(&topo);
     let rules = || {
         topo.host
@@ -1408,20 +1185,10 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
 fn input_that_takes_the_hosts_traffic_is_refused() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let c0 = ct(&topo, 0);
     nf.ok(&["container", "create", &c0, "--network", "web"]);
-    let veth: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    let veth = veth[0]["veth"].as_str().expect("veth").to_owned();
+    let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&[
         "ip",
         "route",
@@ -1532,15 +1299,7 @@ fn state_files_are_private_never_followed_and_read_only_commands_create_nothing(
             args.join(" ")
         );
     }
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let dir = host_of(topo.host.name()).state_dir();
     assert_eq!(mode(std::path::Path::new("/run/netfast")), 0o700);
     assert_eq!(mode(&dir), 0o700);
@@ -1596,15 +1355,7 @@ fn flock_waiters(path: &std::path::Path) -> usize {
 fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
@@ -1645,15 +1396,7 @@ fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
 fn concurrent_config_changes_both_count() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     // Hold the lock shared: a command that reads under a shared lock gets past it and waits
@@ -1704,15 +1447,7 @@ fn concurrent_config_changes_both_count() {
 fn a_host_is_known_by_its_namespace_not_by_its_name() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let names = |ns: &str| -> Vec<String> {
         let ls = netfast_tests::run_ok(&[
             netfast_bin().to_str().expect("path"),
@@ -1773,17 +1508,7 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
 fn network_rm_removes_its_publications_by_address() {
     require_root();
     let (topo, nf) = host();
-    let create = |name: &str| {
-        nf.ok(&[
-            "network",
-            "create",
-            name,
-            "--subnet",
-            "172.30.2.0/24",
-            "--uplink",
-            "up0",
-        ])
-    };
+    let create = |name: &str| nf.create_network(name, "172.30.2.0/24", &[]);
     create("web");
     nf.ok(&["publish", "web", "8090:172.30.2.50:80"]);
     let out = nf.ok(&["network", "rm", "web"]);
@@ -1815,15 +1540,7 @@ fn network_rm_removes_its_publications_by_address() {
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     require_root();
     let (topo, nf) = host();
-    nf.ok(&[
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    nf.create_network("web", "172.18.0.0/24", &[]);
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
     let publish = [
@@ -1954,9 +1671,7 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
             && out.contains("it takes nftables"),
         "{out}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["network", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["backend"], "nftables");
+    assert_eq!(nf.networks()[0].backend, "nftables");
 }
 
 /// `netfast --netns HOST ARGS…` under strace, killed at the `n`th `syscall`: whether it was.
@@ -2031,14 +1746,14 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
         "not killed"
     );
     assert!(fs::metadata(format!("/run/netns/{a}")).is_ok());
-    let ls: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["container", "ls", "--json"])).expect("json");
-    assert_eq!(ls[0]["name"], a.as_str(), "{ls}");
+    let ls = nf.containers();
+    assert_eq!(ls[0].name, a, "{ls:?}");
     assert!(
-        ls[0]["drift"][0]
-            .as_str()
+        ls[0]
+            .drift
+            .first()
             .is_some_and(|d| d.contains("not in the state")),
-        "{ls}"
+        "{ls:?}"
     );
     let out = nf.ok(&["container", "create", &b, "--network", "web"]);
     assert!(out.contains("at 172.18.0.2/24"), "{out}");

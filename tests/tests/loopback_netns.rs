@@ -7,7 +7,7 @@ use std::time::Duration;
 use netfast_tests::{
     Background,
     clients::wait_listening,
-    require_root,
+    in_netns, require_root,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::web_on,
 };
@@ -44,15 +44,10 @@ fn a_port_published_on_loopback_is_unreachable_from_the_network(backend: &str) {
         String::from_utf8_lossy(&probe.stderr)
     );
     let w = web_on(backend, &[]);
-    let _db = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _db = Background::spawn(&in_netns(
         &w.c1,
-        "socat",
-        "TCP4-LISTEN:5432,fork,reuseaddr",
-        "SYSTEM:echo db",
-    ]);
+        &["socat", "TCP4-LISTEN:5432,fork,reuseaddr", "SYSTEM:echo db"],
+    ));
     wait_listening(&w.c1, "tcp", 5432, "socat");
     w.nf.ok(&["publish", "web", &format!("127.0.0.1:5432:{}:5432", w.c1)]);
     w.nf.ok(&[

@@ -11,8 +11,9 @@ use std::time::Duration;
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Background, Netfast, Topology,
-    clients::{listening, outside_web_server},
+    clients::{assert_saw_only_the_uplink, listening, outside_web_server},
     cmd::wait_until,
+    in_netns,
     netfast_cli::netfast_bin,
     require_root, run_ok,
     topology::{BRIDGE, FAR_ADDR, OUTSIDE_ADDR, SUBNET, UPLINK, UPLINK_ADDR},
@@ -79,16 +80,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
         &url,
     ]);
     assert_eq!(code, "200");
-    let ping = topo.containers[1].exec_ok(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+    let ping = netfast_tests::pings(topo.containers[1].name(), &OUTSIDE_ADDR.to_string());
     assert!(ping.contains("3 received"), "{ping}");
 
     let flows = _dp.ok(&["conntrack", "list", "--json"]);
@@ -125,16 +117,7 @@ fn curl_and_ping_leave_with_the_uplink_address_and_are_tracked() {
         "{net}"
     );
 
-    let log = server.stop();
-    let log = String::from_utf8_lossy(&log.stderr);
-    assert!(
-        log.contains(&format!("{UPLINK_ADDR} - -")),
-        "the server must see the uplink address:\n{log}"
-    );
-    assert!(
-        !log.contains("172.18.0."),
-        "a container address reached the outside:\n{log}"
-    );
+    assert_saw_only_the_uplink(server);
 
     // The events were printed as the flow went; wait for them rather than for a while.
     watch.wait_for(
@@ -190,17 +173,10 @@ fn iperf3_tcp_and_udp_through_masquerade() {
     let _dp = masquerade(&topo, SMALL);
     let outside = OUTSIDE_ADDR.to_string();
     for (what, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "200M"])] {
-        let _server = Background::spawn(&[
-            "ip",
-            "netns",
-            "exec",
+        let _server = Background::spawn(&in_netns(
             topo.outside.name(),
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            &outside,
-        ]);
+            &["iperf3", "-s", "-1", "-B", &outside],
+        ));
         assert!(
             wait_until(Duration::from_secs(10), || listening(
                 topo.outside.name(),
@@ -326,16 +302,10 @@ fn traceroute_and_path_mtu(topo: &Topology) {
     // The far link's MTU is 1400: a bulk upload only completes if "fragmentation needed"
     // comes back through the NAT to the container.
     let f = topo.far.as_ref().expect("far server");
-    let _sink = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _sink = Background::spawn(&in_netns(
         f.name(),
-        "socat",
-        "-u",
-        "TCP-LISTEN:9000,reuseaddr",
-        "OPEN:/dev/null",
-    ]);
+        &["socat", "-u", "TCP-LISTEN:9000,reuseaddr", "OPEN:/dev/null"],
+    ));
     assert!(
         wait_until(Duration::from_secs(10), || listening(f.name(), "tcp", 9000)),
         "sink did not start"
@@ -375,15 +345,7 @@ fn the_pinned_dataplane_is_reused_and_checked() {
     let nf = masquerade(&topo, SMALL);
     // A second network on the same uplink reuses the pinned dataplane: every program is
     // attached once, wherever it is needed.
-    nf.ok(&[
-        "network",
-        "create",
-        "other",
-        "--subnet",
-        "10.99.0.0/24",
-        "--uplink",
-        UPLINK,
-    ]);
+    nf.create_network("other", "10.99.0.0/24", &[]);
     {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
         for (dev, hook) in [
@@ -444,15 +406,7 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     let _server = outside_web_server(topo.outside.name());
     // The host's own connection from uplink:40000 to the server, held open.
     let connect = format!("sleep 30 | socat - TCP:{OUTSIDE_ADDR}:8000,sourceport=40000");
-    let _host_conn = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        topo.host.name(),
-        "sh",
-        "-c",
-        &connect,
-    ]);
+    let _host_conn = Background::spawn(&in_netns(topo.host.name(), &["sh", "-c", &connect]));
     assert!(
         wait_until(Duration::from_secs(5), || topo
             .host
@@ -492,16 +446,10 @@ fn masquerade_never_takes_a_port_the_host_uses_to_the_same_server() {
     );
 
     // UDP: a host socket bound to the port keeps it from masquerade as well.
-    let _host_udp = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _host_udp = Background::spawn(&in_netns(
         topo.host.name(),
-        "socat",
-        "-u",
-        "UDP4-RECV:40001",
-        "OPEN:/dev/null",
-    ]);
+        &["socat", "-u", "UDP4-RECV:40001", "OPEN:/dev/null"],
+    ));
     assert!(
         wait_until(Duration::from_secs(5), || listening(
             topo.host.name(),
@@ -561,24 +509,23 @@ fn turnutils_natdiscovery_sees_an_rfc_4787_nat_that_hairpins() {
     let outside = topo.outside.name();
     topo.outside
         .exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "eth0"]);
-    let _stun = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    let _stun = Background::spawn(&in_netns(
         outside,
-        "turnserver",
-        "--stun-only",
-        "-L",
-        "198.51.100.2",
-        "-L",
-        "198.51.100.3",
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--log-file",
-        "stdout",
-        "-n",
-    ]);
+        &[
+            "turnserver",
+            "--stun-only",
+            "-L",
+            "198.51.100.2",
+            "-L",
+            "198.51.100.3",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--log-file",
+            "stdout",
+            "-n",
+        ],
+    ));
     netfast_tests::clients::wait_listening(outside, "udp", 3478, "turnserver");
     let discover = |test: &str| {
         run_ok(&[

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use netfast::{
     common::{
         DropReason, Hook,
-        config::{DpConfig, FILTERING_ENDPOINT_INDEPENDENT, NET_F_MASQUERADE, NetInfo},
+        config::{DpConfig, FILTERING_ENDPOINT_INDEPENDENT},
         conntrack::{CtEntry, CtKey, PROTO_TCP},
         verdict,
     },
@@ -21,39 +21,21 @@ use netfast::{
         },
     },
 };
-use netfast_tests::require_root;
+use netfast_tests::{
+    packets::{self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ext, load, run},
+    require_root,
+};
 
 /// BPF_PROG_TEST_RUN runs the skb on the loopback device of the caller's namespace.
-const TEST_IFINDEX: u32 = 1;
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
-const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
-const C3: Endpoint = (Ipv4Addr::new(172, 18, 0, 4), 40000);
 const C4: Endpoint = (Ipv4Addr::new(172, 18, 0, 5), 40000);
-const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 80);
 const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 443);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 const HOST: Endpoint = (EXT, 50000);
 
-const fn ext(port: u16) -> Endpoint {
-    (EXT, port)
-}
-
-/// 172.18.0.0/24 masqueraded behind EXT, its uplink the test device.
+/// 172.18.0.0/24 masqueraded behind EXT, its uplink the test device (for the fixture's
+/// cases, which return their errors).
 fn masquerade(t: &mut ProgTest) -> Result<(), String> {
-    network(t, TEST_IFINDEX)
-}
-
-fn network(t: &mut ProgTest, uplink_ifindex: u32) -> Result<(), String> {
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex,
-        bridge_ifindex: 0,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info)
-        .map_err(|e| e.to_string())
+    packets::masquerade(t, DEV, 0);
+    Ok(())
 }
 
 fn configure(t: &mut ProgTest, cfg: DpConfig) -> Result<(), String> {
@@ -332,15 +314,9 @@ fn udp_and_icmp_echo_round_trips() {
 }
 
 fn loaded(cfg: DpConfig) -> ProgTest {
-    let mut t = ProgTest::load_with(&cfg)
-        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    masquerade(&mut t).expect("network");
+    let mut t = load(&cfg);
+    packets::masquerade(&mut t, DEV, 0);
     t
-}
-
-fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
-    t.run(hook, frame)
-        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
 }
 
 #[test]
@@ -456,7 +432,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
         assert_eq!(r.verdict, verdict::NEXT);
         ports.push(source_port_of(&r));
     }
-    ports.sort();
+    ports.sort_unstable();
     assert_eq!(
         ports,
         vec![40000, 61000, 61001],
@@ -557,7 +533,10 @@ fn traffic_that_is_not_masqueraded_is_left_alone() {
             "a container leaving through another interface",
             tcp_out(C1, SERVER, TcpFlags::SYN),
         )
-        .setup(|t| network(t, 4242))
+        .setup(|t| {
+            packets::masquerade(t, 4242, 0);
+            Ok(())
+        })
         .check(live_flows(0)),
         inbound(
             "an inbound packet for no flow",

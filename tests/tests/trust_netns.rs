@@ -13,7 +13,7 @@ use netfast::netns::NetnsGuard;
 use netfast_tests::{
     Background,
     clients::{echo_server, talker, talks_on},
-    require_root,
+    in_netns, require_root,
     topology::{OUTSIDE_ADDR, UPLINK_ADDR},
     web::web_on,
 };
@@ -145,23 +145,22 @@ fn a_syn_flood_from_forged_sources_leaves_an_established_connection_alone() {
     let outside = w.topo.outside.name();
     let up = UPLINK_ADDR.to_string();
     let mut talker = talker(outside, &up, 9000);
-    let flood = netfast_tests::run(&[
-        "ip",
-        "netns",
-        "exec",
+    let flood = netfast_tests::run(&in_netns(
         outside,
-        "hping3",
-        "-q",
-        "-S",
-        "-p",
-        "9000",
-        "--rand-source",
-        "-c",
-        "20000",
-        "-i",
-        "u20",
-        &up,
-    ]);
+        &[
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            "9000",
+            "--rand-source",
+            "-c",
+            "20000",
+            "-i",
+            "u20",
+            &up,
+        ],
+    ));
     assert!(
         String::from_utf8_lossy(&flood.stderr).contains("20000 packets transmitted"),
         "hping3 did not send its flood: {}",

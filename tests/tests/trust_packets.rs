@@ -13,7 +13,6 @@ use netfast::{
         DropReason, Hook,
         config::{DpConfig, Endpoint as EndpointInfo, NET_F_MASQUERADE, NetInfo},
         conntrack::{CtKey, PROTO_TCP, PROTO_UDP},
-        publish::{PubKey, PubTarget},
         stats::Event,
         verdict,
     },
@@ -24,65 +23,25 @@ use netfast::{
         packet::{self, Endpoint, FROM_CONTAINER, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode},
     },
 };
-use netfast_tests::require_root;
+use netfast_tests::{
+    packets::{C1, C2, DEV, EXT, SERVER, dropped, event, ext, load, masquerade, publish, run_on},
+    require_root,
+};
 
-/// The programs run on the loopback device of the test's namespace (ifindex 1), which
-/// stands for both the bridge and the uplink here.
-const DEV: u32 = 1;
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
-const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
 const WEB: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 80);
-const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 80);
 const CLIENT: Endpoint = (Ipv4Addr::new(192, 0, 2, 50), 55555);
-
-const fn ext(port: u16) -> Endpoint {
-    (EXT, port)
-}
 
 /// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device.
 fn loaded(cfg: DpConfig) -> ProgTest {
-    let mut t = ProgTest::load_with(&cfg)
-        .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: DEV,
-        bridge_ifindex: DEV,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    let mut t = load(&cfg);
+    masquerade(&mut t, DEV, DEV);
     maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
     t
 }
 
-fn publish(t: &mut ProgTest, addr: Option<Ipv4Addr>, port: u16, proto: u8, to: Endpoint) {
-    let key = PubKey {
-        addr: addr.map_or(0, maps::raw_addr),
-        port: port.to_be(),
-        proto,
-        _pad: 0,
-    };
-    let target = PubTarget {
-        addr: maps::raw_addr(to.0),
-        port: to.1.to_be(),
-        net_id: 1,
-        rule: 0,
-    };
-    maps::publish(t.ebpf_mut(), &key, &target).expect("publish");
-}
-
+/// Runs `hook` on `frame` on the test device.
 fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
-    t.run_on(hook, frame, DEV)
-        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
-}
-
-fn dropped(t: &ProgTest, reason: DropReason) -> u64 {
-    t.stats().expect("stats").dropped(reason).packets
-}
-
-fn event(t: &ProgTest, e: Event) -> u64 {
-    t.stats().expect("stats").event(e).packets
+    run_on(t, hook, frame, DEV)
 }
 
 fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) -> Vec<u8> {
@@ -119,6 +78,7 @@ fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
         5432,
         PROTO_TCP,
         (WEB.0, 5432),
+        0,
     );
     // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
     let syn = tcp_in(CLIENT, (Ipv4Addr::LOCALHOST, 5432), TcpFlags::SYN, 1, 0);
@@ -359,8 +319,8 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
 fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    publish(&mut t, None, 8080, PROTO_TCP, WEB);
-    publish(&mut t, None, 8081, PROTO_TCP, WEB);
+    publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
+    publish(&mut t, None, 8081, PROTO_TCP, WEB, 0);
     let r = run(
         &mut t,
         Hook::UplinkIngress,
@@ -452,7 +412,7 @@ fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() 
     assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
     assert_eq!(dropped(&t, DropReason::CtInsertFailed), 0);
     // A published flow's client side, restored by a segment that is not a SYN.
-    publish(&mut t, None, 8080, PROTO_TCP, WEB);
+    publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
     run(
         &mut t,
         Hook::UplinkIngress,
@@ -624,7 +584,7 @@ fn a_flood_of_unanswered_syns_cannot_push_out_an_established_flow() {
     };
     maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
     maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
-    publish(&mut t, None, 8080, PROTO_TCP, WEB);
+    publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
     // A client's connection to the published port completes its handshake.
     run(
         &mut t,

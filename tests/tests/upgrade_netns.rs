@@ -15,7 +15,7 @@ use netfast::{host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Background, Netfast,
     clients::{curl, echo_server, outside_web_server, talker, talks_on},
-    netfast_cli::next_layout_netfast_bin,
+    netfast_cli::{network_create, next_layout_netfast_bin},
     require_root,
     topology::{OUTSIDE_ADDR, UPLINK_ADDR},
     web::{UPLINK_URL, Web, web},
@@ -176,15 +176,7 @@ fn upgrade_replaces_the_programs_in_place_and_connections_talk_on() {
             && err.contains("netfast upgrade"),
         "a read-only command must work and warn that another build runs, naming the upgrade:\n{err}"
     );
-    let err = l.w.nf.fails(&[
-        "network",
-        "create",
-        "web2",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let err = l.w.nf.fails(&network_create("web2", "172.19.0.0/24", &[]));
     assert!(
         err.contains("netfast upgrade") && err.contains("attaches none of its own"),
         "attaching this build's programs beside another build's must be refused:\n{err}"
@@ -225,15 +217,7 @@ fn upgrade_replaces_the_programs_in_place_and_connections_talk_on() {
     let out = l.w.nf.run(&["conntrack", "list"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("warning"), "{err}");
-    l.w.nf.ok(&[
-        "network",
-        "create",
-        "web2",
-        "--subnet",
-        "172.19.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    l.w.nf.create_network("web2", "172.19.0.0/24", &[]);
     let again = l.w.nf.ok(&["upgrade"]);
     assert!(
         again.contains("already runs this netfast's programs"),

@@ -68,7 +68,7 @@ impl AgentLock {
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &l) };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
-            if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+            if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
                 let pid = holder(&file).filter(|p| *p != 0);
                 return Err(Error::Settings(format!(
                     "an agent already serves {}{}: one agent per host namespace; stop it first \

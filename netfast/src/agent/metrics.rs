@@ -86,7 +86,10 @@ impl Family {
 struct Families(Vec<Family>);
 
 impl Collector for Families {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut encoder: DescriptorEncoder<'_>,
+    ) -> std::result::Result<(), std::fmt::Error> {
         for f in &self.0 {
             let mut metric = encoder.encode_descriptor(f.name, f.help, f.unit.as_ref(), f.kind)?;
             for (labels, v) in &f.samples {
@@ -113,7 +116,10 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
     let mut fallback = Stats::default();
     backend::add_fallback_counters(&state, &mut fallback)?;
     drop(reading);
-    let counters = agent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let counters = agent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let name_of = |id: u16| {
         state
             .networks

@@ -167,7 +167,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 // The rest of the burst (a link comes with its addresses) first.
                 let settled = loop {
                     match rx.recv_timeout(SETTLE) {
-                        Ok(Wake::Changed) => continue,
+                        Ok(Wake::Changed) => {}
                         Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                             break false;
                         }
@@ -249,7 +249,9 @@ impl Agent {
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, metrics::AgentCounters> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn pass(&mut self) {
@@ -354,8 +356,9 @@ async fn serve_metrics(State((host, shared)): State<(Host, metrics::Shared)>) ->
     }
 }
 
-/// Resolves on SIGTERM (systemd's stop) or SIGINT (^C).
-async fn stop_signal() {
+/// Resolves on SIGTERM (systemd's stop) or SIGINT (^C); never, if the handlers cannot be
+/// installed (the default actions then stop the process, which is also a way out).
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

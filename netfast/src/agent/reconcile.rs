@@ -361,17 +361,7 @@ fn dataplane(
             pins.extend(InterfaceRole::Bridge.hooks().map(|h| (b.index, h.name())));
         }
         if let Some(u) = uplink {
-            if !u.is_ethernet() {
-                pass.drift(
-                    &n.name,
-                    format!(
-                        "uplink {} is back without an Ethernet header ({}): the eBPF programs \
-                         cannot serve it; move the network to --backend nftables",
-                        n.uplink,
-                        u.describe_type()
-                    ),
-                );
-            } else {
+            if u.is_ethernet() {
                 if dp.attach(&n.uplink, InterfaceRole::Uplink)? {
                     pass.repair(
                         "attach",
@@ -383,6 +373,16 @@ fn dataplane(
                 }
                 pins.extend(InterfaceRole::Uplink.hooks().map(|h| (u.index, h.name())));
                 uplinks.insert(u.index);
+            } else {
+                pass.drift(
+                    &n.name,
+                    format!(
+                        "uplink {} is back without an Ethernet header ({}): the eBPF programs \
+                         cannot serve it; move the network to --backend nftables",
+                        n.uplink,
+                        u.describe_type()
+                    ),
+                );
             }
         }
         let (subnet, prefix) = (n.subnet.network(), n.subnet.prefix_len());

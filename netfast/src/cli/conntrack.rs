@@ -4,7 +4,6 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -172,7 +171,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Command::Count { json, .. } => print_count(0, json),
             Command::Flush { .. } if filter.is_empty() => println!("flushed 0 flows"),
             Command::Delete { .. } | Command::Flush { .. } => {
-                println!("deleted 0 flows: none matches the filters")
+                println!("deleted 0 flows: none matches the filters");
             }
             _ => {}
         }
@@ -348,8 +347,8 @@ fn watch(dp: Option<Dataplane>, state: &State, filter: &Filter, json: bool) -> a
         }
         wait_readable(
             ring.iter()
-                .map(|r| r.as_raw_fd())
-                .chain(kernel.iter().map(|k| k.fd())),
+                .map(std::os::fd::AsRawFd::as_raw_fd)
+                .chain(kernel.iter().map(netfast::netfilter::ctnetlink::Events::fd)),
         );
     }
 }

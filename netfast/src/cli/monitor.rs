@@ -7,7 +7,6 @@ use std::{
     collections::HashMap,
     io::Write as _,
     net::Ipv4Addr,
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -319,9 +318,9 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         super::conntrack::wait_readable(
             drop_ring
                 .iter()
-                .map(|r| r.as_raw_fd())
-                .chain(flow_ring.iter().map(|r| r.as_raw_fd()))
-                .chain(log_rings.iter().map(|r| r.as_raw_fd())),
+                .map(std::os::fd::AsRawFd::as_raw_fd)
+                .chain(flow_ring.iter().map(std::os::fd::AsRawFd::as_raw_fd))
+                .chain(log_rings.iter().map(std::os::fd::AsRawFd::as_raw_fd)),
         );
     }
 }

@@ -49,7 +49,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             } else {
                 p.allow
                     .iter()
-                    .map(|a| a.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(",")
             };

@@ -88,7 +88,7 @@ pub fn serve(socket: &Path) -> Result<()> {
             socket.display()
         );
         axum::serve(listener, router(jobs))
-            .with_graceful_shutdown(stop_signal())
+            .with_graceful_shutdown(crate::agent::stop_signal())
             .await
             .map_err(|source| Error::Io {
                 context: format!("serving {}", socket.display()),
@@ -187,22 +187,6 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(err(format!("restricting {}", path.display())))?;
     Ok(listener)
-}
-
-/// Resolves on SIGTERM (systemd's stop) or SIGINT (^C).
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default actions stop the process, which is also a way out.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// The default socket, as a path.

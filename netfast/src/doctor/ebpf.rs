@@ -102,7 +102,7 @@ fn try_map_create() -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_MAP_CREATE,
-            &attr as *const MapCreate,
+            &raw const attr,
             size_of::<MapCreate>(),
         )
     };

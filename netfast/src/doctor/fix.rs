@@ -50,9 +50,7 @@ impl Persistence {
     fn here() -> Persistence {
         match in_root_netns() {
             Ok(true) => Persistence::Etc(
-                std::env::var_os(ETC_ENV)
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/etc")),
+                std::env::var_os(ETC_ENV).map_or_else(|| PathBuf::from("/etc"), PathBuf::from),
             ),
             Ok(false) => Persistence::Skipped(
                 "not persisted: this host is a network namespace, not the machine's root one, \

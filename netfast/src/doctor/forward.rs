@@ -59,7 +59,7 @@ pub(super) fn link_mtu(name: &str) -> Option<u32> {
 fn passes(
     net: &Network,
     dp: &DataplaneConfig,
-    at: &DropAt,
+    at: &DropAt<'_>,
     mtu: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<String, String> {
     if at.accepts(&net.subnet.to_string()) {
@@ -105,7 +105,7 @@ fn passes(
 /// every network gets past it. `accept(subnet)` gives the rules that would let one through.
 fn forward_drop(
     state: Option<&State>,
-    at: &DropAt,
+    at: &DropAt<'_>,
     found: String,
     open: String,
     accept: impl Fn(&str) -> [String; 2],

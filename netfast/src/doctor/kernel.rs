@@ -152,7 +152,7 @@ pub enum Module {
 fn release() -> String {
     // SAFETY: uname fills the zeroed struct it is given.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut uts) } != 0 {
+    if unsafe { libc::uname(&raw mut uts) } != 0 {
         return String::new();
     }
     let bytes: Vec<u8> = uts

@@ -301,7 +301,11 @@ impl fmt::Display for Change {
                     p.container_ports,
                 )?;
                 if !p.allow.is_empty() {
-                    let allow: Vec<String> = p.allow.iter().map(|a| a.to_string()).collect();
+                    let allow: Vec<String> = p
+                        .allow
+                        .iter()
+                        .map(std::string::ToString::to_string)
+                        .collect();
                     write!(f, ", only for {}", allow.join(", "))?;
                 }
                 Ok(())

@@ -104,15 +104,14 @@ impl Loader {
                 ))
             })?)
         };
-        let ip = match spec.ip {
-            Some(ip) => ip,
-            None => {
-                let seen = match &bridge {
-                    Some(bridge) => self.addresses_in_use(nl, state, &network, bridge)?,
-                    None => Vec::new(),
-                };
-                ipam::next_free(&network, state, &seen)?
-            }
+        let ip = if let Some(ip) = spec.ip {
+            ip
+        } else {
+            let seen = match &bridge {
+                Some(bridge) => self.addresses_in_use(nl, state, &network, bridge)?,
+                None => Vec::new(),
+            };
+            ipam::next_free(&network, state, &seen)?
         };
         if nsfs::exists(&spec.name) && !ahead.gone_namespaces.contains(&spec.name) {
             return Err(Error::Settings(format!(

@@ -462,23 +462,20 @@ impl Loader {
         let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.netlink().host()?;
         let mut out = Vec::new();
-        match live_endpoint(&locked.state, endpoint_id) {
-            Ok(ep) => {
-                let c = locked
-                    .state
-                    .container(&ep.container)
-                    .cloned()
-                    .expect("a live endpoint has its container");
-                self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out)?;
-            }
-            Err(_) => {
-                // A create cut short before it saved leaves links of the endpoint's names.
-                let veth = veth_name(&endpoint_container_name(endpoint_id));
-                let owned = locked.state.containers.iter().any(|c| c.veth == veth);
-                if !owned && let Some(link) = nl.link(&veth)? {
-                    nl.delete_link(&link)?;
-                    out.push(Change::StaleVethDeleted { veth });
-                }
+        if let Ok(ep) = live_endpoint(&locked.state, endpoint_id) {
+            let c = locked
+                .state
+                .container(&ep.container)
+                .cloned()
+                .expect("a live endpoint has its container");
+            self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out)?;
+        } else {
+            // A create cut short before it saved leaves links of the endpoint's names.
+            let veth = veth_name(&endpoint_container_name(endpoint_id));
+            let owned = locked.state.containers.iter().any(|c| c.veth == veth);
+            if !owned && let Some(link) = nl.link(&veth)? {
+                nl.delete_link(&link)?;
+                out.push(Change::StaleVethDeleted { veth });
             }
         }
         locked

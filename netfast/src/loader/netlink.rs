@@ -98,7 +98,7 @@ fn link_of(msg: &LinkMessage) -> Link {
     };
     for attr in &msg.attributes {
         match attr {
-            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::IfName(n) => link.name.clone_from(n),
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),

@@ -336,9 +336,7 @@ impl Loader {
         crate::backend::sync(&before, state)?;
         // The network's flows end with it (its subnet's, to and from it).
         let filter = Filter::network(network.id);
-        let ended = if network.backend != Backend::Ebpf {
-            crate::backend::delete_kernel_flows(&before, &filter)?
-        } else {
+        let ended = if network.backend == Backend::Ebpf {
             match Dataplane::open_existing(&self.host)? {
                 Some(mut dp) => {
                     maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
@@ -346,6 +344,8 @@ impl Loader {
                 }
                 None => 0,
             }
+        } else {
+            crate::backend::delete_kernel_flows(&before, &filter)?
         };
         if ended > 0 {
             out.push(Change::NetworkFlowsEnded {

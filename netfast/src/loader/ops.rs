@@ -181,13 +181,13 @@ impl Loader {
         for o in pending {
             match o {
                 Object::Network(n) if all.network(&n.name).is_none() => {
-                    all.networks.push(n.clone())
+                    all.networks.push(n.clone());
                 }
                 Object::Container(c) if all.container(&c.name).is_none() => {
-                    all.containers.push(c.clone())
+                    all.containers.push(c.clone());
                 }
                 Object::Publication(p) if all.publication(&p.network, &p.spec).is_none() => {
-                    all.publications.push(p.clone())
+                    all.publications.push(p.clone());
                 }
                 _ => {}
             }

@@ -305,7 +305,10 @@ allow = ["192.0.2.0/24"]
     fn a_fresh_host_gets_everything_in_order() {
         let file = ApplyFile::parse(FILE).unwrap();
         let actions = plan(&file, &State::default()).unwrap();
-        let kinds: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        let kinds: Vec<String> = actions
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         assert!(
             kinds[0].starts_with("~ dataplane: ct-max 1024"),
             "{kinds:?}"
@@ -342,7 +345,7 @@ allow = ["192.0.2.0/24"]
         let kinds: Vec<String> = plan(&changed, &s)
             .unwrap()
             .iter()
-            .map(|a| a.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
         assert_eq!(
             kinds,
@@ -365,7 +368,7 @@ allow = ["192.0.2.0/24"]
         let kinds: Vec<String> = plan(&fewer, &s)
             .unwrap()
             .iter()
-            .map(|a| a.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
         assert_eq!(kinds, ["- container db1", "- network db"]);
     }

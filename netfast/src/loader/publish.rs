@@ -280,7 +280,7 @@ pub fn validate(
     let rule = if allow.is_empty() {
         0
     } else {
-        (1..)
+        (1..=u32::MAX)
             .find(|r| state.publications.iter().all(|p| p.rule != *r))
             .unwrap_or(1)
     };

@@ -60,7 +60,7 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
     // SAFETY: fstat fills a zeroed stat buffer for a descriptor we hold.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::fstat(fd, &mut st) })?;
+    check(unsafe { libc::fstat(fd, &raw mut st) })?;
     Ok(st)
 }
 
@@ -73,7 +73,7 @@ fn stat_at(dir: &OwnedFd, name: &str) -> io::Result<Option<libc::stat>> {
         libc::fstatat(
             dir.as_raw_fd(),
             c.as_ptr(),
-            &mut st,
+            &raw mut st,
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };

@@ -218,8 +218,7 @@ impl Loader {
                     let network = bridge
                         .as_ref()
                         .and_then(|b| state.networks.iter().find(|n| &n.bridge == b))
-                        .map(|n| n.name.clone())
-                        .unwrap_or_else(|| "-".into());
+                        .map_or_else(|| "-".into(), |n| n.name.clone());
                     let known = state.network(&network).cloned();
                     row(
                         rows,

@@ -27,7 +27,7 @@ pub fn monotonic_now() -> u32 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u32
 }
 
@@ -112,11 +112,11 @@ fn entries<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     let hm: BpfHashMap<&MapData, K, V> =
         BpfHashMap::try_from(map(ebpf, name)?).map_err(|e| Error::map(name, e))?;
     let mut out = Vec::new();
-    for item in hm.iter() {
+    for item in &hm {
         match item {
             Ok(kv) => out.push(kv),
             // An entry evicted or deleted while we walk: skip it.
-            Err(ref e) if absent(e) => continue,
+            Err(ref e) if absent(e) => {}
             Err(e) => return Err(Error::map(name, e)),
         }
     }

@@ -414,16 +414,13 @@ fn encode_tuple(t: &KTuple) -> Vec<u8> {
     ]
     .concat();
     let mut proto = nla(CTA_PROTO_NUM, &[t.proto]);
-    match t.icmp {
-        Some((id, ty, code)) => {
-            proto.extend(nla(CTA_PROTO_ICMP_ID, &id.to_be_bytes()));
-            proto.extend(nla(CTA_PROTO_ICMP_TYPE, &[ty]));
-            proto.extend(nla(CTA_PROTO_ICMP_CODE, &[code]));
-        }
-        None => {
-            proto.extend(nla(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()));
-            proto.extend(nla(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()));
-        }
+    if let Some((id, ty, code)) = t.icmp {
+        proto.extend(nla(CTA_PROTO_ICMP_ID, &id.to_be_bytes()));
+        proto.extend(nla(CTA_PROTO_ICMP_TYPE, &[ty]));
+        proto.extend(nla(CTA_PROTO_ICMP_CODE, &[code]));
+    } else {
+        proto.extend(nla(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()));
+        proto.extend(nla(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()));
     }
     [
         nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
@@ -558,7 +555,7 @@ mod tests {
             nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(&t)),
             nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &encode_tuple(&r)),
             nla(CTA_STATUS, &(IPS_SEEN_REPLY | 4).to_be_bytes()),
-            nla(CTA_TIMEOUT, &431999u32.to_be_bytes()),
+            nla(CTA_TIMEOUT, &431_999_u32.to_be_bytes()),
             nla(
                 CTA_PROTOINFO | NLA_F_NESTED,
                 &nla(
@@ -572,7 +569,7 @@ mod tests {
         .concat();
         let e = parse_entry(&msg);
         assert_eq!((e.original, e.reply), (t, r));
-        assert_eq!(e.timeout, 431999);
+        assert_eq!(e.timeout, 431_999);
         assert_eq!(e.tcp_state, Some(3));
         assert_eq!(e.counters, Some([(5, 300), (4, 2000)]));
         let line = e.flow(1).line();

@@ -98,11 +98,10 @@ impl Rule {
 
     pub fn to_nat_rule(&self, table: &str, origin: &str, command: &str) -> Option<NatRule> {
         let kind = self.nat()?;
-        let delete = self
-            .text
-            .strip_prefix("-A ")
-            .map(|rest| format!("{command} -t {table} -D {rest}"))
-            .unwrap_or_else(|| format!("{command} -t {table} -D {}", self.text));
+        let delete = self.text.strip_prefix("-A ").map_or_else(
+            || format!("{command} -t {table} -D {}", self.text),
+            |rest| format!("{command} -t {table} -D {rest}"),
+        );
         Some(NatRule {
             kind,
             describe: format!("`{}` ({origin}, table {table})", self.text),
@@ -246,7 +245,7 @@ fn parse_rule(line: &str) -> Rule {
         }
         let taken = match (word, value) {
             ("-A" | "--append", Some(v)) => {
-                rule.chain = v.to_owned();
+                v.clone_into(&mut rule.chain);
                 true
             }
             ("-s" | "--source", Some(v)) => {

@@ -29,7 +29,7 @@ pub fn ipt_raw_counter(reason: &str) -> String {
 /// The iptables rules whose counters are network `net`'s packets going `way`, as
 /// `iptables-save` prints them (the first carries the total over a restore).
 pub fn ipt_net_rules(net: &Net, way: Way) -> Vec<String> {
-    ipt_net_rules_as(net, way, |name| name.to_owned())
+    ipt_net_rules_as(net, way, std::borrow::ToOwned::to_owned)
 }
 
 fn ipt_net_rules_as(net: &Net, way: Way, iface: impl Fn(&str) -> String) -> Vec<String> {

@@ -221,29 +221,29 @@ pub fn run_flows(flows: Vec<Flow>) {
             }
         }
     }
-    if !failures.is_empty() {
-        panic!(
-            "{} of {total} packet tests failed:\n\n{}",
-            failures.len(),
-            failures.join("\n\n")
-        );
-    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} packet tests failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// Asserts a run's verdict and exact output frame, printing both frames decoded on failure:
 /// for tests that compute their packets as they go (a port chosen at random, say).
 pub fn assert_run(what: &str, run: &Run, expected_verdict: i32, expected: &[u8]) {
-    if run.verdict != expected_verdict {
-        panic!(
-            "{what}: verdict {} ({}), expected {} ({})\n  frame out:\n{}",
-            run.verdict,
-            verdict::name(run.verdict),
-            expected_verdict,
-            verdict::name(expected_verdict),
-            describe(&run.frame)
-        );
-    }
-    if run.frame != expected {
-        panic!("{what}: wrong frame out:\n{}", diff(expected, &run.frame));
-    }
+    assert!(
+        run.verdict == expected_verdict,
+        "{what}: verdict {} ({}), expected {} ({})\n  frame out:\n{}",
+        run.verdict,
+        verdict::name(run.verdict),
+        expected_verdict,
+        verdict::name(expected_verdict),
+        describe(&run.frame)
+    );
+    assert!(
+        run.frame == expected,
+        "{what}: wrong frame out:\n{}",
+        diff(expected, &run.frame)
+    );
 }

@@ -267,7 +267,7 @@ pub fn fragment(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
 }
 
 /// RFC 1071 sum of 16-bit big-endian words, not yet complemented.
-fn ones_complement_sum(mut acc: u32, bytes: &[u8]) -> u32 {
+pub fn ones_complement_sum(mut acc: u32, bytes: &[u8]) -> u32 {
     let mut chunks = bytes.chunks_exact(2);
     for c in &mut chunks {
         acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -278,7 +278,8 @@ fn ones_complement_sum(mut acc: u32, bytes: &[u8]) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
+/// A [`ones_complement_sum`] folded into 16 bits (its complement is the checksum).
+pub fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
@@ -367,11 +368,11 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
     let eth = sliced
         .link
         .as_ref()
-        .and_then(|l| l.to_header())
+        .and_then(etherparse::LinkSlice::to_header)
         .ok_or("no Ethernet header")?;
     let (src_mac, dst_mac) = match eth {
         etherparse::LinkHeader::Ethernet2(e) => (e.source, e.destination),
-        _ => return Err("not an Ethernet II frame".into()),
+        etherparse::LinkHeader::LinuxSll(_) => return Err("not an Ethernet II frame".into()),
     };
     let l4 = if fragment {
         L4::Other

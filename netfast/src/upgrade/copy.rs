@@ -106,12 +106,12 @@ impl Copy {
             let written = write
                 && bpf_sys::map_update(new_fd, &k, &v, flags)
                     .map_err(self.err("writing the new"))?;
-            if !second {
+            if second {
+                self.copied += u64::from(!present && written);
+            } else {
                 // Carried over, by this copy or by a killed attempt's.
                 self.copied += u64::from(present || written);
                 self.first.insert(k, h);
-            } else {
-                self.copied += u64::from(!present && written);
             }
         }
         Ok(())

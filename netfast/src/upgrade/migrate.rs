@@ -165,11 +165,10 @@ mod tests {
     use super::*;
 
     fn layout(version: u32) -> &'static [(&'static str, u32, u32, u32)] {
-        LAYOUTS
-            .iter()
-            .find(|(v, _)| *v == version)
-            .map(|(_, l)| *l)
-            .unwrap_or_else(|| panic!("no row for layout {version} in LAYOUTS"))
+        LAYOUTS.iter().find(|(v, _)| *v == version).map_or_else(
+            || panic!("no row for layout {version} in LAYOUTS"),
+            |(_, l)| *l,
+        )
     }
 
     #[test]

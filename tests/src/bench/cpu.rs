@@ -43,7 +43,7 @@ pub fn parse(text: &str, hz: f64) -> Result<CpuTimes> {
     let v: Vec<f64> = line
         .split_whitespace()
         .skip(1)
-        .map(|f| f.parse::<f64>())
+        .map(str::parse::<f64>)
         .collect::<std::result::Result<_, _>>()
         .with_context(|| format!("unreadable /proc/stat line: {line}"))?;
     anyhow::ensure!(v.len() >= 8, "short /proc/stat line: {line}");

@@ -37,7 +37,7 @@ pub use crate::topology::{
     UPLINK, UPLINK_ADDR,
 };
 use crate::{
-    Background, Netfast, Topology, clients::listening, cmd::wait_until, netns::within,
+    Background, Netfast, Topology, clients::listening, cmd::wait_until, in_netns, netns::within,
     topology::container_addr,
 };
 
@@ -394,33 +394,24 @@ pub fn on_path(program: &str) -> bool {
 fn start_servers(env: &mut Env, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (server, port) = (SERVER_ADDR.to_string(), IPERF_PORT.to_string());
-    env.servers.push(Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    env.servers.push(Background::spawn(&in_netns(
         &env.server,
-        "iperf3",
-        "-s",
-        "-B",
-        &server,
-        "-p",
-        &port,
-    ]));
+        &["iperf3", "-s", "-B", &server, "-p", &port],
+    )));
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(dir)).context("writing nginx.conf")?;
-    env.servers.push(Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    env.servers.push(Background::spawn(&in_netns(
         &env.client,
-        "nginx",
-        "-c",
-        path_str(&conf)?,
-        "-p",
-        path_str(dir)?,
-        "-e",
-        "stderr",
-    ]));
+        &[
+            "nginx",
+            "-c",
+            path_str(&conf)?,
+            "-p",
+            path_str(dir)?,
+            "-e",
+            "stderr",
+        ],
+    )));
     env.rr = Some(RrServer::start(
         &env.server,
         SocketAddrV4::new(SERVER_ADDR, RR_PORT),

@@ -326,7 +326,7 @@ pub fn machine() -> Machine {
     Machine {
         kernel: kernel_release(),
         cpu,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         memory_gib: kib / 1024.0 / 1024.0,
     }
 }
@@ -334,7 +334,7 @@ pub fn machine() -> Machine {
 fn kernel_release() -> String {
     // SAFETY: uname fills the struct it is given.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
+    if unsafe { libc::uname(&raw mut u) } != 0 {
         return "unknown".into();
     }
     // SAFETY: uname NUL-terminates its fields.

@@ -7,8 +7,9 @@ use std::time::Duration;
 use netfast_tests::{
     Background, Netfast, Topology,
     cmd::wait_until,
-    netfast_cli::netfast_bin,
-    require_root,
+    in_netns,
+    netfast_cli::{netfast_bin, network_create},
+    require_root, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
 };
 
@@ -35,19 +36,7 @@ fn main() {
     let nf = Netfast::new(&topo.host);
 
     step("a network and two containers, made by netfast over netlink");
-    show(
-        &host,
-        &nf,
-        &[
-            "network",
-            "create",
-            "web",
-            "--subnet",
-            "172.18.0.0/24",
-            "--uplink",
-            UPLINK,
-        ],
-    );
+    show(&host, &nf, &network_create("web", "172.18.0.0/24", &[]));
     let (c1, c2) = (format!("{host}c1"), format!("{host}c2"));
     show(
         &host,
@@ -90,18 +79,10 @@ fn main() {
         print!("{}", netfast_tests::run_ok(&argv));
     }
     println!("$ ip netns exec {c1} ping -c 2 {OUTSIDE_ADDR}");
-    let ping = netfast_tests::run_ok(&[
-        "ip",
-        "netns",
-        "exec",
+    let ping = run_in(
         &c1,
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        &OUTSIDE_ADDR.to_string(),
-    ]);
+        &["ping", "-c", "2", "-i", "0.2", &OUTSIDE_ADDR.to_string()],
+    );
     print!(
         "{}",
         ping.lines()
@@ -114,21 +95,10 @@ fn main() {
     print!("{}", String::from_utf8_lossy(&log.stderr));
 
     step("DNAT: publish container 2's port 80 on the host's port 8080 (docker run -p 8080:80)");
-    let web = Background::spawn(&[
-        "ip",
-        "netns",
-        "exec",
-        &c2,
-        "python3",
-        "-m",
-        "http.server",
-        "80",
-    ]);
+    let web = Background::spawn(&in_netns(&c2, &["python3", "-m", "http.server", "80"]));
     let up = wait_until(Duration::from_secs(10), || {
-        String::from_utf8_lossy(
-            &netfast_tests::run(&["ip", "netns", "exec", &c2, "ss", "-ltn"]).stdout,
-        )
-        .contains(":80 ")
+        String::from_utf8_lossy(&netfast_tests::run(&in_netns(&c2, &["ss", "-ltn"])).stdout)
+            .contains(":80 ")
     });
     assert!(up, "the container's web server did not start");
     show(&host, &nf, &["publish", "web", &format!("8080:{c2}:80")]);

@@ -1,28 +1,17 @@
 //! Building a packet's frame from its description, with correct lengths and checksums
-//! (computed here, by RFC 1071, independently of the model and the programs), then making
-//! it as wrong as the description says.
+//! (by RFC 1071, with the packet tests' sum: independently of the model and the programs),
+//! then making it as wrong as the description says.
+
+use netfast::prog_test::packet::{fold, ones_complement_sum as sum};
 
 use super::event::{Body, FragSpec, Mangle, Pkt};
 use crate::model::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Tuple};
 
 const ETH_HLEN: usize = 14;
 
-fn sum(mut acc: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn finish(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
+/// The RFC 1071 checksum of a sum from [`sum`].
+fn finish(acc: u32) -> u16 {
+    !fold(acc)
 }
 
 fn pseudo(t: &Tuple, proto: u8, len: usize) -> u32 {

@@ -91,7 +91,7 @@ fn hash_map_mut<'a, K: aya::Pod, V: aya::Pod>(
 fn all<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(t: &ProgTest, name: &str) -> HashMap<K, V> {
     hash_map::<K, V>(t, name)
         .iter()
-        .filter_map(|kv| kv.ok())
+        .filter_map(std::result::Result::ok)
         .collect()
 }
 
@@ -122,12 +122,11 @@ impl Datapath {
             )
         });
         let cfg = maps::read_config(t.ebpf()).unwrap_or_else(|e| fail("reading config", e));
-        if cfg.clock_hz == 0 {
-            panic!(
-                "fuzzer: the programs' clock could not be calibrated to jiffies, so it cannot be \
-                 frozen: the fuzzer needs a clock only it moves"
-            );
-        }
+        assert!(
+            cfg.clock_hz != 0,
+            "fuzzer: the programs' clock could not be calibrated to jiffies, so it cannot be \
+             frozen: the fuzzer needs a clock only it moves"
+        );
         let clock = DpConfig {
             clock_hz: u32::MAX,
             clock_m0: EPOCH,

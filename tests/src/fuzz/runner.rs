@@ -358,17 +358,17 @@ impl Runner {
         }
         if verdict != pred.verdict || drop != pred.drop {
             return Err(mismatch(
-                if verdict != pred.verdict {
-                    "verdict"
-                } else {
+                if verdict == pred.verdict {
                     "drop"
+                } else {
+                    "verdict"
                 },
                 format!(
                     "datapath {} {:?}, model {} {:?}",
                     netfast::common::verdict::name(verdict),
-                    drop.map(|d| d.name()),
+                    drop.map(netfast::common::DropReason::name),
                     netfast::common::verdict::name(pred.verdict),
-                    pred.drop.map(|d| d.name()),
+                    pred.drop.map(netfast::common::DropReason::name),
                 ),
             ));
         }
@@ -633,7 +633,10 @@ impl Runner {
             evicted: self.evicted,
         });
         if !broken.is_empty() {
-            let lines: Vec<String> = broken.iter().map(|b| b.to_string()).collect();
+            let lines: Vec<String> = broken
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect();
             return Err(Mismatch {
                 step,
                 kind: "invariant",

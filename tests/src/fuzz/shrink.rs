@@ -24,11 +24,10 @@ pub fn shrink(
 ) -> (Vec<Event>, Mismatch) {
     let kind = first.kind;
     let mut best: Vec<Event> = events[..=first.step.min(events.len() - 1)].to_vec();
-    let mut found = match fails(r, &best, kind) {
-        Some(m) => m,
-        // Not reproducible from a fresh state (it needed the earlier state of the run):
-        // keep the whole sequence.
-        None => return (events.to_vec(), first.clone()),
+    // Not reproducible from a fresh state (it needed the earlier state of the run): keep
+    // the whole sequence.
+    let Some(mut found) = fails(r, &best, kind) else {
+        return (events.to_vec(), first.clone());
     };
     let mut tries = 0;
     let mut n = 2usize;
@@ -54,13 +53,13 @@ pub fn shrink(
                 start = end;
             }
         }
-        if !reduced {
+        if reduced {
+            n = n.saturating_sub(1).max(2);
+        } else {
             if chunk <= 1 {
                 break;
             }
             n = (n * 2).min(body);
-        } else {
-            n = n.saturating_sub(1).max(2);
         }
     }
     // Replay once more so that the runner's state is the failing one's.

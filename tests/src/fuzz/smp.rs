@@ -67,7 +67,7 @@ fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t filled in by sched_getaffinity for this process.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) != 0 {
             return Vec::new();
         }
         (0..libc::CPU_SETSIZE as usize)
@@ -82,7 +82,7 @@ fn pin(cpu: usize) -> Result<usize, String> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(format!(
                 "sched_setaffinity to CPU {cpu}: {}",
                 std::io::Error::last_os_error()
@@ -141,7 +141,7 @@ fn test_run(fd: &OwnedFd, frame: &[u8], ifindex: u32) -> Result<(i32, Vec<u8>), 
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
+            &raw mut attr,
             size_of::<TestRunAttr>() as u32,
         )
     };
@@ -335,7 +335,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                             other => report.broken.push(format!(
                                 "round {round}: CPU {} dropped its packet for {:?}, not a lost race",
                                 cpus[i],
-                                other.map(|r| r.name())
+                                other.map(netfast::common::DropReason::name)
                             )),
                         }
                     }

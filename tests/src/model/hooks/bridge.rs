@@ -1,0 +1,332 @@
+//! The bridge's programs in the model: packets from containers — isolation, flows at the
+//! bridge, hairpins and the masqueraded flows the fast path opens there.
+
+use netfast::common::{DropReason, stats::Event, verdict::NEXT};
+
+use super::{Run, src_port_at};
+use crate::model::{
+    Entry, EntryFlags, Model, Network, PROTO_ICMP, PROTO_TCP, Tuple,
+    conntrack::{Inserted, Pair, Table, Tracked},
+    frame::{self, Expected, Frag, Ip, L4, Parsed},
+    mapping_slack,
+    nat::{Choice, HOST_FLOWS},
+    route::Route,
+    tcp,
+};
+
+impl Model {
+    /// The bridge's ingress: packets from containers.
+    pub(super) fn bridge_ingress(&mut self, run: &mut Run<'_>) -> Result<i32, DropReason> {
+        let f = run.f;
+        let ip = match frame::ipv4(f) {
+            Parsed::NotIpv4 => return Ok(NEXT),
+            Parsed::Malformed => return Err(DropReason::Malformed),
+            Parsed::Ipv4(ip) => ip,
+        };
+        // CVE-2020-8558: a container never reaches the host's 127.0.0.0/8.
+        if ip.dst.is_loopback() {
+            return Err(DropReason::ToHostLoopback);
+        }
+        if ip.frag == Frag::Later {
+            return self.not_a_flow(run, &ip, false);
+        }
+        let Some(l4) = frame::l4(f, &ip) else {
+            return Err(DropReason::Malformed);
+        };
+        let (sport, dport, tcp_flags) = match l4 {
+            L4::Flow {
+                sport,
+                dport,
+                tcp_flags,
+            } => (sport, dport, tcp_flags),
+            L4::IcmpError => {
+                // A container's error about a flow of ours (a port unreachable to a client
+                // of a published port): translated, then forwarded like the flow's packets.
+                self.source_network(run, &ip)?;
+                let mut out = std::mem::replace(&mut run.out, Expected::of(&[]));
+                let translated = self.translate_error(&mut run.touched, f, &ip, true, &mut out);
+                run.out = out;
+                let translated = translated?;
+                return self.not_a_flow(run, &ip, translated);
+            }
+            L4::Other => {
+                self.source_network(run, &ip)?;
+                return self.isolated(run, &ip);
+            }
+        };
+        let key = Tuple::new(ip.src, ip.dst, sport, dport, ip.proto);
+        // A flow that leaves from a container (or a container's answer to an inbound flow
+        // not answered yet), used only for packets whose source is of this bridge's
+        // network: a container cannot step into another network's flows. (Each entry of a
+        // hairpin flow carries the network of its own sender.)
+        let found = match self.lookup(&mut run.touched, Table::Main, &key, true) {
+            Some(e) => Some((e, Table::Main)),
+            None => self
+                .lookup(&mut run.touched, Table::Inbound, &key, true)
+                .map(|e| (e, Table::Inbound)),
+        };
+        if let Some((e, table)) = found
+            && self.usable_at_bridge(run, &key)
+        {
+            return self.established(run, &ip, &key, tcp_flags, &e, table);
+        }
+        let Some(net) = self.source_network(run, &ip)? else {
+            return Ok(NEXT);
+        };
+        self.new_flow(run, &ip, &key, tcp_flags, &net)
+    }
+
+    /// A packet of a tracked flow at the bridge: tracked, translated and forwarded — or,
+    /// with the fast path off, left to the uplink's egress after the host has routed it.
+    pub(super) fn established(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        e: &Entry,
+        table: Table,
+    ) -> Result<i32, DropReason> {
+        if e.flags.await_reply && !e.flags.seen_reply {
+            // A hairpin to a mapping whose owner has not answered yet.
+            return Err(DropReason::NatFiltered);
+        }
+        let hairpin = e.flags.redirect;
+        if !hairpin && !self.config.fast_path {
+            return Ok(NEXT);
+        }
+        let t = e.translated(key);
+        let Some(r) = self.route(run.f, ip, t.dst, hairpin) else {
+            if hairpin {
+                return Err(DropReason::NoRoute);
+            }
+            self.counters.event(Event::FastPathFallback);
+            return Ok(NEXT);
+        };
+        let tracked = self.track(&mut run.touched, run.f, ip, key, tcp_flags, table)?;
+        let e = self.ct.of(table)[key];
+        self.apply(run, ip, key, &e);
+        if tracked == Tracked::Answered {
+            self.promote(&mut run.touched, key);
+        }
+        self.forward(run, &r)
+    }
+
+    /// A container's packet that matched no flow: a hairpin to a published port or to a
+    /// mapping, a new masqueraded flow, or the host's stack.
+    pub(super) fn new_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+    ) -> Result<i32, DropReason> {
+        let f = run.f;
+        let can_open = key.proto != PROTO_TCP || tcp::Flags::from_byte(tcp_flags).opens();
+        if let Some(target) = self.published(ip.dst, key.dport, ip.proto)
+            && !net.ext_addr.is_unspecified()
+        {
+            if !self.allowed(&target, ip.src) {
+                return Err(DropReason::NotAllowed);
+            }
+            let Some(r) = self.route(f, ip, target.addr, true) else {
+                return Err(DropReason::NoRoute);
+            };
+            // A packet that cannot open a flow (a stray ACK) is the host's to answer.
+            if !can_open {
+                return Ok(NEXT);
+            }
+            let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
+            let pair = self.hairpin_new_flow(
+                &mut run.touched,
+                f,
+                ip,
+                key,
+                tcp_flags,
+                &target,
+                net,
+                ext_port,
+            )?;
+            self.apply(run, ip, key, &pair.orig);
+            return self.forward(run, &r);
+        }
+        // Another container's external endpoint, or its own: hairpinned. Not an ICMP echo
+        // request: it names no external endpoint (its key's destination port is always 0),
+        // and to the host's address it is the host's.
+        let echo_request = ip.proto == PROTO_ICMP && key.dport == 0;
+        if !net.ext_addr.is_unspecified()
+            && !echo_request
+            && let Some(claim) = self.live_claim(&mut run.touched, ip.dst, key.dport, ip.proto)
+        {
+            let Some(r) = self.route(f, ip, claim.owner.0, true) else {
+                return Err(DropReason::NoRoute);
+            };
+            if !can_open {
+                return Ok(NEXT);
+            }
+            // An ICMP message has one identifier for both sides: the frame out shows the
+            // receiver's, so the sender's mapping is read from the maps.
+            let ext_port =
+                self.masquerade_port(run, ip, key, tcp_flags, net, ip.proto != PROTO_ICMP)?;
+            match self.mapping_hairpin_new_flow(
+                &mut run.touched,
+                f,
+                ip,
+                key,
+                tcp_flags,
+                net,
+                ext_port,
+            )? {
+                None => {}
+                Some((_, true)) => return Err(DropReason::NatFiltered),
+                Some((pair, false)) => {
+                    self.apply(run, ip, key, &pair.orig);
+                    return self.forward(run, &r);
+                }
+            }
+        }
+        if self.config.fast_path {
+            return self.new_masquerade_flow(run, ip, key, tcp_flags, net);
+        }
+        self.isolated(run, ip)
+    }
+
+    /// Whether an entry found at a bridge may serve the packet keyed `key`: its source is of
+    /// the network of the bridge the packet came in on.
+    pub(super) fn usable_at_bridge(&self, run: &Run<'_>, key: &Tuple) -> bool {
+        self.topo
+            .network_of(key.src)
+            .is_some_and(|n| n.bridge == run.ifindex)
+    }
+
+    /// The fast path opens a masqueraded flow at its first packet, at the bridge: when the
+    /// network masquerades and the packet's route leaves through its uplink.
+    pub(super) fn new_masquerade_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+    ) -> Result<i32, DropReason> {
+        if !net.masquerade {
+            return self.isolated(run, ip);
+        }
+        let Some(r) = self.route(run.f, ip, ip.dst, false) else {
+            self.counters.event(Event::FastPathFallback);
+            return self.isolated(run, ip);
+        };
+        if matches!(r, Route::Peer(_)) || r.dev() != net.uplink {
+            return self.isolated(run, ip);
+        }
+        let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
+        let pair = self.snat_new_flow(run, ip, key, tcp_flags, net, ext_port)?;
+        self.apply(run, ip, key, &pair.orig);
+        self.forward(run, &r)
+    }
+
+    /// The state a masqueraded flow opened by this packet starts in, when its entries
+    /// expire, and until when its mapping lives. A TCP RST opens no flow: it would leak the
+    /// container's address.
+    pub(super) fn new_flow_times(
+        &self,
+        key: &Tuple,
+        tcp_flags: u8,
+    ) -> Result<(tcp::State, u32, u32), DropReason> {
+        let flags = tcp::Flags::from_byte(tcp_flags);
+        let state = if key.proto == PROTO_TCP {
+            if flags.rst {
+                return Err(DropReason::TcpRstWithoutFlow);
+            }
+            tcp::next(tcp::State::None, flags, false, tcp::Fins::default()).0
+        } else {
+            tcp::State::None
+        };
+        let t = self.config.timeout(key.proto, state);
+        let expires = self.now + t;
+        Ok((state, expires, expires + mapping_slack(t)))
+    }
+
+    /// The external port of the sender's masquerade mapping, for a flow this packet opens:
+    /// the live one, or a new one (the datapath's random choice is read from its output,
+    /// or, where the output does not show it (`visible`), from its maps).
+    pub(super) fn masquerade_port(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+        visible: bool,
+    ) -> Result<u16, DropReason> {
+        let (_, _, until) = self.new_flow_times(key, tcp_flags)?;
+        let choice = if visible {
+            run.obs
+                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+        } else {
+            match run
+                .obs
+                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+            {
+                Choice::Exhausted => Choice::Exhausted,
+                _ => Choice::Unknown,
+            }
+        };
+        let mut violations = Vec::new();
+        let ext_port = self.mapping(
+            &mut run.touched,
+            key,
+            net.ext_addr,
+            net.id,
+            until,
+            (choice, run.obs.bound),
+            &mut violations,
+        );
+        run.violations.extend(violations);
+        ext_port
+    }
+
+    /// The first packet of a masqueraded flow, its mapping made: the flow's pair, the
+    /// packet translated by its original entry.
+    pub(super) fn snat_new_flow(
+        &mut self,
+        run: &mut Run<'_>,
+        ip: &Ip,
+        key: &Tuple,
+        tcp_flags: u8,
+        net: &Network,
+        ext_port: u16,
+    ) -> Result<Pair, DropReason> {
+        let now = self.now;
+        let (state, expires, until) = self.new_flow_times(key, tcp_flags)?;
+        let orig = Entry::opening(
+            EntryFlags {
+                masq_src: true,
+                from_inside: true,
+                ..EntryFlags::default()
+            },
+            Some((net.ext_addr, ext_port)),
+            None,
+            state,
+            net.id,
+            now,
+            expires,
+            until,
+            run.f.len(),
+        );
+        // The replies of a container's flow go to a container; a host flow's to the host.
+        let reply_own = EntryFlags {
+            inward: net.id != HOST_FLOWS,
+            ..EntryFlags::default()
+        };
+        let mut pair = self.fill_pair(run.f, ip, key, tcp_flags, orig, reply_own)?;
+        match self.insert_pair(&mut run.touched, key, &mut pair, false, false) {
+            Inserted::Clash => Err(DropReason::CtInsertFailed),
+            other => {
+                self.count_opened(other);
+                Ok(pair)
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Fixtures of the packet tests (`tests/tests/*_packets.rs`): the real programs run through
+//! BPF_PROG_TEST_RUN, provisioned through the map API the loader uses. The addresses they
+//! share, a dataplane loaded with one masqueraded network, publications, and runs that
+//! panic with the whole error chain.
+
+use std::net::Ipv4Addr;
+
+use netfast::{
+    common::{
+        DropReason, Hook,
+        config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+        publish::{PubKey, PubTarget},
+        stats::Event,
+    },
+    maps,
+    prog_test::{ProgTest, Run, packet::Endpoint},
+};
+
+/// BPF_PROG_TEST_RUN runs the skb on the loopback device of the test's namespace (ifindex
+/// 1); it stands for the bridge and the uplink.
+pub const DEV: u32 = 1;
+/// The host's external (uplink) address: what masqueraded flows leave from.
+pub const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// A router on the uplink's network, the source of ICMP errors from outside.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// The masqueraded network every packet test has (network id 1).
+pub const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 24);
+/// Containers of that network, each from port 40000.
+pub const C1: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 40000);
+pub const C2: Endpoint = (Ipv4Addr::new(172, 18, 0, 3), 40000);
+pub const C3: Endpoint = (Ipv4Addr::new(172, 18, 0, 4), 40000);
+/// A server outside.
+pub const SERVER: Endpoint = (Ipv4Addr::new(203, 0, 113, 10), 80);
+
+/// `port` on the external address.
+pub const fn ext(port: u16) -> Endpoint {
+    (EXT, port)
+}
+
+/// The programs loaded with `cfg`; panics with the whole error chain.
+pub fn load(cfg: &DpConfig) -> ProgTest {
+    ProgTest::load_with(cfg).unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)))
+}
+
+/// Network `id` on `subnet` with `flags`, behind [`EXT`], on these interfaces.
+pub fn set_network(
+    t: &mut ProgTest,
+    subnet: (Ipv4Addr, u8),
+    id: u16,
+    flags: u16,
+    uplink_ifindex: u32,
+    bridge_ifindex: u32,
+) {
+    let info = NetInfo {
+        id,
+        flags,
+        uplink_ifindex,
+        bridge_ifindex,
+        ext_addr: maps::raw_addr(EXT),
+    };
+    maps::set_network(t.ebpf_mut(), subnet.0, subnet.1, &info).expect("network");
+}
+
+/// [`SUBNET`] as network 1, masqueraded behind [`EXT`], on these interfaces.
+pub fn masquerade(t: &mut ProgTest, uplink_ifindex: u32, bridge_ifindex: u32) {
+    set_network(
+        t,
+        SUBNET,
+        1,
+        NET_F_MASQUERADE,
+        uplink_ifindex,
+        bridge_ifindex,
+    );
+}
+
+/// Publishes `port`/`proto` on `addr` (every host address when `None`) to `to` in network
+/// 1, under allow-list rule `rule` (0: none).
+pub fn publish(
+    t: &mut ProgTest,
+    addr: Option<Ipv4Addr>,
+    port: u16,
+    proto: u8,
+    to: Endpoint,
+    rule: u32,
+) {
+    let key = PubKey {
+        addr: addr.map_or(0, maps::raw_addr),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
+    };
+    let target = PubTarget {
+        addr: maps::raw_addr(to.0),
+        port: to.1.to_be(),
+        net_id: 1,
+        rule,
+    };
+    maps::publish(t.ebpf_mut(), &key, &target).expect("publish");
+}
+
+/// Runs `hook` on `frame`; panics with the whole error chain.
+pub fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
+    t.run(hook, frame)
+        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+/// [`run`] with the skb on interface `ifindex`.
+pub fn run_on(t: &mut ProgTest, hook: Hook, frame: &[u8], ifindex: u32) -> Run {
+    t.run_on(hook, frame, ifindex)
+        .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+/// Packets dropped for `reason` so far.
+pub fn dropped(t: &ProgTest, reason: DropReason) -> u64 {
+    t.stats().expect("stats").dropped(reason).packets
+}
+
+/// Packets counted for event `e` so far.
+pub fn event(t: &ProgTest, e: Event) -> u64 {
+    t.stats().expect("stats").event(e).packets
+}
