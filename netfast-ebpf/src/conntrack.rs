@@ -390,9 +390,16 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
             unsafe { (*peer).flags |= CT_F_RELEASED };
         }
         nat::release_mapping(key, e, expires);
-        if two && let Some(peer) = peer {
+        if let Some(peer) = peer {
             // SAFETY: as above.
-            nat::release_mapping(&peer_key, unsafe { &mut *peer }, expires);
+            let q = unsafe { &mut *peer };
+            if two {
+                nat::release_mapping(&peer_key, q, expires);
+            } else {
+                // Both entries know how long the mapping lives now: a packet the other way
+                // (an answer to the close) extends it as far as it extends the flow.
+                q.map_expires = e.map_expires;
+            }
         }
         return;
     }

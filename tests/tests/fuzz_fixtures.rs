@@ -127,3 +127,15 @@ fn evicted_reply_tuple_taken_through_another_address() {
 fn evicted_original_tuple_taken_after_a_republish() {
     replay("evicted-original-tuple-taken-after-a-republish");
 }
+
+/// Found by `cargo xtask fuzz --packets 1000000` (seed 1 episode 1317, shrunk): a
+/// container's RST closes its masqueraded flow, the last of its mapping, which then lives
+/// only as long as the close (10 s and a slack); the close wrote that into the entry it
+/// came through, not into the other one. The server's answer 6 s later refreshes the flow
+/// (CLOSE, 10 s more) through the other entry, which still held the opening's lifetime of
+/// the mapping and so did not extend it: another container took the external port while
+/// the flow lived on it. Both entries now learn the mapping's lifetime at the close.
+#[test]
+fn answer_to_a_close_outlives_its_mapping() {
+    replay("answer-to-a-close-outlives-its-mapping");
+}

@@ -350,6 +350,13 @@ impl Model {
                         self.release_mapping(touched, &peer_key, &mut p, expires);
                         self.ct_put(touched, table, peer_key, p);
                     }
+                } else if peer_key != *key
+                    && let Some(mut p) = self.ct_get(touched, table, &peer_key)
+                {
+                    // Both entries know how long the mapping lives now: a packet the other
+                    // way (an answer to the close) extends it as far as it extends the flow.
+                    p.map_expires = e.map_expires;
+                    self.ct_put(touched, table, peer_key, p);
                 }
             } else if flags.released && !closed {
                 let until = expires + super::mapping_slack(t);
