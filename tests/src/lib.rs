@@ -60,3 +60,25 @@ macro_rules! on_backend {
         }
     };
 }
+
+/// Prints the netfast library's warnings and notes (its `log` records, `info` and above) on
+/// stderr as `PROGRAM: …`, for the lab's own programs (the demo, the benchmark, the fuzzer),
+/// which call the library directly: the `netfast` binary has its own logger.
+pub fn log_to_stderr(program: &'static str) {
+    struct Stderr(&'static str);
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Info && m.target().starts_with("netfast")
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("{}: {}", self.0, r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let logger: &'static Stderr = Box::leak(Box::new(Stderr(program)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}

@@ -8,6 +8,7 @@ use clap::Parser as _;
 use netfast_tests::bench::{BenchArgs, run};
 
 fn main() -> ExitCode {
+    netfast_tests::log_to_stderr("netfast-bench");
     match run(BenchArgs::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,7 @@ fn show(host: &str, nf: &Netfast, args: &[&str]) {
 }
 
 fn main() {
+    netfast_tests::log_to_stderr("netfast-demo");
     require_root();
     step("topology: an \"outside\" namespace and a \"host\" namespace joined by the uplink up0");
     let topo = Topology::builder().without_bridge().build();

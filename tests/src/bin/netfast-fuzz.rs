@@ -16,6 +16,7 @@ usage: netfast-fuzz [--packets N] [--seed S|random]... [--smp-rounds R] [--no-fi
        netfast-fuzz --render NAME      (rewrite NAME.events with comments, its pcap and test)";
 
 fn main() -> ExitCode {
+    netfast_tests::log_to_stderr("netfast-fuzz");
     let mut opts = fuzz::Options::default();
     let mut seeds = Vec::new();
     let mut args = std::env::args().skip(1);
