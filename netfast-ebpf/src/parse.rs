@@ -11,8 +11,15 @@ use netfast_common::{
     DropReason,
     conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Segment, WSCALE_MAX, WSCALE_NONE},
 };
+// The headers' layouts come from network-types: the Ethernet header is read as its EthHdr,
+// and the other headers' lengths are its types' sizes. The IPv4, TCP, UDP and ICMP headers
+// are read as byte arrays of those sizes, at fixed offsets: loaded as an Ipv4Hdr, the
+// program was refused by the verifier (`R3 !read_ok`, a register read on a path where LLVM
+// had not written it); TCP's flags are needed as one byte, which network-types gives only
+// bit by bit; an ICMP error's embedded L4 header is only 8 bytes long.
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = EthHdr::LEN;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Offsets within the IPv4 header.
 pub const IP_CSUM: usize = 10;
@@ -20,7 +27,7 @@ pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
 /// Linear bytes every packet needs: Ethernet, an IPv4 header without options, a TCP header
 /// without options (UDP and ICMP need less).
-const COMMON_LINEAR: usize = ETH_HLEN + 20 + 20;
+const COMMON_LINEAR: usize = ETH_HLEN + Ipv4Hdr::LEN + TcpHdr::LEN;
 /// Linear bytes an ICMP error needs: Ethernet, an IPv4 header with options, an ICMP header,
 /// and an embedded IPv4 header with options and 20 bytes of its L4 header.
 pub const ICMP_ERROR_LINEAR: usize = ETH_HLEN + 60 + 8 + 60 + 20;
@@ -141,15 +148,17 @@ impl Ipv4 {
 /// The IPv4 header of an Ethernet frame, or `None` for anything else (ARP, IPv6, …).
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
-    if load::<u16>(ctx, 12)? != ETH_P_IP_BE {
+    let eth: EthHdr = load(ctx, 0)?;
+    if eth.ether_type != ETH_P_IP_BE {
         return Ok(None);
     }
-    let h = header::<20>(ctx, ETH_HLEN)?;
+    // Bytes, not an Ipv4Hdr: see the note at the top.
+    let h = header::<{ Ipv4Hdr::LEN }>(ctx, ETH_HLEN)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    if h[0] >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(DropReason::Malformed);
     }
-    if ihl > 20 {
+    if ihl > Ipv4Hdr::LEN {
         // Options: the L4 header lies further in.
         linearize(ctx, ETH_HLEN + ihl + 20);
     }
@@ -203,7 +212,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
             })
         }
         PROTO_UDP => {
-            let h = header::<8>(ctx, ip.l4())?;
+            let h = header::<{ UdpHdr::LEN }>(ctx, ip.l4())?;
             Ok(L4::Flow {
                 sport: be16(&h, 0),
                 dport: be16(&h, 2),
