@@ -207,6 +207,21 @@ impl Background {
         }
     }
 
+    /// Waits until a line of its stdout is a JSON object that satisfies `ready` (for the
+    /// `--json` output of a long-running command).
+    pub fn wait_for_json(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&serde_json::Value) -> bool,
+    ) {
+        self.wait_for(what, timeout, |out, _| {
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| ready(&v))
+        });
+    }
+
     /// Waits until `needle` appears on its stdout or stderr.
     pub fn wait_for_text(&mut self, needle: &str, timeout: Duration) {
         self.wait_for(&format!("print {needle:?}"), timeout, |out, err| {

@@ -18,6 +18,21 @@ pub struct Web {
     pub c1: String,
 }
 
+impl Web {
+    /// The outside host routes the containers' subnet through the host (a neighbour that
+    /// tries to reach a container's address directly).
+    pub fn route_subnet_from_outside(&self) {
+        self.topo.outside.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "172.18.0.0/24",
+            "via",
+            &crate::topology::UPLINK_ADDR.to_string(),
+        ]);
+    }
+}
+
 /// Builds the fixture on the eBPF dataplane; `settings` go to `netfast config` before the
 /// network is created.
 pub fn web(settings: &[&str]) -> Web {

@@ -258,14 +258,7 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
     let container = netfast_tests::topology::container_addr(0).to_string();
-    w.topo.outside.exec_ok(&[
-        "ip",
-        "route",
-        "add",
-        "172.18.0.0/24",
-        "via",
-        &UPLINK_ADDR.to_string(),
-    ]);
+    w.route_subnet_from_outside();
     if backend != "ebpf" {
         // The fallbacks have no drop ring: monitor says so, and what to use instead.
         let err = w.nf.fails(&["monitor", "--drops"]);
@@ -282,23 +275,15 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
         curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
         "000"
     );
-    monitor.wait_for(
-        "show the direct access",
-        Duration::from_secs(10),
-        |out, _| {
-            out.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .any(|d| {
-                    d["reason"] == "direct_access"
-                        && d["hook"] == "uplink_ingress"
-                        && d["interface"] == UPLINK
-                        && d["protocol"] == "tcp"
-                        && d["src"] == OUTSIDE_ADDR.to_string()
-                        && d["dst"] == container
-                        && d["dport"] == 80
-                })
-        },
-    );
+    monitor.wait_for_json("show the direct access", Duration::from_secs(10), |d| {
+        d["reason"] == "direct_access"
+            && d["hook"] == "uplink_ingress"
+            && d["interface"] == UPLINK
+            && d["protocol"] == "tcp"
+            && d["src"] == OUTSIDE_ADDR.to_string()
+            && d["dst"] == container
+            && d["dport"] == 80
+    });
 }
 
 fn a_restarted_agent_loses_no_flow(backend: &str) {

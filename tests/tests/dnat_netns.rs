@@ -195,15 +195,7 @@ fn an_allow_list_refuses_other_clients_and_counts_them(backend: &str) {
 fn direct_access_to_a_container_is_dropped(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
-    // An outside host that routes the container subnet through the host.
-    w.topo.outside.exec_ok(&[
-        "ip",
-        "route",
-        "add",
-        "172.18.0.0/24",
-        "via",
-        &UPLINK_ADDR.to_string(),
-    ]);
+    w.route_subnet_from_outside();
     assert_eq!(
         curl(w.topo.outside.name(), "http://172.18.0.2:80/", &[]),
         "000"

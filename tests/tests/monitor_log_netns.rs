@@ -9,7 +9,7 @@ use netfast_tests::{
     clients::curl,
     netfast_cli::{ebpf_log_netfast_bin, netfast_bin},
     require_root,
-    topology::{UPLINK_ADDR, container_addr},
+    topology::container_addr,
     web::web_on,
 };
 
@@ -18,14 +18,7 @@ fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
     require_root();
     let w = web_on("ebpf", &[]);
     let container = container_addr(0).to_string();
-    w.topo.outside.exec_ok(&[
-        "ip",
-        "route",
-        "add",
-        "172.18.0.0/24",
-        "via",
-        &UPLINK_ADDR.to_string(),
-    ]);
+    w.route_subnet_from_outside();
     // The default build's programs write nothing: refused, naming the feature and the way.
     let err = w.nf.fails(&["monitor", "--log"]);
     assert!(
@@ -52,19 +45,11 @@ fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
         curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
         "000"
     );
-    monitor.wait_for(
-        "log the direct access",
-        Duration::from_secs(10),
-        |out, _| {
-            out.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .any(|d| {
-                    d["event"] == "LOG"
-                        && d["level"] == "DEBUG"
-                        && d["message"] == "uplink_ingress: drop (direct_access)"
-                })
-        },
-    );
+    monitor.wait_for_json("log the direct access", Duration::from_secs(10), |d| {
+        d["event"] == "LOG"
+            && d["level"] == "DEBUG"
+            && d["message"] == "uplink_ingress: drop (direct_access)"
+    });
     drop(monitor);
     // Back to the default build, so that its `down` (when the guard drops) is at home.
     w.nf.ok(&["upgrade"]);
