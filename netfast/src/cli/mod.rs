@@ -133,7 +133,8 @@ enum Command {
     )]
     Agent(agent::AgentArgs),
     /// Live events of the eBPF dataplane: dropped packets (reason, hook, addresses) and
-    /// flows opening and ending (both, unless one is asked for).
+    /// flows opening and ending (both, unless one is asked for); with `--log`, the
+    /// programs' debug records.
     Monitor(monitor::MonitorArgs),
     /// Serve Docker's network driver protocol, so that `docker network create -d netfast`
     /// makes netfast networks and `docker run -p` netfast publications.

@@ -45,7 +45,7 @@ pub struct MonitorArgs {
     flows: bool,
     /// The programs' debug records (aya-log). Only programs built with netfast's `ebpf-log`
     /// feature write them: `cargo build --release -p netfast --features ebpf-log`, then
-    /// `netfast upgrade` (or a new network) to run that build's programs.
+    /// `netfast upgrade` with that binary to run its programs.
     #[arg(long)]
     log: bool,
     /// A JSON object per line instead of text.
