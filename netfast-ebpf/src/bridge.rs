@@ -15,7 +15,7 @@ use netfast_common::{
     verdict::NEXT,
 };
 
-use crate::conntrack::Table;
+use crate::conntrack::{Origin, Table};
 use crate::{
     conntrack,
     forward::{self, Hop, Route, route},
@@ -152,7 +152,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // A container's error about a flow of ours (a port unreachable to a client of a
         // published port): translated, then forwarded like the flow's packets.
         source_network(ctx, &ip)?;
-        let translated = icmp::translate_error(ctx, &ip, now, true).get()?;
+        let translated = icmp::translate_error(ctx, &ip, now, Origin::Inside).get()?;
         return not_a_flow(ctx, &ip, now, translated).verdict();
     }
     let L4::Flow {
@@ -167,9 +167,9 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let p = parse::pkt(&ip, sport, dport, tcp_flags, now)?;
     // The main table, else the inbound flows not answered yet (this may be a container's
     // answer to one): a miss here is a new flow, rare next to the packets of known ones.
-    let found = match conntrack::lookup(&p.key, now, true) {
+    let found = match conntrack::lookup(&p.key, now, Origin::Inside) {
         Some(e) => Some((e, Table::Main)),
-        None => conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, Table::Inbound)),
+        None => conntrack::lookup_inbound(&p.key, now, Origin::Inside).map(|e| (e, Table::Inbound)),
     };
     if let Some((entry, table)) = found
         // SAFETY: a live map value pointer from `lookup`.

@@ -117,27 +117,35 @@ fn entry_in(table: Table, key: &CtKey) -> Option<*mut CtEntry> {
     }
 }
 
-/// The live entry for `key`, if it serves packets from this side (`from_inside`: see
+/// Where a packet comes from, for the entries that serve only one side (see
+/// `CT_F_FROM_INSIDE`): a container or the host on its way out, or the outside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Inside,
+    Outside,
+}
+
+/// The live entry for `key`, if it serves packets from `origin` (see
 /// `CT_F_FROM_INSIDE`). An entry past its expiry counts as absent — unless the other
 /// direction of its flow is alive and is still its own other half (a stream that only flows
 /// one way refreshes one side; an entry whose peer key now holds another flow is dead).
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    lookup_in(Table::Main, key, now, from_inside)
+pub fn lookup(key: &CtKey, now: u32, origin: Origin) -> Option<*mut CtEntry> {
+    lookup_in(Table::Main, key, now, origin)
 }
 
 /// As `lookup`, among the inbound flows not answered yet.
 #[inline(always)]
-pub fn lookup_inbound(key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
-    lookup_in(Table::Inbound, key, now, from_inside)
+pub fn lookup_inbound(key: &CtKey, now: u32, origin: Origin) -> Option<*mut CtEntry> {
+    lookup_in(Table::Inbound, key, now, origin)
 }
 
 #[inline(always)]
-fn lookup_in(table: Table, key: &CtKey, now: u32, from_inside: bool) -> Option<*mut CtEntry> {
+fn lookup_in(table: Table, key: &CtKey, now: u32, origin: Origin) -> Option<*mut CtEntry> {
     let entry = entry_in(table, key)?;
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
-    if !e.serves(from_inside) {
+    if !e.serves(origin == Origin::Inside) {
         return None;
     }
     if e.expires >= now {

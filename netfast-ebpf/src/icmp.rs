@@ -12,13 +12,15 @@ use netfast_common::{
     },
 };
 
-use crate::outcome::Outcome;
 use crate::{
     conntrack, csum,
     nat::rewrite_l3,
-    parse::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, be16, be32, header, icmp, load, store},
+    parse::{
+        ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, Side, be16, be32, header, icmp, load, store,
+    },
     stats,
 };
+use crate::{conntrack::Origin, outcome::Outcome};
 
 /// Length of the ICMP error header before the embedded packet.
 const ICMP_HLEN: usize = 8;
@@ -27,8 +29,8 @@ const ICMP_HLEN: usize = 8;
 /// the host itself; the caller decides).
 // Its own BPF function: rare, and heavy on the stack.
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32, from_inside: bool) -> Outcome {
-    Outcome::from(try_translate_error(ctx, ip, now, from_inside))
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32, origin: Origin) -> Outcome {
+    Outcome::from(try_translate_error(ctx, ip, now, origin))
 }
 
 #[inline(always)]
@@ -36,7 +38,7 @@ fn try_translate_error(
     ctx: &TcContext,
     ip: &Ipv4,
     now: u32,
-    from_inside: bool,
+    origin: Origin,
 ) -> Result<u32, DropReason> {
     crate::parse::linearize(ctx, crate::parse::ICMP_ERROR_LINEAR);
     // Where the IPv4 packet ends: bytes past it (a frame's padding) are not the message's,
@@ -70,8 +72,8 @@ fn try_translate_error(
     // The embedded packet went out translated; a reply to it would match this entry, and
     // the error is undone the way that reply would be.
     let key = CtKey::new(dst, src, dport, sport, proto);
-    let Some(entry) = conntrack::lookup(&key, now, from_inside)
-        .or_else(|| conntrack::lookup_inbound(&key, now, from_inside))
+    let Some(entry) = conntrack::lookup(&key, now, origin)
+        .or_else(|| conntrack::lookup_inbound(&key, now, origin))
     else {
         return Ok(0);
     };
@@ -89,12 +91,12 @@ fn try_translate_error(
             l4,
             ip_end,
             proto,
-            true,
+            Side::Src,
             e.dst_addr,
             e.dst_port,
         )?;
         if ip.dst == key.dst_addr {
-            rewrite_l3(ctx, false, e.dst_addr)?;
+            rewrite_l3(ctx, Side::Dst, e.dst_addr)?;
         }
     }
     if e.flags & CT_F_REWRITE_SRC != 0 {
@@ -105,12 +107,12 @@ fn try_translate_error(
             l4,
             ip_end,
             proto,
-            false,
+            Side::Dst,
             e.src_addr,
             e.src_port,
         )?;
         if ip.src == key.src_addr {
-            rewrite_l3(ctx, true, e.src_addr)?;
+            rewrite_l3(ctx, Side::Src, e.src_addr)?;
         }
     }
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
@@ -130,14 +132,14 @@ fn rewrite_embedded(
     l4: usize,
     ip_end: usize,
     proto: u8,
-    src_side: bool,
+    side: Side,
     addr: u32,
     port: u16,
 ) -> Result<(), DropReason> {
     let icmp_csum_off = icmp_off + 2;
     let mut icmp_csum: u16 = load(ctx, icmp_csum_off)?;
 
-    let addr_off = inner + if src_side { IP_SRC } else { IP_DST };
+    let addr_off = inner + side.ip_addr_off();
     let old_addr: u32 = load(ctx, addr_off)?;
     store(ctx, addr_off, addr)?;
     icmp_csum = csum::replace32(icmp_csum, old_addr, addr);
@@ -148,7 +150,7 @@ fn rewrite_embedded(
 
     match proto {
         PROTO_TCP | PROTO_UDP => {
-            let port_off = if src_side { l4 } else { l4 + 2 };
+            let port_off = l4 + side.port_off();
             let old_port: u16 = load(ctx, port_off)?;
             store(ctx, port_off, port)?;
             icmp_csum = csum::replace16(icmp_csum, old_port, port);

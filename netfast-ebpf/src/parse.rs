@@ -39,6 +39,33 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
 const TCP_SYN: u8 = 0x02;
 
+/// Which end of a packet a rewrite changes: its source or its destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+impl Side {
+    /// This end's address in an IPv4 header.
+    #[inline(always)]
+    pub const fn ip_addr_off(self) -> usize {
+        match self {
+            Side::Src => IP_SRC,
+            Side::Dst => IP_DST,
+        }
+    }
+
+    /// This end's port in a TCP or UDP header.
+    #[inline(always)]
+    pub const fn port_off(self) -> usize {
+        match self {
+            Side::Src => 0,
+            Side::Dst => 2,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, DropReason> {
     let start = ctx.data();
@@ -247,10 +274,10 @@ pub fn icmp(ctx: &TcContext, off: usize) -> Result<L4, DropReason> {
 /// Where, from the start of the L4 header, the port (TCP/UDP) or identifier (ICMP echo) a
 /// rewrite changes is, and the checksum that covers it.
 #[inline(always)]
-pub fn port_offsets(proto: u8, source: bool) -> (usize, usize) {
+pub fn port_offsets(proto: u8, side: Side) -> (usize, usize) {
     match proto {
-        PROTO_TCP => (if source { 0 } else { 2 }, 16),
-        PROTO_UDP => (if source { 0 } else { 2 }, 6),
+        PROTO_TCP => (side.port_off(), 16),
+        PROTO_UDP => (side.port_off(), 6),
         // ICMP echo: one identifier field, whichever side is rewritten.
         _ => (4, 2),
     }

@@ -11,7 +11,7 @@ use netfast_common::{
     verdict::NEXT,
 };
 
-use crate::conntrack::Table;
+use crate::conntrack::{Origin, Table};
 use crate::{
     conntrack,
     forward::{self, Hop, Route},
@@ -86,6 +86,8 @@ fn forward_in(
 #[inline(always)]
 pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     let out = dir == Direction::Out;
+    // What goes out has come from inside (a container, or the host itself).
+    let origin = if out { Origin::Inside } else { Origin::Outside };
     if out {
         // SAFETY: a field of the context TC programs may read and write.
         let tc_index = unsafe { (*ctx.skb.skb).tc_index };
@@ -120,7 +122,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             tcp_flags,
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
-            if icmp::translate_error(ctx, &ip, now, out).get()? {
+            if icmp::translate_error(ctx, &ip, now, origin).get()? {
                 let (src, dst) = (
                     parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
                     parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
@@ -144,23 +146,25 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
     // endpoint-independent filtering). The host's own traffic pays for neither.
     let mut masq = None;
     let mut target = None;
-    let mut found = conntrack::lookup(&p.key, now, out).map(|e| (e, Table::Main));
+    let mut found = conntrack::lookup(&p.key, now, origin).map(|e| (e, Table::Main));
     if found.is_none() {
         if out {
             masq = nat::masq_network(ip.src, nat::ifindex(ctx));
             if masq.is_some() {
-                found = conntrack::lookup_inbound(&p.key, now, true).map(|e| (e, Table::Inbound));
+                found = conntrack::lookup_inbound(&p.key, now, Origin::Inside)
+                    .map(|e| (e, Table::Inbound));
             }
         } else {
             target = publish::published(ip.dst, dport, ip.proto);
             if target.is_some() || conntrack::endpoint_independent() {
-                found = conntrack::lookup_inbound(&p.key, now, false).map(|e| (e, Table::Inbound));
+                found = conntrack::lookup_inbound(&p.key, now, Origin::Outside)
+                    .map(|e| (e, Table::Inbound));
             }
             // A masqueraded flow that lost its reply entry (the LRU, under pressure) while
             // its original one lives: restored rather than left to the host.
             if found.is_none() && target.is_none() && conntrack::restore_reply(&p.key, now) {
                 stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
-                found = conntrack::lookup(&p.key, now, false).map(|e| (e, Table::Main));
+                found = conntrack::lookup(&p.key, now, Origin::Outside).map(|e| (e, Table::Main));
             }
         }
     }

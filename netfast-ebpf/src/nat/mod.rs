@@ -15,7 +15,7 @@ use crate::outcome::Outcome;
 use crate::{
     csum,
     maps::{NETFAST_FRAGS, NETFAST_NETWORKS},
-    parse::{ETH_HLEN, Frag, IP_CSUM, IP_DST, IP_SRC, Ipv4, load, port_offsets, ptr_at, store},
+    parse::{ETH_HLEN, Frag, IP_CSUM, Ipv4, Side, load, port_offsets, ptr_at, store},
 };
 
 mod mapping;
@@ -49,11 +49,11 @@ pub fn masq_network(src: u32, ifindex: u32) -> Option<NetInfo> {
     }
 }
 
-/// Rewrites the source (`src_side`) or destination address in the IPv4 header and its
-/// checksum only; returns the old address.
+/// Rewrites the source or destination (`side`) address in the IPv4 header and its checksum
+/// only; returns the old address.
 #[inline(always)]
-pub fn rewrite_l3(ctx: &TcContext, src_side: bool, addr: u32) -> Result<u32, DropReason> {
-    let addr_off = ETH_HLEN + if src_side { IP_SRC } else { IP_DST };
+pub fn rewrite_l3(ctx: &TcContext, side: Side, addr: u32) -> Result<u32, DropReason> {
+    let addr_off = ETH_HLEN + side.ip_addr_off();
     let old: u32 = load(ctx, addr_off)?;
     if old != addr {
         store(ctx, addr_off, addr)?;
@@ -63,21 +63,21 @@ pub fn rewrite_l3(ctx: &TcContext, src_side: bool, addr: u32) -> Result<u32, Dro
     Ok(old)
 }
 
-/// Rewrites the source (`src_side`) or destination address and port of the packet, with
+/// Rewrites the source or destination (`side`) address and port of the packet, with
 /// every checksum; a later fragment gets its address only.
 #[inline(always)]
 fn rewrite_side(
     ctx: &TcContext,
     ip: &Ipv4,
-    src_side: bool,
+    side: Side,
     addr: u32,
     port: u16,
 ) -> Result<(), DropReason> {
-    let old_addr = rewrite_l3(ctx, src_side, addr)?;
+    let old_addr = rewrite_l3(ctx, side, addr)?;
     if ip.frag == Frag::Later {
         return Ok(());
     }
-    let (port_at, csum_off) = port_offsets(ip.proto, src_side);
+    let (port_at, csum_off) = port_offsets(ip.proto, side);
     // The ports and the ICMP identifier are all in the first 8 bytes of the L4 header:
     // check those once, then reach the field inside them (a 2-byte field checked on its own
     // at a variable offset gets split into byte loads the verifier cannot bound).
@@ -121,10 +121,10 @@ fn try_apply(
     now: u32,
 ) -> Result<u32, DropReason> {
     if e.flags & CT_F_REWRITE_SRC != 0 {
-        rewrite_side(ctx, ip, true, e.src_addr, e.src_port)?;
+        rewrite_side(ctx, ip, Side::Src, e.src_addr, e.src_port)?;
     }
     if e.flags & CT_F_REWRITE_DST != 0 {
-        rewrite_side(ctx, ip, false, e.dst_addr, e.dst_port)?;
+        rewrite_side(ctx, ip, Side::Dst, e.dst_addr, e.dst_port)?;
     }
     if ip.frag == Frag::First {
         let t = e.translated(key);
@@ -172,7 +172,7 @@ pub fn later_fragment(
     if entry.expires < now {
         return Ok(None);
     }
-    rewrite_l3(ctx, true, entry.src_addr)?;
-    rewrite_l3(ctx, false, entry.dst_addr)?;
+    rewrite_l3(ctx, Side::Src, entry.src_addr)?;
+    rewrite_l3(ctx, Side::Dst, entry.dst_addr)?;
     Ok(Some((entry.src_addr, entry.dst_addr)))
 }
