@@ -140,7 +140,9 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
 /// another endpoint takes it over. Each writes its own word with an atomic instruction (a
 /// full barrier), then reads the other's: the holder, after raising the expiry, gives up if
 /// the owner word no longer names it; the taker, after its exchange, gives the claim back
-/// if the expiry has been raised meanwhile. Of the two, at most one goes on with the port.
+/// if the expiry has been raised meanwhile, and raises it itself with a compare-and-exchange
+/// from the expired value, then reads the owner word again. Of the two, at most one goes on
+/// with the port.
 #[inline(never)]
 fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32) -> bool {
     let claim = NatClaim::new(owner, until);
@@ -193,16 +195,26 @@ fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32)
     if !cas(word, was, owner) {
         return false;
     }
-    // Its holder retook it meanwhile (raised the expiry): given back.
+    // The expiry raised with a compare-and-exchange from the expired value: it fails where
+    // the holder retook the claim meanwhile (raised the expiry), and then the claim is given
+    // back. Written with a plain store after the check, the expiry would let the holder take
+    // the claim back from us in between (it still looks expired): both would bind the port.
     // SAFETY: `expires` is an aligned u32 of the same map value.
-    if unsafe { core::ptr::read_volatile(&raw const h.expires) } >= now {
+    let raised = unsafe {
+        let expires = &raw mut h.expires;
+        let e = core::ptr::read_volatile(expires);
+        e < now
+            && atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                expires, e, until,
+            )
+            .1
+    };
+    if !raised {
         let _ = cas(word, owner, was);
         return false;
     }
-    if h.expires < until {
-        h.expires = until;
-    }
-    true
+    // Taken from us by another CPU before the expiry was raised: theirs.
+    load_word(word) == owner
 }
 
 /// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until
