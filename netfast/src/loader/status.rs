@@ -243,6 +243,9 @@ impl Loader {
         let (state, intent) = (&locked.state, locked.intent.as_ref());
         let nl = self.netlink().host()?;
         let mut out = Vec::new();
+        // Whether each fallback's rules are in place: asked once per backend, not once per
+        // network (iptables' answer takes a run of `iptables -C` for each of its jumps).
+        let mut installed: Vec<(Backend, bool)> = Vec::new();
         for n in &state.networks {
             let mut drift = Vec::new();
             match nl.link(&n.bridge)? {
@@ -270,7 +273,15 @@ impl Loader {
                     }
                 }
             }
-            if n.backend != Backend::Ebpf && !crate::backend::installed(n.backend) {
+            let rules_in_place =
+                if let Some((_, yes)) = installed.iter().find(|(b, _)| *b == n.backend) {
+                    *yes
+                } else {
+                    let yes = crate::backend::installed(n.backend);
+                    installed.push((n.backend, yes));
+                    yes
+                };
+            if !rules_in_place {
                 drift.push(format!(
                     "netfast's {} rules are missing (removed by hand?); recreate the network",
                     n.backend
