@@ -1,26 +1,8 @@
 //! Debug records (aya-log) for debugging the datapath, read by `netfast monitor --log`.
-//! Built only with this crate's `log` feature (netfast's `ebpf-log`): without it `debug!`
-//! expands to nothing, so a default build has no logging code on the packet path at all.
-//! With it, each record also passes aya-log's runtime level (`AYA_LOG_LEVEL`) first.
-
-#[cfg(feature = "log")]
-macro_rules! debug {
-    ($ctx:expr, $($arg:tt)+) => {
-        aya_log_ebpf::debug!($ctx, $($arg)+)
-    };
-}
-
-// For new records: `debug!(ctx, ...)`, in a function of its own (see `dropped`).
-#[cfg(not(feature = "log"))]
-#[allow(unused_macros)]
-macro_rules! debug {
-    ($ctx:expr, $($arg:tt)+) => {{
-        let _ = $ctx;
-    }};
-}
-
-#[allow(unused_imports)]
-pub(crate) use debug;
+//! Built only with this crate's `log` feature (netfast's `ebpf-log`): without it `dropped`
+//! is an empty inline function, so a default build has no logging code on the packet path.
+//! With it, each record also passes aya-log's runtime level (`AYA_LOG_LEVEL`) first. A new
+//! record goes in a function of its own, as `dropped` does.
 
 /// A record of a drop. Its own BPF function: the record's buffer stays out of the entry
 /// points' frames, which the deepest call chains already fill close to BPF's 512 bytes.
@@ -31,7 +13,7 @@ pub fn dropped(
     hook: netfast_common::Hook,
     reason: netfast_common::DropReason,
 ) {
-    debug!(ctx, "{}: drop ({})", hook.name(), reason.name());
+    aya_log_ebpf::debug!(ctx, "{}: drop ({})", hook.name(), reason.name());
 }
 
 #[cfg(not(feature = "log"))]
