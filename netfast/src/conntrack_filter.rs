@@ -328,64 +328,73 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddrV4;
+
     use super::*;
     use crate::loader::model::{Container, Network};
 
-    fn tuple(src: &str, dst: &str, sport: u16, dport: u16) -> Tuple {
+    /// A tuple from `"IP:PORT"` strings (for ICMP the port stands for the echo identifier).
+    fn tuple(src: &str, dst: &str) -> Tuple {
+        let (src, dst): (SocketAddrV4, SocketAddrV4) = (src.parse().unwrap(), dst.parse().unwrap());
         Tuple {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            sport,
-            dport,
+            src: *src.ip(),
+            dst: *dst.ip(),
+            sport: src.port(),
+            dport: dst.port(),
             id: None,
             packets: None,
             bytes: None,
         }
     }
 
-    fn flow(proto: u8, state: Option<&'static str>, net: u16, o: Tuple, r: Tuple) -> Flow {
+    fn flow(proto: u8, state: Option<&'static str>, net: u16, o: [&str; 2], r: [&str; 2]) -> Flow {
+        let (mut o, mut r) = (tuple(o[0], o[1]), tuple(r[0], r[1]));
+        if proto == PROTO_ICMP {
+            for t in [&mut o, &mut r] {
+                t.id = Some(t.sport);
+                (t.sport, t.dport) = (0, 0);
+            }
+        }
         Flow::from_parts(proto, state, 100, false, net, o, r)
     }
 
     /// A container's masqueraded TCP connection to an outside server.
     fn masqueraded() -> Flow {
-        flow(
-            PROTO_TCP,
-            Some("ESTABLISHED"),
-            1,
-            tuple("172.18.0.3", "198.51.100.2", 40000, 8000),
-            tuple("198.51.100.2", "198.51.100.1", 8000, 40000),
-        )
+        let o = ["172.18.0.3:40000", "198.51.100.2:8000"];
+        let r = ["198.51.100.2:8000", "198.51.100.1:40000"];
+        flow(PROTO_TCP, Some("ESTABLISHED"), 1, o, r)
     }
 
     /// An outside client's datagrams to a published port (5353 → 172.18.0.2:53).
     fn published() -> Flow {
+        let o = ["198.51.100.2:40001", "198.51.100.1:5353"];
         flow(
             PROTO_UDP,
             None,
             1,
-            tuple("198.51.100.2", "198.51.100.1", 40001, 5353),
-            tuple("172.18.0.2", "198.51.100.2", 53, 40001),
+            o,
+            ["172.18.0.2:53", "198.51.100.2:40001"],
         )
     }
 
     /// An outside client's datagrams to the host's own port 5353, untranslated.
     fn to_the_host() -> Flow {
+        let o = ["198.51.100.2:40001", "198.51.100.1:5353"];
         flow(
             PROTO_UDP,
             None,
             0,
-            tuple("198.51.100.2", "198.51.100.1", 40001, 5353),
-            tuple("198.51.100.1", "198.51.100.2", 5353, 40001),
+            o,
+            ["198.51.100.1:5353", "198.51.100.2:40001"],
         )
     }
 
-    /// A container's ping of the outside, on network 2.
+    /// A container's ping of the outside (echo identifier 77), on network 2.
     fn ping() -> Flow {
-        let mut o = tuple("172.19.0.2", "198.51.100.2", 0, 0);
-        o.id = Some(77);
-        let mut r = tuple("198.51.100.2", "198.51.100.1", 0, 0);
-        r.id = Some(77);
+        let (o, r) = (
+            ["172.19.0.2:77", "198.51.100.2:0"],
+            ["198.51.100.2:77", "198.51.100.1:0"],
+        );
         flow(PROTO_ICMP, None, 2, o, r)
     }
 
@@ -429,6 +438,18 @@ mod tests {
             .collect()
     }
 
+    /// The indexes into [`all`] of the flows the default spec changed by `f` matches.
+    fn spec(f: fn(&mut FilterSpec)) -> Vec<usize> {
+        let mut s = FilterSpec::default();
+        f(&mut s);
+        which(s)
+    }
+
+    /// What resolving `spec` against [`state`] refuses, as the user reads it.
+    fn refused(spec: FilterSpec) -> String {
+        spec.resolve(&state()).unwrap_err().0
+    }
+
     #[test]
     fn no_filter_matches_every_flow() {
         assert!(Filter::default().is_empty());
@@ -437,11 +458,6 @@ mod tests {
 
     #[test]
     fn protocol_addresses_and_cidrs_match_their_own_tuple() {
-        let spec = |f: fn(&mut FilterSpec)| {
-            let mut s = FilterSpec::default();
-            f(&mut s);
-            which(s)
-        };
         assert_eq!(spec(|s| s.proto = Some(PROTO_UDP)), [1, 2]);
         assert_eq!(spec(|s| s.proto = Some(PROTO_ICMP)), [3]);
         assert_eq!(
@@ -465,11 +481,6 @@ mod tests {
 
     #[test]
     fn ports_match_their_own_direction_and_never_an_icmp_flow() {
-        let spec = |f: fn(&mut FilterSpec)| {
-            let mut s = FilterSpec::default();
-            f(&mut s);
-            which(s)
-        };
         assert_eq!(spec(|s| s.orig_dport = Some(5353)), [1, 2]);
         assert_eq!(spec(|s| s.orig_sport = Some(40000)), [0]);
         assert_eq!(spec(|s| s.reply_sport = Some(53)), [1]);
@@ -479,11 +490,6 @@ mod tests {
 
     #[test]
     fn state_network_container_and_published_port() {
-        let spec = |f: fn(&mut FilterSpec)| {
-            let mut s = FilterSpec::default();
-            f(&mut s);
-            which(s)
-        };
         assert_eq!(spec(|s| s.state = Some("ESTABLISHED")), [0]);
         assert_eq!(spec(|s| s.state = Some("TIME_WAIT")), Vec::<usize>::new());
         assert_eq!(spec(|s| s.network = Some("web".into())), [0, 1]);
@@ -563,43 +569,44 @@ mod tests {
 
     #[test]
     fn unknown_names_and_contradictions_are_refused() {
-        let s = state();
-        let e = FilterSpec {
-            network: Some("db".into()),
-            ..FilterSpec::default()
+        let cases: [(FilterSpec, &[&str]); 4] = [
+            (
+                FilterSpec {
+                    network: Some("db".into()),
+                    ..FilterSpec::default()
+                },
+                &["no network named `db`", "network ls"],
+            ),
+            (
+                FilterSpec {
+                    container: Some("ct9".into()),
+                    ..FilterSpec::default()
+                },
+                &["no container named `ct9`"],
+            ),
+            (
+                FilterSpec {
+                    proto: Some(PROTO_UDP),
+                    state: Some("ESTABLISHED"),
+                    ..FilterSpec::default()
+                },
+                &["--state implies -p tcp"],
+            ),
+            (
+                FilterSpec {
+                    proto: Some(PROTO_TCP),
+                    published: Some("53/udp".parse().unwrap()),
+                    ..FilterSpec::default()
+                },
+                &["different protocols"],
+            ),
+        ];
+        for (spec, wanted) in cases {
+            let e = refused(spec);
+            assert!(
+                wanted.iter().all(|w| e.contains(w)),
+                "{e} should say {wanted:?}"
+            );
         }
-        .resolve(&s)
-        .unwrap_err()
-        .0;
-        assert!(
-            e.contains("no network named `db`") && e.contains("network ls"),
-            "{e}"
-        );
-        let e = FilterSpec {
-            container: Some("ct9".into()),
-            ..FilterSpec::default()
-        }
-        .resolve(&s)
-        .unwrap_err()
-        .0;
-        assert!(e.contains("no container named `ct9`"), "{e}");
-        let e = FilterSpec {
-            proto: Some(PROTO_UDP),
-            state: Some("ESTABLISHED"),
-            ..FilterSpec::default()
-        }
-        .resolve(&s)
-        .unwrap_err()
-        .0;
-        assert!(e.contains("--state implies -p tcp"), "{e}");
-        let e = FilterSpec {
-            proto: Some(PROTO_TCP),
-            published: Some("53/udp".parse().unwrap()),
-            ..FilterSpec::default()
-        }
-        .resolve(&s)
-        .unwrap_err()
-        .0;
-        assert!(e.contains("different protocols"), "{e}");
     }
 }

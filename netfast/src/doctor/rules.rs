@@ -103,28 +103,28 @@ pub fn double_translation(rule: &NatRule, state: &State) -> Option<String> {
 
 fn masquerades(rule: &NatRule, network: &Network) -> bool {
     network.masquerade
-        && addr_applies(&rule.source, network.subnet)
-        && iface_applies(&rule.out_iface, &network.uplink)
+        && addr_applies(&rule.matches.source, network.subnet)
+        && iface_applies(&rule.matches.out_iface, &network.uplink)
 }
 
 fn redirects(rule: &NatRule, p: &Publication, state: &State) -> bool {
-    if !proto_applies(&rule.proto, p.proto) {
+    if !proto_applies(&rule.matches.proto, p.proto) {
         return false;
     }
     let uplink = state.network(&p.network).map(|n| n.uplink.as_str());
-    if uplink.is_some_and(|u| !iface_applies(&rule.in_iface, u)) {
+    if uplink.is_some_and(|u| !iface_applies(&rule.matches.in_iface, u)) {
         return false;
     }
-    match (&rule.destination, p.host_ip) {
-        (Some(_), Some(ip)) if !addr_applies(&rule.destination, Ipv4Net::from(ip)) => {
+    match (&rule.matches.destination, p.host_ip) {
+        (Some(_), Some(ip)) if !addr_applies(&rule.matches.destination, Ipv4Net::from(ip)) => {
             return false;
         }
         // A whole-address rule (1:1 NAT of some address) without ports: only a publication
         // on that very address would meet it.
-        (Some(_), None) if rule.dports.is_none() => return false,
+        (Some(_), None) if rule.matches.dports.is_none() => return false,
         _ => {}
     }
-    ports_apply(&rule.dports, &p.host_ports)
+    ports_apply(&rule.matches.dports, &p.host_ports)
 }
 
 #[cfg(test)]
@@ -134,6 +134,7 @@ mod tests {
         model::State,
         publish::{Ports, Proto},
     };
+    use crate::netfilter::Matches;
 
     fn state() -> State {
         let json = serde_json::json!({
@@ -159,12 +160,7 @@ mod tests {
             kind,
             describe: "r".into(),
             delete: "d".into(),
-            source: None,
-            destination: None,
-            in_iface: None,
-            out_iface: None,
-            proto: None,
-            dports: None,
+            matches: Matches::default(),
         }
     }
 
@@ -176,19 +172,19 @@ mod tests {
     fn docker_masquerade_overlaps() {
         let s = state();
         let mut r = rule(Nat::Masquerade);
-        r.source = Some(Match::new(false, AddrSet::net(net("172.18.0.0/24"))));
-        r.out_iface = Some(Match::new(true, vec!["docker0".into()]));
+        r.matches.source = Some(Match::new(false, AddrSet::net(net("172.18.0.0/24"))));
+        r.matches.out_iface = Some(Match::new(true, vec!["docker0".into()]));
         let why = double_translation(&r, &s).expect("overlaps");
         assert!(why.contains("network web (172.18.0.0/24)"), "{why}");
 
         // Another subnet, or a rule for another interface: no.
-        r.source = Some(Match::new(false, AddrSet::net(net("172.17.0.0/16"))));
+        r.matches.source = Some(Match::new(false, AddrSet::net(net("172.17.0.0/16"))));
         assert_eq!(double_translation(&r, &s), None);
-        r.source = Some(Match::new(false, AddrSet::net(net("172.16.0.0/12"))));
+        r.matches.source = Some(Match::new(false, AddrSet::net(net("172.16.0.0/12"))));
         assert!(double_translation(&r, &s).is_some(), "a covering prefix");
-        r.out_iface = Some(Match::new(false, vec!["eth+".into()]));
+        r.matches.out_iface = Some(Match::new(false, vec!["eth+".into()]));
         assert_eq!(double_translation(&r, &s), None);
-        r.out_iface = Some(Match::new(false, vec!["up+".into()]));
+        r.matches.out_iface = Some(Match::new(false, vec!["up+".into()]));
         assert!(
             double_translation(&r, &s).is_some(),
             "wildcard matching the uplink"
@@ -199,18 +195,18 @@ mod tests {
         assert!(double_translation(&r, &s).is_some());
         // A source excluded by negation.
         let mut r = rule(Nat::Masquerade);
-        r.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/16"))));
+        r.matches.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/16"))));
         assert_eq!(double_translation(&r, &s), None);
-        r.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/25"))));
+        r.matches.source = Some(Match::new(true, AddrSet::net(net("172.18.0.0/25"))));
         assert!(
             double_translation(&r, &s).is_some(),
             "half the subnet is left"
         );
         // The routed network is not masqueraded by netfast: its rule is the only one.
-        r.source = Some(Match::new(false, AddrSet::net(net("10.9.0.0/24"))));
+        r.matches.source = Some(Match::new(false, AddrSet::net(net("10.9.0.0/24"))));
         assert_eq!(double_translation(&r, &s), None);
         // Ranges, as nft writes them.
-        r.source = Some(Match::new(
+        r.matches.source = Some(Match::new(
             false,
             AddrSet::range(
                 "172.18.0.200".parse().unwrap(),
@@ -224,9 +220,9 @@ mod tests {
     fn dnat_overlaps_published_ports() {
         let s = state();
         let mut r = rule(Nat::Dnat);
-        r.proto = Some(Match::new(false, "tcp".into()));
-        r.in_iface = Some(Match::new(true, vec!["docker0".into()]));
-        r.dports = Some(Match::new(
+        r.matches.proto = Some(Match::new(false, "tcp".into()));
+        r.matches.in_iface = Some(Match::new(true, vec!["docker0".into()]));
+        r.matches.dports = Some(Match::new(
             false,
             vec![Ports {
                 first: 8080,
@@ -239,10 +235,10 @@ mod tests {
             "{why}"
         );
 
-        r.proto = Some(Match::new(false, "udp".into()));
+        r.matches.proto = Some(Match::new(false, "udp".into()));
         assert_eq!(double_translation(&r, &s), None, "another protocol");
-        r.proto = None;
-        r.dports = Some(Match::new(
+        r.matches.proto = None;
+        r.matches.dports = Some(Match::new(
             false,
             vec![Ports {
                 first: 8000,
@@ -250,7 +246,7 @@ mod tests {
             }],
         ));
         assert_eq!(double_translation(&r, &s), None, "other ports");
-        r.dports = Some(Match::new(
+        r.matches.dports = Some(Match::new(
             false,
             vec![Ports {
                 first: 8000,
@@ -258,7 +254,7 @@ mod tests {
             }],
         ));
         assert!(double_translation(&r, &s).is_some(), "a covering range");
-        r.dports = Some(Match::new(
+        r.matches.dports = Some(Match::new(
             true,
             vec![Ports {
                 first: 8080,
@@ -266,15 +262,15 @@ mod tests {
             }],
         ));
         assert_eq!(double_translation(&r, &s), None, "all but ours");
-        r.dports = None;
+        r.matches.dports = None;
         assert!(double_translation(&r, &s).is_some(), "every port");
-        r.destination = Some(Match::new(false, AddrSet::net(net("192.0.2.9/32"))));
+        r.matches.destination = Some(Match::new(false, AddrSet::net(net("192.0.2.9/32"))));
         assert_eq!(
             double_translation(&r, &s),
             None,
             "1:1 NAT of another address"
         );
-        r.dports = Some(Match::new(
+        r.matches.dports = Some(Match::new(
             false,
             vec![Ports {
                 first: 8080,
@@ -285,7 +281,7 @@ mod tests {
             double_translation(&r, &s).is_some(),
             "port 8080 of any host address"
         );
-        r.in_iface = Some(Match::new(false, vec!["eth0".into()]));
+        r.matches.in_iface = Some(Match::new(false, vec!["eth0".into()]));
         assert_eq!(double_translation(&r, &s), None, "another interface");
         assert!(proto_applies(
             &Some(Match::new(true, "udp".into())),

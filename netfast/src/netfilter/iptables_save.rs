@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::matches::{AddrSet, Match, Nat, NatRule, read_or_nothing};
+use super::matches::{AddrSet, Match, Matches, Nat, NatRule, read_or_nothing};
 use crate::loader::publish::Ports;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,12 +37,7 @@ pub struct Rule {
     pub text: String,
     /// Packets and bytes, as `iptables-save -c` prints them (`[12:720] -A …`).
     pub counters: Option<(u64, u64)>,
-    pub source: Option<Match<AddrSet>>,
-    pub destination: Option<Match<AddrSet>>,
-    pub in_iface: Option<Match<Vec<String>>>,
-    pub out_iface: Option<Match<Vec<String>>>,
-    pub proto: Option<Match<String>>,
-    pub dports: Option<Match<Vec<Ports>>>,
+    pub matches: Matches,
     pub target: Option<String>,
     pub comment: Option<String>,
 }
@@ -106,12 +101,7 @@ impl Rule {
             kind,
             describe: format!("`{}` ({origin}, table {table})", self.text),
             delete,
-            source: self.source.clone(),
-            destination: self.destination.clone(),
-            in_iface: self.in_iface.clone(),
-            out_iface: self.out_iface.clone(),
-            proto: self.proto.clone(),
-            dports: self.dports.clone(),
+            matches: self.matches.clone(),
         })
     }
 }
@@ -249,27 +239,27 @@ fn parse_rule(line: &str) -> Rule {
                 true
             }
             ("-s" | "--source", Some(v)) => {
-                rule.source = Some(read_or_nothing(addr(v), negated));
+                rule.matches.source = Some(read_or_nothing(addr(v), negated));
                 true
             }
             ("-d" | "--destination", Some(v)) => {
-                rule.destination = Some(read_or_nothing(addr(v), negated));
+                rule.matches.destination = Some(read_or_nothing(addr(v), negated));
                 true
             }
             ("-i" | "--in-interface", Some(v)) => {
-                rule.in_iface = Some(Match::new(negated, vec![v.to_owned()]));
+                rule.matches.in_iface = Some(Match::new(negated, vec![v.to_owned()]));
                 true
             }
             ("-o" | "--out-interface", Some(v)) => {
-                rule.out_iface = Some(Match::new(negated, vec![v.to_owned()]));
+                rule.matches.out_iface = Some(Match::new(negated, vec![v.to_owned()]));
                 true
             }
             ("-p" | "--protocol", Some(v)) => {
-                rule.proto = Some(Match::new(negated, v.to_ascii_lowercase()));
+                rule.matches.proto = Some(Match::new(negated, v.to_ascii_lowercase()));
                 true
             }
             ("--dport" | "--destination-port" | "--dports" | "--destination-ports", Some(v)) => {
-                rule.dports = Some(read_or_nothing(port_list(v), negated));
+                rule.matches.dports = Some(read_or_nothing(port_list(v), negated));
                 true
             }
             ("-j" | "--jump" | "-g" | "--goto", Some(v)) => {
@@ -338,17 +328,7 @@ COMMIT
         let masq = &nat[0];
         assert_eq!(masq.chain, "POSTROUTING");
         assert_eq!(masq.nat(), Some(Nat::Masquerade));
-        assert_eq!(
-            masq.source,
-            Some(Match::new(
-                false,
-                AddrSet::net("172.18.0.0/24".parse().unwrap())
-            ))
-        );
-        assert_eq!(
-            masq.out_iface,
-            Some(Match::new(true, vec!["docker0".into()]))
-        );
+        assert_eq!(masq.matches, Matches::docker_masquerade());
         assert!(!masq.is_netfast());
 
         assert_eq!(
@@ -362,12 +342,12 @@ COMMIT
         let dnat = &nat[4];
         assert_eq!(dnat.nat(), Some(Nat::Dnat));
         assert_eq!(
-            dnat.in_iface,
+            dnat.matches.in_iface,
             Some(Match::new(true, vec!["docker0".into()]))
         );
-        assert_eq!(dnat.proto, Some(Match::new(false, "tcp".into())));
+        assert_eq!(dnat.matches.proto, Some(Match::new(false, "tcp".into())));
         assert_eq!(
-            dnat.dports,
+            dnat.matches.dports,
             Some(Match::new(
                 false,
                 vec![Ports {
@@ -385,7 +365,7 @@ COMMIT
 
         let multi = &s.table("filter").unwrap().rules[1];
         assert_eq!(
-            multi.dports,
+            multi.matches.dports,
             Some(Match::new(
                 false,
                 vec![
@@ -422,7 +402,7 @@ COMMIT
         assert_eq!(rules[0].chain, "NETFAST-DIRECT-ACCESS");
         assert_eq!(rules[1].counters, Some((10, 1000)));
         assert_eq!(
-            rules[1].out_iface,
+            rules[1].matches.out_iface,
             Some(Match::new(false, vec!["nf-web".into()]))
         );
         assert_eq!(rules[2].counters, None);
@@ -463,7 +443,7 @@ COMMIT
         assert_eq!(port_list("9:8"), None);
         let neg = parse_rule("-A PREROUTING -p udp ! --dport 53 -j DNAT --to-destination 1.2.3.4");
         assert_eq!(
-            neg.dports,
+            neg.matches.dports,
             Some(Match::new(
                 true,
                 vec![Ports {
@@ -472,6 +452,6 @@ COMMIT
                 }]
             ))
         );
-        assert_eq!(neg.proto, Some(Match::new(false, "udp".into())));
+        assert_eq!(neg.matches.proto, Some(Match::new(false, "udp".into())));
     }
 }

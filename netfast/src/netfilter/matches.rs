@@ -75,6 +75,13 @@ pub struct NatRule {
     pub describe: String,
     /// The exact command that deletes it.
     pub delete: String,
+    pub matches: Matches,
+}
+
+/// What a rule matches, as far as the doctor needs to know; `None` where the rule says
+/// nothing of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matches {
     pub source: Option<Match<AddrSet>>,
     pub destination: Option<Match<AddrSet>>,
     pub in_iface: Option<Match<Vec<String>>>,
@@ -82,4 +89,20 @@ pub struct NatRule {
     /// `tcp`, `udp`, `all`, a number.
     pub proto: Option<Match<String>>,
     pub dports: Option<Match<Vec<Ports>>>,
+}
+
+impl Matches {
+    /// What Docker's masquerade of its bridge network matches, in both syntaxes
+    /// (`-s 172.18.0.0/24 ! -o docker0`, `ip saddr 172.18.0.0/24 oifname != "docker0"`).
+    #[cfg(test)]
+    pub fn docker_masquerade() -> Matches {
+        Matches {
+            source: Some(Match::new(
+                false,
+                AddrSet::net("172.18.0.0/24".parse().unwrap()),
+            )),
+            out_iface: Some(Match::new(true, vec!["docker0".into()])),
+            ..Matches::default()
+        }
+    }
 }

@@ -20,6 +20,6 @@ pub mod render_nft;
 pub mod rules;
 pub mod run;
 
-pub use matches::{AddrSet, Match, Nat, NatRule, read_or_nothing};
+pub use matches::{AddrSet, Match, Matches, Nat, NatRule, read_or_nothing};
 pub use rules::Counts;
 pub use run::{ToolError, run, run_with_input};

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::matches::{AddrSet, Match, Nat, NatRule, read_or_nothing};
+use super::matches::{AddrSet, Match, Matches, Nat, NatRule, read_or_nothing};
 use crate::loader::publish::Ports;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,12 +152,7 @@ fn nat_rule(
             None => format!("nft rule {place}"),
         },
         delete: format!("nft delete rule {place}"),
-        source: None,
-        destination: None,
-        in_iface: None,
-        out_iface: None,
-        proto: None,
-        dports: None,
+        matches: Matches::default(),
     };
     for m in exprs.iter().filter_map(|e| e.get("match")) {
         let negated = match m["op"].as_str() {
@@ -170,25 +165,25 @@ fn nat_rule(
         if let Some(p) = left.get("payload") {
             match (p["protocol"].as_str(), p["field"].as_str()) {
                 (Some("ip"), Some("saddr")) => {
-                    rule.source = Some(read_or_nothing(addrs(right), negated));
+                    rule.matches.source = Some(read_or_nothing(addrs(right), negated));
                 }
                 (Some("ip"), Some("daddr")) => {
-                    rule.destination = Some(read_or_nothing(addrs(right), negated));
+                    rule.matches.destination = Some(read_or_nothing(addrs(right), negated));
                 }
                 (Some(proto), Some("dport")) => {
-                    rule.dports = Some(read_or_nothing(ports(right), negated));
+                    rule.matches.dports = Some(read_or_nothing(ports(right), negated));
                     if proto == "tcp" || proto == "udp" {
-                        rule.proto = Some(Match::new(false, proto.to_owned()));
+                        rule.matches.proto = Some(Match::new(false, proto.to_owned()));
                     }
                 }
                 _ => {}
             }
         } else if let Some(key) = left.get("meta").and_then(|m| m["key"].as_str()) {
             match key {
-                "iifname" => rule.in_iface = Some(read_or_nothing(names(right), negated)),
-                "oifname" => rule.out_iface = Some(read_or_nothing(names(right), negated)),
+                "iifname" => rule.matches.in_iface = Some(read_or_nothing(names(right), negated)),
+                "oifname" => rule.matches.out_iface = Some(read_or_nothing(names(right), negated)),
                 "l4proto" => {
-                    rule.proto = right.as_str().map(|p| Match::new(negated, p.to_owned()));
+                    rule.matches.proto = right.as_str().map(|p| Match::new(negated, p.to_owned()));
                 }
                 _ => {}
             }
@@ -380,17 +375,7 @@ mod tests {
 
         let masq = rs.rules[1].nat.as_ref().expect("masquerade");
         assert_eq!(masq.kind, Nat::Masquerade);
-        assert_eq!(
-            masq.source,
-            Some(Match::new(
-                false,
-                AddrSet::net("172.18.0.0/24".parse().unwrap())
-            ))
-        );
-        assert_eq!(
-            masq.out_iface,
-            Some(Match::new(true, vec!["docker0".into()]))
-        );
+        assert_eq!(masq.matches, Matches::docker_masquerade());
         assert_eq!(
             masq.delete,
             "nft delete rule ip docker-bridges nat-postrouting handle 2"
@@ -402,9 +387,9 @@ mod tests {
 
         let dnat = rs.rules[2].nat.as_ref().expect("dnat");
         assert_eq!(dnat.kind, Nat::Dnat);
-        assert_eq!(dnat.proto, Some(Match::new(false, "tcp".into())));
+        assert_eq!(dnat.matches.proto, Some(Match::new(false, "tcp".into())));
         assert_eq!(
-            dnat.dports,
+            dnat.matches.dports,
             Some(Match::new(
                 false,
                 vec![
@@ -428,8 +413,8 @@ mod tests {
         assert!(!rs.rules[2].is_netfast());
 
         let snat = rs.rules[4].nat.as_ref().expect("snat");
-        assert_eq!(snat.proto, Some(Match::new(false, "udp".into())));
-        let source = &snat.source.as_ref().unwrap().value;
+        assert_eq!(snat.matches.proto, Some(Match::new(false, "udp".into())));
+        let source = &snat.matches.source.as_ref().unwrap().value;
         assert_eq!(source.0.len(), 3);
         assert!(source.covers("172.18.0.8/29".parse().unwrap()));
         assert!(!source.covers("172.18.0.16/29".parse().unwrap()));
