@@ -157,94 +157,9 @@ impl fmt::Display for Published {
     }
 }
 
-/// The filters as given: values read, names not yet looked up ([`FilterSpec::resolve`]).
+/// The criteria that a flow's own fields answer, alike in [`FilterSpec`] and [`Filter`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FilterSpec {
-    pub proto: Option<u8>,
-    pub orig_src: Option<Ipv4Net>,
-    pub orig_dst: Option<Ipv4Net>,
-    pub reply_src: Option<Ipv4Net>,
-    pub reply_dst: Option<Ipv4Net>,
-    pub orig_sport: Option<u16>,
-    pub orig_dport: Option<u16>,
-    pub reply_sport: Option<u16>,
-    pub reply_dport: Option<u16>,
-    /// A name from [`TCP_STATES`].
-    pub state: Option<&'static str>,
-    pub network: Option<String>,
-    pub container: Option<String>,
-    pub published: Option<Published>,
-}
-
-impl FilterSpec {
-    /// The filter, with `--network` and `--container` looked up in `state`; an error naming
-    /// what is unknown or contradictory (nothing has changed yet when it is returned).
-    pub fn resolve(&self, state: &State) -> Result<Filter, BadFilter> {
-        if let Some(state_name) = self.state
-            && self.proto.is_some_and(|p| p != PROTO_TCP)
-        {
-            return Err(BadFilter(format!(
-                "--state {state_name} is a TCP state and -p asks for another protocol: drop \
-                 one of them (--state implies -p tcp)"
-            )));
-        }
-        if let Some(p) = self.published
-            && let (Some(a), Some(b)) = (p.proto, self.proto)
-            && a != b
-        {
-            return Err(BadFilter(format!(
-                "--published {p} and -p ask for different protocols; drop one of them"
-            )));
-        }
-        let network = match &self.network {
-            Some(name) => Some(
-                state
-                    .network(name)
-                    .ok_or_else(|| {
-                        BadFilter(format!(
-                            "--network {name}: no network named `{name}` (see `netfast network ls`)"
-                        ))
-                    })?
-                    .id,
-            ),
-            None => None,
-        };
-        let container = match &self.container {
-            Some(name) => Some(
-                state
-                    .container(name)
-                    .ok_or_else(|| {
-                        BadFilter(format!(
-                            "--container {name}: no container named `{name}` (see `netfast \
-                             container ls`)"
-                        ))
-                    })?
-                    .ip,
-            ),
-            None => None,
-        };
-        Ok(Filter {
-            proto: self.proto,
-            orig_src: self.orig_src,
-            orig_dst: self.orig_dst,
-            reply_src: self.reply_src,
-            reply_dst: self.reply_dst,
-            orig_sport: self.orig_sport,
-            orig_dport: self.orig_dport,
-            reply_sport: self.reply_sport,
-            reply_dport: self.reply_dport,
-            state: self.state,
-            network,
-            container,
-            published: self.published,
-        })
-    }
-}
-
-/// Flows that match every criterion given (none given: every flow), as conntrack-tools
-/// combines its filters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
+pub struct FlowCriteria {
     pub proto: Option<u8>,
     pub orig_src: Option<Ipv4Net>,
     pub orig_dst: Option<Ipv4Net>,
@@ -256,12 +171,79 @@ pub struct Filter {
     pub reply_dport: Option<u16>,
     /// TCP flows in this state (a name from [`TCP_STATES`]).
     pub state: Option<&'static str>,
+    pub published: Option<Published>,
+}
+
+/// The filters as given: values read, names not yet looked up ([`FilterSpec::resolve`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub flow: FlowCriteria,
+    pub network: Option<String>,
+    pub container: Option<String>,
+}
+
+/// `--network NAME` or `--container NAME` (`what`) looked up by `found`, or the error that
+/// says no such thing exists and where to see those that do.
+fn look_up<T>(
+    what: &str,
+    name: Option<&String>,
+    found: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, BadFilter> {
+    name.map(|name| {
+        found(name).ok_or_else(|| {
+            BadFilter(format!(
+                "--{what} {name}: no {what} named `{name}` (see `netfast {what} ls`)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+impl FilterSpec {
+    /// The filter, with `--network` and `--container` looked up in `state`; an error naming
+    /// what is unknown or contradictory (nothing has changed yet when it is returned).
+    pub fn resolve(&self, state: &State) -> Result<Filter, BadFilter> {
+        let flow = &self.flow;
+        if let Some(state_name) = flow.state
+            && flow.proto.is_some_and(|p| p != PROTO_TCP)
+        {
+            return Err(BadFilter(format!(
+                "--state {state_name} is a TCP state and -p asks for another protocol: drop \
+                 one of them (--state implies -p tcp)"
+            )));
+        }
+        if let Some(p) = flow.published
+            && let (Some(a), Some(b)) = (p.proto, flow.proto)
+            && a != b
+        {
+            return Err(BadFilter(format!(
+                "--published {p} and -p ask for different protocols; drop one of them"
+            )));
+        }
+        let network = look_up("network", self.network.as_ref(), |n| {
+            state.network(n).map(|n| n.id)
+        })?;
+        let container = look_up("container", self.container.as_ref(), |n| {
+            state.container(n).map(|c| c.ip)
+        })?;
+        Ok(Filter {
+            flow: flow.clone(),
+            network,
+            container,
+        })
+    }
+}
+
+/// Flows that match every criterion given (none given: every flow), as conntrack-tools
+/// combines its filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub flow: FlowCriteria,
     /// Flows of the network with this id.
     pub network: Option<u16>,
     /// Flows of the container with this address: from it (masqueraded or not) or to it
     /// (through a published port, or from a neighbour).
     pub container: Option<Ipv4Addr>,
-    pub published: Option<Published>,
 }
 
 /// The port of a tuple, if its protocol has ports (ICMP has an identifier instead).
@@ -300,6 +282,16 @@ impl Filter {
     }
 
     pub fn matches(&self, f: &Flow) -> bool {
+        self.flow.matches(f)
+            && self.network.is_none_or(|id| f.network_id == id)
+            && self
+                .container
+                .is_none_or(|ip| f.original.src == ip || f.reply.src == ip)
+    }
+}
+
+impl FlowCriteria {
+    fn matches(&self, f: &Flow) -> bool {
         let (o, r) = (&f.original, &f.reply);
         self.proto.is_none_or(|p| f.proto() == p)
             && within(self.orig_src, o.src)
@@ -313,8 +305,6 @@ impl Filter {
             && self
                 .state
                 .is_none_or(|s| f.proto() == PROTO_TCP && f.state == Some(s))
-            && self.network.is_none_or(|id| f.network_id == id)
-            && self.container.is_none_or(|ip| o.src == ip || r.src == ip)
             && self.published.is_none_or(|p| {
                 p.proto.map_or(f.proto() == PROTO_TCP || f.proto() == PROTO_UDP, |want| {
                     f.proto() == want
@@ -458,61 +448,70 @@ mod tests {
 
     #[test]
     fn protocol_addresses_and_cidrs_match_their_own_tuple() {
-        assert_eq!(spec(|s| s.proto = Some(PROTO_UDP)), [1, 2]);
-        assert_eq!(spec(|s| s.proto = Some(PROTO_ICMP)), [3]);
+        assert_eq!(spec(|s| s.flow.proto = Some(PROTO_UDP)), [1, 2]);
+        assert_eq!(spec(|s| s.flow.proto = Some(PROTO_ICMP)), [3]);
         assert_eq!(
-            spec(|s| s.orig_src = Some(parse_net("172.16.0.0/12").unwrap())),
+            spec(|s| s.flow.orig_src = Some(parse_net("172.16.0.0/12").unwrap())),
             [0, 3]
         );
         assert_eq!(
-            spec(|s| s.orig_dst = Some(parse_net("198.51.100.1").unwrap())),
+            spec(|s| s.flow.orig_dst = Some(parse_net("198.51.100.1").unwrap())),
             [1, 2]
         );
         // The reply tuple tells the translated flow from the untranslated one.
         assert_eq!(
-            spec(|s| s.reply_src = Some(parse_net("172.18.0.2").unwrap())),
+            spec(|s| s.flow.reply_src = Some(parse_net("172.18.0.2").unwrap())),
             [1]
         );
         assert_eq!(
-            spec(|s| s.reply_dst = Some(parse_net("198.51.100.1/32").unwrap())),
+            spec(|s| s.flow.reply_dst = Some(parse_net("198.51.100.1/32").unwrap())),
             [0, 3]
         );
     }
 
     #[test]
     fn ports_match_their_own_direction_and_never_an_icmp_flow() {
-        assert_eq!(spec(|s| s.orig_dport = Some(5353)), [1, 2]);
-        assert_eq!(spec(|s| s.orig_sport = Some(40000)), [0]);
-        assert_eq!(spec(|s| s.reply_sport = Some(53)), [1]);
-        assert_eq!(spec(|s| s.reply_dport = Some(40001)), [1, 2]);
-        assert_eq!(spec(|s| s.orig_dport = Some(0)), Vec::<usize>::new());
+        assert_eq!(spec(|s| s.flow.orig_dport = Some(5353)), [1, 2]);
+        assert_eq!(spec(|s| s.flow.orig_sport = Some(40000)), [0]);
+        assert_eq!(spec(|s| s.flow.reply_sport = Some(53)), [1]);
+        assert_eq!(spec(|s| s.flow.reply_dport = Some(40001)), [1, 2]);
+        assert_eq!(spec(|s| s.flow.orig_dport = Some(0)), Vec::<usize>::new());
     }
 
     #[test]
     fn state_network_container_and_published_port() {
-        assert_eq!(spec(|s| s.state = Some("ESTABLISHED")), [0]);
-        assert_eq!(spec(|s| s.state = Some("TIME_WAIT")), Vec::<usize>::new());
+        assert_eq!(spec(|s| s.flow.state = Some("ESTABLISHED")), [0]);
+        assert_eq!(
+            spec(|s| s.flow.state = Some("TIME_WAIT")),
+            Vec::<usize>::new()
+        );
         assert_eq!(spec(|s| s.network = Some("web".into())), [0, 1]);
         // The container's flows: to it through the published port (from it: none here).
         assert_eq!(spec(|s| s.container = Some("ct1".into())), [1]);
         // Through the published port: translated, unlike the host's own port 5353.
-        assert_eq!(spec(|s| s.published = Some("5353".parse().unwrap())), [1]);
         assert_eq!(
-            spec(|s| s.published = Some("198.51.100.1:5353/udp".parse().unwrap())),
+            spec(|s| s.flow.published = Some("5353".parse().unwrap())),
             [1]
         );
         assert_eq!(
-            spec(|s| s.published = Some("5353/tcp".parse().unwrap())),
+            spec(|s| s.flow.published = Some("198.51.100.1:5353/udp".parse().unwrap())),
+            [1]
+        );
+        assert_eq!(
+            spec(|s| s.flow.published = Some("5353/tcp".parse().unwrap())),
             Vec::<usize>::new()
         );
         // Criteria combine: all of them must hold.
         let mut both = FilterSpec {
-            proto: Some(PROTO_UDP),
-            orig_dport: Some(5353),
+            flow: FlowCriteria {
+                proto: Some(PROTO_UDP),
+                orig_dport: Some(5353),
+                ..FlowCriteria::default()
+            },
             ..FilterSpec::default()
         };
         assert_eq!(which(both.clone()), [1, 2]);
-        both.reply_src = Some(parse_net("198.51.100.1").unwrap());
+        both.flow.reply_src = Some(parse_net("198.51.100.1").unwrap());
         assert_eq!(which(both), [2]);
     }
 
@@ -586,16 +585,22 @@ mod tests {
             ),
             (
                 FilterSpec {
-                    proto: Some(PROTO_UDP),
-                    state: Some("ESTABLISHED"),
+                    flow: FlowCriteria {
+                        proto: Some(PROTO_UDP),
+                        state: Some("ESTABLISHED"),
+                        ..FlowCriteria::default()
+                    },
                     ..FilterSpec::default()
                 },
                 &["--state implies -p tcp"],
             ),
             (
                 FilterSpec {
-                    proto: Some(PROTO_TCP),
-                    published: Some("53/udp".parse().unwrap()),
+                    flow: FlowCriteria {
+                        proto: Some(PROTO_TCP),
+                        published: Some("53/udp".parse().unwrap()),
+                        ..FlowCriteria::default()
+                    },
                     ..FilterSpec::default()
                 },
                 &["different protocols"],

@@ -288,16 +288,17 @@ pub fn kernel_flows(
     }
     let exact =
         |net: Option<ipnet::Ipv4Net>| net.filter(|n| n.prefix_len() == 32).map(|n| n.addr());
-    let published = filter.published;
+    let f = &filter.flow;
+    let published = f.published;
     let hint = ctnetlink::DumpFilter {
-        proto: filter
+        proto: f
             .proto
             .or(published.and_then(|p| p.proto))
-            .or(filter.state.map(|_| 6)),
-        src: exact(filter.orig_src),
-        dst: exact(filter.orig_dst).or(published.and_then(|p| p.host_ip)),
-        sport: filter.orig_sport,
-        dport: filter.orig_dport.or(published.map(|p| p.port)),
+            .or(f.state.map(|_| 6)),
+        src: exact(f.orig_src),
+        dst: exact(f.orig_dst).or(published.and_then(|p| p.host_ip)),
+        sport: f.orig_sport,
+        dport: f.orig_dport.or(published.map(|p| p.port)),
     };
     Ok(ctnetlink::dump_matching(&hint)?
         .into_iter()

@@ -81,19 +81,21 @@ pub struct FilterArgs {
 impl FilterArgs {
     fn spec(&self) -> FilterSpec {
         FilterSpec {
-            proto: self.proto,
-            orig_src: self.orig_src,
-            orig_dst: self.orig_dst,
-            reply_src: self.reply_src,
-            reply_dst: self.reply_dst,
-            orig_sport: self.sport,
-            orig_dport: self.dport,
-            reply_sport: self.reply_port_src,
-            reply_dport: self.reply_port_dst,
-            state: self.state,
+            flow: cf::FlowCriteria {
+                proto: self.proto,
+                orig_src: self.orig_src,
+                orig_dst: self.orig_dst,
+                reply_src: self.reply_src,
+                reply_dst: self.reply_dst,
+                orig_sport: self.sport,
+                orig_dport: self.dport,
+                reply_sport: self.reply_port_src,
+                reply_dport: self.reply_port_dst,
+                state: self.state,
+                published: self.published,
+            },
             network: self.network.clone(),
             container: self.container.clone(),
-            published: self.published,
         }
     }
 }
