@@ -50,51 +50,52 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// The key after `key` (the first one when `None`); `Ok(false)` at the end.
-pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+/// Runs the map element command `cmd` on `map` with these key and value pointers and
+/// flags; `Ok(false)` when the kernel answered with one of `absent` (no such key, or the
+/// flags forbade the write).
+fn map_elem(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    (key, value, flags): (u64, u64, u64),
+    absent: &[i32],
+) -> io::Result<bool> {
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        value: next.as_mut_ptr() as u64,
+        key,
+        value,
+        flags,
         ..Default::default()
     };
-    match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+    match sys_bpf(cmd, &mut attr) {
         Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) if e.raw_os_error().is_some_and(|n| absent.contains(&n)) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
+/// The key after `key` (the first one when `None`); `Ok(false)` at the end.
+pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let key = key.map_or(0, |k| k.as_ptr() as u64);
+    let ptrs = (key, next.as_mut_ptr() as u64, 0);
+    map_elem(BPF_MAP_GET_NEXT_KEY, map, ptrs, &[libc::ENOENT])
+}
+
 /// The value of `key` into `value`; `Ok(false)` when there is none.
 pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    let ptrs = (key.as_ptr() as u64, value.as_mut_ptr() as u64, 0);
+    map_elem(BPF_MAP_LOOKUP_ELEM, map, ptrs, &[libc::ENOENT])
 }
 
 /// Writes `key` → `value` with `flags` ([`ANY`], [`NOEXIST`], [`EXIST`]); `Ok(false)` when
 /// the flags forbade it (the key was there, or was not).
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<bool> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_ptr() as u64,
-        flags,
-        ..Default::default()
-    };
-    match sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => Ok(false),
-        Err(e) => Err(e),
-    }
+    let ptrs = (key.as_ptr() as u64, value.as_ptr() as u64, flags);
+    map_elem(
+        BPF_MAP_UPDATE_ELEM,
+        map,
+        ptrs,
+        &[libc::EEXIST, libc::ENOENT],
+    )
 }
 
 /// Opens the object (link, map, program) pinned at `path`.

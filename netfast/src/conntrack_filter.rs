@@ -337,59 +337,45 @@ mod tests {
         }
     }
 
-    fn flow(proto: u8, state: Option<&'static str>, net: u16, o: [&str; 2], r: [&str; 2]) -> Flow {
-        let (mut o, mut r) = (tuple(o[0], o[1]), tuple(r[0], r[1]));
-        if proto == PROTO_ICMP {
-            for t in [&mut o, &mut r] {
-                t.id = Some(t.sport);
-                (t.sport, t.dport) = (0, 0);
-            }
-        }
-        Flow::from_parts(proto, state, 100, false, net, o, r)
-    }
-
-    /// A container's masqueraded TCP connection to an outside server.
-    fn masqueraded() -> Flow {
-        let o = ["172.18.0.3:40000", "198.51.100.2:8000"];
-        let r = ["198.51.100.2:8000", "198.51.100.1:40000"];
-        flow(PROTO_TCP, Some("ESTABLISHED"), 1, o, r)
-    }
-
-    /// An outside client's datagrams to a published port (5353 → 172.18.0.2:53).
-    fn published() -> Flow {
-        let o = ["198.51.100.2:40001", "198.51.100.1:5353"];
-        flow(
-            PROTO_UDP,
-            None,
-            1,
-            o,
-            ["172.18.0.2:53", "198.51.100.2:40001"],
-        )
-    }
-
-    /// An outside client's datagrams to the host's own port 5353, untranslated.
-    fn to_the_host() -> Flow {
-        let o = ["198.51.100.2:40001", "198.51.100.1:5353"];
-        flow(
-            PROTO_UDP,
-            None,
-            0,
-            o,
-            ["198.51.100.1:5353", "198.51.100.2:40001"],
-        )
-    }
-
-    /// A container's ping of the outside (echo identifier 77), on network 2.
-    fn ping() -> Flow {
-        let (o, r) = (
-            ["172.19.0.2:77", "198.51.100.2:0"],
-            ["198.51.100.2:77", "198.51.100.1:0"],
-        );
-        flow(PROTO_ICMP, None, 2, o, r)
-    }
+    /// The flows the tests filter, by index: protocol, TCP state, network id, the original
+    /// tuple and the reply tuple.
+    type FlowRow = (
+        u8,
+        Option<&'static str>,
+        u16,
+        [&'static str; 2],
+        [&'static str; 2],
+    );
+    #[rustfmt::skip]
+    const FLOWS: [FlowRow; 4] = [
+        // 0: a container's masqueraded TCP connection to an outside server.
+        (PROTO_TCP, Some("ESTABLISHED"), 1,
+            ["172.18.0.3:40000", "198.51.100.2:8000"], ["198.51.100.2:8000", "198.51.100.1:40000"]),
+        // 1: an outside client's datagrams to a published port (5353 → 172.18.0.2:53).
+        (PROTO_UDP, None, 1,
+            ["198.51.100.2:40001", "198.51.100.1:5353"], ["172.18.0.2:53", "198.51.100.2:40001"]),
+        // 2: an outside client's datagrams to the host's own port 5353, untranslated.
+        (PROTO_UDP, None, 0,
+            ["198.51.100.2:40001", "198.51.100.1:5353"], ["198.51.100.1:5353", "198.51.100.2:40001"]),
+        // 3: a container's ping of the outside (echo identifier 77), on network 2.
+        (PROTO_ICMP, None, 2,
+            ["172.19.0.2:77", "198.51.100.2:0"], ["198.51.100.2:77", "198.51.100.1:0"]),
+    ];
 
     fn all() -> Vec<Flow> {
-        vec![masqueraded(), published(), to_the_host(), ping()]
+        FLOWS
+            .iter()
+            .map(|&(proto, state, net, o, r)| {
+                let (mut o, mut r) = (tuple(o[0], o[1]), tuple(r[0], r[1]));
+                if proto == PROTO_ICMP {
+                    for t in [&mut o, &mut r] {
+                        t.id = Some(t.sport);
+                        (t.sport, t.dport) = (0, 0);
+                    }
+                }
+                Flow::from_parts(proto, state, 100, false, net, o, r)
+            })
+            .collect()
     }
 
     fn state() -> State {

@@ -247,8 +247,14 @@ pub fn end_stale_flows(
 
 /// Deletes the kernel's conntrack entries that `doomed` selects; returns how many went.
 fn delete_entries(doomed: impl Fn(&ctnetlink::KEntry) -> bool) -> Result<usize> {
+    delete_all(ctnetlink::dump()?.iter().filter(|e| doomed(e)))
+}
+
+/// Deletes these kernel conntrack entries; returns how many went (one may have gone by
+/// itself meanwhile).
+fn delete_all<'a>(entries: impl Iterator<Item = &'a ctnetlink::KEntry>) -> Result<usize> {
     let mut ended = 0;
-    for e in ctnetlink::dump()?.iter().filter(|e| doomed(e)) {
+    for e in entries {
         if ctnetlink::delete(&e.original)? {
             ended += 1;
         }
@@ -264,13 +270,7 @@ pub fn delete_kernel_flows(
     state: &State,
     filter: &crate::conntrack_filter::Filter,
 ) -> Result<usize> {
-    let mut ended = 0;
-    for (_, e) in kernel_flows(state, filter)? {
-        if ctnetlink::delete(&e.original)? {
-            ended += 1;
-        }
-    }
-    Ok(ended)
+    delete_all(kernel_flows(state, filter)?.iter().map(|(_, e)| e))
 }
 
 /// The kernel conntrack entries of the networks the fallback backends serve (flows from

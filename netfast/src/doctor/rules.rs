@@ -136,6 +136,11 @@ mod tests {
     };
     use crate::netfilter::Matches;
 
+    /// A port range match, negated or not.
+    fn ports(negated: bool, first: u16, last: u16) -> Match<Vec<Ports>> {
+        Match::new(negated, vec![Ports { first, last }])
+    }
+
     fn state() -> State {
         let json = serde_json::json!({
             "networks": [{
@@ -222,13 +227,7 @@ mod tests {
         let mut r = rule(Nat::Dnat);
         r.matches.proto = Some(Match::new(false, "tcp".into()));
         r.matches.in_iface = Some(Match::new(true, vec!["docker0".into()]));
-        r.matches.dports = Some(Match::new(
-            false,
-            vec![Ports {
-                first: 8080,
-                last: 8080,
-            }],
-        ));
+        r.matches.dports = Some(ports(false, 8080, 8080));
         let why = double_translation(&r, &s).expect("overlaps");
         assert!(
             why.contains("tcp port 8080") && why.contains("8080:ct1:80/tcp"),
@@ -238,29 +237,11 @@ mod tests {
         r.matches.proto = Some(Match::new(false, "udp".into()));
         assert_eq!(double_translation(&r, &s), None, "another protocol");
         r.matches.proto = None;
-        r.matches.dports = Some(Match::new(
-            false,
-            vec![Ports {
-                first: 8000,
-                last: 8079,
-            }],
-        ));
+        r.matches.dports = Some(ports(false, 8000, 8079));
         assert_eq!(double_translation(&r, &s), None, "other ports");
-        r.matches.dports = Some(Match::new(
-            false,
-            vec![Ports {
-                first: 8000,
-                last: 9000,
-            }],
-        ));
+        r.matches.dports = Some(ports(false, 8000, 9000));
         assert!(double_translation(&r, &s).is_some(), "a covering range");
-        r.matches.dports = Some(Match::new(
-            true,
-            vec![Ports {
-                first: 8080,
-                last: 8080,
-            }],
-        ));
+        r.matches.dports = Some(ports(true, 8080, 8080));
         assert_eq!(double_translation(&r, &s), None, "all but ours");
         r.matches.dports = None;
         assert!(double_translation(&r, &s).is_some(), "every port");
@@ -270,13 +251,7 @@ mod tests {
             None,
             "1:1 NAT of another address"
         );
-        r.matches.dports = Some(Match::new(
-            false,
-            vec![Ports {
-                first: 8080,
-                last: 8080,
-            }],
-        ));
+        r.matches.dports = Some(ports(false, 8080, 8080));
         assert!(
             double_translation(&r, &s).is_some(),
             "port 8080 of any host address"

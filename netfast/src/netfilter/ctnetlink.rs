@@ -239,28 +239,30 @@ pub struct DumpFilter {
 /// selects nothing).
 fn filter_attrs(f: &DumpFilter) -> Vec<u8> {
     let mut flags = 0;
+    // Each value given becomes an attribute in `into` and a bit of the filter's flags.
+    let mut put = |into: &mut Vec<u8>, kind: u16, value: &[u8], flag: u32| {
+        into.extend(nla(kind, value));
+        flags |= flag;
+    };
     let mut ip = Vec::new();
     if let Some(a) = f.src {
-        ip.extend(nla(CTA_IP_V4_SRC, &a.octets()));
-        flags |= CTA_FILTER_F_IP_SRC;
+        put(&mut ip, CTA_IP_V4_SRC, &a.octets(), CTA_FILTER_F_IP_SRC);
     }
     if let Some(a) = f.dst {
-        ip.extend(nla(CTA_IP_V4_DST, &a.octets()));
-        flags |= CTA_FILTER_F_IP_DST;
+        put(&mut ip, CTA_IP_V4_DST, &a.octets(), CTA_FILTER_F_IP_DST);
     }
     let mut proto = Vec::new();
     if let Some(p) = f.proto {
-        proto.extend(nla(CTA_PROTO_NUM, &[p]));
-        flags |= CTA_FILTER_F_PROTO_NUM;
+        put(&mut proto, CTA_PROTO_NUM, &[p], CTA_FILTER_F_PROTO_NUM);
         // The kernel reads ports only for a protocol that has them.
         if p == 6 || p == 17 {
             if let Some(port) = f.sport {
-                proto.extend(nla(CTA_PROTO_SRC_PORT, &port.to_be_bytes()));
-                flags |= CTA_FILTER_F_PROTO_SRC_PORT;
+                let flag = CTA_FILTER_F_PROTO_SRC_PORT;
+                put(&mut proto, CTA_PROTO_SRC_PORT, &port.to_be_bytes(), flag);
             }
             if let Some(port) = f.dport {
-                proto.extend(nla(CTA_PROTO_DST_PORT, &port.to_be_bytes()));
-                flags |= CTA_FILTER_F_PROTO_DST_PORT;
+                let flag = CTA_FILTER_F_PROTO_DST_PORT;
+                put(&mut proto, CTA_PROTO_DST_PORT, &port.to_be_bytes(), flag);
             }
         }
     }
