@@ -145,15 +145,13 @@ impl FromStr for Published {
 
 impl fmt::Display for Published {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
-        }
-        write!(f, "{}", self.port)?;
-        match self.proto {
-            Some(PROTO_TCP) => f.write_str("/tcp"),
-            Some(PROTO_UDP) => f.write_str("/udp"),
-            _ => Ok(()),
-        }
+        let ip = self.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+        let proto = match self.proto {
+            Some(PROTO_TCP) => "/tcp",
+            Some(PROTO_UDP) => "/udp",
+            _ => "",
+        };
+        write!(f, "{ip}{}{proto}", self.port)
     }
 }
 

@@ -47,11 +47,7 @@ pub fn nat_claims(ebpf: &Ebpf) -> Result<Vec<(NatClaimKey, NatClaim)>> {
 }
 
 pub fn insert_conntrack(ebpf: &mut Ebpf, key: &CtKey, entry: &CtEntry) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, CtKey, CtEntry> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::CONNTRACK)?)
-            .map_err(|e| Error::map(maps::CONNTRACK, e))?;
-    hm.insert(key, entry, 0)
-        .map_err(|e| Error::map(maps::CONNTRACK, e))
+    super::insert_key(ebpf, maps::CONNTRACK, key, entry)
 }
 
 fn clear<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(

@@ -137,24 +137,25 @@ fn remove_key<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// Writes `key` → `value` into the hash map `name`, replacing what was there.
+pub(crate) fn insert_key<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: &K,
+    value: &V,
+) -> Result<()> {
+    let mut hm: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    hm.insert(key, value, 0).map_err(|e| Error::map(name, e))
+}
+
 /// Publishes `key` (one host port) to `target`.
 pub fn publish(ebpf: &mut Ebpf, key: &PubKey, target: &PubTarget) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, PubKey, PubTarget> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::PUBLISHED)?)
-            .map_err(|e| Error::map(maps::PUBLISHED, e))?;
-    hm.insert(key, target, 0)
-        .map_err(|e| Error::map(maps::PUBLISHED, e))
+    insert_key(ebpf, maps::PUBLISHED, key, target)
 }
 
 pub fn unpublish(ebpf: &mut Ebpf, key: &PubKey) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, PubKey, PubTarget> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::PUBLISHED)?)
-            .map_err(|e| Error::map(maps::PUBLISHED, e))?;
-    match hm.remove(key) {
-        Ok(()) => Ok(()),
-        Err(ref e) if absent(e) => Ok(()),
-        Err(e) => Err(Error::map(maps::PUBLISHED, e)),
-    }
+    remove_key::<PubKey, PubTarget>(ebpf, maps::PUBLISHED, key)
 }
 
 pub fn published(ebpf: &Ebpf) -> Result<Vec<(PubKey, PubTarget)>> {
@@ -264,42 +265,20 @@ pub fn set_endpoint(
     addr: Ipv4Addr,
     ep: &netfast_common::config::Endpoint,
 ) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, u32, netfast_common::config::Endpoint> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::ENDPOINTS)?)
-            .map_err(|e| Error::map(maps::ENDPOINTS, e))?;
-    hm.insert(raw_addr(addr), ep, 0)
-        .map_err(|e| Error::map(maps::ENDPOINTS, e))
+    insert_key(ebpf, maps::ENDPOINTS, &raw_addr(addr), ep)
 }
 
 pub fn remove_endpoint(ebpf: &mut Ebpf, addr: Ipv4Addr) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, u32, netfast_common::config::Endpoint> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::ENDPOINTS)?)
-            .map_err(|e| Error::map(maps::ENDPOINTS, e))?;
-    match hm.remove(&raw_addr(addr)) {
-        Ok(()) => Ok(()),
-        Err(ref e) if absent(e) => Ok(()),
-        Err(e) => Err(Error::map(maps::ENDPOINTS, e)),
-    }
+    remove_key::<u32, netfast_common::config::Endpoint>(ebpf, maps::ENDPOINTS, &raw_addr(addr))
 }
 
 /// Marks `ifindex` as an uplink of the dataplane (see `maps::UPLINKS`).
 pub fn set_uplink(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, u32, u8> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::UPLINKS)?)
-            .map_err(|e| Error::map(maps::UPLINKS, e))?;
-    hm.insert(ifindex, 1, 0)
-        .map_err(|e| Error::map(maps::UPLINKS, e))
+    insert_key(ebpf, maps::UPLINKS, &ifindex, &1u8)
 }
 
 pub fn remove_uplink(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
-    let mut hm: BpfHashMap<&mut MapData, u32, u8> =
-        BpfHashMap::try_from(map_mut(ebpf, maps::UPLINKS)?)
-            .map_err(|e| Error::map(maps::UPLINKS, e))?;
-    match hm.remove(&ifindex) {
-        Ok(()) => Ok(()),
-        Err(ref e) if absent(e) => Ok(()),
-        Err(e) => Err(Error::map(maps::UPLINKS, e)),
-    }
+    remove_key::<u32, u8>(ebpf, maps::UPLINKS, &ifindex)
 }
 
 /// The network info of `subnet/prefix`, if it is a network of the dataplane.
