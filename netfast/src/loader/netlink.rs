@@ -227,12 +227,23 @@ impl Nl<'_> {
         }
     }
 
+    /// Every message a dump `request` answers; `what` names it in an error.
+    fn dump<T>(
+        &self,
+        request: impl futures::Stream<Item = std::result::Result<T, rtnetlink::Error>>,
+        what: String,
+    ) -> Result<Vec<T>> {
+        self.rt
+            .block_on(request.try_collect())
+            .map_err(failed(what))
+    }
+
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .rt
-            .block_on(self.handle.link().get().execute().try_collect())
-            .map_err(failed(format!("listing links in {}", self.place)))?;
+        let msgs = self.dump(
+            self.handle.link().get().execute(),
+            format!("listing links in {}", self.place),
+        )?;
         Ok(msgs.iter().map(link_of).collect())
     }
 
@@ -256,19 +267,8 @@ impl Nl<'_> {
     pub fn add_veth_into(&self, host_name: &str, peer_name: &str, ns: &File) -> Result<Link> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_name.to_owned())
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(host_name.to_owned())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        self.rt
-            .block_on(self.handle.link().add(msg).execute())
-            .map_err(failed(format!(
-                "creating veth pair {host_name}/{peer_name}"
-            )))?;
-        self.link(host_name)?
-            .ok_or_else(|| Error::NoInterface(host_name.to_owned()))
+            .setns_by_fd(ns.as_raw_fd());
+        self.add_veth(host_name, peer_name, peer)
     }
 
     /// A veth pair with both ends here, `peer_name` with MAC `peer_mac` (the kernel's choice
@@ -284,6 +284,16 @@ impl Nl<'_> {
         if let Some(mac) = peer_mac {
             peer = peer.address(mac.to_vec());
         }
+        self.add_veth(host_name, peer_name, peer)
+    }
+
+    /// A veth pair, `host_name` here and the end `peer` describes (named `peer_name`).
+    fn add_veth(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer: LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<Link> {
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_owned())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
@@ -397,10 +407,7 @@ impl Nl<'_> {
             .get()
             .set_link_index_filter(link.index)
             .execute();
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(request.try_collect())
-            .map_err(failed(format!("listing the addresses of {}", link.name)))?;
+        let msgs = self.dump(request, format!("listing the addresses of {}", link.name))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == link.index)
@@ -436,10 +443,10 @@ impl Nl<'_> {
     /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there (entries still
     /// being resolved, or that failed to, are not).
     pub fn neighbours(&self, link: &Link) -> Result<Vec<Ipv4Addr>> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.neighbours().get().execute().try_collect())
-            .map_err(failed(format!("listing the neighbours of {}", link.name)))?;
+        let msgs = self.dump(
+            self.handle.neighbours().get().execute(),
+            format!("listing the neighbours of {}", link.name),
+        )?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == link.index)
@@ -462,10 +469,10 @@ impl Nl<'_> {
 impl Nl<'_> {
     /// Every IPv4 address of this namespace with its prefix length and its link's index.
     pub fn address_nets(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.address().get().execute().try_collect())
-            .map_err(failed(format!("listing the addresses of {}", self.place)))?;
+        let msgs = self.dump(
+            self.handle.address().get().execute(),
+            format!("listing the addresses of {}", self.place),
+        )?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.family == AddressFamily::Inet)
@@ -486,10 +493,10 @@ impl Nl<'_> {
             RouteAddress, RouteAttribute, RouteHeader, RouteType,
         };
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.route().get(request).execute().try_collect())
-            .map_err(failed(format!("listing the routes of {}", self.place)))?;
+        let msgs = self.dump(
+            self.handle.route().get(request).execute(),
+            format!("listing the routes of {}", self.place),
+        )?;
         Ok(msgs
             .iter()
             .filter(|m| {
