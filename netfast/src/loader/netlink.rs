@@ -10,7 +10,7 @@ use rtnetlink::{
     RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{
             InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
             LinkInfo, LinkMessage,
@@ -227,24 +227,27 @@ impl Nl<'_> {
         }
     }
 
-    /// Every message a dump `request` answers; `what` names it in an error.
-    fn dump<T>(
+    /// What `pick` takes of each message a dump `request` answers; `what` names the dump in
+    /// an error.
+    fn dump<M, T>(
         &self,
-        request: impl futures::Stream<Item = std::result::Result<T, rtnetlink::Error>>,
+        request: impl futures::Stream<Item = std::result::Result<M, rtnetlink::Error>>,
         what: String,
+        pick: impl FnMut(&M) -> Option<T>,
     ) -> Result<Vec<T>> {
-        self.rt
+        let msgs: Vec<M> = self
+            .rt
             .block_on(request.try_collect())
-            .map_err(failed(what))
+            .map_err(failed(what))?;
+        Ok(msgs.iter().filter_map(pick).collect())
     }
 
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>> {
-        let msgs = self.dump(
-            self.handle.link().get().execute(),
-            format!("listing links in {}", self.place),
-        )?;
-        Ok(msgs.iter().map(link_of).collect())
+        let request = self.handle.link().get().execute();
+        self.dump(request, format!("listing links in {}", self.place), |m| {
+            Some(link_of(m))
+        })
     }
 
     /// A bridge with the MAC `mac` (see `plumb::bridge_mac`): a bridge without a MAC of its
@@ -407,18 +410,12 @@ impl Nl<'_> {
             .get()
             .set_link_index_filter(link.index)
             .execute();
-        let msgs = self.dump(request, format!("listing the addresses of {}", link.name))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == link.index)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Some((*ip, m.header.prefix_len))
-                    }
-                    _ => None,
-                })
-            })
+        let what = format!("listing the addresses of {}", link.name);
+        Ok(self
+            .inet_addresses(request, what)?
+            .into_iter()
+            .filter(|(index, ..)| *index == link.index)
+            .map(|(_, ip, prefix_len)| (ip, prefix_len))
             .collect())
     }
 
@@ -443,48 +440,53 @@ impl Nl<'_> {
     /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there (entries still
     /// being resolved, or that failed to, are not).
     pub fn neighbours(&self, link: &Link) -> Result<Vec<Ipv4Addr>> {
-        let msgs = self.dump(
-            self.handle.neighbours().get().execute(),
+        let request = self.handle.neighbours().get().execute();
+        self.dump(
+            request,
             format!("listing the neighbours of {}", link.name),
-        )?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == link.index)
-            .filter(|m| {
-                !matches!(
-                    m.header.state,
-                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                )
-            })
-            .filter_map(|m| {
+            |m| {
+                if m.header.ifindex != link.index
+                    || matches!(
+                        m.header.state,
+                        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                    )
+                {
+                    return None;
+                }
                 m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                     _ => None,
                 })
-            })
-            .collect())
+            },
+        )
     }
 }
 
 impl Nl<'_> {
     /// Every IPv4 address of this namespace with its prefix length and its link's index.
     pub fn address_nets(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
-        let msgs = self.dump(
-            self.handle.address().get().execute(),
-            format!("listing the addresses of {}", self.place),
-        )?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Some((m.header.index, *ip, m.header.prefix_len))
-                    }
-                    _ => None,
-                })
+        let request = self.handle.address().get().execute();
+        self.inet_addresses(request, format!("listing the addresses of {}", self.place))
+    }
+
+    /// The IPv4 addresses a dump `request` answers, each with its link's index and prefix
+    /// length.
+    fn inet_addresses(
+        &self,
+        request: impl futures::Stream<Item = std::result::Result<AddressMessage, rtnetlink::Error>>,
+        what: String,
+    ) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        self.dump(request, what, |m| {
+            if m.header.family != AddressFamily::Inet {
+                return None;
+            }
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                    Some((m.header.index, *ip, m.header.prefix_len))
+                }
+                _ => None,
             })
-            .collect())
+        })
     }
 
     /// The IPv4 unicast routes of the main table (what `ip route` lists).
@@ -493,14 +495,12 @@ impl Nl<'_> {
             RouteAddress, RouteAttribute, RouteHeader, RouteType,
         };
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs = self.dump(
-            self.handle.route().get(request).execute(),
+        let request = self.handle.route().get(request).execute();
+        self.dump(
+            request,
             format!("listing the routes of {}", self.place),
-        )?;
-        Ok(msgs
-            .iter()
-            .filter(|m| {
-                m.header.address_family == AddressFamily::Inet
+            |m| {
+                let main = m.header.address_family == AddressFamily::Inet
                     && m.header.kind == RouteType::Unicast
                     && m.attributes
                         .iter()
@@ -509,9 +509,10 @@ impl Nl<'_> {
                             _ => None,
                         })
                         .unwrap_or(u32::from(m.header.table))
-                        == u32::from(RouteHeader::RT_TABLE_MAIN)
-            })
-            .filter_map(|m| {
+                        == u32::from(RouteHeader::RT_TABLE_MAIN);
+                if !main {
+                    return None;
+                }
                 let dst = m
                     .attributes
                     .iter()
@@ -526,8 +527,8 @@ impl Nl<'_> {
                 });
                 let dst = ipnet::Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
                 Some(Route { dst, oif })
-            })
-            .collect())
+            },
+        )
     }
 
     /// Every IPv4 address of this namespace.
