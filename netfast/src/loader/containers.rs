@@ -6,16 +6,15 @@ use std::net::Ipv4Addr;
 use super::{
     Loader,
     apply::Ahead,
-    caps,
     change::Change,
-    intent::{Intent, Mark, Object, Owner},
+    intent::{Mark, Object, Owner},
     ipam,
     model::{Backend, Container, ContainerSpec, Network, State, veth_name},
     netlink::{Link, Nl},
     nsfs,
     plumb::{self, ContainerPlumbing},
     state::Locked,
-    transaction::{conclude, transaction},
+    transaction::{conclude, creating, removing, transaction},
     validate::{self},
 };
 use crate::{
@@ -28,14 +27,11 @@ use crate::{
 
 impl Loader {
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<Change>> {
-        caps::require("container create", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let c = self.create_container(&nl, &mut locked, spec, &mut out)?;
-        locked.state.containers.push(c);
-        locked.save()?;
-        locked.finish()?;
-        Ok(out)
+        self.changing("container create", true, |nl, locked, out| {
+            let c = self.create_container(nl, locked, spec, out)?;
+            locked.state.containers.push(c);
+            conclude(locked, Ok(()))
+        })
     }
 
     /// The addresses of `network`'s subnet in use on `bridge` that the state does not know
@@ -146,16 +142,14 @@ impl Loader {
             ip,
             veth: veth.clone(),
         };
-        locked.begin(Intent::creating(
-            format!("container create {}", spec.name),
+        let command = format!("container create {}", spec.name);
+        creating(
+            locked,
+            command,
             Object::Container(container.clone()),
-        ))?;
-        let made = self.build_container(nl, &locked.state, &network, &bridge, &container, out);
-        if made.is_err() {
-            // It removed what it made.
-            locked.finish()?;
-        }
-        made.map(|()| container)
+            |state| self.build_container(nl, state, &network, &bridge, &container, out),
+        )?;
+        Ok(container)
     }
 
     fn build_container(
@@ -207,21 +201,13 @@ impl Loader {
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
-        caps::require("container rm", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let c = locked.state.container(name).cloned().ok_or_else(|| {
-            Error::Settings(format!(
-                "no container named `{name}` (see `netfast container ls`)"
-            ))
-        })?;
-        locked.begin(Intent::removing(
-            format!("container rm {name}"),
-            Object::Container(c.clone()),
-        ))?;
-        let removed = self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out);
-        conclude(&mut locked, removed)?;
-        Ok(out)
+        self.changing("container rm", true, |nl, locked, out| {
+            let c = locked.state.known_container(name)?.clone();
+            let command = format!("container rm {name}");
+            removing(locked, command, Object::Container(c.clone()), |state| {
+                self.remove_container_and_publications(nl, state, &c, out)
+            })
+        })
     }
 
     /// Removes a container with the publications that lead to it, from the kernel and the

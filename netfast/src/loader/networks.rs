@@ -11,15 +11,14 @@ use netfast_common::{
 use super::{
     Loader,
     apply::Ahead,
-    caps,
     change::{Change, DataplaneGone, Masquerade},
-    intent::{Intent, Mark, Object},
+    intent::{Mark, Object},
     ipam,
     model::{Backend, Network, NetworkSpec, State, default_bridge},
     netlink::{Link, Nl},
     plumb::{self},
     state::Locked,
-    transaction::{Created, conclude, transaction},
+    transaction::{Created, conclude, creating, removing, transaction},
     validate::{self},
 };
 use crate::{
@@ -32,14 +31,11 @@ use crate::{
 
 impl Loader {
     pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<Change>> {
-        caps::require("network create", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
-        locked.state.networks.push(network);
-        locked.save()?;
-        locked.finish()?;
-        Ok(out)
+        self.changing("network create", true, |nl, locked, out| {
+            let network = self.create_network(nl, locked, spec, out)?;
+            locked.state.networks.push(network);
+            conclude(locked, Ok(()))
+        })
     }
 
     /// Checks, records the intent, and makes the network; the caller adds it to the state,
@@ -53,16 +49,10 @@ impl Loader {
     ) -> Result<Network> {
         let (network, ext_addr) =
             self.prepare_network(nl, &locked.state, spec, &Ahead::default(), out)?;
-        locked.begin(Intent::creating(
-            format!("network create {}", spec.name),
-            Object::Network(network.clone()),
-        ))?;
-        let made = self.build_network(nl, &locked.state, network, ext_addr, out);
-        if made.is_err() {
-            // It removed what it made.
-            locked.finish()?;
-        }
-        made
+        let command = format!("network create {}", spec.name);
+        creating(locked, command, Object::Network(network.clone()), |state| {
+            self.build_network(nl, state, network, ext_addr, out)
+        })
     }
 
     /// Everything `network create` checks before it changes anything, against the kernel as
@@ -282,32 +272,24 @@ impl Loader {
     }
 
     pub fn network_rm(&self, name: &str) -> Result<Vec<Change>> {
-        caps::require("network rm", false)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let network = locked.state.network(name).cloned().ok_or_else(|| {
-            Error::Settings(format!(
-                "no network named `{name}` (see `netfast network ls`)"
-            ))
-        })?;
-        let on_it: Vec<_> = locked
-            .state
-            .containers_of(name)
-            .map(|c| c.name.clone())
-            .collect();
-        if !on_it.is_empty() {
-            return Err(Error::Settings(format!(
-                "network `{name}` still has containers: {}; remove them first (`netfast container rm …`)",
-                on_it.join(", ")
-            )));
-        }
-        locked.begin(Intent::removing(
-            format!("network rm {name}"),
-            Object::Network(network.clone()),
-        ))?;
-        let removed = self.remove_network(&nl, &mut locked.state, &network, &mut out);
-        conclude(&mut locked, removed)?;
-        Ok(out)
+        self.changing("network rm", false, |nl, locked, out| {
+            let network = locked.state.known_network(name)?.clone();
+            let on_it: Vec<_> = locked
+                .state
+                .containers_of(name)
+                .map(|c| c.name.clone())
+                .collect();
+            if !on_it.is_empty() {
+                return Err(Error::Settings(format!(
+                    "network `{name}` still has containers: {}; remove them first (`netfast container rm …`)",
+                    on_it.join(", ")
+                )));
+            }
+            let command = format!("network rm {name}");
+            removing(locked, command, Object::Network(network.clone()), |state| {
+                self.remove_network(nl, state, &network, out)
+            })
+        })
     }
 
     pub(super) fn remove_network(

@@ -2,6 +2,7 @@
 //! when a later step fails; and how a step recorded as an intent ends.
 
 use super::{
+    intent::{Intent, Object},
     model::{Backend, Network, State},
     netlink::{Link, Nl},
     networks::uninstall,
@@ -106,4 +107,34 @@ pub(super) fn conclude(locked: &mut Locked, result: Result<()>) -> Result<()> {
     }
     locked.finish()?;
     result
+}
+
+/// Records that `command` is creating `object` and runs `build`, which removes what it made
+/// if it fails (and then the intent goes). The caller adds what it made to the state, saves
+/// it and finishes the intent.
+pub(super) fn creating<T>(
+    locked: &mut Locked,
+    command: String,
+    object: Object,
+    build: impl FnOnce(&State) -> Result<T>,
+) -> Result<T> {
+    locked.begin(Intent::creating(command, object))?;
+    let made = build(&locked.state);
+    if made.is_err() {
+        // It removed what it made.
+        locked.finish()?;
+    }
+    made
+}
+
+/// Records that `command` is removing `object`, runs `remove` on the state and concludes.
+pub(super) fn removing(
+    locked: &mut Locked,
+    command: String,
+    object: Object,
+    remove: impl FnOnce(&mut State) -> Result<()>,
+) -> Result<()> {
+    locked.begin(Intent::removing(command, object))?;
+    let removed = remove(&mut locked.state);
+    conclude(locked, removed)
 }
