@@ -85,18 +85,19 @@ impl Loader {
                 Action::RemoveNetwork(name) => {
                     let found = locked.state.network(name).cloned();
                     let n = begin_removing(&mut locked, command, found, Object::Network)?;
-                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
+                    self.step(&nl, &mut Vec::new())
+                        .remove_network(&mut locked.state, &n)
                 }
                 Action::Configure(cfg) => {
                     locked.begin(Intent::creating(command, Object::Settings))?;
                     self.configure_locked(&mut locked.state, cfg)
                 }
                 Action::CreateNetwork(spec) => self
-                    .create_network(&nl, &mut locked, spec, &mut Vec::new())
-                    .map(|n| locked.state.networks.push(n)),
+                    .step(&nl, &mut Vec::new())
+                    .create_network(&mut locked, spec),
                 Action::CreateContainer(spec) => self
-                    .create_container(&nl, &mut locked, spec, &mut Vec::new())
-                    .map(|c| locked.state.containers.push(c)),
+                    .step(&nl, &mut Vec::new())
+                    .create_container(&mut locked, spec),
             };
             if let Err(e) = step {
                 locked.finish()?;
@@ -243,7 +244,9 @@ impl Loader {
                 Some(Object::Publication(p)) => self.remove_publication(state, &p, &mut Vec::new()),
                 Some(Object::Container(c)) => remove_container(nl, state, &c, &mut Vec::new())
                     .map(|()| state.containers.retain(|x| x.name != c.name)),
-                Some(Object::Network(n)) => self.remove_network(nl, state, &n, &mut Vec::new()),
+                Some(Object::Network(n)) => {
+                    self.step(nl, &mut Vec::new()).remove_network(state, &n)
+                }
                 _ => Ok(()),
             };
             let result = result

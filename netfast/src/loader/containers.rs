@@ -7,14 +7,14 @@ use super::{
     Loader,
     apply::Ahead,
     change::Change,
-    intent::{Mark, Object, Owner},
+    intent::{Intent, Mark, Object, Owner},
     ipam,
     model::{Backend, Container, ContainerSpec, Network, State, veth_name},
     netlink::{Link, Nl},
     nsfs,
     plumb::{self, ContainerPlumbing},
     state::Locked,
-    transaction::{conclude, creating, removing, transaction},
+    transaction::{Step, creating, transaction},
     validate::{self},
 };
 use crate::{
@@ -27,10 +27,8 @@ use crate::{
 
 impl Loader {
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<Change>> {
-        self.changing("container create", true, |nl, locked, out| {
-            let c = self.create_container(nl, locked, spec, out)?;
-            locked.state.containers.push(c);
-            conclude(locked, Ok(()))
+        self.changing("container create", true, |step, locked| {
+            step.create_container(locked, spec)
         })
     }
 
@@ -124,34 +122,6 @@ impl Loader {
         Ok((network, bridge, ip, veth))
     }
 
-    /// Checks, records the intent, and makes the container; the caller adds it to the
-    /// state, saves it and finishes the intent.
-    pub(super) fn create_container(
-        &self,
-        nl: &Nl<'_>,
-        locked: &mut Locked,
-        spec: &ContainerSpec,
-        out: &mut Vec<Change>,
-    ) -> Result<Container> {
-        let (network, bridge, ip, veth) =
-            self.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
-        let bridge = bridge.expect("no earlier step");
-        let container = Container {
-            name: spec.name.clone(),
-            network: network.name.clone(),
-            ip,
-            veth: veth.clone(),
-        };
-        let command = format!("container create {}", spec.name);
-        creating(
-            locked,
-            command,
-            Object::Container(container.clone()),
-            |state| self.build_container(nl, state, &network, &bridge, &container, out),
-        )?;
-        Ok(container)
-    }
-
     fn build_container(
         &self,
         nl: &Nl<'_>,
@@ -201,28 +171,55 @@ impl Loader {
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
-        self.changing("container rm", true, |nl, locked, out| {
+        self.changing("container rm", true, |step, locked| {
             let c = locked.state.known_container(name)?.clone();
             let command = format!("container rm {name}");
-            removing(locked, command, Object::Container(c.clone()), |state| {
-                self.remove_container_and_publications(nl, state, &c, out)
-            })
+            locked.begin(Intent::removing(command, Object::Container(c.clone())))?;
+            step.remove_container_and_publications(&mut locked.state, &c)
         })
+    }
+}
+
+impl Step<'_> {
+    /// Checks, records the intent, makes the container and adds it to the state; the caller
+    /// saves it and finishes the intent.
+    pub(super) fn create_container(
+        &mut self,
+        locked: &mut Locked,
+        spec: &ContainerSpec,
+    ) -> Result<()> {
+        let (loader, nl) = (self.loader, self.nl);
+        let (network, bridge, ip, veth) =
+            loader.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
+        let bridge = bridge.expect("no earlier step");
+        let container = Container {
+            name: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            veth: veth.clone(),
+        };
+        let command = format!("container create {}", spec.name);
+        creating(
+            locked,
+            command,
+            Object::Container(container.clone()),
+            |state| loader.build_container(nl, state, &network, &bridge, &container, self.out),
+        )?;
+        locked.state.containers.push(container);
+        Ok(())
     }
 
     /// Removes a container with the publications that lead to it, from the kernel and the
     /// state.
     pub(super) fn remove_container_and_publications(
-        &self,
-        nl: &Nl<'_>,
+        &mut self,
         state: &mut State,
         c: &Container,
-        out: &mut Vec<Change>,
     ) -> Result<()> {
         for p in publications_of(state, c) {
-            self.remove_publication(state, &p, out)?;
+            self.loader.remove_publication(state, &p, self.out)?;
         }
-        remove_container(nl, state, c, out)?;
+        remove_container(self.nl, state, c, self.out)?;
         state.containers.retain(|x| x.name != c.name);
         Ok(())
     }

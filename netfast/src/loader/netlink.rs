@@ -6,11 +6,11 @@ use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd};
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
+    AddressGetRequest, Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec,
+    LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::{AddressAttribute, AddressMessage},
+        address::AddressAttribute,
         link::{
             InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
             LinkInfo, LinkMessage,
@@ -408,8 +408,7 @@ impl Nl<'_> {
             .handle
             .address()
             .get()
-            .set_link_index_filter(link.index)
-            .execute();
+            .set_link_index_filter(link.index);
         let what = format!("listing the addresses of {}", link.name);
         Ok(self
             .inet_addresses(request, what)?
@@ -465,7 +464,7 @@ impl Nl<'_> {
 impl Nl<'_> {
     /// Every IPv4 address of this namespace with its prefix length and its link's index.
     pub fn address_nets(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
-        let request = self.handle.address().get().execute();
+        let request = self.handle.address().get();
         self.inet_addresses(request, format!("listing the addresses of {}", self.place))
     }
 
@@ -473,10 +472,10 @@ impl Nl<'_> {
     /// length.
     fn inet_addresses(
         &self,
-        request: impl futures::Stream<Item = std::result::Result<AddressMessage, rtnetlink::Error>>,
+        request: AddressGetRequest,
         what: String,
     ) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
-        self.dump(request, what, |m| {
+        self.dump(request.execute(), what, |m| {
             if m.header.family != AddressFamily::Inet {
                 return None;
             }

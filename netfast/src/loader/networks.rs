@@ -12,13 +12,13 @@ use super::{
     Loader,
     apply::Ahead,
     change::{Change, DataplaneGone, Masquerade},
-    intent::{Mark, Object},
+    intent::{Intent, Mark, Object},
     ipam,
     model::{Backend, Network, NetworkSpec, State, default_bridge},
     netlink::{Link, Nl},
     plumb::{self},
     state::Locked,
-    transaction::{Created, conclude, creating, removing, transaction},
+    transaction::{Created, Step, creating, transaction},
     validate::{self},
 };
 use crate::{
@@ -31,27 +31,8 @@ use crate::{
 
 impl Loader {
     pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<Change>> {
-        self.changing("network create", true, |nl, locked, out| {
-            let network = self.create_network(nl, locked, spec, out)?;
-            locked.state.networks.push(network);
-            conclude(locked, Ok(()))
-        })
-    }
-
-    /// Checks, records the intent, and makes the network; the caller adds it to the state,
-    /// saves it and finishes the intent.
-    pub(super) fn create_network(
-        &self,
-        nl: &Nl<'_>,
-        locked: &mut Locked,
-        spec: &NetworkSpec,
-        out: &mut Vec<Change>,
-    ) -> Result<Network> {
-        let (network, ext_addr) =
-            self.prepare_network(nl, &locked.state, spec, &Ahead::default(), out)?;
-        let command = format!("network create {}", spec.name);
-        creating(locked, command, Object::Network(network.clone()), |state| {
-            self.build_network(nl, state, network, ext_addr, out)
+        self.changing("network create", true, |step, locked| {
+            step.create_network(locked, spec)
         })
     }
 
@@ -272,7 +253,7 @@ impl Loader {
     }
 
     pub fn network_rm(&self, name: &str) -> Result<Vec<Change>> {
-        self.changing("network rm", false, |nl, locked, out| {
+        self.changing("network rm", false, |step, locked| {
             let network = locked.state.known_network(name)?.clone();
             let on_it: Vec<_> = locked
                 .state
@@ -286,19 +267,29 @@ impl Loader {
                 )));
             }
             let command = format!("network rm {name}");
-            removing(locked, command, Object::Network(network.clone()), |state| {
-                self.remove_network(nl, state, &network, out)
-            })
+            locked.begin(Intent::removing(command, Object::Network(network.clone())))?;
+            step.remove_network(&mut locked.state, &network)
         })
     }
+}
 
-    pub(super) fn remove_network(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        network: &Network,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
+impl Step<'_> {
+    /// Checks, records the intent, makes the network and adds it to the state; the caller
+    /// saves it and finishes the intent.
+    pub(super) fn create_network(&mut self, locked: &mut Locked, spec: &NetworkSpec) -> Result<()> {
+        let (loader, nl) = (self.loader, self.nl);
+        let (network, ext_addr) =
+            loader.prepare_network(nl, &locked.state, spec, &Ahead::default(), self.out)?;
+        let command = format!("network create {}", spec.name);
+        let made = creating(locked, command, Object::Network(network.clone()), |state| {
+            loader.build_network(nl, state, network, ext_addr, self.out)
+        })?;
+        locked.state.networks.push(made);
+        Ok(())
+    }
+
+    pub(super) fn remove_network(&mut self, state: &mut State, network: &Network) -> Result<()> {
+        let (host, nl, out) = (&self.loader.host, self.nl, &mut *self.out);
         // Publications by address lead to no container, so no `container rm` took them: they
         // go with their network (network ids are reused, and a stale entry would revive).
         let publications: Vec<_> = state
@@ -308,18 +299,18 @@ impl Loader {
             .cloned()
             .collect();
         for p in &publications {
-            self.remove_publication(state, p, out)?;
+            self.loader.remove_publication(state, p, out)?;
         }
         let before = state.clone();
         if network.backend == Backend::Ebpf {
-            uninstall(&self.host, nl, state, network)?;
+            uninstall(host, nl, state, network)?;
         }
         state.networks.retain(|n| n.name != network.name);
         crate::backend::sync(&before, state)?;
         // The network's flows end with it (its subnet's, to and from it).
         let filter = Filter::network(network.id);
         let ended = if network.backend == Backend::Ebpf {
-            match Dataplane::open_existing(&self.host)? {
+            match Dataplane::open_existing(host)? {
                 Some(mut dp) => {
                     maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
                         .flows
@@ -335,9 +326,7 @@ impl Loader {
                 flows: ended,
             });
         }
-        if !state.networks.iter().any(|n| n.backend == Backend::Ebpf)
-            && Dataplane::remove(&self.host)?
-        {
+        if !state.networks.iter().any(|n| n.backend == Backend::Ebpf) && Dataplane::remove(host)? {
             out.push(Change::DataplaneRemoved {
                 why: DataplaneGone::LastNetwork,
             });

@@ -58,21 +58,6 @@ impl Loader {
         self.netlink.host()
     }
 
-    /// Runs `command`, which changes the host: checks that it can ([`caps::require`], with
-    /// `mounts`), takes the exclusive lock ([`Loader::lock`]) and returns what `run` changed.
-    pub(super) fn changing(
-        &self,
-        command: &str,
-        mounts: bool,
-        run: impl FnOnce(&Nl<'_>, &mut Locked, &mut Vec<Change>) -> Result<()>,
-    ) -> Result<Vec<Change>> {
-        caps::require(command, mounts)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        run(&nl, &mut locked, &mut out)?;
-        Ok(out)
-    }
-
     /// The state, read under a shared lock (which creates nothing).
     pub fn state(&self) -> Result<State> {
         Ok(self.read()?.state)

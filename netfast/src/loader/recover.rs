@@ -11,6 +11,7 @@ use super::{
     netlink::{Link, Nl},
     nsfs,
     state::Locked,
+    transaction::Step,
 };
 use crate::{
     dataplane::Dataplane,
@@ -33,20 +34,17 @@ impl Loader {
             out.push(Change::InterruptedCompleted {
                 command: intent.command.clone(),
             });
-            let mut recovery = Recovery {
-                loader: self,
-                nl,
-                out: &mut out,
-            };
-            recovery.converge(&mut locked, &intent).map_err(|e| {
-                Error::Settings(format!(
-                    "could not complete what an interrupted `netfast {}` left: {}; fix the \
+            self.step(nl, &mut out)
+                .converge(&mut locked, &intent)
+                .map_err(|e| {
+                    Error::Settings(format!(
+                        "could not complete what an interrupted `netfast {}` left: {}; fix the \
                      cause and run the command again, or `netfast down` to remove \
                      everything netfast made",
-                    intent.command,
-                    crate::error::report(&e)
-                ))
-            })?;
+                        intent.command,
+                        crate::error::report(&e)
+                    ))
+                })?;
             locked.save()?;
             locked.finish()?;
         }
@@ -131,15 +129,8 @@ impl Loader {
     }
 }
 
-/// What completing an interrupted command works with: the loader, the host's netlink handle,
-/// and the list of what it changed.
-struct Recovery<'a> {
-    loader: &'a Loader,
-    nl: &'a Nl<'a>,
-    out: &'a mut Vec<Change>,
-}
-
-impl Recovery<'_> {
+/// Completing what an interrupted command left.
+impl Step<'_> {
     fn converge(&mut self, locked: &mut Locked, intent: &Intent) -> Result<()> {
         if intent.remove.contains(&Object::Everything) {
             let pending: Vec<Object> = intent
@@ -165,27 +156,26 @@ impl Recovery<'_> {
     /// Removes `o` for good: from the kernel and the state if the state still has it, else
     /// whatever of it the kernel still has.
     fn finish_removal(&mut self, state: &mut State, o: &Object) -> Result<()> {
-        let (loader, nl) = (self.loader, self.nl);
         match o {
             Object::Network(n) => {
                 let known = state.network(&n.name).cloned();
                 // Its containers first, as `network rm` requires.
                 let on_it: Vec<_> = state.containers_of(&n.name).cloned().collect();
                 for c in &on_it {
-                    loader.remove_container_and_publications(nl, state, c, self.out)?;
+                    self.remove_container_and_publications(state, c)?;
                 }
                 if let Some(cur) = known {
-                    return loader.remove_network(nl, state, &cur, self.out);
+                    return self.remove_network(state, &cur);
                 }
             }
             Object::Container(c) => {
                 if let Some(cur) = state.container(&c.name).cloned() {
-                    return loader.remove_container_and_publications(nl, state, &cur, self.out);
+                    return self.remove_container_and_publications(state, &cur);
                 }
             }
             Object::Publication(p) => {
                 if state.publication(&p.network, &p.spec).is_some() {
-                    return loader.remove_publication(state, p, self.out);
+                    return self.loader.remove_publication(state, p, self.out);
                 }
             }
             Object::Settings | Object::Everything => {}
@@ -251,6 +241,6 @@ impl Recovery<'_> {
         // The state with it, for the removal to find it (the state itself does not change).
         let mut with = state.clone();
         with.networks.push(n.clone());
-        self.loader.remove_network(self.nl, &mut with, n, self.out)
+        self.remove_network(&mut with, n)
     }
 }

@@ -2,6 +2,8 @@
 //! when a later step fails; and how a step recorded as an intent ends.
 
 use super::{
+    Loader, caps,
+    change::Change,
     intent::{Intent, Object},
     model::{Backend, Network, State},
     netlink::{Link, Nl},
@@ -15,6 +17,41 @@ use crate::{
     error::{Error, Result},
     host::Host,
 };
+
+/// What a step that changes the host works with: the loader, the host's netlink handle, and
+/// the list of what the command changed.
+pub(super) struct Step<'a> {
+    pub(super) loader: &'a Loader,
+    pub(super) nl: &'a Nl<'a>,
+    pub(super) out: &'a mut Vec<Change>,
+}
+
+impl Loader {
+    pub(super) fn step<'a>(&'a self, nl: &'a Nl<'a>, out: &'a mut Vec<Change>) -> Step<'a> {
+        Step {
+            loader: self,
+            nl,
+            out,
+        }
+    }
+
+    /// Runs `command`, which changes the host as one step recorded as an intent: checks that
+    /// it can ([`caps::require`], with `mounts`), takes the exclusive lock ([`Loader::lock`]),
+    /// runs `run`, concludes ([`conclude`]) and returns what it changed.
+    pub(super) fn changing(
+        &self,
+        command: &str,
+        mounts: bool,
+        run: impl FnOnce(&mut Step<'_>, &mut Locked) -> Result<()>,
+    ) -> Result<Vec<Change>> {
+        caps::require(command, mounts)?;
+        let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let done = run(&mut self.step(&nl, &mut out), &mut locked);
+        conclude(&mut locked, done)?;
+        Ok(out)
+    }
+}
 
 /// Something a command created, to remove again if it fails later.
 pub(super) enum Created {
@@ -125,16 +162,4 @@ pub(super) fn creating<T>(
         locked.finish()?;
     }
     made
-}
-
-/// Records that `command` is removing `object`, runs `remove` on the state and concludes.
-pub(super) fn removing(
-    locked: &mut Locked,
-    command: String,
-    object: Object,
-    remove: impl FnOnce(&mut State) -> Result<()>,
-) -> Result<()> {
-    locked.begin(Intent::removing(command, object))?;
-    let removed = remove(&mut locked.state);
-    conclude(locked, removed)
 }
