@@ -81,13 +81,16 @@ mod tests {
         next_free(n, &with(used), &seen)
     }
 
+    /// A case of `next_free`: its name, the network, the containers' addresses, the addresses
+    /// seen on the bridge, and the address it gives.
+    type Case<'a> = (&'a str, &'a Network, &'a [&'a str], &'a [&'a str], &'a str);
+
     #[test]
     fn skips_network_gateway_and_used_addresses() {
         let n = net("172.18.0.0/24", "172.18.0.1");
         // A gateway in the middle is skipped, and holes are reused.
         let mid = net("10.0.0.0/29", "10.0.0.3");
-        // (case, network, containers' addresses, seen on the bridge, the address given)
-        let cases: [(&str, &Network, &[&str], &[&str], &str); 5] = [
+        let cases: [Case<'_>; 5] = [
             ("nothing used", &n, &[], &[], "172.18.0.2"),
             (
                 "containers",
