@@ -1,5 +1,6 @@
-//! The undo machinery of a command: what it created so far, removed again (newest first)
-//! when a later step fails; and how a step recorded as an intent ends.
+//! The frame of a command that changes the host ([`Loader::changing`], the [`Step`] it runs
+//! in); its undo machinery: what it created so far, removed again (newest first) when a
+//! later step fails; and how a step recorded as an intent begins and ends.
 
 use super::{
     Loader, caps,
