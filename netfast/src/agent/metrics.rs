@@ -80,6 +80,38 @@ impl Family {
             v,
         ));
     }
+
+    /// This family with one sample more.
+    fn with(mut self, labels: &[(&'static str, &str)], v: u64) -> Family {
+        self.add(labels, v);
+        self
+    }
+}
+
+/// Two counter families of the same things, with the same labels: packets, and bytes.
+struct Traffic {
+    packets: Family,
+    bytes: Family,
+}
+
+impl Traffic {
+    /// `name`: the packets' family; the bytes' is `bytes_name`, with the unit.
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        bytes_name: &'static str,
+        bytes_help: &'static str,
+    ) -> Traffic {
+        Traffic {
+            packets: Family::counter(name, help),
+            bytes: Family::counter(bytes_name, bytes_help).bytes(),
+        }
+    }
+
+    fn add(&mut self, labels: &[(&'static str, &str)], packets: u64, bytes: u64) {
+        self.packets.add(labels, packets);
+        self.bytes.add(labels, bytes);
+    }
 }
 
 #[derive(Debug)]
@@ -129,18 +161,19 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
     };
     let mut families = Vec::new();
 
-    let mut hook_packets = Family::counter(
+    let mut hooks = Traffic::new(
         "netfast_hook_packets",
         "Packets each eBPF hook saw (TC on a bridge or an uplink, one direction).",
+        "netfast_hook",
+        "Bytes each eBPF hook saw.",
     );
-    let mut hook_bytes = Family::counter("netfast_hook", "Bytes each eBPF hook saw.").bytes();
-    let mut drop_packets = Family::counter(
+    let mut drops = Traffic::new(
         "netfast_dropped_packets",
         "Packets dropped, by reason and hook (hook \"netfilter\": the nftables/iptables \
          backends' rules).",
+        "netfast_dropped",
+        "Bytes dropped, by reason and hook.",
     );
-    let mut drop_bytes =
-        Family::counter("netfast_dropped", "Bytes dropped, by reason and hook.").bytes();
     let mut fast_forwarded = Family::counter(
         "netfast_fast_path_forwarded_packets",
         "Packets the eBPF fast path forwarded itself, past the host's routing and netfilter.",
@@ -155,13 +188,14 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
     );
     if let Some(s) = &ebpf {
         for h in &s.hooks {
-            hook_packets.add(&[("hook", h.hook)], h.packets);
-            hook_bytes.add(&[("hook", h.hook)], h.bytes);
+            hooks.add(&[("hook", h.hook)], h.packets, h.bytes);
         }
         for d in &s.hook_drops {
-            let labels = [("hook", d.hook), ("reason", d.reason)];
-            drop_packets.add(&labels, d.packets);
-            drop_bytes.add(&labels, d.bytes);
+            drops.add(
+                &[("hook", d.hook), ("reason", d.reason)],
+                d.packets,
+                d.bytes,
+            );
         }
         for e in &s.events {
             match e.event {
@@ -172,40 +206,38 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
         }
     }
     for d in fallback.drops.iter().filter(|d| d.packets > 0) {
-        let labels = [("hook", "netfilter"), ("reason", d.reason)];
-        drop_packets.add(&labels, d.packets);
-        drop_bytes.add(&labels, d.bytes);
+        drops.add(
+            &[("hook", "netfilter"), ("reason", d.reason)],
+            d.packets,
+            d.bytes,
+        );
     }
-    let mut net_packets = Family::counter(
+    let mut nets = Traffic::new(
         "netfast_network_packets",
         "Packets of each network: tx leaving its containers, rx coming to them.",
-    );
-    let mut net_bytes = Family::counter(
         "netfast_network",
         "Bytes of each network: tx leaving its containers, rx coming to them.",
-    )
-    .bytes();
-    let nets = ebpf
+    );
+    let of_networks = ebpf
         .iter()
         .flat_map(|s| s.networks.iter())
         .chain(fallback.networks.iter());
-    for n in nets {
+    for n in of_networks {
         let name = name_of(n.id);
         for (dir, p, b) in [
             ("tx", n.tx_packets, n.tx_bytes),
             ("rx", n.rx_packets, n.rx_bytes),
         ] {
-            net_packets.add(&[("network", &name), ("direction", dir)], p);
-            net_bytes.add(&[("network", &name), ("direction", dir)], b);
+            nets.add(&[("network", &name), ("direction", dir)], p, b);
         }
     }
     families.extend([
-        hook_packets,
-        hook_bytes,
-        drop_packets,
-        drop_bytes,
-        net_packets,
-        net_bytes,
+        hooks.packets,
+        hooks.bytes,
+        drops.packets,
+        drops.bytes,
+        nets.packets,
+        nets.bytes,
         fast_forwarded,
         fast_fallback,
         events,
@@ -235,11 +267,11 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
         );
         mappings.add(&[("kind", "binding")], o.bindings);
         mappings.add(&[("kind", "claim")], o.claims);
-        let mut mapping_capacity = Family::gauge(
+        let mapping_capacity = Family::gauge(
             "netfast_nat_capacity_mappings",
             "Bindings, and claims, the NAT tables hold.",
-        );
-        mapping_capacity.add(&[], o.nat_capacity);
+        )
+        .with(&[], o.nat_capacity);
         let mut ports = Family::gauge(
             "netfast_nat_ports_in_use",
             "External ports (ICMP: identifiers) held by a live NAT mapping, per uplink address \
@@ -268,6 +300,7 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
             counters.repairs.get(kind).copied().unwrap_or(0),
         );
     }
+    families.push(repairs);
     let mut reclaimed = Family::counter(
         "netfast_agent_reclaimed_entries",
         "Expired entries the agent removed from the eBPF dataplane's maps.",
@@ -275,21 +308,27 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
     reclaimed.add(&[("map", "conntrack")], counters.reclaimed.entries);
     reclaimed.add(&[("map", "nat_binding")], counters.reclaimed.bindings);
     reclaimed.add(&[("map", "nat_claim")], counters.reclaimed.claims);
-    let mut ended = Family::counter(
-        "netfast_agent_ended_flows",
-        "Flows the agent ended because the address they were masqueraded to left the uplink.",
-    );
-    ended.add(&[], counters.flows_ended);
-    let mut passes = Family::counter(
-        "netfast_agent_passes",
-        "Reconciling passes the agent made (on netlink events and periodically).",
-    );
-    passes.add(&[], counters.passes);
-    let mut errors = Family::counter(
-        "netfast_agent_errors",
-        "Passes that failed (the agent logs why, and tries again).",
-    );
-    errors.add(&[], counters.errors);
+    families.push(reclaimed);
+    // The agent's own totals, one sample each.
+    for (name, help, total) in [
+        (
+            "netfast_agent_ended_flows",
+            "Flows the agent ended because the address they were masqueraded to left the uplink.",
+            counters.flows_ended,
+        ),
+        (
+            "netfast_agent_passes",
+            "Reconciling passes the agent made (on netlink events and periodically).",
+            counters.passes,
+        ),
+        (
+            "netfast_agent_errors",
+            "Passes that failed (the agent logs why, and tries again).",
+            counters.errors,
+        ),
+    ] {
+        families.push(Family::counter(name, help).with(&[], total));
+    }
     let mut drift = Family::gauge(
         "netfast_agent_drift_problems",
         "Problems the agent cannot repair, per network (see its log, or `netfast network ls`).",
@@ -300,7 +339,7 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
             counters.drift.get(&n.name).copied().unwrap_or(0),
         );
     }
-    families.extend([repairs, reclaimed, ended, passes, errors, drift]);
+    families.push(drift);
 
     families.retain(|f| !f.samples.is_empty());
     let mut registry = Registry::default();

@@ -3,9 +3,9 @@
 use std::net::Ipv4Addr;
 
 use clap::Subcommand;
-use netfast::loader::{Loader, model::ContainerSpec};
+use netfast::loader::{Loader, model::ContainerSpec, status::ContainerStatus};
 
-use super::Changes;
+use super::{Changes, Listing, Removal, drift_column};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -22,20 +22,13 @@ pub enum Command {
         out: Changes,
     },
     /// Remove a container: its namespace and its veth pair.
-    Rm {
-        name: String,
-        #[command(flatten)]
-        out: Changes,
-    },
+    Rm(Removal),
     /// List containers, with their namespaces, what the kernel lacks of them ("drift"), and
     /// what an interrupted command left that the state does not know.
     ///
     /// A container Docker made through `netfast docker-plugin` is `docker-<endpoint ID>`,
     /// whose namespace is Docker's sandbox (`docker inspect -f '{{.NetworkSettings.SandboxKey}}'`).
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
+    Ls(Listing),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -47,39 +40,32 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             ip,
             out,
         } => out.print(&loader.container_create(&ContainerSpec { name, network, ip })?)?,
-        Command::Rm { name, out } => out.print(&loader.container_rm(&name)?)?,
-        Command::Ls { json } => {
-            let cts = loader.container_status()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&cts)?);
-                return Ok(());
-            }
-            println!(
-                "{:<20} {:<14} {:<15} {:<12} {:<24} DRIFT",
-                "NAME", "NETWORK", "IP", "VETH", "NETNS"
-            );
-            for c in cts {
-                // A Docker endpoint's namespace is Docker's sandbox, while it runs.
-                let netns = match (&c.netns, &c.docker_endpoint) {
-                    (Some(ns), _) => ns.clone(),
-                    (None, Some(_)) => "(docker, not running)".into(),
-                    (None, None) => "-".into(),
-                };
-                println!(
-                    "{:<20} {:<14} {:<15} {:<12} {:<24} {}",
-                    c.name,
-                    c.network,
-                    c.ip.to_string(),
-                    c.veth,
-                    netns,
-                    if c.drift.is_empty() {
-                        "-".into()
-                    } else {
-                        c.drift.join("; ")
-                    }
-                );
-            }
-        }
+        Command::Rm(rm) => rm.out.print(&loader.container_rm(&rm.name)?)?,
+        Command::Ls(ls) => ls.print(&loader.container_status()?, print_table)?,
     }
     Ok(())
+}
+
+fn print_table(cts: &[ContainerStatus]) {
+    println!(
+        "{:<20} {:<14} {:<15} {:<12} {:<24} DRIFT",
+        "NAME", "NETWORK", "IP", "VETH", "NETNS"
+    );
+    for c in cts {
+        // A Docker endpoint's namespace is Docker's sandbox, while it runs.
+        let netns = match (&c.netns, &c.docker_endpoint) {
+            (Some(ns), _) => ns.clone(),
+            (None, Some(_)) => "(docker, not running)".into(),
+            (None, None) => "-".into(),
+        };
+        println!(
+            "{:<20} {:<14} {:<15} {:<12} {:<24} {}",
+            c.name,
+            c.network,
+            c.ip.to_string(),
+            c.veth,
+            netns,
+            drift_column(&c.drift)
+        );
+    }
 }

@@ -223,3 +223,43 @@ impl Changes {
         Ok(())
     }
 }
+
+// `rm NAME`: what to remove, and how to print what changed.
+#[derive(clap::Args)]
+struct Removal {
+    name: String,
+    #[command(flatten)]
+    out: Changes,
+}
+
+// `ls`: a table, or the rows as JSON.
+#[derive(clap::Args)]
+struct Listing {
+    #[arg(long)]
+    json: bool,
+}
+
+impl Listing {
+    /// Prints `rows` as a JSON array with `--json`, else as `table` prints them.
+    fn print<T: serde::Serialize>(
+        self,
+        rows: &[T],
+        table: impl FnOnce(&[T]),
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(rows)?);
+        } else {
+            table(rows);
+        }
+        Ok(())
+    }
+}
+
+/// A table's DRIFT column: what the kernel lacks of a row, `-` for nothing.
+fn drift_column(drift: &[String]) -> String {
+    if drift.is_empty() {
+        "-".into()
+    } else {
+        drift.join("; ")
+    }
+}

@@ -33,6 +33,19 @@ pub(super) struct Ahead {
     pub(super) dataplane: bool,
 }
 
+/// What a planned removal removes, `found` in the state, recorded as what `command` is
+/// removing.
+fn begin_removing<T: Clone>(
+    locked: &mut Locked,
+    command: String,
+    found: Option<T>,
+    object: impl FnOnce(T) -> Object,
+) -> Result<T> {
+    let found = found.expect("planned from the state");
+    locked.begin(Intent::removing(command, object(found.clone())))?;
+    Ok(found)
+}
+
 impl Loader {
     /// Converges the host to `file`, printing each change; nothing when it already matches.
     /// Every step is checked before the first one changes anything, each against the state
@@ -56,46 +69,35 @@ impl Loader {
             let command = format!("apply (step `{action}`)");
             let step = match action {
                 Action::Unpublish { network, spec } => {
-                    let p = locked
-                        .state
-                        .publication(network, spec)
-                        .cloned()
-                        .expect("planned from the state");
-                    locked.begin(Intent::removing(command, Object::Publication(p.clone())))?;
+                    let found = locked.state.publication(network, spec).cloned();
+                    let p = begin_removing(&mut locked, command, found, Object::Publication)?;
                     self.remove_publication(&mut locked.state, &p, &mut Vec::new())
                 }
                 Action::Publish(d) => self
                     .check_publication(&nl, &locked.state, &d.network, &d.spec, &d.allow)
                     .and_then(|p| self.publish_checked(&nl, &mut locked, p, &mut Vec::new())),
                 Action::RemoveContainer(name) => {
-                    let c = locked
-                        .state
-                        .container(name)
-                        .cloned()
-                        .expect("planned from the state");
-                    locked.begin(Intent::removing(command, Object::Container(c.clone())))?;
+                    let found = locked.state.container(name).cloned();
+                    let c = begin_removing(&mut locked, command, found, Object::Container)?;
                     remove_container(&nl, &locked.state, &c, &mut Vec::new())
                         .map(|()| locked.state.containers.retain(|x| &x.name != name))
                 }
                 Action::RemoveNetwork(name) => {
-                    let n = locked
-                        .state
-                        .network(name)
-                        .cloned()
-                        .expect("planned from the state");
-                    locked.begin(Intent::removing(command, Object::Network(n.clone())))?;
-                    self.remove_network(&nl, &mut locked.state, &n, &mut Vec::new())
+                    let found = locked.state.network(name).cloned();
+                    let n = begin_removing(&mut locked, command, found, Object::Network)?;
+                    self.step(&nl, &mut Vec::new())
+                        .remove_network(&mut locked.state, &n)
                 }
                 Action::Configure(cfg) => {
                     locked.begin(Intent::creating(command, Object::Settings))?;
                     self.configure_locked(&mut locked.state, cfg)
                 }
                 Action::CreateNetwork(spec) => self
-                    .create_network(&nl, &mut locked, spec, &mut Vec::new())
-                    .map(|n| locked.state.networks.push(n)),
+                    .step(&nl, &mut Vec::new())
+                    .create_network(&mut locked, spec),
                 Action::CreateContainer(spec) => self
-                    .create_container(&nl, &mut locked, spec, &mut Vec::new())
-                    .map(|c| locked.state.containers.push(c)),
+                    .step(&nl, &mut Vec::new())
+                    .create_container(&mut locked, spec),
             };
             if let Err(e) = step {
                 locked.finish()?;
@@ -242,7 +244,9 @@ impl Loader {
                 Some(Object::Publication(p)) => self.remove_publication(state, &p, &mut Vec::new()),
                 Some(Object::Container(c)) => remove_container(nl, state, &c, &mut Vec::new())
                     .map(|()| state.containers.retain(|x| x.name != c.name)),
-                Some(Object::Network(n)) => self.remove_network(nl, state, &n, &mut Vec::new()),
+                Some(Object::Network(n)) => {
+                    self.step(nl, &mut Vec::new()).remove_network(state, &n)
+                }
                 _ => Ok(()),
             };
             let result = result

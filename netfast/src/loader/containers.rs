@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 use super::{
     Loader,
     apply::Ahead,
-    caps,
     change::Change,
     intent::{Intent, Mark, Object, Owner},
     ipam,
@@ -15,7 +14,7 @@ use super::{
     nsfs,
     plumb::{self, ContainerPlumbing},
     state::Locked,
-    transaction::{conclude, transaction},
+    transaction::{Step, creating, transaction},
     validate::{self},
 };
 use crate::{
@@ -28,14 +27,9 @@ use crate::{
 
 impl Loader {
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<Vec<Change>> {
-        caps::require("container create", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let c = self.create_container(&nl, &mut locked, spec, &mut out)?;
-        locked.state.containers.push(c);
-        locked.save()?;
-        locked.finish()?;
-        Ok(out)
+        self.changing("container create", true, |step, locked| {
+            step.create_container(locked, spec)
+        })
     }
 
     /// The addresses of `network`'s subnet in use on `bridge` that the state does not know
@@ -128,36 +122,6 @@ impl Loader {
         Ok((network, bridge, ip, veth))
     }
 
-    /// Checks, records the intent, and makes the container; the caller adds it to the
-    /// state, saves it and finishes the intent.
-    pub(super) fn create_container(
-        &self,
-        nl: &Nl<'_>,
-        locked: &mut Locked,
-        spec: &ContainerSpec,
-        out: &mut Vec<Change>,
-    ) -> Result<Container> {
-        let (network, bridge, ip, veth) =
-            self.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
-        let bridge = bridge.expect("no earlier step");
-        let container = Container {
-            name: spec.name.clone(),
-            network: network.name.clone(),
-            ip,
-            veth: veth.clone(),
-        };
-        locked.begin(Intent::creating(
-            format!("container create {}", spec.name),
-            Object::Container(container.clone()),
-        ))?;
-        let made = self.build_container(nl, &locked.state, &network, &bridge, &container, out);
-        if made.is_err() {
-            // It removed what it made.
-            locked.finish()?;
-        }
-        made.map(|()| container)
-    }
-
     fn build_container(
         &self,
         nl: &Nl<'_>,
@@ -207,36 +171,55 @@ impl Loader {
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
-        caps::require("container rm", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let c = locked.state.container(name).cloned().ok_or_else(|| {
-            Error::Settings(format!(
-                "no container named `{name}` (see `netfast container ls`)"
-            ))
-        })?;
-        locked.begin(Intent::removing(
-            format!("container rm {name}"),
-            Object::Container(c.clone()),
-        ))?;
-        let removed = self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out);
-        conclude(&mut locked, removed)?;
-        Ok(out)
+        self.changing("container rm", true, |step, locked| {
+            let c = locked.state.known_container(name)?.clone();
+            let command = format!("container rm {name}");
+            locked.begin(Intent::removing(command, Object::Container(c.clone())))?;
+            step.remove_container_and_publications(&mut locked.state, &c)
+        })
+    }
+}
+
+impl Step<'_> {
+    /// Checks, records the intent, makes the container and adds it to the state; the caller
+    /// saves it and finishes the intent.
+    pub(super) fn create_container(
+        &mut self,
+        locked: &mut Locked,
+        spec: &ContainerSpec,
+    ) -> Result<()> {
+        let (loader, nl) = (self.loader, self.nl);
+        let (network, bridge, ip, veth) =
+            loader.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
+        let bridge = bridge.expect("no earlier step");
+        let container = Container {
+            name: spec.name.clone(),
+            network: network.name.clone(),
+            ip,
+            veth: veth.clone(),
+        };
+        let command = format!("container create {}", spec.name);
+        creating(
+            locked,
+            command,
+            Object::Container(container.clone()),
+            |state| loader.build_container(nl, state, &network, &bridge, &container, self.out),
+        )?;
+        locked.state.containers.push(container);
+        Ok(())
     }
 
     /// Removes a container with the publications that lead to it, from the kernel and the
     /// state.
     pub(super) fn remove_container_and_publications(
-        &self,
-        nl: &Nl<'_>,
+        &mut self,
         state: &mut State,
         c: &Container,
-        out: &mut Vec<Change>,
     ) -> Result<()> {
         for p in publications_of(state, c) {
-            self.remove_publication(state, &p, out)?;
+            self.loader.remove_publication(state, &p, self.out)?;
         }
-        remove_container(nl, state, c, out)?;
+        remove_container(self.nl, state, c, self.out)?;
         state.containers.retain(|x| x.name != c.name);
         Ok(())
     }

@@ -216,12 +216,11 @@ impl Loader {
             }]);
         }
         prune(&mut locked.state);
-        let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
+        self.step(&nl, &mut out).create_network(&mut locked, spec)?;
         out.push(Change::DockerNetworkServed {
-            network: network.name.clone(),
+            network: spec.name.clone(),
             docker_network: docker_id.to_owned(),
         });
-        locked.state.networks.push(network);
         locked.state.docker.networks.retain(|d| d.id != docker_id);
         locked.state.docker.networks.push(DockerNetwork {
             id: docker_id.to_owned(),
@@ -265,10 +264,12 @@ impl Loader {
             )));
         }
         for c in &docker {
-            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut out)?;
+            self.step(&nl, &mut out)
+                .remove_container_and_publications(&mut locked.state, c)?;
             locked.save()?;
         }
-        self.remove_network(&nl, &mut locked.state, &network, &mut out)?;
+        self.step(&nl, &mut out)
+            .remove_network(&mut locked.state, &network)?;
         locked.state.docker.networks.retain(|d| d.id != docker_id);
         prune(&mut locked.state);
         locked.save()?;
@@ -318,7 +319,8 @@ impl Loader {
                 container: c.name.clone(),
                 veth: c.veth.clone(),
             });
-            self.remove_container_and_publications(&nl, &mut locked.state, c, &mut done)?;
+            self.step(&nl, &mut done)
+                .remove_container_and_publications(&mut locked.state, c)?;
             prune(&mut locked.state);
             locked.save()?;
         }
@@ -468,7 +470,8 @@ impl Loader {
                 .container(&ep.container)
                 .cloned()
                 .expect("a live endpoint has its container");
-            self.remove_container_and_publications(&nl, &mut locked.state, &c, &mut out)?;
+            self.step(&nl, &mut out)
+                .remove_container_and_publications(&mut locked.state, &c)?;
         } else {
             // A create cut short before it saved leaves links of the endpoint's names.
             let veth = veth_name(&endpoint_container_name(endpoint_id));

@@ -75,41 +75,60 @@ mod tests {
         }
     }
 
+    /// `next_free` on `n`, with containers at `used` and `seen` in use on the bridge.
+    fn free(n: &Network, used: &[&str], seen: &[&str]) -> Result<Ipv4Addr, Invalid> {
+        let seen: Vec<Ipv4Addr> = seen.iter().map(|a| a.parse().unwrap()).collect();
+        next_free(n, &with(used), &seen)
+    }
+
+    /// A case of `next_free`: its name, the network, the containers' addresses, the addresses
+    /// seen on the bridge, and the address it gives.
+    type Case<'a> = (&'a str, &'a Network, &'a [&'a str], &'a [&'a str], &'a str);
+
     #[test]
     fn skips_network_gateway_and_used_addresses() {
         let n = net("172.18.0.0/24", "172.18.0.1");
-        assert_eq!(
-            next_free(&n, &with(&[]), &[]).unwrap(),
-            "172.18.0.2".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            next_free(&n, &with(&["172.18.0.2", "172.18.0.3"]), &[]).unwrap(),
-            "172.18.0.4".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            next_free(&n, &with(&["172.18.0.2"]), &["172.18.0.3".parse().unwrap()]).unwrap(),
-            "172.18.0.4".parse::<Ipv4Addr>().unwrap()
-        );
         // A gateway in the middle is skipped, and holes are reused.
-        let n = net("10.0.0.0/29", "10.0.0.3");
-        assert_eq!(
-            next_free(&n, &with(&["10.0.0.1", "10.0.0.2"]), &[]).unwrap(),
-            "10.0.0.4".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            next_free(&n, &with(&["10.0.0.2"]), &[]).unwrap(),
-            "10.0.0.1".parse::<Ipv4Addr>().unwrap()
-        );
+        let mid = net("10.0.0.0/29", "10.0.0.3");
+        let cases: [Case<'_>; 5] = [
+            ("nothing used", &n, &[], &[], "172.18.0.2"),
+            (
+                "containers",
+                &n,
+                &["172.18.0.2", "172.18.0.3"],
+                &[],
+                "172.18.0.4",
+            ),
+            (
+                "a container and seen",
+                &n,
+                &["172.18.0.2"],
+                &["172.18.0.3"],
+                "172.18.0.4",
+            ),
+            (
+                "gateway in the middle",
+                &mid,
+                &["10.0.0.1", "10.0.0.2"],
+                &[],
+                "10.0.0.4",
+            ),
+            ("a hole", &mid, &["10.0.0.2"], &[], "10.0.0.1"),
+        ];
+        for (case, n, used, seen, given) in cases {
+            let got = free(n, used, seen).unwrap();
+            assert_eq!(got, given.parse::<Ipv4Addr>().unwrap(), "{case}");
+        }
     }
 
     #[test]
     fn exhaustion_is_a_clear_error_and_broadcast_is_never_given() {
         let n = net("10.0.0.0/30", "10.0.0.1");
         assert_eq!(
-            next_free(&n, &with(&[]), &[]).unwrap(),
+            free(&n, &[], &[]).unwrap(),
             "10.0.0.2".parse::<Ipv4Addr>().unwrap()
         );
-        let e = next_free(&n, &with(&["10.0.0.2"]), &[]).unwrap_err();
+        let e = free(&n, &["10.0.0.2"], &[]).unwrap_err();
         assert!(e.0.contains("no free address"), "{e}");
     }
 

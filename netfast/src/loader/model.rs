@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::validate::Invalid;
+
 /// A network as the user asks for it (`network create`, an `[[network]]` table).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +198,15 @@ pub struct State {
     pub docker: super::docker::DockerObjects,
 }
 
+/// `found`, the `kind` named `name`, or the error that it does not exist.
+fn known<'a, T>(found: Option<&'a T>, kind: &str, name: &str) -> Result<&'a T, Invalid> {
+    found.ok_or_else(|| {
+        Invalid(format!(
+            "no {kind} named `{name}` (see `netfast {kind} ls`)"
+        ))
+    })
+}
+
 impl State {
     pub fn network(&self, name: &str) -> Option<&Network> {
         self.networks.iter().find(|n| n.name == name)
@@ -203,6 +214,16 @@ impl State {
 
     pub fn container(&self, name: &str) -> Option<&Container> {
         self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Network `name`, or an error that says where to look.
+    pub fn known_network(&self, name: &str) -> Result<&Network, Invalid> {
+        known(self.network(name), "network", name)
+    }
+
+    /// Container `name`, or an error that says where to look.
+    pub fn known_container(&self, name: &str) -> Result<&Container, Invalid> {
+        known(self.container(name), "container", name)
     }
 
     /// Network `network`'s publication of `spec` (canonical, as the state keeps it).

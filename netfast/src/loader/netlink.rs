@@ -6,8 +6,8 @@ use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd};
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
+    AddressGetRequest, Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec,
+    LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
@@ -227,13 +227,27 @@ impl Nl<'_> {
         }
     }
 
+    /// What `pick` takes of each message a dump `request` answers; `what` names the dump in
+    /// an error.
+    fn dump<M, T>(
+        &self,
+        request: impl futures::Stream<Item = std::result::Result<M, rtnetlink::Error>>,
+        what: String,
+        pick: impl FnMut(&M) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let msgs: Vec<M> = self
+            .rt
+            .block_on(request.try_collect())
+            .map_err(failed(what))?;
+        Ok(msgs.iter().filter_map(pick).collect())
+    }
+
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .rt
-            .block_on(self.handle.link().get().execute().try_collect())
-            .map_err(failed(format!("listing links in {}", self.place)))?;
-        Ok(msgs.iter().map(link_of).collect())
+        let request = self.handle.link().get().execute();
+        self.dump(request, format!("listing links in {}", self.place), |m| {
+            Some(link_of(m))
+        })
     }
 
     /// A bridge with the MAC `mac` (see `plumb::bridge_mac`): a bridge without a MAC of its
@@ -256,19 +270,8 @@ impl Nl<'_> {
     pub fn add_veth_into(&self, host_name: &str, peer_name: &str, ns: &File) -> Result<Link> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_name.to_owned())
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(host_name.to_owned())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        self.rt
-            .block_on(self.handle.link().add(msg).execute())
-            .map_err(failed(format!(
-                "creating veth pair {host_name}/{peer_name}"
-            )))?;
-        self.link(host_name)?
-            .ok_or_else(|| Error::NoInterface(host_name.to_owned()))
+            .setns_by_fd(ns.as_raw_fd());
+        self.add_veth(host_name, peer_name, peer)
     }
 
     /// A veth pair with both ends here, `peer_name` with MAC `peer_mac` (the kernel's choice
@@ -284,6 +287,16 @@ impl Nl<'_> {
         if let Some(mac) = peer_mac {
             peer = peer.address(mac.to_vec());
         }
+        self.add_veth(host_name, peer_name, peer)
+    }
+
+    /// A veth pair, `host_name` here and the end `peer` describes (named `peer_name`).
+    fn add_veth(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer: LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<Link> {
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_owned())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
@@ -395,23 +408,13 @@ impl Nl<'_> {
             .handle
             .address()
             .get()
-            .set_link_index_filter(link.index)
-            .execute();
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(request.try_collect())
-            .map_err(failed(format!("listing the addresses of {}", link.name)))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == link.index)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Some((*ip, m.header.prefix_len))
-                    }
-                    _ => None,
-                })
-            })
+            .set_link_index_filter(link.index);
+        let what = format!("listing the addresses of {}", link.name);
+        Ok(self
+            .inet_addresses(request, what)?
+            .into_iter()
+            .filter(|(index, ..)| *index == link.index)
+            .map(|(_, ip, prefix_len)| (ip, prefix_len))
             .collect())
     }
 
@@ -436,48 +439,53 @@ impl Nl<'_> {
     /// IPv4 neighbours (ARP entries) on a link: addresses seen in use there (entries still
     /// being resolved, or that failed to, are not).
     pub fn neighbours(&self, link: &Link) -> Result<Vec<Ipv4Addr>> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.neighbours().get().execute().try_collect())
-            .map_err(failed(format!("listing the neighbours of {}", link.name)))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == link.index)
-            .filter(|m| {
-                !matches!(
-                    m.header.state,
-                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                )
-            })
-            .filter_map(|m| {
+        let request = self.handle.neighbours().get().execute();
+        self.dump(
+            request,
+            format!("listing the neighbours of {}", link.name),
+            |m| {
+                if m.header.ifindex != link.index
+                    || matches!(
+                        m.header.state,
+                        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                    )
+                {
+                    return None;
+                }
                 m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                     _ => None,
                 })
-            })
-            .collect())
+            },
+        )
     }
 }
 
 impl Nl<'_> {
     /// Every IPv4 address of this namespace with its prefix length and its link's index.
     pub fn address_nets(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.address().get().execute().try_collect())
-            .map_err(failed(format!("listing the addresses of {}", self.place)))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
-                        Some((m.header.index, *ip, m.header.prefix_len))
-                    }
-                    _ => None,
-                })
+        let request = self.handle.address().get();
+        self.inet_addresses(request, format!("listing the addresses of {}", self.place))
+    }
+
+    /// The IPv4 addresses a dump `request` answers, each with its link's index and prefix
+    /// length.
+    fn inet_addresses(
+        &self,
+        request: AddressGetRequest,
+        what: String,
+    ) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        self.dump(request.execute(), what, |m| {
+            if m.header.family != AddressFamily::Inet {
+                return None;
+            }
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                    Some((m.header.index, *ip, m.header.prefix_len))
+                }
+                _ => None,
             })
-            .collect())
+        })
     }
 
     /// The IPv4 unicast routes of the main table (what `ip route` lists).
@@ -486,14 +494,12 @@ impl Nl<'_> {
             RouteAddress, RouteAttribute, RouteHeader, RouteType,
         };
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.route().get(request).execute().try_collect())
-            .map_err(failed(format!("listing the routes of {}", self.place)))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| {
-                m.header.address_family == AddressFamily::Inet
+        let request = self.handle.route().get(request).execute();
+        self.dump(
+            request,
+            format!("listing the routes of {}", self.place),
+            |m| {
+                let main = m.header.address_family == AddressFamily::Inet
                     && m.header.kind == RouteType::Unicast
                     && m.attributes
                         .iter()
@@ -502,9 +508,10 @@ impl Nl<'_> {
                             _ => None,
                         })
                         .unwrap_or(u32::from(m.header.table))
-                        == u32::from(RouteHeader::RT_TABLE_MAIN)
-            })
-            .filter_map(|m| {
+                        == u32::from(RouteHeader::RT_TABLE_MAIN);
+                if !main {
+                    return None;
+                }
                 let dst = m
                     .attributes
                     .iter()
@@ -519,8 +526,8 @@ impl Nl<'_> {
                 });
                 let dst = ipnet::Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
                 Some(Route { dst, oif })
-            })
-            .collect())
+            },
+        )
     }
 
     /// Every IPv4 address of this namespace.

@@ -11,7 +11,6 @@ use netfast_common::{
 use super::{
     Loader,
     apply::Ahead,
-    caps,
     change::{Change, DataplaneGone, Masquerade},
     intent::{Intent, Mark, Object},
     ipam,
@@ -19,7 +18,7 @@ use super::{
     netlink::{Link, Nl},
     plumb::{self},
     state::Locked,
-    transaction::{Created, conclude, transaction},
+    transaction::{Created, Step, creating, transaction},
     validate::{self},
 };
 use crate::{
@@ -32,37 +31,9 @@ use crate::{
 
 impl Loader {
     pub fn network_create(&self, spec: &NetworkSpec) -> Result<Vec<Change>> {
-        caps::require("network create", true)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let network = self.create_network(&nl, &mut locked, spec, &mut out)?;
-        locked.state.networks.push(network);
-        locked.save()?;
-        locked.finish()?;
-        Ok(out)
-    }
-
-    /// Checks, records the intent, and makes the network; the caller adds it to the state,
-    /// saves it and finishes the intent.
-    pub(super) fn create_network(
-        &self,
-        nl: &Nl<'_>,
-        locked: &mut Locked,
-        spec: &NetworkSpec,
-        out: &mut Vec<Change>,
-    ) -> Result<Network> {
-        let (network, ext_addr) =
-            self.prepare_network(nl, &locked.state, spec, &Ahead::default(), out)?;
-        locked.begin(Intent::creating(
-            format!("network create {}", spec.name),
-            Object::Network(network.clone()),
-        ))?;
-        let made = self.build_network(nl, &locked.state, network, ext_addr, out);
-        if made.is_err() {
-            // It removed what it made.
-            locked.finish()?;
-        }
-        made
+        self.changing("network create", true, |step, locked| {
+            step.create_network(locked, spec)
+        })
     }
 
     /// Everything `network create` checks before it changes anything, against the kernel as
@@ -282,41 +253,43 @@ impl Loader {
     }
 
     pub fn network_rm(&self, name: &str) -> Result<Vec<Change>> {
-        caps::require("network rm", false)?;
-        let nl = self.nl()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
-        let network = locked.state.network(name).cloned().ok_or_else(|| {
-            Error::Settings(format!(
-                "no network named `{name}` (see `netfast network ls`)"
-            ))
+        self.changing("network rm", false, |step, locked| {
+            let network = locked.state.known_network(name)?.clone();
+            let on_it: Vec<_> = locked
+                .state
+                .containers_of(name)
+                .map(|c| c.name.clone())
+                .collect();
+            if !on_it.is_empty() {
+                return Err(Error::Settings(format!(
+                    "network `{name}` still has containers: {}; remove them first (`netfast container rm …`)",
+                    on_it.join(", ")
+                )));
+            }
+            let command = format!("network rm {name}");
+            locked.begin(Intent::removing(command, Object::Network(network.clone())))?;
+            step.remove_network(&mut locked.state, &network)
+        })
+    }
+}
+
+impl Step<'_> {
+    /// Checks, records the intent, makes the network and adds it to the state; the caller
+    /// saves it and finishes the intent.
+    pub(super) fn create_network(&mut self, locked: &mut Locked, spec: &NetworkSpec) -> Result<()> {
+        let (loader, nl) = (self.loader, self.nl);
+        let (network, ext_addr) =
+            loader.prepare_network(nl, &locked.state, spec, &Ahead::default(), self.out)?;
+        let command = format!("network create {}", spec.name);
+        let made = creating(locked, command, Object::Network(network.clone()), |state| {
+            loader.build_network(nl, state, network, ext_addr, self.out)
         })?;
-        let on_it: Vec<_> = locked
-            .state
-            .containers_of(name)
-            .map(|c| c.name.clone())
-            .collect();
-        if !on_it.is_empty() {
-            return Err(Error::Settings(format!(
-                "network `{name}` still has containers: {}; remove them first (`netfast container rm …`)",
-                on_it.join(", ")
-            )));
-        }
-        locked.begin(Intent::removing(
-            format!("network rm {name}"),
-            Object::Network(network.clone()),
-        ))?;
-        let removed = self.remove_network(&nl, &mut locked.state, &network, &mut out);
-        conclude(&mut locked, removed)?;
-        Ok(out)
+        locked.state.networks.push(made);
+        Ok(())
     }
 
-    pub(super) fn remove_network(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        network: &Network,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
+    pub(super) fn remove_network(&mut self, state: &mut State, network: &Network) -> Result<()> {
+        let (host, nl, out) = (&self.loader.host, self.nl, &mut *self.out);
         // Publications by address lead to no container, so no `container rm` took them: they
         // go with their network (network ids are reused, and a stale entry would revive).
         let publications: Vec<_> = state
@@ -326,18 +299,18 @@ impl Loader {
             .cloned()
             .collect();
         for p in &publications {
-            self.remove_publication(state, p, out)?;
+            self.loader.remove_publication(state, p, out)?;
         }
         let before = state.clone();
         if network.backend == Backend::Ebpf {
-            uninstall(&self.host, nl, state, network)?;
+            uninstall(host, nl, state, network)?;
         }
         state.networks.retain(|n| n.name != network.name);
         crate::backend::sync(&before, state)?;
         // The network's flows end with it (its subnet's, to and from it).
         let filter = Filter::network(network.id);
         let ended = if network.backend == Backend::Ebpf {
-            match Dataplane::open_existing(&self.host)? {
+            match Dataplane::open_existing(host)? {
                 Some(mut dp) => {
                     maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
                         .flows
@@ -353,9 +326,7 @@ impl Loader {
                 flows: ended,
             });
         }
-        if !state.networks.iter().any(|n| n.backend == Backend::Ebpf)
-            && Dataplane::remove(&self.host)?
-        {
+        if !state.networks.iter().any(|n| n.backend == Backend::Ebpf) && Dataplane::remove(host)? {
             out.push(Change::DataplaneRemoved {
                 why: DataplaneGone::LastNetwork,
             });

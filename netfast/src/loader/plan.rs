@@ -100,26 +100,21 @@ pub fn plan(desired: &ApplyFile, state: &State) -> Result<Vec<Action>, Invalid> 
         }
     }
     validate::dataplane(&desired.dataplane)?;
-    if let Some(n) = desired
+    // What the file declares of Docker's: the first such network, else the first container.
+    let docker_networks = desired
         .networks
         .iter()
-        .find(|n| state.docker.owns_network(&n.name))
-    {
-        return Err(Invalid(format!(
-            "network `{}` serves a Docker network (made through `netfast docker-plugin`): Docker \
-             changes it, not an apply file; give the file's network another name",
-            n.name
-        )));
-    }
-    if let Some(c) = desired
+        .filter(|n| state.docker.owns_network(&n.name))
+        .map(|n| ("network", &n.name, "serves a Docker network"));
+    let docker_containers = desired
         .containers
         .iter()
-        .find(|c| state.docker.owns_container(&c.name))
-    {
+        .filter(|c| state.docker.owns_container(&c.name))
+        .map(|c| ("container", &c.name, "is a Docker endpoint"));
+    if let Some((kind, name, is)) = docker_networks.chain(docker_containers).next() {
         return Err(Invalid(format!(
-            "container `{}` is a Docker endpoint (made through `netfast docker-plugin`): Docker \
-             changes it, not an apply file; give the file's container another name",
-            c.name
+            "{kind} `{name}` {is} (made through `netfast docker-plugin`): Docker changes it, not \
+             an apply file; give the file's {kind} another name"
         )));
     }
 
@@ -403,10 +398,18 @@ allow = ["192.0.2.0/24"]
         assert_eq!(plan(&fewer, &s).unwrap(), vec![]);
         // A file cannot declare Docker's network or endpoint.
         let e = plan(&file, &s).unwrap_err();
-        assert!(e.0.contains("network `db` serves a Docker network"), "{e}");
+        assert_eq!(
+            e.0,
+            "network `db` serves a Docker network (made through `netfast docker-plugin`): Docker \
+             changes it, not an apply file; give the file's network another name"
+        );
         let renamed = web_only.replace("name = \"web1\"", "name = \"db1\"");
         let e = plan(&ApplyFile::parse(&renamed).unwrap(), &s).unwrap_err();
-        assert!(e.0.contains("container `db1` is a Docker endpoint"), "{e}");
+        assert_eq!(
+            e.0,
+            "container `db1` is a Docker endpoint (made through `netfast docker-plugin`): Docker \
+             changes it, not an apply file; give the file's container another name"
+        );
     }
 
     #[test]

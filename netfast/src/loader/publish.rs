@@ -217,11 +217,7 @@ pub fn validate(
     allow: &[Ipv4Net],
     state: &State,
 ) -> Result<Publication, Invalid> {
-    let Some(net) = state.network(network) else {
-        return Err(Invalid(format!(
-            "no network named `{network}` (see `netfast network ls`)"
-        )));
-    };
+    let net = state.known_network(network)?;
     let container_ip = match state.container(&spec.container) {
         Some(c) if c.network == network => c.ip,
         Some(c) => {

@@ -7,10 +7,11 @@ use super::{
     change::{Change, DataplaneGone},
     containers::remove_container,
     intent::{Intent, Mark, Object, Owner},
-    model::{Backend, State},
+    model::{Backend, Network, State},
     netlink::{Link, Nl},
     nsfs,
     state::Locked,
+    transaction::Step,
 };
 use crate::{
     dataplane::Dataplane,
@@ -33,12 +34,13 @@ impl Loader {
             out.push(Change::InterruptedCompleted {
                 command: intent.command.clone(),
             });
-            self.converge(nl, &mut locked, &intent, &mut out)
+            self.step(nl, &mut out)
+                .converge(&mut locked, &intent)
                 .map_err(|e| {
                     Error::Settings(format!(
                         "could not complete what an interrupted `netfast {}` left: {}; fix the \
-                         cause and run the command again, or `netfast down` to remove \
-                         everything netfast made",
+                     cause and run the command again, or `netfast down` to remove \
+                     everything netfast made",
                         intent.command,
                         crate::error::report(&e)
                     ))
@@ -62,151 +64,6 @@ impl Loader {
             self.lock(&nl)?;
         }
         Ok(pending)
-    }
-
-    fn converge(
-        &self,
-        nl: &Nl<'_>,
-        locked: &mut Locked,
-        intent: &Intent,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        if intent.remove.contains(&Object::Everything) {
-            let pending: Vec<Object> = intent
-                .create
-                .iter()
-                .chain(&intent.remove)
-                .filter(|o| **o != Object::Everything)
-                .cloned()
-                .collect();
-            return self.remove_everything(nl, locked, &pending, out);
-        }
-        for o in &intent.remove {
-            self.finish_removal(nl, &mut locked.state, o, out)?;
-        }
-        for o in intent.create.iter().rev() {
-            self.undo_creation(nl, &mut locked.state, o, out)?;
-        }
-        Ok(())
-    }
-
-    /// Removes `o` for good: from the kernel and the state if the state still has it, else
-    /// whatever of it the kernel still has.
-    fn finish_removal(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        o: &Object,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        match o {
-            Object::Network(n) => {
-                let known = state.network(&n.name).cloned();
-                // Its containers first, as `network rm` requires.
-                let on_it: Vec<_> = state.containers_of(&n.name).cloned().collect();
-                for c in &on_it {
-                    self.remove_container_and_publications(nl, state, c, out)?;
-                }
-                match known {
-                    Some(cur) => self.remove_network(nl, state, &cur, out),
-                    None => self.remove_unknown_network(nl, state, n, out),
-                }
-            }
-            Object::Container(c) => match state.container(&c.name).cloned() {
-                Some(cur) => self.remove_container_and_publications(nl, state, &cur, out),
-                None => remove_container(nl, state, c, out),
-            },
-            Object::Publication(p) => {
-                if state.publication(&p.network, &p.spec).is_some() {
-                    self.remove_publication(state, p, out)
-                } else {
-                    self.remove_unknown_publication(state, p, out)
-                }
-            }
-            Object::Settings | Object::Everything => Ok(()),
-        }
-    }
-
-    /// Removes again what an interrupted command created of `o`, unless the state has it
-    /// (the command saved it before it died).
-    fn undo_creation(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        o: &Object,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        match o {
-            Object::Network(n) => {
-                if state
-                    .network(&n.name)
-                    .is_some_and(|cur| cur.bridge == n.bridge)
-                {
-                    return Ok(());
-                }
-                self.remove_unknown_network(nl, state, n, out)
-            }
-            Object::Container(c) => {
-                if state.container(&c.name).is_some() {
-                    return Ok(());
-                }
-                remove_container(nl, state, c, out)
-            }
-            Object::Publication(p) => {
-                if state.publication(&p.network, &p.spec).is_some() {
-                    return Ok(());
-                }
-                self.remove_unknown_publication(state, p, out)
-            }
-            Object::Settings => {
-                // The state's settings, back in the dataplane and the fallbacks' rules.
-                let settings = super::validate::dataplane(&state.dataplane)?;
-                if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
-                    dp.configure(&settings.config)?;
-                }
-                crate::backend::sync(state, state)?;
-                out.push(Change::SettingsRestored);
-                Ok(())
-            }
-            Object::Everything => Ok(()),
-        }
-    }
-
-    /// Removes what the kernel has of publication `p`, which the state does not have.
-    fn remove_unknown_publication(
-        &self,
-        state: &State,
-        p: &super::publish::Publication,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        let mut with = state.clone();
-        with.publications.push(p.clone());
-        self.remove_publication(&mut with, p, out)
-    }
-
-    /// Removes what the kernel has of network `n`, which the state does not have.
-    fn remove_unknown_network(
-        &self,
-        nl: &Nl<'_>,
-        state: &mut State,
-        n: &super::model::Network,
-        out: &mut Vec<Change>,
-    ) -> Result<()> {
-        // The dataplane it may have created half-way (some maps pinned) cannot be opened:
-        // with no other network on it, it goes whole.
-        if n.backend == Backend::Ebpf
-            && !state.networks.iter().any(|m| m.backend == Backend::Ebpf)
-            && Dataplane::remove(&self.host)?
-        {
-            out.push(Change::DataplaneRemoved {
-                why: DataplaneGone::NoNetwork,
-            });
-        }
-        let mut with = state.clone();
-        with.networks.push(n.clone());
-        self.remove_network(nl, &mut with, n, out)?;
-        // (Nothing of the state changed: `with` held it and the network.)
-        Ok(())
     }
 
     /// Removes the links that carry netfast's mark for this host but belong to nothing of
@@ -269,5 +126,121 @@ impl Loader {
                 .namespace(name)
                 .and_then(|inside| inside.link("eth0"))
                 .is_ok_and(|eth0| eth0.and_then(|l| l.alias).as_deref() == Some(mark))
+    }
+}
+
+/// Completing what an interrupted command left.
+impl Step<'_> {
+    fn converge(&mut self, locked: &mut Locked, intent: &Intent) -> Result<()> {
+        if intent.remove.contains(&Object::Everything) {
+            let pending: Vec<Object> = intent
+                .create
+                .iter()
+                .chain(&intent.remove)
+                .filter(|o| **o != Object::Everything)
+                .cloned()
+                .collect();
+            return self
+                .loader
+                .remove_everything(self.nl, locked, &pending, self.out);
+        }
+        for o in &intent.remove {
+            self.finish_removal(&mut locked.state, o)?;
+        }
+        for o in intent.create.iter().rev() {
+            self.undo_creation(&mut locked.state, o)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `o` for good: from the kernel and the state if the state still has it, else
+    /// whatever of it the kernel still has.
+    fn finish_removal(&mut self, state: &mut State, o: &Object) -> Result<()> {
+        match o {
+            Object::Network(n) => {
+                let known = state.network(&n.name).cloned();
+                // Its containers first, as `network rm` requires.
+                let on_it: Vec<_> = state.containers_of(&n.name).cloned().collect();
+                for c in &on_it {
+                    self.remove_container_and_publications(state, c)?;
+                }
+                if let Some(cur) = known {
+                    return self.remove_network(state, &cur);
+                }
+            }
+            Object::Container(c) => {
+                if let Some(cur) = state.container(&c.name).cloned() {
+                    return self.remove_container_and_publications(state, &cur);
+                }
+            }
+            Object::Publication(p) => {
+                if state.publication(&p.network, &p.spec).is_some() {
+                    return self.loader.remove_publication(state, p, self.out);
+                }
+            }
+            Object::Settings | Object::Everything => {}
+        }
+        self.remove_unknown(state, o)
+    }
+
+    /// Removes again what an interrupted command created of `o`, unless the state has it
+    /// (the command saved it before it died).
+    fn undo_creation(&mut self, state: &mut State, o: &Object) -> Result<()> {
+        let saved = match o {
+            Object::Network(n) => state
+                .network(&n.name)
+                .is_some_and(|cur| cur.bridge == n.bridge),
+            Object::Container(c) => state.container(&c.name).is_some(),
+            Object::Publication(p) => state.publication(&p.network, &p.spec).is_some(),
+            Object::Settings => {
+                // The state's settings, back in the dataplane and the fallbacks' rules.
+                let settings = super::validate::dataplane(&state.dataplane)?;
+                if let Some(mut dp) = Dataplane::open_existing(&self.loader.host)? {
+                    dp.configure(&settings.config)?;
+                }
+                crate::backend::sync(state, state)?;
+                self.out.push(Change::SettingsRestored);
+                true
+            }
+            Object::Everything => true,
+        };
+        if saved {
+            return Ok(());
+        }
+        self.remove_unknown(state, o)
+    }
+
+    /// Removes what the kernel has of `o`, which the state does not have.
+    fn remove_unknown(&mut self, state: &mut State, o: &Object) -> Result<()> {
+        match o {
+            Object::Network(n) => self.remove_unknown_network(state, n),
+            Object::Container(c) => remove_container(self.nl, state, c, self.out),
+            Object::Publication(p) => {
+                // The state with it, for the removal to find it.
+                let mut with = state.clone();
+                with.publications.push(p.clone());
+                self.loader.remove_publication(&mut with, p, self.out)
+            }
+            Object::Settings | Object::Everything => Ok(()),
+        }
+    }
+
+    /// Removes what the kernel has of network `n`, which the state does not have.
+    fn remove_unknown_network(&mut self, state: &State, n: &Network) -> Result<()> {
+        let host = &self.loader.host;
+        // The dataplane it may have created half-way (some maps pinned) cannot be opened:
+        // with no other network on it, it goes whole.
+        if n.backend == Backend::Ebpf
+            && !state.networks.iter().any(|m| m.backend == Backend::Ebpf)
+            && Dataplane::remove(host)?
+        {
+            self.out.push(Change::DataplaneRemoved {
+                why: DataplaneGone::NoNetwork,
+            });
+        }
+        // The state with it, for the removal to find it (the state itself does not change).
+        let mut with = state.clone();
+        with.networks.push(n.clone());
+        self.remove_network(&mut with, n)
     }
 }

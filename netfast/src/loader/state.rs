@@ -182,6 +182,17 @@ fn explain(path: &Path, e: io::Error) -> Error {
 }
 
 impl Locked {
+    /// No lock, and nothing read: for a read-only command on a host with no state.
+    fn empty(dir_path: PathBuf) -> Locked {
+        Locked {
+            dir_path,
+            dir: None,
+            _lock: None,
+            state: State::default(),
+            intent: None,
+        }
+    }
+
     /// Takes the host's lock (waiting for another netfast command to finish) and reads its
     /// state. `exclusive` for commands that change anything; a shared one creates nothing.
     pub fn acquire(host: &Host, exclusive: bool) -> Result<Locked> {
@@ -198,13 +209,7 @@ impl Locked {
             };
             let (Some(root), Some(dir)) = (root, dir) else {
                 // A read-only command on a host netfast never served.
-                return Ok(Locked {
-                    dir_path,
-                    dir: None,
-                    _lock: None,
-                    state: State::default(),
-                    intent: None,
-                });
+                return Ok(Locked::empty(dir_path));
             };
             let lock_path = dir_path.join(LOCK_FILE);
             let lock = match open_at(
@@ -216,13 +221,7 @@ impl Locked {
                 Ok(fd) => File::from(fd),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !exclusive => {
                     // Being removed by `down`, or never used: nothing to read.
-                    return Ok(Locked {
-                        dir_path,
-                        dir: None,
-                        _lock: None,
-                        state: State::default(),
-                        intent: None,
-                    });
+                    return Ok(Locked::empty(dir_path));
                 }
                 Err(e) => return Err(explain(&lock_path, e)),
             };
@@ -406,18 +405,25 @@ pub fn open_aside(host: &Host, name: &str, create: bool) -> Result<Option<File>>
     }
 }
 
-/// Reads and checks the state file in `dir` (the default state when there is none).
-fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
-    let bytes = match open_at(Some(dir), STATE_FILE, libc::O_RDONLY, 0) {
+/// The contents of file `name` in `dir` (at `path`, for errors); `None` when there is none.
+fn read_file(dir: &OwnedFd, name: &str, path: &Path) -> Result<Option<Vec<u8>>> {
+    match open_at(Some(dir), name, libc::O_RDONLY, 0) {
         Ok(fd) => {
             let mut bytes = Vec::new();
             File::from(fd)
                 .read_to_end(&mut bytes)
                 .map_err(io_err(format!("reading {}", path.display())))?;
-            bytes
+            Ok(Some(bytes))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-        Err(e) => return Err(explain(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(explain(path, e)),
+    }
+}
+
+/// Reads and checks the state file in `dir` (the default state when there is none).
+fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
+    let Some(bytes) = read_file(dir, STATE_FILE, path)? else {
+        return Ok(State::default());
     };
     let format = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -450,16 +456,8 @@ fn read_state(dir: &OwnedFd, path: &Path) -> Result<State> {
 
 /// Reads the intent an interrupted command left in `dir`, if any.
 fn read_intent(dir: &OwnedFd, path: &Path) -> Result<Option<Intent>> {
-    let bytes = match open_at(Some(dir), INTENT_FILE, libc::O_RDONLY, 0) {
-        Ok(fd) => {
-            let mut bytes = Vec::new();
-            File::from(fd)
-                .read_to_end(&mut bytes)
-                .map_err(io_err(format!("reading {}", path.display())))?;
-            bytes
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(explain(path, e)),
+    let Some(bytes) = read_file(dir, INTENT_FILE, path)? else {
+        return Ok(None);
     };
     let intent: Intent = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
         context: format!(

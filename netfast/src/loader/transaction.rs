@@ -1,7 +1,11 @@
-//! The undo machinery of a command: what it created so far, removed again (newest first)
-//! when a later step fails; and how a step recorded as an intent ends.
+//! The frame of a command that changes the host ([`Loader::changing`], the [`Step`] it runs
+//! in); its undo machinery: what it created so far, removed again (newest first) when a
+//! later step fails; and how a step recorded as an intent begins and ends.
 
 use super::{
+    Loader, caps,
+    change::Change,
+    intent::{Intent, Object},
     model::{Backend, Network, State},
     netlink::{Link, Nl},
     networks::uninstall,
@@ -14,6 +18,41 @@ use crate::{
     error::{Error, Result},
     host::Host,
 };
+
+/// What a step that changes the host works with: the loader, the host's netlink handle, and
+/// the list of what the command changed.
+pub(super) struct Step<'a> {
+    pub(super) loader: &'a Loader,
+    pub(super) nl: &'a Nl<'a>,
+    pub(super) out: &'a mut Vec<Change>,
+}
+
+impl Loader {
+    pub(super) fn step<'a>(&'a self, nl: &'a Nl<'a>, out: &'a mut Vec<Change>) -> Step<'a> {
+        Step {
+            loader: self,
+            nl,
+            out,
+        }
+    }
+
+    /// Runs `command`, which changes the host as one step recorded as an intent: checks that
+    /// it can ([`caps::require`], with `mounts`), takes the exclusive lock ([`Loader::lock`]),
+    /// runs `run`, concludes ([`conclude`]) and returns what it changed.
+    pub(super) fn changing(
+        &self,
+        command: &str,
+        mounts: bool,
+        run: impl FnOnce(&mut Step<'_>, &mut Locked) -> Result<()>,
+    ) -> Result<Vec<Change>> {
+        caps::require(command, mounts)?;
+        let nl = self.nl()?;
+        let (mut locked, mut out) = self.lock(&nl)?;
+        let done = run(&mut self.step(&nl, &mut out), &mut locked);
+        conclude(&mut locked, done)?;
+        Ok(out)
+    }
+}
 
 /// Something a command created, to remove again if it fails later.
 pub(super) enum Created {
@@ -106,4 +145,22 @@ pub(super) fn conclude(locked: &mut Locked, result: Result<()>) -> Result<()> {
     }
     locked.finish()?;
     result
+}
+
+/// Records that `command` is creating `object` and runs `build`, which removes what it made
+/// if it fails (and then the intent goes). The caller adds what it made to the state, saves
+/// it and finishes the intent.
+pub(super) fn creating<T>(
+    locked: &mut Locked,
+    command: String,
+    object: Object,
+    build: impl FnOnce(&State) -> Result<T>,
+) -> Result<T> {
+    locked.begin(Intent::creating(command, object))?;
+    let made = build(&locked.state);
+    if made.is_err() {
+        // It removed what it made.
+        locked.finish()?;
+    }
+    made
 }
