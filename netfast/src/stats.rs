@@ -29,11 +29,19 @@ pub struct Stats {
     pub clock: Option<crate::clock::ClockSource>,
 }
 
+/// [`Traffic`] as the JSON output spells it, inline in the row that counts it.
+#[derive(Serialize)]
+#[serde(remote = "Traffic")]
+struct TrafficFields {
+    packets: u64,
+    bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventStats {
     pub event: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
+    #[serde(flatten, with = "TrafficFields")]
+    pub traffic: Traffic,
 }
 
 /// Translated traffic of one network.
@@ -55,8 +63,8 @@ pub struct NetworkStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HookStats {
     pub hook: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
+    #[serde(flatten, with = "TrafficFields")]
+    pub traffic: Traffic,
 }
 
 /// What one hook dropped for one reason.
@@ -64,16 +72,16 @@ pub struct HookStats {
 pub struct HookDropStats {
     pub hook: &'static str,
     pub reason: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
+    #[serde(flatten, with = "TrafficFields")]
+    pub traffic: Traffic,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DropStats {
     pub reason: &'static str,
     pub description: &'static str,
-    pub packets: u64,
-    pub bytes: u64,
+    #[serde(flatten, with = "TrafficFields")]
+    pub traffic: Traffic,
 }
 
 impl Stats {
@@ -81,10 +89,7 @@ impl Stats {
         self.hooks
             .iter()
             .find(|h| h.hook == hook.name())
-            .map(|h| Traffic {
-                packets: h.packets,
-                bytes: h.bytes,
-            })
+            .map(|h| h.traffic)
             .unwrap_or_default()
     }
 
@@ -92,10 +97,7 @@ impl Stats {
         self.events
             .iter()
             .find(|e| e.event == event.name())
-            .map(|e| Traffic {
-                packets: e.packets,
-                bytes: e.bytes,
-            })
+            .map(|e| e.traffic)
             .unwrap_or_default()
     }
 
@@ -103,10 +105,7 @@ impl Stats {
         self.drops
             .iter()
             .find(|d| d.reason == reason.name())
-            .map(|d| Traffic {
-                packets: d.packets,
-                bytes: d.bytes,
-            })
+            .map(|d| d.traffic)
             .unwrap_or_default()
     }
 }
@@ -127,16 +126,14 @@ pub fn read(map: &PerCpuArray<&MapData, Traffic>) -> Result<Stats> {
         let t = sum_slot(map, hook_slot(hook))?;
         stats.hooks.push(HookStats {
             hook: hook.name(),
-            packets: t.packets,
-            bytes: t.bytes,
+            traffic: t,
         });
     }
     for event in netfast_common::stats::Event::ALL {
         let t = sum_slot(map, netfast_common::stats::event_slot(event))?;
         stats.events.push(EventStats {
             event: event.name(),
-            packets: t.packets,
-            bytes: t.bytes,
+            traffic: t,
         });
     }
     for reason in DropReason::ALL {
@@ -144,8 +141,7 @@ pub fn read(map: &PerCpuArray<&MapData, Traffic>) -> Result<Stats> {
         stats.drops.push(DropStats {
             reason: reason.name(),
             description: reason.describe(),
-            packets: t.packets,
-            bytes: t.bytes,
+            traffic: t,
         });
     }
     Ok(stats)
@@ -173,8 +169,7 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
                 stats.hook_drops.push(HookDropStats {
                     hook: hook.name(),
                     reason: reason.name(),
-                    packets: t.packets,
-                    bytes: t.bytes,
+                    traffic: t,
                 });
             }
         }
@@ -207,4 +202,36 @@ pub fn of(ebpf: &Ebpf) -> Result<Stats> {
         ebpf,
     )?));
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_is_spelt_inline_in_each_row() {
+        let traffic = Traffic {
+            packets: 3,
+            bytes: 180,
+        };
+        let row = DropStats {
+            reason: "spoofed_source",
+            description: "d",
+            traffic,
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({
+                "reason": "spoofed_source", "description": "d", "packets": 3, "bytes": 180
+            })
+        );
+        let row = HookStats {
+            hook: "bridge_ingress",
+            traffic,
+        };
+        assert_eq!(
+            serde_json::to_string(&row).unwrap(),
+            r#"{"hook":"bridge_ingress","packets":3,"bytes":180}"#
+        );
+    }
 }

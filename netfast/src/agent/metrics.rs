@@ -188,28 +188,28 @@ pub fn render(host: &Host, agent: &Shared) -> Result<String> {
     );
     if let Some(s) = &ebpf {
         for h in &s.hooks {
-            hooks.add(&[("hook", h.hook)], h.packets, h.bytes);
+            hooks.add(&[("hook", h.hook)], h.traffic.packets, h.traffic.bytes);
         }
         for d in &s.hook_drops {
             drops.add(
                 &[("hook", d.hook), ("reason", d.reason)],
-                d.packets,
-                d.bytes,
+                d.traffic.packets,
+                d.traffic.bytes,
             );
         }
         for e in &s.events {
             match e.event {
-                "fast_path" => fast_forwarded.add(&[], e.packets),
-                "fast_path_fallback" => fast_fallback.add(&[], e.packets),
-                other => events.add(&[("event", other)], e.packets),
+                "fast_path" => fast_forwarded.add(&[], e.traffic.packets),
+                "fast_path_fallback" => fast_fallback.add(&[], e.traffic.packets),
+                other => events.add(&[("event", other)], e.traffic.packets),
             }
         }
     }
-    for d in fallback.drops.iter().filter(|d| d.packets > 0) {
+    for d in fallback.drops.iter().filter(|d| d.traffic.packets > 0) {
         drops.add(
             &[("hook", "netfilter"), ("reason", d.reason)],
-            d.packets,
-            d.bytes,
+            d.traffic.packets,
+            d.traffic.bytes,
         );
     }
     let mut nets = Traffic::new(

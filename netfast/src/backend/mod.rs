@@ -334,14 +334,16 @@ pub fn add_fallback_counters(state: &State, stats: &mut crate::stats::Stats) -> 
         };
         match stats.drops.iter_mut().find(|d| d.reason == r.name()) {
             Some(d) => {
-                d.packets += packets;
-                d.bytes += bytes;
+                d.traffic.packets += packets;
+                d.traffic.bytes += bytes;
             }
             None => stats.drops.push(crate::stats::DropStats {
                 reason: r.name(),
                 description: r.describe(),
-                packets: *packets,
-                bytes: *bytes,
+                traffic: netfast_common::Traffic {
+                    packets: *packets,
+                    bytes: *bytes,
+                },
             }),
         }
     }

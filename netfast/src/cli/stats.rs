@@ -38,10 +38,16 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     } else {
         println!("{:<18} {:>12} {:>14}", "HOOK", "PACKETS", "BYTES");
         for h in &stats.hooks {
-            println!("{:<18} {:>12} {:>14}", h.hook, h.packets, h.bytes);
+            println!(
+                "{:<18} {:>12} {:>14}",
+                h.hook, h.traffic.packets, h.traffic.bytes
+            );
         }
         for e in &stats.events {
-            println!("{:<18} {:>12} {:>14}", e.event, e.packets, e.bytes);
+            println!(
+                "{:<18} {:>12} {:>14}",
+                e.event, e.traffic.packets, e.traffic.bytes
+            );
         }
         if let Some(clock) = &stats.clock {
             println!("clock: {}", clock.describe());
@@ -66,7 +72,10 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     println!();
     println!("{:<24} {:>10}  WHY", "DROP", "PACKETS");
     for d in &stats.drops {
-        println!("{:<24} {:>10}  {}", d.reason, d.packets, d.description);
+        println!(
+            "{:<24} {:>10}  {}",
+            d.reason, d.traffic.packets, d.description
+        );
     }
     Ok(())
 }
