@@ -9,11 +9,17 @@ use netfast::{
     common::{
         DropReason, Hook,
         config::{DpConfig, NET_F_MASQUERADE, NetInfo},
+        conntrack::CtKey,
         publish::{PubKey, PubTarget},
         stats::Event,
+        verdict,
     },
     maps,
-    prog_test::{ProgTest, Run, packet::Endpoint},
+    prog_test::{
+        ProgTest, Run,
+        fixture::assert_run,
+        packet::{self, Endpoint, L4, decode},
+    },
 };
 
 /// BPF_PROG_TEST_RUN runs the skb on the loopback device of the test's namespace (ifindex
@@ -108,6 +114,63 @@ pub fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
 pub fn run_on(t: &mut ProgTest, hook: Hook, frame: &[u8], ifindex: u32) -> Run {
     t.run_on(hook, frame, ifindex)
         .unwrap_or_else(|e| panic!("test run: {}", netfast::error::report(&e)))
+}
+
+/// One step of a packet test: runs `hook` on `frame` with the skb on interface `ifindex` (0:
+/// as [`run`] does) and asserts, as [`assert_run`] does, that it passes (verdict NEXT) as
+/// exactly `want`; `what` names the step in a failure. The run, for further checks.
+pub fn passes_on(
+    t: &mut ProgTest,
+    ifindex: u32,
+    hook: Hook,
+    what: &str,
+    frame: &[u8],
+    want: &[u8],
+) -> Run {
+    let r = run_on(t, hook, frame, ifindex);
+    assert_run(what, &r, verdict::NEXT, want);
+    r
+}
+
+/// [`passes_on`] with the skb where [`run`] puts it.
+pub fn passes(t: &mut ProgTest, hook: Hook, what: &str, frame: &[u8], want: &[u8]) -> Run {
+    passes_on(t, 0, hook, what, frame, want)
+}
+
+/// The source address and port of the UDP datagram a run put out; panics on anything else.
+pub fn udp_source(r: &Run) -> Endpoint {
+    let out = decode(&r.frame).expect("a valid frame");
+    let L4::Udp { src_port, .. } = out.l4 else {
+        panic!("not UDP: {out:?}");
+    };
+    (out.src, src_port)
+}
+
+/// The conntrack key of `src` → `dst` over `proto`, in the maps' byte order.
+pub fn ct_key(src: Endpoint, dst: Endpoint, proto: u8) -> CtKey {
+    CtKey::new(
+        maps::raw_addr(src.0),
+        maps::raw_addr(dst.0),
+        src.1.to_be(),
+        dst.1.to_be(),
+        proto,
+    )
+}
+
+/// Removes the conntrack entry of `src` → `dst` over `proto`, as the LRU evicts one.
+pub fn evict(t: &mut ProgTest, src: Endpoint, dst: Endpoint, proto: u8) {
+    maps::remove_conntrack(t.ebpf_mut(), &[ct_key(src, dst, proto)]).expect("evict");
+}
+
+/// A TCP segment with data (PSH, ACK) from `from` to `to`, framed with `macs`.
+pub fn tcp_data(
+    macs: packet::Macs,
+    (from, to): (Endpoint, Endpoint),
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    packet::tcp(macs, from, to, packet::TcpFlags::PSH_ACK, seq, ack, payload)
 }
 
 /// Packets dropped for `reason` so far.
