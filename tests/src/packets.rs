@@ -162,6 +162,16 @@ pub fn evict(t: &mut ProgTest, src: Endpoint, dst: Endpoint, proto: u8) {
     maps::remove_conntrack(t.ebpf_mut(), &[ct_key(src, dst, proto)]).expect("evict");
 }
 
+/// A UDP datagram from `from` to `to` leaving by the uplink.
+pub fn udp_out(from: Endpoint, to: Endpoint, payload: &[u8]) -> Vec<u8> {
+    packet::udp(packet::TO_OUTSIDE, from, to, payload)
+}
+
+/// A UDP datagram from `from` to `to` arriving on the uplink.
+pub fn udp_in(from: Endpoint, to: Endpoint, payload: &[u8]) -> Vec<u8> {
+    packet::udp(packet::FROM_OUTSIDE, from, to, payload)
+}
+
 /// A TCP segment with data (PSH, ACK) from `from` to `to`, framed with `macs`.
 pub fn tcp_data(
     macs: packet::Macs,

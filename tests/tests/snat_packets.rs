@@ -22,7 +22,9 @@ use netfast::{
     },
 };
 use netfast_tests::{
-    packets::{self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ext, load, run},
+    packets::{
+        self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ct_key, ext, load, passes, run, udp_in, udp_out,
+    },
     require_root,
 };
 
@@ -58,11 +60,15 @@ fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
     packet::tcp(FROM_OUTSIDE, from, to, flags, 2000, 1001, b"")
 }
 
+/// The live flows, for a case's check.
+fn live(t: &ProgTest) -> Result<Vec<maps::Flow>, String> {
+    maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
 /// Checks the TCP state of the flow whose original source is `src`.
 fn state_is(src: Endpoint, state: &'static str) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
     move |t, _| {
-        let flows = maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let flows = live(t)?;
         let flow = flows
             .iter()
             .find(|f| (f.original.src, f.original.sport) == src)
@@ -80,8 +86,7 @@ fn state_is(src: Endpoint, state: &'static str) -> impl Fn(&ProgTest, &Run) -> R
 
 fn live_flows(n: usize) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
     move |t, _| {
-        let flows = maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let flows = live(t)?;
         if flows.len() == n {
             Ok(())
         } else {
@@ -192,8 +197,7 @@ fn tcp_lifetime_through_the_nat() {
             .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
             .check(state_is(C1, "TIME_WAIT"))
             .check(|t, _| {
-                let flow = &maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?[0];
+                let flow = &live(t)?[0];
                 let want = (flow.original.packets, flow.reply.packets);
                 if want == (Some(5), Some(4)) {
                     Ok(())
@@ -323,53 +327,32 @@ fn loaded(cfg: DpConfig) -> ProgTest {
 fn same_source_port_from_two_containers_gets_two_external_ports() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    let r1 = run(
+    let syn = |from| tcp_out(from, SERVER, TcpFlags::SYN);
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN),
-    );
-    assert_run(
         "C1 keeps its port",
-        &r1,
-        verdict::NEXT,
-        &tcp_out(ext(40000), SERVER, TcpFlags::SYN),
+        &syn(C1),
+        &syn(ext(40000)),
     );
-    let r2 = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C2, SERVER, TcpFlags::SYN),
-    );
+    let r2 = run(&mut t, Hook::UplinkEgress, &syn(C2));
     let p2 = source_port_of(&r2);
     assert_ne!(p2, 40000, "C2 must not share C1's external port");
-    assert_run(
-        "C2 gets another port",
-        &r2,
-        verdict::NEXT,
-        &tcp_out(ext(p2), SERVER, TcpFlags::SYN),
-    );
+    assert_run("C2 gets another port", &r2, verdict::NEXT, &syn(ext(p2)));
     // Each reply reaches its own container.
-    let back2 = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(SERVER, ext(p2), TcpFlags::SYN_ACK),
-    );
-    assert_run(
-        "reply to C2's port",
-        &back2,
-        verdict::NEXT,
-        &tcp_in(SERVER, C2, TcpFlags::SYN_ACK),
-    );
-    let back1 = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK),
-    );
-    assert_run(
-        "reply to C1's port",
-        &back1,
-        verdict::NEXT,
-        &tcp_in(SERVER, C1, TcpFlags::SYN_ACK),
-    );
+    let synack = |to| tcp_in(SERVER, to, TcpFlags::SYN_ACK);
+    for (what, port, c) in [
+        ("reply to C2's port", p2, C2),
+        ("reply to C1's port", 40000, C1),
+    ] {
+        passes(
+            &mut t,
+            Hook::UplinkIngress,
+            what,
+            &synack(ext(port)),
+            &synack(c),
+        );
+    }
 }
 
 #[test]
@@ -377,39 +360,25 @@ fn one_container_keeps_one_external_port_for_every_destination() {
     require_root();
     let mut t = loaded(DpConfig::default());
     // Force a translated port: C2 takes 40000 first, so C1 cannot keep it.
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
-    );
-    let r1 = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"a"),
-    );
-    let p = source_port_of(&r1);
+    run(&mut t, Hook::UplinkEgress, &udp_out(C2, SERVER, b"x"));
+    let p = source_port_of(&run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"a")));
     assert_ne!(p, 40000);
-    let r2 = run(
+    let what = "the second destination sees the same external port (endpoint-independent mapping)";
+    let want = udp_out(ext(p), SERVER2, b"b");
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER2, b"b"),
+        what,
+        &udp_out(C1, SERVER2, b"b"),
+        &want,
     );
-    assert_run(
-        "the second destination sees the same external port (endpoint-independent mapping)",
-        &r2,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(p), SERVER2, b"b"),
-    );
-    let back = run(
+    let back = udp_in(SERVER2, ext(p), b"c");
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER2, ext(p), b"c"),
-    );
-    assert_run(
         "the reply returns",
         &back,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"c"),
+        &udp_in(SERVER2, C1, b"c"),
     );
 }
 
@@ -424,11 +393,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
     let mut t = loaded(cfg);
     let mut ports = Vec::new();
     for c in [C1, C2, C3] {
-        let r = run(
-            &mut t,
-            Hook::UplinkEgress,
-            &packet::udp(TO_OUTSIDE, c, SERVER, b"x"),
-        );
+        let r = run(&mut t, Hook::UplinkEgress, &udp_out(c, SERVER, b"x"));
         assert_eq!(r.verdict, verdict::NEXT);
         ports.push(source_port_of(&r));
     }
@@ -438,11 +403,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
         vec![40000, 61000, 61001],
         "the original port, then the whole range"
     );
-    let r = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C4, SERVER, b"x"),
-    );
+    let r = run(&mut t, Hook::UplinkEgress, &udp_out(C4, SERVER, b"x"));
     assert_eq!(
         r.verdict,
         verdict::SHOT,
@@ -459,17 +420,13 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
             .iter()
             .find(|(_, v)| maps::addr_of(v.int_addr()) == c.0)
             .expect("claim");
-        let port = u16::from_be(claim.0.ext_port);
-        let back = run(
+        let back = udp_in(SERVER, ext(u16::from_be(claim.0.ext_port)), b"y");
+        passes(
             &mut t,
             Hook::UplinkIngress,
-            &packet::udp(FROM_OUTSIDE, SERVER, ext(port), b"y"),
-        );
-        assert_run(
             "reply",
             &back,
-            verdict::NEXT,
-            &packet::udp(FROM_OUTSIDE, SERVER, c, b"y"),
+            &udp_in(SERVER, c, b"y"),
         );
     }
 }
@@ -482,39 +439,24 @@ fn filtering_is_address_and_port_dependent_unless_configured_otherwise() {
             filtering,
             ..DpConfig::default()
         });
-        run(
-            &mut t,
-            Hook::UplinkEgress,
-            &packet::udp(TO_OUTSIDE, C1, SERVER, b"hello"),
-        );
-        let stranger = packet::udp(FROM_OUTSIDE, SERVER2, ext(40000), b"unsolicited");
-        let r = run(&mut t, Hook::UplinkIngress, &stranger);
+        run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"hello"));
+        let stranger = udp_in(SERVER2, ext(40000), b"unsolicited");
         if translated {
-            assert_run(
-                "endpoint-independent filtering lets a new remote in",
-                &r,
-                verdict::NEXT,
-                &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"unsolicited"),
-            );
+            let what = "endpoint-independent filtering lets a new remote in";
+            let want = udp_in(SERVER2, C1, b"unsolicited");
+            passes(&mut t, Hook::UplinkIngress, what, &stranger, &want);
             // …and the container's answer goes out through the same mapping.
-            let answer = run(
+            let hi = udp_out(C1, SERVER2, b"hi");
+            passes(
                 &mut t,
                 Hook::UplinkEgress,
-                &packet::udp(TO_OUTSIDE, C1, SERVER2, b"hi"),
-            );
-            assert_run(
                 "answer",
-                &answer,
-                verdict::NEXT,
-                &packet::udp(TO_OUTSIDE, ext(40000), SERVER2, b"hi"),
+                &hi,
+                &udp_out(ext(40000), SERVER2, b"hi"),
             );
         } else {
-            assert_run(
-                "address-and-port-dependent filtering leaves it to the host",
-                &r,
-                verdict::NEXT,
-                &stranger,
-            );
+            let what = "address-and-port-dependent filtering leaves it to the host";
+            passes(&mut t, Hook::UplinkIngress, what, &stranger, &stranger);
         }
     }
 }
@@ -599,11 +541,7 @@ fn packets_that_would_leak_a_container_address_are_dropped_and_counted() {
 fn an_expired_entry_counts_as_absent() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"x"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"x"));
     // Age both entries past their expiry.
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
     assert_eq!(entries.len(), 2);
@@ -614,14 +552,9 @@ fn an_expired_entry_counts_as_absent() {
         };
         maps::insert_conntrack(t.ebpf_mut(), &k, &old).expect("age entry");
     }
-    let late = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late");
-    let r = run(&mut t, Hook::UplinkIngress, &late);
-    assert_run(
-        "a reply to an expired flow is not translated",
-        &r,
-        verdict::NEXT,
-        &late,
-    );
+    let late = udp_in(SERVER, ext(40000), b"late");
+    let what = "a reply to an expired flow is not translated";
+    passes(&mut t, Hook::UplinkIngress, what, &late, &late);
     assert!(
         maps::flows(t.ebpf(), maps::monotonic_now())
             .expect("flows")
@@ -738,16 +671,8 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 fn icmp_errors_about_translated_ports_restore_them() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
-    );
-    let left = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C2, SERVER, b"x"));
+    let left = run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
     let p = source_port_of(&left);
     assert_ne!(p, 40000);
     let error = packet::icmp_error(
@@ -786,29 +711,32 @@ fn a_fragmented_datagram_crosses_in_both_directions() {
     require_root();
     let mut t = loaded(DpConfig::default());
     let payload: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
-    let datagram = packet::udp(TO_OUTSIDE, C1, SERVER, &payload);
-    let expected = packet::fragment(
-        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, &payload),
-        1480,
-        7,
-    );
-    for (i, (frag, want)) in packet::fragment(&datagram, 1480, 7)
-        .iter()
-        .zip(&expected)
-        .enumerate()
-    {
-        let r = run(&mut t, Hook::UplinkEgress, frag);
-        assert_run(&format!("outbound fragment {i}"), &r, verdict::NEXT, want);
-    }
-    let reply = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &payload);
-    let expected = packet::fragment(&packet::udp(FROM_OUTSIDE, SERVER, C1, &payload), 1480, 8);
-    for (i, (frag, want)) in packet::fragment(&reply, 1480, 8)
-        .iter()
-        .zip(&expected)
-        .enumerate()
-    {
-        let r = run(&mut t, Hook::UplinkIngress, frag);
-        assert_run(&format!("inbound fragment {i}"), &r, verdict::NEXT, want);
+    // Each way: the datagram, what it must come out as, and the fragments' IP identifier.
+    let ways = [
+        (
+            "outbound",
+            Hook::UplinkEgress,
+            udp_out(C1, SERVER, &payload),
+            udp_out(ext(40000), SERVER, &payload),
+            7,
+        ),
+        (
+            "inbound",
+            Hook::UplinkIngress,
+            udp_in(SERVER, ext(40000), &payload),
+            udp_in(SERVER, C1, &payload),
+            8,
+        ),
+    ];
+    for (way, hook, datagram, translated, ident) in ways {
+        let expected = packet::fragment(&translated, 1480, ident);
+        for (i, (frag, want)) in packet::fragment(&datagram, 1480, ident)
+            .iter()
+            .zip(&expected)
+            .enumerate()
+        {
+            passes(&mut t, hook, &format!("{way} fragment {i}"), frag, want);
+        }
     }
 }
 
@@ -822,20 +750,8 @@ fn conntrack_entries_hold_both_directions_with_counters() {
         &tcp_out(C1, SERVER, TcpFlags::SYN),
     );
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
-    let orig = CtKey::new(
-        maps::raw_addr(C1.0),
-        maps::raw_addr(SERVER.0),
-        40000u16.to_be(),
-        80u16.to_be(),
-        PROTO_TCP,
-    );
-    let reply = CtKey::new(
-        maps::raw_addr(SERVER.0),
-        maps::raw_addr(EXT),
-        80u16.to_be(),
-        40000u16.to_be(),
-        PROTO_TCP,
-    );
+    let orig = ct_key(C1, SERVER, PROTO_TCP);
+    let reply = ct_key(SERVER, ext(40000), PROTO_TCP);
     let find = |k: &CtKey| entries.iter().find(|(key, _)| key == k).map(|(_, e)| *e);
     let o = find(&orig).expect("original direction entry");
     let r = find(&reply).expect("reply direction entry");
@@ -859,11 +775,7 @@ fn conntrack_entries_hold_both_directions_with_counters() {
 /// CLOCK_MONOTONIC read just before and after the packet.
 fn created_second_follows_clock_monotonic(t: &mut ProgTest) {
     let before = maps::monotonic_now();
-    run(
-        t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"now"),
-    );
+    run(t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"now"));
     let after = maps::monotonic_now();
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
     let (_, e) = entries.first().expect("a flow");
@@ -907,11 +819,7 @@ fn without_a_calibration_the_programs_read_the_clock_helper() {
 fn an_advanced_clock_expires_flows_without_waiting() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"x"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"x"));
     let live = |t: &ProgTest| {
         maps::flows(t.ebpf(), t.now().expect("now"))
             .expect("flows")
@@ -924,13 +832,6 @@ fn an_advanced_clock_expires_flows_without_waiting() {
     t.advance_clock(20).expect("advance");
     assert_eq!(live(&t), 0, "the flow outlived its timeout");
     // The programs agree: the reply is not translated any more.
-    let reply = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late"),
-    );
-    assert_eq!(
-        reply.frame,
-        packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late")
-    );
+    let late = udp_in(SERVER, ext(40000), b"late");
+    assert_eq!(run(&mut t, Hook::UplinkIngress, &late).frame, late);
 }

@@ -25,7 +25,7 @@ use netfast::{
 use netfast_tests::{
     packets::{
         self, C1, C2, DEV, EXT, SERVER, dropped, event, evict, ext, masquerade, publish, run_on,
-        set_network, tcp_data, udp_source,
+        set_network, tcp_data, udp_in, udp_out, udp_source,
     },
     require_root,
 };
@@ -63,14 +63,6 @@ fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) ->
 
 fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) -> Vec<u8> {
     packet::tcp(FROM_OUTSIDE, from, to, flags, seq, ack, b"")
-}
-
-fn udp_out(from: Endpoint, to: Endpoint, payload: &[u8]) -> Vec<u8> {
-    packet::udp(TO_OUTSIDE, from, to, payload)
-}
-
-fn udp_in(from: Endpoint, to: Endpoint, payload: &[u8]) -> Vec<u8> {
-    packet::udp(FROM_OUTSIDE, from, to, payload)
 }
 
 fn rst_ack() -> TcpFlags {
