@@ -22,6 +22,8 @@ use netfast::{
     },
 };
 
+use crate::TestNetns;
+
 /// BPF_PROG_TEST_RUN runs the skb on the loopback device of the test's namespace (ifindex
 /// 1); it stands for the bridge and the uplink.
 pub const DEV: u32 = 1;
@@ -181,6 +183,25 @@ pub fn tcp_data(
     payload: &[u8],
 ) -> Vec<u8> {
     packet::tcp(macs, from, to, packet::TcpFlags::PSH_ACK, seq, ack, payload)
+}
+
+/// The MAC address of device `dev` in namespace `ns`.
+pub fn mac_of(ns: &TestNetns, dev: &str) -> [u8; 6] {
+    let text = ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("a MAC address in hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+/// The interface index of device `dev` in namespace `ns`.
+pub fn ifindex_of(ns: &TestNetns, dev: &str) -> u32 {
+    ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+        .trim()
+        .parse()
+        .expect("an ifindex")
 }
 
 /// Packets dropped for `reason` so far.
