@@ -1,9 +1,13 @@
 //! The model's state in the datapath's map layout (network byte order, flag words), for
 //! comparing the two.
 
-use std::net::Ipv4Addr;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use netfast::{
+    agent::reclaim::Snapshot,
     common::{
         config::{DpConfig, FILTERING_ADDRESS_AND_PORT_DEPENDENT, FILTERING_ENDPOINT_INDEPENDENT},
         conntrack::{
@@ -14,7 +18,7 @@ use netfast::{
         },
         nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     },
-    maps::raw_addr,
+    maps::{addr_of, raw_addr},
 };
 
 use crate::model::{
@@ -154,6 +158,55 @@ pub fn frag(r: &FragRecord) -> FragEntry {
         dst_addr: raw_addr(r.dst),
         expires: r.expires,
         _pad: 0,
+    }
+}
+
+/// The datapath's fragment records as the model keeps them.
+pub fn model_frags(frags: &HashMap<FragKey, FragEntry>) -> BTreeMap<MFragKey, FragRecord> {
+    frags
+        .iter()
+        .map(|(k, r)| {
+            let key = MFragKey {
+                src: addr_of(k.src_addr),
+                dst: addr_of(k.dst_addr),
+                id: u16::from_be(k.id),
+                proto: k.proto,
+            };
+            let record = FragRecord {
+                src: addr_of(r.src_addr),
+                dst: addr_of(r.dst_addr),
+                expires: r.expires,
+            };
+            (key, record)
+        })
+        .collect()
+}
+
+/// The conntrack and NAT maps as the model keeps them.
+pub struct ModelMaps {
+    pub main: BTreeMap<Tuple, Entry>,
+    pub inbound: BTreeMap<Tuple, Entry>,
+    pub bindings: BTreeMap<BindKey, Binding>,
+    pub claims: BTreeMap<ClaimKey, Claim>,
+}
+
+/// The datapath's conntrack and NAT maps as the model keeps them.
+pub fn model_maps(s: &Snapshot) -> ModelMaps {
+    let entries =
+        |m: &HashMap<CtKey, CtEntry>| m.iter().map(|(k, e)| (tuple(k), model_entry(e))).collect();
+    ModelMaps {
+        main: entries(&s.main),
+        inbound: entries(&s.inbound),
+        bindings: s
+            .bindings
+            .iter()
+            .map(|(k, b)| (model_bind_key(k), model_binding(b)))
+            .collect(),
+        claims: s
+            .claims
+            .iter()
+            .map(|(k, c)| (model_claim_key(k), model_claim(c)))
+            .collect(),
     }
 }
 

@@ -497,45 +497,12 @@ impl Runner {
     /// did.
     pub fn resync(&mut self) {
         let d = self.dp.dump();
-        let conv = |m: &HashMap<
-            netfast::common::conntrack::CtKey,
-            netfast::common::conntrack::CtEntry,
-        >| {
-            m.iter()
-                .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
-                .collect()
-        };
-        self.model.ct.main = conv(&d.main);
-        self.model.ct.inbound = conv(&d.inbound);
-        self.model.bindings = d
-            .bindings
-            .iter()
-            .map(|(k, b)| (convert::model_bind_key(k), convert::model_binding(b)))
-            .collect();
-        self.model.claims = d
-            .claims
-            .iter()
-            .map(|(k, c)| (convert::model_claim_key(k), convert::model_claim(c)))
-            .collect();
-        self.model.frags = d
-            .frags
-            .iter()
-            .map(|(k, r)| {
-                (
-                    model::FragKey {
-                        src: netfast::maps::addr_of(k.src_addr),
-                        dst: netfast::maps::addr_of(k.dst_addr),
-                        id: u16::from_be(k.id),
-                        proto: k.proto,
-                    },
-                    model::FragRecord {
-                        src: netfast::maps::addr_of(r.src_addr),
-                        dst: netfast::maps::addr_of(r.dst_addr),
-                        expires: r.expires,
-                    },
-                )
-            })
-            .collect();
+        let maps = convert::model_maps(&d.maps);
+        self.model.ct.main = maps.main;
+        self.model.ct.inbound = maps.inbound;
+        self.model.bindings = maps.bindings;
+        self.model.claims = maps.claims;
+        self.model.frags = convert::model_frags(&d.frags);
         let c = self.dp.counts();
         self.model.counters.hooks = c.hooks;
         self.model.counters.events = c.events;
@@ -556,53 +523,58 @@ impl Runner {
             })
         };
         let d = self.dp.dump();
-        let tables = [(Table::Main, &d.main), (Table::Inbound, &d.inbound)];
+        let tables = [
+            (Table::Main, &d.maps.main),
+            (Table::Inbound, &d.maps.inbound),
+        ];
         for (table, got) in tables {
-            let want: HashMap<_, _> = self
-                .model
-                .ct
-                .of(table)
-                .iter()
-                .map(|(k, e)| (convert::ct_key(k), convert::ct_entry(e)))
-                .collect();
             let got: HashMap<_, _> = got
                 .iter()
                 .map(|(k, e)| (*k, convert::comparable(e)))
                 .collect();
-            if let Some(diff) = first_difference(&want, &got, |k| convert::tuple(k).to_string()) {
+            let diff = model_difference(
+                self.model.ct.of(table),
+                |k, e| (convert::ct_key(k), convert::ct_entry(e)),
+                &got,
+                |k| convert::tuple(k).to_string(),
+            );
+            if let Some(diff) = diff {
                 return fail("state", format!("{table:?} table: {diff}"));
             }
         }
-        let want: HashMap<_, _> = self
-            .model
-            .bindings
-            .iter()
-            .map(|(k, b)| (convert::bind_key(k), convert::binding(b)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.bindings, |k| {
-            format!("{:?}", convert::model_bind_key(k))
-        }) {
-            return fail("state", format!("bindings: {diff}"));
-        }
-        let want: HashMap<_, _> = self
-            .model
-            .claims
-            .iter()
-            .map(|(k, c)| (convert::claim_key(k), convert::claim(c)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.claims, |k| {
-            format!("{:?}", convert::model_claim_key(k))
-        }) {
-            return fail("state", format!("claims: {diff}"));
-        }
-        let want: HashMap<_, _> = self
-            .model
-            .frags
-            .iter()
-            .map(|(k, r)| (convert::frag_key(k), convert::frag(r)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.frags, |k| format!("{k:?}")) {
-            return fail("state", format!("fragment records: {diff}"));
+        let m = &self.model;
+        for (what, diff) in [
+            (
+                "bindings",
+                model_difference(
+                    &m.bindings,
+                    |k, b| (convert::bind_key(k), convert::binding(b)),
+                    &d.maps.bindings,
+                    |k| format!("{:?}", convert::model_bind_key(k)),
+                ),
+            ),
+            (
+                "claims",
+                model_difference(
+                    &m.claims,
+                    |k, c| (convert::claim_key(k), convert::claim(c)),
+                    &d.maps.claims,
+                    |k| format!("{:?}", convert::model_claim_key(k)),
+                ),
+            ),
+            (
+                "fragment records",
+                model_difference(
+                    &m.frags,
+                    |k, r| (convert::frag_key(k), convert::frag(r)),
+                    &d.frags,
+                    |k| format!("{k:?}"),
+                ),
+            ),
+        ] {
+            if let Some(diff) = diff {
+                return fail("state", format!("{what}: {diff}"));
+            }
         }
         let counts = self.dp.counts();
         let m = &self.model.counters;
@@ -648,6 +620,21 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The first difference between a map of the model, each entry converted by `convert` to
+/// the datapath's layout, and the datapath's `got`; keys named by `name`.
+fn model_difference<'a, MK: 'a, MV: 'a, K: std::hash::Hash + Eq + Copy, V>(
+    model: impl IntoIterator<Item = (&'a MK, &'a MV)>,
+    convert: impl Fn(&MK, &MV) -> (K, V),
+    got: &HashMap<K, V>,
+    name: impl Fn(&K) -> String,
+) -> Option<String>
+where
+    V: PartialEq + std::fmt::Debug,
+{
+    let want: HashMap<K, V> = model.into_iter().map(|(k, v)| convert(k, v)).collect();
+    first_difference(&want, got, name)
 }
 
 fn first_difference<K: std::hash::Hash + Eq + Copy, V: PartialEq + std::fmt::Debug>(
