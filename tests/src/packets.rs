@@ -9,7 +9,7 @@ use netfast::{
     common::{
         DropReason, Hook,
         config::{DpConfig, NET_F_MASQUERADE, NetInfo},
-        conntrack::CtKey,
+        conntrack::{CtKey, PROTO_UDP},
         publish::{PubKey, PubTarget},
         stats::Event,
         verdict,
@@ -139,13 +139,26 @@ pub fn passes(t: &mut ProgTest, hook: Hook, what: &str, frame: &[u8], want: &[u8
     passes_on(t, 0, hook, what, frame, want)
 }
 
+/// The IP protocol, source and destination of the TCP segment or UDP datagram in `frame`;
+/// panics on anything else.
+pub fn endpoints_of(frame: &[u8]) -> (u8, Endpoint, Endpoint) {
+    let d = decode(frame).expect("a valid frame");
+    match d.l4 {
+        L4::Tcp {
+            src_port, dst_port, ..
+        }
+        | L4::Udp {
+            src_port, dst_port, ..
+        } => (d.protocol, (d.src, src_port), (d.dst, dst_port)),
+        _ => panic!("not TCP or UDP: {d:?}"),
+    }
+}
+
 /// The source address and port of the UDP datagram a run put out; panics on anything else.
 pub fn udp_source(r: &Run) -> Endpoint {
-    let out = decode(&r.frame).expect("a valid frame");
-    let L4::Udp { src_port, .. } = out.l4 else {
-        panic!("not UDP: {out:?}");
-    };
-    (out.src, src_port)
+    let (proto, src, _) = endpoints_of(&r.frame);
+    assert_eq!(proto, PROTO_UDP, "not UDP");
+    src
 }
 
 /// The conntrack key of `src` → `dst` over `proto`, in the maps' byte order.

@@ -23,7 +23,8 @@ use netfast::{
 };
 use netfast_tests::{
     packets::{
-        self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ct_key, ext, load, passes, run, udp_in, udp_out,
+        self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ct_key, endpoints_of, ext, load, passes, run,
+        udp_in, udp_out,
     },
     require_root,
 };
@@ -38,6 +39,18 @@ const HOST: Endpoint = (EXT, 50000);
 fn masquerade(t: &mut ProgTest) -> Result<(), String> {
     packets::masquerade(t, DEV, 0);
     Ok(())
+}
+
+/// Runs each named flow, its cases in order, on its own object with 172.18.0.0/24
+/// masqueraded behind EXT (its first case sets that up). Panics unless run as root.
+fn run_masqueraded(flows: Vec<(&str, Vec<Case>)>) {
+    require_root();
+    let flows = flows.into_iter().map(|(name, mut cases)| {
+        let first = cases.remove(0).setup(masquerade);
+        cases.insert(0, first);
+        Flow::new(name, cases)
+    });
+    run_flows(flows.collect());
 }
 
 fn configure(t: &mut ProgTest, cfg: DpConfig) -> Result<(), String> {
@@ -115,21 +128,16 @@ fn dropped_once(reason: DropReason) -> impl Fn(&ProgTest, &Run) -> Result<(), St
 
 /// The external source port the egress program gave a packet.
 fn source_port_of(run: &Run) -> u16 {
-    match decode(&run.frame).expect("valid frame").l4 {
-        packet::L4::Tcp { src_port, .. } | packet::L4::Udp { src_port, .. } => src_port,
-        other => panic!("not TCP/UDP: {other:?}"),
-    }
+    endpoints_of(&run.frame).1.1
 }
 
 #[test]
 fn tcp_lifetime_through_the_nat() {
-    require_root();
     let flow = vec![
         out(
             "SYN out: source becomes the uplink address, port kept",
             tcp_out(C1, SERVER, TcpFlags::SYN),
         )
-        .setup(masquerade)
         .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
         .check(live_flows(1))
         .check(state_is(C1, "SYN_SENT")),
@@ -206,19 +214,17 @@ fn tcp_lifetime_through_the_nat() {
                 }
             }),
     ];
-    run_flows(vec![Flow::new("tcp lifetime", flow)]);
+    run_masqueraded(vec![("tcp lifetime", flow)]);
 }
 
 #[test]
 fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
-    require_root();
     let short = DpConfig {
         tcp_close: 1,
         ..DpConfig::default()
     };
     let flow = vec![
         out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
-            .setup(masquerade)
             .setup(move |t| configure(t, short))
             .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
         inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
@@ -240,16 +246,18 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
         .setup(|t| t.advance_clock(2).map_err(|e| e.to_string()))
         .check(live_flows(0)),
     ];
-    run_flows(vec![Flow::new("rst", flow)]);
+    run_masqueraded(vec![("rst", flow)]);
 }
 
 #[test]
 fn udp_and_icmp_echo_round_trips() {
-    require_root();
     let udp = vec![
-        out("UDP out", packet::udp(TO_OUTSIDE, C1, SERVER, b"query"))
-            .setup(masquerade)
-            .output(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"query")),
+        out("UDP out", packet::udp(TO_OUTSIDE, C1, SERVER, b"query")).output(packet::udp(
+            TO_OUTSIDE,
+            ext(40000),
+            SERVER,
+            b"query",
+        )),
         inbound(
             "UDP back",
             packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"answer"),
@@ -267,7 +275,6 @@ fn udp_and_icmp_echo_round_trips() {
             "UDP without checksum out",
             zero(packet::udp(TO_OUTSIDE, C1, SERVER, b"q")),
         )
-        .setup(masquerade)
         .output(zero(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"q"))),
         inbound(
             "UDP without checksum back",
@@ -280,7 +287,6 @@ fn udp_and_icmp_echo_round_trips() {
             "echo request out",
             packet::icmp_echo(TO_OUTSIDE, C1.0, SERVER.0, false, 7, 1, &[1; 56]),
         )
-        .setup(masquerade)
         .output(packet::icmp_echo(
             TO_OUTSIDE, EXT, SERVER.0, false, 7, 1, &[1; 56],
         )),
@@ -310,10 +316,10 @@ fn udp_and_icmp_echo_round_trips() {
             other => Err(format!("identifier not translated: {other:?}")),
         }),
     ];
-    run_flows(vec![
-        Flow::new("udp", udp),
-        Flow::new("udp zero checksum", udp_zero),
-        Flow::new("ping", ping),
+    run_masqueraded(vec![
+        ("udp", udp),
+        ("udp zero checksum", udp_zero),
+        ("ping", ping),
     ]);
 }
 

@@ -12,7 +12,7 @@ use netfast::{
     common::{
         DropReason, Hook,
         config::{DpConfig, Endpoint as EndpointInfo, NET_F_MASQUERADE},
-        conntrack::PROTO_TCP,
+        conntrack::{PROTO_TCP, PROTO_UDP},
         stats::Event,
         verdict,
     },
@@ -24,8 +24,8 @@ use netfast::{
 };
 use netfast_tests::{
     packets::{
-        self, C1, C2, DEV, EXT, SERVER, dropped, event, evict, ext, masquerade, publish, run_on,
-        set_network, tcp_data, udp_in, udp_out, udp_source,
+        self, C1, C2, DEV, EXT, SERVER, dropped, endpoints_of, event, evict, ext, masquerade,
+        publish, run_on, set_network, tcp_data, udp_in, udp_out, udp_source,
     },
     require_root,
 };
@@ -35,9 +35,11 @@ const CLIENT: Endpoint = (Ipv4Addr::new(192, 0, 2, 50), 55555);
 /// A second masqueraded network, behind the same address.
 const OTHER_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 19, 0, 0), 24);
 
-/// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device.
-fn loaded(cfg: DpConfig) -> ProgTest {
-    provisioned(packets::load(&cfg))
+/// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device. Panics
+/// unless the test runs as root.
+fn loaded() -> ProgTest {
+    require_root();
+    provisioned(packets::load(&DpConfig::default()))
 }
 
 /// `t` with 172.18.0.0/24 masqueraded behind EXT, the host's address EXT.
@@ -96,8 +98,7 @@ fn state_of(t: &ProgTest, src: Endpoint) -> Option<&'static str> {
 
 #[test]
 fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     let on_loopback = (Ipv4Addr::LOCALHOST, 5432);
     publish(
         &mut t,
@@ -107,24 +108,26 @@ fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
         (WEB.0, 5432),
         0,
     );
-    // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
-    let syn = tcp_in(CLIENT, on_loopback, TcpFlags::SYN, 1, 0);
-    let r = run(&mut t, Hook::UplinkIngress, &syn);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a packet for 127.0.0.1 from outside"
-    );
-    assert_eq!(dropped(&t, DropReason::LoopbackFromNetwork), 1);
-    // Nor from a container, through the bridge (only the host's sockets reach it).
-    let from_ct = packet::tcp(FROM_CONTAINER, C2, on_loopback, TcpFlags::SYN, 1, 0, b"");
-    let r = run(&mut t, Hook::BridgeIngress, &from_ct);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a container's packet for 127.0.0.1"
-    );
-    assert_eq!(dropped(&t, DropReason::ToHostLoopback), 1);
+    for (hook, frame, what, reason) in [
+        // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
+        (
+            Hook::UplinkIngress,
+            tcp_in(CLIENT, on_loopback, TcpFlags::SYN, 1, 0),
+            "a packet for 127.0.0.1 from outside",
+            DropReason::LoopbackFromNetwork,
+        ),
+        // Nor from a container, through the bridge (only the host's sockets reach it).
+        (
+            Hook::BridgeIngress,
+            packet::tcp(FROM_CONTAINER, C2, on_loopback, TcpFlags::SYN, 1, 0, b""),
+            "a container's packet for 127.0.0.1",
+            DropReason::ToHostLoopback,
+        ),
+    ] {
+        let r = run(&mut t, hook, &frame);
+        assert_eq!(r.verdict, verdict::SHOT, "{what}");
+        assert_eq!(dropped(&t, reason), 1, "{what}");
+    }
     assert!(
         maps::conntrack_entries(t.ebpf())
             .expect("entries")
@@ -134,8 +137,7 @@ fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
 
 #[test]
 fn an_expired_flow_is_not_revived_onto_the_mapping_another_container_took_over() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     let hello = |from| udp_out(from, SERVER, b"hello");
     let as_ext = hello(ext(40000));
     passes(
@@ -173,6 +175,15 @@ fn an_expired_flow_is_not_revived_onto_the_mapping_another_container_took_over()
     );
 }
 
+/// C1's SYN to SERVER, sequence 1000, out through the uplink (as EXT:40000).
+fn syn_out(t: &mut ProgTest) -> Run {
+    run(
+        t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+    )
+}
+
 /// An established masqueraded connection C1 → SERVER: the client's sequence starts at
 /// 1000, the server's at 5000, and the server has sent 100 bytes.
 fn established(t: &mut ProgTest) {
@@ -198,10 +209,26 @@ fn established(t: &mut ProgTest) {
     assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
 }
 
+/// The [`established`] connection loses the conntrack entry of `lost` (source, destination);
+/// its next segment, `frame` through `hook` (`what`), passes as `want`, the flow repaired
+/// and still established.
+fn repaired_after_losing(
+    t: &mut ProgTest,
+    lost: (Endpoint, Endpoint),
+    (hook, what): (Hook, &str),
+    frame: &[u8],
+    want: &[u8],
+) {
+    established(t);
+    evict(t, lost.0, lost.1, PROTO_TCP);
+    passes(t, hook, what, frame, want);
+    assert_eq!(event(t, Event::CtRepaired), 1);
+    assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
+}
+
 #[test]
 fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     established(&mut t);
     for seq in [
         123_456_789u32,
@@ -227,13 +254,8 @@ fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
 
 #[test]
 fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-    );
+    let mut t = loaded();
+    syn_out(&mut t);
     // A forged refusal that does not acknowledge the SYN is not believed.
     let forged = tcp_in(SERVER, ext(40000), rst_ack(), 0, 777);
     assert_eq!(
@@ -255,8 +277,7 @@ fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
 
 #[test]
 fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     // C1 talks to SERVER through EXT:40000, and the fast path knows C1's veth.
     fast_path_knows(&mut t, C1.0, 1500);
     run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
@@ -297,8 +318,7 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
 
 #[test]
 fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
     publish(&mut t, None, 8081, PROTO_TCP, WEB, 0);
     let syn = |to| tcp_in(CLIENT, to, TcpFlags::SYN, 1, 0);
@@ -313,14 +333,9 @@ fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
     // the client's source port is translated as well (as Linux does).
     let r = run(&mut t, Hook::UplinkIngress, &syn(ext(8081)));
     assert_eq!(r.verdict, verdict::NEXT, "the second flow was dropped");
-    let seen = decode(&r.frame).expect("frame");
-    let packet::L4::Tcp {
-        src_port, dst_port, ..
-    } = seen.l4
-    else {
-        panic!("not TCP: {seen:?}");
-    };
-    assert_eq!((seen.src, seen.dst, dst_port), (CLIENT.0, WEB.0, 80));
+    let (proto, (src, src_port), seen_dst) = endpoints_of(&r.frame);
+    assert_eq!(proto, PROTO_TCP, "not TCP");
+    assert_eq!((src, seen_dst), (CLIENT.0, WEB));
     assert_ne!(src_port, CLIENT.1);
     // Each flow's replies go back through its own published port.
     for (port, client_port) in [(8080, CLIENT.1), (8081, src_port)] {
@@ -333,22 +348,11 @@ fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
 
 #[test]
 fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    established(&mut t);
+    let mut t = loaded();
     // The LRU evicts the original entry of C1's flow (a flood, say).
-    evict(&mut t, C1, SERVER, PROTO_TCP);
-    let data = tcp_data(TO_OUTSIDE, (C1, SERVER), 1001, 5101, b"more");
-    let want = tcp_data(TO_OUTSIDE, (ext(40000), SERVER), 1001, 5101, b"more");
-    passes(
-        &mut t,
-        Hook::UplinkEgress,
-        "C1's next segment",
-        &data,
-        &want,
-    );
-    assert_eq!(event(&t, Event::CtRepaired), 1);
-    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+    let next = |from| tcp_data(TO_OUTSIDE, (from, SERVER), 1001, 5101, b"more");
+    let step = (Hook::UplinkEgress, "C1's next segment");
+    repaired_after_losing(&mut t, (C1, SERVER), step, &next(C1), &next(ext(40000)));
     assert_eq!(dropped(&t, DropReason::CtInsertFailed), 0);
     // A published flow's client side, restored by a segment that is not a SYN.
     publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
@@ -366,13 +370,8 @@ fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() 
 
 #[test]
 fn an_icmp_error_in_a_padded_frame_keeps_a_valid_checksum() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-    );
+    let mut t = loaded();
+    syn_out(&mut t);
     // A router's time-exceeded about the SYN as it left, quoting its IP header and only the
     // first 8 bytes of TCP (RFC 792), in a frame with 16 bytes of padding after the packet.
     let sent = tcp_out(ext(40000), SERVER, TcpFlags::SYN, 1000, 0);
@@ -393,8 +392,7 @@ fn an_icmp_error_in_a_padded_frame_keeps_a_valid_checksum() {
 #[test]
 fn a_udp_flow_is_tracked_both_ways_after_all_this() {
     // Sanity: nothing above broke the plain case.
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     let ping = udp_out(C1, SERVER, b"ping");
     passes(
         &mut t,
@@ -415,8 +413,7 @@ fn a_udp_flow_is_tracked_both_ways_after_all_this() {
 
 #[test]
 fn the_hosts_own_flow_never_shares_a_containers_external_endpoint() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     // C1 holds EXT:40000 towards a DNS server.
     let dns: Endpoint = (Ipv4Addr::new(203, 0, 113, 53), 53);
     let q1 = udp_out(C1, dns, b"q1");
@@ -522,27 +519,22 @@ fn a_flood_of_unanswered_syns_cannot_push_out_an_established_flow() {
 
 #[test]
 fn a_masqueraded_flow_that_lost_its_reply_entry_is_repaired_by_the_next_answer() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    established(&mut t);
-    evict(&mut t, SERVER, ext(40000), PROTO_TCP);
-    let data = tcp_data(FROM_OUTSIDE, (SERVER, ext(40000)), 5101, 1001, b"x");
-    let want = tcp_data(FROM_OUTSIDE, (SERVER, C1), 5101, 1001, b"x");
-    passes(
+    let mut t = loaded();
+    let next = |to| tcp_data(FROM_OUTSIDE, (SERVER, to), 5101, 1001, b"x");
+    let step = (Hook::UplinkIngress, "the server's next segment");
+    repaired_after_losing(
         &mut t,
-        Hook::UplinkIngress,
-        "the server's next segment",
-        &data,
-        &want,
+        (SERVER, ext(40000)),
+        step,
+        &next(ext(40000)),
+        &next(C1),
     );
-    assert_eq!(event(&t, Event::CtRepaired), 1);
-    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
 }
 
 /// C1 and C2 each hold a UDP mapping (EXT:40000 and EXT:40001) towards SERVER, and the fast
 /// path knows both (their veths are the test device here).
-fn two_mappings(cfg: DpConfig) -> ProgTest {
-    let mut t = loaded(cfg);
+fn two_mappings() -> ProgTest {
+    let mut t = loaded();
     for c in [C1, C2] {
         fast_path_knows(&mut t, c.0, 1500);
     }
@@ -561,14 +553,9 @@ fn two_mappings(cfg: DpConfig) -> ProgTest {
 /// The frame `run` put out, as delivered by redirect: its addresses and ports.
 fn delivered(r: &Run) -> (Endpoint, Endpoint) {
     assert_eq!(r.verdict, verdict::REDIRECT, "not forwarded by redirect");
-    let d = decode(&r.frame).expect("frame");
-    let packet::L4::Udp {
-        src_port, dst_port, ..
-    } = d.l4
-    else {
-        panic!("not UDP: {d:?}");
-    };
-    ((d.src, src_port), (d.dst, dst_port))
+    let (proto, src, dst) = endpoints_of(&r.frame);
+    assert_eq!(proto, PROTO_UDP, "not UDP");
+    (src, dst)
 }
 
 /// What a container's datagram from `from` to `to` is delivered as, through the bridge.
@@ -582,8 +569,7 @@ fn hairpinned(t: &mut ProgTest, from: Endpoint, to: Endpoint, payload: &[u8]) ->
 
 #[test]
 fn a_container_reaches_its_own_external_mapping_hairpinned() {
-    require_root();
-    let mut t = two_mappings(DpConfig::default());
+    let mut t = two_mappings();
     // RFC 4787 REQ-9 (what turnutils_natdiscovery -H checks): C1 sends to its own external
     // endpoint and gets it back, from that endpoint.
     let r = hairpinned(&mut t, C1, ext(40000), b"me");
@@ -592,8 +578,7 @@ fn a_container_reaches_its_own_external_mapping_hairpinned() {
 
 #[test]
 fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
-    require_root();
-    let mut t = two_mappings(DpConfig::default());
+    let mut t = two_mappings();
     let c2 = (C2.0, 40001);
     // Within a network: straight through (RFC 5780's hairpinning test sends from a second
     // port of one host).
@@ -619,8 +604,7 @@ fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
 
 #[test]
 fn a_packet_too_big_for_the_containers_mtu_is_left_to_the_host() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     fast_path_knows(&mut t, C1.0, 1400);
     run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
     // A 1400-byte answer fits and goes straight in.
