@@ -21,8 +21,9 @@ use netfast::{
     maps::{addr_of, raw_addr},
 };
 
+use super::dp::Dump;
 use crate::model::{
-    BindKey, Binding, Claim, ClaimKey, Config, Entry, FragKey as MFragKey, FragRecord, Tuple,
+    BindKey, Binding, Claim, ClaimKey, Config, Entry, FragKey as MFragKey, FragRecord, Model, Tuple,
 };
 
 pub fn ct_key(t: &Tuple) -> CtKey {
@@ -161,25 +162,27 @@ pub fn frag(r: &FragRecord) -> FragEntry {
     }
 }
 
-/// The datapath's fragment records as the model keeps them.
-pub fn model_frags(frags: &HashMap<FragKey, FragEntry>) -> BTreeMap<MFragKey, FragRecord> {
-    frags
-        .iter()
-        .map(|(k, r)| {
-            let key = MFragKey {
-                src: addr_of(k.src_addr),
-                dst: addr_of(k.dst_addr),
-                id: u16::from_be(k.id),
-                proto: k.proto,
-            };
-            let record = FragRecord {
-                src: addr_of(r.src_addr),
-                dst: addr_of(r.dst_addr),
-                expires: r.expires,
-            };
-            (key, record)
-        })
-        .collect()
+/// Each entry of `m`, its key converted by `key` and its value by `value`.
+fn mapped<'a, K: 'a, V: 'a, K2, V2, C: FromIterator<(K2, V2)>>(
+    m: impl IntoIterator<Item = (&'a K, &'a V)>,
+    key: impl Fn(&K) -> K2,
+    value: impl Fn(&V) -> V2,
+) -> C {
+    m.into_iter().map(|(k, v)| (key(k), value(v))).collect()
+}
+
+/// The model's maps in the datapath's layout, to compare with a [`Dump`] of the datapath
+/// (whose conntrack entries must go through [`comparable`] first).
+pub fn dp_dump(m: &Model) -> Dump {
+    Dump {
+        maps: Snapshot {
+            main: mapped(&m.ct.main, ct_key, ct_entry),
+            inbound: mapped(&m.ct.inbound, ct_key, ct_entry),
+            bindings: mapped(&m.bindings, bind_key, binding),
+            claims: mapped(&m.claims, claim_key, claim),
+        },
+        frags: mapped(&m.frags, frag_key, frag),
+    }
 }
 
 /// The conntrack and NAT maps as the model keeps them.
@@ -192,21 +195,33 @@ pub struct ModelMaps {
 
 /// The datapath's conntrack and NAT maps as the model keeps them.
 pub fn model_maps(s: &Snapshot) -> ModelMaps {
-    let entries =
-        |m: &HashMap<CtKey, CtEntry>| m.iter().map(|(k, e)| (tuple(k), model_entry(e))).collect();
     ModelMaps {
-        main: entries(&s.main),
-        inbound: entries(&s.inbound),
-        bindings: s
-            .bindings
-            .iter()
-            .map(|(k, b)| (model_bind_key(k), model_binding(b)))
-            .collect(),
-        claims: s
-            .claims
-            .iter()
-            .map(|(k, c)| (model_claim_key(k), model_claim(c)))
-            .collect(),
+        main: mapped(&s.main, tuple, model_entry),
+        inbound: mapped(&s.inbound, tuple, model_entry),
+        bindings: mapped(&s.bindings, model_bind_key, model_binding),
+        claims: mapped(&s.claims, model_claim_key, model_claim),
+    }
+}
+
+/// The datapath's fragment records as the model keeps them.
+pub fn model_frags(frags: &HashMap<FragKey, FragEntry>) -> BTreeMap<MFragKey, FragRecord> {
+    mapped(frags, model_frag_key, model_frag)
+}
+
+fn model_frag_key(k: &FragKey) -> MFragKey {
+    MFragKey {
+        src: addr_of(k.src_addr),
+        dst: addr_of(k.dst_addr),
+        id: u16::from_be(k.id),
+        proto: k.proto,
+    }
+}
+
+fn model_frag(r: &FragEntry) -> FragRecord {
+    FragRecord {
+        src: addr_of(r.src_addr),
+        dst: addr_of(r.dst_addr),
+        expires: r.expires,
     }
 }
 

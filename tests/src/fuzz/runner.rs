@@ -5,12 +5,18 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use netfast::{
-    common::{Hook, verdict::SHOT},
+    common::{
+        Hook,
+        conntrack::{CtEntry, CtKey},
+        nat::{NatBindKey, NatClaimKey},
+        verdict::SHOT,
+    },
     prog_test::packet,
 };
 
 use super::{
-    build, convert,
+    build,
+    convert::{self, binding, claim, model_binding, model_claim},
     dp::{Datapath, EPOCH},
     event::{Body, Event, From, Pkt},
     topology::{self, BRIDGE_MAC, GATEWAY_MAC},
@@ -454,26 +460,14 @@ impl Runner {
             }
         }
         for k in &t.bindings {
-            let want = self.model.bindings.get(k).map(convert::binding);
+            let model = self.model.bindings.get(k);
             let got = self.dp.binding(&convert::bind_key(k));
-            if want != got {
-                return Err(format!(
-                    "binding {k:?}:\n    datapath {:?}\n    model    {:?}",
-                    got.map(|b| convert::model_binding(&b)),
-                    self.model.bindings.get(k)
-                ));
-            }
+            mirrored("binding", k, model, got, binding, model_binding)?;
         }
         for k in &t.claims {
-            let want = self.model.claims.get(k).map(convert::claim);
+            let model = self.model.claims.get(k);
             let got = self.dp.claim(&convert::claim_key(k));
-            if want != got {
-                return Err(format!(
-                    "claim {k:?}:\n    datapath {:?}\n    model    {:?}",
-                    got.map(|c| convert::model_claim(&c)),
-                    self.model.claims.get(k)
-                ));
-            }
+            mirrored("claim", k, model, got, claim, model_claim)?;
         }
         for k in &t.frags {
             self.compare_frag(k)?;
@@ -522,55 +516,27 @@ impl Runner {
                 evicted,
             })
         };
-        let d = self.dp.dump();
-        let tables = [
-            (Table::Main, &d.maps.main),
-            (Table::Inbound, &d.maps.inbound),
-        ];
-        for (table, got) in tables {
-            let got: HashMap<_, _> = got
-                .iter()
+        let (want, got) = (convert::dp_dump(&self.model), self.dp.dump());
+        // The datapath's conntrack entries as the model can know them.
+        let ct = |m: &HashMap<CtKey, CtEntry>| -> HashMap<CtKey, CtEntry> {
+            m.iter()
                 .map(|(k, e)| (*k, convert::comparable(e)))
-                .collect();
-            let diff = model_difference(
-                self.model.ct.of(table),
-                |k, e| (convert::ct_key(k), convert::ct_entry(e)),
-                &got,
-                |k| convert::tuple(k).to_string(),
-            );
-            if let Some(diff) = diff {
-                return fail("state", format!("{table:?} table: {diff}"));
-            }
-        }
-        let m = &self.model;
+                .collect()
+        };
+        let tuple = |k: &CtKey| convert::tuple(k).to_string();
+        let bind_key = |k: &NatBindKey| format!("{:?}", convert::model_bind_key(k));
+        let claim_key = |k: &NatClaimKey| format!("{:?}", convert::model_claim_key(k));
+        let main = first_difference(&want.maps.main, &ct(&got.maps.main), tuple);
+        let inbound = first_difference(&want.maps.inbound, &ct(&got.maps.inbound), tuple);
+        let bindings = first_difference(&want.maps.bindings, &got.maps.bindings, bind_key);
+        let claims = first_difference(&want.maps.claims, &got.maps.claims, claim_key);
+        let frags = first_difference(&want.frags, &got.frags, |k| format!("{k:?}"));
         for (what, diff) in [
-            (
-                "bindings",
-                model_difference(
-                    &m.bindings,
-                    |k, b| (convert::bind_key(k), convert::binding(b)),
-                    &d.maps.bindings,
-                    |k| format!("{:?}", convert::model_bind_key(k)),
-                ),
-            ),
-            (
-                "claims",
-                model_difference(
-                    &m.claims,
-                    |k, c| (convert::claim_key(k), convert::claim(c)),
-                    &d.maps.claims,
-                    |k| format!("{:?}", convert::model_claim_key(k)),
-                ),
-            ),
-            (
-                "fragment records",
-                model_difference(
-                    &m.frags,
-                    |k, r| (convert::frag_key(k), convert::frag(r)),
-                    &d.frags,
-                    |k| format!("{k:?}"),
-                ),
-            ),
+            ("Main table", main),
+            ("Inbound table", inbound),
+            ("bindings", bindings),
+            ("claims", claims),
+            ("fragment records", frags),
         ] {
             if let Some(diff) = diff {
                 return fail("state", format!("{what}: {diff}"));
@@ -622,19 +588,23 @@ impl Runner {
     }
 }
 
-/// The first difference between a map of the model, each entry converted by `convert` to
-/// the datapath's layout, and the datapath's `got`; keys named by `name`.
-fn model_difference<'a, MK: 'a, MV: 'a, K: std::hash::Hash + Eq + Copy, V>(
-    model: impl IntoIterator<Item = (&'a MK, &'a MV)>,
-    convert: impl Fn(&MK, &MV) -> (K, V),
-    got: &HashMap<K, V>,
-    name: impl Fn(&K) -> String,
-) -> Option<String>
-where
-    V: PartialEq + std::fmt::Debug,
-{
-    let want: HashMap<K, V> = model.into_iter().map(|(k, v)| convert(k, v)).collect();
-    first_difference(&want, got, name)
+/// Compares what the model holds for `what` `k` with the datapath's, in the datapath's
+/// layout (`to_dp`); a difference is shown in the model's (`to_model`).
+fn mirrored<K: std::fmt::Debug, M: std::fmt::Debug, D: PartialEq>(
+    what: &str,
+    k: &K,
+    model: Option<&M>,
+    got: Option<D>,
+    to_dp: fn(&M) -> D,
+    to_model: fn(&D) -> M,
+) -> Result<(), String> {
+    if model.map(to_dp) == got {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {k:?}:\n    datapath {:?}\n    model    {model:?}",
+        got.as_ref().map(to_model)
+    ))
 }
 
 fn first_difference<K: std::hash::Hash + Eq + Copy, V: PartialEq + std::fmt::Debug>(
