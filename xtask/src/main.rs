@@ -276,7 +276,9 @@ fn build_binaries() -> Result<(), Fail> {
 /// Fails when `who` left test namespaces (other than those already there), or netfast pins
 /// or state for them.
 fn nothing_left_behind(who: &str, before: &[String]) -> Result<(), Fail> {
-    let kinds: [(&str, fn() -> Vec<String>); 2] = [
+    // What is left, by the function that lists it.
+    type Lister = fn() -> Vec<String>;
+    let kinds: [(&str, Lister); 2] = [
         ("network namespaces", leftover_namespaces),
         ("netfast pins or state", leftover_netfast_state),
     ];

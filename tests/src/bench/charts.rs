@@ -88,7 +88,8 @@ fn workload_chart(r: &Report, w: Workload, path: &Path) -> Result<()> {
     let (metric, unit) = w.metric();
     // Each panel's title, and its bar and whiskers from a summary. The CPU cost per unit has
     // no per-round min/max in the summary: the bar alone.
-    let panels: [(_, String, fn(&Summary) -> (f64, f64, f64)); 2] = [
+    type Figures = fn(&Summary) -> (f64, f64, f64);
+    let panels: [(_, String, Figures); 2] = [
         (
             &left,
             format!("{} — {metric} ({unit}), higher is better", w.name()),

@@ -628,7 +628,7 @@ mod tests {
         let sample = serde_json::to_value(&ms[0]).unwrap();
         assert_eq!(sample["p99_us"].as_f64(), Some(40.0));
         // Without latency, neither field is written.
-        let stream = serde_json::to_value(&m(1, Kind::Veth, 1.0, 1.0)).unwrap();
+        let stream = serde_json::to_value(m(1, Kind::Veth, 1.0, 1.0)).unwrap();
         assert!(stream.get("p50_us").is_none() && stream.get("p99_us").is_none());
     }
 
