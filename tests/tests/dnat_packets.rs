@@ -23,7 +23,10 @@ use netfast::{
 };
 use netfast_tests::{
     TestNetns,
-    packets::{DEV, EXT, ROUTER, ext, load, masquerade, publish, run, set_network},
+    packets::{
+        DEV, EXT, ROUTER, dropped, ext, ifindex_of, load, masquerade, passes, publish, run, run_on,
+        set_network, tcp_data, udp_in, udp_out, udp_source,
+    },
     require_root,
 };
 
@@ -64,48 +67,31 @@ fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
 fn an_outside_client_reaches_the_published_container_and_gets_replies_from_the_published_port() {
     require_root();
     let mut t = loaded();
-    let r = run(
+    let syn = |to| tcp_in(CLIENT, to, TcpFlags::SYN);
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN),
-    );
-    assert_run(
         "SYN to 8080 goes to C1:80",
-        &r,
-        verdict::NEXT,
-        &tcp_in(CLIENT, C1, TcpFlags::SYN),
+        &syn(ext(8080)),
+        &syn(C1),
     );
-    let r = run(
+    let synack = tcp_out(C1, CLIENT, TcpFlags::SYN_ACK);
+    let want = tcp_out(ext(8080), CLIENT, TcpFlags::SYN_ACK);
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &tcp_out(C1, CLIENT, TcpFlags::SYN_ACK),
-    );
-    assert_run(
         "the SYN-ACK leaves from EXT:8080",
-        &r,
-        verdict::NEXT,
-        &tcp_out(ext(8080), CLIENT, TcpFlags::SYN_ACK),
+        &synack,
+        &want,
     );
-    let data = packet::tcp(
-        FROM_OUTSIDE,
-        CLIENT,
-        ext(8080),
-        TcpFlags::PSH_ACK,
-        8,
-        9,
-        b"GET / HTTP/1.1\r\n\r\n",
+    let get = |to| tcp_data(FROM_OUTSIDE, (CLIENT, to), 8, 9, b"GET / HTTP/1.1\r\n\r\n");
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
+        "data follows",
+        &get(ext(8080)),
+        &get(C1),
     );
-    let r = run(&mut t, Hook::UplinkIngress, &data);
-    let want = packet::tcp(
-        FROM_OUTSIDE,
-        CLIENT,
-        C1,
-        TcpFlags::PSH_ACK,
-        8,
-        9,
-        b"GET / HTTP/1.1\r\n\r\n",
-    );
-    assert_run("data follows", &r, verdict::NEXT, &want);
     let flows = maps::flows(t.ebpf(), maps::monotonic_now()).expect("flows");
     assert_eq!(flows.len(), 1);
     assert_eq!(flows[0].state, Some("ESTABLISHED"));
@@ -124,25 +110,19 @@ fn published_addresses_ports_and_ranges_are_matched_exactly() {
     let mut t = loaded();
     // UDP range: one to one.
     for port in [5000, 5001] {
-        let r = run(
+        let q = |to| udp_in(CLIENT, to, b"q");
+        passes(
             &mut t,
             Hook::UplinkIngress,
-            &packet::udp(FROM_OUTSIDE, CLIENT, ext(port), b"q"),
-        );
-        assert_run(
             "udp range",
-            &r,
-            verdict::NEXT,
-            &packet::udp(FROM_OUTSIDE, CLIENT, (C2.0, port), b"q"),
+            &q(ext(port)),
+            &q((C2.0, port)),
         );
     }
     // Not published: the host gets these as they are.
     for (what, frame) in [
         ("unpublished port", tcp_in(CLIENT, ext(8081), TcpFlags::SYN)),
-        (
-            "wrong protocol",
-            packet::udp(FROM_OUTSIDE, CLIENT, ext(8080), b"q"),
-        ),
+        ("wrong protocol", udp_in(CLIENT, ext(8080), b"q")),
         (
             "an address that is not the host's",
             tcp_in(
@@ -156,8 +136,7 @@ fn published_addresses_ports_and_ranges_are_matched_exactly() {
             tcp_in(CLIENT, ext(8080), TcpFlags::ACK),
         ),
     ] {
-        let r = run(&mut t, Hook::UplinkIngress, &frame);
-        assert_run(what, &r, verdict::NEXT, &frame);
+        passes(&mut t, Hook::UplinkIngress, what, &frame, &frame);
     }
 }
 
@@ -167,40 +146,24 @@ fn an_allow_list_lets_its_clients_in_and_drops_the_others() {
     let mut t = loaded();
     publish(&mut t, None, 9090, PROTO_TCP, C1, 7);
     maps::allow(t.ebpf_mut(), 7, "192.0.2.0/24".parse().expect("cidr")).expect("allow");
-    let r = run(
+    let syn = |from, to| tcp_in(from, to, TcpFlags::SYN);
+    let want = syn(ALLOWED, C1);
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &tcp_in(ALLOWED, ext(9090), TcpFlags::SYN),
-    );
-    assert_run(
         "an allowed client",
-        &r,
-        verdict::NEXT,
-        &tcp_in(ALLOWED, C1, TcpFlags::SYN),
+        &syn(ALLOWED, ext(9090)),
+        &want,
     );
-    let r = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(9090), TcpFlags::SYN),
-    );
+    let r = run(&mut t, Hook::UplinkIngress, &syn(CLIENT, ext(9090)));
     assert_eq!(
         r.verdict,
         verdict::SHOT,
         "a client outside the list must be dropped"
     );
-    assert_eq!(
-        t.stats()
-            .expect("stats")
-            .dropped(DropReason::NotAllowed)
-            .packets,
-        1
-    );
+    assert_eq!(dropped(&t, DropReason::NotAllowed), 1);
     // Other publications are not affected by this list.
-    let r = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN),
-    );
+    let r = run(&mut t, Hook::UplinkIngress, &syn(CLIENT, ext(8080)));
     assert_eq!(r.verdict, verdict::NEXT);
 }
 
@@ -212,18 +175,15 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
     run(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, CLIENT, ext(5000), b"q"),
+        &udp_in(CLIENT, ext(5000), b"q"),
     );
-    let answer = run(
+    let a = |from| udp_out(from, CLIENT, b"a");
+    let answer = passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, (C2.0, 5000), CLIENT, b"a"),
-    );
-    assert_run(
         "answer",
-        &answer,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(5000), CLIENT, b"a"),
+        &a((C2.0, 5000)),
+        &a(ext(5000)),
     );
     // A router cannot deliver the answer: its error reaches C2 about C2's own packet.
     let error = packet::icmp_error(
@@ -245,7 +205,7 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
         (C2.0, 5000, CLIENT.0, CLIENT.1, Some(true))
     );
     // C2 has no socket on 5000 after all: its port unreachable leaves as EXT's, about EXT:5000.
-    let sent = packet::udp(FROM_OUTSIDE, CLIENT, (C2.0, 5000), b"q");
+    let sent = udp_in(CLIENT, (C2.0, 5000), b"q");
     let unreachable =
         packet::icmp_error(TO_OUTSIDE, C2.0, CLIENT.0, 3, 3, [0; 4], ip_packet(&sent));
     let r = run(&mut t, Hook::UplinkEgress, &unreachable);
@@ -288,21 +248,10 @@ fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_r
         verdict::SHOT,
         "a ping to the container's address"
     );
-    assert_eq!(
-        t.stats()
-            .expect("stats")
-            .dropped(DropReason::DirectAccess)
-            .packets,
-        2
-    );
+    assert_eq!(dropped(&t, DropReason::DirectAccess), 2);
     let routed = tcp_in(CLIENT, (Ipv4Addr::new(10, 9, 0, 2), 80), TcpFlags::SYN);
-    let r = run(&mut t, Hook::UplinkIngress, &routed);
-    assert_run(
-        "a network without masquerade is routed",
-        &r,
-        verdict::NEXT,
-        &routed,
-    );
+    let what = "a network without masquerade is routed";
+    passes(&mut t, Hook::UplinkIngress, what, &routed, &routed);
 }
 
 #[test]
@@ -313,13 +262,7 @@ fn containers_of_two_networks_cannot_reach_each_other() {
     let across = packet::tcp(FROM_CONTAINER, C2, OTHER_NET, TcpFlags::SYN, 1, 0, b"");
     let r = run(&mut t, Hook::BridgeIngress, &across);
     assert_eq!(r.verdict, verdict::SHOT);
-    assert_eq!(
-        t.stats()
-            .expect("stats")
-            .dropped(DropReason::InterNetwork)
-            .packets,
-        1
-    );
+    assert_eq!(dropped(&t, DropReason::InterNetwork), 1);
     for (what, frame) in [
         (
             "to the gateway",
@@ -338,8 +281,7 @@ fn containers_of_two_networks_cannot_reach_each_other() {
             packet::tcp(FROM_CONTAINER, C2, CLIENT, TcpFlags::SYN, 1, 0, b""),
         ),
     ] {
-        let r = run(&mut t, Hook::BridgeIngress, &frame);
-        assert_run(what, &r, verdict::NEXT, &frame);
+        passes(&mut t, Hook::BridgeIngress, what, &frame, &frame);
     }
 }
 
@@ -351,12 +293,9 @@ fn masquerade_never_hands_out_a_published_port() {
     let r = run(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, (C2.0, 40000), CLIENT, b"x"),
+        &udp_out((C2.0, 40000), CLIENT, b"x"),
     );
-    let out = decode(&r.frame).expect("valid");
-    let packet::L4::Udp { src_port, .. } = out.l4 else {
-        panic!("udp")
-    };
+    let (_, src_port) = udp_source(&r);
     assert_ne!(
         src_port, 40000,
         "40000/udp is published: masquerade must pick another port"
@@ -375,11 +314,7 @@ fn bridge() -> Bridge {
     ns.exec_ok(&["ip", "addr", "add", "172.18.0.1/24", "dev", "br0"]);
     ns.exec_ok(&["ip", "link", "set", "br0", "up"]);
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let ifindex = ns
-        .exec_ok(&["cat", "/sys/class/net/br0/ifindex"])
-        .trim()
-        .parse()
-        .expect("ifindex");
+    let ifindex = ifindex_of(&ns, "br0");
     Bridge { ns, ifindex }
 }
 
@@ -390,62 +325,42 @@ fn hairpin_reaches_the_published_container_with_the_source_translated() {
     let mut t = loaded();
     network(&mut t, "172.18.0.0/24", 1, NET_F_MASQUERADE, br.ifindex);
     let _in = NetnsGuard::enter(br.ns.name()).expect("enter");
-    let on_bridge = |t: &mut ProgTest, frame: &[u8]| {
-        t.run_on(Hook::BridgeIngress, frame, br.ifindex)
-            .unwrap_or_else(|e| panic!("{}", netfast::error::report(&e)))
-    };
-    let syn = packet::tcp(FROM_CONTAINER, C2, ext(8080), TcpFlags::SYN, 1, 0, b"");
-    let r = on_bridge(&mut t, &syn);
-    // The source becomes C2's masquerade mapping (its own port, free), the destination C1:80.
-    let want = packet::tcp(FROM_CONTAINER, ext(C2.1), C1, TcpFlags::SYN, 1, 0, b"");
-    assert_run(
-        "C2 → EXT:8080 is redirected to C1:80 from EXT",
-        &r,
-        verdict::REDIRECT,
-        &packet::routed(&want),
-    );
-    let synack = packet::tcp(FROM_CONTAINER, C1, ext(C2.1), TcpFlags::SYN_ACK, 5, 2, b"");
-    let r = on_bridge(&mut t, &synack);
-    let want = packet::tcp(FROM_CONTAINER, ext(8080), C2, TcpFlags::SYN_ACK, 5, 2, b"");
-    assert_run(
-        "C1's reply reaches C2 from EXT:8080",
-        &r,
-        verdict::REDIRECT,
-        &packet::routed(&want),
-    );
-    // The serving container itself.
-    let own = packet::tcp(
-        FROM_CONTAINER,
-        (C1.0, 33333),
-        ext(8080),
-        TcpFlags::SYN,
-        1,
-        0,
-        b"",
-    );
-    let r = on_bridge(&mut t, &own);
-    let want = packet::tcp(FROM_CONTAINER, ext(33333), C1, TcpFlags::SYN, 1, 0, b"");
-    assert_run(
-        "C1 → EXT:8080 comes back to C1",
-        &r,
-        verdict::REDIRECT,
-        &packet::routed(&want),
-    );
+    let on_bridge =
+        |t: &mut ProgTest, frame: &[u8]| run_on(t, Hook::BridgeIngress, frame, br.ifindex);
+    let from_ct =
+        |from, to, flags, seq, ack| packet::tcp(FROM_CONTAINER, from, to, flags, seq, ack, b"");
+    // Each step: a container's segment through the bridge, and what it must be redirected as
+    // (routed).
+    let steps = [
+        // The source becomes C2's masquerade mapping (its own port, free), the destination C1:80.
+        (
+            "C2 → EXT:8080 is redirected to C1:80 from EXT",
+            from_ct(C2, ext(8080), TcpFlags::SYN, 1, 0),
+            from_ct(ext(C2.1), C1, TcpFlags::SYN, 1, 0),
+        ),
+        (
+            "C1's reply reaches C2 from EXT:8080",
+            from_ct(C1, ext(C2.1), TcpFlags::SYN_ACK, 5, 2),
+            from_ct(ext(8080), C2, TcpFlags::SYN_ACK, 5, 2),
+        ),
+        // The serving container itself.
+        (
+            "C1 → EXT:8080 comes back to C1",
+            from_ct((C1.0, 33333), ext(8080), TcpFlags::SYN, 1, 0),
+            from_ct(ext(33333), C1, TcpFlags::SYN, 1, 0),
+        ),
+    ];
+    for (what, frame, want) in steps {
+        let r = on_bridge(&mut t, &frame);
+        assert_run(what, &r, verdict::REDIRECT, &packet::routed(&want));
+    }
     // A masqueraded flow is left to the uplink: the bridge does not translate it.
     run(
         &mut t,
         Hook::UplinkEgress,
         &tcp_out((C2.0, 50000), CLIENT, TcpFlags::SYN),
     );
-    let out = packet::tcp(
-        FROM_CONTAINER,
-        (C2.0, 50000),
-        CLIENT,
-        TcpFlags::ACK,
-        9,
-        9,
-        b"",
-    );
+    let out = from_ct((C2.0, 50000), CLIENT, TcpFlags::ACK, 9, 9);
     let r = on_bridge(&mut t, &out);
     assert_run(
         "masqueraded traffic passes the bridge untouched",

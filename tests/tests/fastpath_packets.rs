@@ -1,30 +1,30 @@
 //! The fast path, packet by packet: run in a namespace with a real bridge, uplink and
 //! neighbour, so that the programs' FIB lookups have routes to find.
 
-use std::net::Ipv4Addr;
-
 use netfast::{
     common::{
         Hook,
-        config::{DpConfig, Endpoint, NET_F_MASQUERADE, NetInfo},
+        config::{DpConfig, Endpoint},
+        conntrack::{CtEntry, CtKey, FWD_F_UPLINK, FwdCache},
         stats::Event,
         verdict,
     },
     maps,
     netns::NetnsGuard,
     prog_test::{
-        ProgTest,
+        ProgTest, Run,
         fixture::assert_run,
         packet::{self, FROM_CONTAINER, Macs, TcpFlags},
     },
 };
-use netfast_tests::{TestNetns, require_root};
+use netfast_tests::{
+    TestNetns,
+    packets::{C1, EXT, SERVER, event, ifindex_of, load, mac_of, masquerade, run_on},
+    require_root,
+};
 
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-const CT: (Ipv4Addr, u16) = (Ipv4Addr::new(172, 18, 0, 2), 40000);
 const CT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const SERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(203, 0, 113, 10), 80);
 
 /// A host: br0 172.18.0.1/24, up0 198.51.100.1/24 with the default route via 198.51.100.2,
 /// whose MAC is known (a permanent neighbour entry).
@@ -34,16 +34,6 @@ struct Host {
     uplink: u32,
     uplink_mac: [u8; 6],
     bridge_mac: [u8; 6],
-}
-
-fn mac(ns: &TestNetns, dev: &str) -> [u8; 6] {
-    let text = ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
 }
 
 fn host() -> Host {
@@ -62,56 +52,57 @@ fn host() -> Host {
     ] {
         ns.exec_ok(&cmd.split(' ').collect::<Vec<_>>());
     }
-    let index = |dev: &str| {
-        ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-            .trim()
-            .parse()
-            .expect("ifindex")
-    };
     Host {
-        bridge: index("br0"),
-        uplink: index("up0"),
-        uplink_mac: mac(&ns, "up0"),
-        bridge_mac: mac(&ns, "br0"),
+        bridge: ifindex_of(&ns, "br0"),
+        uplink: ifindex_of(&ns, "up0"),
+        uplink_mac: mac_of(&ns, "up0"),
+        bridge_mac: mac_of(&ns, "br0"),
         ns,
     }
 }
 
 fn loaded(h: &Host, fast_path: u8) -> ProgTest {
-    let mut t = ProgTest::load_with(&DpConfig {
+    let mut t = load(&DpConfig {
         fast_path,
         ..DpConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: h.uplink,
-        bridge_ifindex: h.bridge,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
+    });
+    masquerade(&mut t, h.uplink, h.bridge);
     maps::set_uplink(t.ebpf_mut(), h.uplink).expect("uplink");
     t
 }
 
+/// A host, the programs loaded on it with the fast path on, and the calling thread in the
+/// host's namespace (left before the namespace goes).
+fn on_host() -> (Host, ProgTest, NetnsGuard) {
+    let h = host();
+    let t = loaded(&h, 1);
+    let guard = NetnsGuard::enter(h.ns.name()).expect("enter");
+    (h, t, guard)
+}
+
+/// Runs the bridge's ingress program on `frame`, as the frame arrives on the bridge.
+fn from_bridge(t: &mut ProgTest, h: &Host, frame: &[u8]) -> Run {
+    run_on(t, Hook::BridgeIngress, frame, h.bridge)
+}
+
 fn syn_from_container() -> Vec<u8> {
-    packet::tcp(FROM_CONTAINER, CT, SERVER, TcpFlags::SYN, 1, 0, b"")
+    packet::tcp(FROM_CONTAINER, C1, SERVER, TcpFlags::SYN, 1, 0, b"")
+}
+
+/// A segment from the container to SERVER with `flags`, sequence and acknowledgement 2.
+fn from_container(flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
+    packet::tcp(FROM_CONTAINER, C1, SERVER, flags, 2, 2, payload)
 }
 
 #[test]
 fn a_new_flow_from_a_container_is_translated_and_sent_out_of_the_uplink() {
     require_root();
-    let h = host();
-    let mut t = loaded(&h, 1);
-    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
-    let r = t
-        .run_on(Hook::BridgeIngress, &syn_from_container(), h.bridge)
-        .expect("run");
+    let (h, mut t, _in) = on_host();
+    let r = from_bridge(&mut t, &h, &syn_from_container());
     // Translated, routed (TTL - 1), framed for the gateway: the FIB's MACs.
     let translated = packet::tcp(
         FROM_CONTAINER,
-        (EXT, CT.1),
+        (EXT, C1.1),
         SERVER,
         TcpFlags::SYN,
         1,
@@ -126,11 +117,9 @@ fn a_new_flow_from_a_container_is_translated_and_sent_out_of_the_uplink() {
         },
     );
     assert_run("the SYN leaves by redirect", &r, verdict::REDIRECT, &want);
-    let stats = t.stats().expect("stats");
-    assert_eq!(stats.event(Event::FastPath).packets, 1);
+    assert_eq!(event(&t, Event::FastPath), 1);
     // The flow exists, and the next packet takes the same path.
-    let ack = packet::tcp(FROM_CONTAINER, CT, SERVER, TcpFlags::ACK, 2, 2, b"");
-    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    let r = from_bridge(&mut t, &h, &from_container(TcpFlags::ACK, b""));
     assert_eq!(r.verdict, verdict::REDIRECT);
     assert_eq!(
         maps::flows(t.ebpf(), maps::monotonic_now())
@@ -143,11 +132,8 @@ fn a_new_flow_from_a_container_is_translated_and_sent_out_of_the_uplink() {
 #[test]
 fn replies_go_straight_into_the_container() {
     require_root();
-    let h = host();
-    let mut t = loaded(&h, 1);
-    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
-    t.run_on(Hook::BridgeIngress, &syn_from_container(), h.bridge)
-        .expect("run");
+    let (h, mut t, _in) = on_host();
+    from_bridge(&mut t, &h, &syn_from_container());
     // The container is one of netfast's: its veth and MAC are in the endpoint map.
     let ep = Endpoint {
         ifindex: h.bridge,
@@ -156,16 +142,14 @@ fn replies_go_straight_into_the_container() {
         mtu: 1500,
         _pad: 0,
     };
-    maps::set_endpoint(t.ebpf_mut(), CT.0, &ep).expect("endpoint");
+    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
     let outside = Macs {
         src: GW_MAC,
         dst: h.uplink_mac,
     };
-    let synack = packet::tcp(outside, SERVER, (EXT, CT.1), TcpFlags::SYN_ACK, 9, 2, b"");
-    let r = t
-        .run_on(Hook::UplinkIngress, &synack, h.uplink)
-        .expect("run");
-    let translated = packet::tcp(outside, SERVER, CT, TcpFlags::SYN_ACK, 9, 2, b"");
+    let synack = packet::tcp(outside, SERVER, (EXT, C1.1), TcpFlags::SYN_ACK, 9, 2, b"");
+    let r = run_on(&mut t, Hook::UplinkIngress, &synack, h.uplink);
+    let translated = packet::tcp(outside, SERVER, C1, TcpFlags::SYN_ACK, 9, 2, b"");
     let want = packet::with_macs(
         &packet::routed(&translated),
         Macs {
@@ -200,30 +184,18 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_untouched() {
         // `routed` recomputed the checksum for TTL 1: that is the frame we send.
         r
     };
-    let r = t.run_on(Hook::BridgeIngress, &ttl1, h.bridge).expect("run");
+    let r = from_bridge(&mut t, &h, &ttl1);
     assert_run("TTL 1 is the stack's", &r, verdict::NEXT, &ttl1);
-    assert_eq!(
-        t.stats()
-            .expect("stats")
-            .event(Event::FastPathFallback)
-            .packets,
-        1
-    );
+    assert_eq!(event(&t, Event::FastPathFallback), 1);
     // With the fast path off, nothing is forwarded here: the uplink translates after routing.
     let mut t = loaded(&h, 0);
     let syn = syn_from_container();
-    let r = t.run_on(Hook::BridgeIngress, &syn, h.bridge).expect("run");
+    let r = from_bridge(&mut t, &h, &syn);
     assert_run("--fast-path off", &r, verdict::NEXT, &syn);
 }
 
 /// The entry of the flow whose original source is `src`.
-fn entry_from(
-    t: &ProgTest,
-    src: (Ipv4Addr, u16),
-) -> (
-    netfast::common::conntrack::CtKey,
-    netfast::common::conntrack::CtEntry,
-) {
+fn entry_from(t: &ProgTest, src: packet::Endpoint) -> (CtKey, CtEntry) {
     maps::conntrack_entries(t.ebpf())
         .expect("entries")
         .into_iter()
@@ -234,26 +206,18 @@ fn entry_from(
 #[test]
 fn a_flow_caches_its_route_and_a_bigger_packet_is_checked_against_the_mtu() {
     require_root();
-    let h = host();
-    let mut t = loaded(&h, 1);
-    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
-    let r = t
-        .run_on(Hook::BridgeIngress, &syn_from_container(), h.bridge)
-        .expect("run");
+    let (h, mut t, _in) = on_host();
+    let r = from_bridge(&mut t, &h, &syn_from_container());
     assert_eq!(r.verdict, verdict::REDIRECT);
-    let ack = packet::tcp(FROM_CONTAINER, CT, SERVER, TcpFlags::ACK, 2, 2, b"");
-    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    let ack = from_container(TcpFlags::ACK, b"");
+    let r = from_bridge(&mut t, &h, &ack);
     assert_eq!(r.verdict, verdict::REDIRECT);
-    let (key, e) = entry_from(&t, CT);
+    let (key, e) = entry_from(&t, C1);
     assert_eq!(e.fwd.kind, 2, "a resolved neighbour is cached");
     assert_eq!(e.fwd.ifindex, h.uplink);
     assert_eq!(e.fwd.dmac, GW_MAC);
     assert_eq!(e.fwd.max_len, 40, "the ACK's IPv4 length");
-    assert_eq!(
-        e.fwd.flags,
-        netfast::common::conntrack::FWD_F_UPLINK,
-        "out of an uplink of ours"
-    );
+    assert_eq!(e.fwd.flags, FWD_F_UPLINK, "out of an uplink of ours");
 
     // The neighbour changes: the cache still answers for now...
     h.ns.exec_ok(&[
@@ -268,18 +232,18 @@ fn a_flow_caches_its_route_and_a_bigger_packet_is_checked_against_the_mtu() {
         "nud",
         "permanent",
     ]);
-    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    let r = from_bridge(&mut t, &h, &ack);
     assert_eq!(packet::decode(&r.frame).expect("valid").dst_mac, GW_MAC);
     // ...until it expires, and the next packet looks the route up again.
-    let stale = netfast::common::conntrack::CtEntry {
-        fwd: netfast::common::conntrack::FwdCache {
+    let stale = CtEntry {
+        fwd: FwdCache {
             expires: maps::monotonic_now() - 5,
             ..e.fwd
         },
-        ..entry_from(&t, CT).1
+        ..entry_from(&t, C1).1
     };
     maps::insert_conntrack(t.ebpf_mut(), &key, &stale).expect("age the cache");
-    let r = t.run_on(Hook::BridgeIngress, &ack, h.bridge).expect("run");
+    let r = from_bridge(&mut t, &h, &ack);
     assert_eq!(r.verdict, verdict::REDIRECT);
     assert_eq!(
         packet::decode(&r.frame).expect("valid").dst_mac,
@@ -289,40 +253,14 @@ fn a_flow_caches_its_route_and_a_bigger_packet_is_checked_against_the_mtu() {
     // A packet bigger than any the cached route carried is checked against the MTU: over it,
     // the stack takes the packet (and sends "fragmentation needed"), untranslated.
     h.ns.exec_ok(&["ip", "link", "set", "up0", "mtu", "1400"]);
-    let big = packet::tcp(
-        FROM_CONTAINER,
-        CT,
-        SERVER,
-        TcpFlags::ACK,
-        2,
-        2,
-        &[0u8; 1400],
-    );
-    let before = t
-        .stats()
-        .expect("stats")
-        .event(Event::FastPathFallback)
-        .packets;
-    let r = t.run_on(Hook::BridgeIngress, &big, h.bridge).expect("run");
+    let big = from_container(TcpFlags::ACK, &[0u8; 1400]);
+    let before = event(&t, Event::FastPathFallback);
+    let r = from_bridge(&mut t, &h, &big);
     assert_run("over the route's MTU", &r, verdict::NEXT, &big);
-    assert_eq!(
-        t.stats()
-            .expect("stats")
-            .event(Event::FastPathFallback)
-            .packets,
-        before + 1
-    );
+    assert_eq!(event(&t, Event::FastPathFallback), before + 1);
     // One that fits is forwarded, and the cache learns it.
-    let fits = packet::tcp(
-        FROM_CONTAINER,
-        CT,
-        SERVER,
-        TcpFlags::ACK,
-        2,
-        2,
-        &[0u8; 1300],
-    );
-    let r = t.run_on(Hook::BridgeIngress, &fits, h.bridge).expect("run");
+    let fits = from_container(TcpFlags::ACK, &[0u8; 1300]);
+    let r = from_bridge(&mut t, &h, &fits);
     assert_eq!(r.verdict, verdict::REDIRECT);
-    assert_eq!(entry_from(&t, CT).1.fwd.max_len, 1340);
+    assert_eq!(entry_from(&t, C1).1.fwd.max_len, 1340);
 }

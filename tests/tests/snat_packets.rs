@@ -22,7 +22,10 @@ use netfast::{
     },
 };
 use netfast_tests::{
-    packets::{self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ext, load, run},
+    packets::{
+        self, C1, C2, C3, DEV, EXT, ROUTER, SERVER, ct_key, endpoints_of, ext, load, passes, run,
+        udp_in, udp_out,
+    },
     require_root,
 };
 
@@ -36,6 +39,18 @@ const HOST: Endpoint = (EXT, 50000);
 fn masquerade(t: &mut ProgTest) -> Result<(), String> {
     packets::masquerade(t, DEV, 0);
     Ok(())
+}
+
+/// Runs each named flow, its cases in order, on its own object with 172.18.0.0/24
+/// masqueraded behind EXT (its first case sets that up). Panics unless run as root.
+fn run_masqueraded(flows: Vec<(&str, Vec<Case>)>) {
+    require_root();
+    let flows = flows.into_iter().map(|(name, mut cases)| {
+        let first = cases.remove(0).setup(masquerade);
+        cases.insert(0, first);
+        Flow::new(name, cases)
+    });
+    run_flows(flows.collect());
 }
 
 fn configure(t: &mut ProgTest, cfg: DpConfig) -> Result<(), String> {
@@ -58,11 +73,15 @@ fn tcp_in(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
     packet::tcp(FROM_OUTSIDE, from, to, flags, 2000, 1001, b"")
 }
 
+/// The live flows, for a case's check.
+fn live(t: &ProgTest) -> Result<Vec<maps::Flow>, String> {
+    maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
 /// Checks the TCP state of the flow whose original source is `src`.
 fn state_is(src: Endpoint, state: &'static str) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
     move |t, _| {
-        let flows = maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let flows = live(t)?;
         let flow = flows
             .iter()
             .find(|f| (f.original.src, f.original.sport) == src)
@@ -80,8 +99,7 @@ fn state_is(src: Endpoint, state: &'static str) -> impl Fn(&ProgTest, &Run) -> R
 
 fn live_flows(n: usize) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
     move |t, _| {
-        let flows = maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let flows = live(t)?;
         if flows.len() == n {
             Ok(())
         } else {
@@ -110,21 +128,16 @@ fn dropped_once(reason: DropReason) -> impl Fn(&ProgTest, &Run) -> Result<(), St
 
 /// The external source port the egress program gave a packet.
 fn source_port_of(run: &Run) -> u16 {
-    match decode(&run.frame).expect("valid frame").l4 {
-        packet::L4::Tcp { src_port, .. } | packet::L4::Udp { src_port, .. } => src_port,
-        other => panic!("not TCP/UDP: {other:?}"),
-    }
+    endpoints_of(&run.frame).1.1
 }
 
 #[test]
 fn tcp_lifetime_through_the_nat() {
-    require_root();
     let flow = vec![
         out(
             "SYN out: source becomes the uplink address, port kept",
             tcp_out(C1, SERVER, TcpFlags::SYN),
         )
-        .setup(masquerade)
         .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
         .check(live_flows(1))
         .check(state_is(C1, "SYN_SENT")),
@@ -192,8 +205,7 @@ fn tcp_lifetime_through_the_nat() {
             .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
             .check(state_is(C1, "TIME_WAIT"))
             .check(|t, _| {
-                let flow = &maps::flows(t.ebpf(), t.now().map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?[0];
+                let flow = &live(t)?[0];
                 let want = (flow.original.packets, flow.reply.packets);
                 if want == (Some(5), Some(4)) {
                     Ok(())
@@ -202,19 +214,17 @@ fn tcp_lifetime_through_the_nat() {
                 }
             }),
     ];
-    run_flows(vec![Flow::new("tcp lifetime", flow)]);
+    run_masqueraded(vec![("tcp lifetime", flow)]);
 }
 
 #[test]
 fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
-    require_root();
     let short = DpConfig {
         tcp_close: 1,
         ..DpConfig::default()
     };
     let flow = vec![
         out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
-            .setup(masquerade)
             .setup(move |t| configure(t, short))
             .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
         inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
@@ -236,16 +246,18 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
         .setup(|t| t.advance_clock(2).map_err(|e| e.to_string()))
         .check(live_flows(0)),
     ];
-    run_flows(vec![Flow::new("rst", flow)]);
+    run_masqueraded(vec![("rst", flow)]);
 }
 
 #[test]
 fn udp_and_icmp_echo_round_trips() {
-    require_root();
     let udp = vec![
-        out("UDP out", packet::udp(TO_OUTSIDE, C1, SERVER, b"query"))
-            .setup(masquerade)
-            .output(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"query")),
+        out("UDP out", packet::udp(TO_OUTSIDE, C1, SERVER, b"query")).output(packet::udp(
+            TO_OUTSIDE,
+            ext(40000),
+            SERVER,
+            b"query",
+        )),
         inbound(
             "UDP back",
             packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"answer"),
@@ -263,7 +275,6 @@ fn udp_and_icmp_echo_round_trips() {
             "UDP without checksum out",
             zero(packet::udp(TO_OUTSIDE, C1, SERVER, b"q")),
         )
-        .setup(masquerade)
         .output(zero(packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"q"))),
         inbound(
             "UDP without checksum back",
@@ -276,7 +287,6 @@ fn udp_and_icmp_echo_round_trips() {
             "echo request out",
             packet::icmp_echo(TO_OUTSIDE, C1.0, SERVER.0, false, 7, 1, &[1; 56]),
         )
-        .setup(masquerade)
         .output(packet::icmp_echo(
             TO_OUTSIDE, EXT, SERVER.0, false, 7, 1, &[1; 56],
         )),
@@ -306,10 +316,10 @@ fn udp_and_icmp_echo_round_trips() {
             other => Err(format!("identifier not translated: {other:?}")),
         }),
     ];
-    run_flows(vec![
-        Flow::new("udp", udp),
-        Flow::new("udp zero checksum", udp_zero),
-        Flow::new("ping", ping),
+    run_masqueraded(vec![
+        ("udp", udp),
+        ("udp zero checksum", udp_zero),
+        ("ping", ping),
     ]);
 }
 
@@ -323,53 +333,32 @@ fn loaded(cfg: DpConfig) -> ProgTest {
 fn same_source_port_from_two_containers_gets_two_external_ports() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    let r1 = run(
+    let syn = |from| tcp_out(from, SERVER, TcpFlags::SYN);
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN),
-    );
-    assert_run(
         "C1 keeps its port",
-        &r1,
-        verdict::NEXT,
-        &tcp_out(ext(40000), SERVER, TcpFlags::SYN),
+        &syn(C1),
+        &syn(ext(40000)),
     );
-    let r2 = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C2, SERVER, TcpFlags::SYN),
-    );
+    let r2 = run(&mut t, Hook::UplinkEgress, &syn(C2));
     let p2 = source_port_of(&r2);
     assert_ne!(p2, 40000, "C2 must not share C1's external port");
-    assert_run(
-        "C2 gets another port",
-        &r2,
-        verdict::NEXT,
-        &tcp_out(ext(p2), SERVER, TcpFlags::SYN),
-    );
+    assert_run("C2 gets another port", &r2, verdict::NEXT, &syn(ext(p2)));
     // Each reply reaches its own container.
-    let back2 = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(SERVER, ext(p2), TcpFlags::SYN_ACK),
-    );
-    assert_run(
-        "reply to C2's port",
-        &back2,
-        verdict::NEXT,
-        &tcp_in(SERVER, C2, TcpFlags::SYN_ACK),
-    );
-    let back1 = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK),
-    );
-    assert_run(
-        "reply to C1's port",
-        &back1,
-        verdict::NEXT,
-        &tcp_in(SERVER, C1, TcpFlags::SYN_ACK),
-    );
+    let synack = |to| tcp_in(SERVER, to, TcpFlags::SYN_ACK);
+    for (what, port, c) in [
+        ("reply to C2's port", p2, C2),
+        ("reply to C1's port", 40000, C1),
+    ] {
+        passes(
+            &mut t,
+            Hook::UplinkIngress,
+            what,
+            &synack(ext(port)),
+            &synack(c),
+        );
+    }
 }
 
 #[test]
@@ -377,39 +366,25 @@ fn one_container_keeps_one_external_port_for_every_destination() {
     require_root();
     let mut t = loaded(DpConfig::default());
     // Force a translated port: C2 takes 40000 first, so C1 cannot keep it.
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
-    );
-    let r1 = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"a"),
-    );
-    let p = source_port_of(&r1);
+    run(&mut t, Hook::UplinkEgress, &udp_out(C2, SERVER, b"x"));
+    let p = source_port_of(&run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"a")));
     assert_ne!(p, 40000);
-    let r2 = run(
+    let what = "the second destination sees the same external port (endpoint-independent mapping)";
+    let want = udp_out(ext(p), SERVER2, b"b");
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER2, b"b"),
+        what,
+        &udp_out(C1, SERVER2, b"b"),
+        &want,
     );
-    assert_run(
-        "the second destination sees the same external port (endpoint-independent mapping)",
-        &r2,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(p), SERVER2, b"b"),
-    );
-    let back = run(
+    let back = udp_in(SERVER2, ext(p), b"c");
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER2, ext(p), b"c"),
-    );
-    assert_run(
         "the reply returns",
         &back,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"c"),
+        &udp_in(SERVER2, C1, b"c"),
     );
 }
 
@@ -424,11 +399,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
     let mut t = loaded(cfg);
     let mut ports = Vec::new();
     for c in [C1, C2, C3] {
-        let r = run(
-            &mut t,
-            Hook::UplinkEgress,
-            &packet::udp(TO_OUTSIDE, c, SERVER, b"x"),
-        );
+        let r = run(&mut t, Hook::UplinkEgress, &udp_out(c, SERVER, b"x"));
         assert_eq!(r.verdict, verdict::NEXT);
         ports.push(source_port_of(&r));
     }
@@ -438,11 +409,7 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
         vec![40000, 61000, 61001],
         "the original port, then the whole range"
     );
-    let r = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C4, SERVER, b"x"),
-    );
+    let r = run(&mut t, Hook::UplinkEgress, &udp_out(C4, SERVER, b"x"));
     assert_eq!(
         r.verdict,
         verdict::SHOT,
@@ -459,17 +426,13 @@ fn a_tiny_port_range_is_used_up_and_then_drops_are_counted() {
             .iter()
             .find(|(_, v)| maps::addr_of(v.int_addr()) == c.0)
             .expect("claim");
-        let port = u16::from_be(claim.0.ext_port);
-        let back = run(
+        let back = udp_in(SERVER, ext(u16::from_be(claim.0.ext_port)), b"y");
+        passes(
             &mut t,
             Hook::UplinkIngress,
-            &packet::udp(FROM_OUTSIDE, SERVER, ext(port), b"y"),
-        );
-        assert_run(
             "reply",
             &back,
-            verdict::NEXT,
-            &packet::udp(FROM_OUTSIDE, SERVER, c, b"y"),
+            &udp_in(SERVER, c, b"y"),
         );
     }
 }
@@ -482,39 +445,24 @@ fn filtering_is_address_and_port_dependent_unless_configured_otherwise() {
             filtering,
             ..DpConfig::default()
         });
-        run(
-            &mut t,
-            Hook::UplinkEgress,
-            &packet::udp(TO_OUTSIDE, C1, SERVER, b"hello"),
-        );
-        let stranger = packet::udp(FROM_OUTSIDE, SERVER2, ext(40000), b"unsolicited");
-        let r = run(&mut t, Hook::UplinkIngress, &stranger);
+        run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"hello"));
+        let stranger = udp_in(SERVER2, ext(40000), b"unsolicited");
         if translated {
-            assert_run(
-                "endpoint-independent filtering lets a new remote in",
-                &r,
-                verdict::NEXT,
-                &packet::udp(FROM_OUTSIDE, SERVER2, C1, b"unsolicited"),
-            );
+            let what = "endpoint-independent filtering lets a new remote in";
+            let want = udp_in(SERVER2, C1, b"unsolicited");
+            passes(&mut t, Hook::UplinkIngress, what, &stranger, &want);
             // …and the container's answer goes out through the same mapping.
-            let answer = run(
+            let hi = udp_out(C1, SERVER2, b"hi");
+            passes(
                 &mut t,
                 Hook::UplinkEgress,
-                &packet::udp(TO_OUTSIDE, C1, SERVER2, b"hi"),
-            );
-            assert_run(
                 "answer",
-                &answer,
-                verdict::NEXT,
-                &packet::udp(TO_OUTSIDE, ext(40000), SERVER2, b"hi"),
+                &hi,
+                &udp_out(ext(40000), SERVER2, b"hi"),
             );
         } else {
-            assert_run(
-                "address-and-port-dependent filtering leaves it to the host",
-                &r,
-                verdict::NEXT,
-                &stranger,
-            );
+            let what = "address-and-port-dependent filtering leaves it to the host";
+            passes(&mut t, Hook::UplinkIngress, what, &stranger, &stranger);
         }
     }
 }
@@ -599,11 +547,7 @@ fn packets_that_would_leak_a_container_address_are_dropped_and_counted() {
 fn an_expired_entry_counts_as_absent() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"x"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"x"));
     // Age both entries past their expiry.
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
     assert_eq!(entries.len(), 2);
@@ -614,14 +558,9 @@ fn an_expired_entry_counts_as_absent() {
         };
         maps::insert_conntrack(t.ebpf_mut(), &k, &old).expect("age entry");
     }
-    let late = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late");
-    let r = run(&mut t, Hook::UplinkIngress, &late);
-    assert_run(
-        "a reply to an expired flow is not translated",
-        &r,
-        verdict::NEXT,
-        &late,
-    );
+    let late = udp_in(SERVER, ext(40000), b"late");
+    let what = "a reply to an expired flow is not translated";
+    passes(&mut t, Hook::UplinkIngress, what, &late, &late);
     assert!(
         maps::flows(t.ebpf(), maps::monotonic_now())
             .expect("flows")
@@ -738,16 +677,8 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 fn icmp_errors_about_translated_ports_restore_them() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C2, SERVER, b"x"),
-    );
-    let left = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C2, SERVER, b"x"));
+    let left = run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
     let p = source_port_of(&left);
     assert_ne!(p, 40000);
     let error = packet::icmp_error(
@@ -786,29 +717,32 @@ fn a_fragmented_datagram_crosses_in_both_directions() {
     require_root();
     let mut t = loaded(DpConfig::default());
     let payload: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
-    let datagram = packet::udp(TO_OUTSIDE, C1, SERVER, &payload);
-    let expected = packet::fragment(
-        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, &payload),
-        1480,
-        7,
-    );
-    for (i, (frag, want)) in packet::fragment(&datagram, 1480, 7)
-        .iter()
-        .zip(&expected)
-        .enumerate()
-    {
-        let r = run(&mut t, Hook::UplinkEgress, frag);
-        assert_run(&format!("outbound fragment {i}"), &r, verdict::NEXT, want);
-    }
-    let reply = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &payload);
-    let expected = packet::fragment(&packet::udp(FROM_OUTSIDE, SERVER, C1, &payload), 1480, 8);
-    for (i, (frag, want)) in packet::fragment(&reply, 1480, 8)
-        .iter()
-        .zip(&expected)
-        .enumerate()
-    {
-        let r = run(&mut t, Hook::UplinkIngress, frag);
-        assert_run(&format!("inbound fragment {i}"), &r, verdict::NEXT, want);
+    // Each way: the datagram, what it must come out as, and the fragments' IP identifier.
+    let ways = [
+        (
+            "outbound",
+            Hook::UplinkEgress,
+            udp_out(C1, SERVER, &payload),
+            udp_out(ext(40000), SERVER, &payload),
+            7,
+        ),
+        (
+            "inbound",
+            Hook::UplinkIngress,
+            udp_in(SERVER, ext(40000), &payload),
+            udp_in(SERVER, C1, &payload),
+            8,
+        ),
+    ];
+    for (way, hook, datagram, translated, ident) in ways {
+        let expected = packet::fragment(&translated, 1480, ident);
+        for (i, (frag, want)) in packet::fragment(&datagram, 1480, ident)
+            .iter()
+            .zip(&expected)
+            .enumerate()
+        {
+            passes(&mut t, hook, &format!("{way} fragment {i}"), frag, want);
+        }
     }
 }
 
@@ -822,20 +756,8 @@ fn conntrack_entries_hold_both_directions_with_counters() {
         &tcp_out(C1, SERVER, TcpFlags::SYN),
     );
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
-    let orig = CtKey::new(
-        maps::raw_addr(C1.0),
-        maps::raw_addr(SERVER.0),
-        40000u16.to_be(),
-        80u16.to_be(),
-        PROTO_TCP,
-    );
-    let reply = CtKey::new(
-        maps::raw_addr(SERVER.0),
-        maps::raw_addr(EXT),
-        80u16.to_be(),
-        40000u16.to_be(),
-        PROTO_TCP,
-    );
+    let orig = ct_key(C1, SERVER, PROTO_TCP);
+    let reply = ct_key(SERVER, ext(40000), PROTO_TCP);
     let find = |k: &CtKey| entries.iter().find(|(key, _)| key == k).map(|(_, e)| *e);
     let o = find(&orig).expect("original direction entry");
     let r = find(&reply).expect("reply direction entry");
@@ -859,11 +781,7 @@ fn conntrack_entries_hold_both_directions_with_counters() {
 /// CLOCK_MONOTONIC read just before and after the packet.
 fn created_second_follows_clock_monotonic(t: &mut ProgTest) {
     let before = maps::monotonic_now();
-    run(
-        t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"now"),
-    );
+    run(t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"now"));
     let after = maps::monotonic_now();
     let entries = maps::conntrack_entries(t.ebpf()).expect("entries");
     let (_, e) = entries.first().expect("a flow");
@@ -907,11 +825,7 @@ fn without_a_calibration_the_programs_read_the_clock_helper() {
 fn an_advanced_clock_expires_flows_without_waiting() {
     require_root();
     let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"x"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"x"));
     let live = |t: &ProgTest| {
         maps::flows(t.ebpf(), t.now().expect("now"))
             .expect("flows")
@@ -924,13 +838,6 @@ fn an_advanced_clock_expires_flows_without_waiting() {
     t.advance_clock(20).expect("advance");
     assert_eq!(live(&t), 0, "the flow outlived its timeout");
     // The programs agree: the reply is not translated any more.
-    let reply = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late"),
-    );
-    assert_eq!(
-        reply.frame,
-        packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"late")
-    );
+    let late = udp_in(SERVER, ext(40000), b"late");
+    assert_eq!(run(&mut t, Hook::UplinkIngress, &late).frame, late);
 }

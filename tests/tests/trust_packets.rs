@@ -11,29 +11,39 @@ use std::net::Ipv4Addr;
 use netfast::{
     common::{
         DropReason, Hook,
-        config::{DpConfig, Endpoint as EndpointInfo, NET_F_MASQUERADE, NetInfo},
-        conntrack::{CtKey, PROTO_TCP, PROTO_UDP},
+        config::{DpConfig, Endpoint as EndpointInfo, NET_F_MASQUERADE},
+        conntrack::{PROTO_TCP, PROTO_UDP},
         stats::Event,
         verdict,
     },
     maps,
     prog_test::{
         ProgTest, Run,
-        fixture::assert_run,
         packet::{self, Endpoint, FROM_CONTAINER, FROM_OUTSIDE, TO_OUTSIDE, TcpFlags, decode},
     },
 };
 use netfast_tests::{
-    packets::{C1, C2, DEV, EXT, SERVER, dropped, event, ext, load, masquerade, publish, run_on},
+    packets::{
+        self, C1, C2, DEV, EXT, SERVER, dropped, endpoints_of, event, evict, ext, masquerade,
+        publish, run_on, set_network, tcp_data, udp_in, udp_out, udp_source,
+    },
     require_root,
 };
 
 const WEB: Endpoint = (Ipv4Addr::new(172, 18, 0, 2), 80);
 const CLIENT: Endpoint = (Ipv4Addr::new(192, 0, 2, 50), 55555);
+/// A second masqueraded network, behind the same address.
+const OTHER_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 19, 0, 0), 24);
 
-/// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device.
-fn loaded(cfg: DpConfig) -> ProgTest {
-    let mut t = load(&cfg);
+/// 172.18.0.0/24 masqueraded behind EXT; bridge and uplink are the test device. Panics
+/// unless the test runs as root.
+fn loaded() -> ProgTest {
+    require_root();
+    provisioned(packets::load(&DpConfig::default()))
+}
+
+/// `t` with 172.18.0.0/24 masqueraded behind EXT, the host's address EXT.
+fn provisioned(mut t: ProgTest) -> ProgTest {
     masquerade(&mut t, DEV, DEV);
     maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
     t
@@ -42,6 +52,11 @@ fn loaded(cfg: DpConfig) -> ProgTest {
 /// Runs `hook` on `frame` on the test device.
 fn run(t: &mut ProgTest, hook: Hook, frame: &[u8]) -> Run {
     run_on(t, hook, frame, DEV)
+}
+
+/// Runs `hook` on `frame` on the test device; it must pass as exactly `want`.
+fn passes(t: &mut ProgTest, hook: Hook, what: &str, frame: &[u8], want: &[u8]) -> Run {
+    packets::passes_on(t, DEV, hook, what, frame, want)
 }
 
 fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags, seq: u32, ack: u32) -> Vec<u8> {
@@ -59,6 +74,19 @@ fn rst_ack() -> TcpFlags {
     }
 }
 
+/// Tells the fast path that the container at `addr` is behind the test device, with the test
+/// frames' MACs and `mtu`.
+fn fast_path_knows(t: &mut ProgTest, addr: Ipv4Addr, mtu: u16) {
+    let ep = EndpointInfo {
+        ifindex: DEV,
+        mac: packet::CONTAINER_MAC,
+        gw_mac: packet::BRIDGE_MAC,
+        mtu,
+        _pad: 0,
+    };
+    maps::set_endpoint(t.ebpf_mut(), addr, &ep).expect("endpoint");
+}
+
 /// The state of the live flow whose original source is `src`.
 fn state_of(t: &ProgTest, src: Endpoint) -> Option<&'static str> {
     maps::flows(t.ebpf(), t.now().expect("now"))
@@ -70,42 +98,36 @@ fn state_of(t: &ProgTest, src: Endpoint) -> Option<&'static str> {
 
 #[test]
 fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
+    let on_loopback = (Ipv4Addr::LOCALHOST, 5432);
     publish(
         &mut t,
-        Some(Ipv4Addr::LOCALHOST),
+        Some(on_loopback.0),
         5432,
         PROTO_TCP,
         (WEB.0, 5432),
         0,
     );
-    // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
-    let syn = tcp_in(CLIENT, (Ipv4Addr::LOCALHOST, 5432), TcpFlags::SYN, 1, 0);
-    let r = run(&mut t, Hook::UplinkIngress, &syn);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a packet for 127.0.0.1 from outside"
-    );
-    assert_eq!(dropped(&t, DropReason::LoopbackFromNetwork), 1);
-    // Nor from a container, through the bridge (only the host's sockets reach it).
-    let from_ct = packet::tcp(
-        FROM_CONTAINER,
-        C2,
-        (Ipv4Addr::LOCALHOST, 5432),
-        TcpFlags::SYN,
-        1,
-        0,
-        b"",
-    );
-    let r = run(&mut t, Hook::BridgeIngress, &from_ct);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a container's packet for 127.0.0.1"
-    );
-    assert_eq!(dropped(&t, DropReason::ToHostLoopback), 1);
+    for (hook, frame, what, reason) in [
+        // moby#45610: a SYN to 127.0.0.1:5432 sent at layer 2 to the uplink's MAC.
+        (
+            Hook::UplinkIngress,
+            tcp_in(CLIENT, on_loopback, TcpFlags::SYN, 1, 0),
+            "a packet for 127.0.0.1 from outside",
+            DropReason::LoopbackFromNetwork,
+        ),
+        // Nor from a container, through the bridge (only the host's sockets reach it).
+        (
+            Hook::BridgeIngress,
+            packet::tcp(FROM_CONTAINER, C2, on_loopback, TcpFlags::SYN, 1, 0, b""),
+            "a container's packet for 127.0.0.1",
+            DropReason::ToHostLoopback,
+        ),
+    ] {
+        let r = run(&mut t, hook, &frame);
+        assert_eq!(r.verdict, verdict::SHOT, "{what}");
+        assert_eq!(dropped(&t, reason), 1, "{what}");
+    }
     assert!(
         maps::conntrack_entries(t.ebpf())
             .expect("entries")
@@ -115,96 +137,106 @@ fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
 
 #[test]
 fn an_expired_flow_is_not_revived_onto_the_mapping_another_container_took_over() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    let hello = |from| packet::udp(TO_OUTSIDE, from, SERVER, b"hello");
-    let r = run(&mut t, Hook::UplinkEgress, &hello(C1));
-    assert_run(
+    let mut t = loaded();
+    let hello = |from| udp_out(from, SERVER, b"hello");
+    let as_ext = hello(ext(40000));
+    passes(
+        &mut t,
+        Hook::UplinkEgress,
         "C1 leaves as EXT:40000",
-        &r,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"hello"),
+        &hello(C1),
+        &as_ext,
     );
     // C1's flow and mapping expire; C2, from the same port to the same server, takes the
     // external port over.
     t.advance_clock(DpConfig::DEFAULT_UDP * 2).expect("advance");
-    let r = run(&mut t, Hook::UplinkEgress, &hello(C2));
-    assert_run(
+    passes(
+        &mut t,
+        Hook::UplinkEgress,
         "C2 takes EXT:40000",
-        &r,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"hello"),
+        &hello(C2),
+        &as_ext,
     );
     // C1 speaks again: its dead entry points at a reply entry that is C2's now. It must not
     // come back to life on C2's external endpoint: it gets a mapping of its own.
     let r = run(&mut t, Hook::UplinkEgress, &hello(C1));
     assert_eq!(r.verdict, verdict::NEXT);
-    let out = decode(&r.frame).expect("a valid frame");
-    let packet::L4::Udp { src_port, .. } = out.l4 else {
-        panic!("not UDP: {out:?}");
-    };
-    assert_eq!(out.src, EXT);
+    let (src, src_port) = udp_source(&r);
+    assert_eq!(src, EXT);
     assert_ne!(src_port, 40000, "C1 shares C2's external endpoint");
     // And the server's answer to EXT:40000 is C2's.
-    let r = run(
+    let hi = udp_in(SERVER, ext(40000), b"hi");
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"hi"),
-    );
-    assert_run(
         "EXT:40000 is C2's",
-        &r,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, SERVER, C2, b"hi"),
+        &hi,
+        &udp_in(SERVER, C2, b"hi"),
     );
+}
+
+/// C1's SYN to SERVER, sequence 1000, out through the uplink (as EXT:40000).
+fn syn_out(t: &mut ProgTest) -> Run {
+    run(
+        t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+    )
 }
 
 /// An established masqueraded connection C1 → SERVER: the client's sequence starts at
 /// 1000, the server's at 5000, and the server has sent 100 bytes.
 fn established(t: &mut ProgTest) {
-    run(
-        t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-    );
-    run(
-        t,
-        Hook::UplinkIngress,
-        &tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, 5000, 1001),
-    );
-    run(
-        t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::ACK, 1001, 5001),
-    );
-    let data = packet::tcp(
-        FROM_OUTSIDE,
-        SERVER,
-        ext(40000),
-        TcpFlags::PSH_ACK,
-        5001,
-        1001,
-        &[7; 100],
-    );
+    let handshake = [
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
+        ),
+        (
+            Hook::UplinkIngress,
+            tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, 5000, 1001),
+        ),
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::ACK, 1001, 5001),
+        ),
+    ];
+    for (hook, frame) in handshake {
+        run(t, hook, &frame);
+    }
+    let data = tcp_data(FROM_OUTSIDE, (SERVER, ext(40000)), 5001, 1001, &[7; 100]);
     run(t, Hook::UplinkIngress, &data);
+    assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
+}
+
+/// The [`established`] connection loses the conntrack entry of `lost` (source, destination);
+/// its next segment, `frame` through `hook` (`what`), passes as `want`, the flow repaired
+/// and still established.
+fn repaired_after_losing(
+    t: &mut ProgTest,
+    lost: (Endpoint, Endpoint),
+    (hook, what): (Hook, &str),
+    frame: &[u8],
+    want: &[u8],
+) {
+    established(t);
+    evict(t, lost.0, lost.1, PROTO_TCP);
+    passes(t, hook, what, frame, want);
+    assert_eq!(event(t, Event::CtRepaired), 1);
     assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
 }
 
 #[test]
 fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     established(&mut t);
     for seq in [
         123_456_789u32,
         5101 + 10_000_000,
         5101u32.wrapping_sub(200_000),
     ] {
-        let r = run(
-            &mut t,
-            Hook::UplinkIngress,
-            &tcp_in(SERVER, ext(40000), TcpFlags::RST, seq, 0),
-        );
+        let blind = tcp_in(SERVER, ext(40000), TcpFlags::RST, seq, 0);
+        let r = run(&mut t, Hook::UplinkIngress, &blind);
         assert_eq!(r.verdict, verdict::SHOT, "a RST with sequence {seq}");
     }
     assert_eq!(dropped(&t, DropReason::TcpRstOutOfWindow), 3);
@@ -215,25 +247,15 @@ fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
     );
     // The server's own RST carries the sequence it has reached.
     let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, 5101, 0);
-    let r = run(&mut t, Hook::UplinkIngress, &rst);
-    assert_run(
-        "the server's RST",
-        &r,
-        verdict::NEXT,
-        &tcp_in(SERVER, C1, TcpFlags::RST, 5101, 0),
-    );
+    let want = tcp_in(SERVER, C1, TcpFlags::RST, 5101, 0);
+    passes(&mut t, Hook::UplinkIngress, "the server's RST", &rst, &want);
     assert_eq!(state_of(&t, C1), Some("CLOSE"));
 }
 
 #[test]
 fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-    );
+    let mut t = loaded();
+    syn_out(&mut t);
     // A forged refusal that does not acknowledge the SYN is not believed.
     let forged = tcp_in(SERVER, ext(40000), rst_ack(), 0, 777);
     assert_eq!(
@@ -242,34 +264,23 @@ fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
     );
     assert_eq!(state_of(&t, C1), Some("SYN_SENT"));
     let refused = tcp_in(SERVER, ext(40000), rst_ack(), 0, 1001);
-    let r = run(&mut t, Hook::UplinkIngress, &refused);
-    assert_run(
+    let want = tcp_in(SERVER, C1, rst_ack(), 0, 1001);
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
         "connection refused",
-        &r,
-        verdict::NEXT,
-        &tcp_in(SERVER, C1, rst_ack(), 0, 1001),
+        &refused,
+        &want,
     );
     assert_eq!(state_of(&t, C1), Some("CLOSE"));
 }
 
 #[test]
 fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     // C1 talks to SERVER through EXT:40000, and the fast path knows C1's veth.
-    let ep = EndpointInfo {
-        ifindex: DEV,
-        mac: packet::CONTAINER_MAC,
-        gw_mac: packet::BRIDGE_MAC,
-        mtu: 1500,
-        _pad: 0,
-    };
-    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
-    );
+    fast_path_knows(&mut t, C1.0, 1500);
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
     // C2 forges SERVER's answer to C1's mapping from inside: once, it was fast-pathed
     // straight into C1 (redirect_peer), past the host's reverse-path filter.
     let forged = packet::udp(FROM_CONTAINER, SERVER, ext(40000), b"forged");
@@ -277,24 +288,14 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
     assert_eq!(r.verdict, verdict::SHOT, "a forged source from a container");
     assert_eq!(dropped(&t, DropReason::SpoofedSource), 1);
     // A container of another network, forging C1's own address, is dropped as well.
-    let other = NetInfo {
-        id: 2,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: DEV,
-        bridge_ifindex: 77,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 19, 0, 0), 24, &other).expect("network");
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(
-            FROM_CONTAINER,
-            (Ipv4Addr::new(172, 19, 0, 2), 1),
-            SERVER,
-            b"x",
-        ),
+    set_network(&mut t, OTHER_NET, 2, NET_F_MASQUERADE, DEV, 77);
+    let across = packet::udp(
+        FROM_CONTAINER,
+        (Ipv4Addr::new(172, 19, 0, 2), 1),
+        SERVER,
+        b"x",
     );
+    let r = run(&mut t, Hook::BridgeIngress, &across);
     assert_eq!(
         r.verdict,
         verdict::SHOT,
@@ -303,113 +304,55 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
     assert_eq!(dropped(&t, DropReason::SpoofedSource), 2);
     // From outside, a packet carrying C1's own tuple is not C1's flow either: the uplink's
     // ingress uses only entries for packets that arrive there.
-    let inside_out = packet::udp(FROM_OUTSIDE, C1, SERVER, b"reflect");
-    let r = run(&mut t, Hook::UplinkIngress, &inside_out);
-    assert_run("C1's tuple from outside", &r, verdict::NEXT, &inside_out);
+    let inside_out = udp_in(C1, SERVER, b"reflect");
+    let what = "C1's tuple from outside";
+    passes(&mut t, Hook::UplinkIngress, what, &inside_out, &inside_out);
     // The genuine answer, from outside, still reaches C1.
     let r = run(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"a"),
+        &udp_in(SERVER, ext(40000), b"a"),
     );
     assert_eq!(decode(&r.frame).expect("frame").dst, C1.0);
 }
 
 #[test]
 fn one_client_port_to_two_publications_of_one_container_port_gets_both() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
     publish(&mut t, None, 8081, PROTO_TCP, WEB, 0);
-    let r = run(
+    let syn = |to| tcp_in(CLIENT, to, TcpFlags::SYN, 1, 0);
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 1, 0),
-    );
-    assert_run(
         "8080",
-        &r,
-        verdict::NEXT,
-        &tcp_in(CLIENT, WEB, TcpFlags::SYN, 1, 0),
+        &syn(ext(8080)),
+        &syn(WEB),
     );
     // The same client port to 8081: WEB's replies to CLIENT:55555 would be ambiguous, so
     // the client's source port is translated as well (as Linux does).
-    let r = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8081), TcpFlags::SYN, 1, 0),
-    );
+    let r = run(&mut t, Hook::UplinkIngress, &syn(ext(8081)));
     assert_eq!(r.verdict, verdict::NEXT, "the second flow was dropped");
-    let seen = decode(&r.frame).expect("frame");
-    let packet::L4::Tcp {
-        src_port, dst_port, ..
-    } = seen.l4
-    else {
-        panic!("not TCP: {seen:?}");
-    };
-    assert_eq!((seen.src, seen.dst, dst_port), (CLIENT.0, WEB.0, 80));
+    let (proto, (src, src_port), seen_dst) = endpoints_of(&r.frame);
+    assert_eq!(proto, PROTO_TCP, "not TCP");
+    assert_eq!((src, seen_dst), (CLIENT.0, WEB));
     assert_ne!(src_port, CLIENT.1);
     // Each flow's replies go back through its own published port.
     for (port, client_port) in [(8080, CLIENT.1), (8081, src_port)] {
-        let reply = packet::tcp(
-            TO_OUTSIDE,
-            WEB,
-            (CLIENT.0, client_port),
-            TcpFlags::SYN_ACK,
-            9,
-            2,
-            b"",
-        );
-        let r = run(&mut t, Hook::UplinkEgress, &reply);
-        assert_run(
-            &format!("the reply through {port}"),
-            &r,
-            verdict::NEXT,
-            &tcp_out(ext(port), CLIENT, TcpFlags::SYN_ACK, 9, 2),
-        );
+        let reply = tcp_out(WEB, (CLIENT.0, client_port), TcpFlags::SYN_ACK, 9, 2);
+        let want = tcp_out(ext(port), CLIENT, TcpFlags::SYN_ACK, 9, 2);
+        let what = format!("the reply through {port}");
+        passes(&mut t, Hook::UplinkEgress, &what, &reply, &want);
     }
 }
 
 #[test]
 fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    established(&mut t);
+    let mut t = loaded();
     // The LRU evicts the original entry of C1's flow (a flood, say).
-    let orig = CtKey::new(
-        maps::raw_addr(C1.0),
-        maps::raw_addr(SERVER.0),
-        C1.1.to_be(),
-        SERVER.1.to_be(),
-        PROTO_TCP,
-    );
-    maps::remove_conntrack(t.ebpf_mut(), &[orig]).expect("evict");
-    let data = packet::tcp(
-        TO_OUTSIDE,
-        C1,
-        SERVER,
-        TcpFlags::PSH_ACK,
-        1001,
-        5101,
-        b"more",
-    );
-    let r = run(&mut t, Hook::UplinkEgress, &data);
-    assert_run(
-        "C1's next segment",
-        &r,
-        verdict::NEXT,
-        &packet::tcp(
-            TO_OUTSIDE,
-            ext(40000),
-            SERVER,
-            TcpFlags::PSH_ACK,
-            1001,
-            5101,
-            b"more",
-        ),
-    );
-    assert_eq!(event(&t, Event::CtRepaired), 1);
-    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+    let next = |from| tcp_data(TO_OUTSIDE, (from, SERVER), 1001, 5101, b"more");
+    let step = (Hook::UplinkEgress, "C1's next segment");
+    repaired_after_losing(&mut t, (C1, SERVER), step, &next(C1), &next(ext(40000)));
     assert_eq!(dropped(&t, DropReason::CtInsertFailed), 0);
     // A published flow's client side, restored by a segment that is not a SYN.
     publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
@@ -418,34 +361,17 @@ fn a_flow_that_lost_an_entry_is_repaired_not_dropped_for_the_rest_of_its_life() 
         Hook::UplinkIngress,
         &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 1, 0),
     );
-    let client = CtKey::new(
-        maps::raw_addr(CLIENT.0),
-        maps::raw_addr(EXT),
-        CLIENT.1.to_be(),
-        8080u16.to_be(),
-        PROTO_TCP,
-    );
-    maps::remove_conntrack(t.ebpf_mut(), &[client]).expect("evict");
+    evict(&mut t, CLIENT, ext(8080), PROTO_TCP);
     let ack = tcp_in(CLIENT, ext(8080), TcpFlags::ACK, 2, 10);
-    let r = run(&mut t, Hook::UplinkIngress, &ack);
-    assert_run(
-        "the client's ACK",
-        &r,
-        verdict::NEXT,
-        &tcp_in(CLIENT, WEB, TcpFlags::ACK, 2, 10),
-    );
+    let want = tcp_in(CLIENT, WEB, TcpFlags::ACK, 2, 10);
+    passes(&mut t, Hook::UplinkIngress, "the client's ACK", &ack, &want);
     assert_eq!(event(&t, Event::CtRepaired), 2);
 }
 
 #[test]
 fn an_icmp_error_in_a_padded_frame_keeps_a_valid_checksum() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-    );
+    let mut t = loaded();
+    syn_out(&mut t);
     // A router's time-exceeded about the SYN as it left, quoting its IP header and only the
     // first 8 bytes of TCP (RFC 792), in a frame with 16 bytes of padding after the packet.
     let sent = tcp_out(ext(40000), SERVER, TcpFlags::SYN, 1000, 0);
@@ -466,141 +392,105 @@ fn an_icmp_error_in_a_padded_frame_keeps_a_valid_checksum() {
 #[test]
 fn a_udp_flow_is_tracked_both_ways_after_all_this() {
     // Sanity: nothing above broke the plain case.
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    let r = run(
+    let mut t = loaded();
+    let ping = udp_out(C1, SERVER, b"ping");
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"ping"),
-    );
-    assert_run(
         "out",
-        &r,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(40000), SERVER, b"ping"),
+        &ping,
+        &udp_out(ext(40000), SERVER, b"ping"),
     );
-    let r = run(
+    let pong = udp_in(SERVER, ext(40000), b"pong");
+    passes(
         &mut t,
         Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, SERVER, ext(40000), b"pong"),
-    );
-    assert_run(
         "back",
-        &r,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, SERVER, C1, b"pong"),
+        &pong,
+        &udp_in(SERVER, C1, b"pong"),
     );
-    let _ = PROTO_UDP;
 }
 
 #[test]
 fn the_hosts_own_flow_never_shares_a_containers_external_endpoint() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
+    let mut t = loaded();
     // C1 holds EXT:40000 towards a DNS server.
     let dns: Endpoint = (Ipv4Addr::new(203, 0, 113, 53), 53);
-    let r = run(
+    let q1 = udp_out(C1, dns, b"q1");
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, dns, b"q1"),
-    );
-    assert_run(
         "C1's query",
-        &r,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q1"),
+        &q1,
+        &udp_out(ext(40000), dns, b"q1"),
     );
     // Then the host binds EXT:40000 itself and asks the same server: its query must not
     // leave as EXT:40000, or the answer would go to C1.
-    let r = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q2"),
-    );
+    let r = run(&mut t, Hook::UplinkEgress, &udp_out(ext(40000), dns, b"q2"));
     assert_eq!(r.verdict, verdict::NEXT);
-    let out = decode(&r.frame).expect("frame");
-    let packet::L4::Udp { src_port, .. } = out.l4 else {
-        panic!("not UDP: {out:?}");
-    };
-    assert_eq!(out.src, EXT);
+    let (src, src_port) = udp_source(&r);
+    assert_eq!(src, EXT);
     assert_ne!(
         src_port, 40000,
         "the host's flow shares C1's external endpoint"
     );
     assert_eq!(event(&t, Event::HostFlowRemapped), 1);
-    // Each answer reaches its asker.
-    let r = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, dns, ext(src_port), b"a2"),
-    );
-    assert_run(
-        "the host's answer",
-        &r,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, dns, ext(40000), b"a2"),
-    );
-    let r = run(
-        &mut t,
-        Hook::UplinkIngress,
-        &packet::udp(FROM_OUTSIDE, dns, ext(40000), b"a1"),
-    );
-    assert_run(
-        "C1's answer",
-        &r,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, dns, C1, b"a1"),
-    );
-    // The host's next query leaves from the same port as its first.
-    let r = run(
+    // Each answer reaches its asker, and the host's next query leaves from the same port as
+    // its first.
+    let steps = [
+        (
+            "the host's answer",
+            udp_in(dns, ext(src_port), b"a2"),
+            udp_in(dns, ext(40000), b"a2"),
+        ),
+        (
+            "C1's answer",
+            udp_in(dns, ext(40000), b"a1"),
+            udp_in(dns, C1, b"a1"),
+        ),
+    ];
+    for (what, frame, want) in steps {
+        passes(&mut t, Hook::UplinkIngress, what, &frame, &want);
+    }
+    let q3 = udp_out(ext(40000), dns, b"q3");
+    passes(
         &mut t,
         Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, ext(40000), dns, b"q3"),
-    );
-    assert_run(
         "again",
-        &r,
-        verdict::NEXT,
-        &packet::udp(TO_OUTSIDE, ext(src_port), dns, b"q3"),
+        &q3,
+        &udp_out(ext(src_port), dns, b"q3"),
     );
     // A host port no container holds is left alone.
-    let own = packet::udp(TO_OUTSIDE, ext(5353), dns, b"q4");
-    let r = run(&mut t, Hook::UplinkEgress, &own);
-    assert_run("a free host port", &r, verdict::NEXT, &own);
+    let own = udp_out(ext(5353), dns, b"q4");
+    passes(&mut t, Hook::UplinkEgress, "a free host port", &own, &own);
 }
 
 #[test]
 fn a_flood_of_unanswered_syns_cannot_push_out_an_established_flow() {
     require_root();
     // A small table: 64 flows (128 entries); the unanswered inbound flows have their own.
-    let mut t = ProgTest::load_sized(64, &DpConfig::default())
+    let t = ProgTest::load_sized(64, &DpConfig::default())
         .unwrap_or_else(|e| panic!("load: {}", netfast::error::report(&e)));
-    let info = NetInfo {
-        id: 1,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: DEV,
-        bridge_ifindex: DEV,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 18, 0, 0), 24, &info).expect("network");
-    maps::set_host_addrs(t.ebpf_mut(), &[EXT]).expect("host addresses");
+    let mut t = provisioned(t);
     publish(&mut t, None, 8080, PROTO_TCP, WEB, 0);
     // A client's connection to the published port completes its handshake.
-    run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 100, 0),
-    );
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(WEB, CLIENT, TcpFlags::SYN_ACK, 900, 101),
-    );
-    run(
-        &mut t,
-        Hook::UplinkIngress,
-        &tcp_in(CLIENT, ext(8080), TcpFlags::ACK, 101, 901),
-    );
+    let handshake = [
+        (
+            Hook::UplinkIngress,
+            tcp_in(CLIENT, ext(8080), TcpFlags::SYN, 100, 0),
+        ),
+        (
+            Hook::UplinkEgress,
+            tcp_out(WEB, CLIENT, TcpFlags::SYN_ACK, 900, 101),
+        ),
+        (
+            Hook::UplinkIngress,
+            tcp_in(CLIENT, ext(8080), TcpFlags::ACK, 101, 901),
+        ),
+    ];
+    for (hook, frame) in handshake {
+        run(&mut t, hook, &frame);
+    }
     assert_eq!(event(&t, Event::InboundAnswered), 1);
     // 2000 SYNs from forged sources: each opens a flow the container would answer, but
     // none completes.
@@ -617,113 +507,43 @@ fn a_flood_of_unanswered_syns_cannot_push_out_an_established_flow() {
     }
     assert_eq!(event(&t, Event::InboundOpened), 2001);
     // The established connection still carries data both ways.
-    let data = packet::tcp(
-        FROM_OUTSIDE,
-        CLIENT,
-        ext(8080),
-        TcpFlags::PSH_ACK,
-        101,
-        901,
-        b"GET",
-    );
-    let r = run(&mut t, Hook::UplinkIngress, &data);
-    assert_run(
-        "the client's data after the flood",
-        &r,
-        verdict::NEXT,
-        &packet::tcp(
-            FROM_OUTSIDE,
-            CLIENT,
-            WEB,
-            TcpFlags::PSH_ACK,
-            101,
-            901,
-            b"GET",
-        ),
-    );
-    let r = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(WEB, CLIENT, TcpFlags::ACK, 901, 104),
-    );
-    assert_run(
-        "the answer",
-        &r,
-        verdict::NEXT,
-        &tcp_out(ext(8080), CLIENT, TcpFlags::ACK, 901, 104),
-    );
+    let data = tcp_data(FROM_OUTSIDE, (CLIENT, ext(8080)), 101, 901, b"GET");
+    let want = tcp_data(FROM_OUTSIDE, (CLIENT, WEB), 101, 901, b"GET");
+    let what = "the client's data after the flood";
+    passes(&mut t, Hook::UplinkIngress, what, &data, &want);
+    let answer = tcp_out(WEB, CLIENT, TcpFlags::ACK, 901, 104);
+    let want = tcp_out(ext(8080), CLIENT, TcpFlags::ACK, 901, 104);
+    passes(&mut t, Hook::UplinkEgress, "the answer", &answer, &want);
     assert_eq!(state_of(&t, CLIENT), Some("ESTABLISHED"));
 }
 
 #[test]
 fn a_masqueraded_flow_that_lost_its_reply_entry_is_repaired_by_the_next_answer() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    established(&mut t);
-    let reply = CtKey::new(
-        maps::raw_addr(SERVER.0),
-        maps::raw_addr(EXT),
-        SERVER.1.to_be(),
-        40000u16.to_be(),
-        PROTO_TCP,
+    let mut t = loaded();
+    let next = |to| tcp_data(FROM_OUTSIDE, (SERVER, to), 5101, 1001, b"x");
+    let step = (Hook::UplinkIngress, "the server's next segment");
+    repaired_after_losing(
+        &mut t,
+        (SERVER, ext(40000)),
+        step,
+        &next(ext(40000)),
+        &next(C1),
     );
-    maps::remove_conntrack(t.ebpf_mut(), &[reply]).expect("evict");
-    let data = packet::tcp(
-        FROM_OUTSIDE,
-        SERVER,
-        ext(40000),
-        TcpFlags::PSH_ACK,
-        5101,
-        1001,
-        b"x",
-    );
-    let r = run(&mut t, Hook::UplinkIngress, &data);
-    assert_run(
-        "the server's next segment",
-        &r,
-        verdict::NEXT,
-        &packet::tcp(
-            FROM_OUTSIDE,
-            SERVER,
-            C1,
-            TcpFlags::PSH_ACK,
-            5101,
-            1001,
-            b"x",
-        ),
-    );
-    assert_eq!(event(&t, Event::CtRepaired), 1);
-    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
 }
 
 /// C1 and C2 each hold a UDP mapping (EXT:40000 and EXT:40001) towards SERVER, and the fast
 /// path knows both (their veths are the test device here).
-fn two_mappings(cfg: DpConfig) -> ProgTest {
-    let mut t = loaded(cfg);
+fn two_mappings() -> ProgTest {
+    let mut t = loaded();
     for c in [C1, C2] {
-        let ep = EndpointInfo {
-            ifindex: DEV,
-            mac: packet::CONTAINER_MAC,
-            gw_mac: packet::BRIDGE_MAC,
-            mtu: 1500,
-            _pad: 0,
-        };
-        maps::set_endpoint(t.ebpf_mut(), c.0, &ep).expect("endpoint");
+        fast_path_knows(&mut t, c.0, 1500);
     }
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"a"),
-    );
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"a"));
     let c2 = (C2.0, 40001);
-    let r = run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, c2, SERVER, b"b"),
-    );
+    let r = run(&mut t, Hook::UplinkEgress, &udp_out(c2, SERVER, b"b"));
     assert_eq!(
         decode(&r.frame).expect("frame").l4,
-        packet::decode(&packet::udp(TO_OUTSIDE, ext(40001), SERVER, b"b"))
+        decode(&udp_out(ext(40001), SERVER, b"b"))
             .expect("frame")
             .l4
     );
@@ -733,123 +553,76 @@ fn two_mappings(cfg: DpConfig) -> ProgTest {
 /// The frame `run` put out, as delivered by redirect: its addresses and ports.
 fn delivered(r: &Run) -> (Endpoint, Endpoint) {
     assert_eq!(r.verdict, verdict::REDIRECT, "not forwarded by redirect");
-    let d = decode(&r.frame).expect("frame");
-    let packet::L4::Udp {
-        src_port, dst_port, ..
-    } = d.l4
-    else {
-        panic!("not UDP: {d:?}");
-    };
-    ((d.src, src_port), (d.dst, dst_port))
+    let (proto, src, dst) = endpoints_of(&r.frame);
+    assert_eq!(proto, PROTO_UDP, "not UDP");
+    (src, dst)
+}
+
+/// What a container's datagram from `from` to `to` is delivered as, through the bridge.
+fn hairpinned(t: &mut ProgTest, from: Endpoint, to: Endpoint, payload: &[u8]) -> Run {
+    run(
+        t,
+        Hook::BridgeIngress,
+        &packet::udp(FROM_CONTAINER, from, to, payload),
+    )
 }
 
 #[test]
 fn a_container_reaches_its_own_external_mapping_hairpinned() {
-    require_root();
-    let mut t = two_mappings(DpConfig::default());
+    let mut t = two_mappings();
     // RFC 4787 REQ-9 (what turnutils_natdiscovery -H checks): C1 sends to its own external
     // endpoint and gets it back, from that endpoint.
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(FROM_CONTAINER, C1, ext(40000), b"me"),
-    );
+    let r = hairpinned(&mut t, C1, ext(40000), b"me");
     assert_eq!(delivered(&r), (ext(40000), C1));
 }
 
 #[test]
 fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
-    require_root();
-    let mut t = two_mappings(DpConfig::default());
+    let mut t = two_mappings();
     let c2 = (C2.0, 40001);
     // Within a network: straight through (RFC 5780's hairpinning test sends from a second
     // port of one host).
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(FROM_CONTAINER, c2, ext(40000), b"hi"),
-    );
+    let r = hairpinned(&mut t, c2, ext(40000), b"hi");
     assert_eq!(delivered(&r), (ext(40001), C1));
     // A container of another network (D1, with a mapping of its own) to C1's external
     // endpoint: C1 has not contacted D1's (address-and-port-dependent filtering), so it
     // waits, as an outside peer's packet would.
-    let other = NetInfo {
-        id: 2,
-        flags: NET_F_MASQUERADE,
-        uplink_ifindex: DEV,
-        bridge_ifindex: DEV,
-        ext_addr: maps::raw_addr(EXT),
-    };
-    maps::set_network(t.ebpf_mut(), Ipv4Addr::new(172, 19, 0, 0), 24, &other).expect("network");
+    set_network(&mut t, OTHER_NET, 2, NET_F_MASQUERADE, DEV, DEV);
     let d1: Endpoint = (Ipv4Addr::new(172, 19, 0, 2), 41000);
-    let ep = EndpointInfo {
-        ifindex: DEV,
-        mac: packet::CONTAINER_MAC,
-        gw_mac: packet::BRIDGE_MAC,
-        mtu: 1500,
-        _pad: 0,
-    };
-    maps::set_endpoint(t.ebpf_mut(), d1.0, &ep).expect("endpoint");
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, d1, SERVER, b"d"),
-    );
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(FROM_CONTAINER, d1, ext(40000), b"hi"),
-    );
+    fast_path_knows(&mut t, d1.0, 1500);
+    run(&mut t, Hook::UplinkEgress, &udp_out(d1, SERVER, b"d"));
+    let r = hairpinned(&mut t, d1, ext(40000), b"hi");
     assert_eq!(r.verdict, verdict::SHOT);
     assert_eq!(dropped(&t, DropReason::NatFiltered), 1);
     // C1 to D1's external endpoint: D1 had sent to C1's, so it is let in, from EXT:40000.
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(FROM_CONTAINER, C1, ext(41000), b"yo"),
-    );
+    let r = hairpinned(&mut t, C1, ext(41000), b"yo");
     assert_eq!(delivered(&r), (ext(40000), d1));
     // Now both ways.
-    let r = run(
-        &mut t,
-        Hook::BridgeIngress,
-        &packet::udp(FROM_CONTAINER, d1, ext(40000), b"hi"),
-    );
+    let r = hairpinned(&mut t, d1, ext(40000), b"hi");
     assert_eq!(delivered(&r), (ext(41000), C1));
 }
 
 #[test]
 fn a_packet_too_big_for_the_containers_mtu_is_left_to_the_host() {
-    require_root();
-    let mut t = loaded(DpConfig::default());
-    let ep = EndpointInfo {
-        ifindex: DEV,
-        mac: packet::CONTAINER_MAC,
-        gw_mac: packet::BRIDGE_MAC,
-        mtu: 1400,
-        _pad: 0,
-    };
-    maps::set_endpoint(t.ebpf_mut(), C1.0, &ep).expect("endpoint");
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &packet::udp(TO_OUTSIDE, C1, SERVER, b"q"),
-    );
+    let mut t = loaded();
+    fast_path_knows(&mut t, C1.0, 1400);
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"q"));
     // A 1400-byte answer fits and goes straight in.
-    let fits = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[1; 1372]);
+    let fits = udp_in(SERVER, ext(40000), &[1; 1372]);
     assert_eq!(
         run(&mut t, Hook::UplinkIngress, &fits).verdict,
         verdict::REDIRECT
     );
     // A 1500-byte one would be dropped by the container's veth without a word: the host's
     // stack gets it (translated), to fragment it or say "fragmentation needed".
-    let big = packet::udp(FROM_OUTSIDE, SERVER, ext(40000), &[2; 1472]);
-    let r = run(&mut t, Hook::UplinkIngress, &big);
-    assert_run(
+    let big = udp_in(SERVER, ext(40000), &[2; 1472]);
+    let want = udp_in(SERVER, C1, &[2; 1472]);
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
         "too big for the veth",
-        &r,
-        verdict::NEXT,
-        &packet::udp(FROM_OUTSIDE, SERVER, C1, &[2; 1472]),
+        &big,
+        &want,
     );
     assert_eq!(event(&t, Event::FastPathFallback), 1);
 }

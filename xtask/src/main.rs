@@ -276,25 +276,23 @@ fn build_binaries() -> Result<(), Fail> {
 /// Fails when `who` left test namespaces (other than those already there), or netfast pins
 /// or state for them.
 fn nothing_left_behind(who: &str, before: &[String]) -> Result<(), Fail> {
-    let left: Vec<_> = leftover_namespaces()
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
-    if !left.is_empty() {
-        return Err(Fail(format!(
-            "{who} left network namespaces behind: {}",
-            left.join(" ")
-        )));
-    }
-    let left: Vec<_> = leftover_netfast_state()
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
-    if !left.is_empty() {
-        return Err(Fail(format!(
-            "{who} left netfast pins or state behind: {}",
-            left.join(" ")
-        )));
+    // What is left, by the function that lists it.
+    type Lister = fn() -> Vec<String>;
+    let kinds: [(&str, Lister); 2] = [
+        ("network namespaces", leftover_namespaces),
+        ("netfast pins or state", leftover_netfast_state),
+    ];
+    for (what, leftovers) in kinds {
+        let left: Vec<_> = leftovers()
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        if !left.is_empty() {
+            return Err(Fail(format!(
+                "{who} left {what} behind: {}",
+                left.join(" ")
+            )));
+        }
     }
     Ok(())
 }

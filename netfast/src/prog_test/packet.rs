@@ -82,6 +82,16 @@ pub struct Macs {
     pub dst: [u8; 6],
 }
 
+impl Macs {
+    /// The MACs of a frame going back the other way.
+    pub const fn reversed(self) -> Macs {
+        Macs {
+            src: self.dst,
+            dst: self.src,
+        }
+    }
+}
+
 /// A container sending to its gateway.
 pub const FROM_CONTAINER: Macs = Macs {
     src: CONTAINER_MAC,
@@ -93,15 +103,9 @@ pub const TO_OUTSIDE: Macs = Macs {
     dst: OUTSIDE_MAC,
 };
 /// The outside sending to the host's uplink.
-pub const FROM_OUTSIDE: Macs = Macs {
-    src: OUTSIDE_MAC,
-    dst: UPLINK_MAC,
-};
+pub const FROM_OUTSIDE: Macs = TO_OUTSIDE.reversed();
 /// The host sending into the bridge, towards a container.
-pub const TO_CONTAINER: Macs = Macs {
-    src: BRIDGE_MAC,
-    dst: CONTAINER_MAC,
-};
+pub const TO_CONTAINER: Macs = FROM_CONTAINER.reversed();
 
 /// A TCP segment in an Ethernet frame, with correct checksums.
 pub fn tcp(

@@ -27,9 +27,21 @@ use super::{
     },
     progcost::{
         Effort, LARGE_TABLE, OUTSIDE_MAC, Probe, ProgCost, SMALL_TABLE, TABLE_FLOWS,
-        established_after_fill, fill, new_flows, once, row,
+        established_after_fill, fill, new_flows, once, rows_of,
     },
 };
+use crate::packets::ct_key;
+
+// The cases, as the report names them.
+const MASQUERADE_FAST: &str = "container → outside: masquerade + fast path";
+const MASQUERADE_FAST_REPLY: &str =
+    "outside → container: reply, reverse masquerade + redirect_peer";
+const PUBLISHED_FAST: &str = "outside → published port: DNAT + redirect_peer";
+const PUBLISHED_FAST_REPLY: &str = "container → outside: published flow's reply + fast path";
+const MASQUERADE_SLOW: &str = "container → outside: masquerade, kernel forwarding";
+const MASQUERADE_SLOW_REPLY: &str = "outside → container: reverse masquerade, kernel forwarding";
+const HOST_OWN: &str = "the host's own traffic: looked up, untouched";
+const DELIVERED: &str = "into a container from the kernel: counted";
 
 /// The lab's devices and the MACs of each way a packet goes.
 struct Setup {
@@ -39,6 +51,47 @@ struct Setup {
     from_out: Macs,
     to_out: Macs,
     to_ct: Macs,
+}
+
+impl Setup {
+    /// The way through `hook`, where `verdict` shows the intended path: its device, and the
+    /// MACs a frame has there.
+    fn way(&self, hook: Hook, verdict: i32) -> Way {
+        let (ifindex, macs) = match hook {
+            Hook::BridgeIngress => (self.br, self.from_ct),
+            Hook::BridgeEgress => (self.br, self.to_ct),
+            Hook::UplinkIngress => (self.up, self.from_out),
+            Hook::UplinkEgress => (self.up, self.to_out),
+        };
+        Way {
+            hook,
+            ifindex,
+            macs,
+            verdict,
+        }
+    }
+}
+
+/// A program, the device its skb arrives on, the MACs of the frames there, and the verdict
+/// that shows a packet took the intended path.
+#[derive(Clone, Copy)]
+struct Way {
+    hook: Hook,
+    ifindex: u32,
+    macs: Macs,
+    verdict: i32,
+}
+
+impl Way {
+    /// The probe of a TCP segment `from` → `to` going this way.
+    fn tcp(self, (from, to): (Ep, Ep), flags: TcpFlags, seq: u32, ack: u32) -> Probe {
+        Probe {
+            hook: self.hook,
+            ifindex: self.ifindex,
+            frame: packet::tcp(self.macs, from, to, flags, seq, ack, b""),
+            verdict: self.verdict,
+        }
+    }
 }
 
 /// Every case, in the calling thread's namespace: the host of `env`, a netfast lab.
@@ -80,25 +133,21 @@ pub(super) fn measure_here(
         let _ = probe.send_to(b"netfast bench", (SERVER_ADDR, 9));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let from_ct = Macs {
+        src: ct_mac,
+        dst: br_mac,
+    };
+    let from_out = Macs {
+        src: OUTSIDE_MAC,
+        dst: up_mac,
+    };
     let s = Setup {
         br: bridge.index,
         up: uplink.index,
-        from_ct: Macs {
-            src: ct_mac,
-            dst: br_mac,
-        },
-        from_out: Macs {
-            src: OUTSIDE_MAC,
-            dst: up_mac,
-        },
-        to_out: Macs {
-            src: up_mac,
-            dst: OUTSIDE_MAC,
-        },
-        to_ct: Macs {
-            src: br_mac,
-            dst: ct_mac,
-        },
+        from_ct,
+        from_out,
+        to_out: from_out.reversed(),
+        to_ct: from_ct.reversed(),
     };
 
     step("loading a 1.4M-flow table");
@@ -151,307 +200,84 @@ pub(super) fn measure_here(
 
     // Fast path on: the lab's default.
     step("fast path: masquerade out, replies in");
+    let fast_out = s.way(Hook::BridgeIngress, verdict::REDIRECT);
+    let fast_in = s.way(Hook::UplinkIngress, verdict::REDIRECT);
     let ct: Ep = (CONTAINER_ADDR, 10_000);
-    let ext = open_masquerade(
-        &mut t,
-        &s,
-        ct,
-        server,
-        Hook::BridgeIngress,
-        verdict::REDIRECT,
-    )?;
-    let out_fast = Probe {
-        hook: Hook::BridgeIngress,
-        ifindex: s.br,
-        frame: packet::tcp(s.from_ct, ct, server, TcpFlags::ACK, 2, 2, b""),
-        verdict: verdict::REDIRECT,
-    };
-    let in_fast = Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.from_out,
-            server,
-            (UPLINK_ADDR, ext),
-            TcpFlags::ACK,
-            2,
-            2,
-            b"",
-        ),
-        verdict: verdict::REDIRECT,
-    };
-    let new_out_fast = new_flows(&mut t, effort, |i| Probe {
-        hook: Hook::BridgeIngress,
-        ifindex: s.br,
-        frame: packet::tcp(
-            s.from_ct,
-            (CONTAINER_ADDR, 20_000 + i as u16),
-            server,
-            TcpFlags::SYN,
-            1,
-            0,
-            b"",
-        ),
-        verdict: verdict::REDIRECT,
-    })?;
-    rows.push(row(
+    let fast = masqueraded(&mut t, effort, &s, (ct, server), fast_out, 20_000)?;
+    rows.extend(rows_of(
         &mut t,
         effort,
-        "bridge_ingress",
-        "container → outside: masquerade + fast path",
-        &out_fast,
-        Some(new_out_fast),
-    )?);
-    rows.push(row(
-        &mut t,
-        effort,
-        "uplink_ingress",
-        "outside → container: reply, reverse masquerade + redirect_peer",
-        &in_fast,
-        None,
+        &[
+            (MASQUERADE_FAST, &fast.out, Some(fast.new_ns)),
+            (MASQUERADE_FAST_REPLY, &fast.back, None),
+        ],
     )?);
 
     step("fast path: published port");
     let client: Ep = (SERVER_ADDR, 50_000);
     let published: Ep = (UPLINK_ADDR, PUBLISHED_PORT);
     let web: Ep = (CONTAINER_ADDR, WEB_PORT);
-    let syn = Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(s.from_out, client, published, TcpFlags::SYN, 1, 0, b""),
-        verdict: verdict::REDIRECT,
-    };
-    once(&mut t, &syn)?;
-    let synack = Probe {
-        hook: Hook::BridgeIngress,
-        ifindex: s.br,
-        frame: packet::tcp(s.from_ct, web, client, TcpFlags::SYN_ACK, 9, 2, b""),
-        verdict: verdict::REDIRECT,
-    };
-    once(&mut t, &synack)?;
-    let dnat_in = Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(s.from_out, client, published, TcpFlags::ACK, 2, 10, b""),
-        verdict: verdict::REDIRECT,
-    };
-    let dnat_out = Probe {
-        hook: Hook::BridgeIngress,
-        ifindex: s.br,
-        frame: packet::tcp(s.from_ct, web, client, TcpFlags::ACK, 10, 2, b""),
-        verdict: verdict::REDIRECT,
-    };
-    let new_dnat = new_flows(&mut t, effort, |i| Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.from_out,
-            (SERVER_ADDR, 20_000 + i as u16),
-            published,
-            TcpFlags::SYN,
-            1,
-            0,
-            b"",
-        ),
-        verdict: verdict::REDIRECT,
+    for (way, flow, flags, seq, ack) in [
+        (fast_in, (client, published), TcpFlags::SYN, 1, 0),
+        (fast_out, (web, client), TcpFlags::SYN_ACK, 9, 2),
+    ] {
+        once(&mut t, &way.tcp(flow, flags, seq, ack))?;
+    }
+    let dnat_in = fast_in.tcp((client, published), TcpFlags::ACK, 2, 10);
+    let dnat_out = fast_out.tcp((web, client), TcpFlags::ACK, 10, 2);
+    let new_dnat = new_flows(&mut t, effort, |i| {
+        let client = (SERVER_ADDR, 20_000 + i as u16);
+        fast_in.tcp((client, published), TcpFlags::SYN, 1, 0)
     })?;
-    rows.push(row(
+    rows.extend(rows_of(
         &mut t,
         effort,
-        "uplink_ingress",
-        "outside → published port: DNAT + redirect_peer",
-        &dnat_in,
-        Some(new_dnat),
-    )?);
-    rows.push(row(
-        &mut t,
-        effort,
-        "bridge_ingress",
-        "container → outside: published flow's reply + fast path",
-        &dnat_out,
-        None,
+        &[
+            (PUBLISHED_FAST, &dnat_in, Some(new_dnat)),
+            (PUBLISHED_FAST_REPLY, &dnat_out, None),
+        ],
     )?);
 
     // Fast path off: translation only, the kernel forwards.
     step("kernel forwarding: masquerade at the uplink");
     maps::write_config(t.ebpf_mut(), &config(0))?;
+    let slow_out = s.way(Hook::UplinkEgress, verdict::NEXT);
     let ct_slow: Ep = (CONTAINER_ADDR, 11_000);
-    let ext_slow = open_masquerade(
-        &mut t,
-        &s,
-        ct_slow,
-        server,
-        Hook::UplinkEgress,
-        verdict::NEXT,
-    )?;
-    let out_slow = Probe {
-        hook: Hook::UplinkEgress,
-        ifindex: s.up,
-        frame: packet::tcp(s.to_out, ct_slow, server, TcpFlags::ACK, 2, 2, b""),
-        verdict: verdict::NEXT,
-    };
-    let in_slow = Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.from_out,
-            server,
-            (UPLINK_ADDR, ext_slow),
-            TcpFlags::ACK,
-            2,
-            2,
-            b"",
-        ),
-        verdict: verdict::NEXT,
-    };
-    let new_out_slow = new_flows(&mut t, effort, |i| Probe {
-        hook: Hook::UplinkEgress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.to_out,
-            (CONTAINER_ADDR, 30_000 + i as u16),
-            server,
-            TcpFlags::SYN,
-            1,
-            0,
-            b"",
-        ),
-        verdict: verdict::NEXT,
-    })?;
-    rows.push(row(
+    let slow = masqueraded(&mut t, effort, &s, (ct_slow, server), slow_out, 30_000)?;
+    let own = slow_out.tcp(((UPLINK_ADDR, 45_000), server), TcpFlags::ACK, 2, 2);
+    let delivered = s.way(Hook::BridgeEgress, verdict::NEXT);
+    let delivered = delivered.tcp((server, ct_slow), TcpFlags::ACK, 2, 2);
+    rows.extend(rows_of(
         &mut t,
         effort,
-        "uplink_egress",
-        "container → outside: masquerade, kernel forwarding",
-        &out_slow,
-        Some(new_out_slow),
-    )?);
-    rows.push(row(
-        &mut t,
-        effort,
-        "uplink_ingress",
-        "outside → container: reverse masquerade, kernel forwarding",
-        &in_slow,
-        None,
-    )?);
-    let own = Probe {
-        hook: Hook::UplinkEgress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.to_out,
-            (UPLINK_ADDR, 45_000),
-            server,
-            TcpFlags::ACK,
-            2,
-            2,
-            b"",
-        ),
-        verdict: verdict::NEXT,
-    };
-    rows.push(row(
-        &mut t,
-        effort,
-        "uplink_egress",
-        "the host's own traffic: looked up, untouched",
-        &own,
-        None,
-    )?);
-    let delivered = Probe {
-        hook: Hook::BridgeEgress,
-        ifindex: s.br,
-        frame: packet::tcp(s.to_ct, server, ct_slow, TcpFlags::ACK, 2, 2, b""),
-        verdict: verdict::NEXT,
-    };
-    rows.push(row(
-        &mut t,
-        effort,
-        "bridge_egress",
-        "into a container from the kernel: counted",
-        &delivered,
-        None,
+        &[
+            (MASQUERADE_SLOW, &slow.out, Some(slow.new_ns)),
+            (MASQUERADE_SLOW_REPLY, &slow.back, None),
+            (HOST_OWN, &own, None),
+            (DELIVERED, &delivered, None),
+        ],
     )?);
 
     // The same established packets beside a million flows.
     step("filling the table with 1,000,000 flows");
     fill(&mut t, SMALL_TABLE, LARGE_TABLE)?;
     step("established flows beside 1,000,000 others");
-    maps::write_config(t.ebpf_mut(), &config(1))?;
-    let keys = [
-        (
-            0,
-            CtKey::new(
-                raw_addr(ct.0),
-                raw_addr(server.0),
-                ct.1.to_be(),
-                server.1.to_be(),
-                PROTO_TCP,
-            ),
-            &out_fast,
-        ),
-        (
-            1,
-            CtKey::new(
-                raw_addr(server.0),
-                raw_addr(UPLINK_ADDR),
-                server.1.to_be(),
-                ext.to_be(),
-                PROTO_TCP,
-            ),
-            &in_fast,
-        ),
-        (
-            2,
-            CtKey::new(
-                raw_addr(client.0),
-                raw_addr(UPLINK_ADDR),
-                client.1.to_be(),
-                PUBLISHED_PORT.to_be(),
-                PROTO_TCP,
-            ),
-            &dnat_in,
-        ),
-        (
-            3,
-            CtKey::new(
-                raw_addr(web.0),
-                raw_addr(client.0),
-                web.1.to_be(),
-                client.1.to_be(),
-                PROTO_TCP,
-            ),
-            &dnat_out,
-        ),
+    // Each row's established packet, with the conntrack entry it must find: the fast path's
+    // rows (from the first) with the fast path on, then the kernel's (from the fifth) with it
+    // off.
+    let dnat = [
+        (ct_key(client, published, PROTO_TCP), &dnat_in),
+        (ct_key(web, client, PROTO_TCP), &dnat_out),
     ];
-    for (i, key, probe) in keys {
-        rows[i].established_large_ns = Some(established_after_fill(&mut t, effort, &key, probe)?);
-    }
-    maps::write_config(t.ebpf_mut(), &config(0))?;
-    let slow_keys = [
-        (
-            4,
-            CtKey::new(
-                raw_addr(ct_slow.0),
-                raw_addr(server.0),
-                ct_slow.1.to_be(),
-                server.1.to_be(),
-                PROTO_TCP,
-            ),
-            &out_slow,
-        ),
-        (
-            5,
-            CtKey::new(
-                raw_addr(server.0),
-                raw_addr(UPLINK_ADDR),
-                server.1.to_be(),
-                ext_slow.to_be(),
-                PROTO_TCP,
-            ),
-            &in_slow,
-        ),
-    ];
-    for (i, key, probe) in slow_keys {
-        rows[i].established_large_ns = Some(established_after_fill(&mut t, effort, &key, probe)?);
+    for (fast_path, first_row, flows) in [
+        (1, 0, [fast.established(), dnat].concat()),
+        (0, 4, slow.established().to_vec()),
+    ] {
+        maps::write_config(t.ebpf_mut(), &config(fast_path))?;
+        for (i, (key, probe)) in flows.into_iter().enumerate() {
+            rows[first_row + i].established_large_ns =
+                Some(established_after_fill(&mut t, effort, &key, probe)?);
+        }
     }
     Ok(rows)
 }
@@ -463,28 +289,60 @@ fn config(fast_path: u8) -> DpConfig {
     }
 }
 
-/// Opens a masqueraded TCP flow from `ct` to `server` through `hook` (SYN out, SYN-ACK in,
-/// ACK out); returns the external port it got.
-fn open_masquerade(
+/// A masqueraded flow: its established packet each way, its external port, and the cost of
+/// the first packet of a new flow the same way.
+struct Masqueraded {
+    /// The container's endpoint and the server's.
+    flow: (Ep, Ep),
+    out: Probe,
+    back: Probe,
+    ext: u16,
+    new_ns: f64,
+}
+
+impl Masqueraded {
+    /// Its established packet each way, with the conntrack entry each must find.
+    fn established(&self) -> [(CtKey, &Probe); 2] {
+        let (ct, server) = self.flow;
+        [
+            (ct_key(ct, server, PROTO_TCP), &self.out),
+            (
+                ct_key(server, (UPLINK_ADDR, self.ext), PROTO_TCP),
+                &self.back,
+            ),
+        ]
+    }
+}
+
+/// Opens a masqueraded flow from `ct` to `server` the way `out`, and times new flows from
+/// the container's ports `new_ports` on.
+fn masqueraded(
     t: &mut ProgTest,
+    effort: Effort,
     s: &Setup,
-    ct: Ep,
-    server: Ep,
-    hook: Hook,
-    out_verdict: i32,
-) -> Result<u16> {
-    let (macs, ifindex) = if hook == Hook::BridgeIngress {
-        (s.from_ct, s.br)
-    } else {
-        (s.to_out, s.up)
-    };
-    let syn = Probe {
-        hook,
-        ifindex,
-        frame: packet::tcp(macs, ct, server, TcpFlags::SYN, 1, 0, b""),
-        verdict: out_verdict,
-    };
-    let run = once(t, &syn)?;
+    (ct, server): (Ep, Ep),
+    out: Way,
+    new_ports: u16,
+) -> Result<Masqueraded> {
+    let ext = open_masquerade(t, s, (ct, server), out)?;
+    let back = s.way(Hook::UplinkIngress, out.verdict);
+    let new_ns = new_flows(t, effort, |i| {
+        let ct = (ct.0, new_ports + i as u16);
+        out.tcp((ct, server), TcpFlags::SYN, 1, 0)
+    })?;
+    Ok(Masqueraded {
+        flow: (ct, server),
+        out: out.tcp((ct, server), TcpFlags::ACK, 2, 2),
+        back: back.tcp((server, (UPLINK_ADDR, ext)), TcpFlags::ACK, 2, 2),
+        ext,
+        new_ns,
+    })
+}
+
+/// Opens a masqueraded TCP flow from `ct` to `server` the way `out` (SYN out, SYN-ACK in,
+/// ACK out), the verdicts of that way; returns the external port it got.
+fn open_masquerade(t: &mut ProgTest, s: &Setup, (ct, server): (Ep, Ep), out: Way) -> Result<u16> {
+    let run = once(t, &out.tcp((ct, server), TcpFlags::SYN, 1, 0))?;
     let translated = packet::decode(&run.frame).map_err(anyhow::Error::msg)?;
     let L4::Tcp { src_port, .. } = translated.l4 else {
         bail!("the SYN came out as something else than TCP");
@@ -494,25 +352,11 @@ fn open_masquerade(
         "the SYN left with source {} instead of the uplink's address",
         translated.src
     );
-    let synack = Probe {
-        hook: Hook::UplinkIngress,
-        ifindex: s.up,
-        frame: packet::tcp(
-            s.from_out,
-            server,
-            (UPLINK_ADDR, src_port),
-            TcpFlags::SYN_ACK,
-            9,
-            2,
-            b"",
-        ),
-        verdict: out_verdict,
-    };
-    once(t, &synack)?;
-    let ack = Probe {
-        frame: packet::tcp(macs, ct, server, TcpFlags::ACK, 2, 10, b""),
-        ..syn
-    };
-    once(t, &ack)?;
+    let back = s.way(Hook::UplinkIngress, out.verdict);
+    once(
+        t,
+        &back.tcp((server, (UPLINK_ADDR, src_port)), TcpFlags::SYN_ACK, 9, 2),
+    )?;
+    once(t, &out.tcp((ct, server), TcpFlags::ACK, 2, 10))?;
     Ok(src_port)
 }

@@ -6,7 +6,11 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use super::{lab::Kind, report::Report, work::Workload};
+use super::{
+    lab::Kind,
+    report::{Report, Summary},
+    work::Workload,
+};
 
 /// Fonts the charts' text is measured with (plotters needs one registered).
 const FONTS: &[&str] = &[
@@ -82,25 +86,31 @@ fn workload_chart(r: &Report, w: Workload, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(550);
     let (metric, unit) = w.metric();
-    let values: Bars = rows
-        .iter()
-        .map(|s| (s.kind, s.median, s.min, s.max))
-        .collect();
-    bars(
-        &left,
-        &format!("{} — {metric} ({unit}), higher is better", w.name()),
-        &values,
-    )?;
-    // The CPU cost per unit has no per-round min/max in the summary: the bar alone.
-    let cpu: Bars = rows
-        .iter()
-        .map(|s| (s.kind, s.cpu_median, s.cpu_median, s.cpu_median))
-        .collect();
-    bars(
-        &right,
-        &format!("{} — {}, lower is better", w.name(), w.cpu_unit()),
-        &cpu,
-    )?;
+    // Each panel's title, and its bar and whiskers from a summary. The CPU cost per unit has
+    // no per-round min/max in the summary: the bar alone.
+    type Figures = fn(&Summary) -> (f64, f64, f64);
+    let panels: [(_, String, Figures); 2] = [
+        (
+            &left,
+            format!("{} — {metric} ({unit}), higher is better", w.name()),
+            |s| (s.median, s.min, s.max),
+        ),
+        (
+            &right,
+            format!("{} — {}, lower is better", w.name(), w.cpu_unit()),
+            |s| (s.cpu_median, s.cpu_median, s.cpu_median),
+        ),
+    ];
+    for (area, title, figures) in panels {
+        let values: Bars = rows
+            .iter()
+            .map(|s| {
+                let (bar, low, high) = figures(s);
+                (s.kind, bar, low, high)
+            })
+            .collect();
+        bars(area, &title, &values)?;
+    }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

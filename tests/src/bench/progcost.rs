@@ -182,23 +182,26 @@ pub(super) fn new_flows(
     Ok(median(&mut times))
 }
 
-pub(super) fn row(
+/// A row per case, in order: the case's program (its probe's hook), the cost of its
+/// established packet measured now, and that of a new flow, measured before.
+pub(super) fn rows_of(
     t: &mut ProgTest,
     effort: Effort,
-    program: &'static str,
-    case: &'static str,
-    probe: &Probe,
-    new_ns: Option<f64>,
-) -> Result<ProgCost> {
-    Ok(ProgCost {
-        program,
-        case,
-        established_ns: established(t, effort, probe)?,
-        established_large_ns: None,
-        new_ns,
-        spread: None,
-        growth_range: None,
-    })
+    cases: &[(&'static str, &Probe, Option<f64>)],
+) -> Result<Vec<ProgCost>> {
+    let mut rows = Vec::with_capacity(cases.len());
+    for &(case, probe, new_ns) in cases {
+        rows.push(ProgCost {
+            program: probe.hook.name(),
+            case,
+            established_ns: established(t, effort, probe)?,
+            established_large_ns: None,
+            new_ns,
+            spread: None,
+            growth_range: None,
+        });
+    }
+    Ok(rows)
 }
 
 /// The rounds' costs as one: medians, with the established figure's spread and the range of

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{
     lab::Kind,
     progcost::{LARGE_TABLE, ProgCost, SMALL_TABLE, median},
-    work::{Sample, Workload},
+    work::{Latency, Sample, Workload},
 };
 
 /// One measurement as it went.
@@ -39,10 +39,9 @@ pub struct Summary {
     pub spread_pct: f64,
     pub cpu_unit: &'static str,
     pub cpu_median: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_us: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_us: Option<f64>,
+    /// The medians of each latency percentile.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
     /// Median over iptables' median, same run; CPU likewise (lower is better).
     pub vs_iptables: Option<f64>,
     pub cpu_vs_iptables: Option<f64>,
@@ -160,8 +159,7 @@ pub fn summarize(ms: &[Measurement], workloads: &[Workload], kinds: &[Kind]) -> 
                 },
                 cpu_unit: w.cpu_unit(),
                 cpu_median: cpu,
-                p50_us: med(k, &|s| s.p50_us.unwrap_or(f64::NAN)).filter(|x| !x.is_nan()),
-                p99_us: med(k, &|s| s.p99_us.unwrap_or(f64::NAN)).filter(|x| !x.is_nan()),
+                latency: latency_median(v),
                 vs_iptables: ipt.map(|i| m / i),
                 cpu_vs_iptables: ipt_cpu.map(|i| cpu / i),
                 vs_veth: veth.map(|x| m / x),
@@ -174,6 +172,24 @@ pub fn summarize(ms: &[Measurement], workloads: &[Workload], kinds: &[Kind]) -> 
         }
     }
     out
+}
+
+/// The median of each latency percentile over the samples that have them.
+fn latency_median(v: &[&Sample]) -> Option<Latency> {
+    let mut p50: Vec<f64> = v
+        .iter()
+        .filter_map(|s| s.latency)
+        .map(|l| l.p50_us)
+        .collect();
+    let mut p99: Vec<f64> = v
+        .iter()
+        .filter_map(|s| s.latency)
+        .map(|l| l.p99_us)
+        .collect();
+    (!p50.is_empty()).then(|| Latency {
+        p50_us: median(&mut p50),
+        p99_us: median(&mut p99),
+    })
 }
 
 fn find(summary: &[Summary], w: Workload, k: Kind) -> Option<&Summary> {
@@ -438,11 +454,9 @@ pub fn markdown(r: &Report) -> String {
         );
         for sum in r.summary.iter().filter(|x| x.workload == w) {
             let lat = if rr {
-                format!(
-                    " {} | {} |",
-                    sum.p50_us.map_or("–".into(), fmt_value),
-                    sum.p99_us.map_or("–".into(), fmt_value)
-                )
+                sum.latency.map_or(" – | – |".into(), |l| {
+                    format!(" {} | {} |", fmt_value(l.p50_us), fmt_value(l.p99_us))
+                })
             } else {
                 String::new()
             };
@@ -526,8 +540,7 @@ mod tests {
     fn sample(value: f64, cpu: f64) -> Sample {
         Sample {
             value,
-            p50_us: None,
-            p99_us: None,
+            latency: None,
             retransmits: None,
             cpu_per_unit: cpu,
             cpu_busy_s: 1.0,
@@ -593,6 +606,30 @@ mod tests {
         assert!(cost.note.contains("missed by 50%"), "{}", cost.note);
         let growth = t.iter().find(|t| t.goal == "≤ 1.20×").unwrap();
         assert_eq!(growth.met, Some(true));
+    }
+
+    #[test]
+    fn latency_percentiles_are_medians_and_top_level_fields_of_the_json() {
+        let rr = |round, p50_us, p99_us| Measurement {
+            workload: Workload::TcpRr,
+            sample: Some(Sample {
+                latency: Some(Latency { p50_us, p99_us }),
+                ..sample(1.0, 1.0)
+            }),
+            ..m(round, Kind::NetfastOn, 1.0, 1.0)
+        };
+        let ms = [rr(1, 10.0, 40.0), rr(2, 30.0, 20.0), rr(3, 20.0, 30.0)];
+        let s = summarize(&ms, &[Workload::TcpRr], &[Kind::NetfastOn]);
+        let json = serde_json::to_value(&s[0]).unwrap();
+        assert_eq!(
+            (json["p50_us"].as_f64(), json["p99_us"].as_f64()),
+            (Some(20.0), Some(30.0))
+        );
+        let sample = serde_json::to_value(&ms[0]).unwrap();
+        assert_eq!(sample["p99_us"].as_f64(), Some(40.0));
+        // Without latency, neither field is written.
+        let stream = serde_json::to_value(m(1, Kind::Veth, 1.0, 1.0)).unwrap();
+        assert!(stream.get("p50_us").is_none() && stream.get("p99_us").is_none());
     }
 
     #[test]

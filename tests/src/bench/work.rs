@@ -96,11 +96,9 @@ impl Workload {
 pub struct Sample {
     /// The headline figure in the workload's unit.
     pub value: f64,
-    /// Latency percentiles (µs) for request/response.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_us: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_us: Option<f64>,
+    /// Latency percentiles for request/response.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
     /// TCP retransmissions the sender counted (streams).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retransmits: Option<u64>,
@@ -110,6 +108,13 @@ pub struct Sample {
     pub cpu_busy_s: f64,
     pub cpu_steal_s: f64,
     pub wall_s: f64,
+}
+
+/// Latency percentiles, µs.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 /// Runs `workload` on `env` for `seconds`.
@@ -133,8 +138,7 @@ pub fn measure(env: &Env, workload: Workload, seconds: u32) -> Result<Sample> {
     );
     Ok(Sample {
         value: done.value,
-        p50_us: done.p50_us,
-        p99_us: done.p99_us,
+        latency: done.latency,
         retransmits: done.retransmits,
         cpu_per_unit: cpu.busy * 1000.0 / done.units,
         cpu_busy_s: cpu.busy,
@@ -147,8 +151,7 @@ pub fn measure(env: &Env, workload: Workload, seconds: u32) -> Result<Sample> {
 struct Done {
     value: f64,
     units: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
+    latency: Option<Latency>,
     retransmits: Option<u64>,
 }
 
@@ -208,8 +211,7 @@ fn stream(env: &Env, streams: u32, seconds: u32) -> Result<Done> {
     Ok(Done {
         value: bps / 1e9,
         units: bytes / 1e9,
-        p50_us: None,
-        p99_us: None,
+        latency: None,
         retransmits: json["end"]["sum_sent"]["retransmits"].as_u64(),
     })
 }
@@ -228,8 +230,7 @@ fn udp(env: &Env, seconds: u32) -> Result<Done> {
     Ok(Done {
         value: received / secs / 1e3,
         units: received / 1e6,
-        p50_us: None,
-        p99_us: None,
+        latency: None,
         retransmits: None,
     })
 }
@@ -264,8 +265,7 @@ fn conn(env: &Env, seconds: u32) -> Result<Done> {
     Ok(Done {
         value: w.rate,
         units: w.requests / 1e3,
-        p50_us: None,
-        p99_us: None,
+        latency: None,
         retransmits: None,
     })
 }
@@ -337,8 +337,10 @@ fn rr(env: &Env, seconds: u32) -> Result<Done> {
     Ok(Done {
         value: n / total_s,
         units: n / 1e3,
-        p50_us: Some(pct(0.50)),
-        p99_us: Some(pct(0.99)),
+        latency: Some(Latency {
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+        }),
         retransmits: None,
     })
 }

@@ -1,9 +1,13 @@
 //! The model's state in the datapath's map layout (network byte order, flag words), for
 //! comparing the two.
 
-use std::net::Ipv4Addr;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use netfast::{
+    agent::reclaim::Snapshot,
     common::{
         config::{DpConfig, FILTERING_ADDRESS_AND_PORT_DEPENDENT, FILTERING_ENDPOINT_INDEPENDENT},
         conntrack::{
@@ -14,11 +18,12 @@ use netfast::{
         },
         nat::{FragEntry, FragKey, NatBindKey, NatBinding, NatClaim, NatClaimKey},
     },
-    maps::raw_addr,
+    maps::{addr_of, raw_addr},
 };
 
+use super::dp::Dump;
 use crate::model::{
-    BindKey, Binding, Claim, ClaimKey, Config, Entry, FragKey as MFragKey, FragRecord, Tuple,
+    BindKey, Binding, Claim, ClaimKey, Config, Entry, FragKey as MFragKey, FragRecord, Model, Tuple,
 };
 
 pub fn ct_key(t: &Tuple) -> CtKey {
@@ -154,6 +159,69 @@ pub fn frag(r: &FragRecord) -> FragEntry {
         dst_addr: raw_addr(r.dst),
         expires: r.expires,
         _pad: 0,
+    }
+}
+
+/// Each entry of `m`, its key converted by `key` and its value by `value`.
+fn mapped<'a, K: 'a, V: 'a, K2, V2, C: FromIterator<(K2, V2)>>(
+    m: impl IntoIterator<Item = (&'a K, &'a V)>,
+    key: impl Fn(&K) -> K2,
+    value: impl Fn(&V) -> V2,
+) -> C {
+    m.into_iter().map(|(k, v)| (key(k), value(v))).collect()
+}
+
+/// The model's maps in the datapath's layout, to compare with a [`Dump`] of the datapath
+/// (whose conntrack entries must go through [`comparable`] first).
+pub fn dp_dump(m: &Model) -> Dump {
+    Dump {
+        maps: Snapshot {
+            main: mapped(&m.ct.main, ct_key, ct_entry),
+            inbound: mapped(&m.ct.inbound, ct_key, ct_entry),
+            bindings: mapped(&m.bindings, bind_key, binding),
+            claims: mapped(&m.claims, claim_key, claim),
+        },
+        frags: mapped(&m.frags, frag_key, frag),
+    }
+}
+
+/// The conntrack and NAT maps as the model keeps them.
+pub struct ModelMaps {
+    pub main: BTreeMap<Tuple, Entry>,
+    pub inbound: BTreeMap<Tuple, Entry>,
+    pub bindings: BTreeMap<BindKey, Binding>,
+    pub claims: BTreeMap<ClaimKey, Claim>,
+}
+
+/// The datapath's conntrack and NAT maps as the model keeps them.
+pub fn model_maps(s: &Snapshot) -> ModelMaps {
+    ModelMaps {
+        main: mapped(&s.main, tuple, model_entry),
+        inbound: mapped(&s.inbound, tuple, model_entry),
+        bindings: mapped(&s.bindings, model_bind_key, model_binding),
+        claims: mapped(&s.claims, model_claim_key, model_claim),
+    }
+}
+
+/// The datapath's fragment records as the model keeps them.
+pub fn model_frags(frags: &HashMap<FragKey, FragEntry>) -> BTreeMap<MFragKey, FragRecord> {
+    mapped(frags, model_frag_key, model_frag)
+}
+
+fn model_frag_key(k: &FragKey) -> MFragKey {
+    MFragKey {
+        src: addr_of(k.src_addr),
+        dst: addr_of(k.dst_addr),
+        id: u16::from_be(k.id),
+        proto: k.proto,
+    }
+}
+
+fn model_frag(r: &FragEntry) -> FragRecord {
+    FragRecord {
+        src: addr_of(r.src_addr),
+        dst: addr_of(r.dst_addr),
+        expires: r.expires,
     }
 }
 

@@ -10,6 +10,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use netfast::{
+    agent::reclaim::Snapshot,
     common::{
         DropReason, Hook, Traffic,
         config::DpConfig,
@@ -37,13 +38,11 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     panic!("fuzzer: {what}: {e}")
 }
 
-/// Every entry of the maps the model mirrors.
+/// Every entry of the maps the model mirrors: the conntrack and NAT maps as the agent reads
+/// them, and the fragment records.
 #[derive(Clone, Debug, Default)]
 pub struct Dump {
-    pub main: HashMap<CtKey, CtEntry>,
-    pub inbound: HashMap<CtKey, CtEntry>,
-    pub bindings: HashMap<NatBindKey, NatBinding>,
-    pub claims: HashMap<NatClaimKey, NatClaim>,
+    pub maps: Snapshot,
     pub frags: HashMap<FragKey, FragEntry>,
 }
 
@@ -334,10 +333,12 @@ impl Datapath {
 
     pub fn dump(&self) -> Dump {
         Dump {
-            main: all(&self.t, names::CONNTRACK),
-            inbound: all(&self.t, names::CT_INBOUND),
-            bindings: all(&self.t, names::NAT_BINDINGS),
-            claims: all(&self.t, names::NAT_CLAIMS),
+            maps: Snapshot {
+                main: all(&self.t, names::CONNTRACK),
+                inbound: all(&self.t, names::CT_INBOUND),
+                bindings: all(&self.t, names::NAT_BINDINGS),
+                claims: all(&self.t, names::NAT_CLAIMS),
+            },
             frags: all(&self.t, names::FRAGMENTS),
         }
     }

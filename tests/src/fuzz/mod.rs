@@ -132,33 +132,24 @@ impl Outcome {
     pub fn coverage_line(&self) -> String {
         use netfast::common::{DropReason, Hook, stats::Event};
         let c = &self.coverage;
-        let drops: Vec<String> = c
-            .drops
-            .iter()
-            .map(|(k, v)| format!("{} {v}", DropReason::from_u32(*k).map_or("?", |r| r.name())))
-            .collect();
-        let events: Vec<String> = c
-            .events
-            .iter()
-            .map(|(k, v)| {
-                let name = Event::ALL
-                    .iter()
-                    .find(|e| **e as u32 == *k)
-                    .map_or("?", |e| e.name());
-                format!("{name} {v}")
-            })
-            .collect();
-        let hooks: Vec<String> = c
-            .hooks
-            .iter()
-            .map(|(k, v)| {
-                let name = Hook::ALL
-                    .iter()
-                    .find(|h| **h as u32 == *k)
-                    .map_or("?", |h| h.name());
-                format!("{name} {v}")
-            })
-            .collect();
+        // Each count as "name count", a key nothing is named for as "?".
+        let named = |counts: &std::collections::BTreeMap<u32, u64>,
+                     name: &dyn Fn(u32) -> Option<&'static str>| {
+            counts
+                .iter()
+                .map(|(k, v)| format!("{} {v}", name(*k).unwrap_or("?")))
+                .collect::<Vec<String>>()
+        };
+        let drops = named(&c.drops, &|k| DropReason::from_u32(k).map(DropReason::name));
+        let events = named(&c.events, &|k| {
+            Event::ALL
+                .iter()
+                .find(|e| **e as u32 == k)
+                .map(|e| e.name())
+        });
+        let hooks = named(&c.hooks, &|k| {
+            Hook::ALL.iter().find(|h| **h as u32 == k).map(|h| h.name())
+        });
         let rules: Vec<String> = c.rules.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
             "coverage: runs {}\n  drops {}\n  events {}\n  rules {}",

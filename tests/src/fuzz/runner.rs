@@ -5,12 +5,18 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use netfast::{
-    common::{Hook, verdict::SHOT},
+    common::{
+        Hook,
+        conntrack::{CtEntry, CtKey},
+        nat::{NatBindKey, NatClaimKey},
+        verdict::SHOT,
+    },
     prog_test::packet,
 };
 
 use super::{
-    build, convert,
+    build,
+    convert::{self, binding, claim, model_binding, model_claim},
     dp::{Datapath, EPOCH},
     event::{Body, Event, From, Pkt},
     topology::{self, BRIDGE_MAC, GATEWAY_MAC},
@@ -454,26 +460,14 @@ impl Runner {
             }
         }
         for k in &t.bindings {
-            let want = self.model.bindings.get(k).map(convert::binding);
+            let model = self.model.bindings.get(k);
             let got = self.dp.binding(&convert::bind_key(k));
-            if want != got {
-                return Err(format!(
-                    "binding {k:?}:\n    datapath {:?}\n    model    {:?}",
-                    got.map(|b| convert::model_binding(&b)),
-                    self.model.bindings.get(k)
-                ));
-            }
+            mirrored("binding", k, model, got, binding, model_binding)?;
         }
         for k in &t.claims {
-            let want = self.model.claims.get(k).map(convert::claim);
+            let model = self.model.claims.get(k);
             let got = self.dp.claim(&convert::claim_key(k));
-            if want != got {
-                return Err(format!(
-                    "claim {k:?}:\n    datapath {:?}\n    model    {:?}",
-                    got.map(|c| convert::model_claim(&c)),
-                    self.model.claims.get(k)
-                ));
-            }
+            mirrored("claim", k, model, got, claim, model_claim)?;
         }
         for k in &t.frags {
             self.compare_frag(k)?;
@@ -497,45 +491,12 @@ impl Runner {
     /// did.
     pub fn resync(&mut self) {
         let d = self.dp.dump();
-        let conv = |m: &HashMap<
-            netfast::common::conntrack::CtKey,
-            netfast::common::conntrack::CtEntry,
-        >| {
-            m.iter()
-                .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
-                .collect()
-        };
-        self.model.ct.main = conv(&d.main);
-        self.model.ct.inbound = conv(&d.inbound);
-        self.model.bindings = d
-            .bindings
-            .iter()
-            .map(|(k, b)| (convert::model_bind_key(k), convert::model_binding(b)))
-            .collect();
-        self.model.claims = d
-            .claims
-            .iter()
-            .map(|(k, c)| (convert::model_claim_key(k), convert::model_claim(c)))
-            .collect();
-        self.model.frags = d
-            .frags
-            .iter()
-            .map(|(k, r)| {
-                (
-                    model::FragKey {
-                        src: netfast::maps::addr_of(k.src_addr),
-                        dst: netfast::maps::addr_of(k.dst_addr),
-                        id: u16::from_be(k.id),
-                        proto: k.proto,
-                    },
-                    model::FragRecord {
-                        src: netfast::maps::addr_of(r.src_addr),
-                        dst: netfast::maps::addr_of(r.dst_addr),
-                        expires: r.expires,
-                    },
-                )
-            })
-            .collect();
+        let maps = convert::model_maps(&d.maps);
+        self.model.ct.main = maps.main;
+        self.model.ct.inbound = maps.inbound;
+        self.model.bindings = maps.bindings;
+        self.model.claims = maps.claims;
+        self.model.frags = convert::model_frags(&d.frags);
         let c = self.dp.counts();
         self.model.counters.hooks = c.hooks;
         self.model.counters.events = c.events;
@@ -555,54 +516,31 @@ impl Runner {
                 evicted,
             })
         };
-        let d = self.dp.dump();
-        let tables = [(Table::Main, &d.main), (Table::Inbound, &d.inbound)];
-        for (table, got) in tables {
-            let want: HashMap<_, _> = self
-                .model
-                .ct
-                .of(table)
-                .iter()
-                .map(|(k, e)| (convert::ct_key(k), convert::ct_entry(e)))
-                .collect();
-            let got: HashMap<_, _> = got
-                .iter()
+        let (want, got) = (convert::dp_dump(&self.model), self.dp.dump());
+        // The datapath's conntrack entries as the model can know them.
+        let ct = |m: &HashMap<CtKey, CtEntry>| -> HashMap<CtKey, CtEntry> {
+            m.iter()
                 .map(|(k, e)| (*k, convert::comparable(e)))
-                .collect();
-            if let Some(diff) = first_difference(&want, &got, |k| convert::tuple(k).to_string()) {
-                return fail("state", format!("{table:?} table: {diff}"));
+                .collect()
+        };
+        let tuple = |k: &CtKey| convert::tuple(k).to_string();
+        let bind_key = |k: &NatBindKey| format!("{:?}", convert::model_bind_key(k));
+        let claim_key = |k: &NatClaimKey| format!("{:?}", convert::model_claim_key(k));
+        let main = first_difference(&want.maps.main, &ct(&got.maps.main), tuple);
+        let inbound = first_difference(&want.maps.inbound, &ct(&got.maps.inbound), tuple);
+        let bindings = first_difference(&want.maps.bindings, &got.maps.bindings, bind_key);
+        let claims = first_difference(&want.maps.claims, &got.maps.claims, claim_key);
+        let frags = first_difference(&want.frags, &got.frags, |k| format!("{k:?}"));
+        for (what, diff) in [
+            ("Main table", main),
+            ("Inbound table", inbound),
+            ("bindings", bindings),
+            ("claims", claims),
+            ("fragment records", frags),
+        ] {
+            if let Some(diff) = diff {
+                return fail("state", format!("{what}: {diff}"));
             }
-        }
-        let want: HashMap<_, _> = self
-            .model
-            .bindings
-            .iter()
-            .map(|(k, b)| (convert::bind_key(k), convert::binding(b)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.bindings, |k| {
-            format!("{:?}", convert::model_bind_key(k))
-        }) {
-            return fail("state", format!("bindings: {diff}"));
-        }
-        let want: HashMap<_, _> = self
-            .model
-            .claims
-            .iter()
-            .map(|(k, c)| (convert::claim_key(k), convert::claim(c)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.claims, |k| {
-            format!("{:?}", convert::model_claim_key(k))
-        }) {
-            return fail("state", format!("claims: {diff}"));
-        }
-        let want: HashMap<_, _> = self
-            .model
-            .frags
-            .iter()
-            .map(|(k, r)| (convert::frag_key(k), convert::frag(r)))
-            .collect();
-        if let Some(diff) = first_difference(&want, &d.frags, |k| format!("{k:?}")) {
-            return fail("state", format!("fragment records: {diff}"));
         }
         let counts = self.dp.counts();
         let m = &self.model.counters;
@@ -648,6 +586,25 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Compares what the model holds for `what` `k` with the datapath's, in the datapath's
+/// layout (`to_dp`); a difference is shown in the model's (`to_model`).
+fn mirrored<K: std::fmt::Debug, M: std::fmt::Debug, D: PartialEq>(
+    what: &str,
+    k: &K,
+    model: Option<&M>,
+    got: Option<D>,
+    to_dp: fn(&M) -> D,
+    to_model: fn(&D) -> M,
+) -> Result<(), String> {
+    if model.map(to_dp) == got {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {k:?}:\n    datapath {:?}\n    model    {model:?}",
+        got.as_ref().map(to_model)
+    ))
 }
 
 fn first_difference<K: std::hash::Hash + Eq + Copy, V: PartialEq + std::fmt::Debug>(

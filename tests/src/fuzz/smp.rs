@@ -404,33 +404,13 @@ fn source_of(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
 
 /// The state of the maps, held to the invariants.
 fn check(dp: &Datapath, now: u32) -> Vec<invariants::Broken> {
-    let d = dp.dump();
-    let main = d
-        .main
-        .iter()
-        .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
-        .collect();
-    let inbound = d
-        .inbound
-        .iter()
-        .map(|(k, e)| (convert::tuple(k), convert::model_entry(e)))
-        .collect();
-    let bindings = d
-        .bindings
-        .iter()
-        .map(|(k, b)| (convert::model_bind_key(k), convert::model_binding(b)))
-        .collect();
-    let claims = d
-        .claims
-        .iter()
-        .map(|(k, c)| (convert::model_claim_key(k), convert::model_claim(c)))
-        .collect();
+    let maps = convert::model_maps(&dp.dump().maps);
     invariants::check(&Snapshot {
         now,
-        main: &main,
-        inbound: &inbound,
-        bindings: &bindings,
-        claims: &claims,
+        main: &maps.main,
+        inbound: &maps.inbound,
+        bindings: &maps.bindings,
+        claims: &maps.claims,
         evicted: false,
     })
 }

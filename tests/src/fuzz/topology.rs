@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use crate::{
     TestNetns,
     model::{self, EndpointInfo, Network, route},
+    packets::{ifindex_of, mac_of},
 };
 
 pub const EXT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -56,23 +57,6 @@ pub struct Host {
     pub ports: [u32; 2],
 }
 
-fn mac_of(ns: &TestNetns, dev: &str) -> [u8; 6] {
-    let text = ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("a MAC address in hex"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
-}
-
-fn index_of(ns: &TestNetns, dev: &str) -> u32 {
-    ns.exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-        .trim()
-        .parse()
-        .expect("an ifindex")
-}
-
 impl Host {
     pub fn new() -> Host {
         let ns = TestNetns::new("fz");
@@ -102,10 +86,10 @@ impl Host {
             ns.exec_ok(&cmd.split(' ').collect::<Vec<_>>());
         }
         Host {
-            bridges: [index_of(&ns, "br1"), index_of(&ns, "br2")],
-            uplink: index_of(&ns, "up0"),
+            bridges: [ifindex_of(&ns, "br1"), ifindex_of(&ns, "br2")],
+            uplink: ifindex_of(&ns, "up0"),
             uplink_mac: mac_of(&ns, "up0"),
-            ports: [index_of(&ns, "v1"), index_of(&ns, "v2")],
+            ports: [ifindex_of(&ns, "v1"), ifindex_of(&ns, "v2")],
             ns,
         }
     }
