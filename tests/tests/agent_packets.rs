@@ -191,5 +191,5 @@ fn a_flood_of_drops_fills_the_monitor_ring_only_to_its_budget() {
         .iter()
         .find(|d| d.hook == "uplink_ingress" && d.reason == "direct_access")
         .expect("per-hook drops");
-    assert_eq!(per_hook.packets, dropped);
+    assert_eq!(per_hook.traffic.packets, dropped);
 }
