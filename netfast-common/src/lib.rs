@@ -29,6 +29,65 @@ macro_rules! aya_pod {
     };
 }
 
+/// Declares a map key or value, as the kernel sees it on both sides: `#[repr(C)]` (or the
+/// `repr` given), `bytemuck::{Pod, Zeroable}` (so that a padding mistake fails to compile), its
+/// size asserted, and `aya::Pod` for userspace. Further derives (`Default`, `Hash`) are given
+/// with the struct.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! map_type {
+    (#[repr($($repr:tt)*)] $(#[$attr:meta])* pub struct $name:ident: $size:tt { $($body:tt)* }) => {
+        $(#[$attr])*
+        #[repr($($repr)*)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name { $($body)* }
+        const _: () = assert!(core::mem::size_of::<$name>() == $size);
+        $crate::aya_pod!($name);
+    };
+    ($(#[$attr:meta])* pub struct $name:ident: $size:tt { $($body:tt)* }) => {
+        $crate::map_type!(#[repr(C)] $(#[$attr])* pub struct $name: $size { $($body)* });
+    };
+}
+
+/// Declares a field-less enum whose values are stable (they are stored in maps or index
+/// them), with `ALL` (declaration order), `name` (the stable name users see) and `$from`,
+/// the variant of a value if any.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! named_enum {
+    (
+        $(#[$attr:meta])*
+        pub enum $name:ident: $repr:ident, $from:ident {
+            $($(#[$vattr:meta])* $variant:ident = $value:literal => $text:literal,)*
+        }
+    ) => {
+        $(#[$attr])*
+        #[repr($repr)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vattr])* $variant = $value,)*
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($value),*].len()] = [$($name::$variant),*];
+
+            /// The variant with this value, if any.
+            pub const fn $from(v: $repr) -> Option<$name> {
+                match v {
+                    $($value => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
 /// TC verdicts as the programs return them (`TC_ACT_*`), for both sides to compare with.
 pub mod verdict {
     /// `TC_ACT_UNSPEC`: carry on (next TCX program, else the stack). A pass-through.
