@@ -121,74 +121,65 @@ mod tests {
         nat::port_candidate,
     };
 
-    const SYN: TcpFlags = TcpFlags {
-        syn: true,
-        ack: false,
-        fin: false,
-        rst: false,
-    };
-    const SYN_ACK: TcpFlags = TcpFlags {
-        syn: true,
-        ack: true,
-        fin: false,
-        rst: false,
-    };
-    const ACK: TcpFlags = TcpFlags {
-        syn: false,
-        ack: true,
-        fin: false,
-        rst: false,
-    };
-    const FIN: TcpFlags = TcpFlags {
-        syn: false,
-        ack: true,
-        fin: true,
-        rst: false,
-    };
-    const RST: TcpFlags = TcpFlags {
-        syn: false,
-        ack: false,
-        fin: false,
-        rst: true,
-    };
+    // From the header's flags byte: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10.
+    const SYN: TcpFlags = TcpFlags::from_byte(0x02);
+    const SYN_ACK: TcpFlags = TcpFlags::from_byte(0x12);
+    const ACK: TcpFlags = TcpFlags::from_byte(0x10);
+    const FIN: TcpFlags = TcpFlags::from_byte(0x11);
+    const RST: TcpFlags = TcpFlags::from_byte(0x04);
+
+    const BOTH_FINS: u16 = CT_F_FIN_ORIG | CT_F_FIN_REPLY;
+
+    /// Walks through the state machine: a name, the state it starts from, and its steps: a
+    /// segment's flags, whether the reply side sent it, the state and the FINs seen after it.
+    type Walk = (&'static str, TcpState, &'static [(TcpFlags, bool, TcpState, u16)]);
+    const WALKS: &[Walk] = &[
+        (
+            "a lifetime",
+            TcpState::None,
+            &[
+                (SYN, false, TcpState::SynSent, 0),
+                (SYN_ACK, true, TcpState::SynRecv, 0),
+                (ACK, false, TcpState::Established, 0),
+                (ACK, true, TcpState::Established, 0),
+                (FIN, false, TcpState::FinWait, CT_F_FIN_ORIG),
+                (ACK, true, TcpState::CloseWait, CT_F_FIN_ORIG),
+                (FIN, true, TcpState::TimeWait, BOTH_FINS),
+                (ACK, false, TcpState::TimeWait, BOTH_FINS),
+            ],
+        ),
+        (
+            "a RST closes and a new SYN reopens",
+            TcpState::Established,
+            &[
+                (RST, true, TcpState::Close, 0),
+                (SYN, false, TcpState::SynSent, 0),
+            ],
+        ),
+        (
+            "a SYN from the reply side does not reopen a flow it does not own",
+            TcpState::Close,
+            &[(SYN, true, TcpState::Close, 0)],
+        ),
+        (
+            "a simultaneous close goes to TIME_WAIT",
+            TcpState::Established,
+            &[
+                (FIN, true, TcpState::FinWait, CT_F_FIN_REPLY),
+                (FIN, false, TcpState::TimeWait, BOTH_FINS),
+            ],
+        ),
+    ];
 
     #[test]
-    fn tcp_lifetime_walks_the_states() {
-        let (s, f) = tcp_next(TcpState::None, SYN, false, 0);
-        assert_eq!(s, TcpState::SynSent);
-        let (s, f) = tcp_next(s, SYN_ACK, true, f);
-        assert_eq!(s, TcpState::SynRecv);
-        let (s, f) = tcp_next(s, ACK, false, f);
-        assert_eq!(s, TcpState::Established);
-        let (s, f) = tcp_next(s, ACK, true, f);
-        assert_eq!(s, TcpState::Established);
-        let (s, f) = tcp_next(s, FIN, false, f);
-        assert_eq!((s, f & CT_F_FIN_ORIG != 0), (TcpState::FinWait, true));
-        let (s, f) = tcp_next(s, ACK, true, f);
-        assert_eq!(s, TcpState::CloseWait);
-        let (s, f) = tcp_next(s, FIN, true, f);
-        assert_eq!((s, f & CT_F_FIN_REPLY != 0), (TcpState::TimeWait, true));
-        let (s, _) = tcp_next(s, ACK, false, f);
-        assert_eq!(s, TcpState::TimeWait);
-    }
-
-    #[test]
-    fn rst_closes_and_a_new_syn_reopens() {
-        let (s, f) = tcp_next(TcpState::Established, RST, true, 0);
-        assert_eq!(s, TcpState::Close);
-        let (s, _) = tcp_next(s, SYN, false, f);
-        assert_eq!(s, TcpState::SynSent);
-        // A SYN from the reply side does not reopen a flow it does not own.
-        let (s, _) = tcp_next(TcpState::Close, SYN, true, 0);
-        assert_eq!(s, TcpState::Close);
-    }
-
-    #[test]
-    fn simultaneous_close_goes_to_time_wait() {
-        let (s, f) = tcp_next(TcpState::Established, FIN, true, 0);
-        assert_eq!(s, TcpState::FinWait);
-        let (s, _) = tcp_next(s, FIN, false, f);
-        assert_eq!(s, TcpState::TimeWait);
+    fn tcp_next_walks_the_states() {
+        for (name, start, steps) in WALKS {
+            let (mut s, mut f) = (*start, 0);
+            for (i, (flags, reply, state, fins)) in steps.iter().enumerate() {
+                (s, f) = tcp_next(s, *flags, *reply, f);
+                assert_eq!((s, f & BOTH_FINS), (*state, *fins), "{name}: step {i}");
+            }
+        }
     }
 
     #[test]
