@@ -119,4 +119,3 @@ crate::map_type! {
         pub _pad: u16,
     }
 }
-

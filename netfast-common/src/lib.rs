@@ -132,7 +132,11 @@ mod tests {
 
     /// Walks through the state machine: a name, the state it starts from, and its steps: a
     /// segment's flags, whether the reply side sent it, the state and the FINs seen after it.
-    type Walk = (&'static str, TcpState, &'static [(TcpFlags, bool, TcpState, u16)]);
+    type Walk = (
+        &'static str,
+        TcpState,
+        &'static [(TcpFlags, bool, TcpState, u16)],
+    );
     const WALKS: &[Walk] = &[
         (
             "a lifetime",

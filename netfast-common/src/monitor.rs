@@ -43,4 +43,3 @@ crate::map_type! {
         pub _pad: u32,
     }
 }
-

@@ -64,4 +64,3 @@ crate::map_type! {
         pub _pad2: u16,
     }
 }
-

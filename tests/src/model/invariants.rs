@@ -96,10 +96,9 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
     let mut broken = Vec::new();
     one_internal_endpoint_per_external_one(s, &mut broken);
     for (table, entries) in [(Table::Main, s.main), (Table::Inbound, s.inbound)] {
-        for (k, e) in entries.iter().filter(|(_, e)| e.expires >= s.now) {
-            broken.extend(half_flow(s, table, entries, k, e));
-            broken.extend(flow_on_foreign_claim(s, table, k, e));
-        }
+        let live = || entries.iter().filter(|(_, e)| e.expires >= s.now);
+        broken.extend(live().filter_map(|(k, e)| half_flow(s, table, entries, k, e)));
+        broken.extend(live().filter_map(|(k, e)| flow_on_foreign_claim(s, table, k, e)));
     }
     broken
 }
