@@ -152,6 +152,26 @@ crate::map_type! {
     }
 }
 
+/// What the original entry of a new flow is made of (see [`CtEntry::open`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewEntry {
+    /// `CT_F_*`: the rewrites it does (`CT_F_REWRITE_SRC`, `CT_F_REWRITE_DST`) and the rest.
+    pub flags: u16,
+    /// The source and the destination it writes, as `flags` say (address and port, network
+    /// byte order).
+    pub src: (u32, u16),
+    pub dst: (u32, u16),
+    pub state: TcpState,
+    pub net_id: u16,
+    /// CLOCK_MONOTONIC seconds: now, when the entry expires, and up to when the flow
+    /// extends its mapping.
+    pub now: u32,
+    pub expires: u32,
+    pub map_expires: u32,
+    /// The length of the packet that opens the flow.
+    pub bytes: u32,
+}
+
 /// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
 pub const FWD_F_UPLINK: u8 = 1;
 
@@ -225,36 +245,26 @@ impl CtEntry {
         }
     }
 
-    /// [`CtEntry::opening`], written into `self` field by field: the datapath builds a new
-    /// flow's entry in place, where a whole entry built first would take 80 bytes of a BPF
-    /// stack frame.
-    #[allow(clippy::too_many_arguments)]
-    pub const fn open(
-        &mut self,
-        flags: u16,
-        src: (u32, u16),
-        dst: (u32, u16),
-        state: TcpState,
-        net_id: u16,
-        now: u32,
-        expires: u32,
-        map_expires: u32,
-        bytes: u32,
-    ) {
-        self.expires = expires;
-        self.created = now;
-        self.src_addr = src.0;
-        self.dst_addr = dst.0;
-        self.src_port = src.1;
-        self.dst_port = dst.1;
-        self.flags = flags;
-        self.tcp_state = state as u8;
+    /// [`CtEntry::opening`] of `n`, written into `self` field by field: the datapath builds
+    /// a new flow's entry in place, where a whole entry built first would take 80 bytes of a
+    /// BPF stack frame (inlined, so that `n` is never one either).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub const fn open(&mut self, n: &NewEntry) {
+        self.expires = n.expires;
+        self.created = n.now;
+        self.src_addr = n.src.0;
+        self.dst_addr = n.dst.0;
+        self.src_port = n.src.1;
+        self.dst_port = n.dst.1;
+        self.flags = n.flags;
+        self.tcp_state = n.state as u8;
         self.wscale = WSCALE_UNKNOWN;
-        self.net_id = net_id;
+        self.net_id = n.net_id;
         self._pad2 = [0; 2];
-        self.map_expires = map_expires;
+        self.map_expires = n.map_expires;
         self.packets = 1;
-        self.bytes = bytes as u64;
+        self.bytes = n.bytes as u64;
         self.fwd = FwdCache::EMPTY;
         self.td_end = 0;
         self.td_maxwin = 0;
