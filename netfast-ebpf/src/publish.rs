@@ -32,6 +32,18 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
     if (proto != PROTO_TCP && proto != PROTO_UDP) || loopback(addr) {
         return None;
     }
+    lookup(addr, port, proto, || host_addr(addr))
+}
+
+/// The publication of `(port, proto)` on `addr`, else the one on every address when
+/// `on_host` says that `addr` is one of the host's.
+#[inline(always)]
+pub fn lookup(
+    addr: u32,
+    port: u16,
+    proto: u8,
+    on_host: impl FnOnce() -> bool,
+) -> Option<PubTarget> {
     let exact = PubKey {
         addr,
         port,
@@ -42,16 +54,19 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
     if let Some(t) = unsafe { NETFAST_PUBLISHED.get(exact) } {
         return Some(*t);
     }
-    // SAFETY: as above.
-    unsafe { NETFAST_HOST_ADDRS.get(addr) }?;
-    let any = PubKey {
-        addr: 0,
-        port,
-        proto,
-        _pad: 0,
-    };
+    if !on_host() {
+        return None;
+    }
+    let any = PubKey { addr: 0, ..exact };
     // SAFETY: as above.
     unsafe { NETFAST_PUBLISHED.get(any) }.copied()
+}
+
+/// Whether `addr` (network byte order) is one of the host's addresses.
+#[inline(always)]
+pub fn host_addr(addr: u32) -> bool {
+    // SAFETY: map values are plain data.
+    unsafe { NETFAST_HOST_ADDRS.get(addr) }.is_some()
 }
 
 /// Whether `addr` (network byte order) is in 127.0.0.0/8.
