@@ -10,28 +10,26 @@
 //! ICMP echo uses the identifier as a port: a request is keyed `(src, dst, id, 0)`, a reply
 //! `(src, dst, 0, id)`, so that the two directions are each other's mirror.
 
-use bytemuck::{Pod, Zeroable};
-
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// The tuple of a packet as a hook sees it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CtKey {
-    /// Source address, network byte order (the packet's bytes).
-    pub src_addr: u32,
-    /// Destination address, network byte order.
-    pub dst_addr: u32,
-    /// Source port or ICMP echo-request identifier, network byte order; 0 for echo replies.
-    pub src_port: u16,
-    /// Destination port or ICMP echo-reply identifier, network byte order; 0 for requests.
-    pub dst_port: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
+crate::map_type! {
+    /// The tuple of a packet as a hook sees it.
+    #[derive(Default, Hash)]
+    pub struct CtKey: 16 {
+        /// Source address, network byte order (the packet's bytes).
+        pub src_addr: u32,
+        /// Destination address, network byte order.
+        pub dst_addr: u32,
+        /// Source port or ICMP echo-request identifier, network byte order; 0 for echo replies.
+        pub src_port: u16,
+        /// Destination port or ICMP echo-reply identifier, network byte order; 0 for requests.
+        pub dst_port: u16,
+        pub proto: u8,
+        pub _pad: [u8; 3],
+    }
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 
 impl CtKey {
     pub const fn new(
@@ -106,82 +104,95 @@ pub const WSCALE_UNKNOWN: u8 = 0xf;
 /// The largest window scale TCP allows (RFC 7323).
 pub const WSCALE_MAX: u8 = 14;
 
-/// One direction of a tracked flow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CtEntry {
-    /// CLOCK_MONOTONIC seconds after which the entry counts as absent (unless its peer lives).
-    pub expires: u32,
-    /// CLOCK_MONOTONIC seconds when the flow was created.
-    pub created: u32,
-    /// The source written with [`CT_F_REWRITE_SRC`], network byte order.
-    pub src_addr: u32,
-    /// The destination written with [`CT_F_REWRITE_DST`], network byte order.
-    pub dst_addr: u32,
-    /// The source port (or ICMP identifier) written with the source, network byte order.
-    pub src_port: u16,
-    /// The destination port (or ICMP identifier) written with the destination.
-    pub dst_port: u16,
-    /// `CT_F_*`.
-    pub flags: u16,
-    /// [`TcpState`] as u8 (0 for other protocols).
-    pub tcp_state: u8,
-    /// TCP: the window scale this direction's sender announced in its SYN (0 when it did
-    /// not, or the other side did not: then windows are not scaled), [`WSCALE_UNKNOWN`]
-    /// when its SYN was not seen.
-    pub wscale: u8,
-    /// The netfast network the flow belongs to (an index into the per-network stats).
-    pub net_id: u16,
-    pub _pad2: [u8; 2],
-    /// CLOCK_MONOTONIC seconds up to which this flow last extended its mapping.
-    pub map_expires: u32,
-    /// Packets and bytes that matched this entry (this direction only).
-    pub packets: u64,
-    pub bytes: u64,
-    /// Where the fast path sent this direction's packets last (a FIB lookup costs more than
-    /// everything else a packet needs).
-    pub fwd: FwdCache,
-    /// TCP: the end of the highest sequence this direction has sent (seq + length, SYN and
-    /// FIN counted), host byte order: where a genuine RST from it must fall (RFC 5961).
-    pub td_end: u32,
-    /// TCP: the largest window this direction has offered to the other, scaled: how far from
-    /// `td_end` of the other direction its segments may lie.
-    pub td_maxwin: u32,
-    /// Test builds only (`layout-next`): a field the layout after this one adds, so that the
-    /// upgrade test migrates a live conntrack table into a changed layout.
-    #[cfg(feature = "layout-next")]
-    pub layout_next: u64,
+crate::map_type! {
+    /// One direction of a tracked flow.
+    #[derive(Default)]
+    pub struct CtEntry: (if cfg!(feature = "layout-next") { 88 } else { 80 }) {
+        /// CLOCK_MONOTONIC seconds after which the entry counts as absent (unless its peer lives).
+        pub expires: u32,
+        /// CLOCK_MONOTONIC seconds when the flow was created.
+        pub created: u32,
+        /// The source written with [`CT_F_REWRITE_SRC`], network byte order.
+        pub src_addr: u32,
+        /// The destination written with [`CT_F_REWRITE_DST`], network byte order.
+        pub dst_addr: u32,
+        /// The source port (or ICMP identifier) written with the source, network byte order.
+        pub src_port: u16,
+        /// The destination port (or ICMP identifier) written with the destination.
+        pub dst_port: u16,
+        /// `CT_F_*`.
+        pub flags: u16,
+        /// [`TcpState`] as u8 (0 for other protocols).
+        pub tcp_state: u8,
+        /// TCP: the window scale this direction's sender announced in its SYN (0 when it did
+        /// not, or the other side did not: then windows are not scaled), [`WSCALE_UNKNOWN`]
+        /// when its SYN was not seen.
+        pub wscale: u8,
+        /// The netfast network the flow belongs to (an index into the per-network stats).
+        pub net_id: u16,
+        pub _pad2: [u8; 2],
+        /// CLOCK_MONOTONIC seconds up to which this flow last extended its mapping.
+        pub map_expires: u32,
+        /// Packets and bytes that matched this entry (this direction only).
+        pub packets: u64,
+        pub bytes: u64,
+        /// Where the fast path sent this direction's packets last (a FIB lookup costs more than
+        /// everything else a packet needs).
+        pub fwd: FwdCache,
+        /// TCP: the end of the highest sequence this direction has sent (seq + length, SYN and
+        /// FIN counted), host byte order: where a genuine RST from it must fall (RFC 5961).
+        pub td_end: u32,
+        /// TCP: the largest window this direction has offered to the other, scaled: how far from
+        /// `td_end` of the other direction its segments may lie.
+        pub td_maxwin: u32,
+        /// Test builds only (`layout-next`): a field the layout after this one adds, so that the
+        /// upgrade test migrates a live conntrack table into a changed layout.
+        #[cfg(feature = "layout-next")]
+        pub layout_next: u64,
+    }
 }
-const _: () = assert!(
-    core::mem::size_of::<CtEntry>()
-        == if cfg!(feature = "layout-next") {
-            88
-        } else {
-            80
-        }
-);
+
+/// What the original entry of a new flow is made of (see [`CtEntry::open`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewEntry {
+    /// `CT_F_*`: the rewrites it does (`CT_F_REWRITE_SRC`, `CT_F_REWRITE_DST`) and the rest.
+    pub flags: u16,
+    /// The source and the destination it writes, as `flags` say (address and port, network
+    /// byte order).
+    pub src: (u32, u16),
+    pub dst: (u32, u16),
+    pub state: TcpState,
+    pub net_id: u16,
+    /// CLOCK_MONOTONIC seconds: now, when the entry expires, and up to when the flow
+    /// extends its mapping.
+    pub now: u32,
+    pub expires: u32,
+    pub map_expires: u32,
+    /// The length of the packet that opens the flow.
+    pub bytes: u32,
+}
 
 /// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
 pub const FWD_F_UPLINK: u8 = 1;
 
-/// A cached route: good until `expires` for packets of at most `max_len` bytes of IPv4
-/// (or GSO packets, which the kernel segments to the route's MTU).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct FwdCache {
-    pub ifindex: u32,
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
-    /// The route's kind (the datapath's `forward::PEER`, `NEIGH`); 0: nothing cached.
-    pub kind: u8,
-    /// `FWD_F_*`.
-    pub flags: u8,
-    /// The largest IPv4 packet the route is known to carry without fragmentation.
-    pub max_len: u16,
-    /// CLOCK_MONOTONIC seconds up to which the route may be used without a new lookup.
-    pub expires: u32,
+crate::map_type! {
+    /// A cached route: good until `expires` for packets of at most `max_len` bytes of IPv4
+    /// (or GSO packets, which the kernel segments to the route's MTU).
+    #[derive(Default)]
+    pub struct FwdCache: 24 {
+        pub ifindex: u32,
+        pub dmac: [u8; 6],
+        pub smac: [u8; 6],
+        /// The route's kind (the datapath's `forward::PEER`, `NEIGH`); 0: nothing cached.
+        pub kind: u8,
+        /// `FWD_F_*`.
+        pub flags: u8,
+        /// The largest IPv4 packet the route is known to carry without fragmentation.
+        pub max_len: u16,
+        /// CLOCK_MONOTONIC seconds up to which the route may be used without a new lookup.
+        pub expires: u32,
+    }
 }
-const _: () = assert!(core::mem::size_of::<FwdCache>() == 24);
 
 impl FwdCache {
     pub const EMPTY: FwdCache = FwdCache {
@@ -234,36 +245,26 @@ impl CtEntry {
         }
     }
 
-    /// [`CtEntry::opening`], written into `self` field by field: the datapath builds a new
-    /// flow's entry in place, where a whole entry built first would take 80 bytes of a BPF
-    /// stack frame.
-    #[allow(clippy::too_many_arguments)]
-    pub const fn open(
-        &mut self,
-        flags: u16,
-        src: (u32, u16),
-        dst: (u32, u16),
-        state: TcpState,
-        net_id: u16,
-        now: u32,
-        expires: u32,
-        map_expires: u32,
-        bytes: u32,
-    ) {
-        self.expires = expires;
-        self.created = now;
-        self.src_addr = src.0;
-        self.dst_addr = dst.0;
-        self.src_port = src.1;
-        self.dst_port = dst.1;
-        self.flags = flags;
-        self.tcp_state = state as u8;
+    /// [`CtEntry::opening`] of `n`, written into `self` field by field: the datapath builds
+    /// a new flow's entry in place, where a whole entry built first would take 80 bytes of a
+    /// BPF stack frame (inlined, so that `n` is never one either).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub const fn open(&mut self, n: &NewEntry) {
+        self.expires = n.expires;
+        self.created = n.now;
+        self.src_addr = n.src.0;
+        self.dst_addr = n.dst.0;
+        self.src_port = n.src.1;
+        self.dst_port = n.dst.1;
+        self.flags = n.flags;
+        self.tcp_state = n.state as u8;
         self.wscale = WSCALE_UNKNOWN;
-        self.net_id = net_id;
+        self.net_id = n.net_id;
         self._pad2 = [0; 2];
-        self.map_expires = map_expires;
+        self.map_expires = n.map_expires;
         self.packets = 1;
-        self.bytes = bytes as u64;
+        self.bytes = n.bytes as u64;
         self.fwd = FwdCache::EMPTY;
         self.td_end = 0;
         self.td_maxwin = 0;
@@ -337,21 +338,24 @@ impl CtEntry {
     }
 }
 
-/// TCP connection states, as conntrack names them.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcpState {
-    None = 0,
-    SynSent = 1,
-    SynRecv = 2,
-    Established = 3,
-    FinWait = 4,
-    CloseWait = 5,
-    TimeWait = 6,
-    Close = 7,
+crate::named_enum! {
+    /// TCP connection states, as conntrack names them.
+    pub enum TcpState: u8, try_from_u8 {
+        None = 0 => "NONE",
+        SynSent = 1 => "SYN_SENT",
+        SynRecv = 2 => "SYN_RECV",
+        Established = 3 => "ESTABLISHED",
+        FinWait = 4 => "FIN_WAIT",
+        CloseWait = 5 => "CLOSE_WAIT",
+        TimeWait = 6 => "TIME_WAIT",
+        Close = 7 => "CLOSE",
+    }
 }
 
 impl TcpState {
+    /// The state a `tcp_state` field holds ([`TcpState::None`] for any other value).
+    // A match of its own rather than `try_from_u8`'s loop: the programs call it for every
+    // TCP packet, and the loop costs the verifier some 6k more instructions.
     pub const fn from_u8(v: u8) -> TcpState {
         match v {
             1 => TcpState::SynSent,
@@ -364,19 +368,6 @@ impl TcpState {
             _ => TcpState::None,
         }
     }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            TcpState::None => "NONE",
-            TcpState::SynSent => "SYN_SENT",
-            TcpState::SynRecv => "SYN_RECV",
-            TcpState::Established => "ESTABLISHED",
-            TcpState::FinWait => "FIN_WAIT",
-            TcpState::CloseWait => "CLOSE_WAIT",
-            TcpState::TimeWait => "TIME_WAIT",
-            TcpState::Close => "CLOSE",
-        }
-    }
 }
 
 /// Ring-buffer event kinds (`netfast conntrack watch`).
@@ -384,28 +375,19 @@ pub const CT_EVENT_NEW: u8 = 1;
 pub const CT_EVENT_UPDATE: u8 = 2;
 pub const CT_EVENT_DESTROY: u8 = 3;
 
-/// A conntrack event: a flow was created, or changed TCP state.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CtEvent {
-    /// The original direction's key.
-    pub key: CtKey,
-    /// The original direction's entry (its `tcp_state` and `expires` are the new ones).
-    pub entry: CtEntry,
-    /// `CT_EVENT_*`.
-    pub kind: u8,
-    pub _pad: [u8; 7],
+crate::map_type! {
+    /// A conntrack event: a flow was created, or changed TCP state.
+    #[derive(Default)]
+    pub struct CtEvent: (if cfg!(feature = "layout-next") { 112 } else { 104 }) {
+        /// The original direction's key.
+        pub key: CtKey,
+        /// The original direction's entry (its `tcp_state` and `expires` are the new ones).
+        pub entry: CtEntry,
+        /// `CT_EVENT_*`.
+        pub kind: u8,
+        pub _pad: [u8; 7],
+    }
 }
-const _: () = assert!(
-    core::mem::size_of::<CtEvent>()
-        == if cfg!(feature = "layout-next") {
-            112
-        } else {
-            104
-        }
-);
-
-crate::aya_pod!(CtKey, CtEntry, CtEvent);
 
 /// TCP flags a state transition looks at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

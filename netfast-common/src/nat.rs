@@ -8,40 +8,39 @@
 //! The datapath never deletes either: a claim or binding it could not use expires, so that
 //! no CPU can remove what another has just made.
 
-use bytemuck::{Pod, Zeroable};
-
-/// An internal endpoint leaving through one external address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct NatBindKey {
-    /// Internal (container) address, network byte order.
-    pub int_addr: u32,
-    /// External address the endpoint is translated to, network byte order.
-    pub ext_addr: u32,
-    /// Internal port or ICMP identifier, network byte order.
-    pub int_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
+crate::map_type! {
+    /// An internal endpoint leaving through one external address.
+    #[derive(Default, Hash)]
+    pub struct NatBindKey: 12 {
+        /// Internal (container) address, network byte order.
+        pub int_addr: u32,
+        /// External address the endpoint is translated to, network byte order.
+        pub ext_addr: u32,
+        /// Internal port or ICMP identifier, network byte order.
+        pub int_port: u16,
+        pub proto: u8,
+        pub _pad: u8,
+    }
 }
-const _: () = assert!(core::mem::size_of::<NatBindKey>() == 12);
 
-/// An internal endpoint's external port. Eight bytes, read and written as one word
-/// ([`NatBinding::word`]): every change of a binding is a compare-and-exchange, so that two
-/// CPUs counting flows or reviving it at once never lose one another's change.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct NatBinding {
-    /// External port, network byte order.
-    pub ext_port: u16,
-    /// Flows using the mapping that have not closed yet (TCP flows are subtracted when they
-    /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
-    /// TCP flow closes, the mapping's lifetime shrinks to that flow's. Never below the truth:
-    /// a flow that failed to open is not subtracted.
-    pub flows: u16,
-    /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
-    pub expires: u32,
+crate::map_type! {
+    #[repr(C, align(8))]
+    /// An internal endpoint's external port. Eight bytes, read and written as one word
+    /// ([`NatBinding::word`]): every change of a binding is a compare-and-exchange, so that two
+    /// CPUs counting flows or reviving it at once never lose one another's change.
+    #[derive(Default)]
+    pub struct NatBinding: 8 {
+        /// External port, network byte order.
+        pub ext_port: u16,
+        /// Flows using the mapping that have not closed yet (TCP flows are subtracted when they
+        /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
+        /// TCP flow closes, the mapping's lifetime shrinks to that flow's. Never below the truth:
+        /// a flow that failed to open is not subtracted.
+        pub flows: u16,
+        /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
+        pub expires: u32,
+    }
 }
-const _: () = assert!(core::mem::size_of::<NatBinding>() == 8);
 
 impl NatBinding {
     /// The binding as the word the datapath exchanges (memory order, so that it is the
@@ -55,18 +54,18 @@ impl NatBinding {
     }
 }
 
-/// An external (address, port, protocol).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct NatClaimKey {
-    /// External address, network byte order.
-    pub ext_addr: u32,
-    /// External port or ICMP identifier, network byte order.
-    pub ext_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
+crate::map_type! {
+    /// An external (address, port, protocol).
+    #[derive(Default, Hash)]
+    pub struct NatClaimKey: 8 {
+        /// External address, network byte order.
+        pub ext_addr: u32,
+        /// External port or ICMP identifier, network byte order.
+        pub ext_port: u16,
+        pub proto: u8,
+        pub _pad: u8,
+    }
 }
-const _: () = assert!(core::mem::size_of::<NatClaimKey>() == 8);
 
 impl NatClaimKey {
     /// The key of the external `(ext_addr, ext_port)` (network byte order) for `proto`.
@@ -80,19 +79,19 @@ impl NatClaimKey {
     }
 }
 
-/// Who holds an external port. The owner is one word, so that taking over a port whose
-/// holder has expired is one compare-and-exchange: of two CPUs that try at once, one wins.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct NatClaim {
-    /// The internal endpoint that owns the port: address, port and network, packed by
-    /// [`NatClaim::owner_of`].
-    pub owner: u64,
-    /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
-    pub expires: u32,
-    pub _pad: u32,
+crate::map_type! {
+    /// Who holds an external port. The owner is one word, so that taking over a port whose
+    /// holder has expired is one compare-and-exchange: of two CPUs that try at once, one wins.
+    #[derive(Default)]
+    pub struct NatClaim: 16 {
+        /// The internal endpoint that owns the port: address, port and network, packed by
+        /// [`NatClaim::owner_of`].
+        pub owner: u64,
+        /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
+        pub expires: u32,
+        pub _pad: u32,
+    }
 }
-const _: () = assert!(core::mem::size_of::<NatClaim>() == 16);
 
 impl NatClaim {
     /// A claim of the endpoint `owner` (see [`NatClaim::owner_of`]) until `expires`.
@@ -137,42 +136,33 @@ impl NatClaim {
     }
 }
 
-/// A fragmented datagram, as its fragments carry it before translation.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FragKey {
-    /// Addresses, network byte order.
-    pub src_addr: u32,
-    pub dst_addr: u32,
-    /// IPv4 identification, network byte order.
-    pub id: u16,
-    pub proto: u8,
-    pub _pad: u8,
+crate::map_type! {
+    /// A fragmented datagram, as its fragments carry it before translation.
+    #[derive(Default, Hash)]
+    pub struct FragKey: 12 {
+        /// Addresses, network byte order.
+        pub src_addr: u32,
+        pub dst_addr: u32,
+        /// IPv4 identification, network byte order.
+        pub id: u16,
+        pub proto: u8,
+        pub _pad: u8,
+    }
 }
-const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 
-/// What the first fragment's translation did to the addresses; later fragments repeat it,
-/// at whichever hook sees them first (once translated, a fragment no longer matches).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct FragEntry {
-    /// New source and destination, network byte order.
-    pub src_addr: u32,
-    pub dst_addr: u32,
-    /// CLOCK_MONOTONIC seconds.
-    pub expires: u32,
-    pub _pad: u32,
+crate::map_type! {
+    /// What the first fragment's translation did to the addresses; later fragments repeat it,
+    /// at whichever hook sees them first (once translated, a fragment no longer matches).
+    #[derive(Default)]
+    pub struct FragEntry: 16 {
+        /// New source and destination, network byte order.
+        pub src_addr: u32,
+        pub dst_addr: u32,
+        /// CLOCK_MONOTONIC seconds.
+        pub expires: u32,
+        pub _pad: u32,
+    }
 }
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
-
-crate::aya_pod!(
-    NatBindKey,
-    NatBinding,
-    NatClaimKey,
-    NatClaim,
-    FragKey,
-    FragEntry
-);
 
 /// The `attempt`-th external port to try (host byte order): the original port first, then a
 /// walk through `[min, max]` from `random`, so that a small range is searched completely.

@@ -2,36 +2,30 @@
 //! they came from, so that another build of netfast can tell whether it may use them and
 //! `netfast upgrade` can replace them in place.
 
-use bytemuck::{Pod, Zeroable};
-
 /// The version of the maps' layouts: bumped whenever a pinned map changes its type, key or
 /// value (size or meaning), with a migration for its entries (the loader's
 /// `upgrade::migrate`), or a map is added. Version 1 was the first release, whose pins carry
 /// no version; 3 added the monitor's maps (`DROP_EVENTS`, `MONITOR_BUDGET`, `HOOK_DROPS`).
 pub const LAYOUT_VERSION: u32 = if cfg!(feature = "layout-next") { 4 } else { 3 };
 
-/// The one entry of [`crate::maps::META`]. Its own layout never changes: every build must be
-/// able to read it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct Meta {
-    /// [`LAYOUT_VERSION`] of the running programs and the pinned maps.
-    pub layout: u32,
-    /// While an upgrade is under way: the layout it moves to (0: none).
-    pub next_layout: u32,
-    /// Which build of the programs runs: a hash of the embedded eBPF object.
-    pub object: u64,
-    /// While an upgrade is under way: the build it installs.
-    pub next_object: u64,
-    /// The netfast version that installed the running programs (UTF-8, NUL-padded).
-    pub version: [u8; 32],
-    /// The netfast version an upgrade under way installs.
-    pub next_version: [u8; 32],
+crate::map_type! {
+    /// The one entry of [`crate::maps::META`]. Its own layout never changes: every build must be
+    /// able to read it.
+    pub struct Meta: 88 {
+        /// [`LAYOUT_VERSION`] of the running programs and the pinned maps.
+        pub layout: u32,
+        /// While an upgrade is under way: the layout it moves to (0: none).
+        pub next_layout: u32,
+        /// Which build of the programs runs: a hash of the embedded eBPF object.
+        pub object: u64,
+        /// While an upgrade is under way: the build it installs.
+        pub next_object: u64,
+        /// The netfast version that installed the running programs (UTF-8, NUL-padded).
+        pub version: [u8; 32],
+        /// The netfast version an upgrade under way installs.
+        pub next_version: [u8; 32],
+    }
 }
-
-const _: () = assert!(core::mem::size_of::<Meta>() == 88);
-
-crate::aya_pod!(Meta);
 
 /// `text` as a NUL-padded field of [`Meta`] (cut at 32 bytes).
 pub fn version_field(text: &str) -> [u8; 32] {

@@ -119,6 +119,32 @@ fn masquerade_port(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u16, DropR
     Ok(nat::mapping(ctx, &p.key, net, p.now, until).value()? as u16)
 }
 
+/// The start of a hairpin to `dst`: its route (into `r`; none is a drop), and the sender's
+/// external port when `p` may open a flow (`None`: a packet that cannot, a stray ACK, is the
+/// host's to answer).
+#[inline(always)]
+fn hairpin_start(
+    ctx: &TcContext,
+    p: &Pkt,
+    net: &NetInfo,
+    dst: u32,
+    r: &mut Route,
+) -> Result<Option<u16>, DropReason> {
+    let hop = Hop {
+        src: net.ext_addr,
+        dst,
+        must: true,
+        now: p.now,
+    };
+    if !route(ctx, &p.ip, &hop, r) {
+        return Err(DropReason::NoRoute);
+    }
+    if !publish::can_open(p) {
+        return Ok(None);
+    }
+    masquerade_port(ctx, p, net).map(Some)
+}
+
 /// Whether a flow entry belongs to the network of the bridge the packet came in on.
 #[inline(always)]
 fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
@@ -257,20 +283,9 @@ fn try_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReas
             return Err(DropReason::NotAllowed);
         }
         let mut r = Route::NONE;
-        let hop = Hop {
-            src: net.ext_addr,
-            dst: target.addr,
-            must: true,
-            now,
-        };
-        if !route(ctx, &ip, &hop, &mut r) {
-            return Err(DropReason::NoRoute);
-        }
-        // A packet that cannot open a flow (a stray ACK) is the host's to answer.
-        if !publish::can_open(p) {
+        let Some(ext_port) = hairpin_start(ctx, p, net, target.addr, &mut r)? else {
             return Ok(NEXT);
-        }
-        let ext_port = masquerade_port(ctx, p, net)?;
+        };
         if publish::hairpin_new_flow(ctx, p, &target, net, ext_port).get()? {
             nat::apply_opened(ctx, p)?;
             return forward::forward(ctx, &r);
@@ -286,19 +301,9 @@ fn try_new_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, DropReas
         && let Some(claim) = nat::live_claim(ip.dst, dport, ip.proto, now)
     {
         let mut r = Route::NONE;
-        let hop = Hop {
-            src: net.ext_addr,
-            dst: claim.int_addr(),
-            must: true,
-            now,
-        };
-        if !route(ctx, &ip, &hop, &mut r) {
-            return Err(DropReason::NoRoute);
-        }
-        if !publish::can_open(p) {
+        let Some(ext_port) = hairpin_start(ctx, p, net, claim.int_addr(), &mut r)? else {
             return Ok(NEXT);
-        }
-        let ext_port = masquerade_port(ctx, p, net)?;
+        };
         match nat::mapping_hairpin_new_flow(ctx, p, net, ext_port).value()? {
             0 => {}
             nat::FILTERED => return Err(DropReason::NatFiltered),

@@ -540,19 +540,28 @@ fn try_complete_pair(ctx: &TcContext, p: &Pkt, reply_flags: u16) -> Result<u32, 
 /// held by a live flow that is this very flow — another CPU opened it a moment ago, or its
 /// original entry was evicted and this packet brings it back — the flow is kept (and its
 /// original entry restored from the surviving one): the packet goes on as that flow's.
-/// `repair_only`: the packet may not open a flow (a TCP segment without SYN), only restore
-/// one (`ABSENT` when there is none). `table`: where a new flow goes (`Table::Inbound` for a
-/// flow opened from outside).
+/// `opening`: whether the packet may open a flow (see [`Opening`]). `table`: where a new
+/// flow goes (`Table::Inbound` for a flow opened from outside).
 #[inline(never)]
-pub fn insert_pair(orig_key: &CtKey, now: u32, repair_only: bool, table: Table) -> Outcome {
-    Outcome::from(try_insert_pair(orig_key, now, repair_only, table))
+pub fn insert_pair(orig_key: &CtKey, now: u32, opening: Opening, table: Table) -> Outcome {
+    Outcome::from(try_insert_pair(orig_key, now, opening, table))
+}
+
+/// Whether the packet that inserts a flow may open it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// It opens a new flow (or joins, or repairs, the one that holds its tuples).
+    New,
+    /// It may not open a flow (a TCP segment without SYN), only restore one: `ABSENT` when
+    /// there is none.
+    RepairOnly,
 }
 
 #[inline(always)]
 fn try_insert_pair(
     orig_key: &CtKey,
     now: u32,
-    repair_only: bool,
+    opening: Opening,
     table: Table,
 ) -> Result<u32, DropReason> {
     let pair = scratch()?;
@@ -560,15 +569,15 @@ fn try_insert_pair(
     // No two flows, in either table, share a reply tuple: a flow from outside may have been
     // answered already (it is in the main table, perhaps without its original entry), and an
     // unanswered flow from outside may hold the reply tuple of a flow from inside.
-    match held_by(Table::Main, orig_key, &reply_key, now, repair_only)? {
+    match held_by(Table::Main, orig_key, &reply_key, now, opening)? {
         Outcome::NONE => {}
         found => return Ok(found),
     }
-    match held_by(Table::Inbound, orig_key, &reply_key, now, repair_only)? {
+    match held_by(Table::Inbound, orig_key, &reply_key, now, opening)? {
         Outcome::NONE => {}
         found => return Ok(found),
     }
-    if repair_only {
+    if opening == Opening::RepairOnly {
         return Ok(ABSENT);
     }
     let map = match table {
@@ -597,7 +606,7 @@ fn try_insert_pair(
 }
 
 /// What holds `reply_key`, the reply tuple of the flow in this CPU's scratch pair (opened by
-/// the packet keyed `orig_key`), in `table`: `CLASH` (`ABSENT` when `repair_only`) for
+/// the packet keyed `orig_key`), in `table`: `CLASH` (`ABSENT` when `Opening::RepairOnly`) for
 /// another live flow; `JOINED` for this very flow, or `REPAIRED` once its original entry is
 /// restored from the surviving one; `Outcome::NONE` when no live flow holds it there. A held entry is dead only if its flow is: a stream that
 /// flows one way keeps its original entry alive and lets its reply entry expire.
@@ -607,7 +616,7 @@ fn held_by(
     orig_key: &CtKey,
     reply_key: &CtKey,
     now: u32,
-    repair_only: bool,
+    opening: Opening,
 ) -> Result<u32, DropReason> {
     let Some(held) = entry_in(table, reply_key) else {
         return Ok(Outcome::NONE);
@@ -619,7 +628,10 @@ fn held_by(
     }
     if held.peer_key(reply_key) != *orig_key {
         // Another live flow answers on this tuple.
-        return Ok(if repair_only { ABSENT } else { CLASH });
+        return Ok(match opening {
+            Opening::New => CLASH,
+            Opening::RepairOnly => ABSENT,
+        });
     }
     // This flow, alive: opened by another CPU, or missing its original entry.
     if entry_in(table, orig_key).is_some() {

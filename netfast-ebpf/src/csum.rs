@@ -35,23 +35,30 @@ pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
     replace16(c, (old >> 16) as u16, (new >> 16) as u16)
 }
 
-/// A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xffff.
+/// A UDP checksum after a change, from `check` before it and `replaced`, the result of the
+/// ones' complement replacement: a checksum of 0 means "none" and stays 0; a computed 0 is
+/// sent as 0xffff.
 #[inline(always)]
-pub fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
+fn udp(check: u16, replaced: u16) -> u16 {
     if check == 0 {
-        return 0;
+        0
+    } else if replaced == 0 {
+        0xffff
+    } else {
+        replaced
     }
-    let c = replace32(check, old, new);
-    if c == 0 { 0xffff } else { c }
 }
 
+/// [`replace32`] for a UDP checksum.
+#[inline(always)]
+pub fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
+    udp(check, replace32(check, old, new))
+}
+
+/// [`replace16`] for a UDP checksum.
 #[inline(always)]
 pub fn udp_replace16(check: u16, old: u16, new: u16) -> u16 {
-    if check == 0 {
-        return 0;
-    }
-    let c = replace16(check, old, new);
-    if c == 0 { 0xffff } else { c }
+    udp(check, replace16(check, old, new))
 }
 
 /// Adjusts the TCP/UDP checksum at `csum_off` for an address change (pseudo-header).

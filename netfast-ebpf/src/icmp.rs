@@ -79,38 +79,25 @@ fn try_translate_error(
     };
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
     let e = unsafe { *entry };
+    let quote = Quote {
+        icmp_off: ip.l4(),
+        inner,
+        l4,
+        ip_end,
+        proto,
+    };
     // The entry says how replies to the embedded packet are translated; the error is
     // translated the same way: its embedded packet (which went the other way) gets the
     // rewrites on the opposite sides, and its outer header where it names the same endpoint
     // (an error from a router keeps the router's address).
     if e.flags & CT_F_REWRITE_DST != 0 {
-        rewrite_embedded(
-            ctx,
-            ip.l4(),
-            inner,
-            l4,
-            ip_end,
-            proto,
-            Side::Src,
-            e.dst_addr,
-            e.dst_port,
-        )?;
+        rewrite_embedded(ctx, &quote, Side::Src, e.dst_addr, e.dst_port)?;
         if ip.dst == key.dst_addr {
             rewrite_l3(ctx, Side::Dst, e.dst_addr)?;
         }
     }
     if e.flags & CT_F_REWRITE_SRC != 0 {
-        rewrite_embedded(
-            ctx,
-            ip.l4(),
-            inner,
-            l4,
-            ip_end,
-            proto,
-            Side::Dst,
-            e.src_addr,
-            e.src_port,
-        )?;
+        rewrite_embedded(ctx, &quote, Side::Dst, e.src_addr, e.src_port)?;
         if ip.src == key.src_addr {
             rewrite_l3(ctx, Side::Src, e.src_addr)?;
         }
@@ -119,23 +106,35 @@ fn try_translate_error(
     Ok(1)
 }
 
-/// Rewrites the embedded packet's source (or destination) address and port, its IPv4 and
-/// L4 checksums where present, and the ICMP checksum for every word that changed. Every
-/// change stays inside the ICMP message and is balanced by its checksum, so a
-/// CHECKSUM_COMPLETE skb stays consistent without a helper.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn rewrite_embedded(
-    ctx: &TcContext,
+/// Where the parts of an ICMP error are: its header, the embedded packet's IPv4 header and
+/// L4 header, and the end of the IPv4 packet that carries it; and the embedded protocol.
+struct Quote {
     icmp_off: usize,
     inner: usize,
     l4: usize,
     ip_end: usize,
     proto: u8,
+}
+
+/// Rewrites the embedded packet's source (or destination) address and port, its IPv4 and
+/// L4 checksums where present, and the ICMP checksum for every word that changed. Every
+/// change stays inside the ICMP message and is balanced by its checksum, so a
+/// CHECKSUM_COMPLETE skb stays consistent without a helper.
+#[inline(always)]
+fn rewrite_embedded(
+    ctx: &TcContext,
+    quote: &Quote,
     side: Side,
     addr: u32,
     port: u16,
 ) -> Result<(), DropReason> {
+    let Quote {
+        icmp_off,
+        inner,
+        l4,
+        ip_end,
+        proto,
+    } = *quote;
     let icmp_csum_off = icmp_off + 2;
     let mut icmp_csum: u16 = load(ctx, icmp_csum_off)?;
 

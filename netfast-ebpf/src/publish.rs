@@ -7,14 +7,14 @@ use netfast_common::{
     config::NetInfo,
     conntrack::{
         CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, PROTO_TCP, PROTO_UDP, TcpFlags, TcpState,
-        tcp_next,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, NewEntry, PROTO_TCP, PROTO_UDP, TcpFlags,
+        TcpState, tcp_next,
     },
     nat::{mapping_slack, port_candidate},
     publish::{AllowKey, PubKey, PubTarget},
 };
 
-use crate::conntrack::Table;
+use crate::conntrack::{Opening, Table};
 use crate::outcome::Outcome;
 use crate::{
     conntrack,
@@ -32,6 +32,18 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
     if (proto != PROTO_TCP && proto != PROTO_UDP) || loopback(addr) {
         return None;
     }
+    lookup(addr, port, proto, || host_addr(addr))
+}
+
+/// The publication of `(port, proto)` on `addr`, else the one on every address when
+/// `on_host` says that `addr` is one of the host's.
+#[inline(always)]
+pub fn lookup(
+    addr: u32,
+    port: u16,
+    proto: u8,
+    on_host: impl FnOnce() -> bool,
+) -> Option<PubTarget> {
     let exact = PubKey {
         addr,
         port,
@@ -42,16 +54,19 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
     if let Some(t) = unsafe { NETFAST_PUBLISHED.get(exact) } {
         return Some(*t);
     }
-    // SAFETY: as above.
-    unsafe { NETFAST_HOST_ADDRS.get(addr) }?;
-    let any = PubKey {
-        addr: 0,
-        port,
-        proto,
-        _pad: 0,
-    };
+    if !on_host() {
+        return None;
+    }
+    let any = PubKey { addr: 0, ..exact };
     // SAFETY: as above.
     unsafe { NETFAST_PUBLISHED.get(any) }.copied()
+}
+
+/// Whether `addr` (network byte order) is one of the host's addresses.
+#[inline(always)]
+pub fn host_addr(addr: u32) -> bool {
+    // SAFETY: map values are plain data.
+    unsafe { NETFAST_HOST_ADDRS.get(addr) }.is_some()
 }
 
 /// Whether `addr` (network byte order) is in 127.0.0.0/8.
@@ -114,29 +129,29 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
 
     // A segment that cannot open a flow may still belong to one that lost its original
     // entry: it restores it, or goes to the host.
-    let (state, t, repair_only) = match opening(key, tcp_flags) {
-        Some((state, t)) => (state, t, false),
+    let (state, t, may_open) = match opening(key, tcp_flags) {
+        Some((state, t)) => (state, t, Opening::New),
         None => (
             TcpState::Established,
             conntrack::timeout_of(key.proto, TcpState::Established),
-            true,
+            Opening::RepairOnly,
         ),
     };
     let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
-        (0, 0),
-        (target.addr, target.port),
+    pair.orig.open(&NewEntry {
+        flags: CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
+        src: (0, 0),
+        dst: (target.addr, target.port),
         state,
-        target.net_id,
+        net_id: target.net_id,
         now,
-        expires_at(now, t),
-        0,
-        ctx.len(),
-    );
+        expires: expires_at(now, t),
+        map_expires: 0,
+        bytes: ctx.len(),
+    });
     conntrack::complete_pair(ctx, p, CT_F_PUBLISHED | CT_F_FROM_INSIDE).get()?;
 
-    let inserted = conntrack::insert_pair(key, now, repair_only, Table::Inbound);
+    let inserted = conntrack::insert_pair(key, now, may_open, Table::Inbound);
     match inserted.value()? {
         conntrack::ABSENT => return Ok(0),
         conntrack::CLASH => {}
@@ -154,7 +169,7 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
         let (port_min, port_max) = conntrack::port_range();
         let port = port_candidate(attempt, 0, random, port_min, port_max);
         pair.orig.src_port = port.to_be();
-        let inserted = conntrack::insert_pair(key, now, false, Table::Inbound);
+        let inserted = conntrack::insert_pair(key, now, Opening::New, Table::Inbound);
         if inserted.value()? != conntrack::CLASH {
             return nat::opened(ctx, inserted);
         }
@@ -202,23 +217,23 @@ fn try_hairpin_new_flow(
     let expires = now + t;
     let until = expires + mapping_slack(t);
     let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_SRC
+    pair.orig.open(&NewEntry {
+        flags: CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
             | CT_F_PUBLISHED
             | CT_F_INWARD
             | CT_F_REDIRECT
             | CT_F_FROM_INSIDE,
-        (net.ext_addr, ext_port),
-        (target.addr, target.port),
+        src: (net.ext_addr, ext_port),
+        dst: (target.addr, target.port),
         state,
-        net.id,
+        net_id: net.id,
         now,
         expires,
-        until,
-        ctx.len(),
-    );
+        map_expires: until,
+        bytes: ctx.len(),
+    });
     conntrack::complete_pair(
         ctx,
         p,
@@ -228,5 +243,8 @@ fn try_hairpin_new_flow(
     // Each direction crosses its own sender's bridge.
     pair.reply.net_id = target.net_id;
 
-    nat::opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))
+    nat::opened(
+        ctx,
+        conntrack::insert_pair(key, now, Opening::New, Table::Main),
+    )
 }

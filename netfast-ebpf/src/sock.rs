@@ -12,9 +12,10 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use netfast_common::publish::{PubKey, PubTarget, SockRevNat};
+use netfast_common::publish::{PubTarget, SockRevNat};
 
-use crate::maps::{NETFAST_HOST, NETFAST_HOST_ADDRS, NETFAST_PUBLISHED, NETFAST_SOCK_REVNAT};
+use crate::maps::{NETFAST_HOST, NETFAST_SOCK_REVNAT};
+use crate::publish;
 
 /// 127.0.0.1 in network byte order.
 const LOOPBACK: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -33,28 +34,9 @@ fn in_host(ctx: &SockAddrContext) -> bool {
 /// address when the destination is one of the host's, or 127.0.0.1.
 #[inline(always)]
 fn published(addr: u32, port: u16, proto: u8) -> Option<PubTarget> {
-    let exact = PubKey {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: map values are plain data, read at once.
-    if let Some(t) = unsafe { NETFAST_PUBLISHED.get(exact) } {
-        return Some(*t);
-    }
-    // SAFETY: as above.
-    if addr != LOOPBACK && unsafe { NETFAST_HOST_ADDRS.get(addr) }.is_none() {
-        return None;
-    }
-    let any = PubKey {
-        addr: 0,
-        port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: as above.
-    unsafe { NETFAST_PUBLISHED.get(any) }.copied()
+    publish::lookup(addr, port, proto, || {
+        addr == LOOPBACK || publish::host_addr(addr)
+    })
 }
 
 /// connect4 and sendmsg4: a destination that is a published port becomes its container.

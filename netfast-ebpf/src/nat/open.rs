@@ -9,8 +9,8 @@ use netfast_common::{
     config::NetInfo,
     conntrack::{
         CT_F_AWAIT_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC,
-        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, PROTO_TCP, PROTO_UDP,
-        TcpFlags, TcpState, tcp_next,
+        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, NewEntry, PROTO_TCP,
+        PROTO_UDP, TcpFlags, TcpState, tcp_next,
     },
     nat::{NatBindKey, NatBinding, NatClaimKey, mapping_slack},
 };
@@ -19,7 +19,7 @@ use super::{
     apply,
     mapping::{HOST_FLOWS, host_uses, live_claim, load_word, reuse_mapping},
 };
-use crate::conntrack::Table;
+use crate::conntrack::{Opening, Table};
 use crate::outcome::Outcome;
 use crate::{
     conntrack,
@@ -56,26 +56,29 @@ fn try_snat_new_flow(
 ) -> Result<u32, DropReason> {
     let (key, now) = (&p.key, p.now);
     let (state, expires, until) = new_flow_times(p)?;
-    let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
-        (net.ext_addr, ext_port),
-        (0, 0),
-        state,
-        net.id,
-        now,
-        expires,
-        until,
-        ctx.len(),
-    );
     // The replies of a container's flow go to the container; those of a host flow (see
     // `host_new_flow`) to the host.
     let reply_flags = if net.id == HOST_FLOWS { 0 } else { CT_F_INWARD };
+    let pair = conntrack::scratch()?;
+    pair.orig.open(&NewEntry {
+        flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
+        src: (net.ext_addr, ext_port),
+        dst: (0, 0),
+        state,
+        net_id: net.id,
+        now,
+        expires,
+        map_expires: until,
+        bytes: ctx.len(),
+    });
     conntrack::complete_pair(ctx, p, reply_flags).get()?;
 
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
-    opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))
+    opened(
+        ctx,
+        conntrack::insert_pair(key, now, Opening::New, Table::Main),
+    )
 }
 
 /// The state a masqueraded flow opened by `p` starts in, when its entries expire, and until
@@ -151,8 +154,8 @@ fn try_mapping_hairpin_new_flow(
     let same_network = claim.net_id() == net.id;
     let wait = !same_network && !conntrack::endpoint_independent();
     let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_SRC
+    pair.orig.open(&NewEntry {
+        flags: CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
             | CT_F_INWARD
@@ -160,15 +163,15 @@ fn try_mapping_hairpin_new_flow(
             | CT_F_FROM_INSIDE
             | CT_F_TWO_MAPPINGS
             | if wait { CT_F_AWAIT_REPLY } else { 0 },
-        (net.ext_addr, ext_port),
-        (claim.int_addr(), claim.int_port()),
+        src: (net.ext_addr, ext_port),
+        dst: (claim.int_addr(), claim.int_port()),
         state,
-        net.id,
+        net_id: net.id,
         now,
         expires,
-        until,
-        ctx.len(),
-    );
+        map_expires: until,
+        bytes: ctx.len(),
+    });
     conntrack::complete_pair(
         ctx,
         p,
@@ -180,7 +183,10 @@ fn try_mapping_hairpin_new_flow(
     // original's would name the sender's), and cross the receiver's bridge.
     pair.reply.flags = (pair.reply.flags & !CT_F_MASQ_DST) | CT_F_MASQ_SRC;
     pair.reply.net_id = claim.net_id();
-    opened(ctx, conntrack::insert_pair(key, now, false, Table::Main))?;
+    opened(
+        ctx,
+        conntrack::insert_pair(key, now, Opening::New, Table::Main),
+    )?;
     Ok(if wait { FILTERED } else { 1 })
 }
 
@@ -264,18 +270,21 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
         return Ok(0);
     }
     let pair = conntrack::scratch()?;
-    pair.orig.open(
-        CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
-        (0, 0),
-        (claim.int_addr(), claim.int_port()),
+    pair.orig.open(&NewEntry {
+        flags: CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
+        src: (0, 0),
+        dst: (claim.int_addr(), claim.int_port()),
         state,
-        claim.net_id(),
+        net_id: claim.net_id(),
         now,
         expires,
-        until,
-        ctx.len(),
-    );
+        map_expires: until,
+        bytes: ctx.len(),
+    });
     conntrack::complete_pair(ctx, p, CT_F_FROM_INSIDE).get()?;
 
-    opened(ctx, conntrack::insert_pair(key, now, false, Table::Inbound))
+    opened(
+        ctx,
+        conntrack::insert_pair(key, now, Opening::New, Table::Inbound),
+    )
 }

@@ -11,6 +11,27 @@ use netfast::common::{DropReason, stats::Event};
 
 use super::{Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, tcp};
 
+/// The packet a flow is judged by: its frame, its IPv4 header, the tuple it is keyed by, and
+/// its TCP flags byte.
+#[derive(Clone, Copy)]
+pub struct Pkt<'a> {
+    pub f: &'a [u8],
+    pub ip: &'a frame::Ip,
+    pub key: &'a Tuple,
+    pub tcp_flags: u8,
+}
+
+impl Pkt<'_> {
+    pub const fn flags(&self) -> tcp::Flags {
+        tcp::Flags::from_byte(self.tcp_flags)
+    }
+
+    /// The TCP segment's sequence, window and options (`Malformed` when the header is cut).
+    pub fn segment(&self) -> Result<tcp::Segment, DropReason> {
+        frame::segment(self.f, self.ip, self.tcp_flags).ok_or(DropReason::Malformed)
+    }
+}
+
 /// Which table an entry is in.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -154,16 +175,13 @@ impl Model {
     /// direction's sequence yet.
     pub fn fill_pair(
         &self,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         mut orig: Entry,
         reply_own: EntryFlags,
     ) -> Result<Pair, DropReason> {
-        if key.proto == PROTO_TCP {
-            let seg = frame::segment(f, ip, tcp_flags).ok_or(DropReason::Malformed)?;
-            let flags = tcp::Flags::from_byte(tcp_flags);
+        if p.key.proto == PROTO_TCP {
+            let seg = p.segment()?;
+            let flags = p.flags();
             let (end, max_win) = tcp::sent(&orig.window, flags, &seg);
             orig.window = tcp::Window {
                 seen: true,
@@ -177,7 +195,7 @@ impl Model {
             };
             orig.flags.td_seen = true;
         }
-        let mut reply = orig.reply(key, reply_own);
+        let mut reply = orig.reply(p.key, reply_own);
         reply.flags.td_seen = false;
         reply.window = tcp::Window {
             wscale: tcp::WSCALE_UNKNOWN,
@@ -251,24 +269,21 @@ impl Model {
     /// Bookkeeping for a packet of `bytes` bytes that matched the entry at `key`: counters,
     /// TCP state and window (both entries), the idle timeout, the mapping's lifetime. A RST
     /// outside the flow's window changes nothing and is dropped.
-    #[allow(clippy::too_many_arguments)]
     pub fn track(
         &mut self,
         touched: &mut Touched,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         table: Table,
     ) -> Result<Tracked, DropReason> {
+        let key = p.key;
         let now = self.now;
         let Some(mut e) = self.ct_get(touched, table, key) else {
             unreachable!("track of an entry that is not there");
         };
         let tcp = key.proto == PROTO_TCP;
-        let flags_in = tcp::Flags::from_byte(tcp_flags);
+        let flags_in = p.flags();
         let seg = if tcp {
-            frame::segment(f, ip, tcp_flags).ok_or(DropReason::Malformed)?
+            p.segment()?
         } else {
             tcp::Segment::default()
         };
@@ -285,7 +300,7 @@ impl Model {
             self.counters.rule("rst believed");
         }
         e.packets += 1;
-        e.bytes += f.len() as u64;
+        e.bytes += p.f.len() as u64;
         let reply = e.flags.reply;
         let old_state = e.state;
         let old_flags = e.flags;

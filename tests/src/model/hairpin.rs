@@ -9,10 +9,21 @@ use std::net::Ipv4Addr;
 use netfast::common::DropReason;
 
 use super::{
-    BindKey, Claim, ClaimKey, Entry, EntryFlags, Model, Network, PROTO_TCP, PubTarget, Tuple,
-    conntrack::{Inserted, Pair, Touched},
-    frame, mapping_slack, tcp,
+    BindKey, Claim, ClaimKey, Entry, EntryFlags, Model, Network, PubTarget,
+    conntrack::{Pair, Pkt, Touched},
+    mapping_slack, tcp,
 };
+
+/// The flags both entries of every hairpin flow carry: each direction goes to a container,
+/// comes from inside, and is forwarded at the bridge.
+fn hairpin_flags() -> EntryFlags {
+    EntryFlags {
+        inward: true,
+        redirect: true,
+        from_inside: true,
+        ..EntryFlags::default()
+    }
+}
 
 impl Model {
     /// The live mapping that holds the external `(addr, port)` for `proto`: its claim, when
@@ -46,60 +57,37 @@ impl Model {
     /// becomes the serving container, the source the client's masquerade mapping
     /// (`ext_port`, made by the caller), so that the server's replies come back through the
     /// host to be translated.
-    #[allow(clippy::too_many_arguments)]
     pub fn hairpin_new_flow(
         &mut self,
         touched: &mut Touched,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         target: &PubTarget,
         net: &Network,
         ext_port: u16,
     ) -> Result<Pair, DropReason> {
-        let Some((state, t)) = self.opening_state(key, tcp_flags) else {
+        let key = p.key;
+        let Some((state, t)) = self.opening_state(p) else {
             unreachable!("the caller checked that the packet may open a flow");
         };
-        let now = self.now;
-        let expires = now + t;
-        let until = expires + mapping_slack(t);
         self.counters.rule("hairpin to a published port");
-        let orig = Entry::opening(
-            EntryFlags {
-                masq_src: true,
-                published: true,
-                inward: true,
-                redirect: true,
-                from_inside: true,
-                ..EntryFlags::default()
-            },
-            Some((net.ext_addr, ext_port)),
-            Some((target.addr, target.port)),
-            state,
-            net.id,
-            now,
-            expires,
-            until,
-            f.len(),
-        );
         let reply_own = EntryFlags {
             published: true,
-            inward: true,
-            redirect: true,
-            from_inside: true,
-            ..EntryFlags::default()
+            ..hairpin_flags()
         };
-        let mut pair = self.fill_pair(f, ip, key, tcp_flags, orig, reply_own)?;
+        let orig = EntryFlags {
+            masq_src: true,
+            ..reply_own
+        };
+        let mut pair = self.hairpin_pair(
+            p,
+            (net, ext_port),
+            (target.addr, target.port),
+            (state, t),
+            (orig, reply_own),
+        )?;
         // Each direction crosses its own sender's bridge.
         pair.reply.net_id = target.net_id;
-        match self.insert_pair(touched, key, &mut pair, false, false) {
-            Inserted::Clash => Err(DropReason::CtInsertFailed),
-            other => {
-                self.count_opened(other);
-                Ok(pair)
-            }
-        }
+        self.open_pair(touched, key, pair, false)
     }
 
     /// A container sends to an external endpoint that a live mapping holds (another
@@ -110,32 +98,22 @@ impl Model {
     /// filtering, the way opens only once the receiver has answered, so that hairpinning
     /// opens no way around isolation. `None`: no live mapping holds the destination;
     /// `Some((pair, true))`: the flow is open, this packet waits (dropped, `NatFiltered`).
-    #[allow(clippy::too_many_arguments)]
     pub fn mapping_hairpin_new_flow(
         &mut self,
         touched: &mut Touched,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         net: &Network,
         ext_port: u16,
     ) -> Result<Option<(Pair, bool)>, DropReason> {
+        let key = p.key;
         let Some(claim) = self.live_claim(touched, key.dst, key.dport, key.proto) else {
             return Ok(None);
         };
-        let flags = tcp::Flags::from_byte(tcp_flags);
-        let state = match key.proto {
-            PROTO_TCP if flags.opens() => {
-                tcp::next(tcp::State::None, flags, false, tcp::Fins::default()).0
-            }
-            PROTO_TCP => return Ok(None),
-            _ => tcp::State::None,
+        // A TCP segment other than a plain SYN opens no flow.
+        let Some((state, t)) = self.opening_state(p) else {
+            return Ok(None);
         };
-        let t = self.config.timeout(key.proto, state);
-        let now = self.now;
-        let expires = now + t;
-        let until = expires + mapping_slack(t);
+        let until = self.now + t + mapping_slack(t);
         // The receiver's mapping, one flow more (the sender's was counted by the caller).
         let receiver = BindKey {
             int_addr: claim.owner.0,
@@ -152,44 +130,54 @@ impl Model {
         } else {
             "hairpin to a mapping"
         });
-        let orig = Entry::opening(
-            EntryFlags {
-                masq_src: true,
-                inward: true,
-                redirect: true,
-                from_inside: true,
-                two_mappings: true,
-                await_reply: wait,
-                ..EntryFlags::default()
-            },
-            Some((net.ext_addr, ext_port)),
-            Some(claim.owner),
-            state,
-            net.id,
-            now,
-            expires,
-            until,
-            f.len(),
-        );
         let reply_own = EntryFlags {
-            inward: true,
-            redirect: true,
-            from_inside: true,
             two_mappings: true,
-            ..EntryFlags::default()
+            ..hairpin_flags()
         };
-        let mut pair = self.fill_pair(f, ip, key, tcp_flags, orig, reply_own)?;
+        let orig = EntryFlags {
+            masq_src: true,
+            await_reply: wait,
+            ..reply_own
+        };
+        let mut pair = self.hairpin_pair(
+            p,
+            (net, ext_port),
+            claim.owner,
+            (state, t),
+            (orig, reply_own),
+        )?;
         // The receiver's packets leave through the receiver's own mapping, and cross the
         // receiver's bridge.
         pair.reply.flags.masq_dst = false;
         pair.reply.flags.masq_src = true;
         pair.reply.net_id = claim.owner_net;
-        match self.insert_pair(touched, key, &mut pair, false, false) {
-            Inserted::Clash => Err(DropReason::CtInsertFailed),
-            other => {
-                self.count_opened(other);
-                Ok(Some((pair, wait)))
-            }
-        }
+        self.open_pair(touched, key, pair, false)
+            .map(|pair| Some((pair, wait)))
+    }
+
+    /// The pair of a hairpin flow the packet opens, in `(state, timeout)`: from the sender's
+    /// mapping (`(net, ext_port)`) to `dst`, with the original and the reply entry's own
+    /// flags.
+    fn hairpin_pair(
+        &self,
+        p: &Pkt<'_>,
+        (net, ext_port): (&Network, u16),
+        dst: (Ipv4Addr, u16),
+        (state, t): (tcp::State, u32),
+        (orig, reply_own): (EntryFlags, EntryFlags),
+    ) -> Result<Pair, DropReason> {
+        let (now, expires) = (self.now, self.now + t);
+        let orig = Entry::opening(
+            orig,
+            Some((net.ext_addr, ext_port)),
+            Some(dst),
+            state,
+            net.id,
+            now,
+            expires,
+            expires + mapping_slack(t),
+            p.f.len(),
+        );
+        self.fill_pair(p, orig, reply_own)
     }
 }

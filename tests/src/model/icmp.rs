@@ -108,60 +108,69 @@ impl Quote {
     /// its IPv4 and L4 checksums, and the ICMP checksum for every word that changed.
     fn rewrite(&self, out: &mut Expected, src_side: bool, addr: std::net::Ipv4Addr, port: u16) {
         let icmp_csum_at = self.icmp + 2;
-        let mut icmp_csum = out.get16(icmp_csum_at);
+        let csum = out.get16(icmp_csum_at);
+        let mut icmp = IcmpCsum { out, csum };
         let new_addr = u32::from_be_bytes(addr.octets());
 
         let addr_at = self.inner + if src_side { 12 } else { 16 };
-        let old_addr = out.get32(addr_at);
-        out.set32(addr_at, new_addr);
-        icmp_csum = replace32(icmp_csum, old_addr, new_addr);
-        let old_ip_csum = out.get16(self.inner + 10);
-        let new_ip_csum = replace32(old_ip_csum, old_addr, new_addr);
-        out.set16(self.inner + 10, new_ip_csum);
-        out.touched(self.inner + 10, Csum::OnesComplement);
-        icmp_csum = replace16(icmp_csum, old_ip_csum, new_ip_csum);
+        let old_addr = icmp.out.get32(addr_at);
+        icmp.out.set32(addr_at, new_addr);
+        icmp.csum = replace32(icmp.csum, old_addr, new_addr);
+        icmp.fix_csum(self.inner + 10, Csum::OnesComplement, |old| {
+            replace32(old, old_addr, new_addr)
+        });
 
         match self.proto {
             PROTO_TCP | PROTO_UDP => {
                 let port_at = if src_side { self.l4 } else { self.l4 + 2 };
-                let old_port = out.get16(port_at);
-                out.set16(port_at, port);
-                icmp_csum = replace16(icmp_csum, old_port, port);
+                let old_port = icmp.set16(port_at, port);
                 let csum_at = self.l4 + if self.proto == PROTO_TCP { 16 } else { 6 };
-                if csum_at + 2 <= self.ip_end
-                    && let Some(old) = u16_at(&out.bytes, csum_at)
-                {
-                    let new = if self.proto == PROTO_UDP {
-                        let a = frame::udp_fix(old, replace32(old, old_addr, new_addr));
-                        frame::udp_fix(a, replace16(a, old_port, port))
+                if csum_at + 2 <= self.ip_end && u16_at(&icmp.out.bytes, csum_at).is_some() {
+                    if self.proto == PROTO_UDP {
+                        icmp.fix_csum(csum_at, Csum::Udp, |old| {
+                            let a = frame::udp_fix(old, replace32(old, old_addr, new_addr));
+                            frame::udp_fix(a, replace16(a, old_port, port))
+                        });
                     } else {
-                        replace16(replace32(old, old_addr, new_addr), old_port, port)
-                    };
-                    out.set16(csum_at, new);
-                    out.touched(
-                        csum_at,
-                        if self.proto == PROTO_UDP {
-                            Csum::Udp
-                        } else {
-                            Csum::OnesComplement
-                        },
-                    );
-                    icmp_csum = replace16(icmp_csum, old, new);
+                        icmp.fix_csum(csum_at, Csum::OnesComplement, |old| {
+                            replace16(replace32(old, old_addr, new_addr), old_port, port)
+                        });
+                    }
                 }
             }
             _ => {
                 // A quoted ICMP echo: its identifier and its own checksum.
-                let old_id = out.get16(self.l4 + 4);
-                out.set16(self.l4 + 4, port);
-                icmp_csum = replace16(icmp_csum, old_id, port);
-                let old = out.get16(self.l4 + 2);
-                let new = replace16(old, old_id, port);
-                out.set16(self.l4 + 2, new);
-                out.touched(self.l4 + 2, Csum::OnesComplement);
-                icmp_csum = replace16(icmp_csum, old, new);
+                let old_id = icmp.set16(self.l4 + 4, port);
+                icmp.fix_csum(self.l4 + 2, Csum::OnesComplement, |old| {
+                    replace16(old, old_id, port)
+                });
             }
         }
-        out.set16(icmp_csum_at, icmp_csum);
-        out.touched(icmp_csum_at, Csum::OnesComplement);
+        icmp.out.set16(icmp_csum_at, icmp.csum);
+        icmp.out.touched(icmp_csum_at, Csum::OnesComplement);
+    }
+}
+
+/// The quoted packet being rewritten, and the ICMP checksum that follows every word of it
+/// that changes.
+struct IcmpCsum<'a> {
+    out: &'a mut Expected,
+    csum: u16,
+}
+
+impl IcmpCsum<'_> {
+    /// Writes `new` at `at`; returns what was there.
+    fn set16(&mut self, at: usize, new: u16) -> u16 {
+        let old = self.out.get16(at);
+        self.out.set16(at, new);
+        self.csum = replace16(self.csum, old, new);
+        old
+    }
+
+    /// Updates the checksum field at `at` (of the `kind` given) with `update`.
+    fn fix_csum(&mut self, at: usize, kind: Csum, update: impl FnOnce(u16) -> u16) {
+        let old = self.out.get16(at);
+        self.set16(at, update(old));
+        self.out.touched(at, kind);
     }
 }

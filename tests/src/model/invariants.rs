@@ -96,8 +96,9 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
     let mut broken = Vec::new();
     one_internal_endpoint_per_external_one(s, &mut broken);
     for (table, entries) in [(Table::Main, s.main), (Table::Inbound, s.inbound)] {
-        flows_are_pairs(s, table, entries, &mut broken);
-        flows_use_their_own_mappings(s, table, entries, &mut broken);
+        let live = || entries.iter().filter(|(_, e)| e.expires >= s.now);
+        broken.extend(live().filter_map(|(k, e)| half_flow(s, table, entries, k, e)));
+        broken.extend(live().filter_map(|(k, e)| flow_on_foreign_claim(s, table, k, e)));
     }
     broken
 }
@@ -132,50 +133,36 @@ fn one_internal_endpoint_per_external_one(s: &Snapshot<'_>, broken: &mut Vec<Bro
     }
 }
 
-/// Both entries of every live flow point at each other.
-fn flows_are_pairs(
+/// Both entries of every live flow point at each other: the live entry `e` at `k` is not
+/// half of one.
+fn half_flow(
     s: &Snapshot<'_>,
     table: Table,
     entries: &BTreeMap<Tuple, Entry>,
-    broken: &mut Vec<Broken>,
-) {
-    for (k, e) in entries {
-        if e.expires < s.now {
-            continue;
-        }
-        let pk = e.peer_key(k);
-        let broken_pair = match entries.get(&pk) {
-            None => !s.evicted,
-            Some(p) => p.peer_key(&pk) != *k,
-        };
-        if broken_pair {
-            broken.push(Broken::HalfFlow { table, key: *k });
-        }
-    }
+    k: &Tuple,
+    e: &Entry,
+) -> Option<Broken> {
+    let pk = e.peer_key(k);
+    let broken_pair = match entries.get(&pk) {
+        None => !s.evicted,
+        Some(p) => p.peer_key(&pk) != *k,
+    };
+    broken_pair.then_some(Broken::HalfFlow { table, key: *k })
 }
 
-/// No live flow uses a mapping whose claim belongs to another endpoint.
-fn flows_use_their_own_mappings(
-    s: &Snapshot<'_>,
-    table: Table,
-    entries: &BTreeMap<Tuple, Entry>,
-    broken: &mut Vec<Broken>,
-) {
-    for (k, e) in entries {
-        if e.expires < s.now || !e.flags.masq() {
-            continue;
-        }
-        let (bk, ck) = mapping_keys(k, e);
-        if let Some(c) = s.claims.get(&ck)
-            && !c.owned_by((bk.int_addr, bk.int_port))
-        {
-            broken.push(Broken::FlowOnForeignClaim {
-                table,
-                key: *k,
-                bk,
-                ck,
-                holder: *c,
-            });
-        }
+/// No live flow uses a mapping whose claim belongs to another endpoint: the live entry `e`
+/// at `k` does not.
+fn flow_on_foreign_claim(s: &Snapshot<'_>, table: Table, k: &Tuple, e: &Entry) -> Option<Broken> {
+    if !e.flags.masq() {
+        return None;
     }
+    let (bk, ck) = mapping_keys(k, e);
+    let c = s.claims.get(&ck)?;
+    (!c.owned_by((bk.int_addr, bk.int_port))).then_some(Broken::FlowOnForeignClaim {
+        table,
+        key: *k,
+        bk,
+        ck,
+        holder: *c,
+    })
 }

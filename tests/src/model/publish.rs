@@ -9,8 +9,7 @@ use netfast::common::{DropReason, stats::Event};
 
 use super::{
     Entry, EntryFlags, Model, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple,
-    conntrack::{Inserted, Pair, Touched},
-    frame,
+    conntrack::{Inserted, Pair, Pkt, Touched},
     nat::Choice,
     tcp,
 };
@@ -57,14 +56,15 @@ impl Model {
 
     /// The state a flow opened by this packet starts in and its timeout; `None` for a TCP
     /// segment that is not a plain SYN (it cannot open a flow).
-    pub fn opening_state(&self, key: &Tuple, tcp_flags: u8) -> Option<(tcp::State, u32)> {
+    pub fn opening_state(&self, p: &Pkt<'_>) -> Option<(tcp::State, u32)> {
+        let key = p.key;
         if key.proto != PROTO_TCP {
             return Some((
                 tcp::State::None,
                 self.config.timeout(key.proto, tcp::State::None),
             ));
         }
-        let flags = tcp::Flags::from_byte(tcp_flags);
+        let flags = p.flags();
         if !flags.opens() {
             return None;
         }
@@ -80,20 +80,17 @@ impl Model {
     /// client's source port is translated too (as Linux does), to a port of the range that
     /// makes the reply tuple unique. Returns the pair whose original entry translates the
     /// packet.
-    #[allow(clippy::too_many_arguments)]
     pub fn dnat_new_flow(
         &mut self,
         touched: &mut Touched,
-        f: &[u8],
-        ip: &frame::Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         target: &PubTarget,
         choice: Choice,
         violations: &mut Vec<String>,
     ) -> Result<Option<Pair>, DropReason> {
+        let key = p.key;
         let now = self.now;
-        let (state, t, repair_only) = match self.opening_state(key, tcp_flags) {
+        let (state, t, repair_only) = match self.opening_state(p) {
             Some((s, t)) => (s, t, false),
             None => (
                 tcp::State::Established,
@@ -114,14 +111,14 @@ impl Model {
             now,
             now + t,
             0,
-            f.len(),
+            p.f.len(),
         );
         let reply_own = EntryFlags {
             published: true,
             from_inside: true,
             ..EntryFlags::default()
         };
-        let mut pair = self.fill_pair(f, ip, key, tcp_flags, orig, reply_own)?;
+        let mut pair = self.fill_pair(p, orig, reply_own)?;
         match self.insert_pair(touched, key, &mut pair, repair_only, true) {
             Inserted::Absent => return Ok(None),
             Inserted::Clash => {}
@@ -184,12 +181,26 @@ impl Model {
             }
         };
         pair.orig.new_src = Some((key.src, port));
-        let inserted = self.insert_pair(touched, key, &mut pair, false, true);
-        if inserted == Inserted::Clash {
-            return Err(DropReason::CtInsertFailed);
+        self.open_pair(touched, key, pair, true).map(Some)
+    }
+
+    /// Inserts the pair of a flow a packet opens (`inbound`: from outside, in the table of
+    /// unanswered flows) and counts what that did; a clash with another live flow's tuple
+    /// drops the packet.
+    pub fn open_pair(
+        &mut self,
+        touched: &mut Touched,
+        key: &Tuple,
+        mut pair: Pair,
+        inbound: bool,
+    ) -> Result<Pair, DropReason> {
+        match self.insert_pair(touched, key, &mut pair, false, inbound) {
+            Inserted::Clash => Err(DropReason::CtInsertFailed),
+            other => {
+                self.count_opened(other);
+                Ok(pair)
+            }
         }
-        self.count_opened(inserted);
-        Ok(Some(pair))
     }
 
     /// The events an opener counts.

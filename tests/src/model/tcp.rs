@@ -214,18 +214,9 @@ pub fn rst_believed(sender: &Window, receiver: &Window, flags: Flags, seg: &Segm
 mod tests {
     use super::*;
 
-    const SYN: Flags = Flags {
-        syn: true,
-        ack: false,
-        fin: false,
-        rst: false,
-    };
-    const ACK: Flags = Flags {
-        syn: false,
-        ack: true,
-        fin: false,
-        rst: false,
-    };
+    // From the header's flags byte: SYN 0x02, ACK 0x10.
+    const SYN: Flags = Flags::from_byte(0x02);
+    const ACK: Flags = Flags::from_byte(0x10);
 
     #[test]
     fn a_handshake_and_a_close() {

@@ -6,8 +6,8 @@ use netfast::common::{DropReason, stats::Event, verdict::NEXT};
 use super::{Run, src_port_at};
 use crate::model::{
     Entry, EntryFlags, Model, Network, PROTO_ICMP, PROTO_TCP, Tuple,
-    conntrack::{Inserted, Pair, Table, Tracked},
-    frame::{self, Expected, Frag, Ip, L4, Parsed},
+    conntrack::{Pair, Pkt, Table, Tracked},
+    frame::{self, Expected, Frag, L4, Parsed},
     mapping_slack,
     nat::{Choice, HOST_FLOWS},
     route::Route,
@@ -55,6 +55,12 @@ impl Model {
             }
         };
         let key = Tuple::new(ip.src, ip.dst, sport, dport, ip.proto);
+        let p = Pkt {
+            f,
+            ip: &ip,
+            key: &key,
+            tcp_flags,
+        };
         // A flow that leaves from a container (or a container's answer to an inbound flow
         // not answered yet), used only for packets whose source is of this bridge's
         // network: a container cannot step into another network's flows. (Each entry of a
@@ -68,12 +74,12 @@ impl Model {
         if let Some((e, table)) = found
             && self.usable_at_bridge(run, &key)
         {
-            return self.established(run, &ip, &key, tcp_flags, &e, table);
+            return self.established(run, &p, &e, table);
         }
         let Some(net) = self.source_network(run, &ip)? else {
             return Ok(NEXT);
         };
-        self.new_flow(run, &ip, &key, tcp_flags, &net)
+        self.new_flow(run, &p, &net)
     }
 
     /// A packet of a tracked flow at the bridge: tracked, translated and forwarded — or,
@@ -81,12 +87,11 @@ impl Model {
     pub(super) fn established(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         e: &Entry,
         table: Table,
     ) -> Result<i32, DropReason> {
+        let (ip, key) = (p.ip, p.key);
         if e.flags.await_reply && !e.flags.seen_reply {
             // A hairpin to a mapping whose owner has not answered yet.
             return Err(DropReason::NatFiltered);
@@ -103,7 +108,7 @@ impl Model {
             self.counters.event(Event::FastPathFallback);
             return Ok(NEXT);
         };
-        let tracked = self.track(&mut run.touched, run.f, ip, key, tcp_flags, table)?;
+        let tracked = self.track(&mut run.touched, p, table)?;
         let e = self.ct.of(table)[key];
         self.apply(run, ip, key, &e);
         if tracked == Tracked::Answered {
@@ -117,13 +122,12 @@ impl Model {
     pub(super) fn new_flow(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         net: &Network,
     ) -> Result<i32, DropReason> {
+        let (ip, key) = (p.ip, p.key);
         let f = run.f;
-        let can_open = key.proto != PROTO_TCP || tcp::Flags::from_byte(tcp_flags).opens();
+        let can_open = key.proto != PROTO_TCP || p.flags().opens();
         if let Some(target) = self.published(ip.dst, key.dport, ip.proto)
             && !net.ext_addr.is_unspecified()
         {
@@ -137,17 +141,8 @@ impl Model {
             if !can_open {
                 return Ok(NEXT);
             }
-            let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
-            let pair = self.hairpin_new_flow(
-                &mut run.touched,
-                f,
-                ip,
-                key,
-                tcp_flags,
-                &target,
-                net,
-                ext_port,
-            )?;
+            let ext_port = self.masquerade_port(run, p, net, true)?;
+            let pair = self.hairpin_new_flow(&mut run.touched, p, &target, net, ext_port)?;
             self.apply(run, ip, key, &pair.orig);
             return self.forward(run, &r);
         }
@@ -167,17 +162,8 @@ impl Model {
             }
             // An ICMP message has one identifier for both sides: the frame out shows the
             // receiver's, so the sender's mapping is read from the maps.
-            let ext_port =
-                self.masquerade_port(run, ip, key, tcp_flags, net, ip.proto != PROTO_ICMP)?;
-            match self.mapping_hairpin_new_flow(
-                &mut run.touched,
-                f,
-                ip,
-                key,
-                tcp_flags,
-                net,
-                ext_port,
-            )? {
+            let ext_port = self.masquerade_port(run, p, net, ip.proto != PROTO_ICMP)?;
+            match self.mapping_hairpin_new_flow(&mut run.touched, p, net, ext_port)? {
                 None => {}
                 Some((_, true)) => return Err(DropReason::NatFiltered),
                 Some((pair, false)) => {
@@ -187,7 +173,7 @@ impl Model {
             }
         }
         if self.config.fast_path {
-            return self.new_masquerade_flow(run, ip, key, tcp_flags, net);
+            return self.new_masquerade_flow(run, p, net);
         }
         self.isolated(run, ip)
     }
@@ -205,11 +191,10 @@ impl Model {
     pub(super) fn new_masquerade_flow(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         net: &Network,
     ) -> Result<i32, DropReason> {
+        let (ip, key) = (p.ip, p.key);
         if !net.masquerade {
             return self.isolated(run, ip);
         }
@@ -220,8 +205,8 @@ impl Model {
         if matches!(r, Route::Peer(_)) || r.dev() != net.uplink {
             return self.isolated(run, ip);
         }
-        let ext_port = self.masquerade_port(run, ip, key, tcp_flags, net, true)?;
-        let pair = self.snat_new_flow(run, ip, key, tcp_flags, net, ext_port)?;
+        let ext_port = self.masquerade_port(run, p, net, true)?;
+        let pair = self.snat_new_flow(run, p, net, ext_port)?;
         self.apply(run, ip, key, &pair.orig);
         self.forward(run, &r)
     }
@@ -229,12 +214,9 @@ impl Model {
     /// The state a masqueraded flow opened by this packet starts in, when its entries
     /// expire, and until when its mapping lives. A TCP RST opens no flow: it would leak the
     /// container's address.
-    pub(super) fn new_flow_times(
-        &self,
-        key: &Tuple,
-        tcp_flags: u8,
-    ) -> Result<(tcp::State, u32, u32), DropReason> {
-        let flags = tcp::Flags::from_byte(tcp_flags);
+    pub(super) fn new_flow_times(&self, p: &Pkt<'_>) -> Result<(tcp::State, u32, u32), DropReason> {
+        let key = p.key;
+        let flags = p.flags();
         let state = if key.proto == PROTO_TCP {
             if flags.rst {
                 return Err(DropReason::TcpRstWithoutFlow);
@@ -254,20 +236,18 @@ impl Model {
     pub(super) fn masquerade_port(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         net: &Network,
         visible: bool,
     ) -> Result<u16, DropReason> {
-        let (_, _, until) = self.new_flow_times(key, tcp_flags)?;
+        let (_, _, until) = self.new_flow_times(p)?;
         let choice = if visible {
             run.obs
-                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+                .choice(src_port_at(p.ip), DropReason::NatPortExhausted)
         } else {
             match run
                 .obs
-                .choice(src_port_at(ip), DropReason::NatPortExhausted)
+                .choice(src_port_at(p.ip), DropReason::NatPortExhausted)
             {
                 Choice::Exhausted => Choice::Exhausted,
                 _ => Choice::Unknown,
@@ -276,7 +256,7 @@ impl Model {
         let mut violations = Vec::new();
         let ext_port = self.mapping(
             &mut run.touched,
-            key,
+            p.key,
             net.ext_addr,
             net.id,
             until,
@@ -292,14 +272,12 @@ impl Model {
     pub(super) fn snat_new_flow(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
         net: &Network,
         ext_port: u16,
     ) -> Result<Pair, DropReason> {
         let now = self.now;
-        let (state, expires, until) = self.new_flow_times(key, tcp_flags)?;
+        let (state, expires, until) = self.new_flow_times(p)?;
         let orig = Entry::opening(
             EntryFlags {
                 masq_src: true,
@@ -320,13 +298,7 @@ impl Model {
             inward: net.id != HOST_FLOWS,
             ..EntryFlags::default()
         };
-        let mut pair = self.fill_pair(run.f, ip, key, tcp_flags, orig, reply_own)?;
-        match self.insert_pair(&mut run.touched, key, &mut pair, false, false) {
-            Inserted::Clash => Err(DropReason::CtInsertFailed),
-            other => {
-                self.count_opened(other);
-                Ok(pair)
-            }
-        }
+        let pair = self.fill_pair(p, orig, reply_own)?;
+        self.open_pair(&mut run.touched, p.key, pair, false)
     }
 }

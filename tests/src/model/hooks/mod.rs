@@ -142,13 +142,7 @@ impl Model {
         }
         if ip.frag == Frag::First {
             let t = e.translated(key);
-            let fk = super::FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                id: ip.id,
-                proto: ip.proto,
-            };
-            run.touched.frags.insert(fk);
+            let fk = frag_key(run, ip);
             self.frags.insert(
                 fk,
                 super::FragRecord {
@@ -164,13 +158,7 @@ impl Model {
     /// it first (translated, it no longer matches); its new (source, destination), or
     /// `None` when no first fragment of its datagram was translated (in time).
     fn later_fragment(&mut self, run: &mut Run<'_>, ip: &Ip) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        let fk = super::FragKey {
-            src: ip.src,
-            dst: ip.dst,
-            id: ip.id,
-            proto: ip.proto,
-        };
-        run.touched.frags.insert(fk);
+        let fk = frag_key(run, ip);
         let r = self.frags.get(&fk).copied()?;
         if r.expires < self.now {
             return None;
@@ -232,6 +220,18 @@ impl Model {
         }
         self.isolated(run, ip)
     }
+}
+
+/// The key of the datagram `ip` is a fragment of, marked as looked at.
+fn frag_key(run: &mut Run<'_>, ip: &Ip) -> super::FragKey {
+    let fk = super::FragKey {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+    };
+    run.touched.frags.insert(fk);
+    fk
 }
 
 #[cfg(test)]

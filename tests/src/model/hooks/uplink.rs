@@ -8,7 +8,7 @@ use netfast::common::{DropReason, stats::Event, verdict::NEXT};
 use super::Run;
 use crate::model::{
     Entry, EntryFlags, Model, Network, PROTO_TCP, Tuple,
-    conntrack::{Inserted, Pair, Table, Tracked},
+    conntrack::{Pair, Pkt, Table, Tracked},
     frame::{self, Expected, Frag, Ip, L4, Parsed},
     mapping_slack,
     nat::HOST_FLOWS,
@@ -22,12 +22,11 @@ impl Model {
     pub(super) fn eif_new_flow(
         &mut self,
         run: &mut Run<'_>,
-        ip: &Ip,
-        key: &Tuple,
-        tcp_flags: u8,
+        p: &Pkt<'_>,
     ) -> Result<Option<Pair>, DropReason> {
+        let key = p.key;
         let now = self.now;
-        let flags = tcp::Flags::from_byte(tcp_flags);
+        let flags = p.flags();
         match key.proto {
             crate::model::PROTO_UDP => {}
             PROTO_TCP if flags.opens() => {}
@@ -86,15 +85,9 @@ impl Model {
             from_inside: true,
             ..EntryFlags::default()
         };
-        let mut pair = self.fill_pair(run.f, ip, key, tcp_flags, orig, reply_own)?;
+        let pair = self.fill_pair(p, orig, reply_own)?;
         self.counters.rule("endpoint-independent flow");
-        match self.insert_pair(&mut run.touched, key, &mut pair, false, true) {
-            Inserted::Clash => Err(DropReason::CtInsertFailed),
-            other => {
-                self.count_opened(other);
-                Ok(Some(pair))
-            }
-        }
+        self.open_pair(&mut run.touched, key, pair, true).map(Some)
     }
 
     /// What must not pass untranslated: on the way out, anything from a masqueraded
@@ -188,6 +181,12 @@ impl Model {
             }
         };
         let key = Tuple::new(ip.src, ip.dst, sport, dport, ip.proto);
+        let p = Pkt {
+            f,
+            ip: &ip,
+            key: &key,
+            tcp_flags,
+        };
         let fast_path = self.config.fast_path;
         let mut masq = None;
         let mut target = None;
@@ -231,7 +230,7 @@ impl Model {
                     self.counters.event(Event::FastPathFallback);
                 }
             }
-            let tracked = self.track(&mut run.touched, f, &ip, &key, tcp_flags, table)?;
+            let tracked = self.track(&mut run.touched, &p, table)?;
             let e = self.ct.of(table)[&key];
             if e.new_src.is_some() || e.new_dst.is_some() {
                 self.apply(run, &ip, &key, &e);
@@ -263,8 +262,8 @@ impl Model {
                 }
                 None => return Ok(NEXT),
             };
-            let ext_port = self.masquerade_port(run, &ip, &key, tcp_flags, &net, true)?;
-            let pair = self.snat_new_flow(run, &ip, &key, tcp_flags, &net, ext_port)?;
+            let ext_port = self.masquerade_port(run, &p, &net, true)?;
+            let pair = self.snat_new_flow(run, &p, &net, ext_port)?;
             self.apply(run, &ip, &key, &pair.orig);
             return Ok(NEXT);
         }
@@ -279,16 +278,7 @@ impl Model {
             };
             let choice = run.obs.choice(ip.l4, DropReason::CtInsertFailed);
             let mut violations = Vec::new();
-            let opened = self.dnat_new_flow(
-                &mut run.touched,
-                f,
-                &ip,
-                &key,
-                tcp_flags,
-                &target,
-                choice,
-                &mut violations,
-            );
+            let opened = self.dnat_new_flow(&mut run.touched, &p, &target, choice, &mut violations);
             run.violations.extend(violations);
             // A packet that cannot open a flow (a stray ACK) is the host's to answer.
             if let Some(pair) = opened? {
@@ -301,7 +291,7 @@ impl Model {
             return Ok(NEXT);
         }
         if self.config.endpoint_independent
-            && let Some(pair) = self.eif_new_flow(run, &ip, &key, tcp_flags)?
+            && let Some(pair) = self.eif_new_flow(run, &p)?
         {
             self.apply(run, &ip, &key, &pair.orig);
             return Ok(NEXT);
