@@ -167,17 +167,8 @@ impl Netfast {
 
     /// Runs netfast and returns stdout; panics with everything it printed if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`netfast --netns {} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            self.host,
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let command = format!("netfast --netns {} {}", self.host, args.join(" "));
+        crate::cmd::success_stdout(&command, &self.run(args), "")
     }
 
     /// Runs netfast expecting failure; returns stderr; panics if it succeeded.
