@@ -33,6 +33,212 @@ pub struct ContainerRow {
     pub drift: Vec<String>,
 }
 
+/// A flow of `netfast conntrack list --json` (netfast's `maps::conntrack::Flow`): both
+/// directions of one tracked connection.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FlowRow {
+    /// tcp, udp or icmp.
+    pub protocol: String,
+    /// TCP's state (`ESTABLISHED`, …); absent for the other protocols.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Seconds until the flow expires if idle.
+    pub expires_in: u32,
+    /// No packet seen in the reply direction yet.
+    pub unreplied: bool,
+    pub network_id: u16,
+    pub original: TupleRow,
+    pub reply: TupleRow,
+}
+
+/// One direction of a [`FlowRow`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct TupleRow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// 0 for ICMP, whose echo identifier is in `id`.
+    pub sport: u16,
+    pub dport: u16,
+    #[serde(default)]
+    pub id: Option<u16>,
+    /// Absent when not known (an event reports one direction's entry).
+    #[serde(default)]
+    pub packets: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+/// A line of `netfast conntrack watch --json` (and of `monitor --json` for flows): what
+/// happened (`NEW`, `UPDATE`, `DESTROY`) to a flow.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FlowEvent {
+    pub event: String,
+    #[serde(flatten)]
+    pub flow: FlowRow,
+}
+
+impl FlowEvent {
+    /// The event on `line`, if it is one (a `--json` stream has no other lines, but a test
+    /// reads whatever was printed so far).
+    pub fn parse(line: &str) -> Option<FlowEvent> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// `netfast conntrack count --json`.
+#[derive(Debug, Deserialize)]
+pub struct CountJson {
+    pub count: usize,
+}
+
+/// `netfast stats --json` (netfast's `stats::Stats`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct StatsJson {
+    pub hooks: Vec<HookStatsRow>,
+    /// Packets the fast path forwarded, and those it left to the host's stack.
+    pub events: Vec<EventStatsRow>,
+    pub drops: Vec<DropStatsRow>,
+    /// The drops of each hook, by reason; absent when none dropped anything.
+    #[serde(default)]
+    pub hook_drops: Vec<HookDropStatsRow>,
+    pub networks: Vec<NetworkStatsRow>,
+    /// The clock the programs read (null without an eBPF dataplane).
+    pub clock: Option<ClockRow>,
+}
+
+impl StatsJson {
+    /// The counters of network `name`; panics naming the networks there are if it has none.
+    pub fn network(&self, name: &str) -> &NetworkStatsRow {
+        self.networks
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no network {name} in stats: {:?}", self.networks))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct HookStatsRow {
+    pub hook: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct EventStatsRow {
+    pub event: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DropStatsRow {
+    pub reason: String,
+    pub description: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct HookDropStatsRow {
+    pub hook: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Translated traffic of one network.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NetworkStatsRow {
+    pub id: u16,
+    /// Empty when the state does not know the network.
+    pub name: String,
+    /// `a.b.c.d/n`.
+    pub subnet: String,
+    /// Leaving the containers.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Coming to the containers.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClockRow {
+    /// `jiffies` or `ktime_coarse`.
+    pub source: String,
+    /// The calibrated tick rate; 0 for the clock helper.
+    pub hz: u32,
+}
+
+/// A check of `netfast doctor --json` (netfast's `doctor::Check`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct DoctorCheck {
+    /// ebpf, forwarding, modules, netfilter or agent.
+    pub area: String,
+    pub name: String,
+    pub status: CheckStatus,
+    /// What was found, and why it matters.
+    pub found: String,
+    /// The exact fix, for anything but PASS.
+    pub fix: Option<String>,
+    /// What `--fix` did about it.
+    pub fixed: Option<String>,
+}
+
+impl DoctorCheck {
+    /// Asserts that the check has `status` and that what it found says `says`.
+    pub fn assert_says(&self, status: CheckStatus, says: &str) {
+        assert_eq!(self.status, status, "{self:#?}");
+        assert!(self.found.contains(says), "found no {says:?} in {self:#?}");
+    }
+
+    /// The fix; panics if the check has none.
+    pub fn fix(&self) -> &str {
+        self.fix
+            .as_deref()
+            .unwrap_or_else(|| panic!("no fix in {self:?}"))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// The checks named `name` in `area`.
+pub fn checks_named<'a>(checks: &'a [DoctorCheck], area: &str, name: &str) -> Vec<&'a DoctorCheck> {
+    checks
+        .iter()
+        .filter(|c| c.area == area && c.name == name)
+        .collect()
+}
+
+/// The one check named `name` in `area`; panics with all of them if there is not one.
+pub fn one_check<'a>(checks: &'a [DoctorCheck], area: &str, name: &str) -> &'a DoctorCheck {
+    match checks_named(checks, area, name).as_slice() {
+        [c] => c,
+        other => panic!(
+            "expected one {area}/{name} check, found {}: {checks:#?}",
+            other.len()
+        ),
+    }
+}
+
+/// The checks `netfast doctor --json` printed on `stdout` (whatever its exit status: it
+/// fails when a check does); panics with `stderr` if that is not the JSON expected.
+pub fn doctor_checks(stdout: &[u8], stderr: &[u8]) -> Vec<DoctorCheck> {
+    serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no array of checks ({e}):\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(stdout),
+            String::from_utf8_lossy(stderr)
+        )
+    })
+}
+
 /// `network create NAME --subnet SUBNET --uplink up0 EXTRA…`: the argv that makes a network
 /// on the lab's uplink.
 pub fn network_create<'a>(name: &'a str, subnet: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -211,29 +417,53 @@ impl Netfast {
     }
 
     /// `netfast stats --json`.
-    pub fn stats(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["stats", "--json"])).expect("stats --json")
+    pub fn stats(&self) -> StatsJson {
+        self.json(&["stats", "--json"])
     }
 
     /// Packets dropped for `reason` (its name in `netfast stats`).
     pub fn drops(&self, reason: &str) -> u64 {
-        counter(&self.stats(), "drops", "reason", reason)
+        let stats = self.stats();
+        stats
+            .drops
+            .iter()
+            .find(|d| d.reason == reason)
+            .unwrap_or_else(|| panic!("no drops counter {reason} in stats: {stats:?}"))
+            .packets
     }
 
     /// Packets counted for event `event` (its name in `netfast stats`, e.g. `fast_path`).
     pub fn event(&self, event: &str) -> u64 {
-        counter(&self.stats(), "events", "event", event)
+        let stats = self.stats();
+        stats
+            .events
+            .iter()
+            .find(|e| e.event == event)
+            .unwrap_or_else(|| panic!("no events counter {event} in stats: {stats:?}"))
+            .packets
     }
-}
 
-fn counter(stats: &serde_json::Value, list: &str, key: &str, name: &str) -> u64 {
-    stats[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {list} in stats: {stats}"))
-        .iter()
-        .find(|d| d[key] == name)
-        .and_then(|d| d["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no {list} counter {name} in stats: {stats}"))
+    /// `netfast conntrack list --json FILTERS…`.
+    pub fn flows(&self, filters: &[&str]) -> Vec<FlowRow> {
+        let mut args = vec!["conntrack", "list", "--json"];
+        args.extend_from_slice(filters);
+        self.json(&args)
+    }
+
+    /// `netfast conntrack count --json FILTERS…`.
+    pub fn flow_count(&self, filters: &[&str]) -> usize {
+        let mut args = vec!["conntrack", "count", "--json"];
+        args.extend_from_slice(filters);
+        self.json::<CountJson>(&args).count
+    }
+
+    /// `netfast doctor --json ARGS…`: its checks, whatever its exit status.
+    pub fn doctor(&self, args: &[&str]) -> Vec<DoctorCheck> {
+        let mut argv = vec!["doctor", "--json"];
+        argv.extend_from_slice(args);
+        let out = self.run(&argv);
+        doctor_checks(&out.stdout, &out.stderr)
+    }
 }
 
 impl Drop for Netfast {

@@ -9,7 +9,9 @@ use std::{collections::BTreeSet, time::Duration};
 use netfast_tests::{
     Background,
     clients::{curl, outside_web_server, talker_from, talks_on, wait_listening},
-    in_netns, require_root, run_in,
+    in_netns,
+    netfast_cli::FlowEvent,
+    require_root, run_in,
     topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web_on},
 };
@@ -31,22 +33,11 @@ while True:
 /// The flows `netfast conntrack list --json FILTERS…` shows, each as
 /// `PROTO SRC>DST:DPORT` of its original direction.
 fn listed(w: &Web, filters: &[&str]) -> BTreeSet<String> {
-    let mut args = vec!["conntrack", "list", "--json"];
-    args.extend_from_slice(filters);
-    let flows: serde_json::Value = serde_json::from_str(&w.nf.ok(&args)).expect("json");
-    flows
-        .as_array()
-        .expect("an array")
+    w.nf.flows(filters)
         .iter()
         .map(|f| {
-            let o = &f["original"];
-            format!(
-                "{} {}>{}:{}",
-                f["protocol"].as_str().expect("protocol"),
-                o["src"].as_str().expect("src"),
-                o["dst"].as_str().expect("dst"),
-                o["dport"]
-            )
+            let o = &f.original;
+            format!("{} {}>{}:{}", f.protocol, o.src, o.dst, o.dport)
         })
         .collect()
 }
@@ -56,9 +47,7 @@ fn count(w: &Web, filters: &[&str]) -> usize {
     let mut args = vec!["conntrack", "count"];
     args.extend_from_slice(filters);
     let n: usize = w.nf.ok(&args).trim().parse().expect("a number");
-    args.push("--json");
-    let json: serde_json::Value = serde_json::from_str(&w.nf.ok(&args)).expect("json");
-    assert_eq!(json["count"], n, "count --json {filters:?}");
+    assert_eq!(w.nf.flow_count(filters), n, "count --json {filters:?}");
     n
 }
 
@@ -284,12 +273,9 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     let out = watch.stop();
     let out = String::from_utf8_lossy(&out.stdout);
     for line in out.lines() {
-        let e: serde_json::Value = serde_json::from_str(line).expect("json");
+        let e = FlowEvent::parse(line).unwrap_or_else(|| panic!("not a flow event: {line}"));
         assert!(
-            e["protocol"] == "udp"
-                && e["original"]["src"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("172.18.0.")),
+            e.flow.protocol == "udp" && e.flow.original.src.octets()[..3] == [172, 18, 0],
             "watch -p udp --network web showed {line}"
         );
     }

@@ -105,9 +105,12 @@ fn main() {
     show(&host, &nf, &["conntrack", "list"]);
     println!("events seen by `netfast conntrack watch` meanwhile:");
     // The outside client's and the hairpin flow to port 8080 were the last to start.
-    watch.wait_for_lines("show both flows to port 8080", Duration::from_secs(10), 2, |l| {
-        l.contains("[NEW]") && l.contains("dport=8080")
-    });
+    watch.wait_for_lines(
+        "show both flows to port 8080",
+        Duration::from_secs(10),
+        2,
+        |l| l.contains("[NEW]") && l.contains("dport=8080"),
+    );
     print!("{}", String::from_utf8_lossy(&watch.stop().stdout));
 
     step("the host's netfilter nat table stayed empty: netfast translated in eBPF");
