@@ -377,6 +377,53 @@ impl Netfast {
         crate::cmd::success_stdout(&command, &self.run(args), "")
     }
 
+    /// Runs netfast, which must succeed, and returns what it said on stderr (its warnings
+    /// and notes).
+    pub fn ok_stderr(&self, args: &[&str]) -> String {
+        let command = format!("netfast --netns {} {}", self.host, args.join(" "));
+        let out = self.run(args);
+        crate::cmd::success_stdout(&command, &out, "");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Makes the META pin of the dataplane pinned in `dir` say that build `version` (another
+    /// program object: `object` is flipped by `flip`) runs it, as `netfast upgrade` by that
+    /// build would have.
+    pub fn pretend_another_build_runs(&self, dir: &std::path::Path, version: &str, flip: u64) {
+        let mut meta = netfast::upgrade::read_meta(dir)
+            .expect("read META")
+            .unwrap_or_else(|| panic!("no META pin in {}", dir.display()));
+        meta.object ^= flip;
+        meta.version = netfast::common::upgrade::version_field(version);
+        netfast::upgrade::write_meta(dir, &meta).expect("write META");
+    }
+
+    /// Runs netfast under strace, killed (SIGKILL) at its `n`th `syscall` (a crash at that
+    /// point, for the tests of interrupted commands): whether it was killed.
+    pub fn killed_at(&self, syscall: &str, n: usize, args: &[&str]) -> bool {
+        let bin = self
+            .bin
+            .to_str()
+            .expect("the netfast binary's path is UTF-8");
+        let inject = format!("inject={syscall}:signal=KILL:when={n}");
+        let mut argv = vec![
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            &inject,
+            bin,
+            "--netns",
+            &self.host,
+        ];
+        argv.extend_from_slice(args);
+        let out = crate::run(&argv);
+        use std::os::unix::process::ExitStatusExt;
+        out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137)
+    }
+
     /// Runs netfast expecting failure; returns stderr; panics if it succeeded.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);

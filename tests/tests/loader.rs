@@ -1573,22 +1573,10 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
         .position(|l| l == last)
         .expect("in the trace")
         + 1;
-    let inject = format!("inject=bpf:signal=KILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=bpf",
-        "-e",
-    ];
-    argv.push(&inject);
-    argv.extend([bin, "--netns", topo.host.name()]);
-    argv.extend(publish);
-    let killed = netfast_tests::run(&argv);
-    assert!(!killed.status.success(), "the publish was not killed");
+    assert!(
+        nf.killed_at("bpf", n, &publish),
+        "the publish was not killed"
+    );
     assert_eq!(nf.ok(&["publish", "ls", "--json"]).trim(), "[]");
     let allow_entries = || {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
@@ -1674,28 +1662,6 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
     assert_eq!(nf.networks()[0].backend, "nftables");
 }
 
-/// `netfast --netns HOST ARGS…` under strace, killed at the `n`th `syscall`: whether it was.
-fn killed_at(topo: &Topology, syscall: &str, n: usize, args: &[&str]) -> bool {
-    let bin = netfast_bin();
-    let inject = format!("inject={syscall}:signal=KILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        &inject,
-        bin.to_str().expect("path"),
-        "--netns",
-        topo.host.name(),
-    ];
-    argv.extend_from_slice(args);
-    let out = netfast_tests::run(&argv);
-    use std::os::unix::process::ExitStatusExt;
-    out.status.signal() == Some(9) || out.status.code() == Some(137)
-}
-
 /// Issue #14, item 3, as reproduced there: `network create` killed when it saves its state
 /// (after the bridge, its address and the programs exist) left nf-web, which the next
 /// `network create` refused ("pass --adopt") and `down` left behind. Now `network ls`
@@ -1716,18 +1682,16 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
         "up0",
     ];
     // Rename #1 makes the intent record, #2 the state.
-    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    assert!(nf.killed_at("renameat", 2, &create), "not killed");
     assert!(topo.host.exec_ok(&["ip", "link"]).contains("nf-web"));
     let ls = nf.ok(&["network", "ls"]);
     assert!(
         ls.contains("not in the state: an interrupted `netfast network create web`"),
         "{ls}"
     );
-    let out = nf.run(&create);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = nf.ok_stderr(&create);
     assert!(
-        out.status.success()
-            && err.contains("an interrupted `netfast network create web` left changes")
+        err.contains("an interrupted `netfast network create web` left changes")
             && err.contains("deleted bridge nf-web"),
         "{err}"
     );
@@ -1737,8 +1701,7 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     // and veth, and IPAM hands the address to the next container.
     let (a, b) = (ct(&topo, 0), ct(&topo, 1));
     assert!(
-        killed_at(
-            &topo,
+        nf.killed_at(
             "renameat",
             2,
             &["container", "create", &a, "--network", "web"]
@@ -1764,7 +1727,7 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     nf.ok(&["container", "rm", &b]);
     // Killed again, then `down`: nothing of netfast's is left.
     nf.ok(&["network", "rm", "web"]);
-    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    assert!(nf.killed_at("renameat", 2, &create), "not killed");
     let out = nf.ok(&["down"]);
     assert!(out.contains("deleted bridge nf-web"), "{out}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-"));
