@@ -14,7 +14,7 @@ use netfast_tests::{
     netfast_cli::{CheckStatus, DoctorCheck, FlowEvent},
     ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
-    web::{UPLINK_URL, web_on},
+    web::{UPLINK_URL, Web, web_on},
 };
 
 /// How long a change may take to show: the agent reacts to netlink events within a fraction
@@ -172,17 +172,37 @@ fn an_address_added_to_the_host_serves_an_existing_publication(backend: &str) {
     );
 }
 
+/// What the agent's repair tests start from: the web fixture on a backend, an agent serving
+/// it, and the outside's web server. Dropped in that order.
+struct Served {
+    server: Background,
+    _agent: Agent,
+    w: Web,
+    /// The outside server's URL.
+    to_outside: String,
+}
+
+fn served(backend: &str) -> Served {
+    require_root();
+    let w = web_on(backend, &[]);
+    let agent = Agent::start(&w.topo.host);
+    Served {
+        server: outside_web_server(w.topo.outside.name()),
+        _agent: agent,
+        w,
+        to_outside: format!("http://{OUTSIDE_ADDR}:8000/"),
+    }
+}
+
 /// The outside web server's log: the client address of each request.
 fn clients_seen(server: &Background) -> String {
     server.stderr_so_far()
 }
 
 fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
     // http.server logs a request once it has answered it.
     assert!(
@@ -227,17 +247,15 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
 
 /// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
 /// a driver reload or a VPN reconnect would.
-fn recreate_uplink(w: &netfast_tests::web::Web) {
+fn recreate_uplink(w: &Web) {
     w.topo.host.exec_ok(&["ip", "link", "del", UPLINK]);
     w.topo.wire_uplink();
 }
 
 fn a_recreated_uplink_masquerades_again(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
     recreate_uplink(&w);
     // The outside's server listened on the old eth0's address: it is the same address.
@@ -333,11 +351,9 @@ fn a_restarted_agent_loses_no_flow(backend: &str) {
 }
 
 fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
     // Deleted by hand, then made again bare: no address, down, no ports.
@@ -374,11 +390,9 @@ fn iptables_jump(h: &TestNetns, op: &str, (table, chain, target): (&str, &str, &
 }
 
 fn what_was_removed_by_hand_comes_back(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     let h = &w.topo.host;
     match backend {
@@ -580,7 +594,7 @@ fn the_agent_stops_when_another_build_runs_the_dataplane() {
 fn a_missing_iptables_jump_is_drift_and_the_agent_puts_it_back() {
     require_root();
     let w = web_on("iptables", &[]);
-    let drift = |w: &netfast_tests::web::Web| w.nf.networks()[0].drift.clone();
+    let drift = |w: &Web| w.nf.networks()[0].drift.clone();
     assert_eq!(drift(&w), Vec::<String>::new());
     iptables_jump(&w.topo.host, "-D", MASQUERADE_JUMP);
     let d = drift(&w);
