@@ -14,6 +14,11 @@ use crate::{Background, netns::TestNetns, topology::UPLINK};
 #[derive(Debug, Deserialize)]
 pub struct NetworkRow {
     pub name: String,
+    /// `a.b.c.d/n`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub uplink: String,
     /// ebpf, nftables or iptables.
     pub backend: String,
     /// What the kernel lacks of what the state says; empty when they agree.
@@ -27,10 +32,20 @@ pub struct ContainerRow {
     pub network: String,
     pub ip: Ipv4Addr,
     pub veth: String,
+    /// Its network namespace's path (Docker's sandbox for a Docker endpoint).
+    pub netns: Option<String>,
     /// Docker's endpoint ID, for a container made through the Docker plugin.
     #[serde(default)]
     pub docker_endpoint: Option<String>,
     pub drift: Vec<String>,
+}
+
+/// A row of `netfast publish ls --json`: the fields the tests read.
+#[derive(Debug, Deserialize)]
+pub struct PublicationRow {
+    pub network: String,
+    /// As given: `[HOST_IP:]HOST_PORTS:CONTAINER:CONTAINER_PORTS/PROTO`.
+    pub spec: String,
 }
 
 /// A flow of `netfast conntrack list --json` (netfast's `maps::conntrack::Flow`): both
@@ -461,6 +476,11 @@ impl Netfast {
     /// `netfast container ls --json`.
     pub fn containers(&self) -> Vec<ContainerRow> {
         self.json(&["container", "ls", "--json"])
+    }
+
+    /// `netfast publish ls --json`.
+    pub fn publications(&self) -> Vec<PublicationRow> {
+        self.json(&["publish", "ls", "--json"])
     }
 
     /// `netfast stats --json`.
