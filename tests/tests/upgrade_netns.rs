@@ -65,20 +65,17 @@ impl Live {
 
 /// The conntrack entries of both connections: (original packets) per destination port.
 fn flows(nf: &Netfast) -> Vec<(u64, u64, u64)> {
-    let list: Value = serde_json::from_str(&nf.ok(&["conntrack", "list", "--json", "-p", "tcp"]))
-        .expect("conntrack list --json");
+    let list = nf.flows(&["-p", "tcp"]);
     let mut out = Vec::new();
     for port in [9000, 9001] {
         let f = list
-            .as_array()
-            .expect("an array")
             .iter()
-            .find(|f| f["original"]["dport"] == port && f["state"] == "ESTABLISHED")
-            .unwrap_or_else(|| panic!("no established flow to port {port}: {list:#}"));
+            .find(|f| f.original.dport == port && f.state.as_deref() == Some("ESTABLISHED"))
+            .unwrap_or_else(|| panic!("no established flow to port {port}: {list:#?}"));
         out.push((
-            port,
-            f["original"]["sport"].as_u64().expect("sport"),
-            f["original"]["packets"].as_u64().expect("packets"),
+            u64::from(port),
+            u64::from(f.original.sport),
+            f.original.packets.expect("packets"),
         ));
     }
     out
