@@ -12,15 +12,43 @@ use netfast_tests::{
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
 
-/// A host namespace with an uplink (no bridge: netfast makes it).
+/// A host namespace with an uplink (no bridge: netfast makes it). Kernel tests start here,
+/// so this checks first that the test can run.
 fn host() -> (Topology, Netfast) {
+    require_root();
     let topo = Topology::builder().without_bridge().build();
     let nf = Netfast::new(&topo.host);
     (topo, nf)
 }
 
+/// A [`host`] with network `web` (172.18.0.0/24, on the uplink).
+fn host_with_web() -> (Topology, Netfast) {
+    let (topo, nf) = host();
+    nf.create_network("web", "172.18.0.0/24", &[]);
+    (topo, nf)
+}
+
 fn ct(topo: &Topology, i: usize) -> String {
     format!("{}c{i}", topo.host.name())
+}
+
+/// Runs `args`, which must fail saying each of `says` and leave the host as `before` (its
+/// [`snapshot`]); returns what it said.
+fn refused(topo: &Topology, nf: &Netfast, before: &str, args: &[&str], says: &[&str]) -> String {
+    let err = nf.fails(args);
+    let command = args.join(" ");
+    for s in says {
+        assert!(
+            err.contains(s),
+            "`netfast {command}` said:\n{err}\nexpected it to mention: {s}"
+        );
+    }
+    assert_eq!(
+        snapshot(topo),
+        before,
+        "`netfast {command}` changed the host"
+    );
+    err
 }
 
 /// Everything of the kernel a command could change, to compare before and after.
@@ -101,7 +129,6 @@ fn in_ct(name: &str, argv: &[&str]) -> String {
 
 #[test]
 fn containers_reach_each_other_the_host_and_the_outside() {
-    require_root();
     let (topo, nf) = host();
     let out = nf.create_network("web", "172.18.0.0/24", &[]);
     assert!(
@@ -151,7 +178,6 @@ fn containers_reach_each_other_the_host_and_the_outside() {
 
 #[test]
 fn the_veth_gets_the_bridge_mtu() {
-    require_root();
     let (topo, nf) = host();
     nf.create_network("jumbo", "10.77.0.0/24", &[]);
     let a = ct(&topo, 0);
@@ -183,7 +209,6 @@ fn apply_text(topo: &Topology, with_db: bool) -> String {
 
 #[test]
 fn apply_converges_and_applying_twice_changes_nothing() {
-    require_root();
     let (topo, nf) = host();
     let file = format!("/tmp/{}-apply.toml", topo.host.name());
     fs::write(&file, apply_text(&topo, true)).expect("write apply file");
@@ -224,7 +249,6 @@ fn apply_converges_and_applying_twice_changes_nothing() {
 
 #[test]
 fn down_removes_everything_netfast_made_and_nothing_else() {
-    require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
     nf.create_network("web", "172.18.0.0/24", &[]);
@@ -366,9 +390,7 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 
 #[test]
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let used = ct(&topo, 0);
     nf.ok(&["container", "create", &used, "--network", "web"]);
     let before = snapshot(&topo);
@@ -481,18 +503,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     .collect();
     for (args, message) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let err = nf.fails(&args);
-        assert!(
-            err.contains(message),
-            "`netfast {}` said:\n{err}\nexpected it to mention: {message}",
-            args.join(" ")
-        );
-        assert_eq!(
-            snapshot(&topo),
-            before,
-            "`netfast {}` changed the host",
-            args.join(" ")
-        );
+        refused(&topo, &nf, &before, &args, &[message]);
     }
     // Without capabilities (root, but with them dropped): refused, and nothing changes.
     // With --netns, entering the host namespace is what fails first; under `ip netns exec`
@@ -543,7 +554,6 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
 
 #[test]
 fn a_failure_half_way_rolls_back_what_the_command_created() {
-    require_root();
     let (topo, nf) = host();
     // A dataplane pinned with another ct-max than the host's settings: `network create`
     // makes its bridge, then fails to open the dataplane, and must delete the bridge again.
@@ -560,13 +570,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         .expect("pin a dataplane");
     }
     let before = snapshot(&topo);
-    let err = nf.fails(&network_create("web", "172.18.0.0/24", &[]));
-    assert!(err.contains("cannot be resized"), "{err}");
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed create left something behind"
-    );
+    let create = network_create("web", "172.18.0.0/24", &[]);
+    refused(&topo, &nf, &before, &create, &["cannot be resized"]);
     {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
         Dataplane::remove(&Host::current().expect("host")).expect("unpin");
@@ -579,17 +584,16 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     let before = snapshot(&topo);
     let file = format!("/tmp/{}-rollback.toml", topo.host.name());
     fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbridge = \"busy0\"\n").expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply refused at `+ network b")
-            && err.contains("busy0 already exists")
-            && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed apply left something behind"
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply refused at `+ network b",
+            "busy0 already exists",
+            "nothing was changed",
+        ],
     );
     // A failure no check can foresee (the dataplane pinned with another ct-max, which only
     // opening it tells): what the apply created goes again, and the message says so.
@@ -606,17 +610,16 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     }
     let before = snapshot(&topo);
     fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply failed at `+ network b")
-            && err.contains("cannot be resized")
-            && err.contains("the host is as it was before (undone: `+ network a"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed apply left something behind"
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply failed at `+ network b",
+            "cannot be resized",
+            "the host is as it was before (undone: `+ network a",
+        ],
     );
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-a"));
     // With a removal before the failure: the removal is kept, and said to be.
@@ -658,7 +661,6 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
 /// says why.
 #[test]
 fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
-    require_root();
     let (topo, nf) = host();
     let (c0, c1) = (ct(&topo, 0), ct(&topo, 1));
     let file = format!("/tmp/{}-late.toml", topo.host.name());
@@ -676,17 +678,16 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
     nf.ok(&["apply", "-f", &file]);
     let before = snapshot(&topo);
     fs::write(&file, text("[dataplane]\nct_max = 1024\n\n", false)).expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply refused at `~ dataplane: ct-max 1024")
-            && err.contains("the dataplane runs with ct-max 262144")
-            && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the refused apply changed the host"
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply refused at `~ dataplane: ct-max 1024",
+            "the dataplane runs with ct-max 262144",
+            "nothing was changed",
+        ],
     );
     // Without the network (and so without the dataplane), the same change goes through.
     fs::write(&file, "[dataplane]\nct_max = 1024\n").expect("write");
@@ -700,9 +701,7 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
 
 #[test]
 fn concurrent_commands_do_not_corrupt_the_state() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let bin = netfast_bin();
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -745,9 +744,7 @@ fn concurrent_commands_do_not_corrupt_the_state() {
 
 #[test]
 fn ls_reports_drift_when_something_is_deleted_by_hand() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let a = ct(&topo, 0);
     nf.ok(&["container", "create", &a, "--network", "web"]);
     let veth = nf.containers()[0].veth.clone();
@@ -808,7 +805,6 @@ fn a_network_without_masquerade_is_routed_untranslated() {
 
 #[test]
 fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
-    require_root();
     let (topo, nf) = host();
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
@@ -839,7 +835,6 @@ fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
 
 #[test]
 fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
-    require_root();
     let (topo, nf) = host();
     let file = format!("/tmp/{}-backend.toml", topo.host.name());
     let text = |backend: &str| {
@@ -914,7 +909,6 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
 
 #[test]
 fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
-    require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
     // The host namespace without nft on its PATH: the nftables backend cannot work there.
@@ -1068,7 +1062,6 @@ fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
 /// input is JSON in which a name is only ever a string, which `nft -c` accepts as it is.
 #[test]
 fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
-    require_root();
     let (topo, nf) = host();
     nf.create_network("web", "172.18.0.0/24", &["--backend", "nftables"]);
     let before = snapshot(&topo);
@@ -1183,9 +1176,7 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
 /// of netfast's own links; a publication to a subnet's network or broadcast address.
 #[test]
 fn input_that_takes_the_hosts_traffic_is_refused() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let c0 = ct(&topo, 0);
     nf.ok(&["container", "create", &c0, "--network", "web"]);
     let veth = nf.containers()[0].veth.clone();
@@ -1272,7 +1263,6 @@ fn mode(path: &std::path::Path) -> u32 {
 /// through a symbolic link planted in it; read-only commands create no state and no pins.
 #[test]
 fn state_files_are_private_never_followed_and_read_only_commands_create_nothing() {
-    require_root();
     let (topo, nf) = host();
     // Read-only commands on a host netfast never served: nothing appears.
     let fresh = netfast_tests::TestNetns::new("r");
@@ -1353,9 +1343,7 @@ fn flock_waiters(path: &std::path::Path) -> usize {
 /// go on holding a lock that nobody else can see (the next command would run beside it).
 #[test]
 fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, _nf) = host_with_web();
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
@@ -1394,9 +1382,7 @@ fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
 /// Two `config` commands at once, each changing one setting: both changes stay.
 #[test]
 fn concurrent_config_changes_both_count() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let h = host_of(topo.host.name());
     let lock = h.state_dir().join("lock");
     // Hold the lock shared: a command that reads under a shared lock gets past it and waits
@@ -1445,9 +1431,7 @@ fn concurrent_config_changes_both_count() {
 /// (The machine's root namespace plays no part: two test namespaces with confusing names do.)
 #[test]
 fn a_host_is_known_by_its_namespace_not_by_its_name() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, _nf) = host_with_web();
     let names = |ns: &str| -> Vec<String> {
         let ls = netfast_tests::run_ok(&[
             netfast_bin().to_str().expect("path"),
@@ -1506,7 +1490,6 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
 /// revive it.
 #[test]
 fn network_rm_removes_its_publications_by_address() {
-    require_root();
     let (topo, nf) = host();
     let create = |name: &str| nf.create_network(name, "172.30.2.0/24", &[]);
     create("web");
@@ -1538,9 +1521,7 @@ fn network_rm_removes_its_publications_by_address() {
 /// new publication's clients.
 #[test]
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
     let publish = [
@@ -1620,7 +1601,6 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
 /// takes nftables for it and says why.
 #[test]
 fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
-    require_root();
     let (topo, nf) = host();
     let h = &topo.host;
     h.exec_ok(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
@@ -1670,7 +1650,6 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
 /// once the next command ran.
 #[test]
 fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
-    require_root();
     let (topo, nf) = host();
     let create = [
         "network",
@@ -1823,7 +1802,6 @@ fn changes(nf: &Netfast, args: &[&str]) -> Vec<Change> {
 
 #[test]
 fn mutating_commands_print_their_changes_as_json() {
-    require_root();
     let (topo, nf) = host();
     let c0 = ct(&topo, 0);
     let made = changes(
