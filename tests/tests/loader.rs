@@ -28,6 +28,14 @@ fn host_with_web() -> (Topology, Netfast) {
     (topo, nf)
 }
 
+/// A [`host_with_web`] with container `<host>c0` in web, and that name.
+fn host_with_container() -> (Topology, Netfast, String) {
+    let (topo, nf) = host_with_web();
+    let c0 = ct(&topo, 0);
+    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    (topo, nf, c0)
+}
+
 fn ct(topo: &Topology, i: usize) -> String {
     format!("{}c{i}", topo.host.name())
 }
@@ -390,9 +398,7 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 
 #[test]
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
-    let (topo, nf) = host_with_web();
-    let used = ct(&topo, 0);
-    nf.ok(&["container", "create", &used, "--network", "web"]);
+    let (topo, nf, used) = host_with_container();
     let before = snapshot(&topo);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (network_create("x", "172.20.0.0", &[]), "not an IPv4 CIDR"),
@@ -552,30 +558,38 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     assert_eq!(snapshot(&topo), before);
 }
 
+/// A dataplane pinned in `topo`'s host with a ct-max (1024) other than the host's settings:
+/// a command that opens it fails there, after what it did first.
+fn pin_dataplane_with_ct_max_1024(topo: &Topology) {
+    let settings = Settings {
+        ct_max_flows: 1024,
+        ..Settings::default()
+    };
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    Dataplane::open(&Host::current().expect("host"), &settings).expect("pin a dataplane");
+}
+
+/// Removes the dataplane pinned in `topo`'s host.
+fn unpin_dataplane(topo: &Topology) {
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    Dataplane::remove(&Host::current().expect("host")).expect("unpin");
+}
+
+/// An apply file: network a on nftables, then network b on eBPF (which opens the dataplane).
+const NETWORKS_A_AND_B: &str = "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\
+                                backend = \"nftables\"\n\n[[network]]\nname = \"b\"\n\
+                                subnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n";
+
 #[test]
 fn a_failure_half_way_rolls_back_what_the_command_created() {
     let (topo, nf) = host();
     // A dataplane pinned with another ct-max than the host's settings: `network create`
     // makes its bridge, then fails to open the dataplane, and must delete the bridge again.
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        let host = Host::current().expect("host");
-        Dataplane::open(
-            &host,
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
+    pin_dataplane_with_ct_max_1024(&topo);
     let before = snapshot(&topo);
     let create = network_create("web", "172.18.0.0/24", &[]);
     refused(&topo, &nf, &before, &create, &["cannot be resized"]);
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
-    }
+    unpin_dataplane(&topo);
     // apply: the second network's bridge name is taken by a dummy link: refused before the
     // first network is made.
     topo.host.exec_ok(&[
@@ -597,19 +611,9 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     );
     // A failure no check can foresee (the dataplane pinned with another ct-max, which only
     // opening it tells): what the apply created goes again, and the message says so.
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::open(
-            &Host::current().expect("host"),
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
+    pin_dataplane_with_ct_max_1024(&topo);
     let before = snapshot(&topo);
-    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    fs::write(&file, NETWORKS_A_AND_B).expect("write");
     refused(
         &topo,
         &nf,
@@ -627,18 +631,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     fs::write(&file, format!("[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[container]]\nname = \"{c}\"\nnetwork = \"a\"\n")).expect("write");
     nf.ok(&["apply", "-f", &file]);
     // (Removing network a took the pinned dataplane with it: no eBPF network was left.)
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::open(
-            &Host::current().expect("host"),
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
-    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    pin_dataplane_with_ct_max_1024(&topo);
+    fs::write(&file, NETWORKS_A_AND_B).expect("write");
     let err = nf.fails(&["apply", "-f", &file]);
     assert!(
         err.contains(&format!(
@@ -649,10 +643,7 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     let ls = nf.containers();
     assert!(ls.is_empty(), "{ls:?}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
-    }
+    unpin_dataplane(&topo);
     fs::remove_file(&file).expect("remove");
 }
 
@@ -744,9 +735,7 @@ fn concurrent_commands_do_not_corrupt_the_state() {
 
 #[test]
 fn ls_reports_drift_when_something_is_deleted_by_hand() {
-    let (topo, nf) = host_with_web();
-    let a = ct(&topo, 0);
-    nf.ok(&["container", "create", &a, "--network", "web"]);
+    let (topo, nf, a) = host_with_container();
     let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&["ip", "link", "del", &veth]);
     let text = nf.ok(&["container", "ls"]);
@@ -1176,9 +1165,7 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
 /// of netfast's own links; a publication to a subnet's network or broadcast address.
 #[test]
 fn input_that_takes_the_hosts_traffic_is_refused() {
-    let (topo, nf) = host_with_web();
-    let c0 = ct(&topo, 0);
-    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    let (topo, nf, _c0) = host_with_container();
     let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&[
         "ip",
