@@ -276,13 +276,20 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     assert_eq!(nf.ok(&["down"]).trim(), "nothing to remove");
 }
 
-#[test]
-fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
+/// A host with the articles' hand-made bridge br0 (172.18.0.1/24) and one container on it
+/// (built with `ip`), netfast not yet involved: the container's namespace.
+fn hand_made_bridge() -> (Topology, Netfast, String) {
     require_root();
-    // br0 with 172.18.0.1/24 and a container on it, built with `ip` as in the articles.
     let topo = Topology::builder().containers(1).build();
     let nf = Netfast::new(&topo.host);
     let hand = topo.containers[0].name().to_owned();
+    (topo, nf, hand)
+}
+
+#[test]
+fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
+    // br0 with 172.18.0.1/24 and a container on it, built with `ip` as in the articles.
+    let (topo, nf, hand) = hand_made_bridge();
     in_ct(&hand, &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
     let out = adopt_br0(&nf, "auto");
     assert!(
@@ -322,10 +329,7 @@ fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
 /// gets its own mode back when netfast lets go of the bridge.
 #[test]
 fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
-    require_root();
-    let topo = Topology::builder().containers(1).build();
-    let nf = Netfast::new(&topo.host);
-    let hand = topo.containers[0].name().to_owned();
+    let (topo, nf, hand) = hand_made_bridge();
     let hairpin = || {
         let ports = topo
             .host
@@ -358,9 +362,7 @@ fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
 /// 127.0.0.1); an adopted bridge gets its own setting back when netfast lets go of it.
 #[test]
 fn an_adopted_bridge_gets_its_route_localnet_back() {
-    require_root();
-    let topo = Topology::builder().containers(1).build();
-    let nf = Netfast::new(&topo.host);
+    let (topo, nf, _) = hand_made_bridge();
     let setting = || {
         topo.host
             .exec_ok(&[
@@ -400,6 +402,17 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     let (topo, nf, used) = host_with_container();
     let before = snapshot(&topo);
+    let fresh_at = |ip| {
+        vec![
+            "container",
+            "create",
+            "fresh",
+            "--network",
+            "web",
+            "--ip",
+            ip,
+        ]
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (network_create("x", "172.20.0.0", &[]), "not an IPv4 CIDR"),
         (
@@ -453,42 +466,9 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
             vec!["container", "create", &used, "--network", "web"],
             "already exists",
         ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.2",
-            ],
-            "in use by container",
-        ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.1",
-            ],
-            "is the gateway",
-        ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.255",
-            ],
-            "broadcast address",
-        ),
+        (fresh_at("172.18.0.2"), "in use by container"),
+        (fresh_at("172.18.0.1"), "is the gateway"),
+        (fresh_at("172.18.0.255"), "broadcast address"),
         (
             vec!["container", "create", "fresh", "--network", "nope"],
             "no network named",
