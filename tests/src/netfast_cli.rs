@@ -357,6 +357,18 @@ impl Netfast {
         &self.bin
     }
 
+    /// `netfast --netns <host> args…` as an argv, for a test that runs it under another
+    /// program (strace, setpriv).
+    pub fn argv<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let bin = self
+            .bin
+            .to_str()
+            .expect("the netfast binary's path is UTF-8");
+        let mut argv = vec![bin, "--netns", &self.host];
+        argv.extend_from_slice(args);
+        argv
+    }
+
     /// Runs `netfast --netns <host> args…`, whatever its exit status.
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_env(args, &[])
@@ -377,13 +389,7 @@ impl Netfast {
     /// Starts `netfast --netns <host> args…` in the background (`conntrack watch`,
     /// `monitor`, the agent): its output is collected as it comes.
     pub fn spawn(&self, args: &[&str]) -> Background {
-        let bin = self
-            .bin
-            .to_str()
-            .expect("the netfast binary's path is UTF-8");
-        let mut argv = vec![bin, "--netns", &self.host];
-        argv.extend_from_slice(args);
-        Background::spawn(&argv)
+        Background::spawn(&self.argv(args))
     }
 
     /// Runs netfast and returns stdout; panics with everything it printed if it fails.
@@ -416,24 +422,9 @@ impl Netfast {
     /// Runs netfast under strace, killed (SIGKILL) at its `n`th `syscall` (a crash at that
     /// point, for the tests of interrupted commands): whether it was killed.
     pub fn killed_at(&self, syscall: &str, n: usize, args: &[&str]) -> bool {
-        let bin = self
-            .bin
-            .to_str()
-            .expect("the netfast binary's path is UTF-8");
         let inject = format!("inject={syscall}:signal=KILL:when={n}");
-        let mut argv = vec![
-            "strace",
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            &inject,
-            bin,
-            "--netns",
-            &self.host,
-        ];
-        argv.extend_from_slice(args);
+        let mut argv = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject];
+        argv.extend(self.argv(args));
         let out = crate::run(&argv);
         use std::os::unix::process::ExitStatusExt;
         out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137)

@@ -494,8 +494,6 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     // Without capabilities (root, but with them dropped): refused, and nothing changes.
     // With --netns, entering the host namespace is what fails first; under `ip netns exec`
     // netfast's own check names what is missing.
-    let bin = netfast_bin();
-    let bin = bin.to_str().expect("path");
     let drop = [
         "setpriv",
         "--bounding-set",
@@ -514,8 +512,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     ];
     let via_flag = Command::new(drop[0])
         .args(&drop[1..])
-        .args([bin, "--netns", topo.host.name()])
-        .args(create)
+        .args(nf.argv(&create))
         .output()
         .expect("setpriv");
     let err = String::from_utf8_lossy(&via_flag.stderr);
@@ -526,7 +523,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     let inside = Command::new("ip")
         .args(["netns", "exec", topo.host.name()])
         .args(drop)
-        .arg(bin)
+        .arg(nf.bin())
         .args(create)
         .output()
         .expect("ip netns exec");
@@ -1489,8 +1486,6 @@ fn network_rm_removes_its_publications_by_address() {
 #[test]
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     let (topo, nf) = host_with_web();
-    let bin = netfast_bin();
-    let bin = bin.to_str().expect("path");
     let publish = [
         "publish",
         "web",
@@ -1503,8 +1498,7 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     let mut argv = vec!["strace", "-f", "-qq", "-e", "trace=bpf", "-o"];
     let trace_s = trace.to_str().expect("path").to_owned();
     argv.push(&trace_s);
-    argv.extend([bin, "--netns", topo.host.name()]);
-    argv.extend(publish);
+    argv.extend(nf.argv(&publish));
     netfast_tests::run_ok(&argv);
     nf.ok(&["unpublish", "web", "9090:172.18.0.60:80"]);
     let text = fs::read_to_string(&trace).expect("trace");
