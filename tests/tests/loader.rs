@@ -501,15 +501,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         "--inh-caps",
         "-all",
     ];
-    let create = [
-        "network",
-        "create",
-        "x",
-        "--subnet",
-        "172.20.0.0/24",
-        "--uplink",
-        "up0",
-    ];
+    let create = network_create("x", "172.20.0.0/24", &[]);
     let via_flag = Command::new(drop[0])
         .args(&drop[1..])
         .args(nf.argv(&create))
@@ -775,16 +767,9 @@ fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
     let a = ct(&topo, 0);
-    topo.host.exec_ok(&[
-        bin,
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let mut create = vec![bin];
+    create.extend(network_create("web", "172.18.0.0/24", &[]));
+    topo.host.exec_ok(&create);
     topo.host
         .exec_ok(&[bin, "container", "create", &a, "--network", "web"]);
     in_ct(
@@ -1612,15 +1597,7 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
 #[test]
 fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     let (topo, nf) = host();
-    let create = [
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ];
+    let create = network_create("web", "172.18.0.0/24", &[]);
     // Rename #1 makes the intent record, #2 the state.
     assert!(nf.killed_at("renameat", 2, &create), "not killed");
     assert!(topo.host.exec_ok(&["ip", "link"]).contains("nf-web"));
