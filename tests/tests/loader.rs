@@ -502,28 +502,22 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         "-all",
     ];
     let create = network_create("x", "172.20.0.0/24", &[]);
-    let via_flag = Command::new(drop[0])
-        .args(&drop[1..])
-        .args(nf.argv(&create))
-        .output()
-        .expect("setpriv");
-    let err = String::from_utf8_lossy(&via_flag.stderr);
-    assert!(
-        !via_flag.status.success() && err.contains("CAP_SYS_ADMIN"),
-        "without capabilities, --netns: {err}"
-    );
-    let inside = Command::new("ip")
-        .args(["netns", "exec", topo.host.name()])
-        .args(drop)
-        .arg(nf.bin())
-        .args(create)
-        .output()
-        .expect("ip netns exec");
-    let err = String::from_utf8_lossy(&inside.stderr);
-    assert!(
-        !inside.status.success() && err.contains("needs CAP_NET_ADMIN"),
-        "without capabilities, in the namespace: {err}"
-    );
+    let mut via_flag = drop.to_vec();
+    via_flag.extend(nf.argv(&create));
+    let mut inside = in_netns(topo.host.name(), &drop);
+    inside.push(nf.bin().to_str().expect("path"));
+    inside.extend(&create);
+    for (argv, says, how) in [
+        (via_flag, "CAP_SYS_ADMIN", "--netns"),
+        (inside, "needs CAP_NET_ADMIN", "in the namespace"),
+    ] {
+        let out = netfast_tests::run(&argv);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "without capabilities, {how}: {err}"
+        );
+    }
     assert_eq!(snapshot(&topo), before);
 }
 
