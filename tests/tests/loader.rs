@@ -1282,24 +1282,36 @@ fn flock_waiters(path: &std::path::Path) -> usize {
         .count()
 }
 
+/// A [`host_with_web`], its [`Host`] and the path of its lock file.
+fn host_with_lock() -> (Topology, Netfast, Host, std::path::PathBuf) {
+    let (topo, nf) = host_with_web();
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    (topo, nf, h, lock)
+}
+
+/// Waits up to ten seconds for `n` processes to wait on the lock file `lock`; panics with
+/// `otherwise` if they do not.
+fn wait_for_waiters(lock: &std::path::Path, n: usize, otherwise: &str) {
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(lock) == n
+        }),
+        "{otherwise}"
+    );
+}
+
 /// `down` removes the lock file while it holds it: a command that waited on it must not
 /// go on holding a lock that nobody else can see (the next command would run beside it).
 #[test]
 fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
-    let (topo, _nf) = host_with_web();
-    let h = host_of(topo.host.name());
-    let lock = h.state_dir().join("lock");
+    let (_topo, _nf, h, lock) = host_with_lock();
     let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
     let waiter = {
         let h = h.clone();
         thread::spawn(move || netfast::loader::state::Locked::acquire(&h, true).expect("lock"))
     };
-    assert!(
-        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
-            flock_waiters(&lock) == 1
-        }),
-        "the second command never waited for the lock"
-    );
+    wait_for_waiters(&lock, 1, "the second command never waited for the lock");
     // What `down` does last, with the lock held.
     first.remove().expect("remove");
     let second = waiter.join().expect("thread");
@@ -1325,32 +1337,15 @@ fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
 /// Two `config` commands at once, each changing one setting: both changes stay.
 #[test]
 fn concurrent_config_changes_both_count() {
-    let (topo, nf) = host_with_web();
-    let h = host_of(topo.host.name());
-    let lock = h.state_dir().join("lock");
+    let (_topo, nf, h, lock) = host_with_lock();
     // Hold the lock shared: a command that reads under a shared lock gets past it and waits
     // only to write, so both have read the old settings when it is let go; one that reads
     // and writes under one exclusive lock waits before reading.
     let holder = netfast::loader::state::Locked::acquire(&h, false).expect("lock");
-    let bin = netfast_bin();
-    let config = |flag: &str, value: &str| {
-        netfast_tests::Background::spawn(&[
-            bin.to_str().expect("path"),
-            "--netns",
-            topo.host.name(),
-            "config",
-            flag,
-            value,
-        ])
-    };
+    let config = |flag: &str, value: &str| nf.spawn(&["config", flag, value]);
     let a = config("--timeout-udp", "111");
     let b = config("--timeout-icmp", "22");
-    assert!(
-        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
-            flock_waiters(&lock) == 2
-        }),
-        "both commands should be waiting for the lock"
-    );
+    wait_for_waiters(&lock, 2, "both commands should be waiting for the lock");
     drop(holder);
     for c in [a, b] {
         let out = c.wait_exit(std::time::Duration::from_secs(30));
