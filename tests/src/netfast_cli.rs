@@ -48,8 +48,8 @@ pub struct PublicationRow {
     pub spec: String,
 }
 
-/// A flow of `netfast conntrack list --json` (netfast's `maps::conntrack::Flow`): both
-/// directions of one tracked connection.
+/// A flow of `netfast conntrack list --json` (netfast's `maps::conntrack::Flow`): the
+/// fields the tests read.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FlowRow {
     /// tcp, udp or icmp.
@@ -59,9 +59,6 @@ pub struct FlowRow {
     pub state: Option<String>,
     /// Seconds until the flow expires if idle.
     pub expires_in: u32,
-    /// No packet seen in the reply direction yet.
-    pub unreplied: bool,
-    pub network_id: u16,
     pub original: TupleRow,
     pub reply: TupleRow,
 }
@@ -71,16 +68,12 @@ pub struct FlowRow {
 pub struct TupleRow {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    /// 0 for ICMP, whose echo identifier is in `id`.
+    /// 0 for ICMP.
     pub sport: u16,
     pub dport: u16,
-    #[serde(default)]
-    pub id: Option<u16>,
     /// Absent when not known (an event reports one direction's entry).
     #[serde(default)]
     pub packets: Option<u64>,
-    #[serde(default)]
-    pub bytes: Option<u64>,
 }
 
 /// A line of `netfast conntrack watch --json` (and of `monitor --json` for flows): what
@@ -106,19 +99,13 @@ pub struct CountJson {
     pub count: usize,
 }
 
-/// `netfast stats --json` (netfast's `stats::Stats`).
+/// `netfast stats --json` (netfast's `stats::Stats`): the counters the tests read.
 #[derive(Clone, Debug, Deserialize)]
 pub struct StatsJson {
-    pub hooks: Vec<HookStatsRow>,
     /// Packets the fast path forwarded, and those it left to the host's stack.
-    pub events: Vec<EventStatsRow>,
-    pub drops: Vec<DropStatsRow>,
-    /// The drops of each hook, by reason; absent when none dropped anything.
-    #[serde(default)]
-    pub hook_drops: Vec<HookDropStatsRow>,
+    pub events: Vec<CounterRow>,
+    pub drops: Vec<CounterRow>,
     pub networks: Vec<NetworkStatsRow>,
-    /// The clock the programs read (null without an eBPF dataplane).
-    pub clock: Option<ClockRow>,
 }
 
 impl StatsJson {
@@ -129,60 +116,37 @@ impl StatsJson {
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no network {name} in stats: {:?}", self.networks))
     }
+
+    /// The packets of counter `name` among `counters` (this' `list`); panics if it has none.
+    fn packets(&self, list: &str, counters: &[CounterRow], name: &str) -> u64 {
+        counters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {list} counter {name} in stats: {self:?}"))
+            .packets
+    }
 }
 
+/// A counter of [`StatsJson`]: an event or a drop reason, and its packets.
 #[derive(Clone, Debug, Deserialize)]
-pub struct HookStatsRow {
-    pub hook: String,
+pub struct CounterRow {
+    /// The event (`fast_path`, …) or the drop reason (`not_allowed`, …).
+    #[serde(alias = "event", alias = "reason")]
+    pub name: String,
     pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct EventStatsRow {
-    pub event: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct DropStatsRow {
-    pub reason: String,
-    pub description: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct HookDropStatsRow {
-    pub hook: String,
-    pub reason: String,
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 /// Translated traffic of one network.
 #[derive(Clone, Debug, Deserialize)]
 pub struct NetworkStatsRow {
-    pub id: u16,
     /// Empty when the state does not know the network.
     pub name: String,
     /// `a.b.c.d/n`.
     pub subnet: String,
-    /// Leaving the containers.
+    /// Leaving the containers, and coming to them.
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    /// Coming to the containers.
     pub rx_packets: u64,
-    pub rx_bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct ClockRow {
-    /// `jiffies` or `ktime_coarse`.
-    pub source: String,
-    /// The calibrated tick rate; 0 for the clock helper.
-    pub hz: u32,
 }
 
 /// A check of `netfast doctor --json` (netfast's `doctor::Check`).
@@ -482,23 +446,13 @@ impl Netfast {
     /// Packets dropped for `reason` (its name in `netfast stats`).
     pub fn drops(&self, reason: &str) -> u64 {
         let stats = self.stats();
-        stats
-            .drops
-            .iter()
-            .find(|d| d.reason == reason)
-            .unwrap_or_else(|| panic!("no drops counter {reason} in stats: {stats:?}"))
-            .packets
+        stats.packets("drops", &stats.drops, reason)
     }
 
     /// Packets counted for event `event` (its name in `netfast stats`, e.g. `fast_path`).
     pub fn event(&self, event: &str) -> u64 {
         let stats = self.stats();
-        stats
-            .events
-            .iter()
-            .find(|e| e.event == event)
-            .unwrap_or_else(|| panic!("no events counter {event} in stats: {stats:?}"))
-            .packets
+        stats.packets("events", &stats.events, event)
     }
 
     /// `netfast conntrack list --json FILTERS…`.
