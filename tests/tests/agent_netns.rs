@@ -203,13 +203,13 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
     let s = served(backend);
     let (w, server) = (&s.w, &s.server);
     let to_outside = &s.to_outside;
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
     // http.server logs a request once it has answered it.
     assert!(
-        wait_until(SOON, || clients_seen(&server)
+        wait_until(SOON, || clients_seen(server)
             .contains(&format!("{UPLINK_ADDR} - -"))),
         "{}",
-        clients_seen(&server)
+        clients_seen(server)
     );
     // A flow that left as the old address, alive when the address goes.
     ping(&w.c1, &OUTSIDE_ADDR.to_string());
@@ -228,11 +228,11 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
     h.exec_ok(&["ip", "addr", "add", "198.51.100.60/24", "dev", UPLINK]);
     assert!(
         wait_until(SOON, || {
-            curl(&w.c1, &to_outside, &[]) == "200"
-                && clients_seen(&server).contains("198.51.100.60 - -")
+            curl(&w.c1, to_outside, &[]) == "200"
+                && clients_seen(server).contains("198.51.100.60 - -")
         }),
         "no connection from the new address 198.51.100.60; the server saw:\n{}",
-        clients_seen(&server)
+        clients_seen(server)
     );
     // The old address's flows ended with it, as MASQUERADE ends them.
     assert!(
@@ -256,11 +256,11 @@ fn a_recreated_uplink_masquerades_again(backend: &str) {
     let s = served(backend);
     let (w, _server) = (&s.w, &s.server);
     let to_outside = &s.to_outside;
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
-    recreate_uplink(&w);
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
+    recreate_uplink(w);
     // The outside's server listened on the old eth0's address: it is the same address.
     assert!(
-        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        wait_until(SOON, || curl(&w.c1, to_outside, &[]) == "200"),
         "masquerade does not work again after the uplink came back"
     );
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
@@ -355,13 +355,13 @@ fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
     let (w, _server) = (&s.w, &s.server);
     let to_outside = &s.to_outside;
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
     // Deleted by hand, then made again bare: no address, down, no ports.
     let h = &w.topo.host;
     h.exec_ok(&["ip", "link", "del", "nf-web"]);
     h.exec_ok(&["ip", "link", "add", "nf-web", "type", "bridge"]);
     assert!(
-        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        wait_until(SOON, || curl(&w.c1, to_outside, &[]) == "200"),
         "the container does not reach the outside again"
     );
     assert!(
@@ -420,7 +420,7 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
     }
     assert!(
         wait_until(SOON, || {
-            curl(&w.c1, &to_outside, &[]) == "200"
+            curl(&w.c1, to_outside, &[]) == "200"
                 && curl(w.topo.outside.name(), UPLINK_URL, &[]) == "200"
         }),
         "masquerade and the publication do not work again"
