@@ -85,12 +85,14 @@ pub fn echo_server(ns: &str, port: u16) -> Background {
     server
 }
 
-/// A client on one TCP connection: sends a number to `ADDR PORT` (its arguments) every
-/// 100 ms and prints each echo as `echo N`; `gone: …` when the connection dies.
+/// A client on one TCP connection: sends a number to `ADDR PORT` (its arguments; from
+/// source port `SPORT` when a third is given) every 100 ms and prints each echo as
+/// `echo N`; `gone: …` when the connection dies.
 const TALKER: &str = "import socket, sys, time
 n = 0
 try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    src = ('0.0.0.0', int(sys.argv[3])) if len(sys.argv) > 3 else None
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5, src)
     f = s.makefile()
     while True:
         s.sendall(b'%d\\n' % n)
@@ -108,8 +110,18 @@ except Exception as e:
 /// A [`TALKER`] in namespace `ns` to `addr:port`, with its first echoes back when this
 /// returns.
 pub fn talker(ns: &str, addr: &str, port: u16) -> Background {
-    let port = port.to_string();
-    let mut t = Background::spawn(&in_netns(ns, &["python3", "-c", TALKER, addr, &port]));
+    talker_argv(ns, &[addr, &port.to_string()])
+}
+
+/// A [`talker`] from source port `sport`, for a test that picks its flow out by port.
+pub fn talker_from(ns: &str, sport: u16, addr: &str, port: u16) -> Background {
+    talker_argv(ns, &[addr, &port.to_string(), &sport.to_string()])
+}
+
+fn talker_argv(ns: &str, args: &[&str]) -> Background {
+    let mut argv = in_netns(ns, &["python3", "-c", TALKER]);
+    argv.extend_from_slice(args);
+    let mut t = Background::spawn(&argv);
     t.wait_for_text("echo 2", Duration::from_secs(10));
     t
 }

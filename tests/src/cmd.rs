@@ -19,11 +19,15 @@ pub fn run(argv: &[&str]) -> Output {
 
 /// Runs `argv` and returns its stdout; panics with stdout and stderr if it fails.
 pub fn run_ok(argv: &[&str]) -> String {
-    let out = run(argv);
+    success_stdout(&argv.join(" "), &run(argv), "")
+}
+
+/// The stdout of `command`, which printed `out`; panics with its status, stdout, stderr and
+/// `more` (what else explains a failure) if it failed.
+pub fn success_stdout(command: &str, out: &Output, more: &str) -> String {
     assert!(
         out.status.success(),
-        "`{}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        argv.join(" "),
+        "`{command}` failed ({}):\nstdout:\n{}\nstderr:\n{}{more}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -219,6 +223,19 @@ impl Background {
             out.lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .any(|v| ready(&v))
+        });
+    }
+
+    /// Waits until at least `n` lines of its stdout satisfy `line`.
+    pub fn wait_for_lines(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        n: usize,
+        mut line: impl FnMut(&str) -> bool,
+    ) {
+        self.wait_for(what, timeout, |out, _| {
+            out.lines().filter(|l| line(l)).count() >= n
         });
     }
 

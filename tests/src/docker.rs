@@ -279,16 +279,14 @@ impl Docker {
     /// printed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "`docker {}` failed ({}):\n{}{}\n--- plugin:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.plugin_output()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let more = if out.status.success() {
+            String::new()
+        } else {
+            format!("\n--- plugin:\n{}", self.plugin_output())
+        };
+        crate::cmd::success_stdout(&format!("docker {}", args.join(" ")), &out, &more)
+            .trim()
+            .to_owned()
     }
 
     /// `docker args…` with a time limit, for cleanup: its stdout, empty when it failed.

@@ -127,40 +127,15 @@ impl Topology {
     /// a test that deleted it (as a driver reload or a VPN reconnect would).
     pub fn wire_uplink(&self) {
         let (h, o) = (&self.host, &self.outside);
-        let uplink_cidr = format!("{UPLINK_ADDR}/{UPLINK_PREFIX}");
-        let outside_cidr = format!("{OUTSIDE_ADDR}/{UPLINK_PREFIX}");
-        crate::run_ok(&[
-            "ip",
-            "-n",
-            h.name(),
-            "link",
-            "add",
-            UPLINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            o.name(),
-        ]);
-        h.exec_ok(&["ip", "addr", "add", &uplink_cidr, "dev", UPLINK]);
-        h.exec_ok(&["ip", "link", "set", UPLINK, "up"]);
-        o.exec_ok(&["ip", "addr", "add", &outside_cidr, "dev", "eth0"]);
-        o.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        veth_pair((h, UPLINK), (o, "eth0"), None);
+        address_up(h, &format!("{UPLINK_ADDR}/{UPLINK_PREFIX}"), UPLINK);
+        address_up(o, &format!("{OUTSIDE_ADDR}/{UPLINK_PREFIX}"), "eth0");
     }
 
     /// The host's default route through the outside (a far server's way out, or an uplink
     /// that netfast finds by the default route).
     pub fn route_default_via_outside(&self) {
-        self.host.exec_ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &OUTSIDE_ADDR.to_string(),
-        ]);
+        route_default(&self.host, OUTSIDE_ADDR);
     }
 
     fn wire(&self, b: &TopologyBuilder) {
@@ -178,88 +153,48 @@ impl Topology {
             ]);
         }
         if let Some(f) = &self.far {
-            let mtu = FAR_MTU.to_string();
-            crate::run_ok(&[
-                "ip",
-                "-n",
-                o.name(),
-                "link",
-                "add",
-                "eth1",
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                f.name(),
-            ]);
-            o.exec_ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{FAR_GATEWAY}/24"),
-                "dev",
-                "eth1",
-            ]);
-            o.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+            veth_pair((o, "eth1"), (f, "eth0"), Some(FAR_MTU));
+            address_up(o, &format!("{FAR_GATEWAY}/24"), "eth1");
             o.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-            f.exec_ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{FAR_ADDR}/24"),
-                "dev",
-                "eth0",
-            ]);
-            f.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            f.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &FAR_GATEWAY.to_string(),
-            ]);
+            address_up(f, &format!("{FAR_ADDR}/24"), "eth0");
+            route_default(f, FAR_GATEWAY);
             self.route_default_via_outside();
         }
         if !b.bridge {
             return;
         }
         h.exec_ok(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
-        h.exec_ok(&["ip", "addr", "add", &format!("{GATEWAY}/24"), "dev", BRIDGE]);
-        h.exec_ok(&["ip", "link", "set", BRIDGE, "up"]);
+        address_up(h, &format!("{GATEWAY}/24"), BRIDGE);
         for (i, c) in self.containers.iter().enumerate() {
             let host_side = format!("vc{i}");
-            crate::run_ok(&[
-                "ip",
-                "-n",
-                h.name(),
-                "link",
-                "add",
-                &host_side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                c.name(),
-            ]);
+            veth_pair((h, &host_side), (c, "eth0"), None);
             h.exec_ok(&["ip", "link", "set", &host_side, "master", BRIDGE]);
             h.exec_ok(&["ip", "link", "set", &host_side, "up"]);
-            c.exec_ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", container_addr(i)),
-                "dev",
-                "eth0",
-            ]);
-            c.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            c.exec_ok(&["ip", "route", "add", "default", "via", &GATEWAY.to_string()]);
+            address_up(c, &format!("{}/24", container_addr(i)), "eth0");
+            route_default(c, GATEWAY);
         }
     }
+}
+
+/// A veth from `a`'s link `a.1` to `b`'s link `b.1`, made in `a`'s namespace; `mtu` is
+/// `a`'s side's, when not the default.
+fn veth_pair(a: (&TestNetns, &str), b: (&TestNetns, &str), mtu: Option<u32>) {
+    let mtu = mtu.map(|m| m.to_string());
+    let mut argv = vec!["ip", "-n", a.0.name(), "link", "add", a.1];
+    if let Some(mtu) = &mtu {
+        argv.extend(["mtu", mtu.as_str()]);
+    }
+    argv.extend(["type", "veth", "peer", "name", b.1, "netns", b.0.name()]);
+    crate::run_ok(&argv);
+}
+
+/// Address `cidr` on `ns`'s link `dev`, and the link up.
+fn address_up(ns: &TestNetns, cidr: &str, dev: &str) {
+    ns.exec_ok(&["ip", "addr", "add", cidr, "dev", dev]);
+    ns.exec_ok(&["ip", "link", "set", dev, "up"]);
+}
+
+/// `ns`'s default route via `gateway`.
+fn route_default(ns: &TestNetns, gateway: Ipv4Addr) {
+    ns.exec_ok(&["ip", "route", "add", "default", "via", &gateway.to_string()]);
 }

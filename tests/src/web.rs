@@ -31,6 +31,18 @@ impl Web {
             &crate::topology::UPLINK_ADDR.to_string(),
         ]);
     }
+
+    /// The outside fetches container 0's page at the container's own address (after
+    /// [`Web::route_subnet_from_outside`]): netfast drops such direct access, so curl does
+    /// not connect.
+    pub fn assert_direct_access_dropped(&self) {
+        let url = format!("http://{}/", crate::topology::container_addr(0));
+        assert_eq!(
+            crate::clients::curl(self.topo.outside.name(), &url, &[]),
+            "000",
+            "direct access to {url} from outside"
+        );
+    }
 }
 
 /// Builds the fixture on the eBPF dataplane; `settings` go to `netfast config` before the

@@ -11,10 +11,10 @@ use netfast_tests::{
     agent::{Agent, METRICS_ADDR, sample},
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
-    netfast_cli::netfast_bin,
+    netfast_cli::{CheckStatus, DoctorCheck, FlowEvent},
     ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
-    web::{UPLINK_URL, web_on},
+    web::{UPLINK_URL, Web, web_on},
 };
 
 /// How long a change may take to show: the agent reacts to netlink events within a fraction
@@ -172,24 +172,44 @@ fn an_address_added_to_the_host_serves_an_existing_publication(backend: &str) {
     );
 }
 
+/// What the agent's repair tests start from: the web fixture on a backend, an agent serving
+/// it, and the outside's web server. Dropped in that order.
+struct Served {
+    server: Background,
+    _agent: Agent,
+    w: Web,
+    /// The outside server's URL.
+    to_outside: String,
+}
+
+fn served(backend: &str) -> Served {
+    require_root();
+    let w = web_on(backend, &[]);
+    let agent = Agent::start(&w.topo.host);
+    Served {
+        server: outside_web_server(w.topo.outside.name()),
+        _agent: agent,
+        w,
+        to_outside: format!("http://{OUTSIDE_ADDR}:8000/"),
+    }
+}
+
 /// The outside web server's log: the client address of each request.
 fn clients_seen(server: &Background) -> String {
     server.stderr_so_far()
 }
 
 fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    let s = served(backend);
+    let (w, server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
     // http.server logs a request once it has answered it.
     assert!(
-        wait_until(SOON, || clients_seen(&server)
+        wait_until(SOON, || clients_seen(server)
             .contains(&format!("{UPLINK_ADDR} - -"))),
         "{}",
-        clients_seen(&server)
+        clients_seen(server)
     );
     // A flow that left as the old address, alive when the address goes.
     ping(&w.c1, &OUTSIDE_ADDR.to_string());
@@ -208,11 +228,11 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
     h.exec_ok(&["ip", "addr", "add", "198.51.100.60/24", "dev", UPLINK]);
     assert!(
         wait_until(SOON, || {
-            curl(&w.c1, &to_outside, &[]) == "200"
-                && clients_seen(&server).contains("198.51.100.60 - -")
+            curl(&w.c1, to_outside, &[]) == "200"
+                && clients_seen(server).contains("198.51.100.60 - -")
         }),
         "no connection from the new address 198.51.100.60; the server saw:\n{}",
-        clients_seen(&server)
+        clients_seen(server)
     );
     // The old address's flows ended with it, as MASQUERADE ends them.
     assert!(
@@ -227,22 +247,20 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
 
 /// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
 /// a driver reload or a VPN reconnect would.
-fn recreate_uplink(w: &netfast_tests::web::Web) {
+fn recreate_uplink(w: &Web) {
     w.topo.host.exec_ok(&["ip", "link", "del", UPLINK]);
     w.topo.wire_uplink();
 }
 
 fn a_recreated_uplink_masquerades_again(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
-    recreate_uplink(&w);
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
+    recreate_uplink(w);
     // The outside's server listened on the old eth0's address: it is the same address.
     assert!(
-        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        wait_until(SOON, || curl(&w.c1, to_outside, &[]) == "200"),
         "masquerade does not work again after the uplink came back"
     );
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
@@ -271,10 +289,7 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
     let mut monitor = w.nf.spawn(&["monitor", "--drops", "--json"]);
     monitor.wait_for_text("netfast monitor: watching", Duration::from_secs(10));
     // Straight to the masqueraded container's address, from outside.
-    assert_eq!(
-        curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
-        "000"
-    );
+    w.assert_direct_access_dropped();
     monitor.wait_for_json("show the direct access", Duration::from_secs(10), |d| {
         d["reason"] == "direct_access"
             && d["hook"] == "uplink_ingress"
@@ -336,19 +351,17 @@ fn a_restarted_agent_loses_no_flow(backend: &str) {
 }
 
 fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
-    assert_eq!(curl(&w.c1, &to_outside, &[]), "200");
+    assert_eq!(curl(&w.c1, to_outside, &[]), "200");
     // Deleted by hand, then made again bare: no address, down, no ports.
     let h = &w.topo.host;
     h.exec_ok(&["ip", "link", "del", "nf-web"]);
     h.exec_ok(&["ip", "link", "add", "nf-web", "type", "bridge"]);
     assert!(
-        wait_until(SOON, || curl(&w.c1, &to_outside, &[]) == "200"),
+        wait_until(SOON, || curl(&w.c1, to_outside, &[]) == "200"),
         "the container does not reach the outside again"
     );
     assert!(
@@ -361,12 +374,25 @@ fn a_recreated_bridge_gets_its_containers_back(backend: &str) {
     assert!(ls.iter().all(|c| c.drift.is_empty()), "{ls:?}");
 }
 
+/// netfast's jumps from the built-in chains to its own on the iptables backend: (table,
+/// chain, target).
+const IPTABLES_JUMPS: [(&str, &str, &str); 3] = [
+    ("filter", "FORWARD", "NETFAST-FORWARD"),
+    MASQUERADE_JUMP,
+    ("nat", "PREROUTING", "NETFAST-PREROUTING"),
+];
+const MASQUERADE_JUMP: (&str, &str, &str) = ("nat", "POSTROUTING", "NETFAST-POSTROUTING");
+
+/// `iptables -w -t TABLE OP CHAIN -j TARGET` in host `h`: `-D` deletes the jump, `-C` checks
+/// that it is there (failing the test if not).
+fn iptables_jump(h: &TestNetns, op: &str, (table, chain, target): (&str, &str, &str)) {
+    h.exec_ok(&["iptables", "-w", "-t", table, op, chain, "-j", target]);
+}
+
 fn what_was_removed_by_hand_comes_back(backend: &str) {
-    require_root();
-    let w = web_on(backend, &[]);
-    let _agent = Agent::start(&w.topo.host);
-    let _server = outside_web_server(w.topo.outside.name());
-    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    let s = served(backend);
+    let (w, _server) = (&s.w, &s.server);
+    let to_outside = &s.to_outside;
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     let h = &w.topo.host;
     match backend {
@@ -387,41 +413,14 @@ fn what_was_removed_by_hand_comes_back(backend: &str) {
             h.exec_ok(&["nft", "delete", "table", "ip", "netfast"]);
         }
         _ => {
-            h.exec_ok(&[
-                "iptables",
-                "-w",
-                "-t",
-                "filter",
-                "-D",
-                "FORWARD",
-                "-j",
-                "NETFAST-FORWARD",
-            ]);
-            h.exec_ok(&[
-                "iptables",
-                "-w",
-                "-t",
-                "nat",
-                "-D",
-                "POSTROUTING",
-                "-j",
-                "NETFAST-POSTROUTING",
-            ]);
-            h.exec_ok(&[
-                "iptables",
-                "-w",
-                "-t",
-                "nat",
-                "-D",
-                "PREROUTING",
-                "-j",
-                "NETFAST-PREROUTING",
-            ]);
+            for jump in IPTABLES_JUMPS {
+                iptables_jump(h, "-D", jump);
+            }
         }
     }
     assert!(
         wait_until(SOON, || {
-            curl(&w.c1, &to_outside, &[]) == "200"
+            curl(&w.c1, to_outside, &[]) == "200"
                 && curl(w.topo.outside.name(), UPLINK_URL, &[]) == "200"
         }),
         "masquerade and the publication do not work again"
@@ -482,34 +481,18 @@ fn the_agent_reclaims_expired_flows_and_their_mappings() {
 fn doctor_warns_when_no_agent_serves_an_ebpf_network() {
     require_root();
     let w = web_on("ebpf", &[]);
-    let check = || -> serde_json::Value {
-        let out = w.nf.run(&["doctor", "--json"]);
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
-        all.as_array()
-            .expect("an array")
-            .iter()
-            .find(|c| c["area"] == "agent")
+    let check = || -> DoctorCheck {
+        let all = w.nf.doctor(&[]);
+        all.iter()
+            .find(|c| c.area == "agent")
             .cloned()
-            .unwrap_or_else(|| panic!("no agent check in {all}"))
+            .unwrap_or_else(|| panic!("no agent check in {all:#?}"))
     };
     let before = check();
-    assert_eq!(before["status"], "warn", "{before}");
-    assert!(
-        before["found"].as_str().is_some_and(|f| f.contains("web"))
-            && before["fix"]
-                .as_str()
-                .is_some_and(|f| f.contains("netfast agent")),
-        "{before}"
-    );
+    before.assert_says(CheckStatus::Warn, "web");
+    assert!(before.fix().contains("netfast agent"), "{before:#?}");
     let agent = Agent::start(&w.topo.host);
-    let after = check();
-    assert_eq!(after["status"], "pass", "{after}");
-    assert!(
-        after["found"]
-            .as_str()
-            .is_some_and(|f| f.contains(&agent.process.pid().to_string())),
-        "{after}"
-    );
+    check().assert_says(CheckStatus::Pass, &agent.process.pid().to_string());
     drop(agent);
 }
 
@@ -538,13 +521,9 @@ fn monitor_flows_shows_a_flow_open_and_end() {
     monitor.wait_for_text("netfast monitor: watching flows", Duration::from_secs(10));
     ping(&w.c1, &OUTSIDE_ADDR.to_string());
     let seen = |out: &str, kind: &str| {
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|e| {
-                e["event"] == kind
-                    && e["protocol"] == "icmp"
-                    && e["original"]["dst"] == OUTSIDE_ADDR.to_string()
-            })
+        out.lines().filter_map(FlowEvent::parse).any(|e| {
+            e.event == kind && e.flow.protocol == "icmp" && e.flow.original.dst == OUTSIDE_ADDR
+        })
     };
     monitor.wait_for("show the flow open", Duration::from_secs(10), |out, _| {
         seen(out, "NEW")
@@ -563,29 +542,14 @@ fn the_agent_completes_an_interrupted_command() {
     let w = web_on("ebpf", &[]);
     let mut agent = Agent::start(&w.topo.host);
     let name = format!("{}c9", w.topo.host.name());
-    let bin = netfast_bin();
-    let killed = run(&[
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        // Rename #1 makes the intent record, #2 the state.
-        "inject=renameat:signal=KILL:when=2",
-        bin.to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "container",
-        "create",
-        &name,
-        "--network",
-        "web",
-    ]);
-    use std::os::unix::process::ExitStatusExt;
+    // Rename #1 makes the intent record, #2 the state.
     assert!(
-        killed.status.signal() == Some(9) || killed.status.code() == Some(137),
-        "the command was not killed: {killed:?}"
+        w.nf.killed_at(
+            "renameat",
+            2,
+            &["container", "create", &name, "--network", "web"]
+        ),
+        "the command was not killed"
     );
     agent
         .process
@@ -609,12 +573,7 @@ fn the_agent_stops_when_another_build_runs_the_dataplane() {
     let w = web_on("ebpf", &[]);
     let agent = Agent::start(&w.topo.host);
     let dir = std::path::Path::new("/sys/fs/bpf/netfast").join(w.nf.key());
-    let mut meta = netfast::upgrade::read_meta(&dir)
-        .expect("read META")
-        .expect("a META pin");
-    meta.object ^= 1;
-    meta.version = netfast::common::upgrade::version_field("netfast 9.9.9-newer");
-    netfast::upgrade::write_meta(&dir, &meta).expect("write META");
+    w.nf.pretend_another_build_runs(&dir, "netfast 9.9.9-newer", 1);
     let out = agent.process.wait_exit(SOON);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the agent went on: {err}");
@@ -635,41 +594,19 @@ fn the_agent_stops_when_another_build_runs_the_dataplane() {
 fn a_missing_iptables_jump_is_drift_and_the_agent_puts_it_back() {
     require_root();
     let w = web_on("iptables", &[]);
-    let drift = |w: &netfast_tests::web::Web| -> serde_json::Value {
-        let ls: serde_json::Value =
-            serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-        ls[0]["drift"].clone()
-    };
-    assert_eq!(drift(&w), serde_json::json!([]));
-    w.topo.host.exec_ok(&[
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-D",
-        "POSTROUTING",
-        "-j",
-        "NETFAST-POSTROUTING",
-    ]);
+    let drift = |w: &Web| w.nf.networks()[0].drift.clone();
+    assert_eq!(drift(&w), Vec::<String>::new());
+    iptables_jump(&w.topo.host, "-D", MASQUERADE_JUMP);
     let d = drift(&w);
     assert!(
-        d.to_string().contains("iptables rules are missing"),
-        "masquerade's jump removed, but no drift: {d}"
+        d.iter().any(|d| d.contains("iptables rules are missing")),
+        "masquerade's jump removed, but no drift: {d:?}"
     );
     let _agent = Agent::start(&w.topo.host);
     assert!(
-        wait_until(SOON, || drift(&w) == serde_json::json!([])),
-        "the agent did not put the jump back: {}",
+        wait_until(SOON, || drift(&w).is_empty()),
+        "the agent did not put the jump back: {:?}",
         drift(&w)
     );
-    w.topo.host.exec_ok(&[
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-C",
-        "POSTROUTING",
-        "-j",
-        "NETFAST-POSTROUTING",
-    ]);
+    iptables_jump(&w.topo.host, "-C", MASQUERADE_JUMP);
 }

@@ -8,8 +8,10 @@ use std::{collections::BTreeSet, time::Duration};
 
 use netfast_tests::{
     Background,
-    clients::{curl, outside_web_server, wait_listening},
-    in_netns, require_root, run_in,
+    clients::{curl, outside_web_server, talker_from, talks_on, wait_listening},
+    in_netns,
+    netfast_cli::FlowEvent,
+    require_root, run_in,
     topology::OUTSIDE_ADDR,
     web::{UPLINK_URL, Web, web_on},
 };
@@ -28,46 +30,14 @@ while True:
         s.sendto(d, a)
 ";
 
-/// A live TCP connection from port 40100 to the outside's echo on 9100: a line every
-/// 100 ms, and `echo N` printed for each one that comes back; `closed` if it breaks.
-const LIVE_CLIENT: &str = "import socket, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 40100))
-s.settimeout(5)
-s.connect(('198.51.100.2', 9100))
-f = s.makefile()
-n = 0
-while True:
-    s.sendall(b'%d\\n' % n)
-    line = f.readline()
-    if not line:
-        print('closed', flush=True)
-        break
-    print('echo', line.strip(), flush=True)
-    n += 1
-    time.sleep(0.1)
-";
-
 /// The flows `netfast conntrack list --json FILTERS…` shows, each as
 /// `PROTO SRC>DST:DPORT` of its original direction.
 fn listed(w: &Web, filters: &[&str]) -> BTreeSet<String> {
-    let mut args = vec!["conntrack", "list", "--json"];
-    args.extend_from_slice(filters);
-    let flows: serde_json::Value = serde_json::from_str(&w.nf.ok(&args)).expect("json");
-    flows
-        .as_array()
-        .expect("an array")
+    w.nf.flows(filters)
         .iter()
         .map(|f| {
-            let o = &f["original"];
-            format!(
-                "{} {}>{}:{}",
-                f["protocol"].as_str().expect("protocol"),
-                o["src"].as_str().expect("src"),
-                o["dst"].as_str().expect("dst"),
-                o["dport"]
-            )
+            let o = &f.original;
+            format!("{} {}>{}:{}", f.protocol, o.src, o.dst, o.dport)
         })
         .collect()
 }
@@ -77,9 +47,7 @@ fn count(w: &Web, filters: &[&str]) -> usize {
     let mut args = vec!["conntrack", "count"];
     args.extend_from_slice(filters);
     let n: usize = w.nf.ok(&args).trim().parse().expect("a number");
-    args.push("--json");
-    let json: serde_json::Value = serde_json::from_str(&w.nf.ok(&args)).expect("json");
-    assert_eq!(json["count"], n, "count --json {filters:?}");
+    assert_eq!(w.nf.flow_count(filters), n, "count --json {filters:?}");
     n
 }
 
@@ -135,8 +103,8 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     let page = format!("http://{OUTSIDE_ADDR}:8000/");
     assert_eq!(curl(&w.c1, &page, &[]), "200");
     udp(&w.c1, 9000);
-    let mut live = Background::spawn(&in_netns(&w.c1, &["python3", "-c", LIVE_CLIENT]));
-    live.wait_for_text("echo 2", Duration::from_secs(10));
+    // A live connection from port 40100 to the outside's echo on 9100.
+    let mut live = talker_from(&w.c1, 40100, &OUTSIDE_ADDR.to_string(), 9100);
     assert_eq!(curl(&outside, UPLINK_URL, &[]), "200");
     udp(&d0, 9001);
     let mut ping = Background::spawn(&in_netns(
@@ -280,17 +248,7 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
         &left.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     // The live connection, whose flow matched none of them, goes on.
-    let seen = live.stdout_so_far().lines().count();
-    live.wait_for(
-        "go on echoing after the deletes",
-        Duration::from_secs(10),
-        |out, _| out.lines().count() >= seen + 3,
-    );
-    assert!(
-        !live.stdout_so_far().contains("closed"),
-        "{}",
-        live.stdout_so_far()
-    );
+    talks_on(&mut live, 3, "go on echoing after the deletes");
 
     // watch with a filter: only UDP flows of network web. The events that must not show are
     // made first; once the matching one is shown, they would have been too.
@@ -315,12 +273,9 @@ fn filters_list_count_delete_and_watch_exactly_the_matching_flows(backend: &str)
     let out = watch.stop();
     let out = String::from_utf8_lossy(&out.stdout);
     for line in out.lines() {
-        let e: serde_json::Value = serde_json::from_str(line).expect("json");
+        let e = FlowEvent::parse(line).unwrap_or_else(|| panic!("not a flow event: {line}"));
         assert!(
-            e["protocol"] == "udp"
-                && e["original"]["src"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("172.18.0.")),
+            e.flow.protocol == "udp" && e.flow.original.src.octets()[..3] == [172, 18, 0],
             "watch -p udp --network web showed {line}"
         );
     }

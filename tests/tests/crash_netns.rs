@@ -256,17 +256,10 @@ impl Lab {
 
     /// The drift `network ls` and `container ls` report (and that both work).
     fn drift(&self) -> Vec<String> {
-        let mut drift = Vec::new();
-        for what in ["network", "container"] {
-            let out = self.nf.ok(&[what, "ls", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&out).expect("ls --json");
-            for row in v.as_array().into_iter().flatten() {
-                for d in row["drift"].as_array().into_iter().flatten() {
-                    drift.push(d.as_str().unwrap_or("").to_owned());
-                }
-            }
-        }
-        drift
+        let networks = self.nf.networks().into_iter().flat_map(|n| n.drift);
+        networks
+            .chain(self.nf.containers().into_iter().flat_map(|c| c.drift))
+            .collect()
     }
 
     /// Nothing of netfast's is left in the host, nor its state.
@@ -428,20 +421,17 @@ fn ebpf_commands_killed_at_any_step_converge() {
     crash_sweep("ebpf", &ALL, &[("renameat", 4), ("sendto", 4), ("bpf", 4)]);
 }
 
+/// The commands swept on the fallback backends (their containers and removals are the
+/// eBPF sweep's, but for the rules), and where they are killed.
+const FALLBACK_CMDS: [Cmd; 4] = [Cmd::NetworkCreate, Cmd::Publish, Cmd::Apply, Cmd::Down];
+const FALLBACK_KILLS: [(&str, usize); 3] = [("renameat", 3), ("sendto", 3), ("sendmsg", 2)];
+
 #[test]
 fn nftables_commands_killed_at_any_step_converge() {
-    crash_sweep(
-        "nftables",
-        &[Cmd::NetworkCreate, Cmd::Publish, Cmd::Apply, Cmd::Down],
-        &[("renameat", 3), ("sendto", 3), ("sendmsg", 2)],
-    );
+    crash_sweep("nftables", &FALLBACK_CMDS, &FALLBACK_KILLS);
 }
 
 #[test]
 fn iptables_commands_killed_at_any_step_converge() {
-    crash_sweep(
-        "iptables",
-        &[Cmd::NetworkCreate, Cmd::Publish, Cmd::Apply, Cmd::Down],
-        &[("renameat", 3), ("sendto", 3), ("sendmsg", 2)],
-    );
+    crash_sweep("iptables", &FALLBACK_CMDS, &FALLBACK_KILLS);
 }

@@ -11,9 +11,11 @@ use netfast_tests::{
         wait_listening,
     },
     cmd::wait_until,
-    in_netns, ping, require_root, run, run_in,
+    in_netns,
+    netfast_cli::{CheckStatus, DoctorCheck, one_check},
+    ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
-    web::{UPLINK_URL, web_on},
+    web::{UPLINK_URL, Web, web_on},
 };
 
 fn an_outside_client_reaches_a_published_container(backend: &str) {
@@ -284,22 +286,20 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
         ],
     );
     assert!(ping.contains("2 received"), "{ping}");
-    let flows: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["conntrack", "list", "--json"])).expect("json");
-    let flows = flows.as_array().expect("array");
+    let flows = w.nf.flows(&[]);
     let tcp = flows
         .iter()
-        .find(|f| f["protocol"] == "tcp" && f["original"]["dport"] == 8000)
+        .find(|f| f.protocol == "tcp" && f.original.dport == 8000)
         .unwrap_or_else(|| panic!("no tcp flow to port 8000 in {flows:?}"));
-    assert_eq!(tcp["original"]["src"], "172.18.0.3");
-    assert_eq!(tcp["reply"]["src"], OUTSIDE_ADDR.to_string());
-    assert_eq!(tcp["reply"]["dst"], UPLINK_ADDR.to_string());
+    assert_eq!(tcp.original.src.to_string(), "172.18.0.3");
+    assert_eq!(tcp.reply.src, OUTSIDE_ADDR);
+    assert_eq!(tcp.reply.dst, UPLINK_ADDR);
     let icmp = flows
         .iter()
-        .find(|f| f["protocol"] == "icmp")
+        .find(|f| f.protocol == "icmp")
         .unwrap_or_else(|| panic!("no icmp flow in {flows:?}"));
-    assert_eq!(icmp["original"]["src"], "172.18.0.3");
-    assert_eq!(icmp["reply"]["dst"], UPLINK_ADDR.to_string());
+    assert_eq!(icmp.original.src.to_string(), "172.18.0.3");
+    assert_eq!(icmp.reply.dst, UPLINK_ADDR);
     assert_saw_only_the_uplink(server);
     // The events were printed as the flows went; wait for them rather than for a while.
     watch.wait_for(
@@ -321,14 +321,9 @@ fn containers_leave_with_the_uplink_address_and_their_flows_are_listed(backend: 
     // The network's packets each way, in `stats`; a change of the rules keeps the counts.
     let web_stats = || {
         let stats = w.nf.stats();
-        let nets = stats["networks"].as_array().expect("networks").clone();
-        let web = nets
-            .into_iter()
-            .find(|n| n["name"] == "web")
-            .unwrap_or_else(|| panic!("no network web in {stats}"));
-        assert_eq!(web["subnet"], "172.18.0.0/24");
-        let n = |k: &str| web[k].as_u64().expect("a count");
-        (n("tx_packets"), n("rx_packets"), n("tx_bytes"))
+        let web = stats.network("web");
+        assert_eq!(web.subnet, "172.18.0.0/24");
+        (web.tx_packets, web.rx_packets, web.tx_bytes)
     };
     let (tx, rx, tx_bytes) = web_stats();
     assert!(
@@ -519,14 +514,12 @@ fn a_container_cannot_reach_the_hosts_loopback_services(backend: &str) {
 
 /// Seconds left of the first flow `netfast conntrack list --json` shows for `proto` to
 /// `dport` (any port for ICMP).
-fn expires_in(w: &netfast_tests::web::Web, proto: &str, dport: Option<u16>) -> u64 {
-    let flows: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["conntrack", "list", "--json"])).expect("json");
-    let flows = flows.as_array().expect("array");
+fn expires_in(w: &Web, proto: &str, dport: Option<u16>) -> u64 {
+    let flows = w.nf.flows(&[]);
     flows
         .iter()
-        .find(|f| f["protocol"] == proto && dport.is_none_or(|p| f["original"]["dport"] == p))
-        .and_then(|f| f["expires_in"].as_u64())
+        .find(|f| f.protocol == proto && dport.is_none_or(|p| f.original.dport == p))
+        .map(|f| u64::from(f.expires_in))
         .unwrap_or_else(|| panic!("no {proto} flow to {dport:?} in {flows:?}"))
 }
 
@@ -586,22 +579,8 @@ fn flows_get_netfasts_timeouts_and_config_changes_them(backend: &str) {
 }
 
 /// The `FORWARD policy` line of `netfast doctor --json` in the fixture's host.
-fn doctor_forward_policy(w: &netfast_tests::web::Web) -> serde_json::Value {
-    let out = w.nf.run(&["doctor", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let lines: Vec<&serde_json::Value> = checks
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter(|c| c["area"] == "netfilter" && c["name"] == "FORWARD policy")
-        .collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    lines[0].clone()
+fn doctor_forward_policy(w: &Web) -> DoctorCheck {
+    one_check(&w.nf.doctor(&[]), "netfilter", "FORWARD policy").clone()
 }
 
 /// Docker leaves the host's iptables FORWARD policy at DROP. The eBPF fast path and the
@@ -618,36 +597,28 @@ fn a_forward_drop_policy_is_passed_or_named_with_a_fix_that_works(backend: &str)
     let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
 
     let line = doctor_forward_policy(&w);
-    let found = line["found"].as_str().expect("found");
     if backend == "nftables" {
-        assert_eq!(line["status"], "warn", "{line}");
-        assert!(
-            found.contains(": it drops the forwarded traffic of network web (nftables backend"),
-            "{line}"
+        line.assert_says(
+            CheckStatus::Warn,
+            ": it drops the forwarded traffic of network web (nftables backend",
         );
         assert_eq!(curl(outside, UPLINK_URL, &[]), "000", "published, dropped");
         assert_eq!(curl(&w.c1, &outside_url, &[]), "000", "masquerade, dropped");
-        let fix = line["fix"].as_str().expect("fix");
+        let fix = line.fix();
         let (_, accepts) = fix
             .split_once("accept netfast's subnets: ")
             .unwrap_or_else(|| panic!("no accept rules in {fix}"));
         for rule in accepts.split("; ") {
             w.topo.host.exec_ok(&["sh", "-c", rule]);
         }
-        let line = doctor_forward_policy(&w);
-        assert_eq!(line["status"], "pass", "{line}");
-        assert!(
-            line["found"]
-                .as_str()
-                .expect("found")
-                .contains("web (accept rules for its subnet in that chain)"),
-            "{line}"
+        doctor_forward_policy(&w).assert_says(
+            CheckStatus::Pass,
+            "web (accept rules for its subnet in that chain)",
         );
     } else {
-        assert_eq!(line["status"], "pass", "{line}");
-        assert!(
-            found.contains("every netfast network gets past it: web ("),
-            "{line}"
+        line.assert_says(
+            CheckStatus::Pass,
+            "every netfast network gets past it: web (",
         );
     }
     assert_eq!(curl(outside, UPLINK_URL, &[]), "200", "published port");
@@ -693,11 +664,31 @@ fn sent(client: &Background) -> usize {
 /// Waits until `client` has sent `more` datagrams after this call.
 fn wait_sent(client: &mut Background, more: usize) {
     let from = sent(client);
-    client.wait_for(
+    client.wait_for_lines(
         &format!("send {more} more datagrams"),
         Duration::from_secs(10),
-        |out, _| out.lines().filter(|l| l.starts_with("sent")).count() >= from + more,
+        from + more,
+        |l| l.starts_with("sent"),
     );
+}
+
+/// Container `name` at `ip` in network web, running `server` (listening on `proto` port
+/// `port` when this returns), published as `port:name:port[/udp]`.
+fn published_server(
+    w: &Web,
+    name: &str,
+    ip: &str,
+    server: &[&str],
+    proto: &str,
+    port: u16,
+) -> Background {
+    w.nf.ok(&["container", "create", name, "--network", "web", "--ip", ip]);
+    let what = format!("`{}` in {name}", server.join(" "));
+    let server = Background::spawn(&in_netns(name, server));
+    wait_listening(name, proto, port, &what);
+    let suffix = if proto == "udp" { "/udp" } else { "" };
+    w.nf.ok(&["publish", "web", &format!("{port}:{name}:{port}{suffix}")]);
+    server
 }
 
 /// Issue #19: a client keeps sending to a published UDP port while the container behind it
@@ -719,27 +710,13 @@ fn a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending(backend
     for round in 0..5u8 {
         let name = format!("{host}u{round}");
         let ip = format!("172.18.0.{}", 20 + round);
-        w.nf.ok(&[
-            "container",
-            "create",
-            &name,
-            "--network",
-            "web",
-            "--ip",
-            &ip,
-        ]);
-        let mut server = Background::spawn(&in_netns(&name, &["python3", "-c", UDP_SERVER]));
-        wait_listening(&name, "udp", 5353, "the udp server");
-        w.nf.ok(&["publish", "web", &format!("5353:{name}:5353/udp")]);
-        server.wait_for(
+        let mut server =
+            published_server(&w, &name, &ip, &["python3", "-c", UDP_SERVER], "udp", 5353);
+        server.wait_for_lines(
             &format!("receive the client's datagrams (round {round}, container at {ip})"),
             Duration::from_secs(10),
-            |out, _| {
-                out.lines()
-                    .filter(|l| l.starts_with("198.51.100.2 40001 "))
-                    .count()
-                    >= 3
-            },
+            3,
+            |l| l.starts_with("198.51.100.2 40001 "),
         );
         client.assert_running();
         drop(server);
@@ -782,25 +759,9 @@ fn a_new_connection_from_the_same_client_port_reaches_the_replaced_container(bac
     for round in 0..3u8 {
         let name = format!("{host}t{round}");
         let ip = format!("172.18.0.{}", 30 + round);
-        w.nf.ok(&[
-            "container",
-            "create",
-            &name,
-            "--network",
-            "web",
-            "--ip",
-            &ip,
-        ]);
-        let _server = Background::spawn(&in_netns(
-            &name,
-            &[
-                "socat",
-                "TCP4-LISTEN:7000,fork,reuseaddr",
-                &format!("SYSTEM:echo {name}; cat"),
-            ],
-        ));
-        wait_listening(&name, "tcp", 7000, "socat");
-        w.nf.ok(&["publish", "web", &format!("7000:{name}:7000")]);
+        let greet = format!("SYSTEM:echo {name}; cat");
+        let socat = ["socat", "TCP4-LISTEN:7000,fork,reuseaddr", &greet];
+        let _server = published_server(&w, &name, &ip, &socat, "tcp", 7000);
         let mut client = Background::spawn(&in_netns(
             w.topo.outside.name(),
             &["python3", "-c", TCP_CLIENT],

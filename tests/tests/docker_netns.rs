@@ -9,6 +9,7 @@ use netfast_tests::{
     clients::outside_web_server,
     cmd::wait_until,
     docker::{Docker, IMAGE, INDEX},
+    netfast_cli::ContainerRow,
     require_root,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
 };
@@ -34,16 +35,13 @@ fn lab() -> Lab {
 impl Lab {
     /// `docker network create -d netfast -o uplink=up0 --subnet 172.30.0.0/24 web`: its ID.
     fn network(&self) -> String {
+        self.docker_network(&format!("uplink={UPLINK}"), "web")
+    }
+
+    /// `docker network create -d netfast -o OPTION --subnet 172.30.0.0/24 NAME`: its ID.
+    fn docker_network(&self, option: &str, name: &str) -> String {
         self.docker.ok(&[
-            "network",
-            "create",
-            "-d",
-            "netfast",
-            "-o",
-            &format!("uplink={UPLINK}"),
-            "--subnet",
-            SUBNET,
-            "web",
+            "network", "create", "-d", "netfast", "-o", option, "--subnet", SUBNET, name,
         ])
     }
 
@@ -84,8 +82,23 @@ impl Lab {
         );
     }
 
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.nf.ok(args)).expect("netfast --json")
+    /// `docker rm -f web1` ends its publications and its container record, and the
+    /// published `url` serves no more.
+    fn removed_with_the_container(&self, url: &str) {
+        self.docker.ok(&["rm", "-f", "web1"]);
+        let pubs = self.nf.publications();
+        assert!(pubs.is_empty(), "{pubs:?}");
+        let cts = self.nf.containers();
+        assert!(cts.is_empty(), "{cts:?}");
+        assert_eq!(self.outside_get(url), "");
+    }
+
+    /// The containers netfast knows: Docker's endpoint `ep` first, without drift.
+    fn endpoint_is_known(&self, ep: &str) -> Vec<ContainerRow> {
+        let cts = self.nf.containers();
+        assert_eq!(cts[0].docker_endpoint.as_deref(), Some(ep), "{cts:?}");
+        assert!(cts[0].drift.is_empty(), "{cts:?}");
+        cts
     }
 
     /// `docker run --rm --network web busybox wget -qO- url`, given ten seconds (busybox's
@@ -110,53 +123,29 @@ impl Lab {
 fn docker_runs_published_containers_on_netfast_networks() {
     let lab = lab();
     // Bad options are refused by name, and nothing is made.
-    let err = lab.docker.fails(&[
-        "network",
-        "create",
-        "-d",
-        "netfast",
-        "-o",
-        "uplnk=up0",
-        "--subnet",
-        SUBNET,
-        "bad",
-    ]);
-    assert!(err.contains("netfast has no option -o uplnk"), "{err}");
-    let err = lab.docker.fails(&[
-        "network",
-        "create",
-        "-d",
-        "netfast",
-        "-o",
-        "uplink=nope0",
-        "--subnet",
-        SUBNET,
-        "bad",
-    ]);
-    assert!(err.contains("uplink nope0 does not exist"), "{err}");
-    assert_eq!(
-        lab.json(&["network", "ls", "--json"]),
-        serde_json::json!([])
-    );
+    for (option, says) in [
+        ("uplnk=up0", "netfast has no option -o uplnk"),
+        ("uplink=nope0", "uplink nope0 does not exist"),
+    ] {
+        let err = lab.docker.fails(&[
+            "network", "create", "-d", "netfast", "-o", option, "--subnet", SUBNET, "bad",
+        ]);
+        assert!(err.contains(says), "-o {option}: {err}");
+    }
+    let nets = lab.nf.networks();
+    assert!(nets.is_empty(), "{nets:?}");
 
     let net_id = lab.network();
-    let nets = lab.json(&["network", "ls", "--json"]);
+    let nets = lab.nf.networks();
+    let net = &nets[0];
     let bridge = format!("nf-{}", &net_id[..12]);
+    assert_eq!(net.name, format!("docker-{}", &net_id[..12]), "{nets:?}");
     assert_eq!(
-        nets[0]["name"],
-        format!("docker-{}", &net_id[..12]),
-        "{nets}"
+        (net.subnet.as_str(), net.gateway.to_string(), &net.bridge),
+        (SUBNET, "172.30.0.1".to_owned(), &bridge),
+        "{nets:?}"
     );
-    assert_eq!(
-        (&nets[0]["subnet"], &nets[0]["gateway"], &nets[0]["bridge"]),
-        (
-            &serde_json::json!(SUBNET),
-            &serde_json::json!("172.30.0.1"),
-            &serde_json::json!(bridge)
-        ),
-        "{nets}"
-    );
-    assert_eq!(nets[0]["backend"], "ebpf", "{nets}");
+    assert_eq!(net.backend, "ebpf", "{nets:?}");
 
     // `-p 8080:80` serves an outside client, through netfast's DNAT.
     let ep = lab.web_server("web1", &["8080:80", "5000-5001:5000-5001/udp"]);
@@ -171,21 +160,13 @@ fn docker_runs_published_containers_on_netfast_networks() {
     );
     // One state: the endpoint is a container record whose namespace is Docker's, and its
     // ports are publications (the two UDP ports one range).
-    let cts = lab.json(&["container", "ls", "--json"]);
-    assert_eq!(cts[0]["name"], name, "{cts}");
-    assert_eq!(cts[0]["docker_endpoint"], ep.as_str(), "{cts}");
-    assert_eq!(cts[0]["drift"], serde_json::json!([]), "{cts}");
+    let cts = lab.endpoint_is_known(&ep);
+    assert_eq!(cts[0].name, name, "{cts:?}");
     let sandbox = lab
         .docker
         .ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "web1"]);
-    assert_eq!(cts[0]["netns"], sandbox.as_str(), "{cts}");
-    let specs: Vec<String> = lab
-        .json(&["publish", "ls", "--json"])
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|p| p["spec"].as_str().expect("spec").to_owned())
-        .collect();
+    assert_eq!(cts[0].netns.as_deref(), Some(sandbox.as_str()), "{cts:?}");
+    let specs: Vec<String> = lab.nf.publications().into_iter().map(|p| p.spec).collect();
     assert_eq!(
         specs,
         [
@@ -193,13 +174,8 @@ fn docker_runs_published_containers_on_netfast_networks() {
             format!("5000-5001:{name}:5000-5001/udp")
         ]
     );
-    let stats = lab.json(&["stats", "--json"]);
-    let counted = stats["networks"]
-        .as_array()
-        .expect("networks")
-        .iter()
-        .any(|n| n["name"] == nets[0]["name"] && n["rx_packets"].as_u64() > Some(0));
-    assert!(counted, "{stats}");
+    let stats = lab.nf.stats();
+    assert!(stats.network(&net.name).rx_packets > 0, "{stats:?}");
 
     // No NAT rule of Docker's (nor of anyone's: netfast's eBPF dataplane needs none).
     let nat = lab.topo.host.exec_ok(&["iptables", "-t", "nat", "-S"]);
@@ -228,91 +204,47 @@ fn docker_runs_published_containers_on_netfast_networks() {
     assert!(lab.container_get(&url).contains(INDEX));
 
     // `docker rm -f` ends the publication with the container.
-    lab.docker.ok(&["rm", "-f", "web1"]);
-    assert_eq!(
-        lab.json(&["publish", "ls", "--json"]),
-        serde_json::json!([])
-    );
-    assert_eq!(
-        lab.json(&["container", "ls", "--json"]),
-        serde_json::json!([])
-    );
-    assert_eq!(lab.outside_get(&url), "");
+    lab.removed_with_the_container(&url);
 
     // An endpoint whose veth vanished (deleted by hand here; a namespace gone without Docker
     // saying so, on a real host) goes when Docker makes the next one, and Docker's own
     // removal of it later is no error.
     let gone = lab.web_server("web2", &[]);
-    let veth = lab.json(&["container", "ls", "--json"])[0]["veth"]
-        .as_str()
-        .expect("veth")
-        .to_owned();
+    let veth = lab.nf.containers()[0].veth.clone();
     lab.topo.host.exec_ok(&["ip", "link", "del", &veth]);
     let kept = lab.web_server("web3", &[]);
-    let cts = lab.json(&["container", "ls", "--json"]);
-    assert_eq!(
-        cts.as_array().map(Vec::len),
-        Some(1),
-        "the dead endpoint {gone} stayed: {cts}"
-    );
-    assert_eq!(cts[0]["docker_endpoint"], kept.as_str(), "{cts}");
+    let cts = lab.endpoint_is_known(&kept);
+    assert_eq!(cts.len(), 1, "the dead endpoint {gone} stayed: {cts:?}");
     assert!(lab.docker.plugin_output().contains("lost its veth"));
     lab.docker.ok(&["rm", "-f", "web2", "web3"]);
-    assert_eq!(
-        lab.json(&["container", "ls", "--json"]),
-        serde_json::json!([])
-    );
+    let cts = lab.nf.containers();
+    assert!(cts.is_empty(), "{cts:?}");
 
     // `docker network rm` removes the bridge and the network.
     lab.docker.ok(&["network", "rm", "web"]);
-    assert_eq!(
-        lab.json(&["network", "ls", "--json"]),
-        serde_json::json!([])
-    );
+    let nets = lab.nf.networks();
+    assert!(nets.is_empty(), "{nets:?}");
     let links = lab.topo.host.exec_ok(&["ip", "-br", "link"]);
     assert!(!links.contains(&bridge), "{links}");
 
     // Without -o uplink, the interface of the default route.
     lab.topo.route_default_via_outside();
-    lab.docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        "netfast",
-        "-o",
-        "name=auto",
-        "--subnet",
-        SUBNET,
-        "auto",
-    ]);
-    let nets = lab.json(&["network", "ls", "--json"]);
+    lab.docker_network("name=auto", "auto");
+    let nets = lab.nf.networks();
     assert_eq!(
-        (&nets[0]["name"], &nets[0]["uplink"], &nets[0]["bridge"]),
         (
-            &serde_json::json!("auto"),
-            &serde_json::json!(UPLINK),
-            &serde_json::json!("nf-auto")
+            nets[0].name.as_str(),
+            nets[0].uplink.as_str(),
+            nets[0].bridge.as_str()
         ),
-        "{nets}"
+        ("auto", UPLINK, "nf-auto"),
+        "{nets:?}"
     );
     lab.docker.ok(&["network", "rm", "auto"]);
 
     // Where eBPF cannot be used: the same, on netfast's nftables rules.
-    lab.docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        "netfast",
-        "-o",
-        "backend=nftables",
-        "--subnet",
-        SUBNET,
-        "web",
-    ]);
-    assert_eq!(
-        lab.json(&["network", "ls", "--json"])[0]["backend"],
-        "nftables"
-    );
+    lab.docker_network("backend=nftables", "web");
+    assert_eq!(lab.nf.networks()[0].backend, "nftables");
     lab.web_server("web2", &["8080:80"]);
     lab.served(&url, "on the nftables backend");
     assert!(
@@ -357,19 +289,8 @@ fn restarts_of_the_plugin_and_of_dockerd_keep_a_running_container_reachable() {
     let running = lab.docker.ok(&["ps", "--format", "{{.Names}}"]);
     assert_eq!(running, "web1");
     lab.served(&url, "after dockerd restarted");
-    let cts = lab.json(&["container", "ls", "--json"]);
-    assert_eq!(cts[0]["docker_endpoint"], ep.as_str(), "{cts}");
-    assert_eq!(cts[0]["drift"], serde_json::json!([]), "{cts}");
+    lab.endpoint_is_known(&ep);
 
     // And Docker still tells netfast when the container goes.
-    lab.docker.ok(&["rm", "-f", "web1"]);
-    assert_eq!(
-        lab.json(&["publish", "ls", "--json"]),
-        serde_json::json!([])
-    );
-    assert_eq!(
-        lab.json(&["container", "ls", "--json"]),
-        serde_json::json!([])
-    );
-    assert_eq!(lab.outside_get(&url), "");
+    lab.removed_with_the_container(&url);
 }

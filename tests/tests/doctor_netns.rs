@@ -14,9 +14,11 @@ use std::{
 };
 
 use netfast_tests::{
-    Netfast, TestNetns, Topology, netfast_cli::netfast_bin, require_root, topology::UPLINK,
+    Netfast, TestNetns, Topology,
+    netfast_cli::{CheckStatus, DoctorCheck, checks_named, doctor_checks, netfast_bin, one_check},
+    require_root,
+    topology::UPLINK,
 };
-use serde_json::Value;
 
 /// A host namespace with network `web` (172.18.0.0/24, masqueraded out of the uplink), a
 /// container, and its port 80 published on 8080. Drops `netfast down` first, then the
@@ -27,7 +29,9 @@ struct Host {
     topo: Topology,
 }
 
-fn host_with_web() -> Host {
+/// A [`Host`], and a /etc for its doctor.
+fn host_with_web() -> (Host, TempEtc) {
+    require_root();
     let topo = Topology::builder().without_bridge().build();
     let nf = Netfast::new(&topo.host);
     nf.ok(&["config", "--ct-max", "4096"]);
@@ -35,7 +39,16 @@ fn host_with_web() -> Host {
     let ct = format!("{}c0", topo.host.name());
     nf.ok(&["container", "create", &ct, "--network", "web"]);
     nf.ok(&["publish", "web", &format!("8080:{ct}:80")]);
-    Host { nf, topo }
+    let etc = TempEtc::new(&topo.host);
+    (Host { nf, topo }, etc)
+}
+
+/// A namespace of its own (named with `tag`) without netfast, and a /etc for it.
+fn bare_host(tag: &str) -> (TestNetns, TempEtc) {
+    require_root();
+    let ns = TestNetns::new(tag);
+    let etc = TempEtc::new(&ns);
+    (ns, etc)
 }
 
 /// A directory standing in for /etc, removed when dropped.
@@ -84,49 +97,18 @@ fn doctor_raw(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> Output {
 }
 
 /// The checks of `doctor --json ARGS`, and its exit code.
-fn doctor(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> (Vec<Value>, Option<i32>) {
+fn doctor(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> (Vec<DoctorCheck>, Option<i32>) {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let out = doctor_raw(ns, &all, etc);
-    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON array ({e}):\nstdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (checks, out.status.code())
+    (doctor_checks(&out.stdout, &out.stderr), out.status.code())
 }
 
-/// The checks named `name` in `area`.
-fn named<'a>(checks: &'a [Value], area: &str, name: &str) -> Vec<&'a Value> {
-    checks
-        .iter()
-        .filter(|c| c["area"] == area && c["name"] == name)
-        .collect()
-}
-
-/// The one check named `name` in `area`.
-fn one<'a>(checks: &'a [Value], area: &str, name: &str) -> &'a Value {
-    match named(checks, area, name).as_slice() {
-        [c] => c,
-        other => panic!(
-            "expected one {area}/{name} check, found {}: {}",
-            other.len(),
-            serde_json::to_string_pretty(checks).unwrap_or_default()
-        ),
-    }
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
-
-fn no_fail_but(checks: &[Value], allowed: &[(&str, &str)]) {
-    for c in checks.iter().filter(|c| c["status"] == "fail") {
+fn no_fail_but(checks: &[DoctorCheck], allowed: &[(&str, &str)]) {
+    for c in checks.iter().filter(|c| c.status == CheckStatus::Fail) {
         assert!(
-            allowed.contains(&(text(&c["area"]), text(&c["name"]))),
-            "unexpected FAIL: {c}"
+            allowed.contains(&(c.area.as_str(), c.name.as_str())),
+            "unexpected FAIL: {c:#?}"
         );
     }
 }
@@ -153,10 +135,8 @@ fn sh(ns: &TestNetns, command: &str) {
 
 #[test]
 fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwarding() {
-    require_root();
-    let h = host_with_web();
+    let (h, etc) = host_with_web();
     let ns = &h.topo.host;
-    let etc = TempEtc::new(ns);
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     ns.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
     // With the fast path off, web's traffic takes the kernel's forwarding path.
@@ -171,70 +151,71 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
     let (checks, code) = doctor(ns, &[], &etc);
     assert_eq!(code, Some(1), "a FAIL exits with 1");
 
-    let fwd = one(&checks, "forwarding", "net.ipv4.ip_forward");
-    assert_eq!(fwd["status"], "fail", "{fwd}");
-    assert!(text(&fwd["found"]).starts_with("0: "), "{fwd}");
+    let fwd = one_check(&checks, "forwarding", "net.ipv4.ip_forward");
+    assert_eq!(fwd.status, CheckStatus::Fail, "{fwd:#?}");
+    assert!(fwd.found.starts_with("0: "), "{fwd:#?}");
     assert!(
-        text(&fwd["fix"]).starts_with("sysctl -w net.ipv4.ip_forward=1"),
-        "{fwd}"
+        fwd.fix().starts_with("sysctl -w net.ipv4.ip_forward=1"),
+        "{fwd:#?}"
     );
 
-    let policy = one(&checks, "netfilter", "FORWARD policy");
-    assert_eq!(policy["status"], "warn", "{policy}");
+    let policy = one_check(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy.status, CheckStatus::Warn, "{policy:#?}");
+    assert!(policy.found.starts_with("DROP (iptables-"), "{policy:#?}");
     assert!(
-        text(&policy["found"]).starts_with("DROP (iptables-"),
-        "{policy}"
-    );
-    assert!(
-        text(&policy["found"]).contains(
+        policy.found.contains(
             ", table filter): it drops the forwarded traffic of network web (eBPF with \
              --fast-path off)"
         ),
-        "{policy}"
+        "{policy:#?}"
     );
     assert_eq!(
-        text(&policy["fix"]),
+        policy.fix(),
         "iptables -P FORWARD ACCEPT, or keep it and accept netfast's subnets: \
          iptables -I FORWARD -s 172.18.0.0/24 -j ACCEPT; \
          iptables -I FORWARD -d 172.18.0.0/24 -j ACCEPT",
-        "{policy}"
+        "{policy:#?}"
     );
 
-    let docker = one(&checks, "netfilter", "Docker");
-    assert_eq!(docker["status"], "warn", "{docker}");
+    let docker = one_check(&checks, "netfilter", "Docker");
+    assert_eq!(docker.status, CheckStatus::Warn, "{docker:#?}");
     assert!(
-        text(&docker["found"]).contains("chains DOCKER (iptables-"),
-        "{docker}"
+        docker.found.contains("chains DOCKER (iptables-"),
+        "{docker:#?}"
     );
 
-    let double = named(&checks, "netfilter", "double translation");
+    let double = checks_named(&checks, "netfilter", "double translation");
     assert_eq!(double.len(), 2, "{double:?}");
-    assert!(double.iter().all(|c| c["status"] == "fail"));
+    assert!(double.iter().all(|c| c.status == CheckStatus::Fail));
     let masq = double
         .iter()
-        .find(|c| text(&c["found"]).contains("MASQUERADE"))
+        .find(|c| c.found.contains("MASQUERADE"))
         .expect("the MASQUERADE rule");
     assert!(
-        text(&masq["found"]).starts_with(&format!("`-A POSTROUTING {masquerade}` (iptables-")),
-        "{masq}"
+        masq.found
+            .starts_with(&format!("`-A POSTROUTING {masquerade}` (iptables-")),
+        "{masq:#?}"
     );
     assert!(
-        text(&masq["found"]).contains("network web (172.18.0.0/24) leaving through up0"),
-        "{masq}"
+        masq.found
+            .contains("network web (172.18.0.0/24) leaving through up0"),
+        "{masq:#?}"
     );
     assert_eq!(
-        masq["fix"],
+        masq.fix(),
         format!("iptables -t nat -D POSTROUTING {masquerade}")
     );
     let redirect = double
         .iter()
-        .find(|c| text(&c["found"]).contains("DNAT"))
+        .find(|c| c.found.contains("DNAT"))
         .expect("the DNAT rule");
     assert!(
-        text(&redirect["found"]).contains("it redirects tcp port 8080, which netfast publishes"),
-        "{redirect}"
+        redirect
+            .found
+            .contains("it redirects tcp port 8080, which netfast publishes"),
+        "{redirect:#?}"
     );
-    assert_eq!(redirect["fix"], format!("iptables -t nat -D DOCKER {dnat}"));
+    assert_eq!(redirect.fix(), format!("iptables -t nat -D DOCKER {dnat}"));
     no_fail_but(
         &checks,
         &[
@@ -270,12 +251,14 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
 
     // --fix: forwarding back on, not persisted from a namespace; the rules stay.
     let (checks, code) = doctor(ns, &["--fix"], &etc);
-    let fwd = one(&checks, "forwarding", "net.ipv4.ip_forward");
-    assert_eq!(fwd["status"], "pass", "{fwd}");
+    let fwd = one_check(&checks, "forwarding", "net.ipv4.ip_forward");
+    assert_eq!(fwd.status, CheckStatus::Pass, "{fwd:#?}");
     assert_eq!(
-        fwd["fixed"],
-        "set net.ipv4.ip_forward=1; not persisted: this host is a network namespace, not the \
-         machine's root one, which /etc configures at boot"
+        fwd.fixed.as_deref(),
+        Some(
+            "set net.ipv4.ip_forward=1; not persisted: this host is a network namespace, not \
+             the machine's root one, which /etc configures at boot"
+        )
     );
     assert_eq!(
         ns.exec_ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
@@ -287,10 +270,13 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
         etc.files()
     );
     assert_eq!(
-        one(&checks, "netfilter", "FORWARD policy")["status"],
-        "warn"
+        one_check(&checks, "netfilter", "FORWARD policy").status,
+        CheckStatus::Warn
     );
-    assert_eq!(named(&checks, "netfilter", "double translation").len(), 2);
+    assert_eq!(
+        checks_named(&checks, "netfilter", "double translation").len(),
+        2
+    );
     assert_eq!(
         code,
         Some(1),
@@ -300,9 +286,9 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
     // The fixes the doctor names for the rules work as written: the double translations'
     // deletes, and the accept rules that keep the DROP policy.
     for c in &double {
-        sh(ns, text(&c["fix"]));
+        sh(ns, c.fix());
     }
-    let policy_fix = text(&policy["fix"]);
+    let policy_fix = policy.fix();
     let (_, accepts) = policy_fix
         .split_once("accept netfast's subnets: ")
         .expect("accept rules");
@@ -310,14 +296,15 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
         sh(ns, rule);
     }
     let (checks, code) = doctor(ns, &[], &etc);
-    let double = one(&checks, "netfilter", "double translation");
-    assert_eq!(double["status"], "pass", "{double}");
-    let policy = one(&checks, "netfilter", "FORWARD policy");
-    assert_eq!(policy["status"], "pass", "{policy}");
+    let double = one_check(&checks, "netfilter", "double translation");
+    assert_eq!(double.status, CheckStatus::Pass, "{double:#?}");
+    let policy = one_check(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy.status, CheckStatus::Pass, "{policy:#?}");
     assert!(
-        text(&policy["found"])
+        policy
+            .found
             .contains("every netfast network gets past it: web (accept rules for its subnet"),
-        "{policy}"
+        "{policy:#?}"
     );
     no_fail_but(&checks, &[]);
     assert_eq!(code, Some(0), "no FAIL left");
@@ -325,10 +312,8 @@ fn forwarding_off_forward_drop_and_docker_rules_fail_and_fix_repairs_only_forwar
 
 #[test]
 fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
-    require_root();
-    let h = host_with_web();
+    let (h, etc) = host_with_web();
     let ns = &h.topo.host;
-    let etc = TempEtc::new(ns);
     let table = "ip docker-bridges";
     sh(ns, &format!("nft add table {table}"));
     sh(
@@ -362,51 +347,46 @@ fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
 
     // The eBPF fast path gets web past the drop; then, with it off, web's traffic meets it.
     let (checks, _) = doctor(ns, &[], &etc);
-    let policy = one(&checks, "netfilter", "FORWARD policy");
-    assert_eq!(policy["status"], "pass", "{policy}");
-    assert!(
-        text(&policy["found"]).contains("web (eBPF fast path, past netfilter)"),
-        "{policy}"
-    );
+    let policy = one_check(&checks, "netfilter", "FORWARD policy");
+    policy.assert_says(CheckStatus::Pass, "web (eBPF fast path, past netfilter)");
     h.nf.ok(&["config", "--fast-path", "off"]);
 
     let (checks, code) = doctor(ns, &[], &etc);
     assert_eq!(code, Some(1));
-    let docker = one(&checks, "netfilter", "Docker");
-    assert_eq!(docker["status"], "warn");
-    assert!(
-        text(&docker["found"]).contains("nftables table ip docker-bridges"),
-        "{docker}"
-    );
-    assert!(!text(&docker["found"]).contains("ip netfast"), "{docker}");
+    let docker = one_check(&checks, "netfilter", "Docker");
+    docker.assert_says(CheckStatus::Warn, "nftables table ip docker-bridges");
+    assert!(!docker.found.contains("ip netfast"), "{docker:#?}");
 
-    let policy = one(&checks, "netfilter", "FORWARD policy");
-    assert_eq!(policy["status"], "warn");
+    let policy = one_check(&checks, "netfilter", "FORWARD policy");
+    assert_eq!(policy.status, CheckStatus::Warn);
     assert!(
-        text(&policy["found"])
+        policy
+            .found
             .starts_with("drop (nftables chain ip docker-bridges filter-forward, hook forward): "),
-        "{policy}"
+        "{policy:#?}"
     );
 
-    let double = one(&checks, "netfilter", "double translation");
-    assert_eq!(double["status"], "fail");
+    let double = one_check(&checks, "netfilter", "double translation");
+    assert_eq!(double.status, CheckStatus::Fail);
     assert!(
-        text(&double["found"]).starts_with(
+        double.found.starts_with(
             "`ip saddr 172.18.0.0/24 oifname != \"docker0\" masquerade` (nft, chain ip \
              docker-bridges nat-postrouting, handle "
         ),
-        "{double}"
+        "{double:#?}"
     );
     assert!(
-        text(&double["fix"])
+        double
+            .fix()
             .starts_with("nft delete rule ip docker-bridges nat-postrouting handle "),
-        "{double}"
+        "{double:#?}"
     );
 
     // Both fixes, as written: the rule's delete, and the policy's accept rules; then its
     // first choice.
-    sh(ns, text(&double["fix"]));
-    let (open, accepts) = text(&policy["fix"])
+    sh(ns, double.fix());
+    let (open, accepts) = policy
+        .fix()
         .split_once(", or keep it and accept netfast's subnets: ")
         .expect("two choices");
     assert_eq!(
@@ -423,24 +403,23 @@ fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
     }
     let (checks, _) = doctor(ns, &[], &etc);
     assert_eq!(
-        one(&checks, "netfilter", "double translation")["status"],
-        "pass"
+        one_check(&checks, "netfilter", "double translation").status,
+        CheckStatus::Pass
     );
-    let policy = one(&checks, "netfilter", "FORWARD policy");
-    assert_eq!(policy["status"], "pass", "{policy}");
-    assert!(
-        text(&policy["found"]).contains("web (accept rules for its subnet in that chain)"),
-        "{policy}"
+    let policy = one_check(&checks, "netfilter", "FORWARD policy");
+    policy.assert_says(
+        CheckStatus::Pass,
+        "web (accept rules for its subnet in that chain)",
     );
     sh(ns, open);
     let (checks, code) = doctor(ns, &[], &etc);
     assert_eq!(
-        one(&checks, "netfilter", "FORWARD policy")["found"],
+        one_check(&checks, "netfilter", "FORWARD policy").found,
         "no FORWARD chain drops by default"
     );
     assert_eq!(
-        one(&checks, "netfilter", "Docker")["status"],
-        "warn",
+        one_check(&checks, "netfilter", "Docker").status,
+        CheckStatus::Warn,
         "the table stays"
     );
     no_fail_but(&checks, &[]);
@@ -449,35 +428,32 @@ fn a_docker_like_nftables_table_is_named_and_its_fixes_work() {
 
 #[test]
 fn a_namespace_without_netfast_is_diagnosed_without_creating_state() {
-    require_root();
-    let ns = TestNetns::new("drn");
-    let etc = TempEtc::new(&ns);
+    let (ns, etc) = bare_host("drn");
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     let before = snapshot(&ns);
     let (checks, code) = doctor(&ns, &[], &etc);
     assert_eq!(code, Some(1), "forwarding is off in a new namespace");
-    for c in named(&checks, "ebpf", "bpf syscall")
+    for c in checks_named(&checks, "ebpf", "bpf syscall")
         .into_iter()
-        .chain(named(&checks, "ebpf", "capabilities"))
-        .chain(named(&checks, "ebpf", "TC attach"))
+        .chain(checks_named(&checks, "ebpf", "capabilities"))
+        .chain(checks_named(&checks, "ebpf", "TC attach"))
     {
-        assert_eq!(c["status"], "pass", "{c}");
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
     }
     assert_eq!(
-        one(&checks, "netfilter", "double translation")["found"],
+        one_check(&checks, "netfilter", "double translation").found,
         "no netfast network here to compare NAT rules with"
     );
     assert_eq!(
-        one(&checks, "modules", "nf_conntrack_ipv4")["status"],
-        "pass"
+        one_check(&checks, "modules", "nf_conntrack_ipv4").status,
+        CheckStatus::Pass
     );
-    assert_eq!(one(&checks, "netfilter", "rules read")["status"], "pass");
-    let v6 = one(&checks, "forwarding", "net.ipv6.conf.all.forwarding");
-    assert_eq!(v6["status"], "warn");
-    assert!(
-        text(&v6["found"]).contains("netfast is IPv4-only today"),
-        "{v6}"
+    assert_eq!(
+        one_check(&checks, "netfilter", "rules read").status,
+        CheckStatus::Pass
     );
+    let v6 = one_check(&checks, "forwarding", "net.ipv6.conf.all.forwarding");
+    v6.assert_says(CheckStatus::Warn, "netfast is IPv4-only today");
     no_fail_but(&checks, &[("forwarding", "net.ipv4.ip_forward")]);
     assert!(
         !{
@@ -504,30 +480,20 @@ fn without_privileges_the_doctor_says_what_it_could_not_read() {
         .stdin(Stdio::null())
         .output()
         .expect("run setpriv");
-    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let checks = doctor_checks(&out.stdout, &out.stderr);
     assert_eq!(out.status.code(), Some(1), "missing capabilities FAIL");
-    let caps = one(&checks, "ebpf", "capabilities");
-    assert_eq!(caps["status"], "fail");
-    assert!(text(&caps["found"]).contains("CAP_NET_ADMIN"), "{caps}");
-    let read = one(&checks, "netfilter", "rules read");
-    assert_eq!(read["status"], "warn", "{read}");
-    assert!(text(&read["found"]).contains("needs root"), "{read}");
-    assert_eq!(read["fix"], "run netfast doctor as root");
-    let bpf = one(&checks, "ebpf", "bpf syscall");
-    assert_ne!(bpf["status"], "pass", "{bpf}");
+    let caps = one_check(&checks, "ebpf", "capabilities");
+    caps.assert_says(CheckStatus::Fail, "CAP_NET_ADMIN");
+    let read = one_check(&checks, "netfilter", "rules read");
+    read.assert_says(CheckStatus::Warn, "needs root");
+    assert_eq!(read.fix(), "run netfast doctor as root");
+    let bpf = one_check(&checks, "ebpf", "bpf syscall");
+    assert_ne!(bpf.status, CheckStatus::Pass, "{bpf:#?}");
 }
 
 #[test]
 fn rules_in_both_iptables_backends_warn() {
-    require_root();
-    let ns = TestNetns::new("drb");
-    let etc = TempEtc::new(&ns);
+    let (ns, etc) = bare_host("drb");
     ns.exec_ok(&[
         "iptables-legacy",
         "-A",
@@ -562,18 +528,18 @@ fn rules_in_both_iptables_backends_warn() {
         "RETURN",
     ]);
     let (checks, _) = doctor(&ns, &[], &etc);
-    let both = one(&checks, "netfilter", "iptables backends");
-    assert_eq!(both["status"], "warn", "{both}");
+    let both = one_check(&checks, "netfilter", "iptables backends");
+    assert_eq!(both.status, CheckStatus::Warn, "{both:#?}");
     assert!(
-        text(&both["found"])
+        both.found
             .starts_with("rules in both: 1 in iptables-legacy, 1 in iptables-nft; "),
-        "{both}"
+        "{both:#?}"
     );
     ns.exec_ok(&["iptables-legacy", "-F", "INPUT"]);
     let (checks, _) = doctor(&ns, &[], &etc);
     assert_eq!(
-        one(&checks, "netfilter", "iptables backends")["status"],
-        "pass"
+        one_check(&checks, "netfilter", "iptables backends").status,
+        CheckStatus::Pass
     );
 }
 
@@ -582,9 +548,7 @@ fn rules_in_both_iptables_backends_warn() {
 /// WARNs with the mount command and changes nothing; `--fix` mounts it, there only.
 #[test]
 fn fix_mounts_bpffs_where_it_is_missing() {
-    require_root();
-    let ns = TestNetns::new("dbf");
-    let etc = TempEtc::new(&ns);
+    let (ns, etc) = bare_host("dbf");
     let bin = netfast_bin();
     let doctor = |fix: &str| {
         // A FAIL (forwarding is off in a new namespace) exits with 1: not the point here.
@@ -636,21 +600,25 @@ fn fix_mounts_bpffs_where_it_is_missing() {
         "doctor without --fix mounted bpffs"
     );
     assert_eq!(state("after:"), "bpf_fs", "--fix did not mount bpffs");
-    let report = |from: &str, to: &str| -> Vec<Value> {
+    let report = |from: &str, to: &str| -> Vec<DoctorCheck> {
         let (_, rest) = stdout.split_once(from).expect("marker");
         let (json, _) = rest.split_once(to).expect("marker");
         serde_json::from_str(json)
             .unwrap_or_else(|e| panic!("doctor --json: {e}\n{stdout}\n{stderr}"))
     };
     let reports = [report("@@plain", "between:"), report("@@fix", "after:")];
-    let plain = one(&reports[0], "ebpf", "bpffs");
-    assert_eq!(plain["status"], "warn", "{plain}");
-    assert_eq!(plain["fix"], "mount -t bpf bpf /sys/fs/bpf");
-    let fixed = one(&reports[1], "ebpf", "bpffs");
-    assert_eq!(fixed["status"], "pass", "{fixed}");
+    let plain = one_check(&reports[0], "ebpf", "bpffs");
+    assert_eq!(plain.status, CheckStatus::Warn, "{plain:#?}");
+    assert_eq!(plain.fix(), "mount -t bpf bpf /sys/fs/bpf");
+    let fixed = one_check(&reports[1], "ebpf", "bpffs");
+    assert_eq!(fixed.status, CheckStatus::Pass, "{fixed:#?}");
     assert!(
-        text(&fixed["fixed"]).starts_with("mounted the bpf filesystem (/sys/fs/bpf)"),
-        "{fixed}"
+        fixed
+            .fixed
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("mounted the bpf filesystem (/sys/fs/bpf)"),
+        "{fixed:#?}"
     );
     // The machine's own bpffs was never touched.
     assert_eq!(
@@ -667,15 +635,13 @@ fn fix_mounts_bpffs_where_it_is_missing() {
 /// netfast's fallback networks (whose rules drop what comes in for 127.0.0.0/8) are not.
 #[test]
 fn route_localnet_is_named_where_nothing_guards_it() {
-    require_root();
-    let h = host_with_web();
+    let (h, etc) = host_with_web();
     let ns = &h.topo.host;
-    let etc = TempEtc::new(ns);
     h.nf.create_network("db", "172.19.0.0/24", &["--backend", "nftables"]);
     let (checks, _) = doctor(ns, &[], &etc);
-    let c = one(&checks, "forwarding", "route_localnet");
-    assert_eq!(c["status"], "pass", "{c}");
-    assert!(text(&c["found"]).starts_with("on for nf-db only"), "{c}");
+    let c = one_check(&checks, "forwarding", "route_localnet");
+    assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
+    assert!(c.found.starts_with("on for nf-db only"), "{c:#?}");
 
     sh(
         ns,
@@ -683,12 +649,9 @@ fn route_localnet_is_named_where_nothing_guards_it() {
     );
     let before = snapshot(ns);
     let (checks, _) = doctor(ns, &["--fix"], &etc);
-    let c = one(&checks, "forwarding", "route_localnet");
-    assert_eq!(c["status"], "warn", "{c}");
-    assert!(
-        text(&c["found"]).starts_with(&format!("on for {UPLINK}: ")),
-        "{c}"
-    );
+    let c = one_check(&checks, "forwarding", "route_localnet");
+    assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
+    assert!(c.found.starts_with(&format!("on for {UPLINK}: ")), "{c:#?}");
     assert_eq!(snapshot(ns), before, "--fix changed a rule");
     assert_eq!(
         ns.exec_ok(&[
@@ -701,7 +664,8 @@ fn route_localnet_is_named_where_nothing_guards_it() {
         "--fix must not change route_localnet"
     );
     // The second fix, as written, keeps it on and guards it; the first turns it off.
-    let (off, drop) = text(&c["fix"])
+    let (off, drop) = c
+        .fix()
         .split_once(", or keep it and drop what comes in for 127.0.0.0/8: ")
         .expect("two fixes");
     assert_eq!(
@@ -716,8 +680,8 @@ fn route_localnet_is_named_where_nothing_guards_it() {
     );
     sh(ns, off);
     let (checks, _) = doctor(ns, &[], &etc);
-    let c = one(&checks, "forwarding", "route_localnet");
-    assert_eq!(c["status"], "pass", "{c}");
+    let c = one_check(&checks, "forwarding", "route_localnet");
+    assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
 }
 
 /// Where the bpf syscall fails (netfast-no-bpf: ENOSYS, as on a kernel without
@@ -725,14 +689,11 @@ fn route_localnet_is_named_where_nothing_guards_it() {
 /// kernel's version: it probes them, and says it could not.
 #[test]
 fn tcx_and_helpers_are_probed_not_guessed_from_the_version() {
-    require_root();
-    let ns = TestNetns::new("drp");
-    let etc = TempEtc::new(&ns);
+    let (ns, etc) = bare_host("drp");
     let (checks, _) = doctor(&ns, &[], &etc);
     for name in ["TC attach", "bpf_redirect_peer", "bpf_redirect_neigh"] {
-        let c = one(&checks, "ebpf", name);
-        assert_eq!(c["status"], "pass", "{c}");
-        assert!(text(&c["found"]).contains("probed"), "{c}");
+        let c = one_check(&checks, "ebpf", name);
+        c.assert_says(CheckStatus::Pass, "probed");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_netfast-no-bpf"))
         .arg(netfast_bin())
@@ -741,16 +702,14 @@ fn tcx_and_helpers_are_probed_not_guessed_from_the_version() {
         .stdin(Stdio::null())
         .output()
         .expect("run netfast doctor under netfast-no-bpf");
-    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON array ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(one(&checks, "ebpf", "bpf syscall")["status"], "fail");
+    let checks = doctor_checks(&out.stdout, &out.stderr);
+    assert_eq!(
+        one_check(&checks, "ebpf", "bpf syscall").status,
+        CheckStatus::Fail
+    );
     for name in ["TC attach", "bpf_redirect_peer", "bpf_redirect_neigh"] {
-        let c = one(&checks, "ebpf", name);
-        assert_eq!(c["status"], "warn", "{c}");
-        assert!(text(&c["found"]).starts_with("not probed"), "{c}");
+        let c = one_check(&checks, "ebpf", name);
+        assert_eq!(c.status, CheckStatus::Warn, "{c:#?}");
+        assert!(c.found.starts_with("not probed"), "{c:#?}");
     }
 }

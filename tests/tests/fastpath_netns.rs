@@ -28,6 +28,19 @@ fn outside_server(w: &Web) -> Background {
     outside_web_server(w.topo.outside.name())
 }
 
+/// Container 1 fetches the outside server's page (masquerade out) and the outside fetches
+/// the published port (DNAT in): both get HTTP `code` ("000": no connection); a failure
+/// names `when`.
+fn assert_both_ways(w: &Web, code: &str, when: &str) {
+    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
+    assert_eq!(curl(&w.c1, &outside_url, &[]), code, "masquerade, {when}");
+    assert_eq!(
+        curl(w.topo.outside.name(), UPLINK_URL, &[]),
+        code,
+        "published port, {when}"
+    );
+}
+
 fn ping(ns: &str) -> String {
     netfast_tests::pings(ns, &OUTSIDE_ADDR.to_string())
 }
@@ -39,31 +52,21 @@ fn translated_flows_pass_a_forward_drop_policy_only_on_the_fast_path() {
     let _outside = outside_server(&w);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
     w.topo.host.exec_ok(&["iptables", "-P", "FORWARD", "DROP"]);
-    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
 
     // Fast path on (the default): masquerade out, published port in, ICMP echo.
-    assert_eq!(
-        curl(&w.c1, &outside_url, &[]),
-        "200",
-        "masquerade, fast path on"
-    );
-    assert_eq!(
-        curl(w.topo.outside.name(), UPLINK_URL, &[]),
-        "200",
-        "published port, fast path on"
-    );
+    assert_both_ways(&w, "200", "fast path on");
     let echo = ping(&w.c1);
     assert!(echo.contains("3 received"), "ping, fast path on:\n{echo}");
     assert!(
         w.nf.event("fast_path") >= 20,
-        "the fast path forwarded too few packets: {}",
-        w.nf.stats()["events"]
+        "the fast path forwarded too few packets: {:?}",
+        w.nf.stats().events
     );
     // Out of the uplink, the egress program recognised what the fast path had forwarded.
     assert!(
         w.nf.event("fast_path_egress") >= 5,
-        "the uplink's egress looked at forwarded packets again: {}",
-        w.nf.stats()["events"]
+        "the uplink's egress looked at forwarded packets again: {:?}",
+        w.nf.stats().events
     );
     assert_eq!(
         forward_policy_drops(&w.topo.host),
@@ -75,16 +78,7 @@ fn translated_flows_pass_a_forward_drop_policy_only_on_the_fast_path() {
     // policy drops it, as it would drop Docker's without Docker's FORWARD rules.
     w.nf.ok(&["config", "--fast-path", "off"]);
     let before = w.nf.event("fast_path");
-    assert_eq!(
-        curl(&w.c1, &outside_url, &[]),
-        "000",
-        "masquerade, fast path off"
-    );
-    assert_eq!(
-        curl(w.topo.outside.name(), UPLINK_URL, &[]),
-        "000",
-        "published port, fast path off"
-    );
+    assert_both_ways(&w, "000", "fast path off");
     assert!(
         forward_policy_drops(&w.topo.host) > 0,
         "the FORWARD policy should have dropped the kernel-forwarded packets"
@@ -97,16 +91,7 @@ fn translated_flows_pass_a_forward_drop_policy_only_on_the_fast_path() {
 
     // And on again.
     w.nf.ok(&["config", "--fast-path", "on"]);
-    assert_eq!(
-        curl(&w.c1, &outside_url, &[]),
-        "200",
-        "masquerade, on again"
-    );
-    assert_eq!(
-        curl(w.topo.outside.name(), UPLINK_URL, &[]),
-        "200",
-        "published port, on again"
-    );
+    assert_both_ways(&w, "200", "on again");
 }
 
 #[test]
@@ -115,9 +100,7 @@ fn fast_path_off_forwards_through_the_kernel_when_it_accepts() {
     let w = web(&["--fast-path", "off"]);
     let _outside = outside_server(&w);
     w.nf.ok(&["publish", "web", &format!("8080:{}:80", w.c0)]);
-    let outside_url = format!("http://{OUTSIDE_ADDR}:8000/");
-    assert_eq!(curl(&w.c1, &outside_url, &[]), "200");
-    assert_eq!(curl(w.topo.outside.name(), UPLINK_URL, &[]), "200");
+    assert_both_ways(&w, "200", "fast path off, the kernel accepting");
     let echo = ping(&w.c1);
     assert!(echo.contains("3 received"), "{echo}");
     assert_eq!(w.nf.event("fast_path"), 0, "fast path off still forwarded");
@@ -132,9 +115,7 @@ fn fast_path_off_forwards_through_the_kernel_when_it_accepts() {
 fn an_endpoint_carries_the_bridge_mac_after_its_port_joined() {
     require_root();
     let w = web(&[]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["network", "ls", "--json"])).expect("json");
-    let bridge = ls[0]["bridge"].as_str().expect("a bridge name");
+    let bridge = &w.nf.networks()[0].bridge;
     let link: serde_json::Value =
         serde_json::from_str(&w.topo.host.exec_ok(&["ip", "-j", "link", "show", bridge]))
             .expect("json");

@@ -12,15 +12,51 @@ use netfast_tests::{
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
 
-/// A host namespace with an uplink (no bridge: netfast makes it).
+/// A host namespace with an uplink (no bridge: netfast makes it). Kernel tests start here,
+/// so this checks first that the test can run.
 fn host() -> (Topology, Netfast) {
+    require_root();
     let topo = Topology::builder().without_bridge().build();
     let nf = Netfast::new(&topo.host);
     (topo, nf)
 }
 
+/// A [`host`] with network `web` (172.18.0.0/24, on the uplink).
+fn host_with_web() -> (Topology, Netfast) {
+    let (topo, nf) = host();
+    nf.create_network("web", "172.18.0.0/24", &[]);
+    (topo, nf)
+}
+
+/// A [`host_with_web`] with container `<host>c0` in web, and that name.
+fn host_with_container() -> (Topology, Netfast, String) {
+    let (topo, nf) = host_with_web();
+    let c0 = ct(&topo, 0);
+    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    (topo, nf, c0)
+}
+
 fn ct(topo: &Topology, i: usize) -> String {
     format!("{}c{i}", topo.host.name())
+}
+
+/// Runs `args`, which must fail saying each of `says` and leave the host as `before` (its
+/// [`snapshot`]); returns what it said.
+fn refused(topo: &Topology, nf: &Netfast, before: &str, args: &[&str], says: &[&str]) -> String {
+    let err = nf.fails(args);
+    let command = args.join(" ");
+    for s in says {
+        assert!(
+            err.contains(s),
+            "`netfast {command}` said:\n{err}\nexpected it to mention: {s}"
+        );
+    }
+    assert_eq!(
+        snapshot(topo),
+        before,
+        "`netfast {command}` changed the host"
+    );
+    err
 }
 
 /// Everything of the kernel a command could change, to compare before and after.
@@ -101,7 +137,6 @@ fn in_ct(name: &str, argv: &[&str]) -> String {
 
 #[test]
 fn containers_reach_each_other_the_host_and_the_outside() {
-    require_root();
     let (topo, nf) = host();
     let out = nf.create_network("web", "172.18.0.0/24", &[]);
     assert!(
@@ -151,7 +186,6 @@ fn containers_reach_each_other_the_host_and_the_outside() {
 
 #[test]
 fn the_veth_gets_the_bridge_mtu() {
-    require_root();
     let (topo, nf) = host();
     nf.create_network("jumbo", "10.77.0.0/24", &[]);
     let a = ct(&topo, 0);
@@ -183,7 +217,6 @@ fn apply_text(topo: &Topology, with_db: bool) -> String {
 
 #[test]
 fn apply_converges_and_applying_twice_changes_nothing() {
-    require_root();
     let (topo, nf) = host();
     let file = format!("/tmp/{}-apply.toml", topo.host.name());
     fs::write(&file, apply_text(&topo, true)).expect("write apply file");
@@ -224,7 +257,6 @@ fn apply_converges_and_applying_twice_changes_nothing() {
 
 #[test]
 fn down_removes_everything_netfast_made_and_nothing_else() {
-    require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
     nf.create_network("web", "172.18.0.0/24", &[]);
@@ -244,13 +276,20 @@ fn down_removes_everything_netfast_made_and_nothing_else() {
     assert_eq!(nf.ok(&["down"]).trim(), "nothing to remove");
 }
 
-#[test]
-fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
+/// A host with the articles' hand-made bridge br0 (172.18.0.1/24) and one container on it
+/// (built with `ip`), netfast not yet involved: the container's namespace.
+fn hand_made_bridge() -> (Topology, Netfast, String) {
     require_root();
-    // br0 with 172.18.0.1/24 and a container on it, built with `ip` as in the articles.
     let topo = Topology::builder().containers(1).build();
     let nf = Netfast::new(&topo.host);
     let hand = topo.containers[0].name().to_owned();
+    (topo, nf, hand)
+}
+
+#[test]
+fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
+    // br0 with 172.18.0.1/24 and a container on it, built with `ip` as in the articles.
+    let (topo, nf, hand) = hand_made_bridge();
     in_ct(&hand, &["ping", "-c", "1", "-W", "2", "172.18.0.1"]);
     let out = adopt_br0(&nf, "auto");
     assert!(
@@ -290,10 +329,7 @@ fn an_adopted_hand_made_bridge_keeps_working_and_survives_down() {
 /// gets its own mode back when netfast lets go of the bridge.
 #[test]
 fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
-    require_root();
-    let topo = Topology::builder().containers(1).build();
-    let nf = Netfast::new(&topo.host);
-    let hand = topo.containers[0].name().to_owned();
+    let (topo, nf, hand) = hand_made_bridge();
     let hairpin = || {
         let ports = topo
             .host
@@ -326,9 +362,7 @@ fn hairpin_works_for_a_hand_made_container_on_an_adopted_fallback_bridge() {
 /// 127.0.0.1); an adopted bridge gets its own setting back when netfast lets go of it.
 #[test]
 fn an_adopted_bridge_gets_its_route_localnet_back() {
-    require_root();
-    let topo = Topology::builder().containers(1).build();
-    let nf = Netfast::new(&topo.host);
+    let (topo, nf, _) = hand_made_bridge();
     let setting = || {
         topo.host
             .exec_ok(&[
@@ -366,12 +400,19 @@ fn an_adopted_bridge_gets_its_route_localnet_back() {
 
 #[test]
 fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let used = ct(&topo, 0);
-    nf.ok(&["container", "create", &used, "--network", "web"]);
+    let (topo, nf, used) = host_with_container();
     let before = snapshot(&topo);
+    let fresh_at = |ip| {
+        vec![
+            "container",
+            "create",
+            "fresh",
+            "--network",
+            "web",
+            "--ip",
+            ip,
+        ]
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (network_create("x", "172.20.0.0", &[]), "not an IPv4 CIDR"),
         (
@@ -425,42 +466,9 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
             vec!["container", "create", &used, "--network", "web"],
             "already exists",
         ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.2",
-            ],
-            "in use by container",
-        ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.1",
-            ],
-            "is the gateway",
-        ),
-        (
-            vec![
-                "container",
-                "create",
-                "fresh",
-                "--network",
-                "web",
-                "--ip",
-                "172.18.0.255",
-            ],
-            "broadcast address",
-        ),
+        (fresh_at("172.18.0.2"), "in use by container"),
+        (fresh_at("172.18.0.1"), "is the gateway"),
+        (fresh_at("172.18.0.255"), "broadcast address"),
         (
             vec!["container", "create", "fresh", "--network", "nope"],
             "no network named",
@@ -481,24 +489,11 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     .collect();
     for (args, message) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let err = nf.fails(&args);
-        assert!(
-            err.contains(message),
-            "`netfast {}` said:\n{err}\nexpected it to mention: {message}",
-            args.join(" ")
-        );
-        assert_eq!(
-            snapshot(&topo),
-            before,
-            "`netfast {}` changed the host",
-            args.join(" ")
-        );
+        refused(&topo, &nf, &before, &args, &[message]);
     }
     // Without capabilities (root, but with them dropped): refused, and nothing changes.
     // With --netns, entering the host namespace is what fails first; under `ip netns exec`
     // netfast's own check names what is missing.
-    let bin = netfast_bin();
-    let bin = bin.to_str().expect("path");
     let drop = [
         "setpriv",
         "--bounding-set",
@@ -506,71 +501,58 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         "--inh-caps",
         "-all",
     ];
-    let create = [
-        "network",
-        "create",
-        "x",
-        "--subnet",
-        "172.20.0.0/24",
-        "--uplink",
-        "up0",
-    ];
-    let via_flag = Command::new(drop[0])
-        .args(&drop[1..])
-        .args([bin, "--netns", topo.host.name()])
-        .args(create)
-        .output()
-        .expect("setpriv");
-    let err = String::from_utf8_lossy(&via_flag.stderr);
-    assert!(
-        !via_flag.status.success() && err.contains("CAP_SYS_ADMIN"),
-        "without capabilities, --netns: {err}"
-    );
-    let inside = Command::new("ip")
-        .args(["netns", "exec", topo.host.name()])
-        .args(drop)
-        .arg(bin)
-        .args(create)
-        .output()
-        .expect("ip netns exec");
-    let err = String::from_utf8_lossy(&inside.stderr);
-    assert!(
-        !inside.status.success() && err.contains("needs CAP_NET_ADMIN"),
-        "without capabilities, in the namespace: {err}"
-    );
+    let create = network_create("x", "172.20.0.0/24", &[]);
+    let mut via_flag = drop.to_vec();
+    via_flag.extend(nf.argv(&create));
+    let mut inside = in_netns(topo.host.name(), &drop);
+    inside.push(nf.bin().to_str().expect("path"));
+    inside.extend(&create);
+    for (argv, says, how) in [
+        (via_flag, "CAP_SYS_ADMIN", "--netns"),
+        (inside, "needs CAP_NET_ADMIN", "in the namespace"),
+    ] {
+        let out = netfast_tests::run(&argv);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "without capabilities, {how}: {err}"
+        );
+    }
     assert_eq!(snapshot(&topo), before);
 }
 
+/// A dataplane pinned in `topo`'s host with a ct-max (1024) other than the host's settings:
+/// a command that opens it fails there, after what it did first.
+fn pin_dataplane_with_ct_max_1024(topo: &Topology) {
+    let settings = Settings {
+        ct_max_flows: 1024,
+        ..Settings::default()
+    };
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    Dataplane::open(&Host::current().expect("host"), &settings).expect("pin a dataplane");
+}
+
+/// Removes the dataplane pinned in `topo`'s host.
+fn unpin_dataplane(topo: &Topology) {
+    let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
+    Dataplane::remove(&Host::current().expect("host")).expect("unpin");
+}
+
+/// An apply file: network a on nftables, then network b on eBPF (which opens the dataplane).
+const NETWORKS_A_AND_B: &str = "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\
+                                backend = \"nftables\"\n\n[[network]]\nname = \"b\"\n\
+                                subnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n";
+
 #[test]
 fn a_failure_half_way_rolls_back_what_the_command_created() {
-    require_root();
     let (topo, nf) = host();
     // A dataplane pinned with another ct-max than the host's settings: `network create`
     // makes its bridge, then fails to open the dataplane, and must delete the bridge again.
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        let host = Host::current().expect("host");
-        Dataplane::open(
-            &host,
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
+    pin_dataplane_with_ct_max_1024(&topo);
     let before = snapshot(&topo);
-    let err = nf.fails(&network_create("web", "172.18.0.0/24", &[]));
-    assert!(err.contains("cannot be resized"), "{err}");
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed create left something behind"
-    );
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
-    }
+    let create = network_create("web", "172.18.0.0/24", &[]);
+    refused(&topo, &nf, &before, &create, &["cannot be resized"]);
+    unpin_dataplane(&topo);
     // apply: the second network's bridge name is taken by a dummy link: refused before the
     // first network is made.
     topo.host.exec_ok(&[
@@ -579,44 +561,32 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     let before = snapshot(&topo);
     let file = format!("/tmp/{}-rollback.toml", topo.host.name());
     fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbridge = \"busy0\"\n").expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply refused at `+ network b")
-            && err.contains("busy0 already exists")
-            && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed apply left something behind"
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply refused at `+ network b",
+            "busy0 already exists",
+            "nothing was changed",
+        ],
     );
     // A failure no check can foresee (the dataplane pinned with another ct-max, which only
     // opening it tells): what the apply created goes again, and the message says so.
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::open(
-            &Host::current().expect("host"),
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
+    pin_dataplane_with_ct_max_1024(&topo);
     let before = snapshot(&topo);
-    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply failed at `+ network b")
-            && err.contains("cannot be resized")
-            && err.contains("the host is as it was before (undone: `+ network a"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the failed apply left something behind"
+    fs::write(&file, NETWORKS_A_AND_B).expect("write");
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply failed at `+ network b",
+            "cannot be resized",
+            "the host is as it was before (undone: `+ network a",
+        ],
     );
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-a"));
     // With a removal before the failure: the removal is kept, and said to be.
@@ -624,18 +594,8 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     fs::write(&file, format!("[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[container]]\nname = \"{c}\"\nnetwork = \"a\"\n")).expect("write");
     nf.ok(&["apply", "-f", &file]);
     // (Removing network a took the pinned dataplane with it: no eBPF network was left.)
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::open(
-            &Host::current().expect("host"),
-            &Settings {
-                ct_max_flows: 1024,
-                ..Settings::default()
-            },
-        )
-        .expect("pin a dataplane");
-    }
-    fs::write(&file, "[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nuplink = \"up0\"\nbackend = \"nftables\"\n\n[[network]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\nuplink = \"up0\"\nbackend = \"ebpf\"\n").expect("write");
+    pin_dataplane_with_ct_max_1024(&topo);
+    fs::write(&file, NETWORKS_A_AND_B).expect("write");
     let err = nf.fails(&["apply", "-f", &file]);
     assert!(
         err.contains(&format!(
@@ -646,10 +606,7 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
     let ls = nf.containers();
     assert!(ls.is_empty(), "{ls:?}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-b"));
-    {
-        let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
-        Dataplane::remove(&Host::current().expect("host")).expect("unpin");
-    }
+    unpin_dataplane(&topo);
     fs::remove_file(&file).expect("remove");
 }
 
@@ -658,7 +615,6 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
 /// says why.
 #[test]
 fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
-    require_root();
     let (topo, nf) = host();
     let (c0, c1) = (ct(&topo, 0), ct(&topo, 1));
     let file = format!("/tmp/{}-late.toml", topo.host.name());
@@ -676,17 +632,16 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
     nf.ok(&["apply", "-f", &file]);
     let before = snapshot(&topo);
     fs::write(&file, text("[dataplane]\nct_max = 1024\n\n", false)).expect("write");
-    let err = nf.fails(&["apply", "-f", &file]);
-    assert!(
-        err.contains("apply refused at `~ dataplane: ct-max 1024")
-            && err.contains("the dataplane runs with ct-max 262144")
-            && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(&topo),
-        before,
-        "the refused apply changed the host"
+    refused(
+        &topo,
+        &nf,
+        &before,
+        &["apply", "-f", &file],
+        &[
+            "apply refused at `~ dataplane: ct-max 1024",
+            "the dataplane runs with ct-max 262144",
+            "nothing was changed",
+        ],
     );
     // Without the network (and so without the dataplane), the same change goes through.
     fs::write(&file, "[dataplane]\nct_max = 1024\n").expect("write");
@@ -700,9 +655,7 @@ fn an_apply_that_would_fail_late_changes_nothing_and_says_why() {
 
 #[test]
 fn concurrent_commands_do_not_corrupt_the_state() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, nf) = host_with_web();
     let bin = netfast_bin();
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -745,11 +698,7 @@ fn concurrent_commands_do_not_corrupt_the_state() {
 
 #[test]
 fn ls_reports_drift_when_something_is_deleted_by_hand() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let a = ct(&topo, 0);
-    nf.ok(&["container", "create", &a, "--network", "web"]);
+    let (topo, nf, a) = host_with_container();
     let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&["ip", "link", "del", &veth]);
     let text = nf.ok(&["container", "ls"]);
@@ -808,21 +757,13 @@ fn a_network_without_masquerade_is_routed_untranslated() {
 
 #[test]
 fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
-    require_root();
     let (topo, nf) = host();
     let bin = netfast_bin();
     let bin = bin.to_str().expect("path");
     let a = ct(&topo, 0);
-    topo.host.exec_ok(&[
-        bin,
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ]);
+    let mut create = vec![bin];
+    create.extend(network_create("web", "172.18.0.0/24", &[]));
+    topo.host.exec_ok(&create);
     topo.host
         .exec_ok(&[bin, "container", "create", &a, "--network", "web"]);
     in_ct(
@@ -839,7 +780,6 @@ fn commands_under_ip_netns_exec_act_on_the_same_host_as_with_netns() {
 
 #[test]
 fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
-    require_root();
     let (topo, nf) = host();
     let file = format!("/tmp/{}-backend.toml", topo.host.name());
     let text = |backend: &str| {
@@ -914,7 +854,6 @@ fn apply_puts_a_network_on_the_backend_its_file_names_and_moves_it() {
 
 #[test]
 fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
-    require_root();
     let (topo, nf) = host();
     let before = snapshot(&topo);
     // The host namespace without nft on its PATH: the nftables backend cannot work there.
@@ -1068,7 +1007,6 @@ fn nft_in(ns: &str, args: &[&str], input: &str) -> (bool, String) {
 /// input is JSON in which a name is only ever a string, which `nft -c` accepts as it is.
 #[test]
 fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
-    require_root();
     let (topo, nf) = host();
     nf.create_network("web", "172.18.0.0/24", &["--backend", "nftables"]);
     let before = snapshot(&topo);
@@ -1183,11 +1121,7 @@ fn hostile_interface_names_are_refused_and_never_become_rule_syntax() {
 /// of netfast's own links; a publication to a subnet's network or broadcast address.
 #[test]
 fn input_that_takes_the_hosts_traffic_is_refused() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let c0 = ct(&topo, 0);
-    nf.ok(&["container", "create", &c0, "--network", "web"]);
+    let (topo, nf, _c0) = host_with_container();
     let veth = nf.containers()[0].veth.clone();
     topo.host.exec_ok(&[
         "ip",
@@ -1272,7 +1206,6 @@ fn mode(path: &std::path::Path) -> u32 {
 /// through a symbolic link planted in it; read-only commands create no state and no pins.
 #[test]
 fn state_files_are_private_never_followed_and_read_only_commands_create_nothing() {
-    require_root();
     let (topo, nf) = host();
     // Read-only commands on a host netfast never served: nothing appears.
     let fresh = netfast_tests::TestNetns::new("r");
@@ -1349,26 +1282,36 @@ fn flock_waiters(path: &std::path::Path) -> usize {
         .count()
 }
 
+/// A [`host_with_web`], its [`Host`] and the path of its lock file.
+fn host_with_lock() -> (Topology, Netfast, Host, std::path::PathBuf) {
+    let (topo, nf) = host_with_web();
+    let h = host_of(topo.host.name());
+    let lock = h.state_dir().join("lock");
+    (topo, nf, h, lock)
+}
+
+/// Waits up to ten seconds for `n` processes to wait on the lock file `lock`; panics with
+/// `otherwise` if they do not.
+fn wait_for_waiters(lock: &std::path::Path, n: usize, otherwise: &str) {
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
+            flock_waiters(lock) == n
+        }),
+        "{otherwise}"
+    );
+}
+
 /// `down` removes the lock file while it holds it: a command that waited on it must not
 /// go on holding a lock that nobody else can see (the next command would run beside it).
 #[test]
 fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let h = host_of(topo.host.name());
-    let lock = h.state_dir().join("lock");
+    let (_topo, _nf, h, lock) = host_with_lock();
     let first = netfast::loader::state::Locked::acquire(&h, true).expect("lock");
     let waiter = {
         let h = h.clone();
         thread::spawn(move || netfast::loader::state::Locked::acquire(&h, true).expect("lock"))
     };
-    assert!(
-        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
-            flock_waiters(&lock) == 1
-        }),
-        "the second command never waited for the lock"
-    );
+    wait_for_waiters(&lock, 1, "the second command never waited for the lock");
     // What `down` does last, with the lock held.
     first.remove().expect("remove");
     let second = waiter.join().expect("thread");
@@ -1394,34 +1337,15 @@ fn a_command_that_waited_on_a_removed_lock_takes_the_new_one() {
 /// Two `config` commands at once, each changing one setting: both changes stay.
 #[test]
 fn concurrent_config_changes_both_count() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let h = host_of(topo.host.name());
-    let lock = h.state_dir().join("lock");
+    let (_topo, nf, h, lock) = host_with_lock();
     // Hold the lock shared: a command that reads under a shared lock gets past it and waits
     // only to write, so both have read the old settings when it is let go; one that reads
     // and writes under one exclusive lock waits before reading.
     let holder = netfast::loader::state::Locked::acquire(&h, false).expect("lock");
-    let bin = netfast_bin();
-    let config = |flag: &str, value: &str| {
-        netfast_tests::Background::spawn(&[
-            bin.to_str().expect("path"),
-            "--netns",
-            topo.host.name(),
-            "config",
-            flag,
-            value,
-        ])
-    };
+    let config = |flag: &str, value: &str| nf.spawn(&["config", flag, value]);
     let a = config("--timeout-udp", "111");
     let b = config("--timeout-icmp", "22");
-    assert!(
-        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(10), || {
-            flock_waiters(&lock) == 2
-        }),
-        "both commands should be waiting for the lock"
-    );
+    wait_for_waiters(&lock, 2, "both commands should be waiting for the lock");
     drop(holder);
     for c in [a, b] {
         let out = c.wait_exit(std::time::Duration::from_secs(30));
@@ -1445,9 +1369,7 @@ fn concurrent_config_changes_both_count() {
 /// (The machine's root namespace plays no part: two test namespaces with confusing names do.)
 #[test]
 fn a_host_is_known_by_its_namespace_not_by_its_name() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
+    let (topo, _nf) = host_with_web();
     let names = |ns: &str| -> Vec<String> {
         let ls = netfast_tests::run_ok(&[
             netfast_bin().to_str().expect("path"),
@@ -1506,7 +1428,6 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
 /// revive it.
 #[test]
 fn network_rm_removes_its_publications_by_address() {
-    require_root();
     let (topo, nf) = host();
     let create = |name: &str| nf.create_network(name, "172.30.2.0/24", &[]);
     create("web");
@@ -1538,11 +1459,7 @@ fn network_rm_removes_its_publications_by_address() {
 /// new publication's clients.
 #[test]
 fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
-    require_root();
-    let (topo, nf) = host();
-    nf.create_network("web", "172.18.0.0/24", &[]);
-    let bin = netfast_bin();
-    let bin = bin.to_str().expect("path");
+    let (topo, nf) = host_with_web();
     let publish = [
         "publish",
         "web",
@@ -1555,8 +1472,7 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     let mut argv = vec!["strace", "-f", "-qq", "-e", "trace=bpf", "-o"];
     let trace_s = trace.to_str().expect("path").to_owned();
     argv.push(&trace_s);
-    argv.extend([bin, "--netns", topo.host.name()]);
-    argv.extend(publish);
+    argv.extend(nf.argv(&publish));
     netfast_tests::run_ok(&argv);
     nf.ok(&["unpublish", "web", "9090:172.18.0.60:80"]);
     let text = fs::read_to_string(&trace).expect("trace");
@@ -1573,22 +1489,10 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
         .position(|l| l == last)
         .expect("in the trace")
         + 1;
-    let inject = format!("inject=bpf:signal=KILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=bpf",
-        "-e",
-    ];
-    argv.push(&inject);
-    argv.extend([bin, "--netns", topo.host.name()]);
-    argv.extend(publish);
-    let killed = netfast_tests::run(&argv);
-    assert!(!killed.status.success(), "the publish was not killed");
+    assert!(
+        nf.killed_at("bpf", n, &publish),
+        "the publish was not killed"
+    );
     assert_eq!(nf.ok(&["publish", "ls", "--json"]).trim(), "[]");
     let allow_entries = || {
         let _in_host = NetnsGuard::enter(topo.host.name()).expect("enter");
@@ -1632,7 +1536,6 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
 /// takes nftables for it and says why.
 #[test]
 fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
-    require_root();
     let (topo, nf) = host();
     let h = &topo.host;
     h.exec_ok(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
@@ -1674,28 +1577,6 @@ fn a_layer3_uplink_is_refused_for_ebpf_and_auto_takes_nftables() {
     assert_eq!(nf.networks()[0].backend, "nftables");
 }
 
-/// `netfast --netns HOST ARGS…` under strace, killed at the `n`th `syscall`: whether it was.
-fn killed_at(topo: &Topology, syscall: &str, n: usize, args: &[&str]) -> bool {
-    let bin = netfast_bin();
-    let inject = format!("inject={syscall}:signal=KILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        &inject,
-        bin.to_str().expect("path"),
-        "--netns",
-        topo.host.name(),
-    ];
-    argv.extend_from_slice(args);
-    let out = netfast_tests::run(&argv);
-    use std::os::unix::process::ExitStatusExt;
-    out.status.signal() == Some(9) || out.status.code() == Some(137)
-}
-
 /// Issue #14, item 3, as reproduced there: `network create` killed when it saves its state
 /// (after the bridge, its address and the programs exist) left nf-web, which the next
 /// `network create` refused ("pass --adopt") and `down` left behind. Now `network ls`
@@ -1704,30 +1585,19 @@ fn killed_at(topo: &Topology, syscall: &str, n: usize, args: &[&str]) -> bool {
 /// once the next command ran.
 #[test]
 fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
-    require_root();
     let (topo, nf) = host();
-    let create = [
-        "network",
-        "create",
-        "web",
-        "--subnet",
-        "172.18.0.0/24",
-        "--uplink",
-        "up0",
-    ];
+    let create = network_create("web", "172.18.0.0/24", &[]);
     // Rename #1 makes the intent record, #2 the state.
-    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    assert!(nf.killed_at("renameat", 2, &create), "not killed");
     assert!(topo.host.exec_ok(&["ip", "link"]).contains("nf-web"));
     let ls = nf.ok(&["network", "ls"]);
     assert!(
         ls.contains("not in the state: an interrupted `netfast network create web`"),
         "{ls}"
     );
-    let out = nf.run(&create);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = nf.ok_stderr(&create);
     assert!(
-        out.status.success()
-            && err.contains("an interrupted `netfast network create web` left changes")
+        err.contains("an interrupted `netfast network create web` left changes")
             && err.contains("deleted bridge nf-web"),
         "{err}"
     );
@@ -1737,8 +1607,7 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     // and veth, and IPAM hands the address to the next container.
     let (a, b) = (ct(&topo, 0), ct(&topo, 1));
     assert!(
-        killed_at(
-            &topo,
+        nf.killed_at(
             "renameat",
             2,
             &["container", "create", &a, "--network", "web"]
@@ -1764,7 +1633,7 @@ fn a_command_killed_when_it_saves_its_state_is_completed_by_the_next() {
     nf.ok(&["container", "rm", &b]);
     // Killed again, then `down`: nothing of netfast's is left.
     nf.ok(&["network", "rm", "web"]);
-    assert!(killed_at(&topo, "renameat", 2, &create), "not killed");
+    assert!(nf.killed_at("renameat", 2, &create), "not killed");
     let out = nf.ok(&["down"]);
     assert!(out.contains("deleted bridge nf-web"), "{out}");
     assert!(!topo.host.exec_ok(&["ip", "link"]).contains("nf-"));
@@ -1860,7 +1729,6 @@ fn changes(nf: &Netfast, args: &[&str]) -> Vec<Change> {
 
 #[test]
 fn mutating_commands_print_their_changes_as_json() {
-    require_root();
     let (topo, nf) = host();
     let c0 = ct(&topo, 0);
     let made = changes(

@@ -4,20 +4,12 @@
 
 use std::time::Duration;
 
-use netfast_tests::{
-    Background, Netfast,
-    clients::curl,
-    netfast_cli::{ebpf_log_netfast_bin, netfast_bin},
-    require_root,
-    topology::container_addr,
-    web::web_on,
-};
+use netfast_tests::{Netfast, netfast_cli::ebpf_log_netfast_bin, require_root, web::web_on};
 
 #[test]
 fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
     require_root();
     let w = web_on("ebpf", &[]);
-    let container = container_addr(0).to_string();
     w.route_subnet_from_outside();
     // The default build's programs write nothing: refused, naming the feature and the way.
     let err = w.nf.fails(&["monitor", "--log"]);
@@ -28,23 +20,13 @@ fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
     // The same dataplane, its programs replaced by the logging build's.
     let logging = Netfast::with_bin(&w.topo.host, ebpf_log_netfast_bin());
     logging.ok(&["upgrade"]);
-    let mut monitor = Background::spawn(&[
-        netfast_bin().to_str().expect("utf-8"),
-        "--netns",
-        w.topo.host.name(),
-        "monitor",
-        "--log",
-        "--json",
-    ]);
+    let mut monitor = w.nf.spawn(&["monitor", "--log", "--json"]);
     monitor.wait_for_text(
         "netfast monitor: watching debug records",
         Duration::from_secs(10),
     );
     // Straight to the masqueraded container's address, from outside: a drop, logged.
-    assert_eq!(
-        curl(w.topo.outside.name(), &format!("http://{container}/"), &[]),
-        "000"
-    );
+    w.assert_direct_access_dropped();
     monitor.wait_for_json("log the direct access", Duration::from_secs(10), |d| {
         d["event"] == "LOG"
             && d["level"] == "DEBUG"

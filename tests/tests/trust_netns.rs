@@ -166,18 +166,11 @@ fn a_syn_flood_from_forged_sources_leaves_an_established_connection_alone() {
         "hping3 did not send its flood: {}",
         String::from_utf8_lossy(&flood.stderr)
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&w.nf.ok(&["stats", "--json"])).expect("json");
-    let opened = stats["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .find(|e| e["event"] == "inbound_opened")
-        .and_then(|e| e["packets"].as_u64())
-        .unwrap_or(0);
+    let opened = w.nf.event("inbound_opened");
     assert!(
         opened >= 19_000,
-        "the flood opened {opened} unanswered flows: {stats}"
+        "the flood opened {opened} unanswered flows: {:?}",
+        w.nf.stats()
     );
     talks_on(&mut talker, 5, "talk on after the flood");
 }

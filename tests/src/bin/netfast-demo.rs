@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use netfast_tests::{
     Background, Netfast, Topology,
-    cmd::wait_until,
+    clients::{curl, wait_listening},
     in_netns,
-    netfast_cli::{netfast_bin, network_create},
+    netfast_cli::network_create,
     require_root, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
 };
@@ -54,30 +54,12 @@ fn main() {
 
     step("SNAT: the containers reach the outside with the uplink's address");
     let server = netfast_tests::clients::outside_web_server(topo.outside.name());
-    let mut watch = Background::spawn(&[
-        netfast_bin().to_str().expect("path"),
-        "--netns",
-        &host,
-        "conntrack",
-        "watch",
-    ]);
+    let mut watch = nf.spawn(&["conntrack", "watch"]);
     watch.wait_for_text("watching for events", Duration::from_secs(10));
     let url = format!("http://{OUTSIDE_ADDR}:8000/");
     for c in [&c1, &c2] {
         println!("$ ip netns exec {c} curl -s -o /dev/null -w '%{{http_code}}' {url}");
-        let mut argv = vec!["ip", "netns", "exec", c.as_str()];
-        argv.extend([
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}\n",
-            "--max-time",
-            "5",
-            &url,
-        ]);
-        print!("{}", netfast_tests::run_ok(&argv));
+        println!("{}", curl(c, &url, &[]));
     }
     println!("$ ip netns exec {c1} ping -c 2 {OUTSIDE_ADDR}");
     let ping = run_in(
@@ -97,11 +79,7 @@ fn main() {
 
     step("DNAT: publish container 2's port 80 on the host's port 8080 (docker run -p 8080:80)");
     let web = Background::spawn(&in_netns(&c2, &["python3", "-m", "http.server", "80"]));
-    let up = wait_until(Duration::from_secs(10), || {
-        String::from_utf8_lossy(&netfast_tests::run(&in_netns(&c2, &["ss", "-ltn"])).stdout)
-            .contains(":80 ")
-    });
-    assert!(up, "the container's web server did not start");
+    wait_listening(&c2, "tcp", 80, "the container's web server");
     show(&host, &nf, &["publish", "web", &format!("8080:{c2}:80")]);
     let published = format!("http://{UPLINK_ADDR}:8080/");
     for (who, ns, url) in [
@@ -118,19 +96,7 @@ fn main() {
         ),
     ] {
         println!("{who}: $ ip netns exec {ns} curl {url}");
-        let mut argv = vec!["ip", "netns", "exec", ns];
-        argv.extend([
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}\n",
-            "--max-time",
-            "5",
-            url,
-        ]);
-        print!("{}", netfast_tests::run_ok(&argv));
+        println!("{}", curl(ns, url, &[]));
     }
     println!("what container 2's server logged (the outside client keeps its address):");
     print!("{}", String::from_utf8_lossy(&web.stop().stderr));
@@ -139,15 +105,11 @@ fn main() {
     show(&host, &nf, &["conntrack", "list"]);
     println!("events seen by `netfast conntrack watch` meanwhile:");
     // The outside client's and the hairpin flow to port 8080 were the last to start.
-    watch.wait_for(
+    watch.wait_for_lines(
         "show both flows to port 8080",
         Duration::from_secs(10),
-        |out, _| {
-            out.lines()
-                .filter(|l| l.contains("[NEW]") && l.contains("dport=8080"))
-                .count()
-                >= 2
-        },
+        2,
+        |l| l.contains("[NEW]") && l.contains("dport=8080"),
     );
     print!("{}", String::from_utf8_lossy(&watch.stop().stdout));
 
