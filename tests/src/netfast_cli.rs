@@ -40,12 +40,29 @@ pub struct ContainerRow {
     pub drift: Vec<String>,
 }
 
+/// What `netfast config --json` prints: the fields the tests read.
+#[derive(Debug, Deserialize)]
+pub struct ConfigJson {
+    pub ct_max: u32,
+    pub timeouts: TimeoutsJson,
+}
+
+/// The timeouts of [`ConfigJson`], in seconds.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct TimeoutsJson {
+    pub tcp_established: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
 /// A row of `netfast publish ls --json`: the fields the tests read.
 #[derive(Debug, Deserialize)]
 pub struct PublicationRow {
     pub network: String,
     /// As given: `[HOST_IP:]HOST_PORTS:CONTAINER:CONTAINER_PORTS/PROTO`.
     pub spec: String,
+    /// The sources allowed to connect (`a.b.c.d/n`); anyone when empty.
+    pub allow: Vec<String>,
 }
 
 /// A flow of `netfast conntrack list --json` (netfast's `maps::conntrack::Flow`): the

@@ -7,7 +7,7 @@ use std::{fs, process::Command, thread};
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
     Netfast, Topology, in_netns,
-    netfast_cli::{ContainerRow, netfast_bin, network_create},
+    netfast_cli::{ConfigJson, ContainerRow, NetworkRow, netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
 };
@@ -92,10 +92,8 @@ fn snapshot(topo: &Topology) -> String {
         .collect();
     // A state file that holds nothing is no state at all.
     let state = fs::read_to_string(state_file(topo)).unwrap_or_default();
-    let empty = serde_json::from_str::<serde_json::Value>(&state).is_ok_and(|v| {
-        v["networks"].as_array().is_some_and(Vec::is_empty)
-            && v["containers"].as_array().is_some_and(Vec::is_empty)
-    });
+    let empty = serde_json::from_str::<netfast::loader::model::State>(&state)
+        .is_ok_and(|s| s.networks.is_empty() && s.containers.is_empty());
     format!(
         "{links}{}{}{}namespaces {names:?}\nstate {}\n",
         h.exec_ok(&["ip", "-o", "-4", "addr"]),
@@ -225,9 +223,7 @@ fn apply_converges_and_applying_twice_changes_nothing() {
         first.contains(&format!("+ publish web 8080:{}:80", ct(&topo, 0))),
         "{first}"
     );
-    let pubs: serde_json::Value =
-        serde_json::from_str(&nf.ok(&["publish", "ls", "--json"])).expect("json");
-    assert_eq!(pubs[0]["allow"][0], "192.0.2.0/24");
+    assert_eq!(nf.publications()[0].allow, ["192.0.2.0/24"]);
     assert!(
         first.contains("+ network web") && first.contains("+ network db"),
         "{first}"
@@ -936,9 +932,9 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
             _ => "iptables chains NETFAST-… serve it",
         };
         assert!(out.contains(serves), "{backend}: {out}");
-        let ls: serde_json::Value =
+        let ls: Vec<NetworkRow> =
             serde_json::from_str(&run(&["network", "ls", "--json"])).expect("json");
-        assert_eq!(ls[0]["backend"], backend);
+        assert_eq!(ls[0].backend, backend);
         let c0 = ct(&topo, 0);
         run(&["container", "create", &c0, "--network", "web"]);
         in_ct(
@@ -1355,12 +1351,11 @@ fn concurrent_config_changes_both_count() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let cfg = nf.ok(&["config", "--json"]);
-    let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+    let cfg: ConfigJson = nf.json(&["config", "--json"]);
     assert_eq!(
-        (&cfg["timeouts"]["udp"], &cfg["timeouts"]["icmp"]),
-        (&serde_json::json!(111), &serde_json::json!(22)),
-        "one change was lost: {cfg}"
+        (cfg.timeouts.udp, cfg.timeouts.icmp),
+        (111, 22),
+        "one change was lost: {cfg:?}"
     );
 }
 
@@ -1379,12 +1374,8 @@ fn a_host_is_known_by_its_namespace_not_by_its_name() {
             "ls",
             "--json",
         ]);
-        let ls: serde_json::Value = serde_json::from_str(&ls).expect("json");
-        ls.as_array()
-            .expect("array")
-            .iter()
-            .map(|n| n["name"].as_str().expect("name").to_owned())
-            .collect()
+        let ls: Vec<NetworkRow> = serde_json::from_str(&ls).expect("json");
+        ls.into_iter().map(|n| n.name).collect()
     };
     let a = topo.host.name().to_owned();
     // A second name that sorts before the first (a name-keyed netfast switched keys).
