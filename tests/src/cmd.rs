@@ -213,15 +213,15 @@ impl Background {
 
     /// Waits until a line of its stdout is a JSON object that satisfies `ready` (for the
     /// `--json` output of a long-running command).
-    pub fn wait_for_json(
+    pub fn wait_for_json<T: serde::de::DeserializeOwned>(
         &mut self,
         what: &str,
         timeout: Duration,
-        mut ready: impl FnMut(&serde_json::Value) -> bool,
+        mut ready: impl FnMut(&T) -> bool,
     ) {
         self.wait_for(what, timeout, |out, _| {
             out.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|l| serde_json::from_str::<T>(l).ok())
                 .any(|v| ready(&v))
         });
     }

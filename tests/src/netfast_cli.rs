@@ -40,6 +40,32 @@ pub struct ContainerRow {
     pub drift: Vec<String>,
 }
 
+/// A line of `netfast monitor --drops --json`: a packet a program dropped.
+#[derive(Debug, Deserialize)]
+pub struct DropEventRow {
+    /// `DROP`.
+    pub event: String,
+    pub hook: String,
+    pub reason: String,
+    pub interface: String,
+    pub protocol: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    #[serde(default)]
+    pub sport: Option<u16>,
+    #[serde(default)]
+    pub dport: Option<u16>,
+}
+
+/// A line of `netfast monitor --log --json`: a debug record of the programs.
+#[derive(Debug, Deserialize)]
+pub struct LogEventRow {
+    /// `LOG`.
+    pub event: String,
+    pub level: String,
+    pub message: String,
+}
+
 /// What `netfast config --json` prints: the fields the tests read.
 #[derive(Debug, Deserialize)]
 pub struct ConfigJson {

@@ -11,7 +11,7 @@ use netfast_tests::{
     agent::{Agent, METRICS_ADDR, sample},
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
-    netfast_cli::{CheckStatus, DoctorCheck, FlowEvent},
+    netfast_cli::{CheckStatus, DoctorCheck, DropEventRow, FlowEvent},
     ping, require_root, run, run_in,
     topology::{OUTSIDE_ADDR, UPLINK, UPLINK_ADDR},
     web::{UPLINK_URL, Web, web_on},
@@ -290,15 +290,16 @@ fn direct_access_shows_in_monitor_drops(backend: &str) {
     monitor.wait_for_text("netfast monitor: watching", Duration::from_secs(10));
     // Straight to the masqueraded container's address, from outside.
     w.assert_direct_access_dropped();
-    monitor.wait_for_json("show the direct access", Duration::from_secs(10), |d| {
-        d["reason"] == "direct_access"
-            && d["hook"] == "uplink_ingress"
-            && d["interface"] == UPLINK
-            && d["protocol"] == "tcp"
-            && d["src"] == OUTSIDE_ADDR.to_string()
-            && d["dst"] == container
-            && d["dport"] == 80
-    });
+    let shown = |d: &DropEventRow| {
+        d.reason == "direct_access"
+            && d.hook == "uplink_ingress"
+            && d.interface == UPLINK
+            && d.protocol == "tcp"
+            && d.src == OUTSIDE_ADDR
+            && d.dst.to_string() == container
+            && d.dport == Some(80)
+    };
+    monitor.wait_for_json("show the direct access", Duration::from_secs(10), shown);
 }
 
 fn a_restarted_agent_loses_no_flow(backend: &str) {

@@ -9,7 +9,11 @@
 
 use std::{collections::BTreeMap, fs, os::unix::process::ExitStatusExt, process::Command};
 
-use netfast::{host::Host, netns::NetnsGuard};
+use netfast::{
+    host::Host,
+    loader::model::{Backend, State},
+    netns::NetnsGuard,
+};
 use netfast_tests::{
     Netfast, Topology,
     netfast_cli::{netfast_bin, network_create},
@@ -236,20 +240,22 @@ impl Lab {
         let Ok(text) = fs::read_to_string(&path) else {
             return Vec::new();
         };
-        let v: serde_json::Value = serde_json::from_str(&text).expect("a state file");
+        let state: State = serde_json::from_str(&text).expect("a state file");
         let mut known = Vec::new();
-        for n in v["networks"].as_array().into_iter().flatten() {
-            known.push(format!("link {}", n["bridge"].as_str().unwrap_or("")));
-            match n["backend"].as_str() {
-                Some("ebpf") => known.push("pins".into()),
-                Some("nftables") => known.push("nft table ip netfast".into()),
-                Some("iptables") => known.push("iptables chains NETFAST-…".into()),
-                _ => {}
-            }
+        for n in &state.networks {
+            known.push(format!("link {}", n.bridge));
+            known.push(
+                match n.backend {
+                    Backend::Ebpf => "pins",
+                    Backend::Nftables => "nft table ip netfast",
+                    Backend::Iptables => "iptables chains NETFAST-…",
+                }
+                .into(),
+            );
         }
-        for c in v["containers"].as_array().into_iter().flatten() {
-            known.push(format!("link {}", c["veth"].as_str().unwrap_or("")));
-            known.push(format!("namespace {}", c["name"].as_str().unwrap_or("")));
+        for c in &state.containers {
+            known.push(format!("link {}", c.veth));
+            known.push(format!("namespace {}", c.name));
         }
         known
     }

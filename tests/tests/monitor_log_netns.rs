@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use netfast_tests::{Netfast, netfast_cli::ebpf_log_netfast_bin, require_root, web::web_on};
+use netfast_tests::{
+    Netfast,
+    netfast_cli::{LogEventRow, ebpf_log_netfast_bin},
+    require_root,
+    web::web_on,
+};
 
 #[test]
 fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
@@ -27,11 +32,12 @@ fn monitor_log_shows_the_debug_records_of_an_ebpf_log_build() {
     );
     // Straight to the masqueraded container's address, from outside: a drop, logged.
     w.assert_direct_access_dropped();
-    monitor.wait_for_json("log the direct access", Duration::from_secs(10), |d| {
-        d["event"] == "LOG"
-            && d["level"] == "DEBUG"
-            && d["message"] == "uplink_ingress: drop (direct_access)"
-    });
+    let logged = |d: &LogEventRow| {
+        d.event == "LOG"
+            && d.level == "DEBUG"
+            && d.message == "uplink_ingress: drop (direct_access)"
+    };
+    monitor.wait_for_json("log the direct access", Duration::from_secs(10), logged);
     drop(monitor);
     // Back to the default build, so that its `down` (when the guard drops) is at home.
     w.nf.ok(&["upgrade"]);
