@@ -222,6 +222,11 @@ impl DropReason {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A live conntrack entry whose other entry's tuple now belongs to another flow (the
+    /// LRU evicted that entry and a new flow took its tuple), removed when a packet matched
+    /// it: the packet went on as one of no known flow. Its bytes are not counted. (Slot 7:
+    /// the one below the other events that no hook uses.)
+    CtStaleHalf = 7,
     /// A packet forwarded by the fast path (redirect after a FIB or endpoint lookup).
     FastPath = 8,
     /// A packet the fast path left to the host's stack: no route or neighbour the FIB could
@@ -248,11 +253,12 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 9] = [
         Event::FastPath,
         Event::FastPathFallback,
         Event::FastPathEgress,
         Event::CtRepaired,
+        Event::CtStaleHalf,
         Event::InboundOpened,
         Event::InboundAnswered,
         Event::HostFlowRemapped,
@@ -265,6 +271,7 @@ impl Event {
             Event::FastPathFallback => "fast_path_fallback",
             Event::FastPathEgress => "fast_path_egress",
             Event::CtRepaired => "ct_repaired",
+            Event::CtStaleHalf => "ct_stale_half",
             Event::InboundOpened => "inbound_opened",
             Event::InboundAnswered => "inbound_answered",
             Event::HostFlowRemapped => "host_flow_remapped",

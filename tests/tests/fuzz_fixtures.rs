@@ -110,7 +110,6 @@ fn echo_to_the_host_taken_by_an_identifier_0_mapping() {
 /// flow's, and the container's answers to it would leave from 198.51.100.1. Nothing in
 /// the tables leads from a reply tuple to a survivor whose other half was evicted.
 #[test]
-#[ignore = "datapath bug: a flow through a publication on every address whose reply entry was evicted: the same client port to another of the host's addresses takes its reply tuple, and the surviving original entry is left a half pointing at another flow"]
 fn evicted_reply_tuple_taken_through_another_address() {
     replay("evicted-reply-tuple-taken-through-another-address");
 }
@@ -123,7 +122,6 @@ fn evicted_reply_tuple_taken_through_another_address() {
 /// on, a half pointing at the new flow (172.19.0.2's late answers would leave as the new
 /// flow's).
 #[test]
-#[ignore = "datapath bug: a flow whose original entry the LRU evicted: after a republish the same tuple opens a new flow, and the surviving reply entry is left a half pointing at it"]
 fn evicted_original_tuple_taken_after_a_republish() {
     replay("evicted-original-tuple-taken-after-a-republish");
 }
