@@ -146,6 +146,11 @@ crate::named_enum! {
         /// A flow that had lost one of its two entries (evicted under pressure) was repaired
         /// from the other.
         CtRepaired = 11 => "ct_repaired",
+        /// A live conntrack entry whose other entry's tuple now belongs to another flow (the
+        /// LRU evicted that entry and a new flow took its tuple), removed when a packet
+        /// matched it: the packet went on as one of no known flow. Its bytes are not
+        /// counted. (Slot 7: the one below the other events that no hook uses.)
+        CtStaleHalf = 7 => "ct_stale_half",
         /// A flow opened from outside (a published port, an endpoint-independent mapping): kept
         /// apart, in the table of unanswered flows, until it is answered.
         InboundOpened = 12 => "inbound_opened",

@@ -128,7 +128,8 @@ pub enum Origin {
 /// The live entry for `key`, if it serves packets from `origin` (see
 /// `CT_F_FROM_INSIDE`). An entry past its expiry counts as absent — unless the other
 /// direction of its flow is alive and is still its own other half (a stream that only flows
-/// one way refreshes one side; an entry whose peer key now holds another flow is dead).
+/// one way refreshes one side; an entry whose peer key now holds another flow is dead). A
+/// live entry whose peer key holds another flow is dead too, and removed (see `trusted`).
 #[inline(always)]
 pub fn lookup(key: &CtKey, now: u32, origin: Origin) -> Option<*mut CtEntry> {
     lookup_in(Table::Main, key, now, origin)
@@ -149,9 +150,41 @@ fn lookup_in(table: Table, key: &CtKey, now: u32, origin: Origin) -> Option<*mut
         return None;
     }
     if e.expires >= now {
-        return Some(entry);
+        return trusted(table, key, entry);
     }
     revive(key, entry, now, table)
+}
+
+/// The live `entry` (keyed `key`) if its other entry points back at it, or is missing (the
+/// LRU evicted it; the repair paths make it again). Where the other entry's key now holds
+/// another flow — the LRU evicted it and a new flow took its tuple — `entry` is what is left
+/// of the old flow: used, it would translate packets as the old flow's, towards a tuple of
+/// the new one. It is removed, and the packet goes on as one of no known flow.
+// Its own BPF function: inlined into every lookup, it led LLVM to spill a register it had
+// not written in `bridge_ingress`, which the verifier refuses (`R4 !read_ok`).
+#[inline(never)]
+fn trusted(table: Table, key: &CtKey, entry: *mut CtEntry) -> Option<*mut CtEntry> {
+    // SAFETY: a map value pointer, valid for this program run.
+    let peer_key = unsafe { (*entry).peer_key(key) };
+    let Some(peer) = entry_in(table, &peer_key) else {
+        return Some(entry);
+    };
+    // SAFETY: as above.
+    if unsafe { (*peer).peer_key(&peer_key) } == *key {
+        return Some(entry);
+    }
+    remove_stale(table, key);
+    None
+}
+
+/// Removes the entry at `key`, the stale half of a flow (see `trusted`), and counts it.
+#[inline(always)]
+fn remove_stale(table: Table, key: &CtKey) {
+    let _ = match table {
+        Table::Main => NETFAST_CT.remove(key),
+        Table::Inbound => NETFAST_CT_INBOUND.remove(key),
+    };
+    crate::stats::count_event_only(netfast_common::stats::Event::CtStaleHalf);
 }
 
 /// An expired entry whose peer lives and points back: the flow lives on.

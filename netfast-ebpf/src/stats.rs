@@ -46,3 +46,9 @@ pub fn count_network(ctx: &TcContext, net_id: u16, to_containers: bool) {
 pub fn count_event(ctx: &TcContext, event: Event) {
     count(&NETFAST_STATS, event_slot(event), ctx.len());
 }
+
+/// Counts an event where the packet is out of reach (its bytes are not counted).
+#[inline(always)]
+pub fn count_event_only(event: Event) {
+    count(&NETFAST_STATS, event_slot(event), 0);
+}

@@ -126,7 +126,10 @@ impl Model {
     /// The live entry for `key` in table `t` that serves packets from this side. An entry
     /// past its expiry counts as absent, unless the other entry of its flow is alive and
     /// still points back at it: then the flow lives on (a stream that flows one way
-    /// refreshes one side), and the entry takes its peer's expiry.
+    /// refreshes one side), and the entry takes its peer's expiry. A live entry whose
+    /// other entry's key now holds another flow (the LRU evicted that entry, and a new flow
+    /// took its tuple) is the stale half of the old flow: it is removed, and the packet goes
+    /// on as one of no known flow.
     pub fn lookup(
         &mut self,
         touched: &mut Touched,
@@ -138,10 +141,19 @@ impl Model {
         if !e.serves(from_inside) {
             return None;
         }
+        let peer_key = e.peer_key(key);
         if e.expires >= self.now {
+            let stale = self
+                .ct_get(touched, t, &peer_key)
+                .is_some_and(|p| p.peer_key(&peer_key) != *key);
+            if stale {
+                self.counters.rule("stale half removed");
+                self.counters.event(Event::CtStaleHalf);
+                self.ct_remove(touched, t, key);
+                return None;
+            }
             return Some(e);
         }
-        let peer_key = e.peer_key(key);
         let p = self.ct_get(touched, t, &peer_key)?;
         if p.expires >= self.now && p.peer_key(&peer_key) == *key {
             self.counters.rule("revived");

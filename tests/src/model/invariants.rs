@@ -13,8 +13,8 @@ pub struct Snapshot<'a> {
     pub bindings: &'a BTreeMap<BindKey, Binding>,
     pub claims: &'a BTreeMap<ClaimKey, Claim>,
     /// Entries were evicted: a live entry may have lost its other half (the datapath
-    /// repairs it from the survivor); one whose other half is another flow's is still
-    /// broken.
+    /// repairs it from the survivor), or its other half's tuple may have been taken by
+    /// another flow since (the datapath removes the survivor when a packet matches it).
     pub evicted: bool,
 }
 
@@ -145,7 +145,9 @@ fn half_flow(
     let pk = e.peer_key(k);
     let broken_pair = match entries.get(&pk) {
         None => !s.evicted,
-        Some(p) => p.peer_key(&pk) != *k,
+        // Where the other half is now another flow's (the LRU evicted it and a new flow took
+        // its tuple), a packet that matches `e` removes it (the lookup's rule).
+        Some(p) => !s.evicted && p.peer_key(&pk) != *k,
     };
     broken_pair.then_some(Broken::HalfFlow { table, key: *k })
 }
