@@ -207,21 +207,21 @@ impl FwdCache {
 }
 
 impl CtEntry {
-    /// The original entry of a new flow, opened by a packet of `bytes` bytes: it writes
-    /// `src` and/or `dst` (address and port, network byte order) as `flags` say
-    /// (`CT_F_REWRITE_SRC`, `CT_F_REWRITE_DST`), and lives until `expires`.
-    #[allow(clippy::too_many_arguments)]
-    pub const fn opening(
-        flags: u16,
-        src: (u32, u16),
-        dst: (u32, u16),
-        state: TcpState,
-        net_id: u16,
-        now: u32,
-        expires: u32,
-        map_expires: u32,
-        bytes: u32,
-    ) -> CtEntry {
+    /// The original entry of the new flow `n`, opened by a packet of `n.bytes` bytes: it
+    /// writes `n.src` and/or `n.dst` as `n.flags` say (`CT_F_REWRITE_SRC`,
+    /// `CT_F_REWRITE_DST`), and lives until `n.expires`.
+    pub const fn opening(n: &NewEntry) -> CtEntry {
+        let NewEntry {
+            flags,
+            src,
+            dst,
+            state,
+            net_id,
+            now,
+            expires,
+            map_expires,
+            bytes,
+        } = *n;
         CtEntry {
             expires,
             created: now,

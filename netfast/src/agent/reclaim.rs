@@ -239,7 +239,7 @@ pub fn reclaim(ebpf: &mut Ebpf, now: u32, ct_max_flows: u32) -> Result<(Reclaime
 #[cfg(test)]
 mod tests {
     use netfast_common::conntrack::{
-        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_REWRITE_SRC, TcpState,
+        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_REWRITE_SRC, NewEntry, TcpState,
     };
 
     use super::*;
@@ -263,17 +263,17 @@ mod tests {
             80u16.to_be(),
             17,
         );
-        let mut orig = CtEntry::opening(
-            CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
-            (EXT, ext_port.to_be()),
-            (0, 0),
-            TcpState::None,
-            1,
-            100,
+        let mut orig = CtEntry::opening(&NewEntry {
+            flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
+            src: (EXT, ext_port.to_be()),
+            dst: (0, 0),
+            state: TcpState::None,
+            net_id: 1,
+            now: 100,
             expires,
-            expires,
-            60,
-        );
+            map_expires: expires,
+            bytes: 60,
+        });
         let mut reply = orig.reply(&key, CT_F_INWARD);
         reply.expires = reply_expires;
         orig.expires = expires;

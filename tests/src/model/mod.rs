@@ -328,8 +328,9 @@ pub struct FragRecord {
     pub expires: u32,
 }
 
-/// Seconds a datagram's first fragment is remembered.
-pub const FRAGMENT_TIMEOUT: u32 = 30;
+/// Seconds a datagram's first fragment is remembered: the datapath's constant, a setting
+/// the model takes as given rather than a decision it checks.
+pub use netfast::common::maps::FRAGMENT_TIMEOUT;
 
 /// The dataplane settings (`netfast config`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
