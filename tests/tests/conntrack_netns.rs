@@ -63,7 +63,34 @@ fn check(w: &Web, all: &BTreeSet<String>, filters: &[&str], want: &[&str]) {
     // Flows outside the scenario (none are expected) do not make a filter fail: compare
     // within the scenario's flows.
     let got: BTreeSet<String> = listed(w, filters).intersection(all).cloned().collect();
-    assert_eq!(got, want, "conntrack list {filters:?}");
+    if got != want {
+        // What every flow was then, with its state and how long it had left.
+        let flows: Vec<String> =
+            w.nf.flows(&[])
+                .iter()
+                .map(|f| {
+                    let (o, r) = (&f.original, &f.reply);
+                    format!(
+                        "{} {:?} {}s {}:{}>{}:{} / {}:{}>{}:{}",
+                        f.protocol,
+                        f.state,
+                        f.expires_in,
+                        o.src,
+                        o.sport,
+                        o.dst,
+                        o.dport,
+                        r.src,
+                        r.sport,
+                        r.dst,
+                        r.dport
+                    )
+                })
+                .collect();
+        panic!(
+            "conntrack list {filters:?}: got {got:?}, want {want:?}; every flow:\n{}",
+            flows.join("\n")
+        );
+    }
     assert_eq!(
         count(w, filters),
         listed(w, filters).len(),
