@@ -145,13 +145,15 @@ impl FromStr for Published {
 
 impl fmt::Display for Published {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ip = self.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
         let proto = match self.proto {
             Some(PROTO_TCP) => "/tcp",
             Some(PROTO_UDP) => "/udp",
             _ => "",
         };
-        write!(f, "{ip}{}{proto}", self.port)
+        write!(f, "{}{proto}", self.port)
     }
 }
 
@@ -184,7 +186,7 @@ pub struct FilterSpec {
 /// says no such thing exists and where to see those that do.
 fn look_up<T>(
     what: &str,
-    name: Option<&String>,
+    name: Option<&str>,
     found: impl Fn(&str) -> Option<T>,
 ) -> Result<Option<T>, BadFilter> {
     name.map(|name| {
@@ -218,10 +220,10 @@ impl FilterSpec {
                 "--published {p} and -p ask for different protocols; drop one of them"
             )));
         }
-        let network = look_up("network", self.network.as_ref(), |n| {
+        let network = look_up("network", self.network.as_deref(), |n| {
             state.network(n).map(|n| n.id)
         })?;
-        let container = look_up("container", self.container.as_ref(), |n| {
+        let container = look_up("container", self.container.as_deref(), |n| {
             state.container(n).map(|c| c.ip)
         })?;
         Ok(Filter {

@@ -69,14 +69,12 @@ pub struct LogEventRow {
 /// What `netfast config --json` prints: the fields the tests read.
 #[derive(Debug, Deserialize)]
 pub struct ConfigJson {
-    pub ct_max: u32,
     pub timeouts: TimeoutsJson,
 }
 
-/// The timeouts of [`ConfigJson`], in seconds.
+/// The timeouts of [`ConfigJson`], in seconds: the ones the tests read.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 pub struct TimeoutsJson {
-    pub tcp_established: u32,
     pub udp: u32,
     pub icmp: u32,
 }
