@@ -34,8 +34,10 @@ crate::map_type! {
         pub ext_port: u16,
         /// Flows using the mapping that have not closed yet (TCP flows are subtracted when they
         /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
-        /// TCP flow closes, the mapping's lifetime shrinks to that flow's. Never below the truth:
-        /// a flow that failed to open is not subtracted.
+        /// TCP flow closes, the mapping's lifetime shrinks to no more than the longest a closed
+        /// flow lives (flows closed earlier are not counted, and may still live), and no less
+        /// than that last flow's. Never below the truth: a flow that failed to open is not
+        /// subtracted.
         pub flows: u16,
         /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
         pub expires: u32,

@@ -80,6 +80,16 @@ pub fn timeout_of(proto: u8, state: TcpState) -> u32 {
     }
 }
 
+/// The longest a closed TCP flow (TIME_WAIT or CLOSE) lives without a packet.
+#[inline(always)]
+pub fn closed_timeout() -> u32 {
+    let (w, c) = (
+        timeout_of(PROTO_TCP, TcpState::TimeWait),
+        timeout_of(PROTO_TCP, TcpState::Close),
+    );
+    if w < c { c } else { w }
+}
+
 /// Whether the fast path is on (the default until the loader writes the settings). Read in
 /// place: a copy of the settings would cost the caller's stack frame 28 bytes.
 #[inline(always)]
@@ -430,12 +440,12 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { (*peer).flags |= CT_F_RELEASED };
         }
-        nat::release_mapping(key, e, expires);
+        nat::release_mapping(key, e, expires, t);
         if let Some(peer) = peer {
             // SAFETY: as above.
             let q = unsafe { &mut *peer };
             if two {
-                nat::release_mapping(&peer_key, q, expires);
+                nat::release_mapping(&peer_key, q, expires, t);
             } else {
                 // Both entries know how long the mapping lives now: a packet the other way
                 // (an answer to the close) extends it as far as it extends the flow.

@@ -460,15 +460,22 @@ fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     until
 }
 
-/// A TCP flow of the mapping has closed: one flow fewer; when it was the last, the mapping
-/// lives only as long as this flow's entries (`until`).
+/// A TCP flow of the mapping has closed (now, `t` seconds before its entries expire at
+/// `until`): one flow fewer, and the flow's entries know the mapping must live as long as
+/// they do (`until`, and a slack): a later packet of the closed flow extends it again.
+/// When it was the last, the mapping lives only as long as the closed flows may: not past
+/// this one's end, nor past the longest any closed flow lives from now (the flows that
+/// closed before this one are no longer counted, but each lives at most that long).
 #[inline(never)]
-pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
+pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32, t: u32) {
+    // Read before anything is on the stack: the settings' lookups are calls.
+    let closed = conntrack::closed_timeout();
+    let bound = until - t + closed + mapping_slack(closed);
+    let until = until + mapping_slack(t);
     let (bk, ck) = mapping_keys(key, entry);
     let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(&bk) else {
         return;
     };
-    let until = until + mapping_slack(until.saturating_sub(conntrack::now()));
     let word = binding.cast::<u64>();
     for _ in 0..CAS_TRIES {
         let old = load_word(word);
@@ -477,21 +484,29 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) {
             return;
         }
         let flows = b.flows.saturating_sub(1);
+        let keep = if b.expires < bound { b.expires } else { bound };
+        let expires = if flows != 0 {
+            b.expires
+        } else if keep < until {
+            until
+        } else {
+            keep
+        };
         let new = NatBinding {
             ext_port: b.ext_port,
             flows,
-            expires: if flows == 0 { until } else { b.expires },
+            expires,
         };
         if cas(word, old, new.word()) {
-            if flows == 0 {
-                if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck) {
-                    // SAFETY: a map value pointer, valid for this program run. A hint only.
-                    let c = unsafe { &mut *claim };
-                    if c.owned_by(bk.int_addr, bk.int_port) {
-                        c.expires = until;
-                    }
+            entry.map_expires = until;
+            if flows == 0
+                && let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck)
+            {
+                // SAFETY: a map value pointer, valid for this program run. A hint only.
+                let c = unsafe { &mut *claim };
+                if c.owned_by(bk.int_addr, bk.int_port) {
+                    c.expires = expires;
                 }
-                entry.map_expires = until;
             }
             return;
         }

@@ -17,7 +17,7 @@ use netfast::common::{DropReason, maps::NAT_PORT_TRIES};
 
 use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, Tuple, conntrack::Touched, mapping_slack,
+    PROTO_UDP, Tuple, conntrack::Touched, mapping_slack, tcp,
 };
 
 /// What the datapath did where it chose at random: the port it put in the packet, or that
@@ -491,27 +491,37 @@ impl Model {
             return;
         }
         let flows = b.flows.saturating_sub(1);
-        let b = Binding {
-            ext_port: b.ext_port,
-            flows,
-            expires: if flows == 0 { until } else { b.expires },
+        // The last flow closed: the mapping lives as long as a closed flow may, and at
+        // least as long as every flow that closed before (each lives at most the longest
+        // closed state's timeout and its slack from now).
+        let expires = if flows == 0 {
+            let closed = self
+                .config
+                .timeout(PROTO_TCP, tcp::State::TimeWait)
+                .max(self.config.timeout(PROTO_TCP, tcp::State::Close));
+            b.expires
+                .min(self.now + closed + mapping_slack(closed))
+                .max(until)
+        } else {
+            b.expires
         };
-        self.set_binding(touched, bk, b);
-        if flows == 0 {
-            if let Some(c) = self.claim(touched, &ck)
-                && c.owned_by((bk.int_addr, bk.int_port))
-            {
-                self.set_claim(
-                    touched,
-                    ck,
-                    Claim {
-                        expires: until,
-                        ..c
-                    },
-                );
-            }
-            e.map_expires = until;
+        self.set_binding(
+            touched,
+            bk,
+            Binding {
+                ext_port: b.ext_port,
+                flows,
+                expires,
+            },
+        );
+        if flows == 0
+            && let Some(c) = self.claim(touched, &ck)
+            && c.owned_by((bk.int_addr, bk.int_port))
+        {
+            self.set_claim(touched, ck, Claim { expires, ..c });
         }
+        // The closed flow's entries keep the mapping alive as long as they live.
+        e.map_expires = until;
     }
 
     /// Whether a container's live mapping holds the source (address, port) of the host's
