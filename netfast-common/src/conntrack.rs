@@ -161,15 +161,33 @@ pub struct NewEntry {
     /// byte order).
     pub src: (u32, u16),
     pub dst: (u32, u16),
-    pub state: TcpState,
     pub net_id: u16,
-    /// CLOCK_MONOTONIC seconds: now, when the entry expires, and up to when the flow
-    /// extends its mapping.
+    pub times: FlowTimes,
+    /// The length of the packet that opens the flow.
+    pub bytes: u32,
+}
+
+/// A new flow's state, and its times: CLOCK_MONOTONIC seconds now, when its entries expire,
+/// and up to when it keeps its masquerade mapping alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimes {
+    pub state: TcpState,
     pub now: u32,
     pub expires: u32,
     pub map_expires: u32,
-    /// The length of the packet that opens the flow.
-    pub bytes: u32,
+}
+
+impl FlowTimes {
+    /// A flow that opens `now` in `state`, with the idle timeout `t`: its mapping lives a
+    /// slack longer than its entries (see [`crate::nat::mapping_slack`]).
+    pub const fn opening(state: TcpState, now: u32, t: u32) -> FlowTimes {
+        FlowTimes {
+            state,
+            now,
+            expires: now + t,
+            map_expires: now + t + crate::nat::mapping_slack(t),
+        }
+    }
 }
 
 /// The cached route leaves through an uplink of ours (see `maps::UPLINKS`).
@@ -215,11 +233,14 @@ impl CtEntry {
             flags,
             src,
             dst,
-            state,
             net_id,
-            now,
-            expires,
-            map_expires,
+            times:
+                FlowTimes {
+                    state,
+                    now,
+                    expires,
+                    map_expires,
+                },
             bytes,
         } = *n;
         CtEntry {
@@ -251,18 +272,18 @@ impl CtEntry {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub const fn open(&mut self, n: &NewEntry) {
-        self.expires = n.expires;
-        self.created = n.now;
+        self.expires = n.times.expires;
+        self.created = n.times.now;
         self.src_addr = n.src.0;
         self.dst_addr = n.dst.0;
         self.src_port = n.src.1;
         self.dst_port = n.dst.1;
         self.flags = n.flags;
-        self.tcp_state = n.state as u8;
+        self.tcp_state = n.times.state as u8;
         self.wscale = WSCALE_UNKNOWN;
         self.net_id = n.net_id;
         self._pad2 = [0; 2];
-        self.map_expires = n.map_expires;
+        self.map_expires = n.times.map_expires;
         self.packets = 1;
         self.bytes = n.bytes as u64;
         self.fwd = FwdCache::EMPTY;
@@ -407,6 +428,11 @@ impl TcpFlags {
             rst: b & 0x04 != 0,
             ack: b & 0x10 != 0,
         }
+    }
+
+    /// A segment that may open a flow from its first packet: a SYN, without ACK or RST.
+    pub const fn opens(self) -> bool {
+        self.syn && !self.ack && !self.rst
     }
 }
 

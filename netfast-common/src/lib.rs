@@ -208,18 +208,15 @@ mod tests {
     fn a_reply_entry_undoes_its_original_and_each_points_to_the_other() {
         use crate::conntrack::{
             CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_REPLY,
-            CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, NewEntry,
+            CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtEntry, CtKey, FlowTimes, NewEntry,
         };
         let key = CtKey::new(0x0200_12ac, 0x0a00_71cb, 40000u16.to_be(), 80u16.to_be(), 6);
         let orig = CtEntry::opening(&NewEntry {
             flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
             src: (0x0100_33c6, 61000u16.to_be()),
             dst: (0, 0),
-            state: TcpState::SynSent,
             net_id: 1,
-            now: 100,
-            expires: 340,
-            map_expires: 370,
+            times: FlowTimes::opening(TcpState::SynSent, 100, 240),
             bytes: 60,
         });
         let reply = orig.reply(&key, CT_F_INWARD);

@@ -115,7 +115,7 @@ fn forward_here(
 /// stack down a chain of calls).
 #[inline(always)]
 fn masquerade_port(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<u16, DropReason> {
-    let (_, _, until) = nat::new_flow_times(p)?;
+    let until = nat::new_flow_times(p)?.map_expires;
     Ok(nat::mapping(ctx, &p.key, net, p.now, until).value()? as u16)
 }
 

@@ -15,8 +15,8 @@ use netfast_common::{
     conntrack::{
         CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED,
         CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CT_F_TWO_MAPPINGS, CtEntry,
-        CtEvent, CtKey, PROTO_TCP, Segment, TcpFlags, TcpState, WSCALE_UNKNOWN, agreed_wscale,
-        rst_in_window, sent, tcp_next, timeout,
+        CtEvent, CtKey, NewEntry, PROTO_TCP, Segment, TcpFlags, TcpState, WSCALE_UNKNOWN,
+        agreed_wscale, rst_in_window, sent, tcp_next, timeout,
     },
     nat::NatClaimKey,
 };
@@ -575,6 +575,22 @@ fn try_complete_pair(ctx: &TcContext, p: &Pkt, reply_flags: u16) -> Result<u32, 
     pair.reply.td_end = 0;
     pair.reply.td_maxwin = 0;
     Ok(1)
+}
+
+/// Starts a new flow of `p` in this CPU's scratch `pair`: its original entry from `orig`,
+/// and the reply entry that mirrors it (see `complete_pair`). The caller takes the pair
+/// before it builds `orig`, which then never lives across the lookup (on the stack).
+#[inline(always)]
+pub fn start_pair(
+    ctx: &TcContext,
+    p: &Pkt,
+    pair: &mut Pair,
+    orig: &NewEntry,
+    reply_flags: u16,
+) -> Result<(), DropReason> {
+    pair.orig.open(orig);
+    complete_pair(ctx, p, reply_flags).get()?;
+    Ok(())
 }
 
 /// Inserts the flow in this CPU's scratch pair, opened by the packet keyed `orig_key`: the

@@ -7,10 +7,10 @@ use netfast_common::{
     config::NetInfo,
     conntrack::{
         CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, NewEntry, PROTO_TCP, PROTO_UDP, TcpFlags,
-        TcpState, tcp_next,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, FlowTimes, NewEntry, PROTO_TCP, PROTO_UDP, TcpFlags,
+        TcpState,
     },
-    nat::{mapping_slack, port_candidate},
+    nat::port_candidate,
     publish::{AllowKey, PubKey, PubTarget},
 };
 
@@ -90,29 +90,11 @@ pub fn allowed(target: &PubTarget, client: u32) -> bool {
             .is_some()
 }
 
-/// The state a new flow starts in, and its timeouts; `None` when this packet may not open
-/// a flow (a TCP segment that is not a SYN).
-#[inline(always)]
-fn opening(key: &CtKey, tcp_flags: u8) -> Option<(TcpState, u32)> {
-    if key.proto != PROTO_TCP {
-        return Some((
-            TcpState::None,
-            conntrack::timeout_of(key.proto, TcpState::None),
-        ));
-    }
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    if !tcp.syn || tcp.ack || tcp.rst {
-        return None;
-    }
-    let state = tcp_next(TcpState::None, tcp, false, 0).0;
-    Some((state, conntrack::timeout_of(key.proto, state)))
-}
-
 /// Whether the packet `p` may open a flow: a TCP SYN, or any UDP or ICMP echo.
 #[inline(always)]
 pub fn can_open(p: &Pkt) -> bool {
     let tcp = TcpFlags::from_byte(p.tcp_flags);
-    p.key.proto != PROTO_TCP || (tcp.syn && !tcp.ack && !tcp.rst)
+    p.key.proto != PROTO_TCP || tcp.opens()
 }
 
 /// A client from outside opens a flow to a published port: its destination becomes the
@@ -125,32 +107,28 @@ pub fn dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Outcome {
 
 #[inline(always)]
 fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let (key, now) = (&p.key, p.now);
 
     // A segment that cannot open a flow may still belong to one that lost its original
     // entry: it restores it, or goes to the host.
-    let (state, t, may_open) = match opening(key, tcp_flags) {
-        Some((state, t)) => (state, t, Opening::New),
-        None => (
-            TcpState::Established,
-            conntrack::timeout_of(key.proto, TcpState::Established),
-            Opening::RepairOnly,
-        ),
+    let (times, may_open) = match nat::opening_times(p) {
+        Some(times) => (times, Opening::New),
+        None => (nat::times_of(p, TcpState::Established), Opening::RepairOnly),
     };
     let pair = conntrack::scratch()?;
-    pair.orig.open(&NewEntry {
+    let orig = NewEntry {
         flags: CT_F_REWRITE_DST | CT_F_PUBLISHED | CT_F_INWARD,
         src: (0, 0),
         dst: (target.addr, target.port),
-        state,
         net_id: target.net_id,
-        now,
-        expires: expires_at(now, t),
-        map_expires: 0,
+        // No mapping: a published port's flows keep none alive.
+        times: FlowTimes {
+            map_expires: 0,
+            ..times
+        },
         bytes: ctx.len(),
-    });
-    conntrack::complete_pair(ctx, p, CT_F_PUBLISHED | CT_F_FROM_INSIDE).get()?;
-
+    };
+    conntrack::start_pair(ctx, p, pair, &orig, CT_F_PUBLISHED | CT_F_FROM_INSIDE)?;
     let inserted = conntrack::insert_pair(key, now, may_open, Table::Inbound);
     match inserted.value()? {
         conntrack::ABSENT => return Ok(0),
@@ -180,12 +158,6 @@ fn try_dnat_new_flow(ctx: &TcContext, p: &Pkt, target: &PubTarget) -> Result<u32
 /// Source ports tried for a client whose flow clashes with another (see `dnat_new_flow`).
 const CLASH_TRIES: u32 = 8;
 
-/// `now + t`, the expiry of a flow that opens now.
-#[inline(always)]
-fn expires_at(now: u32, t: u32) -> u32 {
-    now + t
-}
-
 /// A container opens a flow to a published port of its own host (RFC 4787 REQ-9): the
 /// destination becomes the serving container, and the source the container's masquerade
 /// mapping, so that the server's replies come back through the host to be translated.
@@ -209,15 +181,12 @@ fn try_hairpin_new_flow(
     net: &NetInfo,
     ext_port: u16,
 ) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-
-    let Some((state, t)) = opening(key, tcp_flags) else {
+    // The pair first: the times are not kept across its lookup, on the stack.
+    let pair = conntrack::scratch()?;
+    let Some(times) = nat::opening_times(p) else {
         return Ok(0);
     };
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
-    let pair = conntrack::scratch()?;
-    pair.orig.open(&NewEntry {
+    let orig = NewEntry {
         flags: CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
@@ -227,24 +196,13 @@ fn try_hairpin_new_flow(
             | CT_F_FROM_INSIDE,
         src: (net.ext_addr, ext_port),
         dst: (target.addr, target.port),
-        state,
         net_id: net.id,
-        now,
-        expires,
-        map_expires: until,
+        times,
         bytes: ctx.len(),
-    });
-    conntrack::complete_pair(
-        ctx,
-        p,
-        CT_F_PUBLISHED | CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE,
-    )
-    .get()?;
+    };
+    let reply_flags = CT_F_PUBLISHED | CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE;
+    conntrack::start_pair(ctx, p, pair, &orig, reply_flags)?;
     // Each direction crosses its own sender's bridge.
     pair.reply.net_id = target.net_id;
-
-    nat::opened(
-        ctx,
-        conntrack::insert_pair(key, now, Opening::New, Table::Main),
-    )
+    nat::insert_new(ctx, p, Table::Main)
 }

@@ -222,7 +222,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             }
             None => return Ok(NEXT),
         };
-        let (_, _, until) = nat::new_flow_times(p)?;
+        let until = nat::new_flow_times(p)?.map_expires;
         let ext_port = nat::mapping(ctx, &p.key, &net, now, until).value()? as u16;
         nat::snat_new_flow(ctx, p, &net, ext_port).get()?;
         nat::apply_opened(ctx, p)?;

@@ -9,10 +9,10 @@ use netfast_common::{
     config::NetInfo,
     conntrack::{
         CT_F_AWAIT_REPLY, CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC,
-        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, NewEntry, PROTO_TCP,
-        PROTO_UDP, TcpFlags, TcpState, tcp_next,
+        CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CT_F_TWO_MAPPINGS, FlowTimes, NewEntry,
+        PROTO_TCP, PROTO_UDP, TcpFlags, TcpState, tcp_next,
     },
-    nat::{NatBindKey, NatBinding, NatClaimKey, mapping_slack},
+    nat::{NatBindKey, NatBinding, NatClaimKey},
 };
 
 use super::{
@@ -54,30 +54,31 @@ fn try_snat_new_flow(
     net: &NetInfo,
     ext_port: u16,
 ) -> Result<u32, DropReason> {
-    let (key, now) = (&p.key, p.now);
-    let (state, expires, until) = new_flow_times(p)?;
+    let times = new_flow_times(p)?;
     // The replies of a container's flow go to the container; those of a host flow (see
     // `host_new_flow`) to the host.
     let reply_flags = if net.id == HOST_FLOWS { 0 } else { CT_F_INWARD };
     let pair = conntrack::scratch()?;
-    pair.orig.open(&NewEntry {
+    let orig = NewEntry {
         flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
         src: (net.ext_addr, ext_port),
         dst: (0, 0),
-        state,
         net_id: net.id,
-        now,
-        expires,
-        map_expires: until,
+        times,
         bytes: ctx.len(),
-    });
-    conntrack::complete_pair(ctx, p, reply_flags).get()?;
-
+    };
+    conntrack::start_pair(ctx, p, pair, &orig, reply_flags)?;
     // A flow that fails to open leaves its mapping counted one flow too many: it then lives
     // to its expiry, never shorter than a flow that uses it.
+    insert_new(ctx, p, Table::Main)
+}
+
+/// Inserts the new flow in this CPU's scratch pair into `table`: what `opened` answers.
+#[inline(always)]
+pub fn insert_new(ctx: &TcContext, p: &Pkt, table: Table) -> Result<u32, DropReason> {
     opened(
         ctx,
-        conntrack::insert_pair(key, now, Opening::New, Table::Main),
+        conntrack::insert_pair(&p.key, p.now, Opening::New, table),
     )
 }
 
@@ -85,7 +86,7 @@ fn try_snat_new_flow(
 /// when its mapping lives: what the mapping is claimed with (see `mapping`) before the flow
 /// opens (a TCP RST opens none: it would leak a container's address).
 #[inline(always)]
-pub fn new_flow_times(p: &Pkt) -> Result<(TcpState, u32, u32), DropReason> {
+pub fn new_flow_times(p: &Pkt) -> Result<FlowTimes, DropReason> {
     let tcp = TcpFlags::from_byte(p.tcp_flags);
     let state = if p.key.proto == PROTO_TCP {
         if tcp.rst {
@@ -95,9 +96,26 @@ pub fn new_flow_times(p: &Pkt) -> Result<(TcpState, u32, u32), DropReason> {
     } else {
         TcpState::None
     };
-    let t = conntrack::timeout_of(p.key.proto, state);
-    let expires = p.now + t;
-    Ok((state, expires, expires + mapping_slack(t)))
+    Ok(times_of(p, state))
+}
+
+/// The state and times of the flow `p` opens; `None` when it may not open one (a TCP
+/// segment that is not a SYN).
+#[inline(always)]
+pub fn opening_times(p: &Pkt) -> Option<FlowTimes> {
+    let tcp = TcpFlags::from_byte(p.tcp_flags);
+    let state = match p.key.proto {
+        PROTO_TCP if tcp.opens() => tcp_next(TcpState::None, tcp, false, 0).0,
+        PROTO_TCP => return None,
+        _ => TcpState::None,
+    };
+    Some(times_of(p, state))
+}
+
+/// The times of a flow `p` opens in `state`.
+#[inline(always)]
+pub fn times_of(p: &Pkt, state: TcpState) -> FlowTimes {
+    FlowTimes::opening(state, p.now, conntrack::timeout_of(p.key.proto, state))
 }
 
 /// A container sends to an external endpoint of its own host that a live masquerade
@@ -123,19 +141,13 @@ fn try_mapping_hairpin_new_flow(
     net: &NetInfo,
     ext_port: u16,
 ) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
+    let (key, now) = (&p.key, p.now);
     let Some(claim) = live_claim(key.dst_addr, key.dst_port, key.proto, now) else {
         return Ok(0);
     };
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    let state = match key.proto {
-        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => tcp_next(TcpState::None, tcp, false, 0).0,
-        PROTO_TCP => return Ok(0),
-        _ => TcpState::None,
+    let Some(times) = opening_times(p) else {
+        return Ok(0);
     };
-    let t = conntrack::timeout_of(key.proto, state);
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
     // The receiver's mapping, one flow more; then the sender's own.
     let receiver = NatBindKey {
         int_addr: claim.int_addr(),
@@ -144,7 +156,9 @@ fn try_mapping_hairpin_new_flow(
         proto: key.proto,
         _pad: 0,
     };
-    if reuse_mapping(&receiver, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
+    if reuse_mapping(&receiver, claim.net_id(), now, times.map_expires).value()?
+        != u32::from(key.dst_port)
+    {
         return Ok(0);
     }
     // Within a network, containers reach each other on their bridge anyway: a hairpin
@@ -154,7 +168,7 @@ fn try_mapping_hairpin_new_flow(
     let same_network = claim.net_id() == net.id;
     let wait = !same_network && !conntrack::endpoint_independent();
     let pair = conntrack::scratch()?;
-    pair.orig.open(&NewEntry {
+    let orig = NewEntry {
         flags: CT_F_REWRITE_SRC
             | CT_F_REWRITE_DST
             | CT_F_MASQ_SRC
@@ -165,28 +179,17 @@ fn try_mapping_hairpin_new_flow(
             | if wait { CT_F_AWAIT_REPLY } else { 0 },
         src: (net.ext_addr, ext_port),
         dst: (claim.int_addr(), claim.int_port()),
-        state,
         net_id: net.id,
-        now,
-        expires,
-        map_expires: until,
+        times,
         bytes: ctx.len(),
-    });
-    conntrack::complete_pair(
-        ctx,
-        p,
-        CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE | CT_F_TWO_MAPPINGS,
-    )
-    .get()?;
-
+    };
+    let reply_flags = CT_F_INWARD | CT_F_REDIRECT | CT_F_FROM_INSIDE | CT_F_TWO_MAPPINGS;
+    conntrack::start_pair(ctx, p, pair, &orig, reply_flags)?;
     // The receiver's packets leave through the receiver's own mapping (the mirror of the
     // original's would name the sender's), and cross the receiver's bridge.
     pair.reply.flags = (pair.reply.flags & !CT_F_MASQ_DST) | CT_F_MASQ_SRC;
     pair.reply.net_id = claim.net_id();
-    opened(
-        ctx,
-        conntrack::insert_pair(key, now, Opening::New, Table::Main),
-    )?;
+    insert_new(ctx, p, Table::Main)?;
     Ok(if wait { FILTERED } else { 1 })
 }
 
@@ -223,7 +226,7 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     let tcp = TcpFlags::from_byte(tcp_flags);
     match key.proto {
         PROTO_UDP => {}
-        PROTO_TCP if tcp.syn && !tcp.ack && !tcp.rst => {}
+        PROTO_TCP if tcp.opens() => {}
         _ => return Ok(0),
     }
     let ck = NatClaimKey::new(key.dst_addr, key.dst_port, key.proto);
@@ -258,33 +261,23 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     ) {
         return Ok(0);
     }
-    let state = if key.proto == PROTO_TCP {
-        tcp_next(TcpState::None, tcp, false, 0).0
-    } else {
-        TcpState::None
+    let Some(times) = opening_times(p) else {
+        return Ok(0);
     };
-    let t = conntrack::timeout_of(key.proto, state);
-    let expires = now + t;
-    let until = expires + mapping_slack(t);
-    if reuse_mapping(&bk, claim.net_id(), now, until).value()? != u32::from(key.dst_port) {
+    if reuse_mapping(&bk, claim.net_id(), now, times.map_expires).value()?
+        != u32::from(key.dst_port)
+    {
         return Ok(0);
     }
     let pair = conntrack::scratch()?;
-    pair.orig.open(&NewEntry {
+    let orig = NewEntry {
         flags: CT_F_REWRITE_DST | CT_F_MASQ_DST | CT_F_INWARD,
         src: (0, 0),
         dst: (claim.int_addr(), claim.int_port()),
-        state,
         net_id: claim.net_id(),
-        now,
-        expires,
-        map_expires: until,
+        times,
         bytes: ctx.len(),
-    });
-    conntrack::complete_pair(ctx, p, CT_F_FROM_INSIDE).get()?;
-
-    opened(
-        ctx,
-        conntrack::insert_pair(key, now, Opening::New, Table::Inbound),
-    )
+    };
+    conntrack::start_pair(ctx, p, pair, &orig, CT_F_FROM_INSIDE)?;
+    insert_new(ctx, p, Table::Inbound)
 }

@@ -239,7 +239,8 @@ pub fn reclaim(ebpf: &mut Ebpf, now: u32, ct_max_flows: u32) -> Result<(Reclaime
 #[cfg(test)]
 mod tests {
     use netfast_common::conntrack::{
-        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_REWRITE_SRC, NewEntry, TcpState,
+        CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_REWRITE_SRC, FlowTimes, NewEntry,
+        TcpState,
     };
 
     use super::*;
@@ -267,11 +268,13 @@ mod tests {
             flags: CT_F_REWRITE_SRC | CT_F_MASQ_SRC | CT_F_FROM_INSIDE,
             src: (EXT, ext_port.to_be()),
             dst: (0, 0),
-            state: TcpState::None,
             net_id: 1,
-            now: 100,
-            expires,
-            map_expires: expires,
+            times: FlowTimes {
+                state: TcpState::None,
+                now: 100,
+                expires,
+                map_expires: expires,
+            },
             bytes: 60,
         });
         let mut reply = orig.reply(&key, CT_F_INWARD);
