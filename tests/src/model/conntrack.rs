@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netfast::common::{DropReason, stats::Event};
 
-use super::{Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, tcp};
+use super::{Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, nat::Keep, tcp};
 
 /// The packet a flow is judged by: its frame, its IPv4 header, the tuple it is keyed by, and
 /// its TCP flags byte.
@@ -73,6 +73,28 @@ pub struct Touched {
     pub bindings: BTreeSet<super::BindKey>,
     pub claims: BTreeSet<super::ClaimKey>,
     pub frags: BTreeSet<super::FragKey>,
+}
+
+/// `k`'s value in one of the model's maps, `k` noted as touched (the fuzzer compares the
+/// touched keys with the datapath's maps).
+pub fn noted_get<K: Ord + Copy, V: Copy>(
+    map: &BTreeMap<K, V>,
+    touched: &mut BTreeSet<K>,
+    k: &K,
+) -> Option<V> {
+    touched.insert(*k);
+    map.get(k).copied()
+}
+
+/// Writes `k` in one of the model's maps, noted as touched.
+pub fn noted_put<K: Ord + Copy, V>(
+    map: &mut BTreeMap<K, V>,
+    touched: &mut BTreeSet<K>,
+    k: K,
+    v: V,
+) {
+    touched.insert(k);
+    map.insert(k, v);
 }
 
 /// What inserting a flow's pair did.
@@ -394,13 +416,13 @@ impl Model {
         }
         if e.flags.masq() && expires > e.map_expires {
             let until = expires + super::mapping_slack(t);
-            e.map_expires = self.extend_mapping(touched, key, &e, until);
+            e.map_expires = self.keep_mapping(touched, key, &e, until, Keep::Extend);
             // A hairpin between two mappings keeps the other entry's alive with this one's.
             if e.flags.two_mappings {
                 if peer_key == *key {
-                    e.map_expires = self.extend_mapping(touched, key, &e, until);
+                    e.map_expires = self.keep_mapping(touched, key, &e, until, Keep::Extend);
                 } else if let Some(mut p) = self.ct_get(touched, table, &peer_key) {
-                    p.map_expires = self.extend_mapping(touched, &peer_key, &p, until);
+                    p.map_expires = self.keep_mapping(touched, &peer_key, &p, until, Keep::Extend);
                     self.ct_put(touched, table, peer_key, p);
                 }
             }
@@ -431,17 +453,17 @@ impl Model {
     ) {
         self.counters.rule("mapping retaken");
         e.flags.released = false;
-        e.map_expires = self.retake_mapping(touched, key, e, until);
+        e.map_expires = self.keep_mapping(touched, key, e, until, Keep::Retake);
         let peer_key = e.peer_key(key);
         if peer_key == *key {
             // A container's hairpin to its own mapping: one entry, retaken twice.
             if e.flags.two_mappings {
-                e.map_expires = self.retake_mapping(touched, key, e, until);
+                e.map_expires = self.keep_mapping(touched, key, e, until, Keep::Retake);
             }
         } else if let Some(mut q) = self.ct_get(touched, table, &peer_key) {
             q.flags.released = false;
             q.map_expires = if e.flags.two_mappings {
-                self.retake_mapping(touched, &peer_key, &q, until)
+                self.keep_mapping(touched, &peer_key, &q, until, Keep::Retake)
             } else {
                 until
             };

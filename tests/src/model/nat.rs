@@ -17,7 +17,9 @@ use netfast::common::{DropReason, maps::NAT_PORT_TRIES};
 
 use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, Tuple, conntrack::Touched, mapping_slack, tcp,
+    PROTO_UDP, Tuple,
+    conntrack::{Touched, noted_get, noted_put},
+    mapping_slack, tcp,
 };
 
 /// What the datapath did where it chose at random: the port it put in the packet, or that
@@ -67,25 +69,30 @@ pub fn mapping_keys(key: &Tuple, e: &Entry) -> (BindKey, ClaimKey) {
     )
 }
 
+/// How a flow keeps its mapping (see [`Model::keep_mapping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Alive longer.
+    Extend,
+    /// One flow more again: a closed flow reopened.
+    Retake,
+}
+
 impl Model {
     pub fn binding(&self, touched: &mut Touched, bk: &BindKey) -> Option<Binding> {
-        touched.bindings.insert(*bk);
-        self.bindings.get(bk).copied()
+        noted_get(&self.bindings, &mut touched.bindings, bk)
     }
 
     pub fn set_binding(&mut self, touched: &mut Touched, bk: BindKey, b: Binding) {
-        touched.bindings.insert(bk);
-        self.bindings.insert(bk, b);
+        noted_put(&mut self.bindings, &mut touched.bindings, bk, b);
     }
 
     pub fn claim(&self, touched: &mut Touched, ck: &ClaimKey) -> Option<Claim> {
-        touched.claims.insert(*ck);
-        self.claims.get(ck).copied()
+        noted_get(&self.claims, &mut touched.claims, ck)
     }
 
     pub fn set_claim(&mut self, touched: &mut Touched, ck: ClaimKey, c: Claim) {
-        touched.claims.insert(ck);
-        self.claims.insert(ck, c);
+        noted_put(&mut self.claims, &mut touched.claims, ck, c);
     }
 
     /// The external port of the live mapping of `bk`, counted as used by one more flow and
@@ -399,26 +406,30 @@ impl Model {
         b.ext_port
     }
 
-    /// A flow keeps its mapping alive until `until`; returns the new high-water mark. A
-    /// binding that is gone is made again (one flow); a claim is raised only if it is still
-    /// the endpoint's.
-    pub fn extend_mapping(
+    /// A flow keeps its mapping alive until `until` (`Keep::Retake`: a TCP flow of the
+    /// mapping that closed, and released it, has reopened: one flow more again, as for a new
+    /// flow); returns the new high-water mark. A binding that is gone is made again (one
+    /// flow); a claim is raised only if it is still the endpoint's.
+    pub fn keep_mapping(
         &mut self,
         touched: &mut Touched,
         key: &Tuple,
         e: &Entry,
         until: u32,
+        how: Keep,
     ) -> u32 {
         let (bk, ck) = mapping_keys(key, e);
+        let more = u16::from(how == Keep::Retake);
         match self.binding(touched, &bk) {
             Some(b) => {
-                if b.ext_port == ck.ext_port && b.expires < until {
+                if b.ext_port == ck.ext_port && (b.expires < until || more > 0) {
                     self.set_binding(
                         touched,
                         bk,
                         Binding {
-                            expires: until,
-                            ..b
+                            ext_port: b.ext_port,
+                            flows: b.flows.saturating_add(more),
+                            expires: b.expires.max(until),
                         },
                     );
                 }
@@ -449,32 +460,10 @@ impl Model {
         until
     }
 
-    /// A TCP flow of the mapping that closed (and released it) has reopened: one flow more
-    /// again, alive until at least `until`, as for a new flow.
-    pub fn retake_mapping(
-        &mut self,
-        touched: &mut Touched,
-        key: &Tuple,
-        e: &Entry,
-        until: u32,
-    ) -> u32 {
-        let (bk, ck) = mapping_keys(key, e);
-        if let Some(b) = self.binding(touched, &bk)
-            && b.ext_port == ck.ext_port
-        {
-            let b = Binding {
-                ext_port: b.ext_port,
-                flows: b.flows.saturating_add(1),
-                expires: b.expires.max(until),
-            };
-            self.set_binding(touched, bk, b);
-        }
-        self.extend_mapping(touched, key, e, until)
-    }
-
-    /// A TCP flow of the mapping has closed: one flow fewer; when it was the last, the
-    /// mapping (and its claim, if still the endpoint's) lives only as long as this flow,
-    /// plus the slack.
+    /// A TCP flow of the mapping has closed: one flow fewer, and the flow's entries keep the
+    /// mapping alive as long as they live (`until`, plus the slack). When it was the last,
+    /// the mapping (and its claim, if still the endpoint's) lives only as long as closed
+    /// flows may.
     pub fn release_mapping(
         &mut self,
         touched: &mut Touched,

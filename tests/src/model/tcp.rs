@@ -34,30 +34,9 @@ impl State {
     }
 }
 
-/// The TCP flags a transition looks at (PSH, URG and the rest are ignored).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Flags {
-    pub syn: bool,
-    pub ack: bool,
-    pub fin: bool,
-    pub rst: bool,
-}
-
-impl Flags {
-    pub const fn from_byte(b: u8) -> Flags {
-        Flags {
-            fin: b & 0x01 != 0,
-            syn: b & 0x02 != 0,
-            rst: b & 0x04 != 0,
-            ack: b & 0x10 != 0,
-        }
-    }
-
-    /// A segment that may open a flow from its first packet: a SYN, without ACK or RST.
-    pub const fn opens(self) -> bool {
-        self.syn && !self.ack && !self.rst
-    }
-}
+/// The TCP flags a transition looks at (PSH, URG and the rest are ignored): the wire's
+/// flags byte decoded as the datapath decodes it (a decoding, not a decision).
+pub use netfast::common::conntrack::TcpFlags as Flags;
 
 /// Which sides have sent a FIN.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,25 +93,10 @@ pub fn next(state: State, flags: Flags, reply: bool, mut fins: Fins) -> (State, 
     (state, fins)
 }
 
-/// `wscale` of a direction whose SYN was not seen: its windows are judged as if scaled by
-/// the largest shift TCP allows.
-pub const WSCALE_UNKNOWN: u8 = 0xf;
-/// `wscale` of a SYN without the window scale option.
-pub const WSCALE_NONE: u8 = 0x10;
-/// RFC 7323's largest shift.
-pub const WSCALE_MAX: u8 = 14;
-
-/// What window tracking reads of a segment (host byte order).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Segment {
-    pub seq: u32,
-    pub ack: u32,
-    pub win: u16,
-    /// Payload bytes: the IPv4 total length less both headers.
-    pub len: u16,
-    /// A SYN's window scale option (0..=14), or [`WSCALE_NONE`].
-    pub wscale: u8,
-}
+/// The window scale codes an entry's `wscale` holds (a direction whose SYN was not seen, a
+/// SYN without the option, RFC 7323's largest shift), and what window tracking reads of a
+/// segment: the datapath's encodings, not decisions the fuzzer checks.
+pub use netfast::common::conntrack::{Segment, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN};
 
 /// What one direction has shown of itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
