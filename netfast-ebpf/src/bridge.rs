@@ -98,12 +98,7 @@ fn forward_here(
     now: u32,
 ) -> Result<i32, DropReason> {
     let mut r = Route::NONE;
-    let hop = Hop {
-        src,
-        dst,
-        must: true,
-        now,
-    };
+    let hop = Hop::must(src, dst, now);
     if !route(ctx, ip, &hop, &mut r) {
         return Err(DropReason::NoRoute);
     }
@@ -130,12 +125,7 @@ fn hairpin_start(
     dst: u32,
     r: &mut Route,
 ) -> Result<Option<u16>, DropReason> {
-    let hop = Hop {
-        src: net.ext_addr,
-        dst,
-        must: true,
-        now: p.now,
-    };
+    let hop = Hop::must(net.ext_addr, dst, p.now);
     if !route(ctx, &p.ip, &hop, r) {
         return Err(DropReason::NoRoute);
     }
@@ -242,10 +232,8 @@ fn try_established(
     let t = unsafe { (*entry).translated(&p.key) };
     let mut r = Route::NONE;
     let hop = Hop {
-        src: t.src_addr,
-        dst: t.dst_addr,
         must: hairpin,
-        now,
+        ..Hop::may(t.src_addr, t.dst_addr, now)
     };
     if !forward::route_cached(ctx, &p.ip, &hop, entry, &mut r) {
         if hairpin {
@@ -329,12 +317,7 @@ fn new_masquerade_flow(ctx: &TcContext, p: &Pkt, net: &NetInfo) -> Result<i32, D
         return isolated(ctx, ip);
     }
     let mut r = Route::NONE;
-    let hop = Hop {
-        src: net.ext_addr,
-        dst: ip.dst,
-        must: false,
-        now: p.now,
-    };
+    let hop = Hop::may(net.ext_addr, ip.dst, p.now);
     if !route(ctx, ip, &hop, &mut r) {
         forward::fallback(ctx);
         return isolated(ctx, ip);

@@ -169,7 +169,9 @@ fn lookup_in(table: Table, key: &CtKey, now: u32, origin: Origin) -> Option<*mut
 /// LRU evicted it; the repair paths make it again). Where the other entry's key now holds
 /// another flow — the LRU evicted it and a new flow took its tuple — `entry` is what is left
 /// of the old flow: used, it would translate packets as the old flow's, towards a tuple of
-/// the new one. It is removed, and the packet goes on as one of no known flow.
+/// the new one. It is removed, and the packet goes on as one of no known flow. The lookup
+/// of the other entry also tells the LRU that it is in use: a flow that only flows one way
+/// would otherwise leave it cold, to be evicted first under pressure.
 // Its own BPF function: inlined into every lookup, it led LLVM to spill a register it had
 // not written in `bridge_ingress`, which the verifier refuses (`R4 !read_ok`).
 #[inline(never)]
@@ -390,11 +392,9 @@ fn try_track(
             mapping_flows(key, e, table, expires, t);
         }
     } else if expires > e.expires {
-        // At most once a second per flow: the other half is looked up too, which tells the
-        // LRU that it is in use. A flow that only flows one way would otherwise leave it
-        // cold, to be evicted first under pressure.
+        // The other half needs no lookup to stay warm in the LRU: `lookup` looked it up
+        // (see `trusted`), for every packet of the flow.
         e.expires = expires;
-        let _ = entry_in(table, &e.peer_key(key));
     }
     if masq && expires > e.map_expires {
         let until = expires + netfast_common::nat::mapping_slack(t);

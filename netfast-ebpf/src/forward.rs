@@ -44,6 +44,29 @@ pub struct Hop {
     pub now: u32,
 }
 
+impl Hop {
+    /// A packet the host's stack may take instead, where the fast path cannot forward it.
+    #[inline(always)]
+    pub const fn may(src: u32, dst: u32, now: u32) -> Hop {
+        Hop {
+            src,
+            dst,
+            must: false,
+            now,
+        }
+    }
+
+    /// A packet that must be forwarded here whatever happens (hairpinned: the host's stack
+    /// would drop it).
+    #[inline(always)]
+    pub const fn must(src: u32, dst: u32, now: u32) -> Hop {
+        Hop {
+            must: true,
+            ..Hop::may(src, dst, now)
+        }
+    }
+}
+
 /// Where a packet goes next. A plain struct, filled in by [`route`] through a pointer: an
 /// enum returned from a BPF function is copied whole, undefined payload bytes included,
 /// which the verifier refuses.

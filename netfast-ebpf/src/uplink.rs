@@ -69,12 +69,7 @@ fn forward_in(
 ) -> Result<i32, DropReason> {
     if dir == Direction::In && conntrack::fast_path() {
         let mut r = Route::NONE;
-        let hop = Hop {
-            src,
-            dst,
-            must: false,
-            now,
-        };
+        let hop = Hop::may(src, dst, now);
         if forward::route(ctx, ip, &hop, &mut r) {
             return forward::forward(ctx, &r);
         }
@@ -178,12 +173,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             let mut fast = false;
             if !out && fast_path && flags & CT_F_INWARD != 0 {
                 let t = unsafe { (*entry).translated(&p.key) };
-                let hop = Hop {
-                    src: t.src_addr,
-                    dst: t.dst_addr,
-                    must: false,
-                    now,
-                };
+                let hop = Hop::may(t.src_addr, t.dst_addr, now);
                 fast = forward::route_cached(ctx, &p.ip, &hop, entry, &mut r);
                 if !fast {
                     forward::fallback(ctx);
@@ -233,12 +223,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             return Err(DropReason::NotAllowed);
         }
         let mut r = Route::NONE;
-        let hop = Hop {
-            src: ip.src,
-            dst: target.addr,
-            must: false,
-            now,
-        };
+        let hop = Hop::may(ip.src, target.addr, now);
         let fast = fast_path && forward::route(ctx, &p.ip, &hop, &mut r);
         // A packet that cannot open a flow (a stray ACK) is the host's to answer.
         if publish::dnat_new_flow(ctx, p, &target).get()? {
