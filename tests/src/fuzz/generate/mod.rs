@@ -340,15 +340,68 @@ impl Gen {
             .nth(i)
     }
 
-    /// One entry of a tracked flow is evicted.
+    /// One entry of a tracked flow is evicted; now and then a new flow then takes its tuple
+    /// and the old flow's other entry sees a packet (see `take_over`).
     fn evict(&mut self, m: &Model) -> Event {
-        match self.pick_entry_in(m) {
-            Some((key, e, table)) => Event::Evict {
-                table,
-                key: Self::ref_of(m, &key, &e),
-            },
-            None => self.container_opens(m),
+        let Some((key, e, table)) = self.pick_entry_in(m) else {
+            return self.container_opens(m);
+        };
+        if self.rng.chance(400) {
+            self.take_over(m, &key, &e);
         }
+        Event::Evict {
+            table,
+            key: Self::ref_of(m, &key, &e),
+        }
+    }
+
+    /// Queues, for after the eviction of `e` (keyed `key`): a packet that opens a new flow
+    /// whose tuples may include the evicted one, then the old flow's next packet through the
+    /// entry that is left. A flow from outside to a port published on every address comes
+    /// again from the same client to the host's other address (its container's answers
+    /// have the same tuple as the old flow's); any other flow opens again with its old
+    /// original tuple (after a republication, or a mapping gone, its answers have another).
+    /// Where the new flow took a tuple of the old one, the entry left is a stale half: it
+    /// must not translate the old flow's packet towards the new flow (`ct_stale_half`).
+    fn take_over(&mut self, m: &Model, key: &Tuple, e: &Entry) {
+        let left_key = e.peer_key(key);
+        let Some(left) =
+            m.ct.main
+                .get(&left_key)
+                .or_else(|| m.ct.inbound.get(&left_key))
+                .copied()
+        else {
+            return;
+        };
+        let (orig_key, orig) = if e.flags.reply {
+            (left_key, left)
+        } else {
+            (*key, *e)
+        };
+        let mut t = orig_key;
+        if orig.flags.published && !orig.flags.from_inside && e.flags.reply {
+            t.dst = if t.dst == EXT { EXT2 } else { EXT };
+        }
+        let opening = Event::Send {
+            from: Self::side_of(&orig_key, &orig),
+            pkt: Pkt::new(TupleRef::Lit(t), self.opening_body(t.proto)),
+        };
+        let body = match left_key.proto {
+            PROTO_TCP => self.tcp_next(&left, None),
+            PROTO_UDP => Body::Udp {
+                payload: self.rng.range(0, 300) as u16,
+            },
+            _ => Body::Echo {
+                reply: left_key.sport == 0 && left_key.dport != 0,
+                seq: self.rng.u16(),
+                payload: 8,
+            },
+        };
+        let next = Event::Send {
+            from: Self::side_of(&left_key, &left),
+            pkt: Pkt::new(TupleRef::Lit(left_key), body),
+        };
+        self.pending.extend([opening, next]);
     }
 
     /// The next packet of a tracked flow, in either direction, from where it would come.
