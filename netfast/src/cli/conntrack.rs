@@ -159,7 +159,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     };
     if matches!(command, Command::Delete { .. }) && filter.is_empty() {
         anyhow::bail!(
-            "delete needs at least one filter (e.g. `-p udp --dport 53`, `--container NAME`);              `netfast conntrack flush` forgets every flow"
+            "delete needs at least one filter (e.g. `-p udp --dport 53`, `--container NAME`); \
+                 `netfast conntrack flush` forgets every flow"
         );
     }
     let dp = Dataplane::open_existing(&host)?;

@@ -345,7 +345,8 @@ impl Loader {
         let peer = peer_name(&veth);
         if let Some(other) = locked.state.containers.iter().find(|c| c.veth == veth) {
             return Err(Error::Settings(format!(
-                "veth name {veth} of endpoint {name} is taken by container `{}`; remove it                  (`netfast container rm {}`)",
+                "veth name {veth} of endpoint {name} is taken by container `{}`; remove it \
+                 (`netfast container rm {}`)",
                 other.name, other.name
             )));
         }
