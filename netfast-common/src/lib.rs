@@ -316,7 +316,7 @@ mod tests {
         let c = NatClaim {
             owner,
             expires: 9,
-            _pad: 0,
+            closed_until: 0,
         };
         assert_eq!(
             (c.int_addr(), c.int_port(), c.net_id()),

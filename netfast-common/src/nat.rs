@@ -34,10 +34,9 @@ crate::map_type! {
         pub ext_port: u16,
         /// Flows using the mapping that have not closed yet (TCP flows are subtracted when they
         /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
-        /// TCP flow closes, the mapping's lifetime shrinks to no more than the longest a closed
-        /// flow lives (flows closed earlier are not counted, and may still live), and no less
-        /// than that last flow's. Never below the truth: a flow that failed to open is not
-        /// subtracted.
+        /// TCP flow closes, the mapping's lifetime shrinks to that of the closed flows (this
+        /// one, and those its claim's `closed_until` remembers). Never below the truth: a flow
+        /// that failed to open is not subtracted.
         pub flows: u16,
         /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
         pub expires: u32,
@@ -91,17 +90,25 @@ crate::map_type! {
         pub owner: u64,
         /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
         pub expires: u32,
-        pub _pad: u32,
+        /// CLOCK_MONOTONIC seconds: the latest a flow of the mapping that has closed may live
+        /// (its entries' expiry and a slack), or [`NatClaim::CLOSED_UNKNOWN`]. The binding
+        /// counts only the flows that have not closed; when the last of them closes, the
+        /// mapping must still outlive the closed ones.
+        pub closed_until: u32,
     }
 }
 
 impl NatClaim {
+    /// `closed_until` of a claim made again for a live binding (the LRU evicted it): the
+    /// flows that closed are not known, and live at most as long as a closed flow may.
+    pub const CLOSED_UNKNOWN: u32 = u32::MAX;
+
     /// A claim of the endpoint `owner` (see [`NatClaim::owner_of`]) until `expires`.
     pub const fn new(owner: u64, expires: u32) -> NatClaim {
         NatClaim {
             owner,
             expires,
-            _pad: 0,
+            closed_until: 0,
         }
     }
 

@@ -434,27 +434,30 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
     let two = e.flags & CT_F_TWO_MAPPINGS != 0;
     let peer_key = e.peer_key(key);
     let peer = entry_in(table, &peer_key);
+    let until = expires + netfast_common::nat::mapping_slack(t);
     if closed {
+        let now = expires - t;
         e.flags |= CT_F_RELEASED;
         if let Some(peer) = peer {
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { (*peer).flags |= CT_F_RELEASED };
         }
-        nat::release_mapping(key, e, expires, t);
+        if nat::release_mapping(key, e, until) {
+            nat::outlive_closed(key, e, until, now);
+        }
         if let Some(peer) = peer {
             // SAFETY: as above.
             let q = unsafe { &mut *peer };
-            if two {
-                nat::release_mapping(&peer_key, q, expires, t);
-            } else {
+            if !two {
                 // Both entries know how long the mapping lives now: a packet the other way
                 // (an answer to the close) extends it as far as it extends the flow.
                 q.map_expires = e.map_expires;
+            } else if nat::release_mapping(&peer_key, q, until) {
+                nat::outlive_closed(&peer_key, q, until, now);
             }
         }
         return;
     }
-    let until = expires + netfast_common::nat::mapping_slack(t);
     e.flags &= !CT_F_RELEASED;
     e.map_expires = nat::retake_mapping(key, e, until);
     if let Some(peer) = peer {

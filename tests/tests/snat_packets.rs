@@ -249,6 +249,44 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
     run_masqueraded(vec![("rst", flow)]);
 }
 
+/// A connection that lived long (its mapping kept alive hours ahead) and is reset frees its
+/// external port once the CLOSE timeout and its slack have passed, as Linux conntrack frees
+/// it: another container's first packet from the same port then keeps that port. A mapping
+/// held for as long as any closed state may last would run out of ports under churn.
+#[test]
+fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
+    let short = DpConfig {
+        tcp_close: 1,
+        ..DpConfig::default()
+    };
+    let flow = vec![
+        out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
+            .setup(move |t| configure(t, short))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
+            SERVER,
+            C1,
+            TcpFlags::SYN_ACK,
+        )),
+        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK))
+            .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
+            .check(state_is(C1, "ESTABLISHED")),
+        inbound(
+            "RST from the server",
+            tcp_in(SERVER, ext(40000), TcpFlags::RST),
+        )
+        .output(tcp_in(SERVER, C1, TcpFlags::RST))
+        .check(state_is(C1, "CLOSE")),
+        out(
+            "3 s later, another container's SYN from the same port keeps it",
+            tcp_out(C2, SERVER, TcpFlags::SYN),
+        )
+        .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+    ];
+    run_masqueraded(vec![("reset", flow)]);
+}
+
 #[test]
 fn udp_and_icmp_echo_round_trips() {
     let udp = vec![

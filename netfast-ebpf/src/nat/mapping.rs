@@ -21,7 +21,7 @@ use aya_ebpf::{
 use netfast_common::{
     DropReason,
     config::NetInfo,
-    conntrack::{CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    conntrack::{CT_F_RELEASED, CtEntry, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     maps::NAT_PORT_TRIES,
     nat::{
         NatBindKey, NatBinding, NatClaim, NatClaimKey, mapping_keys, mapping_slack, port_candidate,
@@ -113,7 +113,10 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     let claim = match NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
         Some(c) => c,
         None => {
-            let fresh = NatClaim::new(owner, until);
+            let fresh = NatClaim {
+                closed_until: NatClaim::CLOSED_UNKNOWN,
+                ..NatClaim::new(owner, until)
+            };
             return NETFAST_NAT_CLAIM
                 .insert(ck, &fresh, BPF_NOEXIST as u64)
                 .is_ok();
@@ -422,6 +425,9 @@ pub fn retake_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
 #[inline(always)]
 fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
+    if entry.flags & CT_F_RELEASED != 0 {
+        note_closed(&ck, &bk, until);
+    }
     match NETFAST_NAT_BIND.get_ptr_mut(&bk) {
         Some(binding) => {
             let word = binding.cast::<u64>();
@@ -460,19 +466,102 @@ fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     until
 }
 
-/// A TCP flow of the mapping has closed (now, `t` seconds before its entries expire at
-/// `until`): one flow fewer, and the flow's entries know the mapping must live as long as
-/// they do (`until`, and a slack): a later packet of the closed flow extends it again.
-/// When it was the last, the mapping lives only as long as the closed flows may: not past
-/// this one's end, nor past the longest any closed flow lives from now (the flows that
-/// closed before this one are no longer counted, but each lives at most that long).
+/// A TCP flow of the mapping has closed; its entries, and the mapping for them, live until
+/// `until` (a slack included). One flow fewer; the claim remembers `until` among the closed
+/// flows' (`closed_until`), and the flow's entries know it: a later packet of the closed
+/// flow extends the mapping again. True when it was the last flow: the mapping then lives
+/// until `until`, and the caller makes it outlive the closed flows (`outlive_closed`).
 #[inline(never)]
-pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32, t: u32) {
-    // Read before anything is on the stack: the settings' lookups are calls.
-    let closed = conntrack::closed_timeout();
-    let bound = until - t + closed + mapping_slack(closed);
-    let until = until + mapping_slack(t);
+pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) -> bool {
     let (bk, ck) = mapping_keys(key, entry);
+    let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(&bk) else {
+        return false;
+    };
+    // Before the count goes down: the CPU that takes it to zero reads it after.
+    note_closed(&ck, &bk, until);
+    let word = binding.cast::<u64>();
+    for _ in 0..CAS_TRIES {
+        let old = load_word(word);
+        let b = NatBinding::from_word(old);
+        if b.ext_port != ck.ext_port {
+            return false;
+        }
+        let flows = b.flows.saturating_sub(1);
+        let new = NatBinding {
+            ext_port: b.ext_port,
+            flows,
+            expires: if flows == 0 { until } else { b.expires },
+        };
+        if cas(word, old, new.word()) {
+            entry.map_expires = until;
+            return flows == 0;
+        }
+    }
+    false
+}
+
+/// Raises the `closed_until` of the claim `ck`, if it is still the endpoint's (of `bk`), to
+/// `until`.
+#[inline(always)]
+fn note_closed(ck: &NatClaimKey, bk: &NatBindKey, until: u32) {
+    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this program run; `closed_until` is an aligned
+    // u32 of it.
+    let c = unsafe { &mut *claim };
+    if !c.owned_by(bk.int_addr, bk.int_port) {
+        return;
+    }
+    let word = &raw mut c.closed_until;
+    for _ in 0..CAS_TRIES {
+        // SAFETY: as above.
+        let was = unsafe { core::ptr::read_volatile(word) };
+        if was >= until
+            || unsafe {
+                atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    word, was, until,
+                )
+                .1
+            }
+        {
+            return;
+        }
+    }
+}
+
+/// The last flow of the mapping of `key` has closed (now), its own entries living until
+/// `until`: the mapping lives as long as the flows that closed before it may, as its claim
+/// remembers them (`closed_until`), but no longer than any closed flow can live from now
+/// (the longest closed state's timeout and its slack), which also bounds them when the
+/// claim does not know (`CLOSED_UNKNOWN`, or no claim).
+// Its own BPF function, beside `release_mapping` rather than in it: the bridge's deepest
+// call chain ends there, at the verifier's 512 bytes.
+#[inline(never)]
+pub fn outlive_closed(key: &CtKey, entry: &CtEntry, until: u32, now: u32) {
+    let t = conntrack::closed_timeout();
+    let bound = now + t + mapping_slack(t);
+    let (bk, ck) = mapping_keys(key, entry);
+    let claim = NETFAST_NAT_CLAIM
+        .get_ptr_mut(&ck)
+        // SAFETY: a map value pointer, valid for this program run.
+        .filter(|c| unsafe { (**c).owned_by(bk.int_addr, bk.int_port) });
+    // SAFETY: as above.
+    let closed = claim.map_or(NatClaim::CLOSED_UNKNOWN, |c| unsafe {
+        core::ptr::read_volatile(&raw const (*c).closed_until)
+    });
+    let keep = if closed < bound { closed } else { bound };
+    if keep <= until {
+        if let Some(c) = claim {
+            // SAFETY: as above. A hint only.
+            unsafe { (*c).expires = until };
+        }
+        return;
+    }
+    if let Some(c) = claim {
+        // SAFETY: as above. A hint only.
+        unsafe { (*c).expires = keep };
+    }
     let Some(binding) = NETFAST_NAT_BIND.get_ptr_mut(&bk) else {
         return;
     };
@@ -480,34 +569,11 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32, t: u32) {
     for _ in 0..CAS_TRIES {
         let old = load_word(word);
         let b = NatBinding::from_word(old);
-        if b.ext_port != ck.ext_port {
+        if b.ext_port != ck.ext_port || b.expires >= keep {
             return;
         }
-        let flows = b.flows.saturating_sub(1);
-        let keep = if b.expires < bound { b.expires } else { bound };
-        let expires = if flows != 0 {
-            b.expires
-        } else if keep < until {
-            until
-        } else {
-            keep
-        };
-        let new = NatBinding {
-            ext_port: b.ext_port,
-            flows,
-            expires,
-        };
+        let new = NatBinding { expires: keep, ..b };
         if cas(word, old, new.word()) {
-            entry.map_expires = until;
-            if flows == 0
-                && let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck)
-            {
-                // SAFETY: a map value pointer, valid for this program run. A hint only.
-                let c = unsafe { &mut *claim };
-                if c.owned_by(bk.int_addr, bk.int_port) {
-                    c.expires = expires;
-                }
-            }
             return;
         }
     }

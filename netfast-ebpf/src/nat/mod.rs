@@ -22,8 +22,8 @@ mod mapping;
 mod open;
 
 pub use mapping::{
-    HOST_FLOWS, extend_mapping, held_by_a_container, live_claim, mapping, release_mapping,
-    retake_mapping,
+    HOST_FLOWS, extend_mapping, held_by_a_container, live_claim, mapping, outlive_closed,
+    release_mapping, retake_mapping,
 };
 pub use open::{
     FILTERED, apply_opened, eif_new_flow, insert_new, mapping_hairpin_new_flow, new_flow_times,

@@ -312,7 +312,7 @@ mod tests {
             NatClaim {
                 owner: NatClaim::owner_of(0x0200_12ac, int_port.to_be(), 1),
                 expires: claim_expires,
-                _pad: 0,
+                closed_until: 0,
             },
         );
     }
@@ -391,7 +391,7 @@ mod tests {
             NatClaim {
                 owner: NatClaim::owner_of(0x0200_12ac, 1000u16.to_be(), 1),
                 expires: NOW - 100,
-                _pad: 0,
+                closed_until: 0,
             },
         );
         let p = plan(&s, NOW);

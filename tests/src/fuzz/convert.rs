@@ -139,7 +139,7 @@ pub fn claim(c: &Claim) -> NatClaim {
     NatClaim {
         owner: NatClaim::owner_of(raw_addr(c.owner.0), c.owner.1.to_be(), c.owner_net),
         expires: c.expires,
-        _pad: 0,
+        closed_until: c.closed_until,
     }
 }
 
@@ -321,5 +321,6 @@ pub fn model_claim(c: &NatClaim) -> Claim {
         ),
         owner_net: c.net_id(),
         expires: c.expires,
+        closed_until: c.closed_until,
     }
 }

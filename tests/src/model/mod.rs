@@ -301,6 +301,8 @@ pub struct Claim {
     pub owner: Endpoint,
     pub owner_net: u16,
     pub expires: u32,
+    /// The latest a flow of the mapping that has closed may live (see `release_mapping`).
+    pub closed_until: u32,
 }
 
 impl Claim {

@@ -13,7 +13,10 @@
 
 use std::net::Ipv4Addr;
 
-use netfast::common::{DropReason, maps::NAT_PORT_TRIES};
+use netfast::common::{DropReason, maps::NAT_PORT_TRIES, nat::NatClaim};
+
+/// `closed_until` of a claim that does not know its mapping's closed flows.
+const CLOSED_UNKNOWN: u32 = NatClaim::CLOSED_UNKNOWN;
 
 use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
@@ -138,10 +141,12 @@ impl Model {
     ) -> bool {
         match self.claim(touched, ck) {
             None => {
+                // Made again for a live binding: the flows that closed are not known.
                 let c = Claim {
                     owner: (bk.int_addr, bk.int_port),
                     owner_net: net_id,
                     expires: until,
+                    closed_until: CLOSED_UNKNOWN,
                 };
                 self.set_claim(touched, *ck, c);
                 true
@@ -377,11 +382,13 @@ impl Model {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
                 expires: c.expires.max(until),
+                closed_until: c.closed_until,
             },
             None => Claim {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
                 expires: until,
+                closed_until: 0,
             },
         };
         self.set_claim(touched, ck, c);
@@ -419,6 +426,9 @@ impl Model {
         how: Keep,
     ) -> u32 {
         let (bk, ck) = mapping_keys(key, e);
+        if e.flags.released {
+            self.note_closed(touched, &ck, &bk, until);
+        }
         let more = u16::from(how == Keep::Retake);
         match self.binding(touched, &bk) {
             Some(b) => {
@@ -461,9 +471,12 @@ impl Model {
     }
 
     /// A TCP flow of the mapping has closed: one flow fewer, and the flow's entries keep the
-    /// mapping alive as long as they live (`until`, plus the slack). When it was the last,
-    /// the mapping (and its claim, if still the endpoint's) lives only as long as closed
-    /// flows may.
+    /// mapping alive as long as they live (`until`, plus the slack); its claim, if still the
+    /// endpoint's, remembers that among the closed flows' (`closed_until`). When it was the
+    /// last flow, the mapping (and its claim) lives as long as the closed flows: those the
+    /// claim remembers, never longer than a closed flow can live from now (the longest
+    /// closed state's timeout and its slack), which also bounds them when the claim does not
+    /// know (`CLOSED_UNKNOWN`, or no claim).
     pub fn release_mapping(
         &mut self,
         touched: &mut Touched,
@@ -476,24 +489,26 @@ impl Model {
             return;
         };
         let until = until + mapping_slack(until.saturating_sub(self.now));
+        self.note_closed(touched, &ck, &bk, until);
         if b.ext_port != ck.ext_port {
             return;
         }
         let flows = b.flows.saturating_sub(1);
-        // The last flow closed: the mapping lives as long as a closed flow may, and at
-        // least as long as every flow that closed before (each lives at most the longest
-        // closed state's timeout and its slack from now).
-        let expires = if flows == 0 {
-            let closed = self
-                .config
-                .timeout(PROTO_TCP, tcp::State::TimeWait)
-                .max(self.config.timeout(PROTO_TCP, tcp::State::Close));
-            b.expires
-                .min(self.now + closed + mapping_slack(closed))
-                .max(until)
-        } else {
-            b.expires
-        };
+        e.map_expires = until;
+        if flows != 0 {
+            self.set_binding(touched, bk, Binding { flows, ..b });
+            return;
+        }
+        let t = self
+            .config
+            .timeout(PROTO_TCP, tcp::State::TimeWait)
+            .max(self.config.timeout(PROTO_TCP, tcp::State::Close));
+        let bound = self.now + t + mapping_slack(t);
+        let claim = self
+            .claim(touched, &ck)
+            .filter(|c| c.owned_by((bk.int_addr, bk.int_port)));
+        let closed = claim.map_or(CLOSED_UNKNOWN, |c| c.closed_until);
+        let expires = closed.min(bound).max(until);
         self.set_binding(
             touched,
             bk,
@@ -503,14 +518,27 @@ impl Model {
                 expires,
             },
         );
-        if flows == 0
-            && let Some(c) = self.claim(touched, &ck)
-            && c.owned_by((bk.int_addr, bk.int_port))
-        {
+        if let Some(c) = claim {
             self.set_claim(touched, ck, Claim { expires, ..c });
         }
-        // The closed flow's entries keep the mapping alive as long as they live.
-        e.map_expires = until;
+    }
+
+    /// Raises `closed_until` of the claim `ck`, if still the endpoint's (of `bk`), to
+    /// `until`: a flow of the mapping that has closed lives until then.
+    fn note_closed(&mut self, touched: &mut Touched, ck: &ClaimKey, bk: &BindKey, until: u32) {
+        if let Some(c) = self.claim(touched, ck)
+            && c.owned_by((bk.int_addr, bk.int_port))
+            && c.closed_until < until
+        {
+            self.set_claim(
+                touched,
+                *ck,
+                Claim {
+                    closed_until: until,
+                    ..c
+                },
+            );
+        }
     }
 
     /// Whether a container's live mapping holds the source (address, port) of the host's
