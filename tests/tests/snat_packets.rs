@@ -217,13 +217,14 @@ fn tcp_lifetime_through_the_nat() {
     run_masqueraded(vec![("tcp lifetime", flow)]);
 }
 
-#[test]
-fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
+/// C1's connection to SERVER under settings whose CLOSE timeout is 1 s: its SYN (the
+/// settings written first) and the server's SYN-ACK.
+fn answered_with_a_short_close() -> Vec<Case> {
     let short = DpConfig {
         tcp_close: 1,
         ..DpConfig::default()
     };
-    let flow = vec![
+    vec![
         out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
             .setup(move |t| configure(t, short))
             .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
@@ -232,12 +233,24 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
             C1,
             TcpFlags::SYN_ACK,
         )),
-        inbound(
-            "RST from the server",
-            tcp_in(SERVER, ext(40000), TcpFlags::RST),
-        )
-        .output(tcp_in(SERVER, C1, TcpFlags::RST))
-        .check(state_is(C1, "CLOSE")),
+    ]
+}
+
+/// The server's RST, which closes C1's connection.
+fn reset_by_the_server() -> Case {
+    inbound(
+        "RST from the server",
+        tcp_in(SERVER, ext(40000), TcpFlags::RST),
+    )
+    .output(tcp_in(SERVER, C1, TcpFlags::RST))
+    .check(state_is(C1, "CLOSE"))
+}
+
+#[test]
+fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
+        reset_by_the_server(),
         // After the CLOSE timeout (1 s) the flow is gone: a late packet is not translated.
         inbound(
             "a late ACK after expiry is left alone",
@@ -245,7 +258,7 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
         )
         .setup(|t| t.advance_clock(2).map_err(|e| e.to_string()))
         .check(live_flows(0)),
-    ];
+    ]);
     run_masqueraded(vec![("rst", flow)]);
 }
 
@@ -255,35 +268,19 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
 /// held for as long as any closed state may last would run out of ports under churn.
 #[test]
 fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
-    let short = DpConfig {
-        tcp_close: 1,
-        ..DpConfig::default()
-    };
-    let flow = vec![
-        out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
-            .setup(move |t| configure(t, short))
-            .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
-        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
-            SERVER,
-            C1,
-            TcpFlags::SYN_ACK,
-        )),
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
         out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK))
             .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
             .check(state_is(C1, "ESTABLISHED")),
-        inbound(
-            "RST from the server",
-            tcp_in(SERVER, ext(40000), TcpFlags::RST),
-        )
-        .output(tcp_in(SERVER, C1, TcpFlags::RST))
-        .check(state_is(C1, "CLOSE")),
+        reset_by_the_server(),
         out(
             "3 s later, another container's SYN from the same port keeps it",
             tcp_out(C2, SERVER, TcpFlags::SYN),
         )
         .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
         .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
-    ];
+    ]);
     run_masqueraded(vec![("reset", flow)]);
 }
 
