@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Loader, caps,
     change::Change,
+    intent::Mark,
     model::{Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
     state::Locked,
     validate::{self, Invalid},
@@ -359,6 +360,10 @@ impl Loader {
         }
         let host_side = nl.add_veth_pair(&veth, &peer, Some(mac))?;
         let plumbed = (|| -> Result<()> {
+            // Marked as the command line's containers are: a pair left by a create cut short
+            // before the state was saved is then removed by the next command (and `down`),
+            // even when Docker never asks again.
+            nl.set_alias(&host_side, &Mark::container(&self.host.key, &name))?;
             let peer_link = nl
                 .link(&peer)?
                 .ok_or_else(|| Error::NoInterface(peer.clone()))?;
