@@ -594,3 +594,12 @@ pub const fn timeout(cfg: &crate::config::DpConfig, proto: u8, state: TcpState) 
         _ => cfg.icmp,
     }
 }
+
+/// The longest a closed TCP flow (TIME_WAIT or CLOSE) lives without a packet.
+pub const fn closed_timeout(cfg: &crate::config::DpConfig) -> u32 {
+    let (w, c) = (
+        timeout(cfg, PROTO_TCP, TcpState::TimeWait),
+        timeout(cfg, PROTO_TCP, TcpState::Close),
+    );
+    if w < c { c } else { w }
+}

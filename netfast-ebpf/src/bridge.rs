@@ -129,7 +129,7 @@ fn hairpin_start(
     if !route(ctx, &p.ip, &hop, r) {
         return Err(DropReason::NoRoute);
     }
-    if !publish::can_open(p) {
+    if !nat::can_open(p) {
         return Ok(None);
     }
     masquerade_port(ctx, p, net).map(Some)

@@ -16,7 +16,7 @@ use netfast_common::{
         CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED,
         CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CT_F_TWO_MAPPINGS, CtEntry,
         CtEvent, CtKey, NewEntry, PROTO_TCP, Segment, TcpFlags, TcpState, WSCALE_UNKNOWN,
-        agreed_wscale, rst_in_window, sent, tcp_next, timeout,
+        agreed_wscale, closed_timeout as closed, rst_in_window, sent, tcp_next, timeout,
     },
     nat::NatClaimKey,
 };
@@ -80,14 +80,14 @@ pub fn timeout_of(proto: u8, state: TcpState) -> u32 {
     }
 }
 
-/// The longest a closed TCP flow (TIME_WAIT or CLOSE) lives without a packet.
+/// The longest a closed TCP flow (TIME_WAIT or CLOSE) lives without a packet, from one read
+/// of the settings.
 #[inline(always)]
 pub fn closed_timeout() -> u32 {
-    let (w, c) = (
-        timeout_of(PROTO_TCP, TcpState::TimeWait),
-        timeout_of(PROTO_TCP, TcpState::Close),
-    );
-    if w < c { c } else { w }
+    match NETFAST_CONFIG.get(0) {
+        Some(cfg) if cfg.tcp_established != 0 => closed(cfg),
+        _ => closed(&DpConfig::default()),
+    }
 }
 
 /// Whether the fast path is on (the default until the loader writes the settings). Read in
@@ -196,7 +196,8 @@ fn remove_stale(table: Table, key: &CtKey) {
         Table::Main => NETFAST_CT.remove(key),
         Table::Inbound => NETFAST_CT_INBOUND.remove(key),
     };
-    crate::stats::count_event_only(netfast_common::stats::Event::CtStaleHalf);
+    // The packet is out of reach here: its bytes are not counted.
+    crate::stats::count_event(netfast_common::stats::Event::CtStaleHalf, 0);
 }
 
 /// An expired entry whose peer lives and points back: the flow lives on.
@@ -257,7 +258,7 @@ pub fn promote(ctx: &TcContext, key: &CtKey, entry: *mut CtEntry, now: u32) {
     }
     let _ = NETFAST_CT_INBOUND.remove(key);
     let _ = NETFAST_CT_INBOUND.remove(&peer_key);
-    crate::stats::count_event(ctx, netfast_common::stats::Event::InboundAnswered);
+    crate::stats::count_event(netfast_common::stats::Event::InboundAnswered, ctx.len());
 }
 
 /// Whether the main table's entry at `key` belongs to a live flow other than the one whose

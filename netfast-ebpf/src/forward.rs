@@ -285,7 +285,7 @@ pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
         }
     };
     if ret as i32 == TC_ACT_REDIRECT {
-        stats::count_event(ctx, Event::FastPath);
+        stats::count_event(Event::FastPath, ctx.len());
         Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::NoRoute)
@@ -295,5 +295,5 @@ pub fn forward(ctx: &TcContext, route: &Route) -> Result<i32, DropReason> {
 /// Counts a packet the fast path had to leave to the stack.
 #[inline(always)]
 pub fn fallback(ctx: &TcContext) {
-    stats::count_event(ctx, Event::FastPathFallback);
+    stats::count_event(Event::FastPathFallback, ctx.len());
 }

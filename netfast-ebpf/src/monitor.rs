@@ -42,11 +42,11 @@ pub fn dropped(ctx: &TcContext, hook: Hook, reason: DropReason) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if !spend(now / NS_PER_SEC) {
-        crate::stats::count_event(ctx, Event::MonitorSuppressed);
+        crate::stats::count_event(Event::MonitorSuppressed, ctx.len());
         return;
     }
     let Some(mut slot) = NETFAST_DROP_EVENTS.reserve::<DropEvent>(0) else {
-        crate::stats::count_event(ctx, Event::MonitorSuppressed);
+        crate::stats::count_event(Event::MonitorSuppressed, ctx.len());
         return;
     };
     let ev = slot.as_mut_ptr();

@@ -7,8 +7,7 @@ use netfast_common::{
     config::NetInfo,
     conntrack::{
         CT_F_FROM_INSIDE, CT_F_INWARD, CT_F_MASQ_SRC, CT_F_PUBLISHED, CT_F_REDIRECT,
-        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, FlowTimes, NewEntry, PROTO_TCP, PROTO_UDP, TcpFlags,
-        TcpState,
+        CT_F_REWRITE_DST, CT_F_REWRITE_SRC, FlowTimes, NewEntry, PROTO_TCP, PROTO_UDP, TcpState,
     },
     nat::port_candidate,
     publish::{AllowKey, PubKey, PubTarget},
@@ -88,13 +87,6 @@ pub fn allowed(target: &PubTarget, client: u32) -> bool {
                 },
             ))
             .is_some()
-}
-
-/// Whether the packet `p` may open a flow: a TCP SYN, or any UDP or ICMP echo.
-#[inline(always)]
-pub fn can_open(p: &Pkt) -> bool {
-    let tcp = TcpFlags::from_byte(p.tcp_flags);
-    p.key.proto != PROTO_TCP || tcp.opens()
 }
 
 /// A client from outside opens a flow to a published port: its destination becomes the

@@ -41,14 +41,9 @@ pub fn count_network(ctx: &TcContext, net_id: u16, to_containers: bool) {
     );
 }
 
-/// Counts an event (see `Event`).
+/// Counts an event (see `Event`) of a packet of `bytes` bytes (0 where the packet is out of
+/// reach).
 #[inline(always)]
-pub fn count_event(ctx: &TcContext, event: Event) {
-    count(&NETFAST_STATS, event_slot(event), ctx.len());
-}
-
-/// Counts an event where the packet is out of reach (its bytes are not counted).
-#[inline(always)]
-pub fn count_event_only(event: Event) {
-    count(&NETFAST_STATS, event_slot(event), 0);
+pub fn count_event(event: Event, bytes: u32) {
+    count(&NETFAST_STATS, event_slot(event), bytes);
 }

@@ -90,7 +90,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             // Translated and routed by the fast path a moment ago: nothing left to do. (The
             // bridge's ingress clears the mark on everything a container sends.)
             unsafe { (*ctx.skb.skb).tc_index = tc_index & !FORWARDED_TC_INDEX };
-            stats::count_event(ctx, netfast_common::stats::Event::FastPathEgress);
+            stats::count_event(netfast_common::stats::Event::FastPathEgress, ctx.len());
             return Ok(NEXT);
         }
     }
@@ -158,7 +158,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             // A masqueraded flow that lost its reply entry (the LRU, under pressure) while
             // its original one lives: restored rather than left to the host.
             if found.is_none() && target.is_none() && conntrack::restore_reply(&p.key, now) {
-                stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
+                stats::count_event(netfast_common::stats::Event::CtRepaired, ctx.len());
                 found = conntrack::lookup(&p.key, now, Origin::Outside).map(|e| (e, Table::Main));
             }
         }
@@ -201,7 +201,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             // The host's own packet, from a port a container's mapping holds: it leaves
             // masqueraded behind its own address, from a port nobody holds.
             None if nat::held_by_a_container(&p.key, now) => {
-                stats::count_event(ctx, netfast_common::stats::Event::HostFlowRemapped);
+                stats::count_event(netfast_common::stats::Event::HostFlowRemapped, ctx.len());
                 NetInfo {
                     id: nat::HOST_FLOWS,
                     flags: 0,

@@ -167,12 +167,8 @@ fn docker_runs_published_containers_on_netfast_networks() {
         .topo
         .host
         .exec_ok(&["ip", "-j", "link", "show", "dev", &cts[0].veth]);
-    let alias = link
-        .split("\"ifalias\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_owned();
+    let links: Vec<serde_json::Value> = serde_json::from_str(&link).expect("ip -j link");
+    let alias = links[0]["ifalias"].as_str().unwrap_or_default().to_owned();
     assert!(
         alias.starts_with("netfast ") && alias.ends_with(&format!(" container {name}")),
         "{link}"

@@ -143,13 +143,13 @@ fn answer_to_a_close_outlives_its_mapping() {
 }
 
 /// Found by CI's short fuzz (random seed 789372828, episode 80, shrunk): a container's
-/// flow closes (both FINs: TIME_WAIT, 120 s) while a hairpin from another network still
+/// flow closes (both FINs: TIME_WAIT, 240 s) while a hairpin from another network still
 /// uses its mapping, so the mapping has one flow fewer and keeps its lifetime. The
 /// hairpin's RST then closes the last flow of the mapping, which was cut to that close's
 /// 10 s (and a slack), shorter than the flow still in TIME_WAIT: 31 s later another
-/// container took the external port while that flow lived on it. Now the last close keeps
-/// the mapping as long as any closed flow may live, and every closed flow's entries extend
-/// it with their own packets.
+/// container took the external port while that flow lived on it. Now every close records
+/// how long its flow lives in the claim (`closed_until`), and the last close keeps the
+/// mapping that long.
 #[test]
 fn last_close_cuts_short_an_earlier_close() {
     replay("last-close-cuts-short-an-earlier-close");

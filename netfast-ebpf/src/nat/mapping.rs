@@ -425,8 +425,11 @@ pub fn retake_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
 #[inline(always)]
 fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
-    if entry.flags & CT_F_RELEASED != 0 {
-        note_closed(&ck, &bk, until);
+    let claim = owned_claim(&ck, &bk);
+    if entry.flags & CT_F_RELEASED != 0
+        && let Some(c) = claim
+    {
+        note_closed(c, until);
     }
     match NETFAST_NAT_BIND.get_ptr_mut(&bk) {
         Some(binding) => {
@@ -456,10 +459,10 @@ fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
             let _ = NETFAST_NAT_BIND.insert(&bk, &again, BPF_NOEXIST as u64);
         }
     }
-    if let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(&ck) {
+    if let Some(c) = claim {
         // SAFETY: a map value pointer, valid for this program run.
-        let c = unsafe { &mut *claim };
-        if c.owned_by(bk.int_addr, bk.int_port) && c.expires < until {
+        let c = unsafe { &mut *c };
+        if c.expires < until {
             c.expires = until;
         }
     }
@@ -478,7 +481,9 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) -> bool {
         return false;
     };
     // Before the count goes down: the CPU that takes it to zero reads it after.
-    note_closed(&ck, &bk, until);
+    if let Some(c) = owned_claim(&ck, &bk) {
+        note_closed(c, until);
+    }
     let word = binding.cast::<u64>();
     for _ in 0..CAS_TRIES {
         let old = load_word(word);
@@ -500,20 +505,21 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) -> bool {
     false
 }
 
-/// Raises the `closed_until` of the claim `ck`, if it is still the endpoint's (of `bk`), to
-/// `until`.
+/// The claim `ck`, if it is still the endpoint's (of `bk`).
 #[inline(always)]
-fn note_closed(ck: &NatClaimKey, bk: &NatBindKey, until: u32) {
-    let Some(claim) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) else {
-        return;
-    };
+fn owned_claim(ck: &NatClaimKey, bk: &NatBindKey) -> Option<*mut NatClaim> {
+    NETFAST_NAT_CLAIM
+        .get_ptr_mut(ck)
+        // SAFETY: a map value pointer, valid for this program run.
+        .filter(|c| unsafe { (**c).owned_by(bk.int_addr, bk.int_port) })
+}
+
+/// Raises the `closed_until` of `claim` to `until`.
+#[inline(always)]
+fn note_closed(claim: *mut NatClaim, until: u32) {
     // SAFETY: a map value pointer, valid for this program run; `closed_until` is an aligned
     // u32 of it.
-    let c = unsafe { &mut *claim };
-    if !c.owned_by(bk.int_addr, bk.int_port) {
-        return;
-    }
-    let word = &raw mut c.closed_until;
+    let word = unsafe { &raw mut (*claim).closed_until };
     for _ in 0..CAS_TRIES {
         // SAFETY: as above.
         let was = unsafe { core::ptr::read_volatile(word) };
@@ -542,11 +548,8 @@ pub fn outlive_closed(key: &CtKey, entry: &CtEntry, until: u32, now: u32) {
     let t = conntrack::closed_timeout();
     let bound = now + t + mapping_slack(t);
     let (bk, ck) = mapping_keys(key, entry);
-    let claim = NETFAST_NAT_CLAIM
-        .get_ptr_mut(&ck)
-        // SAFETY: a map value pointer, valid for this program run.
-        .filter(|c| unsafe { (**c).owned_by(bk.int_addr, bk.int_port) });
-    // SAFETY: as above.
+    let claim = owned_claim(&ck, &bk);
+    // SAFETY: a map value pointer, valid for this program run.
     let closed = claim.map_or(NatClaim::CLOSED_UNKNOWN, |c| unsafe {
         core::ptr::read_volatile(&raw const (*c).closed_until)
     });

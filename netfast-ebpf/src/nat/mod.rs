@@ -26,8 +26,8 @@ pub use mapping::{
     release_mapping, retake_mapping,
 };
 pub use open::{
-    FILTERED, apply_opened, eif_new_flow, insert_new, mapping_hairpin_new_flow, new_flow_times,
-    opened, opening_times, snat_new_flow, times_of,
+    FILTERED, apply_opened, can_open, eif_new_flow, insert_new, mapping_hairpin_new_flow,
+    new_flow_times, opened, opening_times, snat_new_flow, times_of,
 };
 
 /// The ifindex of the device the hook runs on.

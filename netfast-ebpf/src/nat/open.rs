@@ -99,17 +99,28 @@ pub fn new_flow_times(p: &Pkt) -> Result<FlowTimes, DropReason> {
     Ok(times_of(p, state))
 }
 
-/// The state and times of the flow `p` opens; `None` when it may not open one (a TCP
-/// segment that is not a SYN).
+/// The state a flow `p` opens starts in; `None` when `p` may not open one (a TCP segment
+/// that is not a SYN without ACK or RST).
+#[inline(always)]
+pub fn opening_state(p: &Pkt) -> Option<TcpState> {
+    let tcp = TcpFlags::from_byte(p.tcp_flags);
+    match p.key.proto {
+        PROTO_TCP if tcp.opens() => Some(tcp_next(TcpState::None, tcp, false, 0).0),
+        PROTO_TCP => None,
+        _ => Some(TcpState::None),
+    }
+}
+
+/// Whether the packet `p` may open a flow: a TCP SYN, or any UDP or ICMP echo.
+#[inline(always)]
+pub fn can_open(p: &Pkt) -> bool {
+    opening_state(p).is_some()
+}
+
+/// The state and times of the flow `p` opens; `None` when it may not open one.
 #[inline(always)]
 pub fn opening_times(p: &Pkt) -> Option<FlowTimes> {
-    let tcp = TcpFlags::from_byte(p.tcp_flags);
-    let state = match p.key.proto {
-        PROTO_TCP if tcp.opens() => tcp_next(TcpState::None, tcp, false, 0).0,
-        PROTO_TCP => return None,
-        _ => TcpState::None,
-    };
-    Some(times_of(p, state))
+    opening_state(p).map(|state| times_of(p, state))
 }
 
 /// The times of a flow `p` opens in `state`.
@@ -200,11 +211,11 @@ pub fn opened(ctx: &TcContext, o: Outcome) -> Result<u32, DropReason> {
     match o.value()? {
         conntrack::CLASH => Err(DropReason::CtInsertFailed),
         conntrack::REPAIRED => {
-            stats::count_event(ctx, netfast_common::stats::Event::CtRepaired);
+            stats::count_event(netfast_common::stats::Event::CtRepaired, ctx.len());
             Ok(1)
         }
         conntrack::INSERTED_INBOUND => {
-            stats::count_event(ctx, netfast_common::stats::Event::InboundOpened);
+            stats::count_event(netfast_common::stats::Event::InboundOpened, ctx.len());
             Ok(1)
         }
         _ => Ok(1),
@@ -221,14 +232,12 @@ pub fn eif_new_flow(ctx: &TcContext, p: &Pkt) -> Outcome {
 
 #[inline(always)]
 fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
-    let (key, tcp_flags, now) = (&p.key, p.tcp_flags, p.now);
-
-    let tcp = TcpFlags::from_byte(tcp_flags);
-    match key.proto {
-        PROTO_UDP => {}
-        PROTO_TCP if tcp.opens() => {}
+    let (key, now) = (&p.key, p.now);
+    // UDP, or a TCP SYN.
+    let state = match opening_state(p) {
+        Some(state) if key.proto == PROTO_UDP || key.proto == PROTO_TCP => state,
         _ => return Ok(0),
-    }
+    };
     let ck = NatClaimKey::new(key.dst_addr, key.dst_port, key.proto);
     let Some(claim) = NETFAST_NAT_CLAIM.get_ptr(&ck) else {
         return Ok(0);
@@ -261,9 +270,7 @@ fn try_eif_new_flow(ctx: &TcContext, p: &Pkt) -> Result<u32, DropReason> {
     ) {
         return Ok(0);
     }
-    let Some(times) = opening_times(p) else {
-        return Ok(0);
-    };
+    let times = times_of(p, state);
     if reuse_mapping(&bk, claim.net_id(), now, times.map_expires).value()?
         != u32::from(key.dst_port)
     {

@@ -15,15 +15,15 @@ use std::net::Ipv4Addr;
 
 use netfast::common::{DropReason, maps::NAT_PORT_TRIES, nat::NatClaim};
 
-/// `closed_until` of a claim that does not know its mapping's closed flows.
-const CLOSED_UNKNOWN: u32 = NatClaim::CLOSED_UNKNOWN;
-
 use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
     PROTO_UDP, Tuple,
     conntrack::{Touched, noted_get, noted_put},
     mapping_slack, tcp,
 };
+
+/// `closed_until` of a claim that does not know its mapping's closed flows.
+const CLOSED_UNKNOWN: u32 = NatClaim::CLOSED_UNKNOWN;
 
 /// What the datapath did where it chose at random: the port it put in the packet, or that
 /// it found none. Read from its output by the fuzzer.
