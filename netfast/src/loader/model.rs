@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use netfast_common::config::DpConfig;
 use serde::{Deserialize, Serialize};
 
 use super::validate::Invalid;
@@ -283,16 +284,34 @@ pub struct Timeouts {
     pub icmp: u32,
 }
 
+impl Timeouts {
+    /// The timeouts the dataplane's settings hold.
+    pub fn of(c: &DpConfig) -> Timeouts {
+        Timeouts {
+            tcp_established: c.tcp_established,
+            tcp_transitory: c.tcp_transitory,
+            tcp_close: c.tcp_close,
+            udp: c.udp,
+            icmp: c.icmp,
+        }
+    }
+
+    /// `c` with these timeouts.
+    pub fn write_to(&self, c: DpConfig) -> DpConfig {
+        DpConfig {
+            tcp_established: self.tcp_established,
+            tcp_transitory: self.tcp_transitory,
+            tcp_close: self.tcp_close,
+            udp: self.udp,
+            icmp: self.icmp,
+            ..c
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
-        let d = netfast_common::config::DpConfig::default();
-        Timeouts {
-            tcp_established: d.tcp_established,
-            tcp_transitory: d.tcp_transitory,
-            tcp_close: d.tcp_close,
-            udp: d.udp,
-            icmp: d.icmp,
-        }
+        Timeouts::of(&DpConfig::default())
     }
 }
 
@@ -321,7 +340,7 @@ pub enum Switch {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        let d = netfast_common::config::DpConfig::default();
+        let d = DpConfig::default();
         DataplaneConfig {
             ct_max: netfast_common::maps::DEFAULT_CT_MAX_FLOWS,
             filtering: Filtering::default(),

@@ -315,12 +315,7 @@ pub fn dataplane(
     let (port_min, port_max) = port_range(&cfg.port_range)?;
     Ok(crate::dataplane::Settings {
         ct_max_flows: cfg.ct_max,
-        config: DpConfig {
-            tcp_established: t.tcp_established,
-            tcp_transitory: t.tcp_transitory,
-            tcp_close: t.tcp_close,
-            udp: t.udp,
-            icmp: t.icmp,
+        config: t.write_to(DpConfig {
             port_min,
             port_max,
             filtering: match cfg.filtering {
@@ -332,7 +327,7 @@ pub fn dataplane(
             fast_path: u8::from(cfg.fast_path == super::model::Switch::On),
             // The clock is calibrated when the settings are written.
             ..DpConfig::default()
-        },
+        }),
     })
 }
 

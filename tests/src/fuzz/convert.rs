@@ -227,12 +227,7 @@ fn model_frag(r: &FragEntry) -> FragRecord {
 
 /// The model's settings as the config map holds them (the clock fields are the caller's).
 pub fn dp_config(c: &Config, clock: &DpConfig) -> DpConfig {
-    DpConfig {
-        tcp_established: c.tcp_established,
-        tcp_transitory: c.tcp_transitory,
-        tcp_close: c.tcp_close,
-        udp: c.udp,
-        icmp: c.icmp,
+    c.timeouts.write_to(DpConfig {
         port_min: c.port_min,
         port_max: c.port_max,
         filtering: if c.endpoint_independent {
@@ -243,7 +238,7 @@ pub fn dp_config(c: &Config, clock: &DpConfig) -> DpConfig {
         fast_path: u8::from(c.fast_path),
         _pad: [0; 2],
         ..*clock
-    }
+    })
 }
 
 /// The model's entries and mappings from a datapath snapshot, for the invariants (the

@@ -32,7 +32,7 @@ use super::{
     topology::{BRIDGE_MAC, CONTAINERS, EXT, GATEWAY_MAC, REMOTES},
 };
 use crate::model::{
-    self, Config, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple, frame,
+    self, Config, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Timeouts, Tuple, frame,
     invariants::{self, Snapshot},
 };
 
@@ -222,8 +222,11 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
     let config = Config {
         port_min: 20000,
         port_max: 20063,
-        udp: 30,
-        tcp_transitory: 30,
+        timeouts: Timeouts {
+            udp: 30,
+            tcp_transitory: 30,
+            ..Timeouts::default()
+        },
         fast_path: false,
         ..Config::default()
     };
@@ -509,7 +512,7 @@ fn prepare(
         5 => {
             let first = out(&udp(Tuple::new(c1, s1, port, 53, PROTO_UDP)));
             let _ = dp.run(first.hook, first.ifindex, &first.frame);
-            m.now += m.config.udp + m.config.udp / 8 + 2;
+            m.now += m.config.timeouts.udp + m.config.timeouts.udp / 8 + 2;
             dp.write_config(&m.config, m.now);
             (
                 [

@@ -50,7 +50,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netfast::common::{DropReason, stats::Event};
+use netfast::common::{DropReason, config::DpConfig, stats::Event};
 use serde::{Deserialize, Serialize};
 
 pub use frame::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -333,15 +333,15 @@ pub struct FragRecord {
 /// Seconds a datagram's first fragment is remembered: the datapath's constant, a setting
 /// the model takes as given rather than a decision it checks.
 pub use netfast::common::maps::FRAGMENT_TIMEOUT;
+/// The idle timeouts: the product's settings type, taken as given like the fragment timeout.
+pub use netfast::loader::model::Timeouts;
 
 /// The dataplane settings (`netfast config`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    pub tcp_established: u32,
-    pub tcp_transitory: u32,
-    pub tcp_close: u32,
-    pub udp: u32,
-    pub icmp: u32,
+    /// As `netfast config` sets them (the JSON of fixtures spells them inline).
+    #[serde(flatten)]
+    pub timeouts: Timeouts,
     pub port_min: u16,
     pub port_max: u16,
     pub endpoint_independent: bool,
@@ -350,14 +350,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let d = DpConfig::default();
         Config {
-            tcp_established: 7440,
-            tcp_transitory: 240,
-            tcp_close: 10,
-            udp: 300,
-            icmp: 60,
-            port_min: 1024,
-            port_max: 65535,
+            timeouts: Timeouts::default(),
+            port_min: d.port_min,
+            port_max: d.port_max,
             endpoint_independent: false,
             fast_path: true,
         }
@@ -367,14 +364,15 @@ impl Default for Config {
 impl Config {
     /// The idle timeout of a flow of `proto` in `state`.
     pub fn timeout(&self, proto: u8, state: tcp::State) -> u32 {
+        let t = &self.timeouts;
         match proto {
             PROTO_TCP => match state {
-                tcp::State::Established => self.tcp_established,
-                tcp::State::Close => self.tcp_close,
-                _ => self.tcp_transitory,
+                tcp::State::Established => t.tcp_established,
+                tcp::State::Close => t.tcp_close,
+                _ => t.tcp_transitory,
             },
-            PROTO_UDP => self.udp,
-            _ => self.icmp,
+            PROTO_UDP => t.udp,
+            _ => t.icmp,
         }
     }
 }

@@ -13,16 +13,16 @@ use crate::model::{HostSocket, Model, PROTO_TCP, PROTO_UDP, PubKey};
 impl Gen {
     /// Time passes: a little, or past a timeout the flows have.
     pub(super) fn advance(&mut self, m: &Model) -> Event {
-        let c = &m.config;
+        let t = &m.config.timeouts;
         let r = &mut self.rng;
         let secs = match r.below(10) {
             0..=4 => r.range(1, 5) as u32,
             5 | 6 => *r.pick(&[11, 31, 61, 121]),
             7 | 8 => {
-                let t = *r.pick(&[c.tcp_close, c.udp, c.icmp, c.tcp_transitory]);
-                t + *r.pick(&[0, 1, 2, t / 8 + 2])
+                let to = *r.pick(&[t.tcp_close, t.udp, t.icmp, t.tcp_transitory]);
+                to + *r.pick(&[0, 1, 2, to / 8 + 2])
             }
-            _ => c.tcp_established + *r.pick(&[1, c.tcp_established / 8 + 2]),
+            _ => t.tcp_established + *r.pick(&[1, t.tcp_established / 8 + 2]),
         };
         Event::Advance(secs)
     }

@@ -18,7 +18,7 @@ use super::{
     topology::{CONTAINERS, EXT, EXT2, GW1, GW2, REMOTES},
 };
 use crate::model::{
-    Config, Entry, Model, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Tuple, conntrack::Table, tcp,
+    Config, Entry, Model, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Timeouts, Tuple, conntrack::Table, tcp,
 };
 
 const CONTAINER_PORTS: [u16; 8] = [40000, 40001, 40002, 80, 53, 1024, 5000, 12345];
@@ -100,28 +100,17 @@ impl Gen {
             8 => (c.port_min, c.port_max) = (1024, 1100),
             _ => (c.port_min, c.port_max) = (65530, 65535),
         }
-        if r.chance(300) {
-            c.tcp_established = 100;
-            c.tcp_transitory = 20;
-            c.tcp_close = 5;
-            c.udp = 30;
-            c.icmp = 10;
+        c.timeouts = if r.chance(300) {
+            Timeouts {
+                tcp_established: 100,
+                tcp_transitory: 20,
+                tcp_close: 5,
+                udp: 30,
+                icmp: 10,
+            }
         } else {
-            let d = Config::default();
-            (
-                c.tcp_established,
-                c.tcp_transitory,
-                c.tcp_close,
-                c.udp,
-                c.icmp,
-            ) = (
-                d.tcp_established,
-                d.tcp_transitory,
-                d.tcp_close,
-                d.udp,
-                d.icmp,
-            );
-        }
+            Timeouts::default()
+        };
         c
     }
 
