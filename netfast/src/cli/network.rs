@@ -95,7 +95,8 @@ fn print_table(loader: &Loader, nets: &[NetworkStatus]) {
         "{:<14} {:<4} {:<18} {:<15} {:<15} {:<10} {:<6} {:<9} {:<5} DRIFT",
         "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "UPLINK", "MASQ", "BACKEND", "CTRS"
     );
-    for n in nets {
+    for row in nets {
+        let n = &row.network;
         let bridge = if n.adopted {
             format!("{} (adopted)", n.bridge)
         } else {
@@ -111,8 +112,8 @@ fn print_table(loader: &Loader, nets: &[NetworkStatus]) {
             n.uplink,
             if n.masquerade { "yes" } else { "no" },
             n.backend.name(),
-            n.containers,
-            drift_column(&n.drift)
+            row.containers,
+            drift_column(&row.drift)
         );
     }
 }

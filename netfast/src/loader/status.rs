@@ -14,18 +14,12 @@ use super::{
 };
 use crate::{dataplane::Dataplane, error::Result};
 
+/// A row of `network ls`: the network as the state has it (or a placeholder for one it
+/// lacks), and what the kernel says of it.
 #[derive(Clone, Debug, Serialize)]
 pub struct NetworkStatus {
-    pub name: String,
-    pub id: u16,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub bridge: String,
-    pub uplink: String,
-    pub adopted: bool,
-    pub masquerade: bool,
-    /// What serves it: ebpf, nftables or iptables.
-    pub backend: Backend,
+    #[serde(flatten)]
+    pub network: Network,
     pub containers: usize,
     /// What the kernel lacks of what the state says; empty when they agree.
     pub drift: Vec<String>,
@@ -49,15 +43,20 @@ pub struct ContainerStatus {
 /// A network row for something the state does not have.
 fn unknown_row(name: &str, bridge: &str) -> NetworkStatus {
     NetworkStatus {
-        name: name.to_owned(),
-        id: 0,
-        subnet: Ipv4Net::default(),
-        gateway: Ipv4Addr::UNSPECIFIED,
-        bridge: bridge.to_owned(),
-        uplink: "-".into(),
-        adopted: false,
-        masquerade: false,
-        backend: Backend::Ebpf,
+        network: Network {
+            name: name.to_owned(),
+            id: 0,
+            subnet: Ipv4Net::default(),
+            gateway: Ipv4Addr::UNSPECIFIED,
+            bridge: bridge.to_owned(),
+            uplink: "-".into(),
+            adopted: false,
+            adopted_ports: Vec::new(),
+            masquerade: false,
+            backend: Backend::Ebpf,
+            route_localnet: false,
+            hairpin_set: Vec::new(),
+        },
         containers: 0,
         drift: Vec::new(),
     }
@@ -71,23 +70,17 @@ fn row<'a>(
     known: Option<&Network>,
     bridge: &str,
 ) -> &'a mut NetworkStatus {
-    if let Some(i) = rows.iter().position(|r| r.name == name) {
+    if let Some(i) = rows.iter().position(|r| r.network.name == name) {
         return &mut rows[i];
     }
-    let mut r = unknown_row(name, bridge);
-    if let Some(n) = known {
-        r = NetworkStatus {
-            id: n.id,
-            subnet: n.subnet,
-            gateway: n.gateway,
-            uplink: n.uplink.clone(),
-            adopted: n.adopted,
-            masquerade: n.masquerade,
-            backend: n.backend,
-            ..r
-        };
-    }
-    rows.push(r);
+    rows.push(match known {
+        Some(n) => NetworkStatus {
+            network: n.clone(),
+            containers: 0,
+            drift: Vec::new(),
+        },
+        None => unknown_row(name, bridge),
+    });
     rows.last_mut().expect("just pushed")
 }
 
@@ -200,8 +193,8 @@ impl Loader {
                 Owner::Network(name) => {
                     let r = row(rows, &name, None, &link.name);
                     if let Some((ip, prefix)) = nl.addresses(&link)?.first() {
-                        r.gateway = *ip;
-                        r.subnet = Ipv4Net::new(*ip, *prefix)
+                        r.network.gateway = *ip;
+                        r.network.subnet = Ipv4Net::new(*ip, *prefix)
                             .map(|n| n.trunc())
                             .unwrap_or_default();
                     }
@@ -288,15 +281,7 @@ impl Loader {
                 ));
             }
             out.push(NetworkStatus {
-                name: n.name.clone(),
-                id: n.id,
-                subnet: n.subnet,
-                gateway: n.gateway,
-                bridge: n.bridge.clone(),
-                uplink: n.uplink.clone(),
-                adopted: n.adopted,
-                masquerade: n.masquerade,
-                backend: n.backend,
+                network: n.clone(),
                 containers: state.containers_of(&n.name).count(),
                 drift,
             });
