@@ -51,10 +51,34 @@ macro_rules! map_type {
 
 /// Declares a field-less enum whose values are stable (they are stored in maps or index
 /// them), with `ALL` (declaration order), `name` (the stable name users see) and `$from`,
-/// the variant of a value if any.
+/// the variant of a value if any; and `describe`, where each name is followed by `: "a
+/// sentence for users"`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! named_enum {
+    // With a sentence for users after each name: `describe`.
+    (
+        $(#[$attr:meta])*
+        pub enum $name:ident: $repr:ident, $from:ident {
+            $($(#[$vattr:meta])* $variant:ident = $value:literal => $text:literal: $says:literal,)*
+        }
+    ) => {
+        $crate::named_enum! {
+            $(#[$attr])*
+            pub enum $name: $repr, $from {
+                $($(#[$vattr])* $variant = $value => $text,)*
+            }
+        }
+
+        impl $name {
+            /// What this is, in a sentence for users.
+            pub const fn describe(self) -> &'static str {
+                match self {
+                    $($name::$variant => $says,)*
+                }
+            }
+        }
+    };
     (
         $(#[$attr:meta])*
         pub enum $name:ident: $repr:ident, $from:ident {

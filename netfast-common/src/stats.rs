@@ -36,99 +36,74 @@ crate::named_enum! {
 crate::named_enum! {
     /// Why a program dropped a packet. The values are stable (they index the stats map and are
     /// shown to users) and never overlap TC return codes, because they are never returned: a
-    /// program counts the reason and returns `TC_ACT_SHOT`.
+    /// program counts the reason and returns `TC_ACT_SHOT`. After each name, what
+    /// `netfast stats` says of it (`describe`).
     pub enum DropReason: u32, from_u32 {
         /// A header claimed more bytes than the packet has.
-        Malformed = 1 => "malformed",
+        Malformed = 1 => "malformed":
+            "a header claimed more bytes than the packet has",
         /// Masquerade found no free external port.
-        NatPortExhausted = 2 => "nat_port_exhausted",
+        NatPortExhausted = 2 => "nat_port_exhausted":
+            "no free external port in the masquerade port range (widen it: netfast config \
+             --port-range)",
         /// The NAT mapping (claim and binding) could not be stored.
-        NatMappingFailed = 3 => "nat_mapping_failed",
+        NatMappingFailed = 3 => "nat_mapping_failed":
+            "the NAT mapping could not be stored",
         /// The conntrack pair could not be stored.
-        CtInsertFailed = 4 => "ct_insert_failed",
+        CtInsertFailed = 4 => "ct_insert_failed":
+            "the conntrack entries could not be stored",
         /// A TCP RST for no tracked flow, from a masqueraded address: it would leak that address.
-        TcpRstWithoutFlow = 5 => "tcp_rst_without_flow",
+        TcpRstWithoutFlow = 5 => "tcp_rst_without_flow":
+            "a TCP RST from a container for no tracked flow (it would leak the container \
+             address)",
         /// A later fragment whose first fragment was not seen: it cannot be translated.
-        FragmentWithoutFirst = 6 => "fragment_without_first",
+        FragmentWithoutFirst = 6 => "fragment_without_first":
+            "a later IPv4 fragment arrived before its first fragment",
         /// An ICMP error from a masqueraded address about no tracked flow.
-        IcmpErrorWithoutFlow = 7 => "icmp_error_without_flow",
+        IcmpErrorWithoutFlow = 7 => "icmp_error_without_flow":
+            "an ICMP error from a container about no tracked flow",
         /// A protocol masquerade does not translate (not TCP, UDP or ICMP).
-        UnsupportedProtocol = 8 => "unsupported_protocol",
+        UnsupportedProtocol = 8 => "unsupported_protocol":
+            "a protocol masquerade does not translate (only TCP, UDP, ICMP)",
         /// A client outside the `--allow` list of a published port.
-        NotAllowed = 9 => "not_allowed",
+        NotAllowed = 9 => "not_allowed":
+            "a client outside the --allow list of a published port",
         /// A packet from outside straight to a masqueraded container's address.
-        DirectAccess = 10 => "direct_access",
+        DirectAccess = 10 => "direct_access":
+            "a packet from outside straight to a masqueraded container (publish a port \
+             instead)",
         /// A container reaching a container of another network.
-        InterNetwork = 11 => "inter_network",
+        InterNetwork = 11 => "inter_network":
+            "a container reaching a container of another network",
         /// A hairpinned packet for which the FIB has no route.
-        NoRoute = 12 => "no_route",
+        NoRoute = 12 => "no_route":
+            "a hairpinned packet the routing table has no route for",
         /// A container's packet to the host's loopback addresses, which the nftables/iptables
         /// backends' `route_localnet` would otherwise let in (CVE-2020-8558).
-        ToHostLoopback = 13 => "to_host_loopback",
+        ToHostLoopback = 13 => "to_host_loopback":
+            "a container's packet to the host's 127.0.0.0/8, which a service bound to \
+             127.0.0.1 must never see from a container (CVE-2020-8558)",
         /// A packet from the network to 127.0.0.0/8: a port published on 127.0.0.1 is for the
         /// host's own clients only (moby#45610).
-        LoopbackFromNetwork = 14 => "loopback_from_network",
+        LoopbackFromNetwork = 14 => "loopback_from_network":
+            "a packet from the network to 127.0.0.0/8 (ports published on 127.0.0.1 are \
+             for the host's own clients only)",
         /// A TCP RST whose sequence number lies outside the window of its flow: a blind reset
         /// (RFC 5961), which must not end the flow.
-        TcpRstOutOfWindow = 15 => "tcp_rst_out_of_window",
+        TcpRstOutOfWindow = 15 => "tcp_rst_out_of_window":
+            "a TCP RST outside its flow's window: a blind reset, which does not end the \
+             flow (RFC 5961)",
         /// A packet from a container whose source address is not of the network of the bridge
         /// it came in on: a forged source.
-        SpoofedSource = 16 => "spoofed_source",
+        SpoofedSource = 16 => "spoofed_source":
+            "a container's packet whose source address is not of its bridge's network",
         /// A container's packet to another container's external endpoint (hairpin) that the
         /// receiver's mapping filters out: it has not contacted the sender's external endpoint
         /// (address-and-port-dependent filtering, RFC 4787). Its own packet to the sender opens
         /// the way.
-        NatFiltered = 17 => "nat_filtered",
-    }
-}
-
-impl DropReason {
-    pub const fn describe(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "a header claimed more bytes than the packet has",
-            DropReason::NatPortExhausted => {
-                "no free external port in the masquerade port range (widen it: netfast config --port-range)"
-            }
-            DropReason::NatMappingFailed => "the NAT mapping could not be stored",
-            DropReason::CtInsertFailed => "the conntrack entries could not be stored",
-            DropReason::TcpRstWithoutFlow => {
-                "a TCP RST from a container for no tracked flow (it would leak the container address)"
-            }
-            DropReason::FragmentWithoutFirst => {
-                "a later IPv4 fragment arrived before its first fragment"
-            }
-            DropReason::IcmpErrorWithoutFlow => {
-                "an ICMP error from a container about no tracked flow"
-            }
-            DropReason::UnsupportedProtocol => {
-                "a protocol masquerade does not translate (only TCP, UDP, ICMP)"
-            }
-            DropReason::NotAllowed => "a client outside the --allow list of a published port",
-            DropReason::DirectAccess => {
-                "a packet from outside straight to a masqueraded container (publish a port instead)"
-            }
-            DropReason::InterNetwork => "a container reaching a container of another network",
-            DropReason::NoRoute => "a hairpinned packet the routing table has no route for",
-            DropReason::ToHostLoopback => {
-                "a container's packet to the host's 127.0.0.0/8, which a service bound to \
-                 127.0.0.1 must never see from a container (CVE-2020-8558)"
-            }
-            DropReason::LoopbackFromNetwork => {
-                "a packet from the network to 127.0.0.0/8 (ports published on 127.0.0.1 are \
-                 for the host's own clients only)"
-            }
-            DropReason::TcpRstOutOfWindow => {
-                "a TCP RST outside its flow's window: a blind reset, which does not end the \
-                 flow (RFC 5961)"
-            }
-            DropReason::SpoofedSource => {
-                "a container's packet whose source address is not of its bridge's network"
-            }
-            DropReason::NatFiltered => {
-                "a container's packet to another's external endpoint, which has not contacted \
-                 the sender's (address-and-port-dependent filtering)"
-            }
-        }
+        NatFiltered = 17 => "nat_filtered":
+            "a container's packet to another's external endpoint, which has not contacted \
+             the sender's (address-and-port-dependent filtering)",
     }
 }
 
