@@ -91,9 +91,11 @@ crate::map_type! {
         /// CLOCK_MONOTONIC seconds; same lifetime as the binding.
         pub expires: u32,
         /// CLOCK_MONOTONIC seconds: the latest a flow of the mapping that has closed may live
-        /// (its entries' expiry and a slack), or [`NatClaim::CLOSED_UNKNOWN`]. The binding
-        /// counts only the flows that have not closed; when the last of them closes, the
-        /// mapping must still outlive the closed ones.
+        /// (its entries' expiry and a slack); [`NatClaim::CLOSED_NONE`] before any has
+        /// closed; [`NatClaim::CLOSED_UNKNOWN`] when not known. The binding counts only the
+        /// flows that have not closed; when the last of them closes, the mapping must still
+        /// outlive the closed ones. 0 is what a datapath from before this field left in
+        /// its place (padding): it reads as not known ([`NatClaim::closed`]).
         pub closed_until: u32,
     }
 }
@@ -102,13 +104,26 @@ impl NatClaim {
     /// `closed_until` of a claim made again for a live binding (the LRU evicted it): the
     /// flows that closed are not known, and live at most as long as a closed flow may.
     pub const CLOSED_UNKNOWN: u32 = u32::MAX;
+    /// `closed_until` of a claim no flow of which has closed: a moment long past, which
+    /// keeps a mapping no longer than its own flows.
+    pub const CLOSED_NONE: u32 = 1;
+
+    /// What a `closed_until` word says: [`NatClaim::CLOSED_UNKNOWN`] for the 0 of a claim
+    /// an older datapath wrote, which never recorded its closed flows.
+    pub const fn closed(word: u32) -> u32 {
+        if word == 0 {
+            Self::CLOSED_UNKNOWN
+        } else {
+            word
+        }
+    }
 
     /// A claim of the endpoint `owner` (see [`NatClaim::owner_of`]) until `expires`.
     pub const fn new(owner: u64, expires: u32) -> NatClaim {
         NatClaim {
             owner,
             expires,
-            closed_until: 0,
+            closed_until: Self::CLOSED_NONE,
         }
     }
 

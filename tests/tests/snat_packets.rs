@@ -10,6 +10,8 @@ use netfast::{
         DropReason, Hook,
         config::{DpConfig, FILTERING_ENDPOINT_INDEPENDENT},
         conntrack::{CtEntry, CtKey, PROTO_TCP},
+        maps::NAT_CLAIMS,
+        nat::{NatClaim, NatClaimKey},
         verdict,
     },
     maps,
@@ -33,6 +35,7 @@ use netfast_tests::{
 const C4: Endpoint = (Ipv4Addr::new(172, 18, 0, 5), 40000);
 const SERVER2: Endpoint = (Ipv4Addr::new(203, 0, 113, 11), 443);
 const HOST: Endpoint = (EXT, 50000);
+const SERVER3: Endpoint = (Ipv4Addr::new(203, 0, 113, 12), 443);
 
 /// 172.18.0.0/24 masqueraded behind EXT, its uplink the test device (for the fixture's
 /// cases, which return their errors).
@@ -282,6 +285,108 @@ fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
         .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
     ]);
     run_masqueraded(vec![("reset", flow)]);
+}
+
+/// A claim written by a datapath from before `closed_until` holds 0 in its place: it does
+/// not know the mapping's closed flows, and the last close must then keep the mapping as
+/// long as any closed flow may live (as for a claim made again), not just its own entries.
+/// C1's first connection lies in TIME_WAIT (240 s) when its second, the mapping's last, is
+/// reset: 30 s later another container's SYN from the same port must get another port. (The
+/// new holder's next flow to the first connection's server would meet its reply tuple.)
+#[test]
+fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend(two_connections_the_first_in_time_wait());
+    flow.extend([
+        inbound(
+            "RST of the second connection",
+            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
+        )
+        .setup(forget_closed_flows)
+        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
+        another_container_gets_another_port(),
+    ]);
+    run_masqueraded(vec![("older claim", flow)]);
+}
+
+/// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
+/// second from the same port to SERVER2, and the first closes (TIME_WAIT, 240 s).
+fn two_connections_the_first_in_time_wait() -> Vec<Case> {
+    vec![
+        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK)).output(tcp_out(
+            ext(40000),
+            SERVER,
+            TcpFlags::ACK,
+        )),
+        out(
+            "second connection's SYN",
+            tcp_out(C1, SERVER2, TcpFlags::SYN),
+        )
+        .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
+        inbound(
+            "its SYN-ACK",
+            tcp_in(SERVER2, ext(40000), TcpFlags::SYN_ACK),
+        )
+        .output(tcp_in(SERVER2, C1, TcpFlags::SYN_ACK)),
+        out("FIN out", tcp_out(C1, SERVER, TcpFlags::FIN_ACK)).output(tcp_out(
+            ext(40000),
+            SERVER,
+            TcpFlags::FIN_ACK,
+        )),
+        inbound("FIN back", tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK))
+            .output(tcp_in(SERVER, C1, TcpFlags::FIN_ACK))
+            .check(first_is_in_time_wait),
+    ]
+}
+
+/// 30 s later, C2's SYN from port 40000 leaves from another port: the mapping of C1's
+/// connection in TIME_WAIT still holds 40000.
+fn another_container_gets_another_port() -> Case {
+    out(
+        "30 s later, another container's SYN from the same port gets another",
+        tcp_out(C2, SERVER3, TcpFlags::SYN),
+    )
+    .setup(|t| t.advance_clock(30).map_err(|e| e.to_string()))
+    .valid_output()
+    .check(first_is_in_time_wait)
+    .check(|t, run| match endpoints_of(&run.frame).1 {
+        (EXT, 40000) => Err(format!(
+            "port 40000 given away while a flow of its mapping lives: {:#?}",
+            live(t)?
+        )),
+        (EXT, _) => Ok(()),
+        from => Err(format!("left from {from:?}, not translated")),
+    })
+}
+
+/// C1's first connection (to SERVER) lives, in TIME_WAIT.
+fn first_is_in_time_wait(t: &ProgTest, _: &Run) -> Result<(), String> {
+    let flows = live(t)?;
+    flows
+        .iter()
+        .find(|f| (f.original.src, f.original.sport) == C1 && f.original.dst == SERVER.0)
+        .filter(|f| f.state == Some("TIME_WAIT"))
+        .map(|_| ())
+        .ok_or_else(|| format!("no flow from C1 to SERVER in TIME_WAIT: {flows:#?}"))
+}
+
+/// Every claim as a datapath from before `closed_until` leaves it: 0 in that word.
+fn forget_closed_flows(t: &mut ProgTest) -> Result<(), String> {
+    let mut claims: aya::maps::HashMap<_, NatClaimKey, NatClaim> =
+        aya::maps::HashMap::try_from(t.ebpf_mut().map_mut(NAT_CLAIMS).ok_or("no claims map")?)
+            .map_err(|e| e.to_string())?;
+    let all: Vec<(NatClaimKey, NatClaim)> = claims
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    for (k, c) in all {
+        let old = NatClaim {
+            closed_until: 0,
+            ..c
+        };
+        claims.insert(k, old, 0).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -135,7 +135,7 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     true
 }
 
-/// Claims `ck` for the endpoint `owner`: atomically when free; when its holder has expired
+/// Claims `ck` for the search's endpoint (`s.owner`): atomically when free; when its holder has expired
 /// and holds no live binding to it, by one compare-and-exchange of the owner word; when its
 /// holder is this very endpoint (its binding expired or evicted), by raising its expiry.
 ///
@@ -146,9 +146,11 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
 /// if the expiry has been raised meanwhile, and raises it itself with a compare-and-exchange
 /// from the expired value, then reads the owner word again. Of the two, at most one goes on
 /// with the port.
+// The search record's fields are read where they are used: passed as arguments, they
+// would be spilled across the map helpers, and this frame ends the bridge's deepest chain.
 #[inline(never)]
-fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32) -> bool {
-    let claim = NatClaim::new(owner, until);
+fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
+    let claim = NatClaim::new(s.owner, s.until);
     if NETFAST_NAT_CLAIM
         .insert(ck, &claim, BPF_NOEXIST as u64)
         .is_ok()
@@ -163,39 +165,39 @@ fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32)
     let h = unsafe { &mut *held };
     let word = (&raw mut h.owner).cast::<u64>();
     let was = load_word(word);
-    if was == owner {
+    if was == s.owner {
         // SAFETY: `expires` is an aligned u32 of the same map value.
         unsafe {
             let expires = &raw mut h.expires;
             let e = core::ptr::read_volatile(expires);
             atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
                 expires,
-                if e < until { until } else { e },
+                if e < s.until { s.until } else { e },
             );
         }
         // Taken over by another endpoint before the expiry was raised: theirs.
-        return load_word(word) == owner;
+        return load_word(word) == s.owner;
     }
-    if h.expires >= now {
+    if h.expires >= s.now {
         return false;
     }
     // Expired by its hint; the holder's binding has the last word.
     let old = NatClaim::new(was, 0);
     let bk = NatBindKey {
         int_addr: old.int_addr(),
-        ext_addr,
+        ext_addr: s.bk.ext_addr,
         int_port: old.int_port(),
         proto: ck.proto,
         _pad: 0,
     };
     if let Some(b) = NETFAST_NAT_BIND.get_ptr(&bk) {
         let b = NatBinding::from_word(load_word(b.cast::<u64>()));
-        if b.expires >= now && b.ext_port == ck.ext_port {
+        if b.expires >= s.now && b.ext_port == ck.ext_port {
             return false;
         }
     }
     // Of two CPUs taking it over at once, one wins.
-    if !cas(word, was, owner) {
+    if !cas(word, was, s.owner) {
         return false;
     }
     // The expiry raised with a compare-and-exchange from the expired value: it fails where
@@ -206,18 +208,18 @@ fn claim_port(ck: &NatClaimKey, owner: u64, ext_addr: u32, until: u32, now: u32)
     let raised = unsafe {
         let expires = &raw mut h.expires;
         let e = core::ptr::read_volatile(expires);
-        e < now
+        e < s.now
             && atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                expires, e, until,
+                expires, e, s.until,
             )
             .1
     };
     if !raised {
-        let _ = cas(word, owner, was);
+        let _ = cas(word, s.owner, was);
         return false;
     }
     // Taken from us by another CPU before the expiry was raised: theirs.
-    load_word(word) == owner
+    load_word(word) == s.owner
 }
 
 /// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until
@@ -401,7 +403,7 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
         return 0;
     }
     let ck = NatClaimKey::new(s.bk.ext_addr, port, s.bk.proto);
-    if !claim_port(&ck, s.owner, s.bk.ext_addr, s.until, s.now) {
+    if !claim_port(&ck, s) {
         return 0;
     }
     s.found = u32::from(port);
@@ -514,7 +516,9 @@ fn owned_claim(ck: &NatClaimKey, bk: &NatBindKey) -> Option<*mut NatClaim> {
         .filter(|c| unsafe { (**c).owned_by(bk.int_addr, bk.int_port) })
 }
 
-/// Raises the `closed_until` of `claim` to `until`.
+/// Raises the `closed_until` of `claim` to `until`. A claim that does not know its closed
+/// flows stays so (`NatClaim::closed`); where other CPUs keep changing the word, it is made
+/// not to know: a store of the largest value, which no raise can undo.
 #[inline(always)]
 fn note_closed(claim: *mut NatClaim, until: u32) {
     // SAFETY: a map value pointer, valid for this program run; `closed_until` is an aligned
@@ -523,7 +527,7 @@ fn note_closed(claim: *mut NatClaim, until: u32) {
     for _ in 0..CAS_TRIES {
         // SAFETY: as above.
         let was = unsafe { core::ptr::read_volatile(word) };
-        if was >= until
+        if NatClaim::closed(was) >= until
             || unsafe {
                 atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                     word, was, until,
@@ -534,6 +538,8 @@ fn note_closed(claim: *mut NatClaim, until: u32) {
             return;
         }
     }
+    // SAFETY: as above.
+    unsafe { atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(word, NatClaim::CLOSED_UNKNOWN) };
 }
 
 /// The last flow of the mapping of `key` has closed (now), its own entries living until
@@ -550,8 +556,8 @@ pub fn outlive_closed(key: &CtKey, entry: &CtEntry, until: u32, now: u32) {
     let (bk, ck) = mapping_keys(key, entry);
     let claim = owned_claim(&ck, &bk);
     // SAFETY: a map value pointer, valid for this program run.
-    let closed = claim.map_or(NatClaim::CLOSED_UNKNOWN, |c| unsafe {
-        core::ptr::read_volatile(&raw const (*c).closed_until)
+    let closed = claim.map_or(NatClaim::CLOSED_UNKNOWN, |c| {
+        NatClaim::closed(unsafe { core::ptr::read_volatile(&raw const (*c).closed_until) })
     });
     let keep = if closed < bound { closed } else { bound };
     if keep <= until {

@@ -388,7 +388,7 @@ impl Model {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
                 expires: until,
-                closed_until: 0,
+                closed_until: NatClaim::CLOSED_NONE,
             },
         };
         self.set_claim(touched, ck, c);
@@ -507,7 +507,7 @@ impl Model {
         let claim = self
             .claim(touched, &ck)
             .filter(|c| c.owned_by((bk.int_addr, bk.int_port)));
-        let closed = claim.map_or(CLOSED_UNKNOWN, |c| c.closed_until);
+        let closed = claim.map_or(CLOSED_UNKNOWN, |c| NatClaim::closed(c.closed_until));
         let expires = closed.min(bound).max(until);
         self.set_binding(
             touched,
@@ -528,7 +528,7 @@ impl Model {
     fn note_closed(&mut self, touched: &mut Touched, ck: &ClaimKey, bk: &BindKey, until: u32) {
         if let Some(c) = self.claim(touched, ck)
             && c.owned_by((bk.int_addr, bk.int_port))
-            && c.closed_until < until
+            && NatClaim::closed(c.closed_until) < until
         {
             self.set_claim(
                 touched,
