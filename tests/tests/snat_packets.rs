@@ -309,6 +309,35 @@ fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
     run_masqueraded(vec![("older claim", flow)]);
 }
 
+/// Timeouts lowered while a closed connection lives: its entries keep the expiry they were
+/// given, and so must its mapping. C1's first connection lies in TIME_WAIT (240 s) when the
+/// transitory timeout drops to 5 s and its second, the mapping's last, is reset: 30 s later
+/// another container's SYN from the same port must still get another port.
+#[test]
+fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend(two_connections_the_first_in_time_wait());
+    flow.extend([
+        inbound(
+            "RST of the second connection, the timeouts lowered",
+            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
+        )
+        .setup(|t| {
+            configure(
+                t,
+                DpConfig {
+                    tcp_close: 1,
+                    tcp_transitory: 5,
+                    ..DpConfig::default()
+                },
+            )
+        })
+        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
+        another_container_gets_another_port(),
+    ]);
+    run_masqueraded(vec![("lowered timeouts", flow)]);
+}
+
 /// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
 /// second from the same port to SERVER2, and the first closes (TIME_WAIT, 240 s).
 fn two_connections_the_first_in_time_wait() -> Vec<Case> {
@@ -372,6 +401,16 @@ fn first_is_in_time_wait(t: &ProgTest, _: &Run) -> Result<(), String> {
 
 /// Every claim as a datapath from before `closed_until` leaves it: 0 in that word.
 fn forget_closed_flows(t: &mut ProgTest) -> Result<(), String> {
+    claims(t, |c| {
+        Some(NatClaim {
+            closed_until: 0,
+            ..c
+        })
+    })
+}
+
+/// Rewrites every claim with `f` (`None`: removed, as the LRU evicts it).
+fn claims(t: &mut ProgTest, f: impl Fn(NatClaim) -> Option<NatClaim>) -> Result<(), String> {
     let mut claims: aya::maps::HashMap<_, NatClaimKey, NatClaim> =
         aya::maps::HashMap::try_from(t.ebpf_mut().map_mut(NAT_CLAIMS).ok_or("no claims map")?)
             .map_err(|e| e.to_string())?;
@@ -380,11 +419,11 @@ fn forget_closed_flows(t: &mut ProgTest) -> Result<(), String> {
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     for (k, c) in all {
-        let old = NatClaim {
-            closed_until: 0,
-            ..c
-        };
-        claims.insert(k, old, 0).map_err(|e| e.to_string())?;
+        match f(c) {
+            Some(c) => claims.insert(k, c, 0),
+            None => claims.remove(&k),
+        }
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -544,9 +544,10 @@ fn note_closed(claim: *mut NatClaim, until: u32) {
 
 /// The last flow of the mapping of `key` has closed (now), its own entries living until
 /// `until`: the mapping lives as long as the flows that closed before it may, as its claim
-/// remembers them (`closed_until`), but no longer than any closed flow can live from now
-/// (the longest closed state's timeout and its slack), which also bounds them when the
-/// claim does not know (`CLOSED_UNKNOWN`, or no claim).
+/// remembers them (`closed_until`: the expiries their entries were given, which settings
+/// lowered since do not shorten). Where the claim does not know (`CLOSED_UNKNOWN`, or no
+/// claim), as long as any closed flow can live from now: the longest closed state's
+/// timeout and its slack.
 // Its own BPF function, beside `release_mapping` rather than in it: the bridge's deepest
 // call chain ends there, at the verifier's 512 bytes.
 #[inline(never)]
@@ -559,7 +560,11 @@ pub fn outlive_closed(key: &CtKey, entry: &CtEntry, until: u32, now: u32) {
     let closed = claim.map_or(NatClaim::CLOSED_UNKNOWN, |c| {
         NatClaim::closed(unsafe { core::ptr::read_volatile(&raw const (*c).closed_until) })
     });
-    let keep = if closed < bound { closed } else { bound };
+    let keep = if closed == NatClaim::CLOSED_UNKNOWN {
+        bound
+    } else {
+        closed
+    };
     if keep <= until {
         if let Some(c) = claim {
             // SAFETY: as above. A hint only.

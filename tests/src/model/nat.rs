@@ -474,9 +474,9 @@ impl Model {
     /// mapping alive as long as they live (`until`, plus the slack); its claim, if still the
     /// endpoint's, remembers that among the closed flows' (`closed_until`). When it was the
     /// last flow, the mapping (and its claim) lives as long as the closed flows: those the
-    /// claim remembers, never longer than a closed flow can live from now (the longest
-    /// closed state's timeout and its slack), which also bounds them when the claim does not
-    /// know (`CLOSED_UNKNOWN`, or no claim).
+    /// claim remembers (settings lowered since do not shorten them), or, when it does not
+    /// know (`CLOSED_UNKNOWN`, or no claim), as long as a closed flow can live from now (the
+    /// longest closed state's timeout and its slack).
     pub fn release_mapping(
         &mut self,
         touched: &mut Touched,
@@ -508,7 +508,12 @@ impl Model {
             .claim(touched, &ck)
             .filter(|c| c.owned_by((bk.int_addr, bk.int_port)));
         let closed = claim.map_or(CLOSED_UNKNOWN, |c| NatClaim::closed(c.closed_until));
-        let expires = closed.min(bound).max(until);
+        let expires = if closed == CLOSED_UNKNOWN {
+            bound
+        } else {
+            closed
+        }
+        .max(until);
         self.set_binding(
             touched,
             bk,
