@@ -338,6 +338,61 @@ fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
     run_masqueraded(vec![("lowered timeouts", flow)]);
 }
 
+/// A port taken over from a holder whose claim had lost its record of closed flows (the LRU
+/// evicted the claim, which was made again not knowing them) starts a record of its own:
+/// the new holder's reset connection frees it after the CLOSE timeout, not after the
+/// longest a closed flow of the old holder might have lived.
+#[test]
+fn a_port_taken_over_keeps_a_record_of_its_own_closed_flows() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
+        out(
+            "a second connection, after the LRU evicted the claim",
+            tcp_out(C1, SERVER2, TcpFlags::SYN),
+        )
+        .setup(|t| claims(t, |_| None))
+        .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
+        inbound(
+            "its SYN-ACK",
+            tcp_in(SERVER2, ext(40000), TcpFlags::SYN_ACK),
+        )
+        .output(tcp_in(SERVER2, C1, TcpFlags::SYN_ACK)),
+        inbound(
+            "RST of the first",
+            tcp_in(SERVER, ext(40000), TcpFlags::RST),
+        )
+        .output(tcp_in(SERVER, C1, TcpFlags::RST)),
+        inbound(
+            "RST of the second",
+            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
+        )
+        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
+        out(
+            "5 min later, another container takes the port over",
+            tcp_out(C2, SERVER, TcpFlags::SYN),
+        )
+        .setup(|t| t.advance_clock(300).map_err(|e| e.to_string()))
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        inbound("its SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
+            SERVER,
+            C2,
+            TcpFlags::SYN_ACK,
+        )),
+        inbound("its RST", tcp_in(SERVER, ext(40000), TcpFlags::RST)).output(tcp_in(
+            SERVER,
+            C2,
+            TcpFlags::RST,
+        )),
+        out(
+            "3 s later, a third container's SYN from the same port keeps it",
+            tcp_out(C3, SERVER, TcpFlags::SYN),
+        )
+        .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+    ]);
+    run_masqueraded(vec![("taken over", flow)]);
+}
+
 /// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
 /// second from the same port to SERVER2, and the first closes (TIME_WAIT, 240 s).
 fn two_connections_the_first_in_time_wait() -> Vec<Case> {

@@ -219,7 +219,19 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
         return false;
     }
     // Taken from us by another CPU before the expiry was raised: theirs.
-    load_word(word) == s.owner
+    if load_word(word) != s.owner {
+        return false;
+    }
+    // Ours. What the last holder knew of its closed flows (or did not know) was of a mapping
+    // that is over; this one keeps its own record.
+    // SAFETY: `closed_until` is an aligned u32 of the same map value.
+    unsafe {
+        atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
+            &raw mut h.closed_until,
+            NatClaim::CLOSED_NONE,
+        )
+    };
+    true
 }
 
 /// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until

@@ -382,7 +382,12 @@ impl Model {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
                 expires: c.expires.max(until),
-                closed_until: c.closed_until,
+                // Taken over: the last holder's record was of a mapping that is over.
+                closed_until: if c.owner == (bk.int_addr, bk.int_port) && c.owner_net == net_id {
+                    c.closed_until
+                } else {
+                    NatClaim::CLOSED_NONE
+                },
             },
             None => Claim {
                 owner: (bk.int_addr, bk.int_port),
