@@ -277,12 +277,7 @@ fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
             .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
             .check(state_is(C1, "ESTABLISHED")),
         reset_by_the_server(),
-        out(
-            "3 s later, another container's SYN from the same port keeps it",
-            tcp_out(C2, SERVER, TcpFlags::SYN),
-        )
-        .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
-        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        the_port_is_free_3_s_later(C2),
     ]);
     run_masqueraded(vec![("reset", flow)]);
 }
@@ -297,15 +292,7 @@ fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
 fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
     let mut flow = answered_with_a_short_close();
     flow.extend(two_connections_the_first_in_time_wait());
-    flow.extend([
-        inbound(
-            "RST of the second connection",
-            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
-        )
-        .setup(forget_closed_flows)
-        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
-        another_container_gets_another_port(),
-    ]);
+    flow.extend(the_last_reset_then_another_container(forget_closed_flows));
     run_masqueraded(vec![("older claim", flow)]);
 }
 
@@ -317,24 +304,14 @@ fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
 fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
     let mut flow = answered_with_a_short_close();
     flow.extend(two_connections_the_first_in_time_wait());
-    flow.extend([
-        inbound(
-            "RST of the second connection, the timeouts lowered",
-            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
-        )
-        .setup(|t| {
-            configure(
-                t,
-                DpConfig {
-                    tcp_close: 1,
-                    tcp_transitory: 5,
-                    ..DpConfig::default()
-                },
-            )
-        })
-        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
-        another_container_gets_another_port(),
-    ]);
+    flow.extend(the_last_reset_then_another_container(|t| {
+        let lowered = DpConfig {
+            tcp_close: 1,
+            tcp_transitory: 5,
+            ..DpConfig::default()
+        };
+        configure(t, lowered)
+    }));
     run_masqueraded(vec![("lowered timeouts", flow)]);
 }
 
@@ -352,45 +329,31 @@ fn a_port_taken_over_keeps_a_record_of_its_own_closed_flows() {
         )
         .setup(|t| claims(t, |_| None))
         .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
-        inbound(
-            "its SYN-ACK",
-            tcp_in(SERVER2, ext(40000), TcpFlags::SYN_ACK),
-        )
-        .output(tcp_in(SERVER2, C1, TcpFlags::SYN_ACK)),
-        inbound(
-            "RST of the first",
-            tcp_in(SERVER, ext(40000), TcpFlags::RST),
-        )
-        .output(tcp_in(SERVER, C1, TcpFlags::RST)),
-        inbound(
-            "RST of the second",
-            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
-        )
-        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
+        back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
+        back("RST of the first", SERVER, C1, TcpFlags::RST),
+        back("RST of the second", SERVER2, C1, TcpFlags::RST),
         out(
             "5 min later, another container takes the port over",
             tcp_out(C2, SERVER, TcpFlags::SYN),
         )
         .setup(|t| t.advance_clock(300).map_err(|e| e.to_string()))
         .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
-        inbound("its SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
-            SERVER,
-            C2,
-            TcpFlags::SYN_ACK,
-        )),
-        inbound("its RST", tcp_in(SERVER, ext(40000), TcpFlags::RST)).output(tcp_in(
-            SERVER,
-            C2,
-            TcpFlags::RST,
-        )),
-        out(
-            "3 s later, a third container's SYN from the same port keeps it",
-            tcp_out(C3, SERVER, TcpFlags::SYN),
-        )
-        .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
-        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        back("its SYN-ACK", SERVER, C2, TcpFlags::SYN_ACK),
+        back("its RST", SERVER, C2, TcpFlags::RST),
+        the_port_is_free_3_s_later(C3),
     ]);
     run_masqueraded(vec![("taken over", flow)]);
+}
+
+/// 3 s later (past the CLOSE timeout of 1 s and its slack), `from`'s SYN keeps port 40000:
+/// the mapping of a reset connection has let it go.
+fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
+    out(
+        "3 s later, another container's SYN from the same port keeps it",
+        tcp_out(from, SERVER, TcpFlags::SYN),
+    )
+    .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
+    .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
 }
 
 /// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
@@ -407,40 +370,50 @@ fn two_connections_the_first_in_time_wait() -> Vec<Case> {
             tcp_out(C1, SERVER2, TcpFlags::SYN),
         )
         .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
-        inbound(
-            "its SYN-ACK",
-            tcp_in(SERVER2, ext(40000), TcpFlags::SYN_ACK),
-        )
-        .output(tcp_in(SERVER2, C1, TcpFlags::SYN_ACK)),
+        back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
         out("FIN out", tcp_out(C1, SERVER, TcpFlags::FIN_ACK)).output(tcp_out(
             ext(40000),
             SERVER,
             TcpFlags::FIN_ACK,
         )),
-        inbound("FIN back", tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK))
-            .output(tcp_in(SERVER, C1, TcpFlags::FIN_ACK))
-            .check(first_is_in_time_wait),
+        back("FIN back", SERVER, C1, TcpFlags::FIN_ACK).check(first_is_in_time_wait),
     ]
 }
 
-/// 30 s later, C2's SYN from port 40000 leaves from another port: the mapping of C1's
-/// connection in TIME_WAIT still holds 40000.
-fn another_container_gets_another_port() -> Case {
-    out(
-        "30 s later, another container's SYN from the same port gets another",
-        tcp_out(C2, SERVER3, TcpFlags::SYN),
-    )
-    .setup(|t| t.advance_clock(30).map_err(|e| e.to_string()))
-    .valid_output()
-    .check(first_is_in_time_wait)
-    .check(|t, run| match endpoints_of(&run.frame).1 {
-        (EXT, 40000) => Err(format!(
-            "port 40000 given away while a flow of its mapping lives: {:#?}",
-            live(t)?
-        )),
-        (EXT, _) => Ok(()),
-        from => Err(format!("left from {from:?}, not translated")),
-    })
+/// The second connection's RST, after `setup`: the mapping's last flow closes. 30 s later,
+/// C2's SYN from port 40000 must leave from another port: the mapping of C1's connection
+/// in TIME_WAIT still holds 40000.
+fn the_last_reset_then_another_container(
+    setup: impl Fn(&mut ProgTest) -> Result<(), String> + 'static,
+) -> Vec<Case> {
+    vec![
+        inbound(
+            "RST of the second connection",
+            tcp_in(SERVER2, ext(40000), TcpFlags::RST),
+        )
+        .setup(setup)
+        .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
+        out(
+            "30 s later, another container's SYN from the same port gets another",
+            tcp_out(C2, SERVER3, TcpFlags::SYN),
+        )
+        .setup(|t| t.advance_clock(30).map_err(|e| e.to_string()))
+        .valid_output()
+        .check(first_is_in_time_wait)
+        .check(|t, run| match endpoints_of(&run.frame).1 {
+            (EXT, 40000) => Err(format!(
+                "port 40000 given away while a flow of its mapping lives: {:#?}",
+                live(t)?
+            )),
+            (EXT, _) => Ok(()),
+            from => Err(format!("left from {from:?}, not translated")),
+        }),
+    ]
+}
+
+/// `server`'s packet to `to`'s external endpoint (port 40000), translated back to `to`.
+fn back(name: &str, server: Endpoint, to: Endpoint, flags: TcpFlags) -> Case {
+    inbound(name, tcp_in(server, ext(40000), flags)).output(tcp_in(server, to, flags))
 }
 
 /// C1's first connection (to SERVER) lives, in TIME_WAIT.

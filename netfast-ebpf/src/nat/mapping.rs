@@ -135,9 +135,10 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     true
 }
 
-/// Claims `ck` for the search's endpoint (`s.owner`): atomically when free; when its holder has expired
-/// and holds no live binding to it, by one compare-and-exchange of the owner word; when its
-/// holder is this very endpoint (its binding expired or evicted), by raising its expiry.
+/// Claims `ck` for the search's endpoint (`s.owner`): atomically when free; when its holder
+/// has expired and holds no live binding to it, by one compare-and-exchange of the owner
+/// word; when its holder is this very endpoint (its binding expired or evicted), by raising
+/// its expiry.
 ///
 /// The last two can meet on two CPUs: the holder retaking its own expired claim while
 /// another endpoint takes it over. Each writes its own word with an atomic instruction (a
