@@ -1,11 +1,13 @@
 //! Driving the real `netfast` binary in a test's host namespace, the way a user does.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Output, Stdio},
 };
 
+use netfast::{Dataplane, common::config::Endpoint};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{Background, netns::TestNetns, topology::UPLINK};
@@ -410,6 +412,34 @@ impl Netfast {
         let out = self.run(args);
         crate::cmd::success_stdout(&command, &out, "");
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The fast path's endpoints (`NETFAST_ENDPOINTS`): container address → its veth's
+    /// ifindex, MACs and MTU, read from the host's pinned dataplane.
+    pub fn endpoints(&self) -> BTreeMap<Ipv4Addr, Endpoint> {
+        self.with_dataplane(|dp| {
+            netfast::maps::endpoints(dp.ebpf())
+                .expect("read NETFAST_ENDPOINTS")
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Writes the fast path's endpoint `addr` → `ep` straight into the pinned map, as a
+    /// command killed before it saved the state leaves it.
+    pub fn plant_endpoint(&self, addr: Ipv4Addr, ep: &Endpoint) {
+        self.with_dataplane(|dp| dp.set_endpoint(addr, ep).expect("write NETFAST_ENDPOINTS"));
+    }
+
+    /// Runs `f` on the host's pinned dataplane, opened from inside the host's namespace.
+    fn with_dataplane<T: Send>(&self, f: impl FnOnce(&mut Dataplane) -> T + Send) -> T {
+        crate::netns::within(&self.host, || {
+            let host = netfast::host::Host::current().expect("the host");
+            let mut dp = Dataplane::open_existing(&host)
+                .expect("open the pinned dataplane")
+                .unwrap_or_else(|| panic!("{} has no pinned dataplane", self.host));
+            f(&mut dp)
+        })
     }
 
     /// Makes the META pin of the dataplane pinned in `dir` say that build `version` (another

@@ -2,7 +2,7 @@
 //! and `ping`. Every host is a test namespace; every container name starts with its host's
 //! name, so parallel runs never collide and leaks are caught.
 
-use std::{fs, process::Command, thread};
+use std::{fs, net::Ipv4Addr, process::Command, thread};
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
@@ -1520,6 +1520,39 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     let (entries, published) = allow_entries();
     assert_eq!(entries, vec![(1, "203.0.113.0/24".parse().expect("net"))]);
     assert_eq!(published, 1, "only the new publication's DNAT entry");
+}
+
+/// A fast-path entry for an address no container holds — what a Docker endpoint's create
+/// leaves when it is killed between writing the entry and saving the state (it writes no
+/// intent record) — goes with the next command that takes the lock, which says so; the
+/// containers' own entries stay as they were.
+#[test]
+fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
+    let (_topo, nf, _c0) = host_with_container();
+    let before = nf.endpoints();
+    assert_eq!(before.len(), 1, "one container, one endpoint: {before:?}");
+    let ep = *before.values().next().expect("the container's endpoint");
+    // Into the container's veth: an ifindex that another interface may hold by now.
+    let stray = Ipv4Addr::new(172, 18, 0, 77);
+    nf.plant_endpoint(stray, &ep);
+    assert!(
+        nf.endpoints().contains_key(&stray),
+        "the stray entry was not planted"
+    );
+    let err = nf.ok_stderr(&network_create("epswweb2", "172.30.2.0/24", &[]));
+    assert_eq!(
+        nf.endpoints(),
+        before,
+        "only the stray entry goes; it said:\n{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "removed fast-path endpoint {stray} (interface #{}), which no container of the state \
+             holds",
+            ep.ifindex
+        )),
+        "{err}"
+    );
 }
 
 /// A layer-3 uplink (a tun device: no Ethernet header) is refused for the eBPF dataplane,

@@ -160,6 +160,12 @@ pub enum Change {
         link: String,
         mark: String,
     },
+    /// A fast-path entry (`NETFAST_ENDPOINTS`) for an address that no container of the state
+    /// holds, into interface `ifindex`.
+    UnknownEndpointRemoved {
+        addr: Ipv4Addr,
+        ifindex: u32,
+    },
     NothingToRemove,
     DockerNetworkServed {
         network: String,
@@ -364,6 +370,11 @@ impl fmt::Display for Change {
                 f,
                 "removed link {link}, netfast's ({mark}) but unknown to the state"
             ),
+            Change::UnknownEndpointRemoved { addr, ifindex } => write!(
+                f,
+                "removed fast-path endpoint {addr} (interface #{ifindex}), which no container of \
+                 the state holds"
+            ),
             Change::NothingToRemove => f.write_str("nothing to remove"),
             Change::DockerNetworkServed {
                 network,
@@ -451,6 +462,10 @@ mod tests {
             Change::Step {
                 action: Action::RemoveContainer("c1".into()),
             },
+            Change::UnknownEndpointRemoved {
+                addr: Ipv4Addr::new(172, 18, 0, 77),
+                ifindex: 12,
+            },
         ];
         assert_eq!(
             lines(&changes),
@@ -459,6 +474,8 @@ mod tests {
                 "nftables table `ip netfast` serves it, masquerading 172.18.0.0/24 as 198.51.100.1",
                 "removed the dataplane (no network on it left)",
                 "- container c1",
+                "removed fast-path endpoint 172.18.0.77 (interface #12), which no container of \
+                 the state holds",
             ]
         );
         let json = serde_json::to_string(&changes).unwrap();

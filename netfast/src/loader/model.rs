@@ -217,6 +217,12 @@ impl State {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// The container (the command line's, or a Docker endpoint's) at address `ip`: networks
+    /// never overlap, so there is at most one.
+    pub fn container_at(&self, ip: Ipv4Addr) -> Option<&Container> {
+        self.containers.iter().find(|c| c.ip == ip)
+    }
+
     /// Network `name`, or an error that says where to look.
     pub fn known_network(&self, name: &str) -> Result<&Network, Invalid> {
         known(self.network(name), "network", name)

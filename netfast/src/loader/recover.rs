@@ -1,6 +1,6 @@
 //! After a crash: every command that changes the host first converges what an interrupted
 //! command left ([`super::intent`]), then removes links marked as netfast's for this host
-//! that nothing knows of.
+//! that nothing knows of, and the fast path's entries for addresses no container holds.
 
 use super::{
     Loader,
@@ -22,8 +22,9 @@ impl Loader {
     /// Takes the host's exclusive lock for a command that changes something, after
     /// converging what an interrupted command left: what it was creating is removed again
     /// unless the state has it, what it was removing is removed for good (an interrupted
-    /// `down` is finished), and links marked as this host's that neither the state nor that
-    /// command knows go with the namespaces behind them. What it does is logged (`info`: the
+    /// `down` is finished), links marked as this host's that neither the state nor that
+    /// command knows go with the namespaces behind them, and so do the fast path's entries
+    /// for addresses no container of the state holds. What it does is logged (`info`: the
     /// command may fail after it, and its own output is its own changes); returns the lock
     /// and an empty list for the command's changes.
     pub(super) fn lock(&self, nl: &Nl<'_>) -> Result<(Locked, Vec<Change>)> {
@@ -49,6 +50,7 @@ impl Loader {
             locked.finish()?;
         }
         self.sweep_marked(nl, &locked.state, &mut out)?;
+        self.sweep_endpoints(&locked.state, &mut out)?;
         for change in &out {
             log::info!("{change}");
         }
@@ -94,6 +96,39 @@ impl Loader {
             out.push(Change::UnknownLinkRemoved {
                 link: link.name.clone(),
                 mark: link.alias.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the fast path's entries (`NETFAST_ENDPOINTS`) for addresses that no container
+    /// of `state` holds, in one walk of the map. A Docker endpoint's create killed between
+    /// writing its entry and saving the state leaves one (it writes no intent record), and
+    /// its ifindex may later be another interface's. Nothing without a pinned dataplane.
+    pub(super) fn sweep_endpoints(&self, state: &State, out: &mut Vec<Change>) -> Result<()> {
+        let mut dp = match Dataplane::open_existing(&self.host) {
+            Ok(Some(dp)) => dp,
+            Ok(None) => return Ok(()),
+            // One this netfast cannot use (another layout, an upgrade to finish): a command
+            // that needs it says why, and the sweep waits for a netfast that can.
+            Err(e) => {
+                log::debug!(
+                    "not sweeping the fast path's endpoints: {}",
+                    crate::error::report(&e)
+                );
+                return Ok(());
+            }
+        };
+        let mut unknown: Vec<_> = crate::maps::endpoints(dp.ebpf())?
+            .into_iter()
+            .filter(|(addr, _)| state.container_at(*addr).is_none())
+            .collect();
+        unknown.sort_by_key(|(addr, _)| *addr);
+        for (addr, ep) in unknown {
+            dp.remove_endpoint(addr)?;
+            out.push(Change::UnknownEndpointRemoved {
+                addr,
+                ifindex: ep.ifindex,
             });
         }
         Ok(())
