@@ -4,7 +4,7 @@
 //! backend where it applies (every test runs as `ebpf::…`, `nftables::…`, `iptables::…`;
 //! the fallbacks follow addresses and interfaces by themselves, and have no drop ring).
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use netfast_tests::{
     Background, TestNetns,
@@ -563,6 +563,46 @@ fn the_agent_completes_an_interrupted_command() {
     assert!(
         !ls.contains(&name) && !ls.contains("not in the state"),
         "{ls}"
+    );
+}
+
+/// A fast-path entry for an address no container holds (a Docker endpoint's create killed
+/// before it saved the state leaves one) goes with the agent's next pass, counted as a
+/// repair; the containers' own entries stay as they were.
+#[test]
+fn the_agent_removes_a_fast_path_entry_of_no_container() {
+    require_root();
+    let w = web_on("ebpf", &[]);
+    let mut agent = Agent::start(&w.topo.host);
+    let before = w.nf.endpoints();
+    assert_eq!(before.len(), 2, "two containers, two endpoints: {before:?}");
+    let ep = *before.values().next().expect("an endpoint");
+    let stray = Ipv4Addr::new(172, 18, 0, 77);
+    w.nf.plant_endpoint(stray, &ep);
+    assert!(
+        wait_until(SOON, || !w.nf.endpoints().contains_key(&stray)),
+        "the agent left the stray entry: {:?}",
+        w.nf.endpoints()
+    );
+    assert_eq!(w.nf.endpoints(), before, "only the stray entry goes");
+    agent.process.wait_for_text(
+        &format!(
+            "repaired: removed fast-path endpoint {stray} (interface #{})",
+            ep.ifindex
+        ),
+        SOON,
+    );
+    // Counted once the pass is over, just after it printed what it did.
+    let counted = || {
+        agent.value(
+            "netfast_agent_repairs_total",
+            &[("kind", "unknown_endpoint")],
+        )
+    };
+    assert!(
+        wait_until(SOON, || counted() == Some(1.0)),
+        "{:?}",
+        counted()
     );
 }
 

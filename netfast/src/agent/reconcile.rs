@@ -13,6 +13,9 @@
 //!   ifindex-keyed maps re-keyed (networks, bridges, uplinks, endpoints), link pins of gone
 //!   interfaces removed; a netfast bridge made again gets its gateway address, and the
 //!   containers' veths go back on it;
+//! - the fast path's entries for addresses no container holds (a Docker endpoint's create
+//!   killed before it saved the state leaves one, into an ifindex another interface may
+//!   take), as the next command would remove them;
 //! - the fallback backends' rules, when they are missing (removed by hand, a firewall
 //!   reload), and their bridges' `route_localnet`.
 //!
@@ -35,7 +38,7 @@ use crate::{
     dataplane::{Dataplane, InterfaceRole},
     error::Result,
     loader::{
-        Loader,
+        Change, Loader,
         model::{Backend, Network},
         netlink::{Link, Nl},
         state::Locked,
@@ -44,12 +47,13 @@ use crate::{
 };
 
 /// A kind of repair, as the metrics count them.
-pub const REPAIR_KINDS: [&str; 9] = [
+pub const REPAIR_KINDS: [&str; 10] = [
     "host_addresses",
     "masquerade_address",
     "attach",
     "rekey",
     "stale_link",
+    "unknown_endpoint",
     "bridge",
     "bridge_port",
     "fallback_rules",
@@ -484,7 +488,8 @@ fn dataplane(
     Ok(())
 }
 
-/// The fast path's way into each container: its veth's ifindex, the bridge's MAC and MTU.
+/// The fast path's way into each container: its veth's ifindex, the bridge's MAC and MTU;
+/// and no way in for an address no container holds.
 fn endpoints(
     dp: &mut Dataplane,
     state: &crate::loader::model::State,
@@ -493,6 +498,22 @@ fn endpoints(
 ) -> Result<()> {
     let endpoints: HashMap<Ipv4Addr, netfast_common::config::Endpoint> =
         maps::endpoints(dp.ebpf())?.into_iter().collect();
+    let mut unknown: Vec<(&Ipv4Addr, &netfast_common::config::Endpoint)> = endpoints
+        .iter()
+        .filter(|(addr, _)| state.container_at(**addr).is_none())
+        .collect();
+    unknown.sort_by_key(|(addr, _)| **addr);
+    for (&addr, ep) in unknown {
+        dp.remove_endpoint(addr)?;
+        pass.repair(
+            "unknown_endpoint",
+            Change::UnknownEndpointRemoved {
+                addr,
+                ifindex: ep.ifindex,
+            }
+            .to_string(),
+        );
+    }
     for n in state.networks.iter().filter(|n| n.backend == Backend::Ebpf) {
         let Some(b) = by_name(links, &n.bridge) else {
             continue;
