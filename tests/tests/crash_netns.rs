@@ -441,3 +441,102 @@ fn nftables_commands_killed_at_any_step_converge() {
 fn iptables_commands_killed_at_any_step_converge() {
     crash_sweep("iptables", &FALLBACK_CMDS, &FALLBACK_KILLS);
 }
+
+/// A file removed when dropped (a plugin's socket, which a killed plugin leaves).
+struct RemovedOnDrop(String);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// `docker-plugin` killed in an endpoint's create at its state save (its one rename), after
+/// it wrote the endpoint's fast-path entry. That create writes no intent record: the entry is
+/// for an address no container of the state holds, into the ifindex of a veth the state
+/// does not know either. The next command that takes the lock removes both.
+#[test]
+fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
+    require_root();
+    let lab = Lab::new("ebpf");
+    let socket = RemovedOnDrop(format!("/tmp/epsw-{}.sock", lab.host()));
+    let network_id = "e0".repeat(32);
+    let endpoint_id = "e1".repeat(32);
+    let plugin = |argv_prefix: &[&str]| {
+        let mut argv: Vec<&str> = argv_prefix.to_vec();
+        argv.extend(lab.nf.argv(&["docker-plugin", "--socket", &socket.0]));
+        let mut p = netfast_tests::Background::spawn(&argv);
+        p.wait_for_text("listening on", std::time::Duration::from_secs(20));
+        p
+    };
+    let post = |method: &str, body: &str| {
+        let url = format!("http://plugin/NetworkDriver.{method}");
+        let out = run(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "20",
+            "--unix-socket",
+            &socket.0,
+            "-X",
+            "POST",
+            "-d",
+            body,
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The Docker network, through a plugin that runs on.
+    let first = plugin(&[]);
+    let answer = post(
+        "CreateNetwork",
+        &format!(
+            r#"{{"NetworkID":"{network_id}","Options":{{"com.docker.network.generic":
+            {{"uplink":"{UPLINK}","backend":"ebpf"}}}},"IPv4Data":[{{"AddressSpace":
+            "LocalDefault","Pool":"172.18.0.0/24","Gateway":"172.18.0.1/24"}}],"IPv6Data":[]}}"#
+        ),
+    );
+    assert!(!answer.contains("\"Err\""), "CreateNetwork: {answer}");
+    first.stop();
+    // The endpoint, through a plugin killed at its first rename: the create's state save.
+    let killed = plugin(&[
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=renameat:signal=KILL:when=1",
+    ]);
+    let stray: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
+    post(
+        "CreateEndpoint",
+        &format!(
+            r#"{{"NetworkID":"{network_id}","EndpointID":"{endpoint_id}","Interface":
+            {{"Address":"{stray}/24"}},"Options":{{}}}}"#
+        ),
+    );
+    let out = killed.wait_exit(std::time::Duration::from_secs(20));
+    assert!(
+        out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
+        "the plugin was not killed: {out:?}"
+    );
+    let left = lab.nf.endpoints();
+    assert!(
+        left.contains_key(&stray),
+        "the kill should have come after the endpoint's fast-path entry: {left:?}"
+    );
+    let err = lab
+        .nf
+        .ok_stderr(&network_create("epswweb2", "172.30.2.0/24", &[]));
+    let left = lab.nf.endpoints();
+    assert!(
+        !left.contains_key(&stray),
+        "the next command left the stray entry: {left:?}\nit said:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("removed fast-path endpoint {stray} (interface #"))
+            && err.contains("removed link nfv"),
+        "{err}"
+    );
+}
