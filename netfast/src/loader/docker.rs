@@ -290,7 +290,10 @@ impl Loader {
     ) -> Result<(DockerEndpoint, Vec<Change>)> {
         caps::require("docker endpoint create", false)?;
         check_id("endpoint", endpoint_id)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
+        // Through `lock`, as the command line's commands: what a plugin killed in an earlier
+        // call left (a marked veth, a fast-path entry of no container) goes first.
+        let nl = self.netlink().host()?;
+        let (mut locked, _) = self.lock(&nl)?;
         if let Some(ep) = locked.state.docker.endpoint(endpoint_id)
             && locked.state.container(&ep.container).is_some()
         {
@@ -303,7 +306,6 @@ impl Loader {
         }
         prune(&mut locked.state);
         let network = network_of(&locked.state, network_id)?;
-        let nl = self.netlink().host()?;
         let mut done = Vec::new();
         // An endpoint whose veth is gone lost its container's namespace (the pair dies with
         // it) without Docker deleting it — a dockerd that could not restore a sandbox forgets
@@ -467,9 +469,8 @@ impl Loader {
     pub fn docker_endpoint_rm(&self, endpoint_id: &str) -> Result<Vec<Change>> {
         caps::require("docker endpoint rm", false)?;
         check_id("endpoint", endpoint_id)?;
-        let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.netlink().host()?;
-        let mut out = Vec::new();
+        let (mut locked, mut out) = self.lock(&nl)?;
         if let Ok(ep) = live_endpoint(&locked.state, endpoint_id) {
             let c = locked
                 .state
