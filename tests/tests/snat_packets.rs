@@ -315,6 +315,28 @@ fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
     run_masqueraded(vec![("lowered timeouts", flow)]);
 }
 
+/// A closed connection's late packet keeps its mapping as long as it keeps the connection's
+/// entries, even when another flow closes last. C1's first connection is in TIME_WAIT (240 s
+/// and a 30 s slack) when, 100 s on, the server repeats its FIN: the entries live 240 s from
+/// then. Its second connection is reset, the mapping's last: 200 s later the first
+/// connection still lives, and so must its port.
+#[test]
+fn a_late_packet_of_a_closed_connection_keeps_its_port() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend(two_connections_the_first_in_time_wait());
+    flow.push(
+        back(
+            "100 s on, the server's FIN again",
+            SERVER,
+            C1,
+            TcpFlags::FIN_ACK,
+        )
+        .setup(|t| t.advance_clock(100).map_err(|e| e.to_string())),
+    );
+    flow.extend(the_last_reset_then_another_container_after(|_| Ok(()), 200));
+    run_masqueraded(vec![("late packet", flow)]);
+}
+
 /// A port taken over from a holder whose claim had lost its record of closed flows (the LRU
 /// evicted the claim, which was made again not knowing them) starts a record of its own:
 /// the new holder's reset connection frees it after the CLOSE timeout, not after the
@@ -386,6 +408,14 @@ fn two_connections_the_first_in_time_wait() -> Vec<Case> {
 fn the_last_reset_then_another_container(
     setup: impl Fn(&mut ProgTest) -> Result<(), String> + 'static,
 ) -> Vec<Case> {
+    the_last_reset_then_another_container_after(setup, 30)
+}
+
+/// As [`the_last_reset_then_another_container`], `secs` later.
+fn the_last_reset_then_another_container_after(
+    setup: impl Fn(&mut ProgTest) -> Result<(), String> + 'static,
+    secs: u32,
+) -> Vec<Case> {
     vec![
         inbound(
             "RST of the second connection",
@@ -394,10 +424,10 @@ fn the_last_reset_then_another_container(
         .setup(setup)
         .output(tcp_in(SERVER2, C1, TcpFlags::RST)),
         out(
-            "30 s later, another container's SYN from the same port gets another",
+            &format!("{secs} s later, another container's SYN from the same port gets another"),
             tcp_out(C2, SERVER3, TcpFlags::SYN),
         )
-        .setup(|t| t.advance_clock(30).map_err(|e| e.to_string()))
+        .setup(move |t| t.advance_clock(secs).map_err(|e| e.to_string()))
         .valid_output()
         .check(first_is_in_time_wait)
         .check(|t, run| match endpoints_of(&run.frame).1 {
