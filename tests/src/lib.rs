@@ -17,12 +17,14 @@ pub mod model;
 pub mod netfast_cli;
 pub mod netns;
 pub mod packets;
+pub mod removed;
 pub mod topology;
 pub mod web;
 
 pub use cmd::{Background, in_netns, ping, pings, run, run_in, run_ok};
 pub use netfast_cli::Netfast;
 pub use netns::TestNetns;
+pub use removed::Removed;
 pub use topology::{Topology, TopologyBuilder};
 
 /// Panics unless the process can do what kernel tests need (root: namespaces, BPF).

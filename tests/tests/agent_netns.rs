@@ -7,7 +7,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use netfast_tests::{
-    Background, TestNetns,
+    Background, Removed, TestNetns,
     agent::{Agent, METRICS_ADDR, sample},
     clients::{curl, echo_server, outside_web_server, talker, talks_on, wait_listening},
     cmd::wait_until,
@@ -20,24 +20,6 @@ use netfast_tests::{
 /// How long a change may take to show: the agent reacts to netlink events within a fraction
 /// of a second, and makes a full pass every second in these tests anyway.
 const SOON: Duration = Duration::from_secs(15);
-
-/// A directory under the system's temporary directory, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("nft{}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `bin`, or a loud failure naming the Debian package that has it.
 fn require_tool(bin: &str, package: &str) {
@@ -68,8 +50,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them(backend: &str) {
     );
 
     let text = agent.metrics();
-    let dir = TempDir::new("prom");
-    let file = dir.0.join("metrics.txt");
+    let dir = Removed::dir(&format!("nft{}-prom", std::process::id()));
+    let file = dir.join("metrics.txt");
     std::fs::write(&file, &text).expect("write metrics");
     let lint = run(&[
         "sh",
@@ -110,7 +92,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them(backend: &str) {
     }
 
     // A real Prometheus server, in the test's host namespace, scraping the agent.
-    let config = dir.0.join("prometheus.yml");
+    let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
@@ -119,7 +101,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them(backend: &str) {
         ),
     )
     .expect("write prometheus.yml");
-    let data = dir.0.join("data");
+    let data = dir.join("data");
     let config_arg = format!("--config.file={}", config.display());
     let data_arg = format!("--storage.tsdb.path={}", data.display());
     let mut argv = w.topo.host.prefix();

@@ -15,7 +15,7 @@ use netfast::{
     netns::NetnsGuard,
 };
 use netfast_tests::{
-    Netfast, Topology,
+    Netfast, Removed, Topology,
     netfast_cli::{netfast_bin, network_create},
     require_root, run,
     topology::UPLINK,
@@ -442,15 +442,6 @@ fn iptables_commands_killed_at_any_step_converge() {
     crash_sweep("iptables", &FALLBACK_CMDS, &FALLBACK_KILLS);
 }
 
-/// A file removed when dropped (a plugin's socket, which a killed plugin leaves).
-struct RemovedOnDrop(String);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 /// `docker-plugin` killed in an endpoint's create at its state save (its one rename), after
 /// it wrote the endpoint's fast-path entry. That create writes no intent record: the entry is
 /// for an address no container of the state holds, into the ifindex of a veth the state
@@ -460,12 +451,13 @@ impl Drop for RemovedOnDrop {
 fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
     require_root();
     let lab = Lab::new("ebpf");
-    let socket = RemovedOnDrop(format!("/tmp/epsw-{}.sock", lab.host()));
+    let socket = Removed::at(format!("/tmp/epsw-{}.sock", lab.host()));
+    let socket_path = socket.to_string_lossy().into_owned();
     let network_id = "e0".repeat(32);
     let endpoint_id = "e1".repeat(32);
     let plugin = |argv_prefix: &[&str]| {
         let mut argv: Vec<&str> = argv_prefix.to_vec();
-        argv.extend(lab.nf.argv(&["docker-plugin", "--socket", &socket.0]));
+        argv.extend(lab.nf.argv(&["docker-plugin", "--socket", &socket_path]));
         let mut p = netfast_tests::Background::spawn(&argv);
         p.wait_for_text("listening on", std::time::Duration::from_secs(20));
         p
@@ -478,7 +470,7 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
             "--max-time",
             "20",
             "--unix-socket",
-            &socket.0,
+            &socket_path,
             "-X",
             "POST",
             "-d",

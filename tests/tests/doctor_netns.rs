@@ -14,7 +14,7 @@ use std::{
 };
 
 use netfast_tests::{
-    Netfast, TestNetns, Topology,
+    Netfast, Removed, TestNetns, Topology,
     netfast_cli::{CheckStatus, DoctorCheck, checks_named, doctor_checks, netfast_bin, one_check},
     require_root,
     topology::UPLINK,
@@ -52,14 +52,11 @@ fn bare_host(tag: &str) -> (TestNetns, TempEtc) {
 }
 
 /// A directory standing in for /etc, removed when dropped.
-struct TempEtc(PathBuf);
+struct TempEtc(Removed);
 
 impl TempEtc {
     fn new(ns: &TestNetns) -> TempEtc {
-        let dir = std::env::temp_dir().join(format!("netfast-doctor-etc-{}", ns.name()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the temporary /etc");
-        TempEtc(dir)
+        TempEtc(Removed::dir(&format!("netfast-doctor-etc-{}", ns.name())))
     }
 
     /// Every file under it.
@@ -79,18 +76,12 @@ impl TempEtc {
     }
 }
 
-impl Drop for TempEtc {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `netfast --netns NS doctor ARGS`, with the persistence files under `etc`.
 fn doctor_raw(ns: &TestNetns, args: &[&str], etc: &TempEtc) -> Output {
     Command::new(netfast_bin())
         .args(["--netns", ns.name(), "doctor"])
         .args(args)
-        .env("NETFAST_DOCTOR_ETC", &etc.0)
+        .env("NETFAST_DOCTOR_ETC", &*etc.0)
         .stdin(Stdio::null())
         .output()
         .expect("run netfast doctor")
@@ -698,7 +689,7 @@ fn tcx_and_helpers_are_probed_not_guessed_from_the_version() {
     let out = Command::new(env!("CARGO_BIN_EXE_netfast-no-bpf"))
         .arg(netfast_bin())
         .args(["--netns", ns.name(), "doctor", "--json"])
-        .env("NETFAST_DOCTOR_ETC", &etc.0)
+        .env("NETFAST_DOCTOR_ETC", &*etc.0)
         .stdin(Stdio::null())
         .output()
         .expect("run netfast doctor under netfast-no-bpf");

@@ -6,7 +6,7 @@ use std::{fs, net::Ipv4Addr, process::Command, thread};
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Netfast, Topology, in_netns,
+    Netfast, Removed, Topology, in_netns,
     netfast_cli::{ConfigJson, ContainerRow, NetworkRow, netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
@@ -868,12 +868,11 @@ fn a_backend_that_cannot_work_is_refused_and_nothing_changes() {
 }
 
 /// A directory of links to the host's iptables tools and nothing else: a PATH without nft.
-struct IptablesOnlyPath(std::path::PathBuf);
+struct IptablesOnlyPath(Removed);
 
 impl IptablesOnlyPath {
     fn new(name: &str) -> IptablesOnlyPath {
-        let dir = std::env::temp_dir().join(format!("netfast-path-{name}"));
-        fs::create_dir_all(&dir).expect("create PATH directory");
+        let dir = Removed::dir(&format!("netfast-path-{name}"));
         for from in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
             for e in fs::read_dir(from).into_iter().flatten().flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
@@ -884,12 +883,6 @@ impl IptablesOnlyPath {
         }
         assert!(dir.join("iptables").exists(), "no iptables to link");
         IptablesOnlyPath(dir)
-    }
-}
-
-impl Drop for IptablesOnlyPath {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -910,7 +903,7 @@ fn auto_takes_nftables_then_iptables_where_ebpf_cannot_run() {
                 .args(["--netns", topo.host.name()])
                 .args(args);
             if backend == "iptables" {
-                cmd.env("PATH", &path.0);
+                cmd.env("PATH", &*path.0);
             }
             let out = cmd.output().expect("run netfast-no-bpf");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();

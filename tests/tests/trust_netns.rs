@@ -11,7 +11,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use netfast::netns::NetnsGuard;
 use netfast_tests::{
-    Background,
+    Background, Removed,
     clients::{echo_server, talker, talks_on},
     in_netns, require_root,
     topology::{OUTSIDE_ADDR, UPLINK_ADDR},
@@ -72,15 +72,6 @@ fn pin(fd: &OwnedFd, path: &str) {
     );
 }
 
-/// Removes a pin when dropped.
-struct Pin(String);
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A container sets the fast path's mark on what it sends (its own TC program): the
 /// uplink's egress must not take its packets for ones the fast path translated already, or
 /// the container's address would leave unmasqueraded. With the fast path off, the host
@@ -105,7 +96,7 @@ fn a_container_cannot_carry_the_fast_paths_mark_to_the_uplink() {
     let path = format!("/sys/fs/bpf/netfast-test-marker-{}", std::process::id());
     let marker = load_marker();
     pin(&marker, &path);
-    let _pin = Pin(path.clone());
+    let _pin = Removed::at(&path);
     let _attached = {
         let _in = NetnsGuard::enter(&w.c1).expect("enter c1");
         let mut prog = SchedClassifier::from_pin(&path).expect("the pinned marker");
