@@ -1548,6 +1548,33 @@ fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
     );
 }
 
+/// A container's veth renamed by hand carries its mark under a name the state does not
+/// know. The next command must not take it for a leftover of a killed create: the container
+/// is the state's, and neither its veth nor its namespace may go.
+#[test]
+fn a_renamed_veth_of_a_known_container_is_left_alone() {
+    let (topo, nf, c0) = host_with_container();
+    let veth = nf.containers()[0].veth.clone();
+    topo.host
+        .exec_ok(&["ip", "link", "set", &veth, "name", "renamedveth0"]);
+    let err = nf.ok_stderr(&network_create("epswweb3", "172.30.3.0/24", &[]));
+    assert!(
+        topo.host
+            .exec(&["ip", "link", "show", "renamedveth0"])
+            .status
+            .success(),
+        "the renamed veth of container {c0} was deleted; the command said:\n{err}"
+    );
+    assert!(
+        std::path::Path::new("/run/netns").join(&c0).exists(),
+        "the namespace of container {c0}, which the state knows, was deleted; it said:\n{err}"
+    );
+    assert!(
+        err.contains("renamedveth0") && err.contains(&c0),
+        "the command must say what it left alone:\n{err}"
+    );
+}
+
 /// A layer-3 uplink (a tun device: no Ethernet header) is refused for the eBPF dataplane,
 /// whose programs parse Ethernet frames, with the backend to use instead; `--backend auto`
 /// takes nftables for it and says why.

@@ -78,6 +78,19 @@ impl Loader {
         out: &mut Vec<Change>,
     ) -> Result<()> {
         for (link, owner) in self.unknown_marked(nl, state)? {
+            // The mark of a network or container the state has, on a link of another name:
+            // renamed by hand, not left by a killed command. Its namespace and its traffic
+            // are the state's container's; nothing of it goes.
+            if let Some((kind, name, want)) = renamed(state, &owner) {
+                log::warn!(
+                    "link {} carries the mark of {kind} {name}, whose link the state knows as \
+                     {want}: renamed by hand? It is left alone; rename it back (`ip link set {} \
+                     name {want}`)",
+                    link.name,
+                    link.name
+                );
+                continue;
+            }
             match &owner {
                 Owner::Container(name) => {
                     if self.namespace_is_marked(name, link.alias.as_deref().unwrap_or("")) {
@@ -161,6 +174,18 @@ impl Loader {
                 .namespace(name)
                 .and_then(|inside| inside.link("eth0"))
                 .is_ok_and(|eth0| eth0.and_then(|l| l.alias).as_deref() == Some(mark))
+    }
+}
+
+/// The kind, name and link name of the state's network or container whose mark `owner` a
+/// link of another name carries: renamed by hand, not left by a killed command.
+pub(super) fn renamed<'a>(
+    state: &'a State,
+    owner: &'a Owner,
+) -> Option<(&'static str, &'a String, &'a String)> {
+    match owner {
+        Owner::Container(name) => state.container(name).map(|c| ("container", name, &c.veth)),
+        Owner::Network(name) => state.network(name).map(|n| ("network", name, &n.bridge)),
     }
 }
 

@@ -186,7 +186,8 @@ impl Loader {
         };
         let links = nl.links()?;
         for (link, owner) in self.unknown_marked(nl, state)? {
-            if covered(&link.name) {
+            // A renamed link of the state's own: its row says what is missing.
+            if covered(&link.name) || super::recover::renamed(state, &owner).is_some() {
                 continue;
             }
             match owner {
@@ -350,6 +351,9 @@ impl Loader {
             }
         }
         for (link, owner) in self.unknown_marked(&nl, state)? {
+            if super::recover::renamed(state, &owner).is_some() {
+                continue;
+            }
             if let Owner::Container(name) = owner
                 && !unknown.iter().any(|(c, _)| c.veth == link.name)
             {
