@@ -431,6 +431,11 @@ impl Netfast {
         self.with_dataplane(|dp| dp.set_endpoint(addr, ep).expect("write NETFAST_ENDPOINTS"));
     }
 
+    /// The dataplane's settings as the programs read them (`NETFAST_CONFIG`), clock included.
+    pub fn config_map(&self) -> netfast::common::config::DpConfig {
+        self.with_dataplane(|dp| dp.config().expect("read NETFAST_CONFIG"))
+    }
+
     /// Runs `f` on the host's pinned dataplane, opened from inside the host's namespace.
     fn with_dataplane<T: Send>(&self, f: impl FnOnce(&mut Dataplane) -> T + Send) -> T {
         crate::netns::within(&self.host, || {

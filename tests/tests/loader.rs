@@ -1575,6 +1575,40 @@ fn a_renamed_veth_of_a_known_container_is_left_alone() {
     );
 }
 
+/// `netfast config` under running programs changes the settings, never the clock's reference
+/// point: the programs read the config map while it is written, and a new reference point
+/// (calibrated again by the new process) read beside the old one would move their clock by
+/// the time between the two calibrations — every mapping expired at once, or none for days.
+#[test]
+fn config_leaves_the_running_clock_alone() {
+    let (_topo, nf, _c0) = host_with_container();
+    let before = nf.config_map();
+    assert_ne!(before.clock_hz, 0, "the programs' clock was not calibrated");
+    // A calibration takes a second boundary as its reference: once the clock is past the
+    // next one, a calibration made now would take another.
+    while netfast::maps::monotonic_now() <= before.clock_m0 + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nf.ok(&["config", "--timeout-udp", "77"]);
+    let after = nf.config_map();
+    assert_eq!(after.udp, 77, "the setting was not written");
+    assert_eq!(
+        (
+            after.clock_hz,
+            after.clock_j0,
+            after.clock_m0,
+            after.clock_advance
+        ),
+        (
+            before.clock_hz,
+            before.clock_j0,
+            before.clock_m0,
+            before.clock_advance
+        ),
+        "netfast config rewrote the running clock's reference point"
+    );
+}
+
 /// A layer-3 uplink (a tun device: no Ethernet header) is refused for the eBPF dataplane,
 /// whose programs parse Ethernet frames, with the backend to use instead; `--backend auto`
 /// takes nftables for it and says why.

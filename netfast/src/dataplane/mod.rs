@@ -484,9 +484,20 @@ impl Dataplane {
         maps::remove_network(&mut self.ebpf, subnet, prefix)
     }
 
-    /// Timeouts, port range and filtering, effective for the next packet.
+    /// Timeouts, port range and filtering, effective for the next packet. The clock fields
+    /// stay as the map has them: the programs read the map while it is written, and a new
+    /// reference point (calibrated again by this process) read beside the old one, or a tick
+    /// rate beside no reference point, would move their clock by days.
     pub fn configure(&mut self, config: &DpConfig) -> Result<()> {
-        maps::write_config(&mut self.ebpf, config)
+        let running = maps::read_config(&self.ebpf)?;
+        let config = DpConfig {
+            clock_hz: running.clock_hz,
+            clock_j0: running.clock_j0,
+            clock_m0: running.clock_m0,
+            clock_advance: running.clock_advance,
+            ..*config
+        };
+        maps::write_config_uncalibrated(&mut self.ebpf, &config)
     }
 
     pub fn config(&self) -> Result<DpConfig> {
