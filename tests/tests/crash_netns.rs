@@ -442,27 +442,57 @@ fn iptables_commands_killed_at_any_step_converge() {
     crash_sweep("iptables", &FALLBACK_CMDS, &FALLBACK_KILLS);
 }
 
-/// `docker-plugin` killed in an endpoint's create at its state save (its one rename), after
-/// it wrote the endpoint's fast-path entry. That create writes no intent record: the entry is
-/// for an address no container of the state holds, into the ifindex of a veth the state
-/// does not know either. Docker's next call to the plugin removes both, as the command
-/// line's next command would.
-#[test]
-fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
-    require_root();
-    let lab = Lab::new("ebpf");
-    let socket = Removed::at(format!("/tmp/epsw-{}.sock", lab.host()));
-    let socket_path = socket.to_string_lossy().into_owned();
-    let network_id = "e0".repeat(32);
-    let endpoint_id = "e1".repeat(32);
-    let plugin = |argv_prefix: &[&str]| {
-        let mut argv: Vec<&str> = argv_prefix.to_vec();
-        argv.extend(lab.nf.argv(&["docker-plugin", "--socket", &socket_path]));
+/// `netfast docker-plugin` on the eBPF lab, driven over its socket with curl as dockerd
+/// drives it (no dockerd needed), with one Docker network on 172.18.0.0/24.
+struct PluginLab {
+    lab: Lab,
+    socket: String,
+    network_id: String,
+    _socket: Removed,
+}
+
+impl PluginLab {
+    fn new() -> PluginLab {
+        require_root();
+        let lab = Lab::new("ebpf");
+        let guard = Removed::at(format!("/tmp/epsw-{}.sock", lab.host()));
+        let p = PluginLab {
+            socket: guard.to_string_lossy().into_owned(),
+            network_id: "e0".repeat(32),
+            lab,
+            _socket: guard,
+        };
+        let first = p.plugin(&[]);
+        let answer = p.post(
+            "CreateNetwork",
+            &format!(
+                r#"{{"NetworkID":"{}","Options":{{"com.docker.network.generic":
+                {{"uplink":"{UPLINK}","backend":"ebpf"}}}},"IPv4Data":[{{"AddressSpace":
+                "LocalDefault","Pool":"172.18.0.0/24","Gateway":"172.18.0.1/24"}}],
+                "IPv6Data":[]}}"#,
+                p.network_id
+            ),
+        );
+        assert!(!answer.contains("\"Err\""), "CreateNetwork: {answer}");
+        first.stop();
+        p
+    }
+
+    /// The plugin, run behind `prefix` (e.g. strace), listening.
+    fn plugin(&self, prefix: &[&str]) -> netfast_tests::Background {
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend(
+            self.lab
+                .nf
+                .argv(&["docker-plugin", "--socket", &self.socket]),
+        );
         let mut p = netfast_tests::Background::spawn(&argv);
         p.wait_for_text("listening on", std::time::Duration::from_secs(20));
         p
-    };
-    let post = |method: &str, body: &str| {
+    }
+
+    /// A call of Docker's network driver protocol; the answer's body.
+    fn post(&self, method: &str, body: &str) -> String {
         let url = format!("http://plugin/NetworkDriver.{method}");
         let out = run(&[
             "curl",
@@ -470,7 +500,7 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
             "--max-time",
             "20",
             "--unix-socket",
-            &socket_path,
+            &self.socket,
             "-X",
             "POST",
             "-d",
@@ -478,21 +508,43 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
             &url,
         ]);
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    // The Docker network, through a plugin that runs on.
-    let first = plugin(&[]);
-    let answer = post(
-        "CreateNetwork",
-        &format!(
-            r#"{{"NetworkID":"{network_id}","Options":{{"com.docker.network.generic":
-            {{"uplink":"{UPLINK}","backend":"ebpf"}}}},"IPv4Data":[{{"AddressSpace":
-            "LocalDefault","Pool":"172.18.0.0/24","Gateway":"172.18.0.1/24"}}],"IPv6Data":[]}}"#
-        ),
-    );
-    assert!(!answer.contains("\"Err\""), "CreateNetwork: {answer}");
-    first.stop();
+    }
+
+    /// Docker's CreateEndpoint of endpoint `id` at `addr`; the answer.
+    fn create_endpoint(&self, id: &str, addr: std::net::Ipv4Addr) -> String {
+        self.post(
+            "CreateEndpoint",
+            &format!(
+                r#"{{"NetworkID":"{}","EndpointID":"{id}","Interface":
+                {{"Address":"{addr}/24"}},"Options":{{}}}}"#,
+                self.network_id
+            ),
+        )
+    }
+
+    /// The host ends of the containers' veths in the host namespace.
+    fn veths(&self) -> Vec<String> {
+        let out = run(&["ip", "-n", self.lab.host(), "-j", "link"]);
+        let links: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("ip -j link");
+        links
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("nfv"))
+            .collect()
+    }
+}
+
+/// `docker-plugin` killed in an endpoint's create at its state save (its one rename), after
+/// it wrote the endpoint's fast-path entry. That create writes no intent record: the entry is
+/// for an address no container of the state holds, into the ifindex of a veth the state
+/// does not know either. Docker's next call to the plugin removes both, as the command
+/// line's next command would.
+#[test]
+fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
+    let p = PluginLab::new();
     // The endpoint, through a plugin killed at its first rename: the create's state save.
-    let killed = plugin(&[
+    let killed = p.plugin(&[
         "strace",
         "-f",
         "-qq",
@@ -502,55 +554,112 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
         "inject=renameat:signal=KILL:when=1",
     ]);
     let stray: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
-    post(
-        "CreateEndpoint",
-        &format!(
-            r#"{{"NetworkID":"{network_id}","EndpointID":"{endpoint_id}","Interface":
-            {{"Address":"{stray}/24"}},"Options":{{}}}}"#
-        ),
-    );
+    p.create_endpoint(&"e1".repeat(32), stray);
     let out = killed.wait_exit(std::time::Duration::from_secs(20));
     assert!(
         out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
         "the plugin was not killed: {out:?}"
     );
-    let left = lab.nf.endpoints();
+    let left = p.lab.nf.endpoints();
     assert!(
         left.contains_key(&stray),
         "the kill should have come after the endpoint's fast-path entry: {left:?}"
     );
-    let veths = || {
-        let out = run(&["ip", "-n", lab.host(), "-j", "link"]);
-        let links: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).expect("ip -j link");
-        links
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-            .filter(|n| n.starts_with("nfv"))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(veths().len(), 1, "the killed create's veth: {:?}", veths());
-    // Docker's next call, to a plugin started again, finds nothing of the killed one.
-    let again = plugin(&[]);
-    let answer = post(
-        "CreateEndpoint",
-        &format!(
-            r#"{{"NetworkID":"{network_id}","EndpointID":"{}","Interface":
-            {{"Address":"172.18.0.6/24"}},"Options":{{}}}}"#,
-            "e2".repeat(32)
-        ),
+    assert_eq!(
+        p.veths().len(),
+        1,
+        "the killed create's veth: {:?}",
+        p.veths()
     );
+    // Docker's next call, to a plugin started again, finds nothing of the killed one.
+    let again = p.plugin(&[]);
+    let next: std::net::Ipv4Addr = "172.18.0.6".parse().expect("an address");
+    let answer = p.create_endpoint(&"e2".repeat(32), next);
     assert!(!answer.contains("\"Err\""), "CreateEndpoint: {answer}");
     again.stop();
-    let left = lab.nf.endpoints();
+    let left = p.lab.nf.endpoints();
     assert!(
-        !left.contains_key(&stray) && left.contains_key(&"172.18.0.6".parse().expect("an address")),
+        !left.contains_key(&stray) && left.contains_key(&next),
         "the next call left the stray entry, or made none of its own: {left:?}"
     );
     assert_eq!(
-        veths().len(),
+        p.veths().len(),
         1,
         "the killed create's veth is still there beside the new one: {:?}",
-        veths()
+        p.veths()
     );
+}
+
+/// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out
+/// again. An interrupted command that netfast cannot complete (here a `config` whose state
+/// holds settings that no longer validate) must not stop the endpoint's removal, or its
+/// veth, entry and record would outlive it and refuse the address to the next container.
+#[test]
+fn a_docker_endpoint_is_removed_when_an_interrupted_command_cannot_be_completed() {
+    let p = PluginLab::new();
+    let plugin = p.plugin(&[]);
+    let addr: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
+    let id = "e1".repeat(32);
+    let answer = p.create_endpoint(&id, addr);
+    assert!(!answer.contains("\"Err\""), "CreateEndpoint: {answer}");
+    let stuck = StuckIntent::plant(&p.lab);
+    let answer = p.post(
+        "DeleteEndpoint",
+        &format!(r#"{{"NetworkID":"{}","EndpointID":"{id}"}}"#, p.network_id),
+    );
+    plugin.stop();
+    drop(stuck);
+    assert!(!answer.contains("\"Err\""), "DeleteEndpoint: {answer}");
+    assert!(
+        p.veths().is_empty(),
+        "the endpoint's veth is left: {:?}",
+        p.veths()
+    );
+    assert!(
+        !p.lab.nf.endpoints().contains_key(&addr),
+        "the endpoint's fast-path entry is left"
+    );
+}
+
+/// An interrupted `netfast config` that cannot be completed: its intent, and a state whose
+/// settings no longer validate. Both are put right again when dropped.
+struct StuckIntent {
+    state: String,
+    port_range: serde_json::Value,
+    intent: String,
+}
+
+impl StuckIntent {
+    fn plant(lab: &Lab) -> StuckIntent {
+        let dir = format!("/run/netfast/{}", lab.key);
+        let stuck = StuckIntent {
+            state: format!("{dir}/state.json"),
+            port_range: Self::read(&format!("{dir}/state.json"))["dataplane"]["port_range"].clone(),
+            intent: format!("{dir}/intent.json"),
+        };
+        stuck.set_port_range("not-a-range".into());
+        fs::write(
+            &stuck.intent,
+            r#"{"command":"config --port-range not-a-range","create":["settings"]}"#,
+        )
+        .expect("write the intent");
+        stuck
+    }
+
+    fn read(path: &str) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(path).expect("the state")).expect("a state")
+    }
+
+    fn set_port_range(&self, range: serde_json::Value) {
+        let mut state = Self::read(&self.state);
+        state["dataplane"]["port_range"] = range;
+        fs::write(&self.state, state.to_string()).expect("edit the state");
+    }
+}
+
+impl Drop for StuckIntent {
+    fn drop(&mut self) {
+        self.set_port_range(self.port_range.clone());
+        let _ = fs::remove_file(&self.intent);
+    }
 }

@@ -470,7 +470,20 @@ impl Loader {
         caps::require("docker endpoint rm", false)?;
         check_id("endpoint", endpoint_id)?;
         let nl = self.netlink().host()?;
-        let (mut locked, mut out) = self.lock(&nl)?;
+        // Docker does not stop at a failed delete: it hands the address out again. What an
+        // interrupted command left is recovered first where it can be, and never stops the
+        // endpoint's own removal.
+        let mut locked = match self.lock(&nl) {
+            Ok((locked, _)) => locked,
+            Err(e) => {
+                log::warn!(
+                    "{}; removing endpoint {endpoint_id} all the same",
+                    crate::error::report(&e)
+                );
+                Locked::acquire(&self.host, true)?
+            }
+        };
+        let mut out = Vec::new();
         if let Ok(ep) = live_endpoint(&locked.state, endpoint_id) {
             let c = locked
                 .state
