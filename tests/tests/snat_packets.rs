@@ -378,6 +378,68 @@ fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
     .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
 }
 
+/// A live connection's claim on its external port, evicted by the LRU under pressure, is
+/// made again by the connection's next packet that keeps the mapping alive: another
+/// container's SYN from the same port then gets another port, not the one in use.
+#[test]
+fn a_live_mapping_makes_its_evicted_claim_again() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
+        out(
+            "ACK, after the LRU evicted the claim",
+            tcp_out(C1, SERVER, TcpFlags::ACK),
+        )
+        .setup(|t| claims(t, |_| None))
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK)),
+        out(
+            "another container's SYN from the same port",
+            tcp_out(C2, SERVER3, TcpFlags::SYN),
+        )
+        .valid_output()
+        .check(|t, run| match endpoints_of(&run.frame).1 {
+            (EXT, 40000) => Err(format!(
+                "port 40000 given to a second container while C1's connection lives: {:#?}",
+                live(t)?
+            )),
+            (EXT, _) => Ok(()),
+            from => Err(format!("left from {from:?}, not translated")),
+        }),
+    ]);
+    run_masqueraded(vec![("evicted claim", flow)]);
+}
+
+/// Where another container took a live mapping's port (its claim evicted between two of
+/// the mapping's packets), the mapping's owner does not follow it there: its next new flow
+/// gets a port of its own, not the one the other container now holds.
+#[test]
+fn a_mapping_whose_port_was_taken_does_not_follow_it() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
+        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK)).output(tcp_out(
+            ext(40000),
+            SERVER,
+            TcpFlags::ACK,
+        )),
+        out(
+            "another container's SYN from the same port, after the LRU evicted the claim",
+            tcp_out(C2, SERVER3, TcpFlags::SYN),
+        )
+        .setup(|t| claims(t, |_| None))
+        .output(tcp_out(ext(40000), SERVER3, TcpFlags::SYN)),
+        out("C1's new connection", tcp_out(C1, SERVER2, TcpFlags::SYN))
+            .valid_output()
+            .check(|t, run| match endpoints_of(&run.frame).1 {
+                (EXT, 40000) => Err(format!(
+                    "C1's new flow uses port 40000, which C2 holds now: {:#?}",
+                    live(t)?
+                )),
+                (EXT, _) => Ok(()),
+                from => Err(format!("left from {from:?}, not translated")),
+            }),
+    ]);
+    run_masqueraded(vec![("taken port", flow)]);
+}
+
 /// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
 /// second from the same port to SERVER2, and the first closes (TIME_WAIT, 240 s).
 fn two_connections_the_first_in_time_wait() -> Vec<Case> {

@@ -237,7 +237,9 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
 
 /// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until
 /// `until`. Where another CPU bound the endpoint meanwhile, its live binding wins and is
-/// reused (the claim made here then expires unused); an expired one is replaced.
+/// reused (the claim made here then expires unused); an expired one is replaced, and so is
+/// a live one whose port another endpoint has claimed since (its claim was evicted): the
+/// endpoint's flows on that port go on, its new ones never join them there.
 #[inline(never)]
 fn bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Outcome {
     Outcome::from(try_bind(bk, port, now, until))
@@ -260,10 +262,11 @@ fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, Dro
         .get_ptr_mut(bk)
         .ok_or(DropReason::NatMappingFailed)?;
     let word = binding.cast::<u64>();
+    let taken = taken_port(bk, NatBinding::from_word(load_word(word)).ext_port);
     for _ in 0..CAS_TRIES {
         let old = load_word(word);
         let b = NatBinding::from_word(old);
-        let new = if b.expires >= now {
+        let new = if b.expires >= now && Some(b.ext_port) != taken {
             NatBinding {
                 ext_port: b.ext_port,
                 flows: b.flows.saturating_add(1),
@@ -277,6 +280,15 @@ fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, Dro
         }
     }
     Err(DropReason::NatMappingFailed)
+}
+
+/// `port` (network byte order) if another endpoint than `bk`'s holds its claim.
+#[inline(always)]
+fn taken_port(bk: &NatBindKey, port: u16) -> Option<u16> {
+    let ck = NatClaimKey::new(bk.ext_addr, port, bk.proto);
+    // SAFETY: a map value pointer, valid for this program run.
+    let c = NETFAST_NAT_CLAIM.get_ptr(&ck)?;
+    (!unsafe { (*c).owned_by(bk.int_addr, bk.int_port) }).then_some(port)
 }
 
 /// Whether the host itself uses `(ext_addr, port)` towards `remote`: a TCP connection with
@@ -424,7 +436,7 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
 }
 
 /// Keeps the mapping of a flow alive until `until`; returns the new high-water mark. A
-/// binding the LRU evicted while the flow lived is made again.
+/// binding or a claim the LRU evicted while the flow lived is made again.
 #[inline(never)]
 pub fn extend_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
     keep_mapping(key, entry, until, 0)
@@ -440,6 +452,18 @@ pub fn retake_mapping(key: &CtKey, entry: &CtEntry, until: u32) -> u32 {
 #[inline(always)]
 fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
+    // A claim the LRU evicted while the mapping lives is made again here, or the port would
+    // look free to the next endpoint that wants it. (Taken meanwhile: the taker's.)
+    if NETFAST_NAT_CLAIM.get_ptr(&ck).is_none() {
+        let again = NatClaim {
+            closed_until: NatClaim::CLOSED_UNKNOWN,
+            ..NatClaim::new(
+                NatClaim::owner_of(bk.int_addr, bk.int_port, entry.net_id),
+                until,
+            )
+        };
+        let _ = NETFAST_NAT_CLAIM.insert(&ck, &again, BPF_NOEXIST as u64);
+    }
     let claim = owned_claim(&ck, &bk);
     if entry.flags & CT_F_RELEASED != 0
         && let Some(c) = claim

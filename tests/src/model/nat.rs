@@ -400,10 +400,20 @@ impl Model {
     }
 
     /// Binds `bk` to the port it just claimed: one flow, alive until `until`. A live
-    /// binding found there instead is reused (and its port returned).
+    /// binding found there instead is reused (and its port returned), unless another
+    /// endpoint has claimed its port since: then it is replaced.
     fn bind(&mut self, touched: &mut Touched, bk: &BindKey, port: u16, until: u32) -> u16 {
+        let taken = |m: &mut Self, touched: &mut Touched, p: u16| {
+            let ck = ClaimKey {
+                ext_addr: bk.ext_addr,
+                ext_port: p,
+                proto: bk.proto,
+            };
+            m.claim(touched, &ck)
+                .is_some_and(|c| !c.owned_by((bk.int_addr, bk.int_port)))
+        };
         let b = match self.binding(touched, bk) {
-            Some(b) if b.expires >= self.now => Binding {
+            Some(b) if b.expires >= self.now && !taken(self, touched, b.ext_port) => Binding {
                 ext_port: b.ext_port,
                 flows: b.flows.saturating_add(1),
                 expires: b.expires.max(until),
@@ -421,7 +431,8 @@ impl Model {
     /// A flow keeps its mapping alive until `until` (`Keep::Retake`: a TCP flow of the
     /// mapping that closed, and released it, has reopened: one flow more again, as for a new
     /// flow); returns the new high-water mark. A binding that is gone is made again (one
-    /// flow); a claim is raised only if it is still the endpoint's.
+    /// flow), and so is a claim that is gone (not knowing the closed flows); a claim is
+    /// raised only if it is still the endpoint's.
     pub fn keep_mapping(
         &mut self,
         touched: &mut Touched,
@@ -431,6 +442,16 @@ impl Model {
         how: Keep,
     ) -> u32 {
         let (bk, ck) = mapping_keys(key, e);
+        // A claim that is gone (the LRU evicted it) while the mapping lives is made again.
+        if self.claim(touched, &ck).is_none() {
+            let again = Claim {
+                owner: (bk.int_addr, bk.int_port),
+                owner_net: e.net_id,
+                expires: until,
+                closed_until: CLOSED_UNKNOWN,
+            };
+            self.set_claim(touched, ck, again);
+        }
         if e.flags.released {
             self.note_closed(touched, &ck, &bk, until);
         }
