@@ -127,12 +127,18 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     if !c.owned_by(bk.int_addr, bk.int_port) {
         return false;
     }
-    // The claim's expiry is a hint (the binding decides whether the mapping lives): a race
-    // between two raises costs nothing.
-    if c.expires < until {
-        c.expires = until;
+    // As the holder in `claim_port`: the expiry raised with an atomic instruction (a full
+    // barrier), then the owner word read again. Another endpoint that took the claim over
+    // meanwhile (its holder's binding had just expired) either sees the raise and gives it
+    // back, or has taken it, and this endpoint then does not go on with the port.
+    // SAFETY: `expires` and `owner` are aligned words of the same map value.
+    unsafe {
+        let expires = &raw mut c.expires;
+        let e = core::ptr::read_volatile(expires);
+        atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(expires, if e < until { until } else { e });
     }
-    true
+    NatClaim::new(load_word((&raw const c.owner).cast::<u64>()), 0)
+        .owned_by(bk.int_addr, bk.int_port)
 }
 
 /// Claims `ck` for the search's endpoint (`s.owner`): atomically when free; when its holder
