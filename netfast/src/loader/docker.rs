@@ -400,7 +400,8 @@ impl Loader {
         });
         locked.state.docker.endpoints.push(ep.clone());
         if let Err(e) = plumbed.and_then(|()| locked.save()) {
-            if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+            // Undone as far as it can be; the error that stopped it is the one to report.
+            if let Ok(Some(mut dp)) = Dataplane::open_existing(&self.host) {
                 let _ = dp.remove_endpoint(ip);
             }
             let _ = nl.delete_link(&host_side);

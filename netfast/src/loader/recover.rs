@@ -49,11 +49,14 @@ impl Loader {
             locked.save()?;
             locked.finish()?;
         }
-        self.sweep_marked(nl, &locked.state, &mut out)?;
-        self.sweep_endpoints(&locked.state, &mut out)?;
+        let swept = self
+            .sweep_marked(nl, &locked.state, &mut out)
+            .and_then(|()| self.sweep_endpoints(&locked.state, &mut out));
+        // What was done is said even when a later sweep failed.
         for change in &out {
             log::info!("{change}");
         }
+        swept?;
         Ok((locked, Vec::new()))
     }
 
