@@ -345,21 +345,23 @@ fn a_late_packet_of_a_closed_connection_keeps_its_port() {
 fn a_port_taken_over_keeps_a_record_of_its_own_closed_flows() {
     let mut flow = answered_with_a_short_close();
     flow.extend([
-        out(
+        away(
             "a second connection, after the LRU evicted the claim",
-            tcp_out(C1, SERVER2, TcpFlags::SYN),
+            C1,
+            SERVER2,
+            TcpFlags::SYN,
         )
-        .setup(|t| claims(t, |_| None))
-        .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
+        .setup(|t| claims(t, |_| None)),
         back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
         back("RST of the first", SERVER, C1, TcpFlags::RST),
         back("RST of the second", SERVER2, C1, TcpFlags::RST),
-        out(
+        away(
             "5 min later, another container takes the port over",
-            tcp_out(C2, SERVER, TcpFlags::SYN),
+            C2,
+            SERVER,
+            TcpFlags::SYN,
         )
-        .setup(|t| t.advance_clock(300).map_err(|e| e.to_string()))
-        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        .setup(|t| t.advance_clock(300).map_err(|e| e.to_string())),
         back("its SYN-ACK", SERVER, C2, TcpFlags::SYN_ACK),
         back("its RST", SERVER, C2, TcpFlags::RST),
         the_port_is_free_3_s_later(C3),
@@ -370,12 +372,13 @@ fn a_port_taken_over_keeps_a_record_of_its_own_closed_flows() {
 /// 3 s later (past the CLOSE timeout of 1 s and its slack), `from`'s SYN keeps port 40000:
 /// the mapping of a reset connection has let it go.
 fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
-    out(
+    away(
         "3 s later, another container's SYN from the same port keeps it",
-        tcp_out(from, SERVER, TcpFlags::SYN),
+        from,
+        SERVER,
+        TcpFlags::SYN,
     )
     .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
-    .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN))
 }
 
 /// A live connection's claim on its external port, evicted by the LRU under pressure, is
@@ -385,25 +388,21 @@ fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
 fn a_live_mapping_makes_its_evicted_claim_again() {
     let mut flow = answered_with_a_short_close();
     flow.extend([
-        out(
+        away(
             "ACK, after the LRU evicted the claim",
-            tcp_out(C1, SERVER, TcpFlags::ACK),
+            C1,
+            SERVER,
+            TcpFlags::ACK,
         )
-        .setup(|t| claims(t, |_| None))
-        .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK)),
+        .setup(|t| claims(t, |_| None)),
         out(
             "another container's SYN from the same port",
             tcp_out(C2, SERVER3, TcpFlags::SYN),
         )
         .valid_output()
-        .check(|t, run| match endpoints_of(&run.frame).1 {
-            (EXT, 40000) => Err(format!(
-                "port 40000 given to a second container while C1's connection lives: {:#?}",
-                live(t)?
-            )),
-            (EXT, _) => Ok(()),
-            from => Err(format!("left from {from:?}, not translated")),
-        }),
+        .check(not_from_port_40000(
+            "port 40000 given to a second container while C1's connection lives",
+        )),
     ]);
     run_masqueraded(vec![("evicted claim", flow)]);
 }
@@ -415,27 +414,19 @@ fn a_live_mapping_makes_its_evicted_claim_again() {
 fn a_mapping_whose_port_was_taken_does_not_follow_it() {
     let mut flow = answered_with_a_short_close();
     flow.extend([
-        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK)).output(tcp_out(
-            ext(40000),
-            SERVER,
-            TcpFlags::ACK,
-        )),
-        out(
+        away("ACK", C1, SERVER, TcpFlags::ACK),
+        away(
             "another container's SYN from the same port, after the LRU evicted the claim",
-            tcp_out(C2, SERVER3, TcpFlags::SYN),
+            C2,
+            SERVER3,
+            TcpFlags::SYN,
         )
-        .setup(|t| claims(t, |_| None))
-        .output(tcp_out(ext(40000), SERVER3, TcpFlags::SYN)),
+        .setup(|t| claims(t, |_| None)),
         out("C1's new connection", tcp_out(C1, SERVER2, TcpFlags::SYN))
             .valid_output()
-            .check(|t, run| match endpoints_of(&run.frame).1 {
-                (EXT, 40000) => Err(format!(
-                    "C1's new flow uses port 40000, which C2 holds now: {:#?}",
-                    live(t)?
-                )),
-                (EXT, _) => Ok(()),
-                from => Err(format!("left from {from:?}, not translated")),
-            }),
+            .check(not_from_port_40000(
+                "C1's new flow uses port 40000, which C2 holds now",
+            )),
     ]);
     run_masqueraded(vec![("taken port", flow)]);
 }
@@ -444,22 +435,10 @@ fn a_mapping_whose_port_was_taken_does_not_follow_it() {
 /// second from the same port to SERVER2, and the first closes (TIME_WAIT, 240 s).
 fn two_connections_the_first_in_time_wait() -> Vec<Case> {
     vec![
-        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK)).output(tcp_out(
-            ext(40000),
-            SERVER,
-            TcpFlags::ACK,
-        )),
-        out(
-            "second connection's SYN",
-            tcp_out(C1, SERVER2, TcpFlags::SYN),
-        )
-        .output(tcp_out(ext(40000), SERVER2, TcpFlags::SYN)),
+        away("ACK", C1, SERVER, TcpFlags::ACK),
+        away("second connection's SYN", C1, SERVER2, TcpFlags::SYN),
         back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
-        out("FIN out", tcp_out(C1, SERVER, TcpFlags::FIN_ACK)).output(tcp_out(
-            ext(40000),
-            SERVER,
-            TcpFlags::FIN_ACK,
-        )),
+        away("FIN out", C1, SERVER, TcpFlags::FIN_ACK),
         back("FIN back", SERVER, C1, TcpFlags::FIN_ACK).check(first_is_in_time_wait),
     ]
 }
@@ -492,20 +471,30 @@ fn the_last_reset_then_another_container_after(
         .setup(move |t| t.advance_clock(secs).map_err(|e| e.to_string()))
         .valid_output()
         .check(first_is_in_time_wait)
-        .check(|t, run| match endpoints_of(&run.frame).1 {
-            (EXT, 40000) => Err(format!(
-                "port 40000 given away while a flow of its mapping lives: {:#?}",
-                live(t)?
-            )),
-            (EXT, _) => Ok(()),
-            from => Err(format!("left from {from:?}, not translated")),
-        }),
+        .check(not_from_port_40000(
+            "port 40000 given away while a flow of its mapping lives",
+        )),
     ]
+}
+
+/// `from`'s packet to `to`, leaving from port 40000 of the external address.
+fn away(name: &str, from: Endpoint, to: Endpoint, flags: TcpFlags) -> Case {
+    out(name, tcp_out(from, to, flags)).output(tcp_out(ext(40000), to, flags))
 }
 
 /// `server`'s packet to `to`'s external endpoint (port 40000), translated back to `to`.
 fn back(name: &str, server: Endpoint, to: Endpoint, flags: TcpFlags) -> Case {
     inbound(name, tcp_in(server, ext(40000), flags)).output(tcp_in(server, to, flags))
+}
+
+/// The packet left translated, from another port than 40000 (`taken` says why that one
+/// must not be used).
+fn not_from_port_40000(taken: &'static str) -> impl Fn(&ProgTest, &Run) -> Result<(), String> {
+    move |t, run| match endpoints_of(&run.frame).1 {
+        (EXT, 40000) => Err(format!("{taken}: {:#?}", live(t)?)),
+        (EXT, _) => Ok(()),
+        from => Err(format!("left from {from:?}, not translated")),
+    }
 }
 
 /// C1's first connection (to SERVER) lives, in TIME_WAIT.
