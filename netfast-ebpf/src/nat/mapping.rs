@@ -105,6 +105,19 @@ fn try_reuse_mapping(
     Err(DropReason::NatMappingFailed)
 }
 
+/// Makes `ck` again for `owner`, whose live mapping lost it to the LRU: the flows that
+/// closed are not known. False where another endpoint made it first.
+#[inline(always)]
+fn claim_again(ck: &NatClaimKey, owner: u64, until: u32) -> bool {
+    let again = NatClaim {
+        closed_until: NatClaim::CLOSED_UNKNOWN,
+        ..NatClaim::new(owner, until)
+    };
+    NETFAST_NAT_CLAIM
+        .insert(ck, &again, BPF_NOEXIST as u64)
+        .is_ok()
+}
+
 /// Makes sure `ck` is claimed by the endpoint of `bk` (claiming it again if the LRU evicted
 /// the claim), with an expiry of at least `until`; false if another endpoint holds it.
 #[inline(always)]
@@ -112,15 +125,7 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
     let owner = NatClaim::owner_of(bk.int_addr, bk.int_port, net_id);
     let claim = match NETFAST_NAT_CLAIM.get_ptr_mut(ck) {
         Some(c) => c,
-        None => {
-            let fresh = NatClaim {
-                closed_until: NatClaim::CLOSED_UNKNOWN,
-                ..NatClaim::new(owner, until)
-            };
-            return NETFAST_NAT_CLAIM
-                .insert(ck, &fresh, BPF_NOEXIST as u64)
-                .is_ok();
-        }
+        None => return claim_again(ck, owner, until),
     };
     // SAFETY: a map value pointer, valid for this program run.
     let c = unsafe { &mut *claim };
@@ -460,17 +465,15 @@ fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
     let (bk, ck) = mapping_keys(key, entry);
     // A claim the LRU evicted while the mapping lives is made again here, or the port would
     // look free to the next endpoint that wants it. (Taken meanwhile: the taker's.)
-    if NETFAST_NAT_CLAIM.get_ptr(&ck).is_none() {
-        let again = NatClaim {
-            closed_until: NatClaim::CLOSED_UNKNOWN,
-            ..NatClaim::new(
-                NatClaim::owner_of(bk.int_addr, bk.int_port, entry.net_id),
-                until,
-            )
-        };
-        let _ = NETFAST_NAT_CLAIM.insert(&ck, &again, BPF_NOEXIST as u64);
-    }
-    let claim = owned_claim(&ck, &bk);
+    let claim = match NETFAST_NAT_CLAIM.get_ptr_mut(&ck) {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(c) => unsafe { (*c).owned_by(bk.int_addr, bk.int_port) }.then_some(c),
+        None => {
+            let owner = NatClaim::owner_of(bk.int_addr, bk.int_port, entry.net_id);
+            claim_again(&ck, owner, until);
+            owned_claim(&ck, &bk)
+        }
+    };
     if entry.flags & CT_F_RELEASED != 0
         && let Some(c) = claim
     {
