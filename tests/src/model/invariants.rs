@@ -40,6 +40,9 @@ pub enum Broken {
         ck: ClaimKey,
         holder: Claim,
     },
+    /// A live mapping counts fewer open flows than use it: the next close would end it
+    /// under a flow still open, and another endpoint could take its port.
+    UndercountedMapping { bk: BindKey, flows: u16, open: u16 },
 }
 
 impl std::fmt::Display for Broken {
@@ -87,6 +90,11 @@ impl std::fmt::Display for Broken {
                 "the live flow {key} uses {}:{} for {}:{}, but {}:{} holds that port",
                 ck.ext_addr, ck.ext_port, bk.int_addr, bk.int_port, holder.owner.0, holder.owner.1
             ),
+            Broken::UndercountedMapping { bk, flows, open } => write!(
+                f,
+                "the live mapping of {}:{} (proto {}) counts {flows} open flows, but {open} use it",
+                bk.int_addr, bk.int_port, bk.proto
+            ),
         }
     }
 }
@@ -100,7 +108,34 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
         broken.extend(live().filter_map(|(k, e)| half_flow(s, table, entries, k, e)));
         broken.extend(live().filter_map(|(k, e)| flow_on_foreign_claim(s, table, k, e)));
     }
+    if !s.evicted {
+        undercounted_mappings(s, &mut broken);
+    }
     broken
+}
+
+/// A mapping's count of open flows is never below the truth (the LRU aside: a binding it
+/// evicted is made again knowing one flow): each live entry whose source is the mapping's
+/// internal endpoint, and whose close has not been subtracted, is one of them.
+fn undercounted_mappings(s: &Snapshot<'_>, broken: &mut Vec<Broken>) {
+    let mut open: BTreeMap<BindKey, u16> = BTreeMap::new();
+    for (k, e) in s.main.iter().chain(s.inbound) {
+        if e.expires >= s.now && e.flags.masq_src && !e.flags.released {
+            *open.entry(mapping_keys(k, e).0).or_default() += 1;
+        }
+    }
+    for (bk, open) in open {
+        let Some(b) = s.bindings.get(&bk) else {
+            continue;
+        };
+        if b.expires >= s.now && b.flows < open {
+            broken.push(Broken::UndercountedMapping {
+                bk,
+                flows: b.flows,
+                open,
+            });
+        }
+    }
 }
 
 /// At every instant an external (address, port, protocol) belongs to one internal
