@@ -68,7 +68,9 @@ pub const CT_F_MASQ_SRC: u16 = 1 << 6;
 /// This entry's destination is a masquerade mapping; its internal endpoint is
 /// `(dst_addr, dst_port)`, its external one `(key.dst_addr, key.dst_port)`.
 pub const CT_F_MASQ_DST: u16 = 1 << 7;
-/// The flow's TCP close has been subtracted from its mapping's flow count.
+/// The flow's TCP close has been subtracted from its mapping's flow count. The datapath turns
+/// it with atomic instructions only, on the original direction's entry first: of two CPUs that
+/// see one close at once, one subtracts it.
 pub const CT_F_RELEASED: u16 = 1 << 8;
 /// Packets matching this entry go to a container (for the per-network counters).
 pub const CT_F_INWARD: u16 = 1 << 9;

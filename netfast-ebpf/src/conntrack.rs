@@ -2,7 +2,7 @@
 //! per-packet bookkeeping (counters, TCP state, timeouts, mapping lifetime), and inserting a
 //! flow's two entries as a pair.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -348,7 +348,8 @@ fn try_track(
     }
     let reply = e.flags & CT_F_REPLY != 0;
     let old_state = TcpState::from_u8(e.tcp_state);
-    let mut flags = e.flags;
+    let was = e.flags;
+    let mut flags = was;
     if reply {
         flags |= CT_F_SEEN_REPLY;
     }
@@ -365,7 +366,7 @@ fn try_track(
     let masq = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0;
     if state != old_state || flags != e.flags {
         e.tcp_state = state as u8;
-        e.flags = flags;
+        write_flags(e, was, flags);
         // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
         e.expires = expires;
         let peer_key = e.peer_key(key);
@@ -373,7 +374,8 @@ fn try_track(
             // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
             q.tcp_state = state as u8;
-            q.flags = (q.flags & !CT_F_SHARED) | (flags & CT_F_SHARED);
+            let q_was = q.flags;
+            write_flags(q, q_was, (q_was & !CT_F_SHARED) | (flags & CT_F_SHARED));
             q.expires = expires;
             // Both SYNs seen: the window shift each side's segments take from now on.
             if tcp && flags_in.syn && reply {
@@ -416,11 +418,81 @@ fn try_track(
     })
 }
 
+/// The flags of the entry `e`, changed from `was` (as read) to `want`, but for
+/// `CT_F_RELEASED`, which only `mapping_flows` turns: with atomic instructions, bits set and
+/// bits cleared, so that what another CPU turns at the same moment stands. A plain store of
+/// the flags read before would take back the mark of a close another CPU has just
+/// subtracted from the mapping, and the next packet would subtract it again.
+#[inline(always)]
+fn write_flags(e: &mut CtEntry, was: u16, want: u16) {
+    let set = want & !was & !CT_F_RELEASED;
+    let clear = was & !want & !CT_F_RELEASED;
+    if set != 0 {
+        // SAFETY: the flags word of a live map value (see `flags_word`).
+        unsafe {
+            atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(flags_word(e), flags_bits(set))
+        };
+    }
+    if clear != 0 {
+        // SAFETY: as above.
+        unsafe {
+            atomic_and::<u32, u32, { AtomicOrdering::SeqCst }>(flags_word(e), !flags_bits(clear))
+        };
+    }
+}
+
+/// Where `flags` lies in the entry's 32-bit word that holds it (with the TCP state and the
+/// window scale): BPF's atomic instructions take 32 or 64 bits.
+const FLAGS_AT: usize = core::mem::offset_of!(CtEntry, flags);
+const _: () = assert!(
+    FLAGS_AT.is_multiple_of(4) && align_of::<CtEntry>() >= 4,
+    "CtEntry::flags must start a 32-bit word"
+);
+
+/// The 32-bit word that holds the entry's flags.
+#[inline(always)]
+// Aligned: the entry is, and the word starts at a multiple of 4 (asserted above).
+#[allow(clippy::cast_ptr_alignment)]
+fn flags_word(e: *mut CtEntry) -> *mut u32 {
+    e.cast::<u8>().wrapping_add(FLAGS_AT).cast::<u32>()
+}
+
+/// `bits` of `CtEntry::flags` as bits of its word.
+#[inline(always)]
+const fn flags_bits(bits: u16) -> u32 {
+    let v = bits as u32;
+    if cfg!(target_endian = "little") {
+        v
+    } else {
+        v << 16
+    }
+}
+
+/// Turns `CT_F_RELEASED` of the entry at `e` on (`on`) or off, with one atomic instruction;
+/// whether this call turned it (it was the other way before).
+#[inline(always)]
+fn turn_released(e: *mut CtEntry, on: bool) -> bool {
+    let bit = flags_bits(CT_F_RELEASED);
+    // SAFETY: the flags word of a live map value (see `flags_word`).
+    let before = unsafe {
+        if on {
+            atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(flags_word(e), bit)
+        } else {
+            atomic_and::<u32, u32, { AtomicOrdering::SeqCst }>(flags_word(e), !bit)
+        }
+    };
+    (before & bit != 0) != on
+}
+
 /// A masqueraded TCP flow's state changed (to `e`'s, written to both entries; they expire at
 /// `expires`, after `t` seconds). The first time the flow closes, its mapping has one flow
 /// fewer (`CT_F_RELEASED`); a SYN that reopens it makes it one of its mapping's flows again,
 /// as a new flow would be, and both entries know the mapping lives as long as the flow. A
 /// hairpin between two mappings releases and retakes both.
+///
+/// Two CPUs may see one close (or reopening) at once, a packet each way: the mark is turned
+/// on one entry, the original direction's (this one where the other is gone), with one
+/// atomic instruction, and only the CPU that turned it counts the change.
 // Its own BPF function: one call in `track` where a branch for each case would multiply the
 // paths the verifier walks through it.
 #[inline(never)]
@@ -435,19 +507,25 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
     let two = e.flags & CT_F_TWO_MAPPINGS != 0;
     let peer_key = e.peer_key(key);
     let peer = entry_in(table, &peer_key);
+    let own = core::ptr::from_mut(e);
+    let (judge, other) = match peer {
+        Some(p) if e.flags & CT_F_REPLY != 0 => (p, Some(own)),
+        _ => (own, peer),
+    };
+    if !turn_released(judge, closed) {
+        return;
+    }
+    if let Some(o) = other {
+        turn_released(o, closed);
+    }
     let until = expires + netfast_common::nat::mapping_slack(t);
     if closed {
         let now = expires - t;
-        e.flags |= CT_F_RELEASED;
-        if let Some(peer) = peer {
-            // SAFETY: a map value pointer, valid for this program run.
-            unsafe { (*peer).flags |= CT_F_RELEASED };
-        }
         if nat::release_mapping(key, e, until) {
             nat::outlive_closed(key, e, until, now);
         }
         if let Some(peer) = peer {
-            // SAFETY: as above.
+            // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
             if !two {
                 // Both entries know how long the mapping lives now: a packet the other way
@@ -459,12 +537,10 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
         }
         return;
     }
-    e.flags &= !CT_F_RELEASED;
     e.map_expires = nat::retake_mapping(key, e, until);
     if let Some(peer) = peer {
         // SAFETY: a map value pointer, valid for this program run.
         let q = unsafe { &mut *peer };
-        q.flags &= !CT_F_RELEASED;
         q.map_expires = if two {
             nat::retake_mapping(&peer_key, q, until)
         } else {

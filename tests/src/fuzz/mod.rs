@@ -400,3 +400,10 @@ pub fn takeover_races(rounds: u32) -> Result<smp::SmpReport, String> {
     let mut lab = Lab::new();
     smp::run_rounds(&mut lab.runner.dp, rounds, smp::Rounds::Takeovers)
 }
+
+/// The multi-CPU phase's closes from both ends alone, `rounds` of them: the regression test
+/// of the race of two CPUs that both subtract one flow's close from its mapping.
+pub fn close_races(rounds: u32) -> Result<smp::SmpReport, String> {
+    let mut lab = Lab::new();
+    smp::run_rounds(&mut lab.runner.dp, rounds, smp::Rounds::Closes)
+}

@@ -60,6 +60,9 @@ pub enum Rounds {
     /// Only expiry takeovers (for the test of the race of an expired claim retaken by its
     /// own endpoint while another takes it over).
     Takeovers,
+    /// Only closes from both ends at once (for the test of the race of two CPUs that both
+    /// subtract one flow's close from its mapping).
+    Closes,
 }
 
 /// The CPUs this process may run on.
@@ -164,6 +167,9 @@ struct Shot {
     hook: Hook,
     ifindex: u32,
     frame: Vec<u8>,
+    /// How many times the worker runs it, one run after another (the outcome is the last
+    /// run's).
+    times: u32,
 }
 
 /// What a round expects of its two packets when both go through.
@@ -175,6 +181,9 @@ enum Expect {
     Distinct,
     /// Two different things: nothing to compare.
     Any,
+    /// Packets run over and over, that change a flow back and forth: only the maps are
+    /// judged, afterwards.
+    Churn,
 }
 
 fn program_fd(dp: &Datapath, hook: Hook) -> OwnedFd {
@@ -225,6 +234,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
         timeouts: Timeouts {
             udp: 30,
             tcp_transitory: 30,
+            tcp_established: 120,
             ..Timeouts::default()
         },
         fast_path: false,
@@ -299,7 +309,10 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                         .find(|(h, _)| *h == shot.hook)
                         .expect("a program for every hook used")
                         .1;
-                    let r = test_run(fd, &shot.frame, shot.ifindex);
+                    let mut r = test_run(fd, &shot.frame, shot.ifindex);
+                    for _ in 1..shot.times {
+                        r = test_run(fd, &shot.frame, shot.ifindex);
+                    }
                     results.lock().expect("results")[i] = Some(r);
                     done.wait();
                 }
@@ -307,8 +320,9 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
         }
         for round in 0..rounds {
             let kind = match which {
-                Rounds::All => round % 9,
+                Rounds::All => round % 10,
                 Rounds::Takeovers => 5,
+                Rounds::Closes => 9,
             };
             let (shots, expect, _port) = prepare(dp, &mut m, round, kind, uplink, bridges);
             *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
@@ -316,6 +330,11 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
             start.wait();
             done.wait();
             let outcomes = std::mem::take(&mut *results.lock().expect("results"));
+            let outcomes = if expect == Expect::Churn {
+                Vec::new()
+            } else {
+                Vec::from(outcomes)
+            };
             let drops_after = drops_per_cpu(dp, cpus);
             let mut through = Vec::new();
             for (i, o) in outcomes.into_iter().enumerate() {
@@ -358,7 +377,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                     _ => {}
                 }
             }
-            if round % 16 == 15 || round + 1 == rounds {
+            if which == Rounds::Closes || round % 16 == 15 || round + 1 == rounds {
                 for b in check(dp, m.now) {
                     report.broken.push(format!("after round {round}: {b}"));
                 }
@@ -422,6 +441,21 @@ fn udp(t: Tuple) -> Pkt {
     Pkt::new(TupleRef::Lit(t), Body::Udp { payload: 16 })
 }
 
+/// A TCP segment without payload: `flags`, `seq`, `ack`.
+fn segment(t: Tuple, flags: u8, seq: u32, ack: u32) -> Pkt {
+    Pkt::new(
+        TupleRef::Lit(t),
+        Body::Tcp {
+            flags,
+            seq,
+            ack,
+            win: 64240,
+            wscale: (flags & 0x02 != 0).then_some(7),
+            payload: 0,
+        },
+    )
+}
+
 fn syn(t: Tuple, seq: u32) -> Pkt {
     Pkt::new(
         TupleRef::Lit(t),
@@ -464,16 +498,19 @@ fn prepare(
         hook: Hook::UplinkEgress,
         ifindex: uplink,
         frame: build::frame(pkt, &tuple(pkt), None, GATEWAY_MAC, mac),
+        times: 1,
     };
     let inward = |pkt: &Pkt| Shot {
         hook: Hook::UplinkIngress,
         ifindex: uplink,
         frame: build::frame(pkt, &tuple(pkt), None, mac, GATEWAY_MAC),
+        times: 1,
     };
     let from_container = |pkt: &Pkt| Shot {
         hook: Hook::BridgeIngress,
         ifindex: bridge1,
         frame: build::frame(pkt, &tuple(pkt), None, BRIDGE_MAC, [2, 0, 0, 0, 0, 2]),
+        times: 1,
     };
     let (shots, expect) = match kind {
         // The first packets of one flow, from both CPUs.
@@ -539,12 +576,64 @@ fn prepare(
                     BRIDGE_MAC,
                     [2, 0, 0, 0, 0, 3],
                 ),
+                times: 1,
             };
             if kind == 7 {
                 ([to_c1(c2, bridge1), to_c1(c2, bridge1)], Expect::Same)
             } else {
                 ([to_c1(c2, bridge1), to_c1(c3, bridge2)], Expect::Distinct)
             }
+        }
+        // A flow closed and opened again over and over, from both ends at once: c1 holds
+        // two connections on one mapping; one CPU resets one of them from its server's
+        // end, again and again, while the other opens it again from c1's (a SYN reopens a
+        // closed flow). Each close is subtracted from the mapping's count of open flows, and
+        // each reopening added back, once: two CPUs that see one change at once must not
+        // both count it.
+        9 => {
+            // What earlier rounds left open has expired: their ports are free.
+            let t = m.config.timeouts.tcp_established;
+            m.now += t + t / 8 + 2;
+            dp.write_config(&m.config, m.now);
+            let mut ext = port;
+            for s in [s1, s2] {
+                let first = out(&syn(Tuple::new(c1, s, port, 80, PROTO_TCP), 1000));
+                let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+                ext = source_of(&o).map_or(port, |(_, p)| p);
+                let answer = inward(&segment(
+                    Tuple::new(s, EXT, 80, ext, PROTO_TCP),
+                    0x12,
+                    5000,
+                    1001,
+                ));
+                let _ = dp.run(answer.hook, answer.ifindex, &answer.frame);
+                let ack = out(&segment(
+                    Tuple::new(c1, s, port, 80, PROTO_TCP),
+                    0x10,
+                    1001,
+                    5001,
+                ));
+                let _ = dp.run(ack.hook, ack.ifindex, &ack.frame);
+            }
+            let times = 4000;
+            (
+                [
+                    Shot {
+                        times,
+                        ..out(&syn(Tuple::new(c1, s2, port, 80, PROTO_TCP), 1000))
+                    },
+                    Shot {
+                        times,
+                        ..inward(&segment(
+                            Tuple::new(s2, EXT, 80, ext, PROTO_TCP),
+                            0x14,
+                            5001,
+                            1001,
+                        ))
+                    },
+                ],
+                Expect::Churn,
+            )
         }
         // A close racing a reuse: c1's TCP flow is reset by the server while c1 opens a
         // second flow on the same mapping.
