@@ -166,8 +166,13 @@ impl Lab {
             .args(["--netns", self.host()])
             .args(self.args(cmd));
         let out = c.output().expect("run strace (apt-get install strace)");
-        let text = fs::read_to_string(&trace).unwrap_or_default();
+        let mut text = fs::read_to_string(&trace).unwrap_or_default();
         let _ = fs::remove_file(&trace);
+        if !out.status.success() {
+            // What it said, for the failure message (a clean run's trace is parsed).
+            text.push_str("\n--- stderr:\n");
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
         (out.status, text)
     }
 
@@ -322,6 +327,13 @@ fn sweep(lab: &Lab, cmd: Cmd, kinds: &[(&str, usize)]) -> usize {
         let Some(&count) = counts.first() else {
             continue;
         };
+        // strace counts `when=N` to 65535: a later call cannot be killed at, and a command
+        // that makes that many of one call spins where it should wait.
+        assert!(
+            count <= 65_535,
+            "`{cmd:?}` made {count} {syscall} calls: strace can inject at most at the 65535th, \
+             so its later steps cannot be tested (does it spin where it should wait?)"
+        );
         for (i, n) in picks(count, most).into_iter().enumerate() {
             let what = format!("`{cmd:?}` killed at {syscall} #{n} of {count}");
             let inject = format!("inject={syscall}:signal=KILL:when={n}");
