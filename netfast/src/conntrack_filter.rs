@@ -399,6 +399,7 @@ mod tests {
             network: "web".into(),
             ip: "172.18.0.2".parse().unwrap(),
             veth: "vct1".into(),
+            netns_cookie: None,
         });
         s
     }

@@ -30,6 +30,17 @@ impl TestNetns {
         ns
     }
 
+    /// Creates the namespace `name`, which must start with [`PREFIX`] (so that a leak is
+    /// swept): for a test that plays someone making a namespace under a name it picked.
+    pub fn named(name: &str) -> Self {
+        assert!(
+            name.starts_with(PREFIX),
+            "{name} does not start with {PREFIX}"
+        );
+        run_ok(&["ip", "netns", "add", name]);
+        TestNetns { name: name.into() }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -6,7 +6,7 @@ use std::{fs, net::Ipv4Addr, process::Command, thread};
 
 use netfast::{Dataplane, common::Hook, dataplane::Settings, host::Host, netns::NetnsGuard};
 use netfast_tests::{
-    Netfast, Removed, Topology, in_netns,
+    Netfast, Removed, TestNetns, Topology, in_netns,
     netfast_cli::{ConfigJson, ContainerRow, NetworkRow, netfast_bin, network_create},
     require_root,
     topology::{BRIDGE, OUTSIDE_ADDR},
@@ -708,6 +708,43 @@ fn ls_reports_drift_when_something_is_deleted_by_hand() {
     // And `down` still cleans up what is left.
     nf.ok(&["down"]);
     assert!(!std::path::Path::new("/run/netns").join(&a).exists());
+}
+
+/// A container's namespace deleted by hand, and another made under its name (by someone
+/// else: a user's own, with what they run in it), is not the container's: `container ls`
+/// says so, and `container rm` leaves it alone and says what it left.
+#[test]
+fn a_namespace_made_again_under_a_containers_name_is_left_alone() {
+    let (topo, nf, c0) = host_with_container();
+    topo.host.exec_ok(&["ip", "netns", "del", &c0]);
+    let theirs = TestNetns::named(&c0);
+    theirs.exec_ok(&[
+        "ip", "link", "add", "theirs0", "type", "veth", "peer", "name", "theirs1",
+    ]);
+    let ls = nf.containers();
+    assert!(
+        ls[0]
+            .drift
+            .iter()
+            .any(|d| d.contains("not the one netfast made")),
+        "container ls must say the namespace was replaced: {ls:?}"
+    );
+    let err = nf.ok_stderr(&["container", "rm", &c0]);
+    assert!(
+        theirs
+            .exec(&["ip", "link", "show", "theirs0"])
+            .status
+            .success(),
+        "container rm deleted namespace {c0}, which netfast did not make; it said:\n{err}"
+    );
+    assert!(
+        err.contains(&c0) && err.contains("left"),
+        "container rm must say which namespace it left alone:\n{err}"
+    );
+    assert!(
+        nf.containers().is_empty(),
+        "the container is gone from the state"
+    );
 }
 
 #[test]

@@ -130,10 +130,10 @@ impl Loader {
         bridge: &Link,
         container: &Container,
         out: &mut Vec<Change>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let (spec, ip, veth) = (container, container.ip, &container.veth);
         let mark = Mark::container(&self.host.key, &container.name);
-        transaction(&self.host, nl, state, |undo| {
+        let netns_cookie = transaction(&self.host, nl, state, |undo| {
             let plumbed = plumb::container(
                 self.netlink(),
                 nl,
@@ -156,7 +156,8 @@ impl Loader {
                 &plumbed.host_side,
                 ip,
                 plumbed.eth0.mac,
-            )
+            )?;
+            Ok(plumbed.netns_cookie)
         })?;
         out.push(Change::ContainerCreated {
             container: spec.name.clone(),
@@ -167,7 +168,7 @@ impl Loader {
             gateway: network.gateway,
             mtu: bridge.mtu,
         });
-        Ok(())
+        Ok(netns_cookie)
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Vec<Change>> {
@@ -192,19 +193,20 @@ impl Step<'_> {
         let (network, bridge, ip, veth) =
             loader.prepare_container(nl, &locked.state, spec, &Ahead::default())?;
         let bridge = bridge.expect("no earlier step");
-        let container = Container {
+        let mut container = Container {
             name: spec.name.clone(),
             network: network.name.clone(),
             ip,
             veth: veth.clone(),
+            netns_cookie: None,
         };
         let command = format!("container create {}", spec.name);
-        creating(
+        container.netns_cookie = Some(creating(
             locked,
             command,
             Object::Container(container.clone()),
             |state| loader.build_container(nl, state, &network, &bridge, &container, self.out),
-        )?;
+        )?);
         locked.state.containers.push(container);
         Ok(())
     }
@@ -289,10 +291,7 @@ pub(super) fn remove_container(
     }
     // A Docker endpoint's namespace is Docker's: its veth is all netfast made.
     if !state.docker.owns_container(&c.name) {
-        nsfs::delete(&c.name).map_err(|source| Error::Io {
-            context: format!("deleting namespace {}", c.name),
-            source,
-        })?;
+        remove_namespace(c)?;
     }
     out.push(Change::ContainerRemoved {
         container: c.name.clone(),
@@ -321,4 +320,31 @@ pub(super) fn remove_container(
         });
     }
     Ok(())
+}
+
+/// Deletes container `c`'s namespace, if it is the one netfast made for it: the namespace of
+/// its name has the cookie recorded when it was made. One deleted by hand and made again
+/// since, by someone else, is theirs, with what they run in it: left alone, and said so.
+/// Without a recorded cookie (a container of a state written before netfast recorded it, or
+/// of a create that died before it saved: no one else can have made a namespace of its name
+/// in between, `create` refuses a name in use), the namespace of its name goes.
+fn remove_namespace(c: &Container) -> Result<()> {
+    if let Some(made) = c.netns_cookie
+        && let Some(now) = nsfs::cookie(&c.name)?
+        && now != made
+    {
+        log::warn!(
+            "namespace {} is not the one netfast made for container {} (deleted and made again \
+             since, by someone else?): left alone; delete it with `ip netns del {}` if it is \
+             yours to delete",
+            c.name,
+            c.name,
+            c.name
+        );
+        return Ok(());
+    }
+    nsfs::delete(&c.name).map_err(|source| Error::Io {
+        context: format!("deleting namespace {}", c.name),
+        source,
+    })
 }

@@ -397,6 +397,7 @@ impl Loader {
             network: network.name.clone(),
             ip,
             veth: veth.clone(),
+            netns_cookie: None,
         });
         locked.state.docker.endpoints.push(ep.clone());
         if let Err(e) = plumbed.and_then(|()| locked.save()) {

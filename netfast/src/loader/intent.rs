@@ -157,6 +157,7 @@ mod tests {
                 network: "web".into(),
                 ip: "172.18.0.2".parse().unwrap(),
                 veth: "nfv00000001".into(),
+                netns_cookie: Some(4096),
             }),
         );
         let back: Intent = serde_json::from_str(&serde_json::to_string(&i).unwrap()).unwrap();

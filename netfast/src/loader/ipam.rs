@@ -68,6 +68,7 @@ mod tests {
                     network: "n".into(),
                     ip: ip.parse().unwrap(),
                     veth: String::new(),
+                    netns_cookie: None,
                 })
                 .collect(),
             publications: vec![],

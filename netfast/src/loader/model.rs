@@ -166,6 +166,12 @@ pub struct Container {
     pub ip: Ipv4Addr,
     /// The host side of its veth pair (on the bridge); `eth0` inside.
     pub veth: String,
+    /// The netns cookie of the namespace netfast made for it (`SO_NETNS_COOKIE`, never given
+    /// to another namespace): a namespace of its name with another cookie was made by
+    /// someone else, after this one was deleted, and is never netfast's to delete. `None`:
+    /// Docker's namespace, or a state written before netfast recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
 }
 
 impl Container {
@@ -390,6 +396,7 @@ pub(crate) mod fixtures {
                 network: "web".into(),
                 ip: "172.18.0.2".parse().unwrap(),
                 veth: "nfv0".into(),
+                netns_cookie: None,
             }],
             ..State::default()
         }

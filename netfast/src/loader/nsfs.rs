@@ -122,6 +122,34 @@ pub fn create(name: &str) -> io::Result<()> {
     })
 }
 
+/// The netns cookie of the named namespace (see [`crate::host::netns_cookie`]), which tells
+/// the namespace netfast made from one made under its name since; `None` if there is no
+/// namespace of that name (no file, or a file with no namespace mounted on it).
+pub fn cookie(name: &str) -> crate::error::Result<Option<u64>> {
+    let io = |source| crate::error::Error::Io {
+        context: format!("reading the identity of namespace {name}"),
+        source,
+    };
+    let ns = match File::open(path(name)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // This thread moves to the namespace; it ends right after.
+            // SAFETY: setns with a descriptor we own affects the calling thread only.
+            match check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }) {
+                Ok(()) => crate::host::netns_cookie().map(Some),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+                Err(e) => Err(io(e)),
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io(io::Error::other("the namespace thread panicked"))))
+    })
+}
+
 /// Deletes the named namespace `name` (its interfaces go when nothing holds it any more).
 pub fn delete(name: &str) -> io::Result<()> {
     let target = path(name);

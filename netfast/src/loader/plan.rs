@@ -250,6 +250,7 @@ pub fn simulate(actions: &[Action], state: &State) -> Result<State, Invalid> {
                     network: spec.network.clone(),
                     ip,
                     veth: veth_name(&spec.name),
+                    netns_cookie: None,
                 });
             }
         }

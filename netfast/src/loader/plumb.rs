@@ -66,6 +66,8 @@ pub struct Plumbed {
     pub host_side: Link,
     /// `eth0` inside the container.
     pub eth0: Link,
+    /// The cookie of the namespace made ([`nsfs::cookie`]).
+    pub netns_cookie: u64,
 }
 
 /// Creates the container's namespace, its veth pair at the bridge's MTU with `eth0` inside,
@@ -81,6 +83,10 @@ pub fn container(
         source,
     })?;
     made(Made::Namespace(c.name.to_owned()));
+    let netns_cookie = nsfs::cookie(c.name)?.ok_or_else(|| Error::Io {
+        context: format!("reading the identity of namespace {}", c.name),
+        source: std::io::Error::other("it vanished as it was made"),
+    })?;
     let ns = File::open(nsfs::path(c.name)).map_err(|source| Error::Io {
         context: format!("opening namespace {}", c.name),
         source,
@@ -110,5 +116,9 @@ pub fn container(
     let eth0 = inside
         .link("eth0")?
         .ok_or_else(|| Error::NoInterface("eth0".into()))?;
-    Ok(Plumbed { host_side, eth0 })
+    Ok(Plumbed {
+        host_side,
+        eth0,
+        netns_cookie,
+    })
 }

@@ -315,8 +315,24 @@ impl Loader {
             // A Docker endpoint's namespace is Docker's (and may live in dockerd's own mount
             // namespace): its veth, gone with the namespace, is what netfast can check.
             let docker = state.docker.endpoint_of(&c.name);
-            if docker.is_none() && !nsfs::exists(&c.name) {
-                drift.push(format!("namespace {} is missing", c.name));
+            if docker.is_none() {
+                let cookie = nsfs::cookie(&c.name);
+                // (A namespace it cannot enter to read the cookie of is judged by its name.)
+                let missing = match &cookie {
+                    Ok(found) => found.is_none(),
+                    Err(_) => !nsfs::exists(&c.name),
+                };
+                if missing {
+                    drift.push(format!("namespace {} is missing", c.name));
+                } else if let (Ok(Some(now)), Some(made)) = (cookie, c.netns_cookie)
+                    && now != made
+                {
+                    drift.push(format!(
+                        "namespace {} is not the one netfast made (deleted and made again \
+                         since?): `container rm` leaves it alone",
+                        c.name
+                    ));
+                }
             }
             out.push(ContainerStatus {
                 name: c.name.clone(),
@@ -370,6 +386,7 @@ impl Loader {
                         network: "-".into(),
                         ip,
                         veth: link.name.clone(),
+                        netns_cookie: None,
                     },
                     format!(
                         "not in the state: veth {} carries netfast's mark; {NEXT} removes it and \
