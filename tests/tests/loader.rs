@@ -716,20 +716,57 @@ fn ls_reports_drift_when_something_is_deleted_by_hand() {
 #[test]
 fn a_namespace_made_again_under_a_containers_name_is_left_alone() {
     let (topo, nf, c0) = host_with_container();
-    topo.host.exec_ok(&["ip", "netns", "del", &c0]);
-    let theirs = TestNetns::named(&c0);
+    let theirs = replace_namespace(&topo, &c0);
+    let drift = nf.containers().remove(0).drift;
+    assert!(
+        drift.iter().any(|d| d.contains("not the one netfast made")),
+        "container ls must say the namespace was replaced: {drift:?}"
+    );
+    rm_leaves(&nf, &theirs, &c0);
+}
+
+/// A state written before netfast recorded namespace cookies gets them at the next command
+/// that changes anything, for the namespaces that carry their container's mark: from then on
+/// a namespace made again under the name is left alone there too.
+#[test]
+fn a_state_without_namespace_cookies_gets_them_at_the_next_command() {
+    let (topo, nf, c0) = host_with_container();
+    let path = state_file(&topo);
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(&path).expect("the state file")).expect("JSON")
+    };
+    let mut old = read();
+    let had = old["containers"][0]
+        .as_object_mut()
+        .and_then(|c| c.remove("netns_cookie"));
+    assert!(
+        had.is_some(),
+        "the state records the namespace's cookie: {old}"
+    );
+    fs::write(&path, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    nf.ok(&network_create("other", "172.30.9.0/24", &[]));
+    assert_eq!(
+        read()["containers"][0]["netns_cookie"],
+        had.unwrap(),
+        "the next command records the cookie again"
+    );
+    let theirs = replace_namespace(&topo, &c0);
+    rm_leaves(&nf, &theirs, &c0);
+}
+
+/// Deletes namespace `name` and makes another of that name, with a link of its own.
+fn replace_namespace(topo: &Topology, name: &str) -> TestNetns {
+    topo.host.exec_ok(&["ip", "netns", "del", name]);
+    let theirs = TestNetns::named(name);
     theirs.exec_ok(&[
         "ip", "link", "add", "theirs0", "type", "veth", "peer", "name", "theirs1",
     ]);
-    let ls = nf.containers();
-    assert!(
-        ls[0]
-            .drift
-            .iter()
-            .any(|d| d.contains("not the one netfast made")),
-        "container ls must say the namespace was replaced: {ls:?}"
-    );
-    let err = nf.ok_stderr(&["container", "rm", &c0]);
+    theirs
+}
+
+/// `container rm c0` leaves `theirs`, its namespace's replacement, alone and says so.
+fn rm_leaves(nf: &Netfast, theirs: &TestNetns, c0: &str) {
+    let err = nf.ok_stderr(&["container", "rm", c0]);
     assert!(
         theirs
             .exec(&["ip", "link", "show", "theirs0"])
@@ -738,7 +775,7 @@ fn a_namespace_made_again_under_a_containers_name_is_left_alone() {
         "container rm deleted namespace {c0}, which netfast did not make; it said:\n{err}"
     );
     assert!(
-        err.contains(&c0) && err.contains("left"),
+        err.contains(c0) && err.contains("left"),
         "container rm must say which namespace it left alone:\n{err}"
     );
     assert!(

@@ -169,7 +169,8 @@ pub struct Container {
     /// The netns cookie of the namespace netfast made for it (`SO_NETNS_COOKIE`, never given
     /// to another namespace): a namespace of its name with another cookie was made by
     /// someone else, after this one was deleted, and is never netfast's to delete. `None`:
-    /// Docker's namespace, or a state written before netfast recorded it.
+    /// Docker's namespace, or a state written before netfast recorded it (the next command
+    /// that changes anything records it, if the namespace carries the container's mark).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_cookie: Option<u64>,
 }
