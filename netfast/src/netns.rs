@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
-fn setns(file: &impl AsFd) -> io::Result<()> {
+/// Moves the calling thread into the network namespace `file` is open on.
+pub(crate) fn setns(file: &impl AsFd) -> io::Result<()> {
     // SAFETY: setns on a valid namespace fd; only this thread's network namespace changes.
     let rc = unsafe { libc::setns(file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
     if rc == 0 {

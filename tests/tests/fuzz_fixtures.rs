@@ -5,7 +5,10 @@
 //! in `NAME.pcap`. A fixture of a datapath defect not fixed yet is `#[ignore]`d with the
 //! reason, and listed in `netfast_tests::fuzz::known`; fixing it removes both.
 
-use netfast_tests::{fuzz, require_root};
+use netfast_tests::{
+    fuzz::{self, smp::Rounds},
+    require_root,
+};
 
 fn replay(name: &str) {
     require_root();
@@ -15,9 +18,10 @@ fn replay(name: &str) {
 }
 
 /// Runs `rounds` rounds of a multi-CPU race and fails on any broken promise.
-fn races(run: fn(u32) -> Result<fuzz::smp::SmpReport, String>, rounds: u32) {
+fn races(which: Rounds, rounds: u32) {
     require_root();
-    let report = run(rounds).unwrap_or_else(|e| panic!("the multi-CPU phase cannot run: {e}"));
+    let report = fuzz::races(which, rounds)
+        .unwrap_or_else(|e| panic!("the multi-CPU phase cannot run: {e}"));
     assert!(
         report.broken.is_empty(),
         "{} broken promises in {} rounds:\n  {}",
@@ -90,7 +94,7 @@ fn inbound_flow_shares_a_masquerade_tuple() {
 /// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds.
 #[test]
 fn an_expired_claim_is_retaken_by_one_endpoint_only() {
-    races(fuzz::takeover_races, 20_000);
+    races(Rounds::Takeovers, 20_000);
 }
 
 /// Found in review: two CPUs see one TCP flow's close at once (its two ends' packets, one
@@ -104,7 +108,7 @@ fn an_expired_claim_is_retaken_by_one_endpoint_only() {
 /// 15% of rounds ended with the mapping counting no open flow.
 #[test]
 fn a_flow_closed_from_both_ends_at_once_leaves_its_mapping_once() {
-    races(fuzz::close_races, 100);
+    races(Rounds::Closes, 100);
 }
 
 /// Found by `cargo xtask fuzz` (seed 1 episode 1, after merging the hairpinning of

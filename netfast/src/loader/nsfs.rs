@@ -138,8 +138,7 @@ pub fn cookie(name: &str) -> crate::error::Result<Option<u64>> {
     std::thread::scope(|s| {
         s.spawn(|| {
             // This thread moves to the namespace; it ends right after.
-            // SAFETY: setns with a descriptor we own affects the calling thread only.
-            match check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }) {
+            match crate::netns::setns(&ns) {
                 Ok(()) => crate::host::netns_cookie().map(Some),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
                 Err(e) => Err(io(e)),

@@ -65,28 +65,24 @@ impl Loader {
     /// recorded them, whose namespace is still the one netfast made (its `eth0` carries the
     /// container's mark): from then on the namespace is known by it, not by its name.
     fn record_namespace_cookies(&self, locked: &mut Locked) -> Result<()> {
-        let mut found = Vec::new();
-        for c in &locked.state.containers {
-            if c.netns_cookie.is_some() || locked.state.docker.owns_container(&c.name) {
+        let State {
+            containers, docker, ..
+        } = &mut locked.state;
+        let mut found = false;
+        for c in containers.iter_mut() {
+            if c.netns_cookie.is_some() || docker.owns_container(&c.name) {
                 continue;
             }
             let mark = Mark::container(&self.host.key, &c.name);
             if self.namespace_is_marked(&c.name, &mark)
                 && let Ok(Some(cookie)) = nsfs::cookie(&c.name)
             {
-                found.push((c.name.clone(), cookie));
-            }
-        }
-        if found.is_empty() {
-            return Ok(());
-        }
-        for (name, cookie) in found {
-            log::debug!("namespace {name}: recorded its cookie {cookie}");
-            if let Some(c) = locked.state.containers.iter_mut().find(|c| c.name == name) {
+                log::debug!("namespace {}: recorded its cookie {cookie}", c.name);
                 c.netns_cookie = Some(cookie);
+                found = true;
             }
         }
-        locked.save()
+        if found { locked.save() } else { Ok(()) }
     }
 
     /// Completes what an interrupted command left, as the next command would: for `netfast

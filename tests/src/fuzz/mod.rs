@@ -394,16 +394,9 @@ pub fn replay_fixture(name: &str) -> Result<(), String> {
     })
 }
 
-/// The multi-CPU phase's expiry takeovers alone, `rounds` of them: the regression test of
-/// the race of an expired claim retaken by its own endpoint while another takes it over.
-pub fn takeover_races(rounds: u32) -> Result<smp::SmpReport, String> {
+/// `rounds` rounds of one kind of the multi-CPU phase alone, in a lab of their own: the
+/// regression tests of the races it found.
+pub fn races(which: smp::Rounds, rounds: u32) -> Result<smp::SmpReport, String> {
     let mut lab = Lab::new();
-    smp::run_rounds(&mut lab.runner.dp, rounds, smp::Rounds::Takeovers)
-}
-
-/// The multi-CPU phase's closes from both ends alone, `rounds` of them: the regression test
-/// of the race of two CPUs that both subtract one flow's close from its mapping.
-pub fn close_races(rounds: u32) -> Result<smp::SmpReport, String> {
-    let mut lab = Lab::new();
-    smp::run_rounds(&mut lab.runner.dp, rounds, smp::Rounds::Closes)
+    smp::run_rounds(&mut lab.runner.dp, rounds, which)
 }
