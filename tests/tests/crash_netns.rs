@@ -524,13 +524,95 @@ impl PluginLab {
 
     /// Docker's CreateEndpoint of endpoint `id` at `addr`; the answer.
     fn create_endpoint(&self, id: &str, addr: std::net::Ipv4Addr) -> String {
-        self.post(
-            "CreateEndpoint",
-            &format!(
-                r#"{{"NetworkID":"{}","EndpointID":"{id}","Interface":
-                {{"Address":"{addr}/24"}},"Options":{{}}}}"#,
-                self.network_id
-            ),
+        self.post("CreateEndpoint", &self.create_body(id, addr))
+    }
+
+    /// The numbers (counted per thread, as strace's `when=` counts) of the `sendto` calls the
+    /// plugin's worker makes in the first of `calls` (method, body), made in order to a plugin
+    /// started for them: its calls after the main thread accepted that call's connection,
+    /// before the next. Fails if another thread makes as many sends, which a kill at one of
+    /// these would hit first.
+    fn first_call_sends(&self, calls: &[(&str, String)]) -> Vec<usize> {
+        let trace = format!("/tmp/{}-ep.trace", self.lab.host());
+        let plugin = self.plugin(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            &trace,
+            "-e",
+            "trace=sendto,accept4",
+        ]);
+        for (method, body) in calls {
+            let answer = self.post(method, body);
+            assert!(!answer.contains("\"Err\""), "{method}: {answer}");
+        }
+        // Killing strace would leave the plugin running, detached: the plugin goes first.
+        let tracer = plugin.pid();
+        let tracees = fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+            .expect("strace's children");
+        for pid in tracees.split_whitespace() {
+            let pid: libc::pid_t = pid.parse().expect("a pid");
+            // SAFETY: kill(2) on the plugin, strace's child, which strace has not reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        plugin.wait_exit(std::time::Duration::from_secs(20));
+        let text = fs::read_to_string(&trace).expect("read the trace");
+        let _ = fs::remove_file(&trace);
+        // Per thread: sends before the first accepted connection, and in the first call (up
+        // to the second connection).
+        let mut before: BTreeMap<String, usize> = BTreeMap::new();
+        let mut during: BTreeMap<String, usize> = BTreeMap::new();
+        let mut accepted = 0;
+        for l in text.lines() {
+            let mut w = l.split_whitespace();
+            let (Some(pid), Some(call)) = (w.next(), w.next()) else {
+                continue;
+            };
+            if call.starts_with("accept4(") && !l.contains("= -1") {
+                accepted += 1;
+            } else if call.starts_with("sendto(") {
+                match accepted {
+                    0 => *before.entry(pid.to_owned()).or_default() += 1,
+                    1 => *during.entry(pid.to_owned()).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            during.len(),
+            1,
+            "sends of the call in more than one thread:\n{text}"
+        );
+        let (worker, made) = during.into_iter().next().expect("one thread");
+        let first = before.get(&worker).copied().unwrap_or(0) + 1;
+        let others = before
+            .iter()
+            .filter(|(pid, _)| **pid != worker)
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            others < first,
+            "another thread makes {others} sends:\n{text}"
+        );
+        (first..first + made).collect()
+    }
+
+    /// The body of Docker's CreateEndpoint of endpoint `id` at `addr`.
+    fn create_body(&self, id: &str, addr: std::net::Ipv4Addr) -> String {
+        format!(
+            r#"{{"NetworkID":"{}","EndpointID":"{id}","Interface":
+            {{"Address":"{addr}/24"}},"Options":{{}}}}"#,
+            self.network_id
+        )
+    }
+
+    /// The body of Docker's DeleteEndpoint of endpoint `id`.
+    fn delete_body(&self, id: &str) -> String {
+        format!(
+            r#"{{"NetworkID":"{}","EndpointID":"{id}"}}"#,
+            self.network_id
         )
     }
 
@@ -547,11 +629,11 @@ impl PluginLab {
     }
 }
 
-/// `docker-plugin` killed in an endpoint's create at its state save (its one rename), after
-/// it wrote the endpoint's fast-path entry. That create writes no intent record: the entry is
-/// for an address no container of the state holds, into the ifindex of a veth the state
-/// does not know either. Docker's next call to the plugin removes both, as the command
-/// line's next command would.
+/// `docker-plugin` killed in an endpoint's create at its state save (its second rename; the
+/// first writes its intent), after it wrote the endpoint's fast-path entry: the entry is for
+/// an address no container of the state holds, into the ifindex of a veth the state does not
+/// know either. Docker's next call to the plugin removes both, as the command line's next
+/// command would.
 #[test]
 fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
     let p = PluginLab::new();
@@ -563,7 +645,7 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
         "-o",
         "/dev/null",
         "-e",
-        "inject=renameat:signal=KILL:when=1",
+        "inject=renameat:signal=KILL:when=2",
     ]);
     let stray: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
     p.create_endpoint(&"e1".repeat(32), stray);
@@ -600,6 +682,131 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
         "the killed create's veth is still there beside the new one: {:?}",
         p.veths()
     );
+}
+
+/// `docker-plugin` killed at each netlink send of an endpoint's create: among them the one
+/// that made the veth pair, before its mark (alias) was set. Docker may never ask for that
+/// endpoint again (it gave up on it): its next call, another endpoint's create, must leave
+/// nothing of the killed one — no veth, no fast-path entry, no record — and the host as the
+/// state says, with no drift.
+#[test]
+fn a_docker_endpoint_create_killed_at_any_send_leaves_nothing_behind() {
+    let p = PluginLab::new();
+    let probe = "e9".repeat(32);
+    let sends = p.first_call_sends(&[
+        (
+            "CreateEndpoint",
+            p.create_body(&probe, "172.18.0.9".parse().expect("an address")),
+        ),
+        ("DeleteEndpoint", p.delete_body(&probe)),
+    ]);
+    assert!(
+        !sends.is_empty(),
+        "an endpoint's create made no netlink send"
+    );
+    let (killed_addr, next_addr): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+        "172.18.0.5".parse().expect("an address"),
+        "172.18.0.6".parse().expect("an address"),
+    );
+    let next_id = "ee".repeat(32);
+    for &n in &sends {
+        let what = format!("a create killed at its worker's sendto #{n} ({sends:?})");
+        let inject = format!("inject=sendto:signal=KILL:when={n}");
+        let killed = p.plugin(&["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject]);
+        p.create_endpoint(&format!("{n:02x}").repeat(32), killed_addr);
+        let out = killed.wait_exit(std::time::Duration::from_secs(20));
+        assert!(
+            out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
+            "{what}: the plugin was not killed: {out:?}"
+        );
+        // Docker's next call, to a plugin started again.
+        let again = p.plugin(&[]);
+        let answer = p.create_endpoint(&next_id, next_addr);
+        assert!(
+            !answer.contains("\"Err\""),
+            "{what}: CreateEndpoint: {answer}"
+        );
+        let (veths, entries) = (p.veths(), p.lab.nf.endpoints());
+        let (unknown, drift) = (p.lab.unknown(), p.lab.drift());
+        assert!(
+            veths.len() == 1 && !entries.contains_key(&killed_addr) && unknown.is_empty(),
+            "{what}: the next create left veths {veths:?}, fast-path entries {entries:?}, \
+             beyond the state {unknown:?} (drift {drift:?})"
+        );
+        assert!(drift.is_empty(), "{what}: drift {drift:?}");
+        let answer = p.post("DeleteEndpoint", &p.delete_body(&next_id));
+        assert!(
+            !answer.contains("\"Err\""),
+            "{what}: DeleteEndpoint: {answer}"
+        );
+        again.stop();
+        assert!(
+            p.veths().is_empty(),
+            "{what}: DeleteEndpoint left {:?}",
+            p.veths()
+        );
+    }
+}
+
+/// `docker-plugin` killed at each netlink send of an endpoint's delete. Docker does not
+/// retry a failed DeleteEndpoint: it releases the address in its IPAM and hands it to the
+/// next container. That create, at the same address, must succeed, and leave nothing of
+/// the deleted endpoint — no veth, no fast-path entry, no record — and no drift.
+#[test]
+fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
+    let p = PluginLab::new();
+    let addr: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
+    let (old, new) = ("d1".repeat(32), "d2".repeat(32));
+    let made = p.plugin(&[]);
+    let answer = p.create_endpoint(&old, addr);
+    assert!(!answer.contains("\"Err\""), "CreateEndpoint: {answer}");
+    made.stop();
+    let sends = p.first_call_sends(&[
+        ("DeleteEndpoint", p.delete_body(&old)),
+        ("CreateEndpoint", p.create_body(&old, addr)),
+    ]);
+    assert!(
+        !sends.is_empty(),
+        "an endpoint's delete made no netlink send"
+    );
+    for &n in &sends {
+        let what = format!("a delete killed at its worker's sendto #{n} ({sends:?})");
+        let inject = format!("inject=sendto:signal=KILL:when={n}");
+        let killed = p.plugin(&["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject]);
+        p.post("DeleteEndpoint", &p.delete_body(&old));
+        let out = killed.wait_exit(std::time::Duration::from_secs(20));
+        assert!(
+            out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
+            "{what}: the plugin was not killed: {out:?}"
+        );
+        // Docker's next call: the address, to another endpoint.
+        let again = p.plugin(&[]);
+        let answer = p.create_endpoint(&new, addr);
+        assert!(
+            !answer.contains("\"Err\""),
+            "{what}: CreateEndpoint: {answer}"
+        );
+        let (veths, unknown, drift) = (p.veths(), p.lab.unknown(), p.lab.drift());
+        assert!(
+            veths.len() == 1 && unknown.is_empty() && drift.is_empty(),
+            "{what}: the next create left veths {veths:?}, beyond the state {unknown:?}, \
+             drift {drift:?}"
+        );
+        let in_state = p.lab.in_state();
+        assert!(
+            !in_state.iter().any(|o| o.contains(&old[..12])),
+            "{what}: the deleted endpoint is still in the state: {in_state:?}"
+        );
+        // Back to the endpoint to delete.
+        for (method, body) in [
+            ("DeleteEndpoint", p.delete_body(&new)),
+            ("CreateEndpoint", p.create_body(&old, addr)),
+        ] {
+            let answer = p.post(method, &body);
+            assert!(!answer.contains("\"Err\""), "{what}: {method}: {answer}");
+        }
+        again.stop();
+    }
 }
 
 /// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out

@@ -1589,9 +1589,9 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
     assert_eq!(published, 1, "only the new publication's DNAT entry");
 }
 
-/// A fast-path entry for an address no container holds — what a Docker endpoint's create
-/// leaves when it is killed between writing the entry and saving the state (it writes no
-/// intent record) — goes with the next command that takes the lock, which says so; the
+/// A fast-path entry for an address no container holds — what a command killed between
+/// writing the entry and saving the state leaves, where its intent does not name it (a build
+/// before the Docker plugin wrote intents) — goes with the next command that takes the lock, which says so; the
 /// containers' own entries stay as they were.
 #[test]
 fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {

@@ -185,6 +185,10 @@ pub enum Change {
         container: String,
         veth: String,
     },
+    DockerEndpointReleased {
+        container: String,
+        ip: Ipv4Addr,
+    },
     DockerEndpointCreated {
         container: String,
         network: String,
@@ -399,6 +403,12 @@ impl fmt::Display for Change {
                 f,
                 "container {container} lost its veth {veth} (its namespace ended without Docker \
                  deleting the endpoint): removing it"
+            ),
+            Change::DockerEndpointReleased { container, ip } => write!(
+                f,
+                "Docker gave {ip} to a new endpoint: container {container}, which held it, is an \
+                 endpoint Docker deleted without netfast removing it (a DeleteEndpoint that \
+                 failed): removing it"
             ),
             Change::DockerEndpointCreated {
                 container,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Loader, caps,
     change::Change,
-    intent::Mark,
+    intent::{Intent, Mark, Object},
     model::{Container, ContainerSpec, Network, NetworkSpec, State, veth_name},
     state::Locked,
     validate::{self, Invalid},
@@ -309,19 +309,32 @@ impl Loader {
         let mut done = Vec::new();
         // An endpoint whose veth is gone lost its container's namespace (the pair dies with
         // it) without Docker deleting it — a dockerd that could not restore a sandbox forgets
-        // its endpoints unannounced. Its address may be handed out again: it goes first.
-        let dead: Vec<Container> = locked
+        // its endpoints unannounced. An endpoint at the address Docker's IPAM gives this one
+        // was deleted by Docker, which does not retry a DeleteEndpoint that failed (a plugin
+        // killed in it): it released the address. Both go first.
+        let dead: Vec<(Container, Change)> = locked
             .state
             .containers_of(&network.name)
             .filter(|c| locked.state.docker.owns_container(&c.name))
-            .filter(|c| matches!(nl.link(&c.veth), Ok(None)))
-            .cloned()
+            .filter_map(|c| {
+                let gone = if c.ip == ip {
+                    Change::DockerEndpointReleased {
+                        container: c.name.clone(),
+                        ip,
+                    }
+                } else if matches!(nl.link(&c.veth), Ok(None)) {
+                    Change::DockerEndpointLost {
+                        container: c.name.clone(),
+                        veth: c.veth.clone(),
+                    }
+                } else {
+                    return None;
+                };
+                Some((c.clone(), gone))
+            })
             .collect();
-        for c in &dead {
-            done.push(Change::DockerEndpointLost {
-                container: c.name.clone(),
-                veth: c.veth.clone(),
-            });
+        for (c, gone) in &dead {
+            done.push(gone.clone());
             self.step(&nl, &mut done)
                 .remove_container_and_publications(&mut locked.state, c)?;
             prune(&mut locked.state);
@@ -353,18 +366,55 @@ impl Loader {
                 other.name, other.name
             )));
         }
+        let ep = DockerEndpoint {
+            id: endpoint_id.to_owned(),
+            network_id: network_id.to_owned(),
+            container: name.clone(),
+            peer: peer.clone(),
+            mac: format_mac(mac),
+            sandbox: None,
+        };
+        let container = Container {
+            name: name.clone(),
+            network: network.name.clone(),
+            ip,
+            veth: veth.clone(),
+            netns_cookie: None,
+        };
+        // The intent first: a plugin killed after it made the pair, before the pair carries
+        // its mark, leaves links that only the intent names, and Docker may never ask for
+        // this endpoint again.
+        locked.begin(Intent::creating(
+            format!("docker-plugin (CreateEndpoint of {name})"),
+            Object::DockerEndpoint {
+                container: container.clone(),
+                endpoint: ep.clone(),
+            },
+        ))?;
         // The names come from the endpoint's ID: links of these names, which no container
         // record owns, are what an attempt at this same endpoint left when it was cut short.
-        for leftover in [&veth, &peer] {
-            if let Some(link) = nl.link(leftover)? {
-                nl.delete_link(&link)?;
+        let remove_pair = || -> Result<()> {
+            for leftover in [&veth, &peer] {
+                if let Some(link) = nl.link(leftover)? {
+                    nl.delete_link(&link)?;
+                }
             }
-        }
-        let host_side = nl.add_veth_pair(&veth, &peer, Some(mac))?;
+            Ok(())
+        };
+        let host_side = match remove_pair().and_then(|()| nl.add_veth_pair(&veth, &peer, Some(mac)))
+        {
+            Ok(link) => link,
+            Err(e) => {
+                // What could not be removed stays named by the intent, for the next call.
+                if remove_pair().is_ok() {
+                    locked.finish()?;
+                }
+                return Err(e);
+            }
+        };
         let plumbed = (|| -> Result<()> {
-            // Marked as the command line's containers are: a pair left by a create cut short
-            // before the state was saved is then removed by the next command (and `down`),
-            // even when Docker never asks again.
+            // Marked as the command line's containers are: a pair a sweep finds (after a
+            // crash that also lost the intent) is recognised as this host's.
             nl.set_alias(&host_side, &Mark::container(&self.host.key, &name))?;
             let peer_link = nl
                 .link(&peer)?
@@ -384,30 +434,29 @@ impl Loader {
                 Some(mac),
             )
         })();
-        let ep = DockerEndpoint {
-            id: endpoint_id.to_owned(),
-            network_id: network_id.to_owned(),
-            container: name.clone(),
-            peer: peer.clone(),
-            mac: format_mac(mac),
-            sandbox: None,
-        };
-        locked.state.containers.push(Container {
-            name: name.clone(),
-            network: network.name.clone(),
-            ip,
-            veth: veth.clone(),
-            netns_cookie: None,
-        });
+        locked.state.containers.push(container);
         locked.state.docker.endpoints.push(ep.clone());
         if let Err(e) = plumbed.and_then(|()| locked.save()) {
             // Undone as far as it can be; the error that stopped it is the one to report.
-            if let Ok(Some(mut dp)) = Dataplane::open_existing(&self.host) {
-                let _ = dp.remove_endpoint(ip);
+            // What could not be undone stays named by the intent, for the next call.
+            let undone = (|| -> Result<()> {
+                if let Some(mut dp) = Dataplane::open_existing(&self.host)? {
+                    dp.remove_endpoint(ip)?;
+                }
+                nl.delete_link(&host_side)
+            })();
+            locked.state.containers.retain(|c| c.name != name);
+            locked
+                .state
+                .docker
+                .endpoints
+                .retain(|d| d.id != endpoint_id);
+            if undone.is_ok() {
+                let _ = locked.finish();
             }
-            let _ = nl.delete_link(&host_side);
             return Err(e);
         }
+        locked.finish()?;
         done.push(Change::DockerEndpointCreated {
             container: name.clone(),
             network: network.name.clone(),

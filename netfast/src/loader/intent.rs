@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
+    docker::DockerEndpoint,
     model::{Container, Network, State},
     publish::Publication,
 };
@@ -37,6 +38,13 @@ pub enum Object {
     Network(Network),
     Container(Container),
     Publication(Publication),
+    /// A Docker endpoint: the container record of its veth pair, and Docker's record of it.
+    /// Its namespace is Docker's: undoing it removes the veth pair and the fast path's entry,
+    /// never a namespace.
+    DockerEndpoint {
+        container: Container,
+        endpoint: DockerEndpoint,
+    },
     /// The host-wide settings (`config`): after a crash, the state's are put back.
     Settings,
     /// Everything netfast made in the host (`down`).
@@ -69,6 +77,13 @@ impl Intent {
                 Object::Network(n) => s.networks.push(n.clone()),
                 Object::Container(c) => s.containers.push(c.clone()),
                 Object::Publication(p) => s.publications.push(p.clone()),
+                Object::DockerEndpoint {
+                    container,
+                    endpoint,
+                } => {
+                    s.containers.push(container.clone());
+                    s.docker.endpoints.push(endpoint.clone());
+                }
                 Object::Settings | Object::Everything => {}
             }
         }
@@ -163,5 +178,36 @@ mod tests {
         let back: Intent = serde_json::from_str(&serde_json::to_string(&i).unwrap()).unwrap();
         assert_eq!(back, i);
         assert_eq!(back.as_state().containers.len(), 1);
+    }
+
+    #[test]
+    fn a_docker_endpoints_intent_leaves_its_namespace_to_docker() {
+        let container = Container {
+            name: "docker-e1e1e1e1e1e1".into(),
+            network: "web".into(),
+            ip: "172.18.0.5".parse().unwrap(),
+            veth: "nfv00000002".into(),
+            netns_cookie: None,
+        };
+        let i = Intent::creating(
+            "docker-plugin (CreateEndpoint e1e1e1e1e1e1)",
+            Object::DockerEndpoint {
+                container: container.clone(),
+                endpoint: DockerEndpoint {
+                    id: "e1".repeat(32),
+                    network_id: "e0".repeat(32),
+                    container: container.name.clone(),
+                    peer: "nfd00000002".into(),
+                    mac: "02:42:ac:12:00:05".into(),
+                    sandbox: None,
+                },
+            },
+        );
+        let back: Intent = serde_json::from_str(&serde_json::to_string(&i).unwrap()).unwrap();
+        assert_eq!(back, i);
+        // As a state: the container, owned by Docker (its removal deletes no namespace).
+        let s = back.as_state();
+        assert_eq!(s.containers, vec![container.clone()]);
+        assert!(s.docker.owns_container(&container.name));
     }
 }

@@ -186,6 +186,13 @@ impl Loader {
                 Object::Container(c) if all.container(&c.name).is_none() => {
                     all.containers.push(c.clone());
                 }
+                Object::DockerEndpoint {
+                    container,
+                    endpoint,
+                } if all.container(&container.name).is_none() => {
+                    all.containers.push(container.clone());
+                    all.docker.endpoints.push(endpoint.clone());
+                }
                 Object::Publication(p) if all.publication(&p.network, &p.spec).is_none() => {
                     all.publications.push(p.clone());
                 }

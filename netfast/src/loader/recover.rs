@@ -143,9 +143,10 @@ impl Loader {
     }
 
     /// Removes the fast path's entries (`NETFAST_ENDPOINTS`) for addresses that no container
-    /// of `state` holds, in one walk of the map. A Docker endpoint's create killed between
-    /// writing its entry and saving the state leaves one (it writes no intent record), and
-    /// its ifindex may later be another interface's. Nothing without a pinned dataplane.
+    /// of `state` holds, in one walk of the map: one left by a command killed between writing
+    /// it and saving the state, whose intent was lost with it (or written by a build before
+    /// the Docker plugin wrote intents), with an ifindex that may later be another
+    /// interface's. Nothing without a pinned dataplane.
     pub(super) fn sweep_endpoints(&self, state: &State, out: &mut Vec<Change>) -> Result<()> {
         let mut dp = match Dataplane::open_existing(&self.host) {
             Ok(Some(dp)) => dp,
@@ -256,7 +257,7 @@ impl Step<'_> {
                     return self.remove_network(state, &cur);
                 }
             }
-            Object::Container(c) => {
+            Object::Container(c) | Object::DockerEndpoint { container: c, .. } => {
                 if let Some(cur) = state.container(&c.name).cloned() {
                     return self.remove_container_and_publications(state, &cur);
                 }
@@ -278,7 +279,9 @@ impl Step<'_> {
             Object::Network(n) => state
                 .network(&n.name)
                 .is_some_and(|cur| cur.bridge == n.bridge),
-            Object::Container(c) => state.container(&c.name).is_some(),
+            Object::Container(c) | Object::DockerEndpoint { container: c, .. } => {
+                state.container(&c.name).is_some()
+            }
             Object::Publication(p) => state.publication(&p.network, &p.spec).is_some(),
             Object::Settings => {
                 // The state's settings, back in the dataplane and the fallbacks' rules.
@@ -303,6 +306,15 @@ impl Step<'_> {
         match o {
             Object::Network(n) => self.remove_unknown_network(state, n),
             Object::Container(c) => remove_container(self.nl, state, c, self.out),
+            Object::DockerEndpoint {
+                container,
+                endpoint,
+            } => {
+                // The state with its record, for the removal to leave Docker's namespace be.
+                let mut with = state.clone();
+                with.docker.endpoints.push(endpoint.clone());
+                remove_container(self.nl, &with, container, self.out)
+            }
             Object::Publication(p) => {
                 // The state with it, for the removal to find it.
                 let mut with = state.clone();

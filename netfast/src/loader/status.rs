@@ -129,6 +129,16 @@ impl Loader {
                             c.name, c.ip, c.veth
                         ));
                     }
+                    Object::DockerEndpoint { container: c, .. }
+                        if state.container(&c.name).is_none() =>
+                    {
+                        let r = row(rows, &c.network, state.network(&c.network), "-");
+                        r.drift.push(format!(
+                            "Docker endpoint {} ({}) is not in the state: {who} was creating \
+                             it; {NEXT} removes its veth {}",
+                            c.name, c.ip, c.veth
+                        ));
+                    }
                     Object::Publication(p)
                         if !state
                             .publications
@@ -156,7 +166,9 @@ impl Loader {
             for o in &i.remove {
                 let (network, what) = match o {
                     Object::Network(n) => (n.name.clone(), format!("network {}", n.name)),
-                    Object::Container(c) => (c.network.clone(), format!("container {}", c.name)),
+                    Object::Container(c) | Object::DockerEndpoint { container: c, .. } => {
+                        (c.network.clone(), format!("container {}", c.name))
+                    }
                     Object::Publication(p) => {
                         (p.network.clone(), format!("publication {}", p.spec))
                     }
@@ -179,7 +191,9 @@ impl Loader {
             intent.is_some_and(|i| {
                 i.create.iter().chain(&i.remove).any(|o| match o {
                     Object::Network(n) => n.bridge == link,
-                    Object::Container(c) => c.veth == link,
+                    Object::Container(c) | Object::DockerEndpoint { container: c, .. } => {
+                        c.veth == link
+                    }
                     _ => false,
                 })
             })
@@ -352,7 +366,7 @@ impl Loader {
         let mut unknown: Vec<(Container, String)> = Vec::new();
         if let Some(i) = intent {
             for o in &i.create {
-                if let Object::Container(c) = o
+                if let Object::Container(c) | Object::DockerEndpoint { container: c, .. } = o
                     && state.container(&c.name).is_none()
                 {
                     unknown.push((
