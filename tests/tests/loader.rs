@@ -1591,8 +1591,9 @@ fn a_killed_publish_leaves_nothing_a_later_publication_inherits() {
 
 /// A fast-path entry for an address no container holds — what a command killed between
 /// writing the entry and saving the state leaves, where its intent does not name it (a build
-/// before the Docker plugin wrote intents) — goes with the next command that takes the lock, which says so; the
-/// containers' own entries stay as they were.
+/// before the Docker plugin wrote intents) — shows as drift in `network ls`, and goes with
+/// the next command that takes the lock, which says so; the containers' own entries stay as
+/// they were.
 #[test]
 fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
     let (_topo, nf, _c0) = host_with_container();
@@ -1605,6 +1606,13 @@ fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
     assert!(
         nf.endpoints().contains_key(&stray),
         "the stray entry was not planted"
+    );
+    let drift: Vec<String> = nf.networks().into_iter().flat_map(|n| n.drift).collect();
+    assert!(
+        drift
+            .iter()
+            .any(|d| d.contains(&format!("fast-path entry for {stray}"))),
+        "`network ls` does not report the stray entry: {drift:?}"
     );
     let err = nf.ok_stderr(&network_create("epswweb2", "172.30.2.0/24", &[]));
     assert_eq!(
@@ -1620,6 +1628,8 @@ fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
         )),
         "{err}"
     );
+    let drift: Vec<String> = nf.networks().into_iter().flat_map(|n| n.drift).collect();
+    assert!(drift.is_empty(), "drift after the sweep: {drift:?}");
 }
 
 /// A container's veth renamed by hand carries its mark under a name the state does not

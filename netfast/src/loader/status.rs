@@ -246,6 +246,52 @@ impl Loader {
         Ok(())
     }
 
+    /// The fast path's entries for addresses no container of `state` holds (what the next
+    /// command's sweep removes), as drift on the eBPF network whose subnet has the address,
+    /// else on the first eBPF network.
+    fn stray_endpoints(&self, state: &State, rows: &mut [NetworkStatus]) {
+        let dp = match Dataplane::open_existing(&self.host) {
+            Ok(Some(dp)) => dp,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!(
+                    "not reading the fast path's endpoints: {}",
+                    crate::error::report(&e)
+                );
+                return;
+            }
+        };
+        let entries = match crate::maps::endpoints(dp.ebpf()) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log::warn!(
+                    "cannot read the fast path's endpoints: {}",
+                    crate::error::report(&e)
+                );
+                return;
+            }
+        };
+        let mut stray: Vec<_> = entries
+            .into_iter()
+            .filter(|(addr, _)| state.container_at(*addr).is_none())
+            .collect();
+        stray.sort_by_key(|(addr, _)| *addr);
+        let ebpf = |r: &NetworkStatus| r.network.backend == Backend::Ebpf;
+        for (addr, ep) in stray {
+            let row = rows
+                .iter()
+                .position(|r| ebpf(r) && r.network.subnet.contains(&addr))
+                .or_else(|| rows.iter().position(ebpf));
+            if let Some(i) = row {
+                rows[i].drift.push(format!(
+                    "fast-path entry for {addr} (interface #{}) of no container of the state \
+                     (a command killed before it saved?); {NEXT} removes it",
+                    ep.ifindex
+                ));
+            }
+        }
+    }
+
     pub fn network_status(&self) -> Result<Vec<NetworkStatus>> {
         let locked = self.read()?;
         let (state, intent) = (&locked.state, locked.intent.as_ref());
@@ -301,6 +347,7 @@ impl Loader {
                 drift,
             });
         }
+        self.stray_endpoints(state, &mut out);
         self.crash_drift(&nl, state, intent, &mut out)?;
         Ok(out)
     }
