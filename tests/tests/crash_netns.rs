@@ -544,8 +544,7 @@ impl PluginLab {
             "trace=sendto,accept4",
         ]);
         for (method, body) in calls {
-            let answer = self.post(method, body);
-            assert!(!answer.contains("\"Err\""), "{method}: {answer}");
+            self.ok(method, body, "counting the sends");
         }
         // Killing strace would leave the plugin running, detached: the plugin goes first.
         let tracer = plugin.pid();
@@ -599,6 +598,25 @@ impl PluginLab {
         (first..first + made).collect()
     }
 
+    /// A call that must succeed (`what` says where, on failure).
+    fn ok(&self, method: &str, body: &str, what: &str) {
+        let answer = self.post(method, body);
+        assert!(!answer.contains("\"Err\""), "{what}: {method}: {answer}");
+    }
+
+    /// `method` with `body`, to a plugin that strace kills at its `when`-th `call`: checks
+    /// that the kill came.
+    fn killed_in(&self, method: &str, body: &str, call: &str, when: usize, what: &str) {
+        let inject = format!("inject={call}:signal=KILL:when={when}");
+        let killed = self.plugin(&["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject]);
+        self.post(method, body);
+        let out = killed.wait_exit(std::time::Duration::from_secs(20));
+        assert!(
+            out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
+            "{what}: the plugin was not killed: {out:?}"
+        );
+    }
+
     /// The body of Docker's CreateEndpoint of endpoint `id` at `addr`.
     fn create_body(&self, id: &str, addr: std::net::Ipv4Addr) -> String {
         format!(
@@ -637,22 +655,15 @@ impl PluginLab {
 #[test]
 fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
     let p = PluginLab::new();
-    // The endpoint, through a plugin killed at its first rename: the create's state save.
-    let killed = p.plugin(&[
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "inject=renameat:signal=KILL:when=2",
-    ]);
+    // The endpoint, through a plugin killed at its second rename: the create's state save.
     let stray: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
-    p.create_endpoint(&"e1".repeat(32), stray);
-    let out = killed.wait_exit(std::time::Duration::from_secs(20));
-    assert!(
-        out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
-        "the plugin was not killed: {out:?}"
+    let body = p.create_body(&"e1".repeat(32), stray);
+    p.killed_in(
+        "CreateEndpoint",
+        &body,
+        "renameat",
+        2,
+        "a create killed at its save",
     );
     let left = p.lab.nf.endpoints();
     assert!(
@@ -711,21 +722,11 @@ fn a_docker_endpoint_create_killed_at_any_send_leaves_nothing_behind() {
     let next_id = "ee".repeat(32);
     for &n in &sends {
         let what = format!("a create killed at its worker's sendto #{n} ({sends:?})");
-        let inject = format!("inject=sendto:signal=KILL:when={n}");
-        let killed = p.plugin(&["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject]);
-        p.create_endpoint(&format!("{n:02x}").repeat(32), killed_addr);
-        let out = killed.wait_exit(std::time::Duration::from_secs(20));
-        assert!(
-            out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
-            "{what}: the plugin was not killed: {out:?}"
-        );
+        let body = p.create_body(&format!("{n:02x}").repeat(32), killed_addr);
+        p.killed_in("CreateEndpoint", &body, "sendto", n, &what);
         // Docker's next call, to a plugin started again.
         let again = p.plugin(&[]);
-        let answer = p.create_endpoint(&next_id, next_addr);
-        assert!(
-            !answer.contains("\"Err\""),
-            "{what}: CreateEndpoint: {answer}"
-        );
+        p.ok("CreateEndpoint", &p.create_body(&next_id, next_addr), &what);
         let (veths, entries) = (p.veths(), p.lab.nf.endpoints());
         let (unknown, drift) = (p.lab.unknown(), p.lab.drift());
         assert!(
@@ -734,11 +735,7 @@ fn a_docker_endpoint_create_killed_at_any_send_leaves_nothing_behind() {
              beyond the state {unknown:?} (drift {drift:?})"
         );
         assert!(drift.is_empty(), "{what}: drift {drift:?}");
-        let answer = p.post("DeleteEndpoint", &p.delete_body(&next_id));
-        assert!(
-            !answer.contains("\"Err\""),
-            "{what}: DeleteEndpoint: {answer}"
-        );
+        p.ok("DeleteEndpoint", &p.delete_body(&next_id), &what);
         again.stop();
         assert!(
             p.veths().is_empty(),
@@ -758,8 +755,7 @@ fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
     let addr: std::net::Ipv4Addr = "172.18.0.5".parse().expect("an address");
     let (old, new) = ("d1".repeat(32), "d2".repeat(32));
     let made = p.plugin(&[]);
-    let answer = p.create_endpoint(&old, addr);
-    assert!(!answer.contains("\"Err\""), "CreateEndpoint: {answer}");
+    p.ok("CreateEndpoint", &p.create_body(&old, addr), "the endpoint");
     made.stop();
     let sends = p.first_call_sends(&[
         ("DeleteEndpoint", p.delete_body(&old)),
@@ -771,21 +767,10 @@ fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
     );
     for &n in &sends {
         let what = format!("a delete killed at its worker's sendto #{n} ({sends:?})");
-        let inject = format!("inject=sendto:signal=KILL:when={n}");
-        let killed = p.plugin(&["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject]);
-        p.post("DeleteEndpoint", &p.delete_body(&old));
-        let out = killed.wait_exit(std::time::Duration::from_secs(20));
-        assert!(
-            out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137),
-            "{what}: the plugin was not killed: {out:?}"
-        );
+        p.killed_in("DeleteEndpoint", &p.delete_body(&old), "sendto", n, &what);
         // Docker's next call: the address, to another endpoint.
         let again = p.plugin(&[]);
-        let answer = p.create_endpoint(&new, addr);
-        assert!(
-            !answer.contains("\"Err\""),
-            "{what}: CreateEndpoint: {answer}"
-        );
+        p.ok("CreateEndpoint", &p.create_body(&new, addr), &what);
         let (veths, unknown, drift) = (p.veths(), p.lab.unknown(), p.lab.drift());
         assert!(
             veths.len() == 1 && unknown.is_empty() && drift.is_empty(),
@@ -802,8 +787,7 @@ fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
             ("DeleteEndpoint", p.delete_body(&new)),
             ("CreateEndpoint", p.create_body(&old, addr)),
         ] {
-            let answer = p.post(method, &body);
-            assert!(!answer.contains("\"Err\""), "{what}: {method}: {answer}");
+            p.ok(method, &body, &what);
         }
         again.stop();
     }

@@ -250,22 +250,16 @@ impl Loader {
     /// command's sweep removes), as drift on the eBPF network whose subnet has the address,
     /// else on the first eBPF network.
     fn stray_endpoints(&self, state: &State, rows: &mut [NetworkStatus]) {
-        let dp = match Dataplane::open_existing(&self.host) {
-            Ok(Some(dp)) => dp,
+        // A dataplane this netfast cannot open (another layout, an upgrade to finish) is
+        // the commands' to explain; `network ls` shows what it can.
+        let entries = match Dataplane::open_existing(&self.host)
+            .and_then(|dp| dp.map(|dp| crate::maps::endpoints(dp.ebpf())).transpose())
+        {
+            Ok(Some(entries)) => entries,
             Ok(None) => return,
             Err(e) => {
                 log::debug!(
                     "not reading the fast path's endpoints: {}",
-                    crate::error::report(&e)
-                );
-                return;
-            }
-        };
-        let entries = match crate::maps::endpoints(dp.ebpf()) {
-            Ok(entries) => entries,
-            Err(e) => {
-                log::warn!(
-                    "cannot read the fast path's endpoints: {}",
                     crate::error::report(&e)
                 );
                 return;
