@@ -36,7 +36,8 @@ crate::map_type! {
         /// close; UDP and ICMP flows only ever expire, so they keep the count up). When the last
         /// TCP flow closes, the mapping's lifetime shrinks to that of the closed flows (this
         /// one, and those its claim's `closed_until` remembers). Never below the truth: a flow
-        /// that failed to open is not subtracted.
+        /// that failed to open is not subtracted, and a count that is not known
+        /// ([`NatBinding::FLOWS_UNKNOWN`]) stays so until the mapping expires.
         pub flows: u16,
         /// CLOCK_MONOTONIC seconds; the mapping lives while any of its flows does.
         pub expires: u32,
@@ -44,6 +45,21 @@ crate::map_type! {
 }
 
 impl NatBinding {
+    /// A count of flows that is not known: the binding was made again for a live flow after
+    /// the LRU evicted it (how many other flows use the mapping is not known), or the count
+    /// reached the largest a `u16` holds. Closes never subtract from it (adding leaves it
+    /// so): the mapping then lives as long as its flows keep it alive, never shorter.
+    pub const FLOWS_UNKNOWN: u16 = u16::MAX;
+
+    /// One flow of the mapping closed: the count after it (an unknown count stays unknown).
+    pub const fn closed_one(flows: u16) -> u16 {
+        if flows == Self::FLOWS_UNKNOWN {
+            flows
+        } else {
+            flows.saturating_sub(1)
+        }
+    }
+
     /// The binding as the word the datapath exchanges (memory order, so that it is the
     /// value's bytes whatever the host's endianness).
     pub fn word(&self) -> u64 {

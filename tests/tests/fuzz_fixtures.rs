@@ -176,3 +176,23 @@ fn answer_to_a_close_outlives_its_mapping() {
 fn last_close_cuts_short_an_earlier_close() {
     replay("last-close-cuts-short-an-earlier-close");
 }
+
+/// Found by the short fuzz once it evicted bindings (seed 1, episode 1, shrunk): two UDP
+/// flows of one container endpoint share a mapping; the LRU evicts its binding; the next
+/// packet of one flow made the binding again counting one flow, while two used it. A TCP
+/// close would then have taken the count to zero and cut the mapping's life short under a
+/// live flow. A binding made again now does not know its count (`FLOWS_UNKNOWN`), which
+/// closes never lower.
+#[test]
+fn mapping_evicted_under_a_live_flow() {
+    replay("mapping-evicted-under-a-live-flow");
+}
+
+/// Found by the short fuzz once it evicted bindings (seed 1, episode 1, shrunk): as above,
+/// but the next packet opens a new flow, which retakes the endpoint's own live claim on the
+/// port and binds it again: counting one flow, while another lived on the port. Retaking a
+/// live claim of its own now binds it not knowing the count.
+#[test]
+fn mapping_evicted_then_retaken() {
+    replay("mapping-evicted-then-retaken");
+}

@@ -146,6 +146,17 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
         .owned_by(bk.int_addr, bk.int_port)
 }
 
+/// `claim_port`'s answers: the port is not the endpoint's; it is, claimed now (free, taken
+/// over, or its own expired claim retaken); it is, the endpoint's own live claim retaken
+/// (its binding evicted while flows may still use the port).
+const NOT_CLAIMED: u32 = 0;
+const CLAIMED: u32 = 1;
+const RETAKEN_LIVE: u32 = 2;
+
+/// In `PortSearch::found`, beside the port: it was `RETAKEN_LIVE`. (Above the port's 16
+/// bits and `Outcome::NONE`'s bit.)
+const FOUND_LIVE: u32 = 1 << 20;
+
 /// Claims `ck` for the search's endpoint (`s.owner`): atomically when free; when its holder
 /// has expired and holds no live binding to it, by one compare-and-exchange of the owner
 /// word; when its holder is this very endpoint (its binding expired or evicted), by raising
@@ -161,16 +172,16 @@ fn hold_claim(ck: &NatClaimKey, bk: &NatBindKey, net_id: u16, until: u32) -> boo
 // The search record's fields are read where they are used: passed as arguments, they
 // would be spilled across the map helpers, and this frame ends the bridge's deepest chain.
 #[inline(never)]
-fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
+fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> u32 {
     let claim = NatClaim::new(s.owner, s.until);
     if NETFAST_NAT_CLAIM
         .insert(ck, &claim, BPF_NOEXIST as u64)
         .is_ok()
     {
-        return true;
+        return CLAIMED;
     }
     let Some(held) = NETFAST_NAT_CLAIM.get_ptr_mut(ck) else {
-        return false;
+        return NOT_CLAIMED;
     };
     // SAFETY: a map value pointer, valid for this program run; `owner` is its first word,
     // 8-byte aligned.
@@ -179,19 +190,24 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
     let was = load_word(word);
     if was == s.owner {
         // SAFETY: `expires` is an aligned u32 of the same map value.
-        unsafe {
+        let live = unsafe {
             let expires = &raw mut h.expires;
             let e = core::ptr::read_volatile(expires);
             atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
                 expires,
                 if e < s.until { s.until } else { e },
             );
-        }
+            e >= s.now
+        };
         // Taken over by another endpoint before the expiry was raised: theirs.
-        return load_word(word) == s.owner;
+        return match (load_word(word) == s.owner, live) {
+            (false, _) => NOT_CLAIMED,
+            (true, false) => CLAIMED,
+            (true, true) => RETAKEN_LIVE,
+        };
     }
     if h.expires >= s.now {
-        return false;
+        return NOT_CLAIMED;
     }
     // Expired by its hint; the holder's binding has the last word.
     let old = NatClaim::new(was, 0);
@@ -205,12 +221,12 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
     if let Some(b) = NETFAST_NAT_BIND.get_ptr(&bk) {
         let b = NatBinding::from_word(load_word(b.cast::<u64>()));
         if b.expires >= s.now && b.ext_port == ck.ext_port {
-            return false;
+            return NOT_CLAIMED;
         }
     }
     // Of two CPUs taking it over at once, one wins.
     if !cas(word, was, s.owner) {
-        return false;
+        return NOT_CLAIMED;
     }
     // The expiry raised with a compare-and-exchange from the expired value: it fails where
     // the holder retook the claim meanwhile (raised the expiry), and then the claim is given
@@ -228,11 +244,11 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
     };
     if !raised {
         let _ = cas(word, s.owner, was);
-        return false;
+        return NOT_CLAIMED;
     }
     // Taken from us by another CPU before the expiry was raised: theirs.
     if load_word(word) != s.owner {
-        return false;
+        return NOT_CLAIMED;
     }
     // Ours. What the last holder knew of its closed flows (or did not know) was of a mapping
     // that is over; this one keeps its own record.
@@ -243,24 +259,30 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> bool {
             NatClaim::CLOSED_NONE,
         )
     };
-    true
+    CLAIMED
 }
 
-/// Binds the endpoint `bk` to `port`, which it has just claimed: one flow, alive until
-/// `until`. Where another CPU bound the endpoint meanwhile, its live binding wins and is
+/// Binds the endpoint `bk` to `port`, which it has just claimed: `flows` flows (one, or
+/// not known), alive until `until`. Where another CPU bound the endpoint meanwhile, its live binding wins and is
 /// reused (the claim made here then expires unused); an expired one is replaced, and so is
 /// a live one whose port another endpoint has claimed since (its claim was evicted): the
 /// endpoint's flows on that port go on, its new ones never join them there.
 #[inline(never)]
-fn bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Outcome {
-    Outcome::from(try_bind(bk, port, now, until))
+fn bind(bk: &NatBindKey, port: u16, flows: u16, now: u32, until: u32) -> Outcome {
+    Outcome::from(try_bind(bk, port, flows, now, until))
 }
 
 #[inline(always)]
-fn try_bind(bk: &NatBindKey, port: u16, now: u32, until: u32) -> Result<u32, DropReason> {
+fn try_bind(
+    bk: &NatBindKey,
+    port: u16,
+    flows: u16,
+    now: u32,
+    until: u32,
+) -> Result<u32, DropReason> {
     let fresh = NatBinding {
         ext_port: port,
-        flows: 1,
+        flows,
         expires: until,
     };
     if NETFAST_NAT_BIND
@@ -390,7 +412,14 @@ fn new_mapping(
     if search.found == Outcome::NONE {
         return Err(DropReason::NatPortExhausted);
     }
-    bind(bk, search.found as u16, now, until)
+    // The endpoint's own live claim, retaken: its binding was evicted while flows may use
+    // the port, how many is not known.
+    let flows = if search.found & FOUND_LIVE != 0 {
+        NatBinding::FLOWS_UNKNOWN
+    } else {
+        1
+    };
+    bind(bk, search.found as u16, flows, now, until)
         .value()
         .map(|p| p as u16)
 }
@@ -439,10 +468,11 @@ extern "C" fn port_step(attempt: u32, data: *mut c_void) -> c_long {
         return 0;
     }
     let ck = NatClaimKey::new(s.bk.ext_addr, port, s.bk.proto);
-    if !claim_port(&ck, s) {
-        return 0;
+    match claim_port(&ck, s) {
+        NOT_CLAIMED => return 0,
+        RETAKEN_LIVE => s.found = u32::from(port) | FOUND_LIVE,
+        _ => s.found = u32::from(port),
     }
-    s.found = u32::from(port);
     1
 }
 
@@ -499,9 +529,10 @@ fn keep_mapping(key: &CtKey, entry: &CtEntry, until: u32, more: u16) -> u32 {
             }
         }
         None => {
+            // Made again for a live flow: how many others use the mapping is not known.
             let again = NatBinding {
                 ext_port: ck.ext_port,
-                flows: 1,
+                flows: NatBinding::FLOWS_UNKNOWN,
                 expires: until,
             };
             let _ = NETFAST_NAT_BIND.insert(&bk, &again, BPF_NOEXIST as u64);
@@ -539,7 +570,7 @@ pub fn release_mapping(key: &CtKey, entry: &mut CtEntry, until: u32) -> bool {
         if b.ext_port != ck.ext_port {
             return false;
         }
-        let flows = b.flows.saturating_sub(1);
+        let flows = NatBinding::closed_one(b.flows);
         let new = NatBinding {
             ext_port: b.ext_port,
             flows,

@@ -347,6 +347,10 @@ impl Datapath {
         let _ = hash_map_mut::<CtKey, CtEntry>(&mut self.t, table_name(t)).remove(k);
     }
 
+    pub fn remove_binding(&mut self, k: &NatBindKey) {
+        let _ = hash_map_mut::<NatBindKey, NatBinding>(&mut self.t, names::NAT_BINDINGS).remove(k);
+    }
+
     pub fn publish(&mut self, k: &model::PubKey, target: &model::PubTarget) {
         let key = pub_key(k);
         let target = PubTarget {

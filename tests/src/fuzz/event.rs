@@ -41,6 +41,10 @@ pub enum Event {
         table: crate::model::conntrack::Table,
         key: TupleRef,
     },
+    /// The LRU evicts the binding of the masquerade mapping of a flow (the bindings table is
+    /// full of others) while the flow lives: the flow's next packet makes it again, not
+    /// knowing how many flows use it.
+    EvictMapping { key: TupleRef },
     /// A packet enters.
     Send { from: From, pkt: Pkt },
 }
@@ -281,6 +285,9 @@ pub fn describe(e: &Event, m: &Model) -> String {
         ),
         Event::Evict { table, key } => {
             format!("the LRU evicts {} from the {table:?} table", key.resolve(m))
+        }
+        Event::EvictMapping { key } => {
+            format!("the LRU evicts the mapping of {}", key.resolve(m))
         }
         Event::Send { from, pkt } => {
             let t = pkt.tuple.resolve(m);

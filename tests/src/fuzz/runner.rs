@@ -194,6 +194,22 @@ impl Runner {
                 self.model.ct.of_mut(*table).remove(&k);
                 self.dp.remove_ct(*table, &convert::ct_key(&k));
             }
+            Event::EvictMapping { key } => {
+                let k = key.resolve(&self.model);
+                let entry = self
+                    .model
+                    .ct
+                    .main
+                    .get(&k)
+                    .or_else(|| self.model.ct.inbound.get(&k));
+                if let Some(e) = entry.copied()
+                    && e.flags.masq_src
+                {
+                    let (bk, _) = model::nat::mapping_keys(&k, &e);
+                    self.model.bindings.remove(&bk);
+                    self.dp.remove_binding(&convert::bind_key(&bk));
+                }
+            }
             Event::Send { from, pkt } => self.send(step, *from, pkt)?,
         }
         Ok(())

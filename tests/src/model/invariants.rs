@@ -108,27 +108,28 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
         broken.extend(live().filter_map(|(k, e)| half_flow(s, table, entries, k, e)));
         broken.extend(live().filter_map(|(k, e)| flow_on_foreign_claim(s, table, k, e)));
     }
-    if !s.evicted {
-        undercounted_mappings(s, &mut broken);
-    }
+    undercounted_mappings(s, &mut broken);
     broken
 }
 
-/// A mapping's count of open flows is never below the truth (the LRU aside: a binding it
-/// evicted is made again knowing one flow): each live entry whose source is the mapping's
-/// internal endpoint, and whose close has not been subtracted, is one of them.
+/// A mapping's count of open flows is never below the truth, the LRU's evictions included
+/// (a binding it evicted is made again not knowing the count, which is above any): each live
+/// entry whose source is the mapping's internal endpoint, and whose close has not been
+/// subtracted, is one of them — on the binding's port: a flow left on another port (its
+/// binding evicted, and made again on a new one) closes without subtracting.
 fn undercounted_mappings(s: &Snapshot<'_>, broken: &mut Vec<Broken>) {
-    let mut open: BTreeMap<BindKey, u16> = BTreeMap::new();
+    let mut open: BTreeMap<(BindKey, u16), u16> = BTreeMap::new();
     for (k, e) in s.main.iter().chain(s.inbound) {
         if e.expires >= s.now && e.flags.masq_src && !e.flags.released {
-            *open.entry(mapping_keys(k, e).0).or_default() += 1;
+            let (bk, ck) = mapping_keys(k, e);
+            *open.entry((bk, ck.ext_port)).or_default() += 1;
         }
     }
-    for (bk, open) in open {
+    for ((bk, port), open) in open {
         let Some(b) = s.bindings.get(&bk) else {
             continue;
         };
-        if b.expires >= s.now && b.flows < open {
+        if b.expires >= s.now && b.ext_port == port && b.flows < open {
             broken.push(Broken::UndercountedMapping {
                 bk,
                 flows: b.flows,

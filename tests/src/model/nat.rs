@@ -13,7 +13,11 @@
 
 use std::net::Ipv4Addr;
 
-use netfast::common::{DropReason, maps::NAT_PORT_TRIES, nat::NatClaim};
+use netfast::common::{
+    DropReason,
+    maps::NAT_PORT_TRIES,
+    nat::{NatBinding, NatClaim},
+};
 
 use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
@@ -358,12 +362,19 @@ impl Model {
         {
             self.counters.rule("expired claim taken over");
         }
-        self.claim_port(touched, bk, net_id, port, until);
-        Ok(self.bind(touched, bk, port, until))
+        // The endpoint's own live claim, retaken: its binding was evicted while flows may
+        // use the port, how many is not known.
+        let flows = if self.claim_port(touched, bk, net_id, port, until) {
+            self.counters.rule("mapping bound again, flows unknown");
+            NatBinding::FLOWS_UNKNOWN
+        } else {
+            1
+        };
+        Ok(self.bind(touched, bk, port, flows, until))
     }
 
     /// Claims `port` for the endpoint of `bk` (free, its own, or taken over from an expired
-    /// holder: the caller checked which).
+    /// holder: the caller checked which). True where it was the endpoint's own live claim.
     fn claim_port(
         &mut self,
         touched: &mut Touched,
@@ -371,13 +382,17 @@ impl Model {
         net_id: u16,
         port: u16,
         until: u32,
-    ) {
+    ) -> bool {
         let ck = ClaimKey {
             ext_addr: bk.ext_addr,
             ext_port: port,
             proto: bk.proto,
         };
-        let c = match self.claim(touched, &ck) {
+        let held = self.claim(touched, &ck);
+        let live_own = held.is_some_and(|c| {
+            c.owner == (bk.int_addr, bk.int_port) && c.owner_net == net_id && c.expires >= self.now
+        });
+        let c = match held {
             Some(c) => Claim {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
@@ -397,12 +412,21 @@ impl Model {
             },
         };
         self.set_claim(touched, ck, c);
+        live_own
     }
 
-    /// Binds `bk` to the port it just claimed: one flow, alive until `until`. A live
+    /// Binds `bk` to the port it just claimed: `flows` flows (one, or not known), alive
+    /// until `until`. A live
     /// binding found there instead is reused (and its port returned), unless another
     /// endpoint has claimed its port since: then it is replaced.
-    fn bind(&mut self, touched: &mut Touched, bk: &BindKey, port: u16, until: u32) -> u16 {
+    fn bind(
+        &mut self,
+        touched: &mut Touched,
+        bk: &BindKey,
+        port: u16,
+        flows: u16,
+        until: u32,
+    ) -> u16 {
         let taken = |m: &mut Self, touched: &mut Touched, p: u16| {
             let ck = ClaimKey {
                 ext_addr: bk.ext_addr,
@@ -420,7 +444,7 @@ impl Model {
             },
             _ => Binding {
                 ext_port: port,
-                flows: 1,
+                flows,
                 expires: until,
             },
         };
@@ -430,8 +454,8 @@ impl Model {
 
     /// A flow keeps its mapping alive until `until` (`Keep::Retake`: a TCP flow of the
     /// mapping that closed, and released it, has reopened: one flow more again, as for a new
-    /// flow); returns the new high-water mark. A binding that is gone is made again (one
-    /// flow), and so is a claim that is gone (not knowing the closed flows); a claim is
+    /// flow); returns the new high-water mark. A binding that is gone is made again (not
+    /// knowing its flows: [`NatBinding::FLOWS_UNKNOWN`]), and so is a claim that is gone (not knowing the closed flows); a claim is
     /// raised only if it is still the endpoint's.
     pub fn keep_mapping(
         &mut self,
@@ -456,29 +480,30 @@ impl Model {
             self.note_closed(touched, &ck, &bk, until);
         }
         let more = u16::from(how == Keep::Retake);
-        match self.binding(touched, &bk) {
-            Some(b) => {
-                if b.ext_port == ck.ext_port && (b.expires < until || more > 0) {
-                    self.set_binding(
-                        touched,
-                        bk,
-                        Binding {
-                            ext_port: b.ext_port,
-                            flows: b.flows.saturating_add(more),
-                            expires: b.expires.max(until),
-                        },
-                    );
-                }
+        if let Some(b) = self.binding(touched, &bk) {
+            if b.ext_port == ck.ext_port && (b.expires < until || more > 0) {
+                self.set_binding(
+                    touched,
+                    bk,
+                    Binding {
+                        ext_port: b.ext_port,
+                        flows: b.flows.saturating_add(more),
+                        expires: b.expires.max(until),
+                    },
+                );
             }
-            None => self.set_binding(
+        } else {
+            // Made again for a live flow: how many others use the mapping is not known.
+            self.counters.rule("mapping bound again, flows unknown");
+            self.set_binding(
                 touched,
                 bk,
                 Binding {
                     ext_port: ck.ext_port,
-                    flows: 1,
+                    flows: NatBinding::FLOWS_UNKNOWN,
                     expires: until,
                 },
-            ),
+            );
         }
         if let Some(c) = self.claim(touched, &ck)
             && c.owned_by((bk.int_addr, bk.int_port))
@@ -519,7 +544,7 @@ impl Model {
         if b.ext_port != ck.ext_port {
             return;
         }
-        let flows = b.flows.saturating_sub(1);
+        let flows = NatBinding::closed_one(b.flows);
         e.map_expires = until;
         if flows != 0 {
             self.set_binding(touched, bk, Binding { flows, ..b });

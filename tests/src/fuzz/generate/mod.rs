@@ -335,6 +335,12 @@ impl Gen {
         let Some((key, e, table)) = self.pick_entry_in(m) else {
             return self.container_opens(m);
         };
+        // Now and then the mapping of a masqueraded flow instead.
+        if e.flags.masq_src && self.rng.chance(250) {
+            return Event::EvictMapping {
+                key: Self::ref_of(m, &key, &e),
+            };
+        }
         if self.rng.chance(400) {
             self.take_over(m, &key, &e);
         }
