@@ -351,6 +351,10 @@ impl Datapath {
         let _ = hash_map_mut::<NatBindKey, NatBinding>(&mut self.t, names::NAT_BINDINGS).remove(k);
     }
 
+    pub fn remove_claim(&mut self, k: &NatClaimKey) {
+        let _ = hash_map_mut::<NatClaimKey, NatClaim>(&mut self.t, names::NAT_CLAIMS).remove(k);
+    }
+
     pub fn publish(&mut self, k: &model::PubKey, target: &model::PubTarget) {
         let key = pub_key(k);
         let target = PubTarget {

@@ -43,8 +43,13 @@ pub enum Event {
     },
     /// The LRU evicts the binding of the masquerade mapping of a flow (the bindings table is
     /// full of others) while the flow lives: the flow's next packet makes it again, not
-    /// knowing how many flows use it.
-    EvictMapping { key: TupleRef },
+    /// knowing how many flows use it. With `claim`, the mapping's port claim instead: the
+    /// next packet claims it again, unless another endpoint took the port meanwhile.
+    EvictMapping {
+        key: TupleRef,
+        #[serde(default)]
+        claim: bool,
+    },
     /// A packet enters.
     Send { from: From, pkt: Pkt },
 }
@@ -286,9 +291,11 @@ pub fn describe(e: &Event, m: &Model) -> String {
         Event::Evict { table, key } => {
             format!("the LRU evicts {} from the {table:?} table", key.resolve(m))
         }
-        Event::EvictMapping { key } => {
-            format!("the LRU evicts the mapping of {}", key.resolve(m))
-        }
+        Event::EvictMapping { key, claim } => format!(
+            "the LRU evicts the {} of the mapping of {}",
+            if *claim { "claim" } else { "binding" },
+            key.resolve(m)
+        ),
         Event::Send { from, pkt } => {
             let t = pkt.tuple.resolve(m);
             let body = match &pkt.body {

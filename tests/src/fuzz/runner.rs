@@ -2,7 +2,10 @@
 //! verdict, drop reason and frame out, the map entries the step touched; now and then, and
 //! at the end, every map entry, every counter, and the model's invariants.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
 
 use netfast::{
     common::{
@@ -75,6 +78,8 @@ pub struct Runner {
     pub log: Option<Vec<String>>,
     /// An entry was evicted in this episode (flows may have lost a half).
     pub evicted: bool,
+    /// Port claims evicted in this episode under live mappings.
+    pub lost_claims: BTreeSet<model::ClaimKey>,
 }
 
 fn hex(f: &[u8]) -> String {
@@ -97,6 +102,7 @@ impl Runner {
             capture: None,
             log: None,
             evicted: false,
+            lost_claims: BTreeSet::new(),
         }
     }
 
@@ -126,6 +132,7 @@ impl Runner {
         let topo = host.topology(&networks, &eps);
         self.model = Model::new(EPOCH, Config::default(), topo);
         self.evicted = false;
+        self.lost_claims.clear();
         self.dp.reset(&self.model);
     }
 
@@ -194,7 +201,7 @@ impl Runner {
                 self.model.ct.of_mut(*table).remove(&k);
                 self.dp.remove_ct(*table, &convert::ct_key(&k));
             }
-            Event::EvictMapping { key } => {
+            Event::EvictMapping { key, claim } => {
                 let k = key.resolve(&self.model);
                 let entry = self
                     .model
@@ -205,9 +212,15 @@ impl Runner {
                 if let Some(e) = entry.copied()
                     && e.flags.masq_src
                 {
-                    let (bk, _) = model::nat::mapping_keys(&k, &e);
-                    self.model.bindings.remove(&bk);
-                    self.dp.remove_binding(&convert::bind_key(&bk));
+                    let (bk, ck) = model::nat::mapping_keys(&k, &e);
+                    if *claim {
+                        self.lost_claims.insert(ck);
+                        self.model.claims.remove(&ck);
+                        self.dp.remove_claim(&convert::claim_key(&ck));
+                    } else {
+                        self.model.bindings.remove(&bk);
+                        self.dp.remove_binding(&convert::bind_key(&bk));
+                    }
                 }
             }
             Event::Send { from, pkt } => self.send(step, *from, pkt)?,
@@ -585,6 +598,7 @@ impl Runner {
             bindings: &self.model.bindings,
             claims: &self.model.claims,
             evicted: self.evicted,
+            lost_claims: &self.lost_claims,
         });
         if !broken.is_empty() {
             let lines: Vec<String> = broken

@@ -434,6 +434,7 @@ fn check(dp: &Datapath, now: u32) -> Vec<invariants::Broken> {
         bindings: &maps.bindings,
         claims: &maps.claims,
         evicted: false,
+        lost_claims: &std::collections::BTreeSet::new(),
     })
 }
 

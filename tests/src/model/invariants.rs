@@ -1,7 +1,7 @@
 //! The promises that hold whatever the mechanism (issue #13), checked on a snapshot of the
 //! state — the model's after every step, the datapath's maps after the multi-CPU phase.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{BindKey, Binding, Claim, ClaimKey, Entry, Tuple, conntrack::Table, nat::mapping_keys};
 
@@ -16,6 +16,11 @@ pub struct Snapshot<'a> {
     /// repairs it from the survivor), or its other half's tuple may have been taken by
     /// another flow since (the datapath removes the survivor when a packet matches it).
     pub evicted: bool,
+    /// Port claims the LRU evicted under live mappings: until a packet of the mapping
+    /// claims its port again, the port is free to another endpoint, which may bind it
+    /// meanwhile (two internal endpoints then share it, their flows kept apart by their
+    /// remote ends). Not held to the one-endpoint promise.
+    pub lost_claims: &'a BTreeSet<ClaimKey>,
 }
 
 /// A broken promise.
@@ -152,6 +157,9 @@ fn one_internal_endpoint_per_external_one(s: &Snapshot<'_>, broken: &mut Vec<Bro
             ext_port: b.ext_port,
             proto: bk.proto,
         };
+        if s.lost_claims.contains(&ck) {
+            continue;
+        }
         holders.entry(ck).or_default().push(*bk);
         let holder = s.claims.get(&ck).copied();
         if !holder.is_some_and(|c| c.owned_by((bk.int_addr, bk.int_port))) {
@@ -195,6 +203,9 @@ fn flow_on_foreign_claim(s: &Snapshot<'_>, table: Table, k: &Tuple, e: &Entry) -
         return None;
     }
     let (bk, ck) = mapping_keys(k, e);
+    if s.lost_claims.contains(&ck) {
+        return None;
+    }
     let c = s.claims.get(&ck)?;
     (!c.owned_by((bk.int_addr, bk.int_port))).then_some(Broken::FlowOnForeignClaim {
         table,

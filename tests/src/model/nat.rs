@@ -474,6 +474,7 @@ impl Model {
                 expires: until,
                 closed_until: CLOSED_UNKNOWN,
             };
+            self.counters.rule("claim made again");
             self.set_claim(touched, ck, again);
         }
         if e.flags.released {

@@ -335,10 +335,11 @@ impl Gen {
         let Some((key, e, table)) = self.pick_entry_in(m) else {
             return self.container_opens(m);
         };
-        // Now and then the mapping of a masqueraded flow instead.
+        // Now and then the mapping of a masqueraded flow instead: its binding or its claim.
         if e.flags.masq_src && self.rng.chance(250) {
             return Event::EvictMapping {
                 key: Self::ref_of(m, &key, &e),
+                claim: self.rng.chance(500),
             };
         }
         if self.rng.chance(400) {
