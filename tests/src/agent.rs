@@ -23,15 +23,22 @@ impl Agent {
 
     /// As [`Agent::start`], with more arguments.
     pub fn start_with(host: &TestNetns, extra: &[&str]) -> Agent {
+        Agent::start_behind(host, &[], extra)
+    }
+
+    /// As [`Agent::start_with`], run behind `prefix` (`unshare`, `setpriv`: the sandbox a
+    /// service manager puts it in).
+    pub fn start_behind(host: &TestNetns, prefix: &[&str], extra: &[&str]) -> Agent {
         let bin = netfast_bin();
-        let mut argv = vec![
+        let mut argv = prefix.to_vec();
+        argv.extend([
             bin.to_str().expect("a UTF-8 path"),
             "--netns",
             host.name(),
             "agent",
             "--metrics",
             METRICS_ADDR,
-        ];
+        ]);
         if !extra.contains(&"--resync") {
             argv.extend(["--resync", "1"]);
         }

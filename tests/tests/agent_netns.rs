@@ -548,6 +548,132 @@ fn the_agent_completes_an_interrupted_command() {
     );
 }
 
+/// Under its systemd unit the agent runs in a mount namespace of its own, where a named
+/// network namespace cannot be deleted for good (that takes the host's mount namespace,
+/// which it cannot enter without CAP_SYS_CHROOT). An interrupted `container create` whose
+/// namespace it therefore cannot remove must not stop its passes: it says so as drift, and
+/// keeps the dataplane in step with the host (here, the uplink's address replaced).
+#[test]
+fn an_interrupted_command_the_agent_cannot_complete_does_not_stop_it() {
+    require_root();
+    require_tool("strace", "strace");
+    let w = web_on("ebpf", &[]);
+    let server = outside_web_server(w.topo.outside.name());
+    let name = format!("{}c9", w.topo.host.name());
+    // Rename #1 makes the intent record, #2 the state.
+    assert!(
+        w.nf.killed_at(
+            "renameat",
+            2,
+            &["container", "create", &name, "--network", "web"]
+        ),
+        "the command was not killed"
+    );
+    let mut agent = Agent::start_behind(
+        &w.topo.host,
+        &[
+            "unshare",
+            "--mount",
+            "setpriv",
+            "--bounding-set=-sys_chroot",
+        ],
+        &[],
+    );
+    agent
+        .process
+        .wait_for_text("cannot complete what an interrupted", SOON);
+    let h = &w.topo.host;
+    h.exec_ok(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{UPLINK_ADDR}/24"),
+        "dev",
+        UPLINK,
+    ]);
+    h.exec_ok(&["ip", "addr", "add", "198.51.100.61/24", "dev", UPLINK]);
+    let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
+    assert!(
+        wait_until(SOON, || {
+            curl(&w.c1, &to_outside, &[]) == "200"
+                && clients_seen(&server).contains("198.51.100.61 - -")
+        }),
+        "no connection from the new address 198.51.100.61; the agent said:\n{}",
+        agent.process.stdout_so_far()
+    );
+    drop(agent);
+    // The next command, with the rights the agent lacked, completes it.
+    w.nf.ok(&["network", "ls"]);
+    w.nf.ok(&[
+        "container",
+        "create",
+        &format!("{}c8", h.name()),
+        "--network",
+        "web",
+    ]);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&name).exists(),
+        "the interrupted container's namespace is left"
+    );
+}
+
+/// The agent's systemd unit is one systemd accepts, and its sandbox lets the agent complete
+/// what an interrupted command left (see the test above): deleting a named network namespace
+/// from the unit's own mount namespace takes entering the host's and unmounting there.
+#[test]
+fn the_agent_unit_verifies_and_lets_it_delete_a_namespace() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/systemd/netfast-agent.service");
+    let text = std::fs::read_to_string(&unit).expect("read the agent's unit");
+    let line = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("the unit has no {key}="))
+            .to_owned()
+    };
+    for (key, needs, why) in [
+        (
+            "CapabilityBoundingSet",
+            "CAP_SYS_ADMIN",
+            "setns and umount2",
+        ),
+        (
+            "CapabilityBoundingSet",
+            "CAP_SYS_CHROOT",
+            "setns into a mount namespace",
+        ),
+        (
+            "RestrictNamespaces",
+            "mnt",
+            "setns into the host's mount namespace",
+        ),
+        (
+            "SystemCallFilter",
+            "umount2",
+            "unmounting a named namespace's file",
+        ),
+    ] {
+        assert!(
+            line(key).split_whitespace().any(|w| w == needs),
+            "the unit's {key} lacks {needs}, which {why} needs"
+        );
+    }
+    // Verified as installed, with the binary this build made.
+    let bin = netfast_tests::netfast_cli::netfast_bin();
+    let installed = text.replace("/usr/local/bin/netfast", bin.to_str().expect("a path"));
+    let copy = Removed::at(format!("/tmp/netfast-agent-{}.service", std::process::id()));
+    std::fs::write(&*copy, installed).expect("write the unit's copy");
+    require_tool("systemd-analyze", "systemd");
+    let out = run(&["systemd-analyze", "verify", &copy.to_string_lossy()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify {}: {}\n{said}",
+        unit.display(),
+        out.status
+    );
+}
+
 /// A fast-path entry for an address no container holds (a Docker endpoint's create killed
 /// before it saved the state leaves one) goes with the agent's next pass, counted as a
 /// repair; the containers' own entries stay as they were.

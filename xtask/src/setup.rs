@@ -41,6 +41,8 @@ const PACKAGES: &[&str] = &[
     // promtool checks the agent's metrics, and the agent's tests run a Prometheus server of
     // their own in a test namespace.
     "prometheus",
+    // systemd-analyze checks the agent's unit file.
+    "systemd",
 ];
 
 /// Packages whose install starts a service that changes the machine's root network namespace

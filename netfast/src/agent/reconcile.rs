@@ -39,6 +39,7 @@ use crate::{
     error::Result,
     loader::{
         Change, Loader,
+        intent::Object,
         model::{Backend, Network},
         netlink::{Link, Nl},
         state::Locked,
@@ -98,23 +99,54 @@ pub fn reconcile(loader: &Loader) -> Result<Pass> {
     let mut pass = Pass::default();
     // A command that died left changes the state does not describe yet: completed first,
     // as the next command would, so that the pass compares the kernel with a true state.
-    if loader.recover()? {
-        pass.repair(
-            "interrupted_command",
-            "completed what an interrupted netfast command left".into(),
-        );
-    }
+    // One the agent cannot complete (under a service manager's sandbox it cannot delete a
+    // named namespace for good) must not stop it keeping the rest in step.
+    let stuck = match loader.recover() {
+        Ok(true) => {
+            pass.repair(
+                "interrupted_command",
+                "completed what an interrupted netfast command left".into(),
+            );
+            None
+        }
+        Ok(false) => None,
+        Err(e) => Some(crate::error::report(&e)),
+    };
     let locked = Locked::acquire(&loader.host, true)?;
     if let Some(intent) = &locked.intent {
-        // Another command started and died since: the next pass completes it.
+        let Some(why) = stuck else {
+            // Another command started and died since: the next pass completes it.
+            pass.drift(
+                "",
+                format!(
+                    "an interrupted `netfast {}` left changes; the next pass completes them",
+                    intent.command
+                ),
+            );
+            return Ok(pass);
+        };
+        // The saved state is true but for what the command was changing. Networks it was
+        // removing, or everything (`down`), are not to be put back meanwhile.
+        let removing = intent
+            .remove
+            .iter()
+            .any(|o| matches!(o, Object::Network(_) | Object::Everything));
         pass.drift(
             "",
             format!(
-                "an interrupted `netfast {}` left changes; the next pass completes them",
-                intent.command
+                "cannot complete what an interrupted `netfast {}` left ({why}); {}; the next \
+                 netfast command that changes something (or `netfast down`) completes it",
+                intent.command,
+                if removing {
+                    "passes wait for it"
+                } else {
+                    "passes go on with the saved state"
+                }
             ),
         );
-        return Ok(pass);
+        if removing {
+            return Ok(pass);
+        }
     }
     let state = &locked.state;
     let nl = loader.netlink().host()?;
