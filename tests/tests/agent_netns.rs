@@ -198,16 +198,7 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
     let old_flow = format!("dst={UPLINK_ADDR} type=0");
     assert!(w.nf.ok(&["conntrack", "list"]).contains(&old_flow));
 
-    let h = &w.topo.host;
-    h.exec_ok(&[
-        "ip",
-        "addr",
-        "del",
-        &format!("{UPLINK_ADDR}/24"),
-        "dev",
-        UPLINK,
-    ]);
-    h.exec_ok(&["ip", "addr", "add", "198.51.100.60/24", "dev", UPLINK]);
+    replace_uplink_address(w, "198.51.100.60");
     assert!(
         wait_until(SOON, || {
             curl(&w.c1, to_outside, &[]) == "200"
@@ -225,6 +216,35 @@ fn a_replaced_uplink_address_masquerades_new_connections_as_it(backend: &str) {
         "a flow of the old address lives on:\n{}",
         w.nf.ok(&["conntrack", "list"])
     );
+}
+
+/// Moves the uplink from its address to `new` (/24), as DHCP or an operator would.
+fn replace_uplink_address(w: &Web, new: &str) {
+    let h = &w.topo.host;
+    h.exec_ok(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{UPLINK_ADDR}/24"),
+        "dev",
+        UPLINK,
+    ]);
+    h.exec_ok(&["ip", "addr", "add", &format!("{new}/24"), "dev", UPLINK]);
+}
+
+/// A `container create` killed at its state save (rename #1 makes the intent record, #2
+/// the state): its intent left for the next command. The container's name.
+fn interrupted_container_create(w: &Web) -> String {
+    let name = format!("{}c9", w.topo.host.name());
+    assert!(
+        w.nf.killed_at(
+            "renameat",
+            2,
+            &["container", "create", &name, "--network", "web"]
+        ),
+        "the command was not killed"
+    );
+    name
 }
 
 /// Deletes the uplink veth (with its outside end) and makes it again, addresses and all, as
@@ -524,16 +544,7 @@ fn the_agent_completes_an_interrupted_command() {
     require_tool("strace", "strace");
     let w = web_on("ebpf", &[]);
     let mut agent = Agent::start(&w.topo.host);
-    let name = format!("{}c9", w.topo.host.name());
-    // Rename #1 makes the intent record, #2 the state.
-    assert!(
-        w.nf.killed_at(
-            "renameat",
-            2,
-            &["container", "create", &name, "--network", "web"]
-        ),
-        "the command was not killed"
-    );
+    let name = interrupted_container_create(&w);
     agent
         .process
         .wait_for_text("completed what an interrupted netfast command left", SOON);
@@ -559,16 +570,7 @@ fn an_interrupted_command_the_agent_cannot_complete_does_not_stop_it() {
     require_tool("strace", "strace");
     let w = web_on("ebpf", &[]);
     let server = outside_web_server(w.topo.outside.name());
-    let name = format!("{}c9", w.topo.host.name());
-    // Rename #1 makes the intent record, #2 the state.
-    assert!(
-        w.nf.killed_at(
-            "renameat",
-            2,
-            &["container", "create", &name, "--network", "web"]
-        ),
-        "the command was not killed"
-    );
+    let name = interrupted_container_create(&w);
     let mut agent = Agent::start_behind(
         &w.topo.host,
         &[
@@ -582,16 +584,7 @@ fn an_interrupted_command_the_agent_cannot_complete_does_not_stop_it() {
     agent
         .process
         .wait_for_text("cannot complete what an interrupted", SOON);
-    let h = &w.topo.host;
-    h.exec_ok(&[
-        "ip",
-        "addr",
-        "del",
-        &format!("{UPLINK_ADDR}/24"),
-        "dev",
-        UPLINK,
-    ]);
-    h.exec_ok(&["ip", "addr", "add", "198.51.100.61/24", "dev", UPLINK]);
+    replace_uplink_address(&w, "198.51.100.61");
     let to_outside = format!("http://{OUTSIDE_ADDR}:8000/");
     assert!(
         wait_until(SOON, || {
@@ -607,7 +600,7 @@ fn an_interrupted_command_the_agent_cannot_complete_does_not_stop_it() {
     w.nf.ok(&[
         "container",
         "create",
-        &format!("{}c8", h.name()),
+        &format!("{}c8", w.topo.host.name()),
         "--network",
         "web",
     ]);
