@@ -407,6 +407,40 @@ fn a_live_mapping_makes_its_evicted_claim_again() {
     run_masqueraded(vec![("evicted claim", flow)]);
 }
 
+/// A claim made again after the LRU evicted it does not know its mapping's closed flows
+/// (`CLOSED_UNKNOWN`), so that mapping's last close holds the port as long as any closed
+/// state may last. Once that mapping is over (its claim expired), the endpoint's next
+/// mapping on the same port starts a record of its own: reset, it frees the port after the
+/// CLOSE timeout, as any reset connection does, not after TIME_WAIT's.
+#[test]
+fn a_mapping_over_leaves_no_unknown_to_the_next_on_its_port() {
+    let mut flow = answered_with_a_short_close();
+    flow.extend([
+        away(
+            "ACK, after the LRU evicted the claim",
+            C1,
+            SERVER,
+            TcpFlags::ACK,
+        )
+        .setup(|t| claims(t, |_| None)),
+        reset_by_the_server(),
+        out(
+            "an hour later, a new connection from the same port keeps it",
+            tcp_out(C1, SERVER, TcpFlags::SYN),
+        )
+        .setup(|t| t.advance_clock(3600).map_err(|e| e.to_string()))
+        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
+        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
+            SERVER,
+            C1,
+            TcpFlags::SYN_ACK,
+        )),
+        reset_by_the_server(),
+        the_port_is_free_3_s_later(C2),
+    ]);
+    run_masqueraded(vec![("claim made again, then over", flow)]);
+}
+
 /// Where another container took a live mapping's port (its claim evicted between two of
 /// the mapping's packets), the mapping's owner does not follow it there: its next new flow
 /// gets a port of its own, not the one the other container now holds.

@@ -200,11 +200,22 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> u32 {
             e >= s.now
         };
         // Taken over by another endpoint before the expiry was raised: theirs.
-        return match (load_word(word) == s.owner, live) {
-            (false, _) => NOT_CLAIMED,
-            (true, false) => CLAIMED,
-            (true, true) => RETAKEN_LIVE,
+        if load_word(word) != s.owner {
+            return NOT_CLAIMED;
+        }
+        if live {
+            return RETAKEN_LIVE;
+        }
+        // Its last mapping is over, and so are the closed flows the claim kept a record of
+        // (its expiry outlived them): the new mapping keeps its own, as after a takeover.
+        // SAFETY: `closed_until` is an aligned u32 of the same map value.
+        unsafe {
+            atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
+                &raw mut h.closed_until,
+                NatClaim::CLOSED_NONE,
+            )
         };
+        return CLAIMED;
     }
     if h.expires >= s.now {
         return NOT_CLAIMED;

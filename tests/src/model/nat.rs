@@ -397,8 +397,9 @@ impl Model {
                 owner: (bk.int_addr, bk.int_port),
                 owner_net: net_id,
                 expires: c.expires.max(until),
-                // Taken over: the last holder's record was of a mapping that is over.
-                closed_until: if c.owner == (bk.int_addr, bk.int_port) && c.owner_net == net_id {
+                // Taken over, or its own once its mapping is over: the record was of a
+                // mapping that is over (its closed flows are, too).
+                closed_until: if live_own {
                     c.closed_until
                 } else {
                     NatClaim::CLOSED_NONE
