@@ -475,19 +475,20 @@ impl PluginLab {
             _socket: guard,
         };
         let first = p.plugin(&[]);
-        let answer = p.post(
-            "CreateNetwork",
-            &format!(
-                r#"{{"NetworkID":"{}","Options":{{"com.docker.network.generic":
-                {{"uplink":"{UPLINK}","backend":"ebpf"}}}},"IPv4Data":[{{"AddressSpace":
-                "LocalDefault","Pool":"172.18.0.0/24","Gateway":"172.18.0.1/24"}}],
-                "IPv6Data":[]}}"#,
-                p.network_id
-            ),
-        );
-        assert!(!answer.contains("\"Err\""), "CreateNetwork: {answer}");
+        p.ok("CreateNetwork", &p.network_body(), "the lab's network");
         first.stop();
         p
+    }
+
+    /// The body of Docker's CreateNetwork of the lab's network.
+    fn network_body(&self) -> String {
+        format!(
+            r#"{{"NetworkID":"{}","Options":{{"com.docker.network.generic":
+            {{"uplink":"{UPLINK}","backend":"ebpf"}}}},"IPv4Data":[{{"AddressSpace":
+            "LocalDefault","Pool":"172.18.0.0/24","Gateway":"172.18.0.1/24"}}],
+            "IPv6Data":[]}}"#,
+            self.network_id
+        )
     }
 
     /// The plugin, run behind `prefix` (e.g. strace), listening.
@@ -533,6 +534,11 @@ impl PluginLab {
     /// before the next. Fails if another thread makes as many sends, which a kill at one of
     /// these would hit first.
     fn first_call_sends(&self, calls: &[(&str, String)]) -> Vec<usize> {
+        self.first_call_makes("sendto", calls)
+    }
+
+    /// As [`PluginLab::first_call_sends`], for the calls of `syscall`.
+    fn first_call_makes(&self, syscall: &str, calls: &[(&str, String)]) -> Vec<usize> {
         let trace = format!("/tmp/{}-ep.trace", self.lab.host());
         let plugin = self.plugin(&[
             "strace",
@@ -541,7 +547,7 @@ impl PluginLab {
             "-o",
             &trace,
             "-e",
-            "trace=sendto,accept4",
+            &format!("trace={syscall},accept4"),
         ]);
         for (method, body) in calls {
             self.ok(method, body, "counting the sends");
@@ -570,7 +576,7 @@ impl PluginLab {
             };
             if call.starts_with("accept4(") && !l.contains("= -1") {
                 accepted += 1;
-            } else if call.starts_with("sendto(") {
+            } else if call.starts_with(&format!("{syscall}(")) {
                 match accepted {
                     0 => *before.entry(pid.to_owned()).or_default() += 1,
                     1 => *during.entry(pid.to_owned()).or_default() += 1,
@@ -791,6 +797,43 @@ fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
         }
         again.stop();
     }
+}
+
+/// `docker-plugin` killed at netlink sends of a network's delete (`docker network rm`
+/// fails, and the user runs it again): the next DeleteNetwork must succeed and leave
+/// nothing of the network — no bridge, no pins, nothing beyond the state, no drift.
+#[test]
+fn a_docker_network_delete_killed_at_any_send_is_finished_by_the_next() {
+    let p = PluginLab::new();
+    let delete = format!(r#"{{"NetworkID":"{}"}}"#, p.network_id);
+    let calls = [
+        ("DeleteNetwork", delete.clone()),
+        ("CreateNetwork", p.network_body()),
+    ];
+    let mut kills = 0;
+    for (syscall, most) in [("sendto", 12), ("bpf", 8), ("unlinkat", 6)] {
+        let made = p.first_call_makes(syscall, &calls);
+        for n in picks(made.len(), most).into_iter().map(|i| made[i - 1]) {
+            let what = format!(
+                "a network delete killed at its worker's {syscall} #{n} ({} to {:?})",
+                made[0],
+                made.last()
+            );
+            p.killed_in("DeleteNetwork", &delete, syscall, n, &what);
+            kills += 1;
+            let again = p.plugin(&[]);
+            p.ok("DeleteNetwork", &delete, &what);
+            let (unknown, drift, kernel) = (p.lab.unknown(), p.lab.drift(), p.lab.kernel());
+            assert!(
+                kernel.is_empty() && unknown.is_empty() && drift.is_empty(),
+                "{what}: after Docker's next DeleteNetwork the host has {kernel:?}, beyond \
+                 the state {unknown:?}, drift {drift:?}"
+            );
+            p.ok("CreateNetwork", &p.network_body(), &what);
+            again.stop();
+        }
+    }
+    assert!(kills > 0, "no delete was killed: the sweep tested nothing");
 }
 
 /// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out
