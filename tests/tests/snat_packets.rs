@@ -381,6 +381,17 @@ fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
     .setup(|t| t.advance_clock(3).map_err(|e| e.to_string()))
 }
 
+/// C1's ACK after the LRU evicted every claim: it makes its mapping's claim again.
+fn ack_after_the_claim_is_evicted() -> Case {
+    away(
+        "ACK, after the LRU evicted the claim",
+        C1,
+        SERVER,
+        TcpFlags::ACK,
+    )
+    .setup(|t| claims(t, |_| None))
+}
+
 /// A live connection's claim on its external port, evicted by the LRU under pressure, is
 /// made again by the connection's next packet that keeps the mapping alive: another
 /// container's SYN from the same port then gets another port, not the one in use.
@@ -388,13 +399,7 @@ fn the_port_is_free_3_s_later(from: Endpoint) -> Case {
 fn a_live_mapping_makes_its_evicted_claim_again() {
     let mut flow = answered_with_a_short_close();
     flow.extend([
-        away(
-            "ACK, after the LRU evicted the claim",
-            C1,
-            SERVER,
-            TcpFlags::ACK,
-        )
-        .setup(|t| claims(t, |_| None)),
+        ack_after_the_claim_is_evicted(),
         out(
             "another container's SYN from the same port",
             tcp_out(C2, SERVER3, TcpFlags::SYN),
@@ -416,13 +421,7 @@ fn a_live_mapping_makes_its_evicted_claim_again() {
 fn a_mapping_over_leaves_no_unknown_to_the_next_on_its_port() {
     let mut flow = answered_with_a_short_close();
     flow.extend([
-        away(
-            "ACK, after the LRU evicted the claim",
-            C1,
-            SERVER,
-            TcpFlags::ACK,
-        )
-        .setup(|t| claims(t, |_| None)),
+        ack_after_the_claim_is_evicted(),
         reset_by_the_server(),
         out(
             "an hour later, a new connection from the same port keeps it",
