@@ -1632,6 +1632,35 @@ fn a_fast_path_entry_of_no_container_goes_with_the_next_command() {
     assert!(drift.is_empty(), "drift after the sweep: {drift:?}");
 }
 
+/// The state deleted by hand while a network and a container run: the marks on their links
+/// say they are netfast's, but nothing says they are leftovers of a crash (no intent, and no
+/// state that lacks them). The next command must not sweep them away — a running
+/// container's namespace with them — but refuse, saying what it found and how to go on;
+/// `down` removes them when asked to.
+#[test]
+fn a_lost_state_does_not_make_running_containers_leftovers() {
+    let (topo, nf, c0) = host_with_container();
+    let state = state_file(&topo);
+    fs::remove_file(&state).expect("delete the state");
+    let before = snapshot(&topo);
+    let err = refused(
+        &topo,
+        &nf,
+        &before,
+        &["container", "create", &ct(&topo, 1), "--network", "web"],
+        &["state.json", "is missing", "netfast down"],
+    );
+    assert!(
+        std::path::Path::new("/run/netns").join(&c0).exists(),
+        "container {c0}'s namespace is gone; the command said:\n{err}"
+    );
+    nf.ok(&["down"]);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&c0).exists(),
+        "`down` left container {c0}'s namespace"
+    );
+}
+
 /// A container's veth renamed by hand carries its mark under a name the state does not
 /// know. The next command must not take it for a leftover of a killed create: the container
 /// is the state's, and neither its veth nor its namespace may go.

@@ -49,6 +49,9 @@ impl Loader {
             locked.save()?;
             locked.finish()?;
         }
+        if !locked.saved() {
+            self.refuse_a_lost_state(nl, &locked)?;
+        }
         let swept = self
             .sweep_marked(nl, &locked.state, &mut out)
             .and_then(|()| self.sweep_endpoints(&locked.state, &mut out));
@@ -59,6 +62,37 @@ impl Loader {
         swept?;
         self.record_namespace_cookies(&mut locked)?;
         Ok((locked, Vec::new()))
+    }
+
+    /// With no state saved and no interrupted command recorded, links marked as this host's
+    /// are not leftovers of a crash: a state deleted by hand, with networks and containers
+    /// running. The sweeps would remove them (the containers' namespaces too); the command
+    /// is refused instead, saying what it found. (A pinned dataplane alone is left to the
+    /// command: nothing sweeps it.)
+    fn refuse_a_lost_state(&self, nl: &Nl<'_>, locked: &Locked) -> Result<()> {
+        let found: Vec<String> = self
+            .unknown_marked(nl, &locked.state)?
+            .into_iter()
+            .map(|(link, owner)| match owner {
+                Owner::Network(n) => format!("bridge {} of network {n}", link.name),
+                Owner::Container(c) => format!("veth {} of container {c}", link.name),
+            })
+            .collect();
+        if found.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Settings(format!(
+            "{} has no netfast state ({} is missing), yet netfast's marks say it runs here: {}. \
+             No interrupted command was recorded, so these are not leftovers of a crash: was \
+             the state deleted? Put it back, or run `netfast down` to remove everything \
+             netfast made here (the containers' namespaces with it)",
+            self.host.describe(),
+            self.host
+                .state_dir()
+                .join(super::state::STATE_FILE)
+                .display(),
+            found.join(", ")
+        )))
     }
 
     /// Records the namespace cookie of each container of a state written before netfast

@@ -290,6 +290,14 @@ impl Locked {
         Ok(())
     }
 
+    /// Whether a state was ever saved here (and not removed by `down` since): `false` for a
+    /// host netfast has not served, or whose state file someone deleted.
+    pub fn saved(&self) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|dir| matches!(stat_at(dir, STATE_FILE), Ok(Some(_))))
+    }
+
     /// Forgets the intent (after the state that follows from it is saved, or after the
     /// command undid its changes itself).
     pub fn finish(&mut self) -> Result<()> {
