@@ -196,3 +196,12 @@ fn mapping_evicted_under_a_live_flow() {
 fn mapping_evicted_then_retaken() {
     replay("mapping-evicted-then-retaken");
 }
+
+/// Two CPUs each wrote the TCP state they had computed from what they read before the
+/// other's write: a flow's last FIN (CLOSE_WAIT → TIME_WAIT) on one CPU while the other
+/// side's ACKs go through the other left the flow in CLOSE_WAIT (seen once in CI, as
+/// `conntrack_netns`'s published flow stuck there).
+#[test]
+fn a_last_fin_against_the_other_sides_acks_keeps_its_state() {
+    races(Rounds::StateRace, 1500);
+}

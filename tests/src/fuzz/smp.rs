@@ -63,6 +63,9 @@ pub enum Rounds {
     /// Only closes from both ends at once (for the test of the race of two CPUs that both
     /// subtract one flow's close from its mapping).
     Closes,
+    /// Only a flow's last FIN against the other side's ACKs (for the test of the race of
+    /// two CPUs that each write the TCP state they computed).
+    StateRace,
 }
 
 /// The CPUs this process may run on.
@@ -323,6 +326,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                 Rounds::All => round % 10,
                 Rounds::Takeovers => 5,
                 Rounds::Closes => 9,
+                Rounds::StateRace => 10,
             };
             let (shots, expect, _port) = prepare(dp, &mut m, round, kind, uplink, bridges);
             *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
@@ -377,7 +381,10 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                     _ => {}
                 }
             }
-            if which == Rounds::Closes || round % 16 == 15 || round + 1 == rounds {
+            if matches!(which, Rounds::Closes | Rounds::StateRace)
+                || round % 16 == 15
+                || round + 1 == rounds
+            {
                 for b in check(dp, m.now) {
                     report.broken.push(format!("after round {round}: {b}"));
                 }
@@ -631,6 +638,38 @@ fn prepare(
                             5001,
                             1001,
                         ))
+                    },
+                ],
+                Expect::Churn,
+            )
+        }
+        // A flow's last FIN against the other side's ACKs: c1's connection is half-closed
+        // by its server (its FIN seen, acknowledged: CLOSE_WAIT); c1's FIN (once) moves it
+        // to TIME_WAIT while the server's duplicate ACKs, on the other CPU, see the state
+        // before it. Neither may write back a state older than the other's.
+        10 => {
+            let t = m.config.timeouts.tcp_established;
+            m.now += t + t / 8 + 2;
+            dp.write_config(&m.config, m.now);
+            let flow = Tuple::new(c1, s1, port, 80, PROTO_TCP);
+            let first = out(&syn(flow, 1000));
+            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+            let ext = source_of(&o).map_or(port, |(_, p)| p);
+            let back = Tuple::new(s1, EXT, 80, ext, PROTO_TCP);
+            for shot in [
+                inward(&segment(back, 0x12, 5000, 1001)),
+                out(&segment(flow, 0x10, 1001, 5001)),
+                inward(&segment(back, 0x11, 5001, 1001)),
+                out(&segment(flow, 0x10, 1001, 5002)),
+            ] {
+                let _ = dp.run(shot.hook, shot.ifindex, &shot.frame);
+            }
+            (
+                [
+                    out(&segment(flow, 0x11, 1001, 5002)),
+                    Shot {
+                        times: 4000,
+                        ..inward(&segment(back, 0x10, 5002, 1001))
                     },
                 ],
                 Expect::Churn,

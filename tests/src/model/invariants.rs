@@ -48,6 +48,14 @@ pub enum Broken {
     /// A live mapping counts fewer open flows than use it: the next close would end it
     /// under a flow still open, and another endpoint could take its port.
     UndercountedMapping { bk: BindKey, flows: u16, open: u16 },
+    /// A live TCP flow whose two entries hold different states, or whose state is not what
+    /// its FINs say (both seen: TIME_WAIT, or CLOSE after a RST): a transition was lost.
+    TcpState {
+        table: Table,
+        key: Tuple,
+        state: super::tcp::State,
+        peer: Option<super::tcp::State>,
+    },
 }
 
 impl std::fmt::Display for Broken {
@@ -80,6 +88,16 @@ impl std::fmt::Display for Broken {
                     who.join(" and ")
                 )
             }
+            Broken::TcpState {
+                table,
+                key,
+                state,
+                peer,
+            } => write!(
+                f,
+                "the live TCP flow {key} ({table:?} table) is {state:?}, its other entry {peer:?}: \
+                 a state written over another CPU's"
+            ),
             Broken::HalfFlow { table, key } => write!(
                 f,
                 "{table:?} table: the live entry {key} has no other half pointing back at it"
@@ -112,6 +130,7 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
         let live = || entries.iter().filter(|(_, e)| e.expires >= s.now);
         broken.extend(live().filter_map(|(k, e)| half_flow(s, table, entries, k, e)));
         broken.extend(live().filter_map(|(k, e)| flow_on_foreign_claim(s, table, k, e)));
+        broken.extend(live().filter_map(|(k, e)| tcp_state(table, entries, k, e)));
     }
     undercounted_mappings(s, &mut broken);
     broken
@@ -175,6 +194,29 @@ fn one_internal_endpoint_per_external_one(s: &Snapshot<'_>, broken: &mut Vec<Bro
             broken.push(Broken::SharedExternal { ck, holders });
         }
     }
+}
+
+/// A live TCP flow's entries agree on its state, and it is what its FINs say.
+fn tcp_state(
+    table: Table,
+    entries: &BTreeMap<Tuple, Entry>,
+    k: &Tuple,
+    e: &Entry,
+) -> Option<Broken> {
+    use super::tcp::State;
+    if k.proto != netfast::common::conntrack::PROTO_TCP {
+        return None;
+    }
+    let peer = entries.get(&e.peer_key(k)).map(|p| p.state);
+    let both_fins = e.flags.fin_orig && e.flags.fin_reply;
+    let wrong = peer.is_some_and(|p| p != e.state)
+        || (both_fins && !matches!(e.state, State::TimeWait | State::Close));
+    wrong.then_some(Broken::TcpState {
+        table,
+        key: *k,
+        state: e.state,
+        peer,
+    })
 }
 
 /// Both entries of every live flow point at each other: the live entry `e` at `k` is not
