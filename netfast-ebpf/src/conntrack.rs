@@ -365,18 +365,26 @@ fn try_track(
     let expires = now + t;
     let masq = flags & (CT_F_MASQ_SRC | CT_F_MASQ_DST) != 0;
     if state != old_state || flags != e.flags {
-        e.tcp_state = state as u8;
-        write_flags(e, was, flags);
+        // The state only where this packet changed it: the flags may differ because another
+        // CPU has just moved the flow on (its FIN, its RST), and the state this packet read
+        // would then take that transition back.
+        let moved = state != old_state;
+        if moved {
+            e.tcp_state = state as u8;
+        }
         // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
         e.expires = expires;
+        write_flags(e, was, flags);
         let peer_key = e.peer_key(key);
         if let Some(peer) = entry_in(table, &peer_key) {
             // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
-            q.tcp_state = state as u8;
+            if moved {
+                q.tcp_state = state as u8;
+            }
+            q.expires = expires;
             let q_was = q.flags;
             write_flags(q, q_was, (q_was & !CT_F_SHARED) | (flags & CT_F_SHARED));
-            q.expires = expires;
             // Both SYNs seen: the window shift each side's segments take from now on.
             if tcp && flags_in.syn && reply {
                 let own = e.wscale;
