@@ -208,13 +208,7 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> u32 {
         }
         // Its last mapping is over, and so are the closed flows the claim kept a record of
         // (its expiry outlived them): the new mapping keeps its own, as after a takeover.
-        // SAFETY: `closed_until` is an aligned u32 of the same map value.
-        unsafe {
-            atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
-                &raw mut h.closed_until,
-                NatClaim::CLOSED_NONE,
-            )
-        };
+        forget_closed(h);
         return CLAIMED;
     }
     if h.expires >= s.now {
@@ -263,19 +257,25 @@ fn claim_port(ck: &NatClaimKey, s: &PortSearch) -> u32 {
     }
     // Ours. What the last holder knew of its closed flows (or did not know) was of a mapping
     // that is over; this one keeps its own record.
-    // SAFETY: `closed_until` is an aligned u32 of the same map value.
+    forget_closed(h);
+    CLAIMED
+}
+
+/// Starts the claim's record of closed flows afresh (a new mapping on it).
+#[inline(always)]
+fn forget_closed(h: &mut NatClaim) {
+    // SAFETY: `closed_until` is an aligned u32 of a live map value.
     unsafe {
         atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(
             &raw mut h.closed_until,
             NatClaim::CLOSED_NONE,
         )
     };
-    CLAIMED
 }
 
 /// Binds the endpoint `bk` to `port`, which it has just claimed: `flows` flows (one, or
-/// not known), alive until `until`. Where another CPU bound the endpoint meanwhile, its live binding wins and is
-/// reused (the claim made here then expires unused); an expired one is replaced, and so is
+/// not known), alive until `until`. Where another CPU bound the endpoint meanwhile, its
+/// live binding wins and is reused (the claim made here then expires unused); an expired one is replaced, and so is
 /// a live one whose port another endpoint has claimed since (its claim was evicted): the
 /// endpoint's flows on that port go on, its new ones never join them there.
 #[inline(never)]
