@@ -230,6 +230,16 @@ impl State {
         self.containers.iter().find(|c| c.ip == ip)
     }
 
+    /// The fast path's `entries` for addresses no container holds, by address.
+    pub fn stray_endpoints<E>(&self, entries: Vec<(Ipv4Addr, E)>) -> Vec<(Ipv4Addr, E)> {
+        let mut stray: Vec<_> = entries
+            .into_iter()
+            .filter(|(addr, _)| self.container_at(*addr).is_none())
+            .collect();
+        stray.sort_by_key(|(addr, _)| *addr);
+        stray
+    }
+
     /// Network `name`, or an error that says where to look.
     pub fn known_network(&self, name: &str) -> Result<&Network, Invalid> {
         known(self.network(name), "network", name)

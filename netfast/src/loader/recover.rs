@@ -195,12 +195,7 @@ impl Loader {
                 return Ok(());
             }
         };
-        let mut unknown: Vec<_> = crate::maps::endpoints(dp.ebpf())?
-            .into_iter()
-            .filter(|(addr, _)| state.container_at(*addr).is_none())
-            .collect();
-        unknown.sort_by_key(|(addr, _)| *addr);
-        for (addr, ep) in unknown {
+        for (addr, ep) in state.stray_endpoints(crate::maps::endpoints(dp.ebpf())?) {
             dp.remove_endpoint(addr)?;
             out.push(Change::UnknownEndpointRemoved {
                 addr,

@@ -265,11 +265,7 @@ impl Loader {
                 return;
             }
         };
-        let mut stray: Vec<_> = entries
-            .into_iter()
-            .filter(|(addr, _)| state.container_at(*addr).is_none())
-            .collect();
-        stray.sort_by_key(|(addr, _)| *addr);
+        let stray = state.stray_endpoints(entries);
         let ebpf = |r: &NetworkStatus| r.network.backend == Backend::Ebpf;
         for (addr, ep) in stray {
             let row = rows
