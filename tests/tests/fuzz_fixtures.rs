@@ -205,3 +205,12 @@ fn mapping_evicted_then_retaken() {
 fn a_last_fin_against_the_other_sides_acks_keeps_its_state() {
     races(Rounds::StateRace, 1500);
 }
+
+/// A server's RST against its client's ACKs on another CPU (smp round kind 11): the ACKs
+/// read the flow ESTABLISHED before the reset and gave the closed flow (and its mapping)
+/// the established timeout after the RST had written the close's, holding the external
+/// port for an established flow's time.
+#[test]
+fn a_reset_against_the_other_sides_acks_keeps_its_short_life() {
+    races(Rounds::ResetRace, 3000);
+}

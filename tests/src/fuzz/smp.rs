@@ -66,6 +66,10 @@ pub enum Rounds {
     /// Only a flow's last FIN against the other side's ACKs (for the test of the race of
     /// two CPUs that each write the TCP state they computed).
     StateRace,
+    /// Only a reset against the other side's ACKs (for the test of the race of a packet that
+    /// read the flow open and gives it, and its mapping, an open flow's time after another
+    /// CPU has closed it).
+    ResetRace,
 }
 
 /// The CPUs this process may run on.
@@ -173,6 +177,9 @@ struct Shot {
     /// How many times the worker runs it, one run after another (the outcome is the last
     /// run's).
     times: u32,
+    /// How long the worker waits (spinning: a sleep would hand its CPU away) before the
+    /// first run: to land a single packet in the middle of the other CPU's many.
+    lead: std::time::Duration,
 }
 
 /// What a round expects of its two packets when both go through.
@@ -312,6 +319,10 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                         .find(|(h, _)| *h == shot.hook)
                         .expect("a program for every hook used")
                         .1;
+                    let until = std::time::Instant::now() + shot.lead;
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
                     let mut r = test_run(fd, &shot.frame, shot.ifindex);
                     for _ in 1..shot.times {
                         r = test_run(fd, &shot.frame, shot.ifindex);
@@ -327,6 +338,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                 Rounds::Takeovers => 5,
                 Rounds::Closes => 9,
                 Rounds::StateRace => 10,
+                Rounds::ResetRace => 11,
             };
             let (shots, expect, _port) = prepare(dp, &mut m, round, kind, uplink, bridges);
             *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
@@ -381,11 +393,13 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                     _ => {}
                 }
             }
-            if matches!(which, Rounds::Closes | Rounds::StateRace)
-                || round % 16 == 15
+            if matches!(
+                which,
+                Rounds::Closes | Rounds::StateRace | Rounds::ResetRace
+            ) || round % 16 == 15
                 || round + 1 == rounds
             {
-                for b in check(dp, m.now) {
+                for b in check(dp, &m) {
                     report.broken.push(format!("after round {round}: {b}"));
                 }
             }
@@ -431,18 +445,22 @@ fn source_of(f: &[u8]) -> Option<(Ipv4Addr, u16)> {
     Some((ip.src, frame::u16_at(f, at)?))
 }
 
-/// The state of the maps, held to the invariants.
-fn check(dp: &Datapath, now: u32) -> Vec<invariants::Broken> {
+/// The state of the maps, held to the invariants (the phase's settings never change:
+/// lifetimes too).
+fn check(dp: &Datapath, m: &model::Model) -> Vec<invariants::Broken> {
     let maps = convert::model_maps(&dp.dump().maps);
-    invariants::check(&Snapshot {
-        now,
+    let snapshot = Snapshot {
+        now: m.now,
         main: &maps.main,
         inbound: &maps.inbound,
         bindings: &maps.bindings,
         claims: &maps.claims,
         evicted: false,
         lost_claims: &std::collections::BTreeSet::new(),
-    })
+    };
+    let mut broken = invariants::check(&snapshot);
+    broken.extend(invariants::lifetimes(&snapshot, &m.config));
+    broken
 }
 
 fn udp(t: Tuple) -> Pkt {
@@ -507,18 +525,21 @@ fn prepare(
         ifindex: uplink,
         frame: build::frame(pkt, &tuple(pkt), None, GATEWAY_MAC, mac),
         times: 1,
+        lead: std::time::Duration::ZERO,
     };
     let inward = |pkt: &Pkt| Shot {
         hook: Hook::UplinkIngress,
         ifindex: uplink,
         frame: build::frame(pkt, &tuple(pkt), None, mac, GATEWAY_MAC),
         times: 1,
+        lead: std::time::Duration::ZERO,
     };
     let from_container = |pkt: &Pkt| Shot {
         hook: Hook::BridgeIngress,
         ifindex: bridge1,
         frame: build::frame(pkt, &tuple(pkt), None, BRIDGE_MAC, [2, 0, 0, 0, 0, 2]),
         times: 1,
+        lead: std::time::Duration::ZERO,
     };
     let (shots, expect) = match kind {
         // The first packets of one flow, from both CPUs.
@@ -585,6 +606,7 @@ fn prepare(
                     [2, 0, 0, 0, 0, 3],
                 ),
                 times: 1,
+                lead: std::time::Duration::ZERO,
             };
             if kind == 7 {
                 ([to_c1(c2, bridge1), to_c1(c2, bridge1)], Expect::Same)
@@ -670,6 +692,41 @@ fn prepare(
                     Shot {
                         times: 4000,
                         ..inward(&segment(back, 0x10, 5002, 1001))
+                    },
+                ],
+                Expect::Churn,
+            )
+        }
+        // A reset against the other side's ACKs: c1's connection is established; its server
+        // resets it (once: CLOSE, the close's time) while c1's ACKs, on the other CPU, read
+        // the state before the reset. None may give the closed flow, or its mapping, an
+        // established flow's time.
+        11 => {
+            let t = m.config.timeouts.tcp_established;
+            m.now += t + t / 8 + 2;
+            dp.write_config(&m.config, m.now);
+            let flow = Tuple::new(c1, s1, port, 80, PROTO_TCP);
+            let first = out(&syn(flow, 1000));
+            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+            let ext = source_of(&o).map_or(port, |(_, p)| p);
+            let back = Tuple::new(s1, EXT, 80, ext, PROTO_TCP);
+            for shot in [
+                inward(&segment(back, 0x12, 5000, 1001)),
+                out(&segment(flow, 0x10, 1001, 5001)),
+            ] {
+                let _ = dp.run(shot.hook, shot.ifindex, &shot.frame);
+            }
+            (
+                [
+                    Shot {
+                        // Somewhere among the ACKs (a round's own offset), not only at
+                        // their start.
+                        lead: std::time::Duration::from_micros(u64::from(round % 97) * 50),
+                        ..inward(&segment(back, 0x14, 5001, 1001))
+                    },
+                    Shot {
+                        times: 4000,
+                        ..out(&segment(flow, 0x10, 1001, 5001))
                     },
                 ],
                 Expect::Churn,

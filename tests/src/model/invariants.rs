@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{BindKey, Binding, Claim, ClaimKey, Entry, Tuple, conntrack::Table, nat::mapping_keys};
+use super::{
+    BindKey, Binding, Claim, ClaimKey, Config, Entry, Tuple, conntrack::Table, mapping_slack,
+    nat::mapping_keys,
+};
 
 /// A snapshot of the dataplane's state.
 pub struct Snapshot<'a> {
@@ -56,6 +59,18 @@ pub enum Broken {
         state: super::tcp::State,
         peer: Option<super::tcp::State>,
     },
+    /// A flow's entry that lives longer from now than its state's timeout: a packet gave it
+    /// the time of a state it no longer is in.
+    EntryOutlives {
+        table: Table,
+        key: Tuple,
+        state: super::tcp::State,
+        left: u32,
+        bound: u32,
+    },
+    /// A mapping that lives longer from now than the longest its flows may live, and the
+    /// slack: it holds its external port for a flow that can no longer renew it.
+    MappingOutlives { bk: BindKey, left: u32, bound: u32 },
 }
 
 impl std::fmt::Display for Broken {
@@ -98,6 +113,23 @@ impl std::fmt::Display for Broken {
                 "the live TCP flow {key} ({table:?} table) is {state:?}, its other entry {peer:?}: \
                  a state written over another CPU's"
             ),
+            Broken::EntryOutlives {
+                table,
+                key,
+                state,
+                left,
+                bound,
+            } => write!(
+                f,
+                "the flow {key} ({table:?} table) is {state:?} but lives {left} s more, above \
+                 the {bound} s its state allows: it was given the time of a state it left"
+            ),
+            Broken::MappingOutlives { bk, left, bound } => write!(
+                f,
+                "the mapping of {}:{} (proto {}) lives {left} s more, above the {bound} s its \
+                 flows and the slack allow",
+                bk.int_addr, bk.int_port, bk.proto
+            ),
             Broken::HalfFlow { table, key } => write!(
                 f,
                 "{table:?} table: the live entry {key} has no other half pointing back at it"
@@ -133,6 +165,59 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
         broken.extend(live().filter_map(|(k, e)| tcp_state(table, entries, k, e)));
     }
     undercounted_mappings(s, &mut broken);
+    broken
+}
+
+/// No entry lives longer from now than its state's timeout, and no mapping longer than the
+/// longest its flows may live and the slack: a packet that read a flow's state before
+/// another CPU closed it does not give the closed flow, or its mapping, the open state's
+/// time. Two CPUs that move a flow on at once may leave one's state with the other's time:
+/// the states other than ESTABLISHED share the longest of their timeouts as their bound.
+/// For settings that stay as they are (an episode may shorten a timeout under live flows,
+/// which keep the time they were given): the multi-CPU phase's.
+pub fn lifetimes(s: &Snapshot<'_>, config: &Config) -> Vec<Broken> {
+    use super::tcp::State;
+    let t = &config.timeouts;
+    let bound = |proto: u8, state: State| {
+        if proto == super::PROTO_TCP && state != State::Established {
+            t.tcp_transitory.max(t.tcp_close)
+        } else {
+            config.timeout(proto, state)
+        }
+    };
+    let mut broken = Vec::new();
+    let mut mappings: BTreeMap<BindKey, u32> = BTreeMap::new();
+    for (table, entries) in [(Table::Main, s.main), (Table::Inbound, s.inbound)] {
+        for (k, e) in entries {
+            let b = bound(k.proto, e.state);
+            if e.flags.masq_src || e.flags.masq_dst {
+                let most = mappings.entry(mapping_keys(k, e).0).or_default();
+                *most = (*most).max(b + mapping_slack(b));
+            }
+            let left = e.expires.saturating_sub(s.now);
+            if left > b {
+                broken.push(Broken::EntryOutlives {
+                    table,
+                    key: *k,
+                    state: e.state,
+                    left,
+                    bound: b,
+                });
+            }
+        }
+    }
+    for (bk, b) in s.bindings {
+        let left = b.expires.saturating_sub(s.now);
+        if let Some(&bound) = mappings.get(bk)
+            && left > bound
+        {
+            broken.push(Broken::MappingOutlives {
+                bk: *bk,
+                left,
+                bound,
+            });
+        }
+    }
     broken
 }
 
