@@ -2,7 +2,7 @@
 //! per-packet bookkeeping (counters, TCP state, timeouts, mapping lifetime), and inserting a
 //! flow's two entries as a pair.
 
-use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -347,7 +347,15 @@ fn try_track(
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut e.bytes, u64::from(bytes));
     }
     let reply = e.flags & CT_F_REPLY != 0;
-    let old_state = TcpState::from_u8(e.tcp_state);
+    // The expiry, then the state, each read once: a CPU that moves the flow on writes its
+    // state, then its expiry. A packet that read the state before such a move has read
+    // the expiry before it too, and its compare-and-exchange of the expiry (`renew`) then
+    // fails, rather than give the moved flow (a RST's CLOSE) the time of the state it left.
+    // (The CPU keeps these orders on x86; a weaker one needs the load-acquire and
+    // store-release forms BPF has had since 6.15, which aya-ebpf 0.2 cannot emit.)
+    // SAFETY: fields of a live map value.
+    let expires_was = unsafe { core::ptr::read_volatile(&raw const e.expires) };
+    let old_state = TcpState::from_u8(unsafe { core::ptr::read_volatile(&raw const e.tcp_state) });
     let was = e.flags;
     let mut flags = was;
     if reply {
@@ -370,19 +378,22 @@ fn try_track(
         // would then take that transition back.
         let moved = state != old_state;
         if moved {
-            e.tcp_state = state as u8;
+            // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
+            move_on(e, state, expires);
+        } else {
+            renew(e, expires_was, expires);
         }
-        // A state change may shorten the lifetime (RST → CLOSE), so it is written as is.
-        e.expires = expires;
         write_flags(e, was, flags);
         let peer_key = e.peer_key(key);
         if let Some(peer) = entry_in(table, &peer_key) {
             // SAFETY: a map value pointer, valid for this program run.
             let q = unsafe { &mut *peer };
+            // Where the state stays, the other entry keeps its own time (a flow lives while
+            // either entry does): written from here, its time could not be checked against
+            // a move another CPU made meanwhile.
             if moved {
-                q.tcp_state = state as u8;
+                move_on(q, state, expires);
             }
-            q.expires = expires;
             let q_was = q.flags;
             write_flags(q, q_was, (q_was & !CT_F_SHARED) | (flags & CT_F_SHARED));
             // Both SYNs seen: the window shift each side's segments take from now on.
@@ -402,16 +413,18 @@ fn try_track(
         if masq && state != old_state {
             mapping_flows(key, e, table, expires, t);
         }
-    } else if expires > e.expires {
+    } else if expires > expires_was {
         // The other half needs no lookup to stay warm in the LRU: `lookup` looked it up
         // (see `trusted`), for every packet of the flow.
-        e.expires = expires;
+        renew(e, expires_was, expires);
     }
     if masq && expires > e.map_expires {
         let until = expires + netfast_common::nat::mapping_slack(t);
-        e.map_expires = nat::extend_mapping(key, e, until);
+        // The flow as this packet saw it: open, unless its close was subtracted.
+        let open = flags & CT_F_RELEASED == 0;
+        e.map_expires = nat::extend_mapping(key, e, until, open);
         if e.flags & CT_F_TWO_MAPPINGS != 0 {
-            other_mapping(key, e, table, until);
+            other_mapping(key, e, table, until, open);
         }
     }
     let answered = if tcp {
@@ -424,6 +437,31 @@ fn try_track(
     } else {
         TRACKED
     })
+}
+
+/// A packet moved the flow to `state`: the entry's state, then its expiry (the order
+/// `try_track`'s readers rely on).
+#[inline(always)]
+fn move_on(e: &mut CtEntry, state: TcpState, expires: u32) {
+    // SAFETY: fields of a live map value.
+    unsafe {
+        core::ptr::write_volatile(&raw mut e.tcp_state, state as u8);
+        core::ptr::write_volatile(&raw mut e.expires, expires);
+    }
+}
+
+/// The entry `e` lives until `expires`, unless its expiry is no longer `was`, the one read
+/// before its state: another CPU has moved the flow on since, and its time stands.
+#[inline(always)]
+fn renew(e: &mut CtEntry, was: u32, expires: u32) {
+    // SAFETY: a 4-byte aligned u32 field of a live map value.
+    unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut e.expires,
+            was,
+            expires,
+        )
+    };
 }
 
 /// The flags of the entry `e`, changed from `was` (as read) to `want`, but for
@@ -560,12 +598,12 @@ fn mapping_flows(key: &CtKey, e: &mut CtEntry, table: Table, expires: u32, t: u3
 /// A hairpin between two mappings: the other entry's mapping is kept alive with this one's.
 // Its own BPF function: once per mapping refresh of a rare kind of flow.
 #[inline(never)]
-fn other_mapping(key: &CtKey, e: &CtEntry, table: Table, until: u32) {
+fn other_mapping(key: &CtKey, e: &CtEntry, table: Table, until: u32, open: bool) {
     let peer_key = e.peer_key(key);
     if let Some(peer) = entry_in(table, &peer_key) {
         // SAFETY: a map value pointer, valid for this program run.
         let p = unsafe { &mut *peer };
-        p.map_expires = nat::extend_mapping(&peer_key, p, until);
+        p.map_expires = nat::extend_mapping(&peer_key, p, until, open);
     }
 }
 

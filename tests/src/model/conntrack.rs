@@ -379,7 +379,11 @@ impl Model {
             if let Some(mut q) = self.ct_get(touched, table, &peer_key) {
                 q.state = state;
                 q.flags = q.flags.with_shared(&flags);
-                q.expires = expires;
+                // Where the state stays, the other entry keeps its own time (a flow lives
+                // while either entry does).
+                if state != old_state {
+                    q.expires = expires;
+                }
                 // Both SYNs seen: the window shift each side keeps from now on.
                 if tcp && flags_in.syn && reply {
                     let own = e.window.wscale;
