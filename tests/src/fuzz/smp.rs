@@ -1,10 +1,11 @@
 //! The multi-CPU phase: two threads, pinned to two CPUs, run the programs on the same maps
 //! at the same moment (BPF_PROG_TEST_RUN runs a program on the calling CPU) — the first
 //! packets of one flow, two endpoints wanting one external port, a port taken over from
-//! an expired holder while the holder speaks again, a close racing a reuse — and the maps
-//! are then held to the invariants: each external endpoint belongs to one internal
-//! endpoint, both entries of every flow point at each other, no live flow uses a mapping
-//! whose claim is another's. Where both packets of a round went through, they must agree
+//! an expired holder while the holder speaks again, a close racing a reuse, a flow closed
+//! from both ends, its last FIN or a RST against the other side's ACKs — and the maps are
+//! then held to the invariants: each external endpoint belongs to one internal endpoint,
+//! both entries of every flow point at each other, no live flow uses a mapping whose claim
+//! is another's, no entry or mapping outlives what its state allows. Where both packets of a round went through, they must agree
 //! (one flow, one translation) or differ (two endpoints, two ports); where one was dropped,
 //! only as a counted lost race.
 
@@ -334,7 +335,8 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
         }
         for round in 0..rounds {
             let kind = match which {
-                Rounds::All => round % 10,
+                // 0 to 11 and the last arm (a close racing a reuse) once each.
+                Rounds::All => round % 13,
                 Rounds::Takeovers => 5,
                 Rounds::Closes => 9,
                 Rounds::StateRace => 10,
