@@ -836,6 +836,78 @@ fn a_docker_network_delete_killed_at_any_send_is_finished_by_the_next() {
     assert!(kills > 0, "no delete was killed: the sweep tested nothing");
 }
 
+/// Docker does not call a failed DeleteNetwork again: libnetwork logs the driver's error and
+/// deletes the network from its own store all the same. `docker-plugin` killed at a step of
+/// a network's delete must therefore leave nothing of the network after Docker's next call,
+/// whatever it is (here: another network's create) — no bridge, no record, no drift — once
+/// the delete has recorded its intent. Killed before that (opening its state, writing the
+/// intent's temporary file), it has changed nothing: the network must be whole, as before
+/// the call (netfast cannot know Docker went on; only Docker's own list could tell).
+#[test]
+fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
+    let p = PluginLab::new();
+    let delete = format!(r#"{{"NetworkID":"{}"}}"#, p.network_id);
+    let other_id = "e2".repeat(32);
+    let other = p
+        .network_body()
+        .replace(&p.network_id, &other_id)
+        .replace("172.18.0.", "172.19.0.");
+    let calls = [
+        ("DeleteNetwork", delete.clone()),
+        ("CreateNetwork", p.network_body()),
+    ];
+    let intent = format!(
+        "/run/netfast/{}/{}",
+        p.lab.key,
+        netfast::loader::state::INTENT_FILE
+    );
+    let (mut finished, mut untouched) = (0, 0);
+    for (syscall, most) in [("sendto", 12), ("bpf", 8), ("unlinkat", 6)] {
+        let made = p.first_call_makes(syscall, &calls);
+        for n in picks(made.len(), most).into_iter().map(|i| made[i - 1]) {
+            let what = format!(
+                "a network delete killed at its worker's {syscall} #{n} ({} to {:?})",
+                made[0],
+                made.last()
+            );
+            p.killed_in("DeleteNetwork", &delete, syscall, n, &what);
+            let subnets =
+                || -> Vec<String> { p.lab.nf.networks().into_iter().map(|n| n.subnet).collect() };
+            let again = p.plugin(&[]);
+            if fs::metadata(&intent).is_err() {
+                let (networks, drift) = (subnets(), p.lab.drift());
+                assert!(
+                    networks == ["172.18.0.0/24"] && drift.is_empty(),
+                    "{what}, before its intent was recorded: netfast serves {networks:?}, \
+                     drift {drift:?}; the network should be as it was"
+                );
+                untouched += 1;
+                again.stop();
+                continue;
+            }
+            p.ok("CreateNetwork", &other, &what);
+            let (networks, unknown, drift) = (subnets(), p.lab.unknown(), p.lab.drift());
+            assert!(
+                networks == ["172.19.0.0/24"] && unknown.is_empty() && drift.is_empty(),
+                "{what}: after Docker's next call (another network's create) netfast serves \
+                 {networks:?}, the host has {unknown:?} beyond the state, drift {drift:?}"
+            );
+            finished += 1;
+            p.ok(
+                "DeleteNetwork",
+                &format!(r#"{{"NetworkID":"{other_id}"}}"#),
+                &what,
+            );
+            p.ok("CreateNetwork", &p.network_body(), &what);
+            again.stop();
+        }
+    }
+    assert!(
+        finished > 0,
+        "no delete was killed after its intent ({untouched} before): the sweep tested nothing"
+    );
+}
+
 /// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out
 /// again. An interrupted command that netfast cannot complete (here a `config` whose state
 /// holds settings that no longer validate) must not stop the endpoint's removal, or its
