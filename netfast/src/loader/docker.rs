@@ -236,17 +236,26 @@ impl Loader {
     /// left on it; nothing when there is none. Containers the command line put on it stop it.
     pub fn docker_network_rm(&self, docker_id: &str) -> Result<Vec<Change>> {
         caps::require("docker network rm", false)?;
+        // Not through `lock`: its sweeps change the host before this delete's intent is
+        // written, and Docker does not call a failed delete again.
         let mut locked = Locked::acquire(&self.host, true)?;
+        let nl = self.netlink().host()?;
         let mut out = Vec::new();
+        let command = format!("docker network rm {docker_id}");
+        // This very delete, cut short before (were Docker to ask again): finished first, as
+        // the next command of any kind would.
+        if locked.intent.as_ref().is_some_and(|i| i.command == command) {
+            self.complete_interrupted(&nl, &mut locked, &mut out)?;
+        }
         let Ok(network) = network_of(&locked.state, docker_id) else {
             locked.state.docker.networks.retain(|d| d.id != docker_id);
             prune(&mut locked.state);
             locked.save()?;
-            return Ok(vec![Change::DockerNetworkUnknown {
+            out.push(Change::DockerNetworkUnknown {
                 docker_network: docker_id.to_owned(),
-            }]);
+            });
+            return Ok(out);
         };
-        let nl = self.netlink().host()?;
         let (docker, others): (Vec<Container>, Vec<Container>) = locked
             .state
             .containers_of(&network.name)
@@ -264,16 +273,33 @@ impl Loader {
                     .join(", ")
             )));
         }
-        for c in &docker {
-            self.step(&nl, &mut out)
-                .remove_container_and_publications(&mut locked.state, c)?;
-            locked.save()?;
+        // Docker does not call a failed delete again (it forgets the network all the
+        // same): the intent, before the first change, makes the next command of any kind
+        // finish a delete cut short. One left by a command netfast could not complete is
+        // not written over (it is all that remembers that command): this delete then goes
+        // on without one.
+        let ours = locked.intent.is_none();
+        if ours {
+            locked.begin(Intent::removing(command, Object::Network(network.clone())))?;
         }
-        self.step(&nl, &mut out)
-            .remove_network(&mut locked.state, &network)?;
-        locked.state.docker.networks.retain(|d| d.id != docker_id);
-        prune(&mut locked.state);
-        locked.save()?;
+        let done = (|| -> Result<()> {
+            for c in &docker {
+                self.step(&nl, &mut out)
+                    .remove_container_and_publications(&mut locked.state, c)?;
+                locked.save()?;
+            }
+            self.step(&nl, &mut out)
+                .remove_network(&mut locked.state, &network)?;
+            locked.state.docker.networks.retain(|d| d.id != docker_id);
+            prune(&mut locked.state);
+            locked.save()
+        })();
+        // Failed, the intent stays too: Docker forgets the network all the same, and the
+        // next command finishes its removal.
+        done?;
+        if ours {
+            locked.finish()?;
+        }
         Ok(out)
     }
 

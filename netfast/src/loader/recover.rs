@@ -31,24 +31,7 @@ impl Loader {
         let mut locked = Locked::acquire(&self.host, true)?;
         log::debug!("holding the exclusive lock of {}", self.host.describe());
         let mut out = Vec::new();
-        if let Some(intent) = locked.intent.clone() {
-            out.push(Change::InterruptedCompleted {
-                command: intent.command.clone(),
-            });
-            self.step(nl, &mut out)
-                .converge(&mut locked, &intent)
-                .map_err(|e| {
-                    Error::Settings(format!(
-                        "could not complete what an interrupted `netfast {}` left: {}; fix the \
-                     cause and run the command again, or `netfast down` to remove \
-                     everything netfast made",
-                        intent.command,
-                        crate::error::report(&e)
-                    ))
-                })?;
-            locked.save()?;
-            locked.finish()?;
-        }
+        self.complete_interrupted(nl, &mut locked, &mut out)?;
         if !locked.saved() {
             self.refuse_a_lost_state(nl, &locked)?;
         }
@@ -62,6 +45,32 @@ impl Loader {
         swept?;
         self.record_namespace_cookies(&mut locked)?;
         Ok((locked, Vec::new()))
+    }
+
+    /// Completes what the interrupted command recorded in `locked`'s intent left (nothing
+    /// without one), and saves the state.
+    pub(super) fn complete_interrupted(
+        &self,
+        nl: &Nl<'_>,
+        locked: &mut Locked,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let Some(intent) = locked.intent.clone() else {
+            return Ok(());
+        };
+        out.push(Change::InterruptedCompleted {
+            command: intent.command.clone(),
+        });
+        self.step(nl, out).converge(locked, &intent).map_err(|e| {
+            Error::Settings(format!(
+                "could not complete what an interrupted `netfast {}` left: {}; fix the cause \
+                 and run the command again, or `netfast down` to remove everything netfast made",
+                intent.command,
+                crate::error::report(&e)
+            ))
+        })?;
+        locked.save()?;
+        locked.finish()
     }
 
     /// With no state saved and no interrupted command recorded, links marked as this host's
