@@ -543,6 +543,25 @@ fn prepare(
         times: 1,
         lead: std::time::Duration::ZERO,
     };
+    // c1's TCP connection to s1, through its handshake, once what earlier rounds left has
+    // expired: its tuple, and the server's towards its external port.
+    let established = |dp: &mut Datapath, m: &mut model::Model| {
+        let t = m.config.timeouts.tcp_established;
+        m.now += t + t / 8 + 2;
+        dp.write_config(&m.config, m.now);
+        let flow = Tuple::new(c1, s1, port, 80, PROTO_TCP);
+        let first = out(&syn(flow, 1000));
+        let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
+        let ext = source_of(&o).map_or(port, |(_, p)| p);
+        let back = Tuple::new(s1, EXT, 80, ext, PROTO_TCP);
+        for shot in [
+            inward(&segment(back, 0x12, 5000, 1001)),
+            out(&segment(flow, 0x10, 1001, 5001)),
+        ] {
+            let _ = dp.run(shot.hook, shot.ifindex, &shot.frame);
+        }
+        (flow, back)
+    };
     let (shots, expect) = match kind {
         // The first packets of one flow, from both CPUs.
         0 => {
@@ -672,17 +691,8 @@ fn prepare(
         // to TIME_WAIT while the server's duplicate ACKs, on the other CPU, see the state
         // before it. Neither may write back a state older than the other's.
         10 => {
-            let t = m.config.timeouts.tcp_established;
-            m.now += t + t / 8 + 2;
-            dp.write_config(&m.config, m.now);
-            let flow = Tuple::new(c1, s1, port, 80, PROTO_TCP);
-            let first = out(&syn(flow, 1000));
-            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
-            let ext = source_of(&o).map_or(port, |(_, p)| p);
-            let back = Tuple::new(s1, EXT, 80, ext, PROTO_TCP);
+            let (flow, back) = established(dp, m);
             for shot in [
-                inward(&segment(back, 0x12, 5000, 1001)),
-                out(&segment(flow, 0x10, 1001, 5001)),
                 inward(&segment(back, 0x11, 5001, 1001)),
                 out(&segment(flow, 0x10, 1001, 5002)),
             ] {
@@ -704,20 +714,7 @@ fn prepare(
         // the state before the reset. None may give the closed flow, or its mapping, an
         // established flow's time.
         11 => {
-            let t = m.config.timeouts.tcp_established;
-            m.now += t + t / 8 + 2;
-            dp.write_config(&m.config, m.now);
-            let flow = Tuple::new(c1, s1, port, 80, PROTO_TCP);
-            let first = out(&syn(flow, 1000));
-            let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
-            let ext = source_of(&o).map_or(port, |(_, p)| p);
-            let back = Tuple::new(s1, EXT, 80, ext, PROTO_TCP);
-            for shot in [
-                inward(&segment(back, 0x12, 5000, 1001)),
-                out(&segment(flow, 0x10, 1001, 5001)),
-            ] {
-                let _ = dp.run(shot.hook, shot.ifindex, &shot.frame);
-            }
+            let (flow, back) = established(dp, m);
             (
                 [
                     Shot {
