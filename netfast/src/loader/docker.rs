@@ -241,11 +241,17 @@ impl Loader {
         let mut locked = Locked::acquire(&self.host, true)?;
         let nl = self.netlink().host()?;
         let mut out = Vec::new();
-        let command = format!("docker network rm {docker_id}");
-        // This very delete, cut short before (were Docker to ask again): finished first, as
-        // the next command of any kind would.
-        if locked.intent.as_ref().is_some_and(|i| i.command == command) {
-            self.complete_interrupted(&nl, &mut locked, &mut out)?;
+        // What an interrupted command left (another delete cut short, say) is completed
+        // first, as `lock` would; where it cannot be, this delete goes on all the same
+        // (Docker forgets the network whatever netfast answers).
+        if let Err(e) = self.complete_interrupted(&nl, &mut locked, &mut out) {
+            log::warn!(
+                "{}; deleting Docker network {docker_id} all the same",
+                crate::error::report(&e)
+            );
+            // The state as saved, not as the failed completion left it in memory.
+            drop(locked);
+            locked = Locked::acquire(&self.host, true)?;
         }
         let Ok(network) = network_of(&locked.state, docker_id) else {
             locked.state.docker.networks.retain(|d| d.id != docker_id);
@@ -280,6 +286,7 @@ impl Loader {
         // on without one.
         let ours = locked.intent.is_none();
         if ours {
+            let command = format!("docker network rm {docker_id}");
             locked.begin(Intent::removing(command, Object::Network(network.clone())))?;
         }
         let done = (|| -> Result<()> {
