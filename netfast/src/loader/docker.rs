@@ -279,11 +279,10 @@ impl Loader {
                     .join(", ")
             )));
         }
-        // Docker does not call a failed delete again (it forgets the network all the
-        // same): the intent, before the first change, makes the next command of any kind
-        // finish a delete cut short. One left by a command netfast could not complete is
-        // not written over (it is all that remembers that command): this delete then goes
-        // on without one.
+        // The intent, before the first change, makes the next command of any kind finish
+        // a delete cut short. One left by a command netfast could not complete is not
+        // written over (it is all that remembers that command): this delete then goes on
+        // without one.
         let ours = locked.intent.is_none();
         if ours {
             let command = format!("docker network rm {docker_id}");

@@ -177,10 +177,9 @@ pub fn check(s: &Snapshot<'_>) -> Vec<Broken> {
 /// which keep the time they were given): the multi-CPU phase's.
 pub fn lifetimes(s: &Snapshot<'_>, config: &Config) -> Vec<Broken> {
     use super::tcp::State;
-    let t = &config.timeouts;
     let bound = |proto: u8, state: State| {
         if proto == super::PROTO_TCP && state != State::Established {
-            t.tcp_transitory.max(t.tcp_close)
+            config.closed_timeout()
         } else {
             config.timeout(proto, state)
         }

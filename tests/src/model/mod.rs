@@ -375,6 +375,12 @@ impl Config {
             _ => t.icmp,
         }
     }
+
+    /// The longest a closed TCP flow (TIME_WAIT or CLOSE) lives without a packet.
+    pub fn closed_timeout(&self) -> u32 {
+        self.timeout(PROTO_TCP, tcp::State::TimeWait)
+            .max(self.timeout(PROTO_TCP, tcp::State::Close))
+    }
 }
 
 /// How long a mapping outlives the flows that extend it: an eighth of their timeout, at

@@ -23,7 +23,7 @@ use super::{
     BindKey, Binding, Claim, ClaimKey, Endpoint, Entry, HostSocket, Model, PROTO_ICMP, PROTO_TCP,
     PROTO_UDP, Tuple,
     conntrack::{Touched, noted_get, noted_put},
-    mapping_slack, tcp,
+    mapping_slack,
 };
 
 /// `closed_until` of a claim that does not know its mapping's closed flows.
@@ -552,10 +552,7 @@ impl Model {
             self.set_binding(touched, bk, Binding { flows, ..b });
             return;
         }
-        let t = self
-            .config
-            .timeout(PROTO_TCP, tcp::State::TimeWait)
-            .max(self.config.timeout(PROTO_TCP, tcp::State::Close));
+        let t = self.config.closed_timeout();
         let bound = self.now + t + mapping_slack(t);
         let claim = self
             .claim(touched, &ck)
