@@ -538,7 +538,8 @@ pub const fn rst_in_window(
 /// the entry flags updated with the FINs seen. A simplified conntrack:
 /// SYN → SYN_SENT, SYN-ACK back → SYN_RECV, ACK → ESTABLISHED; the first FIN → FIN_WAIT,
 /// the other side's ACK → CLOSE_WAIT, the other side's FIN → TIME_WAIT; RST → CLOSE; a new
-/// SYN from the original side on a closed flow reopens it.
+/// SYN from the original side on a closed flow reopens it. A flow left in FIN_WAIT with both
+/// FINs seen (two CPUs, one FIN each, at once) closes at the next ACK.
 pub const fn tcp_next(
     state: TcpState,
     flags: TcpFlags,
@@ -572,11 +573,19 @@ pub const fn tcp_next(
         };
     }
     match state {
+        // Both FINs seen, and yet not closed: two CPUs each read the flow before the other's
+        // FIN (simultaneous close). The next segment closes it.
         TcpState::SynSent if flags.syn && flags.ack && reply => (TcpState::SynRecv, ct_flags),
         TcpState::SynRecv if flags.ack && !reply => (TcpState::Established, ct_flags),
-        // The side that did not send the first FIN acknowledges it: half-closed.
+        // The side that did not send the first FIN acknowledges it: half-closed. Unless both
+        // FINs were seen, the flow left in FIN_WAIT by two CPUs that each read it before the
+        // other's FIN (a simultaneous close): closed.
         TcpState::FinWait if flags.ack && ct_flags & other_fin != 0 => {
-            (TcpState::CloseWait, ct_flags)
+            if ct_flags & own_fin != 0 {
+                (TcpState::TimeWait, ct_flags)
+            } else {
+                (TcpState::CloseWait, ct_flags)
+            }
         }
         // A flow picked up mid-stream (after a flush, say): loose, as Linux conntrack.
         TcpState::None => (TcpState::Established, ct_flags),

@@ -217,6 +217,25 @@ mod tests {
         }
     }
 
+    /// Two CPUs that each read the flow before the other's FIN leave it in FIN_WAIT with
+    /// both FINs seen (its ACKs took it to CLOSE_WAIT, where it stayed): the next ACK closes
+    /// it.
+    #[test]
+    fn a_flow_left_open_with_both_fins_closes_at_its_next_ack() {
+        for reply in [false, true] {
+            assert_eq!(
+                tcp_next(TcpState::FinWait, ACK, reply, BOTH_FINS),
+                (TcpState::TimeWait, BOTH_FINS),
+                "reply {reply}"
+            );
+        }
+        // One FIN: half-closed, as before.
+        assert_eq!(
+            tcp_next(TcpState::FinWait, ACK, true, CT_F_FIN_ORIG),
+            (TcpState::CloseWait, CT_F_FIN_ORIG)
+        );
+    }
+
     #[test]
     fn timeouts_follow_the_state() {
         let cfg = DpConfig::default();

@@ -13,10 +13,11 @@ use netfast_common::{
     DropReason,
     config::DpConfig,
     conntrack::{
-        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_INWARD, CT_F_MASQ_DST, CT_F_MASQ_SRC, CT_F_RELEASED,
-        CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN, CT_F_TWO_MAPPINGS, CtEntry,
-        CtEvent, CtKey, NewEntry, PROTO_TCP, Segment, TcpFlags, TcpState, WSCALE_UNKNOWN,
-        agreed_wscale, closed_timeout as closed, rst_in_window, sent, tcp_next, timeout,
+        CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INWARD, CT_F_MASQ_DST,
+        CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN,
+        CT_F_TWO_MAPPINGS, CtEntry, CtEvent, CtKey, NewEntry, PROTO_TCP, Segment, TcpFlags,
+        TcpState, WSCALE_UNKNOWN, agreed_wscale, closed_timeout as closed, rst_in_window, sent,
+        tcp_next, timeout,
     },
     nat::NatClaimKey,
 };
@@ -394,8 +395,15 @@ fn try_track(
             if moved {
                 move_on(q, state, expires);
             }
+            // The flow's flags as this packet has them, but for a FIN another CPU has just
+            // seen (the other end's, at the same moment), which only a reopening forgets.
             let q_was = q.flags;
-            write_flags(q, q_was, (q_was & !CT_F_SHARED) | (flags & CT_F_SHARED));
+            let keep = if state == TcpState::SynSent {
+                !CT_F_SHARED
+            } else {
+                !CT_F_SHARED | CT_F_FIN_ORIG | CT_F_FIN_REPLY
+            };
+            write_flags(q, q_was, (q_was & keep) | (flags & CT_F_SHARED));
             // Both SYNs seen: the window shift each side's segments take from now on.
             if tcp && flags_in.syn && reply {
                 let own = e.wscale;

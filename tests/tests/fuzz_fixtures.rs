@@ -214,3 +214,12 @@ fn a_last_fin_against_the_other_sides_acks_keeps_its_state() {
 fn a_reset_against_the_other_sides_acks_keeps_its_short_life() {
     races(Rounds::ResetRace, 3000);
 }
+
+/// FINs from both ends at once, one on each CPU (smp round kind 12): each read the flow
+/// ESTABLISHED without the other's FIN, and both moved it to FIN_WAIT; the ACKs then took
+/// it to CLOSE_WAIT with both FINs seen, where it stayed: never closed, its close never
+/// subtracted from its mapping, which held its port as for an open flow.
+#[test]
+fn fins_from_both_ends_at_once_close_the_flow() {
+    races(Rounds::FinRace, 1500);
+}

@@ -2,12 +2,13 @@
 //! at the same moment (BPF_PROG_TEST_RUN runs a program on the calling CPU) — the first
 //! packets of one flow, two endpoints wanting one external port, a port taken over from
 //! an expired holder while the holder speaks again, a close racing a reuse, a flow closed
-//! from both ends, its last FIN or a RST against the other side's ACKs — and the maps are
-//! then held to the invariants: each external endpoint belongs to one internal endpoint,
-//! both entries of every flow point at each other, no live flow uses a mapping whose claim
-//! is another's, no entry or mapping outlives what its state allows. Where both packets of a round went through, they must agree
-//! (one flow, one translation) or differ (two endpoints, two ports); where one was dropped,
-//! only as a counted lost race.
+//! from both ends, its last FIN or a RST against the other side's ACKs, FINs from both ends
+//! at once — and the maps are then held to the invariants: each external endpoint belongs
+//! to one internal endpoint, both entries of every flow point at each other, a flow that
+//! saw both FINs is closed, no live flow uses a mapping whose claim is another's, no entry
+//! or mapping outlives what its state allows. Where both packets of a round went through,
+//! they must agree (one flow, one translation) or differ (two endpoints, two ports); where
+//! one was dropped, only as a counted lost race.
 
 use std::{
     collections::BTreeMap,
@@ -71,6 +72,9 @@ pub enum Rounds {
     /// read the flow open and gives it, and its mapping, an open flow's time after another
     /// CPU has closed it).
     ResetRace,
+    /// Only FINs from both ends at once (for the test of the race of two CPUs that each
+    /// read the flow before the other's FIN: both move it to FIN_WAIT, and it never closes).
+    FinRace,
 }
 
 /// The CPUs this process may run on.
@@ -181,6 +185,24 @@ struct Shot {
     /// How long the worker waits (spinning: a sleep would hand its CPU away) before the
     /// first run: to land a single packet in the middle of the other CPU's many.
     lead: std::time::Duration,
+}
+
+impl Shot {
+    /// `frame`, run once by `hook`'s program on `ifindex`, at once.
+    fn once(hook: Hook, ifindex: u32, frame: Vec<u8>) -> Shot {
+        Shot {
+            hook,
+            ifindex,
+            frame,
+            times: 1,
+            lead: std::time::Duration::ZERO,
+        }
+    }
+
+    /// The same, run `times` times.
+    fn times(self, times: u32) -> Shot {
+        Shot { times, ..self }
+    }
 }
 
 /// What a round expects of its two packets when both go through.
@@ -335,14 +357,15 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
         }
         for round in 0..rounds {
             let kind = match which {
-                // 0 to 11 and the last arm (a close racing a reuse) once each.
-                Rounds::All => round % 13,
+                // 0 to 12 and the last arm (a close racing a reuse) once each.
+                Rounds::All => round % 14,
                 Rounds::Takeovers => 5,
                 Rounds::Closes => 9,
                 Rounds::StateRace => 10,
                 Rounds::ResetRace => 11,
+                Rounds::FinRace => 12,
             };
-            let (shots, expect, _port) = prepare(dp, &mut m, round, kind, uplink, bridges);
+            let (shots, expect, after) = prepare(dp, &mut m, round, kind, uplink, bridges);
             *work.lock().expect("work") = [Some(shots[0].clone()), Some(shots[1].clone())];
             let drops_before = drops_per_cpu(dp, cpus);
             start.wait();
@@ -354,6 +377,9 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
                 Vec::from(outcomes)
             };
             let drops_after = drops_per_cpu(dp, cpus);
+            for shot in &after {
+                let _ = dp.run(shot.hook, shot.ifindex, &shot.frame);
+            }
             let mut through = Vec::new();
             for (i, o) in outcomes.into_iter().enumerate() {
                 let (verdict, out) = o.ok_or("a worker did not answer")??;
@@ -397,7 +423,7 @@ pub fn run_rounds(dp: &mut Datapath, rounds: u32, which: Rounds) -> Result<SmpRe
             }
             if matches!(
                 which,
-                Rounds::Closes | Rounds::StateRace | Rounds::ResetRace
+                Rounds::Closes | Rounds::StateRace | Rounds::ResetRace | Rounds::FinRace
             ) || round % 16 == 15
                 || round + 1 == rounds
             {
@@ -499,8 +525,9 @@ fn syn(t: Tuple, seq: u32) -> Pkt {
 }
 
 /// The two packets of round `round`, of kind `kind`, after whatever single-threaded prelude
-/// it needs; and the original port its endpoints use (a round's own: no two rounds within
-/// 2000 of each other share one).
+/// it needs (its endpoints use an original port of the round's own: no two rounds within
+/// 2000 of each other share one); and the packets that follow them, single-threaded, before
+/// the maps are checked.
 fn prepare(
     dp: &mut Datapath,
     m: &mut model::Model,
@@ -508,7 +535,7 @@ fn prepare(
     kind: u32,
     uplink: u32,
     bridges: [u32; 2],
-) -> ([Shot; 2], Expect, u16) {
+) -> ([Shot; 2], Expect, Vec<Shot>) {
     let (bridge1, bridge2) = (bridges[0], bridges[1]);
     let c1 = CONTAINERS[0][0];
     let c2 = CONTAINERS[0][1];
@@ -522,26 +549,17 @@ fn prepare(
         TupleRef::Lit(t) => t,
         _ => unreachable!("the phase names its tuples as they are"),
     };
-    let out = |pkt: &Pkt| Shot {
-        hook: Hook::UplinkEgress,
-        ifindex: uplink,
-        frame: build::frame(pkt, &tuple(pkt), None, GATEWAY_MAC, mac),
-        times: 1,
-        lead: std::time::Duration::ZERO,
+    let out = |pkt: &Pkt| {
+        let frame = build::frame(pkt, &tuple(pkt), None, GATEWAY_MAC, mac);
+        Shot::once(Hook::UplinkEgress, uplink, frame)
     };
-    let inward = |pkt: &Pkt| Shot {
-        hook: Hook::UplinkIngress,
-        ifindex: uplink,
-        frame: build::frame(pkt, &tuple(pkt), None, mac, GATEWAY_MAC),
-        times: 1,
-        lead: std::time::Duration::ZERO,
+    let inward = |pkt: &Pkt| {
+        let frame = build::frame(pkt, &tuple(pkt), None, mac, GATEWAY_MAC);
+        Shot::once(Hook::UplinkIngress, uplink, frame)
     };
-    let from_container = |pkt: &Pkt| Shot {
-        hook: Hook::BridgeIngress,
-        ifindex: bridge1,
-        frame: build::frame(pkt, &tuple(pkt), None, BRIDGE_MAC, [2, 0, 0, 0, 0, 2]),
-        times: 1,
-        lead: std::time::Duration::ZERO,
+    let from_container = |pkt: &Pkt| {
+        let frame = build::frame(pkt, &tuple(pkt), None, BRIDGE_MAC, [2, 0, 0, 0, 0, 2]);
+        Shot::once(Hook::BridgeIngress, bridge1, frame)
     };
     // c1's TCP connection to s1, through its handshake, once what earlier rounds left has
     // expired: its tuple, and the server's towards its external port.
@@ -562,6 +580,7 @@ fn prepare(
         }
         (flow, back)
     };
+    let mut after = Vec::new();
     let (shots, expect) = match kind {
         // The first packets of one flow, from both CPUs.
         0 => {
@@ -616,18 +635,10 @@ fn prepare(
             let first = out(&udp(Tuple::new(c1, s1, port, 53, PROTO_UDP)));
             let (_, o, _) = dp.run(first.hook, first.ifindex, &first.frame);
             let ext = source_of(&o).map_or(port, |(_, p)| p);
-            let to_c1 = |from: Ipv4Addr, bridge: u32| Shot {
-                hook: Hook::BridgeIngress,
-                ifindex: bridge,
-                frame: build::frame(
-                    &udp(Tuple::new(from, EXT, port + 1, ext, PROTO_UDP)),
-                    &Tuple::new(from, EXT, port + 1, ext, PROTO_UDP),
-                    None,
-                    BRIDGE_MAC,
-                    [2, 0, 0, 0, 0, 3],
-                ),
-                times: 1,
-                lead: std::time::Duration::ZERO,
+            let to_c1 = |from: Ipv4Addr, bridge: u32| {
+                let t = Tuple::new(from, EXT, port + 1, ext, PROTO_UDP);
+                let frame = build::frame(&udp(t), &t, None, BRIDGE_MAC, [2, 0, 0, 0, 0, 3]);
+                Shot::once(Hook::BridgeIngress, bridge, frame)
             };
             if kind == 7 {
                 ([to_c1(c2, bridge1), to_c1(c2, bridge1)], Expect::Same)
@@ -666,22 +677,11 @@ fn prepare(
                 ));
                 let _ = dp.run(ack.hook, ack.ifindex, &ack.frame);
             }
-            let times = 4000;
+            let reset = segment(Tuple::new(s2, EXT, 80, ext, PROTO_TCP), 0x14, 5001, 1001);
             (
                 [
-                    Shot {
-                        times,
-                        ..out(&syn(Tuple::new(c1, s2, port, 80, PROTO_TCP), 1000))
-                    },
-                    Shot {
-                        times,
-                        ..inward(&segment(
-                            Tuple::new(s2, EXT, 80, ext, PROTO_TCP),
-                            0x14,
-                            5001,
-                            1001,
-                        ))
-                    },
+                    out(&syn(Tuple::new(c1, s2, port, 80, PROTO_TCP), 1000)).times(4000),
+                    inward(&reset).times(4000),
                 ],
                 Expect::Churn,
             )
@@ -701,10 +701,7 @@ fn prepare(
             (
                 [
                     out(&segment(flow, 0x11, 1001, 5002)),
-                    Shot {
-                        times: 4000,
-                        ..inward(&segment(back, 0x10, 5002, 1001))
-                    },
+                    inward(&segment(back, 0x10, 5002, 1001)).times(4000),
                 ],
                 Expect::Churn,
             )
@@ -723,12 +720,25 @@ fn prepare(
                         lead: std::time::Duration::from_micros(u64::from(round % 97) * 50),
                         ..inward(&segment(back, 0x14, 5001, 1001))
                     },
-                    Shot {
-                        times: 4000,
-                        ..out(&segment(flow, 0x10, 1001, 5001))
-                    },
+                    out(&segment(flow, 0x10, 1001, 5001)).times(4000),
                 ],
                 Expect::Churn,
+            )
+        }
+        // FINs from both ends at once: c1's connection is established; c1 and its server
+        // each send a FIN, one on each CPU, then each acknowledges the other's (on one CPU).
+        // Each FIN may read the flow before the other's: the flow must still close, and its
+        // close be subtracted from its mapping's open flows.
+        12 => {
+            let (flow, back) = established(dp, m);
+            after.push(out(&segment(flow, 0x10, 1002, 5002)));
+            after.push(inward(&segment(back, 0x10, 5002, 1002)));
+            (
+                [
+                    out(&segment(flow, 0x11, 1001, 5001)),
+                    inward(&segment(back, 0x11, 5001, 1001)),
+                ],
+                Expect::Any,
             )
         }
         // A close racing a reuse: c1's TCP flow is reset by the server while c1 opens a
@@ -757,5 +767,5 @@ fn prepare(
             )
         }
     };
-    (shots, expect, port)
+    (shots, expect, after)
 }

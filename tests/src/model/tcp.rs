@@ -54,6 +54,8 @@ pub struct Fins {
 ///   side's FIN to TIME_WAIT;
 /// - SYN-ACK back in SYN_SENT → SYN_RECV; the original side's ACK then → ESTABLISHED;
 /// - in FIN_WAIT, the other side acknowledging the FIN → CLOSE_WAIT;
+/// - in FIN_WAIT with both FINs seen (only two CPUs, one FIN each at once, leave a flow
+///   so), an ACK → TIME_WAIT;
 /// - a flow picked up mid-stream (NONE) is taken as ESTABLISHED.
 pub fn next(state: State, flags: Flags, reply: bool, mut fins: Fins) -> (State, Fins) {
     if flags.rst {
@@ -86,6 +88,7 @@ pub fn next(state: State, flags: Flags, reply: bool, mut fins: Fins) -> (State, 
     let state = match state {
         State::SynSent if flags.syn && flags.ack && reply => State::SynRecv,
         State::SynRecv if flags.ack && !reply => State::Established,
+        State::FinWait if flags.ack && other_fin && fins.orig && fins.reply => State::TimeWait,
         State::FinWait if flags.ack && other_fin => State::CloseWait,
         State::None => State::Established,
         other => other,
