@@ -155,7 +155,8 @@ impl Docker {
         self.dir.join("netfast.sock")
     }
 
-    /// Starts `netfast --netns <host> docker-plugin` and waits until it listens.
+    /// Starts `netfast --netns <host> docker-plugin`, which asks this dockerd for its networks
+    /// when it answers, and waits until it listens.
     pub fn start_plugin(&mut self) {
         assert!(self.plugin.is_none(), "the plugin already runs");
         if let Err(e) = self.try_start_plugin() {
@@ -165,6 +166,7 @@ impl Docker {
 
     fn try_start_plugin(&mut self) -> Result<(), String> {
         let socket = self.socket();
+        let dockerd = self.dir.join("docker.sock");
         let plugin = Background::spawn(&[
             self.netfast.to_str().expect("a UTF-8 path"),
             "--netns",
@@ -172,6 +174,8 @@ impl Docker {
             "docker-plugin",
             "--socket",
             socket.to_str().expect("a UTF-8 path"),
+            "--docker-socket",
+            dockerd.to_str().expect("a UTF-8 path"),
         ]);
         let up = wait_until(Duration::from_secs(20), || {
             plugin.stdout_so_far().contains("listening on")
@@ -454,6 +458,72 @@ impl Drop for Docker {
             && self.dir.exists()
         {
             eprintln!("warning: could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// A stand-in for dockerd's API on a unix socket of the test's own: every request, answered
+/// as `GET /networks` with networks of the IDs given (what `netfast docker-plugin` asks of
+/// dockerd at its start). The socket goes with it.
+pub struct FakeDockerd {
+    path: crate::removed::Removed,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeDockerd {
+    /// Serves at `path` a list of networks with IDs `ids`.
+    pub fn listing(path: &str, ids: &[&str]) -> FakeDockerd {
+        use std::io::{Read, Write};
+        let path = crate::removed::Removed::at(path);
+        let _ = fs::remove_file(&*path);
+        let listener = std::os::unix::net::UnixListener::bind(&*path)
+            .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+        let body = serde_json::to_string(
+            &ids.iter()
+                .map(|id| serde_json::json!({"Id": id, "Name": id, "Driver": "netfast"}))
+                .collect::<Vec<_>>(),
+        )
+        .expect("JSON");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                // The request, up to the end of its header.
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    request.push(byte[0]);
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}"
+                );
+            }
+        });
+        FakeDockerd {
+            path,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FakeDockerd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread from its accept.
+        let _ = std::os::unix::net::UnixStream::connect(&*self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

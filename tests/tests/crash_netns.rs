@@ -7,7 +7,9 @@
 //! converges, and `down` leaves a clean host: no link, namespace, pin, nft table or iptables
 //! chain of netfast's.
 
-use std::{collections::BTreeMap, fs, os::unix::process::ExitStatusExt, process::Command};
+use std::{
+    collections::BTreeMap, fs, os::unix::process::ExitStatusExt, process::Command, time::Duration,
+};
 
 use netfast::{
     host::Host,
@@ -16,6 +18,8 @@ use netfast::{
 };
 use netfast_tests::{
     Netfast, Removed, Topology,
+    cmd::wait_until,
+    docker::FakeDockerd,
     netfast_cli::{netfast_bin, network_create},
     require_root, run,
     topology::UPLINK,
@@ -493,12 +497,15 @@ impl PluginLab {
 
     /// The plugin, run behind `prefix` (e.g. strace), listening.
     fn plugin(&self, prefix: &[&str]) -> netfast_tests::Background {
+        self.plugin_with(prefix, &[])
+    }
+
+    /// The plugin, run behind `prefix` with `more` arguments, listening.
+    fn plugin_with(&self, prefix: &[&str], more: &[&str]) -> netfast_tests::Background {
         let mut argv: Vec<&str> = prefix.to_vec();
-        argv.extend(
-            self.lab
-                .nf
-                .argv(&["docker-plugin", "--socket", &self.socket]),
-        );
+        let mut args = vec!["docker-plugin", "--socket", &self.socket];
+        args.extend(more);
+        argv.extend(self.lab.nf.argv(&args));
         let mut p = netfast_tests::Background::spawn(&argv);
         p.wait_for_text("listening on", std::time::Duration::from_secs(20));
         p
@@ -803,9 +810,10 @@ fn a_docker_endpoint_delete_killed_at_any_send_frees_its_address() {
 /// deletes the network from its own store all the same. `docker-plugin` killed at a step of
 /// a network's delete must therefore leave nothing of the network after Docker's next call,
 /// whatever it is (another network's create or delete; or, were Docker to ask again, the
-/// same delete) — no bridge, no record, no drift — once the delete has recorded its intent. Killed before that (opening its state, writing the
-/// intent's temporary file), it has changed nothing: the network must be whole, as before
-/// the call (netfast cannot know Docker went on; only Docker's own list could tell).
+/// same delete) — no bridge, no record, no drift — once the delete has recorded its intent.
+/// Killed before that (opening its state, writing the intent's temporary file), it has
+/// changed nothing: the network must be whole, as before the call (netfast cannot know
+/// Docker went on; Docker's own list tells the plugin at its next start, tested below).
 #[test]
 fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
     let p = PluginLab::new();
@@ -876,6 +884,48 @@ fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
     assert!(
         finished > 0,
         "no delete was killed after its intent ({untouched} before): the sweep tested nothing"
+    );
+}
+
+/// Killed before its intent, a network's delete changed nothing (above), but Docker has
+/// forgotten the network all the same. The plugin, started again, asks dockerd which of the
+/// networks it serves dockerd still has: one dockerd lists stays, one it does not goes —
+/// no bridge (nothing of netfast's on the host beyond its state), no record, no drift.
+#[test]
+fn a_network_docker_forgot_goes_when_the_plugin_starts_again() {
+    let p = PluginLab::new();
+    let networks =
+        || -> Vec<String> { p.lab.nf.networks().into_iter().map(|n| n.subnet).collect() };
+    let at = format!("/tmp/epsw-{}-dockerd.sock", p.lab.host());
+    let other = "f0".repeat(32);
+    {
+        let dockerd = FakeDockerd::listing(&at, &[&p.network_id, &other]);
+        let dockerd_at = dockerd.path().to_str().expect("a UTF-8 path");
+        let mut plugin = p.plugin_with(&[], &["--docker-socket", dockerd_at]);
+        plugin.wait_for_text(
+            "dockerd still has every Docker network netfast served",
+            Duration::from_secs(30),
+        );
+        plugin.stop();
+        assert_eq!(
+            networks(),
+            ["172.18.0.0/24"],
+            "a network dockerd lists went"
+        );
+    }
+    let dockerd = FakeDockerd::listing(&at, &[&other]);
+    let dockerd_at = dockerd.path().to_str().expect("a UTF-8 path");
+    let plugin = p.plugin_with(&[], &["--docker-socket", dockerd_at]);
+    let gone = wait_until(Duration::from_secs(30), || networks().is_empty());
+    let printed = plugin.stop();
+    let (unknown, drift) = (p.lab.unknown(), p.lab.drift());
+    assert!(
+        gone && unknown.is_empty() && drift.is_empty(),
+        "the network dockerd no longer lists: netfast serves {:?}, the host has {unknown:?} \
+         beyond the state, drift {drift:?}; the plugin printed:\n{}{}",
+        networks(),
+        String::from_utf8_lossy(&printed.stdout),
+        String::from_utf8_lossy(&printed.stderr)
     );
 }
 

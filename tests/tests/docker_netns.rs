@@ -300,8 +300,17 @@ fn restarts_of_the_plugin_and_of_dockerd_keep_a_running_container_reachable() {
         "the socket outlived the plugin"
     );
     lab.served(&url, "while the plugin is stopped");
-    // A new plugin takes over: Docker's next calls reach it.
+    // A new plugin takes over: Docker's next calls reach it. It asks dockerd which of the
+    // networks it serves dockerd still has (all): nothing goes.
     lab.docker.start_plugin();
+    assert!(
+        wait_until(Duration::from_mins(1), || lab
+            .docker
+            .plugin_output()
+            .contains("dockerd still has every Docker network netfast served")),
+        "the restarted plugin did not read dockerd's list of networks:\n{}",
+        lab.docker.plugin_output()
+    );
     assert!(
         lab.container_get(&url).contains(INDEX),
         "hairpin after the plugin restarted"

@@ -43,6 +43,10 @@ pub enum Call {
     /// Node discovery (swarm): nothing for a local driver to do.
     DiscoverNew,
     DiscoverDelete,
+    /// Not Docker's: the networks netfast serves for Docker networks that dockerd no longer
+    /// lists (their delete died before it recorded its intent) are deleted as Docker's
+    /// DeleteNetwork would have.
+    Forgotten(Vec<String>),
 }
 
 impl Call {
@@ -129,6 +133,14 @@ impl Call {
             ),
             Call::DiscoverNew => "DiscoverNew".into(),
             Call::DiscoverDelete => "DiscoverDelete".into(),
+            Call::Forgotten(ids) => format!(
+                "Docker network{} {} gone from dockerd's list",
+                if ids.len() == 1 { "" } else { "s" },
+                ids.iter()
+                    .map(|id| short(id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }
@@ -210,6 +222,7 @@ impl Driver {
             Call::ProgramExternalConnectivity(r) => self.publish(&r),
             Call::RevokeExternalConnectivity(r) => self.unpublish(&r),
             Call::DiscoverNew | Call::DiscoverDelete => answer(json!({}), vec![]),
+            Call::Forgotten(ids) => self.forget(&ids),
         };
         result.unwrap_or_else(|e| Answer::error(&crate::error::report(&e)))
     }
@@ -218,6 +231,31 @@ impl Driver {
         let spec = network_spec(r, || self.default_uplink())?;
         let done = self.loader.docker_network_create(&spec, &r.network_id)?;
         answer(json!({}), done)
+    }
+
+    /// Deletes the networks of Docker networks `ids`, each as its DeleteNetwork would; one
+    /// that fails (logged) stops nothing.
+    fn forget(&self, ids: &[String]) -> Result<Answer> {
+        let mut done = Vec::new();
+        for id in ids {
+            match self.loader.docker_network_rm(id) {
+                Ok(d) => done.extend(crate::loader::change::lines(&d)),
+                Err(e) => done.push(format!(
+                    "error: Docker network {id}: {}",
+                    crate::error::report(&e)
+                )),
+            }
+        }
+        Ok(Answer {
+            body: json!({}),
+            done,
+        })
+    }
+
+    /// The Docker networks netfast serves (by their IDs), as its state has them now.
+    pub fn served_networks(&self) -> Result<Vec<String>> {
+        let state = self.loader.state()?;
+        Ok(state.docker.networks.iter().map(|d| d.id.clone()).collect())
     }
 
     /// The interface of the host's default route: where its traffic leaves.

@@ -10,9 +10,14 @@
 //! | Join / Leave | hands Docker the veth's other end and the gateway / records that it left |
 //! | ProgramExternalConnectivity / RevokeExternalConnectivity | `publish` of the `-p` bindings / `unpublish` |
 //!
+//! At its start, the plugin asks dockerd (`--docker-socket`) which of the Docker networks
+//! it serves dockerd still has, and deletes the others: Docker forgets a network whose
+//! DeleteNetwork failed (see [`dockerd`]).
+//!
 //! See [`crate::loader::docker`] for how Docker's objects are kept in netfast's state.
 
 pub mod api;
+pub mod dockerd;
 pub mod driver;
 pub mod ports;
 pub mod server;

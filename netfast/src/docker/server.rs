@@ -7,6 +7,7 @@ use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::mpsc,
+    time::Duration,
 };
 
 use axum::{
@@ -35,16 +36,28 @@ type Job = (Call, oneshot::Sender<Answer>);
 
 /// Serves the remote driver protocol on `socket` until SIGTERM or SIGINT, then removes the
 /// socket. What it made stays: networks, containers and the dataplane outlive the plugin.
-pub fn serve(socket: &Path) -> Result<()> {
+/// `dockerd`: the API socket of the Docker daemon it serves, asked once (when it answers)
+/// which of the networks netfast served when the plugin started it still has: the others
+/// are deleted (see [`forget_what_docker_forgot`]).
+pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
     let (jobs, queue) = mpsc::channel::<Job>();
-    let (ready_tx, ready) = mpsc::sync_channel::<Result<String>>(1);
+    let (ready_tx, ready) = mpsc::sync_channel::<Result<(String, Vec<String>)>>(1);
     // The worker is made on this thread's network namespace (the host's), as every thread.
     let worker = std::thread::Builder::new()
         .name("docker-driver".into())
         .spawn(move || {
             let driver = match Driver::new() {
                 Ok(d) => {
-                    let _ = ready_tx.send(Ok(d.loader().host.describe()));
+                    // A state it cannot read now is no reason not to serve: each call then
+                    // says what is wrong with it.
+                    let served = d.served_networks().unwrap_or_else(|e| {
+                        log::warn!(
+                            "not asking dockerd which networks it still has: {}",
+                            crate::error::report(&e)
+                        );
+                        Vec::new()
+                    });
+                    let _ = ready_tx.send(Ok((d.loader().host.describe(), served)));
                     d
                 }
                 Err(e) => {
@@ -70,7 +83,7 @@ pub fn serve(socket: &Path) -> Result<()> {
             context: "starting the driver's thread".into(),
             source,
         })?;
-    let host = ready.recv().map_err(|_| Error::Io {
+    let (host, served) = ready.recv().map_err(|_| Error::Io {
         context: "starting the driver".into(),
         source: io::Error::other("the driver's thread ended"),
     })??;
@@ -87,6 +100,13 @@ pub fn serve(socket: &Path) -> Result<()> {
             "netfast docker-plugin: listening on {} for {host}",
             socket.display()
         );
+        match dockerd {
+            Some(api) => forget_what_docker_forgot(jobs.clone(), api.to_owned(), served),
+            None => log::info!(
+                "not asking dockerd which networks it still has (no --docker-socket beside a \
+                 plugin socket of one's own): a network whose DeleteNetwork died early stays"
+            ),
+        }
         axum::serve(listener, router(jobs))
             .with_graceful_shutdown(crate::agent::stop_signal())
             .await
@@ -101,6 +121,58 @@ pub fn serve(socket: &Path) -> Result<()> {
     served?;
     println!("netfast docker-plugin: stopped; networks and containers keep running");
     Ok(())
+}
+
+/// Once dockerd at `api` answers (asked again and again until it does, on a thread of its
+/// own: Docker may be waiting for the plugin to start), the Docker networks among `served`
+/// (those netfast served when the plugin started, by ID) that dockerd no longer lists are
+/// deleted, through the worker as a call. Docker deletes a network from its store even when
+/// the driver's DeleteNetwork failed and never asks again; a delete killed before it
+/// recorded its intent has changed nothing, and the network would stay for good. Only
+/// networks served at the start: one created since may not be in dockerd's list yet.
+fn forget_what_docker_forgot(jobs: mpsc::Sender<Job>, api: PathBuf, served: Vec<String>) {
+    if served.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dockerd-networks".into())
+        .spawn(move || {
+            let mut wait = Duration::from_millis(500);
+            let mut told = false;
+            let listed = loop {
+                match super::dockerd::network_ids(&api) {
+                    Ok(listed) => break listed,
+                    Err(e) => {
+                        if !told {
+                            log::info!(
+                                "{e}; asking again until it answers, to delete the networks \
+                                 Docker no longer has"
+                            );
+                            told = true;
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
+            let gone: Vec<String> = served
+                .into_iter()
+                .filter(|id| !listed.contains(id))
+                .collect();
+            if gone.is_empty() {
+                println!(
+                    "netfast docker-plugin: dockerd still has every Docker network netfast served"
+                );
+                return;
+            }
+            let (reply, answer) = oneshot::channel();
+            if jobs.send((Call::Forgotten(gone), reply)).is_ok() {
+                let _ = answer.blocking_recv();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot ask dockerd for its networks: starting a thread: {e}");
+    }
 }
 
 fn router(jobs: mpsc::Sender<Job>) -> Router {
