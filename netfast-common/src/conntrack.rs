@@ -573,8 +573,6 @@ pub const fn tcp_next(
         };
     }
     match state {
-        // Both FINs seen, and yet not closed: two CPUs each read the flow before the other's
-        // FIN (simultaneous close). The next segment closes it.
         TcpState::SynSent if flags.syn && flags.ack && reply => (TcpState::SynRecv, ct_flags),
         TcpState::SynRecv if flags.ack && !reply => (TcpState::Established, ct_flags),
         // The side that did not send the first FIN acknowledges it: half-closed. Unless both
