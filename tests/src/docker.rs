@@ -463,8 +463,9 @@ impl Drop for Docker {
 }
 
 /// A stand-in for dockerd's API on a unix socket of the test's own: every request, answered
-/// as `GET /networks` with networks of the IDs given (what `netfast docker-plugin` asks of
-/// dockerd at its start). The socket goes with it.
+/// as dockerd answers `GET /networks`, with its built-in networks and networks of the IDs
+/// given (what `netfast docker-plugin` asks of dockerd at its start). The socket goes with
+/// it.
 pub struct FakeDockerd {
     path: crate::removed::Removed,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -474,17 +475,29 @@ pub struct FakeDockerd {
 impl FakeDockerd {
     /// Serves at `path` a list of networks with IDs `ids`.
     pub fn listing(path: &str, ids: &[&str]) -> FakeDockerd {
+        let (release, held) = std::sync::mpsc::channel();
+        drop(release);
+        FakeDockerd::held(path, ids, held)
+    }
+
+    /// As [`FakeDockerd::listing`], but the first answer waits until `held` gives (or its
+    /// sender goes): to let a call reach the plugin between its question and the answer.
+    pub fn held(path: &str, ids: &[&str], held: std::sync::mpsc::Receiver<()>) -> FakeDockerd {
         use std::io::{Read, Write};
         let path = crate::removed::Removed::at(path);
         let _ = fs::remove_file(&*path);
         let listener = std::os::unix::net::UnixListener::bind(&*path)
             .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
-        let body = serde_json::to_string(
-            &ids.iter()
-                .map(|id| serde_json::json!({"Id": id, "Name": id, "Driver": "netfast"}))
-                .collect::<Vec<_>>(),
-        )
-        .expect("JSON");
+        // With the networks every dockerd has, which the plugin looks for.
+        let mut networks = vec![
+            serde_json::json!({"Id": "1".repeat(64), "Name": "host", "Driver": "host"}),
+            serde_json::json!({"Id": "2".repeat(64), "Name": "none", "Driver": "null"}),
+        ];
+        networks.extend(
+            ids.iter()
+                .map(|id| serde_json::json!({"Id": id, "Name": id, "Driver": "netfast"})),
+        );
+        let body = serde_json::to_string(&networks).expect("JSON");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -499,9 +512,11 @@ impl FakeDockerd {
                 while !request.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
                     request.push(byte[0]);
                 }
+                let _ = held.recv();
                 let _ = write!(
                     conn,
-                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}"
+                    "HTTP/1.0 200 OK\r\nServer: Docker/28.2.2 (linux)\r\n\
+                     Content-Type: application/json\r\n\r\n{body}"
                 );
             }
         });
@@ -520,10 +535,9 @@ impl FakeDockerd {
 impl Drop for FakeDockerd {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the thread from its accept.
+        // Wakes the thread from its accept; not waited for (it may wait for a release that
+        // a failed test never gives).
         let _ = std::os::unix::net::UnixStream::connect(&*self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }

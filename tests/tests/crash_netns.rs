@@ -929,6 +929,60 @@ fn a_network_docker_forgot_goes_when_the_plugin_starts_again() {
     );
 }
 
+/// A create that the plugin saved but did not answer (killed) is one Docker retries across
+/// the plugin's restart, and stores only once answered: dockerd's list, read before that,
+/// lacks a network Docker is about to have. A network Docker names in a call after the
+/// plugin started is not deleted, whatever the list said.
+#[test]
+fn a_network_docker_names_after_the_plugins_start_is_kept() {
+    let p = PluginLab::new();
+    let at = format!("/tmp/epsw-{}-dockerd.sock", p.lab.host());
+    let (release, held) = std::sync::mpsc::channel();
+    let dockerd = FakeDockerd::held(&at, &[], held);
+    let dockerd_at = dockerd.path().to_str().expect("a UTF-8 path");
+    let mut plugin = p.plugin_with(&[], &["--docker-socket", dockerd_at]);
+    // Docker's retried create, answered before dockerd's list (which lacks the network).
+    p.ok("CreateNetwork", &p.network_body(), "the retried create");
+    release.send(()).expect("the stand-in dockerd waits");
+    plugin.wait_for_text(
+        "was named by Docker since the plugin started: kept",
+        Duration::from_secs(30),
+    );
+    plugin.stop();
+    let networks: Vec<String> = p.lab.nf.networks().into_iter().map(|n| n.subnet).collect();
+    assert_eq!(
+        networks,
+        ["172.18.0.0/24"],
+        "the network Docker created went"
+    );
+}
+
+/// A plugin that asks a dockerd that never answers (not started, or not at the socket it was
+/// given) still stops at SIGTERM, at once, and deletes nothing.
+#[test]
+fn a_plugin_waiting_for_dockerd_stops_at_sigterm() {
+    let p = PluginLab::new();
+    let nowhere = format!("/tmp/epsw-{}-nodockerd.sock", p.lab.host());
+    let plugin = p.plugin_with(&[], &["--docker-socket", &nowhere]);
+    assert!(
+        wait_until(Duration::from_secs(20), || plugin
+            .stderr_so_far()
+            .contains("asking again until it answers")),
+        "the plugin did not say it waits for dockerd:\n{}",
+        plugin.stderr_so_far()
+    );
+    plugin.signal(libc::SIGTERM);
+    let out = plugin.wait_exit(Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "the plugin did not stop cleanly ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let networks: Vec<String> = p.lab.nf.networks().into_iter().map(|n| n.subnet).collect();
+    assert_eq!(networks, ["172.18.0.0/24"], "a network went unasked");
+}
+
 /// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out
 /// again. An interrupted command that netfast cannot complete (here a `config` whose state
 /// holds settings that no longer validate) must not stop the endpoint's removal, or its

@@ -102,6 +102,25 @@ impl Call {
         })
     }
 
+    /// The Docker network the call is about, if it is about one.
+    pub fn network_id(&self) -> Option<&str> {
+        match self {
+            Call::CreateNetwork(r) => Some(&r.network_id),
+            Call::DeleteNetwork(r) => Some(&r.network_id),
+            Call::CreateEndpoint(r) => Some(&r.network_id),
+            Call::DeleteEndpoint(r)
+            | Call::EndpointOperInfo(r)
+            | Call::Leave(r)
+            | Call::RevokeExternalConnectivity(r) => Some(&r.network_id),
+            Call::Join(r) | Call::ProgramExternalConnectivity(r) => Some(&r.network_id),
+            Call::Activate
+            | Call::GetCapabilities
+            | Call::DiscoverNew
+            | Call::DiscoverDelete
+            | Call::Forgotten(_) => None,
+        }
+    }
+
     /// How the log names it: the method and the IDs it is about (12 characters, as Docker
     /// shows them).
     pub fn describe(&self) -> String {

@@ -3,10 +3,11 @@
 //! time, in the order they came, as netfast commands do under the host's lock).
 
 use std::{
+    collections::HashSet,
     io,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     time::Duration,
 };
 
@@ -65,7 +66,25 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
                     return;
                 }
             };
-            for (call, reply) in queue {
+            // The Docker networks Docker has named in a call since the plugin started: it has
+            // them, whatever its list said before (a create it retried across the restart).
+            let mut named = HashSet::new();
+            for (mut call, reply) in queue {
+                if let Call::Forgotten(ids) = &mut call {
+                    ids.retain(|id| {
+                        let kept = named.contains(id);
+                        if kept {
+                            println!(
+                                "netfast docker-plugin: Docker network {id}, not in dockerd's \
+                                 list, was named by Docker since the plugin started: kept"
+                            );
+                        }
+                        !kept
+                    });
+                }
+                if let Some(id) = call.network_id() {
+                    named.insert(id.to_owned());
+                }
                 let what = call.describe();
                 // A bug in one call must not take the driver down with every later call.
                 let answer =
@@ -94,6 +113,9 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
             context: "starting the plugin's runtime".into(),
             source,
         })?;
+    // The thread that asks dockerd sends through this, while it is there: taken away at
+    // the end, so that the worker's queue ends though dockerd never answered.
+    let asker = Arc::new(Mutex::new(Some(jobs.clone())));
     let served = rt.block_on(async {
         let listener = bind(socket)?;
         println!(
@@ -101,7 +123,7 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
             socket.display()
         );
         match dockerd {
-            Some(api) => forget_what_docker_forgot(jobs.clone(), api.to_owned(), served),
+            Some(api) => forget_what_docker_forgot(&asker, api.to_owned(), served),
             None => log::info!(
                 "not asking dockerd which networks it still has (no --docker-socket beside a \
                  plugin socket of one's own): a network whose DeleteNetwork died early stays"
@@ -117,6 +139,7 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
     });
     // The socket goes with the plugin: Docker then waits for the next one, not for a corpse.
     let _ = std::fs::remove_file(socket);
+    asker.lock().unwrap_or_else(PoisonError::into_inner).take();
     let _ = worker.join();
     served?;
     println!("netfast docker-plugin: stopped; networks and containers keep running");
@@ -129,11 +152,20 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
 /// deleted, through the worker as a call. Docker deletes a network from its store even when
 /// the driver's DeleteNetwork failed and never asks again; a delete killed before it
 /// recorded its intent has changed nothing, and the network would stay for good. Only
-/// networks served at the start: one created since may not be in dockerd's list yet.
-fn forget_what_docker_forgot(jobs: mpsc::Sender<Job>, api: PathBuf, served: Vec<String>) {
+/// networks served at the start, and not named by a call since (the worker leaves those
+/// out): one created since, or whose create Docker retried across the restart, may not be in
+/// dockerd's list yet. The thread sends through `jobs` while it holds a sender; once the
+/// plugin stops, it stops asking.
+fn forget_what_docker_forgot(
+    jobs: &Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    api: PathBuf,
+    served: Vec<String>,
+) {
     if served.is_empty() {
         return;
     }
+    let jobs = Arc::clone(jobs);
+    let sender = move || jobs.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let spawned = std::thread::Builder::new()
         .name("dockerd-networks".into())
         .spawn(move || {
@@ -143,8 +175,10 @@ fn forget_what_docker_forgot(jobs: mpsc::Sender<Job>, api: PathBuf, served: Vec<
                 match super::dockerd::network_ids(&api) {
                     Ok(listed) => break listed,
                     Err(e) => {
-                        if !told {
-                            log::info!(
+                        if told {
+                            log::debug!("{e}");
+                        } else {
+                            log::warn!(
                                 "{e}; asking again until it answers, to delete the networks \
                                  Docker no longer has"
                             );
@@ -152,6 +186,9 @@ fn forget_what_docker_forgot(jobs: mpsc::Sender<Job>, api: PathBuf, served: Vec<
                         }
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(30));
+                        if sender().is_none() {
+                            return;
+                        }
                     }
                 }
             };
@@ -166,7 +203,10 @@ fn forget_what_docker_forgot(jobs: mpsc::Sender<Job>, api: PathBuf, served: Vec<
                 return;
             }
             let (reply, answer) = oneshot::channel();
-            if jobs.send((Call::Forgotten(gone), reply)).is_ok() {
+            if let Some(jobs) = sender()
+                && jobs.send((Call::Forgotten(gone), reply)).is_ok()
+            {
+                drop(jobs);
                 let _ = answer.blocking_recv();
             }
         });
