@@ -495,6 +495,16 @@ impl PluginLab {
         )
     }
 
+    /// The subnets of the networks netfast serves.
+    fn subnets(&self) -> Vec<String> {
+        self.lab
+            .nf
+            .networks()
+            .into_iter()
+            .map(|n| n.subnet)
+            .collect()
+    }
+
     /// The plugin, run behind `prefix` (e.g. strace), listening.
     fn plugin(&self, prefix: &[&str]) -> netfast_tests::Background {
         self.plugin_with(prefix, &[])
@@ -844,11 +854,9 @@ fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
                 made.last()
             );
             p.killed_in("DeleteNetwork", &delete, syscall, n, &what);
-            let subnets =
-                || -> Vec<String> { p.lab.nf.networks().into_iter().map(|n| n.subnet).collect() };
             let again = p.plugin(&[]);
             if fs::metadata(&intent).is_err() {
-                let (networks, drift) = (subnets(), p.lab.drift());
+                let (networks, drift) = (p.subnets(), p.lab.drift());
                 assert!(
                     networks == ["172.18.0.0/24"] && drift.is_empty(),
                     "{what}, before its intent was recorded: netfast serves {networks:?}, \
@@ -866,7 +874,7 @@ fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
                 _ => ("DeleteNetwork", &delete_unknown, &[]),
             };
             p.ok(next, body, &what);
-            let (networks, unknown, drift) = (subnets(), p.lab.unknown(), p.lab.drift());
+            let (networks, unknown, drift) = (p.subnets(), p.lab.unknown(), p.lab.drift());
             assert!(
                 networks == want && unknown.is_empty() && drift.is_empty(),
                 "{what}: after Docker's next call ({next} {body}) netfast serves \
@@ -894,8 +902,6 @@ fn a_docker_network_delete_killed_at_any_step_is_finished_by_the_next_call() {
 #[test]
 fn a_network_docker_forgot_goes_when_the_plugin_starts_again() {
     let p = PluginLab::new();
-    let networks =
-        || -> Vec<String> { p.lab.nf.networks().into_iter().map(|n| n.subnet).collect() };
     let at = format!("/tmp/epsw-{}-dockerd.sock", p.lab.host());
     let other = "f0".repeat(32);
     {
@@ -908,7 +914,7 @@ fn a_network_docker_forgot_goes_when_the_plugin_starts_again() {
         );
         plugin.stop();
         assert_eq!(
-            networks(),
+            p.subnets(),
             ["172.18.0.0/24"],
             "a network dockerd lists went"
         );
@@ -916,14 +922,14 @@ fn a_network_docker_forgot_goes_when_the_plugin_starts_again() {
     let dockerd = FakeDockerd::listing(&at, &[&other]);
     let dockerd_at = dockerd.path().to_str().expect("a UTF-8 path");
     let plugin = p.plugin_with(&[], &["--docker-socket", dockerd_at]);
-    let gone = wait_until(Duration::from_secs(30), || networks().is_empty());
+    let gone = wait_until(Duration::from_secs(30), || p.subnets().is_empty());
     let printed = plugin.stop();
     let (unknown, drift) = (p.lab.unknown(), p.lab.drift());
     assert!(
         gone && unknown.is_empty() && drift.is_empty(),
         "the network dockerd no longer lists: netfast serves {:?}, the host has {unknown:?} \
          beyond the state, drift {drift:?}; the plugin printed:\n{}{}",
-        networks(),
+        p.subnets(),
         String::from_utf8_lossy(&printed.stdout),
         String::from_utf8_lossy(&printed.stderr)
     );
@@ -949,9 +955,8 @@ fn a_network_docker_names_after_the_plugins_start_is_kept() {
         Duration::from_secs(30),
     );
     plugin.stop();
-    let networks: Vec<String> = p.lab.nf.networks().into_iter().map(|n| n.subnet).collect();
     assert_eq!(
-        networks,
+        p.subnets(),
         ["172.18.0.0/24"],
         "the network Docker created went"
     );
@@ -979,8 +984,7 @@ fn a_plugin_waiting_for_dockerd_stops_at_sigterm() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let networks: Vec<String> = p.lab.nf.networks().into_iter().map(|n| n.subnet).collect();
-    assert_eq!(networks, ["172.18.0.0/24"], "a network went unasked");
+    assert_eq!(p.subnets(), ["172.18.0.0/24"], "a network went unasked");
 }
 
 /// Docker does not stop at a failed DeleteEndpoint: it logs it and hands the address out

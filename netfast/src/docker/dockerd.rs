@@ -86,14 +86,17 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The body's length, as the header `head` gives it.
+fn content_length(head: &str) -> Option<usize> {
+    header(head, "content-length").and_then(|v| v.parse().ok())
+}
+
 /// `answer` holds its whole body, as its Content-Length says.
 fn complete(answer: &[u8]) -> bool {
     let Some(at) = body_at(answer) else {
         return false;
     };
-    let head = String::from_utf8_lossy(&answer[..at]);
-    header(&head, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
+    content_length(&String::from_utf8_lossy(&answer[..at]))
         .is_some_and(|len| answer.len() - at >= len)
 }
 
@@ -120,7 +123,7 @@ fn parse(answer: &[u8]) -> Result<HashSet<String>, String> {
         return Err("in chunks, which this reader does not take".into());
     }
     let body = &answer[at..];
-    if let Some(len) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = content_length(&head)
         && body.len() < len
     {
         return Err(format!("cut short: {} of {len} bytes", body.len()));

@@ -1,7 +1,7 @@
 //! What each call of the protocol does, in netfast's terms, through the loader's API (its lock,
 //! its checks, its rollbacks): the same operations as the command line's.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{cell::RefCell, collections::HashSet, net::Ipv4Addr};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -193,12 +193,17 @@ fn answer(body: impl Serialize, done: Vec<crate::loader::Change>) -> Result<Answ
 /// The driver: the loader of the host namespace it serves.
 pub struct Driver {
     loader: Loader,
+    /// The Docker networks Docker has named in a call since the driver started: it has
+    /// them, whatever a list of dockerd's said before (a create it retried across the
+    /// plugin's restart), and [`Call::Forgotten`] leaves them alone.
+    named: RefCell<HashSet<String>>,
 }
 
 impl Driver {
     pub fn new() -> Result<Self> {
         Ok(Driver {
             loader: Loader::new()?,
+            named: RefCell::default(),
         })
     }
 
@@ -208,6 +213,9 @@ impl Driver {
 
     /// Carries out `call`; an error becomes Docker's `{"Err": …}`.
     pub fn handle(&self, call: Call) -> Answer {
+        if let Some(id) = call.network_id() {
+            self.named.borrow_mut().insert(id.to_owned());
+        }
         let result = match call {
             Call::Activate => answer(
                 Manifest {
@@ -252,11 +260,19 @@ impl Driver {
         answer(json!({}), done)
     }
 
-    /// Deletes the networks of Docker networks `ids`, each as its DeleteNetwork would; one
-    /// that fails (logged) stops nothing.
+    /// Deletes the networks of Docker networks `ids`, each as its DeleteNetwork would, but
+    /// for those Docker has named since the driver started (kept, said so); one that fails
+    /// (logged) stops nothing.
     fn forget(&self, ids: &[String]) -> Result<Answer> {
         let mut done = Vec::new();
         for id in ids {
+            if self.named.borrow().contains(id) {
+                done.push(format!(
+                    "Docker network {id}, not in dockerd's list, was named by Docker since the \
+                     plugin started: kept"
+                ));
+                continue;
+            }
             match self.loader.docker_network_rm(id) {
                 Ok(d) => done.extend(crate::loader::change::lines(&d)),
                 Err(e) => done.push(format!(

@@ -3,7 +3,6 @@
 //! time, in the order they came, as netfast commands do under the host's lock).
 
 use std::{
-    collections::HashSet,
     io,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
@@ -66,25 +65,7 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
                     return;
                 }
             };
-            // The Docker networks Docker has named in a call since the plugin started: it has
-            // them, whatever its list said before (a create it retried across the restart).
-            let mut named = HashSet::new();
-            for (mut call, reply) in queue {
-                if let Call::Forgotten(ids) = &mut call {
-                    ids.retain(|id| {
-                        let kept = named.contains(id);
-                        if kept {
-                            println!(
-                                "netfast docker-plugin: Docker network {id}, not in dockerd's \
-                                 list, was named by Docker since the plugin started: kept"
-                            );
-                        }
-                        !kept
-                    });
-                }
-                if let Some(id) = call.network_id() {
-                    named.insert(id.to_owned());
-                }
+            for (call, reply) in queue {
                 let what = call.describe();
                 // A bug in one call must not take the driver down with every later call.
                 let answer =
@@ -125,8 +106,9 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
         match dockerd {
             Some(api) => forget_what_docker_forgot(&asker, api.to_owned(), served),
             None => log::info!(
-                "not asking dockerd which networks it still has (no --docker-socket beside a \
-                 plugin socket of one's own): a network whose DeleteNetwork died early stays"
+                "not asking dockerd which networks it still has (--keep-unlisted-networks, or \
+                 a --socket of one's own without --docker-socket): a network whose \
+                 DeleteNetwork died early stays"
             ),
         }
         axum::serve(listener, router(jobs))
@@ -152,10 +134,10 @@ pub fn serve(socket: &Path, dockerd: Option<&Path>) -> Result<()> {
 /// deleted, through the worker as a call. Docker deletes a network from its store even when
 /// the driver's DeleteNetwork failed and never asks again; a delete killed before it
 /// recorded its intent has changed nothing, and the network would stay for good. Only
-/// networks served at the start, and not named by a call since (the worker leaves those
-/// out): one created since, or whose create Docker retried across the restart, may not be in
-/// dockerd's list yet. The thread sends through `jobs` while it holds a sender; once the
-/// plugin stops, it stops asking.
+/// networks served at the start, and not named by a call since: one created since, or whose
+/// create Docker retried across the restart, may not be in dockerd's list yet (the driver
+/// keeps those, [`Call::Forgotten`]). The thread sends through `jobs` while it holds a
+/// sender; once the plugin stops, it stops asking.
 fn forget_what_docker_forgot(
     jobs: &Arc<Mutex<Option<mpsc::Sender<Job>>>>,
     api: PathBuf,
