@@ -78,6 +78,7 @@ fn build(package: &str) -> anyhow::Result<()> {
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
+        "-Clink-arg=--export=netfast_track".to_owned(),
         format!("-Ctarget-cpu={BPF_CPU}"),
     ]
     .iter()

@@ -5,7 +5,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_cxchg, atomic_or, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -320,10 +320,43 @@ pub const ANSWERED: u32 = 1;
 /// Bookkeeping for a packet that matched `entry`: counters, TCP state and window (both
 /// entries), the idle timeout, and the lifetime of the flow's masquerade mapping. Refuses a
 /// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing.
-// Its own BPF function, to keep the callers' stack frames small.
-#[inline(never)]
+#[inline(always)]
 pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
-    Outcome::from(try_track(ctx, p, entry, table))
+    Outcome(netfast_track(
+        ctx.skb.skb,
+        core::ptr::from_ref(p),
+        entry,
+        table as u32,
+    ))
+}
+
+/// [`track`] as a global BPF function: the verifier checks it once, on its own, rather than
+/// once for every path of its callers that reaches it, with their state (it took the
+/// uplink's ingress from 499,000 verified instructions to 189,000, the bridge's from 373,000
+/// to 176,000). The verifier knows its arguments only by their BTF types: `skb` is the
+/// context by its type's name, each other pointer is memory of its type's size that may be
+/// null (hence the check), and it returns a plain `u32`. The linker keeps it global only
+/// because netfast's build script exports its name (`--export`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netfast_track(
+    skb: *mut __sk_buff,
+    p: *const Pkt,
+    entry: *mut CtEntry,
+    table: u32,
+) -> u32 {
+    if p.is_null() || entry.is_null() {
+        return Outcome::from(Err(DropReason::Malformed)).raw();
+    }
+    let ctx = TcContext::new(skb);
+    let table = if table == Table::Inbound as u32 {
+        Table::Inbound
+    } else {
+        Table::Main
+    };
+    // SAFETY: checked non-null; the caller passes its packet.
+    let p = unsafe { &*p };
+    Outcome::from(try_track(&ctx, p, entry, table)).raw()
 }
 
 #[inline(always)]

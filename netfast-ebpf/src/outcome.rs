@@ -11,7 +11,7 @@ const VALUE: u32 = 0x1_ffff;
 
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-pub struct Outcome(u32);
+pub struct Outcome(pub u32);
 
 impl Outcome {
     /// A value that is none of the 65536 ports: "nothing" for bodies that return one.
@@ -44,6 +44,12 @@ impl Outcome {
     #[inline(always)]
     pub fn verdict(self) -> Result<i32, DropReason> {
         self.value().map(|v| v as i32 - 1)
+    }
+
+    /// The register as returned.
+    #[inline(always)]
+    pub const fn raw(self) -> u32 {
+        self.0
     }
 
     /// The value the body returned, or its drop reason.
