@@ -332,6 +332,16 @@ allow = ["192.0.2.0/24"]
         assert_eq!(plan(&file, &s).unwrap(), vec![]);
     }
 
+    /// An allow list written with host bits (`192.0.2.5/24`) is stored as its network
+    /// (`192.0.2.0/24`): applying the file again must not take the publication down and up
+    /// again, which would cut every connection through the port on every run.
+    #[test]
+    fn an_allow_list_with_host_bits_applied_twice_plans_nothing() {
+        let file = ApplyFile::parse(&FILE.replace("192.0.2.0/24", "192.0.2.5/24")).unwrap();
+        let s = applied(&file, &State::default());
+        assert_eq!(plan(&file, &s).unwrap(), vec![]);
+    }
+
     #[test]
     fn removals_come_first_and_take_their_containers() {
         let file = ApplyFile::parse(FILE).unwrap();

@@ -206,8 +206,14 @@ impl Publication {
             && d.spec
                 .parse::<PublishSpec>()
                 .is_ok_and(|s| s.to_string() == self.spec)
-            && self.allow == d.allow
+            && self.allow == allow_list(&d.allow)
     }
+}
+
+/// An allow list as stored and matched: each CIDR as its network (`192.0.2.5/24` is
+/// `192.0.2.0/24`, as iptables reads it).
+pub fn allow_list(allow: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    allow.iter().map(Ipv4Net::trunc).collect()
 }
 
 /// Checks a new publication against the state; returns it, resolved, with a fresh rule id.
@@ -289,7 +295,7 @@ pub fn validate(
         container_ip,
         container_ports: spec.container_ports,
         proto: spec.proto,
-        allow: allow.iter().map(Ipv4Net::trunc).collect(),
+        allow: allow_list(allow),
         rule,
     })
 }
