@@ -77,6 +77,12 @@ fn try_translate_error(
     else {
         return Ok(0);
     };
+    // An error goes to the source of the packet it quotes: one addressed elsewhere is about
+    // no flow of ours, whatever it quotes (let through as translated, it would reach a
+    // container from outside, or another network's).
+    if ip.dst != key.dst_addr {
+        return Ok(0);
+    }
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
     let e = unsafe { *entry };
     let quote = Quote {
@@ -88,19 +94,18 @@ fn try_translate_error(
     };
     // The entry says how replies to the embedded packet are translated; the error is
     // translated the same way: its embedded packet (which went the other way) gets the
-    // rewrites on the opposite sides, and its outer header where it names the same endpoint
-    // (an error from a router keeps the router's address).
+    // rewrites on the opposite sides, and its outer header too. A new source is the NAT's
+    // address whoever sent the error (the quoted packet went inwards: the sender is a
+    // container or the host, whose inside address must not leak, as MASQUERADE rewrites
+    // it); a new destination leaves the sender's address as it is (an error from a router
+    // outside keeps the router's address).
     if e.flags & CT_F_REWRITE_DST != 0 {
         rewrite_embedded(ctx, &quote, Side::Src, e.dst_addr, e.dst_port)?;
-        if ip.dst == key.dst_addr {
-            rewrite_l3(ctx, Side::Dst, e.dst_addr)?;
-        }
+        rewrite_l3(ctx, Side::Dst, e.dst_addr)?;
     }
     if e.flags & CT_F_REWRITE_SRC != 0 {
         rewrite_embedded(ctx, &quote, Side::Dst, e.src_addr, e.src_port)?;
-        if ip.src == key.src_addr {
-            rewrite_l3(ctx, Side::Src, e.src_addr)?;
-        }
+        rewrite_l3(ctx, Side::Src, e.src_addr)?;
     }
     stats::count_network(ctx, e.net_id, e.flags & CT_F_INWARD != 0);
     Ok(1)

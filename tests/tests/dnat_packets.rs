@@ -223,6 +223,78 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
     );
 }
 
+/// Found in review: an ICMP error was taken as translated whenever its quote matched a
+/// flow, whatever its outer header said. An error is sent to the source of the packet it
+/// quotes; one addressed elsewhere is about no flow of ours. From outside, a quote of a
+/// published flow's answer let an error addressed to a masqueraded container in (direct
+/// access); from a container, an error left with another container's address as its source
+/// (a leak) or went to an address its quote does not name.
+#[test]
+fn icmp_errors_not_addressed_as_their_quote_says_are_not_let_through() {
+    require_root();
+    let mut t = loaded();
+    run(
+        &mut t,
+        Hook::UplinkIngress,
+        &udp_in(CLIENT, ext(5000), b"q"),
+    );
+    let answer = passes(
+        &mut t,
+        Hook::UplinkEgress,
+        "answer",
+        &udp_out((C2.0, 5000), CLIENT, b"a"),
+        &udp_out(ext(5000), CLIENT, b"a"),
+    );
+    // From outside, quoting the answer (EXT:5000 → CLIENT), addressed to C1.
+    let error = packet::icmp_error(
+        FROM_OUTSIDE,
+        ROUTER,
+        C1.0,
+        3,
+        1,
+        [0; 4],
+        ip_packet(&answer.frame),
+    );
+    let r = run(&mut t, Hook::UplinkIngress, &error);
+    assert_eq!(
+        r.verdict,
+        verdict::SHOT,
+        "an error to a masqueraded container is direct access, whatever it quotes"
+    );
+    assert_eq!(dropped(&t, DropReason::DirectAccess), 1);
+    // From the containers' side, about the client's packet to C2 (CLIENT → C2:5000).
+    let sent = udp_in(CLIENT, (C2.0, 5000), b"q");
+    // Sent by another container of the network: it leaves as EXT's.
+    let other = Ipv4Addr::new(172, 18, 0, 9);
+    let unreachable =
+        packet::icmp_error(TO_OUTSIDE, other, CLIENT.0, 3, 3, [0; 4], ip_packet(&sent));
+    let r = run(&mut t, Hook::UplinkEgress, &unreachable);
+    if r.verdict == verdict::NEXT {
+        let outer = decode(&r.frame).expect("valid");
+        assert_eq!(
+            (outer.src, outer.dst),
+            (EXT, CLIENT.0),
+            "a container's address must not leak"
+        );
+    } else {
+        assert_eq!(r.verdict, verdict::SHOT);
+    }
+    // Addressed to someone the quote does not name: not about the flow, and a container's
+    // error to the outside that is not a translated flow's is dropped.
+    let astray = packet::icmp_error(
+        TO_OUTSIDE,
+        C2.0,
+        Ipv4Addr::new(198, 51, 100, 7),
+        3,
+        3,
+        [0; 4],
+        ip_packet(&sent),
+    );
+    let r = run(&mut t, Hook::UplinkEgress, &astray);
+    assert_eq!(r.verdict, verdict::SHOT, "{}", packet::describe(&r.frame));
+    assert_eq!(dropped(&t, DropReason::IcmpErrorWithoutFlow), 1);
+}
+
 #[test]
 fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_reachable() {
     require_root();

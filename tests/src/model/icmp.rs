@@ -2,9 +2,9 @@
 //! needed among them), time exceeded and parameter problem quote the start of the packet
 //! that caused them; that packet crossed the NAT translated, so the error comes back with
 //! the translation undone, as a reply to the quoted packet would be: in the quoted header
-//! (on the opposite sides, since it went the other way), in the outer header where it names
-//! the same endpoint (an error from a router keeps the router's address), and in every
-//! checksum — the quoted L4 checksum only where the quote holds it.
+//! (on the opposite sides, since it went the other way), in the outer header (a new
+//! source whoever sent it; an error from a router outside keeps the router's address), and
+//! in every checksum — the quoted L4 checksum only where the quote holds it.
 
 use netfast::common::DropReason;
 
@@ -66,6 +66,11 @@ impl Model {
         else {
             return Ok(false);
         };
+        // An error goes to the source of the packet it quotes: one addressed elsewhere is
+        // about no flow of ours.
+        if ip.dst != key.dst {
+            return Ok(false);
+        }
         self.counters.rule("icmp error translated");
         let q = Quote {
             icmp: ip.l4,
@@ -74,17 +79,17 @@ impl Model {
             ip_end,
             proto,
         };
+        // The outer header: a new destination always (it is the quote's source); a new
+        // source whoever sent the error (a container or the host: the quoted packet went
+        // inwards), while the sender's address stays where only the destination changes (a
+        // router outside).
         if let Some((addr, port)) = e.new_dst {
             q.rewrite(out, true, addr, port);
-            if ip.dst == key.dst {
-                out.set_ip_addr(false, addr);
-            }
+            out.set_ip_addr(false, addr);
         }
         if let Some((addr, port)) = e.new_src {
             q.rewrite(out, false, addr, port);
-            if ip.src == key.src {
-                out.set_ip_addr(true, addr);
-            }
+            out.set_ip_addr(true, addr);
         }
         Ok(true)
     }
