@@ -93,10 +93,12 @@ crate::named_enum! {
         TcpRstOutOfWindow = 15 => "tcp_rst_out_of_window":
             "a TCP RST outside its flow's window: a blind reset, which does not end the \
              flow (RFC 5961)",
-        /// A packet from a container whose source address is not of the network of the bridge
-        /// it came in on: a forged source.
+        /// A forged source: a packet from a container whose source address is not of the
+        /// network of the bridge it came in on, or one from outside, of no flow, whose source
+        /// is an address of one of our networks.
         SpoofedSource = 16 => "spoofed_source":
-            "a container's packet whose source address is not of its bridge's network",
+            "a forged source address: a container's not of its bridge's network, or one from \
+             outside claiming a container network's",
         /// A container's packet to another container's external endpoint (hairpin) that the
         /// receiver's mapping filters out: it has not contacted the sender's external endpoint
         /// (address-and-port-dependent filtering, RFC 4787). Its own packet to the sender opens

@@ -218,6 +218,15 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         nat::apply_opened(ctx, p)?;
         return Ok(NEXT);
     }
+    // From outside, a packet of no flow with the source address of one of our networks is
+    // forged: those addresses live behind our bridges. Let it open a flow, and the flow's
+    // answers would go there, into a container of any network.
+    if NETFAST_NETWORKS
+        .get(aya_ebpf::maps::lpm_trie::Key::new(32, ip.src))
+        .is_some()
+    {
+        return Err(DropReason::SpoofedSource);
+    }
     if let Some(target) = target.or_else(|| publish::published(ip.dst, dport, ip.proto)) {
         if !publish::allowed(&target, ip.src) {
             return Err(DropReason::NotAllowed);

@@ -357,6 +357,38 @@ fn containers_of_two_networks_cannot_reach_each_other() {
     }
 }
 
+/// Found in review: from outside, a packet from another network's container address
+/// (172.19.0.2) to a published port opened a flow into C2; C2's answer then matched the
+/// flow and went, translated, into the container whose address was forged: a way across
+/// networks that Docker's isolation closes. A packet of no flow from an address of one of
+/// our networks arriving at the uplink is forged.
+#[test]
+fn a_packet_from_outside_with_a_container_source_opens_no_flow() {
+    require_root();
+    let mut t = loaded();
+    network(&mut t, "172.19.0.0/24", 2, NET_F_MASQUERADE, 0);
+    for (what, from) in [
+        ("another network's", (OTHER_NET.0, 53)),
+        ("its own network's", (C1.0, 53)),
+    ] {
+        let r = run(&mut t, Hook::UplinkIngress, &udp_in(from, ext(5000), b"q"));
+        assert_eq!(
+            r.verdict,
+            verdict::SHOT,
+            "a packet from {what} container address, from outside, must open no flow"
+        );
+    }
+    assert_eq!(dropped(&t, DropReason::SpoofedSource), 2);
+    // A client from outside still gets in.
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
+        "a real client",
+        &udp_in(CLIENT, ext(5000), b"q"),
+        &udp_in(CLIENT, (C2.0, 5000), b"q"),
+    );
+}
+
 #[test]
 fn masquerade_never_hands_out_a_published_port() {
     require_root();

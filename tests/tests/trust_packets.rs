@@ -302,11 +302,12 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
         "an address of another bridge's network"
     );
     assert_eq!(dropped(&t, DropReason::SpoofedSource), 2);
-    // From outside, a packet carrying C1's own tuple is not C1's flow either: the uplink's
-    // ingress uses only entries for packets that arrive there.
-    let inside_out = udp_in(C1, SERVER, b"reflect");
-    let what = "C1's tuple from outside";
-    passes(&mut t, Hook::UplinkIngress, what, &inside_out, &inside_out);
+    // From outside, a packet carrying C1's own tuple is not C1's flow either (the uplink's
+    // ingress uses only entries for packets that arrive there: used, it would go out
+    // translated), and its source, a container's address, is forged.
+    let r = run(&mut t, Hook::UplinkIngress, &udp_in(C1, SERVER, b"reflect"));
+    assert_eq!(r.verdict, verdict::SHOT, "C1's tuple from outside");
+    assert_eq!(dropped(&t, DropReason::SpoofedSource), 3);
     // The genuine answer, from outside, still reaches C1.
     let r = run(
         &mut t,

@@ -267,6 +267,10 @@ impl Model {
             self.apply(run, &ip, &key, &pair.orig);
             return Ok(NEXT);
         }
+        // From outside, a packet of no flow from an address of one of our networks is forged.
+        if self.topo.network_of(ip.src).is_some() {
+            return Err(DropReason::SpoofedSource);
+        }
         if let Some(target) = target.or_else(|| self.published(ip.dst, dport, ip.proto)) {
             if !self.allowed(&target, ip.src) {
                 return Err(DropReason::NotAllowed);
