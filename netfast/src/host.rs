@@ -121,10 +121,11 @@ impl Host {
     /// State an older netfast (which keyed hosts by name) left for this namespace: a state
     /// directory alone is moved under the new key; with pins, which bpffs cannot move, the
     /// command is refused with what to do. A key that another namespace may have written (a
-    /// namespace named `root` beside the real root) is never taken over.
+    /// namespace named `root` beside the real root, one named like a current key) is never
+    /// taken over.
     fn check_legacy(&self) -> Result<()> {
         let old = self.legacy_key();
-        if old.contains('/') || old == "." || old == ".." {
+        if old.contains('/') || old == "." || old == ".." || is_current_key(&old) {
             return Ok(());
         }
         let old_state = Path::new(STATE_ROOT).join(&old);
@@ -172,6 +173,13 @@ impl Host {
         );
         Ok(())
     }
+}
+
+/// Whether `key` has the form of this netfast's keys (`netns-<cookie>`): the state under it
+/// is a namespace's by its identity, whatever namespace bears that name.
+fn is_current_key(key: &str) -> bool {
+    key.strip_prefix("netns-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The netns cookie of the calling thread's network namespace (SO_NETNS_COOKIE): unique

@@ -2036,3 +2036,63 @@ fn mutating_commands_print_their_changes_as_json() {
     );
     assert_eq!(changes(&nf, &["down"]), [Change::NothingToRemove]);
 }
+
+/// Found in review: state an older netfast left (it keyed namespaces by their first name) is
+/// moved under the new key at any command; a namespace *named* like another namespace's
+/// current key (`netns-<cookie>`) had that namespace's whole state taken for its own legacy
+/// state and moved away, and the other host's next command found none.
+#[test]
+fn a_namespace_named_like_another_hosts_key_leaves_that_state_alone() {
+    require_root();
+    /// The namespace and the state directories, removed however the test ends.
+    struct Cleanup {
+        ns: String,
+        dirs: Vec<std::path::PathBuf>,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+            for d in &self.dirs {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    // A key no namespace of this boot has (cookies count up from 1).
+    let name = format!("netns-9{}{nanos:09}", std::process::id());
+    let theirs = std::path::Path::new(netfast::host::STATE_ROOT).join(&name);
+    let mut cleanup = Cleanup {
+        ns: name.clone(),
+        dirs: vec![theirs.clone()],
+    };
+    let status = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("ip");
+    assert!(status.success(), "ip netns add {name}");
+    let own = {
+        let _in = NetnsGuard::enter(&name).expect("enter the namespace");
+        netfast::host::netns_cookie().expect("its cookie")
+    };
+    cleanup
+        .dirs
+        .push(std::path::Path::new(netfast::host::STATE_ROOT).join(format!("netns-{own}")));
+    fs::create_dir_all(&theirs).expect("their state directory");
+    let sentinel = "{\"another host's\": true}";
+    fs::write(theirs.join("state.json"), sentinel).expect("their state");
+    let out = Command::new(netfast_bin())
+        .args(["--netns", &name, "network", "ls"])
+        .output()
+        .expect("netfast");
+    assert_eq!(
+        fs::read_to_string(theirs.join("state.json"))
+            .ok()
+            .as_deref(),
+        Some(sentinel),
+        "`netfast --netns {name} network ls` moved another host's state ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
