@@ -19,6 +19,8 @@ pub struct PublishArgs {
     #[arg(required = true, value_name = "SPEC")]
     spec: Option<String>,
     /// Only clients in CIDR may connect (repeatable); others are dropped and counted.
+    /// Clients from the network and from containers are checked; the host's own processes
+    /// (through 127.0.0.1 or a host address) are not, as with Docker's DOCKER-USER chain.
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<Ipv4Net>,
     #[command(flatten)]
