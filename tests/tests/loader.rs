@@ -2096,3 +2096,67 @@ fn a_namespace_named_like_another_hosts_key_leaves_that_state_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Found in review: `network create` turns IPv4 forwarding on in the host before it
+/// installs the dataplane, and a create that then failed rolled everything back but that:
+/// the host was left routing between all its interfaces. A failing create changes nothing.
+#[test]
+fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
+    let (topo, nf) = host();
+    let forwarding = || {
+        topo.host
+            .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim()
+            .to_owned()
+    };
+    topo.host
+        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+    // bpf(2) fails from its sixth call on: past the probes that pick the backend, so that
+    // the create turns forwarding on and then cannot load the dataplane. The trace shows
+    // that it got that far.
+    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
+    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-o",
+        &trace_arg,
+        "-e",
+        "trace=openat,bpf",
+        "-e",
+        "inject=bpf:error=EPERM:when=6+",
+    ];
+    argv.extend(nf.argv(&network_create(
+        "web",
+        "172.18.0.0/24",
+        &["--backend", "ebpf"],
+    )));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("strace");
+    let traced = fs::read_to_string(&trace).unwrap_or_default();
+    let _ = fs::remove_file(&trace);
+    assert!(
+        !out.status.success(),
+        "network create succeeded without bpf(2): {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let turned_on = traced
+        .lines()
+        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"));
+    let failed = traced.lines().position(|l| l.contains("(INJECTED)"));
+    assert!(
+        matches!((turned_on, failed), (Some(on), Some(f)) if on < f),
+        "the create did not turn forwarding on before its bpf(2) failed: adjust `when`\n{traced}"
+    );
+    assert_eq!(
+        forwarding(),
+        "0",
+        "a failed network create left forwarding on ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And one that succeeds turns it on.
+    nf.create_network("web", "172.18.0.0/24", &[]);
+    assert_eq!(forwarding(), "1");
+}

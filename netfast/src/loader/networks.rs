@@ -192,7 +192,8 @@ impl Loader {
                     prefix: network.subnet.prefix_len(),
                 });
             }
-            if set_ip_forward()? {
+            if set_ip_forward(true)? {
+                undo.push(Created::IpForward);
                 out.push(Change::IpForwardEnabled);
             }
             if backend == Backend::Ebpf {
@@ -457,17 +458,18 @@ fn host_conflicts(
     Ok(())
 }
 
-/// Turns forwarding on in this namespace; true if it was off.
-fn set_ip_forward() -> Result<bool> {
+/// Turns IPv4 forwarding on (or off) in this namespace; true if it was the other way.
+pub(super) fn set_ip_forward(on: bool) -> Result<bool> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     let was = std::fs::read_to_string(path).map_err(|source| Error::Io {
         context: format!("reading {path}"),
         source,
     })?;
-    if was.trim() == "1" {
+    let want = if on { "1" } else { "0" };
+    if was.trim() == want {
         return Ok(false);
     }
-    std::fs::write(path, "1").map_err(|source| Error::Io {
+    std::fs::write(path, want).map_err(|source| Error::Io {
         context: format!("writing {path}"),
         source,
     })?;

@@ -64,6 +64,8 @@ pub(super) enum Created {
         network: Network,
         fresh_dataplane: bool,
     },
+    /// IPv4 forwarding, turned on in the host by this command (it was off).
+    IpForward,
 }
 
 impl From<Made> for Created {
@@ -89,6 +91,7 @@ impl Undo {
             let done = match c {
                 Created::Link(link) => nl.delete_link(&link),
                 Created::Hairpin(port) => nl.set_hairpin(&port, false),
+                Created::IpForward => super::networks::set_ip_forward(false).map(|_| ()),
                 Created::Namespace(name) => nsfs::delete(&name).map_err(|source| Error::Io {
                     context: format!("deleting namespace {name}"),
                     source,
