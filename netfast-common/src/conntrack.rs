@@ -480,8 +480,25 @@ pub const fn agreed_wscale(own: u8, other: u8) -> u8 {
     }
 }
 
+/// Whether a segment with `flags`, from the reply side if `reply`, starts its side's
+/// sequence afresh: a SYN from the original side where it opens the flow or reopens a closed
+/// one ([`tcp_next`] takes it to SYN_SENT), a new connection on the same tuple with a new
+/// initial sequence number. (The other side starts afresh too: the reopening forgets what
+/// it had seen of it, `CT_F_TD_SEEN`.)
+pub const fn restarts(state: TcpState, flags: TcpFlags, reply: bool) -> bool {
+    flags.syn
+        && !flags.ack
+        && !flags.rst
+        && !reply
+        && matches!(
+            state,
+            TcpState::None | TcpState::SynSent | TcpState::TimeWait | TcpState::Close
+        )
+}
+
 /// The entry's direction after sending `seg` with `flags`: the end of its highest sequence
-/// and the largest window it offered (a SYN's window is never scaled).
+/// and the largest window it offered (a SYN's window is never scaled). Before anything was
+/// seen of it, or from a SYN that [`restarts`] it, the segment's own values.
 pub const fn sent(e: &CtEntry, flags: TcpFlags, seg: &Segment) -> (u32, u32) {
     let end = seg
         .seq
@@ -493,7 +510,8 @@ pub const fn sent(e: &CtEntry, flags: TcpFlags, seg: &Segment) -> (u32, u32) {
     } else {
         (seg.win as u32) << window_shift(e.wscale)
     };
-    if e.flags & CT_F_TD_SEEN == 0 {
+    let reply = e.flags & CT_F_REPLY != 0;
+    if e.flags & CT_F_TD_SEEN == 0 || restarts(TcpState::from_u8(e.tcp_state), flags, reply) {
         return (end, win);
     }
     let td_end = if (end.wrapping_sub(e.td_end) as i32) > 0 {

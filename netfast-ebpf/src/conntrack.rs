@@ -429,10 +429,12 @@ fn try_track(
                 move_on(q, state, expires);
             }
             // The flow's flags as this packet has them, but for a FIN another CPU has just
-            // seen (the other end's, at the same moment), which only a reopening forgets.
+            // seen (the other end's, at the same moment), which only a reopening forgets. A
+            // reopening forgets the other side's sequence too: the new connection's starts
+            // afresh (see `sent`).
             let q_was = q.flags;
             let keep = if state == TcpState::SynSent {
-                !CT_F_SHARED
+                !(CT_F_SHARED | CT_F_TD_SEEN)
             } else {
                 !CT_F_SHARED | CT_F_FIN_ORIG | CT_F_FIN_REPLY
             };

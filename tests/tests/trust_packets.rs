@@ -252,6 +252,87 @@ fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
     assert_eq!(state_of(&t, C1), Some("CLOSE"));
 }
 
+/// Found in review: a SYN that reopens a closed flow (the same client port to the same
+/// server, a new connection) carries a new initial sequence number, but the window
+/// tracking went on from the old connection's: each side's sequence stayed where the old
+/// one had reached whenever the new one lay "behind" it (half of all new sequence numbers).
+/// The server's refusal of the new connection, or any later RST of it, was judged against
+/// the old sequence and dropped as out of window: the client hung instead of hearing
+/// "connection refused".
+#[test]
+fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
+    let mut t = loaded();
+    established(&mut t);
+    // Both ends close: TIME_WAIT.
+    for (hook, frame) in [
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::FIN_ACK, 1001, 5101),
+        ),
+        (
+            Hook::UplinkIngress,
+            tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 5101, 1002),
+        ),
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::ACK, 1002, 5102),
+        ),
+    ] {
+        run(&mut t, hook, &frame);
+    }
+    assert_eq!(state_of(&t, C1), Some("TIME_WAIT"));
+    // C1 connects again from the same port, its sequence far behind the old one's.
+    let isn = 3_000_000_000u32;
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, isn, 0),
+    );
+    assert_eq!(state_of(&t, C1), Some("SYN_SENT"));
+    // The server refuses it: its RST acknowledges the new SYN.
+    let refused = tcp_in(SERVER, ext(40000), rst_ack(), 0, isn + 1);
+    let want = tcp_in(SERVER, C1, rst_ack(), 0, isn + 1);
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
+        "the refusal of the new connection",
+        &refused,
+        &want,
+    );
+    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+    // Again, and this time the server answers (its own sequence far from its old one too);
+    // the connection's RST, at the server's new sequence, ends it.
+    run(
+        &mut t,
+        Hook::UplinkEgress,
+        &tcp_out(C1, SERVER, TcpFlags::SYN, isn + 10, 0),
+    );
+    let server_isn = 2_500_000_000u32;
+    for (hook, frame) in [
+        (
+            Hook::UplinkIngress,
+            tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, server_isn, isn + 11),
+        ),
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::ACK, isn + 11, server_isn + 1),
+        ),
+    ] {
+        run(&mut t, hook, &frame);
+    }
+    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+    let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, server_isn + 1, 0);
+    let want = tcp_in(SERVER, C1, TcpFlags::RST, server_isn + 1, 0);
+    passes(
+        &mut t,
+        Hook::UplinkIngress,
+        "the new connection's RST",
+        &rst,
+        &want,
+    );
+    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+}
+
 #[test]
 fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
     let mut t = loaded();

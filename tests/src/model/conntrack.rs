@@ -343,7 +343,12 @@ impl Model {
             flags.seen_reply = true;
         }
         let state = if tcp {
-            let (end, max_win) = tcp::sent(&window_of(&e), flags_in, &seg);
+            // A new connection on the flow's tuple: its own sequence, not the old one's.
+            let w = tcp::Window {
+                seen: e.flags.td_seen && !tcp::restarts(old_state, flags_in, reply),
+                ..window_of(&e)
+            };
+            let (end, max_win) = tcp::sent(&w, flags_in, &seg);
             e.window.end = end;
             e.window.max_win = max_win;
             if flags_in.syn {
@@ -379,6 +384,10 @@ impl Model {
             if let Some(mut q) = self.ct_get(touched, table, &peer_key) {
                 q.state = state;
                 q.flags = q.flags.with_shared(&flags);
+                // A reopening forgets the other side's sequence: it starts afresh.
+                if state == tcp::State::SynSent {
+                    q.flags.td_seen = false;
+                }
                 // Where the state stays, the other entry keeps its own time (a flow lives
                 // while either entry does).
                 if state != old_state {

@@ -137,6 +137,16 @@ pub const fn agreed(own: u8, other: u8) -> u8 {
     }
 }
 
+/// Whether a segment starts its side's sequence afresh: a SYN from the original side that
+/// opens the flow or reopens a closed one (a new connection, a new initial sequence).
+pub fn restarts(state: State, flags: Flags, reply: bool) -> bool {
+    let opening = matches!(
+        state,
+        State::None | State::SynSent | State::TimeWait | State::Close
+    );
+    flags.syn && !flags.ack && !flags.rst && !reply && opening
+}
+
 /// The direction's highest sequence end and largest window after it sent `seg` (a SYN's
 /// window is never scaled). Before anything was seen, the segment's own values.
 pub fn sent(w: &Window, flags: Flags, seg: &Segment) -> (u32, u32) {
