@@ -167,24 +167,25 @@ fn an_allow_list_lets_its_clients_in_and_drops_the_others() {
     assert_eq!(r.verdict, verdict::NEXT);
 }
 
-#[test]
-fn icmp_errors_about_published_flows_are_translated_both_ways() {
-    require_root();
-    let mut t = loaded();
-    // A published UDP flow: client → EXT:5000 → C2:5000, C2 answers.
-    run(
-        &mut t,
-        Hook::UplinkIngress,
-        &udp_in(CLIENT, ext(5000), b"q"),
-    );
+/// A published UDP flow: the client → EXT:5000 → C2:5000, and C2's answer as it left
+/// (from EXT:5000).
+fn published_answer(t: &mut ProgTest) -> netfast::prog_test::Run {
+    run(t, Hook::UplinkIngress, &udp_in(CLIENT, ext(5000), b"q"));
     let a = |from| udp_out(from, CLIENT, b"a");
-    let answer = passes(
-        &mut t,
+    passes(
+        t,
         Hook::UplinkEgress,
         "answer",
         &a((C2.0, 5000)),
         &a(ext(5000)),
-    );
+    )
+}
+
+#[test]
+fn icmp_errors_about_published_flows_are_translated_both_ways() {
+    require_root();
+    let mut t = loaded();
+    let answer = published_answer(&mut t);
     // A router cannot deliver the answer: its error reaches C2 about C2's own packet.
     let error = packet::icmp_error(
         FROM_OUTSIDE,
@@ -233,18 +234,7 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
 fn icmp_errors_not_addressed_as_their_quote_says_are_not_let_through() {
     require_root();
     let mut t = loaded();
-    run(
-        &mut t,
-        Hook::UplinkIngress,
-        &udp_in(CLIENT, ext(5000), b"q"),
-    );
-    let answer = passes(
-        &mut t,
-        Hook::UplinkEgress,
-        "answer",
-        &udp_out((C2.0, 5000), CLIENT, b"a"),
-        &udp_out(ext(5000), CLIENT, b"a"),
-    );
+    let answer = published_answer(&mut t);
     // From outside, quoting the answer (EXT:5000 → CLIENT), addressed to C1.
     let error = packet::icmp_error(
         FROM_OUTSIDE,

@@ -201,12 +201,17 @@ fn established(t: &mut ProgTest) {
             tcp_out(C1, SERVER, TcpFlags::ACK, 1001, 5001),
         ),
     ];
-    for (hook, frame) in handshake {
-        run(t, hook, &frame);
-    }
+    segments(t, handshake);
     let data = tcp_data(FROM_OUTSIDE, (SERVER, ext(40000)), 5001, 1001, &[7; 100]);
     run(t, Hook::UplinkIngress, &data);
     assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
+}
+
+/// Runs each frame through its hook, in order, whatever they return.
+fn segments<const N: usize>(t: &mut ProgTest, frames: [(Hook, Vec<u8>); N]) {
+    for (hook, frame) in frames {
+        run(t, hook, &frame);
+    }
 }
 
 /// The [`established`] connection loses the conntrack entry of `lost` (source, destination);
@@ -264,22 +269,23 @@ fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
     let mut t = loaded();
     established(&mut t);
     // Both ends close: TIME_WAIT.
-    for (hook, frame) in [
-        (
-            Hook::UplinkEgress,
-            tcp_out(C1, SERVER, TcpFlags::FIN_ACK, 1001, 5101),
-        ),
-        (
-            Hook::UplinkIngress,
-            tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 5101, 1002),
-        ),
-        (
-            Hook::UplinkEgress,
-            tcp_out(C1, SERVER, TcpFlags::ACK, 1002, 5102),
-        ),
-    ] {
-        run(&mut t, hook, &frame);
-    }
+    segments(
+        &mut t,
+        [
+            (
+                Hook::UplinkEgress,
+                tcp_out(C1, SERVER, TcpFlags::FIN_ACK, 1001, 5101),
+            ),
+            (
+                Hook::UplinkIngress,
+                tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 5101, 1002),
+            ),
+            (
+                Hook::UplinkEgress,
+                tcp_out(C1, SERVER, TcpFlags::ACK, 1002, 5102),
+            ),
+        ],
+    );
     assert_eq!(state_of(&t, C1), Some("TIME_WAIT"));
     // C1 connects again from the same port, its sequence far behind the old one's.
     let isn = 3_000_000_000u32;
@@ -308,18 +314,19 @@ fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
         &tcp_out(C1, SERVER, TcpFlags::SYN, isn + 10, 0),
     );
     let server_isn = 2_500_000_000u32;
-    for (hook, frame) in [
-        (
-            Hook::UplinkIngress,
-            tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, server_isn, isn + 11),
-        ),
-        (
-            Hook::UplinkEgress,
-            tcp_out(C1, SERVER, TcpFlags::ACK, isn + 11, server_isn + 1),
-        ),
-    ] {
-        run(&mut t, hook, &frame);
-    }
+    segments(
+        &mut t,
+        [
+            (
+                Hook::UplinkIngress,
+                tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, server_isn, isn + 11),
+            ),
+            (
+                Hook::UplinkEgress,
+                tcp_out(C1, SERVER, TcpFlags::ACK, isn + 11, server_isn + 1),
+            ),
+        ],
+    );
     assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
     let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, server_isn + 1, 0);
     let want = tcp_in(SERVER, C1, TcpFlags::RST, server_isn + 1, 0);
