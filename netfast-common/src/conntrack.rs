@@ -541,8 +541,25 @@ pub const fn rst_in_window(
     if !receiver_seen {
         return true;
     }
-    // At least one full unscaled window: a receiver that advertised a tiny window (or none
-    // yet) still accepts a RST at the sequence it expects.
+    within_window(sender, receiver, seg)
+}
+
+/// Whether a segment other than a RST, sent by the direction of `sender`, may move the flow
+/// (its sequence, its TCP state): its sequence must lie within the window `receiver` has
+/// offered, around where the sender's sequence stands, as a RST's must. Outside it, a blind
+/// FIN would close the flow and a blind segment far ahead would move the sequence a RST is
+/// then judged by. What is not known is not held against it.
+pub const fn segment_in_window(sender: &CtEntry, receiver: &CtEntry, seg: &Segment) -> bool {
+    if sender.flags & CT_F_TD_SEEN == 0 || receiver.flags & CT_F_TD_SEEN == 0 {
+        return true;
+    }
+    within_window(sender, receiver, seg)
+}
+
+/// `seg`'s sequence lies within a window of `receiver`'s around `sender`'s: at least one
+/// full unscaled window, so that a receiver that advertised a tiny window (or none yet)
+/// still takes what it expects.
+const fn within_window(sender: &CtEntry, receiver: &CtEntry, seg: &Segment) -> bool {
     let win = if receiver.td_maxwin < 65535 {
         65535
     } else {

@@ -16,8 +16,8 @@ use netfast_common::{
         CT_EVENT_NEW, CT_EVENT_UPDATE, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INWARD, CT_F_MASQ_DST,
         CT_F_MASQ_SRC, CT_F_RELEASED, CT_F_REPLY, CT_F_SEEN_REPLY, CT_F_SHARED, CT_F_TD_SEEN,
         CT_F_TWO_MAPPINGS, CtEntry, CtEvent, CtKey, NewEntry, PROTO_TCP, Segment, TcpFlags,
-        TcpState, WSCALE_UNKNOWN, agreed_wscale, closed_timeout as closed, rst_in_window, sent,
-        tcp_next, timeout,
+        TcpState, WSCALE_UNKNOWN, agreed_wscale, closed_timeout as closed, restarts, rst_in_window,
+        segment_in_window, sent, tcp_next, timeout,
     },
     nat::NatClaimKey,
 };
@@ -319,7 +319,8 @@ pub const ANSWERED: u32 = 1;
 
 /// Bookkeeping for a packet that matched `entry`: counters, TCP state and window (both
 /// entries), the idle timeout, and the lifetime of the flow's masquerade mapping. Refuses a
-/// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing.
+/// RST outside the flow's window (`TcpRstOutOfWindow`): it changes nothing; another segment
+/// outside it is counted and changes nothing else.
 #[inline(always)]
 pub fn track(ctx: &TcContext, p: &Pkt, entry: *mut CtEntry, table: Table) -> Outcome {
     Outcome(netfast_track(
@@ -371,14 +372,16 @@ fn try_track(
     let e = unsafe { &mut *entry };
     let tcp = key.proto == PROTO_TCP;
     let flags_in = TcpFlags::from_byte(p.tcp_flags);
-    if tcp {
-        window(ctx, p, entry, table).get()?;
-    }
+    let in_window = !tcp || window(ctx, p, entry, table).get()?;
     // SAFETY: the counters are u64 fields of a map value, 8-byte aligned; other CPUs may add
     // to them concurrently, hence atomic adds.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut e.packets, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut e.bytes, u64::from(bytes));
+    }
+    if !in_window {
+        // Counted, and nothing more: its state, flags and times stay.
+        return Ok(TRACKED);
     }
     let reply = e.flags & CT_F_REPLY != 0;
     // The expiry, then the state, each read once: a CPU that moves the flow on writes its
@@ -651,9 +654,9 @@ fn other_mapping(key: &CtKey, e: &CtEntry, table: Table, until: u32, open: bool)
 }
 
 /// TCP window tracking for a segment that matched `entry`: a RST outside the flow's window
-/// is refused (`TcpRstOutOfWindow`, and it changes nothing); otherwise the sender's
-/// sequence, window and (on a SYN) window scale are recorded, for the next RST to be judged
-/// by. Two CPUs may race here; each writes what one of two segments of the flow said.
+/// is refused (`TcpRstOutOfWindow`, and it changes nothing); another segment outside it is
+/// `Ok(0)` (it passes, and moves nothing of the flow); otherwise the sender's sequence,
+/// window and (on a SYN) window scale are recorded, for the next segments to be judged by. Two CPUs may race here; each writes what one of two segments of the flow said.
 // Its own BPF function: its stack frame stays out of `track`'s, under the calls that keep
 // a mapping alive.
 #[inline(never)]
@@ -672,8 +675,18 @@ fn try_window(
     let e = unsafe { &mut *entry };
     let flags = TcpFlags::from_byte(p.tcp_flags);
     let seg = parse::segment(ctx, p)?;
-    if flags.rst && !rst_believed(&p.key, e, flags, &seg, table) {
-        return Err(DropReason::TcpRstOutOfWindow);
+    if flags.rst {
+        if !rst_believed(&p.key, e, flags, &seg, table) {
+            return Err(DropReason::TcpRstOutOfWindow);
+        }
+    } else if !restarts(
+        TcpState::from_u8(e.tcp_state),
+        flags,
+        e.flags & CT_F_REPLY != 0,
+    ) && !segment_believed(&p.key, e, &seg, table)
+    {
+        // Out of the window: it passes (its endpoint judges it), moving nothing.
+        return Ok(0);
     }
     let (td_end, td_maxwin) = sent(e, flags, &seg);
     if e.flags & CT_F_TD_SEEN == 0 || td_end != e.td_end || td_maxwin != e.td_maxwin {
@@ -684,6 +697,18 @@ fn try_window(
         e.wscale = seg.wscale;
     }
     Ok(1)
+}
+
+/// Whether a segment (not a RST) that matched `e` (keyed `key`) falls within its flow's
+/// window. The other entry was looked up a moment ago (`trusted`): its bucket is warm.
+#[inline(always)]
+fn segment_believed(key: &CtKey, e: &CtEntry, seg: &Segment, table: Table) -> bool {
+    let Some(peer) = entry_in(table, &e.peer_key(key)) else {
+        // The other half is gone: nothing to judge by.
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    segment_in_window(e, unsafe { &*peer }, seg)
 }
 
 /// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.

@@ -340,6 +340,51 @@ fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
     assert_eq!(state_of(&t, C1), Some("CLOSE"));
 }
 
+/// Found in review: only RSTs were judged by the window. A blind FIN (any sequence) took an
+/// established flow to FIN_WAIT and, at the next ACK, CLOSE_WAIT: minutes of idle timeout
+/// instead of hours. And any segment far ahead moved the tracked sequence there: a few
+/// blind ACKs, 2^30 apart, walked it to a sequence of the attacker's choosing, where its RST
+/// was then believed. A segment outside the window now passes (the endpoint judges it) but
+/// moves nothing of the flow.
+#[test]
+fn blind_segments_outside_the_window_move_nothing() {
+    let mut t = loaded();
+    established(&mut t);
+    // A blind FIN from "the server", far from its sequence (5101).
+    let blind_fin = tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 900_000_000, 1001);
+    let r = run(&mut t, Hook::UplinkIngress, &blind_fin);
+    assert_eq!(
+        r.verdict,
+        verdict::NEXT,
+        "a segment out of window still passes"
+    );
+    assert_eq!(
+        state_of(&t, C1),
+        Some("ESTABLISHED"),
+        "a blind FIN moved the flow"
+    );
+    // Blind ACKs far ahead, then a RST where they would have moved the sequence.
+    let mut seq = 5101u32;
+    for _ in 0..3 {
+        seq = seq.wrapping_add(1 << 30);
+        run(
+            &mut t,
+            Hook::UplinkIngress,
+            &tcp_in(SERVER, ext(40000), TcpFlags::ACK, seq, 1001),
+        );
+    }
+    let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, seq, 0);
+    assert_eq!(
+        run(&mut t, Hook::UplinkIngress, &rst).verdict,
+        verdict::SHOT
+    );
+    assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
+    // The server's own FIN, at its sequence, is the flow's.
+    let fin = tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 5101, 1001);
+    run(&mut t, Hook::UplinkIngress, &fin);
+    assert_eq!(state_of(&t, C1), Some("FIN_WAIT"));
+}
+
 #[test]
 fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
     let mut t = loaded();

@@ -335,6 +335,17 @@ impl Model {
         }
         e.packets += 1;
         e.bytes += p.f.len() as u64;
+        // Any other segment out of the window passes, and moves nothing.
+        if tcp
+            && !flags_in.rst
+            && !tcp::restarts(e.state, flags_in, e.flags.reply)
+            && let Some(peer) = self.ct_get(touched, table, &peer_key)
+            && !tcp::segment_believed(&window_of(&e), &window_of(&peer), &seg)
+        {
+            self.counters.rule("segment out of window");
+            self.ct_put(touched, table, *key, e);
+            return Ok(Tracked::Tracked);
+        }
         let reply = e.flags.reply;
         let old_state = e.state;
         let old_flags = e.flags;

@@ -182,6 +182,18 @@ pub fn rst_believed(sender: &Window, receiver: &Window, flags: Flags, seg: &Segm
     if !receiver.seen {
         return true;
     }
+    within(sender, receiver, seg)
+}
+
+/// Whether a segment other than a RST may move the flow: its sequence within the window, as
+/// a RST's; what is not known is not held against it.
+pub fn segment_believed(sender: &Window, receiver: &Window, seg: &Segment) -> bool {
+    !sender.seen || !receiver.seen || within(sender, receiver, seg)
+}
+
+/// `seg`'s sequence within a window (at least 65535 bytes, else the largest the receiver
+/// offered) around where the sender's sequence stands.
+fn within(sender: &Window, receiver: &Window, seg: &Segment) -> bool {
     let win = i64::from(receiver.max_win.max(65535));
     let off = i64::from(seg.seq.wrapping_sub(sender.end) as i32);
     (-win..=win).contains(&off)
