@@ -754,6 +754,68 @@ fn a_state_without_namespace_cookies_gets_them_at_the_next_command() {
     rm_leaves(&nf, &theirs, &c0);
 }
 
+/// Found in review: a `container create` killed before it saved the namespace's cookie left
+/// an intent with no cookie; the next command undid the create by deleting whatever
+/// namespace then had the container's name — one its owner made since, with what they run
+/// in it. netfast deletes only a namespace that carries its mark, and a namespace it makes
+/// carries the mark before it has a name.
+#[test]
+fn an_interrupted_create_leaves_a_namespace_made_since_under_its_name() {
+    let (topo, nf) = host_with_web();
+    let c0 = ct(&topo, 0);
+    // Killed at the bind mount that would give the namespace its name: the intent is
+    // recorded, the state is not saved. The mount thread's first mount makes /run/netns
+    // shared; its second is that bind mount, which the trace shows.
+    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
+    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-o",
+        &trace_arg,
+        "-e",
+        "trace=mount",
+        "-e",
+        "inject=mount:signal=KILL:when=2",
+    ];
+    let create = ["container", "create", c0.as_str(), "--network", "web"];
+    argv.extend(nf.argv(&create));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("strace");
+    let traced = fs::read_to_string(&trace).unwrap_or_default();
+    let _ = fs::remove_file(&trace);
+    let target = format!("\"/run/netns/{c0}\"");
+    let last_mount = traced.lines().rfind(|l| l.contains("mount("));
+    assert!(
+        out.status.code().is_none()
+            && last_mount.is_some_and(|l| l.contains(&target) && l.contains("MS_BIND")),
+        "the create was not killed at its namespace's bind mount: adjust `when`\n{traced}"
+    );
+    assert!(
+        state_file(&topo).with_file_name("intent.json").exists(),
+        "the kill came after the create recorded its intent"
+    );
+    // Someone removes what is left under the name and makes a namespace of their own there.
+    let theirs = replace_namespace(&topo, &c0);
+    // The next command that changes anything completes the interrupted create.
+    let err = nf.ok_stderr(&network_create("other", "172.30.9.0/24", &[]));
+    assert!(
+        theirs
+            .exec(&["ip", "link", "show", "theirs0"])
+            .status
+            .success(),
+        "completing the interrupted create deleted namespace {c0}, which netfast did not \
+         make; it said:\n{err}"
+    );
+    assert!(
+        err.contains(&c0) && err.contains("left"),
+        "the command must say which namespace it left alone:\n{err}"
+    );
+    // (A create killed once its namespace has its name is undone whole: crash_netns.)
+}
+
 /// Deletes namespace `name` and makes another of that name, with a link of its own.
 fn replace_namespace(topo: &Topology, name: &str) -> TestNetns {
     topo.host.exec_ok(&["ip", "netns", "del", name]);

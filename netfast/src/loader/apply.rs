@@ -4,7 +4,6 @@
 use super::{
     Loader, caps,
     change::Change,
-    containers::remove_container,
     intent::{Intent, Object},
     model::{Backend, State},
     netlink::Nl,
@@ -79,7 +78,7 @@ impl Loader {
                 Action::RemoveContainer(name) => {
                     let found = locked.state.container(name).cloned();
                     let c = begin_removing(&mut locked, command, found, Object::Container)?;
-                    remove_container(&nl, &locked.state, &c, &mut Vec::new())
+                    self.remove_container(&nl, &locked.state, &c, &mut Vec::new())
                         .map(|()| locked.state.containers.retain(|x| &x.name != name))
                 }
                 Action::RemoveNetwork(name) => {
@@ -242,7 +241,8 @@ impl Loader {
             // Nothing of the step in the state: nothing to undo.
             let result = match what {
                 Some(Object::Publication(p)) => self.remove_publication(state, &p, &mut Vec::new()),
-                Some(Object::Container(c)) => remove_container(nl, state, &c, &mut Vec::new())
+                Some(Object::Container(c)) => self
+                    .remove_container(nl, state, &c, &mut Vec::new())
                     .map(|()| state.containers.retain(|x| x.name != c.name)),
                 Some(Object::Network(n)) => {
                     self.step(nl, &mut Vec::new()).remove_network(state, &n)

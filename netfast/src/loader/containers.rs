@@ -221,7 +221,7 @@ impl Step<'_> {
         for p in publications_of(state, c) {
             self.loader.remove_publication(state, &p, self.out)?;
         }
-        remove_container(self.nl, state, c, self.out)?;
+        self.loader.remove_container(self.nl, state, c, self.out)?;
         state.containers.retain(|x| x.name != c.name);
         Ok(())
     }
@@ -273,78 +273,89 @@ pub(super) fn publications_of(state: &State, c: &Container) -> Vec<super::publis
         .collect()
 }
 
-/// Removes a container (its veth and namespace) and ends its flows: from it (masqueraded or
-/// not) and to it, in the eBPF dataplane or, for a network on a fallback backend, in the
-/// kernel's conntrack table. `state` still has the container's network.
-pub(super) fn remove_container(
-    nl: &Nl<'_>,
-    state: &State,
-    c: &Container,
-    out: &mut Vec<Change>,
-) -> Result<()> {
-    let host = Host::current()?;
-    if let Some(mut dp) = Dataplane::open_existing(&host)? {
-        dp.remove_endpoint(c.ip)?;
-    }
-    if let Some(veth) = nl.link(&c.veth)? {
-        nl.delete_link(&veth)?;
-    }
-    // A Docker endpoint's namespace is Docker's: its veth is all netfast made.
-    if !state.docker.owns_container(&c.name) {
-        remove_namespace(c)?;
-    }
-    out.push(Change::ContainerRemoved {
-        container: c.name.clone(),
-        ip: c.ip,
-    });
-    // Its veth is gone: no new flow of it can start.
-    let filter = Filter::container(c.ip);
-    let fallback = state
-        .network(&c.network)
-        .is_some_and(|n| n.backend != Backend::Ebpf);
-    let ended = if fallback {
-        crate::backend::delete_kernel_flows(state, &filter)?
-    } else {
-        match Dataplane::open_existing(&host)? {
-            Some(mut dp) => {
-                maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
-                    .flows
-            }
-            None => 0,
+impl Loader {
+    /// Removes a container (its veth and namespace) and ends its flows: from it (masqueraded or
+    /// not) and to it, in the eBPF dataplane or, for a network on a fallback backend, in the
+    /// kernel's conntrack table. `state` still has the container's network.
+    pub(super) fn remove_container(
+        &self,
+        nl: &Nl<'_>,
+        state: &State,
+        c: &Container,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let host = &self.host;
+        if let Some(mut dp) = Dataplane::open_existing(host)? {
+            dp.remove_endpoint(c.ip)?;
         }
-    };
-    if ended > 0 {
-        out.push(Change::ContainerFlowsEnded {
+        if let Some(veth) = nl.link(&c.veth)? {
+            nl.delete_link(&veth)?;
+        }
+        // A Docker endpoint's namespace is Docker's: its veth is all netfast made.
+        if !state.docker.owns_container(&c.name) {
+            self.remove_namespace(c)?;
+        }
+        out.push(Change::ContainerRemoved {
             container: c.name.clone(),
-            flows: ended,
+            ip: c.ip,
         });
+        // Its veth is gone: no new flow of it can start.
+        let filter = Filter::container(c.ip);
+        let fallback = state
+            .network(&c.network)
+            .is_some_and(|n| n.backend != Backend::Ebpf);
+        let ended = if fallback {
+            crate::backend::delete_kernel_flows(state, &filter)?
+        } else {
+            match Dataplane::open_existing(host)? {
+                Some(mut dp) => {
+                    maps::delete_flows(dp.ebpf_mut(), maps::monotonic_now(), |f| filter.matches(f))?
+                        .flows
+                }
+                None => 0,
+            }
+        };
+        if ended > 0 {
+            out.push(Change::ContainerFlowsEnded {
+                container: c.name.clone(),
+                flows: ended,
+            });
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Deletes container `c`'s namespace, if it is the one netfast made for it: the namespace of
-/// its name has the cookie recorded when it was made. One deleted by hand and made again
-/// since, by someone else, is theirs, with what they run in it: left alone, and said so.
-/// Without a recorded cookie (a container of a state written before netfast recorded it, or
-/// of a create that died before it saved: no one else can have made a namespace of its name
-/// in between, `create` refuses a name in use), the namespace of its name goes.
-fn remove_namespace(c: &Container) -> Result<()> {
-    if let Some(made) = c.netns_cookie
-        && let Some(now) = nsfs::cookie(&c.name)?
-        && now != made
-    {
-        log::warn!(
-            "namespace {} is not the one netfast made for container {} (deleted and made again \
-             since, by someone else?): left alone; delete it with `ip netns del {}` if it is \
-             yours to delete",
-            c.name,
-            c.name,
-            c.name
-        );
-        return Ok(());
+    /// Deletes container `c`'s namespace, if it is the one netfast made for it: the namespace
+    /// of its name has the cookie recorded when it was made. One deleted by hand and made
+    /// again since, by someone else, is theirs, with what they run in it: left alone, and said
+    /// so. Without a recorded cookie (a container of a state written before netfast recorded
+    /// it, or of a create killed before it saved), the namespace of its name goes only if it
+    /// carries the container's mark (`lo`'s alias, set before the namespace had its name, or
+    /// `eth0`'s, for one made by an older netfast); a file of its name with no namespace on it
+    /// (a create killed before it mounted one) goes too.
+    fn remove_namespace(&self, c: &Container) -> Result<()> {
+        let now = nsfs::cookie(&c.name)?;
+        let ours = match (c.netns_cookie, now) {
+            (_, None) => true,
+            (Some(made), Some(now)) => made == now,
+            (None, Some(_)) => {
+                let mark = Mark::container(&self.host.key, &c.name);
+                self.namespace_is_marked(&c.name, &mark)
+            }
+        };
+        if !ours {
+            log::warn!(
+                "namespace {} is not the one netfast made for container {} (made since, by \
+                 someone else?): left alone; delete it with `ip netns del {}` if it is yours \
+                 to delete",
+                c.name,
+                c.name,
+                c.name
+            );
+            return Ok(());
+        }
+        nsfs::delete(&c.name).map_err(|source| Error::Io {
+            context: format!("deleting namespace {}", c.name),
+            source,
+        })
     }
-    nsfs::delete(&c.name).map_err(|source| Error::Io {
-        context: format!("deleting namespace {}", c.name),
-        source,
-    })
 }

@@ -173,14 +173,19 @@ impl Netlink {
 
     /// A handle in the calling thread's namespace (the host).
     pub fn host(&self) -> Result<Nl<'_>> {
+        self.here("the host")
+    }
+
+    /// A handle in the calling thread's namespace, which messages call `place`.
+    pub fn here(&self, place: &str) -> Result<Nl<'_>> {
         let handle = self.connect().map_err(|source| Error::Io {
-            context: "opening a netlink socket".into(),
+            context: format!("opening a netlink socket in {place}"),
             source,
         })?;
         Ok(Nl {
             rt: &self.rt,
             handle,
-            place: "the host".into(),
+            place: place.into(),
         })
     }
 

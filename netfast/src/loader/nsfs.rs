@@ -95,8 +95,10 @@ fn in_lasting_mount_ns<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io:
     })
 }
 
-/// Creates the named namespace `name`; fails if one of that name exists.
-pub fn create(name: &str) -> io::Result<()> {
+/// Creates the named namespace `name`; fails if one of that name exists. `prepare` runs in
+/// the new namespace before it has its name: what it does there (netfast's mark) is there
+/// from the first moment anyone can find the namespace by its name.
+pub fn create(name: &str, prepare: impl FnOnce() -> io::Result<()> + Send) -> io::Result<()> {
     let target = path(name);
     in_lasting_mount_ns(|| {
         prepare_run_dir()?;
@@ -108,6 +110,7 @@ pub fn create(name: &str) -> io::Result<()> {
         // This thread moves to the new network namespace; it ends right after.
         // SAFETY: unshare(CLONE_NEWNET) affects the calling thread only.
         let made = check(unsafe { libc::unshare(libc::CLONE_NEWNET) }).and_then(|()| {
+            prepare()?;
             mount(
                 Path::new("/proc/thread-self/ns/net"),
                 &target,

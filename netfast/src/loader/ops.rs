@@ -6,7 +6,6 @@
 use super::{
     caps,
     change::{Change, DataplaneGone},
-    containers::remove_container,
     intent::{Intent, Object},
     model::{Backend, DataplaneConfig, State},
     netlink::{Netlink, Nl},
@@ -222,7 +221,7 @@ impl Loader {
         locked.state.publications.clear();
         all.publications.clear();
         for c in all.containers.clone() {
-            remove_container(nl, &all, &c, out)?;
+            self.remove_container(nl, &all, &c, out)?;
             locked.state.containers.retain(|x| x.name != c.name);
             locked.save()?;
         }

@@ -78,7 +78,21 @@ pub fn container(
     c: &ContainerPlumbing<'_>,
     made: &mut dyn FnMut(Made),
 ) -> Result<Plumbed> {
-    nsfs::create(c.name).map_err(|source| Error::Io {
+    // The mark goes on the namespace's `lo` before the namespace has its name: a command
+    // killed at any step leaves no namespace of that name without it, and what netfast
+    // removes of a namespace it did not record is only one that carries it.
+    let mark_lo = || -> Result<()> {
+        let Some(mark) = c.mark else { return Ok(()) };
+        let here = netlink.here(&format!("the new namespace {}", c.name))?;
+        let lo = here
+            .link("lo")?
+            .ok_or_else(|| Error::NoInterface("lo".into()))?;
+        here.set_alias(&lo, mark)
+    };
+    nsfs::create(c.name, || {
+        mark_lo().map_err(|e| std::io::Error::other(crate::error::report(&e)))
+    })
+    .map_err(|source| Error::Io {
         context: format!("creating network namespace {}", c.name),
         source,
     })?;

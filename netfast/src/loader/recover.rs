@@ -5,7 +5,6 @@
 use super::{
     Loader,
     change::{Change, DataplaneGone},
-    containers::remove_container,
     intent::{Intent, Mark, Object, Owner},
     model::{Backend, Network, State},
     netlink::{Link, Nl},
@@ -233,14 +232,21 @@ impl Loader {
             .collect())
     }
 
-    /// Whether namespace `name` exists and its `eth0` carries `mark`.
+    /// Whether namespace `name` exists and carries `mark`: on its `lo` (where netfast puts
+    /// it before the namespace has its name) or its `eth0` (where netfast put it alone
+    /// before).
     pub(super) fn namespace_is_marked(&self, name: &str, mark: &str) -> bool {
-        nsfs::exists(name)
-            && self
-                .netlink()
-                .namespace(name)
-                .and_then(|inside| inside.link("eth0"))
-                .is_ok_and(|eth0| eth0.and_then(|l| l.alias).as_deref() == Some(mark))
+        if !nsfs::exists(name) {
+            return false;
+        }
+        let Ok(inside) = self.netlink().namespace(name) else {
+            return false;
+        };
+        ["lo", "eth0"].iter().any(|l| {
+            inside
+                .link(l)
+                .is_ok_and(|link| link.and_then(|l| l.alias).as_deref() == Some(mark))
+        })
     }
 }
 
@@ -343,7 +349,7 @@ impl Step<'_> {
     fn remove_unknown(&mut self, state: &mut State, o: &Object) -> Result<()> {
         match o {
             Object::Network(n) => self.remove_unknown_network(state, n),
-            Object::Container(c) => remove_container(self.nl, state, c, self.out),
+            Object::Container(c) => self.loader.remove_container(self.nl, state, c, self.out),
             Object::DockerEndpoint {
                 container,
                 endpoint,
@@ -351,7 +357,8 @@ impl Step<'_> {
                 // The state with its record, for the removal to leave Docker's namespace be.
                 let mut with = state.clone();
                 with.docker.endpoints.push(endpoint.clone());
-                remove_container(self.nl, &with, container, self.out)
+                self.loader
+                    .remove_container(self.nl, &with, container, self.out)
             }
             Object::Publication(p) => {
                 // The state with it, for the removal to find it.
