@@ -53,8 +53,9 @@ fn isolated(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     }
 }
 
-/// A later fragment or an ICMP error (`translated` already, when it is about a flow): no
-/// flow of its own, but translated and forwarded like the flow it belongs to, if any.
+/// A later fragment or an ICMP error (`translated` already, when it is about a flow the
+/// bridge forwards): no flow of its own, but translated and forwarded like the flow it
+/// belongs to, if any.
 // Its own BPF function: rare packets, kept out of the hot path's stack frame.
 #[inline(never)]
 fn not_a_flow(ctx: &TcContext, ip: &Ipv4, now: u32, translated: bool) -> Outcome {
@@ -77,7 +78,7 @@ fn try_not_a_flow(
         }
         return isolated(ctx, ip);
     }
-    if translated && conntrack::fast_path() {
+    if translated {
         let (src, dst) = (
             parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
             parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,
@@ -166,9 +167,15 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let l4 = parse::l4(ctx, &ip)?;
     if let L4::IcmpError = l4 {
         // A container's error about a flow of ours (a port unreachable to a client of a
-        // published port): translated, then forwarded like the flow's packets.
+        // published port): translated and forwarded here, like the flow's packets — or,
+        // with the fast path off, left to the host's stack as it was sent, and translated
+        // by the uplink's egress after routing (translated here, its source would be the
+        // host's own address, which the stack drops as a martian). A hairpin's error is
+        // always translated and forwarded here, as the hairpin's packets are.
         source_network(ctx, &ip)?;
-        let translated = icmp::translate_error(ctx, &ip, now, Origin::Inside).get()?;
+        let redirected_only = !conntrack::fast_path();
+        let translated =
+            icmp::translate_error(ctx, &ip, now, Origin::Inside, redirected_only).get()?;
         return not_a_flow(ctx, &ip, now, translated).verdict();
     }
     let L4::Flow {

@@ -8,7 +8,8 @@ use aya_ebpf::programs::TcContext;
 use netfast_common::{
     DropReason,
     conntrack::{
-        CT_F_INWARD, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+        CT_F_INWARD, CT_F_REDIRECT, CT_F_REWRITE_DST, CT_F_REWRITE_SRC, CtKey, PROTO_ICMP,
+        PROTO_TCP, PROTO_UDP,
     },
 };
 
@@ -26,11 +27,18 @@ use crate::{conntrack::Origin, outcome::Outcome};
 const ICMP_HLEN: usize = 8;
 
 /// Translates an ICMP error about a tracked flow. False when it is about none (it may be for
-/// the host itself; the caller decides).
+/// the host itself; the caller decides), or, with `redirected_only`, about a flow whose
+/// packets the host's stack carries (a hairpin's are forwarded where they are translated).
 // Its own BPF function: rare, and heavy on the stack.
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, now: u32, origin: Origin) -> Outcome {
-    Outcome::from(try_translate_error(ctx, ip, now, origin))
+pub fn translate_error(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    now: u32,
+    origin: Origin,
+    redirected_only: bool,
+) -> Outcome {
+    Outcome::from(try_translate_error(ctx, ip, now, origin, redirected_only))
 }
 
 #[inline(always)]
@@ -39,6 +47,7 @@ fn try_translate_error(
     ip: &Ipv4,
     now: u32,
     origin: Origin,
+    redirected_only: bool,
 ) -> Result<u32, DropReason> {
     crate::parse::linearize(ctx, crate::parse::ICMP_ERROR_LINEAR);
     // Where the IPv4 packet ends: bytes past it (a frame's padding) are not the message's,
@@ -85,6 +94,9 @@ fn try_translate_error(
     }
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
     let e = unsafe { *entry };
+    if redirected_only && e.flags & CT_F_REDIRECT == 0 {
+        return Ok(0);
+    }
     let quote = Quote {
         icmp_off: ip.l4(),
         inner,

@@ -117,7 +117,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             tcp_flags,
         } => (sport, dport, tcp_flags),
         L4::IcmpError => {
-            if icmp::translate_error(ctx, &ip, now, origin).get()? {
+            if icmp::translate_error(ctx, &ip, now, origin, false).get()? {
                 let (src, dst) = (
                     parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
                     parse::load(ctx, parse::ETH_HLEN + parse::IP_DST)?,

@@ -14,7 +14,7 @@ use netfast::{
     prog_test::{
         ProgTest, Run,
         fixture::assert_run,
-        packet::{self, FROM_CONTAINER, Macs, TcpFlags},
+        packet::{self, FROM_CONTAINER, Macs, TO_CONTAINER, TcpFlags},
     },
 };
 use netfast_tests::{
@@ -192,6 +192,60 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_untouched() {
     let syn = syn_from_container();
     let r = from_bridge(&mut t, &h, &syn);
     assert_run("--fast-path off", &r, verdict::NEXT, &syn);
+}
+
+/// Found in review: with the fast path off, a container's ICMP error about a translated
+/// flow was translated at the bridge (its source became the host's external address) and
+/// then handed to the host's stack, whose input path drops a source of its own coming in on
+/// the bridge as a martian: the error never left. With the fast path off, the error goes to
+/// the stack as the container sent it, and the uplink's egress translates it after routing,
+/// like the flow's own packets.
+#[test]
+fn with_the_fast_path_off_a_containers_icmp_error_is_translated_after_routing() {
+    require_root();
+    let h = host();
+    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
+    let mut t = loaded(&h, 0);
+    // C1 → SERVER over UDP, as the stack carries it: untouched at the bridge, translated at
+    // the uplink's egress.
+    let query = packet::udp(FROM_CONTAINER, C1, SERVER, b"q");
+    let r = from_bridge(&mut t, &h, &query);
+    assert_run("the query at the bridge", &r, verdict::NEXT, &query);
+    let r = run_on(&mut t, Hook::UplinkEgress, &query, h.uplink);
+    assert_eq!(r.verdict, verdict::NEXT);
+    // SERVER answers; C1's socket is gone: its port unreachable quotes the answer as it
+    // arrived (SERVER → C1).
+    let answer = packet::udp(TO_CONTAINER, SERVER, C1, b"a");
+    let unreachable = packet::icmp_error(
+        FROM_CONTAINER,
+        C1.0,
+        SERVER.0,
+        3,
+        3,
+        [0; 4],
+        packet::ip_packet(&answer),
+    );
+    let r = from_bridge(&mut t, &h, &unreachable);
+    assert_run(
+        "with the fast path off, the error goes to the stack as sent",
+        &r,
+        verdict::NEXT,
+        &unreachable,
+    );
+    // Routed by the stack, it leaves by the uplink, translated there.
+    let r = run_on(&mut t, Hook::UplinkEgress, &unreachable, h.uplink);
+    assert_eq!(r.verdict, verdict::NEXT);
+    let outer = packet::decode(&r.frame).expect("valid");
+    assert_eq!(
+        (outer.src, outer.dst),
+        (EXT, SERVER.0),
+        "the container's address must not leak"
+    );
+    let q = packet::decode_quoted(&r.frame).expect("valid quote");
+    assert_eq!(
+        (q.src, q.dst, q.dport, q.l4_checksum_ok),
+        (SERVER.0, EXT, C1.1, Some(true))
+    );
 }
 
 /// The entry of the flow whose original source is `src`.

@@ -19,13 +19,15 @@ const ICMP_HLEN: usize = 8;
 
 impl Model {
     /// Translates an ICMP error about a tracked flow into `out`; false when it is about
-    /// none (it may be for the host itself: the caller decides).
+    /// none (it may be for the host itself: the caller decides), or, with
+    /// `redirected_only`, about a flow whose packets the host's stack carries (a hairpin's
+    /// are forwarded where they are translated).
     pub fn translate_error(
         &mut self,
         touched: &mut Touched,
         f: &[u8],
         ip: &frame::Ip,
-        from_inside: bool,
+        (from_inside, redirected_only): (bool, bool),
         out: &mut Expected,
     ) -> Result<bool, DropReason> {
         // Where the IPv4 packet ends: a frame's padding is not the message's.
@@ -69,6 +71,9 @@ impl Model {
         // An error goes to the source of the packet it quotes: one addressed elsewhere is
         // about no flow of ours.
         if ip.dst != key.dst {
+            return Ok(false);
+        }
+        if redirected_only && !e.flags.redirect {
             return Ok(false);
         }
         self.counters.rule("icmp error translated");

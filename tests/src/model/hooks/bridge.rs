@@ -41,10 +41,19 @@ impl Model {
             } => (sport, dport, tcp_flags),
             L4::IcmpError => {
                 // A container's error about a flow of ours (a port unreachable to a client
-                // of a published port): translated, then forwarded like the flow's packets.
+                // of a published port): translated and forwarded here like the flow's
+                // packets; with the fast path off, left to the stack as sent (the uplink's
+                // egress translates it), but for a hairpin's, which is always forwarded here.
                 self.source_network(run, &ip)?;
                 let mut out = std::mem::replace(&mut run.out, Expected::of(&[]));
-                let translated = self.translate_error(&mut run.touched, f, &ip, true, &mut out);
+                let redirected_only = !self.config.fast_path;
+                let translated = self.translate_error(
+                    &mut run.touched,
+                    f,
+                    &ip,
+                    (true, redirected_only),
+                    &mut out,
+                );
                 run.out = out;
                 let translated = translated?;
                 return self.not_a_flow(run, &ip, translated);

@@ -214,7 +214,7 @@ impl Model {
             }
             return self.isolated(run, ip);
         }
-        if translated && self.config.fast_path {
+        if translated {
             let (_, dst) = Self::current_addrs(run);
             return self.forward_here(run, ip, dst);
         }
