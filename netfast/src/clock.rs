@@ -134,9 +134,7 @@ fn sample(ebpf: &mut Ebpf) -> Result<ClockSample> {
         .try_into()
         .map_err(|e| Error::program(CLOCK_PROGRAM, e))?;
     if program.fd().is_err() {
-        program
-            .load()
-            .map_err(|e| Error::program(CLOCK_PROGRAM, e))?;
+        crate::dataplane::load_program(CLOCK_PROGRAM, || program.load())?;
     }
     let frame = [0u8; 64];
     let mut opts = TestRunOptions::new();

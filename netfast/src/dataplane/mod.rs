@@ -108,11 +108,33 @@ pub(crate) fn load_object(ct_max_flows: u32) -> Result<Ebpf> {
     sized(&mut loader, ct_max_flows);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     for hook in Hook::ALL {
-        classifier(&mut ebpf, hook)?
-            .load()
-            .map_err(|e| Error::program(hook.name(), e))?;
+        let program = classifier(&mut ebpf, hook)?;
+        load_program(hook.name(), || program.load())?;
     }
     Ok(ebpf)
+}
+
+/// Loads program `name` by `load`, as libbpf does: a BPF_PROG_LOAD that fails with EAGAIN
+/// (the verifier gives up when a signal is pending; seen on a busy host) is tried again, up
+/// to five times in all. (aya tries again once on any error, to fetch the verifier's log:
+/// one EAGAIN alone is already absorbed there.)
+pub(crate) fn load_program(
+    name: &'static str,
+    mut load: impl FnMut() -> std::result::Result<(), aya::programs::ProgramError>,
+) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                log::debug!("loading program {name}: EAGAIN, trying again");
+                attempt += 1;
+            }
+            done => return done.map_err(|e| Error::program(name, e)),
+        }
+    }
 }
 
 pub(crate) fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
@@ -374,7 +396,7 @@ impl Dataplane {
         let first = self.loaded.insert(hook.name());
         let program = classifier(&mut self.ebpf, hook)?;
         if first {
-            program.load().map_err(|e| Error::program(hook.name(), e))?;
+            load_program(hook.name(), || program.load())?;
         }
         Ok(program)
     }
@@ -580,5 +602,50 @@ impl Dataplane {
     /// Forgets an uplink's ifindex (see `maps::UPLINKS`): its interface is gone.
     pub fn forget_uplink(&mut self, ifindex: u32) -> Result<()> {
         maps::remove_uplink(&mut self.ebpf, ifindex)
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use std::{cell::Cell, io};
+
+    use aya::programs::ProgramError;
+
+    use super::load_program;
+
+    fn failing(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        }
+    }
+
+    /// A load that fails with `errno` `failures` times, then succeeds; and how often it ran.
+    fn attempts(errno: i32, failures: usize) -> (bool, usize) {
+        let calls = Cell::new(0);
+        let result = load_program("p", || {
+            calls.set(calls.get() + 1);
+            if calls.get() <= failures {
+                Err(failing(errno))
+            } else {
+                Ok(())
+            }
+        });
+        (result.is_ok(), calls.get())
+    }
+
+    /// Found in review: the verifier gives up with EAGAIN when a signal is pending (a
+    /// test's load failed so on a busy machine); libbpf loads again, aya did not.
+    #[test]
+    fn a_load_that_fails_with_eagain_is_tried_again() {
+        assert_eq!(attempts(libc::EAGAIN, 0), (true, 1));
+        assert_eq!(attempts(libc::EAGAIN, 4), (true, 5));
+        assert_eq!(attempts(libc::EAGAIN, 5), (false, 5), "five tries at most");
+    }
+
+    #[test]
+    fn a_load_that_fails_otherwise_is_not_tried_again() {
+        assert_eq!(attempts(libc::EPERM, 1), (false, 1));
+        assert_eq!(attempts(libc::EINVAL, 1), (false, 1));
     }
 }

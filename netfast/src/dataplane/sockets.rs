@@ -62,7 +62,7 @@ impl Dataplane {
                 .try_into()
                 .map_err(|e| Error::program(name, e))?;
             if self.loaded.insert(name) {
-                program.load().map_err(|e| Error::program(name, e))?;
+                super::load_program(name, || program.load())?;
             }
             let attach_error = |e| Error::Attach {
                 program: name,

@@ -437,9 +437,8 @@ fn switch(
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     for hook in Hook::ALL {
-        dataplane::classifier(&mut ebpf, hook)?
-            .load()
-            .map_err(|e| Error::program(hook.name(), e))?;
+        let program = dataplane::classifier(&mut ebpf, hook)?;
+        dataplane::load_program(hook.name(), || program.load())?;
     }
     for name in SOCK_PROGRAMS {
         let program: &mut CgroupSockAddr = ebpf
@@ -447,7 +446,7 @@ fn switch(
             .ok_or(Error::MissingProgram(name))?
             .try_into()
             .map_err(|e| Error::program(name, e))?;
-        program.load().map_err(|e| Error::program(name, e))?;
+        dataplane::load_program(name, || program.load())?;
     }
 
     // The first copy, while the old programs still run.
