@@ -2222,3 +2222,110 @@ fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
     nf.create_network("web", "172.18.0.0/24", &[]);
     assert_eq!(forwarding(), "1");
 }
+
+/// Found in review: a `network create` that fails turns forwarding off again, but one killed
+/// after it turned forwarding on left it on for good: the next command removed the network
+/// and left the host routing between all its interfaces. The create records that forwarding
+/// was off in its intent, and the command that completes it turns it off again when no
+/// network is left to need it.
+#[test]
+fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
+    let (topo, nf) = host();
+    let forwarding = || {
+        topo.host
+            .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim()
+            .to_owned()
+    };
+    topo.host
+        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+    // Killed at its sixth bpf(2) call: past the probes, after forwarding went on (the trace
+    // shows it), before the dataplane is attached.
+    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
+    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
+    let mut argv = vec![
+        "strace",
+        "-f",
+        "-o",
+        &trace_arg,
+        "-e",
+        "trace=openat,bpf",
+        "-e",
+        "inject=bpf:signal=KILL:when=6",
+    ];
+    argv.extend(nf.argv(&network_create(
+        "web",
+        "172.18.0.0/24",
+        &["--backend", "ebpf"],
+    )));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("strace");
+    let traced = fs::read_to_string(&trace).unwrap_or_default();
+    let _ = fs::remove_file(&trace);
+    let turned_on = traced
+        .lines()
+        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"));
+    assert!(
+        out.status.code().is_none() && turned_on.is_some(),
+        "the create was not killed after it turned forwarding on: adjust `when`\n{traced}"
+    );
+    assert_eq!(forwarding(), "1", "the killed create left forwarding on");
+    // The next command that changes anything completes the interrupted create.
+    let err = nf.ok_stderr(&["config", "--fast-path", "on"]);
+    assert!(nf.networks().is_empty(), "the network was removed again");
+    assert_eq!(
+        forwarding(),
+        "0",
+        "completing the interrupted create left forwarding on; it said:\n{err}"
+    );
+    // Forwarding turned off by hand while network web runs: a create of another network
+    // turns it on, and killed after that, the next command leaves it on for web. It is
+    // killed at the first bpf(2) call after the write, counted in a clean run.
+    nf.create_network("web", "172.18.0.0/24", &[]);
+    let db = network_create("db", "172.19.0.0/24", &["--backend", "ebpf"]);
+    let run = |inject: &str| {
+        topo.host
+            .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+        let mut argv = vec!["strace", "-f", "-o", &trace_arg, "-e", "trace=openat,bpf"];
+        if !inject.is_empty() {
+            argv.extend(["-e", inject]);
+        }
+        argv.extend(nf.argv(&db));
+        let out = Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("strace");
+        let traced = fs::read_to_string(&trace).unwrap_or_default();
+        let _ = fs::remove_file(&trace);
+        (out, traced)
+    };
+    let (out, clean) = run("");
+    assert!(
+        out.status.success(),
+        "a clean create of db failed:\n{clean}"
+    );
+    nf.ok(&["network", "rm", "db"]);
+    let write = clean
+        .lines()
+        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"))
+        .expect("the create turned forwarding on");
+    let n = clean
+        .lines()
+        .take(write)
+        .filter(|l| l.contains(" bpf("))
+        .count()
+        + 1;
+    let (out, traced) = run(&format!("inject=bpf:signal=KILL:when={n}"));
+    assert!(
+        out.status.code().is_none()
+            && traced
+                .lines()
+                .any(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY")),
+        "the create of db was not killed after it turned forwarding on\n{traced}"
+    );
+    nf.ok(&["config", "--fast-path", "on"]);
+    assert_eq!(nf.networks().len(), 1, "web stays, db goes");
+    assert_eq!(forwarding(), "1", "web needs forwarding");
+}

@@ -50,6 +50,8 @@ pub enum Change {
         gateway: Ipv4Addr,
     },
     IpForwardEnabled,
+    /// Forwarding turned off again: an interrupted `network create` had turned it on.
+    IpForwardRestored,
     /// The network's traffic is served: the programs attached, or a fallback's rules.
     NetworkServed {
         network: String,
@@ -226,6 +228,10 @@ impl fmt::Display for Change {
             Change::IpForwardEnabled => {
                 f.write_str("enabled net.ipv4.ip_forward in this namespace (it was off)")
             }
+            Change::IpForwardRestored => f.write_str(
+                "disabled net.ipv4.ip_forward in this namespace again (the interrupted create \
+                 had enabled it, and no network needs it)",
+            ),
             Change::NetworkServed {
                 backend,
                 bridge,

@@ -47,6 +47,9 @@ pub enum Object {
     },
     /// The host-wide settings (`config`): after a crash, the state's are put back.
     Settings,
+    /// IPv4 forwarding, off when a `network create` began (which turns it on): after a
+    /// crash, turned off again unless a network is left that needs it.
+    IpForward,
     /// Everything netfast made in the host (`down`).
     Everything,
 }
@@ -84,7 +87,7 @@ impl Intent {
                     s.containers.push(container.clone());
                     s.docker.endpoints.push(endpoint.clone());
                 }
-                Object::Settings | Object::Everything => {}
+                Object::Settings | Object::IpForward | Object::Everything => {}
             }
         }
         s

@@ -18,7 +18,7 @@ use super::{
     netlink::{Link, Nl},
     plumb::{self},
     state::Locked,
-    transaction::{Created, Step, creating, transaction},
+    transaction::{Created, Step, creating_all, transaction},
     validate::{self},
 };
 use crate::{
@@ -282,7 +282,13 @@ impl Step<'_> {
         let (network, ext_addr) =
             loader.prepare_network(nl, &locked.state, spec, &Ahead::default(), self.out)?;
         let command = format!("network create {}", spec.name);
-        let made = creating(locked, command, Object::Network(network.clone()), |state| {
+        let mut intent = Intent::creating(command, Object::Network(network.clone()));
+        // The create turns forwarding on: off now, it is turned off again if the create is
+        // undone after a crash (undone last: after the network).
+        if !ip_forward_on()? {
+            intent.create.insert(0, Object::IpForward);
+        }
+        let made = creating_all(locked, intent, |state| {
             loader.build_network(nl, state, network, ext_addr, self.out)
         })?;
         locked.state.networks.push(made);
@@ -458,15 +464,22 @@ fn host_conflicts(
     Ok(())
 }
 
-/// Turns IPv4 forwarding on (or off) in this namespace; true if it was the other way.
-pub(super) fn set_ip_forward(on: bool) -> Result<bool> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    let was = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading {path}"),
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Whether IPv4 forwarding is on in this namespace.
+pub(super) fn ip_forward_on() -> Result<bool> {
+    let was = std::fs::read_to_string(IP_FORWARD).map_err(|source| Error::Io {
+        context: format!("reading {IP_FORWARD}"),
         source,
     })?;
+    Ok(was.trim() != "0")
+}
+
+/// Turns IPv4 forwarding on (or off) in this namespace; true if it was the other way.
+pub(super) fn set_ip_forward(on: bool) -> Result<bool> {
+    let path = IP_FORWARD;
     let want = if on { "1" } else { "0" };
-    if was.trim() == want {
+    if ip_forward_on()? == on {
         return Ok(false);
     }
     std::fs::write(path, want).map_err(|source| Error::Io {

@@ -311,7 +311,7 @@ impl Step<'_> {
                     return self.loader.remove_publication(state, p, self.out);
                 }
             }
-            Object::Settings | Object::Everything => {}
+            Object::Settings | Object::IpForward | Object::Everything => {}
         }
         self.remove_unknown(state, o)
     }
@@ -335,6 +335,14 @@ impl Step<'_> {
                 }
                 crate::backend::sync(state, state)?;
                 self.out.push(Change::SettingsRestored);
+                true
+            }
+            Object::IpForward => {
+                // Undone last: the networks it was turned on for are gone, unless others
+                // need it.
+                if state.networks.is_empty() && super::networks::set_ip_forward(false)? {
+                    self.out.push(Change::IpForwardRestored);
+                }
                 true
             }
             Object::Everything => true,
@@ -366,7 +374,7 @@ impl Step<'_> {
                 with.publications.push(p.clone());
                 self.loader.remove_publication(&mut with, p, self.out)
             }
-            Object::Settings | Object::Everything => Ok(()),
+            Object::Settings | Object::IpForward | Object::Everything => Ok(()),
         }
     }
 

@@ -159,7 +159,16 @@ pub(super) fn creating<T>(
     object: Object,
     build: impl FnOnce(&State) -> Result<T>,
 ) -> Result<T> {
-    locked.begin(Intent::creating(command, object))?;
+    creating_all(locked, Intent::creating(command, object), build)
+}
+
+/// As [`creating`], for an intent that creates several objects.
+pub(super) fn creating_all<T>(
+    locked: &mut Locked,
+    intent: Intent,
+    build: impl FnOnce(&State) -> Result<T>,
+) -> Result<T> {
+    locked.begin(intent)?;
     let made = build(&locked.state);
     if made.is_err() {
         // It removed what it made.
