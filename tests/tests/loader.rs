@@ -2165,62 +2165,31 @@ fn a_namespace_named_like_another_hosts_key_leaves_that_state_alone() {
 #[test]
 fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
     let (topo, nf) = host();
-    let forwarding = || {
-        topo.host
-            .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-            .trim()
-            .to_owned()
-    };
-    topo.host
-        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+    forwarding_off(&topo);
     // bpf(2) fails from its sixth call on: past the probes that pick the backend, so that
     // the create turns forwarding on and then cannot load the dataplane. The trace shows
     // that it got that far.
-    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
-    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-o",
-        &trace_arg,
-        "-e",
-        "trace=openat,bpf",
-        "-e",
-        "inject=bpf:error=EPERM:when=6+",
-    ];
-    argv.extend(nf.argv(&network_create(
-        "web",
-        "172.18.0.0/24",
-        &["--backend", "ebpf"],
-    )));
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect("strace");
-    let traced = fs::read_to_string(&trace).unwrap_or_default();
-    let _ = fs::remove_file(&trace);
+    let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
+    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:error=EPERM:when=6+");
     assert!(
         !out.status.success(),
         "network create succeeded without bpf(2): {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let turned_on = traced
-        .lines()
-        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"));
     let failed = traced.lines().position(|l| l.contains("(INJECTED)"));
     assert!(
-        matches!((turned_on, failed), (Some(on), Some(f)) if on < f),
+        matches!((forwarding_write(&traced), failed), (Some(on), Some(f)) if on < f),
         "the create did not turn forwarding on before its bpf(2) failed: adjust `when`\n{traced}"
     );
     assert_eq!(
-        forwarding(),
+        forwarding(&topo),
         "0",
         "a failed network create left forwarding on ({})",
         String::from_utf8_lossy(&out.stderr)
     );
     // And one that succeeds turns it on.
     nf.create_network("web", "172.18.0.0/24", &[]);
-    assert_eq!(forwarding(), "1");
+    assert_eq!(forwarding(&topo), "1");
 }
 
 /// Found in review: a `network create` that fails turns forwarding off again, but one killed
@@ -2231,52 +2200,25 @@ fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
 #[test]
 fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     let (topo, nf) = host();
-    let forwarding = || {
-        topo.host
-            .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-            .trim()
-            .to_owned()
-    };
-    topo.host
-        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
     // Killed at its sixth bpf(2) call: past the probes, after forwarding went on (the trace
     // shows it), before the dataplane is attached.
-    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
-    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-o",
-        &trace_arg,
-        "-e",
-        "trace=openat,bpf",
-        "-e",
-        "inject=bpf:signal=KILL:when=6",
-    ];
-    argv.extend(nf.argv(&network_create(
-        "web",
-        "172.18.0.0/24",
-        &["--backend", "ebpf"],
-    )));
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect("strace");
-    let traced = fs::read_to_string(&trace).unwrap_or_default();
-    let _ = fs::remove_file(&trace);
-    let turned_on = traced
-        .lines()
-        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"));
+    forwarding_off(&topo);
+    let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
+    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:signal=KILL:when=6");
     assert!(
-        out.status.code().is_none() && turned_on.is_some(),
+        out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the create was not killed after it turned forwarding on: adjust `when`\n{traced}"
     );
-    assert_eq!(forwarding(), "1", "the killed create left forwarding on");
+    assert_eq!(
+        forwarding(&topo),
+        "1",
+        "the killed create left forwarding on"
+    );
     // The next command that changes anything completes the interrupted create.
     let err = nf.ok_stderr(&["config", "--fast-path", "on"]);
     assert!(nf.networks().is_empty(), "the network was removed again");
     assert_eq!(
-        forwarding(),
+        forwarding(&topo),
         "0",
         "completing the interrupted create left forwarding on; it said:\n{err}"
     );
@@ -2285,47 +2227,72 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     // killed at the first bpf(2) call after the write, counted in a clean run.
     nf.create_network("web", "172.18.0.0/24", &[]);
     let db = network_create("db", "172.19.0.0/24", &["--backend", "ebpf"]);
-    let run = |inject: &str| {
-        topo.host
-            .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
-        let mut argv = vec!["strace", "-f", "-o", &trace_arg, "-e", "trace=openat,bpf"];
-        if !inject.is_empty() {
-            argv.extend(["-e", inject]);
-        }
-        argv.extend(nf.argv(&db));
-        let out = Command::new(argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("strace");
-        let traced = fs::read_to_string(&trace).unwrap_or_default();
-        let _ = fs::remove_file(&trace);
-        (out, traced)
-    };
-    let (out, clean) = run("");
+    forwarding_off(&topo);
+    let (out, clean) = strace_netfast(&topo, &nf, &db, "");
     assert!(
         out.status.success(),
         "a clean create of db failed:\n{clean}"
     );
     nf.ok(&["network", "rm", "db"]);
-    let write = clean
-        .lines()
-        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"))
-        .expect("the create turned forwarding on");
+    let write = forwarding_write(&clean).expect("the create turned forwarding on");
     let n = clean
         .lines()
         .take(write)
         .filter(|l| l.contains(" bpf("))
         .count()
         + 1;
-    let (out, traced) = run(&format!("inject=bpf:signal=KILL:when={n}"));
+    forwarding_off(&topo);
+    let (out, traced) =
+        strace_netfast(&topo, &nf, &db, &format!("inject=bpf:signal=KILL:when={n}"));
     assert!(
-        out.status.code().is_none()
-            && traced
-                .lines()
-                .any(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY")),
+        out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the create of db was not killed after it turned forwarding on\n{traced}"
     );
     nf.ok(&["config", "--fast-path", "on"]);
     assert_eq!(nf.networks().len(), 1, "web stays, db goes");
-    assert_eq!(forwarding(), "1", "web needs forwarding");
+    assert_eq!(forwarding(&topo), "1", "web needs forwarding");
+}
+
+/// The host's `net.ipv4.ip_forward`.
+fn forwarding(topo: &Topology) -> String {
+    topo.host
+        .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .trim()
+        .to_owned()
+}
+
+fn forwarding_off(topo: &Topology) {
+    topo.host
+        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+}
+
+/// The line of a trace where netfast opens `ip_forward` to write it.
+fn forwarding_write(trace: &str) -> Option<usize> {
+    trace
+        .lines()
+        .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"))
+}
+
+/// `netfast ARGS` under `strace -f` tracing openat and bpf, with the injection `inject`
+/// (none if empty): its output and the trace.
+fn strace_netfast(
+    topo: &Topology,
+    nf: &Netfast,
+    args: &[&str],
+    inject: &str,
+) -> (std::process::Output, String) {
+    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
+    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
+    let mut argv = vec!["strace", "-f", "-o", &trace_arg, "-e", "trace=openat,bpf"];
+    if !inject.is_empty() {
+        argv.extend(["-e", inject]);
+    }
+    argv.extend(nf.argv(args));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("strace (apt-get install strace)");
+    let text = fs::read_to_string(&trace).unwrap_or_default();
+    let _ = fs::remove_file(&trace);
+    (out, text)
 }
