@@ -138,7 +138,7 @@ fn hairpin_start(
 
 /// Whether a flow entry belongs to the network of the bridge the packet came in on.
 #[inline(always)]
-fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
+pub fn of_this_bridge(ctx: &TcContext, net_id: u16) -> bool {
     NETFAST_NET_BRIDGES
         .get(u32::from(net_id))
         .is_some_and(|&b| b == ifindex(ctx))
@@ -166,16 +166,14 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let l4 = parse::l4(ctx, &ip)?;
     if let L4::IcmpError = l4 {
-        // A container's error about a flow of ours (a port unreachable to a client of a
-        // published port): translated and forwarded here, like the flow's packets — or,
-        // with the fast path off, left to the host's stack as it was sent, and translated
-        // by the uplink's egress after routing (translated here, its source would be the
-        // host's own address, which the stack drops as a martian). A hairpin's error is
-        // always translated and forwarded here, as the hairpin's packets are.
+        // A container's error about a flow of its network (a port unreachable to a client
+        // of a published port): translated and forwarded here, like the flow's packets —
+        // or, with the fast path off, left to the host's stack as it was sent, and
+        // translated by the uplink's egress after routing (translated here, its source
+        // would be the host's own address, which the stack drops as a martian). A hairpin's
+        // error is always translated and forwarded here, as the hairpin's packets are.
         source_network(ctx, &ip)?;
-        let redirected_only = !conntrack::fast_path();
-        let translated =
-            icmp::translate_error(ctx, &ip, now, Origin::Inside, redirected_only).get()?;
+        let translated = icmp::translate_error(ctx, &ip, now, Origin::Inside, true).get()?;
         return not_a_flow(ctx, &ip, now, translated).verdict();
     }
     let L4::Flow {

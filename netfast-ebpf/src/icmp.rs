@@ -27,8 +27,11 @@ use crate::{conntrack::Origin, outcome::Outcome};
 const ICMP_HLEN: usize = 8;
 
 /// Translates an ICMP error about a tracked flow. False when it is about none (it may be for
-/// the host itself; the caller decides), or, with `redirected_only`, about a flow whose
-/// packets the host's stack carries (a hairpin's are forwarded where they are translated).
+/// the host itself; the caller decides). `at_bridge`: a container's error, at its bridge's
+/// ingress, where a flow's entry serves only that bridge's network (an error about another
+/// network's flow is dropped: `InterNetwork`), and where, with the fast path off, only a
+/// hairpin's error is translated (the others go to the host's stack as sent, and the
+/// uplink's egress translates them after routing, like their flows' packets).
 // Its own BPF function: rare, and heavy on the stack.
 #[inline(never)]
 pub fn translate_error(
@@ -36,9 +39,9 @@ pub fn translate_error(
     ip: &Ipv4,
     now: u32,
     origin: Origin,
-    redirected_only: bool,
+    at_bridge: bool,
 ) -> Outcome {
-    Outcome::from(try_translate_error(ctx, ip, now, origin, redirected_only))
+    Outcome::from(try_translate_error(ctx, ip, now, origin, at_bridge))
 }
 
 #[inline(always)]
@@ -47,7 +50,7 @@ fn try_translate_error(
     ip: &Ipv4,
     now: u32,
     origin: Origin,
-    redirected_only: bool,
+    at_bridge: bool,
 ) -> Result<u32, DropReason> {
     crate::parse::linearize(ctx, crate::parse::ICMP_ERROR_LINEAR);
     // Where the IPv4 packet ends: bytes past it (a frame's padding) are not the message's,
@@ -94,8 +97,13 @@ fn try_translate_error(
     }
     // SAFETY: a live map value pointer from `lookup`; copied before the packet changes.
     let e = unsafe { *entry };
-    if redirected_only && e.flags & CT_F_REDIRECT == 0 {
-        return Ok(0);
+    if at_bridge {
+        if !crate::bridge::of_this_bridge(ctx, e.net_id) {
+            return Err(DropReason::InterNetwork);
+        }
+        if !conntrack::fast_path() && e.flags & CT_F_REDIRECT == 0 {
+            return Ok(0);
+        }
     }
     let quote = Quote {
         icmp_off: ip.l4(),

@@ -1,10 +1,12 @@
 //! The fast path, packet by packet: run in a namespace with a real bridge, uplink and
 //! neighbour, so that the programs' FIB lookups have routes to find.
 
+use std::net::Ipv4Addr;
+
 use netfast::{
     common::{
-        Hook,
-        config::{DpConfig, Endpoint},
+        DropReason, Hook,
+        config::{DpConfig, Endpoint, NET_F_MASQUERADE},
         conntrack::{CtEntry, CtKey, FWD_F_UPLINK, FwdCache},
         stats::Event,
         verdict,
@@ -19,7 +21,9 @@ use netfast::{
 };
 use netfast_tests::{
     TestNetns,
-    packets::{C1, EXT, SERVER, event, ifindex_of, load, mac_of, masquerade, run_on},
+    packets::{
+        C1, EXT, SERVER, dropped, event, ifindex_of, load, mac_of, masquerade, run_on, set_network,
+    },
     require_root,
 };
 
@@ -246,6 +250,49 @@ fn with_the_fast_path_off_a_containers_icmp_error_is_translated_after_routing() 
         (q.src, q.dst, q.dport, q.l4_checksum_ok),
         (SERVER.0, EXT, C1.1, Some(true))
     );
+}
+
+/// Found in review: an ICMP error from a container was translated by whatever flow it
+/// quoted, of any network: a container of network B quoting a flow of network A's container
+/// left as A's external address, about A's flow — with the fast path on at the bridge, with
+/// it off at the uplink's egress. A flow's entry serves at a bridge only that bridge's
+/// network, errors included: one about another network's flow is dropped.
+#[test]
+fn a_containers_icmp_error_about_another_networks_flow_is_dropped() {
+    require_root();
+    let h = host();
+    h.ns.exec_ok(&["ip", "link", "add", "br1", "type", "bridge"]);
+    h.ns.exec_ok(&["ip", "link", "set", "br1", "up"]);
+    let br1 = ifindex_of(&h.ns, "br1");
+    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
+    for fast_path in [1, 0] {
+        let mut t = loaded(&h, fast_path);
+        let other = (Ipv4Addr::new(172, 19, 0, 0), 24);
+        set_network(&mut t, other, 2, NET_F_MASQUERADE, h.uplink, br1);
+        // C1 (network 1, on br0) → SERVER over UDP, and SERVER's answer.
+        let query = packet::udp(FROM_CONTAINER, C1, SERVER, b"q");
+        from_bridge(&mut t, &h, &query);
+        run_on(&mut t, Hook::UplinkEgress, &query, h.uplink);
+        let answer = packet::udp(TO_CONTAINER, SERVER, C1, b"a");
+        // A container of network 2, on br1, sends an error quoting that answer to SERVER.
+        let error = packet::icmp_error(
+            FROM_CONTAINER,
+            Ipv4Addr::new(172, 19, 0, 2),
+            SERVER.0,
+            3,
+            3,
+            [0; 4],
+            packet::ip_packet(&answer),
+        );
+        let r = run_on(&mut t, Hook::BridgeIngress, &error, br1);
+        assert_eq!(
+            (r.verdict, dropped(&t, DropReason::InterNetwork)),
+            (verdict::SHOT, 1),
+            "fast path {fast_path}: an error about another network's flow must be dropped \
+             at the bridge:\n{}",
+            packet::describe(&r.frame)
+        );
+    }
 }
 
 /// The entry of the flow whose original source is `src`.

@@ -19,15 +19,17 @@ const ICMP_HLEN: usize = 8;
 
 impl Model {
     /// Translates an ICMP error about a tracked flow into `out`; false when it is about
-    /// none (it may be for the host itself: the caller decides), or, with
-    /// `redirected_only`, about a flow whose packets the host's stack carries (a hairpin's
-    /// are forwarded where they are translated).
+    /// none (it may be for the host itself: the caller decides). `at_bridge`: a
+    /// container's error, at the ingress of that bridge (its ifindex), where a flow serves
+    /// only the bridge's network (an error about another network's flow is dropped) and,
+    /// with the fast path off, only a hairpin's error is translated (the others go to the
+    /// stack as sent; the uplink's egress translates them after routing).
     pub fn translate_error(
         &mut self,
         touched: &mut Touched,
         f: &[u8],
         ip: &frame::Ip,
-        (from_inside, redirected_only): (bool, bool),
+        (from_inside, at_bridge): (bool, Option<u32>),
         out: &mut Expected,
     ) -> Result<bool, DropReason> {
         // Where the IPv4 packet ends: a frame's padding is not the message's.
@@ -73,8 +75,17 @@ impl Model {
         if ip.dst != key.dst {
             return Ok(false);
         }
-        if redirected_only && !e.flags.redirect {
-            return Ok(false);
+        if let Some(bridge) = at_bridge {
+            if self
+                .topo
+                .network_of(key.src)
+                .is_none_or(|n| n.bridge != bridge)
+            {
+                return Err(DropReason::InterNetwork);
+            }
+            if !self.config.fast_path && !e.flags.redirect {
+                return Ok(false);
+            }
         }
         self.counters.rule("icmp error translated");
         let q = Quote {

@@ -40,20 +40,16 @@ impl Model {
                 tcp_flags,
             } => (sport, dport, tcp_flags),
             L4::IcmpError => {
-                // A container's error about a flow of ours (a port unreachable to a client
-                // of a published port): translated and forwarded here like the flow's
-                // packets; with the fast path off, left to the stack as sent (the uplink's
-                // egress translates it), but for a hairpin's, which is always forwarded here.
+                // A container's error about a flow of its network (a port unreachable to
+                // a client of a published port): translated and forwarded here like the
+                // flow's packets; with the fast path off, left to the stack as sent (the
+                // uplink's egress translates it), but for a hairpin's, always forwarded here.
+                // An error about another network's flow is dropped.
                 self.source_network(run, &ip)?;
                 let mut out = std::mem::replace(&mut run.out, Expected::of(&[]));
-                let redirected_only = !self.config.fast_path;
-                let translated = self.translate_error(
-                    &mut run.touched,
-                    f,
-                    &ip,
-                    (true, redirected_only),
-                    &mut out,
-                );
+                let at = Some(run.ifindex);
+                let translated =
+                    self.translate_error(&mut run.touched, f, &ip, (true, at), &mut out);
                 run.out = out;
                 let translated = translated?;
                 return self.not_a_flow(run, &ip, translated);

@@ -168,7 +168,7 @@ impl Model {
             Some(L4::IcmpError) => {
                 let mut out_frame = std::mem::replace(&mut run.out, Expected::of(&[]));
                 let translated =
-                    self.translate_error(&mut run.touched, f, &ip, (out, false), &mut out_frame);
+                    self.translate_error(&mut run.touched, f, &ip, (out, None), &mut out_frame);
                 run.out = out_frame;
                 if translated? {
                     let (_, dst) = Self::current_addrs(run);
