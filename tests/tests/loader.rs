@@ -95,11 +95,12 @@ fn snapshot(topo: &Topology) -> String {
     let empty = serde_json::from_str::<netfast::loader::model::State>(&state)
         .is_ok_and(|s| s.networks.is_empty() && s.containers.is_empty());
     format!(
-        "{links}{}{}{}namespaces {names:?}\nstate {}\n",
+        "{links}{}{}{}namespaces {names:?}\nstate {}\nip_forward {}\n",
         h.exec_ok(&["ip", "-o", "-4", "addr"]),
         h.exec_ok(&["ip", "route"]),
         h.exec_ok(&["ip", "rule"]),
-        if empty { "" } else { state.as_str() }
+        if empty { "" } else { state.as_str() },
+        forwarding(topo)
     )
 }
 
@@ -569,8 +570,10 @@ fn a_failure_half_way_rolls_back_what_the_command_created() {
         ],
     );
     // A failure no check can foresee (the dataplane pinned with another ct-max, which only
-    // opening it tells): what the apply created goes again, and the message says so.
+    // opening it tells): what the apply created goes again, and the message says so. Network
+    // a turned forwarding on: it goes off again with a.
     pin_dataplane_with_ct_max_1024(&topo);
+    forwarding_off(&topo);
     let before = snapshot(&topo);
     fs::write(&file, NETWORKS_A_AND_B).expect("write");
     refused(
@@ -2221,6 +2224,18 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
         forwarding(&topo),
         "0",
         "completing the interrupted create left forwarding on; it said:\n{err}"
+    );
+    // So does `down` after such a kill.
+    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:signal=KILL:when=6");
+    assert!(
+        out.status.code().is_none() && forwarding_write(&traced).is_some(),
+        "the second create was not killed after it turned forwarding on\n{traced}"
+    );
+    nf.ok(&["down"]);
+    assert_eq!(
+        forwarding(&topo),
+        "0",
+        "down after a killed create left forwarding on"
     );
     // Forwarding turned off by hand while network web runs: a create of another network
     // turns it on, and killed after that, the next command leaves it on for web. It is

@@ -57,6 +57,8 @@ impl Loader {
         let (mut locked, mut out) = self.lock(&nl)?;
         let actions = plan(file, &locked.state)?;
         self.preflight(&nl, &locked.state, &actions)?;
+        // A network it creates turns forwarding on: undone, it goes off again.
+        let ip_forward_was_off = !super::networks::ip_forward_on()?;
         let mut done: Vec<Action> = Vec::new();
         for (i, action) in actions.iter().enumerate() {
             out.push(Change::Step {
@@ -102,6 +104,9 @@ impl Loader {
                 locked.finish()?;
                 let (undone, not_undone) = self.undo_creations(&nl, &mut locked, &done);
                 locked.save()?;
+                if ip_forward_was_off && locked.state.networks.is_empty() {
+                    super::networks::set_ip_forward(false)?;
+                }
                 return Err(Error::Settings(apply_failure(
                     action,
                     &e,

@@ -229,8 +229,8 @@ impl fmt::Display for Change {
                 f.write_str("enabled net.ipv4.ip_forward in this namespace (it was off)")
             }
             Change::IpForwardRestored => f.write_str(
-                "disabled net.ipv4.ip_forward in this namespace again (the interrupted create \
-                 had enabled it, and no network needs it)",
+                "disabled net.ipv4.ip_forward in this namespace again (it was off when the \
+                 interrupted network create began, and no network needs it)",
             ),
             Change::NetworkServed {
                 backend,

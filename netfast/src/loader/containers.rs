@@ -339,7 +339,9 @@ impl Loader {
             (Some(made), Some(now)) => made == now,
             (None, Some(_)) => {
                 let mark = Mark::container(&self.host.key, &c.name);
-                self.namespace_is_marked(&c.name, &mark)
+                // Not knowing is not "not ours": the error stops the command, and an
+                // interrupted one's intent stays for the next.
+                self.namespace_carries(&c.name, &mark)?
             }
         };
         if !ours {

@@ -29,6 +29,12 @@ pub struct Intent {
     /// What it removes: removed for good after a crash.
     #[serde(default)]
     pub remove: Vec<Object>,
+    /// IPv4 forwarding was off when the command began, and the command turns it on (a
+    /// `network create`): after a crash, it goes off again unless a network is left that
+    /// needs it. A field, not an [`Object`]: a netfast that predates it still reads the
+    /// intent (it ignores the field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ip_forward_was_off: bool,
 }
 
 /// One thing an [`Intent`] creates or removes, with everything needed to remove it again.
@@ -47,9 +53,6 @@ pub enum Object {
     },
     /// The host-wide settings (`config`): after a crash, the state's are put back.
     Settings,
-    /// IPv4 forwarding, off when a `network create` began (which turns it on): after a
-    /// crash, turned off again unless a network is left that needs it.
-    IpForward,
     /// Everything netfast made in the host (`down`).
     Everything,
 }
@@ -60,6 +63,7 @@ impl Intent {
             command: command.into(),
             create: vec![o],
             remove: Vec::new(),
+            ip_forward_was_off: false,
         }
     }
 
@@ -68,6 +72,7 @@ impl Intent {
             command: command.into(),
             create: Vec::new(),
             remove: vec![o],
+            ip_forward_was_off: false,
         }
     }
 
@@ -87,7 +92,7 @@ impl Intent {
                     s.containers.push(container.clone());
                     s.docker.endpoints.push(endpoint.clone());
                 }
-                Object::Settings | Object::IpForward | Object::Everything => {}
+                Object::Settings | Object::Everything => {}
             }
         }
         s
@@ -144,6 +149,22 @@ impl Mark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The forwarding flag is written only when set, and an intent without it (written by a
+    /// netfast that predates it) reads as unset: intents stay readable both ways.
+    #[test]
+    fn the_forwarding_flag_is_optional_both_ways() {
+        let mut i = Intent::creating("network create web", Object::Settings);
+        let plain = serde_json::to_value(&i).expect("serializes");
+        assert!(plain.get("ip_forward_was_off").is_none(), "{plain}");
+        let back: Intent = serde_json::from_value(plain).expect("reads back");
+        assert!(!back.ip_forward_was_off);
+        i.ip_forward_was_off = true;
+        let flagged = serde_json::to_value(&i).expect("serializes");
+        assert_eq!(flagged["ip_forward_was_off"], true);
+        let back: Intent = serde_json::from_value(flagged).expect("reads back");
+        assert_eq!(back, i);
+    }
 
     #[test]
     fn marks_read_back_and_nothing_else_is_one() {

@@ -284,10 +284,8 @@ impl Step<'_> {
         let command = format!("network create {}", spec.name);
         let mut intent = Intent::creating(command, Object::Network(network.clone()));
         // The create turns forwarding on: off now, it is turned off again if the create is
-        // undone after a crash (undone last: after the network).
-        if !ip_forward_on()? {
-            intent.create.insert(0, Object::IpForward);
-        }
+        // undone after a crash.
+        intent.ip_forward_was_off = !ip_forward_on()?;
         let made = creating_all(locked, intent, |state| {
             loader.build_network(nl, state, network, ext_addr, self.out)
         })?;

@@ -143,7 +143,9 @@ impl Loader {
         let mut out = Vec::new();
         // An earlier `down` or another command that died: what it was about is netfast's too.
         let mut pending: Vec<Object> = Vec::new();
+        let mut ip_forward_was_off = false;
         if let Some(i) = locked.intent.take() {
+            ip_forward_was_off = i.ip_forward_was_off;
             out.push(Change::InterruptedRemoved {
                 command: i.command.clone(),
             });
@@ -156,8 +158,10 @@ impl Loader {
         }
         let mut intent = Intent::removing("down", Object::Everything);
         intent.remove.extend(pending.iter().cloned());
-        locked.begin(intent)?;
+        intent.ip_forward_was_off = ip_forward_was_off;
+        locked.begin(intent.clone())?;
         self.remove_everything(&nl, &mut locked, &pending, &mut out)?;
+        super::recover::restore_ip_forward(&locked.state, &intent, &mut out)?;
         locked.remove()?;
         if out.is_empty() {
             out.push(Change::NothingToRemove);

@@ -104,7 +104,7 @@ impl Loader {
     }
 
     /// Records the namespace cookie of each container of a state written before netfast
-    /// recorded them, whose namespace is still the one netfast made (its `eth0` carries the
+    /// recorded them, whose namespace is still the one netfast made (its `lo` or `eth0` carries the
     /// container's mark): from then on the namespace is known by it, not by its name.
     fn record_namespace_cookies(&self, locked: &mut Locked) -> Result<()> {
         let State {
@@ -140,7 +140,7 @@ impl Loader {
 
     /// Removes the links that carry netfast's mark for this host but belong to nothing of
     /// `state` (a bridge of no network, a veth of no container), with the namespace behind a
-    /// veth when its `eth0` carries the same mark.
+    /// veth when its `lo` or `eth0` carries the same mark.
     pub(super) fn sweep_marked(
         &self,
         nl: &Nl<'_>,
@@ -236,17 +236,21 @@ impl Loader {
     /// it before the namespace has its name) or its `eth0` (where netfast put it alone
     /// before).
     pub(super) fn namespace_is_marked(&self, name: &str, mark: &str) -> bool {
+        self.namespace_carries(name, mark).unwrap_or(false)
+    }
+
+    /// As [`Loader::namespace_is_marked`], with the error that kept it from telling.
+    pub(super) fn namespace_carries(&self, name: &str, mark: &str) -> Result<bool> {
         if !nsfs::exists(name) {
-            return false;
+            return Ok(false);
         }
-        let Ok(inside) = self.netlink().namespace(name) else {
-            return false;
-        };
-        ["lo", "eth0"].iter().any(|l| {
-            inside
-                .link(l)
-                .is_ok_and(|link| link.and_then(|l| l.alias).as_deref() == Some(mark))
-        })
+        let inside = self.netlink().namespace(name)?;
+        for l in ["lo", "eth0"] {
+            if inside.link(l)?.and_then(|l| l.alias).as_deref() == Some(mark) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -262,6 +266,23 @@ pub(super) fn renamed<'a>(
     }
 }
 
+/// After what an interrupted command left is undone: IPv4 forwarding goes off again if it was
+/// off when the command began (a `network create`, which turned it on) and no network is left
+/// that needs it.
+pub(super) fn restore_ip_forward(
+    state: &State,
+    intent: &Intent,
+    out: &mut Vec<Change>,
+) -> Result<()> {
+    if intent.ip_forward_was_off
+        && state.networks.is_empty()
+        && super::networks::set_ip_forward(false)?
+    {
+        out.push(Change::IpForwardRestored);
+    }
+    Ok(())
+}
+
 /// Completing what an interrupted command left.
 impl Step<'_> {
     fn converge(&mut self, locked: &mut Locked, intent: &Intent) -> Result<()> {
@@ -273,9 +294,9 @@ impl Step<'_> {
                 .filter(|o| **o != Object::Everything)
                 .cloned()
                 .collect();
-            return self
-                .loader
-                .remove_everything(self.nl, locked, &pending, self.out);
+            self.loader
+                .remove_everything(self.nl, locked, &pending, self.out)?;
+            return restore_ip_forward(&locked.state, intent, self.out);
         }
         for o in &intent.remove {
             self.finish_removal(&mut locked.state, o)?;
@@ -283,6 +304,7 @@ impl Step<'_> {
         for o in intent.create.iter().rev() {
             self.undo_creation(&mut locked.state, o)?;
         }
+        restore_ip_forward(&locked.state, intent, self.out)?;
         Ok(())
     }
 
@@ -311,7 +333,7 @@ impl Step<'_> {
                     return self.loader.remove_publication(state, p, self.out);
                 }
             }
-            Object::Settings | Object::IpForward | Object::Everything => {}
+            Object::Settings | Object::Everything => {}
         }
         self.remove_unknown(state, o)
     }
@@ -335,14 +357,6 @@ impl Step<'_> {
                 }
                 crate::backend::sync(state, state)?;
                 self.out.push(Change::SettingsRestored);
-                true
-            }
-            Object::IpForward => {
-                // Undone last: the networks it was turned on for are gone, unless others
-                // need it.
-                if state.networks.is_empty() && super::networks::set_ip_forward(false)? {
-                    self.out.push(Change::IpForwardRestored);
-                }
                 true
             }
             Object::Everything => true,
@@ -374,7 +388,7 @@ impl Step<'_> {
                 with.publications.push(p.clone());
                 self.loader.remove_publication(&mut with, p, self.out)
             }
-            Object::Settings | Object::IpForward | Object::Everything => Ok(()),
+            Object::Settings | Object::Everything => Ok(()),
         }
     }
 

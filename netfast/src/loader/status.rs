@@ -179,7 +179,7 @@ impl Loader {
                         }
                         continue;
                     }
-                    Object::Settings | Object::IpForward => continue,
+                    Object::Settings => continue,
                 };
                 let known = state.network(&network).cloned();
                 row(rows, &network, known.as_ref(), "-").drift.push(format!(
