@@ -78,8 +78,13 @@ fn loaded(h: &Host, fast_path: u8) -> ProgTest {
 /// A host, the programs loaded on it with the fast path on, and the calling thread in the
 /// host's namespace (left before the namespace goes).
 fn on_host() -> (Host, ProgTest, NetnsGuard) {
+    in_host(1)
+}
+
+/// [`on_host`] with the fast path `fast_path` (1 on, 0 off).
+fn in_host(fast_path: u8) -> (Host, ProgTest, NetnsGuard) {
     let h = host();
-    let t = loaded(&h, 1);
+    let t = loaded(&h, fast_path);
     let guard = NetnsGuard::enter(h.ns.name()).expect("enter");
     (h, t, guard)
 }
@@ -207,9 +212,7 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_untouched() {
 #[test]
 fn with_the_fast_path_off_a_containers_icmp_error_is_translated_after_routing() {
     require_root();
-    let h = host();
-    let _in = NetnsGuard::enter(h.ns.name()).expect("enter");
-    let mut t = loaded(&h, 0);
+    let (h, mut t, _in) = in_host(0);
     // C1 → SERVER over UDP, as the stack carries it: untouched at the bridge, translated at
     // the uplink's egress.
     let query = packet::udp(FROM_CONTAINER, C1, SERVER, b"q");
