@@ -819,6 +819,49 @@ fn an_interrupted_create_leaves_a_namespace_made_since_under_its_name() {
     // (A create killed once its namespace has its name is undone whole: crash_netns.)
 }
 
+/// A `container create` killed once its namespace has its name, before anything else is in
+/// it (no veth, no `eth0`): the namespace carries netfast's mark on `lo` from before it had
+/// its name, so the next command knows it for netfast's and removes it.
+#[test]
+fn an_interrupted_create_removes_the_namespace_it_named() {
+    let (topo, nf) = host_with_web();
+    let c0 = ct(&topo, 0);
+    let create = ["container", "create", c0.as_str(), "--network", "web"];
+    let calls = "trace=mount,sendto";
+    // The main thread's netlink sends before the namespace is named, in a clean run: the
+    // next one (the veth pair's) is where the create is killed.
+    let (out, clean) = strace_netfast(&topo, &nf, &create, calls, "");
+    assert!(out.status.success(), "a clean create failed:\n{clean}");
+    nf.ok(&["container", "rm", &c0]);
+    let main = clean.split_whitespace().next().expect("a traced call");
+    let named = clean
+        .lines()
+        .position(|l| l.contains("MS_BIND"))
+        .expect("the namespace's bind mount");
+    let n = clean
+        .lines()
+        .take(named)
+        .filter(|l| l.starts_with(main) && l.contains(" sendto("))
+        .count()
+        + 1;
+    let inject = format!("inject=sendto:signal=KILL:when={n}");
+    let (out, traced) = strace_netfast(&topo, &nf, &create, calls, &inject);
+    assert!(
+        out.status.code().is_none()
+            && traced
+                .lines()
+                .any(|l| l.contains("MS_BIND") && l.trim_end().ends_with("= 0")),
+        "the create was not killed after its namespace had its name: adjust `when`\n{traced}"
+    );
+    let path = std::path::Path::new("/run/netns").join(&c0);
+    assert!(path.exists(), "the namespace was named before the kill");
+    nf.ok(&network_create("other", "172.30.9.0/24", &[]));
+    assert!(
+        !path.exists(),
+        "the next command left the namespace of the interrupted create"
+    );
+}
+
 /// Deletes namespace `name` and makes another of that name, with a link of its own.
 fn replace_namespace(topo: &Topology, name: &str) -> TestNetns {
     topo.host.exec_ok(&["ip", "netns", "del", name]);
@@ -2173,7 +2216,13 @@ fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
     // the create turns forwarding on and then cannot load the dataplane. The trace shows
     // that it got that far.
     let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
-    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:error=EPERM:when=6+");
+    let (out, traced) = strace_netfast(
+        &topo,
+        &nf,
+        &web,
+        FORWARDING_CALLS,
+        "inject=bpf:error=EPERM:when=6+",
+    );
     assert!(
         !out.status.success(),
         "network create succeeded without bpf(2): {}",
@@ -2207,7 +2256,13 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     // shows it), before the dataplane is attached.
     forwarding_off(&topo);
     let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
-    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:signal=KILL:when=6");
+    let (out, traced) = strace_netfast(
+        &topo,
+        &nf,
+        &web,
+        FORWARDING_CALLS,
+        "inject=bpf:signal=KILL:when=6",
+    );
     assert!(
         out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the create was not killed after it turned forwarding on: adjust `when`\n{traced}"
@@ -2226,7 +2281,13 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
         "completing the interrupted create left forwarding on; it said:\n{err}"
     );
     // So does `down` after such a kill.
-    let (out, traced) = strace_netfast(&topo, &nf, &web, "inject=bpf:signal=KILL:when=6");
+    let (out, traced) = strace_netfast(
+        &topo,
+        &nf,
+        &web,
+        FORWARDING_CALLS,
+        "inject=bpf:signal=KILL:when=6",
+    );
     assert!(
         out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the second create was not killed after it turned forwarding on\n{traced}"
@@ -2243,7 +2304,7 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     nf.create_network("web", "172.18.0.0/24", &[]);
     let db = network_create("db", "172.19.0.0/24", &["--backend", "ebpf"]);
     forwarding_off(&topo);
-    let (out, clean) = strace_netfast(&topo, &nf, &db, "");
+    let (out, clean) = strace_netfast(&topo, &nf, &db, FORWARDING_CALLS, "");
     assert!(
         out.status.success(),
         "a clean create of db failed:\n{clean}"
@@ -2257,8 +2318,13 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
         .count()
         + 1;
     forwarding_off(&topo);
-    let (out, traced) =
-        strace_netfast(&topo, &nf, &db, &format!("inject=bpf:signal=KILL:when={n}"));
+    let (out, traced) = strace_netfast(
+        &topo,
+        &nf,
+        &db,
+        FORWARDING_CALLS,
+        &format!("inject=bpf:signal=KILL:when={n}"),
+    );
     assert!(
         out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the create of db was not killed after it turned forwarding on\n{traced}"
@@ -2288,17 +2354,21 @@ fn forwarding_write(trace: &str) -> Option<usize> {
         .position(|l| l.contains("net/ipv4/ip_forward") && l.contains("O_WRONLY"))
 }
 
-/// `netfast ARGS` under `strace -f` tracing openat and bpf, with the injection `inject`
-/// (none if empty): its output and the trace.
+/// The calls the forwarding tests trace: the sysctl's open, and bpf(2) to inject into.
+const FORWARDING_CALLS: &str = "trace=openat,bpf";
+
+/// `netfast ARGS` under `strace -f` with the trace expression `trace` and the injection
+/// `inject` (none if empty): its output and the trace.
 fn strace_netfast(
     topo: &Topology,
     nf: &Netfast,
     args: &[&str],
+    trace: &str,
     inject: &str,
 ) -> (std::process::Output, String) {
-    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
-    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = vec!["strace", "-f", "-o", &trace_arg, "-e", "trace=openat,bpf"];
+    let file = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
+    let file_arg = file.to_str().expect("UTF-8 path").to_owned();
+    let mut argv = vec!["strace", "-f", "-o", &file_arg, "-e", trace];
     if !inject.is_empty() {
         argv.extend(["-e", inject]);
     }
@@ -2307,7 +2377,7 @@ fn strace_netfast(
         .args(&argv[1..])
         .output()
         .expect("strace (apt-get install strace)");
-    let text = fs::read_to_string(&trace).unwrap_or_default();
-    let _ = fs::remove_file(&trace);
+    let text = fs::read_to_string(&file).unwrap_or_default();
+    let _ = fs::remove_file(&file);
     (out, text)
 }
