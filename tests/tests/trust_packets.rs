@@ -736,6 +736,49 @@ fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
     assert_eq!(delivered(&r), (ext(41000), C1));
 }
 
+/// With the fast path off, a hairpin is still forwarded at the bridge (its source, once
+/// translated, is the host's own address, which the stack would drop as a martian), and so
+/// is an ICMP error about a hairpin flow: translated and forwarded there, where other errors
+/// are left to the stack as sent. (Before, such an error was translated and then left to
+/// the stack: dropped.)
+#[test]
+fn with_the_fast_path_off_a_hairpins_icmp_error_is_forwarded_at_the_bridge() {
+    require_root();
+    let mut t = provisioned(packets::load(&DpConfig {
+        fast_path: 0,
+        ..DpConfig::default()
+    }));
+    for c in [C1, C2] {
+        fast_path_knows(&mut t, c.0, 1500);
+    }
+    run(&mut t, Hook::UplinkEgress, &udp_out(C1, SERVER, b"a"));
+    let c2 = (C2.0, 40001);
+    run(&mut t, Hook::UplinkEgress, &udp_out(c2, SERVER, b"b"));
+    // C2 to C1's external endpoint, hairpinned: C1 gets it from C2's.
+    let r = hairpinned(&mut t, c2, ext(40000), b"hi");
+    assert_eq!(delivered(&r), (ext(40001), C1));
+    // C1 has no socket there after all: its port unreachable quotes what it got.
+    let error = packet::icmp_error(
+        FROM_CONTAINER,
+        C1.0,
+        EXT,
+        3,
+        3,
+        [0; 4],
+        packet::ip_packet(&r.frame),
+    );
+    let r = run(&mut t, Hook::BridgeIngress, &error);
+    assert_eq!(r.verdict, verdict::REDIRECT, "forwarded at the bridge");
+    let outer = decode(&r.frame).expect("valid");
+    assert_eq!((outer.src, outer.dst), (EXT, C2.0));
+    let q = packet::decode_quoted(&r.frame).expect("valid quote");
+    assert_eq!(
+        (q.src, q.sport, q.dst, q.dport, q.l4_checksum_ok),
+        (C2.0, 40001, EXT, 40000, Some(true)),
+        "the quote is what C2 sent"
+    );
+}
+
 #[test]
 fn a_packet_too_big_for_the_containers_mtu_is_left_to_the_host() {
     let mut t = loaded();
