@@ -769,26 +769,9 @@ fn an_interrupted_create_leaves_a_namespace_made_since_under_its_name() {
     // Killed at the bind mount that would give the namespace its name: the intent is
     // recorded, the state is not saved. The mount thread's first mount makes /run/netns
     // shared; its second is that bind mount, which the trace shows.
-    let trace = std::env::temp_dir().join(format!("{}-strace", topo.host.name()));
-    let trace_arg = trace.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = vec![
-        "strace",
-        "-f",
-        "-o",
-        &trace_arg,
-        "-e",
-        "trace=mount",
-        "-e",
-        "inject=mount:signal=KILL:when=2",
-    ];
     let create = ["container", "create", c0.as_str(), "--network", "web"];
-    argv.extend(nf.argv(&create));
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect("strace");
-    let traced = fs::read_to_string(&trace).unwrap_or_default();
-    let _ = fs::remove_file(&trace);
+    let kill = "inject=mount:signal=KILL:when=2";
+    let (out, traced) = strace_netfast(&topo, &nf, &create, "trace=mount", kill);
     let target = format!("\"/run/netns/{c0}\"");
     let last_mount = traced.lines().rfind(|l| l.contains("mount("));
     assert!(
@@ -2211,18 +2194,10 @@ fn a_namespace_named_like_another_hosts_key_leaves_that_state_alone() {
 #[test]
 fn a_network_create_that_fails_leaves_forwarding_as_it_was() {
     let (topo, nf) = host();
-    forwarding_off(&topo);
     // bpf(2) fails from its sixth call on: past the probes that pick the backend, so that
     // the create turns forwarding on and then cannot load the dataplane. The trace shows
     // that it got that far.
-    let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
-    let (out, traced) = strace_netfast(
-        &topo,
-        &nf,
-        &web,
-        FORWARDING_CALLS,
-        "inject=bpf:error=EPERM:when=6+",
-    );
+    let (out, traced) = create_web_from_off(&topo, &nf, "inject=bpf:error=EPERM:when=6+");
     assert!(
         !out.status.success(),
         "network create succeeded without bpf(2): {}",
@@ -2254,15 +2229,8 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     let (topo, nf) = host();
     // Killed at its sixth bpf(2) call: past the probes, after forwarding went on (the trace
     // shows it), before the dataplane is attached.
-    forwarding_off(&topo);
-    let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
-    let (out, traced) = strace_netfast(
-        &topo,
-        &nf,
-        &web,
-        FORWARDING_CALLS,
-        "inject=bpf:signal=KILL:when=6",
-    );
+    let kill = "inject=bpf:signal=KILL:when=6";
+    let (out, traced) = create_web_from_off(&topo, &nf, kill);
     assert!(
         out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the create was not killed after it turned forwarding on: adjust `when`\n{traced}"
@@ -2281,13 +2249,7 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
         "completing the interrupted create left forwarding on; it said:\n{err}"
     );
     // So does `down` after such a kill.
-    let (out, traced) = strace_netfast(
-        &topo,
-        &nf,
-        &web,
-        FORWARDING_CALLS,
-        "inject=bpf:signal=KILL:when=6",
-    );
+    let (out, traced) = create_web_from_off(&topo, &nf, kill);
     assert!(
         out.status.code().is_none() && forwarding_write(&traced).is_some(),
         "the second create was not killed after it turned forwarding on\n{traced}"
@@ -2332,6 +2294,18 @@ fn a_network_create_killed_after_it_turned_forwarding_on_turns_it_off_again() {
     nf.ok(&["config", "--fast-path", "on"]);
     assert_eq!(nf.networks().len(), 1, "web stays, db goes");
     assert_eq!(forwarding(&topo), "1", "web needs forwarding");
+}
+
+/// `network create web` (eBPF) under strace with `inject`, forwarding off before it: its
+/// output and the trace of its openat and bpf calls.
+fn create_web_from_off(
+    topo: &Topology,
+    nf: &Netfast,
+    inject: &str,
+) -> (std::process::Output, String) {
+    forwarding_off(topo);
+    let web = network_create("web", "172.18.0.0/24", &["--backend", "ebpf"]);
+    strace_netfast(topo, nf, &web, FORWARDING_CALLS, inject)
 }
 
 /// The host's `net.ipv4.ip_forward`.
