@@ -104,9 +104,11 @@ impl Loader {
                 locked.finish()?;
                 let (undone, not_undone) = self.undo_creations(&nl, &mut locked, &done);
                 locked.save()?;
-                if ip_forward_was_off && locked.state.networks.is_empty() {
-                    super::networks::set_ip_forward(false)?;
-                }
+                super::recover::restore_ip_forward(
+                    &locked.state,
+                    ip_forward_was_off,
+                    &mut Vec::new(),
+                )?;
                 return Err(Error::Settings(apply_failure(
                     action,
                     &e,

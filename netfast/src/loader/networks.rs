@@ -475,13 +475,12 @@ pub(super) fn ip_forward_on() -> Result<bool> {
 
 /// Turns IPv4 forwarding on (or off) in this namespace; true if it was the other way.
 pub(super) fn set_ip_forward(on: bool) -> Result<bool> {
-    let path = IP_FORWARD;
     let want = if on { "1" } else { "0" };
     if ip_forward_on()? == on {
         return Ok(false);
     }
-    std::fs::write(path, want).map_err(|source| Error::Io {
-        context: format!("writing {path}"),
+    std::fs::write(IP_FORWARD, want).map_err(|source| Error::Io {
+        context: format!("writing {IP_FORWARD}"),
         source,
     })?;
     Ok(true)

@@ -159,9 +159,9 @@ impl Loader {
         let mut intent = Intent::removing("down", Object::Everything);
         intent.remove.extend(pending.iter().cloned());
         intent.ip_forward_was_off = ip_forward_was_off;
-        locked.begin(intent.clone())?;
+        locked.begin(intent)?;
         self.remove_everything(&nl, &mut locked, &pending, &mut out)?;
-        super::recover::restore_ip_forward(&locked.state, &intent, &mut out)?;
+        super::recover::restore_ip_forward(&locked.state, ip_forward_was_off, &mut out)?;
         locked.remove()?;
         if out.is_empty() {
             out.push(Change::NothingToRemove);

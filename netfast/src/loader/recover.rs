@@ -266,18 +266,15 @@ pub(super) fn renamed<'a>(
     }
 }
 
-/// After what an interrupted command left is undone: IPv4 forwarding goes off again if it was
-/// off when the command began (a `network create`, which turned it on) and no network is left
-/// that needs it.
+/// After what a command created is undone (an interrupted one's, or a failed `apply`'s): IPv4
+/// forwarding goes off again if it was off when the command began (`was_off`: a `network
+/// create` turns it on) and no network is left that needs it.
 pub(super) fn restore_ip_forward(
     state: &State,
-    intent: &Intent,
+    was_off: bool,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    if intent.ip_forward_was_off
-        && state.networks.is_empty()
-        && super::networks::set_ip_forward(false)?
-    {
+    if was_off && state.networks.is_empty() && super::networks::set_ip_forward(false)? {
         out.push(Change::IpForwardRestored);
     }
     Ok(())
@@ -296,7 +293,7 @@ impl Step<'_> {
                 .collect();
             self.loader
                 .remove_everything(self.nl, locked, &pending, self.out)?;
-            return restore_ip_forward(&locked.state, intent, self.out);
+            return restore_ip_forward(&locked.state, intent.ip_forward_was_off, self.out);
         }
         for o in &intent.remove {
             self.finish_removal(&mut locked.state, o)?;
@@ -304,7 +301,7 @@ impl Step<'_> {
         for o in intent.create.iter().rev() {
             self.undo_creation(&mut locked.state, o)?;
         }
-        restore_ip_forward(&locked.state, intent, self.out)?;
+        restore_ip_forward(&locked.state, intent.ip_forward_was_off, self.out)?;
         Ok(())
     }
 
