@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netfast::common::{DropReason, stats::Event};
 
-use super::{Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, nat::Keep, tcp};
+use super::{Endpoint, Entry, EntryFlags, Model, PROTO_TCP, Tuple, frame, nat::Keep, tcp};
 
 /// The packet a flow is judged by: its frame, its IPv4 header, the tuple it is keyed by, and
 /// its TCP flags byte.
@@ -236,6 +236,36 @@ impl Model {
             ..tcp::Window::default()
         };
         Ok(Pair { orig, reply })
+    }
+
+    /// The pair of a flow from outside that the packet opens to the container endpoint `to`
+    /// of network `net_id`: its original entry, with flags `own`, goes to the container, and
+    /// its reply entry comes from inside (`EntryFlags::inward_reply`). `times`: the state the
+    /// flow starts in, when its entries expire, and until when its mapping lives.
+    pub fn inward_pair(
+        &self,
+        p: &Pkt<'_>,
+        own: EntryFlags,
+        to: Endpoint,
+        net_id: u16,
+        (state, expires, until): (tcp::State, u32, u32),
+    ) -> Result<Pair, DropReason> {
+        let flags = EntryFlags {
+            inward: true,
+            ..own
+        };
+        let orig = Entry::opening(
+            flags,
+            None,
+            Some(to),
+            state,
+            net_id,
+            self.now,
+            expires,
+            until,
+            p.f.len(),
+        );
+        self.fill_pair(p, orig, own.inward_reply())
     }
 
     /// Inserts the flow opened by the packet keyed `orig_key`: the reply entry is put

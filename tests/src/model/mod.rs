@@ -178,6 +178,15 @@ impl EntryFlags {
     pub fn masq(&self) -> bool {
         self.masq_src || self.masq_dst
     }
+
+    /// The reply entry's own flags, for a flow whose original entry goes to a container
+    /// with these flags: it comes from inside, and carries the flow's shared flags.
+    pub fn inward_reply(&self) -> EntryFlags {
+        EntryFlags {
+            from_inside: true,
+            ..self.shared()
+        }
+    }
 }
 
 /// One direction of a flow.

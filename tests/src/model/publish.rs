@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use netfast::common::{DropReason, stats::Event};
 
 use super::{
-    Entry, EntryFlags, Model, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple,
+    EntryFlags, Model, PROTO_TCP, PROTO_UDP, PubKey, PubTarget, Tuple,
     conntrack::{Inserted, Pair, Pkt, Touched},
     nat::Choice,
     tcp,
@@ -98,27 +98,12 @@ impl Model {
                 true,
             ),
         };
-        let orig = Entry::opening(
-            EntryFlags {
-                published: true,
-                inward: true,
-                ..EntryFlags::default()
-            },
-            None,
-            Some((target.addr, target.port)),
-            state,
-            target.net_id,
-            now,
-            now + t,
-            0,
-            p.f.len(),
-        );
-        let reply_own = EntryFlags {
+        let published = EntryFlags {
             published: true,
-            from_inside: true,
             ..EntryFlags::default()
         };
-        let mut pair = self.fill_pair(p, orig, reply_own)?;
+        let to = (target.addr, target.port);
+        let mut pair = self.inward_pair(p, published, to, target.net_id, (state, now + t, 0))?;
         match self.insert_pair(touched, key, &mut pair, repair_only, true) {
             Inserted::Absent => return Ok(None),
             Inserted::Clash => {}
@@ -130,7 +115,7 @@ impl Model {
         // The clash: the client's source port is translated as well.
         self.counters.rule("client port remapped");
         pair.orig.new_src = Some((key.src, 0));
-        pair.reply = pair.orig.reply(key, reply_own);
+        pair.reply = pair.orig.reply(key, published.inward_reply());
         let (min, max) = (self.config.port_min, self.config.port_max);
         let free = |m: &Model, p: u16| {
             let mut o = pair.orig;

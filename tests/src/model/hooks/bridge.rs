@@ -3,10 +3,10 @@
 
 use netfast::common::{DropReason, stats::Event, verdict::NEXT};
 
-use super::{Run, src_port_at};
+use super::{Cx, Run, Verdict, src_port_at};
 use crate::model::{
     Entry, EntryFlags, Model, Network, PROTO_ICMP, PROTO_TCP, Tuple,
-    conntrack::{Pair, Pkt, Table, Tracked},
+    conntrack::{Pkt, Table, Tracked},
     frame::{self, Expected, Frag, L4, Parsed},
     mapping_slack,
     nat::{Choice, HOST_FLOWS},
@@ -16,7 +16,7 @@ use crate::model::{
 
 impl Model {
     /// The bridge's ingress: packets from containers.
-    pub(super) fn bridge_ingress(&mut self, run: &mut Run<'_>) -> Result<i32, DropReason> {
+    pub(super) fn bridge_ingress(&mut self, run: &mut Run<'_>) -> Verdict {
         let f = run.f;
         let ip = match frame::ipv4(f) {
             Parsed::NotIpv4 => return Ok(NEXT),
@@ -79,23 +79,18 @@ impl Model {
         if let Some((e, table)) = found
             && self.usable_at_bridge(run, &key)
         {
-            return self.established(run, &p, &e, table);
+            return self.established(&mut Cx { run, p }, &e, table);
         }
         let Some(net) = self.source_network(run, &ip)? else {
             return Ok(NEXT);
         };
-        self.new_flow(run, &p, &net)
+        self.new_flow(&mut Cx { run, p }, &net)
     }
 
     /// A packet of a tracked flow at the bridge: tracked, translated and forwarded — or,
     /// with the fast path off, left to the uplink's egress after the host has routed it.
-    pub(super) fn established(
-        &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
-        e: &Entry,
-        table: Table,
-    ) -> Result<i32, DropReason> {
+    pub(super) fn established(&mut self, cx: &mut Cx<'_, '_>, e: &Entry, table: Table) -> Verdict {
+        let Cx { run, p } = cx;
         let (ip, key) = (p.ip, p.key);
         if e.flags.await_reply && !e.flags.seen_reply {
             // A hairpin to a mapping whose owner has not answered yet.
@@ -124,15 +119,9 @@ impl Model {
 
     /// A container's packet that matched no flow: a hairpin to a published port or to a
     /// mapping, a new masqueraded flow, or the host's stack.
-    pub(super) fn new_flow(
-        &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
-        net: &Network,
-    ) -> Result<i32, DropReason> {
-        let (ip, key) = (p.ip, p.key);
-        let f = run.f;
-        let can_open = key.proto != PROTO_TCP || p.flags().opens();
+    pub(super) fn new_flow(&mut self, cx: &mut Cx<'_, '_>, net: &Network) -> Verdict {
+        let Pkt { f, ip, key, .. } = cx.p;
+        let can_open = key.proto != PROTO_TCP || cx.p.flags().opens();
         if let Some(target) = self.published(ip.dst, key.dport, ip.proto)
             && !net.ext_addr.is_unspecified()
         {
@@ -146,10 +135,10 @@ impl Model {
             if !can_open {
                 return Ok(NEXT);
             }
-            let ext_port = self.masquerade_port(run, p, net, true)?;
-            let pair = self.hairpin_new_flow(&mut run.touched, p, &target, net, ext_port)?;
-            self.apply(run, ip, key, &pair.orig);
-            return self.forward(run, &r);
+            let ext_port = self.masquerade_port(cx, net, true)?;
+            let pair = self.hairpin_new_flow(&mut cx.run.touched, &cx.p, &target, net, ext_port)?;
+            self.apply(cx.run, ip, key, &pair.orig);
+            return self.forward(cx.run, &r);
         }
         // Another container's external endpoint, or its own: hairpinned. Not an ICMP echo
         // request: it names no external endpoint (its key's destination port is always 0),
@@ -157,7 +146,7 @@ impl Model {
         let echo_request = ip.proto == PROTO_ICMP && key.dport == 0;
         if !net.ext_addr.is_unspecified()
             && !echo_request
-            && let Some(claim) = self.live_claim(&mut run.touched, ip.dst, key.dport, ip.proto)
+            && let Some(claim) = self.live_claim(&mut cx.run.touched, ip.dst, key.dport, ip.proto)
         {
             let Some(r) = self.route(f, ip, claim.owner.0, true) else {
                 return Err(DropReason::NoRoute);
@@ -167,20 +156,20 @@ impl Model {
             }
             // An ICMP message has one identifier for both sides: the frame out shows the
             // receiver's, so the sender's mapping is read from the maps.
-            let ext_port = self.masquerade_port(run, p, net, ip.proto != PROTO_ICMP)?;
-            match self.mapping_hairpin_new_flow(&mut run.touched, p, net, ext_port)? {
+            let ext_port = self.masquerade_port(cx, net, ip.proto != PROTO_ICMP)?;
+            match self.mapping_hairpin_new_flow(&mut cx.run.touched, &cx.p, net, ext_port)? {
                 None => {}
                 Some((_, true)) => return Err(DropReason::NatFiltered),
                 Some((pair, false)) => {
-                    self.apply(run, ip, key, &pair.orig);
-                    return self.forward(run, &r);
+                    self.apply(cx.run, ip, key, &pair.orig);
+                    return self.forward(cx.run, &r);
                 }
             }
         }
         if self.config.fast_path {
-            return self.new_masquerade_flow(run, p, net);
+            return self.new_masquerade_flow(cx, net);
         }
-        self.isolated(run, ip)
+        self.isolated(cx.run, ip)
     }
 
     /// Whether an entry found at a bridge may serve the packet keyed `key`: its source is of
@@ -193,27 +182,20 @@ impl Model {
 
     /// The fast path opens a masqueraded flow at its first packet, at the bridge: when the
     /// network masquerades and the packet's route leaves through its uplink.
-    pub(super) fn new_masquerade_flow(
-        &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
-        net: &Network,
-    ) -> Result<i32, DropReason> {
-        let (ip, key) = (p.ip, p.key);
+    pub(super) fn new_masquerade_flow(&mut self, cx: &mut Cx<'_, '_>, net: &Network) -> Verdict {
+        let ip = cx.p.ip;
         if !net.masquerade {
-            return self.isolated(run, ip);
+            return self.isolated(cx.run, ip);
         }
-        let Some(r) = self.route(run.f, ip, ip.dst, false) else {
+        let Some(r) = self.route(cx.run.f, ip, ip.dst, false) else {
             self.counters.event(Event::FastPathFallback);
-            return self.isolated(run, ip);
+            return self.isolated(cx.run, ip);
         };
         if matches!(r, Route::Peer(_)) || r.dev() != net.uplink {
-            return self.isolated(run, ip);
+            return self.isolated(cx.run, ip);
         }
-        let ext_port = self.masquerade_port(run, p, net, true)?;
-        let pair = self.snat_new_flow(run, p, net, ext_port)?;
-        self.apply(run, ip, key, &pair.orig);
-        self.forward(run, &r)
+        self.snat_new_flow(cx, net)?;
+        self.forward(cx.run, &r)
     }
 
     /// The state a masqueraded flow opened by this packet starts in, when its entries
@@ -240,11 +222,11 @@ impl Model {
     /// or, where the output does not show it (`visible`), from its maps).
     pub(super) fn masquerade_port(
         &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
+        cx: &mut Cx<'_, '_>,
         net: &Network,
         visible: bool,
     ) -> Result<u16, DropReason> {
+        let Cx { run, p } = cx;
         let (_, _, until) = self.new_flow_times(p)?;
         let choice = if visible {
             run.obs
@@ -272,15 +254,15 @@ impl Model {
         ext_port
     }
 
-    /// The first packet of a masqueraded flow, its mapping made: the flow's pair, the
-    /// packet translated by its original entry.
+    /// The first packet of a masqueraded flow: its sender's mapping (the live one or a new
+    /// one), the flow's pair, and the packet translated by its original entry.
     pub(super) fn snat_new_flow(
         &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
+        cx: &mut Cx<'_, '_>,
         net: &Network,
-        ext_port: u16,
-    ) -> Result<Pair, DropReason> {
+    ) -> Result<(), DropReason> {
+        let ext_port = self.masquerade_port(cx, net, true)?;
+        let Cx { run, p } = cx;
         let now = self.now;
         let (state, expires, until) = self.new_flow_times(p)?;
         let orig = Entry::opening(
@@ -304,6 +286,8 @@ impl Model {
             ..EntryFlags::default()
         };
         let pair = self.fill_pair(p, orig, reply_own)?;
-        self.open_pair(&mut run.touched, p.key, pair, false)
+        let pair = self.open_pair(&mut run.touched, p.key, pair, false)?;
+        self.apply(run, p.ip, p.key, &pair.orig);
+        Ok(())
     }
 }

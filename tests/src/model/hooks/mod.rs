@@ -15,7 +15,7 @@ use netfast::common::{
 
 use super::{
     Entry, Model, Network, PROTO_ICMP, Tuple,
-    conntrack::Touched,
+    conntrack::{Pkt, Touched},
     frame::{self, Expected, Frag, Ip},
     nat::Choice,
     route::{self, Route},
@@ -70,6 +70,17 @@ struct Run<'a> {
     violations: Vec<String>,
 }
 
+/// A packet on its run once its flow is keyed: the run's state and the packet as the flow
+/// tables judge it, which the rules of a flow pass along together.
+struct Cx<'r, 'a> {
+    run: &'r mut Run<'a>,
+    p: Pkt<'r>,
+}
+
+/// What a rule decides: the program's verdict (`NEXT`, `REDIRECT`), or the reason it drops
+/// the packet.
+type Verdict = Result<i32, DropReason>;
+
 /// The L4 offset of the port (or ICMP identifier) a source rewrite changes.
 fn src_port_at(ip: &Ip) -> usize {
     ip.l4 + if ip.proto == PROTO_ICMP { 4 } else { 0 }
@@ -111,7 +122,7 @@ impl Model {
 
     /// Containers of one network never reach those of another (Docker's isolation),
     /// judged by the bridge the packet came in on.
-    fn isolated(&self, run: &Run<'_>, ip: &Ip) -> Result<i32, DropReason> {
+    fn isolated(&self, run: &Run<'_>, ip: &Ip) -> Verdict {
         match self.topo.network_of(ip.dst) {
             Some(to) if to.bridge != run.ifindex => Err(DropReason::InterNetwork),
             _ => Ok(NEXT),
@@ -178,7 +189,7 @@ impl Model {
     }
 
     /// Sends the packet along a route the fast path found.
-    fn forward(&mut self, run: &mut Run<'_>, r: &Route) -> Result<i32, DropReason> {
+    fn forward(&mut self, run: &mut Run<'_>, r: &Route) -> Verdict {
         route::forward(&mut run.out, r);
         self.counters.event(Event::FastPath);
         Ok(REDIRECT)
@@ -186,12 +197,7 @@ impl Model {
 
     /// Forwards a packet translated to `dst` at the bridge: it cannot go to the host's
     /// stack, whose input path would drop a source of the host's own as a martian.
-    fn forward_here(
-        &mut self,
-        run: &mut Run<'_>,
-        ip: &Ip,
-        dst: Ipv4Addr,
-    ) -> Result<i32, DropReason> {
+    fn forward_here(&mut self, run: &mut Run<'_>, ip: &Ip, dst: Ipv4Addr) -> Verdict {
         let Some(r) = self.route(run.f, ip, dst, true) else {
             return Err(DropReason::NoRoute);
         };
@@ -201,12 +207,7 @@ impl Model {
     /// A later fragment or an ICMP error from a container (`translated` already, when it is
     /// about a flow): no flow of its own, but translated and forwarded like the flow it
     /// belongs to, if any; else isolation decides.
-    fn not_a_flow(
-        &mut self,
-        run: &mut Run<'_>,
-        ip: &Ip,
-        translated: bool,
-    ) -> Result<i32, DropReason> {
+    fn not_a_flow(&mut self, run: &mut Run<'_>, ip: &Ip, translated: bool) -> Verdict {
         if ip.frag == Frag::Later {
             self.source_network(run, ip)?;
             if let Some((_, dst)) = self.later_fragment(run, ip) {

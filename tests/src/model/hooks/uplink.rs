@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 
 use netfast::common::{DropReason, stats::Event, verdict::NEXT};
 
-use super::Run;
+use super::{Cx, Run, Verdict};
 use crate::model::{
-    Entry, EntryFlags, Model, Network, PROTO_TCP, Tuple,
+    EntryFlags, Model, Network, PROTO_TCP, Tuple,
     conntrack::{Pair, Pkt, Table, Tracked},
     frame::{self, Expected, Frag, Ip, L4, Parsed},
     mapping_slack,
@@ -19,11 +19,8 @@ impl Model {
     /// Endpoint-independent filtering: the first packet from outside to a live mapping's
     /// external port opens a flow to its internal endpoint, from any remote (TCP: only a
     /// SYN), unless a socket of the host owns the port. `Ok(None)`: not for a mapping.
-    pub(super) fn eif_new_flow(
-        &mut self,
-        run: &mut Run<'_>,
-        p: &Pkt<'_>,
-    ) -> Result<Option<Pair>, DropReason> {
+    pub(super) fn eif_new_flow(&mut self, cx: &mut Cx<'_, '_>) -> Result<Option<Pair>, DropReason> {
+        let Cx { run, p } = cx;
         let key = p.key;
         let now = self.now;
         let flags = p.flags();
@@ -66,26 +63,12 @@ impl Model {
         if self.reuse_mapping(&mut run.touched, &bk, claim.owner_net, until) != Some(key.dport) {
             return Ok(None);
         }
-        let orig = Entry::opening(
-            EntryFlags {
-                masq_dst: true,
-                inward: true,
-                ..EntryFlags::default()
-            },
-            None,
-            Some(claim.owner),
-            state,
-            claim.owner_net,
-            now,
-            expires,
-            until,
-            run.f.len(),
-        );
-        let reply_own = EntryFlags {
-            from_inside: true,
+        let to_mapping = EntryFlags {
+            masq_dst: true,
             ..EntryFlags::default()
         };
-        let pair = self.fill_pair(p, orig, reply_own)?;
+        let times = (state, expires, until);
+        let pair = self.inward_pair(p, to_mapping, claim.owner, claim.owner_net, times)?;
         self.counters.rule("endpoint-independent flow");
         self.open_pair(&mut run.touched, key, pair, true).map(Some)
     }
@@ -99,7 +82,7 @@ impl Model {
         out: bool,
         ip: &Ip,
         reason: DropReason,
-    ) -> Result<i32, DropReason> {
+    ) -> Verdict {
         if out {
             if self.masq_network(ip.src, run.ifindex).is_some() {
                 return Err(reason);
@@ -121,7 +104,7 @@ impl Model {
         out: bool,
         ip: &Ip,
         dst: Ipv4Addr,
-    ) -> Result<i32, DropReason> {
+    ) -> Verdict {
         if !out && self.config.fast_path {
             if let Some(r) = self.route(run.f, ip, dst, false) {
                 return self.forward(run, &r);
@@ -141,7 +124,7 @@ impl Model {
 
     /// The uplink: `out` is its egress (to the outside: containers' packets the host
     /// routed, and the host's own), else its ingress (from the outside).
-    pub(super) fn uplink(&mut self, run: &mut Run<'_>, out: bool) -> Result<i32, DropReason> {
+    pub(super) fn uplink(&mut self, run: &mut Run<'_>, out: bool) -> Verdict {
         let f = run.f;
         let ip = match frame::ipv4(f) {
             Parsed::NotIpv4 => return Ok(NEXT),
@@ -262,9 +245,7 @@ impl Model {
                 }
                 None => return Ok(NEXT),
             };
-            let ext_port = self.masquerade_port(run, &p, &net, true)?;
-            let pair = self.snat_new_flow(run, &p, &net, ext_port)?;
-            self.apply(run, &ip, &key, &pair.orig);
+            self.snat_new_flow(&mut Cx { run, p }, &net)?;
             return Ok(NEXT);
         }
         // From outside, a packet of no flow from an address of one of our networks is forged.
@@ -295,7 +276,7 @@ impl Model {
             return Ok(NEXT);
         }
         if self.config.endpoint_independent
-            && let Some(pair) = self.eif_new_flow(run, &p)?
+            && let Some(pair) = self.eif_new_flow(&mut Cx { run, p })?
         {
             self.apply(run, &ip, &key, &pair.orig);
             return Ok(NEXT);
