@@ -222,6 +222,14 @@ pub fn dropped(t: &ProgTest, reason: DropReason) -> u64 {
     t.stats().expect("stats").dropped(reason).packets
 }
 
+/// Asserts that run `r` dropped its packet (verdict SHOT) and that `reason` has counted
+/// `count` drops so far; `why` names the step in a failure.
+pub fn assert_dropped(t: &ProgTest, r: &Run, reason: DropReason, count: u64, why: &str) {
+    assert_eq!(r.verdict, verdict::SHOT, "{why}");
+    let counted = dropped(t, reason);
+    assert_eq!(counted, count, "{why}: {} drops", reason.name());
+}
+
 /// Packets counted for event `e` so far.
 pub fn event(t: &ProgTest, e: Event) -> u64 {
     t.stats().expect("stats").event(e).packets

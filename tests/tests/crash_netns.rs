@@ -668,6 +668,13 @@ impl PluginLab {
             .filter(|n| n.starts_with("nfv"))
             .collect()
     }
+
+    /// Asserts that `n` containers' veths are in the host namespace (`what` says which, on
+    /// failure).
+    fn assert_veths(&self, n: usize, what: &str) {
+        let veths = self.veths();
+        assert_eq!(veths.len(), n, "{what}: {veths:?}");
+    }
 }
 
 /// `docker-plugin` killed in an endpoint's create at its state save (its second rename; the
@@ -693,12 +700,7 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
         left.contains_key(&stray),
         "the kill should have come after the endpoint's fast-path entry: {left:?}"
     );
-    assert_eq!(
-        p.veths().len(),
-        1,
-        "the killed create's veth: {:?}",
-        p.veths()
-    );
+    p.assert_veths(1, "the killed create's veth");
     // Docker's next call, to a plugin started again, finds nothing of the killed one.
     let again = p.plugin(&[]);
     let next: std::net::Ipv4Addr = "172.18.0.6".parse().expect("an address");
@@ -710,11 +712,9 @@ fn a_docker_endpoint_create_killed_at_its_save_leaves_no_fast_path_entry() {
         !left.contains_key(&stray) && left.contains_key(&next),
         "the next call left the stray entry, or made none of its own: {left:?}"
     );
-    assert_eq!(
-        p.veths().len(),
+    p.assert_veths(
         1,
-        "the killed create's veth is still there beside the new one: {:?}",
-        p.veths()
+        "the killed create's veth is still there beside the new one",
     );
 }
 
@@ -760,11 +760,7 @@ fn a_docker_endpoint_create_killed_at_any_send_leaves_nothing_behind() {
         assert!(drift.is_empty(), "{what}: drift {drift:?}");
         p.ok("DeleteEndpoint", &p.delete_body(&next_id), &what);
         again.stop();
-        assert!(
-            p.veths().is_empty(),
-            "{what}: DeleteEndpoint left {:?}",
-            p.veths()
-        );
+        p.assert_veths(0, &format!("{what}: DeleteEndpoint left"));
     }
 }
 
@@ -1007,11 +1003,7 @@ fn a_docker_endpoint_is_removed_when_an_interrupted_command_cannot_be_completed(
     plugin.stop();
     drop(stuck);
     assert!(!answer.contains("\"Err\""), "DeleteEndpoint: {answer}");
-    assert!(
-        p.veths().is_empty(),
-        "the endpoint's veth is left: {:?}",
-        p.veths()
-    );
+    p.assert_veths(0, "the endpoint's veth is left");
     assert!(
         !p.lab.nf.endpoints().contains_key(&addr),
         "the endpoint's fast-path entry is left"

@@ -24,8 +24,8 @@ use netfast::{
 use netfast_tests::{
     TestNetns,
     packets::{
-        DEV, EXT, ROUTER, dropped, ext, ifindex_of, load, masquerade, passes, publish, run, run_on,
-        set_network, tcp_data, udp_in, udp_out, udp_source,
+        DEV, EXT, ROUTER, assert_dropped, dropped, ext, ifindex_of, load, masquerade, passes,
+        publish, run, run_on, set_network, tcp_data, udp_in, udp_out, udp_source,
     },
     require_root,
 };
@@ -43,8 +43,9 @@ fn network(t: &mut ProgTest, subnet: &str, id: u16, flags: u16, bridge: u32) {
 }
 
 /// Network 172.18.0.0/24 masqueraded behind EXT; 8080/tcp on every host address → C1:80;
-/// 5000-5001/udp on EXT → C2's 5000-5001.
+/// 5000-5001/udp on EXT → C2's 5000-5001. Panics unless the test runs as root.
 fn loaded() -> ProgTest {
+    require_root();
     let mut t = load(&DpConfig::default());
     // Its bridge is the test device: the bridge's program runs there in these tests.
     masquerade(&mut t, DEV, DEV);
@@ -52,6 +53,13 @@ fn loaded() -> ProgTest {
     publish(&mut t, None, 8080, PROTO_TCP, C1, 0);
     publish(&mut t, Some(EXT), 5000, PROTO_UDP, (C2.0, 5000), 0);
     publish(&mut t, Some(EXT), 5001, PROTO_UDP, (C2.0, 5001), 0);
+    t
+}
+
+/// [`loaded`] with a second masqueraded network, 172.19.0.0/24 (OTHER_NET's).
+fn loaded_with_another_network() -> ProgTest {
+    let mut t = loaded();
+    network(&mut t, "172.19.0.0/24", 2, NET_F_MASQUERADE, 0);
     t
 }
 
@@ -65,7 +73,6 @@ fn tcp_out(from: Endpoint, to: Endpoint, flags: TcpFlags) -> Vec<u8> {
 
 #[test]
 fn an_outside_client_reaches_the_published_container_and_gets_replies_from_the_published_port() {
-    require_root();
     let mut t = loaded();
     let syn = |to| tcp_in(CLIENT, to, TcpFlags::SYN);
     passes(
@@ -106,7 +113,6 @@ fn an_outside_client_reaches_the_published_container_and_gets_replies_from_the_p
 
 #[test]
 fn published_addresses_ports_and_ranges_are_matched_exactly() {
-    require_root();
     let mut t = loaded();
     // UDP range: one to one.
     for port in [5000, 5001] {
@@ -142,7 +148,6 @@ fn published_addresses_ports_and_ranges_are_matched_exactly() {
 
 #[test]
 fn an_allow_list_lets_its_clients_in_and_drops_the_others() {
-    require_root();
     let mut t = loaded();
     publish(&mut t, None, 9090, PROTO_TCP, C1, 7);
     maps::allow(t.ebpf_mut(), 7, "192.0.2.0/24".parse().expect("cidr")).expect("allow");
@@ -156,12 +161,8 @@ fn an_allow_list_lets_its_clients_in_and_drops_the_others() {
         &want,
     );
     let r = run(&mut t, Hook::UplinkIngress, &syn(CLIENT, ext(9090)));
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a client outside the list must be dropped"
-    );
-    assert_eq!(dropped(&t, DropReason::NotAllowed), 1);
+    let why = "a client outside the list must be dropped";
+    assert_dropped(&t, &r, DropReason::NotAllowed, 1, why);
     // Other publications are not affected by this list.
     let r = run(&mut t, Hook::UplinkIngress, &syn(CLIENT, ext(8080)));
     assert_eq!(r.verdict, verdict::NEXT);
@@ -181,21 +182,27 @@ fn published_answer(t: &mut ProgTest) -> netfast::prog_test::Run {
     )
 }
 
-#[test]
-fn icmp_errors_about_published_flows_are_translated_both_ways() {
-    require_root();
+/// [`loaded`] with a [`published_answer`], and a router's error from outside (host
+/// unreachable) about that answer as it left, addressed to `to`.
+fn an_error_about_the_answer(to: Ipv4Addr) -> (ProgTest, Vec<u8>) {
     let mut t = loaded();
     let answer = published_answer(&mut t);
+    let quote = ip_packet(&answer.frame);
+    let error = packet::icmp_error(FROM_OUTSIDE, ROUTER, to, 3, 1, [0; 4], quote);
+    (t, error)
+}
+
+/// A port unreachable from `from` to `to`, leaving by the uplink, about the client's packet
+/// to C2:5000 as it arrived (CLIENT → C2:5000).
+fn unreachable_about_the_clients_packet(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let sent = udp_in(CLIENT, (C2.0, 5000), b"q");
+    packet::icmp_error(TO_OUTSIDE, from, to, 3, 3, [0; 4], ip_packet(&sent))
+}
+
+#[test]
+fn icmp_errors_about_published_flows_are_translated_both_ways() {
     // A router cannot deliver the answer: its error reaches C2 about C2's own packet.
-    let error = packet::icmp_error(
-        FROM_OUTSIDE,
-        ROUTER,
-        EXT,
-        3,
-        1,
-        [0; 4],
-        ip_packet(&answer.frame),
-    );
+    let (mut t, error) = an_error_about_the_answer(EXT);
     let r = run(&mut t, Hook::UplinkIngress, &error);
     assert_eq!(r.verdict, verdict::NEXT);
     let outer = decode(&r.frame).expect("valid");
@@ -206,9 +213,7 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
         (C2.0, 5000, CLIENT.0, CLIENT.1, Some(true))
     );
     // C2 has no socket on 5000 after all: its port unreachable leaves as EXT's, about EXT:5000.
-    let sent = udp_in(CLIENT, (C2.0, 5000), b"q");
-    let unreachable =
-        packet::icmp_error(TO_OUTSIDE, C2.0, CLIENT.0, 3, 3, [0; 4], ip_packet(&sent));
+    let unreachable = unreachable_about_the_clients_packet(C2.0, CLIENT.0);
     let r = run(&mut t, Hook::UplinkEgress, &unreachable);
     assert_eq!(r.verdict, verdict::NEXT);
     let outer = decode(&r.frame).expect("valid");
@@ -232,32 +237,15 @@ fn icmp_errors_about_published_flows_are_translated_both_ways() {
 /// (a leak) or went to an address its quote does not name.
 #[test]
 fn icmp_errors_not_addressed_as_their_quote_says_are_not_let_through() {
-    require_root();
-    let mut t = loaded();
-    let answer = published_answer(&mut t);
     // From outside, quoting the answer (EXT:5000 → CLIENT), addressed to C1.
-    let error = packet::icmp_error(
-        FROM_OUTSIDE,
-        ROUTER,
-        C1.0,
-        3,
-        1,
-        [0; 4],
-        ip_packet(&answer.frame),
-    );
+    let (mut t, error) = an_error_about_the_answer(C1.0);
     let r = run(&mut t, Hook::UplinkIngress, &error);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "an error to a masqueraded container is direct access, whatever it quotes"
-    );
-    assert_eq!(dropped(&t, DropReason::DirectAccess), 1);
+    let why = "an error to a masqueraded container is direct access, whatever it quotes";
+    assert_dropped(&t, &r, DropReason::DirectAccess, 1, why);
     // From the containers' side, about the client's packet to C2 (CLIENT → C2:5000).
-    let sent = udp_in(CLIENT, (C2.0, 5000), b"q");
     // Sent by another container of the network: it leaves as EXT's.
     let other = Ipv4Addr::new(172, 18, 0, 9);
-    let unreachable =
-        packet::icmp_error(TO_OUTSIDE, other, CLIENT.0, 3, 3, [0; 4], ip_packet(&sent));
+    let unreachable = unreachable_about_the_clients_packet(other, CLIENT.0);
     let r = run(&mut t, Hook::UplinkEgress, &unreachable);
     if r.verdict == verdict::NEXT {
         let outer = decode(&r.frame).expect("valid");
@@ -271,23 +259,14 @@ fn icmp_errors_not_addressed_as_their_quote_says_are_not_let_through() {
     }
     // Addressed to someone the quote does not name: not about the flow, and a container's
     // error to the outside that is not a translated flow's is dropped.
-    let astray = packet::icmp_error(
-        TO_OUTSIDE,
-        C2.0,
-        Ipv4Addr::new(198, 51, 100, 7),
-        3,
-        3,
-        [0; 4],
-        ip_packet(&sent),
-    );
+    let astray = unreachable_about_the_clients_packet(C2.0, Ipv4Addr::new(198, 51, 100, 7));
     let r = run(&mut t, Hook::UplinkEgress, &astray);
-    assert_eq!(r.verdict, verdict::SHOT, "{}", packet::describe(&r.frame));
-    assert_eq!(dropped(&t, DropReason::IcmpErrorWithoutFlow), 1);
+    let why = packet::describe(&r.frame);
+    assert_dropped(&t, &r, DropReason::IcmpErrorWithoutFlow, 1, &why);
 }
 
 #[test]
 fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_reachable() {
-    require_root();
     let mut t = loaded();
     network(&mut t, "10.9.0.0/24", 2, 0, 0);
     let r = run(
@@ -305,12 +284,8 @@ fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_r
         Hook::UplinkIngress,
         &packet::icmp_echo(FROM_OUTSIDE, CLIENT.0, C1.0, false, 3, 1, b"x"),
     );
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "a ping to the container's address"
-    );
-    assert_eq!(dropped(&t, DropReason::DirectAccess), 2);
+    let why = "a ping to the container's address";
+    assert_dropped(&t, &r, DropReason::DirectAccess, 2, why);
     let routed = tcp_in(CLIENT, (Ipv4Addr::new(10, 9, 0, 2), 80), TcpFlags::SYN);
     let what = "a network without masquerade is routed";
     passes(&mut t, Hook::UplinkIngress, what, &routed, &routed);
@@ -318,13 +293,10 @@ fn direct_access_to_a_masqueraded_container_is_dropped_but_a_routed_network_is_r
 
 #[test]
 fn containers_of_two_networks_cannot_reach_each_other() {
-    require_root();
-    let mut t = loaded();
-    network(&mut t, "172.19.0.0/24", 2, NET_F_MASQUERADE, 0);
+    let mut t = loaded_with_another_network();
     let across = packet::tcp(FROM_CONTAINER, C2, OTHER_NET, TcpFlags::SYN, 1, 0, b"");
     let r = run(&mut t, Hook::BridgeIngress, &across);
-    assert_eq!(r.verdict, verdict::SHOT);
-    assert_eq!(dropped(&t, DropReason::InterNetwork), 1);
+    assert_dropped(&t, &r, DropReason::InterNetwork, 1, "across networks");
     for (what, frame) in [
         (
             "to the gateway",
@@ -354,9 +326,7 @@ fn containers_of_two_networks_cannot_reach_each_other() {
 /// our networks arriving at the uplink is forged.
 #[test]
 fn a_packet_from_outside_with_a_container_source_opens_no_flow() {
-    require_root();
-    let mut t = loaded();
-    network(&mut t, "172.19.0.0/24", 2, NET_F_MASQUERADE, 0);
+    let mut t = loaded_with_another_network();
     for (what, from) in [
         ("another network's", (OTHER_NET.0, 53)),
         ("its own network's", (C1.0, 53)),
@@ -381,7 +351,6 @@ fn a_packet_from_outside_with_a_container_source_opens_no_flow() {
 
 #[test]
 fn masquerade_never_hands_out_a_published_port() {
-    require_root();
     let mut t = loaded();
     publish(&mut t, Some(EXT), 40000, PROTO_UDP, C1, 0);
     let r = run(

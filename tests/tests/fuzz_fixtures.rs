@@ -31,6 +31,62 @@ fn races(which: Rounds, rounds: u32) {
     );
 }
 
+/// The multi-CPU races' fixtures, one table: each row `name(Which, rounds);`, under the
+/// comment that says what the race broke, is a test `name` that runs `rounds` rounds of race
+/// `Rounds::Which` through [`races`]. (The replays stay plain functions, in the form `cargo
+/// xtask fuzz` writes them in.)
+macro_rules! race_fixtures {
+    ($($(#[$attr:meta])* $name:ident($which:ident, $rounds:expr);)*) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $name() {
+                races(Rounds::$which, $rounds);
+            }
+        )*
+    };
+}
+
+race_fixtures! {
+    /// Found by the multi-CPU phase (`cargo xtask fuzz`): two threads pinned to two CPUs;
+    /// container A's UDP mapping of port P expires; then, at once, A sends from P again (to
+    /// another server) and container B sends from P. A finds the expired claim on P still its
+    /// own and only raises its expiry; B finds it expired and takes it over with a
+    /// compare-and-exchange of the owner word, which still names A, so it succeeds: both bind
+    /// P, and both leave as EXT:P (or the second flow to one server is dropped as
+    /// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds.
+    an_expired_claim_is_retaken_by_one_endpoint_only(Takeovers, 20_000);
+
+    /// Found in review: two CPUs see one TCP flow's close at once (its two ends' packets, one
+    /// on each). Both read the flow as open, both see it close, and each subtracts the close
+    /// from its mapping's count of open flows; or one writes back the flags it read over the
+    /// other's mark that the close was subtracted, and a later packet subtracts it again. The
+    /// mapping of a container with two connections then counts none while one is open, and its
+    /// port goes at the next close, under the open connection. The test churns a flow on two
+    /// CPUs (one resets it from the server's end, again and again, the other opens it again
+    /// with SYNs from the container) while another flow holds the mapping; before the fix, some
+    /// 15% of rounds ended with the mapping counting no open flow.
+    a_flow_closed_from_both_ends_at_once_leaves_its_mapping_once(Closes, 100);
+
+    /// Two CPUs each wrote the TCP state they had computed from what they read before the
+    /// other's write: a flow's last FIN (CLOSE_WAIT → TIME_WAIT) on one CPU while the other
+    /// side's ACKs go through the other left the flow in CLOSE_WAIT (seen once in CI, as
+    /// `conntrack_netns`'s published flow stuck there).
+    a_last_fin_against_the_other_sides_acks_keeps_its_state(StateRace, 1500);
+
+    /// A server's RST against its client's ACKs on another CPU (smp round kind 11): the ACKs
+    /// read the flow ESTABLISHED before the reset and gave the closed flow (and its mapping)
+    /// the established timeout after the RST had written the close's, holding the external
+    /// port for an established flow's time.
+    a_reset_against_the_other_sides_acks_keeps_its_short_life(ResetRace, 3000);
+
+    /// FINs from both ends at once, one on each CPU (smp round kind 12): each read the flow
+    /// ESTABLISHED without the other's FIN, and both moved it to FIN_WAIT; the ACKs then took
+    /// it to CLOSE_WAIT with both FINs seen, where it stayed: never closed, its close never
+    /// subtracted from its mapping, which held its port as for an open flow.
+    fins_from_both_ends_at_once_close_the_flow(FinRace, 1500);
+}
+
 /// Found by `cargo xtask fuzz` (seed 2; reduced by hand to what matters): a container's TCP
 /// flow is reset by the server, which releases its mapping (the last flow: the mapping
 /// shrinks to the close's 10 s and a slack); the container reopens the flow with a SYN
@@ -83,32 +139,6 @@ fn one_way_flow_loses_its_reply_tuple() {
 #[test]
 fn inbound_flow_shares_a_masquerade_tuple() {
     replay("inbound-flow-shares-a-masquerade-tuple");
-}
-
-/// Found by the multi-CPU phase (`cargo xtask fuzz`): two threads pinned to two CPUs;
-/// container A's UDP mapping of port P expires; then, at once, A sends from P again (to
-/// another server) and container B sends from P. A finds the expired claim on P still its
-/// own and only raises its expiry; B finds it expired and takes it over with a
-/// compare-and-exchange of the owner word, which still names A, so it succeeds: both bind
-/// P, and both leave as EXT:P (or the second flow to one server is dropped as
-/// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds.
-#[test]
-fn an_expired_claim_is_retaken_by_one_endpoint_only() {
-    races(Rounds::Takeovers, 20_000);
-}
-
-/// Found in review: two CPUs see one TCP flow's close at once (its two ends' packets, one
-/// on each). Both read the flow as open, both see it close, and each subtracts the close
-/// from its mapping's count of open flows; or one writes back the flags it read over the
-/// other's mark that the close was subtracted, and a later packet subtracts it again. The
-/// mapping of a container with two connections then counts none while one is open, and its
-/// port goes at the next close, under the open connection. The test churns a flow on two
-/// CPUs (one resets it from the server's end, again and again, the other opens it again
-/// with SYNs from the container) while another flow holds the mapping; before the fix, some
-/// 15% of rounds ended with the mapping counting no open flow.
-#[test]
-fn a_flow_closed_from_both_ends_at_once_leaves_its_mapping_once() {
-    races(Rounds::Closes, 100);
 }
 
 /// Found by `cargo xtask fuzz` (seed 1 episode 1, after merging the hairpinning of
@@ -195,31 +225,4 @@ fn mapping_evicted_under_a_live_flow() {
 #[test]
 fn mapping_evicted_then_retaken() {
     replay("mapping-evicted-then-retaken");
-}
-
-/// Two CPUs each wrote the TCP state they had computed from what they read before the
-/// other's write: a flow's last FIN (CLOSE_WAIT → TIME_WAIT) on one CPU while the other
-/// side's ACKs go through the other left the flow in CLOSE_WAIT (seen once in CI, as
-/// `conntrack_netns`'s published flow stuck there).
-#[test]
-fn a_last_fin_against_the_other_sides_acks_keeps_its_state() {
-    races(Rounds::StateRace, 1500);
-}
-
-/// A server's RST against its client's ACKs on another CPU (smp round kind 11): the ACKs
-/// read the flow ESTABLISHED before the reset and gave the closed flow (and its mapping)
-/// the established timeout after the RST had written the close's, holding the external
-/// port for an established flow's time.
-#[test]
-fn a_reset_against_the_other_sides_acks_keeps_its_short_life() {
-    races(Rounds::ResetRace, 3000);
-}
-
-/// FINs from both ends at once, one on each CPU (smp round kind 12): each read the flow
-/// ESTABLISHED without the other's FIN, and both moved it to FIN_WAIT; the ACKs then took
-/// it to CLOSE_WAIT with both FINs seen, where it stayed: never closed, its close never
-/// subtracted from its mapping, which held its port as for an open flow.
-#[test]
-fn fins_from_both_ends_at_once_close_the_flow() {
-    races(Rounds::FinRace, 1500);
 }

@@ -769,16 +769,19 @@ fn an_interrupted_create_leaves_a_namespace_made_since_under_its_name() {
     // Killed at the bind mount that would give the namespace its name: the intent is
     // recorded, the state is not saved. The mount thread's first mount makes /run/netns
     // shared; its second is that bind mount, which the trace shows.
-    let create = ["container", "create", c0.as_str(), "--network", "web"];
     let kill = "inject=mount:signal=KILL:when=2";
-    let (out, traced) = strace_netfast(&topo, &nf, &create, "trace=mount", kill);
     let target = format!("\"/run/netns/{c0}\"");
-    let last_mount = traced.lines().rfind(|l| l.contains("mount("));
-    assert!(
-        out.status.code().is_none()
-            && last_mount.is_some_and(|l| l.contains(&target) && l.contains("MS_BIND")),
-        "the create was not killed at its namespace's bind mount: adjust `when`\n{traced}"
-    );
+    let at_the_bind_mount = |traced: &str| {
+        let last_mount = traced.lines().rfind(|l| l.contains("mount("));
+        last_mount.is_some_and(|l| l.contains(&target) && l.contains("MS_BIND"))
+    };
+    let create = CreateC0 {
+        topo: &topo,
+        nf: &nf,
+        c0: &c0,
+        trace: "trace=mount",
+    };
+    create.killed(kill, "at its namespace's bind mount", at_the_bind_mount);
     assert!(
         state_file(&topo).with_file_name("intent.json").exists(),
         "the kill came after the create recorded its intent"
@@ -809,11 +812,15 @@ fn an_interrupted_create_leaves_a_namespace_made_since_under_its_name() {
 fn an_interrupted_create_removes_the_namespace_it_named() {
     let (topo, nf) = host_with_web();
     let c0 = ct(&topo, 0);
-    let create = ["container", "create", c0.as_str(), "--network", "web"];
-    let calls = "trace=mount,sendto";
+    let create = CreateC0 {
+        topo: &topo,
+        nf: &nf,
+        c0: &c0,
+        trace: "trace=mount,sendto",
+    };
     // The main thread's netlink sends before the namespace is named, in a clean run: the
     // next one (the veth pair's) is where the create is killed.
-    let (out, clean) = strace_netfast(&topo, &nf, &create, calls, "");
+    let (out, clean) = create.traced("");
     assert!(out.status.success(), "a clean create failed:\n{clean}");
     nf.ok(&["container", "rm", &c0]);
     let main = clean.split_whitespace().next().expect("a traced call");
@@ -828,14 +835,12 @@ fn an_interrupted_create_removes_the_namespace_it_named() {
         .count()
         + 1;
     let inject = format!("inject=sendto:signal=KILL:when={n}");
-    let (out, traced) = strace_netfast(&topo, &nf, &create, calls, &inject);
-    assert!(
-        out.status.code().is_none()
-            && traced
-                .lines()
-                .any(|l| l.contains("MS_BIND") && l.trim_end().ends_with("= 0")),
-        "the create was not killed after its namespace had its name: adjust `when`\n{traced}"
-    );
+    let named = |traced: &str| {
+        traced
+            .lines()
+            .any(|l| l.contains("MS_BIND") && l.trim_end().ends_with("= 0"))
+    };
+    create.killed(&inject, "after its namespace had its name", named);
     let path = std::path::Path::new("/run/netns").join(&c0);
     assert!(path.exists(), "the namespace was named before the kill");
     nf.ok(&network_create("other", "172.30.9.0/24", &[]));
@@ -843,6 +848,33 @@ fn an_interrupted_create_removes_the_namespace_it_named() {
         !path.exists(),
         "the next command left the namespace of the interrupted create"
     );
+}
+
+/// `netfast container create c0 --network web` on `topo`'s host, under strace tracing
+/// `trace`: the interrupted creates.
+struct CreateC0<'a> {
+    topo: &'a Topology,
+    nf: &'a Netfast,
+    c0: &'a str,
+    trace: &'a str,
+}
+
+impl CreateC0<'_> {
+    /// The create under strace, with `inject` (none if empty): what it did, and the trace.
+    fn traced(&self, inject: &str) -> (std::process::Output, String) {
+        let create = ["container", "create", self.c0, "--network", "web"];
+        strace_netfast(self.topo, self.nf, &create, self.trace, inject)
+    }
+
+    /// The create killed by strace's `inject`: asserts that it was, `at` the point of the
+    /// trace where `came` finds the kill (else `when` needs adjusting).
+    fn killed(&self, inject: &str, at: &str, came: impl Fn(&str) -> bool) {
+        let (out, traced) = self.traced(inject);
+        assert!(
+            out.status.code().is_none() && came(&traced),
+            "the create was not killed {at}: adjust `when`\n{traced}"
+        );
+    }
 }
 
 /// Deletes namespace `name` and makes another of that name, with a link of its own.

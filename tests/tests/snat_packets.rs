@@ -222,21 +222,31 @@ fn tcp_lifetime_through_the_nat() {
 
 /// C1's connection to SERVER under settings whose CLOSE timeout is 1 s: its SYN (the
 /// settings written first) and the server's SYN-ACK.
-fn answered_with_a_short_close() -> Vec<Case> {
+fn answered_with_a_short_close() -> [Case; 2] {
     let short = DpConfig {
         tcp_close: 1,
         ..DpConfig::default()
     };
-    vec![
-        out("SYN", tcp_out(C1, SERVER, TcpFlags::SYN))
-            .setup(move |t| configure(t, short))
-            .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
-        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
-            SERVER,
-            C1,
-            TcpFlags::SYN_ACK,
-        )),
+    answered("SYN", move |t| configure(t, short))
+}
+
+/// C1's SYN to SERVER (`name`, after `setup`), leaving from port 40000 of the external
+/// address, and the server's SYN-ACK, translated back.
+fn answered(
+    name: &str,
+    setup: impl Fn(&mut ProgTest) -> Result<(), String> + 'static,
+) -> [Case; 2] {
+    [
+        away(name, C1, SERVER, TcpFlags::SYN).setup(setup),
+        back("SYN-ACK", SERVER, C1, TcpFlags::SYN_ACK),
     ]
+}
+
+/// Runs, as flow `name`, [`answered_with_a_short_close`] and then `then`.
+fn after_a_short_close(name: &str, then: impl IntoIterator<Item = Case>) {
+    let mut flow = Vec::from(answered_with_a_short_close());
+    flow.extend(then);
+    run_masqueraded(vec![(name, flow)]);
 }
 
 /// The server's RST, which closes C1's connection.
@@ -251,18 +261,19 @@ fn reset_by_the_server() -> Case {
 
 #[test]
 fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        reset_by_the_server(),
-        // After the CLOSE timeout (1 s) the flow is gone: a late packet is not translated.
-        inbound(
-            "a late ACK after expiry is left alone",
-            tcp_in(SERVER, ext(40000), TcpFlags::ACK),
-        )
-        .setup(|t| t.advance_clock(2).map_err(|e| e.to_string()))
-        .check(live_flows(0)),
-    ]);
-    run_masqueraded(vec![("rst", flow)]);
+    after_a_short_close(
+        "rst",
+        [
+            reset_by_the_server(),
+            // After the CLOSE timeout (1 s) the flow is gone: a late packet is not translated.
+            inbound(
+                "a late ACK after expiry is left alone",
+                tcp_in(SERVER, ext(40000), TcpFlags::ACK),
+            )
+            .setup(|t| t.advance_clock(2).map_err(|e| e.to_string()))
+            .check(live_flows(0)),
+        ],
+    );
 }
 
 /// A connection that lived long (its mapping kept alive hours ahead) and is reset frees its
@@ -271,15 +282,14 @@ fn rst_closes_and_the_closed_flow_expires_with_its_short_timeout() {
 /// held for as long as any closed state may last would run out of ports under churn.
 #[test]
 fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        out("ACK", tcp_out(C1, SERVER, TcpFlags::ACK))
-            .output(tcp_out(ext(40000), SERVER, TcpFlags::ACK))
-            .check(state_is(C1, "ESTABLISHED")),
-        reset_by_the_server(),
-        the_port_is_free_3_s_later(C2),
-    ]);
-    run_masqueraded(vec![("reset", flow)]);
+    after_a_short_close(
+        "reset",
+        [
+            away("ACK", C1, SERVER, TcpFlags::ACK).check(state_is(C1, "ESTABLISHED")),
+            reset_by_the_server(),
+            the_port_is_free_3_s_later(C2),
+        ],
+    );
 }
 
 /// A claim written by a datapath from before `closed_until` holds 0 in its place: it does
@@ -290,10 +300,8 @@ fn a_reset_connection_frees_its_external_port_after_the_close_timeout() {
 /// new holder's next flow to the first connection's server would meet its reply tuple.)
 #[test]
 fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend(two_connections_the_first_in_time_wait());
-    flow.extend(the_last_reset_then_another_container(forget_closed_flows));
-    run_masqueraded(vec![("older claim", flow)]);
+    let last = the_last_reset_then_another_container(forget_closed_flows);
+    with_the_first_in_time_wait("older claim", last);
 }
 
 /// Timeouts lowered while a closed connection lives: its entries keep the expiry they were
@@ -302,17 +310,15 @@ fn a_claim_left_by_an_older_datapath_keeps_its_closed_flows_port() {
 /// another container's SYN from the same port must still get another port.
 #[test]
 fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend(two_connections_the_first_in_time_wait());
-    flow.extend(the_last_reset_then_another_container(|t| {
+    let last = the_last_reset_then_another_container(|t| {
         let lowered = DpConfig {
             tcp_close: 1,
             tcp_transitory: 5,
             ..DpConfig::default()
         };
         configure(t, lowered)
-    }));
-    run_masqueraded(vec![("lowered timeouts", flow)]);
+    });
+    with_the_first_in_time_wait("lowered timeouts", last);
 }
 
 /// A closed connection's late packet keeps its mapping as long as it keeps the connection's
@@ -322,19 +328,15 @@ fn lowered_timeouts_do_not_cut_short_a_mapping_of_a_closed_connection() {
 /// connection still lives, and so must its port.
 #[test]
 fn a_late_packet_of_a_closed_connection_keeps_its_port() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend(two_connections_the_first_in_time_wait());
-    flow.push(
-        back(
-            "100 s on, the server's FIN again",
-            SERVER,
-            C1,
-            TcpFlags::FIN_ACK,
-        )
-        .setup(|t| t.advance_clock(100).map_err(|e| e.to_string())),
-    );
-    flow.extend(the_last_reset_then_another_container_after(|_| Ok(()), 200));
-    run_masqueraded(vec![("late packet", flow)]);
+    let fin_again = back(
+        "100 s on, the server's FIN again",
+        SERVER,
+        C1,
+        TcpFlags::FIN_ACK,
+    )
+    .setup(|t| t.advance_clock(100).map_err(|e| e.to_string()));
+    let last = the_last_reset_then_another_container_after(|_| Ok(()), 200);
+    with_the_first_in_time_wait("late packet", std::iter::once(fin_again).chain(last));
 }
 
 /// A port taken over from a holder whose claim had lost its record of closed flows (the LRU
@@ -343,30 +345,31 @@ fn a_late_packet_of_a_closed_connection_keeps_its_port() {
 /// longest a closed flow of the old holder might have lived.
 #[test]
 fn a_port_taken_over_keeps_a_record_of_its_own_closed_flows() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        away(
-            "a second connection, after the LRU evicted the claim",
-            C1,
-            SERVER2,
-            TcpFlags::SYN,
-        )
-        .setup(|t| claims(t, |_| None)),
-        back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
-        back("RST of the first", SERVER, C1, TcpFlags::RST),
-        back("RST of the second", SERVER2, C1, TcpFlags::RST),
-        away(
-            "5 min later, another container takes the port over",
-            C2,
-            SERVER,
-            TcpFlags::SYN,
-        )
-        .setup(|t| t.advance_clock(300).map_err(|e| e.to_string())),
-        back("its SYN-ACK", SERVER, C2, TcpFlags::SYN_ACK),
-        back("its RST", SERVER, C2, TcpFlags::RST),
-        the_port_is_free_3_s_later(C3),
-    ]);
-    run_masqueraded(vec![("taken over", flow)]);
+    after_a_short_close(
+        "taken over",
+        [
+            away(
+                "a second connection, after the LRU evicted the claim",
+                C1,
+                SERVER2,
+                TcpFlags::SYN,
+            )
+            .setup(|t| claims(t, |_| None)),
+            back("its SYN-ACK", SERVER2, C1, TcpFlags::SYN_ACK),
+            back("RST of the first", SERVER, C1, TcpFlags::RST),
+            back("RST of the second", SERVER2, C1, TcpFlags::RST),
+            away(
+                "5 min later, another container takes the port over",
+                C2,
+                SERVER,
+                TcpFlags::SYN,
+            )
+            .setup(|t| t.advance_clock(300).map_err(|e| e.to_string())),
+            back("its SYN-ACK", SERVER, C2, TcpFlags::SYN_ACK),
+            back("its RST", SERVER, C2, TcpFlags::RST),
+            the_port_is_free_3_s_later(C3),
+        ],
+    );
 }
 
 /// 3 s later (past the CLOSE timeout of 1 s and its slack), `from`'s SYN keeps port 40000:
@@ -397,19 +400,20 @@ fn ack_after_the_claim_is_evicted() -> Case {
 /// container's SYN from the same port then gets another port, not the one in use.
 #[test]
 fn a_live_mapping_makes_its_evicted_claim_again() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        ack_after_the_claim_is_evicted(),
-        out(
-            "another container's SYN from the same port",
-            tcp_out(C2, SERVER3, TcpFlags::SYN),
-        )
-        .valid_output()
-        .check(not_from_port_40000(
-            "port 40000 given to a second container while C1's connection lives",
-        )),
-    ]);
-    run_masqueraded(vec![("evicted claim", flow)]);
+    after_a_short_close(
+        "evicted claim",
+        [
+            ack_after_the_claim_is_evicted(),
+            out(
+                "another container's SYN from the same port",
+                tcp_out(C2, SERVER3, TcpFlags::SYN),
+            )
+            .valid_output()
+            .check(not_from_port_40000(
+                "port 40000 given to a second container while C1's connection lives",
+            )),
+        ],
+    );
 }
 
 /// A claim made again after the LRU evicted it does not know its mapping's closed flows
@@ -419,25 +423,15 @@ fn a_live_mapping_makes_its_evicted_claim_again() {
 /// CLOSE timeout, as any reset connection does, not after TIME_WAIT's.
 #[test]
 fn a_mapping_over_leaves_no_unknown_to_the_next_on_its_port() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        ack_after_the_claim_is_evicted(),
-        reset_by_the_server(),
-        out(
-            "an hour later, a new connection from the same port keeps it",
-            tcp_out(C1, SERVER, TcpFlags::SYN),
-        )
-        .setup(|t| t.advance_clock(3600).map_err(|e| e.to_string()))
-        .output(tcp_out(ext(40000), SERVER, TcpFlags::SYN)),
-        inbound("SYN-ACK", tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK)).output(tcp_in(
-            SERVER,
-            C1,
-            TcpFlags::SYN_ACK,
-        )),
-        reset_by_the_server(),
-        the_port_is_free_3_s_later(C2),
-    ]);
-    run_masqueraded(vec![("claim made again, then over", flow)]);
+    let again = answered(
+        "an hour later, a new connection from the same port keeps it",
+        |t| t.advance_clock(3600).map_err(|e| e.to_string()),
+    );
+    let flow = [ack_after_the_claim_is_evicted(), reset_by_the_server()]
+        .into_iter()
+        .chain(again)
+        .chain([reset_by_the_server(), the_port_is_free_3_s_later(C2)]);
+    after_a_short_close("claim made again, then over", flow);
 }
 
 /// Where another container took a live mapping's port (its claim evicted between two of
@@ -445,23 +439,24 @@ fn a_mapping_over_leaves_no_unknown_to_the_next_on_its_port() {
 /// gets a port of its own, not the one the other container now holds.
 #[test]
 fn a_mapping_whose_port_was_taken_does_not_follow_it() {
-    let mut flow = answered_with_a_short_close();
-    flow.extend([
-        away("ACK", C1, SERVER, TcpFlags::ACK),
-        away(
-            "another container's SYN from the same port, after the LRU evicted the claim",
-            C2,
-            SERVER3,
-            TcpFlags::SYN,
-        )
-        .setup(|t| claims(t, |_| None)),
-        out("C1's new connection", tcp_out(C1, SERVER2, TcpFlags::SYN))
-            .valid_output()
-            .check(not_from_port_40000(
-                "C1's new flow uses port 40000, which C2 holds now",
-            )),
-    ]);
-    run_masqueraded(vec![("taken port", flow)]);
+    after_a_short_close(
+        "taken port",
+        [
+            away("ACK", C1, SERVER, TcpFlags::ACK),
+            away(
+                "another container's SYN from the same port, after the LRU evicted the claim",
+                C2,
+                SERVER3,
+                TcpFlags::SYN,
+            )
+            .setup(|t| claims(t, |_| None)),
+            out("C1's new connection", tcp_out(C1, SERVER2, TcpFlags::SYN))
+                .valid_output()
+                .check(not_from_port_40000(
+                    "C1's new flow uses port 40000, which C2 holds now",
+                )),
+        ],
+    );
 }
 
 /// After `answered_with_a_short_close`: C1's connection to SERVER completes, C1 opens a
@@ -474,6 +469,17 @@ fn two_connections_the_first_in_time_wait() -> Vec<Case> {
         away("FIN out", C1, SERVER, TcpFlags::FIN_ACK),
         back("FIN back", SERVER, C1, TcpFlags::FIN_ACK).check(first_is_in_time_wait),
     ]
+}
+
+/// Runs, as flow `name`, [`answered_with_a_short_close`],
+/// [`two_connections_the_first_in_time_wait`] and then `then`.
+fn with_the_first_in_time_wait(name: &str, then: impl IntoIterator<Item = Case>) {
+    after_a_short_close(
+        name,
+        two_connections_the_first_in_time_wait()
+            .into_iter()
+            .chain(then),
+    );
 }
 
 /// The second connection's RST, after `setup`: the mapping's last flow closes. 30 s later,

@@ -24,8 +24,8 @@ use netfast::{
 };
 use netfast_tests::{
     packets::{
-        self, C1, C2, DEV, EXT, SERVER, dropped, endpoints_of, event, evict, ext, masquerade,
-        publish, run_on, set_network, tcp_data, udp_in, udp_out, udp_source,
+        self, C1, C2, DEV, EXT, SERVER, assert_dropped, dropped, endpoints_of, event, evict, ext,
+        masquerade, publish, run_on, set_network, tcp_data, udp_in, udp_out, udp_source,
     },
     require_root,
 };
@@ -125,8 +125,7 @@ fn a_port_published_on_loopback_is_never_reached_by_a_packet() {
         ),
     ] {
         let r = run(&mut t, hook, &frame);
-        assert_eq!(r.verdict, verdict::SHOT, "{what}");
-        assert_eq!(dropped(&t, reason), 1, "{what}");
+        assert_dropped(&t, &r, reason, 1, what);
     }
     assert!(
         maps::conntrack_entries(t.ebpf())
@@ -187,31 +186,44 @@ fn syn_out(t: &mut ProgTest) -> Run {
 /// An established masqueraded connection C1 → SERVER: the client's sequence starts at
 /// 1000, the server's at 5000, and the server has sent 100 bytes.
 fn established(t: &mut ProgTest) {
-    let handshake = [
-        (
-            Hook::UplinkEgress,
-            tcp_out(C1, SERVER, TcpFlags::SYN, 1000, 0),
-        ),
-        (
-            Hook::UplinkIngress,
-            tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, 5000, 1001),
-        ),
-        (
-            Hook::UplinkEgress,
-            tcp_out(C1, SERVER, TcpFlags::ACK, 1001, 5001),
-        ),
-    ];
-    segments(t, handshake);
+    handshake(t, 1000, 5000);
     let data = tcp_data(FROM_OUTSIDE, (SERVER, ext(40000)), 5001, 1001, &[7; 100]);
     run(t, Hook::UplinkIngress, &data);
     assert_eq!(state_of(t, C1), Some("ESTABLISHED"));
 }
 
-/// Runs each frame through its hook, in order, whatever they return.
-fn segments<const N: usize>(t: &mut ProgTest, frames: [(Hook, Vec<u8>); N]) {
-    for (hook, frame) in frames {
+/// The server's segment with `flags`, `seq` and `ack` to C1's external endpoint (`what`)
+/// passes, translated to C1, and closes C1's flow.
+fn the_server_closes(t: &mut ProgTest, what: &str, flags: TcpFlags, seq: u32, ack: u32) {
+    let segment = tcp_in(SERVER, ext(40000), flags, seq, ack);
+    let want = tcp_in(SERVER, C1, flags, seq, ack);
+    passes(t, Hook::UplinkIngress, what, &segment, &want);
+    assert_eq!(state_of(t, C1), Some("CLOSE"));
+}
+
+/// C1's segment with `first` flags to SERVER (sequence `c`, acknowledging `a`), the
+/// server's `answer` to it (sequence `s`), and C1's ACK of that, each through its hook
+/// whatever they return: a handshake, or a close from both ends.
+fn exchange(t: &mut ProgTest, (first, answer): (TcpFlags, TcpFlags), (c, a): (u32, u32), s: u32) {
+    let segments = [
+        (Hook::UplinkEgress, tcp_out(C1, SERVER, first, c, a)),
+        (
+            Hook::UplinkIngress,
+            tcp_in(SERVER, ext(40000), answer, s, c + 1),
+        ),
+        (
+            Hook::UplinkEgress,
+            tcp_out(C1, SERVER, TcpFlags::ACK, c + 1, s + 1),
+        ),
+    ];
+    for (hook, frame) in segments {
         run(t, hook, &frame);
     }
+}
+
+/// C1's handshake with SERVER, C1's sequence from `c`, the server's from `s`.
+fn handshake(t: &mut ProgTest, c: u32, s: u32) {
+    exchange(t, (TcpFlags::SYN, TcpFlags::SYN_ACK), (c, 0), s);
 }
 
 /// The [`established`] connection loses the conntrack entry of `lost` (source, destination);
@@ -251,10 +263,7 @@ fn a_blind_rst_does_not_end_a_connection_and_a_genuine_one_does() {
         "a blind RST ended the flow"
     );
     // The server's own RST carries the sequence it has reached.
-    let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, 5101, 0);
-    let want = tcp_in(SERVER, C1, TcpFlags::RST, 5101, 0);
-    passes(&mut t, Hook::UplinkIngress, "the server's RST", &rst, &want);
-    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+    the_server_closes(&mut t, "the server's RST", TcpFlags::RST, 5101, 0);
 }
 
 /// Found in review: a SYN that reopens a closed flow (the same client port to the same
@@ -269,23 +278,8 @@ fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
     let mut t = loaded();
     established(&mut t);
     // Both ends close: TIME_WAIT.
-    segments(
-        &mut t,
-        [
-            (
-                Hook::UplinkEgress,
-                tcp_out(C1, SERVER, TcpFlags::FIN_ACK, 1001, 5101),
-            ),
-            (
-                Hook::UplinkIngress,
-                tcp_in(SERVER, ext(40000), TcpFlags::FIN_ACK, 5101, 1002),
-            ),
-            (
-                Hook::UplinkEgress,
-                tcp_out(C1, SERVER, TcpFlags::ACK, 1002, 5102),
-            ),
-        ],
-    );
+    let fins = (TcpFlags::FIN_ACK, TcpFlags::FIN_ACK);
+    exchange(&mut t, fins, (1001, 5101), 5101);
     assert_eq!(state_of(&t, C1), Some("TIME_WAIT"));
     // C1 connects again from the same port, its sequence far behind the old one's.
     let isn = 3_000_000_000u32;
@@ -296,48 +290,15 @@ fn a_reopened_connection_is_judged_by_its_own_sequence_numbers() {
     );
     assert_eq!(state_of(&t, C1), Some("SYN_SENT"));
     // The server refuses it: its RST acknowledges the new SYN.
-    let refused = tcp_in(SERVER, ext(40000), rst_ack(), 0, isn + 1);
-    let want = tcp_in(SERVER, C1, rst_ack(), 0, isn + 1);
-    passes(
-        &mut t,
-        Hook::UplinkIngress,
-        "the refusal of the new connection",
-        &refused,
-        &want,
-    );
-    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+    let what = "the refusal of the new connection";
+    the_server_closes(&mut t, what, rst_ack(), 0, isn + 1);
     // Again, and this time the server answers (its own sequence far from its old one too);
     // the connection's RST, at the server's new sequence, ends it.
-    run(
-        &mut t,
-        Hook::UplinkEgress,
-        &tcp_out(C1, SERVER, TcpFlags::SYN, isn + 10, 0),
-    );
     let server_isn = 2_500_000_000u32;
-    segments(
-        &mut t,
-        [
-            (
-                Hook::UplinkIngress,
-                tcp_in(SERVER, ext(40000), TcpFlags::SYN_ACK, server_isn, isn + 11),
-            ),
-            (
-                Hook::UplinkEgress,
-                tcp_out(C1, SERVER, TcpFlags::ACK, isn + 11, server_isn + 1),
-            ),
-        ],
-    );
+    handshake(&mut t, isn + 10, server_isn);
     assert_eq!(state_of(&t, C1), Some("ESTABLISHED"));
-    let rst = tcp_in(SERVER, ext(40000), TcpFlags::RST, server_isn + 1, 0);
-    let want = tcp_in(SERVER, C1, TcpFlags::RST, server_isn + 1, 0);
-    passes(
-        &mut t,
-        Hook::UplinkIngress,
-        "the new connection's RST",
-        &rst,
-        &want,
-    );
-    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+    let what = "the new connection's RST";
+    the_server_closes(&mut t, what, TcpFlags::RST, server_isn + 1, 0);
 }
 
 /// Found in review: only RSTs were judged by the window. A blind FIN (any sequence) took an
@@ -396,16 +357,7 @@ fn a_refused_connection_is_reset_by_the_rst_that_acknowledges_its_syn() {
         verdict::SHOT
     );
     assert_eq!(state_of(&t, C1), Some("SYN_SENT"));
-    let refused = tcp_in(SERVER, ext(40000), rst_ack(), 0, 1001);
-    let want = tcp_in(SERVER, C1, rst_ack(), 0, 1001);
-    passes(
-        &mut t,
-        Hook::UplinkIngress,
-        "connection refused",
-        &refused,
-        &want,
-    );
-    assert_eq!(state_of(&t, C1), Some("CLOSE"));
+    the_server_closes(&mut t, "connection refused", rst_ack(), 0, 1001);
 }
 
 #[test]
@@ -418,8 +370,8 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
     // straight into C1 (redirect_peer), past the host's reverse-path filter.
     let forged = packet::udp(FROM_CONTAINER, SERVER, ext(40000), b"forged");
     let r = run(&mut t, Hook::BridgeIngress, &forged);
-    assert_eq!(r.verdict, verdict::SHOT, "a forged source from a container");
-    assert_eq!(dropped(&t, DropReason::SpoofedSource), 1);
+    let why = "a forged source from a container";
+    assert_dropped(&t, &r, DropReason::SpoofedSource, 1, why);
     // A container of another network, forging C1's own address, is dropped as well.
     set_network(&mut t, OTHER_NET, 2, NET_F_MASQUERADE, DEV, 77);
     let across = packet::udp(
@@ -429,18 +381,14 @@ fn a_container_forging_a_remote_address_cannot_step_into_another_containers_flow
         b"x",
     );
     let r = run(&mut t, Hook::BridgeIngress, &across);
-    assert_eq!(
-        r.verdict,
-        verdict::SHOT,
-        "an address of another bridge's network"
-    );
-    assert_eq!(dropped(&t, DropReason::SpoofedSource), 2);
+    let why = "an address of another bridge's network";
+    assert_dropped(&t, &r, DropReason::SpoofedSource, 2, why);
     // From outside, a packet carrying C1's own tuple is not C1's flow either (the uplink's
     // ingress uses only entries for packets that arrive there: used, it would go out
     // translated), and its source, a container's address, is forged.
     let r = run(&mut t, Hook::UplinkIngress, &udp_in(C1, SERVER, b"reflect"));
-    assert_eq!(r.verdict, verdict::SHOT, "C1's tuple from outside");
-    assert_eq!(dropped(&t, DropReason::SpoofedSource), 3);
+    let why = "C1's tuple from outside";
+    assert_dropped(&t, &r, DropReason::SpoofedSource, 3, why);
     // The genuine answer, from outside, still reaches C1.
     let r = run(
         &mut t,
@@ -726,8 +674,8 @@ fn hairpinned_mappings_filter_across_networks_as_an_outside_peer_would() {
     fast_path_knows(&mut t, d1.0, 1500);
     run(&mut t, Hook::UplinkEgress, &udp_out(d1, SERVER, b"d"));
     let r = hairpinned(&mut t, d1, ext(40000), b"hi");
-    assert_eq!(r.verdict, verdict::SHOT);
-    assert_eq!(dropped(&t, DropReason::NatFiltered), 1);
+    let why = "a hairpin from a network C1 has not contacted";
+    assert_dropped(&t, &r, DropReason::NatFiltered, 1, why);
     // C1 to D1's external endpoint: D1 had sent to C1's, so it is let in, from EXT:40000.
     let r = hairpinned(&mut t, C1, ext(41000), b"yo");
     assert_eq!(delivered(&r), (ext(40000), d1));
