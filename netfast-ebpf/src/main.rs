@@ -110,33 +110,30 @@ pub fn netfast_clock(_ctx: TcContext) -> i32 {
 /// Socket-level programs return 1: they translate, they never refuse.
 const SOCK_CONTINUE: i32 = 1;
 
-/// Root cgroup, connect(2) over IPv4: the host's own clients of published ports.
-#[cgroup_sock_addr(connect4)]
-pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx);
-    SOCK_CONTINUE
+/// The root cgroup's socket-address programs: each runs one step of `sock` on the address
+/// (`translate`: a published address to its container's; `reverse`: back) and lets the call
+/// go on.
+macro_rules! sock_addr_programs {
+    ($($(#[$doc:meta])* $attach:ident: $name:ident => $step:path;)*) => {$(
+        $(#[$doc])*
+        #[cgroup_sock_addr($attach)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            $step(&ctx);
+            SOCK_CONTINUE
+        }
+    )*};
 }
 
-/// Root cgroup, sendmsg(2) over unconnected IPv4 UDP: as connect4, per datagram.
-#[cgroup_sock_addr(sendmsg4)]
-pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx);
-    SOCK_CONTINUE
-}
-
-/// Root cgroup, recvmsg(2) over IPv4 UDP: datagrams from the container show the published
-/// address as their source.
-#[cgroup_sock_addr(recvmsg4)]
-pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx);
-    SOCK_CONTINUE
-}
-
-/// Root cgroup, getpeername(2) over IPv4: the peer shows as the published address.
-#[cgroup_sock_addr(getpeername4)]
-pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx);
-    SOCK_CONTINUE
+sock_addr_programs! {
+    /// connect(2) over IPv4: the host's own clients of published ports.
+    connect4: sock_connect4 => sock::translate;
+    /// sendmsg(2) over unconnected IPv4 UDP: as connect4, per datagram.
+    sendmsg4: sock_sendmsg4 => sock::translate;
+    /// recvmsg(2) over IPv4 UDP: datagrams from the container show the published address
+    /// as their source.
+    recvmsg4: sock_recvmsg4 => sock::reverse;
+    /// getpeername(2) over IPv4: the peer shows as the published address.
+    getpeername4: sock_getpeername4 => sock::reverse;
 }
 
 #[cfg(not(test))]
