@@ -5,6 +5,12 @@
 //! by running the `netfast_clock` program, which reads jiffies and CLOCK_MONOTONIC at one
 //! instant, over and over.
 //!
+//! Jiffies date a second's start only to within a tick: the programs' second turns at the
+//! tick edge at or before CLOCK_MONOTONIC's, up to a tick early (4 ms at 250 Hz), never
+//! late. So userspace, reading CLOCK_MONOTONIC, never takes for expired an entry that the
+//! programs still use; for that tick it may still count as live, with 0 s to go, an entry
+//! the programs have let expire.
+//!
 //! A measurement uses only tick edges it saw closely: two samples, one before the tick and
 //! one after, taken at most [`BRACKET`] apart. A sampler that was preempted across an edge
 //! (a busy machine) brackets it loosely, and that edge is skipped, not used: the machine's
