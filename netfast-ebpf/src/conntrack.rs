@@ -180,14 +180,68 @@ fn trusted(table: Table, key: &CtKey, entry: *mut CtEntry) -> Option<*mut CtEntr
     // SAFETY: a map value pointer, valid for this program run.
     let peer_key = unsafe { (*entry).peer_key(key) };
     let Some(peer) = entry_in(table, &peer_key) else {
+        remember_peer(key, None);
         return Some(entry);
     };
     // SAFETY: as above.
-    if unsafe { (*peer).peer_key(&peer_key) } == *key {
+    let q = unsafe { &*peer };
+    if q.peer_key(&peer_key) == *key {
+        remember_peer(key, Some(q));
         return Some(entry);
     }
     remove_stale(table, key);
     None
+}
+
+/// What `lookup` saw of the other entry of the flow it last found on this CPU, for the
+/// window check of the same packet (`window`), which would otherwise look that entry up a
+/// second time: the key of the entry found, and of its other entry only the fields the check
+/// reads (`flags`, `td_end`, `td_maxwin`; the rest of `peer` is not kept). `present` 0: the
+/// flow had no other entry. Kept in a per-CPU map (`maps::NETFAST_PEER`): a BPF function
+/// cannot hand a map value pointer back through its callers without LLVM spilling registers
+/// the verifier refuses.
+pub struct PeerSeen {
+    pub for_key: CtKey,
+    pub present: u32,
+    pub peer: CtEntry,
+}
+
+/// Records what `lookup` saw of the other entry of the flow it found at `key`.
+#[inline(always)]
+fn remember_peer(key: &CtKey, peer: Option<&CtEntry>) {
+    // Only TCP has a window to check.
+    if key.proto != PROTO_TCP {
+        return;
+    }
+    let Some(r) = crate::maps::NETFAST_PEER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU map value, used by this program run only.
+    let r = unsafe { &mut *r };
+    r.for_key = *key;
+    match peer {
+        Some(q) => {
+            r.present = 1;
+            r.peer.flags = q.flags;
+            r.peer.td_end = q.td_end;
+            r.peer.td_maxwin = q.td_maxwin;
+        }
+        None => r.present = 0,
+    }
+}
+
+/// The other entry of the flow of `e` (keyed `key`) as the window check reads it: as
+/// `lookup` saw it for this packet, else looked up. `None`: the flow has none.
+#[inline(always)]
+fn window_peer(key: &CtKey, e: &CtEntry, table: Table) -> Option<*const CtEntry> {
+    if let Some(r) = crate::maps::NETFAST_PEER.get_ptr(0) {
+        // SAFETY: a per-CPU map value, used by this program run only.
+        let r = unsafe { &*r };
+        if r.for_key == *key {
+            return (r.present != 0).then_some(&raw const r.peer);
+        }
+    }
+    entry_in(table, &e.peer_key(key)).map(<*mut CtEntry>::cast_const)
 }
 
 /// Removes the entry at `key`, the stale half of a flow (see `trusted`), and counts it.
@@ -207,19 +261,20 @@ fn remove_stale(table: Table, key: &CtKey) {
 fn revive(key: &CtKey, entry: *mut CtEntry, now: u32, table: Table) -> Option<*mut CtEntry> {
     // SAFETY: a map value pointer, valid for this program run.
     let e = unsafe { &mut *entry };
-    let expires = peer_alive(table, key, e, now)?;
-    e.expires = expires;
+    let peer = peer_alive(table, key, e, now)?;
+    e.expires = peer.expires;
+    remember_peer(key, Some(peer));
     Some(entry)
 }
 
-/// The expiry of the other entry of `e`'s flow (`e` keyed `key`), if that entry lives and
-/// still points back at `key`: then the flow lives, whatever `e`'s own expiry says.
+/// The other entry of `e`'s flow (`e` keyed `key`), if it lives and still points back at
+/// `key`: then the flow lives, whatever `e`'s own expiry says.
 #[inline(always)]
-fn peer_alive(table: Table, key: &CtKey, e: &CtEntry, now: u32) -> Option<u32> {
+fn peer_alive(table: Table, key: &CtKey, e: &CtEntry, now: u32) -> Option<&'static CtEntry> {
     let peer_key = e.peer_key(key);
     // SAFETY: a map value pointer, valid for this program run.
     let p = unsafe { &*entry_in(table, &peer_key)? };
-    (p.expires >= now && p.peer_key(&peer_key) == *key).then_some(p.expires)
+    (p.expires >= now && p.peer_key(&peer_key) == *key).then_some(p)
 }
 
 /// Whether the entry `e` (keyed `key`, in the main or the inbound table) belongs to a live
@@ -700,10 +755,10 @@ fn try_window(
 }
 
 /// Whether a segment (not a RST) that matched `e` (keyed `key`) falls within its flow's
-/// window. The other entry was looked up a moment ago (`trusted`): its bucket is warm.
+/// window.
 #[inline(always)]
 fn segment_believed(key: &CtKey, e: &CtEntry, seg: &Segment, table: Table) -> bool {
-    let Some(peer) = entry_in(table, &e.peer_key(key)) else {
+    let Some(peer) = window_peer(key, e, table) else {
         // The other half is gone: nothing to judge by.
         return true;
     };
@@ -714,7 +769,7 @@ fn segment_believed(key: &CtKey, e: &CtEntry, seg: &Segment, table: Table) -> bo
 /// Whether a RST that matched `e` (keyed `key`) falls within its flow's window.
 #[inline(always)]
 fn rst_believed(key: &CtKey, e: &CtEntry, flags: TcpFlags, seg: &Segment, table: Table) -> bool {
-    let Some(peer) = entry_in(table, &e.peer_key(key)) else {
+    let Some(peer) = window_peer(key, e, table) else {
         // The other half is gone: nothing to judge by, and nothing left to protect.
         return true;
     };

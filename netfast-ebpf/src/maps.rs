@@ -114,6 +114,12 @@ pub static NETFAST_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries
 pub static NETFAST_SCRATCH: PerCpuArray<crate::conntrack::Pair> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU: what `conntrack::lookup` saw of the other entry of the flow it found, for the
+/// window check of the same packet (`conntrack::PeerSeen`).
+#[map]
+pub static NETFAST_PEER: PerCpuArray<crate::conntrack::PeerSeen> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU scratch space for the packet at hand (`parse::pkt`): off the stack.
 #[map]
 pub static NETFAST_PKT: PerCpuArray<crate::parse::Pkt> = PerCpuArray::with_max_entries(1, 0);
