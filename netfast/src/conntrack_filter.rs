@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use netfast_common::conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    loader::model::State,
+    loader::{model::State, publish::HostIp},
     maps::{Flow, Tuple},
 };
 
@@ -145,15 +145,12 @@ impl FromStr for Published {
 
 impl fmt::Display for Published {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
-        }
         let proto = match self.proto {
             Some(PROTO_TCP) => "/tcp",
             Some(PROTO_UDP) => "/udp",
             _ => "",
         };
-        write!(f, "{}{proto}", self.port)
+        write!(f, "{}{}{proto}", HostIp(self.host_ip), self.port)
     }
 }
 

@@ -158,14 +158,28 @@ impl FromStr for PublishSpec {
 
 impl fmt::Display for PublishSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
-        }
         write!(
             f,
-            "{}:{}:{}/{}",
-            self.host_ports, self.container, self.container_ports, self.proto
+            "{}{}:{}:{}/{}",
+            HostIp(self.host_ip),
+            self.host_ports,
+            self.container,
+            self.container_ports,
+            self.proto
         )
+    }
+}
+
+/// The host address a port is published on as Docker writes it before the port: `IP:`, or
+/// nothing for every address.
+pub(crate) struct HostIp(pub Option<Ipv4Addr>);
+
+impl fmt::Display for HostIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}:"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -220,7 +220,7 @@ impl Model {
     /// The external port of the sender's masquerade mapping, for a flow this packet opens:
     /// the live one, or a new one (the datapath's random choice is read from its output,
     /// or, where the output does not show it (`visible`), from its maps).
-    pub(super) fn masquerade_port(
+    fn masquerade_port(
         &mut self,
         cx: &mut Cx<'_, '_>,
         net: &Network,
