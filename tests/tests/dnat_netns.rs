@@ -825,6 +825,65 @@ fn unpublishing_ends_only_that_publications_flows(backend: &str) {
     );
 }
 
+/// A client in the outside namespace that only reads: prints each line the server at
+/// `sys.argv[1]`:9000 sends, then `ended` when the connection ends.
+const READER: &str = "import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=5)
+s.settimeout(None)
+try:
+    for line in s.makefile():
+        print(line.strip(), flush=True)
+    print('ended: eof', flush=True)
+except OSError as e:
+    print('ended:', e, flush=True)
+";
+
+/// Found in review: unpublishing deleted the flows through the port, but a container that
+/// goes on sending (a server that pushes) had its next segment picked up as a flow of its
+/// own and masqueraded from the published port — what the client's connection expects — so
+/// the client went on receiving from, and could answer, a port no longer published. The
+/// container's side of each connection is ended at its socket, and the client is told.
+fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let _push = Background::spawn(&in_netns(
+        &w.c0,
+        &[
+            "socat",
+            "TCP4-LISTEN:9000,fork,reuseaddr",
+            "SYSTEM:i=0; while true; do i=$((i+1)); echo push $i; sleep 0.1; done",
+        ],
+    ));
+    wait_listening(&w.c0, "tcp", 9000, "socat");
+    let spec = format!("{UPLINK_ADDR}:9000:{}:9000", w.c0);
+    w.nf.ok(&["publish", "web", &spec]);
+    let mut reader = Background::spawn(&in_netns(
+        w.topo.outside.name(),
+        &["python3", "-c", READER, &UPLINK_ADDR.to_string()],
+    ));
+    reader.wait_for_text("push 3", Duration::from_secs(10));
+    let out = w.nf.ok(&["unpublish", "web", &spec]);
+    reader.wait_for(
+        "the client's connection to end after the unpublish",
+        Duration::from_secs(10),
+        |out, _| out.contains("ended"),
+    );
+    let established = || {
+        let out = run(&in_netns(&w.c0, &["ss", "-Htn", "state", "established"]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !established()
+            .contains(":9000 ")),
+        "the container still has its connection after the unpublish:\n{}",
+        established()
+    );
+    assert!(
+        out.contains(&format!("ended 1 TCP connections through it at {}'s", w.c0)),
+        "{out}"
+    );
+}
+
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
     an_outside_client_reaches_a_published_container,
     udp_echo_through_a_published_range,
@@ -842,4 +901,5 @@ netfast_tests::on_backends!([ebpf, nftables, iptables] [
     a_replaced_container_gets_the_udp_flow_of_a_client_that_keeps_sending,
     a_new_connection_from_the_same_client_port_reaches_the_replaced_container,
     unpublishing_ends_only_that_publications_flows,
+    a_container_that_pushes_does_not_reach_its_client_once_unpublished,
 ]);

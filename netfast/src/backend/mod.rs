@@ -10,6 +10,8 @@
 mod iptables;
 mod nftables;
 
+use std::net::SocketAddrV4;
+
 use crate::{
     error::{Error, Result},
     loader::model::{Backend, BackendChoice, State},
@@ -17,6 +19,7 @@ use crate::{
         Counts, ctnetlink,
         render_ipt::ipt_raw_counter,
         rules::{Rules, Way, net_counter},
+        sockdiag::Connection,
     },
 };
 
@@ -210,15 +213,33 @@ fn container_port(p: &crate::loader::publish::Publication, host_port: u16) -> Op
 }
 
 /// Ends the kernel's flows through a publication of a fallback network (as the eBPF dataplane
-/// ends its own): the entries DNATed from its host ports to its container. Returns how many.
-pub fn end_flows(p: &crate::loader::publish::Publication) -> Result<usize> {
-    delete_entries(|e| {
-        e.original.proto == p.proto.number()
-            && e.original.icmp.is_none()
-            && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
-            && e.reply.src == p.container_ip
-            && container_port(p, e.original.dport) == Some(e.reply.sport)
-    })
+/// ends its own): the entries DNATed from its host ports to its container. Calls `ending` with
+/// the container's end and its peer of each TCP one while the entries still translate (see
+/// [`crate::netfilter::sockdiag`]), then deletes them; returns how many.
+pub fn end_flows(
+    p: &crate::loader::publish::Publication,
+    ending: impl FnOnce(&[Connection]),
+) -> Result<usize> {
+    let doomed: Vec<ctnetlink::KEntry> = ctnetlink::dump()?
+        .into_iter()
+        .filter(|e| {
+            e.original.proto == p.proto.number()
+                && e.original.icmp.is_none()
+                && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
+                && e.reply.src == p.container_ip
+                && container_port(p, e.original.dport) == Some(e.reply.sport)
+        })
+        .collect();
+    let connections: Vec<Connection> = doomed
+        .iter()
+        .filter(|e| e.reply.proto == netfast_common::conntrack::PROTO_TCP)
+        .map(|e| Connection {
+            local: SocketAddrV4::new(e.reply.src, e.reply.sport),
+            remote: SocketAddrV4::new(e.reply.dst, e.reply.dport),
+        })
+        .collect();
+    ending(&connections);
+    delete_all(doomed.iter())
 }
 
 /// Called once a publication of a fallback network is in the rules: ends the kernel's

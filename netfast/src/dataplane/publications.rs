@@ -1,8 +1,10 @@
 //! Published ports in the dataplane: their DNAT entries and allow lists, put in all or
 //! nothing, taken out with their flows, and pruned of what a killed `publish` left.
 
+use std::net::SocketAddrV4;
+
 use super::Dataplane;
-use crate::{error::Result, maps};
+use crate::{error::Result, maps, netfilter::sockdiag::Connection};
 
 impl Dataplane {
     /// Removes the DNAT and allow-list entries that none of `owned` (the state's eBPF
@@ -74,8 +76,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Takes a publication out of the dataplane, with the flows opened through it.
-    pub fn unpublish(&mut self, p: &crate::loader::publish::Publication) -> Result<usize> {
+    /// Takes a publication out of the dataplane, with the flows opened through it: calls
+    /// `ending` with the container's end and its peer of each TCP one while their flows still
+    /// translate (see [`crate::netfilter::sockdiag`]), then ends them; returns how many.
+    pub fn unpublish(
+        &mut self,
+        p: &crate::loader::publish::Publication,
+        ending: impl FnOnce(&[Connection]),
+    ) -> Result<usize> {
         use netfast_common::publish::PubKey;
         for host_port in p.host_ports.iter() {
             let key = PubKey {
@@ -99,7 +107,7 @@ impl Dataplane {
             .map(|(k, _)| (k.addr, k.port))
             .collect();
         let name = p.proto.to_string();
-        let deleted = maps::delete_flows(&mut self.ebpf, maps::monotonic_now(), |f| {
+        let through = |f: &maps::Flow| {
             let to = f.original.dst;
             f.protocol == name
                 && p.host_ports.iter().any(|hp| hp == f.original.dport)
@@ -108,8 +116,18 @@ impl Dataplane {
                     Some(ip) => to == ip,
                     None => !exact.contains(&(maps::raw_addr(to), f.original.dport.to_be())),
                 }
-        })?;
-        Ok(deleted.flows)
+        };
+        let now = maps::monotonic_now();
+        let connections: Vec<Connection> = maps::flows(&self.ebpf, now)?
+            .iter()
+            .filter(|f| f.proto() == netfast_common::conntrack::PROTO_TCP && through(f))
+            .map(|f| Connection {
+                local: SocketAddrV4::new(f.reply.src, f.reply.sport),
+                remote: SocketAddrV4::new(f.reply.dst, f.reply.dport),
+            })
+            .collect();
+        ending(&connections);
+        Ok(maps::delete_flows(&mut self.ebpf, now, through)?.flows)
     }
 
     /// The host's own IPv4 addresses, where ports published on every address are reachable.

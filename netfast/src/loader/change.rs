@@ -123,6 +123,11 @@ pub enum Change {
     PublicationFlowsEnded {
         flows: usize,
     },
+    /// TCP connections through an unpublished port, ended at the container's socket.
+    ConnectionsEnded {
+        connections: usize,
+        container: String,
+    },
     Unpublished {
         network: String,
         spec: String,
@@ -337,6 +342,14 @@ impl fmt::Display for Change {
                  to {container}"
             ),
             Change::PublicationFlowsEnded { flows } => write!(f, "ended {flows} flows through it"),
+            Change::ConnectionsEnded {
+                connections,
+                container,
+            } => write!(
+                f,
+                "ended {connections} TCP connections through it at {container}'s sockets (its \
+                 clients were sent a RST)"
+            ),
             Change::Unpublished { network, spec } => write!(f, "unpublished {spec} on {network}"),
             Change::Step { action } => write!(f, "{action}"),
             Change::NoChanges => f.write_str("no changes"),

@@ -129,8 +129,32 @@ pub fn create(name: &str, prepare: impl FnOnce() -> io::Result<()> + Send) -> io
 /// the namespace netfast made from one made under its name since; `None` if there is no
 /// namespace of that name (no file, or a file with no namespace mounted on it).
 pub fn cookie(name: &str) -> crate::error::Result<Option<u64>> {
+    in_named(name, || crate::host::netns_cookie().map(Some))
+}
+
+/// Runs `f` on a thread in the named namespace if it is the one of netns cookie `cookie`
+/// (the namespace netfast made, not one made under its name since); `None` otherwise.
+pub fn within<T: Send>(
+    name: &str,
+    cookie: u64,
+    f: impl FnOnce() -> crate::error::Result<T> + Send,
+) -> crate::error::Result<Option<T>> {
+    in_named(name, || {
+        if crate::host::netns_cookie()? == cookie {
+            f().map(Some)
+        } else {
+            Ok(None)
+        }
+    })
+}
+
+/// Runs `f` on a thread in the named namespace; `None` if there is no namespace of that name.
+fn in_named<T: Send>(
+    name: &str,
+    f: impl FnOnce() -> crate::error::Result<Option<T>> + Send,
+) -> crate::error::Result<Option<T>> {
     let io = |source| crate::error::Error::Io {
-        context: format!("reading the identity of namespace {name}"),
+        context: format!("entering namespace {name}"),
         source,
     };
     let ns = match File::open(path(name)) {
@@ -142,7 +166,7 @@ pub fn cookie(name: &str) -> crate::error::Result<Option<u64>> {
         s.spawn(|| {
             // This thread moves to the namespace; it ends right after.
             match crate::netns::setns(&ns) {
-                Ok(()) => crate::host::netns_cookie().map(Some),
+                Ok(()) => f(),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
                 Err(e) => Err(io(e)),
             }

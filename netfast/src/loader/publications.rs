@@ -8,6 +8,7 @@ use super::{
     intent::{Intent, Object},
     model::{Backend, State},
     netlink::Nl,
+    nsfs,
     publish::{self, Publication, PublishSpec},
     sockets,
     state::Locked,
@@ -17,6 +18,7 @@ use crate::{
     dataplane::Dataplane,
     error::{Error, Result},
     host::Host,
+    netfilter::sockdiag::{self, Connection},
 };
 
 /// Tells the dataplane the host's current addresses (ports published on every address are
@@ -175,18 +177,21 @@ impl Loader {
         state
             .publications
             .retain(|q| !(q.network == p.network && q.spec == p.spec));
+        let mut ended = None;
+        let ending = |c: &[Connection]| ended = end_connections(&before, p, c);
         let flows = if before.network(&p.network).map(|n| n.backend) == Some(Backend::Ebpf) {
             match Dataplane::open_existing(&self.host)? {
-                Some(mut dp) => dp.unpublish(p)?,
+                Some(mut dp) => dp.unpublish(p, ending)?,
                 None => 0,
             }
         } else {
             crate::backend::sync(&before, state)?;
-            crate::backend::end_flows(p)?
+            crate::backend::end_flows(p, ending)?
         };
         if flows > 0 {
             out.push(Change::PublicationFlowsEnded { flows });
         }
+        out.extend(ended);
         out.push(Change::Unpublished {
             network: p.network.clone(),
             spec: p.spec.clone(),
@@ -196,5 +201,66 @@ impl Loader {
 
     pub fn publications(&self) -> Result<Vec<Publication>> {
         Ok(self.state()?.publications)
+    }
+}
+
+/// Ends the container's side of the TCP connections through `p`, whose flows unpublishing it
+/// is about to end (see [`crate::netfilter::sockdiag`]): without it, the container's next
+/// segment would be masqueraded from the published port, and its client would go on reaching
+/// it. The RST the kernel sends for each goes to the client through the flow, which still
+/// translates. Only in a namespace netfast made (known by its cookie): a Docker container's
+/// publications are revoked as it stops or leaves the network. A failure is logged, as the
+/// publication is gone either way.
+fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -> Option<Change> {
+    if connections.is_empty() {
+        return None;
+    }
+    let container = state
+        .containers
+        .iter()
+        .find(|c| c.network == p.network && c.ip == p.container_ip);
+    let Some((name, cookie)) = container.and_then(|c| Some((c.name.as_str(), c.netns_cookie?)))
+    else {
+        if container.is_some() {
+            // Docker's: it revokes a publication as the container stops or leaves the
+            // network, and its connections end with it.
+            log::debug!("{} is Docker's: its connections end with it", p.container);
+        } else {
+            log::warn!(
+                "not ending {} TCP connection(s) through {} at {}'s sockets: no container \
+                 netfast made has that address; it can go on reaching its clients until it \
+                 closes them",
+                connections.len(),
+                p.spec,
+                p.container
+            );
+        }
+        return None;
+    };
+    let ended = nsfs::within(name, cookie, || {
+        connections.iter().try_fold(0usize, |n, c| {
+            Ok(n + usize::from(sockdiag::destroy_tcp(*c)?))
+        })
+    });
+    match ended {
+        Ok(Some(0)) => None,
+        Ok(Some(connections)) => Some(Change::ConnectionsEnded {
+            connections,
+            container: name.to_owned(),
+        }),
+        Ok(None) => {
+            log::warn!(
+                "not ending connections in namespace {name}: it is not the one netfast made"
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "could not end the TCP connections through {} at {name}'s sockets: {}",
+                p.spec,
+                crate::error::report(&e)
+            );
+            None
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! they print ([`iptables_save`], [`nft_ruleset`]), the renderers of netfast's own rules
 //! ([`rules`] computed from the state, rendered by [`render_nft`] through the typed
 //! [`nft_batch`] and by [`render_ipt`]), and the kernel's conntrack over netlink
-//! ([`ctnetlink`], [`cttimeout`], on nfnetlink sockets).
+//! ([`ctnetlink`], [`cttimeout`], on nfnetlink sockets), and the sockets of connections
+//! ([`sockdiag`]).
 //!
 //! The fallback backends ([`crate::backend`]) write and count with it, the doctor reads
 //! everyone's rules with it, and the benchmark's lab writes Docker's rules with it.
@@ -19,6 +20,7 @@ pub mod render_ipt;
 pub mod render_nft;
 pub mod rules;
 pub mod run;
+pub mod sockdiag;
 
 pub use matches::{AddrSet, Match, Matches, Nat, NatRule, read_or_nothing};
 pub use rules::Counts;

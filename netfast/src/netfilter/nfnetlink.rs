@@ -1,6 +1,6 @@
 //! Netlink sockets of the netfilter family (nfnetlink): the requests, answers and attributes
 //! that [`super::ctnetlink`] (the conntrack table) and [`super::cttimeout`] (timeout
-//! policies) speak.
+//! policies) speak, and the socket that [`super::sockdiag`] shares with them.
 
 use std::{io, mem::size_of};
 
@@ -65,16 +65,21 @@ pub(super) fn io_err(context: &str) -> Error {
 
 impl Socket {
     pub(super) fn open() -> Result<Socket> {
+        Socket::of(NETLINK_NETFILTER, "opening a ctnetlink socket")
+    }
+
+    /// A netlink socket of protocol `netlink` (`NETLINK_*`); `what` names it in an error.
+    pub(super) fn of(netlink: libc::c_int, what: &str) -> Result<Socket> {
         // SAFETY: plain syscall; the descriptor is owned by the returned value.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
+                netlink,
             )
         };
         if fd < 0 {
-            return Err(io_err("opening a ctnetlink socket"));
+            return Err(io_err(what));
         }
         Ok(Socket(fd))
     }
@@ -88,15 +93,24 @@ impl Socket {
         flags: u16,
         attrs: &[u8],
     ) -> Result<Vec<Vec<u8>>> {
-        let len = 16 + 4 + attrs.len();
+        let mut body = Vec::with_capacity(4 + attrs.len());
+        body.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg
+        body.extend_from_slice(attrs);
+        self.request((subsys << 8) | msg_type, flags, &body)
+    }
+
+    /// Sends one request of type `msg_type` with `body` after the netlink header, and
+    /// returns every message of the answer (without its first four bytes: nfnetlink's
+    /// nfgenmsg) up to NLMSG_DONE or the acknowledgement.
+    pub(super) fn request(&self, msg_type: u16, flags: u16, body: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let len = 16 + body.len();
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&((subsys << 8) | msg_type).to_ne_bytes());
+        req.extend_from_slice(&msg_type.to_ne_bytes());
         req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
         req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        req.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg
-        req.extend_from_slice(attrs);
+        req.extend_from_slice(body);
         // SAFETY: sending a buffer we own to the kernel (the default destination of an
         // unbound netlink socket is the kernel).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -120,7 +134,7 @@ impl Socket {
             // SAFETY: receiving into a buffer we own.
             let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
-                return Err(io_err("reading the conntrack table"));
+                return Err(io_err("reading the kernel's netlink answer"));
             }
             let mut rest = &buf[..n as usize];
             while rest.len() >= 16 {
@@ -138,7 +152,7 @@ impl Socket {
                             return Ok(out); // the acknowledgement
                         }
                         return Err(Error::Io {
-                            context: "the kernel refused a netfilter netlink request".into(),
+                            context: "the kernel refused a netlink request".into(),
                             source: io::Error::from_raw_os_error(-errno),
                         });
                     }
