@@ -857,17 +857,25 @@ fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &
     wait_listening(&w.c0, "tcp", 9000, "socat");
     let spec = format!("{UPLINK_ADDR}:9000:{}:9000", w.c0);
     w.nf.ok(&["publish", "web", &spec]);
-    let mut reader = Background::spawn(&in_netns(
-        w.topo.outside.name(),
-        &["python3", "-c", READER, &UPLINK_ADDR.to_string()],
-    ));
-    reader.wait_for_text("push 3", Duration::from_secs(10));
+    // Two clients: every connection through the port ends.
+    let mut readers: Vec<Background> = (0..2)
+        .map(|_| {
+            let mut reader = Background::spawn(&in_netns(
+                w.topo.outside.name(),
+                &["python3", "-c", READER, &UPLINK_ADDR.to_string()],
+            ));
+            reader.wait_for_text("push 3", Duration::from_secs(10));
+            reader
+        })
+        .collect();
     let out = w.nf.ok(&["unpublish", "web", &spec]);
-    reader.wait_for(
-        "the client's connection to end after the unpublish",
-        Duration::from_secs(10),
-        |out, _| out.contains("ended"),
-    );
+    for reader in &mut readers {
+        reader.wait_for(
+            "see its connection end after the unpublish",
+            Duration::from_secs(10),
+            |out, _| out.contains("ended"),
+        );
+    }
     let established = || {
         let out = run(&in_netns(&w.c0, &["ss", "-Htn", "state", "established"]));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -875,11 +883,11 @@ fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &
     assert!(
         wait_until(Duration::from_secs(10), || !established()
             .contains(":9000 ")),
-        "the container still has its connection after the unpublish:\n{}",
+        "the container still has connections after the unpublish:\n{}",
         established()
     );
     assert!(
-        out.contains(&format!("ended 1 TCP connections through it at {}'s", w.c0)),
+        out.contains(&format!("ended 2 TCP connections through it at {}'s", w.c0)),
         "{out}"
     );
 }

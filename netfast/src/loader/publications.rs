@@ -237,11 +237,7 @@ fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -
         }
         return None;
     };
-    let ended = nsfs::within(name, cookie, || {
-        connections.iter().try_fold(0usize, |n, c| {
-            Ok(n + usize::from(sockdiag::destroy_tcp(*c)?))
-        })
-    });
+    let ended = nsfs::within(name, cookie, || sockdiag::destroy_tcp(connections));
     match ended {
         Ok(Some(0)) => None,
         Ok(Some(connections)) => Some(Change::ConnectionsEnded {

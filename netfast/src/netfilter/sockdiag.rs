@@ -47,23 +47,28 @@ fn request(local: SocketAddrV4, remote: SocketAddrV4) -> Vec<u8> {
     r
 }
 
-/// Aborts the TCP socket of this network namespace at `c`; false when there is none (closed
-/// meanwhile).
-pub fn destroy_tcp(c: Connection) -> Result<bool> {
-    let Connection { local, remote } = c;
+/// Aborts the TCP sockets of this network namespace at `connections`; returns how many there
+/// were (one closed meanwhile has none).
+pub fn destroy_tcp(connections: &[Connection]) -> Result<usize> {
     let sock = Socket::of(NETLINK_SOCK_DIAG, "opening a sock_diag socket")?;
-    match sock.request(SOCK_DESTROY, NLM_F_ACK, &request(local, remote)) {
-        Ok(_) => Ok(true),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(Error::Io { source, .. }) => Err(Error::Io {
-            context: format!(
-                "ending the TCP connection {local} → {remote} (sock_diag SOCK_DESTROY; a kernel \
-                 without CONFIG_INET_DIAG_DESTROY refuses it)"
-            ),
-            source,
-        }),
-        Err(e) => Err(e),
+    let mut ended = 0;
+    for &Connection { local, remote } in connections {
+        match sock.request(SOCK_DESTROY, NLM_F_ACK, &request(local, remote)) {
+            Ok(_) => ended += 1,
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(Error::Io { source, .. }) => {
+                return Err(Error::Io {
+                    context: format!(
+                        "ending the TCP connection {local} → {remote} (sock_diag SOCK_DESTROY; \
+                         a kernel without CONFIG_INET_DIAG_DESTROY refuses it)"
+                    ),
+                    source,
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
+    Ok(ended)
 }
 
 #[cfg(test)]
