@@ -842,7 +842,9 @@ except OSError as e:
 /// goes on sending (a server that pushes) had its next segment picked up as a flow of its
 /// own and masqueraded from the published port — what the client's connection expects — so
 /// the client went on receiving from, and could answer, a port no longer published. The
-/// container's side of each connection is ended at its socket, and the client is told.
+/// container's side of each connection through the port is ended at its socket, the client
+/// gets the RST; the server's listener, and a connection to it that did not come through the
+/// port (from the other container), are left alone.
 fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
@@ -857,23 +859,33 @@ fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &
     wait_listening(&w.c0, "tcp", 9000, "socat");
     let spec = format!("{UPLINK_ADDR}:9000:{}:9000", w.c0);
     w.nf.ok(&["publish", "web", &spec]);
-    // Two clients: every connection through the port ends.
-    let mut readers: Vec<Background> = (0..2)
-        .map(|_| {
-            let mut reader = Background::spawn(&in_netns(
-                w.topo.outside.name(),
-                &["python3", "-c", READER, &UPLINK_ADDR.to_string()],
-            ));
-            reader.wait_for_text("push 3", Duration::from_secs(10));
-            reader
-        })
+    let reader = |ns: &str, addr: &str| {
+        let mut reader = Background::spawn(&in_netns(ns, &["python3", "-c", READER, addr]));
+        reader.wait_for_text("push 3", Duration::from_secs(10));
+        reader
+    };
+    // A connection through the port that its client closed: its flow outlives the socket.
+    let closed = run(&in_netns(
+        w.topo.outside.name(),
+        &["python3", "-c", READER_ONE_LINE, &UPLINK_ADDR.to_string()],
+    ));
+    assert!(closed.status.success(), "{closed:?}");
+    // Two clients through the port, and one from the other container, straight to it.
+    let mut through: Vec<Background> = (0..2)
+        .map(|_| reader(w.topo.outside.name(), &UPLINK_ADDR.to_string()))
         .collect();
+    let mut direct = reader(&w.c1, "172.18.0.2");
     let out = w.nf.ok(&["unpublish", "web", &spec]);
-    for reader in &mut readers {
-        reader.wait_for(
+    for client in &mut through {
+        client.wait_for(
             "see its connection end after the unpublish",
             Duration::from_secs(10),
             |out, _| out.contains("ended"),
+        );
+        let said = client.stdout_so_far();
+        assert!(
+            said.contains("ended: [Errno 104] Connection reset by peer"),
+            "the client was not sent the RST:\n{said}"
         );
     }
     let established = || {
@@ -882,13 +894,98 @@ fn a_container_that_pushes_does_not_reach_its_client_once_unpublished(backend: &
     };
     assert!(
         wait_until(Duration::from_secs(10), || !established()
-            .contains(":9000 ")),
-        "the container still has connections after the unpublish:\n{}",
+            .contains(&format!("{OUTSIDE_ADDR}:"))),
+        "the container still has connections through the port after the unpublish:\n{}",
         established()
     );
     assert!(
         out.contains(&format!("ended 2 TCP connections through it at {}'s", w.c0)),
         "{out}"
+    );
+    // The rest stands.
+    assert!(
+        listening(&w.c0, "tcp", 9000),
+        "the server stopped listening"
+    );
+    let from = direct.stdout_so_far().lines().count();
+    direct.wait_for(
+        "go on receiving from the container",
+        Duration::from_secs(10),
+        |out, _| out.contains("ended") || out.lines().count() >= from + 5,
+    );
+    assert!(
+        !direct.stdout_so_far().contains("ended"),
+        "the other container's own connection ended:\n{}",
+        direct.stdout_so_far()
+    );
+}
+
+/// A client that reads one line from `sys.argv[1]`:9000 and closes.
+const READER_ONE_LINE: &str = "import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=5)
+s.makefile().readline()
+s.close()
+";
+
+/// A UDP server that pushes: on port 5353, waits for a client's first datagram, then sends
+/// it `push N` every 100 ms, printing `sent N`.
+const UDP_PUSHER: &str = "import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 5353))
+_, client = s.recvfrom(100)
+i = 0
+while True:
+    i += 1
+    s.sendto(b'push %d' % i, client)
+    print('sent', i, flush=True)
+    time.sleep(0.1)
+";
+
+/// A UDP client in the outside namespace, connected to `sys.argv[1]`:5353 (it receives only
+/// from there): says hello, then prints what it receives.
+const UDP_LISTENER: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 5353))
+s.send(b'hello')
+while True:
+    try:
+        print(s.recv(100).decode(), flush=True)
+    except OSError as e:
+        print('error', e, flush=True)
+";
+
+/// The UDP side of [`a_container_that_pushes_does_not_reach_its_client_once_unpublished`]:
+/// a UDP server's socket serves every client and cannot be ended, so after the unpublish the
+/// container's next datagram to its client opens a flow of its own. It must not leave from
+/// the port that was published, or the client would take it for the publication's and go
+/// on talking to the container.
+fn a_udp_server_that_pushes_does_not_reach_its_client_once_unpublished(backend: &str) {
+    require_root();
+    let w = web_on(backend, &[]);
+    let mut pusher = Background::spawn(&in_netns(&w.c0, &["python3", "-c", UDP_PUSHER]));
+    wait_listening(&w.c0, "udp", 5353, "the UDP pusher");
+    let spec = format!("{UPLINK_ADDR}:5353:{}:5353/udp", w.c0);
+    w.nf.ok(&["publish", "web", &spec]);
+    let mut client = Background::spawn(&in_netns(
+        w.topo.outside.name(),
+        &["python3", "-c", UDP_LISTENER, &UPLINK_ADDR.to_string()],
+    ));
+    client.wait_for_text("push 3", Duration::from_secs(10));
+    w.nf.ok(&["unpublish", "web", &spec]);
+    let pushes = |out: &str| out.lines().filter(|l| l.starts_with("push ")).count();
+    let received = pushes(&client.stdout_so_far());
+    let sent = |out: &str| out.lines().filter(|l| l.starts_with("sent ")).count();
+    let from = sent(&pusher.stdout_so_far());
+    pusher.wait_for(
+        "push 20 more datagrams after the unpublish",
+        Duration::from_secs(10),
+        |out, _| sent(out) >= from + 20,
+    );
+    let after = pushes(&client.stdout_so_far()) - received;
+    assert!(
+        after <= 2,
+        "the client received {after} of the container's 20 datagrams after the unpublish:\n{}",
+        client.stdout_so_far()
     );
 }
 
@@ -910,4 +1007,5 @@ netfast_tests::on_backends!([ebpf, nftables, iptables] [
     a_new_connection_from_the_same_client_port_reaches_the_replaced_container,
     unpublishing_ends_only_that_publications_flows,
     a_container_that_pushes_does_not_reach_its_client_once_unpublished,
+    a_udp_server_that_pushes_does_not_reach_its_client_once_unpublished,
 ]);

@@ -12,6 +12,8 @@ mod nftables;
 
 use std::net::SocketAddrV4;
 
+use netfast_common::conntrack::{PROTO_TCP, PROTO_UDP};
+
 use crate::{
     error::{Error, Result},
     loader::model::{Backend, BackendChoice, State},
@@ -216,10 +218,20 @@ fn container_port(p: &crate::loader::publish::Publication, host_port: u16) -> Op
 /// ends its own): the entries DNATed from its host ports to its container. Calls `ending` with
 /// the container's end and its peer of each TCP one while the entries still translate (see
 /// [`crate::netfilter::sockdiag`]), then deletes them; returns how many.
+///
+/// Each UDP flow is then replaced by an untranslated entry of the client's direction, which
+/// lives `udp_timeout` seconds unless the client's packets refresh it: they reach the host,
+/// which tells the client the port is closed, and a container's datagram to the client (a
+/// UDP server's socket serves every client and cannot be ended) is masqueraded from another
+/// port than the one published, as that entry holds it (`nf_nat_used_tuple`), so the client
+/// does not take it for the publication's.
 pub fn end_flows(
     p: &crate::loader::publish::Publication,
-    ending: impl FnOnce(&[Connection]),
+    udp_timeout: u32,
+    ending: impl FnOnce(&[Connection]) -> Vec<Connection>,
 ) -> Result<usize> {
+    // Translated to the container (not a connection to it directly, from the host or a
+    // container, whose entry has the container's address in both directions).
     let doomed: Vec<ctnetlink::KEntry> = ctnetlink::dump()?
         .into_iter()
         .filter(|e| {
@@ -227,19 +239,57 @@ pub fn end_flows(
                 && e.original.icmp.is_none()
                 && (p.host_ip.is_none() || p.host_ip == Some(e.original.dst))
                 && e.reply.src == p.container_ip
+                && e.original.dst != p.container_ip
                 && container_port(p, e.original.dport) == Some(e.reply.sport)
         })
         .collect();
     let connections: Vec<Connection> = doomed
         .iter()
-        .filter(|e| e.reply.proto == netfast_common::conntrack::PROTO_TCP)
+        .filter(|e| e.reply.proto == PROTO_TCP)
         .map(|e| Connection {
             local: SocketAddrV4::new(e.reply.src, e.reply.sport),
             remote: SocketAddrV4::new(e.reply.dst, e.reply.dport),
         })
         .collect();
-    ending(&connections);
-    delete_all(doomed.iter())
+    let reset = ending(&connections);
+    // Each aborted socket's RST crosses its entry to the client: the entries end once it has.
+    crate::netfilter::sockdiag::wait_for_resets(|| {
+        reset.iter().try_fold(true, |all, c| {
+            let Some(e) = doomed.iter().find(|e| {
+                e.reply.src == *c.local.ip()
+                    && e.reply.sport == c.local.port()
+                    && e.reply.dst == *c.remote.ip()
+                    && e.reply.dport == c.remote.port()
+            }) else {
+                return Ok(all);
+            };
+            let now = ctnetlink::dump_matching(&ctnetlink::DumpFilter {
+                proto: Some(PROTO_TCP),
+                src: Some(e.original.src),
+                dst: Some(e.original.dst),
+                sport: Some(e.original.sport),
+                dport: Some(e.original.dport),
+            })?;
+            Ok(all
+                && now
+                    .iter()
+                    .filter(|n| n.original == e.original)
+                    .all(|n| n.tcp_state.map(ctnetlink::tcp_state_name) == Some("CLOSE")))
+        })
+    })?;
+    let ended = delete_all(doomed.iter())?;
+    for e in doomed.iter().filter(|e| e.original.proto == PROTO_UDP) {
+        if !ctnetlink::create_untranslated(&e.original, udp_timeout)? {
+            log::warn!(
+                "the container's datagrams to {}:{} may leave from published port {} until \
+                 the client stops sending: a flow took its place as the publication's ended",
+                e.original.src,
+                e.original.sport,
+                e.original.dport
+            );
+        }
+    }
+    Ok(ended)
 }
 
 /// Called once a publication of a fallback network is in the rules: ends the kernel's

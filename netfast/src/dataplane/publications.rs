@@ -3,6 +3,11 @@
 
 use std::net::SocketAddrV4;
 
+use netfast_common::{
+    conntrack::{CtKey, PROTO_TCP, PROTO_UDP, TcpState},
+    nat::NatClaimKey,
+};
+
 use super::Dataplane;
 use crate::{error::Result, maps, netfilter::sockdiag::Connection};
 
@@ -78,11 +83,19 @@ impl Dataplane {
 
     /// Takes a publication out of the dataplane, with the flows opened through it: calls
     /// `ending` with the container's end and its peer of each TCP one while their flows still
-    /// translate (see [`crate::netfilter::sockdiag`]), then ends them; returns how many.
+    /// translate (see [`crate::netfilter::sockdiag`]), waits for the RST of each connection
+    /// it ended to cross its flow, then ends the flows; returns how many.
+    ///
+    /// The publication's host ports are then held for a while on the network's external
+    /// address (`subnet`'s), for no container ([`maps::hold_port`]): a container's packet
+    /// from the port it served (a UDP server's, whose socket serves every client and cannot
+    /// be ended) opens a flow of its own, masqueraded from another port, which the client of
+    /// the publication does not take for it.
     pub fn unpublish(
         &mut self,
         p: &crate::loader::publish::Publication,
-        ending: impl FnOnce(&[Connection]),
+        subnet: ipnet::Ipv4Net,
+        ending: impl FnOnce(&[Connection]) -> Vec<Connection>,
     ) -> Result<usize> {
         use netfast_common::publish::PubKey;
         for host_port in p.host_ports.iter() {
@@ -120,13 +133,43 @@ impl Dataplane {
         let now = maps::monotonic_now();
         let connections: Vec<Connection> = maps::flows(&self.ebpf, now)?
             .iter()
-            .filter(|f| f.proto() == netfast_common::conntrack::PROTO_TCP && through(f))
+            .filter(|f| f.proto() == PROTO_TCP && through(f))
             .map(|f| Connection {
                 local: SocketAddrV4::new(f.reply.src, f.reply.sport),
                 remote: SocketAddrV4::new(f.reply.dst, f.reply.dport),
             })
             .collect();
-        ending(&connections);
+        let ended = ending(&connections);
+        // Each aborted socket's RST crosses its flow to the client (usually in the softirq
+        // SOCK_DESTROY raises, before it returns): the flows end once it has.
+        crate::netfilter::sockdiag::wait_for_resets(|| {
+            ended.iter().try_fold(true, |all, c| {
+                let key = CtKey::new(
+                    maps::raw_addr(*c.local.ip()),
+                    maps::raw_addr(*c.remote.ip()),
+                    c.local.port().to_be(),
+                    c.remote.port().to_be(),
+                    PROTO_TCP,
+                );
+                let state = maps::tcp_state(&self.ebpf, &key)?;
+                Ok(all && state.is_none_or(|s| s == TcpState::Close as u8))
+            })
+        })?;
+        if let Some(info) = maps::network_info(&self.ebpf, subnet.network(), subnet.prefix_len())?
+            && info.ext_addr != 0
+            && p.host_ip
+                .is_none_or(|ip| maps::raw_addr(ip) == info.ext_addr)
+        {
+            let cfg = maps::read_config(&self.ebpf)?;
+            let hold = match proto {
+                PROTO_UDP => cfg.udp,
+                _ => cfg.tcp_transitory,
+            };
+            for hp in p.host_ports.iter() {
+                let key = NatClaimKey::new(info.ext_addr, hp.to_be(), proto);
+                maps::hold_port(&mut self.ebpf, &key, now.saturating_add(hold))?;
+            }
+        }
         Ok(maps::delete_flows(&mut self.ebpf, now, through)?.flows)
     }
 

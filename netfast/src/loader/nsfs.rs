@@ -132,20 +132,31 @@ pub fn cookie(name: &str) -> crate::error::Result<Option<u64>> {
     in_named(name, || crate::host::netns_cookie().map(Some))
 }
 
+/// What [`within`] found under a namespace's name.
+pub enum Within<T> {
+    /// The namespace of the cookie: what `f` returned there.
+    Ran(T),
+    /// No namespace of that name.
+    Missing,
+    /// Another namespace (made under the name since): `f` did not run.
+    Other,
+}
+
 /// Runs `f` on a thread in the named namespace if it is the one of netns cookie `cookie`
-/// (the namespace netfast made, not one made under its name since); `None` otherwise.
+/// (the namespace netfast made, not one made under its name since).
 pub fn within<T: Send>(
     name: &str,
     cookie: u64,
     f: impl FnOnce() -> crate::error::Result<T> + Send,
-) -> crate::error::Result<Option<T>> {
-    in_named(name, || {
+) -> crate::error::Result<Within<T>> {
+    let ran = in_named(name, || {
         if crate::host::netns_cookie()? == cookie {
-            f().map(Some)
+            f().map(|t| Some(Within::Ran(t)))
         } else {
-            Ok(None)
+            Ok(Some(Within::Other))
         }
-    })
+    })?;
+    Ok(ran.unwrap_or(Within::Missing))
 }
 
 /// Runs `f` on a thread in the named namespace; `None` if there is no namespace of that name.

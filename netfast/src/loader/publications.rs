@@ -178,15 +178,25 @@ impl Loader {
             .publications
             .retain(|q| !(q.network == p.network && q.spec == p.spec));
         let mut ended = None;
-        let ending = |c: &[Connection]| ended = end_connections(&before, p, c);
+        let ending = |c: &[Connection]| {
+            let reset = end_connections(&before, p, c);
+            ended = (!reset.is_empty()).then(|| Change::ConnectionsEnded {
+                connections: reset.len(),
+                container: p.container.clone(),
+            });
+            reset
+        };
         let flows = if before.network(&p.network).map(|n| n.backend) == Some(Backend::Ebpf) {
             match Dataplane::open_existing(&self.host)? {
-                Some(mut dp) => dp.unpublish(p, ending)?,
+                Some(mut dp) => {
+                    let subnet = before.network(&p.network).expect("its network").subnet;
+                    dp.unpublish(p, subnet, ending)?
+                }
                 None => 0,
             }
         } else {
             crate::backend::sync(&before, state)?;
-            crate::backend::end_flows(p, ending)?
+            crate::backend::end_flows(p, before.dataplane.timeouts.udp, ending)?
         };
         if flows > 0 {
             out.push(Change::PublicationFlowsEnded { flows });
@@ -211,9 +221,9 @@ impl Loader {
 /// translates. Only in a namespace netfast made (known by its cookie): a Docker container's
 /// publications are revoked as it stops or leaves the network. A failure is logged, as the
 /// publication is gone either way.
-fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -> Option<Change> {
+fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -> Vec<Connection> {
     if connections.is_empty() {
-        return None;
+        return Vec::new();
     }
     let container = state
         .containers
@@ -235,20 +245,21 @@ fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -
                 p.container
             );
         }
-        return None;
+        return Vec::new();
     };
-    let ended = nsfs::within(name, cookie, || sockdiag::destroy_tcp(connections));
-    match ended {
-        Ok(Some(0)) => None,
-        Ok(Some(connections)) => Some(Change::ConnectionsEnded {
-            connections,
-            container: name.to_owned(),
-        }),
-        Ok(None) => {
+    match nsfs::within(name, cookie, || sockdiag::destroy_tcp(connections)) {
+        Ok(nsfs::Within::Ran(ended)) => ended,
+        // Its namespace is gone (an interrupted `container rm` deleted it): so are its
+        // connections.
+        Ok(nsfs::Within::Missing) => Vec::new(),
+        Ok(nsfs::Within::Other) => {
             log::warn!(
-                "not ending connections in namespace {name}: it is not the one netfast made"
+                "not ending the TCP connections through {} in namespace {name}: it is not the \
+                 one netfast made for container {}",
+                p.spec,
+                p.container
             );
-            None
+            Vec::new()
         }
         Err(e) => {
             log::warn!(
@@ -256,7 +267,7 @@ fn end_connections(state: &State, p: &Publication, connections: &[Connection]) -
                 p.spec,
                 crate::error::report(&e)
             );
-            None
+            Vec::new()
         }
     }
 }

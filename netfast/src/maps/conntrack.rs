@@ -46,6 +46,41 @@ pub fn nat_claims(ebpf: &Ebpf) -> Result<Vec<(NatClaimKey, NatClaim)>> {
     entries(ebpf, maps::NAT_CLAIMS)
 }
 
+/// The TCP state of the flow whose entry is keyed `key`, in either table; `None` when there
+/// is no such entry.
+pub fn tcp_state(ebpf: &Ebpf, key: &CtKey) -> Result<Option<u8>> {
+    for name in [maps::CONNTRACK, maps::CT_INBOUND] {
+        let hm: BpfHashMap<&MapData, CtKey, CtEntry> =
+            BpfHashMap::try_from(super::map(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+        match hm.get(key, 0) {
+            Ok(e) => return Ok(Some(e.tcp_state)),
+            Err(ref e) if absent(e) => {}
+            Err(e) => return Err(Error::map(name, e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Holds external port `key` for nobody until `until` (a claim whose owner no container
+/// is): the datapath gives no container a new mapping on it meanwhile, and takes it over
+/// once it has expired. False when the port is claimed already (a container holds it, or
+/// held it last), which is left as it is.
+pub fn hold_port(ebpf: &mut Ebpf, key: &NatClaimKey, until: u32) -> Result<bool> {
+    let name = maps::NAT_CLAIMS;
+    let mut hm: BpfHashMap<&mut MapData, NatClaimKey, NatClaim> =
+        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+    let nobody = NatClaim::new(NatClaim::owner_of(0, 0, 0), until);
+    match hm.insert(key, nobody, crate::bpf_sys::NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::map(name, e)),
+    }
+}
+
 pub fn insert_conntrack(ebpf: &mut Ebpf, key: &CtKey, entry: &CtEntry) -> Result<()> {
     super::insert_key(ebpf, maps::CONNTRACK, key, entry)
 }

@@ -81,7 +81,8 @@ pub struct KEntry {
     pub counters: Option<[(u64, u64); 2]>,
 }
 
-fn tcp_state_name(s: u8) -> &'static str {
+/// Conntrack's name of TCP state `s` (`CTA_PROTOINFO_TCP_STATE`).
+pub fn tcp_state_name(s: u8) -> &'static str {
     match s {
         0 => "NONE",
         1 => "SYN_SENT",
@@ -303,6 +304,7 @@ pub fn dump_matching(f: &DumpFilter) -> Result<Vec<KEntry>> {
 /// The conntrack event groups: new, updated and destroyed entries.
 const NF_NETLINK_CONNTRACK_ALL: u32 = 1 | 2 | 4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_EXCL: u16 = 0x200;
 
 /// What happened to an entry, as `conntrack -E` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,6 +431,36 @@ fn encode_tuple(t: &KTuple) -> Vec<u8> {
         nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto),
     ]
     .concat()
+}
+
+/// Makes an entry whose original direction is `t`, untranslated (its reply is `t` turned
+/// round), that lives `timeout` seconds unless its packets refresh it; false when an entry
+/// holds either direction already.
+pub fn create_untranslated(t: &KTuple, timeout: u32) -> Result<bool> {
+    let sock = Socket::open()?;
+    let reply = KTuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+        ..*t
+    };
+    let attrs = [
+        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t)),
+        nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &encode_tuple(&reply)),
+        nla(CTA_TIMEOUT, &timeout.to_be_bytes()),
+    ]
+    .concat();
+    match request(
+        &sock,
+        IPCTNL_MSG_CT_NEW,
+        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+        &attrs,
+    ) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes the entry whose original direction is `t`; false if it was already gone.

@@ -96,12 +96,16 @@ impl Socket {
         let mut body = Vec::with_capacity(4 + attrs.len());
         body.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg
         body.extend_from_slice(attrs);
-        self.request((subsys << 8) | msg_type, flags, &body)
+        Ok(self
+            .request((subsys << 8) | msg_type, flags, &body)?
+            .into_iter()
+            .map(|m| m.get(4..).unwrap_or_default().to_vec())
+            .collect())
     }
 
     /// Sends one request of type `msg_type` with `body` after the netlink header, and
-    /// returns every message of the answer (without its first four bytes: nfnetlink's
-    /// nfgenmsg) up to NLMSG_DONE or the acknowledgement.
+    /// returns the body of every message of the answer up to NLMSG_DONE or the
+    /// acknowledgement.
     pub(super) fn request(&self, msg_type: u16, flags: u16, body: &[u8]) -> Result<Vec<Vec<u8>>> {
         let len = 16 + body.len();
         let mut req = Vec::with_capacity(len);
@@ -126,7 +130,7 @@ impl Socket {
             )
         };
         if sent < 0 {
-            return Err(io_err("sending a ctnetlink request"));
+            return Err(io_err("sending a netlink request"));
         }
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -156,7 +160,7 @@ impl Socket {
                             source: io::Error::from_raw_os_error(-errno),
                         });
                     }
-                    _ => out.push(body.get(4..).unwrap_or_default().to_vec()),
+                    _ => out.push(body.to_vec()),
                 }
                 rest = &rest[((mlen + 3) & !3).min(rest.len())..];
             }

@@ -12,13 +12,20 @@
 
 use std::net::SocketAddrV4;
 
-use super::nfnetlink::{NLM_F_ACK, Socket};
+use super::nfnetlink::{NLM_F_ACK, NLM_F_DUMP, Socket};
 use crate::error::{Error, Result};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-/// `INET_DIAG_NOCOOKIE`: the socket is named by its addresses alone.
-const NO_COOKIE: u32 = !0;
+/// `INET_DIAG_NOCOOKIE`: a dump names no socket.
+const NO_COOKIE: [u8; 8] = [0xff; 8];
+/// The TCP states a connection that can still carry data may be in: every state but
+/// TIME_WAIT (6), CLOSE (7), LISTEN (10) and NEW_SYN_RECV (12). Never a listener: a socket
+/// named by its addresses alone falls back to the listener on its port when the connection
+/// has gone (`inet_lookup`), which is why sockets are destroyed by the cookie a dump gave.
+const CONNECTED: u32 =
+    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 
 /// A TCP connection as a container's socket sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +37,14 @@ pub struct Connection {
     pub remote: SocketAddrV4,
 }
 
-/// `struct inet_diag_req_v2` naming one IPv4 TCP socket by its two ends.
-fn request(local: SocketAddrV4, remote: SocketAddrV4) -> Vec<u8> {
+/// `struct inet_diag_req_v2` for IPv4 TCP sockets in `states`, at `c` with `cookie` (a dump:
+/// unspecified addresses and ports, and no cookie).
+fn request(states: u32, c: Option<Connection>, cookie: [u8; 8]) -> Vec<u8> {
+    let unspecified = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let (local, remote) = c.map_or((unspecified, unspecified), |c| (c.local, c.remote));
     let mut r = Vec::with_capacity(56);
     r.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    r.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    r.extend_from_slice(&states.to_ne_bytes());
     r.extend_from_slice(&local.port().to_be_bytes());
     r.extend_from_slice(&remote.port().to_be_bytes());
     for addr in [local.ip(), remote.ip()] {
@@ -42,50 +52,124 @@ fn request(local: SocketAddrV4, remote: SocketAddrV4) -> Vec<u8> {
         r.extend_from_slice(&[0; 12]);
     }
     r.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-    r.extend_from_slice(&NO_COOKIE.to_ne_bytes());
-    r.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+    r.extend_from_slice(&cookie);
     r
 }
 
-/// Aborts the TCP sockets of this network namespace at `connections`; returns how many there
-/// were (one closed meanwhile has none).
-pub fn destroy_tcp(connections: &[Connection]) -> Result<usize> {
+/// A `struct inet_diag_msg` of a dump: the connection and its socket's cookie.
+fn parse(msg: &[u8]) -> Option<(Connection, [u8; 8])> {
+    let id = msg.get(4..52)?;
+    let addr = |at: usize, port: usize| {
+        SocketAddrV4::new(
+            std::net::Ipv4Addr::new(id[at], id[at + 1], id[at + 2], id[at + 3]),
+            u16::from_be_bytes([id[port], id[port + 1]]),
+        )
+    };
+    let c = Connection {
+        local: addr(4, 0),
+        remote: addr(20, 2),
+    };
+    Some((c, id[40..48].try_into().ok()?))
+}
+
+/// Aborts the TCP sockets of this network namespace at `connections` that still carry data
+/// (not a listener, not TIME_WAIT); returns those it aborted.
+pub fn destroy_tcp(connections: &[Connection]) -> Result<Vec<Connection>> {
     let sock = Socket::of(NETLINK_SOCK_DIAG, "opening a sock_diag socket")?;
-    let mut ended = 0;
-    for &Connection { local, remote } in connections {
-        match sock.request(SOCK_DESTROY, NLM_F_ACK, &request(local, remote)) {
-            Ok(_) => ended += 1,
-            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(Error::Io { source, .. }) => {
-                return Err(Error::Io {
-                    context: format!(
-                        "ending the TCP connection {local} → {remote} (sock_diag SOCK_DESTROY; \
-                         a kernel without CONFIG_INET_DIAG_DESTROY refuses it)"
+    let dumped = sock
+        .request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_DUMP,
+            &request(CONNECTED, None, NO_COOKIE),
+        )
+        .map_err(|e| explain(e, "listing the TCP sockets (sock_diag)"))?;
+    let mut ended = Vec::new();
+    for (c, cookie) in dumped.iter().filter_map(|m| parse(m)) {
+        if !connections.contains(&c) {
+            continue;
+        }
+        match sock.request(
+            SOCK_DESTROY,
+            NLM_F_ACK,
+            &request(CONNECTED, Some(c), cookie),
+        ) {
+            Ok(_) => ended.push(c),
+            // Closed since the dump (its cookie then names no socket).
+            Err(Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {}
+            Err(e) => {
+                return Err(explain(
+                    e,
+                    &format!(
+                        "ending the TCP connection {} → {} (sock_diag SOCK_DESTROY; a kernel \
+                         without CONFIG_INET_DIAG_DESTROY refuses it)",
+                        c.local, c.remote
                     ),
-                    source,
-                });
+                ));
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(ended)
+}
+
+/// Waits up to 200 ms for `crossed` to say that the RSTs of the sockets just aborted have
+/// crossed their flows (the flows are then closed, or gone). The kernel sends each RST as
+/// it aborts the socket, and the veth hands it on in the softirq that follows, mostly before
+/// SOCK_DESTROY returns; a flow deleted before its RST crossed would leave a client that
+/// only listens waiting for ever.
+pub fn wait_for_resets(mut crossed: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while !crossed()? {
+        if std::time::Instant::now() >= deadline {
+            log::debug!("not every aborted connection's RST crossed its flow within 200 ms");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn explain(e: Error, what: &str) -> Error {
+    match e {
+        Error::Io { source, .. } => Error::Io {
+            context: what.to_owned(),
+            source,
+        },
+        e => e,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn connection() -> Connection {
+        Connection {
+            local: "172.18.0.2:9000".parse().unwrap(),
+            remote: "198.51.100.2:40002".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn the_request_is_an_inet_diag_req_v2_for_one_socket() {
-        let r = request(
-            "172.18.0.2:9000".parse().unwrap(),
-            "198.51.100.2:40002".parse().unwrap(),
-        );
+        let r = request(CONNECTED, Some(connection()), [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(r.len(), 56, "sizeof(struct inet_diag_req_v2)");
         assert_eq!(&r[..4], &[2, 6, 0, 0], "AF_INET, IPPROTO_TCP");
+        assert_eq!(r[4..8], CONNECTED.to_ne_bytes());
+        assert_eq!(CONNECTED & (1 << 10), 0, "never a listener");
         assert_eq!(&r[8..12], &[0x23, 0x28, 0x9c, 0x42], "ports, network order");
         assert_eq!(&r[12..16], &[172, 18, 0, 2]);
         assert_eq!(&r[28..32], &[198, 51, 100, 2]);
-        assert_eq!(&r[48..56], &[0xff; 8], "no cookie");
+        assert_eq!(&r[48..56], &[1, 2, 3, 4, 5, 6, 7, 8], "the dump's cookie");
+    }
+
+    #[test]
+    fn a_dumped_socket_reads_back_as_its_connection_and_cookie() {
+        // inet_diag_msg: family, state, timer, retrans, then the id as in a request.
+        let mut msg = vec![2, 1, 0, 0];
+        msg.extend_from_slice(&request(0, Some(connection()), [9; 8])[8..56]);
+        msg.extend_from_slice(&[0; 20]); // expires, rqueue, wqueue, uid, inode
+        assert_eq!(parse(&msg), Some((connection(), [9; 8])));
+        assert_eq!(parse(&msg[..40]), None, "a short message");
     }
 }
