@@ -10,8 +10,6 @@
 mod iptables;
 mod nftables;
 
-use std::net::SocketAddrV4;
-
 use netfast_common::conntrack::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
@@ -219,8 +217,9 @@ fn container_port(p: &crate::loader::publish::Publication, host_port: u16) -> Op
 /// the container's end and its peer of each TCP one while the entries still translate (see
 /// [`crate::netfilter::sockdiag`]), then deletes them; returns how many.
 ///
-/// Each UDP flow is then replaced by an untranslated entry of the client's direction, which
-/// lives `udp_timeout` seconds unless the client's packets refresh it: they reach the host,
+/// Each UDP flow on a host port equal to its container port is then replaced by an
+/// untranslated entry of the client's direction, which lives `udp_timeout` seconds (the
+/// kernel's own UDP timeout once the client's packets refresh it): they reach the host,
 /// which tells the client the port is closed, and a container's datagram to the client (a
 /// UDP server's socket serves every client and cannot be ended) is masqueraded from another
 /// port than the one published, as that entry holds it (`nf_nat_used_tuple`), so the client
@@ -246,50 +245,68 @@ pub fn end_flows(
     let connections: Vec<Connection> = doomed
         .iter()
         .filter(|e| e.reply.proto == PROTO_TCP)
-        .map(|e| Connection {
-            local: SocketAddrV4::new(e.reply.src, e.reply.sport),
-            remote: SocketAddrV4::new(e.reply.dst, e.reply.dport),
-        })
+        .map(|e| Connection::of_reply(e.reply.src, e.reply.sport, e.reply.dst, e.reply.dport))
         .collect();
     let reset = ending(&connections);
     // Each aborted socket's RST crosses its entry to the client: the entries end once it has.
-    crate::netfilter::sockdiag::wait_for_resets(|| {
-        reset.iter().try_fold(true, |all, c| {
-            let Some(e) = doomed.iter().find(|e| {
-                e.reply.src == *c.local.ip()
-                    && e.reply.sport == c.local.port()
-                    && e.reply.dst == *c.remote.ip()
-                    && e.reply.dport == c.remote.port()
-            }) else {
-                return Ok(all);
-            };
-            let now = ctnetlink::dump_matching(&ctnetlink::DumpFilter {
-                proto: Some(PROTO_TCP),
-                src: Some(e.original.src),
-                dst: Some(e.original.dst),
-                sport: Some(e.original.sport),
-                dport: Some(e.original.dport),
-            })?;
-            Ok(all
-                && now
-                    .iter()
-                    .filter(|n| n.original == e.original)
-                    .all(|n| n.tcp_state.map(ctnetlink::tcp_state_name) == Some("CLOSE")))
-        })
-    })?;
-    let ended = delete_all(doomed.iter())?;
-    for e in doomed.iter().filter(|e| e.original.proto == PROTO_UDP) {
-        if !ctnetlink::create_untranslated(&e.original, udp_timeout)? {
+    crate::netfilter::sockdiag::wait_for_resets(&reset, |c| {
+        let Some(e) = doomed.iter().find(|e| {
+            Connection::of_reply(e.reply.src, e.reply.sport, e.reply.dst, e.reply.dport) == *c
+        }) else {
+            return Ok(true);
+        };
+        let now = ctnetlink::get(&e.original)?;
+        Ok(now.is_none_or(|n| n.tcp_state.map(ctnetlink::tcp_state_name) == Some("CLOSE")))
+    });
+    let mut ended = 0;
+    for e in &doomed {
+        if ctnetlink::delete(&e.original)? {
+            ended += 1;
+        }
+        // A UDP flow on a host port equal to its container port: a container's datagram to
+        // the client would be masqueraded keeping its port, the published one.
+        if e.original.proto == PROTO_UDP
+            && e.original.dport == e.reply.sport
+            && let Err(err) = hold_for_client(e, p.container_ip, udp_timeout)
+        {
             log::warn!(
-                "the container's datagrams to {}:{} may leave from published port {} until \
-                 the client stops sending: a flow took its place as the publication's ended",
+                "the container's datagrams to {}:{} may leave from published port {} while \
+                 the client sends: {}",
                 e.original.src,
                 e.original.sport,
-                e.original.dport
+                e.original.dport,
+                crate::error::report(&err)
             );
         }
     }
     Ok(ended)
+}
+
+/// Replaces the ended UDP flow `e` by an untranslated entry of its client's direction, which
+/// holds the published port against the container's masquerade (see [`end_flows`]). A flow
+/// the container opened to the client in between (masqueraded from that port) is ended and
+/// the entry made again.
+fn hold_for_client(
+    e: &ctnetlink::KEntry,
+    container: std::net::Ipv4Addr,
+    timeout: u32,
+) -> Result<()> {
+    for _ in 0..2 {
+        if ctnetlink::create_untranslated(&e.original, timeout)? {
+            return Ok(());
+        }
+        match ctnetlink::get(&e.original)? {
+            // Made by the client's own next datagram, untranslated: as good.
+            Some(n) if n.reply.src == e.original.dst => return Ok(()),
+            Some(n) if n.original.src == container => {
+                ctnetlink::delete(&n.original)?;
+            }
+            _ => {}
+        }
+    }
+    Err(crate::error::Error::Settings(
+        "another flow holds the client's tuple".into(),
+    ))
 }
 
 /// Called once a publication of a fallback network is in the rules: ends the kernel's

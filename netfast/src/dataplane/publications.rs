@@ -1,8 +1,6 @@
 //! Published ports in the dataplane: their DNAT entries and allow lists, put in all or
 //! nothing, taken out with their flows, and pruned of what a killed `publish` left.
 
-use std::net::SocketAddrV4;
-
 use netfast_common::{
     conntrack::{CtKey, PROTO_TCP, PROTO_UDP, TcpState},
     nat::NatClaimKey,
@@ -86,11 +84,11 @@ impl Dataplane {
     /// translate (see [`crate::netfilter::sockdiag`]), waits for the RST of each connection
     /// it ended to cross its flow, then ends the flows; returns how many.
     ///
-    /// The publication's host ports are then held for a while on the network's external
-    /// address (`subnet`'s), for no container ([`maps::hold_port`]): a container's packet
-    /// from the port it served (a UDP server's, whose socket serves every client and cannot
-    /// be ended) opens a flow of its own, masqueraded from another port, which the client of
-    /// the publication does not take for it.
+    /// Its host ports equal to their container port are first held for a while on the
+    /// network's external address (`subnet`'s), for no container ([`maps::hold_port`]): a
+    /// container's packet from the port it served (a UDP server's, whose socket serves every
+    /// client and cannot be ended) opens a flow of its own, masqueraded from another port,
+    /// which the client of the publication does not take for it.
     pub fn unpublish(
         &mut self,
         p: &crate::loader::publish::Publication,
@@ -131,19 +129,25 @@ impl Dataplane {
                 }
         };
         let now = maps::monotonic_now();
-        let connections: Vec<Connection> = maps::flows(&self.ebpf, now)?
-            .iter()
-            .filter(|f| f.proto() == PROTO_TCP && through(f))
-            .map(|f| Connection {
-                local: SocketAddrV4::new(f.reply.src, f.reply.sport),
-                remote: SocketAddrV4::new(f.reply.dst, f.reply.dport),
-            })
-            .collect();
-        let ended = ending(&connections);
-        // Each aborted socket's RST crosses its flow to the client (usually in the softirq
-        // SOCK_DESTROY raises, before it returns): the flows end once it has.
-        crate::netfilter::sockdiag::wait_for_resets(|| {
-            ended.iter().try_fold(true, |all, c| {
+        if let Err(e) = self.hold_ports(p, subnet, now) {
+            log::warn!(
+                "could not keep the ports of {} from masquerade for a while: {}",
+                p.spec,
+                crate::error::report(&e)
+            );
+        }
+        let deleted = maps::delete_flows_after(&mut self.ebpf, now, through, |ebpf, flows| {
+            let connections: Vec<Connection> = flows
+                .iter()
+                .filter(|f| f.proto() == PROTO_TCP)
+                .map(|f| {
+                    Connection::of_reply(f.reply.src, f.reply.sport, f.reply.dst, f.reply.dport)
+                })
+                .collect();
+            let ended = ending(&connections);
+            // Each aborted socket's RST crosses its flow to the client (usually in the softirq
+            // SOCK_DESTROY raises, before it returns): the flows end once it has.
+            crate::netfilter::sockdiag::wait_for_resets(&ended, |c| {
                 let key = CtKey::new(
                     maps::raw_addr(*c.local.ip()),
                     maps::raw_addr(*c.remote.ip()),
@@ -151,26 +155,50 @@ impl Dataplane {
                     c.remote.port().to_be(),
                     PROTO_TCP,
                 );
-                let state = maps::tcp_state(&self.ebpf, &key)?;
-                Ok(all && state.is_none_or(|s| s == TcpState::Close as u8))
-            })
+                let state = maps::tcp_state(ebpf, &key)?;
+                Ok(state.is_none_or(|s| s == TcpState::Close as u8))
+            });
+            Ok(())
         })?;
-        if let Some(info) = maps::network_info(&self.ebpf, subnet.network(), subnet.prefix_len())?
-            && info.ext_addr != 0
-            && p.host_ip
-                .is_none_or(|ip| maps::raw_addr(ip) == info.ext_addr)
+        Ok(deleted.flows)
+    }
+
+    /// Keeps the host ports of `p` that equal their container port (those a container's
+    /// masquerade mapping could take, keeping its own port) from being mapped to a container
+    /// for a while, on the external address of network `subnet` if `p` was published there.
+    fn hold_ports(
+        &mut self,
+        p: &crate::loader::publish::Publication,
+        subnet: ipnet::Ipv4Net,
+        now: u32,
+    ) -> Result<()> {
+        let Some(info) = maps::network_info(&self.ebpf, subnet.network(), subnet.prefix_len())?
+        else {
+            return Ok(());
+        };
+        if info.ext_addr == 0
+            || p.host_ip
+                .is_some_and(|ip| maps::raw_addr(ip) != info.ext_addr)
         {
-            let cfg = maps::read_config(&self.ebpf)?;
-            let hold = match proto {
-                PROTO_UDP => cfg.udp,
-                _ => cfg.tcp_transitory,
-            };
-            for hp in p.host_ports.iter() {
-                let key = NatClaimKey::new(info.ext_addr, hp.to_be(), proto);
-                maps::hold_port(&mut self.ebpf, &key, now.saturating_add(hold))?;
+            return Ok(());
+        }
+        let cfg = maps::read_config(&self.ebpf)?;
+        let proto = p.proto.number();
+        let hold = if proto == PROTO_UDP {
+            cfg.udp
+        } else {
+            cfg.tcp_transitory
+        };
+        for (hp, cp) in p.host_ports.iter().zip(p.container_ports.iter()) {
+            if hp != cp {
+                continue;
+            }
+            let key = NatClaimKey::new(info.ext_addr, hp.to_be(), proto);
+            if !maps::hold_port(&mut self.ebpf, &key, now, now.saturating_add(hold))? {
+                log::debug!("port {hp} stays with the container mapping that holds it");
             }
         }
-        Ok(maps::delete_flows(&mut self.ebpf, now, through)?.flows)
+        Ok(())
     }
 
     /// The host's own IPv4 addresses, where ports published on every address are reachable.

@@ -63,22 +63,39 @@ pub fn tcp_state(ebpf: &Ebpf, key: &CtKey) -> Result<Option<u8>> {
 
 /// Holds external port `key` for nobody until `until` (a claim whose owner no container
 /// is): the datapath gives no container a new mapping on it meanwhile, and takes it over
-/// once it has expired. False when the port is claimed already (a container holds it, or
-/// held it last), which is left as it is.
-pub fn hold_port(ebpf: &mut Ebpf, key: &NatClaimKey, until: u32) -> Result<bool> {
+/// once it has expired. A claim held for nobody already, or one expired at `now`, is
+/// replaced; false when a container's live claim holds the port, which is left as it is.
+pub fn hold_port(ebpf: &mut Ebpf, key: &NatClaimKey, now: u32, until: u32) -> Result<bool> {
     let name = maps::NAT_CLAIMS;
-    let mut hm: BpfHashMap<&mut MapData, NatClaimKey, NatClaim> =
-        BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
-    let nobody = NatClaim::new(NatClaim::owner_of(0, 0, 0), until);
-    match hm.insert(key, nobody, crate::bpf_sys::NOEXIST) {
-        Ok(()) => Ok(true),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
-        {
-            Ok(false)
+    let nobody_owner = NatClaim::owner_of(0, 0, 0);
+    for _ in 0..2 {
+        let mut hm: BpfHashMap<&mut MapData, NatClaimKey, NatClaim> =
+            BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
+        match hm.insert(
+            key,
+            NatClaim::new(nobody_owner, until),
+            crate::bpf_sys::NOEXIST,
+        ) {
+            Ok(()) => return Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(Error::map(name, e)),
         }
-        Err(e) => Err(Error::map(name, e)),
+        let held = match hm.get(key, 0) {
+            Ok(held) => held,
+            Err(ref e) if absent(e) => continue,
+            Err(e) => return Err(Error::map(name, e)),
+        };
+        if held.owner != nobody_owner && held.expires >= now {
+            return Ok(false);
+        }
+        // Ours from an earlier unpublish, or over: taken out unless the datapath changed it
+        // meanwhile (then it is a container's now, and stands).
+        if super::take_if(ebpf, name, key, &held)? != super::Taken::Removed {
+            return Ok(false);
+        }
     }
+    Ok(false)
 }
 
 pub fn insert_conntrack(ebpf: &mut Ebpf, key: &CtKey, entry: &CtEntry) -> Result<()> {
@@ -302,11 +319,20 @@ pub struct Deleted {
 /// so that its external port is free again. A flow the datapath opens on the mapping while
 /// this runs re-creates it on its next packet.
 pub fn delete_flows(ebpf: &mut Ebpf, now: u32, matches: impl Fn(&Flow) -> bool) -> Result<Deleted> {
+    delete_flows_after(ebpf, now, matches, |_, _| Ok(()))
+}
+
+/// [`delete_flows`], calling `first` with the flows it selected before it removes them.
+pub fn delete_flows_after(
+    ebpf: &mut Ebpf,
+    now: u32,
+    matches: impl Fn(&Flow) -> bool,
+    first: impl FnOnce(&Ebpf, &[Flow]) -> Result<()>,
+) -> Result<Deleted> {
     let mut all: HashMap<CtKey, CtEntry> = conntrack_entries(ebpf)?.into_iter().collect();
-    let doomed: Vec<CtKey> = live_flows(&all, now)
-        .filter(|(_, f)| matches(f))
-        .map(|(k, _)| k)
-        .collect();
+    let (doomed, flows): (Vec<CtKey>, Vec<Flow>) =
+        live_flows(&all, now).filter(|(_, f)| matches(f)).unzip();
+    first(ebpf, &flows)?;
     let mut keys = Vec::new();
     // The mappings of the deleted flows.
     let mut mappings: std::collections::HashSet<(NatBindKey, NatClaimKey)> =

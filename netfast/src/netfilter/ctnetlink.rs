@@ -206,6 +206,18 @@ fn request(sock: &Socket, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Vec
     sock.request_to(NFNL_SUBSYS_CTNETLINK, msg_type, flags, attrs)
 }
 
+/// The entry whose original direction is `t` (one hash lookup in the kernel, not a dump);
+/// `None` when there is none.
+pub fn get(t: &KTuple) -> Result<Option<KEntry>> {
+    let sock = Socket::open()?;
+    let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
+    match request(&sock, IPCTNL_MSG_CT_GET, NLM_F_ACK, &attrs) {
+        Ok(msgs) => Ok(msgs.first().map(|m| parse_entry(m))),
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every IPv4 entry of the kernel's conntrack table in this network namespace.
 pub fn dump() -> Result<Vec<KEntry>> {
     let sock = Socket::open()?;

@@ -10,7 +10,7 @@
 //! longer published. Cilium ends sockets of removed service backends the same way
 //! (`bpf-lb-sock-terminate-pod-connections`).
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::nfnetlink::{NLM_F_ACK, NLM_F_DUMP, Socket};
 use crate::error::{Error, Result};
@@ -20,15 +20,16 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 /// `INET_DIAG_NOCOOKIE`: a dump names no socket.
 const NO_COOKIE: [u8; 8] = [0xff; 8];
-/// The TCP states a connection that can still carry data may be in: every state but
-/// TIME_WAIT (6), CLOSE (7), LISTEN (10) and NEW_SYN_RECV (12). Never a listener: a socket
-/// named by its addresses alone falls back to the listener on its port when the connection
-/// has gone (`inet_lookup`), which is why sockets are destroyed by the cookie a dump gave.
-const CONNECTED: u32 =
-    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+/// The TCP states in which aborting a socket sends its peer a RST (`tcp_need_reset`):
+/// ESTABLISHED (1), SYN_RECV (3), FIN_WAIT1 (4), FIN_WAIT2 (5), CLOSE_WAIT (8). Never a
+/// listener: a socket named by its addresses alone falls back to the listener on its port
+/// when the connection has gone (`inet_lookup`), which is why sockets are destroyed by the
+/// cookie a dump gave. (A socket closing by itself, in LAST_ACK or CLOSING, is left to
+/// finish.)
+const CONNECTED: u32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
 
 /// A TCP connection as a container's socket sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Connection {
     /// The container's end (its address and the port its server listens on).
     pub local: SocketAddrV4,
@@ -37,10 +38,21 @@ pub struct Connection {
     pub remote: SocketAddrV4,
 }
 
+impl Connection {
+    /// The connection whose socket's end is `src`:`sport` and peer `dst`:`dport` (a flow's
+    /// reply tuple, as the container sends it).
+    pub fn of_reply(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Connection {
+        Connection {
+            local: SocketAddrV4::new(src, sport),
+            remote: SocketAddrV4::new(dst, dport),
+        }
+    }
+}
+
 /// `struct inet_diag_req_v2` for IPv4 TCP sockets in `states`, at `c` with `cookie` (a dump:
 /// unspecified addresses and ports, and no cookie).
 fn request(states: u32, c: Option<Connection>, cookie: [u8; 8]) -> Vec<u8> {
-    let unspecified = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let unspecified = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
     let (local, remote) = c.map_or((unspecified, unspecified), |c| (c.local, c.remote));
     let mut r = Vec::with_capacity(56);
     r.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
@@ -61,7 +73,7 @@ fn parse(msg: &[u8]) -> Option<(Connection, [u8; 8])> {
     let id = msg.get(4..52)?;
     let addr = |at: usize, port: usize| {
         SocketAddrV4::new(
-            std::net::Ipv4Addr::new(id[at], id[at + 1], id[at + 2], id[at + 3]),
+            Ipv4Addr::new(id[at], id[at + 1], id[at + 2], id[at + 3]),
             u16::from_be_bytes([id[port], id[port + 1]]),
         )
     };
@@ -83,9 +95,10 @@ pub fn destroy_tcp(connections: &[Connection]) -> Result<Vec<Connection>> {
             &request(CONNECTED, None, NO_COOKIE),
         )
         .map_err(|e| explain(e, "listing the TCP sockets (sock_diag)"))?;
+    let wanted: std::collections::HashSet<&Connection> = connections.iter().collect();
     let mut ended = Vec::new();
     for (c, cookie) in dumped.iter().filter_map(|m| parse(m)) {
-        if !connections.contains(&c) {
+        if !wanted.contains(&c) {
             continue;
         }
         match sock.request(
@@ -117,16 +130,41 @@ pub fn destroy_tcp(connections: &[Connection]) -> Result<Vec<Connection>> {
 /// it aborts the socket, and the veth hands it on in the softirq that follows, mostly before
 /// SOCK_DESTROY returns; a flow deleted before its RST crossed would leave a client that
 /// only listens waiting for ever.
-pub fn wait_for_resets(mut crossed: impl FnMut() -> Result<bool>) -> Result<()> {
+/// `crossed` tells whether one connection's RST has crossed; it is asked again only about
+/// those that had not. A failure to tell is logged, and ends the wait.
+pub fn wait_for_resets(ended: &[Connection], mut crossed: impl FnMut(&Connection) -> Result<bool>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    while !crossed()? {
+    let mut pending: Vec<&Connection> = ended.iter().collect();
+    loop {
+        let mut still = Vec::new();
+        for c in pending {
+            match crossed(c) {
+                Ok(true) => {}
+                Ok(false) => still.push(c),
+                Err(e) => {
+                    log::warn!(
+                        "could not tell whether the RST of {} → {} reached its client: {}",
+                        c.local,
+                        c.remote,
+                        crate::error::report(&e)
+                    );
+                    return;
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return;
+        }
         if std::time::Instant::now() >= deadline {
-            log::debug!("not every aborted connection's RST crossed its flow within 200 ms");
-            break;
+            log::debug!(
+                "{} aborted connections' RSTs not seen within 200 ms",
+                pending.len()
+            );
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(())
 }
 
 fn explain(e: Error, what: &str) -> Error {
@@ -143,11 +181,17 @@ fn explain(e: Error, what: &str) -> Error {
 mod tests {
     use super::*;
 
+    /// A client's connection to a container's server, as the container sees it.
+    const C: [u8; 12] = [172, 18, 0, 2, 0x23, 0x28, 198, 51, 100, 2, 0x9c, 0x42];
+
     fn connection() -> Connection {
-        Connection {
-            local: "172.18.0.2:9000".parse().unwrap(),
-            remote: "198.51.100.2:40002".parse().unwrap(),
-        }
+        let [a, b, c, d, p0, p1, e, f, g, h, q0, q1] = C;
+        Connection::of_reply(
+            Ipv4Addr::new(a, b, c, d),
+            u16::from_be_bytes([p0, p1]),
+            Ipv4Addr::new(e, f, g, h),
+            u16::from_be_bytes([q0, q1]),
+        )
     }
 
     #[test]
