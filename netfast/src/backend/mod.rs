@@ -10,6 +10,8 @@
 mod iptables;
 mod nftables;
 
+use std::collections::HashMap;
+
 use netfast_common::conntrack::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
@@ -229,9 +231,11 @@ pub fn end_flows(
     udp_timeout: u32,
     ending: impl FnOnce(&[Connection]) -> Vec<Connection>,
 ) -> Result<usize> {
+    let ct = ctnetlink::Conntrack::open()?;
     // Translated to the container (not a connection to it directly, from the host or a
     // container, whose entry has the container's address in both directions).
-    let doomed: Vec<ctnetlink::KEntry> = ctnetlink::dump()?
+    let doomed: Vec<ctnetlink::KEntry> = ct
+        .dump()?
         .into_iter()
         .filter(|e| {
             e.original.proto == p.proto.number()
@@ -242,32 +246,31 @@ pub fn end_flows(
                 && container_port(p, e.original.dport) == Some(e.reply.sport)
         })
         .collect();
-    let connections: Vec<Connection> = doomed
+    // Each TCP entry's connection, as the container's socket sees it.
+    let of_connection: HashMap<Connection, &ctnetlink::KTuple> = doomed
         .iter()
         .filter(|e| e.reply.proto == PROTO_TCP)
-        .map(|e| Connection::of_reply(e.reply.src, e.reply.sport, e.reply.dst, e.reply.dport))
+        .map(|e| {
+            let c = Connection::of_reply(e.reply.src, e.reply.sport, e.reply.dst, e.reply.dport);
+            (c, &e.original)
+        })
         .collect();
+    let connections: Vec<Connection> = of_connection.keys().copied().collect();
     let reset = ending(&connections);
     // Each aborted socket's RST crosses its entry to the client: the entries end once it has.
     crate::netfilter::sockdiag::wait_for_resets(&reset, |c| {
-        let Some(e) = doomed.iter().find(|e| {
-            Connection::of_reply(e.reply.src, e.reply.sport, e.reply.dst, e.reply.dport) == *c
-        }) else {
+        let Some(original) = of_connection.get(c) else {
             return Ok(true);
         };
-        let now = ctnetlink::get(&e.original)?;
+        let now = ct.get(original)?;
         Ok(now.is_none_or(|n| n.tcp_state.map(ctnetlink::tcp_state_name) == Some("CLOSE")))
     });
-    let mut ended = 0;
-    for e in &doomed {
-        if ctnetlink::delete(&e.original)? {
-            ended += 1;
-        }
+    delete_all(&ct, doomed.iter(), |e| {
         // A UDP flow on a host port equal to its container port: a container's datagram to
         // the client would be masqueraded keeping its port, the published one.
         if e.original.proto == PROTO_UDP
             && e.original.dport == e.reply.sport
-            && let Err(err) = hold_for_client(e, p.container_ip, udp_timeout)
+            && let Err(err) = hold_for_client(&ct, e, p.container_ip, udp_timeout)
         {
             log::warn!(
                 "the container's datagrams to {}:{} may leave from published port {} while \
@@ -278,8 +281,7 @@ pub fn end_flows(
                 crate::error::report(&err)
             );
         }
-    }
-    Ok(ended)
+    })
 }
 
 /// Replaces the ended UDP flow `e` by an untranslated entry of its client's direction, which
@@ -287,19 +289,20 @@ pub fn end_flows(
 /// the container opened to the client in between (masqueraded from that port) is ended and
 /// the entry made again.
 fn hold_for_client(
+    ct: &ctnetlink::Conntrack,
     e: &ctnetlink::KEntry,
     container: std::net::Ipv4Addr,
     timeout: u32,
 ) -> Result<()> {
     for _ in 0..2 {
-        if ctnetlink::create_untranslated(&e.original, timeout)? {
+        if ct.create_untranslated(&e.original, timeout)? {
             return Ok(());
         }
-        match ctnetlink::get(&e.original)? {
+        match ct.get(&e.original)? {
             // Made by the client's own next datagram, untranslated: as good.
             Some(n) if n.reply.src == e.original.dst => return Ok(()),
             Some(n) if n.original.src == container => {
-                ctnetlink::delete(&n.original)?;
+                ct.delete(&n.original)?;
             }
             _ => {}
         }
@@ -335,17 +338,24 @@ pub fn end_stale_flows(
 
 /// Deletes the kernel's conntrack entries that `doomed` selects; returns how many went.
 fn delete_entries(doomed: impl Fn(&ctnetlink::KEntry) -> bool) -> Result<usize> {
-    delete_all(ctnetlink::dump()?.iter().filter(|e| doomed(e)))
+    let ct = ctnetlink::Conntrack::open()?;
+    let entries = ct.dump()?;
+    delete_all(&ct, entries.iter().filter(|e| doomed(e)), |_| {})
 }
 
-/// Deletes these kernel conntrack entries; returns how many went (one may have gone by
-/// itself meanwhile).
-fn delete_all<'a>(entries: impl Iterator<Item = &'a ctnetlink::KEntry>) -> Result<usize> {
+/// Deletes these kernel conntrack entries, calling `then` after each; returns how many went
+/// (one may have gone by itself meanwhile).
+fn delete_all<'a>(
+    ct: &ctnetlink::Conntrack,
+    entries: impl Iterator<Item = &'a ctnetlink::KEntry>,
+    mut then: impl FnMut(&ctnetlink::KEntry),
+) -> Result<usize> {
     let mut ended = 0;
     for e in entries {
-        if ctnetlink::delete(&e.original)? {
+        if ct.delete(&e.original)? {
             ended += 1;
         }
+        then(e);
     }
     Ok(ended)
 }
@@ -358,7 +368,9 @@ pub fn delete_kernel_flows(
     state: &State,
     filter: &crate::conntrack_filter::Filter,
 ) -> Result<usize> {
-    delete_all(kernel_flows(state, filter)?.iter().map(|(_, e)| e))
+    let ct = ctnetlink::Conntrack::open()?;
+    let flows = kernel_flows(state, filter)?;
+    delete_all(&ct, flows.iter().map(|(_, e)| e), |_| {})
 }
 
 /// The kernel conntrack entries of the networks the fallback backends serve (flows from
@@ -388,7 +400,8 @@ pub fn kernel_flows(
         sport: f.orig_sport,
         dport: f.orig_dport.or(published.map(|p| p.port)),
     };
-    Ok(ctnetlink::dump_matching(&hint)?
+    Ok(ctnetlink::Conntrack::open()?
+        .dump_matching(&hint)?
         .into_iter()
         .filter_map(|e| {
             let id = fallback_network(state, &e)?;

@@ -200,31 +200,98 @@ fn parse_entry(buf: &[u8]) -> KEntry {
     e
 }
 
-/// Sends one ctnetlink request (`attrs` after the nfgenmsg) and returns every message of the
-/// answer up to NLMSG_DONE or the acknowledgement.
-fn request(sock: &Socket, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>> {
-    sock.request_to(NFNL_SUBSYS_CTNETLINK, msg_type, flags, attrs)
-}
+/// The kernel's conntrack table in this network namespace, through one netlink socket: a
+/// command that reads, deletes and makes several entries asks over the same one.
+pub struct Conntrack(Socket);
 
-/// The entry whose original direction is `t` (one hash lookup in the kernel, not a dump);
-/// `None` when there is none.
-pub fn get(t: &KTuple) -> Result<Option<KEntry>> {
-    let sock = Socket::open()?;
-    let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
-    match request(&sock, IPCTNL_MSG_CT_GET, NLM_F_ACK, &attrs) {
-        Ok(msgs) => Ok(msgs.first().map(|m| parse_entry(m))),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+impl Conntrack {
+    pub fn open() -> Result<Conntrack> {
+        Ok(Conntrack(Socket::open()?))
+    }
+
+    /// Sends one ctnetlink request (`attrs` after the nfgenmsg) and returns every message of
+    /// the answer up to NLMSG_DONE or the acknowledgement.
+    fn request(&self, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.0
+            .request_to(NFNL_SUBSYS_CTNETLINK, msg_type, flags, attrs)
+    }
+
+    /// The entry whose original direction is `t` (one hash lookup in the kernel, not a
+    /// dump); `None` when there is none.
+    pub fn get(&self, t: &KTuple) -> Result<Option<KEntry>> {
+        let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
+        match self.request(IPCTNL_MSG_CT_GET, NLM_F_ACK, &attrs) {
+            Ok(msgs) => Ok(msgs.first().map(|m| parse_entry(m))),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every IPv4 entry of the table.
+    pub fn dump(&self) -> Result<Vec<KEntry>> {
+        Ok(self
+            .request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, &[])?
+            .iter()
+            .map(|m| parse_entry(m))
+            .collect())
+    }
+
+    /// The IPv4 entries of the table, selected by the kernel as far as `f` goes
+    /// (CTA_FILTER); a kernel without it (before 5.8) refuses or ignores the filter, and
+    /// then the whole table comes back: callers filter what they get in any case.
+    pub fn dump_matching(&self, f: &DumpFilter) -> Result<Vec<KEntry>> {
+        let attrs = filter_attrs(f);
+        if attrs.is_empty() {
+            return self.dump();
+        }
+        match self.request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, &attrs) {
+            Ok(msgs) => Ok(msgs.iter().map(|m| parse_entry(m)).collect()),
+            Err(_) => self.dump(),
+        }
+    }
+
+    /// Makes an entry whose original direction is `t`, untranslated (its reply is `t`
+    /// turned round), that lives `timeout` seconds unless its packets refresh it; false when
+    /// an entry holds either direction already.
+    pub fn create_untranslated(&self, t: &KTuple, timeout: u32) -> Result<bool> {
+        let reply = KTuple {
+            src: t.dst,
+            dst: t.src,
+            sport: t.dport,
+            dport: t.sport,
+            ..*t
+        };
+        let attrs = [
+            nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t)),
+            nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &encode_tuple(&reply)),
+            nla(CTA_TIMEOUT, &timeout.to_be_bytes()),
+        ]
+        .concat();
+        let flags = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+        match self.request(IPCTNL_MSG_CT_NEW, flags, &attrs) {
+            Ok(_) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the entry whose original direction is `t`; false if it was already gone.
+    pub fn delete(&self, t: &KTuple) -> Result<bool> {
+        let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
+        match self.request(IPCTNL_MSG_CT_DELETE, NLM_F_ACK, &attrs) {
+            Ok(_) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// Every IPv4 entry of the kernel's conntrack table in this network namespace.
-pub fn dump() -> Result<Vec<KEntry>> {
-    let sock = Socket::open()?;
-    Ok(request(&sock, IPCTNL_MSG_CT_GET, NLM_F_DUMP, &[])?
-        .iter()
-        .map(|m| parse_entry(m))
-        .collect())
+/// The errno the kernel answered a request with.
+fn errno(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
 }
 
 /// `CTA_FILTER` (Linux 5.8): the attributes of the original tuple a dump must match.
@@ -297,20 +364,6 @@ fn filter_attrs(f: &DumpFilter) -> Vec<u8> {
         ),
     ]
     .concat()
-}
-
-/// The IPv4 entries of the kernel's table, selected by the kernel as far as `f` goes
-/// (CTA_FILTER); a kernel without it (before 5.8) refuses or ignores the filter, and then
-/// the whole table comes back: callers filter what they get in any case.
-pub fn dump_matching(f: &DumpFilter) -> Result<Vec<KEntry>> {
-    let attrs = filter_attrs(f);
-    if attrs.is_empty() {
-        return dump();
-    }
-    match request(&Socket::open()?, IPCTNL_MSG_CT_GET, NLM_F_DUMP, &attrs) {
-        Ok(msgs) => Ok(msgs.iter().map(|m| parse_entry(m)).collect()),
-        Err(_) => dump(),
-    }
 }
 
 /// The conntrack event groups: new, updated and destroyed entries.
@@ -443,47 +496,6 @@ fn encode_tuple(t: &KTuple) -> Vec<u8> {
         nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto),
     ]
     .concat()
-}
-
-/// Makes an entry whose original direction is `t`, untranslated (its reply is `t` turned
-/// round), that lives `timeout` seconds unless its packets refresh it; false when an entry
-/// holds either direction already.
-pub fn create_untranslated(t: &KTuple, timeout: u32) -> Result<bool> {
-    let sock = Socket::open()?;
-    let reply = KTuple {
-        src: t.dst,
-        dst: t.src,
-        sport: t.dport,
-        dport: t.sport,
-        ..*t
-    };
-    let attrs = [
-        nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t)),
-        nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &encode_tuple(&reply)),
-        nla(CTA_TIMEOUT, &timeout.to_be_bytes()),
-    ]
-    .concat();
-    match request(
-        &sock,
-        IPCTNL_MSG_CT_NEW,
-        NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
-        &attrs,
-    ) {
-        Ok(_) => Ok(true),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Deletes the entry whose original direction is `t`; false if it was already gone.
-pub fn delete(t: &KTuple) -> Result<bool> {
-    let sock = Socket::open()?;
-    let attrs = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &encode_tuple(t));
-    match request(&sock, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, &attrs) {
-        Ok(_) => Ok(true),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
