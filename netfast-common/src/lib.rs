@@ -376,6 +376,14 @@ mod tests {
     }
 
     #[test]
+    fn a_port_held_for_nobody_names_no_endpoint_and_no_network() {
+        use crate::nat::NatClaim;
+        let held = NatClaim::new(NatClaim::HELD_FOR_NOBODY, 9);
+        // No container or host flow has address 0.0.0.0 and port 0: no binding leads to it.
+        assert_eq!((held.int_addr(), held.int_port(), held.net_id()), (0, 0, 0));
+    }
+
+    #[test]
     fn port_candidates_keep_the_original_then_cover_a_small_range() {
         assert_eq!(port_candidate(0, 5000, 7, 61000, 61003), 5000);
         let mut seen: [bool; 4] = [false; 4];

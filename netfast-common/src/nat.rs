@@ -143,6 +143,13 @@ impl NatClaim {
         }
     }
 
+    /// The owner word of a port held for no endpoint (the loader's hold on a port that was
+    /// published, while its old clients may still send to it): 0.0.0.0:0 of no network.
+    /// No endpoint has it, so no binding ever leads to it, and every reader of a claim
+    /// requires its owner's live binding: until it expires, nobody takes the port; after,
+    /// the datapath takes it over as any expired claim.
+    pub const HELD_FOR_NOBODY: u64 = Self::owner_of(0, 0, 0);
+
     /// The owner word of an internal endpoint: its address and port (network byte order) and
     /// its network, in memory order.
     pub const fn owner_of(int_addr: u32, int_port: u16, net_id: u16) -> u64 {

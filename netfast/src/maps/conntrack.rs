@@ -67,7 +67,7 @@ pub fn tcp_state(ebpf: &Ebpf, key: &CtKey) -> Result<Option<u8>> {
 /// replaced; false when a container's live claim holds the port, which is left as it is.
 pub fn hold_port(ebpf: &mut Ebpf, key: &NatClaimKey, now: u32, until: u32) -> Result<bool> {
     let name = maps::NAT_CLAIMS;
-    let nobody_owner = NatClaim::owner_of(0, 0, 0);
+    let nobody_owner = NatClaim::HELD_FOR_NOBODY;
     for _ in 0..2 {
         let mut hm: BpfHashMap<&mut MapData, NatClaimKey, NatClaim> =
             BpfHashMap::try_from(map_mut(ebpf, name)?).map_err(|e| Error::map(name, e))?;
