@@ -962,16 +962,23 @@ while True:
 fn a_udp_server_that_pushes_does_not_reach_its_client_once_unpublished(backend: &str) {
     require_root();
     let w = web_on(backend, &[]);
+    let spec = format!("{UPLINK_ADDR}:5353:{}:5353/udp", w.c0);
+    assert_no_push_after_unpublish(&w, &spec);
+}
+
+/// Publishes `spec` (the UDP pusher's port 5353 of `w.c0`, on the uplink's address), has a
+/// client of it receive the pusher's datagrams, unpublishes it, and checks that no more than
+/// two of the container's next 20 datagrams reach the client.
+fn assert_no_push_after_unpublish(w: &Web, spec: &str) {
     let mut pusher = Background::spawn(&in_netns(&w.c0, &["python3", "-c", UDP_PUSHER]));
     wait_listening(&w.c0, "udp", 5353, "the UDP pusher");
-    let spec = format!("{UPLINK_ADDR}:5353:{}:5353/udp", w.c0);
-    w.nf.ok(&["publish", "web", &spec]);
+    w.nf.ok(&["publish", "web", spec]);
     let mut client = Background::spawn(&in_netns(
         w.topo.outside.name(),
         &["python3", "-c", UDP_LISTENER, &UPLINK_ADDR.to_string()],
     ));
     client.wait_for_text("push 3", Duration::from_secs(10));
-    w.nf.ok(&["unpublish", "web", &spec]);
+    w.nf.ok(&["unpublish", "web", spec]);
     let pushes = |out: &str| out.lines().filter(|l| l.starts_with("push ")).count();
     let received = pushes(&client.stdout_so_far());
     let sent = |out: &str| out.lines().filter(|l| l.starts_with("sent ")).count();
@@ -987,6 +994,29 @@ fn a_udp_server_that_pushes_does_not_reach_its_client_once_unpublished(backend: 
         "the client received {after} of the container's 20 datagrams after the unpublish:\n{}",
         client.stdout_so_far()
     );
+}
+
+/// eBPF: an unpublish holds its UDP port for no container for the UDP timeout (a NAT claim
+/// of nobody). The next unpublish of that port, once the hold has expired, must hold it
+/// again: the expired claim is still in the map (nothing took the port meanwhile), and left
+/// as it is, the container's first datagram would take it over, and its client would go on
+/// hearing from it.
+#[test]
+fn an_expired_hold_is_renewed_by_the_next_unpublish() {
+    require_root();
+    let w = web_on("ebpf", &[]);
+    let spec = format!("{UPLINK_ADDR}:5353:{}:5353/udp", w.c0);
+    // A hold of 2 s, left to expire: no flow, no container takes the port meanwhile.
+    w.nf.ok(&["config", "--timeout-udp", "2"]);
+    w.nf.ok(&["publish", "web", &spec]);
+    w.nf.ok(&["unpublish", "web", &spec]);
+    // What is waited for is the clock itself: the claim holds until the second the
+    // unpublish read (before it returned), plus 2 s, and is expired from the next whole
+    // second on; one more for the rounding.
+    let expired = std::time::Instant::now() + Duration::from_secs(4);
+    std::thread::sleep(expired.saturating_duration_since(std::time::Instant::now()));
+    w.nf.ok(&["config", "--timeout-udp", "300"]);
+    assert_no_push_after_unpublish(&w, &spec);
 }
 
 netfast_tests::on_backends!([ebpf, nftables, iptables] [
