@@ -297,19 +297,20 @@ pub fn netfast_bin() -> PathBuf {
 }
 
 /// The test build of `netfast` with the next map layout (feature `layout-next`), which
-/// `cargo xtask test` builds into target/layout-next: the upgrade tests move a live
-/// dataplane to it.
+/// `cargo xtask test` puts in target/layout-next: the upgrade tests move a live dataplane to
+/// it.
 pub fn next_layout_netfast_bin() -> PathBuf {
     feature_build_bin("layout-next")
 }
 
 /// The `netfast` binary built with the `ebpf-log` feature (its programs write debug records
-/// that `netfast monitor --log` reads), in `target/ebpf-log`; `cargo xtask test` builds it.
+/// that `netfast monitor --log` reads), in `target/ebpf-log`; `cargo xtask test` puts it
+/// there.
 pub fn ebpf_log_netfast_bin() -> PathBuf {
     feature_build_bin("ebpf-log")
 }
 
-/// The `netfast` binary of a test build with `feature`, built in `target/<feature>`.
+/// The `netfast` binary of a test build with `feature`, in `target/<feature>/debug`.
 fn feature_build_bin(feature: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>

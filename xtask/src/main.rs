@@ -91,40 +91,27 @@ fn test() -> Result<(), Fail> {
             "warnings",
         ])
         .run()?;
-    // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
-    // only for that package's own tests, so build them all first (never test a stale one).
-    println!("== build the binaries the tests run");
-    build_binaries()?;
     // The upgrade tests move a live dataplane to a build with another map layout.
     println!("== the layout-next test build of netfast, and its migration's unit tests");
-    let next_dir = util::workspace_root().join("target/layout-next");
-    let next_dir = next_dir.display().to_string();
-    let next = [
+    feature_build("layout-next")?;
+    cargo(&[
+        "test",
         "--package",
         "netfast",
+        "--lib",
         "--features",
         "layout-next",
-        "--target-dir",
-        &next_dir,
-    ];
-    cargo(&[&["build", "--bin", "netfast"][..], &next].concat()).run()?;
-    cargo(&[&["test", "--lib"][..], &next, &["upgrade::"]].concat()).run()?;
-    // `netfast monitor --log` reads the debug records of programs built with `ebpf-log`.
-    println!("== the ebpf-log test build of netfast (programs with debug records)");
-    let log_dir = util::workspace_root().join("target/ebpf-log");
-    let log_dir = log_dir.display().to_string();
-    cargo(&[
-        "build",
-        "--bin",
-        "netfast",
-        "--package",
-        "netfast",
-        "--features",
-        "ebpf-log",
-        "--target-dir",
-        &log_dir,
+        "upgrade::",
     ])
     .run()?;
+    // `netfast monitor --log` reads the debug records of programs built with `ebpf-log`.
+    println!("== the ebpf-log test build of netfast (programs with debug records)");
+    feature_build("ebpf-log")?;
+    // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
+    // only for that package's own tests, so build them all first (never test a stale one).
+    // Last: the feature builds above left their `netfast` in target/debug.
+    println!("== build the binaries the tests run");
+    build_binaries()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftovers();
     cargo(&[
@@ -262,6 +249,39 @@ fn demo() -> Result<(), Fail> {
 
 /// Every binary of the workspace (netfast, the demo, the test helpers), in the debug profile
 /// the tests and the demo run.
+/// Builds `netfast` with `feature` and puts the binary where the tests look for it,
+/// target/<feature>/debug/netfast. The build shares target/ with the default one (the
+/// dependencies are built once; a target directory of its own would build them all again,
+/// some seven minutes on a slow machine), so it overwrites target/debug/netfast:
+/// [`build_binaries`] must run after it.
+fn feature_build(feature: &str) -> Result<(), Fail> {
+    cargo(&[
+        "build",
+        "--package",
+        "netfast",
+        "--bin",
+        "netfast",
+        "--features",
+        feature,
+    ])
+    .run()?;
+    let target = util::workspace_root().join("target");
+    let dir = target.join(feature).join("debug");
+    let copy = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        // Copied beside, then renamed: a run killed half-way leaves no half-written binary.
+        let part = dir.join("netfast.part");
+        std::fs::copy(target.join("debug/netfast"), &part)?;
+        std::fs::rename(&part, dir.join("netfast"))
+    };
+    copy().map_err(|e| {
+        Fail(format!(
+            "copying the {feature} build of netfast to {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
 fn build_binaries() -> Result<(), Fail> {
     cargo(&[
         "build",
