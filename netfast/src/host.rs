@@ -137,6 +137,13 @@ impl Host {
         let named_root = Path::new(NETNS_RUN_DIR).join("root");
         let ambiguous = old == "root" && (!self.root || inode(&named_root).is_some());
         let new_state = self.state_dir();
+        // Another netfast command, at the same time, saw it too and moved it first (between
+        // the look above and here, or before this one's rename).
+        let moved_by_another =
+            || !old_state.join("state.json").exists() && new_state.join("state.json").exists();
+        if !ambiguous && pins.is_none() && new_state.exists() && moved_by_another() {
+            return Ok(());
+        }
         if ambiguous || pins.is_some() || new_state.exists() {
             return Err(Error::Settings(format!(
                 "{} holds netfast state from a version that keyed namespaces by name{}; this \
@@ -158,14 +165,19 @@ impl Host {
                     .unwrap_or_default()
             )));
         }
-        fs::rename(&old_state, &new_state).map_err(|source| Error::Io {
-            context: format!(
-                "moving {} to {} (netfast now keys namespaces by identity)",
-                old_state.display(),
-                new_state.display()
-            ),
-            source,
-        })?;
+        if let Err(source) = fs::rename(&old_state, &new_state) {
+            if moved_by_another() {
+                return Ok(());
+            }
+            return Err(Error::Io {
+                context: format!(
+                    "moving {} to {} (netfast now keys namespaces by identity)",
+                    old_state.display(),
+                    new_state.display()
+                ),
+                source,
+            });
+        }
         log::info!(
             "moved {} to {}: state is now keyed by the namespace's identity",
             old_state.display(),

@@ -2220,6 +2220,97 @@ fn a_namespace_named_like_another_hosts_key_leaves_that_state_alone() {
     );
 }
 
+/// Found in review: two commands at once in a host with an older netfast's state both saw
+/// it, and both moved it under the new key; the second's rename found nothing left to move
+/// and the command failed ("moving /run/netfast/<name> to …: No such file or directory").
+/// Here the first is held by strace at its rename while the second runs: both must succeed,
+/// and the state must be moved once.
+#[test]
+fn two_commands_at_once_move_an_older_netfasts_state_once() {
+    require_root();
+    let ns = TestNetns::new("lg");
+    let nf = Netfast::new(&ns);
+    let root = std::path::Path::new(netfast::host::STATE_ROOT);
+    let legacy = root.join(ns.name());
+    let own = ns.within(|| netfast::host::netns_cookie().expect("its cookie"));
+    let moved = root.join(format!("netns-{own}"));
+    /// The state directories, removed however the test ends.
+    struct Cleanup(Vec<std::path::PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(vec![legacy.clone(), moved.clone()]);
+    fs::create_dir_all(&legacy).expect("the older state directory");
+    fs::write(legacy.join("state.json"), "{}").expect("the older state");
+
+    // The first command, held for 3 s as it enters its first rename (the move).
+    let delay = "inject=rename,renameat,renameat2:delay_enter=3000000:when=1";
+    let mut argv = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", delay];
+    argv.extend(nf.argv(&["network", "ls"]));
+    let first = netfast_tests::cmd::Background::spawn(&argv);
+    let strace = first.pid();
+    assert!(
+        netfast_tests::cmd::wait_until(std::time::Duration::from_secs(20), || {
+            held_at_rename(strace)
+        }),
+        "the first command never reached its rename under strace:\n{}",
+        first.stderr_so_far()
+    );
+    // The second, meanwhile: it moves the state.
+    nf.ok(&["network", "ls"]);
+    assert!(
+        moved.join("state.json").exists() && !legacy.exists(),
+        "the second command did not move the older state"
+    );
+    let out = first.wait_exit(std::time::Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "the first command failed once the second had moved the state:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(moved.join("state.json").exists() && !legacy.exists());
+}
+
+/// The numbers of rename(2), renameat(2) and renameat2(2) on this architecture.
+const RENAME_CALLS: &[&str] = if cfg!(target_arch = "x86_64") {
+    &["82", "264", "316"]
+} else if cfg!(target_arch = "aarch64") {
+    &["38", "276"]
+} else {
+    panic!("the syscall numbers of rename on this architecture are not known here")
+};
+
+/// Whether a process under the strace `strace_pid` stands at the entry of a rename:
+/// /proc/<tid>/syscall names the call a stopped task is in.
+fn held_at_rename(strace_pid: u32) -> bool {
+    let children = |pid: &str| -> Vec<String> {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    };
+    children(&strace_pid.to_string()).iter().any(|child| {
+        fs::read_dir(format!("/proc/{child}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("syscall")).ok())
+            .any(|s| {
+                s.split_whitespace()
+                    .next()
+                    .is_some_and(|nr| RENAME_CALLS.contains(&nr))
+            })
+    })
+}
+
 /// Found in review: `network create` turns IPv4 forwarding on in the host before it
 /// installs the dataplane, and a create that then failed rolled everything back but that:
 /// the host was left routing between all its interfaces. A failing create changes nothing.
