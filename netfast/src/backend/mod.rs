@@ -247,7 +247,7 @@ pub fn end_flows(
         })
         .collect();
     // Each TCP entry's connection, as the container's socket sees it.
-    let of_connection: HashMap<Connection, &ctnetlink::KTuple> = doomed
+    let tcp: Vec<(Connection, &ctnetlink::KTuple)> = doomed
         .iter()
         .filter(|e| e.reply.proto == PROTO_TCP)
         .map(|e| {
@@ -255,7 +255,8 @@ pub fn end_flows(
             (c, &e.original)
         })
         .collect();
-    let connections: Vec<Connection> = of_connection.keys().copied().collect();
+    let connections: Vec<Connection> = tcp.iter().map(|(c, _)| *c).collect();
+    let of_connection: HashMap<Connection, &ctnetlink::KTuple> = tcp.into_iter().collect();
     let reset = ending(&connections);
     // Each aborted socket's RST crosses its entry to the client: the entries end once it has.
     crate::netfilter::sockdiag::wait_for_resets(&reset, |c| {
@@ -368,8 +369,11 @@ pub fn delete_kernel_flows(
     state: &State,
     filter: &crate::conntrack_filter::Filter,
 ) -> Result<usize> {
+    if !serves_a_fallback(state) {
+        return Ok(0);
+    }
     let ct = ctnetlink::Conntrack::open()?;
-    let flows = kernel_flows(state, filter)?;
+    let flows = kernel_flows_in(&ct, state, filter)?;
     delete_all(&ct, flows.iter().map(|(_, e)| e), |_| {})
 }
 
@@ -383,9 +387,24 @@ pub fn kernel_flows(
     state: &State,
     filter: &crate::conntrack_filter::Filter,
 ) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
-    if state.networks.iter().all(|n| n.backend == Backend::Ebpf) {
+    if !serves_a_fallback(state) {
         return Ok(Vec::new());
     }
+    kernel_flows_in(&ctnetlink::Conntrack::open()?, state, filter)
+}
+
+/// Whether a network of `state` is on a fallback backend: otherwise the kernel's table holds
+/// no flow of netfast's, and is not asked.
+fn serves_a_fallback(state: &State) -> bool {
+    state.networks.iter().any(|n| n.backend != Backend::Ebpf)
+}
+
+/// [`kernel_flows`], asked over `ct`.
+fn kernel_flows_in(
+    ct: &ctnetlink::Conntrack,
+    state: &State,
+    filter: &crate::conntrack_filter::Filter,
+) -> Result<Vec<(u16, ctnetlink::KEntry)>> {
     let exact =
         |net: Option<ipnet::Ipv4Net>| net.filter(|n| n.prefix_len() == 32).map(|n| n.addr());
     let f = &filter.flow;
@@ -400,7 +419,7 @@ pub fn kernel_flows(
         sport: f.orig_sport,
         dport: f.orig_dport.or(published.map(|p| p.port)),
     };
-    Ok(ctnetlink::Conntrack::open()?
+    Ok(ct
         .dump_matching(&hint)?
         .into_iter()
         .filter_map(|e| {

@@ -415,7 +415,7 @@ impl Events {
         addr.nl_groups = NF_NETLINK_CONNTRACK_ALL;
         let rc = unsafe {
             libc::bind(
-                sock.0,
+                sock.fd,
                 (&raw const addr).cast(),
                 size_of::<libc::sockaddr_nl>() as u32,
             )
@@ -427,7 +427,7 @@ impl Events {
     }
 
     pub fn fd(&self) -> libc::c_int {
-        self.0.0
+        self.0.fd
     }
 
     /// The events waiting on the socket (none if nothing is waiting).
@@ -438,7 +438,7 @@ impl Events {
             // SAFETY: receiving into a buffer we own.
             let n = unsafe {
                 libc::recv(
-                    self.0.0,
+                    self.0.fd,
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     libc::MSG_DONTWAIT,

@@ -47,12 +47,18 @@ pub(super) fn be64(b: &[u8]) -> u64 {
 }
 
 /// A netlink socket of the netfilter family, closed when dropped.
-pub(super) struct Socket(pub(super) libc::c_int);
+pub(super) struct Socket {
+    pub(super) fd: libc::c_int,
+    /// The sequence number of the latest request. A socket serves several requests in turn:
+    /// what an earlier one left unread (its answer cut short by an error) carries an earlier
+    /// number, and the next request's reading skips it.
+    seq: std::cell::Cell<u32>,
+}
 
 impl Drop for Socket {
     fn drop(&mut self) {
         // SAFETY: a descriptor this struct owns.
-        unsafe { libc::close(self.0) };
+        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -81,7 +87,10 @@ impl Socket {
         if fd < 0 {
             return Err(io_err(what));
         }
-        Ok(Socket(fd))
+        Ok(Socket {
+            fd,
+            seq: std::cell::Cell::new(0),
+        })
     }
 
     /// Sends one request to nfnetlink subsystem `subsys` (`attrs` after the nfgenmsg) and
@@ -112,7 +121,9 @@ impl Socket {
         req.extend_from_slice(&(len as u32).to_ne_bytes());
         req.extend_from_slice(&msg_type.to_ne_bytes());
         req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        let seq = self.seq.get().wrapping_add(1);
+        self.seq.set(seq);
+        req.extend_from_slice(&seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
         req.extend_from_slice(body);
         // SAFETY: sending a buffer we own to the kernel (the default destination of an
@@ -121,7 +132,7 @@ impl Socket {
         addr.nl_family = libc::AF_NETLINK as u16;
         let sent = unsafe {
             libc::sendto(
-                self.0,
+                self.fd,
                 req.as_ptr().cast(),
                 req.len(),
                 0,
@@ -136,7 +147,7 @@ impl Socket {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             // SAFETY: receiving into a buffer we own.
-            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(io_err("reading the kernel's netlink answer"));
             }
@@ -148,6 +159,13 @@ impl Socket {
                     return Ok(out);
                 }
                 let body = &rest[16..mlen];
+                let mseq = u32::from_ne_bytes(rest[8..12].try_into().expect("4"));
+                let next = ((mlen + 3) & !3).min(rest.len());
+                if mseq != seq {
+                    // The rest of an earlier request's answer.
+                    rest = &rest[next..];
+                    continue;
+                }
                 match mtype {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
@@ -162,7 +180,7 @@ impl Socket {
                     }
                     _ => out.push(body.to_vec()),
                 }
-                rest = &rest[((mlen + 3) & !3).min(rest.len())..];
+                rest = &rest[next..];
             }
         }
     }
