@@ -321,9 +321,9 @@ fn feature_build_bin(feature: &str) -> PathBuf {
     let bin = target.join(feature).join("debug/netfast");
     assert!(
         bin.is_file(),
-        "the {feature} test build of netfast is missing at {}: build it with `cargo build \
-         -p netfast --bin netfast --features {feature} --target-dir target/{feature}` \
-         (`cargo xtask test` does)",
+        "the {feature} test build of netfast is missing at {}: `cargo xtask test` puts it \
+         there (or `cargo build -p netfast --bin netfast --features {feature} --target-dir \
+         target/{feature}`, which builds every dependency again)",
         bin.display()
     );
     bin

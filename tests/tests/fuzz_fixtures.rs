@@ -54,9 +54,9 @@ race_fixtures! {
     /// own and only raises its expiry; B finds it expired and takes it over with a
     /// compare-and-exchange of the owner word, which still names A, so it succeeds: both bind
     /// P, and both leave as EXT:P (or the second flow to one server is dropped as
-    /// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds:
-    /// 5000 rounds would see it some ten times.
-    an_expired_claim_is_retaken_by_one_endpoint_only(Takeovers, 5_000);
+    /// `ct_insert_failed` while its endpoint keeps P). Seen a few times in a thousand rounds
+    /// (fewer on a slow machine, where the two CPUs meet less often): 10000 rounds.
+    an_expired_claim_is_retaken_by_one_endpoint_only(Takeovers, 10_000);
 
     /// Found in review: two CPUs see one TCP flow's close at once (its two ends' packets, one
     /// on each). Both read the flow as open, both see it close, and each subtracts the close

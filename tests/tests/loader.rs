@@ -2247,8 +2247,8 @@ fn two_commands_at_once_move_an_older_netfasts_state_once() {
     fs::create_dir_all(&legacy).expect("the older state directory");
     fs::write(legacy.join("state.json"), "{}").expect("the older state");
 
-    // The first command, held for 3 s as it enters its first rename (the move).
-    let delay = "inject=rename,renameat,renameat2:delay_enter=3000000:when=1";
+    // The first command, held for 5 s as it enters its first rename (the move).
+    let delay = "inject=rename,renameat,renameat2:delay_enter=5000000:when=1";
     let mut argv = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", delay];
     argv.extend(nf.argv(&["network", "ls"]));
     let first = netfast_tests::cmd::Background::spawn(&argv);
@@ -2266,6 +2266,10 @@ fn two_commands_at_once_move_an_older_netfasts_state_once() {
         moved.join("state.json").exists() && !legacy.exists(),
         "the second command did not move the older state"
     );
+    assert!(
+        held_at_rename(strace),
+        "the second command took longer than the first was held: this run tested nothing"
+    );
     let out = first.wait_exit(std::time::Duration::from_secs(30));
     assert!(
         out.status.success(),
@@ -2276,39 +2280,44 @@ fn two_commands_at_once_move_an_older_netfasts_state_once() {
 }
 
 /// The numbers of rename(2), renameat(2) and renameat2(2) on this architecture.
-const RENAME_CALLS: &[&str] = if cfg!(target_arch = "x86_64") {
-    &["82", "264", "316"]
-} else if cfg!(target_arch = "aarch64") {
-    &["38", "276"]
-} else {
-    panic!("the syscall numbers of rename on this architecture are not known here")
-};
+fn rename_calls() -> &'static [&'static str] {
+    if cfg!(target_arch = "x86_64") {
+        &["82", "264", "316"]
+    } else if cfg!(target_arch = "aarch64") {
+        &["38", "276"]
+    } else {
+        panic!("this test knows the numbers of rename(2) on x86_64 and aarch64 only")
+    }
+}
 
-/// Whether a process under the strace `strace_pid` stands at the entry of a rename:
+/// Whether a child of the strace `strace_pid` stands at the entry of a rename:
 /// /proc/<tid>/syscall names the call a stopped task is in.
 fn held_at_rename(strace_pid: u32) -> bool {
-    let children = |pid: &str| -> Vec<String> {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-            return Vec::new();
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
-            .flat_map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .collect()
+    let calls = rename_calls();
+    let parent = strace_pid.to_string();
+    // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces, not ')'.
+    let child_of_strace = |stat: &str| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            == Some(parent.as_str())
     };
-    children(&strace_pid.to_string()).iter().any(|child| {
-        fs::read_dir(format!("/proc/{child}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|t| fs::read_to_string(t.path().join("syscall")).ok())
-            .any(|s| {
-                s.split_whitespace()
-                    .next()
-                    .is_some_and(|nr| RENAME_CALLS.contains(&nr))
-            })
-    })
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|p| fs::read_to_string(p.path().join("stat")).is_ok_and(|s| child_of_strace(&s)))
+        .any(|p| {
+            fs::read_dir(p.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| fs::read_to_string(t.path().join("syscall")).ok())
+                .any(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .is_some_and(|nr| calls.contains(&nr))
+                })
+        })
 }
 
 /// Found in review: `network create` turns IPv4 forwarding on in the host before it

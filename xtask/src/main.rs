@@ -91,9 +91,17 @@ fn test() -> Result<(), Fail> {
             "warnings",
         ])
         .run()?;
-    // The upgrade tests move a live dataplane to a build with another map layout.
-    println!("== the layout-next test build of netfast, and its migration's unit tests");
-    feature_build("layout-next")?;
+    // The upgrade tests move a live dataplane to a build with another map layout;
+    // `netfast monitor --log` reads the debug records of programs built with `ebpf-log`.
+    println!("== the test builds of netfast with layout-next and ebpf-log");
+    let features = feature_build("layout-next").and_then(|()| feature_build("ebpf-log"));
+    // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
+    // only for that package's own tests, so build them all first (never test a stale one).
+    // Right after the feature builds, failed or not: they left theirs in target/debug.
+    println!("== build the binaries the tests run");
+    build_binaries()?;
+    features?;
+    println!("== the migration's unit tests, with the layout-next build's layout");
     cargo(&[
         "test",
         "--package",
@@ -104,14 +112,6 @@ fn test() -> Result<(), Fail> {
         "upgrade::",
     ])
     .run()?;
-    // `netfast monitor --log` reads the debug records of programs built with `ebpf-log`.
-    println!("== the ebpf-log test build of netfast (programs with debug records)");
-    feature_build("ebpf-log")?;
-    // The namespace tests run the `netfast` binary; `cargo test` builds a package's binaries
-    // only for that package's own tests, so build them all first (never test a stale one).
-    // Last: the feature builds above left their `netfast` in target/debug.
-    println!("== build the binaries the tests run");
-    build_binaries()?;
     println!("== tests (one thread: the kernel tests share kernel state)");
     let before = leftovers();
     cargo(&[
@@ -143,7 +143,7 @@ fn test() -> Result<(), Fail> {
     // The benchmark's every measurement and the program costs, once, briefly: it must run
     // to the end on every commit; its figures are not looked at.
     println!("== benchmark smoke test (netfast-bench --quick)");
-    let bench = util::workspace_root().join("target/debug/netfast-bench");
+    let bench = util::target_dir().join("debug/netfast-bench");
     Cmd::new(&bench.display().to_string())
         .args(&["--quick", "--out", "target/bench-quick"])
         .run()?;
@@ -171,7 +171,7 @@ fn bench(args: &[String]) -> Result<(), Fail> {
     let before = leftovers();
     let mut argv = vec!["--out", "target/bench"];
     argv.extend(args.iter().map(String::as_str));
-    let bench = util::workspace_root().join("target/release/netfast-bench");
+    let bench = util::target_dir().join("release/netfast-bench");
     let result = Cmd::new(&bench.display().to_string()).args(&argv).run();
     nothing_left_behind("the benchmark", &before)?;
     result
@@ -199,7 +199,7 @@ fn fuzz(args: &[String]) -> Result<(), Fail> {
 /// Runs the fuzzer; fails if it fails, or if it left its namespace behind (named after its
 /// pid: namespaces of other processes running meanwhile are theirs).
 fn run_fuzz(args: &[&str]) -> Result<(), Fail> {
-    let fuzzer = util::workspace_root().join("target/debug/netfast-fuzz");
+    let fuzzer = util::target_dir().join("debug/netfast-fuzz");
     let mut child = std::process::Command::new(&fuzzer)
         .args(args)
         .current_dir(util::workspace_root())
@@ -247,8 +247,6 @@ fn demo() -> Result<(), Fail> {
     Ok(())
 }
 
-/// Every binary of the workspace (netfast, the demo, the test helpers), in the debug profile
-/// the tests and the demo run.
 /// Builds `netfast` with `feature` and puts the binary where the tests look for it,
 /// target/<feature>/debug/netfast. The build shares target/ with the default one (the
 /// dependencies are built once; a target directory of its own would build them all again,
@@ -265,7 +263,7 @@ fn feature_build(feature: &str) -> Result<(), Fail> {
         feature,
     ])
     .run()?;
-    let target = util::workspace_root().join("target");
+    let target = util::target_dir();
     let dir = target.join(feature).join("debug");
     let copy = || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
@@ -282,6 +280,8 @@ fn feature_build(feature: &str) -> Result<(), Fail> {
     })
 }
 
+/// Every binary of the workspace (netfast, the demo, the test helpers), in the debug profile
+/// the tests and the demo run.
 fn build_binaries() -> Result<(), Fail> {
     cargo(&[
         "build",
