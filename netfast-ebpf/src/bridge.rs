@@ -23,7 +23,7 @@ use crate::{
     maps::{NETFAST_NET_BRIDGES, NETFAST_NETWORKS},
     nat::{self, ifindex},
     outcome::Outcome,
-    parse::{self, Frag, Ipv4, L4, Pkt},
+    parse::{self, Frag, Ipv4, L4Kind, Pkt},
     publish, stats,
 };
 
@@ -165,7 +165,7 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         return not_a_flow(ctx, &ip, now, false).verdict();
     }
     let l4 = parse::l4(ctx, &ip)?;
-    if let L4::IcmpError = l4 {
+    if l4.kind == L4Kind::IcmpError {
         // A container's error about a flow of its network (a port unreachable to a client
         // of a published port): translated and forwarded here, like the flow's packets —
         // or, with the fast path off, left to the host's stack as it was sent, and
@@ -176,16 +176,11 @@ pub fn try_bridge_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         let translated = icmp::translate_error(ctx, &ip, now, Origin::Inside, true).get()?;
         return not_a_flow(ctx, &ip, now, translated).verdict();
     }
-    let L4::Flow {
-        sport,
-        dport,
-        tcp_flags,
-    } = l4
-    else {
+    if l4.kind != L4Kind::Flow {
         source_network(ctx, &ip)?;
         return isolated(ctx, &ip);
-    };
-    let p = parse::pkt(&ip, sport, dport, tcp_flags, now)?;
+    }
+    let p = parse::pkt(&ip, l4.sport, l4.dport, l4.tcp_flags, now)?;
     // The main table, else the inbound flows not answered yet (this may be a container's
     // answer to one): a miss here is a new flow, rare next to the packets of known ones.
     let found = match conntrack::lookup(&p.key, now, Origin::Inside) {

@@ -17,7 +17,8 @@ use crate::{
     conntrack, csum,
     nat::rewrite_l3,
     parse::{
-        ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, Side, be16, be32, header, icmp, load, store,
+        ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, L4Kind, Side, be16, be32, header, icmp, load,
+        store,
     },
     stats,
 };
@@ -76,7 +77,12 @@ fn try_translate_error(
             (be16(&ports, 0), be16(&ports, 2))
         }
         PROTO_ICMP => match icmp(ctx, l4)? {
-            L4::Flow { sport, dport, .. } => (sport, dport),
+            L4 {
+                kind: L4Kind::Flow,
+                sport,
+                dport,
+                ..
+            } => (sport, dport),
             _ => return Ok(0),
         },
         _ => return Ok(0),

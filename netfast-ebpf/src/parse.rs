@@ -209,45 +209,67 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, DropReason> {
 }
 
 /// What the L4 header makes of a packet.
-#[derive(Clone, Copy)]
-pub enum L4 {
-    /// TCP, UDP or ICMP echo: ports (ICMP: the identifier, see `CtKey`), network byte order;
-    /// for TCP its flags.
-    Flow {
-        sport: u16,
-        dport: u16,
-        tcp_flags: u8,
-    },
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4Kind {
+    /// TCP, UDP or ICMP echo: `sport`, `dport` and `tcp_flags` say the rest.
+    Flow,
     /// An ICMP error (destination unreachable, time exceeded, parameter problem).
     IcmpError,
     /// Anything else: another protocol or ICMP type, or a later fragment.
     Other,
 }
 
+/// What the L4 header makes of a packet: its kind and, for a flow's packet, its ports (ICMP:
+/// the identifier, see `CtKey`), network byte order, and for TCP its flags (all 0 for the
+/// other kinds). A struct, not an enum with fields: the fields of an enum's other variants
+/// are undefined, and LLVM may then store a register that nothing wrote, which the verifier
+/// refuses (`R4 !read_ok`) as soon as the code around it changes.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub kind: L4Kind,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+impl L4 {
+    pub const OTHER: L4 = L4 {
+        kind: L4Kind::Other,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    };
+    pub const ICMP_ERROR: L4 = L4 {
+        kind: L4Kind::IcmpError,
+        ..L4::OTHER
+    };
+
+    pub const fn flow(sport: u16, dport: u16, tcp_flags: u8) -> L4 {
+        L4 {
+            kind: L4Kind::Flow,
+            sport,
+            dport,
+            tcp_flags,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
     if ip.frag == Frag::Later {
-        return Ok(L4::Other);
+        return Ok(L4::OTHER);
     }
     match ip.proto {
         PROTO_TCP => {
             let h = header::<20>(ctx, ip.l4())?;
-            Ok(L4::Flow {
-                sport: be16(&h, 0),
-                dport: be16(&h, 2),
-                tcp_flags: h[13],
-            })
+            Ok(L4::flow(be16(&h, 0), be16(&h, 2), h[13]))
         }
         PROTO_UDP => {
             let h = header::<{ UdpHdr::LEN }>(ctx, ip.l4())?;
-            Ok(L4::Flow {
-                sport: be16(&h, 0),
-                dport: be16(&h, 2),
-                tcp_flags: 0,
-            })
+            Ok(L4::flow(be16(&h, 0), be16(&h, 2), 0))
         }
         PROTO_ICMP => icmp(ctx, ip.l4()),
-        _ => Ok(L4::Other),
+        _ => Ok(L4::OTHER),
     }
 }
 
@@ -256,18 +278,10 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, DropReason> {
 pub fn icmp(ctx: &TcContext, off: usize) -> Result<L4, DropReason> {
     let h = header::<8>(ctx, off)?;
     match h[0] {
-        ICMP_ECHO_REQUEST => Ok(L4::Flow {
-            sport: be16(&h, 4),
-            dport: 0,
-            tcp_flags: 0,
-        }),
-        ICMP_ECHO_REPLY => Ok(L4::Flow {
-            sport: 0,
-            dport: be16(&h, 4),
-            tcp_flags: 0,
-        }),
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => Ok(L4::IcmpError),
-        _ => Ok(L4::Other),
+        ICMP_ECHO_REQUEST => Ok(L4::flow(be16(&h, 4), 0, 0)),
+        ICMP_ECHO_REPLY => Ok(L4::flow(0, be16(&h, 4), 0)),
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => Ok(L4::ICMP_ERROR),
+        _ => Ok(L4::OTHER),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{
     icmp,
     maps::NETFAST_NETWORKS,
     nat,
-    parse::{self, Frag, Ipv4, L4, Pkt},
+    parse::{self, Frag, Ipv4, L4Kind, Pkt},
     publish, stats,
 };
 
@@ -110,13 +110,10 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
         }
         return forbidden(ctx, dir, &ip, DropReason::FragmentWithoutFirst);
     }
-    let (sport, dport, tcp_flags) = match parse::l4(ctx, &ip)? {
-        L4::Flow {
-            sport,
-            dport,
-            tcp_flags,
-        } => (sport, dport, tcp_flags),
-        L4::IcmpError => {
+    let l4 = parse::l4(ctx, &ip)?;
+    let (sport, dport, tcp_flags) = match l4.kind {
+        L4Kind::Flow => (l4.sport, l4.dport, l4.tcp_flags),
+        L4Kind::IcmpError => {
             if icmp::translate_error(ctx, &ip, now, origin, false).get()? {
                 let (src, dst) = (
                     parse::load(ctx, parse::ETH_HLEN + parse::IP_SRC)?,
@@ -126,7 +123,7 @@ pub fn try_uplink(ctx: &TcContext, dir: Direction) -> Result<i32, DropReason> {
             }
             return forbidden(ctx, dir, &ip, DropReason::IcmpErrorWithoutFlow);
         }
-        L4::Other => return forbidden(ctx, dir, &ip, DropReason::UnsupportedProtocol),
+        L4Kind::Other => return forbidden(ctx, dir, &ip, DropReason::UnsupportedProtocol),
     };
     let p = &Pkt {
         ip,
