@@ -79,10 +79,12 @@ fn build(package: &str) -> anyhow::Result<()> {
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
         "-Clink-arg=--export=netfast_track".to_owned(),
-        // bpf-linker asks LLVM to expand memcpy "in order" unless told not to, which also
-        // leaves every memset to a call: a loop storing one byte per turn (a zeroed request
-        // to the FIB, a new flow's entry), on the packet path and, turn by turn, in the
-        // verifier's count at every call site. LLVM's own expansion stores words, inline.
+        // bpf-linker asks LLVM to expand memcpy "in order" (for the pattern matchers of
+        // offloading JITs) unless told not to, which also leaves every memset to a call: a
+        // loop storing one byte per turn (a zeroed route, a key's padding, the FIB request),
+        // on the packet path and, turn by turn, in the verifier's count at every call site.
+        // Without it LLVM expands memset, memcpy, memmove and memcmp inline, in the widest
+        // accesses the alignment allows (bytes for packet data).
         "-Clink-arg=--disable-expand-memcpy-in-order".to_owned(),
         format!("-Ctarget-cpu={BPF_CPU}"),
     ]
